@@ -1,0 +1,221 @@
+//! The pipeline file: one TOML document whose sections are owned by the components that use them.
+//!
+//! Loading is all-or-nothing: the text is env-interpolated, parsed with unknown keys rejected,
+//! and checked, before any component starts, so a bad file never half-starts a pipeline.
+
+pub mod de;
+mod interpolate;
+
+use crate::consumer::ConsumerConfig;
+use crate::generator::GeneratorConfig;
+use crate::store::embedded::EmbeddedConfig;
+use crate::store::mongo::MongoConfig;
+use crate::transport::kafka::KafkaConfig;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+pub use interpolate::interpolate;
+
+/// The whole pipeline file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Shown in logs and used as a default for names derived from it.
+    pub name: String,
+    /// Transport: a Kafka cluster, or `embedded` for the in-process queue.
+    pub kafka: KafkaConfig,
+    /// Store: a MongoDB deployment, or `embedded` for the local SQLite store.
+    pub mongodb: MongoConfig,
+    /// Where the embedded store and queue keep their data.
+    #[serde(default)]
+    pub embedded: EmbeddedConfig,
+    /// The event generator.
+    pub generator: GeneratorConfig,
+    /// Batching and offset commits on the consuming side.
+    #[serde(default)]
+    pub consumer: ConsumerConfig,
+}
+
+/// A loaded pipeline: its config and where it came from (relative paths resolve against it).
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    pub path: PathBuf,
+    pub config: PipelineConfig,
+}
+
+/// Why a pipeline file could not be loaded; the text always names the file and, where it can, the line.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read the pipeline file: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    At {
+        path: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+impl Pipeline {
+    /// Reads, interpolates, parses and checks a pipeline file, using the process environment.
+    pub fn load(path: impl AsRef<Path>) -> Result<Pipeline, ConfigError> {
+        Self::load_with_env(path, |name| std::env::var(name).ok())
+    }
+
+    /// [`Pipeline::load`] with an explicit environment (tests, and reloads that must not race env changes).
+    pub fn load_with_env(
+        path: impl AsRef<Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Pipeline, ConfigError> {
+        let path = path.as_ref();
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        let config = parse(&text, &shown, env)?;
+        let mut pipeline = Pipeline {
+            path: path.to_path_buf(),
+            config,
+        };
+        pipeline.resolve_paths();
+        pipeline.check()?;
+        Ok(pipeline)
+    }
+
+    /// The folder relative paths in the file are resolved against.
+    pub fn base_dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
+    }
+
+    fn resolve_paths(&mut self) {
+        let base = self.base_dir().to_path_buf();
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        resolve(&mut self.config.generator.script);
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let problems: Vec<String> = [
+            self.config.kafka.check(),
+            self.config.mongodb.check(),
+            self.config.generator.check(),
+            self.config.consumer.check(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid {
+                path: self.path.display().to_string(),
+                message: problems.join("; "),
+            })
+        }
+    }
+}
+
+/// Parses pipeline text; `shown` is the file name used in errors.
+pub fn parse(
+    text: &str,
+    shown: &str,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<PipelineConfig, ConfigError> {
+    let at = |offset: usize, message: String| {
+        let (line, column) = line_column(text, offset);
+        ConfigError::At {
+            path: shown.to_string(),
+            line,
+            column,
+            message,
+        }
+    };
+    let expanded = interpolate(text, env).map_err(|m| {
+        at(
+            m.offset,
+            format!(
+                "environment variable {} is not set (set it, or give a default: ${{{}:-value}})",
+                m.name, m.name
+            ),
+        )
+    })?;
+    toml::from_str(&expanded).map_err(|e| {
+        let offset = e.span().map(|s| s.start).unwrap_or(0);
+        // Interpolation never adds lines, so a line in the expanded text is the same line in the file.
+        let (line, column) = line_column(&expanded, offset);
+        ConfigError::At {
+            path: shown.to_string(),
+            line,
+            column,
+            message: e.message().trim().to_string(),
+        }
+    })
+}
+
+/// 1-based line and column of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rfind('\n').map_or(before.len(), |n| before.len() - n - 1) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+name = "t"
+[kafka]
+bootstrap_servers = "${KAFKA:-embedded}"
+topic = "t"
+consumer_group = "g"
+[mongodb]
+uri = "embedded"
+database = "d"
+[generator]
+script = "gen.rhai"
+rate = "${RATE:-250}"
+"#;
+
+    #[test]
+    fn env_values_fill_numbers_and_defaults() {
+        let c = parse(MINIMAL, "p.toml", |_| None).unwrap();
+        assert_eq!(c.generator.rate, 250.0);
+        assert!(c.kafka.is_embedded());
+        let c = parse(MINIMAL, "p.toml", |n| (n == "KAFKA").then(|| "h:9092".into())).unwrap();
+        assert_eq!(c.kafka.bootstrap_servers, "h:9092");
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_valid_keys() {
+        let text = MINIMAL.replace("rate = ", "speed = 1\nrate = ");
+        let err = parse(&text, "p.toml", |_| None).unwrap_err().to_string();
+        assert!(err.starts_with("p.toml:12:1: unknown field `speed`"), "{err}");
+        assert!(err.contains("batch_size"), "suggests the valid keys: {err}");
+    }
+
+    #[test]
+    fn bad_duration_is_explained() {
+        let text = MINIMAL.replace("database = \"d\"", "database = \"d\"\nretention = \"7 parsecs\"");
+        let err = parse(&text, "p.toml", |_| None).unwrap_err().to_string();
+        assert!(err.contains("p.toml:10:") && err.contains("\"30s\""), "{err}");
+    }
+
+    #[test]
+    fn missing_env_var_points_at_it() {
+        let text = MINIMAL.replace("${KAFKA:-embedded}", "${KAFKA}");
+        let err = parse(&text, "p.toml", |_| None).unwrap_err().to_string();
+        assert!(err.starts_with("p.toml:4:22: environment variable KAFKA"), "{err}");
+    }
+}

@@ -1,0 +1,158 @@
+//! The consuming side, the same for every transport: take a batch from the [`Subscriber`], write
+//! it to the [`EventStore`], and only then acknowledge it, so a crash at any point replays
+//! events instead of losing them (and the store's unique event_id absorbs the replay).
+//!
+//! Reading the next batch overlaps with writing the current one; acknowledgements still happen
+//! in batch order, because one task writes and acknowledges.
+
+use crate::config::de;
+use crate::store::EventStore;
+use crate::telemetry::Stats;
+use crate::transport::{Batch, Poll, Subscriber};
+use serde::Deserialize;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// `[consumer]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerConfig {
+    /// Most events written to the store in one batch.
+    #[serde(default = "default_batch_size", deserialize_with = "de::number")]
+    pub batch_size: usize,
+    /// How long to wait for a batch to fill before writing what there is.
+    #[serde(default = "default_max_wait", deserialize_with = "de::duration")]
+    pub max_wait: Duration,
+    /// Batches read ahead while the store writes the current one.
+    #[serde(default = "default_read_ahead", deserialize_with = "de::number")]
+    pub read_ahead: usize,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        ConsumerConfig { batch_size: default_batch_size(), max_wait: default_max_wait(), read_ahead: default_read_ahead() }
+    }
+}
+
+fn default_batch_size() -> usize {
+    2000
+}
+fn default_max_wait() -> Duration {
+    Duration::from_millis(200)
+}
+fn default_read_ahead() -> usize {
+    2
+}
+
+impl ConsumerConfig {
+    /// Problems a parse cannot catch.
+    pub fn check(&self) -> Option<String> {
+        (self.batch_size == 0).then(|| "consumer.batch_size must be at least 1".to_string())
+    }
+}
+
+/// When the consumer stops.
+#[derive(Clone)]
+pub struct StopWhen {
+    /// Stop now: finish the batches already read, acknowledge, commit.
+    pub stop: CancellationToken,
+    /// Stop once nothing arrived for this long, counted only after `producers_done` fires.
+    pub idle: Option<Duration>,
+    pub producers_done: CancellationToken,
+}
+
+/// How often the reader checks for stop and idleness while nothing arrives.
+const POLL_WAIT: Duration = Duration::from_millis(100);
+
+/// Runs until the transport closes or `until` says stop; then commits and returns.
+pub async fn run(
+    mut subscriber: Box<dyn Subscriber>,
+    store: Arc<dyn EventStore>,
+    stats: Arc<Stats>,
+    config: &ConsumerConfig,
+    until: StopWhen,
+) -> anyhow::Result<()> {
+    let acknowledger = subscriber.acknowledger();
+    let (tx, mut rx) = mpsc::channel::<Batch>(config.read_ahead.max(1));
+    let reader_until = until.clone();
+    let reader = tokio::spawn(async move {
+        let mut last_data = Instant::now();
+        let result = loop {
+            if reader_until.stop.is_cancelled() {
+                break Ok(());
+            }
+            match subscriber.poll_batch(POLL_WAIT).await {
+                Ok(Poll::Batch(batch)) => {
+                    last_data = Instant::now();
+                    if tx.send(batch).await.is_err() {
+                        break Ok(()); // the writer failed; it reports why
+                    }
+                }
+                Ok(Poll::Empty) => {
+                    let idle_over = reader_until.idle.is_some_and(|idle| {
+                        reader_until.producers_done.is_cancelled() && last_data.elapsed() >= idle
+                    });
+                    if idle_over {
+                        break Ok(());
+                    }
+                }
+                Ok(Poll::Closed) => break Ok(()),
+                Err(e) => break Err(e),
+            }
+        };
+        (subscriber, result)
+    });
+
+    let mut write_result = Ok(());
+    while let Some(batch) = rx.recv().await {
+        match write_with_retry(&*store, &stats, &batch, &until.stop).await {
+            Ok(()) => acknowledger.acknowledge(&batch.checkpoint),
+            Err(e) => {
+                write_result = Err(e);
+                break;
+            }
+        }
+    }
+    // Batches still queued were read but not stored: they are not acknowledged, so they replay.
+    drop(rx);
+    let (subscriber, read_result) = reader.await?;
+    let close_result = subscriber.close().await;
+    write_result.and(read_result).and(close_result)
+}
+
+/// Writes one batch, retrying with backoff while the store is unavailable. Gives up only when
+/// told to stop, leaving the batch unacknowledged so it is consumed again after a restart.
+async fn write_with_retry(
+    store: &dyn EventStore,
+    stats: &Stats,
+    batch: &Batch,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
+    let mut wait = Duration::from_millis(100);
+    let mut attempt = 0;
+    loop {
+        match store.insert_events(&batch.events).await {
+            Ok(outcome) => {
+                stats.stored(outcome.inserted, outcome.duplicates);
+                return Ok(());
+            }
+            Err(e) => {
+                attempt += 1;
+                stats.store_retry(attempt, wait, &format!("{e:#}"));
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stop.cancelled() => {
+                        return Err(e.context(format!(
+                            "stopped while the store was failing; {} events were not stored and will be consumed again",
+                            batch.events.len()
+                        )));
+                    }
+                }
+                wait = (wait * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}

@@ -1,0 +1,259 @@
+//! The generator script describes distributions; this module turns that description into a plan
+//! that samples events in Rust. The script runs once per load, not once per event.
+//!
+//! Functions available to the script:
+//! - `zipf(prefix, n, exponent)`: labels `prefix1..prefixN`, rank k drawn with weight 1/k^exponent;
+//! - `weighted(#{label: weight, ...})`: one of the labels, in proportion to the weights;
+//! - `uniform(lo, hi)`: a float in [lo, hi); `uniform_int(lo, hi)`: an integer in [lo, hi];
+//! - `.round(decimals)`: round a numeric distribution; `.only_when(type)` / `.only_when([types])`:
+//!   the field is present only for those interaction types.
+
+use super::alias::AliasTable;
+use chrono::Utc;
+use rand::Rng;
+use rhai::{Array, Dynamic, Engine, EvalAltResult, Map};
+use std::sync::Arc;
+
+use crate::event::Event;
+
+/// How one field's values are drawn.
+#[derive(Debug, Clone)]
+pub struct Distribution {
+    kind: Arc<Kind>,
+    decimals: Option<u32>,
+    only_when: Option<Arc<[String]>>,
+}
+
+#[derive(Debug)]
+enum Kind {
+    Labels { labels: Vec<String>, table: AliasTable },
+    Uniform { lo: f64, hi: f64 },
+    UniformInt { lo: i64, hi: i64 },
+}
+
+/// One drawn value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Sample<'a> {
+    Label(&'a str),
+    Number(f64),
+}
+
+type ScriptResult<T> = Result<T, Box<EvalAltResult>>;
+
+fn script_err<T>(msg: impl Into<String>) -> ScriptResult<T> {
+    Err(msg.into().into())
+}
+
+impl Distribution {
+    fn new(kind: Kind) -> Self {
+        Distribution {
+            kind: Arc::new(kind),
+            decimals: None,
+            only_when: None,
+        }
+    }
+
+    fn zipf(prefix: &str, n: i64, exponent: f64) -> ScriptResult<Self> {
+        if !(1..=10_000_000).contains(&n) {
+            return script_err(format!("zipf: n must be between 1 and 10,000,000, got {n}"));
+        }
+        if !exponent.is_finite() || exponent < 0.0 {
+            return script_err(format!("zipf: exponent must be >= 0, got {exponent}"));
+        }
+        let weights: Vec<f64> = (1..=n).map(|k| (k as f64).powf(-exponent)).collect();
+        let labels = (1..=n).map(|k| format!("{prefix}{k}")).collect();
+        let table = AliasTable::new(&weights).map_err(|e| format!("zipf: {e}"))?;
+        Ok(Self::new(Kind::Labels { labels, table }))
+    }
+
+    fn weighted(choices: Map) -> ScriptResult<Self> {
+        let mut labels = Vec::with_capacity(choices.len());
+        let mut weights = Vec::with_capacity(choices.len());
+        for (label, weight) in choices {
+            let w = weight
+                .as_float()
+                .or_else(|_| weight.as_int().map(|i| i as f64))
+                .map_err(|t| format!("weighted: the weight of {label:?} is a {t}, not a number"))?;
+            labels.push(label.to_string());
+            weights.push(w);
+        }
+        let table = AliasTable::new(&weights).map_err(|e| format!("weighted: {e}"))?;
+        Ok(Self::new(Kind::Labels { labels, table }))
+    }
+
+    fn uniform(lo: f64, hi: f64) -> ScriptResult<Self> {
+        if !(lo.is_finite() && hi.is_finite() && lo < hi) {
+            return script_err(format!("uniform: needs lo < hi, got {lo} and {hi}"));
+        }
+        Ok(Self::new(Kind::Uniform { lo, hi }))
+    }
+
+    fn uniform_int(lo: i64, hi: i64) -> ScriptResult<Self> {
+        if lo > hi {
+            return script_err(format!("uniform_int: needs lo <= hi, got {lo} and {hi}"));
+        }
+        Ok(Self::new(Kind::UniformInt { lo, hi }))
+    }
+
+    fn round(mut self, decimals: i64) -> ScriptResult<Self> {
+        if !(0..=9).contains(&decimals) {
+            return script_err(format!("round: decimals must be 0 to 9, got {decimals}"));
+        }
+        self.decimals = Some(decimals as u32);
+        Ok(self)
+    }
+
+    fn only_when(mut self, types: Array) -> ScriptResult<Self> {
+        let types = types
+            .into_iter()
+            .map(|t| t.into_string().map_err(|t| format!("only_when: expected type names, got a {t}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.only_when = Some(types.into());
+        Ok(self)
+    }
+
+    fn is_labels(&self) -> bool {
+        matches!(*self.kind, Kind::Labels { .. })
+    }
+
+    /// Draws one value.
+    #[inline]
+    pub fn sample<R: Rng + ?Sized>(&self, rng: &mut R) -> Sample<'_> {
+        match &*self.kind {
+            Kind::Labels { labels, table } => Sample::Label(&labels[table.sample(rng)]),
+            Kind::Uniform { lo, hi } => Sample::Number(self.rounded(rng.random_range(*lo..*hi))),
+            Kind::UniformInt { lo, hi } => Sample::Number(rng.random_range(*lo..=*hi) as f64),
+        }
+    }
+
+    fn rounded(&self, v: f64) -> f64 {
+        match self.decimals {
+            Some(d) => {
+                let scale = 10f64.powi(d as i32);
+                (v * scale).round() / scale
+            }
+            None => v,
+        }
+    }
+
+    fn applies_to(&self, interaction_type: &str) -> bool {
+        self.only_when
+            .as_ref()
+            .is_none_or(|types| types.iter().any(|t| t == interaction_type))
+    }
+}
+
+/// Makes the distribution builders callable from generator scripts.
+pub fn register(engine: &mut Engine) {
+    engine
+        .register_type_with_name::<Distribution>("Distribution")
+        .register_fn("zipf", Distribution::zipf)
+        .register_fn("zipf", |p: &str, n: i64, e: i64| Distribution::zipf(p, n, e as f64))
+        .register_fn("weighted", Distribution::weighted)
+        .register_fn("uniform", Distribution::uniform)
+        .register_fn("uniform", |lo: i64, hi: i64| Distribution::uniform(lo as f64, hi as f64))
+        .register_fn("uniform_int", Distribution::uniform_int)
+        .register_fn("round", Distribution::round)
+        .register_fn("only_when", Distribution::only_when)
+        .register_fn("only_when", |d: Distribution, t: &str| {
+            d.only_when(vec![Dynamic::from(t.to_string())])
+        });
+}
+
+/// The compiled description of one event: a distribution per field.
+#[derive(Debug, Clone)]
+pub struct EventPlan {
+    user_id: Distribution,
+    item_id: Distribution,
+    interaction_type: Distribution,
+    value: Option<Distribution>,
+    price: Option<Distribution>,
+    view_duration: Option<Distribution>,
+    attributes: Vec<(String, Distribution)>,
+}
+
+impl EventPlan {
+    /// Builds a plan from the map the script returned; the error names the offending field.
+    pub fn from_map(mut spec: Map) -> Result<Self, String> {
+        let mut take = |name: &str, labels: bool, required: bool| -> Result<Option<Distribution>, String> {
+            let Some(v) = spec.remove(name) else {
+                return if required {
+                    Err(format!("the event description has no `{name}` field"))
+                } else {
+                    Ok(None)
+                };
+            };
+            let d = v.try_cast::<Distribution>().ok_or_else(|| {
+                format!("`{name}` must be a distribution (zipf, weighted, uniform, uniform_int)")
+            })?;
+            if d.is_labels() != labels {
+                let want = if labels { "labels (zipf or weighted)" } else { "numbers (uniform or uniform_int)" };
+                return Err(format!("`{name}` must draw {want}"));
+            }
+            Ok(Some(d))
+        };
+        let user_id = take("user_id", true, true)?.unwrap();
+        let item_id = take("item_id", true, true)?.unwrap();
+        let interaction_type = take("interaction_type", true, true)?.unwrap();
+        if interaction_type.only_when.is_some() {
+            return Err("`interaction_type` cannot be conditional on itself".into());
+        }
+        let value = take("value", false, false)?;
+        let price = take("price", false, false)?;
+        let view_duration = take("view_duration", false, false)?;
+        for reserved in ["event_id", "timestamp", "session_id"] {
+            if spec.contains_key(reserved) {
+                return Err(format!("`{reserved}` is set by the runner, not the script"));
+            }
+        }
+        let mut attributes = Vec::new();
+        for (name, v) in spec {
+            let d = v.try_cast::<Distribution>().ok_or_else(|| format!("`{name}` must be a distribution"))?;
+            attributes.push((name.to_string(), d));
+        }
+        attributes.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(EventPlan { user_id, item_id, interaction_type, value, price, view_duration, attributes })
+    }
+
+    /// Draws one event (without its `event_id`, which the generator assigns).
+    pub fn sample<R: Rng + ?Sized>(&self, rng: &mut R) -> Event {
+        let label = |d: &Distribution, rng: &mut R| match d.sample(rng) {
+            Sample::Label(s) => s.to_string(),
+            Sample::Number(n) => n.to_string(),
+        };
+        let user_id = label(&self.user_id, rng);
+        let item_id = label(&self.item_id, rng);
+        let interaction_type = label(&self.interaction_type, rng);
+        let number = |d: &Option<Distribution>, rng: &mut R| {
+            d.as_ref().filter(|d| d.applies_to(&interaction_type)).map(|d| match d.sample(rng) {
+                Sample::Number(n) => n,
+                Sample::Label(_) => unreachable!("checked at load"),
+            })
+        };
+        let value = number(&self.value, rng).unwrap_or(0.0);
+        let price = number(&self.price, rng);
+        let view_duration = number(&self.view_duration, rng);
+        let mut attributes = serde_json::Map::new();
+        for (name, d) in &self.attributes {
+            if d.applies_to(&interaction_type) {
+                let v = match d.sample(rng) {
+                    Sample::Label(s) => serde_json::Value::from(s),
+                    Sample::Number(n) => serde_json::Value::from(n),
+                };
+                attributes.insert(name.clone(), v);
+            }
+        }
+        Event {
+            event_id: String::new(),
+            user_id,
+            item_id,
+            interaction_type,
+            timestamp: Utc::now(),
+            session_id: uuid::Builder::from_random_bytes(rng.random()).into_uuid().to_string(),
+            value,
+            price,
+            view_duration,
+            attributes,
+        }
+    }
+}

@@ -1,0 +1,29 @@
+//! # runner
+//!
+//! Runs a streaming analytics pipeline described by one TOML file. The modules follow the data:
+//!
+//! - [`config`]: loads the pipeline file (env-var interpolation, unknown keys rejected, errors
+//!   with file:line) into typed sections that each component owns.
+//! - [`script`]: the sandboxed Rhai engine every script runs in, and script errors with positions.
+//! - [`generator`]: turns the generator script into a sampling plan and produces events in Rust,
+//!   rate-limited by a token bucket.
+//! - [`transport`]: moves batches of events from the generator to the consumer, through Kafka
+//!   ([`transport::kafka`]) or the in-process [`transport::embedded`] queue.
+//! - [`consumer`]: the transport-independent consumer: take a batch, store it, then acknowledge it.
+//! - [`store`]: where raw events land: MongoDB ([`store::mongo`]) or the embedded SQLite store
+//!   ([`store::embedded`]), behind one [`store::EventStore`] interface.
+//! - [`pipeline`]: wires the components chosen on the command line and runs them until done.
+//! - [`telemetry`]: the counters and log lines every component reports through.
+//! - [`commands`]: the subcommands (`validate`, `generate`) as library calls.
+//! - [`event`]: the interaction event, the one type every stage shares.
+
+pub mod commands;
+pub mod config;
+pub mod consumer;
+pub mod event;
+pub mod generator;
+pub mod pipeline;
+pub mod script;
+pub mod store;
+pub mod telemetry;
+pub mod transport;

@@ -1,0 +1,212 @@
+//! The `runner` command line: parses arguments and calls into the library.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use runner::config::de::parse_duration;
+use runner::config::Pipeline;
+use runner::pipeline::{Components, RunOptions};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Runs streaming analytics pipelines described in TOML files.
+///
+/// A pipeline generates user interactions with a Rhai script, moves them through Kafka (or an
+/// embedded in-process queue), and stores them in MongoDB (or an embedded SQLite store).
+#[derive(Parser)]
+#[command(name = "runner", version, propagate_version = true)]
+struct Cli {
+    /// Log level or filter (error, warn, info, debug, trace, or a tracing filter like runner=debug).
+    #[arg(long, global = true, env = "RUNNER_LOG", default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a pipeline until Ctrl-C (graceful: flush the producer, store what was read, commit
+    /// offsets), or until --for / --events / --exit-when-idle says it is done.
+    Run(RunArgs),
+    /// Check a pipeline file and compile every script it references, without connecting.
+    /// Prints `ok`, or each error as file:line:column; exits non-zero on error.
+    Validate {
+        /// The pipeline file.
+        pipeline: PathBuf,
+    },
+    /// Print generated events as JSON lines to stdout (no Kafka, no store), to look at the data.
+    Generate {
+        /// The pipeline file.
+        pipeline: PathBuf,
+        /// How many events to print.
+        #[arg(long, short = 'n', default_value_t = 10)]
+        count: u64,
+        /// Seed for a reproducible sample [default: the pipeline's generator.seed, else random].
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The pipeline file.
+    pipeline: PathBuf,
+    /// Which components to run in this process, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "generator,consumer")]
+    components: Vec<ComponentArg>,
+    /// Events per second (0 = as fast as possible) [default: generator.rate in the pipeline file].
+    #[arg(long)]
+    generation_rate: Option<f64>,
+    /// Events per generated batch [default: generator.batch_size in the pipeline file].
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Stop after this long, e.g. 30s, 5m [default: run until Ctrl-C].
+    #[arg(long = "for", value_parser = parse_duration)]
+    run_for: Option<Duration>,
+    /// Stop generating after this many events [default: no limit].
+    #[arg(long)]
+    events: Option<u64>,
+    /// Stop consuming once nothing arrived for this long after generating finished, e.g. 5s
+    /// [default: keep consuming].
+    #[arg(long, value_parser = parse_duration)]
+    exit_when_idle: Option<Duration>,
+    /// Kafka bootstrap servers (host:port,...), or `embedded` [default: kafka.bootstrap_servers].
+    #[arg(long)]
+    kafka: Option<String>,
+    /// MongoDB connection string, or `embedded` [default: mongodb.uri].
+    #[arg(long)]
+    mongodb: Option<String>,
+    /// Folder for the embedded store [default: embedded.data_dir, ./data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// How often to log progress.
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    progress_every: Duration,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ComponentArg {
+    /// Generates events and publishes them.
+    Generator,
+    /// The seed's name for the generator.
+    Producer,
+    /// Consumes events and stores them.
+    Consumer,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let result = match cli.command {
+        Command::Validate { pipeline } => match runner::commands::validate(&pipeline) {
+            Ok(_) => {
+                println!("ok");
+                Ok(())
+            }
+            Err(problems) => {
+                for p in &problems {
+                    eprintln!("error: {p}");
+                }
+                return ExitCode::FAILURE;
+            }
+        },
+        Command::Generate { pipeline, count, seed } => Pipeline::load(&pipeline)
+            .map_err(anyhow::Error::from)
+            .and_then(|mut p| {
+                if seed.is_some() {
+                    p.config.generator.seed = seed;
+                }
+                runner::commands::generate(&p, count, &mut std::io::stdout().lock())
+            }),
+        Command::Run(args) => run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let mut pipeline = Pipeline::load(&args.pipeline)?;
+    let c = &mut pipeline.config;
+    if let Some(k) = args.kafka {
+        c.kafka.bootstrap_servers = k;
+    }
+    if let Some(m) = args.mongodb {
+        c.mongodb.uri = m;
+    }
+    if let Some(d) = args.data_dir {
+        c.embedded.data_dir = d;
+    }
+    if let Some(r) = args.generation_rate {
+        c.generator.rate = r;
+    }
+    if let Some(b) = args.batch_size {
+        c.generator.batch_size = b;
+    }
+    let checks = [c.kafka.check(), c.mongodb.check(), c.generator.check()];
+    if let Some(problem) = checks.into_iter().flatten().next() {
+        anyhow::bail!("{}: {problem}", args.pipeline.display());
+    }
+    let components = Components {
+        generator: args.components.iter().any(|c| matches!(c, ComponentArg::Generator | ComponentArg::Producer)),
+        consumer: args.components.contains(&ComponentArg::Consumer),
+    };
+    let options = RunOptions {
+        components,
+        max_events: args.events,
+        idle_exit: args.exit_when_idle,
+        progress_every: args.progress_every,
+        ..RunOptions::default()
+    };
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(async move {
+        let stop = CancellationToken::new();
+        spawn_stop_signals(stop.clone(), args.run_for);
+        let summary = runner::pipeline::run(&pipeline, options, stop).await?;
+        let s = summary.stats;
+        let secs = summary.elapsed.as_secs_f64();
+        tracing::info!(
+            generated = s.generated, stored = s.stored, duplicates = s.duplicates, rejected = s.rejected,
+            delivery_failed = s.delivery_failed, seconds = format!("{secs:.1}"),
+            "finished"
+        );
+        Ok(())
+    })
+}
+
+/// Ctrl-C (or SIGTERM) stops gracefully; a second Ctrl-C exits at once. `--for` stops after a while.
+fn spawn_stop_signals(stop: CancellationToken, run_for: Option<Duration>) {
+    if let Some(d) = run_for {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(d).await;
+            tracing::info!("--for {d:?} reached; stopping");
+            stop.cancel();
+        });
+    }
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let terminated = async {
+            match term.as_mut() {
+                Some(t) => {
+                    t.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminated => {}
+        }
+        tracing::info!("stopping: finishing in-flight batches and committing offsets (Ctrl-C again to quit at once)");
+        stop.cancel();
+        let _ = tokio::signal::ctrl_c().await;
+        eprintln!("quitting without finishing; uncommitted events will be consumed again");
+        std::process::exit(130);
+    });
+}

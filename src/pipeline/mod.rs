@@ -1,0 +1,212 @@
+//! Wires the components the command line asks for and runs them until done.
+//!
+//! Everything that can fail on bad input (config, scripts, connections) is checked before any
+//! event is generated, so a bad setup never half-starts the pipeline.
+
+use crate::config::Pipeline;
+use crate::consumer::{self, StopWhen};
+use crate::generator::{Generator, GeneratorConfig, GeneratorScript, Pacer};
+use crate::store::{self, EventStore};
+use crate::telemetry::{self, Snapshot, Stats};
+use crate::transport::{embedded, kafka, Publisher, Subscriber};
+use anyhow::{bail, Context};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Which parts of the pipeline this process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Components {
+    pub generator: bool,
+    pub consumer: bool,
+}
+
+impl Components {
+    pub const ALL: Components = Components { generator: true, consumer: true };
+}
+
+/// How a run is bounded and reported.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub components: Components,
+    /// Stop generating after this many events.
+    pub max_events: Option<u64>,
+    /// Stop the consumer once nothing arrived for this long after the generator finished
+    /// (or at once, with no generator in this process).
+    pub idle_exit: Option<Duration>,
+    /// How often to log progress.
+    pub progress_every: Duration,
+    /// How long the producer may take to deliver what it has at shutdown.
+    pub flush_timeout: Duration,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            components: Components::ALL,
+            max_events: None,
+            idle_exit: None,
+            progress_every: Duration::from_secs(5),
+            flush_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What a finished run did.
+#[derive(Debug, Clone, Copy)]
+pub struct RunSummary {
+    pub stats: Snapshot,
+    pub elapsed: Duration,
+}
+
+/// Runs the pipeline until `stop` fires, or the run's bounds are reached.
+pub async fn run(pipeline: &Pipeline, options: RunOptions, stop: CancellationToken) -> anyhow::Result<RunSummary> {
+    let started = std::time::Instant::now();
+    let config = &pipeline.config;
+    let components = options.components;
+    if !components.generator && !components.consumer {
+        bail!("nothing to run: choose at least one of generator, consumer");
+    }
+    let embedded_transport = config.kafka.is_embedded();
+    if embedded_transport && components != Components::ALL {
+        bail!(
+            "the embedded transport connects the generator and the consumer inside one process, so it needs both; \
+             set kafka.bootstrap_servers (or KAFKA_BOOTSTRAP_SERVERS, or --kafka) to run them apart"
+        );
+    }
+    // Compile scripts before connecting to anything: a typo should not wait on a network timeout.
+    let script = components.generator.then(|| GeneratorScript::load(&config.generator)).transpose()?;
+
+    let stats = Stats::new();
+    let store: Option<Arc<dyn EventStore>> = match components.consumer {
+        true => Some(store::open(config).await?),
+        false => None,
+    };
+    log_setup(pipeline, store.as_deref(), components);
+
+    let (publisher, subscriber): (Option<Box<dyn Publisher>>, Option<Box<dyn Subscriber>>) = if embedded_transport {
+        let (p, s) = embedded::channel(config.embedded.queue_capacity, config.consumer.batch_size, stats.clone());
+        (Some(Box::new(p)), Some(Box::new(s)))
+    } else {
+        let admin = kafka::connect(&config.kafka).await?;
+        kafka::ensure_topic(&admin, &config.kafka).await?;
+        let p = match components.generator {
+            true => Some(Box::new(kafka::KafkaPublisher::new(&config.kafka, stats.clone())?) as Box<dyn Publisher>),
+            false => None,
+        };
+        let s = match components.consumer {
+            true => Some(Box::new(kafka::KafkaSubscriber::new(
+                &config.kafka,
+                config.consumer.batch_size,
+                config.consumer.max_wait,
+                stats.clone(),
+            )?) as Box<dyn Subscriber>),
+            false => None,
+        };
+        (p, s)
+    };
+
+    let progress_stop = CancellationToken::new();
+    let progress = tokio::spawn(telemetry::report_progress(stats.clone(), options.progress_every, progress_stop.clone()));
+
+    let producers_done = CancellationToken::new();
+    let generator = match (publisher, script) {
+        (Some(publisher), Some(script)) => {
+            let task = generate(script, publisher, config.generator.clone(), options.clone(), stats.clone(), stop.clone());
+            let done = producers_done.clone();
+            Some(tokio::spawn(async move {
+                let r = task.await;
+                done.cancel();
+                r
+            }))
+        }
+        _ => {
+            producers_done.cancel();
+            None
+        }
+    };
+    let consumer = match (subscriber, store) {
+        (Some(subscriber), Some(store)) => {
+            let until = StopWhen { stop: stop.clone(), idle: options.idle_exit, producers_done: producers_done.clone() };
+            let (stats, cfg) = (stats.clone(), config.consumer.clone());
+            Some(tokio::spawn(async move { consumer::run(subscriber, store, stats, &cfg, until).await }))
+        }
+        _ => None,
+    };
+
+    // A failing component stops the others, so the process exits with its error.
+    let generator_result = match generator {
+        Some(g) => flatten(g.await),
+        None => Ok(()),
+    };
+    if generator_result.is_err() {
+        stop.cancel();
+    }
+    let consumer_result = match consumer {
+        Some(c) => flatten(c.await),
+        None => Ok(()),
+    };
+    progress_stop.cancel();
+    let _ = progress.await;
+    generator_result.context("generator failed")?;
+    consumer_result.context("consumer failed")?;
+    Ok(RunSummary { stats: stats.snapshot(), elapsed: started.elapsed() })
+}
+
+fn flatten(joined: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Result<()> {
+    joined.map_err(anyhow::Error::from).and_then(|r| r)
+}
+
+/// The generator loop: pace, sample a batch, publish it; on stop, flush what was published.
+async fn generate(
+    script: GeneratorScript,
+    mut publisher: Box<dyn Publisher>,
+    cfg: GeneratorConfig,
+    options: RunOptions,
+    stats: Arc<Stats>,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut generator = Generator::new(script, cfg.seed);
+    let mut pacer = Pacer::new(cfg.rate);
+    let mut remaining = options.max_events.unwrap_or(u64::MAX);
+    let mut result = Ok(());
+    while remaining > 0 && !stop.is_cancelled() {
+        let n = (cfg.batch_size as u64).min(remaining) as usize;
+        tokio::select! {
+            _ = pacer.acquire(n) => {}
+            _ = stop.cancelled() => break,
+        }
+        let mut batch = Vec::with_capacity(n);
+        generator.fill(n, &mut batch);
+        if let Err(e) = publisher.publish(batch).await {
+            result = Err(e);
+            break;
+        }
+        stats.generated(n);
+        remaining -= n as u64;
+    }
+    let flushed = publisher.flush(options.flush_timeout).await;
+    result.and(flushed)
+}
+
+fn log_setup(pipeline: &Pipeline, store: Option<&dyn EventStore>, components: Components) {
+    let c = &pipeline.config;
+    let transport = if c.kafka.is_embedded() {
+        "embedded in-process queue (set KAFKA_BOOTSTRAP_SERVERS or --kafka host:port to use Kafka)".to_string()
+    } else {
+        format!("Kafka {} topic {:?} group {:?}", c.kafka.bootstrap_servers, c.kafka.topic, c.kafka.consumer_group)
+    };
+    let store = match store {
+        Some(s) if c.mongodb.is_embedded() => {
+            format!("{} (set MONGODB_CONNECTION_STRING or --mongodb mongodb://... to use MongoDB)", s.describe())
+        }
+        Some(s) => s.describe(),
+        None => "none (consumer not running here)".to_string(),
+    };
+    tracing::info!(
+        pipeline = %c.name,
+        generator = components.generator,
+        consumer = components.consumer,
+        "transport: {transport}; store: {store}"
+    );
+}

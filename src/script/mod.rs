@@ -1,0 +1,140 @@
+//! The Rhai side: one sandboxed engine setup for every script, and script errors that say where.
+//!
+//! Scripts are user code that runs inside the pipeline, so the engine has no module loading
+//! (hence no file access), no `eval`, and hard limits on work and sizes: a runaway script fails
+//! with an error instead of stalling the pipeline.
+
+use rhai::{Engine, EvalAltResult, Position, AST};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// Limits applied to every script call.
+#[derive(Debug, Clone, Copy)]
+pub struct ScriptLimits {
+    pub max_operations: u64,
+    pub max_call_levels: usize,
+    pub max_string_size: usize,
+    pub max_array_size: usize,
+    pub max_map_size: usize,
+}
+
+impl Default for ScriptLimits {
+    fn default() -> Self {
+        ScriptLimits {
+            max_operations: 5_000_000,
+            max_call_levels: 32,
+            max_string_size: 1 << 20,
+            max_array_size: 1 << 20,
+            max_map_size: 1 << 16,
+        }
+    }
+}
+
+/// A fresh engine with the sandbox and limits applied; callers register their own functions.
+pub fn sandboxed_engine(limits: ScriptLimits) -> Engine {
+    let mut engine = Engine::new();
+    engine.set_module_resolver(rhai::module_resolvers::DummyModuleResolver::new());
+    engine.disable_symbol("eval");
+    engine.set_max_operations(limits.max_operations);
+    engine.set_max_call_levels(limits.max_call_levels);
+    engine.set_max_string_size(limits.max_string_size);
+    engine.set_max_array_size(limits.max_array_size);
+    engine.set_max_map_size(limits.max_map_size);
+    engine.set_max_expr_depths(64, 32);
+    engine
+}
+
+/// A script that failed to compile or run, with its file and position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScriptError {
+    pub path: PathBuf,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub message: String,
+}
+
+impl ScriptError {
+    fn new(path: &Path, pos: Position, message: String) -> Self {
+        ScriptError {
+            path: path.to_path_buf(),
+            line: pos.line(),
+            column: pos.position(),
+            message,
+        }
+    }
+
+    /// An error raised while running `path`, positioned where Rhai says it happened.
+    pub fn from_eval(path: &Path, err: &EvalAltResult) -> Self {
+        // Rhai appends " (line N, position M)" to its Display; the position is reported separately.
+        let message = err.to_string();
+        let message = match message.rfind(" (line ") {
+            Some(cut) if message.ends_with(')') => message[..cut].to_string(),
+            _ => message,
+        };
+        Self::new(path, err.position(), message)
+    }
+
+    /// An error about the script that is not tied to a position (a missing function, a bad value).
+    pub fn whole_file(path: &Path, message: impl Into<String>) -> Self {
+        Self::new(path, Position::NONE, message.into())
+    }
+}
+
+impl fmt::Display for ScriptError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.path.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+            if let Some(column) = self.column {
+                write!(f, ":{column}")?;
+            }
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ScriptError {}
+
+/// Reads and compiles a script file; syntax errors carry file:line:column.
+pub fn compile_file(engine: &Engine, path: &Path) -> Result<AST, ScriptError> {
+    let source = std::fs::read_to_string(path)
+        .map_err(|e| ScriptError::whole_file(path, format!("cannot read the script: {e}")))?;
+    let mut ast = engine.compile(&source).map_err(|e| {
+        ScriptError::new(path, e.position(), e.err_type().to_string())
+    })?;
+    ast.set_source(path.display().to_string());
+    Ok(ast)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), text).unwrap();
+        f
+    }
+
+    #[test]
+    fn syntax_error_has_line_and_column() {
+        let f = write("let a = 1;\nlet b = ;\n");
+        let err = compile_file(&sandboxed_engine(ScriptLimits::default()), f.path()).unwrap_err();
+        assert_eq!(err.line, Some(2));
+        assert!(err.to_string().contains(&format!("{}:2:", f.path().display())), "{err}");
+    }
+
+    #[test]
+    fn runaway_loop_is_stopped_by_the_operation_limit() {
+        let engine = sandboxed_engine(ScriptLimits { max_operations: 10_000, ..Default::default() });
+        let err = engine.eval::<()>("loop { }").unwrap_err();
+        assert!(err.to_string().contains("operations"), "{err}");
+    }
+
+    #[test]
+    fn scripts_cannot_import_modules() {
+        let engine = sandboxed_engine(ScriptLimits::default());
+        assert!(engine.eval::<()>(r#"import "/etc/passwd" as p;"#).is_err());
+        assert!(engine.eval::<i64>(r#"eval("1")"#).is_err());
+    }
+}

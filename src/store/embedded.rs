@@ -1,0 +1,162 @@
+//! The embedded store: SQLite in a local data directory, used when no MongoDB is configured.
+//! Same contract as MongoDB: a unique event_id, durable on return, kept across restarts.
+
+use super::{EventStore, InsertOutcome};
+use crate::config::de;
+use crate::event::Event;
+use anyhow::Context;
+use async_trait::async_trait;
+use rusqlite::{params, Connection};
+use serde::Deserialize;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// `[embedded]` section: where the embedded store lives and how deep the in-process queue is.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddedConfig {
+    /// Folder for the SQLite database (created if missing; relative to the working directory).
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Batches the in-process queue holds before the generator has to wait.
+    #[serde(default = "default_queue_capacity", deserialize_with = "de::number")]
+    pub queue_capacity: usize,
+}
+
+impl Default for EmbeddedConfig {
+    fn default() -> Self {
+        EmbeddedConfig { data_dir: default_data_dir(), queue_capacity: default_queue_capacity() }
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("data")
+}
+fn default_queue_capacity() -> usize {
+    16
+}
+
+/// Raw events in `<data_dir>/runner.db`.
+pub struct EmbeddedStore {
+    conn: Arc<Mutex<Connection>>,
+    path: PathBuf,
+}
+
+const SCHEMA: &str = "
+    CREATE TABLE IF NOT EXISTS raw_events (
+        event_id TEXT PRIMARY KEY,
+        timestamp_ms INTEGER NOT NULL,
+        user_id TEXT NOT NULL,
+        item_id TEXT NOT NULL,
+        interaction_type TEXT NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS raw_events_timestamp ON raw_events(timestamp_ms);
+    CREATE INDEX IF NOT EXISTS raw_events_user ON raw_events(user_id);
+    CREATE INDEX IF NOT EXISTS raw_events_item ON raw_events(item_id);
+";
+
+impl EmbeddedStore {
+    /// Opens (creating if needed) the store; with `retention`, a background sweep deletes older events.
+    pub fn open(config: &EmbeddedConfig, retention: Option<Duration>) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
+        let path = config.data_dir.join("runner.db");
+        let conn = Connection::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+        // WAL + NORMAL: a commit survives a process crash; only an OS crash may lose the last commits.
+        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;")
+            .and_then(|_| conn.execute_batch(SCHEMA))
+            .with_context(|| format!("cannot set up {}", path.display()))?;
+        let store = EmbeddedStore { conn: Arc::new(Mutex::new(conn)), path };
+        if let Some(keep) = retention {
+            store.spawn_retention(keep);
+        }
+        Ok(store)
+    }
+
+    fn spawn_retention(&self, keep: Duration) {
+        let conn = Arc::downgrade(&self.conn);
+        let every = (keep / 10).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+        let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
+        handle.spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(conn) = conn.upgrade() else { return };
+                let cutoff = (chrono::Utc::now() - keep).timestamp_millis();
+                let deleted = tokio::task::spawn_blocking(move || {
+                    conn.lock().unwrap().execute("DELETE FROM raw_events WHERE timestamp_ms < ?1", [cutoff])
+                })
+                .await;
+                match deleted {
+                    Ok(Ok(n)) if n > 0 => tracing::info!(deleted = n, "retention: deleted raw events older than {keep:?}"),
+                    Ok(Err(e)) => tracing::warn!(error = %e, "retention sweep failed; will try again"),
+                    _ => {}
+                }
+            }
+        });
+    }
+
+    async fn with_conn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> anyhow::Result<T> {
+        let conn = self.conn.clone();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || f(&mut conn.lock().unwrap()))
+            .await?
+            .with_context(|| format!("embedded store {} failed", path.display()))
+    }
+}
+
+#[async_trait]
+impl EventStore for EmbeddedStore {
+    fn describe(&self) -> String {
+        format!("embedded SQLite store {}", self.path.display())
+    }
+
+    async fn insert_events(&self, events: &[Event]) -> anyhow::Result<InsertOutcome> {
+        let rows: Vec<(String, i64, String, String, String, String)> = events
+            .iter()
+            .map(|e| {
+                let body = serde_json::to_string(e).expect("an Event always serializes");
+                (e.event_id.clone(), e.timestamp.timestamp_millis(), e.user_id.clone(), e.item_id.clone(), e.interaction_type.clone(), body)
+            })
+            .collect();
+        self.with_conn(move |conn| {
+            let tx = conn.transaction()?;
+            let mut inserted = 0;
+            {
+                let mut stmt = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO raw_events (event_id, timestamp_ms, user_id, item_id, interaction_type, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )?;
+                for r in &rows {
+                    inserted += stmt.execute(params![r.0, r.1, r.2, r.3, r.4, r.5])? as u64;
+                }
+            }
+            tx.commit()?;
+            Ok(InsertOutcome { inserted, duplicates: rows.len() as u64 - inserted })
+        })
+        .await
+    }
+
+    async fn count_events(&self) -> anyhow::Result<u64> {
+        self.with_conn(|c| c.query_row("SELECT COUNT(*) FROM raw_events", [], |r| r.get::<_, i64>(0)))
+            .await
+            .map(|n| n as u64)
+    }
+
+    async fn all_events(&self) -> anyhow::Result<Vec<Event>> {
+        let bodies = self
+            .with_conn(|c| {
+                let mut stmt = c.prepare("SELECT body FROM raw_events ORDER BY timestamp_ms")?;
+                let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+                rows.collect::<rusqlite::Result<Vec<String>>>()
+            })
+            .await?;
+        bodies
+            .iter()
+            .map(|b| serde_json::from_str(b).context("embedded store holds a row that is not an event"))
+            .collect()
+    }
+}

@@ -1,0 +1,42 @@
+//! Where raw events land. MongoDB and the embedded SQLite store implement one interface, and one
+//! contract test suite (`tests/store_contract.rs`) runs against both so they cannot drift apart.
+
+pub mod embedded;
+pub mod mongo;
+
+use crate::config::PipelineConfig;
+use crate::event::Event;
+use async_trait::async_trait;
+use std::sync::Arc;
+
+/// The outcome of writing one batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InsertOutcome {
+    /// Events written for the first time.
+    pub inserted: u64,
+    /// Events whose event_id was already stored (a replay); skipped, not an error.
+    pub duplicates: u64,
+}
+
+/// A durable home for raw events, keyed by a unique event_id.
+#[async_trait]
+pub trait EventStore: Send + Sync {
+    /// One line for the start-up log: what kind of store and where (no credentials).
+    fn describe(&self) -> String;
+    /// Writes a batch; an event already stored is counted as a duplicate, never written twice.
+    /// Returns only once the write is durable (acknowledged by the server or committed locally).
+    async fn insert_events(&self, events: &[Event]) -> anyhow::Result<InsertOutcome>;
+    /// How many raw events are stored.
+    async fn count_events(&self) -> anyhow::Result<u64>;
+    /// Every stored raw event, oldest first (for recomputation and checks; not for the hot path).
+    async fn all_events(&self) -> anyhow::Result<Vec<Event>>;
+}
+
+/// Opens the store the pipeline names: MongoDB, or the embedded store when the uri is `embedded`.
+pub async fn open(config: &PipelineConfig) -> anyhow::Result<Arc<dyn EventStore>> {
+    if config.mongodb.is_embedded() {
+        Ok(Arc::new(embedded::EmbeddedStore::open(&config.embedded, config.mongodb.retention)?))
+    } else {
+        Ok(Arc::new(mongo::MongoStore::connect(&config.mongodb).await?))
+    }
+}

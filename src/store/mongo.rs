@@ -1,0 +1,244 @@
+//! The MongoDB store, through the official driver: `insert_many` in unordered batches against a
+//! unique index on event_id, so a replayed batch writes only what is missing.
+
+use super::{EventStore, InsertOutcome};
+use crate::config::de;
+use crate::event::Event;
+use anyhow::{bail, Context};
+use async_trait::async_trait;
+use futures::TryStreamExt;
+use mongodb::bson::{self, doc, Bson, Document};
+use mongodb::error::{ErrorKind, WriteFailure};
+use mongodb::options::{ClientOptions, IndexOptions};
+use mongodb::{Client, Collection, IndexModel};
+use serde::Deserialize;
+use std::time::{Duration, Instant};
+
+/// `[mongodb]` section. `uri = "embedded"` selects the embedded store instead.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MongoConfig {
+    /// A `mongodb://` or `mongodb+srv://` connection string, or `embedded`.
+    pub uri: String,
+    /// Database holding the collections.
+    pub database: String,
+    /// Collection of raw events.
+    #[serde(default = "default_raw")]
+    pub raw_collection: String,
+    /// Collection of aggregated metric state.
+    #[serde(default = "default_metrics")]
+    pub metrics_collection: String,
+    /// How long raw events are kept (a TTL index on timestamp); unset keeps them forever.
+    #[serde(default, deserialize_with = "de::optional_duration")]
+    pub retention: Option<Duration>,
+    /// How long to keep retrying an unreachable server at start before giving up.
+    #[serde(default = "default_connect_timeout", deserialize_with = "de::duration")]
+    pub connect_timeout: Duration,
+}
+
+fn default_raw() -> String {
+    "raw_interactions".into()
+}
+fn default_metrics() -> String {
+    "aggregated_metrics".into()
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+impl MongoConfig {
+    /// True when the pipeline uses the embedded store instead of MongoDB.
+    pub fn is_embedded(&self) -> bool {
+        self.uri.trim().eq_ignore_ascii_case("embedded")
+    }
+
+    /// Problems a parse cannot catch (the uri's form is checked without connecting).
+    pub fn check(&self) -> Option<String> {
+        let mut p = Vec::new();
+        if !self.is_embedded() && !(self.uri.starts_with("mongodb://") || self.uri.starts_with("mongodb+srv://")) {
+            p.push(format!(
+                "mongodb.uri must start with mongodb:// or mongodb+srv:// (or be \"embedded\"), got {:?}",
+                redact(&self.uri)
+            ));
+        }
+        if self.database.is_empty() || self.raw_collection.is_empty() || self.metrics_collection.is_empty() {
+            p.push("mongodb.database and the collection names must not be empty".to_string());
+        }
+        (!p.is_empty()).then(|| p.join("; "))
+    }
+}
+
+/// The uri with any password replaced, for logs and errors.
+pub fn redact(uri: &str) -> String {
+    match (uri.find("://"), uri.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &uri[scheme + 3..at];
+            let user = creds.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &uri[..scheme + 3], &uri[at..])
+        }
+        _ => uri.to_string(),
+    }
+}
+
+/// Raw events in a MongoDB collection.
+pub struct MongoStore {
+    raw: Collection<Document>,
+    described: String,
+}
+
+impl MongoStore {
+    /// Connects (retrying with backoff up to `connect_timeout`, never falling back) and creates
+    /// the indexes.
+    pub async fn connect(config: &MongoConfig) -> anyhow::Result<Self> {
+        let shown = redact(&config.uri);
+        let mut options = ClientOptions::parse(&config.uri)
+            .await
+            .with_context(|| format!("mongodb.uri {shown:?} is not a valid connection string"))?;
+        options.app_name.get_or_insert_with(|| "runner".to_string());
+        options.server_selection_timeout.get_or_insert(Duration::from_secs(3));
+        let client = Client::with_options(options).context("cannot create the MongoDB client")?;
+        let db = client.database(&config.database);
+        let started = Instant::now();
+        let mut wait = Duration::from_millis(250);
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            match db.run_command(doc! {"ping": 1}).await {
+                Ok(_) => break,
+                Err(e) if started.elapsed() + wait < config.connect_timeout => {
+                    tracing::warn!(uri = %shown, attempt, error = %e, retry_in = ?wait,
+                        "cannot reach mongodb; retrying (connect_timeout = {:?})", config.connect_timeout);
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => bail!(
+                    "cannot reach MongoDB at {shown} after {:?} ({e}); check that the server runs and \
+                     mongodb.uri / MONGODB_CONNECTION_STRING / --mongodb point at it",
+                    started.elapsed()
+                ),
+            }
+        }
+        let raw = db.collection::<Document>(&config.raw_collection);
+        create_indexes(&raw, config.retention).await?;
+        Ok(MongoStore {
+            raw,
+            described: format!("MongoDB {shown} database {:?} collection {:?}", config.database, config.raw_collection),
+        })
+    }
+}
+
+async fn create_indexes(raw: &Collection<Document>, retention: Option<Duration>) -> anyhow::Result<()> {
+    let unique = IndexOptions::builder().unique(true).name("event_id_unique".to_string()).build();
+    let mut models = vec![
+        IndexModel::builder().keys(doc! {"event_id": 1}).options(unique).build(),
+        IndexModel::builder().keys(doc! {"user_id": 1}).build(),
+        IndexModel::builder().keys(doc! {"item_id": 1}).build(),
+    ];
+    // The TTL index doubles as the timestamp index.
+    let ts_options = retention.map(|r| IndexOptions::builder().expire_after(r).name("timestamp_ttl".to_string()).build());
+    models.push(IndexModel::builder().keys(doc! {"timestamp": 1}).options(ts_options).build());
+    raw.create_indexes(models)
+        .await
+        .with_context(|| format!("cannot create indexes on {} (an index with other options may exist: drop it, or align the retention setting)", raw.namespace()))?;
+    Ok(())
+}
+
+/// MongoDB's duplicate-key error code.
+const DUPLICATE_KEY: i32 = 11000;
+
+#[async_trait]
+impl EventStore for MongoStore {
+    fn describe(&self) -> String {
+        self.described.clone()
+    }
+
+    async fn insert_events(&self, events: &[Event]) -> anyhow::Result<InsertOutcome> {
+        if events.is_empty() {
+            return Ok(InsertOutcome::default());
+        }
+        let docs: Vec<Document> = events.iter().map(to_document).collect();
+        let total = docs.len() as u64;
+        match self.raw.insert_many(docs).ordered(false).await {
+            Ok(r) => Ok(InsertOutcome { inserted: r.inserted_ids.len() as u64, duplicates: 0 }),
+            Err(e) => match *e.kind {
+                ErrorKind::InsertMany(ref failure) => {
+                    let write_errors = failure.write_errors.as_deref().unwrap_or(&[]);
+                    if let Some(other) = write_errors.iter().find(|w| w.code != DUPLICATE_KEY) {
+                        bail!("MongoDB refused an event: {} (code {})", other.message, other.code);
+                    }
+                    if let Some(wc) = &failure.write_concern_error {
+                        bail!("MongoDB write concern failed: {}", wc.message);
+                    }
+                    let duplicates = write_errors.len() as u64;
+                    Ok(InsertOutcome { inserted: total - duplicates, duplicates })
+                }
+                ErrorKind::Write(WriteFailure::WriteError(ref w)) if w.code == DUPLICATE_KEY && total == 1 => {
+                    Ok(InsertOutcome { inserted: 0, duplicates: 1 })
+                }
+                _ => Err(anyhow::Error::new(e).context("MongoDB insert_many failed")),
+            },
+        }
+    }
+
+    async fn count_events(&self) -> anyhow::Result<u64> {
+        Ok(self.raw.count_documents(doc! {}).await.context("MongoDB count failed")?)
+    }
+
+    async fn all_events(&self) -> anyhow::Result<Vec<Event>> {
+        let docs: Vec<Document> = self
+            .raw
+            .find(doc! {})
+            .sort(doc! {"timestamp": 1})
+            .await
+            .context("MongoDB find failed")?
+            .try_collect()
+            .await
+            .context("MongoDB find failed")?;
+        docs.into_iter().map(from_document).collect()
+    }
+}
+
+/// Raw document layout: the event's fields, with timestamp as a BSON date (TTL indexes and
+/// range queries need a date, not a string).
+fn to_document(e: &Event) -> Document {
+    let mut d = doc! {
+        "event_id": &e.event_id,
+        "user_id": &e.user_id,
+        "item_id": &e.item_id,
+        "interaction_type": &e.interaction_type,
+        "timestamp": bson::DateTime::from_millis(e.timestamp.timestamp_millis()),
+        "session_id": &e.session_id,
+        "value": e.value,
+    };
+    if let Some(p) = e.price {
+        d.insert("price", p);
+    }
+    if let Some(v) = e.view_duration {
+        d.insert("view_duration", v);
+    }
+    if !e.attributes.is_empty() {
+        let attrs = Bson::try_from(serde_json::Value::Object(e.attributes.clone())).unwrap_or(Bson::Null);
+        d.insert("attributes", attrs);
+    }
+    d
+}
+
+fn from_document(mut d: Document) -> anyhow::Result<Event> {
+    let millis = d.get_datetime("timestamp").context("raw document without a date timestamp")?.timestamp_millis();
+    let ts = chrono::DateTime::from_timestamp_millis(millis).context("raw document timestamp out of range")?;
+    d.remove("_id");
+    d.insert("timestamp", ts.to_rfc3339());
+    let json: serde_json::Value = Bson::Document(d).into_relaxed_extjson();
+    serde_json::from_value(json).context("raw document is not an event")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_hides_only_the_password() {
+        assert_eq!(redact("mongodb://bob:s3cret@h:27017/db"), "mongodb://bob:***@h:27017/db");
+        assert_eq!(redact("mongodb://h:27017"), "mongodb://h:27017");
+    }
+}

@@ -1,0 +1,134 @@
+//! Every observable event in the pipeline goes through here: one method bumps the counter and
+//! writes the log line, so metrics and logs never drift apart.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Counters shared by every component of one running pipeline.
+#[derive(Debug, Default)]
+pub struct Stats {
+    generated: AtomicU64,
+    delivered: AtomicU64,
+    delivery_failed: AtomicU64,
+    consumed: AtomicU64,
+    stored: AtomicU64,
+    duplicates: AtomicU64,
+    rejected: AtomicU64,
+    store_retries: AtomicU64,
+}
+
+/// A point-in-time copy of [`Stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Events the generator handed to the transport.
+    pub generated: u64,
+    /// Events the broker acknowledged (the embedded queue acknowledges on enqueue).
+    pub delivered: u64,
+    /// Events the broker finally refused after librdkafka's retries.
+    pub delivery_failed: u64,
+    /// Messages the consumer received, good or bad.
+    pub consumed: u64,
+    /// Events newly written to the store.
+    pub stored: u64,
+    /// Events the store already had (replays), skipped by the unique event_id.
+    pub duplicates: u64,
+    /// Messages that were not valid events, skipped.
+    pub rejected: u64,
+    /// Store writes that failed and were retried.
+    pub store_retries: u64,
+}
+
+impl Stats {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Stats::default())
+    }
+
+    pub fn generated(&self, n: usize) {
+        self.generated.fetch_add(n as u64, Relaxed);
+    }
+
+    pub fn delivered(&self, n: usize) {
+        self.delivered.fetch_add(n as u64, Relaxed);
+    }
+
+    /// A message the broker would not take, after librdkafka's own retries.
+    pub fn delivery_failed(&self, error: &dyn std::fmt::Display) {
+        let n = self.delivery_failed.fetch_add(1, Relaxed) + 1;
+        if n <= 10 || n.is_power_of_two() {
+            tracing::error!(%error, failed_so_far = n, "kafka refused a message after retries");
+        }
+    }
+
+    pub fn consumed(&self, n: usize) {
+        self.consumed.fetch_add(n as u64, Relaxed);
+    }
+
+    /// A batch written: `stored` new events, `duplicates` already present.
+    pub fn stored(&self, stored: u64, duplicates: u64) {
+        self.stored.fetch_add(stored, Relaxed);
+        if duplicates > 0 {
+            self.duplicates.fetch_add(duplicates, Relaxed);
+            tracing::info!(duplicates, "skipped events already stored (replayed after a restart or rebalance)");
+        }
+    }
+
+    /// A message that is not a valid event; it is skipped, never fatal.
+    pub fn rejected(&self, partition: i32, offset: i64, reason: &dyn std::fmt::Display) {
+        let n = self.rejected.fetch_add(1, Relaxed) + 1;
+        if n <= 100 || n.is_power_of_two() {
+            tracing::warn!(partition, offset, %reason, rejected_so_far = n, "skipped a message that is not a valid event");
+        }
+    }
+
+    /// A store write failed and will be retried.
+    pub fn store_retry(&self, attempt: u32, wait: Duration, error: &dyn std::fmt::Display) {
+        self.store_retries.fetch_add(1, Relaxed);
+        tracing::warn!(attempt, retry_in = ?wait, %error, "store write failed; retrying (offsets are not committed until it succeeds)");
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            generated: self.generated.load(Relaxed),
+            delivered: self.delivered.load(Relaxed),
+            delivery_failed: self.delivery_failed.load(Relaxed),
+            consumed: self.consumed.load(Relaxed),
+            stored: self.stored.load(Relaxed),
+            duplicates: self.duplicates.load(Relaxed),
+            rejected: self.rejected.load(Relaxed),
+            store_retries: self.store_retries.load(Relaxed),
+        }
+    }
+}
+
+/// Logs totals and rates every `every` until `stop` fires, then once more.
+pub async fn report_progress(stats: Arc<Stats>, every: Duration, stop: CancellationToken) {
+    let mut last = stats.snapshot();
+    let mut last_at = Instant::now();
+    loop {
+        let stopped = tokio::select! {
+            _ = tokio::time::sleep(every) => false,
+            _ = stop.cancelled() => true,
+        };
+        let now = stats.snapshot();
+        let secs = last_at.elapsed().as_secs_f64().max(1e-9);
+        let rate = |a: u64, b: u64| ((a - b) as f64 / secs).round();
+        tracing::info!(
+            generated = now.generated,
+            generated_per_s = rate(now.generated, last.generated),
+            delivered = now.delivered,
+            consumed = now.consumed,
+            stored = now.stored,
+            stored_per_s = rate(now.stored, last.stored),
+            duplicates = now.duplicates,
+            rejected = now.rejected,
+            "progress"
+        );
+        if stopped {
+            return;
+        }
+        last = now;
+        last_at = Instant::now();
+    }
+}

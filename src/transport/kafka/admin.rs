@@ -1,0 +1,64 @@
+//! Reachability and topic setup, done once before the producer or consumer starts.
+
+use super::KafkaConfig;
+use anyhow::{bail, Context};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::RDKafkaErrorCode;
+use std::time::{Duration, Instant};
+
+/// Waits until the cluster answers a metadata request, retrying with backoff up to
+/// `connect_timeout`; never falls back to anything else.
+pub async fn connect(config: &KafkaConfig) -> anyhow::Result<AdminClient<DefaultClientContext>> {
+    let admin: AdminClient<DefaultClientContext> = config
+        .admin_config()
+        .create()
+        .context("cannot create a Kafka admin client (check the [kafka] settings)")?;
+    let started = Instant::now();
+    let mut wait = Duration::from_millis(250);
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let probe = admin.inner().fetch_metadata(None, Duration::from_secs(3));
+        match probe {
+            Ok(_) => {
+                if attempt > 1 {
+                    tracing::info!(servers = %config.bootstrap_servers, "kafka is reachable now");
+                }
+                return Ok(admin);
+            }
+            Err(e) if started.elapsed() + wait < config.connect_timeout => {
+                tracing::warn!(
+                    servers = %config.bootstrap_servers, attempt, error = %e, retry_in = ?wait,
+                    "cannot reach kafka; retrying (connect_timeout = {:?})", config.connect_timeout
+                );
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => bail!(
+                "cannot reach Kafka at {} after {:?} ({e}); check that the broker runs and \
+                 kafka.bootstrap_servers / KAFKA_BOOTSTRAP_SERVERS / --kafka point at it",
+                config.bootstrap_servers,
+                started.elapsed()
+            ),
+        }
+    }
+}
+
+/// Creates the topic with the configured partitions if it does not exist (brokers may not
+/// auto-create topics).
+pub async fn ensure_topic(admin: &AdminClient<DefaultClientContext>, config: &KafkaConfig) -> anyhow::Result<()> {
+    let topic = NewTopic::new(&config.topic, config.partitions, TopicReplication::Fixed(config.replication_factor));
+    let results = admin
+        .create_topics([&topic], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))))
+        .await
+        .with_context(|| format!("cannot create Kafka topic {:?}", config.topic))?;
+    for result in results {
+        match result {
+            Ok(name) => tracing::info!(topic = %name, partitions = config.partitions, "created kafka topic"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => bail!("cannot create Kafka topic {name:?}: {code}"),
+        }
+    }
+    Ok(())
+}

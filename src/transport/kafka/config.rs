@@ -1,0 +1,162 @@
+//! `[kafka]`: the cluster, the topic, and librdkafka settings.
+
+use crate::config::de;
+use rdkafka::ClientConfig;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// `[kafka]` section. `bootstrap_servers = "embedded"` selects the in-process queue instead.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `host:port[,host:port...]`, or `embedded`.
+    pub bootstrap_servers: String,
+    /// The topic events are published to and consumed from.
+    pub topic: String,
+    /// Partition count used when the runner creates the topic.
+    #[serde(default = "default_partitions", deserialize_with = "de::number")]
+    pub partitions: i32,
+    /// Replication factor used when the runner creates the topic.
+    #[serde(default = "default_replication", deserialize_with = "de::number")]
+    pub replication_factor: i32,
+    /// Consumer group the consumers join; runners in one group split the partitions.
+    pub consumer_group: String,
+    /// How long to keep retrying an unreachable cluster at start before giving up.
+    #[serde(default = "default_connect_timeout", deserialize_with = "de::duration")]
+    pub connect_timeout: Duration,
+    /// librdkafka settings for both clients (`security.protocol`, `sasl.*`, ...).
+    #[serde(default)]
+    pub client: BTreeMap<String, toml::Value>,
+    /// librdkafka settings for the producer only; they override the runner's defaults.
+    #[serde(default)]
+    pub producer: BTreeMap<String, toml::Value>,
+    /// librdkafka settings for the consumer only; they override the runner's defaults.
+    #[serde(default)]
+    pub consumer: BTreeMap<String, toml::Value>,
+}
+
+fn default_partitions() -> i32 {
+    3
+}
+fn default_replication() -> i32 {
+    1
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// Producer defaults: idempotent (no duplicates from retries), lz4 (the codec every broker we
+/// test with handles), and enough lingering to send full batches.
+const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
+    ("enable.idempotence", "true"),
+    ("acks", "all"),
+    ("compression.type", "lz4"),
+    ("linger.ms", "5"),
+    ("batch.num.messages", "10000"),
+    ("queue.buffering.max.messages", "200000"),
+    ("queue.buffering.max.kbytes", "262144"),
+    ("message.timeout.ms", "300000"),
+];
+
+/// Consumer defaults: offsets are stored by the runner after the store acknowledged a batch,
+/// then committed in the background; a fresh group starts at the beginning of the topic.
+const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
+    ("enable.auto.commit", "true"),
+    ("enable.auto.offset.store", "false"),
+    ("auto.commit.interval.ms", "1000"),
+    ("auto.offset.reset", "earliest"),
+    ("session.timeout.ms", "6000"),
+    ("heartbeat.interval.ms", "2000"),
+    ("fetch.wait.max.ms", "100"),
+];
+
+/// Settings the runner relies on for correctness; the TOML may not change them.
+const CONSUMER_FIXED: &[&str] = &["enable.auto.offset.store"];
+
+impl KafkaConfig {
+    /// True when the pipeline uses the in-process queue instead of Kafka.
+    pub fn is_embedded(&self) -> bool {
+        self.bootstrap_servers.trim().eq_ignore_ascii_case("embedded")
+    }
+
+    /// Problems a parse cannot catch.
+    pub fn check(&self) -> Option<String> {
+        let mut p = Vec::new();
+        if self.bootstrap_servers.trim().is_empty() {
+            p.push("kafka.bootstrap_servers is empty (use host:port, or \"embedded\")".to_string());
+        } else if !self.is_embedded() {
+            for server in self.bootstrap_servers.split(',') {
+                let s = server.trim();
+                let s = s.split_once("://").map_or(s, |(_, rest)| rest);
+                let ok = s.rsplit_once(':').is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok());
+                if !ok {
+                    p.push(format!("kafka.bootstrap_servers: {server:?} is not host:port"));
+                }
+            }
+        }
+        if self.topic.trim().is_empty() {
+            p.push("kafka.topic is empty".to_string());
+        }
+        if self.partitions < 1 || self.replication_factor < 1 {
+            p.push("kafka.partitions and kafka.replication_factor must be at least 1".to_string());
+        }
+        for (section, map) in [("client", &self.client), ("producer", &self.producer), ("consumer", &self.consumer)] {
+            for (k, v) in map {
+                if scalar(v).is_none() {
+                    p.push(format!("kafka.{section}.{k:?} must be a string, number or boolean"));
+                }
+            }
+        }
+        for k in CONSUMER_FIXED {
+            if self.consumer.contains_key(*k) || self.client.contains_key(*k) {
+                p.push(format!("kafka: {k} is managed by the runner (offsets are stored only after the store acknowledges)"));
+            }
+        }
+        (!p.is_empty()).then(|| p.join("; "))
+    }
+
+    /// librdkafka settings for the producer.
+    pub fn producer_config(&self) -> ClientConfig {
+        self.client_config(PRODUCER_DEFAULTS, &self.producer)
+    }
+
+    /// librdkafka settings for the consumer.
+    pub fn consumer_config(&self) -> ClientConfig {
+        let mut c = self.client_config(CONSUMER_DEFAULTS, &self.consumer);
+        c.set("group.id", &self.consumer_group);
+        c.set("enable.auto.offset.store", "false");
+        c
+    }
+
+    /// librdkafka settings for admin calls.
+    pub fn admin_config(&self) -> ClientConfig {
+        self.client_config(&[], &BTreeMap::new())
+    }
+
+    fn client_config(&self, defaults: &[(&str, &str)], own: &BTreeMap<String, toml::Value>) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", self.bootstrap_servers.trim());
+        // librdkafka would otherwise log every failed connection attempt itself; we report reachability.
+        c.set("log.connection.close", "false");
+        for (k, v) in defaults {
+            c.set(*k, *v);
+        }
+        for (k, v) in self.client.iter().chain(own) {
+            if let Some(v) = scalar(v) {
+                c.set(k, v);
+            }
+        }
+        c
+    }
+}
+
+fn scalar(v: &toml::Value) -> Option<String> {
+    match v {
+        toml::Value::String(s) => Some(s.clone()),
+        toml::Value::Integer(i) => Some(i.to_string()),
+        toml::Value::Float(f) => Some(f.to_string()),
+        toml::Value::Boolean(b) => Some(b.to_string()),
+        _ => None,
+    }
+}

@@ -1,0 +1,168 @@
+//! Reads the topic in a consumer group and turns messages into decoded batches. Offsets are
+//! stored only when the store-writing side acknowledges a batch; librdkafka commits stored
+//! offsets in the background, on rebalance, and at close.
+
+use super::KafkaConfig;
+use crate::event::Event;
+use crate::telemetry::Stats;
+use crate::transport::{Acknowledge, Batch, Checkpoint, Poll, Subscriber};
+use anyhow::Context;
+use async_trait::async_trait;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Logs assignments so an operator sees how partitions split across runners.
+struct GroupEvents;
+
+impl ClientContext for GroupEvents {}
+
+impl ConsumerContext for GroupEvents {
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                tracing::info!(partitions = ?parts, "kafka partitions assigned");
+            }
+            Rebalance::Revoke(tpl) => {
+                let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                tracing::info!(partitions = ?parts, "kafka partitions revoked");
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "kafka rebalance failed"),
+        }
+    }
+
+    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, _: &TopicPartitionList) {
+        match result {
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => tracing::warn!(error = %e, "kafka offset commit failed; it is retried with the next commit"),
+        }
+    }
+}
+
+type GroupConsumer = StreamConsumer<GroupEvents>;
+
+/// Consumer side of the Kafka transport.
+pub struct KafkaSubscriber {
+    consumer: Arc<GroupConsumer>,
+    topic: String,
+    batch_size: usize,
+    max_wait: Duration,
+    stats: Arc<Stats>,
+}
+
+impl KafkaSubscriber {
+    /// Joins the group and subscribes to the topic.
+    pub fn new(config: &KafkaConfig, batch_size: usize, max_wait: Duration, stats: Arc<Stats>) -> anyhow::Result<Self> {
+        let consumer: GroupConsumer = config
+            .consumer_config()
+            .create_with_context(GroupEvents)
+            .context("cannot create the Kafka consumer (check [kafka.consumer] settings)")?;
+        consumer
+            .subscribe(&[&config.topic])
+            .with_context(|| format!("cannot subscribe to Kafka topic {:?}", config.topic))?;
+        Ok(KafkaSubscriber {
+            consumer: Arc::new(consumer),
+            topic: config.topic.clone(),
+            batch_size: batch_size.max(1),
+            max_wait,
+            stats,
+        })
+    }
+
+    fn decode(&self, msg: &BorrowedMessage<'_>, batch: &mut Batch) {
+        let (partition, offset) = (msg.partition(), msg.offset());
+        batch.checkpoint.include(partition, offset);
+        let decoded = match msg.payload() {
+            None => Err("empty message".to_string()),
+            Some(bytes) => Event::from_json(bytes).map_err(|e| format!("not a valid event: {e}")),
+        };
+        match decoded {
+            Ok(mut event) => {
+                if event.event_id.is_empty() {
+                    // Published by another producer: an id from its position makes its replays harmless too.
+                    event.event_id = format!("{}:{partition}:{offset}", self.topic);
+                }
+                batch.events.push(event);
+            }
+            Err(reason) => {
+                batch.rejected += 1;
+                self.stats.rejected(partition, offset, &reason);
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Subscriber for KafkaSubscriber {
+    async fn poll_batch(&mut self, wait: Duration) -> anyhow::Result<Poll> {
+        let consumer = self.consumer.clone();
+        let first = match tokio::time::timeout(wait, consumer.recv()).await {
+            Err(_) => return Ok(Poll::Empty),
+            Ok(Err(e)) => {
+                // Transport errors (broker down, rebalance in progress) are transient for librdkafka.
+                tracing::warn!(error = %e, "kafka consumer error; continuing");
+                return Ok(Poll::Empty);
+            }
+            Ok(Ok(msg)) => msg,
+        };
+        let mut batch = Batch { events: Vec::with_capacity(self.batch_size), rejected: 0, checkpoint: Checkpoint::default() };
+        self.decode(&first, &mut batch);
+        drop(first);
+        let deadline = Instant::now() + self.max_wait;
+        let mut received = 1;
+        while received < self.batch_size {
+            match tokio::time::timeout_at(deadline, consumer.recv()).await {
+                Err(_) => break,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "kafka consumer error; continuing");
+                    break;
+                }
+                Ok(Ok(msg)) => {
+                    self.decode(&msg, &mut batch);
+                    received += 1;
+                }
+            }
+        }
+        self.stats.consumed(received);
+        Ok(Poll::Batch(batch))
+    }
+
+    fn acknowledger(&self) -> Arc<dyn Acknowledge> {
+        Arc::new(OffsetStore { consumer: self.consumer.clone(), topic: self.topic.clone() })
+    }
+
+    async fn close(self: Box<Self>) -> anyhow::Result<()> {
+        let consumer = self.consumer.clone();
+        tokio::task::spawn_blocking(move || match consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => Ok(()),
+            Err(e) => Err(e).context("final kafka offset commit failed; the uncommitted events will be consumed again (the store skips them)"),
+        })
+        .await?
+    }
+}
+
+/// Stores offsets of acknowledged batches for librdkafka's next commit.
+struct OffsetStore {
+    consumer: Arc<GroupConsumer>,
+    topic: String,
+}
+
+impl Acknowledge for OffsetStore {
+    fn acknowledge(&self, checkpoint: &Checkpoint) {
+        let mut tpl = TopicPartitionList::with_capacity(checkpoint.0.len());
+        for &(partition, next) in &checkpoint.0 {
+            if tpl.add_partition_offset(&self.topic, partition, Offset::Offset(next)).is_err() {
+                continue;
+            }
+        }
+        if let Err(e) = self.consumer.store_offsets(&tpl) {
+            // The partition moved to another consumer meanwhile; it will replay these, harmlessly.
+            tracing::debug!(error = %e, "could not store offsets (partition no longer assigned)");
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! The Kafka transport, through librdkafka: topic setup, an idempotent producer, and a
+//! consumer-group subscriber that commits only offsets whose events are stored.
+
+mod admin;
+mod config;
+mod consumer;
+mod producer;
+
+pub use admin::{connect, ensure_topic};
+pub use config::KafkaConfig;
+pub use consumer::KafkaSubscriber;
+pub use producer::KafkaPublisher;

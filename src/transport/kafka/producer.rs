@@ -1,0 +1,80 @@
+//! Publishes batches to Kafka: JSON values keyed by user_id (one user's events stay ordered in
+//! one partition), with delivery reports counted rather than awaited per message.
+
+use super::KafkaConfig;
+use crate::event::Event;
+use crate::telemetry::Stats;
+use crate::transport::Publisher;
+use anyhow::Context;
+use async_trait::async_trait;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::ClientContext;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Counts delivery reports; librdkafka calls it from its own polling thread.
+struct Deliveries {
+    stats: Arc<Stats>,
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => self.stats.delivered(1),
+            Err((e, _)) => self.stats.delivery_failed(e),
+        }
+    }
+}
+
+/// Generator side of the Kafka transport.
+pub struct KafkaPublisher {
+    producer: Arc<ThreadedProducer<Deliveries>>,
+    topic: String,
+    buf: Vec<u8>,
+}
+
+impl KafkaPublisher {
+    /// Creates the producer; call after [`super::connect`] has seen the cluster.
+    pub fn new(config: &KafkaConfig, stats: Arc<Stats>) -> anyhow::Result<Self> {
+        let producer = config
+            .producer_config()
+            .create_with_context(Deliveries { stats })
+            .context("cannot create the Kafka producer (check [kafka.producer] settings)")?;
+        Ok(KafkaPublisher { producer: Arc::new(producer), topic: config.topic.clone(), buf: Vec::with_capacity(512) })
+    }
+}
+
+#[async_trait]
+impl Publisher for KafkaPublisher {
+    async fn publish(&mut self, batch: Vec<Event>) -> anyhow::Result<()> {
+        for event in &batch {
+            self.buf.clear();
+            event.write_json(&mut self.buf);
+            loop {
+                let record = BaseRecord::to(&self.topic).key(event.user_id.as_bytes()).payload(&self.buf[..]);
+                match self.producer.send(record) {
+                    Ok(()) => break,
+                    // librdkafka's queue is full (broker slow or away): wait, never drop.
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                    Err((e, _)) => return Err(e).context("kafka producer refused a message"),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || producer.flush(timeout))
+            .await?
+            .with_context(|| {
+                format!("kafka producer could not deliver everything within {timeout:?}; undelivered messages are counted as failed")
+            })
+    }
+}

@@ -1,0 +1,83 @@
+//! Moves batches of events from the generator to the consumer.
+//!
+//! Two transports share one pair of interfaces: [`Publisher`] on the generator side and
+//! [`Subscriber`] on the consumer side. Everything after the subscriber (store, acknowledge,
+//! commit) is the same code whichever transport is in use.
+
+pub mod embedded;
+pub mod kafka;
+
+use crate::event::Event;
+use async_trait::async_trait;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The generator's side: takes batches, applying backpressure when the transport is full.
+#[async_trait]
+pub trait Publisher: Send {
+    /// Hands one batch to the transport; waits (never drops) while the transport is full.
+    async fn publish(&mut self, batch: Vec<Event>) -> anyhow::Result<()>;
+    /// Waits until every published event is acknowledged by the transport, or `timeout` passes.
+    async fn flush(&mut self, timeout: Duration) -> anyhow::Result<()>;
+}
+
+/// The consumer's side: yields decoded batches with the position that acknowledges them.
+#[async_trait]
+pub trait Subscriber: Send {
+    /// Waits up to `wait` for events and returns what arrived (up to the configured batch size).
+    async fn poll_batch(&mut self, wait: Duration) -> anyhow::Result<Poll>;
+    /// A handle the store-writing side uses to acknowledge batches once they are durable.
+    fn acknowledger(&self) -> Arc<dyn Acknowledge>;
+    /// Commits what was acknowledged and leaves the group; called once, after the last ack.
+    async fn close(self: Box<Self>) -> anyhow::Result<()>;
+}
+
+/// What a poll returned.
+pub enum Poll {
+    Batch(Batch),
+    /// Nothing arrived within the wait.
+    Empty,
+    /// The transport has ended (the embedded queue's producer is gone); nothing more will come.
+    Closed,
+}
+
+/// Decoded events plus the transport position just past them.
+pub struct Batch {
+    pub events: Vec<Event>,
+    /// Messages skipped as invalid in this batch (already reported); they are acknowledged too.
+    pub rejected: usize,
+    pub checkpoint: Checkpoint,
+}
+
+/// For each partition, the next offset to consume once this batch is stored.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Checkpoint(pub Vec<(i32, i64)>);
+
+impl Checkpoint {
+    /// Notes that `offset` of `partition` is in the batch.
+    pub fn include(&mut self, partition: i32, offset: i64) {
+        match self.0.iter_mut().find(|(p, _)| *p == partition) {
+            Some((_, next)) => *next = (*next).max(offset + 1),
+            None => self.0.push((partition, offset + 1)),
+        }
+    }
+}
+
+/// Marks a checkpoint as durably stored, so the transport may commit it.
+pub trait Acknowledge: Send + Sync {
+    fn acknowledge(&self, checkpoint: &Checkpoint);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoint_keeps_the_next_offset_per_partition() {
+        let mut c = Checkpoint::default();
+        for (p, o) in [(0, 5), (1, 2), (0, 7), (0, 6)] {
+            c.include(p, o);
+        }
+        assert_eq!(c.0, vec![(0, 8), (1, 3)]);
+    }
+}

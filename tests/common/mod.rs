@@ -1,0 +1,70 @@
+//! Helpers shared by the end-to-end tests: the real services' addresses, unique names per test,
+//! and the shipped pipeline file loaded with test-specific settings.
+#![allow(dead_code)]
+
+use runner::config::Pipeline;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// The Kafka-protocol broker the tests use (started by scripts/services.sh).
+pub fn kafka() -> String {
+    std::env::var("RUNNER_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+/// The MongoDB-wire server the tests use (started by scripts/services.sh).
+pub fn mongodb() -> String {
+    std::env::var("RUNNER_TEST_MONGODB").unwrap_or_else(|_| "mongodb://127.0.0.1:27017".into())
+}
+
+/// A name no other test (or earlier run) uses.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+    format!("{prefix}_{}_{stamp}_{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The shipped pipeline file.
+pub fn shipped_pipeline() -> PathBuf {
+    repo_root().join("pipelines/interactions.toml")
+}
+
+/// Loads the shipped pipeline with exactly these environment variables (and no others).
+pub fn load_pipeline(env: &[(&str, &str)]) -> Pipeline {
+    let env: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    Pipeline::load_with_env(shipped_pipeline(), |name| env.get(name).cloned()).expect("the shipped pipeline loads")
+}
+
+/// The shipped pipeline on the real broker and server, with a fresh topic, group and database.
+pub struct ServicePipeline {
+    pub pipeline: Pipeline,
+    pub topic: String,
+    pub group: String,
+    pub database: String,
+}
+
+pub fn service_pipeline(name: &str) -> ServicePipeline {
+    let topic = unique(name);
+    let group = format!("{topic}_group");
+    let database = unique(name);
+    let kafka = kafka();
+    let mongodb = mongodb();
+    let pipeline = load_pipeline(&[
+        ("KAFKA_BOOTSTRAP_SERVERS", &kafka),
+        ("MONGODB_CONNECTION_STRING", &mongodb),
+        ("KAFKA_TOPIC", &topic),
+        ("KAFKA_CONSUMER_GROUP", &group),
+        ("MONGODB_DATABASE", &database),
+        ("DEFAULT_GENERATION_RATE", "0"),
+    ]);
+    ServicePipeline { pipeline, topic, group, database }
+}
+
+/// The shipped pipeline on the embedded default, storing under `data_dir`.
+pub fn embedded_pipeline(data_dir: &Path) -> Pipeline {
+    load_pipeline(&[("RUNNER_DATA_DIR", data_dir.to_str().unwrap()), ("DEFAULT_GENERATION_RATE", "0")])
+}

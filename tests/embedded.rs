@@ -1,0 +1,56 @@
+//! The embedded default: no Kafka, no MongoDB, the shipped pipeline file as it is.
+
+mod common;
+
+use runner::pipeline::{self, RunOptions};
+use runner::store;
+use std::collections::HashSet;
+use std::process::Command;
+use tokio_util::sync::CancellationToken;
+
+async fn run_embedded(data_dir: &std::path::Path, events: u64) -> pipeline::RunSummary {
+    let p = common::embedded_pipeline(data_dir);
+    assert!(p.config.kafka.is_embedded() && p.config.mongodb.is_embedded());
+    let options = RunOptions { max_events: Some(events), ..RunOptions::default() };
+    pipeline::run(&p, options, CancellationToken::new()).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 20_000;
+    let summary = run_embedded(dir.path(), n).await;
+    assert_eq!(summary.stats.stored, n);
+    let store = store::open(&common::embedded_pipeline(dir.path()).config).await.unwrap();
+    let events = store.all_events().await.unwrap();
+    assert_eq!(events.len() as u64, n);
+    assert_eq!(events.iter().map(|e| &e.event_id).collect::<HashSet<_>>().len() as u64, n);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_restart_keeps_data() {
+    let dir = tempfile::tempdir().unwrap();
+    run_embedded(dir.path(), 2_000).await;
+    run_embedded(dir.path(), 3_000).await;
+    let store = store::open(&common::embedded_pipeline(dir.path()).config).await.unwrap();
+    assert_eq!(store.count_events().await.unwrap(), 5_000);
+}
+
+#[test]
+fn configured_but_unreachable_is_an_error_not_a_fallback() {
+    let dir = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args(["run", common::shipped_pipeline().to_str().unwrap(), "--kafka", "127.0.0.1:1", "--events", "10"])
+        .env_clear()
+        .env("KAFKA_CONNECT_TIMEOUT", "3s")
+        .env("RUNNER_DATA_DIR", dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "must fail, not fall back: {err}");
+    assert!(err.contains("cannot reach kafka"), "retries are reported: {err}");
+    assert!(err.contains("cannot reach Kafka at 127.0.0.1:1"), "the final error names the broker: {err}");
+    assert!(!err.contains("transport: embedded"), "{err}");
+    assert!(started.elapsed().as_secs() < 30, "gave up after the configured timeout");
+}

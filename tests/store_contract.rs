@@ -1,0 +1,68 @@
+//! One contract, two stores: MongoDB (on the real server) and the embedded SQLite store.
+
+mod common;
+
+use chrono::{TimeZone, Utc};
+use runner::event::Event;
+use runner::store::embedded::{EmbeddedConfig, EmbeddedStore};
+use runner::store::mongo::{MongoConfig, MongoStore};
+use runner::store::{EventStore, InsertOutcome};
+use std::time::Duration;
+
+fn event(i: u32) -> Event {
+    let mut e = Event {
+        event_id: format!("ev-{i}"),
+        user_id: format!("user_{}", i % 7),
+        item_id: format!("item_{}", i % 5),
+        interaction_type: if i % 3 == 0 { "purchase" } else { "view" }.into(),
+        timestamp: Utc.timestamp_millis_opt(1_700_000_000_000 + i as i64 * 1000).unwrap(),
+        session_id: format!("s-{i}"),
+        value: i as f64 / 4.0,
+        price: (i % 3 == 0).then_some(12.5),
+        view_duration: (i % 3 != 0).then_some(30.0),
+        attributes: Default::default(),
+    };
+    if i == 1 {
+        e.attributes.insert("channel".into(), "web".into());
+    }
+    e
+}
+
+async fn contract(store: &dyn EventStore) {
+    assert_eq!(store.count_events().await.unwrap(), 0, "starts empty");
+    assert_eq!(store.insert_events(&[]).await.unwrap(), InsertOutcome::default());
+
+    let first: Vec<Event> = (0..100).map(event).collect();
+    assert_eq!(store.insert_events(&first).await.unwrap(), InsertOutcome { inserted: 100, duplicates: 0 });
+
+    // A replay overlapping what is stored writes only the new events.
+    let overlap: Vec<Event> = (50..150).map(event).collect();
+    assert_eq!(store.insert_events(&overlap).await.unwrap(), InsertOutcome { inserted: 50, duplicates: 50 });
+    assert_eq!(store.insert_events(&[event(3)]).await.unwrap(), InsertOutcome { inserted: 0, duplicates: 1 });
+    assert_eq!(store.count_events().await.unwrap(), 150);
+
+    // Every field comes back as written, oldest first.
+    let back = store.all_events().await.unwrap();
+    let expected: Vec<Event> = (0..150).map(event).collect();
+    assert_eq!(back, expected);
+}
+
+#[tokio::test]
+async fn embedded_store_meets_the_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = EmbeddedConfig { data_dir: dir.path().to_path_buf(), ..EmbeddedConfig::default() };
+    contract(&EmbeddedStore::open(&config, None).unwrap()).await;
+}
+
+#[tokio::test]
+async fn mongo_store_meets_the_contract() {
+    let config = MongoConfig {
+        uri: common::mongodb(),
+        database: common::unique("contract"),
+        raw_collection: "raw_interactions".into(),
+        metrics_collection: "aggregated_metrics".into(),
+        retention: Some(Duration::from_secs(7 * 86400)),
+        connect_timeout: Duration::from_secs(20),
+    };
+    contract(&MongoStore::connect(&config).await.unwrap()).await;
+}
