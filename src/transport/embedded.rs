@@ -13,8 +13,8 @@ use tokio::sync::mpsc;
 pub fn channel(capacity: usize, batch_size: usize, stats: Arc<Stats>) -> (EmbeddedPublisher, EmbeddedSubscriber) {
     let (tx, rx) = mpsc::channel(capacity.max(1));
     (
-        EmbeddedPublisher { tx, stats },
-        EmbeddedSubscriber { rx, batch_size, pending: None },
+        EmbeddedPublisher { tx, stats: stats.clone() },
+        EmbeddedSubscriber { rx, batch_size, pending: None, stats },
     )
 }
 
@@ -47,6 +47,7 @@ pub struct EmbeddedSubscriber {
     batch_size: usize,
     /// A batch taken off the queue that did not fit the last poll.
     pending: Option<Vec<Event>>,
+    stats: Arc<Stats>,
 }
 
 struct NoCommit;
@@ -77,6 +78,7 @@ impl Subscriber for EmbeddedSubscriber {
                 Err(_) => break,
             }
         }
+        self.stats.consumed(events.len());
         Ok(Poll::Batch(Batch { events, rejected: 0, checkpoint: Checkpoint::default() }))
     }
 
