@@ -17,9 +17,11 @@ pub async fn connect(config: &KafkaConfig) -> anyhow::Result<AdminClient<Default
     let started = Instant::now();
     let mut wait = Duration::from_millis(250);
     let mut attempt = 0u32;
+    // Short probes, so a slow failure still leaves room for retries within connect_timeout.
+    let probe_timeout = (config.connect_timeout / 4).clamp(Duration::from_millis(500), Duration::from_secs(5));
     loop {
         attempt += 1;
-        let probe = admin.inner().fetch_metadata(None, Duration::from_secs(3));
+        let probe = admin.inner().fetch_metadata(None, probe_timeout);
         match probe {
             Ok(_) => {
                 if attempt > 1 {
