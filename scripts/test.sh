@@ -18,9 +18,11 @@ export RUNNER_TEST_MONGODB="mongodb://127.0.0.1:${MONGODB_PORT:-27017}"
 # One build profile for everything (the tests measure real throughput too).
 cargo build --release --all-targets
 set +e
-cargo test --release --no-fail-fast 2>&1 | tee target/test-output.log
+cargo test --release --no-fail-fast --lib --bins --tests 2>&1 | tee target/test-output.log
 status=${PIPESTATUS[0]}
 set -e
+scripts/services.sh down
+trap - EXIT
 echo
 echo "== test summary ($(( $(date +%s) - started ))s in all) =="
 grep -E '^test result:' target/test-output.log || true
