@@ -1,5 +1,6 @@
 //! The subcommands behind the CLI, as library functions so tests can call them directly.
 
+use crate::aggregate::{Metric, MetricSet, MetricValue};
 use crate::config::Pipeline;
 use crate::generator::{Generator, GeneratorScript};
 use std::io::Write;
@@ -12,6 +13,11 @@ pub fn validate(path: &Path) -> Result<Pipeline, Vec<String>> {
     let mut problems = Vec::new();
     if let Err(e) = GeneratorScript::load(&pipeline.config.generator) {
         problems.push(e.to_string());
+    }
+    for m in &pipeline.config.metrics {
+        if let Err(e) = Metric::load(m) {
+            problems.push(e.to_string());
+        }
     }
     if problems.is_empty() {
         Ok(pipeline)
@@ -40,5 +46,24 @@ pub fn generate(pipeline: &Pipeline, count: u64, out: &mut dyn Write) -> anyhow:
         left -= n as u64;
     }
     out.flush()?;
+    Ok(())
+}
+
+/// Reads every metric's current window from the pipeline's store.
+pub async fn metrics(pipeline: &Pipeline, at_ms: i64) -> anyhow::Result<Vec<MetricValue>> {
+    let set = MetricSet::load(&pipeline.config.metrics)?;
+    let store = crate::store::open(&pipeline.config).await?;
+    set.read_all(&*store, at_ms).await
+}
+
+/// Prints metric values as an aligned table.
+pub fn print_metrics(values: &[MetricValue], out: &mut dyn Write) -> std::io::Result<()> {
+    let width = values.iter().map(|v| v.name.len()).max().unwrap_or(6).max(6);
+    writeln!(out, "{:width$}  {:<21}  value", "metric", "window (UTC)")?;
+    for v in values {
+        let start = chrono::DateTime::from_timestamp_millis(v.window_start).map(|t| t.format("%H:%M:%S").to_string()).unwrap_or_default();
+        let end = chrono::DateTime::from_timestamp_millis(v.window_end).map(|t| t.format("%H:%M:%S").to_string()).unwrap_or_default();
+        writeln!(out, "{:width$}  {start}-{end}      {}", v.name, v.value)?;
+    }
     Ok(())
 }

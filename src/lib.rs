@@ -10,6 +10,8 @@
 //! - [`transport`]: moves batches of events from the generator to the consumer, through Kafka
 //!   ([`transport::kafka`]) or the in-process [`transport::embedded`] queue.
 //! - [`consumer`]: the transport-independent consumer: take a batch, store it, then acknowledge it.
+//! - [`aggregate`]: windowed metrics described by Rhai scripts, with partial states per pane and
+//!   Kafka partition that stay exact under replays and merge across runners.
 //! - [`store`]: where raw events land: MongoDB ([`store::mongo`]) or the embedded SQLite store
 //!   ([`store::embedded`]), behind one [`store::EventStore`] interface.
 //! - [`pipeline`]: wires the components chosen on the command line and runs them until done.
@@ -17,6 +19,7 @@
 //! - [`commands`]: the subcommands (`validate`, `generate`) as library calls.
 //! - [`event`]: the interaction event, the one type every stage shares.
 
+pub mod aggregate;
 pub mod commands;
 pub mod config;
 pub mod consumer;

@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use runner::config::de::parse_duration;
 use runner::config::Pipeline;
 use runner::pipeline::{Components, RunOptions};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -33,6 +34,20 @@ enum Command {
     Validate {
         /// The pipeline file.
         pipeline: PathBuf,
+    },
+    /// Print every metric's current value (the window ending now), read from the store.
+    Metrics {
+        /// The pipeline file.
+        pipeline: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// MongoDB connection string, or `embedded` [default: mongodb.uri].
+        #[arg(long)]
+        mongodb: Option<String>,
+        /// Folder of the embedded store [default: embedded.data_dir].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
     },
     /// Print generated events as JSON lines to stdout (no Kafka, no store), to look at the data.
     Generate {
@@ -121,6 +136,7 @@ fn main() -> ExitCode {
                 runner::commands::generate(&p, count, &mut std::io::stdout().lock())
             }),
         Command::Run(args) => run(args),
+        Command::Metrics { pipeline, json, mongodb, data_dir } => show_metrics(pipeline, json, mongodb, data_dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -177,6 +193,26 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         );
         Ok(())
     })
+}
+
+fn show_metrics(path: PathBuf, json: bool, mongodb: Option<String>, data_dir: Option<PathBuf>) -> anyhow::Result<()> {
+    let mut pipeline = Pipeline::load(&path)?;
+    if let Some(m) = mongodb {
+        pipeline.config.mongodb.uri = m;
+    }
+    if let Some(d) = data_dir {
+        pipeline.config.embedded.data_dir = d;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let values = rt.block_on(runner::commands::metrics(&pipeline, chrono::Utc::now().timestamp_millis()))?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, &values)?;
+        writeln!(out)?;
+    } else {
+        runner::commands::print_metrics(&values, &mut out)?;
+    }
+    Ok(())
 }
 
 /// Ctrl-C (or SIGTERM) stops gracefully; a second Ctrl-C exits at once. `--for` stops after a while.

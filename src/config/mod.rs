@@ -6,6 +6,7 @@
 pub mod de;
 mod interpolate;
 
+use crate::aggregate::MetricConfig;
 use crate::consumer::ConsumerConfig;
 use crate::generator::GeneratorConfig;
 use crate::store::embedded::EmbeddedConfig;
@@ -34,6 +35,9 @@ pub struct PipelineConfig {
     /// Batching and offset commits on the consuming side.
     #[serde(default)]
     pub consumer: ConsumerConfig,
+    /// Windowed aggregations, one `[[metric]]` table each.
+    #[serde(default, rename = "metric")]
+    pub metrics: Vec<MetricConfig>,
 }
 
 /// A loaded pipeline: its config and where it came from (relative paths resolve against it).
@@ -102,6 +106,9 @@ impl Pipeline {
             }
         };
         resolve(&mut self.config.generator.script);
+        for m in &mut self.config.metrics {
+            resolve(&mut m.script);
+        }
     }
 
     fn check(&self) -> Result<(), ConfigError> {
@@ -113,6 +120,7 @@ impl Pipeline {
         ]
         .into_iter()
         .flatten()
+        .chain(self.config.metrics.iter().filter_map(|m| m.window().err()))
         .collect();
         if problems.is_empty() {
             Ok(())

@@ -5,6 +5,7 @@
 //! Reading the next batch overlaps with writing the current one; acknowledgements still happen
 //! in batch order, because one task writes and acknowledges.
 
+use crate::aggregate::{Aggregator, NO_PARTITION};
 use crate::config::de;
 use crate::store::EventStore;
 use crate::telemetry::Stats;
@@ -71,6 +72,7 @@ const POLL_WAIT: Duration = Duration::from_millis(100);
 pub async fn run(
     mut subscriber: Box<dyn Subscriber>,
     store: Arc<dyn EventStore>,
+    mut aggregator: Option<Aggregator>,
     stats: Arc<Stats>,
     config: &ConsumerConfig,
     until: StopWhen,
@@ -108,7 +110,7 @@ pub async fn run(
 
     let mut write_result = Ok(());
     while let Some(batch) = rx.recv().await {
-        match write_with_retry(&*store, &stats, &batch, &until.stop).await {
+        match store_batch(&*store, aggregator.as_mut(), &stats, &batch, &until.stop).await {
             Ok(()) => acknowledger.acknowledge(&batch.checkpoint),
             Err(e) => {
                 write_result = Err(e);
@@ -123,22 +125,47 @@ pub async fn run(
     write_result.and(read_result).and(close_result)
 }
 
-/// Writes one batch, retrying with backoff while the store is unavailable. Gives up only when
-/// told to stop, leaving the batch unacknowledged so it is consumed again after a restart.
-async fn write_with_retry(
+/// Stores one batch: raw events first, then the metric partials that include them. Only after
+/// both are durable may the batch be acknowledged.
+async fn store_batch(
     store: &dyn EventStore,
+    aggregator: Option<&mut Aggregator>,
     stats: &Stats,
     batch: &Batch,
     stop: &CancellationToken,
 ) -> anyhow::Result<()> {
+    let outcome = with_retry(stats, stop, batch.events.len(), || store.insert_events(&batch.events)).await?;
+    stats.stored(outcome.inserted, outcome.duplicates);
+    if let Some(agg) = aggregator {
+        agg.forget(&batch.revoked);
+        let mut partitions: Vec<i32> = batch.sources.iter().map(|s| s.0).collect();
+        if batch.sources.is_empty() && !batch.events.is_empty() {
+            partitions.push(NO_PARTITION);
+        }
+        for (partition, since) in agg.to_load(&batch.events, &partitions) {
+            let set = agg.set().clone();
+            let records = with_retry(stats, stop, batch.events.len(), || Aggregator::load(&set, store, partition, since)).await?;
+            agg.install(partition, since, records)?;
+        }
+        agg.apply(&batch.events, &batch.sources);
+        let dirty = agg.take_dirty();
+        with_retry(stats, stop, batch.events.len(), || store.write_panes(&dirty)).await?;
+    }
+    Ok(())
+}
+
+/// Retries a store operation with backoff while the store is unavailable. Gives up only when
+/// told to stop, leaving the batch unacknowledged so it is consumed again after a restart.
+async fn with_retry<T, F, Fut>(stats: &Stats, stop: &CancellationToken, events: usize, mut op: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
     let mut wait = Duration::from_millis(100);
     let mut attempt = 0;
     loop {
-        match store.insert_events(&batch.events).await {
-            Ok(outcome) => {
-                stats.stored(outcome.inserted, outcome.duplicates);
-                return Ok(());
-            }
+        match op().await {
+            Ok(v) => return Ok(v),
             Err(e) => {
                 attempt += 1;
                 stats.store_retry(attempt, wait, &format!("{e:#}"));
@@ -146,8 +173,7 @@ async fn write_with_retry(
                     _ = tokio::time::sleep(wait) => {}
                     _ = stop.cancelled() => {
                         return Err(e.context(format!(
-                            "stopped while the store was failing; {} events were not stored and will be consumed again",
-                            batch.events.len()
+                            "stopped while the store was failing; a batch of {events} events was not acknowledged and will be consumed again"
                         )));
                     }
                 }

@@ -3,6 +3,7 @@
 //! Everything that can fail on bad input (config, scripts, connections) is checked before any
 //! event is generated, so a bad setup never half-starts the pipeline.
 
+use crate::aggregate::{Aggregator, MetricSet};
 use crate::config::Pipeline;
 use crate::consumer::{self, StopWhen};
 use crate::generator::{Generator, GeneratorConfig, GeneratorScript, Pacer};
@@ -76,6 +77,7 @@ pub async fn run(pipeline: &Pipeline, options: RunOptions, stop: CancellationTok
     }
     // Compile scripts before connecting to anything: a typo should not wait on a network timeout.
     let script = components.generator.then(|| GeneratorScript::load(&config.generator)).transpose()?;
+    let metrics = Arc::new(MetricSet::load(&config.metrics)?);
 
     let stats = Stats::new();
     let store: Option<Arc<dyn EventStore>> = match components.consumer {
@@ -129,7 +131,8 @@ pub async fn run(pipeline: &Pipeline, options: RunOptions, stop: CancellationTok
         (Some(subscriber), Some(store)) => {
             let until = StopWhen { stop: stop.clone(), idle: options.idle_exit, producers_done: producers_done.clone() };
             let (stats, cfg) = (stats.clone(), config.consumer.clone());
-            Some(tokio::spawn(async move { consumer::run(subscriber, store, stats, &cfg, until).await }))
+            let aggregator = (!metrics.is_empty()).then(|| Aggregator::new(metrics.clone()));
+            Some(tokio::spawn(async move { consumer::run(subscriber, store, aggregator, stats, &cfg, until).await }))
         }
         _ => None,
     };

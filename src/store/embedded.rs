@@ -2,6 +2,7 @@
 //! Same contract as MongoDB: a unique event_id, durable on return, kept across restarts.
 
 use super::{EventStore, InsertOutcome};
+use crate::aggregate::PaneRecord;
 use crate::config::de;
 use crate::event::Event;
 use anyhow::Context;
@@ -55,6 +56,14 @@ const SCHEMA: &str = "
     CREATE INDEX IF NOT EXISTS raw_events_timestamp ON raw_events(timestamp_ms);
     CREATE INDEX IF NOT EXISTS raw_events_user ON raw_events(user_id);
     CREATE INDEX IF NOT EXISTS raw_events_item ON raw_events(item_id);
+    CREATE TABLE IF NOT EXISTS metric_panes (
+        metric TEXT NOT NULL,
+        pane_start INTEGER NOT NULL,
+        partition INTEGER NOT NULL,
+        offset INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        PRIMARY KEY (metric, pane_start, partition)
+    );
 ";
 
 impl EmbeddedStore {
@@ -158,5 +167,45 @@ impl EventStore for EmbeddedStore {
             .iter()
             .map(|b| serde_json::from_str(b).context("embedded store holds a row that is not an event"))
             .collect()
+    }
+
+    async fn write_panes(&self, panes: &[PaneRecord]) -> anyhow::Result<()> {
+        let rows: Vec<(String, i64, i32, i64, String)> =
+            panes.iter().map(|p| (p.metric.clone(), p.pane_start, p.partition, p.offset, p.state.to_string())).collect();
+        self.with_conn(move |conn| {
+            let tx = conn.transaction()?;
+            {
+                let mut stmt = tx.prepare_cached(
+                    "INSERT OR REPLACE INTO metric_panes (metric, pane_start, partition, offset, state) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?;
+                for r in &rows {
+                    stmt.execute(params![r.0, r.1, r.2, r.3, r.4])?;
+                }
+            }
+            tx.commit()
+        })
+        .await
+    }
+
+    async fn load_panes(&self, metric: &str, from: i64, to: i64, partition: Option<i32>) -> anyhow::Result<Vec<PaneRecord>> {
+        let metric = metric.to_string();
+        let rows = self
+            .with_conn(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT pane_start, partition, offset, state FROM metric_panes
+                     WHERE metric = ?1 AND pane_start >= ?2 AND pane_start < ?3 AND (?4 IS NULL OR partition = ?4)",
+                )?;
+                let rows = stmt.query_map(params![metric, from, to, partition], |r| {
+                    Ok((metric.clone(), r.get::<_, i64>(0)?, r.get::<_, i32>(1)?, r.get::<_, i64>(2)?, r.get::<_, String>(3)?))
+                })?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await?;
+        rows.into_iter()
+            .map(|(metric, pane_start, partition, offset, state)| {
+                Ok(PaneRecord { metric, pane_start, partition, offset, state: serde_json::from_str(&state)? })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()
+            .context("a stored metric state is malformed")
     }
 }

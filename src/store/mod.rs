@@ -4,6 +4,7 @@
 pub mod embedded;
 pub mod mongo;
 
+use crate::aggregate::PaneRecord;
 use crate::config::PipelineConfig;
 use crate::event::Event;
 use async_trait::async_trait;
@@ -30,6 +31,11 @@ pub trait EventStore: Send + Sync {
     async fn count_events(&self) -> anyhow::Result<u64>;
     /// Every stored raw event, oldest first (for recomputation and checks; not for the hot path).
     async fn all_events(&self) -> anyhow::Result<Vec<Event>>;
+    /// Writes metric partial states, replacing the stored ones with the same (metric, pane,
+    /// partition); durable on return.
+    async fn write_panes(&self, panes: &[PaneRecord]) -> anyhow::Result<()>;
+    /// Partial states of `metric` with pane start in `[from, to)`, optionally of one partition.
+    async fn load_panes(&self, metric: &str, from: i64, to: i64, partition: Option<i32>) -> anyhow::Result<Vec<PaneRecord>>;
 }
 
 /// Opens the store the pipeline names: MongoDB, or the embedded store when the uri is `embedded`.

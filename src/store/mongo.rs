@@ -2,6 +2,8 @@
 //! unique index on event_id, so a replayed batch writes only what is missing.
 
 use super::{EventStore, InsertOutcome};
+use crate::aggregate::PaneRecord;
+use std::future::IntoFuture;
 use crate::config::de;
 use crate::event::Event;
 use anyhow::{bail, Context};
@@ -83,6 +85,7 @@ pub fn redact(uri: &str) -> String {
 /// Raw events in a MongoDB collection.
 pub struct MongoStore {
     raw: Collection<Document>,
+    panes: Collection<Document>,
     described: String,
 }
 
@@ -120,8 +123,14 @@ impl MongoStore {
         }
         let raw = db.collection::<Document>(&config.raw_collection);
         create_indexes(&raw, config.retention).await?;
+        let panes = db.collection::<Document>(&config.metrics_collection);
+        panes
+            .create_index(IndexModel::builder().keys(doc! {"metric": 1, "pane_start": 1}).build())
+            .await
+            .with_context(|| format!("cannot create indexes on {}", panes.namespace()))?;
         Ok(MongoStore {
             raw,
+            panes,
             described: format!("MongoDB {shown} database {:?} collection {:?}", config.database, config.raw_collection),
         })
     }
@@ -195,6 +204,46 @@ impl EventStore for MongoStore {
             .await
             .context("MongoDB find failed")?;
         docs.into_iter().map(from_document).collect()
+    }
+
+    async fn write_panes(&self, panes: &[PaneRecord]) -> anyhow::Result<()> {
+        // One upsert per partial, sent concurrently; each is atomic with its own offset.
+        let writes = panes.iter().map(|p| {
+            let id = format!("{}|{}|{}", p.metric, p.pane_start, p.partition);
+            let d = doc! {
+                "_id": &id,
+                "metric": &p.metric,
+                "pane_start": p.pane_start,
+                "partition": p.partition,
+                "offset": p.offset,
+                // JSON text, because group keys are user data and need not be valid BSON field names.
+                "state": p.state.to_string(),
+                "updated_at": bson::DateTime::now(),
+            };
+            self.panes.replace_one(doc! {"_id": id}, d).upsert(true).into_future()
+        });
+        futures::future::try_join_all(writes).await.context("MongoDB metric state write failed")?;
+        Ok(())
+    }
+
+    async fn load_panes(&self, metric: &str, from: i64, to: i64, partition: Option<i32>) -> anyhow::Result<Vec<PaneRecord>> {
+        let mut filter = doc! {"metric": metric, "pane_start": {"$gte": from, "$lt": to}};
+        if let Some(p) = partition {
+            filter.insert("partition", p);
+        }
+        let docs: Vec<Document> = self.panes.find(filter).await.context("MongoDB metric state read failed")?.try_collect().await?;
+        docs.into_iter()
+            .map(|d| {
+                Ok(PaneRecord {
+                    metric: d.get_str("metric")?.to_string(),
+                    pane_start: d.get_i64("pane_start")?,
+                    partition: d.get_i32("partition")?,
+                    offset: d.get_i64("offset")?,
+                    state: serde_json::from_str(d.get_str("state")?)?,
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()
+            .context("a stored metric state is malformed")
     }
 }
 

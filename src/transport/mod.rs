@@ -44,6 +44,10 @@ pub enum Poll {
 /// Decoded events plus the transport position just past them.
 pub struct Batch {
     pub events: Vec<Event>,
+    /// (partition, offset) of each event, for transports that have them (empty otherwise).
+    pub sources: Vec<(i32, i64)>,
+    /// Partitions taken away from this consumer since the previous batch.
+    pub revoked: Vec<i32>,
     /// Messages skipped as invalid in this batch (already reported); they are acknowledged too.
     pub rejected: usize,
     pub checkpoint: Checkpoint,

@@ -16,8 +16,12 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// Logs assignments so an operator sees how partitions split across runners.
-struct GroupEvents;
+/// Logs assignments so an operator sees how partitions split across runners, and remembers
+/// revoked partitions so the aggregation drops state another consumer now owns.
+#[derive(Default)]
+struct GroupEvents {
+    revoked: std::sync::Mutex<Vec<i32>>,
+}
 
 impl ClientContext for GroupEvents {}
 
@@ -31,6 +35,7 @@ impl ConsumerContext for GroupEvents {
             Rebalance::Revoke(tpl) => {
                 let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
                 tracing::info!(partitions = ?parts, "kafka partitions revoked");
+                self.revoked.lock().unwrap().extend(parts);
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "kafka rebalance failed"),
         }
@@ -60,7 +65,7 @@ impl KafkaSubscriber {
     pub fn new(config: &KafkaConfig, batch_size: usize, max_wait: Duration, stats: Arc<Stats>) -> anyhow::Result<Self> {
         let consumer: GroupConsumer = config
             .consumer_config()
-            .create_with_context(GroupEvents)
+            .create_with_context(GroupEvents::default())
             .context("cannot create the Kafka consumer (check [kafka.consumer] settings)")?;
         consumer
             .subscribe(&[&config.topic])
@@ -88,6 +93,7 @@ impl KafkaSubscriber {
                     event.event_id = format!("{}:{partition}:{offset}", self.topic);
                 }
                 batch.events.push(event);
+                batch.sources.push((partition, offset));
             }
             Err(reason) => {
                 batch.rejected += 1;
@@ -110,7 +116,13 @@ impl Subscriber for KafkaSubscriber {
             }
             Ok(Ok(msg)) => msg,
         };
-        let mut batch = Batch { events: Vec::with_capacity(self.batch_size), rejected: 0, checkpoint: Checkpoint::default() };
+        let mut batch = Batch {
+            events: Vec::with_capacity(self.batch_size),
+            sources: Vec::with_capacity(self.batch_size),
+            revoked: std::mem::take(&mut *consumer.context().revoked.lock().unwrap()),
+            rejected: 0,
+            checkpoint: Checkpoint::default(),
+        };
         self.decode(&first, &mut batch);
         drop(first);
         let deadline = Instant::now() + self.max_wait;

@@ -1,0 +1,275 @@
+//! A metric definition (`[[metric]]` in the pipeline file) and its compiled form.
+
+use super::reducer::{Input, ReducerKind, State};
+use super::script::{self, FieldValue, Filter, Selector, Selectors};
+use super::window::Window;
+use crate::config::de;
+use crate::event::Event;
+use crate::script::{compile_file, sandboxed_engine, ScriptError, ScriptLimits};
+use rhai::{CallFnOptions, Dynamic, Engine, Scope, AST};
+use serde::Deserialize;
+use serde_json::Value;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// `[[metric]]`: one windowed aggregation.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricConfig {
+    /// Unique name; also the key of its state in the store.
+    pub name: String,
+    /// Rhai script describing filter / key / value (or a custom reducer); relative to the pipeline file.
+    pub script: PathBuf,
+    /// count, sum, avg, min, max, distinct, top_k, bottom_k, mean_per_key or custom.
+    pub reducer: ReducerKind,
+    /// How many keys top_k / bottom_k report.
+    #[serde(default = "default_k", deserialize_with = "de::number")]
+    pub k: usize,
+    /// Window length.
+    #[serde(default = "default_window", deserialize_with = "de::duration")]
+    pub window: Duration,
+    /// How often the window moves; unset means tumbling (slide = window).
+    #[serde(default, deserialize_with = "de::optional_duration")]
+    pub slide: Option<Duration>,
+    /// `event` (the event's timestamp) or `processing` (when the runner sees it).
+    #[serde(default)]
+    pub time: TimeMode,
+    /// How far behind the newest event an event may be and still count (event time only).
+    #[serde(default = "default_lateness", deserialize_with = "de::duration")]
+    pub lateness: Duration,
+    /// Shown beside the metric on the dashboard and in `runner metrics`.
+    #[serde(default)]
+    pub description: String,
+}
+
+fn default_k() -> usize {
+    1
+}
+fn default_window() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_lateness() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// Which clock places an event in a window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeMode {
+    /// The event's own timestamp: replays land in the same windows, so results are exact.
+    #[default]
+    Event,
+    /// The time the runner processes the event.
+    Processing,
+}
+
+impl MetricConfig {
+    /// The window and slide as pane arithmetic.
+    pub fn window(&self) -> Result<Window, String> {
+        Window::new(self.window, self.slide.unwrap_or(self.window)).map_err(|e| format!("metric {:?}: {e}", self.name))
+    }
+}
+
+/// A metric's partial state for one pane and partition.
+#[derive(Debug, Clone)]
+pub enum Partial {
+    Builtin(State),
+    Custom(Dynamic),
+}
+
+/// A compiled metric: its config, window and selectors, ready to reduce events.
+pub struct Metric {
+    pub config: MetricConfig,
+    pub window: Window,
+    selectors: Selectors,
+    engine: Arc<Engine>,
+    ast: Arc<AST>,
+}
+
+impl Metric {
+    /// Compiles the metric's script and checks it fits the reducer.
+    pub fn load(config: &MetricConfig) -> Result<Metric, ScriptError> {
+        let path = &config.script;
+        let window = config.window().map_err(|m| ScriptError::whole_file(path, m))?;
+        // Per-event calls get a tight budget: a runaway script fails its event, not the pipeline.
+        let mut engine = sandboxed_engine(ScriptLimits { max_operations: 100_000, ..ScriptLimits::default() });
+        script::register(&mut engine);
+        let ast = compile_file(&engine, path)?;
+        let has = |name: &str, params: usize| ast.iter_functions().any(|f| f.name == name && f.params.len() == params);
+        let selectors = if config.reducer == ReducerKind::Custom {
+            for (f, n, signature) in [("init", 0, "init()"), ("update", 1, "update(e)"), ("merge", 1, "merge(other)"), ("finish", 0, "finish()")] {
+                if !has(f, n) {
+                    return Err(ScriptError::whole_file(path, format!("a custom reducer must define fn {signature}")));
+                }
+            }
+            Selectors { filter: Filter::All, key: None, value: None }
+        } else {
+            let spec: rhai::Map = engine
+                .eval_ast_with_scope(&mut Scope::new(), &ast)
+                .map_err(|e| ScriptError::from_eval(path, &e))?;
+            let s = script::selectors(path, spec)?;
+            if config.reducer.needs_key() && s.key.is_none() {
+                return Err(ScriptError::whole_file(path, format!("reducer {:?} needs a `key`", config.reducer)));
+            }
+            if config.reducer.needs_value() && s.value.is_none() {
+                return Err(ScriptError::whole_file(path, format!("reducer {:?} needs a `value`", config.reducer)));
+            }
+            for (name, sel) in [("key", &s.key), ("value", &s.value)] {
+                if let Some(Selector::Script(f)) = sel {
+                    if !has(f.fn_name(), 1) {
+                        return Err(ScriptError::whole_file(path, format!("`{name}` names fn {}(e), which the script does not define", f.fn_name())));
+                    }
+                }
+            }
+            s
+        };
+        Ok(Metric { config: config.clone(), window, selectors, engine: Arc::new(engine), ast: Arc::new(ast) })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// Whether reducing an event calls into the script (so the event must be a script map).
+    pub fn needs_event_map(&self) -> bool {
+        self.config.reducer == ReducerKind::Custom
+            || matches!(self.selectors.filter, Filter::Script(_))
+            || matches!(self.selectors.key, Some(Selector::Script(_)))
+            || matches!(self.selectors.value, Some(Selector::Script(_)))
+    }
+
+    /// A fresh partial state.
+    pub fn empty(&self) -> Result<Partial, String> {
+        match self.config.reducer {
+            ReducerKind::Custom => self.call(None, "init", ()).map(Partial::Custom),
+            kind => Ok(Partial::Builtin(State::new(kind, self.selectors.key.is_some()))),
+        }
+    }
+
+    /// Adds one event. `map` is the event as a script map, present when [`Self::needs_event_map`].
+    pub fn add(&self, partial: &mut Partial, event: &Event, map: Option<&Dynamic>) -> Result<(), String> {
+        match partial {
+            Partial::Custom(state) => {
+                // update() changes `this`; its return value is not used.
+                let _ = self.call(Some(state), "update", (map.cloned().unwrap_or(Dynamic::UNIT),))?;
+                Ok(())
+            }
+            Partial::Builtin(state) => {
+                let keep = match &self.selectors.filter {
+                    Filter::All => true,
+                    Filter::FieldIn(field, values) => match field.get(event) {
+                        FieldValue::Text(t) => values.iter().any(|v| v == t),
+                        FieldValue::Number(n) => values.iter().any(|v| v.parse::<f64>().ok() == Some(n)),
+                        FieldValue::Missing => false,
+                    },
+                    Filter::Script(f) => self.call_ptr(f, map)?.as_bool().map_err(|t| format!("filter returned a {t}, not a bool"))?,
+                };
+                if !keep {
+                    return Ok(());
+                }
+                let kind = self.config.reducer;
+                let key_owned;
+                let key = match &self.selectors.key {
+                    None => None,
+                    Some(Selector::Field(f)) => match f.get(event) {
+                        FieldValue::Text(t) => Some(t),
+                        FieldValue::Number(n) => {
+                            key_owned = n.to_string();
+                            Some(key_owned.as_str())
+                        }
+                        FieldValue::Missing => return Ok(()),
+                    },
+                    Some(Selector::Script(f)) => {
+                        key_owned = self.call_ptr(f, map)?.to_string();
+                        Some(key_owned.as_str())
+                    }
+                };
+                let value_owned;
+                let input = match &self.selectors.value {
+                    None => Input::Event,
+                    Some(Selector::Field(f)) => match f.get(event) {
+                        FieldValue::Text(t) => Input::Text(t),
+                        FieldValue::Number(n) => Input::Number(n),
+                        FieldValue::Missing => return Ok(()),
+                    },
+                    Some(Selector::Script(f)) => {
+                        let v = self.call_ptr(f, map)?;
+                        if let Ok(n) = v.as_float() {
+                            Input::Number(n)
+                        } else if let Ok(i) = v.as_int() {
+                            Input::Number(i as f64)
+                        } else if v.is_unit() {
+                            return Ok(());
+                        } else {
+                            value_owned = v.to_string();
+                            Input::Text(&value_owned)
+                        }
+                    }
+                };
+                if kind.needs_value() && matches!(input, Input::Event) {
+                    return Ok(());
+                }
+                state.add(kind, key, input);
+                Ok(())
+            }
+        }
+    }
+
+    /// Folds `other` into `into`.
+    pub fn merge(&self, into: &mut Partial, other: &Partial) -> Result<(), String> {
+        match (into, other) {
+            (Partial::Builtin(a), Partial::Builtin(b)) => {
+                a.merge(b);
+                Ok(())
+            }
+            (Partial::Custom(a), Partial::Custom(b)) => self.call(Some(a), "merge", (b.clone(),)).map(|_| ()),
+            _ => Err("stored state does not match the metric's reducer".into()),
+        }
+    }
+
+    /// The reported value of a merged state.
+    pub fn report(&self, partial: &Partial) -> Result<Value, String> {
+        match partial {
+            Partial::Builtin(s) => Ok(s.report(self.config.reducer, self.config.k)),
+            Partial::Custom(state) => {
+                let mut state = state.clone();
+                let out = self.call(Some(&mut state), "finish", ())?;
+                rhai::serde::from_dynamic::<Value>(&out).map_err(|e| format!("finish() returned something not JSON-like: {e}"))
+            }
+        }
+    }
+
+    /// The state as stored.
+    pub fn encode(&self, partial: &Partial) -> Value {
+        match partial {
+            Partial::Builtin(s) => serde_json::to_value(s).expect("a state always serializes"),
+            Partial::Custom(d) => serde_json::json!({ "custom": rhai::serde::from_dynamic::<Value>(d).unwrap_or(Value::Null) }),
+        }
+    }
+
+    /// A stored state read back.
+    pub fn decode(&self, stored: &Value) -> Result<Partial, String> {
+        match self.config.reducer {
+            ReducerKind::Custom => {
+                let inner = stored.get("custom").ok_or("stored state is not a custom reducer's")?;
+                rhai::serde::to_dynamic(inner).map(Partial::Custom).map_err(|e| e.to_string())
+            }
+            _ => serde_json::from_value(stored.clone()).map(Partial::Builtin).map_err(|e| format!("stored state does not fit reducer {:?}: {e}", self.config.reducer)),
+        }
+    }
+
+    fn call(&self, this: Option<&mut Dynamic>, name: &str, args: impl rhai::FuncArgs) -> Result<Dynamic, String> {
+        let mut options = CallFnOptions::new().eval_ast(false);
+        if let Some(this) = this {
+            options = options.bind_this_ptr(this);
+        }
+        self.engine
+            .call_fn_with_options::<Dynamic>(options, &mut Scope::new(), &self.ast, name, args)
+            .map_err(|e| ScriptError::from_eval(&self.config.script, &e).to_string())
+    }
+
+    fn call_ptr(&self, f: &rhai::FnPtr, map: Option<&Dynamic>) -> Result<Dynamic, String> {
+        self.call(None, f.fn_name(), (map.cloned().unwrap_or(Dynamic::UNIT),))
+    }
+}

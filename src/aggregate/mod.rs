@@ -1,0 +1,294 @@
+//! Windowed aggregations defined by Rhai scripts.
+//!
+//! Each metric keeps one partial state per (pane, Kafka partition), together with the highest
+//! offset of that partition it includes. States are written to the store before the batch's
+//! offsets are acknowledged, and an event at or below a state's offset is skipped, so replays
+//! after a crash or rebalance never count an event twice. Reads merge the partials of every
+//! partition and pane in a window, so several runners in one group report one exact result.
+
+mod metric;
+mod reducer;
+mod script;
+mod window;
+
+pub use metric::{Metric, MetricConfig, Partial, TimeMode};
+pub use reducer::ReducerKind;
+pub use window::Window;
+
+use crate::event::Event;
+use crate::script::ScriptError;
+use crate::store::EventStore;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+/// Partition used for events from a transport without offsets (the embedded queue).
+pub const NO_PARTITION: i32 = -1;
+
+/// One stored partial state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PaneRecord {
+    pub metric: String,
+    /// Pane start, ms since the epoch.
+    pub pane_start: i64,
+    pub partition: i32,
+    /// Highest offset of `partition` included (-1: none, or no offsets).
+    pub offset: i64,
+    pub state: Value,
+}
+
+/// The compiled metrics of a pipeline.
+pub struct MetricSet {
+    metrics: Vec<Metric>,
+}
+
+impl MetricSet {
+    /// Compiles every metric; the error names the script, and names duplicates.
+    pub fn load(configs: &[MetricConfig]) -> Result<MetricSet, ScriptError> {
+        let mut seen = HashSet::new();
+        let mut metrics = Vec::with_capacity(configs.len());
+        for c in configs {
+            if !seen.insert(c.name.as_str()) {
+                return Err(ScriptError::whole_file(&c.script, format!("metric name {:?} is used twice", c.name)));
+            }
+            metrics.push(Metric::load(c)?);
+        }
+        Ok(MetricSet { metrics })
+    }
+
+    pub fn metrics(&self) -> &[Metric] {
+        &self.metrics
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.metrics.is_empty()
+    }
+
+    /// Current value of every metric for the window ending with the pane holding `at_ms`.
+    pub async fn read_all(&self, store: &dyn EventStore, at_ms: i64) -> anyhow::Result<Vec<MetricValue>> {
+        let mut out = Vec::with_capacity(self.metrics.len());
+        for m in &self.metrics {
+            out.push(read(m, store, at_ms).await?);
+        }
+        Ok(out)
+    }
+}
+
+/// A metric's value over one window.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MetricValue {
+    pub name: String,
+    pub description: String,
+    /// The window, `[start, end)` in ms since the epoch.
+    pub window_start: i64,
+    pub window_end: i64,
+    pub value: Value,
+}
+
+/// Reads one metric's window ending with the pane holding `at_ms`, merging every stored partial.
+pub async fn read(metric: &Metric, store: &dyn EventStore, at_ms: i64) -> anyhow::Result<MetricValue> {
+    let (start, end) = metric.window.range_at(at_ms);
+    let records = store.load_panes(metric.name(), start, end, None).await?;
+    let mut merged = metric.empty().map_err(anyhow::Error::msg)?;
+    for r in &records {
+        let partial = metric.decode(&r.state).map_err(|e| anyhow::anyhow!("metric {}: {e}", metric.name()))?;
+        metric.merge(&mut merged, &partial).map_err(anyhow::Error::msg)?;
+    }
+    Ok(MetricValue {
+        name: metric.name().to_string(),
+        description: metric.config.description.clone(),
+        window_start: start,
+        window_end: end,
+        value: metric.report(&merged).map_err(anyhow::Error::msg)?,
+    })
+}
+
+struct Cell {
+    partial: Partial,
+    offset: i64,
+    dirty: bool,
+}
+
+#[derive(Default)]
+struct MetricState {
+    cells: BTreeMap<(i64, i32), Cell>,
+    /// Newest event time seen (event-time metrics).
+    watermark: i64,
+    late: u64,
+    errors: u64,
+}
+
+/// Per-metric counters for health reporting.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct MetricCounters {
+    pub name: String,
+    pub late_events: u64,
+    pub script_errors: u64,
+}
+
+/// The consumer's aggregation state: applies batches, hands out changed partials to persist.
+pub struct Aggregator {
+    set: Arc<MetricSet>,
+    states: Vec<MetricState>,
+    /// Partitions whose stored partials are loaded, with the earliest pane start loaded.
+    loaded: HashMap<i32, i64>,
+}
+
+impl Aggregator {
+    pub fn new(set: Arc<MetricSet>) -> Aggregator {
+        let states = set.metrics.iter().map(|_| MetricState { watermark: i64::MIN, ..Default::default() }).collect();
+        Aggregator { set, states, loaded: HashMap::new() }
+    }
+
+    /// Partitions of this batch whose stored partials are not loaded yet (after start or a
+    /// rebalance), each with the earliest pane start any of its new events can touch.
+    pub fn to_load(&self, events: &[Event], partitions: &[i32]) -> Vec<(i32, i64)> {
+        let min_ts = events.iter().map(|e| e.timestamp.timestamp_millis()).min().unwrap_or(0);
+        let mut new: Vec<i32> = partitions.iter().copied().filter(|p| !self.loaded.contains_key(p)).collect();
+        new.sort_unstable();
+        new.dedup();
+        // Earlier panes are out of reach: their events would be later than the allowed lateness.
+        let since = self
+            .set
+            .metrics
+            .iter()
+            .zip(&self.states)
+            .map(|(m, st)| {
+                let t = match m.config.time {
+                    TimeMode::Event if st.watermark == i64::MIN => min_ts,
+                    TimeMode::Event => min_ts.min(st.watermark),
+                    TimeMode::Processing => chrono::Utc::now().timestamp_millis(),
+                };
+                t.saturating_sub(m.config.lateness.as_millis() as i64 + m.window.slide_ms)
+            })
+            .min()
+            .unwrap_or(0);
+        new.into_iter().map(|p| (p, since)).collect()
+    }
+
+    /// The stored partials of one partition from `since` on, for [`Self::install`].
+    pub async fn load(set: &MetricSet, store: &dyn EventStore, partition: i32, since: i64) -> anyhow::Result<Vec<PaneRecord>> {
+        let mut out = Vec::new();
+        for m in &set.metrics {
+            out.extend(store.load_panes(m.name(), since, i64::MAX, Some(partition)).await?);
+        }
+        Ok(out)
+    }
+
+    /// Installs loaded partials, so new events add to them instead of replacing them.
+    pub fn install(&mut self, partition: i32, since: i64, records: Vec<PaneRecord>) -> anyhow::Result<()> {
+        for r in records {
+            let Some(i) = self.set.metrics.iter().position(|m| m.name() == r.metric) else { continue };
+            let m = &self.set.metrics[i];
+            let partial = m.decode(&r.state).map_err(|e| anyhow::anyhow!("metric {}: {e}", m.name()))?;
+            self.states[i].cells.insert((r.pane_start, partition), Cell { partial, offset: r.offset, dirty: false });
+        }
+        self.loaded.insert(partition, since);
+        Ok(())
+    }
+
+    /// The compiled metrics this aggregator runs.
+    pub fn set(&self) -> &Arc<MetricSet> {
+        &self.set
+    }
+
+    /// Forgets partitions this process no longer owns; another consumer continues their state.
+    pub fn forget(&mut self, partitions: &[i32]) {
+        for p in partitions {
+            self.loaded.remove(p);
+            for st in &mut self.states {
+                st.cells.retain(|(_, part), _| part != p);
+            }
+        }
+    }
+
+    /// Applies a batch. `sources[i]` is the (partition, offset) of `events[i]`; events at or
+    /// below the offset already in a partial are skipped.
+    pub fn apply(&mut self, events: &[Event], sources: &[(i32, i64)]) {
+        let needs_map = self.set.metrics.iter().any(Metric::needs_event_map);
+        let maps: Vec<rhai::Dynamic> = if needs_map { events.iter().map(script::event_map).collect() } else { Vec::new() };
+        let now = chrono::Utc::now().timestamp_millis();
+        for (m, st) in self.set.metrics.iter().zip(self.states.iter_mut()) {
+            let lateness = m.config.lateness.as_millis() as i64;
+            for (i, e) in events.iter().enumerate() {
+                let (partition, offset) = sources.get(i).copied().unwrap_or((NO_PARTITION, -1));
+                let t = match m.config.time {
+                    TimeMode::Event => e.timestamp.timestamp_millis(),
+                    TimeMode::Processing => now,
+                };
+                if st.watermark != i64::MIN && t < st.watermark - lateness {
+                    st.late += 1;
+                    if st.late <= 10 || st.late.is_power_of_two() {
+                        tracing::warn!(metric = m.name(), event_id = %e.event_id, late_by_ms = st.watermark - t, late_so_far = st.late, "event later than the allowed lateness; not counted");
+                    }
+                    continue;
+                }
+                st.watermark = st.watermark.max(t);
+                let key = (m.window.pane_of(t), partition);
+                let cell = match st.cells.get_mut(&key) {
+                    Some(c) => c,
+                    None => {
+                        let partial = match m.empty() {
+                            Ok(p) => p,
+                            Err(err) => {
+                                count_error(m, st, &err);
+                                continue;
+                            }
+                        };
+                        st.cells.entry(key).or_insert(Cell { partial, offset: -1, dirty: false })
+                    }
+                };
+                if partition != NO_PARTITION && offset <= cell.offset {
+                    continue; // already in the stored state: a replay
+                }
+                if let Err(err) = m.add(&mut cell.partial, e, maps.get(i)) {
+                    st.errors += 1;
+                    if st.errors <= 10 || st.errors.is_power_of_two() {
+                        tracing::warn!(metric = m.name(), event_id = %e.event_id, error = %err, errors_so_far = st.errors, "metric script failed on an event; the event is not counted in this metric");
+                    }
+                }
+                cell.offset = cell.offset.max(offset);
+                cell.dirty = true;
+            }
+        }
+    }
+
+    /// Changed partials to write before acknowledging the batch; they are marked clean.
+    pub fn take_dirty(&mut self) -> Vec<PaneRecord> {
+        let mut out = Vec::new();
+        for (m, st) in self.set.metrics.iter().zip(self.states.iter_mut()) {
+            for ((pane_start, partition), cell) in st.cells.iter_mut().filter(|(_, c)| c.dirty) {
+                cell.dirty = false;
+                out.push(PaneRecord {
+                    metric: m.name().to_string(),
+                    pane_start: *pane_start,
+                    partition: *partition,
+                    offset: cell.offset,
+                    state: m.encode(&cell.partial),
+                });
+            }
+            // Panes no event can reach any more are only needed in the store.
+            let horizon = st.watermark.saturating_sub(m.window.size_ms + m.config.lateness.as_millis() as i64 + m.window.slide_ms);
+            st.cells.retain(|(pane, _), c| c.dirty || *pane >= horizon);
+        }
+        out
+    }
+
+    /// Late-event and script-error counts per metric.
+    pub fn counters(&self) -> Vec<MetricCounters> {
+        self.set
+            .metrics
+            .iter()
+            .zip(&self.states)
+            .map(|(m, st)| MetricCounters { name: m.name().to_string(), late_events: st.late, script_errors: st.errors })
+            .collect()
+    }
+}
+
+fn count_error(m: &Metric, st: &mut MetricState, err: &str) {
+    st.errors += 1;
+    if st.errors <= 10 || st.errors.is_power_of_two() {
+        tracing::warn!(metric = m.name(), error = %err, "metric script failed");
+    }
+}

@@ -1,0 +1,288 @@
+//! Built-in reducers: their partial state (one per pane and partition), how two partial states
+//! merge, and what a merged state reports. Rust holds every built-in state, so the per-event
+//! work of a built-in metric is a hash-map update.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::collections::{BTreeSet, HashMap};
+
+/// Which reduction a metric applies; chosen in the pipeline file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReducerKind {
+    /// Number of events (per key with a key).
+    Count,
+    /// Sum of `value` (per key with a key).
+    Sum,
+    /// Mean of `value`.
+    Avg,
+    Min,
+    Max,
+    /// Number of distinct `value`s.
+    Distinct,
+    /// The `k` keys with the most events, with their counts.
+    TopK,
+    /// The `k` keys with the fewest events, with their counts.
+    BottomK,
+    /// Events per key, averaged over the keys (e.g. interactions per active user).
+    MeanPerKey,
+    /// Fully scripted: the script's init / update / merge / finish.
+    Custom,
+}
+
+impl ReducerKind {
+    /// Whether the reducer needs a `key` selector.
+    pub fn needs_key(self) -> bool {
+        matches!(self, ReducerKind::TopK | ReducerKind::BottomK | ReducerKind::MeanPerKey)
+    }
+
+    /// Whether the reducer needs a `value` selector.
+    pub fn needs_value(self) -> bool {
+        matches!(self, ReducerKind::Sum | ReducerKind::Avg | ReducerKind::Min | ReducerKind::Max | ReducerKind::Distinct)
+    }
+
+    /// An empty accumulator for one group.
+    pub fn empty(self) -> Acc {
+        match self {
+            ReducerKind::Count | ReducerKind::TopK | ReducerKind::BottomK | ReducerKind::MeanPerKey => Acc::Count(0),
+            ReducerKind::Sum | ReducerKind::Avg => Acc::Sum { sum: 0.0, n: 0 },
+            ReducerKind::Min => Acc::Min(None),
+            ReducerKind::Max => Acc::Max(None),
+            ReducerKind::Distinct => Acc::Distinct(BTreeSet::new()),
+            ReducerKind::Custom => unreachable!("custom reducers keep script state"),
+        }
+    }
+}
+
+/// The partial state of one group.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Acc {
+    Count(u64),
+    Sum { sum: f64, n: u64 },
+    Min(Option<f64>),
+    Max(Option<f64>),
+    Distinct(BTreeSet<String>),
+}
+
+/// What one event contributes to an accumulator.
+#[derive(Debug, Clone, Copy)]
+pub enum Input<'a> {
+    Event,
+    Number(f64),
+    Text(&'a str),
+}
+
+impl Acc {
+    /// Adds one event's input.
+    #[inline]
+    pub fn add(&mut self, input: Input<'_>) {
+        match (self, input) {
+            (Acc::Count(n), _) => *n += 1,
+            (Acc::Sum { sum, n }, Input::Number(v)) => {
+                *sum += v;
+                *n += 1;
+            }
+            (Acc::Min(m), Input::Number(v)) => *m = Some(m.map_or(v, |m| m.min(v))),
+            (Acc::Max(m), Input::Number(v)) => *m = Some(m.map_or(v, |m| m.max(v))),
+            (Acc::Distinct(set), Input::Text(s)) => {
+                if !set.contains(s) {
+                    set.insert(s.to_string());
+                }
+            }
+            (Acc::Distinct(set), Input::Number(v)) => {
+                set.insert(v.to_string());
+            }
+            // A missing or mistyped value is skipped by the caller; nothing else reaches here.
+            _ => {}
+        }
+    }
+
+    /// Folds another partial state of the same reducer into this one.
+    pub fn merge(&mut self, other: &Acc) {
+        match (self, other) {
+            (Acc::Count(a), Acc::Count(b)) => *a += b,
+            (Acc::Sum { sum, n }, Acc::Sum { sum: s2, n: n2 }) => {
+                *sum += s2;
+                *n += n2;
+            }
+            (Acc::Min(a), Acc::Min(b)) => *a = min_opt(*a, *b, f64::min),
+            (Acc::Max(a), Acc::Max(b)) => *a = min_opt(*a, *b, f64::max),
+            (Acc::Distinct(a), Acc::Distinct(b)) => a.extend(b.iter().cloned()),
+            (a, b) => tracing::error!(?a, ?b, "cannot merge states of different reducers; state was written by another metric definition"),
+        }
+    }
+
+    fn report(&self, kind: ReducerKind) -> Value {
+        match self {
+            Acc::Count(n) => json!(n),
+            Acc::Sum { sum, n } if kind == ReducerKind::Avg => if *n == 0 { Value::Null } else { json!(sum / *n as f64) },
+            Acc::Sum { sum, .. } => json!(sum),
+            Acc::Min(v) | Acc::Max(v) => v.map_or(Value::Null, |v| json!(v)),
+            Acc::Distinct(set) => json!(set.len()),
+        }
+    }
+}
+
+fn min_opt(a: Option<f64>, b: Option<f64>, f: fn(f64, f64) -> f64) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(f(a, b)),
+        (a, None) => a,
+        (None, b) => b,
+    }
+}
+
+/// The partial state of a built-in metric for one pane and partition: one accumulator, or one
+/// per key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Single(Acc),
+    Grouped(HashMap<String, Acc>),
+}
+
+impl State {
+    pub fn new(kind: ReducerKind, grouped: bool) -> State {
+        if grouped {
+            State::Grouped(HashMap::new())
+        } else {
+            State::Single(kind.empty())
+        }
+    }
+
+    #[inline]
+    pub fn add(&mut self, kind: ReducerKind, key: Option<&str>, input: Input<'_>) {
+        match (self, key) {
+            (State::Single(acc), _) => acc.add(input),
+            (State::Grouped(map), Some(k)) => match map.get_mut(k) {
+                Some(acc) => acc.add(input),
+                None => {
+                    let mut acc = kind.empty();
+                    acc.add(input);
+                    map.insert(k.to_string(), acc);
+                }
+            },
+            (State::Grouped(_), None) => {}
+        }
+    }
+
+    pub fn merge(&mut self, other: &State) {
+        match (self, other) {
+            (State::Single(a), State::Single(b)) => a.merge(b),
+            (State::Grouped(a), State::Grouped(b)) => {
+                for (k, acc) in b {
+                    match a.get_mut(k) {
+                        Some(mine) => mine.merge(acc),
+                        None => {
+                            a.insert(k.clone(), acc.clone());
+                        }
+                    }
+                }
+            }
+            _ => tracing::error!("cannot merge a grouped state with an ungrouped one; the metric's key changed"),
+        }
+    }
+
+    /// The metric's reported value for a merged window.
+    pub fn report(&self, kind: ReducerKind, k: usize) -> Value {
+        match self {
+            State::Single(acc) => acc.report(kind),
+            State::Grouped(map) => match kind {
+                ReducerKind::TopK | ReducerKind::BottomK => {
+                    let mut counts: Vec<(&String, u64)> = map.iter().map(|(key, acc)| (key, count(acc))).collect();
+                    // Ties break by key so every reader reports the same items.
+                    if kind == ReducerKind::TopK {
+                        counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+                    } else {
+                        counts.sort_by(|a, b| a.1.cmp(&b.1).then(a.0.cmp(b.0)));
+                    }
+                    Value::Array(counts.into_iter().take(k).map(|(key, n)| json!({"key": key, "count": n})).collect())
+                }
+                ReducerKind::MeanPerKey => {
+                    let total: u64 = map.values().map(count).sum();
+                    if map.is_empty() { json!(0.0) } else { json!(total as f64 / map.len() as f64) }
+                }
+                _ => {
+                    let mut obj = serde_json::Map::new();
+                    let mut keys: Vec<&String> = map.keys().collect();
+                    keys.sort();
+                    for key in keys {
+                        obj.insert(key.clone(), map[key].report(kind));
+                    }
+                    Value::Object(obj)
+                }
+            },
+        }
+    }
+}
+
+fn count(acc: &Acc) -> u64 {
+    match acc {
+        Acc::Count(n) => *n,
+        _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grouped(kind: ReducerKind, keys: &[&str]) -> State {
+        let mut s = State::new(kind, true);
+        for k in keys {
+            s.add(kind, Some(k), Input::Event);
+        }
+        s
+    }
+
+    #[test]
+    fn count_sum_avg_min_max() {
+        let mut s = State::new(ReducerKind::Avg, false);
+        for v in [1.0, 2.0, 6.0] {
+            s.add(ReducerKind::Avg, None, Input::Number(v));
+        }
+        assert_eq!(s.report(ReducerKind::Avg, 0), json!(3.0));
+        assert_eq!(s.report(ReducerKind::Sum, 0), json!(9.0));
+        let mut m = State::new(ReducerKind::Min, false);
+        m.add(ReducerKind::Min, None, Input::Number(4.0));
+        let mut m2 = State::new(ReducerKind::Min, false);
+        m2.add(ReducerKind::Min, None, Input::Number(-1.0));
+        m.merge(&m2);
+        assert_eq!(m.report(ReducerKind::Min, 0), json!(-1.0));
+        assert_eq!(State::new(ReducerKind::Max, false).report(ReducerKind::Max, 0), Value::Null);
+    }
+
+    #[test]
+    fn top_and_bottom_k_break_ties_by_key() {
+        let s = grouped(ReducerKind::TopK, &["b", "a", "c", "c", "a"]);
+        assert_eq!(s.report(ReducerKind::TopK, 1), json!([{"key": "a", "count": 2}]));
+        assert_eq!(s.report(ReducerKind::BottomK, 2), json!([{"key": "b", "count": 1}, {"key": "a", "count": 2}]));
+    }
+
+    #[test]
+    fn merged_partials_equal_one_pass() {
+        let all = grouped(ReducerKind::Count, &["x", "y", "x", "z", "x"]);
+        let mut a = grouped(ReducerKind::Count, &["x", "y"]);
+        a.merge(&grouped(ReducerKind::Count, &["x", "z", "x"]));
+        assert_eq!(a, all);
+        assert_eq!(all.report(ReducerKind::MeanPerKey, 0), json!(5.0 / 3.0));
+    }
+
+    #[test]
+    fn distinct_merges_sets() {
+        let mut a = State::new(ReducerKind::Distinct, false);
+        a.add(ReducerKind::Distinct, None, Input::Text("u1"));
+        a.add(ReducerKind::Distinct, None, Input::Text("u2"));
+        let mut b = State::new(ReducerKind::Distinct, false);
+        b.add(ReducerKind::Distinct, None, Input::Text("u2"));
+        a.merge(&b);
+        assert_eq!(a.report(ReducerKind::Distinct, 0), json!(2));
+    }
+
+    #[test]
+    fn state_round_trips_through_json() {
+        let s = grouped(ReducerKind::Count, &["a", "b", "a"]);
+        let back: State = serde_json::from_value(serde_json::to_value(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
+    }
+}
