@@ -17,6 +17,8 @@ pub struct Stats {
     duplicates: AtomicU64,
     rejected: AtomicU64,
     store_retries: AtomicU64,
+    script_errors: AtomicU64,
+    late_events: AtomicU64,
 }
 
 /// A point-in-time copy of [`Stats`].
@@ -38,6 +40,10 @@ pub struct Snapshot {
     pub rejected: u64,
     /// Store writes that failed and were retried.
     pub store_retries: u64,
+    /// Events a metric script failed on (not counted in that metric).
+    pub script_errors: u64,
+    /// Events later than a metric's allowed lateness (not counted in that metric).
+    pub late_events: u64,
 }
 
 impl Stats {
@@ -88,6 +94,22 @@ impl Stats {
         tracing::warn!(attempt, retry_in = ?wait, %error, "store write failed; retrying (offsets are not committed until it succeeds)");
     }
 
+    /// A metric script failed on an event; the event is left out of that metric only.
+    pub fn script_error(&self, metric: &str, event_id: &str, error: &dyn std::fmt::Display) {
+        let n = self.script_errors.fetch_add(1, Relaxed) + 1;
+        if n <= 10 || n.is_power_of_two() {
+            tracing::warn!(metric, event_id, %error, errors_so_far = n, "metric script failed on an event; the event is not counted in this metric");
+        }
+    }
+
+    /// An event arrived later than a metric's allowed lateness; that metric leaves it out.
+    pub fn late_event(&self, metric: &str, event_id: &str, late_by_ms: i64) {
+        let n = self.late_events.fetch_add(1, Relaxed) + 1;
+        if n <= 10 || n.is_power_of_two() {
+            tracing::warn!(metric, event_id, late_by_ms, late_so_far = n, "event later than the allowed lateness; not counted in this metric");
+        }
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
             generated: self.generated.load(Relaxed),
@@ -98,6 +120,8 @@ impl Stats {
             duplicates: self.duplicates.load(Relaxed),
             rejected: self.rejected.load(Relaxed),
             store_retries: self.store_retries.load(Relaxed),
+            script_errors: self.script_errors.load(Relaxed),
+            late_events: self.late_events.load(Relaxed),
         }
     }
 }

@@ -3,10 +3,10 @@
 mod common;
 
 use common::ServicePipeline;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use runner::pipeline::{self, Components, RunOptions, RunSummary};
+use runner::pipeline::{Components, RunSummary};
 use runner::store::{self, EventStore};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -14,20 +14,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 async fn run(sp: &ServicePipeline, components: Components, events: Option<u64>) -> RunSummary {
-    let options = RunOptions {
-        components,
-        max_events: events,
-        idle_exit: Some(Duration::from_secs(3)),
-        ..RunOptions::default()
-    };
-    let stop = CancellationToken::new();
-    let guard = stop.clone();
-    // A hung run fails the test instead of hanging CI.
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_secs(120)).await;
-        guard.cancel();
-    });
-    pipeline::run(&sp.pipeline, options, stop).await.expect("pipeline run")
+    common::run_pipeline(sp, components, events, CancellationToken::new()).await
 }
 
 async fn store_of(sp: &ServicePipeline) -> Arc<dyn EventStore> {
@@ -93,19 +80,7 @@ async fn replay_is_harmless() {
     let n = 5_000;
     run(&sp, Components::ALL, Some(n)).await;
 
-    // Reset the group to the start of every partition, as an operator would.
-    let c = group_consumer(&sp);
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..sp.pipeline.config.kafka.partitions {
-        tpl.add_partition_offset(&sp.topic, p, Offset::Beginning).unwrap();
-    }
-    let mut reset = TopicPartitionList::new();
-    for p in 0..sp.pipeline.config.kafka.partitions {
-        reset.add_partition_offset(&sp.topic, p, Offset::Offset(0)).unwrap();
-    }
-    c.assign(&tpl).unwrap();
-    c.commit(&reset, CommitMode::Sync).unwrap();
-    drop(c);
+    common::reset_group_offsets(&sp);
 
     let again = run(&sp, Components { generator: false, consumer: true }, None).await;
     assert_eq!(again.stats.consumed, n, "the whole topic was consumed again");

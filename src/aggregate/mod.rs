@@ -18,6 +18,7 @@ pub use window::Window;
 use crate::event::Event;
 use crate::script::ScriptError;
 use crate::store::EventStore;
+use crate::telemetry::Stats;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -130,15 +131,16 @@ pub struct MetricCounters {
 /// The consumer's aggregation state: applies batches, hands out changed partials to persist.
 pub struct Aggregator {
     set: Arc<MetricSet>,
+    stats: Arc<Stats>,
     states: Vec<MetricState>,
     /// Partitions whose stored partials are loaded, with the earliest pane start loaded.
     loaded: HashMap<i32, i64>,
 }
 
 impl Aggregator {
-    pub fn new(set: Arc<MetricSet>) -> Aggregator {
+    pub fn new(set: Arc<MetricSet>, stats: Arc<Stats>) -> Aggregator {
         let states = set.metrics.iter().map(|_| MetricState { watermark: i64::MIN, ..Default::default() }).collect();
-        Aggregator { set, states, loaded: HashMap::new() }
+        Aggregator { set, stats, states, loaded: HashMap::new() }
     }
 
     /// Partitions of this batch whose stored partials are not loaded yet (after start or a
@@ -219,9 +221,7 @@ impl Aggregator {
                 };
                 if st.watermark != i64::MIN && t < st.watermark - lateness {
                     st.late += 1;
-                    if st.late <= 10 || st.late.is_power_of_two() {
-                        tracing::warn!(metric = m.name(), event_id = %e.event_id, late_by_ms = st.watermark - t, late_so_far = st.late, "event later than the allowed lateness; not counted");
-                    }
+                    self.stats.late_event(m.name(), &e.event_id, st.watermark - t);
                     continue;
                 }
                 st.watermark = st.watermark.max(t);
@@ -232,7 +232,8 @@ impl Aggregator {
                         let partial = match m.empty() {
                             Ok(p) => p,
                             Err(err) => {
-                                count_error(m, st, &err);
+                                st.errors += 1;
+                                self.stats.script_error(m.name(), &e.event_id, &err);
                                 continue;
                             }
                         };
@@ -244,9 +245,7 @@ impl Aggregator {
                 }
                 if let Err(err) = m.add(&mut cell.partial, e, maps.get(i)) {
                     st.errors += 1;
-                    if st.errors <= 10 || st.errors.is_power_of_two() {
-                        tracing::warn!(metric = m.name(), event_id = %e.event_id, error = %err, errors_so_far = st.errors, "metric script failed on an event; the event is not counted in this metric");
-                    }
+                    self.stats.script_error(m.name(), &e.event_id, &err);
                 }
                 cell.offset = cell.offset.max(offset);
                 cell.dirty = true;
@@ -283,12 +282,5 @@ impl Aggregator {
             .zip(&self.states)
             .map(|(m, st)| MetricCounters { name: m.name().to_string(), late_events: st.late, script_errors: st.errors })
             .collect()
-    }
-}
-
-fn count_error(m: &Metric, st: &mut MetricState, err: &str) {
-    st.errors += 1;
-    if st.errors <= 10 || st.errors.is_power_of_two() {
-        tracing::warn!(metric = m.name(), error = %err, "metric script failed");
     }
 }

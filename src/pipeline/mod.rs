@@ -131,7 +131,7 @@ pub async fn run(pipeline: &Pipeline, options: RunOptions, stop: CancellationTok
         (Some(subscriber), Some(store)) => {
             let until = StopWhen { stop: stop.clone(), idle: options.idle_exit, producers_done: producers_done.clone() };
             let (stats, cfg) = (stats.clone(), config.consumer.clone());
-            let aggregator = (!metrics.is_empty()).then(|| Aggregator::new(metrics.clone()));
+            let aggregator = (!metrics.is_empty()).then(|| Aggregator::new(metrics.clone(), stats.clone()));
             Some(tokio::spawn(async move { consumer::run(subscriber, store, aggregator, stats, &cfg, until).await }))
         }
         _ => None,

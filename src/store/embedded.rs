@@ -176,7 +176,10 @@ impl EventStore for EmbeddedStore {
             let tx = conn.transaction()?;
             {
                 let mut stmt = tx.prepare_cached(
-                    "INSERT OR REPLACE INTO metric_panes (metric, pane_start, partition, offset, state) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    // A partial that already includes later offsets is never replaced by an older one.
+                    "INSERT INTO metric_panes (metric, pane_start, partition, offset, state) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (metric, pane_start, partition) DO UPDATE SET offset = excluded.offset, state = excluded.state
+                     WHERE excluded.offset >= metric_panes.offset",
                 )?;
                 for r in &rows {
                     stmt.execute(params![r.0, r.1, r.2, r.3, r.4])?;

@@ -32,7 +32,7 @@ pub trait EventStore: Send + Sync {
     /// Every stored raw event, oldest first (for recomputation and checks; not for the hot path).
     async fn all_events(&self) -> anyhow::Result<Vec<Event>>;
     /// Writes metric partial states, replacing the stored ones with the same (metric, pane,
-    /// partition); durable on return.
+    /// partition) unless the stored one includes a later offset; durable on return.
     async fn write_panes(&self, panes: &[PaneRecord]) -> anyhow::Result<()>;
     /// Partial states of `metric` with pane start in `[from, to)`, optionally of one partition.
     async fn load_panes(&self, metric: &str, from: i64, to: i64, partition: Option<i32>) -> anyhow::Result<Vec<PaneRecord>>;

@@ -220,7 +220,17 @@ impl EventStore for MongoStore {
                 "state": p.state.to_string(),
                 "updated_at": bson::DateTime::now(),
             };
-            self.panes.replace_one(doc! {"_id": id}, d).upsert(true).into_future()
+            // Never replace a partial that already includes later offsets (written by the consumer
+            // that owns the partition now): the filter fails, the upsert collides on _id, and the
+            // stale write is dropped.
+            let write = self.panes.replace_one(doc! {"_id": id, "offset": {"$lte": p.offset}}, d).upsert(true).into_future();
+            async move {
+                match write.await {
+                    Ok(_) => Ok(()),
+                    Err(e) if matches!(*e.kind, ErrorKind::Write(WriteFailure::WriteError(ref w)) if w.code == DUPLICATE_KEY) => Ok(()),
+                    Err(e) => Err(e),
+                }
+            }
         });
         futures::future::try_join_all(writes).await.context("MongoDB metric state write failed")?;
         Ok(())

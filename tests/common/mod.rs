@@ -60,6 +60,9 @@ pub fn service_pipeline(name: &str) -> ServicePipeline {
         ("KAFKA_CONSUMER_GROUP", &group),
         ("MONGODB_DATABASE", &database),
         ("DEFAULT_GENERATION_RATE", "0"),
+        // A missing service fails the test quickly rather than after the shipped 60 s.
+        ("KAFKA_CONNECT_TIMEOUT", "15s"),
+        ("MONGODB_CONNECT_TIMEOUT", "15s"),
     ]);
     ServicePipeline { pipeline, topic, group, database }
 }
@@ -67,4 +70,45 @@ pub fn service_pipeline(name: &str) -> ServicePipeline {
 /// The shipped pipeline on the embedded default, storing under `data_dir`.
 pub fn embedded_pipeline(data_dir: &Path) -> Pipeline {
     load_pipeline(&[("RUNNER_DATA_DIR", data_dir.to_str().unwrap()), ("DEFAULT_GENERATION_RATE", "0")])
+}
+
+/// Runs the pipeline in this process until the generator has made `events` (if it runs) and
+/// nothing arrived for 3 s, or `stop` fires; a run past 120 s is stopped so a hang fails the test.
+pub async fn run_pipeline(
+    sp: &ServicePipeline,
+    components: runner::pipeline::Components,
+    events: Option<u64>,
+    stop: tokio_util::sync::CancellationToken,
+) -> runner::pipeline::RunSummary {
+    let options = runner::pipeline::RunOptions {
+        components,
+        max_events: events,
+        idle_exit: Some(std::time::Duration::from_secs(3)),
+        ..Default::default()
+    };
+    let guard = stop.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_secs(120)).await;
+        guard.cancel();
+    });
+    runner::pipeline::run(&sp.pipeline, options, stop).await.expect("pipeline run")
+}
+
+/// Sets the group's committed offsets back to the start of every partition, as an operator
+/// resetting offsets would.
+pub fn reset_group_offsets(sp: &ServicePipeline) {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka())
+        .set("group.id", &sp.group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..sp.pipeline.config.kafka.partitions {
+        tpl.add_partition_offset(&sp.topic, p, Offset::Offset(0)).unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    c.commit(&tpl, CommitMode::Sync).unwrap();
 }

@@ -1,0 +1,186 @@
+//! Aggregations on real services: metrics read from MongoDB equal a straightforward
+//! recomputation from the raw collection, whatever the restarts, replays and consumer count.
+
+mod common;
+
+use common::ServicePipeline;
+use runner::aggregate::{MetricSet, MetricValue};
+use runner::event::Event;
+use runner::pipeline::Components;
+use runner::store::{self, EventStore};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+const CONSUMER: Components = Components { generator: false, consumer: true };
+const GENERATOR: Components = Components { generator: true, consumer: false };
+
+/// The seed's metrics and the two added ones, computed directly from raw events in `[start, end)`.
+fn recompute(events: &[Event], start: i64, end: i64) -> BTreeMap<String, Value> {
+    let in_window: Vec<&Event> =
+        events.iter().filter(|e| (start..end).contains(&e.timestamp.timestamp_millis())).collect();
+    let mut per_user: HashMap<&str, u64> = HashMap::new();
+    let mut per_item: HashMap<&str, u64> = HashMap::new();
+    let mut types: BTreeMap<String, u64> = BTreeMap::new();
+    let (mut revenue, mut views, mut purchases) = (0.0, 0u64, 0u64);
+    for e in &in_window {
+        *per_user.entry(&e.user_id).or_default() += 1;
+        *per_item.entry(&e.item_id).or_default() += 1;
+        *types.entry(e.interaction_type.clone()).or_default() += 1;
+        match e.interaction_type.as_str() {
+            "purchase" => {
+                purchases += 1;
+                revenue += e.price.unwrap();
+            }
+            "view" => views += 1,
+            _ => {}
+        }
+    }
+    let mut items: Vec<(&str, u64)> = per_item.iter().map(|(k, v)| (*k, *v)).collect();
+    items.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    let busiest = items.first().map(|(k, c)| json!([{"key": k, "count": c}])).unwrap();
+    items.sort_by(|a, b| a.1.cmp(&b.1).then(a.0.cmp(b.0)));
+    let quietest = items.first().map(|(k, c)| json!([{"key": k, "count": c}])).unwrap();
+    BTreeMap::from([
+        ("avg_interactions_per_user".into(), json!(in_window.len() as f64 / per_user.len() as f64)),
+        ("busiest_item".into(), busiest),
+        ("quietest_item".into(), quietest),
+        ("interaction_types".into(), json!(types)),
+        ("active_users".into(), json!(per_user.len())),
+        ("active_items".into(), json!(per_item.len())),
+        ("revenue_per_minute".into(), json!(revenue)),
+        ("conversion_rate".into(), json!(purchases as f64 / views as f64)),
+    ])
+}
+
+fn same(a: &Value, b: &Value) -> bool {
+    match (a.as_f64(), b.as_f64()) {
+        (Some(x), Some(y)) if !a.is_u64() || !b.is_u64() => (x - y).abs() <= 1e-9 * x.abs().max(1.0),
+        _ => a == b,
+    }
+}
+
+/// Reads every metric from the store at the newest raw event and checks it against the
+/// recomputation; returns the values read.
+async fn assert_metrics_match(sp: &ServicePipeline, expected_events: u64) -> Vec<MetricValue> {
+    let store: Arc<dyn EventStore> = store::open(&sp.pipeline.config).await.unwrap();
+    let events = store.all_events().await.unwrap();
+    assert_eq!(events.len() as u64, expected_events, "raw store holds every event once");
+    let at = events.iter().map(|e| e.timestamp.timestamp_millis()).max().unwrap();
+    let set = MetricSet::load(&sp.pipeline.config.metrics).unwrap();
+    let values = set.read_all(&*store, at).await.unwrap();
+    assert_eq!(values.len(), 8);
+    let (start, end) = (values[0].window_start, values[0].window_end);
+    let expected = recompute(&events, start, end);
+    let counted: u64 = expected["interaction_types"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
+    assert!(counted > 0, "the window holds events");
+    for v in &values {
+        assert!(same(&v.value, &expected[&v.name]), "{}: read {} but recomputation gives {}", v.name, v.value, expected[&v.name]);
+    }
+    values
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_metrics_match_recomputation() {
+    let sp = common::service_pipeline("metrics");
+    let n = 50_000;
+    let summary = common::run_pipeline(&sp, Components::ALL, Some(n), CancellationToken::new()).await;
+    assert_eq!(summary.stats.stored, n);
+    assert_eq!(summary.stats.script_errors, 0);
+    let values = assert_metrics_match(&sp, n).await;
+    println!("{}", serde_json::to_string_pretty(&values).unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_does_not_double_count() {
+    let sp = common::service_pipeline("restart");
+    let n = 30_000;
+    common::run_pipeline(&sp, GENERATOR, Some(n), CancellationToken::new()).await;
+
+    // Stop the consumer gracefully part way through the topic.
+    let stop = CancellationToken::new();
+    let trigger = stop.clone();
+    let store = store::open(&sp.pipeline.config).await.unwrap();
+    let watcher = tokio::spawn(async move {
+        while store.count_events().await.unwrap() < 8_000 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        trigger.cancel();
+    });
+    let first = common::run_pipeline(&sp, CONSUMER, None, stop).await;
+    watcher.await.unwrap();
+    assert!(first.stats.stored < n, "stopped mid-stream ({} stored)", first.stats.stored);
+
+    let second = common::run_pipeline(&sp, CONSUMER, None, CancellationToken::new()).await;
+    assert_eq!(first.stats.stored + second.stats.stored, n);
+    let before = assert_metrics_match(&sp, n).await;
+
+    // Replaying the whole topic changes nothing.
+    common::reset_group_offsets(&sp);
+    let replay = common::run_pipeline(&sp, CONSUMER, None, CancellationToken::new()).await;
+    assert_eq!(replay.stats.duplicates, n);
+    let after = assert_metrics_match(&sp, n).await;
+    assert_eq!(before, after);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_consumers_merge_exactly() {
+    let sp = common::service_pipeline("scaleout");
+    let n = 30_000;
+    common::run_pipeline(&sp, GENERATOR, Some(n), CancellationToken::new()).await;
+    let spawn = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_runner"))
+            .args(["run", common::shipped_pipeline().to_str().unwrap(), "--components", "consumer", "--exit-when-idle", "4s"])
+            .env_clear()
+            .env("KAFKA_BOOTSTRAP_SERVERS", common::kafka())
+            .env("MONGODB_CONNECTION_STRING", common::mongodb())
+            .env("KAFKA_TOPIC", &sp.topic)
+            .env("KAFKA_CONSUMER_GROUP", &sp.group)
+            .env("MONGODB_DATABASE", &sp.database)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    let logs = [a.stderr, b.stderr].map(|e| String::from_utf8_lossy(&e).to_string());
+    assert!(a.status.success() && b.status.success(), "{logs:?}");
+    assert!(logs.iter().all(|l| l.contains("kafka partitions assigned")), "both joined the group: {logs:?}");
+    assert_metrics_match(&sp, n).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn script_error_is_contained() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("fragile.rhai");
+    // Throws on every event of item_1 (the busiest item).
+    std::fs::write(&script, "fn key(e) { if e.item_id == \"item_1\" { throw \"no item_1 here\"; } e.item_id }\n#{ key: Fn(\"key\") }").unwrap();
+    let mut pipeline = common::embedded_pipeline(dir.path());
+    let mut fragile = pipeline.config.metrics.iter().find(|m| m.name == "interaction_types").unwrap().clone();
+    fragile.name = "fragile".into();
+    fragile.script = script;
+    pipeline.config.metrics.push(fragile);
+    pipeline.config.generator.seed = Some(3);
+    let n = 20_000;
+    let options = runner::pipeline::RunOptions { max_events: Some(n), ..Default::default() };
+    let summary = runner::pipeline::run(&pipeline, options, CancellationToken::new()).await.unwrap();
+    assert_eq!(summary.stats.stored, n, "raw store unaffected");
+    assert!(summary.stats.script_errors > 0, "errors are counted");
+
+    let store = store::open(&pipeline.config).await.unwrap();
+    let events = store.all_events().await.unwrap();
+    let item_1 = events.iter().filter(|e| e.item_id == "item_1").count() as u64;
+    assert_eq!(summary.stats.script_errors, item_1, "exactly the item_1 events failed");
+    let set = MetricSet::load(&pipeline.config.metrics).unwrap();
+    let at = events.iter().map(|e| e.timestamp.timestamp_millis()).max().unwrap();
+    let values = set.read_all(&*store, at).await.unwrap();
+    let types = &values.iter().find(|v| v.name == "interaction_types").unwrap().value;
+    let total: u64 = types.as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
+    let in_window = events.iter().filter(|e| (values[0].window_start..values[0].window_end).contains(&e.timestamp.timestamp_millis())).count();
+    assert_eq!(total, in_window as u64, "other metrics count every event");
+    let fragile = values.iter().find(|v| v.name == "fragile").unwrap().value.as_object().unwrap().clone();
+    assert!(!fragile.contains_key("item_1") && !fragile.is_empty());
+    let _ = HashSet::<u8>::new();
+}
