@@ -17,6 +17,7 @@
 //! - [`pipeline`]: wires the components chosen on the command line and runs them until done.
 //! - [`telemetry`]: the counters and log lines every component reports through.
 //! - [`commands`]: the subcommands (`validate`, `generate`) as library calls.
+//! - [`testing`]: `runner test`, pipeline tests of the metrics on given events.
 //! - [`event`]: the interaction event, the one type every stage shares.
 
 pub mod aggregate;
@@ -29,4 +30,5 @@ pub mod pipeline;
 pub mod script;
 pub mod store;
 pub mod telemetry;
+pub mod testing;
 pub mod transport;

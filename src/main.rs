@@ -35,6 +35,15 @@ enum Command {
         /// The pipeline file.
         pipeline: PathBuf,
     },
+    /// Run the pipeline tests: feed each test's events through the metric scripts and compare
+    /// the metrics with the expected values. Exits non-zero if any test fails.
+    Test {
+        /// The pipeline file.
+        pipeline: PathBuf,
+        /// The tests [default: the pipeline's name with .test.toml, next to it].
+        #[arg(long)]
+        tests: Option<PathBuf>,
+    },
     /// Print every metric's current value (the window ending now), read from the store.
     Metrics {
         /// The pipeline file.
@@ -136,6 +145,11 @@ fn main() -> ExitCode {
                 runner::commands::generate(&p, count, &mut std::io::stdout().lock())
             }),
         Command::Run(args) => run(args),
+        Command::Test { pipeline, tests } => match pipeline_tests(pipeline, tests) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::FAILURE,
+            Err(e) => Err(e),
+        },
         Command::Metrics { pipeline, json, mongodb, data_dir } => show_metrics(pipeline, json, mongodb, data_dir),
     };
     match result {
@@ -193,6 +207,27 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         );
         Ok(())
     })
+}
+
+/// Prints each test's result; true when all passed.
+fn pipeline_tests(path: PathBuf, tests: Option<PathBuf>) -> anyhow::Result<bool> {
+    let pipeline = Pipeline::load(&path)?;
+    let tests = tests.unwrap_or_else(|| runner::testing::default_test_file(&path));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let outcomes = rt.block_on(runner::testing::run_tests(&pipeline, &tests))?;
+    let failed = outcomes.iter().filter(|o| !o.failures.is_empty()).count();
+    for o in &outcomes {
+        if o.failures.is_empty() {
+            println!("ok      {}", o.name);
+        } else {
+            println!("FAILED  {}", o.name);
+            for f in &o.failures {
+                println!("        {f}");
+            }
+        }
+    }
+    println!("{} passed, {failed} failed", outcomes.len() - failed);
+    Ok(failed == 0)
 }
 
 fn show_metrics(path: PathBuf, json: bool, mongodb: Option<String>, data_dir: Option<PathBuf>) -> anyhow::Result<()> {
