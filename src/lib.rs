@@ -16,11 +16,13 @@
 //!   ([`store::embedded`]), behind one [`store::EventStore`] interface.
 //! - [`pipeline`]: wires the components chosen on the command line and runs them until done.
 //! - [`telemetry`]: the counters and log lines every component reports through.
+//! - [`bench`]: `runner bench`, each stage's throughput beside its baseline.
 //! - [`commands`]: the subcommands (`validate`, `generate`) as library calls.
 //! - [`testing`]: `runner test`, pipeline tests of the metrics on given events.
 //! - [`event`]: the interaction event, the one type every stage shares.
 
 pub mod aggregate;
+pub mod bench;
 pub mod commands;
 pub mod config;
 pub mod consumer;

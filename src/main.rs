@@ -44,6 +44,27 @@ enum Command {
         #[arg(long)]
         tests: Option<PathBuf>,
     },
+    /// Measure each stage's throughput beside its baseline (plain Rust, raw rdkafka, raw MongoDB
+    /// driver) and print a table. Kafka and MongoDB sections run when their address is given.
+    Bench {
+        /// The pipeline file (its generator script and metrics are measured).
+        pipeline: PathBuf,
+        /// Events per run.
+        #[arg(long, default_value_t = 100_000)]
+        events: u64,
+        /// Runs per figure; the median is reported with min and max.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Kafka bootstrap servers for the Kafka sections.
+        #[arg(long, env = "RUNNER_BENCH_KAFKA")]
+        kafka: Option<String>,
+        /// MongoDB connection string for the MongoDB sections (needs --kafka too).
+        #[arg(long, env = "RUNNER_BENCH_MONGODB")]
+        mongodb: Option<String>,
+        /// Print JSON instead of a table, to compare runs.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print every metric's current value (the window ending now), read from the store.
     Metrics {
         /// The pipeline file.
@@ -145,6 +166,9 @@ fn main() -> ExitCode {
                 runner::commands::generate(&p, count, &mut std::io::stdout().lock())
             }),
         Command::Run(args) => run(args),
+        Command::Bench { pipeline, events, runs, kafka, mongodb, json } => {
+            bench(pipeline, runner::bench::BenchOptions { events, runs, kafka, mongodb }, json)
+        }
         Command::Test { pipeline, tests } => match pipeline_tests(pipeline, tests) {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::FAILURE,
@@ -207,6 +231,20 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         );
         Ok(())
     })
+}
+
+fn bench(path: PathBuf, options: runner::bench::BenchOptions, json: bool) -> anyhow::Result<()> {
+    let pipeline = Pipeline::load(&path)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let figures = rt.block_on(runner::bench::run(&pipeline, &options))?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, &figures)?;
+        writeln!(out)?;
+    } else {
+        runner::bench::print_table(&figures, &mut out)?;
+    }
+    Ok(())
 }
 
 /// Prints each test's result; true when all passed.

@@ -19,6 +19,8 @@ pub struct Stats {
     store_retries: AtomicU64,
     script_errors: AtomicU64,
     late_events: AtomicU64,
+    /// When the first message was consumed and the last batch stored: the consumer's busy span.
+    busy: std::sync::Mutex<Option<(Instant, Instant)>>,
 }
 
 /// A point-in-time copy of [`Stats`].
@@ -69,11 +71,19 @@ impl Stats {
 
     pub fn consumed(&self, n: usize) {
         self.consumed.fetch_add(n as u64, Relaxed);
+        let mut busy = self.busy.lock().unwrap();
+        if busy.is_none() {
+            let now = Instant::now();
+            *busy = Some((now, now));
+        }
     }
 
     /// A batch written: `stored` new events, `duplicates` already present.
     pub fn stored(&self, stored: u64, duplicates: u64) {
         self.stored.fetch_add(stored, Relaxed);
+        if let Some((_, last)) = self.busy.lock().unwrap().as_mut() {
+            *last = Instant::now();
+        }
         if duplicates > 0 {
             self.duplicates.fetch_add(duplicates, Relaxed);
             tracing::info!(duplicates, "skipped events already stored (replayed after a restart or rebalance)");
@@ -108,6 +118,11 @@ impl Stats {
         if n <= 10 || n.is_power_of_two() {
             tracing::warn!(metric, event_id, late_by_ms, late_so_far = n, "event later than the allowed lateness; not counted in this metric");
         }
+    }
+
+    /// From the first message consumed to the last batch stored (zero before any).
+    pub fn busy_span(&self) -> Duration {
+        self.busy.lock().unwrap().map_or(Duration::ZERO, |(first, last)| last - first)
     }
 
     pub fn snapshot(&self) -> Snapshot {

@@ -4,7 +4,7 @@
 //! can call). It may also define `fn on_event(e)`, called per event to add or change fields; that
 //! hook costs a script call per event, so the shipped script does without it.
 
-mod alias;
+pub mod alias_table;
 pub mod plan;
 mod rate;
 

@@ -8,7 +8,7 @@
 //! - `.round(decimals)`: round a numeric distribution; `.only_when(type)` / `.only_when([types])`:
 //!   the field is present only for those interaction types.
 
-use super::alias::AliasTable;
+use super::alias_table::AliasTable;
 use chrono::Utc;
 use rand::Rng;
 use rhai::{Array, Dynamic, Engine, EvalAltResult, Map};

@@ -58,6 +58,8 @@ impl Default for RunOptions {
 pub struct RunSummary {
     pub stats: Snapshot,
     pub elapsed: Duration,
+    /// From the first message consumed to the last batch stored.
+    pub consumer_busy: Duration,
 }
 
 /// Runs the pipeline until `stop` fires, or the run's bounds are reached.
@@ -153,7 +155,7 @@ pub async fn run(pipeline: &Pipeline, options: RunOptions, stop: CancellationTok
     let _ = progress.await;
     generator_result.context("generator failed")?;
     consumer_result.context("consumer failed")?;
-    Ok(RunSummary { stats: stats.snapshot(), elapsed: started.elapsed() })
+    Ok(RunSummary { stats: stats.snapshot(), elapsed: started.elapsed(), consumer_busy: stats.busy_span() })
 }
 
 fn flatten(joined: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Result<()> {

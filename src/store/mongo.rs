@@ -259,7 +259,7 @@ impl EventStore for MongoStore {
 
 /// Raw document layout: the event's fields, with timestamp as a BSON date (TTL indexes and
 /// range queries need a date, not a string).
-fn to_document(e: &Event) -> Document {
+pub fn to_document(e: &Event) -> Document {
     let mut d = doc! {
         "event_id": &e.event_id,
         "user_id": &e.user_id,

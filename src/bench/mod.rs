@@ -1,0 +1,338 @@
+//! `runner bench`: throughput of each stage beside the baseline it sits on, measured in one
+//! run on one machine, so the ratios mean something on shared, noisy hardware.
+//!
+//! Every figure is the median of `runs` runs, with min and max. Sections that need Kafka or
+//! MongoDB run only when their address is given.
+
+mod baseline;
+
+use crate::aggregate::{Aggregator, MetricSet};
+use crate::config::Pipeline;
+use crate::event::Event;
+use crate::generator::{Generator, GeneratorScript};
+use crate::pipeline::{self, Components, RunOptions};
+use crate::telemetry::Stats;
+use anyhow::Context;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Events per run of each section.
+    pub events: u64,
+    /// Runs per section; the median is reported.
+    pub runs: usize,
+    /// Kafka bootstrap servers for the Kafka sections (skipped when `None`).
+    pub kafka: Option<String>,
+    /// MongoDB connection string for the MongoDB sections (skipped when `None`).
+    pub mongodb: Option<String>,
+}
+
+/// One measured figure.
+#[derive(Debug, Clone, Serialize)]
+pub struct Figure {
+    pub name: String,
+    pub unit: &'static str,
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    /// The figure this one is compared with, and this one's median divided by it.
+    pub compared_with: Option<String>,
+    pub ratio: Option<f64>,
+}
+
+fn figure(name: &str, unit: &'static str, mut samples: Vec<f64>) -> Figure {
+    samples.sort_by(|a, b| a.total_cmp(b));
+    Figure {
+        name: name.to_string(),
+        unit,
+        median: samples[samples.len() / 2],
+        min: samples[0],
+        max: samples[samples.len() - 1],
+        compared_with: None,
+        ratio: None,
+    }
+}
+
+fn compare(figures: &mut [Figure], name: &str, baseline: &str) {
+    let Some(base) = figures.iter().find(|f| f.name == baseline).map(|f| f.median) else { return };
+    if let Some(f) = figures.iter_mut().find(|f| f.name == name) {
+        f.ratio = Some(f.median / base);
+        f.compared_with = Some(baseline.to_string());
+    }
+}
+
+fn rate(events: u64, took: Duration) -> f64 {
+    events as f64 / took.as_secs_f64().max(1e-9)
+}
+
+/// Runs every section that the options allow, printing progress to the log.
+pub async fn run(pipeline: &Pipeline, opts: &BenchOptions) -> anyhow::Result<Vec<Figure>> {
+    let n = opts.events;
+    let runs = opts.runs.max(1);
+    let mut figures = Vec::new();
+    let script = GeneratorScript::load(&pipeline.config.generator)?;
+    let g = &pipeline.config.generator;
+
+    tracing::info!(events = n, runs, "bench: generator");
+    let mut plan = Vec::new();
+    let mut plain = Vec::new();
+    for _ in 0..runs {
+        let mut gen = Generator::new(script.clone(), Some(1));
+        plan.push(rate(n, time_fill(n, |k, out| gen.fill(k, out))));
+        let mut base = baseline::PlainGenerator::new(g.users as usize, g.items as usize, 1.1);
+        plain.push(rate(n, time_fill(n, |k, out| base.fill(k, out))));
+    }
+    figures.push(figure("generator: Rhai-described plan", "events/s", plan));
+    figures.push(figure("generator: plain Rust", "events/s", plain));
+    compare(&mut figures, "generator: Rhai-described plan", "generator: plain Rust");
+
+    let hook = with_hook(pipeline)?;
+    let mut hooked = Vec::new();
+    for _ in 0..runs {
+        let mut gen = Generator::new(hook.0.clone(), Some(1));
+        let k = (n / 4).max(1000);
+        hooked.push(rate(k, time_fill(k, |m, out| gen.fill(m, out))));
+    }
+    figures.push(figure("generator: with on_event hook", "events/s", hooked));
+    compare(&mut figures, "generator: with on_event hook", "generator: plain Rust");
+
+    tracing::info!("bench: aggregation");
+    let set = Arc::new(MetricSet::load(&pipeline.config.metrics)?);
+    let mut events = Vec::with_capacity(n as usize);
+    Generator::new(script.clone(), Some(2)).fill(n as usize, &mut events);
+    let (mut apply_ns, mut full_ns) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let mut agg = Aggregator::new(set.clone(), Stats::new());
+        let (mut apply, mut encode) = (Duration::ZERO, Duration::ZERO);
+        for chunk in events.chunks(2000) {
+            let t = Instant::now();
+            agg.apply(chunk, &[]);
+            apply += t.elapsed();
+            let t = Instant::now();
+            std::hint::black_box(agg.take_dirty());
+            encode += t.elapsed();
+        }
+        apply_ns.push(apply.as_nanos() as f64 / n as f64);
+        full_ns.push((apply + encode).as_nanos() as f64 / n as f64);
+    }
+    figures.push(figure(&format!("aggregate: {} shipped metrics, apply", set.metrics().len()), "ns/event", apply_ns));
+    figures.push(figure("aggregate: apply + encode partials to store", "ns/event", full_ns));
+
+    if let Some(servers) = &opts.kafka {
+        kafka_sections(pipeline, opts, servers, &mut figures).await?;
+    }
+
+    tracing::info!("bench: embedded end to end");
+    let mut embedded = Vec::new();
+    for _ in 0..runs {
+        let dir = std::env::temp_dir().join(format!("runner-bench-{}", uuid::Uuid::new_v4().simple()));
+        let mut p = pipeline.clone();
+        p.config.kafka.bootstrap_servers = "embedded".into();
+        p.config.mongodb.uri = "embedded".into();
+        p.config.embedded.data_dir = dir.clone();
+        p.config.generator.rate = 0.0;
+        p.config.generator.batch_size = 1000;
+        let options = RunOptions { max_events: Some(n), progress_every: Duration::from_secs(3600), ..RunOptions::default() };
+        let summary = pipeline::run(&p, options, CancellationToken::new()).await?;
+        embedded.push(rate(summary.stats.stored, summary.elapsed));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    figures.push(figure("end to end, embedded: generate -> queue -> aggregate -> SQLite", "events/s", embedded));
+    Ok(figures)
+}
+
+fn time_fill(n: u64, mut fill: impl FnMut(usize, &mut Vec<Event>)) -> Duration {
+    let mut out = Vec::with_capacity(1000);
+    let mut left = n;
+    let t = Instant::now();
+    while left > 0 {
+        let k = left.min(1000) as usize;
+        out.clear();
+        fill(k, &mut out);
+        std::hint::black_box(&out);
+        left -= k as u64;
+    }
+    t.elapsed()
+}
+
+/// The pipeline's generator script plus a per-event hook that adds one field.
+fn with_hook(pipeline: &Pipeline) -> anyhow::Result<(GeneratorScript, tempfile_path::TempScript)> {
+    let source = std::fs::read_to_string(&pipeline.config.generator.script)?;
+    let tmp = tempfile_path::TempScript::new(&format!(
+        "fn on_event(e) {{ e.attributes.channel = if e.value > 5.0 {{ \"web\" }} else {{ \"app\" }}; e }}\n{source}"
+    ))?;
+    let mut cfg = pipeline.config.generator.clone();
+    cfg.script = tmp.path.clone();
+    Ok((GeneratorScript::load(&cfg)?, tmp))
+}
+
+mod tempfile_path {
+    /// A script file removed when dropped.
+    pub struct TempScript {
+        pub path: std::path::PathBuf,
+    }
+    impl TempScript {
+        pub fn new(text: &str) -> std::io::Result<Self> {
+            let path = std::env::temp_dir().join(format!("runner-bench-{}.rhai", uuid::Uuid::new_v4().simple()));
+            std::fs::write(&path, text)?;
+            Ok(TempScript { path })
+        }
+    }
+    impl Drop for TempScript {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+async fn kafka_sections(pipeline: &Pipeline, opts: &BenchOptions, servers: &str, figures: &mut Vec<Figure>) -> anyhow::Result<()> {
+    let n = opts.events;
+    let runs = opts.runs.max(1);
+    let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+    let mut base = pipeline.clone();
+    base.config.kafka.bootstrap_servers = servers.to_string();
+    base.config.generator.rate = 0.0;
+    base.config.generator.batch_size = 1000;
+    let quiet = RunOptions { progress_every: Duration::from_secs(3600), idle_exit: Some(Duration::from_secs(2)), ..RunOptions::default() };
+
+    tracing::info!("bench: kafka produce, runner vs raw producer");
+    let (mut runner_rates, mut raw_rates, mut raw_consume) = (Vec::new(), Vec::new(), Vec::new());
+    let mut sample = Vec::new();
+    Generator::new(GeneratorScript::load(&base.config.generator)?, Some(3)).fill(1000, &mut sample);
+    let payloads: Vec<Vec<u8>> = sample.iter().map(|e| { let mut b = Vec::new(); e.write_json(&mut b); b }).collect();
+    let mut produced_topics = Vec::new();
+    for i in 0..runs {
+        let mut p = base.clone();
+        p.config.kafka.topic = format!("bench_{run_id}_runner_{i}");
+        let admin = crate::transport::kafka::connect(&p.config.kafka).await?;
+        crate::transport::kafka::ensure_topic(&admin, &p.config.kafka).await?;
+        let options = RunOptions { components: Components { generator: true, consumer: false }, max_events: Some(n), ..quiet.clone() };
+        let summary = pipeline::run(&p, options, CancellationToken::new()).await?;
+        runner_rates.push(rate(summary.stats.delivered, summary.elapsed));
+        produced_topics.push(p.config.kafka.topic.clone());
+
+        let mut raw = base.config.kafka.clone();
+        raw.topic = format!("bench_{run_id}_raw_{i}");
+        crate::transport::kafka::ensure_topic(&admin, &raw).await?;
+        let producer: ThreadedProducer<DefaultProducerContext> = raw.producer_config().create()?;
+        let t = Instant::now();
+        for k in 0..n as usize {
+            let payload = &payloads[k % payloads.len()];
+            let key = sample[k % sample.len()].user_id.as_bytes();
+            loop {
+                match producer.send(BaseRecord::to(&raw.topic).key(key).payload(payload)) {
+                    Ok(()) => break,
+                    Err(_) => std::thread::sleep(Duration::from_millis(1)),
+                }
+            }
+        }
+        producer.flush(Duration::from_secs(120))?;
+        raw_rates.push(rate(n, t.elapsed()));
+
+        raw_consume.push(rate(n, consume_all(&raw, n)?));
+    }
+    figures.push(figure("kafka produce: runner (JSON encode + send)", "events/s", runner_rates));
+    figures.push(figure("kafka produce: raw rdkafka, same-size messages", "events/s", raw_rates));
+    compare(figures, "kafka produce: runner (JSON encode + send)", "kafka produce: raw rdkafka, same-size messages");
+    figures.push(figure("kafka consume: raw rdkafka, no processing", "events/s", raw_consume));
+
+    let Some(uri) = &opts.mongodb else { return Ok(()) };
+    tracing::info!("bench: mongodb raw insert_many");
+    let mut inserts = Vec::new();
+    let client = mongodb::Client::with_uri_str(uri).await.context("bench: cannot connect to MongoDB")?;
+    for i in 0..runs {
+        let coll = client.database(&format!("bench_{run_id}_raw_{i}")).collection::<mongodb::bson::Document>("raw");
+        let docs: Vec<_> = (0..n as usize).map(|k| {
+            let mut d = crate::store::mongo::to_document(&sample[k % sample.len()]);
+            d.insert("event_id", format!("{k}"));
+            d
+        }).collect();
+        let t = Instant::now();
+        for chunk in docs.chunks(pipeline.config.consumer.batch_size.max(1)) {
+            coll.insert_many(chunk.to_vec()).ordered(false).await?;
+        }
+        inserts.push(rate(n, t.elapsed()));
+    }
+    figures.push(figure("mongodb insert_many: raw driver, same documents", "events/s", inserts));
+
+    tracing::info!("bench: end to end kafka -> aggregate -> mongodb");
+    let (mut e2e, mut rss) = (Vec::new(), Vec::new());
+    for (i, topic) in produced_topics.iter().enumerate() {
+        let mut p = base.clone();
+        p.config.kafka.topic = topic.clone();
+        p.config.kafka.consumer_group = format!("bench_{run_id}_group_{i}");
+        p.config.mongodb.uri = uri.clone();
+        p.config.mongodb.database = format!("bench_{run_id}_e2e_{i}");
+        reset_peak_rss();
+        let options = RunOptions { components: Components { generator: false, consumer: true }, ..quiet.clone() };
+        let summary = pipeline::run(&p, options, CancellationToken::new()).await?;
+        e2e.push(rate(summary.stats.stored, summary.consumer_busy));
+        rss.push(peak_rss_mb());
+    }
+    figures.push(figure("end to end: kafka -> decode -> MongoDB raw + metric partials", "events/s", e2e));
+    compare(figures, "end to end: kafka -> decode -> MongoDB raw + metric partials", "kafka consume: raw rdkafka, no processing");
+    let mut vs_insert = figures.last().unwrap().clone();
+    vs_insert.name = "  (same, against raw insert_many)".into();
+    figures.push(vs_insert);
+    compare(figures, "  (same, against raw insert_many)", "mongodb insert_many: raw driver, same documents");
+    figures.push(figure("peak RSS of the process during end to end", "MB", rss));
+    Ok(())
+}
+
+/// Reads `n` messages of the topic from the start; the clock starts at the first message so
+/// connection setup is not counted.
+fn consume_all(config: &crate::transport::kafka::KafkaConfig, n: u64) -> anyhow::Result<Duration> {
+    let mut c = config.consumer_config();
+    c.set("group.id", format!("{}_raw", config.topic));
+    let consumer: BaseConsumer = c.create()?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..config.partitions {
+        tpl.add_partition_offset(&config.topic, p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let mut seen = 0u64;
+    let mut started = None;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while seen < n && Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            started.get_or_insert_with(Instant::now);
+            std::hint::black_box(m.payload());
+            seen += 1;
+        }
+    }
+    anyhow::ensure!(seen == n, "raw consumer saw {seen} of {n} messages");
+    Ok(started.map_or(Duration::ZERO, |s| s.elapsed()))
+}
+
+fn reset_peak_rss() {
+    // Writing 5 to clear_refs resets the peak RSS (VmHWM) on Linux.
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// The figures as a table a person reads.
+pub fn print_table(figures: &[Figure], out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    let w = figures.iter().map(|f| f.name.len()).max().unwrap_or(10);
+    writeln!(out, "{:w$}  {:>12} {:>12} {:>12}  {:>9}  unit", "figure", "median", "min", "max", "ratio")?;
+    for f in figures {
+        let ratio = f.ratio.map_or(String::new(), |r| format!("{r:.2}x"));
+        writeln!(out, "{:w$}  {:>12.0} {:>12.0} {:>12.0}  {:>9}  {}", f.name, f.median, f.min, f.max, ratio, f.unit)?;
+    }
+    for f in figures.iter().filter(|f| f.ratio.is_some()) {
+        writeln!(out, "ratio of \"{}\" is against \"{}\"", f.name.trim(), f.compared_with.as_deref().unwrap_or(""))?;
+    }
+    Ok(())
+}
