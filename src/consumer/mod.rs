@@ -134,9 +134,11 @@ async fn store_batch(
     batch: &Batch,
     stop: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let outcome = with_retry(stats, stop, batch.events.len(), || store.insert_events(&batch.events)).await?;
-    stats.stored(outcome.inserted, outcome.duplicates);
-    if let Some(agg) = aggregator {
+    let raw = with_retry(stats, stop, batch.events.len(), || store.insert_events(&batch.events));
+    // Raw events and metric partials are independent writes (each is idempotent on replay), so
+    // they go to the store at the same time; the batch is acknowledged once both are durable.
+    let partials = async {
+        let Some(agg) = aggregator else { return Ok(()) };
         agg.forget(&batch.revoked);
         let mut partitions: Vec<i32> = batch.sources.iter().map(|s| s.0).collect();
         if batch.sources.is_empty() && !batch.events.is_empty() {
@@ -149,8 +151,12 @@ async fn store_batch(
         }
         agg.apply(&batch.events, &batch.sources);
         let dirty = agg.take_dirty();
-        with_retry(stats, stop, batch.events.len(), || store.write_panes(&dirty)).await?;
-    }
+        with_retry(stats, stop, batch.events.len(), || store.write_panes(&dirty)).await
+    };
+    let (outcome, partials) = tokio::join!(raw, partials);
+    let outcome = outcome?;
+    partials?;
+    stats.stored(outcome.inserted, outcome.duplicates);
     Ok(())
 }
 

@@ -150,8 +150,14 @@ impl Generator {
     fn apply_hook(&mut self, hook: &(Engine, AST), event: Event) -> Event {
         let (engine, ast) = hook;
         let result = rhai::serde::to_dynamic(&event)
-            .and_then(|d| engine.call_fn::<rhai::Dynamic>(&mut Scope::new(), ast, "on_event", (d,)))
-            .and_then(|out| rhai::serde::from_dynamic::<Event>(&out));
+            .and_then(|d| {
+                // eval_ast(false): the top level (the distribution map) ran once at load, not per event.
+                let options = rhai::CallFnOptions::new().eval_ast(false);
+                engine.call_fn_with_options::<rhai::Dynamic>(options, &mut Scope::new(), ast, "on_event", (d,))
+            })
+            .and_then(|out| rhai::serde::from_dynamic::<serde_json::Map<String, serde_json::Value>>(&out))
+            .map_err(|e| e.to_string())
+            .and_then(hook_result_to_event);
         match result {
             Ok(mut changed) => {
                 // The id is the runner's promise of uniqueness; a hook may not change it.
@@ -162,7 +168,7 @@ impl Generator {
                 self.hook_errors += 1;
                 if self.hook_errors <= 10 || self.hook_errors.is_power_of_two() {
                     tracing::warn!(
-                        error = %ScriptError::from_eval(&self.script.path, &e),
+                        error = %format!("{}: {e}", self.script.path.display()),
                         failures = self.hook_errors,
                         "on_event hook failed; the event is kept as sampled"
                     );
@@ -171,4 +177,31 @@ impl Generator {
             }
         }
     }
+}
+
+/// Fields of [`Event`] itself; anything else a hook sets goes into `attributes`.
+const EVENT_FIELDS: &[&str] = &[
+    "event_id", "user_id", "item_id", "interaction_type", "timestamp", "session_id", "value", "price", "view_duration", "attributes",
+];
+
+fn hook_result_to_event(mut map: serde_json::Map<String, serde_json::Value>) -> Result<Event, String> {
+    let extra: Vec<String> = map.keys().filter(|k| !EVENT_FIELDS.contains(&k.as_str())).cloned().collect();
+    if !extra.is_empty() {
+        let mut attributes = match map.remove("attributes") {
+            Some(serde_json::Value::Object(a)) => a,
+            _ => serde_json::Map::new(),
+        };
+        for k in extra {
+            if let Some(v) = map.remove(&k) {
+                attributes.insert(k, v);
+            }
+        }
+        map.insert("attributes".into(), serde_json::Value::Object(attributes));
+    }
+    for optional in ["price", "view_duration"] {
+        if map.get(optional).is_some_and(|v| v.is_null()) {
+            map.remove(optional);
+        }
+    }
+    serde_json::from_value(serde_json::Value::Object(map)).map_err(|e| format!("on_event returned something that is not an event: {e}"))
 }

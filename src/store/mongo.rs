@@ -136,7 +136,8 @@ impl MongoStore {
     }
 }
 
-async fn create_indexes(raw: &Collection<Document>, retention: Option<Duration>) -> anyhow::Result<()> {
+/// The raw collection's indexes: unique event_id, user_id, item_id, timestamp (TTL with retention).
+pub async fn create_indexes(raw: &Collection<Document>, retention: Option<Duration>) -> anyhow::Result<()> {
     let unique = IndexOptions::builder().unique(true).name("event_id_unique".to_string()).build();
     let mut models = vec![
         IndexModel::builder().keys(doc! {"event_id": 1}).options(unique).build(),
