@@ -14,6 +14,7 @@
 //!   Kafka partition that stay exact under replays and merge across runners.
 //! - [`store`]: where raw events land: MongoDB ([`store::mongo`]) or the embedded SQLite store
 //!   ([`store::embedded`]), behind one [`store::EventStore`] interface.
+//! - [`reload`]: hot reload: watch the pipeline file and scripts, compile, check, then swap.
 //! - [`pipeline`]: wires the components chosen on the command line and runs them until done.
 //! - [`telemetry`]: the counters and log lines every component reports through.
 //! - [`bench`]: `runner bench`, each stage's throughput beside its baseline.
@@ -29,6 +30,7 @@ pub mod consumer;
 pub mod event;
 pub mod generator;
 pub mod pipeline;
+pub mod reload;
 pub mod script;
 pub mod store;
 pub mod telemetry;

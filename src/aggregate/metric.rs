@@ -82,6 +82,9 @@ pub enum Partial {
 pub struct Metric {
     pub config: MetricConfig,
     pub window: Window,
+    /// Names this metric's stored partials: the name plus what fixes the state's shape, so a
+    /// redefined metric starts fresh instead of merging with partials of another shape.
+    state_key: String,
     selectors: Selectors,
     engine: Arc<Engine>,
     ast: Arc<AST>,
@@ -124,11 +127,25 @@ impl Metric {
             }
             s
         };
-        Ok(Metric { config: config.clone(), window, selectors, engine: Arc::new(engine), ast: Arc::new(ast) })
+        let shape = format!(
+            "{:?}/{}/{}/{:?}/{}",
+            config.reducer,
+            window.size_ms,
+            window.slide_ms,
+            config.time,
+            selectors.key.is_some()
+        );
+        let state_key = format!("{}#{:08x}", config.name, fnv1a(shape.as_bytes()) as u32);
+        Ok(Metric { config: config.clone(), window, state_key, selectors, engine: Arc::new(engine), ast: Arc::new(ast) })
     }
 
     pub fn name(&self) -> &str {
         &self.config.name
+    }
+
+    /// The key of this metric's partials in the store.
+    pub fn state_key(&self) -> &str {
+        &self.state_key
     }
 
     /// Whether reducing an event calls into the script (so the event must be a script map).
@@ -272,4 +289,9 @@ impl Metric {
     fn call_ptr(&self, f: &rhai::FnPtr, map: Option<&Dynamic>) -> Result<Dynamic, String> {
         self.call(None, f.fn_name(), (map.cloned().unwrap_or(Dynamic::UNIT),))
     }
+}
+
+/// A stable hash (the std hasher may change between Rust releases; stored keys must not).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ *b as u64).wrapping_mul(0x100_0000_01b3))
 }

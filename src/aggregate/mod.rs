@@ -90,7 +90,7 @@ pub struct MetricValue {
 /// Reads one metric's window ending with the pane holding `at_ms`, merging every stored partial.
 pub async fn read(metric: &Metric, store: &dyn EventStore, at_ms: i64) -> anyhow::Result<MetricValue> {
     let (start, end) = metric.window.range_at(at_ms);
-    let records = store.load_panes(metric.name(), start, end, None).await?;
+    let records = store.load_panes(metric.state_key(), start, end, None).await?;
     let mut merged = metric.empty().map_err(anyhow::Error::msg)?;
     for r in &records {
         let partial = metric.decode(&r.state).map_err(|e| anyhow::anyhow!("metric {}: {e}", metric.name()))?;
@@ -173,7 +173,7 @@ impl Aggregator {
     pub async fn load(set: &MetricSet, store: &dyn EventStore, partition: i32, since: i64) -> anyhow::Result<Vec<PaneRecord>> {
         let mut out = Vec::new();
         for m in &set.metrics {
-            out.extend(store.load_panes(m.name(), since, i64::MAX, Some(partition)).await?);
+            out.extend(store.load_panes(m.state_key(), since, i64::MAX, Some(partition)).await?);
         }
         Ok(out)
     }
@@ -181,13 +181,51 @@ impl Aggregator {
     /// Installs loaded partials, so new events add to them instead of replacing them.
     pub fn install(&mut self, partition: i32, since: i64, records: Vec<PaneRecord>) -> anyhow::Result<()> {
         for r in records {
-            let Some(i) = self.set.metrics.iter().position(|m| m.name() == r.metric) else { continue };
+            let Some(i) = self.set.metrics.iter().position(|m| m.state_key() == r.metric) else { continue };
             let m = &self.set.metrics[i];
             let partial = m.decode(&r.state).map_err(|e| anyhow::anyhow!("metric {}: {e}", m.name()))?;
             self.states[i].cells.insert((r.pane_start, partition), Cell { partial, offset: r.offset, dirty: false });
         }
         self.loaded.insert(partition, since);
         Ok(())
+    }
+
+    /// Switches to a reloaded metric set between batches. A metric whose state shape is
+    /// unchanged (same reducer, window, time and grouping) keeps its state and takes the new
+    /// script; a redefined one starts fresh; a new one starts empty; a removed one stops.
+    pub fn reconfigure(&mut self, set: Arc<MetricSet>) {
+        let mut old: HashMap<String, MetricState> = self
+            .set
+            .metrics
+            .iter()
+            .map(|m| m.state_key().to_string())
+            .zip(std::mem::take(&mut self.states))
+            .collect();
+        let old_names: HashSet<&str> = self.set.metrics.iter().map(|m| m.name()).collect();
+        for m in &set.metrics {
+            match old.remove(m.state_key()) {
+                Some(state) => {
+                    self.states.push(state);
+                    tracing::info!(metric = m.name(), "metric reloaded; window state kept");
+                }
+                None => {
+                    self.states.push(MetricState { watermark: i64::MIN, ..Default::default() });
+                    if old_names.contains(m.name()) {
+                        tracing::info!(metric = m.name(), "metric redefined (reducer, window or grouping changed); its state starts fresh");
+                    } else {
+                        tracing::info!(metric = m.name(), "metric added");
+                    }
+                }
+            }
+        }
+        let new_names: HashSet<&str> = set.metrics.iter().map(|m| m.name()).collect();
+        for name in old_names.difference(&new_names) {
+            tracing::info!(metric = name, "metric removed");
+        }
+        self.set = set;
+        // In memory equals the store after every batch, so reloading partials is safe, and
+        // brings in partials of metrics this aggregator did not have.
+        self.loaded.clear();
     }
 
     /// The compiled metrics this aggregator runs.
@@ -260,7 +298,7 @@ impl Aggregator {
             for ((pane_start, partition), cell) in st.cells.iter_mut().filter(|(_, c)| c.dirty) {
                 cell.dirty = false;
                 out.push(PaneRecord {
-                    metric: m.name().to_string(),
+                    metric: m.state_key().to_string(),
                     pane_start: *pane_start,
                     partition: *partition,
                     offset: cell.offset,

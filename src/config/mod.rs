@@ -14,11 +14,12 @@ use crate::store::mongo::MongoConfig;
 use crate::transport::kafka::KafkaConfig;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub use interpolate::interpolate;
 
 /// The whole pipeline file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineConfig {
     /// Shown in logs and used as a default for names derived from it.
@@ -41,10 +42,24 @@ pub struct PipelineConfig {
 }
 
 /// A loaded pipeline: its config and where it came from (relative paths resolve against it).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Pipeline {
     pub path: PathBuf,
     pub config: PipelineConfig,
+    /// The environment it was read with, so a reload reads the same variables.
+    env: Env,
+    /// Command-line settings applied over the file, again after every reload.
+    overrides: Vec<Override>,
+}
+
+type Env = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+/// A change applied to the config after the file is read (a command-line flag).
+pub type Override = Arc<dyn Fn(&mut PipelineConfig) + Send + Sync>;
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline").field("path", &self.path).field("config", &self.config).finish_non_exhaustive()
+    }
 }
 
 /// Why a pipeline file could not be loaded; the text always names the file and, where it can, the line.
@@ -75,20 +90,35 @@ impl Pipeline {
     /// [`Pipeline::load`] with an explicit environment (tests, and reloads that must not race env changes).
     pub fn load_with_env(
         path: impl AsRef<Path>,
-        env: impl Fn(&str) -> Option<String>,
+        env: impl Fn(&str) -> Option<String> + Send + Sync + 'static,
     ) -> Result<Pipeline, ConfigError> {
-        let path = path.as_ref();
+        Self::read(path.as_ref(), Arc::new(env), Vec::new())
+    }
+
+    /// Applies a command-line setting now and after every reload.
+    pub fn add_override(&mut self, change: impl Fn(&mut PipelineConfig) + Send + Sync + 'static) -> Result<(), ConfigError> {
+        change(&mut self.config);
+        self.overrides.push(Arc::new(change));
+        self.check()
+    }
+
+    /// Reads the file again, with the same environment and command-line settings.
+    pub fn reload(&self) -> Result<Pipeline, ConfigError> {
+        Self::read(&self.path, self.env.clone(), self.overrides.clone())
+    }
+
+    fn read(path: &Path, env: Env, overrides: Vec<Override>) -> Result<Pipeline, ConfigError> {
         let shown = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: shown.clone(),
             source,
         })?;
-        let config = parse(&text, &shown, env)?;
-        let mut pipeline = Pipeline {
-            path: path.to_path_buf(),
-            config,
-        };
+        let config = parse(&text, &shown, |name| env(name))?;
+        let mut pipeline = Pipeline { path: path.to_path_buf(), config, env, overrides };
         pipeline.resolve_paths();
+        for change in &pipeline.overrides {
+            change(&mut pipeline.config);
+        }
         pipeline.check()?;
         Ok(pipeline)
     }
@@ -102,7 +132,7 @@ impl Pipeline {
         let base = self.base_dir().to_path_buf();
         let resolve = |p: &mut PathBuf| {
             if p.is_relative() {
-                *p = base.join(&*p);
+                *p = normalize(&base.join(&*p));
             }
         };
         resolve(&mut self.config.generator.script);
@@ -168,6 +198,23 @@ pub fn parse(
             message: e.message().trim().to_string(),
         }
     })
+}
+
+/// Removes `.` and `name/..` from a path without touching the file system, so errors show
+/// `scripts/x.rhai` rather than `pipelines/../scripts/x.rhai`.
+fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir if matches!(out.components().next_back(), Some(Component::Normal(_))) => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 /// 1-based line and column of a byte offset.

@@ -5,7 +5,7 @@
 //! Reading the next batch overlaps with writing the current one; acknowledgements still happen
 //! in batch order, because one task writes and acknowledges.
 
-use crate::aggregate::{Aggregator, NO_PARTITION};
+use crate::aggregate::{Aggregator, MetricSet, NO_PARTITION};
 use crate::config::de;
 use crate::store::EventStore;
 use crate::telemetry::Stats;
@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// `[consumer]` section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConsumerConfig {
     /// Most events written to the store in one batch.
@@ -73,6 +73,7 @@ pub async fn run(
     mut subscriber: Box<dyn Subscriber>,
     store: Arc<dyn EventStore>,
     mut aggregator: Option<Aggregator>,
+    mut metrics: Option<tokio::sync::watch::Receiver<Arc<MetricSet>>>,
     stats: Arc<Stats>,
     config: &ConsumerConfig,
     until: StopWhen,
@@ -110,6 +111,12 @@ pub async fn run(
 
     let mut write_result = Ok(());
     while let Some(batch) = rx.recv().await {
+        // A reloaded metric set takes effect between batches, never inside one.
+        if let (Some(agg), Some(rx)) = (aggregator.as_mut(), metrics.as_mut()) {
+            if rx.has_changed().unwrap_or(false) {
+                agg.reconfigure(rx.borrow_and_update().clone());
+            }
+        }
         match store_batch(&*store, aggregator.as_mut(), &stats, &batch, &until.stop).await {
             Ok(()) => acknowledger.acknowledge(&batch.checkpoint),
             Err(e) => {

@@ -6,12 +6,14 @@
 use crate::aggregate::{Aggregator, MetricSet};
 use crate::config::Pipeline;
 use crate::consumer::{self, StopWhen};
-use crate::generator::{Generator, GeneratorConfig, GeneratorScript, Pacer};
+use crate::generator::{Generator, GeneratorScript, Pacer};
+use crate::reload::{self, GeneratorLive, Live, ReloadStatus, WatchOptions};
 use crate::store::{self, EventStore};
 use crate::telemetry::{self, Snapshot, Stats};
 use crate::transport::{embedded, kafka, Publisher, Subscriber};
 use anyhow::{bail, Context};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -39,6 +41,8 @@ pub struct RunOptions {
     pub progress_every: Duration,
     /// How long the producer may take to deliver what it has at shutdown.
     pub flush_timeout: Duration,
+    /// Hot reload of the pipeline file and scripts.
+    pub watch: WatchOptions,
 }
 
 impl Default for RunOptions {
@@ -49,6 +53,7 @@ impl Default for RunOptions {
             idle_exit: None,
             progress_every: Duration::from_secs(5),
             flush_timeout: Duration::from_secs(30),
+            watch: WatchOptions::default(),
         }
     }
 }
@@ -64,6 +69,30 @@ pub struct RunSummary {
 
 /// Runs the pipeline until `stop` fires, or the run's bounds are reached.
 pub async fn run(pipeline: &Pipeline, options: RunOptions, stop: CancellationToken) -> anyhow::Result<RunSummary> {
+    start(pipeline.clone(), options, stop).await?.wait().await
+}
+
+/// A started pipeline: what can be observed while it runs, and its end.
+pub struct Running {
+    pub stats: Arc<Stats>,
+    /// Hot-reload outcomes.
+    pub reload_status: Arc<Mutex<ReloadStatus>>,
+    /// The metric set in force (it changes on reload).
+    pub metrics: watch::Receiver<Arc<MetricSet>>,
+    /// The store the consumer writes to (none without a consumer).
+    pub store: Option<Arc<dyn EventStore>>,
+    done: tokio::task::JoinHandle<anyhow::Result<RunSummary>>,
+}
+
+impl Running {
+    /// Waits for the pipeline to finish.
+    pub async fn wait(self) -> anyhow::Result<RunSummary> {
+        self.done.await?
+    }
+}
+
+/// Checks, connects and starts every component; returns once the pipeline runs.
+pub async fn start(pipeline: Pipeline, options: RunOptions, stop: CancellationToken) -> anyhow::Result<Running> {
     let started = std::time::Instant::now();
     let config = &pipeline.config;
     let components = options.components;
@@ -78,7 +107,7 @@ pub async fn run(pipeline: &Pipeline, options: RunOptions, stop: CancellationTok
         );
     }
     // Compile scripts before connecting to anything: a typo should not wait on a network timeout.
-    let script = components.generator.then(|| GeneratorScript::load(&config.generator)).transpose()?;
+    let script = GeneratorScript::load(&config.generator)?;
     let metrics = Arc::new(MetricSet::load(&config.metrics)?);
 
     let stats = Stats::new();
@@ -86,7 +115,7 @@ pub async fn run(pipeline: &Pipeline, options: RunOptions, stop: CancellationTok
         true => Some(store::open(config).await?),
         false => None,
     };
-    log_setup(pipeline, store.as_deref(), components);
+    log_setup(&pipeline, store.as_deref(), components);
 
     let (publisher, subscriber): (Option<Box<dyn Publisher>>, Option<Box<dyn Subscriber>>) = if embedded_transport {
         let (p, s) = embedded::channel(config.embedded.queue_capacity, config.consumer.batch_size, stats.clone());
@@ -110,13 +139,22 @@ pub async fn run(pipeline: &Pipeline, options: RunOptions, stop: CancellationTok
         (p, s)
     };
 
+    let g = &config.generator;
+    let (generator_tx, generator_rx) =
+        watch::channel(GeneratorLive { script, rate: g.rate, batch_size: g.batch_size });
+    let (metrics_tx, metrics_rx) = watch::channel(metrics.clone());
+    let reload_status = Arc::new(Mutex::new(ReloadStatus::default()));
+    let reload_stop = CancellationToken::new();
+    let live = Live { generator: generator_tx, metrics: metrics_tx, status: reload_status.clone() };
+    let reloader = reload::spawn(pipeline.clone(), live, options.watch.clone(), reload_stop.clone());
+
     let progress_stop = CancellationToken::new();
     let progress = tokio::spawn(telemetry::report_progress(stats.clone(), options.progress_every, progress_stop.clone()));
 
     let producers_done = CancellationToken::new();
-    let generator = match (publisher, script) {
-        (Some(publisher), Some(script)) => {
-            let task = generate(script, publisher, config.generator.clone(), options.clone(), stats.clone(), stop.clone());
+    let generator = match publisher {
+        Some(publisher) => {
+            let task = generate(generator_rx, publisher, g.seed, options.clone(), stats.clone(), stop.clone());
             let done = producers_done.clone();
             Some(tokio::spawn(async move {
                 let r = task.await;
@@ -124,38 +162,45 @@ pub async fn run(pipeline: &Pipeline, options: RunOptions, stop: CancellationTok
                 r
             }))
         }
-        _ => {
+        None => {
             producers_done.cancel();
             None
         }
     };
-    let consumer = match (subscriber, store) {
+    let consumer = match (subscriber, store.clone()) {
         (Some(subscriber), Some(store)) => {
             let until = StopWhen { stop: stop.clone(), idle: options.idle_exit, producers_done: producers_done.clone() };
             let (stats, cfg) = (stats.clone(), config.consumer.clone());
-            let aggregator = (!metrics.is_empty()).then(|| Aggregator::new(metrics.clone(), stats.clone()));
-            Some(tokio::spawn(async move { consumer::run(subscriber, store, aggregator, stats, &cfg, until).await }))
+            let aggregator = Aggregator::new(metrics.clone(), stats.clone());
+            let rx = metrics_rx.clone();
+            Some(tokio::spawn(async move { consumer::run(subscriber, store, Some(aggregator), Some(rx), stats, &cfg, until).await }))
         }
         _ => None,
     };
 
-    // A failing component stops the others, so the process exits with its error.
-    let generator_result = match generator {
-        Some(g) => flatten(g.await),
-        None => Ok(()),
-    };
-    if generator_result.is_err() {
-        stop.cancel();
-    }
-    let consumer_result = match consumer {
-        Some(c) => flatten(c.await),
-        None => Ok(()),
-    };
-    progress_stop.cancel();
-    let _ = progress.await;
-    generator_result.context("generator failed")?;
-    consumer_result.context("consumer failed")?;
-    Ok(RunSummary { stats: stats.snapshot(), elapsed: started.elapsed(), consumer_busy: stats.busy_span() })
+    let task_stats = stats.clone();
+    let done = tokio::spawn(async move {
+        // A failing component stops the others, so the process exits with its error.
+        let generator_result = match generator {
+            Some(g) => flatten(g.await),
+            None => Ok(()),
+        };
+        if generator_result.is_err() {
+            stop.cancel();
+        }
+        let consumer_result = match consumer {
+            Some(c) => flatten(c.await),
+            None => Ok(()),
+        };
+        reload_stop.cancel();
+        let _ = reloader.await;
+        progress_stop.cancel();
+        let _ = progress.await;
+        generator_result.context("generator failed")?;
+        consumer_result.context("consumer failed")?;
+        Ok(RunSummary { stats: task_stats.snapshot(), elapsed: started.elapsed(), consumer_busy: task_stats.busy_span() })
+    });
+    Ok(Running { stats, reload_status, metrics: metrics_rx, store, done })
 }
 
 fn flatten(joined: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Result<()> {
@@ -163,22 +208,39 @@ fn flatten(joined: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow
 }
 
 /// The generator loop: pace, sample a batch, publish it; on stop, flush what was published.
+/// A reloaded script, rate or batch size applies from the next batch.
 async fn generate(
-    script: GeneratorScript,
+    mut live: watch::Receiver<GeneratorLive>,
     mut publisher: Box<dyn Publisher>,
-    cfg: GeneratorConfig,
+    seed: Option<u64>,
     options: RunOptions,
     stats: Arc<Stats>,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut generator = Generator::new(script, cfg.seed);
-    let mut pacer = Pacer::new(cfg.rate);
+    let current = live.borrow_and_update().clone();
+    let mut generator = Generator::new(current.script, seed);
+    let mut pacer = Pacer::new(current.rate);
+    let mut batch_size = current.batch_size;
     let mut remaining = options.max_events.unwrap_or(u64::MAX);
     let mut result = Ok(());
+    let mut reloaded = false;
     while remaining > 0 && !stop.is_cancelled() {
-        let n = (cfg.batch_size as u64).min(remaining) as usize;
+        if reloaded || live.has_changed().unwrap_or(false) {
+            reloaded = false;
+            let next = live.borrow_and_update().clone();
+            generator.set_script(next.script);
+            pacer.set_rate(next.rate);
+            batch_size = next.batch_size;
+            tracing::info!(rate = next.rate, batch_size, "generator reloaded");
+        }
+        let n = (batch_size as u64).min(remaining) as usize;
         tokio::select! {
             _ = pacer.acquire(n) => {}
+            // A slow rate may wait long for its next batch; a reload should not.
+            _ = live.changed() => {
+                reloaded = true;
+                continue;
+            }
             _ = stop.cancelled() => break,
         }
         let mut batch = Vec::with_capacity(n);

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use std::time::{Duration, Instant};
 
 /// `[mongodb]` section. `uri = "embedded"` selects the embedded store instead.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MongoConfig {
     /// A `mongodb://` or `mongodb+srv://` connection string, or `embedded`.

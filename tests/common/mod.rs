@@ -36,7 +36,7 @@ pub fn shipped_pipeline() -> PathBuf {
 /// Loads the shipped pipeline with exactly these environment variables (and no others).
 pub fn load_pipeline(env: &[(&str, &str)]) -> Pipeline {
     let env: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    Pipeline::load_with_env(shipped_pipeline(), |name| env.get(name).cloned()).expect("the shipped pipeline loads")
+    Pipeline::load_with_env(shipped_pipeline(), move |name| env.get(name).cloned()).expect("the shipped pipeline loads")
 }
 
 /// The shipped pipeline on the real broker and server, with a fresh topic, group and database.

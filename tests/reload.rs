@@ -1,0 +1,308 @@
+//! Hot reload with real files on disk, while events flow.
+
+mod common;
+
+use runner::config::Pipeline;
+use runner::pipeline::{self, Components, RunOptions, Running};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Copies the shipped pipeline and scripts into `dir` (same layout, so relative paths hold).
+fn copy_pipeline(dir: &Path) -> PathBuf {
+    let root = common::repo_root();
+    std::fs::create_dir_all(dir.join("pipelines")).unwrap();
+    std::fs::create_dir_all(dir.join("scripts/metrics")).unwrap();
+    for f in ["pipelines/interactions.toml", "scripts/generator.rhai"] {
+        std::fs::copy(root.join(f), dir.join(f)).unwrap();
+    }
+    for e in std::fs::read_dir(root.join("scripts/metrics")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dir.join("scripts/metrics").join(e.file_name())).unwrap();
+    }
+    dir.join("pipelines/interactions.toml")
+}
+
+fn load(path: &Path, env: &[(&str, &str)]) -> Pipeline {
+    let env: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    Pipeline::load_with_env(path, move |n| env.get(n).cloned()).unwrap()
+}
+
+async fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) -> Duration {
+    let t = Instant::now();
+    while !check() {
+        assert!(t.elapsed() < limit, "timed out after {limit:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    t.elapsed()
+}
+
+fn reloads(r: &Running) -> (u64, u64, Option<String>) {
+    let s = r.reload_status.lock().unwrap();
+    (s.reloads, s.failures, s.last_error.clone())
+}
+
+/// Replaces a file the way many editors save: write a temp file, then rename it over.
+fn editor_save(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp~");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+fn embedded_env(dir: &Path) -> Vec<(&'static str, String)> {
+    vec![("RUNNER_DATA_DIR", dir.join("data").to_string_lossy().to_string()), ("DEFAULT_GENERATION_RATE", "2000".into())]
+}
+
+async fn start_embedded(path: &Path, dir: &Path) -> (Running, CancellationToken) {
+    let env = embedded_env(dir);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let stop = CancellationToken::new();
+    let running = pipeline::start(load(path, &env), RunOptions::default(), stop.clone()).await.unwrap();
+    (running, stop)
+}
+
+const SELECTED: &str = r#"
+[[metric]]
+name = "selected"
+script = "../scripts/metrics/selected.rhai"
+reducer = "count"
+window = "1h"
+slide = "1h"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_metric_script_keeps_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = copy_pipeline(dir.path());
+    std::fs::write(dir.path().join("scripts/metrics/selected.rhai"), "#{ filter: field_is(\"interaction_type\", \"view\") }").unwrap();
+    let text = std::fs::read_to_string(&path).unwrap() + SELECTED;
+    std::fs::write(&path, text).unwrap();
+    let sp = common::service_pipeline("reload");
+    let env = [
+        ("KAFKA_BOOTSTRAP_SERVERS", common::kafka()),
+        ("MONGODB_CONNECTION_STRING", common::mongodb()),
+        ("KAFKA_TOPIC", sp.topic.clone()),
+        ("KAFKA_CONSUMER_GROUP", sp.group.clone()),
+        ("MONGODB_DATABASE", sp.database.clone()),
+        ("DEFAULT_GENERATION_RATE", "0".into()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let stop = CancellationToken::new();
+    let consumer = pipeline::start(load(&path, &env), RunOptions { components: Components { generator: false, consumer: true }, ..Default::default() }, stop.clone())
+        .await
+        .unwrap();
+    let store = consumer.store.clone().unwrap();
+    let produce = |n: u64| {
+        let p = load(&path, &env);
+        async move {
+            let options = RunOptions { components: Components { generator: true, consumer: false }, max_events: Some(n), ..Default::default() };
+            pipeline::run(&p, options, CancellationToken::new()).await.unwrap();
+        }
+    };
+
+    produce(5_000).await;
+    let t = Instant::now();
+    while store.count_events().await.unwrap() < 5_000 {
+        assert!(t.elapsed() < Duration::from_secs(60), "first phase not consumed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    editor_save(&dir.path().join("scripts/metrics/selected.rhai"), "#{ filter: field_is(\"interaction_type\", \"click\") }");
+    let took = wait_until("the edit is applied", Duration::from_secs(5), || reloads(&consumer).0 == 1).await;
+    println!("file save to new logic in force: {took:?}");
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+
+    produce(5_000).await;
+    let t = Instant::now();
+    while store.count_events().await.unwrap() < 10_000 {
+        assert!(t.elapsed() < Duration::from_secs(60), "second phase not consumed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+    let summary = consumer.wait().await.unwrap();
+    assert_eq!(summary.stats.stored, 10_000, "no event lost or doubled across the reload");
+
+    let events = store.all_events().await.unwrap();
+    let first_prefix = events.iter().min_by_key(|e| e.timestamp).unwrap().event_id[..16].to_string();
+    let expected = events
+        .iter()
+        .filter(|e| {
+            let old = e.event_id.starts_with(&first_prefix);
+            (old && e.interaction_type == "view") || (!old && e.interaction_type == "click")
+        })
+        .count() as u64;
+    let p = load(&path, &env);
+    let set = runner::aggregate::MetricSet::load(&p.config.metrics).unwrap();
+    let at = events.iter().map(|e| e.timestamp.timestamp_millis()).max().unwrap();
+    let values = set.read_all(&*store, at).await.unwrap();
+    let selected = values.iter().find(|v| v.name == "selected").unwrap();
+    assert_eq!(selected.value.as_u64().unwrap(), expected, "views before the edit + clicks after it");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_script_keeps_old_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = copy_pipeline(dir.path());
+    let (running, stop) = start_embedded(&path, dir.path()).await;
+    let script = dir.path().join("scripts/metrics/revenue.rhai");
+    let good = std::fs::read_to_string(&script).unwrap();
+    editor_save(&script, "#{\n    filter: field_is(\"interaction_type\", \"purchase\"\n    value: field(\"price\"),\n}\n");
+    wait_until("the broken save is rejected", Duration::from_secs(5), || reloads(&running).1 == 1).await;
+    let (ok, _, error) = reloads(&running);
+    let error = error.unwrap();
+    assert_eq!(ok, 0);
+    assert!(error.contains(&format!("{}:3:", script.display())), "names file and line: {error}");
+
+    // The old version keeps running: events are still stored and aggregated.
+    let before = running.stats.snapshot().stored;
+    wait_until("events keep flowing", Duration::from_secs(5), || running.stats.snapshot().stored > before + 1000).await;
+    assert_eq!(running.stats.snapshot().script_errors, 0);
+
+    editor_save(&script, &good);
+    wait_until("the fix applies", Duration::from_secs(5), || reloads(&running).0 == 1).await;
+    assert_eq!(reloads(&running).2, None, "the error is cleared");
+    stop.cancel();
+    running.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_metric_file_without_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = copy_pipeline(dir.path());
+    let (running, stop) = start_embedded(&path, dir.path()).await;
+    let store = running.store.clone().unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let now = || chrono::Utc::now().timestamp_millis();
+    let read = |name: &'static str| {
+        let store = store.clone();
+        let set = running.metrics.borrow().clone();
+        async move {
+            let values = set.read_all(&*store, now()).await.unwrap();
+            values.into_iter().find(|v| v.name == name).map(|v| v.value)
+        }
+    };
+    let types_before = read("interaction_types").await.unwrap();
+    let total = |v: &serde_json::Value| v.as_object().unwrap().values().map(|n| n.as_u64().unwrap()).sum::<u64>();
+
+    std::fs::write(dir.path().join("scripts/metrics/selected.rhai"), "#{ filter: field_is(\"interaction_type\", \"view\") }").unwrap();
+    let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+    std::io::Write::write_all(&mut f, SELECTED.as_bytes()).unwrap();
+    drop(f);
+    let took = wait_until("the new metric appears", Duration::from_secs(5), || {
+        running.metrics.borrow().metrics().iter().any(|m| m.name() == "selected")
+    })
+    .await;
+    println!("new metric in force after {took:?}");
+    assert!(took < Duration::from_secs(1));
+    wait_until("a batch after the reload", Duration::from_secs(5), || running.stats.snapshot().stored > 0).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let selected = read("selected").await.unwrap();
+    assert!(selected.as_u64().unwrap() > 0, "the new metric counts: {selected}");
+    let types_after = read("interaction_types").await.unwrap();
+    assert!(total(&types_after) >= total(&types_before), "other metrics keep their state: {types_before} -> {types_after}");
+    stop.cancel();
+    running.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generator_rate_change_applies_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = copy_pipeline(dir.path());
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replace("rate = \"${DEFAULT_GENERATION_RATE:-1000}\"", "rate = 300")).unwrap();
+    let (running, stop) = start_embedded(&path, dir.path()).await;
+    let measure = |secs: f64| {
+        let stats = running.stats.clone();
+        async move {
+            let a = stats.snapshot().generated;
+            tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+            (stats.snapshot().generated - a) as f64 / secs
+        }
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let slow = measure(2.0).await;
+    let text = std::fs::read_to_string(&path).unwrap();
+    editor_save(&path, &text.replace("rate = 300", "rate = 3000"));
+    wait_until("the rate change applies", Duration::from_secs(3), || reloads(&running).0 == 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let fast = measure(2.0).await;
+    println!("measured rate {slow:.0}/s before, {fast:.0}/s after");
+    assert!((slow - 300.0).abs() < 60.0, "{slow}");
+    assert!((fast - 3000.0).abs() < 450.0, "{fast}");
+    stop.cancel();
+    running.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn editor_style_save_reloads_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = copy_pipeline(dir.path());
+    let (running, stop) = start_embedded(&path, dir.path()).await;
+    let script = dir.path().join("scripts/metrics/active_users.rhai");
+    let text = std::fs::read_to_string(&script).unwrap();
+    editor_save(&script, &format!("{text}\n// edited"));
+    std::fs::write(&script, format!("{text}\n// edited again")).unwrap();
+    std::fs::write(&script, format!("{text}\n// edited a third time")).unwrap();
+    wait_until("the save reloads", Duration::from_secs(5), || reloads(&running).0 >= 1).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(reloads(&running), (1, 0, None), "one burst of writes is one reload");
+    // Touching a file without changing it is not a reload.
+    std::fs::write(&script, format!("{text}\n// edited a third time")).unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(reloads(&running).0, 1);
+    stop.cancel();
+    running.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn symlink_swap_reloads() {
+    // A Kubernetes ConfigMap mount: files are symlinks through `..data`, swapped atomically.
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("conf");
+    std::fs::create_dir_all(&conf).unwrap();
+    let version = |name: &str, rate: u32| {
+        let v = conf.join(name);
+        copy_pipeline(&v);
+        let p = v.join("pipelines/interactions.toml");
+        let text = std::fs::read_to_string(&p).unwrap();
+        std::fs::write(&p, text.replace("rate = \"${DEFAULT_GENERATION_RATE:-1000}\"", &format!("rate = {rate}"))).unwrap();
+    };
+    version("..2026_01", 300);
+    std::os::unix::fs::symlink("..2026_01", conf.join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/pipelines", conf.join("pipelines")).unwrap();
+    std::os::unix::fs::symlink("..data/scripts", conf.join("scripts")).unwrap();
+    let path = conf.join("pipelines/interactions.toml");
+    let (running, stop) = start_embedded(&path, dir.path()).await;
+
+    version("..2026_02", 600);
+    std::os::unix::fs::symlink("..2026_02", conf.join("..data_tmp")).unwrap();
+    std::fs::rename(conf.join("..data_tmp"), conf.join("..data")).unwrap();
+    let took = wait_until("the swap is noticed", Duration::from_secs(5), || reloads(&running).0 == 1).await;
+    println!("symlink swap noticed after {took:?}");
+    stop.cancel();
+    running.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_edits_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = copy_pipeline(dir.path());
+    let (running, stop) = start_embedded(&path, dir.path()).await;
+    let script = dir.path().join("scripts/metrics/revenue.rhai");
+    let text = std::fs::read_to_string(&script).unwrap();
+    let mut took = Vec::new();
+    for i in 1..=20u64 {
+        editor_save(&script, &format!("{text}\n// edit {i}"));
+        took.push(wait_until("the edit applies", Duration::from_secs(5), || reloads(&running).0 == i).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.cancel();
+    let summary = running.wait().await.unwrap();
+    took.sort();
+    println!("save -> applied over 20 edits: median {:?}, max {:?}", took[10], took[19]);
+    assert!(took[19] < Duration::from_secs(1));
+    assert_eq!(summary.stats.stored, summary.stats.generated, "nothing lost");
+    assert_eq!(summary.stats.duplicates, 0);
+    let store = runner::store::open(&load(&path, &[("RUNNER_DATA_DIR", dir.path().join("data").to_str().unwrap())]).config).await.unwrap();
+    assert_eq!(store.count_events().await.unwrap(), summary.stats.generated);
+}
