@@ -15,6 +15,8 @@
 //! - [`store`]: where raw events land: MongoDB ([`store::mongo`]) or the embedded SQLite store
 //!   ([`store::embedded`]), behind one [`store::EventStore`] interface.
 //! - [`reload`]: hot reload: watch the pipeline file and scripts, compile, check, then swap.
+//! - [`dashboard`]: the live page (axum + minijinja templates, server-sent events), JSON API and
+//!   Prometheus metrics.
 //! - [`pipeline`]: wires the components chosen on the command line and runs them until done.
 //! - [`telemetry`]: the counters and log lines every component reports through.
 //! - [`bench`]: `runner bench`, each stage's throughput beside its baseline.
@@ -27,6 +29,7 @@ pub mod bench;
 pub mod commands;
 pub mod config;
 pub mod consumer;
+pub mod dashboard;
 pub mod event;
 pub mod generator;
 pub mod pipeline;

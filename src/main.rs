@@ -99,7 +99,7 @@ struct RunArgs {
     /// The pipeline file.
     pipeline: PathBuf,
     /// Which components to run in this process, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "generator,consumer")]
+    #[arg(long, value_delimiter = ',', default_value = "generator,consumer,dashboard")]
     components: Vec<ComponentArg>,
     /// Events per second (0 = as fast as possible) [default: generator.rate in the pipeline file].
     #[arg(long)]
@@ -143,8 +143,10 @@ enum ComponentArg {
     Generator,
     /// The seed's name for the generator.
     Producer,
-    /// Consumes events and stores them.
+    /// Consumes events, stores them and keeps the metrics.
     Consumer,
+    /// Serves the live dashboard, JSON API and /metrics.
+    Dashboard,
 }
 
 fn main() -> ExitCode {
@@ -214,6 +216,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let components = Components {
         generator: args.components.iter().any(|c| matches!(c, ComponentArg::Generator | ComponentArg::Producer)),
         consumer: args.components.contains(&ComponentArg::Consumer),
+        dashboard: args.components.contains(&ComponentArg::Dashboard),
     };
     let options = RunOptions {
         components,

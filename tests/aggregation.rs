@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-const CONSUMER: Components = Components { generator: false, consumer: true };
-const GENERATOR: Components = Components { generator: true, consumer: false };
+const CONSUMER: Components = Components::CONSUMER;
+const GENERATOR: Components = Components::GENERATOR;
 
 /// The seed's metrics and the two added ones, computed directly from raw events in `[start, end)`.
 fn recompute(events: &[Event], start: i64, end: i64) -> BTreeMap<String, Value> {

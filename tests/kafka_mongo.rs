@@ -82,7 +82,7 @@ async fn replay_is_harmless() {
 
     common::reset_group_offsets(&sp);
 
-    let again = run(&sp, Components { generator: false, consumer: true }, None).await;
+    let again = run(&sp, Components::CONSUMER, None).await;
     assert_eq!(again.stats.consumed, n, "the whole topic was consumed again");
     assert_eq!(again.stats.duplicates, n);
     assert_eq!(again.stats.stored, 0);
@@ -96,7 +96,7 @@ async fn bad_message_is_skipped() {
     let sp = common::service_pipeline("bad");
     let n = 1_000;
     // Publish good events first (this also creates the topic), then two bad ones.
-    run(&sp, Components { generator: true, consumer: false }, Some(n)).await;
+    run(&sp, Components::GENERATOR, Some(n)).await;
     let producer: ThreadedProducer<DefaultProducerContext> =
         ClientConfig::new().set("bootstrap.servers", common::kafka()).create().unwrap();
     for payload in ["this is not json", r#"{"user_id": 5, "item_id": "item_1"}"#] {
@@ -104,7 +104,7 @@ async fn bad_message_is_skipped() {
     }
     producer.flush(Duration::from_secs(10)).unwrap();
 
-    let consumed = run(&sp, Components { generator: false, consumer: true }, None).await;
+    let consumed = run(&sp, Components::CONSUMER, None).await;
     assert_eq!(consumed.stats.rejected, 2);
     assert_eq!(consumed.stats.stored, n);
     let store = store_of(&sp).await;

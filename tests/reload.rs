@@ -89,14 +89,14 @@ async fn reload_metric_script_keeps_state() {
     ];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let stop = CancellationToken::new();
-    let consumer = pipeline::start(load(&path, &env), RunOptions { components: Components { generator: false, consumer: true }, ..Default::default() }, stop.clone())
+    let consumer = pipeline::start(load(&path, &env), RunOptions { components: Components::CONSUMER, ..Default::default() }, stop.clone())
         .await
         .unwrap();
     let store = consumer.store.clone().unwrap();
     let produce = |n: u64| {
         let p = load(&path, &env);
         async move {
-            let options = RunOptions { components: Components { generator: true, consumer: false }, max_events: Some(n), ..Default::default() };
+            let options = RunOptions { components: Components::GENERATOR, max_events: Some(n), ..Default::default() };
             pipeline::run(&p, options, CancellationToken::new()).await.unwrap();
         }
     };

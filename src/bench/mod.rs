@@ -213,7 +213,7 @@ async fn kafka_sections(pipeline: &Pipeline, opts: &BenchOptions, servers: &str,
         p.config.kafka.topic = format!("bench_{run_id}_runner_{i}");
         let admin = crate::transport::kafka::connect(&p.config.kafka).await?;
         crate::transport::kafka::ensure_topic(&admin, &p.config.kafka).await?;
-        let options = RunOptions { components: Components { generator: true, consumer: false }, max_events: Some(n), ..quiet.clone() };
+        let options = RunOptions { components: Components::GENERATOR, max_events: Some(n), ..quiet.clone() };
         let summary = pipeline::run(&p, options, CancellationToken::new()).await?;
         runner_rates.push(rate(summary.stats.delivered, summary.elapsed));
         produced_topics.push(p.config.kafka.topic.clone());
@@ -272,7 +272,7 @@ async fn kafka_sections(pipeline: &Pipeline, opts: &BenchOptions, servers: &str,
         p.config.kafka.consumer_group = format!("bench_{run_id}_group_{i}");
         p.config.mongodb.uri = uri.clone();
         p.config.mongodb.database = format!("bench_{run_id}_e2e_{i}");
-        let options = RunOptions { components: Components { generator: false, consumer: true }, ..quiet.clone() };
+        let options = RunOptions { components: Components::CONSUMER, ..quiet.clone() };
         let summary = pipeline::run(&p, options, CancellationToken::new()).await?;
         e2e.push(rate(summary.stats.stored, summary.consumer_busy));
         // Memory is measured on a separate runner process doing the same work: this process

@@ -8,6 +8,7 @@ mod interpolate;
 
 use crate::aggregate::MetricConfig;
 use crate::consumer::ConsumerConfig;
+use crate::dashboard::DashboardConfig;
 use crate::generator::GeneratorConfig;
 use crate::store::embedded::EmbeddedConfig;
 use crate::store::mongo::MongoConfig;
@@ -36,6 +37,9 @@ pub struct PipelineConfig {
     /// Batching and offset commits on the consuming side.
     #[serde(default)]
     pub consumer: ConsumerConfig,
+    /// The live dashboard.
+    #[serde(default)]
+    pub dashboard: DashboardConfig,
     /// Windowed aggregations, one `[[metric]]` table each.
     #[serde(default, rename = "metric")]
     pub metrics: Vec<MetricConfig>,
@@ -136,6 +140,7 @@ impl Pipeline {
             }
         };
         resolve(&mut self.config.generator.script);
+        resolve(&mut self.config.dashboard.templates);
         for m in &mut self.config.metrics {
             resolve(&mut m.script);
         }

@@ -22,10 +22,16 @@ use tokio_util::sync::CancellationToken;
 pub struct Components {
     pub generator: bool,
     pub consumer: bool,
+    pub dashboard: bool,
 }
 
 impl Components {
-    pub const ALL: Components = Components { generator: true, consumer: true };
+    /// Generator and consumer, no dashboard (tests and benchmarks).
+    pub const ALL: Components = Components { generator: true, consumer: true, dashboard: false };
+    /// Only the generator.
+    pub const GENERATOR: Components = Components { generator: true, consumer: false, dashboard: false };
+    /// Only the consumer.
+    pub const CONSUMER: Components = Components { generator: false, consumer: true, dashboard: false };
 }
 
 /// How a run is bounded and reported.
@@ -96,11 +102,12 @@ pub async fn start(pipeline: Pipeline, options: RunOptions, stop: CancellationTo
     let started = std::time::Instant::now();
     let config = &pipeline.config;
     let components = options.components;
-    if !components.generator && !components.consumer {
-        bail!("nothing to run: choose at least one of generator, consumer");
+    if !components.generator && !components.consumer && !components.dashboard {
+        bail!("nothing to run: choose at least one of generator, consumer, dashboard");
     }
     let embedded_transport = config.kafka.is_embedded();
-    if embedded_transport && components != Components::ALL {
+    let moves_events = components.generator || components.consumer;
+    if embedded_transport && moves_events && !(components.generator && components.consumer) {
         bail!(
             "the embedded transport connects the generator and the consumer inside one process, so it needs both; \
              set kafka.bootstrap_servers (or KAFKA_BOOTSTRAP_SERVERS, or --kafka) to run them apart"
@@ -111,13 +118,15 @@ pub async fn start(pipeline: Pipeline, options: RunOptions, stop: CancellationTo
     let metrics = Arc::new(MetricSet::load(&config.metrics)?);
 
     let stats = Stats::new();
-    let store: Option<Arc<dyn EventStore>> = match components.consumer {
+    let store: Option<Arc<dyn EventStore>> = match components.consumer || components.dashboard {
         true => Some(store::open(config).await?),
         false => None,
     };
     log_setup(&pipeline, store.as_deref(), components);
 
-    let (publisher, subscriber): (Option<Box<dyn Publisher>>, Option<Box<dyn Subscriber>>) = if embedded_transport {
+    let (publisher, subscriber): (Option<Box<dyn Publisher>>, Option<Box<dyn Subscriber>>) = if !moves_events {
+        (None, None)
+    } else if embedded_transport {
         let (p, s) = embedded::channel(config.embedded.queue_capacity, config.consumer.batch_size, stats.clone());
         (Some(Box::new(p)), Some(Box::new(s)))
     } else {
@@ -167,6 +176,21 @@ pub async fn start(pipeline: Pipeline, options: RunOptions, stop: CancellationTo
             None
         }
     };
+    let dashboard = match (components.dashboard, store.clone()) {
+        (true, Some(store)) => {
+            let sources = crate::dashboard::Sources {
+                pipeline: config.name.clone(),
+                store,
+                metrics: metrics_rx.clone(),
+                stats: stats.clone(),
+                reload: reload_status.clone(),
+            };
+            let cfg = config.dashboard.clone();
+            let dash_stop = stop.clone();
+            Some(tokio::spawn(async move { crate::dashboard::serve(cfg, sources, dash_stop).await }))
+        }
+        _ => None,
+    };
     let consumer = match (subscriber, store.clone()) {
         (Some(subscriber), Some(store)) => {
             let until = StopWhen { stop: stop.clone(), idle: options.idle_exit, producers_done: producers_done.clone() };
@@ -192,12 +216,21 @@ pub async fn start(pipeline: Pipeline, options: RunOptions, stop: CancellationTo
             Some(c) => flatten(c.await),
             None => Ok(()),
         };
+        // The dashboard serves until stopped; when the pipeline ended on its own, stop it too.
+        if moves_events {
+            stop.cancel();
+        }
+        let dashboard_result = match dashboard {
+            Some(d) => flatten(d.await),
+            None => Ok(()),
+        };
         reload_stop.cancel();
         let _ = reloader.await;
         progress_stop.cancel();
         let _ = progress.await;
         generator_result.context("generator failed")?;
         consumer_result.context("consumer failed")?;
+        dashboard_result.context("dashboard failed")?;
         Ok(RunSummary { stats: task_stats.snapshot(), elapsed: started.elapsed(), consumer_busy: task_stats.busy_span() })
     });
     Ok(Running { stats, reload_status, metrics: metrics_rx, store, done })

@@ -1,0 +1,43 @@
+// Live updates: the server pushes re-rendered panels over server-sent events; if the stream
+// fails, fall back to fetching them every refresh interval.
+(function () {
+  const panels = document.getElementById("panels");
+  const live = document.getElementById("live");
+  const form = document.getElementById("controls");
+  if (!panels || !form) return;
+  const refresh = Number(panels.dataset.refreshMs) || 2000;
+  const token = new URLSearchParams(location.search).get("token");
+  let source = null, timer = null;
+
+  function query() {
+    const q = new URLSearchParams(new FormData(form));
+    if (token) q.set("token", token);
+    return q.toString();
+  }
+  function show(html) {
+    panels.innerHTML = html;
+    live.dataset.updates = String(Number(live.dataset.updates) + 1);
+    live.textContent = "live · " + new Date().toLocaleTimeString();
+  }
+  function poll() {
+    fetch("/panels?" + query()).then(r => r.text()).then(show).catch(() => { live.textContent = "disconnected"; });
+  }
+  function connect() {
+    if (source) source.close();
+    clearInterval(timer);
+    if (!window.EventSource) { timer = setInterval(poll, refresh); return; }
+    source = new EventSource("/events?" + query());
+    source.addEventListener("panels", e => show(e.data));
+    source.onerror = () => {
+      source.close();
+      live.textContent = "reconnecting";
+      timer = setInterval(poll, refresh);
+      setTimeout(connect, refresh * 5);
+    };
+  }
+  form.addEventListener("change", () => {
+    history.replaceState(null, "", "?" + query());
+    connect();
+  });
+  connect();
+})();
