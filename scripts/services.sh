@@ -2,7 +2,8 @@
 # Installs, starts and stops the services the tests talk to, on loopback:
 #   Kafka protocol: Tansu 0.6.0 broker with SQLite storage   (127.0.0.1:${KAFKA_PORT:-9092})
 #   MongoDB wire:   SecantusDB secantusd-rs 0.5.3-beta.196    (127.0.0.1:${MONGODB_PORT:-27017})
-# Both are separate processes; the runner only speaks the Kafka protocol and the MongoDB wire
+# It also installs headless Chromium + chromedriver for the dashboard's browser test.
+# Both services are separate processes; the runner only speaks the Kafka protocol and the MongoDB wire
 # protocol to them, so real Kafka / Redpanda / MongoDB work the same.
 #
 # Usage: scripts/services.sh install | up | down | status
@@ -17,6 +18,13 @@ export PATH="$HOME/.cargo/bin:$PATH"
 log() { printf '[services] %s\n' "$*" >&2; }
 
 install() {
+  # Headless Chromium and its WebDriver, for the dashboard's browser test.
+  if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    log "installing chromium and chromium-driver (Debian packages)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+  else
+    log "chromium and chromedriver already installed"
+  fi
   if tansu --version 2>/dev/null | grep -q '0\.6\.0'; then
     log "tansu 0.6.0 already installed"
   else

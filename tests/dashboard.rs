@@ -1,0 +1,235 @@
+//! The dashboard over real stores: every route, escaping, auth, Prometheus format, and a real
+//! headless Chromium watching the page update live.
+
+mod common;
+
+use runner::config::Pipeline;
+use runner::pipeline::{self, Components, RunOptions, Running};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A plain HTTP/1.0 GET; returns (status, body).
+fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut req = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).to_string();
+    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+async fn wait_for_port(port: u16) {
+    let t = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(t.elapsed() < Duration::from_secs(20), "dashboard did not start on {port}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn start(mut p: Pipeline, port: u16, token: &str) -> (Running, CancellationToken) {
+    p.config.dashboard.listen = format!("127.0.0.1:{port}");
+    p.config.dashboard.refresh = Duration::from_millis(500);
+    p.config.dashboard.token = token.to_string();
+    p.config.generator.rate = 2000.0;
+    let stop = CancellationToken::new();
+    let components = Components { dashboard: true, ..Components::ALL };
+    let running = pipeline::start(p, RunOptions { components, ..Default::default() }, stop.clone()).await.unwrap();
+    wait_for_port(port).await;
+    (running, stop)
+}
+
+/// Checks every route; `token` is sent when set.
+fn check_routes(port: u16, auth: &[(&str, &str)]) {
+    let (code, html) = get(port, "/", auth);
+    assert_eq!(code, 200);
+    assert!(html.contains("data-panel=\"headline\"") && html.contains("data-panel=\"health\""), "{html}");
+    let (code, panels) = get(port, "/panels?range=1h", auth);
+    assert_eq!(code, 200);
+    assert!(panels.contains("data-metric=\"active_users\""));
+    let (code, body) = get(port, "/api/metrics", auth);
+    assert_eq!(code, 200);
+    let metrics: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+    assert_eq!(metrics.len(), 8);
+    assert!(metrics.iter().find(|m| m["name"] == "active_users").unwrap()["value"].as_u64().unwrap() > 0, "{body}");
+    let (code, body) = get(port, "/api/metrics/active_users/history?range=5m", auth);
+    assert_eq!(code, 200);
+    let points: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+    assert!(points.len() > 10 && points.iter().any(|p| p["value"].as_u64().unwrap_or(0) > 0), "{body}");
+    assert_eq!(get(port, "/api/metrics/nope/history", auth).0, 404);
+    let (code, body) = get(port, "/api/health", auth);
+    assert_eq!(code, 200);
+    let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(health["stored"].as_u64().unwrap() > 0);
+    let (code, body) = get(port, "/metrics", auth);
+    assert_eq!(code, 200);
+    let lines = body.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text format");
+    let stored = scrape.samples.iter().find(|s| s.metric == "runner_events_stored_total").expect("stored counter");
+    assert!(matches!(stored.value, prometheus_parse::Value::Counter(v) if v > 0.0));
+    assert!(scrape.samples.iter().any(|s| s.metric == "runner_metric" && s.labels.get("name") == Some("active_users")));
+    assert_eq!(get(port, "/assets/dashboard.js", auth).0, 200);
+    assert_eq!(get(port, "/assets/missing.js", auth).0, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_on_the_embedded_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let (running, stop) = start(common::embedded_pipeline(dir.path()), port, "").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::task::spawn_blocking(move || check_routes(port, &[])).await.unwrap();
+    stop.cancel();
+    running.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_on_mongodb_with_a_token() {
+    let sp = common::service_pipeline("dashboard");
+    let port = free_port();
+    let (running, stop) = start(sp.pipeline.clone(), port, "s3cret").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::task::spawn_blocking(move || {
+        for path in ["/", "/api/metrics", "/api/health", "/metrics", "/events", "/panels"] {
+            assert_eq!(get(port, path, &[]).0, 401, "{path} needs the token");
+            assert_eq!(get(port, path, &[("Authorization", "Bearer wrong")]).0, 401, "{path}");
+        }
+        assert_eq!(get(port, "/api/health?token=s3cret", &[]).0, 200);
+        check_routes(port, &[("Authorization", "Bearer s3cret")]);
+    })
+    .await
+    .unwrap();
+    stop.cancel();
+    running.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_fields_render_as_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("gen.rhai");
+    std::fs::write(
+        &script,
+        r#"#{ user_id: zipf("u", 10, 1.0), item_id: weighted(#{ "<script>alert('x')</script>": 1.0 }), interaction_type: weighted(#{ view: 1.0 }) }"#,
+    )
+    .unwrap();
+    let mut p = common::embedded_pipeline(dir.path());
+    p.config.generator.script = script;
+    let port = free_port();
+    let (running, stop) = start(p, port, "").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (code, html) = tokio::task::spawn_blocking(move || get(port, "/", &[])).await.unwrap();
+    assert_eq!(code, 200);
+    assert!(html.contains("&lt;script&gt;alert(&#x27;x&#x27;)&lt;&#x2f;script&gt;"), "escaped as text");
+    assert!(!html.contains("<script>alert"), "never as markup");
+    stop.cancel();
+    running.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_template_keeps_the_previous_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let templates = dir.path().join("templates");
+    std::fs::create_dir_all(&templates).unwrap();
+    for e in std::fs::read_dir(common::repo_root().join("templates")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), templates.join(e.file_name())).unwrap();
+    }
+    let mut p = common::embedded_pipeline(dir.path());
+    p.config.dashboard.templates = templates.clone();
+    let port = free_port();
+    let (running, stop) = start(p, port, "").await;
+    let panels = templates.join("panels.html");
+    let good = std::fs::read_to_string(&panels).unwrap();
+    std::fs::write(&panels, good.replace("{% endfor %}", "{% endfor")).unwrap();
+    let (code, html) = tokio::task::spawn_blocking(move || get(port, "/", &[])).await.unwrap();
+    assert_eq!(code, 200);
+    assert!(html.contains("data-panel=\"headline\""), "the previous version still renders");
+    assert!(html.contains("Template error") && html.contains("panels.html:"), "the error is visible");
+    std::fs::write(&panels, good.replace("events/s in", "events per second in")).unwrap();
+    let (_, html) = tokio::task::spawn_blocking(move || get(port, "/", &[])).await.unwrap();
+    assert!(html.contains("events per second in") && !html.contains("Template error"), "a fixed template applies");
+    stop.cancel();
+    running.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_sees_live_updates() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let (running, stop) = start(common::embedded_pipeline(dir.path()), port, "").await;
+
+    let driver_port = free_port();
+    let mut driver = std::process::Command::new("chromedriver")
+        .arg(format!("--port={driver_port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("chromedriver (Debian package chromium-driver) must be installed");
+    wait_for_port(driver_port).await;
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        serde_json::json!({
+            "binary": "/usr/bin/chromium",
+            "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                     "--window-size=1400,1300", format!("--user-data-dir={}", dir.path().join("chrome").display())]
+        }),
+    );
+    let client = fantoccini::ClientBuilder::native()
+        .capabilities(caps)
+        .connect(&format!("http://127.0.0.1:{driver_port}"))
+        .await
+        .expect("connect to chromedriver");
+    let result = async {
+        client.goto(&format!("http://127.0.0.1:{port}/")).await?;
+        client.execute("window.__sameDocument = 'yes'; return null;", vec![]).await?;
+        let t = Instant::now();
+        let values = loop {
+            let updates: i64 = client
+                .execute("return Number(document.getElementById('live').dataset.updates);", vec![])
+                .await?
+                .as_i64()
+                .unwrap_or(0);
+            if updates >= 3 {
+                break updates;
+            }
+            assert!(t.elapsed() < Duration::from_secs(20), "the page did not update live ({updates} updates)");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let same: serde_json::Value = client.execute("return window.__sameDocument;", vec![]).await?;
+        assert_eq!(same, "yes", "updated without reloading the page");
+        let empty: serde_json::Value = client
+            .execute(
+                "return [...document.querySelectorAll('[data-panel=metric]')].filter(a => !a.querySelector('.value, .bars tr, circle')).map(a => a.dataset.metric)
+                  .concat([...document.querySelectorAll('.headline .num span')].filter(s => s.textContent.trim() === '–').map(() => 'headline'));",
+                vec![],
+            )
+            .await?;
+        assert_eq!(empty, serde_json::json!([]), "every panel has data");
+        let png = client.screenshot().await?;
+        let out = common::repo_root().join("target/dashboard.png");
+        std::fs::write(&out, png).unwrap();
+        println!("{values} live updates seen; screenshot at {}", out.display());
+        Ok::<_, fantoccini::error::CmdError>(())
+    }
+    .await;
+    let _ = client.close().await;
+    let _ = driver.kill();
+    result.unwrap();
+    stop.cancel();
+    running.wait().await.unwrap();
+}
