@@ -21,6 +21,38 @@ pub struct Stats {
     late_events: AtomicU64,
     /// When the first message was consumed and the last batch stored: the consumer's busy span.
     busy: std::sync::Mutex<Option<(Instant, Instant)>>,
+    /// From an event's timestamp to its batch being durable in the store (raw and metrics).
+    visible_latency: std::sync::Mutex<Histogram>,
+}
+
+/// Millisecond buckets up to a minute, for latency percentiles without keeping samples.
+#[derive(Debug)]
+struct Histogram {
+    buckets: Vec<u64>,
+    count: u64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram { buckets: vec![0; 60_001], count: 0 }
+    }
+}
+
+impl Histogram {
+    fn quantile(&self, q: f64) -> Option<u64> {
+        if self.count == 0 {
+            return None;
+        }
+        let target = ((self.count as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (ms, n) in self.buckets.iter().enumerate() {
+            seen += n;
+            if seen >= target {
+                return Some(ms as u64);
+            }
+        }
+        Some(60_000)
+    }
 }
 
 /// A point-in-time copy of [`Stats`].
@@ -118,6 +150,28 @@ impl Stats {
         if n <= 10 || n.is_power_of_two() {
             tracing::warn!(metric, event_id, late_by_ms, late_so_far = n, "event later than the allowed lateness; not counted in this metric");
         }
+    }
+
+    /// A batch became durable: records each event's latency from its own timestamp.
+    pub fn visible(&self, timestamps: impl Iterator<Item = i64>) {
+        let now = chrono::Utc::now().timestamp_millis();
+        let mut h = self.visible_latency.lock().unwrap();
+        for t in timestamps {
+            let ms = (now - t).clamp(0, 60_000) as usize;
+            h.buckets[ms] += 1;
+            h.count += 1;
+        }
+    }
+
+    /// Forgets the latencies recorded so far (to measure a steady state).
+    pub fn reset_visible_latency(&self) {
+        *self.visible_latency.lock().unwrap() = Histogram::default();
+    }
+
+    /// Percentiles (ms) of event timestamp to durable in the store: (p50, p99), if any.
+    pub fn visible_latency_ms(&self) -> Option<(u64, u64)> {
+        let h = self.visible_latency.lock().unwrap();
+        Some((h.quantile(0.50)?, h.quantile(0.99)?))
     }
 
     /// From the first message consumed to the last batch stored (zero before any).

@@ -288,6 +288,37 @@ async fn kafka_sections(pipeline: &Pipeline, opts: &BenchOptions, servers: &str,
     figures.push(vs_insert);
     compare(figures, "  (same, against raw insert_many)", "mongodb insert_many: raw driver, same documents and indexes");
     figures.push(figure("peak RSS of a runner process doing the end to end", "MB", rss));
+
+    tracing::info!("bench: latency at 10,000 events/s");
+    let (mut p50, mut p99) = (Vec::new(), Vec::new());
+    for i in 0..runs {
+        let mut p = base.clone();
+        p.config.kafka.topic = format!("bench_{run_id}_latency_{i}");
+        p.config.kafka.consumer_group = format!("bench_{run_id}_latency_{i}");
+        p.config.mongodb.uri = uri.clone();
+        p.config.mongodb.database = format!("bench_{run_id}_latency_{i}");
+        p.config.generator.rate = 10_000.0;
+        p.config.generator.batch_size = 100;
+        // The consumer joins its group first (with one warm-up event), so the figure is the
+        // steady state, not the group join.
+        let waiting = RunOptions { components: Components::CONSUMER, idle_exit: Some(Duration::from_secs(8)), ..quiet.clone() };
+        let consumer = pipeline::start(p.clone(), waiting, CancellationToken::new()).await?;
+        pipeline::run(&p, RunOptions { components: Components::GENERATOR, max_events: Some(1), ..quiet.clone() }, CancellationToken::new()).await?;
+        let stats = consumer.stats.clone();
+        let t = Instant::now();
+        while stats.snapshot().stored < 1 && t.elapsed() < Duration::from_secs(60) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stats.reset_visible_latency();
+        let k = n.clamp(1, 100_000);
+        pipeline::run(&p, RunOptions { components: Components::GENERATOR, max_events: Some(k), ..quiet.clone() }, CancellationToken::new()).await?;
+        consumer.wait().await?;
+        let (a, b) = stats.visible_latency_ms().context("bench: the latency run stored no events")?;
+        p50.push(a as f64);
+        p99.push(b as f64);
+    }
+    figures.push(figure("latency p50: event -> its metrics readable by /api/metrics, 10k events/s", "ms", p50));
+    figures.push(figure("latency p99: event -> its metrics readable by /api/metrics, 10k events/s", "ms", p99));
     Ok(())
 }
 

@@ -164,6 +164,7 @@ async fn store_batch(
     let outcome = outcome?;
     partials?;
     stats.stored(outcome.inserted, outcome.duplicates);
+    stats.visible(batch.events.iter().map(|e| e.timestamp.timestamp_millis()));
     Ok(())
 }
 

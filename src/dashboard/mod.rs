@@ -199,7 +199,7 @@ async fn view(state: &AppState, q: &RangeQuery) -> Value {
             "avg_per_user": num("avg_interactions_per_user"),
         },
         "metrics": metrics,
-        "health": health_json(&stats, &reload),
+        "health": health_json(&stats, &reload, state.sources.stats.visible_latency_ms()),
     })
 }
 
@@ -234,8 +234,9 @@ fn bars(v: &Value) -> Vec<Value> {
     entries.into_iter().map(|(label, n)| json!({"label": label, "value": chart::short(n), "pct": (n / max * 100.0).round()})).collect()
 }
 
-fn health_json(s: &Snapshot, r: &ReloadStatus) -> Value {
+fn health_json(s: &Snapshot, r: &ReloadStatus, latency: Option<(u64, u64)>) -> Value {
     json!({
+        "visible_latency_p50_ms": latency.map(|l| l.0), "visible_latency_p99_ms": latency.map(|l| l.1),
         "generated": s.generated, "delivered": s.delivered, "delivery_failed": s.delivery_failed,
         "consumed": s.consumed, "stored": s.stored, "duplicates": s.duplicates, "rejected": s.rejected,
         "script_errors": s.script_errors, "late_events": s.late_events, "store_retries": s.store_retries,
@@ -314,7 +315,7 @@ async fn api_history(State(state): State<Shared>, UrlPath(name): UrlPath<String>
 
 async fn api_health(State(state): State<Shared>) -> Response {
     let reload = state.sources.reload.lock().unwrap().clone();
-    Json(health_json(&state.sources.stats.snapshot(), &reload)).into_response()
+    Json(health_json(&state.sources.stats.snapshot(), &reload, state.sources.stats.visible_latency_ms())).into_response()
 }
 
 /// Prometheus text format: the pipeline's counters and every numeric metric value.
