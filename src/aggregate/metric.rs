@@ -41,6 +41,14 @@ pub struct MetricConfig {
     /// Shown beside the metric on the dashboard and in `runner metrics`.
     #[serde(default)]
     pub description: String,
+    /// Distinct counts stay exact up to this many values per partial, then switch to a
+    /// HyperLogLog sketch (about 1.6% standard error).
+    #[serde(default = "default_exact_limit", deserialize_with = "de::number")]
+    pub exact_limit: usize,
+}
+
+fn default_exact_limit() -> usize {
+    10_000
 }
 
 fn default_k() -> usize {
@@ -227,7 +235,7 @@ impl Metric {
                 if kind.needs_value() && matches!(input, Input::Event) {
                     return Ok(());
                 }
-                state.add(kind, key, input);
+                state.add(kind, key, input, self.config.exact_limit);
                 Ok(())
             }
         }
@@ -237,7 +245,7 @@ impl Metric {
     pub fn merge(&self, into: &mut Partial, other: &Partial) -> Result<(), String> {
         match (into, other) {
             (Partial::Builtin(a), Partial::Builtin(b)) => {
-                a.merge(b);
+                a.merge(b, self.config.exact_limit);
                 Ok(())
             }
             (Partial::Custom(a), Partial::Custom(b)) => self.call(Some(a), "merge", (b.clone(),)).map(|_| ()),

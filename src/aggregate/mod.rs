@@ -9,6 +9,7 @@
 mod metric;
 mod reducer;
 mod script;
+mod sketch;
 mod window;
 
 pub use metric::{Metric, MetricConfig, Partial, TimeMode};
@@ -384,6 +385,7 @@ mod tests {
             time: TimeMode::Event,
             lateness: Duration::from_secs(lateness_s),
             description: String::new(),
+            exact_limit: 10_000,
         }
     }
 

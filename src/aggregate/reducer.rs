@@ -2,6 +2,7 @@
 //! merge, and what a merged state reports. Rust holds every built-in state, so the per-event
 //! work of a built-in metric is a hash-map update.
 
+use super::sketch::Sketch;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::{BTreeSet, HashMap};
@@ -63,6 +64,8 @@ pub enum Acc {
     Min(Option<f64>),
     Max(Option<f64>),
     Distinct(BTreeSet<String>),
+    /// A distinct count past its exact limit.
+    Sketch(Sketch),
 }
 
 /// What one event contributes to an accumulator.
@@ -74,10 +77,10 @@ pub enum Input<'a> {
 }
 
 impl Acc {
-    /// Adds one event's input.
+    /// Adds one event's input; a distinct set larger than `exact_limit` becomes a sketch.
     #[inline]
-    pub fn add(&mut self, input: Input<'_>) {
-        match (self, input) {
+    pub fn add(&mut self, input: Input<'_>, exact_limit: usize) {
+        match (&mut *self, input) {
             (Acc::Count(n), _) => *n += 1,
             (Acc::Sum { sum, n }, Input::Number(v)) => {
                 *sum += v;
@@ -88,19 +91,33 @@ impl Acc {
             (Acc::Distinct(set), Input::Text(s)) => {
                 if !set.contains(s) {
                     set.insert(s.to_string());
+                    if set.len() > exact_limit {
+                        self.to_sketch();
+                    }
                 }
             }
-            (Acc::Distinct(set), Input::Number(v)) => {
-                set.insert(v.to_string());
-            }
+            (Acc::Distinct(_), Input::Number(v)) => self.add(Input::Text(&v.to_string()), exact_limit),
+            (Acc::Sketch(sk), Input::Text(s)) => sk.insert(s),
+            (Acc::Sketch(sk), Input::Number(v)) => sk.insert(&v.to_string()),
             // A missing or mistyped value is skipped by the caller; nothing else reaches here.
             _ => {}
         }
     }
 
+    fn to_sketch(&mut self) {
+        if let Acc::Distinct(set) = self {
+            let mut sk = Sketch::default();
+            set.iter().for_each(|v| sk.insert(v));
+            *self = Acc::Sketch(sk);
+        }
+    }
+
     /// Folds another partial state of the same reducer into this one.
-    pub fn merge(&mut self, other: &Acc) {
-        match (self, other) {
+    pub fn merge(&mut self, other: &Acc, exact_limit: usize) {
+        if let (Acc::Distinct(_), Acc::Sketch(_)) = (&*self, other) {
+            self.to_sketch();
+        }
+        match (&mut *self, other) {
             (Acc::Count(a), Acc::Count(b)) => *a += b,
             (Acc::Sum { sum, n }, Acc::Sum { sum: s2, n: n2 }) => {
                 *sum += s2;
@@ -108,7 +125,14 @@ impl Acc {
             }
             (Acc::Min(a), Acc::Min(b)) => *a = min_opt(*a, *b, f64::min),
             (Acc::Max(a), Acc::Max(b)) => *a = min_opt(*a, *b, f64::max),
-            (Acc::Distinct(a), Acc::Distinct(b)) => a.extend(b.iter().cloned()),
+            (Acc::Distinct(a), Acc::Distinct(b)) => {
+                a.extend(b.iter().cloned());
+                if a.len() > exact_limit {
+                    self.to_sketch();
+                }
+            }
+            (Acc::Sketch(a), Acc::Sketch(b)) => a.merge(b),
+            (Acc::Sketch(a), Acc::Distinct(b)) => b.iter().for_each(|v| a.insert(v)),
             (a, b) => tracing::error!(?a, ?b, "cannot merge states of different reducers; state was written by another metric definition"),
         }
     }
@@ -120,6 +144,7 @@ impl Acc {
             Acc::Sum { sum, .. } => json!(sum),
             Acc::Min(v) | Acc::Max(v) => v.map_or(Value::Null, |v| json!(v)),
             Acc::Distinct(set) => json!(set.len()),
+            Acc::Sketch(sk) => json!(sk.estimate().round() as u64),
         }
     }
 }
@@ -151,14 +176,14 @@ impl State {
     }
 
     #[inline]
-    pub fn add(&mut self, kind: ReducerKind, key: Option<&str>, input: Input<'_>) {
+    pub fn add(&mut self, kind: ReducerKind, key: Option<&str>, input: Input<'_>, exact_limit: usize) {
         match (self, key) {
-            (State::Single(acc), _) => acc.add(input),
+            (State::Single(acc), _) => acc.add(input, exact_limit),
             (State::Grouped(map), Some(k)) => match map.get_mut(k) {
-                Some(acc) => acc.add(input),
+                Some(acc) => acc.add(input, exact_limit),
                 None => {
                     let mut acc = kind.empty();
-                    acc.add(input);
+                    acc.add(input, exact_limit);
                     map.insert(k.to_string(), acc);
                 }
             },
@@ -166,13 +191,13 @@ impl State {
         }
     }
 
-    pub fn merge(&mut self, other: &State) {
+    pub fn merge(&mut self, other: &State, exact_limit: usize) {
         match (self, other) {
-            (State::Single(a), State::Single(b)) => a.merge(b),
+            (State::Single(a), State::Single(b)) => a.merge(b, exact_limit),
             (State::Grouped(a), State::Grouped(b)) => {
                 for (k, acc) in b {
                     match a.get_mut(k) {
-                        Some(mine) => mine.merge(acc),
+                        Some(mine) => mine.merge(acc, exact_limit),
                         None => {
                             a.insert(k.clone(), acc.clone());
                         }
@@ -230,7 +255,7 @@ mod tests {
     fn grouped(kind: ReducerKind, keys: &[&str]) -> State {
         let mut s = State::new(kind, true);
         for k in keys {
-            s.add(kind, Some(k), Input::Event);
+            s.add(kind, Some(k), Input::Event, 10);
         }
         s
     }
@@ -239,15 +264,15 @@ mod tests {
     fn count_sum_avg_min_max() {
         let mut s = State::new(ReducerKind::Avg, false);
         for v in [1.0, 2.0, 6.0] {
-            s.add(ReducerKind::Avg, None, Input::Number(v));
+            s.add(ReducerKind::Avg, None, Input::Number(v), 10);
         }
         assert_eq!(s.report(ReducerKind::Avg, 0), json!(3.0));
         assert_eq!(s.report(ReducerKind::Sum, 0), json!(9.0));
         let mut m = State::new(ReducerKind::Min, false);
-        m.add(ReducerKind::Min, None, Input::Number(4.0));
+        m.add(ReducerKind::Min, None, Input::Number(4.0), 10);
         let mut m2 = State::new(ReducerKind::Min, false);
-        m2.add(ReducerKind::Min, None, Input::Number(-1.0));
-        m.merge(&m2);
+        m2.add(ReducerKind::Min, None, Input::Number(-1.0), 10);
+        m.merge(&m2, 10);
         assert_eq!(m.report(ReducerKind::Min, 0), json!(-1.0));
         assert_eq!(State::new(ReducerKind::Max, false).report(ReducerKind::Max, 0), Value::Null);
     }
@@ -263,7 +288,7 @@ mod tests {
     fn merged_partials_equal_one_pass() {
         let all = grouped(ReducerKind::Count, &["x", "y", "x", "z", "x"]);
         let mut a = grouped(ReducerKind::Count, &["x", "y"]);
-        a.merge(&grouped(ReducerKind::Count, &["x", "z", "x"]));
+        a.merge(&grouped(ReducerKind::Count, &["x", "z", "x"]), 10);
         assert_eq!(a, all);
         assert_eq!(all.report(ReducerKind::MeanPerKey, 0), json!(5.0 / 3.0));
     }
@@ -271,12 +296,27 @@ mod tests {
     #[test]
     fn distinct_merges_sets() {
         let mut a = State::new(ReducerKind::Distinct, false);
-        a.add(ReducerKind::Distinct, None, Input::Text("u1"));
-        a.add(ReducerKind::Distinct, None, Input::Text("u2"));
+        a.add(ReducerKind::Distinct, None, Input::Text("u1"), 10);
+        a.add(ReducerKind::Distinct, None, Input::Text("u2"), 10);
         let mut b = State::new(ReducerKind::Distinct, false);
-        b.add(ReducerKind::Distinct, None, Input::Text("u2"));
-        a.merge(&b);
+        b.add(ReducerKind::Distinct, None, Input::Text("u2"), 10);
+        a.merge(&b, 10);
         assert_eq!(a.report(ReducerKind::Distinct, 0), json!(2));
+    }
+
+    #[test]
+    fn distinct_turns_into_a_sketch_past_its_limit_and_stays_close() {
+        let (mut a, mut b) = (State::new(ReducerKind::Distinct, false), State::new(ReducerKind::Distinct, false));
+        for i in 0..30_000 {
+            let v = format!("user_{i}");
+            if i < 20_000 { a.add(ReducerKind::Distinct, None, Input::Text(&v), 1000) }
+            if i >= 15_000 { b.add(ReducerKind::Distinct, None, Input::Text(&v), 100_000) }
+        }
+        assert!(matches!(a, State::Single(Acc::Sketch(_))));
+        assert!(matches!(b, State::Single(Acc::Distinct(_))));
+        a.merge(&b, 1000);
+        let n = a.report(ReducerKind::Distinct, 0).as_u64().unwrap() as f64;
+        assert!((n - 30_000.0).abs() / 30_000.0 < 0.05, "{n}");
     }
 
     #[test]
