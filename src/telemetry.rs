@@ -23,6 +23,8 @@ pub struct Stats {
     busy: std::sync::Mutex<Option<(Instant, Instant)>>,
     /// From an event's timestamp to its batch being durable in the store (raw and metrics).
     visible_latency: std::sync::Mutex<Histogram>,
+    /// Messages behind the end of each assigned Kafka partition: (partition, lag).
+    lag: std::sync::Mutex<Vec<(i32, i64)>>,
 }
 
 /// Millisecond buckets up to a minute, for latency percentiles without keeping samples.
@@ -161,6 +163,16 @@ impl Stats {
             h.buckets[ms] += 1;
             h.count += 1;
         }
+    }
+
+    /// The consumer's lag per assigned partition, as last measured.
+    pub fn set_lag(&self, lag: Vec<(i32, i64)>) {
+        *self.lag.lock().unwrap() = lag;
+    }
+
+    /// Messages behind the end of each assigned partition: (partition, lag).
+    pub fn lag(&self) -> Vec<(i32, i64)> {
+        self.lag.lock().unwrap().clone()
     }
 
     /// Forgets the latencies recorded so far (to measure a steady state).

@@ -109,6 +109,11 @@ async fn every_route_on_mongodb_with_a_token() {
         }
         assert_eq!(get(port, "/api/health?token=s3cret", &[]).0, 200);
         check_routes(port, &[("Authorization", "Bearer s3cret")]);
+        let (_, body) = get(port, "/api/health", &[("Authorization", "Bearer s3cret")]);
+        let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(health["consumer_lag"].as_array().map(|a| a.len()), Some(3), "lag of every partition: {body}");
+        let (_, body) = get(port, "/metrics", &[("Authorization", "Bearer s3cret")]);
+        assert!(body.contains("runner_consumer_lag{partition=\"0\"}"), "{body}");
     })
     .await
     .unwrap();

@@ -199,7 +199,7 @@ async fn view(state: &AppState, q: &RangeQuery) -> Value {
             "avg_per_user": num("avg_interactions_per_user"),
         },
         "metrics": metrics,
-        "health": health_json(&stats, &reload, state.sources.stats.visible_latency_ms()),
+        "health": health_json(&stats, &reload, state.sources.stats.visible_latency_ms(), &state.sources.stats.lag()),
     })
 }
 
@@ -234,8 +234,9 @@ fn bars(v: &Value) -> Vec<Value> {
     entries.into_iter().map(|(label, n)| json!({"label": label, "value": chart::short(n), "pct": (n / max * 100.0).round()})).collect()
 }
 
-fn health_json(s: &Snapshot, r: &ReloadStatus, latency: Option<(u64, u64)>) -> Value {
+fn health_json(s: &Snapshot, r: &ReloadStatus, latency: Option<(u64, u64)>, lag: &[(i32, i64)]) -> Value {
     json!({
+        "consumer_lag": lag.iter().map(|(p, l)| json!({"partition": p, "lag": l})).collect::<Vec<_>>(),
         "visible_latency_p50_ms": latency.map(|l| l.0), "visible_latency_p99_ms": latency.map(|l| l.1),
         "generated": s.generated, "delivered": s.delivered, "delivery_failed": s.delivery_failed,
         "consumed": s.consumed, "stored": s.stored, "duplicates": s.duplicates, "rejected": s.rejected,
@@ -315,7 +316,8 @@ async fn api_history(State(state): State<Shared>, UrlPath(name): UrlPath<String>
 
 async fn api_health(State(state): State<Shared>) -> Response {
     let reload = state.sources.reload.lock().unwrap().clone();
-    Json(health_json(&state.sources.stats.snapshot(), &reload, state.sources.stats.visible_latency_ms())).into_response()
+    let stats = &state.sources.stats;
+    Json(health_json(&stats.snapshot(), &reload, stats.visible_latency_ms(), &stats.lag())).into_response()
 }
 
 /// Prometheus text format: the pipeline's counters and every numeric metric value.
@@ -338,6 +340,13 @@ async fn prometheus(State(state): State<Shared>) -> Response {
     counter("store_retries_total", "Store writes retried.", s.store_retries);
     counter("reloads_total", "Reloads applied.", r.reloads);
     counter("reload_failures_total", "Reloads rejected.", r.failures);
+    let lag = state.sources.stats.lag();
+    if !lag.is_empty() {
+        out.push_str("# HELP runner_consumer_lag Messages behind the end of each assigned partition.\n# TYPE runner_consumer_lag gauge\n");
+        for (p, l) in lag {
+            out.push_str(&format!("runner_consumer_lag{{partition=\"{p}\"}} {l}\n"));
+        }
+    }
     let set = state.sources.metrics.borrow().clone();
     if let Ok(values) = set.read_all(&*state.sources.store, chrono::Utc::now().timestamp_millis()).await {
         out.push_str("# HELP runner_metric Current window value of each numeric pipeline metric.\n# TYPE runner_metric gauge\n");

@@ -58,7 +58,12 @@ pub struct KafkaSubscriber {
     batch_size: usize,
     max_wait: Duration,
     stats: Arc<Stats>,
+    /// Stops the lag sampler at close.
+    sampler: tokio_util::sync::CancellationToken,
 }
+
+/// How often the consumer's lag per partition is measured.
+const LAG_EVERY: Duration = Duration::from_secs(2);
 
 impl KafkaSubscriber {
     /// Joins the group and subscribes to the topic.
@@ -70,13 +75,10 @@ impl KafkaSubscriber {
         consumer
             .subscribe(&[&config.topic])
             .with_context(|| format!("cannot subscribe to Kafka topic {:?}", config.topic))?;
-        Ok(KafkaSubscriber {
-            consumer: Arc::new(consumer),
-            topic: config.topic.clone(),
-            batch_size: batch_size.max(1),
-            max_wait,
-            stats,
-        })
+        let consumer = Arc::new(consumer);
+        let sampler = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(sample_lag(consumer.clone(), config.topic.clone(), stats.clone(), sampler.clone()));
+        Ok(KafkaSubscriber { consumer, topic: config.topic.clone(), batch_size: batch_size.max(1), max_wait, stats, sampler })
     }
 
     fn decode(&self, msg: &BorrowedMessage<'_>, batch: &mut Batch) {
@@ -149,12 +151,42 @@ impl Subscriber for KafkaSubscriber {
     }
 
     async fn close(self: Box<Self>) -> anyhow::Result<()> {
+        self.sampler.cancel();
         let consumer = self.consumer.clone();
         tokio::task::spawn_blocking(move || match consumer.commit_consumer_state(CommitMode::Sync) {
             Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => Ok(()),
             Err(e) => Err(e).context("final kafka offset commit failed; the uncommitted events will be consumed again (the store skips them)"),
         })
         .await?
+    }
+}
+
+/// Measures, every [`LAG_EVERY`], how far each assigned partition's end is ahead of this
+/// consumer's position, for the health panel and /metrics.
+async fn sample_lag(consumer: Arc<GroupConsumer>, topic: String, stats: Arc<Stats>, stop: tokio_util::sync::CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(LAG_EVERY) => {}
+        }
+        let (consumer, topic) = (consumer.clone(), topic.clone());
+        let lag = tokio::task::spawn_blocking(move || {
+            let positions = consumer.position().ok()?;
+            let mut lag = Vec::new();
+            for e in positions.elements_for_topic(&topic) {
+                let (_, high) = consumer.fetch_watermarks(&topic, e.partition(), Duration::from_secs(1)).ok()?;
+                let at = match e.offset() {
+                    Offset::Offset(o) => o,
+                    _ => 0,
+                };
+                lag.push((e.partition(), (high - at).max(0)));
+            }
+            Some(lag)
+        })
+        .await;
+        if let Ok(Some(lag)) = lag {
+            stats.set_lag(lag);
+        }
     }
 }
 
