@@ -245,12 +245,21 @@ fn bench(path: PathBuf, options: runner::bench::BenchOptions, json: bool) -> any
     let pipeline = Pipeline::load(&path)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let figures = rt.block_on(runner::bench::run(&pipeline, &options))?;
+    print_json_or_table(json, &figures, |out| runner::bench::print_table(&figures, out))
+}
+
+/// Prints `value` as JSON for machines, or the table for people.
+fn print_json_or_table<T: serde::Serialize>(
+    json: bool,
+    value: &T,
+    table: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     if json {
-        serde_json::to_writer_pretty(&mut out, &figures)?;
+        serde_json::to_writer_pretty(&mut out, value)?;
         writeln!(out)?;
     } else {
-        runner::bench::print_table(&figures, &mut out)?;
+        table(&mut out)?;
     }
     Ok(())
 }
@@ -286,14 +295,7 @@ fn show_metrics(path: PathBuf, json: bool, mongodb: Option<String>, data_dir: Op
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let values = rt.block_on(runner::commands::metrics(&pipeline, chrono::Utc::now().timestamp_millis()))?;
-    let mut out = std::io::stdout().lock();
-    if json {
-        serde_json::to_writer_pretty(&mut out, &values)?;
-        writeln!(out)?;
-    } else {
-        runner::commands::print_metrics(&values, &mut out)?;
-    }
-    Ok(())
+    print_json_or_table(json, &values, |out| runner::commands::print_metrics(&values, out))
 }
 
 /// Ctrl-C (or SIGTERM) stops gracefully; a second Ctrl-C exits at once. `--for` stops after a while.
