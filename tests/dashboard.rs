@@ -239,6 +239,7 @@ async fn browser_sees_live_updates() {
     .await;
     let _ = client.close().await;
     let _ = driver.kill();
+    let _ = driver.wait();
     result.unwrap();
     stop.cancel();
     running.wait().await.unwrap();

@@ -16,12 +16,12 @@ fn event(i: u32) -> Event {
         event_id: format!("ev-{i}"),
         user_id: format!("user_{}", i % 7),
         item_id: format!("item_{}", i % 5),
-        interaction_type: if i % 3 == 0 { "purchase" } else { "view" }.into(),
+        interaction_type: if i.is_multiple_of(3) { "purchase" } else { "view" }.into(),
         timestamp: Utc.timestamp_millis_opt(1_700_000_000_000 + i as i64 * 1000).unwrap(),
         session_id: format!("s-{i}"),
         value: i as f64 / 4.0,
-        price: (i % 3 == 0).then_some(12.5),
-        view_duration: (i % 3 != 0).then_some(30.0),
+        price: i.is_multiple_of(3).then_some(12.5),
+        view_duration: (!i.is_multiple_of(3)).then_some(30.0),
         attributes: Default::default(),
     };
     if i == 1 {

@@ -92,7 +92,7 @@ impl Acc {
                 if !set.contains(s) {
                     set.insert(s.to_string());
                     if set.len() > exact_limit {
-                        self.to_sketch();
+                        self.become_sketch();
                     }
                 }
             }
@@ -104,7 +104,7 @@ impl Acc {
         }
     }
 
-    fn to_sketch(&mut self) {
+    fn become_sketch(&mut self) {
         if let Acc::Distinct(set) = self {
             let mut sk = Sketch::default();
             set.iter().for_each(|v| sk.insert(v));
@@ -115,7 +115,7 @@ impl Acc {
     /// Folds another partial state of the same reducer into this one.
     pub fn merge(&mut self, other: &Acc, exact_limit: usize) {
         if let (Acc::Distinct(_), Acc::Sketch(_)) = (&*self, other) {
-            self.to_sketch();
+            self.become_sketch();
         }
         match (&mut *self, other) {
             (Acc::Count(a), Acc::Count(b)) => *a += b,
@@ -128,7 +128,7 @@ impl Acc {
             (Acc::Distinct(a), Acc::Distinct(b)) => {
                 a.extend(b.iter().cloned());
                 if a.len() > exact_limit {
-                    self.to_sketch();
+                    self.become_sketch();
                 }
             }
             (Acc::Sketch(a), Acc::Sketch(b)) => a.merge(b),

@@ -58,9 +58,9 @@ fn interpolate_code(text: &str, lookup: &impl Fn(&str) -> Option<String>) -> Res
     while let Some(start) = rest.find('$') {
         out.push_str(&rest[..start]);
         let after = &rest[start..];
-        if after.starts_with("$${") {
+        if let Some(tail) = after.strip_prefix("$${") {
             out.push_str("${");
-            rest = &after[3..];
+            rest = tail;
             consumed += start + 3;
             continue;
         }

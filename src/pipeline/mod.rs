@@ -17,6 +17,9 @@ use tokio::sync::watch;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// The two ends of the transport this process uses (either may be absent).
+type Transport = (Option<Box<dyn Publisher>>, Option<Box<dyn Subscriber>>);
+
 /// Which parts of the pipeline this process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Components {
@@ -124,7 +127,7 @@ pub async fn start(pipeline: Pipeline, options: RunOptions, stop: CancellationTo
     };
     log_setup(&pipeline, store.as_deref(), components);
 
-    let (publisher, subscriber): (Option<Box<dyn Publisher>>, Option<Box<dyn Subscriber>>) = if !moves_events {
+    let (publisher, subscriber): Transport = if !moves_events {
         (None, None)
     } else if embedded_transport {
         let (p, s) = embedded::channel(config.embedded.queue_capacity, config.consumer.batch_size, stats.clone());

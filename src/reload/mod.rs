@@ -190,12 +190,7 @@ async fn run(
             _ = stop.cancelled() => return,
             Some(()) = rx.recv() => {
                 // Let a burst of writes settle into one check.
-                loop {
-                    match tokio::time::timeout(options.debounce, rx.recv()).await {
-                        Ok(Some(())) => continue,
-                        _ => break,
-                    }
-                }
+                while let Ok(Some(())) = tokio::time::timeout(options.debounce, rx.recv()).await {}
                 false
             }
             Some(_) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {

@@ -57,7 +57,8 @@ impl MongoConfig {
     /// Problems a parse cannot catch (the uri's form is checked without connecting).
     pub fn check(&self) -> Option<String> {
         let mut p = Vec::new();
-        if !self.is_embedded() && !(self.uri.starts_with("mongodb://") || self.uri.starts_with("mongodb+srv://")) {
+        let scheme_ok = self.uri.starts_with("mongodb://") || self.uri.starts_with("mongodb+srv://");
+        if !self.is_embedded() && !scheme_ok {
             p.push(format!(
                 "mongodb.uri must start with mongodb:// or mongodb+srv:// (or be \"embedded\"), got {:?}",
                 redact(&self.uri)
