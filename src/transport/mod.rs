@@ -26,6 +26,11 @@ pub trait Publisher: Send {
 pub trait Subscriber: Send {
     /// Waits up to `wait` for events and returns what arrived (up to the configured batch size).
     async fn poll_batch(&mut self, wait: Duration) -> anyhow::Result<Poll>;
+    /// Whether the subscriber can receive anything yet (a Kafka consumer has joined its group
+    /// and holds partitions); idleness is not counted before that.
+    fn ready(&self) -> bool {
+        true
+    }
     /// A handle the store-writing side uses to acknowledge batches once they are durable.
     fn acknowledger(&self) -> Arc<dyn Acknowledge>;
     /// Commits what was acknowledged and leaves the group; called once, after the last ack.

@@ -21,6 +21,8 @@ use tokio::time::Instant;
 #[derive(Default)]
 struct GroupEvents {
     revoked: std::sync::Mutex<Vec<i32>>,
+    /// Partitions currently assigned to this consumer.
+    assigned: std::sync::atomic::AtomicUsize,
 }
 
 impl ClientContext for GroupEvents {}
@@ -31,11 +33,13 @@ impl ConsumerContext for GroupEvents {
             Rebalance::Assign(tpl) => {
                 let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
                 tracing::info!(partitions = ?parts, "kafka partitions assigned");
+                self.assigned.store(parts.len(), std::sync::atomic::Ordering::Relaxed);
             }
             Rebalance::Revoke(tpl) => {
                 let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
                 tracing::info!(partitions = ?parts, "kafka partitions revoked");
                 self.revoked.lock().unwrap().extend(parts);
+                self.assigned.store(0, std::sync::atomic::Ordering::Relaxed);
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "kafka rebalance failed"),
         }
@@ -144,6 +148,10 @@ impl Subscriber for KafkaSubscriber {
         }
         self.stats.consumed(received);
         Ok(Poll::Batch(batch))
+    }
+
+    fn ready(&self) -> bool {
+        self.consumer.context().assigned.load(std::sync::atomic::Ordering::Relaxed) > 0
     }
 
     fn acknowledger(&self) -> Arc<dyn Acknowledge> {
