@@ -54,3 +54,20 @@ fn configured_but_unreachable_is_an_error_not_a_fallback() {
     assert!(!err.contains("transport: embedded"), "{err}");
     assert!(started.elapsed().as_secs() < 30, "gave up after the configured timeout");
 }
+
+#[test]
+fn secrets_not_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args(["run", common::shipped_pipeline().to_str().unwrap(), "--components", "generator,consumer"])
+        .args(["--mongodb", "mongodb://bob:hunter2-secret@127.0.0.1:1/", "--log", "trace", "--events", "10"])
+        .env_clear()
+        .env("MONGODB_CONNECT_TIMEOUT", "2s")
+        .env("RUNNER_DATA_DIR", dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("mongodb://bob:***@127.0.0.1:1/"), "the uri is shown redacted: {err}");
+    assert!(!err.contains("hunter2"), "the password never appears, at any log level");
+}
