@@ -111,4 +111,8 @@ pub fn reset_group_offsets(sp: &ServicePipeline) {
     }
     c.assign(&tpl).unwrap();
     c.commit(&tpl, CommitMode::Sync).unwrap();
+    let committed = c.committed_offsets(tpl.clone(), std::time::Duration::from_secs(10)).unwrap();
+    for e in committed.elements() {
+        assert_eq!(e.offset(), Offset::Offset(0), "the group's offset of partition {} was reset", e.partition());
+    }
 }

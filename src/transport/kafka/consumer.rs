@@ -64,6 +64,7 @@ pub struct KafkaSubscriber {
     stats: Arc<Stats>,
     /// Stops the lag sampler at close.
     sampler: tokio_util::sync::CancellationToken,
+    sampler_task: tokio::task::JoinHandle<()>,
 }
 
 /// How often the consumer's lag per partition is measured.
@@ -81,8 +82,8 @@ impl KafkaSubscriber {
             .with_context(|| format!("cannot subscribe to Kafka topic {:?}", config.topic))?;
         let consumer = Arc::new(consumer);
         let sampler = tokio_util::sync::CancellationToken::new();
-        tokio::spawn(sample_lag(consumer.clone(), config.topic.clone(), stats.clone(), sampler.clone()));
-        Ok(KafkaSubscriber { consumer, topic: config.topic.clone(), batch_size: batch_size.max(1), max_wait, stats, sampler })
+        let sampler_task = tokio::spawn(sample_lag(consumer.clone(), config.topic.clone(), stats.clone(), sampler.clone()));
+        Ok(KafkaSubscriber { consumer, topic: config.topic.clone(), batch_size: batch_size.max(1), max_wait, stats, sampler, sampler_task })
     }
 
     fn decode(&self, msg: &BorrowedMessage<'_>, batch: &mut Batch) {
@@ -159,7 +160,10 @@ impl Subscriber for KafkaSubscriber {
     }
 
     async fn close(self: Box<Self>) -> anyhow::Result<()> {
+        // The sampler holds the consumer too; it must be gone before the consumer is, or the
+        // consumer would leave the group (and auto-commit) later, after close returned.
         self.sampler.cancel();
+        let _ = self.sampler_task.await;
         let consumer = self.consumer.clone();
         tokio::task::spawn_blocking(move || match consumer.commit_consumer_state(CommitMode::Sync) {
             Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => Ok(()),
