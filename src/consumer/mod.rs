@@ -65,8 +65,8 @@ pub struct StopWhen {
     pub producers_done: CancellationToken,
 }
 
-/// How long a consumer that holds no partitions waits before idleness ends it.
-const NOT_READY_IDLE: Duration = Duration::from_secs(30);
+/// How long a consumer that has not caught up waits for data before idleness ends it.
+const NOT_CAUGHT_UP_IDLE: Duration = Duration::from_secs(30);
 
 /// How often the reader checks for stop and idleness while nothing arrives.
 const POLL_WAIT: Duration = Duration::from_millis(100);
@@ -86,7 +86,6 @@ pub async fn run(
     let reader_until = until.clone();
     let reader = tokio::spawn(async move {
         let mut last_data = Instant::now();
-        let mut was_ready = false;
         let result = loop {
             if reader_until.stop.is_cancelled() {
                 break Ok(());
@@ -99,14 +98,11 @@ pub async fn run(
                     }
                 }
                 Ok(Poll::Empty) => {
-                    // Before the consumer holds partitions (a group join takes seconds), silence
-                    // means nothing; a member left without partitions still ends, later.
-                    let ready = subscriber.ready();
-                    if ready && !was_ready {
-                        last_data = Instant::now(); // idleness counts from when partitions arrive
-                    }
-                    was_ready = ready;
-                    let limit = |idle: Duration| if ready { idle } else { idle.max(NOT_READY_IDLE) };
+                    // Silence means "done" only once the consumer has read all there is: a group
+                    // join or a slow broker is not idleness. A consumer that never catches up
+                    // (no partitions, broker gone) still ends, later.
+                    let caught_up = subscriber.caught_up();
+                    let limit = |idle: Duration| if caught_up { idle } else { idle.max(NOT_CAUGHT_UP_IDLE) };
                     let idle_over = reader_until.idle.is_some_and(|idle| {
                         reader_until.producers_done.is_cancelled() && last_data.elapsed() >= limit(idle)
                     });

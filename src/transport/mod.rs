@@ -26,9 +26,9 @@ pub trait Publisher: Send {
 pub trait Subscriber: Send {
     /// Waits up to `wait` for events and returns what arrived (up to the configured batch size).
     async fn poll_batch(&mut self, wait: Duration) -> anyhow::Result<Poll>;
-    /// Whether the subscriber can receive anything yet (a Kafka consumer has joined its group
-    /// and holds partitions); idleness is not counted before that.
-    fn ready(&self) -> bool {
+    /// Whether everything available has been read (a Kafka consumer holds partitions and has
+    /// reached their end); an idle exit waits for it.
+    fn caught_up(&self) -> bool {
         true
     }
     /// A handle the store-writing side uses to acknowledge batches once they are durable.

@@ -151,8 +151,10 @@ impl Subscriber for KafkaSubscriber {
         Ok(Poll::Batch(batch))
     }
 
-    fn ready(&self) -> bool {
-        self.consumer.context().assigned.load(std::sync::atomic::Ordering::Relaxed) > 0
+    fn caught_up(&self) -> bool {
+        let assigned = self.consumer.context().assigned.load(std::sync::atomic::Ordering::Relaxed) > 0;
+        let lag = self.stats.lag();
+        assigned && !lag.is_empty() && lag.iter().all(|(_, l)| *l == 0)
     }
 
     fn acknowledger(&self) -> Arc<dyn Acknowledge> {
