@@ -113,8 +113,8 @@ struct RunArgs {
     /// Stop generating after this many events [default: no limit].
     #[arg(long)]
     events: Option<u64>,
-    /// Stop consuming once nothing arrived for this long after generating finished, e.g. 5s
-    /// [default: keep consuming].
+    /// Stop consuming once it has caught up (read to the end of its partitions) and nothing
+    /// arrived for this long after generating finished, e.g. 5s [default: keep consuming].
     #[arg(long, value_parser = parse_duration)]
     exit_when_idle: Option<Duration>,
     /// Kafka bootstrap servers (host:port,...), or `embedded` [default: kafka.bootstrap_servers].
