@@ -157,16 +157,6 @@ struct MetricState {
     cells: BTreeMap<(i64, i32), Cell>,
     /// Newest event time seen (event-time metrics).
     watermark: i64,
-    late: u64,
-    errors: u64,
-}
-
-/// Per-metric counters for health reporting.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct MetricCounters {
-    pub name: String,
-    pub late_events: u64,
-    pub script_errors: u64,
 }
 
 /// The consumer's aggregation state: applies batches, hands out changed partials to persist.
@@ -299,7 +289,6 @@ impl Aggregator {
                     TimeMode::Processing => now,
                 };
                 if st.watermark != i64::MIN && t < st.watermark - lateness {
-                    st.late += 1;
                     self.stats.late_event(m.name(), &e.event_id, st.watermark - t);
                     continue;
                 }
@@ -311,7 +300,6 @@ impl Aggregator {
                         let partial = match m.empty() {
                             Ok(p) => p,
                             Err(err) => {
-                                st.errors += 1;
                                 self.stats.script_error(m.name(), &e.event_id, &err);
                                 continue;
                             }
@@ -323,7 +311,6 @@ impl Aggregator {
                     continue; // already in the stored state: a replay
                 }
                 if let Err(err) = m.add(&mut cell.partial, e, maps.get(i)) {
-                    st.errors += 1;
                     self.stats.script_error(m.name(), &e.event_id, &err);
                 }
                 cell.offset = cell.offset.max(offset);
@@ -351,16 +338,6 @@ impl Aggregator {
             st.cells.retain(|(pane, _), c| c.dirty || *pane >= horizon);
         }
         out
-    }
-
-    /// Late-event and script-error counts per metric.
-    pub fn counters(&self) -> Vec<MetricCounters> {
-        self.set
-            .metrics
-            .iter()
-            .zip(&self.states)
-            .map(|(m, st)| MetricCounters { name: m.name().to_string(), late_events: st.late, script_errors: st.errors })
-            .collect()
     }
 }
 

@@ -135,11 +135,9 @@ fn restart_needed(old: &Pipeline, new: &Pipeline) -> Vec<String> {
     if a.consumer != b.consumer {
         out.push("[consumer]".to_string());
     }
-    if a.generator.seed != b.generator.seed || a.generator.users != b.generator.users || a.generator.items != b.generator.items {
-        // users/items feed the script (USERS/ITEMS) and apply; the seed only matters at start.
-        if a.generator.seed != b.generator.seed {
-            out.push("generator.seed".to_string());
-        }
+    // users/items feed the script (USERS/ITEMS) and apply live; the seed only matters at start.
+    if a.generator.seed != b.generator.seed {
+        out.push("generator.seed".to_string());
     }
     out
 }
