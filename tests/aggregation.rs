@@ -131,9 +131,8 @@ async fn two_consumers_merge_exactly() {
     let n = 30_000;
     common::run_pipeline(&sp, GENERATOR, Some(n), CancellationToken::new()).await;
     let spawn = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_runner"))
+        common::runner()
             .args(["run", common::shipped_pipeline().to_str().unwrap(), "--components", "consumer", "--exit-when-idle", "4s"])
-            .env_clear()
             .env("KAFKA_BOOTSTRAP_SERVERS", common::kafka())
             .env("MONGODB_CONNECTION_STRING", common::mongodb())
             .env("KAFKA_TOPIC", &sp.topic)

@@ -4,10 +4,9 @@ mod common;
 
 #[test]
 fn bench_smoke_run_prints_every_figure() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_runner"))
+    let out = common::runner()
         .args(["bench", common::shipped_pipeline().to_str().unwrap(), "--events", "3000", "--runs", "1", "--json"])
         .args(["--kafka", &common::kafka(), "--mongodb", &common::mongodb(), "--log", "warn"])
-        .env_clear()
         .env("KAFKA_CONNECT_TIMEOUT", "15s")
         .env("MONGODB_CONNECT_TIMEOUT", "15s")
         .output()

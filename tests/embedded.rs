@@ -5,7 +5,6 @@ mod common;
 use runner::pipeline::{self, RunOptions};
 use runner::store;
 use std::collections::HashSet;
-use std::process::Command;
 use tokio_util::sync::CancellationToken;
 
 async fn run_embedded(data_dir: &std::path::Path, events: u64) -> pipeline::RunSummary {
@@ -40,9 +39,8 @@ async fn embedded_restart_keeps_data() {
 fn configured_but_unreachable_is_an_error_not_a_fallback() {
     let dir = tempfile::tempdir().unwrap();
     let started = std::time::Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_runner"))
+    let out = common::runner()
         .args(["run", common::shipped_pipeline().to_str().unwrap(), "--kafka", "127.0.0.1:1", "--events", "10"])
-        .env_clear()
         .env("KAFKA_CONNECT_TIMEOUT", "3s")
         .env("RUNNER_DATA_DIR", dir.path())
         .output()
@@ -58,10 +56,9 @@ fn configured_but_unreachable_is_an_error_not_a_fallback() {
 #[test]
 fn secrets_not_logged() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_runner"))
+    let out = common::runner()
         .args(["run", common::shipped_pipeline().to_str().unwrap(), "--components", "generator,consumer"])
         .args(["--mongodb", "mongodb://bob:hunter2-secret@127.0.0.1:1/", "--log", "trace", "--events", "10"])
-        .env_clear()
         .env("MONGODB_CONNECT_TIMEOUT", "2s")
         .env("RUNNER_DATA_DIR", dir.path())
         .output()

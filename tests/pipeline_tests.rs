@@ -2,11 +2,10 @@
 
 mod common;
 
-use std::process::Command;
 
 fn runner_test(pipeline: &std::path::Path, tests: Option<&std::path::Path>) -> (bool, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_runner"));
-    cmd.arg("test").arg(pipeline).env_clear();
+    let mut cmd = common::runner();
+    cmd.arg("test").arg(pipeline);
     if let Some(t) = tests {
         cmd.arg("--tests").arg(t);
     }

@@ -2,10 +2,9 @@
 
 mod common;
 
-use std::process::Command;
 
 fn validate(path: &std::path::Path) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_runner")).arg("validate").arg(path).output().unwrap();
+    let out = common::runner().arg("validate").arg(path).output().unwrap();
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
 }
 

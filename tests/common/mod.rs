@@ -28,6 +28,13 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The `runner` binary with an empty environment, so only what a test sets reaches it.
+pub fn runner() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_runner"));
+    cmd.env_clear();
+    cmd
+}
+
 /// The shipped pipeline file.
 pub fn shipped_pipeline() -> PathBuf {
     repo_root().join("pipelines/interactions.toml")
