@@ -1,6 +1,7 @@
 //! The subcommands behind the CLI, as library functions so tests can call them directly.
 
 use crate::aggregate::{Metric, MetricSet, MetricValue};
+use crate::alert::AlertSet;
 use crate::config::Pipeline;
 use crate::generator::{Generator, GeneratorScript};
 use std::io::Write;
@@ -16,6 +17,19 @@ pub fn validate(path: &Path) -> Result<Pipeline, Vec<String>> {
     }
     for m in &pipeline.config.metrics {
         if let Err(e) = Metric::load(m) {
+            problems.push(e.to_string());
+        }
+    }
+    // Each rule alone first, so every broken one is listed; then the set (names, channels).
+    let (alerting, alerts) = (&pipeline.config.alerting, &pipeline.config.alerts);
+    let before = problems.len();
+    for a in alerts {
+        if let Err(e) = AlertSet::load(alerting, std::slice::from_ref(a), &pipeline.path) {
+            problems.push(e.to_string());
+        }
+    }
+    if problems.len() == before {
+        if let Err(e) = AlertSet::load(alerting, alerts, &pipeline.path) {
             problems.push(e.to_string());
         }
     }

@@ -15,6 +15,8 @@
 //! - [`store`]: where raw events land: MongoDB ([`store::mongo`]) or the embedded SQLite store
 //!   ([`store::embedded`]), behind one [`store::EventStore`] interface.
 //! - [`reload`]: hot reload: watch the pipeline file and scripts, compile, check, then swap.
+//! - [`alert`]: alert rules in Rhai, pending → firing → resolved, delivered to log, email and
+//!   webhook channels, with state and history in the store.
 //! - [`dashboard`]: the live page (axum + minijinja templates, server-sent events), JSON API and
 //!   Prometheus metrics.
 //! - [`pipeline`]: wires the components chosen on the command line and runs them until done.
@@ -25,6 +27,7 @@
 //! - [`event`]: the interaction event, the one type every stage shares.
 
 pub mod aggregate;
+pub mod alert;
 pub mod bench;
 pub mod commands;
 pub mod config;

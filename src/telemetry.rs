@@ -19,6 +19,9 @@ pub struct Stats {
     store_retries: AtomicU64,
     script_errors: AtomicU64,
     late_events: AtomicU64,
+    notifications_sent: AtomicU64,
+    notifications_failed: AtomicU64,
+    alert_errors: AtomicU64,
     /// When the first message was consumed and the last batch stored: the consumer's busy span.
     busy: std::sync::Mutex<Option<(Instant, Instant)>>,
     /// From an event's timestamp to its batch being durable in the store (raw and metrics).
@@ -80,6 +83,12 @@ pub struct Snapshot {
     pub script_errors: u64,
     /// Events later than a metric's allowed lateness (not counted in that metric).
     pub late_events: u64,
+    /// Alert notifications a channel accepted.
+    pub notifications_sent: u64,
+    /// Alert notifications given up after their channel's retries (or refused by a full queue).
+    pub notifications_failed: u64,
+    /// Alert rule evaluations that failed (script error, metrics unreadable, state not stored).
+    pub alert_errors: u64,
 }
 
 impl Stats {
@@ -154,6 +163,25 @@ impl Stats {
         }
     }
 
+    /// A channel accepted an alert notification.
+    pub fn notification_sent(&self) {
+        self.notifications_sent.fetch_add(1, Relaxed);
+    }
+
+    /// An alert notification could not be delivered on `channel`, after its retries.
+    pub fn notification_failed(&self, channel: &str, alert: &str, error: &dyn std::fmt::Display) {
+        let n = self.notifications_failed.fetch_add(1, Relaxed) + 1;
+        tracing::error!(channel, alert, %error, failed_so_far = n, "alert notification not delivered");
+    }
+
+    /// Evaluating alert rule `rule` failed; its alerts keep their state until it works again.
+    pub fn alert_error(&self, rule: &str, error: &dyn std::fmt::Display) {
+        let n = self.alert_errors.fetch_add(1, Relaxed) + 1;
+        if n <= 10 || n.is_power_of_two() {
+            tracing::error!(rule, %error, errors_so_far = n, "alert rule evaluation failed; its alerts keep their state");
+        }
+    }
+
     /// A batch became durable: records each event's latency from its own timestamp.
     pub fn visible(&self, timestamps: impl Iterator<Item = i64>) {
         let now = chrono::Utc::now().timestamp_millis();
@@ -203,6 +231,9 @@ impl Stats {
             store_retries: self.store_retries.load(Relaxed),
             script_errors: self.script_errors.load(Relaxed),
             late_events: self.late_events.load(Relaxed),
+            notifications_sent: self.notifications_sent.load(Relaxed),
+            notifications_failed: self.notifications_failed.load(Relaxed),
+            alert_errors: self.alert_errors.load(Relaxed),
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod de;
 mod interpolate;
 
 use crate::aggregate::MetricConfig;
+use crate::alert::{AlertConfig, AlertingConfig};
 use crate::consumer::ConsumerConfig;
 use crate::dashboard::DashboardConfig;
 use crate::generator::GeneratorConfig;
@@ -43,6 +44,12 @@ pub struct PipelineConfig {
     /// Windowed aggregations, one `[[metric]]` table each.
     #[serde(default, rename = "metric")]
     pub metrics: Vec<MetricConfig>,
+    /// Alert evaluation, thresholds and channels.
+    #[serde(default)]
+    pub alerting: AlertingConfig,
+    /// Alert rules, one `[[alert]]` table each.
+    #[serde(default, rename = "alert")]
+    pub alerts: Vec<AlertConfig>,
 }
 
 /// A loaded pipeline: its config and where it came from (relative paths resolve against it).
@@ -144,6 +151,11 @@ impl Pipeline {
         for m in &mut self.config.metrics {
             resolve(&mut m.script);
         }
+        for a in &mut self.config.alerts {
+            if let Some(s) = a.script.as_mut() {
+                resolve(s);
+            }
+        }
     }
 
     fn check(&self) -> Result<(), ConfigError> {
@@ -152,10 +164,12 @@ impl Pipeline {
             self.config.mongodb.check(),
             self.config.generator.check(),
             self.config.consumer.check(),
+            self.config.alerting.check(),
         ]
         .into_iter()
         .flatten()
         .chain(self.config.metrics.iter().filter_map(|m| m.window().err()))
+        .chain(self.config.alerts.iter().filter_map(|a| a.check(&self.config.alerting.channels, &self.config.alerting.default_channels)))
         .collect();
         if problems.is_empty() {
             Ok(())

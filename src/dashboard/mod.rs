@@ -114,6 +114,7 @@ fn router(state: Shared) -> Router {
         .route("/api/metrics", get(api_metrics))
         .route("/api/metrics/{name}/history", get(api_history))
         .route("/api/health", get(api_health))
+        .route("/api/alerts", get(api_alerts))
         .route("/metrics", get(prometheus))
         .layer(middleware::from_fn_with_state(state.clone(), auth))
         .with_state(state)
@@ -199,7 +200,24 @@ async fn view(state: &AppState, q: &RangeQuery) -> Value {
             "avg_per_user": num("avg_interactions_per_user"),
         },
         "metrics": metrics,
+        "alerts": alerts_json(store).await,
         "health": health_json(&stats, &reload, state.sources.stats.visible_latency_ms(), &state.sources.stats.lag()),
+    })
+}
+
+/// Pending and firing alerts, and the latest notifications; an unreadable store shows as an error.
+async fn alerts_json(store: &dyn EventStore) -> Value {
+    let active = crate::alert::active_alerts(store).await;
+    let recent = store.recent_alerts(20).await;
+    let error = active.as_ref().err().or(recent.as_ref().err()).map(|e| format!("{e:#}"));
+    let active = active.unwrap_or_default();
+    let firing = active.iter().filter(|a| a.status == crate::alert::state::Status::Firing).count();
+    json!({
+        "firing": firing,
+        "pending": active.len() - firing,
+        "active": active,
+        "recent": recent.unwrap_or_default(),
+        "error": error,
     })
 }
 
@@ -241,6 +259,8 @@ fn health_json(s: &Snapshot, r: &ReloadStatus, latency: Option<(u64, u64)>, lag:
         "generated": s.generated, "delivered": s.delivered, "delivery_failed": s.delivery_failed,
         "consumed": s.consumed, "stored": s.stored, "duplicates": s.duplicates, "rejected": s.rejected,
         "script_errors": s.script_errors, "late_events": s.late_events, "store_retries": s.store_retries,
+        "notifications_sent": s.notifications_sent, "notifications_failed": s.notifications_failed,
+        "alert_errors": s.alert_errors,
         "reloads": r.reloads, "reload_failures": r.failures,
         "last_reload": r.last_success.map(|t| t.to_rfc3339()),
         "last_reload_error": r.last_error, "needs_restart": r.needs_restart,
@@ -320,6 +340,14 @@ async fn api_health(State(state): State<Shared>) -> Response {
     Json(health_json(&stats.snapshot(), &reload, stats.visible_latency_ms(), &stats.lag())).into_response()
 }
 
+async fn api_alerts(State(state): State<Shared>) -> Response {
+    let v = alerts_json(&*state.sources.store).await;
+    match v["error"].as_str() {
+        Some(e) => api_error(StatusCode::SERVICE_UNAVAILABLE, e),
+        None => Json(v).into_response(),
+    }
+}
+
 /// Prometheus text format: the pipeline's counters and every numeric metric value.
 async fn prometheus(State(state): State<Shared>) -> Response {
     let s = state.sources.stats.snapshot();
@@ -338,6 +366,9 @@ async fn prometheus(State(state): State<Shared>) -> Response {
     counter("script_errors_total", "Events a metric script failed on.", s.script_errors);
     counter("late_events_total", "Events later than a metric's allowed lateness.", s.late_events);
     counter("store_retries_total", "Store writes retried.", s.store_retries);
+    counter("alert_notifications_sent_total", "Alert notifications a channel accepted.", s.notifications_sent);
+    counter("alert_notifications_failed_total", "Alert notifications given up after retries.", s.notifications_failed);
+    counter("alert_errors_total", "Alert rule evaluations that failed.", s.alert_errors);
     counter("reloads_total", "Reloads applied.", r.reloads);
     counter("reload_failures_total", "Reloads rejected.", r.failures);
     let lag = state.sources.stats.lag();
@@ -347,15 +378,29 @@ async fn prometheus(State(state): State<Shared>) -> Response {
             out.push_str(&format!("runner_consumer_lag{{partition=\"{p}\"}} {l}\n"));
         }
     }
+    if let Ok(active) = crate::alert::active_alerts(&*state.sources.store).await {
+        out.push_str("# HELP runner_alerts Alert instances by rule and state.\n# TYPE runner_alerts gauge\n");
+        let mut counts: std::collections::BTreeMap<(String, String), u64> = Default::default();
+        for a in active {
+            *counts.entry((a.alert, format!("{:?}", a.status).to_lowercase())).or_default() += 1;
+        }
+        for ((alert, st), n) in counts {
+            out.push_str(&format!("runner_alerts{{alertname=\"{}\",state=\"{st}\"}} {n}\n", label_value(&alert)));
+        }
+    }
     let set = state.sources.metrics.borrow().clone();
     if let Ok(values) = set.read_all(&*state.sources.store, chrono::Utc::now().timestamp_millis()).await {
         out.push_str("# HELP runner_metric Current window value of each numeric pipeline metric.\n# TYPE runner_metric gauge\n");
         for v in values {
             if let Some(n) = headline_number(&v.value) {
-                let name = v.name.replace('\\', "\\\\").replace('"', "\\\"");
-                out.push_str(&format!("runner_metric{{name=\"{name}\"}} {n}\n"));
+                out.push_str(&format!("runner_metric{{name=\"{}\"}} {n}\n", label_value(&v.name)));
             }
         }
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+/// A Prometheus label value, escaped.
+fn label_value(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }

@@ -4,6 +4,7 @@
 //! event is generated, so a bad setup never half-starts the pipeline.
 
 use crate::aggregate::{Aggregator, MetricSet};
+use crate::alert::AlertSet;
 use crate::config::Pipeline;
 use crate::consumer::{self, StopWhen};
 use crate::generator::{Generator, GeneratorScript, Pacer};
@@ -119,6 +120,7 @@ pub async fn start(pipeline: Pipeline, options: RunOptions, stop: CancellationTo
     // Compile scripts before connecting to anything: a typo should not wait on a network timeout.
     let script = GeneratorScript::load(&config.generator)?;
     let metrics = Arc::new(MetricSet::load(&config.metrics)?);
+    let alerts = Arc::new(AlertSet::load(&config.alerting, &config.alerts, &pipeline.path)?);
 
     let stats = Stats::new();
     let store: Option<Arc<dyn EventStore>> = match components.consumer || components.dashboard {
@@ -155,12 +157,15 @@ pub async fn start(pipeline: Pipeline, options: RunOptions, stop: CancellationTo
     let (generator_tx, generator_rx) =
         watch::channel(GeneratorLive { script, rate: g.rate, batch_size: g.batch_size });
     let (metrics_tx, metrics_rx) = watch::channel(metrics.clone());
+    let (alerts_tx, alerts_rx) = watch::channel(alerts.clone());
     let reload_status = Arc::new(Mutex::new(ReloadStatus::default()));
     let reload_stop = CancellationToken::new();
-    let live = Live { generator: generator_tx, metrics: metrics_tx, status: reload_status.clone() };
+    let live = Live { generator: generator_tx, metrics: metrics_tx, alerts: alerts_tx, status: reload_status.clone() };
     let reloader = reload::spawn(pipeline.clone(), live, options.watch.clone(), reload_stop.clone());
 
     let progress_stop = CancellationToken::new();
+    // Alerting outlives the consumer's last batch, so it sees final values; it stops with the pipeline.
+    let alerts_stop = CancellationToken::new();
     let progress = tokio::spawn(telemetry::report_progress(stats.clone(), options.progress_every, progress_stop.clone()));
 
     let producers_done = CancellationToken::new();
@@ -191,6 +196,20 @@ pub async fn start(pipeline: Pipeline, options: RunOptions, stop: CancellationTo
             let cfg = config.dashboard.clone();
             let dash_stop = stop.clone();
             Some(tokio::spawn(async move { crate::dashboard::serve(cfg, sources, dash_stop).await }))
+        }
+        _ => None,
+    };
+    // Alerts are evaluated where events are consumed: that process sees its own lag and errors.
+    // It runs even with no rules, so a reload can add some.
+    let alerting = match (components.consumer, store.clone()) {
+        (true, Some(store)) => {
+            let sources = crate::alert::Sources {
+                pipeline: config.name.clone(),
+                store,
+                metrics: metrics_rx.clone(),
+                stats: stats.clone(),
+            };
+            Some(tokio::spawn(crate::alert::run(sources, alerts_rx, alerts_stop.clone())))
         }
         _ => None,
     };
@@ -227,6 +246,11 @@ pub async fn start(pipeline: Pipeline, options: RunOptions, stop: CancellationTo
             Some(d) => flatten(d.await),
             None => Ok(()),
         };
+        alerts_stop.cancel();
+        let alerting_result = match alerting {
+            Some(a) => flatten(a.await),
+            None => Ok(()),
+        };
         reload_stop.cancel();
         let _ = reloader.await;
         progress_stop.cancel();
@@ -234,6 +258,7 @@ pub async fn start(pipeline: Pipeline, options: RunOptions, stop: CancellationTo
         generator_result.context("generator failed")?;
         consumer_result.context("consumer failed")?;
         dashboard_result.context("dashboard failed")?;
+        alerting_result.context("alerting failed")?;
         Ok(RunSummary { stats: task_stats.snapshot(), elapsed: started.elapsed(), consumer_busy: task_stats.busy_span() })
     });
     Ok(Running { stats, reload_status, metrics: metrics_rx, store, done })

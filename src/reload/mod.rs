@@ -9,6 +9,7 @@
 //! symlink swaps, because the watch is on the folders that hold the files.
 
 use crate::aggregate::MetricSet;
+use crate::alert::AlertSet;
 use crate::config::Pipeline;
 use crate::generator::GeneratorScript;
 use chrono::{DateTime, Utc};
@@ -64,6 +65,7 @@ pub struct GeneratorLive {
 pub struct Live {
     pub generator: watch::Sender<GeneratorLive>,
     pub metrics: watch::Sender<Arc<MetricSet>>,
+    pub alerts: watch::Sender<Arc<AlertSet>>,
     pub status: Arc<Mutex<ReloadStatus>>,
 }
 
@@ -71,6 +73,7 @@ pub struct Live {
 fn watched_files(p: &Pipeline) -> BTreeSet<PathBuf> {
     let mut files = BTreeSet::from([p.path.clone(), p.config.generator.script.clone()]);
     files.extend(p.config.metrics.iter().map(|m| m.script.clone()));
+    files.extend(p.config.alerts.iter().filter_map(|a| a.script.clone()));
     files
 }
 
@@ -109,14 +112,23 @@ fn folders(files: &BTreeSet<PathBuf>) -> BTreeSet<PathBuf> {
     out
 }
 
+/// A compiled version of the pipeline, ready to hand to the components.
+struct Compiled {
+    pipeline: Pipeline,
+    generator: GeneratorLive,
+    metrics: Arc<MetricSet>,
+    alerts: Arc<AlertSet>,
+}
+
 /// Loads and compiles everything a new version needs; nothing is applied here.
-fn compile(current: &Pipeline) -> Result<(Pipeline, GeneratorLive, Arc<MetricSet>), String> {
+fn compile(current: &Pipeline) -> Result<Compiled, String> {
     let next = current.reload().map_err(|e| e.to_string())?;
     let script = GeneratorScript::load(&next.config.generator).map_err(|e| e.to_string())?;
     let metrics = MetricSet::load(&next.config.metrics).map_err(|e| e.to_string())?;
+    let alerts = AlertSet::load(&next.config.alerting, &next.config.alerts, &next.path).map_err(|e| e.to_string())?;
     let g = &next.config.generator;
-    let live = GeneratorLive { script, rate: g.rate, batch_size: g.batch_size };
-    Ok((next, live, Arc::new(metrics)))
+    let generator = GeneratorLive { script, rate: g.rate, batch_size: g.batch_size };
+    Ok(Compiled { pipeline: next, generator, metrics: Arc::new(metrics), alerts: Arc::new(alerts) })
 }
 
 /// Sections whose change needs a reconnect, which a reload does not do yet.
@@ -204,13 +216,14 @@ async fn run(
         seen = now;
         let attempted = Utc::now();
         match compile(&current) {
-            Ok((next, generator, metrics)) => {
+            Ok(Compiled { pipeline: next, generator, metrics, alerts }) => {
                 let needs_restart = restart_needed(&current, &next);
                 if !needs_restart.is_empty() {
                     tracing::warn!(sections = ?needs_restart, "these settings changed but apply only after a restart");
                 }
                 let _ = live.generator.send(generator);
                 let _ = live.metrics.send(metrics);
+                let _ = live.alerts.send(alerts);
                 {
                     let mut s = live.status.lock().unwrap();
                     s.reloads += 1;

@@ -74,6 +74,11 @@ impl ScriptError {
         Self::new(path, err.position(), message)
     }
 
+    /// A syntax error in the script at `path`.
+    pub fn from_parse(path: &Path, err: &rhai::ParseError) -> Self {
+        Self::new(path, err.position(), err.err_type().to_string())
+    }
+
     /// An error about the script that is not tied to a position (a missing function, a bad value).
     pub fn whole_file(path: &Path, message: impl Into<String>) -> Self {
         Self::new(path, Position::NONE, message.into())
@@ -99,9 +104,7 @@ impl std::error::Error for ScriptError {}
 pub fn compile_file(engine: &Engine, path: &Path) -> Result<AST, ScriptError> {
     let source = std::fs::read_to_string(path)
         .map_err(|e| ScriptError::whole_file(path, format!("cannot read the script: {e}")))?;
-    let mut ast = engine.compile(&source).map_err(|e| {
-        ScriptError::new(path, e.position(), e.err_type().to_string())
-    })?;
+    let mut ast = engine.compile(&source).map_err(|e| ScriptError::from_parse(path, &e))?;
     ast.set_source(path.display().to_string());
     Ok(ast)
 }

@@ -3,6 +3,7 @@
 
 use super::{EventStore, InsertOutcome};
 use crate::aggregate::PaneRecord;
+use crate::alert::Notification;
 use crate::config::de;
 use crate::event::Event;
 use anyhow::Context;
@@ -64,6 +65,19 @@ const SCHEMA: &str = "
         state TEXT NOT NULL,
         PRIMARY KEY (metric, pane_start, partition)
     );
+    CREATE TABLE IF NOT EXISTS alert_state (
+        rule TEXT PRIMARY KEY,
+        state TEXT NOT NULL,
+        updated_ms INTEGER NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS alerts (
+        id TEXT PRIMARY KEY,
+        at_ms INTEGER NOT NULL,
+        alert TEXT NOT NULL,
+        status TEXT NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS alerts_at ON alerts(at_ms);
 ";
 
 impl EmbeddedStore {
@@ -210,5 +224,56 @@ impl EventStore for EmbeddedStore {
             })
             .collect::<anyhow::Result<Vec<_>>>()
             .context("a stored metric state is malformed")
+    }
+
+    async fn save_alert_state(&self, rule: &str, state: &serde_json::Value) -> anyhow::Result<()> {
+        let (rule, state) = (rule.to_string(), state.to_string());
+        let now = chrono::Utc::now().timestamp_millis();
+        self.with_conn(move |c| {
+            c.execute(
+                "INSERT INTO alert_state (rule, state, updated_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (rule) DO UPDATE SET state = excluded.state, updated_ms = excluded.updated_ms",
+                params![rule, state, now],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    async fn load_alert_states(&self) -> anyhow::Result<Vec<(String, serde_json::Value)>> {
+        let rows = self
+            .with_conn(|c| {
+                let mut stmt = c.prepare("SELECT rule, state FROM alert_state ORDER BY rule")?;
+                let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await?;
+        rows.into_iter()
+            .map(|(rule, state)| Ok((rule, serde_json::from_str(&state)?)))
+            .collect::<anyhow::Result<Vec<_>>>()
+            .context("a stored alert state is malformed")
+    }
+
+    async fn record_alert(&self, n: &Notification) -> anyhow::Result<()> {
+        let row = (n.id.clone(), n.at.timestamp_millis(), n.alert.clone(), n.status.clone(), serde_json::to_string(n)?);
+        self.with_conn(move |c| {
+            c.execute(
+                "INSERT OR IGNORE INTO alerts (id, at_ms, alert, status, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![row.0, row.1, row.2, row.3, row.4],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    async fn recent_alerts(&self, limit: usize) -> anyhow::Result<Vec<Notification>> {
+        let bodies = self
+            .with_conn(move |c| {
+                let mut stmt = c.prepare_cached("SELECT body FROM alerts ORDER BY at_ms DESC, rowid DESC LIMIT ?1")?;
+                let rows = stmt.query_map([limit as i64], |r| r.get::<_, String>(0))?;
+                rows.collect::<rusqlite::Result<Vec<String>>>()
+            })
+            .await?;
+        bodies.iter().map(|b| serde_json::from_str(b).context("a stored alert is malformed")).collect()
     }
 }

@@ -5,6 +5,7 @@ pub mod embedded;
 pub mod mongo;
 
 use crate::aggregate::PaneRecord;
+use crate::alert::Notification;
 use crate::config::PipelineConfig;
 use crate::event::Event;
 use async_trait::async_trait;
@@ -36,6 +37,14 @@ pub trait EventStore: Send + Sync {
     async fn write_panes(&self, panes: &[PaneRecord]) -> anyhow::Result<()>;
     /// Partial states of `metric` with pane start in `[from, to)`, optionally of one partition.
     async fn load_panes(&self, metric: &str, from: i64, to: i64, partition: Option<i32>) -> anyhow::Result<Vec<PaneRecord>>;
+    /// Replaces the stored state of alert rule `rule` (its instances, and when each was notified).
+    async fn save_alert_state(&self, rule: &str, state: &serde_json::Value) -> anyhow::Result<()>;
+    /// Every rule's stored alert state.
+    async fn load_alert_states(&self) -> anyhow::Result<Vec<(String, serde_json::Value)>>;
+    /// Appends a notification to the alert history; storing the same id again changes nothing.
+    async fn record_alert(&self, notification: &Notification) -> anyhow::Result<()>;
+    /// The latest `limit` notifications, newest first.
+    async fn recent_alerts(&self, limit: usize) -> anyhow::Result<Vec<Notification>>;
 }
 
 /// Opens the store the pipeline names: MongoDB, or the embedded store when the uri is `embedded`.

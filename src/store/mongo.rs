@@ -3,6 +3,7 @@
 
 use super::{EventStore, InsertOutcome};
 use crate::aggregate::PaneRecord;
+use crate::alert::Notification;
 use std::future::IntoFuture;
 use crate::config::de;
 use crate::event::Event;
@@ -30,6 +31,12 @@ pub struct MongoConfig {
     /// Collection of aggregated metric state.
     #[serde(default = "default_metrics")]
     pub metrics_collection: String,
+    /// Collection of alert notifications (the alert history).
+    #[serde(default = "default_alerts")]
+    pub alerts_collection: String,
+    /// Collection of alert rule state (pending and firing instances), so a restart re-sends nothing.
+    #[serde(default = "default_alert_state")]
+    pub alert_state_collection: String,
     /// How long raw events are kept (a TTL index on timestamp); unset keeps them forever.
     #[serde(default, deserialize_with = "de::optional_duration")]
     pub retention: Option<Duration>,
@@ -43,6 +50,12 @@ fn default_raw() -> String {
 }
 fn default_metrics() -> String {
     "aggregated_metrics".into()
+}
+fn default_alerts() -> String {
+    "alerts".into()
+}
+fn default_alert_state() -> String {
+    "alert_state".into()
 }
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(60)
@@ -87,6 +100,8 @@ pub fn redact(uri: &str) -> String {
 pub struct MongoStore {
     raw: Collection<Document>,
     panes: Collection<Document>,
+    alerts: Collection<Document>,
+    alert_state: Collection<Document>,
     described: String,
 }
 
@@ -129,9 +144,16 @@ impl MongoStore {
             .create_index(IndexModel::builder().keys(doc! {"metric": 1, "pane_start": 1}).build())
             .await
             .with_context(|| format!("cannot create indexes on {}", panes.namespace()))?;
+        let alerts = db.collection::<Document>(&config.alerts_collection);
+        alerts
+            .create_index(IndexModel::builder().keys(doc! {"at": -1}).build())
+            .await
+            .with_context(|| format!("cannot create indexes on {}", alerts.namespace()))?;
         Ok(MongoStore {
             raw,
             panes,
+            alerts,
+            alert_state: db.collection::<Document>(&config.alert_state_collection),
             described: format!("MongoDB {shown} database {:?} collection {:?}", config.database, config.raw_collection),
         })
     }
@@ -256,6 +278,53 @@ impl EventStore for MongoStore {
             })
             .collect::<anyhow::Result<Vec<_>>>()
             .context("a stored metric state is malformed")
+    }
+
+    async fn save_alert_state(&self, rule: &str, state: &serde_json::Value) -> anyhow::Result<()> {
+        // JSON text: instance labels are user data and need not be valid BSON field names.
+        let d = doc! {"_id": rule, "state": state.to_string(), "updated_at": bson::DateTime::now()};
+        self.alert_state.replace_one(doc! {"_id": rule}, d).upsert(true).await.context("MongoDB alert state write failed")?;
+        Ok(())
+    }
+
+    async fn load_alert_states(&self) -> anyhow::Result<Vec<(String, serde_json::Value)>> {
+        let docs: Vec<Document> = self.alert_state.find(doc! {}).await.context("MongoDB alert state read failed")?.try_collect().await?;
+        docs.into_iter()
+            .map(|d| Ok((d.get_str("_id")?.to_string(), serde_json::from_str(d.get_str("state")?)?)))
+            .collect::<anyhow::Result<Vec<_>>>()
+            .context("a stored alert state is malformed")
+    }
+
+    async fn record_alert(&self, n: &Notification) -> anyhow::Result<()> {
+        let d = doc! {
+            "_id": &n.id,
+            "alert": &n.alert,
+            "status": &n.status,
+            "severity": &n.severity,
+            "at": bson::DateTime::from_millis(n.at.timestamp_millis()),
+            "notification": serde_json::to_string(n)?,
+        };
+        match self.alerts.insert_one(d).await {
+            Ok(_) => Ok(()),
+            Err(e) if matches!(*e.kind, ErrorKind::Write(WriteFailure::WriteError(ref w)) if w.code == DUPLICATE_KEY) => Ok(()),
+            Err(e) => Err(anyhow::Error::new(e).context("MongoDB alert history write failed")),
+        }
+    }
+
+    async fn recent_alerts(&self, limit: usize) -> anyhow::Result<Vec<Notification>> {
+        let docs: Vec<Document> = self
+            .alerts
+            .find(doc! {})
+            .sort(doc! {"at": -1})
+            .limit(limit as i64)
+            .await
+            .context("MongoDB alert history read failed")?
+            .try_collect()
+            .await?;
+        docs.iter()
+            .map(|d| Ok(serde_json::from_str(d.get_str("notification")?)?))
+            .collect::<anyhow::Result<Vec<_>>>()
+            .context("a stored alert is malformed")
     }
 }
 

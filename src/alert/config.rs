@@ -1,0 +1,236 @@
+//! `[alerting]` (evaluation interval, thresholds, channels) and `[[alert]]` (one rule each).
+
+use crate::config::de;
+use serde::Deserialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// `[alerting]`: how often rules are evaluated, the thresholds scripts see, and where alerts go.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertingConfig {
+    /// Evaluate alert rules at all.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// How often every rule is evaluated against the current metric values.
+    #[serde(default = "default_interval", deserialize_with = "de::duration")]
+    pub interval: Duration,
+    /// Named values every alert script sees as `thresholds.<name>`; editing one is a reload.
+    #[serde(default)]
+    pub thresholds: BTreeMap<String, Value>,
+    /// Channels used by rules that name none.
+    #[serde(default = "default_channels")]
+    pub default_channels: Vec<String>,
+    /// Named delivery channels; `log` always exists.
+    #[serde(default)]
+    pub channels: BTreeMap<String, ChannelConfig>,
+}
+
+impl Default for AlertingConfig {
+    fn default() -> Self {
+        AlertingConfig {
+            enabled: true,
+            interval: default_interval(),
+            thresholds: BTreeMap::new(),
+            default_channels: default_channels(),
+            channels: BTreeMap::new(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_interval() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_channels() -> Vec<String> {
+    vec!["log".to_string()]
+}
+
+/// One delivery channel, by `type`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ChannelConfig {
+    /// A structured log line (tracing) per notification.
+    Log,
+    /// Email over SMTP.
+    Email(EmailConfig),
+    /// An HTTP POST of the notification as JSON.
+    Webhook(WebhookConfig),
+}
+
+/// `type = "email"`: SMTP delivery through lettre.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailConfig {
+    pub host: String,
+    #[serde(default = "default_smtp_port", deserialize_with = "de::number")]
+    pub port: u16,
+    /// `starttls` (upgrade a plain connection, port 587), `tls` (TLS from the start, port 465),
+    /// or `none` (plain text; loopback relays and tests only).
+    #[serde(default)]
+    pub security: SmtpSecurity,
+    /// Credentials; use `${SMTP_USERNAME}` / `${SMTP_PASSWORD}` so they stay out of the file.
+    #[serde(default)]
+    pub username: String,
+    #[serde(default)]
+    pub password: String,
+    pub from: String,
+    pub to: Vec<String>,
+    /// Subject line, a minijinja template over the notification.
+    #[serde(default = "default_subject")]
+    pub subject: String,
+    /// Per attempt.
+    #[serde(default = "default_timeout", deserialize_with = "de::duration")]
+    pub timeout: Duration,
+    #[serde(default)]
+    pub retry: Retry,
+}
+
+/// How the SMTP connection is secured.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SmtpSecurity {
+    #[default]
+    Starttls,
+    Tls,
+    None,
+}
+
+fn default_smtp_port() -> u16 {
+    587
+}
+fn default_subject() -> String {
+    "[{{ status | upper }}] {{ alert }}{% if labels.item %} {{ labels.item }}{% endif %} ({{ severity }})".to_string()
+}
+
+/// `type = "webhook"`: POST the notification as JSON.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub url: String,
+    /// Extra request headers (for example `Authorization = "Bearer ${HOOK_TOKEN}"`).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Per attempt.
+    #[serde(default = "default_timeout", deserialize_with = "de::duration")]
+    pub timeout: Duration,
+    #[serde(default)]
+    pub retry: Retry,
+}
+
+/// `retry = { retries = 5, backoff = "1s" }`: how a failed delivery is retried.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retry {
+    /// Attempts after the first before the notification is given up (and reported).
+    #[serde(default = "default_retries", deserialize_with = "de::number")]
+    pub retries: u32,
+    /// Wait before the first retry; doubles each time, up to a minute.
+    #[serde(default = "default_backoff", deserialize_with = "de::duration")]
+    pub backoff: Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry { retries: default_retries(), backoff: default_backoff() }
+    }
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_retries() -> u32 {
+    5
+}
+fn default_backoff() -> Duration {
+    Duration::from_secs(1)
+}
+
+/// `[[alert]]`: one rule.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertConfig {
+    /// Unique name; the `alertname` label.
+    pub name: String,
+    /// An inline Rhai expression (`metrics.active_users < 10`) ...
+    #[serde(default)]
+    pub condition: Option<String>,
+    /// ... or a Rhai file (relative to the pipeline file); exactly one of the two.
+    #[serde(default)]
+    pub script: Option<PathBuf>,
+    /// `critical`, `warning` or `info` (free text; shown and sent as a label).
+    #[serde(default = "default_severity")]
+    pub severity: String,
+    /// How long the condition must hold before the alert fires (pending until then).
+    #[serde(rename = "for", default, deserialize_with = "de::duration")]
+    pub for_: Duration,
+    /// How long a firing alert stays quiet before it is sent again.
+    #[serde(default = "default_repeat", deserialize_with = "de::duration")]
+    pub repeat_interval: Duration,
+    /// Extra labels sent with every notification of this rule.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Channel names; unset uses `[alerting] default_channels`.
+    #[serde(default)]
+    pub channels: Option<Vec<String>>,
+    /// The notification's text, a minijinja template over the notification
+    /// (`alert`, `status`, `severity`, `labels`, `value`, `thresholds`).
+    #[serde(default = "default_message")]
+    pub message: String,
+    /// Longer explanation, sent with the message.
+    #[serde(default)]
+    pub description: String,
+}
+
+fn default_severity() -> String {
+    "warning".to_string()
+}
+fn default_repeat() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_message() -> String {
+    "{{ alert }} is {{ status }}{% for k, v in labels | items %} {{ k }}={{ v }}{% endfor %}{% if value is not none %} (value {{ value }}){% endif %}".to_string()
+}
+
+impl AlertConfig {
+    /// Problems a parse cannot catch.
+    pub fn check(&self, channels: &BTreeMap<String, ChannelConfig>, default_channels: &[String]) -> Option<String> {
+        let mut p = Vec::new();
+        match (&self.condition, &self.script) {
+            (Some(_), Some(_)) => p.push(format!("alert {:?}: give either condition or script, not both", self.name)),
+            (None, None) => p.push(format!("alert {:?}: needs a condition (inline Rhai) or a script file", self.name)),
+            _ => {}
+        }
+        for c in self.channels.as_deref().unwrap_or(default_channels) {
+            if c != "log" && !channels.contains_key(c) {
+                let known: Vec<&str> = std::iter::once("log").chain(channels.keys().map(String::as_str)).collect();
+                p.push(format!("alert {:?}: no channel named {c:?} (known: {})", self.name, known.join(", ")));
+            }
+        }
+        (!p.is_empty()).then(|| p.join("; "))
+    }
+}
+
+impl AlertingConfig {
+    /// Problems a parse cannot catch.
+    pub fn check(&self) -> Option<String> {
+        let mut p = Vec::new();
+        if self.interval.is_zero() {
+            p.push("alerting.interval must be more than 0s".to_string());
+        }
+        for (name, c) in &self.channels {
+            match c {
+                ChannelConfig::Email(e) if e.to.is_empty() => p.push(format!("alerting.channels.{name}: `to` lists no recipient")),
+                ChannelConfig::Webhook(w) if !(w.url.starts_with("http://") || w.url.starts_with("https://")) => {
+                    p.push(format!("alerting.channels.{name}: url must start with http:// or https://, got {:?}", w.url))
+                }
+                _ => {}
+            }
+        }
+        (!p.is_empty()).then(|| p.join("; "))
+    }
+}

@@ -1,0 +1,137 @@
+//! What a channel sends: one instance's change, with its labels and rendered text. The same
+//! record is stored as alert history, so the dashboard shows exactly what went out.
+
+use super::config::AlertConfig;
+use super::state::{key, Change, Labels, Transition};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// One notification, as sent to every channel of its rule (webhook bodies are this, as JSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Notification {
+    /// Unique per notification: receivers may de-duplicate retries by it (`Idempotency-Key`).
+    pub id: String,
+    pub pipeline: String,
+    pub alert: String,
+    /// `firing` or `resolved`.
+    pub status: String,
+    /// Why it is sent: `firing`, `repeat` or `resolved`.
+    pub change: Change,
+    pub severity: String,
+    /// `alertname`, `severity`, the rule's labels and the instance's labels.
+    pub labels: Labels,
+    pub value: Option<f64>,
+    /// The rule's message template, rendered.
+    pub message: String,
+    pub description: String,
+    /// The instance's identity within its rule (its labels).
+    pub fingerprint: String,
+    pub starts_at: DateTime<Utc>,
+    pub ends_at: Option<DateTime<Utc>>,
+    /// When it was raised.
+    pub at: DateTime<Utc>,
+    pub channels: Vec<String>,
+}
+
+impl Notification {
+    /// Builds the notification for a transition of `rule`'s instance at `now_ms`.
+    pub fn new(
+        pipeline: &str,
+        rule: &AlertConfig,
+        channels: &[String],
+        thresholds: &BTreeMap<String, Value>,
+        t: &Transition,
+        now_ms: i64,
+    ) -> Notification {
+        let mut labels = rule.labels.clone();
+        labels.extend(t.instance.labels.clone());
+        labels.insert("alertname".into(), rule.name.clone());
+        labels.insert("severity".into(), rule.severity.clone());
+        let at = ms(now_ms);
+        let status = if t.change == Change::Resolved { "resolved" } else { "firing" };
+        let mut n = Notification {
+            id: uuid::Uuid::new_v4().to_string(),
+            pipeline: pipeline.to_string(),
+            alert: rule.name.clone(),
+            status: status.to_string(),
+            change: t.change,
+            severity: rule.severity.clone(),
+            labels,
+            value: t.instance.value,
+            message: String::new(),
+            description: rule.description.clone(),
+            fingerprint: key(&t.instance.labels),
+            starts_at: ms(t.instance.fired_at.unwrap_or(t.instance.active_since)),
+            ends_at: (t.change == Change::Resolved).then_some(at),
+            at,
+            channels: channels.to_vec(),
+        };
+        n.message = n.render(&rule.message, thresholds).unwrap_or_else(|e| format!("{} is {} (message template failed: {e})", n.alert, n.status));
+        n
+    }
+
+    /// Renders a template (a message or an email subject) over this notification.
+    pub fn render(&self, template: &str, thresholds: &BTreeMap<String, Value>) -> Result<String, minijinja::Error> {
+        let mut ctx = serde_json::to_value(self).expect("a notification serializes");
+        // Templates name the rule's own labels directly (`labels.item`), without the ones added above.
+        ctx["thresholds"] = serde_json::to_value(thresholds).expect("thresholds serialize");
+        minijinja::Environment::new().render_str(template, minijinja::Value::from(minijinja::value::Serde(&ctx)))
+    }
+
+    /// The plain-text body of an email or log line: message, description, labels, times.
+    pub fn text(&self) -> String {
+        let mut out = format!("{}\n\n", self.message);
+        if !self.description.is_empty() {
+            out.push_str(&format!("{}\n\n", self.description));
+        }
+        out.push_str(&format!("alert:    {}\nstatus:   {} ({:?})\nseverity: {}\n", self.alert, self.status, self.change, self.severity));
+        if let Some(v) = self.value {
+            out.push_str(&format!("value:    {v}\n"));
+        }
+        out.push_str(&format!("since:    {}\n", self.starts_at.to_rfc3339()));
+        if let Some(end) = self.ends_at {
+            out.push_str(&format!("resolved: {}\n", end.to_rfc3339()));
+        }
+        out.push_str("labels:\n");
+        for (k, v) in &self.labels {
+            out.push_str(&format!("  {k} = {v}\n"));
+        }
+        out.push_str(&format!("\npipeline {} · notification {}\n", self.pipeline, self.id));
+        out
+    }
+}
+
+fn ms(t: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(t).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alert::state::{Instance, Status};
+
+    #[test]
+    fn message_template_sees_labels_value_and_thresholds() {
+        let rule: AlertConfig = toml::from_str(
+            "name = \"hot_item\"\ncondition = \"true\"\nmessage = \"{{ labels.item }} at {{ value }} > {{ thresholds.high }}\"",
+        )
+        .unwrap();
+        let instance = Instance {
+            labels: Labels::from([("item".into(), "i7".into())]),
+            value: Some(1500.0),
+            status: Status::Firing,
+            active_since: 0,
+            fired_at: Some(1_000),
+            notified_at: Some(1_000),
+        };
+        let t = Transition { change: Change::Firing, instance };
+        let thresholds = BTreeMap::from([("high".to_string(), serde_json::json!(1000))]);
+        let n = Notification::new("p", &rule, &["log".into()], &thresholds, &t, 1_000);
+        assert_eq!(n.message, "i7 at 1500.0 > 1000");
+        assert_eq!(n.labels["alertname"], "hot_item");
+        assert_eq!(n.status, "firing");
+        assert!(n.text().contains("item = i7"));
+    }
+}

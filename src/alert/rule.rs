@@ -1,0 +1,168 @@
+//! A compiled `[[alert]]` rule: its Rhai condition, and what the condition's result means.
+//!
+//! The condition sees three maps: `metrics` (every metric's current window value, as the
+//! dashboard shows it), `thresholds` (`[alerting.thresholds]`) and `health` (pipeline counters
+//! and consumer lag). It returns `true`/`false` for a single alert, or an array of label maps
+//! (one firing instance each, like one alert per series); a `value` entry in a map is reported
+//! as the instance's value rather than used as a label.
+
+use super::config::AlertConfig;
+use super::state::Labels;
+use crate::script::{compile_file, ScriptError};
+use rhai::{Dynamic, Engine, Map, Scope, AST};
+use std::path::{Path, PathBuf};
+
+/// What every condition sees, built once per evaluation tick.
+#[derive(Clone)]
+pub struct Inputs {
+    pub metrics: Dynamic,
+    pub thresholds: Dynamic,
+    pub health: Dynamic,
+}
+
+/// One compiled rule.
+pub struct Rule {
+    pub config: AlertConfig,
+    ast: AST,
+    /// The script file, or the pipeline file with the alert named (inline condition).
+    origin: PathBuf,
+}
+
+impl Rule {
+    /// Compiles the rule's condition and checks its message template.
+    pub fn load(engine: &Engine, config: &AlertConfig, pipeline_file: &Path) -> Result<Rule, ScriptError> {
+        let (ast, origin) = match (&config.condition, &config.script) {
+            (Some(inline), None) => {
+                let origin = PathBuf::from(format!("{} [alert {:?}] condition", pipeline_file.display(), config.name));
+                let ast = engine.compile(inline).map_err(|e| ScriptError::from_parse(&origin, &e))?;
+                (ast, origin)
+            }
+            (None, Some(file)) => (compile_file(engine, file)?, file.clone()),
+            _ => return Err(ScriptError::whole_file(pipeline_file, format!("alert {:?}: give exactly one of condition or script", config.name))),
+        };
+        let templates = minijinja::Environment::new();
+        if let Err(e) = templates.template_from_str(&config.message) {
+            return Err(ScriptError::whole_file(pipeline_file, format!("alert {:?}: message template: {e}", config.name)));
+        }
+        Ok(Rule { config: config.clone(), ast, origin })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// The instances whose condition holds now.
+    pub fn evaluate(&self, engine: &Engine, inputs: &Inputs) -> Result<Vec<(Labels, Option<f64>)>, ScriptError> {
+        let mut scope = Scope::new();
+        scope.push_constant_dynamic("metrics", inputs.metrics.clone());
+        scope.push_constant_dynamic("thresholds", inputs.thresholds.clone());
+        scope.push_constant_dynamic("health", inputs.health.clone());
+        let result = engine.eval_ast_with_scope::<Dynamic>(&mut scope, &self.ast).map_err(|e| ScriptError::from_eval(&self.origin, &e))?;
+        instances(result).map_err(|m| ScriptError::whole_file(&self.origin, m))
+    }
+}
+
+/// Reads a condition's result: a boolean, a label map, or an array of label maps or strings.
+fn instances(result: Dynamic) -> Result<Vec<(Labels, Option<f64>)>, String> {
+    if result.is_unit() {
+        return Ok(Vec::new());
+    }
+    if let Some(b) = result.clone().try_cast::<bool>() {
+        return Ok(if b { vec![(Labels::new(), None)] } else { Vec::new() });
+    }
+    if let Some(map) = result.clone().try_cast::<Map>() {
+        return Ok(vec![labels_and_value(map)]);
+    }
+    if let Some(array) = result.clone().try_cast::<rhai::Array>() {
+        return array
+            .into_iter()
+            .map(|item| {
+                if let Some(map) = item.clone().try_cast::<Map>() {
+                    Ok(labels_and_value(map))
+                } else if item.is_string() {
+                    Ok((Labels::from([("instance".to_string(), item.to_string())]), None))
+                } else {
+                    Err(format!("an alert condition's array holds label maps or strings, not {}", item.type_name()))
+                }
+            })
+            .collect();
+    }
+    Err(format!(
+        "an alert condition returns true/false, a map of labels, or an array of them; it returned {}",
+        result.type_name()
+    ))
+}
+
+fn labels_and_value(map: Map) -> (Labels, Option<f64>) {
+    let mut labels = Labels::new();
+    let mut value = None;
+    for (k, v) in map {
+        if k == "value" {
+            value = v.as_float().ok().or_else(|| v.as_int().ok().map(|i| i as f64));
+        } else {
+            labels.insert(k.to_string(), v.to_string());
+        }
+    }
+    (labels, value)
+}
+
+/// A JSON value as the Rhai value scripts read (`metrics.busiest_item[0].count`).
+pub fn to_dynamic(value: &serde_json::Value) -> Dynamic {
+    rhai::serde::to_dynamic(value).unwrap_or(Dynamic::UNIT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::script::{sandboxed_engine, ScriptLimits};
+    use serde_json::json;
+
+    fn rule(condition: &str) -> (Engine, Rule) {
+        let engine = sandboxed_engine(ScriptLimits::default());
+        let config: AlertConfig = toml::from_str(&format!("name = \"r\"\ncondition = '''{condition}'''")).unwrap();
+        let rule = Rule::load(&engine, &config, Path::new("p.toml")).unwrap();
+        (engine, rule)
+    }
+
+    fn inputs() -> Inputs {
+        Inputs {
+            metrics: to_dynamic(&json!({"top_items": [{"key": "i1", "count": 1500}, {"key": "i2", "count": 900}], "avg": 3.5})),
+            thresholds: to_dynamic(&json!({"high": 1000, "low": 5})),
+            health: to_dynamic(&json!({"consumer_lag": 0})),
+        }
+    }
+
+    #[test]
+    fn boolean_condition_gives_one_unlabelled_instance() {
+        let (e, r) = rule("metrics.avg < thresholds.low");
+        assert_eq!(r.evaluate(&e, &inputs()).unwrap(), vec![(Labels::new(), None)]);
+        let (e, r) = rule("metrics.avg > thresholds.low");
+        assert!(r.evaluate(&e, &inputs()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn array_of_maps_gives_one_instance_per_series_with_value() {
+        let (e, r) = rule(
+            "let out = []; for e in metrics.top_items { if e.count > thresholds.high { out.push(#{ item: e.key, value: e.count }); } } out",
+        );
+        let got = r.evaluate(&e, &inputs()).unwrap();
+        assert_eq!(got, vec![(Labels::from([("item".into(), "i1".into())]), Some(1500.0))]);
+    }
+
+    #[test]
+    fn wrong_result_type_and_runtime_errors_name_the_rule() {
+        let (e, r) = rule("42");
+        let err = r.evaluate(&e, &inputs()).unwrap_err().to_string();
+        assert!(err.contains("[alert \"r\"]") && err.contains("returned i64"), "{err}");
+        let (e, r) = rule("metrics.nope.count > 1");
+        assert!(r.evaluate(&e, &inputs()).is_err());
+    }
+
+    #[test]
+    fn syntax_error_is_reported_at_load() {
+        let engine = sandboxed_engine(ScriptLimits::default());
+        let config: AlertConfig = toml::from_str("name = \"r\"\ncondition = \"metrics.x >\"").unwrap();
+        let err = Rule::load(&engine, &config, Path::new("p.toml")).err().unwrap().to_string();
+        assert!(err.starts_with("p.toml [alert \"r\"] condition:1:"), "{err}");
+    }
+}

@@ -1,0 +1,225 @@
+//! The life cycle of one alert instance, as Prometheus and Alertmanager define it: a condition
+//! that starts holding makes the instance *pending*; once it has held for `for` it is *firing*
+//! and notified; while it keeps firing it is notified again every `repeat_interval`; when it
+//! stops holding, a firing instance is *resolved* (and notified), a pending one just disappears.
+//!
+//! Pure and clock-free (times are passed in), so every transition is unit-tested and the whole
+//! state can be stored and restored across a restart without re-sending anything.
+
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashSet};
+
+/// An instance's identity: the labels the condition returned (an item id, a partition...).
+pub type Labels = BTreeMap<String, String>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Holding, but not yet for `for`.
+    Pending,
+    /// Held for `for`; notified.
+    Firing,
+}
+
+/// One series of a rule (one item above the threshold, say).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Instance {
+    pub labels: Labels,
+    /// The value the condition reported with it, if any.
+    pub value: Option<f64>,
+    pub status: Status,
+    /// When the condition started holding, ms since the epoch.
+    pub active_since: i64,
+    /// When it fired.
+    pub fired_at: Option<i64>,
+    /// When a notification was last sent for it.
+    pub notified_at: Option<i64>,
+}
+
+/// Why a notification is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Change {
+    /// Pending → firing.
+    Firing,
+    /// Still firing after `repeat_interval`.
+    Repeat,
+    /// Firing → no longer holding.
+    Resolved,
+}
+
+/// A notification-worthy change of one instance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transition {
+    pub change: Change,
+    pub instance: Instance,
+}
+
+/// How long a condition must hold, and how often a firing alert is repeated (ms).
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub for_ms: i64,
+    pub repeat_ms: i64,
+}
+
+/// Every live instance of one rule, keyed by [`key`] of its labels.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RuleState {
+    pub instances: BTreeMap<String, Instance>,
+}
+
+/// The stable identity of a label set (labels are sorted, so equal sets give equal keys).
+pub fn key(labels: &Labels) -> String {
+    labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+}
+
+impl RuleState {
+    /// Advances every instance to `now`, given the instances whose condition holds now.
+    /// Returns the notifications due, in instance order.
+    pub fn step(&mut self, now: i64, holding: Vec<(Labels, Option<f64>)>, timing: Timing) -> Vec<Transition> {
+        let mut out = Vec::new();
+        let mut seen = HashSet::with_capacity(holding.len());
+        for (labels, value) in holding {
+            let k = key(&labels);
+            if !seen.insert(k.clone()) {
+                continue; // the condition listed the same instance twice
+            }
+            let instance = self.instances.entry(k).or_insert_with(|| Instance {
+                labels,
+                value,
+                status: Status::Pending,
+                active_since: now,
+                fired_at: None,
+                notified_at: None,
+            });
+            instance.value = value;
+            match instance.status {
+                Status::Pending if now - instance.active_since >= timing.for_ms => {
+                    instance.status = Status::Firing;
+                    instance.fired_at = Some(now);
+                    instance.notified_at = Some(now);
+                    out.push(Transition { change: Change::Firing, instance: instance.clone() });
+                }
+                Status::Firing if instance.notified_at.is_none_or(|t| now - t >= timing.repeat_ms) => {
+                    instance.notified_at = Some(now);
+                    out.push(Transition { change: Change::Repeat, instance: instance.clone() });
+                }
+                _ => {}
+            }
+        }
+        let gone: Vec<String> = self.instances.keys().filter(|k| !seen.contains(*k)).cloned().collect();
+        for k in gone {
+            let instance = self.instances.remove(&k).expect("listed above");
+            if instance.status == Status::Firing {
+                out.push(Transition { change: Change::Resolved, instance });
+            }
+        }
+        out
+    }
+
+    /// Resolves every firing instance (the rule was removed); pending ones just end.
+    pub fn resolve_all(&mut self) -> Vec<Transition> {
+        self.step(0, Vec::new(), Timing { for_ms: 0, repeat_ms: 0 })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: Timing = Timing { for_ms: 10_000, repeat_ms: 60_000 };
+
+    fn item(id: &str) -> (Labels, Option<f64>) {
+        (Labels::from([("item".to_string(), id.to_string())]), Some(1.0))
+    }
+
+    fn changes(t: &[Transition]) -> Vec<Change> {
+        t.iter().map(|t| t.change).collect()
+    }
+
+    #[test]
+    fn pending_until_for_has_passed_then_fires_once() {
+        let mut s = RuleState::default();
+        assert!(s.step(0, vec![item("a")], T).is_empty());
+        assert_eq!(s.instances["item=a"].status, Status::Pending);
+        assert!(s.step(5_000, vec![item("a")], T).is_empty());
+        assert_eq!(changes(&s.step(10_000, vec![item("a")], T)), [Change::Firing]);
+        assert!(s.step(15_000, vec![item("a")], T).is_empty(), "no second notification while firing");
+    }
+
+    #[test]
+    fn zero_for_fires_at_the_first_evaluation() {
+        let mut s = RuleState::default();
+        assert_eq!(changes(&s.step(0, vec![item("a")], Timing { for_ms: 0, ..T })), [Change::Firing]);
+    }
+
+    #[test]
+    fn repeats_only_after_the_repeat_interval() {
+        let mut s = RuleState::default();
+        s.step(0, vec![item("a")], T);
+        s.step(10_000, vec![item("a")], T);
+        assert!(s.step(69_999, vec![item("a")], T).is_empty());
+        assert_eq!(changes(&s.step(70_000, vec![item("a")], T)), [Change::Repeat]);
+        assert!(s.step(100_000, vec![item("a")], T).is_empty());
+        assert_eq!(changes(&s.step(130_000, vec![item("a")], T)), [Change::Repeat]);
+    }
+
+    #[test]
+    fn firing_resolves_and_pending_disappears_quietly() {
+        let mut s = RuleState::default();
+        s.step(0, vec![item("a")], T);
+        s.step(10_000, vec![item("a"), item("b")], T);
+        let t = s.step(12_000, vec![], T);
+        assert_eq!(changes(&t), [Change::Resolved], "only the firing one is notified");
+        assert_eq!(t[0].instance.labels["item"], "a");
+        assert!(s.instances.is_empty());
+    }
+
+    #[test]
+    fn flapping_shorter_than_for_never_fires() {
+        let mut s = RuleState::default();
+        for tick in 0..20 {
+            let holding = if tick % 2 == 0 { vec![item("a")] } else { vec![] };
+            assert!(s.step(tick * 5_000, holding, T).is_empty(), "tick {tick}");
+        }
+    }
+
+    #[test]
+    fn refiring_after_resolve_waits_for_again() {
+        let mut s = RuleState::default();
+        s.step(0, vec![item("a")], T);
+        s.step(10_000, vec![item("a")], T);
+        assert_eq!(changes(&s.step(15_000, vec![], T)), [Change::Resolved]);
+        assert!(s.step(20_000, vec![item("a")], T).is_empty());
+        assert_eq!(changes(&s.step(30_000, vec![item("a")], T)), [Change::Firing]);
+    }
+
+    #[test]
+    fn instances_are_independent() {
+        let mut s = RuleState::default();
+        s.step(0, vec![item("a")], T);
+        s.step(5_000, vec![item("a"), item("b")], T);
+        assert_eq!(changes(&s.step(10_000, vec![item("a"), item("b")], T)), [Change::Firing]);
+        let t = s.step(15_000, vec![item("a"), item("b")], T);
+        assert_eq!(changes(&t), [Change::Firing]);
+        assert_eq!(t[0].instance.labels["item"], "b");
+    }
+
+    #[test]
+    fn restored_state_does_not_renotify() {
+        let mut s = RuleState::default();
+        s.step(0, vec![item("a")], T);
+        s.step(10_000, vec![item("a")], T);
+        let stored = serde_json::to_string(&s).unwrap();
+        let mut restored: RuleState = serde_json::from_str(&stored).unwrap();
+        assert!(restored.step(20_000, vec![item("a")], T).is_empty());
+        assert_eq!(changes(&restored.step(70_000, vec![item("a")], T)), [Change::Repeat]);
+    }
+
+    #[test]
+    fn removing_the_rule_resolves_what_fired() {
+        let mut s = RuleState::default();
+        s.step(0, vec![item("a")], Timing { for_ms: 0, ..T });
+        assert_eq!(changes(&s.resolve_all()), [Change::Resolved]);
+    }
+}
