@@ -2,7 +2,8 @@
 # Installs, starts and stops the services the tests talk to, on loopback:
 #   Kafka protocol: Tansu 0.6.0 broker with SQLite storage   (127.0.0.1:${KAFKA_PORT:-9092})
 #   MongoDB wire:   SecantusDB secantusd-rs 0.5.3-beta.196    (127.0.0.1:${MONGODB_PORT:-27017})
-# It also installs headless Chromium + chromedriver for the dashboard's browser test.
+# It also installs headless Chromium + chromedriver for the dashboard's browser test, and the
+# aiosmtpd SMTP server (PyPI, in a venv under .services/venv) that the email alert test runs.
 # Both services are separate processes; the runner only speaks the Kafka protocol and the MongoDB wire
 # protocol to them, so real Kafka / Redpanda / MongoDB work the same.
 #
@@ -24,6 +25,14 @@ install() {
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
   else
     log "chromium and chromedriver already installed"
+  fi
+  local venv="$state/venv"
+  if "$venv/bin/python" -c 'import aiosmtpd' 2>/dev/null; then
+    log "aiosmtpd already installed in $venv"
+  else
+    log "installing aiosmtpd (PyPI) into $venv"
+    python3 -m venv "$venv"
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check 'aiosmtpd==1.4.6'
   fi
   if tansu --version 2>/dev/null | grep -q '0\.6\.0'; then
     log "tansu 0.6.0 already installed"

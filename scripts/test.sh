@@ -14,6 +14,8 @@ scripts/services.sh up
 # The tests read these; the embedded tests deliberately ignore them.
 export RUNNER_TEST_KAFKA="127.0.0.1:${KAFKA_PORT:-9092}"
 export RUNNER_TEST_MONGODB="mongodb://127.0.0.1:${MONGODB_PORT:-27017}"
+# The Python that has aiosmtpd (the email alert test starts its own SMTP server with it).
+export RUNNER_TEST_SMTPD_PYTHON="${RUNNER_SERVICES_DIR:-$root/.services}/venv/bin/python"
 
 # One build profile for everything (the tests measure real throughput too).
 cargo build --release --all-targets

@@ -3,16 +3,13 @@
 
 mod common;
 
+use common::{free_port, wait_for_port};
 use runner::config::Pipeline;
 use runner::pipeline::{self, Components, RunOptions, Running};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// A plain HTTP/1.0 GET; returns (status, body).
 fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
@@ -32,19 +29,23 @@ fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
     (status, body)
 }
 
-async fn wait_for_port(port: u16) {
-    let t = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(t.elapsed() < Duration::from_secs(20), "dashboard did not start on {port}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn start(mut p: Pipeline, port: u16, token: &str) -> (Running, CancellationToken) {
     p.config.dashboard.listen = format!("127.0.0.1:{port}");
     p.config.dashboard.refresh = Duration::from_millis(500);
     p.config.dashboard.token = token.to_string();
     p.config.generator.rate = 2000.0;
+    // One rule that fires as soon as there is traffic, so the alert views have something to show.
+    common::set_alerts(
+        &mut p,
+        r#"
+        [alerting]
+        interval = "300ms"
+        [[alert]]
+        name = "traffic"
+        condition = "if metrics.active_users > 0 { #{ value: metrics.active_users } } else { false }"
+        severity = "info"
+        "#,
+    );
     let stop = CancellationToken::new();
     let components = Components { dashboard: true, ..Components::ALL };
     let running = pipeline::start(p, RunOptions { components, ..Default::default() }, stop.clone()).await.unwrap();
@@ -63,7 +64,7 @@ fn check_routes(port: u16, auth: &[(&str, &str)]) {
     let (code, body) = get(port, "/api/metrics", auth);
     assert_eq!(code, 200);
     let metrics: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
-    assert_eq!(metrics.len(), 8);
+    assert_eq!(metrics.len(), 9);
     assert!(metrics.iter().find(|m| m["name"] == "active_users").unwrap()["value"].as_u64().unwrap() > 0, "{body}");
     let (code, body) = get(port, "/api/metrics/active_users/history?range=5m", auth);
     assert_eq!(code, 200);
@@ -81,6 +82,13 @@ fn check_routes(port: u16, auth: &[(&str, &str)]) {
     let stored = scrape.samples.iter().find(|s| s.metric == "runner_events_stored_total").expect("stored counter");
     assert!(matches!(stored.value, prometheus_parse::Value::Counter(v) if v > 0.0));
     assert!(scrape.samples.iter().any(|s| s.metric == "runner_metric" && s.labels.get("name") == Some("active_users")));
+    let (code, body) = get(port, "/api/alerts", auth);
+    assert_eq!(code, 200);
+    let alerts: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let active = alerts["active"].as_array().unwrap();
+    assert!(active.iter().any(|a| a["alert"] == "traffic" && a["status"] == "firing" && a["value"].as_f64() > Some(0.0)), "{body}");
+    assert!(alerts["recent"].as_array().unwrap().iter().any(|n| n["alert"] == "traffic" && n["change"] == "firing"), "{body}");
+    assert!(scrape.samples.iter().any(|s| s.metric == "runner_alerts" && s.labels.get("alertname") == Some("traffic")));
     assert_eq!(get(port, "/assets/dashboard.js", auth).0, 200);
     assert_eq!(get(port, "/assets/missing.js", auth).0, 404);
 }
@@ -103,7 +111,7 @@ async fn every_route_on_mongodb_with_a_token() {
     let (running, stop) = start(sp.pipeline.clone(), port, "s3cret").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     tokio::task::spawn_blocking(move || {
-        for path in ["/", "/api/metrics", "/api/health", "/metrics", "/events", "/panels"] {
+        for path in ["/", "/api/metrics", "/api/health", "/api/alerts", "/metrics", "/events", "/panels"] {
             assert_eq!(get(port, path, &[]).0, 401, "{path} needs the token");
             assert_eq!(get(port, path, &[("Authorization", "Bearer wrong")]).0, 401, "{path}");
         }
@@ -230,6 +238,10 @@ async fn browser_sees_live_updates() {
             )
             .await?;
         assert_eq!(empty, serde_json::json!([]), "every panel has data");
+        let firing: serde_json::Value = client
+            .execute("return [...document.querySelectorAll('[data-panel=alerts] tr.alert-firing')].map(r => r.dataset.alert);", vec![])
+            .await?;
+        assert_eq!(firing, serde_json::json!(["traffic"]), "the alerts panel shows the firing alert");
         let png = client.screenshot().await?;
         let out = common::repo_root().join("target/dashboard.png");
         std::fs::write(&out, png).unwrap();

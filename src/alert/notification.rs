@@ -86,7 +86,8 @@ impl Notification {
         if !self.description.is_empty() {
             out.push_str(&format!("{}\n\n", self.description));
         }
-        out.push_str(&format!("alert:    {}\nstatus:   {} ({:?})\nseverity: {}\n", self.alert, self.status, self.change, self.severity));
+        let change = serde_json::to_value(self.change).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+        out.push_str(&format!("alert:    {}\nstatus:   {} ({change})\nseverity: {}\n", self.alert, self.status, self.severity));
         if let Some(v) = self.value {
             out.push_str(&format!("value:    {v}\n"));
         }
@@ -98,7 +99,7 @@ impl Notification {
         for (k, v) in &self.labels {
             out.push_str(&format!("  {k} = {v}\n"));
         }
-        out.push_str(&format!("\npipeline {} · notification {}\n", self.pipeline, self.id));
+        out.push_str(&format!("\npipeline {}, notification {}\n", self.pipeline, self.id));
         out
     }
 }

@@ -123,3 +123,32 @@ pub fn reset_group_offsets(sp: &ServicePipeline) {
         assert_eq!(e.offset(), Offset::Offset(0), "the group's offset of partition {} was reset", e.partition());
     }
 }
+
+/// Replaces the pipeline's `[alerting]` and `[[alert]]` sections with those in `toml_text`.
+pub fn set_alerts(p: &mut Pipeline, toml_text: &str) {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Sections {
+        #[serde(default)]
+        alerting: runner::alert::AlertingConfig,
+        #[serde(default)]
+        alert: Vec<runner::alert::AlertConfig>,
+    }
+    let s: Sections = toml::from_str(toml_text).expect("test alert sections parse");
+    p.config.alerting = s.alerting;
+    p.config.alerts = s.alert;
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Waits until something accepts connections on `port` (at most 20 s).
+pub async fn wait_for_port(port: u16) {
+    let t = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(t.elapsed() < std::time::Duration::from_secs(20), "nothing listens on port {port}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

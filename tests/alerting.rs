@@ -1,0 +1,322 @@
+//! Alerting end to end: real delivery to an SMTP server (aiosmtpd) and an HTTP receiver, the
+//! shipped rules firing and resolving on traffic through Kafka, and no re-send after a restart.
+
+mod common;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use common::{free_port, set_alerts, wait_for_port};
+use runner::alert::{self, Notification};
+use runner::config::Pipeline;
+use runner::pipeline::{self, Components, RunOptions};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Runs `p` with a generator of `events` until idle for 2 s (at most 90 s).
+async fn run_briefly(p: &Pipeline, events: u64) -> runner::pipeline::RunSummary {
+    let stop = CancellationToken::new();
+    let guard = stop.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(90)).await;
+        guard.cancel();
+    });
+    let options = RunOptions { max_events: Some(events), idle_exit: Some(Duration::from_secs(2)), ..Default::default() };
+    pipeline::run(p, options, stop).await.expect("pipeline run")
+}
+
+/// Runs `p` with 500 events/s until `done` holds, one more second to catch anything sent after
+/// it, then stops it (at most 60 s).
+async fn run_until(p: &Pipeline, done: impl Fn() -> bool) -> runner::pipeline::RunSummary {
+    let stop = CancellationToken::new();
+    let mut p = p.clone();
+    p.config.generator.rate = 500.0;
+    let running = pipeline::start(p, RunOptions::default(), stop.clone()).await.expect("pipeline starts");
+    let t = Instant::now();
+    while !done() && t.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.cancel();
+    running.wait().await.expect("pipeline run")
+}
+
+/// A webhook receiver: answers 500 to the first `fail_first` requests, then 200, and keeps
+/// every request (its Idempotency-Key and body) with the status it answered.
+#[derive(Default)]
+struct Receiver {
+    fail_first: Mutex<u32>,
+    requests: Mutex<Vec<(String, u16, serde_json::Value)>>,
+}
+
+impl Receiver {
+    async fn start(fail_first: u32) -> (Arc<Receiver>, String) {
+        let r = Arc::new(Receiver { fail_first: Mutex::new(fail_first), ..Default::default() });
+        let app = axum::Router::new().route("/hook", axum::routing::post(hook)).with_state(r.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (r, url)
+    }
+
+    /// Bodies of the requests answered 200.
+    fn delivered(&self) -> Vec<serde_json::Value> {
+        self.requests.lock().unwrap().iter().filter(|r| r.1 == 200).map(|r| r.2.clone()).collect()
+    }
+}
+
+async fn hook(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: String) -> StatusCode {
+    let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let json = serde_json::from_str(&body).unwrap_or(serde_json::Value::Null);
+    let mut fail = r.fail_first.lock().unwrap();
+    let status = if *fail > 0 {
+        *fail -= 1;
+        StatusCode::INTERNAL_SERVER_ERROR
+    } else {
+        StatusCode::OK
+    };
+    r.requests.lock().unwrap().push((key, status.as_u16(), json));
+    status
+}
+
+/// An aiosmtpd server on a free port, saving every message into a Maildir; stopped on drop.
+struct Smtpd {
+    child: std::process::Child,
+    maildir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Smtpd {
+    async fn start() -> Smtpd {
+        let python = std::env::var("RUNNER_TEST_SMTPD_PYTHON")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| common::repo_root().join(".services/venv/bin/python"));
+        let maildir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let child = std::process::Command::new(&python)
+            .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}"), "-c", "aiosmtpd.handlers.Mailbox"])
+            // Maildir creates its layout only for a folder that does not exist yet.
+            .arg(maildir.path().join("mail"))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start aiosmtpd with {} ({e}); scripts/services.sh install sets it up", python.display()));
+        wait_for_port(port).await;
+        Smtpd { child, maildir, port }
+    }
+
+    /// Every message received so far, as raw RFC 5322 text.
+    fn messages(&self) -> Vec<String> {
+        let new = self.maildir.path().join("mail/new");
+        let mut out: Vec<String> = std::fs::read_dir(&new)
+            .map(|d| d.filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok()).collect())
+            .unwrap_or_default();
+        out.sort();
+        out
+    }
+}
+
+impl Drop for Smtpd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn email_alert_delivered() {
+    let smtpd = Smtpd::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = common::embedded_pipeline(dir.path());
+    set_alerts(
+        &mut p,
+        &format!(
+            r#"
+            [alerting]
+            interval = "300ms"
+            [alerting.thresholds]
+            min_users = 1
+            [alerting.channels.oncall]
+            type = "email"
+            host = "127.0.0.1"
+            port = {port}
+            security = "none"
+            from = "runner alerts <alerts@runner.test>"
+            to = ["oncall@runner.test", "lead@runner.test"]
+            [[alert]]
+            name = "users_active"
+            condition = "if metrics.active_users >= thresholds.min_users {{ #{{ value: metrics.active_users }} }} else {{ false }}"
+            severity = "critical"
+            channels = ["oncall"]
+            message = "{{{{ value | int }}}} users active (threshold {{{{ thresholds.min_users }}}})"
+            description = "Fires as soon as anyone is active."
+            "#,
+            port = smtpd.port
+        ),
+    );
+    run_until(&p, || !smtpd.messages().is_empty()).await;
+    let messages = smtpd.messages();
+    assert_eq!(messages.len(), 1, "one firing notification, one email: {messages:#?}");
+    let mail = &messages[0];
+    println!("--- received by aiosmtpd ---\n{mail}\n--- end ---");
+    let header = |name: &str| {
+        mail.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .unwrap_or_else(|| panic!("no {name} header in\n{mail}"))
+            .to_string()
+    };
+    assert_eq!(header("Subject"), "[FIRING] users_active (critical)");
+    assert_eq!(header("From"), "\"runner alerts\" <alerts@runner.test>");
+    let to = header("To");
+    assert!(to.contains("oncall@runner.test") && to.contains("lead@runner.test"), "{to}");
+    // The envelope recipients, as the server saw them.
+    let rcpt = header("X-RcptTo");
+    assert!(rcpt.contains("oncall@runner.test") && rcpt.contains("lead@runner.test"), "{rcpt}");
+    let body = mail.split_once("\n\n").map(|(_, b)| b).unwrap_or_default();
+    assert!(body.contains("users active (threshold 1)"), "{body}");
+    assert!(body.contains("Fires as soon as anyone is active."), "{body}");
+    assert!(body.contains("alertname = users_active") && body.contains("severity = critical"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_alert_delivered() {
+    let (receiver, url) = Receiver::start(2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = common::embedded_pipeline(dir.path());
+    set_alerts(
+        &mut p,
+        &format!(
+            r#"
+            [alerting]
+            interval = "300ms"
+            [alerting.channels.hook]
+            type = "webhook"
+            url = "{url}"
+            headers = {{ X-Team = "data" }}
+            retry = {{ retries = 4, backoff = "100ms" }}
+            [[alert]]
+            name = "traffic"
+            condition = "metrics.active_users > 0"
+            channels = ["hook"]
+            labels = {{ team = "data" }}
+            "#
+        ),
+    );
+    let summary = run_until(&p, || !receiver.delivered().is_empty()).await;
+    let requests = receiver.requests.lock().unwrap().clone();
+    let statuses: Vec<u16> = requests.iter().map(|r| r.1).collect();
+    assert_eq!(statuses, [500, 500, 200], "two failures, then one delivery, nothing after it");
+    assert!(requests.iter().all(|r| r.0 == requests[0].0 && !r.0.is_empty()), "every retry carries the same Idempotency-Key");
+    let n: Notification = serde_json::from_value(receiver.delivered()[0].clone()).unwrap();
+    assert_eq!(n.id, requests[0].0);
+    assert_eq!((n.alert.as_str(), n.status.as_str()), ("traffic", "firing"));
+    assert_eq!(n.labels.get("team").map(String::as_str), Some("data"));
+    assert_eq!(n.labels.get("alertname").map(String::as_str), Some("traffic"));
+    assert_eq!(summary.stats.notifications_sent, 1);
+    assert_eq!(summary.stats.notifications_failed, 0);
+}
+
+/// The shipped high_item_interactions rule, with thresholds and windows scaled down for a test:
+/// traffic through Kafka pushes an item over the threshold, then stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_rules_fire_and_resolve() {
+    let mut sp = common::service_pipeline("alerts_seed");
+    let p = &mut sp.pipeline;
+    p.config.generator.rate = 500.0;
+    let top = p.config.metrics.iter_mut().find(|m| m.name == "top_items").expect("shipped top_items metric");
+    top.window = Duration::from_secs(6);
+    top.slide = Some(Duration::from_secs(1));
+    let script = common::repo_root().join("scripts/alerts/high_item_interactions.rhai");
+    set_alerts(
+        p,
+        &format!(
+            r#"
+            [alerting]
+            interval = "500ms"
+            [alerting.thresholds]
+            high_interaction_count = 250
+            [[alert]]
+            name = "high_item_interactions"
+            script = "{}"
+            for = "2s"
+            repeat_interval = "1h"
+            "#,
+            script.display()
+        ),
+    );
+    let stop = CancellationToken::new();
+    let options = RunOptions { components: Components::ALL, max_events: Some(4_000), ..Default::default() };
+    let running = pipeline::start(p.clone(), options, stop.clone()).await.unwrap();
+    let store = running.store.clone().unwrap();
+
+    // Watch the instances' states until every one that fired has resolved (or 90 s pass).
+    let mut seen: Vec<(String, alert::state::Status)> = Vec::new();
+    let t = Instant::now();
+    let history = loop {
+        for a in alert::active_alerts(&*store).await.unwrap() {
+            let entry = (a.labels["item"].clone(), a.status);
+            if !seen.contains(&entry) {
+                seen.push(entry);
+            }
+        }
+        let history = store.recent_alerts(100).await.unwrap();
+        let fired = history.iter().filter(|n| n.status == "firing").count();
+        let resolved = history.iter().filter(|n| n.status == "resolved").count();
+        if fired > 0 && fired == resolved && alert::active_alerts(&*store).await.unwrap().is_empty() {
+            break history;
+        }
+        assert!(t.elapsed() < Duration::from_secs(90), "no fire-and-resolve cycle in 90 s; seen {seen:?}, history {history:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    stop.cancel();
+    running.wait().await.unwrap();
+
+    for item in history.iter().map(|n| n.labels["item"].clone()).collect::<std::collections::BTreeSet<_>>() {
+        let changes: Vec<String> =
+            history.iter().rev().filter(|n| n.labels["item"] == item).map(|n| format!("{:?}", n.change).to_lowercase()).collect();
+        assert_eq!(changes, ["firing", "resolved"], "{item}: fires once, no repeat within repeat_interval, resolves");
+        let pending = seen.iter().position(|s| s.0 == item && s.1 == alert::state::Status::Pending);
+        let firing = seen.iter().position(|s| s.0 == item && s.1 == alert::state::Status::Firing);
+        assert!(pending.is_some() && pending < firing, "{item} was pending before firing: {seen:?}");
+        let firing = history.iter().find(|n| n.labels["item"] == item && n.status == "firing").unwrap();
+        assert!(firing.value.unwrap() > 250.0, "{firing:?}");
+    }
+    println!("instances seen: {seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_does_not_resend() {
+    let (receiver, url) = Receiver::start(0).await;
+    let mut sp = common::service_pipeline("alerts_restart");
+    set_alerts(
+        &mut sp.pipeline,
+        &format!(
+            r#"
+            [alerting]
+            interval = "200ms"
+            [alerting.channels.hook]
+            type = "webhook"
+            url = "{url}"
+            [[alert]]
+            name = "traffic"
+            condition = "metrics.active_users > 0"
+            channels = ["hook"]
+            repeat_interval = "1h"
+            "#
+        ),
+    );
+    run_briefly(&sp.pipeline, 500).await;
+    assert_eq!(receiver.delivered().len(), 1, "the first run fires once");
+    let store = runner::store::open(&sp.pipeline.config).await.unwrap();
+    let before = alert::active_alerts(&*store).await.unwrap();
+    assert_eq!(before.len(), 1);
+    assert_eq!(before[0].status, alert::state::Status::Firing);
+
+    // A second process on the same store, while the alert still holds: it keeps firing quietly.
+    let summary = run_briefly(&sp.pipeline, 500).await;
+    assert!(summary.elapsed > Duration::from_secs(2), "evaluated for a while: {:?}", summary.elapsed);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.delivered().len(), 1, "no duplicate notification after the restart");
+    let after = alert::active_alerts(&*store).await.unwrap();
+    let identity = |a: &[alert::ActiveAlert]| a.iter().map(|a| (a.alert.clone(), a.status, a.fired_at)).collect::<Vec<_>>();
+    assert_eq!(identity(&after), identity(&before), "the same instance, firing since the first run");
+}
