@@ -13,13 +13,16 @@ use tokio_util::sync::CancellationToken;
 fn copy_pipeline(dir: &Path) -> PathBuf {
     let root = common::repo_root();
     std::fs::create_dir_all(dir.join("pipelines")).unwrap();
-    std::fs::create_dir_all(dir.join("scripts/metrics")).unwrap();
+    std::fs::create_dir_all(dir.join("scripts")).unwrap();
     for f in ["pipelines/interactions.toml", "scripts/generator.rhai"] {
         std::fs::copy(root.join(f), dir.join(f)).unwrap();
     }
-    for e in std::fs::read_dir(root.join("scripts/metrics")).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), dir.join("scripts/metrics").join(e.file_name())).unwrap();
+    for folder in ["scripts/metrics", "scripts/alerts"] {
+        std::fs::create_dir_all(dir.join(folder)).unwrap();
+        for e in std::fs::read_dir(root.join(folder)).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), dir.join(folder).join(e.file_name())).unwrap();
+        }
     }
     dir.join("pipelines/interactions.toml")
 }
@@ -305,4 +308,34 @@ async fn twenty_edits_lose_nothing() {
     assert_eq!(summary.stats.duplicates, 0);
     let store = runner::store::open(&load(&path, &[("RUNNER_DATA_DIR", dir.path().join("data").to_str().unwrap())]).config).await.unwrap();
     assert_eq!(store.count_events().await.unwrap(), summary.stats.generated);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn threshold_edit_applies_to_alerts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = copy_pipeline(dir.path());
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("interval = \"${ALERT_INTERVAL:-5s}\"", "interval = \"200ms\"")
+        .replace("max_consumer_lag = 50000", "max_consumer_lag = 50000\nbusy_users = 1000000")
+        + "\n[[alert]]\nname = \"busy\"\ncondition = \"metrics.active_users > thresholds.busy_users\"\n";
+    std::fs::write(&path, &text).unwrap();
+    let (running, stop) = start_embedded(&path, dir.path()).await;
+    let store = running.store.clone().unwrap();
+    let busy = || {
+        let store = store.clone();
+        async move { runner::alert::active_alerts(&*store).await.unwrap().into_iter().filter(|a| a.alert == "busy").count() }
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(busy().await, 0, "a million users is not reached");
+
+    editor_save(&path, &text.replace("busy_users = 1000000", "busy_users = 1"));
+    let t = Instant::now();
+    while busy().await == 0 {
+        assert!(t.elapsed() < Duration::from_secs(10), "the edited threshold did not apply: {:?}", reloads(&running));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(reloads(&running).0, 1);
+    stop.cancel();
+    running.wait().await.unwrap();
 }
