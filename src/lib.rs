@@ -12,6 +12,8 @@
 //! - [`consumer`]: the transport-independent consumer: take a batch, store it, then acknowledge it.
 //! - [`aggregate`]: windowed metrics described by Rhai scripts, with partial states per pane and
 //!   Kafka partition that stay exact under replays and merge across runners.
+//! - [`dead_letter`]: decoding and validation of incoming messages; what fails is kept as a
+//!   dead letter with its reason and source.
 //! - [`store`]: where raw events land: MongoDB ([`store::mongo`]) or the embedded SQLite store
 //!   ([`store::embedded`]), behind one [`store::EventStore`] interface.
 //! - [`reload`]: hot reload: watch the pipeline file and scripts, compile, check, then swap.
@@ -33,6 +35,7 @@ pub mod commands;
 pub mod config;
 pub mod consumer;
 pub mod dashboard;
+pub mod dead_letter;
 pub mod event;
 pub mod generator;
 pub mod pipeline;

@@ -1,6 +1,7 @@
 //! Every observable event in the pipeline goes through here: one method bumps the counter and
 //! writes the log line, so metrics and logs never drift apart.
 
+use crate::dead_letter::{DeadLetter, Reason};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,6 +23,8 @@ pub struct Stats {
     notifications_sent: AtomicU64,
     notifications_failed: AtomicU64,
     alert_errors: AtomicU64,
+    /// Dead letters stored, by reason (indexed like `Reason::ALL`).
+    dead_letters: [AtomicU64; Reason::ALL.len()],
     /// When the first message was consumed and the last batch stored: the consumer's busy span.
     busy: std::sync::Mutex<Option<(Instant, Instant)>>,
     /// From an event's timestamp to its batch being durable in the store (raw and metrics).
@@ -75,7 +78,7 @@ pub struct Snapshot {
     pub stored: u64,
     /// Events the store already had (replays), skipped by the unique event_id.
     pub duplicates: u64,
-    /// Messages that were not valid events, skipped.
+    /// Messages that were not usable events, stored as dead letters.
     pub rejected: u64,
     /// Store writes that failed and were retried.
     pub store_retries: u64,
@@ -133,12 +136,23 @@ impl Stats {
         }
     }
 
-    /// A message that is not a valid event; it is skipped, never fatal.
-    pub fn rejected(&self, partition: i32, offset: i64, reason: &dyn std::fmt::Display) {
+    /// A message stored as a dead letter (after the store accepted it); never fatal.
+    pub fn dead_lettered(&self, d: &DeadLetter) {
+        let i = Reason::ALL.iter().position(|r| *r == d.reason).expect("every reason is listed");
+        self.dead_letters[i].fetch_add(1, Relaxed);
+        if d.reason == Reason::Late {
+            return; // already reported by late_event
+        }
         let n = self.rejected.fetch_add(1, Relaxed) + 1;
         if n <= 100 || n.is_power_of_two() {
-            tracing::warn!(partition, offset, %reason, rejected_so_far = n, "skipped a message that is not a valid event");
+            tracing::warn!(partition = d.partition, offset = d.offset, reason = d.reason.as_str(), detail = %d.detail,
+                rejected_so_far = n, "a message that is not a usable event went to the dead letters");
         }
+    }
+
+    /// Dead letters stored so far, per reason.
+    pub fn dead_letters(&self) -> Vec<(Reason, u64)> {
+        Reason::ALL.iter().zip(&self.dead_letters).map(|(r, n)| (*r, n.load(Relaxed))).collect()
     }
 
     /// A store write failed and will be retried.

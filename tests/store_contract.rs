@@ -4,6 +4,7 @@ mod common;
 
 use chrono::{TimeZone, Utc};
 use runner::aggregate::PaneRecord;
+use runner::dead_letter::{DeadLetter, Reason};
 use runner::event::Event;
 use serde_json::json;
 use runner::store::embedded::{EmbeddedConfig, EmbeddedStore};
@@ -64,6 +65,51 @@ async fn contract(store: &dyn EventStore) {
     assert_eq!(loaded, vec![pane(5000, 0, 20, 5), pane(5000, 1, 3, 7)]);
     assert_eq!(store.load_panes("m", 0, 10_000, Some(1)).await.unwrap(), vec![pane(5000, 1, 3, 7)]);
     assert!(store.load_panes("other", 0, 10_000, None).await.unwrap().is_empty());
+
+    // Alert state: one JSON value per rule, replaced on save.
+    assert!(store.load_alert_states().await.unwrap().is_empty());
+    store.save_alert_state("r1", &json!({"severity": "warning", "instances": {}})).await.unwrap();
+    store.save_alert_state("r1", &json!({"severity": "critical", "instances": {"item=a.b$c": {"x": 1}}})).await.unwrap();
+    assert_eq!(
+        store.load_alert_states().await.unwrap(),
+        vec![("r1".to_string(), json!({"severity": "critical", "instances": {"item=a.b$c": {"x": 1}}}))]
+    );
+
+    // Alert history: newest first, and recording the same notification twice keeps one.
+    let notice = |id: &str, at: i64| {
+        let mut n: runner::alert::Notification = serde_json::from_value(json!({
+            "id": id, "pipeline": "p", "alert": "a", "status": "firing", "change": "firing", "severity": "warning",
+            "labels": {"alertname": "a"}, "value": 1.5, "message": "m", "description": "", "fingerprint": "",
+            "starts_at": "2026-11-28T00:00:00Z", "ends_at": null, "at": "2026-11-28T00:00:00Z", "channels": ["log"]
+        }))
+        .unwrap();
+        n.at = Utc.timestamp_millis_opt(at).unwrap();
+        n
+    };
+    store.record_alert(&notice("n1", 1_000)).await.unwrap();
+    store.record_alert(&notice("n2", 2_000)).await.unwrap();
+    store.record_alert(&notice("n1", 1_000)).await.unwrap();
+    let recent = store.recent_alerts(10).await.unwrap();
+    assert_eq!(recent.iter().map(|n| n.id.as_str()).collect::<Vec<_>>(), ["n2", "n1"]);
+    assert_eq!(recent[1], notice("n1", 1_000));
+
+    // Dead letters: kept with reason and source, idempotent by id, newest first.
+    let dead = |id: &str, reason: Reason| DeadLetter {
+        id: id.into(),
+        reason,
+        detail: "expected value at line 1 column 1".into(),
+        partition: 2,
+        offset: 41,
+        payload: "{oops".into(),
+        payload_bytes: 5,
+        at: Utc.timestamp_millis_opt(1_700_000_000_000).unwrap(),
+    };
+    store.write_dead_letters(&[dead("t:2:41", Reason::NotJson), dead("t:2:42", Reason::InvalidUtf8)]).await.unwrap();
+    store.write_dead_letters(&[dead("t:2:41", Reason::NotJson)]).await.unwrap();
+    assert_eq!(store.count_dead_letters().await.unwrap(), 2);
+    let mut back = store.dead_letters(10).await.unwrap();
+    back.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(back, vec![dead("t:2:41", Reason::NotJson), dead("t:2:42", Reason::InvalidUtf8)]);
 }
 
 #[tokio::test]
@@ -80,6 +126,9 @@ async fn mongo_store_meets_the_contract() {
         database: common::unique("contract"),
         raw_collection: "raw_interactions".into(),
         metrics_collection: "aggregated_metrics".into(),
+        alerts_collection: "alerts".into(),
+        alert_state_collection: "alert_state".into(),
+        dead_letter_collection: "dead_letters".into(),
         retention: Some(Duration::from_secs(7 * 86400)),
         connect_timeout: Duration::from_secs(20),
     };

@@ -16,6 +16,7 @@ pub use metric::{Metric, MetricConfig, Partial, TimeMode};
 pub use reducer::ReducerKind;
 pub use window::Window;
 
+use crate::dead_letter::{DeadLetter, Reason};
 use crate::event::Event;
 use crate::script::ScriptError;
 use crate::store::EventStore;
@@ -166,12 +167,14 @@ pub struct Aggregator {
     states: Vec<MetricState>,
     /// Partitions whose stored partials are loaded, with the earliest pane start loaded.
     loaded: HashMap<i32, i64>,
+    /// Events later than a metric's lateness since the last [`Aggregator::take_late`].
+    late: Vec<DeadLetter>,
 }
 
 impl Aggregator {
     pub fn new(set: Arc<MetricSet>, stats: Arc<Stats>) -> Aggregator {
         let states = set.metrics.iter().map(|_| MetricState { watermark: i64::MIN, ..Default::default() }).collect();
-        Aggregator { set, stats, states, loaded: HashMap::new() }
+        Aggregator { set, stats, states, loaded: HashMap::new(), late: Vec::new() }
     }
 
     /// Partitions of this batch whose stored partials are not loaded yet (after start or a
@@ -264,6 +267,11 @@ impl Aggregator {
         &self.set
     }
 
+    /// The late events found since the last call, as dead letters.
+    pub fn take_late(&mut self) -> Vec<DeadLetter> {
+        std::mem::take(&mut self.late)
+    }
+
     /// Forgets partitions this process no longer owns; another consumer continues their state.
     pub fn forget(&mut self, partitions: &[i32]) {
         for p in partitions {
@@ -289,7 +297,12 @@ impl Aggregator {
                     TimeMode::Processing => now,
                 };
                 if st.watermark != i64::MIN && t < st.watermark - lateness {
-                    self.stats.late_event(m.name(), &e.event_id, st.watermark - t);
+                    let behind = st.watermark - t;
+                    self.stats.late_event(m.name(), &e.event_id, behind);
+                    let mut json = Vec::new();
+                    e.write_json(&mut json);
+                    let detail = format!("{behind} ms behind metric {:?}'s newest event (lateness {:?}); stored raw, left out of that metric", m.name(), m.config.lateness);
+                    self.late.push(DeadLetter::new(format!("late:{}:{}", m.name(), e.event_id), Reason::Late, detail, (partition, offset), &json));
                     continue;
                 }
                 st.watermark = st.watermark.max(t);

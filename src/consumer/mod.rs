@@ -7,6 +7,7 @@
 
 use crate::aggregate::{Aggregator, MetricSet, NO_PARTITION};
 use crate::config::de;
+use crate::dead_letter::Validation;
 use crate::store::EventStore;
 use crate::telemetry::Stats;
 use crate::transport::{Batch, Poll, Subscriber};
@@ -30,11 +31,19 @@ pub struct ConsumerConfig {
     /// Batches read ahead while the store writes the current one.
     #[serde(default = "default_read_ahead", deserialize_with = "de::number")]
     pub read_ahead: usize,
+    /// What a message must be to count as an event; the rest is dead-lettered.
+    #[serde(default)]
+    pub validation: Validation,
 }
 
 impl Default for ConsumerConfig {
     fn default() -> Self {
-        ConsumerConfig { batch_size: default_batch_size(), max_wait: default_max_wait(), read_ahead: default_read_ahead() }
+        ConsumerConfig {
+            batch_size: default_batch_size(),
+            max_wait: default_max_wait(),
+            read_ahead: default_read_ahead(),
+            validation: Validation::default(),
+        }
     }
 }
 
@@ -140,8 +149,8 @@ pub async fn run(
     write_result.and(read_result).and(close_result)
 }
 
-/// Stores one batch: raw events first, then the metric partials that include them. Only after
-/// both are durable may the batch be acknowledged.
+/// Stores one batch: raw events, the metric partials that include them, and dead letters for
+/// what could not be used. Only once all are durable may the batch be acknowledged.
 async fn store_batch(
     store: &dyn EventStore,
     aggregator: Option<&mut Aggregator>,
@@ -153,7 +162,7 @@ async fn store_batch(
     // Raw events and metric partials are independent writes (each is idempotent on replay), so
     // they go to the store at the same time; the batch is acknowledged once both are durable.
     let partials = async {
-        let Some(agg) = aggregator else { return Ok(()) };
+        let Some(agg) = aggregator else { return anyhow::Ok(Vec::new()) };
         agg.forget(&batch.revoked);
         let mut partitions: Vec<i32> = batch.sources.iter().map(|s| s.0).collect();
         if batch.sources.is_empty() && !batch.events.is_empty() {
@@ -166,11 +175,19 @@ async fn store_batch(
         }
         agg.apply(&batch.events, &batch.sources);
         let dirty = agg.take_dirty();
-        with_retry(stats, stop, batch.events.len(), || store.write_panes(&dirty)).await
+        with_retry(stats, stop, batch.events.len(), || store.write_panes(&dirty)).await?;
+        Ok(agg.take_late())
     };
-    let (outcome, partials) = tokio::join!(raw, partials);
+    let (outcome, late) = tokio::join!(raw, partials);
     let outcome = outcome?;
-    partials?;
+    let late = late?;
+    if !batch.dead.is_empty() || !late.is_empty() {
+        let dead: Vec<_> = batch.dead.iter().cloned().chain(late).collect();
+        with_retry(stats, stop, batch.events.len(), || store.write_dead_letters(&dead)).await?;
+        for d in &dead {
+            stats.dead_lettered(d);
+        }
+    }
     stats.stored(outcome.inserted, outcome.duplicates);
     stats.visible(batch.events.iter().map(|e| e.timestamp.timestamp_millis()));
     Ok(())

@@ -201,7 +201,7 @@ async fn view(state: &AppState, q: &RangeQuery) -> Value {
         },
         "metrics": metrics,
         "alerts": alerts_json(store).await,
-        "health": health_json(&stats, &reload, state.sources.stats.visible_latency_ms(), &state.sources.stats.lag()),
+        "health": health_json(&state.sources.stats, &reload),
     })
 }
 
@@ -252,8 +252,11 @@ fn bars(v: &Value) -> Vec<Value> {
     entries.into_iter().map(|(label, n)| json!({"label": label, "value": chart::short(n), "pct": (n / max * 100.0).round()})).collect()
 }
 
-fn health_json(s: &Snapshot, r: &ReloadStatus, latency: Option<(u64, u64)>, lag: &[(i32, i64)]) -> Value {
+fn health_json(stats: &Stats, r: &ReloadStatus) -> Value {
+    let (s, latency, lag) = (stats.snapshot(), stats.visible_latency_ms(), stats.lag());
+    let dead: serde_json::Map<String, Value> = stats.dead_letters().into_iter().filter(|d| d.1 > 0).map(|(r, n)| (r.as_str().to_string(), json!(n))).collect();
     json!({
+        "dead_letters": dead,
         "consumer_lag": lag.iter().map(|(p, l)| json!({"partition": p, "lag": l})).collect::<Vec<_>>(),
         "visible_latency_p50_ms": latency.map(|l| l.0), "visible_latency_p99_ms": latency.map(|l| l.1),
         "generated": s.generated, "delivered": s.delivered, "delivery_failed": s.delivery_failed,
@@ -337,7 +340,7 @@ async fn api_history(State(state): State<Shared>, UrlPath(name): UrlPath<String>
 async fn api_health(State(state): State<Shared>) -> Response {
     let reload = state.sources.reload.lock().unwrap().clone();
     let stats = &state.sources.stats;
-    Json(health_json(&stats.snapshot(), &reload, stats.visible_latency_ms(), &stats.lag())).into_response()
+    Json(health_json(stats, &reload)).into_response()
 }
 
 async fn api_alerts(State(state): State<Shared>) -> Response {
@@ -362,7 +365,7 @@ async fn prometheus(State(state): State<Shared>) -> Response {
     counter("messages_consumed_total", "Messages the consumer received.", s.consumed);
     counter("events_stored_total", "Events newly written to the store.", s.stored);
     counter("events_duplicate_total", "Replayed events the store already had.", s.duplicates);
-    counter("messages_rejected_total", "Messages that were not valid events.", s.rejected);
+    counter("messages_rejected_total", "Messages that were not usable events (dead-lettered).", s.rejected);
     counter("script_errors_total", "Events a metric script failed on.", s.script_errors);
     counter("late_events_total", "Events later than a metric's allowed lateness.", s.late_events);
     counter("store_retries_total", "Store writes retried.", s.store_retries);
@@ -371,6 +374,10 @@ async fn prometheus(State(state): State<Shared>) -> Response {
     counter("alert_errors_total", "Alert rule evaluations that failed.", s.alert_errors);
     counter("reloads_total", "Reloads applied.", r.reloads);
     counter("reload_failures_total", "Reloads rejected.", r.failures);
+    out.push_str("# HELP runner_dead_letters_total Messages stored as dead letters, by reason.\n# TYPE runner_dead_letters_total counter\n");
+    for (reason, n) in state.sources.stats.dead_letters() {
+        out.push_str(&format!("runner_dead_letters_total{{reason=\"{}\"}} {n}\n", reason.as_str()));
+    }
     let lag = state.sources.stats.lag();
     if !lag.is_empty() {
         out.push_str("# HELP runner_consumer_lag Messages behind the end of each assigned partition.\n# TYPE runner_consumer_lag gauge\n");

@@ -142,12 +142,7 @@ pub async fn start(pipeline: Pipeline, options: RunOptions, stop: CancellationTo
             false => None,
         };
         let s = match components.consumer {
-            true => Some(Box::new(kafka::KafkaSubscriber::new(
-                &config.kafka,
-                config.consumer.batch_size,
-                config.consumer.max_wait,
-                stats.clone(),
-            )?) as Box<dyn Subscriber>),
+            true => Some(Box::new(kafka::KafkaSubscriber::new(&config.kafka, &config.consumer, stats.clone())?) as Box<dyn Subscriber>),
             false => None,
         };
         (p, s)

@@ -16,6 +16,9 @@ pub struct ScriptLimits {
     pub max_string_size: usize,
     pub max_array_size: usize,
     pub max_map_size: usize,
+    /// Wall time one call may take, whatever its operation count (a call into a slow
+    /// built-in, or a machine under load).
+    pub max_call_time: std::time::Duration,
 }
 
 impl Default for ScriptLimits {
@@ -26,6 +29,7 @@ impl Default for ScriptLimits {
             max_string_size: 1 << 20,
             max_array_size: 1 << 20,
             max_map_size: 1 << 16,
+            max_call_time: std::time::Duration::from_secs(1),
         }
     }
 }
@@ -41,6 +45,17 @@ pub fn sandboxed_engine(limits: ScriptLimits) -> Engine {
     engine.set_max_array_size(limits.max_array_size);
     engine.set_max_map_size(limits.max_map_size);
     engine.set_max_expr_depths(64, 32);
+    // Rhai counts operations per call from 1, so the first report starts this call's clock.
+    let limit = limits.max_call_time;
+    engine.on_progress(move |ops| {
+        thread_local!(static STARTED: std::cell::Cell<std::time::Instant> = std::cell::Cell::new(std::time::Instant::now()));
+        if ops <= 1 {
+            STARTED.with(|s| s.set(std::time::Instant::now()));
+        } else if ops.is_multiple_of(1024) && STARTED.with(|s| s.get().elapsed()) > limit {
+            return Some(format!("the script ran longer than {limit:?} (max_call_time) and was stopped").into());
+        }
+        None
+    });
     engine
 }
 
@@ -66,7 +81,11 @@ impl ScriptError {
     /// An error raised while running `path`, positioned where Rhai says it happened.
     pub fn from_eval(path: &Path, err: &EvalAltResult) -> Self {
         // Rhai appends " (line N, position M)" to its Display; the position is reported separately.
-        let message = err.to_string();
+        let message = match err {
+            // Stopped by a limit of ours (max_call_time): the token says which.
+            EvalAltResult::ErrorTerminated(token, _) => token.to_string(),
+            other => other.to_string(),
+        };
         let message = match message.rfind(" (line ") {
             Some(cut) if message.ends_with(')') => message[..cut].to_string(),
             _ => message,
@@ -135,9 +154,34 @@ mod tests {
     }
 
     #[test]
-    fn scripts_cannot_import_modules() {
+    fn slow_call_is_stopped_by_the_time_limit() {
+        let limits = ScriptLimits { max_operations: u64::MAX / 2, max_call_time: std::time::Duration::from_millis(50), ..Default::default() };
+        let engine = sandboxed_engine(limits);
+        let t = std::time::Instant::now();
+        let err = engine.eval::<()>("loop { }").unwrap_err();
+        let err = ScriptError::from_eval(Path::new("s.rhai"), &err);
+        assert!(err.to_string().contains("max_call_time"), "{err}");
+        assert!(t.elapsed() < std::time::Duration::from_secs(2));
+        // The next call gets its own clock.
+        assert_eq!(engine.eval::<i64>("let n = 0; for i in 0..10000 { n += i } n").unwrap(), 49_995_000);
+    }
+
+    #[test]
+    fn huge_allocations_are_refused() {
+        let engine = sandboxed_engine(ScriptLimits::default());
+        assert!(engine.eval::<()>(r#"let s = "x"; loop { s += s; }"#).unwrap_err().to_string().contains("too large"));
+        assert!(engine.eval::<()>("let a = []; a.pad(100000000, 0);").is_err());
+        assert!(engine.eval::<()>("let m = #{}; for i in 0..1000000 { m[`k${i}`] = i; }").is_err());
+    }
+
+    #[test]
+    fn scripts_have_no_file_network_or_process_access() {
         let engine = sandboxed_engine(ScriptLimits::default());
         assert!(engine.eval::<()>(r#"import "/etc/passwd" as p;"#).is_err());
         assert!(engine.eval::<i64>(r#"eval("1")"#).is_err());
+        for call in [r#"open_file("/etc/passwd")"#, r#"read_file("/etc/passwd")"#, r#"system("id")"#, r#"http_get("http://127.0.0.1/")"#, r#"exec("ls")"#] {
+            let err = engine.eval::<rhai::Dynamic>(call).unwrap_err().to_string();
+            assert!(err.contains("Function not found"), "{call}: {err}");
+        }
     }
 }

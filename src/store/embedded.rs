@@ -4,6 +4,7 @@
 use super::{EventStore, InsertOutcome};
 use crate::aggregate::PaneRecord;
 use crate::alert::Notification;
+use crate::dead_letter::DeadLetter;
 use crate::config::de;
 use crate::event::Event;
 use anyhow::Context;
@@ -78,6 +79,12 @@ const SCHEMA: &str = "
         body TEXT NOT NULL
     );
     CREATE INDEX IF NOT EXISTS alerts_at ON alerts(at_ms);
+    CREATE TABLE IF NOT EXISTS dead_letters (
+        id TEXT PRIMARY KEY,
+        at_ms INTEGER NOT NULL,
+        reason TEXT NOT NULL,
+        body TEXT NOT NULL
+    );
 ";
 
 impl EmbeddedStore {
@@ -275,5 +282,38 @@ impl EventStore for EmbeddedStore {
             })
             .await?;
         bodies.iter().map(|b| serde_json::from_str(b).context("a stored alert is malformed")).collect()
+    }
+
+    async fn write_dead_letters(&self, letters: &[DeadLetter]) -> anyhow::Result<()> {
+        let rows = letters
+            .iter()
+            .map(|d| Ok((d.id.clone(), d.at.timestamp_millis(), d.reason.as_str(), serde_json::to_string(d)?)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        self.with_conn(move |conn| {
+            let tx = conn.transaction()?;
+            {
+                let mut stmt = tx.prepare_cached("INSERT OR IGNORE INTO dead_letters (id, at_ms, reason, body) VALUES (?1, ?2, ?3, ?4)")?;
+                for r in &rows {
+                    stmt.execute(params![r.0, r.1, r.2, r.3])?;
+                }
+            }
+            tx.commit()
+        })
+        .await
+    }
+
+    async fn dead_letters(&self, limit: usize) -> anyhow::Result<Vec<DeadLetter>> {
+        let bodies = self
+            .with_conn(move |c| {
+                let mut stmt = c.prepare_cached("SELECT body FROM dead_letters ORDER BY at_ms DESC, rowid DESC LIMIT ?1")?;
+                let rows = stmt.query_map([limit as i64], |r| r.get::<_, String>(0))?;
+                rows.collect::<rusqlite::Result<Vec<String>>>()
+            })
+            .await?;
+        bodies.iter().map(|b| serde_json::from_str(b).context("a stored dead letter is malformed")).collect()
+    }
+
+    async fn count_dead_letters(&self) -> anyhow::Result<u64> {
+        self.with_conn(|c| c.query_row("SELECT COUNT(*) FROM dead_letters", [], |r| r.get::<_, i64>(0))).await.map(|n| n as u64)
     }
 }

@@ -6,6 +6,7 @@ pub mod mongo;
 
 use crate::aggregate::PaneRecord;
 use crate::alert::Notification;
+use crate::dead_letter::DeadLetter;
 use crate::config::PipelineConfig;
 use crate::event::Event;
 use async_trait::async_trait;
@@ -45,6 +46,12 @@ pub trait EventStore: Send + Sync {
     async fn record_alert(&self, notification: &Notification) -> anyhow::Result<()>;
     /// The latest `limit` notifications, newest first.
     async fn recent_alerts(&self, limit: usize) -> anyhow::Result<Vec<Notification>>;
+    /// Stores messages the pipeline could not use; one already stored (same id) is kept once.
+    async fn write_dead_letters(&self, letters: &[DeadLetter]) -> anyhow::Result<()>;
+    /// The latest `limit` dead letters, newest first.
+    async fn dead_letters(&self, limit: usize) -> anyhow::Result<Vec<DeadLetter>>;
+    /// How many dead letters are stored.
+    async fn count_dead_letters(&self) -> anyhow::Result<u64>;
 }
 
 /// Opens the store the pipeline names: MongoDB, or the embedded store when the uri is `embedded`.

@@ -4,6 +4,7 @@
 use super::{EventStore, InsertOutcome};
 use crate::aggregate::PaneRecord;
 use crate::alert::Notification;
+use crate::dead_letter::DeadLetter;
 use std::future::IntoFuture;
 use crate::config::de;
 use crate::event::Event;
@@ -37,6 +38,9 @@ pub struct MongoConfig {
     /// Collection of alert rule state (pending and firing instances), so a restart re-sends nothing.
     #[serde(default = "default_alert_state")]
     pub alert_state_collection: String,
+    /// Collection of messages the pipeline could not use, with the reason.
+    #[serde(default = "default_dead_letters")]
+    pub dead_letter_collection: String,
     /// How long raw events are kept (a TTL index on timestamp); unset keeps them forever.
     #[serde(default, deserialize_with = "de::optional_duration")]
     pub retention: Option<Duration>,
@@ -56,6 +60,9 @@ fn default_alerts() -> String {
 }
 fn default_alert_state() -> String {
     "alert_state".into()
+}
+fn default_dead_letters() -> String {
+    "dead_letters".into()
 }
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(60)
@@ -102,6 +109,7 @@ pub struct MongoStore {
     panes: Collection<Document>,
     alerts: Collection<Document>,
     alert_state: Collection<Document>,
+    dead_letters: Collection<Document>,
     described: String,
 }
 
@@ -154,6 +162,7 @@ impl MongoStore {
             panes,
             alerts,
             alert_state: db.collection::<Document>(&config.alert_state_collection),
+            dead_letters: db.collection::<Document>(&config.dead_letter_collection),
             described: format!("MongoDB {shown} database {:?} collection {:?}", config.database, config.raw_collection),
         })
     }
@@ -325,6 +334,58 @@ impl EventStore for MongoStore {
             .map(|d| Ok(serde_json::from_str(d.get_str("notification")?)?))
             .collect::<anyhow::Result<Vec<_>>>()
             .context("a stored alert is malformed")
+    }
+
+    async fn write_dead_letters(&self, letters: &[DeadLetter]) -> anyhow::Result<()> {
+        if letters.is_empty() {
+            return Ok(());
+        }
+        let docs = letters
+            .iter()
+            .map(|d| {
+                Ok(doc! {
+                    "_id": &d.id,
+                    "reason": d.reason.as_str(),
+                    "detail": &d.detail,
+                    "partition": d.partition,
+                    "offset": d.offset,
+                    "at": bson::DateTime::from_millis(d.at.timestamp_millis()),
+                    // The whole letter as JSON text too: the payload is arbitrary bytes made text.
+                    "letter": serde_json::to_string(d)?,
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        match self.dead_letters.insert_many(docs).ordered(false).await {
+            Ok(_) => Ok(()),
+            Err(e) => match *e.kind {
+                ErrorKind::InsertMany(ref f)
+                    if f.write_concern_error.is_none() && f.write_errors.as_deref().unwrap_or(&[]).iter().all(|w| w.code == DUPLICATE_KEY) =>
+                {
+                    Ok(())
+                }
+                _ => Err(anyhow::Error::new(e).context("MongoDB dead letter write failed")),
+            },
+        }
+    }
+
+    async fn dead_letters(&self, limit: usize) -> anyhow::Result<Vec<DeadLetter>> {
+        let docs: Vec<Document> = self
+            .dead_letters
+            .find(doc! {})
+            .sort(doc! {"at": -1})
+            .limit(limit as i64)
+            .await
+            .context("MongoDB dead letter read failed")?
+            .try_collect()
+            .await?;
+        docs.iter()
+            .map(|d| Ok(serde_json::from_str(d.get_str("letter")?)?))
+            .collect::<anyhow::Result<Vec<_>>>()
+            .context("a stored dead letter is malformed")
+    }
+
+    async fn count_dead_letters(&self) -> anyhow::Result<u64> {
+        Ok(self.dead_letters.count_documents(doc! {}).await.context("MongoDB count failed")?)
     }
 }
 

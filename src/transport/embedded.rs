@@ -79,7 +79,7 @@ impl Subscriber for EmbeddedSubscriber {
             }
         }
         self.stats.consumed(events.len());
-        Ok(Poll::Batch(Batch { events, sources: Vec::new(), revoked: Vec::new(), rejected: 0, checkpoint: Checkpoint::default() }))
+        Ok(Poll::Batch(Batch { events, sources: Vec::new(), revoked: Vec::new(), dead: Vec::new(), checkpoint: Checkpoint::default() }))
     }
 
     fn acknowledger(&self) -> Arc<dyn Acknowledge> {

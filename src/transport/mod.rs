@@ -7,6 +7,7 @@
 pub mod embedded;
 pub mod kafka;
 
+use crate::dead_letter::DeadLetter;
 use crate::event::Event;
 use async_trait::async_trait;
 use std::sync::Arc;
@@ -53,8 +54,9 @@ pub struct Batch {
     pub sources: Vec<(i32, i64)>,
     /// Partitions taken away from this consumer since the previous batch.
     pub revoked: Vec<i32>,
-    /// Messages skipped as invalid in this batch (already reported); they are acknowledged too.
-    pub rejected: usize,
+    /// Messages that are not usable events, to be stored as dead letters with the batch (their
+    /// offsets are in the checkpoint: once stored, they are acknowledged like the events).
+    pub dead: Vec<DeadLetter>,
     pub checkpoint: Checkpoint,
 }
 

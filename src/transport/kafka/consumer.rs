@@ -3,7 +3,8 @@
 //! offsets in the background, on rebalance, and at close.
 
 use super::KafkaConfig;
-use crate::event::Event;
+use crate::consumer::ConsumerConfig;
+use crate::dead_letter::{DeadLetter, Validation};
 use crate::telemetry::Stats;
 use crate::transport::{Acknowledge, Batch, Checkpoint, Poll, Subscriber};
 use anyhow::Context;
@@ -61,6 +62,7 @@ pub struct KafkaSubscriber {
     topic: String,
     batch_size: usize,
     max_wait: Duration,
+    validation: Validation,
     stats: Arc<Stats>,
     /// Stops the lag sampler at close.
     sampler: tokio_util::sync::CancellationToken,
@@ -72,7 +74,8 @@ const LAG_EVERY: Duration = Duration::from_secs(2);
 
 impl KafkaSubscriber {
     /// Joins the group and subscribes to the topic.
-    pub fn new(config: &KafkaConfig, batch_size: usize, max_wait: Duration, stats: Arc<Stats>) -> anyhow::Result<Self> {
+    pub fn new(config: &KafkaConfig, consuming: &ConsumerConfig, stats: Arc<Stats>) -> anyhow::Result<Self> {
+        let (batch_size, max_wait, validation) = (consuming.batch_size, consuming.max_wait, consuming.validation.clone());
         let consumer: GroupConsumer = config
             .consumer_config()
             .create_with_context(GroupEvents::default())
@@ -83,17 +86,13 @@ impl KafkaSubscriber {
         let consumer = Arc::new(consumer);
         let sampler = tokio_util::sync::CancellationToken::new();
         let sampler_task = tokio::spawn(sample_lag(consumer.clone(), config.topic.clone(), stats.clone(), sampler.clone()));
-        Ok(KafkaSubscriber { consumer, topic: config.topic.clone(), batch_size: batch_size.max(1), max_wait, stats, sampler, sampler_task })
+        Ok(KafkaSubscriber { consumer, topic: config.topic.clone(), batch_size: batch_size.max(1), max_wait, validation, stats, sampler, sampler_task })
     }
 
     fn decode(&self, msg: &BorrowedMessage<'_>, batch: &mut Batch) {
         let (partition, offset) = (msg.partition(), msg.offset());
         batch.checkpoint.include(partition, offset);
-        let decoded = match msg.payload() {
-            None => Err("empty message".to_string()),
-            Some(bytes) => Event::from_json(bytes).map_err(|e| format!("not a valid event: {e}")),
-        };
-        match decoded {
+        match self.validation.decode(msg.payload()) {
             Ok(mut event) => {
                 if event.event_id.is_empty() {
                     // Published by another producer: an id from its position makes its replays harmless too.
@@ -102,9 +101,9 @@ impl KafkaSubscriber {
                 batch.events.push(event);
                 batch.sources.push((partition, offset));
             }
-            Err(reason) => {
-                batch.rejected += 1;
-                self.stats.rejected(partition, offset, &reason);
+            Err((reason, detail)) => {
+                let id = format!("{}:{partition}:{offset}", self.topic);
+                batch.dead.push(DeadLetter::new(id, reason, detail, (partition, offset), msg.payload().unwrap_or_default()));
             }
         }
     }
@@ -127,7 +126,7 @@ impl Subscriber for KafkaSubscriber {
             events: Vec::with_capacity(self.batch_size),
             sources: Vec::with_capacity(self.batch_size),
             revoked: std::mem::take(&mut *consumer.context().revoked.lock().unwrap()),
-            rejected: 0,
+            dead: Vec::new(),
             checkpoint: Checkpoint::default(),
         };
         self.decode(&first, &mut batch);
