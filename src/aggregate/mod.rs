@@ -156,8 +156,10 @@ struct Cell {
 #[derive(Default)]
 struct MetricState {
     cells: BTreeMap<(i64, i32), Cell>,
-    /// Newest event time seen (event-time metrics).
-    watermark: i64,
+    /// Newest event time seen per partition (event-time metrics). Per partition, because
+    /// partitions are read at different speeds: after a restart one may replay minutes of
+    /// backlog while another is current, and neither is late.
+    watermarks: HashMap<i32, i64>,
 }
 
 /// The consumer's aggregation state: applies batches, hands out changed partials to persist.
@@ -173,7 +175,7 @@ pub struct Aggregator {
 
 impl Aggregator {
     pub fn new(set: Arc<MetricSet>, stats: Arc<Stats>) -> Aggregator {
-        let states = set.metrics.iter().map(|_| MetricState { watermark: i64::MIN, ..Default::default() }).collect();
+        let states = set.metrics.iter().map(|_| MetricState::default()).collect();
         Aggregator { set, stats, states, loaded: HashMap::new(), late: Vec::new() }
     }
 
@@ -189,11 +191,10 @@ impl Aggregator {
             .set
             .metrics
             .iter()
-            .zip(&self.states)
-            .map(|(m, st)| {
+            .map(|m| {
                 let t = match m.config.time {
-                    TimeMode::Event if st.watermark == i64::MIN => min_ts,
-                    TimeMode::Event => min_ts.min(st.watermark),
+                    // A partition not loaded yet has no watermark here: its events set the reach.
+                    TimeMode::Event => min_ts,
                     TimeMode::Processing => chrono::Utc::now().timestamp_millis(),
                 };
                 t.saturating_sub(m.config.lateness.as_millis() as i64 + m.window.slide_ms)
@@ -243,7 +244,7 @@ impl Aggregator {
                     tracing::info!(metric = m.name(), "metric reloaded; window state kept");
                 }
                 None => {
-                    self.states.push(MetricState { watermark: i64::MIN, ..Default::default() });
+                    self.states.push(MetricState::default());
                     if old_names.contains(m.name()) {
                         tracing::info!(metric = m.name(), "metric redefined (reducer, window or grouping changed); its state starts fresh");
                     } else {
@@ -267,9 +268,22 @@ impl Aggregator {
         &self.set
     }
 
-    /// The late events found since the last call, as dead letters.
+    /// The late events found since the last call, as dead letters: one per event (stored raw),
+    /// naming every metric that left it out.
     pub fn take_late(&mut self) -> Vec<DeadLetter> {
-        std::mem::take(&mut self.late)
+        let mut by_id: BTreeMap<String, DeadLetter> = BTreeMap::new();
+        for d in self.late.drain(..) {
+            match by_id.get_mut(&d.id) {
+                Some(first) => {
+                    first.detail.push_str("; ");
+                    first.detail.push_str(&d.detail);
+                }
+                None => {
+                    by_id.insert(d.id.clone(), d);
+                }
+            }
+        }
+        by_id.into_values().collect()
     }
 
     /// Forgets partitions this process no longer owns; another consumer continues their state.
@@ -278,6 +292,7 @@ impl Aggregator {
             self.loaded.remove(p);
             for st in &mut self.states {
                 st.cells.retain(|(_, part), _| part != p);
+                st.watermarks.remove(p);
             }
         }
     }
@@ -296,16 +311,17 @@ impl Aggregator {
                     TimeMode::Event => e.timestamp.timestamp_millis(),
                     TimeMode::Processing => now,
                 };
-                if st.watermark != i64::MIN && t < st.watermark - lateness {
-                    let behind = st.watermark - t;
+                let watermark = st.watermarks.entry(partition).or_insert(i64::MIN);
+                if *watermark != i64::MIN && t < *watermark - lateness {
+                    let behind = *watermark - t;
                     self.stats.late_event(m.name(), &e.event_id, behind);
                     let mut json = Vec::new();
                     e.write_json(&mut json);
-                    let detail = format!("{behind} ms behind metric {:?}'s newest event (lateness {:?}); stored raw, left out of that metric", m.name(), m.config.lateness);
-                    self.late.push(DeadLetter::new(format!("late:{}:{}", m.name(), e.event_id), Reason::Late, detail, (partition, offset), &json));
+                    let detail = format!("{behind} ms behind the newest event of its partition for metric {:?} (lateness {:?})", m.name(), m.config.lateness);
+                    self.late.push(DeadLetter::new(format!("late:{}", e.event_id), Reason::Late, detail, (partition, offset), &json));
                     continue;
                 }
-                st.watermark = st.watermark.max(t);
+                *watermark = (*watermark).max(t);
                 let key = (m.window.pane_of(t), partition);
                 let cell = match st.cells.get_mut(&key) {
                     Some(c) => c,
@@ -347,8 +363,11 @@ impl Aggregator {
                 });
             }
             // Panes no event can reach any more are only needed in the store.
-            let horizon = st.watermark.saturating_sub(m.window.size_ms + m.config.lateness.as_millis() as i64 + m.window.slide_ms);
-            st.cells.retain(|(pane, _), c| c.dirty || *pane >= horizon);
+            let reach = m.window.size_ms + m.config.lateness.as_millis() as i64 + m.window.slide_ms;
+            let watermarks = &st.watermarks;
+            st.cells.retain(|(pane, partition), c| {
+                c.dirty || *pane >= watermarks.get(partition).copied().unwrap_or(i64::MIN).saturating_sub(reach)
+            });
         }
         out
     }
@@ -401,6 +420,16 @@ mod tests {
     }
 
     #[test]
+    fn partitions_have_their_own_watermark() {
+        let (mut agg, stats) = aggregator(10);
+        // Partition 1 replays old events while partition 0 is current: neither is late.
+        agg.apply(&[event("a", "x", 100), event("b", "x", 20)], &[(0, 1), (1, 1)]);
+        assert_eq!(stats.snapshot().late_events, 0);
+        agg.apply(&[event("c", "x", 5)], &[(1, 2)]);
+        assert_eq!(stats.snapshot().late_events, 1, "15 s behind its own partition is late");
+    }
+
+    #[test]
     fn out_of_order_within_lateness_counts_and_later_is_late() {
         let (mut agg, stats) = aggregator(10);
         let events = [event("a", "x", 30), event("b", "x", 22), event("c", "y", 5)];
@@ -412,6 +441,11 @@ mod tests {
             .sum();
         assert_eq!(total, 2, "8 s out of order counts; 25 s behind is late");
         assert_eq!(stats.snapshot().late_events, 1);
+        let late = agg.take_late();
+        assert_eq!(late.len(), 1, "one dead letter for the late event");
+        assert_eq!((late[0].id.as_str(), late[0].reason), ("late:c", Reason::Late));
+        assert!(late[0].payload.contains("\"event_id\":\"c\""), "{}", late[0].payload);
+        assert!(agg.take_late().is_empty());
         let panes: Vec<i64> = dirty.iter().map(|r| r.pane_start).collect();
         assert_eq!(panes, vec![1_000_020_000, 1_000_030_000], "each event touches its own pane");
     }

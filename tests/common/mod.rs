@@ -2,6 +2,8 @@
 //! and the shipped pipeline file loaded with test-specific settings.
 #![allow(dead_code)]
 
+pub mod recompute;
+
 use runner::config::Pipeline;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

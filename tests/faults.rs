@@ -1,0 +1,290 @@
+//! Faults and bad input on real services: garbage on the topic, runaway scripts, and SIGKILL of
+//! the runner, the broker and the database mid-stream. Nothing accepted may be lost or stored
+//! twice. Each test prints one `fault:` line (produced, stored, duplicates, dead letters,
+//! recovery time) for the performance and fault report.
+
+mod common;
+
+use common::{free_port, recompute::assert_metrics_match, ServicePipeline};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::ClientConfig;
+use runner::dead_letter::Reason;
+use runner::pipeline::{self, Components, RunOptions};
+use runner::store::{self, EventStore};
+use std::collections::HashSet;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+fn report(fault: &str, produced: u64, stored: u64, duplicates: u64, dead: u64, recovery: Option<Duration>) {
+    let recovery = recovery.map_or("-".to_string(), |d| format!("{:.1}s", d.as_secs_f64()));
+    println!("fault: {fault} | produced {produced} | stored {stored} | duplicates skipped {duplicates} | dead letters {dead} | recovery {recovery}");
+}
+
+/// Messages in the topic: the sum of every partition's high watermark.
+fn topic_messages(bootstrap: &str, topic: &str, partitions: i32) -> u64 {
+    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap();
+    (0..partitions).map(|p| c.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap().1 as u64).sum()
+}
+
+async fn distinct_ids(store: &dyn EventStore) -> (usize, usize) {
+    let events = store.all_events().await.unwrap();
+    let ids: HashSet<String> = events.iter().map(|e| e.event_id.clone()).collect();
+    (events.len(), ids.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_goes_to_dead_letter() {
+    let mut sp = common::service_pipeline("garbage");
+    let v = &mut sp.pipeline.config.consumer.validation;
+    v.max_event_bytes = 10_000;
+    v.interaction_types = ["view", "click", "add_to_cart", "purchase", "share"].iter().map(|s| s.to_string()).collect();
+    let admin = runner::transport::kafka::connect(&sp.pipeline.config.kafka).await.unwrap();
+    runner::transport::kafka::ensure_topic(&admin, &sp.pipeline.config.kafka).await.unwrap();
+
+    let producer: ThreadedProducer<DefaultProducerContext> =
+        ClientConfig::new().set("bootstrap.servers", common::kafka()).create().unwrap();
+    let good = 500u32;
+    let now = chrono::Utc::now().to_rfc3339();
+    for i in 0..good {
+        let e = format!(r#"{{"event_id":"good-{i}","user_id":"user_{}","item_id":"item_{}","interaction_type":"view","timestamp":"{now}"}}"#, i % 17, i % 11);
+        producer.send(BaseRecord::to(&sp.topic).key(&format!("k{i}")).payload(&e)).unwrap();
+    }
+    let huge = format!(r#"{{"user_id":"u","pad":"{}"}}"#, "x".repeat(50_000));
+    let bad: Vec<(&[u8], Reason)> = vec![
+        (b"this is not json", Reason::NotJson),
+        (br#"{"user_id": 5, "item_id": "item_1", "interaction_type": "view", "timestamp": "2026-01-01T00:00:00Z"}"#, Reason::InvalidEvent),
+        (br#"{"item_id": "item_1", "interaction_type": "view"}"#, Reason::InvalidEvent),
+        (huge.as_bytes(), Reason::TooLarge),
+        (b"{\"user_id\": \"\xff\xfe\"}", Reason::InvalidUtf8),
+        (b"", Reason::Empty),
+        (br#"{"user_id": "u", "item_id": "i", "interaction_type": "hover", "timestamp": "2026-01-01T00:00:00Z"}"#, Reason::FailedValidation),
+    ];
+    for (payload, _) in &bad {
+        producer.send(BaseRecord::to(&sp.topic).key("bad").payload(*payload)).unwrap();
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
+
+    let summary = common::run_pipeline(&sp, Components::CONSUMER, None, CancellationToken::new()).await;
+    assert_eq!(summary.stats.stored, good as u64, "every good event is stored");
+    assert_eq!(summary.stats.rejected, bad.len() as u64);
+    let store = store::open(&sp.pipeline.config).await.unwrap();
+    assert_eq!(store.count_events().await.unwrap(), good as u64);
+    let letters = store.dead_letters(100).await.unwrap();
+    let mut got: Vec<Reason> = letters.iter().map(|d| d.reason).collect();
+    let mut want: Vec<Reason> = bad.iter().map(|b| b.1).collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "each bad message is a dead letter with its reason: {letters:#?}");
+    for d in &letters {
+        assert!(d.id.starts_with(&format!("{}:{}:", sp.topic, d.partition)) && d.offset >= 0, "{d:?}");
+        assert!(!d.detail.is_empty());
+    }
+    let big = letters.iter().find(|d| d.reason == Reason::TooLarge).unwrap();
+    assert_eq!(big.payload_bytes, huge.len());
+    assert!(big.payload.len() <= runner::dead_letter::KEEP_BYTES);
+
+    // Consuming the same messages again (offsets reset) keeps one dead letter per message.
+    common::reset_group_offsets(&sp);
+    let again = common::run_pipeline(&sp, Components::CONSUMER, None, CancellationToken::new()).await;
+    assert_eq!(again.stats.duplicates, good as u64);
+    assert_eq!(store.count_dead_letters().await.unwrap(), bad.len() as u64);
+    report("garbage on the topic (7 kinds)", good as u64 + bad.len() as u64, summary.stats.stored, again.stats.duplicates, bad.len() as u64, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runaway_script_is_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let scripts = dir.path().join("scripts");
+    std::fs::create_dir_all(&scripts).unwrap();
+    std::fs::write(scripts.join("spin.rhai"), "fn spin(e) { loop { } }\n#{ filter: Fn(\"spin\") }").unwrap();
+    std::fs::write(scripts.join("hog.rhai"), "fn hog(e) { let s = \"x\"; loop { s += s; } }\n#{ filter: Fn(\"hog\") }").unwrap();
+    let mut p = common::embedded_pipeline(&dir.path().join("data"));
+    for (name, file) in [("spin", "spin.rhai"), ("hog", "hog.rhai")] {
+        let mut m = p.config.metrics[0].clone();
+        m.name = name.into();
+        m.script = scripts.join(file);
+        m.reducer = runner::aggregate::ReducerKind::Count;
+        p.config.metrics.push(m);
+    }
+    let n = 300;
+    let t = Instant::now();
+    let summary = pipeline::run(&p, RunOptions { max_events: Some(n), ..Default::default() }, CancellationToken::new()).await.unwrap();
+    let took = t.elapsed();
+    assert_eq!(summary.stats.stored, n, "the pipeline kept storing");
+    assert_eq!(summary.stats.script_errors, 2 * n, "both scripts failed on every event, and were stopped each time");
+    assert!(took < Duration::from_secs(60), "runaway scripts did not stall the pipeline: {took:?}");
+    let store = store::open(&p.config).await.unwrap();
+    let set = runner::aggregate::MetricSet::load(&p.config.metrics).unwrap();
+    let values = set.read_all(&*store, chrono::Utc::now().timestamp_millis()).await.unwrap();
+    let active = values.iter().find(|v| v.name == "active_users").unwrap();
+    assert!(active.value.as_u64().unwrap() > 0, "the other metrics still count");
+    println!("{n} events through two runaway scripts in {took:?}");
+}
+
+/// The `runner` binary on the test services, generating and consuming.
+fn spawn_runner(sp: &ServicePipeline, log: &Path) -> Child {
+    let log = std::fs::File::create(log).unwrap();
+    common::runner()
+        .args(["run", common::shipped_pipeline().to_str().unwrap(), "--components", "generator,consumer"])
+        .env("KAFKA_BOOTSTRAP_SERVERS", common::kafka())
+        .env("MONGODB_CONNECTION_STRING", common::mongodb())
+        .env("KAFKA_TOPIC", &sp.topic)
+        .env("KAFKA_CONSUMER_GROUP", &sp.group)
+        .env("MONGODB_DATABASE", &sp.database)
+        .env("DEFAULT_GENERATION_RATE", "3000")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+fn kill9(child: &mut Child) {
+    // SIGKILL: no shutdown code runs, exactly like a crash or an OOM kill.
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runner_killed_mid_stream_loses_nothing() {
+    let sp = common::service_pipeline("killed");
+    let dir = tempfile::tempdir().unwrap();
+    // Kill at different moments of the batch cycle: soon after start, mid-stream, and later.
+    for (round, after_ms) in [2_500u64, 4_100, 3_300].into_iter().enumerate() {
+        let mut child = spawn_runner(&sp, &dir.path().join(format!("run{round}.log")));
+        tokio::time::sleep(Duration::from_millis(after_ms)).await;
+        kill9(&mut child);
+    }
+    let produced = topic_messages(&common::kafka(), &sp.topic, sp.pipeline.config.kafka.partitions);
+    assert!(produced > 1_000, "the killed runs produced events: {produced}");
+
+    // A final consumer picks up from the committed offsets, once the killed members' sessions
+    // (session.timeout.ms = 6 s) have expired and it holds every partition.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let t = Instant::now();
+    let summary = common::run_pipeline(&sp, Components::CONSUMER, None, CancellationToken::new()).await;
+    let store = store::open(&sp.pipeline.config).await.unwrap();
+    let (rows, distinct) = distinct_ids(&*store).await;
+    assert_eq!(rows, distinct, "no event stored twice");
+    assert_eq!(rows as u64, produced, "every event that reached Kafka is stored exactly once");
+    assert_metrics_match(&sp, produced).await;
+    report("runner SIGKILLed 3 times", produced, rows as u64, summary.stats.duplicates, 0, Some(t.elapsed()));
+}
+
+/// A service process of our own (so killing it does not disturb other tests), restartable on
+/// the same port and data.
+struct Service {
+    name: &'static str,
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Service {
+    async fn tansu() -> Service {
+        let mut s = Service { name: "tansu", port: free_port(), dir: tempfile::tempdir().unwrap(), child: None };
+        s.start().await;
+        s
+    }
+
+    async fn secantus() -> Service {
+        let mut s = Service { name: "secantusd-rs", port: free_port(), dir: tempfile::tempdir().unwrap(), child: None };
+        s.start().await;
+        s
+    }
+
+    async fn start(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("log")).unwrap();
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let mut cmd = Command::new(self.name);
+        match self.name {
+            "tansu" => cmd
+                .current_dir(self.dir.path())
+                .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "sqlite://tansu.db"]),
+            _ => cmd.args(["--host", "127.0.0.1", "--port", &self.port.to_string(), "--storage-path"]).arg(self.dir.path().join("data")),
+        };
+        self.child = Some(cmd.stdout(Stdio::null()).stderr(log).spawn().unwrap_or_else(|e| panic!("cannot start {} ({e})", self.name)));
+        common::wait_for_port(self.port).await;
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            kill9(&mut c);
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs generator and consumer in this process, kills `service` after `kill_after`, restarts it
+/// `down_for` later, and waits for the run to finish; returns the run and the recovery time
+/// (restart to the first batch stored after it).
+async fn run_through_outage(p: &runner::config::Pipeline, events: u64, service: &mut Service) -> (runner::pipeline::RunSummary, Duration) {
+    let stop = CancellationToken::new();
+    let guard = stop.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(150)).await;
+        guard.cancel();
+    });
+    let mut p = p.clone();
+    p.config.generator.rate = 2_000.0;
+    let options = RunOptions { max_events: Some(events), idle_exit: Some(Duration::from_secs(3)), ..Default::default() };
+    let running = pipeline::start(p, options, stop).await.unwrap();
+    let stats = running.stats.clone();
+    let t = Instant::now();
+    while stats.snapshot().stored < 2_000 {
+        assert!(t.elapsed() < Duration::from_secs(60), "nothing stored before the outage");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    service.kill();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let stored_at_restart = stats.snapshot().stored;
+    service.start().await;
+    let restarted = Instant::now();
+    let recovery = loop {
+        if stats.snapshot().stored > stored_at_restart {
+            break restarted.elapsed();
+        }
+        assert!(restarted.elapsed() < Duration::from_secs(90), "nothing stored within 90 s of the restart");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    (running.wait().await.expect("the run survives the outage"), recovery)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongodb_killed_mid_stream_loses_nothing() {
+    let mut mongo = Service::secantus().await;
+    let mut sp = common::service_pipeline("mongo_killed");
+    sp.pipeline.config.mongodb.uri = format!("mongodb://127.0.0.1:{}", mongo.port);
+    let events = 20_000;
+    let (summary, recovery) = run_through_outage(&sp.pipeline, events, &mut mongo).await;
+    assert!(summary.stats.store_retries > 0, "the outage was noticed and retried");
+    let store = store::open(&sp.pipeline.config).await.unwrap();
+    let (rows, distinct) = distinct_ids(&*store).await;
+    assert_eq!(rows, distinct, "no event stored twice");
+    assert_eq!(rows as u64, events, "every produced event is stored");
+    assert_metrics_match(&sp, events).await;
+    report("MongoDB SIGKILLed for 4 s", events, rows as u64, summary.stats.duplicates, summary.stats.rejected, Some(recovery));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_killed_mid_stream_loses_nothing() {
+    let mut broker = Service::tansu().await;
+    let mut sp = common::service_pipeline("broker_killed");
+    sp.pipeline.config.kafka.bootstrap_servers = format!("127.0.0.1:{}", broker.port);
+    let events = 20_000;
+    let (summary, recovery) = run_through_outage(&sp.pipeline, events, &mut broker).await;
+    assert_eq!(summary.stats.delivery_failed, 0, "the producer waited and retried instead of dropping");
+    let store = store::open(&sp.pipeline.config).await.unwrap();
+    let (rows, distinct) = distinct_ids(&*store).await;
+    assert_eq!(rows, distinct, "no event stored twice");
+    assert_eq!(rows as u64, events, "every produced event is stored");
+    report("Kafka broker SIGKILLed for 4 s", events, rows as u64, summary.stats.duplicates, summary.stats.rejected, Some(recovery));
+}
