@@ -72,10 +72,16 @@ pub struct StopWhen {
     /// Stop once nothing arrived for this long, counted only after `producers_done` fires.
     pub idle: Option<Duration>,
     pub producers_done: CancellationToken,
+    /// Finish up: read until caught up and idle for a moment, store, commit, return (a reload
+    /// is moving the consumer to new settings; whatever is left is read by the next one).
+    pub drain: CancellationToken,
 }
 
 /// How long a consumer that has not caught up waits for data before idleness ends it.
 const NOT_CAUGHT_UP_IDLE: Duration = Duration::from_secs(30);
+
+/// How long a draining consumer waits for more after catching up.
+const DRAIN_IDLE: Duration = Duration::from_millis(500);
 
 /// How often the reader checks for stop and idleness while nothing arrives.
 const POLL_WAIT: Duration = Duration::from_millis(100);
@@ -112,8 +118,10 @@ pub async fn run(
                     // (no partitions, broker gone) still ends, later.
                     let caught_up = subscriber.caught_up();
                     let limit = |idle: Duration| if caught_up { idle } else { idle.max(NOT_CAUGHT_UP_IDLE) };
-                    let idle_over = reader_until.idle.is_some_and(|idle| {
-                        reader_until.producers_done.is_cancelled() && last_data.elapsed() >= limit(idle)
+                    let draining = reader_until.drain.is_cancelled();
+                    let idle = if draining { Some(DRAIN_IDLE) } else { reader_until.idle };
+                    let idle_over = idle.is_some_and(|idle| {
+                        (draining || reader_until.producers_done.is_cancelled()) && last_data.elapsed() >= limit(idle)
                     });
                     if idle_over {
                         break Ok(());

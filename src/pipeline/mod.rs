@@ -3,18 +3,20 @@
 //! Everything that can fail on bad input (config, scripts, connections) is checked before any
 //! event is generated, so a bad setup never half-starts the pipeline.
 
-use crate::aggregate::{Aggregator, MetricSet};
+mod reconnect;
+
+use crate::aggregate::MetricSet;
 use crate::alert::AlertSet;
-use crate::config::Pipeline;
-use crate::consumer::{self, StopWhen};
+use crate::config::{Pipeline, PipelineConfig};
+use crate::consumer::StopWhen;
 use crate::generator::{Generator, GeneratorScript, Pacer};
 use crate::reload::{self, GeneratorLive, Live, ReloadStatus, WatchOptions};
-use crate::store::{self, EventStore};
+use crate::store::{self, EventStore, Switchable};
 use crate::telemetry::{self, Snapshot, Stats};
 use crate::transport::{embedded, kafka, Publisher, Subscriber};
 use anyhow::{bail, Context};
 use std::sync::{Arc, Mutex};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -123,30 +125,12 @@ pub async fn start(pipeline: Pipeline, options: RunOptions, stop: CancellationTo
     let alerts = Arc::new(AlertSet::load(&config.alerting, &config.alerts, &pipeline.path)?);
 
     let stats = Stats::new();
-    let store: Option<Arc<dyn EventStore>> = match components.consumer || components.dashboard {
-        true => Some(store::open(config).await?),
+    let store: Option<Arc<Switchable>> = match components.consumer || components.dashboard {
+        true => Some(Switchable::new(store::open(config).await?)),
         false => None,
     };
-    log_setup(&pipeline, store.as_deref(), components);
-
-    let (publisher, subscriber): Transport = if !moves_events {
-        (None, None)
-    } else if embedded_transport {
-        let (p, s) = embedded::channel(config.embedded.queue_capacity, config.consumer.batch_size, stats.clone());
-        (Some(Box::new(p)), Some(Box::new(s)))
-    } else {
-        let admin = kafka::connect(&config.kafka).await?;
-        kafka::ensure_topic(&admin, &config.kafka).await?;
-        let p = match components.generator {
-            true => Some(Box::new(kafka::KafkaPublisher::new(&config.kafka, stats.clone())?) as Box<dyn Publisher>),
-            false => None,
-        };
-        let s = match components.consumer {
-            true => Some(Box::new(kafka::KafkaSubscriber::new(&config.kafka, &config.consumer, stats.clone())?) as Box<dyn Subscriber>),
-            false => None,
-        };
-        (p, s)
-    };
+    log_setup(&pipeline, store.as_deref().map(|s| s as &dyn EventStore), components);
+    let (publisher, subscriber) = connect_transport(config, components, &stats, true).await?;
 
     let g = &config.generator;
     let (generator_tx, generator_rx) =
@@ -155,7 +139,8 @@ pub async fn start(pipeline: Pipeline, options: RunOptions, stop: CancellationTo
     let (alerts_tx, alerts_rx) = watch::channel(alerts.clone());
     let reload_status = Arc::new(Mutex::new(ReloadStatus::default()));
     let reload_stop = CancellationToken::new();
-    let live = Live { generator: generator_tx, metrics: metrics_tx, alerts: alerts_tx, status: reload_status.clone() };
+    let (pipeline_tx, pipeline_rx) = watch::channel(pipeline.clone());
+    let live = Live { pipeline: pipeline_tx, generator: generator_tx, metrics: metrics_tx, alerts: alerts_tx, status: reload_status.clone() };
     let reloader = reload::spawn(pipeline.clone(), live, options.watch.clone(), reload_stop.clone());
 
     let progress_stop = CancellationToken::new();
@@ -164,9 +149,10 @@ pub async fn start(pipeline: Pipeline, options: RunOptions, stop: CancellationTo
     let progress = tokio::spawn(telemetry::report_progress(stats.clone(), options.progress_every, progress_stop.clone()));
 
     let producers_done = CancellationToken::new();
+    let (swaps_tx, swaps_rx) = mpsc::channel::<Swap>(1);
     let generator = match publisher {
         Some(publisher) => {
-            let task = generate(generator_rx, publisher, g.seed, options.clone(), stats.clone(), stop.clone());
+            let task = generate(generator_rx, (publisher, swaps_rx), g.seed, options.clone(), stats.clone(), stop.clone());
             let done = producers_done.clone();
             Some(tokio::spawn(async move {
                 let r = task.await;
@@ -208,13 +194,24 @@ pub async fn start(pipeline: Pipeline, options: RunOptions, stop: CancellationTo
         }
         _ => None,
     };
-    let consumer = match (subscriber, store.clone()) {
-        (Some(subscriber), Some(store)) => {
-            let until = StopWhen { stop: stop.clone(), idle: options.idle_exit, producers_done: producers_done.clone() };
-            let (stats, cfg) = (stats.clone(), config.consumer.clone());
-            let aggregator = Aggregator::new(metrics.clone(), stats.clone());
-            let rx = metrics_rx.clone();
-            Some(tokio::spawn(async move { consumer::run(subscriber, store, Some(aggregator), Some(rx), stats, &cfg, until).await }))
+    let consumer = match (moves_events, store.clone()) {
+        (true, Some(store)) => {
+            let plane = reconnect::Plane {
+                config: config.clone(),
+                components,
+                stats: stats.clone(),
+                store,
+                metrics: metrics_rx.clone(),
+                until: StopWhen {
+                    stop: stop.clone(),
+                    idle: options.idle_exit,
+                    producers_done: producers_done.clone(),
+                    drain: CancellationToken::new(),
+                },
+                publishers: components.generator.then_some(swaps_tx),
+                reload_status: reload_status.clone(),
+            };
+            Some(tokio::spawn(reconnect::supervise(plane, subscriber, pipeline_rx)))
         }
         _ => None,
     };
@@ -256,7 +253,7 @@ pub async fn start(pipeline: Pipeline, options: RunOptions, stop: CancellationTo
         alerting_result.context("alerting failed")?;
         Ok(RunSummary { stats: task_stats.snapshot(), elapsed: started.elapsed(), consumer_busy: task_stats.busy_span() })
     });
-    Ok(Running { stats, reload_status, metrics: metrics_rx, store, done })
+    Ok(Running { stats, reload_status, metrics: metrics_rx, store: store.map(|s| s as Arc<dyn EventStore>), done })
 }
 
 fn flatten(joined: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Result<()> {
@@ -267,7 +264,7 @@ fn flatten(joined: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow
 /// A reloaded script, rate or batch size applies from the next batch.
 async fn generate(
     mut live: watch::Receiver<GeneratorLive>,
-    mut publisher: Box<dyn Publisher>,
+    (mut publisher, mut swaps): (Box<dyn Publisher>, mpsc::Receiver<Swap>),
     seed: Option<u64>,
     options: RunOptions,
     stats: Arc<Stats>,
@@ -289,12 +286,29 @@ async fn generate(
             batch_size = next.batch_size;
             tracing::info!(rate = next.rate, batch_size, "generator reloaded");
         }
+        if let Ok((next, done)) = swaps.try_recv() {
+            // A reload changed the transport: what went to the old one is delivered first.
+            if let Err(e) = publisher.flush(options.flush_timeout).await {
+                result = Err(e);
+                break;
+            }
+            publisher = next;
+            let _ = done.send(());
+            tracing::info!("generator moved to the reloaded transport");
+        }
         let n = (batch_size as u64).min(remaining) as usize;
         tokio::select! {
             _ = pacer.acquire(n) => {}
             // A slow rate may wait long for its next batch; a reload should not.
             _ = live.changed() => {
                 reloaded = true;
+                continue;
+            }
+            Some(swap) = swaps.recv() => {
+                // Put it back for the top of the loop, which moves over between batches.
+                let (tx, rx) = mpsc::channel(1);
+                let _ = tx.try_send(swap);
+                swaps = rx;
                 continue;
             }
             _ = stop.cancelled() => break,
@@ -310,6 +324,37 @@ async fn generate(
     }
     let flushed = publisher.flush(options.flush_timeout).await;
     result.and(flushed)
+}
+
+/// A new publisher for the generator, and how it says it has moved over.
+type Swap = (Box<dyn Publisher>, tokio::sync::oneshot::Sender<()>);
+
+/// Connects the transport `config` names for the components this process runs. A Kafka
+/// subscriber is created only `with_subscriber` (joining the group is left for when the
+/// consumer starts); the embedded queue always gives both ends.
+async fn connect_transport(config: &PipelineConfig, components: Components, stats: &Arc<Stats>, with_subscriber: bool) -> anyhow::Result<Transport> {
+    if !(components.generator || components.consumer) {
+        return Ok((None, None));
+    }
+    if config.kafka.is_embedded() {
+        let (p, s) = embedded::channel(config.embedded.queue_capacity, config.consumer.batch_size, stats.clone());
+        return Ok((Some(Box::new(p)), Some(Box::new(s))));
+    }
+    let admin = kafka::connect(&config.kafka).await?;
+    kafka::ensure_topic(&admin, &config.kafka).await?;
+    let p = match components.generator {
+        true => Some(Box::new(kafka::KafkaPublisher::new(&config.kafka, stats.clone())?) as Box<dyn Publisher>),
+        false => None,
+    };
+    let s = match components.consumer && with_subscriber {
+        true => Some(kafka_subscriber(config, stats)?),
+        false => None,
+    };
+    Ok((p, s))
+}
+
+fn kafka_subscriber(config: &PipelineConfig, stats: &Arc<Stats>) -> anyhow::Result<Box<dyn Subscriber>> {
+    Ok(Box::new(kafka::KafkaSubscriber::new(&config.kafka, &config.consumer, stats.clone())?))
 }
 
 fn log_setup(pipeline: &Pipeline, store: Option<&dyn EventStore>, components: Components) {

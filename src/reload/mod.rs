@@ -63,6 +63,8 @@ pub struct GeneratorLive {
 
 /// The channels a reload publishes on; components watch the receiving ends.
 pub struct Live {
+    /// The whole new version: components that hold connections compare their sections.
+    pub pipeline: watch::Sender<Pipeline>,
     pub generator: watch::Sender<GeneratorLive>,
     pub metrics: watch::Sender<Arc<MetricSet>>,
     pub alerts: watch::Sender<Arc<AlertSet>>,
@@ -131,22 +133,11 @@ fn compile(current: &Pipeline) -> Result<Compiled, String> {
     Ok(Compiled { pipeline: next, generator, metrics: Arc::new(metrics), alerts: Arc::new(alerts) })
 }
 
-/// Sections whose change needs a reconnect, which a reload does not do yet.
+/// Settings that apply only at start. (Connection sections reconnect live: see
+/// `pipeline::reconnect`.)
 fn restart_needed(old: &Pipeline, new: &Pipeline) -> Vec<String> {
     let (a, b) = (&old.config, &new.config);
     let mut out = Vec::new();
-    if a.kafka != b.kafka {
-        out.push("[kafka]".to_string());
-    }
-    if a.mongodb != b.mongodb {
-        out.push("[mongodb]".to_string());
-    }
-    if a.embedded != b.embedded {
-        out.push("[embedded]".to_string());
-    }
-    if a.consumer != b.consumer {
-        out.push("[consumer]".to_string());
-    }
     // users/items feed the script (USERS/ITEMS) and apply live; the seed only matters at start.
     if a.generator.seed != b.generator.seed {
         out.push("generator.seed".to_string());
@@ -224,6 +215,7 @@ async fn run(
                 let _ = live.generator.send(generator);
                 let _ = live.metrics.send(metrics);
                 let _ = live.alerts.send(alerts);
+                let _ = live.pipeline.send(next.clone());
                 {
                     let mut s = live.status.lock().unwrap();
                     s.reloads += 1;

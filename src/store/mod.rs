@@ -62,3 +62,69 @@ pub async fn open(config: &PipelineConfig) -> anyhow::Result<Arc<dyn EventStore>
         Ok(Arc::new(mongo::MongoStore::connect(&config.mongodb).await?))
     }
 }
+
+/// The store in use, replaceable while the pipeline runs: when a reload changes `[mongodb]` or
+/// `[embedded]`, the consumer is drained and restarted on the new store, and everyone holding
+/// this handle (dashboard, alerting) reads from the new one from then on.
+pub struct Switchable {
+    inner: std::sync::RwLock<Arc<dyn EventStore>>,
+}
+
+impl Switchable {
+    pub fn new(store: Arc<dyn EventStore>) -> Arc<Switchable> {
+        Arc::new(Switchable { inner: std::sync::RwLock::new(store) })
+    }
+
+    /// The store in use now.
+    pub fn current(&self) -> Arc<dyn EventStore> {
+        self.inner.read().unwrap().clone()
+    }
+
+    /// Makes `store` the one in use.
+    pub fn replace(&self, store: Arc<dyn EventStore>) {
+        *self.inner.write().unwrap() = store;
+    }
+}
+
+#[async_trait]
+impl EventStore for Switchable {
+    fn describe(&self) -> String {
+        self.current().describe()
+    }
+    async fn insert_events(&self, events: &[Event]) -> anyhow::Result<InsertOutcome> {
+        self.current().insert_events(events).await
+    }
+    async fn count_events(&self) -> anyhow::Result<u64> {
+        self.current().count_events().await
+    }
+    async fn all_events(&self) -> anyhow::Result<Vec<Event>> {
+        self.current().all_events().await
+    }
+    async fn write_panes(&self, panes: &[PaneRecord]) -> anyhow::Result<()> {
+        self.current().write_panes(panes).await
+    }
+    async fn load_panes(&self, metric: &str, from: i64, to: i64, partition: Option<i32>) -> anyhow::Result<Vec<PaneRecord>> {
+        self.current().load_panes(metric, from, to, partition).await
+    }
+    async fn save_alert_state(&self, rule: &str, state: &serde_json::Value) -> anyhow::Result<()> {
+        self.current().save_alert_state(rule, state).await
+    }
+    async fn load_alert_states(&self) -> anyhow::Result<Vec<(String, serde_json::Value)>> {
+        self.current().load_alert_states().await
+    }
+    async fn record_alert(&self, notification: &Notification) -> anyhow::Result<()> {
+        self.current().record_alert(notification).await
+    }
+    async fn recent_alerts(&self, limit: usize) -> anyhow::Result<Vec<Notification>> {
+        self.current().recent_alerts(limit).await
+    }
+    async fn write_dead_letters(&self, letters: &[DeadLetter]) -> anyhow::Result<()> {
+        self.current().write_dead_letters(letters).await
+    }
+    async fn dead_letters(&self, limit: usize) -> anyhow::Result<Vec<DeadLetter>> {
+        self.current().dead_letters(limit).await
+    }
+    async fn count_dead_letters(&self) -> anyhow::Result<u64> {
+        self.current().count_dead_letters().await
+    }
+}

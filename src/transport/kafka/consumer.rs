@@ -165,6 +165,8 @@ impl Subscriber for KafkaSubscriber {
         // consumer would leave the group (and auto-commit) later, after close returned.
         self.sampler.cancel();
         let _ = self.sampler_task.await;
+        // The next consumer (after a reconnect) measures its own lag; this one's is stale.
+        self.stats.set_lag(Vec::new());
         let consumer = self.consumer.clone();
         tokio::task::spawn_blocking(move || match consumer.commit_consumer_state(CommitMode::Sync) {
             Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => Ok(()),
