@@ -174,4 +174,21 @@ mod tests {
         let d = DeadLetter::new("t:0:1".into(), Reason::TooLarge, "big".into(), (0, 1), &vec![b'x'; 100_000]);
         assert_eq!((d.payload.len(), d.payload_bytes), (KEEP_BYTES, 100_000));
     }
+
+    proptest::proptest! {
+        /// Fuzzing the decoder: any bytes give an event or a reason, never a panic.
+        #[test]
+        fn any_bytes_decode_or_get_a_reason(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let _ = Validation::default().decode(Some(&bytes));
+        }
+
+        /// Near-miss JSON (an event with one byte changed) as well.
+        #[test]
+        fn mutated_events_decode_or_get_a_reason(at in 0usize..120, byte in proptest::num::u8::ANY) {
+            let mut e = br#"{"user_id":"u","item_id":"i","interaction_type":"view","timestamp":"2026-01-01T00:00:00Z","value":1.5,"attributes":{"a":[1,2]}}"#.to_vec();
+            let at = at % e.len();
+            e[at] = byte;
+            let _ = Validation::default().decode(Some(&e));
+        }
+    }
 }

@@ -292,4 +292,26 @@ rate = "${RATE:-250}"
         let err = parse(&text, "p.toml", |_| None).unwrap_err().to_string();
         assert!(err.starts_with("p.toml:4:22: environment variable KAFKA"), "{err}");
     }
+
+    proptest::proptest! {
+        /// Fuzzing config parsing: any text gives a config or an error naming the file, never a panic.
+        #[test]
+        fn any_text_parses_or_names_the_file(text in "\\PC{0,300}") {
+            if let Err(e) = parse(&text, "p.toml", |_| None) {
+                proptest::prop_assert!(e.to_string().starts_with("p.toml"), "{}", e);
+            }
+        }
+
+        /// The minimal file with one character changed anywhere.
+        #[test]
+        fn mutated_file_parses_or_points_at_a_line(at in 0usize..400, c in proptest::char::any()) {
+            let mut chars: Vec<char> = MINIMAL.chars().collect();
+            let at = at % chars.len();
+            chars[at] = c;
+            let text: String = chars.into_iter().collect();
+            if let Err(e) = parse(&text, "p.toml", |_| None) {
+                proptest::prop_assert!(e.to_string().starts_with("p.toml:"), "{}", e);
+            }
+        }
+    }
 }
