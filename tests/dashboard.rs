@@ -32,7 +32,7 @@ fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
 async fn start(mut p: Pipeline, port: u16, token: &str) -> (Running, CancellationToken) {
     p.config.dashboard.listen = format!("127.0.0.1:{port}");
     p.config.dashboard.refresh = Duration::from_millis(500);
-    p.config.dashboard.token = token.to_string();
+    p.config.dashboard.token = runner::config::Secret::new(token);
     p.config.generator.rate = 2000.0;
     // One rule that fires as soon as there is traffic, so the alert views have something to show.
     common::set_alerts(

@@ -68,7 +68,7 @@ impl EmailChannel {
         };
         let mut builder = builder.port(c.port).timeout(Some(c.timeout));
         if !c.username.is_empty() {
-            builder = builder.credentials(Credentials::new(c.username.clone(), c.password.clone()));
+            builder = builder.credentials(Credentials::new(c.username.clone(), c.password.expose().to_string()));
         }
         Ok(EmailChannel { transport: builder.build(), from, to, subject: c.subject.clone(), thresholds: thresholds.clone() })
     }

@@ -1,6 +1,6 @@
 //! `[alerting]` (evaluation interval, thresholds, channels) and `[[alert]]` (one rule each).
 
-use crate::config::de;
+use crate::config::{de, Secret};
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -77,7 +77,7 @@ pub struct EmailConfig {
     #[serde(default)]
     pub username: String,
     #[serde(default)]
-    pub password: String,
+    pub password: Secret,
     pub from: String,
     pub to: Vec<String>,
     /// Subject line, a minijinja template over the notification.

@@ -20,6 +20,33 @@ use std::sync::Arc;
 
 pub use interpolate::interpolate;
 
+/// A password or token from the pipeline file (normally `${ENV_VAR}`): usable as text, but
+/// shown as `***` in debug output, so a logged config never carries it.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+
+    /// The secret itself, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"***\"" })
+    }
+}
+
 /// The whole pipeline file.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -261,6 +288,20 @@ database = "d"
 script = "gen.rhai"
 rate = "${RATE:-250}"
 "#;
+
+    #[test]
+    fn secrets_do_not_show_in_debug_output() {
+        let text = format!(
+            "{MINIMAL}[dashboard]\ntoken = \"tok-123\"\n[kafka.client]\n\"sasl.password\" = \"kpw-456\"\n\"client.id\" = \"r\"\n"
+        )
+        .replace("uri = \"embedded\"", "uri = \"mongodb://bob:mpw-789@h:27017\"");
+        let c = parse(&text, "p.toml", |_| None).unwrap();
+        let shown = format!("{c:?} {c:#?}");
+        for secret in ["tok-123", "kpw-456", "mpw-789"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("client.id") && shown.contains("bob"), "the rest still shows: {shown}");
+    }
 
     #[test]
     fn env_values_fill_numbers_and_defaults() {

@@ -5,7 +5,7 @@ mod chart;
 mod templates;
 
 use crate::aggregate::{self, MetricSet};
-use crate::config::de;
+use crate::config::{de, Secret};
 use crate::reload::ReloadStatus;
 use crate::store::EventStore;
 use crate::telemetry::{Snapshot, Stats};
@@ -43,12 +43,12 @@ pub struct DashboardConfig {
     pub templates: PathBuf,
     /// When set, every route needs `Authorization: Bearer <token>` or `?token=<token>`.
     #[serde(default)]
-    pub token: String,
+    pub token: Secret,
 }
 
 impl Default for DashboardConfig {
     fn default() -> Self {
-        DashboardConfig { listen: default_listen(), refresh: default_refresh(), templates: default_templates(), token: String::new() }
+        DashboardConfig { listen: default_listen(), refresh: default_refresh(), templates: default_templates(), token: Secret::default() }
     }
 }
 
@@ -97,7 +97,7 @@ pub async fn serve(config: DashboardConfig, sources: Sources, stop: Cancellation
         sources,
         templates,
         refresh: config.refresh,
-        token: config.token,
+        token: config.token.expose().to_string(),
         last: Mutex::new((Instant::now(), Snapshot::default(), 0.0, 0.0)),
     });
     let app = router(state);

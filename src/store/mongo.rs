@@ -19,7 +19,7 @@ use serde::Deserialize;
 use std::time::{Duration, Instant};
 
 /// `[mongodb]` section. `uri = "embedded"` selects the embedded store instead.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MongoConfig {
     /// A `mongodb://` or `mongodb+srv://` connection string, or `embedded`.
@@ -47,6 +47,23 @@ pub struct MongoConfig {
     /// How long to keep retrying an unreachable server at start before giving up.
     #[serde(default = "default_connect_timeout", deserialize_with = "de::duration")]
     pub connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for MongoConfig {
+    /// The uri's password is shown as `***`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MongoConfig")
+            .field("uri", &redact(&self.uri))
+            .field("database", &self.database)
+            .field("raw_collection", &self.raw_collection)
+            .field("metrics_collection", &self.metrics_collection)
+            .field("alerts_collection", &self.alerts_collection)
+            .field("alert_state_collection", &self.alert_state_collection)
+            .field("dead_letter_collection", &self.dead_letter_collection)
+            .field("retention", &self.retention)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
 }
 
 fn default_raw() -> String {

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// `[kafka]` section. `bootstrap_servers = "embedded"` selects the in-process queue instead.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
     /// `host:port[,host:port...]`, or `embedded`.
@@ -34,6 +34,31 @@ pub struct KafkaConfig {
     /// librdkafka settings for the consumer only; they override the runner's defaults.
     #[serde(default)]
     pub consumer: BTreeMap<String, toml::Value>,
+}
+
+impl std::fmt::Debug for KafkaConfig {
+    /// librdkafka settings that hold secrets (`sasl.password`, `ssl.key.password`, ...) show as `***`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown = |m: &BTreeMap<String, toml::Value>| -> BTreeMap<String, String> {
+            m.iter()
+                .map(|(k, v)| {
+                    let secret = ["password", "secret", "key.pem", "oauthbearer.config"].iter().any(|s| k.contains(s));
+                    (k.clone(), if secret { "***".to_string() } else { v.to_string() })
+                })
+                .collect()
+        };
+        f.debug_struct("KafkaConfig")
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("topic", &self.topic)
+            .field("partitions", &self.partitions)
+            .field("replication_factor", &self.replication_factor)
+            .field("consumer_group", &self.consumer_group)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("client", &shown(&self.client))
+            .field("producer", &shown(&self.producer))
+            .field("consumer", &shown(&self.consumer))
+            .finish()
+    }
 }
 
 fn default_partitions() -> i32 {
