@@ -185,3 +185,31 @@ fn scalar(v: &toml::Value) -> Option<String> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::producer::BaseProducer;
+
+    /// TLS and SASL are compiled in (rdkafka's `ssl` feature, linked against the system OpenSSL):
+    /// librdkafka accepts them instead of refusing the settings.
+    #[test]
+    fn tls_and_sasl_settings_are_supported() {
+        let config: KafkaConfig = toml::from_str(
+            r#"
+            bootstrap_servers = "127.0.0.1:9093"
+            topic = "t"
+            consumer_group = "g"
+            [client]
+            "security.protocol" = "SASL_SSL"
+            "sasl.mechanisms" = "SCRAM-SHA-512"
+            "sasl.username" = "runner"
+            "sasl.password" = "pw"
+            "ssl.endpoint.identification.algorithm" = "https"
+            "#,
+        )
+        .unwrap();
+        let producer: Result<BaseProducer, _> = config.producer_config().create();
+        assert!(producer.is_ok(), "{:?}", producer.err());
+    }
+}
