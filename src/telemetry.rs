@@ -25,6 +25,8 @@ pub struct Stats {
     alert_errors: AtomicU64,
     /// Dead letters stored, by reason (indexed like `Reason::ALL`).
     dead_letters: [AtomicU64; Reason::ALL.len()],
+    /// Since when store writes have been failing (cleared by the next success).
+    store_failing_since: std::sync::Mutex<Option<chrono::DateTime<chrono::Utc>>>,
     /// When the first message was consumed and the last batch stored: the consumer's busy span.
     busy: std::sync::Mutex<Option<(Instant, Instant)>>,
     /// From an event's timestamp to its batch being durable in the store (raw and metrics).
@@ -127,6 +129,9 @@ impl Stats {
     /// A batch written: `stored` new events, `duplicates` already present.
     pub fn stored(&self, stored: u64, duplicates: u64) {
         self.stored.fetch_add(stored, Relaxed);
+        if let Some(since) = self.store_failing_since.lock().unwrap().take() {
+            tracing::info!(down_for = ?(chrono::Utc::now() - since).to_std().unwrap_or_default(), "the store is back; writes succeed again");
+        }
         if let Some((_, last)) = self.busy.lock().unwrap().as_mut() {
             *last = Instant::now();
         }
@@ -150,6 +155,11 @@ impl Stats {
         }
     }
 
+    /// Since when store writes have been failing, if they are.
+    pub fn store_failing_since(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        *self.store_failing_since.lock().unwrap()
+    }
+
     /// Dead letters stored so far, per reason.
     pub fn dead_letters(&self) -> Vec<(Reason, u64)> {
         Reason::ALL.iter().zip(&self.dead_letters).map(|(r, n)| (*r, n.load(Relaxed))).collect()
@@ -158,6 +168,7 @@ impl Stats {
     /// A store write failed and will be retried.
     pub fn store_retry(&self, attempt: u32, wait: Duration, error: &dyn std::fmt::Display) {
         self.store_retries.fetch_add(1, Relaxed);
+        self.store_failing_since.lock().unwrap().get_or_insert_with(chrono::Utc::now);
         tracing::warn!(attempt, retry_in = ?wait, %error, "store write failed; retrying (offsets are not committed until it succeeds)");
     }
 

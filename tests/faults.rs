@@ -224,9 +224,9 @@ impl Drop for Service {
 }
 
 /// Runs generator and consumer in this process, kills `service` after `kill_after`, restarts it
-/// `down_for` later, and waits for the run to finish; returns the run and the recovery time
-/// (restart to the first batch stored after it).
-async fn run_through_outage(p: &runner::config::Pipeline, events: u64, service: &mut Service) -> (runner::pipeline::RunSummary, Duration) {
+/// 4 s later, and waits for the run to finish; returns the run, the recovery time (restart to
+/// the first batch stored after it), and whether health showed a store outage meanwhile.
+async fn run_through_outage(p: &runner::config::Pipeline, events: u64, service: &mut Service) -> (runner::pipeline::RunSummary, Duration, bool) {
     let stop = CancellationToken::new();
     let guard = stop.clone();
     tokio::spawn(async move {
@@ -245,6 +245,7 @@ async fn run_through_outage(p: &runner::config::Pipeline, events: u64, service: 
     }
     service.kill();
     tokio::time::sleep(Duration::from_secs(4)).await;
+    let outage_seen = stats.store_failing_since().is_some();
     let stored_at_restart = stats.snapshot().stored;
     service.start().await;
     let restarted = Instant::now();
@@ -255,7 +256,9 @@ async fn run_through_outage(p: &runner::config::Pipeline, events: u64, service: 
         assert!(restarted.elapsed() < Duration::from_secs(90), "nothing stored within 90 s of the restart");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    (running.wait().await.expect("the run survives the outage"), recovery)
+    let summary = running.wait().await.expect("the run survives the outage");
+    assert!(stats.store_failing_since().is_none(), "health shows the store as back");
+    (summary, recovery, outage_seen)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -264,8 +267,9 @@ async fn mongodb_killed_mid_stream_loses_nothing() {
     let mut sp = common::service_pipeline("mongo_killed");
     sp.pipeline.config.mongodb.uri = format!("mongodb://127.0.0.1:{}", mongo.port);
     let events = 20_000;
-    let (summary, recovery) = run_through_outage(&sp.pipeline, events, &mut mongo).await;
+    let (summary, recovery, outage_seen) = run_through_outage(&sp.pipeline, events, &mut mongo).await;
     assert!(summary.stats.store_retries > 0, "the outage was noticed and retried");
+    assert!(outage_seen, "health showed the store outage while it lasted");
     let store = store::open(&sp.pipeline.config).await.unwrap();
     let (rows, distinct) = distinct_ids(&*store).await;
     assert_eq!(rows, distinct, "no event stored twice");
@@ -280,7 +284,7 @@ async fn broker_killed_mid_stream_loses_nothing() {
     let mut sp = common::service_pipeline("broker_killed");
     sp.pipeline.config.kafka.bootstrap_servers = format!("127.0.0.1:{}", broker.port);
     let events = 20_000;
-    let (summary, recovery) = run_through_outage(&sp.pipeline, events, &mut broker).await;
+    let (summary, recovery, _) = run_through_outage(&sp.pipeline, events, &mut broker).await;
     assert_eq!(summary.stats.delivery_failed, 0, "the producer waited and retried instead of dropping");
     let store = store::open(&sp.pipeline.config).await.unwrap();
     let (rows, distinct) = distinct_ids(&*store).await;

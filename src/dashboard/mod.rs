@@ -256,6 +256,7 @@ fn health_json(stats: &Stats, r: &ReloadStatus) -> Value {
     let (s, latency, lag) = (stats.snapshot(), stats.visible_latency_ms(), stats.lag());
     let dead: serde_json::Map<String, Value> = stats.dead_letters().into_iter().filter(|d| d.1 > 0).map(|(r, n)| (r.as_str().to_string(), json!(n))).collect();
     json!({
+        "store_failing_since": stats.store_failing_since().map(|t| t.to_rfc3339()),
         "dead_letters": dead,
         "consumer_lag": lag.iter().map(|(p, l)| json!({"partition": p, "lag": l})).collect::<Vec<_>>(),
         "visible_latency_p50_ms": latency.map(|l| l.0), "visible_latency_p99_ms": latency.map(|l| l.1),
