@@ -115,8 +115,10 @@ pub enum ConfigError {
         column: usize,
         message: String,
     },
-    #[error("{path}: {message}")]
-    Invalid { path: String, message: String },
+    /// Values that parse but do not make sense together, each as `file:line: problem` where the
+    /// line is known.
+    #[error("{}", .0.join("\n"))]
+    Invalid(Vec<String>),
 }
 
 impl Pipeline {
@@ -157,7 +159,7 @@ impl Pipeline {
         for change in &pipeline.overrides {
             change(&mut pipeline.config);
         }
-        pipeline.check()?;
+        pipeline.check_in(Some(&text))?;
         Ok(pipeline)
     }
 
@@ -186,6 +188,11 @@ impl Pipeline {
     }
 
     fn check(&self) -> Result<(), ConfigError> {
+        self.check_in(None)
+    }
+
+    /// Checks what parsing cannot; with the file's text, each problem names its line.
+    fn check_in(&self, text: Option<&str>) -> Result<(), ConfigError> {
         let problems: Vec<String> = [
             self.config.kafka.check(),
             self.config.mongodb.check(),
@@ -199,13 +206,18 @@ impl Pipeline {
         .chain(self.config.alerts.iter().filter_map(|a| a.check(&self.config.alerting.channels, &self.config.alerting.default_channels)))
         .collect();
         if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError::Invalid {
-                path: self.path.display().to_string(),
-                message: problems.join("; "),
-            })
+            return Ok(());
         }
+        let path = self.path.display();
+        let located = problems
+            .iter()
+            .flat_map(|p| p.split("; "))
+            .map(|p| match text.and_then(|t| problem_line(t, p)) {
+                Some(line) => format!("{path}:{line}: {p}"),
+                None => format!("{path}: {p}"),
+            })
+            .collect();
+        Err(ConfigError::Invalid(located))
     }
 }
 
@@ -244,6 +256,34 @@ pub fn parse(
             message: e.message().trim().to_string(),
         }
     })
+}
+
+/// The line a problem is about: the `name = "..."` line of the metric or alert it names, or the
+/// line of the `section.key` it starts with (or that section's header).
+fn problem_line(text: &str, problem: &str) -> Option<usize> {
+    let line_where = |wanted: &dyn Fn(&str) -> bool| text.lines().position(|l| wanted(l.trim())).map(|i| i + 1);
+    for kind in ["metric ", "alert "] {
+        let name = problem.find(kind).and_then(|i| problem[i + kind.len()..].strip_prefix('"')).and_then(|r| r.split('"').next());
+        if let Some(name) = name {
+            let wanted = format!("name = \"{name}\"");
+            if let Some(line) = line_where(&|l| l == wanted) {
+                return Some(line);
+            }
+        }
+    }
+    let head = problem.split([':', ' ']).next()?;
+    let (section, key) = head.rsplit_once('.')?;
+    let header = format!("[{section}]");
+    let mut in_section = false;
+    for (i, l) in text.lines().enumerate() {
+        let l = l.trim();
+        if l.starts_with('[') {
+            in_section = l == header;
+        } else if in_section && l.strip_prefix(key).is_some_and(|rest| rest.trim_start().starts_with('=')) {
+            return Some(i + 1);
+        }
+    }
+    line_where(&|l| l == format!("[{head}]"))
 }
 
 /// Removes `.` and `name/..` from a path without touching the file system, so errors show
@@ -325,6 +365,18 @@ rate = "${RATE:-250}"
         let text = MINIMAL.replace("database = \"d\"", "database = \"d\"\nretention = \"7 parsecs\"");
         let err = parse(&text, "p.toml", |_| None).unwrap_err().to_string();
         assert!(err.contains("p.toml:10:") && err.contains("\"30s\""), "{err}");
+    }
+
+    #[test]
+    fn inconsistent_values_name_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        let text = format!("{MINIMAL}[consumer]\nbatch_size = 0\n[[metric]]\nname = \"m\"\nscript = \"m.rhai\"\nreducer = \"count\"\nwindow = \"60s\"\nslide = \"7s\"\n");
+        std::fs::write(&path, text).unwrap();
+        let err = Pipeline::load_with_env(&path, |_| None).err().unwrap().to_string();
+        let shown = path.display();
+        assert!(err.contains(&format!("{shown}:14: consumer.batch_size must be at least 1")), "{err}");
+        assert!(err.contains(&format!("{shown}:16: metric \"m\": slide (7s) must divide")), "{err}");
     }
 
     #[test]
