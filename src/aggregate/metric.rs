@@ -135,8 +135,11 @@ impl Metric {
             }
             s
         };
+        // mean_per_key changed its stored state (event count + distinct keys, once a map per
+        // key): a new key, so states in the old form are never merged with the new.
+        let format = if config.reducer == ReducerKind::MeanPerKey { "/2" } else { "" };
         let shape = format!(
-            "{:?}/{}/{}/{:?}/{}",
+            "{:?}/{}/{}/{:?}/{}{format}",
             config.reducer,
             window.size_ms,
             window.slide_ms,

@@ -164,11 +164,17 @@ fn min_opt(a: Option<f64>, b: Option<f64>, f: fn(f64, f64) -> f64) -> Option<f64
 pub enum State {
     Single(Acc),
     Grouped(HashMap<String, Acc>),
+    /// `mean_per_key`: events, and the distinct keys they came from (exact up to the metric's
+    /// `exact_limit`, then a sketch), so a window of 100,000 active users stays a few KiB
+    /// instead of a map entry per user.
+    PerKey { events: u64, keys: Acc },
 }
 
 impl State {
     pub fn new(kind: ReducerKind, grouped: bool) -> State {
-        if grouped {
+        if kind == ReducerKind::MeanPerKey {
+            State::PerKey { events: 0, keys: ReducerKind::Distinct.empty() }
+        } else if grouped {
             State::Grouped(HashMap::new())
         } else {
             State::Single(kind.empty())
@@ -187,7 +193,11 @@ impl State {
                     map.insert(k.to_string(), acc);
                 }
             },
-            (State::Grouped(_), None) => {}
+            (State::PerKey { events, keys }, Some(k)) => {
+                *events += 1;
+                keys.add(Input::Text(k), exact_limit);
+            }
+            (State::Grouped(_) | State::PerKey { .. }, None) => {}
         }
     }
 
@@ -204,7 +214,11 @@ impl State {
                     }
                 }
             }
-            _ => tracing::error!("cannot merge a grouped state with an ungrouped one; the metric's key changed"),
+            (State::PerKey { events, keys }, State::PerKey { events: e2, keys: k2 }) => {
+                *events += e2;
+                keys.merge(k2, exact_limit);
+            }
+            _ => tracing::error!("cannot merge partial states of different shapes; the metric's key or reducer changed"),
         }
     }
 
@@ -212,6 +226,10 @@ impl State {
     pub fn report(&self, kind: ReducerKind, k: usize) -> Value {
         match self {
             State::Single(acc) => acc.report(kind),
+            State::PerKey { events, keys } => match keys.report(ReducerKind::Distinct).as_f64() {
+                Some(n) if n > 0.0 => json!(*events as f64 / n),
+                _ => json!(0.0),
+            },
             State::Grouped(map) => match kind {
                 ReducerKind::TopK | ReducerKind::BottomK => {
                     let mut counts: Vec<(&String, u64)> = map.iter().map(|(key, acc)| (key, count(acc))).collect();
@@ -290,7 +308,30 @@ mod tests {
         let mut a = grouped(ReducerKind::Count, &["x", "y"]);
         a.merge(&grouped(ReducerKind::Count, &["x", "z", "x"]), 10);
         assert_eq!(a, all);
-        assert_eq!(all.report(ReducerKind::MeanPerKey, 0), json!(5.0 / 3.0));
+    }
+
+    #[test]
+    fn mean_per_key_merges_exactly_and_stays_small_past_its_limit() {
+        let per_key = |keys: &[&str]| {
+            let mut s = State::new(ReducerKind::MeanPerKey, true);
+            keys.iter().for_each(|k| s.add(ReducerKind::MeanPerKey, Some(k), Input::Event, 10));
+            s
+        };
+        let mut a = per_key(&["x", "y"]);
+        a.merge(&per_key(&["x", "z", "x"]), 10);
+        assert_eq!(a, per_key(&["x", "y", "x", "z", "x"]));
+        assert_eq!(a.report(ReducerKind::MeanPerKey, 0), json!(5.0 / 3.0));
+        assert_eq!(State::new(ReducerKind::MeanPerKey, true).report(ReducerKind::MeanPerKey, 0), json!(0.0));
+
+        let mut big = State::new(ReducerKind::MeanPerKey, true);
+        for i in 0..100_000 {
+            let user = format!("user_{}", i % 50_000);
+            big.add(ReducerKind::MeanPerKey, Some(&user), Input::Event, 1_000);
+        }
+        assert!(matches!(&big, State::PerKey { keys: Acc::Sketch(_), .. }), "a sketch past the limit");
+        let mean = big.report(ReducerKind::MeanPerKey, 0).as_f64().unwrap();
+        assert!((mean - 2.0).abs() < 0.1, "{mean}");
+        assert!(serde_json::to_string(&big).unwrap().len() < 20_000, "stored state stays small");
     }
 
     #[test]
