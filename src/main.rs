@@ -10,11 +10,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// mimalloc instead of glibc malloc: window state is many small maps that are built, encoded
-/// and dropped every batch, and glibc's per-thread arenas keep that churn as resident memory.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Runs streaming analytics pipelines described in TOML files.
 ///
 /// A pipeline generates user interactions with a Rhai script, moves them through Kafka (or an
