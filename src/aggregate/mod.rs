@@ -398,7 +398,7 @@ mod tests {
         }
     }
 
-    fn event(id: &str, item: &str, second: i64) -> Event {
+    pub(super) fn event(id: &str, item: &str, second: i64) -> Event {
         Event {
             event_id: id.into(),
             user_id: "u".into(),
@@ -470,7 +470,6 @@ mod tests {
 mod properties {
     use super::*;
     use crate::store::embedded::{EmbeddedConfig, EmbeddedStore};
-    use chrono::TimeZone;
     use proptest::prelude::*;
     use rand::{Rng, SeedableRng};
     use std::time::Duration;
@@ -495,21 +494,6 @@ mod properties {
         Arc::new(MetricSet::load(&[config]).unwrap())
     }
 
-    fn event(id: String, item: u8, second: i64) -> Event {
-        Event {
-            event_id: id,
-            user_id: "u".into(),
-            item_id: format!("item_{item}"),
-            interaction_type: "view".into(),
-            timestamp: chrono::Utc.timestamp_opt(1_000_000 + second, 0).unwrap(),
-            session_id: String::new(),
-            value: 0.0,
-            price: None,
-            view_duration: None,
-            attributes: Default::default(),
-        }
-    }
-
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(48))]
         #[test]
@@ -528,7 +512,7 @@ mod properties {
                 (!open.is_empty()).then(|| open[rng.random_range(0..open.len())])
             } {
                 let (item, second) = partitions[p][next[p]];
-                stream.push((event(format!("p{p}-{}", next[p]), item, second), (p as i32, next[p] as i64)));
+                stream.push((super::tests::event(&format!("p{p}-{}", next[p]), &format!("item_{item}"), second), (p as i32, next[p] as i64)));
                 next[p] += 1;
             }
 

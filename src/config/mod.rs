@@ -312,10 +312,11 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    const MINIMAL: &str = r#"
+    /// The smallest valid pipeline file; `${KAFKA}` picks the transport.
+    pub(crate) const MINIMAL: &str = r#"
 name = "t"
 [kafka]
 bootstrap_servers = "${KAFKA:-embedded}"

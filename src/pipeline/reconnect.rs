@@ -172,27 +172,19 @@ async fn rebuild(plane: &mut Plane, consumer: &mut Option<RunningConsumer>, next
 mod tests {
     use super::*;
 
-    const BASE: &str = r#"
-name = "t"
-[kafka]
-bootstrap_servers = "h:9092"
-topic = "t"
-consumer_group = "g"
-[mongodb]
-uri = "embedded"
-database = "d"
-[generator]
-script = "gen.rhai"
-"#;
+    fn parse(text: &str) -> PipelineConfig {
+        crate::config::parse(text, "p.toml", |n| (n == "KAFKA").then(|| "h:9092".to_string())).unwrap()
+    }
 
     #[test]
     fn only_connection_sections_count_as_changes() {
-        let old = crate::config::parse(BASE, "p.toml", |_| None).unwrap();
-        let same_connections = crate::config::parse(&BASE.replace("[generator]", "[generator]\nrate = 5"), "p.toml", |_| None).unwrap();
+        let base = crate::config::tests::MINIMAL;
+        let old = parse(base);
+        let same_connections = parse(&base.replace("[generator]", "[generator]\nbatch_size = 5"));
         assert_eq!(changes(&old, &same_connections), Changes::default());
-        let topic = crate::config::parse(&BASE.replace("topic = \"t\"", "topic = \"u\""), "p.toml", |_| None).unwrap();
+        let topic = parse(&base.replace("topic = \"t\"", "topic = \"u\""));
         assert_eq!(changes(&old, &topic), Changes { transport: true, ..Changes::default() });
-        let data = crate::config::parse(&format!("{BASE}[embedded]\ndata_dir = \"elsewhere\"\n"), "p.toml", |_| None).unwrap();
+        let data = parse(&format!("{base}[embedded]\ndata_dir = \"elsewhere\"\n"));
         assert_eq!(changes(&old, &data), Changes { store: true, ..Changes::default() }, "Kafka does not use [embedded]; the store does");
     }
 }
