@@ -65,8 +65,9 @@ impl Histogram {
     }
 }
 
-/// A point-in-time copy of [`Stats`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// A point-in-time copy of [`Stats`]; serializes as one JSON object of its counters, which the
+/// health API and alert conditions both start from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Snapshot {
     /// Events the generator handed to the transport.
     pub generated: u64,
@@ -94,6 +95,17 @@ pub struct Snapshot {
     pub notifications_failed: u64,
     /// Alert rule evaluations that failed (script error, metrics unreadable, state not stored).
     pub alert_errors: u64,
+}
+
+impl Snapshot {
+    /// The counters as one JSON object, with the fields of `extra` (an object) added.
+    pub fn json_with(&self, extra: serde_json::Value) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).expect("counters serialize");
+        if let (Some(all), serde_json::Value::Object(extra)) = (v.as_object_mut(), extra) {
+            all.extend(extra);
+        }
+        v
+    }
 }
 
 impl Stats {

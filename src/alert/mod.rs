@@ -261,17 +261,13 @@ impl Evaluator {
         let secs = self.last.0.elapsed().as_secs_f64().max(1e-3);
         let rate = |a: u64, b: u64| (a.saturating_sub(b)) as f64 / secs;
         let lag = stats.lag();
-        let health = json!({
+        let health = now.json_with(json!({
             "consumer_lag": lag.iter().map(|(_, l)| l).sum::<i64>(),
             "consumer_lag_max": lag.iter().map(|(_, l)| *l).max().unwrap_or(0),
-            "generated": now.generated, "delivered": now.delivered, "delivery_failed": now.delivery_failed,
-            "consumed": now.consumed, "stored": now.stored, "duplicates": now.duplicates,
-            "rejected": now.rejected, "script_errors": now.script_errors, "late_events": now.late_events,
-            "store_retries": now.store_retries,
             "events_in_per_s": rate(now.consumed, self.last.1.consumed),
             "events_stored_per_s": rate(now.stored, self.last.1.stored),
             "rejected_per_s": rate(now.rejected, self.last.1.rejected),
-        });
+        }));
         self.last = (Instant::now(), now);
         health
     }

@@ -253,22 +253,17 @@ fn bars(v: &Value) -> Vec<Value> {
 }
 
 fn health_json(stats: &Stats, r: &ReloadStatus) -> Value {
-    let (s, latency, lag) = (stats.snapshot(), stats.visible_latency_ms(), stats.lag());
+    let (latency, lag) = (stats.visible_latency_ms(), stats.lag());
     let dead: serde_json::Map<String, Value> = stats.dead_letters().into_iter().filter(|d| d.1 > 0).map(|(r, n)| (r.as_str().to_string(), json!(n))).collect();
-    json!({
+    stats.snapshot().json_with(json!({
         "store_failing_since": stats.store_failing_since().map(|t| t.to_rfc3339()),
         "dead_letters": dead,
         "consumer_lag": lag.iter().map(|(p, l)| json!({"partition": p, "lag": l})).collect::<Vec<_>>(),
         "visible_latency_p50_ms": latency.map(|l| l.0), "visible_latency_p99_ms": latency.map(|l| l.1),
-        "generated": s.generated, "delivered": s.delivered, "delivery_failed": s.delivery_failed,
-        "consumed": s.consumed, "stored": s.stored, "duplicates": s.duplicates, "rejected": s.rejected,
-        "script_errors": s.script_errors, "late_events": s.late_events, "store_retries": s.store_retries,
-        "notifications_sent": s.notifications_sent, "notifications_failed": s.notifications_failed,
-        "alert_errors": s.alert_errors,
         "reloads": r.reloads, "reload_failures": r.failures,
         "last_reload": r.last_success.map(|t| t.to_rfc3339()),
         "last_reload_error": r.last_error, "needs_restart": r.needs_restart,
-    })
+    }))
 }
 
 fn render(state: &AppState, name: &str, ctx: Value) -> Response {
