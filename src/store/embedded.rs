@@ -139,6 +139,20 @@ impl EmbeddedStore {
     }
 }
 
+impl EmbeddedStore {
+    /// The newest `limit` rows of a history table (alerts, dead letters), decoded from `body`.
+    async fn newest<T: serde::de::DeserializeOwned>(&self, table: &'static str, limit: usize) -> anyhow::Result<Vec<T>> {
+        let bodies = self
+            .with_conn(move |c| {
+                let mut stmt = c.prepare_cached(&format!("SELECT body FROM {table} ORDER BY at_ms DESC, rowid DESC LIMIT ?1"))?;
+                let rows = stmt.query_map([limit as i64], |r| r.get::<_, String>(0))?;
+                rows.collect::<rusqlite::Result<Vec<String>>>()
+            })
+            .await?;
+        bodies.iter().map(|b| serde_json::from_str(b).with_context(|| format!("a stored row of {table} is malformed"))).collect()
+    }
+}
+
 #[async_trait]
 impl EventStore for EmbeddedStore {
     fn describe(&self) -> String {
@@ -274,14 +288,7 @@ impl EventStore for EmbeddedStore {
     }
 
     async fn recent_alerts(&self, limit: usize) -> anyhow::Result<Vec<Notification>> {
-        let bodies = self
-            .with_conn(move |c| {
-                let mut stmt = c.prepare_cached("SELECT body FROM alerts ORDER BY at_ms DESC, rowid DESC LIMIT ?1")?;
-                let rows = stmt.query_map([limit as i64], |r| r.get::<_, String>(0))?;
-                rows.collect::<rusqlite::Result<Vec<String>>>()
-            })
-            .await?;
-        bodies.iter().map(|b| serde_json::from_str(b).context("a stored alert is malformed")).collect()
+        self.newest("alerts", limit).await
     }
 
     async fn write_dead_letters(&self, letters: &[DeadLetter]) -> anyhow::Result<()> {
@@ -303,14 +310,7 @@ impl EventStore for EmbeddedStore {
     }
 
     async fn dead_letters(&self, limit: usize) -> anyhow::Result<Vec<DeadLetter>> {
-        let bodies = self
-            .with_conn(move |c| {
-                let mut stmt = c.prepare_cached("SELECT body FROM dead_letters ORDER BY at_ms DESC, rowid DESC LIMIT ?1")?;
-                let rows = stmt.query_map([limit as i64], |r| r.get::<_, String>(0))?;
-                rows.collect::<rusqlite::Result<Vec<String>>>()
-            })
-            .await?;
-        bodies.iter().map(|b| serde_json::from_str(b).context("a stored dead letter is malformed")).collect()
+        self.newest("dead_letters", limit).await
     }
 
     async fn count_dead_letters(&self) -> anyhow::Result<u64> {

@@ -205,6 +205,21 @@ pub async fn create_indexes(raw: &Collection<Document>, retention: Option<Durati
 /// MongoDB's duplicate-key error code.
 const DUPLICATE_KEY: i32 = 11000;
 
+/// A single-document write that failed only because the document is already there.
+fn is_duplicate(e: &mongodb::error::Error) -> bool {
+    matches!(*e.kind, ErrorKind::Write(WriteFailure::WriteError(ref w)) if w.code == DUPLICATE_KEY)
+}
+
+/// The newest `limit` records of a history collection (sorted by `at`), each kept as JSON text
+/// in `field`.
+async fn newest<T: serde::de::DeserializeOwned>(c: &Collection<Document>, field: &str, limit: usize) -> anyhow::Result<Vec<T>> {
+    let docs: Vec<Document> = c.find(doc! {}).sort(doc! {"at": -1}).limit(limit as i64).await?.try_collect().await?;
+    docs.iter()
+        .map(|d| Ok(serde_json::from_str(d.get_str(field)?)?))
+        .collect::<anyhow::Result<Vec<_>>>()
+        .with_context(|| format!("a stored record in {} is malformed", c.namespace()))
+}
+
 #[async_trait]
 impl EventStore for MongoStore {
     fn describe(&self) -> String {
@@ -277,7 +292,7 @@ impl EventStore for MongoStore {
             async move {
                 match write.await {
                     Ok(_) => Ok(()),
-                    Err(e) if matches!(*e.kind, ErrorKind::Write(WriteFailure::WriteError(ref w)) if w.code == DUPLICATE_KEY) => Ok(()),
+                    Err(e) if is_duplicate(&e) => Ok(()),
                     Err(e) => Err(e),
                 }
             }
@@ -332,25 +347,13 @@ impl EventStore for MongoStore {
         };
         match self.alerts.insert_one(d).await {
             Ok(_) => Ok(()),
-            Err(e) if matches!(*e.kind, ErrorKind::Write(WriteFailure::WriteError(ref w)) if w.code == DUPLICATE_KEY) => Ok(()),
+            Err(e) if is_duplicate(&e) => Ok(()),
             Err(e) => Err(anyhow::Error::new(e).context("MongoDB alert history write failed")),
         }
     }
 
     async fn recent_alerts(&self, limit: usize) -> anyhow::Result<Vec<Notification>> {
-        let docs: Vec<Document> = self
-            .alerts
-            .find(doc! {})
-            .sort(doc! {"at": -1})
-            .limit(limit as i64)
-            .await
-            .context("MongoDB alert history read failed")?
-            .try_collect()
-            .await?;
-        docs.iter()
-            .map(|d| Ok(serde_json::from_str(d.get_str("notification")?)?))
-            .collect::<anyhow::Result<Vec<_>>>()
-            .context("a stored alert is malformed")
+        newest(&self.alerts, "notification", limit).await.context("MongoDB alert history read failed")
     }
 
     async fn write_dead_letters(&self, letters: &[DeadLetter]) -> anyhow::Result<()> {
@@ -386,19 +389,7 @@ impl EventStore for MongoStore {
     }
 
     async fn dead_letters(&self, limit: usize) -> anyhow::Result<Vec<DeadLetter>> {
-        let docs: Vec<Document> = self
-            .dead_letters
-            .find(doc! {})
-            .sort(doc! {"at": -1})
-            .limit(limit as i64)
-            .await
-            .context("MongoDB dead letter read failed")?
-            .try_collect()
-            .await?;
-        docs.iter()
-            .map(|d| Ok(serde_json::from_str(d.get_str("letter")?)?))
-            .collect::<anyhow::Result<Vec<_>>>()
-            .context("a stored dead letter is malformed")
+        newest(&self.dead_letters, "letter", limit).await.context("MongoDB dead letter read failed")
     }
 
     async fn count_dead_letters(&self) -> anyhow::Result<u64> {
