@@ -277,6 +277,7 @@ async fn generate(
     let mut remaining = options.max_events.unwrap_or(u64::MAX);
     let mut result = Ok(());
     let mut reloaded = false;
+    let mut swap: Option<Swap> = None;
     while remaining > 0 && !stop.is_cancelled() {
         if reloaded || live.has_changed().unwrap_or(false) {
             reloaded = false;
@@ -286,7 +287,7 @@ async fn generate(
             batch_size = next.batch_size;
             tracing::info!(rate = next.rate, batch_size, "generator reloaded");
         }
-        if let Ok((next, done)) = swaps.try_recv() {
+        if let Some((next, done)) = swap.take().or_else(|| swaps.try_recv().ok()) {
             // A reload changed the transport: what went to the old one is delivered first.
             if let Err(e) = publisher.flush(options.flush_timeout).await {
                 result = Err(e);
@@ -304,11 +305,9 @@ async fn generate(
                 reloaded = true;
                 continue;
             }
-            Some(swap) = swaps.recv() => {
-                // Put it back for the top of the loop, which moves over between batches.
-                let (tx, rx) = mpsc::channel(1);
-                let _ = tx.try_send(swap);
-                swaps = rx;
+            // The move happens at the top of the loop, between batches.
+            Some(next) = swaps.recv() => {
+                swap = Some(next);
                 continue;
             }
             _ = stop.cancelled() => break,
