@@ -65,32 +65,30 @@ impl Rule {
 /// Reads a condition's result: a boolean, a label map, or an array of label maps or strings.
 fn instances(result: Dynamic) -> Result<Vec<(Labels, Option<f64>)>, String> {
     if result.is_unit() {
-        return Ok(Vec::new());
+        Ok(Vec::new())
+    } else if let Ok(b) = result.as_bool() {
+        Ok(if b { vec![(Labels::new(), None)] } else { Vec::new() })
+    } else if result.is_map() {
+        Ok(vec![labels_and_value(result.cast::<Map>())])
+    } else if result.is_array() {
+        result.cast::<rhai::Array>().into_iter().map(instance).collect()
+    } else {
+        Err(format!(
+            "an alert condition returns true/false, a map of labels, or an array of them; it returned {}",
+            result.type_name()
+        ))
     }
-    if let Some(b) = result.clone().try_cast::<bool>() {
-        return Ok(if b { vec![(Labels::new(), None)] } else { Vec::new() });
+}
+
+/// One entry of a condition's array: a label map, or a string naming the instance.
+fn instance(item: Dynamic) -> Result<(Labels, Option<f64>), String> {
+    if item.is_map() {
+        Ok(labels_and_value(item.cast::<Map>()))
+    } else if item.is_string() {
+        Ok((Labels::from([("instance".to_string(), item.to_string())]), None))
+    } else {
+        Err(format!("an alert condition's array holds label maps or strings, not {}", item.type_name()))
     }
-    if let Some(map) = result.clone().try_cast::<Map>() {
-        return Ok(vec![labels_and_value(map)]);
-    }
-    if let Some(array) = result.clone().try_cast::<rhai::Array>() {
-        return array
-            .into_iter()
-            .map(|item| {
-                if let Some(map) = item.clone().try_cast::<Map>() {
-                    Ok(labels_and_value(map))
-                } else if item.is_string() {
-                    Ok((Labels::from([("instance".to_string(), item.to_string())]), None))
-                } else {
-                    Err(format!("an alert condition's array holds label maps or strings, not {}", item.type_name()))
-                }
-            })
-            .collect();
-    }
-    Err(format!(
-        "an alert condition returns true/false, a map of labels, or an array of them; it returned {}",
-        result.type_name()
-    ))
 }
 
 fn labels_and_value(map: Map) -> (Labels, Option<f64>) {
