@@ -6,13 +6,11 @@
 mod common;
 
 use common::{free_port, recompute::assert_metrics_match, ServicePipeline};
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::ClientConfig;
 use runner::dead_letter::Reason;
 use runner::pipeline::{self, Components, RunOptions};
-use runner::store::{self, EventStore};
-use std::collections::HashSet;
+use runner::store;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -21,18 +19,6 @@ use tokio_util::sync::CancellationToken;
 fn report(fault: &str, produced: u64, stored: u64, duplicates: u64, dead: u64, recovery: Option<Duration>) {
     let recovery = recovery.map_or("-".to_string(), |d| format!("{:.1}s", d.as_secs_f64()));
     println!("fault: {fault} | produced {produced} | stored {stored} | duplicates skipped {duplicates} | dead letters {dead} | recovery {recovery}");
-}
-
-/// Messages in the topic: the sum of every partition's high watermark.
-fn topic_messages(bootstrap: &str, topic: &str, partitions: i32) -> u64 {
-    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap();
-    (0..partitions).map(|p| c.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap().1 as u64).sum()
-}
-
-async fn distinct_ids(store: &dyn EventStore) -> (usize, usize) {
-    let events = store.all_events().await.unwrap();
-    let ids: HashSet<String> = events.iter().map(|e| e.event_id.clone()).collect();
-    (events.len(), ids.len())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -158,7 +144,7 @@ async fn runner_killed_mid_stream_loses_nothing() {
         tokio::time::sleep(Duration::from_millis(after_ms)).await;
         kill9(&mut child);
     }
-    let produced = topic_messages(&common::kafka(), &sp.topic, sp.pipeline.config.kafka.partitions);
+    let produced = common::topic_messages(&common::kafka(), &sp.topic, sp.pipeline.config.kafka.partitions);
     assert!(produced > 1_000, "the killed runs produced events: {produced}");
 
     // A final consumer picks up from the committed offsets, once the killed members' sessions
@@ -167,7 +153,7 @@ async fn runner_killed_mid_stream_loses_nothing() {
     let t = Instant::now();
     let summary = common::run_pipeline(&sp, Components::CONSUMER, None, CancellationToken::new()).await;
     let store = store::open(&sp.pipeline.config).await.unwrap();
-    let (rows, distinct) = distinct_ids(&*store).await;
+    let (rows, distinct) = common::stored_ids(&*store).await;
     assert_eq!(rows, distinct, "no event stored twice");
     assert_eq!(rows as u64, produced, "every event that reached Kafka is stored exactly once");
     assert_metrics_match(&sp, produced).await;
@@ -271,7 +257,7 @@ async fn mongodb_killed_mid_stream_loses_nothing() {
     assert!(summary.stats.store_retries > 0, "the outage was noticed and retried");
     assert!(outage_seen, "health showed the store outage while it lasted");
     let store = store::open(&sp.pipeline.config).await.unwrap();
-    let (rows, distinct) = distinct_ids(&*store).await;
+    let (rows, distinct) = common::stored_ids(&*store).await;
     assert_eq!(rows, distinct, "no event stored twice");
     assert_eq!(rows as u64, events, "every produced event is stored");
     assert_metrics_match(&sp, events).await;
@@ -287,7 +273,7 @@ async fn broker_killed_mid_stream_loses_nothing() {
     let (summary, recovery, _) = run_through_outage(&sp.pipeline, events, &mut broker).await;
     assert_eq!(summary.stats.delivery_failed, 0, "the producer waited and retried instead of dropping");
     let store = store::open(&sp.pipeline.config).await.unwrap();
-    let (rows, distinct) = distinct_ids(&*store).await;
+    let (rows, distinct) = common::stored_ids(&*store).await;
     assert_eq!(rows, distinct, "no event stored twice");
     assert_eq!(rows as u64, events, "every produced event is stored");
     report("Kafka broker SIGKILLed for 4 s", events, rows as u64, summary.stats.duplicates, summary.stats.rejected, Some(recovery));

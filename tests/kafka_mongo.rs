@@ -8,7 +8,6 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use runner::pipeline::{Components, RunSummary};
 use runner::store::{self, EventStore};
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -52,9 +51,6 @@ fn committed_and_end(sp: &ServicePipeline) -> Vec<(i32, i64, i64)> {
         .collect()
 }
 
-async fn distinct_ids(store: &dyn EventStore) -> usize {
-    store.all_events().await.unwrap().into_iter().map(|e| e.event_id).collect::<HashSet<_>>().len()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn end_to_end_exact_counts() {
@@ -65,7 +61,7 @@ async fn end_to_end_exact_counts() {
     assert_eq!(summary.stats.delivered, n, "broker acknowledged every event");
     let store = store_of(&sp).await;
     assert_eq!(store.count_events().await.unwrap(), n);
-    assert_eq!(distinct_ids(&*store).await, n as usize);
+    assert_eq!(common::stored_ids(&*store).await.1, n as usize);
     let offsets = committed_and_end(&sp);
     println!("committed vs end per partition: {offsets:?}");
     assert_eq!(offsets.iter().map(|(_, c, _)| c).sum::<i64>(), n as i64);
@@ -88,7 +84,7 @@ async fn replay_is_harmless() {
     assert_eq!(again.stats.stored, 0);
     let store = store_of(&sp).await;
     assert_eq!(store.count_events().await.unwrap(), n);
-    assert_eq!(distinct_ids(&*store).await, n as usize);
+    assert_eq!(common::stored_ids(&*store).await.1, n as usize);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

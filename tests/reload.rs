@@ -392,14 +392,8 @@ async fn connection_change_reconnects_without_loss() {
     assert!(per_db[0] > 0 && per_db[1] > 0, "both databases got events: {per_db:?}");
     assert_eq!(per_db.iter().sum::<usize>(), events as usize, "every event stored once, in one of the two: {per_db:?}");
     assert_eq!(stored_ids.len(), events as usize, "no event in both");
-    let in_topics = [&topic_a, &topic_b].map(|t| topic_messages(&kafka, t));
+    let in_topics = [&topic_a, &topic_b].map(|t| common::topic_messages(&kafka, t, p.config.kafka.partitions));
     assert!(in_topics[1] > 0, "the generator moved to the new topic: {in_topics:?}");
     assert_eq!(in_topics.iter().sum::<u64>(), events);
     println!("moved after {} events; topics {in_topics:?}, databases {per_db:?}", in_topics[0]);
-}
-
-fn topic_messages(bootstrap: &str, topic: &str) -> u64 {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let c: BaseConsumer = rdkafka::ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap();
-    (0..3).map(|p| c.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap().1 as u64).sum()
 }

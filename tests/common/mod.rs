@@ -154,3 +154,17 @@ pub async fn wait_for_port(port: u16) {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// Messages in a topic: the sum of its partitions' high watermarks.
+pub fn topic_messages(bootstrap: &str, topic: &str, partitions: i32) -> u64 {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let c: BaseConsumer = rdkafka::ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap();
+    (0..partitions).map(|p| c.fetch_watermarks(topic, p, std::time::Duration::from_secs(10)).unwrap().1 as u64).sum()
+}
+
+/// Raw events in the store: (rows, distinct event ids).
+pub async fn stored_ids(store: &dyn runner::store::EventStore) -> (usize, usize) {
+    let events = store.all_events().await.unwrap();
+    let ids: std::collections::HashSet<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
+    (events.len(), ids.len())
+}
