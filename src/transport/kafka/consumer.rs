@@ -179,30 +179,44 @@ impl Subscriber for KafkaSubscriber {
 /// Measures, every [`LAG_EVERY`], how far each assigned partition's end is ahead of this
 /// consumer's position, for the health panel and /metrics.
 async fn sample_lag(consumer: Arc<GroupConsumer>, topic: String, stats: Arc<Stats>, stop: tokio_util::sync::CancellationToken) {
+    let Ok(c_topic) = std::ffi::CString::new(topic.as_str()) else { return };
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(LAG_EVERY) => {}
         }
-        let (consumer, topic) = (consumer.clone(), topic.clone());
-        let lag = tokio::task::spawn_blocking(move || {
-            let positions = consumer.position().ok()?;
-            let mut lag = Vec::new();
-            for e in positions.elements_for_topic(&topic) {
-                let (_, high) = consumer.fetch_watermarks(&topic, e.partition(), Duration::from_secs(1)).ok()?;
+        let Ok(positions) = consumer.position() else { continue };
+        // A partition not fetched from yet has no known end; no figure beats a partial one
+        // (caught_up reads "every partition at 0" from it).
+        let lag: Option<Vec<_>> = positions
+            .elements_for_topic(&topic)
+            .iter()
+            .map(|e| {
+                let high = known_high_watermark(&consumer, &c_topic, e.partition())?;
                 let at = match e.offset() {
                     Offset::Offset(o) => o,
                     _ => 0,
                 };
-                lag.push((e.partition(), (high - at).max(0)));
-            }
-            Some(lag)
-        })
-        .await;
-        if let Ok(Some(lag)) = lag {
+                Some((e.partition(), (high - at).max(0)))
+            })
+            .collect();
+        if let Some(lag) = lag {
             stats.set_lag(lag);
         }
     }
+}
+
+/// The partition's end offset as of the last fetch response, without asking the broker. Asking
+/// (ListOffsets) while a fetch waits on the same connection made Tansu hold the fetch until the
+/// request timed out, stalling the consumer for a minute at a time.
+fn known_high_watermark(consumer: &GroupConsumer, topic: &std::ffi::CStr, partition: i32) -> Option<i64> {
+    let (mut low, mut high) = (-1i64, -1i64);
+    // SAFETY: the client pointer is valid while `consumer` is borrowed, the topic is a
+    // NUL-terminated string that outlives the call, and librdkafka only writes the two i64s.
+    let err = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(consumer.client().native_ptr(), topic.as_ptr(), partition, &mut low, &mut high)
+    };
+    (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0).then_some(high)
 }
 
 /// Stores offsets of acknowledged batches for librdkafka's next commit.
