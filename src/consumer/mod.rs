@@ -25,7 +25,8 @@ pub struct ConsumerConfig {
     /// Most events written to the store in one batch.
     #[serde(default = "default_batch_size", deserialize_with = "de::number")]
     pub batch_size: usize,
-    /// How long to wait for a batch to fill before writing what there is.
+    /// The longest a batch waits to fill before what there is gets written. A batch goes sooner
+    /// when the transport has nothing more at hand, so this bounds latency only under a trickle.
     #[serde(default = "default_max_wait", deserialize_with = "de::duration")]
     pub max_wait: Duration,
     /// Batches read ahead while the store writes the current one.

@@ -9,6 +9,7 @@ use crate::telemetry::Stats;
 use crate::transport::{Acknowledge, Batch, Checkpoint, Poll, Subscriber};
 use anyhow::Context;
 use async_trait::async_trait;
+use futures::FutureExt;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
@@ -68,6 +69,9 @@ pub struct KafkaSubscriber {
     sampler: tokio_util::sync::CancellationToken,
     sampler_task: tokio::task::JoinHandle<()>,
 }
+
+/// A pause this long between messages means the fetched data has all been read.
+const FETCH_GAP: Duration = Duration::from_millis(2);
 
 /// How often the consumer's lag per partition is measured.
 const LAG_EVERY: Duration = Duration::from_secs(2);
@@ -134,7 +138,14 @@ impl Subscriber for KafkaSubscriber {
         let deadline = Instant::now() + self.max_wait;
         let mut received = 1;
         while received < self.batch_size {
-            match tokio::time::timeout_at(deadline, consumer.recv()).await {
+            // Messages of one fetch response arrive together; once they stop, the batch goes to
+            // the store rather than waiting out max_wait for the next fetch. A backlog still
+            // makes full batches, because it never stops.
+            let next = match consumer.recv().now_or_never() {
+                Some(next) => Ok(next),
+                None => tokio::time::timeout_at(deadline.min(Instant::now() + FETCH_GAP), consumer.recv()).await,
+            };
+            match next {
                 Err(_) => break,
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "kafka consumer error; continuing");
