@@ -29,6 +29,8 @@ pub struct Stats {
     store_failing_since: std::sync::Mutex<Option<chrono::DateTime<chrono::Utc>>>,
     /// When the first message was consumed and the last batch stored: the consumer's busy span.
     busy: std::sync::Mutex<Option<(Instant, Instant)>>,
+    /// From an event's timestamp to the consumer reading it from the transport.
+    read_latency: std::sync::Mutex<Histogram>,
     /// From an event's timestamp to its batch being durable in the store (raw and metrics).
     visible_latency: std::sync::Mutex<Histogram>,
     /// Messages behind the end of each assigned Kafka partition: (partition, lag).
@@ -49,6 +51,20 @@ impl Default for Histogram {
 }
 
 impl Histogram {
+    /// Adds the milliseconds from each timestamp (Unix ms) to now.
+    fn record_since(&mut self, timestamps: impl Iterator<Item = i64>) {
+        let now = chrono::Utc::now().timestamp_millis();
+        for t in timestamps {
+            let ms = (now - t).clamp(0, 60_000) as usize;
+            self.buckets[ms] += 1;
+            self.count += 1;
+        }
+    }
+
+    fn p50_p99(&self) -> Option<(u64, u64)> {
+        Some((self.quantile(0.50)?, self.quantile(0.99)?))
+    }
+
     fn quantile(&self, q: f64) -> Option<u64> {
         if self.count == 0 {
             return None;
@@ -219,15 +235,14 @@ impl Stats {
         }
     }
 
+    /// A batch was read from the transport: records each event's latency from its own timestamp.
+    pub fn read(&self, timestamps: impl Iterator<Item = i64>) {
+        self.read_latency.lock().unwrap().record_since(timestamps);
+    }
+
     /// A batch became durable: records each event's latency from its own timestamp.
     pub fn visible(&self, timestamps: impl Iterator<Item = i64>) {
-        let now = chrono::Utc::now().timestamp_millis();
-        let mut h = self.visible_latency.lock().unwrap();
-        for t in timestamps {
-            let ms = (now - t).clamp(0, 60_000) as usize;
-            h.buckets[ms] += 1;
-            h.count += 1;
-        }
+        self.visible_latency.lock().unwrap().record_since(timestamps);
     }
 
     /// The consumer's lag per assigned partition, as last measured.
@@ -241,14 +256,19 @@ impl Stats {
     }
 
     /// Forgets the latencies recorded so far (to measure a steady state).
-    pub fn reset_visible_latency(&self) {
+    pub fn reset_latency(&self) {
+        *self.read_latency.lock().unwrap() = Histogram::default();
         *self.visible_latency.lock().unwrap() = Histogram::default();
+    }
+
+    /// Percentiles (ms) of event timestamp to read by the consumer: (p50, p99), if any.
+    pub fn read_latency_ms(&self) -> Option<(u64, u64)> {
+        self.read_latency.lock().unwrap().p50_p99()
     }
 
     /// Percentiles (ms) of event timestamp to durable in the store: (p50, p99), if any.
     pub fn visible_latency_ms(&self) -> Option<(u64, u64)> {
-        let h = self.visible_latency.lock().unwrap();
-        Some((h.quantile(0.50)?, h.quantile(0.99)?))
+        self.visible_latency.lock().unwrap().p50_p99()
     }
 
     /// From the first message consumed to the last batch stored (zero before any).

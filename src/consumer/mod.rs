@@ -100,6 +100,7 @@ pub async fn run(
     let acknowledger = subscriber.acknowledger();
     let (tx, mut rx) = mpsc::channel::<Batch>(config.read_ahead.max(1));
     let reader_until = until.clone();
+    let stats_reader = stats.clone();
     let reader = tokio::spawn(async move {
         let mut last_data = Instant::now();
         let result = loop {
@@ -109,6 +110,7 @@ pub async fn run(
             match subscriber.poll_batch(POLL_WAIT).await {
                 Ok(Poll::Batch(batch)) => {
                     last_data = Instant::now();
+                    stats_reader.read(batch.events.iter().map(|e| e.timestamp.timestamp_millis()));
                     if tx.send(batch).await.is_err() {
                         break Ok(()); // the writer failed; it reports why
                     }
