@@ -66,6 +66,9 @@ enum Command {
         /// Print JSON instead of a table, to compare runs.
         #[arg(long)]
         json: bool,
+        /// Run only these sections (comma-separated) [default: all].
+        #[arg(long, value_enum, value_delimiter = ',')]
+        only: Vec<runner::bench::Section>,
     },
     /// Print every metric's current value (the window ending now), read from the store.
     Metrics {
@@ -176,8 +179,8 @@ fn main() -> ExitCode {
                 runner::commands::generate(&p, count, &mut std::io::stdout().lock())
             }),
         Command::Run(args) => run(args),
-        Command::Bench { pipeline, events, runs, kafka, mongodb, json } => {
-            bench(pipeline, runner::bench::BenchOptions { events, runs, kafka, mongodb }, json)
+        Command::Bench { pipeline, events, runs, kafka, mongodb, json, only } => {
+            bench(pipeline, runner::bench::BenchOptions { events, runs, kafka, mongodb, only }, json)
         }
         Command::Test { pipeline, tests } => match pipeline_tests(pipeline, tests) {
             Ok(true) => Ok(()),

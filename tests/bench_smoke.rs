@@ -1,4 +1,5 @@
-//! A short run of `runner bench` against the real services: every figure is produced.
+//! A short run of `runner bench` against the real services: every figure is produced, and the
+//! bench leaves no topic or database behind.
 
 mod common;
 
@@ -14,13 +15,39 @@ fn bench_smoke_run_prints_every_figure() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let figures: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
-    let names: Vec<&str> = figures.iter().map(|f| f["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = figures.iter().map(|f| f["name"].as_str().unwrap().trim()).collect();
     let shipped = common::load_pipeline(&[]).config.metrics.len();
     let aggregate = format!("aggregate: {shipped} shipped metrics");
-    for wanted in ["generator: plain Rust", aggregate.as_str(), "kafka produce: raw", "kafka consume: raw", "mongodb insert_many", "end to end: kafka", "peak RSS", "end to end, embedded"] {
+    let wanted = [
+        "generator: plain Rust",
+        aggregate.as_str(),
+        "kafka produce: raw",
+        "kafka consume: raw",
+        "end to end: kafka -> decode -> embedded store",
+        "mongodb insert_many",
+        "end to end: kafka -> decode -> MongoDB",
+        "peak RSS",
+        "latency p99",
+        "(of which event -> read by the consumer, p99)",
+        "end to end, embedded",
+    ];
+    for wanted in wanted {
         assert!(names.iter().any(|n| n.starts_with(wanted)), "missing {wanted:?} in {names:?}");
     }
     for f in &figures {
         assert!(f["median"].as_f64().unwrap() > 0.0, "{f}");
     }
+
+    let leftover_topics: Vec<String> = {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let c: BaseConsumer = rdkafka::ClientConfig::new().set("bootstrap.servers", common::kafka()).create().unwrap();
+        let metadata = c.fetch_metadata(None, std::time::Duration::from_secs(10)).unwrap();
+        metadata.topics().iter().map(|t| t.name().to_string()).filter(|t| t.starts_with("bench_")).collect()
+    };
+    assert!(leftover_topics.is_empty(), "the bench left topics behind: {leftover_topics:?}");
+    let leftover_databases: Vec<String> = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let client = mongodb::Client::with_uri_str(common::mongodb()).await.unwrap();
+        client.list_database_names().await.unwrap().into_iter().filter(|d| d.starts_with("bench_")).collect()
+    });
+    assert!(leftover_databases.is_empty(), "the bench left databases behind: {leftover_databases:?}");
 }

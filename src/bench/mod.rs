@@ -32,6 +32,29 @@ pub struct BenchOptions {
     pub kafka: Option<String>,
     /// MongoDB connection string for the MongoDB sections (skipped when `None`).
     pub mongodb: Option<String>,
+    /// The sections to run; empty means all.
+    pub only: Vec<Section>,
+}
+
+/// A part of the bench that can run alone (`--only`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Section {
+    /// Generator: Rhai plan, plain Rust, per-event hook.
+    Generator,
+    /// Aggregation of the shipped metrics, in memory.
+    Aggregate,
+    /// Kafka produce and consume, MongoDB insert_many, end to end and its peak RSS.
+    Throughput,
+    /// Event-to-visible latency at 10,000 events/s (needs Kafka and MongoDB).
+    Latency,
+    /// End to end on the embedded transport and store.
+    Embedded,
+}
+
+impl BenchOptions {
+    fn runs(&self, section: Section) -> bool {
+        self.only.is_empty() || self.only.contains(&section)
+    }
 }
 
 /// One measured figure.
@@ -74,12 +97,39 @@ fn rate(events: u64, took: Duration) -> f64 {
 
 /// Runs every section that the options allow, printing progress to the log.
 pub async fn run(pipeline: &Pipeline, opts: &BenchOptions) -> anyhow::Result<Vec<Figure>> {
-    let n = opts.events;
-    let runs = opts.runs.max(1);
     let mut figures = Vec::new();
     let script = GeneratorScript::load(&pipeline.config.generator)?;
-    let g = &pipeline.config.generator;
 
+    if opts.runs(Section::Generator) {
+        generator_section(pipeline, &script, opts, &mut figures)?;
+    }
+    if opts.runs(Section::Aggregate) {
+        aggregate_section(pipeline, &script, opts, &mut figures)?;
+    }
+    if let Some(servers) = &opts.kafka {
+        let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+        let mut measured = Ok(());
+        if opts.runs(Section::Throughput) {
+            measured = kafka_sections(pipeline, opts, servers, &run_id, &mut figures).await;
+        }
+        if let (true, true, Some(uri)) = (measured.is_ok(), opts.runs(Section::Latency), &opts.mongodb) {
+            measured = latency_section(pipeline, opts, servers, uri, &run_id, &mut figures).await;
+        }
+        // The broker and database are shared with the tests and later runs: leave them as found.
+        if let Err(e) = remove_bench_data(pipeline, servers, opts.mongodb.as_deref(), &run_id).await {
+            tracing::warn!(error = %format!("{e:#}"), "bench: could not remove its topics and databases");
+        }
+        measured?;
+    }
+    if opts.runs(Section::Embedded) {
+        embedded_section(pipeline, opts, &mut figures).await?;
+    }
+    Ok(figures)
+}
+
+fn generator_section(pipeline: &Pipeline, script: &GeneratorScript, opts: &BenchOptions, figures: &mut Vec<Figure>) -> anyhow::Result<()> {
+    let (n, runs) = (opts.events, opts.runs.max(1));
+    let g = &pipeline.config.generator;
     tracing::info!(events = n, runs, "bench: generator");
     let mut plan = Vec::new();
     let mut plain = Vec::new();
@@ -91,7 +141,7 @@ pub async fn run(pipeline: &Pipeline, opts: &BenchOptions) -> anyhow::Result<Vec
     }
     figures.push(figure("generator: Rhai-described plan", "events/s", plan));
     figures.push(figure("generator: plain Rust", "events/s", plain));
-    compare(&mut figures, "generator: Rhai-described plan", "generator: plain Rust");
+    compare(figures, "generator: Rhai-described plan", "generator: plain Rust");
 
     let hook = with_hook(pipeline)?;
     let mut hooked = Vec::new();
@@ -101,8 +151,12 @@ pub async fn run(pipeline: &Pipeline, opts: &BenchOptions) -> anyhow::Result<Vec
         hooked.push(rate(k, time_fill(k, |m, out| gen.fill(m, out))));
     }
     figures.push(figure("generator: with on_event hook", "events/s", hooked));
-    compare(&mut figures, "generator: with on_event hook", "generator: plain Rust");
+    compare(figures, "generator: with on_event hook", "generator: plain Rust");
+    Ok(())
+}
 
+fn aggregate_section(pipeline: &Pipeline, script: &GeneratorScript, opts: &BenchOptions, figures: &mut Vec<Figure>) -> anyhow::Result<()> {
+    let (n, runs) = (opts.events, opts.runs.max(1));
     tracing::info!("bench: aggregation");
     let set = Arc::new(MetricSet::load(&pipeline.config.metrics)?);
     let mut events = Vec::with_capacity(n as usize);
@@ -124,11 +178,11 @@ pub async fn run(pipeline: &Pipeline, opts: &BenchOptions) -> anyhow::Result<Vec
     }
     figures.push(figure(&format!("aggregate: {} shipped metrics, apply", set.metrics().len()), "ns/event", apply_ns));
     figures.push(figure("aggregate: apply + encode partials to store", "ns/event", full_ns));
+    Ok(())
+}
 
-    if let Some(servers) = &opts.kafka {
-        kafka_sections(pipeline, opts, servers, &mut figures).await?;
-    }
-
+async fn embedded_section(pipeline: &Pipeline, opts: &BenchOptions, figures: &mut Vec<Figure>) -> anyhow::Result<()> {
+    let (n, runs) = (opts.events, opts.runs.max(1));
     tracing::info!("bench: embedded end to end");
     let mut embedded = Vec::new();
     for _ in 0..runs {
@@ -145,7 +199,7 @@ pub async fn run(pipeline: &Pipeline, opts: &BenchOptions) -> anyhow::Result<Vec
         let _ = std::fs::remove_dir_all(dir);
     }
     figures.push(figure("end to end, embedded: generate -> queue -> aggregate -> SQLite", "events/s", embedded));
-    Ok(figures)
+    Ok(())
 }
 
 fn time_fill(n: u64, mut fill: impl FnMut(usize, &mut Vec<Event>)) -> Duration {
@@ -192,15 +246,14 @@ mod tempfile_path {
     }
 }
 
-async fn kafka_sections(pipeline: &Pipeline, opts: &BenchOptions, servers: &str, figures: &mut Vec<Figure>) -> anyhow::Result<()> {
+async fn kafka_sections(pipeline: &Pipeline, opts: &BenchOptions, servers: &str, run_id: &str, figures: &mut Vec<Figure>) -> anyhow::Result<()> {
     let n = opts.events;
     let runs = opts.runs.max(1);
-    let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
     let mut base = pipeline.clone();
     base.config.kafka.bootstrap_servers = servers.to_string();
     base.config.generator.rate = 0.0;
     base.config.generator.batch_size = 1000;
-    let quiet = RunOptions { progress_every: Duration::from_secs(3600), idle_exit: Some(Duration::from_secs(2)), ..RunOptions::default() };
+    let quiet = bench_run_options();
 
     tracing::info!("bench: kafka produce, runner vs raw producer");
     let (mut runner_rates, mut raw_rates, mut raw_consume) = (Vec::new(), Vec::new(), Vec::new());
@@ -242,6 +295,26 @@ async fn kafka_sections(pipeline: &Pipeline, opts: &BenchOptions, servers: &str,
     figures.push(figure("kafka produce: raw rdkafka, same-size messages", "events/s", raw_rates));
     compare(figures, "kafka produce: runner (JSON encode + send)", "kafka produce: raw rdkafka, same-size messages");
     figures.push(figure("kafka consume: raw rdkafka, no processing", "events/s", raw_consume));
+
+    // The consuming path when the store is not what limits it: the embedded store takes well over
+    // the broker's rate, so this shows what decoding, aggregating and committing cost.
+    tracing::info!("bench: end to end kafka -> aggregate -> embedded store");
+    let mut unlimited = Vec::new();
+    for (i, topic) in produced_topics.iter().enumerate() {
+        let dir = std::env::temp_dir().join(format!("runner-bench-{}", uuid::Uuid::new_v4().simple()));
+        let mut p = base.clone();
+        p.config.kafka.topic = topic.clone();
+        p.config.kafka.consumer_group = format!("bench_{run_id}_embedded_{i}");
+        p.config.mongodb.uri = "embedded".into();
+        p.config.embedded.data_dir = dir.clone();
+        let options = RunOptions { components: Components::CONSUMER, ..quiet.clone() };
+        let summary = pipeline::run(&p, options, CancellationToken::new()).await;
+        let _ = std::fs::remove_dir_all(dir);
+        let summary = summary?;
+        unlimited.push(rate(summary.stats.stored, summary.consumer_busy));
+    }
+    figures.push(figure(KAFKA_TO_EMBEDDED, "events/s", unlimited));
+    compare(figures, KAFKA_TO_EMBEDDED, "kafka consume: raw rdkafka, no processing");
 
     let Some(uri) = &opts.mongodb else { return Ok(()) };
     tracing::info!("bench: mongodb raw insert_many");
@@ -288,14 +361,21 @@ async fn kafka_sections(pipeline: &Pipeline, opts: &BenchOptions, servers: &str,
     figures.push(vs_insert);
     compare(figures, "  (same, against raw insert_many)", "mongodb insert_many: raw driver, same documents and indexes");
     figures.push(figure("peak RSS of a runner process doing the end to end", "MB", rss));
+    Ok(())
+}
 
+async fn latency_section(pipeline: &Pipeline, opts: &BenchOptions, servers: &str, uri: &str, run_id: &str, figures: &mut Vec<Figure>) -> anyhow::Result<()> {
+    let (n, runs) = (opts.events, opts.runs.max(1));
+    let mut base = pipeline.clone();
+    base.config.kafka.bootstrap_servers = servers.to_string();
+    let quiet = bench_run_options();
     tracing::info!("bench: latency at 10,000 events/s");
-    let (mut p50, mut p99) = (Vec::new(), Vec::new());
+    let (mut p50, mut p99, mut read50, mut read99) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for i in 0..runs {
         let mut p = base.clone();
         p.config.kafka.topic = format!("bench_{run_id}_latency_{i}");
         p.config.kafka.consumer_group = format!("bench_{run_id}_latency_{i}");
-        p.config.mongodb.uri = uri.clone();
+        p.config.mongodb.uri = uri.to_string();
         p.config.mongodb.database = format!("bench_{run_id}_latency_{i}");
         p.config.generator.rate = 10_000.0;
         p.config.generator.batch_size = 100;
@@ -323,16 +403,53 @@ async fn kafka_sections(pipeline: &Pipeline, opts: &BenchOptions, servers: &str,
         while stats.snapshot().stored < 20_001 && t.elapsed() < Duration::from_secs(60) {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        stats.reset_visible_latency();
+        stats.reset_latency();
         generator.await??;
         consumer.wait().await?;
         let (a, b) = stats.visible_latency_ms().context("bench: the latency run stored no events")?;
         p50.push(a as f64);
         p99.push(b as f64);
+        let (a, b) = stats.read_latency_ms().context("bench: the latency run read no events")?;
+        read50.push(a as f64);
+        read99.push(b as f64);
     }
     figures.push(figure("latency p50: event -> its metrics readable by /api/metrics, 10k events/s", "ms", p50));
     figures.push(figure("latency p99: event -> its metrics readable by /api/metrics, 10k events/s", "ms", p99));
+    // Where the time goes: up to the consumer's read is producer batching and the broker.
+    figures.push(figure("  (of which event -> read by the consumer, p50)", "ms", read50));
+    figures.push(figure("  (of which event -> read by the consumer, p99)", "ms", read99));
     Ok(())
+}
+
+const KAFKA_TO_EMBEDDED: &str = "end to end: kafka -> decode -> embedded store (store not the limit)";
+
+/// Deletes the topics and databases this bench run made (all named `bench_{run_id}_...`).
+async fn remove_bench_data(pipeline: &Pipeline, servers: &str, uri: Option<&str>, run_id: &str) -> anyhow::Result<()> {
+    let prefix = format!("bench_{run_id}_");
+    let mut kafka = pipeline.config.kafka.clone();
+    kafka.bootstrap_servers = servers.to_string();
+    let admin = crate::transport::kafka::connect(&kafka).await?;
+    let metadata = admin.inner().fetch_metadata(None, Duration::from_secs(10))?;
+    let topics: Vec<String> = metadata.topics().iter().map(|t| t.name().to_string()).filter(|t| t.starts_with(&prefix)).collect();
+    if !topics.is_empty() {
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        admin.delete_topics(&names, &rdkafka::admin::AdminOptions::new()).await?;
+    }
+    if let Some(uri) = uri {
+        let client = mongodb::Client::with_uri_str(uri).await?;
+        for name in client.list_database_names().await? {
+            if name.starts_with(&prefix) {
+                client.database(&name).drop().await?;
+            }
+        }
+    }
+    tracing::info!(topics = topics.len(), "bench: removed its topics and databases");
+    Ok(())
+}
+
+/// Runs with no progress lines, ending 2 s after the last event.
+fn bench_run_options() -> RunOptions {
+    RunOptions { progress_every: Duration::from_secs(3600), idle_exit: Some(Duration::from_secs(2)), ..RunOptions::default() }
 }
 
 /// Reads `n` messages of the topic from the start; the clock starts at the first message so
