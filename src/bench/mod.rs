@@ -115,9 +115,11 @@ pub async fn run(pipeline: &Pipeline, opts: &BenchOptions) -> anyhow::Result<Vec
         if let (true, true, Some(uri)) = (measured.is_ok(), opts.runs(Section::Latency), &opts.mongodb) {
             measured = latency_section(pipeline, opts, servers, uri, &run_id, &mut figures).await;
         }
-        // The broker and database are shared with the tests and later runs: leave them as found.
-        if let Err(e) = remove_bench_data(pipeline, servers, opts.mongodb.as_deref(), &run_id).await {
-            tracing::warn!(error = %format!("{e:#}"), "bench: could not remove its topics and databases");
+        // The database is shared with the tests and later runs: leave it as found.
+        if let Some(uri) = &opts.mongodb {
+            if let Err(e) = remove_bench_databases(uri, &run_id).await {
+                tracing::warn!(error = %format!("{e:#}"), "bench: could not drop its databases");
+            }
         }
         measured?;
     }
@@ -423,27 +425,17 @@ async fn latency_section(pipeline: &Pipeline, opts: &BenchOptions, servers: &str
 
 const KAFKA_TO_EMBEDDED: &str = "end to end: kafka -> decode -> embedded store (store not the limit)";
 
-/// Deletes the topics and databases this bench run made (all named `bench_{run_id}_...`).
-async fn remove_bench_data(pipeline: &Pipeline, servers: &str, uri: Option<&str>, run_id: &str) -> anyhow::Result<()> {
+/// Drops the databases this bench run made (all named `bench_{run_id}_...`). Its topics stay:
+/// deleting one topic on Tansu 0.6.0 removed every topic of the broker, so a bench must not
+/// delete topics on a broker it shares.
+async fn remove_bench_databases(uri: &str, run_id: &str) -> anyhow::Result<()> {
     let prefix = format!("bench_{run_id}_");
-    let mut kafka = pipeline.config.kafka.clone();
-    kafka.bootstrap_servers = servers.to_string();
-    let admin = crate::transport::kafka::connect(&kafka).await?;
-    let metadata = admin.inner().fetch_metadata(None, Duration::from_secs(10))?;
-    let topics: Vec<String> = metadata.topics().iter().map(|t| t.name().to_string()).filter(|t| t.starts_with(&prefix)).collect();
-    if !topics.is_empty() {
-        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-        admin.delete_topics(&names, &rdkafka::admin::AdminOptions::new()).await?;
-    }
-    if let Some(uri) = uri {
-        let client = mongodb::Client::with_uri_str(uri).await?;
-        for name in client.list_database_names().await? {
-            if name.starts_with(&prefix) {
-                client.database(&name).drop().await?;
-            }
+    let client = mongodb::Client::with_uri_str(uri).await?;
+    for name in client.list_database_names().await? {
+        if name.starts_with(&prefix) {
+            client.database(&name).drop().await?;
         }
     }
-    tracing::info!(topics = topics.len(), "bench: removed its topics and databases");
     Ok(())
 }
 
