@@ -23,7 +23,7 @@ fn bench_smoke_run_prints_every_figure() {
         aggregate.as_str(),
         "kafka produce: raw",
         "kafka consume: raw",
-        "end to end: kafka -> decode -> embedded store",
+        "end to end, store not the limit",
         "mongodb insert_many",
         "end to end: kafka -> decode -> MongoDB",
         "peak RSS",

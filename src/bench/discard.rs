@@ -1,0 +1,55 @@
+//! A store that keeps nothing, for the one bench figure that asks what the consuming path costs
+//! when no store limits it (Vector's `blackhole` sink plays the same part). Never used outside
+//! `runner bench`, and its figure says so in its name.
+
+use crate::aggregate::PaneRecord;
+use crate::alert::Notification;
+use crate::dead_letter::DeadLetter;
+use crate::event::Event;
+use crate::store::{EventStore, InsertOutcome};
+use async_trait::async_trait;
+
+pub struct Discard;
+
+#[async_trait]
+impl EventStore for Discard {
+    fn describe(&self) -> String {
+        "nothing (bench: writes are discarded)".into()
+    }
+    async fn insert_events(&self, events: &[Event]) -> anyhow::Result<InsertOutcome> {
+        Ok(InsertOutcome { inserted: events.len() as u64, duplicates: 0 })
+    }
+    async fn count_events(&self) -> anyhow::Result<u64> {
+        Ok(0)
+    }
+    async fn all_events(&self) -> anyhow::Result<Vec<Event>> {
+        Ok(Vec::new())
+    }
+    async fn write_panes(&self, _: &[PaneRecord]) -> anyhow::Result<()> {
+        Ok(())
+    }
+    async fn load_panes(&self, _: &str, _: i64, _: i64, _: Option<i32>) -> anyhow::Result<Vec<PaneRecord>> {
+        Ok(Vec::new())
+    }
+    async fn save_alert_state(&self, _: &str, _: &serde_json::Value) -> anyhow::Result<()> {
+        Ok(())
+    }
+    async fn load_alert_states(&self) -> anyhow::Result<Vec<(String, serde_json::Value)>> {
+        Ok(Vec::new())
+    }
+    async fn record_alert(&self, _: &Notification) -> anyhow::Result<()> {
+        Ok(())
+    }
+    async fn recent_alerts(&self, _: usize) -> anyhow::Result<Vec<Notification>> {
+        Ok(Vec::new())
+    }
+    async fn write_dead_letters(&self, _: &[DeadLetter]) -> anyhow::Result<()> {
+        Ok(())
+    }
+    async fn dead_letters(&self, _: usize) -> anyhow::Result<Vec<DeadLetter>> {
+        Ok(Vec::new())
+    }
+    async fn count_dead_letters(&self) -> anyhow::Result<u64> {
+        Ok(0)
+    }
+}
