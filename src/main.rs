@@ -110,6 +110,9 @@ struct RunArgs {
     /// Events per generated batch [default: generator.batch_size in the pipeline file].
     #[arg(long)]
     batch_size: Option<usize>,
+    /// Distinct users the generator draws from [default: generator.users in the pipeline file].
+    #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
+    users: Option<i64>,
     /// Stop after this long, e.g. 30s, 5m [default: run until Ctrl-C].
     #[arg(long = "for", value_parser = parse_duration)]
     run_for: Option<Duration>,
@@ -215,6 +218,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     if let Some(b) = args.batch_size {
         pipeline.add_override(move |c| c.generator.batch_size = b)?;
+    }
+    if let Some(u) = args.users {
+        pipeline.add_override(move |c| c.generator.users = u)?;
     }
     let components = Components {
         generator: args.components.iter().any(|c| matches!(c, ComponentArg::Generator | ComponentArg::Producer)),

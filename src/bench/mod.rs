@@ -50,6 +50,8 @@ pub enum Section {
     Latency,
     /// End to end on the embedded transport and store.
     Embedded,
+    /// Peak RSS of a runner holding over 100,000 active users (embedded).
+    Memory,
 }
 
 impl BenchOptions {
@@ -126,6 +128,9 @@ pub async fn run(pipeline: &Pipeline, opts: &BenchOptions) -> anyhow::Result<Vec
     }
     if opts.runs(Section::Embedded) {
         embedded_section(pipeline, opts, &mut figures).await?;
+    }
+    if opts.runs(Section::Memory) {
+        memory_section(pipeline, opts, &mut figures).await?;
     }
     Ok(figures)
 }
@@ -486,25 +491,76 @@ fn consume_all(config: &crate::transport::kafka::KafkaConfig, n: u64) -> anyhow:
 /// returns its peak RSS, read from /proc while it runs.
 fn child_consumer_peak_rss_mb(path: &std::path::Path, p: &Pipeline) -> anyhow::Result<f64> {
     let k = &p.config.kafka;
-    let mut child = std::process::Command::new(std::env::current_exe()?)
+    let mut child = std::process::Command::new(std::env::current_exe()?);
+    child
         .args(["run", path.to_str().unwrap_or_default(), "--components", "consumer", "--exit-when-idle", "2s", "--log", "warn"])
         .args(["--kafka", &k.bootstrap_servers, "--mongodb", &p.config.mongodb.uri])
         .env("KAFKA_TOPIC", &k.topic)
         .env("KAFKA_CONSUMER_GROUP", &k.consumer_group)
-        .env("MONGODB_DATABASE", &p.config.mongodb.database)
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .context("bench: cannot start a runner process")?;
+        .env("MONGODB_DATABASE", &p.config.mongodb.database);
+    child_peak_rss_mb(child)
+}
+
+/// Runs a runner process to its end, sampling its peak resident memory (VmHWM).
+fn child_peak_rss_mb(mut command: std::process::Command) -> anyhow::Result<f64> {
+    let mut child = command.stdout(std::process::Stdio::null()).spawn().context("bench: cannot start a runner process")?;
     let status_file = format!("/proc/{}/status", child.id());
     let mut peak_kb = 0.0f64;
-    while child.try_wait()?.is_none() {
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
         let hwm = std::fs::read_to_string(&status_file).ok().and_then(|s| {
             s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
         });
         peak_kb = peak_kb.max(hwm.unwrap_or(0.0));
         std::thread::sleep(Duration::from_millis(50));
-    }
+    };
+    anyhow::ensure!(status.success(), "bench: the runner process being measured failed ({status})");
     Ok(peak_kb / 1024.0)
+}
+
+/// Users drawn from and events generated for the memory figure: with the shipped skew, about
+/// 120,000 distinct users in one 60 s window.
+const MEMORY_USERS: i64 = 400_000;
+const MEMORY_EVENTS: u64 = 1_200_000;
+
+/// Peak RSS of a runner process (generator, consumer, every metric, embedded queue and store)
+/// whose windows hold over 100,000 active users, and how many users that was.
+async fn memory_section(pipeline: &Pipeline, opts: &BenchOptions, figures: &mut Vec<Figure>) -> anyhow::Result<()> {
+    tracing::info!(users = MEMORY_USERS, events = MEMORY_EVENTS, "bench: memory with many active users");
+    let (mut rss, mut active) = (Vec::new(), Vec::new());
+    for _ in 0..opts.runs.max(1) {
+        let dir = std::env::temp_dir().join(format!("runner-bench-{}", uuid::Uuid::new_v4().simple()));
+        let mut child = std::process::Command::new(std::env::current_exe()?);
+        child
+            .args(["run", pipeline.path.to_str().unwrap_or_default(), "--components", "generator,consumer", "--log", "warn"])
+            .args(["--kafka", "embedded", "--mongodb", "embedded", "--data-dir", dir.to_str().unwrap_or_default()])
+            .args(["--generation-rate", "0", "--batch-size", "1000", "--users", &MEMORY_USERS.to_string()])
+            .args(["--events", &MEMORY_EVENTS.to_string(), "--exit-when-idle", "1s"]);
+        let measured = match child_peak_rss_mb(child) {
+            Ok(mb) => active_users_in_last_minute(pipeline, &dir).await.map(|users| (mb, users)),
+            Err(e) => Err(e),
+        };
+        let _ = std::fs::remove_dir_all(&dir);
+        let (mb, users) = measured?;
+        rss.push(mb);
+        active.push(users as f64);
+    }
+    figures.push(figure("active users in the last 60 s of the memory run (embedded, unthrottled)", "users", active));
+    figures.push(figure("peak RSS of a runner process holding them (generator + consumer + metrics)", "MB", rss));
+    Ok(())
+}
+
+/// Distinct users among the stored events of the last minute of event time.
+async fn active_users_in_last_minute(pipeline: &Pipeline, dir: &std::path::Path) -> anyhow::Result<usize> {
+    let mut config = pipeline.config.embedded.clone();
+    config.data_dir = dir.to_path_buf();
+    let store = crate::store::embedded::EmbeddedStore::open(&config, None)?;
+    let events = crate::store::EventStore::all_events(&store).await?;
+    let newest = events.iter().map(|e| e.timestamp).max().context("bench: the memory run stored no events")?;
+    let since = newest - chrono::Duration::seconds(60);
+    Ok(events.iter().filter(|e| e.timestamp > since).map(|e| e.user_id.as_str()).collect::<std::collections::HashSet<_>>().len())
 }
 
 /// The figures as a table a person reads.
