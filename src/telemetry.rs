@@ -27,14 +27,40 @@ pub struct Stats {
     dead_letters: [AtomicU64; Reason::ALL.len()],
     /// Since when store writes have been failing (cleared by the next success).
     store_failing_since: std::sync::Mutex<Option<chrono::DateTime<chrono::Utc>>>,
-    /// When the first message was consumed and the last batch stored: the consumer's busy span.
-    busy: std::sync::Mutex<Option<(Instant, Instant)>>,
+    /// From the first message consumed to the last batch stored.
+    busy: Span,
+    /// From the first event generated to the last delivery report.
+    publishing: Span,
     /// From an event's timestamp to the consumer reading it from the transport.
     read_latency: std::sync::Mutex<Histogram>,
     /// From an event's timestamp to its batch being durable in the store (raw and metrics).
     visible_latency: std::sync::Mutex<Histogram>,
     /// Messages behind the end of each assigned Kafka partition: (partition, lag).
     lag: std::sync::Mutex<Vec<(i32, i64)>>,
+}
+
+/// When some work first started and last made progress.
+#[derive(Debug, Default)]
+struct Span(std::sync::Mutex<Option<(Instant, Instant)>>);
+
+impl Span {
+    fn begin(&self) {
+        let mut span = self.0.lock().unwrap();
+        if span.is_none() {
+            let now = Instant::now();
+            *span = Some((now, now));
+        }
+    }
+
+    fn extend(&self) {
+        if let Some((_, last)) = self.0.lock().unwrap().as_mut() {
+            *last = Instant::now();
+        }
+    }
+
+    fn length(&self) -> Duration {
+        self.0.lock().unwrap().map_or(Duration::ZERO, |(first, last)| last - first)
+    }
 }
 
 /// Millisecond buckets up to a minute, for latency percentiles without keeping samples.
@@ -131,10 +157,12 @@ impl Stats {
 
     pub fn generated(&self, n: usize) {
         self.generated.fetch_add(n as u64, Relaxed);
+        self.publishing.begin();
     }
 
     pub fn delivered(&self, n: usize) {
         self.delivered.fetch_add(n as u64, Relaxed);
+        self.publishing.extend();
     }
 
     /// A message the broker would not take, after librdkafka's own retries.
@@ -147,11 +175,7 @@ impl Stats {
 
     pub fn consumed(&self, n: usize) {
         self.consumed.fetch_add(n as u64, Relaxed);
-        let mut busy = self.busy.lock().unwrap();
-        if busy.is_none() {
-            let now = Instant::now();
-            *busy = Some((now, now));
-        }
+        self.busy.begin();
     }
 
     /// A batch written: `stored` new events, `duplicates` already present.
@@ -160,9 +184,7 @@ impl Stats {
         if let Some(since) = self.store_failing_since.lock().unwrap().take() {
             tracing::info!(down_for = ?(chrono::Utc::now() - since).to_std().unwrap_or_default(), "the store is back; writes succeed again");
         }
-        if let Some((_, last)) = self.busy.lock().unwrap().as_mut() {
-            *last = Instant::now();
-        }
+        self.busy.extend();
         if duplicates > 0 {
             self.duplicates.fetch_add(duplicates, Relaxed);
             tracing::info!(duplicates, "skipped events already stored (replayed after a restart or rebalance)");
@@ -273,7 +295,12 @@ impl Stats {
 
     /// From the first message consumed to the last batch stored (zero before any).
     pub fn busy_span(&self) -> Duration {
-        self.busy.lock().unwrap().map_or(Duration::ZERO, |(first, last)| last - first)
+        self.busy.length()
+    }
+
+    /// From the first event generated to the last delivery report (zero before any).
+    pub fn publishing_span(&self) -> Duration {
+        self.publishing.length()
     }
 
     pub fn snapshot(&self) -> Snapshot {

@@ -77,6 +77,8 @@ pub struct RunSummary {
     pub elapsed: Duration,
     /// From the first message consumed to the last batch stored.
     pub consumer_busy: Duration,
+    /// From the first event generated to the last delivery report.
+    pub generator_busy: Duration,
 }
 
 /// Runs the pipeline until `stop` fires, or the run's bounds are reached.
@@ -251,7 +253,12 @@ pub async fn start(pipeline: Pipeline, options: RunOptions, stop: CancellationTo
         consumer_result.context("consumer failed")?;
         dashboard_result.context("dashboard failed")?;
         alerting_result.context("alerting failed")?;
-        Ok(RunSummary { stats: task_stats.snapshot(), elapsed: started.elapsed(), consumer_busy: task_stats.busy_span() })
+        Ok(RunSummary {
+            stats: task_stats.snapshot(),
+            elapsed: started.elapsed(),
+            consumer_busy: task_stats.busy_span(),
+            generator_busy: task_stats.publishing_span(),
+        })
     });
     Ok(Running { stats, reload_status, metrics: metrics_rx, store: store.map(|s| s as Arc<dyn EventStore>), done })
 }
