@@ -29,7 +29,7 @@ pub struct Stats {
     store_failing_since: std::sync::Mutex<Option<chrono::DateTime<chrono::Utc>>>,
     /// From the first message consumed to the last batch stored.
     busy: Span,
-    /// From the first event generated to the last delivery report.
+    /// From the first batch generated to the generator's last flush.
     publishing: Span,
     /// From an event's timestamp to the consumer reading it from the transport.
     read_latency: std::sync::Mutex<Histogram>,
@@ -162,6 +162,10 @@ impl Stats {
 
     pub fn delivered(&self, n: usize) {
         self.delivered.fetch_add(n as u64, Relaxed);
+    }
+
+    /// The generator's flush returned: every event it published has its delivery report.
+    pub fn flushed(&self) {
         self.publishing.extend();
     }
 
@@ -298,7 +302,7 @@ impl Stats {
         self.busy.length()
     }
 
-    /// From the first event generated to the last delivery report (zero before any).
+    /// From the first batch generated to the generator's last flush (zero before any).
     pub fn publishing_span(&self) -> Duration {
         self.publishing.length()
     }

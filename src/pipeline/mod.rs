@@ -77,7 +77,7 @@ pub struct RunSummary {
     pub elapsed: Duration,
     /// From the first message consumed to the last batch stored.
     pub consumer_busy: Duration,
-    /// From the first event generated to the last delivery report.
+    /// From the first batch generated to the last flush (every delivery report in).
     pub generator_busy: Duration,
 }
 
@@ -329,6 +329,7 @@ async fn generate(
         remaining -= n as u64;
     }
     let flushed = publisher.flush(options.flush_timeout).await;
+    stats.flushed();
     result.and(flushed)
 }
 
