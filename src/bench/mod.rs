@@ -55,7 +55,7 @@ pub enum Section {
 }
 
 impl BenchOptions {
-    fn runs(&self, section: Section) -> bool {
+    fn includes(&self, section: Section) -> bool {
         self.only.is_empty() || self.only.contains(&section)
     }
 }
@@ -100,24 +100,28 @@ fn rate(events: u64, took: Duration) -> f64 {
 
 /// Runs every section that the options allow, printing progress to the log.
 pub async fn run(pipeline: &Pipeline, opts: &BenchOptions) -> anyhow::Result<Vec<Figure>> {
+    let opts = &BenchOptions { runs: opts.runs.max(1), ..opts.clone() };
     let mut figures = Vec::new();
     let script = GeneratorScript::load(&pipeline.config.generator)?;
 
-    if opts.runs(Section::Generator) {
+    if opts.includes(Section::Generator) {
         generator_section(pipeline, &script, opts, &mut figures)?;
     }
-    if opts.runs(Section::Aggregate) {
+    if opts.includes(Section::Aggregate) {
         aggregate_section(pipeline, &script, opts, &mut figures)?;
     }
     if let Some(servers) = &opts.kafka {
         let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
-        let mut measured = Ok(());
-        if opts.runs(Section::Throughput) {
-            measured = kafka_sections(pipeline, opts, servers, &run_id, &mut figures).await;
+        let measured = async {
+            if opts.includes(Section::Throughput) {
+                kafka_sections(pipeline, opts, servers, &run_id, &mut figures).await?;
+            }
+            if let (true, Some(uri)) = (opts.includes(Section::Latency), &opts.mongodb) {
+                latency_section(pipeline, opts, servers, uri, &run_id, &mut figures).await?;
+            }
+            anyhow::Ok(())
         }
-        if let (true, true, Some(uri)) = (measured.is_ok(), opts.runs(Section::Latency), &opts.mongodb) {
-            measured = latency_section(pipeline, opts, servers, uri, &run_id, &mut figures).await;
-        }
+        .await;
         // The database is shared with the tests and later runs: leave it as found.
         if let Some(uri) = &opts.mongodb {
             if let Err(e) = remove_bench_databases(uri, &run_id).await {
@@ -126,17 +130,17 @@ pub async fn run(pipeline: &Pipeline, opts: &BenchOptions) -> anyhow::Result<Vec
         }
         measured?;
     }
-    if opts.runs(Section::Embedded) {
+    if opts.includes(Section::Embedded) {
         embedded_section(pipeline, opts, &mut figures).await?;
     }
-    if opts.runs(Section::Memory) {
+    if opts.includes(Section::Memory) {
         memory_section(pipeline, opts, &mut figures).await?;
     }
     Ok(figures)
 }
 
 fn generator_section(pipeline: &Pipeline, script: &GeneratorScript, opts: &BenchOptions, figures: &mut Vec<Figure>) -> anyhow::Result<()> {
-    let (n, runs) = (opts.events, opts.runs.max(1));
+    let (n, runs) = (opts.events, opts.runs);
     let g = &pipeline.config.generator;
     tracing::info!(events = n, runs, "bench: generator");
     let mut plan = Vec::new();
@@ -164,7 +168,7 @@ fn generator_section(pipeline: &Pipeline, script: &GeneratorScript, opts: &Bench
 }
 
 fn aggregate_section(pipeline: &Pipeline, script: &GeneratorScript, opts: &BenchOptions, figures: &mut Vec<Figure>) -> anyhow::Result<()> {
-    let (n, runs) = (opts.events, opts.runs.max(1));
+    let (n, runs) = (opts.events, opts.runs);
     tracing::info!("bench: aggregation");
     let set = Arc::new(MetricSet::load(&pipeline.config.metrics)?);
     let mut events = Vec::with_capacity(n as usize);
@@ -190,11 +194,11 @@ fn aggregate_section(pipeline: &Pipeline, script: &GeneratorScript, opts: &Bench
 }
 
 async fn embedded_section(pipeline: &Pipeline, opts: &BenchOptions, figures: &mut Vec<Figure>) -> anyhow::Result<()> {
-    let (n, runs) = (opts.events, opts.runs.max(1));
+    let (n, runs) = (opts.events, opts.runs);
     tracing::info!("bench: embedded end to end");
     let mut embedded = Vec::new();
     for _ in 0..runs {
-        let dir = std::env::temp_dir().join(format!("runner-bench-{}", uuid::Uuid::new_v4().simple()));
+        let dir = scratch_path("");
         let mut p = pipeline.clone();
         p.config.kafka.bootstrap_servers = "embedded".into();
         p.config.mongodb.uri = "embedded".into();
@@ -242,7 +246,7 @@ mod tempfile_path {
     }
     impl TempScript {
         pub fn new(text: &str) -> std::io::Result<Self> {
-            let path = std::env::temp_dir().join(format!("runner-bench-{}.rhai", uuid::Uuid::new_v4().simple()));
+            let path = super::scratch_path(".rhai");
             std::fs::write(&path, text)?;
             Ok(TempScript { path })
         }
@@ -256,7 +260,7 @@ mod tempfile_path {
 
 async fn kafka_sections(pipeline: &Pipeline, opts: &BenchOptions, servers: &str, run_id: &str, figures: &mut Vec<Figure>) -> anyhow::Result<()> {
     let n = opts.events;
-    let runs = opts.runs.max(1);
+    let runs = opts.runs;
     let mut base = pipeline.clone();
     base.config.kafka.bootstrap_servers = servers.to_string();
     base.config.generator.rate = 0.0;
@@ -369,7 +373,7 @@ async fn kafka_sections(pipeline: &Pipeline, opts: &BenchOptions, servers: &str,
 }
 
 async fn latency_section(pipeline: &Pipeline, opts: &BenchOptions, servers: &str, uri: &str, run_id: &str, figures: &mut Vec<Figure>) -> anyhow::Result<()> {
-    let (n, runs) = (opts.events, opts.runs.max(1));
+    let (n, runs) = (opts.events, opts.runs);
     let mut base = pipeline.clone();
     base.config.kafka.bootstrap_servers = servers.to_string();
     let quiet = bench_run_options();
@@ -459,6 +463,11 @@ async fn remove_bench_databases(uri: &str, run_id: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A fresh path under the temp folder for a bench run's files.
+fn scratch_path(extension: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("runner-bench-{}{extension}", uuid::Uuid::new_v4().simple()))
+}
+
 /// Runs with no progress lines, ending 2 s after the last event.
 fn bench_run_options() -> RunOptions {
     RunOptions { progress_every: Duration::from_secs(3600), idle_exit: Some(Duration::from_secs(2)), ..RunOptions::default() }
@@ -532,8 +541,8 @@ const MEMORY_EVENTS: u64 = 1_200_000;
 async fn memory_section(pipeline: &Pipeline, opts: &BenchOptions, figures: &mut Vec<Figure>) -> anyhow::Result<()> {
     tracing::info!(users = MEMORY_USERS, events = MEMORY_EVENTS, "bench: memory with many active users");
     let (mut rss, mut active) = (Vec::new(), Vec::new());
-    for _ in 0..opts.runs.max(1) {
-        let dir = std::env::temp_dir().join(format!("runner-bench-{}", uuid::Uuid::new_v4().simple()));
+    for _ in 0..opts.runs {
+        let dir = scratch_path("");
         let mut child = std::process::Command::new(std::env::current_exe()?);
         child
             .args(["run", pipeline.path.to_str().unwrap_or_default(), "--components", "generator,consumer", "--log", "warn"])
