@@ -152,12 +152,18 @@ async fn runner_killed_mid_stream_loses_nothing() {
     tokio::time::sleep(Duration::from_secs(7)).await;
     let t = Instant::now();
     let summary = common::run_pipeline(&sp, Components::CONSUMER, None, CancellationToken::new()).await;
+    let rows = assert_each_stored_once(&sp, produced, "every event that reached Kafka").await;
+    assert_metrics_match(&sp, produced).await;
+    report("runner SIGKILLed 3 times", produced, rows, summary.stats.duplicates, 0, Some(t.elapsed()));
+}
+
+/// Checks the pipeline's store holds `expected` events (`which` names them), none twice.
+async fn assert_each_stored_once(sp: &common::ServicePipeline, expected: u64, which: &str) -> u64 {
     let store = store::open(&sp.pipeline.config).await.unwrap();
     let (rows, distinct) = common::stored_ids(&*store).await;
     assert_eq!(rows, distinct, "no event stored twice");
-    assert_eq!(rows as u64, produced, "every event that reached Kafka is stored exactly once");
-    assert_metrics_match(&sp, produced).await;
-    report("runner SIGKILLed 3 times", produced, rows as u64, summary.stats.duplicates, 0, Some(t.elapsed()));
+    assert_eq!(rows as u64, expected, "{which} is stored exactly once");
+    rows as u64
 }
 
 /// A service process of our own (so killing it does not disturb other tests), restartable on
@@ -256,12 +262,9 @@ async fn mongodb_killed_mid_stream_loses_nothing() {
     let (summary, recovery, outage_seen) = run_through_outage(&sp.pipeline, events, &mut mongo).await;
     assert!(summary.stats.store_retries > 0, "the outage was noticed and retried");
     assert!(outage_seen, "health showed the store outage while it lasted");
-    let store = store::open(&sp.pipeline.config).await.unwrap();
-    let (rows, distinct) = common::stored_ids(&*store).await;
-    assert_eq!(rows, distinct, "no event stored twice");
-    assert_eq!(rows as u64, events, "every produced event is stored");
+    let rows = assert_each_stored_once(&sp, events, "every produced event").await;
     assert_metrics_match(&sp, events).await;
-    report("MongoDB SIGKILLed for 4 s", events, rows as u64, summary.stats.duplicates, summary.stats.rejected, Some(recovery));
+    report("MongoDB SIGKILLed for 4 s", events, rows, summary.stats.duplicates, summary.stats.rejected, Some(recovery));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -272,9 +275,6 @@ async fn broker_killed_mid_stream_loses_nothing() {
     let events = 20_000;
     let (summary, recovery, _) = run_through_outage(&sp.pipeline, events, &mut broker).await;
     assert_eq!(summary.stats.delivery_failed, 0, "the producer waited and retried instead of dropping");
-    let store = store::open(&sp.pipeline.config).await.unwrap();
-    let (rows, distinct) = common::stored_ids(&*store).await;
-    assert_eq!(rows, distinct, "no event stored twice");
-    assert_eq!(rows as u64, events, "every produced event is stored");
-    report("Kafka broker SIGKILLed for 4 s", events, rows as u64, summary.stats.duplicates, summary.stats.rejected, Some(recovery));
+    let rows = assert_each_stored_once(&sp, events, "every produced event").await;
+    report("Kafka broker SIGKILLed for 4 s", events, rows, summary.stats.duplicates, summary.stats.rejected, Some(recovery));
 }
