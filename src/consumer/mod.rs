@@ -103,6 +103,7 @@ pub async fn run(
     let stats_reader = stats.clone();
     let reader = tokio::spawn(async move {
         let mut last_data = Instant::now();
+        let mut producers_done_at = None;
         let result = loop {
             if reader_until.stop.is_cancelled() {
                 break Ok(());
@@ -119,13 +120,19 @@ pub async fn run(
                     // Silence means "done" only once the consumer has read all there is: a group
                     // join or a slow broker is not idleness. A consumer that never catches up
                     // (no partitions, broker gone) still ends, later.
-                    let caught_up = subscriber.caught_up();
+                    let producers_done = reader_until.producers_done.is_cancelled();
+                    if producers_done {
+                        producers_done_at.get_or_insert_with(Instant::now);
+                    }
+                    // "At the end" counts only as measured after the last data and after the
+                    // producers finished: an earlier measurement may predate events still on
+                    // their way (a producer resending after a broker restart).
+                    let since = producers_done_at.map_or(last_data, |done| done.max(last_data));
+                    let caught_up = subscriber.caught_up(since.into_std());
                     let limit = |idle: Duration| if caught_up { idle } else { idle.max(NOT_CAUGHT_UP_IDLE) };
                     let draining = reader_until.drain.is_cancelled();
                     let idle = if draining { Some(DRAIN_IDLE) } else { reader_until.idle };
-                    let idle_over = idle.is_some_and(|idle| {
-                        (draining || reader_until.producers_done.is_cancelled()) && last_data.elapsed() >= limit(idle)
-                    });
+                    let idle_over = idle.is_some_and(|idle| (draining || producers_done) && last_data.elapsed() >= limit(idle));
                     if idle_over {
                         break Ok(());
                     }

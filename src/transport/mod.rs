@@ -27,9 +27,11 @@ pub trait Publisher: Send {
 pub trait Subscriber: Send {
     /// Waits up to `wait` for events and returns what arrived (up to the configured batch size).
     async fn poll_batch(&mut self, wait: Duration) -> anyhow::Result<Poll>;
-    /// Whether everything available has been read (a Kafka consumer holds partitions and has
-    /// reached their end); an idle exit waits for it.
-    fn caught_up(&self) -> bool {
+    /// Whether everything available has been read, as measured after `since` (a Kafka consumer
+    /// holds partitions and the broker said it reached their end); an idle exit waits for it.
+    /// An older measurement does not count: the broker may have been away since.
+    fn caught_up(&self, since: std::time::Instant) -> bool {
+        let _ = since;
         true
     }
     /// A handle the store-writing side uses to acknowledge batches once they are durable.

@@ -65,6 +65,8 @@ pub struct KafkaSubscriber {
     max_wait: Duration,
     validation: Validation,
     stats: Arc<Stats>,
+    /// When the lag figure was last measured by asking the broker (none while it is away).
+    lag_measured: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
     /// Stops the lag sampler at close.
     sampler: tokio_util::sync::CancellationToken,
     sampler_task: tokio::task::JoinHandle<()>,
@@ -75,6 +77,9 @@ const FETCH_GAP: Duration = Duration::from_millis(2);
 
 /// How often the consumer's lag per partition is measured.
 const LAG_EVERY: Duration = Duration::from_secs(2);
+
+/// How long one end-offset request may take before the measurement counts as failed.
+const END_OFFSET_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl KafkaSubscriber {
     /// Joins the group and subscribes to the topic.
@@ -88,9 +93,25 @@ impl KafkaSubscriber {
             .subscribe(&[&config.topic])
             .with_context(|| format!("cannot subscribe to Kafka topic {:?}", config.topic))?;
         let consumer = Arc::new(consumer);
+        // End offsets are asked for on a connection of its own: a ListOffsets request queued
+        // behind a waiting fetch on the consumer's connection made Tansu hold that fetch until
+        // the request timed out, stalling the consumer for a minute at a time.
+        let ends: BaseConsumer = config.admin_config().create().context("cannot create the Kafka client that measures consumer lag")?;
+        let lag_measured = Arc::new(std::sync::Mutex::new(None));
         let sampler = tokio_util::sync::CancellationToken::new();
-        let sampler_task = tokio::spawn(sample_lag(consumer.clone(), config.topic.clone(), stats.clone(), sampler.clone()));
-        Ok(KafkaSubscriber { consumer, topic: config.topic.clone(), batch_size: batch_size.max(1), max_wait, validation, stats, sampler, sampler_task })
+        let lag = LagSampler { consumer: consumer.clone(), ends: Arc::new(ends), topic: config.topic.clone(), stats: stats.clone(), measured: lag_measured.clone() };
+        let sampler_task = tokio::spawn(lag.run(sampler.clone()));
+        Ok(KafkaSubscriber {
+            consumer,
+            topic: config.topic.clone(),
+            batch_size: batch_size.max(1),
+            max_wait,
+            validation,
+            stats,
+            lag_measured,
+            sampler,
+            sampler_task,
+        })
     }
 
     fn decode(&self, msg: &BorrowedMessage<'_>, batch: &mut Batch) {
@@ -161,10 +182,11 @@ impl Subscriber for KafkaSubscriber {
         Ok(Poll::Batch(batch))
     }
 
-    fn caught_up(&self) -> bool {
+    fn caught_up(&self, since: std::time::Instant) -> bool {
         let assigned = self.consumer.context().assigned.load(std::sync::atomic::Ordering::Relaxed) > 0;
+        let fresh = self.lag_measured.lock().unwrap().is_some_and(|at| at > since);
         let lag = self.stats.lag();
-        assigned && !lag.is_empty() && lag.iter().all(|(_, l)| *l == 0)
+        assigned && fresh && !lag.is_empty() && lag.iter().all(|(_, l)| *l == 0)
     }
 
     fn acknowledger(&self) -> Arc<dyn Acknowledge> {
@@ -188,46 +210,50 @@ impl Subscriber for KafkaSubscriber {
 }
 
 /// Measures, every [`LAG_EVERY`], how far each assigned partition's end is ahead of this
-/// consumer's position, for the health panel and /metrics.
-async fn sample_lag(consumer: Arc<GroupConsumer>, topic: String, stats: Arc<Stats>, stop: tokio_util::sync::CancellationToken) {
-    let Ok(c_topic) = std::ffi::CString::new(topic.as_str()) else { return };
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(LAG_EVERY) => {}
-        }
-        let Ok(positions) = consumer.position() else { continue };
-        // A partition not fetched from yet has no known end; no figure beats a partial one
-        // (caught_up reads "every partition at 0" from it).
-        let lag: Option<Vec<_>> = positions
-            .elements_for_topic(&topic)
-            .iter()
-            .map(|e| {
-                let high = known_high_watermark(&consumer, &c_topic, e.partition())?;
-                let at = match e.offset() {
-                    Offset::Offset(o) => o,
-                    _ => 0,
-                };
-                Some((e.partition(), (high - at).max(0)))
-            })
-            .collect();
-        if let Some(lag) = lag {
-            stats.set_lag(lag);
-        }
-    }
+/// consumer's position, for the health panel, /metrics and the idle exit.
+struct LagSampler {
+    consumer: Arc<GroupConsumer>,
+    /// A client of its own, used only to ask for end offsets.
+    ends: Arc<BaseConsumer>,
+    topic: String,
+    stats: Arc<Stats>,
+    measured: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
 }
 
-/// The partition's end offset as of the last fetch response, without asking the broker. Asking
-/// (ListOffsets) while a fetch waits on the same connection made Tansu hold the fetch until the
-/// request timed out, stalling the consumer for a minute at a time.
-fn known_high_watermark(consumer: &GroupConsumer, topic: &std::ffi::CStr, partition: i32) -> Option<i64> {
-    let (mut low, mut high) = (-1i64, -1i64);
-    // SAFETY: the client pointer is valid while `consumer` is borrowed, the topic is a
-    // NUL-terminated string that outlives the call, and librdkafka only writes the two i64s.
-    let err = unsafe {
-        rdkafka::bindings::rd_kafka_get_watermark_offsets(consumer.client().native_ptr(), topic.as_ptr(), partition, &mut low, &mut high)
-    };
-    (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0).then_some(high)
+impl LagSampler {
+    async fn run(self, stop: tokio_util::sync::CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(LAG_EVERY) => {}
+            }
+            let Ok(positions) = self.consumer.position() else { continue };
+            let at: Vec<(i32, i64)> = positions
+                .elements_for_topic(&self.topic)
+                .iter()
+                .map(|e| match e.offset() {
+                    Offset::Offset(o) => (e.partition(), o),
+                    _ => (e.partition(), 0),
+                })
+                .collect();
+            let (ends, topic) = (self.ends.clone(), self.topic.clone());
+            let lag = tokio::task::spawn_blocking(move || {
+                at.iter()
+                    .map(|&(partition, at)| {
+                        let (_, high) = ends.fetch_watermarks(&topic, partition, END_OFFSET_TIMEOUT)?;
+                        Ok((partition, (high - at).max(0)))
+                    })
+                    .collect::<Result<Vec<_>, KafkaError>>()
+            })
+            .await;
+            // While the broker is away the last figure stays on show, but it no longer counts
+            // as a measurement: the idle exit must not take an old "caught up" for a new one.
+            if let Ok(Ok(lag)) = lag {
+                self.stats.set_lag(lag);
+                *self.measured.lock().unwrap() = Some(std::time::Instant::now());
+            }
+        }
+    }
 }
 
 /// Stores offsets of acknowledged batches for librdkafka's next commit.
