@@ -327,7 +327,8 @@ async fn kafka_sections(pipeline: &Pipeline, opts: &BenchOptions, servers: &str,
     let Some(uri) = &opts.mongodb else { return Ok(()) };
     tracing::info!("bench: mongodb raw insert_many");
     let mut inserts = Vec::new();
-    let client = mongodb::Client::with_uri_str(uri).await.context("bench: cannot connect to MongoDB")?;
+    // The runner's write concern (journaled) too: it is part of what a write costs.
+    let client = mongodb::Client::with_options(crate::store::mongo::client_options(uri).await?).context("bench: cannot connect to MongoDB")?;
     for i in 0..runs {
         let coll = client.database(&format!("bench_{run_id}_raw_{i}")).collection::<mongodb::bson::Document>("raw");
         // The same indexes as the runner's raw collection: they are part of what a write costs.

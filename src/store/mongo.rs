@@ -120,6 +120,19 @@ pub fn redact(uri: &str) -> String {
     }
 }
 
+/// The driver settings the store writes with (the bench's raw baseline uses them too).
+pub async fn client_options(uri: &str) -> anyhow::Result<ClientOptions> {
+    let mut options =
+        ClientOptions::parse(uri).await.with_context(|| format!("mongodb.uri {:?} is not a valid connection string", redact(uri)))?;
+    options.app_name.get_or_insert_with(|| "runner".to_string());
+    options.server_selection_timeout.get_or_insert(Duration::from_secs(3));
+    // Kafka offsets are committed once the store acknowledges a batch, so an acknowledgment
+    // must mean the write survives the server being killed: journaled, unless the connection
+    // string says otherwise (`journal=false`).
+    options.write_concern.get_or_insert_with(Default::default).journal.get_or_insert(true);
+    Ok(options)
+}
+
 /// Raw events in a MongoDB collection.
 pub struct MongoStore {
     raw: Collection<Document>,
@@ -135,12 +148,7 @@ impl MongoStore {
     /// the indexes.
     pub async fn connect(config: &MongoConfig) -> anyhow::Result<Self> {
         let shown = redact(&config.uri);
-        let mut options = ClientOptions::parse(&config.uri)
-            .await
-            .with_context(|| format!("mongodb.uri {shown:?} is not a valid connection string"))?;
-        options.app_name.get_or_insert_with(|| "runner".to_string());
-        options.server_selection_timeout.get_or_insert(Duration::from_secs(3));
-        let client = Client::with_options(options).context("cannot create the MongoDB client")?;
+        let client = Client::with_options(client_options(&config.uri).await?).context("cannot create the MongoDB client")?;
         let db = client.database(&config.database);
         let started = Instant::now();
         let mut wait = Duration::from_millis(250);
@@ -439,5 +447,13 @@ mod tests {
     fn redact_hides_only_the_password() {
         assert_eq!(redact("mongodb://bob:s3cret@h:27017/db"), "mongodb://bob:***@h:27017/db");
         assert_eq!(redact("mongodb://h:27017"), "mongodb://h:27017");
+    }
+
+    #[tokio::test]
+    async fn writes_are_journaled_unless_the_uri_says_otherwise() {
+        let journal = |o: ClientOptions| o.write_concern.and_then(|w| w.journal);
+        assert_eq!(journal(client_options("mongodb://h:27017").await.unwrap()), Some(true));
+        assert_eq!(journal(client_options("mongodb://h:27017/?w=majority").await.unwrap()), Some(true));
+        assert_eq!(journal(client_options("mongodb://h:27017/?journal=false").await.unwrap()), Some(false));
     }
 }
