@@ -379,23 +379,24 @@ mod tests {
     use chrono::TimeZone;
     use std::time::Duration;
 
-    fn metric(lateness_s: u64) -> MetricConfig {
-        let dir = std::env::temp_dir().join(format!("agg-unit-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let script = dir.join("per_item.rhai");
+    /// A count-per-item metric set, its script in a directory removed once compiled.
+    pub(super) fn per_item_set(window: Duration, lateness: Duration) -> Arc<MetricSet> {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("per_item.rhai");
         std::fs::write(&script, "#{ key: field(\"item_id\") }").unwrap();
-        MetricConfig {
+        let config = MetricConfig {
             name: "per_item".into(),
             script,
             reducer: ReducerKind::Count,
             k: 1,
-            window: Duration::from_secs(60),
+            window,
             slide: Some(Duration::from_secs(5)),
             time: TimeMode::Event,
-            lateness: Duration::from_secs(lateness_s),
+            lateness,
             description: String::new(),
             exact_limit: 10_000,
-        }
+        };
+        Arc::new(MetricSet::load(&[config]).unwrap())
     }
 
     pub(super) fn event(id: &str, item: &str, second: i64) -> Event {
@@ -414,7 +415,7 @@ mod tests {
     }
 
     fn aggregator(lateness_s: u64) -> (Aggregator, Arc<Stats>) {
-        let set = Arc::new(MetricSet::load(&[metric(lateness_s)]).unwrap());
+        let set = per_item_set(Duration::from_secs(60), Duration::from_secs(lateness_s));
         let stats = Stats::new();
         (Aggregator::new(set, stats.clone()), stats)
     }
@@ -475,23 +476,7 @@ mod properties {
     use std::time::Duration;
 
     fn set() -> Arc<MetricSet> {
-        let dir = std::env::temp_dir().join(format!("agg-prop-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let script = dir.join("per_item.rhai");
-        std::fs::write(&script, "#{ key: field(\"item_id\") }").unwrap();
-        let config = MetricConfig {
-            name: "per_item".into(),
-            script,
-            reducer: ReducerKind::Count,
-            k: 1,
-            window: Duration::from_secs(20),
-            slide: Some(Duration::from_secs(5)),
-            time: TimeMode::Event,
-            lateness: Duration::from_secs(3600),
-            description: String::new(),
-            exact_limit: 10_000,
-        };
-        Arc::new(MetricSet::load(&[config]).unwrap())
+        super::tests::per_item_set(Duration::from_secs(20), Duration::from_secs(3600))
     }
 
     proptest! {
