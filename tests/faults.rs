@@ -198,7 +198,7 @@ impl Service {
                 .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "sqlite://tansu.db"]),
             // The runner asks for journaled writes (j:true). SecantusDB 0.5.3 accepts j:true but
             // flushes its log for it only with --sync-on-commit (mongod flushes for j:true
-            // itself); without the flag a SIGKILL lost up to 100 acknowledged events in 5 of 12 runs.
+            // itself); without the flag a SIGKILL lost up to 100 acknowledged events in 5 of 20 runs.
             _ => cmd.args(["--host", "127.0.0.1", "--port", &self.port.to_string(), "--sync-on-commit", "--storage-path"]).arg(self.dir.path().join("data")),
         };
         self.child = Some(cmd.stdout(Stdio::null()).stderr(log).spawn().unwrap_or_else(|e| panic!("cannot start {} ({e})", self.name)));
