@@ -30,8 +30,7 @@ pub trait Subscriber: Send {
     /// Whether everything available has been read, as measured after `since` (a Kafka consumer
     /// holds partitions and the broker said it reached their end); an idle exit waits for it.
     /// An older measurement does not count: the broker may have been away since.
-    fn caught_up(&self, since: std::time::Instant) -> bool {
-        let _ = since;
+    fn caught_up(&self, _since: std::time::Instant) -> bool {
         true
     }
     /// A handle the store-writing side uses to acknowledge batches once they are durable.

@@ -65,8 +65,8 @@ pub struct KafkaSubscriber {
     max_wait: Duration,
     validation: Validation,
     stats: Arc<Stats>,
-    /// When the lag figure was last measured by asking the broker (none while it is away).
-    lag_measured: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+    /// The last lag the broker answered for (none yet; not renewed while it is away).
+    lag: LagReading,
     /// Stops the lag sampler at close.
     sampler: tokio_util::sync::CancellationToken,
     sampler_task: tokio::task::JoinHandle<()>,
@@ -80,6 +80,9 @@ const LAG_EVERY: Duration = Duration::from_secs(2);
 
 /// How long one end-offset request may take before the measurement counts as failed.
 const END_OFFSET_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// When the lag was measured, and the lag per assigned partition: (partition, lag).
+type LagReading = Arc<std::sync::Mutex<Option<(std::time::Instant, Vec<(i32, i64)>)>>>;
 
 impl KafkaSubscriber {
     /// Joins the group and subscribes to the topic.
@@ -97,10 +100,10 @@ impl KafkaSubscriber {
         // behind a waiting fetch on the consumer's connection made Tansu hold that fetch until
         // the request timed out, stalling the consumer for a minute at a time.
         let ends: BaseConsumer = config.admin_config().create().context("cannot create the Kafka client that measures consumer lag")?;
-        let lag_measured = Arc::new(std::sync::Mutex::new(None));
+        let lag = LagReading::default();
         let sampler = tokio_util::sync::CancellationToken::new();
-        let lag = LagSampler { consumer: consumer.clone(), ends: Arc::new(ends), topic: config.topic.clone(), stats: stats.clone(), measured: lag_measured.clone() };
-        let sampler_task = tokio::spawn(lag.run(sampler.clone()));
+        let lag_sampler = LagSampler { consumer: consumer.clone(), ends: Arc::new(ends), topic: config.topic.clone(), stats: stats.clone(), reading: lag.clone() };
+        let sampler_task = tokio::spawn(lag_sampler.run(sampler.clone()));
         Ok(KafkaSubscriber {
             consumer,
             topic: config.topic.clone(),
@@ -108,7 +111,7 @@ impl KafkaSubscriber {
             max_wait,
             validation,
             stats,
-            lag_measured,
+            lag,
             sampler,
             sampler_task,
         })
@@ -184,9 +187,8 @@ impl Subscriber for KafkaSubscriber {
 
     fn caught_up(&self, since: std::time::Instant) -> bool {
         let assigned = self.consumer.context().assigned.load(std::sync::atomic::Ordering::Relaxed) > 0;
-        let fresh = self.lag_measured.lock().unwrap().is_some_and(|at| at > since);
-        let lag = self.stats.lag();
-        assigned && fresh && !lag.is_empty() && lag.iter().all(|(_, l)| *l == 0)
+        let reading = self.lag.lock().unwrap();
+        assigned && reading.as_ref().is_some_and(|(at, lag)| *at > since && !lag.is_empty() && lag.iter().all(|(_, l)| *l == 0))
     }
 
     fn acknowledger(&self) -> Arc<dyn Acknowledge> {
@@ -217,7 +219,7 @@ struct LagSampler {
     ends: Arc<BaseConsumer>,
     topic: String,
     stats: Arc<Stats>,
-    measured: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+    reading: LagReading,
 }
 
 impl LagSampler {
@@ -228,7 +230,7 @@ impl LagSampler {
                 _ = tokio::time::sleep(LAG_EVERY) => {}
             }
             let Ok(positions) = self.consumer.position() else { continue };
-            let at: Vec<(i32, i64)> = positions
+            let offsets: Vec<(i32, i64)> = positions
                 .elements_for_topic(&self.topic)
                 .iter()
                 .map(|e| match e.offset() {
@@ -238,7 +240,8 @@ impl LagSampler {
                 .collect();
             let (ends, topic) = (self.ends.clone(), self.topic.clone());
             let lag = tokio::task::spawn_blocking(move || {
-                at.iter()
+                offsets
+                    .iter()
                     .map(|&(partition, at)| {
                         let (_, high) = ends.fetch_watermarks(&topic, partition, END_OFFSET_TIMEOUT)?;
                         Ok((partition, (high - at).max(0)))
@@ -249,8 +252,8 @@ impl LagSampler {
             // While the broker is away the last figure stays on show, but it no longer counts
             // as a measurement: the idle exit must not take an old "caught up" for a new one.
             if let Ok(Ok(lag)) = lag {
-                self.stats.set_lag(lag);
-                *self.measured.lock().unwrap() = Some(std::time::Instant::now());
+                self.stats.set_lag(lag.clone());
+                *self.reading.lock().unwrap() = Some((std::time::Instant::now(), lag));
             }
         }
     }
