@@ -1,44 +1,10 @@
 //! The subcommands behind the CLI, as library functions so tests can call them directly.
+//! (`runner validate` is [`crate::pipeline::validate`], the compile step `run` uses.)
 
-use crate::aggregate::{Metric, MetricSet, MetricValue};
-use crate::alert::AlertSet;
+use crate::aggregate::{MetricSet, MetricValue};
 use crate::config::Pipeline;
 use crate::generator::{Generator, GeneratorScript};
 use std::io::Write;
-use std::path::Path;
-
-/// Loads the pipeline file and compiles every script it references, without connecting to
-/// anything. Returns every problem found, each naming its file and line.
-pub fn validate(path: &Path) -> Result<Pipeline, Vec<String>> {
-    let pipeline = Pipeline::load(path).map_err(|e| vec![e.to_string()])?;
-    let mut problems = Vec::new();
-    if let Err(e) = GeneratorScript::load(&pipeline.config.generator) {
-        problems.push(e.to_string());
-    }
-    for m in &pipeline.config.metrics {
-        if let Err(e) = Metric::load(m) {
-            problems.push(e.to_string());
-        }
-    }
-    // Each rule alone first, so every broken one is listed; then the set (names, channels).
-    let (alerting, alerts) = (&pipeline.config.alerting, &pipeline.config.alerts);
-    let before = problems.len();
-    for a in alerts {
-        if let Err(e) = AlertSet::load(alerting, std::slice::from_ref(a), &pipeline.path) {
-            problems.push(e.to_string());
-        }
-    }
-    if problems.len() == before {
-        if let Err(e) = AlertSet::load(alerting, alerts, &pipeline.path) {
-            problems.push(e.to_string());
-        }
-    }
-    if problems.is_empty() {
-        Ok(pipeline)
-    } else {
-        Err(problems)
-    }
-}
 
 /// Writes `count` generated events to `out` as JSON lines (no transport involved).
 pub fn generate(pipeline: &Pipeline, count: u64, out: &mut dyn Write) -> anyhow::Result<()> {
@@ -66,7 +32,7 @@ pub fn generate(pipeline: &Pipeline, count: u64, out: &mut dyn Write) -> anyhow:
 /// Reads every metric's current window from the pipeline's store.
 pub async fn metrics(pipeline: &Pipeline, at_ms: i64) -> anyhow::Result<Vec<MetricValue>> {
     let set = MetricSet::load(&pipeline.config.metrics)?;
-    let store = crate::store::open(&pipeline.config).await?;
+    let store = crate::store::open(&pipeline.config.mongodb, &pipeline.config.embedded).await?;
     set.read_all(&*store, at_ms).await
 }
 

@@ -1,47 +1,65 @@
 //! # runner
 //!
-//! Runs a streaming analytics pipeline described by one TOML file. The modules follow the data:
+//! Runs a streaming analytics pipeline described by one TOML file. The modules follow the data,
+//! and each may use only the modules listed above it (`tests/module_layers.rs` checks this):
 //!
-//! - [`config`]: loads the pipeline file (env-var interpolation, unknown keys rejected, errors
-//!   with file:line) into typed sections that each component owns.
+//! - [`base`]: leaf helpers every component shares: durations and numbers as the pipeline file
+//!   writes them, [`base::Secret`], and the one retry [`base::Backoff`].
+//! - [`event`]: the interaction event, the record every stage carries.
+//! - [`dead_letter`]: a message the pipeline could not use, with its reason and source.
 //! - [`script`]: the sandboxed Rhai engine every script runs in, and script errors with positions.
-//! - [`generator`]: turns the generator script into a sampling plan and produces events in Rust,
-//!   rate-limited by a token bucket.
-//! - [`transport`]: moves batches of events from the generator to the consumer, through Kafka
+//! - [`decode`]: bytes to events, the same for every transport.
+//! - [`telemetry`]: the counters, latency and reload status every component reports through, and
+//!   the progress log.
+//! - [`store`]: where raw events, metric partials, alert history and dead letters land: MongoDB
+//!   ([`store::mongo`]) or the embedded SQLite store ([`store::embedded`]), behind one
+//!   [`store::EventStore`] interface, with the row types it keeps.
+//! - [`transport`]: moves batches from the generator to the consumer, through Kafka
 //!   ([`transport::kafka`]) or the in-process [`transport::embedded`] queue.
-//! - [`consumer`]: the transport-independent consumer: take a batch, store it, then acknowledge it.
-//! - [`aggregate`]: windowed metrics described by Rhai scripts, with partial states per pane and
-//!   Kafka partition that stay exact under replays and merge across runners.
-//! - [`dead_letter`]: decoding and validation of incoming messages; what fails is kept as a
-//!   dead letter with its reason and source.
-//! - [`store`]: where raw events land: MongoDB ([`store::mongo`]) or the embedded SQLite store
-//!   ([`store::embedded`]), behind one [`store::EventStore`] interface.
-//! - [`reload`]: hot reload: watch the pipeline file and scripts, compile, check, then swap.
+//! - [`generator`]: turns the generator script into a sampling plan and runs the generating
+//!   loop, paced by a token bucket.
+//! - [`aggregate`]: windowed metrics described by Rhai scripts: the write side absorbs a batch
+//!   into partial states per pane and partition that stay exact under replays; the query side
+//!   merges them into a window's value.
+//! - [`consumer`]: the transport-independent consumer: take a batch, validate it, store it with
+//!   its metric partials and dead letters, then acknowledge it.
 //! - [`alert`]: alert rules in Rhai, pending → firing → resolved, delivered to log, email and
 //!   webhook channels, with state and history in the store.
 //! - [`dashboard`]: the live page (axum + minijinja templates, server-sent events), JSON API and
-//!   Prometheus metrics.
-//! - [`pipeline`]: wires the components chosen on the command line and runs them until done.
-//! - [`telemetry`]: the counters and log lines every component reports through.
-//! - [`bench`]: `runner bench`, each stage's throughput beside its baseline.
-//! - [`commands`]: the subcommands (`validate`, `generate`) as library calls.
-//! - [`testing`]: `runner test`, pipeline tests of the metrics on given events.
-//! - [`event`]: the interaction event, the one type every stage shares.
+//!   Prometheus exporter.
+//! - [`config`]: loads the pipeline file (env-var interpolation, unknown keys rejected, errors
+//!   with file:line) into the typed sections the components own.
+//! - [`pipeline`]: the one compile step, the wiring of the components chosen on the command line,
+//!   hot reload (one diff table of what applies live, reconnects or needs a restart) and the
+//!   ordered shutdown.
+//! - [`commands`], [`testing`], [`bench`]: `runner generate` / `metrics`, `runner test` and
+//!   `runner bench` as library calls.
+
+pub mod base;
+pub mod event;
+
+pub mod dead_letter;
+pub mod script;
+
+pub mod decode;
+pub mod telemetry;
+
+pub mod store;
+pub mod transport;
+
+pub mod generator;
 
 pub mod aggregate;
+
 pub mod alert;
+pub mod consumer;
+
+pub mod dashboard;
+
+pub mod config;
+
+pub mod pipeline;
+
 pub mod bench;
 pub mod commands;
-pub mod config;
-pub mod consumer;
-pub mod dashboard;
-pub mod dead_letter;
-pub mod event;
-pub mod generator;
-pub mod pipeline;
-pub mod reload;
-pub mod script;
-pub mod store;
-pub mod telemetry;
 pub mod testing;
-pub mod transport;

@@ -1,7 +1,7 @@
 //! The `runner` command line: parses arguments and calls into the library.
 
 use clap::{Parser, Subcommand, ValueEnum};
-use runner::config::de::parse_duration;
+use runner::base::de::parse_duration;
 use runner::config::Pipeline;
 use runner::pipeline::{Components, RunOptions};
 use std::io::Write;
@@ -161,13 +161,13 @@ fn main() -> ExitCode {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let result = match cli.command {
-        Command::Validate { pipeline } => match runner::commands::validate(&pipeline) {
+        Command::Validate { pipeline } => match runner::pipeline::validate(&pipeline) {
             Ok(_) => {
                 println!("ok");
                 Ok(())
             }
             Err(problems) => {
-                for p in &problems {
+                for p in &problems.0 {
                     eprintln!("error: {p}");
                 }
                 return ExitCode::FAILURE;
@@ -232,7 +232,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         max_events: args.events,
         idle_exit: args.exit_when_idle,
         progress_every: args.progress_every,
-        watch: runner::reload::WatchOptions { enabled: !args.no_watch, poll: args.watch_poll, ..Default::default() },
+        watch: runner::pipeline::WatchOptions { enabled: !args.no_watch, poll: args.watch_poll, ..Default::default() },
         ..RunOptions::default()
     };
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(async move {

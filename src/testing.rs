@@ -19,6 +19,7 @@ use crate::event::Event;
 use crate::store::embedded::{EmbeddedConfig, EmbeddedStore};
 use crate::store::EventStore;
 use crate::telemetry::Stats;
+use crate::transport::Batch;
 use anyhow::Context;
 use serde::Deserialize;
 use serde_json::Value;
@@ -85,8 +86,8 @@ async fn run_case(set: &Arc<MetricSet>, case: &TestCase) -> anyhow::Result<TestO
     let result = async {
         let store = EmbeddedStore::open(&EmbeddedConfig { data_dir: dir.clone(), ..Default::default() }, None)?;
         let mut agg = Aggregator::new(set.clone(), Stats::new());
-        agg.apply(&events, &[]);
-        store.write_panes(&agg.take_dirty()).await?;
+        let absorbed = agg.absorb(&Batch { events, ..Batch::default() }, &store).await?;
+        store.write_panes(&absorbed.panes).await?;
         let values = set.read_all(&store, case.at.timestamp_millis()).await?;
         let mut failures = Vec::new();
         for (name, expected) in &case.expect {

@@ -306,7 +306,7 @@ async fn restart_does_not_resend() {
     );
     run_briefly(&sp.pipeline, 500).await;
     assert_eq!(receiver.delivered().len(), 1, "the first run fires once");
-    let store = runner::store::open(&sp.pipeline.config).await.unwrap();
+    let store = runner::store::open(&sp.pipeline.config.mongodb, &sp.pipeline.config.embedded).await.unwrap();
     let before = alert::active_alerts(&*store).await.unwrap();
     assert_eq!(before.len(), 1);
     assert_eq!(before[0].status, alert::state::Status::Firing);

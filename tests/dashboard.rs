@@ -32,7 +32,7 @@ fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
 async fn start(mut p: Pipeline, port: u16, token: &str) -> (Running, CancellationToken) {
     p.config.dashboard.listen = format!("127.0.0.1:{port}");
     p.config.dashboard.refresh = Duration::from_millis(500);
-    p.config.dashboard.token = runner::config::Secret::new(token);
+    p.config.dashboard.token = runner::base::Secret::new(token);
     p.config.generator.rate = 2000.0;
     // One rule that fires as soon as there is traffic, so the alert views have something to show.
     common::set_alerts(
@@ -79,8 +79,10 @@ fn check_routes(port: u16, auth: &[(&str, &str)]) {
     assert_eq!(code, 200);
     let lines = body.lines().map(|l| Ok(l.to_string()));
     let scrape = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text format");
+    // OpenMetrics text: a counter family `runner_events_stored` has the sample `..._total`.
+    assert!(body.contains("# TYPE runner_events_stored counter\n"), "{body}");
     let stored = scrape.samples.iter().find(|s| s.metric == "runner_events_stored_total").expect("stored counter");
-    assert!(matches!(stored.value, prometheus_parse::Value::Counter(v) if v > 0.0));
+    assert!(matches!(stored.value, prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) if v > 0.0), "{body}");
     assert!(scrape.samples.iter().any(|s| s.metric == "runner_metric" && s.labels.get("name") == Some("active_users")));
     let (code, body) = get(port, "/api/alerts", auth);
     assert_eq!(code, 200);
@@ -253,6 +255,51 @@ async fn browser_sees_live_updates() {
     let _ = driver.kill();
     let _ = driver.wait();
     result.unwrap();
+    stop.cancel();
+    running.wait().await.unwrap();
+}
+
+/// A reload applies a new dashboard token and refresh at once, and reports a new listen address
+/// as needing a restart (it was neither applied nor reported before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_token_applies_on_reload_and_listen_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = common::repo_root();
+    let port = free_port();
+    let file = |token: &str, listen: &str| {
+        format!(
+            "name = \"live-dashboard\"\n[kafka]\nbootstrap_servers = \"embedded\"\ntopic = \"t\"\nconsumer_group = \"g\"\n\
+             [mongodb]\nuri = \"embedded\"\ndatabase = \"d\"\n[embedded]\ndata_dir = \"{data}\"\n\
+             [generator]\nscript = \"{gen}\"\nrate = 200\n\
+             [dashboard]\nlisten = \"{listen}\"\nrefresh = \"1s\"\ntemplates = \"{templates}\"\ntoken = \"{token}\"\n",
+            data = dir.path().join("data").display(),
+            gen = root.join("scripts/generator.rhai").display(),
+            templates = root.join("templates").display(),
+        )
+    };
+    let path = dir.path().join("p.toml");
+    std::fs::write(&path, file("first", &format!("127.0.0.1:{port}"))).unwrap();
+    let p = Pipeline::load_with_env(&path, |_| None).unwrap();
+    let stop = CancellationToken::new();
+    let components = Components { dashboard: true, ..Components::ALL };
+    let running = pipeline::start(p, RunOptions { components, ..Default::default() }, stop.clone()).await.unwrap();
+    wait_for_port(port).await;
+    let health = move |token: &'static str| get(port, "/api/health", &[("Authorization", &format!("Bearer {token}"))]);
+    assert_eq!(tokio::task::spawn_blocking(move || health("first").0).await.unwrap(), 200);
+
+    std::fs::write(&path, file("second", "127.0.0.1:1")).unwrap();
+    let t = std::time::Instant::now();
+    while running.reload_status.lock().unwrap().reloads == 0 {
+        assert!(t.elapsed() < Duration::from_secs(20), "the edit was not reloaded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let status = running.reload_status.lock().unwrap().clone();
+    assert_eq!(status.needs_restart, vec!["dashboard.listen"], "{status:?}");
+    assert!(status.last_changes.contains(&"dashboard.token: live".to_string()), "{status:?}");
+    let (old, new) = tokio::task::spawn_blocking(move || (health("first").0, health("second"))).await.unwrap();
+    assert_eq!(old, 401, "the old token no longer opens the dashboard");
+    assert_eq!(new.0, 200, "the new token does, on the address bound at start");
+    assert!(new.1.contains("dashboard.listen"), "the health API shows what needs a restart: {}", new.1);
     stop.cancel();
     running.wait().await.unwrap();
 }

@@ -56,7 +56,7 @@ async fn garbage_goes_to_dead_letter() {
     let summary = common::run_pipeline(&sp, Components::CONSUMER, None, CancellationToken::new()).await;
     assert_eq!(summary.stats.stored, good as u64, "every good event is stored");
     assert_eq!(summary.stats.rejected, bad.len() as u64);
-    let store = store::open(&sp.pipeline.config).await.unwrap();
+    let store = store::open(&sp.pipeline.config.mongodb, &sp.pipeline.config.embedded).await.unwrap();
     assert_eq!(store.count_events().await.unwrap(), good as u64);
     let letters = store.dead_letters(100).await.unwrap();
     let mut got: Vec<Reason> = letters.iter().map(|d| d.reason).collect();
@@ -102,7 +102,7 @@ async fn runaway_script_is_stopped() {
     assert_eq!(summary.stats.stored, n, "the pipeline kept storing");
     assert_eq!(summary.stats.script_errors, 2 * n, "both scripts failed on every event, and were stopped each time");
     assert!(took < Duration::from_secs(60), "runaway scripts did not stall the pipeline: {took:?}");
-    let store = store::open(&p.config).await.unwrap();
+    let store = store::open(&p.config.mongodb, &p.config.embedded).await.unwrap();
     let set = runner::aggregate::MetricSet::load(&p.config.metrics).unwrap();
     let values = set.read_all(&*store, chrono::Utc::now().timestamp_millis()).await.unwrap();
     let active = values.iter().find(|v| v.name == "active_users").unwrap();
@@ -159,7 +159,7 @@ async fn runner_killed_mid_stream_loses_nothing() {
 
 /// Checks the pipeline's store holds `expected` events (`which` names them), none twice.
 async fn assert_each_stored_once(sp: &common::ServicePipeline, expected: u64, which: &str) -> u64 {
-    let store = store::open(&sp.pipeline.config).await.unwrap();
+    let store = store::open(&sp.pipeline.config.mongodb, &sp.pipeline.config.embedded).await.unwrap();
     let (rows, distinct) = common::stored_ids(&*store).await;
     assert_eq!(rows, distinct, "no event stored twice");
     assert_eq!(rows as u64, expected, "{which} is stored exactly once");

@@ -306,7 +306,8 @@ async fn twenty_edits_lose_nothing() {
     assert!(took[19] < Duration::from_secs(1));
     assert_eq!(summary.stats.stored, summary.stats.generated, "nothing lost");
     assert_eq!(summary.stats.duplicates, 0);
-    let store = runner::store::open(&load(&path, &[("RUNNER_DATA_DIR", dir.path().join("data").to_str().unwrap())]).config).await.unwrap();
+    let c = load(&path, &[("RUNNER_DATA_DIR", dir.path().join("data").to_str().unwrap())]).config;
+    let store = runner::store::open(&c.mongodb, &c.embedded).await.unwrap();
     assert_eq!(store.count_events().await.unwrap(), summary.stats.generated);
 }
 
@@ -384,7 +385,7 @@ async fn connection_change_reconnects_without_loss() {
     for db in [&db_a, &db_b] {
         let mut c = p.config.clone();
         c.mongodb.database = db.to_string();
-        let store = runner::store::open(&c).await.unwrap();
+        let store = runner::store::open(&c.mongodb, &c.embedded).await.unwrap();
         let ids: Vec<String> = store.all_events().await.unwrap().into_iter().map(|e| e.event_id).collect();
         per_db.push(ids.len());
         stored_ids.extend(ids);

@@ -3,7 +3,7 @@
 mod common;
 
 use chrono::{TimeZone, Utc};
-use runner::aggregate::PaneRecord;
+use runner::store::PaneRecord;
 use runner::dead_letter::{DeadLetter, Reason};
 use runner::event::Event;
 use serde_json::json;

@@ -3,7 +3,7 @@
 use super::reducer::{Input, ReducerKind, State};
 use super::script::{self, FieldValue, Filter, Selector, Selectors};
 use super::window::Window;
-use crate::config::de;
+use crate::base::de;
 use crate::event::Event;
 use crate::script::{compile_file, sandboxed_engine, ScriptError, ScriptLimits};
 use rhai::{CallFnOptions, Dynamic, Engine, Scope, AST};

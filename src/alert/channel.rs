@@ -6,6 +6,7 @@
 
 use super::config::{ChannelConfig, EmailConfig, Retry, SmtpSecurity, WebhookConfig};
 use super::notification::Notification;
+use crate::base::Backoff;
 use crate::telemetry::Stats;
 use anyhow::{bail, Context};
 use async_trait::async_trait;
@@ -212,25 +213,24 @@ fn build(c: &ChannelConfig, thresholds: &BTreeMap<String, Value>) -> anyhow::Res
 /// One channel's loop: deliver each notification in order, retrying with backoff.
 async fn deliver_all(name: String, channel: Box<dyn Channel>, retry: Retry, mut rx: mpsc::Receiver<Arc<Notification>>, stats: Arc<Stats>) {
     while let Some(n) = rx.recv().await {
-        let mut wait = retry.backoff;
-        let mut attempt = 0;
+        let mut backoff = Backoff::new(retry.backoff, MAX_BACKOFF, Some(retry.retries as usize));
         loop {
             match channel.deliver(&n).await {
                 Ok(()) => {
                     stats.notification_sent();
-                    tracing::debug!(channel = %name, alert = %n.alert, id = %n.id, attempt, "notification delivered");
+                    tracing::debug!(channel = %name, alert = %n.alert, id = %n.id, attempt = backoff.retries() + 1, "notification delivered");
                     break;
                 }
-                Err(e) if attempt < retry.retries => {
-                    attempt += 1;
-                    tracing::warn!(channel = %name, alert = %n.alert, attempt, retry_in = ?wait, error = %format!("{e:#}"), "notification failed; retrying");
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(MAX_BACKOFF);
-                }
-                Err(e) => {
-                    stats.notification_failed(&name, &n.alert, &format!("{e:#} (after {} attempts)", attempt + 1));
-                    break;
-                }
+                Err(e) => match backoff.next_wait() {
+                    Some(wait) => {
+                        tracing::warn!(channel = %name, alert = %n.alert, attempt = backoff.retries(), retry_in = ?wait, error = %format!("{e:#}"), "notification failed; retrying");
+                        tokio::time::sleep(wait).await;
+                    }
+                    None => {
+                        stats.notification_failed(&name, &n.alert, &format!("{e:#} (after {} attempts)", backoff.retries() + 1));
+                        break;
+                    }
+                },
             }
         }
     }

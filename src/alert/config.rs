@@ -1,6 +1,6 @@
 //! `[alerting]` (evaluation interval, thresholds, channels) and `[[alert]]` (one rule each).
 
-use crate::config::{de, Secret};
+use crate::base::{de, Secret};
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeMap;

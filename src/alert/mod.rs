@@ -43,18 +43,32 @@ pub struct AlertSet {
 impl AlertSet {
     /// Compiles every rule and checks every channel; errors name the file (and line, for scripts).
     pub fn load(config: &AlertingConfig, alerts: &[AlertConfig], pipeline_file: &Path) -> Result<AlertSet, ScriptError> {
+        Self::load_all(config, alerts, pipeline_file).map_err(|mut errors| errors.remove(0))
+    }
+
+    /// Like [`AlertSet::load`], returning every problem rather than the first.
+    pub fn load_all(config: &AlertingConfig, alerts: &[AlertConfig], pipeline_file: &Path) -> Result<AlertSet, Vec<ScriptError>> {
         // Conditions run every few seconds on small inputs: a tighter budget than metric scripts.
         let engine = sandboxed_engine(ScriptLimits { max_operations: 1_000_000, ..ScriptLimits::default() });
         let mut names = HashSet::new();
         let mut rules = Vec::with_capacity(alerts.len());
+        let mut errors = Vec::new();
         for a in alerts {
             if !names.insert(a.name.as_str()) {
-                return Err(ScriptError::whole_file(pipeline_file, format!("alert name {:?} is used twice", a.name)));
+                errors.push(ScriptError::whole_file(pipeline_file, format!("alert name {:?} is used twice", a.name)));
             }
-            rules.push(Rule::load(&engine, a, pipeline_file)?);
+            match Rule::load(&engine, a, pipeline_file) {
+                Ok(r) => rules.push(r),
+                Err(e) => errors.push(e),
+            }
         }
-        Dispatcher::check(&config.channels).map_err(|e| ScriptError::whole_file(pipeline_file, format!("{e:#}")))?;
-        Ok(AlertSet { config: config.clone(), rules, engine })
+        if let Err(e) = Dispatcher::check(&config.channels) {
+            errors.push(ScriptError::whole_file(pipeline_file, format!("{e:#}")));
+        }
+        match errors.is_empty() {
+            true => Ok(AlertSet { config: config.clone(), rules, engine }),
+            false => Err(errors),
+        }
     }
 
     pub fn rules(&self) -> &[Rule] {

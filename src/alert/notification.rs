@@ -1,39 +1,12 @@
 //! What a channel sends: one instance's change, with its labels and rendered text. The same
 //! record is stored as alert history, so the dashboard shows exactly what went out.
 
+pub use crate::store::Notification;
 use super::config::AlertConfig;
-use super::state::{key, Change, Labels, Transition};
+use super::state::{key, Change, Transition};
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
-
-/// One notification, as sent to every channel of its rule (webhook bodies are this, as JSON).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Notification {
-    /// Unique per notification: receivers may de-duplicate retries by it (`Idempotency-Key`).
-    pub id: String,
-    pub pipeline: String,
-    pub alert: String,
-    /// `firing` or `resolved`.
-    pub status: String,
-    /// Why it is sent: `firing`, `repeat` or `resolved`.
-    pub change: Change,
-    pub severity: String,
-    /// `alertname`, `severity`, the rule's labels and the instance's labels.
-    pub labels: Labels,
-    pub value: Option<f64>,
-    /// The rule's message template, rendered.
-    pub message: String,
-    pub description: String,
-    /// The instance's identity within its rule (its labels).
-    pub fingerprint: String,
-    pub starts_at: DateTime<Utc>,
-    pub ends_at: Option<DateTime<Utc>>,
-    /// When it was raised.
-    pub at: DateTime<Utc>,
-    pub channels: Vec<String>,
-}
 
 impl Notification {
     /// Builds the notification for a transition of `rule`'s instance at `now_ms`.
@@ -111,6 +84,7 @@ fn ms(t: i64) -> DateTime<Utc> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Labels;
     use crate::alert::state::{Instance, Status};
 
     #[test]

@@ -6,12 +6,11 @@
 //! Pure and clock-free (times are passed in), so every transition is unit-tested and the whole
 //! state can be stored and restored across a restart without re-sending anything.
 
+pub use crate::store::{Change, Labels};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
 
-/// An instance's identity: the labels the condition returned (an item id, a partition...).
-pub type Labels = BTreeMap<String, String>;
-
+/// Where an instance is in its life cycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
@@ -36,17 +35,6 @@ pub struct Instance {
     pub notified_at: Option<i64>,
 }
 
-/// Why a notification is sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Change {
-    /// Pending → firing.
-    Firing,
-    /// Still firing after `repeat_interval`.
-    Repeat,
-    /// Firing → no longer holding.
-    Resolved,
-}
 
 /// A notification-worthy change of one instance.
 #[derive(Debug, Clone, PartialEq)]

@@ -2,18 +2,19 @@
 //! runner's abstractions (plain-Rust generation; raw librdkafka and MongoDB driver calls).
 
 use crate::event::Event;
-use crate::generator::alias_table;
 use chrono::Utc;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use rand_distr::weighted::WeightedAliasIndex;
+use rand_distr::Zipf;
 
-/// The shipped generator's distributions, hand-written in Rust.
+/// The shipped generator's distributions, hand-written in Rust with the same samplers.
 pub struct PlainGenerator {
     users: Vec<String>,
     items: Vec<String>,
-    user_table: alias_table::AliasTable,
-    item_table: alias_table::AliasTable,
-    type_table: alias_table::AliasTable,
+    user_ranks: Zipf<f64>,
+    item_ranks: Zipf<f64>,
+    type_table: WeightedAliasIndex<f64>,
     rng: SmallRng,
     seq: u64,
 }
@@ -22,13 +23,12 @@ const TYPES: [&str; 5] = ["view", "click", "add_to_cart", "purchase", "share"];
 
 impl PlainGenerator {
     pub fn new(users: usize, items: usize, skew: f64) -> Self {
-        let zipf = |n: usize| (1..=n).map(|k| (k as f64).powf(-skew)).collect::<Vec<f64>>();
         PlainGenerator {
             users: (1..=users).map(|k| format!("user_{k}")).collect(),
             items: (1..=items).map(|k| format!("item_{k}")).collect(),
-            user_table: alias_table::AliasTable::new(&zipf(users)).unwrap(),
-            item_table: alias_table::AliasTable::new(&zipf(items)).unwrap(),
-            type_table: alias_table::AliasTable::new(&[0.65, 0.20, 0.10, 0.03, 0.02]).unwrap(),
+            user_ranks: Zipf::new(users as f64, skew).unwrap(),
+            item_ranks: Zipf::new(items as f64, skew).unwrap(),
+            type_table: WeightedAliasIndex::new(vec![0.65, 0.20, 0.10, 0.03, 0.02]).unwrap(),
             rng: SmallRng::seed_from_u64(1),
             seq: 0,
         }
@@ -38,12 +38,12 @@ impl PlainGenerator {
         let r2 = |v: f64| (v * 100.0).round() / 100.0;
         for _ in 0..n {
             let rng = &mut self.rng;
-            let t = TYPES[self.type_table.sample(rng)];
+            let t = TYPES[rng.sample(&self.type_table)];
             let value = r2(rng.random_range(0.0..10.0));
             out.push(Event {
                 event_id: format!("plain-{:x}", self.seq),
-                user_id: self.users[self.user_table.sample(rng)].clone(),
-                item_id: self.items[self.item_table.sample(rng)].clone(),
+                user_id: self.users[rng.sample(self.user_ranks) as usize - 1].clone(),
+                item_id: self.items[rng.sample(self.item_ranks) as usize - 1].clone(),
                 interaction_type: t.to_string(),
                 timestamp: Utc::now(),
                 session_id: uuid::Builder::from_random_bytes(rng.random()).into_uuid().to_string(),

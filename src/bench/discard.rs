@@ -2,8 +2,8 @@
 //! when no store limits it (Vector's `blackhole` sink plays the same part). Never used outside
 //! `runner bench`, and its figure says so in its name.
 
-use crate::aggregate::PaneRecord;
-use crate::alert::Notification;
+use crate::store::PaneRecord;
+use crate::store::Notification;
 use crate::dead_letter::DeadLetter;
 use crate::event::Event;
 use crate::store::{EventStore, InsertOutcome};

@@ -3,7 +3,6 @@
 //! Loading is all-or-nothing: the text is env-interpolated, parsed with unknown keys rejected,
 //! and checked, before any component starts, so a bad file never half-starts a pipeline.
 
-pub mod de;
 mod interpolate;
 
 use crate::aggregate::MetricConfig;
@@ -19,33 +18,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use interpolate::interpolate;
-
-/// A password or token from the pipeline file (normally `${ENV_VAR}`): usable as text, but
-/// shown as `***` in debug output, so a logged config never carries it.
-#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Secret {
-        Secret(s.into())
-    }
-
-    /// The secret itself, for the one place that needs it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"***\"" })
-    }
-}
 
 /// The whole pipeline file.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -147,7 +119,22 @@ impl Pipeline {
         Self::read(&self.path, self.env.clone(), self.overrides.clone())
     }
 
+    /// Reads and parses a pipeline file; the problems found after parsing (values that do not
+    /// fit together) come back beside it instead of failing, so `runner validate` can go on to
+    /// compile the scripts and report everything at once. A file that does not parse is an error.
+    pub fn load_reporting(path: impl AsRef<Path>) -> Result<(Pipeline, Vec<String>), ConfigError> {
+        Self::read_reporting(path.as_ref(), Arc::new(|name: &str| std::env::var(name).ok()), Vec::new())
+    }
+
     fn read(path: &Path, env: Env, overrides: Vec<Override>) -> Result<Pipeline, ConfigError> {
+        let (pipeline, problems) = Self::read_reporting(path, env, overrides)?;
+        match problems.is_empty() {
+            true => Ok(pipeline),
+            false => Err(ConfigError::Invalid(problems)),
+        }
+    }
+
+    fn read_reporting(path: &Path, env: Env, overrides: Vec<Override>) -> Result<(Pipeline, Vec<String>), ConfigError> {
         let shown = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: shown.clone(),
@@ -159,8 +146,8 @@ impl Pipeline {
         for change in &pipeline.overrides {
             change(&mut pipeline.config);
         }
-        pipeline.check_in(Some(&text))?;
-        Ok(pipeline)
+        let problems = pipeline.problems(Some(&text));
+        Ok((pipeline, problems))
     }
 
     /// The folder relative paths in the file are resolved against.
@@ -188,11 +175,16 @@ impl Pipeline {
     }
 
     fn check(&self) -> Result<(), ConfigError> {
-        self.check_in(None)
+        let problems = self.problems(None);
+        match problems.is_empty() {
+            true => Ok(()),
+            false => Err(ConfigError::Invalid(problems)),
+        }
     }
 
-    /// Checks what parsing cannot; with the file's text, each problem names its line.
-    fn check_in(&self, text: Option<&str>) -> Result<(), ConfigError> {
+    /// What parsing cannot catch, each as `file:line: problem` (the line where the file's text is
+    /// given and the problem can be placed).
+    fn problems(&self, text: Option<&str>) -> Vec<String> {
         let problems: Vec<String> = [
             self.config.kafka.check(),
             self.config.mongodb.check(),
@@ -205,19 +197,15 @@ impl Pipeline {
         .chain(self.config.metrics.iter().filter_map(|m| m.window().err()))
         .chain(self.config.alerts.iter().filter_map(|a| a.check(&self.config.alerting.channels, &self.config.alerting.default_channels)))
         .collect();
-        if problems.is_empty() {
-            return Ok(());
-        }
         let path = self.path.display();
-        let located = problems
+        problems
             .iter()
             .flat_map(|p| p.split("; "))
             .map(|p| match text.and_then(|t| problem_line(t, p)) {
                 Some(line) => format!("{path}:{line}: {p}"),
                 None => format!("{path}: {p}"),
             })
-            .collect();
-        Err(ConfigError::Invalid(located))
+            .collect()
     }
 }
 

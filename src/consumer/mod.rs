@@ -5,9 +5,12 @@
 //! Reading the next batch overlaps with writing the current one; acknowledgements still happen
 //! in batch order, because one task writes and acknowledges.
 
-use crate::aggregate::{Aggregator, MetricSet, NO_PARTITION};
-use crate::config::de;
-use crate::dead_letter::Validation;
+mod validate;
+
+pub use validate::Validation;
+
+use crate::aggregate::{Aggregator, MetricSet};
+use crate::base::{de, Backoff};
 use crate::store::EventStore;
 use crate::telemetry::Stats;
 use crate::transport::{Batch, Poll, Subscriber};
@@ -59,6 +62,11 @@ fn default_read_ahead() -> usize {
 }
 
 impl ConsumerConfig {
+    /// How a Kafka subscriber cuts the stream into batches for this consumer.
+    pub fn batching(&self) -> crate::transport::kafka::Batching {
+        crate::transport::kafka::Batching { batch_size: self.batch_size, max_wait: self.max_wait, max_event_bytes: self.validation.max_event_bytes }
+    }
+
     /// Problems a parse cannot catch.
     pub fn check(&self) -> Option<String> {
         (self.batch_size == 0).then(|| "consumer.batch_size must be at least 1".to_string())
@@ -101,6 +109,7 @@ pub async fn run(
     let (tx, mut rx) = mpsc::channel::<Batch>(config.read_ahead.max(1));
     let reader_until = until.clone();
     let stats_reader = stats.clone();
+    let validation = config.validation.clone();
     let reader = tokio::spawn(async move {
         let mut last_data = Instant::now();
         let mut producers_done_at = None;
@@ -109,8 +118,9 @@ pub async fn run(
                 break Ok(());
             }
             match subscriber.poll_batch(POLL_WAIT).await {
-                Ok(Poll::Batch(batch)) => {
+                Ok(Poll::Batch(mut batch)) => {
                     last_data = Instant::now();
+                    validation.apply(&mut batch);
                     stats_reader.read(batch.events.iter().map(|e| e.timestamp.timestamp_millis()));
                     if tx.send(batch).await.is_err() {
                         break Ok(()); // the writer failed; it reports why
@@ -181,20 +191,15 @@ async fn store_batch(
     // they go to the store at the same time; the batch is acknowledged once both are durable.
     let partials = async {
         let Some(agg) = aggregator else { return anyhow::Ok(Vec::new()) };
-        agg.forget(&batch.revoked);
-        let mut partitions: Vec<i32> = batch.sources.iter().map(|s| s.0).collect();
-        if batch.sources.is_empty() && !batch.events.is_empty() {
-            partitions.push(NO_PARTITION);
-        }
-        for (partition, since) in agg.to_load(&batch.events, &partitions) {
-            let set = agg.set().clone();
-            let records = with_retry(stats, stop, batch.events.len(), || Aggregator::load(&set, store, partition, since)).await?;
-            agg.install(partition, since, records)?;
-        }
-        agg.apply(&batch.events, &batch.sources);
-        let dirty = agg.take_dirty();
-        with_retry(stats, stop, batch.events.len(), || store.write_panes(&dirty)).await?;
-        Ok(agg.take_late())
+        let mut retry = StoreRetry::new(stats, stop, batch.events.len());
+        let absorbed = loop {
+            match agg.absorb(batch, store).await {
+                Ok(a) => break a,
+                Err(e) => retry.failed(e).await?,
+            }
+        };
+        with_retry(stats, stop, batch.events.len(), || store.write_panes(&absorbed.panes)).await?;
+        Ok(absorbed.late)
     };
     let (outcome, late) = tokio::join!(raw, partials);
     let outcome = outcome?;
@@ -211,31 +216,47 @@ async fn store_batch(
     Ok(())
 }
 
-/// Retries a store operation with backoff while the store is unavailable. Gives up only when
-/// told to stop, leaving the batch unacknowledged so it is consumed again after a restart.
+/// Retrying store operations while the store is unavailable: doubling waits up to 10 s, each
+/// failure counted and logged. Gives up only when told to stop, leaving the batch
+/// unacknowledged so it is consumed again after a restart.
+struct StoreRetry<'a> {
+    stats: &'a Stats,
+    stop: &'a CancellationToken,
+    /// Events in the batch, for the error at stop.
+    events: usize,
+    backoff: Backoff,
+}
+
+impl<'a> StoreRetry<'a> {
+    fn new(stats: &'a Stats, stop: &'a CancellationToken, events: usize) -> Self {
+        StoreRetry { stats, stop, events, backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(10), None) }
+    }
+
+    /// Reports a failure and waits before the next attempt; an error means stop.
+    async fn failed(&mut self, e: anyhow::Error) -> anyhow::Result<()> {
+        let wait = self.backoff.next_wait().unwrap_or(Duration::from_secs(10));
+        self.stats.store_retry(self.backoff.retries(), wait, &format!("{e:#}"));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => Ok(()),
+            _ = self.stop.cancelled() => Err(e.context(format!(
+                "stopped while the store was failing; a batch of {} events was not acknowledged and will be consumed again",
+                self.events
+            ))),
+        }
+    }
+}
+
+/// Runs a store operation until it succeeds, through [`StoreRetry`].
 async fn with_retry<T, F, Fut>(stats: &Stats, stop: &CancellationToken, events: usize, mut op: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<T>>,
 {
-    let mut wait = Duration::from_millis(100);
-    let mut attempt = 0;
+    let mut retry = StoreRetry::new(stats, stop, events);
     loop {
         match op().await {
             Ok(v) => return Ok(v),
-            Err(e) => {
-                attempt += 1;
-                stats.store_retry(attempt, wait, &format!("{e:#}"));
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = stop.cancelled() => {
-                        return Err(e.context(format!(
-                            "stopped while the store was failing; a batch of {events} events was not acknowledged and will be consumed again"
-                        )));
-                    }
-                }
-                wait = (wait * 2).min(Duration::from_secs(10));
-            }
+            Err(e) => retry.failed(e).await?,
         }
     }
 }

@@ -4,14 +4,15 @@
 //! can call). It may also define `fn on_event(e)`, called per event to add or change fields; that
 //! hook costs a script call per event, so the shipped script does without it.
 
-pub mod alias_table;
 pub mod plan;
 mod rate;
+mod task;
 
 pub use plan::EventPlan;
 pub use rate::Pacer;
+pub use task::{GeneratorTask, Settings, Swap};
 
-use crate::config::de;
+use crate::base::de;
 use crate::event::Event;
 use crate::script::{self, ScriptError, ScriptLimits};
 use rand::rngs::SmallRng;

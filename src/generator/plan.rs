@@ -8,10 +8,12 @@
 //! - `.round(decimals)`: round a numeric distribution; `.only_when(type)` / `.only_when([types])`:
 //!   the field is present only for those interaction types.
 
-use super::alias_table::AliasTable;
 use chrono::Utc;
 use rand::Rng;
+use rand_distr::weighted::WeightedAliasIndex;
+use rand_distr::Zipf;
 use rhai::{Array, Dynamic, Engine, EvalAltResult, Map};
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use crate::event::Event;
@@ -24,17 +26,24 @@ pub struct Distribution {
     only_when: Option<Arc<[String]>>,
 }
 
+/// Zipf labels prebuilt for the most likely ranks; rarer ranks are formatted when drawn, so a
+/// population of ten million costs no ten-million-entry table.
+const PREBUILT_LABELS: usize = 1 << 16;
+
 #[derive(Debug)]
 enum Kind {
-    Labels { labels: Vec<String>, table: AliasTable },
+    /// One of a listed set, by weight (Walker's alias method: O(1) per draw).
+    Labels { labels: Vec<String>, table: WeightedAliasIndex<f64> },
+    /// `prefix1..prefixN`, rank k with weight 1/k^s, drawn by rejection sampling (no table).
+    Zipf { prefix: String, ranks: Zipf<f64>, labels: Vec<String> },
     Uniform { lo: f64, hi: f64 },
     UniformInt { lo: i64, hi: i64 },
 }
 
 /// One drawn value.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Sample<'a> {
-    Label(&'a str),
+    Label(Cow<'a, str>),
     Number(f64),
 }
 
@@ -60,10 +69,9 @@ impl Distribution {
         if !exponent.is_finite() || exponent < 0.0 {
             return script_err(format!("zipf: exponent must be >= 0, got {exponent}"));
         }
-        let weights: Vec<f64> = (1..=n).map(|k| (k as f64).powf(-exponent)).collect();
-        let labels = (1..=n).map(|k| format!("{prefix}{k}")).collect();
-        let table = AliasTable::new(&weights).map_err(|e| format!("zipf: {e}"))?;
-        Ok(Self::new(Kind::Labels { labels, table }))
+        let ranks = Zipf::new(n as f64, exponent).map_err(|e| format!("zipf: {e}"))?;
+        let labels = (1..=n.min(PREBUILT_LABELS as i64)).map(|k| format!("{prefix}{k}")).collect();
+        Ok(Self::new(Kind::Zipf { prefix: prefix.to_string(), ranks, labels }))
     }
 
     fn weighted(choices: Map) -> ScriptResult<Self> {
@@ -77,7 +85,10 @@ impl Distribution {
             labels.push(label.to_string());
             weights.push(w);
         }
-        let table = AliasTable::new(&weights).map_err(|e| format!("weighted: {e}"))?;
+        if weights.iter().any(|w| !w.is_finite() || *w < 0.0) || !weights.iter().any(|w| *w > 0.0) {
+            return script_err("weighted: weights must be finite, not negative, and not all zero");
+        }
+        let table = WeightedAliasIndex::new(weights).map_err(|e| format!("weighted: {e}"))?;
         Ok(Self::new(Kind::Labels { labels, table }))
     }
 
@@ -113,14 +124,21 @@ impl Distribution {
     }
 
     fn is_labels(&self) -> bool {
-        matches!(*self.kind, Kind::Labels { .. })
+        matches!(*self.kind, Kind::Labels { .. } | Kind::Zipf { .. })
     }
 
     /// Draws one value.
     #[inline]
     pub fn sample<R: Rng + ?Sized>(&self, rng: &mut R) -> Sample<'_> {
         match &*self.kind {
-            Kind::Labels { labels, table } => Sample::Label(&labels[table.sample(rng)]),
+            Kind::Labels { labels, table } => Sample::Label(Cow::Borrowed(&labels[rng.sample(table)])),
+            Kind::Zipf { prefix, ranks, labels } => {
+                let rank = rng.sample(ranks) as usize; // 1..=n
+                match labels.get(rank - 1) {
+                    Some(label) => Sample::Label(Cow::Borrowed(label)),
+                    None => Sample::Label(Cow::Owned(format!("{prefix}{rank}"))),
+                }
+            }
             Kind::Uniform { lo, hi } => Sample::Number(self.rounded(rng.random_range(*lo..*hi))),
             Kind::UniformInt { lo, hi } => Sample::Number(rng.random_range(*lo..=*hi) as f64),
         }
@@ -237,7 +255,7 @@ impl EventPlan {
         for (name, d) in &self.attributes {
             if d.applies_to(&interaction_type) {
                 let v = match d.sample(rng) {
-                    Sample::Label(s) => serde_json::Value::from(s),
+                    Sample::Label(s) => serde_json::Value::from(s.into_owned()),
                     Sample::Number(n) => serde_json::Value::from(n),
                 };
                 attributes.insert(name.clone(), v);
@@ -255,5 +273,63 @@ impl EventPlan {
             view_duration,
             attributes,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::SmallRng;
+    use rand::SeedableRng;
+
+    fn draw_labels(d: &Distribution, n: usize) -> std::collections::HashMap<String, u32> {
+        let mut rng = SmallRng::seed_from_u64(7);
+        let mut counts = std::collections::HashMap::new();
+        for _ in 0..n {
+            let Sample::Label(l) = d.sample(&mut rng) else { panic!("labels expected") };
+            *counts.entry(l.into_owned()).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    #[test]
+    fn weighted_frequencies_follow_weights_and_zero_is_never_drawn() {
+        let mut m = Map::new();
+        for (k, w) in [("a", 0.65), ("b", 0.20), ("c", 0.10), ("d", 0.05), ("never", 0.0)] {
+            m.insert(k.into(), Dynamic::from(w));
+        }
+        let counts = draw_labels(&Distribution::weighted(m).unwrap(), 200_000);
+        for (k, w) in [("a", 0.65), ("b", 0.20), ("c", 0.10), ("d", 0.05)] {
+            assert!((counts[k] as f64 / 200_000.0 - w).abs() < 0.005, "{counts:?}");
+        }
+        assert!(!counts.contains_key("never"));
+    }
+
+    #[test]
+    fn bad_weights_are_rejected() {
+        let weights = |ws: &[f64]| ws.iter().enumerate().map(|(i, w)| (format!("l{i}").into(), Dynamic::from(*w))).collect::<Map>();
+        assert!(Distribution::weighted(Map::new()).is_err());
+        assert!(Distribution::weighted(weights(&[0.0, 0.0])).is_err());
+        assert!(Distribution::weighted(weights(&[1.0, -1.0])).is_err());
+    }
+
+    #[test]
+    fn zipf_ranks_follow_the_power_law() {
+        let counts = draw_labels(&Distribution::zipf("u", 1000, 1.1).unwrap(), 200_000);
+        // P(rank 1) / P(rank 2) = 2^1.1, P(rank 1) / P(rank 10) = 10^1.1.
+        let ratio = |a: &str, b: &str| counts[a] as f64 / counts[b] as f64;
+        assert!((ratio("u1", "u2") - 2f64.powf(1.1)).abs() < 0.1, "{}", ratio("u1", "u2"));
+        assert!((ratio("u1", "u10") - 10f64.powf(1.1)).abs() < 1.5, "{}", ratio("u1", "u10"));
+        assert!(counts.keys().all(|k| (1..=1000).contains(&k[1..].parse::<u32>().unwrap())));
+    }
+
+    #[test]
+    fn a_huge_zipf_population_builds_no_table_and_draws_rare_labels() {
+        let d = Distribution::zipf("item_", 10_000_000, 0.3).unwrap();
+        let Kind::Zipf { labels, .. } = &*d.kind else { panic!() };
+        assert_eq!(labels.len(), PREBUILT_LABELS);
+        let counts = draw_labels(&d, 20_000);
+        let beyond = counts.keys().filter(|k| k[5..].parse::<usize>().unwrap() > PREBUILT_LABELS).count();
+        assert!(beyond > 1000, "ranks past the prebuilt labels are drawn and formatted: {beyond}");
     }
 }

@@ -3,22 +3,31 @@
 //! Everything that can fail on bad input (config, scripts, connections) is checked before any
 //! event is generated, so a bad setup never half-starts the pipeline.
 
+mod compile;
+mod diff;
 mod reconnect;
+mod reload;
+mod shutdown;
+
+pub use compile::{compile, validate, Compiled, Problems};
+pub use diff::{Diff, Effect, TABLE as RELOAD_TABLE};
 
 use crate::aggregate::MetricSet;
-use crate::alert::AlertSet;
 use crate::config::{Pipeline, PipelineConfig};
 use crate::consumer::StopWhen;
-use crate::generator::{Generator, GeneratorScript, Pacer};
-use crate::reload::{self, GeneratorLive, Live, ReloadStatus, WatchOptions};
+use crate::generator::{GeneratorTask, Swap};
 use crate::store::{self, EventStore, Switchable};
-use crate::telemetry::{self, Snapshot, Stats};
+use crate::telemetry::{self, ReloadStatus, Snapshot, Stats};
 use crate::transport::{embedded, kafka, Publisher, Subscriber};
-use anyhow::{bail, Context};
+use anyhow::bail;
+use reload::Live;
+use shutdown::{Shutdown, Step, Tasks};
 use std::sync::{Arc, Mutex};
-use tokio::sync::{mpsc, watch};
 use std::time::Duration;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
+
+pub use reload::WatchOptions;
 
 /// The two ends of the transport this process uses (either may be absent).
 type Transport = (Option<Box<dyn Publisher>>, Option<Box<dyn Subscriber>>);
@@ -107,152 +116,127 @@ impl Running {
 
 /// Checks, connects and starts every component; returns once the pipeline runs.
 pub async fn start(pipeline: Pipeline, options: RunOptions, stop: CancellationToken) -> anyhow::Result<Running> {
-    let started = std::time::Instant::now();
-    let config = &pipeline.config;
+    let built = build(pipeline, &options).await?;
+    Ok(spawn(built, options, stop))
+}
+
+/// A pipeline compiled and connected, with nothing running yet.
+struct Built {
+    compiled: Compiled,
+    stats: Arc<Stats>,
+    store: Option<Arc<Switchable>>,
+    transport: Transport,
+}
+
+/// Everything that can fail on bad input, before anything runs: the components asked for, the
+/// scripts (compiled first: a typo should not wait on a network timeout), then the connections.
+async fn build(pipeline: Pipeline, options: &RunOptions) -> anyhow::Result<Built> {
     let components = options.components;
     if !components.generator && !components.consumer && !components.dashboard {
         bail!("nothing to run: choose at least one of generator, consumer, dashboard");
     }
-    let embedded_transport = config.kafka.is_embedded();
+    let config = &pipeline.config;
     let moves_events = components.generator || components.consumer;
-    if embedded_transport && moves_events && !(components.generator && components.consumer) {
+    if config.kafka.is_embedded() && moves_events && !(components.generator && components.consumer) {
         bail!(
             "the embedded transport connects the generator and the consumer inside one process, so it needs both; \
              set kafka.bootstrap_servers (or KAFKA_BOOTSTRAP_SERVERS, or --kafka) to run them apart"
         );
     }
-    // Compile scripts before connecting to anything: a typo should not wait on a network timeout.
-    let script = GeneratorScript::load(&config.generator)?;
-    let metrics = Arc::new(MetricSet::load(&config.metrics)?);
-    let alerts = Arc::new(AlertSet::load(&config.alerting, &config.alerts, &pipeline.path)?);
-
+    let compiled = compile(pipeline)?;
+    let config = &compiled.pipeline.config;
     let stats = Stats::new();
-    let store: Option<Arc<Switchable>> = match components.consumer || components.dashboard {
-        true => Some(Switchable::new(store::open(config).await?)),
+    let store = match components.consumer || components.dashboard {
+        true => Some(Switchable::new(store::open(&config.mongodb, &config.embedded).await?)),
         false => None,
     };
-    log_setup(&pipeline, store.as_deref().map(|s| s as &dyn EventStore), components);
-    let (publisher, subscriber) = connect_transport(config, components, &stats, true).await?;
+    log_setup(&compiled.pipeline, store.as_deref().map(|s| s as &dyn EventStore), components);
+    let transport = connect_transport(config, components, &stats, true).await?;
+    Ok(Built { compiled, stats, store, transport })
+}
 
-    let g = &config.generator;
-    let (generator_tx, generator_rx) =
-        watch::channel(GeneratorLive { script, rate: g.rate, batch_size: g.batch_size });
-    let (metrics_tx, metrics_rx) = watch::channel(metrics.clone());
-    let (alerts_tx, alerts_rx) = watch::channel(alerts.clone());
-    let reload_status = Arc::new(Mutex::new(ReloadStatus::default()));
-    let reload_stop = CancellationToken::new();
+/// Starts every task of a built pipeline, each with the shutdown signal of its step.
+fn spawn(built: Built, options: RunOptions, stop: CancellationToken) -> Running {
+    let started = std::time::Instant::now();
+    let Built { compiled, stats, store, transport: (publisher, subscriber) } = built;
+    let components = options.components;
+    let pipeline = compiled.pipeline.clone();
+    let config = &pipeline.config;
+    let shutdown = Shutdown::new(stop);
+    let mut tasks = Tasks::new(shutdown.clone());
+
+    // Reload publishes each new version on these; the components watch the receiving ends.
+    let (generator_tx, generator_rx) = watch::channel(reload::generator_settings(&compiled));
+    let (metrics_tx, metrics_rx) = watch::channel(compiled.metrics.clone());
+    let (alerts_tx, alerts_rx) = watch::channel(compiled.alerts.clone());
+    let (dashboard_tx, dashboard_rx) = watch::channel(config.dashboard.clone());
     let (pipeline_tx, pipeline_rx) = watch::channel(pipeline.clone());
-    let live = Live { pipeline: pipeline_tx, generator: generator_tx, metrics: metrics_tx, alerts: alerts_tx, status: reload_status.clone() };
-    let reloader = reload::spawn(pipeline.clone(), live, options.watch.clone(), reload_stop.clone());
+    let reload_status = Arc::new(Mutex::new(ReloadStatus::default()));
+    let live = Live { pipeline: pipeline_tx, generator: generator_tx, metrics: metrics_tx, alerts: alerts_tx, dashboard: dashboard_tx, status: reload_status.clone() };
+    let reloader = reload::spawn(pipeline.clone(), live, options.watch.clone(), shutdown.signal(Step::Reload));
+    tasks.spawn(Step::Reload, async move { Ok(reloader.await?) });
+    let progress = telemetry::report_progress(stats.clone(), options.progress_every, shutdown.signal(Step::Progress));
+    tasks.spawn(Step::Progress, async move {
+        progress.await;
+        Ok(())
+    });
 
-    let progress_stop = CancellationToken::new();
-    // Alerting outlives the consumer's last batch, so it sees final values; it stops with the pipeline.
-    let alerts_stop = CancellationToken::new();
-    let progress = tokio::spawn(telemetry::report_progress(stats.clone(), options.progress_every, progress_stop.clone()));
-
+    // Fires when this process's generator is done (at once without one), for the idle exit.
     let producers_done = CancellationToken::new();
     let (swaps_tx, swaps_rx) = mpsc::channel::<Swap>(1);
-    let generator = match publisher {
+    match publisher {
         Some(publisher) => {
-            let task = generate(generator_rx, (publisher, swaps_rx), g.seed, options.clone(), stats.clone(), stop.clone());
-            let done = producers_done.clone();
-            Some(tokio::spawn(async move {
-                let r = task.await;
+            let task = GeneratorTask {
+                settings: generator_rx,
+                publisher,
+                swaps: swaps_rx,
+                seed: config.generator.seed,
+                max_events: options.max_events,
+                flush_timeout: options.flush_timeout,
+                stats: stats.clone(),
+            };
+            let (signal, done) = (shutdown.signal(Step::Generator), producers_done.clone());
+            tasks.spawn(Step::Generator, async move {
+                let r = task.run(signal).await;
                 done.cancel();
                 r
-            }))
+            });
         }
-        None => {
-            producers_done.cancel();
-            None
-        }
-    };
-    let dashboard = match (components.dashboard, store.clone()) {
-        (true, Some(store)) => {
-            let sources = crate::dashboard::Sources {
-                pipeline: config.name.clone(),
-                store,
-                metrics: metrics_rx.clone(),
-                stats: stats.clone(),
-                reload: reload_status.clone(),
-            };
-            let cfg = config.dashboard.clone();
-            let dash_stop = stop.clone();
-            Some(tokio::spawn(async move { crate::dashboard::serve(cfg, sources, dash_stop).await }))
-        }
-        _ => None,
-    };
+        None => producers_done.cancel(),
+    }
+    if let (true, Some(store)) = (components.dashboard, store.clone()) {
+        let sources = crate::dashboard::Sources {
+            pipeline: config.name.clone(),
+            store,
+            metrics: metrics_rx.clone(),
+            stats: stats.clone(),
+            reload: reload_status.clone(),
+        };
+        tasks.spawn(Step::Dashboard, crate::dashboard::serve(dashboard_rx, sources, shutdown.signal(Step::Dashboard)));
+    }
     // Alerts are evaluated where events are consumed: that process sees its own lag and errors.
     // It runs even with no rules, so a reload can add some.
-    let alerting = match (components.consumer, store.clone()) {
-        (true, Some(store)) => {
-            let sources = crate::alert::Sources {
-                pipeline: config.name.clone(),
-                store,
-                metrics: metrics_rx.clone(),
-                stats: stats.clone(),
-            };
-            Some(tokio::spawn(crate::alert::run(sources, alerts_rx, alerts_stop.clone())))
-        }
-        _ => None,
-    };
-    let consumer = match (moves_events, store.clone()) {
-        (true, Some(store)) => {
-            let plane = reconnect::Plane {
-                config: config.clone(),
-                components,
-                stats: stats.clone(),
-                store,
-                metrics: metrics_rx.clone(),
-                until: StopWhen {
-                    stop: stop.clone(),
-                    idle: options.idle_exit,
-                    producers_done: producers_done.clone(),
-                    drain: CancellationToken::new(),
-                },
-                publishers: components.generator.then_some(swaps_tx),
-                reload_status: reload_status.clone(),
-            };
-            Some(tokio::spawn(reconnect::supervise(plane, subscriber, pipeline_rx)))
-        }
-        _ => None,
-    };
+    if let (true, Some(store)) = (components.consumer, store.clone()) {
+        let sources = crate::alert::Sources { pipeline: config.name.clone(), store, metrics: metrics_rx.clone(), stats: stats.clone() };
+        tasks.spawn(Step::Alerting, crate::alert::run(sources, alerts_rx, shutdown.signal(Step::Alerting)));
+    }
+    if let (true, Some(store)) = (components.generator || components.consumer, store.clone()) {
+        let plane = reconnect::Plane {
+            config: config.clone(),
+            components,
+            stats: stats.clone(),
+            store,
+            metrics: metrics_rx.clone(),
+            until: StopWhen { stop: shutdown.signal(Step::Consumer), idle: options.idle_exit, producers_done, drain: CancellationToken::new() },
+            publishers: components.generator.then_some(swaps_tx),
+            reload_status: reload_status.clone(),
+        };
+        tasks.spawn(Step::Consumer, reconnect::supervise(plane, subscriber, pipeline_rx));
+    }
 
     let task_stats = stats.clone();
     let done = tokio::spawn(async move {
-        // A failing component stops the others, so the process exits with its error.
-        let generator_result = match generator {
-            Some(g) => flatten(g.await),
-            None => Ok(()),
-        };
-        if generator_result.is_err() {
-            stop.cancel();
-        }
-        let consumer_result = match consumer {
-            Some(c) => flatten(c.await),
-            None => Ok(()),
-        };
-        // The dashboard serves until stopped; when the pipeline ended on its own, stop it too.
-        if moves_events {
-            stop.cancel();
-        }
-        let dashboard_result = match dashboard {
-            Some(d) => flatten(d.await),
-            None => Ok(()),
-        };
-        alerts_stop.cancel();
-        let alerting_result = match alerting {
-            Some(a) => flatten(a.await),
-            None => Ok(()),
-        };
-        reload_stop.cancel();
-        let _ = reloader.await;
-        progress_stop.cancel();
-        let _ = progress.await;
-        generator_result.context("generator failed")?;
-        consumer_result.context("consumer failed")?;
-        dashboard_result.context("dashboard failed")?;
-        alerting_result.context("alerting failed")?;
+        tasks.finish().await?;
         Ok(RunSummary {
             stats: task_stats.snapshot(),
             elapsed: started.elapsed(),
@@ -260,81 +244,8 @@ pub async fn start(pipeline: Pipeline, options: RunOptions, stop: CancellationTo
             generator_busy: task_stats.publishing_span(),
         })
     });
-    Ok(Running { stats, reload_status, metrics: metrics_rx, store: store.map(|s| s as Arc<dyn EventStore>), done })
+    Running { stats, reload_status, metrics: metrics_rx, store: store.map(|s| s as Arc<dyn EventStore>), done }
 }
-
-fn flatten(joined: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Result<()> {
-    joined.map_err(anyhow::Error::from).and_then(|r| r)
-}
-
-/// The generator loop: pace, sample a batch, publish it; on stop, flush what was published.
-/// A reloaded script, rate or batch size applies from the next batch.
-async fn generate(
-    mut live: watch::Receiver<GeneratorLive>,
-    (mut publisher, mut swaps): (Box<dyn Publisher>, mpsc::Receiver<Swap>),
-    seed: Option<u64>,
-    options: RunOptions,
-    stats: Arc<Stats>,
-    stop: CancellationToken,
-) -> anyhow::Result<()> {
-    let current = live.borrow_and_update().clone();
-    let mut generator = Generator::new(current.script, seed);
-    let mut pacer = Pacer::new(current.rate);
-    let mut batch_size = current.batch_size;
-    let mut remaining = options.max_events.unwrap_or(u64::MAX);
-    let mut result = Ok(());
-    let mut reloaded = false;
-    let mut swap: Option<Swap> = None;
-    while remaining > 0 && !stop.is_cancelled() {
-        if reloaded || live.has_changed().unwrap_or(false) {
-            reloaded = false;
-            let next = live.borrow_and_update().clone();
-            generator.set_script(next.script);
-            pacer.set_rate(next.rate);
-            batch_size = next.batch_size;
-            tracing::info!(rate = next.rate, batch_size, "generator reloaded");
-        }
-        if let Some((next, done)) = swap.take().or_else(|| swaps.try_recv().ok()) {
-            // A reload changed the transport: what went to the old one is delivered first.
-            if let Err(e) = publisher.flush(options.flush_timeout).await {
-                result = Err(e);
-                break;
-            }
-            publisher = next;
-            let _ = done.send(());
-            tracing::info!("generator moved to the reloaded transport");
-        }
-        let n = (batch_size as u64).min(remaining) as usize;
-        tokio::select! {
-            _ = pacer.acquire(n) => {}
-            // A slow rate may wait long for its next batch; a reload should not.
-            _ = live.changed() => {
-                reloaded = true;
-                continue;
-            }
-            // The move happens at the top of the loop, between batches.
-            Some(next) = swaps.recv() => {
-                swap = Some(next);
-                continue;
-            }
-            _ = stop.cancelled() => break,
-        }
-        let mut batch = Vec::with_capacity(n);
-        generator.fill(n, &mut batch);
-        if let Err(e) = publisher.publish(batch).await {
-            result = Err(e);
-            break;
-        }
-        stats.generated(n);
-        remaining -= n as u64;
-    }
-    let flushed = publisher.flush(options.flush_timeout).await;
-    stats.flushed();
-    result.and(flushed)
-}
-
-/// A new publisher for the generator, and how it says it has moved over.
-type Swap = (Box<dyn Publisher>, tokio::sync::oneshot::Sender<()>);
 
 /// Connects the transport `config` names for the components this process runs. A Kafka
 /// subscriber is created only `with_subscriber` (joining the group is left for when the
@@ -361,7 +272,7 @@ async fn connect_transport(config: &PipelineConfig, components: Components, stat
 }
 
 fn kafka_subscriber(config: &PipelineConfig, stats: &Arc<Stats>) -> anyhow::Result<Box<dyn Subscriber>> {
-    Ok(Box::new(kafka::KafkaSubscriber::new(&config.kafka, &config.consumer, stats.clone())?))
+    Ok(Box::new(kafka::KafkaSubscriber::new(&config.kafka, config.consumer.batching(), stats.clone())?))
 }
 
 fn log_setup(pipeline: &Pipeline, store: Option<&dyn EventStore>, components: Components) {

@@ -11,11 +11,13 @@
 //! The generator itself keeps running (its sequence, rate and count carry on), as do the
 //! dashboard and alerting, which read through the [`Switchable`] store.
 
-use super::{connect_transport, kafka_subscriber, Components, Swap};
+use super::diff::{Diff, Reconnects};
+use super::{connect_transport, kafka_subscriber, Components};
+use crate::generator::Swap;
 use crate::aggregate::{Aggregator, MetricSet};
 use crate::config::{Pipeline, PipelineConfig};
 use crate::consumer::{self, StopWhen};
-use crate::reload::ReloadStatus;
+use crate::telemetry::ReloadStatus;
 use crate::store::{self, EventStore, Switchable};
 use crate::telemetry::Stats;
 use crate::transport::Subscriber;
@@ -43,23 +45,6 @@ struct RunningConsumer {
     drain: CancellationToken,
 }
 
-/// Which connection-holding parts a new config changes.
-#[derive(Debug, Default, PartialEq)]
-struct Changes {
-    transport: bool,
-    store: bool,
-    consumer: bool,
-}
-
-fn changes(old: &PipelineConfig, new: &PipelineConfig) -> Changes {
-    let embedded_changed = old.embedded != new.embedded;
-    Changes {
-        transport: old.kafka != new.kafka || (new.kafka.is_embedded() && embedded_changed),
-        store: old.mongodb != new.mongodb || (new.mongodb.is_embedded() && embedded_changed),
-        consumer: old.consumer != new.consumer,
-    }
-}
-
 /// Runs the consumer (if any) until the run ends, rebuilding it when a reload changes its
 /// connection settings.
 pub(super) async fn supervise(mut plane: Plane, first: Option<Box<dyn Subscriber>>, mut reloads: watch::Receiver<Pipeline>) -> anyhow::Result<()> {
@@ -74,8 +59,8 @@ pub(super) async fn supervise(mut plane: Plane, first: Option<Box<dyn Subscriber
                     continue;
                 }
                 let next = reloads.borrow_and_update().config.clone();
-                let what = changes(&plane.config, &next);
-                if what == Changes::default() {
+                let what = Diff::of(&plane.config, &next).reconnects();
+                if what == Reconnects::default() {
                     continue;
                 }
                 match rebuild(&mut plane, &mut consumer, next, &what).await {
@@ -122,10 +107,10 @@ fn start_consumer(plane: &Plane, subscriber: Box<dyn Subscriber>) -> RunningCons
     RunningConsumer { task, drain }
 }
 
-async fn rebuild(plane: &mut Plane, consumer: &mut Option<RunningConsumer>, next: PipelineConfig, what: &Changes) -> anyhow::Result<()> {
+async fn rebuild(plane: &mut Plane, consumer: &mut Option<RunningConsumer>, next: PipelineConfig, what: &Reconnects) -> anyhow::Result<()> {
     // 1. Connect first: a broker or store that cannot be reached leaves everything as it was.
     let new_store = match what.store && plane.components.consumer {
-        true => Some(store::open(&next).await?),
+        true => Some(store::open(&next.mongodb, &next.embedded).await?),
         false => None,
     };
     let rebuild_transport = what.transport || (what.consumer && next.kafka.is_embedded());
@@ -166,25 +151,4 @@ async fn rebuild(plane: &mut Plane, consumer: &mut Option<RunningConsumer>, next
         *consumer = Some(start_consumer(plane, subscriber));
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse(text: &str) -> PipelineConfig {
-        crate::config::parse(text, "p.toml", |n| (n == "KAFKA").then(|| "h:9092".to_string())).unwrap()
-    }
-
-    #[test]
-    fn only_connection_sections_count_as_changes() {
-        let base = crate::config::tests::MINIMAL;
-        let old = parse(base);
-        let same_connections = parse(&base.replace("[generator]", "[generator]\nbatch_size = 5"));
-        assert_eq!(changes(&old, &same_connections), Changes::default());
-        let topic = parse(&base.replace("topic = \"t\"", "topic = \"u\""));
-        assert_eq!(changes(&old, &topic), Changes { transport: true, ..Changes::default() });
-        let data = parse(&format!("{base}[embedded]\ndata_dir = \"elsewhere\"\n"));
-        assert_eq!(changes(&old, &data), Changes { store: true, ..Changes::default() }, "Kafka does not use [embedded]; the store does");
-    }
 }

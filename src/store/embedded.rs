@@ -1,11 +1,11 @@
 //! The embedded store: SQLite in a local data directory, used when no MongoDB is configured.
 //! Same contract as MongoDB: a unique event_id, durable on return, kept across restarts.
 
-use super::{EventStore, InsertOutcome};
-use crate::aggregate::PaneRecord;
-use crate::alert::Notification;
+use super::{EventStore, InsertOutcome, Notification, PaneRecord};
+
+
 use crate::dead_letter::DeadLetter;
-use crate::config::de;
+use crate::base::de;
 use crate::event::Event;
 use anyhow::Context;
 use async_trait::async_trait;

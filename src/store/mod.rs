@@ -3,11 +3,11 @@
 
 pub mod embedded;
 pub mod mongo;
+mod rows;
 
-use crate::aggregate::PaneRecord;
-use crate::alert::Notification;
+pub use rows::{Change, Labels, Notification, PaneRecord};
+
 use crate::dead_letter::DeadLetter;
-use crate::config::PipelineConfig;
 use crate::event::Event;
 use async_trait::async_trait;
 use std::sync::Arc;
@@ -54,12 +54,13 @@ pub trait EventStore: Send + Sync {
     async fn count_dead_letters(&self) -> anyhow::Result<u64>;
 }
 
-/// Opens the store the pipeline names: MongoDB, or the embedded store when the uri is `embedded`.
-pub async fn open(config: &PipelineConfig) -> anyhow::Result<Arc<dyn EventStore>> {
-    if config.mongodb.is_embedded() {
-        Ok(Arc::new(embedded::EmbeddedStore::open(&config.embedded, config.mongodb.retention)?))
+/// Opens the store `mongodb` names: MongoDB, or the embedded store (in `embedded`'s folder) when
+/// the uri is `embedded`.
+pub async fn open(mongodb: &mongo::MongoConfig, embedded: &embedded::EmbeddedConfig) -> anyhow::Result<Arc<dyn EventStore>> {
+    if mongodb.is_embedded() {
+        Ok(Arc::new(embedded::EmbeddedStore::open(embedded, mongodb.retention)?))
     } else {
-        Ok(Arc::new(mongo::MongoStore::connect(&config.mongodb).await?))
+        Ok(Arc::new(mongo::MongoStore::connect(mongodb).await?))
     }
 }
 

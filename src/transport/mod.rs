@@ -48,7 +48,11 @@ pub enum Poll {
     Closed,
 }
 
+/// The partition of events from a transport without offsets (the embedded queue).
+pub const NO_PARTITION: i32 = -1;
+
 /// Decoded events plus the transport position just past them.
+#[derive(Default)]
 pub struct Batch {
     pub events: Vec<Event>,
     /// (partition, offset) of each event, for transports that have them (empty otherwise).

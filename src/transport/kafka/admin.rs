@@ -1,6 +1,7 @@
 //! Reachability and topic setup, done once before the producer or consumer starts.
 
 use super::KafkaConfig;
+use crate::base::Backoff;
 use anyhow::{bail, Context};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -15,34 +16,32 @@ pub async fn connect(config: &KafkaConfig) -> anyhow::Result<AdminClient<Default
         .create()
         .context("cannot create a Kafka admin client (check the [kafka] settings)")?;
     let started = Instant::now();
-    let mut wait = Duration::from_millis(250);
-    let mut attempt = 0u32;
+    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(5), None);
     // Short probes, so a slow failure still leaves room for retries within connect_timeout.
     let probe_timeout = (config.connect_timeout / 4).clamp(Duration::from_millis(500), Duration::from_secs(5));
     loop {
-        attempt += 1;
-        let probe = admin.inner().fetch_metadata(None, probe_timeout);
-        match probe {
+        match admin.inner().fetch_metadata(None, probe_timeout) {
             Ok(_) => {
-                if attempt > 1 {
+                if backoff.retries() > 0 {
                     tracing::info!(servers = %config.bootstrap_servers, "kafka is reachable now");
                 }
                 return Ok(admin);
             }
-            Err(e) if started.elapsed() + wait < config.connect_timeout => {
-                tracing::warn!(
-                    servers = %config.bootstrap_servers, attempt, error = %e, retry_in = ?wait,
-                    "cannot reach kafka; retrying (connect_timeout = {:?})", config.connect_timeout
-                );
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(5));
-            }
-            Err(e) => bail!(
-                "cannot reach Kafka at {} after {:?} ({e}); check that the broker runs and \
-                 kafka.bootstrap_servers / KAFKA_BOOTSTRAP_SERVERS / --kafka point at it",
-                config.bootstrap_servers,
-                started.elapsed()
-            ),
+            Err(e) => match backoff.next_wait().filter(|wait| started.elapsed() + *wait < config.connect_timeout) {
+                Some(wait) => {
+                    tracing::warn!(
+                        servers = %config.bootstrap_servers, attempt = backoff.retries(), error = %e, retry_in = ?wait,
+                        "cannot reach kafka; retrying (connect_timeout = {:?})", config.connect_timeout
+                    );
+                    tokio::time::sleep(wait).await;
+                }
+                None => bail!(
+                    "cannot reach Kafka at {} after {:?} ({e}); check that the broker runs and \
+                     kafka.bootstrap_servers / KAFKA_BOOTSTRAP_SERVERS / --kafka point at it",
+                    config.bootstrap_servers,
+                    started.elapsed()
+                ),
+            },
         }
     }
 }

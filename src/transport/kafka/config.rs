@@ -1,6 +1,6 @@
 //! `[kafka]`: the cluster, the topic, and librdkafka settings.
 
-use crate::config::de;
+use crate::base::de;
 use rdkafka::ClientConfig;
 use serde::Deserialize;
 use std::collections::BTreeMap;

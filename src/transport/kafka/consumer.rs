@@ -3,8 +3,7 @@
 //! offsets in the background, on rebalance, and at close.
 
 use super::KafkaConfig;
-use crate::consumer::ConsumerConfig;
-use crate::dead_letter::{DeadLetter, Validation};
+use crate::dead_letter::DeadLetter;
 use crate::telemetry::Stats;
 use crate::transport::{Acknowledge, Batch, Checkpoint, Poll, Subscriber};
 use anyhow::Context;
@@ -57,13 +56,24 @@ impl ConsumerContext for GroupEvents {
 
 type GroupConsumer = StreamConsumer<GroupEvents>;
 
+/// How the subscriber cuts the stream into batches (from `[consumer]`, which the pipeline owns).
+#[derive(Debug, Clone, Copy)]
+pub struct Batching {
+    /// Most events in one batch.
+    pub batch_size: usize,
+    /// The longest a batch waits to fill.
+    pub max_wait: Duration,
+    /// Larger messages are dead-lettered unread.
+    pub max_event_bytes: usize,
+}
+
 /// Consumer side of the Kafka transport.
 pub struct KafkaSubscriber {
     consumer: Arc<GroupConsumer>,
     topic: String,
     batch_size: usize,
     max_wait: Duration,
-    validation: Validation,
+    max_event_bytes: usize,
     stats: Arc<Stats>,
     /// The last lag the broker answered for (none yet; not renewed while it is away).
     lag: LagReading,
@@ -86,8 +96,8 @@ type LagReading = Arc<std::sync::Mutex<Option<(std::time::Instant, Vec<(i32, i64
 
 impl KafkaSubscriber {
     /// Joins the group and subscribes to the topic.
-    pub fn new(config: &KafkaConfig, consuming: &ConsumerConfig, stats: Arc<Stats>) -> anyhow::Result<Self> {
-        let (batch_size, max_wait, validation) = (consuming.batch_size, consuming.max_wait, consuming.validation.clone());
+    pub fn new(config: &KafkaConfig, batching: Batching, stats: Arc<Stats>) -> anyhow::Result<Self> {
+        let Batching { batch_size, max_wait, max_event_bytes } = batching;
         let consumer: GroupConsumer = config
             .consumer_config()
             .create_with_context(GroupEvents::default())
@@ -109,7 +119,7 @@ impl KafkaSubscriber {
             topic: config.topic.clone(),
             batch_size: batch_size.max(1),
             max_wait,
-            validation,
+            max_event_bytes,
             stats,
             lag,
             sampler,
@@ -120,7 +130,7 @@ impl KafkaSubscriber {
     fn decode(&self, msg: &BorrowedMessage<'_>, batch: &mut Batch) {
         let (partition, offset) = (msg.partition(), msg.offset());
         batch.checkpoint.include(partition, offset);
-        match self.validation.decode(msg.payload()) {
+        match crate::decode::decode(msg.payload(), self.max_event_bytes) {
             Ok(mut event) => {
                 if event.event_id.is_empty() {
                     // Published by another producer: an id from its position makes its replays harmless too.

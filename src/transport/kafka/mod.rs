@@ -8,5 +8,5 @@ mod producer;
 
 pub use admin::{connect, ensure_topic};
 pub use config::KafkaConfig;
-pub use consumer::KafkaSubscriber;
+pub use consumer::{Batching, KafkaSubscriber};
 pub use producer::KafkaPublisher;

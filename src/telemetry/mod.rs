@@ -1,11 +1,20 @@
 //! Every observable event in the pipeline goes through here: one method bumps the counter and
 //! writes the log line, so metrics and logs never drift apart.
 
+mod latency;
+mod progress;
+mod reload;
+mod snapshot;
+
+pub use progress::report_progress;
+pub use reload::ReloadStatus;
+pub use snapshot::{Counter, Snapshot};
+
 use crate::dead_letter::{DeadLetter, Reason};
+use latency::Histogram;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
 
 /// Counters shared by every component of one running pipeline.
 #[derive(Debug, Default)]
@@ -60,93 +69,6 @@ impl Span {
 
     fn length(&self) -> Duration {
         self.0.lock().unwrap().map_or(Duration::ZERO, |(first, last)| last - first)
-    }
-}
-
-/// Millisecond buckets up to a minute, for latency percentiles without keeping samples.
-#[derive(Debug)]
-struct Histogram {
-    buckets: Vec<u64>,
-    count: u64,
-}
-
-impl Default for Histogram {
-    fn default() -> Self {
-        Histogram { buckets: vec![0; 60_001], count: 0 }
-    }
-}
-
-impl Histogram {
-    /// Adds the milliseconds from each timestamp (Unix ms) to now.
-    fn record_since(&mut self, timestamps: impl Iterator<Item = i64>) {
-        let now = chrono::Utc::now().timestamp_millis();
-        for t in timestamps {
-            let ms = (now - t).clamp(0, 60_000) as usize;
-            self.buckets[ms] += 1;
-            self.count += 1;
-        }
-    }
-
-    fn p50_p99(&self) -> Option<(u64, u64)> {
-        Some((self.quantile(0.50)?, self.quantile(0.99)?))
-    }
-
-    fn quantile(&self, q: f64) -> Option<u64> {
-        if self.count == 0 {
-            return None;
-        }
-        let target = ((self.count as f64) * q).ceil().max(1.0) as u64;
-        let mut seen = 0;
-        for (ms, n) in self.buckets.iter().enumerate() {
-            seen += n;
-            if seen >= target {
-                return Some(ms as u64);
-            }
-        }
-        Some(60_000)
-    }
-}
-
-/// A point-in-time copy of [`Stats`]; serializes as one JSON object of its counters, which the
-/// health API and alert conditions both start from.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Snapshot {
-    /// Events the generator handed to the transport.
-    pub generated: u64,
-    /// Events the broker acknowledged (the embedded queue acknowledges on enqueue).
-    pub delivered: u64,
-    /// Events the broker finally refused after librdkafka's retries.
-    pub delivery_failed: u64,
-    /// Messages the consumer received, good or bad.
-    pub consumed: u64,
-    /// Events newly written to the store.
-    pub stored: u64,
-    /// Events the store already had (replays), skipped by the unique event_id.
-    pub duplicates: u64,
-    /// Messages that were not usable events, stored as dead letters.
-    pub rejected: u64,
-    /// Store writes that failed and were retried.
-    pub store_retries: u64,
-    /// Events a metric script failed on (not counted in that metric).
-    pub script_errors: u64,
-    /// Events later than a metric's allowed lateness (not counted in that metric).
-    pub late_events: u64,
-    /// Alert notifications a channel accepted.
-    pub notifications_sent: u64,
-    /// Alert notifications given up after their channel's retries (or refused by a full queue).
-    pub notifications_failed: u64,
-    /// Alert rule evaluations that failed (script error, metrics unreadable, state not stored).
-    pub alert_errors: u64,
-}
-
-impl Snapshot {
-    /// The counters as one JSON object, with the fields of `extra` (an object) added.
-    pub fn json_with(&self, extra: serde_json::Value) -> serde_json::Value {
-        let mut v = serde_json::to_value(self).expect("counters serialize");
-        if let (Some(all), serde_json::Value::Object(extra)) = (v.as_object_mut(), extra) {
-            all.extend(extra);
-        }
-        v
     }
 }
 
@@ -323,36 +245,5 @@ impl Stats {
             notifications_failed: self.notifications_failed.load(Relaxed),
             alert_errors: self.alert_errors.load(Relaxed),
         }
-    }
-}
-
-/// Logs totals and rates every `every` until `stop` fires, then once more.
-pub async fn report_progress(stats: Arc<Stats>, every: Duration, stop: CancellationToken) {
-    let mut last = stats.snapshot();
-    let mut last_at = Instant::now();
-    loop {
-        let stopped = tokio::select! {
-            _ = tokio::time::sleep(every) => false,
-            _ = stop.cancelled() => true,
-        };
-        let now = stats.snapshot();
-        let secs = last_at.elapsed().as_secs_f64().max(1e-9);
-        let rate = |a: u64, b: u64| ((a - b) as f64 / secs).round();
-        tracing::info!(
-            generated = now.generated,
-            generated_per_s = rate(now.generated, last.generated),
-            delivered = now.delivered,
-            consumed = now.consumed,
-            stored = now.stored,
-            stored_per_s = rate(now.stored, last.stored),
-            duplicates = now.duplicates,
-            rejected = now.rejected,
-            "progress"
-        );
-        if stopped {
-            return;
-        }
-        last = now;
-        last_at = Instant::now();
     }
 }

@@ -1,0 +1,359 @@
+//! The write side: the consumer's [`Aggregator`] keeps one partial state per (metric, pane,
+//! partition) with the highest offset it includes, absorbs each batch in one call, and hands out
+//! the changed partials to store before the batch is acknowledged.
+
+use super::{script, Metric, MetricSet, Partial, TimeMode};
+use crate::dead_letter::{DeadLetter, Reason};
+use crate::event::Event;
+use crate::store::{EventStore, PaneRecord};
+use crate::telemetry::Stats;
+use crate::transport::{Batch, NO_PARTITION};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+struct Cell {
+    partial: Partial,
+    offset: i64,
+    dirty: bool,
+}
+
+#[derive(Default)]
+struct MetricState {
+    cells: BTreeMap<(i64, i32), Cell>,
+    /// Newest event time seen per partition (event-time metrics). Per partition, because
+    /// partitions are read at different speeds: after a restart one may replay minutes of
+    /// backlog while another is current, and neither is late.
+    watermarks: HashMap<i32, i64>,
+}
+
+/// What absorbing one batch produced.
+#[derive(Debug, Default)]
+pub struct Absorbed {
+    /// Partials that changed: written to the store before the batch is acknowledged.
+    pub panes: Vec<PaneRecord>,
+    /// Events later than a metric's lateness, one dead letter each.
+    pub late: Vec<DeadLetter>,
+}
+
+/// The consumer's aggregation state: applies batches, hands out changed partials to persist.
+pub struct Aggregator {
+    set: Arc<MetricSet>,
+    stats: Arc<Stats>,
+    states: Vec<MetricState>,
+    /// Partitions whose stored partials are loaded, with the earliest pane start loaded.
+    loaded: HashMap<i32, i64>,
+    /// Events later than a metric's lateness since the last [`Aggregator::take_late`].
+    late: Vec<DeadLetter>,
+}
+
+impl Aggregator {
+    pub fn new(set: Arc<MetricSet>, stats: Arc<Stats>) -> Aggregator {
+        let states = set.metrics.iter().map(|_| MetricState::default()).collect();
+        Aggregator { set, stats, states, loaded: HashMap::new(), late: Vec::new() }
+    }
+
+    /// The one call per batch: forgets partitions revoked since the last batch, loads the stored
+    /// partials of partitions new to this aggregator, applies the events (skipping those already
+    /// in a stored partial), and returns the changed partials, to write before the batch is
+    /// acknowledged, and the late events as dead letters. A store error while loading leaves
+    /// nothing applied, so the call may simply be repeated.
+    pub async fn absorb(&mut self, batch: &Batch, store: &dyn EventStore) -> anyhow::Result<Absorbed> {
+        self.forget(&batch.revoked);
+        let mut partitions: Vec<i32> = batch.sources.iter().map(|s| s.0).collect();
+        if batch.sources.is_empty() && !batch.events.is_empty() {
+            partitions.push(NO_PARTITION);
+        }
+        for (partition, since) in self.to_load(&batch.events, &partitions) {
+            let records = Self::load(&self.set, store, partition, since).await?;
+            self.install(partition, since, records)?;
+        }
+        self.apply(&batch.events, &batch.sources);
+        Ok(Absorbed { panes: self.take_dirty(), late: self.take_late() })
+    }
+
+    /// Partitions of this batch whose stored partials are not loaded yet (after start or a
+    /// rebalance), each with the earliest pane start any of its new events can touch.
+    fn to_load(&self, events: &[Event], partitions: &[i32]) -> Vec<(i32, i64)> {
+        let min_ts = events.iter().map(|e| e.timestamp.timestamp_millis()).min().unwrap_or(0);
+        let mut new: Vec<i32> = partitions.iter().copied().filter(|p| !self.loaded.contains_key(p)).collect();
+        new.sort_unstable();
+        new.dedup();
+        // Earlier panes are out of reach: their events would be later than the allowed lateness.
+        let since = self
+            .set
+            .metrics
+            .iter()
+            .map(|m| {
+                let t = match m.config.time {
+                    // A partition not loaded yet has no watermark here: its events set the reach.
+                    TimeMode::Event => min_ts,
+                    TimeMode::Processing => chrono::Utc::now().timestamp_millis(),
+                };
+                t.saturating_sub(m.config.lateness.as_millis() as i64 + m.window.slide_ms)
+            })
+            .min()
+            .unwrap_or(0);
+        new.into_iter().map(|p| (p, since)).collect()
+    }
+
+    /// The stored partials of one partition from `since` on, for [`Self::install`].
+    async fn load(set: &MetricSet, store: &dyn EventStore, partition: i32, since: i64) -> anyhow::Result<Vec<PaneRecord>> {
+        let mut out = Vec::new();
+        for m in &set.metrics {
+            out.extend(store.load_panes(m.state_key(), since, i64::MAX, Some(partition)).await?);
+        }
+        Ok(out)
+    }
+
+    /// Installs loaded partials, so new events add to them instead of replacing them.
+    fn install(&mut self, partition: i32, since: i64, records: Vec<PaneRecord>) -> anyhow::Result<()> {
+        for r in records {
+            let Some(i) = self.set.metrics.iter().position(|m| m.state_key() == r.metric) else { continue };
+            let m = &self.set.metrics[i];
+            let partial = m.decode(&r.state).map_err(|e| anyhow::anyhow!("metric {}: {e}", m.name()))?;
+            self.states[i].cells.insert((r.pane_start, partition), Cell { partial, offset: r.offset, dirty: false });
+        }
+        self.loaded.insert(partition, since);
+        Ok(())
+    }
+
+    /// Switches to a reloaded metric set between batches. A metric whose state shape is
+    /// unchanged (same reducer, window, time and grouping) keeps its state and takes the new
+    /// script; a redefined one starts fresh; a new one starts empty; a removed one stops.
+    pub fn reconfigure(&mut self, set: Arc<MetricSet>) {
+        let mut old: HashMap<String, MetricState> = self
+            .set
+            .metrics
+            .iter()
+            .map(|m| m.state_key().to_string())
+            .zip(std::mem::take(&mut self.states))
+            .collect();
+        let old_names: HashSet<&str> = self.set.metrics.iter().map(|m| m.name()).collect();
+        for m in &set.metrics {
+            match old.remove(m.state_key()) {
+                Some(state) => {
+                    self.states.push(state);
+                    tracing::info!(metric = m.name(), "metric reloaded; window state kept");
+                }
+                None => {
+                    self.states.push(MetricState::default());
+                    if old_names.contains(m.name()) {
+                        tracing::info!(metric = m.name(), "metric redefined (reducer, window or grouping changed); its state starts fresh");
+                    } else {
+                        tracing::info!(metric = m.name(), "metric added");
+                    }
+                }
+            }
+        }
+        let new_names: HashSet<&str> = set.metrics.iter().map(|m| m.name()).collect();
+        for name in old_names.difference(&new_names) {
+            tracing::info!(metric = name, "metric removed");
+        }
+        self.set = set;
+        // In memory equals the store after every batch, so reloading partials is safe, and
+        // brings in partials of metrics this aggregator did not have.
+        self.loaded.clear();
+    }
+
+    /// The compiled metrics this aggregator runs.
+    pub fn set(&self) -> &Arc<MetricSet> {
+        &self.set
+    }
+
+    /// The late events found since the last call, as dead letters: one per event (stored raw),
+    /// naming every metric that left it out.
+    fn take_late(&mut self) -> Vec<DeadLetter> {
+        let mut by_id: BTreeMap<String, DeadLetter> = BTreeMap::new();
+        for d in self.late.drain(..) {
+            match by_id.get_mut(&d.id) {
+                Some(first) => {
+                    first.detail.push_str("; ");
+                    first.detail.push_str(&d.detail);
+                }
+                None => {
+                    by_id.insert(d.id.clone(), d);
+                }
+            }
+        }
+        by_id.into_values().collect()
+    }
+
+    /// Forgets partitions this process no longer owns; another consumer continues their state.
+    fn forget(&mut self, partitions: &[i32]) {
+        for p in partitions {
+            self.loaded.remove(p);
+            for st in &mut self.states {
+                st.cells.retain(|(_, part), _| part != p);
+                st.watermarks.remove(p);
+            }
+        }
+    }
+
+    /// Applies a batch. `sources[i]` is the (partition, offset) of `events[i]`; events at or
+    /// below the offset already in a partial are skipped.
+    pub(crate) fn apply(&mut self, events: &[Event], sources: &[(i32, i64)]) {
+        let needs_map = self.set.metrics.iter().any(Metric::needs_event_map);
+        let maps: Vec<rhai::Dynamic> = if needs_map { events.iter().map(script::event_map).collect() } else { Vec::new() };
+        let now = chrono::Utc::now().timestamp_millis();
+        for (m, st) in self.set.metrics.iter().zip(self.states.iter_mut()) {
+            let lateness = m.config.lateness.as_millis() as i64;
+            for (i, e) in events.iter().enumerate() {
+                let (partition, offset) = sources.get(i).copied().unwrap_or((NO_PARTITION, -1));
+                let t = match m.config.time {
+                    TimeMode::Event => e.timestamp.timestamp_millis(),
+                    TimeMode::Processing => now,
+                };
+                let watermark = st.watermarks.entry(partition).or_insert(i64::MIN);
+                if *watermark != i64::MIN && t < *watermark - lateness {
+                    let behind = *watermark - t;
+                    self.stats.late_event(m.name(), &e.event_id, behind);
+                    let mut json = Vec::new();
+                    e.write_json(&mut json);
+                    let detail = format!("{behind} ms behind the newest event of its partition for metric {:?} (lateness {:?})", m.name(), m.config.lateness);
+                    self.late.push(DeadLetter::new(format!("late:{}", e.event_id), Reason::Late, detail, (partition, offset), &json));
+                    continue;
+                }
+                *watermark = (*watermark).max(t);
+                let key = (m.window.pane_of(t), partition);
+                let cell = match st.cells.get_mut(&key) {
+                    Some(c) => c,
+                    None => {
+                        let partial = match m.empty() {
+                            Ok(p) => p,
+                            Err(err) => {
+                                self.stats.script_error(m.name(), &e.event_id, &err);
+                                continue;
+                            }
+                        };
+                        st.cells.entry(key).or_insert(Cell { partial, offset: -1, dirty: false })
+                    }
+                };
+                if partition != NO_PARTITION && offset <= cell.offset {
+                    continue; // already in the stored state: a replay
+                }
+                if let Err(err) = m.add(&mut cell.partial, e, maps.get(i)) {
+                    self.stats.script_error(m.name(), &e.event_id, &err);
+                }
+                cell.offset = cell.offset.max(offset);
+                cell.dirty = true;
+            }
+        }
+    }
+
+    /// Changed partials to write before acknowledging the batch; they are marked clean.
+    pub(crate) fn take_dirty(&mut self) -> Vec<PaneRecord> {
+        let mut out = Vec::new();
+        for (m, st) in self.set.metrics.iter().zip(self.states.iter_mut()) {
+            for ((pane_start, partition), cell) in st.cells.iter_mut().filter(|(_, c)| c.dirty) {
+                cell.dirty = false;
+                out.push(PaneRecord {
+                    metric: m.state_key().to_string(),
+                    pane_start: *pane_start,
+                    partition: *partition,
+                    offset: cell.offset,
+                    state: m.encode(&cell.partial),
+                });
+            }
+            // Panes no event can reach any more are only needed in the store.
+            let reach = m.window.size_ms + m.config.lateness.as_millis() as i64 + m.window.slide_ms;
+            let watermarks = &st.watermarks;
+            st.cells.retain(|(pane, partition), c| {
+                c.dirty || *pane >= watermarks.get(partition).copied().unwrap_or(i64::MIN).saturating_sub(reach)
+            });
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+    use crate::aggregate::{MetricConfig, ReducerKind};
+    use chrono::TimeZone;
+    use std::time::Duration;
+
+    /// A count-per-item metric set, its script in a directory removed once compiled.
+    pub(in crate::aggregate) fn per_item_set(window: Duration, lateness: Duration) -> Arc<MetricSet> {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("per_item.rhai");
+        std::fs::write(&script, "#{ key: field(\"item_id\") }").unwrap();
+        let config = MetricConfig {
+            name: "per_item".into(),
+            script,
+            reducer: ReducerKind::Count,
+            k: 1,
+            window,
+            slide: Some(Duration::from_secs(5)),
+            time: TimeMode::Event,
+            lateness,
+            description: String::new(),
+            exact_limit: 10_000,
+        };
+        Arc::new(MetricSet::load(&[config]).unwrap())
+    }
+
+    pub(in crate::aggregate) fn event(id: &str, item: &str, second: i64) -> Event {
+        Event {
+            event_id: id.into(),
+            user_id: "u".into(),
+            item_id: item.into(),
+            interaction_type: "view".into(),
+            timestamp: chrono::Utc.timestamp_opt(1_000_000 + second, 0).unwrap(),
+            session_id: String::new(),
+            value: 0.0,
+            price: None,
+            view_duration: None,
+            attributes: Default::default(),
+        }
+    }
+
+    fn aggregator(lateness_s: u64) -> (Aggregator, Arc<Stats>) {
+        let set = per_item_set(Duration::from_secs(60), Duration::from_secs(lateness_s));
+        let stats = Stats::new();
+        (Aggregator::new(set, stats.clone()), stats)
+    }
+
+    #[test]
+    fn partitions_have_their_own_watermark() {
+        let (mut agg, stats) = aggregator(10);
+        // Partition 1 replays old events while partition 0 is current: neither is late.
+        agg.apply(&[event("a", "x", 100), event("b", "x", 20)], &[(0, 1), (1, 1)]);
+        assert_eq!(stats.snapshot().late_events, 0);
+        agg.apply(&[event("c", "x", 5)], &[(1, 2)]);
+        assert_eq!(stats.snapshot().late_events, 1, "15 s behind its own partition is late");
+    }
+
+    #[test]
+    fn out_of_order_within_lateness_counts_and_later_is_late() {
+        let (mut agg, stats) = aggregator(10);
+        let events = [event("a", "x", 30), event("b", "x", 22), event("c", "y", 5)];
+        agg.apply(&events, &[]);
+        let dirty = agg.take_dirty();
+        let total: u64 = dirty
+            .iter()
+            .map(|r| r.state["grouped"].as_object().unwrap().values().map(|a| a["count"].as_u64().unwrap()).sum::<u64>())
+            .sum();
+        assert_eq!(total, 2, "8 s out of order counts; 25 s behind is late");
+        assert_eq!(stats.snapshot().late_events, 1);
+        let late = agg.take_late();
+        assert_eq!(late.len(), 1, "one dead letter for the late event");
+        assert_eq!((late[0].id.as_str(), late[0].reason), ("late:c", Reason::Late));
+        assert!(late[0].payload.contains("\"event_id\":\"c\""), "{}", late[0].payload);
+        assert!(agg.take_late().is_empty());
+        let panes: Vec<i64> = dirty.iter().map(|r| r.pane_start).collect();
+        assert_eq!(panes, vec![1_000_020_000, 1_000_030_000], "each event touches its own pane");
+    }
+
+    #[test]
+    fn replayed_offsets_are_skipped() {
+        let (mut agg, _) = aggregator(10);
+        let events = [event("a", "x", 1), event("b", "x", 2)];
+        agg.apply(&events, &[(0, 10), (0, 11)]);
+        agg.apply(&events, &[(0, 10), (0, 11)]);
+        agg.apply(&[event("c", "x", 3)], &[(0, 12)]);
+        let dirty = agg.take_dirty();
+        assert_eq!(dirty.len(), 1);
+        assert_eq!(dirty[0].offset, 12);
+        assert_eq!(dirty[0].state["grouped"]["x"]["count"], 3);
+    }
+}

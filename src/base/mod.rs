@@ -1,0 +1,10 @@
+//! Leaf helpers every component's config and code share, importing nothing else of the crate:
+//! how durations and numbers are written in the pipeline file, secrets that never print, and
+//! the one retry-with-backoff loop.
+
+mod backoff;
+pub mod de;
+mod secret;
+
+pub use backoff::Backoff;
+pub use secret::Secret;

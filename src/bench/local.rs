@@ -1,0 +1,176 @@
+//! The in-process sections: generation, aggregation, the embedded end to end and memory.
+
+use super::{child_peak_rss_mb, compare, figure, rate, scratch_path, BenchOptions, Figure};
+use crate::config::Pipeline;
+use anyhow::Context;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use super::baseline;
+use crate::aggregate::{Aggregator, MetricSet};
+use crate::event::Event;
+use crate::generator::{Generator, GeneratorScript};
+use crate::pipeline::{self, RunOptions};
+use crate::telemetry::Stats;
+use tokio_util::sync::CancellationToken;
+
+pub(super) fn generator_section(pipeline: &Pipeline, script: &GeneratorScript, opts: &BenchOptions, figures: &mut Vec<Figure>) -> anyhow::Result<()> {
+    let (n, runs) = (opts.events, opts.runs);
+    let g = &pipeline.config.generator;
+    tracing::info!(events = n, runs, "bench: generator");
+    let mut plan = Vec::new();
+    let mut plain = Vec::new();
+    for _ in 0..runs {
+        let mut gen = Generator::new(script.clone(), Some(1));
+        plan.push(rate(n, time_fill(n, |k, out| gen.fill(k, out))));
+        let mut base = baseline::PlainGenerator::new(g.users as usize, g.items as usize, 1.1);
+        plain.push(rate(n, time_fill(n, |k, out| base.fill(k, out))));
+    }
+    figures.push(figure("generator: Rhai-described plan", "events/s", plan));
+    figures.push(figure("generator: plain Rust", "events/s", plain));
+    compare(figures, "generator: Rhai-described plan", "generator: plain Rust");
+
+    let hook = with_hook(pipeline)?;
+    let mut hooked = Vec::new();
+    for _ in 0..runs {
+        let mut gen = Generator::new(hook.0.clone(), Some(1));
+        let k = (n / 4).max(1000);
+        hooked.push(rate(k, time_fill(k, |m, out| gen.fill(m, out))));
+    }
+    figures.push(figure("generator: with on_event hook", "events/s", hooked));
+    compare(figures, "generator: with on_event hook", "generator: plain Rust");
+    Ok(())
+}
+
+pub(super) fn aggregate_section(pipeline: &Pipeline, script: &GeneratorScript, opts: &BenchOptions, figures: &mut Vec<Figure>) -> anyhow::Result<()> {
+    let (n, runs) = (opts.events, opts.runs);
+    tracing::info!("bench: aggregation");
+    let set = Arc::new(MetricSet::load(&pipeline.config.metrics)?);
+    let mut events = Vec::with_capacity(n as usize);
+    Generator::new(script.clone(), Some(2)).fill(n as usize, &mut events);
+    let (mut apply_ns, mut full_ns) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let mut agg = Aggregator::new(set.clone(), Stats::new());
+        let (mut apply, mut encode) = (Duration::ZERO, Duration::ZERO);
+        for chunk in events.chunks(2000) {
+            let t = Instant::now();
+            agg.apply(chunk, &[]);
+            apply += t.elapsed();
+            let t = Instant::now();
+            std::hint::black_box(agg.take_dirty());
+            encode += t.elapsed();
+        }
+        apply_ns.push(apply.as_nanos() as f64 / n as f64);
+        full_ns.push((apply + encode).as_nanos() as f64 / n as f64);
+    }
+    figures.push(figure(&format!("aggregate: {} shipped metrics, apply", set.metrics().len()), "ns/event", apply_ns));
+    figures.push(figure("aggregate: apply + encode partials to store", "ns/event", full_ns));
+    Ok(())
+}
+
+pub(super) async fn embedded_section(pipeline: &Pipeline, opts: &BenchOptions, figures: &mut Vec<Figure>) -> anyhow::Result<()> {
+    let (n, runs) = (opts.events, opts.runs);
+    tracing::info!("bench: embedded end to end");
+    let mut embedded = Vec::new();
+    for _ in 0..runs {
+        let dir = scratch_path("");
+        let mut p = pipeline.clone();
+        p.config.kafka.bootstrap_servers = "embedded".into();
+        p.config.mongodb.uri = "embedded".into();
+        p.config.embedded.data_dir = dir.clone();
+        p.config.generator.rate = 0.0;
+        p.config.generator.batch_size = 1000;
+        let options = RunOptions { max_events: Some(n), progress_every: Duration::from_secs(3600), ..RunOptions::default() };
+        let summary = pipeline::run(&p, options, CancellationToken::new()).await?;
+        embedded.push(rate(summary.stats.stored, summary.elapsed));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    figures.push(figure("end to end, embedded: generate -> queue -> aggregate -> SQLite", "events/s", embedded));
+    Ok(())
+}
+
+fn time_fill(n: u64, mut fill: impl FnMut(usize, &mut Vec<Event>)) -> Duration {
+    let mut out = Vec::with_capacity(1000);
+    let mut left = n;
+    let t = Instant::now();
+    while left > 0 {
+        let k = left.min(1000) as usize;
+        out.clear();
+        fill(k, &mut out);
+        std::hint::black_box(&out);
+        left -= k as u64;
+    }
+    t.elapsed()
+}
+
+/// The pipeline's generator script plus a per-event hook that adds one field.
+fn with_hook(pipeline: &Pipeline) -> anyhow::Result<(GeneratorScript, tempfile_path::TempScript)> {
+    let source = std::fs::read_to_string(&pipeline.config.generator.script)?;
+    let tmp = tempfile_path::TempScript::new(&format!(
+        "fn on_event(e) {{ e.channel = if e.value > 5.0 {{ \"web\" }} else {{ \"app\" }}; e }}\n{source}"
+    ))?;
+    let mut cfg = pipeline.config.generator.clone();
+    cfg.script = tmp.path.clone();
+    Ok((GeneratorScript::load(&cfg)?, tmp))
+}
+
+mod tempfile_path {
+    /// A script file removed when dropped.
+    pub struct TempScript {
+        pub path: std::path::PathBuf,
+    }
+    impl TempScript {
+        pub fn new(text: &str) -> std::io::Result<Self> {
+            let path = super::scratch_path(".rhai");
+            std::fs::write(&path, text)?;
+            Ok(TempScript { path })
+        }
+    }
+    impl Drop for TempScript {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Users drawn from and events generated for the memory figure: with the shipped skew, about
+/// 120,000 distinct users in one 60 s window.
+const MEMORY_USERS: i64 = 400_000;
+const MEMORY_EVENTS: u64 = 1_200_000;
+
+/// Peak RSS of a runner process (generator, consumer, every metric, embedded queue and store)
+/// whose windows hold over 100,000 active users, and how many users that was.
+pub(super) async fn memory_section(pipeline: &Pipeline, opts: &BenchOptions, figures: &mut Vec<Figure>) -> anyhow::Result<()> {
+    tracing::info!(users = MEMORY_USERS, events = MEMORY_EVENTS, "bench: memory with many active users");
+    let (mut rss, mut active) = (Vec::new(), Vec::new());
+    for _ in 0..opts.runs {
+        let dir = scratch_path("");
+        let mut child = std::process::Command::new(std::env::current_exe()?);
+        child
+            .args(["run", pipeline.path.to_str().unwrap_or_default(), "--components", "generator,consumer", "--log", "warn"])
+            .args(["--kafka", "embedded", "--mongodb", "embedded", "--data-dir", dir.to_str().unwrap_or_default()])
+            .args(["--generation-rate", "0", "--batch-size", "1000", "--users", &MEMORY_USERS.to_string()])
+            .args(["--events", &MEMORY_EVENTS.to_string(), "--exit-when-idle", "1s"]);
+        let measured = match child_peak_rss_mb(child) {
+            Ok(mb) => active_users_in_last_minute(pipeline, &dir).await.map(|users| (mb, users)),
+            Err(e) => Err(e),
+        };
+        let _ = std::fs::remove_dir_all(&dir);
+        let (mb, users) = measured?;
+        rss.push(mb);
+        active.push(users as f64);
+    }
+    figures.push(figure("active users in the last 60 s of the memory run (embedded, unthrottled)", "users", active));
+    figures.push(figure("peak RSS of a runner process holding them (generator + consumer + metrics)", "MB", rss));
+    Ok(())
+}
+
+/// Distinct users among the stored events of the last minute of event time.
+async fn active_users_in_last_minute(pipeline: &Pipeline, dir: &std::path::Path) -> anyhow::Result<usize> {
+    let mut config = pipeline.config.embedded.clone();
+    config.data_dir = dir.to_path_buf();
+    let store = crate::store::embedded::EmbeddedStore::open(&config, None)?;
+    let events = crate::store::EventStore::all_events(&store).await?;
+    let newest = events.iter().map(|e| e.timestamp).max().context("bench: the memory run stored no events")?;
+    let since = newest - chrono::Duration::seconds(60);
+    Ok(events.iter().filter(|e| e.timestamp > since).map(|e| e.user_id.as_str()).collect::<std::collections::HashSet<_>>().len())
+}

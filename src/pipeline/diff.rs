@@ -1,0 +1,205 @@
+//! The one reload diff: for every section and key of the pipeline file, whether a change
+//! applies live, reconnects what holds a connection, or needs a restart. Reload uses it to decide
+//! what to do and reports it in the reload status; the README's table is checked against it.
+
+use crate::config::PipelineConfig;
+
+/// What a changed setting takes to apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    /// Swapped in between batches or evaluations; nothing restarts.
+    Live,
+    /// The parts holding its connection are rebuilt (connect new, drain, switch): see `reconnect`.
+    Reconnect,
+    /// Applies only when the process starts again; reported in the reload status.
+    Restart,
+}
+
+impl Effect {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Effect::Live => "live",
+            Effect::Reconnect => "reconnect",
+            Effect::Restart => "restart",
+        }
+    }
+}
+
+/// One row of the table: a section or key, what a change to it takes, and how to tell it changed.
+pub struct Row {
+    /// `section` or `section.key`; a key row takes precedence over its section's row.
+    pub key: &'static str,
+    pub effect: Effect,
+    /// What happens, in the words the README uses.
+    pub note: &'static str,
+    changed: fn(&PipelineConfig, &PipelineConfig) -> bool,
+}
+
+/// Every section of the pipeline file (the exhaustive match in [`sections_in_table`] keeps this
+/// list complete when a section is added).
+pub const TABLE: &[Row] = &[
+    Row { key: "name", effect: Effect::Restart, note: "shown in logs, the dashboard and notifications", changed: |a, b| a.name != b.name },
+    Row { key: "kafka", effect: Effect::Reconnect, note: "new broker connected first; generator moves between batches; consumer drains and resumes from committed offsets", changed: |a, b| a.kafka != b.kafka },
+    Row { key: "mongodb", effect: Effect::Reconnect, note: "new store connected first; consumer drains, then writes to it; dashboard and alerts follow", changed: |a, b| a.mongodb != b.mongodb },
+    Row { key: "embedded", effect: Effect::Reconnect, note: "the embedded store (and queue, when Kafka is embedded) are reopened", changed: |a, b| a.embedded != b.embedded },
+    Row { key: "consumer", effect: Effect::Reconnect, note: "consumer drains and restarts with the new batching and validation", changed: |a, b| a.consumer != b.consumer },
+    Row { key: "generator.seed", effect: Effect::Restart, note: "the random stream is seeded once", changed: |a, b| a.generator.seed != b.generator.seed },
+    Row { key: "generator", effect: Effect::Live, note: "script, rate, batch size and populations apply to the next batch", changed: |a, b| a.generator != b.generator },
+    Row { key: "metric", effect: Effect::Live, note: "unchanged state shape keeps its window state; a new or redefined metric starts empty", changed: |a, b| a.metrics != b.metrics },
+    Row { key: "alerting", effect: Effect::Live, note: "interval, thresholds and channels apply from the next evaluation", changed: |a, b| a.alerting != b.alerting },
+    Row { key: "alert", effect: Effect::Live, note: "rules that stay keep their pending and firing instances; removed ones resolve", changed: |a, b| a.alerts != b.alerts },
+    Row { key: "dashboard.listen", effect: Effect::Restart, note: "the server is bound once", changed: |a, b| a.dashboard.listen != b.dashboard.listen },
+    Row { key: "dashboard.templates", effect: Effect::Restart, note: "the template folder is watched from start (edits inside it apply live)", changed: |a, b| a.dashboard.templates != b.dashboard.templates },
+    Row { key: "dashboard.token", effect: Effect::Live, note: "the next request needs the new token", changed: |a, b| a.dashboard.token != b.dashboard.token },
+    Row { key: "dashboard.refresh", effect: Effect::Live, note: "the next push uses the new interval", changed: |a, b| a.dashboard.refresh != b.dashboard.refresh },
+];
+
+/// Compile-time guard: adding a section to [`PipelineConfig`] fails here until the table has it.
+#[allow(dead_code)]
+fn sections_in_table(c: &PipelineConfig) {
+    let PipelineConfig { name: _, kafka: _, mongodb: _, embedded: _, generator: _, consumer: _, dashboard: _, metrics: _, alerting: _, alerts: _ } = c;
+    let crate::dashboard::DashboardConfig { listen: _, refresh: _, templates: _, token: _ } = &c.dashboard;
+}
+
+/// What changed between two versions, by table row.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Diff {
+    /// The rows that changed, with what each takes.
+    pub changed: Vec<(&'static str, Effect)>,
+    /// Whether the embedded queue is the transport (then `[embedded]` moves the transport too).
+    embedded_transport: bool,
+    /// Whether the embedded store is the store (then `[embedded]` moves the store).
+    embedded_store: bool,
+}
+
+/// Which connection-holding parts a diff rebuilds.
+#[derive(Debug, Default, PartialEq)]
+pub struct Reconnects {
+    pub transport: bool,
+    pub store: bool,
+    pub consumer: bool,
+}
+
+impl Diff {
+    /// Compares two versions. A section row counts only where none of its key rows explains the
+    /// change (a changed seed alone does not make the generator row "live").
+    pub fn of(old: &PipelineConfig, new: &PipelineConfig) -> Diff {
+        let mut changed = Vec::new();
+        for row in TABLE {
+            if !(row.changed)(old, new) {
+                continue;
+            }
+            if !row.key.contains('.') && section_change_is_only_in_keys(row.key, old, new) {
+                continue;
+            }
+            changed.push((row.key, row.effect));
+        }
+        Diff { changed, embedded_transport: new.kafka.is_embedded(), embedded_store: new.mongodb.is_embedded() }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.changed.is_empty()
+    }
+
+    fn touches(&self, key: &str) -> bool {
+        self.changed.iter().any(|(k, _)| *k == key)
+    }
+
+    /// The settings that changed but apply only after a restart.
+    pub fn needs_restart(&self) -> Vec<String> {
+        self.changed.iter().filter(|(_, e)| *e == Effect::Restart).map(|(k, _)| k.to_string()).collect()
+    }
+
+    /// `key: effect` for every change, for the reload status and log.
+    pub fn describe(&self) -> Vec<String> {
+        self.changed.iter().map(|(k, e)| format!("{k}: {}", e.as_str())).collect()
+    }
+
+    /// The connection-holding parts to rebuild.
+    pub fn reconnects(&self) -> Reconnects {
+        let embedded = self.touches("embedded");
+        Reconnects {
+            transport: self.touches("kafka") || (self.embedded_transport && embedded),
+            store: self.touches("mongodb") || (self.embedded_store && embedded),
+            consumer: self.touches("consumer"),
+        }
+    }
+}
+
+/// Whether every difference in `section` is covered by one of its key rows.
+fn section_change_is_only_in_keys(section: &str, old: &PipelineConfig, new: &PipelineConfig) -> bool {
+    let keys: Vec<&Row> = TABLE.iter().filter(|r| r.key.strip_prefix(section).is_some_and(|k| k.starts_with('.'))).collect();
+    if keys.is_empty() {
+        return false;
+    }
+    // Copy the new values of the key rows into the old version: if that makes the section
+    // equal, nothing else in it changed.
+    let mut patched = old.clone();
+    match section {
+        "generator" => patched.generator.seed = new.generator.seed,
+        "dashboard" => {
+            patched.dashboard.listen = new.dashboard.listen.clone();
+            patched.dashboard.templates = new.dashboard.templates.clone();
+            patched.dashboard.token = new.dashboard.token.clone();
+            patched.dashboard.refresh = new.dashboard.refresh;
+        }
+        _ => return false,
+    }
+    match section {
+        "generator" => patched.generator == new.generator,
+        _ => patched.dashboard == new.dashboard,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> PipelineConfig {
+        crate::config::parse(text, "p.toml", |n| (n == "KAFKA").then(|| "h:9092".to_string())).unwrap()
+    }
+
+    #[test]
+    fn only_connection_sections_reconnect() {
+        let base = crate::config::tests::MINIMAL;
+        let old = parse(base);
+        let batch = Diff::of(&old, &parse(&base.replace("[generator]", "[generator]\nbatch_size = 5")));
+        assert_eq!(batch.changed, vec![("generator", Effect::Live)]);
+        assert_eq!(batch.reconnects(), Reconnects::default());
+        let topic = Diff::of(&old, &parse(&base.replace("topic = \"t\"", "topic = \"u\"")));
+        assert_eq!(topic.reconnects(), Reconnects { transport: true, ..Reconnects::default() });
+        let data = Diff::of(&old, &parse(&format!("{base}[embedded]\ndata_dir = \"elsewhere\"\n")));
+        assert_eq!(data.reconnects(), Reconnects { store: true, ..Reconnects::default() }, "Kafka does not use [embedded]; the store does");
+    }
+
+    #[test]
+    fn a_key_row_explains_its_change_alone() {
+        let base = crate::config::tests::MINIMAL;
+        let old = parse(base);
+        let seed = Diff::of(&old, &parse(&base.replace("[generator]", "[generator]\nseed = 7")));
+        assert_eq!(seed.changed, vec![("generator.seed", Effect::Restart)]);
+        assert_eq!(seed.needs_restart(), vec!["generator.seed"]);
+        let both = Diff::of(&old, &parse(&base.replace("[generator]", "[generator]\nseed = 7\nbatch_size = 5")));
+        assert_eq!(both.changed, vec![("generator.seed", Effect::Restart), ("generator", Effect::Live)]);
+        let dash = Diff::of(&old, &parse(&format!("{base}[dashboard]\nlisten = \"127.0.0.1:9\"\nrefresh = \"1s\"\n")));
+        assert_eq!(dash.describe(), vec!["dashboard.listen: restart", "dashboard.refresh: live"]);
+    }
+
+    /// The README's "what a reload applies" table is this table, row for row.
+    #[test]
+    fn readme_table_matches_the_diff_table() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        let rows: Vec<(String, String)> = readme
+            .lines()
+            .skip_while(|l| !l.contains("<!-- reload-table -->"))
+            .skip(3)
+            .take_while(|l| l.starts_with('|'))
+            .map(|l| {
+                let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+                (cells[1].trim_matches('`').to_string(), cells[2].to_string())
+            })
+            .collect();
+        let expected: Vec<(String, String)> = TABLE.iter().map(|r| (r.key.to_string(), r.effect.as_str().to_string())).collect();
+        assert_eq!(rows, expected, "README.md's reload table (after <!-- reload-table -->) must list TABLE's rows in order");
+    }
+}

@@ -1,0 +1,240 @@
+//! Hot reload: notice that the pipeline file or a script it uses changed, compile and check the
+//! new version completely, and only then hand it to the running components, which swap it in
+//! between batches. A version that fails to load changes nothing; the error is kept in the
+//! reload status for the dashboard and logs.
+//!
+//! Changes are noticed by content, not by event type: file-system events (or a poll tick, or
+//! SIGHUP) only trigger a check of every watched file's contents. That makes editor saves
+//! (temp file + rename, several writes) one reload, and catches Kubernetes-style `..data`
+//! symlink swaps, because the watch is on the folders that hold the files.
+
+use super::compile::{compile, Compiled};
+use super::diff::Diff;
+use crate::aggregate::MetricSet;
+use crate::alert::AlertSet;
+use crate::config::Pipeline;
+use crate::dashboard::DashboardConfig;
+use crate::generator::Settings as GeneratorSettings;
+use crate::telemetry::ReloadStatus;
+use chrono::Utc;
+use notify::{RecursiveMode, Watcher};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+/// How changes are noticed.
+#[derive(Debug, Clone)]
+pub struct WatchOptions {
+    /// Watch files at all (`--no-watch` turns it off; SIGHUP still reloads).
+    pub enabled: bool,
+    /// Also check every this often, for file systems that send no events.
+    pub poll: Option<Duration>,
+    /// Quiet time after the last file-system event before checking (editors write in bursts).
+    pub debounce: Duration,
+}
+
+impl Default for WatchOptions {
+    fn default() -> Self {
+        WatchOptions { enabled: true, poll: None, debounce: Duration::from_millis(150) }
+    }
+}
+
+/// The channels a reload publishes on; components watch the receiving ends.
+pub struct Live {
+    /// The whole new version: components that hold connections compare their sections.
+    pub pipeline: watch::Sender<Pipeline>,
+    pub generator: watch::Sender<GeneratorSettings>,
+    pub metrics: watch::Sender<Arc<MetricSet>>,
+    pub alerts: watch::Sender<Arc<AlertSet>>,
+    /// The dashboard's settings (token and refresh apply live).
+    pub dashboard: watch::Sender<DashboardConfig>,
+    pub status: Arc<Mutex<ReloadStatus>>,
+}
+
+/// The files a pipeline depends on.
+fn watched_files(p: &Pipeline) -> BTreeSet<PathBuf> {
+    let mut files = BTreeSet::from([p.path.clone(), p.config.generator.script.clone()]);
+    files.extend(p.config.metrics.iter().map(|m| m.script.clone()));
+    files.extend(p.config.alerts.iter().filter_map(|a| a.script.clone()));
+    files
+}
+
+/// The contents of every file (following symlinks), to tell a real change from noise.
+fn fingerprint(files: &BTreeSet<PathBuf>) -> Vec<(PathBuf, Option<Vec<u8>>)> {
+    files.iter().map(|f| (f.clone(), std::fs::read(f).ok())).collect()
+}
+
+/// The folders to watch: each file's folder, and the folder holding any symlink on the way to
+/// it (a ConfigMap swap renames `..data` there, not in the file's own folder).
+fn folders(files: &BTreeSet<PathBuf>) -> BTreeSet<PathBuf> {
+    let mut out = BTreeSet::new();
+    for f in files {
+        let parent = f.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        out.insert(parent.to_path_buf());
+        for ancestor in f.ancestors().skip(1) {
+            if ancestor.as_os_str().is_empty() {
+                break;
+            }
+            let is_link = std::fs::symlink_metadata(ancestor).map(|m| m.file_type().is_symlink()).unwrap_or(false);
+            if is_link {
+                if let Some(holder) = ancestor.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    out.insert(holder.to_path_buf());
+                }
+            }
+        }
+        if std::fs::symlink_metadata(f).map(|m| m.file_type().is_symlink()).unwrap_or(false) {
+            // The link's target folder changes on a swap; the link's own folder is watched above.
+            if let Ok(target) = std::fs::canonicalize(f) {
+                if let Some(t) = target.parent() {
+                    out.insert(t.to_path_buf());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Reads the file again and compiles everything it names; nothing is applied here.
+fn recompile(current: &Pipeline) -> Result<Compiled, String> {
+    let next = current.reload().map_err(|e| e.to_string())?;
+    compile(next).map_err(|e| e.to_string())
+}
+
+/// What the generator takes from a compiled version.
+pub(super) fn generator_settings(compiled: &Compiled) -> GeneratorSettings {
+    let g = &compiled.pipeline.config.generator;
+    GeneratorSettings { script: compiled.generator.clone(), rate: g.rate, batch_size: g.batch_size }
+}
+
+/// Starts watching the pipeline's files now (so no edit made after this call is missed) and
+/// returns the task that applies every good new version until `stop`.
+pub fn spawn(current: Pipeline, live: Live, options: WatchOptions, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+    let (tx, rx) = mpsc::channel::<()>(64);
+    let files = watched_files(&current);
+    let seen = fingerprint(&files);
+    let watcher = make_watcher(&options, &tx, &folders(&files));
+    let reloader = Reloader { current, live, options, changes: (tx, rx), files, seen, watcher };
+    tokio::spawn(reloader.run(stop))
+}
+
+/// The reload task's state: the version in force, what it watches, and where it publishes.
+struct Reloader {
+    current: Pipeline,
+    live: Live,
+    options: WatchOptions,
+    /// File-system events arrive here (the sender goes to each new watcher).
+    changes: (mpsc::Sender<()>, mpsc::Receiver<()>),
+    files: BTreeSet<PathBuf>,
+    /// The contents of `files` when last checked.
+    seen: Vec<(PathBuf, Option<Vec<u8>>)>,
+    watcher: Option<notify::RecommendedWatcher>,
+}
+
+fn make_watcher(options: &WatchOptions, tx: &mpsc::Sender<()>, dirs: &BTreeSet<PathBuf>) -> Option<notify::RecommendedWatcher> {
+    if !options.enabled {
+        return None;
+    }
+    let tx = tx.clone();
+    let mut w = notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
+        let _ = tx.try_send(());
+    })
+    .map_err(|e| tracing::warn!(error = %e, "cannot watch files; use --watch-poll, or SIGHUP to reload"))
+    .ok()?;
+    for d in dirs {
+        if let Err(e) = w.watch(d, RecursiveMode::NonRecursive) {
+            tracing::warn!(folder = %d.display(), error = %e, "cannot watch folder; its changes need SIGHUP or --watch-poll");
+        }
+    }
+    Some(w)
+}
+
+impl Reloader {
+    /// Watches the files, applying each good new version, until `stop`.
+    async fn run(mut self, stop: CancellationToken) {
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let mut poll = self.options.poll.map(tokio::time::interval);
+        let debounce = self.options.debounce;
+        loop {
+            let forced = tokio::select! {
+                _ = stop.cancelled() => return,
+                Some(()) = self.changes.1.recv() => {
+                    // Let a burst of writes settle into one check.
+                    while let Ok(Some(())) = tokio::time::timeout(debounce, self.changes.1.recv()).await {}
+                    false
+                }
+                Some(_) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                    tracing::info!("SIGHUP: reloading");
+                    true
+                }
+                _ = async { match poll.as_mut() { Some(p) => { p.tick().await; } None => std::future::pending().await } } => false,
+            };
+            let now = fingerprint(&self.files);
+            if !forced && now == self.seen {
+                continue;
+            }
+            self.seen = now;
+            let attempted = Utc::now();
+            match recompile(&self.current) {
+                Ok(compiled) => self.apply(compiled, attempted),
+                Err(error) => self.reject(error, attempted),
+            }
+        }
+    }
+
+    /// Hands a good new version to every component and records what changed.
+    fn apply(&mut self, compiled: Compiled, attempted: chrono::DateTime<Utc>) {
+        let diff = Diff::of(&self.current.config, &compiled.pipeline.config);
+        let needs_restart = diff.needs_restart();
+        if !needs_restart.is_empty() {
+            tracing::warn!(settings = ?needs_restart, "these settings changed but apply only after a restart");
+        }
+        let next = compiled.pipeline.clone();
+        let live = &self.live;
+        let _ = live.generator.send(generator_settings(&compiled));
+        let _ = live.metrics.send(compiled.metrics);
+        let _ = live.alerts.send(compiled.alerts);
+        let _ = live.dashboard.send(next.config.dashboard.clone());
+        let _ = live.pipeline.send(next.clone());
+        {
+            let mut s = live.status.lock().unwrap();
+            s.reloads += 1;
+            s.last_attempt = Some(attempted);
+            s.last_success = Some(attempted);
+            s.last_error = None;
+            s.needs_restart = needs_restart;
+            s.last_changes = diff.describe();
+        }
+        tracing::info!(pipeline = %next.path.display(), changes = ?diff.describe(), "reloaded");
+        self.watch(watched_files(&next));
+        self.current = next;
+    }
+
+    /// Keeps the running version and records why the new one was refused.
+    fn reject(&mut self, error: String, attempted: chrono::DateTime<Utc>) {
+        tracing::error!(%error, "reload rejected; the running version stays");
+        // A new version may name scripts that do not exist yet: watch them too, so creating them
+        // triggers the next attempt.
+        if let Ok(next) = self.current.reload() {
+            let wanted: BTreeSet<PathBuf> = self.files.union(&watched_files(&next)).cloned().collect();
+            self.watch(wanted);
+        }
+        let mut s = self.live.status.lock().unwrap();
+        s.failures += 1;
+        s.last_attempt = Some(attempted);
+        s.last_error = Some(error);
+    }
+
+    /// Watches `files` (and their folders) from now on, if they differ from the current set.
+    fn watch(&mut self, files: BTreeSet<PathBuf>) {
+        if files == self.files {
+            return;
+        }
+        self.files = files;
+        self.seen = fingerprint(&self.files);
+        drop(self.watcher.take());
+        self.watcher = make_watcher(&self.options, &self.changes.0, &folders(&self.files));
+    }
+}

@@ -1,0 +1,222 @@
+//! The MongoDB store, through the official driver: `insert_many` in unordered batches against a
+//! unique index on event_id, so a replayed batch writes only what is missing.
+
+mod document;
+mod store;
+
+pub use document::to_document;
+
+use crate::base::{de, Backoff};
+use anyhow::{bail, Context};
+use mongodb::bson::{doc, Document};
+use mongodb::options::{ClientOptions, IndexOptions};
+use mongodb::{Client, Collection, IndexModel};
+use serde::Deserialize;
+use std::time::{Duration, Instant};
+
+/// `[mongodb]` section. `uri = "embedded"` selects the embedded store instead.
+#[derive(Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MongoConfig {
+    /// A `mongodb://` or `mongodb+srv://` connection string, or `embedded`.
+    pub uri: String,
+    /// Database holding the collections.
+    pub database: String,
+    /// Collection of raw events.
+    #[serde(default = "default_raw")]
+    pub raw_collection: String,
+    /// Collection of aggregated metric state.
+    #[serde(default = "default_metrics")]
+    pub metrics_collection: String,
+    /// Collection of alert notifications (the alert history).
+    #[serde(default = "default_alerts")]
+    pub alerts_collection: String,
+    /// Collection of alert rule state (pending and firing instances), so a restart re-sends nothing.
+    #[serde(default = "default_alert_state")]
+    pub alert_state_collection: String,
+    /// Collection of messages the pipeline could not use, with the reason.
+    #[serde(default = "default_dead_letters")]
+    pub dead_letter_collection: String,
+    /// How long raw events are kept (a TTL index on timestamp); unset keeps them forever.
+    #[serde(default, deserialize_with = "de::optional_duration")]
+    pub retention: Option<Duration>,
+    /// How long to keep retrying an unreachable server at start before giving up.
+    #[serde(default = "default_connect_timeout", deserialize_with = "de::duration")]
+    pub connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for MongoConfig {
+    /// The uri's password is shown as `***`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MongoConfig")
+            .field("uri", &redact(&self.uri))
+            .field("database", &self.database)
+            .field("raw_collection", &self.raw_collection)
+            .field("metrics_collection", &self.metrics_collection)
+            .field("alerts_collection", &self.alerts_collection)
+            .field("alert_state_collection", &self.alert_state_collection)
+            .field("dead_letter_collection", &self.dead_letter_collection)
+            .field("retention", &self.retention)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
+fn default_raw() -> String {
+    "raw_interactions".into()
+}
+fn default_metrics() -> String {
+    "aggregated_metrics".into()
+}
+fn default_alerts() -> String {
+    "alerts".into()
+}
+fn default_alert_state() -> String {
+    "alert_state".into()
+}
+fn default_dead_letters() -> String {
+    "dead_letters".into()
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+impl MongoConfig {
+    /// True when the pipeline uses the embedded store instead of MongoDB.
+    pub fn is_embedded(&self) -> bool {
+        self.uri.trim().eq_ignore_ascii_case("embedded")
+    }
+
+    /// Problems a parse cannot catch (the uri's form is checked without connecting).
+    pub fn check(&self) -> Option<String> {
+        let mut p = Vec::new();
+        let scheme_ok = self.uri.starts_with("mongodb://") || self.uri.starts_with("mongodb+srv://");
+        if !self.is_embedded() && !scheme_ok {
+            p.push(format!(
+                "mongodb.uri must start with mongodb:// or mongodb+srv:// (or be \"embedded\"), got {:?}",
+                redact(&self.uri)
+            ));
+        }
+        if self.database.is_empty() || self.raw_collection.is_empty() || self.metrics_collection.is_empty() {
+            p.push("mongodb.database and the collection names must not be empty".to_string());
+        }
+        (!p.is_empty()).then(|| p.join("; "))
+    }
+}
+
+/// The uri with any password replaced, for logs and errors.
+pub fn redact(uri: &str) -> String {
+    match (uri.find("://"), uri.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &uri[scheme + 3..at];
+            let user = creds.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &uri[..scheme + 3], &uri[at..])
+        }
+        _ => uri.to_string(),
+    }
+}
+
+/// The driver settings the store writes with (the bench's raw baseline uses them too).
+pub async fn client_options(uri: &str) -> anyhow::Result<ClientOptions> {
+    let mut options =
+        ClientOptions::parse(uri).await.with_context(|| format!("mongodb.uri {:?} is not a valid connection string", redact(uri)))?;
+    options.app_name.get_or_insert_with(|| "runner".to_string());
+    options.server_selection_timeout.get_or_insert(Duration::from_secs(3));
+    // Kafka offsets are committed once the store acknowledges a batch, so an acknowledgment
+    // must mean the write survives the server being killed: journaled, unless the connection
+    // string says otherwise (`journal=false`).
+    options.write_concern.get_or_insert_with(Default::default).journal.get_or_insert(true);
+    Ok(options)
+}
+
+/// Raw events in a MongoDB collection.
+pub struct MongoStore {
+    raw: Collection<Document>,
+    panes: Collection<Document>,
+    alerts: Collection<Document>,
+    alert_state: Collection<Document>,
+    dead_letters: Collection<Document>,
+    described: String,
+}
+
+impl MongoStore {
+    /// Connects (retrying with backoff up to `connect_timeout`, never falling back) and creates
+    /// the indexes.
+    pub async fn connect(config: &MongoConfig) -> anyhow::Result<Self> {
+        let shown = redact(&config.uri);
+        let client = Client::with_options(client_options(&config.uri).await?).context("cannot create the MongoDB client")?;
+        let db = client.database(&config.database);
+        let started = Instant::now();
+        let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(5), None);
+        while let Err(e) = db.run_command(doc! {"ping": 1}).await {
+            match backoff.next_wait().filter(|wait| started.elapsed() + *wait < config.connect_timeout) {
+                Some(wait) => {
+                    tracing::warn!(uri = %shown, attempt = backoff.retries(), error = %e, retry_in = ?wait,
+                        "cannot reach mongodb; retrying (connect_timeout = {:?})", config.connect_timeout);
+                    tokio::time::sleep(wait).await;
+                }
+                None => bail!(
+                    "cannot reach MongoDB at {shown} after {:?} ({e}); check that the server runs and \
+                     mongodb.uri / MONGODB_CONNECTION_STRING / --mongodb point at it",
+                    started.elapsed()
+                ),
+            }
+        }
+        let raw = db.collection::<Document>(&config.raw_collection);
+        create_indexes(&raw, config.retention).await?;
+        let panes = db.collection::<Document>(&config.metrics_collection);
+        panes
+            .create_index(IndexModel::builder().keys(doc! {"metric": 1, "pane_start": 1}).build())
+            .await
+            .with_context(|| format!("cannot create indexes on {}", panes.namespace()))?;
+        let alerts = db.collection::<Document>(&config.alerts_collection);
+        alerts
+            .create_index(IndexModel::builder().keys(doc! {"at": -1}).build())
+            .await
+            .with_context(|| format!("cannot create indexes on {}", alerts.namespace()))?;
+        Ok(MongoStore {
+            raw,
+            panes,
+            alerts,
+            alert_state: db.collection::<Document>(&config.alert_state_collection),
+            dead_letters: db.collection::<Document>(&config.dead_letter_collection),
+            described: format!("MongoDB {shown} database {:?} collection {:?}", config.database, config.raw_collection),
+        })
+    }
+}
+
+/// The raw collection's indexes: unique event_id, user_id, item_id, timestamp (TTL with retention).
+pub async fn create_indexes(raw: &Collection<Document>, retention: Option<Duration>) -> anyhow::Result<()> {
+    let unique = IndexOptions::builder().unique(true).name("event_id_unique".to_string()).build();
+    let mut models = vec![
+        IndexModel::builder().keys(doc! {"event_id": 1}).options(unique).build(),
+        IndexModel::builder().keys(doc! {"user_id": 1}).build(),
+        IndexModel::builder().keys(doc! {"item_id": 1}).build(),
+    ];
+    // The TTL index doubles as the timestamp index.
+    let ts_options = retention.map(|r| IndexOptions::builder().expire_after(r).name("timestamp_ttl".to_string()).build());
+    models.push(IndexModel::builder().keys(doc! {"timestamp": 1}).options(ts_options).build());
+    raw.create_indexes(models)
+        .await
+        .with_context(|| format!("cannot create indexes on {} (an index with other options may exist: drop it, or align the retention setting)", raw.namespace()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_hides_only_the_password() {
+        assert_eq!(redact("mongodb://bob:s3cret@h:27017/db"), "mongodb://bob:***@h:27017/db");
+        assert_eq!(redact("mongodb://h:27017"), "mongodb://h:27017");
+    }
+
+    #[tokio::test]
+    async fn writes_are_journaled_unless_the_uri_says_otherwise() {
+        let journal = |o: ClientOptions| o.write_concern.and_then(|w| w.journal);
+        assert_eq!(journal(client_options("mongodb://h:27017").await.unwrap()), Some(true));
+        assert_eq!(journal(client_options("mongodb://h:27017/?w=majority").await.unwrap()), Some(true));
+        assert_eq!(journal(client_options("mongodb://h:27017/?journal=false").await.unwrap()), Some(false));
+    }
+}
