@@ -88,12 +88,11 @@ impl Acc {
             }
             (Acc::Min(m), Input::Number(v)) => *m = Some(m.map_or(v, |m| m.min(v))),
             (Acc::Max(m), Input::Number(v)) => *m = Some(m.map_or(v, |m| m.max(v))),
-            (Acc::Distinct(set), Input::Text(s)) => {
-                if !set.contains(s) {
-                    set.insert(s.to_string());
-                    if set.len() > exact_limit {
-                        self.become_sketch();
-                    }
+            // A value already in the set falls through to the no-op arm below.
+            (Acc::Distinct(set), Input::Text(s)) if !set.contains(s) => {
+                set.insert(s.to_string());
+                if set.len() > exact_limit {
+                    self.become_sketch();
                 }
             }
             (Acc::Distinct(_), Input::Number(v)) => self.add(Input::Text(&v.to_string()), exact_limit),
