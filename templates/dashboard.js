@@ -6,13 +6,11 @@
   const form = document.getElementById("controls");
   if (!panels || !form) return;
   const refresh = Number(panels.dataset.refreshMs) || 2000;
-  const token = new URLSearchParams(location.search).get("token");
   let source = null, timer = null;
 
   function query() {
-    const q = new URLSearchParams(new FormData(form));
-    if (token) q.set("token", token);
-    return q.toString();
+    // A dashboard token travels in the cookie the server set on the first authorised load.
+    return new URLSearchParams(new FormData(form)).toString();
   }
   function show(html) {
     panels.innerHTML = html;

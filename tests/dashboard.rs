@@ -13,6 +13,14 @@ use tokio_util::sync::CancellationToken;
 
 /// A plain HTTP/1.0 GET; returns (status, body).
 fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let text = get_raw(port, path, headers);
+    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// The whole response, headers included.
+fn get_raw(port: u16, path: &str, headers: &[(&str, &str)]) -> String {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut req = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n");
@@ -23,10 +31,7 @@ fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
     s.write_all(req.as_bytes()).unwrap();
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
-    let text = String::from_utf8_lossy(&out).to_string();
-    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (status, body)
+    String::from_utf8_lossy(&out).to_string()
 }
 
 async fn start(mut p: Pipeline, port: u16, token: &str) -> (Running, CancellationToken) {
@@ -102,6 +107,33 @@ async fn every_route_on_the_embedded_store() {
     let (running, stop) = start(common::embedded_pipeline(dir.path()), port, "").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     tokio::task::spawn_blocking(move || check_routes(port, &[])).await.unwrap();
+    stop.cancel();
+    running.wait().await.unwrap();
+}
+
+/// A token given once in the address becomes an HttpOnly cookie, the page is served from an
+/// address without it, and it appears nowhere in the page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_in_the_address_becomes_a_cookie_and_stays_out_of_the_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let token = "t0k&n with space";
+    let (running, stop) = start(common::embedded_pipeline(dir.path()), port, token).await;
+    tokio::task::spawn_blocking(move || {
+        let first = get_raw(port, "/?range=1h&token=t0k%26n%20with%20space", &[]);
+        assert_eq!(first.split_whitespace().nth(1), Some("303"), "{first}");
+        assert!(first.contains("\r\nlocation: /?range=1h\r\n"), "{first}");
+        let cookie = first.lines().find_map(|l| l.strip_prefix("set-cookie: ")).expect("a cookie is set").to_string();
+        assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
+        let pair = cookie.split(';').next().unwrap().to_string();
+        let (code, html) = get(port, "/?range=1h", &[("Cookie", &pair)]);
+        assert_eq!(code, 200, "the cookie alone opens the page");
+        assert!(!html.contains("t0k") && !html.contains("token="), "the token is not written into the page");
+        assert_eq!(get(port, "/api/health", &[("Cookie", &pair)]).0, 200);
+        assert_eq!(get(port, "/api/health", &[("Cookie", "runner_token=t0k")]).0, 401);
+    })
+    .await
+    .unwrap();
     stop.cancel();
     running.wait().await.unwrap();
 }
@@ -302,4 +334,54 @@ async fn dashboard_token_applies_on_reload_and_listen_is_reported() {
     assert!(new.1.contains("dashboard.listen"), "the health API shows what needs a restart: {}", new.1);
     stop.cancel();
     running.wait().await.unwrap();
+}
+
+/// An open `/events` tab must not keep the process alive: `--for` (like Ctrl-C and the idle
+/// exit) ends the server-sent-event streams and the process exits 0.
+#[test]
+fn shutdown_with_an_open_event_stream_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = common::runner()
+        .args(["run", common::shipped_pipeline().to_str().unwrap(), "--for", "5s", "--log", "warn"])
+        .env("DASHBOARD_LISTEN", format!("127.0.0.1:{port}"))
+        .env("DASHBOARD_REFRESH_INTERVAL", "500ms")
+        .env("RUNNER_DATA_DIR", dir.path())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let mut stream = loop {
+        match TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => break s,
+            Err(_) if started.elapsed() < Duration::from_secs(20) => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => panic!("the dashboard never listened: {e}"),
+        }
+    };
+    stream.write_all(b"GET /events HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n").unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut first = [0u8; 512];
+    let n = stream.read(&mut first).unwrap();
+    assert!(String::from_utf8_lossy(&first[..n]).contains("200 OK"), "the stream opened");
+    // Keep reading, as a browser tab would, until the server ends the stream.
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+        while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
+    });
+    let exited = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if started.elapsed() > Duration::from_secs(15) {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let Some(status) = exited else {
+        child.kill().unwrap();
+        panic!("still running 10 s after --for 5s with an /events client open");
+    };
+    assert!(status.success(), "{status}");
+    reader.join().unwrap();
 }

@@ -6,7 +6,7 @@
 
 use super::config::{ChannelConfig, EmailConfig, Retry, SmtpSecurity, WebhookConfig};
 use super::notification::Notification;
-use crate::base::Backoff;
+use crate::base::{Backoff, Secret};
 use crate::telemetry::Stats;
 use anyhow::{bail, Context};
 use async_trait::async_trait;
@@ -91,8 +91,8 @@ impl Channel for EmailChannel {
 
 struct WebhookChannel {
     client: reqwest::Client,
-    url: String,
-    headers: BTreeMap<String, String>,
+    url: Secret,
+    headers: BTreeMap<String, Secret>,
 }
 
 impl WebhookChannel {
@@ -105,15 +105,16 @@ impl WebhookChannel {
 #[async_trait]
 impl Channel for WebhookChannel {
     async fn deliver(&self, n: &Notification) -> anyhow::Result<()> {
-        let mut request = self.client.post(&self.url).json(n).header("Idempotency-Key", &n.id);
+        let mut request = self.client.post(self.url.expose()).json(n).header("Idempotency-Key", &n.id);
         for (k, v) in &self.headers {
-            request = request.header(k, v);
+            request = request.header(k, v.expose());
         }
-        let response = request.send().await.with_context(|| format!("POST {} failed", self.url))?;
+        // reqwest's errors name the URL; the URL is a secret.
+        let response = request.send().await.map_err(|e| e.without_url()).with_context(|| format!("POST to webhook {} failed", redact_url(self.url.expose())))?;
         let status = response.status();
         if !status.is_success() {
             let body = response.text().await.unwrap_or_default();
-            bail!("POST {} answered {status}: {}", self.url, body.chars().take(200).collect::<String>());
+            bail!("webhook {} answered {status}: {}", redact_url(self.url.expose()), body.chars().take(200).collect::<String>());
         }
         Ok(())
     }
@@ -208,6 +209,15 @@ fn build(c: &ChannelConfig, thresholds: &BTreeMap<String, Value>) -> anyhow::Res
         ChannelConfig::Email(e) => Box::new(EmailChannel::new(e, thresholds)?),
         ChannelConfig::Webhook(w) => Box::new(WebhookChannel::new(w)?),
     })
+}
+
+/// A webhook URL for logs: its scheme and host only (the path and query often hold the
+/// hook's credential).
+fn redact_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => format!("{}://{}/***", u.scheme(), u.host_str().unwrap_or("?")),
+        Err(_) => "***".to_string(),
+    }
 }
 
 /// One channel's loop: deliver each notification in order, retrying with backoff.

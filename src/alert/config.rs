@@ -111,10 +111,12 @@ fn default_subject() -> String {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
-    pub url: String,
-    /// Extra request headers (for example `Authorization = "Bearer ${HOOK_TOKEN}"`).
+    /// A secret: hook URLs often carry their credential in the path (`***` in logs).
+    pub url: Secret,
+    /// Extra request headers (for example `Authorization = "Bearer ${HOOK_TOKEN}"`); their
+    /// values are secrets.
     #[serde(default)]
-    pub headers: BTreeMap<String, String>,
+    pub headers: BTreeMap<String, Secret>,
     /// Per attempt.
     #[serde(default = "default_timeout", deserialize_with = "de::duration")]
     pub timeout: Duration,
@@ -225,8 +227,8 @@ impl AlertingConfig {
         for (name, c) in &self.channels {
             match c {
                 ChannelConfig::Email(e) if e.to.is_empty() => p.push(format!("alerting.channels.{name}: `to` lists no recipient")),
-                ChannelConfig::Webhook(w) if !(w.url.starts_with("http://") || w.url.starts_with("https://")) => {
-                    p.push(format!("alerting.channels.{name}: url must start with http:// or https://, got {:?}", w.url))
+                ChannelConfig::Webhook(w) if !(w.url.expose().starts_with("http://") || w.url.expose().starts_with("https://")) => {
+                    p.push(format!("alerting.channels.{name}: url must start with http:// or https://"))
                 }
                 _ => {}
             }

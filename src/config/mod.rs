@@ -225,13 +225,11 @@ pub fn parse(
         }
     };
     let expanded = interpolate(text, env).map_err(|m| {
-        at(
-            m.offset,
-            format!(
-                "environment variable {} is not set (set it, or give a default: ${{{}:-value}})",
-                m.name, m.name
-            ),
-        )
+        let message = match m.unsafe_value {
+            None => format!("environment variable {} is not set (set it, or give a default: ${{{}:-value}})", m.name, m.name),
+            Some(why) => format!("the value of environment variable {} cannot stand here: {why}", m.name),
+        };
+        at(m.offset, message)
     })?;
     toml::from_str(&expanded).map_err(|e| {
         let offset = e.span().map(|s| s.start).unwrap_or(0);
@@ -321,12 +319,13 @@ rate = "${RATE:-250}"
     #[test]
     fn secrets_do_not_show_in_debug_output() {
         let text = format!(
-            "{MINIMAL}[dashboard]\ntoken = \"tok-123\"\n[kafka.client]\n\"sasl.password\" = \"kpw-456\"\n\"client.id\" = \"r\"\n"
+            "{MINIMAL}[dashboard]\ntoken = \"tok-123\"\n[kafka.client]\n\"sasl.password\" = \"kpw-456\"\n\"client.id\" = \"r\"\n\
+             [alerting.channels.hook]\ntype = \"webhook\"\nurl = \"https://hooks.example/T0/hook-path-321\"\nheaders = {{ Authorization = \"Bearer hdr-654\" }}\n"
         )
         .replace("uri = \"embedded\"", "uri = \"mongodb://bob:mpw-789@h:27017\"");
         let c = parse(&text, "p.toml", |_| None).unwrap();
         let shown = format!("{c:?} {c:#?}");
-        for secret in ["tok-123", "kpw-456", "mpw-789"] {
+        for secret in ["tok-123", "kpw-456", "mpw-789", "hook-path-321", "hdr-654"] {
             assert!(!shown.contains(secret), "{secret} in {shown}");
         }
         assert!(shown.contains("client.id") && shown.contains("bob"), "the rest still shows: {shown}");
@@ -366,6 +365,19 @@ rate = "${RATE:-250}"
         let shown = path.display();
         assert!(err.contains(&format!("{shown}:14: consumer.batch_size must be at least 1")), "{err}");
         assert!(err.contains(&format!("{shown}:16: metric \"m\": slide (7s) must divide")), "{err}");
+    }
+
+    /// A secret with TOML's special characters is one string value wherever `${...}` may stand
+    /// in the shipped file, and never changes the rest of it.
+    #[test]
+    fn secrets_with_special_characters_stay_exactly_as_given() {
+        let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/interactions.toml")).unwrap();
+        let nasty = "p\"a\\ss\n[kafka]\n# '";
+        let plain = parse(&shipped, "p.toml", |_| None).unwrap();
+        let c = parse(&shipped, "p.toml", |n| (n == "DASHBOARD_TOKEN" || n == "KAFKA_TOPIC").then(|| nasty.to_string())).unwrap();
+        assert_eq!(c.dashboard.token.expose(), nasty);
+        assert_eq!(c.kafka.topic, nasty);
+        assert_eq!((c.metrics.len(), c.alerts.len(), &c.name), (plain.metrics.len(), plain.alerts.len(), &plain.name));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The live dashboard: an axum server rendering minijinja templates from `templates/`, pushing
 //! re-rendered panels over server-sent events, with a JSON API and Prometheus metrics beside it.
 
+mod auth;
 mod chart;
 mod prometheus;
 mod templates;
@@ -12,9 +13,9 @@ use crate::telemetry::ReloadStatus;
 use crate::store::EventStore;
 use crate::telemetry::{Snapshot, Stats};
 use anyhow::Context;
-use axum::extract::{Path as UrlPath, Query, Request, State};
+use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::{header, StatusCode};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -78,6 +79,8 @@ struct AppState {
     templates: Templates,
     /// The settings in force: a reload changes the token and refresh interval live.
     config: watch::Receiver<DashboardConfig>,
+    /// Fires at shutdown: open event streams end, so the graceful shutdown can finish.
+    stop: CancellationToken,
     /// The last snapshot and when, for rates.
     last: Mutex<(Instant, Snapshot, f64, f64)>,
 }
@@ -93,6 +96,9 @@ impl AppState {
         self.config.borrow().refresh
     }
 }
+
+/// How long requests under way may take to finish once the dashboard is stopped.
+const GRACEFUL_WAIT: Duration = Duration::from_secs(3);
 
 /// Binds the address and serves until `stop`. `settings` is watched: a new token or refresh
 /// interval applies at once; the address and template folder are those at start.
@@ -111,10 +117,18 @@ pub async fn serve(settings: watch::Receiver<DashboardConfig>, sources: Sources,
         sources,
         templates,
         config: settings,
+        stop: stop.clone(),
         last: Mutex::new((Instant::now(), Snapshot::default(), 0.0, 0.0)),
     });
     let app = router(state);
-    axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await?;
+    let server = axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned());
+    tokio::select! {
+        served = server => served?,
+        // Requests still running (a slow store read) get a moment; then the server closes.
+        _ = async { stop.cancelled().await; tokio::time::sleep(GRACEFUL_WAIT).await } => {
+            tracing::warn!(wait = ?GRACEFUL_WAIT, "dashboard requests still open at shutdown; closing them");
+        }
+    }
     Ok(())
 }
 
@@ -129,22 +143,8 @@ fn router(state: Shared) -> Router {
         .route("/api/health", get(api_health))
         .route("/api/alerts", get(api_alerts))
         .route("/metrics", get(prometheus::scrape))
-        .layer(middleware::from_fn_with_state(state.clone(), auth))
+        .layer(middleware::from_fn_with_state(state.clone(), auth::require_token))
         .with_state(state)
-}
-
-async fn auth(State(state): State<Shared>, req: Request, next: Next) -> Response {
-    let token = state.token();
-    if token.is_empty() {
-        return next.run(req).await;
-    }
-    let bearer = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    let query = req.uri().query().unwrap_or("").split('&').find_map(|kv| kv.strip_prefix("token="));
-    if bearer == Some(token.as_str()) || query == Some(token.as_str()) {
-        next.run(req).await
-    } else {
-        (StatusCode::UNAUTHORIZED, "a dashboard token is required (Authorization: Bearer <token> or ?token=)").into_response()
-    }
 }
 
 fn render(state: &AppState, name: &str, ctx: Value) -> Response {
@@ -162,11 +162,18 @@ async fn panels(State(state): State<Shared>, Query(q): Query<RangeQuery>) -> Res
     render(&state, "panels.html", ctx)
 }
 
-/// Pushes freshly rendered panels every refresh interval.
+/// Pushes freshly rendered panels every refresh interval, until the dashboard stops (a stream
+/// that never ended kept the graceful shutdown waiting for ever).
 async fn events(State(state): State<Shared>, Query(q): Query<RangeQuery>) -> impl IntoResponse {
     let stream = futures::stream::unfold((state, q, true), |(state, q, first)| async move {
         if !first {
-            tokio::time::sleep(state.refresh()).await;
+            tokio::select! {
+                _ = tokio::time::sleep(state.refresh()) => {}
+                _ = state.stop.cancelled() => return None,
+            }
+        }
+        if state.stop.is_cancelled() {
+            return None;
         }
         let ctx = view(&state, &q).await;
         let (html, _) = state.templates.render("panels.html", minijinja::Value::from(minijinja::value::Serde(&ctx)));

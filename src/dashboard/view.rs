@@ -63,8 +63,6 @@ pub(super) async fn view(state: &AppState, q: &RangeQuery) -> Value {
     let num = |name: &str| by_name.get(name).and_then(headline_number).map(chart::short).unwrap_or_else(|| "–".into());
     json!({
         "pipeline": state.sources.pipeline,
-        // Only an authorised page gets here, so it may carry the token for its own requests.
-        "token_query": match state.token() { t if t.is_empty() => String::new(), t => format!("?token={t}") },
         "refresh_ms": state.refresh().as_millis() as u64,
         "range": range,
         "selected": q.metric.clone().unwrap_or_default(),
