@@ -6,14 +6,13 @@ use chrono::Utc;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::weighted::WeightedAliasIndex;
-use rand_distr::Zipf;
 
 /// The shipped generator's distributions, hand-written in Rust with the same samplers.
 pub struct PlainGenerator {
     users: Vec<String>,
     items: Vec<String>,
-    user_ranks: Zipf<f64>,
-    item_ranks: Zipf<f64>,
+    user_ranks: WeightedAliasIndex<f64>,
+    item_ranks: WeightedAliasIndex<f64>,
     type_table: WeightedAliasIndex<f64>,
     rng: SmallRng,
     seq: u64,
@@ -23,11 +22,12 @@ const TYPES: [&str; 5] = ["view", "click", "add_to_cart", "purchase", "share"];
 
 impl PlainGenerator {
     pub fn new(users: usize, items: usize, skew: f64) -> Self {
+        let zipf = |n: usize| (1..=n).map(|k| (k as f64).powf(-skew)).collect::<Vec<f64>>();
         PlainGenerator {
             users: (1..=users).map(|k| format!("user_{k}")).collect(),
             items: (1..=items).map(|k| format!("item_{k}")).collect(),
-            user_ranks: Zipf::new(users as f64, skew).unwrap(),
-            item_ranks: Zipf::new(items as f64, skew).unwrap(),
+            user_ranks: WeightedAliasIndex::new(zipf(users)).unwrap(),
+            item_ranks: WeightedAliasIndex::new(zipf(items)).unwrap(),
             type_table: WeightedAliasIndex::new(vec![0.65, 0.20, 0.10, 0.03, 0.02]).unwrap(),
             rng: SmallRng::seed_from_u64(1),
             seq: 0,
@@ -42,8 +42,8 @@ impl PlainGenerator {
             let value = r2(rng.random_range(0.0..10.0));
             out.push(Event {
                 event_id: format!("plain-{:x}", self.seq),
-                user_id: self.users[rng.sample(self.user_ranks) as usize - 1].clone(),
-                item_id: self.items[rng.sample(self.item_ranks) as usize - 1].clone(),
+                user_id: self.users[rng.sample(&self.user_ranks)].clone(),
+                item_id: self.items[rng.sample(&self.item_ranks)].clone(),
                 interaction_type: t.to_string(),
                 timestamp: Utc::now(),
                 session_id: uuid::Builder::from_random_bytes(rng.random()).into_uuid().to_string(),
