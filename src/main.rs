@@ -20,6 +20,9 @@ struct Cli {
     /// Log level or filter (error, warn, info, debug, trace, or a tracing filter like runner=debug).
     #[arg(long, global = true, env = "RUNNER_LOG", default_value = "info")]
     log: String,
+    /// Log lines as human text (colour only on a terminal) or one JSON object per line.
+    #[arg(long, global = true, env = "RUNNER_LOG_FORMAT", value_enum, default_value_t = runner::telemetry::logging::LogFormat::Text)]
+    log_format: runner::telemetry::logging::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -157,9 +160,10 @@ enum ComponentArg {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    if let Err(e) = runner::telemetry::logging::init(&cli.log, cli.log_format) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     let result = match cli.command {
         Command::Validate { pipeline } => match runner::pipeline::validate(&pipeline) {
             Ok(_) => {

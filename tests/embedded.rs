@@ -90,3 +90,38 @@ fn secrets_not_logged() {
     assert!(err.contains("mongodb://bob:***@127.0.0.1:1/"), "the uri is shown redacted: {err}");
     assert!(!err.contains("hunter2"), "the password never appears, at any log level");
 }
+
+/// Logs into a pipe or file carry no colour codes; `--log-format json` gives one JSON object per
+/// line; an invalid `--log` filter is an error, not a silent `info`.
+#[test]
+fn logs_are_plain_in_a_pipe_json_on_request_and_a_bad_filter_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |extra: &[&str]| {
+        common::runner()
+            .args(["run", common::shipped_pipeline().to_str().unwrap(), "--components", "generator,consumer", "--events", "300"])
+            .args(extra)
+            .env("RUNNER_DATA_DIR", dir.path())
+            .output()
+            .unwrap()
+    };
+    let text = run(&[]);
+    let err = String::from_utf8_lossy(&text.stderr);
+    assert!(text.status.success(), "{err}");
+    assert!(err.contains("progress") && !err.contains('\u{1b}'), "plain text, no ANSI codes: {err:?}");
+
+    let json = run(&["--log-format", "json"]);
+    let err = String::from_utf8_lossy(&json.stderr);
+    assert!(json.status.success(), "{err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty());
+    for line in &lines {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
+    }
+    assert!(lines.iter().any(|l| l.contains("\"progress\"")), "{err}");
+
+    let bad = run(&["--log", "runner=loud"]);
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(2), "{err}");
+    assert!(err.contains("invalid log filter \"runner=loud\""), "{err}");
+}

@@ -2,6 +2,7 @@
 //! writes the log line, so metrics and logs never drift apart.
 
 mod latency;
+pub mod logging;
 mod progress;
 mod reload;
 mod snapshot;
@@ -25,6 +26,8 @@ pub struct Stats {
     consumed: AtomicU64,
     stored: AtomicU64,
     duplicates: AtomicU64,
+    /// Replayed events not yet reported in a summary line.
+    replays: std::sync::Mutex<Summary>,
     rejected: AtomicU64,
     store_retries: AtomicU64,
     script_errors: AtomicU64,
@@ -46,6 +49,30 @@ pub struct Stats {
     visible_latency: std::sync::Mutex<Histogram>,
     /// Messages behind the end of each assigned Kafka partition: (partition, lag).
     lag: std::sync::Mutex<Vec<(i32, i64)>>,
+}
+
+/// Counts of a repeated event, reported at most once per [`Summary::EVERY`]: the first
+/// occurrence at once, the rest summed into the next line.
+#[derive(Debug, Default)]
+struct Summary {
+    /// When the last line was written, and what was counted since.
+    last: Option<Instant>,
+    pending: u64,
+}
+
+impl Summary {
+    const EVERY: Duration = Duration::from_secs(10);
+
+    /// Counts `n`; returns what to report (the count and the time it covers) when a line is due.
+    fn add(&mut self, n: u64, now: Instant) -> Option<(u64, Duration)> {
+        self.pending += n;
+        let since = self.last.map(|t| now.duration_since(t));
+        if since.is_some_and(|s| s < Self::EVERY) {
+            return None;
+        }
+        self.last = Some(now);
+        Some((std::mem::take(&mut self.pending), since.unwrap_or_default()))
+    }
 }
 
 /// When some work first started and last made progress.
@@ -113,7 +140,10 @@ impl Stats {
         self.busy.extend();
         if duplicates > 0 {
             self.duplicates.fetch_add(duplicates, Relaxed);
-            tracing::info!(duplicates, "skipped events already stored (replayed after a restart or rebalance)");
+            // A replay spans many batches: one summary line per interval, not one per batch.
+            if let Some((skipped, over)) = self.replays.lock().unwrap().add(duplicates, Instant::now()) {
+                tracing::info!(skipped, over = ?over, total = self.duplicates.load(Relaxed), "skipped events already stored (replayed after a restart or rebalance)");
+            }
         }
     }
 
@@ -245,5 +275,20 @@ impl Stats {
             notifications_failed: self.notifications_failed.load(Relaxed),
             alert_errors: self.alert_errors.load(Relaxed),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replays_are_summed_into_one_line_per_interval() {
+        let mut s = Summary::default();
+        let t0 = Instant::now();
+        assert_eq!(s.add(5, t0), Some((5, Duration::ZERO)), "the first replay is reported at once");
+        let lines: Vec<_> = (1..=99).filter_map(|i| s.add(1, t0 + Duration::from_millis(i * 50))).collect();
+        assert!(lines.is_empty(), "99 batches within 5 s: no line each");
+        assert_eq!(s.add(1, t0 + Summary::EVERY), Some((100, Summary::EVERY)), "then one line with the sum");
     }
 }
