@@ -385,3 +385,23 @@ fn shutdown_with_an_open_event_stream_exits() {
     assert!(status.success(), "{status}");
     reader.join().unwrap();
 }
+
+/// When the store cannot give the metric values (here: a damaged stored state), `/metrics` and
+/// the API answer 503 with the reason instead of a scrape with the metric family missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_store_is_a_503_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let (running, stop) = start(common::embedded_pipeline(dir.path()), port, "").await;
+    assert_eq!(tokio::task::spawn_blocking(move || get(port, "/metrics", &[]).0).await.unwrap(), 200);
+    let metric = running.metrics.borrow().metrics().iter().find(|m| m.name() == "active_users").unwrap().state_key().to_string();
+    let now = chrono::Utc::now().timestamp_millis();
+    let damaged = runner::store::PaneRecord { metric, pane_start: now - now % 5000, partition: 77, offset: 0, state: serde_json::json!({"not": "a state"}) };
+    running.store.as_ref().unwrap().write_panes(&[damaged]).await.unwrap();
+    let (scrape, api) = tokio::task::spawn_blocking(move || (get(port, "/metrics", &[]), get(port, "/api/metrics", &[]))).await.unwrap();
+    assert_eq!(scrape.0, 503, "{}", scrape.1);
+    assert!(scrape.1.contains("active_users") && scrape.1.contains("cannot read the metric values"), "{}", scrape.1);
+    assert_eq!(api.0, 503, "{}", api.1);
+    stop.cancel();
+    running.wait().await.unwrap();
+}

@@ -247,10 +247,7 @@ impl Metric {
     /// Folds `other` into `into`.
     pub fn merge(&self, into: &mut Partial, other: &Partial) -> Result<(), String> {
         match (into, other) {
-            (Partial::Builtin(a), Partial::Builtin(b)) => {
-                a.merge(b, self.config.exact_limit);
-                Ok(())
-            }
+            (Partial::Builtin(a), Partial::Builtin(b)) => a.merge(b, self.config.exact_limit),
             (Partial::Custom(a), Partial::Custom(b)) => self.call(Some(a), "merge", (b.clone(),)).map(|_| ()),
             _ => Err("stored state does not match the metric's reducer".into()),
         }

@@ -25,7 +25,7 @@ pub async fn read(metric: &Metric, store: &dyn EventStore, at_ms: i64) -> anyhow
     let mut merged = metric.empty().map_err(anyhow::Error::msg)?;
     for r in &records {
         let partial = metric.decode(&r.state).map_err(|e| anyhow::anyhow!("metric {}: {e}", metric.name()))?;
-        metric.merge(&mut merged, &partial).map_err(anyhow::Error::msg)?;
+        metric.merge(&mut merged, &partial).map_err(|e| anyhow::anyhow!("metric {}: {e}", metric.name()))?;
     }
     Ok(MetricValue {
         name: metric.name().to_string(),
@@ -57,7 +57,7 @@ pub async fn history(metric: &Metric, store: &dyn EventStore, from: i64, to: i64
     for r in &records {
         let partial = metric.decode(&r.state).map_err(|e| anyhow::anyhow!("metric {}: {e}", metric.name()))?;
         match panes.get_mut(&r.pane_start) {
-            Some(p) => metric.merge(p, &partial).map_err(anyhow::Error::msg)?,
+            Some(p) => metric.merge(p, &partial).map_err(|e| anyhow::anyhow!("metric {}: {e}", metric.name()))?,
             None => {
                 panes.insert(r.pane_start, partial);
             }
@@ -68,7 +68,7 @@ pub async fn history(metric: &Metric, store: &dyn EventStore, from: i64, to: i64
     while end <= last_end {
         let mut merged = metric.empty().map_err(anyhow::Error::msg)?;
         for (_, p) in panes.range(end - w.size_ms..end) {
-            metric.merge(&mut merged, p).map_err(anyhow::Error::msg)?;
+            metric.merge(&mut merged, p).map_err(|e| anyhow::anyhow!("metric {}: {e}", metric.name()))?;
         }
         points.push(Point { end, value: metric.report(&merged).map_err(anyhow::Error::msg)? });
         end += step;

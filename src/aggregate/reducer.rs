@@ -112,7 +112,7 @@ impl Acc {
     }
 
     /// Folds another partial state of the same reducer into this one.
-    pub fn merge(&mut self, other: &Acc, exact_limit: usize) {
+    pub fn merge(&mut self, other: &Acc, exact_limit: usize) -> Result<(), String> {
         if let (Acc::Distinct(_), Acc::Sketch(_)) = (&*self, other) {
             self.become_sketch();
         }
@@ -132,7 +132,19 @@ impl Acc {
             }
             (Acc::Sketch(a), Acc::Sketch(b)) => a.merge(b),
             (Acc::Sketch(a), Acc::Distinct(b)) => b.iter().for_each(|v| a.insert(v)),
-            (a, b) => tracing::error!(?a, ?b, "cannot merge states of different reducers; state was written by another metric definition"),
+            (a, b) => return Err(format!("cannot merge a stored {} state into a {} state: it was written by another definition of the metric", b.kind(), a.kind())),
+        }
+        Ok(())
+    }
+
+    /// The reducer a state belongs to, for errors.
+    fn kind(&self) -> &'static str {
+        match self {
+            Acc::Count(_) => "count",
+            Acc::Sum { .. } => "sum/avg",
+            Acc::Min(_) => "min",
+            Acc::Max(_) => "max",
+            Acc::Distinct(_) | Acc::Sketch(_) => "distinct",
         }
     }
 
@@ -200,24 +212,27 @@ impl State {
         }
     }
 
-    pub fn merge(&mut self, other: &State, exact_limit: usize) {
+    /// Merges another partial of the same metric; a state of another shape (written by an
+    /// earlier definition of the metric) is an error, never a silently wrong value.
+    pub fn merge(&mut self, other: &State, exact_limit: usize) -> Result<(), String> {
         match (self, other) {
             (State::Single(a), State::Single(b)) => a.merge(b, exact_limit),
             (State::Grouped(a), State::Grouped(b)) => {
                 for (k, acc) in b {
                     match a.get_mut(k) {
-                        Some(mine) => mine.merge(acc, exact_limit),
+                        Some(mine) => mine.merge(acc, exact_limit)?,
                         None => {
                             a.insert(k.clone(), acc.clone());
                         }
                     }
                 }
+                Ok(())
             }
             (State::PerKey { events, keys }, State::PerKey { events: e2, keys: k2 }) => {
                 *events += e2;
-                keys.merge(k2, exact_limit);
+                keys.merge(k2, exact_limit)
             }
-            _ => tracing::error!("cannot merge partial states of different shapes; the metric's key or reducer changed"),
+            _ => Err("cannot merge partial states of different shapes (grouped, ungrouped, per key): the metric's key or reducer changed".into()),
         }
     }
 
@@ -278,6 +293,19 @@ mod tests {
     }
 
     #[test]
+    fn merging_a_state_of_another_shape_or_reducer_is_an_error() {
+        let mut grouped_count = grouped(ReducerKind::Count, &["x"]);
+        let err = grouped_count.merge(&State::new(ReducerKind::Count, false), 10).unwrap_err();
+        assert!(err.contains("different shapes"), "{err}");
+        let mut min = State::new(ReducerKind::Min, false);
+        min.add(ReducerKind::Min, None, Input::Number(1.0), 10);
+        let mut count = State::new(ReducerKind::Count, false);
+        count.add(ReducerKind::Count, None, Input::Event, 10);
+        let err = min.merge(&count, 10).unwrap_err();
+        assert!(err.contains("count") && err.contains("min"), "{err}");
+    }
+
+    #[test]
     fn count_sum_avg_min_max() {
         let mut s = State::new(ReducerKind::Avg, false);
         for v in [1.0, 2.0, 6.0] {
@@ -289,7 +317,7 @@ mod tests {
         m.add(ReducerKind::Min, None, Input::Number(4.0), 10);
         let mut m2 = State::new(ReducerKind::Min, false);
         m2.add(ReducerKind::Min, None, Input::Number(-1.0), 10);
-        m.merge(&m2, 10);
+        m.merge(&m2, 10).unwrap();
         assert_eq!(m.report(ReducerKind::Min, 0), json!(-1.0));
         assert_eq!(State::new(ReducerKind::Max, false).report(ReducerKind::Max, 0), Value::Null);
     }
@@ -305,7 +333,7 @@ mod tests {
     fn merged_partials_equal_one_pass() {
         let all = grouped(ReducerKind::Count, &["x", "y", "x", "z", "x"]);
         let mut a = grouped(ReducerKind::Count, &["x", "y"]);
-        a.merge(&grouped(ReducerKind::Count, &["x", "z", "x"]), 10);
+        a.merge(&grouped(ReducerKind::Count, &["x", "z", "x"]), 10).unwrap();
         assert_eq!(a, all);
     }
 
@@ -317,7 +345,7 @@ mod tests {
             s
         };
         let mut a = per_key(&["x", "y"]);
-        a.merge(&per_key(&["x", "z", "x"]), 10);
+        a.merge(&per_key(&["x", "z", "x"]), 10).unwrap();
         assert_eq!(a, per_key(&["x", "y", "x", "z", "x"]));
         assert_eq!(a.report(ReducerKind::MeanPerKey, 0), json!(5.0 / 3.0));
         assert_eq!(State::new(ReducerKind::MeanPerKey, true).report(ReducerKind::MeanPerKey, 0), json!(0.0));
@@ -340,7 +368,7 @@ mod tests {
         a.add(ReducerKind::Distinct, None, Input::Text("u2"), 10);
         let mut b = State::new(ReducerKind::Distinct, false);
         b.add(ReducerKind::Distinct, None, Input::Text("u2"), 10);
-        a.merge(&b, 10);
+        a.merge(&b, 10).unwrap();
         assert_eq!(a.report(ReducerKind::Distinct, 0), json!(2));
     }
 
@@ -354,7 +382,7 @@ mod tests {
         }
         assert!(matches!(a, State::Single(Acc::Sketch(_))));
         assert!(matches!(b, State::Single(Acc::Distinct(_))));
-        a.merge(&b, 1000);
+        a.merge(&b, 1000).unwrap();
         let n = a.report(ReducerKind::Distinct, 0).as_u64().unwrap() as f64;
         assert!((n - 30_000.0).abs() / 30_000.0 < 0.05, "{n}");
     }

@@ -71,12 +71,17 @@ mod hex {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         let text = String::deserialize(d)?;
-        if text.len() != super::M * 2 {
-            return Err(serde::de::Error::custom("a sketch has 4096 registers"));
+        if text.len() != super::M * 2 || !text.is_ascii() {
+            return Err(serde::de::Error::custom(format!(
+                "a stored sketch must be {} hex digits (4096 registers), got {} bytes",
+                super::M * 2,
+                text.len()
+            )));
         }
+        // ASCII, so every two bytes are two characters: slicing cannot split one.
         (0..text.len())
             .step_by(2)
-            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).map_err(serde::de::Error::custom))
+            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).map_err(|e| serde::de::Error::custom(format!("a stored sketch is not hex: {e}"))))
             .collect()
     }
 }
@@ -108,6 +113,13 @@ mod tests {
         a.merge(&b);
         assert_eq!(a, all);
         let back: Sketch = serde_json::from_value(serde_json::to_value(&a).unwrap()).unwrap();
+        // A damaged stored sketch is an error, never a panic (multi-byte text of the right length
+        // used to split a character when sliced).
+        let damaged = format!("{}é", "0".repeat(M * 2 - 2));
+        assert_eq!(damaged.len(), M * 2);
+        let err = serde_json::from_value::<Sketch>(serde_json::json!({ "registers": damaged })).unwrap_err();
+        assert!(err.to_string().contains("4096 registers"), "{err}");
+        assert!(serde_json::from_value::<Sketch>(serde_json::json!({ "registers": "zz".repeat(M) })).is_err());
         assert_eq!(back, a);
     }
 }

@@ -76,24 +76,31 @@ pub(super) async fn scrape(State(state): State<Shared>) -> Response {
         }
         registry.register("consumer_lag", "Messages behind the end of each assigned partition", family);
     }
-    if let Ok(active) = crate::alert::active_alerts(&*state.sources.store).await {
-        let family: Family<Labels, Gauge> = Family::default();
-        for a in active {
-            let state = format!("{:?}", a.status).to_lowercase();
-            family.get_or_create(&vec![("alertname".into(), a.alert.into()), ("state".into(), state.into())]).inc();
-        }
-        registry.register("alerts", "Alert instances by rule and state", family);
+    // A store that cannot be read is an answer of its own: a scrape with whole families
+    // missing would read as "no alerts" and "no metrics".
+    let unavailable = |what: &str, e: anyhow::Error| (StatusCode::SERVICE_UNAVAILABLE, format!("cannot read {what} from the store: {e:#}\n")).into_response();
+    let active = match crate::alert::active_alerts(&*state.sources.store).await {
+        Ok(active) => active,
+        Err(e) => return unavailable("the alert states", e),
+    };
+    let family: Family<Labels, Gauge> = Family::default();
+    for a in active {
+        let state = format!("{:?}", a.status).to_lowercase();
+        family.get_or_create(&vec![("alertname".into(), a.alert.into()), ("state".into(), state.into())]).inc();
     }
+    registry.register("alerts", "Alert instances by rule and state", family);
     let set = state.sources.metrics.borrow().clone();
-    if let Ok(values) = set.read_all(&*state.sources.store, chrono::Utc::now().timestamp_millis()).await {
-        let family: Family<Labels, Gauge<f64, AtomicU64>> = Family::default();
-        for v in values {
-            if let Some(n) = headline_number(&v.value) {
-                family.get_or_create(&vec![("name".into(), v.name.into())]).set(n);
-            }
+    let values = match set.read_all(&*state.sources.store, chrono::Utc::now().timestamp_millis()).await {
+        Ok(values) => values,
+        Err(e) => return unavailable("the metric values", e),
+    };
+    let family: Family<Labels, Gauge<f64, AtomicU64>> = Family::default();
+    for v in values {
+        if let Some(n) = headline_number(&v.value) {
+            family.get_or_create(&vec![("name".into(), v.name.into())]).set(n);
         }
-        registry.register("metric", "Current window value of each numeric pipeline metric", family);
     }
+    registry.register("metric", "Current window value of each numeric pipeline metric", family);
     let mut out = String::new();
     if let Err(e) = encode(&mut out, &registry) {
         return (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the metrics: {e}")).into_response();
