@@ -139,7 +139,7 @@ pub async fn run(sources: Sources, mut rules: watch::Receiver<Arc<AlertSet>>, st
     let mut current = rules.borrow_and_update().clone();
     let c = &current.config;
     let mut dispatcher = Dispatcher::new(&c.channels, &c.thresholds, sources.stats.clone())?;
-    let mut evaluator = Evaluator { states: load_states(&*sources.store).await, last: (Instant::now(), sources.stats.snapshot()), sources };
+    let mut evaluator = Evaluator { states: load_states(&*sources.store).await, unsaved: BTreeMap::new(), last: (Instant::now(), sources.stats.snapshot()), sources };
     let mut ticker = ticker(current.config.interval);
     let mut reloads_open = true;
     loop {
@@ -181,7 +181,7 @@ async fn load_states(store: &dyn EventStore) -> BTreeMap<String, RuleState> {
     match store.load_alert_states().await {
         Ok(rows) => rows
             .into_iter()
-            .filter_map(|(rule, v)| serde_json::from_value::<Stored>(v).ok().map(|s| (rule, s.state)))
+            .filter_map(|(rule, v)| serde_json::from_value::<Stored>(v).ok().map(|s| (rule, s.state.rekeyed())))
             .collect(),
         Err(e) => {
             tracing::warn!(error = %format!("{e:#}"), "cannot read the stored alert state; alerts start fresh");
@@ -192,6 +192,9 @@ async fn load_states(store: &dyn EventStore) -> BTreeMap<String, RuleState> {
 
 struct Evaluator {
     states: BTreeMap<String, RuleState>,
+    /// Rules whose latest state is not stored yet, with the notifications held until it is:
+    /// state is stored before anything is sent, so a restart never sends twice.
+    unsaved: BTreeMap<String, Vec<Notification>>,
     /// The previous tick's counters, for rates.
     last: (Instant, Snapshot),
     sources: Sources,
@@ -227,14 +230,28 @@ impl Evaluator {
             let state = self.states.entry(rule.name().to_string()).or_default();
             let before = state.clone();
             let transitions = state.step(now, holding, timing);
-            if *state != before {
-                let stored = Stored { severity: rule.config.severity.clone(), state: state.clone() };
-                self.save(rule.name(), &stored).await;
-            }
-            for t in &transitions {
-                let n = Notification::new(&self.sources.pipeline, &rule.config, set.channels_of(&rule.config), &set.config.thresholds, t, now);
-                self.notify(n, dispatcher).await;
-            }
+            let changed = *state != before;
+            let stored = Stored { severity: rule.config.severity.clone(), state: state.clone() };
+            let due: Vec<Notification> = transitions
+                .iter()
+                .map(|t| Notification::new(&self.sources.pipeline, &rule.config, set.channels_of(&rule.config), &set.config.thresholds, t, now))
+                .collect();
+            self.save_then_notify(rule.name(), changed, &stored, due, dispatcher).await;
+        }
+    }
+
+    /// Stores the rule's state if it changed (or an earlier save failed), and only then sends
+    /// what is due, with anything held from before. If the save fails, everything is held for
+    /// the next tick, which tries again.
+    async fn save_then_notify(&mut self, rule: &str, changed: bool, stored: &Stored, due: Vec<Notification>, dispatcher: &Dispatcher) {
+        let mut pending = self.unsaved.remove(rule);
+        if (changed || pending.is_some()) && !self.save(rule, stored).await {
+            pending.get_or_insert_with(Vec::new).extend(due);
+            self.unsaved.insert(rule.to_string(), pending.unwrap_or_default());
+            return;
+        }
+        for n in pending.unwrap_or_default().into_iter().chain(due) {
+            self.notify(n, dispatcher).await;
         }
     }
 
@@ -246,18 +263,25 @@ impl Evaluator {
                 continue;
             }
             let Some(mut state) = self.states.remove(rule.name()) else { continue };
-            for t in state.resolve_all() {
-                let n = Notification::new(&self.sources.pipeline, &rule.config, old.channels_of(&rule.config), &old.config.thresholds, &t, now);
-                self.notify(n, dispatcher).await;
-            }
-            self.save(rule.name(), &Stored { severity: rule.config.severity.clone(), state }).await;
+            let due: Vec<Notification> = state
+                .resolve_all()
+                .iter()
+                .map(|t| Notification::new(&self.sources.pipeline, &rule.config, old.channels_of(&rule.config), &old.config.thresholds, t, now))
+                .collect();
+            let stored = Stored { severity: rule.config.severity.clone(), state };
+            self.save_then_notify(rule.name(), true, &stored, due, dispatcher).await;
         }
     }
 
-    async fn save(&self, rule: &str, stored: &Stored) {
+    /// Stores a rule's state; false (counted and logged) when the store refused it.
+    async fn save(&self, rule: &str, stored: &Stored) -> bool {
         let value = serde_json::to_value(stored).expect("alert state serializes");
-        if let Err(e) = self.sources.store.save_alert_state(rule, &value).await {
-            self.sources.stats.alert_error(rule, &format!("cannot store alert state: {e:#}"));
+        match self.sources.store.save_alert_state(rule, &value).await {
+            Ok(()) => true,
+            Err(e) => {
+                self.sources.stats.alert_error(rule, &format!("cannot store alert state, its notifications wait for it: {e:#}"));
+                false
+            }
         }
     }
 
@@ -284,5 +308,96 @@ impl Evaluator {
         }));
         self.last = (Instant::now(), now);
         health
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dead_letter::DeadLetter;
+    use crate::event::Event;
+    use crate::store::embedded::{EmbeddedConfig, EmbeddedStore};
+    use crate::store::{InsertOutcome, PaneRecord};
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// The embedded store, whose alert-state writes fail while `failing` is set (a mock for this
+    /// one unit: the evaluator's order of save and send).
+    struct FlakyStore {
+        inner: EmbeddedStore,
+        failing: AtomicBool,
+    }
+
+    #[async_trait::async_trait]
+    impl EventStore for FlakyStore {
+        fn describe(&self) -> String {
+            "flaky".into()
+        }
+        async fn insert_events(&self, e: &[Event]) -> anyhow::Result<InsertOutcome> {
+            self.inner.insert_events(e).await
+        }
+        async fn count_events(&self) -> anyhow::Result<u64> {
+            self.inner.count_events().await
+        }
+        async fn all_events(&self) -> anyhow::Result<Vec<Event>> {
+            self.inner.all_events().await
+        }
+        async fn write_panes(&self, p: &[PaneRecord]) -> anyhow::Result<()> {
+            self.inner.write_panes(p).await
+        }
+        async fn load_panes(&self, m: &str, from: i64, to: i64, p: Option<i32>) -> anyhow::Result<Vec<PaneRecord>> {
+            self.inner.load_panes(m, from, to, p).await
+        }
+        async fn save_alert_state(&self, rule: &str, state: &Value) -> anyhow::Result<()> {
+            anyhow::ensure!(!self.failing.load(Ordering::SeqCst), "the store is away");
+            self.inner.save_alert_state(rule, state).await
+        }
+        async fn load_alert_states(&self) -> anyhow::Result<Vec<(String, Value)>> {
+            self.inner.load_alert_states().await
+        }
+        async fn record_alert(&self, n: &Notification) -> anyhow::Result<()> {
+            self.inner.record_alert(n).await
+        }
+        async fn recent_alerts(&self, limit: usize) -> anyhow::Result<Vec<Notification>> {
+            self.inner.recent_alerts(limit).await
+        }
+        async fn write_dead_letters(&self, l: &[DeadLetter]) -> anyhow::Result<()> {
+            self.inner.write_dead_letters(l).await
+        }
+        async fn dead_letters(&self, limit: usize) -> anyhow::Result<Vec<DeadLetter>> {
+            self.inner.dead_letters(limit).await
+        }
+        async fn count_dead_letters(&self) -> anyhow::Result<u64> {
+            self.inner.count_dead_letters().await
+        }
+    }
+
+    #[tokio::test]
+    async fn notifications_wait_until_the_state_is_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let inner = EmbeddedStore::open(&EmbeddedConfig { data_dir: dir.path().to_path_buf(), ..Default::default() }, None).unwrap();
+        let store = Arc::new(FlakyStore { inner, failing: AtomicBool::new(true) });
+        let rule: AlertConfig = toml::from_str("name = \"always\"\ncondition = \"true\"").unwrap();
+        let set = AlertSet::load(&AlertingConfig::default(), &[rule], Path::new("p.toml")).unwrap();
+        let stats = Stats::new();
+        let dispatcher = Dispatcher::new(&set.config.channels, &set.config.thresholds, stats.clone()).unwrap();
+        let (_metrics_tx, metrics) = watch::channel(Arc::new(MetricSet::load(&[]).unwrap()));
+        let sources = Sources { pipeline: "p".into(), store: store.clone(), metrics, stats: stats.clone() };
+        let mut evaluator = Evaluator { states: BTreeMap::new(), unsaved: BTreeMap::new(), last: (Instant::now(), stats.snapshot()), sources };
+
+        // `for` is 0: the first tick fires. The state cannot be stored, so nothing is sent.
+        evaluator.tick(&set, &dispatcher).await;
+        evaluator.tick(&set, &dispatcher).await;
+        assert!(store.recent_alerts(10).await.unwrap().is_empty(), "nothing sent while the state is not stored");
+        assert_eq!(evaluator.unsaved.get("always").map(Vec::len), Some(1), "the firing notification is held");
+        assert!(stats.snapshot().alert_errors >= 2);
+
+        store.failing.store(false, Ordering::SeqCst);
+        evaluator.tick(&set, &dispatcher).await;
+        let sent = store.recent_alerts(10).await.unwrap();
+        assert_eq!(sent.len(), 1, "sent once the state is stored: {sent:?}");
+        assert_eq!(store.load_alert_states().await.unwrap().len(), 1);
+        evaluator.tick(&set, &dispatcher).await;
+        assert_eq!(store.recent_alerts(10).await.unwrap().len(), 1, "and not again");
+        dispatcher.close(Duration::from_secs(1)).await;
     }
 }

@@ -3,7 +3,7 @@
 
 pub use crate::store::Notification;
 use super::config::AlertConfig;
-use super::state::{key, Change, Transition};
+use super::state::{fingerprint, Change, Transition};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -35,7 +35,7 @@ impl Notification {
             value: t.instance.value,
             message: String::new(),
             description: rule.description.clone(),
-            fingerprint: key(&t.instance.labels),
+            fingerprint: fingerprint(&t.instance.labels),
             starts_at: ms(t.instance.fired_at.unwrap_or(t.instance.active_since)),
             ends_at: (t.change == Change::Resolved).then_some(at),
             at,

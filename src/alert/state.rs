@@ -56,9 +56,26 @@ pub struct RuleState {
     pub instances: BTreeMap<String, Instance>,
 }
 
-/// The stable identity of a label set (labels are sorted, so equal sets give equal keys).
+/// The identity of a label set: its canonical encoding (JSON of the sorted labels, every name
+/// and value quoted and escaped), so two different sets never share a key. (Joining `k=v` with
+/// commas made `{a: "1,b=2"}` and `{a: "1", b: "2"}` one instance.)
 pub fn key(labels: &Labels) -> String {
-    labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+    serde_json::to_string(labels).expect("labels serialize")
+}
+
+/// A short, stable fingerprint of a label set for notifications (like Alertmanager's): 64-bit
+/// FNV-1a of [`key`], in hex. Identity inside the runner uses the full key.
+pub fn fingerprint(labels: &Labels) -> String {
+    let h = key(labels).bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+    format!("{h:016x}")
+}
+
+impl RuleState {
+    /// The same state with every instance under its current [`key`] (states stored by an
+    /// earlier version used another key format; their instances keep their identity).
+    pub fn rekeyed(self) -> RuleState {
+        RuleState { instances: self.instances.into_values().map(|i| (key(&i.labels), i)).collect() }
+    }
 }
 
 impl RuleState {
@@ -126,10 +143,30 @@ mod tests {
     }
 
     #[test]
+    fn different_label_sets_never_share_an_instance() {
+        let tricky = Labels::from([("a".to_string(), "1,b=2".to_string())]);
+        let plain = Labels::from([("a".to_string(), "1".to_string()), ("b".to_string(), "2".to_string())]);
+        assert_ne!(key(&tricky), key(&plain));
+        assert_ne!(fingerprint(&tricky), fingerprint(&plain));
+        let mut s = RuleState::default();
+        s.step(0, vec![(tricky, None), (plain, None)], T);
+        assert_eq!(s.instances.len(), 2, "two instances, not one");
+    }
+
+    #[test]
+    fn a_state_stored_with_old_keys_keeps_its_instances() {
+        let mut s = RuleState::default();
+        s.step(0, vec![item("a")], T);
+        let old = RuleState { instances: s.instances.into_values().map(|i| ("item=a".to_string(), i)).collect() };
+        let mut s = old.rekeyed();
+        assert!(s.step(10_000, vec![item("a")], T).iter().any(|t| t.change == Change::Firing), "the pending instance went on to fire");
+    }
+
+    #[test]
     fn pending_until_for_has_passed_then_fires_once() {
         let mut s = RuleState::default();
         assert!(s.step(0, vec![item("a")], T).is_empty());
-        assert_eq!(s.instances["item=a"].status, Status::Pending);
+        assert_eq!(s.instances[&key(&item("a").0)].status, Status::Pending);
         assert!(s.step(5_000, vec![item("a")], T).is_empty());
         assert_eq!(changes(&s.step(10_000, vec![item("a")], T)), [Change::Firing]);
         assert!(s.step(15_000, vec![item("a")], T).is_empty(), "no second notification while firing");
