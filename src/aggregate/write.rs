@@ -23,8 +23,34 @@ struct MetricState {
     /// Newest event time seen per partition (event-time metrics). Per partition, because
     /// partitions are read at different speeds: after a restart one may replay minutes of
     /// backlog while another is current, and neither is late.
-    watermarks: HashMap<i32, i64>,
+    watermarks: HashMap<i32, Watermark>,
 }
+
+/// A partition's watermark, stored with the partials (as a record of its own) so that after a
+/// crash an event judged late before is judged late again, never counted on replay.
+#[derive(Debug, Clone, Copy)]
+struct Watermark {
+    /// Newest event time seen, ms since the epoch (`i64::MIN`: none yet).
+    time: i64,
+    /// The highest offset of the partition it has seen: a late event at or below it is a replay
+    /// of one already dead-lettered.
+    offset: i64,
+    dirty: bool,
+}
+
+impl Default for Watermark {
+    fn default() -> Self {
+        Watermark { time: i64::MIN, offset: -1, dirty: false }
+    }
+}
+
+/// The store key of a metric's watermark records (pane start [`WATERMARK_PANE`]); readers of
+/// the metric's own key never see them.
+fn watermark_key(m: &Metric) -> String {
+    format!("{}#watermark", m.state_key())
+}
+
+const WATERMARK_PANE: i64 = 0;
 
 /// What absorbing one batch produced.
 #[derive(Debug, Default)]
@@ -101,6 +127,7 @@ impl Aggregator {
         let mut out = Vec::new();
         for m in &set.metrics {
             out.extend(store.load_panes(m.state_key(), since, i64::MAX, Some(partition)).await?);
+            out.extend(store.load_panes(&watermark_key(m), WATERMARK_PANE, WATERMARK_PANE + 1, Some(partition)).await?);
         }
         Ok(out)
     }
@@ -108,6 +135,15 @@ impl Aggregator {
     /// Installs loaded partials, so new events add to them instead of replacing them.
     fn install(&mut self, partition: i32, since: i64, records: Vec<PaneRecord>) -> anyhow::Result<()> {
         for r in records {
+            if let Some(i) = self.set.metrics.iter().position(|m| watermark_key(m) == r.metric) {
+                let time = r.state.as_i64().ok_or_else(|| anyhow::anyhow!("metric {}: a stored watermark is not a time: {}", self.set.metrics[i].name(), r.state))?;
+                let mark = self.states[i].watermarks.entry(partition).or_default();
+                if time > mark.time {
+                    mark.time = time;
+                }
+                mark.offset = mark.offset.max(r.offset);
+                continue;
+            }
             let Some(i) = self.set.metrics.iter().position(|m| m.state_key() == r.metric) else { continue };
             let m = &self.set.metrics[i];
             let partial = m.decode(&r.state).map_err(|e| anyhow::anyhow!("metric {}: {e}", m.name()))?;
@@ -203,9 +239,22 @@ impl Aggregator {
                     TimeMode::Event => e.timestamp.timestamp_millis(),
                     TimeMode::Processing => now,
                 };
-                let watermark = st.watermarks.entry(partition).or_insert(i64::MIN);
-                if *watermark != i64::MIN && t < *watermark - lateness {
-                    let behind = *watermark - t;
+                let key = (m.window.pane_of(t), partition);
+                let replay = partition != NO_PARTITION;
+                if replay && st.cells.get(&key).is_some_and(|c| offset <= c.offset) {
+                    continue; // already in the stored state: a replay
+                }
+                let mark = st.watermarks.entry(partition).or_default();
+                let seen = replay && offset <= mark.offset;
+                if offset > mark.offset {
+                    mark.offset = offset;
+                    mark.dirty = true;
+                }
+                if mark.time != i64::MIN && t < mark.time - lateness {
+                    if seen {
+                        continue; // judged late before the crash; its dead letter is stored
+                    }
+                    let behind = mark.time - t;
                     self.stats.late_event(m.name(), &e.event_id, behind);
                     let mut json = Vec::new();
                     e.write_json(&mut json);
@@ -213,8 +262,10 @@ impl Aggregator {
                     self.late.push(DeadLetter::new(format!("late:{}", e.event_id), Reason::Late, detail, (partition, offset), &json));
                     continue;
                 }
-                *watermark = (*watermark).max(t);
-                let key = (m.window.pane_of(t), partition);
+                if t > mark.time {
+                    mark.time = t;
+                    mark.dirty = true;
+                }
                 let cell = match st.cells.get_mut(&key) {
                     Some(c) => c,
                     None => {
@@ -228,9 +279,6 @@ impl Aggregator {
                         st.cells.entry(key).or_insert(Cell { partial, offset: -1, dirty: false })
                     }
                 };
-                if partition != NO_PARTITION && offset <= cell.offset {
-                    continue; // already in the stored state: a replay
-                }
                 if let Err(err) = m.add(&mut cell.partial, e, maps.get(i)) {
                     self.stats.script_error(m.name(), &e.event_id, &err);
                 }
@@ -254,11 +302,21 @@ impl Aggregator {
                     state: m.encode(&cell.partial),
                 });
             }
+            for (partition, mark) in st.watermarks.iter_mut().filter(|(_, w)| w.dirty) {
+                mark.dirty = false;
+                out.push(PaneRecord {
+                    metric: watermark_key(m),
+                    pane_start: WATERMARK_PANE,
+                    partition: *partition,
+                    offset: mark.offset,
+                    state: serde_json::Value::from(mark.time),
+                });
+            }
             // Panes no event can reach any more are only needed in the store.
             let reach = m.window.size_ms + m.config.lateness.as_millis() as i64 + m.window.slide_ms;
             let watermarks = &st.watermarks;
             st.cells.retain(|(pane, partition), c| {
-                c.dirty || *pane >= watermarks.get(partition).copied().unwrap_or(i64::MIN).saturating_sub(reach)
+                c.dirty || *pane >= watermarks.get(partition).map_or(i64::MIN, |w| w.time).saturating_sub(reach)
             });
         }
         out
@@ -307,6 +365,30 @@ pub(super) mod tests {
         }
     }
 
+    /// Splits written records into metric partials and watermark records.
+    fn panes_and_watermarks(records: Vec<PaneRecord>) -> (Vec<PaneRecord>, Vec<PaneRecord>) {
+        records.into_iter().partition(|r| !r.metric.ends_with("#watermark"))
+    }
+
+    /// After a crash (memory lost), the stored watermark makes an event that was late before
+    /// late again on replay, and a replayed late event is not dead-lettered twice.
+    #[test]
+    fn a_stored_watermark_keeps_late_events_late_after_a_crash() {
+        let (mut agg, _) = aggregator(10);
+        agg.apply(&[event("new", "x", 60), event("old", "x", 5)], &[(0, 1), (0, 2)]);
+        assert_eq!(agg.take_late().len(), 1);
+        let stored = agg.take_dirty();
+        // A new process: loads what was stored, then replays from offset 2 and reads offset 3.
+        let (mut again, stats) = aggregator(10);
+        again.install(0, 0, stored).unwrap();
+        again.apply(&[event("old", "x", 5), event("older", "x", 4)], &[(0, 2), (0, 3)]);
+        let late = again.take_late();
+        assert_eq!(late.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), ["late:older"], "the replayed one is not dead-lettered again");
+        assert_eq!(stats.snapshot().late_events, 1);
+        let (panes, _) = panes_and_watermarks(again.take_dirty());
+        assert!(panes.is_empty(), "nothing counted: {panes:?}");
+    }
+
     fn aggregator(lateness_s: u64) -> (Aggregator, Arc<Stats>) {
         let set = per_item_set(Duration::from_secs(60), Duration::from_secs(lateness_s));
         let stats = Stats::new();
@@ -328,7 +410,9 @@ pub(super) mod tests {
         let (mut agg, stats) = aggregator(10);
         let events = [event("a", "x", 30), event("b", "x", 22), event("c", "y", 5)];
         agg.apply(&events, &[]);
-        let dirty = agg.take_dirty();
+        let (dirty, marks) = panes_and_watermarks(agg.take_dirty());
+        assert_eq!(marks.len(), 1, "the partition's watermark is stored too");
+        assert_eq!(marks[0].state, serde_json::json!(1_000_030_000));
         let total: u64 = dirty
             .iter()
             .map(|r| r.state["grouped"].as_object().unwrap().values().map(|a| a["count"].as_u64().unwrap()).sum::<u64>())
@@ -351,7 +435,8 @@ pub(super) mod tests {
         agg.apply(&events, &[(0, 10), (0, 11)]);
         agg.apply(&events, &[(0, 10), (0, 11)]);
         agg.apply(&[event("c", "x", 3)], &[(0, 12)]);
-        let dirty = agg.take_dirty();
+        let (dirty, marks) = panes_and_watermarks(agg.take_dirty());
+        assert_eq!(marks[0].offset, 12, "the watermark knows the last offset it saw");
         assert_eq!(dirty.len(), 1);
         assert_eq!(dirty[0].offset, 12);
         assert_eq!(dirty[0].state["grouped"]["x"]["count"], 3);
