@@ -147,19 +147,26 @@ fn router(state: Shared) -> Router {
         .with_state(state)
 }
 
-fn render(state: &AppState, name: &str, ctx: Value) -> Response {
-    let (html, _) = state.templates.render(name, minijinja::Value::from(minijinja::value::Serde(&ctx)));
-    Html(html).into_response()
+/// Renders a template off the async runtime: a render first checks the template folder for
+/// edits, which reads files.
+async fn render_html(state: &Shared, name: &'static str, ctx: Value) -> String {
+    let state = state.clone();
+    let rendered = tokio::task::spawn_blocking(move || state.templates.render(name, minijinja::Value::from(minijinja::value::Serde(&ctx))).0).await;
+    rendered.unwrap_or_else(|e| format!("<!doctype html><title>runner</title><p>render failed: {e}</p>"))
+}
+
+async fn render(state: &Shared, name: &'static str, ctx: Value) -> Response {
+    Html(render_html(state, name, ctx).await).into_response()
 }
 
 async fn page(State(state): State<Shared>, Query(q): Query<RangeQuery>) -> Response {
     let ctx = view(&state, &q).await;
-    render(&state, "dashboard.html", ctx)
+    render(&state, "dashboard.html", ctx).await
 }
 
 async fn panels(State(state): State<Shared>, Query(q): Query<RangeQuery>) -> Response {
     let ctx = view(&state, &q).await;
-    render(&state, "panels.html", ctx)
+    render(&state, "panels.html", ctx).await
 }
 
 /// Pushes freshly rendered panels every refresh interval, until the dashboard stops (a stream
@@ -176,7 +183,7 @@ async fn events(State(state): State<Shared>, Query(q): Query<RangeQuery>) -> imp
             return None;
         }
         let ctx = view(&state, &q).await;
-        let (html, _) = state.templates.render("panels.html", minijinja::Value::from(minijinja::value::Serde(&ctx)));
+        let html = render_html(&state, "panels.html", ctx).await;
         let event = SseEvent::default().event("panels").data(html);
         Some((Ok::<_, std::convert::Infallible>(event), (state, q, false)))
     });

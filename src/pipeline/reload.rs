@@ -177,7 +177,10 @@ impl Reloader {
             }
             self.seen = now;
             let attempted = Utc::now();
-            match recompile(&self.current) {
+            // Compiling reads files and may build large tables (Zipf): off the async runtime.
+            let current = self.current.clone();
+            let compiled = tokio::task::spawn_blocking(move || recompile(&current)).await.unwrap_or_else(|e| Err(format!("reload failed: {e}")));
+            match compiled {
                 Ok(compiled) => self.apply(compiled, attempted),
                 Err(error) => self.reject(error, attempted),
             }

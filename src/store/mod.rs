@@ -58,7 +58,9 @@ pub trait EventStore: Send + Sync {
 /// the uri is `embedded`.
 pub async fn open(mongodb: &mongo::MongoConfig, embedded: &embedded::EmbeddedConfig) -> anyhow::Result<Arc<dyn EventStore>> {
     if mongodb.is_embedded() {
-        Ok(Arc::new(embedded::EmbeddedStore::open(embedded, mongodb.retention)?))
+        // Opening SQLite creates files and tables: blocking work, off the async runtime.
+        let (config, retention) = (embedded.clone(), mongodb.retention);
+        Ok(Arc::new(tokio::task::spawn_blocking(move || embedded::EmbeddedStore::open(&config, retention)).await??))
     } else {
         Ok(Arc::new(mongo::MongoStore::connect(mongodb).await?))
     }

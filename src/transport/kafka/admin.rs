@@ -6,21 +6,26 @@ use anyhow::{bail, Context};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::RDKafkaErrorCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Waits until the cluster answers a metadata request, retrying with backoff up to
 /// `connect_timeout`; never falls back to anything else.
-pub async fn connect(config: &KafkaConfig) -> anyhow::Result<AdminClient<DefaultClientContext>> {
-    let admin: AdminClient<DefaultClientContext> = config
-        .admin_config()
-        .create()
-        .context("cannot create a Kafka admin client (check the [kafka] settings)")?;
+pub async fn connect(config: &KafkaConfig) -> anyhow::Result<Arc<AdminClient<DefaultClientContext>>> {
+    let admin: Arc<AdminClient<DefaultClientContext>> = Arc::new(
+        config.admin_config().create().context("cannot create a Kafka admin client (check the [kafka] settings)")?,
+    );
     let started = Instant::now();
     let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(5), None);
     // Short probes, so a slow failure still leaves room for retries within connect_timeout.
     let probe_timeout = (config.connect_timeout / 4).clamp(Duration::from_millis(500), Duration::from_secs(5));
     loop {
-        match admin.inner().fetch_metadata(None, probe_timeout) {
+        // A metadata request blocks its thread for up to the probe timeout: not on the runtime.
+        let probe = {
+            let client = admin.clone();
+            tokio::task::spawn_blocking(move || client.inner().fetch_metadata(None, probe_timeout).map(|_| ())).await?
+        };
+        match probe {
             Ok(_) => {
                 if backoff.retries() > 0 {
                     tracing::info!(servers = %config.bootstrap_servers, "kafka is reachable now");
