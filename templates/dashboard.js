@@ -12,20 +12,23 @@
     // A dashboard token travels in the cookie the server set on the first authorised load.
     return new URLSearchParams(new FormData(form)).toString();
   }
-  function show(html) {
+  // Updates are counted by how they came (server-sent events or polling), so a test can tell
+  // that the push works rather than the fallback.
+  function show(html, via) {
     panels.innerHTML = html;
     live.dataset.updates = String(Number(live.dataset.updates) + 1);
+    live.dataset[via] = String(Number(live.dataset[via] || 0) + 1);
     live.textContent = "live · " + new Date().toLocaleTimeString();
   }
   function poll() {
-    fetch("/panels?" + query()).then(r => r.text()).then(show).catch(() => { live.textContent = "disconnected"; });
+    fetch("/panels?" + query()).then(r => r.text()).then(html => show(html, "polled")).catch(() => { live.textContent = "disconnected"; });
   }
   function connect() {
     if (source) source.close();
     clearInterval(timer);
     if (!window.EventSource) { timer = setInterval(poll, refresh); return; }
     source = new EventSource("/events?" + query());
-    source.addEventListener("panels", e => show(e.data));
+    source.addEventListener("panels", e => show(e.data, "pushed"));
     source.onerror = () => {
       source.close();
       live.textContent = "reconnecting";

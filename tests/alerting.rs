@@ -320,3 +320,39 @@ async fn restart_does_not_resend() {
     let identity = |a: &[alert::ActiveAlert]| a.iter().map(|a| (a.alert.clone(), a.status, a.fired_at)).collect::<Vec<_>>();
     assert_eq!(identity(&after), identity(&before), "the same instance, firing since the first run");
 }
+
+/// A firing alert is sent again every `repeat_interval`, and not in between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn firing_alert_repeats_every_repeat_interval() {
+    let (receiver, url) = Receiver::start(0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = common::embedded_pipeline(dir.path());
+    set_alerts(
+        &mut p,
+        &format!(
+            r#"
+            [alerting]
+            interval = "100ms"
+            [alerting.channels.hook]
+            type = "webhook"
+            url = "{url}"
+            [[alert]]
+            name = "traffic"
+            condition = "metrics.active_users > 0"
+            repeat_interval = "1s"
+            channels = ["hook"]
+            "#
+        ),
+    );
+    let changes = || receiver.delivered().iter().map(|n| n["change"].as_str().unwrap_or("").to_string()).collect::<Vec<_>>();
+    run_until(&p, || changes().len() >= 4).await;
+    let delivered = receiver.delivered();
+    let changes = changes();
+    assert_eq!(changes[0], "firing");
+    assert!(changes[1..4].iter().all(|c| c == "repeat"), "{changes:?}");
+    let at = |i: usize| chrono::DateTime::parse_from_rfc3339(delivered[i]["at"].as_str().unwrap()).unwrap();
+    for i in 1..4 {
+        let gap = (at(i) - at(i - 1)).num_milliseconds();
+        assert!((1_000..1_600).contains(&gap), "repeat {i} came {gap} ms after the one before");
+    }
+}

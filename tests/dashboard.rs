@@ -262,6 +262,11 @@ async fn browser_sees_live_updates() {
             assert!(t.elapsed() < Duration::from_secs(20), "the page did not update live ({updates} updates)");
             tokio::time::sleep(Duration::from_millis(200)).await;
         };
+        let (pushed, polled): (i64, i64) = {
+            let v = client.execute("const d = document.getElementById('live').dataset; return [Number(d.pushed || 0), Number(d.polled || 0)];", vec![]).await?;
+            (v[0].as_i64().unwrap_or(0), v[1].as_i64().unwrap_or(0))
+        };
+        assert!(pushed >= 3, "the updates arrived as server-sent events ({pushed} pushed, {polled} polled)");
         let same: serde_json::Value = client.execute("return window.__sameDocument;", vec![]).await?;
         assert_eq!(same, "yes", "updated without reloading the page");
         let empty: serde_json::Value = client
@@ -279,7 +284,7 @@ async fn browser_sees_live_updates() {
         let png = client.screenshot().await?;
         let out = common::repo_root().join("target/dashboard.png");
         std::fs::write(&out, png).unwrap();
-        println!("{values} live updates seen; screenshot at {}", out.display());
+        println!("{values} live updates seen ({pushed} pushed over SSE, {polled} polled); screenshot at {}", out.display());
         Ok::<_, fantoccini::error::CmdError>(())
     }
     .await;

@@ -121,7 +121,7 @@ fn spawn_runner(sp: &ServicePipeline, log: &Path) -> Child {
         .env("KAFKA_CONSUMER_GROUP", &sp.group)
         .env("MONGODB_DATABASE", &sp.database)
         .env("DEFAULT_GENERATION_RATE", "3000")
-        .env("RUST_LOG", "info")
+        .env("RUNNER_LOG", "info")
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()

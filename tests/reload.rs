@@ -5,27 +5,9 @@ mod common;
 use runner::config::Pipeline;
 use runner::pipeline::{self, Components, RunOptions, Running};
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
-
-/// Copies the shipped pipeline and scripts into `dir` (same layout, so relative paths hold).
-fn copy_pipeline(dir: &Path) -> PathBuf {
-    let root = common::repo_root();
-    std::fs::create_dir_all(dir.join("pipelines")).unwrap();
-    std::fs::create_dir_all(dir.join("scripts")).unwrap();
-    for f in ["pipelines/interactions.toml", "scripts/generator.rhai"] {
-        std::fs::copy(root.join(f), dir.join(f)).unwrap();
-    }
-    for folder in ["scripts/metrics", "scripts/alerts"] {
-        std::fs::create_dir_all(dir.join(folder)).unwrap();
-        for e in std::fs::read_dir(root.join(folder)).unwrap() {
-            let e = e.unwrap();
-            std::fs::copy(e.path(), dir.join(folder).join(e.file_name())).unwrap();
-        }
-    }
-    dir.join("pipelines/interactions.toml")
-}
 
 fn load(path: &Path, env: &[(&str, &str)]) -> Pipeline {
     let env: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
@@ -39,6 +21,13 @@ async fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     t.elapsed()
+}
+
+/// Events generated per second over the next `secs` seconds.
+async fn generated_per_s(running: &Running, secs: f64) -> f64 {
+    let a = running.stats.snapshot().generated;
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    (running.stats.snapshot().generated - a) as f64 / secs
 }
 
 fn reloads(r: &Running) -> (u64, u64, Option<String>) {
@@ -77,7 +66,7 @@ slide = "1h"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_metric_script_keeps_state() {
     let dir = tempfile::tempdir().unwrap();
-    let path = copy_pipeline(dir.path());
+    let path = common::copy_pipeline(dir.path());
     std::fs::write(dir.path().join("scripts/metrics/selected.rhai"), "#{ filter: field_is(\"interaction_type\", \"view\") }").unwrap();
     let text = std::fs::read_to_string(&path).unwrap() + SELECTED;
     std::fs::write(&path, text).unwrap();
@@ -145,7 +134,7 @@ async fn reload_metric_script_keeps_state() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broken_script_keeps_old_version() {
     let dir = tempfile::tempdir().unwrap();
-    let path = copy_pipeline(dir.path());
+    let path = common::copy_pipeline(dir.path());
     let (running, stop) = start_embedded(&path, dir.path()).await;
     let script = dir.path().join("scripts/metrics/revenue.rhai");
     let good = std::fs::read_to_string(&script).unwrap();
@@ -171,7 +160,7 @@ async fn broken_script_keeps_old_version() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn add_metric_file_without_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let path = copy_pipeline(dir.path());
+    let path = common::copy_pipeline(dir.path());
     let (running, stop) = start_embedded(&path, dir.path()).await;
     let store = running.store.clone().unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -210,25 +199,17 @@ async fn add_metric_file_without_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generator_rate_change_applies_live() {
     let dir = tempfile::tempdir().unwrap();
-    let path = copy_pipeline(dir.path());
+    let path = common::copy_pipeline(dir.path());
     let text = std::fs::read_to_string(&path).unwrap();
     std::fs::write(&path, text.replace("rate = \"${DEFAULT_GENERATION_RATE:-1000}\"", "rate = 300")).unwrap();
     let (running, stop) = start_embedded(&path, dir.path()).await;
-    let measure = |secs: f64| {
-        let stats = running.stats.clone();
-        async move {
-            let a = stats.snapshot().generated;
-            tokio::time::sleep(Duration::from_secs_f64(secs)).await;
-            (stats.snapshot().generated - a) as f64 / secs
-        }
-    };
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let slow = measure(2.0).await;
+    let slow = generated_per_s(&running, 2.0).await;
     let text = std::fs::read_to_string(&path).unwrap();
     editor_save(&path, &text.replace("rate = 300", "rate = 3000"));
     wait_until("the rate change applies", Duration::from_secs(3), || reloads(&running).0 == 1).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let fast = measure(2.0).await;
+    let fast = generated_per_s(&running, 2.0).await;
     println!("measured rate {slow:.0}/s before, {fast:.0}/s after");
     assert!((slow - 300.0).abs() < 60.0, "{slow}");
     assert!((fast - 3000.0).abs() < 450.0, "{fast}");
@@ -239,7 +220,7 @@ async fn generator_rate_change_applies_live() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn editor_style_save_reloads_once() {
     let dir = tempfile::tempdir().unwrap();
-    let path = copy_pipeline(dir.path());
+    let path = common::copy_pipeline(dir.path());
     let (running, stop) = start_embedded(&path, dir.path()).await;
     let script = dir.path().join("scripts/metrics/active_users.rhai");
     let text = std::fs::read_to_string(&script).unwrap();
@@ -265,7 +246,7 @@ async fn symlink_swap_reloads() {
     std::fs::create_dir_all(&conf).unwrap();
     let version = |name: &str, rate: u32| {
         let v = conf.join(name);
-        copy_pipeline(&v);
+        common::copy_pipeline(&v);
         let p = v.join("pipelines/interactions.toml");
         let text = std::fs::read_to_string(&p).unwrap();
         std::fs::write(&p, text.replace("rate = \"${DEFAULT_GENERATION_RATE:-1000}\"", &format!("rate = {rate}"))).unwrap();
@@ -276,12 +257,18 @@ async fn symlink_swap_reloads() {
     std::os::unix::fs::symlink("..data/scripts", conf.join("scripts")).unwrap();
     let path = conf.join("pipelines/interactions.toml");
     let (running, stop) = start_embedded(&path, dir.path()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = generated_per_s(&running, 2.0).await;
 
-    version("..2026_02", 600);
+    version("..2026_02", 1500);
     std::os::unix::fs::symlink("..2026_02", conf.join("..data_tmp")).unwrap();
     std::fs::rename(conf.join("..data_tmp"), conf.join("..data")).unwrap();
     let took = wait_until("the swap is noticed", Duration::from_secs(5), || reloads(&running).0 == 1).await;
-    println!("symlink swap noticed after {took:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = generated_per_s(&running, 2.0).await;
+    println!("symlink swap noticed after {took:?}; rate {before:.0}/s before, {after:.0}/s after");
+    assert!((before - 300.0).abs() < 60.0, "{before}");
+    assert!((after - 1500.0).abs() < 250.0, "the swapped-in version's rate applies: {after}");
     stop.cancel();
     running.wait().await.unwrap();
 }
@@ -289,7 +276,7 @@ async fn symlink_swap_reloads() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_edits_lose_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let path = copy_pipeline(dir.path());
+    let path = common::copy_pipeline(dir.path());
     let (running, stop) = start_embedded(&path, dir.path()).await;
     let script = dir.path().join("scripts/metrics/revenue.rhai");
     let text = std::fs::read_to_string(&script).unwrap();
@@ -314,7 +301,7 @@ async fn twenty_edits_lose_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn threshold_edit_applies_to_alerts() {
     let dir = tempfile::tempdir().unwrap();
-    let path = copy_pipeline(dir.path());
+    let path = common::copy_pipeline(dir.path());
     let text = std::fs::read_to_string(&path)
         .unwrap()
         .replace("interval = \"${ALERT_INTERVAL:-5s}\"", "interval = \"200ms\"")
@@ -347,7 +334,7 @@ async fn threshold_edit_applies_to_alerts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_change_reconnects_without_loss() {
     let dir = tempfile::tempdir().unwrap();
-    let path = copy_pipeline(dir.path());
+    let path = common::copy_pipeline(dir.path());
     let (kafka, mongodb) = (common::kafka(), common::mongodb());
     let (topic_a, topic_b) = (common::unique("move_a"), common::unique("move_b"));
     let (db_a, db_b) = (common::unique("move_a"), common::unique("move_b"));

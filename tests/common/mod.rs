@@ -168,3 +168,21 @@ pub async fn stored_ids(store: &dyn runner::store::EventStore) -> (usize, usize)
     let ids: std::collections::HashSet<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
     (events.len(), ids.len())
 }
+
+/// Copies the shipped pipeline and scripts into `dir` (same layout, so relative paths hold).
+pub fn copy_pipeline(dir: &Path) -> PathBuf {
+    let root = repo_root();
+    std::fs::create_dir_all(dir.join("pipelines")).unwrap();
+    std::fs::create_dir_all(dir.join("scripts")).unwrap();
+    for f in ["pipelines/interactions.toml", "scripts/generator.rhai"] {
+        std::fs::copy(root.join(f), dir.join(f)).unwrap();
+    }
+    for folder in ["scripts/metrics", "scripts/alerts"] {
+        std::fs::create_dir_all(dir.join(folder)).unwrap();
+        for e in std::fs::read_dir(root.join(folder)).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), dir.join(folder).join(e.file_name())).unwrap();
+        }
+    }
+    dir.join("pipelines/interactions.toml")
+}
