@@ -279,5 +279,6 @@ async fn broker_killed_mid_stream_loses_nothing() {
     let (summary, recovery, _) = run_through_outage(&sp.pipeline, events, &mut broker).await;
     assert_eq!(summary.stats.delivery_failed, 0, "the producer waited and retried instead of dropping");
     let rows = assert_each_stored_once(&sp, events, "every produced event").await;
+    assert_metrics_match(&sp, events).await;
     report("Kafka broker SIGKILLed for 4 s", events, rows, summary.stats.duplicates, summary.stats.rejected, Some(recovery));
 }
