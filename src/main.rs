@@ -104,8 +104,9 @@ enum Command {
 struct RunArgs {
     /// The pipeline file.
     pipeline: PathBuf,
-    /// Which components to run in this process, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "generator,consumer,dashboard")]
+    /// Which components to run in this process, comma- or space-separated (`all` for every one).
+    /// A consumer also evaluates the alert rules.
+    #[arg(long, value_delimiter = ',', num_args = 1.., default_value = "generator,consumer,dashboard")]
     components: Vec<ComponentArg>,
     /// Events per second (0 = as fast as possible) [default: generator.rate in the pipeline file].
     #[arg(long)]
@@ -156,6 +157,10 @@ enum ComponentArg {
     Consumer,
     /// Serves the live dashboard, JSON API and /metrics.
     Dashboard,
+    /// Evaluates the alert rules against the store and sends notifications.
+    Alerting,
+    /// Every component.
+    All,
 }
 
 fn main() -> ExitCode {
@@ -226,10 +231,12 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(u) = args.users {
         pipeline.add_override(move |c| c.generator.users = u)?;
     }
+    let has = |wanted: &[ComponentArg]| args.components.iter().any(|c| *c == ComponentArg::All || wanted.contains(c));
     let components = Components {
-        generator: args.components.iter().any(|c| matches!(c, ComponentArg::Generator | ComponentArg::Producer)),
-        consumer: args.components.contains(&ComponentArg::Consumer),
-        dashboard: args.components.contains(&ComponentArg::Dashboard),
+        generator: has(&[ComponentArg::Generator, ComponentArg::Producer]),
+        consumer: has(&[ComponentArg::Consumer]),
+        dashboard: has(&[ComponentArg::Dashboard]),
+        alerting: has(&[ComponentArg::Alerting, ComponentArg::Consumer]),
     };
     let options = RunOptions {
         components,

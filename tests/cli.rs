@@ -121,3 +121,34 @@ fn runner_metrics_reads_what_a_run_stored() {
     let text = String::from_utf8_lossy(&table.stdout);
     assert!(text.starts_with("metric") && text.contains("active_users"), "{text}");
 }
+
+/// The seed's own invocations: space-separated components, `all`, `alerting` on its own, and a
+/// refresh interval in bare seconds from the environment.
+#[test]
+fn seed_command_line_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = common::shipped_pipeline();
+    let shipped = shipped.to_str().unwrap();
+    let run = |args: &[&str]| {
+        let out = common::runner()
+            .args(["run", shipped])
+            .args(args)
+            .env("RUNNER_DATA_DIR", dir.path())
+            .env("DEFAULT_GENERATION_RATE", "0")
+            .env("DASHBOARD_REFRESH_INTERVAL", "5")
+            .env("DASHBOARD_LISTEN", format!("127.0.0.1:{}", common::free_port()))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "runner run {args:?} failed: {err}");
+        err
+    };
+    let err = run(&["--components", "producer", "consumer", "--events", "500"]);
+    assert!(err.contains("generator=true") && err.contains("consumer=true"), "{err}");
+    run(&["--components", "all", "--events", "500", "--for", "3"]);
+    run(&["--components", "alerting", "--for", "2"]);
+    let out = common::runner().args(["validate", shipped]).env("DASHBOARD_REFRESH_INTERVAL", "5").output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok", "{}", String::from_utf8_lossy(&out.stderr));
+    let c = common::load_pipeline(&[("DASHBOARD_REFRESH_INTERVAL", "5")]).config;
+    assert_eq!(c.dashboard.refresh, Duration::from_secs(5), "a bare number is seconds");
+}

@@ -78,8 +78,27 @@ pub fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Durat
     }
 }
 
-/// Parses `"30s"`-style text, with an error that shows the accepted forms.
+/// Parses `"30s"`-style text, with an error that shows the accepted forms. A bare number is
+/// seconds, as the seed's environment variables write durations (`DASHBOARD_REFRESH_INTERVAL=5`).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim())
-        .map_err(|e| format!("{text:?} is not a duration ({e}); write it like \"500ms\", \"30s\", \"5m\" or \"7d\""))
+    let text = text.trim();
+    if let Ok(seconds) = text.parse::<f64>() {
+        return Duration::try_from_secs_f64(seconds).map_err(|_| format!("{text:?} is not a duration: seconds must be 0 or more"));
+    }
+    humantime::parse_duration(text)
+        .map_err(|e| format!("{text:?} is not a duration ({e}); write it like \"500ms\", \"30s\", \"5m\" or \"7d\" (a bare number is seconds)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_units_or_bare_seconds() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration(" 2.5 "), Ok(Duration::from_millis(2500)));
+        assert!(parse_duration("-1").unwrap_err().contains("0 or more"));
+        assert!(parse_duration("7 parsecs").unwrap_err().contains("a bare number is seconds"));
+    }
 }

@@ -38,15 +38,18 @@ pub struct Components {
     pub generator: bool,
     pub consumer: bool,
     pub dashboard: bool,
+    /// Evaluates the alert rules against the store (a consumer process does too: it sees its
+    /// own lag and errors).
+    pub alerting: bool,
 }
 
 impl Components {
     /// Generator and consumer, no dashboard (tests and benchmarks).
-    pub const ALL: Components = Components { generator: true, consumer: true, dashboard: false };
+    pub const ALL: Components = Components { generator: true, consumer: true, dashboard: false, alerting: true };
     /// Only the generator.
-    pub const GENERATOR: Components = Components { generator: true, consumer: false, dashboard: false };
+    pub const GENERATOR: Components = Components { generator: true, consumer: false, dashboard: false, alerting: false };
     /// Only the consumer.
-    pub const CONSUMER: Components = Components { generator: false, consumer: true, dashboard: false };
+    pub const CONSUMER: Components = Components { generator: false, consumer: true, dashboard: false, alerting: true };
 }
 
 /// How a run is bounded and reported.
@@ -132,8 +135,8 @@ struct Built {
 /// scripts (compiled first: a typo should not wait on a network timeout), then the connections.
 async fn build(pipeline: Pipeline, options: &RunOptions) -> anyhow::Result<Built> {
     let components = options.components;
-    if !components.generator && !components.consumer && !components.dashboard {
-        bail!("nothing to run: choose at least one of generator, consumer, dashboard");
+    if !components.generator && !components.consumer && !components.dashboard && !components.alerting {
+        bail!("nothing to run: choose at least one of generator, consumer, dashboard, alerting");
     }
     let config = &pipeline.config;
     let moves_events = components.generator || components.consumer;
@@ -146,7 +149,7 @@ async fn build(pipeline: Pipeline, options: &RunOptions) -> anyhow::Result<Built
     let compiled = compile(pipeline)?;
     let config = &compiled.pipeline.config;
     let stats = Stats::new();
-    let store = match components.consumer || components.dashboard {
+    let store = match components.consumer || components.dashboard || components.alerting {
         true => Some(Switchable::new(store::open(&config.mongodb, &config.embedded).await?)),
         false => None,
     };
@@ -214,9 +217,9 @@ fn spawn(built: Built, options: RunOptions, stop: CancellationToken) -> Running 
         };
         tasks.spawn(Step::Dashboard, crate::dashboard::serve(dashboard_rx, sources, shutdown.signal(Step::Dashboard)));
     }
-    // Alerts are evaluated where events are consumed: that process sees its own lag and errors.
-    // It runs even with no rules, so a reload can add some.
-    if let (true, Some(store)) = (components.consumer, store.clone()) {
+    // Alerts are evaluated where events are consumed (that process sees its own lag and errors)
+    // or in a process asked to; it runs even with no rules, so a reload can add some.
+    if let (true, Some(store)) = (components.alerting, store.clone()) {
         let sources = crate::alert::Sources { pipeline: config.name.clone(), store, metrics: metrics_rx.clone(), stats: stats.clone() };
         tasks.spawn(Step::Alerting, crate::alert::run(sources, alerts_rx, shutdown.signal(Step::Alerting)));
     }
