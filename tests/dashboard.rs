@@ -131,6 +131,9 @@ async fn token_in_the_address_becomes_a_cookie_and_stays_out_of_the_page() {
         assert!(!html.contains("t0k") && !html.contains("token="), "the token is not written into the page");
         assert_eq!(get(port, "/api/health", &[("Cookie", &pair)]).0, 200);
         assert_eq!(get(port, "/api/health", &[("Cookie", "runner_token=t0k")]).0, 401);
+        // Probes need no token.
+        assert_eq!(get(port, "/healthz", &[]), (200, "ok\n".to_string()));
+        assert_eq!(get(port, "/readyz", &[]), (200, "ready\n".to_string()));
     })
     .await
     .unwrap();

@@ -42,3 +42,64 @@ fn shipped_pipeline_validates() {
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "ok");
 }
+
+/// What the Dockerfile's runtime stage copies into the image is enough: laid out as the image
+/// has it, the shipped pipeline validates there (with the variables compose sets), and every
+/// variable compose sets for the runner is one the pipeline file reads.
+#[test]
+fn dockerfile_tree_validates() {
+    let root = common::repo_root();
+    let dockerfile = std::fs::read_to_string(root.join("docker/Dockerfile")).unwrap();
+    let runtime = dockerfile.rsplit("\nFROM ").next().unwrap();
+    let copied: Vec<&str> = runtime
+        .lines()
+        .filter_map(|l| l.strip_prefix("COPY "))
+        .filter(|l| !l.starts_with("--from"))
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    assert!(copied.contains(&"templates") && copied.contains(&"scripts"), "{copied:?}");
+    let image = tempfile::tempdir().unwrap();
+    for path in &copied {
+        copy_tree(&root.join(path), &image.path().join(path));
+    }
+
+    let compose = std::fs::read_to_string(root.join("docker/docker-compose.yml")).unwrap();
+    let env = runner_environment(&compose);
+    assert!(env.iter().any(|(k, v)| k == "DASHBOARD_LISTEN" && v.starts_with("0.0.0.0:")), "the dashboard listens beyond the container's loopback: {env:?}");
+    let pipeline = std::fs::read_to_string(root.join("pipelines/interactions.toml")).unwrap();
+    for (name, _) in &env {
+        assert!(pipeline.contains(&format!("${{{name}")), "compose sets {name}, which the pipeline file does not read");
+    }
+    let out = common::runner()
+        .args(["validate", "pipelines/interactions.toml"])
+        .current_dir(image.path())
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok", "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The `environment:` entries of the `runner` service.
+fn runner_environment(compose: &str) -> Vec<(String, String)> {
+    let service = compose.split("\n  runner:\n").nth(1).expect("a runner service");
+    let block = service.split("\n    environment:\n").nth(1).expect("runner environment");
+    block
+        .lines()
+        .take_while(|l| l.starts_with("      "))
+        .filter_map(|l| l.trim().split_once(": "))
+        .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
+        .collect()
+}
+
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    if from.is_dir() {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            copy_tree(&e.path(), &to.join(e.file_name()));
+        }
+    } else {
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(from, to).unwrap();
+    }
+}

@@ -144,6 +144,10 @@ fn router(state: Shared) -> Router {
         .route("/api/alerts", get(api_alerts))
         .route("/metrics", get(prometheus::scrape))
         .layer(middleware::from_fn_with_state(state.clone(), auth::require_token))
+        // Probes answer without the token (they say nothing but up / ready, and an orchestrator's
+        // probe should not need a secret).
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .with_state(state)
 }
 
@@ -205,6 +209,23 @@ struct ApiError {
 
 fn api_error(code: StatusCode, error: impl ToString) -> Response {
     (code, Json(ApiError { error: error.to_string() })).into_response()
+}
+
+/// Liveness: the process serves requests.
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Readiness: the store answers and its writes are not failing; otherwise 503 with the reason.
+async fn readyz(State(state): State<Shared>) -> Response {
+    if let Some(since) = state.sources.stats.store_failing_since() {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: store writes failing since {}\n", since.to_rfc3339())).into_response();
+    }
+    match tokio::time::timeout(Duration::from_secs(2), state.sources.store.count_dead_letters()).await {
+        Ok(Ok(_)) => "ready\n".into_response(),
+        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: the store does not answer: {e:#}\n")).into_response(),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "not ready: the store did not answer within 2 s\n").into_response(),
+    }
 }
 
 async fn api_metrics(State(state): State<Shared>) -> Response {
