@@ -42,6 +42,16 @@ async fn run_until(p: &Pipeline, done: impl Fn() -> bool) -> runner::pipeline::R
     running.wait().await.expect("pipeline run")
 }
 
+/// One rule, `traffic` (holds while anyone is active), evaluated every `interval` and sent to a
+/// webhook at `url`; `channel` and `rule` add keys to the channel and the rule.
+fn traffic_to_webhook(p: &mut Pipeline, url: &str, interval: &str, channel: &str, rule: &str) {
+    let text = format!(
+        "[alerting]\ninterval = \"{interval}\"\n[alerting.channels.hook]\ntype = \"webhook\"\nurl = \"{url}\"\n{channel}\n\
+         [[alert]]\nname = \"traffic\"\ncondition = \"metrics.active_users > 0\"\nchannels = [\"hook\"]\n{rule}\n"
+    );
+    set_alerts(p, &text);
+}
+
 /// A webhook receiver: answers 500 to the first `fail_first` requests, then 200, and keeps
 /// every request (its Idempotency-Key and body) with the status it answered.
 #[derive(Default)]
@@ -182,25 +192,7 @@ async fn webhook_alert_delivered() {
     let (receiver, url) = Receiver::start(2).await;
     let dir = tempfile::tempdir().unwrap();
     let mut p = common::embedded_pipeline(dir.path());
-    set_alerts(
-        &mut p,
-        &format!(
-            r#"
-            [alerting]
-            interval = "300ms"
-            [alerting.channels.hook]
-            type = "webhook"
-            url = "{url}"
-            headers = {{ X-Team = "data" }}
-            retry = {{ retries = 4, backoff = "100ms" }}
-            [[alert]]
-            name = "traffic"
-            condition = "metrics.active_users > 0"
-            channels = ["hook"]
-            labels = {{ team = "data" }}
-            "#
-        ),
-    );
+    traffic_to_webhook(&mut p, &url, "300ms", "headers = { X-Team = \"data\" }\nretry = { retries = 4, backoff = \"100ms\" }", "labels = { team = \"data\" }");
     let summary = run_until(&p, || !receiver.delivered().is_empty()).await;
     let requests = receiver.requests.lock().unwrap().clone();
     let statuses: Vec<u16> = requests.iter().map(|r| r.1).collect();
@@ -287,23 +279,7 @@ async fn seed_rules_fire_and_resolve() {
 async fn restart_does_not_resend() {
     let (receiver, url) = Receiver::start(0).await;
     let mut sp = common::service_pipeline("alerts_restart");
-    set_alerts(
-        &mut sp.pipeline,
-        &format!(
-            r#"
-            [alerting]
-            interval = "200ms"
-            [alerting.channels.hook]
-            type = "webhook"
-            url = "{url}"
-            [[alert]]
-            name = "traffic"
-            condition = "metrics.active_users > 0"
-            channels = ["hook"]
-            repeat_interval = "1h"
-            "#
-        ),
-    );
+    traffic_to_webhook(&mut sp.pipeline, &url, "200ms", "", "repeat_interval = \"1h\"");
     run_briefly(&sp.pipeline, 500).await;
     assert_eq!(receiver.delivered().len(), 1, "the first run fires once");
     let store = runner::store::open(&sp.pipeline.config.mongodb, &sp.pipeline.config.embedded).await.unwrap();
@@ -327,23 +303,7 @@ async fn firing_alert_repeats_every_repeat_interval() {
     let (receiver, url) = Receiver::start(0).await;
     let dir = tempfile::tempdir().unwrap();
     let mut p = common::embedded_pipeline(dir.path());
-    set_alerts(
-        &mut p,
-        &format!(
-            r#"
-            [alerting]
-            interval = "100ms"
-            [alerting.channels.hook]
-            type = "webhook"
-            url = "{url}"
-            [[alert]]
-            name = "traffic"
-            condition = "metrics.active_users > 0"
-            repeat_interval = "1s"
-            channels = ["hook"]
-            "#
-        ),
-    );
+    traffic_to_webhook(&mut p, &url, "100ms", "", "repeat_interval = \"1s\"");
     let changes = || receiver.delivered().iter().map(|n| n["change"].as_str().unwrap_or("").to_string()).collect::<Vec<_>>();
     run_until(&p, || changes().len() >= 4).await;
     let delivered = receiver.delivered();
