@@ -27,7 +27,7 @@ impl Effect {
 
 /// One row of the table: a section or key, what a change to it takes, and how to tell it changed.
 pub struct Row {
-    /// `section` or `section.key`; a key row takes precedence over its section's row.
+    /// `section` or `section.key`; a section row that has key rows compares only the rest.
     pub key: &'static str,
     pub effect: Effect,
     /// What happens, in the words the README uses.
@@ -44,7 +44,10 @@ pub const TABLE: &[Row] = &[
     Row { key: "embedded", effect: Effect::Reconnect, note: "the embedded store (and queue, when Kafka is embedded) are reopened", changed: |a, b| a.embedded != b.embedded },
     Row { key: "consumer", effect: Effect::Reconnect, note: "consumer drains and restarts with the new batching and validation", changed: |a, b| a.consumer != b.consumer },
     Row { key: "generator.seed", effect: Effect::Restart, note: "the random stream is seeded once", changed: |a, b| a.generator.seed != b.generator.seed },
-    Row { key: "generator", effect: Effect::Live, note: "script, rate, batch size and populations apply to the next batch", changed: |a, b| a.generator != b.generator },
+    // The seed has its own row: this one compares the rest of the section.
+    Row { key: "generator", effect: Effect::Live, note: "script, rate, batch size and populations apply to the next batch", changed: |a, b| {
+        crate::generator::GeneratorConfig { seed: None, ..a.generator.clone() } != crate::generator::GeneratorConfig { seed: None, ..b.generator.clone() }
+    } },
     Row { key: "metric", effect: Effect::Live, note: "unchanged state shape keeps its window state; a new or redefined metric starts empty", changed: |a, b| a.metrics != b.metrics },
     Row { key: "alerting", effect: Effect::Live, note: "interval, thresholds and channels apply from the next evaluation", changed: |a, b| a.alerting != b.alerting },
     Row { key: "alert", effect: Effect::Live, note: "rules that stay keep their pending and firing instances; removed ones resolve", changed: |a, b| a.alerts != b.alerts },
@@ -81,15 +84,11 @@ pub struct Reconnects {
 }
 
 impl Diff {
-    /// Compares two versions. A section row counts only where none of its key rows explains the
-    /// change (a changed seed alone does not make the generator row "live").
+    /// Compares two versions, row by row.
     pub fn of(old: &PipelineConfig, new: &PipelineConfig) -> Diff {
         let mut changed = Vec::new();
         for row in TABLE {
             if !(row.changed)(old, new) {
-                continue;
-            }
-            if !row.key.contains('.') && section_change_is_only_in_keys(row.key, old, new) {
                 continue;
             }
             changed.push((row.key, row.effect));
@@ -123,31 +122,6 @@ impl Diff {
             store: self.touches("mongodb") || (self.embedded_store && embedded),
             consumer: self.touches("consumer"),
         }
-    }
-}
-
-/// Whether every difference in `section` is covered by one of its key rows.
-fn section_change_is_only_in_keys(section: &str, old: &PipelineConfig, new: &PipelineConfig) -> bool {
-    let keys: Vec<&Row> = TABLE.iter().filter(|r| r.key.strip_prefix(section).is_some_and(|k| k.starts_with('.'))).collect();
-    if keys.is_empty() {
-        return false;
-    }
-    // Copy the new values of the key rows into the old version: if that makes the section
-    // equal, nothing else in it changed.
-    let mut patched = old.clone();
-    match section {
-        "generator" => patched.generator.seed = new.generator.seed,
-        "dashboard" => {
-            patched.dashboard.listen = new.dashboard.listen.clone();
-            patched.dashboard.templates = new.dashboard.templates.clone();
-            patched.dashboard.token = new.dashboard.token.clone();
-            patched.dashboard.refresh = new.dashboard.refresh;
-        }
-        _ => return false,
-    }
-    match section {
-        "generator" => patched.generator == new.generator,
-        _ => patched.dashboard == new.dashboard,
     }
 }
 
