@@ -244,13 +244,16 @@ impl Evaluator {
     /// what is due, with anything held from before. If the save fails, everything is held for
     /// the next tick, which tries again.
     async fn save_then_notify(&mut self, rule: &str, changed: bool, stored: &Stored, due: Vec<Notification>, dispatcher: &Dispatcher) {
-        let mut pending = self.unsaved.remove(rule);
-        if (changed || pending.is_some()) && !self.save(rule, stored).await {
-            pending.get_or_insert_with(Vec::new).extend(due);
-            self.unsaved.insert(rule.to_string(), pending.unwrap_or_default());
+        // An entry in `unsaved` (even with no notifications) means the last save failed.
+        let retry = self.unsaved.remove(rule);
+        let must_save = changed || retry.is_some();
+        let mut held = retry.unwrap_or_default();
+        held.extend(due);
+        if must_save && !self.save(rule, stored).await {
+            self.unsaved.insert(rule.to_string(), held);
             return;
         }
-        for n in pending.unwrap_or_default().into_iter().chain(due) {
+        for n in held {
             self.notify(n, dispatcher).await;
         }
     }
