@@ -41,14 +41,16 @@ impl Validation {
     /// Moves the events of `batch` that break the rules to its dead letters (they are stored,
     /// and acknowledged with the batch, like any other dead letter).
     pub fn apply(&self, batch: &mut Batch) {
-        if batch.events.iter().all(|e| self.check(e).is_ok()) {
+        // One clock reading per batch, not per event: the future-timestamp check is on the hot path.
+        let now = Utc::now();
+        if batch.events.iter().all(|e| self.check_at(e, now).is_ok()) {
             return; // the common case: nothing to move, nothing copied
         }
         let events = std::mem::take(&mut batch.events);
         let sources = std::mem::take(&mut batch.sources);
         for (i, e) in events.into_iter().enumerate() {
             let source = sources.get(i).copied();
-            match self.check(&e) {
+            match self.check_at(&e, now) {
                 Ok(()) => {
                     batch.events.push(e);
                     batch.sources.extend(source);
@@ -65,6 +67,11 @@ impl Validation {
 
     /// Whether one event keeps the rules; the error says which it breaks.
     pub fn check(&self, e: &Event) -> Result<(), String> {
+        self.check_at(e, Utc::now())
+    }
+
+    /// [`Validation::check`] against a given "now".
+    fn check_at(&self, e: &Event, now: chrono::DateTime<Utc>) -> Result<(), String> {
         if e.user_id.is_empty() || e.item_id.is_empty() {
             return Err("user_id and item_id must not be empty".into());
         }
@@ -72,7 +79,7 @@ impl Validation {
             let allowed: Vec<&str> = self.interaction_types.iter().map(String::as_str).collect();
             return Err(format!("interaction_type {:?} is not one of {}", e.interaction_type, allowed.join(", ")));
         }
-        let ahead = e.timestamp - Utc::now();
+        let ahead = e.timestamp - now;
         if ahead.to_std().is_ok_and(|d| d > self.max_future) {
             return Err(format!("timestamp {} is {}s in the future (max_future {:?})", e.timestamp, ahead.num_seconds(), self.max_future));
         }
