@@ -7,7 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use super::baseline;
 use crate::aggregate::{Aggregator, MetricSet};
+use crate::decode::decode;
 use crate::event::Event;
+use crate::store::mongo::to_document;
+use crate::transport::Batch;
 use crate::generator::{Generator, GeneratorScript};
 use crate::pipeline::{self, RunOptions};
 use crate::telemetry::Stats;
@@ -64,7 +67,52 @@ pub(super) fn aggregate_section(pipeline: &Pipeline, script: &GeneratorScript, o
     }
     figures.push(figure(&format!("aggregate: {} shipped metrics, apply", set.metrics().len()), "ns/event", apply_ns));
     figures.push(figure("aggregate: apply + encode partials to store", "ns/event", full_ns));
+    consuming_path_cpu(pipeline, &set, &events, runs, figures);
     Ok(())
+}
+
+/// The process's CPU time per event on the consuming path, as the consumer does it per batch:
+/// decode the JSON message, validate, aggregate, and encode the raw document and the changed
+/// partials for the store (the writes themselves are the store's, not the runner's, work).
+fn consuming_path_cpu(pipeline: &Pipeline, set: &Arc<MetricSet>, events: &[Event], runs: usize, figures: &mut Vec<Figure>) {
+    let max_bytes = pipeline.config.consumer.validation.max_event_bytes;
+    let messages: Vec<Vec<u8>> = events
+        .iter()
+        .map(|e| {
+            let mut json = Vec::new();
+            e.write_json(&mut json);
+            json
+        })
+        .collect();
+    let mut cpu_ns = Vec::new();
+    for _ in 0..runs {
+        let mut agg = Aggregator::new(set.clone(), Stats::new());
+        let before = process_cpu();
+        for chunk in messages.chunks(2000) {
+            let mut batch = Batch::default();
+            for m in chunk {
+                match decode(Some(m), max_bytes) {
+                    Ok(e) => batch.events.push(e),
+                    Err((_, why)) => panic!("bench: a generated event does not decode: {why}"),
+                }
+            }
+            pipeline.config.consumer.validation.apply(&mut batch);
+            agg.apply(&batch.events, &[]);
+            std::hint::black_box(agg.take_dirty());
+            std::hint::black_box(batch.events.iter().map(to_document).collect::<Vec<_>>());
+        }
+        cpu_ns.push((process_cpu() - before).as_nanos() as f64 / messages.len() as f64);
+    }
+    figures.push(figure("consuming path CPU: decode + validate + aggregate + encode", "ns/event", cpu_ns));
+}
+
+/// User plus system CPU time of this process so far.
+fn process_cpu() -> Duration {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
 pub(super) async fn embedded_section(pipeline: &Pipeline, opts: &BenchOptions, figures: &mut Vec<Figure>) -> anyhow::Result<()> {
