@@ -8,7 +8,7 @@ use std::io::Write;
 
 /// Writes `count` generated events to `out` as JSON lines (no transport involved).
 pub fn generate(pipeline: &Pipeline, count: u64, out: &mut dyn Write) -> anyhow::Result<()> {
-    let script = GeneratorScript::load(&pipeline.config.generator)?;
+    let script = GeneratorScript::load(&pipeline.config.generator, &pipeline.schema())?;
     let mut generator = Generator::new(script, pipeline.config.generator.seed);
     let mut batch = Vec::with_capacity(1000);
     let mut buf = Vec::with_capacity(1 << 16);
@@ -31,8 +31,8 @@ pub fn generate(pipeline: &Pipeline, count: u64, out: &mut dyn Write) -> anyhow:
 
 /// Reads every metric's current window from the pipeline's store.
 pub async fn metrics(pipeline: &Pipeline, at_ms: i64) -> anyhow::Result<Vec<MetricValue>> {
-    let set = MetricSet::load(&pipeline.config.metrics)?;
-    let store = crate::store::open(&pipeline.config.mongodb, &pipeline.config.embedded).await?;
+    let set = MetricSet::load(&pipeline.config.metrics, &pipeline.schema())?;
+    let store = crate::store::open(&pipeline.config.mongodb, &pipeline.config.embedded, &pipeline.schema()).await?;
     set.read_all(&*store, at_ms).await
 }
 

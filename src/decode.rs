@@ -2,11 +2,12 @@
 //! way whatever carried it. What the bytes say is checked later, by the consumer's validation.
 
 use crate::dead_letter::Reason;
-use crate::event::Event;
+use crate::event::{Record, Schema};
+use std::sync::Arc;
 
-/// Decodes one message of at most `max_bytes`; a failure says why, in the words a dead letter
-/// keeps.
-pub fn decode(bytes: Option<&[u8]>, max_bytes: usize) -> Result<Event, (Reason, String)> {
+/// Decodes one message of at most `max_bytes` under `schema`; a failure says why, in the words a
+/// dead letter keeps.
+pub fn decode(schema: &Arc<Schema>, bytes: Option<&[u8]>, max_bytes: usize) -> Result<Record, (Reason, String)> {
     let bytes = match bytes {
         None | Some([]) => return Err((Reason::Empty, "the message has no payload".into())),
         Some(b) => b,
@@ -15,9 +16,9 @@ pub fn decode(bytes: Option<&[u8]>, max_bytes: usize) -> Result<Event, (Reason, 
         return Err((Reason::TooLarge, format!("{} bytes, more than max_event_bytes = {max_bytes}", bytes.len())));
     }
     let text = std::str::from_utf8(bytes).map_err(|e| (Reason::InvalidUtf8, e.to_string()))?;
-    Event::from_json(text.as_bytes()).map_err(|e| {
-        let reason = if e.is_syntax() || e.is_eof() { Reason::NotJson } else { Reason::InvalidEvent };
-        (reason, e.to_string())
+    Record::from_json(schema, text.as_bytes()).map_err(|e| {
+        let reason = if e.syntax { Reason::NotJson } else { Reason::InvalidEvent };
+        (reason, e.message)
     })
 }
 
@@ -25,36 +26,41 @@ pub fn decode(bytes: Option<&[u8]>, max_bytes: usize) -> Result<Event, (Reason, 
 mod tests {
     use super::*;
 
+    fn schema() -> Arc<Schema> {
+        let text = "fields = { id = \"string\", user = \"string\", t = \"timestamp\" }\nid = \"id\"\ntime = \"t\"";
+        Arc::new(Schema::new(&toml::from_str(text).unwrap()).unwrap())
+    }
+
     fn reason(bytes: &[u8]) -> Reason {
-        decode(Some(bytes), 200).unwrap_err().0
+        decode(&schema(), Some(bytes), 200).unwrap_err().0
     }
 
     #[test]
     fn every_kind_of_undecodable_message_gets_its_reason() {
-        assert_eq!(decode(None, 200).unwrap_err().0, Reason::Empty);
+        assert_eq!(decode(&schema(), None, 200).unwrap_err().0, Reason::Empty);
         assert_eq!(reason(&[b' '; 201]), Reason::TooLarge);
-        assert_eq!(reason(b"{\"user_id\": \"\xff\"}"), Reason::InvalidUtf8);
+        assert_eq!(reason(b"{\"user\": \"\xff\"}"), Reason::InvalidUtf8);
         assert_eq!(reason(b"not json"), Reason::NotJson);
-        assert_eq!(reason(b"{\"user_id\": \"u\""), Reason::NotJson);
-        assert_eq!(reason(br#"{"user_id": 1, "item_id": "i", "interaction_type": "view", "timestamp": "2026-01-01T00:00:00Z"}"#), Reason::InvalidEvent);
-        assert_eq!(reason(br#"{"item_id": "i", "interaction_type": "view", "timestamp": "2026-01-01T00:00:00Z"}"#), Reason::InvalidEvent);
-        assert!(decode(Some(br#"{"user_id": "u", "item_id": "i", "interaction_type": "view", "timestamp": "2026-01-01T00:00:00Z"}"#), 200).is_ok());
+        assert_eq!(reason(b"{\"user\": \"u\""), Reason::NotJson);
+        assert_eq!(reason(br#"{"user": {"a": 1}, "t": "2026-01-01T00:00:00Z"}"#), Reason::InvalidEvent);
+        assert_eq!(reason(br#"["user", "t"]"#), Reason::InvalidEvent);
+        assert!(decode(&schema(), Some(br#"{"user": "u", "t": "2026-01-01T00:00:00Z"}"#), 200).is_ok());
     }
 
     proptest::proptest! {
         /// Fuzzing the decoder: any bytes give an event or a reason, never a panic.
         #[test]
         fn any_bytes_decode_or_get_a_reason(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
-            let _ = decode(Some(&bytes), 1 << 20);
+            let _ = decode(&schema(), Some(&bytes), 1 << 20);
         }
 
         /// Near-miss JSON (an event with one byte changed) as well.
         #[test]
         fn mutated_events_decode_or_get_a_reason(at in 0usize..120, byte in proptest::num::u8::ANY) {
-            let mut e = br#"{"user_id":"u","item_id":"i","interaction_type":"view","timestamp":"2026-01-01T00:00:00Z","value":1.5,"attributes":{"a":[1,2]}}"#.to_vec();
+            let mut e = br#"{"id":"x","user":"u","t":"2026-01-01T00:00:00Z","value":1.5,"attributes":{"a":[1,2]}}"#.to_vec();
             let at = at % e.len();
             e[at] = byte;
-            let _ = decode(Some(&e), 1 << 20);
+            let _ = decode(&schema(), Some(&e), 1 << 20);
         }
     }
 }

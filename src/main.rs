@@ -12,8 +12,9 @@ use tokio_util::sync::CancellationToken;
 
 /// Runs streaming analytics pipelines described in TOML files.
 ///
-/// A pipeline generates user interactions with a Rhai script, moves them through Kafka (or an
-/// embedded in-process queue), and stores them in MongoDB (or an embedded SQLite store).
+/// A pipeline declares its records in `[event]`, generates them with a Rhai script, moves them
+/// through Kafka (or an embedded in-process queue), computes windowed metrics described by Rhai
+/// scripts, and stores records and results in MongoDB (or an embedded SQLite store).
 #[derive(Parser)]
 #[command(name = "runner", version, propagate_version = true)]
 struct Cli {
@@ -114,9 +115,10 @@ struct RunArgs {
     /// Events per generated batch [default: generator.batch_size in the pipeline file].
     #[arg(long)]
     batch_size: Option<usize>,
-    /// Distinct users the generator draws from [default: generator.users in the pipeline file].
-    #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
-    users: Option<i64>,
+    /// Set a generator param the script sees, e.g. --param DEVICES=500 (repeatable) [default:
+    /// generator.params in the pipeline file].
+    #[arg(long = "param", value_name = "NAME=VALUE", value_parser = parse_param)]
+    params: Vec<(String, String)>,
     /// Stop after this long, e.g. 30s, 5m [default: run until Ctrl-C].
     #[arg(long = "for", value_parser = parse_duration)]
     run_for: Option<Duration>,
@@ -228,8 +230,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(b) = args.batch_size {
         pipeline.add_override(move |c| c.generator.batch_size = b)?;
     }
-    if let Some(u) = args.users {
-        pipeline.add_override(move |c| c.generator.users = u)?;
+    for (name, value) in args.params {
+        pipeline.add_override(move |c| {
+            c.generator.params.insert(name.clone(), runner::generator::Param::parse(&value));
+        })?;
     }
     let has = |wanted: &[ComponentArg]| args.components.iter().any(|c| *c == ComponentArg::All || wanted.contains(c));
     let components = Components {
@@ -348,4 +352,12 @@ fn spawn_stop_signals(stop: CancellationToken, run_for: Option<Duration>) {
         eprintln!("quitting without finishing; uncommitted events will be consumed again");
         std::process::exit(130);
     });
+}
+
+/// `NAME=VALUE` of `--param`.
+fn parse_param(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.trim().is_empty() => Ok((name.trim().to_string(), value.to_string())),
+        _ => Err(format!("{text:?} is not NAME=VALUE")),
+    }
 }

@@ -1,5 +1,5 @@
 //! `runner test`: pipeline tests kept next to the pipeline file. Each test feeds a list of
-//! events through the pipeline's real metric scripts, reducers and an embedded store, then
+//! records (in the pipeline's `[event]` shape; an id is assigned when missing) through the pipeline's real metric scripts, reducers and an embedded store, then
 //! compares the metrics read back with the expected values.
 //!
 //! ```toml
@@ -7,15 +7,15 @@
 //! name = "busiest item"
 //! at = "2026-01-01T00:00:59Z"   # read the window ending with the pane holding this time
 //! events = [
-//!   { user_id = "u1", item_id = "i1", interaction_type = "view", timestamp = "2026-01-01T00:00:10Z" },
+//!   { device_id = "d1", site = "lab", temperature = 21.5, ts = "2026-01-01T00:00:10Z" },
 //! ]
 //! [test.expect]
-//! busiest_item = [{ key = "i1", count = 1 }]
+//! max_temperature_by_site = { lab = 21.5 }
 //! ```
 
 use crate::aggregate::{Aggregator, MetricSet};
 use crate::config::Pipeline;
-use crate::event::Event;
+use crate::event::{Record, Schema};
 use crate::store::embedded::{EmbeddedConfig, EmbeddedStore};
 use crate::store::EventStore;
 use crate::telemetry::Stats;
@@ -64,27 +64,29 @@ pub async fn run_tests(pipeline: &Pipeline, tests: &Path) -> anyhow::Result<Vec<
         let line = e.span().map(|s| text[..s.start].matches('\n').count() + 1).unwrap_or(0);
         anyhow::anyhow!("{}:{line}: {}", tests.display(), e.message().trim())
     })?;
-    let set = Arc::new(MetricSet::load(&pipeline.config.metrics)?);
+    let schema = pipeline.schema();
+    let set = Arc::new(MetricSet::load(&pipeline.config.metrics, &schema)?);
     let mut outcomes = Vec::new();
     for case in file.tests {
-        outcomes.push(run_case(&set, &case).await.with_context(|| format!("{}: test {:?}", tests.display(), case.name))?);
+        outcomes.push(run_case(&set, &schema, &pipeline.config.mongodb.indexes, &case).await.with_context(|| format!("{}: test {:?}", tests.display(), case.name))?);
     }
     Ok(outcomes)
 }
 
-async fn run_case(set: &Arc<MetricSet>, case: &TestCase) -> anyhow::Result<TestOutcome> {
+async fn run_case(set: &Arc<MetricSet>, schema: &Arc<Schema>, indexes: &[String], case: &TestCase) -> anyhow::Result<TestOutcome> {
     let mut events = Vec::with_capacity(case.events.len());
     for (i, raw) in case.events.iter().enumerate() {
-        let json = serde_json::to_value(raw)?;
-        let mut e: Event = serde_json::from_value(json).with_context(|| format!("event {} is not an event", i + 1))?;
-        if e.event_id.is_empty() {
-            e.event_id = format!("test-{i}");
+        let json = serde_json::to_vec(raw)?;
+        let mut e = Record::from_json(schema, &json).map_err(|e| anyhow::anyhow!("event {}: {}", i + 1, e.message))?;
+        e.check().map_err(|(_, why)| anyhow::anyhow!("event {}: {why}", i + 1))?;
+        if e.id().is_empty() {
+            e.set_id(format!("test-{i}"));
         }
         events.push(e);
     }
     let dir = std::env::temp_dir().join(format!("runner-test-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()));
     let result = async {
-        let store = EmbeddedStore::open(&EmbeddedConfig { data_dir: dir.clone(), ..Default::default() }, None)?;
+        let store = EmbeddedStore::open(&EmbeddedConfig { data_dir: dir.clone(), ..Default::default() }, None, schema, indexes)?;
         let mut agg = Aggregator::new(set.clone(), Stats::new());
         let absorbed = agg.absorb(&Batch { events, ..Batch::default() }, &store).await?;
         store.write_panes(&absorbed.panes).await?;

@@ -2,6 +2,7 @@
 //! recomputation from the raw collection, whatever the restarts, replays and consumer count.
 
 mod common;
+use common::Fields;
 
 use common::recompute::assert_metrics_match;
 use runner::pipeline::Components;
@@ -33,7 +34,7 @@ async fn restart_does_not_double_count() {
     // Stop the consumer gracefully part way through the topic.
     let stop = CancellationToken::new();
     let trigger = stop.clone();
-    let store = store::open(&sp.pipeline.config.mongodb, &sp.pipeline.config.embedded).await.unwrap();
+    let store = store::open(&sp.pipeline.config.mongodb, &sp.pipeline.config.embedded, &sp.pipeline.config.schema().unwrap()).await.unwrap();
     let watcher = tokio::spawn(async move {
         while store.count_events().await.unwrap() < 8_000 {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -99,16 +100,16 @@ async fn script_error_is_contained() {
     assert_eq!(summary.stats.stored, n, "raw store unaffected");
     assert!(summary.stats.script_errors > 0, "errors are counted");
 
-    let store = store::open(&pipeline.config.mongodb, &pipeline.config.embedded).await.unwrap();
+    let store = store::open(&pipeline.config.mongodb, &pipeline.config.embedded, &pipeline.config.schema().unwrap()).await.unwrap();
     let events = store.all_events().await.unwrap();
-    let item_1 = events.iter().filter(|e| e.item_id == "item_1").count() as u64;
+    let item_1 = events.iter().filter(|e| e.s("item_id") == "item_1").count() as u64;
     assert_eq!(summary.stats.script_errors, item_1, "exactly the item_1 events failed");
-    let set = MetricSet::load(&pipeline.config.metrics).unwrap();
-    let at = events.iter().map(|e| e.timestamp.timestamp_millis()).max().unwrap();
+    let set = MetricSet::load(&pipeline.config.metrics, &pipeline.config.schema().unwrap()).unwrap();
+    let at = events.iter().map(|e| e.time_ms()).max().unwrap();
     let values = set.read_all(&*store, at).await.unwrap();
     let types = &values.iter().find(|v| v.name == "interaction_types").unwrap().value;
     let total: u64 = types.as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
-    let in_window = events.iter().filter(|e| (values[0].window_start..values[0].window_end).contains(&e.timestamp.timestamp_millis())).count();
+    let in_window = events.iter().filter(|e| (values[0].window_start..values[0].window_end).contains(&e.time_ms())).count();
     assert_eq!(total, in_window as u64, "other metrics count every event");
     let fragile = values.iter().find(|v| v.name == "fragile").unwrap().value.as_object().unwrap().clone();
     assert!(!fragile.contains_key("item_1") && !fragile.is_empty());

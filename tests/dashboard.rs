@@ -308,10 +308,11 @@ async fn dashboard_token_applies_on_reload_and_listen_is_reported() {
     let port = free_port();
     let file = |token: &str, listen: &str| {
         format!(
-            "name = \"live-dashboard\"\n[kafka]\nbootstrap_servers = \"embedded\"\ntopic = \"t\"\nconsumer_group = \"g\"\n\
+            "name = \"live-dashboard\"\n{event}[kafka]\nbootstrap_servers = \"embedded\"\ntopic = \"t\"\nconsumer_group = \"g\"\n\
              [mongodb]\nuri = \"embedded\"\ndatabase = \"d\"\n[embedded]\ndata_dir = \"{data}\"\n\
-             [generator]\nscript = \"{gen}\"\nrate = 200\n\
+             [generator]\nscript = \"{gen}\"\nrate = 200\nparams = {{ USERS = 100, ITEMS = 50 }}\n\
              [dashboard]\nlisten = \"{listen}\"\nrefresh = \"1s\"\ntemplates = \"{templates}\"\ntoken = \"{token}\"\n",
+            event = common::shipped_event_section(),
             data = dir.path().join("data").display(),
             gen = root.join("scripts/generator.rhai").display(),
             templates = root.join("templates").display(),

@@ -1,6 +1,7 @@
 //! The embedded default: no Kafka, no MongoDB, the shipped pipeline file as it is.
 
 mod common;
+use common::Fields;
 
 use runner::pipeline::{self, RunOptions};
 use runner::store;
@@ -21,10 +22,10 @@ async fn embedded_end_to_end() {
     let summary = run_embedded(dir.path(), n).await;
     assert_eq!(summary.stats.stored, n);
     let c = common::embedded_pipeline(dir.path()).config;
-    let store = store::open(&c.mongodb, &c.embedded).await.unwrap();
+    let store = store::open(&c.mongodb, &c.embedded, &c.schema().unwrap()).await.unwrap();
     let events = store.all_events().await.unwrap();
     assert_eq!(events.len() as u64, n);
-    assert_eq!(events.iter().map(|e| &e.event_id).collect::<HashSet<_>>().len() as u64, n);
+    assert_eq!(events.iter().map(|e| e.id()).collect::<HashSet<_>>().len() as u64, n);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -33,25 +34,25 @@ async fn embedded_restart_keeps_data() {
     run_embedded(dir.path(), 2_000).await;
     run_embedded(dir.path(), 3_000).await;
     let c = common::embedded_pipeline(dir.path()).config;
-    let store = store::open(&c.mongodb, &c.embedded).await.unwrap();
+    let store = store::open(&c.mongodb, &c.embedded, &c.schema().unwrap()).await.unwrap();
     assert_eq!(store.count_events().await.unwrap(), 5_000);
 }
 
-/// `[consumer.validation]` runs in the consumer, so the embedded queue applies it as Kafka does
-/// (it used to run only inside the Kafka transport).
+/// The `[event]` checks run in the consumer, so the embedded queue applies them as Kafka does
+/// (validation used to run only inside the Kafka transport).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_queue_applies_validation() {
     let dir = tempfile::tempdir().unwrap();
     let mut p = common::embedded_pipeline(dir.path());
-    p.config.consumer.validation.interaction_types = ["view".to_string()].into();
+    p.config.event.fields.get_mut("interaction_type").unwrap().values = vec!["view".to_string()];
     let n = 2_000;
     let options = RunOptions { max_events: Some(n), ..RunOptions::default() };
     let summary = pipeline::run(&p, options, CancellationToken::new()).await.unwrap();
     let s = summary.stats;
     assert!(s.rejected > 0 && s.stored > 0, "the shipped mix has views and other types: {s:?}");
     assert_eq!(s.stored + s.rejected, n, "every event is stored or dead-lettered: {s:?}");
-    let store = store::open(&p.config.mongodb, &p.config.embedded).await.unwrap();
-    assert!(store.all_events().await.unwrap().iter().all(|e| e.interaction_type == "view"));
+    let store = store::open(&p.config.mongodb, &p.config.embedded, &p.config.schema().unwrap()).await.unwrap();
+    assert!(store.all_events().await.unwrap().iter().all(|e| e.s("interaction_type") == "view"));
     let letters = store.dead_letters(10).await.unwrap();
     assert!(!letters.is_empty() && letters.iter().all(|d| d.reason == runner::dead_letter::Reason::FailedValidation && d.detail.contains("is not one of view")), "{letters:#?}");
     assert_eq!(store.count_dead_letters().await.unwrap(), s.rejected);

@@ -26,7 +26,6 @@ async fn garbage_goes_to_dead_letter() {
     let mut sp = common::service_pipeline("garbage");
     let v = &mut sp.pipeline.config.consumer.validation;
     v.max_event_bytes = 10_000;
-    v.interaction_types = ["view", "click", "add_to_cart", "purchase", "share"].iter().map(|s| s.to_string()).collect();
     let admin = runner::transport::kafka::connect(&sp.pipeline.config.kafka).await.unwrap();
     runner::transport::kafka::ensure_topic(&admin, &sp.pipeline.config.kafka).await.unwrap();
 
@@ -56,7 +55,7 @@ async fn garbage_goes_to_dead_letter() {
     let summary = common::run_pipeline(&sp, Components::CONSUMER, None, CancellationToken::new()).await;
     assert_eq!(summary.stats.stored, good as u64, "every good event is stored");
     assert_eq!(summary.stats.rejected, bad.len() as u64);
-    let store = store::open(&sp.pipeline.config.mongodb, &sp.pipeline.config.embedded).await.unwrap();
+    let store = store::open(&sp.pipeline.config.mongodb, &sp.pipeline.config.embedded, &sp.pipeline.config.schema().unwrap()).await.unwrap();
     assert_eq!(store.count_events().await.unwrap(), good as u64);
     let letters = store.dead_letters(100).await.unwrap();
     let mut got: Vec<Reason> = letters.iter().map(|d| d.reason).collect();
@@ -102,8 +101,8 @@ async fn runaway_script_is_stopped() {
     assert_eq!(summary.stats.stored, n, "the pipeline kept storing");
     assert_eq!(summary.stats.script_errors, 2 * n, "both scripts failed on every event, and were stopped each time");
     assert!(took < Duration::from_secs(60), "runaway scripts did not stall the pipeline: {took:?}");
-    let store = store::open(&p.config.mongodb, &p.config.embedded).await.unwrap();
-    let set = runner::aggregate::MetricSet::load(&p.config.metrics).unwrap();
+    let store = store::open(&p.config.mongodb, &p.config.embedded, &p.config.schema().unwrap()).await.unwrap();
+    let set = runner::aggregate::MetricSet::load(&p.config.metrics, &p.config.schema().unwrap()).unwrap();
     let values = set.read_all(&*store, chrono::Utc::now().timestamp_millis()).await.unwrap();
     let active = values.iter().find(|v| v.name == "active_users").unwrap();
     assert!(active.value.as_u64().unwrap() > 0, "the other metrics still count");
@@ -159,7 +158,7 @@ async fn runner_killed_mid_stream_loses_nothing() {
 
 /// Checks the pipeline's store holds `expected` events (`which` names them), none twice.
 async fn assert_each_stored_once(sp: &common::ServicePipeline, expected: u64, which: &str) -> u64 {
-    let store = store::open(&sp.pipeline.config.mongodb, &sp.pipeline.config.embedded).await.unwrap();
+    let store = store::open(&sp.pipeline.config.mongodb, &sp.pipeline.config.embedded, &sp.pipeline.config.schema().unwrap()).await.unwrap();
     let (rows, distinct) = common::stored_ids(&*store).await;
     assert_eq!(rows, distinct, "no event stored twice");
     assert_eq!(rows as u64, expected, "{which} is stored exactly once");

@@ -49,7 +49,10 @@ fn generate_matches_seed_shape() {
     }
     let mut counts: Vec<u64> = per_user.values().copied().collect();
     counts.sort_unstable_by(|a, b| b.cmp(a));
-    let users = pipeline.config.generator.users as usize;
+    let users = match pipeline.config.generator.params["USERS"] {
+        runner::generator::Param::Int(n) => n as usize,
+        ref other => panic!("USERS is {other:?}"),
+    };
     let top = counts.iter().take(users / 10).sum::<u64>() as f64 / n as f64;
     println!("top 10% of {users} users account for {:.1}% of interactions", top * 100.0);
     assert!(top > 0.5, "skew too weak: top 10% of users have {top:.3} of events");

@@ -1,6 +1,7 @@
 //! Hot reload with real files on disk, while events flow.
 
 mod common;
+use common::Fields;
 
 use runner::config::Pipeline;
 use runner::pipeline::{self, Components, RunOptions, Running};
@@ -115,17 +116,17 @@ async fn reload_metric_script_keeps_state() {
     assert_eq!(summary.stats.stored, 10_000, "no event lost or doubled across the reload");
 
     let events = store.all_events().await.unwrap();
-    let first_prefix = events.iter().min_by_key(|e| e.timestamp).unwrap().event_id[..16].to_string();
+    let first_prefix = events.iter().min_by_key(|e| e.time_ms()).unwrap().id()[..16].to_string();
     let expected = events
         .iter()
         .filter(|e| {
-            let old = e.event_id.starts_with(&first_prefix);
-            (old && e.interaction_type == "view") || (!old && e.interaction_type == "click")
+            let old = e.id().starts_with(&first_prefix);
+            (old && e.s("interaction_type") == "view") || (!old && e.s("interaction_type") == "click")
         })
         .count() as u64;
     let p = load(&path, &env);
-    let set = runner::aggregate::MetricSet::load(&p.config.metrics).unwrap();
-    let at = events.iter().map(|e| e.timestamp.timestamp_millis()).max().unwrap();
+    let set = runner::aggregate::MetricSet::load(&p.config.metrics, &p.config.schema().unwrap()).unwrap();
+    let at = events.iter().map(|e| e.time_ms()).max().unwrap();
     let values = set.read_all(&*store, at).await.unwrap();
     let selected = values.iter().find(|v| v.name == "selected").unwrap();
     assert_eq!(selected.value.as_u64().unwrap(), expected, "views before the edit + clicks after it");
@@ -294,7 +295,7 @@ async fn twenty_edits_lose_nothing() {
     assert_eq!(summary.stats.stored, summary.stats.generated, "nothing lost");
     assert_eq!(summary.stats.duplicates, 0);
     let c = load(&path, &[("RUNNER_DATA_DIR", dir.path().join("data").to_str().unwrap())]).config;
-    let store = runner::store::open(&c.mongodb, &c.embedded).await.unwrap();
+    let store = runner::store::open(&c.mongodb, &c.embedded, &c.schema().unwrap()).await.unwrap();
     assert_eq!(store.count_events().await.unwrap(), summary.stats.generated);
 }
 
@@ -372,8 +373,8 @@ async fn connection_change_reconnects_without_loss() {
     for db in [&db_a, &db_b] {
         let mut c = p.config.clone();
         c.mongodb.database = db.to_string();
-        let store = runner::store::open(&c.mongodb, &c.embedded).await.unwrap();
-        let ids: Vec<String> = store.all_events().await.unwrap().into_iter().map(|e| e.event_id).collect();
+        let store = runner::store::open(&c.mongodb, &c.embedded, &c.schema().unwrap()).await.unwrap();
+        let ids: Vec<String> = store.all_events().await.unwrap().into_iter().map(|e| e.id().to_string()).collect();
         per_db.push(ids.len());
         stored_ids.extend(ids);
     }

@@ -5,48 +5,89 @@ mod common;
 use chrono::{TimeZone, Utc};
 use runner::store::PaneRecord;
 use runner::dead_letter::{DeadLetter, Reason};
-use runner::event::Event;
+use runner::event::{iso, Record, Schema};
+use std::sync::Arc;
 use serde_json::json;
 use runner::store::embedded::{EmbeddedConfig, EmbeddedStore};
 use runner::store::mongo::{MongoConfig, MongoStore};
 use runner::store::{EventStore, InsertOutcome};
 use std::time::Duration;
 
-fn event(i: u32) -> Event {
-    let mut e = Event {
-        event_id: format!("ev-{i}"),
-        user_id: format!("user_{}", i % 7),
-        item_id: format!("item_{}", i % 5),
-        interaction_type: if i.is_multiple_of(3) { "purchase" } else { "view" }.into(),
-        timestamp: Utc.timestamp_millis_opt(1_700_000_000_000 + i as i64 * 1000).unwrap(),
-        session_id: format!("s-{i}"),
-        value: i as f64 / 4.0,
-        price: i.is_multiple_of(3).then_some(12.5),
-        view_duration: (!i.is_multiple_of(3)).then_some(30.0),
-        attributes: Default::default(),
-    };
-    if i == 1 {
-        e.attributes.insert("channel".into(), "web".into());
-    }
-    e
+/// A record shape the contract runs with: the schema, and record `i` of it as JSON.
+struct Shape {
+    schema: Arc<Schema>,
+    json: fn(u32) -> String,
+    indexes: &'static [&'static str],
 }
 
-async fn contract(store: &dyn EventStore) {
+fn interactions() -> Shape {
+    let text = r#"
+fields = { event_id = "string", user_id = "string", item_id = "string", interaction_type = "string", timestamp = "timestamp", session_id = "string?", value = "float?", price = "float?", view_duration = "float?" }
+id = "event_id"
+time = "timestamp"
+key = "user_id""#;
+    let json = |i: u32| {
+        let kind = if i.is_multiple_of(3) { "purchase" } else { "view" };
+        let extra = if i.is_multiple_of(3) { r#","price":12.5"#.to_string() } else { r#","view_duration":30.0"#.to_string() };
+        let channel = if i == 1 { r#","attributes":{"channel":"web"}"# } else { "" };
+        format!(
+            r#"{{"event_id":"ev-{i}","user_id":"user_{}","item_id":"item_{}","interaction_type":"{kind}","timestamp":"{}","session_id":"s-{i}","value":{}{extra}{channel}}}"#,
+            i % 7, i % 5, iso(1_700_000_000_000 + i as i64 * 1000), i as f64 / 4.0
+        )
+    };
+    Shape { schema: schema(text), json, indexes: &["user_id", "item_id"] }
+}
+
+fn sensors() -> Shape {
+    let text = r#"
+fields = { reading_id = "string", device_id = "string", site = "string", temperature = "float", humidity = "float?", samples = "int", ok = "bool", ts = "timestamp" }
+id = "reading_id"
+time = "ts"
+key = "device_id""#;
+    let json = |i: u32| {
+        let humidity = if i.is_multiple_of(2) { format!(r#","humidity":{}"#, 40 + i % 20) } else { String::new() };
+        let meta = if i == 1 { r#","meta":{"firmware":"1.2","tags":["a",1]}"# } else { "" };
+        format!(
+            r#"{{"reading_id":"r-{i}","device_id":"dev-{}","site":"{}","temperature":{},"samples":{},"ok":{},"ts":"{}"{humidity}{meta}}}"#,
+            i % 9, ["lab", "roof", "cellar"][i as usize % 3], 15.0 + i as f64 / 8.0, i * 3, i % 5 != 0, iso(1_700_000_000_000 + i as i64 * 1000)
+        )
+    };
+    Shape { schema: schema(text), json, indexes: &["device_id", "site"] }
+}
+
+fn schema(text: &str) -> Arc<Schema> {
+    Arc::new(Schema::new(&toml::from_str(text).unwrap()).unwrap())
+}
+
+impl Shape {
+    fn record(&self, i: u32) -> Record {
+        let r = Record::from_json(&self.schema, (self.json)(i).as_bytes()).unwrap();
+        r.check().unwrap();
+        r
+    }
+
+    fn indexes(&self) -> Vec<String> {
+        self.indexes.iter().map(|s| s.to_string()).collect()
+    }
+}
+
+async fn contract(store: &dyn EventStore, shape: &Shape) {
+    let event = |i: u32| shape.record(i);
     assert_eq!(store.count_events().await.unwrap(), 0, "starts empty");
     assert_eq!(store.insert_events(&[]).await.unwrap(), InsertOutcome::default());
 
-    let first: Vec<Event> = (0..100).map(event).collect();
+    let first: Vec<Record> = (0..100).map(event).collect();
     assert_eq!(store.insert_events(&first).await.unwrap(), InsertOutcome { inserted: 100, duplicates: 0 });
 
     // A replay overlapping what is stored writes only the new events.
-    let overlap: Vec<Event> = (50..150).map(event).collect();
+    let overlap: Vec<Record> = (50..150).map(event).collect();
     assert_eq!(store.insert_events(&overlap).await.unwrap(), InsertOutcome { inserted: 50, duplicates: 50 });
     assert_eq!(store.insert_events(&[event(3)]).await.unwrap(), InsertOutcome { inserted: 0, duplicates: 1 });
     assert_eq!(store.count_events().await.unwrap(), 150);
 
     // Every field comes back as written, oldest first.
     let back = store.all_events().await.unwrap();
-    let expected: Vec<Event> = (0..150).map(event).collect();
+    let expected: Vec<Record> = (0..150).map(event).collect();
     assert_eq!(back, expected);
 
     // Metric partials: replaced by newer offsets, never by older ones; read back by range.
@@ -113,24 +154,53 @@ async fn contract(store: &dyn EventStore) {
 }
 
 #[tokio::test]
-async fn embedded_store_meets_the_contract() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = EmbeddedConfig { data_dir: dir.path().to_path_buf(), ..EmbeddedConfig::default() };
-    contract(&EmbeddedStore::open(&config, None).unwrap()).await;
+async fn embedded_store_meets_the_contract_for_two_schemas() {
+    for shape in [interactions(), sensors()] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = EmbeddedConfig { data_dir: dir.path().to_path_buf(), ..EmbeddedConfig::default() };
+        contract(&EmbeddedStore::open(&config, None, &shape.schema, &shape.indexes()).unwrap(), &shape).await;
+        // The indexed fields are columns of their own, with an index each.
+        let db = rusqlite::Connection::open(dir.path().join("runner.db")).unwrap();
+        let field = shape.indexes[0];
+        let value = shape.record(4).field(field).unwrap().as_text().unwrap().into_owned();
+        let n: i64 = db.query_row(&format!("SELECT COUNT(*) FROM raw_records WHERE f_{field} = ?1"), [&value], |r| r.get(0)).unwrap();
+        let expected = (0..150).filter(|i| shape.record(*i).field(field).unwrap().as_text().unwrap() == value).count() as i64;
+        assert_eq!(n, expected, "records with {field} = {value}");
+        let plan: String = db
+            .query_row(&format!("EXPLAIN QUERY PLAN SELECT id FROM raw_records WHERE f_{field} = 'x'"), [], |r| r.get(3))
+            .unwrap();
+        assert!(plan.contains(&format!("raw_records_{field}")), "the query uses the field's index: {plan}");
+    }
 }
 
-#[tokio::test]
-async fn mongo_store_meets_the_contract() {
-    let config = MongoConfig {
+fn mongo_config(shape: &Shape) -> MongoConfig {
+    MongoConfig {
         uri: common::mongodb(),
         database: common::unique("contract"),
-        raw_collection: "raw_interactions".into(),
+        raw_collection: "raw".into(),
         metrics_collection: "aggregated_metrics".into(),
         alerts_collection: "alerts".into(),
         alert_state_collection: "alert_state".into(),
         dead_letter_collection: "dead_letters".into(),
+        indexes: shape.indexes(),
         retention: Some(Duration::from_secs(7 * 86400)),
         connect_timeout: Duration::from_secs(20),
-    };
-    contract(&MongoStore::connect(&config).await.unwrap()).await;
+    }
+}
+
+#[tokio::test]
+async fn mongo_store_meets_the_contract_for_two_schemas() {
+    for shape in [interactions(), sensors()] {
+        let config = mongo_config(&shape);
+        contract(&MongoStore::connect(&config, &shape.schema).await.unwrap(), &shape).await;
+        // Indexes: the unique id, the time (TTL) and each declared one.
+        let client = mongodb::Client::with_uri_str(&config.uri).await.unwrap();
+        let raw = client.database(&config.database).collection::<mongodb::bson::Document>("raw");
+        let names = raw.list_index_names().await.unwrap();
+        let (id, time) = (shape.schema.id_name(), shape.schema.time_name());
+        for wanted in [format!("{id}_unique"), format!("{time}_ttl")].into_iter().chain(shape.indexes.iter().map(|f| format!("{f}_1"))) {
+            assert!(names.contains(&wanted), "{wanted} in {names:?}");
+        }
+        client.database(&config.database).drop().await.unwrap();
+    }
 }

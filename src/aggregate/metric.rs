@@ -4,7 +4,7 @@ use super::reducer::{Input, ReducerKind, State};
 use super::script::{self, FieldValue, Filter, Selector, Selectors};
 use super::window::Window;
 use crate::base::de;
-use crate::event::Event;
+use crate::event::{Record, Schema};
 use crate::script::{compile_file, sandboxed_engine, ScriptError, ScriptLimits};
 use rhai::{CallFnOptions, Dynamic, Engine, Scope, AST};
 use serde::Deserialize;
@@ -100,7 +100,7 @@ pub struct Metric {
 
 impl Metric {
     /// Compiles the metric's script and checks it fits the reducer.
-    pub fn load(config: &MetricConfig) -> Result<Metric, ScriptError> {
+    pub fn load(config: &MetricConfig, schema: &Schema) -> Result<Metric, ScriptError> {
         let path = &config.script;
         let window = config.window().map_err(|m| ScriptError::whole_file(path, m))?;
         // Per-event calls get a tight budget: a runaway script fails its event, not the pipeline.
@@ -119,7 +119,7 @@ impl Metric {
             let spec: rhai::Map = engine
                 .eval_ast_with_scope(&mut Scope::new(), &ast)
                 .map_err(|e| ScriptError::from_eval(path, &e))?;
-            let s = script::selectors(path, spec)?;
+            let s = script::selectors(path, spec, schema)?;
             if config.reducer.needs_key() && s.key.is_none() {
                 return Err(ScriptError::whole_file(path, format!("reducer {:?} needs a `key`", config.reducer)));
             }
@@ -176,7 +176,7 @@ impl Metric {
     }
 
     /// Adds one event. `map` is the event as a script map, present when [`Self::needs_event_map`].
-    pub fn add(&self, partial: &mut Partial, event: &Event, map: Option<&Dynamic>) -> Result<(), String> {
+    pub fn add(&self, partial: &mut Partial, event: &Record, map: Option<&Dynamic>) -> Result<(), String> {
         match partial {
             Partial::Custom(state) => {
                 // update() changes `this`; its return value is not used.

@@ -22,6 +22,7 @@ pub use reducer::ReducerKind;
 pub use window::Window;
 pub use write::{Absorbed, Aggregator};
 
+use crate::event::Schema;
 use crate::script::ScriptError;
 use crate::store::EventStore;
 use std::collections::HashSet;
@@ -33,12 +34,12 @@ pub struct MetricSet {
 
 impl MetricSet {
     /// Compiles every metric; the error names the script, and names duplicates.
-    pub fn load(configs: &[MetricConfig]) -> Result<MetricSet, ScriptError> {
-        Self::load_all(configs).map_err(|mut errors| errors.remove(0))
+    pub fn load(configs: &[MetricConfig], schema: &Schema) -> Result<MetricSet, ScriptError> {
+        Self::load_all(configs, schema).map_err(|mut errors| errors.remove(0))
     }
 
     /// Compiles every metric, and on failure returns every problem, not only the first.
-    pub fn load_all(configs: &[MetricConfig]) -> Result<MetricSet, Vec<ScriptError>> {
+    pub fn load_all(configs: &[MetricConfig], schema: &Schema) -> Result<MetricSet, Vec<ScriptError>> {
         let mut seen = HashSet::new();
         let mut metrics = Vec::with_capacity(configs.len());
         let mut errors = Vec::new();
@@ -46,7 +47,7 @@ impl MetricSet {
             if !seen.insert(c.name.as_str()) {
                 errors.push(ScriptError::whole_file(&c.script, format!("metric name {:?} is used twice", c.name)));
             }
-            match Metric::load(c) {
+            match Metric::load(c, schema) {
                 Ok(m) => metrics.push(m),
                 Err(e) => errors.push(e),
             }

@@ -4,7 +4,7 @@
 
 use super::write::tests::{event, per_item_set};
 use super::{read, Aggregator, MetricSet};
-use crate::event::Event;
+use crate::event::Record;
 use crate::store::embedded::{EmbeddedConfig, EmbeddedStore};
 use crate::store::EventStore;
 use crate::telemetry::Stats;
@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Events interleaved at random across partitions, each partition in offset order.
-type Stream = Vec<(Event, (i32, i64))>;
+type Stream = Vec<(Record, (i32, i64))>;
 
 fn interleave(partitions: &[Vec<(u8, i64)>], seed: u64) -> Stream {
     let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
@@ -65,14 +65,14 @@ fn recomputed(stream: &Stream, lateness_s: i64, window: (i64, i64)) -> BTreeMap<
     let mut in_order = stream.clone();
     in_order.sort_by_key(|(_, (p, o))| (*p, *o));
     for (e, (p, _)) in &in_order {
-        let t = e.timestamp.timestamp_millis();
+        let t = e.time_ms();
         let mark = newest.entry(*p).or_insert(i64::MIN);
         if *mark != i64::MIN && t < *mark - lateness_s * 1000 {
             continue;
         }
         *mark = (*mark).max(t);
         if (window.0..window.1).contains(&t) {
-            *expected.entry(e.item_id.clone()).or_default() += 1;
+            *expected.entry(e.field("item_id").and_then(|v| v.as_text()).unwrap().into_owned()).or_default() += 1;
         }
     }
     expected
@@ -82,7 +82,7 @@ fn check_windows(set: &Arc<MetricSet>, partitions: &[Vec<(u8, i64)>], cuts: &[us
     let stream = interleave(partitions, seed);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let store = EmbeddedStore::open(&EmbeddedConfig { data_dir: dir.path().to_path_buf(), ..Default::default() }, None).unwrap();
+    let store = EmbeddedStore::open(&EmbeddedConfig { data_dir: dir.path().to_path_buf(), ..Default::default() }, None, &super::write::tests::schema(), &[]).unwrap();
     rt.block_on(async {
         consume_with_crashes(set, &store, &stream, cuts, crashes).await;
         let metric = &set.metrics()[0];

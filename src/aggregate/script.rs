@@ -2,37 +2,31 @@
 //!
 //! ```rhai
 //! #{
-//!     filter: field_is("interaction_type", "purchase"),   // optional: which events count
-//!     key: field("item_id"),                              // optional: group by
-//!     value: field("price"),                              // for sum / avg / min / max / distinct
+//!     filter: field_is("site", "roof"),       // optional: which records count
+//!     key: field("device_id"),                 // optional: group by
+//!     value: field("temperature"),             // for sum / avg / min / max / distinct
 //! }
 //! ```
 //!
 //! `field(...)`, `field_is(...)` and `field_in(...)` are read in Rust at no script cost per
-//! event. Any of the three may instead be `Fn("name")`, a function of the script called per
-//! event with the event as a map, for logic the selectors cannot express. A `custom` reducer
+//! record. Any of the three may instead be `Fn("name")`, a function of the script called per
+//! record with the record as a map, for logic the selectors cannot express. A `custom` reducer
 //! script defines `init()`, `update(e)`, `merge(other)` and `finish()`, with the state as `this`.
 
-use crate::event::Event;
+use crate::event::{Extra, Record, Schema, Value};
 use crate::script::ScriptError;
 use rhai::{Dynamic, Engine, FnPtr, Map};
 use std::path::Path;
 
-/// A field of the event.
+/// A field of the record: a declared one by slot, or an undeclared one by its path
+/// (`meta.channel` reads `channel` inside the undeclared object `meta`).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Field {
-    EventId,
-    UserId,
-    ItemId,
-    InteractionType,
-    SessionId,
-    Value,
-    Price,
-    ViewDuration,
-    Attribute(String),
+    Slot(usize),
+    Extra(Vec<String>),
 }
 
-/// A field's value in one event.
+/// A field's value in one record.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum FieldValue<'a> {
     Text(&'a str),
@@ -41,37 +35,43 @@ pub enum FieldValue<'a> {
 }
 
 impl Field {
-    fn parse(name: &str) -> Field {
-        match name {
-            "event_id" => Field::EventId,
-            "user_id" => Field::UserId,
-            "item_id" => Field::ItemId,
-            "interaction_type" => Field::InteractionType,
-            "session_id" => Field::SessionId,
-            "value" => Field::Value,
-            "price" => Field::Price,
-            "view_duration" => Field::ViewDuration,
-            other => Field::Attribute(other.strip_prefix("attributes.").unwrap_or(other).to_string()),
+    /// Resolves a name against the schema; an undeclared name is an error when the schema
+    /// rejects undeclared fields (no record could have it).
+    fn parse(name: &str, schema: &Schema) -> Result<Field, String> {
+        if let Some(i) = schema.slot(name) {
+            return Ok(Field::Slot(i));
         }
+        if schema.extra() == Extra::Reject {
+            let declared: Vec<&str> = schema.fields().iter().map(|f| f.name.as_str()).collect();
+            return Err(format!("field {name:?} is not declared in [event] (declared: {})", declared.join(", ")));
+        }
+        Ok(Field::Extra(name.split('.').map(str::to_string).collect()))
     }
 
-    /// Reads the field from an event.
+    /// Reads the field from a record.
     #[inline]
-    pub fn get<'a>(&self, e: &'a Event) -> FieldValue<'a> {
+    pub fn get<'a>(&self, e: &'a Record) -> FieldValue<'a> {
         match self {
-            Field::EventId => FieldValue::Text(&e.event_id),
-            Field::UserId => FieldValue::Text(&e.user_id),
-            Field::ItemId => FieldValue::Text(&e.item_id),
-            Field::InteractionType => FieldValue::Text(&e.interaction_type),
-            Field::SessionId => FieldValue::Text(&e.session_id),
-            Field::Value => FieldValue::Number(e.value),
-            Field::Price => e.price.map_or(FieldValue::Missing, FieldValue::Number),
-            Field::ViewDuration => e.view_duration.map_or(FieldValue::Missing, FieldValue::Number),
-            Field::Attribute(name) => match e.attributes.get(name) {
-                Some(serde_json::Value::String(s)) => FieldValue::Text(s),
-                Some(serde_json::Value::Number(n)) => n.as_f64().map_or(FieldValue::Missing, FieldValue::Number),
-                _ => FieldValue::Missing,
+            Field::Slot(i) => match e.get(*i) {
+                Value::Text(s) => FieldValue::Text(s),
+                Value::Int(n) => FieldValue::Number(*n as f64),
+                Value::Float(n) => FieldValue::Number(*n),
+                Value::Time(t) => FieldValue::Number(*t as f64),
+                Value::Bool(b) => FieldValue::Text(if *b { "true" } else { "false" }),
+                Value::Missing => FieldValue::Missing,
             },
+            Field::Extra(path) => {
+                let mut at = e.extra().get(&path[0]);
+                for step in &path[1..] {
+                    at = at.and_then(|v| v.get(step));
+                }
+                match at {
+                    Some(serde_json::Value::String(s)) => FieldValue::Text(s),
+                    Some(serde_json::Value::Number(n)) => n.as_f64().map_or(FieldValue::Missing, FieldValue::Number),
+                    Some(serde_json::Value::Bool(b)) => FieldValue::Text(if *b { "true" } else { "false" }),
+                    _ => FieldValue::Missing,
+                }
+            }
         }
     }
 }
@@ -118,11 +118,12 @@ pub struct Selectors {
 }
 
 /// Reads the map a metric script evaluated to.
-pub fn selectors(path: &Path, mut spec: Map) -> Result<Selectors, ScriptError> {
+pub fn selectors(path: &Path, mut spec: Map, schema: &Schema) -> Result<Selectors, ScriptError> {
     let err = |m: String| ScriptError::whole_file(path, m);
+    let field = |name: &str| Field::parse(name, schema).map_err(err);
     let selector = |name: &str, v: Dynamic| -> Result<Selector, ScriptError> {
         if let Some(f) = v.clone().try_cast::<FieldRef>() {
-            Ok(Selector::Field(Field::parse(&f.0)))
+            Ok(Selector::Field(field(&f.0)?))
         } else if let Some(f) = v.try_cast::<FnPtr>() {
             Ok(Selector::Script(f))
         } else {
@@ -133,7 +134,7 @@ pub fn selectors(path: &Path, mut spec: Map) -> Result<Selectors, ScriptError> {
         None => Filter::All,
         Some(v) => {
             if let Some(f) = v.clone().try_cast::<FieldIn>() {
-                Filter::FieldIn(Field::parse(&f.0), f.1)
+                Filter::FieldIn(field(&f.0)?, f.1)
             } else if let Some(f) = v.try_cast::<FnPtr>() {
                 Filter::Script(f)
             } else {
@@ -147,23 +148,4 @@ pub fn selectors(path: &Path, mut spec: Map) -> Result<Selectors, ScriptError> {
         return Err(err(format!("unknown entry `{extra}` (a metric script may give filter, key and value)")));
     }
     Ok(Selectors { filter, key, value })
-}
-
-/// The event as a script sees it (built once per event and shared by every metric that needs it).
-pub fn event_map(e: &Event) -> Dynamic {
-    let mut m = Map::new();
-    m.insert("event_id".into(), e.event_id.clone().into());
-    m.insert("user_id".into(), e.user_id.clone().into());
-    m.insert("item_id".into(), e.item_id.clone().into());
-    m.insert("interaction_type".into(), e.interaction_type.clone().into());
-    m.insert("timestamp".into(), e.timestamp.to_rfc3339().into());
-    m.insert("session_id".into(), e.session_id.clone().into());
-    m.insert("value".into(), e.value.into());
-    m.insert("price".into(), e.price.map_or(Dynamic::UNIT, Dynamic::from));
-    m.insert("view_duration".into(), e.view_duration.map_or(Dynamic::UNIT, Dynamic::from));
-    if !e.attributes.is_empty() {
-        let attrs = rhai::serde::to_dynamic(&e.attributes).unwrap_or(Dynamic::UNIT);
-        m.insert("attributes".into(), attrs);
-    }
-    Dynamic::from_map(m)
 }

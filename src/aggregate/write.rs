@@ -2,9 +2,9 @@
 //! partition) with the highest offset it includes, absorbs each batch in one call, and hands out
 //! the changed partials to store before the batch is acknowledged.
 
-use super::{script, Metric, MetricSet, Partial, TimeMode};
+use super::{Metric, MetricSet, Partial, TimeMode};
 use crate::dead_letter::{DeadLetter, Reason};
-use crate::event::Event;
+use crate::event::Record;
 use crate::store::{EventStore, PaneRecord};
 use crate::telemetry::Stats;
 use crate::transport::{Batch, NO_PARTITION};
@@ -99,8 +99,8 @@ impl Aggregator {
 
     /// Partitions of this batch whose stored partials are not loaded yet (after start or a
     /// rebalance), each with the earliest pane start any of its new events can touch.
-    fn to_load(&self, events: &[Event], partitions: &[i32]) -> Vec<(i32, i64)> {
-        let min_ts = events.iter().map(|e| e.timestamp.timestamp_millis()).min().unwrap_or(0);
+    fn to_load(&self, events: &[Record], partitions: &[i32]) -> Vec<(i32, i64)> {
+        let min_ts = events.iter().map(Record::time_ms).min().unwrap_or(0);
         let mut new: Vec<i32> = partitions.iter().copied().filter(|p| !self.loaded.contains_key(p)).collect();
         new.sort_unstable();
         new.dedup();
@@ -227,16 +227,16 @@ impl Aggregator {
 
     /// Applies a batch. `sources[i]` is the (partition, offset) of `events[i]`; events at or
     /// below the offset already in a partial are skipped.
-    pub(crate) fn apply(&mut self, events: &[Event], sources: &[(i32, i64)]) {
+    pub(crate) fn apply(&mut self, events: &[Record], sources: &[(i32, i64)]) {
         let needs_map = self.set.metrics.iter().any(Metric::needs_event_map);
-        let maps: Vec<rhai::Dynamic> = if needs_map { events.iter().map(script::event_map).collect() } else { Vec::new() };
+        let maps: Vec<rhai::Dynamic> = if needs_map { events.iter().map(crate::script::record_map).collect() } else { Vec::new() };
         let now = chrono::Utc::now().timestamp_millis();
         for (m, st) in self.set.metrics.iter().zip(self.states.iter_mut()) {
             let lateness = m.config.lateness.as_millis() as i64;
             for (i, e) in events.iter().enumerate() {
                 let (partition, offset) = sources.get(i).copied().unwrap_or((NO_PARTITION, -1));
                 let t = match m.config.time {
-                    TimeMode::Event => e.timestamp.timestamp_millis(),
+                    TimeMode::Event => e.time_ms(),
                     TimeMode::Processing => now,
                 };
                 let key = (m.window.pane_of(t), partition);
@@ -255,11 +255,11 @@ impl Aggregator {
                         continue; // judged late before the crash; its dead letter is stored
                     }
                     let behind = mark.time - t;
-                    self.stats.late_event(m.name(), &e.event_id, behind);
+                    self.stats.late_event(m.name(), e.id(), behind);
                     let mut json = Vec::new();
                     e.write_json(&mut json);
                     let detail = format!("{behind} ms behind the newest event of its partition for metric {:?} (lateness {:?})", m.name(), m.config.lateness);
-                    self.late.push(DeadLetter::new(format!("late:{}", e.event_id), Reason::Late, detail, (partition, offset), &json));
+                    self.late.push(DeadLetter::new(format!("late:{}", e.id()), Reason::Late, detail, (partition, offset), &json));
                     continue;
                 }
                 if t > mark.time {
@@ -272,7 +272,7 @@ impl Aggregator {
                         let partial = match m.empty() {
                             Ok(p) => p,
                             Err(err) => {
-                                self.stats.script_error(m.name(), &e.event_id, &err);
+                                self.stats.script_error(m.name(), e.id(), &err);
                                 continue;
                             }
                         };
@@ -280,7 +280,7 @@ impl Aggregator {
                     }
                 };
                 if let Err(err) = m.add(&mut cell.partial, e, maps.get(i)) {
-                    self.stats.script_error(m.name(), &e.event_id, &err);
+                    self.stats.script_error(m.name(), e.id(), &err);
                 }
                 cell.offset = cell.offset.max(offset);
                 cell.dirty = true;
@@ -327,7 +327,7 @@ impl Aggregator {
 pub(super) mod tests {
     use super::*;
     use crate::aggregate::{MetricConfig, ReducerKind};
-    use chrono::TimeZone;
+    use crate::event::{Schema, Value};
     use std::time::Duration;
 
     /// A count-per-item metric set, its script in a directory removed once compiled.
@@ -347,22 +347,21 @@ pub(super) mod tests {
             description: String::new(),
             exact_limit: 10_000,
         };
-        Arc::new(MetricSet::load(&[config]).unwrap())
+        Arc::new(MetricSet::load(&[config], &schema()).unwrap())
     }
 
-    pub(in crate::aggregate) fn event(id: &str, item: &str, second: i64) -> Event {
-        Event {
-            event_id: id.into(),
-            user_id: "u".into(),
-            item_id: item.into(),
-            interaction_type: "view".into(),
-            timestamp: chrono::Utc.timestamp_opt(1_000_000 + second, 0).unwrap(),
-            session_id: String::new(),
-            value: 0.0,
-            price: None,
-            view_duration: None,
-            attributes: Default::default(),
-        }
+    /// The record these tests aggregate: an id, an item and a time.
+    pub(in crate::aggregate) fn schema() -> Arc<Schema> {
+        crate::event::schema_of("fields = { event_id = \"string\", item_id = \"string\", timestamp = \"timestamp\" }\nid = \"event_id\"\ntime = \"timestamp\"")
+    }
+
+    pub(in crate::aggregate) fn event(id: &str, item: &str, second: i64) -> Record {
+        let s = schema();
+        let mut r = Record::new(&s);
+        r.set_id(id.into());
+        r.set(s.slot("item_id").unwrap(), Value::Text(item.into()));
+        r.set_time_ms((1_000_000 + second) * 1000);
+        r
     }
 
     /// Splits written records into metric partials and watermark records.

@@ -318,7 +318,7 @@ impl Evaluator {
 mod tests {
     use super::*;
     use crate::dead_letter::DeadLetter;
-    use crate::event::Event;
+    use crate::event::Record;
     use crate::store::embedded::{EmbeddedConfig, EmbeddedStore};
     use crate::store::{InsertOutcome, PaneRecord};
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -335,13 +335,13 @@ mod tests {
         fn describe(&self) -> String {
             "flaky".into()
         }
-        async fn insert_events(&self, e: &[Event]) -> anyhow::Result<InsertOutcome> {
+        async fn insert_events(&self, e: &[Record]) -> anyhow::Result<InsertOutcome> {
             self.inner.insert_events(e).await
         }
         async fn count_events(&self) -> anyhow::Result<u64> {
             self.inner.count_events().await
         }
-        async fn all_events(&self) -> anyhow::Result<Vec<Event>> {
+        async fn all_events(&self) -> anyhow::Result<Vec<Record>> {
             self.inner.all_events().await
         }
         async fn write_panes(&self, p: &[PaneRecord]) -> anyhow::Result<()> {
@@ -377,13 +377,14 @@ mod tests {
     #[tokio::test]
     async fn notifications_wait_until_the_state_is_stored() {
         let dir = tempfile::tempdir().unwrap();
-        let inner = EmbeddedStore::open(&EmbeddedConfig { data_dir: dir.path().to_path_buf(), ..Default::default() }, None).unwrap();
+        let schema = crate::event::schema_of("fields = { id = \"string\", t = \"timestamp\" }\nid = \"id\"\ntime = \"t\"");
+        let inner = EmbeddedStore::open(&EmbeddedConfig { data_dir: dir.path().to_path_buf(), ..Default::default() }, None, &schema, &[]).unwrap();
         let store = Arc::new(FlakyStore { inner, failing: AtomicBool::new(true) });
         let rule: AlertConfig = toml::from_str("name = \"always\"\ncondition = \"true\"").unwrap();
         let set = AlertSet::load(&AlertingConfig::default(), &[rule], Path::new("p.toml")).unwrap();
         let stats = Stats::new();
         let dispatcher = Dispatcher::new(&set.config.channels, &set.config.thresholds, stats.clone()).unwrap();
-        let (_metrics_tx, metrics) = watch::channel(Arc::new(MetricSet::load(&[]).unwrap()));
+        let (_metrics_tx, metrics) = watch::channel(Arc::new(MetricSet::load(&[], &schema).unwrap()));
         let sources = Sources { pipeline: "p".into(), store: store.clone(), metrics, stats: stats.clone() };
         let mut evaluator = Evaluator { states: BTreeMap::new(), unsaved: BTreeMap::new(), last: (Instant::now(), stats.snapshot()), sources };
 

@@ -5,7 +5,7 @@
 use crate::store::PaneRecord;
 use crate::store::Notification;
 use crate::dead_letter::DeadLetter;
-use crate::event::Event;
+use crate::event::Record;
 use crate::store::{EventStore, InsertOutcome};
 use async_trait::async_trait;
 
@@ -16,13 +16,13 @@ impl EventStore for Discard {
     fn describe(&self) -> String {
         "nothing (bench: writes are discarded)".into()
     }
-    async fn insert_events(&self, events: &[Event]) -> anyhow::Result<InsertOutcome> {
+    async fn insert_events(&self, events: &[Record]) -> anyhow::Result<InsertOutcome> {
         Ok(InsertOutcome { inserted: events.len() as u64, duplicates: 0 })
     }
     async fn count_events(&self) -> anyhow::Result<u64> {
         Ok(0)
     }
-    async fn all_events(&self) -> anyhow::Result<Vec<Event>> {
+    async fn all_events(&self) -> anyhow::Result<Vec<Record>> {
         Ok(Vec::new())
     }
     async fn write_panes(&self, _: &[PaneRecord]) -> anyhow::Result<()> {

@@ -28,7 +28,7 @@ pub(super) async fn kafka_sections(pipeline: &Pipeline, opts: &BenchOptions, ser
     tracing::info!("bench: kafka produce, runner vs raw producer");
     let (mut runner_rates, mut raw_rates, mut raw_consume) = (Vec::new(), Vec::new(), Vec::new());
     let mut sample = Vec::new();
-    Generator::new(GeneratorScript::load(&base.config.generator)?, Some(3)).fill(1000, &mut sample);
+    Generator::new(GeneratorScript::load(&base.config.generator, &base.schema())?, Some(3)).fill(1000, &mut sample);
     let payloads: Vec<Vec<u8>> = sample.iter().map(|e| { let mut b = Vec::new(); e.write_json(&mut b); b }).collect();
     let mut produced_topics = Vec::new();
     for i in 0..runs {
@@ -50,9 +50,9 @@ pub(super) async fn kafka_sections(pipeline: &Pipeline, opts: &BenchOptions, ser
         let t = Instant::now();
         for k in 0..n as usize {
             let payload = &payloads[k % payloads.len()];
-            let key = sample[k % sample.len()].user_id.as_bytes();
+            let key = sample[k % sample.len()].key().map(|k| k.into_owned()).unwrap_or_default();
             loop {
-                match producer.send(BaseRecord::to(&raw.topic).key(key).payload(payload)) {
+                match producer.send(BaseRecord::to(&raw.topic).key(key.as_bytes()).payload(payload)) {
                     Ok(()) => break,
                     Err(_) => std::thread::sleep(Duration::from_millis(1)),
                 }
@@ -90,10 +90,11 @@ pub(super) async fn kafka_sections(pipeline: &Pipeline, opts: &BenchOptions, ser
     for i in 0..runs {
         let coll = client.database(&format!("bench_{run_id}_raw_{i}")).collection::<mongodb::bson::Document>("raw");
         // The same indexes as the runner's raw collection: they are part of what a write costs.
-        crate::store::mongo::create_indexes(&coll, pipeline.config.mongodb.retention).await?;
+        let schema = pipeline.schema();
+        crate::store::mongo::create_indexes(&coll, pipeline.config.mongodb.retention, &schema, &pipeline.config.mongodb.indexes).await?;
         let docs: Vec<_> = (0..n as usize).map(|k| {
             let mut d = crate::store::mongo::to_document(&sample[k % sample.len()]);
-            d.insert("event_id", format!("{k}"));
+            d.insert(schema.id_name(), format!("{k}"));
             d
         }).collect();
         let t = Instant::now();
@@ -194,8 +195,8 @@ const KAFKA_TO_DISCARD: &str = "end to end, store not the limit: kafka -> decode
 /// first message to the last batch acknowledged.
 async fn consume_into_discard(p: &Pipeline) -> anyhow::Result<f64> {
     let stats = Stats::new();
-    let subscriber = crate::transport::kafka::KafkaSubscriber::new(&p.config.kafka, p.config.consumer.batching(), stats.clone())?;
-    let aggregator = Aggregator::new(Arc::new(MetricSet::load(&p.config.metrics)?), stats.clone());
+    let subscriber = crate::transport::kafka::KafkaSubscriber::new(&p.config.kafka, p.config.consumer.batching(), p.schema(), stats.clone())?;
+    let aggregator = Aggregator::new(Arc::new(MetricSet::load(&p.config.metrics, &p.schema())?), stats.clone());
     let producers_done = CancellationToken::new();
     producers_done.cancel();
     let until = crate::consumer::StopWhen {

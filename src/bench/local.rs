@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use super::baseline;
 use crate::aggregate::{Aggregator, MetricSet};
 use crate::decode::decode;
-use crate::event::Event;
+use crate::event::{Record, Schema};
 use crate::store::mongo::to_document;
 use crate::transport::Batch;
 use crate::generator::{Generator, GeneratorScript};
@@ -18,14 +18,13 @@ use tokio_util::sync::CancellationToken;
 
 pub(super) fn generator_section(pipeline: &Pipeline, script: &GeneratorScript, opts: &BenchOptions, figures: &mut Vec<Figure>) -> anyhow::Result<()> {
     let (n, runs) = (opts.events, opts.runs);
-    let g = &pipeline.config.generator;
     tracing::info!(events = n, runs, "bench: generator");
     let mut plan = Vec::new();
     let mut plain = Vec::new();
     for _ in 0..runs {
         let mut gen = Generator::new(script.clone(), Some(1));
         plan.push(rate(n, time_fill(n, |k, out| gen.fill(k, out))));
-        let mut base = baseline::PlainGenerator::new(g.users as usize, g.items as usize, 1.1);
+        let mut base = baseline::PlainGenerator::new(pipeline.schema());
         plain.push(rate(n, time_fill(n, |k, out| base.fill(k, out))));
     }
     figures.push(figure("generator: Rhai-described plan", "events/s", plan));
@@ -47,7 +46,7 @@ pub(super) fn generator_section(pipeline: &Pipeline, script: &GeneratorScript, o
 pub(super) fn aggregate_section(pipeline: &Pipeline, script: &GeneratorScript, opts: &BenchOptions, figures: &mut Vec<Figure>) -> anyhow::Result<()> {
     let (n, runs) = (opts.events, opts.runs);
     tracing::info!("bench: aggregation");
-    let set = Arc::new(MetricSet::load(&pipeline.config.metrics)?);
+    let set = Arc::new(MetricSet::load(&pipeline.config.metrics, &pipeline.schema())?);
     let mut events = Vec::with_capacity(n as usize);
     Generator::new(script.clone(), Some(2)).fill(n as usize, &mut events);
     let (mut apply_ns, mut full_ns) = (Vec::new(), Vec::new());
@@ -74,8 +73,9 @@ pub(super) fn aggregate_section(pipeline: &Pipeline, script: &GeneratorScript, o
 /// The process's CPU time per event on the consuming path, as the consumer does it per batch:
 /// decode the JSON message, validate, aggregate, and encode the raw document and the changed
 /// partials for the store (the writes themselves are the store's, not the runner's, work).
-fn consuming_path_cpu(pipeline: &Pipeline, set: &Arc<MetricSet>, events: &[Event], runs: usize, figures: &mut Vec<Figure>) {
+fn consuming_path_cpu(pipeline: &Pipeline, set: &Arc<MetricSet>, events: &[Record], runs: usize, figures: &mut Vec<Figure>) {
     let max_bytes = pipeline.config.consumer.validation.max_event_bytes;
+    let schema = pipeline.schema();
     let messages: Vec<Vec<u8>> = events
         .iter()
         .map(|e| {
@@ -91,7 +91,7 @@ fn consuming_path_cpu(pipeline: &Pipeline, set: &Arc<MetricSet>, events: &[Event
         for chunk in messages.chunks(2000) {
             let mut batch = Batch::default();
             for m in chunk {
-                match decode(Some(m), max_bytes) {
+                match decode(&schema, Some(m), max_bytes) {
                     Ok(e) => batch.events.push(e),
                     Err((_, why)) => panic!("bench: a generated event does not decode: {why}"),
                 }
@@ -136,7 +136,7 @@ pub(super) async fn embedded_section(pipeline: &Pipeline, opts: &BenchOptions, f
     Ok(())
 }
 
-fn time_fill(n: u64, mut fill: impl FnMut(usize, &mut Vec<Event>)) -> Duration {
+fn time_fill(n: u64, mut fill: impl FnMut(usize, &mut Vec<Record>)) -> Duration {
     let mut out = Vec::with_capacity(1000);
     let mut left = n;
     let t = Instant::now();
@@ -154,11 +154,11 @@ fn time_fill(n: u64, mut fill: impl FnMut(usize, &mut Vec<Event>)) -> Duration {
 fn with_hook(pipeline: &Pipeline) -> anyhow::Result<(GeneratorScript, tempfile_path::TempScript)> {
     let source = std::fs::read_to_string(&pipeline.config.generator.script)?;
     let tmp = tempfile_path::TempScript::new(&format!(
-        "fn on_event(e) {{ e.channel = if e.value > 5.0 {{ \"web\" }} else {{ \"app\" }}; e }}\n{source}"
+        "fn on_event(e) {{ e.channel = if e.len() > 5 {{ \"web\" }} else {{ \"app\" }}; e }}\n{source}"
     ))?;
     let mut cfg = pipeline.config.generator.clone();
     cfg.script = tmp.path.clone();
-    Ok((GeneratorScript::load(&cfg)?, tmp))
+    Ok((GeneratorScript::load(&cfg, &pipeline.schema())?, tmp))
 }
 
 mod tempfile_path {
@@ -180,15 +180,17 @@ mod tempfile_path {
     }
 }
 
-/// Users drawn from and events generated for the memory figure: with the shipped skew, about
-/// 120,000 distinct users in one 60 s window.
-const MEMORY_USERS: i64 = 400_000;
+/// The memory figure: records drawn from a population of this many keys (the pipeline's param
+/// `MEMORY_PARAM`, when its generator script has one: `USERS` in the shipped pipeline), so that
+/// over 100,000 distinct keys are active in one 60 s window.
+const MEMORY_PARAM: &str = "USERS";
+const MEMORY_KEYS: i64 = 400_000;
 const MEMORY_EVENTS: u64 = 1_200_000;
 
 /// Peak RSS of a runner process (generator, consumer, every metric, embedded queue and store)
-/// whose windows hold over 100,000 active users, and how many users that was.
+/// whose windows hold over 100,000 active keys, and how many keys that was.
 pub(super) async fn memory_section(pipeline: &Pipeline, opts: &BenchOptions, figures: &mut Vec<Figure>) -> anyhow::Result<()> {
-    tracing::info!(users = MEMORY_USERS, events = MEMORY_EVENTS, "bench: memory with many active users");
+    tracing::info!(keys = MEMORY_KEYS, events = MEMORY_EVENTS, "bench: memory with many active keys");
     let (mut rss, mut active) = (Vec::new(), Vec::new());
     for _ in 0..opts.runs {
         let dir = scratch_path("");
@@ -196,29 +198,30 @@ pub(super) async fn memory_section(pipeline: &Pipeline, opts: &BenchOptions, fig
         child
             .args(["run", pipeline.path.to_str().unwrap_or_default(), "--components", "generator,consumer", "--log", "warn"])
             .args(["--kafka", "embedded", "--mongodb", "embedded", "--data-dir", dir.to_str().unwrap_or_default()])
-            .args(["--generation-rate", "0", "--batch-size", "1000", "--users", &MEMORY_USERS.to_string()])
+            .args(["--generation-rate", "0", "--batch-size", "1000", "--param", &format!("{MEMORY_PARAM}={MEMORY_KEYS}")])
             .args(["--events", &MEMORY_EVENTS.to_string(), "--exit-when-idle", "1s"]);
         let measured = match child_peak_rss_mb(child) {
-            Ok(mb) => active_users_in_last_minute(pipeline, &dir).await.map(|users| (mb, users)),
+            Ok(mb) => active_keys_in_last_minute(pipeline, &dir).await.map(|keys| (mb, keys)),
             Err(e) => Err(e),
         };
         let _ = std::fs::remove_dir_all(&dir);
-        let (mb, users) = measured?;
+        let (mb, keys) = measured?;
         rss.push(mb);
-        active.push(users as f64);
+        active.push(keys as f64);
     }
-    figures.push(figure("active users in the last 60 s of the memory run (embedded, unthrottled)", "users", active));
+    figures.push(figure("active keys in the last 60 s of the memory run (embedded, unthrottled)", "keys", active));
     figures.push(figure("peak RSS of a runner process holding them (generator + consumer + metrics)", "MB", rss));
     Ok(())
 }
 
-/// Distinct users among the stored events of the last minute of event time.
-async fn active_users_in_last_minute(pipeline: &Pipeline, dir: &std::path::Path) -> anyhow::Result<usize> {
+/// Distinct values of the record key among the stored records of the last minute of event time.
+async fn active_keys_in_last_minute(pipeline: &Pipeline, dir: &std::path::Path) -> anyhow::Result<usize> {
     let mut config = pipeline.config.embedded.clone();
     config.data_dir = dir.to_path_buf();
-    let store = crate::store::embedded::EmbeddedStore::open(&config, None)?;
+    let schema: Arc<Schema> = pipeline.schema();
+    let store = crate::store::embedded::EmbeddedStore::open(&config, None, &schema, &[])?;
     let events = crate::store::EventStore::all_events(&store).await?;
-    let newest = events.iter().map(|e| e.timestamp).max().context("bench: the memory run stored no events")?;
-    let since = newest - chrono::Duration::seconds(60);
-    Ok(events.iter().filter(|e| e.timestamp > since).map(|e| e.user_id.as_str()).collect::<std::collections::HashSet<_>>().len())
+    let newest = events.iter().map(Record::time_ms).max().context("bench: the memory run stored no events")?;
+    let since = newest - 60_000;
+    Ok(events.iter().filter(|e| e.time_ms() > since).filter_map(|e| e.key()).collect::<std::collections::HashSet<_>>().len())
 }

@@ -99,7 +99,7 @@ fn rate(events: u64, took: Duration) -> f64 {
 pub async fn run(pipeline: &Pipeline, opts: &BenchOptions) -> anyhow::Result<Vec<Figure>> {
     let opts = &BenchOptions { runs: opts.runs.max(1), ..opts.clone() };
     let mut figures = Vec::new();
-    let script = GeneratorScript::load(&pipeline.config.generator)?;
+    let script = GeneratorScript::load(&pipeline.config.generator, &pipeline.schema())?;
 
     if opts.includes(Section::Generator) {
         generator_section(pipeline, &script, opts, &mut figures)?;

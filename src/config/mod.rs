@@ -9,6 +9,7 @@ use crate::aggregate::MetricConfig;
 use crate::alert::{AlertConfig, AlertingConfig};
 use crate::consumer::ConsumerConfig;
 use crate::dashboard::DashboardConfig;
+use crate::event::{EventConfig, Schema};
 use crate::generator::GeneratorConfig;
 use crate::store::embedded::EmbeddedConfig;
 use crate::store::mongo::MongoConfig;
@@ -25,6 +26,8 @@ pub use interpolate::interpolate;
 pub struct PipelineConfig {
     /// Shown in logs and used as a default for names derived from it.
     pub name: String,
+    /// The record the pipeline carries: its fields, id, time and key.
+    pub event: EventConfig,
     /// Transport: a Kafka cluster, or `embedded` for the in-process queue.
     pub kafka: KafkaConfig,
     /// Store: a MongoDB deployment, or `embedded` for the local SQLite store.
@@ -150,6 +153,11 @@ impl Pipeline {
         Ok((pipeline, problems))
     }
 
+    /// The record schema of `[event]` (checked when the file loaded).
+    pub fn schema(&self) -> Arc<Schema> {
+        self.config.schema().expect("[event] is checked when the pipeline file loads")
+    }
+
     /// The folder relative paths in the file are resolved against.
     pub fn base_dir(&self) -> &Path {
         self.path.parent().unwrap_or(Path::new("."))
@@ -185,7 +193,9 @@ impl Pipeline {
     /// What parsing cannot catch, each as `file:line: problem` (the line where the file's text is
     /// given and the problem can be placed).
     fn problems(&self, text: Option<&str>) -> Vec<String> {
+        let schema_problems = self.config.schema().err().unwrap_or_default();
         let problems: Vec<String> = [
+            self.config.index_check(),
             self.config.kafka.check(),
             self.config.mongodb.check(),
             self.config.generator.check(),
@@ -194,6 +204,7 @@ impl Pipeline {
         ]
         .into_iter()
         .flatten()
+        .chain(schema_problems)
         .chain(self.config.metrics.iter().filter_map(|m| m.window().err()))
         .chain(self.config.alerts.iter().filter_map(|a| a.check(&self.config.alerting.channels, &self.config.alerting.default_channels)))
         .collect();
@@ -206,6 +217,19 @@ impl Pipeline {
                 None => format!("{path}: {p}"),
             })
             .collect()
+    }
+}
+
+impl PipelineConfig {
+    /// The record schema `[event]` declares, or what is wrong with it.
+    pub fn schema(&self) -> Result<Arc<Schema>, Vec<String>> {
+        Schema::new(&self.event).map(Arc::new)
+    }
+
+    /// `[mongodb] indexes` must name declared fields.
+    fn index_check(&self) -> Option<String> {
+        let undeclared: Vec<&str> = self.mongodb.indexes.iter().filter(|f| !self.event.fields.contains_key(*f)).map(String::as_str).collect();
+        (!undeclared.is_empty()).then(|| format!("mongodb.indexes: {} not declared in [event]", undeclared.join(", ")))
     }
 }
 
@@ -304,6 +328,10 @@ pub(crate) mod tests {
     /// The smallest valid pipeline file; `${KAFKA}` picks the transport.
     pub(crate) const MINIMAL: &str = r#"
 name = "t"
+[event]
+fields = { id = "string", user = "string", t = "timestamp" }
+id = "id"
+time = "t"
 [kafka]
 bootstrap_servers = "${KAFKA:-embedded}"
 topic = "t"
@@ -344,7 +372,7 @@ rate = "${RATE:-250}"
     fn unknown_key_names_file_line_and_valid_keys() {
         let text = MINIMAL.replace("rate = ", "speed = 1\nrate = ");
         let err = parse(&text, "p.toml", |_| None).unwrap_err().to_string();
-        assert!(err.starts_with("p.toml:12:1: unknown field `speed`"), "{err}");
+        assert!(err.starts_with("p.toml:16:1: unknown field `speed`"), "{err}");
         assert!(err.contains("batch_size"), "suggests the valid keys: {err}");
     }
 
@@ -352,7 +380,7 @@ rate = "${RATE:-250}"
     fn bad_duration_is_explained() {
         let text = MINIMAL.replace("database = \"d\"", "database = \"d\"\nretention = \"7 parsecs\"");
         let err = parse(&text, "p.toml", |_| None).unwrap_err().to_string();
-        assert!(err.contains("p.toml:10:") && err.contains("\"30s\""), "{err}");
+        assert!(err.contains("p.toml:14:") && err.contains("\"30s\""), "{err}");
     }
 
     #[test]
@@ -363,8 +391,8 @@ rate = "${RATE:-250}"
         std::fs::write(&path, text).unwrap();
         let err = Pipeline::load_with_env(&path, |_| None).err().unwrap().to_string();
         let shown = path.display();
-        assert!(err.contains(&format!("{shown}:14: consumer.batch_size must be at least 1")), "{err}");
-        assert!(err.contains(&format!("{shown}:16: metric \"m\": slide (7s) must divide")), "{err}");
+        assert!(err.contains(&format!("{shown}:18: consumer.batch_size must be at least 1")), "{err}");
+        assert!(err.contains(&format!("{shown}:20: metric \"m\": slide (7s) must divide")), "{err}");
     }
 
     /// A secret with TOML's special characters is one string value wherever `${...}` may stand
@@ -384,7 +412,7 @@ rate = "${RATE:-250}"
     fn missing_env_var_points_at_it() {
         let text = MINIMAL.replace("${KAFKA:-embedded}", "${KAFKA}");
         let err = parse(&text, "p.toml", |_| None).unwrap_err().to_string();
-        assert!(err.starts_with("p.toml:4:22: environment variable KAFKA"), "{err}");
+        assert!(err.starts_with("p.toml:8:22: environment variable KAFKA"), "{err}");
     }
 
     proptest::proptest! {

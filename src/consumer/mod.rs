@@ -9,6 +9,7 @@ mod validate;
 
 pub use validate::Validation;
 
+use crate::event::Record;
 use crate::aggregate::{Aggregator, MetricSet};
 use crate::base::{de, Backoff};
 use crate::store::EventStore;
@@ -121,7 +122,7 @@ pub async fn run(
                 Ok(Poll::Batch(mut batch)) => {
                     last_data = Instant::now();
                     validation.apply(&mut batch);
-                    stats_reader.read(batch.events.iter().map(|e| e.timestamp.timestamp_millis()));
+                    stats_reader.read(batch.events.iter().map(Record::time_ms));
                     if tx.send(batch).await.is_err() {
                         break Ok(()); // the writer failed; it reports why
                     }
@@ -212,7 +213,7 @@ async fn store_batch(
         }
     }
     stats.stored(outcome.inserted, outcome.duplicates);
-    stats.visible(batch.events.iter().map(|e| e.timestamp.timestamp_millis()));
+    stats.visible(batch.events.iter().map(Record::time_ms));
     Ok(())
 }
 

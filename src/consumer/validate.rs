@@ -3,30 +3,26 @@
 
 use crate::base::de;
 use crate::dead_letter::{DeadLetter, Reason};
-use crate::event::Event;
+use crate::event::{iso, Record};
 use crate::transport::{Batch, NO_PARTITION};
 use chrono::Utc;
 use serde::Deserialize;
-use std::collections::BTreeSet;
 
-/// `[consumer.validation]`: what a decoded event must satisfy beyond its JSON shape.
+/// `[consumer.validation]`: limits beyond the record's own `[event]` checks.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Validation {
     /// Larger messages are dead-lettered unread.
     #[serde(default = "default_max_event_bytes", deserialize_with = "de::number")]
     pub max_event_bytes: usize,
-    /// Allowed `interaction_type` values; empty allows any.
-    #[serde(default)]
-    pub interaction_types: BTreeSet<String>,
-    /// How far in the future an event's timestamp may be (clock skew), e.g. "5m".
+    /// How far in the future a record's event time may be (clock skew), e.g. "5m".
     #[serde(default = "default_max_future", deserialize_with = "de::duration")]
     pub max_future: std::time::Duration,
 }
 
 impl Default for Validation {
     fn default() -> Self {
-        Validation { max_event_bytes: default_max_event_bytes(), interaction_types: BTreeSet::new(), max_future: default_max_future() }
+        Validation { max_event_bytes: default_max_event_bytes(), max_future: default_max_future() }
     }
 }
 
@@ -38,11 +34,11 @@ fn default_max_future() -> std::time::Duration {
 }
 
 impl Validation {
-    /// Moves the events of `batch` that break the rules to its dead letters (they are stored,
-    /// and acknowledged with the batch, like any other dead letter).
+    /// Moves the records of `batch` that break their schema or these limits to its dead letters
+    /// (they are stored, and acknowledged with the batch, like any other dead letter).
     pub fn apply(&self, batch: &mut Batch) {
-        // One clock reading per batch, not per event: the future-timestamp check is on the hot path.
-        let now = Utc::now();
+        // One clock reading per batch, not per record: the future-time check is on the hot path.
+        let now = Utc::now().timestamp_millis();
         if batch.events.iter().all(|e| self.check_at(e, now).is_ok()) {
             return; // the common case: nothing to move, nothing copied
         }
@@ -55,33 +51,28 @@ impl Validation {
                     batch.events.push(e);
                     batch.sources.extend(source);
                 }
-                Err(detail) => {
+                Err((reason, detail)) => {
                     let mut json = Vec::new();
                     e.write_json(&mut json);
                     let at = source.unwrap_or((NO_PARTITION, -1));
-                    batch.dead.push(DeadLetter::new(e.event_id.clone(), Reason::FailedValidation, detail, at, &json));
+                    batch.dead.push(DeadLetter::new(e.id().to_string(), reason, detail, at, &json));
                 }
             }
         }
     }
 
-    /// Whether one event keeps the rules; the error says which it breaks.
-    pub fn check(&self, e: &Event) -> Result<(), String> {
-        self.check_at(e, Utc::now())
+    /// Whether one record keeps its schema and the limits; the error says which rule it breaks.
+    pub fn check(&self, e: &Record) -> Result<(), (Reason, String)> {
+        self.check_at(e, Utc::now().timestamp_millis())
     }
 
-    /// [`Validation::check`] against a given "now".
-    fn check_at(&self, e: &Event, now: chrono::DateTime<Utc>) -> Result<(), String> {
-        if e.user_id.is_empty() || e.item_id.is_empty() {
-            return Err("user_id and item_id must not be empty".into());
-        }
-        if !self.interaction_types.is_empty() && !self.interaction_types.contains(&e.interaction_type) {
-            let allowed: Vec<&str> = self.interaction_types.iter().map(String::as_str).collect();
-            return Err(format!("interaction_type {:?} is not one of {}", e.interaction_type, allowed.join(", ")));
-        }
-        let ahead = e.timestamp - now;
-        if ahead.to_std().is_ok_and(|d| d > self.max_future) {
-            return Err(format!("timestamp {} is {}s in the future (max_future {:?})", e.timestamp, ahead.num_seconds(), self.max_future));
+    /// [`Validation::check`] against a given "now" (ms).
+    fn check_at(&self, e: &Record, now: i64) -> Result<(), (Reason, String)> {
+        e.check().map_err(|(shape, why)| (if shape { Reason::InvalidEvent } else { Reason::FailedValidation }, why))?;
+        let ahead = e.time_ms() - now;
+        if ahead > self.max_future.as_millis() as i64 {
+            let field = e.schema().time_name();
+            return Err((Reason::FailedValidation, format!("field {field:?}: {} is {}s in the future (max_future {:?})", iso(e.time_ms()), ahead / 1000, self.max_future)));
         }
         Ok(())
     }
@@ -90,28 +81,37 @@ impl Validation {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::Schema;
+    use std::sync::Arc;
 
-    fn event(json: &str) -> Event {
-        Event::from_json(json.as_bytes()).unwrap()
+    fn schema() -> Arc<Schema> {
+        let text = "fields = { id = \"string\", kind = { type = \"string\", values = [\"view\"] }, t = \"timestamp\" }\nid = \"id\"\ntime = \"t\"";
+        Arc::new(Schema::new(&toml::from_str(text).unwrap()).unwrap())
+    }
+
+    fn record(json: &str) -> Record {
+        Record::from_json(&schema(), json.as_bytes()).unwrap()
     }
 
     #[test]
-    fn events_that_break_a_rule_fail_with_the_rule() {
-        let v = Validation { interaction_types: ["view".to_string()].into(), ..Validation::default() };
-        assert!(v.check(&event(r#"{"user_id": "u", "item_id": "i", "interaction_type": "view", "timestamp": "2026-01-01T00:00:00Z"}"#)).is_ok());
-        let hover = v.check(&event(r#"{"user_id": "u", "item_id": "i", "interaction_type": "hover", "timestamp": "2026-01-01T00:00:00Z"}"#));
-        assert!(hover.unwrap_err().contains("hover"));
-        assert!(v.check(&event(r#"{"user_id": "u", "item_id": "i", "interaction_type": "view", "timestamp": "2999-01-01T00:00:00Z"}"#)).is_err());
-        assert!(v.check(&event(r#"{"user_id": "", "item_id": "i", "interaction_type": "view", "timestamp": "2026-01-01T00:00:00Z"}"#)).is_err());
+    fn records_that_break_a_rule_fail_with_the_rule() {
+        let v = Validation::default();
+        assert!(v.check(&record(r#"{"kind": "view", "t": "2026-01-01T00:00:00Z"}"#)).is_ok());
+        let hover = v.check(&record(r#"{"kind": "hover", "t": "2026-01-01T00:00:00Z"}"#)).unwrap_err();
+        assert_eq!(hover.0, Reason::FailedValidation);
+        assert!(hover.1.contains("hover"), "{hover:?}");
+        let future = v.check(&record(r#"{"kind": "view", "t": "2999-01-01T00:00:00Z"}"#)).unwrap_err();
+        assert!(future.1.contains("\"t\"") && future.1.contains("future"), "{future:?}");
+        assert_eq!(v.check(&record(r#"{"t": "2026-01-01T00:00:00Z"}"#)).unwrap_err().0, Reason::InvalidEvent);
     }
 
     #[test]
-    fn a_batch_keeps_good_events_with_their_sources_and_dead_letters_the_rest() {
-        let v = Validation { interaction_types: ["view".to_string()].into(), ..Validation::default() };
-        let mk = |id: &str, t: &str| event(&format!(r#"{{"event_id": "{id}", "user_id": "u", "item_id": "i", "interaction_type": "{t}", "timestamp": "2026-01-01T00:00:00Z"}}"#));
+    fn a_batch_keeps_good_records_with_their_sources_and_dead_letters_the_rest() {
+        let v = Validation::default();
+        let mk = |id: &str, t: &str| record(&format!(r#"{{"id": "{id}", "kind": "{t}", "t": "2026-01-01T00:00:00Z"}}"#));
         let mut batch = Batch { events: vec![mk("a", "view"), mk("b", "hover"), mk("c", "view")], sources: vec![(0, 1), (0, 2), (1, 7)], ..Batch::default() };
         v.apply(&mut batch);
-        let ids: Vec<&str> = batch.events.iter().map(|e| e.event_id.as_str()).collect();
+        let ids: Vec<&str> = batch.events.iter().map(|e| e.id()).collect();
         assert_eq!(ids, ["a", "c"]);
         assert_eq!(batch.sources, vec![(0, 1), (1, 7)]);
         assert_eq!(batch.dead.len(), 1);

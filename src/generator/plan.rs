@@ -1,29 +1,34 @@
 //! The generator script describes distributions; this module turns that description into a plan
-//! that samples events in Rust. The script runs once per load, not once per event.
+//! that samples records in Rust. The script runs once per load, not once per record.
 //!
 //! Functions available to the script:
 //! - `zipf(prefix, n, exponent)`: labels `prefix1..prefixN`, rank k drawn with weight 1/k^exponent;
-//! - `weighted(#{label: weight, ...})`: one of the labels, in proportion to the weights;
+//! - `weighted(#{label: weight, ...})`: one of the labels, in proportion to the weights (labels
+//!   `true` / `false` for a bool field);
 //! - `uniform(lo, hi)`: a float in [lo, hi); `uniform_int(lo, hi)`: an integer in [lo, hi];
-//! - `.round(decimals)`: round a numeric distribution; `.only_when(type)` / `.only_when([types])`:
-//!   the field is present only for those interaction types.
+//! - `normal(mean, sd)`, `exponential(mean)`: floats from those distributions;
+//! - `uuid()`: a random UUID; `sequence(prefix)`: `prefix1`, `prefix2`, ... one per record;
+//! - `now()`: the send time (for a timestamp field other than the record's `time`);
+//! - a plain value (`"lab"`, `3`, `true`): that value in every record;
+//! - `.round(decimals)`: round a numeric distribution; `.only_when(field, value_or_list)`: the
+//!   field is present only when another (unconditional) field drew one of those values.
 
-use chrono::Utc;
 use rand::Rng;
 use rand_distr::weighted::WeightedAliasIndex;
-use rand_distr::Zipf;
+use rand_distr::{Exp, Normal, Zipf};
 use rhai::{Array, Dynamic, Engine, EvalAltResult, Map};
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use crate::event::Event;
+use crate::event::{FieldType, Record, Schema, Value};
 
 /// How one field's values are drawn.
 #[derive(Debug, Clone)]
 pub struct Distribution {
     kind: Arc<Kind>,
     decimals: Option<u32>,
-    only_when: Option<Arc<[String]>>,
+    /// Present only when this field drew one of these values.
+    only_when: Option<(String, Arc<[String]>)>,
 }
 
 /// Zipf populations up to this size get an alias table and every label prebuilt (O(1) per
@@ -48,6 +53,22 @@ enum Kind {
     Zipf { prefix: String, ranks: Ranks, labels: Vec<String> },
     Uniform { lo: f64, hi: f64 },
     UniformInt { lo: i64, hi: i64 },
+    Normal(Normal<f64>),
+    Exponential(Exp<f64>),
+    Uuid,
+    /// `prefix` followed by the record's sequence number (from 1).
+    Sequence { prefix: String },
+    Now,
+    Const(Constant),
+}
+
+/// A plain value the script gave instead of a distribution.
+#[derive(Debug, Clone, PartialEq)]
+enum Constant {
+    Text(String),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
 }
 
 /// One drawn value.
@@ -55,6 +76,19 @@ enum Kind {
 pub enum Sample<'a> {
     Label(Cow<'a, str>),
     Number(f64),
+    Int(i64),
+    Bool(bool),
+    /// The send time.
+    Now,
+}
+
+/// What a distribution draws, for matching it with a field's type at load.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Draws {
+    Labels,
+    Numbers,
+    Bools,
+    Time,
 }
 
 type ScriptResult<T> = Result<T, Box<EvalAltResult>>;
@@ -121,6 +155,34 @@ impl Distribution {
         Ok(Self::new(Kind::UniformInt { lo, hi }))
     }
 
+    fn normal(mean: f64, sd: f64) -> ScriptResult<Self> {
+        let n = Normal::new(mean, sd).map_err(|e| format!("normal({mean}, {sd}): {e} (sd must be finite and not negative)"))?;
+        Ok(Self::new(Kind::Normal(n)))
+    }
+
+    fn exponential(mean: f64) -> ScriptResult<Self> {
+        if !(mean.is_finite() && mean > 0.0) {
+            return script_err(format!("exponential: the mean must be above 0, got {mean}"));
+        }
+        Ok(Self::new(Kind::Exponential(Exp::new(1.0 / mean).map_err(|e| format!("exponential: {e}"))?)))
+    }
+
+    /// A plain value from the script, or `None` when it is not one.
+    fn constant(v: &Dynamic) -> Option<Self> {
+        let c = if let Ok(b) = v.as_bool() {
+            Constant::Bool(b)
+        } else if let Ok(i) = v.as_int() {
+            Constant::Int(i)
+        } else if let Ok(f) = v.as_float() {
+            Constant::Float(f)
+        } else if v.is_string() {
+            Constant::Text(v.clone().into_string().ok()?)
+        } else {
+            return None;
+        };
+        Some(Self::new(Kind::Const(c)))
+    }
+
     fn round(mut self, decimals: i64) -> ScriptResult<Self> {
         if !(0..=9).contains(&decimals) {
             return script_err(format!("round: decimals must be 0 to 9, got {decimals}"));
@@ -129,22 +191,31 @@ impl Distribution {
         Ok(self)
     }
 
-    fn only_when(mut self, types: Array) -> ScriptResult<Self> {
-        let types = types
+    fn only_when(mut self, field: &str, values: Array) -> ScriptResult<Self> {
+        let values = values
             .into_iter()
-            .map(|t| t.into_string().map_err(|t| format!("only_when: expected type names, got a {t}")))
+            .map(|v| if v.is_string() { Ok(v.into_string().unwrap_or_default()) } else if v.is_int() || v.is_bool() { Ok(v.to_string()) } else { Err(format!("only_when: values must be strings, integers or booleans, got a {}", v.type_name())) })
             .collect::<Result<Vec<_>, _>>()?;
-        self.only_when = Some(types.into());
+        if values.is_empty() {
+            return script_err(format!("only_when({field:?}, []): list at least one value"));
+        }
+        self.only_when = Some((field.to_string(), values.into()));
         Ok(self)
     }
 
-    fn is_labels(&self) -> bool {
-        matches!(*self.kind, Kind::Labels { .. } | Kind::Zipf { .. })
+    fn draws(&self) -> Draws {
+        match &*self.kind {
+            Kind::Labels { labels, .. } if labels.iter().all(|l| l == "true" || l == "false") => Draws::Bools,
+            Kind::Labels { .. } | Kind::Zipf { .. } | Kind::Uuid | Kind::Sequence { .. } | Kind::Const(Constant::Text(_)) => Draws::Labels,
+            Kind::Const(Constant::Bool(_)) => Draws::Bools,
+            Kind::Now => Draws::Time,
+            _ => Draws::Numbers,
+        }
     }
 
-    /// Draws one value.
+    /// Draws one value; `seq` is the record's sequence number (from 0).
     #[inline]
-    pub fn sample<R: Rng + ?Sized>(&self, rng: &mut R) -> Sample<'_> {
+    pub fn sample<R: Rng + ?Sized>(&self, rng: &mut R, seq: u64) -> Sample<'_> {
         match &*self.kind {
             Kind::Labels { labels, table } => Sample::Label(Cow::Borrowed(&labels[rng.sample(table)])),
             Kind::Zipf { prefix, ranks, labels } => {
@@ -158,7 +229,16 @@ impl Distribution {
                 }
             }
             Kind::Uniform { lo, hi } => Sample::Number(self.rounded(rng.random_range(*lo..*hi))),
-            Kind::UniformInt { lo, hi } => Sample::Number(rng.random_range(*lo..=*hi) as f64),
+            Kind::UniformInt { lo, hi } => Sample::Int(rng.random_range(*lo..=*hi)),
+            Kind::Normal(n) => Sample::Number(self.rounded(rng.sample(n))),
+            Kind::Exponential(e) => Sample::Number(self.rounded(rng.sample(e))),
+            Kind::Uuid => Sample::Label(Cow::Owned(uuid::Builder::from_random_bytes(rng.random()).into_uuid().to_string())),
+            Kind::Sequence { prefix } => Sample::Label(Cow::Owned(format!("{prefix}{}", seq + 1))),
+            Kind::Now => Sample::Now,
+            Kind::Const(Constant::Text(s)) => Sample::Label(Cow::Borrowed(s)),
+            Kind::Const(Constant::Int(i)) => Sample::Int(*i),
+            Kind::Const(Constant::Float(f)) => Sample::Number(*f),
+            Kind::Const(Constant::Bool(b)) => Sample::Bool(*b),
         }
     }
 
@@ -172,11 +252,6 @@ impl Distribution {
         }
     }
 
-    fn applies_to(&self, interaction_type: &str) -> bool {
-        self.only_when
-            .as_ref()
-            .is_none_or(|types| types.iter().any(|t| t == interaction_type))
-    }
 }
 
 /// Makes the distribution builders callable from generator scripts.
@@ -189,108 +264,167 @@ pub fn register(engine: &mut Engine) {
         .register_fn("uniform", Distribution::uniform)
         .register_fn("uniform", |lo: i64, hi: i64| Distribution::uniform(lo as f64, hi as f64))
         .register_fn("uniform_int", Distribution::uniform_int)
+        .register_fn("normal", Distribution::normal)
+        .register_fn("normal", |m: i64, sd: i64| Distribution::normal(m as f64, sd as f64))
+        .register_fn("normal", |m: f64, sd: i64| Distribution::normal(m, sd as f64))
+        .register_fn("normal", |m: i64, sd: f64| Distribution::normal(m as f64, sd))
+        .register_fn("exponential", Distribution::exponential)
+        .register_fn("exponential", |m: i64| Distribution::exponential(m as f64))
+        .register_fn("uuid", || Distribution::new(Kind::Uuid))
+        .register_fn("sequence", |prefix: &str| Distribution::new(Kind::Sequence { prefix: prefix.to_string() }))
+        .register_fn("now", || Distribution::new(Kind::Now))
         .register_fn("round", Distribution::round)
         .register_fn("only_when", Distribution::only_when)
-        .register_fn("only_when", |d: Distribution, t: &str| {
-            d.only_when(vec![Dynamic::from(t.to_string())])
+        .register_fn("only_when", |d: Distribution, field: &str, v: Dynamic| d.only_when(field, vec![v]))
+        .register_fn("only_when", |_: Distribution, v: &str| -> ScriptResult<Distribution> {
+            script_err(format!("only_when({v:?}) names no field: write .only_when(\"field\", {v:?}) (or a list of values)"))
         });
 }
 
-/// The compiled description of one event: a distribution per field.
+/// Where a drawn value goes.
+#[derive(Debug, Clone, PartialEq)]
+enum Target {
+    Slot(usize, FieldType),
+    Extra(String),
+}
+
+/// One field of the plan.
+#[derive(Debug, Clone)]
+struct FieldPlan {
+    target: Target,
+    dist: Distribution,
+    /// The condition's field (already drawn: conditional fields come last) and its values.
+    only_when: Option<(Target, Arc<[String]>)>,
+}
+
+/// The compiled description of one record: a distribution per field.
 #[derive(Debug, Clone)]
 pub struct EventPlan {
-    user_id: Distribution,
-    item_id: Distribution,
-    interaction_type: Distribution,
-    value: Option<Distribution>,
-    price: Option<Distribution>,
-    view_duration: Option<Distribution>,
-    attributes: Vec<(String, Distribution)>,
+    schema: Arc<Schema>,
+    /// Unconditional fields first, so a condition reads a value already drawn.
+    fields: Vec<FieldPlan>,
 }
 
 impl EventPlan {
     /// Builds a plan from the map the script returned; the error names the offending field.
-    pub fn from_map(mut spec: Map) -> Result<Self, String> {
-        let mut take = |name: &str, labels: bool, required: bool| -> Result<Option<Distribution>, String> {
-            let Some(v) = spec.remove(name) else {
-                return if required {
-                    Err(format!("the event description has no `{name}` field"))
-                } else {
-                    Ok(None)
-                };
-            };
-            let d = v.try_cast::<Distribution>().ok_or_else(|| {
-                format!("`{name}` must be a distribution (zipf, weighted, uniform, uniform_int)")
-            })?;
-            if d.is_labels() != labels {
-                let want = if labels { "labels (zipf or weighted)" } else { "numbers (uniform or uniform_int)" };
-                return Err(format!("`{name}` must draw {want}"));
-            }
-            Ok(Some(d))
-        };
-        let user_id = take("user_id", true, true)?.unwrap();
-        let item_id = take("item_id", true, true)?.unwrap();
-        let interaction_type = take("interaction_type", true, true)?.unwrap();
-        if interaction_type.only_when.is_some() {
-            return Err("`interaction_type` cannot be conditional on itself".into());
-        }
-        let value = take("value", false, false)?;
-        let price = take("price", false, false)?;
-        let view_duration = take("view_duration", false, false)?;
-        for reserved in ["event_id", "timestamp", "session_id"] {
-            if spec.contains_key(reserved) {
-                return Err(format!("`{reserved}` is set by the runner, not the script"));
-            }
-        }
-        let mut attributes = Vec::new();
+    pub fn from_map(spec: Map, schema: &Arc<Schema>) -> Result<Self, String> {
+        let mut fields = Vec::new();
+        let mut problems = Vec::new();
         for (name, v) in spec {
-            let d = v.try_cast::<Distribution>().ok_or_else(|| format!("`{name}` must be a distribution"))?;
-            attributes.push((name.to_string(), d));
+            let name = name.to_string();
+            if name == schema.id_name() || name == schema.time_name() {
+                problems.push(format!("`{name}` is set by the runner (it is the record's {}), not the script", if name == schema.id_name() { "id" } else { "time" }));
+                continue;
+            }
+            let Some(dist) = v.clone().try_cast::<Distribution>().or_else(|| Distribution::constant(&v)) else {
+                problems.push(format!("`{name}` must be a distribution (zipf, weighted, uniform, normal, uuid, ...) or a plain value, not a {}", v.type_name()));
+                continue;
+            };
+            let target = match schema.slot(&name) {
+                Some(i) => {
+                    let ty = schema.fields()[i].spec.ty;
+                    let fits = match ty {
+                        FieldType::String => dist.draws() == Draws::Labels,
+                        FieldType::Int | FieldType::Float => dist.draws() == Draws::Numbers,
+                        FieldType::Bool => dist.draws() == Draws::Bools,
+                        FieldType::Timestamp => dist.draws() == Draws::Time,
+                    };
+                    if !fits {
+                        let want = match ty {
+                            FieldType::String => "text (zipf, weighted, uuid, sequence or a string)",
+                            FieldType::Int | FieldType::Float => "numbers (uniform, uniform_int, normal, exponential or a number)",
+                            FieldType::Bool => "true/false (weighted(#{ \"true\": p, \"false\": q }) or a bool)",
+                            FieldType::Timestamp => "times (now())",
+                        };
+                        problems.push(format!("`{name}` is declared {} in [event], so it must draw {want}", ty.name()));
+                        continue;
+                    }
+                    Target::Slot(i, ty)
+                }
+                None if schema.extra() == crate::event::Extra::Reject => {
+                    problems.push(format!("`{name}` is not declared in [event] (which has extra = \"reject\")"));
+                    continue;
+                }
+                None => Target::Extra(name.clone()),
+            };
+            fields.push((name, FieldPlan { target, dist, only_when: None }));
         }
-        attributes.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(EventPlan { user_id, item_id, interaction_type, value, price, view_duration, attributes })
+        // Conditions name unconditional fields, so one pass in this order draws every condition first.
+        let unconditional: Vec<(String, Target)> =
+            fields.iter().filter(|(_, f)| f.dist.only_when.is_none()).map(|(n, f)| (n.clone(), f.target.clone())).collect();
+        for (name, f) in &mut fields {
+            if let Some((on, values)) = &f.dist.only_when {
+                match unconditional.iter().find(|(n, _)| n == on) {
+                    Some((_, target)) => f.only_when = Some((target.clone(), values.clone())),
+                    None => problems.push(format!("`{name}`: only_when({on:?}, ...) must name a field the script draws unconditionally")),
+                }
+            }
+        }
+        for (i, f) in schema.fields().iter().enumerate() {
+            let drawn = fields.iter().any(|(_, p)| p.target == Target::Slot(i, f.spec.ty));
+            if !drawn && !f.spec.optional && i != schema.id_slot() && i != schema.time_slot() {
+                problems.push(format!("`{}` is a required field of [event] but the script does not draw it (declare it {:?} or add it to the map)", f.name, format!("{}?", f.spec.ty.name())));
+            }
+        }
+        if !problems.is_empty() {
+            return Err(problems.join("; "));
+        }
+        let mut fields: Vec<FieldPlan> = fields.into_iter().map(|(_, f)| f).collect();
+        fields.sort_by_key(|f| f.only_when.is_some());
+        Ok(EventPlan { schema: schema.clone(), fields })
     }
 
-    /// Draws one event (without its `event_id`, which the generator assigns).
-    pub fn sample<R: Rng + ?Sized>(&self, rng: &mut R) -> Event {
-        let label = |d: &Distribution, rng: &mut R| match d.sample(rng) {
-            Sample::Label(s) => s.to_string(),
-            Sample::Number(n) => n.to_string(),
-        };
-        let user_id = label(&self.user_id, rng);
-        let item_id = label(&self.item_id, rng);
-        let interaction_type = label(&self.interaction_type, rng);
-        let number = |d: &Option<Distribution>, rng: &mut R| {
-            d.as_ref().filter(|d| d.applies_to(&interaction_type)).map(|d| match d.sample(rng) {
-                Sample::Number(n) => n,
-                Sample::Label(_) => unreachable!("checked at load"),
-            })
-        };
-        let value = number(&self.value, rng).unwrap_or(0.0);
-        let price = number(&self.price, rng);
-        let view_duration = number(&self.view_duration, rng);
-        let mut attributes = serde_json::Map::new();
-        for (name, d) in &self.attributes {
-            if d.applies_to(&interaction_type) {
-                let v = match d.sample(rng) {
-                    Sample::Label(s) => serde_json::Value::from(s.into_owned()),
-                    Sample::Number(n) => serde_json::Value::from(n),
+    /// Draws one record with its time set to `now_ms` (its id is the generator's to assign).
+    pub fn sample<R: Rng + ?Sized>(&self, rng: &mut R, seq: u64, now_ms: i64) -> Record {
+        let mut r = Record::new(&self.schema);
+        r.set_time_ms(now_ms);
+        for f in &self.fields {
+            if let Some((on, values)) = &f.only_when {
+                let drawn = match on {
+                    Target::Slot(i, _) => values.iter().any(|v| r.get(*i).matches(v)),
+                    Target::Extra(name) => r.extra().get(name).is_some_and(|x| values.iter().any(|v| json_matches(x, v))),
                 };
-                attributes.insert(name.clone(), v);
+                if !drawn {
+                    continue;
+                }
+            }
+            let sample = f.dist.sample(rng, seq);
+            match &f.target {
+                Target::Slot(i, ty) => r.set(*i, slot_value(sample, *ty, now_ms)),
+                Target::Extra(name) => {
+                    let v = match sample {
+                        Sample::Label(s) => serde_json::Value::from(s.into_owned()),
+                        Sample::Number(n) => serde_json::Value::from(n),
+                        Sample::Int(i) => serde_json::Value::from(i),
+                        Sample::Bool(b) => serde_json::Value::from(b),
+                        Sample::Now => serde_json::Value::from(crate::event::iso(now_ms)),
+                    };
+                    r.extra_mut().insert(name.clone(), v);
+                }
             }
         }
-        Event {
-            event_id: String::new(),
-            user_id,
-            item_id,
-            interaction_type,
-            timestamp: Utc::now(),
-            session_id: uuid::Builder::from_random_bytes(rng.random()).into_uuid().to_string(),
-            value,
-            price,
-            view_duration,
-            attributes,
-        }
+        r
+    }
+}
+
+/// A drawn value in the declared type (checked to fit at load).
+fn slot_value(sample: Sample<'_>, ty: FieldType, now_ms: i64) -> Value {
+    match (sample, ty) {
+        (Sample::Label(s), FieldType::Bool) => Value::Bool(s == "true"),
+        (Sample::Label(s), _) => Value::Text(s.into_owned()),
+        (Sample::Number(n), FieldType::Int) => Value::Int(n.round() as i64),
+        (Sample::Number(n), _) => Value::Float(n),
+        (Sample::Int(i), FieldType::Float) => Value::Float(i as f64),
+        (Sample::Int(i), _) => Value::Int(i),
+        (Sample::Bool(b), _) => Value::Bool(b),
+        (Sample::Now, _) => Value::Time(now_ms),
+    }
+}
+
+fn json_matches(v: &serde_json::Value, listed: &str) -> bool {
+    match v {
+        serde_json::Value::String(s) => s == listed,
+        other => other.to_string() == listed,
     }
 }
 
@@ -304,7 +438,7 @@ mod tests {
         let mut rng = SmallRng::seed_from_u64(7);
         let mut counts = std::collections::HashMap::new();
         for _ in 0..n {
-            let Sample::Label(l) = d.sample(&mut rng) else { panic!("labels expected") };
+            let Sample::Label(l) = d.sample(&mut rng, 0) else { panic!("labels expected") };
             *counts.entry(l.into_owned()).or_insert(0) += 1;
         }
         counts

@@ -6,6 +6,7 @@
 use crate::aggregate::MetricSet;
 use crate::alert::AlertSet;
 use crate::config::Pipeline;
+use crate::event::Schema;
 use crate::generator::GeneratorScript;
 use std::path::Path;
 use std::sync::Arc;
@@ -14,6 +15,8 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub struct Compiled {
     pub pipeline: Pipeline,
+    /// The record schema of `[event]`.
+    pub schema: Arc<Schema>,
     pub generator: GeneratorScript,
     pub metrics: Arc<MetricSet>,
     pub alerts: Arc<AlertSet>,
@@ -45,12 +48,14 @@ pub fn validate(path: &Path) -> Result<Compiled, Problems> {
 
 fn compile_reporting(pipeline: Pipeline, mut problems: Vec<String>) -> Result<Compiled, Problems> {
     let c = &pipeline.config;
-    let generator = GeneratorScript::load(&c.generator).map_err(|e| problems.push(e.to_string())).ok();
-    let metrics = MetricSet::load_all(&c.metrics).map_err(|errors| problems.extend(errors.iter().map(ToString::to_string))).ok();
+    // A broken [event] is among the problems already; the scripts are checked against a good one.
+    let schema = c.schema().ok();
+    let generator = schema.as_ref().and_then(|s| GeneratorScript::load(&c.generator, s).map_err(|e| problems.push(e.to_string())).ok());
+    let metrics = schema.as_ref().and_then(|s| MetricSet::load_all(&c.metrics, s).map_err(|errors| problems.extend(errors.iter().map(ToString::to_string))).ok());
     let alerts = AlertSet::load_all(&c.alerting, &c.alerts, &pipeline.path).map_err(|errors| problems.extend(errors.iter().map(ToString::to_string))).ok();
-    match (generator, metrics, alerts) {
-        (Some(generator), Some(metrics), Some(alerts)) if problems.is_empty() => {
-            Ok(Compiled { pipeline, generator, metrics: Arc::new(metrics), alerts: Arc::new(alerts) })
+    match (schema, generator, metrics, alerts) {
+        (Some(schema), Some(generator), Some(metrics), Some(alerts)) if problems.is_empty() => {
+            Ok(Compiled { pipeline, schema, generator, metrics: Arc::new(metrics), alerts: Arc::new(alerts) })
         }
         _ => Err(Problems(problems)),
     }
@@ -63,7 +68,7 @@ mod tests {
     #[test]
     fn validate_reports_every_problem_of_the_file_and_its_scripts() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("gen.rhai"), "#{ user_id: ").unwrap();
+        std::fs::write(dir.path().join("gen.rhai"), "#{ user: ").unwrap();
         std::fs::write(dir.path().join("m.rhai"), "#{ key: field(\"item_id\") ").unwrap();
         let text = format!(
             "{}[consumer]\nbatch_size = 0\n[[metric]]\nname = \"m\"\nscript = \"m.rhai\"\nreducer = \"count\"\nwindow = \"60s\"\n[[metric]]\nname = \"m\"\nscript = \"missing.rhai\"\nreducer = \"count\"\nwindow = \"60s\"\n",

@@ -39,13 +39,14 @@ pub struct Row {
 /// list complete when a section is added).
 pub const TABLE: &[Row] = &[
     Row { key: "name", effect: Effect::Restart, note: "shown in logs, the dashboard and notifications", changed: |a, b| a.name != b.name },
+    Row { key: "event", effect: Effect::Restart, note: "records in flight keep the running schema; scripts reload against it", changed: |a, b| a.event != b.event },
     Row { key: "kafka", effect: Effect::Reconnect, note: "new broker connected first; generator moves between batches; consumer drains and resumes from committed offsets", changed: |a, b| a.kafka != b.kafka },
     Row { key: "mongodb", effect: Effect::Reconnect, note: "new store connected first; consumer drains, then writes to it; dashboard and alerts follow", changed: |a, b| a.mongodb != b.mongodb },
     Row { key: "embedded", effect: Effect::Reconnect, note: "the embedded store (and queue, when Kafka is embedded) are reopened", changed: |a, b| a.embedded != b.embedded },
     Row { key: "consumer", effect: Effect::Reconnect, note: "consumer drains and restarts with the new batching and validation", changed: |a, b| a.consumer != b.consumer },
     Row { key: "generator.seed", effect: Effect::Restart, note: "the random stream is seeded once", changed: |a, b| a.generator.seed != b.generator.seed },
     // The seed has its own row: this one compares the rest of the section.
-    Row { key: "generator", effect: Effect::Live, note: "script, rate, batch size and populations apply to the next batch", changed: |a, b| {
+    Row { key: "generator", effect: Effect::Live, note: "script, rate, batch size and params apply to the next batch", changed: |a, b| {
         crate::generator::GeneratorConfig { seed: None, ..a.generator.clone() } != crate::generator::GeneratorConfig { seed: None, ..b.generator.clone() }
     } },
     Row { key: "metric", effect: Effect::Live, note: "unchanged state shape keeps its window state; a new or redefined metric starts empty", changed: |a, b| a.metrics != b.metrics },
@@ -60,7 +61,7 @@ pub const TABLE: &[Row] = &[
 /// Compile-time guard: adding a section to [`PipelineConfig`] fails here until the table has it.
 #[allow(dead_code)]
 fn sections_in_table(c: &PipelineConfig) {
-    let PipelineConfig { name: _, kafka: _, mongodb: _, embedded: _, generator: _, consumer: _, dashboard: _, metrics: _, alerting: _, alerts: _ } = c;
+    let PipelineConfig { name: _, event: _, kafka: _, mongodb: _, embedded: _, generator: _, consumer: _, dashboard: _, metrics: _, alerting: _, alerts: _ } = c;
     let crate::dashboard::DashboardConfig { listen: _, refresh: _, templates: _, token: _ } = &c.dashboard;
 }
 

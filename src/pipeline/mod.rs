@@ -150,7 +150,7 @@ async fn build(pipeline: Pipeline, options: &RunOptions) -> anyhow::Result<Built
     let config = &compiled.pipeline.config;
     let stats = Stats::new();
     let store = match components.consumer || components.dashboard || components.alerting {
-        true => Some(Switchable::new(store::open(&config.mongodb, &config.embedded).await?)),
+        true => Some(Switchable::new(store::open(&config.mongodb, &config.embedded, &compiled.schema).await?)),
         false => None,
     };
     log_setup(&compiled.pipeline, store.as_deref().map(|s| s as &dyn EventStore), components);
@@ -275,7 +275,8 @@ async fn connect_transport(config: &PipelineConfig, components: Components, stat
 }
 
 fn kafka_subscriber(config: &PipelineConfig, stats: &Arc<Stats>) -> anyhow::Result<Box<dyn Subscriber>> {
-    Ok(Box::new(kafka::KafkaSubscriber::new(&config.kafka, config.consumer.batching(), stats.clone())?))
+    let schema = config.schema().map_err(|p| anyhow::anyhow!(p.join("; ")))?;
+    Ok(Box::new(kafka::KafkaSubscriber::new(&config.kafka, config.consumer.batching(), schema, stats.clone())?))
 }
 
 fn log_setup(pipeline: &Pipeline, store: Option<&dyn EventStore>, components: Components) {

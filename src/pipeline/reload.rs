@@ -8,6 +8,8 @@
 //! (temp file + rename, several writes) one reload, and catches Kubernetes-style `..data`
 //! symlink swaps, because the watch is on the folders that hold the files.
 
+use crate::config::PipelineConfig;
+use crate::event::EventConfig;
 use super::compile::{compile, Compiled};
 use super::diff::Diff;
 use crate::aggregate::MetricSet;
@@ -97,10 +99,13 @@ fn folders(files: &BTreeSet<PathBuf>) -> BTreeSet<PathBuf> {
     out
 }
 
-/// Reads the file again and compiles everything it names; nothing is applied here.
-fn recompile(current: &Pipeline) -> Result<Compiled, String> {
-    let next = current.reload().map_err(|e| e.to_string())?;
-    compile(next).map_err(|e| e.to_string())
+/// Reads the file again and compiles everything it names; nothing is applied here. The records
+/// in flight are of the running `[event]`, so the scripts are compiled against it; a changed
+/// `[event]` (returned beside, for the diff) applies at the next start.
+fn recompile(current: &Pipeline) -> Result<(Compiled, EventConfig), String> {
+    let mut next = current.reload().map_err(|e| e.to_string())?;
+    let wanted = std::mem::replace(&mut next.config.event, current.config.event.clone());
+    compile(next).map(|c| (c, wanted)).map_err(|e| e.to_string())
 }
 
 /// What the generator takes from a compiled version.
@@ -181,15 +186,15 @@ impl Reloader {
             let current = self.current.clone();
             let compiled = tokio::task::spawn_blocking(move || recompile(&current)).await.unwrap_or_else(|e| Err(format!("reload failed: {e}")));
             match compiled {
-                Ok(compiled) => self.apply(compiled, attempted),
+                Ok((compiled, event)) => self.apply(compiled, event, attempted),
                 Err(error) => self.reject(error, attempted),
             }
         }
     }
 
     /// Hands a good new version to every component and records what changed.
-    fn apply(&mut self, compiled: Compiled, attempted: chrono::DateTime<Utc>) {
-        let diff = Diff::of(&self.current.config, &compiled.pipeline.config);
+    fn apply(&mut self, compiled: Compiled, event: EventConfig, attempted: chrono::DateTime<Utc>) {
+        let diff = Diff::of(&self.current.config, &PipelineConfig { event, ..compiled.pipeline.config.clone() });
         let needs_restart = diff.needs_restart();
         if !needs_restart.is_empty() {
             tracing::warn!(settings = ?needs_restart, "these settings changed but apply only after a restart");

@@ -4,6 +4,10 @@
 //! (hence no file access), no `eval`, and hard limits on work and sizes: a runaway script fails
 //! with an error instead of stalling the pipeline.
 
+mod record;
+
+pub use record::{record_from_map, record_map, to_dynamic};
+
 use rhai::{Engine, EvalAltResult, Position, AST};
 use std::fmt;
 use std::path::{Path, PathBuf};

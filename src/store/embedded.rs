@@ -1,12 +1,14 @@
 //! The embedded store: SQLite in a local data directory, used when no MongoDB is configured.
-//! Same contract as MongoDB: a unique event_id, durable on return, kept across restarts.
+//! Same contract as MongoDB: a unique record id, durable on return, kept across restarts. Records
+//! are kept as JSON with the id and time in columns of their own; each field `[mongodb] indexes`
+//! names gets a generated column and an index, so it is queryable like a column.
 
 use super::{EventStore, InsertOutcome, Notification, PaneRecord};
 
 
 use crate::dead_letter::DeadLetter;
 use crate::base::de;
-use crate::event::Event;
+use crate::event::{Record, Schema};
 use anyhow::Context;
 use async_trait::async_trait;
 use rusqlite::{params, Connection};
@@ -44,20 +46,16 @@ fn default_queue_capacity() -> usize {
 pub struct EmbeddedStore {
     conn: Arc<Mutex<Connection>>,
     path: PathBuf,
+    schema: Arc<Schema>,
 }
 
 const SCHEMA: &str = "
-    CREATE TABLE IF NOT EXISTS raw_events (
-        event_id TEXT PRIMARY KEY,
-        timestamp_ms INTEGER NOT NULL,
-        user_id TEXT NOT NULL,
-        item_id TEXT NOT NULL,
-        interaction_type TEXT NOT NULL,
+    CREATE TABLE IF NOT EXISTS raw_records (
+        id TEXT PRIMARY KEY,
+        time_ms INTEGER NOT NULL,
         body TEXT NOT NULL
     );
-    CREATE INDEX IF NOT EXISTS raw_events_timestamp ON raw_events(timestamp_ms);
-    CREATE INDEX IF NOT EXISTS raw_events_user ON raw_events(user_id);
-    CREATE INDEX IF NOT EXISTS raw_events_item ON raw_events(item_id);
+    CREATE INDEX IF NOT EXISTS raw_records_time ON raw_records(time_ms);
     CREATE TABLE IF NOT EXISTS metric_panes (
         metric TEXT NOT NULL,
         pane_start INTEGER NOT NULL,
@@ -88,8 +86,9 @@ const SCHEMA: &str = "
 ";
 
 impl EmbeddedStore {
-    /// Opens (creating if needed) the store; with `retention`, a background sweep deletes older events.
-    pub fn open(config: &EmbeddedConfig, retention: Option<Duration>) -> anyhow::Result<Self> {
+    /// Opens (creating if needed) the store for records of `schema`, with a queryable column per
+    /// field of `indexes`; with `retention`, a background sweep deletes older records.
+    pub fn open(config: &EmbeddedConfig, retention: Option<Duration>, schema: &Arc<Schema>, indexes: &[String]) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
         let path = config.data_dir.join("runner.db");
@@ -97,8 +96,10 @@ impl EmbeddedStore {
         // WAL + NORMAL: a commit survives a process crash; only an OS crash may lose the last commits.
         conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;")
             .and_then(|_| conn.execute_batch(SCHEMA))
+            .and_then(|_| migrate_raw_events(&conn))
+            .and_then(|_| index_fields(&conn, indexes))
             .with_context(|| format!("cannot set up {}", path.display()))?;
-        let store = EmbeddedStore { conn: Arc::new(Mutex::new(conn)), path };
+        let store = EmbeddedStore { conn: Arc::new(Mutex::new(conn)), path, schema: schema.clone() };
         if let Some(keep) = retention {
             store.spawn_retention(keep);
         }
@@ -115,7 +116,7 @@ impl EmbeddedStore {
                 let Some(conn) = conn.upgrade() else { return };
                 let cutoff = (chrono::Utc::now() - keep).timestamp_millis();
                 let deleted = tokio::task::spawn_blocking(move || {
-                    conn.lock().unwrap().execute("DELETE FROM raw_events WHERE timestamp_ms < ?1", [cutoff])
+                    conn.lock().unwrap().execute("DELETE FROM raw_records WHERE time_ms < ?1", [cutoff])
                 })
                 .await;
                 match deleted {
@@ -139,6 +140,35 @@ impl EmbeddedStore {
     }
 }
 
+/// Moves the records of the table older versions kept (`raw_events`) into `raw_records`, once.
+fn migrate_raw_events(conn: &Connection) -> rusqlite::Result<()> {
+    let old: i64 = conn.query_row("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'raw_events'", [], |r| r.get(0))?;
+    if old > 0 {
+        conn.execute_batch(
+            "BEGIN;
+             INSERT OR IGNORE INTO raw_records (id, time_ms, body) SELECT event_id, timestamp_ms, body FROM raw_events;
+             DROP TABLE raw_events;
+             COMMIT;",
+        )?;
+        tracing::info!("embedded store: moved raw events into the raw_records table");
+    }
+    Ok(())
+}
+
+/// A generated column `f_<field>` (read from the JSON body) and an index on it, per field.
+fn index_fields(conn: &Connection, fields: &[String]) -> rusqlite::Result<()> {
+    let columns: Vec<String> = conn.prepare("SELECT name FROM pragma_table_xinfo('raw_records')")?.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+    for field in fields {
+        // Field names are checked to be plain names (letters, digits, _) when the config loads.
+        let column = format!("f_{field}");
+        if !columns.contains(&column) {
+            conn.execute_batch(&format!("ALTER TABLE raw_records ADD COLUMN \"{column}\" GENERATED ALWAYS AS (json_extract(body, '$.{field}')) VIRTUAL"))?;
+        }
+        conn.execute_batch(&format!("CREATE INDEX IF NOT EXISTS \"raw_records_{field}\" ON raw_records(\"{column}\")"))?;
+    }
+    Ok(())
+}
+
 impl EmbeddedStore {
     /// The newest `limit` rows of a history table (alerts, dead letters), decoded from `body`.
     async fn newest<T: serde::de::DeserializeOwned>(&self, table: &'static str, limit: usize) -> anyhow::Result<Vec<T>> {
@@ -159,23 +189,17 @@ impl EventStore for EmbeddedStore {
         format!("embedded SQLite store {}", self.path.display())
     }
 
-    async fn insert_events(&self, events: &[Event]) -> anyhow::Result<InsertOutcome> {
-        let rows: Vec<(String, i64, String, String, String, String)> = events
-            .iter()
-            .map(|e| {
-                let body = serde_json::to_string(e).expect("an Event always serializes");
-                (e.event_id.clone(), e.timestamp.timestamp_millis(), e.user_id.clone(), e.item_id.clone(), e.interaction_type.clone(), body)
-            })
-            .collect();
+    async fn insert_events(&self, events: &[Record]) -> anyhow::Result<InsertOutcome> {
+        let rows: Vec<(String, i64, String)> = events.iter().map(|e| (e.id().to_string(), e.time_ms(), e.to_json())).collect();
         self.with_conn(move |conn| {
             let tx = conn.transaction()?;
             let mut inserted = 0;
             {
                 let mut stmt = tx.prepare_cached(
-                    "INSERT OR IGNORE INTO raw_events (event_id, timestamp_ms, user_id, item_id, interaction_type, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    "INSERT OR IGNORE INTO raw_records (id, time_ms, body) VALUES (?1, ?2, ?3)",
                 )?;
                 for r in &rows {
-                    inserted += stmt.execute(params![r.0, r.1, r.2, r.3, r.4, r.5])? as u64;
+                    inserted += stmt.execute(params![r.0, r.1, r.2])? as u64;
                 }
             }
             tx.commit()?;
@@ -185,22 +209,22 @@ impl EventStore for EmbeddedStore {
     }
 
     async fn count_events(&self) -> anyhow::Result<u64> {
-        self.with_conn(|c| c.query_row("SELECT COUNT(*) FROM raw_events", [], |r| r.get::<_, i64>(0)))
+        self.with_conn(|c| c.query_row("SELECT COUNT(*) FROM raw_records", [], |r| r.get::<_, i64>(0)))
             .await
             .map(|n| n as u64)
     }
 
-    async fn all_events(&self) -> anyhow::Result<Vec<Event>> {
+    async fn all_events(&self) -> anyhow::Result<Vec<Record>> {
         let bodies = self
             .with_conn(|c| {
-                let mut stmt = c.prepare("SELECT body FROM raw_events ORDER BY timestamp_ms")?;
+                let mut stmt = c.prepare("SELECT body FROM raw_records ORDER BY time_ms")?;
                 let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
                 rows.collect::<rusqlite::Result<Vec<String>>>()
             })
             .await?;
         bodies
             .iter()
-            .map(|b| serde_json::from_str(b).context("embedded store holds a row that is not an event"))
+            .map(|b| Record::from_json(&self.schema, b.as_bytes()).map_err(|e| anyhow::anyhow!("embedded store holds a row that is not a record: {}", e.message)))
             .collect()
     }
 

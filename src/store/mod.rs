@@ -8,7 +8,7 @@ mod rows;
 pub use rows::{Change, Labels, Notification, PaneRecord};
 
 use crate::dead_letter::DeadLetter;
-use crate::event::Event;
+use crate::event::{Record, Schema};
 use async_trait::async_trait;
 use std::sync::Arc;
 
@@ -28,11 +28,11 @@ pub trait EventStore: Send + Sync {
     fn describe(&self) -> String;
     /// Writes a batch; an event already stored is counted as a duplicate, never written twice.
     /// Returns only once the write is durable (acknowledged by the server or committed locally).
-    async fn insert_events(&self, events: &[Event]) -> anyhow::Result<InsertOutcome>;
+    async fn insert_events(&self, events: &[Record]) -> anyhow::Result<InsertOutcome>;
     /// How many raw events are stored.
     async fn count_events(&self) -> anyhow::Result<u64>;
     /// Every stored raw event, oldest first (for recomputation and checks; not for the hot path).
-    async fn all_events(&self) -> anyhow::Result<Vec<Event>>;
+    async fn all_events(&self) -> anyhow::Result<Vec<Record>>;
     /// Writes metric partial states, replacing the stored ones with the same (metric, pane,
     /// partition) unless the stored one includes a later offset; durable on return.
     async fn write_panes(&self, panes: &[PaneRecord]) -> anyhow::Result<()>;
@@ -54,15 +54,15 @@ pub trait EventStore: Send + Sync {
     async fn count_dead_letters(&self) -> anyhow::Result<u64>;
 }
 
-/// Opens the store `mongodb` names: MongoDB, or the embedded store (in `embedded`'s folder) when
-/// the uri is `embedded`.
-pub async fn open(mongodb: &mongo::MongoConfig, embedded: &embedded::EmbeddedConfig) -> anyhow::Result<Arc<dyn EventStore>> {
+/// Opens the store `mongodb` names for records of `schema`: MongoDB, or the embedded store (in
+/// `embedded`'s folder) when the uri is `embedded`.
+pub async fn open(mongodb: &mongo::MongoConfig, embedded: &embedded::EmbeddedConfig, schema: &Arc<Schema>) -> anyhow::Result<Arc<dyn EventStore>> {
     if mongodb.is_embedded() {
         // Opening SQLite creates files and tables: blocking work, off the async runtime.
-        let (config, retention) = (embedded.clone(), mongodb.retention);
-        Ok(Arc::new(tokio::task::spawn_blocking(move || embedded::EmbeddedStore::open(&config, retention)).await??))
+        let (config, retention, schema, indexes) = (embedded.clone(), mongodb.retention, schema.clone(), mongodb.indexes.clone());
+        Ok(Arc::new(tokio::task::spawn_blocking(move || embedded::EmbeddedStore::open(&config, retention, &schema, &indexes)).await??))
     } else {
-        Ok(Arc::new(mongo::MongoStore::connect(mongodb).await?))
+        Ok(Arc::new(mongo::MongoStore::connect(mongodb, schema).await?))
     }
 }
 
@@ -94,13 +94,13 @@ impl EventStore for Switchable {
     fn describe(&self) -> String {
         self.current().describe()
     }
-    async fn insert_events(&self, events: &[Event]) -> anyhow::Result<InsertOutcome> {
+    async fn insert_events(&self, events: &[Record]) -> anyhow::Result<InsertOutcome> {
         self.current().insert_events(events).await
     }
     async fn count_events(&self) -> anyhow::Result<u64> {
         self.current().count_events().await
     }
-    async fn all_events(&self) -> anyhow::Result<Vec<Event>> {
+    async fn all_events(&self) -> anyhow::Result<Vec<Record>> {
         self.current().all_events().await
     }
     async fn write_panes(&self, panes: &[PaneRecord]) -> anyhow::Result<()> {

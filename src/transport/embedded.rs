@@ -2,7 +2,7 @@
 //! of one process. A full queue makes the generator wait, so nothing is ever dropped.
 
 use super::{Acknowledge, Batch, Checkpoint, Poll, Publisher, Subscriber};
-use crate::event::Event;
+use crate::event::Record;
 use crate::telemetry::Stats;
 use async_trait::async_trait;
 use std::sync::Arc;
@@ -20,13 +20,13 @@ pub fn channel(capacity: usize, batch_size: usize, stats: Arc<Stats>) -> (Embedd
 
 /// Generator side of the embedded queue.
 pub struct EmbeddedPublisher {
-    tx: mpsc::Sender<Vec<Event>>,
+    tx: mpsc::Sender<Vec<Record>>,
     stats: Arc<Stats>,
 }
 
 #[async_trait]
 impl Publisher for EmbeddedPublisher {
-    async fn publish(&mut self, batch: Vec<Event>) -> anyhow::Result<()> {
+    async fn publish(&mut self, batch: Vec<Record>) -> anyhow::Result<()> {
         let n = batch.len();
         self.tx
             .send(batch)
@@ -43,10 +43,10 @@ impl Publisher for EmbeddedPublisher {
 
 /// Consumer side of the embedded queue.
 pub struct EmbeddedSubscriber {
-    rx: mpsc::Receiver<Vec<Event>>,
+    rx: mpsc::Receiver<Vec<Record>>,
     batch_size: usize,
     /// A batch taken off the queue that did not fit the last poll.
-    pending: Option<Vec<Event>>,
+    pending: Option<Vec<Record>>,
     stats: Arc<Stats>,
 }
 

@@ -8,7 +8,7 @@ pub mod embedded;
 pub mod kafka;
 
 use crate::dead_letter::DeadLetter;
-use crate::event::Event;
+use crate::event::Record;
 use async_trait::async_trait;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +17,7 @@ use std::time::Duration;
 #[async_trait]
 pub trait Publisher: Send {
     /// Hands one batch to the transport; waits (never drops) while the transport is full.
-    async fn publish(&mut self, batch: Vec<Event>) -> anyhow::Result<()>;
+    async fn publish(&mut self, batch: Vec<Record>) -> anyhow::Result<()>;
     /// Waits until every published event is acknowledged by the transport, or `timeout` passes.
     async fn flush(&mut self, timeout: Duration) -> anyhow::Result<()>;
 }
@@ -54,7 +54,7 @@ pub const NO_PARTITION: i32 = -1;
 /// Decoded events plus the transport position just past them.
 #[derive(Default)]
 pub struct Batch {
-    pub events: Vec<Event>,
+    pub events: Vec<Record>,
     /// (partition, offset) of each event, for transports that have them (empty otherwise).
     pub sources: Vec<(i32, i64)>,
     /// Partitions taken away from this consumer since the previous batch.

@@ -165,7 +165,7 @@ pub fn topic_messages(bootstrap: &str, topic: &str, partitions: i32) -> u64 {
 /// Raw events in the store: (rows, distinct event ids).
 pub async fn stored_ids(store: &dyn runner::store::EventStore) -> (usize, usize) {
     let events = store.all_events().await.unwrap();
-    let ids: std::collections::HashSet<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
+    let ids: std::collections::HashSet<&str> = events.iter().map(|e| e.id()).collect();
     (events.len(), ids.len())
 }
 
@@ -185,4 +185,34 @@ pub fn copy_pipeline(dir: &Path) -> PathBuf {
         }
     }
     dir.join("pipelines/interactions.toml")
+}
+
+/// A record's fields by name, for checks written against one pipeline's fields.
+pub trait Fields {
+    /// A text field ("" when missing or not text).
+    fn s(&self, name: &str) -> &str;
+    /// A numeric field.
+    fn n(&self, name: &str) -> Option<f64>;
+}
+
+impl Fields for runner::event::Record {
+    fn s(&self, name: &str) -> &str {
+        match self.field(name) {
+            Some(runner::event::Value::Text(t)) => t,
+            _ => "",
+        }
+    }
+    fn n(&self, name: &str) -> Option<f64> {
+        self.field(name).and_then(|v| v.as_f64())
+    }
+}
+
+/// The shipped interactions pipeline's `[event]` section and its `[event.fields]`, as text to
+/// put in a test's own pipeline file.
+pub fn shipped_event_section() -> String {
+    let text = std::fs::read_to_string(shipped_pipeline()).unwrap();
+    let start = text.find("[event]").unwrap();
+    let rest = &text[start..];
+    let end = rest.find("\n[kafka]").unwrap();
+    format!("{}\n", &rest[..end])
 }

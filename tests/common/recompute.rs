@@ -2,28 +2,29 @@
 
 use super::ServicePipeline;
 use runner::aggregate::{MetricSet, MetricValue};
-use runner::event::Event;
+use super::Fields;
+use runner::event::Record;
 use runner::store::{self, EventStore};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 /// The seed's metrics and the two added ones, computed directly from raw events in `[start, end)`.
-pub fn recompute(events: &[Event], start: i64, end: i64) -> BTreeMap<String, Value> {
-    let in_window: Vec<&Event> =
-        events.iter().filter(|e| (start..end).contains(&e.timestamp.timestamp_millis())).collect();
+pub fn recompute(events: &[Record], start: i64, end: i64) -> BTreeMap<String, Value> {
+    let in_window: Vec<&Record> =
+        events.iter().filter(|e| (start..end).contains(&e.time_ms())).collect();
     let mut per_user: HashMap<&str, u64> = HashMap::new();
     let mut per_item: HashMap<&str, u64> = HashMap::new();
     let mut types: BTreeMap<String, u64> = BTreeMap::new();
     let (mut revenue, mut views, mut purchases) = (0.0, 0u64, 0u64);
     for e in &in_window {
-        *per_user.entry(&e.user_id).or_default() += 1;
-        *per_item.entry(&e.item_id).or_default() += 1;
-        *types.entry(e.interaction_type.clone()).or_default() += 1;
-        match e.interaction_type.as_str() {
+        *per_user.entry(e.s("user_id")).or_default() += 1;
+        *per_item.entry(e.s("item_id")).or_default() += 1;
+        *types.entry(e.s("interaction_type").to_string()).or_default() += 1;
+        match e.s("interaction_type") {
             "purchase" => {
                 purchases += 1;
-                revenue += e.price.unwrap();
+                revenue += e.n("price").unwrap();
             }
             "view" => views += 1,
             _ => {}
@@ -58,11 +59,11 @@ pub fn same(a: &Value, b: &Value) -> bool {
 /// Reads every metric from the store at the newest raw event and checks it against the
 /// recomputation; returns the values read.
 pub async fn assert_metrics_match(sp: &ServicePipeline, expected_events: u64) -> Vec<MetricValue> {
-    let store: Arc<dyn EventStore> = store::open(&sp.pipeline.config.mongodb, &sp.pipeline.config.embedded).await.unwrap();
+    let store: Arc<dyn EventStore> = store::open(&sp.pipeline.config.mongodb, &sp.pipeline.config.embedded, &sp.pipeline.config.schema().unwrap()).await.unwrap();
     let events = store.all_events().await.unwrap();
     assert_eq!(events.len() as u64, expected_events, "raw store holds every event once");
-    let at = events.iter().map(|e| e.timestamp.timestamp_millis()).max().unwrap();
-    let set = MetricSet::load(&sp.pipeline.config.metrics).unwrap();
+    let at = events.iter().map(|e| e.time_ms()).max().unwrap();
+    let set = MetricSet::load(&sp.pipeline.config.metrics, &sp.pipeline.config.schema().unwrap()).unwrap();
     let values = set.read_all(&*store, at).await.unwrap();
     assert_eq!(values.len(), 9);
     let (start, end) = (values[0].window_start, values[0].window_end);

@@ -12,6 +12,8 @@ use mongodb::bson::{doc, Document};
 use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Collection, IndexModel};
 use serde::Deserialize;
+use crate::event::Schema;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// `[mongodb]` section. `uri = "embedded"` selects the embedded store instead.
@@ -37,7 +39,10 @@ pub struct MongoConfig {
     /// Collection of messages the pipeline could not use, with the reason.
     #[serde(default = "default_dead_letters")]
     pub dead_letter_collection: String,
-    /// How long raw events are kept (a TTL index on timestamp); unset keeps them forever.
+    /// Fields of `[event]` to index (ascending) besides the unique id and the time, which always are.
+    #[serde(default)]
+    pub indexes: Vec<String>,
+    /// How long raw events are kept (a TTL index on the time field); unset keeps them forever.
     #[serde(default, deserialize_with = "de::optional_duration")]
     pub retention: Option<Duration>,
     /// How long to keep retrying an unreachable server at start before giving up.
@@ -56,6 +61,7 @@ impl std::fmt::Debug for MongoConfig {
             .field("alerts_collection", &self.alerts_collection)
             .field("alert_state_collection", &self.alert_state_collection)
             .field("dead_letter_collection", &self.dead_letter_collection)
+            .field("indexes", &self.indexes)
             .field("retention", &self.retention)
             .field("connect_timeout", &self.connect_timeout)
             .finish()
@@ -137,12 +143,13 @@ pub struct MongoStore {
     alert_state: Collection<Document>,
     dead_letters: Collection<Document>,
     described: String,
+    schema: Arc<Schema>,
 }
 
 impl MongoStore {
     /// Connects (retrying with backoff up to `connect_timeout`, never falling back) and creates
     /// the indexes.
-    pub async fn connect(config: &MongoConfig) -> anyhow::Result<Self> {
+    pub async fn connect(config: &MongoConfig, schema: &Arc<Schema>) -> anyhow::Result<Self> {
         let shown = redact(&config.uri);
         let client = Client::with_options(client_options(&config.uri).await?).context("cannot create the MongoDB client")?;
         let db = client.database(&config.database);
@@ -163,7 +170,7 @@ impl MongoStore {
             }
         }
         let raw = db.collection::<Document>(&config.raw_collection);
-        create_indexes(&raw, config.retention).await?;
+        create_indexes(&raw, config.retention, schema, &config.indexes).await?;
         let panes = db.collection::<Document>(&config.metrics_collection);
         panes
             .create_index(IndexModel::builder().keys(doc! {"metric": 1, "pane_start": 1}).build())
@@ -181,21 +188,21 @@ impl MongoStore {
             alert_state: db.collection::<Document>(&config.alert_state_collection),
             dead_letters: db.collection::<Document>(&config.dead_letter_collection),
             described: format!("MongoDB {shown} database {:?} collection {:?}", config.database, config.raw_collection),
+            schema: schema.clone(),
         })
     }
 }
 
-/// The raw collection's indexes: unique event_id, user_id, item_id, timestamp (TTL with retention).
-pub async fn create_indexes(raw: &Collection<Document>, retention: Option<Duration>) -> anyhow::Result<()> {
-    let unique = IndexOptions::builder().unique(true).name("event_id_unique".to_string()).build();
-    let mut models = vec![
-        IndexModel::builder().keys(doc! {"event_id": 1}).options(unique).build(),
-        IndexModel::builder().keys(doc! {"user_id": 1}).build(),
-        IndexModel::builder().keys(doc! {"item_id": 1}).build(),
-    ];
-    // The TTL index doubles as the timestamp index.
-    let ts_options = retention.map(|r| IndexOptions::builder().expire_after(r).name("timestamp_ttl".to_string()).build());
-    models.push(IndexModel::builder().keys(doc! {"timestamp": 1}).options(ts_options).build());
+/// The raw collection's indexes: the unique id, the time (TTL with retention), and each field of
+/// `indexes`.
+pub async fn create_indexes(raw: &Collection<Document>, retention: Option<Duration>, schema: &Schema, indexes: &[String]) -> anyhow::Result<()> {
+    let (id, time) = (schema.id_name(), schema.time_name());
+    let unique = IndexOptions::builder().unique(true).name(format!("{id}_unique")).build();
+    let mut models = vec![IndexModel::builder().keys(doc! {id: 1}).options(unique).build()];
+    models.extend(indexes.iter().filter(|f| *f != id && *f != time).map(|f| IndexModel::builder().keys(doc! {f: 1}).build()));
+    // The TTL index doubles as the time index.
+    let ts_options = retention.map(|r| IndexOptions::builder().expire_after(r).name(format!("{time}_ttl")).build());
+    models.push(IndexModel::builder().keys(doc! {time: 1}).options(ts_options).build());
     raw.create_indexes(models)
         .await
         .with_context(|| format!("cannot create indexes on {} (an index with other options may exist: drop it, or align the retention setting)", raw.namespace()))?;

@@ -4,7 +4,7 @@
 use super::document::{from_document, to_document};
 use super::MongoStore;
 use crate::dead_letter::DeadLetter;
-use crate::event::Event;
+use crate::event::Record;
 use crate::store::{EventStore, InsertOutcome, Notification, PaneRecord};
 use anyhow::{bail, Context};
 use async_trait::async_trait;
@@ -38,7 +38,7 @@ impl EventStore for MongoStore {
         self.described.clone()
     }
 
-    async fn insert_events(&self, events: &[Event]) -> anyhow::Result<InsertOutcome> {
+    async fn insert_events(&self, events: &[Record]) -> anyhow::Result<InsertOutcome> {
         if events.is_empty() {
             return Ok(InsertOutcome::default());
         }
@@ -70,17 +70,17 @@ impl EventStore for MongoStore {
         Ok(self.raw.count_documents(doc! {}).await.context("MongoDB count failed")?)
     }
 
-    async fn all_events(&self) -> anyhow::Result<Vec<Event>> {
+    async fn all_events(&self) -> anyhow::Result<Vec<Record>> {
         let docs: Vec<Document> = self
             .raw
             .find(doc! {})
-            .sort(doc! {"timestamp": 1})
+            .sort(doc! {self.schema.time_name(): 1})
             .await
             .context("MongoDB find failed")?
             .try_collect()
             .await
             .context("MongoDB find failed")?;
-        docs.into_iter().map(from_document).collect()
+        docs.into_iter().map(|d| from_document(&self.schema, d)).collect()
     }
 
     async fn write_panes(&self, panes: &[PaneRecord]) -> anyhow::Result<()> {

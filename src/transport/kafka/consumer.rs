@@ -2,6 +2,7 @@
 //! stored only when the store-writing side acknowledges a batch; librdkafka commits stored
 //! offsets in the background, on rebalance, and at close.
 
+use crate::event::Schema;
 use super::KafkaConfig;
 use crate::dead_letter::DeadLetter;
 use crate::telemetry::Stats;
@@ -74,6 +75,8 @@ pub struct KafkaSubscriber {
     batch_size: usize,
     max_wait: Duration,
     max_event_bytes: usize,
+    /// What the messages hold.
+    schema: Arc<Schema>,
     stats: Arc<Stats>,
     /// The last lag the broker answered for (none yet; not renewed while it is away).
     lag: LagReading,
@@ -96,7 +99,7 @@ type LagReading = Arc<std::sync::Mutex<Option<(std::time::Instant, Vec<(i32, i64
 
 impl KafkaSubscriber {
     /// Joins the group and subscribes to the topic.
-    pub fn new(config: &KafkaConfig, batching: Batching, stats: Arc<Stats>) -> anyhow::Result<Self> {
+    pub fn new(config: &KafkaConfig, batching: Batching, schema: Arc<Schema>, stats: Arc<Stats>) -> anyhow::Result<Self> {
         let Batching { batch_size, max_wait, max_event_bytes } = batching;
         let consumer: GroupConsumer = config
             .consumer_config()
@@ -120,6 +123,7 @@ impl KafkaSubscriber {
             batch_size: batch_size.max(1),
             max_wait,
             max_event_bytes,
+            schema,
             stats,
             lag,
             sampler,
@@ -130,11 +134,11 @@ impl KafkaSubscriber {
     fn decode(&self, msg: &BorrowedMessage<'_>, batch: &mut Batch) {
         let (partition, offset) = (msg.partition(), msg.offset());
         batch.checkpoint.include(partition, offset);
-        match crate::decode::decode(msg.payload(), self.max_event_bytes) {
+        match crate::decode::decode(&self.schema, msg.payload(), self.max_event_bytes) {
             Ok(mut event) => {
-                if event.event_id.is_empty() {
+                if event.id().is_empty() {
                     // Published by another producer: an id from its position makes its replays harmless too.
-                    event.event_id = format!("{}:{partition}:{offset}", self.topic);
+                    event.set_id(format!("{}:{partition}:{offset}", self.topic));
                 }
                 batch.events.push(event);
                 batch.sources.push((partition, offset));

@@ -2,7 +2,7 @@
 //! one partition), with delivery reports counted rather than awaited per message.
 
 use super::KafkaConfig;
-use crate::event::Event;
+use crate::event::Record;
 use crate::telemetry::Stats;
 use crate::transport::Publisher;
 use anyhow::Context;
@@ -50,12 +50,16 @@ impl KafkaPublisher {
 
 #[async_trait]
 impl Publisher for KafkaPublisher {
-    async fn publish(&mut self, batch: Vec<Event>) -> anyhow::Result<()> {
+    async fn publish(&mut self, batch: Vec<Record>) -> anyhow::Result<()> {
         for event in &batch {
             self.buf.clear();
             event.write_json(&mut self.buf);
             loop {
-                let record = BaseRecord::to(&self.topic).key(event.user_id.as_bytes()).payload(&self.buf[..]);
+                let key = event.key();
+                let mut record = BaseRecord::to(&self.topic).payload(&self.buf[..]);
+                if let Some(key) = key.as_deref() {
+                    record = record.key(key.as_bytes());
+                }
                 match self.producer.send(record) {
                     Ok(()) => break,
                     // librdkafka's queue is full (broker slow or away): wait, never drop.

@@ -1,0 +1,14 @@
+//! The record that flows from the generator to the store, shaped by the pipeline's `[event]`
+//! section: nothing about any one kind of record is compiled in.
+
+mod record;
+mod schema;
+
+pub use record::{iso, parse_time, DecodeError, Record, Value};
+pub use schema::{EventConfig, Extra, Field, FieldSpec, FieldType, Naive, Schema};
+
+/// A schema from the text of an `[event]` section (unit tests).
+#[cfg(test)]
+pub(crate) fn schema_of(text: &str) -> std::sync::Arc<Schema> {
+    std::sync::Arc::new(Schema::new(&toml::from_str(text).expect("[event] parses")).expect("[event] is valid"))
+}

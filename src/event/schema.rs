@@ -1,0 +1,365 @@
+//! `[event]`: the record a pipeline carries, declared in its file, and the checks derived from it.
+//!
+//! ```toml
+//! [event]
+//! fields = { reading_id = "string", device_id = "string", temperature = "float", humidity = "float?", ts = "timestamp" }
+//! id = "reading_id"   # unique per record; assigned when missing
+//! time = "ts"         # event time: windows and lateness
+//! key = "device_id"   # Kafka message key
+//! ```
+
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// `[event]` as written.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventConfig {
+    /// Field name → type (`"float?"`) or `{ type = "...", values = [...], min, max, ... }`.
+    pub fields: BTreeMap<String, FieldSpec>,
+    /// The field unique per record (the store's unique index); the runner assigns it when missing.
+    pub id: String,
+    /// The field holding event time, used for windows and lateness.
+    pub time: String,
+    /// The field used as the Kafka message key (records with one key keep their order).
+    #[serde(default)]
+    pub key: Option<String>,
+    /// What to do with fields the section does not declare: `keep` them, or `reject` the record.
+    #[serde(default)]
+    pub extra: Extra,
+}
+
+/// What happens to undeclared fields.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Extra {
+    /// Kept as they are: stored, and visible to scripts.
+    #[default]
+    Keep,
+    /// A record with one is a dead letter.
+    Reject,
+}
+
+/// A field's type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldType {
+    String,
+    Int,
+    Float,
+    Bool,
+    /// ISO 8601 text in JSON, a date in MongoDB; kept to the millisecond.
+    Timestamp,
+}
+
+impl FieldType {
+    pub fn name(self) -> &'static str {
+        match self {
+            FieldType::String => "string",
+            FieldType::Int => "int",
+            FieldType::Float => "float",
+            FieldType::Bool => "bool",
+            FieldType::Timestamp => "timestamp",
+        }
+    }
+
+    fn parse(text: &str) -> Result<(FieldType, bool), String> {
+        let (name, optional) = match text.strip_suffix('?') {
+            Some(name) => (name, true),
+            None => (text, false),
+        };
+        let ty = match name.trim() {
+            "string" => FieldType::String,
+            "int" => FieldType::Int,
+            "float" => FieldType::Float,
+            "bool" => FieldType::Bool,
+            "timestamp" => FieldType::Timestamp,
+            other => return Err(format!("unknown field type {other:?} (string, int, float, bool or timestamp; a trailing ? makes the field optional)")),
+        };
+        Ok((ty, optional))
+    }
+}
+
+/// How a zone-less timestamp (`2026-01-02T03:04:05`) is read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Naive {
+    /// As UTC (what the seed's generator wrote).
+    #[default]
+    Utc,
+    /// At a fixed offset from UTC, in seconds (`naive = "+02:00"`).
+    Offset(i32),
+    /// Not at all: a timestamp must name its zone.
+    Reject,
+}
+
+/// One field's declaration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FieldSpec {
+    pub ty: FieldType,
+    pub optional: bool,
+    /// Allowed values (strings and ints); empty allows any.
+    pub values: Vec<String>,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    /// A string field must not be empty.
+    pub non_empty: bool,
+    /// How a timestamp without a zone is read.
+    pub naive: Naive,
+}
+
+impl FieldSpec {
+    pub fn of(ty: FieldType, optional: bool) -> FieldSpec {
+        FieldSpec { ty, optional, values: Vec::new(), min: None, max: None, non_empty: false, naive: Naive::Utc }
+    }
+}
+
+/// The long form: `name = { type = "string", values = [...], ... }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LongSpec {
+    #[serde(rename = "type")]
+    ty: String,
+    #[serde(default)]
+    optional: bool,
+    #[serde(default)]
+    values: Vec<Scalar>,
+    #[serde(default)]
+    min: Option<f64>,
+    #[serde(default)]
+    max: Option<f64>,
+    #[serde(default)]
+    non_empty: bool,
+    #[serde(default)]
+    naive: Option<String>,
+}
+
+/// A listed value, kept as the text it compares by.
+struct Scalar(String);
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Any {
+            S(String),
+            I(i64),
+            B(bool),
+        }
+        Ok(Scalar(match Any::deserialize(d).map_err(|_| de::Error::custom("values must be strings, integers or booleans"))? {
+            Any::S(s) => s,
+            Any::I(i) => i.to_string(),
+            Any::B(b) => b.to_string(),
+        }))
+    }
+}
+
+impl<'de> Deserialize<'de> for FieldSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = FieldSpec;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a type such as \"float\" or \"string?\", or a table { type = \"...\", ... }")
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<FieldSpec, E> {
+                let (ty, optional) = FieldType::parse(text).map_err(E::custom)?;
+                Ok(FieldSpec::of(ty, optional))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<FieldSpec, A::Error> {
+                let long = LongSpec::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                let (ty, optional) = FieldType::parse(&long.ty).map_err(de::Error::custom)?;
+                let naive = match long.naive.as_deref() {
+                    None | Some("utc") | Some("UTC") => Naive::Utc,
+                    Some("reject") => Naive::Reject,
+                    Some(offset) => Naive::Offset(
+                        parse_offset(offset)
+                            .ok_or_else(|| de::Error::custom(format!("naive = {offset:?}: expected \"utc\", \"reject\" or an offset such as \"+02:00\"")))?,
+                    ),
+                };
+                Ok(FieldSpec {
+                    ty,
+                    optional: optional || long.optional,
+                    values: long.values.into_iter().map(|s| s.0).collect(),
+                    min: long.min,
+                    max: long.max,
+                    non_empty: long.non_empty,
+                    naive,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Parses `+HH:MM` / `-HH:MM` into seconds east of UTC.
+fn parse_offset(text: &str) -> Option<i32> {
+    let (sign, rest) = match text.as_bytes().first()? {
+        b'+' => (1, &text[1..]),
+        b'-' => (-1, &text[1..]),
+        _ => return None,
+    };
+    let (h, m) = rest.split_once(':')?;
+    let (h, m): (i32, i32) = (h.parse().ok()?, m.parse().ok()?);
+    ((0..24).contains(&h) && (0..60).contains(&m)).then_some(sign * (h * 3600 + m * 60))
+}
+
+/// A declared field with its slot in every record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Field {
+    pub name: String,
+    pub spec: FieldSpec,
+}
+
+/// The compiled `[event]`: fields in slot order, and the slots of id, time and key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Schema {
+    fields: Vec<Field>,
+    id: usize,
+    time: usize,
+    key: Option<usize>,
+    extra: Extra,
+}
+
+impl Schema {
+    /// Checks the section; each problem starts with `event.<key>` so the config can point at its line.
+    pub fn new(config: &EventConfig) -> Result<Schema, Vec<String>> {
+        let fields: Vec<Field> = config.fields.iter().map(|(name, spec)| Field { name: name.clone(), spec: spec.clone() }).collect();
+        let mut problems = Vec::new();
+        if fields.is_empty() {
+            problems.push("event.fields: declare at least one field".to_string());
+        }
+        let slot = |role: &str, name: &str, problems: &mut Vec<String>| {
+            let found = fields.iter().position(|f| f.name == name);
+            if found.is_none() {
+                let declared: Vec<&str> = fields.iter().map(|f| f.name.as_str()).collect();
+                problems.push(format!("event.{role}: {name:?} is not a declared field (declared: {})", declared.join(", ")));
+            }
+            found
+        };
+        let id = slot("id", &config.id, &mut problems);
+        let time = slot("time", &config.time, &mut problems);
+        let key = config.key.as_deref().map(|k| slot("key", k, &mut problems));
+        if let Some(i) = id {
+            if fields[i].spec.ty != FieldType::String {
+                problems.push(format!("event.id: the id field {:?} must be a string (it is {})", fields[i].name, fields[i].spec.ty.name()));
+            }
+        }
+        if let Some(i) = time {
+            let f = &fields[i];
+            if f.spec.ty != FieldType::Timestamp || f.spec.optional {
+                problems.push(format!("event.time: the time field {:?} must be a required timestamp (it is {}{})", f.name, f.spec.ty.name(), if f.spec.optional { "?" } else { "" }));
+            }
+        }
+        for f in &fields {
+            let s = &f.spec;
+            if !f.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || f.name.starts_with(|c: char| c.is_ascii_digit()) {
+                problems.push(format!("event.fields: {:?} is not a plain name (letters, digits and _, not starting with a digit)", f.name));
+            }
+            if !s.values.is_empty() && !matches!(s.ty, FieldType::String | FieldType::Int) {
+                problems.push(format!("event.fields: {:?}: `values` applies to string and int fields", f.name));
+            }
+            if (s.min.is_some() || s.max.is_some()) && !matches!(s.ty, FieldType::Int | FieldType::Float) {
+                problems.push(format!("event.fields: {:?}: `min` and `max` apply to int and float fields", f.name));
+            }
+            if s.non_empty && s.ty != FieldType::String {
+                problems.push(format!("event.fields: {:?}: `non_empty` applies to string fields", f.name));
+            }
+            if let (Some(lo), Some(hi)) = (s.min, s.max) {
+                if lo > hi {
+                    problems.push(format!("event.fields: {:?}: min ({lo}) is above max ({hi})", f.name));
+                }
+            }
+        }
+        match (id, time) {
+            (Some(id), Some(time)) if problems.is_empty() => Ok(Schema { fields, id, time, key: key.flatten(), extra: config.extra }),
+            _ => Err(problems),
+        }
+    }
+
+    /// The declared fields, in slot order.
+    pub fn fields(&self) -> &[Field] {
+        &self.fields
+    }
+
+    /// The slot of a declared field.
+    #[inline]
+    pub fn slot(&self, name: &str) -> Option<usize> {
+        self.fields.iter().position(|f| f.name == name)
+    }
+
+    pub fn id_slot(&self) -> usize {
+        self.id
+    }
+
+    pub fn time_slot(&self) -> usize {
+        self.time
+    }
+
+    pub fn key_slot(&self) -> Option<usize> {
+        self.key
+    }
+
+    pub fn extra(&self) -> Extra {
+        self.extra
+    }
+
+    /// The id field's name.
+    pub fn id_name(&self) -> &str {
+        &self.fields[self.id].name
+    }
+
+    /// The time field's name.
+    pub fn time_name(&self) -> &str {
+        &self.fields[self.time].name
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<EventConfig, String> {
+        toml::from_str::<EventConfig>(text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn short_and_long_forms_give_types_and_checks() {
+        let c = parse(
+            r#"fields = { id = "string", n = "int?", t = "timestamp", site = { type = "string", values = ["lab", "roof"], non_empty = true }, x = { type = "float", min = 0, max = 1.5 } }
+id = "id"
+time = "t"
+key = "site""#,
+        )
+        .unwrap();
+        let s = Schema::new(&c).unwrap();
+        let n = &s.fields()[s.slot("n").unwrap()].spec;
+        assert_eq!((n.ty, n.optional), (FieldType::Int, true));
+        let site = &s.fields()[s.slot("site").unwrap()].spec;
+        assert_eq!(site.values, ["lab", "roof"]);
+        assert!(site.non_empty);
+        assert_eq!(s.fields()[s.slot("x").unwrap()].spec.max, Some(1.5));
+        assert_eq!((s.id_name(), s.time_name(), s.key_slot()), ("id", "t", s.slot("site")));
+    }
+
+    #[test]
+    fn an_unknown_type_is_named_with_the_valid_ones() {
+        let err = parse("fields = { a = \"flaot\" }\nid = \"a\"\ntime = \"a\"").unwrap_err();
+        assert!(err.contains("unknown field type \"flaot\"") && err.contains("timestamp"), "{err}");
+    }
+
+    #[test]
+    fn roles_must_name_declared_fields_of_the_right_type() {
+        let c = parse("fields = { a = \"int\", t = \"timestamp?\" }\nid = \"a\"\ntime = \"t\"\nkey = \"nope\"").unwrap();
+        let problems = Schema::new(&c).unwrap_err().join("\n");
+        assert!(problems.contains("event.id: the id field \"a\" must be a string"), "{problems}");
+        assert!(problems.contains("event.time: the time field \"t\" must be a required timestamp"), "{problems}");
+        assert!(problems.contains("event.key: \"nope\" is not a declared field (declared: a, t)"), "{problems}");
+    }
+
+    #[test]
+    fn naive_offsets_parse() {
+        let c = parse("fields = { i = \"string\", t = { type = \"timestamp\", naive = \"+02:30\" } }\nid = \"i\"\ntime = \"t\"").unwrap();
+        assert_eq!(c.fields["t"].naive, Naive::Offset(9000));
+        assert!(parse("fields = { i = \"string\", t = { type = \"timestamp\", naive = \"mars\" } }\nid = \"i\"\ntime = \"t\"").is_err());
+    }
+}
