@@ -63,6 +63,9 @@ fn check_routes(port: u16, auth: &[(&str, &str)]) {
     let (code, html) = get(port, "/", auth);
     assert_eq!(code, 200);
     assert!(html.contains("data-panel=\"headline\"") && html.contains("data-panel=\"health\""), "{html}");
+    // The headline tiles are the ones the pipeline file names, in its order.
+    let tiles: Vec<&str> = html.split("data-tile=\"").skip(1).map(|t| t.split('"').next().unwrap()).collect();
+    assert_eq!(tiles, ["active_users", "active_items", "avg_interactions_per_user"], "{html}");
     let (code, panels) = get(port, "/panels?range=1h", auth);
     assert_eq!(code, 200);
     assert!(panels.contains("data-metric=\"active_users\""));

@@ -196,6 +196,7 @@ impl Pipeline {
         let schema_problems = self.config.schema().err().unwrap_or_default();
         let problems: Vec<String> = [
             self.config.index_check(),
+            self.config.headline_check(),
             self.config.kafka.check(),
             self.config.mongodb.check(),
             self.config.generator.check(),
@@ -224,6 +225,12 @@ impl PipelineConfig {
     /// The record schema `[event]` declares, or what is wrong with it.
     pub fn schema(&self) -> Result<Arc<Schema>, Vec<String>> {
         Schema::new(&self.event).map(Arc::new)
+    }
+
+    /// `[dashboard] headline` must name metrics.
+    fn headline_check(&self) -> Option<String> {
+        let unknown: Vec<&str> = self.dashboard.headline.iter().filter(|h| !self.metrics.iter().any(|m| &m.name == *h)).map(String::as_str).collect();
+        (!unknown.is_empty()).then(|| format!("dashboard.headline: {} not a [[metric]] of this file", unknown.join(", ")))
     }
 
     /// `[mongodb] indexes` must name declared fields.
@@ -397,6 +404,18 @@ rate = "${RATE:-250}"
 
     /// A secret with TOML's special characters is one string value wherever `${...}` may stand
     /// in the shipped file, and never changes the rest of it.
+    #[test]
+    fn headline_and_indexes_must_name_what_the_file_declares() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        let text = MINIMAL.replace("database = \"d\"", "database = \"d\"\nindexes = [\"user\", \"nope\"]") + "[dashboard]\nheadline = [\"missing\"]\n";
+        std::fs::write(&path, text).unwrap();
+        let err = Pipeline::load_with_env(&path, |_| None).err().unwrap().to_string();
+        assert!(err.contains("mongodb.indexes: nope not declared in [event]"), "{err}");
+        assert!(err.contains("dashboard.headline: missing not a [[metric]]"), "{err}");
+        assert!(!err.contains("user,"), "{err}");
+    }
+
     #[test]
     fn secrets_with_special_characters_stay_exactly_as_given() {
         let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/interactions.toml")).unwrap();

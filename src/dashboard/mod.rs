@@ -47,11 +47,15 @@ pub struct DashboardConfig {
     /// When set, every route needs `Authorization: Bearer <token>` or `?token=<token>`.
     #[serde(default)]
     pub token: Secret,
+    /// Metrics shown as headline tiles, by name, e.g. `["active_users", "avg_interactions_per_user"]`
+    /// [default: the first three metrics].
+    #[serde(default)]
+    pub headline: Vec<String>,
 }
 
 impl Default for DashboardConfig {
     fn default() -> Self {
-        DashboardConfig { listen: default_listen(), refresh: default_refresh(), templates: default_templates(), token: Secret::default() }
+        DashboardConfig { listen: default_listen(), refresh: default_refresh(), templates: default_templates(), token: Secret::default(), headline: Vec::new() }
     }
 }
 
@@ -94,6 +98,10 @@ impl AppState {
 
     fn refresh(&self) -> Duration {
         self.config.borrow().refresh
+    }
+
+    fn headline(&self) -> Vec<String> {
+        self.config.borrow().headline.clone()
     }
 }
 

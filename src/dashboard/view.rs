@@ -61,6 +61,19 @@ pub(super) async fn view(state: &AppState, q: &RangeQuery) -> Value {
     };
     let reload = state.sources.reload.lock().unwrap().clone();
     let num = |name: &str| by_name.get(name).and_then(headline_number).map(chart::short).unwrap_or_else(|| "–".into());
+    // The tiles the file chose (`[dashboard] headline`), else the first three metrics.
+    let chosen = state.headline();
+    let names: Vec<&str> = match chosen.is_empty() {
+        true => set.metrics().iter().take(3).map(|m| m.name()).collect(),
+        false => chosen.iter().map(String::as_str).collect(),
+    };
+    let tiles: Vec<Value> = names
+        .iter()
+        .map(|name| {
+            let label = set.metrics().iter().find(|m| m.name() == *name).map(|m| m.config.description.as_str()).filter(|d| !d.is_empty()).unwrap_or(name);
+            json!({ "name": name, "label": label, "text": num(name) })
+        })
+        .collect();
     json!({
         "pipeline": state.sources.pipeline,
         "refresh_ms": state.refresh().as_millis() as u64,
@@ -70,9 +83,7 @@ pub(super) async fn view(state: &AppState, q: &RangeQuery) -> Value {
         "headline": {
             "events_in_per_s": chart::short(rate_in.round()),
             "events_stored_per_s": chart::short(rate_stored.round()),
-            "active_users": num("active_users"),
-            "active_items": num("active_items"),
-            "avg_per_user": num("avg_interactions_per_user"),
+            "tiles": tiles,
         },
         "metrics": metrics,
         "alerts": alerts_json(store).await,

@@ -56,13 +56,14 @@ pub const TABLE: &[Row] = &[
     Row { key: "dashboard.templates", effect: Effect::Restart, note: "the template folder is watched from start (edits inside it apply live)", changed: |a, b| a.dashboard.templates != b.dashboard.templates },
     Row { key: "dashboard.token", effect: Effect::Live, note: "the next request needs the new token", changed: |a, b| a.dashboard.token != b.dashboard.token },
     Row { key: "dashboard.refresh", effect: Effect::Live, note: "the next push uses the new interval", changed: |a, b| a.dashboard.refresh != b.dashboard.refresh },
+    Row { key: "dashboard.headline", effect: Effect::Live, note: "the next render shows the chosen tiles", changed: |a, b| a.dashboard.headline != b.dashboard.headline },
 ];
 
 /// Compile-time guard: adding a section to [`PipelineConfig`] fails here until the table has it.
 #[allow(dead_code)]
 fn sections_in_table(c: &PipelineConfig) {
     let PipelineConfig { name: _, event: _, kafka: _, mongodb: _, embedded: _, generator: _, consumer: _, dashboard: _, metrics: _, alerting: _, alerts: _ } = c;
-    let crate::dashboard::DashboardConfig { listen: _, refresh: _, templates: _, token: _ } = &c.dashboard;
+    let crate::dashboard::DashboardConfig { listen: _, refresh: _, templates: _, token: _, headline: _ } = &c.dashboard;
 }
 
 /// What changed between two versions, by table row.
