@@ -14,10 +14,12 @@ fn runner_test(pipeline: &std::path::Path, tests: Option<&std::path::Path>) -> (
 }
 
 #[test]
-fn runner_test_passes_on_shipped_tests() {
-    let (ok, out) = runner_test(&common::shipped_pipeline(), None);
-    assert!(ok, "{out}");
-    assert!(out.contains("3 passed, 0 failed"), "{out}");
+fn runner_test_passes_on_every_shipped_pipeline() {
+    for (file, passed) in [("pipelines/interactions.toml", 3), ("pipelines/sensors.toml", 2)] {
+        let (ok, out) = runner_test(&common::repo_root().join(file), None);
+        assert!(ok, "{file}: {out}");
+        assert!(out.contains(&format!("{passed} passed, 0 failed")), "{file}: {out}");
+    }
 }
 
 #[test]

@@ -49,7 +49,7 @@ key = "device_id""#;
         let meta = if i == 1 { r#","meta":{"firmware":"1.2","tags":["a",1]}"# } else { "" };
         format!(
             r#"{{"reading_id":"r-{i}","device_id":"dev-{}","site":"{}","temperature":{},"samples":{},"ok":{},"ts":"{}"{humidity}{meta}}}"#,
-            i % 9, ["lab", "roof", "cellar"][i as usize % 3], 15.0 + i as f64 / 8.0, i * 3, i % 5 != 0, iso(1_700_000_000_000 + i as i64 * 1000)
+            i % 9, ["lab", "roof", "cellar"][i as usize % 3], 15.0 + i as f64 / 8.0, i * 3, !i.is_multiple_of(5), iso(1_700_000_000_000 + i as i64 * 1000)
         )
     };
     Shape { schema: schema(text), json, indexes: &["device_id", "site"] }

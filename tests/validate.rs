@@ -103,3 +103,30 @@ fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
         std::fs::copy(from, to).unwrap();
     }
 }
+
+/// Mistakes in `[event]` are named with the file and the line they are on.
+#[test]
+fn validate_reports_schema_mistakes_with_their_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = std::fs::read_to_string(common::repo_root().join("pipelines/sensors.toml")).unwrap();
+    let scripts = common::repo_root().join("scripts");
+    let shipped = shipped.replace("../scripts", scripts.to_str().unwrap()).replace("../templates", common::repo_root().join("templates").to_str().unwrap());
+    let check = |name: &str, text: &str, line_of: &str, wanted: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        let line = text.lines().position(|l| l.starts_with(line_of)).unwrap() + 1;
+        let (ok, _, err) = validate(&path);
+        assert!(!ok, "{name}");
+        assert!(err.contains(&format!("{}:{line}:", path.display())) && err.contains(wanted), "{name}: {err}");
+    };
+    check("type.toml", &shipped.replace("temperature = { type = \"float\"", "temperature = { type = \"flaot\""), "temperature =", "unknown field type \"flaot\"");
+    check("id.toml", &shipped.replace("id = \"reading_id\"", "id = \"reading\""), "id =", "event.id: \"reading\" is not a declared field");
+    check("time.toml", &shipped.replace("time = \"ts\"", "time = \"site\""), "time =", "must be a required timestamp");
+    check("key.toml", &shipped.replace("key = \"device_id\"", "key = \"device\""), "key =", "event.key: \"device\" is not a declared field");
+    check("index.toml", &shipped.replace("indexes = [\"device_id\", \"site\"]", "indexes = [\"device_id\", \"room\"]"), "indexes =", "room not declared");
+    // A field the generator does not draw is named with the script.
+    let path = dir.path().join("undrawn.toml");
+    std::fs::write(&path, shipped.replace("battery = { type = \"int\", optional = true", "pressure = \"float\"\nbattery = { type = \"int\", optional = true")).unwrap();
+    let (ok, _, err) = validate(&path);
+    assert!(!ok && err.contains("generator.rhai") && err.contains("`pressure` is a required field of [event] but the script does not draw it"), "{err}");
+}

@@ -424,7 +424,8 @@ fn slot_value(sample: Sample<'_>, ty: FieldType, now_ms: i64) -> Value {
 fn json_matches(v: &serde_json::Value, listed: &str) -> bool {
     match v {
         serde_json::Value::String(s) => s == listed,
-        other => other.to_string() == listed,
+        serde_json::Value::Bool(b) => listed == if *b { "true" } else { "false" },
+        other => other.as_f64().is_some_and(|n| listed.parse::<f64>().ok() == Some(n)),
     }
 }
 

@@ -44,8 +44,13 @@ pub fn shipped_pipeline() -> PathBuf {
 
 /// Loads the shipped pipeline with exactly these environment variables (and no others).
 pub fn load_pipeline(env: &[(&str, &str)]) -> Pipeline {
+    load_pipeline_file(&shipped_pipeline(), env)
+}
+
+/// Loads a pipeline file with exactly these environment variables (and no others).
+pub fn load_pipeline_file(path: &Path, env: &[(&str, &str)]) -> Pipeline {
     let env: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    Pipeline::load_with_env(shipped_pipeline(), move |name| env.get(name).cloned()).expect("the shipped pipeline loads")
+    Pipeline::load_with_env(path, move |name| env.get(name).cloned()).expect("the pipeline loads")
 }
 
 /// The shipped pipeline on the real broker and server, with a fresh topic, group and database.
@@ -57,12 +62,17 @@ pub struct ServicePipeline {
 }
 
 pub fn service_pipeline(name: &str) -> ServicePipeline {
+    service_pipeline_of(&shipped_pipeline(), name)
+}
+
+/// [`service_pipeline`] for another pipeline file that reads the same environment variables.
+pub fn service_pipeline_of(file: &Path, name: &str) -> ServicePipeline {
     let topic = unique(name);
     let group = format!("{topic}_group");
     let database = unique(name);
     let kafka = kafka();
     let mongodb = mongodb();
-    let pipeline = load_pipeline(&[
+    let pipeline = load_pipeline_file(file, &[
         ("KAFKA_BOOTSTRAP_SERVERS", &kafka),
         ("MONGODB_CONNECTION_STRING", &mongodb),
         ("KAFKA_TOPIC", &topic),
