@@ -62,4 +62,5 @@ pub mod pipeline;
 
 pub mod bench;
 pub mod commands;
+pub mod init;
 pub mod testing;

@@ -88,6 +88,33 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Start a pipeline for data you already have: read a sample (a JSON lines file, or a few
+    /// hundred messages of a Kafka topic), infer the record's fields and types, a likely id,
+    /// time and key, and write NAME.toml, NAME/generator.rhai (draws records like the sample's)
+    /// and NAME/count.rhai (one count metric). Check the [event] section it writes, then
+    /// `runner validate NAME.toml`.
+    Init {
+        /// The pipeline's name (also its file, topic and database names).
+        name: String,
+        /// A sample as JSON lines, one record per line.
+        #[arg(long, conflicts_with = "from_topic", required_unless_present = "from_topic")]
+        from_file: Option<PathBuf>,
+        /// A Kafka topic to sample (read from the start, nothing committed); needs --kafka.
+        #[arg(long, requires = "kafka")]
+        from_topic: Option<String>,
+        /// Kafka bootstrap servers for --from-topic.
+        #[arg(long, env = "KAFKA_BOOTSTRAP_SERVERS")]
+        kafka: Option<String>,
+        /// How many records to learn from at most.
+        #[arg(long, default_value_t = 500)]
+        sample: usize,
+        /// The folder to write into.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Overwrite files that exist.
+        #[arg(long)]
+        force: bool,
+    },
     /// Print generated events as JSON lines to stdout (no Kafka, no store), to look at the data.
     Generate {
         /// The pipeline file.
@@ -193,6 +220,7 @@ fn main() -> ExitCode {
                 runner::commands::generate(&p, count, &mut std::io::stdout().lock())
             }),
         Command::Run(args) => run(args),
+        Command::Init { name, from_file, from_topic, kafka, sample, dir, force } => init(&name, from_file, from_topic, kafka, sample, &dir, force),
         Command::Bench { pipeline, events, runs, kafka, mongodb, json, only } => {
             bench(pipeline, runner::bench::BenchOptions { events, runs, kafka, mongodb, only }, json)
         }
@@ -360,4 +388,26 @@ fn parse_param(text: &str) -> Result<(String, String), String> {
         Some((name, value)) if !name.trim().is_empty() => Ok((name.trim().to_string(), value.to_string())),
         _ => Err(format!("{text:?} is not NAME=VALUE")),
     }
+}
+
+/// `runner init`: sample, infer, write, and say what was written.
+fn init(name: &str, file: Option<PathBuf>, topic: Option<String>, kafka: Option<String>, sample: usize, dir: &std::path::Path, force: bool) -> anyhow::Result<()> {
+    let (records, source) = match (file, topic) {
+        (Some(f), _) => (runner::init::read_jsonl(&f, sample)?, f.display().to_string()),
+        (None, Some(t)) => {
+            let servers = kafka.unwrap_or_default();
+            (runner::init::read_topic(&servers, &t, sample, Duration::from_secs(10))?, format!("topic {t} at {servers}"))
+        }
+        (None, None) => anyhow::bail!("give --from-file or --from-topic"),
+    };
+    let guess = runner::init::infer(&records)?;
+    let written = runner::init::write(dir, name, &guess, &source, force)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "learned from {} records of {source}:", guess.records)?;
+    writeln!(out, "  id = {:?}{}, time = {:?}{}, key = {:?}", guess.id, if guess.id_added { " (added)" } else { "" }, guess.time, if guess.time_added { " (added)" } else { "" }, guess.key.as_deref().unwrap_or("none"))?;
+    for f in [&written.pipeline, &written.generator, &written.metric] {
+        writeln!(out, "wrote {}", f.display())?;
+    }
+    writeln!(out, "next: runner validate {}", written.pipeline.display())?;
+    Ok(())
 }

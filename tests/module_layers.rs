@@ -18,7 +18,7 @@ const LAYERS: &[&[&str]] = &[
     &["dashboard"],
     &["config"],
     &["pipeline"],
-    &["commands", "testing", "bench"],
+    &["commands", "testing", "bench", "init"],
 ];
 
 fn layer_of(module: &str) -> Option<usize> {
