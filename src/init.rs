@@ -132,11 +132,11 @@ pub fn infer(records: &[Map<String, Value>]) -> anyhow::Result<Guess> {
         Some(t) => (t, false),
         None => (fresh_name(&fields, "ts"), true),
     };
-    // The key: a text field that repeats (several records per value) but has more than one value,
-    // preferring one named like an id: records with one key keep their order on Kafka.
+    // The key: a text field that repeats (some value in several records) but has more than one
+    // value, preferring one named like an id: records with one key keep their order on Kafka.
     let keys: Vec<&FieldGuess> = fields
         .iter()
-        .filter(|g| g.name != id && g.ty == Some(Inferred::String) && !g.optional && (2..=records.len() / 2).contains(&g.distinct()))
+        .filter(|g| g.name != id && g.ty == Some(Inferred::String) && !g.optional && (2..records.len()).contains(&g.distinct()))
         .collect();
     let key = keys.iter().find(|g| named(g, &["id"])).or(keys.first()).map(|g| g.name.clone());
     for (name, added, ty) in [(&id, id_added, Inferred::String), (&time, time_added, Inferred::Timestamp)] {

@@ -199,3 +199,25 @@ async fn undeclared_fields_kept_or_rejected() {
         client.database(&sp.database).drop().await.unwrap();
     }
 }
+
+/// `runner init --from-topic` learns from the messages on a topic as `--from-file` does from a file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_from_topic_writes_a_pipeline_that_validates() {
+    let sp = common::service_pipeline_of(&sensors_file(), "init_topic");
+    create_topic(&sp).await;
+    let mut sample = Vec::new();
+    runner::commands::generate(&sp.pipeline, 200, &mut sample).unwrap();
+    let lines: Vec<String> = String::from_utf8(sample).unwrap().lines().map(str::to_string).collect();
+    produce(&sp, &lines);
+    let dir = tempfile::tempdir().unwrap();
+    let out = common::runner()
+        .args(["init", "readings", "--from-topic", &sp.topic, "--kafka", &common::kafka(), "--sample", "150", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("learned from 150 records"), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("id = \"reading_id\", time = \"ts\", key = \"device_id\""), "{text}");
+    let validate = common::runner().arg("validate").arg(dir.path().join("readings.toml")).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&validate.stdout).trim(), "ok", "{}", String::from_utf8_lossy(&validate.stderr));
+}
