@@ -5,7 +5,7 @@ use super::script::{self, FieldValue, Filter, Selector, Selectors};
 use super::window::Window;
 use crate::base::de;
 use crate::event::{Record, Schema};
-use crate::script::{compile_file, sandboxed_engine, ScriptError, ScriptLimits};
+use crate::script::{compile_file, sandboxed_engine, MapFields, ScriptError, ScriptLimits};
 use rhai::{CallFnOptions, Dynamic, Engine, Scope, AST};
 use serde::Deserialize;
 use serde_json::Value;
@@ -21,7 +21,7 @@ pub struct MetricConfig {
     pub name: String,
     /// Rhai script describing filter / key / value (or a custom reducer); relative to the pipeline file.
     pub script: PathBuf,
-    /// count, sum, avg, min, max, distinct, top_k, bottom_k, mean_per_key or custom.
+    /// count, sum, avg, min, max, distinct, top_k, bottom_k, mean_per_key, ratio or custom.
     pub reducer: ReducerKind,
     /// How many keys top_k / bottom_k report.
     #[serde(default = "default_k", deserialize_with = "de::number")]
@@ -96,6 +96,8 @@ pub struct Metric {
     selectors: Selectors,
     engine: Arc<Engine>,
     ast: Arc<AST>,
+    /// The fields this metric's script functions may read from a record map.
+    map_fields: MapFields,
 }
 
 impl Metric {
@@ -114,7 +116,7 @@ impl Metric {
                     return Err(ScriptError::whole_file(path, format!("a custom reducer must define fn {signature}")));
                 }
             }
-            Selectors { filter: Filter::All, key: None, value: None }
+            Selectors { filter: Filter::All, key: None, value: None, ratio: None }
         } else {
             let spec: rhai::Map = engine
                 .eval_ast_with_scope(&mut Scope::new(), &ast)
@@ -122,6 +124,9 @@ impl Metric {
             let s = script::selectors(path, spec, schema)?;
             if config.reducer.needs_key() && s.key.is_none() {
                 return Err(ScriptError::whole_file(path, format!("reducer {:?} needs a `key`", config.reducer)));
+            }
+            if (config.reducer == ReducerKind::Ratio) != s.ratio.is_some() {
+                return Err(ScriptError::whole_file(path, "reducer \"ratio\" takes `numerator` and `denominator` (filters), and only it does".to_string()));
             }
             if config.reducer.needs_value() && s.value.is_none() {
                 return Err(ScriptError::whole_file(path, format!("reducer {:?} needs a `value`", config.reducer)));
@@ -147,7 +152,10 @@ impl Metric {
             selectors.key.is_some()
         );
         let state_key = format!("{}#{:08x}", config.name, fnv1a(shape.as_bytes()) as u32);
-        Ok(Metric { config: config.clone(), window, state_key, selectors, engine: Arc::new(engine), ast: Arc::new(ast) })
+        // compile_file read it a moment ago; a file that changed since is caught by the next reload.
+        let source = std::fs::read_to_string(path).unwrap_or_default();
+        let map_fields = MapFields::of_source(&source, schema);
+        Ok(Metric { config: config.clone(), window, state_key, selectors, engine: Arc::new(engine), ast: Arc::new(ast), map_fields })
     }
 
     pub fn name(&self) -> &str {
@@ -165,6 +173,12 @@ impl Metric {
             || matches!(self.selectors.filter, Filter::Script(_))
             || matches!(self.selectors.key, Some(Selector::Script(_)))
             || matches!(self.selectors.value, Some(Selector::Script(_)))
+            || matches!(&self.selectors.ratio, Some((a, b)) if matches!(a, Filter::Script(_)) || matches!(b, Filter::Script(_)))
+    }
+
+    /// The fields its record maps need (when [`Self::needs_event_map`]).
+    pub fn map_fields(&self) -> &MapFields {
+        &self.map_fields
     }
 
     /// A fresh partial state.
@@ -184,18 +198,13 @@ impl Metric {
                 Ok(())
             }
             Partial::Builtin(state) => {
-                let keep = match &self.selectors.filter {
-                    Filter::All => true,
-                    Filter::FieldIn(field, values) => match field.get(event) {
-                        FieldValue::Text(t) => values.iter().any(|v| v == t),
-                        FieldValue::Number(n) => values.iter().any(|v| v.parse::<f64>().ok() == Some(n)),
-                        FieldValue::Missing => false,
-                    },
-                    Filter::Script(f) => self.call_ptr(f, map)?.as_bool().map_err(|t| format!("filter returned a {t}, not a bool"))?,
-                };
-                if !keep {
+                if !self.matches(&self.selectors.filter, event, map)? {
                     return Ok(());
                 }
+                let matches = match &self.selectors.ratio {
+                    Some((num, den)) => Some(Input::Matches { num: self.matches(num, event, map)?, den: self.matches(den, event, map)? }),
+                    None => None,
+                };
                 let kind = self.config.reducer;
                 let key_owned;
                 let key = match &self.selectors.key {
@@ -215,7 +224,7 @@ impl Metric {
                 };
                 let value_owned;
                 let input = match &self.selectors.value {
-                    None => Input::Event,
+                    None => matches.unwrap_or(Input::Event),
                     Some(Selector::Field(f)) => match f.get(event) {
                         FieldValue::Text(t) => Input::Text(t),
                         FieldValue::Number(n) => Input::Number(n),
@@ -242,6 +251,20 @@ impl Metric {
                 Ok(())
             }
         }
+    }
+
+    /// Whether a record passes a filter.
+    #[inline]
+    fn matches(&self, filter: &Filter, event: &Record, map: Option<&Dynamic>) -> Result<bool, String> {
+        Ok(match filter {
+            Filter::All => true,
+            Filter::FieldIn(field, values) => match field.get(event) {
+                FieldValue::Text(t) => values.iter().any(|v| v == t),
+                FieldValue::Number(n) => values.iter().any(|v| v.parse::<f64>().ok() == Some(n)),
+                FieldValue::Missing => false,
+            },
+            Filter::Script(f) => self.call_ptr(f, map)?.as_bool().map_err(|t| format!("filter returned a {t}, not a bool"))?,
+        })
     }
 
     /// Folds `other` into `into`.

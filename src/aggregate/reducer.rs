@@ -27,6 +27,9 @@ pub enum ReducerKind {
     BottomK,
     /// Events per key, averaged over the keys (e.g. interactions per active user).
     MeanPerKey,
+    /// Records matching `numerator` per record matching `denominator` (a conversion or error
+    /// rate; 0 while nothing matches the denominator).
+    Ratio,
     /// Fully scripted: the script's init / update / merge / finish.
     Custom,
 }
@@ -50,6 +53,7 @@ impl ReducerKind {
             ReducerKind::Min => Acc::Min(None),
             ReducerKind::Max => Acc::Max(None),
             ReducerKind::Distinct => Acc::Distinct(BTreeSet::new()),
+            ReducerKind::Ratio => Acc::Ratio { num: 0, den: 0 },
             ReducerKind::Custom => unreachable!("custom reducers keep script state"),
         }
     }
@@ -66,6 +70,8 @@ pub enum Acc {
     Distinct(BTreeSet<String>),
     /// A distinct count past its exact limit.
     Sketch(Sketch),
+    /// Records matching a ratio's numerator and its denominator.
+    Ratio { num: u64, den: u64 },
 }
 
 /// What one event contributes to an accumulator.
@@ -74,6 +80,8 @@ pub enum Input<'a> {
     Event,
     Number(f64),
     Text(&'a str),
+    /// Whether the record matches a ratio's numerator and its denominator.
+    Matches { num: bool, den: bool },
 }
 
 impl Acc {
@@ -82,6 +90,10 @@ impl Acc {
     pub fn add(&mut self, input: Input<'_>, exact_limit: usize) {
         match (&mut *self, input) {
             (Acc::Count(n), _) => *n += 1,
+            (Acc::Ratio { num, den }, Input::Matches { num: a, den: b }) => {
+                *num += a as u64;
+                *den += b as u64;
+            }
             (Acc::Sum { sum, n }, Input::Number(v)) => {
                 *sum += v;
                 *n += 1;
@@ -131,6 +143,10 @@ impl Acc {
                 }
             }
             (Acc::Sketch(a), Acc::Sketch(b)) => a.merge(b),
+            (Acc::Ratio { num, den }, Acc::Ratio { num: n2, den: d2 }) => {
+                *num += n2;
+                *den += d2;
+            }
             (Acc::Sketch(a), Acc::Distinct(b)) => b.iter().for_each(|v| a.insert(v)),
             (a, b) => return Err(format!("cannot merge a stored {} state into a {} state: it was written by another definition of the metric", b.kind(), a.kind())),
         }
@@ -145,6 +161,7 @@ impl Acc {
             Acc::Min(_) => "min",
             Acc::Max(_) => "max",
             Acc::Distinct(_) | Acc::Sketch(_) => "distinct",
+            Acc::Ratio { .. } => "ratio",
         }
     }
 
@@ -156,6 +173,7 @@ impl Acc {
             Acc::Min(v) | Acc::Max(v) => v.map_or(Value::Null, |v| json!(v)),
             Acc::Distinct(set) => json!(set.len()),
             Acc::Sketch(sk) => json!(sk.estimate().round() as u64),
+            Acc::Ratio { num, den } => json!(if *den == 0 { 0.0 } else { *num as f64 / *den as f64 }),
         }
     }
 }

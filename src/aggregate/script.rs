@@ -115,6 +115,8 @@ pub struct Selectors {
     pub filter: Filter,
     pub key: Option<Selector>,
     pub value: Option<Selector>,
+    /// A ratio's numerator and denominator.
+    pub ratio: Option<(Filter, Filter)>,
 }
 
 /// Reads the map a metric script evaluated to.
@@ -130,22 +132,25 @@ pub fn selectors(path: &Path, mut spec: Map, schema: &Schema) -> Result<Selector
             Err(err(format!("`{name}` must be field(\"name\") or Fn(\"function\")")))
         }
     };
-    let filter = match spec.remove("filter") {
-        None => Filter::All,
-        Some(v) => {
-            if let Some(f) = v.clone().try_cast::<FieldIn>() {
-                Filter::FieldIn(field(&f.0)?, f.1)
-            } else if let Some(f) = v.try_cast::<FnPtr>() {
-                Filter::Script(f)
-            } else {
-                return Err(err("`filter` must be field_is(...), field_in(...) or Fn(\"function\")".into()));
-            }
+    let filter_of = |name: &str, v: Dynamic| -> Result<Filter, ScriptError> {
+        if let Some(f) = v.clone().try_cast::<FieldIn>() {
+            Ok(Filter::FieldIn(field(&f.0)?, f.1))
+        } else if let Some(f) = v.try_cast::<FnPtr>() {
+            Ok(Filter::Script(f))
+        } else {
+            Err(err(format!("`{name}` must be field_is(...), field_in(...) or Fn(\"function\")")))
         }
+    };
+    let filter = spec.remove("filter").map(|v| filter_of("filter", v)).transpose()?.unwrap_or(Filter::All);
+    let ratio = match (spec.remove("numerator"), spec.remove("denominator")) {
+        (None, None) => None,
+        (Some(n), Some(d)) => Some((filter_of("numerator", n)?, filter_of("denominator", d)?)),
+        _ => return Err(err("a ratio needs both `numerator` and `denominator`".into())),
     };
     let key = spec.remove("key").map(|v| selector("key", v)).transpose()?;
     let value = spec.remove("value").map(|v| selector("value", v)).transpose()?;
     if let Some(extra) = spec.keys().next() {
-        return Err(err(format!("unknown entry `{extra}` (a metric script may give filter, key and value)")));
+        return Err(err(format!("unknown entry `{extra}` (a metric script may give filter, key, value, numerator and denominator)")));
     }
-    Ok(Selectors { filter, key, value })
+    Ok(Selectors { filter, key, value, ratio })
 }

@@ -5,6 +5,7 @@
 use super::{Metric, MetricSet, Partial, TimeMode};
 use crate::dead_letter::{DeadLetter, Reason};
 use crate::event::Record;
+use crate::script::MapFields;
 use crate::store::{EventStore, PaneRecord};
 use crate::telemetry::Stats;
 use crate::transport::{Batch, NO_PARTITION};
@@ -228,8 +229,15 @@ impl Aggregator {
     /// Applies a batch. `sources[i]` is the (partition, offset) of `events[i]`; events at or
     /// below the offset already in a partial are skipped.
     pub(crate) fn apply(&mut self, events: &[Record], sources: &[(i32, i64)]) {
-        let needs_map = self.set.metrics.iter().any(Metric::needs_event_map);
-        let maps: Vec<rhai::Dynamic> = if needs_map { events.iter().map(crate::script::record_map).collect() } else { Vec::new() };
+        // One map per record, shared by every metric that calls a script, with the fields any of them reads.
+        let mut fields: Option<MapFields> = None;
+        for m in self.set.metrics.iter().filter(|m| m.needs_event_map()) {
+            fields.get_or_insert_with(MapFields::default).union(m.map_fields());
+        }
+        let maps: Vec<rhai::Dynamic> = match &fields {
+            Some(f) => events.iter().map(|e| crate::script::record_map_of(e, f)).collect(),
+            None => Vec::new(),
+        };
         let now = chrono::Utc::now().timestamp_millis();
         for (m, st) in self.set.metrics.iter().zip(self.states.iter_mut()) {
             let lateness = m.config.lateness.as_millis() as i64;
@@ -439,5 +447,37 @@ pub(super) mod tests {
         assert_eq!(dirty.len(), 1);
         assert_eq!(dirty[0].offset, 12);
         assert_eq!(dirty[0].state["grouped"]["x"]["count"], 3);
+    }
+
+    /// The shipped conversion rate as the built-in ratio and as the scripted custom reducer:
+    /// the same number, over the same records.
+    #[test]
+    fn ratio_reducer_equals_the_custom_script_it_replaced() {
+        let schema = crate::event::schema_of("fields = { id = \"string\", interaction_type = \"string\", t = \"timestamp\" }\nid = \"id\"\ntime = \"t\"");
+        let scripts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/metrics");
+        let metric = |name: &str, file: &str, reducer: ReducerKind| MetricConfig {
+            name: name.into(),
+            script: scripts.join(file),
+            reducer,
+            k: 1,
+            window: Duration::from_secs(60),
+            slide: None,
+            time: TimeMode::Event,
+            lateness: Duration::from_secs(3600),
+            description: String::new(),
+            exact_limit: 10_000,
+        };
+        let set = Arc::new(MetricSet::load(&[metric("ratio", "conversion_rate.rhai", ReducerKind::Ratio), metric("custom", "custom_conversion_rate.rhai", ReducerKind::Custom)], &schema).unwrap());
+        let kinds = ["view", "purchase", "view", "click", "view", "purchase", "share", "view"];
+        let events: Vec<Record> = kinds
+            .iter()
+            .enumerate()
+            .map(|(i, k)| Record::from_json(&schema, format!(r#"{{"id":"e{i}","interaction_type":"{k}","t":"2026-01-01T00:00:{i:02}Z"}}"#).as_bytes()).unwrap())
+            .collect();
+        let mut agg = Aggregator::new(set.clone(), Stats::new());
+        agg.apply(&events, &[]);
+        let reported: Vec<serde_json::Value> = set.metrics().iter().enumerate().map(|(i, m)| m.report(&agg.states[i].cells.values().next().unwrap().partial).unwrap()).collect();
+        assert_eq!(reported[0], serde_json::json!(0.5), "2 purchases per 4 views");
+        assert_eq!(reported[0], reported[1]);
     }
 }

@@ -181,7 +181,7 @@ impl Record {
         let mut record = Record::new(schema);
         let mut de = serde_json::Deserializer::from_slice(bytes);
         let field = std::cell::Cell::new(None);
-        let result = RecordSeed { record: &mut record, field: &field }.deserialize(&mut de).and_then(|()| de.end());
+        let result = RecordSeed { schema, record: &mut record, field: &field }.deserialize(&mut de).and_then(|()| de.end());
         match result {
             Ok(()) => Ok(record),
             Err(e) => {
@@ -281,6 +281,7 @@ impl serde::Serialize for Record {
 
 /// Decodes a JSON object into a record's slots; `field` is the slot being read, for errors.
 struct RecordSeed<'a> {
+    schema: &'a Schema,
     record: &'a mut Record,
     field: &'a std::cell::Cell<Option<usize>>,
 }
@@ -300,7 +301,7 @@ impl<'de> Visitor<'de> for RecordSeed<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let schema = self.record.schema.clone();
+        let schema = self.schema;
         while let Some(key) = map.next_key::<Cow<'de, str>>()? {
             match schema.slot(&key) {
                 Some(i) => {

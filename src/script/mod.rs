@@ -6,7 +6,7 @@
 
 mod record;
 
-pub use record::{record_from_map, record_map, to_dynamic};
+pub use record::{record_from_map, record_map, record_map_of, to_dynamic, MapFields};
 
 use rhai::{Engine, EvalAltResult, Position, AST};
 use std::fmt;
