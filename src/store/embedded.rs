@@ -341,3 +341,37 @@ impl EventStore for EmbeddedStore {
         self.with_conn(|c| c.query_row("SELECT COUNT(*) FROM dead_letters", [], |r| r.get::<_, i64>(0))).await.map(|n| n as u64)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A data folder written by an older version (a `raw_events` table with the interaction
+    /// columns) opens with its records moved into `raw_records`, readable under the schema.
+    #[tokio::test]
+    async fn records_of_the_older_table_are_moved_and_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let conn = Connection::open(dir.path().join("runner.db")).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE raw_events (event_id TEXT PRIMARY KEY, timestamp_ms INTEGER NOT NULL, user_id TEXT NOT NULL,
+                 item_id TEXT NOT NULL, interaction_type TEXT NOT NULL, body TEXT NOT NULL);
+                 INSERT INTO raw_events VALUES ('e1', 1767225600000, 'u', 'i', 'view',
+                 '{\"event_id\":\"e1\",\"user_id\":\"u\",\"item_id\":\"i\",\"interaction_type\":\"view\",\"timestamp\":\"2026-01-01T00:00:00.000Z\"}');",
+            )
+            .unwrap();
+        }
+        let schema = crate::event::schema_of(
+            "fields = { event_id = \"string\", user_id = \"string\", item_id = \"string\", interaction_type = \"string\", timestamp = \"timestamp\" }\nid = \"event_id\"\ntime = \"timestamp\"",
+        );
+        let config = EmbeddedConfig { data_dir: dir.path().to_path_buf(), ..EmbeddedConfig::default() };
+        let store = EmbeddedStore::open(&config, None, &schema, &["user_id".to_string()]).unwrap();
+        let records = store.all_events().await.unwrap();
+        assert_eq!(records.len(), 1);
+        assert_eq!((records[0].id(), records[0].time_ms()), ("e1", 1_767_225_600_000));
+        drop(store);
+        // Opening again finds nothing more to move.
+        let store = EmbeddedStore::open(&config, None, &schema, &["user_id".to_string()]).unwrap();
+        assert_eq!(store.count_events().await.unwrap(), 1);
+    }
+}
