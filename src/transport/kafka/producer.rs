@@ -1,5 +1,5 @@
-//! Publishes batches to Kafka: JSON values keyed by user_id (one user's events stay ordered in
-//! one partition), with delivery reports counted rather than awaited per message.
+//! Publishes batches to Kafka: JSON values keyed by the `[event] key` field (records with one key
+//! stay ordered in one partition), with delivery reports counted rather than awaited per message.
 
 use super::KafkaConfig;
 use crate::event::Record;
