@@ -467,7 +467,7 @@ pub(super) mod tests {
             description: String::new(),
             exact_limit: 10_000,
         };
-        let set = Arc::new(MetricSet::load(&[metric("ratio", "conversion_rate.rhai", ReducerKind::Ratio), metric("custom", "custom_conversion_rate.rhai", ReducerKind::Custom)], &schema).unwrap());
+        let set = Arc::new(MetricSet::load(&[metric("ratio", "conversion_ratio.rhai", ReducerKind::Ratio), metric("custom", "conversion_rate.rhai", ReducerKind::Custom)], &schema).unwrap());
         let kinds = ["view", "purchase", "view", "click", "view", "purchase", "share", "view"];
         let events: Vec<Record> = kinds
             .iter()

@@ -270,9 +270,22 @@ pub fn parse(
             path: shown.to_string(),
             line,
             column,
-            message: e.message().trim().to_string(),
+            message: explain(e.message().trim()),
         }
     })
+}
+
+/// The parser's words, with what to do where they alone would not say it.
+fn explain(message: &str) -> String {
+    match message {
+        // Files written before records were declared in the file have no [event] section.
+        "missing field `event`" => "missing the [event] section, which declares the record the pipeline carries: its fields and \
+             types, and which field is the id and which the event time, e.g.\n  [event]\n  fields = { reading_id = \"string\", \
+             device_id = \"string\", temperature = \"float\", ts = \"timestamp\" }\n  id = \"reading_id\"\n  time = \"ts\"\n\
+             (pipelines/interactions.toml has the interactions record; `runner init` infers one from a sample)"
+            .to_string(),
+        other => other.to_string(),
+    }
 }
 
 /// The line a problem is about: the `name = "..."` line of the metric or alert it names, or the
@@ -425,6 +438,15 @@ rate = "${RATE:-250}"
         assert_eq!(c.dashboard.token.expose(), nasty);
         assert_eq!(c.kafka.topic, nasty);
         assert_eq!((c.metrics.len(), c.alerts.len(), &c.name), (plain.metrics.len(), plain.alerts.len(), &plain.name));
+    }
+
+    #[test]
+    fn a_file_without_event_says_how_to_declare_one() {
+        let start = MINIMAL.find("[event]").unwrap();
+        let end = MINIMAL.find("[kafka]").unwrap();
+        let text = format!("{}{}", &MINIMAL[..start], &MINIMAL[end..]);
+        let err = parse(&text, "p.toml", |_| None).unwrap_err().to_string();
+        assert!(err.starts_with("p.toml:") && err.contains("missing the [event] section") && err.contains("runner init"), "{err}");
     }
 
     #[test]
