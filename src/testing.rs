@@ -68,12 +68,12 @@ pub async fn run_tests(pipeline: &Pipeline, tests: &Path) -> anyhow::Result<Vec<
     let set = Arc::new(MetricSet::load(&pipeline.config.metrics, &schema)?);
     let mut outcomes = Vec::new();
     for case in file.tests {
-        outcomes.push(run_case(&set, &schema, &pipeline.config.mongodb.indexes, &case).await.with_context(|| format!("{}: test {:?}", tests.display(), case.name))?);
+        outcomes.push(run_case(&set, &schema, &case).await.with_context(|| format!("{}: test {:?}", tests.display(), case.name))?);
     }
     Ok(outcomes)
 }
 
-async fn run_case(set: &Arc<MetricSet>, schema: &Arc<Schema>, indexes: &[String], case: &TestCase) -> anyhow::Result<TestOutcome> {
+async fn run_case(set: &Arc<MetricSet>, schema: &Arc<Schema>, case: &TestCase) -> anyhow::Result<TestOutcome> {
     let mut events = Vec::with_capacity(case.events.len());
     for (i, raw) in case.events.iter().enumerate() {
         let json = serde_json::to_vec(raw)?;
@@ -86,7 +86,7 @@ async fn run_case(set: &Arc<MetricSet>, schema: &Arc<Schema>, indexes: &[String]
     }
     let dir = std::env::temp_dir().join(format!("runner-test-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()));
     let result = async {
-        let store = EmbeddedStore::open(&EmbeddedConfig { data_dir: dir.clone(), ..Default::default() }, None, schema, indexes)?;
+        let store = EmbeddedStore::open(&EmbeddedConfig { data_dir: dir.clone(), ..Default::default() }, None, schema, &[])?;
         let mut agg = Aggregator::new(set.clone(), Stats::new());
         let absorbed = agg.absorb(&Batch { events, ..Batch::default() }, &store).await?;
         store.write_panes(&absorbed.panes).await?;

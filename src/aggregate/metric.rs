@@ -5,7 +5,7 @@ use super::script::{self, FieldValue, Filter, Selector, Selectors};
 use super::window::Window;
 use crate::base::de;
 use crate::event::{Record, Schema};
-use crate::script::{compile_file, sandboxed_engine, MapFields, ScriptError, ScriptLimits};
+use crate::script::{compile_source, read_script, sandboxed_engine, MapFields, ScriptError, ScriptLimits};
 use rhai::{CallFnOptions, Dynamic, Engine, Scope, AST};
 use serde::Deserialize;
 use serde_json::Value;
@@ -108,7 +108,8 @@ impl Metric {
         // Per-event calls get a tight budget: a runaway script fails its event, not the pipeline.
         let mut engine = sandboxed_engine(ScriptLimits { max_operations: 100_000, ..ScriptLimits::default() });
         script::register(&mut engine);
-        let ast = compile_file(&engine, path)?;
+        let source = read_script(path)?;
+        let ast = compile_source(&engine, path, &source)?;
         let has = |name: &str, params: usize| ast.iter_functions().any(|f| f.name == name && f.params.len() == params);
         let selectors = if config.reducer == ReducerKind::Custom {
             for (f, n, signature) in [("init", 0, "init()"), ("update", 1, "update(e)"), ("merge", 1, "merge(other)"), ("finish", 0, "finish()")] {
@@ -152,8 +153,6 @@ impl Metric {
             selectors.key.is_some()
         );
         let state_key = format!("{}#{:08x}", config.name, fnv1a(shape.as_bytes()) as u32);
-        // compile_file read it a moment ago; a file that changed since is caught by the next reload.
-        let source = std::fs::read_to_string(path).unwrap_or_default();
         let map_fields = MapFields::of_source(&source, schema);
         Ok(Metric { config: config.clone(), window, state_key, selectors, engine: Arc::new(engine), ast: Arc::new(ast), map_fields })
     }

@@ -23,13 +23,15 @@ pub use window::Window;
 pub use write::{Absorbed, Aggregator};
 
 use crate::event::Schema;
-use crate::script::ScriptError;
+use crate::script::{MapFields, ScriptError};
 use crate::store::EventStore;
 use std::collections::HashSet;
 
 /// The compiled metrics of a pipeline.
 pub struct MetricSet {
     metrics: Vec<Metric>,
+    /// The fields the record maps need, when any metric calls a script function per record.
+    map_fields: Option<MapFields>,
 }
 
 impl MetricSet {
@@ -52,10 +54,20 @@ impl MetricSet {
                 Err(e) => errors.push(e),
             }
         }
-        match errors.is_empty() {
-            true => Ok(MetricSet { metrics }),
-            false => Err(errors),
+        if !errors.is_empty() {
+            return Err(errors);
         }
+        let mut map_fields: Option<MapFields> = None;
+        for m in metrics.iter().filter(|m| m.needs_event_map()) {
+            map_fields.get_or_insert_with(MapFields::default).union(m.map_fields());
+        }
+        Ok(MetricSet { metrics, map_fields })
+    }
+
+    /// The fields of the one record map per record that the metrics calling scripts share, or
+    /// `None` when no metric calls a script per record.
+    pub fn map_fields(&self) -> Option<&MapFields> {
+        self.map_fields.as_ref()
     }
 
     pub fn metrics(&self) -> &[Metric] {

@@ -5,7 +5,6 @@
 use super::{Metric, MetricSet, Partial, TimeMode};
 use crate::dead_letter::{DeadLetter, Reason};
 use crate::event::Record;
-use crate::script::MapFields;
 use crate::store::{EventStore, PaneRecord};
 use crate::telemetry::Stats;
 use crate::transport::{Batch, NO_PARTITION};
@@ -230,11 +229,7 @@ impl Aggregator {
     /// below the offset already in a partial are skipped.
     pub(crate) fn apply(&mut self, events: &[Record], sources: &[(i32, i64)]) {
         // One map per record, shared by every metric that calls a script, with the fields any of them reads.
-        let mut fields: Option<MapFields> = None;
-        for m in self.set.metrics.iter().filter(|m| m.needs_event_map()) {
-            fields.get_or_insert_with(MapFields::default).union(m.map_fields());
-        }
-        let maps: Vec<rhai::Dynamic> = match &fields {
+        let maps: Vec<rhai::Dynamic> = match self.set.map_fields() {
             Some(f) => events.iter().map(|e| crate::script::record_map_of(e, f)).collect(),
             None => Vec::new(),
         };

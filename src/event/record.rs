@@ -59,6 +59,23 @@ impl Value {
         }
     }
 
+    /// An integer read for a field of type `ty`: a float field takes it as a float.
+    pub fn of_int(i: i64, ty: FieldType) -> Value {
+        match ty {
+            FieldType::Float => Value::Float(i as f64),
+            _ => Value::Int(i),
+        }
+    }
+
+    /// A float read for a field of type `ty`: an int field takes a whole one as an int (a
+    /// fraction stays a float, for [`Record::check`] to name).
+    pub fn of_float(f: f64, ty: FieldType) -> Value {
+        match ty {
+            FieldType::Int if f.fract() == 0.0 && f.abs() < 9.0e15 => Value::Int(f as i64),
+            _ => Value::Float(f),
+        }
+    }
+
     fn type_name(&self) -> &'static str {
         match self {
             Value::Missing => "nothing",
@@ -367,10 +384,7 @@ impl<'de> Visitor<'de> for SlotSeed {
         Ok(Value::Bool(b))
     }
     fn visit_i64<E: de::Error>(self, i: i64) -> Result<Value, E> {
-        Ok(match self.ty {
-            FieldType::Float => Value::Float(i as f64),
-            _ => Value::Int(i),
-        })
+        Ok(Value::of_int(i, self.ty))
     }
     fn visit_u64<E: de::Error>(self, u: u64) -> Result<Value, E> {
         match i64::try_from(u) {
@@ -379,10 +393,7 @@ impl<'de> Visitor<'de> for SlotSeed {
         }
     }
     fn visit_f64<E: de::Error>(self, f: f64) -> Result<Value, E> {
-        Ok(match self.ty {
-            FieldType::Int if f.fract() == 0.0 && f.abs() < 9.0e15 => Value::Int(f as i64),
-            _ => Value::Float(f),
-        })
+        Ok(Value::of_float(f, self.ty))
     }
     fn visit_str<E: de::Error>(self, s: &str) -> Result<Value, E> {
         if self.ty == FieldType::Timestamp {

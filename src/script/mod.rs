@@ -125,9 +125,17 @@ impl std::error::Error for ScriptError {}
 
 /// Reads and compiles a script file; syntax errors carry file:line:column.
 pub fn compile_file(engine: &Engine, path: &Path) -> Result<AST, ScriptError> {
-    let source = std::fs::read_to_string(path)
-        .map_err(|e| ScriptError::whole_file(path, format!("cannot read the script: {e}")))?;
-    let mut ast = engine.compile(&source).map_err(|e| ScriptError::from_parse(path, &e))?;
+    compile_source(engine, path, &read_script(path)?)
+}
+
+/// Reads a script file's text.
+pub fn read_script(path: &Path) -> Result<String, ScriptError> {
+    std::fs::read_to_string(path).map_err(|e| ScriptError::whole_file(path, format!("cannot read the script: {e}")))
+}
+
+/// Compiles the text of the script at `path` (for callers that also look at the text).
+pub fn compile_source(engine: &Engine, path: &Path, source: &str) -> Result<AST, ScriptError> {
+    let mut ast = engine.compile(source).map_err(|e| ScriptError::from_parse(path, &e))?;
     ast.set_source(path.display().to_string());
     Ok(ast)
 }

@@ -118,9 +118,9 @@ fn from_dynamic(v: Dynamic, ty: FieldType, naive: crate::event::Naive) -> Result
     } else if let Ok(b) = v.as_bool() {
         Value::Bool(b)
     } else if let Ok(i) = v.as_int() {
-        if ty == FieldType::Float { Value::Float(i as f64) } else { Value::Int(i) }
+        Value::of_int(i, ty)
     } else if let Ok(f) = v.as_float() {
-        if ty == FieldType::Int && f.fract() == 0.0 && f.abs() < 9.0e15 { Value::Int(f as i64) } else { Value::Float(f) }
+        Value::of_float(f, ty)
     } else if v.is_string() {
         let s = v.into_string().map_err(|t| t.to_string())?;
         match (ty, parse_time(&s, naive)) {

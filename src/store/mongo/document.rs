@@ -3,7 +3,6 @@
 //! need a date, not a string); undeclared fields as their JSON converts.
 
 use crate::event::{Record, Schema, Value};
-use anyhow::Context;
 use mongodb::bson::{self, Bson, Document};
 use std::sync::Arc;
 
@@ -52,7 +51,7 @@ pub(super) fn from_document(schema: &Arc<Schema>, mut d: Document) -> anyhow::Re
         match schema.slot(&k) {
             Some(i) => r.set(i, v),
             None => {
-                let json = serde_json::to_value(bson_of(&v)).context("raw document field")?;
+                let json = json_of(&v);
                 r.extra_mut().insert(k, json);
             }
         }
@@ -61,7 +60,7 @@ pub(super) fn from_document(schema: &Arc<Schema>, mut d: Document) -> anyhow::Re
 }
 
 /// An undeclared scalar as JSON.
-fn bson_of(v: &Value) -> serde_json::Value {
+fn json_of(v: &Value) -> serde_json::Value {
     match v {
         Value::Text(s) => s.clone().into(),
         Value::Int(i) => (*i).into(),
