@@ -3,6 +3,7 @@
 //! before its offset is committed. Deciding what is unusable is [`crate::decode`]'s job (bytes)
 //! and the consumer's validation (values).
 
+use crate::event::Record;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -27,11 +28,22 @@ pub enum Reason {
     FailedValidation,
     /// Later than a metric's allowed lateness (the raw event is stored; that metric leaves it out).
     Late,
+    /// A valid event the store refused for good (MongoDB cannot hold it: a key with a NUL byte,
+    /// over 16 MiB, an `_id` it rejects). Metrics count it; its raw copy is this dead letter.
+    StoreRejected,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 7] =
-        [Reason::Empty, Reason::TooLarge, Reason::InvalidUtf8, Reason::NotJson, Reason::InvalidEvent, Reason::FailedValidation, Reason::Late];
+    pub const ALL: [Reason; 8] = [
+        Reason::Empty,
+        Reason::TooLarge,
+        Reason::InvalidUtf8,
+        Reason::NotJson,
+        Reason::InvalidEvent,
+        Reason::FailedValidation,
+        Reason::Late,
+        Reason::StoreRejected,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -42,6 +54,7 @@ impl Reason {
             Reason::InvalidEvent => "invalid_event",
             Reason::FailedValidation => "failed_validation",
             Reason::Late => "late",
+            Reason::StoreRejected => "store_rejected",
         }
     }
 }
@@ -77,6 +90,13 @@ impl DeadLetter {
             payload_bytes: payload.len(),
             at: Utc::now(),
         }
+    }
+
+    /// A dead letter for a decoded record, its payload the record as JSON.
+    pub fn of_record(id: String, reason: Reason, detail: String, at: (i32, i64), record: &Record) -> DeadLetter {
+        let mut json = Vec::new();
+        record.write_json(&mut json);
+        DeadLetter::new(id, reason, detail, at, &json)
     }
 }
 

@@ -80,6 +80,56 @@ async fn garbage_goes_to_dead_letter() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_record_is_dead_lettered_and_its_batch_stored() {
+    let sp = common::service_pipeline("poison");
+    let admin = runner::transport::kafka::connect(&sp.pipeline.config.kafka).await.unwrap();
+    runner::transport::kafka::ensure_topic(&admin, &sp.pipeline.config.kafka).await.unwrap();
+    let producer: ThreadedProducer<DefaultProducerContext> =
+        ClientConfig::new().set("bootstrap.servers", common::kafka()).create().unwrap();
+    let now = chrono::Utc::now().to_rfc3339();
+    let event = |id: &str, extra: &str| {
+        format!(r#"{{"event_id":"{id}","user_id":"user_1","item_id":"item_1","interaction_type":"view","timestamp":"{now}"{extra}}}"#)
+    };
+    let good = 300u64;
+    // Valid records MongoDB can never hold, in the middle of the stream: before the fix the
+    // consumer retried their batch forever and the partition stalled.
+    let poison = [event("poison-nul", r#","a\u0000b":1"#), event("poison-id", r#","_id":[1,2]"#)];
+    for i in 0..good {
+        producer.send(BaseRecord::to(&sp.topic).key("k").payload(&event(&format!("good-{i}"), ""))).unwrap();
+        if i == good / 2 {
+            for p in &poison {
+                producer.send(BaseRecord::to(&sp.topic).key("k").payload(p)).unwrap();
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
+
+    let run = common::run_pipeline(&sp, Components::CONSUMER, None, CancellationToken::new());
+    let summary = tokio::time::timeout(Duration::from_secs(60), run).await.expect("the consumer finishes despite the poison records");
+    let store = store::open(&sp.pipeline.config.mongodb, &sp.pipeline.config.embedded, &sp.pipeline.config.schema().unwrap()).await.unwrap();
+    assert_eq!(store.count_events().await.unwrap(), good, "every other event of the stream is stored");
+    let letters = store.dead_letters(10).await.unwrap();
+    let mut ids: Vec<&str> = letters.iter().map(|d| d.id.as_str()).collect();
+    ids.sort();
+    assert_eq!(ids, ["store:poison-id", "store:poison-nul"], "{letters:#?}");
+    for d in &letters {
+        assert_eq!(d.reason, Reason::StoreRejected);
+        assert!(d.offset >= 0 && !d.detail.is_empty(), "{d:?}");
+        assert!(d.payload.contains("poison-"), "the payload is the record: {d:?}");
+    }
+    assert_eq!(summary.stats.stored, good, "the refused records are not counted as stored");
+
+    // A replay refuses them again and keeps one dead letter each.
+    common::reset_group_offsets(&sp);
+    let again = tokio::time::timeout(Duration::from_secs(60), common::run_pipeline(&sp, Components::CONSUMER, None, CancellationToken::new()))
+        .await
+        .expect("the replay finishes");
+    assert_eq!(again.stats.duplicates, good);
+    assert_eq!(store.count_dead_letters().await.unwrap(), 2);
+    report("poison records (MongoDB refuses them)", good + 2, summary.stats.stored, again.stats.duplicates, 2, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runaway_script_is_stopped() {
     let dir = tempfile::tempdir().unwrap();
     let scripts = dir.path().join("scripts");

@@ -77,12 +77,12 @@ async fn contract(store: &dyn EventStore, shape: &Shape) {
     assert_eq!(store.insert_events(&[]).await.unwrap(), InsertOutcome::default());
 
     let first: Vec<Record> = (0..100).map(event).collect();
-    assert_eq!(store.insert_events(&first).await.unwrap(), InsertOutcome { inserted: 100, duplicates: 0 });
+    assert_eq!(store.insert_events(&first).await.unwrap(), InsertOutcome { inserted: 100, duplicates: 0, ..Default::default() });
 
     // A replay overlapping what is stored writes only the new events.
     let overlap: Vec<Record> = (50..150).map(event).collect();
-    assert_eq!(store.insert_events(&overlap).await.unwrap(), InsertOutcome { inserted: 50, duplicates: 50 });
-    assert_eq!(store.insert_events(&[event(3)]).await.unwrap(), InsertOutcome { inserted: 0, duplicates: 1 });
+    assert_eq!(store.insert_events(&overlap).await.unwrap(), InsertOutcome { inserted: 50, duplicates: 50, ..Default::default() });
+    assert_eq!(store.insert_events(&[event(3)]).await.unwrap(), InsertOutcome { inserted: 0, duplicates: 1, ..Default::default() });
     assert_eq!(store.count_events().await.unwrap(), 150);
 
     // Every field comes back as written, oldest first.
@@ -203,4 +203,29 @@ async fn mongo_store_meets_the_contract_for_two_schemas() {
         }
         client.database(&config.database).drop().await.unwrap();
     }
+}
+
+#[tokio::test]
+async fn mongo_refuses_only_the_records_it_cannot_hold() {
+    let shape = interactions();
+    let config = mongo_config(&shape);
+    let store = MongoStore::connect(&config, &shape.schema).await.unwrap();
+    let with = |i: u32, extra: &str| {
+        let json = (shape.json)(i);
+        let json = format!("{},{extra}}}", &json[..json.len() - 1]);
+        Record::from_json(&shape.schema, json.as_bytes()).unwrap()
+    };
+    // A key BSON cannot encode (the driver refuses the whole batch before sending it) and an
+    // `_id` the server refuses (a per-document write error), between good records.
+    let batch = vec![shape.record(0), with(1, r#""a\u0000b":1"#), shape.record(2), with(3, r#""_id":[1,2]"#), shape.record(4)];
+    let outcome = store.insert_events(&batch).await.unwrap();
+    let refused: Vec<usize> = outcome.rejected.iter().map(|r| r.index).collect();
+    assert_eq!((outcome.inserted, outcome.duplicates, refused), (3, 0, vec![1, 3]), "{outcome:?}");
+    assert!(outcome.rejected[0].reason.contains("BSON"), "{:?}", outcome.rejected[0]);
+    assert!(outcome.rejected[1].reason.contains("MongoDB refused"), "{:?}", outcome.rejected[1]);
+    assert_eq!(store.count_events().await.unwrap(), 3);
+    // Sent again (a replay): the good ones are duplicates, the bad ones refused again.
+    let again = store.insert_events(&batch).await.unwrap();
+    assert_eq!((again.inserted, again.duplicates, again.rejected.len()), (0, 3, 2), "{again:?}");
+    mongodb::Client::with_uri_str(&config.uri).await.unwrap().database(&config.database).drop().await.unwrap();
 }

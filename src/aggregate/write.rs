@@ -259,10 +259,8 @@ impl Aggregator {
                     }
                     let behind = mark.time - t;
                     self.stats.late_event(m.name(), e.id(), behind);
-                    let mut json = Vec::new();
-                    e.write_json(&mut json);
                     let detail = format!("{behind} ms behind the newest event of its partition for metric {:?} (lateness {:?})", m.name(), m.config.lateness);
-                    self.late.push(DeadLetter::new(format!("late:{}", e.id()), Reason::Late, detail, (partition, offset), &json));
+                    self.late.push(DeadLetter::of_record(format!("late:{}", e.id()), Reason::Late, detail, (partition, offset), e));
                     continue;
                 }
                 if t > mark.time {

@@ -14,7 +14,8 @@ use crate::aggregate::{Aggregator, MetricSet};
 use crate::base::{de, Backoff};
 use crate::store::EventStore;
 use crate::telemetry::Stats;
-use crate::transport::{Batch, Poll, Subscriber};
+use crate::dead_letter::{DeadLetter, Reason};
+use crate::transport::{Batch, Poll, Subscriber, NO_PARTITION};
 use serde::Deserialize;
 use std::sync::Arc;
 use std::time::Duration;
@@ -205,8 +206,15 @@ async fn store_batch(
     let (outcome, late) = tokio::join!(raw, partials);
     let outcome = outcome?;
     let late = late?;
-    if !batch.dead.is_empty() || !late.is_empty() {
-        let dead: Vec<_> = batch.dead.iter().cloned().chain(late).collect();
+    // What the store refused for good is kept as dead letters, so the batch can be acknowledged.
+    let refused = outcome.rejected.iter().map(|r| {
+        let at = batch.sources.get(r.index).copied().unwrap_or((NO_PARTITION, -1));
+        let e = &batch.events[r.index];
+        DeadLetter::of_record(format!("store:{}", e.id()), Reason::StoreRejected, r.reason.clone(), at, e)
+    });
+    let refused: Vec<DeadLetter> = refused.collect();
+    if !batch.dead.is_empty() || !late.is_empty() || !refused.is_empty() {
+        let dead: Vec<_> = batch.dead.iter().cloned().chain(late).chain(refused).collect();
         with_retry(stats, stop, batch.events.len(), || store.write_dead_letters(&dead)).await?;
         for d in &dead {
             stats.dead_lettered(d);

@@ -52,10 +52,8 @@ impl Validation {
                     batch.sources.extend(source);
                 }
                 Err((reason, detail)) => {
-                    let mut json = Vec::new();
-                    e.write_json(&mut json);
                     let at = source.unwrap_or((NO_PARTITION, -1));
-                    batch.dead.push(DeadLetter::new(e.id().to_string(), reason, detail, at, &json));
+                    batch.dead.push(DeadLetter::of_record(e.id().to_string(), reason, detail, at, &e));
                 }
             }
         }

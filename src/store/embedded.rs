@@ -203,7 +203,7 @@ impl EventStore for EmbeddedStore {
                 }
             }
             tx.commit()?;
-            Ok(InsertOutcome { inserted, duplicates: rows.len() as u64 - inserted })
+            Ok(InsertOutcome { inserted, duplicates: rows.len() as u64 - inserted, rejected: Vec::new() })
         })
         .await
     }

@@ -13,12 +13,23 @@ use async_trait::async_trait;
 use std::sync::Arc;
 
 /// The outcome of writing one batch.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct InsertOutcome {
     /// Events written for the first time.
     pub inserted: u64,
     /// Events whose event_id was already stored (a replay); skipped, not an error.
     pub duplicates: u64,
+    /// Events the store refused for good (a document the server can never hold); the rest of the
+    /// batch is stored. The consumer dead-letters these rather than retrying them forever.
+    pub rejected: Vec<Rejected>,
+}
+
+/// One event of a batch the store refused, and the store's reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    /// Its position in the batch.
+    pub index: usize,
+    pub reason: String,
 }
 
 /// A durable home for raw events, keyed by a unique event_id.
@@ -28,6 +39,9 @@ pub trait EventStore: Send + Sync {
     fn describe(&self) -> String;
     /// Writes a batch; an event already stored is counted as a duplicate, never written twice.
     /// Returns only once the write is durable (acknowledged by the server or committed locally).
+    /// An error means "try again" (the store is unreachable or failing as a whole); an event the
+    /// store can never hold is reported in [`InsertOutcome::rejected`] instead, so one poison
+    /// record cannot stall its partition.
     async fn insert_events(&self, events: &[Record]) -> anyhow::Result<InsertOutcome>;
     /// How many raw events are stored.
     async fn count_events(&self) -> anyhow::Result<u64>;

@@ -5,8 +5,8 @@ use super::document::{from_document, to_document};
 use super::MongoStore;
 use crate::dead_letter::DeadLetter;
 use crate::event::Record;
-use crate::store::{EventStore, InsertOutcome, Notification, PaneRecord};
-use anyhow::{bail, Context};
+use crate::store::{EventStore, InsertOutcome, Notification, PaneRecord, Rejected};
+use anyhow::Context;
 use async_trait::async_trait;
 use futures::TryStreamExt;
 use mongodb::bson::{self, doc, Document};
@@ -16,6 +16,9 @@ use std::future::IntoFuture;
 
 /// MongoDB's duplicate-key error code.
 const DUPLICATE_KEY: i32 = 11000;
+
+/// The largest document MongoDB stores (its `maxBsonObjectSize`, the same on every server).
+const MAX_DOCUMENT_BYTES: usize = 16 * 1024 * 1024;
 
 /// A single-document write that failed only because the document is already there.
 fn is_duplicate(e: &mongodb::error::Error) -> bool {
@@ -32,6 +35,51 @@ async fn newest<T: serde::de::DeserializeOwned>(c: &Collection<Document>, field:
         .with_context(|| format!("a stored record in {} is malformed", c.namespace()))
 }
 
+/// Why an `insert_many` failed as a whole.
+enum Refusal {
+    /// The driver would not send the batch: a document in it cannot be encoded or is too large.
+    ClientSide(mongodb::error::Error),
+    /// The server or the network failed; the same batch may succeed later.
+    Transient(mongodb::error::Error),
+}
+
+impl MongoStore {
+    /// One unordered `insert_many`, its failures sorted: a duplicate id is a replay, a document
+    /// the server refuses on its own (a per-document write error) is rejected for good, and
+    /// everything else (network, write concern, no primary) is worth retrying.
+    async fn insert_documents(&self, docs: &[Document]) -> Result<InsertOutcome, Refusal> {
+        let total = docs.len() as u64;
+        if total == 0 {
+            return Ok(InsertOutcome::default());
+        }
+        let e = match self.raw.insert_many(docs).ordered(false).await {
+            Ok(r) => return Ok(InsertOutcome { inserted: r.inserted_ids.len() as u64, ..Default::default() }),
+            Err(e) => e,
+        };
+        let (write_errors, concern) = match *e.kind {
+            ErrorKind::InsertMany(ref failure) => (
+                failure.write_errors.iter().flatten().map(|w| (w.index, w.code, w.message.clone())).collect::<Vec<_>>(),
+                failure.write_concern_error.is_some(),
+            ),
+            ErrorKind::Write(WriteFailure::WriteError(ref w)) if total == 1 => (vec![(0, w.code, w.message.clone())], false),
+            ErrorKind::BsonSerialization(_) | ErrorKind::InvalidArgument { .. } => return Err(Refusal::ClientSide(e)),
+            _ => return Err(Refusal::Transient(e)),
+        };
+        if concern {
+            // Written but not confirmed as the write concern asks: sending again is safe (ids
+            // are unique) and the only way to be sure.
+            return Err(Refusal::Transient(e));
+        }
+        let duplicates = write_errors.iter().filter(|w| w.1 == DUPLICATE_KEY).count() as u64;
+        let rejected: Vec<Rejected> = write_errors
+            .into_iter()
+            .filter(|w| w.1 != DUPLICATE_KEY)
+            .map(|(index, code, message)| Rejected { index, reason: format!("MongoDB refused the document: {message} (code {code})") })
+            .collect();
+        Ok(InsertOutcome { inserted: total - duplicates - rejected.len() as u64, duplicates, rejected })
+    }
+}
+
 #[async_trait]
 impl EventStore for MongoStore {
     fn describe(&self) -> String {
@@ -39,30 +87,39 @@ impl EventStore for MongoStore {
     }
 
     async fn insert_events(&self, events: &[Record]) -> anyhow::Result<InsertOutcome> {
-        if events.is_empty() {
-            return Ok(InsertOutcome::default());
-        }
         let docs: Vec<Document> = events.iter().map(to_document).collect();
-        let total = docs.len() as u64;
-        match self.raw.insert_many(docs).ordered(false).await {
-            Ok(r) => Ok(InsertOutcome { inserted: r.inserted_ids.len() as u64, duplicates: 0 }),
-            Err(e) => match *e.kind {
-                ErrorKind::InsertMany(ref failure) => {
-                    let write_errors = failure.write_errors.as_deref().unwrap_or(&[]);
-                    if let Some(other) = write_errors.iter().find(|w| w.code != DUPLICATE_KEY) {
-                        bail!("MongoDB refused an event: {} (code {})", other.message, other.code);
+        match self.insert_documents(&docs).await {
+            Err(Refusal::ClientSide(e)) => {
+                // The driver refused the batch before sending it because of some document in it
+                // (a key BSON cannot hold, a document over the size limit). Find which, keep
+                // them aside, and send the rest: a poison record must not stall its partition.
+                let limit = MAX_DOCUMENT_BYTES;
+                let (mut rejected, mut keep) = (Vec::new(), Vec::new());
+                for (index, d) in docs.into_iter().enumerate() {
+                    match bson::to_vec(&d) {
+                        Ok(bytes) if bytes.len() <= limit => keep.push((index, d)),
+                        Ok(bytes) => rejected.push(Rejected { index, reason: format!("the document is {} bytes; MongoDB holds at most {limit}", bytes.len()) }),
+                        Err(e) => rejected.push(Rejected { index, reason: format!("not a valid BSON document: {e}") }),
                     }
-                    if let Some(wc) = &failure.write_concern_error {
-                        bail!("MongoDB write concern failed: {}", wc.message);
-                    }
-                    let duplicates = write_errors.len() as u64;
-                    Ok(InsertOutcome { inserted: total - duplicates, duplicates })
                 }
-                ErrorKind::Write(WriteFailure::WriteError(ref w)) if w.code == DUPLICATE_KEY && total == 1 => {
-                    Ok(InsertOutcome { inserted: 0, duplicates: 1 })
+                if rejected.is_empty() {
+                    return Err(anyhow::Error::new(e).context("MongoDB refused the batch, but no single document in it is at fault"));
                 }
-                _ => Err(anyhow::Error::new(e).context("MongoDB insert_many failed")),
-            },
+                let (indexes, kept): (Vec<usize>, Vec<Document>) = keep.into_iter().unzip();
+                let mut outcome = match self.insert_documents(&kept).await {
+                    Ok(o) => o,
+                    Err(Refusal::ClientSide(e) | Refusal::Transient(e)) => return Err(anyhow::Error::new(e).context("MongoDB insert_many failed")),
+                };
+                // Positions in the resent batch back to positions in `events`.
+                for r in &mut outcome.rejected {
+                    r.index = indexes[r.index];
+                }
+                outcome.rejected.extend(rejected);
+                outcome.rejected.sort_by_key(|r| r.index);
+                Ok(outcome)
+            }
+            Err(Refusal::Transient(e)) => Err(anyhow::Error::new(e).context("MongoDB insert_many failed")),
+            Ok(outcome) => Ok(outcome),
         }
     }
 
