@@ -32,7 +32,7 @@ pub fn generate(pipeline: &Pipeline, count: u64, out: &mut dyn Write) -> anyhow:
 /// Reads every metric's current window from the pipeline's store.
 pub async fn metrics(pipeline: &Pipeline, at_ms: i64) -> anyhow::Result<Vec<MetricValue>> {
     let set = MetricSet::load(&pipeline.config.metrics, &pipeline.schema())?;
-    let store = crate::store::open(&pipeline.config.mongodb, &pipeline.config.embedded, &pipeline.schema()).await?;
+    let store = crate::store::open(&pipeline.config.mongodb, &pipeline.config.embedded, &pipeline.config.retention, &pipeline.schema()).await?;
     set.read_all(&*store, at_ms).await
 }
 

@@ -86,7 +86,7 @@ async fn run_case(set: &Arc<MetricSet>, schema: &Arc<Schema>, case: &TestCase) -
     }
     let dir = std::env::temp_dir().join(format!("runner-test-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()));
     let result = async {
-        let store = EmbeddedStore::open(&EmbeddedConfig { data_dir: dir.clone(), ..Default::default() }, None, schema, &[])?;
+        let store = EmbeddedStore::open(&EmbeddedConfig { data_dir: dir.clone(), ..Default::default() }, &Default::default(), schema, &[])?;
         let mut agg = Aggregator::new(set.clone(), Stats::new());
         let absorbed = agg.absorb(&Batch { events, ..Batch::default() }, &store).await?;
         store.write_panes(&absorbed.panes).await?;

@@ -34,7 +34,7 @@ async fn restart_does_not_double_count() {
     // Stop the consumer gracefully part way through the topic.
     let stop = CancellationToken::new();
     let trigger = stop.clone();
-    let store = store::open(&sp.pipeline.config.mongodb, &sp.pipeline.config.embedded, &sp.pipeline.config.schema().unwrap()).await.unwrap();
+    let store = store::open(&sp.pipeline.config.mongodb, &sp.pipeline.config.embedded, &sp.pipeline.config.retention, &sp.pipeline.config.schema().unwrap()).await.unwrap();
     let watcher = tokio::spawn(async move {
         while store.count_events().await.unwrap() < 8_000 {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -100,7 +100,7 @@ async fn script_error_is_contained() {
     assert_eq!(summary.stats.stored, n, "raw store unaffected");
     assert!(summary.stats.script_errors > 0, "errors are counted");
 
-    let store = store::open(&pipeline.config.mongodb, &pipeline.config.embedded, &pipeline.config.schema().unwrap()).await.unwrap();
+    let store = store::open(&pipeline.config.mongodb, &pipeline.config.embedded, &pipeline.config.retention, &pipeline.config.schema().unwrap()).await.unwrap();
     let events = store.all_events().await.unwrap();
     let item_1 = events.iter().filter(|e| e.s("item_id") == "item_1").count() as u64;
     assert_eq!(summary.stats.script_errors, item_1, "exactly the item_1 events failed");

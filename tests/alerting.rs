@@ -282,7 +282,7 @@ async fn restart_does_not_resend() {
     traffic_to_webhook(&mut sp.pipeline, &url, "200ms", "", "repeat_interval = \"1h\"");
     run_briefly(&sp.pipeline, 500).await;
     assert_eq!(receiver.delivered().len(), 1, "the first run fires once");
-    let store = runner::store::open(&sp.pipeline.config.mongodb, &sp.pipeline.config.embedded, &sp.pipeline.config.schema().unwrap()).await.unwrap();
+    let store = runner::store::open(&sp.pipeline.config.mongodb, &sp.pipeline.config.embedded, &sp.pipeline.config.retention, &sp.pipeline.config.schema().unwrap()).await.unwrap();
     let before = alert::active_alerts(&*store).await.unwrap();
     assert_eq!(before.len(), 1);
     assert_eq!(before[0].status, alert::state::Status::Firing);

@@ -22,7 +22,7 @@ async fn embedded_end_to_end() {
     let summary = run_embedded(dir.path(), n).await;
     assert_eq!(summary.stats.stored, n);
     let c = common::embedded_pipeline(dir.path()).config;
-    let store = store::open(&c.mongodb, &c.embedded, &c.schema().unwrap()).await.unwrap();
+    let store = store::open(&c.mongodb, &c.embedded, &c.retention, &c.schema().unwrap()).await.unwrap();
     let events = store.all_events().await.unwrap();
     assert_eq!(events.len() as u64, n);
     assert_eq!(events.iter().map(|e| e.id()).collect::<HashSet<_>>().len() as u64, n);
@@ -34,7 +34,7 @@ async fn embedded_restart_keeps_data() {
     run_embedded(dir.path(), 2_000).await;
     run_embedded(dir.path(), 3_000).await;
     let c = common::embedded_pipeline(dir.path()).config;
-    let store = store::open(&c.mongodb, &c.embedded, &c.schema().unwrap()).await.unwrap();
+    let store = store::open(&c.mongodb, &c.embedded, &c.retention, &c.schema().unwrap()).await.unwrap();
     assert_eq!(store.count_events().await.unwrap(), 5_000);
 }
 
@@ -51,7 +51,7 @@ async fn embedded_queue_applies_validation() {
     let s = summary.stats;
     assert!(s.rejected > 0 && s.stored > 0, "the shipped mix has views and other types: {s:?}");
     assert_eq!(s.stored + s.rejected, n, "every event is stored or dead-lettered: {s:?}");
-    let store = store::open(&p.config.mongodb, &p.config.embedded, &p.config.schema().unwrap()).await.unwrap();
+    let store = store::open(&p.config.mongodb, &p.config.embedded, &p.config.retention, &p.config.schema().unwrap()).await.unwrap();
     assert!(store.all_events().await.unwrap().iter().all(|e| e.s("interaction_type") == "view"));
     let letters = store.dead_letters(10).await.unwrap();
     assert!(!letters.is_empty() && letters.iter().all(|d| d.reason == runner::dead_letter::Reason::FailedValidation && d.detail.contains("is not one of view")), "{letters:#?}");
@@ -125,4 +125,100 @@ fn logs_are_plain_in_a_pipe_json_on_request_and_a_bad_filter_is_an_error() {
     let err = String::from_utf8_lossy(&bad.stderr);
     assert_eq!(bad.status.code(), Some(2), "{err}");
     assert!(err.contains("invalid log filter \"runner=loud\""), "{err}");
+}
+
+/// Rows of `table` in the embedded store at `dir` (read beside the running store; WAL readers
+/// do not block it).
+fn rows(dir: &std::path::Path, sql: &str) -> i64 {
+    let db = rusqlite::Connection::open(dir.join("runner.db")).unwrap();
+    db.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+    db.query_row(sql, [], |r| r.get(0)).unwrap()
+}
+
+/// `[retention]` on the embedded store: raw records, panes, alert history and dead letters older
+/// than their retention are swept while the pipeline runs, the file gives the space back, and the
+/// current window (whose panes and raw records are younger than any retention) stays exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_sweeps_every_kind_and_keeps_the_current_window_exact() {
+    use runner::store::retention::RetentionConfig;
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut p = common::load_pipeline(&[("RUNNER_DATA_DIR", data.to_str().unwrap()), ("DEFAULT_GENERATION_RATE", "2000")]);
+    // Short windows, so a short pane retention is still long enough for them (2 s + 1 s + 1 s).
+    for m in &mut p.config.metrics {
+        (m.window, m.slide, m.lateness) = (Duration::from_secs(2), Some(Duration::from_secs(1)), Duration::from_secs(1));
+    }
+    let keep = RetentionConfig {
+        raw: Some(Duration::from_secs(3)),
+        panes: Some(Duration::from_secs(5)),
+        alerts: Some(Duration::from_secs(3)),
+        dead_letters: Some(Duration::from_secs(3)),
+    };
+    p.config.retention = keep.clone();
+    // Shares are dead letters (a steady stream of them), and one rule notifies every second.
+    p.config.event.fields.get_mut("interaction_type").unwrap().values = ["view", "click", "add_to_cart", "purchase"].map(String::from).to_vec();
+    common::set_alerts(&mut p, "[alerting]\ninterval = \"250ms\"\n[[alert]]\nname = \"always\"\ncondition = \"true\"\nrepeat_interval = \"1s\"\n");
+    let n = 24_000; // 12 s at 2,000 events/s
+    let options = RunOptions { max_events: Some(n), idle_exit: Some(Duration::from_millis(500)), ..RunOptions::default() };
+    let summary = pipeline::run(&p, options, CancellationToken::new()).await.unwrap();
+    let ended = chrono::Utc::now().timestamp_millis();
+    let s = summary.stats;
+    assert_eq!(s.stored + s.rejected, n, "{s:?}");
+
+    // While it ran, the sweep kept each kind to about its retention (a sweep runs every second).
+    let slack = 1_500;
+    let raw = rows(&data, "SELECT COUNT(*) FROM raw_records");
+    let oldest_raw = rows(&data, "SELECT MIN(time_ms) FROM raw_records");
+    assert!(raw > 0 && (raw as u64) < s.stored / 2, "raw records fell below what was stored: {raw} of {}", s.stored);
+    assert!(oldest_raw >= ended - 3_000 - slack, "no raw record is much older than 3 s: {} ms old", ended - oldest_raw);
+    let letters = rows(&data, "SELECT COUNT(*) FROM dead_letters");
+    assert!((letters as u64) < s.rejected / 2, "dead letters fell: {letters} of {}", s.rejected);
+    assert!(rows(&data, "SELECT MIN(at_ms) FROM dead_letters") >= ended - 3_000 - slack);
+    let alerts = rows(&data, "SELECT COUNT(*) FROM alerts");
+    assert!(rows(&data, "SELECT MIN(at_ms) FROM alerts") >= ended - 3_000 - slack, "alert history older than 3 s is gone ({alerts} rows left)");
+    println!("fault: retention raw 3s, panes 5s, alerts 3s, dead letters 3s | produced {n} | stored {} | duplicates skipped {} | dead letters {} | left after the run: raw {raw}, dead letters {letters}, alerts {alerts}", s.stored, s.duplicates, s.rejected);
+    let timeless = runner::store::TIMELESS_PANE;
+    let oldest_pane = rows(&data, &format!("SELECT MIN(pane_start) FROM metric_panes WHERE pane_start <> {timeless}"));
+    assert!(oldest_pane >= ended - 5_000 - slack, "no pane is much older than 5 s: {} ms old", ended - oldest_pane);
+    let watermarks = rows(&data, &format!("SELECT COUNT(*) FROM metric_panes WHERE pane_start = {timeless}"));
+    assert!(watermarks > 0, "watermarks are never expired");
+
+    // The current window is exact: every metric equals a recomputation from the raw records
+    // still stored (all of its window is younger than the raw retention). Read with no retention,
+    // so nothing is swept meanwhile.
+    let store = store::open(&p.config.mongodb, &p.config.embedded, &RetentionConfig::default(), &p.schema()).await.unwrap();
+    let events = store.all_events().await.unwrap();
+    let at = events.iter().map(|e| e.time_ms()).max().unwrap();
+    let set = runner::aggregate::MetricSet::load(&p.config.metrics, &p.schema()).unwrap();
+    let values = set.read_all(&*store, at).await.unwrap();
+    let (start, end) = (values[0].window_start, values[0].window_end);
+    assert!(events.iter().any(|e| e.time_ms() < start), "records before the window are stored, so the window is not all that is left");
+    let expected = common::recompute::recompute(&events, start, end);
+    for v in &values {
+        assert!(common::recompute::same(&v.value, &expected[&v.name]), "{}: read {} but recomputation gives {}", v.name, v.value, expected[&v.name]);
+    }
+    drop(store);
+
+    // With nothing arriving, the next sweeps empty every kind but the watermarks, and the file
+    // shrinks (incremental vacuum).
+    let pages_before = rows(&data, "SELECT page_count FROM pragma_page_count");
+    let store = store::open(&p.config.mongodb, &p.config.embedded, &keep, &p.schema()).await.unwrap();
+    let t = std::time::Instant::now();
+    loop {
+        let left = rows(&data, &format!(
+            "SELECT (SELECT COUNT(*) FROM raw_records) + (SELECT COUNT(*) FROM dead_letters) + (SELECT COUNT(*) FROM alerts) \
+             + (SELECT COUNT(*) FROM metric_panes WHERE pane_start <> {timeless})"
+        ));
+        if left == 0 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(15), "{left} expired rows are still stored");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(rows(&data, &format!("SELECT COUNT(*) FROM metric_panes WHERE pane_start = {timeless}")), watermarks);
+    let pages_after = rows(&data, "SELECT page_count FROM pragma_page_count");
+    assert!(pages_after < pages_before / 2, "the file gave the space back: {pages_before} pages before, {pages_after} after");
+    assert!(rows(&data, "SELECT freelist_count FROM pragma_freelist_count") < 16, "no large free list is left in the file");
+    drop(store);
 }

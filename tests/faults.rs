@@ -5,14 +5,15 @@
 
 mod common;
 
-use common::{free_port, recompute::assert_metrics_match, ServicePipeline};
+use common::services::{kill9, Service};
+use common::{recompute::assert_metrics_match, ServicePipeline};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::ClientConfig;
 use runner::dead_letter::Reason;
 use runner::pipeline::{self, Components, RunOptions};
 use runner::store;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -55,7 +56,7 @@ async fn garbage_goes_to_dead_letter() {
     let summary = common::run_pipeline(&sp, Components::CONSUMER, None, CancellationToken::new()).await;
     assert_eq!(summary.stats.stored, good as u64, "every good event is stored");
     assert_eq!(summary.stats.rejected, bad.len() as u64);
-    let store = store::open(&sp.pipeline.config.mongodb, &sp.pipeline.config.embedded, &sp.pipeline.config.schema().unwrap()).await.unwrap();
+    let store = store::open(&sp.pipeline.config.mongodb, &sp.pipeline.config.embedded, &sp.pipeline.config.retention, &sp.pipeline.config.schema().unwrap()).await.unwrap();
     assert_eq!(store.count_events().await.unwrap(), good as u64);
     let letters = store.dead_letters(100).await.unwrap();
     let mut got: Vec<Reason> = letters.iter().map(|d| d.reason).collect();
@@ -106,7 +107,7 @@ async fn poison_record_is_dead_lettered_and_its_batch_stored() {
 
     let run = common::run_pipeline(&sp, Components::CONSUMER, None, CancellationToken::new());
     let summary = tokio::time::timeout(Duration::from_secs(60), run).await.expect("the consumer finishes despite the poison records");
-    let store = store::open(&sp.pipeline.config.mongodb, &sp.pipeline.config.embedded, &sp.pipeline.config.schema().unwrap()).await.unwrap();
+    let store = store::open(&sp.pipeline.config.mongodb, &sp.pipeline.config.embedded, &sp.pipeline.config.retention, &sp.pipeline.config.schema().unwrap()).await.unwrap();
     assert_eq!(store.count_events().await.unwrap(), good, "every other event of the stream is stored");
     let letters = store.dead_letters(10).await.unwrap();
     let mut ids: Vec<&str> = letters.iter().map(|d| d.id.as_str()).collect();
@@ -151,7 +152,7 @@ async fn runaway_script_is_stopped() {
     assert_eq!(summary.stats.stored, n, "the pipeline kept storing");
     assert_eq!(summary.stats.script_errors, 2 * n, "both scripts failed on every event, and were stopped each time");
     assert!(took < Duration::from_secs(60), "runaway scripts did not stall the pipeline: {took:?}");
-    let store = store::open(&p.config.mongodb, &p.config.embedded, &p.config.schema().unwrap()).await.unwrap();
+    let store = store::open(&p.config.mongodb, &p.config.embedded, &p.config.retention, &p.config.schema().unwrap()).await.unwrap();
     let set = runner::aggregate::MetricSet::load(&p.config.metrics, &p.config.schema().unwrap()).unwrap();
     let values = set.read_all(&*store, chrono::Utc::now().timestamp_millis()).await.unwrap();
     let active = values.iter().find(|v| v.name == "active_users").unwrap();
@@ -177,11 +178,6 @@ fn spawn_runner(sp: &ServicePipeline, log: &Path) -> Child {
         .unwrap()
 }
 
-fn kill9(child: &mut Child) {
-    // SIGKILL: no shutdown code runs, exactly like a crash or an OOM kill.
-    child.kill().unwrap();
-    child.wait().unwrap();
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runner_killed_mid_stream_loses_nothing() {
@@ -208,63 +204,11 @@ async fn runner_killed_mid_stream_loses_nothing() {
 
 /// Checks the pipeline's store holds `expected` events (`which` names them), none twice.
 async fn assert_each_stored_once(sp: &common::ServicePipeline, expected: u64, which: &str) -> u64 {
-    let store = store::open(&sp.pipeline.config.mongodb, &sp.pipeline.config.embedded, &sp.pipeline.config.schema().unwrap()).await.unwrap();
+    let store = store::open(&sp.pipeline.config.mongodb, &sp.pipeline.config.embedded, &sp.pipeline.config.retention, &sp.pipeline.config.schema().unwrap()).await.unwrap();
     let (rows, distinct) = common::stored_ids(&*store).await;
     assert_eq!(rows, distinct, "no event stored twice");
     assert_eq!(rows as u64, expected, "{which} is stored exactly once");
     rows as u64
-}
-
-/// A service process of our own (so killing it does not disturb other tests), restartable on
-/// the same port and data.
-struct Service {
-    name: &'static str,
-    port: u16,
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-}
-
-impl Service {
-    async fn tansu() -> Service {
-        let mut s = Service { name: "tansu", port: free_port(), dir: tempfile::tempdir().unwrap(), child: None };
-        s.start().await;
-        s
-    }
-
-    async fn secantus() -> Service {
-        let mut s = Service { name: "secantusd-rs", port: free_port(), dir: tempfile::tempdir().unwrap(), child: None };
-        s.start().await;
-        s
-    }
-
-    async fn start(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("log")).unwrap();
-        let url = format!("tcp://127.0.0.1:{}", self.port);
-        let mut cmd = Command::new(self.name);
-        match self.name {
-            "tansu" => cmd
-                .current_dir(self.dir.path())
-                .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "sqlite://tansu.db"]),
-            // The runner asks for journaled writes (j:true). SecantusDB 0.5.3 accepts j:true but
-            // flushes its log for it only with --sync-on-commit (mongod flushes for j:true
-            // itself); without the flag a SIGKILL lost up to 100 acknowledged events in 5 of 20 runs.
-            _ => cmd.args(["--host", "127.0.0.1", "--port", &self.port.to_string(), "--sync-on-commit", "--storage-path"]).arg(self.dir.path().join("data")),
-        };
-        self.child = Some(cmd.stdout(Stdio::null()).stderr(log).spawn().unwrap_or_else(|e| panic!("cannot start {} ({e})", self.name)));
-        common::wait_for_port(self.port).await;
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            kill9(&mut c);
-        }
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 /// Runs generator and consumer in this process, kills `service` after `kill_after`, restarts it

@@ -17,7 +17,7 @@ async fn run(sp: &ServicePipeline, components: Components, events: Option<u64>) 
 }
 
 async fn store_of(sp: &ServicePipeline) -> Arc<dyn EventStore> {
-    store::open(&sp.pipeline.config.mongodb, &sp.pipeline.config.embedded, &sp.pipeline.config.schema().unwrap()).await.unwrap()
+    store::open(&sp.pipeline.config.mongodb, &sp.pipeline.config.embedded, &sp.pipeline.config.retention, &sp.pipeline.config.schema().unwrap()).await.unwrap()
 }
 
 fn group_consumer(sp: &ServicePipeline) -> BaseConsumer {

@@ -24,7 +24,7 @@ fn sensors_file() -> PathBuf {
 }
 
 async fn store_of(p: &runner::config::Pipeline) -> Arc<dyn EventStore> {
-    store::open(&p.config.mongodb, &p.config.embedded, &p.schema()).await.unwrap()
+    store::open(&p.config.mongodb, &p.config.embedded, &p.config.retention, &p.schema()).await.unwrap()
 }
 
 /// The sensors metrics recomputed from stored readings in `[start, end)`.

@@ -295,7 +295,7 @@ async fn twenty_edits_lose_nothing() {
     assert_eq!(summary.stats.stored, summary.stats.generated, "nothing lost");
     assert_eq!(summary.stats.duplicates, 0);
     let c = load(&path, &[("RUNNER_DATA_DIR", dir.path().join("data").to_str().unwrap())]).config;
-    let store = runner::store::open(&c.mongodb, &c.embedded, &c.schema().unwrap()).await.unwrap();
+    let store = runner::store::open(&c.mongodb, &c.embedded, &c.retention, &c.schema().unwrap()).await.unwrap();
     assert_eq!(store.count_events().await.unwrap(), summary.stats.generated);
 }
 
@@ -373,7 +373,7 @@ async fn connection_change_reconnects_without_loss() {
     for db in [&db_a, &db_b] {
         let mut c = p.config.clone();
         c.mongodb.database = db.to_string();
-        let store = runner::store::open(&c.mongodb, &c.embedded, &c.schema().unwrap()).await.unwrap();
+        let store = runner::store::open(&c.mongodb, &c.embedded, &c.retention, &c.schema().unwrap()).await.unwrap();
         let ids: Vec<String> = store.all_events().await.unwrap().into_iter().map(|e| e.id().to_string()).collect();
         per_db.push(ids.len());
         stored_ids.extend(ids);

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use serde_json::json;
 use runner::store::embedded::{EmbeddedConfig, EmbeddedStore};
 use runner::store::mongo::{MongoConfig, MongoStore};
+use runner::store::retention::RetentionConfig;
 use runner::store::{EventStore, InsertOutcome};
 use std::time::Duration;
 
@@ -91,13 +92,6 @@ async fn contract(store: &dyn EventStore, shape: &Shape) {
     assert_eq!(back, expected);
 
     // Metric partials: replaced by newer offsets, never by older ones; read back by range.
-    let pane = |start: i64, partition: i32, offset: i64, n: u64| PaneRecord {
-        metric: "m".into(),
-        pane_start: start,
-        partition,
-        offset,
-        state: json!({"single": {"count": n}}),
-    };
     store.write_panes(&[pane(0, 0, 10, 1), pane(5000, 0, 12, 2), pane(5000, 1, 3, 7)]).await.unwrap();
     store.write_panes(&[pane(5000, 0, 20, 5)]).await.unwrap();
     store.write_panes(&[pane(5000, 0, 15, 99)]).await.unwrap(); // stale: a consumer that lost the partition
@@ -117,16 +111,6 @@ async fn contract(store: &dyn EventStore, shape: &Shape) {
     );
 
     // Alert history: newest first, and recording the same notification twice keeps one.
-    let notice = |id: &str, at: i64| {
-        let mut n: runner::alert::Notification = serde_json::from_value(json!({
-            "id": id, "pipeline": "p", "alert": "a", "status": "firing", "change": "firing", "severity": "warning",
-            "labels": {"alertname": "a"}, "value": 1.5, "message": "m", "description": "", "fingerprint": "",
-            "starts_at": "2026-11-28T00:00:00Z", "ends_at": null, "at": "2026-11-28T00:00:00Z", "channels": ["log"]
-        }))
-        .unwrap();
-        n.at = Utc.timestamp_millis_opt(at).unwrap();
-        n
-    };
     store.record_alert(&notice("n1", 1_000)).await.unwrap();
     store.record_alert(&notice("n2", 2_000)).await.unwrap();
     store.record_alert(&notice("n1", 1_000)).await.unwrap();
@@ -135,16 +119,7 @@ async fn contract(store: &dyn EventStore, shape: &Shape) {
     assert_eq!(recent[1], notice("n1", 1_000));
 
     // Dead letters: kept with reason and source, idempotent by id, newest first.
-    let dead = |id: &str, reason: Reason| DeadLetter {
-        id: id.into(),
-        reason,
-        detail: "expected value at line 1 column 1".into(),
-        partition: 2,
-        offset: 41,
-        payload: "{oops".into(),
-        payload_bytes: 5,
-        at: Utc.timestamp_millis_opt(1_700_000_000_000).unwrap(),
-    };
+    let dead = |id: &str, reason: Reason| dead_letter(id, reason, 1_700_000_000_000);
     store.write_dead_letters(&[dead("t:2:41", Reason::NotJson), dead("t:2:42", Reason::InvalidUtf8)]).await.unwrap();
     store.write_dead_letters(&[dead("t:2:41", Reason::NotJson)]).await.unwrap();
     assert_eq!(store.count_dead_letters().await.unwrap(), 2);
@@ -153,12 +128,136 @@ async fn contract(store: &dyn EventStore, shape: &Shape) {
     assert_eq!(back, vec![dead("t:2:41", Reason::NotJson), dead("t:2:42", Reason::InvalidUtf8)]);
 }
 
+/// A partial of metric `m`.
+fn pane(start: i64, partition: i32, offset: i64, n: u64) -> PaneRecord {
+    PaneRecord { metric: "m".into(), pane_start: start, partition, offset, state: json!({"single": {"count": n}}) }
+}
+
+/// A notification of alert `a` sent at `at` (ms).
+fn notice(id: &str, at: i64) -> runner::alert::Notification {
+    let mut n: runner::alert::Notification = serde_json::from_value(json!({
+        "id": id, "pipeline": "p", "alert": "a", "status": "firing", "change": "firing", "severity": "warning",
+        "labels": {"alertname": "a"}, "value": 1.5, "message": "m", "description": "", "fingerprint": "",
+        "starts_at": "2026-11-28T00:00:00Z", "ends_at": null, "at": "2026-11-28T00:00:00Z", "channels": ["log"]
+    }))
+    .unwrap();
+    n.at = Utc.timestamp_millis_opt(at).unwrap();
+    n
+}
+
+/// A dead letter stored at `at` (ms).
+fn dead_letter(id: &str, reason: Reason, at: i64) -> DeadLetter {
+    DeadLetter {
+        id: id.into(),
+        reason,
+        detail: "expected value at line 1 column 1".into(),
+        partition: 2,
+        offset: 41,
+        payload: "{oops".into(),
+        payload_bytes: 5,
+        at: Utc.timestamp_millis_opt(at).unwrap(),
+    }
+}
+
+/// Retention as both stores keep it: with a minute for every kind, rows dated years ago (raw
+/// records by their time, panes by their start, alerts and dead letters by when they were
+/// stored) go by the store's own expiry (`expire` waits for it, at most 30 s), while fresh rows,
+/// the current pane and the timeless watermark records stay.
+async fn retention_contract(store: &dyn EventStore, shape: &Shape) {
+    let now = Utc::now().timestamp_millis();
+    let fresh = |i: u32| {
+        let old = (shape.json)(i);
+        let json = old.replace(&iso(1_700_000_000_000 + i as i64 * 1000), &iso(now));
+        assert_ne!(json, old, "the record's time is replaced");
+        Record::from_json(&shape.schema, json.as_bytes()).unwrap()
+    };
+    let mut records: Vec<Record> = (0..20).map(|i| shape.record(i)).collect();
+    records.extend((1000..1020).map(fresh));
+    store.insert_events(&records).await.unwrap();
+    let current = now - now % 5_000;
+    let watermark = PaneRecord { metric: "m#watermark".into(), pane_start: runner::store::TIMELESS_PANE, partition: 0, offset: 9, state: json!(now) };
+    store.write_panes(&[pane(0, 0, 1, 1), pane(5_000, 0, 2, 2), pane(current, 0, 3, 3), watermark.clone()]).await.unwrap();
+    store.record_alert(&notice("old", 1_000)).await.unwrap();
+    store.record_alert(&notice("fresh", now)).await.unwrap();
+    store.write_dead_letters(&[dead_letter("old", Reason::NotJson, 1_700_000_000_000), dead_letter("fresh", Reason::NotJson, now)]).await.unwrap();
+
+    let t = std::time::Instant::now();
+    loop {
+        let left = (
+            store.count_events().await.unwrap(),
+            store.load_panes("m", 0, runner::store::TIMELESS_PANE, None).await.unwrap().len(),
+            store.recent_alerts(10).await.unwrap().len(),
+            store.count_dead_letters().await.unwrap(),
+        );
+        if left == (20, 1, 1, 1) {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "rows past their retention are still stored: (raw, panes, alerts, dead letters) = {left:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let kept: Vec<Record> = store.all_events().await.unwrap();
+    assert!(kept.iter().all(|r| r.time_ms() == now), "only the fresh records are left");
+    assert_eq!(store.load_panes("m", 0, runner::store::TIMELESS_PANE, None).await.unwrap(), vec![pane(current, 0, 3, 3)], "the current pane stays");
+    let marks = store.load_panes("m#watermark", runner::store::TIMELESS_PANE, runner::store::TIMELESS_PANE + 1, None).await.unwrap();
+    assert_eq!(marks, vec![watermark], "watermarks never expire");
+    assert_eq!(store.recent_alerts(10).await.unwrap()[0].id, "fresh");
+    assert_eq!(store.dead_letters(10).await.unwrap()[0].id, "fresh");
+}
+
+fn a_minute_each() -> RetentionConfig {
+    let minute = Some(Duration::from_secs(60));
+    RetentionConfig { raw: minute, panes: minute, alerts: minute, dead_letters: minute }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_store_expires_each_kind_by_its_retention() {
+    let shape = sensors();
+    let dir = tempfile::tempdir().unwrap();
+    let config = EmbeddedConfig { data_dir: dir.path().to_path_buf(), ..EmbeddedConfig::default() };
+    let store = EmbeddedStore::open(&config, &a_minute_each(), &shape.schema, &shape.indexes()).unwrap();
+    retention_contract(&store, &shape).await;
+}
+
+/// On MongoDB every kind is a TTL index, which the server's own TTL monitor applies (on a
+/// SecantusDB of this test's own, whose monitor is set to pass every second); a changed
+/// retention rebuilds the index when the store opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongo_store_expires_each_kind_by_ttl_indexes() {
+    let server = common::services::Service::secantus().await;
+    let shape = interactions();
+    let mut config = mongo_config(&shape);
+    config.uri = format!("mongodb://127.0.0.1:{}", server.port);
+    let client = mongodb::Client::with_uri_str(&config.uri).await.unwrap();
+    client.database("admin").run_command(mongodb::bson::doc! {"setParameter": 1, "ttlMonitorSleepSecs": 1}).await.unwrap();
+    let store = MongoStore::connect(&config, &a_minute_each(), &shape.schema).await.unwrap();
+    retention_contract(&store, &shape).await;
+
+    // The expiry of each index follows the configured retention, also when it changes.
+    let db = client.database(&config.database);
+    let expiry = |coll: &'static str, field: &'static str| {
+        let c = db.collection::<mongodb::bson::Document>(coll);
+        async move {
+            use futures::TryStreamExt;
+            let indexes: Vec<mongodb::IndexModel> = c.list_indexes().await.unwrap().try_collect().await.unwrap();
+            let i = indexes.iter().find(|i| i.keys.len() == 1 && i.keys.contains_key(field)).unwrap_or_else(|| panic!("an index on {coll}.{field}"));
+            i.options.as_ref().and_then(|o| o.expire_after).map(|d| d.as_secs())
+        }
+    };
+    let time = shape.schema.time_name().to_string();
+    let time: &'static str = Box::leak(time.into_boxed_str());
+    assert_eq!((expiry("raw", time).await, expiry("aggregated_metrics", "pane_at").await, expiry("alerts", "at").await, expiry("dead_letters", "at").await), (Some(60), Some(60), Some(60), Some(60)));
+    let changed = RetentionConfig { raw: Some(Duration::from_secs(86_400)), panes: None, ..a_minute_each() };
+    MongoStore::connect(&config, &changed, &shape.schema).await.unwrap();
+    assert_eq!(expiry("raw", time).await, Some(86_400), "a changed retention rebuilds the TTL index");
+    assert_eq!(expiry("aggregated_metrics", "pane_at").await, None, "no retention leaves a plain index");
+}
+
 #[tokio::test]
 async fn embedded_store_meets_the_contract_for_two_schemas() {
     for shape in [interactions(), sensors()] {
         let dir = tempfile::tempdir().unwrap();
         let config = EmbeddedConfig { data_dir: dir.path().to_path_buf(), ..EmbeddedConfig::default() };
-        contract(&EmbeddedStore::open(&config, None, &shape.schema, &shape.indexes()).unwrap(), &shape).await;
+        contract(&EmbeddedStore::open(&config, &Default::default(), &shape.schema, &shape.indexes()).unwrap(), &shape).await;
         // The indexed fields are columns of their own, with an index each.
         let db = rusqlite::Connection::open(dir.path().join("runner.db")).unwrap();
         let field = shape.indexes[0];
@@ -183,7 +282,6 @@ fn mongo_config(shape: &Shape) -> MongoConfig {
         alert_state_collection: "alert_state".into(),
         dead_letter_collection: "dead_letters".into(),
         indexes: shape.indexes(),
-        retention: Some(Duration::from_secs(7 * 86400)),
         connect_timeout: Duration::from_secs(20),
     }
 }
@@ -192,7 +290,8 @@ fn mongo_config(shape: &Shape) -> MongoConfig {
 async fn mongo_store_meets_the_contract_for_two_schemas() {
     for shape in [interactions(), sensors()] {
         let config = mongo_config(&shape);
-        contract(&MongoStore::connect(&config, &shape.schema).await.unwrap(), &shape).await;
+        let retention = RetentionConfig { raw: Some(Duration::from_secs(7 * 86400)), ..Default::default() };
+        contract(&MongoStore::connect(&config, &retention, &shape.schema).await.unwrap(), &shape).await;
         // Indexes: the unique id, the time (TTL) and each declared one.
         let client = mongodb::Client::with_uri_str(&config.uri).await.unwrap();
         let raw = client.database(&config.database).collection::<mongodb::bson::Document>("raw");
@@ -209,7 +308,7 @@ async fn mongo_store_meets_the_contract_for_two_schemas() {
 async fn mongo_refuses_only_the_records_it_cannot_hold() {
     let shape = interactions();
     let config = mongo_config(&shape);
-    let store = MongoStore::connect(&config, &shape.schema).await.unwrap();
+    let store = MongoStore::connect(&config, &Default::default(), &shape.schema).await.unwrap();
     let with = |i: u32, extra: &str| {
         let json = (shape.json)(i);
         let json = format!("{},{extra}}}", &json[..json.len() - 1]);

@@ -82,7 +82,7 @@ fn check_windows(set: &Arc<MetricSet>, partitions: &[Vec<(u8, i64)>], cuts: &[us
     let stream = interleave(partitions, seed);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let store = EmbeddedStore::open(&EmbeddedConfig { data_dir: dir.path().to_path_buf(), ..Default::default() }, None, &super::write::tests::schema(), &[]).unwrap();
+    let store = EmbeddedStore::open(&EmbeddedConfig { data_dir: dir.path().to_path_buf(), ..Default::default() }, &Default::default(), &super::write::tests::schema(), &[]).unwrap();
     rt.block_on(async {
         consume_with_crashes(set, &store, &stream, cuts, crashes).await;
         let metric = &set.metrics()[0];

@@ -50,7 +50,8 @@ fn watermark_key(m: &Metric) -> String {
     format!("{}#watermark", m.state_key())
 }
 
-const WATERMARK_PANE: i64 = 0;
+/// Watermarks are stored at the timeless pane, so pane retention never deletes them.
+const WATERMARK_PANE: i64 = crate::store::TIMELESS_PANE;
 
 /// What absorbing one batch produced.
 #[derive(Debug, Default)]

@@ -378,7 +378,7 @@ mod tests {
     async fn notifications_wait_until_the_state_is_stored() {
         let dir = tempfile::tempdir().unwrap();
         let schema = crate::event::schema_of("fields = { id = \"string\", t = \"timestamp\" }\nid = \"id\"\ntime = \"t\"");
-        let inner = EmbeddedStore::open(&EmbeddedConfig { data_dir: dir.path().to_path_buf(), ..Default::default() }, None, &schema, &[]).unwrap();
+        let inner = EmbeddedStore::open(&EmbeddedConfig { data_dir: dir.path().to_path_buf(), ..Default::default() }, &Default::default(), &schema, &[]).unwrap();
         let store = Arc::new(FlakyStore { inner, failing: AtomicBool::new(true) });
         let rule: AlertConfig = toml::from_str("name = \"always\"\ncondition = \"true\"").unwrap();
         let set = AlertSet::load(&AlertingConfig::default(), &[rule], Path::new("p.toml")).unwrap();

@@ -91,7 +91,7 @@ pub(super) async fn kafka_sections(pipeline: &Pipeline, opts: &BenchOptions, ser
         let coll = client.database(&format!("bench_{run_id}_raw_{i}")).collection::<mongodb::bson::Document>("raw");
         // The same indexes as the runner's raw collection: they are part of what a write costs.
         let schema = pipeline.schema();
-        crate::store::mongo::create_indexes(&coll, pipeline.config.mongodb.retention, &schema, &pipeline.config.mongodb.indexes).await?;
+        crate::store::mongo::create_indexes(&coll, pipeline.config.retention.raw, &schema, &pipeline.config.mongodb.indexes).await?;
         let docs: Vec<_> = (0..n as usize).map(|k| {
             let mut d = crate::store::mongo::to_document(&sample[k % sample.len()]);
             d.insert(schema.id_name(), format!("{k}"));

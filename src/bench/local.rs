@@ -219,7 +219,7 @@ async fn active_keys_in_last_minute(pipeline: &Pipeline, dir: &std::path::Path) 
     let mut config = pipeline.config.embedded.clone();
     config.data_dir = dir.to_path_buf();
     let schema: Arc<Schema> = pipeline.schema();
-    let store = crate::store::embedded::EmbeddedStore::open(&config, None, &schema, &[])?;
+    let store = crate::store::embedded::EmbeddedStore::open(&config, &Default::default(), &schema, &[])?;
     let events = crate::store::EventStore::all_events(&store).await?;
     let newest = events.iter().map(Record::time_ms).max().context("bench: the memory run stored no events")?;
     let since = newest - 60_000;

@@ -13,6 +13,7 @@ use crate::event::{EventConfig, Schema};
 use crate::generator::GeneratorConfig;
 use crate::store::embedded::EmbeddedConfig;
 use crate::store::mongo::MongoConfig;
+use crate::store::retention::RetentionConfig;
 use crate::transport::kafka::KafkaConfig;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -35,6 +36,9 @@ pub struct PipelineConfig {
     /// Where the embedded store and queue keep their data.
     #[serde(default)]
     pub embedded: EmbeddedConfig,
+    /// How long each kind of stored row is kept.
+    #[serde(default)]
+    pub retention: RetentionConfig,
     /// The event generator.
     pub generator: GeneratorConfig,
     /// Batching and offset commits on the consuming side.
@@ -197,6 +201,7 @@ impl Pipeline {
         let problems: Vec<String> = [
             self.config.index_check(),
             self.config.headline_check(),
+            self.config.retention_check(),
             self.config.kafka.check(),
             self.config.mongodb.check(),
             self.config.generator.check(),
@@ -231,6 +236,19 @@ impl PipelineConfig {
     fn headline_check(&self) -> Option<String> {
         let unknown: Vec<&str> = self.dashboard.headline.iter().filter(|h| !self.metrics.iter().any(|m| &m.name == *h)).map(String::as_str).collect();
         (!unknown.is_empty()).then(|| format!("dashboard.headline: {} not a [[metric]] of this file", unknown.join(", ")))
+    }
+
+    /// `[retention] panes` must keep what every window still reads.
+    fn retention_check(&self) -> Option<String> {
+        let needed: Vec<_> = self
+            .metrics
+            .iter()
+            .filter_map(|m| {
+                let w = m.window().ok()?;
+                Some((m.name.clone(), std::time::Duration::from_millis((w.size_ms + w.slide_ms) as u64) + m.lateness))
+            })
+            .collect();
+        self.retention.check(&needed)
     }
 
     /// `[mongodb] indexes` must name declared fields.
@@ -283,6 +301,10 @@ fn explain(message: &str) -> String {
              types, and which field is the id and which the event time, e.g.\n  [event]\n  fields = { reading_id = \"string\", \
              device_id = \"string\", temperature = \"float\", ts = \"timestamp\" }\n  id = \"reading_id\"\n  time = \"ts\"\n\
              (pipelines/interactions.toml has the interactions record; `runner init` infers one from a sample)"
+            .to_string(),
+        // Files written before retention had its own section kept raw events' retention here.
+        m if m.starts_with("unknown field `retention`") => "mongodb.retention moved to its own section, which sets every kind \
+             of stored row: [retention] raw = \"7d\" (and panes, alerts, dead_letters)"
             .to_string(),
         other => other.to_string(),
     }
@@ -398,9 +420,27 @@ rate = "${RATE:-250}"
 
     #[test]
     fn bad_duration_is_explained() {
-        let text = MINIMAL.replace("database = \"d\"", "database = \"d\"\nretention = \"7 parsecs\"");
+        let text = format!("{MINIMAL}[retention]\nraw = \"7 parsecs\"\n");
         let err = parse(&text, "p.toml", |_| None).unwrap_err().to_string();
-        assert!(err.contains("p.toml:14:") && err.contains("\"30s\""), "{err}");
+        assert!(err.contains("p.toml:18:") && err.contains("\"30s\""), "{err}");
+    }
+
+    #[test]
+    fn retention_under_mongodb_is_told_where_it_moved() {
+        let text = MINIMAL.replace("database = \"d\"", "database = \"d\"\nretention = \"7d\"");
+        let err = parse(&text, "p.toml", |_| None).unwrap_err().to_string();
+        assert!(err.starts_with("p.toml:14:1: mongodb.retention moved") && err.contains("[retention] raw = \"7d\""), "{err}");
+    }
+
+    #[test]
+    fn pane_retention_shorter_than_a_window_names_the_metric_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        let text = format!("{MINIMAL}[retention]\npanes = \"1m\"\n[[metric]]\nname = \"hourly\"\nscript = \"m.rhai\"\nreducer = \"count\"\nwindow = \"1h\"\n");
+        std::fs::write(&path, text).unwrap();
+        let err = Pipeline::load_with_env(&path, |_| None).err().unwrap().to_string();
+        assert!(err.starts_with(&format!("{}:18: retention.panes = 1m is shorter", path.display())), "{err}");
+        assert!(err.contains("\"hourly\""), "{err}");
     }
 
     #[test]

@@ -43,6 +43,7 @@ pub const TABLE: &[Row] = &[
     Row { key: "kafka", effect: Effect::Reconnect, note: "new broker connected first; generator moves between batches; consumer drains and resumes from committed offsets", changed: |a, b| a.kafka != b.kafka },
     Row { key: "mongodb", effect: Effect::Reconnect, note: "new store connected first; consumer drains, then writes to it; dashboard and alerts follow", changed: |a, b| a.mongodb != b.mongodb },
     Row { key: "embedded", effect: Effect::Reconnect, note: "the embedded store (and queue, when Kafka is embedded) are reopened", changed: |a, b| a.embedded != b.embedded },
+    Row { key: "retention", effect: Effect::Reconnect, note: "the store is reopened with the new TTL indexes or sweep", changed: |a, b| a.retention != b.retention },
     Row { key: "consumer", effect: Effect::Reconnect, note: "consumer drains and restarts with the new batching and validation", changed: |a, b| a.consumer != b.consumer },
     Row { key: "generator.seed", effect: Effect::Restart, note: "the random stream is seeded once", changed: |a, b| a.generator.seed != b.generator.seed },
     // The seed has its own row: this one compares the rest of the section.
@@ -62,7 +63,7 @@ pub const TABLE: &[Row] = &[
 /// Compile-time guard: adding a section to [`PipelineConfig`] fails here until the table has it.
 #[allow(dead_code)]
 fn sections_in_table(c: &PipelineConfig) {
-    let PipelineConfig { name: _, event: _, kafka: _, mongodb: _, embedded: _, generator: _, consumer: _, dashboard: _, metrics: _, alerting: _, alerts: _ } = c;
+    let PipelineConfig { name: _, event: _, kafka: _, mongodb: _, embedded: _, retention: _, generator: _, consumer: _, dashboard: _, metrics: _, alerting: _, alerts: _ } = c;
     let crate::dashboard::DashboardConfig { listen: _, refresh: _, templates: _, token: _, headline: _ } = &c.dashboard;
 }
 
@@ -121,7 +122,7 @@ impl Diff {
         let embedded = self.touches("embedded");
         Reconnects {
             transport: self.touches("kafka") || (self.embedded_transport && embedded),
-            store: self.touches("mongodb") || (self.embedded_store && embedded),
+            store: self.touches("mongodb") || self.touches("retention") || (self.embedded_store && embedded),
             consumer: self.touches("consumer"),
         }
     }
@@ -146,6 +147,9 @@ mod tests {
         assert_eq!(topic.reconnects(), Reconnects { transport: true, ..Reconnects::default() });
         let data = Diff::of(&old, &parse(&format!("{base}[embedded]\ndata_dir = \"elsewhere\"\n")));
         assert_eq!(data.reconnects(), Reconnects { store: true, ..Reconnects::default() }, "Kafka does not use [embedded]; the store does");
+        let kept = Diff::of(&old, &parse(&format!("{base}[retention]\nraw = \"1d\"\n")));
+        assert_eq!(kept.changed, vec![("retention", Effect::Reconnect)]);
+        assert_eq!(kept.reconnects(), Reconnects { store: true, ..Reconnects::default() }, "the store reopens with the new expiry");
     }
 
     #[test]

@@ -150,7 +150,7 @@ async fn build(pipeline: Pipeline, options: &RunOptions) -> anyhow::Result<Built
     let config = &compiled.pipeline.config;
     let stats = Stats::new();
     let store = match components.consumer || components.dashboard || components.alerting {
-        true => Some(Switchable::new(store::open(&config.mongodb, &config.embedded, &compiled.schema).await?)),
+        true => Some(Switchable::new(store::open(&config.mongodb, &config.embedded, &config.retention, &compiled.schema).await?)),
         false => None,
     };
     log_setup(&compiled.pipeline, store.as_deref().map(|s| s as &dyn EventStore), components);

@@ -110,7 +110,7 @@ fn start_consumer(plane: &Plane, subscriber: Box<dyn Subscriber>) -> RunningCons
 async fn rebuild(plane: &mut Plane, consumer: &mut Option<RunningConsumer>, next: PipelineConfig, what: &Reconnects) -> anyhow::Result<()> {
     // 1. Connect first: a broker or store that cannot be reached leaves everything as it was.
     let new_store = match what.store && plane.components.consumer {
-        true => Some(store::open(&next.mongodb, &next.embedded, &next.schema().map_err(|p| anyhow::anyhow!(p.join("; ")))?).await?),
+        true => Some(store::open(&next.mongodb, &next.embedded, &next.retention, &next.schema().map_err(|p| anyhow::anyhow!(p.join("; ")))?).await?),
         false => None,
     };
     let rebuild_transport = what.transport || (what.consumer && next.kafka.is_embedded());

@@ -3,8 +3,8 @@
 //! are kept as JSON with the id and time in columns of their own; each field `[mongodb] indexes`
 //! names gets a generated column and an index, so it is queryable like a column.
 
+use super::retention::RetentionConfig;
 use super::{EventStore, InsertOutcome, Notification, PaneRecord};
-
 
 use crate::dead_letter::DeadLetter;
 use crate::base::de;
@@ -83,47 +83,55 @@ const SCHEMA: &str = "
         reason TEXT NOT NULL,
         body TEXT NOT NULL
     );
+    CREATE INDEX IF NOT EXISTS dead_letters_at ON dead_letters(at_ms);
+    CREATE INDEX IF NOT EXISTS metric_panes_start ON metric_panes(pane_start);
 ";
+
+/// Rows one sweep step deletes before letting writers in again.
+const SWEEP_CHUNK: i64 = 5_000;
 
 impl EmbeddedStore {
     /// Opens (creating if needed) the store for records of `schema`, with a queryable column per
-    /// field of `indexes`; with `retention`, a background sweep deletes older records.
-    pub fn open(config: &EmbeddedConfig, retention: Option<Duration>, schema: &Arc<Schema>, indexes: &[String]) -> anyhow::Result<Self> {
+    /// field of `indexes`; a background sweep deletes rows older than `retention` says.
+    pub fn open(config: &EmbeddedConfig, retention: &RetentionConfig, schema: &Arc<Schema>, indexes: &[String]) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
         let path = config.data_dir.join("runner.db");
         let conn = Connection::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
         // WAL + NORMAL: a commit survives a process crash; only an OS crash may lose the last commits.
-        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;")
+        // Incremental auto-vacuum (set before the first table exists) lets the sweep give deleted
+        // pages back to the file system.
+        conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;")
             .and_then(|_| conn.execute_batch(SCHEMA))
             .and_then(|_| migrate_raw_events(&conn))
             .and_then(|_| index_fields(&conn, indexes))
+            .and_then(|_| if retention.any() { enable_incremental_vacuum(&conn) } else { Ok(()) })
             .with_context(|| format!("cannot set up {}", path.display()))?;
         let store = EmbeddedStore { conn: Arc::new(Mutex::new(conn)), path, schema: schema.clone() };
-        if let Some(keep) = retention {
-            store.spawn_retention(keep);
+        if let Some(every) = retention.sweep_every() {
+            store.spawn_retention(retention.clone(), every);
         }
         Ok(store)
     }
 
-    fn spawn_retention(&self, keep: Duration) {
+    /// Sweeps now and then every `every`, for as long as the store is open.
+    fn spawn_retention(&self, retention: RetentionConfig, every: Duration) {
         let conn = Arc::downgrade(&self.conn);
-        let every = (keep / 10).clamp(Duration::from_secs(1), Duration::from_secs(3600));
         let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
         handle.spawn(async move {
             loop {
-                tokio::time::sleep(every).await;
                 let Some(conn) = conn.upgrade() else { return };
-                let cutoff = (chrono::Utc::now() - keep).timestamp_millis();
-                let deleted = tokio::task::spawn_blocking(move || {
-                    conn.lock().unwrap().execute("DELETE FROM raw_records WHERE time_ms < ?1", [cutoff])
-                })
-                .await;
-                match deleted {
-                    Ok(Ok(n)) if n > 0 => tracing::info!(deleted = n, "retention: deleted raw events older than {keep:?}"),
+                let now = chrono::Utc::now().timestamp_millis();
+                let retention = retention.clone();
+                match tokio::task::spawn_blocking(move || sweep(&conn, &retention, now)).await {
+                    Ok(Ok(deleted)) if deleted.iter().any(|(_, n)| *n > 0) => {
+                        let counts: Vec<String> = deleted.iter().filter(|(_, n)| *n > 0).map(|(kind, n)| format!("{n} {kind}")).collect();
+                        tracing::info!("retention: deleted {}", counts.join(", "));
+                    }
                     Ok(Err(e)) => tracing::warn!(error = %e, "retention sweep failed; will try again"),
                     _ => {}
                 }
+                tokio::time::sleep(every).await;
             }
         });
     }
@@ -153,6 +161,57 @@ fn migrate_raw_events(conn: &Connection) -> rusqlite::Result<()> {
         tracing::info!("embedded store: moved raw events into the raw_records table");
     }
     Ok(())
+}
+
+/// Turns on incremental auto-vacuum in a file made before it was set, rewriting the file once.
+fn enable_incremental_vacuum(conn: &Connection) -> rusqlite::Result<()> {
+    const INCREMENTAL: i64 = 2;
+    if conn.query_row("PRAGMA auto_vacuum", [], |r| r.get::<_, i64>(0))? != INCREMENTAL {
+        tracing::info!("embedded store: enabling incremental vacuum (the file is rewritten once)");
+        conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL; VACUUM;")?;
+    }
+    Ok(())
+}
+
+/// Deletes the rows `retention` no longer keeps as of `now_ms` (in chunks, releasing the lock
+/// between them so writers are not held up), then returns the freed pages to the file system.
+/// Returns how many rows of each kind went. Watermark records sit at [`super::TIMELESS_PANE`],
+/// past every cutoff, so they stay.
+pub fn sweep(conn: &Mutex<Connection>, retention: &RetentionConfig, now_ms: i64) -> rusqlite::Result<Vec<(&'static str, u64)>> {
+    // Each kind: its table, the time column it expires by, and its `[retention]` key.
+    let kinds = [
+        ("raw_records", "time_ms", "raw", retention.raw),
+        ("metric_panes", "pane_start", "panes", retention.panes),
+        ("alerts", "at_ms", "alerts", retention.alerts),
+        ("dead_letters", "at_ms", "dead_letters", retention.dead_letters),
+    ];
+    let mut deleted = Vec::new();
+    for (table, column, kind, keep) in kinds {
+        let Some(keep) = keep else { continue };
+        let cutoff = now_ms.saturating_sub(keep.as_millis() as i64);
+        let sql = format!("DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE {column} < ?1 LIMIT ?2)");
+        let mut total = 0;
+        loop {
+            let n = conn.lock().unwrap().prepare_cached(&sql)?.execute(params![cutoff, SWEEP_CHUNK])? as u64;
+            total += n;
+            if n < SWEEP_CHUNK as u64 {
+                break;
+            }
+        }
+        deleted.push((kind, total));
+    }
+    if deleted.iter().any(|(_, n)| *n > 0) {
+        // Free pages go back to the file; the checkpoint moves that from the WAL into the file.
+        // The vacuum frees one page per step, so it is stepped to the end (`execute_batch`
+        // would take only the first step).
+        let conn = conn.lock().unwrap();
+        let mut vacuum = conn.prepare("PRAGMA incremental_vacuum")?;
+        let mut steps = vacuum.query([])?;
+        while steps.next()?.is_some() {}
+        drop(steps);
+        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+    }
+    Ok(deleted)
 }
 
 /// A generated column `f_<field>` (read from the JSON body) and an index on it, per field.
@@ -365,13 +424,13 @@ mod tests {
             "fields = { event_id = \"string\", user_id = \"string\", item_id = \"string\", interaction_type = \"string\", timestamp = \"timestamp\" }\nid = \"event_id\"\ntime = \"timestamp\"",
         );
         let config = EmbeddedConfig { data_dir: dir.path().to_path_buf(), ..EmbeddedConfig::default() };
-        let store = EmbeddedStore::open(&config, None, &schema, &["user_id".to_string()]).unwrap();
+        let store = EmbeddedStore::open(&config, &Default::default(), &schema, &["user_id".to_string()]).unwrap();
         let records = store.all_events().await.unwrap();
         assert_eq!(records.len(), 1);
         assert_eq!((records[0].id(), records[0].time_ms()), ("e1", 1_767_225_600_000));
         drop(store);
         // Opening again finds nothing more to move.
-        let store = EmbeddedStore::open(&config, None, &schema, &["user_id".to_string()]).unwrap();
+        let store = EmbeddedStore::open(&config, &Default::default(), &schema, &["user_id".to_string()]).unwrap();
         assert_eq!(store.count_events().await.unwrap(), 1);
     }
 }

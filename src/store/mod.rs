@@ -3,9 +3,10 @@
 
 pub mod embedded;
 pub mod mongo;
+pub mod retention;
 mod rows;
 
-pub use rows::{Change, Labels, Notification, PaneRecord};
+pub use rows::{Change, Labels, Notification, PaneRecord, TIMELESS_PANE};
 
 use crate::dead_letter::DeadLetter;
 use crate::event::{Record, Schema};
@@ -69,14 +70,19 @@ pub trait EventStore: Send + Sync {
 }
 
 /// Opens the store `mongodb` names for records of `schema`: MongoDB, or the embedded store (in
-/// `embedded`'s folder) when the uri is `embedded`.
-pub async fn open(mongodb: &mongo::MongoConfig, embedded: &embedded::EmbeddedConfig, schema: &Arc<Schema>) -> anyhow::Result<Arc<dyn EventStore>> {
+/// `embedded`'s folder) when the uri is `embedded`; either expires rows as `retention` says.
+pub async fn open(
+    mongodb: &mongo::MongoConfig,
+    embedded: &embedded::EmbeddedConfig,
+    retention: &retention::RetentionConfig,
+    schema: &Arc<Schema>,
+) -> anyhow::Result<Arc<dyn EventStore>> {
     if mongodb.is_embedded() {
         // Opening SQLite creates files and tables: blocking work, off the async runtime.
-        let (config, retention, schema, indexes) = (embedded.clone(), mongodb.retention, schema.clone(), mongodb.indexes.clone());
-        Ok(Arc::new(tokio::task::spawn_blocking(move || embedded::EmbeddedStore::open(&config, retention, &schema, &indexes)).await??))
+        let (config, retention, schema, indexes) = (embedded.clone(), retention.clone(), schema.clone(), mongodb.indexes.clone());
+        Ok(Arc::new(tokio::task::spawn_blocking(move || embedded::EmbeddedStore::open(&config, &retention, &schema, &indexes)).await??))
     } else {
-        Ok(Arc::new(mongo::MongoStore::connect(mongodb, schema).await?))
+        Ok(Arc::new(mongo::MongoStore::connect(mongodb, retention, schema).await?))
     }
 }
 

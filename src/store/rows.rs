@@ -6,6 +6,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
+/// The pane start of rows that belong to no time slot (a metric's watermark records): past every
+/// retention cutoff, so retention never deletes them.
+pub const TIMELESS_PANE: i64 = i64::MAX - 1;
+
 /// One stored partial state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PaneRecord {

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod recompute;
+pub mod services;
 
 use runner::config::Pipeline;
 use std::collections::HashMap;

@@ -59,7 +59,7 @@ pub fn same(a: &Value, b: &Value) -> bool {
 /// Reads every metric from the store at the newest raw event and checks it against the
 /// recomputation; returns the values read.
 pub async fn assert_metrics_match(sp: &ServicePipeline, expected_events: u64) -> Vec<MetricValue> {
-    let store: Arc<dyn EventStore> = store::open(&sp.pipeline.config.mongodb, &sp.pipeline.config.embedded, &sp.pipeline.config.schema().unwrap()).await.unwrap();
+    let store: Arc<dyn EventStore> = store::open(&sp.pipeline.config.mongodb, &sp.pipeline.config.embedded, &sp.pipeline.config.retention, &sp.pipeline.config.schema().unwrap()).await.unwrap();
     let events = store.all_events().await.unwrap();
     assert_eq!(events.len() as u64, expected_events, "raw store holds every event once");
     let at = events.iter().map(|e| e.time_ms()).max().unwrap();

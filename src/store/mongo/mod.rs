@@ -10,9 +10,12 @@ use crate::base::{de, Backoff};
 use anyhow::{bail, Context};
 use mongodb::bson::{doc, Document};
 use mongodb::options::{ClientOptions, IndexOptions};
+use mongodb::error::ErrorKind;
 use mongodb::{Client, Collection, IndexModel};
+use futures::TryStreamExt;
 use serde::Deserialize;
 use crate::event::Schema;
+use crate::store::retention::RetentionConfig;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -42,9 +45,6 @@ pub struct MongoConfig {
     /// Fields of `[event]` to index (ascending) besides the unique id and the time, which always are.
     #[serde(default)]
     pub indexes: Vec<String>,
-    /// How long raw events are kept (a TTL index on the time field); unset keeps them forever.
-    #[serde(default, deserialize_with = "de::optional_duration")]
-    pub retention: Option<Duration>,
     /// How long to keep retrying an unreachable server at start before giving up.
     #[serde(default = "default_connect_timeout", deserialize_with = "de::duration")]
     pub connect_timeout: Duration,
@@ -62,7 +62,6 @@ impl std::fmt::Debug for MongoConfig {
             .field("alert_state_collection", &self.alert_state_collection)
             .field("dead_letter_collection", &self.dead_letter_collection)
             .field("indexes", &self.indexes)
-            .field("retention", &self.retention)
             .field("connect_timeout", &self.connect_timeout)
             .finish()
     }
@@ -149,7 +148,7 @@ pub struct MongoStore {
 impl MongoStore {
     /// Connects (retrying with backoff up to `connect_timeout`, never falling back) and creates
     /// the indexes.
-    pub async fn connect(config: &MongoConfig, schema: &Arc<Schema>) -> anyhow::Result<Self> {
+    pub async fn connect(config: &MongoConfig, retention: &RetentionConfig, schema: &Arc<Schema>) -> anyhow::Result<Self> {
         let shown = redact(&config.uri);
         let client = Client::with_options(client_options(&config.uri).await?).context("cannot create the MongoDB client")?;
         let db = client.database(&config.database);
@@ -170,44 +169,73 @@ impl MongoStore {
             }
         }
         let raw = db.collection::<Document>(&config.raw_collection);
-        create_indexes(&raw, config.retention, schema, &config.indexes).await?;
+        create_indexes(&raw, retention.raw, schema, &config.indexes).await?;
         let panes = db.collection::<Document>(&config.metrics_collection);
         panes
             .create_index(IndexModel::builder().keys(doc! {"metric": 1, "pane_start": 1}).build())
             .await
             .with_context(|| format!("cannot create indexes on {}", panes.namespace()))?;
+        time_index(&panes, PANE_TIME, retention.panes).await?;
         let alerts = db.collection::<Document>(&config.alerts_collection);
-        alerts
-            .create_index(IndexModel::builder().keys(doc! {"at": -1}).build())
-            .await
-            .with_context(|| format!("cannot create indexes on {}", alerts.namespace()))?;
+        time_index(&alerts, "at", retention.alerts).await?;
+        let dead_letters = db.collection::<Document>(&config.dead_letter_collection);
+        time_index(&dead_letters, "at", retention.dead_letters).await?;
         Ok(MongoStore {
             raw,
             panes,
             alerts,
             alert_state: db.collection::<Document>(&config.alert_state_collection),
-            dead_letters: db.collection::<Document>(&config.dead_letter_collection),
+            dead_letters,
             described: format!("MongoDB {shown} database {:?} collection {:?}", config.database, config.raw_collection),
             schema: schema.clone(),
         })
     }
 }
 
-/// The raw collection's indexes: the unique id, the time (TTL with retention), and each field of
-/// `indexes`.
+/// The date field of a pane document its retention expires it by: the pane start as a date.
+pub(super) const PANE_TIME: &str = "pane_at";
+
+/// The raw collection's indexes: the unique id, the time (TTL with `retention`), and each field
+/// of `indexes`.
 pub async fn create_indexes(raw: &Collection<Document>, retention: Option<Duration>, schema: &Schema, indexes: &[String]) -> anyhow::Result<()> {
     let (id, time) = (schema.id_name(), schema.time_name());
     let unique = IndexOptions::builder().unique(true).name(format!("{id}_unique")).build();
     let mut models = vec![IndexModel::builder().keys(doc! {id: 1}).options(unique).build()];
     models.extend(indexes.iter().filter(|f| *f != id && *f != time).map(|f| IndexModel::builder().keys(doc! {f: 1}).build()));
-    // The TTL index doubles as the time index.
-    let ts_options = retention.map(|r| IndexOptions::builder().expire_after(r).name(format!("{time}_ttl")).build());
-    models.push(IndexModel::builder().keys(doc! {time: 1}).options(ts_options).build());
-    raw.create_indexes(models)
+    raw.create_indexes(models).await.with_context(|| format!("cannot create indexes on {}", raw.namespace()))?;
+    time_index(raw, time, retention).await
+}
+
+/// Makes the index on `field` a TTL index expiring documents `keep` after that date, or a plain
+/// index when `keep` is unset. An index on the field with another expiry (the retention changed)
+/// is dropped and built again, so changing `[retention]` needs no manual step.
+async fn time_index(coll: &Collection<Document>, field: &str, keep: Option<Duration>) -> anyhow::Result<()> {
+    // MongoDB keeps whole seconds.
+    let keep = keep.map(|k| Duration::from_secs(k.as_secs().max(1)));
+    let existing: Vec<IndexModel> = match coll.list_indexes().await {
+        Ok(cursor) => cursor.try_collect().await.with_context(|| format!("cannot list the indexes of {}", coll.namespace()))?,
+        // A collection not created yet has no indexes.
+        Err(e) if matches!(*e.kind, ErrorKind::Command(ref c) if c.code == NAMESPACE_NOT_FOUND) => Vec::new(),
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("cannot list the indexes of {}", coll.namespace()))),
+    };
+    for index in existing.iter().filter(|i| i.keys.len() == 1 && i.keys.contains_key(field)) {
+        let options = index.options.as_ref();
+        if options.and_then(|o| o.expire_after).map(|e| e.as_secs()) == keep.map(|k| k.as_secs()) {
+            return Ok(());
+        }
+        let name = options.and_then(|o| o.name.clone()).unwrap_or_default();
+        coll.drop_index(&name).await.with_context(|| format!("cannot drop index {name:?} of {} to change its retention", coll.namespace()))?;
+        tracing::info!(collection = %coll.namespace(), index = %name, "retention changed: rebuilding the {field} index");
+    }
+    let options = IndexOptions::builder().name(keep.map(|_| format!("{field}_ttl"))).expire_after(keep).build();
+    coll.create_index(IndexModel::builder().keys(doc! {field: 1}).options(options).build())
         .await
-        .with_context(|| format!("cannot create indexes on {} (an index with other options may exist: drop it, or align the retention setting)", raw.namespace()))?;
+        .with_context(|| format!("cannot create the {field} index on {}", coll.namespace()))?;
     Ok(())
 }
+
+/// MongoDB's error code for a database or collection that does not exist.
+const NAMESPACE_NOT_FOUND: i32 = 26;
 
 #[cfg(test)]
 mod tests {

@@ -152,6 +152,7 @@ impl EventStore for MongoStore {
                 "offset": p.offset,
                 // JSON text, because group keys are user data and need not be valid BSON field names.
                 "state": p.state.to_string(),
+                super::PANE_TIME: bson::DateTime::from_millis(p.pane_start),
                 "updated_at": bson::DateTime::now(),
             };
             // Never replace a partial that already includes later offsets (written by the consumer
