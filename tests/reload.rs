@@ -261,7 +261,14 @@ async fn symlink_swap_reloads() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = generated_per_s(&running, 2.0).await;
 
+    // The new version also brings a script file the old one did not have, and a metric using it:
+    // the whole scripts folder is swapped with the file.
     version("..2026_02", 1500);
+    let v2 = conf.join("..2026_02");
+    std::fs::write(v2.join("scripts/metrics/swapped_in.rhai"), "#{ key: field(\"item_id\") }").unwrap();
+    let file = v2.join("pipelines/interactions.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, format!("{text}\n[[metric]]\nname = \"swapped_in\"\nscript = \"../scripts/metrics/swapped_in.rhai\"\nreducer = \"count\"\n")).unwrap();
     std::os::unix::fs::symlink("..2026_02", conf.join("..data_tmp")).unwrap();
     std::fs::rename(conf.join("..data_tmp"), conf.join("..data")).unwrap();
     let took = wait_until("the swap is noticed", Duration::from_secs(5), || reloads(&running).0 == 1).await;
@@ -270,6 +277,7 @@ async fn symlink_swap_reloads() {
     println!("symlink swap noticed after {took:?}; rate {before:.0}/s before, {after:.0}/s after");
     assert!((before - 300.0).abs() < 60.0, "{before}");
     assert!((after - 1500.0).abs() < 250.0, "the swapped-in version's rate applies: {after}");
+    assert!(running.metrics.borrow().metrics().iter().any(|m| m.name() == "swapped_in"), "the metric whose script came with the swap runs");
     stop.cancel();
     running.wait().await.unwrap();
 }
