@@ -154,6 +154,7 @@ async fn retention_sweeps_every_kind_and_keeps_the_current_window_exact() {
         panes: Some(Duration::from_secs(5)),
         alerts: Some(Duration::from_secs(3)),
         dead_letters: Some(Duration::from_secs(3)),
+        results: None,
     };
     p.config.retention = keep.clone();
     // Shares are dead letters (a steady stream of them), and one rule notifies every second.

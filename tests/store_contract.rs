@@ -120,6 +120,25 @@ async fn contract(store: &dyn EventStore, shape: &Shape) {
 
     // Dead letters: kept with reason and source, idempotent by id, newest first.
     let dead = |id: &str, reason: Reason| dead_letter(id, reason, 1_700_000_000_000);
+    // Leases: one holder at a time; renewable by its holder; free once expired.
+    assert!(store.take_lease("alerting:p", "a", 1_000, 2_000).await.unwrap(), "a free lease is taken");
+    assert!(!store.take_lease("alerting:p", "b", 1_500, 2_500).await.unwrap(), "held by another until 2 s");
+    assert!(store.take_lease("alerting:p", "a", 1_900, 3_000).await.unwrap(), "its holder renews it");
+    assert!(!store.take_lease("alerting:p", "b", 2_999, 4_000).await.unwrap());
+    assert!(store.take_lease("alerting:p", "b", 3_001, 4_000).await.unwrap(), "expired: another takes it");
+    assert!(!store.take_lease("alerting:p", "a", 3_500, 5_000).await.unwrap(), "the old holder has lost it");
+    assert!(store.take_lease("alerting:q", "a", 3_500, 5_000).await.unwrap(), "leases are by name");
+
+    // Final results: one row per (metric, window end), rewritten the same; read by range.
+    let result = |end: i64, v: serde_json::Value| runner::store::ResultRow { metric: "m".into(), window_start: end - 60_000, window_end: end, value: v };
+    let grouped = json!({"view": 120, "purchase": 3, "a.b": 1.5});
+    store.write_results(&[result(60_000, json!(7)), result(65_000, grouped.clone()), result(70_000, json!([{"key": "i1", "count": 4}]))]).await.unwrap();
+    store.write_results(&[result(65_000, grouped.clone())]).await.unwrap();
+    assert_eq!(store.load_results("m", 60_000, 70_000).await.unwrap(), vec![result(60_000, json!(7)), result(65_000, grouped)]);
+    assert_eq!(store.load_results("m", 0, i64::MAX).await.unwrap().len(), 3, "a rewrite stores the row once");
+    assert_eq!(store.latest_result("m").await.unwrap(), Some(70_000));
+    assert_eq!(store.latest_result("other").await.unwrap(), None);
+
     store.write_dead_letters(&[dead("t:2:41", Reason::NotJson), dead("t:2:42", Reason::InvalidUtf8)]).await.unwrap();
     store.write_dead_letters(&[dead("t:2:41", Reason::NotJson)]).await.unwrap();
     assert_eq!(store.count_dead_letters().await.unwrap(), 2);
@@ -180,6 +199,8 @@ async fn retention_contract(store: &dyn EventStore, shape: &Shape) {
     store.record_alert(&notice("old", 1_000)).await.unwrap();
     store.record_alert(&notice("fresh", now)).await.unwrap();
     store.write_dead_letters(&[dead_letter("old", Reason::NotJson, 1_700_000_000_000), dead_letter("fresh", Reason::NotJson, now)]).await.unwrap();
+    let result = |end: i64| runner::store::ResultRow { metric: "m".into(), window_start: end - 60_000, window_end: end, value: json!(1) };
+    store.write_results(&[result(60_000), result(current)]).await.unwrap();
 
     let t = std::time::Instant::now();
     loop {
@@ -188,11 +209,12 @@ async fn retention_contract(store: &dyn EventStore, shape: &Shape) {
             store.load_panes("m", 0, runner::store::TIMELESS_PANE, None).await.unwrap().len(),
             store.recent_alerts(10).await.unwrap().len(),
             store.count_dead_letters().await.unwrap(),
+            store.load_results("m", 0, i64::MAX).await.unwrap().len(),
         );
-        if left == (20, 1, 1, 1) {
+        if left == (20, 1, 1, 1, 1) {
             break;
         }
-        assert!(t.elapsed() < Duration::from_secs(30), "rows past their retention are still stored: (raw, panes, alerts, dead letters) = {left:?}");
+        assert!(t.elapsed() < Duration::from_secs(30), "rows past their retention are still stored: (raw, panes, alerts, dead letters, results) = {left:?}");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let kept: Vec<Record> = store.all_events().await.unwrap();
@@ -202,11 +224,12 @@ async fn retention_contract(store: &dyn EventStore, shape: &Shape) {
     assert_eq!(marks, vec![watermark], "watermarks never expire");
     assert_eq!(store.recent_alerts(10).await.unwrap()[0].id, "fresh");
     assert_eq!(store.dead_letters(10).await.unwrap()[0].id, "fresh");
+    assert_eq!(store.latest_result("m").await.unwrap(), Some(current));
 }
 
 fn a_minute_each() -> RetentionConfig {
     let minute = Some(Duration::from_secs(60));
-    RetentionConfig { raw: minute, panes: minute, alerts: minute, dead_letters: minute }
+    RetentionConfig { raw: minute, panes: minute, alerts: minute, dead_letters: minute, results: minute }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -246,6 +269,7 @@ async fn mongo_store_expires_each_kind_by_ttl_indexes() {
     let time = shape.schema.time_name().to_string();
     let time: &'static str = Box::leak(time.into_boxed_str());
     assert_eq!((expiry("raw", time).await, expiry("aggregated_metrics", "pane_at").await, expiry("alerts", "at").await, expiry("dead_letters", "at").await), (Some(60), Some(60), Some(60), Some(60)));
+    assert_eq!(expiry("metric_results", "window_end").await, Some(60));
     let changed = RetentionConfig { raw: Some(Duration::from_secs(86_400)), panes: None, ..a_minute_each() };
     MongoStore::connect(&config, &changed, &shape.schema).await.unwrap();
     assert_eq!(expiry("raw", time).await, Some(86_400), "a changed retention rebuilds the TTL index");
@@ -281,6 +305,8 @@ fn mongo_config(shape: &Shape) -> MongoConfig {
         alerts_collection: "alerts".into(),
         alert_state_collection: "alert_state".into(),
         dead_letter_collection: "dead_letters".into(),
+        results_collection: "metric_results".into(),
+        lease_collection: "leases".into(),
         indexes: shape.indexes(),
         connect_timeout: Duration::from_secs(20),
     }

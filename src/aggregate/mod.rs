@@ -11,6 +11,7 @@ mod metric;
 mod properties;
 mod query;
 mod reducer;
+pub mod results;
 mod script;
 mod sketch;
 mod window;

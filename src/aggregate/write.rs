@@ -53,6 +53,15 @@ fn watermark_key(m: &Metric) -> String {
 /// Watermarks are stored at the timeless pane, so pane retention never deletes them.
 const WATERMARK_PANE: i64 = crate::store::TIMELESS_PANE;
 
+/// Every partition's stored watermark of `m`: (partition, newest event time).
+pub(super) async fn stored_watermarks(m: &Metric, store: &dyn EventStore) -> anyhow::Result<Vec<(i32, i64)>> {
+    let records = store.load_panes(&watermark_key(m), WATERMARK_PANE, WATERMARK_PANE + 1, None).await?;
+    records
+        .iter()
+        .map(|r| r.state.as_i64().map(|t| (r.partition, t)).ok_or_else(|| anyhow::anyhow!("metric {}: a stored watermark is not a time: {}", m.name(), r.state)))
+        .collect()
+}
+
 /// What absorbing one batch produced.
 #[derive(Debug, Default)]
 pub struct Absorbed {

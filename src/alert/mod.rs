@@ -4,10 +4,12 @@
 //!
 //! Rule state is saved to the store before its notifications are queued, so a restart resumes
 //! where it was and re-sends nothing; every notification is kept as alert history for the
-//! dashboard. Evaluation runs beside the consumer (one per process that consumes).
+//! dashboard. Evaluation runs beside the consumer in every process that consumes, but only the
+//! one holding the pipeline's lease in the store evaluates and notifies (see [`lease`]).
 
 mod channel;
 pub mod config;
+pub mod lease;
 mod notification;
 mod rule;
 pub mod state;
@@ -139,11 +141,16 @@ pub async fn run(sources: Sources, mut rules: watch::Receiver<Arc<AlertSet>>, st
     let mut current = rules.borrow_and_update().clone();
     let c = &current.config;
     let mut dispatcher = Dispatcher::new(&c.channels, &c.thresholds, sources.stats.clone())?;
-    let mut evaluator = Evaluator { states: load_states(&*sources.store).await, unsaved: BTreeMap::new(), last: (Instant::now(), sources.stats.snapshot()), sources };
+    let mut lease = lease::Lease::new(&sources.pipeline, c.interval);
+    // The rule states are read when this process takes the lease: it may take it long after
+    // start, from an evaluator that saved newer states meanwhile.
+    let mut evaluator = Evaluator { states: BTreeMap::new(), unsaved: BTreeMap::new(), last: (Instant::now(), sources.stats.snapshot()), sources };
     let mut ticker = ticker(current.config.interval);
+    let mut lease_ticker = self::ticker(lease::Lease::every(current.config.interval));
     let mut reloads_open = true;
     loop {
         tokio::select! {
+            biased;
             _ = stop.cancelled() => break,
             changed = rules.changed(), if reloads_open => {
                 if changed.is_err() {
@@ -151,22 +158,31 @@ pub async fn run(sources: Sources, mut rules: watch::Receiver<Arc<AlertSet>>, st
                     continue;
                 }
                 let next = rules.borrow_and_update().clone();
-                evaluator.retire_removed(&current, &next, &dispatcher).await;
+                if lease.held() {
+                    evaluator.retire_removed(&current, &next, &dispatcher).await;
+                }
                 if let Err(e) = dispatcher.reconfigure(&next.config.channels, &next.config.thresholds) {
                     tracing::error!(error = %format!("{e:#}"), "alert channels not reconfigured; the previous ones stay");
                 }
                 if next.config.interval != current.config.interval {
                     ticker = self::ticker(next.config.interval);
+                    lease_ticker = self::ticker(lease::Lease::every(next.config.interval));
                 }
                 current = next;
             }
-            _ = ticker.tick() => {
+            _ = lease_ticker.tick() => {
                 if current.is_active() {
-                    evaluator.tick(&current, &dispatcher).await;
+                    evaluator.lead(&mut lease, current.config.interval).await;
+                }
+            }
+            _ = ticker.tick() => {
+                if current.is_active() && lease.held() {
+                    evaluator.tick(&current, &dispatcher, &lease).await;
                 }
             }
         }
     }
+    lease.release(&*evaluator.sources.store).await;
     dispatcher.close(Duration::from_secs(10)).await;
     Ok(())
 }
@@ -201,7 +217,22 @@ struct Evaluator {
 }
 
 impl Evaluator {
-    async fn tick(&mut self, set: &AlertSet, dispatcher: &Dispatcher) {
+    /// Takes or renews the evaluator lease; on taking it, starts from the stored rule states,
+    /// so the previous evaluator's notifications are not sent again.
+    async fn lead(&mut self, lease: &mut lease::Lease, interval: Duration) {
+        let was = lease.held();
+        match lease.renew(&*self.sources.store, interval).await {
+            Ok(true) if !was => {
+                self.states = load_states(&*self.sources.store).await;
+                self.unsaved.clear();
+            }
+            Ok(_) => {}
+            // The lease lapses by itself if this goes on; meanwhile nothing changes.
+            Err(e) => self.sources.stats.alert_error("(alert lease)", &format!("{e:#}")),
+        }
+    }
+
+    async fn tick(&mut self, set: &AlertSet, dispatcher: &Dispatcher, lease: &lease::Lease) {
         let now = Utc::now().timestamp_millis();
         let metric_set = self.sources.metrics.borrow().clone();
         let values = match metric_set.read_all(&*self.sources.store, now).await {
@@ -236,6 +267,11 @@ impl Evaluator {
                 .iter()
                 .map(|t| Notification::new(&self.sources.pipeline, &rule.config, set.channels_of(&rule.config), &set.config.thresholds, t, now))
                 .collect();
+            if !lease.held() {
+                // This tick outlasted the lease (a stall): another process may evaluate now, and
+                // it will find the last stored state.
+                return;
+            }
             self.save_then_notify(rule.name(), changed, &stored, due, dispatcher).await;
         }
     }
@@ -372,6 +408,18 @@ mod tests {
         async fn count_dead_letters(&self) -> anyhow::Result<u64> {
             self.inner.count_dead_letters().await
         }
+        async fn write_results(&self, rows: &[crate::store::ResultRow]) -> anyhow::Result<()> {
+            self.inner.write_results(rows).await
+        }
+        async fn load_results(&self, metric: &str, from: i64, to: i64) -> anyhow::Result<Vec<crate::store::ResultRow>> {
+            self.inner.load_results(metric, from, to).await
+        }
+        async fn latest_result(&self, metric: &str) -> anyhow::Result<Option<i64>> {
+            self.inner.latest_result(metric).await
+        }
+        async fn take_lease(&self, name: &str, holder: &str, now_ms: i64, until_ms: i64) -> anyhow::Result<bool> {
+            self.inner.take_lease(name, holder, now_ms, until_ms).await
+        }
     }
 
     #[tokio::test]
@@ -387,20 +435,22 @@ mod tests {
         let (_metrics_tx, metrics) = watch::channel(Arc::new(MetricSet::load(&[], &schema).unwrap()));
         let sources = Sources { pipeline: "p".into(), store: store.clone(), metrics, stats: stats.clone() };
         let mut evaluator = Evaluator { states: BTreeMap::new(), unsaved: BTreeMap::new(), last: (Instant::now(), stats.snapshot()), sources };
+        let mut lease = lease::Lease::new("p", Duration::from_secs(3600));
+        assert!(lease.renew(&*store, Duration::from_secs(3600)).await.unwrap(), "the only process takes the lease");
 
         // `for` is 0: the first tick fires. The state cannot be stored, so nothing is sent.
-        evaluator.tick(&set, &dispatcher).await;
-        evaluator.tick(&set, &dispatcher).await;
+        evaluator.tick(&set, &dispatcher, &lease).await;
+        evaluator.tick(&set, &dispatcher, &lease).await;
         assert!(store.recent_alerts(10).await.unwrap().is_empty(), "nothing sent while the state is not stored");
         assert_eq!(evaluator.unsaved.get("always").map(Vec::len), Some(1), "the firing notification is held");
         assert!(stats.snapshot().alert_errors >= 2);
 
         store.failing.store(false, Ordering::SeqCst);
-        evaluator.tick(&set, &dispatcher).await;
+        evaluator.tick(&set, &dispatcher, &lease).await;
         let sent = store.recent_alerts(10).await.unwrap();
         assert_eq!(sent.len(), 1, "sent once the state is stored: {sent:?}");
         assert_eq!(store.load_alert_states().await.unwrap().len(), 1);
-        evaluator.tick(&set, &dispatcher).await;
+        evaluator.tick(&set, &dispatcher, &lease).await;
         assert_eq!(store.recent_alerts(10).await.unwrap().len(), 1, "and not again");
         dispatcher.close(Duration::from_secs(1)).await;
     }

@@ -6,7 +6,7 @@ use crate::store::PaneRecord;
 use crate::store::Notification;
 use crate::dead_letter::DeadLetter;
 use crate::event::Record;
-use crate::store::{EventStore, InsertOutcome};
+use crate::store::{EventStore, InsertOutcome, ResultRow};
 use async_trait::async_trait;
 
 pub struct Discard;
@@ -51,5 +51,18 @@ impl EventStore for Discard {
     }
     async fn count_dead_letters(&self) -> anyhow::Result<u64> {
         Ok(0)
+    }
+    async fn write_results(&self, _: &[ResultRow]) -> anyhow::Result<()> {
+        Ok(())
+    }
+    async fn load_results(&self, _: &str, _: i64, _: i64) -> anyhow::Result<Vec<ResultRow>> {
+        Ok(Vec::new())
+    }
+    async fn latest_result(&self, _: &str) -> anyhow::Result<Option<i64>> {
+        Ok(None)
+    }
+    /// The only process using this store: the lease is always its own.
+    async fn take_lease(&self, _: &str, _: &str, _: i64, _: i64) -> anyhow::Result<bool> {
+        Ok(true)
     }
 }

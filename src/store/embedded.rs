@@ -4,7 +4,7 @@
 //! names gets a generated column and an index, so it is queryable like a column.
 
 use super::retention::RetentionConfig;
-use super::{EventStore, InsertOutcome, Notification, PaneRecord};
+use super::{EventStore, InsertOutcome, Notification, PaneRecord, ResultRow};
 
 use crate::dead_letter::DeadLetter;
 use crate::base::de;
@@ -84,6 +84,19 @@ const SCHEMA: &str = "
         body TEXT NOT NULL
     );
     CREATE INDEX IF NOT EXISTS dead_letters_at ON dead_letters(at_ms);
+    CREATE TABLE IF NOT EXISTS metric_results (
+        metric TEXT NOT NULL,
+        window_end INTEGER NOT NULL,
+        window_start INTEGER NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (metric, window_end)
+    );
+    CREATE INDEX IF NOT EXISTS metric_results_end ON metric_results(window_end);
+    CREATE TABLE IF NOT EXISTS leases (
+        name TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        until_ms INTEGER NOT NULL
+    );
     CREATE INDEX IF NOT EXISTS metric_panes_start ON metric_panes(pane_start);
 ";
 
@@ -184,6 +197,7 @@ pub fn sweep(conn: &Mutex<Connection>, retention: &RetentionConfig, now_ms: i64)
         ("metric_panes", "pane_start", "panes", retention.panes),
         ("alerts", "at_ms", "alerts", retention.alerts),
         ("dead_letters", "at_ms", "dead_letters", retention.dead_letters),
+        ("metric_results", "window_end", "results", retention.results),
     ];
     let mut deleted = Vec::new();
     for (table, column, kind, keep) in kinds {
@@ -398,6 +412,63 @@ impl EventStore for EmbeddedStore {
 
     async fn count_dead_letters(&self) -> anyhow::Result<u64> {
         self.with_conn(|c| c.query_row("SELECT COUNT(*) FROM dead_letters", [], |r| r.get::<_, i64>(0))).await.map(|n| n as u64)
+    }
+
+    async fn write_results(&self, rows: &[ResultRow]) -> anyhow::Result<()> {
+        let rows: Vec<(String, i64, i64, String)> = rows.iter().map(|r| (r.metric.clone(), r.window_end, r.window_start, r.value.to_string())).collect();
+        self.with_conn(move |conn| {
+            let tx = conn.transaction()?;
+            {
+                let mut stmt = tx.prepare_cached(
+                    "INSERT INTO metric_results (metric, window_end, window_start, value) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (metric, window_end) DO UPDATE SET window_start = excluded.window_start, value = excluded.value",
+                )?;
+                for r in &rows {
+                    stmt.execute(params![r.0, r.1, r.2, r.3])?;
+                }
+            }
+            tx.commit()
+        })
+        .await
+    }
+
+    async fn load_results(&self, metric: &str, from: i64, to: i64) -> anyhow::Result<Vec<ResultRow>> {
+        let metric = metric.to_string();
+        let rows = self
+            .with_conn(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT window_start, window_end, value FROM metric_results WHERE metric = ?1 AND window_end >= ?2 AND window_end < ?3 ORDER BY window_end",
+                )?;
+                let rows = stmt.query_map(params![metric, from, to], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?)))?;
+                rows.collect::<rusqlite::Result<Vec<_>>>().map(|rows| (metric, rows))
+            })
+            .await?;
+        let (metric, rows) = rows;
+        rows.into_iter()
+            .map(|(window_start, window_end, value)| {
+                Ok(ResultRow { metric: metric.clone(), window_start, window_end, value: serde_json::from_str(&value).context("a stored result is malformed")? })
+            })
+            .collect()
+    }
+
+    async fn latest_result(&self, metric: &str) -> anyhow::Result<Option<i64>> {
+        let metric = metric.to_string();
+        self.with_conn(move |c| c.query_row("SELECT MAX(window_end) FROM metric_results WHERE metric = ?1", [metric], |r| r.get(0))).await
+    }
+
+    async fn take_lease(&self, name: &str, holder: &str, now_ms: i64, until_ms: i64) -> anyhow::Result<bool> {
+        let (name, holder) = (name.to_string(), holder.to_string());
+        self.with_conn(move |c| {
+            // Inserted, or updated where the lease is free: one changed row means it is ours.
+            c.execute(
+                "INSERT INTO leases (name, holder, until_ms) VALUES (?1, ?2, ?4)
+                 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until_ms = excluded.until_ms
+                 WHERE leases.holder = excluded.holder OR leases.until_ms < ?3",
+                params![name, holder, now_ms, until_ms],
+            )
+            .map(|changed| changed == 1)
+        })
+        .await
     }
 }
 

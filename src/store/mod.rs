@@ -6,7 +6,7 @@ pub mod mongo;
 pub mod retention;
 mod rows;
 
-pub use rows::{Change, Labels, Notification, PaneRecord, TIMELESS_PANE};
+pub use rows::{Change, Labels, Notification, PaneRecord, ResultRow, TIMELESS_PANE};
 
 use crate::dead_letter::DeadLetter;
 use crate::event::{Record, Schema};
@@ -49,7 +49,9 @@ pub trait EventStore: Send + Sync {
     /// Every stored raw event, oldest first (for recomputation and checks; not for the hot path).
     async fn all_events(&self) -> anyhow::Result<Vec<Record>>;
     /// Writes metric partial states, replacing the stored ones with the same (metric, pane,
-    /// partition) unless the stored one includes a later offset; durable on return.
+    /// partition) unless the stored one includes a later offset; durable on return. Records at
+    /// [`TIMELESS_PANE`] (watermarks) become visible only after the others of the call, so a
+    /// reader that sees a watermark sees every partial written with it.
     async fn write_panes(&self, panes: &[PaneRecord]) -> anyhow::Result<()>;
     /// Partial states of `metric` with pane start in `[from, to)`, optionally of one partition.
     async fn load_panes(&self, metric: &str, from: i64, to: i64, partition: Option<i32>) -> anyhow::Result<Vec<PaneRecord>>;
@@ -67,6 +69,17 @@ pub trait EventStore: Send + Sync {
     async fn dead_letters(&self, limit: usize) -> anyhow::Result<Vec<DeadLetter>>;
     /// How many dead letters are stored.
     async fn count_dead_letters(&self) -> anyhow::Result<u64>;
+    /// Writes final window results; writing one again (same metric and window end) stores the
+    /// same row once.
+    async fn write_results(&self, rows: &[ResultRow]) -> anyhow::Result<()>;
+    /// The results of `metric` whose window ends in `[from, to)`, oldest first.
+    async fn load_results(&self, metric: &str, from: i64, to: i64) -> anyhow::Result<Vec<ResultRow>>;
+    /// The window end of the newest stored result of `metric`.
+    async fn latest_result(&self, metric: &str) -> anyhow::Result<Option<i64>>;
+    /// Takes lease `name` for `holder` until `until_ms` if it is free, expired (as of `now_ms`)
+    /// or `holder`'s already; true when `holder` holds it afterwards. One atomic step, so of
+    /// several processes asking at once exactly one gets it.
+    async fn take_lease(&self, name: &str, holder: &str, now_ms: i64, until_ms: i64) -> anyhow::Result<bool>;
 }
 
 /// Opens the store `mongodb` names for records of `schema`: MongoDB, or the embedded store (in
@@ -149,5 +162,17 @@ impl EventStore for Switchable {
     }
     async fn count_dead_letters(&self) -> anyhow::Result<u64> {
         self.current().count_dead_letters().await
+    }
+    async fn write_results(&self, rows: &[ResultRow]) -> anyhow::Result<()> {
+        self.current().write_results(rows).await
+    }
+    async fn load_results(&self, metric: &str, from: i64, to: i64) -> anyhow::Result<Vec<ResultRow>> {
+        self.current().load_results(metric, from, to).await
+    }
+    async fn latest_result(&self, metric: &str) -> anyhow::Result<Option<i64>> {
+        self.current().latest_result(metric).await
+    }
+    async fn take_lease(&self, name: &str, holder: &str, now_ms: i64, until_ms: i64) -> anyhow::Result<bool> {
+        self.current().take_lease(name, holder, now_ms, until_ms).await
     }
 }

@@ -8,7 +8,8 @@ use std::time::Duration;
 /// `[retention]`: how long each kind of row is kept; an unset kind is kept forever.
 ///
 /// Rows expire by the time they are about: raw events by their event time, metric panes by their
-/// pane start, alert notifications and dead letters by when they were raised. A metric's
+/// pane start, alert notifications and dead letters by when they were raised, results by their
+/// window end. A metric's
 /// watermark records are never expired (they are not time-slotted data).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -26,12 +27,19 @@ pub struct RetentionConfig {
     /// Dead letters.
     #[serde(default, deserialize_with = "de::optional_duration")]
     pub dead_letters: Option<Duration>,
+    /// Final window results, by their window end.
+    #[serde(default, deserialize_with = "de::optional_duration")]
+    pub results: Option<Duration>,
 }
 
 impl RetentionConfig {
     /// True when something expires.
     pub fn any(&self) -> bool {
-        self.raw.is_some() || self.panes.is_some() || self.alerts.is_some() || self.dead_letters.is_some()
+        self.kinds().iter().any(Option::is_some)
+    }
+
+    fn kinds(&self) -> [Option<Duration>; 5] {
+        [self.raw, self.panes, self.alerts, self.dead_letters, self.results]
     }
 
     /// Whether the pane retention keeps every pane a window still reads: `needed` is, per metric,
@@ -53,7 +61,7 @@ impl RetentionConfig {
     /// How often the embedded store sweeps: a tenth of the shortest retention, between 1 s and 1 h,
     /// so a row outlives its retention by at most about a tenth of it.
     pub fn sweep_every(&self) -> Option<Duration> {
-        [self.raw, self.panes, self.alerts, self.dead_letters]
+        self.kinds()
             .into_iter()
             .flatten()
             .min()

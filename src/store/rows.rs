@@ -22,6 +22,16 @@ pub struct PaneRecord {
     pub state: Value,
 }
 
+/// A metric's final value over one window, as the results collection holds it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResultRow {
+    pub metric: String,
+    /// The window, `[window_start, window_end)` in ms since the epoch.
+    pub window_start: i64,
+    pub window_end: i64,
+    pub value: Value,
+}
+
 /// An alert instance's identity: the labels its condition returned (an item id, a partition...).
 pub type Labels = BTreeMap<String, String>;
 

@@ -42,6 +42,13 @@ pub struct MongoConfig {
     /// Collection of messages the pipeline could not use, with the reason.
     #[serde(default = "default_dead_letters")]
     pub dead_letter_collection: String,
+    /// Collection of final window results, readable without the runner:
+    /// `{metric, window_start, window_end, value}`.
+    #[serde(default = "default_results")]
+    pub results_collection: String,
+    /// Collection of leases (the one alert evaluator among replicas).
+    #[serde(default = "default_leases")]
+    pub lease_collection: String,
     /// Fields of `[event]` to index (ascending) besides the unique id and the time, which always are.
     #[serde(default)]
     pub indexes: Vec<String>,
@@ -61,12 +68,20 @@ impl std::fmt::Debug for MongoConfig {
             .field("alerts_collection", &self.alerts_collection)
             .field("alert_state_collection", &self.alert_state_collection)
             .field("dead_letter_collection", &self.dead_letter_collection)
+            .field("results_collection", &self.results_collection)
+            .field("lease_collection", &self.lease_collection)
             .field("indexes", &self.indexes)
             .field("connect_timeout", &self.connect_timeout)
             .finish()
     }
 }
 
+fn default_results() -> String {
+    "metric_results".into()
+}
+fn default_leases() -> String {
+    "leases".into()
+}
 fn default_raw() -> String {
     "raw_interactions".into()
 }
@@ -141,6 +156,8 @@ pub struct MongoStore {
     alerts: Collection<Document>,
     alert_state: Collection<Document>,
     dead_letters: Collection<Document>,
+    results: Collection<Document>,
+    leases: Collection<Document>,
     described: String,
     schema: Arc<Schema>,
 }
@@ -180,12 +197,20 @@ impl MongoStore {
         time_index(&alerts, "at", retention.alerts).await?;
         let dead_letters = db.collection::<Document>(&config.dead_letter_collection);
         time_index(&dead_letters, "at", retention.dead_letters).await?;
+        let results = db.collection::<Document>(&config.results_collection);
+        results
+            .create_index(IndexModel::builder().keys(doc! {"metric": 1, "window_end": 1}).build())
+            .await
+            .with_context(|| format!("cannot create indexes on {}", results.namespace()))?;
+        time_index(&results, "window_end", retention.results).await?;
         Ok(MongoStore {
             raw,
             panes,
             alerts,
             alert_state: db.collection::<Document>(&config.alert_state_collection),
             dead_letters,
+            results,
+            leases: db.collection::<Document>(&config.lease_collection),
             described: format!("MongoDB {shown} database {:?} collection {:?}", config.database, config.raw_collection),
             schema: schema.clone(),
         })

@@ -5,7 +5,7 @@ use super::document::{from_document, to_document};
 use super::MongoStore;
 use crate::dead_letter::DeadLetter;
 use crate::event::Record;
-use crate::store::{EventStore, InsertOutcome, Notification, PaneRecord, Rejected};
+use crate::store::{EventStore, InsertOutcome, Notification, PaneRecord, Rejected, ResultRow, TIMELESS_PANE};
 use anyhow::Context;
 use async_trait::async_trait;
 use futures::TryStreamExt;
@@ -141,34 +141,11 @@ impl EventStore for MongoStore {
     }
 
     async fn write_panes(&self, panes: &[PaneRecord]) -> anyhow::Result<()> {
-        // One upsert per partial, sent concurrently; each is atomic with its own offset.
-        let writes = panes.iter().map(|p| {
-            let id = format!("{}|{}|{}", p.metric, p.pane_start, p.partition);
-            let d = doc! {
-                "_id": &id,
-                "metric": &p.metric,
-                "pane_start": p.pane_start,
-                "partition": p.partition,
-                "offset": p.offset,
-                // JSON text, because group keys are user data and need not be valid BSON field names.
-                "state": p.state.to_string(),
-                super::PANE_TIME: bson::DateTime::from_millis(p.pane_start),
-                "updated_at": bson::DateTime::now(),
-            };
-            // Never replace a partial that already includes later offsets (written by the consumer
-            // that owns the partition now): the filter fails, the upsert collides on _id, and the
-            // stale write is dropped.
-            let write = self.panes.replace_one(doc! {"_id": id, "offset": {"$lte": p.offset}}, d).upsert(true).into_future();
-            async move {
-                match write.await {
-                    Ok(_) => Ok(()),
-                    Err(e) if is_duplicate(&e) => Ok(()),
-                    Err(e) => Err(e),
-                }
-            }
-        });
-        futures::future::try_join_all(writes).await.context("MongoDB metric state write failed")?;
-        Ok(())
+        // Watermarks after the partials they cover: a reader deciding from a watermark that a
+        // window is final must find all of its partials.
+        let (marks, partials): (Vec<&PaneRecord>, Vec<&PaneRecord>) = panes.iter().partition(|p| p.pane_start == TIMELESS_PANE);
+        self.upsert_panes(&partials).await?;
+        self.upsert_panes(&marks).await
     }
 
     async fn load_panes(&self, metric: &str, from: i64, to: i64, partition: Option<i32>) -> anyhow::Result<Vec<PaneRecord>> {
@@ -264,5 +241,94 @@ impl EventStore for MongoStore {
 
     async fn count_dead_letters(&self) -> anyhow::Result<u64> {
         Ok(self.dead_letters.count_documents(doc! {}).await.context("MongoDB count failed")?)
+    }
+
+    async fn write_results(&self, rows: &[ResultRow]) -> anyhow::Result<()> {
+        // Typed documents a person or a BI tool reads as they are: dates for the window, the value
+        // as BSON (numbers, sub-documents for grouped values, arrays for ranked ones). The same
+        // row always makes the same document, so a rewrite changes nothing.
+        let writes = rows
+            .iter()
+            .map(|r| {
+                let id = format!("{}|{}", r.metric, r.window_end);
+                let value = bson::to_bson(&r.value).with_context(|| format!("result of {} cannot be stored as BSON", r.metric))?;
+                let d = doc! {
+                    "_id": &id,
+                    "metric": &r.metric,
+                    "window_start": bson::DateTime::from_millis(r.window_start),
+                    "window_end": bson::DateTime::from_millis(r.window_end),
+                    "value": value,
+                };
+                Ok(self.results.replace_one(doc! {"_id": id}, d).upsert(true).into_future())
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        futures::future::try_join_all(writes).await.context("MongoDB result write failed")?;
+        Ok(())
+    }
+
+    async fn load_results(&self, metric: &str, from: i64, to: i64) -> anyhow::Result<Vec<ResultRow>> {
+        let filter = doc! {"metric": metric, "window_end": {"$gte": bson::DateTime::from_millis(from), "$lt": bson::DateTime::from_millis(to)}};
+        let docs: Vec<Document> = self.results.find(filter).sort(doc! {"window_end": 1}).await.context("MongoDB result read failed")?.try_collect().await?;
+        docs.into_iter()
+            .map(|d| {
+                Ok(ResultRow {
+                    metric: d.get_str("metric")?.to_string(),
+                    window_start: d.get_datetime("window_start")?.timestamp_millis(),
+                    window_end: d.get_datetime("window_end")?.timestamp_millis(),
+                    value: d.get("value").cloned().unwrap_or(bson::Bson::Null).into_relaxed_extjson(),
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()
+            .context("a stored result is malformed")
+    }
+
+    async fn latest_result(&self, metric: &str) -> anyhow::Result<Option<i64>> {
+        let newest = self.results.find_one(doc! {"metric": metric}).sort(doc! {"window_end": -1}).await.context("MongoDB result read failed")?;
+        newest.map(|d| Ok(d.get_datetime("window_end")?.timestamp_millis())).transpose()
+    }
+
+    async fn take_lease(&self, name: &str, holder: &str, now_ms: i64, until_ms: i64) -> anyhow::Result<bool> {
+        // Matches only a lease that is ours or expired; where another holds it, the upsert's
+        // insert collides on _id, and the lease is not ours.
+        let filter = doc! {"_id": name, "$or": [{"holder": holder}, {"until": {"$lt": bson::DateTime::from_millis(now_ms)}}]};
+        let update = doc! {"$set": {"holder": holder, "until": bson::DateTime::from_millis(until_ms)}};
+        match self.leases.update_one(filter, update).upsert(true).await {
+            Ok(_) => Ok(true),
+            Err(e) if is_duplicate(&e) => Ok(false),
+            Err(e) => Err(anyhow::Error::new(e).context("MongoDB lease write failed")),
+        }
+    }
+}
+
+impl MongoStore {
+    /// One upsert per partial, sent concurrently; each is atomic with its own offset.
+    async fn upsert_panes(&self, panes: &[&PaneRecord]) -> anyhow::Result<()> {
+        let writes = panes.iter().map(|p| {
+            let id = format!("{}|{}|{}", p.metric, p.pane_start, p.partition);
+            let d = doc! {
+                "_id": &id,
+                "metric": &p.metric,
+                "pane_start": p.pane_start,
+                "partition": p.partition,
+                "offset": p.offset,
+                // JSON text, because group keys are user data and need not be valid BSON field names.
+                "state": p.state.to_string(),
+                super::PANE_TIME: bson::DateTime::from_millis(p.pane_start),
+                "updated_at": bson::DateTime::now(),
+            };
+            // Never replace a partial that already includes later offsets (written by the consumer
+            // that owns the partition now): the filter fails, the upsert collides on _id, and the
+            // stale write is dropped.
+            let write = self.panes.replace_one(doc! {"_id": id, "offset": {"$lte": p.offset}}, d).upsert(true).into_future();
+            async move {
+                match write.await {
+                    Ok(_) => Ok(()),
+                    Err(e) if is_duplicate(&e) => Ok(()),
+                    Err(e) => Err(e),
+                }
+            }
+        });
+        futures::future::try_join_all(writes).await.context("MongoDB metric state write failed")?;
+        Ok(())
     }
 }

@@ -1,0 +1,131 @@
+//! Final window results: once a window can no longer change, its value is written once to the
+//! results collection as a plain document (`{metric, window_start, window_end, value}`), so
+//! anyone can read metrics from the database without the runner.
+//!
+//! A window `[start, end)` of a metric is final when `end + lateness` is at or behind the stored
+//! watermark of every partition of the topic: any event still to come for it would be late and
+//! left out. Watermarks are stored after the partials of their batch, so a watermark that says
+//! a window is final comes with every partial of it. A result is computed from the merged
+//! partials only, so every consumer computes the same document, and writing it again (a replay,
+//! another consumer, a restart) changes nothing.
+
+use super::{read, Metric, MetricSet};
+use crate::store::{EventStore, ResultRow};
+use futures::future::BoxFuture;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// The partitions whose watermarks a window waits for: the topic's, asked for again now and
+/// then (a topic may gain partitions).
+pub type Partitions = Arc<dyn Fn() -> BoxFuture<'static, anyhow::Result<Vec<i32>>> + Send + Sync>;
+
+/// Most windows of one metric written in one round, so catching up after a long stop does not
+/// hold the store for long; the next round goes on where this one stopped.
+const WINDOWS_PER_ROUND: usize = 500;
+
+/// The end of the newest window of `m` that is final, given each partition's stored watermark;
+/// `None` while some partition has none (it has not been read yet).
+pub fn final_until(m: &Metric, partitions: &[i32], watermarks: &HashMap<i32, i64>) -> Option<i64> {
+    let lateness = m.config.lateness.as_millis() as i64;
+    let oldest = partitions.iter().map(|p| watermarks.get(p).copied()).collect::<Option<Vec<i64>>>()?.into_iter().min()?;
+    // Window ends are pane boundaries; the newest whose end + lateness <= the oldest watermark.
+    let frontier = oldest.checked_sub(lateness)?;
+    Some(frontier.div_euclid(m.window.slide_ms) * m.window.slide_ms)
+}
+
+/// Writes final results for every metric until `stop`, checking every `every`.
+pub async fn run(store: Arc<dyn EventStore>, mut set: watch::Receiver<Arc<MetricSet>>, partitions: Partitions, every: Duration, stop: CancellationToken) {
+    let mut writer = Writer { store, written: HashMap::new(), partitions: Vec::new(), asked: None };
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let current = set.borrow_and_update().clone();
+        if let Err(e) = writer.round(&current, &partitions).await {
+            tracing::warn!(error = %format!("{e:#}"), "final window results not written this round; will try again");
+        }
+    }
+}
+
+struct Writer {
+    store: Arc<dyn EventStore>,
+    /// Per metric (state key), the end of the newest window written.
+    written: HashMap<String, i64>,
+    partitions: Vec<i32>,
+    /// When the partitions were last asked for.
+    asked: Option<std::time::Instant>,
+}
+
+impl Writer {
+    async fn round(&mut self, set: &MetricSet, partitions: &Partitions) -> anyhow::Result<()> {
+        if self.asked.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+            self.partitions = partitions().await?;
+            self.asked = Some(std::time::Instant::now());
+        }
+        for m in set.metrics() {
+            self.metric(m).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes the windows of `m` that became final since the last round.
+    async fn metric(&mut self, m: &Metric) -> anyhow::Result<()> {
+        let watermarks: HashMap<i32, i64> = super::write::stored_watermarks(m, &*self.store).await?.into_iter().collect();
+        let Some(until) = final_until(m, &self.partitions, &watermarks) else { return Ok(()) };
+        let slide = m.window.slide_ms;
+        let last = match self.written.get(m.state_key()) {
+            Some(end) => *end,
+            // After a start: go on from the newest stored result, or begin with the newest final
+            // window (older windows are history, not results this run made final).
+            None => self.store.latest_result(m.name()).await?.unwrap_or(until - slide),
+        };
+        let upto = until.min(last + slide * WINDOWS_PER_ROUND as i64);
+        let mut rows = Vec::new();
+        let mut end = last + slide;
+        while end <= upto {
+            let v = read(m, &*self.store, end - 1).await?;
+            rows.push(ResultRow { metric: v.name, window_start: v.window_start, window_end: v.window_end, value: v.value });
+            end += slide;
+        }
+        if !rows.is_empty() {
+            self.store.write_results(&rows).await?;
+            tracing::debug!(metric = m.name(), windows = rows.len(), until, "final window results written");
+        }
+        self.written.insert(m.state_key().to_string(), upto.max(last));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::MetricConfig;
+
+    fn metric(window: &str, slide: &str, lateness: &str) -> Metric {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("m.rhai");
+        std::fs::write(&script, "#{}").unwrap();
+        let text = format!("name = \"m\"\nscript = {script:?}\nreducer = \"count\"\nwindow = \"{window}\"\nslide = \"{slide}\"\nlateness = \"{lateness}\"\n");
+        let config: MetricConfig = toml::from_str(&text).unwrap();
+        let schema = crate::event::schema_of("fields = { id = \"string\", t = \"timestamp\" }\nid = \"id\"\ntime = \"t\"");
+        Metric::load(&config, &schema).unwrap()
+    }
+
+    #[test]
+    fn a_window_is_final_once_its_end_plus_lateness_is_behind_every_partition() {
+        let m = metric("60s", "5s", "5s");
+        let marks = HashMap::from([(0, 100_000), (1, 72_000), (2, 200_000)]);
+        // The slowest partition is at 72 s: windows ending at or before 67 s are final; the
+        // newest such end on the 5 s grid is 65 s.
+        assert_eq!(final_until(&m, &[0, 1, 2], &marks), Some(65_000));
+        assert_eq!(final_until(&m, &[0, 2], &marks), Some(95_000), "only the partitions named count");
+        assert_eq!(final_until(&m, &[0, 1, 2, 3], &marks), None, "a partition with no watermark holds every window open");
+        assert_eq!(final_until(&m, &[], &marks), None);
+    }
+}

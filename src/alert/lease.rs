@@ -1,0 +1,101 @@
+//! One alert evaluator per pipeline, however many processes run it: evaluating takes a lease in
+//! the store (a MongoDB document or an SQLite row with a holder and an expiry). The holder renews
+//! it every half interval; the others try to take it as often, and one of them gets it once it
+//! expires, so a dead evaluator is replaced within two intervals. The new holder reads the saved
+//! rule states first, so it resumes where the last one stopped and re-sends nothing.
+
+use crate::store::EventStore;
+use std::time::{Duration, Instant};
+
+/// This process's claim to the evaluator lease of one pipeline.
+pub struct Lease {
+    name: String,
+    holder: String,
+    /// How long a taken or renewed lease lasts.
+    ttl: Duration,
+    /// Until when (by this process's monotonic clock) the lease is surely held, if it is.
+    held_until: Option<Instant>,
+}
+
+impl Lease {
+    /// The lease of `pipeline`'s alert evaluation, for rules evaluated every `interval`.
+    pub fn new(pipeline: &str, interval: Duration) -> Lease {
+        let holder = format!("{}:{}:{}", hostname(), std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        Lease { name: format!("alerting:{pipeline}"), holder, ttl: Self::ttl(interval), held_until: None }
+    }
+
+    /// Renewed every half interval, a lease of one and a half intervals survives two missed
+    /// renewals; once its holder is gone it expires within 1.5 intervals, and a standby trying
+    /// every half interval takes it by two.
+    pub fn ttl(interval: Duration) -> Duration {
+        interval * 3 / 2
+    }
+
+    /// How often to renew (or try to take) the lease.
+    pub fn every(interval: Duration) -> Duration {
+        (interval / 2).max(Duration::from_millis(50))
+    }
+
+    /// This process's holder id: `host:pid:random`.
+    pub fn holder(&self) -> &str {
+        &self.holder
+    }
+
+    /// Takes or renews the lease; true when this process holds it now. `Ok(true)` after
+    /// `Ok(false)` means this process just became the evaluator.
+    pub async fn renew(&mut self, store: &dyn EventStore, interval: Duration) -> anyhow::Result<bool> {
+        self.ttl = Self::ttl(interval);
+        let asked = Instant::now();
+        let now = chrono::Utc::now().timestamp_millis();
+        let held = store.take_lease(&self.name, &self.holder, now, now + self.ttl.as_millis() as i64).await?;
+        let was = self.held();
+        // Counted from before the request: the store's copy may expire that early.
+        self.held_until = held.then_some(asked + self.ttl);
+        match (was, held) {
+            (false, true) => tracing::info!(lease = %self.name, holder = %self.holder, "this process now evaluates the alert rules"),
+            (true, false) => tracing::warn!(lease = %self.name, "another process took the alert lease; this one stands by"),
+            _ => {}
+        }
+        Ok(held)
+    }
+
+    /// Whether the lease is surely still this process's: notifications are sent only then, so
+    /// a holder that stalled past its lease does not send beside the one that took over.
+    pub fn held(&self) -> bool {
+        self.held_until.is_some_and(|t| Instant::now() < t)
+    }
+
+    /// Gives the lease up (at shutdown), so a standby takes over at its next try.
+    pub async fn release(&mut self, store: &dyn EventStore) {
+        if self.held_until.take().is_some() {
+            let now = chrono::Utc::now().timestamp_millis();
+            if let Err(e) = store.take_lease(&self.name, &self.holder, now, now).await {
+                tracing::warn!(error = %format!("{e:#}"), "cannot give the alert lease up; a standby takes it when it expires");
+            }
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dead_holder_is_replaced_within_two_intervals() {
+        let interval = Duration::from_secs(5);
+        // The worst case: the holder dies just after renewing; its lease runs out after the ttl,
+        // and a standby's next try comes at most one renewal period later.
+        assert!(Lease::ttl(interval) + Lease::every(interval) <= interval * 2);
+        // It survives two missed renewals before it lapses.
+        assert!(Lease::ttl(interval) > Lease::every(interval) * 2);
+    }
+}

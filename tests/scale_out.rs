@@ -1,0 +1,137 @@
+//! Several runner processes on one pipeline (Tansu + SecantusDB): one alert evaluator among the
+//! replicas, with takeover when it dies.
+
+mod common;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A webhook receiver keeping every notification it was sent.
+#[derive(Default)]
+struct Receiver {
+    got: Mutex<Vec<serde_json::Value>>,
+}
+
+impl Receiver {
+    async fn start() -> (Arc<Receiver>, String) {
+        let r = Arc::new(Receiver::default());
+        let app = axum::Router::new().route("/hook", axum::routing::post(hook)).with_state(r.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (r, url)
+    }
+
+    /// The statuses received for `alert`, in order.
+    fn statuses(&self) -> Vec<String> {
+        self.got.lock().unwrap().iter().map(|n| n["status"].as_str().unwrap_or("?").to_string()).collect()
+    }
+}
+
+async fn hook(State(r): State<Arc<Receiver>>, body: String) -> StatusCode {
+    r.got.lock().unwrap().push(serde_json::from_str(&body).unwrap_or_default());
+    StatusCode::OK
+}
+
+/// The shipped pipeline and scripts copied into `dir`, with the alerting sections replaced by
+/// one rule whose condition is `condition`, sent to the webhook at `url`.
+fn write_pipeline(file: &Path, url: &str, condition: &str) {
+    let text = std::fs::read_to_string(file).unwrap();
+    let head = &text[..text.find("\n[alerting]").unwrap()];
+    let alerting = format!(
+        "\n[alerting]\ninterval = \"500ms\"\n[alerting.channels.hook]\ntype = \"webhook\"\nurl = \"{url}\"\n\
+         [[alert]]\nname = \"always\"\ncondition = \"{condition}\"\nchannels = [\"hook\"]\nrepeat_interval = \"1h\"\n"
+    );
+    let tmp = file.with_extension("tmp~");
+    std::fs::write(&tmp, format!("{head}{alerting}")).unwrap();
+    std::fs::rename(&tmp, file).unwrap();
+}
+
+/// A consumer process (which evaluates alerts too) on the test services.
+fn spawn_consumer(sp: &common::ServicePipeline, file: &Path, log: &Path) -> Child {
+    common::runner()
+        .args(["run", file.to_str().unwrap(), "--components", "consumer"])
+        .env("KAFKA_BOOTSTRAP_SERVERS", common::kafka())
+        .env("MONGODB_CONNECTION_STRING", common::mongodb())
+        .env("KAFKA_TOPIC", &sp.topic)
+        .env("KAFKA_CONSUMER_GROUP", &sp.group)
+        .env("MONGODB_DATABASE", &sp.database)
+        .env("RUNNER_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+/// The pid in the holder id (`host:pid:random`) of the pipeline's alert lease, if it is held.
+async fn lease_holder(db: &mongodb::Database) -> Option<(u32, i64)> {
+    let lease = db.collection::<mongodb::bson::Document>("leases").find_one(mongodb::bson::doc! {"_id": "alerting:interactions"}).await.unwrap()?;
+    let pid = lease.get_str("holder").ok()?.split(':').nth(1)?.parse().ok()?;
+    let until = lease.get_datetime("until").ok()?.timestamp_millis();
+    Some((pid, until))
+}
+
+async fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !check() {
+        assert!(t.elapsed() < limit, "timed out after {limit:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Three consumer processes evaluate one rule: exactly one notification per transition. The
+/// evaluator is SIGKILLed; another process takes the lease within two intervals (1 s), resumes
+/// the saved state without re-sending the firing notification, and sends the resolution once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_evaluator_among_replicas() {
+    let sp = common::service_pipeline("replicas");
+    let dir = tempfile::tempdir().unwrap();
+    let file = common::copy_pipeline(dir.path());
+    let (receiver, url) = Receiver::start().await;
+    write_pipeline(&file, &url, "true");
+    let mut children: Vec<Child> = (0..3).map(|i| spawn_consumer(&sp, &file, &dir.path().join(format!("runner{i}.log")))).collect();
+    let logs = || (0..3).map(|i| std::fs::read_to_string(dir.path().join(format!("runner{i}.log"))).unwrap_or_default()).collect::<Vec<_>>().join("\n---\n");
+
+    wait_for("the rule fires", Duration::from_secs(60), || !receiver.statuses().is_empty()).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(receiver.statuses(), ["firing"], "three replicas, one notification\n{}", logs());
+
+    let client = mongodb::Client::with_uri_str(common::mongodb()).await.unwrap();
+    let db = client.database(&sp.database);
+    let (leader, _) = lease_holder(&db).await.expect("one process holds the lease");
+    let index = children.iter().position(|c| c.id() == leader).expect("the holder is one of the replicas");
+    let mut dead = children.remove(index);
+    dead.kill().unwrap();
+    dead.wait().unwrap();
+    let killed = Instant::now();
+    let next = loop {
+        if let Some((pid, until)) = lease_holder(&db).await {
+            if pid != leader && until > chrono::Utc::now().timestamp_millis() {
+                break pid;
+            }
+        }
+        assert!(killed.elapsed() < Duration::from_secs(10), "nobody took the lease over\n{}", logs());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let took = killed.elapsed();
+    println!("evaluator pid {leader} SIGKILLed; pid {next} took the lease after {took:?}");
+    assert!(children.iter().any(|c| c.id() == next));
+    // Two intervals of 500 ms, and some room for a busy 2-core machine.
+    assert!(took < Duration::from_millis(1_800), "takeover within two intervals: {took:?}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(receiver.statuses(), ["firing"], "the new evaluator resumed the saved state and sent nothing again\n{}", logs());
+
+    // A transition after the takeover is sent once, by the new evaluator.
+    write_pipeline(&file, &url, "false");
+    wait_for("the rule resolves", Duration::from_secs(20), || receiver.statuses().len() >= 2).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(receiver.statuses(), ["firing", "resolved"], "\n{}", logs());
+    for mut c in children {
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+}
