@@ -36,6 +36,27 @@ pub async fn metrics(pipeline: &Pipeline, at_ms: i64) -> anyhow::Result<Vec<Metr
     set.read_all(&*store, at_ms).await
 }
 
+/// Every metric's final result for the window that ends with the pane holding `at_ms`, read from
+/// the results the consumers wrote when the window closed; with it, the names of the metrics
+/// whose window has no result yet (not closed, or from before results were kept), which are
+/// computed from the stored partials instead.
+pub async fn metrics_at(pipeline: &Pipeline, at_ms: i64) -> anyhow::Result<(Vec<MetricValue>, Vec<String>)> {
+    let set = MetricSet::load(&pipeline.config.metrics, &pipeline.schema())?;
+    let store = crate::store::open(&pipeline.config.mongodb, &pipeline.config.embedded, &pipeline.config.retention, &pipeline.schema()).await?;
+    let (mut values, mut not_final) = (Vec::new(), Vec::new());
+    for m in set.metrics() {
+        let (_, end) = m.window.range_at(at_ms);
+        match store.load_results(m.name(), end, end + 1).await?.pop() {
+            Some(r) => values.push(MetricValue { name: r.metric, description: m.config.description.clone(), window_start: r.window_start, window_end: r.window_end, value: r.value }),
+            None => {
+                not_final.push(m.name().to_string());
+                values.push(crate::aggregate::read(m, &*store, at_ms).await?);
+            }
+        }
+    }
+    Ok((values, not_final))
+}
+
 /// Prints metric values as an aligned table.
 pub fn print_metrics(values: &[MetricValue], out: &mut dyn Write) -> std::io::Result<()> {
     let width = values.iter().map(|v| v.name.len()).max().unwrap_or(6).max(6);

@@ -81,6 +81,10 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// A past window instead of the current one, read from the final results written when
+        /// it closed: an RFC 3339 time (`2026-12-02T10:15:00Z`) or how long ago (`10m`).
+        #[arg(long)]
+        at: Option<String>,
         /// MongoDB connection string, or `embedded` [default: mongodb.uri].
         #[arg(long)]
         mongodb: Option<String>,
@@ -229,7 +233,7 @@ fn main() -> ExitCode {
             Ok(false) => return ExitCode::FAILURE,
             Err(e) => Err(e),
         },
-        Command::Metrics { pipeline, json, mongodb, data_dir } => show_metrics(pipeline, json, mongodb, data_dir),
+        Command::Metrics { pipeline, json, at, mongodb, data_dir } => show_metrics(pipeline, json, at, mongodb, data_dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -337,7 +341,7 @@ fn pipeline_tests(path: PathBuf, tests: Option<PathBuf>) -> anyhow::Result<bool>
     Ok(failed == 0)
 }
 
-fn show_metrics(path: PathBuf, json: bool, mongodb: Option<String>, data_dir: Option<PathBuf>) -> anyhow::Result<()> {
+fn show_metrics(path: PathBuf, json: bool, at: Option<String>, mongodb: Option<String>, data_dir: Option<PathBuf>) -> anyhow::Result<()> {
     let mut pipeline = Pipeline::load(&path)?;
     if let Some(m) = mongodb {
         pipeline.config.mongodb.uri = m;
@@ -346,7 +350,23 @@ fn show_metrics(path: PathBuf, json: bool, mongodb: Option<String>, data_dir: Op
         pipeline.config.embedded.data_dir = d;
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let values = rt.block_on(runner::commands::metrics(&pipeline, chrono::Utc::now().timestamp_millis()))?;
+    let values = match at {
+        None => rt.block_on(runner::commands::metrics(&pipeline, chrono::Utc::now().timestamp_millis()))?,
+        Some(at) => {
+            let at_ms = match chrono::DateTime::parse_from_rfc3339(&at) {
+                Ok(t) => t.timestamp_millis(),
+                Err(_) => {
+                    let ago = humantime::parse_duration(&at).map_err(|_| anyhow::anyhow!("--at {at:?}: not an RFC 3339 time (2026-12-02T10:15:00Z) nor a duration ago (10m)"))?;
+                    chrono::Utc::now().timestamp_millis() - ago.as_millis() as i64
+                }
+            };
+            let (values, not_final) = rt.block_on(runner::commands::metrics_at(&pipeline, at_ms))?;
+            if !not_final.is_empty() {
+                eprintln!("no final result stored for that window of {} (not closed yet, or older than the results): computed from the stored partials", not_final.join(", "));
+            }
+            values
+        }
+    };
     print_json_or_table(json, &values, |out| runner::commands::print_metrics(&values, out))
 }
 

@@ -223,6 +223,25 @@ fn spawn(built: Built, options: RunOptions, stop: CancellationToken) -> Running 
         let sources = crate::alert::Sources { pipeline: config.name.clone(), store, metrics: metrics_rx.clone(), stats: stats.clone() };
         tasks.spawn(Step::Alerting, crate::alert::run(sources, alerts_rx, shutdown.signal(Step::Alerting)));
     }
+    // Final window results are written where events are consumed: that process has the
+    // partials; every consumer writes the same documents.
+    if let (true, Some(store)) = (components.consumer, store.clone()) {
+        let current = pipeline_rx.clone();
+        let partitions: crate::aggregate::results::Partitions = Arc::new(move || {
+            let kafka = current.borrow().config.kafka.clone();
+            Box::pin(async move {
+                match kafka.is_embedded() {
+                    true => Ok(vec![crate::transport::NO_PARTITION]),
+                    false => crate::transport::kafka::topic_partitions(&kafka).await,
+                }
+            })
+        });
+        let writer = crate::aggregate::results::run(store, metrics_rx.clone(), partitions, Duration::from_secs(1), shutdown.signal(Step::Results));
+        tasks.spawn(Step::Results, async move {
+            writer.await;
+            Ok(())
+        });
+    }
     if let (true, Some(store)) = (components.generator || components.consumer, store.clone()) {
         let plane = reconnect::Plane {
             config: config.clone(),

@@ -22,6 +22,7 @@ pub enum Step {
     Generator,
     Consumer,
     Dashboard,
+    Results,
     Alerting,
     Reload,
     Progress,
@@ -29,12 +30,13 @@ pub enum Step {
 
 impl Step {
     /// The order tasks are stopped and awaited in.
-    pub const ORDER: [Step; 6] = [Step::Generator, Step::Consumer, Step::Dashboard, Step::Alerting, Step::Reload, Step::Progress];
+    pub const ORDER: [Step; 7] = [Step::Generator, Step::Consumer, Step::Dashboard, Step::Results, Step::Alerting, Step::Reload, Step::Progress];
 
     fn name(self) -> &'static str {
         match self {
             Step::Generator => "generator",
             Step::Consumer => "consumer",
+            Step::Results => "results",
             Step::Dashboard => "dashboard",
             Step::Alerting => "alerting",
             Step::Reload => "reload",
@@ -52,8 +54,8 @@ impl Step {
 #[derive(Clone)]
 pub struct Shutdown {
     requested: CancellationToken,
-    /// One token per step that stops in turn (alerting, reload, progress).
-    in_turn: [CancellationToken; 3],
+    /// One token per step that stops in turn (results, alerting, reload, progress).
+    in_turn: [CancellationToken; 4],
 }
 
 impl Shutdown {
@@ -66,9 +68,10 @@ impl Shutdown {
     pub fn signal(&self, step: Step) -> CancellationToken {
         match step {
             s if s.stops_on_request() => self.requested.clone(),
-            Step::Alerting => self.in_turn[0].clone(),
-            Step::Reload => self.in_turn[1].clone(),
-            _ => self.in_turn[2].clone(),
+            Step::Results => self.in_turn[0].clone(),
+            Step::Alerting => self.in_turn[1].clone(),
+            Step::Reload => self.in_turn[2].clone(),
+            _ => self.in_turn[3].clone(),
         }
     }
 
@@ -141,7 +144,7 @@ mod tests {
         let stopped = Arc::new(Mutex::new(Vec::new()));
         let shutdown = Shutdown::new(CancellationToken::new());
         let mut tasks = Tasks::new(shutdown.clone());
-        for step in [Step::Progress, Step::Reload, Step::Alerting, Step::Dashboard, Step::Consumer] {
+        for step in [Step::Progress, Step::Reload, Step::Alerting, Step::Results, Step::Dashboard, Step::Consumer] {
             let (signal, stopped) = (shutdown.signal(step), stopped.clone());
             tasks.spawn(step, async move {
                 signal.cancelled().await;
@@ -157,7 +160,7 @@ mod tests {
         tasks.finish().await.unwrap();
         let stopped = stopped.lock().unwrap().clone();
         // A stop request reaches the consumer and the dashboard at once; the rest stop in turn.
-        assert_eq!(stopped[2..], [Step::Alerting, Step::Reload, Step::Progress], "{stopped:?}");
+        assert_eq!(stopped[2..], [Step::Results, Step::Alerting, Step::Reload, Step::Progress], "{stopped:?}");
         assert!(stopped[..2].contains(&Step::Consumer) && stopped[..2].contains(&Step::Dashboard), "{stopped:?}");
     }
 

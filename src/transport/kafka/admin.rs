@@ -68,3 +68,17 @@ pub async fn ensure_topic(admin: &AdminClient<DefaultClientContext>, config: &Ka
     }
     Ok(())
 }
+
+/// The partitions of the configured topic, as the broker reports them (none while the topic does
+/// not exist).
+pub async fn topic_partitions(config: &KafkaConfig) -> anyhow::Result<Vec<i32>> {
+    let client: rdkafka::consumer::BaseConsumer = config.admin_config().create().context("cannot create a Kafka client (check the [kafka] settings)")?;
+    let topic = config.topic.clone();
+    // A blocking request: off the async runtime.
+    tokio::task::spawn_blocking(move || {
+        use rdkafka::consumer::Consumer;
+        let metadata = client.fetch_metadata(Some(&topic), Duration::from_secs(10)).with_context(|| format!("cannot read the partitions of Kafka topic {topic:?}"))?;
+        Ok(metadata.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect())
+    })
+    .await?
+}

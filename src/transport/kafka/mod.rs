@@ -6,7 +6,7 @@ mod config;
 mod consumer;
 mod producer;
 
-pub use admin::{connect, ensure_topic};
+pub use admin::{connect, ensure_topic, topic_partitions};
 pub use config::KafkaConfig;
 pub use consumer::{Batching, KafkaSubscriber};
 pub use producer::KafkaPublisher;
