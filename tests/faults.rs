@@ -163,15 +163,8 @@ async fn runaway_script_is_stopped() {
 /// The `runner` binary on the test services, generating and consuming.
 fn spawn_runner(sp: &ServicePipeline, log: &Path) -> Child {
     let log = std::fs::File::create(log).unwrap();
-    common::runner()
-        .args(["run", common::shipped_pipeline().to_str().unwrap(), "--components", "generator,consumer"])
-        .env("KAFKA_BOOTSTRAP_SERVERS", common::kafka())
-        .env("MONGODB_CONNECTION_STRING", common::mongodb())
-        .env("KAFKA_TOPIC", &sp.topic)
-        .env("KAFKA_CONSUMER_GROUP", &sp.group)
-        .env("MONGODB_DATABASE", &sp.database)
+    common::runner_on_services(sp, &common::shipped_pipeline(), "generator,consumer")
         .env("DEFAULT_GENERATION_RATE", "3000")
-        .env("RUNNER_LOG", "info")
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()

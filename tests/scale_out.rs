@@ -53,14 +53,7 @@ fn write_pipeline(file: &Path, url: &str, condition: &str) {
 
 /// A consumer process (which evaluates alerts too) on the test services.
 fn spawn_consumer(sp: &common::ServicePipeline, file: &Path, log: &Path) -> Child {
-    common::runner()
-        .args(["run", file.to_str().unwrap(), "--components", "consumer"])
-        .env("KAFKA_BOOTSTRAP_SERVERS", common::kafka())
-        .env("MONGODB_CONNECTION_STRING", common::mongodb())
-        .env("KAFKA_TOPIC", &sp.topic)
-        .env("KAFKA_CONSUMER_GROUP", &sp.group)
-        .env("MONGODB_DATABASE", &sp.database)
-        .env("RUNNER_LOG", "info")
+    common::runner_on_services(sp, file, "consumer")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()

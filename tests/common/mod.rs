@@ -38,6 +38,20 @@ pub fn runner() -> std::process::Command {
     cmd
 }
 
+/// `runner run FILE --components COMPONENTS` on the test services, with `sp`'s topic, group and
+/// database, logging at info; the caller adds what else it needs and spawns it.
+pub fn runner_on_services(sp: &ServicePipeline, file: &Path, components: &str) -> std::process::Command {
+    let mut cmd = runner();
+    cmd.args(["run", file.to_str().unwrap(), "--components", components])
+        .env("KAFKA_BOOTSTRAP_SERVERS", kafka())
+        .env("MONGODB_CONNECTION_STRING", mongodb())
+        .env("KAFKA_TOPIC", &sp.topic)
+        .env("KAFKA_CONSUMER_GROUP", &sp.group)
+        .env("MONGODB_DATABASE", &sp.database)
+        .env("RUNNER_LOG", "info");
+    cmd
+}
+
 /// The shipped pipeline file.
 pub fn shipped_pipeline() -> PathBuf {
     repo_root().join("pipelines/interactions.toml")
