@@ -119,8 +119,9 @@ impl Running {
 
 /// Checks, connects and starts every component; returns once the pipeline runs.
 pub async fn start(pipeline: Pipeline, options: RunOptions, stop: CancellationToken) -> anyhow::Result<Running> {
+    let seen = reload::snapshot(&pipeline);
     let built = build(pipeline, &options).await?;
-    Ok(spawn(built, options, stop))
+    Ok(spawn(built, seen, options, stop))
 }
 
 /// A pipeline compiled and connected, with nothing running yet.
@@ -159,7 +160,7 @@ async fn build(pipeline: Pipeline, options: &RunOptions) -> anyhow::Result<Built
 }
 
 /// Starts every task of a built pipeline, each with the shutdown signal of its step.
-fn spawn(built: Built, options: RunOptions, stop: CancellationToken) -> Running {
+fn spawn(built: Built, seen: reload::Snapshot, options: RunOptions, stop: CancellationToken) -> Running {
     let started = std::time::Instant::now();
     let Built { compiled, stats, store, transport: (publisher, subscriber) } = built;
     let components = options.components;
@@ -176,7 +177,7 @@ fn spawn(built: Built, options: RunOptions, stop: CancellationToken) -> Running 
     let (pipeline_tx, pipeline_rx) = watch::channel(pipeline.clone());
     let reload_status = Arc::new(Mutex::new(ReloadStatus::default()));
     let live = Live { pipeline: pipeline_tx, generator: generator_tx, metrics: metrics_tx, alerts: alerts_tx, dashboard: dashboard_tx, status: reload_status.clone() };
-    let reloader = reload::spawn(pipeline.clone(), live, options.watch.clone(), shutdown.signal(Step::Reload));
+    let reloader = reload::spawn(pipeline.clone(), seen, live, options.watch.clone(), shutdown.signal(Step::Reload));
     tasks.spawn(Step::Reload, async move { Ok(reloader.await?) });
     let progress = telemetry::report_progress(stats.clone(), options.progress_every, shutdown.signal(Step::Progress));
     tasks.spawn(Step::Progress, async move {

@@ -114,12 +114,21 @@ pub(super) fn generator_settings(compiled: &Compiled) -> GeneratorSettings {
     GeneratorSettings { script: compiled.generator.clone(), rate: g.rate, batch_size: g.batch_size }
 }
 
-/// Starts watching the pipeline's files now (so no edit made after this call is missed) and
-/// returns the task that applies every good new version until `stop`.
-pub fn spawn(current: Pipeline, live: Live, options: WatchOptions, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+/// The contents of the files `p` runs from, taken before they are compiled: the watch starts
+/// from this, so an edit made while the pipeline starts is noticed (taken after the compile, it
+/// would be mistaken for the running version).
+pub struct Snapshot(Vec<(PathBuf, Option<Vec<u8>>)>);
+
+pub fn snapshot(p: &Pipeline) -> Snapshot {
+    Snapshot(fingerprint(&watched_files(p)))
+}
+
+/// Starts watching the pipeline's files now (an edit since `seen` was taken is applied at the
+/// first check) and returns the task that applies every good new version until `stop`.
+pub fn spawn(current: Pipeline, seen: Snapshot, live: Live, options: WatchOptions, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
     let (tx, rx) = mpsc::channel::<()>(64);
     let files = watched_files(&current);
-    let seen = fingerprint(&files);
+    let seen = seen.0;
     let watcher = make_watcher(&options, &tx, &folders(&files));
     let reloader = Reloader { current, live, options, changes: (tx, rx), files, seen, watcher };
     tokio::spawn(reloader.run(stop))
@@ -162,8 +171,14 @@ impl Reloader {
         let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         let mut poll = self.options.poll.map(tokio::time::interval);
         let debounce = self.options.debounce;
+        // When watching, the first check runs at once: the files may have changed while the
+        // pipeline started, before any watcher could see it (`--no-watch` reloads on SIGHUP only).
+        let mut first = self.options.enabled || self.options.poll.is_some();
         loop {
-            let forced = tokio::select! {
+            let forced = if std::mem::take(&mut first) {
+                false
+            } else {
+                tokio::select! {
                 _ = stop.cancelled() => return,
                 Some(()) = self.changes.1.recv() => {
                     // Let a burst of writes settle into one check.
@@ -175,6 +190,7 @@ impl Reloader {
                     true
                 }
                 _ = async { match poll.as_mut() { Some(p) => { p.tick().await; } None => std::future::pending().await } } => false,
+                }
             };
             let now = fingerprint(&self.files);
             if !forced && now == self.seen {
