@@ -9,7 +9,7 @@
 //! partials only, so every consumer computes the same document, and writing it again (a replay,
 //! another consumer, a restart) changes nothing.
 
-use super::{read, Metric, MetricSet};
+use super::{history, Metric, MetricSet};
 use crate::store::{EventStore, ResultRow};
 use futures::future::BoxFuture;
 use std::collections::HashMap;
@@ -86,18 +86,20 @@ impl Writer {
             None => self.store.latest_result(m.name()).await?.unwrap_or(until - slide),
         };
         let upto = until.min(last + slide * WINDOWS_PER_ROUND as i64);
-        let mut rows = Vec::new();
-        let mut end = last + slide;
-        while end <= upto {
-            let v = read(m, &*self.store, end - 1).await?;
-            rows.push(ResultRow { metric: v.name, window_start: v.window_start, window_end: v.window_end, value: v.value });
-            end += slide;
-        }
-        if !rows.is_empty() {
+        if upto > last {
+            // The windows ending at last + slide ..= upto, one step apart, from one read of their
+            // partials (the dashboard's history does the same).
+            let points = history(m, &*self.store, last, upto - 1, WINDOWS_PER_ROUND).await?;
+            let rows: Vec<ResultRow> = points
+                .into_iter()
+                .map(|p| ResultRow { metric: m.name().to_string(), window_start: p.end - m.window.size_ms, window_end: p.end, value: p.value })
+                .collect();
             self.store.write_results(&rows).await?;
             tracing::debug!(metric = m.name(), windows = rows.len(), until, "final window results written");
+            self.written.insert(m.state_key().to_string(), upto);
+        } else {
+            self.written.insert(m.state_key().to_string(), last);
         }
-        self.written.insert(m.state_key().to_string(), upto.max(last));
         Ok(())
     }
 }

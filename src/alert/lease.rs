@@ -11,17 +11,15 @@ use std::time::{Duration, Instant};
 pub struct Lease {
     name: String,
     holder: String,
-    /// How long a taken or renewed lease lasts.
-    ttl: Duration,
     /// Until when (by this process's monotonic clock) the lease is surely held, if it is.
     held_until: Option<Instant>,
 }
 
 impl Lease {
-    /// The lease of `pipeline`'s alert evaluation, for rules evaluated every `interval`.
-    pub fn new(pipeline: &str, interval: Duration) -> Lease {
+    /// The lease of `pipeline`'s alert evaluation.
+    pub fn new(pipeline: &str) -> Lease {
         let holder = format!("{}:{}:{}", hostname(), std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
-        Lease { name: format!("alerting:{pipeline}"), holder, ttl: Self::ttl(interval), held_until: None }
+        Lease { name: format!("alerting:{pipeline}"), holder, held_until: None }
     }
 
     /// Renewed every half interval, a lease of one and a half intervals survives two missed
@@ -36,21 +34,16 @@ impl Lease {
         (interval / 2).max(Duration::from_millis(50))
     }
 
-    /// This process's holder id: `host:pid:random`.
-    pub fn holder(&self) -> &str {
-        &self.holder
-    }
-
     /// Takes or renews the lease; true when this process holds it now. `Ok(true)` after
     /// `Ok(false)` means this process just became the evaluator.
     pub async fn renew(&mut self, store: &dyn EventStore, interval: Duration) -> anyhow::Result<bool> {
-        self.ttl = Self::ttl(interval);
+        let ttl = Self::ttl(interval);
         let asked = Instant::now();
         let now = chrono::Utc::now().timestamp_millis();
-        let held = store.take_lease(&self.name, &self.holder, now, now + self.ttl.as_millis() as i64).await?;
+        let held = store.take_lease(&self.name, &self.holder, now, now + ttl.as_millis() as i64).await?;
         let was = self.held();
         // Counted from before the request: the store's copy may expire that early.
-        self.held_until = held.then_some(asked + self.ttl);
+        self.held_until = held.then_some(asked + ttl);
         match (was, held) {
             (false, true) => tracing::info!(lease = %self.name, holder = %self.holder, "this process now evaluates the alert rules"),
             (true, false) => tracing::warn!(lease = %self.name, "another process took the alert lease; this one stands by"),

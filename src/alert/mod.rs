@@ -141,7 +141,7 @@ pub async fn run(sources: Sources, mut rules: watch::Receiver<Arc<AlertSet>>, st
     let mut current = rules.borrow_and_update().clone();
     let c = &current.config;
     let mut dispatcher = Dispatcher::new(&c.channels, &c.thresholds, sources.stats.clone())?;
-    let mut lease = lease::Lease::new(&sources.pipeline, c.interval);
+    let mut lease = lease::Lease::new(&sources.pipeline);
     // The rule states are read when this process takes the lease: it may take it long after
     // start, from an evaluator that saved newer states meanwhile.
     let mut evaluator = Evaluator { states: BTreeMap::new(), unsaved: BTreeMap::new(), last: (Instant::now(), sources.stats.snapshot()), sources };
@@ -435,7 +435,7 @@ mod tests {
         let (_metrics_tx, metrics) = watch::channel(Arc::new(MetricSet::load(&[], &schema).unwrap()));
         let sources = Sources { pipeline: "p".into(), store: store.clone(), metrics, stats: stats.clone() };
         let mut evaluator = Evaluator { states: BTreeMap::new(), unsaved: BTreeMap::new(), last: (Instant::now(), stats.snapshot()), sources };
-        let mut lease = lease::Lease::new("p", Duration::from_secs(3600));
+        let mut lease = lease::Lease::new("p");
         assert!(lease.renew(&*store, Duration::from_secs(3600)).await.unwrap(), "the only process takes the lease");
 
         // `for` is 0: the first tick fires. The state cannot be stored, so nothing is sent.

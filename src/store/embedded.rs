@@ -433,20 +433,19 @@ impl EventStore for EmbeddedStore {
     }
 
     async fn load_results(&self, metric: &str, from: i64, to: i64) -> anyhow::Result<Vec<ResultRow>> {
-        let metric = metric.to_string();
+        let name = metric.to_string();
         let rows = self
             .with_conn(move |c| {
                 let mut stmt = c.prepare_cached(
                     "SELECT window_start, window_end, value FROM metric_results WHERE metric = ?1 AND window_end >= ?2 AND window_end < ?3 ORDER BY window_end",
                 )?;
-                let rows = stmt.query_map(params![metric, from, to], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?)))?;
-                rows.collect::<rusqlite::Result<Vec<_>>>().map(|rows| (metric, rows))
+                let rows = stmt.query_map(params![name, from, to], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?)))?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()
             })
             .await?;
-        let (metric, rows) = rows;
         rows.into_iter()
             .map(|(window_start, window_end, value)| {
-                Ok(ResultRow { metric: metric.clone(), window_start, window_end, value: serde_json::from_str(&value).context("a stored result is malformed")? })
+                Ok(ResultRow { metric: metric.to_string(), window_start, window_end, value: serde_json::from_str(&value).context("a stored result is malformed")? })
             })
             .collect()
     }
