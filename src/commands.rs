@@ -47,7 +47,7 @@ pub async fn metrics_at(pipeline: &Pipeline, at_ms: i64) -> anyhow::Result<(Vec<
     for m in set.metrics() {
         let (_, end) = m.window.range_at(at_ms);
         match store.load_results(m.name(), end, end + 1).await?.pop() {
-            Some(r) => values.push(MetricValue { name: r.metric, description: m.config.description.clone(), window_start: r.window_start, window_end: r.window_end, value: r.value }),
+            Some(r) => values.push(MetricValue { name: r.metric, description: m.config.description.clone(), window_start: r.window_start, window_end: r.window_end, value: r.value, backfilling: None }),
             None => {
                 not_final.push(m.name().to_string());
                 values.push(crate::aggregate::read(m, &*store, at_ms).await?);
@@ -64,7 +64,11 @@ pub fn print_metrics(values: &[MetricValue], out: &mut dyn Write) -> std::io::Re
     for v in values {
         let start = chrono::DateTime::from_timestamp_millis(v.window_start).map(|t| t.format("%H:%M:%S").to_string()).unwrap_or_default();
         let end = chrono::DateTime::from_timestamp_millis(v.window_end).map(|t| t.format("%H:%M:%S").to_string()).unwrap_or_default();
-        writeln!(out, "{:width$}  {start}-{end}      {}", v.name, v.value)?;
+        match v.backfilling {
+            // A partial value is not shown as if it were the window's.
+            Some(b) => writeln!(out, "{:width$}  {start}-{end}      backfilling ({:.0}% done; partial: {})", v.name, 100.0 * b.done, v.value)?,
+            None => writeln!(out, "{:width$}  {start}-{end}      {}", v.name, v.value)?,
+        }
     }
     Ok(())
 }

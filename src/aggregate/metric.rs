@@ -87,6 +87,7 @@ pub enum Partial {
 }
 
 /// A compiled metric: its config, window and selectors, ready to reduce events.
+#[derive(Clone)]
 pub struct Metric {
     pub config: MetricConfig,
     pub window: Window,

@@ -6,6 +6,7 @@
 //! after a crash or rebalance never count an event twice. Reads merge the partials of every
 //! partition and pane in a window, so several runners in one group report one exact result.
 
+pub mod backfill;
 mod metric;
 #[cfg(test)]
 mod properties;
@@ -18,7 +19,7 @@ mod window;
 mod write;
 
 pub use metric::{Metric, MetricConfig, Partial, TimeMode};
-pub use query::{history, read, MetricValue, Point};
+pub use query::{history, read, Backfilling, MetricValue, Point};
 pub use reducer::ReducerKind;
 pub use window::Window;
 pub use write::{Absorbed, Aggregator};
@@ -73,6 +74,13 @@ impl MetricSet {
 
     pub fn metrics(&self) -> &[Metric] {
         &self.metrics
+    }
+
+    /// A set of only the metric at `index` (the compiled script is shared, not compiled again).
+    pub fn only(&self, index: usize) -> MetricSet {
+        let m = self.metrics[index].clone();
+        let map_fields = m.needs_event_map().then(|| m.map_fields().clone());
+        MetricSet { metrics: vec![m], map_fields }
     }
 
     pub fn is_empty(&self) -> bool {

@@ -16,6 +16,16 @@ pub struct MetricValue {
     pub window_start: i64,
     pub window_end: i64,
     pub value: Value,
+    /// Set while the metric is being filled from history: `value` is partial until then.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backfilling: Option<Backfilling>,
+}
+
+/// How far a metric's backfill has come.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Backfilling {
+    /// The share of the history read, 0 to 1.
+    pub done: f64,
 }
 
 /// Reads one metric's window ending with the pane holding `at_ms`, merging every stored partial.
@@ -33,6 +43,7 @@ pub async fn read(metric: &Metric, store: &dyn EventStore, at_ms: i64) -> anyhow
         window_start: start,
         window_end: end,
         value: metric.report(&merged).map_err(anyhow::Error::msg)?,
+        backfilling: super::backfill::progress(metric, store).await?.map(|done| Backfilling { done }),
     })
 }
 

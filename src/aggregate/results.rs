@@ -85,6 +85,11 @@ impl Writer {
             // window (older windows are history, not results this run made final).
             None => self.store.latest_result(m.name()).await?.unwrap_or(until - slide),
         };
+        // While the metric fills from history its windows are partial: none is final yet.
+        if super::backfill::progress(m, &*self.store).await?.is_some() {
+            self.written.insert(m.state_key().to_string(), last);
+            return Ok(());
+        }
         let upto = until.min(last + slide * WINDOWS_PER_ROUND as i64);
         if upto > last {
             // The windows ending at last + slide ..= upto, one step apart, from one read of their

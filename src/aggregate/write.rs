@@ -2,6 +2,7 @@
 //! partition) with the highest offset it includes, absorbs each batch in one call, and hands out
 //! the changed partials to store before the batch is acknowledged.
 
+use super::backfill::{self, Backfiller, Command, Job, SEAM_PANE};
 use super::{Metric, MetricSet, Partial, TimeMode};
 use crate::dead_letter::{DeadLetter, Reason};
 use crate::event::Record;
@@ -36,11 +37,13 @@ struct Watermark {
     /// of one already dead-lettered.
     offset: i64,
     dirty: bool,
+    /// Offsets up to this one are a backfill's to count, not live's (`i64::MIN`: no backfill).
+    seam: i64,
 }
 
 impl Default for Watermark {
     fn default() -> Self {
-        Watermark { time: i64::MIN, offset: -1, dirty: false }
+        Watermark { time: i64::MIN, offset: -1, dirty: false, seam: i64::MIN }
     }
 }
 
@@ -80,12 +83,42 @@ pub struct Aggregator {
     loaded: HashMap<i32, i64>,
     /// Events later than a metric's lateness since the last [`Aggregator::take_late`].
     late: Vec<DeadLetter>,
+    /// Where metrics new to a partition are filled from history; none: they start empty.
+    backfill: Option<Backfiller>,
+    /// Seams made by this batch, written with its partials.
+    seams: Vec<PaneRecord>,
+    /// Backfills to start once the batch that made their seams is stored.
+    jobs: Vec<Job>,
 }
 
 impl Aggregator {
     pub fn new(set: Arc<MetricSet>, stats: Arc<Stats>) -> Aggregator {
         let states = set.metrics.iter().map(|_| MetricState::default()).collect();
-        Aggregator { set, stats, states, loaded: HashMap::new(), late: Vec::new() }
+        Aggregator { set, stats, states, loaded: HashMap::new(), late: Vec::new(), backfill: None, seams: Vec::new(), jobs: Vec::new() }
+    }
+
+    /// Fills metrics that are new to a partition (added or redefined by a reload, or new at
+    /// start) from history through `backfill`, instead of starting them empty.
+    pub fn with_backfill(mut self, backfill: Backfiller) -> Aggregator {
+        self.backfill = Some(backfill);
+        self
+    }
+
+    /// Whether this batch must be absorbed before its raw events are stored: it loads the
+    /// embedded queue's partition with backfill on, and the seam there is the newest raw row
+    /// stored before this batch.
+    pub fn absorbs_before_storing(&self, batch: &Batch) -> bool {
+        self.backfill.is_some() && batch.sources.is_empty() && !batch.events.is_empty() && !self.loaded.contains_key(&NO_PARTITION)
+    }
+
+    /// The batch given to the last [`Self::absorb`] is stored: the backfills it made seams for
+    /// may start.
+    pub fn stored(&mut self) {
+        if let Some(b) = &self.backfill {
+            for job in self.jobs.drain(..) {
+                b.send(Command::Start(job));
+            }
+        }
     }
 
     /// The one call per batch: forgets partitions revoked since the last batch, loads the stored
@@ -101,7 +134,19 @@ impl Aggregator {
         }
         for (partition, since) in self.to_load(&batch.events, &partitions) {
             let records = Self::load(&self.set, store, partition, since).await?;
-            self.install(partition, since, records)?;
+            // The embedded queue's seam: every raw row stored so far is history.
+            let position = match self.backfill.is_some() && partition == NO_PARTITION {
+                true => store.raw_position().await?.filter(|p| *p > 0),
+                false => None,
+            };
+            let fresh = self.install(partition, since, records)?;
+            if self.backfill.is_some() {
+                let at = match partition {
+                    NO_PARTITION => position,
+                    p => batch.sources.iter().filter(|s| s.0 == p).map(|s| s.1).min().map(|first| first - 1).filter(|at| *at >= 0),
+                };
+                self.make_seams(partition, fresh, at)?;
+            }
         }
         self.apply(&batch.events, &batch.sources);
         Ok(Absorbed { panes: self.take_dirty(), late: self.take_late() })
@@ -138,14 +183,27 @@ impl Aggregator {
         for m in &set.metrics {
             out.extend(store.load_panes(m.state_key(), since, i64::MAX, Some(partition)).await?);
             out.extend(store.load_panes(&watermark_key(m), WATERMARK_PANE, WATERMARK_PANE + 1, Some(partition)).await?);
+            out.extend(store.load_panes(&backfill::seam_key(m), SEAM_PANE, SEAM_PANE + 1, Some(partition)).await?);
         }
         Ok(out)
     }
 
-    /// Installs loaded partials, so new events add to them instead of replacing them.
-    fn install(&mut self, partition: i32, since: i64, records: Vec<PaneRecord>) -> anyhow::Result<()> {
+    /// Installs loaded partials, so new events add to them instead of replacing them, and
+    /// restarts the backfills a seam says are unfinished. Returns the metrics that have no state
+    /// on the partition at all (no watermark, no seam): new to it.
+    fn install(&mut self, partition: i32, since: i64, records: Vec<PaneRecord>) -> anyhow::Result<Vec<usize>> {
+        let mut known = vec![false; self.set.metrics.len()];
         for r in records {
+            if let Some(i) = self.set.metrics.iter().position(|m| backfill::seam_key(m) == r.metric) {
+                known[i] = true;
+                self.states[i].watermarks.entry(partition).or_default().seam = r.offset;
+                if self.backfill.is_some() {
+                    self.jobs.extend(Job::of(&self.set, i, &r)?);
+                }
+                continue;
+            }
             if let Some(i) = self.set.metrics.iter().position(|m| watermark_key(m) == r.metric) {
+                known[i] = true;
                 let time = r.state.as_i64().ok_or_else(|| anyhow::anyhow!("metric {}: a stored watermark is not a time: {}", self.set.metrics[i].name(), r.state))?;
                 let mark = self.states[i].watermarks.entry(partition).or_default();
                 if time > mark.time {
@@ -160,6 +218,22 @@ impl Aggregator {
             self.states[i].cells.insert((r.pane_start, partition), Cell { partial, offset: r.offset, dirty: false });
         }
         self.loaded.insert(partition, since);
+        Ok(known.iter().enumerate().filter(|(_, k)| !**k).map(|(i, _)| i).collect())
+    }
+
+    /// Makes a seam at position `at` of `partition` for each of `metrics` (none: nothing came
+    /// before), to be stored with this batch's partials; their backfills start once it is.
+    fn make_seams(&mut self, partition: i32, metrics: Vec<usize>, at: Option<i64>) -> anyhow::Result<()> {
+        let Some(at) = at else { return Ok(()) };
+        let now = chrono::Utc::now().timestamp_millis();
+        for i in metrics {
+            let Some(record) = backfill::new_seam(&self.set.metrics[i], partition, at, now) else { continue };
+            if partition != NO_PARTITION {
+                self.states[i].watermarks.entry(partition).or_default().seam = at;
+            }
+            self.jobs.extend(Job::of(&self.set, i, &record)?);
+            self.seams.push(record);
+        }
         Ok(())
     }
 
@@ -190,6 +264,11 @@ impl Aggregator {
                     }
                 }
             }
+        }
+        if let Some(b) = &self.backfill {
+            let keys: HashSet<String> = set.metrics.iter().map(|m| m.state_key().to_string()).collect();
+            self.jobs.retain(|j| keys.contains(j.state_key()));
+            b.send(Command::Keep(keys));
         }
         let new_names: HashSet<&str> = set.metrics.iter().map(|m| m.name()).collect();
         for name in old_names.difference(&new_names) {
@@ -227,6 +306,9 @@ impl Aggregator {
     /// Forgets partitions this process no longer owns; another consumer continues their state.
     fn forget(&mut self, partitions: &[i32]) {
         for p in partitions {
+            if let Some(b) = &self.backfill {
+                b.send(Command::Stop(*p));
+            }
             self.loaded.remove(p);
             for st in &mut self.states {
                 st.cells.retain(|(_, part), _| part != p);
@@ -258,6 +340,9 @@ impl Aggregator {
                     continue; // already in the stored state: a replay
                 }
                 let mark = st.watermarks.entry(partition).or_default();
+                if replay && offset <= mark.seam {
+                    continue; // before the metric's seam on this partition: its backfill counts it
+                }
                 let seen = replay && offset <= mark.offset;
                 if offset > mark.offset {
                     mark.offset = offset;
@@ -301,7 +386,7 @@ impl Aggregator {
 
     /// Changed partials to write before acknowledging the batch; they are marked clean.
     pub(crate) fn take_dirty(&mut self) -> Vec<PaneRecord> {
-        let mut out = Vec::new();
+        let mut out = std::mem::take(&mut self.seams);
         for (m, st) in self.set.metrics.iter().zip(self.states.iter_mut()) {
             for ((pane_start, partition), cell) in st.cells.iter_mut().filter(|(_, c)| c.dirty) {
                 cell.dirty = false;

@@ -243,6 +243,8 @@ impl Evaluator {
                 return;
             }
         };
+        // A metric filling from history has a partial value: rules reading it wait for it.
+        let backfilling: Vec<String> = values.iter().filter(|v| v.backfilling.is_some()).map(|v| v.name.clone()).collect();
         let metrics: serde_json::Map<String, Value> = values.into_iter().map(|v| (v.name, v.value)).collect();
         let inputs = Inputs {
             metrics: rule::to_dynamic(&Value::Object(metrics)),
@@ -250,6 +252,10 @@ impl Evaluator {
             health: rule::to_dynamic(&self.health()),
         };
         for rule in set.rules() {
+            if let Some(m) = backfilling.iter().find(|m| rule.reads(m)) {
+                tracing::debug!(rule = rule.name(), metric = %m, "alert rule waits: a metric it reads is backfilling");
+                continue;
+            }
             let holding = match rule.evaluate(&set.engine, &inputs) {
                 Ok(h) => h,
                 Err(e) => {

@@ -26,25 +26,38 @@ pub struct Rule {
     ast: AST,
     /// The script file, or the pipeline file with the alert named (inline condition).
     origin: PathBuf,
+    /// The condition's text, to tell which metrics it reads.
+    source: String,
 }
 
 impl Rule {
     /// Compiles the rule's condition and checks its message template.
     pub fn load(engine: &Engine, config: &AlertConfig, pipeline_file: &Path) -> Result<Rule, ScriptError> {
-        let (ast, origin) = match (&config.condition, &config.script) {
+        let (ast, origin, source) = match (&config.condition, &config.script) {
             (Some(inline), None) => {
                 let origin = PathBuf::from(format!("{} [alert {:?}] condition", pipeline_file.display(), config.name));
                 let ast = engine.compile(inline).map_err(|e| ScriptError::from_parse(&origin, &e))?;
-                (ast, origin)
+                (ast, origin, inline.clone())
             }
-            (None, Some(file)) => (compile_file(engine, file)?, file.clone()),
+            (None, Some(file)) => (compile_file(engine, file)?, file.clone(), std::fs::read_to_string(file).unwrap_or_default()),
             _ => return Err(ScriptError::whole_file(pipeline_file, format!("alert {:?}: give exactly one of condition or script", config.name))),
         };
         let templates = minijinja::Environment::new();
         if let Err(e) = templates.template_from_str(&config.message) {
             return Err(ScriptError::whole_file(pipeline_file, format!("alert {:?}: message template: {e}", config.name)));
         }
-        Ok(Rule { config: config.clone(), ast, origin })
+        Ok(Rule { config: config.clone(), ast, origin, source })
+    }
+
+    /// Whether the condition names metric `metric` (as `metrics.NAME` or `metrics["NAME"]`, or
+    /// any other whole-word use of the name).
+    pub fn reads(&self, metric: &str) -> bool {
+        let word = |c: char| c.is_alphanumeric() || c == '_';
+        self.source.match_indices(metric).any(|(i, _)| {
+            let before = self.source[..i].chars().next_back();
+            let after = self.source[i + metric.len()..].chars().next();
+            !before.is_some_and(word) && !after.is_some_and(word)
+        })
     }
 
     pub fn name(&self) -> &str {

@@ -44,6 +44,9 @@ pub struct PipelineConfig {
     /// Batching and offset commits on the consuming side.
     #[serde(default)]
     pub consumer: ConsumerConfig,
+    /// How metrics new to the pipeline are filled from history.
+    #[serde(default)]
+    pub backfill: crate::aggregate::backfill::BackfillConfig,
     /// The live dashboard.
     #[serde(default)]
     pub dashboard: DashboardConfig,
@@ -206,6 +209,7 @@ impl Pipeline {
             self.config.mongodb.check(),
             self.config.generator.check(),
             self.config.consumer.check(),
+            self.config.backfill.check(),
             self.config.alerting.check(),
         ]
         .into_iter()

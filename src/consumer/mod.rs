@@ -165,7 +165,12 @@ pub async fn run(
             }
         }
         match store_batch(&*store, aggregator.as_mut(), &stats, &batch, &until.stop).await {
-            Ok(()) => acknowledger.acknowledge(&batch.checkpoint),
+            Ok(()) => {
+                acknowledger.acknowledge(&batch.checkpoint);
+                if let Some(agg) = aggregator.as_mut() {
+                    agg.stored();
+                }
+            }
             Err(e) => {
                 write_result = Err(e);
                 break;
@@ -189,6 +194,8 @@ async fn store_batch(
     stop: &CancellationToken,
 ) -> anyhow::Result<()> {
     let raw = with_retry(stats, stop, batch.events.len(), || store.insert_events(&batch.events));
+    // A backfill seam taken from the raw rows must see them as they were before this batch.
+    let partials_first = aggregator.as_ref().is_some_and(|a| a.absorbs_before_storing(batch));
     // Raw events and metric partials are independent writes (each is idempotent on replay), so
     // they go to the store at the same time; the batch is acknowledged once both are durable.
     let partials = async {
@@ -203,7 +210,13 @@ async fn store_batch(
         with_retry(stats, stop, batch.events.len(), || store.write_panes(&absorbed.panes)).await?;
         Ok(absorbed.late)
     };
-    let (outcome, late) = tokio::join!(raw, partials);
+    let (outcome, late) = match partials_first {
+        true => {
+            let late = partials.await;
+            (raw.await, late)
+        }
+        false => tokio::join!(raw, partials),
+    };
     let outcome = outcome?;
     let late = late?;
     // What the store refused for good is kept as dead letters, so the batch can be acknowledged.

@@ -33,13 +33,17 @@ pub(super) async fn view(state: &AppState, q: &RangeQuery) -> Value {
     let mut metrics = Vec::new();
     let mut by_name = HashMap::new();
     for m in set.metrics() {
-        let current = aggregate::read(m, store, now).await.map(|v| v.value).unwrap_or(Value::Null);
+        let read = aggregate::read(m, store, now).await.ok();
+        let backfilling = read.as_ref().and_then(|v| v.backfilling).map(|b| b.done);
+        let current = read.map(|v| v.value).unwrap_or(Value::Null);
         let history = aggregate::history(m, store, now - span, now, 60).await.unwrap_or_default();
         let numeric: Vec<(i64, f64)> = history.iter().filter_map(|p| headline_number(&p.value).map(|v| (p.end, v))).collect();
         by_name.insert(m.name().to_string(), current.clone());
         metrics.push(json!({
             "name": m.name(),
             "description": m.config.description,
+            // While set, the value is partial: the panel says so instead of showing it as final.
+            "backfilling": backfilling,
             "kind": kind(&current),
             "value": current,
             "text": headline_number(&current).map(chart::short),

@@ -45,12 +45,13 @@ pub const TABLE: &[Row] = &[
     Row { key: "embedded", effect: Effect::Reconnect, note: "the embedded store (and queue, when Kafka is embedded) are reopened", changed: |a, b| a.embedded != b.embedded },
     Row { key: "retention", effect: Effect::Reconnect, note: "the store is reopened with the new TTL indexes or sweep", changed: |a, b| a.retention != b.retention },
     Row { key: "consumer", effect: Effect::Reconnect, note: "consumer drains and restarts with the new batching and validation", changed: |a, b| a.consumer != b.consumer },
+    Row { key: "backfill", effect: Effect::Reconnect, note: "consumer drains and restarts; unfinished backfills resume from their stored progress with the new settings", changed: |a, b| a.backfill != b.backfill },
     Row { key: "generator.seed", effect: Effect::Restart, note: "the random stream is seeded once", changed: |a, b| a.generator.seed != b.generator.seed },
     // The seed has its own row: this one compares the rest of the section.
     Row { key: "generator", effect: Effect::Live, note: "script, rate, batch size and params apply to the next batch", changed: |a, b| {
         crate::generator::GeneratorConfig { seed: None, ..a.generator.clone() } != crate::generator::GeneratorConfig { seed: None, ..b.generator.clone() }
     } },
-    Row { key: "metric", effect: Effect::Live, note: "unchanged state shape keeps its window state; a new or redefined metric starts empty", changed: |a, b| a.metrics != b.metrics },
+    Row { key: "metric", effect: Effect::Live, note: "unchanged state shape keeps its window state; a new or redefined metric is backfilled from history", changed: |a, b| a.metrics != b.metrics },
     Row { key: "alerting", effect: Effect::Live, note: "interval, thresholds and channels apply from the next evaluation", changed: |a, b| a.alerting != b.alerting },
     Row { key: "alert", effect: Effect::Live, note: "rules that stay keep their pending and firing instances; removed ones resolve", changed: |a, b| a.alerts != b.alerts },
     Row { key: "dashboard.listen", effect: Effect::Restart, note: "the server is bound once", changed: |a, b| a.dashboard.listen != b.dashboard.listen },
@@ -63,7 +64,7 @@ pub const TABLE: &[Row] = &[
 /// Compile-time guard: adding a section to [`PipelineConfig`] fails here until the table has it.
 #[allow(dead_code)]
 fn sections_in_table(c: &PipelineConfig) {
-    let PipelineConfig { name: _, event: _, kafka: _, mongodb: _, embedded: _, retention: _, generator: _, consumer: _, dashboard: _, metrics: _, alerting: _, alerts: _ } = c;
+    let PipelineConfig { name: _, event: _, kafka: _, mongodb: _, embedded: _, retention: _, generator: _, consumer: _, backfill: _, dashboard: _, metrics: _, alerting: _, alerts: _ } = c;
     let crate::dashboard::DashboardConfig { listen: _, refresh: _, templates: _, token: _, headline: _ } = &c.dashboard;
 }
 
@@ -123,7 +124,7 @@ impl Diff {
         Reconnects {
             transport: self.touches("kafka") || (self.embedded_transport && embedded),
             store: self.touches("mongodb") || self.touches("retention") || (self.embedded_store && embedded),
-            consumer: self.touches("consumer"),
+            consumer: self.touches("consumer") || self.touches("backfill"),
         }
     }
 }

@@ -14,13 +14,14 @@
 use super::diff::{Diff, Reconnects};
 use super::{connect_transport, kafka_subscriber, Components};
 use crate::generator::Swap;
-use crate::aggregate::{Aggregator, MetricSet};
+use crate::aggregate::{backfill, Aggregator, MetricSet};
 use crate::config::{Pipeline, PipelineConfig};
 use crate::consumer::{self, StopWhen};
 use crate::telemetry::ReloadStatus;
 use crate::store::{self, EventStore, Switchable};
 use crate::telemetry::Stats;
-use crate::transport::Subscriber;
+use crate::transport::kafka::KafkaHistory;
+use crate::transport::{History, Subscriber};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -102,9 +103,39 @@ fn start_consumer(plane: &Plane, subscriber: Box<dyn Subscriber>) -> RunningCons
     let stats = plane.stats.clone();
     let cfg = plane.config.consumer.clone();
     let metrics = plane.metrics.clone();
-    let aggregator = Aggregator::new(metrics.borrow().clone(), stats.clone());
-    let task = tokio::spawn(async move { consumer::run(subscriber, store, Some(aggregator), Some(metrics), stats, &cfg, until).await });
+    let mut aggregator = Aggregator::new(metrics.borrow().clone(), stats.clone());
+    // The backfill lives as long as this consumer: the next one resumes it from the store.
+    let backfill_stop = CancellationToken::new();
+    if let Some(history) = history(&plane.config, &store) {
+        let validation = cfg.validation.clone();
+        let screen: backfill::Screen = Arc::new(move |batch| validation.apply(batch));
+        let (backfiller, _) = backfill::spawn(history, store.clone(), screen, plane.config.backfill.clone(), backfill_stop.clone());
+        aggregator = aggregator.with_backfill(backfiller);
+    }
+    let task = tokio::spawn(async move {
+        let result = consumer::run(subscriber, store, Some(aggregator), Some(metrics), stats, &cfg, until).await;
+        backfill_stop.cancel();
+        result
+    });
     RunningConsumer { task, drain }
+}
+
+/// Where this pipeline's history can be read again for a backfill: the Kafka log, or the
+/// embedded store's raw rows behind the embedded queue. None when backfill is off, or on the
+/// embedded queue into MongoDB (which keeps no order of arrival to take a seam from).
+fn history(config: &PipelineConfig, store: &Arc<dyn EventStore>) -> Option<Arc<dyn History>> {
+    if !config.backfill.enabled {
+        return None;
+    }
+    if !config.kafka.is_embedded() {
+        let schema = config.schema().ok()?;
+        return Some(Arc::new(KafkaHistory::new(&config.kafka, schema, config.consumer.validation.max_event_bytes)));
+    }
+    if config.mongodb.is_embedded() {
+        return Some(Arc::new(backfill::StoreHistory(store.clone())));
+    }
+    tracing::warn!("metrics added while running start empty: backfill reads the Kafka log or the embedded store, and this pipeline has the embedded queue into MongoDB");
+    None
 }
 
 async fn rebuild(plane: &mut Plane, consumer: &mut Option<RunningConsumer>, next: PipelineConfig, what: &Reconnects) -> anyhow::Result<()> {

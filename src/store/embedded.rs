@@ -301,6 +301,32 @@ impl EventStore for EmbeddedStore {
             .collect()
     }
 
+    async fn raw_position(&self) -> anyhow::Result<Option<i64>> {
+        // Rows are never updated and only the oldest are deleted, so the largest rowid only grows.
+        self.with_conn(|c| c.query_row("SELECT COALESCE(MAX(rowid), 0) FROM raw_records", [], |r| r.get::<_, i64>(0))).await.map(Some)
+    }
+
+    async fn raw_start(&self, since_ms: i64) -> anyhow::Result<i64> {
+        let sql = "SELECT COALESCE((SELECT MIN(rowid) FROM raw_records WHERE time_ms >= ?1), (SELECT COALESCE(MAX(rowid), 0) + 1 FROM raw_records))";
+        self.with_conn(move |c| c.query_row(sql, params![since_ms], |r| r.get::<_, i64>(0))).await
+    }
+
+    async fn raw_after(&self, after: i64, upto: i64, limit: usize) -> anyhow::Result<Vec<(i64, Record)>> {
+        let rows = self
+            .with_conn(move |c| {
+                let mut stmt = c.prepare_cached("SELECT rowid, body FROM raw_records WHERE rowid > ?1 AND rowid <= ?2 ORDER BY rowid LIMIT ?3")?;
+                let rows = stmt.query_map(params![after, upto, limit as i64], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await?;
+        rows.into_iter()
+            .map(|(at, body)| {
+                let record = Record::from_json(&self.schema, body.as_bytes()).map_err(|e| anyhow::anyhow!("embedded store holds a row that is not a record: {}", e.message))?;
+                Ok((at, record))
+            })
+            .collect()
+    }
+
     async fn write_panes(&self, panes: &[PaneRecord]) -> anyhow::Result<()> {
         let rows: Vec<(String, i64, i32, i64, String)> =
             panes.iter().map(|p| (p.metric.clone(), p.pane_start, p.partition, p.offset, p.state.to_string())).collect();

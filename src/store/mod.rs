@@ -80,6 +80,22 @@ pub trait EventStore: Send + Sync {
     /// or `holder`'s already; true when `holder` holds it afterwards. One atomic step, so of
     /// several processes asking at once exactly one gets it.
     async fn take_lease(&self, name: &str, holder: &str, now_ms: i64, until_ms: i64) -> anyhow::Result<bool>;
+    /// The position of the newest raw event, for a backfill from the store (the embedded store:
+    /// its row number, which grows with every insert); `None` when this store keeps no order of
+    /// arrival (MongoDB: a backfill there reads the Kafka log instead).
+    async fn raw_position(&self) -> anyhow::Result<Option<i64>> {
+        Ok(None)
+    }
+    /// The position of the first raw event whose time is at or after `since_ms` (past the newest
+    /// when there is none).
+    async fn raw_start(&self, _since_ms: i64) -> anyhow::Result<i64> {
+        anyhow::bail!("{} cannot read raw events back in arrival order", self.describe())
+    }
+    /// Raw events at positions in `(after, upto]`, in position order, at most `limit`, each with
+    /// its position.
+    async fn raw_after(&self, _after: i64, _upto: i64, _limit: usize) -> anyhow::Result<Vec<(i64, Record)>> {
+        anyhow::bail!("{} cannot read raw events back in arrival order", self.describe())
+    }
 }
 
 /// Opens the store `mongodb` names for records of `schema`: MongoDB, or the embedded store (in
@@ -174,5 +190,14 @@ impl EventStore for Switchable {
     }
     async fn take_lease(&self, name: &str, holder: &str, now_ms: i64, until_ms: i64) -> anyhow::Result<bool> {
         self.current().take_lease(name, holder, now_ms, until_ms).await
+    }
+    async fn raw_position(&self) -> anyhow::Result<Option<i64>> {
+        self.current().raw_position().await
+    }
+    async fn raw_start(&self, since_ms: i64) -> anyhow::Result<i64> {
+        self.current().raw_start(since_ms).await
+    }
+    async fn raw_after(&self, after: i64, upto: i64, limit: usize) -> anyhow::Result<Vec<(i64, Record)>> {
+        self.current().raw_after(after, upto, limit).await
     }
 }

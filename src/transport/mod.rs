@@ -39,6 +39,28 @@ pub trait Subscriber: Send {
     async fn close(self: Box<Self>) -> anyhow::Result<()>;
 }
 
+/// Where earlier events of the stream can be read again, for backfilling a metric that was added
+/// or redefined: the Kafka log (by offset), or the embedded store's raw events (by row number).
+/// Positions are per partition and grow with arrival; a reader never commits anything.
+#[async_trait]
+pub trait History: Send + Sync {
+    /// The first position of `partition` whose events may be at or after `since_ms`, and whether
+    /// it is the oldest the history still holds (then it may begin after `since_ms`: retention).
+    async fn start(&self, partition: i32, since_ms: i64) -> anyhow::Result<(i64, bool)>;
+    /// Events of `partition` at positions in `(after, upto]`, at most `limit`, in position order.
+    async fn read(&self, partition: i32, after: i64, upto: i64, limit: usize) -> anyhow::Result<HistoryRead>;
+}
+
+/// What one [`History::read`] returned.
+#[derive(Default)]
+pub struct HistoryRead {
+    /// The events, each with its position.
+    pub events: Vec<(i64, Record)>,
+    /// Every position up to this one is read (events, and messages that are not events); equal
+    /// to `after` when nothing arrived in time.
+    pub through: i64,
+}
+
 /// What a poll returned.
 pub enum Poll {
     Batch(Batch),

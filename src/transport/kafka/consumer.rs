@@ -134,19 +134,31 @@ impl KafkaSubscriber {
     fn decode(&self, msg: &BorrowedMessage<'_>, batch: &mut Batch) {
         let (partition, offset) = (msg.partition(), msg.offset());
         batch.checkpoint.include(partition, offset);
-        match crate::decode::decode(&self.schema, msg.payload(), self.max_event_bytes) {
-            Ok(mut event) => {
-                if event.id().is_empty() {
-                    // Published by another producer: an id from its position makes its replays harmless too.
-                    event.set_id(format!("{}:{partition}:{offset}", self.topic));
-                }
+        match decode_message(&self.schema, &self.topic, self.max_event_bytes, msg) {
+            Ok(event) => {
                 batch.events.push(event);
                 batch.sources.push((partition, offset));
             }
-            Err((reason, detail)) => {
-                let id = format!("{}:{partition}:{offset}", self.topic);
-                batch.dead.push(DeadLetter::new(id, reason, detail, (partition, offset), msg.payload().unwrap_or_default()));
+            Err(dead) => batch.dead.push(dead),
+        }
+    }
+}
+
+/// One message as an event, or as the dead letter saying why it is not one. An event without an
+/// id (published by another producer) gets one from its position, so its replays are harmless
+/// too; the live consumer and a backfill name it alike.
+pub(super) fn decode_message(schema: &Arc<Schema>, topic: &str, max_event_bytes: usize, msg: &BorrowedMessage<'_>) -> Result<crate::event::Record, DeadLetter> {
+    let (partition, offset) = (msg.partition(), msg.offset());
+    match crate::decode::decode(schema, msg.payload(), max_event_bytes) {
+        Ok(mut event) => {
+            if event.id().is_empty() {
+                event.set_id(format!("{topic}:{partition}:{offset}"));
             }
+            Ok(event)
+        }
+        Err((reason, detail)) => {
+            let id = format!("{topic}:{partition}:{offset}");
+            Err(DeadLetter::new(id, reason, detail, (partition, offset), msg.payload().unwrap_or_default()))
         }
     }
 }

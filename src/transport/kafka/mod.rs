@@ -4,9 +4,11 @@
 mod admin;
 mod config;
 mod consumer;
+mod history;
 mod producer;
 
 pub use admin::{connect, ensure_topic, topic_partitions};
 pub use config::KafkaConfig;
 pub use consumer::{Batching, KafkaSubscriber};
+pub use history::KafkaHistory;
 pub use producer::KafkaPublisher;
