@@ -261,3 +261,52 @@ async fn backfill_survives_a_crash() {
     let resumed = std::fs::read_to_string(&log2).unwrap();
     assert!(resumed.contains("backfill starts"), "the second run resumed the backfill: {resumed}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_command_recomputes_after_a_script_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = common::copy_pipeline(dir.path());
+    let script = dir.path().join("scripts/metrics/views.rhai");
+    // The bug: it counts clicks.
+    std::fs::write(&script, "#{ filter: field_is(\"interaction_type\", \"click\") }").unwrap();
+    append(&path, "\n[[metric]]\nname = \"views\"\nscript = \"../scripts/metrics/views.rhai\"\nreducer = \"count\"\nwindow = \"60s\"\nslide = \"5s\"\nlateness = \"1s\"\n");
+    let env = services_env("bf_command", 1000);
+    let mut running = spawn_runner(&path, &env, &dir.path().join("run.log"));
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    // The fix keeps the metric's shape: its state is kept and new events count views.
+    std::fs::write(&script, "#{ filter: field_is(\"interaction_type\", \"view\") }").unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let p = load(&path, &env);
+    let store: Arc<dyn EventStore> = runner::store::open(&p.config.mongodb, &p.config.embedded, &p.config.retention, &p.config.schema().unwrap()).await.unwrap();
+    let set = MetricSet::load(&p.config.metrics, &p.config.schema().unwrap()).unwrap();
+    // A window that ends before the panes live traffic still changes (lateness 1 s + slide 5 s).
+    let at = chrono::Utc::now().timestamp_millis() - 12_000;
+    let views_in = |events: &[runner::event::Record], v: &MetricValue| {
+        events.iter().filter(|e: &&runner::event::Record| (v.window_start..v.window_end).contains(&e.time_ms()) && common::Fields::s(*e, "interaction_type") == "view").count() as u64
+    };
+    let before = set.read_all(&*store, at).await.unwrap();
+    let events = store.all_events().await.unwrap();
+    let wrong = value(&before, "views");
+    assert_ne!(wrong.value.as_u64().unwrap(), views_in(&events, wrong), "before the backfill the past still counts clicks");
+
+    let mut cmd = common::runner();
+    cmd.args(["backfill", path.to_str().unwrap(), "--metric", "views", "--since", "10m"]);
+    for (k, v) in &env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    println!("{}", stdout.trim());
+    assert!(stdout.contains("events recomputed"), "{stdout}");
+
+    let after = set.read_all(&*store, at).await.unwrap();
+    let fixed = value(&after, "views");
+    let expected = views_in(&events, fixed);
+    assert!(expected > 1_000, "{expected}");
+    assert_eq!(fixed.value.as_u64().unwrap(), expected, "after the backfill the window counts views, from the raw events");
+    assert_eq!(expected, value(&after, "interaction_types").value["view"].as_u64().unwrap(), "and agrees with the by-type counts");
+    running.kill().unwrap();
+    running.wait().unwrap();
+}

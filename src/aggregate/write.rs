@@ -384,6 +384,24 @@ impl Aggregator {
         }
     }
 
+    /// Partials no event can change any more (their pane's end plus the lateness is behind the
+    /// partition's watermark), or every partial with `all`; they leave the aggregator. For a
+    /// recomputation, which writes each pane once, complete.
+    pub(crate) fn take_closed(&mut self, all: bool) -> Vec<PaneRecord> {
+        let mut out = Vec::new();
+        for (m, st) in self.set.metrics.iter().zip(self.states.iter_mut()) {
+            let reach = m.config.lateness.as_millis() as i64 + m.window.slide_ms;
+            let watermarks = &st.watermarks;
+            let closed = |pane: i64, partition: i32| all || pane.saturating_add(reach) <= watermarks.get(&partition).map_or(i64::MIN, |w| w.time);
+            let keys: Vec<(i64, i32)> = st.cells.keys().copied().filter(|(pane, partition)| closed(*pane, *partition)).collect();
+            for key in keys {
+                let cell = st.cells.remove(&key).expect("listed above");
+                out.push(PaneRecord { metric: m.state_key().to_string(), pane_start: key.0, partition: key.1, offset: cell.offset, state: m.encode(&cell.partial) });
+            }
+        }
+        out
+    }
+
     /// Changed partials to write before acknowledging the batch; they are marked clean.
     pub(crate) fn take_dirty(&mut self) -> Vec<PaneRecord> {
         let mut out = std::mem::take(&mut self.seams);

@@ -71,6 +71,16 @@ impl History for KafkaHistory {
         .await?
     }
 
+    async fn end(&self, partition: i32) -> anyhow::Result<i64> {
+        let client: BaseConsumer = self.client_config().create().context("cannot create the Kafka client that backfills")?;
+        let topic = self.config.topic.clone();
+        tokio::task::spawn_blocking(move || {
+            let (_, high) = client.fetch_watermarks(&topic, partition, OFFSET_TIMEOUT).with_context(|| format!("cannot read the offsets of {topic}/{partition}"))?;
+            Ok(high - 1)
+        })
+        .await?
+    }
+
     async fn read(&self, partition: i32, after: i64, upto: i64, limit: usize) -> anyhow::Result<HistoryRead> {
         let mut out = HistoryRead { events: Vec::new(), through: after };
         if after >= upto {
