@@ -215,7 +215,9 @@ async fn backfill_survives_a_crash() {
     std::fs::write(dir.path().join("scripts/metrics/all.rhai"), "#{}").unwrap();
     let env = services_env("bf_crash", 1000);
     // A slow backfill, so the kill lands in the middle of it.
-    append(&path, "\n[backfill]\nshare = 0.02\nchunk = 200\n");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("share = 0.5\nchunk = 5000"), "the shipped [backfill] section");
+    std::fs::write(&path, text.replace("share = 0.5\nchunk = 5000", "share = 0.02\nchunk = 200")).unwrap();
     let log = dir.path().join("run1.log");
     let mut first = spawn_runner(&path, &env, &log);
     let p = load(&path, &env);

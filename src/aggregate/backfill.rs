@@ -372,7 +372,10 @@ pub struct StoreHistory(pub Arc<dyn EventStore>);
 #[async_trait]
 impl History for StoreHistory {
     async fn start(&self, _partition: i32, since_ms: i64) -> anyhow::Result<(i64, bool)> {
-        Ok((self.0.raw_start(since_ms).await?, true))
+        let start = self.0.raw_start(since_ms).await?;
+        // Row numbers start at 1: a first row after it, with none before, means rows were swept.
+        let lost = start > 1 && self.0.raw_after(0, start - 1, 1).await?.is_empty();
+        Ok((start, lost))
     }
 
     async fn end(&self, _partition: i32) -> anyhow::Result<i64> {
@@ -498,4 +501,30 @@ async fn rewrite_results(m: &Metric, store: &dyn EventStore, since: i64, until: 
         from = to;
     }
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_seam_counts_what_is_filled_and_knows_when_it_is_done() {
+        let mut seam = Seam { since: 0, start: None, done: None, held_from: None };
+        assert_eq!(seam.counts(99), (0, 1), "the start is not looked up yet");
+        assert!(!seam.complete(99));
+        seam.start = Some(50);
+        assert_eq!(seam.counts(99), (0, 50));
+        seam.done = Some(74);
+        assert_eq!(seam.counts(99), (25, 50));
+        seam.done = Some(99);
+        assert!(seam.complete(99));
+        let empty = Seam { start: Some(100), done: None, ..seam };
+        assert!(empty.complete(99), "nothing between the start and the seam");
+    }
+
+    #[test]
+    fn backfill_partitions_stay_apart_from_live_ones() {
+        assert_ne!(backfill_partition(NO_PARTITION), NO_PARTITION);
+        assert!((0..1000).all(|p| backfill_partition(p) > 1000 && backfill_partition(p) != backfill_partition(p + 1)));
+    }
 }

@@ -508,6 +508,36 @@ pub(super) mod tests {
         (Aggregator::new(set, stats.clone()), stats)
     }
 
+    /// Offsets up to a metric's seam on a partition are its backfill's: live skips them, also
+    /// when they are read again after a rebalance or restart.
+    #[test]
+    fn live_leaves_offsets_up_to_the_seam_to_the_backfill() {
+        let (mut agg, _) = aggregator(10);
+        let m = &agg.set.metrics[0];
+        let seam = crate::aggregate::backfill::new_seam(m, 0, 11, 1_000_000_000).unwrap();
+        agg.install(0, 0, vec![seam]).unwrap();
+        let events: Vec<Record> = (0..5).map(|i| event(&format!("e{i}"), "x", i)).collect();
+        agg.apply(&events, &[(0, 9), (0, 10), (0, 11), (0, 12), (0, 13)]);
+        let (panes, _) = panes_and_watermarks(agg.take_dirty());
+        assert_eq!(panes.len(), 1);
+        assert_eq!(panes[0].state["grouped"]["x"]["count"], 2, "offsets 12 and 13 only");
+    }
+
+    /// A recomputation writes each pane once: a pane leaves only when no event can reach it.
+    #[test]
+    fn a_pane_is_closed_once_its_end_plus_lateness_is_behind_the_watermark() {
+        let (mut agg, _) = aggregator(10);
+        agg.apply(&[event("a", "x", 1), event("b", "x", 7), event("c", "x", 19)], &[(0, 1), (0, 2), (0, 3)]);
+        // Watermark 1,000,019 s; panes of 5 s, lateness 10 s: the pane at 1,000,000 s closes
+        // (its end 1,000,005 + 10 <= 1,000,019), the one at 1,000,005 does not (1,000,010 + 10).
+        let closed = agg.take_closed(false);
+        assert_eq!(closed.iter().map(|r| r.pane_start).collect::<Vec<_>>(), [1_000_000_000]);
+        assert_eq!(closed[0].offset, 1);
+        let rest = agg.take_closed(true);
+        assert_eq!(rest.iter().map(|r| r.pane_start).collect::<Vec<_>>(), [1_000_005_000, 1_000_015_000]);
+        assert!(agg.take_closed(true).is_empty(), "each pane is handed out once");
+    }
+
     #[test]
     fn partitions_have_their_own_watermark() {
         let (mut agg, stats) = aggregator(10);

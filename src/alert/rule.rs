@@ -143,6 +143,14 @@ mod tests {
         }
     }
 
+    /// A rule waits for the metrics it names while they backfill, and only for those.
+    #[test]
+    fn a_rule_knows_which_metrics_it_reads() {
+        let (_, r) = rule("metrics.top_items.len() > 0 && metrics[\"avg\"] > 1");
+        assert!(r.reads("top_items") && r.reads("avg"));
+        assert!(!r.reads("top") && !r.reads("items") && !r.reads("av"), "whole names only");
+    }
+
     #[test]
     fn boolean_condition_gives_one_unlabelled_instance() {
         let (e, r) = rule("metrics.avg < thresholds.low");

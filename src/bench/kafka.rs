@@ -140,11 +140,7 @@ pub(super) async fn latency_section(pipeline: &Pipeline, opts: &BenchOptions, se
     tracing::info!("bench: latency at 10,000 events/s");
     let (mut p50, mut p99, mut read50, mut read99) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for i in 0..runs {
-        let mut p = base.clone();
-        p.config.kafka.topic = format!("bench_{run_id}_latency_{i}");
-        p.config.kafka.consumer_group = format!("bench_{run_id}_latency_{i}");
-        p.config.mongodb.uri = uri.to_string();
-        p.config.mongodb.database = format!("bench_{run_id}_latency_{i}");
+        let mut p = super::on_services(&base, servers, uri, &format!("{run_id}_latency_{i}"));
         p.config.generator.rate = 10_000.0;
         p.config.generator.batch_size = 100;
         // The consumer joins its group first (with one warm-up event), so the figure is the

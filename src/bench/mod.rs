@@ -4,6 +4,7 @@
 //! Every figure is the median of `runs` runs, with min and max. Sections that need Kafka or
 //! MongoDB run only when their address is given.
 
+mod backfill;
 mod baseline;
 mod discard;
 mod kafka;
@@ -49,6 +50,9 @@ pub enum Section {
     Embedded,
     /// Peak RSS of a runner holding over 100,000 active users (embedded).
     Memory,
+    /// A new metric over a 1 h window filled from the Kafka log beside live traffic at the
+    /// shipped rate: how fast, and what live throughput keeps meanwhile (needs Kafka and MongoDB).
+    Backfill,
 }
 
 impl BenchOptions {
@@ -116,6 +120,9 @@ pub async fn run(pipeline: &Pipeline, opts: &BenchOptions) -> anyhow::Result<Vec
             if let (true, Some(uri)) = (opts.includes(Section::Latency), &opts.mongodb) {
                 latency_section(pipeline, opts, servers, uri, &run_id, &mut figures).await?;
             }
+            if let (true, Some(uri)) = (opts.includes(Section::Backfill), &opts.mongodb) {
+                backfill::backfill_section(pipeline, opts, servers, uri, &run_id, &mut figures).await?;
+            }
             anyhow::Ok(())
         }
         .await;
@@ -136,6 +143,18 @@ pub async fn run(pipeline: &Pipeline, opts: &BenchOptions) -> anyhow::Result<Vec
     Ok(figures)
 }
 
+
+/// `pipeline` on the bench's broker and server, with a topic, group and database of its own,
+/// all named `bench_<run id>_<name>` (the databases are dropped at the end by that prefix).
+fn on_services(pipeline: &Pipeline, servers: &str, uri: &str, name: &str) -> Pipeline {
+    let mut p = pipeline.clone();
+    p.config.kafka.bootstrap_servers = servers.to_string();
+    p.config.kafka.topic = format!("bench_{name}");
+    p.config.kafka.consumer_group = format!("bench_{name}");
+    p.config.mongodb.uri = uri.to_string();
+    p.config.mongodb.database = format!("bench_{name}");
+    p
+}
 
 /// A fresh path under the temp folder for a bench run's files.
 fn scratch_path(extension: &str) -> std::path::PathBuf {

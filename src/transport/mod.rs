@@ -45,7 +45,8 @@ pub trait Subscriber: Send {
 #[async_trait]
 pub trait History: Send + Sync {
     /// The first position of `partition` whose events may be at or after `since_ms`, and whether
-    /// it is the oldest the history still holds (then it may begin after `since_ms`: retention).
+    /// it is the oldest the history still holds after losing older ones (retention): then the
+    /// range may begin before what is left.
     async fn start(&self, partition: i32, since_ms: i64) -> anyhow::Result<(i64, bool)>;
     /// Events of `partition` at positions in `(after, upto]`, at most `limit`, in position order.
     async fn read(&self, partition: i32, after: i64, upto: i64, limit: usize) -> anyhow::Result<HistoryRead>;

@@ -66,7 +66,9 @@ impl History for KafkaHistory {
                 _ => high,
             };
             let at = at.clamp(low, high);
-            Ok((at, at == low))
+            // At the log's start, and the log has lost its beginning (retention): the range may
+            // begin before what it holds. A log starting at 0 holds all it ever had.
+            Ok((at, at == low && low > 0))
         })
         .await?
     }
