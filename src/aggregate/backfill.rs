@@ -232,6 +232,18 @@ struct Task {
     queue: VecDeque<Job>,
 }
 
+/// What one step of a backfill came to.
+enum Step {
+    Done,
+    /// It read and stored a chunk; it rests before the next.
+    Worked,
+    /// Nothing arrived from the history in time: no work done, no rest owed.
+    Waited,
+}
+
+/// The longest rest after one step.
+const MAX_REST: Duration = Duration::from_secs(2);
+
 /// How long a failed step waits before the next try.
 const RETRY_WAIT: Duration = Duration::from_secs(1);
 
@@ -257,16 +269,21 @@ impl Task {
             let Some(mut job) = self.queue.pop_front() else { continue };
             let began = Instant::now();
             let rest = match self.step(&mut job).await {
-                Ok(true) => {
+                Ok(Step::Done) => {
                     let took = job.started.map_or(Duration::ZERO, |s| s.elapsed());
                     tracing::info!(metric = job.metric().name(), partition = job.partition, events = job.events, took = ?took, "backfill done");
                     None
                 }
-                Ok(false) => {
-                    // Work `share` of the time: rest in proportion to the step just taken.
+                Ok(Step::Worked) => {
+                    // Work `share` of the time: rest in proportion to the step just taken (a step
+                    // slowed by the broker, a first connection say, rests no longer than MAX_REST).
                     let worked = began.elapsed().as_secs_f64();
                     self.queue.push_back(job);
-                    Some(Duration::from_secs_f64(worked * (1.0 - self.config.share) / self.config.share))
+                    Some(Duration::from_secs_f64(worked * (1.0 - self.config.share) / self.config.share).min(MAX_REST))
+                }
+                Ok(Step::Waited) => {
+                    self.queue.push_back(job);
+                    None
                 }
                 Err(e) => {
                     tracing::warn!(metric = job.metric().name(), partition = job.partition, error = %format!("{e:#}"), "backfill step failed; trying again");
@@ -297,8 +314,8 @@ impl Task {
         }
     }
 
-    /// One chunk of `job`; true when it is complete.
-    async fn step(&self, job: &mut Job) -> anyhow::Result<bool> {
+    /// One chunk of `job`.
+    async fn step(&self, job: &mut Job) -> anyhow::Result<Step> {
         job.started.get_or_insert_with(Instant::now);
         let start = match job.seam.start {
             Some(s) => s,
@@ -312,12 +329,12 @@ impl Task {
             }
         };
         if job.seam.complete(job.at) {
-            return Ok(true);
+            return Ok(Step::Done);
         }
         let after = job.seam.done.unwrap_or(start - 1);
         let read = self.history.read(job.partition, after, job.at, self.config.chunk).await?;
         if read.through <= after {
-            return Ok(false); // nothing arrived in time; the next step asks again
+            return Ok(Step::Waited); // nothing arrived in time; the next step asks again
         }
         self.absorb(job, read).await?;
         if job.logged.elapsed() >= LOG_EVERY {
@@ -325,7 +342,7 @@ impl Task {
             let (done, total) = job.seam.counts(job.at);
             tracing::info!(metric = job.metric().name(), partition = job.partition, done = format!("{:.0}%", 100.0 * done as f64 / total.max(1) as f64), events = job.events, "backfilling");
         }
-        Ok(job.seam.complete(job.at))
+        Ok(if job.seam.complete(job.at) { Step::Done } else { Step::Worked })
     }
 
     /// Aggregates what was read into the backfill's partials, stores them, then its progress.

@@ -60,3 +60,14 @@ pub fn kill9(child: &mut Child) {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// SIGTERM, then waits: a graceful stop (what was read is stored and committed) within `limit`.
+pub fn terminate(child: &mut Child, limit: std::time::Duration) {
+    let ok = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success();
+    assert!(ok, "cannot signal the runner");
+    let t = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(t.elapsed() < limit, "the runner did not stop within {limit:?} of SIGTERM");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

@@ -118,6 +118,10 @@ impl History for KafkaHistory {
                 out.events.push((offset, event));
             }
         }
+        if out.through >= upto {
+            // The range is read: its consumer (a connection and a fetch thread) goes.
+            readers.remove(&partition);
+        }
         Ok(out)
     }
 }
