@@ -176,6 +176,9 @@ impl Reloader {
         let mut first = self.options.enabled || self.options.poll.is_some();
         loop {
             let forced = if std::mem::take(&mut first) {
+                // A burst of writes already under way settles first, as any burst does (checking
+                // at once saw its first write, and its last one made a second reload).
+                while let Ok(Some(())) = tokio::time::timeout(debounce, self.changes.1.recv()).await {}
                 false
             } else {
                 tokio::select! {
