@@ -79,8 +79,6 @@ pub fn print_metrics(values: &[MetricValue], out: &mut dyn Write) -> std::io::Re
 /// newest pane live traffic can no longer change (the metric's lateness plus one slide ago).
 pub async fn backfill(pipeline: &Pipeline, metric: &str, since: std::time::Duration, until: Option<std::time::Duration>) -> anyhow::Result<crate::aggregate::backfill::Recomputed> {
     use crate::aggregate::backfill;
-    use crate::transport::History;
-    use std::sync::Arc;
     let config = &pipeline.config;
     let set = MetricSet::load(&config.metrics, &pipeline.schema())?;
     let index = set.metrics().iter().position(|m| m.name() == metric).ok_or_else(|| {
@@ -89,15 +87,12 @@ pub async fn backfill(pipeline: &Pipeline, metric: &str, since: std::time::Durat
     })?;
     let m = &set.metrics()[index];
     let store = crate::store::open(&config.mongodb, &config.embedded, &config.retention, &pipeline.schema()).await?;
-    let (history, partitions): (Arc<dyn History>, Vec<i32>) = if !config.kafka.is_embedded() {
-        let partitions = crate::transport::kafka::topic_partitions(&config.kafka).await?;
-        anyhow::ensure!(!partitions.is_empty(), "Kafka topic {:?} does not exist: there is no history to read", config.kafka.topic);
-        (Arc::new(crate::transport::kafka::KafkaHistory::new(&config.kafka, pipeline.schema(), config.consumer.validation.max_event_bytes)), partitions)
-    } else if config.mongodb.is_embedded() {
-        (Arc::new(backfill::StoreHistory(store.clone())), vec![crate::transport::NO_PARTITION])
-    } else {
-        anyhow::bail!("this pipeline runs the embedded queue into MongoDB: its raw events keep no order of arrival to recompute from (use Kafka, or the embedded store)");
+    let history = crate::pipeline::history(config, &store).map_err(anyhow::Error::msg)?;
+    let partitions = match config.kafka.is_embedded() {
+        true => vec![crate::transport::NO_PARTITION],
+        false => crate::transport::kafka::topic_partitions(&config.kafka).await?,
     };
+    anyhow::ensure!(!partitions.is_empty(), "Kafka topic {:?} does not exist: there is no history to read", config.kafka.topic);
     let now = chrono::Utc::now().timestamp_millis();
     let slide = m.window.slide_ms;
     let until_ms = match until {
@@ -108,8 +103,7 @@ pub async fn backfill(pipeline: &Pipeline, metric: &str, since: std::time::Durat
     anyhow::ensure!(range.0 < range.1, "nothing to recompute: --since reaches no pane older than --until (the newest panes are live traffic's; see --until)");
     let at = |t: i64| chrono::DateTime::from_timestamp_millis(t).map(|t| t.to_rfc3339()).unwrap_or_default();
     tracing::info!(metric, from = %at(range.0), until = %at(range.1), partitions = partitions.len(), "recomputing from history");
-    let validation = config.consumer.validation.clone();
-    let screen: backfill::Screen = Arc::new(move |batch| validation.apply(batch));
+    let screen = config.consumer.validation.screen();
     let last_log = std::sync::Mutex::new(std::time::Instant::now());
     let progress = |events: u64| {
         let mut last = last_log.lock().unwrap();

@@ -111,15 +111,8 @@ enum Command {
         /// Recompute panes older than this [default: the metric's lateness plus one slide].
         #[arg(long, value_parser = parse_duration)]
         until: Option<Duration>,
-        /// Kafka bootstrap servers, or `embedded` [default: kafka.bootstrap_servers].
-        #[arg(long)]
-        kafka: Option<String>,
-        /// MongoDB connection string, or `embedded` [default: mongodb.uri].
-        #[arg(long)]
-        mongodb: Option<String>,
-        /// Folder of the embedded store [default: embedded.data_dir].
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        connection: Connection,
     },
     /// Start a pipeline for data you already have: read a sample (a JSON lines file, or a few
     /// hundred messages of a Kafka topic), infer the record's fields and types, a likely id,
@@ -161,6 +154,34 @@ enum Command {
     },
 }
 
+/// Where the pipeline's broker and store are, over what the file says.
+#[derive(clap::Args, Debug, Clone)]
+struct Connection {
+    /// Kafka bootstrap servers (host:port,...), or `embedded` [default: kafka.bootstrap_servers].
+    #[arg(long)]
+    kafka: Option<String>,
+    /// MongoDB connection string, or `embedded` [default: mongodb.uri].
+    #[arg(long)]
+    mongodb: Option<String>,
+    /// Folder for the embedded store [default: embedded.data_dir, ./data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+impl Connection {
+    fn apply(&self, c: &mut runner::config::PipelineConfig) {
+        if let Some(k) = &self.kafka {
+            c.kafka.bootstrap_servers = k.clone();
+        }
+        if let Some(m) = &self.mongodb {
+            c.mongodb.uri = m.clone();
+        }
+        if let Some(d) = &self.data_dir {
+            c.embedded.data_dir = d.clone();
+        }
+    }
+}
+
 #[derive(clap::Args)]
 struct RunArgs {
     /// The pipeline file.
@@ -189,15 +210,8 @@ struct RunArgs {
     /// arrived for this long after generating finished, e.g. 5s [default: keep consuming].
     #[arg(long, value_parser = parse_duration)]
     exit_when_idle: Option<Duration>,
-    /// Kafka bootstrap servers (host:port,...), or `embedded` [default: kafka.bootstrap_servers].
-    #[arg(long)]
-    kafka: Option<String>,
-    /// MongoDB connection string, or `embedded` [default: mongodb.uri].
-    #[arg(long)]
-    mongodb: Option<String>,
-    /// Folder for the embedded store [default: embedded.data_dir, ./data].
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    connection: Connection,
     /// How often to log progress.
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     progress_every: Duration,
@@ -263,7 +277,7 @@ fn main() -> ExitCode {
             Err(e) => Err(e),
         },
         Command::Metrics { pipeline, json, at, mongodb, data_dir } => show_metrics(pipeline, json, at, mongodb, data_dir),
-        Command::Backfill { pipeline, metric, since, until, kafka, mongodb, data_dir } => backfill(pipeline, &metric, since, until, (kafka, mongodb, data_dir)),
+        Command::Backfill { pipeline, metric, since, until, connection } => backfill(pipeline, &metric, since, until, &connection),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -277,15 +291,8 @@ fn main() -> ExitCode {
 fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut pipeline = Pipeline::load(&args.pipeline)?;
     // Flags override the file now and after every reload.
-    if let Some(k) = args.kafka {
-        pipeline.add_override(move |c| c.kafka.bootstrap_servers = k.clone())?;
-    }
-    if let Some(m) = args.mongodb {
-        pipeline.add_override(move |c| c.mongodb.uri = m.clone())?;
-    }
-    if let Some(d) = args.data_dir {
-        pipeline.add_override(move |c| c.embedded.data_dir = d.clone())?;
-    }
+    let connection = args.connection.clone();
+    pipeline.add_override(move |c| connection.apply(c))?;
     if let Some(r) = args.generation_rate {
         pipeline.add_override(move |c| c.generator.rate = r)?;
     }
@@ -400,17 +407,9 @@ fn show_metrics(path: PathBuf, json: bool, at: Option<String>, mongodb: Option<S
     print_json_or_table(json, &values, |out| runner::commands::print_metrics(&values, out))
 }
 
-fn backfill(path: PathBuf, metric: &str, since: Duration, until: Option<Duration>, (kafka, mongodb, data_dir): (Option<String>, Option<String>, Option<PathBuf>)) -> anyhow::Result<()> {
+fn backfill(path: PathBuf, metric: &str, since: Duration, until: Option<Duration>, connection: &Connection) -> anyhow::Result<()> {
     let mut pipeline = Pipeline::load(&path)?;
-    if let Some(k) = kafka {
-        pipeline.config.kafka.bootstrap_servers = k;
-    }
-    if let Some(m) = mongodb {
-        pipeline.config.mongodb.uri = m;
-    }
-    if let Some(d) = data_dir {
-        pipeline.config.embedded.data_dir = d;
-    }
+    connection.apply(&mut pipeline.config);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let started = std::time::Instant::now();
     let done = rt.block_on(runner::commands::backfill(&pipeline, metric, since, until))?;

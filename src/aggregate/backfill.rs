@@ -123,6 +123,8 @@ pub struct Job {
     events: u64,
     started: Option<Instant>,
     logged: Instant,
+    /// The history lost its oldest events (retention): its first event read says how much.
+    check_held: bool,
 }
 
 impl Job {
@@ -133,20 +135,16 @@ impl Job {
         if seam.complete(record.offset) {
             return Ok(None);
         }
-        Ok(Some(Job { set: Arc::new(set.only(index)), partition: record.partition, at: record.offset, seam, aggregator: None, events: 0, started: None, logged: Instant::now() }))
+        Ok(Some(Job { set: Arc::new(set.only(index)), partition: record.partition, at: record.offset, seam, aggregator: None, events: 0, started: None, logged: Instant::now(), check_held: false }))
     }
 
     fn metric(&self) -> &Metric {
         &self.set.metrics()[0]
     }
 
-    fn key(&self) -> &str {
-        self.metric().state_key()
-    }
-
     /// The state key of the metric it fills.
     pub(super) fn state_key(&self) -> &str {
-        self.key()
+        self.metric().state_key()
     }
 }
 
@@ -305,12 +303,12 @@ impl Task {
         match command {
             Command::Start(job) => {
                 // A job made again (a rebalance gave the partition back) replaces the old one.
-                self.queue.retain(|j| !(j.partition == job.partition && j.key() == job.key()));
+                self.queue.retain(|j| !(j.partition == job.partition && j.state_key() == job.state_key()));
                 tracing::info!(metric = job.metric().name(), partition = job.partition, upto = job.at, "backfill starts");
                 self.queue.push_back(job);
             }
             Command::Stop(partition) => self.queue.retain(|j| j.partition != partition),
-            Command::Keep(keys) => self.queue.retain(|j| keys.contains(j.key())),
+            Command::Keep(keys) => self.queue.retain(|j| keys.contains(j.state_key())),
         }
     }
 
@@ -322,8 +320,7 @@ impl Task {
             None => {
                 let (start, oldest) = self.history.start(job.partition, job.seam.since).await?;
                 job.seam.start = Some(start);
-                // Whether the history lost some of the range shows with its first event.
-                job.seam.held_from = oldest.then_some(i64::MAX);
+                job.check_held = oldest;
                 self.store.write_panes(&[job.seam.record(job.metric(), job.partition, job.at)]).await?;
                 start
             }
@@ -348,11 +345,9 @@ impl Task {
     /// Aggregates what was read into the backfill's partials, stores them, then its progress.
     async fn absorb(&self, job: &mut Job, read: HistoryRead) -> anyhow::Result<()> {
         let since = job.seam.since;
-        if job.seam.held_from == Some(i64::MAX) {
-            let first = read.events.first().map_or(i64::MAX, |(_, e)| e.time_ms());
-            job.seam.held_from = None;
-            let slide = job.metric().window.slide_ms;
-            if first != i64::MAX && first > since + slide {
+        if std::mem::take(&mut job.check_held) {
+            let first = read.events.first().map_or(i64::MIN, |(_, e)| e.time_ms());
+            if first > since + job.metric().window.slide_ms {
                 job.seam.held_from = Some(first);
                 let size = job.metric().window.size_ms;
                 let filled = (100.0 * (since + size - first).max(0) as f64 / size as f64).min(100.0);

@@ -34,6 +34,12 @@ fn default_max_future() -> std::time::Duration {
 }
 
 impl Validation {
+    /// These rules as a backfill's screen, so history is judged as live batches are.
+    pub fn screen(&self) -> crate::aggregate::backfill::Screen {
+        let rules = self.clone();
+        std::sync::Arc::new(move |batch| rules.apply(batch))
+    }
+
     /// Moves the records of `batch` that break their schema or these limits to its dead letters
     /// (they are stored, and acknowledged with the batch, like any other dead letter).
     pub fn apply(&self, batch: &mut Batch) {

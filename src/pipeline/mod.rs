@@ -117,6 +117,20 @@ impl Running {
     }
 }
 
+/// Where this pipeline's history can be read again, for a backfill or `runner backfill`: the
+/// Kafka log, or the embedded store's raw rows behind the embedded queue; the error says why
+/// there is none (the embedded queue into MongoDB keeps no order of arrival).
+pub fn history(config: &PipelineConfig, store: &Arc<dyn EventStore>) -> Result<Arc<dyn crate::transport::History>, String> {
+    if !config.kafka.is_embedded() {
+        let schema = config.schema().map_err(|p| p.join("; "))?;
+        return Ok(Arc::new(kafka::KafkaHistory::new(&config.kafka, schema, config.consumer.validation.max_event_bytes)));
+    }
+    if config.mongodb.is_embedded() {
+        return Ok(Arc::new(crate::aggregate::backfill::StoreHistory(store.clone())));
+    }
+    Err("history is read from the Kafka log or the embedded store, and this pipeline runs the embedded queue into MongoDB, whose raw events keep no order of arrival".into())
+}
+
 /// Checks, connects and starts every component; returns once the pipeline runs.
 pub async fn start(pipeline: Pipeline, options: RunOptions, stop: CancellationToken) -> anyhow::Result<Running> {
     let seen = reload::snapshot(&pipeline);

@@ -20,8 +20,7 @@ use crate::consumer::{self, StopWhen};
 use crate::telemetry::ReloadStatus;
 use crate::store::{self, EventStore, Switchable};
 use crate::telemetry::Stats;
-use crate::transport::kafka::KafkaHistory;
-use crate::transport::{History, Subscriber};
+use crate::transport::Subscriber;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -106,10 +105,12 @@ fn start_consumer(plane: &Plane, subscriber: Box<dyn Subscriber>) -> RunningCons
     let mut aggregator = Aggregator::new(metrics.borrow().clone(), stats.clone());
     // The backfill lives as long as this consumer: the next one resumes it from the store.
     let backfill_stop = CancellationToken::new();
-    if let Some(history) = history(&plane.config, &store) {
-        let validation = cfg.validation.clone();
-        let screen: backfill::Screen = Arc::new(move |batch| validation.apply(batch));
-        let (backfiller, _) = backfill::spawn(history, store.clone(), screen, plane.config.backfill.clone(), backfill_stop.clone());
+    let history = match plane.config.backfill.enabled {
+        true => super::history(&plane.config, &store).inspect_err(|why| tracing::warn!("metrics added while running start empty: {why}")).ok(),
+        false => None,
+    };
+    if let Some(history) = history {
+        let (backfiller, _) = backfill::spawn(history, store.clone(), cfg.validation.screen(), plane.config.backfill.clone(), backfill_stop.clone());
         aggregator = aggregator.with_backfill(backfiller);
     }
     let task = tokio::spawn(async move {
@@ -120,23 +121,6 @@ fn start_consumer(plane: &Plane, subscriber: Box<dyn Subscriber>) -> RunningCons
     RunningConsumer { task, drain }
 }
 
-/// Where this pipeline's history can be read again for a backfill: the Kafka log, or the
-/// embedded store's raw rows behind the embedded queue. None when backfill is off, or on the
-/// embedded queue into MongoDB (which keeps no order of arrival to take a seam from).
-fn history(config: &PipelineConfig, store: &Arc<dyn EventStore>) -> Option<Arc<dyn History>> {
-    if !config.backfill.enabled {
-        return None;
-    }
-    if !config.kafka.is_embedded() {
-        let schema = config.schema().ok()?;
-        return Some(Arc::new(KafkaHistory::new(&config.kafka, schema, config.consumer.validation.max_event_bytes)));
-    }
-    if config.mongodb.is_embedded() {
-        return Some(Arc::new(backfill::StoreHistory(store.clone())));
-    }
-    tracing::warn!("metrics added while running start empty: backfill reads the Kafka log or the embedded store, and this pipeline has the embedded queue into MongoDB");
-    None
-}
 
 async fn rebuild(plane: &mut Plane, consumer: &mut Option<RunningConsumer>, next: PipelineConfig, what: &Reconnects) -> anyhow::Result<()> {
     // 1. Connect first: a broker or store that cannot be reached leaves everything as it was.
