@@ -6,24 +6,41 @@ use crate::config::Pipeline;
 use crate::generator::{Generator, GeneratorScript};
 use std::io::Write;
 
-/// Writes `count` generated events to `out` as JSON lines (no transport involved).
+/// Writes `count` generated events to `out` as JSON lines (no transport involved), timed as
+/// if sent from now at the pipeline's rate, with its profile and scenarios, on a simulated clock
+/// (so session think times and scenarios show in the times without waiting for them).
 pub fn generate(pipeline: &Pipeline, count: u64, out: &mut dyn Write) -> anyhow::Result<()> {
-    let script = GeneratorScript::load(&pipeline.config.generator, &pipeline.schema())?;
-    let mut generator = Generator::new(script, pipeline.config.generator.seed);
+    let config = &pipeline.config.generator;
+    let script = GeneratorScript::load(config, &pipeline.schema())?;
+    let traffic = script.traffic().clone();
+    let mut generator = Generator::new(script, config.seed);
+    let mut bursts = crate::generator::traffic::Bursts::new(config.seed);
+    let started_ms = chrono::Utc::now().timestamp_millis();
+    let mut elapsed = std::time::Duration::ZERO;
     let mut batch = Vec::with_capacity(1000);
     let mut buf = Vec::with_capacity(1 << 16);
     let mut left = count;
     while left > 0 {
-        let n = left.min(1000) as usize;
+        let now = traffic.at(started_ms, elapsed, &mut bursts);
+        let rate = config.rate * now.factor;
+        if config.rate > 0.0 && rate < 1e-3 {
+            elapsed += std::time::Duration::from_millis(100);
+            continue;
+        }
+        let n = (crate::generator::rate::batch_for(rate, 1000) as u64).min(left) as usize;
         batch.clear();
-        generator.fill(n, &mut batch);
+        let tick = crate::generator::Tick { now_ms: started_ms + elapsed.as_millis() as i64, rate, effects: &now.effects };
+        generator.fill_at(n, &tick, &mut batch);
+        if rate > 0.0 {
+            elapsed += std::time::Duration::from_secs_f64(n as f64 / rate);
+        }
         buf.clear();
         for e in &batch {
             e.write_json(&mut buf);
             buf.push(b'\n');
         }
         out.write_all(&buf)?;
-        left -= n as u64;
+        left -= batch.len() as u64;
     }
     out.flush()?;
     Ok(())

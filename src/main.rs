@@ -151,6 +151,9 @@ enum Command {
         /// Seed for a reproducible sample [default: the pipeline's generator.seed, else random].
         #[arg(long)]
         seed: Option<u64>,
+        /// Run a scenario of the file (`[[generator.scenario]]`) on the simulated clock (repeatable).
+        #[arg(long = "scenario", value_name = "NAME")]
+        scenarios: Vec<String>,
     },
 }
 
@@ -196,6 +199,12 @@ struct RunArgs {
     /// Events per generated batch [default: generator.batch_size in the pipeline file].
     #[arg(long)]
     batch_size: Option<usize>,
+    /// Run a scenario of the pipeline file (`[[generator.scenario]]`: an incident that changes
+    /// the traffic for a while, timed from the start), e.g. --scenario viral_item; repeatable
+    /// [default: generator.scenarios in the pipeline file]. `--scenario demo` on the shipped
+    /// interactions pipeline shows a fast day, the funnel and one alert's whole life in 5 minutes.
+    #[arg(long = "scenario", value_name = "NAME", env = "RUNNER_SCENARIO", value_delimiter = ',')]
+    scenarios: Vec<String>,
     /// Set a generator param the script sees, e.g. --param DEVICES=500 (repeatable) [default:
     /// generator.params in the pipeline file].
     #[arg(long = "param", value_name = "NAME=VALUE", value_parser = parse_param)]
@@ -258,12 +267,13 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         },
-        Command::Generate { pipeline, count, seed } => Pipeline::load(&pipeline)
+        Command::Generate { pipeline, count, seed, scenarios } => Pipeline::load(&pipeline)
             .map_err(anyhow::Error::from)
             .and_then(|mut p| {
                 if seed.is_some() {
                     p.config.generator.seed = seed;
                 }
+                p.add_override(move |c| add_scenarios(c, &scenarios))?;
                 runner::commands::generate(&p, count, &mut std::io::stdout().lock())
             }),
         Command::Run(args) => run(args),
@@ -298,6 +308,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     if let Some(b) = args.batch_size {
         pipeline.add_override(move |c| c.generator.batch_size = b)?;
+    }
+    let scenarios = args.scenarios.clone();
+    if !scenarios.is_empty() {
+        pipeline.add_override(move |c| add_scenarios(c, &scenarios))?;
     }
     for (name, value) in args.params {
         pipeline.add_override(move |c| {
@@ -450,6 +464,15 @@ fn spawn_stop_signals(stop: CancellationToken, run_for: Option<Duration>) {
         eprintln!("quitting without finishing; uncommitted events will be consumed again");
         std::process::exit(130);
     });
+}
+
+/// `--scenario NAME`s join the file's `[generator] scenarios`.
+fn add_scenarios(c: &mut runner::config::PipelineConfig, names: &[String]) {
+    for n in names {
+        if !c.generator.scenarios.contains(n) {
+            c.generator.scenarios.push(n.clone());
+        }
+    }
 }
 
 /// `NAME=VALUE` of `--param`.

@@ -7,12 +7,16 @@
 //! shipped scripts do without it.
 
 pub mod plan;
-mod rate;
+pub mod rate;
+pub mod session;
 mod task;
+pub mod traffic;
 
 pub use plan::EventPlan;
 pub use rate::Pacer;
+pub use session::SessionPlan;
 pub use task::{GeneratorTask, Settings, Swap};
+pub use traffic::{Effects, ProfileConfig, ScenarioConfig, Traffic};
 
 use crate::base::de;
 use crate::event::{Record, Schema};
@@ -50,6 +54,16 @@ pub struct GeneratorConfig {
     /// Seed for reproducible streams; unset draws a fresh one each run.
     #[serde(default, deserialize_with = "optional_seed")]
     pub seed: Option<u64>,
+    /// How the rate moves over time: a daily curve, steps and ramps, random bursts
+    /// (`[generator.profile]`) [default: `rate`, flat].
+    #[serde(default)]
+    pub profile: Option<ProfileConfig>,
+    /// Named incidents that change the traffic for a while (`[[generator.scenario]]`).
+    #[serde(default, rename = "scenario")]
+    pub scenario_defs: Vec<ScenarioConfig>,
+    /// The scenarios to run, by name (`--scenario NAME` adds one) [default: none].
+    #[serde(default)]
+    pub scenarios: Vec<String>,
 }
 
 fn default_rate() -> f64 {
@@ -78,16 +92,35 @@ impl GeneratorConfig {
         for (name, _) in self.params.iter().filter(|(n, _)| !is_constant_name(n)) {
             p.push(format!("generator.params: {name:?} is not a script name (letters, digits and _, not starting with a digit)"));
         }
+        p.extend(self.profile.iter().flat_map(ProfileConfig::check));
+        for (i, s) in self.scenario_defs.iter().enumerate() {
+            if self.scenario_defs[..i].iter().any(|o| o.name == s.name) {
+                p.push(format!("generator.scenario: the name {:?} is used twice", s.name));
+            }
+        }
+        for name in self.scenarios.iter().filter(|n| !self.scenario_defs.iter().any(|s| &s.name == *n)) {
+            let known: Vec<&str> = self.scenario_defs.iter().map(|s| s.name.as_str()).collect();
+            p.push(format!("generator.scenarios: no scenario named {name:?} (the file has: {})", if known.is_empty() { "none".into() } else { known.join(", ") }));
+        }
         (!p.is_empty()).then(|| p.join("; "))
     }
 }
 
-/// The compiled generator script: the plan plus the optional per-event hook.
+/// What the script describes: records drawn one by one, or sessions of records.
+#[derive(Clone)]
+enum Shape {
+    Independent(EventPlan),
+    Sessions(Arc<SessionPlan>),
+}
+
+/// The compiled generator: the script's plan, the optional per-event hook, and how the traffic
+/// changes over time (profile and scenarios).
 #[derive(Clone)]
 pub struct GeneratorScript {
-    plan: EventPlan,
+    shape: Shape,
     hook: Option<Arc<(Engine, AST)>>,
     path: PathBuf,
+    traffic: Arc<Traffic>,
 }
 
 impl GeneratorScript {
@@ -97,19 +130,53 @@ impl GeneratorScript {
         let path = &config.script;
         let mut engine = script::sandboxed_engine(ScriptLimits::default());
         plan::register(&mut engine);
+        session::register(&mut engine);
         let ast = script::compile_file(&engine, path)?;
         let mut scope = Scope::new();
         for (name, value) in config.all_params() {
             scope.push_constant(name, value.to_dynamic());
         }
-        let spec: Map = engine
+        let described: rhai::Dynamic = engine
             .eval_ast_with_scope(&mut scope, &ast)
             .map_err(|e| ScriptError::from_eval(path, &e))?;
-        let plan = EventPlan::from_map(spec, schema).map_err(|m| ScriptError::whole_file(path, m))?;
+        let shape = if described.is_map() {
+            Shape::Independent(EventPlan::from_map(described.cast::<Map>(), schema).map_err(|m| ScriptError::whole_file(path, m))?)
+        } else if described.is::<session::SessionsSpec>() {
+            let plan = SessionPlan::compile(described.cast::<session::SessionsSpec>(), schema).map_err(|m| ScriptError::whole_file(path, m))?;
+            Shape::Sessions(Arc::new(plan))
+        } else {
+            let got = described.type_name();
+            return Err(ScriptError::whole_file(path, format!("the script must end with a map of field distributions, or sessions(events, description); it ends with a {got}")));
+        };
+        let traffic = Traffic::compile(config.profile.as_ref(), &config.scenario_defs, &config.scenarios, schema)
+            .map_err(|m| ScriptError::whole_file(path, format!("[generator] {m}")))?;
         let has_hook = ast.iter_functions().any(|f| f.name == "on_event" && f.params.len() == 1);
         let hook = has_hook.then(|| Arc::new((engine, ast)));
-        Ok(GeneratorScript { plan, hook, path: path.clone() })
+        Ok(GeneratorScript { shape, hook, path: path.clone(), traffic: Arc::new(traffic) })
     }
+
+    /// How the traffic changes over time.
+    pub fn traffic(&self) -> &Arc<Traffic> {
+        &self.traffic
+    }
+
+    /// The session description, when the script describes sessions.
+    pub fn sessions(&self) -> Option<&Arc<SessionPlan>> {
+        match &self.shape {
+            Shape::Sessions(s) => Some(s),
+            Shape::Independent(_) => None,
+        }
+    }
+}
+
+/// When and how fast a batch is made, and what the scenarios change in it.
+pub struct Tick<'a> {
+    /// The wall clock, ms since the epoch: records are timed at it (sessions: at their step,
+    /// never after it).
+    pub now_ms: i64,
+    /// The rate the batch is paced at (0 = unpaced); sessions keep rate × think time open.
+    pub rate: f64,
+    pub effects: &'a Effects,
 }
 
 /// Produces events from a [`GeneratorScript`]; one per task, since it owns its random state.
@@ -118,6 +185,8 @@ pub struct Generator {
     rng: SmallRng,
     id_prefix: String,
     next_seq: u64,
+    /// The open sessions, when the script describes sessions.
+    sessions: Option<session::Sessions>,
     /// Per-event hook failures, kept so the caller can report them.
     pub hook_errors: u64,
 }
@@ -132,26 +201,65 @@ impl Generator {
         // The prefix comes from the OS even with a seed: two runs of a seeded stream are still
         // different events, and must not collide on the store's unique event_id.
         let id_prefix = uuid::Uuid::new_v4().simple().to_string()[..16].to_string();
-        Generator { script, rng, id_prefix, next_seq: 0, hook_errors: 0 }
+        let mut g = Generator { script, rng, id_prefix, next_seq: 0, sessions: None, hook_errors: 0 };
+        g.follow_sessions();
+        g
     }
 
-    /// Swaps in a reloaded script; the random state and id sequence carry on.
+    /// Swaps in a reloaded script; the random state and id sequence carry on, and so do the
+    /// open sessions unless the session description changed.
     pub fn set_script(&mut self, script: GeneratorScript) {
         self.script = script;
+        self.follow_sessions();
     }
 
-    /// Appends `n` records to `out`, timed now (one clock reading: they are sent together).
+    fn follow_sessions(&mut self) {
+        match self.script.sessions() {
+            Some(plan) if !self.sessions.as_ref().is_some_and(|s| s.follows(plan)) => {
+                self.sessions = Some(session::Sessions::new(plan.clone(), &self.id_prefix));
+            }
+            Some(_) => {}
+            None => self.sessions = None,
+        }
+    }
+
+    /// Sessions open now (0 when the script draws records one by one).
+    pub fn open_sessions(&self) -> usize {
+        self.sessions.as_ref().map_or(0, |s| s.open())
+    }
+
+    /// Appends `n` records to `out`, timed now, unpaced and with no scenario on.
     pub fn fill(&mut self, n: usize, out: &mut Vec<Record>) {
+        let effects = Effects::default();
+        self.fill_at(n, &Tick { now_ms: chrono::Utc::now().timestamp_millis(), rate: 0.0, effects: &effects }, out);
+    }
+
+    /// Draws `n` records at `tick` and appends those the scenarios do not drop to `out`.
+    pub fn fill_at(&mut self, n: usize, tick: &Tick<'_>, out: &mut Vec<Record>) {
         out.reserve(n);
-        let now = chrono::Utc::now().timestamp_millis();
+        let now = tick.now_ms;
+        if let Some(s) = self.sessions.as_mut() {
+            s.prepare(&mut self.rng, now, tick.rate);
+        }
         for _ in 0..n {
-            let mut e = self.script.plan.sample(&mut self.rng, self.next_seq, now);
+            let mut e = match (&mut self.sessions, &self.script.shape) {
+                (Some(s), _) => s.next(&mut self.rng, self.next_seq, now, &tick.effects.overrides),
+                (None, Shape::Independent(plan)) => {
+                    let mut r = Record::new(plan.schema());
+                    r.set_time_ms(now);
+                    plan.draw(&mut self.rng, self.next_seq, &mut r, None, &tick.effects.overrides);
+                    r
+                }
+                (None, Shape::Sessions(_)) => unreachable!("follow_sessions opens sessions for a session script"),
+            };
             e.set_id(format!("{}-{:x}", self.id_prefix, self.next_seq));
             self.next_seq += 1;
             if let Some(hook) = self.script.hook.clone() {
                 e = self.apply_hook(&hook, e);
             }
-            out.push(e);
+            if !tick.effects.drops(&e) {
+                out.push(e);
+            }
         }
     }
 

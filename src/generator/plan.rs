@@ -13,7 +13,7 @@
 //! - `.round(decimals)`: round a numeric distribution; `.only_when(field, value_or_list)`: the
 //!   field is present only when another (unconditional) field drew one of those values.
 
-use rand::Rng;
+use rand::{Rng, SeedableRng};
 use rand_distr::weighted::WeightedAliasIndex;
 use rand_distr::{Exp, Normal, Zipf};
 use rhai::{Array, Dynamic, Engine, EvalAltResult, Map};
@@ -54,7 +54,8 @@ enum Kind {
     Uniform { lo: f64, hi: f64 },
     UniformInt { lo: i64, hi: i64 },
     Normal(Normal<f64>),
-    Exponential(Exp<f64>),
+    /// The distribution and its mean.
+    Exponential(Exp<f64>, f64),
     Uuid,
     /// `prefix` followed by the record's sequence number (from 1).
     Sequence { prefix: String },
@@ -164,7 +165,7 @@ impl Distribution {
         if !(mean.is_finite() && mean > 0.0) {
             return script_err(format!("exponential: the mean must be above 0, got {mean}"));
         }
-        Ok(Self::new(Kind::Exponential(Exp::new(1.0 / mean).map_err(|e| format!("exponential: {e}"))?)))
+        Ok(Self::new(Kind::Exponential(Exp::new(1.0 / mean).map_err(|e| format!("exponential: {e}"))?, mean)))
     }
 
     /// A plain value from the script, or `None` when it is not one.
@@ -231,7 +232,7 @@ impl Distribution {
             Kind::Uniform { lo, hi } => Sample::Number(self.rounded(rng.random_range(*lo..*hi))),
             Kind::UniformInt { lo, hi } => Sample::Int(rng.random_range(*lo..=*hi)),
             Kind::Normal(n) => Sample::Number(self.rounded(rng.sample(n))),
-            Kind::Exponential(e) => Sample::Number(self.rounded(rng.sample(e))),
+            Kind::Exponential(e, _) => Sample::Number(self.rounded(rng.sample(e))),
             Kind::Uuid => Sample::Label(Cow::Owned(uuid::Builder::from_random_bytes(rng.random()).into_uuid().to_string())),
             Kind::Sequence { prefix } => Sample::Label(Cow::Owned(format!("{prefix}{}", seq + 1))),
             Kind::Now => Sample::Now,
@@ -240,6 +241,40 @@ impl Distribution {
             Kind::Const(Constant::Float(f)) => Sample::Number(*f),
             Kind::Const(Constant::Bool(b)) => Sample::Bool(*b),
         }
+    }
+
+    /// Whether it draws numbers (a think time, say).
+    pub fn is_numeric(&self) -> bool {
+        self.draws() == Draws::Numbers
+    }
+
+    /// Draws one number from a numeric distribution (0 from any other).
+    pub fn sample_number<R: Rng + ?Sized>(&self, rng: &mut R) -> f64 {
+        match self.sample(rng, 0) {
+            Sample::Number(n) => n,
+            Sample::Int(i) => i as f64,
+            _ => 0.0,
+        }
+    }
+
+    /// The mean of a numeric distribution: exact where it is known, else from 200,000 draws.
+    pub fn mean(&self) -> f64 {
+        match &*self.kind {
+            Kind::Uniform { lo, hi } => (lo + hi) / 2.0,
+            Kind::UniformInt { lo, hi } => (*lo as f64 + *hi as f64) / 2.0,
+            Kind::Exponential(_, mean) => *mean,
+            Kind::Const(Constant::Float(f)) => *f,
+            Kind::Const(Constant::Int(i)) => *i as f64,
+            _ => {
+                let mut rng = rand::rngs::SmallRng::seed_from_u64(0x5e55);
+                (0..200_000).map(|_| self.sample_number(&mut rng).max(0.0)).sum::<f64>() / 200_000.0
+            }
+        }
+    }
+
+    /// A plain number as a distribution that always draws it.
+    pub fn constant_number(v: f64) -> Self {
+        Self::new(Kind::Const(Constant::Float(v)))
     }
 
     fn rounded(&self, v: f64) -> f64 {
@@ -291,10 +326,19 @@ enum Target {
 /// One field of the plan.
 #[derive(Debug, Clone)]
 struct FieldPlan {
+    name: String,
     target: Target,
     dist: Distribution,
     /// The condition's field (already drawn: conditional fields come last) and its values.
     only_when: Option<(Target, Arc<[String]>)>,
+}
+
+/// A value put in place of a field's draw, with probability `share` (a scenario's `set`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Override {
+    pub slot: usize,
+    pub value: Value,
+    pub share: f64,
 }
 
 /// The compiled description of one record: a distribution per field.
@@ -308,6 +352,12 @@ pub struct EventPlan {
 impl EventPlan {
     /// Builds a plan from the map the script returned; the error names the offending field.
     pub fn from_map(spec: Map, schema: &Arc<Schema>) -> Result<Self, String> {
+        Self::from_map_with(spec, schema, &[])
+    }
+
+    /// [`EventPlan::from_map`] where the declared fields in `provided` get their values from
+    /// elsewhere (a session's state and id): they count as drawn, and conditions may name them.
+    pub fn from_map_with(spec: Map, schema: &Arc<Schema>, provided: &[&str]) -> Result<Self, String> {
         let mut fields = Vec::new();
         let mut problems = Vec::new();
         for (name, v) in spec {
@@ -347,11 +397,16 @@ impl EventPlan {
                 }
                 None => Target::Extra(name.clone()),
             };
-            fields.push((name, FieldPlan { target, dist, only_when: None }));
+            fields.push((name.clone(), FieldPlan { name, target, dist, only_when: None }));
         }
         // Conditions name unconditional fields, so one pass in this order draws every condition first.
-        let unconditional: Vec<(String, Target)> =
-            fields.iter().filter(|(_, f)| f.dist.only_when.is_none()).map(|(n, f)| (n.clone(), f.target.clone())).collect();
+        let provided_targets = provided.iter().filter_map(|n| schema.slot(n).map(|i| (n.to_string(), Target::Slot(i, schema.fields()[i].spec.ty))));
+        let unconditional: Vec<(String, Target)> = fields
+            .iter()
+            .filter(|(_, f)| f.dist.only_when.is_none())
+            .map(|(n, f)| (n.clone(), f.target.clone()))
+            .chain(provided_targets)
+            .collect();
         for (name, f) in &mut fields {
             if let Some((on, values)) = &f.dist.only_when {
                 match unconditional.iter().find(|(n, _)| n == on) {
@@ -361,7 +416,7 @@ impl EventPlan {
             }
         }
         for (i, f) in schema.fields().iter().enumerate() {
-            let drawn = fields.iter().any(|(_, p)| p.target == Target::Slot(i, f.spec.ty));
+            let drawn = fields.iter().any(|(_, p)| p.target == Target::Slot(i, f.spec.ty)) || provided.contains(&f.name.as_str());
             if !drawn && !f.spec.optional && i != schema.id_slot() && i != schema.time_slot() {
                 problems.push(format!("`{}` is a required field of [event] but the script does not draw it (declare it {:?} or add it to the map)", f.name, format!("{}?", f.spec.ty.name())));
             }
@@ -378,7 +433,38 @@ impl EventPlan {
     pub fn sample<R: Rng + ?Sized>(&self, rng: &mut R, seq: u64, now_ms: i64) -> Record {
         let mut r = Record::new(&self.schema);
         r.set_time_ms(now_ms);
-        for f in &self.fields {
+        self.draw(rng, seq, &mut r, None, &[]);
+        r
+    }
+
+    /// The schema the plan draws records of.
+    pub fn schema(&self) -> &Arc<Schema> {
+        &self.schema
+    }
+
+    /// How many fields the plan draws (the length of a skip mask).
+    pub fn len(&self) -> usize {
+        self.fields.len()
+    }
+
+    /// Whether the plan draws nothing.
+    pub fn is_empty(&self) -> bool {
+        self.fields.is_empty()
+    }
+
+    /// The position of a field in the plan (for a skip mask), by name.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.fields.iter().position(|f| f.name == name)
+    }
+
+    /// Draws the plan's fields into `r` (whose time is set): the fields `skip` marks keep what
+    /// `r` holds, and a drawn field an override names takes its value with the override's share.
+    pub fn draw<R: Rng + ?Sized>(&self, rng: &mut R, seq: u64, r: &mut Record, skip: Option<&[bool]>, overrides: &[Override]) {
+        let now_ms = r.time_ms();
+        for (index, f) in self.fields.iter().enumerate() {
+            if skip.is_some_and(|s| s[index]) {
+                continue;
+            }
             if let Some((on, values)) = &f.only_when {
                 let drawn = match on {
                     Target::Slot(i, _) => values.iter().any(|v| r.get(*i).matches(v)),
@@ -390,7 +476,10 @@ impl EventPlan {
             }
             let sample = f.dist.sample(rng, seq);
             match &f.target {
-                Target::Slot(i, ty) => r.set(*i, slot_value(sample, *ty, now_ms)),
+                Target::Slot(i, ty) => match overrides.iter().find(|o| o.slot == *i) {
+                    Some(o) if rng.random::<f64>() < o.share => r.set(*i, o.value.clone()),
+                    _ => r.set(*i, slot_value(sample, *ty, now_ms)),
+                },
                 Target::Extra(name) => {
                     let v = match sample {
                         Sample::Label(s) => serde_json::Value::from(s.into_owned()),
@@ -403,7 +492,6 @@ impl EventPlan {
                 }
             }
         }
-        r
     }
 }
 

@@ -1,8 +1,11 @@
 //! The generator's loop: pace, sample a batch, publish it; on stop, flush what was published.
 //! A reloaded script, rate or batch size applies from the next batch, and a reload that moves
-//! the transport hands over a new publisher, which takes over between two batches.
+//! the transport hands over a new publisher, which takes over between two batches. Each batch
+//! asks the traffic (profile and scenarios) for the rate and what the scenarios change.
 
-use super::{Generator, GeneratorScript, Pacer};
+use super::rate::batch_for;
+use super::traffic::Bursts;
+use super::{Generator, GeneratorScript, Pacer, Tick};
 use crate::telemetry::Stats;
 use crate::transport::Publisher;
 use std::sync::Arc;
@@ -41,9 +44,16 @@ impl GeneratorTask {
     pub async fn run(self, stop: CancellationToken) -> anyhow::Result<()> {
         let GeneratorTask { settings: mut live, mut publisher, mut swaps, seed, max_events, flush_timeout, stats } = self;
         let current = live.borrow_and_update().clone();
-        let mut generator = Generator::new(current.script, seed);
+        let mut base_rate = current.rate;
+        let mut generator = Generator::new(current.script.clone(), seed);
+        let mut script = current.script;
         let mut pacer = Pacer::new(current.rate);
         let mut batch_size = current.batch_size;
+        // The profile and scenarios are timed from here, across reloads.
+        let started = tokio::time::Instant::now();
+        let started_ms = chrono::Utc::now().timestamp_millis();
+        let mut bursts = Bursts::new(seed);
+        let mut scenarios_on: Vec<String> = Vec::new();
         let mut remaining = max_events.unwrap_or(u64::MAX);
         let mut result = Ok(());
         let mut reloaded = false;
@@ -52,8 +62,9 @@ impl GeneratorTask {
             if reloaded || live.has_changed().unwrap_or(false) {
                 reloaded = false;
                 let next = live.borrow_and_update().clone();
-                generator.set_script(next.script);
-                pacer.set_rate(next.rate);
+                generator.set_script(next.script.clone());
+                script = next.script;
+                base_rate = next.rate;
                 batch_size = next.batch_size;
                 tracing::info!(rate = next.rate, batch_size, "generator reloaded");
             }
@@ -67,7 +78,27 @@ impl GeneratorTask {
                 let _ = done.send(());
                 tracing::info!("generator moved to the reloaded transport");
             }
-            let n = (batch_size as u64).min(remaining) as usize;
+            let traffic = script.traffic().at(started_ms, started.elapsed(), &mut bursts);
+            if traffic.scenarios != scenarios_on {
+                for s in traffic.scenarios.iter().filter(|s| !scenarios_on.contains(s)) {
+                    tracing::info!(scenario = %s, "scenario change starts");
+                }
+                for s in scenarios_on.iter().filter(|s| !traffic.scenarios.contains(s)) {
+                    tracing::info!(scenario = %s, "scenario change ends");
+                }
+                scenarios_on = traffic.scenarios.clone();
+            }
+            let rate = base_rate * traffic.factor;
+            if base_rate > 0.0 && rate < 1e-3 {
+                // The traffic is stopped (a scenario's rate 0, a profile at 0) for now.
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    _ = stop.cancelled() => break,
+                }
+                continue;
+            }
+            pacer.set_rate(rate);
+            let n = (batch_for(rate, batch_size) as u64).min(remaining) as usize;
             tokio::select! {
                 _ = pacer.acquire(n) => {}
                 // A slow rate may wait long for its next batch; a reload should not.
@@ -83,12 +114,17 @@ impl GeneratorTask {
                 _ = stop.cancelled() => break,
             }
             let mut batch = Vec::with_capacity(n);
-            generator.fill(n, &mut batch);
-            if let Err(e) = publisher.publish(batch).await {
-                result = Err(e);
-                break;
+            let tick = Tick { now_ms: chrono::Utc::now().timestamp_millis(), rate, effects: &traffic.effects };
+            generator.fill_at(n, &tick, &mut batch);
+            let sent = batch.len();
+            if sent > 0 {
+                if let Err(e) = publisher.publish(batch).await {
+                    result = Err(e);
+                    break;
+                }
             }
-            stats.generated(n);
+            stats.generated(sent);
+            // Records a scenario held back count against --events too: it bounds the work.
             remaining -= n as u64;
         }
         let flushed = publisher.flush(flush_timeout).await;
