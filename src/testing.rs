@@ -2,6 +2,10 @@
 //! records (in the pipeline's `[event]` shape; an id is assigned when missing) through the pipeline's real metric scripts, reducers and an embedded store, then
 //! compares the metrics read back with the expected values.
 //!
+//! Alert fixtures (`[[alert_test]]`) run one rule on a simulated clock over a timeline of
+//! metric (and health) values, and compare its transitions (pending, firing, repeat, resolved)
+//! with the expected ones, in milliseconds instead of minutes; `history()` reads the timeline.
+//!
 //! ```toml
 //! [[test]]
 //! name = "busiest item"
@@ -14,6 +18,10 @@
 //! ```
 
 use crate::aggregate::{Aggregator, MetricSet};
+use crate::alert::history::{Histories, Window};
+use crate::alert::state::{RuleState, Status};
+use crate::alert::{AlertSet, Inputs};
+use crate::base::de;
 use crate::config::Pipeline;
 use crate::event::{Record, Schema};
 use crate::store::embedded::{EmbeddedConfig, EmbeddedStore};
@@ -26,12 +34,65 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TestFile {
-    #[serde(rename = "test")]
+    #[serde(rename = "test", default)]
     tests: Vec<TestCase>,
+    #[serde(rename = "alert_test", default)]
+    alert_tests: Vec<AlertCase>,
+}
+
+/// `[[alert_test]]`: one rule evaluated on a simulated clock.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AlertCase {
+    name: String,
+    /// The `[[alert]]` rule's name.
+    rule: String,
+    /// How often the rule is evaluated [default: `[alerting] interval`].
+    #[serde(default, deserialize_with = "de::optional_duration")]
+    every: Option<Duration>,
+    /// The first evaluation; the values before it are history only [default: 0s].
+    #[serde(default, deserialize_with = "de::duration")]
+    from: Duration,
+    /// The last evaluation.
+    #[serde(deserialize_with = "de::duration")]
+    until: Duration,
+    /// Thresholds over the file's `[alerting.thresholds]`.
+    #[serde(default)]
+    thresholds: BTreeMap<String, toml::Value>,
+    /// The timeline: each entry's metric and health values hold from its `at` until another
+    /// entry changes them.
+    values: Vec<TimelineEntry>,
+    /// The transitions expected, in order; a transition not listed fails the test.
+    #[serde(default)]
+    expect: Vec<Expected>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TimelineEntry {
+    #[serde(deserialize_with = "de::duration")]
+    at: Duration,
+    #[serde(default)]
+    metrics: BTreeMap<String, toml::Value>,
+    #[serde(default)]
+    health: BTreeMap<String, toml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Expected {
+    #[serde(deserialize_with = "de::duration")]
+    at: Duration,
+    /// pending, firing, repeat or resolved.
+    change: String,
+    /// The instance's labels, when the rule gives it any (checked when listed).
+    #[serde(default)]
+    labels: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -70,7 +131,103 @@ pub async fn run_tests(pipeline: &Pipeline, tests: &Path) -> anyhow::Result<Vec<
     for case in file.tests {
         outcomes.push(run_case(&set, &schema, &case).await.with_context(|| format!("{}: test {:?}", tests.display(), case.name))?);
     }
+    if !file.alert_tests.is_empty() {
+        let alerts = AlertSet::load(&pipeline.config.alerting, &pipeline.config.alerts, &pipeline.path)?;
+        for case in &file.alert_tests {
+            let outcome = run_alert_case(pipeline, &alerts, case).with_context(|| format!("{}: alert test {:?}", tests.display(), case.name))?;
+            outcomes.push(outcome);
+        }
+    }
     Ok(outcomes)
+}
+
+/// The simulated clock's zero (any time would do; this one reads well in notifications).
+const EPOCH_MS: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
+
+/// Runs one alert fixture: evaluates the rule every `every` from `from` to `until` over the
+/// timeline, through the same evaluation and state machine as the running pipeline.
+fn run_alert_case(pipeline: &Pipeline, alerts: &AlertSet, case: &AlertCase) -> anyhow::Result<TestOutcome> {
+    let rule = alerts.rules().iter().find(|r| r.name() == case.rule).ok_or_else(|| {
+        let known: Vec<&str> = alerts.rules().iter().map(|r| r.name()).collect();
+        anyhow::anyhow!("no [[alert]] named {:?} (the file has: {})", case.rule, known.join(", "))
+    })?;
+    let every = case.every.unwrap_or(pipeline.config.alerting.interval).as_millis() as i64;
+    anyhow::ensure!(every > 0, "every must be more than 0s");
+    let mut timeline: Vec<&TimelineEntry> = case.values.iter().collect();
+    timeline.sort_by_key(|e| e.at);
+    let slide_of = |metric: &str| pipeline.config.metrics.iter().find(|m| m.name == metric).and_then(|m| m.window().ok()).map(|w| w.slide_ms);
+    // The values in force at `t` ms after the start: each name's latest entry at or before it.
+    let at = |t: i64, pick: &dyn Fn(&TimelineEntry) -> &BTreeMap<String, toml::Value>| {
+        let mut out = serde_json::Map::new();
+        for e in timeline.iter().take_while(|e| e.at.as_millis() as i64 <= t) {
+            for (k, v) in pick(e) {
+                out.insert(k.clone(), serde_json::to_value(v).unwrap_or(Value::Null));
+            }
+        }
+        out
+    };
+    let mut thresholds = serde_json::to_value(&pipeline.config.alerting.thresholds)?;
+    for (k, v) in &case.thresholds {
+        thresholds[k] = serde_json::to_value(v)?;
+    }
+    let mut state = RuleState::default();
+    let mut got: Vec<(i64, String, BTreeMap<String, String>)> = Vec::new();
+    let (from, until) = (case.from.as_millis() as i64, case.until.as_millis() as i64);
+    let mut t = from;
+    while t <= until {
+        let mut histories = Histories::default();
+        for (metric, range) in rule.histories() {
+            let Some(slide) = slide_of(metric) else { continue };
+            let now = EPOCH_MS + t;
+            let mut end = now - now.rem_euclid(slide);
+            let mut windows = Vec::new();
+            while end > now - range.as_millis() as i64 {
+                if let Some(v) = at(end - EPOCH_MS, &|e| &e.metrics).remove(metric) {
+                    windows.push(Window { end, value: v });
+                }
+                end -= slide;
+            }
+            windows.reverse();
+            histories.insert(metric, *range, &windows);
+        }
+        let inputs = Inputs {
+            metrics: crate::alert::rule_value(&Value::Object(at(t, &|e| &e.metrics))),
+            thresholds: crate::alert::rule_value(&thresholds),
+            health: crate::alert::rule_value(&Value::Object(at(t, &|e| &e.health))),
+            history: Arc::new(histories),
+        };
+        let holding = alerts.evaluate(rule, &inputs).map_err(|e| anyhow::anyhow!("at {}: {e}", shown(t)))?;
+        let pending_before: Vec<String> = state.instances.iter().filter(|(_, i)| i.status == Status::Pending).map(|(k, _)| k.clone()).collect();
+        let transitions = state.step(EPOCH_MS + t, holding, rule.timing());
+        for (k, i) in &state.instances {
+            if i.status == Status::Pending && !pending_before.contains(k) && i.active_since == EPOCH_MS + t {
+                got.push((t, "pending".to_string(), i.labels.clone().into_iter().collect()));
+            }
+        }
+        for tr in transitions {
+            got.push((t, format!("{:?}", tr.change).to_lowercase(), tr.instance.labels.into_iter().collect()));
+        }
+        t += every;
+    }
+    let matches = got.len() == case.expect.len()
+        && got.iter().zip(&case.expect).all(|(g, e)| g.0 == e.at.as_millis() as i64 && g.1 == e.change && e.labels.as_ref().is_none_or(|l| *l == g.2));
+    let failures = if matches {
+        Vec::new()
+    } else {
+        let line = |t: i64, change: &str, labels: Option<&BTreeMap<String, String>>| {
+            let labels = labels.filter(|l| !l.is_empty()).map(|l| format!(" {l:?}")).unwrap_or_default();
+            format!("{} {change}{labels}", shown(t))
+        };
+        let expected: Vec<String> = case.expect.iter().map(|e| line(e.at.as_millis() as i64, &e.change, e.labels.as_ref())).collect();
+        let got: Vec<String> = got.iter().map(|g| line(g.0, &g.1, Some(&g.2))).collect();
+        vec![format!("rule {:?}: expected [{}]", case.rule, expected.join(", ")), format!("got      [{}]", got.join(", "))]
+    };
+    Ok(TestOutcome { name: case.name.clone(), failures })
+}
+
+/// A simulated time as the fixture writes it (`95s`, `2m5s`).
+fn shown(ms: i64) -> String {
+    humantime::format_duration(Duration::from_millis(ms.max(0) as u64)).to_string().replace(' ', "")
 }
 
 async fn run_case(set: &Arc<MetricSet>, schema: &Arc<Schema>, case: &TestCase) -> anyhow::Result<TestOutcome> {

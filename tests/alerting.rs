@@ -207,72 +207,63 @@ async fn webhook_alert_delivered() {
     assert_eq!(summary.stats.notifications_failed, 0);
 }
 
-/// The shipped high_item_interactions rule, with thresholds and windows scaled down for a test:
-/// traffic through Kafka pushes an item over the threshold, then stops.
+/// The shipped viral_item scenario and high_item_interactions rule (its script and thresholds as
+/// shipped; the window, evaluation and timings scaled from minutes to seconds) through Kafka and
+/// MongoDB: the rule stays quiet on normal traffic, fires for item_42 while it is viral, and
+/// resolves after.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn seed_rules_fire_and_resolve() {
-    let mut sp = common::service_pipeline("alerts_seed");
+async fn scenario_fires_and_resolves() {
+    let mut sp = common::service_pipeline("alerts_scenario");
     let p = &mut sp.pipeline;
-    p.config.generator.rate = 500.0;
+    p.config.generator.rate = 1000.0;
     let top = p.config.metrics.iter_mut().find(|m| m.name == "top_items").expect("shipped top_items metric");
-    top.window = Duration::from_secs(6);
+    top.window = Duration::from_secs(10);
     top.slide = Some(Duration::from_secs(1));
-    let script = common::repo_root().join("scripts/alerts/high_item_interactions.rhai");
-    set_alerts(
-        p,
-        &format!(
-            r#"
-            [alerting]
-            interval = "500ms"
-            [alerting.thresholds]
-            high_interaction_count = 250
-            [[alert]]
-            name = "high_item_interactions"
-            script = "{}"
-            for = "2s"
-            repeat_interval = "1h"
-            "#,
-            script.display()
-        ),
-    );
+    let (viral_from, viral_for) = (Duration::from_secs(25), Duration::from_secs(12));
+    let viral = p.config.generator.scenario_defs.iter_mut().find(|s| s.name == "viral_item").expect("shipped viral_item scenario");
+    viral.changes[0].start = viral_from;
+    viral.changes[0].duration = viral_for;
+    p.config.generator.scenarios = vec!["viral_item".into()];
+    let mut rule = p.config.alerts.iter().find(|a| a.name == "high_item_interactions").expect("shipped rule").clone();
+    rule.for_ = Duration::from_secs(3);
+    rule.keep_firing_for = Duration::from_secs(2);
+    p.config.alerts = vec![rule];
+    p.config.alerting.interval = Duration::from_secs(1);
+
     let stop = CancellationToken::new();
-    let options = RunOptions { components: Components::ALL, max_events: Some(4_000), ..Default::default() };
-    let running = pipeline::start(p.clone(), options, stop.clone()).await.unwrap();
+    let started = Instant::now();
+    let running = pipeline::start(p.clone(), RunOptions { components: Components::ALL, ..Default::default() }, stop.clone()).await.unwrap();
     let store = running.store.clone().unwrap();
 
-    // Watch the instances' states until every one that fired has resolved (or 90 s pass).
-    let mut seen: Vec<(String, alert::state::Status)> = Vec::new();
-    let t = Instant::now();
+    // (seconds since start, item, status) of every instance seen, until item_42 has resolved.
+    let mut seen: Vec<(f64, String, alert::state::Status)> = Vec::new();
     let history = loop {
+        let now = started.elapsed().as_secs_f64();
         for a in alert::active_alerts(&*store).await.unwrap() {
-            let entry = (a.labels["item"].clone(), a.status);
-            if !seen.contains(&entry) {
-                seen.push(entry);
+            let item = a.labels.get("item").cloned().unwrap_or_default();
+            if !seen.iter().any(|s| s.1 == item && s.2 == a.status) {
+                seen.push((now, item, a.status));
             }
         }
         let history = store.recent_alerts(100).await.unwrap();
-        let fired = history.iter().filter(|n| n.status == "firing").count();
-        let resolved = history.iter().filter(|n| n.status == "resolved").count();
-        if fired > 0 && fired == resolved && alert::active_alerts(&*store).await.unwrap().is_empty() {
+        if history.iter().any(|n| n.status == "resolved") {
             break history;
         }
-        assert!(t.elapsed() < Duration::from_secs(90), "no fire-and-resolve cycle in 90 s; seen {seen:?}, history {history:#?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(started.elapsed() < Duration::from_secs(120), "no fire-and-resolve cycle in 120 s; seen {seen:?}, history {history:#?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    let ended = started.elapsed();
     stop.cancel();
     running.wait().await.unwrap();
+    println!("instances seen (s since start, item, status): {seen:?}; resolved at {:.1} s", ended.as_secs_f64());
 
-    for item in history.iter().map(|n| n.labels["item"].clone()).collect::<std::collections::BTreeSet<_>>() {
-        let changes: Vec<String> =
-            history.iter().rev().filter(|n| n.labels["item"] == item).map(|n| format!("{:?}", n.change).to_lowercase()).collect();
-        assert_eq!(changes, ["firing", "resolved"], "{item}: fires once, no repeat within repeat_interval, resolves");
-        let pending = seen.iter().position(|s| s.0 == item && s.1 == alert::state::Status::Pending);
-        let firing = seen.iter().position(|s| s.0 == item && s.1 == alert::state::Status::Firing);
-        assert!(pending.is_some() && pending < firing, "{item} was pending before firing: {seen:?}");
-        let firing = history.iter().find(|n| n.labels["item"] == item && n.status == "firing").unwrap();
-        assert!(firing.value.unwrap() > 250.0, "{firing:?}");
-    }
-    println!("instances seen: {seen:?}");
+    let first = seen.first().expect("an instance was seen");
+    assert!(first.0 >= viral_from.as_secs_f64(), "quiet on normal traffic: {seen:?}");
+    assert!(seen.iter().all(|s| s.1 == "item_42"), "only the viral item: {seen:?}");
+    let changes: Vec<(String, String)> = history.iter().rev().map(|n| (n.labels["item"].clone(), n.status.clone())).collect();
+    assert_eq!(changes, [("item_42".to_string(), "firing".to_string()), ("item_42".to_string(), "resolved".to_string())]);
+    assert!(seen.iter().any(|s| s.2 == alert::state::Status::Pending), "pending before firing: {seen:?}");
+    assert!(ended >= viral_from + viral_for, "resolved after the scenario ended, at {ended:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -72,7 +72,7 @@ fn check_routes(port: u16, auth: &[(&str, &str)]) {
     let (code, body) = get(port, "/api/metrics", auth);
     assert_eq!(code, 200);
     let metrics: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
-    assert_eq!(metrics.len(), 9);
+    assert_eq!(metrics.len(), 10);
     assert!(metrics.iter().find(|m| m["name"] == "active_users").unwrap()["value"].as_u64().unwrap() > 0, "{body}");
     let (code, body) = get(port, "/api/metrics/active_users/history?range=5m", auth);
     assert_eq!(code, 200);

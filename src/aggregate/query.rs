@@ -52,6 +52,9 @@ pub async fn read(metric: &Metric, store: &dyn EventStore, at_ms: i64) -> anyhow
 pub struct Point {
     pub end: i64,
     pub value: Value,
+    /// Whether any partial was stored for the window (an empty one reports a zero that is no data).
+    #[serde(skip)]
+    pub filled: bool,
 }
 
 /// A metric's value for windows ending every `step` (at least one slide) from `from` to `to`,
@@ -78,10 +81,12 @@ pub async fn history(metric: &Metric, store: &dyn EventStore, from: i64, to: i64
     let mut end = first_end;
     while end <= last_end {
         let mut merged = metric.empty().map_err(anyhow::Error::msg)?;
+        let mut filled = false;
         for (_, p) in panes.range(end - w.size_ms..end) {
             metric.merge(&mut merged, p).map_err(|e| anyhow::anyhow!("metric {}: {e}", metric.name()))?;
+            filled = true;
         }
-        points.push(Point { end, value: metric.report(&merged).map_err(anyhow::Error::msg)? });
+        points.push(Point { end, value: metric.report(&merged).map_err(anyhow::Error::msg)?, filled });
         end += step;
     }
     Ok(points)

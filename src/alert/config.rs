@@ -173,6 +173,10 @@ pub struct AlertConfig {
     /// How long a firing alert stays quiet before it is sent again.
     #[serde(default = "default_repeat", deserialize_with = "de::duration")]
     pub repeat_interval: Duration,
+    /// How long a firing alert keeps firing after its condition stops holding, so a condition
+    /// that flaps is one alert, not many (Prometheus's `keep_firing_for`) [default: 0s].
+    #[serde(default, deserialize_with = "de::duration")]
+    pub keep_firing_for: Duration,
     /// Extra labels sent with every notification of this rule.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,

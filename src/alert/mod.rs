@@ -9,6 +9,7 @@
 
 mod channel;
 pub mod config;
+pub mod history;
 pub mod lease;
 mod notification;
 mod rule;
@@ -17,7 +18,7 @@ pub mod state;
 pub use channel::Dispatcher;
 pub use config::{AlertConfig, AlertingConfig, ChannelConfig};
 pub use notification::Notification;
-pub use rule::{Inputs, Rule};
+pub use rule::{to_dynamic as rule_value, Inputs, Rule};
 
 use crate::aggregate::MetricSet;
 use crate::script::{sandboxed_engine, ScriptError, ScriptLimits};
@@ -27,7 +28,7 @@ use chrono::{DateTime, Utc};
 use rhai::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use state::{Labels, RuleState, Status, Timing};
+use state::{Labels, RuleState, Status};
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
@@ -50,8 +51,7 @@ impl AlertSet {
 
     /// Like [`AlertSet::load`], returning every problem rather than the first.
     pub fn load_all(config: &AlertingConfig, alerts: &[AlertConfig], pipeline_file: &Path) -> Result<AlertSet, Vec<ScriptError>> {
-        // Conditions run every few seconds on small inputs: a tighter budget than metric scripts.
-        let engine = sandboxed_engine(ScriptLimits { max_operations: 1_000_000, ..ScriptLimits::default() });
+        let engine = alert_engine();
         let mut names = HashSet::new();
         let mut rules = Vec::with_capacity(alerts.len());
         let mut errors = Vec::new();
@@ -77,6 +77,11 @@ impl AlertSet {
         &self.rules
     }
 
+    /// The instances of `rule` whose condition holds for `inputs`.
+    pub fn evaluate(&self, rule: &Rule, inputs: &Inputs) -> Result<Vec<(Labels, Option<f64>)>, ScriptError> {
+        rule.evaluate(&self.engine, inputs)
+    }
+
     /// Whether there is anything to evaluate.
     pub fn is_active(&self) -> bool {
         self.config.enabled && !self.rules.is_empty()
@@ -85,6 +90,14 @@ impl AlertSet {
     fn channels_of<'a>(&'a self, rule: &'a AlertConfig) -> &'a [String] {
         rule.channels.as_deref().unwrap_or(&self.config.default_channels)
     }
+}
+
+/// The engine alert conditions run in, with `history()` and the list statistics.
+fn alert_engine() -> Engine {
+    // Conditions run every few seconds on small inputs: a tighter budget than the generator's.
+    let mut engine = sandboxed_engine(ScriptLimits { max_operations: 1_000_000, ..ScriptLimits::default() });
+    history::register(&mut engine);
+    engine
 }
 
 /// A rule's state as stored: its instances, and its severity for readers that lack the rule.
@@ -246,10 +259,12 @@ impl Evaluator {
         // A metric filling from history has a partial value: rules reading it wait for it.
         let backfilling: Vec<String> = values.iter().filter(|v| v.backfilling.is_some()).map(|v| v.name.clone()).collect();
         let metrics: serde_json::Map<String, Value> = values.into_iter().map(|v| (v.name, v.value)).collect();
+        let history = Arc::new(self.histories(set, &metric_set, now).await);
         let inputs = Inputs {
             metrics: rule::to_dynamic(&Value::Object(metrics)),
             thresholds: rule::to_dynamic(&json!(set.config.thresholds)),
             health: rule::to_dynamic(&self.health()),
+            history,
         };
         for rule in set.rules() {
             if let Some(m) = backfilling.iter().find(|m| rule.reads(m)) {
@@ -263,7 +278,7 @@ impl Evaluator {
                     continue;
                 }
             };
-            let timing = Timing { for_ms: rule.config.for_.as_millis() as i64, repeat_ms: rule.config.repeat_interval.as_millis() as i64 };
+            let timing = rule.timing();
             let state = self.states.entry(rule.name().to_string()).or_default();
             let before = state.clone();
             let transitions = state.step(now, holding, timing);
@@ -298,6 +313,31 @@ impl Evaluator {
         for n in held {
             self.notify(n, dispatcher).await;
         }
+    }
+
+    /// Reads the metric histories the rules name (once each), leaving out windows with no data.
+    /// A metric the pipeline lacks, or one the store cannot read now, is left out: the rules
+    /// naming it fail with the reason.
+    async fn histories(&self, set: &AlertSet, metrics: &MetricSet, now: i64) -> history::Histories {
+        let mut out = history::Histories::default();
+        let mut read: Vec<&(String, Duration)> = Vec::new();
+        for wanted in set.rules().iter().flat_map(|r| r.histories()) {
+            if read.contains(&wanted) {
+                continue;
+            }
+            read.push(wanted);
+            let (name, range) = wanted;
+            let Some(metric) = metrics.metrics().iter().find(|m| m.name() == name) else { continue };
+            // One point per slide, up to a day of 5 s slides.
+            match crate::aggregate::history(metric, &*self.sources.store, now - range.as_millis() as i64, now, 20_000).await {
+                Ok(points) => {
+                    let windows: Vec<history::Window> = points.into_iter().filter(|p| p.filled).map(|p| history::Window { end: p.end, value: p.value }).collect();
+                    out.insert(name, *range, &windows);
+                }
+                Err(e) => self.sources.stats.alert_error("(reading metric history)", &format!("{name}: {e:#}")),
+            }
+        }
+        out
     }
 
     /// Resolves the firing instances of rules a reload removed.

@@ -100,6 +100,7 @@ mod tests {
             active_since: 0,
             fired_at: Some(1_000),
             notified_at: Some(1_000),
+            cleared_at: None,
         };
         let t = Transition { change: Change::Firing, instance };
         let thresholds = BTreeMap::from([("high".to_string(), serde_json::json!(1000))]);

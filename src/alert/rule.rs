@@ -4,13 +4,17 @@
 //! dashboard shows it), `thresholds` (`[alerting.thresholds]`) and `health` (pipeline counters
 //! and consumer lag). It returns `true`/`false` for a single alert, or an array of label maps
 //! (one firing instance each, like one alert per series); a `value` entry in a map is reported
-//! as the instance's value rather than used as a label.
+//! as the instance's value rather than used as a label. `history("metric", "30m")` gives it the
+//! metric's past windows (see [`super::history`]).
 
 use super::config::AlertConfig;
-use super::state::Labels;
+use super::history::{self, Histories};
+use super::state::{Labels, Timing};
 use crate::script::{compile_file, ScriptError};
 use rhai::{Dynamic, Engine, Map, Scope, AST};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// What every condition sees, built once per evaluation tick.
 #[derive(Clone)]
@@ -18,6 +22,8 @@ pub struct Inputs {
     pub metrics: Dynamic,
     pub thresholds: Dynamic,
     pub health: Dynamic,
+    /// The histories the rules name, read before the evaluation.
+    pub history: Arc<Histories>,
 }
 
 /// One compiled rule.
@@ -28,6 +34,8 @@ pub struct Rule {
     origin: PathBuf,
     /// The condition's text, to tell which metrics it reads.
     source: String,
+    /// The `history("metric", "range")` calls of the condition.
+    histories: Vec<(String, Duration)>,
 }
 
 impl Rule {
@@ -46,7 +54,19 @@ impl Rule {
         if let Err(e) = templates.template_from_str(&config.message) {
             return Err(ScriptError::whole_file(pipeline_file, format!("alert {:?}: message template: {e}", config.name)));
         }
-        Ok(Rule { config: config.clone(), ast, origin, source })
+        let histories = history::calls(&source).map_err(|m| ScriptError::whole_file(&origin, m))?;
+        Ok(Rule { config: config.clone(), ast, origin, source, histories })
+    }
+
+    /// The metric histories the condition reads, as (metric, range).
+    pub fn histories(&self) -> &[(String, Duration)] {
+        &self.histories
+    }
+
+    /// Its `for`, `repeat_interval` and `keep_firing_for` in ms.
+    pub fn timing(&self) -> Timing {
+        let ms = |d: Duration| d.as_millis() as i64;
+        Timing { for_ms: ms(self.config.for_), repeat_ms: ms(self.config.repeat_interval), keep_firing_ms: ms(self.config.keep_firing_for) }
     }
 
     /// Whether the condition names metric `metric` (as `metrics.NAME` or `metrics["NAME"]`, or
@@ -70,7 +90,10 @@ impl Rule {
         scope.push_constant_dynamic("metrics", inputs.metrics.clone());
         scope.push_constant_dynamic("thresholds", inputs.thresholds.clone());
         scope.push_constant_dynamic("health", inputs.health.clone());
-        let result = engine.eval_ast_with_scope::<Dynamic>(&mut scope, &self.ast).map_err(|e| ScriptError::from_eval(&self.origin, &e))?;
+        let result = inputs
+            .history
+            .during(|| engine.eval_ast_with_scope::<Dynamic>(&mut scope, &self.ast))
+            .map_err(|e| ScriptError::from_eval(&self.origin, &e))?;
         instances(result).map_err(|m| ScriptError::whole_file(&self.origin, m))
     }
 }
@@ -129,7 +152,7 @@ mod tests {
     use serde_json::json;
 
     fn rule(condition: &str) -> (Engine, Rule) {
-        let engine = sandboxed_engine(ScriptLimits::default());
+        let engine = super::super::alert_engine();
         let config: AlertConfig = toml::from_str(&format!("name = \"r\"\ncondition = '''{condition}'''")).unwrap();
         let rule = Rule::load(&engine, &config, Path::new("p.toml")).unwrap();
         (engine, rule)
@@ -140,6 +163,7 @@ mod tests {
             metrics: to_dynamic(&json!({"top_items": [{"key": "i1", "count": 1500}, {"key": "i2", "count": 900}], "avg": 3.5})),
             thresholds: to_dynamic(&json!({"high": 1000, "low": 5})),
             health: to_dynamic(&json!({"consumer_lag": 0})),
+            history: Default::default(),
         }
     }
 

@@ -2,6 +2,8 @@
 //! that starts holding makes the instance *pending*; once it has held for `for` it is *firing*
 //! and notified; while it keeps firing it is notified again every `repeat_interval`; when it
 //! stops holding, a firing instance is *resolved* (and notified), a pending one just disappears.
+//! With `keep_firing_for` (Prometheus's, Grafana's "recovering"), a firing instance whose
+//! condition stops holding keeps firing that long first, so a flapping condition is one alert.
 //!
 //! Pure and clock-free (times are passed in), so every transition is unit-tested and the whole
 //! state can be stored and restored across a restart without re-sending anything.
@@ -33,6 +35,10 @@ pub struct Instance {
     pub fired_at: Option<i64>,
     /// When a notification was last sent for it.
     pub notified_at: Option<i64>,
+    /// Since when a firing instance's condition has not held (it keeps firing for
+    /// `keep_firing_for` from then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cleared_at: Option<i64>,
 }
 
 
@@ -48,6 +54,8 @@ pub struct Transition {
 pub struct Timing {
     pub for_ms: i64,
     pub repeat_ms: i64,
+    /// How long a firing instance keeps firing after its condition stops holding.
+    pub keep_firing_ms: i64,
 }
 
 /// Every live instance of one rule, keyed by [`key`] of its labels.
@@ -96,8 +104,10 @@ impl RuleState {
                 active_since: now,
                 fired_at: None,
                 notified_at: None,
+                cleared_at: None,
             });
             instance.value = value;
+            instance.cleared_at = None;
             match instance.status {
                 Status::Pending if now - instance.active_since >= timing.for_ms => {
                     instance.status = Status::Firing;
@@ -114,6 +124,13 @@ impl RuleState {
         }
         let gone: Vec<String> = self.instances.keys().filter(|k| !seen.contains(*k)).cloned().collect();
         for k in gone {
+            let instance = self.instances.get_mut(&k).expect("listed above");
+            if instance.status == Status::Firing {
+                let cleared = *instance.cleared_at.get_or_insert(now);
+                if now - cleared < timing.keep_firing_ms {
+                    continue; // recovering: still firing, quietly
+                }
+            }
             let instance = self.instances.remove(&k).expect("listed above");
             if instance.status == Status::Firing {
                 out.push(Transition { change: Change::Resolved, instance });
@@ -124,7 +141,7 @@ impl RuleState {
 
     /// Resolves every firing instance (the rule was removed); pending ones just end.
     pub fn resolve_all(&mut self) -> Vec<Transition> {
-        self.step(0, Vec::new(), Timing { for_ms: 0, repeat_ms: 0 })
+        self.step(0, Vec::new(), Timing { for_ms: 0, repeat_ms: 0, keep_firing_ms: 0 })
     }
 }
 
@@ -132,7 +149,7 @@ impl RuleState {
 mod tests {
     use super::*;
 
-    const T: Timing = Timing { for_ms: 10_000, repeat_ms: 60_000 };
+    const T: Timing = Timing { for_ms: 10_000, repeat_ms: 60_000, keep_firing_ms: 0 };
 
     fn item(id: &str) -> (Labels, Option<f64>) {
         (Labels::from([("item".to_string(), id.to_string())]), Some(1.0))
@@ -207,6 +224,21 @@ mod tests {
             let holding = if tick % 2 == 0 { vec![item("a")] } else { vec![] };
             assert!(s.step(tick * 5_000, holding, T).is_empty(), "tick {tick}");
         }
+    }
+
+    #[test]
+    fn keep_firing_for_rides_out_a_flap_then_resolves() {
+        let t = Timing { keep_firing_ms: 15_000, ..T };
+        let mut s = RuleState::default();
+        s.step(0, vec![item("a")], t);
+        assert_eq!(changes(&s.step(10_000, vec![item("a")], t)), [Change::Firing]);
+        assert!(s.step(15_000, vec![], t).is_empty(), "recovering, still firing");
+        assert_eq!(s.instances[&key(&item("a").0)].status, Status::Firing);
+        assert!(s.step(20_000, vec![item("a")], t).is_empty(), "holds again: no second firing");
+        assert!(s.step(25_000, vec![], t).is_empty());
+        assert!(s.step(39_999, vec![], t).is_empty(), "the clock restarted when it cleared again at 25 s");
+        assert_eq!(changes(&s.step(40_000, vec![], t)), [Change::Resolved]);
+        assert!(s.instances.is_empty());
     }
 
     #[test]

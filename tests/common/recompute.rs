@@ -17,7 +17,16 @@ pub fn recompute(events: &[Record], start: i64, end: i64) -> BTreeMap<String, Va
     let mut per_item: HashMap<&str, u64> = HashMap::new();
     let mut types: BTreeMap<String, u64> = BTreeMap::new();
     let (mut revenue, mut views, mut purchases) = (0.0, 0u64, 0u64);
+    // Funnel stages reached per session (1 view, 2 add_to_cart, 4 purchase).
+    let mut stages: HashMap<&str, u8> = HashMap::new();
     for e in &in_window {
+        let bit = match e.s("interaction_type") {
+            "view" => 1,
+            "add_to_cart" => 2,
+            "purchase" => 4,
+            _ => 0,
+        };
+        *stages.entry(e.s("session_id")).or_default() |= bit;
         *per_user.entry(e.s("user_id")).or_default() += 1;
         *per_item.entry(e.s("item_id")).or_default() += 1;
         *types.entry(e.s("interaction_type").to_string()).or_default() += 1;
@@ -36,7 +45,12 @@ pub fn recompute(events: &[Record], start: i64, end: i64) -> BTreeMap<String, Va
     let top: Vec<Value> = items.iter().take(10).map(|(k, c)| json!({"key": k, "count": c})).collect();
     items.sort_by(|a, b| a.1.cmp(&b.1).then(a.0.cmp(b.0)));
     let quietest = items.first().map(|(k, c)| json!([{"key": k, "count": c}])).unwrap();
+    let reached = |bits: u8| stages.values().filter(|s| **s & bits == bits).count() as u64;
+    let (sessions, carted, purchased) = (reached(1), reached(3), reached(7));
+    let share = |part: u64, whole: u64| if whole == 0 { 0.0 } else { (part as f64 / whole as f64 * 1000.0).round() / 1000.0 };
+    let funnel = json!({"sessions": sessions, "carted": carted, "purchased": purchased, "view_to_cart": share(carted, sessions), "cart_to_purchase": share(purchased, carted)});
     BTreeMap::from([
+        ("funnel".into(), funnel),
         ("avg_interactions_per_user".into(), json!(in_window.len() as f64 / per_user.len() as f64)),
         ("busiest_item".into(), busiest),
         ("top_items".into(), json!(top)),
@@ -52,6 +66,7 @@ pub fn recompute(events: &[Record], start: i64, end: i64) -> BTreeMap<String, Va
 pub fn same(a: &Value, b: &Value) -> bool {
     match (a.as_f64(), b.as_f64()) {
         (Some(x), Some(y)) if !a.is_u64() || !b.is_u64() => (x - y).abs() <= 1e-9 * x.abs().max(1.0),
+        (None, None) => runner::testing::same_value(a, b),
         _ => a == b,
     }
 }
@@ -65,7 +80,7 @@ pub async fn assert_metrics_match(sp: &ServicePipeline, expected_events: u64) ->
     let at = events.iter().map(|e| e.time_ms()).max().unwrap();
     let set = MetricSet::load(&sp.pipeline.config.metrics, &sp.pipeline.config.schema().unwrap()).unwrap();
     let values = set.read_all(&*store, at).await.unwrap();
-    assert_eq!(values.len(), 9);
+    assert_eq!(values.len(), 10);
     let (start, end) = (values[0].window_start, values[0].window_end);
     let expected = recompute(&events, start, end);
     let counted: u64 = expected["interaction_types"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
