@@ -21,15 +21,37 @@ pub(super) fn generator_section(pipeline: &Pipeline, script: &GeneratorScript, o
     tracing::info!(events = n, runs, "bench: generator");
     let mut plan = Vec::new();
     let mut plain = Vec::new();
+    // A session script, unpaced, keeps a thousand sessions open; paced at a huge rate it keeps
+    // max_open (Little's law), the most the heap ever holds.
+    let mut crowd = Vec::new();
+    let mut crowd_open = 0;
     for _ in 0..runs {
         let mut gen = Generator::new(script.clone(), Some(1));
         plan.push(rate(n, time_fill(n, |k, out| gen.fill(k, out))));
         let mut base = baseline::PlainGenerator::new(pipeline.schema());
         plain.push(rate(n, time_fill(n, |k, out| base.fill(k, out))));
+        if script.sessions().is_some() {
+            let mut gen = Generator::new(script.clone(), Some(1));
+            let effects = crate::generator::Effects::default();
+            crowd.push(rate(n, time_fill(n, |k, out| {
+                let tick = crate::generator::Tick { now_ms: chrono::Utc::now().timestamp_millis(), rate: 1e12, effects: &effects };
+                gen.fill_at(k, &tick, out)
+            })));
+            crowd_open = gen.open_sessions();
+        }
     }
-    figures.push(figure("generator: Rhai-described plan", "events/s", plan));
+    let shipped = match script.sessions() {
+        Some(_) => "generator: Rhai-described sessions, 1,000 open",
+        None => "generator: Rhai-described plan",
+    };
+    figures.push(figure(shipped, "events/s", plan));
     figures.push(figure("generator: plain Rust", "events/s", plain));
-    compare(figures, "generator: Rhai-described plan", "generator: plain Rust");
+    compare(figures, shipped, "generator: plain Rust");
+    if !crowd.is_empty() {
+        let name = format!("generator: sessions, {crowd_open} open");
+        figures.push(figure(&name, "events/s", crowd));
+        compare(figures, &name, "generator: plain Rust");
+    }
 
     let hook = with_hook(pipeline)?;
     let mut hooked = Vec::new();

@@ -386,10 +386,9 @@ impl Sessions {
         }
         let Reverse((at, slot)) = self.due.pop().expect("prepare opens at least one session");
         let at = at.max(now_ms - MAX_LAG_MS);
-        let clock = self.clock.map_or(at, |c| c.max(at));
-        self.clock = Some(clock);
-        let plan = self.plan.clone();
-        let open = &mut self.open[slot];
+        self.clock = Some(self.clock.map_or(at, |c| c.max(at)));
+        let Sessions { plan, open, .. } = self;
+        let open = &mut open[slot];
         let mut r = Record::new(plan.plan.schema());
         r.set_time_ms(at.min(now_ms));
         r.set(plan.state_slot, Value::Text(plan.states[open.state].clone()));
@@ -406,8 +405,20 @@ impl Sessions {
             None => &plan.first_skip,
         };
         plan.plan.draw(rng, seq, &mut r, Some(skip), overrides);
-        open.carried = Some(plan.carried.iter().map(|s| r.get(*s).clone()).collect());
-        match plan.next[open.state].draw(rng) {
+        // Carried values are updated in place: a kept one is unchanged, a redrawn one reuses
+        // the string it replaces.
+        match &mut open.carried {
+            Some(values) => {
+                for (slot, v) in plan.carried.iter().zip(values.iter_mut()) {
+                    if v != r.get(*slot) {
+                        v.clone_from(r.get(*slot));
+                    }
+                }
+            }
+            None => open.carried = Some(plan.carried.iter().map(|s| r.get(*s).clone()).collect()),
+        }
+        let next = plan.next[open.state].draw(rng);
+        match next {
             Some(state) => {
                 open.state = state;
                 let wait = self.think_ms(rng);
