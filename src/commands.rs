@@ -12,7 +12,6 @@ use std::io::Write;
 pub fn generate(pipeline: &Pipeline, count: u64, out: &mut dyn Write) -> anyhow::Result<()> {
     let config = &pipeline.config.generator;
     let script = GeneratorScript::load(config, &pipeline.schema())?;
-    let traffic = script.traffic().clone();
     let mut generator = Generator::new(script, config.seed);
     let mut bursts = crate::generator::traffic::Bursts::new(config.seed);
     let started_ms = chrono::Utc::now().timestamp_millis();
@@ -21,7 +20,7 @@ pub fn generate(pipeline: &Pipeline, count: u64, out: &mut dyn Write) -> anyhow:
     let mut buf = Vec::with_capacity(1 << 16);
     let mut left = count;
     while left > 0 {
-        let now = traffic.at(started_ms, elapsed, &mut bursts);
+        let now = generator.traffic().at(started_ms, elapsed, &mut bursts);
         let rate = config.rate * now.factor;
         if config.rate > 0.0 && rate < 1e-3 {
             elapsed += std::time::Duration::from_millis(100);

@@ -223,6 +223,11 @@ impl Generator {
         }
     }
 
+    /// How the traffic of the script in use changes over time.
+    pub fn traffic(&self) -> &Arc<Traffic> {
+        self.script.traffic()
+    }
+
     /// Sessions open now (0 when the script draws records one by one).
     pub fn open_sessions(&self) -> usize {
         self.sessions.as_ref().map_or(0, |s| s.open())

@@ -45,8 +45,7 @@ impl GeneratorTask {
         let GeneratorTask { settings: mut live, mut publisher, mut swaps, seed, max_events, flush_timeout, stats } = self;
         let current = live.borrow_and_update().clone();
         let mut base_rate = current.rate;
-        let mut generator = Generator::new(current.script.clone(), seed);
-        let mut script = current.script;
+        let mut generator = Generator::new(current.script, seed);
         let mut pacer = Pacer::new(current.rate);
         let mut batch_size = current.batch_size;
         // The profile and scenarios are timed from here, across reloads.
@@ -62,8 +61,7 @@ impl GeneratorTask {
             if reloaded || live.has_changed().unwrap_or(false) {
                 reloaded = false;
                 let next = live.borrow_and_update().clone();
-                generator.set_script(next.script.clone());
-                script = next.script;
+                generator.set_script(next.script);
                 base_rate = next.rate;
                 batch_size = next.batch_size;
                 tracing::info!(rate = next.rate, batch_size, "generator reloaded");
@@ -78,7 +76,7 @@ impl GeneratorTask {
                 let _ = done.send(());
                 tracing::info!("generator moved to the reloaded transport");
             }
-            let traffic = script.traffic().at(started_ms, started.elapsed(), &mut bursts);
+            let traffic = generator.traffic().at(started_ms, started.elapsed(), &mut bursts);
             if traffic.scenarios != scenarios_on {
                 for s in traffic.scenarios.iter().filter(|s| !scenarios_on.contains(s)) {
                     tracing::info!(scenario = %s, "scenario change starts");
