@@ -204,8 +204,12 @@ mod tempfile_path {
 
 /// The memory figure: records drawn from a population of this many keys (the pipeline's param
 /// `MEMORY_PARAM`, when its generator script has one: `USERS` in the shipped pipeline), so that
-/// over 100,000 distinct keys are active in one 60 s window.
+/// over 100,000 distinct keys are active in one 60 s window. A session draws its key once, for
+/// all its records, so the key's skew is flattened too (`MEMORY_SKEW_PARAM`, when the pipeline
+/// has that param) to draw that many keys from 1.2M records.
 const MEMORY_PARAM: &str = "USERS";
+const MEMORY_SKEW_PARAM: &str = "SKEW";
+const MEMORY_SKEW: f64 = 0.6;
 const MEMORY_KEYS: i64 = 400_000;
 const MEMORY_EVENTS: u64 = 1_200_000;
 
@@ -222,6 +226,9 @@ pub(super) async fn memory_section(pipeline: &Pipeline, opts: &BenchOptions, fig
             .args(["--kafka", "embedded", "--mongodb", "embedded", "--data-dir", dir.to_str().unwrap_or_default()])
             .args(["--generation-rate", "0", "--batch-size", "1000", "--param", &format!("{MEMORY_PARAM}={MEMORY_KEYS}")])
             .args(["--events", &MEMORY_EVENTS.to_string(), "--exit-when-idle", "1s"]);
+        if pipeline.config.generator.params.contains_key(MEMORY_SKEW_PARAM) {
+            child.args(["--param", &format!("{MEMORY_SKEW_PARAM}={MEMORY_SKEW}")]);
+        }
         let measured = match child_peak_rss_mb(child) {
             Ok(mb) => active_keys_in_last_minute(pipeline, &dir).await.map(|keys| (mb, keys)),
             Err(e) => Err(e),
