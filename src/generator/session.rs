@@ -284,12 +284,11 @@ fn expected_steps(start: &Choice, next: &[Choice], states: &[String]) -> Result<
             return Err(format!("sessions: from state `{}` a session never reaches `{END}`", states[col]));
         }
         a.swap(col, pivot);
-        for r in 0..n {
-            if r != col {
-                let f = a[r][col] / a[col][col];
-                for c in col..=n {
-                    a[r][c] -= f * a[col][c];
-                }
+        let pivot_row = a[col].clone();
+        for (_, row) in a.iter_mut().enumerate().filter(|(r, _)| *r != col) {
+            let f = row[col] / pivot_row[col];
+            for (x, p) in row.iter_mut().zip(&pivot_row).skip(col) {
+                *x -= f * p;
             }
         }
     }
