@@ -95,12 +95,16 @@ pub struct SessionPlan {
     pub mean_think_ms: f64,
     /// Mean steps per session, from the state machine.
     pub mean_steps: f64,
+    /// A fingerprint of the description: a reload that compiles the same one keeps the open
+    /// sessions (every reload recompiles the generator, whatever changed).
+    fingerprint: u64,
 }
 
 impl SessionPlan {
     /// Compiles a session description for records of `schema`; the error says what is wrong.
     pub fn compile(spec: SessionsSpec, schema: &Arc<Schema>) -> Result<SessionPlan, String> {
         let SessionsSpec { events, spec } = spec;
+        let fingerprint = format!("{events:?}{spec:?}").bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
         let text = |name: &str| -> Result<Option<String>, String> {
             match spec.get(name) {
                 None => Ok(None),
@@ -218,7 +222,7 @@ impl SessionPlan {
                 }
             }
         }
-        Ok(SessionPlan { plan, state_slot, id_slot, states, start, next, think, max_open, first_skip, step_skip, carried, mean_think_ms, mean_steps })
+        Ok(SessionPlan { plan, state_slot, id_slot, states, start, next, think, max_open, first_skip, step_skip, carried, mean_think_ms, mean_steps, fingerprint })
     }
 
     /// The states, in the order the description first names them.
@@ -327,9 +331,10 @@ impl Sessions {
         Sessions { plan, open: Vec::new(), free: Vec::new(), due: BinaryHeap::new(), live: 0, target: 0, clock: None, id_prefix: id_prefix.to_string(), next_id: 0 }
     }
 
-    /// Whether these sessions follow `plan` (a reload with a new description starts afresh).
+    /// Whether these sessions follow `plan`: the same description, compiled again or not (a
+    /// reload with a new description starts afresh).
     pub fn follows(&self, plan: &Arc<SessionPlan>) -> bool {
-        Arc::ptr_eq(&self.plan, plan)
+        self.plan.fingerprint == plan.fingerprint
     }
 
     /// Sessions open now.
@@ -485,6 +490,15 @@ mod tests {
             let err = plan(&FUNNEL.replace(from, to)).err().unwrap_or_else(|| panic!("{to} accepted"));
             assert!(err.contains(says), "{to}: {err}");
         }
+    }
+
+    #[test]
+    fn the_same_description_compiled_again_keeps_the_open_sessions() {
+        let mut s = Sessions::new(Arc::new(plan(FUNNEL).unwrap()), "g");
+        assert!(s.follows(&Arc::new(plan(FUNNEL).unwrap())), "a reload of an unchanged script");
+        assert!(!s.follows(&Arc::new(plan(&FUNNEL.replace("think: 2.0", "think: 3.0")).unwrap())), "a changed think time");
+        s.prepare(&mut SmallRng::seed_from_u64(1), 0, 100.0);
+        assert!(s.open() > 0);
     }
 
     #[test]
