@@ -21,11 +21,10 @@ pub fn generate(pipeline: &Pipeline, count: u64, out: &mut dyn Write) -> anyhow:
     let mut left = count;
     while left > 0 {
         let now = generator.traffic().at(started_ms, elapsed, &mut bursts);
-        let rate = config.rate * now.factor;
-        if config.rate > 0.0 && rate < 1e-3 {
+        let Some(rate) = now.rate(config.rate) else {
             elapsed += std::time::Duration::from_millis(100);
             continue;
-        }
+        };
         let n = (crate::generator::rate::batch_for(rate, 1000) as u64).min(left) as usize;
         batch.clear();
         let tick = crate::generator::Tick { now_ms: started_ms + elapsed.as_millis() as i64, rate, effects: &now.effects };

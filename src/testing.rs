@@ -201,11 +201,11 @@ fn run_alert_case(pipeline: &Pipeline, alerts: &AlertSet, case: &AlertCase) -> a
         let transitions = state.step(EPOCH_MS + t, holding, rule.timing());
         for (k, i) in &state.instances {
             if i.status == Status::Pending && !pending_before.contains(k) && i.active_since == EPOCH_MS + t {
-                got.push((t, "pending".to_string(), i.labels.clone().into_iter().collect()));
+                got.push((t, "pending".to_string(), i.labels.clone()));
             }
         }
         for tr in transitions {
-            got.push((t, format!("{:?}", tr.change).to_lowercase(), tr.instance.labels.into_iter().collect()));
+            got.push((t, format!("{:?}", tr.change).to_lowercase(), tr.instance.labels));
         }
         t += every;
     }

@@ -86,15 +86,14 @@ impl GeneratorTask {
                 }
                 scenarios_on = traffic.scenarios.clone();
             }
-            let rate = base_rate * traffic.factor;
-            if base_rate > 0.0 && rate < 1e-3 {
+            let Some(rate) = traffic.rate(base_rate) else {
                 // The traffic is stopped (a scenario's rate 0, a profile at 0) for now.
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(100)) => {}
                     _ = stop.cancelled() => break,
                 }
                 continue;
-            }
+            };
             pacer.set_rate(rate);
             let n = (batch_for(rate, batch_size) as u64).min(remaining) as usize;
             tokio::select! {

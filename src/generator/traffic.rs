@@ -188,6 +188,15 @@ pub struct Now {
     pub scenarios: Vec<String>,
 }
 
+impl Now {
+    /// The rate to send at: `base` times the factor, or `None` while a positive `base` is
+    /// brought to a stop (a scenario's rate 0, a profile at 0). A `base` of 0 stays unpaced.
+    pub fn rate(&self, base: f64) -> Option<f64> {
+        let rate = base * self.factor;
+        (base <= 0.0 || rate >= 1e-3).then_some(rate)
+    }
+}
+
 /// The profile and the enabled scenarios, compiled against the schema.
 #[derive(Debug, Clone, Default)]
 pub struct Traffic {
@@ -196,23 +205,28 @@ pub struct Traffic {
 }
 
 impl Traffic {
-    /// Compiles the profile and the scenarios `enabled` names; errors name the scenario and field.
+    /// Compiles the profile and every scenario (so a mistake in one not run yet is reported at
+    /// load too), keeping those `enabled` names; errors name the scenario and field.
     pub fn compile(profile: Option<&ProfileConfig>, scenarios: &[ScenarioConfig], enabled: &[String], schema: &Schema) -> Result<Traffic, String> {
+        if let Some(name) = enabled.iter().find(|n| !scenarios.iter().any(|s| &s.name == *n)) {
+            let known: Vec<&str> = scenarios.iter().map(|s| s.name.as_str()).collect();
+            return Err(format!("no scenario named {name:?} (the file has: {})", if known.is_empty() { "none".to_string() } else { known.join(", ") }));
+        }
         let mut changes = Vec::new();
         let mut profile = profile.cloned().unwrap_or_default();
-        for name in enabled {
-            let Some(s) = scenarios.iter().find(|s| &s.name == name) else {
-                let known: Vec<&str> = scenarios.iter().map(|s| s.name.as_str()).collect();
-                return Err(format!("no scenario named {name:?} (the file has: {})", if known.is_empty() { "none".to_string() } else { known.join(", ") }));
-            };
-            if let Some(p) = &s.profile {
-                if let Some(problem) = p.check().into_iter().next() {
-                    return Err(format!("scenario {:?}: {}", s.name, problem.replace("generator.profile", "profile")));
-                }
-                profile = p.clone();
+        for s in scenarios {
+            if let Some(problem) = s.profile.iter().flat_map(ProfileConfig::check).next() {
+                return Err(format!("scenario {:?}: {}", s.name, problem.replace("generator.profile", "profile")));
             }
-            for c in &s.changes {
-                changes.push(compile_change(s, c, schema)?);
+            let compiled = s.changes.iter().map(|c| compile_change(s, c, schema)).collect::<Result<Vec<_>, _>>()?;
+            if enabled.contains(&s.name) {
+                changes.extend(compiled);
+            }
+        }
+        // In the order named: a later scenario's profile wins.
+        for name in enabled {
+            if let Some(p) = scenarios.iter().find(|s| &s.name == name).and_then(|s| s.profile.as_ref()) {
+                profile = p.clone();
             }
         }
         Ok(Traffic { profile, changes })
@@ -405,8 +419,12 @@ mod tests {
         assert_eq!(on.effects.drops, vec![(slot("kind"), vec!["buy".to_string()])]);
         assert_eq!(on.scenarios, ["viral"]);
         assert_eq!(t.at(0, Duration::from_secs(300), &mut b).factor, 1.0, "over at 5m");
-        let unknown = Traffic::compile(None, &[s], &["nope".to_string()], &schema()).unwrap_err();
+        let unknown = Traffic::compile(None, &[s.clone()], &["nope".to_string()], &schema()).unwrap_err();
         assert!(unknown.contains("no scenario named \"nope\"") && unknown.contains("viral"), "{unknown}");
+        let mut broken = s;
+        broken.changes[0].set.insert("colour".into(), toml::Value::String("red".into()));
+        let err = Traffic::compile(None, &[broken], &[], &schema()).unwrap_err();
+        assert!(err.contains("scenario \"viral\": `colour` is not declared"), "a scenario not run is checked too: {err}");
     }
 
     #[test]
