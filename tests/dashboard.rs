@@ -78,6 +78,14 @@ fn check_routes(port: u16, auth: &[(&str, &str)]) {
     assert_eq!(code, 200);
     let points: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
     assert!(points.len() > 10 && points.iter().any(|p| p["value"].as_u64().unwrap_or(0) > 0), "{body}");
+    // Five minutes ago this store was empty: those windows are no data, not zero users.
+    assert!(points[0]["value"].is_null(), "{body}");
+    let (code, body) = get(port, "/api/topology", auth);
+    assert_eq!(code, 200);
+    let topology: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let nodes: Vec<&str> = topology["nodes"].as_array().unwrap().iter().map(|n| n["id"].as_str().unwrap()).collect();
+    assert_eq!(nodes, ["generator", "transport", "consumer", "store", "metrics", "alerts"], "{body}");
+    assert_eq!(topology["edges"].as_array().unwrap().len(), 5, "{body}");
     assert_eq!(get(port, "/api/metrics/nope/history", auth).0, 404);
     let (code, body) = get(port, "/api/health", auth);
     assert_eq!(code, 200);

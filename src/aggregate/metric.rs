@@ -41,6 +41,9 @@ pub struct MetricConfig {
     /// Shown beside the metric on the dashboard and in `runner metrics`.
     #[serde(default)]
     pub description: String,
+    /// What the value counts, shown on the dashboard's y axis (e.g. "events", "USD", "users").
+    #[serde(default)]
+    pub unit: String,
     /// Distinct counts stay exact up to this many values per partial, then switch to a
     /// HyperLogLog sketch (about 1.6% standard error).
     #[serde(default = "default_exact_limit", deserialize_with = "de::number")]

@@ -459,6 +459,7 @@ pub(super) mod tests {
             time: TimeMode::Event,
             lateness,
             description: String::new(),
+            unit: String::new(),
             exact_limit: 10_000,
         };
         Arc::new(MetricSet::load(&[config], &schema()).unwrap())
@@ -601,6 +602,7 @@ pub(super) mod tests {
             time: TimeMode::Event,
             lateness: Duration::from_secs(3600),
             description: String::new(),
+            unit: String::new(),
             exact_limit: 10_000,
         };
         let set = Arc::new(MetricSet::load(&[metric("ratio", "conversion_ratio.rhai", ReducerKind::Ratio), metric("custom", "conversion_rate.rhai", ReducerKind::Custom)], &schema).unwrap());

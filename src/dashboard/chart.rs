@@ -1,44 +1,268 @@
-//! Charts as SVG strings, drawn on the server so the page needs no chart library or CDN.
+//! Charts as SVG strings, drawn on the server so the page needs no chart library or CDN: a time
+//! axis with labelled ticks and a grid, a y axis with round ticks and the unit, one line per
+//! series with a legend, gaps where there is no data (never a fake zero), and hover columns
+//! listing every series' value at that time. Colours come from the stylesheet (light and dark).
 
 use std::fmt::Write;
 
-/// A line chart of `(time ms, value)` points, with a hover title on every point.
-pub fn line(points: &[(i64, f64)], width: u32, height: u32) -> String {
-    let (w, h) = (width as f64, height as f64);
-    let (pad_l, pad_r, pad_t, pad_b) = (48.0, 8.0, 8.0, 20.0);
-    let mut svg = format!(r#"<svg class="chart" viewBox="0 0 {width} {height}" width="100%" role="img" xmlns="http://www.w3.org/2000/svg">"#);
-    if points.is_empty() {
-        let _ = write!(svg, r#"<text x="{}" y="{}" class="empty">no data yet</text></svg>"#, w / 2.0 - 30.0, h / 2.0);
+/// One line of a chart: `None` is a window with no data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    pub name: String,
+    pub points: Vec<(i64, Option<f64>)>,
+}
+
+/// What a chart shows besides its series.
+pub struct Frame<'a> {
+    /// The time range, ms since the epoch; the axis spans it even where no data is yet.
+    pub from: i64,
+    pub to: i64,
+    pub unit: &'a str,
+    /// Series left out of the legend (a grouped metric shows its top keys).
+    pub hidden: usize,
+}
+
+/// Points per series a chart draws at most: about one per pixel of its width.
+pub const MAX_POINTS: usize = 500;
+/// Hover columns at most (each lists the values at one time).
+const HOVER_COLUMNS: usize = 96;
+/// Colour classes in the stylesheet (`s0` … `s5`).
+const PALETTE: usize = 6;
+
+const W: f64 = 480.0;
+const H: f64 = 150.0;
+const PAD_L: f64 = 44.0;
+const PAD_R: f64 = 8.0;
+const PAD_T: f64 = 20.0;
+const PAD_B: f64 = 20.0;
+
+/// A multi-series line chart followed by its legend.
+pub fn lines(series: &[Series], frame: &Frame) -> String {
+    let values = series.iter().flat_map(|s| s.points.iter().filter_map(|p| p.1));
+    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    let mut svg = format!(r#"<svg class="chart" viewBox="0 0 {W} {H}" width="100%" role="img" data-series="{}" xmlns="http://www.w3.org/2000/svg">"#, series.len());
+    let (t0, t1) = (frame.from as f64, (frame.to.max(frame.from + 1)) as f64);
+    let x = |t: f64| PAD_L + (t - t0) / (t1 - t0) * (W - PAD_L - PAD_R);
+    // Time axis first: it is drawn even before any data, so the empty chart shows the range.
+    for t in time_ticks(frame.from, frame.to) {
+        let px = x(t as f64);
+        let _ = write!(svg, r#"<line class="grid" x1="{px:.1}" y1="{PAD_T}" x2="{px:.1}" y2="{}"/>"#, H - PAD_B);
+        let _ = write!(svg, r#"<text class="tick x" x="{px:.1}" y="{}" text-anchor="middle">{}</text>"#, H - 5.0, clock(t, frame.to - frame.from));
+    }
+    let _ = write!(svg, r#"<line class="axis" x1="{PAD_L}" y1="{}" x2="{}" y2="{}"/>"#, H - PAD_B, W - PAD_R, H - PAD_B);
+    if !lo.is_finite() {
+        let _ = write!(svg, r#"<text x="{}" y="{}" class="empty">no data in this range yet</text></svg>"#, W / 2.0 - 60.0, H / 2.0);
         return svg;
     }
-    let (t0, t1) = (points[0].0 as f64, points[points.len() - 1].0 as f64);
-    let lo = points.iter().map(|p| p.1).fold(f64::INFINITY, f64::min).min(0.0);
-    let hi = points.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max).max(lo + 1e-9);
-    let x = |t: f64| pad_l + if t1 > t0 { (t - t0) / (t1 - t0) } else { 0.5 } * (w - pad_l - pad_r);
-    let y = |v: f64| pad_t + (1.0 - (v - lo) / (hi - lo)) * (h - pad_t - pad_b);
-    let _ = write!(svg, r#"<line class="axis" x1="{pad_l}" y1="{}" x2="{}" y2="{}"/>"#, h - pad_b, w - pad_r, h - pad_b);
-    let _ = write!(svg, r#"<text class="tick" x="2" y="{}">{}</text>"#, pad_t + 10.0, short(hi));
-    let _ = write!(svg, r#"<text class="tick" x="2" y="{}">{}</text>"#, h - pad_b, short(lo));
-    let path: Vec<String> = points.iter().map(|(t, v)| format!("{:.1},{:.1}", x(*t as f64), y(*v))).collect();
-    let _ = write!(svg, r#"<polyline class="series" fill="none" points="{}"/>"#, path.join(" "));
-    for (t, v) in points {
-        let when = chrono::DateTime::from_timestamp_millis(*t).map(|d| d.format("%H:%M:%S").to_string()).unwrap_or_default();
-        let _ = write!(svg, r#"<circle class="pt" cx="{:.1}" cy="{:.1}" r="3"><title>{when} UTC: {}</title></circle>"#, x(*t as f64), y(*v), short(*v));
+    let (lo, hi, step) = y_range(lo, hi);
+    let y = |v: f64| PAD_T + (1.0 - (v - lo) / (hi - lo)) * (H - PAD_T - PAD_B);
+    let mut v = lo;
+    while v <= hi + step * 1e-6 {
+        let py = y(v);
+        let _ = write!(svg, r#"<line class="grid" x1="{PAD_L}" y1="{py:.1}" x2="{}" y2="{py:.1}"/>"#, W - PAD_R);
+        let _ = write!(svg, r#"<text class="tick y" x="{}" y="{:.1}" text-anchor="end">{}</text>"#, PAD_L - 4.0, py + 3.0, short(v));
+        v += step;
     }
+    if !frame.unit.is_empty() {
+        let _ = write!(svg, r#"<text class="unit" x="2" y="10">{}</text>"#, escape(frame.unit));
+    }
+    for (i, s) in series.iter().enumerate() {
+        let mut d = String::new();
+        for run in runs(&reduce(&s.points, MAX_POINTS)) {
+            for (j, (t, v)) in run.iter().enumerate() {
+                let _ = write!(d, "{}{:.1},{:.1}", if j == 0 { 'M' } else { 'L' }, x(*t as f64), y(*v));
+            }
+            // A window alone between gaps would be an invisible path of one point.
+            if let [(t, v)] = run[..] {
+                let _ = write!(svg, r#"<circle class="dot s{}" cx="{:.1}" cy="{:.1}" r="2"/>"#, i % PALETTE, x(t as f64), y(v));
+            }
+        }
+        let _ = write!(svg, r#"<path class="series s{}" fill="none" d="{d}"><title>{}</title></path>"#, i % PALETTE, escape(&s.name));
+    }
+    hover_columns(&mut svg, series, frame.unit, &x);
     svg.push_str("</svg>");
+    legend(&mut svg, series, frame.hidden);
     svg
+}
+
+/// Transparent columns whose tooltip lists every series at one time.
+fn hover_columns(svg: &mut String, series: &[Series], unit: &str, x: &dyn Fn(f64) -> f64) {
+    let times: Vec<i64> = series.first().map(|s| s.points.iter().map(|p| p.0).collect()).unwrap_or_default();
+    if times.is_empty() {
+        return;
+    }
+    let every = times.len().div_ceil(HOVER_COLUMNS);
+    let idx: Vec<usize> = (0..times.len()).rev().step_by(every).collect::<Vec<_>>().into_iter().rev().collect();
+    for (n, &i) in idx.iter().enumerate() {
+        let left = if n == 0 { PAD_L } else { (x(times[idx[n - 1]] as f64) + x(times[i] as f64)) / 2.0 };
+        let right = match idx.get(n + 1) {
+            Some(&next) => (x(times[i] as f64) + x(times[next] as f64)) / 2.0,
+            None => W - PAD_R,
+        };
+        let mut title = format!("{} UTC", clock(times[i], 0));
+        for s in series {
+            let v = s.points.get(i).and_then(|p| p.1).map(|v| format!("{} {}", short(v), unit)).unwrap_or_else(|| "no data".into());
+            let _ = write!(title, "\n{}: {}", escape(&s.name), v.trim_end());
+        }
+        let _ = write!(svg, r#"<rect class="hover" x="{left:.1}" y="{PAD_T}" width="{:.1}" height="{}"><title>{title}</title></rect>"#, (right - left).max(0.5), H - PAD_T - PAD_B);
+    }
+}
+
+fn legend(out: &mut String, series: &[Series], hidden: usize) {
+    if series.len() < 2 && hidden == 0 {
+        return;
+    }
+    out.push_str(r#"<ul class="legend">"#);
+    for (i, s) in series.iter().enumerate() {
+        let _ = write!(out, r#"<li><i class="swatch s{}"></i>{}</li>"#, i % PALETTE, escape(&s.name));
+    }
+    if hidden > 0 {
+        let _ = write!(out, r#"<li class="more">+{hidden} more</li>"#);
+    }
+    out.push_str("</ul>");
+}
+
+/// The stretches of a series between gaps.
+fn runs(points: &[(i64, Option<f64>)]) -> Vec<Vec<(i64, f64)>> {
+    let mut out: Vec<Vec<(i64, f64)>> = Vec::new();
+    let mut open = false;
+    for (t, v) in points {
+        match (v, open) {
+            (Some(v), true) => out.last_mut().unwrap().push((*t, *v)),
+            (Some(v), false) => {
+                out.push(vec![(*t, *v)]);
+                open = true;
+            }
+            (None, _) => open = false,
+        }
+    }
+    out
+}
+
+/// About `n` of a series' points: each stretch between gaps reduced by [`lttb`] to its share of
+/// `n` (at least its ends), and one `None` kept per gap, so the gaps stay where they were.
+pub fn reduce(points: &[(i64, Option<f64>)], n: usize) -> Vec<(i64, Option<f64>)> {
+    if points.len() <= n {
+        return points.to_vec();
+    }
+    let mut out = Vec::with_capacity(n + 8);
+    let mut i = 0;
+    while i < points.len() {
+        let start = i;
+        let gap = points[i].1.is_none();
+        while i < points.len() && points[i].1.is_none() == gap {
+            i += 1;
+        }
+        if gap {
+            out.push(points[start]);
+            continue;
+        }
+        let run: Vec<(i64, f64)> = points[start..i].iter().map(|(t, v)| (*t, v.unwrap_or_default())).collect();
+        let share = (n * run.len()).div_ceil(points.len()).max(2);
+        out.extend(lttb(&run, share).into_iter().map(|(t, v)| (t, Some(v))));
+    }
+    out
+}
+
+/// Largest-triangle-three-buckets: at most `n` of `points`, keeping the first and last and, per
+/// bucket, the point that spans the largest triangle with its neighbours, so peaks survive the
+/// reduction (an every-k-th sample drops them).
+pub fn lttb(points: &[(i64, f64)], n: usize) -> Vec<(i64, f64)> {
+    lttb_indices(points, n).into_iter().map(|i| points[i]).collect()
+}
+
+/// The indices [`lttb`] keeps.
+fn lttb_indices(points: &[(i64, f64)], n: usize) -> Vec<usize> {
+    let len = points.len();
+    if n >= len || n < 3 {
+        return (0..len).collect();
+    }
+    let bucket = (len - 2) as f64 / (n - 2) as f64;
+    let mut keep = Vec::with_capacity(n);
+    keep.push(0);
+    let mut a = 0;
+    for b in 0..n - 2 {
+        let start = (b as f64 * bucket) as usize + 1;
+        let end = (((b + 1) as f64 * bucket) as usize + 1).min(len - 1);
+        let (next_start, next_end) = (end, ((((b + 2) as f64) * bucket) as usize + 1).min(len));
+        let next = &points[next_start..next_end.max(next_start + 1)];
+        let avg_t = next.iter().map(|p| p.0 as f64).sum::<f64>() / next.len() as f64;
+        let avg_v = next.iter().map(|p| p.1).sum::<f64>() / next.len() as f64;
+        let (at, av) = (points[a].0 as f64, points[a].1);
+        let best = (start..end.max(start + 1))
+            .max_by(|&i, &j| {
+                let area = |k: usize| ((at - avg_t) * (points[k].1 - av) - (at - points[k].0 as f64) * (avg_v - av)).abs();
+                area(i).total_cmp(&area(j))
+            })
+            .unwrap_or(start);
+        keep.push(best);
+        a = best;
+    }
+    keep.push(len - 1);
+    keep
+}
+
+/// Round y ticks covering `lo..hi`: (axis low, axis high, tick step). Zero is on the axis when
+/// the values are not far from it, so a count is not drawn as a cliff from its minimum.
+fn y_range(lo: f64, hi: f64) -> (f64, f64, f64) {
+    let lo = if lo >= 0.0 && lo <= hi * 0.5 { 0.0 } else { lo };
+    let span = if hi > lo { hi - lo } else { hi.abs().max(1.0) };
+    let raw = span / 4.0;
+    let mag = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 2.5, 5.0, 10.0].iter().map(|m| m * mag).find(|s| *s >= raw).unwrap_or(10.0 * mag);
+    let low = (lo / step).floor() * step;
+    let mut high = (hi / step).ceil() * step;
+    if high <= low {
+        high = low + step;
+    }
+    (low, high, step)
+}
+
+/// Tick times for the axis of `from..to`: multiples of a round step, about five of them.
+fn time_ticks(from: i64, to: i64) -> Vec<i64> {
+    const STEPS: [i64; 17] = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200];
+    let span = (to - from).max(1);
+    let step = STEPS.iter().map(|s| s * 1000).find(|s| span / s <= 6).unwrap_or(86_400_000);
+    let first = (from + step - 1).div_euclid(step) * step;
+    (0..).map(|k| first + k * step).take_while(|t| *t <= to).collect()
+}
+
+/// A tick label: seconds only where the axis spans minutes.
+fn clock(t: i64, span: i64) -> String {
+    let format = if span > 0 && span > 30 * 60_000 { "%H:%M" } else { "%H:%M:%S" };
+    chrono::DateTime::from_timestamp_millis(t).map(|d| d.format(format).to_string()).unwrap_or_default()
+}
+
+/// Text for SVG and HTML: series names are data (item ids, group keys).
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// A compact number for labels.
 pub fn short(v: f64) -> String {
+    let v = if v == 0.0 { 0.0 } else { v };
     if v.abs() >= 1e6 {
         format!("{:.2}M", v / 1e6)
     } else if v.abs() >= 1e4 {
         format!("{:.1}k", v / 1e3)
     } else if v.fract() == 0.0 {
         format!("{v:.0}")
+    } else if v.abs() >= 10.0 {
+        format!("{v:.1}")
     } else {
-        format!("{v:.3}")
+        let s = format!("{v:.3}");
+        s.trim_end_matches('0').to_string()
     }
 }
 
@@ -46,11 +270,72 @@ pub fn short(v: f64) -> String {
 mod tests {
     use super::*;
 
+    fn frame() -> Frame<'static> {
+        Frame { from: 0, to: 60_000, unit: "events", hidden: 0 }
+    }
+
     #[test]
-    fn chart_has_a_point_with_a_title_each() {
-        let svg = line(&[(0, 1.0), (5000, 3.0), (10000, 2.0)], 300, 100);
-        assert_eq!(svg.matches("<circle").count(), 3);
-        assert!(svg.contains("<title>00:00:05 UTC: 3</title>"));
-        assert!(line(&[], 300, 100).contains("no data yet"));
+    fn the_time_axis_has_labelled_ticks_and_a_grid() {
+        let s = Series { name: "n".into(), points: vec![(10_000, Some(1.0)), (20_000, Some(3.0))] };
+        let svg = lines(&[s], &frame());
+        // 0 s … 60 s at a 10 s step: 7 ticks labelled with the time of day (UTC).
+        assert_eq!(svg.matches(r#"class="tick x""#).count(), 7);
+        assert!(svg.contains(">00:00:30</text>"));
+        assert!(svg.contains(r#"class="grid""#));
+        assert!(svg.contains(r#"<text class="unit" x="2" y="10">events</text>"#));
+    }
+
+    #[test]
+    fn a_window_without_data_is_a_gap_not_a_zero() {
+        let s = Series { name: "n".into(), points: vec![(10_000, Some(5.0)), (15_000, Some(6.0)), (20_000, None), (25_000, Some(7.0)), (30_000, Some(8.0))] };
+        let svg = lines(&[s], &frame());
+        let d = svg.split(r#"d=""#).nth(1).unwrap().split('"').next().unwrap();
+        assert_eq!(d.matches('M').count(), 2, "the line breaks at the gap: {d}");
+        assert!(svg.contains("no data"), "the hover says so");
+    }
+
+    #[test]
+    fn several_series_get_a_legend_with_escaped_names() {
+        let a = Series { name: "view".into(), points: vec![(0, Some(1.0)), (5_000, Some(2.0))] };
+        let b = Series { name: "<b>".into(), points: vec![(0, Some(3.0)), (5_000, None)] };
+        let svg = lines(&[a, b], &Frame { hidden: 3, ..frame() });
+        assert_eq!(svg.matches(r#"<path class="series"#).count(), 2);
+        assert!(svg.contains(r#"<ul class="legend">"#) && svg.contains("&lt;b&gt;") && !svg.contains("<b>"));
+        assert!(svg.contains("+3 more"));
+    }
+
+    #[test]
+    fn an_empty_chart_still_shows_its_time_axis() {
+        let svg = lines(&[], &frame());
+        assert!(svg.contains("no data in this range yet") && svg.contains(r#"class="tick x""#));
+    }
+
+    #[test]
+    fn lttb_keeps_the_ends_and_the_peak() {
+        let mut points: Vec<(i64, f64)> = (0..2000).map(|i| (i, (i % 7) as f64)).collect();
+        points[1234].1 = 1000.0;
+        let kept = lttb(&points, 100);
+        assert_eq!(kept.len(), 100);
+        assert_eq!((kept[0], kept[99]), (points[0], points[1999]));
+        assert!(kept.contains(&(1234, 1000.0)), "the spike survives");
+        assert!(kept.windows(2).all(|w| w[0].0 < w[1].0));
+    }
+
+    #[test]
+    fn reducing_keeps_the_gaps_where_they_were() {
+        let points: Vec<(i64, Option<f64>)> = (0..3000).map(|i| (i, if (1000..1100).contains(&i) { None } else { Some((i % 13) as f64) })).collect();
+        let kept = reduce(&points, 500);
+        assert!(kept.len() <= 510, "{}", kept.len());
+        let gaps: Vec<i64> = kept.iter().filter(|p| p.1.is_none()).map(|p| p.0).collect();
+        assert_eq!(gaps, vec![1000]);
+        assert!(kept.contains(&(999, Some((999 % 13) as f64))) && kept.contains(&(1100, Some((1100 % 13) as f64))), "each stretch keeps its ends");
+    }
+
+    #[test]
+    fn y_ticks_are_round_and_cover_the_values() {
+        assert_eq!(y_range(3.0, 97.0), (0.0, 100.0, 25.0));
+        assert!((y_range(0.051, 0.072).2 - 0.01).abs() < 1e-12);
+        let (lo, hi, _) = y_range(0.051, 0.072);
+        assert!(lo <= 0.051 && hi >= 0.072 && lo > 0.0);
     }
 }

@@ -3,15 +3,17 @@
 
 mod auth;
 mod chart;
+mod hub;
 mod prometheus;
 mod templates;
+mod topology;
 mod view;
 
 use crate::aggregate::{self, MetricSet};
 use crate::base::{de, Secret};
 use crate::telemetry::ReloadStatus;
 use crate::store::EventStore;
-use crate::telemetry::{Snapshot, Stats};
+use crate::telemetry::Stats;
 use anyhow::Context;
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::{header, StatusCode};
@@ -24,10 +26,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use hub::{FeedKey, Frame, Hub, Memo};
 pub use templates::Templates;
 use view::{alerts_json, health_json, range_ms, view, RangeQuery};
 
@@ -51,11 +54,22 @@ pub struct DashboardConfig {
     /// [default: the first three metrics].
     #[serde(default)]
     pub headline: Vec<String>,
+    /// Live viewers (open event streams) served at once; one more is answered 503 with
+    /// Retry-After. Every viewer of a view shares one render, so a viewer costs a connection.
+    #[serde(default = "default_max_clients", deserialize_with = "de::number")]
+    pub max_clients: usize,
 }
 
 impl Default for DashboardConfig {
     fn default() -> Self {
-        DashboardConfig { listen: default_listen(), refresh: default_refresh(), templates: default_templates(), token: Secret::default(), headline: Vec::new() }
+        DashboardConfig {
+            listen: default_listen(),
+            refresh: default_refresh(),
+            templates: default_templates(),
+            token: Secret::default(),
+            headline: Vec::new(),
+            max_clients: default_max_clients(),
+        }
     }
 }
 
@@ -64,6 +78,9 @@ fn default_listen() -> String {
 }
 fn default_refresh() -> Duration {
     Duration::from_secs(2)
+}
+fn default_max_clients() -> usize {
+    500
 }
 fn default_templates() -> PathBuf {
     PathBuf::from("../templates")
@@ -76,6 +93,10 @@ pub struct Sources {
     pub metrics: watch::Receiver<Arc<MetricSet>>,
     pub stats: Arc<Stats>,
     pub reload: Arc<Mutex<ReloadStatus>>,
+    /// What carries the events (`Kafka topic …`, `embedded queue`), for the topology.
+    pub transport: String,
+    /// Whether this process runs the generator.
+    pub generator: bool,
 }
 
 struct AppState {
@@ -85,8 +106,14 @@ struct AppState {
     config: watch::Receiver<DashboardConfig>,
     /// Fires at shutdown: open event streams end, so the graceful shutdown can finish.
     stop: CancellationToken,
-    /// The last snapshot and when, for rates.
-    last: Mutex<(Instant, Snapshot, f64, f64)>,
+    /// Counter rates, shared by every view built in one instant.
+    rates: topology::Rates,
+    /// The open live feeds and their viewers.
+    hub: Arc<Hub>,
+    /// Page contexts per range, built once per refresh.
+    views: Memo<&'static str, Arc<Value>>,
+    /// Metric histories per (metric set, metric, range).
+    histories: Memo<(usize, String, &'static str), Arc<Vec<aggregate::Point>>>,
 }
 
 type Shared = Arc<AppState>;
@@ -102,6 +129,10 @@ impl AppState {
 
     fn headline(&self) -> Vec<String> {
         self.config.borrow().headline.clone()
+    }
+
+    fn max_clients(&self) -> usize {
+        self.config.borrow().max_clients
     }
 }
 
@@ -126,7 +157,21 @@ pub async fn serve(settings: watch::Receiver<DashboardConfig>, sources: Sources,
         templates,
         config: settings,
         stop: stop.clone(),
-        last: Mutex::new((Instant::now(), Snapshot::default(), 0.0, 0.0)),
+        rates: Default::default(),
+        hub: Default::default(),
+        views: Default::default(),
+        histories: Default::default(),
+    });
+    // Rates are measured once a second whoever reads them.
+    let sampler = state.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(topology::Rates::EVERY);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => sampler.rates.sample(&sampler.sources.stats),
+                _ = sampler.stop.cancelled() => return,
+            }
+        }
     });
     let app = router(state);
     let server = axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned());
@@ -150,6 +195,7 @@ fn router(state: Shared) -> Router {
         .route("/api/metrics/{name}/history", get(api_history))
         .route("/api/health", get(api_health))
         .route("/api/alerts", get(api_alerts))
+        .route("/api/topology", get(api_topology))
         .route("/metrics", get(prometheus::scrape))
         .layer(middleware::from_fn_with_state(state.clone(), auth::require_token))
         // Probes answer without the token (they say nothing but up / ready, and an orchestrator's
@@ -181,25 +227,52 @@ async fn panels(State(state): State<Shared>, Query(q): Query<RangeQuery>) -> Res
     render(&state, "panels.html", ctx).await
 }
 
-/// Pushes freshly rendered panels every refresh interval, until the dashboard stops (a stream
-/// that never ended kept the graceful shutdown waiting for ever).
-async fn events(State(state): State<Shared>, Query(q): Query<RangeQuery>) -> impl IntoResponse {
-    let stream = futures::stream::unfold((state, q, true), |(state, q, first)| async move {
-        if !first {
-            tokio::select! {
-                _ = tokio::time::sleep(state.refresh()) => {}
-                _ = state.stop.cancelled() => return None,
-            }
+/// Pushes the panels of the viewer's range and metric each refresh, from the one feed every
+/// viewer of that view shares, until the viewer leaves or the dashboard stops (a stream that
+/// never ended kept the graceful shutdown waiting for ever). Beyond `max_clients`: 503.
+async fn events(State(state): State<Shared>, Query(q): Query<RangeQuery>) -> Response {
+    let seat = match state.hub.seat(state.max_clients()) {
+        Ok(seat) => seat,
+        Err(full) => {
+            let msg = format!("the dashboard serves {} live viewers at most (dashboard.max_clients); try again later\n", full.limit);
+            return (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "5")], msg).into_response();
         }
-        if state.stop.is_cancelled() {
-            return None;
+    };
+    let key = FeedKey { range: range_ms(q.range.as_deref()).1, metric: q.metric.clone().unwrap_or_default() };
+    let rx = state.hub.subscribe(key.clone(), |tx| {
+        tokio::spawn(feed(state.clone(), key, q, tx));
+    });
+    let stream = futures::stream::unfold((state, rx, seat), |(state, mut rx, seat)| async move {
+        tokio::select! {
+            changed = rx.changed() => changed.ok()?,
+            _ = state.stop.cancelled() => return None,
         }
+        let frame = rx.borrow_and_update().clone();
+        let event = SseEvent::default().event("panels").id(frame.seq.to_string()).data(&*frame.html);
+        Some((Ok::<_, std::convert::Infallible>(event), (state, rx, seat)))
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
+}
+
+/// Renders one view's panels each refresh for all its viewers; ends with the last of them.
+async fn feed(state: Shared, key: FeedKey, q: RangeQuery, tx: Arc<tokio::sync::watch::Sender<Frame>>) {
+    let mut seq = 0;
+    loop {
         let ctx = view(&state, &q).await;
         let html = render_html(&state, "panels.html", ctx).await;
-        let event = SseEvent::default().event("panels").data(html);
-        Some((Ok::<_, std::convert::Infallible>(event), (state, q, false)))
-    });
-    Sse::new(stream).keep_alive(KeepAlive::default())
+        seq += 1;
+        tx.send_replace(Frame { seq, html: html.into() });
+        if state.hub.retire_if_unwatched(&key, &tx) {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(state.refresh()) => {}
+            _ = state.stop.cancelled() => return,
+        }
+        if state.hub.retire_if_unwatched(&key, &tx) {
+            return;
+        }
+    }
 }
 
 async fn asset(State(state): State<Shared>, UrlPath(name): UrlPath<String>) -> Response {
@@ -249,12 +322,28 @@ async fn api_history(State(state): State<Shared>, UrlPath(name): UrlPath<String>
     let Some(m) = set.metrics().iter().find(|m| m.name() == name) else {
         return api_error(StatusCode::NOT_FOUND, format!("no metric named {name:?}"));
     };
-    let (span, _) = range_ms(q.range.as_deref());
-    let now = chrono::Utc::now().timestamp_millis();
-    match aggregate::history(m, &*state.sources.store, now - span, now, 120).await {
-        Ok(points) => Json(points).into_response(),
-        Err(e) => api_error(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")),
+    let points = view::history(&state, &set, m, q.range.as_deref()).await;
+    Json(downsample(&points, chart::MAX_POINTS)).into_response()
+}
+
+/// At most about `n` of a history's points as JSON, a window with no data as `null` (never a
+/// zero): numbers by largest-triangle-three-buckets between the gaps (peaks stay), other values
+/// (rankings, groups) evenly spaced.
+fn downsample(points: &[aggregate::Point], n: usize) -> Vec<Value> {
+    let point = |end: i64, value: Value| serde_json::json!({ "end": end, "value": value });
+    let numbers: Option<Vec<(i64, Option<f64>)>> = points.iter().map(|p| Some((p.end, if p.filled { Some(p.value.as_f64()?) } else { None }))).collect();
+    match numbers {
+        Some(series) => chart::reduce(&series, n).into_iter().map(|(t, v)| point(t, v.map_or(Value::Null, Value::from))).collect(),
+        None => {
+            let every = points.len().div_ceil(n.max(1)).max(1);
+            let kept: Vec<&aggregate::Point> = points.iter().rev().step_by(every).collect();
+            kept.into_iter().rev().map(|p| point(p.end, if p.filled { p.value.clone() } else { Value::Null })).collect()
+        }
     }
+}
+
+async fn api_topology(State(state): State<Shared>) -> Response {
+    Json(topology::json(&state).await).into_response()
 }
 
 async fn api_health(State(state): State<Shared>) -> Response {

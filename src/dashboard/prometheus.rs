@@ -61,6 +61,12 @@ pub(super) async fn scrape(State(state): State<Shared>) -> Response {
     let r = state.sources.reload.lock().unwrap().clone();
     registry.register("reloads", "Reloads applied", ConstCounter::new(r.reloads));
     registry.register("reload_failures", "Reloads rejected", ConstCounter::new(r.failures));
+    let viewers: Gauge = Gauge::default();
+    viewers.set(state.hub.clients() as i64);
+    registry.register("dashboard_viewers", "Open live dashboard streams", viewers);
+    let feeds: Gauge = Gauge::default();
+    feeds.set(state.hub.feeds() as i64);
+    registry.register("dashboard_feeds", "Panel renders running (one per range and metric filter viewed)", feeds);
 
     let dead: Family<Labels, Counter> = Family::default();
     for (reason, n) in stats.dead_letters() {

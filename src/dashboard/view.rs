@@ -1,14 +1,15 @@
 //! The view model: what a page render, a pushed panel update and the health API show, built from
 //! the store, the metric set and the counters.
 
-use super::{chart, AppState};
-use crate::aggregate;
+use super::{chart, topology, AppState};
+use crate::aggregate::{self, Metric, MetricSet, Point};
+use std::sync::Arc;
+use std::time::Duration;
 use crate::store::EventStore;
 use crate::telemetry::{ReloadStatus, Stats};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::time::Instant;
 
 #[derive(Deserialize)]
 pub(super) struct RangeQuery {
@@ -24,9 +25,39 @@ pub(super) fn range_ms(range: Option<&str>) -> (i64, &'static str) {
     }
 }
 
-/// Everything a page render needs.
+/// How many windows a history read covers at most; charts and the API reduce them further
+/// (largest-triangle-three-buckets) to [`chart::MAX_POINTS`].
+const HISTORY_WINDOWS: usize = 1000;
+
+/// A metric's history over `range`, read at most once per refresh per (metric, range) however
+/// many pages, feeds and API calls ask; a long range is re-read at most once per chart point
+/// (a point of a day's chart spans about three minutes).
+pub(super) async fn history(state: &AppState, set: &Arc<MetricSet>, metric: &Metric, range: Option<&str>) -> Arc<Vec<Point>> {
+    let (span, label) = range_ms(range);
+    let ttl = state.refresh().max(Duration::from_millis((span / chart::MAX_POINTS as i64) as u64));
+    // The set's address tells one loaded set from the next: a reload re-reads.
+    let key = (Arc::as_ptr(set) as usize, metric.name().to_string(), label);
+    let store = state.sources.store.clone();
+    state
+        .histories
+        .get(key, ttl, || async move {
+            let now = chrono::Utc::now().timestamp_millis();
+            Arc::new(aggregate::history(metric, &*store, now - span, now, HISTORY_WINDOWS).await.unwrap_or_default())
+        })
+        .await
+}
+
+/// Everything a page render needs, built at most once per refresh per range; `metric` only
+/// picks which panels the template shows.
 pub(super) async fn view(state: &AppState, q: &RangeQuery) -> Value {
-    let (span, range) = range_ms(q.range.as_deref());
+    let (_, range) = range_ms(q.range.as_deref());
+    let mut ctx = state.views.get(range, state.refresh(), || build_view(state, range)).await.as_ref().clone();
+    ctx["selected"] = json!(q.metric.clone().unwrap_or_default());
+    ctx
+}
+
+async fn build_view(state: &AppState, range: &'static str) -> Arc<Value> {
+    let (span, _) = range_ms(Some(range));
     let set = state.sources.metrics.borrow().clone();
     let now = chrono::Utc::now().timestamp_millis();
     let store = &*state.sources.store;
@@ -36,33 +67,27 @@ pub(super) async fn view(state: &AppState, q: &RangeQuery) -> Value {
         let read = aggregate::read(m, store, now).await.ok();
         let backfilling = read.as_ref().and_then(|v| v.backfilling).map(|b| b.done);
         let current = read.map(|v| v.value).unwrap_or(Value::Null);
-        let history = aggregate::history(m, store, now - span, now, 60).await.unwrap_or_default();
-        let numeric: Vec<(i64, f64)> = history.iter().filter_map(|p| headline_number(&p.value).map(|v| (p.end, v))).collect();
+        let history = history(state, &set, m, Some(range)).await;
+        let (series, hidden) = series_of(m.name(), &history);
+        let frame = chart::Frame { from: now - span, to: now, unit: &m.config.unit, hidden };
         by_name.insert(m.name().to_string(), current.clone());
         metrics.push(json!({
             "name": m.name(),
             "description": m.config.description,
+            "unit": m.config.unit,
             // While set, the value is partial: the panel says so instead of showing it as final.
             "backfilling": backfilling,
             "kind": kind(&current),
             "value": current,
             "text": headline_number(&current).map(chart::short),
             "bars": bars(&current),
-            // Our own SVG (numbers and times only); the template marks it safe.
-            "chart": chart::line(&numeric, 480, 120),
+            // Our own SVG (numbers, times and escaped names); the template marks it safe.
+            "chart": chart::lines(&series, &frame),
         }));
     }
-    let stats = state.sources.stats.snapshot();
-    let (rate_in, rate_stored) = {
-        let mut last = state.last.lock().unwrap();
-        let secs = last.0.elapsed().as_secs_f64();
-        if secs >= 0.5 {
-            last.2 = (stats.generated.max(stats.consumed) - last.1.generated.max(last.1.consumed)) as f64 / secs;
-            last.3 = (stats.stored - last.1.stored) as f64 / secs;
-            *last = (Instant::now(), stats, last.2, last.3);
-        }
-        (last.2, last.3)
-    };
+    let rates = state.rates.read();
+    let rate = |k: &str| rates.get(k).copied().unwrap_or(0.0);
+    let (rate_in, rate_stored) = (rate("generated").max(rate("consumed")), rate("stored"));
     let reload = state.sources.reload.lock().unwrap().clone();
     let num = |name: &str| by_name.get(name).and_then(headline_number).map(chart::short).unwrap_or_else(|| "–".into());
     // The tiles the file chose (`[dashboard] headline`), else the first three metrics.
@@ -78,11 +103,10 @@ pub(super) async fn view(state: &AppState, q: &RangeQuery) -> Value {
             json!({ "name": name, "label": label, "text": num(name) })
         })
         .collect();
-    json!({
+    Arc::new(json!({
         "pipeline": state.sources.pipeline,
         "refresh_ms": state.refresh().as_millis() as u64,
         "range": range,
-        "selected": q.metric.clone().unwrap_or_default(),
         "updated": chrono::Utc::now().format("%H:%M:%S").to_string(),
         "headline": {
             "events_in_per_s": chart::short(rate_in.round()),
@@ -92,7 +116,64 @@ pub(super) async fn view(state: &AppState, q: &RangeQuery) -> Value {
         "metrics": metrics,
         "alerts": alerts_json(store).await,
         "health": health_json(&state.sources.stats, &reload),
-    })
+        "topology": topology::json(state).await,
+    }))
+}
+
+/// Series shown at most in one chart; a grouped metric shows its biggest keys.
+const TOP_SERIES: usize = 5;
+
+/// The lines of a metric's chart, and how many keys were left out: a number is one line; a
+/// grouped value (`{key: n}`) a line per key, its biggest keys by total (a key missing from a
+/// window with data counted 0 there); a ranking a line per key, its highest peaks (a key off
+/// the ranking in a window is unknown there: a gap). A window with no data is a gap in all.
+pub(super) fn series_of(name: &str, history: &[Point]) -> (Vec<chart::Series>, usize) {
+    fn value(p: &Point) -> Option<&Value> {
+        p.filled.then_some(&p.value)
+    }
+    if history.iter().filter_map(value).all(|v| matches!(v, Value::Number(_))) {
+        let points = history.iter().map(|p| (p.end, value(p).and_then(Value::as_f64))).collect();
+        return (vec![chart::Series { name: name.to_string(), points }], 0);
+    }
+    // Per key: its weight (total for groups, peak for rankings) and whether absence means zero.
+    let mut keys: HashMap<String, f64> = HashMap::new();
+    let mut grouped = true;
+    let entries = |v: &Value| -> Vec<(String, f64)> {
+        match v {
+            Value::Object(m) => m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_f64()?))).collect(),
+            Value::Array(a) => a.iter().filter_map(|e| Some((e.get("key")?.as_str()?.to_string(), e.get("count")?.as_f64()?))).collect(),
+            _ => Vec::new(),
+        }
+    };
+    for v in history.iter().filter_map(value) {
+        grouped &= !v.is_array();
+        for (k, n) in entries(v) {
+            let w = keys.entry(k).or_insert(0.0);
+            *w = if v.is_array() { w.max(n) } else { *w + n };
+        }
+    }
+    let mut ranked: Vec<(String, f64)> = keys.into_iter().collect();
+    ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let hidden = ranked.len().saturating_sub(TOP_SERIES);
+    ranked.truncate(TOP_SERIES);
+    let series = ranked
+        .into_iter()
+        .map(|(key, _)| {
+            let points = history
+                .iter()
+                .map(|p| {
+                    let at = value(p).map(|v| entries(v).into_iter().find(|e| e.0 == key).map(|e| e.1));
+                    (p.end, match at {
+                        Some(Some(n)) => Some(n),
+                        Some(None) if grouped => Some(0.0),
+                        _ => None,
+                    })
+                })
+                .collect();
+            chart::Series { name: key, points }
+        })
+        .collect();
+    (series, hidden)
 }
 
 /// Pending and firing alerts, and the latest notifications; an unreadable store shows as an error.

@@ -59,13 +59,14 @@ pub const TABLE: &[Row] = &[
     Row { key: "dashboard.token", effect: Effect::Live, note: "the next request needs the new token", changed: |a, b| a.dashboard.token != b.dashboard.token },
     Row { key: "dashboard.refresh", effect: Effect::Live, note: "the next push uses the new interval", changed: |a, b| a.dashboard.refresh != b.dashboard.refresh },
     Row { key: "dashboard.headline", effect: Effect::Live, note: "the next render shows the chosen tiles", changed: |a, b| a.dashboard.headline != b.dashboard.headline },
+    Row { key: "dashboard.max_clients", effect: Effect::Live, note: "the next viewer to connect is counted against the new limit", changed: |a, b| a.dashboard.max_clients != b.dashboard.max_clients },
 ];
 
 /// Compile-time guard: adding a section to [`PipelineConfig`] fails here until the table has it.
 #[allow(dead_code)]
 fn sections_in_table(c: &PipelineConfig) {
     let PipelineConfig { name: _, event: _, kafka: _, mongodb: _, embedded: _, retention: _, generator: _, consumer: _, backfill: _, dashboard: _, metrics: _, alerting: _, alerts: _ } = c;
-    let crate::dashboard::DashboardConfig { listen: _, refresh: _, templates: _, token: _, headline: _ } = &c.dashboard;
+    let crate::dashboard::DashboardConfig { listen: _, refresh: _, templates: _, token: _, headline: _, max_clients: _ } = &c.dashboard;
 }
 
 /// What changed between two versions, by table row.

@@ -229,6 +229,11 @@ fn spawn(built: Built, seen: reload::Snapshot, options: RunOptions, stop: Cancel
             metrics: metrics_rx.clone(),
             stats: stats.clone(),
             reload: reload_status.clone(),
+            transport: match config.kafka.is_embedded() {
+                true => "embedded queue".into(),
+                false => format!("Kafka topic {}", config.kafka.topic),
+            },
+            generator: components.generator,
         };
         tasks.spawn(Step::Dashboard, crate::dashboard::serve(dashboard_rx, sources, shutdown.signal(Step::Dashboard)));
     }

@@ -11,7 +11,7 @@ use crate::base::de;
 use crate::event::{Record, Schema};
 use anyhow::Context;
 use async_trait::async_trait;
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OpenFlags};
 use serde::Deserialize;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -45,6 +45,11 @@ fn default_queue_capacity() -> usize {
 /// Raw events in `<data_dir>/runner.db`.
 pub struct EmbeddedStore {
     conn: Arc<Mutex<Connection>>,
+    /// A read-only connection of its own for reads (the dashboard, the API, the alert history):
+    /// in WAL mode a reader sees the last commit and never waits for the writer, so a page
+    /// reading a day of panes cannot hold back the consumer's inserts (it did when both
+    /// queued for one connection).
+    reader: Arc<Mutex<Connection>>,
     path: PathBuf,
     schema: Arc<Schema>,
 }
@@ -120,7 +125,10 @@ impl EmbeddedStore {
             .and_then(|_| index_fields(&conn, indexes))
             .and_then(|_| if retention.any() { enable_incremental_vacuum(&conn) } else { Ok(()) })
             .with_context(|| format!("cannot set up {}", path.display()))?;
-        let store = EmbeddedStore { conn: Arc::new(Mutex::new(conn)), path, schema: schema.clone() };
+        let reader = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+            .and_then(|r| r.execute_batch("PRAGMA busy_timeout = 5000;").map(|_| r))
+            .with_context(|| format!("cannot open {} for reading", path.display()))?;
+        let store = EmbeddedStore { conn: Arc::new(Mutex::new(conn)), reader: Arc::new(Mutex::new(reader)), path, schema: schema.clone() };
         if let Some(every) = retention.sweep_every() {
             store.spawn_retention(retention.clone(), every);
         }
@@ -149,11 +157,28 @@ impl EmbeddedStore {
         });
     }
 
+    /// Runs `f` on the writing connection, off the async runtime.
     async fn with_conn<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> anyhow::Result<T> {
-        let conn = self.conn.clone();
+        self.on(&self.conn, f).await
+    }
+
+    /// Runs a read on the read-only connection.
+    async fn with_reader<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> anyhow::Result<T> {
+        self.on(&self.reader, f).await
+    }
+
+    async fn on<T: Send + 'static>(
+        &self,
+        conn: &Arc<Mutex<Connection>>,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> anyhow::Result<T> {
+        let conn = conn.clone();
         let path = self.path.clone();
         tokio::task::spawn_blocking(move || f(&mut conn.lock().unwrap()))
             .await?
@@ -246,7 +271,7 @@ impl EmbeddedStore {
     /// The newest `limit` rows of a history table (alerts, dead letters), decoded from `body`.
     async fn newest<T: serde::de::DeserializeOwned>(&self, table: &'static str, limit: usize) -> anyhow::Result<Vec<T>> {
         let bodies = self
-            .with_conn(move |c| {
+            .with_reader(move |c| {
                 let mut stmt = c.prepare_cached(&format!("SELECT body FROM {table} ORDER BY at_ms DESC, rowid DESC LIMIT ?1"))?;
                 let rows = stmt.query_map([limit as i64], |r| r.get::<_, String>(0))?;
                 rows.collect::<rusqlite::Result<Vec<String>>>()
@@ -282,14 +307,14 @@ impl EventStore for EmbeddedStore {
     }
 
     async fn count_events(&self) -> anyhow::Result<u64> {
-        self.with_conn(|c| c.query_row("SELECT COUNT(*) FROM raw_records", [], |r| r.get::<_, i64>(0)))
+        self.with_reader(|c| c.query_row("SELECT COUNT(*) FROM raw_records", [], |r| r.get::<_, i64>(0)))
             .await
             .map(|n| n as u64)
     }
 
     async fn all_events(&self) -> anyhow::Result<Vec<Record>> {
         let bodies = self
-            .with_conn(|c| {
+            .with_reader(|c| {
                 let mut stmt = c.prepare("SELECT body FROM raw_records ORDER BY time_ms")?;
                 let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
                 rows.collect::<rusqlite::Result<Vec<String>>>()
@@ -303,17 +328,17 @@ impl EventStore for EmbeddedStore {
 
     async fn raw_position(&self) -> anyhow::Result<Option<i64>> {
         // Rows are never updated and only the oldest are deleted, so the largest rowid only grows.
-        self.with_conn(|c| c.query_row("SELECT COALESCE(MAX(rowid), 0) FROM raw_records", [], |r| r.get::<_, i64>(0))).await.map(Some)
+        self.with_reader(|c| c.query_row("SELECT COALESCE(MAX(rowid), 0) FROM raw_records", [], |r| r.get::<_, i64>(0))).await.map(Some)
     }
 
     async fn raw_start(&self, since_ms: i64) -> anyhow::Result<i64> {
         let sql = "SELECT COALESCE((SELECT MIN(rowid) FROM raw_records WHERE time_ms >= ?1), (SELECT COALESCE(MAX(rowid), 0) + 1 FROM raw_records))";
-        self.with_conn(move |c| c.query_row(sql, params![since_ms], |r| r.get::<_, i64>(0))).await
+        self.with_reader(move |c| c.query_row(sql, params![since_ms], |r| r.get::<_, i64>(0))).await
     }
 
     async fn raw_after(&self, after: i64, upto: i64, limit: usize) -> anyhow::Result<Vec<(i64, Record)>> {
         let rows = self
-            .with_conn(move |c| {
+            .with_reader(move |c| {
                 let mut stmt = c.prepare_cached("SELECT rowid, body FROM raw_records WHERE rowid > ?1 AND rowid <= ?2 ORDER BY rowid LIMIT ?3")?;
                 let rows = stmt.query_map(params![after, upto, limit as i64], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
                 rows.collect::<rusqlite::Result<Vec<_>>>()
@@ -351,7 +376,7 @@ impl EventStore for EmbeddedStore {
     async fn load_panes(&self, metric: &str, from: i64, to: i64, partition: Option<i32>) -> anyhow::Result<Vec<PaneRecord>> {
         let metric = metric.to_string();
         let rows = self
-            .with_conn(move |c| {
+            .with_reader(move |c| {
                 let mut stmt = c.prepare_cached(
                     "SELECT pane_start, partition, offset, state FROM metric_panes
                      WHERE metric = ?1 AND pane_start >= ?2 AND pane_start < ?3 AND (?4 IS NULL OR partition = ?4)",
@@ -386,7 +411,7 @@ impl EventStore for EmbeddedStore {
 
     async fn load_alert_states(&self) -> anyhow::Result<Vec<(String, serde_json::Value)>> {
         let rows = self
-            .with_conn(|c| {
+            .with_reader(|c| {
                 let mut stmt = c.prepare("SELECT rule, state FROM alert_state ORDER BY rule")?;
                 let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
                 rows.collect::<rusqlite::Result<Vec<_>>>()
@@ -437,7 +462,7 @@ impl EventStore for EmbeddedStore {
     }
 
     async fn count_dead_letters(&self) -> anyhow::Result<u64> {
-        self.with_conn(|c| c.query_row("SELECT COUNT(*) FROM dead_letters", [], |r| r.get::<_, i64>(0))).await.map(|n| n as u64)
+        self.with_reader(|c| c.query_row("SELECT COUNT(*) FROM dead_letters", [], |r| r.get::<_, i64>(0))).await.map(|n| n as u64)
     }
 
     async fn write_results(&self, rows: &[ResultRow]) -> anyhow::Result<()> {
@@ -461,7 +486,7 @@ impl EventStore for EmbeddedStore {
     async fn load_results(&self, metric: &str, from: i64, to: i64) -> anyhow::Result<Vec<ResultRow>> {
         let name = metric.to_string();
         let rows = self
-            .with_conn(move |c| {
+            .with_reader(move |c| {
                 let mut stmt = c.prepare_cached(
                     "SELECT window_start, window_end, value FROM metric_results WHERE metric = ?1 AND window_end >= ?2 AND window_end < ?3 ORDER BY window_end",
                 )?;
@@ -478,7 +503,7 @@ impl EventStore for EmbeddedStore {
 
     async fn latest_result(&self, metric: &str) -> anyhow::Result<Option<i64>> {
         let metric = metric.to_string();
-        self.with_conn(move |c| c.query_row("SELECT MAX(window_end) FROM metric_results WHERE metric = ?1", [metric], |r| r.get(0))).await
+        self.with_reader(move |c| c.query_row("SELECT MAX(window_end) FROM metric_results WHERE metric = ?1", [metric], |r| r.get(0))).await
     }
 
     async fn take_lease(&self, name: &str, holder: &str, now_ms: i64, until_ms: i64) -> anyhow::Result<bool> {

@@ -47,8 +47,29 @@ pub struct Stats {
     read_latency: std::sync::Mutex<Histogram>,
     /// From an event's timestamp to its batch being durable in the store (raw and metrics).
     visible_latency: std::sync::Mutex<Histogram>,
-    /// Messages behind the end of each assigned Kafka partition: (partition, lag).
-    lag: std::sync::Mutex<Vec<(i32, i64)>>,
+    /// Each assigned Kafka partition's end offset and how far this consumer is behind it.
+    lag: std::sync::Mutex<Vec<PartitionLag>>,
+    /// The members of the consumer group as the broker last described them.
+    group: std::sync::Mutex<Vec<GroupMember>>,
+}
+
+/// One assigned partition as the consumer last measured it.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct PartitionLag {
+    pub partition: i32,
+    /// The offset the next message written to the partition gets.
+    pub end: i64,
+    /// Messages between this consumer's position and `end`.
+    pub lag: i64,
+}
+
+/// A member of the consumer group and the partitions it was assigned.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct GroupMember {
+    pub id: String,
+    pub client_id: String,
+    pub host: String,
+    pub partitions: Vec<i32>,
 }
 
 /// Counts of a repeated event, reported at most once per [`Summary::EVERY`]: the first
@@ -224,13 +245,27 @@ impl Stats {
     }
 
     /// The consumer's lag per assigned partition, as last measured.
-    pub fn set_lag(&self, lag: Vec<(i32, i64)>) {
+    pub fn set_lag(&self, lag: Vec<PartitionLag>) {
         *self.lag.lock().unwrap() = lag;
     }
 
     /// Messages behind the end of each assigned partition: (partition, lag).
     pub fn lag(&self) -> Vec<(i32, i64)> {
+        self.lag.lock().unwrap().iter().map(|p| (p.partition, p.lag)).collect()
+    }
+
+    /// Each assigned partition's end offset and lag, as last measured.
+    pub fn partitions(&self) -> Vec<PartitionLag> {
         self.lag.lock().unwrap().clone()
+    }
+
+    /// The consumer group's members, as last described by the broker.
+    pub fn set_group(&self, members: Vec<GroupMember>) {
+        *self.group.lock().unwrap() = members;
+    }
+
+    pub fn group(&self) -> Vec<GroupMember> {
+        self.group.lock().unwrap().clone()
     }
 
     /// Forgets the latencies recorded so far (to measure a steady state).

@@ -5,7 +5,7 @@
 use crate::event::Schema;
 use super::KafkaConfig;
 use crate::dead_letter::DeadLetter;
-use crate::telemetry::Stats;
+use crate::telemetry::{GroupMember, PartitionLag, Stats};
 use crate::transport::{Acknowledge, Batch, Checkpoint, Poll, Subscriber};
 use anyhow::Context;
 use async_trait::async_trait;
@@ -95,7 +95,7 @@ const LAG_EVERY: Duration = Duration::from_secs(2);
 const END_OFFSET_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// When the lag was measured, and the lag per assigned partition: (partition, lag).
-type LagReading = Arc<std::sync::Mutex<Option<(std::time::Instant, Vec<(i32, i64)>)>>>;
+type LagReading = Arc<std::sync::Mutex<Option<(std::time::Instant, Vec<PartitionLag>)>>>;
 
 impl KafkaSubscriber {
     /// Joins the group and subscribes to the topic.
@@ -115,7 +115,14 @@ impl KafkaSubscriber {
         let ends: BaseConsumer = config.admin_config().create().context("cannot create the Kafka client that measures consumer lag")?;
         let lag = LagReading::default();
         let sampler = tokio_util::sync::CancellationToken::new();
-        let lag_sampler = LagSampler { consumer: consumer.clone(), ends: Arc::new(ends), topic: config.topic.clone(), stats: stats.clone(), reading: lag.clone() };
+        let lag_sampler = LagSampler {
+            consumer: consumer.clone(),
+            ends: Arc::new(ends),
+            topic: config.topic.clone(),
+            group: config.consumer_group.clone(),
+            stats: stats.clone(),
+            reading: lag.clone(),
+        };
         let sampler_task = tokio::spawn(lag_sampler.run(sampler.clone()));
         Ok(KafkaSubscriber {
             consumer,
@@ -214,7 +221,7 @@ impl Subscriber for KafkaSubscriber {
     fn caught_up(&self, since: std::time::Instant) -> bool {
         let assigned = self.consumer.context().assigned.load(std::sync::atomic::Ordering::Relaxed) > 0;
         let reading = self.lag.lock().unwrap();
-        assigned && reading.as_ref().is_some_and(|(at, lag)| *at > since && !lag.is_empty() && lag.iter().all(|(_, l)| *l == 0))
+        assigned && reading.as_ref().is_some_and(|(at, lag)| *at > since && !lag.is_empty() && lag.iter().all(|p| p.lag == 0))
     }
 
     fn acknowledger(&self) -> Arc<dyn Acknowledge> {
@@ -244,6 +251,7 @@ struct LagSampler {
     /// A client of its own, used only to ask for end offsets.
     ends: Arc<BaseConsumer>,
     topic: String,
+    group: String,
     stats: Arc<Stats>,
     reading: LagReading,
 }
@@ -270,7 +278,7 @@ impl LagSampler {
                     .iter()
                     .map(|&(partition, at)| {
                         let (_, high) = ends.fetch_watermarks(&topic, partition, END_OFFSET_TIMEOUT)?;
-                        Ok((partition, (high - at).max(0)))
+                        Ok(PartitionLag { partition, end: high, lag: (high - at).max(0) })
                     })
                     .collect::<Result<Vec<_>, KafkaError>>()
             })
@@ -281,8 +289,65 @@ impl LagSampler {
                 self.stats.set_lag(lag.clone());
                 *self.reading.lock().unwrap() = Some((std::time::Instant::now(), lag));
             }
+            // Who else is in the group, for the topology panel; a broker that does not
+            // describe groups leaves the list empty.
+            let (ends, group, topic) = (self.ends.clone(), self.group.clone(), self.topic.clone());
+            if let Ok(members) = tokio::task::spawn_blocking(move || group_members(&ends, &group, &topic)).await {
+                self.stats.set_group(members);
+            }
         }
     }
+}
+
+/// The members of `group` and their partitions of `topic`, as the broker describes them.
+fn group_members(client: &BaseConsumer, group: &str, topic: &str) -> Vec<GroupMember> {
+    let Ok(list) = client.fetch_group_list(Some(group), END_OFFSET_TIMEOUT) else { return Vec::new() };
+    let mut members: Vec<GroupMember> = list
+        .groups()
+        .iter()
+        .filter(|g| g.name() == group)
+        .flat_map(|g| g.members())
+        .map(|m| GroupMember {
+            id: m.id().to_string(),
+            client_id: m.client_id().to_string(),
+            host: m.client_host().to_string(),
+            partitions: m.assignment().map(|a| assigned_partitions(a, topic)).unwrap_or_default(),
+        })
+        .collect();
+    members.sort_by(|a, b| a.partitions.cmp(&b.partitions).then_with(|| a.id.cmp(&b.id)));
+    members
+}
+
+/// The partitions of `topic` in a consumer protocol assignment (version: i16, then an array of
+/// topic: string, partitions: [i32], then user data); empty where it does not parse.
+fn assigned_partitions(bytes: &[u8], topic: &str) -> Vec<i32> {
+    fn take<const N: usize>(b: &mut &[u8]) -> Option<[u8; N]> {
+        let (head, rest) = b.split_first_chunk::<N>()?;
+        *b = rest;
+        Some(*head)
+    }
+    let parse = || -> Option<Vec<i32>> {
+        let mut b = bytes;
+        take::<2>(&mut b)?;
+        let topics = i32::from_be_bytes(take::<4>(&mut b)?);
+        let mut out = Vec::new();
+        for _ in 0..topics.max(0) {
+            let len = i16::from_be_bytes(take::<2>(&mut b)?).max(0) as usize;
+            let name = b.get(..len)?;
+            b = &b[len..];
+            let n = i32::from_be_bytes(take::<4>(&mut b)?);
+            for _ in 0..n.max(0) {
+                let p = i32::from_be_bytes(take::<4>(&mut b)?);
+                if name == topic.as_bytes() {
+                    out.push(p);
+                }
+            }
+        }
+        Some(out)
+    };
+    let mut partitions = parse().unwrap_or_default();
+    partitions.sort_unstable();
+    partitions
 }
 
 /// Stores offsets of acknowledged batches for librdkafka's next commit.
@@ -303,5 +368,25 @@ impl Acknowledge for OffsetStore {
             // The partition moved to another consumer meanwhile; it will replay these, harmlessly.
             tracing::debug!(error = %e, "could not store offsets (partition no longer assigned)");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::assigned_partitions;
+
+    #[test]
+    fn an_assignment_lists_the_partitions_of_our_topic() {
+        // version 1; two topics: "other" [7], "events" [2, 0]; no user data.
+        let mut b = vec![0, 1, 0, 0, 0, 2];
+        for (name, parts) in [("other", vec![7]), ("events", vec![2, 0])] {
+            b.extend((name.len() as i16).to_be_bytes());
+            b.extend(name.as_bytes());
+            b.extend((parts.len() as i32).to_be_bytes());
+            parts.iter().for_each(|p: &i32| b.extend(p.to_be_bytes()));
+        }
+        b.extend((-1i32).to_be_bytes());
+        assert_eq!(assigned_partitions(&b, "events"), vec![0, 2]);
+        assert_eq!(assigned_partitions(&b[..9], "events"), Vec::<i32>::new(), "a cut assignment is none");
     }
 }
