@@ -2,7 +2,8 @@
 # Installs, starts and stops the services the tests talk to, on loopback:
 #   Kafka protocol: Tansu 0.6.0 broker with SQLite storage   (127.0.0.1:${KAFKA_PORT:-9092})
 #   MongoDB wire:   SecantusDB secantusd-rs 0.5.3-beta.196    (127.0.0.1:${MONGODB_PORT:-27017})
-# It also installs headless Chromium + chromedriver for the dashboard's browser test, and the
+# It also installs headless Chromium + chromedriver for the dashboard's browser test, Debian's
+# prometheus (with promtool) and tmux for the operator-tool tests (tests/ops.rs), and the
 # aiosmtpd SMTP server (PyPI, in a venv under .services/venv) that the email alert test runs.
 # Both services are separate processes; the runner only speaks the Kafka protocol and the MongoDB wire
 # protocol to them, so real Kafka / Redpanda / MongoDB work the same.
@@ -25,6 +26,14 @@ install() {
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
   else
     log "chromium and chromedriver already installed"
+  fi
+  # Prometheus (server and promtool) and tmux, for tests/ops.rs: a real scrape and query round
+  # trip, and `runner top` in a real terminal.
+  if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null || ! command -v tmux >/dev/null; then
+    log "installing prometheus and tmux (Debian packages)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus tmux >/dev/null
+  else
+    log "prometheus, promtool and tmux already installed"
   fi
   local venv="$state/venv"
   if "$venv/bin/python" -c 'import aiosmtpd' 2>/dev/null; then

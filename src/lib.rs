@@ -33,7 +33,8 @@
 //!   hot reload (one diff table of what applies live, reconnects or needs a restart) and the
 //!   ordered shutdown.
 //! - [`commands`], [`testing`], [`bench`]: `runner generate` / `metrics`, `runner test` and
-//!   `runner bench` as library calls.
+//!   `runner bench` as library calls; [`top`]: `runner top`, a terminal view of a running
+//!   runner read from its API.
 
 pub mod base;
 pub mod event;
@@ -64,3 +65,4 @@ pub mod bench;
 pub mod commands;
 pub mod init;
 pub mod testing;
+pub mod top;

@@ -141,6 +141,20 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// A live terminal view of a running runner (rates along the flow, consumer lag per
+    /// partition, every metric's current value, firing and pending alerts, where events are
+    /// dropped), read from its dashboard's JSON API, like `vector top`. q, Esc or Ctrl-C quits.
+    Top {
+        /// The runner's dashboard address.
+        #[arg(long, env = "RUNNER_URL", default_value = "http://127.0.0.1:8050")]
+        url: String,
+        /// The dashboard token, if it has one.
+        #[arg(long, env = "DASHBOARD_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// How often to read and redraw.
+        #[arg(long, value_parser = parse_duration, default_value = "1s")]
+        interval: Duration,
+    },
     /// Print generated events as JSON lines to stdout (no Kafka, no store), to look at the data.
     Generate {
         /// The pipeline file.
@@ -277,6 +291,7 @@ fn main() -> ExitCode {
                 runner::commands::generate(&p, count, &mut std::io::stdout().lock())
             }),
         Command::Run(args) => run(args),
+        Command::Top { url, token, interval } => runner::top::run(runner::top::TopOptions { url, token: token.filter(|t| !t.is_empty()), interval }),
         Command::Init { name, from_file, from_topic, kafka, sample, dir, force } => init(&name, from_file, from_topic, kafka, sample, &dir, force),
         Command::Bench { pipeline, events, runs, kafka, mongodb, json, only } => {
             bench(pipeline, runner::bench::BenchOptions { events, runs, kafka, mongodb, only }, json)

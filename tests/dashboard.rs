@@ -3,36 +3,13 @@
 
 mod common;
 
-use common::{free_port, wait_for_port};
+use common::{free_port, get, get_raw, wait_for_port};
 use runner::config::Pipeline;
 use runner::pipeline::{self, Components, RunOptions, Running};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
-
-/// A plain HTTP/1.0 GET; returns (status, body).
-fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
-    let text = get_raw(port, path, headers);
-    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (status, body)
-}
-
-/// The whole response, headers included.
-fn get_raw(port: u16, path: &str, headers: &[(&str, &str)]) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut req = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).unwrap();
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    String::from_utf8_lossy(&out).to_string()
-}
 
 async fn start(mut p: Pipeline, port: u16, token: &str) -> (Running, CancellationToken) {
     p.config.dashboard.listen = format!("127.0.0.1:{port}");
@@ -95,8 +72,13 @@ fn check_routes(port: u16, auth: &[(&str, &str)]) {
     assert_eq!(code, 200);
     let lines = body.lines().map(|l| Ok(l.to_string()));
     let scrape = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text format");
-    // OpenMetrics text: a counter family `runner_events_stored` has the sample `..._total`.
-    assert!(body.contains("# TYPE runner_events_stored counter\n"), "{body}");
+    // Classic text format unless OpenMetrics is asked for (as Prometheus does), where a counter
+    // family `runner_events_stored` has the sample `..._total`.
+    assert!(body.contains("# TYPE runner_events_stored_total counter\n"), "{body}");
+    let accept = [auth, &[("Accept", "application/openmetrics-text;version=1.0.0,text/plain;q=0.5")]].concat();
+    let (code, open) = get(port, "/metrics", &accept);
+    assert_eq!(code, 200);
+    assert!(open.contains("# TYPE runner_events_stored counter\n") && open.ends_with("# EOF\n"), "{open}");
     let stored = scrape.samples.iter().find(|s| s.metric == "runner_events_stored_total").expect("stored counter");
     assert!(matches!(stored.value, prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) if v > 0.0), "{body}");
     assert!(scrape.samples.iter().any(|s| s.metric == "runner_metric" && s.labels.get("name") == Some("active_users")));

@@ -6,7 +6,7 @@ use super::view::headline_number;
 use super::Shared;
 use crate::telemetry::Snapshot;
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::{EncodeLabelValue, LabelValueEncoder};
@@ -54,7 +54,7 @@ impl EncodeLabelValue for LabelValue {
 
 /// Serves the current values, freshly registered per scrape (they are read from the snapshot,
 /// the store and the metric set, not kept in the registry between scrapes).
-pub(super) async fn scrape(State(state): State<Shared>) -> Response {
+pub(super) async fn scrape(State(state): State<Shared>, headers: HeaderMap) -> Response {
     let mut registry = Registry::with_prefix("runner");
     let stats = &state.sources.stats;
     register_counters(&mut registry, &stats.snapshot());
@@ -74,14 +74,13 @@ pub(super) async fn scrape(State(state): State<Shared>) -> Response {
     }
     registry.register("dead_letters", "Messages stored as dead letters, by reason", dead);
 
-    let lag = stats.lag();
-    if !lag.is_empty() {
-        let family: Family<Labels, Gauge> = Family::default();
-        for (p, l) in lag {
-            family.get_or_create(&vec![("partition".into(), p.to_string().into())]).set(l);
-        }
-        registry.register("consumer_lag", "Messages behind the end of each assigned partition", family);
+    // Registered even without partitions (the embedded queue), so the family a dashboard
+    // queries always exists.
+    let family: Family<Labels, Gauge> = Family::default();
+    for (p, l) in stats.lag() {
+        family.get_or_create(&vec![("partition".into(), p.to_string().into())]).set(l);
     }
+    registry.register("consumer_lag", "Messages behind the end of each assigned partition", family);
     // A store that cannot be read is an answer of its own: a scrape with whole families
     // missing would read as "no alerts" and "no metrics".
     let unavailable = |what: &str, e: anyhow::Error| (StatusCode::SERVICE_UNAVAILABLE, format!("cannot read {what} from the store: {e:#}\n")).into_response();
@@ -111,7 +110,58 @@ pub(super) async fn scrape(State(state): State<Shared>) -> Response {
     if let Err(e) = encode(&mut out, &registry) {
         return (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the metrics: {e}")).into_response();
     }
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], out).into_response()
+    declare_empty(&mut out, LABELLED);
+    // Prometheus asks for OpenMetrics; other readers (promtool, curl, older agents) get the
+    // classic text format, where a counter's HELP and TYPE name its `_total` sample.
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    match accept.contains("application/openmetrics-text") {
+        true => ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], out).into_response(),
+        false => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], classic_text(&out)).into_response(),
+    }
+}
+
+/// Families with a series per label value, which may have none yet (no partitions on the
+/// embedded queue, no alert active): (name, type, help).
+const LABELLED: &[(&str, &str, &str)] = &[
+    ("runner_dead_letters", "counter", "Messages stored as dead letters, by reason"),
+    ("runner_consumer_lag", "gauge", "Messages behind the end of each assigned partition"),
+    ("runner_alerts", "gauge", "Alert instances by rule and state"),
+    ("runner_metric", "gauge", "Current window value of each numeric pipeline metric"),
+];
+
+/// Declares (HELP and TYPE, no sample) each of `families` the encoder left out for having no
+/// series: prometheus-client writes nothing for an empty family, and a dashboard or a check of
+/// the names served should still find it.
+fn declare_empty(out: &mut String, families: &[(&str, &str, &str)]) {
+    let at = out.rfind("# EOF").unwrap_or(out.len());
+    let mut missing = String::new();
+    for (name, kind, help) in families {
+        if !out.contains(&format!("# TYPE {name} ")) {
+            missing.push_str(&format!("# HELP {name} {help}.\n# TYPE {name} {kind}\n"));
+        }
+    }
+    out.insert_str(at, &missing);
+}
+
+/// OpenMetrics text as the classic Prometheus text format (0.0.4): counter families are named
+/// after their `_total` sample, and the `# EOF` and `# UNIT` lines go.
+fn classic_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> =
+        openmetrics.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter")).collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters.contains(name).then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
 }
 
 /// Every counter of the snapshot, under its Prometheus name (`runner_<metric>_total`).
@@ -140,5 +190,11 @@ mod tests {
             assert!(out.contains(&format!("runner_{}_total ", c.metric)), "{} missing: {out}", c.metric);
         }
         assert!(out.contains(r#"runner_metric{name="a \"quoted\"\nname"} 1.5"#), "{out}");
+        declare_empty(&mut out, LABELLED);
+        assert!(out.contains("# TYPE runner_alerts gauge\n") && out.ends_with("# EOF\n"), "an empty family is declared before the end: {out}");
+        assert_eq!(out.matches("# TYPE runner_metric gauge").count(), 1, "a family with series is declared once");
+        let classic = classic_text(&out);
+        assert!(classic.contains("# HELP runner_events_stored_total ") && classic.contains("# TYPE runner_events_stored_total counter\nrunner_events_stored_total 42\n"), "{classic}");
+        assert!(classic.contains("# TYPE runner_metric gauge\n") && !classic.contains("# EOF"), "{classic}");
     }
 }

@@ -171,6 +171,29 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// A plain HTTP/1.0 GET; returns (status, body).
+pub fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let text = get_raw(port, path, headers);
+    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// The whole response, headers included.
+pub fn get_raw(port: u16, path: &str, headers: &[(&str, &str)]) -> String {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    let mut req = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    std::io::Write::write_all(&mut s, req.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut s, &mut out);
+    String::from_utf8_lossy(&out).to_string()
+}
+
 /// Waits until something accepts connections on `port` (at most 20 s).
 pub async fn wait_for_port(port: u16) {
     let t = std::time::Instant::now();
