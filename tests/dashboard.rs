@@ -213,6 +213,26 @@ async fn broken_template_keeps_the_previous_page() {
     running.wait().await.unwrap();
 }
 
+/// A headless Chromium session through chromedriver on `driver_port`.
+async fn browser(driver_port: u16, profile: &std::path::Path, extra: &[&str]) -> fantoccini::Client {
+    let mut args: Vec<String> = [
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1400,1300",
+    ]
+    .iter()
+    .chain(extra)
+    .map(|a| a.to_string())
+    .collect();
+    args.push(format!("--user-data-dir={}", profile.display()));
+    let mut caps = serde_json::Map::new();
+    caps.insert("goog:chromeOptions".into(), serde_json::json!({ "binary": "/usr/bin/chromium", "args": args }));
+    fantoccini::ClientBuilder::native()
+        .capabilities(caps)
+        .connect(&format!("http://127.0.0.1:{driver_port}"))
+        .await
+        .expect("connect to chromedriver")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_sees_live_updates() {
     let dir = tempfile::tempdir().unwrap();
@@ -227,21 +247,7 @@ async fn browser_sees_live_updates() {
         .spawn()
         .expect("chromedriver (Debian package chromium-driver) must be installed");
     wait_for_port(driver_port).await;
-    let mut caps = serde_json::Map::new();
-    caps.insert(
-        "goog:chromeOptions".into(),
-        serde_json::json!({
-            "binary": "/usr/bin/chromium",
-            "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                     "--window-size=1400,1300", format!("--user-data-dir={}", dir.path().join("chrome").display())]
-        }),
-    );
-    let client = fantoccini::ClientBuilder::native()
-        .capabilities(caps)
-        .connect(&format!("http://127.0.0.1:{driver_port}"))
-        .await
-        .expect("connect to chromedriver");
+    let client = browser(driver_port, &dir.path().join("chrome"), &[]).await;
     let result = async {
         client.goto(&format!("http://127.0.0.1:{port}/")).await?;
         client.execute("window.__sameDocument = 'yes'; return null;", vec![]).await?;
@@ -277,17 +283,83 @@ async fn browser_sees_live_updates() {
             .execute("return [...document.querySelectorAll('[data-panel=alerts] tr.alert-firing')].map(r => r.dataset.alert);", vec![])
             .await?;
         assert_eq!(firing, serde_json::json!(["traffic"]), "the alerts panel shows the firing alert");
-        let png = client.screenshot().await?;
-        let out = common::repo_root().join("target/dashboard.png");
-        std::fs::write(&out, png).unwrap();
-        println!("{values} live updates seen ({pushed} pushed over SSE, {polled} polled); screenshot at {}", out.display());
+        // Every chart has a time axis with labelled ticks (times of day) and a grid.
+        let axes: serde_json::Value = client
+            .execute(
+                "return [...document.querySelectorAll('[data-panel=metric]')].map(a => [a.dataset.metric,
+                   [...a.querySelectorAll('svg.chart text.tick.x')].filter(t => /^\\d\\d:\\d\\d(:\\d\\d)?$/.test(t.textContent)).length,
+                   a.querySelectorAll('svg.chart line.grid').length]);",
+                vec![],
+            )
+            .await?;
+        for m in axes.as_array().unwrap() {
+            assert!(m[1].as_u64() >= Some(3) && m[2].as_u64() >= Some(3), "a chart without a labelled time axis and grid: {m}");
+        }
+        // The grouped metric is drawn as one line per key, with a legend naming them.
+        let grouped: serde_json::Value = client
+            .execute(
+                "const a = document.querySelector('[data-metric=interaction_types]');
+                 return [a.querySelectorAll('svg.chart path.series').length, [...a.querySelectorAll('.legend li')].map(l => l.textContent)];",
+                vec![],
+            )
+            .await?;
+        assert!(grouped[0].as_u64() >= Some(3) && grouped[1].as_array().unwrap().iter().any(|k| k == "view"), "interaction types over time: {grouped}");
+        // The flow panel's rates move: the store edge carries events and its total grows.
+        let flow = "const e = document.querySelector('[data-edge=consumer-store]');
+                    return [Number(e.dataset.rate), document.querySelector('[data-node=store]').textContent];";
+        let before = client.execute(flow, vec![]).await?;
+        let t = Instant::now();
+        let after = loop {
+            let now = client.execute(flow, vec![]).await?;
+            if now[1] != before[1] && now[0].as_f64() > Some(0.0) {
+                break now;
+            }
+            assert!(t.elapsed() < Duration::from_secs(10), "the flow panel did not move: {before} then {now}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let desktop = common::repo_root().join("target/dashboard-desktop.png");
+        std::fs::write(&desktop, client.screenshot().await?).unwrap();
+        // Phone width: one column of panels and nothing wider than the screen.
+        client.set_window_size(390, 844).await?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let phone: serde_json::Value = client
+            .execute(
+                "return [getComputedStyle(document.querySelector('.metrics')).gridTemplateColumns.split(' ').length,
+                         document.documentElement.scrollWidth, window.innerWidth];",
+                vec![],
+            )
+            .await?;
+        assert_eq!(phone[0], 1, "one column of panels on a phone: {phone}");
+        assert!(phone[1].as_i64() <= phone[2].as_i64(), "the page is wider than a phone's screen: {phone}");
+        let phone_png = common::repo_root().join("target/dashboard-phone.png");
+        std::fs::write(&phone_png, client.screenshot().await?).unwrap();
+        println!(
+            "{values} live updates seen ({pushed} pushed over SSE, {polled} polled); store edge {} then {}; screenshots at {} and {}",
+            before, after, desktop.display(), phone_png.display()
+        );
         Ok::<_, fantoccini::error::CmdError>(())
     }
     .await;
     let _ = client.close().await;
+    // Dark mode: the page follows the system's colour scheme.
+    let dark = browser(driver_port, &dir.path().join("chrome-dark"), &["--force-dark-mode", "--blink-settings=preferredColorScheme=0"]).await;
+    let dark_result = async {
+        dark.goto(&format!("http://127.0.0.1:{port}/")).await?;
+        let colours = dark
+            .execute("return [matchMedia('(prefers-color-scheme: dark)').matches, getComputedStyle(document.body).backgroundColor, getComputedStyle(document.body).color];", vec![])
+            .await?;
+        assert_eq!(colours, serde_json::json!([true, "rgb(20, 23, 29)", "rgb(227, 231, 238)"]), "dark colours in dark mode");
+        let png = common::repo_root().join("target/dashboard-dark.png");
+        std::fs::write(&png, dark.screenshot().await?).unwrap();
+        println!("dark mode screenshot at {}", png.display());
+        Ok::<_, fantoccini::error::CmdError>(())
+    }
+    .await;
+    let _ = dark.close().await;
     let _ = driver.kill();
     let _ = driver.wait();
     result.unwrap();
+    dark_result.unwrap();
     stop.cancel();
     running.wait().await.unwrap();
 }
