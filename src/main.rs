@@ -213,6 +213,9 @@ struct RunArgs {
     /// Events per generated batch [default: generator.batch_size in the pipeline file].
     #[arg(long)]
     batch_size: Option<usize>,
+    /// Address the dashboard serves on [default: dashboard.listen in the pipeline file].
+    #[arg(long, value_name = "HOST:PORT")]
+    dashboard_listen: Option<String>,
     /// Run a scenario of the pipeline file (`[[generator.scenario]]`: an incident that changes
     /// the traffic for a while, timed from the start), e.g. --scenario viral_item; repeatable
     /// [default: generator.scenarios in the pipeline file]. `--scenario demo` on the shipped
@@ -323,6 +326,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     if let Some(b) = args.batch_size {
         pipeline.add_override(move |c| c.generator.batch_size = b)?;
+    }
+    if let Some(listen) = args.dashboard_listen.clone() {
+        pipeline.add_override(move |c| c.dashboard.listen = listen.clone())?;
     }
     let scenarios = args.scenarios.clone();
     if !scenarios.is_empty() {

@@ -21,8 +21,12 @@ pub struct MetricConfig {
     pub name: String,
     /// Rhai script describing filter / key / value (or a custom reducer); relative to the pipeline file.
     pub script: PathBuf,
-    /// count, sum, avg, min, max, distinct, top_k, bottom_k, mean_per_key, ratio or custom.
+    /// count, sum, avg, min, max, distinct, top_k, bottom_k, mean_per_key, ratio, funnel or custom.
     pub reducer: ReducerKind,
+    /// A funnel's stages in order (the values of its `value` selector), e.g.
+    /// `["view", "add_to_cart", "purchase"]`; funnel only.
+    #[serde(default)]
+    pub stages: Vec<String>,
     /// How many keys top_k / bottom_k report.
     #[serde(default = "default_k", deserialize_with = "de::number")]
     pub k: usize,
@@ -133,6 +137,9 @@ impl Metric {
             if (config.reducer == ReducerKind::Ratio) != s.ratio.is_some() {
                 return Err(ScriptError::whole_file(path, "reducer \"ratio\" takes `numerator` and `denominator` (filters), and only it does".to_string()));
             }
+            if (config.reducer == ReducerKind::Funnel) != !config.stages.is_empty() || config.stages.len() > 64 {
+                return Err(ScriptError::whole_file(path, format!("metric {:?}: `stages` (1 to 64 stage names, in order) goes with reducer \"funnel\", and only with it", config.name)));
+            }
             if config.reducer.needs_value() && s.value.is_none() {
                 return Err(ScriptError::whole_file(path, format!("reducer {:?} needs a `value`", config.reducer)));
             }
@@ -147,7 +154,12 @@ impl Metric {
         };
         // mean_per_key changed its stored state (event count + distinct keys, once a map per
         // key): a new key, so states in the old form are never merged with the new.
-        let format = if config.reducer == ReducerKind::MeanPerKey { "/2" } else { "" };
+        // A funnel's bits mean its stages: other stages, other states.
+        let format = match config.reducer {
+            ReducerKind::MeanPerKey => "/2".to_string(),
+            ReducerKind::Funnel => format!("/{}", config.stages.join(",")),
+            _ => String::new(),
+        };
         let shape = format!(
             "{:?}/{}/{}/{:?}/{}{format}",
             config.reducer,
@@ -250,6 +262,14 @@ impl Metric {
                 if kind.needs_value() && matches!(input, Input::Event) {
                     return Ok(());
                 }
+                let input = match (kind, input) {
+                    (ReducerKind::Funnel, Input::Text(stage)) => match self.config.stages.iter().position(|s| s == stage) {
+                        Some(i) => Input::Stage(i as u32),
+                        None => return Ok(()),
+                    },
+                    (ReducerKind::Funnel, _) => return Ok(()),
+                    (_, input) => input,
+                };
                 state.add(kind, key, input, self.config.exact_limit);
                 Ok(())
             }
@@ -282,6 +302,7 @@ impl Metric {
     /// The reported value of a merged state.
     pub fn report(&self, partial: &Partial) -> Result<Value, String> {
         match partial {
+            Partial::Builtin(s) if self.config.reducer == ReducerKind::Funnel => Ok(s.funnel(&self.config.stages)),
             Partial::Builtin(s) => Ok(s.report(self.config.reducer, self.config.k)),
             Partial::Custom(state) => {
                 let mut state = state.clone();

@@ -19,7 +19,7 @@ mod window;
 mod write;
 
 pub use metric::{Metric, MetricConfig, Partial, TimeMode};
-pub use query::{history, read, Backfilling, MetricValue, Point};
+pub use query::{history, history_step, read, windows, Backfilling, MetricValue, Point};
 pub use reducer::ReducerKind;
 pub use window::Window;
 pub use write::{Absorbed, Aggregator};

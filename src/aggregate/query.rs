@@ -61,11 +61,27 @@ pub struct Point {
 /// at most `max_points` of them; the partials are read once and merged in memory.
 pub async fn history(metric: &Metric, store: &dyn EventStore, from: i64, to: i64, max_points: usize) -> anyhow::Result<Vec<Point>> {
     let w = metric.window;
-    let span = (to - from).max(w.slide_ms);
-    let per_point = span / max_points.max(1) as i64;
-    let step = ((per_point + w.slide_ms - 1) / w.slide_ms).max(1) * w.slide_ms;
+    let step = history_step(metric, from, to, max_points);
     let last_end = w.pane_of(to) + w.slide_ms;
     let first_end = (w.pane_of(from) + w.slide_ms).max(last_end - step * (max_points.max(1) as i64 - 1));
+    let ends: Vec<i64> = (0..).map(|i| first_end + i * step).take_while(|e| *e <= last_end).collect();
+    windows(metric, store, &ends).await
+}
+
+/// The distance between the windows [`history`] reports for `from..to` in at most `max_points`:
+/// a whole number of slides.
+pub fn history_step(metric: &Metric, from: i64, to: i64, max_points: usize) -> i64 {
+    let w = metric.window;
+    let span = (to - from).max(w.slide_ms);
+    let per_point = span / max_points.max(1) as i64;
+    ((per_point + w.slide_ms - 1) / w.slide_ms).max(1) * w.slide_ms
+}
+
+/// The metric's value for the windows ending at each of `ends` (ascending, pane-aligned); the
+/// partials they span are read once and merged in memory.
+pub async fn windows(metric: &Metric, store: &dyn EventStore, ends: &[i64]) -> anyhow::Result<Vec<Point>> {
+    let (Some(&first_end), Some(&last_end)) = (ends.first(), ends.last()) else { return Ok(Vec::new()) };
+    let w = metric.window;
     let records = store.load_panes(metric.state_key(), first_end - w.size_ms, last_end, None).await?;
     let mut panes: BTreeMap<i64, Partial> = BTreeMap::new();
     for r in &records {
@@ -77,9 +93,8 @@ pub async fn history(metric: &Metric, store: &dyn EventStore, from: i64, to: i64
             }
         }
     }
-    let mut points = Vec::new();
-    let mut end = first_end;
-    while end <= last_end {
+    let mut points = Vec::with_capacity(ends.len());
+    for &end in ends {
         let mut merged = metric.empty().map_err(anyhow::Error::msg)?;
         let mut filled = false;
         for (_, p) in panes.range(end - w.size_ms..end) {
@@ -87,7 +102,6 @@ pub async fn history(metric: &Metric, store: &dyn EventStore, from: i64, to: i64
             filled = true;
         }
         points.push(Point { end, value: metric.report(&merged).map_err(anyhow::Error::msg)?, filled });
-        end += step;
     }
     Ok(points)
 }

@@ -30,6 +30,11 @@ pub enum ReducerKind {
     /// Records matching `numerator` per record matching `denominator` (a conversion or error
     /// rate; 0 while nothing matches the denominator).
     Ratio,
+    /// Keys (sessions, orders, users) through ordered `stages`: how many reached each stage
+    /// having passed every earlier one, and the rate from each stage to the next. `key` names
+    /// what moves through the funnel, `value` the stage a record shows it at; records of other
+    /// stages are skipped. Built in, so a window of many sessions stays a bitmask per key.
+    Funnel,
     /// Fully scripted: the script's init / update / merge / finish.
     Custom,
 }
@@ -37,12 +42,12 @@ pub enum ReducerKind {
 impl ReducerKind {
     /// Whether the reducer needs a `key` selector.
     pub fn needs_key(self) -> bool {
-        matches!(self, ReducerKind::TopK | ReducerKind::BottomK | ReducerKind::MeanPerKey)
+        matches!(self, ReducerKind::TopK | ReducerKind::BottomK | ReducerKind::MeanPerKey | ReducerKind::Funnel)
     }
 
     /// Whether the reducer needs a `value` selector.
     pub fn needs_value(self) -> bool {
-        matches!(self, ReducerKind::Sum | ReducerKind::Avg | ReducerKind::Min | ReducerKind::Max | ReducerKind::Distinct)
+        matches!(self, ReducerKind::Sum | ReducerKind::Avg | ReducerKind::Min | ReducerKind::Max | ReducerKind::Distinct | ReducerKind::Funnel)
     }
 
     /// An empty accumulator for one group.
@@ -54,6 +59,7 @@ impl ReducerKind {
             ReducerKind::Max => Acc::Max(None),
             ReducerKind::Distinct => Acc::Distinct(BTreeSet::new()),
             ReducerKind::Ratio => Acc::Ratio { num: 0, den: 0 },
+            ReducerKind::Funnel => Acc::Stages(0),
             ReducerKind::Custom => unreachable!("custom reducers keep script state"),
         }
     }
@@ -72,6 +78,8 @@ pub enum Acc {
     Sketch(Sketch),
     /// Records matching a ratio's numerator and its denominator.
     Ratio { num: u64, den: u64 },
+    /// The funnel stages a key was seen at, bit i for stage i.
+    Stages(u64),
 }
 
 /// What one event contributes to an accumulator.
@@ -82,6 +90,8 @@ pub enum Input<'a> {
     Text(&'a str),
     /// Whether the record matches a ratio's numerator and its denominator.
     Matches { num: bool, den: bool },
+    /// The funnel stage (its index) a record shows its key at.
+    Stage(u32),
 }
 
 impl Acc {
@@ -90,6 +100,7 @@ impl Acc {
     pub fn add(&mut self, input: Input<'_>, exact_limit: usize) {
         match (&mut *self, input) {
             (Acc::Count(n), _) => *n += 1,
+            (Acc::Stages(bits), Input::Stage(i)) => *bits |= 1 << i,
             (Acc::Ratio { num, den }, Input::Matches { num: a, den: b }) => {
                 *num += a as u64;
                 *den += b as u64;
@@ -147,6 +158,7 @@ impl Acc {
                 *num += n2;
                 *den += d2;
             }
+            (Acc::Stages(a), Acc::Stages(b)) => *a |= b,
             (Acc::Sketch(a), Acc::Distinct(b)) => b.iter().for_each(|v| a.insert(v)),
             (a, b) => return Err(format!("cannot merge a stored {} state into a {} state: it was written by another definition of the metric", b.kind(), a.kind())),
         }
@@ -162,6 +174,7 @@ impl Acc {
             Acc::Max(_) => "max",
             Acc::Distinct(_) | Acc::Sketch(_) => "distinct",
             Acc::Ratio { .. } => "ratio",
+            Acc::Stages(_) => "funnel",
         }
     }
 
@@ -174,6 +187,7 @@ impl Acc {
             Acc::Distinct(set) => json!(set.len()),
             Acc::Sketch(sk) => json!(sk.estimate().round() as u64),
             Acc::Ratio { num, den } => json!(if *den == 0 { 0.0 } else { *num as f64 / *den as f64 }),
+            Acc::Stages(bits) => json!(bits),
         }
     }
 }
@@ -291,6 +305,33 @@ impl State {
     }
 }
 
+impl State {
+    /// A funnel's report: per stage, the keys that reached it and every stage before it, and
+    /// `<stage>_to_<next>`, the share of one stage's keys that reached the next (three decimals;
+    /// 0 when none reached the first).
+    pub fn funnel(&self, stages: &[String]) -> Value {
+        let mut reached = vec![0u64; stages.len()];
+        if let State::Grouped(map) = self {
+            for acc in map.values() {
+                if let Acc::Stages(bits) = acc {
+                    // Stages passed in order: the run of set bits from stage 0.
+                    let run = (bits.trailing_ones() as usize).min(stages.len());
+                    reached.iter_mut().take(run).for_each(|n| *n += 1);
+                }
+            }
+        }
+        let mut out = serde_json::Map::new();
+        for (i, stage) in stages.iter().enumerate() {
+            out.insert(stage.clone(), json!(reached[i]));
+        }
+        for (i, pair) in stages.windows(2).enumerate() {
+            let share = if reached[i] == 0 { 0.0 } else { (reached[i + 1] as f64 / reached[i] as f64 * 1000.0).round() / 1000.0 };
+            out.insert(format!("{}_to_{}", pair[0], pair[1]), json!(share));
+        }
+        Value::Object(out)
+    }
+}
+
 fn count(acc: &Acc) -> u64 {
     match acc {
         Acc::Count(n) => *n,
@@ -301,6 +342,22 @@ fn count(acc: &Acc) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_funnel_counts_a_key_at_a_stage_only_after_every_earlier_one_across_partials() {
+        let stages: Vec<String> = ["view", "cart", "buy"].iter().map(|s| s.to_string()).collect();
+        let (mut a, mut b) = (State::new(ReducerKind::Funnel, true), State::new(ReducerKind::Funnel, true));
+        for (key, stage) in [("s1", 0), ("s2", 0), ("s2", 1), ("s4", 2)] {
+            a.add(ReducerKind::Funnel, Some(key), Input::Stage(stage), 10);
+        }
+        // s1 carts and buys in another pane; s3 only views; s4 buys without a view.
+        for (key, stage) in [("s1", 1), ("s1", 2), ("s3", 0)] {
+            b.add(ReducerKind::Funnel, Some(key), Input::Stage(stage), 10);
+        }
+        a.merge(&b, 10).unwrap();
+        assert_eq!(a.funnel(&stages), json!({ "view": 3, "cart": 2, "buy": 1, "view_to_cart": 0.667, "cart_to_buy": 0.5 }));
+        assert_eq!(State::new(ReducerKind::Funnel, true).funnel(&stages)["view_to_cart"], json!(0.0));
+    }
 
     fn grouped(kind: ReducerKind, keys: &[&str]) -> State {
         let mut s = State::new(kind, true);

@@ -460,6 +460,7 @@ pub(super) mod tests {
             lateness,
             description: String::new(),
             unit: String::new(),
+            stages: Vec::new(),
             exact_limit: 10_000,
         };
         Arc::new(MetricSet::load(&[config], &schema()).unwrap())
@@ -603,6 +604,7 @@ pub(super) mod tests {
             lateness: Duration::from_secs(3600),
             description: String::new(),
             unit: String::new(),
+            stages: Vec::new(),
             exact_limit: 10_000,
         };
         let set = Arc::new(MetricSet::load(&[metric("ratio", "conversion_ratio.rhai", ReducerKind::Ratio), metric("custom", "conversion_rate.rhai", ReducerKind::Custom)], &schema).unwrap());

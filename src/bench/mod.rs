@@ -6,10 +6,12 @@
 
 mod backfill;
 mod baseline;
+mod dashboard;
 mod discard;
 mod kafka;
 mod local;
 
+pub use dashboard::{load_check, LoadOutcome, LoadSpec};
 use kafka::{kafka_sections, latency_section, remove_bench_databases};
 use local::{aggregate_section, embedded_section, generator_section, memory_section};
 
@@ -53,6 +55,9 @@ pub enum Section {
     /// A new metric over a 1 h window filled from the Kafka log beside live traffic at the
     /// shipped rate: how fast, and what live throughput keeps meanwhile (needs Kafka and MongoDB).
     Backfill,
+    /// The dashboard under load: a runner at 10,000 events/s (embedded) with no viewer, then
+    /// with 200 live viewers and 50 API requests/s, 60 s each (about 2.5 minutes).
+    Dashboard,
 }
 
 impl BenchOptions {
@@ -139,6 +144,9 @@ pub async fn run(pipeline: &Pipeline, opts: &BenchOptions) -> anyhow::Result<Vec
     }
     if opts.includes(Section::Memory) {
         memory_section(pipeline, opts, &mut figures).await?;
+    }
+    if opts.includes(Section::Dashboard) {
+        dashboard::dashboard_section(pipeline, &mut figures).await?;
     }
     Ok(figures)
 }

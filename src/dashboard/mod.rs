@@ -3,6 +3,7 @@
 
 mod auth;
 mod chart;
+mod history;
 mod hub;
 mod prometheus;
 mod templates;
@@ -112,8 +113,10 @@ struct AppState {
     hub: Arc<Hub>,
     /// Page contexts per range, built once per refresh.
     views: Memo<&'static str, Arc<Value>>,
-    /// Metric histories per (metric set, metric, range).
-    histories: Memo<(usize, String, &'static str), Arc<Vec<aggregate::Point>>>,
+    /// Every metric's current value, per metric set.
+    values: Memo<usize, Arc<Vec<Result<aggregate::MetricValue, String>>>>,
+    /// Metric histories per (metric set, metric, range), kept between refreshes.
+    histories: history::Histories,
 }
 
 type Shared = Arc<AppState>;
@@ -160,6 +163,7 @@ pub async fn serve(settings: watch::Receiver<DashboardConfig>, sources: Sources,
         rates: Default::default(),
         hub: Default::default(),
         views: Default::default(),
+        values: Default::default(),
         histories: Default::default(),
     });
     // Rates are measured once a second whoever reads them.
@@ -257,7 +261,19 @@ async fn events(State(state): State<Shared>, Query(q): Query<RangeQuery>) -> Res
 /// Renders one view's panels each refresh for all its viewers; ends with the last of them.
 async fn feed(state: Shared, key: FeedKey, q: RangeQuery, tx: Arc<tokio::sync::watch::Sender<Frame>>) {
     let mut seq = 0;
+    // Refreshes on a fixed beat (a slow render does not stretch the interval); a beat missed
+    // while rendering is skipped, not sent late in a burst.
+    let beat_of = |period: Duration| {
+        let mut beat = tokio::time::interval(period);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        beat
+    };
+    let mut beat = beat_of(state.refresh());
     loop {
+        tokio::select! {
+            _ = beat.tick() => {}
+            _ = state.stop.cancelled() => return,
+        }
         let ctx = view(&state, &q).await;
         let html = render_html(&state, "panels.html", ctx).await;
         seq += 1;
@@ -265,12 +281,9 @@ async fn feed(state: Shared, key: FeedKey, q: RangeQuery, tx: Arc<tokio::sync::w
         if state.hub.retire_if_unwatched(&key, &tx) {
             return;
         }
-        tokio::select! {
-            _ = tokio::time::sleep(state.refresh()) => {}
-            _ = state.stop.cancelled() => return,
-        }
-        if state.hub.retire_if_unwatched(&key, &tx) {
-            return;
+        if beat.period() != state.refresh() {
+            beat = beat_of(state.refresh());
+            beat.reset();
         }
     }
 }
@@ -310,10 +323,9 @@ async fn readyz(State(state): State<Shared>) -> Response {
 }
 
 async fn api_metrics(State(state): State<Shared>) -> Response {
-    let set = state.sources.metrics.borrow().clone();
-    match set.read_all(&*state.sources.store, chrono::Utc::now().timestamp_millis()).await {
+    match view::current_values(&state).await.iter().cloned().collect::<Result<Vec<_>, String>>() {
         Ok(values) => Json(values).into_response(),
-        Err(e) => api_error(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")),
+        Err(e) => api_error(StatusCode::SERVICE_UNAVAILABLE, e),
     }
 }
 

@@ -94,10 +94,9 @@ pub(super) async fn scrape(State(state): State<Shared>, headers: HeaderMap) -> R
         family.get_or_create(&vec![("alertname".into(), a.alert.into()), ("state".into(), state.into())]).inc();
     }
     registry.register("alerts", "Alert instances by rule and state", family);
-    let set = state.sources.metrics.borrow().clone();
-    let values = match set.read_all(&*state.sources.store, chrono::Utc::now().timestamp_millis()).await {
+    let values = match super::view::current_values(&state).await.iter().cloned().collect::<Result<Vec<_>, String>>() {
         Ok(values) => values,
-        Err(e) => return unavailable("the metric values", e),
+        Err(e) => return unavailable("the metric values", anyhow::anyhow!(e)),
     };
     let family: Family<Labels, Gauge<f64, AtomicU64>> = Family::default();
     for v in values {

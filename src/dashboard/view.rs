@@ -2,7 +2,7 @@
 //! the store, the metric set and the counters.
 
 use super::{chart, topology, AppState};
-use crate::aggregate::{self, Metric, MetricSet, Point};
+use crate::aggregate::{self, Metric, MetricSet, MetricValue, Point};
 use std::sync::Arc;
 use std::time::Duration;
 use crate::store::EventStore;
@@ -25,24 +25,34 @@ pub(super) fn range_ms(range: Option<&str>) -> (i64, &'static str) {
     }
 }
 
-/// How many windows a history read covers at most; charts and the API reduce them further
-/// (largest-triangle-three-buckets) to [`chart::MAX_POINTS`].
-const HISTORY_WINDOWS: usize = 1000;
-
-/// A metric's history over `range`, read at most once per refresh per (metric, range) however
-/// many pages, feeds and API calls ask; a long range is re-read at most once per chart point
-/// (a point of a day's chart spans about three minutes).
+/// A metric's history over `range`, computed at most once per refresh per (metric, range)
+/// however many pages, feeds and API calls ask; a long range at most once per chart point (a
+/// point of a day's chart spans about three minutes).
 pub(super) async fn history(state: &AppState, set: &Arc<MetricSet>, metric: &Metric, range: Option<&str>) -> Arc<Vec<Point>> {
     let (span, label) = range_ms(range);
     let ttl = state.refresh().max(Duration::from_millis((span / chart::MAX_POINTS as i64) as u64));
-    // The set's address tells one loaded set from the next: a reload re-reads.
-    let key = (Arc::as_ptr(set) as usize, metric.name().to_string(), label);
+    // The set's address tells one loaded set from the next: a reload starts afresh.
+    state.histories.get(Arc::as_ptr(set) as usize, metric, &*state.sources.store, span, label, ttl).await
+}
+
+/// How old the current values the dashboard serves may be. Callers within it share one read:
+/// many API clients and the panel render cost the store one read of every metric, not one
+/// each (the windows slide every few seconds, so half a second is not a visible delay).
+const VALUES_TTL: Duration = Duration::from_millis(500);
+
+/// Every metric's current window value (or why it could not be read), in the set's order.
+pub(super) async fn current_values(state: &AppState) -> Arc<Vec<Result<MetricValue, String>>> {
+    let set = state.sources.metrics.borrow().clone();
     let store = state.sources.store.clone();
     state
-        .histories
-        .get(key, ttl, || async move {
+        .values
+        .get(Arc::as_ptr(&set) as usize, VALUES_TTL, || async move {
             let now = chrono::Utc::now().timestamp_millis();
-            Arc::new(aggregate::history(metric, &*store, now - span, now, HISTORY_WINDOWS).await.unwrap_or_default())
+            let mut out = Vec::with_capacity(set.metrics().len());
+            for m in set.metrics() {
+                out.push(aggregate::read(m, &*store, now).await.map_err(|e| format!("{e:#}")));
+            }
+            Arc::new(out)
         })
         .await
 }
@@ -63,10 +73,11 @@ async fn build_view(state: &AppState, range: &'static str) -> Arc<Value> {
     let store = &*state.sources.store;
     let mut metrics = Vec::new();
     let mut by_name = HashMap::new();
-    for m in set.metrics() {
-        let read = aggregate::read(m, store, now).await.ok();
+    let values = current_values(state).await;
+    for (m, read) in set.metrics().iter().zip(values.iter()) {
+        let read = read.as_ref().ok();
         let backfilling = read.as_ref().and_then(|v| v.backfilling).map(|b| b.done);
-        let current = read.map(|v| v.value).unwrap_or(Value::Null);
+        let current = read.map(|v| v.value.clone()).unwrap_or(Value::Null);
         let history = history(state, &set, m, Some(range)).await;
         let (series, hidden) = series_of(m.name(), &history);
         let frame = chart::Frame { from: now - span, to: now, unit: &m.config.unit, hidden };

@@ -48,7 +48,7 @@ pub fn recompute(events: &[Record], start: i64, end: i64) -> BTreeMap<String, Va
     let reached = |bits: u8| stages.values().filter(|s| **s & bits == bits).count() as u64;
     let (sessions, carted, purchased) = (reached(1), reached(3), reached(7));
     let share = |part: u64, whole: u64| if whole == 0 { 0.0 } else { (part as f64 / whole as f64 * 1000.0).round() / 1000.0 };
-    let funnel = json!({"sessions": sessions, "carted": carted, "purchased": purchased, "view_to_cart": share(carted, sessions), "cart_to_purchase": share(purchased, carted)});
+    let funnel = json!({"view": sessions, "add_to_cart": carted, "purchase": purchased, "view_to_add_to_cart": share(carted, sessions), "add_to_cart_to_purchase": share(purchased, carted)});
     BTreeMap::from([
         ("funnel".into(), funnel),
         ("avg_interactions_per_user".into(), json!(in_window.len() as f64 / per_user.len() as f64)),
