@@ -104,6 +104,51 @@ async fn every_route_on_the_embedded_store() {
     running.wait().await.unwrap();
 }
 
+/// Opens a live stream and returns it with the response head (status line and headers).
+fn open_stream(port: u16) -> (TcpStream, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /events?range=5m HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap_or(0) == 1 {
+        head.push(byte[0]);
+    }
+    (s, String::from_utf8_lossy(&head).to_string())
+}
+
+/// Viewers beyond `max_clients` get 503 with Retry-After; a seat given back is taken again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewers_beyond_the_limit_get_503_until_a_seat_is_free() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut p = common::embedded_pipeline(dir.path());
+    p.config.dashboard.max_clients = 2;
+    let (running, stop) = start(p, port, "").await;
+    tokio::task::spawn_blocking(move || {
+        let (first, head) = open_stream(port);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let (_second, head) = open_stream(port);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let (_, head) = open_stream(port);
+        assert!(head.starts_with("HTTP/1.1 503") && head.to_lowercase().contains("retry-after: 5"), "{head}");
+        drop(first);
+        let t = Instant::now();
+        loop {
+            let (_s, head) = open_stream(port);
+            if head.starts_with("HTTP/1.1 200") {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(10), "the seat was not given back: {head}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    })
+    .await
+    .unwrap();
+    stop.cancel();
+    running.wait().await.unwrap();
+}
+
 /// A token given once in the address becomes an HttpOnly cookie, the page is served from an
 /// address without it, and it appears nowhere in the page.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,7 @@ use std::hash::Hash;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
+use tokio::sync::broadcast;
 
 /// One rendering of the panels; `seq` counts renders of its feed from 1, so a viewer (and the
 /// load test) can tell that it missed none.
@@ -26,10 +26,62 @@ pub(super) struct FeedKey {
     pub metric: String,
 }
 
+/// Frames a viewer may fall behind by before it skips some (it then gets the newest).
+const BACKLOG: usize = 16;
+
+/// One view's renders, as they are published.
+pub(super) struct Feed {
+    tx: broadcast::Sender<Frame>,
+    /// The newest frame, for a viewer that joins between two renders.
+    latest: Mutex<Frame>,
+}
+
+impl Feed {
+    fn new() -> Feed {
+        Feed { tx: broadcast::channel(BACKLOG).0, latest: Mutex::new(Frame::default()) }
+    }
+
+    /// Sends a frame to every viewer.
+    pub fn publish(&self, frame: Frame) {
+        let mut latest = self.latest.lock().unwrap();
+        *latest = frame.clone();
+        let _ = self.tx.send(frame);
+    }
+
+    fn join(&self) -> Viewer {
+        // Under the same lock as publish: the newest frame and the frames after it, none twice.
+        let latest = self.latest.lock().unwrap();
+        Viewer { first: (latest.seq > 0).then(|| latest.clone()), rx: self.tx.subscribe() }
+    }
+}
+
+/// A viewer's side of a feed: every frame from the newest at joining on, in order.
+pub(super) struct Viewer {
+    first: Option<Frame>,
+    rx: broadcast::Receiver<Frame>,
+}
+
+impl Viewer {
+    /// The next frame; `None` once the feed has stopped.
+    pub async fn next(&mut self) -> Option<Frame> {
+        if let Some(f) = self.first.take() {
+            return Some(f);
+        }
+        loop {
+            match self.rx.recv().await {
+                Ok(f) => return Some(f),
+                // Too slow for the backlog: it skips to what is still buffered.
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+}
+
 /// The open feeds and how many viewers hold one.
 #[derive(Default)]
 pub(super) struct Hub {
-    feeds: Mutex<HashMap<FeedKey, Arc<watch::Sender<Frame>>>>,
+    feeds: Mutex<HashMap<FeedKey, Arc<Feed>>>,
     clients: AtomicUsize,
 }
 
@@ -64,30 +116,26 @@ impl Hub {
             .map_err(|_| Full { limit })
     }
 
-    /// The feed of `key`, started with `start` (given the sender to publish on) if none runs.
-    /// A new viewer of a running feed sees its latest frame at once.
-    pub fn subscribe(&self, key: FeedKey, start: impl FnOnce(Arc<watch::Sender<Frame>>)) -> watch::Receiver<Frame> {
+    /// Joins the feed of `key`, started with `start` (given the feed to publish on) if none
+    /// runs. A new viewer of a running feed gets its latest frame at once.
+    pub fn subscribe(&self, key: FeedKey, start: impl FnOnce(Arc<Feed>)) -> Viewer {
         let mut feeds = self.feeds.lock().unwrap();
-        if let Some(tx) = feeds.get(&key) {
-            let mut rx = tx.subscribe();
-            if rx.borrow().seq > 0 {
-                rx.mark_changed();
-            }
-            return rx;
+        if let Some(feed) = feeds.get(&key) {
+            return feed.join();
         }
-        let tx = Arc::new(watch::Sender::new(Frame::default()));
-        let rx = tx.subscribe();
-        feeds.insert(key, tx.clone());
-        start(tx);
-        rx
+        let feed = Arc::new(Feed::new());
+        let viewer = feed.join();
+        feeds.insert(key, feed.clone());
+        start(feed);
+        viewer
     }
 
     /// Called by a feed after each frame: true when nobody watches any more, in which case the
     /// feed is removed (under the same lock a subscriber takes, so none can join a feed that is
     /// about to stop).
-    pub fn retire_if_unwatched(&self, key: &FeedKey, tx: &watch::Sender<Frame>) -> bool {
+    pub fn retire_if_unwatched(&self, key: &FeedKey, feed: &Feed) -> bool {
         let mut feeds = self.feeds.lock().unwrap();
-        if tx.receiver_count() > 0 {
+        if feed.tx.receiver_count() > 0 {
             return false;
         }
         feeds.remove(key);
@@ -180,10 +228,31 @@ mod tests {
         let rx1 = hub.subscribe(key.clone(), |tx| started.push(tx));
         let rx2 = hub.subscribe(key.clone(), |_| panic!("a second feed for the same view"));
         assert_eq!((started.len(), hub.feeds()), (1, 1));
-        let tx = started.pop().unwrap();
-        assert!(!hub.retire_if_unwatched(&key, &tx));
+        let feed = started.pop().unwrap();
+        assert!(!hub.retire_if_unwatched(&key, &feed));
         drop((rx1, rx2));
-        assert!(hub.retire_if_unwatched(&key, &tx));
+        assert!(hub.retire_if_unwatched(&key, &feed));
         assert_eq!(hub.feeds(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_viewer_gets_every_frame_in_order_and_a_late_one_starts_at_the_newest() {
+        let hub = Hub::default();
+        let key = FeedKey { range: "5m", metric: String::new() };
+        let mut started = Vec::new();
+        let mut early = hub.subscribe(key.clone(), |f| started.push(f));
+        let feed = started.pop().unwrap();
+        let frame = |seq: u64| Frame { seq, html: format!("<p>{seq}</p>").into() };
+        for seq in 1..=5 {
+            feed.publish(frame(seq));
+        }
+        let mut late = hub.subscribe(key.clone(), |_| panic!("one feed"));
+        feed.publish(frame(6));
+        let mut got = Vec::new();
+        for _ in 0..6 {
+            got.push(early.next().await.unwrap().seq);
+        }
+        assert_eq!(got, [1, 2, 3, 4, 5, 6], "a viewer slower than the renders still gets each one");
+        assert_eq!((late.next().await.unwrap().seq, late.next().await.unwrap().seq), (5, 6));
     }
 }

@@ -31,7 +31,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use hub::{FeedKey, Frame, Hub, Memo};
+use hub::{Feed, FeedKey, Frame, Hub, Memo};
 pub use templates::Templates;
 use view::{alerts_json, health_json, range_ms, view, RangeQuery};
 
@@ -243,23 +243,22 @@ async fn events(State(state): State<Shared>, Query(q): Query<RangeQuery>) -> Res
         }
     };
     let key = FeedKey { range: range_ms(q.range.as_deref()).1, metric: q.metric.clone().unwrap_or_default() };
-    let rx = state.hub.subscribe(key.clone(), |tx| {
-        tokio::spawn(feed(state.clone(), key, q, tx));
+    let viewer = state.hub.subscribe(key.clone(), |feed| {
+        tokio::spawn(run_feed(state.clone(), key, q, feed));
     });
-    let stream = futures::stream::unfold((state, rx, seat), |(state, mut rx, seat)| async move {
-        tokio::select! {
-            changed = rx.changed() => changed.ok()?,
+    let stream = futures::stream::unfold((state, viewer, seat), |(state, mut viewer, seat)| async move {
+        let frame = tokio::select! {
+            frame = viewer.next() => frame?,
             _ = state.stop.cancelled() => return None,
-        }
-        let frame = rx.borrow_and_update().clone();
+        };
         let event = SseEvent::default().event("panels").id(frame.seq.to_string()).data(&*frame.html);
-        Some((Ok::<_, std::convert::Infallible>(event), (state, rx, seat)))
+        Some((Ok::<_, std::convert::Infallible>(event), (state, viewer, seat)))
     });
     Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
 }
 
 /// Renders one view's panels each refresh for all its viewers; ends with the last of them.
-async fn feed(state: Shared, key: FeedKey, q: RangeQuery, tx: Arc<tokio::sync::watch::Sender<Frame>>) {
+async fn run_feed(state: Shared, key: FeedKey, q: RangeQuery, feed: Arc<Feed>) {
     let mut seq = 0;
     // Refreshes on a fixed beat (a slow render does not stretch the interval); a beat missed
     // while rendering is skipped, not sent late in a burst.
@@ -277,8 +276,8 @@ async fn feed(state: Shared, key: FeedKey, q: RangeQuery, tx: Arc<tokio::sync::w
         let ctx = view(&state, &q).await;
         let html = render_html(&state, "panels.html", ctx).await;
         seq += 1;
-        tx.send_replace(Frame { seq, html: html.into() });
-        if state.hub.retire_if_unwatched(&key, &tx) {
+        feed.publish(Frame { seq, html: html.into() });
+        if state.hub.retire_if_unwatched(&key, &feed) {
             return;
         }
         if beat.period() != state.refresh() {

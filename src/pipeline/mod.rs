@@ -193,6 +193,7 @@ fn spawn(built: Built, seen: reload::Snapshot, options: RunOptions, stop: Cancel
     let live = Live { pipeline: pipeline_tx, generator: generator_tx, metrics: metrics_tx, alerts: alerts_tx, dashboard: dashboard_tx, status: reload_status.clone() };
     let reloader = reload::spawn(pipeline.clone(), seen, live, options.watch.clone(), shutdown.signal(Step::Reload));
     tasks.spawn(Step::Reload, async move { Ok(reloader.await?) });
+    telemetry::memory::spawn_trimmer(shutdown.signal(Step::Progress));
     let progress = telemetry::report_progress(stats.clone(), options.progress_every, shutdown.signal(Step::Progress));
     tasks.spawn(Step::Progress, async move {
         progress.await;

@@ -3,6 +3,7 @@
 
 mod latency;
 pub mod logging;
+pub mod memory;
 mod progress;
 mod reload;
 mod snapshot;
