@@ -4,6 +4,7 @@
 //! `/api/health`) and redrawn every interval, so it works over SSH against any runner whose
 //! dashboard port it can reach.
 
+use crate::base::short;
 use anyhow::Context;
 use crossterm::event::{self, Event, KeyCode, KeyModifiers};
 use crossterm::terminal::{disable_raw_mode, enable_raw_mode, EnterAlternateScreen, LeaveAlternateScreen};
@@ -92,18 +93,6 @@ fn value_text(v: &Value) -> String {
         }
         Value::Null => "–".into(),
         other => other.to_string(),
-    }
-}
-
-fn short(v: f64) -> String {
-    if v.abs() >= 1e6 {
-        format!("{:.2}M", v / 1e6)
-    } else if v.abs() >= 1e4 {
-        format!("{:.1}k", v / 1e3)
-    } else if v.fract() == 0.0 {
-        format!("{v:.0}")
-    } else {
-        format!("{v:.3}").trim_end_matches('0').to_string()
     }
 }
 

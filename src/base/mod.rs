@@ -1,10 +1,12 @@
 //! Leaf helpers every component's config and code share, importing nothing else of the crate:
-//! how durations and numbers are written in the pipeline file, secrets that never print, and
-//! the one retry-with-backoff loop.
+//! how durations and numbers are written in the pipeline file, secrets that never print, numbers
+//! as people read them, and the one retry-with-backoff loop.
 
 mod backoff;
 pub mod de;
 mod secret;
+mod short;
 
 pub use backoff::Backoff;
 pub use secret::Secret;
+pub use short::short;

@@ -3,6 +3,7 @@
 //! series with a legend, gaps where there is no data (never a fake zero), and hover columns
 //! listing every series' value at that time. Colours come from the stylesheet (light and dark).
 
+pub use crate::base::short;
 use std::fmt::Write;
 
 /// One line of a chart: `None` is a window with no data.
@@ -247,23 +248,6 @@ pub fn escape(s: &str) -> String {
         }
     }
     out
-}
-
-/// A compact number for labels.
-pub fn short(v: f64) -> String {
-    let v = if v == 0.0 { 0.0 } else { v };
-    if v.abs() >= 1e6 {
-        format!("{:.2}M", v / 1e6)
-    } else if v.abs() >= 1e4 {
-        format!("{:.1}k", v / 1e3)
-    } else if v.fract() == 0.0 {
-        format!("{v:.0}")
-    } else if v.abs() >= 10.0 {
-        format!("{v:.1}")
-    } else {
-        let s = format!("{v:.3}");
-        s.trim_end_matches('0').to_string()
-    }
 }
 
 #[cfg(test)]

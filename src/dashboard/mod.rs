@@ -339,16 +339,20 @@ async fn api_history(State(state): State<Shared>, UrlPath(name): UrlPath<String>
 
 /// At most about `n` of a history's points as JSON, a window with no data as `null` (never a
 /// zero): numbers by largest-triangle-three-buckets between the gaps (peaks stay), other values
-/// (rankings, groups) evenly spaced.
+/// (rankings, groups) evenly spaced. Kept points keep their values as stored (a count stays an
+/// integer).
 fn downsample(points: &[aggregate::Point], n: usize) -> Vec<Value> {
-    let point = |end: i64, value: Value| serde_json::json!({ "end": end, "value": value });
+    let point = |p: &aggregate::Point| serde_json::json!({ "end": p.end, "value": if p.filled { p.value.clone() } else { Value::Null } });
     let numbers: Option<Vec<(i64, Option<f64>)>> = points.iter().map(|p| Some((p.end, if p.filled { Some(p.value.as_f64()?) } else { None }))).collect();
     match numbers {
-        Some(series) => chart::reduce(&series, n).into_iter().map(|(t, v)| point(t, v.map_or(Value::Null, Value::from))).collect(),
+        Some(series) => {
+            let by_end: std::collections::HashMap<i64, &aggregate::Point> = points.iter().map(|p| (p.end, p)).collect();
+            chart::reduce(&series, n).into_iter().filter_map(|(t, _)| by_end.get(&t).map(|p| point(p))).collect()
+        }
         None => {
             let every = points.len().div_ceil(n.max(1)).max(1);
             let kept: Vec<&aggregate::Point> = points.iter().rev().step_by(every).collect();
-            kept.into_iter().rev().map(|p| point(p.end, if p.filled { p.value.clone() } else { Value::Null })).collect()
+            kept.into_iter().rev().map(point).collect()
         }
     }
 }
