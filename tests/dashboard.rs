@@ -197,6 +197,18 @@ async fn every_route_on_mongodb_with_a_token() {
         assert_eq!(health["consumer_lag"].as_array().map(|a| a.len()), Some(3), "lag of every partition: {body}");
         let (_, body) = get(port, "/metrics", &[("Authorization", "Bearer s3cret")]);
         assert!(body.contains("runner_consumer_lag{partition=\"0\"}"), "{body}");
+        // The flow names the topic, each partition with its end offset, and the group's members
+        // with every partition among them.
+        let (_, body) = get(port, "/api/topology", &[("Authorization", "Bearer s3cret")]);
+        let topology: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let transport = &topology["nodes"][1];
+        assert!(transport["label"].as_str().unwrap().contains(&sp.topic), "{body}");
+        let partitions = transport["partitions"].as_array().unwrap();
+        assert_eq!(partitions.len(), 3, "{body}");
+        assert!(partitions.iter().map(|p| p["end_offset"].as_i64().unwrap()).sum::<i64>() > 0, "{body}");
+        let mut assigned: Vec<i64> = topology["nodes"][2]["members"].as_array().unwrap().iter().flat_map(|m| m["partitions"].as_array().unwrap().iter().map(|p| p.as_i64().unwrap())).collect();
+        assigned.sort();
+        assert_eq!(assigned, [0, 1, 2], "{body}");
     })
     .await
     .unwrap();

@@ -19,7 +19,10 @@ pub(super) struct Rates(Mutex<Option<Reading>>);
 struct Reading {
     at: Instant,
     counters: HashMap<&'static str, u64>,
-    ends: HashMap<i32, i64>,
+    /// Each partition's end offset, when it was first seen at that value, and the rate
+    /// measured when it last moved: the consumer measures ends only every couple of seconds,
+    /// so a rate between two readings a second apart would be 0 or double by turns.
+    ends: HashMap<i32, (i64, Instant, f64)>,
     dead: HashMap<&'static str, u64>,
     rates: HashMap<String, f64>,
 }
@@ -37,7 +40,8 @@ impl Rates {
     pub fn sample(&self, stats: &Stats) {
         let snap: Snapshot = stats.snapshot();
         let counters: HashMap<&'static str, u64> = snap.counters().iter().map(|c| (c.field, c.value)).collect();
-        let ends: HashMap<i32, i64> = stats.partitions().iter().map(|p| (p.partition, p.end)).collect();
+        let now = Instant::now();
+        let mut ends: HashMap<i32, (i64, Instant, f64)> = stats.partitions().iter().map(|p| (p.partition, (p.end, now, 0.0))).collect();
         let dead: HashMap<&'static str, u64> = stats.dead_letters().into_iter().map(|(r, n)| (r.as_str(), n)).collect();
         let mut last = self.0.lock().unwrap();
         let mut rates = HashMap::new();
@@ -46,17 +50,27 @@ impl Rates {
             for (k, v) in &counters {
                 rates.insert(k.to_string(), v.saturating_sub(*prev.counters.get(k).unwrap_or(v)) as f64 / secs);
             }
-            for (p, end) in &ends {
-                let before = prev.ends.get(p).copied().unwrap_or(*end);
-                rates.insert(format!("partition:{p}"), (end - before).max(0) as f64 / secs);
+            for (p, (end, seen, rate)) in ends.iter_mut() {
+                if let Some(&(before, before_seen, before_rate)) = prev.ends.get(p) {
+                    if *end == before {
+                        // Not measured again yet: the last rate stands, for a while.
+                        (*seen, *rate) = (before_seen, if before_seen.elapsed() < STALE_END { before_rate } else { 0.0 });
+                    } else {
+                        *rate = (*end - before).max(0) as f64 / now.duration_since(before_seen).as_secs_f64().max(1e-3);
+                    }
+                }
+                rates.insert(format!("partition:{p}"), *rate);
             }
             for (k, v) in &dead {
                 rates.insert(format!("dead_letters:{k}"), v.saturating_sub(*prev.dead.get(k).unwrap_or(v)) as f64 / secs);
             }
         }
-        *last = Some(Reading { at: Instant::now(), counters, ends, dead, rates });
+        *last = Some(Reading { at: now, counters, ends, dead, rates });
     }
 }
+
+/// An end offset unchanged this long means nothing is written to the partition.
+const STALE_END: std::time::Duration = std::time::Duration::from_secs(6);
 
 /// The flow as JSON: nodes, the edges between them with their rates, and the drops.
 pub(super) async fn json(state: &AppState) -> Value {
@@ -71,7 +85,13 @@ pub(super) async fn json(state: &AppState) -> Value {
         .iter()
         .map(|p| json!({ "partition": p.partition, "end_offset": p.end, "lag": p.lag, "rate_in": rate(&format!("partition:{}", p.partition)) }))
         .collect();
-    let members: Vec<Value> = stats.group().iter().map(|m| json!({ "id": m.id, "client_id": m.client_id, "host": m.host, "partitions": m.partitions })).collect();
+    let mut members: Vec<Value> = stats.group().iter().map(|m| json!({ "id": m.id, "client_id": m.client_id, "host": m.host, "partitions": m.partitions })).collect();
+    // A broker that does not describe its groups (Tansu 0.6): this process, with the
+    // partitions it measures, is the member we know of.
+    if members.is_empty() && !stats.partitions().is_empty() {
+        let mine: Vec<i32> = stats.partitions().iter().map(|p| p.partition).collect();
+        members.push(json!({ "id": "", "client_id": "this runner", "host": "", "partitions": mine }));
+    }
     let dead: Vec<Value> = stats
         .dead_letters()
         .into_iter()
