@@ -137,7 +137,7 @@ impl Metric {
             if (config.reducer == ReducerKind::Ratio) != s.ratio.is_some() {
                 return Err(ScriptError::whole_file(path, "reducer \"ratio\" takes `numerator` and `denominator` (filters), and only it does".to_string()));
             }
-            if (config.reducer == ReducerKind::Funnel) != !config.stages.is_empty() || config.stages.len() > 64 {
+            if (config.reducer == ReducerKind::Funnel) == config.stages.is_empty() || config.stages.len() > 64 {
                 return Err(ScriptError::whole_file(path, format!("metric {:?}: `stages` (1 to 64 stage names, in order) goes with reducer \"funnel\", and only with it", config.name)));
             }
             if config.reducer.needs_value() && s.value.is_none() {

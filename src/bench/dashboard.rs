@@ -156,8 +156,11 @@ fn p50_p99(v: &[(f64, &str)]) -> (f64, f64) {
     (at(0.5), at(0.99))
 }
 
-/// One viewer: the sequence ids of the refreshes it received, with when each arrived.
-async fn viewer(client: reqwest::Client, url: String, seen: Arc<Mutex<Vec<(Instant, u64)>>>) -> bool {
+/// The sequence ids of the refreshes a viewer received, with when each arrived.
+type Received = Arc<Mutex<Vec<(Instant, u64)>>>;
+
+/// One viewer: records what it receives until the stream ends.
+async fn viewer(client: reqwest::Client, url: String, seen: Received) -> bool {
     let Ok(resp) = client.get(url).send().await else { return false };
     if !resp.status().is_success() {
         return false;
@@ -202,7 +205,7 @@ pub async fn load_check(exe: &Path, pipeline: &Path, spec: &LoadSpec) -> anyhow:
 
     // The viewers connect, settle, then the measured window with the API load.
     let streams = reqwest::Client::builder().pool_max_idle_per_host(spec.clients + 8).build()?;
-    let seen: Vec<Arc<Mutex<Vec<(Instant, u64)>>>> = (0..spec.clients).map(|_| Arc::default()).collect();
+    let seen: Vec<Received> = (0..spec.clients).map(|_| Arc::default()).collect();
     let viewers: Vec<_> = seen.iter().map(|s| tokio::spawn(viewer(streams.clone(), format!("{base}/events?range=5m"), s.clone()))).collect();
     tokio::time::sleep(VIEWERS_SETTLE).await;
     out.rss_start_mb = runner.rss_mb();

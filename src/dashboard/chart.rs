@@ -230,7 +230,7 @@ fn time_ticks(from: i64, to: i64) -> Vec<i64> {
 
 /// A tick label: seconds only where the axis spans minutes.
 fn clock(t: i64, span: i64) -> String {
-    let format = if span > 0 && span > 30 * 60_000 { "%H:%M" } else { "%H:%M:%S" };
+    let format = if span > 30 * 60_000 { "%H:%M" } else { "%H:%M:%S" };
     chrono::DateTime::from_timestamp_millis(t).map(|d| d.format(format).to_string()).unwrap_or_default()
 }
 

@@ -151,8 +151,11 @@ impl Hub {
 /// Values computed at most once per `ttl` per key; callers arriving while one is computed wait
 /// for it instead of computing it again.
 pub(super) struct Memo<K, V> {
-    slots: Mutex<HashMap<K, Arc<tokio::sync::Mutex<Option<(Instant, V)>>>>>,
+    slots: Mutex<HashMap<K, Slot<V>>>,
 }
+
+/// One memoised value and when it was computed; locked while it is computed.
+type Slot<V> = Arc<tokio::sync::Mutex<Option<(Instant, V)>>>;
 
 impl<K, V> Default for Memo<K, V> {
     fn default() -> Self {
