@@ -234,20 +234,10 @@ fn clock(t: i64, span: i64) -> String {
     chrono::DateTime::from_timestamp_millis(t).map(|d| d.format(format).to_string()).unwrap_or_default()
 }
 
-/// Text for SVG and HTML: series names are data (item ids, group keys).
-pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
+/// Text for SVG and HTML (series names are data: item ids, group keys), escaped as the
+/// templates escape it.
+fn escape(s: &str) -> String {
+    minijinja::HtmlEscape(s).to_string()
 }
 
 #[cfg(test)]

@@ -72,7 +72,7 @@ pub(super) async fn scrape(State(state): State<Shared>, headers: HeaderMap) -> R
     for (reason, n) in stats.dead_letters() {
         dead.get_or_create(&vec![("reason".into(), reason.as_str().into())]).inc_by(n);
     }
-    registry.register("dead_letters", "Messages stored as dead letters, by reason", dead);
+    registry.register(DEAD_LETTERS.name, DEAD_LETTERS.help, dead);
 
     // Registered even without partitions (the embedded queue), so the family a dashboard
     // queries always exists.
@@ -80,7 +80,7 @@ pub(super) async fn scrape(State(state): State<Shared>, headers: HeaderMap) -> R
     for (p, l) in stats.lag() {
         family.get_or_create(&vec![("partition".into(), p.to_string().into())]).set(l);
     }
-    registry.register("consumer_lag", "Messages behind the end of each assigned partition", family);
+    registry.register(CONSUMER_LAG.name, CONSUMER_LAG.help, family);
     // A store that cannot be read is an answer of its own: a scrape with whole families
     // missing would read as "no alerts" and "no metrics".
     let unavailable = |what: &str, e: anyhow::Error| (StatusCode::SERVICE_UNAVAILABLE, format!("cannot read {what} from the store: {e:#}\n")).into_response();
@@ -93,7 +93,7 @@ pub(super) async fn scrape(State(state): State<Shared>, headers: HeaderMap) -> R
         let state = format!("{:?}", a.status).to_lowercase();
         family.get_or_create(&vec![("alertname".into(), a.alert.into()), ("state".into(), state.into())]).inc();
     }
-    registry.register("alerts", "Alert instances by rule and state", family);
+    registry.register(ALERTS.name, ALERTS.help, family);
     let values = match super::view::current_values(&state).await.iter().cloned().collect::<Result<Vec<_>, String>>() {
         Ok(values) => values,
         Err(e) => return unavailable("the metric values", anyhow::anyhow!(e)),
@@ -104,7 +104,7 @@ pub(super) async fn scrape(State(state): State<Shared>, headers: HeaderMap) -> R
             family.get_or_create(&vec![("name".into(), v.name.into())]).set(n);
         }
     }
-    registry.register("metric", "Current window value of each numeric pipeline metric", family);
+    registry.register(METRIC.name, METRIC.help, family);
     let mut out = String::new();
     if let Err(e) = encode(&mut out, &registry) {
         return (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the metrics: {e}")).into_response();
@@ -119,24 +119,30 @@ pub(super) async fn scrape(State(state): State<Shared>, headers: HeaderMap) -> R
     }
 }
 
-/// Families with a series per label value, which may have none yet (no partitions on the
-/// embedded queue, no alert active): (name, type, help).
-const LABELLED: &[(&str, &str, &str)] = &[
-    ("runner_dead_letters", "counter", "Messages stored as dead letters, by reason"),
-    ("runner_consumer_lag", "gauge", "Messages behind the end of each assigned partition"),
-    ("runner_alerts", "gauge", "Alert instances by rule and state"),
-    ("runner_metric", "gauge", "Current window value of each numeric pipeline metric"),
-];
+/// A family with a series per label value, which may have none yet (no partitions on the
+/// embedded queue, no alert active).
+struct Labelled {
+    /// Without the `runner_` prefix, as registered.
+    name: &'static str,
+    kind: &'static str,
+    help: &'static str,
+}
+
+const DEAD_LETTERS: Labelled = Labelled { name: "dead_letters", kind: "counter", help: "Messages stored as dead letters, by reason" };
+const CONSUMER_LAG: Labelled = Labelled { name: "consumer_lag", kind: "gauge", help: "Messages behind the end of each assigned partition" };
+const ALERTS: Labelled = Labelled { name: "alerts", kind: "gauge", help: "Alert instances by rule and state" };
+const METRIC: Labelled = Labelled { name: "metric", kind: "gauge", help: "Current window value of each numeric pipeline metric" };
+const LABELLED: &[Labelled] = &[DEAD_LETTERS, CONSUMER_LAG, ALERTS, METRIC];
 
 /// Declares (HELP and TYPE, no sample) each of `families` the encoder left out for having no
 /// series: prometheus-client writes nothing for an empty family, and a dashboard or a check of
 /// the names served should still find it.
-fn declare_empty(out: &mut String, families: &[(&str, &str, &str)]) {
+fn declare_empty(out: &mut String, families: &[Labelled]) {
     let at = out.rfind("# EOF").unwrap_or(out.len());
     let mut missing = String::new();
-    for (name, kind, help) in families {
-        if !out.contains(&format!("# TYPE {name} ")) {
-            missing.push_str(&format!("# HELP {name} {help}.\n# TYPE {name} {kind}\n"));
+    for Labelled { name, kind, help } in families {
+        if !out.contains(&format!("# TYPE runner_{name} ")) {
+            missing.push_str(&format!("# HELP runner_{name} {help}.\n# TYPE runner_{name} {kind}\n"));
         }
     }
     out.insert_str(at, &missing);
