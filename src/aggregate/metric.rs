@@ -106,6 +106,8 @@ pub struct Metric {
     ast: Arc<AST>,
     /// The fields this metric's script functions may read from a record map.
     map_fields: MapFields,
+    /// Decoded partials of its settled panes, shared by every reader of this definition.
+    pub(super) settled: Arc<super::query::SettledPanes>,
 }
 
 impl Metric {
@@ -170,7 +172,7 @@ impl Metric {
         );
         let state_key = format!("{}#{:08x}", config.name, fnv1a(shape.as_bytes()) as u32);
         let map_fields = MapFields::of_source(&source, schema);
-        Ok(Metric { config: config.clone(), window, state_key, selectors, engine: Arc::new(engine), ast: Arc::new(ast), map_fields })
+        Ok(Metric { config: config.clone(), window, state_key, selectors, engine: Arc::new(engine), ast: Arc::new(ast), map_fields, settled: Arc::default() })
     }
 
     pub fn name(&self) -> &str {
@@ -327,7 +329,8 @@ impl Metric {
                 let inner = stored.get("custom").ok_or("stored state is not a custom reducer's")?;
                 rhai::serde::to_dynamic(inner).map(Partial::Custom).map_err(|e| e.to_string())
             }
-            _ => serde_json::from_value(stored.clone()).map(Partial::Builtin).map_err(|e| format!("stored state does not fit reducer {:?}: {e}", self.config.reducer)),
+            // Deserialized from the borrowed value: a clone of a pane's state first cost as much again.
+            _ => State::deserialize(stored).map(Partial::Builtin).map_err(|e| format!("stored state does not fit reducer {:?}: {e}", self.config.reducer)),
         }
     }
 

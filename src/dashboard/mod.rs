@@ -16,10 +16,11 @@ use crate::telemetry::ReloadStatus;
 use crate::store::EventStore;
 use crate::telemetry::Stats;
 use anyhow::Context;
+use bytes::Bytes;
+use axum::body::Body;
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::{header, StatusCode};
 use axum::middleware;
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -247,15 +248,19 @@ async fn events(State(state): State<Shared>, Query(q): Query<RangeQuery>) -> Res
         tokio::spawn(run_feed(state.clone(), key, q, feed));
     });
     let stream = futures::stream::unfold((state, viewer, seat), |(state, mut viewer, seat)| async move {
-        let frame = tokio::select! {
-            frame = viewer.next() => frame?,
+        let chunk = tokio::select! {
+            frame = viewer.next() => frame?.event,
             _ = state.stop.cancelled() => return None,
+            // A comment line now and then keeps proxies from closing a quiet stream.
+            _ = tokio::time::sleep(SSE_KEEP_ALIVE) => Bytes::from_static(b":\n\n"),
         };
-        let event = SseEvent::default().event("panels").id(frame.seq.to_string()).data(&*frame.html);
-        Some((Ok::<_, std::convert::Infallible>(event), (state, viewer, seat)))
+        Some((Ok::<_, std::convert::Infallible>(chunk), (state, viewer, seat)))
     });
-    Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
+    ([(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")], Body::from_stream(stream)).into_response()
 }
+
+/// How long an event stream may go without a byte before it gets a keep-alive comment.
+const SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 /// Renders one view's panels each refresh for all its viewers; ends with the last of them.
 async fn run_feed(state: Shared, key: FeedKey, q: RangeQuery, feed: Arc<Feed>) {
@@ -276,7 +281,7 @@ async fn run_feed(state: Shared, key: FeedKey, q: RangeQuery, feed: Arc<Feed>) {
         let ctx = view(&state, &q).await;
         let html = render_html(&state, "panels.html", ctx).await;
         seq += 1;
-        feed.publish(Frame { seq, html: html.into() });
+        feed.publish(Frame::new(seq, &html));
         if state.hub.retire_if_unwatched(&key, &feed) {
             return;
         }

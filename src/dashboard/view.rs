@@ -40,13 +40,16 @@ pub(super) async fn history(state: &AppState, set: &Arc<MetricSet>, metric: &Met
 /// each (the windows slide every few seconds, so half a second is not a visible delay).
 const VALUES_TTL: Duration = Duration::from_millis(500);
 
+/// Values up to this old are served at once while newer ones are read (see [`super::hub::Memo::get_or_stale`]).
+const VALUES_STALE: Duration = Duration::from_secs(5);
+
 /// Every metric's current window value (or why it could not be read), in the set's order.
 pub(super) async fn current_values(state: &AppState) -> Arc<Vec<Result<MetricValue, String>>> {
     let set = state.sources.metrics.borrow().clone();
     let store = state.sources.store.clone();
     state
         .values
-        .get(Arc::as_ptr(&set) as usize, VALUES_TTL, || async move {
+        .get_or_stale(Arc::as_ptr(&set) as usize, VALUES_TTL, VALUES_STALE, || async move {
             let now = chrono::Utc::now().timestamp_millis();
             let mut out = Vec::with_capacity(set.metrics().len());
             for m in set.metrics() {
