@@ -49,10 +49,14 @@ pub struct LoadOutcome {
     pub frames_missed: u64,
     /// Renders running while loaded (one per range and metric filter viewed).
     pub feeds: f64,
-    /// Runner resident memory (MB): end of the idle phase, start and end of the measured load.
+    /// Runner resident memory (MB), sampled every second: the median over the idle phase, over
+    /// the first and the last quarter of the measured load, and the highest sample under load.
+    /// One sample each said little: the allocator gives memory back every few seconds, so a
+    /// single reading swings by a hundred megabytes either way.
     pub rss_idle_mb: f64,
     pub rss_start_mb: f64,
     pub rss_end_mb: f64,
+    pub rss_peak_mb: f64,
 }
 
 /// The runner under test; killed when dropped.
@@ -70,11 +74,30 @@ impl Drop for Runner {
     }
 }
 
-impl Runner {
-    fn rss_mb(&self) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
-        status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()).unwrap_or(0.0) / 1024.0
+/// The resident memory of process `pid`, in MB.
+fn rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()).unwrap_or(0.0) / 1024.0
+}
+
+/// Samples `pid`'s resident memory every second while `during` runs.
+async fn sampling_rss<T>(pid: u32, during: impl std::future::Future<Output = T>) -> (T, Vec<f64>) {
+    let mut samples = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tokio::pin!(during);
+    loop {
+        tokio::select! {
+            out = &mut during => return (out, samples),
+            _ = tick.tick() => samples.push(rss_mb(pid)),
+        }
     }
+}
+
+/// The median of `samples` (0 when empty).
+fn median(samples: &[f64]) -> f64 {
+    let mut v = samples.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// A sample of `/metrics` by name (first sample of each).
@@ -198,20 +221,24 @@ pub async fn load_check(exe: &Path, pipeline: &Path, spec: &LoadSpec) -> anyhow:
     // Nobody watching: the stored rate, and the API's latency under a light probe (2/s).
     let s0 = scrape(&client, &base, "runner_events_stored_total").await?;
     let t0 = Instant::now();
-    let (idle, _) = api_load(&client, &base, 2.0, spec.phase).await;
+    let pid = runner.child.id();
+    let ((idle, _), idle_rss) = sampling_rss(pid, api_load(&client, &base, 2.0, spec.phase)).await;
     out.stored_idle = (scrape(&client, &base, "runner_events_stored_total").await? - s0) / t0.elapsed().as_secs_f64();
     out.api_idle_ms = p50_p99(&idle);
-    out.rss_idle_mb = runner.rss_mb();
+    out.rss_idle_mb = median(&idle_rss);
 
     // The viewers connect, settle, then the measured window with the API load.
     let streams = reqwest::Client::builder().pool_max_idle_per_host(spec.clients + 8).build()?;
     let seen: Vec<Received> = (0..spec.clients).map(|_| Arc::default()).collect();
     let viewers: Vec<_> = seen.iter().map(|s| tokio::spawn(viewer(streams.clone(), format!("{base}/events?range=5m"), s.clone()))).collect();
     tokio::time::sleep(VIEWERS_SETTLE).await;
-    out.rss_start_mb = runner.rss_mb();
     let s0 = scrape(&client, &base, "runner_events_stored_total").await?;
     let window_start = Instant::now();
-    let (loaded, sent) = api_load(&client, &base, spec.api_per_s, spec.phase).await;
+    let ((loaded, sent), loaded_rss) = sampling_rss(pid, api_load(&client, &base, spec.api_per_s, spec.phase)).await;
+    let quarter = (loaded_rss.len() / 4).max(1);
+    out.rss_start_mb = median(&loaded_rss[..quarter.min(loaded_rss.len())]);
+    out.rss_end_mb = median(&loaded_rss[loaded_rss.len().saturating_sub(quarter)..]);
+    out.rss_peak_mb = loaded_rss.iter().copied().fold(0.0, f64::max);
     let window_end = Instant::now();
     out.stored_loaded = (scrape(&client, &base, "runner_events_stored_total").await? - s0) / window_start.elapsed().as_secs_f64();
     out.api_loaded_ms = p50_p99(&loaded);
@@ -221,7 +248,6 @@ pub async fn load_check(exe: &Path, pipeline: &Path, spec: &LoadSpec) -> anyhow:
     out.api_requests = sent;
     out.api_failures = sent - loaded.len();
     out.feeds = scrape(&client, &base, "runner_dashboard_feeds").await.unwrap_or(f64::NAN);
-    out.rss_end_mb = runner.rss_mb();
     let viewers_still_open = viewers.iter().filter(|v| !v.is_finished()).count();
     drop(runner);
     for v in viewers {
@@ -262,10 +288,11 @@ pub async fn dashboard_section(pipeline: &crate::config::Pipeline, figures: &mut
     figures.push(figure("dashboard: fewest refreshes a viewer got in 60 s", "refreshes", vec![o.frames_min as f64]));
     figures.push(figure("dashboard: refreshes missed, all viewers", "refreshes", vec![o.frames_missed as f64]));
     figures.push(figure("dashboard: renders running (feeds)", "feeds", vec![o.feeds]));
-    figures.push(figure("dashboard: runner RSS, no viewer", "MB", vec![o.rss_idle_mb]));
-    let start = "dashboard: runner RSS, load warmed up";
+    figures.push(figure("dashboard: runner RSS, no viewer (median of 1 s samples)", "MB", vec![o.rss_idle_mb]));
+    let start = "dashboard: runner RSS, first quarter of the load (median)";
     figures.push(figure(start, "MB", vec![o.rss_start_mb]));
-    figures.push(figure("dashboard: runner RSS, end of load", "MB", vec![o.rss_end_mb]));
-    super::compare(figures, "dashboard: runner RSS, end of load", start);
+    figures.push(figure("dashboard: runner RSS, last quarter of the load (median)", "MB", vec![o.rss_end_mb]));
+    figures.push(figure("dashboard: runner RSS, highest sample under load", "MB", vec![o.rss_peak_mb]));
+    super::compare(figures, "dashboard: runner RSS, last quarter of the load (median)", start);
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! The sections that need a broker (and a MongoDB server): produce, consume, the end to end
 //! into the store or into nothing, and latency, each beside its raw-client baseline.
 
-use super::{bench_run_options, child_peak_rss_mb, compare, figure, rate, BenchOptions, Figure};
+use super::{bench_run_options, child_peak_rss_mb, compare, figure, process_cpu, push_cpu, rate, us_per_event, BenchOptions, Figure};
 use crate::aggregate::{Aggregator, MetricSet};
 use crate::generator::{Generator, GeneratorScript};
 use crate::config::Pipeline;
@@ -72,15 +72,19 @@ pub(super) async fn kafka_sections(pipeline: &Pipeline, opts: &BenchOptions, ser
     // The consuming path when no store limits it: the runner's consumer (decode, validate,
     // aggregate every metric, encode partials, commit) with writes discarded.
     tracing::info!("bench: end to end kafka -> aggregate -> discarded writes");
-    let mut unlimited = Vec::new();
+    let (mut unlimited, mut cpu) = (Vec::new(), Vec::new());
     for (i, topic) in produced_topics.iter().enumerate() {
         let mut p = base.clone();
         p.config.kafka.topic = topic.clone();
         p.config.kafka.consumer_group = format!("bench_{run_id}_discard_{i}");
-        unlimited.push(consume_into_discard(&p).await?);
+        let before = process_cpu();
+        let (events_per_s, events) = consume_into_discard(&p).await?;
+        cpu.push(us_per_event(process_cpu() - before, events));
+        unlimited.push(events_per_s);
     }
     figures.push(figure(KAFKA_TO_DISCARD, "events/s", unlimited));
     compare(figures, KAFKA_TO_DISCARD, "kafka consume: raw rdkafka, no processing");
+    push_cpu(figures, "  runner cpu of it (fetch + decode + metrics + encode + commit)", cpu);
 
     let Some(uri) = &opts.mongodb else { return Ok(()) };
     tracing::info!("bench: mongodb raw insert_many");
@@ -106,7 +110,7 @@ pub(super) async fn kafka_sections(pipeline: &Pipeline, opts: &BenchOptions, ser
     figures.push(figure("mongodb insert_many: raw driver, same documents and indexes", "events/s", inserts));
 
     tracing::info!("bench: end to end kafka -> aggregate -> mongodb");
-    let (mut e2e, mut rss) = (Vec::new(), Vec::new());
+    let (mut e2e, mut rss, mut cpu) = (Vec::new(), Vec::new(), Vec::new());
     for (i, topic) in produced_topics.iter().enumerate() {
         let mut p = base.clone();
         p.config.kafka.topic = topic.clone();
@@ -114,7 +118,9 @@ pub(super) async fn kafka_sections(pipeline: &Pipeline, opts: &BenchOptions, ser
         p.config.mongodb.uri = uri.clone();
         p.config.mongodb.database = format!("bench_{run_id}_e2e_{i}");
         let options = RunOptions { components: Components::CONSUMER, ..quiet.clone() };
+        let before = process_cpu();
         let summary = pipeline::run(&p, options, CancellationToken::new()).await?;
+        cpu.push(us_per_event(process_cpu() - before, summary.stats.stored));
         e2e.push(rate(summary.stats.stored, summary.consumer_busy));
         // Memory is measured on a separate runner process doing the same work: this process
         // still holds what the earlier sections allocated.
@@ -128,6 +134,7 @@ pub(super) async fn kafka_sections(pipeline: &Pipeline, opts: &BenchOptions, ser
     vs_insert.name = "  (same, against raw insert_many)".into();
     figures.push(vs_insert);
     compare(figures, "  (same, against raw insert_many)", "mongodb insert_many: raw driver, same documents and indexes");
+    push_cpu(figures, "  runner cpu of it (MongoDB's own is its process's)", cpu);
     figures.push(figure("peak RSS of a runner process doing the end to end", "MB", rss));
     Ok(())
 }
@@ -189,7 +196,8 @@ const KAFKA_TO_DISCARD: &str = "end to end, store not the limit: kafka -> decode
 
 /// The runner's consumer reading the whole topic into [`discard::Discard`]: events/s from the
 /// first message to the last batch acknowledged.
-async fn consume_into_discard(p: &Pipeline) -> anyhow::Result<f64> {
+/// Events/s and the events consumed.
+async fn consume_into_discard(p: &Pipeline) -> anyhow::Result<(f64, u64)> {
     let stats = Stats::new();
     let subscriber = crate::transport::kafka::KafkaSubscriber::new(&p.config.kafka, p.config.consumer.batching(), p.schema(), stats.clone())?;
     let aggregator = Aggregator::new(Arc::new(MetricSet::load(&p.config.metrics, &p.schema())?), stats.clone());
@@ -202,7 +210,8 @@ async fn consume_into_discard(p: &Pipeline) -> anyhow::Result<f64> {
         drain: CancellationToken::new(),
     };
     crate::consumer::run(Box::new(subscriber), Arc::new(discard::Discard), Some(aggregator), None, stats.clone(), &p.config.consumer, until).await?;
-    Ok(rate(stats.snapshot().stored, stats.busy_span()))
+    let stored = stats.snapshot().stored;
+    Ok((rate(stored, stats.busy_span()), stored))
 }
 
 /// Drops the databases this bench run made (all named `bench_{run_id}_...`). Its topics stay:

@@ -1,6 +1,6 @@
 //! The in-process sections: generation, aggregation, the embedded end to end and memory.
 
-use super::{child_peak_rss_mb, compare, figure, rate, scratch_path, BenchOptions, Figure};
+use super::{child_peak_rss_mb, compare, figure, process_cpu, rate, scratch_path, BenchOptions, Figure};
 use crate::config::Pipeline;
 use anyhow::Context;
 use std::sync::Arc;
@@ -88,16 +88,6 @@ pub(super) fn aggregate_section(pipeline: &Pipeline, script: &GeneratorScript, o
     }
     figures.push(figure(&format!("aggregate: {} shipped metrics, apply", set.metrics().len()), "ns/event", apply_ns));
     figures.push(figure("aggregate: apply + encode partials to store", "ns/event", full_ns));
-    consuming_path_cpu(pipeline, &set, &events, runs, figures);
-    Ok(())
-}
-
-/// The process's CPU time per event on the consuming path, as the consumer does it per batch:
-/// decode the JSON message, validate, aggregate, and encode the raw document and the changed
-/// partials for the store (the writes themselves are the store's, not the runner's, work).
-fn consuming_path_cpu(pipeline: &Pipeline, set: &Arc<MetricSet>, events: &[Record], runs: usize, figures: &mut Vec<Figure>) {
-    let max_bytes = pipeline.config.consumer.validation.max_event_bytes;
-    let schema = pipeline.schema();
     let messages: Vec<Vec<u8>> = events
         .iter()
         .map(|e| {
@@ -106,7 +96,42 @@ fn consuming_path_cpu(pipeline: &Pipeline, set: &Arc<MetricSet>, events: &[Recor
             json
         })
         .collect();
-    let mut cpu_ns = Vec::new();
+    let cpu = consuming_path_cpu(pipeline, &set, &messages, runs);
+    super::push_cpu(figures, "consuming path cpu, store discarded: decode + validate + shipped metrics + encode", cpu);
+    match q5_like(pipeline)? {
+        Some(q5) => {
+            let cpu = consuming_path_cpu(pipeline, &q5, &messages, runs);
+            super::push_cpu(figures, "nexmark q5-like cpu: hottest item, 60 s sliding 5 s (Flink published: 22,100/s/core)", cpu);
+        }
+        None => tracing::info!("bench: no item_id field, so no Nexmark q5-like line"),
+    }
+    Ok(())
+}
+
+/// Nexmark q5 ("hot items": the item with the most bids over a 60 s window sliding every 5 s)
+/// as a metric of this pipeline's records, so its cost compares like for like with Flink's
+/// published figure; `None` when the records have no `item_id`.
+fn q5_like(pipeline: &Pipeline) -> anyhow::Result<Option<Arc<MetricSet>>> {
+    let schema = pipeline.schema();
+    if schema.slot("item_id").is_none() {
+        return Ok(None);
+    }
+    let script = scratch_path(".rhai");
+    std::fs::write(&script, "#{ key: field(\"item_id\") }")?;
+    let text = format!("name = \"q5_hot_items\"\nscript = {script:?}\nreducer = \"top_k\"\nk = 1\nwindow = \"60s\"\nslide = \"5s\"\n");
+    let config: crate::aggregate::MetricConfig = toml::from_str(&text)?;
+    let set = MetricSet::load(&[config], &schema);
+    let _ = std::fs::remove_file(&script);
+    Ok(Some(Arc::new(set?)))
+}
+
+/// The process's CPU time per event on the consuming path, in µs, as the consumer does it per
+/// batch: decode the JSON message, validate, aggregate, and encode the raw document and the
+/// changed partials for the store (the writes themselves are the store's, not the runner's, work).
+fn consuming_path_cpu(pipeline: &Pipeline, set: &Arc<MetricSet>, messages: &[Vec<u8>], runs: usize) -> Vec<f64> {
+    let max_bytes = pipeline.config.consumer.validation.max_event_bytes;
+    let schema = pipeline.schema();
+    let mut cpu_us = Vec::new();
     for _ in 0..runs {
         let mut agg = Aggregator::new(set.clone(), Stats::new());
         let before = process_cpu();
@@ -123,18 +148,9 @@ fn consuming_path_cpu(pipeline: &Pipeline, set: &Arc<MetricSet>, events: &[Recor
             std::hint::black_box(agg.take_dirty());
             std::hint::black_box(batch.events.iter().map(to_document).collect::<Vec<_>>());
         }
-        cpu_ns.push((process_cpu() - before).as_nanos() as f64 / messages.len() as f64);
+        cpu_us.push(super::us_per_event(process_cpu() - before, messages.len() as u64));
     }
-    figures.push(figure("consuming path CPU: decode + validate + aggregate + encode", "ns/event", cpu_ns));
-}
-
-/// User plus system CPU time of this process so far.
-fn process_cpu() -> Duration {
-    // SAFETY: getrusage only writes the struct it is given.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(usage.ru_utime) + tv(usage.ru_stime)
+    cpu_us
 }
 
 pub(super) async fn embedded_section(pipeline: &Pipeline, opts: &BenchOptions, figures: &mut Vec<Figure>) -> anyhow::Result<()> {

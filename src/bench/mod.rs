@@ -80,6 +80,29 @@ pub struct Figure {
     pub ratio: Option<f64>,
 }
 
+/// User plus system CPU time of this process so far: the runner's own work, not the broker's
+/// or the database's (they are other processes).
+fn process_cpu() -> Duration {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// Microseconds of `cpu` per event of `events`.
+fn us_per_event(cpu: Duration, events: u64) -> f64 {
+    cpu.as_secs_f64() * 1e6 / events.max(1) as f64
+}
+
+/// A CPU-per-event figure (`us/event`, its name says "cpu") and the events/s one core gives at
+/// that cost.
+fn push_cpu(figures: &mut Vec<Figure>, name: &str, us_per_event: Vec<f64>) {
+    let per_core = us_per_event.iter().map(|us| 1e6 / us.max(1e-3)).collect();
+    figures.push(figure(name, "us/event", us_per_event));
+    figures.push(figure("  events/s per core at that cpu", "events/s", per_core));
+}
+
 fn figure(name: &str, unit: &'static str, mut samples: Vec<f64>) -> Figure {
     samples.sort_by(|a, b| a.total_cmp(b));
     Figure {
@@ -202,7 +225,14 @@ pub fn print_table(figures: &[Figure], out: &mut dyn std::io::Write) -> std::io:
     writeln!(out, "{:w$}  {:>12} {:>12} {:>12}  {:>9}  unit", "figure", "median", "min", "max", "ratio")?;
     for f in figures {
         let ratio = f.ratio.map_or(String::new(), |r| format!("{r:.2}x"));
-        writeln!(out, "{:w$}  {:>12.0} {:>12.0} {:>12.0}  {:>9}  {}", f.name, f.median, f.min, f.max, ratio, f.unit)?;
+        // Small figures (µs per event) keep their decimals.
+        let n = |v: f64| match v.abs() {
+            _ if v.fract() == 0.0 => format!("{v:.0}"),
+            a if a < 10.0 => format!("{v:.2}"),
+            a if a < 100.0 => format!("{v:.1}"),
+            _ => format!("{v:.0}"),
+        };
+        writeln!(out, "{:w$}  {:>12} {:>12} {:>12}  {:>9}  {}", f.name, n(f.median), n(f.min), n(f.max), ratio, f.unit)?;
     }
     for f in figures.iter().filter(|f| f.ratio.is_some()) {
         writeln!(out, "ratio of \"{}\" is against \"{}\"", f.name.trim(), f.compared_with.as_deref().unwrap_or(""))?;
