@@ -121,19 +121,27 @@ async fn each_window(metric: &Metric, store: &dyn EventStore, ends: &[i64], mut 
     Ok(())
 }
 
+/// Panes read from the store in one query at most: their stored form (JSON) is several times
+/// the size of the decoded state, and two dozen panes of a per-session metric read at once
+/// held ~100 MB beside their decoded copies.
+const PANES_PER_QUERY: i64 = 4;
+
 /// Reads the partials of panes `[from, to)` into `panes`, one merged state per pane.
 async fn load_merged(metric: &Metric, store: &dyn EventStore, from: i64, to: i64, panes: &mut BTreeMap<i64, Partial>) -> anyhow::Result<()> {
-    if from >= to {
-        return Ok(());
-    }
-    for r in store.load_panes(metric.state_key(), from, to, None).await? {
-        let partial = metric.decode(&r.state).map_err(|e| anyhow::anyhow!("metric {}: {e}", metric.name()))?;
-        match panes.get_mut(&r.pane_start) {
-            Some(p) => metric.merge(p, &partial).map_err(|e| anyhow::anyhow!("metric {}: {e}", metric.name()))?,
-            None => {
-                panes.insert(r.pane_start, partial);
+    let step = PANES_PER_QUERY * metric.window.slide_ms;
+    let mut at = from;
+    while at < to {
+        let until = at.saturating_add(step).min(to);
+        for r in store.load_panes(metric.state_key(), at, until, None).await? {
+            let partial = metric.decode(&r.state).map_err(|e| anyhow::anyhow!("metric {}: {e}", metric.name()))?;
+            match panes.get_mut(&r.pane_start) {
+                Some(p) => metric.merge(p, &partial).map_err(|e| anyhow::anyhow!("metric {}: {e}", metric.name()))?,
+                None => {
+                    panes.insert(r.pane_start, partial);
+                }
             }
         }
+        at = until;
     }
     Ok(())
 }
