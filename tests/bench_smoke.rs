@@ -30,7 +30,11 @@ fn bench_smoke_run_prints_every_figure() {
         "latency p99",
         "(of which event -> read by the consumer, p99)",
         "end to end, embedded",
-        "consuming path CPU: decode + validate + aggregate + encode",
+        "consuming path cpu, store discarded",
+        "nexmark q5-like cpu",
+        "runner cpu of it (fetch + decode",
+        "runner cpu of it (MongoDB",
+        "events/s per core at that cpu",
         "active keys in the last 60 s",
         "peak RSS of a runner process holding them",
     ];
@@ -39,6 +43,10 @@ fn bench_smoke_run_prints_every_figure() {
     }
     for f in &figures {
         assert!(f["median"].as_f64().unwrap() > 0.0, "{f}");
+        // The runner's CPU per event: named "cpu", in µs per event (#21's judging form).
+        if f["name"].as_str().unwrap().contains(" cpu") && !f["name"].as_str().unwrap().contains("per core") {
+            assert_eq!(f["unit"], "us/event", "{f}");
+        }
     }
     // The memory figure is meant for 100,000+ keys (users) in one window; the run must really hold them.
     let active = figures.iter().find(|f| f["name"].as_str().unwrap().starts_with("active keys")).unwrap();

@@ -485,6 +485,8 @@ pub async fn recompute(
         done.partials += records.len();
         store.write_panes(&records).await?;
     }
+    // Readers keep settled panes decoded: this tells them to read the rewritten ones.
+    store.write_panes(&[super::query::rewrite_mark(m, chrono::Utc::now().timestamp_millis())]).await?;
     done.results = rewrite_results(m, store, since, until).await?;
     Ok(done)
 }

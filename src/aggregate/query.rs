@@ -2,7 +2,7 @@
 //! partials of every partition and pane (so several runners in one group read one result).
 
 use super::{Metric, Partial};
-use crate::store::EventStore;
+use crate::store::{EventStore, PaneRecord, TIMELESS_PANE};
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
@@ -157,8 +157,31 @@ pub struct SettledPanes {
     kept: tokio::sync::Mutex<Kept>,
 }
 
-/// Everything is read from the store again this often, so a rewrite of settled panes (a
-/// backfill, a partition that starts late) shows within it.
+/// The store key of a metric's rewrite mark.
+fn rewrite_key(m: &Metric) -> String {
+    format!("{}#rewritten", m.state_key())
+}
+
+/// The record that tells readers `m`'s settled panes were rewritten at `now_ms` (by
+/// `runner backfill`), so they drop what they kept.
+pub(super) fn rewrite_mark(m: &Metric, now_ms: i64) -> PaneRecord {
+    PaneRecord { metric: rewrite_key(m), pane_start: TIMELESS_PANE, partition: 0, offset: now_ms, state: Value::from(now_ms) }
+}
+
+/// What changes when settled panes of `m` are rewritten: its rewrite marks, and its backfill
+/// seams (a backfill fills settled panes as it goes, and moves its seams with them).
+async fn rewrites(m: &Metric, store: &dyn EventStore) -> anyhow::Result<Vec<(String, i32, i64, String)>> {
+    let mut out = Vec::new();
+    for (key, pane) in [(rewrite_key(m), TIMELESS_PANE), (super::backfill::seam_key(m), super::backfill::SEAM_PANE)] {
+        for r in store.load_panes(&key, pane, pane + 1, None).await? {
+            out.push((r.metric, r.partition, r.offset, r.state.to_string()));
+        }
+    }
+    Ok(out)
+}
+
+/// Everything is read from the store again this often, whatever the marks say (a partition
+/// that starts late writes behind the others' watermarks).
 const REREAD_EVERY: Duration = Duration::from_secs(60);
 
 /// Merged settled prefixes kept at most (the current window and the few history windows still
@@ -168,6 +191,9 @@ const MAX_PREFIXES: usize = 8;
 struct Kept {
     /// The store they came from (a reload may switch stores).
     store: String,
+    /// The metric's rewrite marks and backfill seams when they were read: a change means
+    /// settled panes were rewritten.
+    rewrites: Vec<(String, i32, i64, String)>,
     read_at: Option<Instant>,
     /// Every stored pane starting in `[from, until)`, merged over partitions.
     from: i64,
@@ -180,7 +206,7 @@ struct Kept {
 impl Default for Kept {
     fn default() -> Self {
         // An empty span past every pane: nothing is kept, every read goes to the store.
-        Kept { store: String::new(), read_at: None, from: i64::MAX, until: i64::MAX, panes: BTreeMap::new(), prefixes: HashMap::new() }
+        Kept { store: String::new(), rewrites: Vec::new(), read_at: None, from: i64::MAX, until: i64::MAX, panes: BTreeMap::new(), prefixes: HashMap::new() }
     }
 }
 
@@ -188,20 +214,21 @@ impl Kept {
     /// Moves the kept span up to the newest settled pane and back to two window sizes behind it.
     async fn advance(&mut self, metric: &Metric, store: &dyn EventStore) -> anyhow::Result<()> {
         let describe = store.describe();
-        if self.store != describe || self.read_at.is_none_or(|t| t.elapsed() > REREAD_EVERY) {
-            *self = Kept { store: describe, read_at: Some(Instant::now()), ..Kept::default() };
+        let rewrites = rewrites(metric, store).await?;
+        if self.store != describe || self.rewrites != rewrites || self.read_at.is_none_or(|t| t.elapsed() > REREAD_EVERY) {
+            *self = Kept { store: describe, rewrites, read_at: Some(Instant::now()), ..Kept::default() };
         }
         let w = metric.window;
         let lateness = metric.config.lateness.as_millis() as i64;
         let oldest = super::write::stored_watermarks(metric, store).await?.into_iter().map(|(_, t)| t).min();
         let Some(until) = oldest.and_then(|t| t.checked_sub(lateness)).map(|f| w.pane_of(f)) else {
-            *self = Kept { store: std::mem::take(&mut self.store), read_at: self.read_at, ..Kept::default() };
+            *self = Kept { store: std::mem::take(&mut self.store), rewrites: std::mem::take(&mut self.rewrites), read_at: self.read_at, ..Kept::default() };
             return Ok(());
         };
         let keep_from = until.saturating_sub(2 * w.size_ms);
         if self.from == i64::MAX || until < self.until {
             // Nothing kept yet, or a watermark went back (a partition joined late): start over.
-            *self = Kept { store: std::mem::take(&mut self.store), read_at: self.read_at, from: keep_from, until: keep_from, ..Kept::default() };
+            *self = Kept { store: std::mem::take(&mut self.store), rewrites: std::mem::take(&mut self.rewrites), read_at: self.read_at, from: keep_from, until: keep_from, ..Kept::default() };
         }
         if keep_from > self.from {
             self.panes = self.panes.split_off(&keep_from);
@@ -251,7 +278,6 @@ mod tests {
     use super::*;
     use crate::aggregate::{Aggregator, MetricSet};
     use crate::store::embedded::{EmbeddedConfig, EmbeddedStore};
-    use crate::store::PaneRecord;
     use crate::telemetry::Stats;
     use crate::transport::Batch;
     use std::sync::Arc;
@@ -298,18 +324,22 @@ mod tests {
         // A partial written into a settled pane by a partition with no watermark (only a
         // backfill rewrites settled panes) is not read again until everything is reread...
         let settled = store.load_panes(m.state_key(), T0 + 50_000, T0 + 55_000, None).await.unwrap().remove(0);
-        store.write_panes(&[PaneRecord { partition: 7, ..settled }]).await.unwrap();
+        store.write_panes(&[PaneRecord { partition: 7, ..settled.clone() }]).await.unwrap();
         assert_eq!(count(&read(m, &store, at).await.unwrap().value), 60, "the kept pane");
+        // ...unless it says so: `runner backfill` leaves a rewrite mark.
+        store.write_panes(&[PaneRecord { partition: 8, ..settled }, rewrite_mark(m, 1)]).await.unwrap();
+        assert_eq!(count(&read(m, &store, at).await.unwrap().value), 70, "both partials read again after the mark");
+        store.write_panes(&[rewrite_mark(m, 2)]).await.unwrap();
         // ...while an event in a pane still open shows on the next read.
         consume(&set, &store, 0, 100, [98].into_iter()).await;
-        assert_eq!(count(&read(m, &store, at).await.unwrap().value), 61);
-        // A fresh definition (a reload) reads the store whole: both partials of pane 50 s.
+        assert_eq!(count(&read(m, &store, at).await.unwrap().value), 71);
+        // A fresh definition (a reload) reads the store whole.
         let fresh = per_item_set(Duration::from_secs(60), Duration::from_secs(5));
-        assert_eq!(count(&read(&fresh.metrics()[0], &store, at).await.unwrap().value), 66);
+        assert_eq!(count(&read(&fresh.metrics()[0], &store, at).await.unwrap().value), 71);
 
         // A partition whose watermark is behind what was kept starts the span over.
         consume(&set, &store, 1, 0, [41].into_iter()).await;
-        assert_eq!(count(&read(m, &store, at).await.unwrap().value), 67);
+        assert_eq!(count(&read(m, &store, at).await.unwrap().value), 72);
         assert_eq!(m.settled.kept.lock().await.until, T0 + 35_000);
     }
 
