@@ -352,14 +352,23 @@ async fn browser_sees_live_updates() {
         for m in axes.as_array().unwrap() {
             assert!(m[1].as_u64() >= Some(3) && m[2].as_u64() >= Some(3), "a chart without a labelled time axis and grid: {m}");
         }
-        // The grouped metric is drawn as one line per key, with a legend naming them.
-        let grouped: serde_json::Value = client
-            .execute(
-                "const a = document.querySelector('[data-metric=interaction_types]');
-                 return [a.querySelectorAll('svg.chart path.series').length, [...a.querySelectorAll('.legend li')].map(l => l.textContent)];",
-                vec![],
-            )
-            .await?;
+        // The grouped metric is drawn as one line per key, with a legend naming them. In the
+        // first seconds of a run the sessions have only viewed and clicked: wait (the page
+        // updates itself) until a third type has happened.
+        let t = Instant::now();
+        let grouped = loop {
+            let grouped: serde_json::Value = client
+                .execute(
+                    "const a = document.querySelector('[data-metric=interaction_types]');
+                     return [a.querySelectorAll('svg.chart path.series').length, [...a.querySelectorAll('.legend li')].map(l => l.textContent)];",
+                    vec![],
+                )
+                .await?;
+            if grouped[0].as_u64() >= Some(3) || t.elapsed() > Duration::from_secs(20) {
+                break grouped;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
         assert!(grouped[0].as_u64() >= Some(3) && grouped[1].as_array().unwrap().iter().any(|k| k == "view"), "interaction types over time: {grouped}");
         // The flow panel's rates move: the store edge carries events and its total grows.
         let flow = "const e = document.querySelector('[data-edge=consumer-store]');
