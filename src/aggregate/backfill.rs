@@ -91,13 +91,17 @@ impl Seam {
 /// How far a metric's backfill has come, from its stored seams: `None` when there is nothing
 /// left to fill (or nothing to fill at all), else the share done, 0 to 1.
 pub async fn progress(m: &Metric, store: &dyn EventStore) -> anyhow::Result<Option<f64>> {
-    let records = store.load_panes(&seam_key(m), SEAM_PANE, SEAM_PANE + 1, None).await?;
+    Ok(progress_of(&store.load_panes(&seam_key(m), SEAM_PANE, SEAM_PANE + 1, None).await?))
+}
+
+/// [`progress`] from the metric's seam records, already read.
+pub(super) fn progress_of(records: &[PaneRecord]) -> Option<f64> {
     let seams: Vec<(Seam, i64)> = records.iter().filter_map(|r| Some((serde_json::from_value(r.state.clone()).ok()?, r.offset))).collect();
     if seams.iter().all(|(s, at)| s.complete(*at)) {
-        return Ok(None);
+        return None;
     }
     let (done, total) = seams.iter().map(|(s, at)| s.counts(*at)).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
-    Ok(Some(if total == 0 { 0.0 } else { done as f64 / total as f64 }))
+    Some(if total == 0 { 0.0 } else { done as f64 / total as f64 })
 }
 
 /// The seam a metric gets on a partition it has no state on, at position `at` (`None`: there is

@@ -33,13 +33,15 @@ pub struct Backfilling {
 pub async fn read(metric: &Metric, store: &dyn EventStore, at_ms: i64) -> anyhow::Result<MetricValue> {
     let (start, end) = metric.window.range_at(at_ms);
     let value = windows(metric, store, &[end]).await?.pop().expect("one point per window end").value;
+    // The seams that read saw: a backfill's progress without reading them again.
+    let backfilling = super::backfill::progress_of(&metric.settled.kept.lock().await.seams);
     Ok(MetricValue {
         name: metric.name().to_string(),
         description: metric.config.description.clone(),
         window_start: start,
         window_end: end,
         value,
-        backfilling: super::backfill::progress(metric, store).await?.map(|done| Backfilling { done }),
+        backfilling: backfilling.map(|done| Backfilling { done }),
     })
 }
 
@@ -168,18 +170,6 @@ pub(super) fn rewrite_mark(m: &Metric, now_ms: i64) -> PaneRecord {
     PaneRecord { metric: rewrite_key(m), pane_start: TIMELESS_PANE, partition: 0, offset: now_ms, state: Value::from(now_ms) }
 }
 
-/// What changes when settled panes of `m` are rewritten: its rewrite marks, and its backfill
-/// seams (a backfill fills settled panes as it goes, and moves its seams with them).
-async fn rewrites(m: &Metric, store: &dyn EventStore) -> anyhow::Result<Vec<(String, i32, i64, String)>> {
-    let mut out = Vec::new();
-    for (key, pane) in [(rewrite_key(m), TIMELESS_PANE), (super::backfill::seam_key(m), super::backfill::SEAM_PANE)] {
-        for r in store.load_panes(&key, pane, pane + 1, None).await? {
-            out.push((r.metric, r.partition, r.offset, r.state.to_string()));
-        }
-    }
-    Ok(out)
-}
-
 /// Everything is read from the store again this often, whatever the marks say (a partition
 /// that starts late writes behind the others' watermarks).
 const REREAD_EVERY: Duration = Duration::from_secs(60);
@@ -191,9 +181,10 @@ const MAX_PREFIXES: usize = 8;
 struct Kept {
     /// The store they came from (a reload may switch stores).
     store: String,
-    /// The metric's rewrite marks and backfill seams when they were read: a change means
-    /// settled panes were rewritten.
-    rewrites: Vec<(String, i32, i64, String)>,
+    /// The metric's rewrite marks and backfill seams as last read: a change means settled
+    /// panes were rewritten.
+    marks: Vec<PaneRecord>,
+    seams: Vec<PaneRecord>,
     read_at: Option<Instant>,
     /// Every stored pane starting in `[from, until)`, merged over partitions.
     from: i64,
@@ -206,7 +197,7 @@ struct Kept {
 impl Default for Kept {
     fn default() -> Self {
         // An empty span past every pane: nothing is kept, every read goes to the store.
-        Kept { store: String::new(), rewrites: Vec::new(), read_at: None, from: i64::MAX, until: i64::MAX, panes: BTreeMap::new(), prefixes: HashMap::new() }
+        Kept { store: String::new(), marks: Vec::new(), seams: Vec::new(), read_at: None, from: i64::MAX, until: i64::MAX, panes: BTreeMap::new(), prefixes: HashMap::new() }
     }
 }
 
@@ -214,21 +205,22 @@ impl Kept {
     /// Moves the kept span up to the newest settled pane and back to two window sizes behind it.
     async fn advance(&mut self, metric: &Metric, store: &dyn EventStore) -> anyhow::Result<()> {
         let describe = store.describe();
-        let rewrites = rewrites(metric, store).await?;
-        if self.store != describe || self.rewrites != rewrites || self.read_at.is_none_or(|t| t.elapsed() > REREAD_EVERY) {
-            *self = Kept { store: describe, rewrites, read_at: Some(Instant::now()), ..Kept::default() };
+        let marks = store.load_panes(&rewrite_key(metric), TIMELESS_PANE, TIMELESS_PANE + 1, None).await?;
+        let seams = store.load_panes(&super::backfill::seam_key(metric), super::backfill::SEAM_PANE, super::backfill::SEAM_PANE + 1, None).await?;
+        if self.store != describe || self.marks != marks || self.seams != seams || self.read_at.is_none_or(|t| t.elapsed() > REREAD_EVERY) {
+            *self = Kept { store: describe, marks, seams, read_at: Some(Instant::now()), ..Kept::default() };
         }
         let w = metric.window;
         let lateness = metric.config.lateness.as_millis() as i64;
         let oldest = super::write::stored_watermarks(metric, store).await?.into_iter().map(|(_, t)| t).min();
         let Some(until) = oldest.and_then(|t| t.checked_sub(lateness)).map(|f| w.pane_of(f)) else {
-            *self = Kept { store: std::mem::take(&mut self.store), rewrites: std::mem::take(&mut self.rewrites), read_at: self.read_at, ..Kept::default() };
+            *self = Kept { store: std::mem::take(&mut self.store), marks: std::mem::take(&mut self.marks), seams: std::mem::take(&mut self.seams), read_at: self.read_at, ..Kept::default() };
             return Ok(());
         };
         let keep_from = until.saturating_sub(2 * w.size_ms);
         if self.from == i64::MAX || until < self.until {
             // Nothing kept yet, or a watermark went back (a partition joined late): start over.
-            *self = Kept { store: std::mem::take(&mut self.store), rewrites: std::mem::take(&mut self.rewrites), read_at: self.read_at, from: keep_from, until: keep_from, ..Kept::default() };
+            *self = Kept { store: std::mem::take(&mut self.store), marks: std::mem::take(&mut self.marks), seams: std::mem::take(&mut self.seams), read_at: self.read_at, from: keep_from, until: keep_from, ..Kept::default() };
         }
         if keep_from > self.from {
             self.panes = self.panes.split_off(&keep_from);

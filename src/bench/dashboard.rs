@@ -93,11 +93,18 @@ async fn sampling_rss<T>(pid: u32, during: impl std::future::Future<Output = T>)
     }
 }
 
-/// The median of `samples` (0 when empty).
-fn median(samples: &[f64]) -> f64 {
-    let mut v = samples.to_vec();
+/// The `q` quantile of `values` (nearest rank; NaN when empty).
+fn quantile(values: &[f64], q: f64) -> f64 {
+    let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
+    match v.len() {
+        0 => f64::NAN,
+        n => v[((n - 1) as f64 * q).round() as usize],
+    }
+}
+
+fn median(samples: &[f64]) -> f64 {
+    quantile(samples, 0.5)
 }
 
 /// A sample of `/metrics` by name (first sample of each).
@@ -170,13 +177,8 @@ async fn api_load(client: &reqwest::Client, base: &str, per_s: f64, length: Dura
 }
 
 fn p50_p99(v: &[(f64, &str)]) -> (f64, f64) {
-    let mut v: Vec<f64> = v.iter().map(|l| l.0).collect();
-    if v.is_empty() {
-        return (f64::NAN, f64::NAN);
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
-    (at(0.5), at(0.99))
+    let ms: Vec<f64> = v.iter().map(|l| l.0).collect();
+    (quantile(&ms, 0.5), quantile(&ms, 0.99))
 }
 
 /// The sequence ids of the refreshes a viewer received, with when each arrived.

@@ -195,8 +195,7 @@ pub(super) async fn latency_section(pipeline: &Pipeline, opts: &BenchOptions, se
 const KAFKA_TO_DISCARD: &str = "end to end, store not the limit: kafka -> decode -> aggregate -> commit, writes discarded";
 
 /// The runner's consumer reading the whole topic into [`discard::Discard`]: events/s from the
-/// first message to the last batch acknowledged.
-/// Events/s and the events consumed.
+/// first message to the last batch acknowledged, and the events consumed.
 async fn consume_into_discard(p: &Pipeline) -> anyhow::Result<(f64, u64)> {
     let stats = Stats::new();
     let subscriber = crate::transport::kafka::KafkaSubscriber::new(&p.config.kafka, p.config.consumer.batching(), p.schema(), stats.clone())?;
