@@ -536,7 +536,7 @@ async fn an_unreadable_store_is_a_503_with_the_reason() {
     assert_eq!(tokio::task::spawn_blocking(move || get(port, "/metrics", &[]).0).await.unwrap(), 200);
     let metric = running.metrics.borrow().metrics().iter().find(|m| m.name() == "active_users").unwrap().state_key().to_string();
     let now = chrono::Utc::now().timestamp_millis();
-    let damaged = runner::store::PaneRecord { metric, pane_start: now - now % 5000, partition: 77, offset: 0, state: serde_json::json!({"not": "a state"}) };
+    let damaged = runner::store::PaneRecord { metric, pane_start: now - now % 5000, partition: 77, offset: 0, state: serde_json::json!({"not": "a state"}).into() };
     running.store.as_ref().unwrap().write_panes(&[damaged]).await.unwrap();
     // Metric values are read every half second while asked for, and a reader is answered the
     // previous read while the next runs: the damage shows within a read or two.

@@ -149,7 +149,7 @@ async fn contract(store: &dyn EventStore, shape: &Shape) {
 
 /// A partial of metric `m`.
 fn pane(start: i64, partition: i32, offset: i64, n: u64) -> PaneRecord {
-    PaneRecord { metric: "m".into(), pane_start: start, partition, offset, state: json!({"single": {"count": n}}) }
+    PaneRecord { metric: "m".into(), pane_start: start, partition, offset, state: json!({"single": {"count": n}}).into() }
 }
 
 /// A notification of alert `a` sent at `at` (ms).
@@ -194,7 +194,7 @@ async fn retention_contract(store: &dyn EventStore, shape: &Shape) {
     records.extend((1000..1020).map(fresh));
     store.insert_events(&records).await.unwrap();
     let current = now - now % 5_000;
-    let watermark = PaneRecord { metric: "m#watermark".into(), pane_start: runner::store::TIMELESS_PANE, partition: 0, offset: 9, state: json!(now) };
+    let watermark = PaneRecord { metric: "m#watermark".into(), pane_start: runner::store::TIMELESS_PANE, partition: 0, offset: 9, state: json!(now).into() };
     store.write_panes(&[pane(0, 0, 1, 1), pane(5_000, 0, 2, 2), pane(current, 0, 3, 3), watermark.clone()]).await.unwrap();
     store.record_alert(&notice("old", 1_000)).await.unwrap();
     store.record_alert(&notice("fresh", now)).await.unwrap();

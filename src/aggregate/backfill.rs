@@ -18,7 +18,7 @@
 
 use super::{Aggregator, Metric, MetricSet, TimeMode};
 use crate::event::Record;
-use crate::store::{EventStore, PaneRecord, TIMELESS_PANE};
+use crate::store::{EventStore, PaneRecord, StateJson, TIMELESS_PANE};
 use crate::telemetry::Stats;
 use crate::transport::{Batch, History, HistoryRead, NO_PARTITION};
 use async_trait::async_trait;
@@ -84,7 +84,7 @@ impl Seam {
     }
 
     fn record(&self, m: &Metric, partition: i32, at: i64) -> PaneRecord {
-        PaneRecord { metric: seam_key(m), pane_start: SEAM_PANE, partition, offset: at, state: serde_json::to_value(self).expect("a seam serializes") }
+        PaneRecord { metric: seam_key(m), pane_start: SEAM_PANE, partition, offset: at, state: StateJson::encode(self) }
     }
 }
 
@@ -96,7 +96,7 @@ pub async fn progress(m: &Metric, store: &dyn EventStore) -> anyhow::Result<Opti
 
 /// [`progress`] from the metric's seam records, already read.
 pub(super) fn progress_of(records: &[PaneRecord]) -> Option<f64> {
-    let seams: Vec<(Seam, i64)> = records.iter().filter_map(|r| Some((serde_json::from_value(r.state.clone()).ok()?, r.offset))).collect();
+    let seams: Vec<(Seam, i64)> = records.iter().filter_map(|r| Some((r.state.parse().ok()?, r.offset))).collect();
     if seams.iter().all(|(s, at)| s.complete(*at)) {
         return None;
     }
@@ -135,7 +135,7 @@ impl Job {
     /// A job for a seam record of `set.metrics()[index]` read from the store or just made; none
     /// when it is complete.
     pub(super) fn of(set: &MetricSet, index: usize, record: &PaneRecord) -> anyhow::Result<Option<Job>> {
-        let seam: Seam = serde_json::from_value(record.state.clone()).map_err(|e| anyhow::anyhow!("metric {}: a stored backfill seam is malformed: {e}", set.metrics()[index].name()))?;
+        let seam: Seam = record.state.parse().map_err(|e| anyhow::anyhow!("metric {}: a stored backfill seam is malformed: {e}", set.metrics()[index].name()))?;
         if seam.complete(record.offset) {
             return Ok(None);
         }

@@ -5,6 +5,7 @@ use super::script::{self, FieldValue, Filter, Selector, Selectors};
 use super::window::Window;
 use crate::base::de;
 use crate::event::{Record, Schema};
+use crate::store::StateJson;
 use crate::script::{compile_source, read_script, sandboxed_engine, MapFields, ScriptError, ScriptLimits};
 use rhai::{CallFnOptions, Dynamic, Engine, Scope, AST};
 use serde::Deserialize;
@@ -315,22 +316,26 @@ impl Metric {
     }
 
     /// The state as stored.
-    pub fn encode(&self, partial: &Partial) -> Value {
+    pub fn encode(&self, partial: &Partial) -> StateJson {
         match partial {
-            Partial::Builtin(s) => serde_json::to_value(s).expect("a state always serializes"),
-            Partial::Custom(d) => serde_json::json!({ "custom": rhai::serde::from_dynamic::<Value>(d).unwrap_or(Value::Null) }),
+            Partial::Builtin(s) => StateJson::encode(s),
+            Partial::Custom(d) => StateJson::encode(&serde_json::json!({ "custom": rhai::serde::from_dynamic::<Value>(d).unwrap_or(Value::Null) })),
         }
     }
 
     /// A stored state read back.
-    pub fn decode(&self, stored: &Value) -> Result<Partial, String> {
+    pub fn decode(&self, stored: &StateJson) -> Result<Partial, String> {
         match self.config.reducer {
             ReducerKind::Custom => {
-                let inner = stored.get("custom").ok_or("stored state is not a custom reducer's")?;
-                rhai::serde::to_dynamic(inner).map(Partial::Custom).map_err(|e| e.to_string())
+                #[derive(Deserialize)]
+                struct Stored {
+                    custom: Value,
+                }
+                let inner: Stored = stored.parse().map_err(|_| "stored state is not a custom reducer's")?;
+                rhai::serde::to_dynamic(inner.custom).map(Partial::Custom).map_err(|e| e.to_string())
             }
-            // Deserialized from the borrowed value: a clone of a pane's state first cost as much again.
-            _ => State::deserialize(stored).map(Partial::Builtin).map_err(|e| format!("stored state does not fit reducer {:?}: {e}", self.config.reducer)),
+            // Parsed straight from the stored text: through a `Value` first cost as much again.
+            _ => stored.parse::<State>().map(Partial::Builtin).map_err(|e| format!("stored state does not fit reducer {:?}: {e}", self.config.reducer)),
         }
     }
 

@@ -167,7 +167,7 @@ fn rewrite_key(m: &Metric) -> String {
 /// The record that tells readers `m`'s settled panes were rewritten at `now_ms` (by
 /// `runner backfill`), so they drop what they kept.
 pub(super) fn rewrite_mark(m: &Metric, now_ms: i64) -> PaneRecord {
-    PaneRecord { metric: rewrite_key(m), pane_start: TIMELESS_PANE, partition: 0, offset: now_ms, state: Value::from(now_ms) }
+    PaneRecord { metric: rewrite_key(m), pane_start: TIMELESS_PANE, partition: 0, offset: now_ms, state: now_ms.into() }
 }
 
 /// Everything is read from the store again this often, whatever the marks say (a partition

@@ -423,7 +423,7 @@ impl Aggregator {
                     pane_start: WATERMARK_PANE,
                     partition: *partition,
                     offset: mark.offset,
-                    state: serde_json::Value::from(mark.time),
+                    state: mark.time.into(),
                 });
             }
             // Panes no event can reach any more are only needed in the store.
@@ -522,7 +522,7 @@ pub(super) mod tests {
         agg.apply(&events, &[(0, 9), (0, 10), (0, 11), (0, 12), (0, 13)]);
         let (panes, _) = panes_and_watermarks(agg.take_dirty());
         assert_eq!(panes.len(), 1);
-        assert_eq!(panes[0].state["grouped"]["x"]["count"], 2, "offsets 12 and 13 only");
+        assert_eq!(panes[0].state.to_value().unwrap()["grouped"]["x"]["count"], 2, "offsets 12 and 13 only");
     }
 
     /// A recomputation writes each pane once: a pane leaves only when no event can reach it.
@@ -557,10 +557,10 @@ pub(super) mod tests {
         agg.apply(&events, &[]);
         let (dirty, marks) = panes_and_watermarks(agg.take_dirty());
         assert_eq!(marks.len(), 1, "the partition's watermark is stored too");
-        assert_eq!(marks[0].state, serde_json::json!(1_000_030_000));
+        assert_eq!(marks[0].state.as_i64(), Some(1_000_030_000));
         let total: u64 = dirty
             .iter()
-            .map(|r| r.state["grouped"].as_object().unwrap().values().map(|a| a["count"].as_u64().unwrap()).sum::<u64>())
+            .map(|r| r.state.to_value().unwrap()["grouped"].as_object().unwrap().values().map(|a| a["count"].as_u64().unwrap()).sum::<u64>())
             .sum();
         assert_eq!(total, 2, "8 s out of order counts; 25 s behind is late");
         assert_eq!(stats.snapshot().late_events, 1);
@@ -584,7 +584,7 @@ pub(super) mod tests {
         assert_eq!(marks[0].offset, 12, "the watermark knows the last offset it saw");
         assert_eq!(dirty.len(), 1);
         assert_eq!(dirty[0].offset, 12);
-        assert_eq!(dirty[0].state["grouped"]["x"]["count"], 3);
+        assert_eq!(dirty[0].state.to_value().unwrap()["grouped"]["x"]["count"], 3);
     }
 
     /// The shipped conversion rate as the built-in ratio and as the scripted custom reducer:

@@ -4,7 +4,7 @@
 //! names gets a generated column and an index, so it is queryable like a column.
 
 use super::retention::RetentionConfig;
-use super::{EventStore, InsertOutcome, Notification, PaneRecord, ResultRow};
+use super::{EventStore, InsertOutcome, Notification, PaneRecord, ResultRow, StateJson};
 
 use crate::dead_letter::DeadLetter;
 use crate::base::de;
@@ -354,7 +354,7 @@ impl EventStore for EmbeddedStore {
 
     async fn write_panes(&self, panes: &[PaneRecord]) -> anyhow::Result<()> {
         let rows: Vec<(String, i64, i32, i64, String)> =
-            panes.iter().map(|p| (p.metric.clone(), p.pane_start, p.partition, p.offset, p.state.to_string())).collect();
+            panes.iter().map(|p| (p.metric.clone(), p.pane_start, p.partition, p.offset, p.state.as_str().to_string())).collect();
         self.with_conn(move |conn| {
             let tx = conn.transaction()?;
             {
@@ -389,7 +389,7 @@ impl EventStore for EmbeddedStore {
             .await?;
         rows.into_iter()
             .map(|(metric, pane_start, partition, offset, state)| {
-                Ok(PaneRecord { metric, pane_start, partition, offset, state: serde_json::from_str(&state)? })
+                Ok(PaneRecord { metric, pane_start, partition, offset, state: StateJson::stored(state) })
             })
             .collect::<anyhow::Result<Vec<_>>>()
             .context("a stored metric state is malformed")

@@ -6,7 +6,7 @@ pub mod mongo;
 pub mod retention;
 mod rows;
 
-pub use rows::{Change, Labels, Notification, PaneRecord, ResultRow, TIMELESS_PANE};
+pub use rows::{Change, Labels, Notification, PaneRecord, ResultRow, StateJson, TIMELESS_PANE};
 
 use crate::dead_letter::DeadLetter;
 use crate::event::{Record, Schema};

@@ -5,7 +5,7 @@ use super::document::{from_document, to_document};
 use super::MongoStore;
 use crate::dead_letter::DeadLetter;
 use crate::event::Record;
-use crate::store::{EventStore, InsertOutcome, Notification, PaneRecord, Rejected, ResultRow, TIMELESS_PANE};
+use crate::store::{EventStore, InsertOutcome, Notification, PaneRecord, Rejected, ResultRow, StateJson, TIMELESS_PANE};
 use anyhow::Context;
 use async_trait::async_trait;
 use futures::TryStreamExt;
@@ -161,7 +161,7 @@ impl EventStore for MongoStore {
                     pane_start: d.get_i64("pane_start")?,
                     partition: d.get_i32("partition")?,
                     offset: d.get_i64("offset")?,
-                    state: serde_json::from_str(d.get_str("state")?)?,
+                    state: StateJson::stored(d.get_str("state")?.to_string()),
                 })
             })
             .collect::<anyhow::Result<Vec<_>>>()
@@ -312,7 +312,7 @@ impl MongoStore {
                 "partition": p.partition,
                 "offset": p.offset,
                 // JSON text, because group keys are user data and need not be valid BSON field names.
-                "state": p.state.to_string(),
+                "state": p.state.as_str(),
                 super::PANE_TIME: bson::DateTime::from_millis(p.pane_start),
                 "updated_at": bson::DateTime::now(),
             };
