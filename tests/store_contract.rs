@@ -309,6 +309,7 @@ fn mongo_config(shape: &Shape) -> MongoConfig {
         lease_collection: "leases".into(),
         indexes: shape.indexes(),
         connect_timeout: Duration::from_secs(20),
+        insert_streams: 4,
     }
 }
 
@@ -352,5 +353,34 @@ async fn mongo_refuses_only_the_records_it_cannot_hold() {
     // Sent again (a replay): the good ones are duplicates, the bad ones refused again.
     let again = store.insert_events(&batch).await.unwrap();
     assert_eq!((again.inserted, again.duplicates, again.rejected.len()), (0, 3, 2), "{again:?}");
+    mongodb::Client::with_uri_str(&config.uri).await.unwrap().database(&config.database).drop().await.unwrap();
+}
+
+#[tokio::test]
+async fn mongo_splits_a_batch_over_insert_streams_and_reports_refusals_at_their_batch_positions() {
+    let shape = interactions();
+    let config = mongo_config(&shape);
+    assert!(config.insert_streams > 1);
+    let store = MongoStore::connect(&config, &Default::default(), &shape.schema).await.unwrap();
+    let with = |i: u32, extra: &str| {
+        let json = (shape.json)(i);
+        let json = format!("{},{extra}}}", &json[..json.len() - 1]);
+        Record::from_json(&shape.schema, json.as_bytes()).unwrap()
+    };
+    // 1,200 records: four streams of 300. Server refusals in three of them, and a record kept
+    // back before sending, which shifts every later position among those sent.
+    let batch: Vec<Record> = (0..1200)
+        .map(|i| match i {
+            5 | 700 | 1100 => with(i, r#""_id":[1,2]"#),
+            450 => with(i, r#""a\u0000b":1"#),
+            _ => shape.record(i),
+        })
+        .collect();
+    let outcome = store.insert_events(&batch).await.unwrap();
+    let refused: Vec<usize> = outcome.rejected.iter().map(|r| r.index).collect();
+    assert_eq!((outcome.inserted, outcome.duplicates, refused), (1196, 0, vec![5, 450, 700, 1100]), "{:?}", outcome.rejected);
+    assert_eq!(store.count_events().await.unwrap(), 1196);
+    let again = store.insert_events(&batch).await.unwrap();
+    assert_eq!((again.inserted, again.duplicates, again.rejected.len()), (0, 1196, 4));
     mongodb::Client::with_uri_str(&config.uri).await.unwrap().database(&config.database).drop().await.unwrap();
 }

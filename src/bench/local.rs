@@ -9,7 +9,7 @@ use super::baseline;
 use crate::aggregate::{Aggregator, MetricSet};
 use crate::decode::decode;
 use crate::event::{Record, Schema};
-use crate::store::mongo::to_document;
+use crate::store::mongo::to_raw;
 use crate::transport::Batch;
 use crate::generator::{Generator, GeneratorScript};
 use crate::pipeline::{self, RunOptions};
@@ -146,7 +146,7 @@ fn consuming_path_cpu(pipeline: &Pipeline, set: &Arc<MetricSet>, messages: &[Vec
             pipeline.config.consumer.validation.apply(&mut batch);
             agg.apply(&batch.events, &[]);
             std::hint::black_box(agg.take_dirty());
-            std::hint::black_box(batch.events.iter().map(to_document).collect::<Vec<_>>());
+            std::hint::black_box(batch.events.iter().map(|e| to_raw(e, usize::MAX)).collect::<Vec<_>>());
         }
         cpu_us.push(super::us_per_event(process_cpu() - before, messages.len() as u64));
     }

@@ -4,11 +4,11 @@
 mod document;
 mod store;
 
-pub use document::to_document;
+pub use document::{to_document, to_raw};
 
 use crate::base::{de, Backoff};
 use anyhow::{bail, Context};
-use mongodb::bson::{doc, Document};
+use mongodb::bson::{doc, Document, RawDocumentBuf};
 use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::error::ErrorKind;
 use mongodb::{Client, Collection, IndexModel};
@@ -55,6 +55,11 @@ pub struct MongoConfig {
     /// How long to keep retrying an unreachable server at start before giving up.
     #[serde(default = "default_connect_timeout", deserialize_with = "de::duration")]
     pub connect_timeout: Duration,
+    /// Concurrent `insert_many` streams a batch of raw events is split over. The server takes
+    /// more from several writers than from one (each waits for its journal commit); a batch is
+    /// acknowledged only once every stream of it is durable.
+    #[serde(default = "default_insert_streams", deserialize_with = "de::number")]
+    pub insert_streams: usize,
 }
 
 impl std::fmt::Debug for MongoConfig {
@@ -72,6 +77,7 @@ impl std::fmt::Debug for MongoConfig {
             .field("lease_collection", &self.lease_collection)
             .field("indexes", &self.indexes)
             .field("connect_timeout", &self.connect_timeout)
+            .field("insert_streams", &self.insert_streams)
             .finish()
     }
 }
@@ -100,6 +106,9 @@ fn default_dead_letters() -> String {
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(60)
 }
+fn default_insert_streams() -> usize {
+    4
+}
 
 impl MongoConfig {
     /// True when the pipeline uses the embedded store instead of MongoDB.
@@ -116,6 +125,9 @@ impl MongoConfig {
                 "mongodb.uri must start with mongodb:// or mongodb+srv:// (or be \"embedded\"), got {:?}",
                 redact(&self.uri)
             ));
+        }
+        if self.insert_streams == 0 {
+            p.push("mongodb.insert_streams must be at least 1".to_string());
         }
         if self.database.is_empty() || self.raw_collection.is_empty() || self.metrics_collection.is_empty() {
             p.push("mongodb.database and the collection names must not be empty".to_string());
@@ -152,6 +164,9 @@ pub async fn client_options(uri: &str) -> anyhow::Result<ClientOptions> {
 /// Raw events in a MongoDB collection.
 pub struct MongoStore {
     raw: Collection<Document>,
+    /// The raw collection for inserts, which send documents already encoded.
+    raw_insert: Collection<RawDocumentBuf>,
+    insert_streams: usize,
     panes: Collection<Document>,
     alerts: Collection<Document>,
     alert_state: Collection<Document>,
@@ -204,6 +219,8 @@ impl MongoStore {
             .with_context(|| format!("cannot create indexes on {}", results.namespace()))?;
         time_index(&results, "window_end", retention.results).await?;
         Ok(MongoStore {
+            raw_insert: raw.clone_with_type(),
+            insert_streams: config.insert_streams,
             raw,
             panes,
             alerts,

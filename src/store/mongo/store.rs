@@ -1,7 +1,7 @@
 //! [`EventStore`] on MongoDB: raw events with `insert_many` (unordered, so a replayed batch
 //! writes only what is missing), partials with conditional upserts, and the history collections.
 
-use super::document::{from_document, to_document};
+use super::document::{from_document, to_raw};
 use super::MongoStore;
 use crate::dead_letter::DeadLetter;
 use crate::event::Record;
@@ -9,7 +9,7 @@ use crate::store::{EventStore, InsertOutcome, Notification, PaneRecord, Rejected
 use anyhow::Context;
 use async_trait::async_trait;
 use futures::TryStreamExt;
-use mongodb::bson::{self, doc, Document};
+use mongodb::bson::{self, doc, Document, RawDocumentBuf};
 use mongodb::error::{ErrorKind, WriteFailure};
 use mongodb::Collection;
 use std::future::IntoFuture;
@@ -43,16 +43,20 @@ enum Refusal {
     Transient(mongodb::error::Error),
 }
 
+/// Fewest documents worth a stream of their own: below this a batch is split no further
+/// (each stream costs a round trip and a journal wait).
+const MIN_PER_STREAM: usize = 250;
+
 impl MongoStore {
     /// One unordered `insert_many`, its failures sorted: a duplicate id is a replay, a document
     /// the server refuses on its own (a per-document write error) is rejected for good, and
     /// everything else (network, write concern, no primary) is worth retrying.
-    async fn insert_documents(&self, docs: &[Document]) -> Result<InsertOutcome, Refusal> {
+    async fn insert_documents(&self, docs: &[RawDocumentBuf]) -> Result<InsertOutcome, Refusal> {
         let total = docs.len() as u64;
         if total == 0 {
             return Ok(InsertOutcome::default());
         }
-        let e = match self.raw.insert_many(docs).ordered(false).await {
+        let e = match self.raw_insert.insert_many(docs).ordered(false).await {
             Ok(r) => return Ok(InsertOutcome { inserted: r.inserted_ids.len() as u64, ..Default::default() }),
             Err(e) => e,
         };
@@ -78,6 +82,27 @@ impl MongoStore {
             .collect();
         Ok(InsertOutcome { inserted: total - duplicates - rejected.len() as u64, duplicates, rejected })
     }
+
+    /// [`Self::insert_documents`] over up to `insert_streams` concurrent streams, each a
+    /// contiguous slice of the batch. Succeeds only once every stream is durable, so the batch
+    /// is acknowledged whole or replayed whole (the unique id absorbs what a failed attempt
+    /// already wrote).
+    async fn insert_streams(&self, docs: &[RawDocumentBuf]) -> Result<InsertOutcome, Refusal> {
+        let streams = self.insert_streams.min(docs.len() / MIN_PER_STREAM).max(1);
+        if streams == 1 {
+            return self.insert_documents(docs).await;
+        }
+        let size = docs.len().div_ceil(streams);
+        let outcomes = futures::future::join_all(docs.chunks(size).map(|chunk| self.insert_documents(chunk))).await;
+        let mut total = InsertOutcome::default();
+        for (i, outcome) in outcomes.into_iter().enumerate() {
+            let o = outcome?;
+            total.inserted += o.inserted;
+            total.duplicates += o.duplicates;
+            total.rejected.extend(o.rejected.into_iter().map(|r| Rejected { index: r.index + i * size, ..r }));
+        }
+        Ok(total)
+    }
 }
 
 #[async_trait]
@@ -87,40 +112,32 @@ impl EventStore for MongoStore {
     }
 
     async fn insert_events(&self, events: &[Record]) -> anyhow::Result<InsertOutcome> {
-        let docs: Vec<Document> = events.iter().map(to_document).collect();
-        match self.insert_documents(&docs).await {
-            Err(Refusal::ClientSide(e)) => {
-                // The driver refused the batch before sending it because of some document in it
-                // (a key BSON cannot hold, a document over the size limit). Find which, keep
-                // them aside, and send the rest: a poison record must not stall its partition.
-                let limit = MAX_DOCUMENT_BYTES;
-                let (mut rejected, mut keep) = (Vec::new(), Vec::new());
-                for (index, d) in docs.into_iter().enumerate() {
-                    match bson::to_vec(&d) {
-                        Ok(bytes) if bytes.len() <= limit => keep.push((index, d)),
-                        Ok(bytes) => rejected.push(Rejected { index, reason: format!("the document is {} bytes; MongoDB holds at most {limit}", bytes.len()) }),
-                        Err(e) => rejected.push(Rejected { index, reason: format!("not a valid BSON document: {e}") }),
-                    }
+        // A record MongoDB can never hold (a key BSON cannot hold, a document over the size
+        // limit) is kept aside, and the rest sent: a poison record must not stall its partition.
+        let (mut docs, mut sent, mut rejected) = (Vec::with_capacity(events.len()), Vec::with_capacity(events.len()), Vec::new());
+        for (index, e) in events.iter().enumerate() {
+            match to_raw(e, MAX_DOCUMENT_BYTES) {
+                Ok(d) => {
+                    docs.push(d);
+                    sent.push(index);
                 }
-                if rejected.is_empty() {
-                    return Err(anyhow::Error::new(e).context("MongoDB refused the batch, but no single document in it is at fault"));
-                }
-                let (indexes, kept): (Vec<usize>, Vec<Document>) = keep.into_iter().unzip();
-                let mut outcome = match self.insert_documents(&kept).await {
-                    Ok(o) => o,
-                    Err(Refusal::ClientSide(e) | Refusal::Transient(e)) => return Err(anyhow::Error::new(e).context("MongoDB insert_many failed")),
-                };
-                // Positions in the resent batch back to positions in `events`.
-                for r in &mut outcome.rejected {
-                    r.index = indexes[r.index];
-                }
-                outcome.rejected.extend(rejected);
-                outcome.rejected.sort_by_key(|r| r.index);
-                Ok(outcome)
+                Err(reason) => rejected.push(Rejected { index, reason }),
             }
-            Err(Refusal::Transient(e)) => Err(anyhow::Error::new(e).context("MongoDB insert_many failed")),
-            Ok(outcome) => Ok(outcome),
         }
+        let mut outcome = match self.insert_streams(&docs).await {
+            Ok(o) => o,
+            Err(Refusal::ClientSide(e)) => return Err(anyhow::Error::new(e).context("MongoDB refused the batch, but no single document in it is at fault")),
+            Err(Refusal::Transient(e)) => return Err(anyhow::Error::new(e).context("MongoDB insert_many failed")),
+        };
+        if !rejected.is_empty() {
+            // Positions among the documents sent back to positions in `events`.
+            for r in &mut outcome.rejected {
+                r.index = sent[r.index];
+            }
+            outcome.rejected.extend(rejected);
+            outcome.rejected.sort_by_key(|r| r.index);
+        }
+        Ok(outcome)
     }
 
     async fn count_events(&self) -> anyhow::Result<u64> {
