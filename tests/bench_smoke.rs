@@ -26,6 +26,8 @@ fn bench_smoke_run_prints_every_figure() {
         "end to end, store not the limit",
         "mongodb insert_many",
         "end to end: kafka -> decode -> MongoDB",
+        "mongodb.insert_streams = 1: end to end",
+        "mongodb.insert_streams = 4: end to end",
         "peak RSS",
         "latency p99",
         "(of which event -> read by the consumer, p99)",

@@ -111,8 +111,7 @@ impl Aggregator {
         self.backfill.is_some() && batch.sources.is_empty() && !batch.events.is_empty() && !self.loaded.contains_key(&NO_PARTITION)
     }
 
-    /// The batch given to the last [`Self::absorb`] is stored: the backfills it made seams for
-    /// may start.
+    /// The last [`Self::checkpoint`] is stored: the backfills whose seams it held may start.
     pub fn stored(&mut self) {
         if let Some(b) = &self.backfill {
             for job in self.jobs.drain(..) {
@@ -121,12 +120,19 @@ impl Aggregator {
         }
     }
 
-    /// The one call per batch: forgets partitions revoked since the last batch, loads the stored
-    /// partials of partitions new to this aggregator, applies the events (skipping those already
-    /// in a stored partial), and returns the changed partials, to write before the batch is
-    /// acknowledged, and the late events as dead letters. A store error while loading leaves
-    /// nothing applied, so the call may simply be repeated.
+    /// [`Self::ingest`] and [`Self::checkpoint`] in one call: the batch's changed partials, to
+    /// write before it is acknowledged, and its late events as dead letters.
     pub async fn absorb(&mut self, batch: &Batch, store: &dyn EventStore) -> anyhow::Result<Absorbed> {
+        let late = self.ingest(batch, store).await?;
+        Ok(Absorbed { panes: self.checkpoint(), late })
+    }
+
+    /// Takes in one batch: forgets partitions revoked since the last batch, loads the stored
+    /// partials of partitions new to this aggregator, applies the events (skipping those already
+    /// in a stored partial), and returns the late events as dead letters. The batch may be
+    /// acknowledged only once a later [`Self::checkpoint`]'s partials are stored. A store error
+    /// while loading leaves nothing applied, so the call may simply be repeated.
+    pub async fn ingest(&mut self, batch: &Batch, store: &dyn EventStore) -> anyhow::Result<Vec<DeadLetter>> {
         self.forget(&batch.revoked);
         let mut partitions: Vec<i32> = batch.sources.iter().map(|s| s.0).collect();
         if batch.sources.is_empty() && !batch.events.is_empty() {
@@ -149,7 +155,7 @@ impl Aggregator {
             }
         }
         self.apply(&batch.events, &batch.sources);
-        Ok(Absorbed { panes: self.take_dirty(), late: self.take_late() })
+        Ok(self.take_late())
     }
 
     /// Partitions of this batch whose stored partials are not loaded yet (after start or a
@@ -402,8 +408,9 @@ impl Aggregator {
         out
     }
 
-    /// Changed partials to write before acknowledging the batch; they are marked clean.
-    pub(crate) fn take_dirty(&mut self) -> Vec<PaneRecord> {
+    /// The partials changed since the last checkpoint (with new watermarks and seams), marked
+    /// clean: once they are stored, every batch ingested before may be acknowledged.
+    pub fn checkpoint(&mut self) -> Vec<PaneRecord> {
         let mut out = std::mem::take(&mut self.seams);
         for (m, st) in self.set.metrics.iter().zip(self.states.iter_mut()) {
             for ((pane_start, partition), cell) in st.cells.iter_mut().filter(|(_, c)| c.dirty) {
@@ -492,7 +499,7 @@ pub(super) mod tests {
         let (mut agg, _) = aggregator(10);
         agg.apply(&[event("new", "x", 60), event("old", "x", 5)], &[(0, 1), (0, 2)]);
         assert_eq!(agg.take_late().len(), 1);
-        let stored = agg.take_dirty();
+        let stored = agg.checkpoint();
         // A new process: loads what was stored, then replays from offset 2 and reads offset 3.
         let (mut again, stats) = aggregator(10);
         again.install(0, 0, stored).unwrap();
@@ -500,7 +507,7 @@ pub(super) mod tests {
         let late = again.take_late();
         assert_eq!(late.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), ["late:older"], "the replayed one is not dead-lettered again");
         assert_eq!(stats.snapshot().late_events, 1);
-        let (panes, _) = panes_and_watermarks(again.take_dirty());
+        let (panes, _) = panes_and_watermarks(again.checkpoint());
         assert!(panes.is_empty(), "nothing counted: {panes:?}");
     }
 
@@ -520,7 +527,7 @@ pub(super) mod tests {
         agg.install(0, 0, vec![seam]).unwrap();
         let events: Vec<Record> = (0..5).map(|i| event(&format!("e{i}"), "x", i)).collect();
         agg.apply(&events, &[(0, 9), (0, 10), (0, 11), (0, 12), (0, 13)]);
-        let (panes, _) = panes_and_watermarks(agg.take_dirty());
+        let (panes, _) = panes_and_watermarks(agg.checkpoint());
         assert_eq!(panes.len(), 1);
         assert_eq!(panes[0].state.to_value().unwrap()["grouped"]["x"]["count"], 2, "offsets 12 and 13 only");
     }
@@ -555,7 +562,7 @@ pub(super) mod tests {
         let (mut agg, stats) = aggregator(10);
         let events = [event("a", "x", 30), event("b", "x", 22), event("c", "y", 5)];
         agg.apply(&events, &[]);
-        let (dirty, marks) = panes_and_watermarks(agg.take_dirty());
+        let (dirty, marks) = panes_and_watermarks(agg.checkpoint());
         assert_eq!(marks.len(), 1, "the partition's watermark is stored too");
         assert_eq!(marks[0].state.as_i64(), Some(1_000_030_000));
         let total: u64 = dirty
@@ -580,7 +587,7 @@ pub(super) mod tests {
         agg.apply(&events, &[(0, 10), (0, 11)]);
         agg.apply(&events, &[(0, 10), (0, 11)]);
         agg.apply(&[event("c", "x", 3)], &[(0, 12)]);
-        let (dirty, marks) = panes_and_watermarks(agg.take_dirty());
+        let (dirty, marks) = panes_and_watermarks(agg.checkpoint());
         assert_eq!(marks[0].offset, 12, "the watermark knows the last offset it saw");
         assert_eq!(dirty.len(), 1);
         assert_eq!(dirty[0].offset, 12);

@@ -6,6 +6,7 @@ use crate::aggregate::{Aggregator, MetricSet};
 use crate::generator::{Generator, GeneratorScript};
 use crate::config::Pipeline;
 use anyhow::Context;
+use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use super::discard;
@@ -88,53 +89,89 @@ pub(super) async fn kafka_sections(pipeline: &Pipeline, opts: &BenchOptions, ser
 
     let Some(uri) = &opts.mongodb else { return Ok(()) };
     tracing::info!("bench: mongodb raw insert_many");
-    let mut inserts = Vec::new();
     // The runner's write concern (journaled) too: it is part of what a write costs.
     let client = mongodb::Client::with_options(crate::store::mongo::client_options(uri).await?).context("bench: cannot connect to MongoDB")?;
-    for i in 0..runs {
-        let coll = client.database(&format!("bench_{run_id}_raw_{i}")).collection::<mongodb::bson::Document>("raw");
-        // The same indexes as the runner's raw collection: they are part of what a write costs.
-        let schema = pipeline.schema();
-        crate::store::mongo::create_indexes(&coll, pipeline.config.retention.raw, &schema, &pipeline.config.mongodb.indexes).await?;
-        let docs: Vec<_> = (0..n as usize).map(|k| {
-            let mut d = crate::store::mongo::to_document(&sample[k % sample.len()]);
-            d.insert(schema.id_name(), format!("{k}"));
-            d
-        }).collect();
-        let t = Instant::now();
-        for chunk in docs.chunks(pipeline.config.consumer.batch_size.max(1)) {
-            coll.insert_many(chunk.to_vec()).ordered(false).await?;
+    let schema = pipeline.schema();
+    // The bytes the runner sends: its records, encoded as the store encodes them.
+    let docs: Vec<_> = (0..n as usize)
+        .map(|k| {
+            let mut e = sample[k % sample.len()].clone();
+            e.set(schema.id_slot(), crate::event::Value::Text(format!("{k}")));
+            crate::store::mongo::to_raw(&e, usize::MAX).map_err(anyhow::Error::msg)
+        })
+        .collect::<anyhow::Result<_>>()?;
+    // One stream is the baseline; several concurrent streams per batch show what the server
+    // takes from concurrent writers (the ceiling of `mongodb.insert_streams`).
+    let mut raw_curve = Vec::new();
+    for streams in [1, 2, 4] {
+        let mut inserts = Vec::new();
+        for i in 0..runs {
+            let coll = client.database(&format!("bench_{run_id}_raw_{streams}_{i}")).collection::<mongodb::bson::Document>("raw");
+            // The same indexes as the runner's raw collection: they are part of what a write costs.
+            crate::store::mongo::create_indexes(&coll, pipeline.config.retention.raw, &schema, &pipeline.config.mongodb.indexes).await?;
+            let coll = coll.clone_with_type::<mongodb::bson::RawDocumentBuf>();
+            let t = Instant::now();
+            for batch in docs.chunks(pipeline.config.consumer.batch_size.max(1)) {
+                let size = batch.len().div_ceil(streams);
+                futures::future::try_join_all(batch.chunks(size).map(|chunk| coll.insert_many(chunk).ordered(false).into_future())).await?;
+            }
+            inserts.push(rate(n, t.elapsed()));
         }
-        inserts.push(rate(n, t.elapsed()));
+        match streams {
+            1 => figures.push(figure(RAW_INSERT, "events/s", inserts)),
+            _ => raw_curve.push(figure(&format!("mongodb insert_many: raw driver, {streams} concurrent streams per batch"), "events/s", inserts)),
+        }
     }
-    figures.push(figure("mongodb insert_many: raw driver, same documents and indexes", "events/s", inserts));
+    for f in raw_curve {
+        let name = f.name.clone();
+        figures.push(f);
+        compare(figures, &name, RAW_INSERT);
+    }
 
-    tracing::info!("bench: end to end kafka -> aggregate -> mongodb");
-    let (mut e2e, mut rss, mut cpu) = (Vec::new(), Vec::new(), Vec::new());
-    for (i, topic) in produced_topics.iter().enumerate() {
-        let mut p = base.clone();
-        p.config.kafka.topic = topic.clone();
-        p.config.kafka.consumer_group = format!("bench_{run_id}_group_{i}");
-        p.config.mongodb.uri = uri.clone();
-        p.config.mongodb.database = format!("bench_{run_id}_e2e_{i}");
-        let options = RunOptions { components: Components::CONSUMER, ..quiet.clone() };
-        let before = process_cpu();
-        let summary = pipeline::run(&p, options, CancellationToken::new()).await?;
-        cpu.push(us_per_event(process_cpu() - before, summary.stats.stored));
-        e2e.push(rate(summary.stats.stored, summary.consumer_busy));
-        // Memory is measured on a separate runner process doing the same work: this process
-        // still holds what the earlier sections allocated.
-        p.config.kafka.consumer_group.push_str("_rss");
-        p.config.mongodb.database.push_str("_rss");
-        rss.push(child_consumer_peak_rss_mb(&pipeline.path, &p)?);
+    // The configured number of insert streams is the headline; 1 to 4 draw the curve.
+    let configured = base.config.mongodb.insert_streams;
+    let (mut rss, mut curve) = (Vec::new(), Vec::new());
+    for streams in (1..=4).chain((configured > 4).then_some(configured)) {
+        tracing::info!(streams, "bench: end to end kafka -> aggregate -> mongodb");
+        let (mut e2e, mut cpu) = (Vec::new(), Vec::new());
+        for (i, topic) in produced_topics.iter().enumerate() {
+            let mut p = base.clone();
+            p.config.kafka.topic = topic.clone();
+            p.config.kafka.consumer_group = format!("bench_{run_id}_group_{streams}_{i}");
+            p.config.mongodb.uri = uri.clone();
+            p.config.mongodb.database = format!("bench_{run_id}_e2e_{streams}_{i}");
+            p.config.mongodb.insert_streams = streams;
+            let options = RunOptions { components: Components::CONSUMER, ..quiet.clone() };
+            let before = process_cpu();
+            let summary = pipeline::run(&p, options, CancellationToken::new()).await?;
+            cpu.push(us_per_event(process_cpu() - before, summary.stats.stored));
+            e2e.push(rate(summary.stats.stored, summary.consumer_busy));
+            if streams == configured {
+                // Memory is measured on a separate runner process doing the same work: this
+                // process still holds what the earlier sections allocated.
+                p.config.kafka.consumer_group.push_str("_rss");
+                p.config.mongodb.database.push_str("_rss");
+                rss.push(child_consumer_peak_rss_mb(&pipeline.path, &p)?);
+            }
+        }
+        let name = format!("  mongodb.insert_streams = {streams}: end to end events/s");
+        curve.push(figure(&name, "events/s", e2e.clone()));
+        if streams != configured {
+            continue;
+        }
+        figures.push(figure(E2E_MONGODB, "events/s", e2e));
+        compare(figures, E2E_MONGODB, "kafka consume: raw rdkafka, no processing");
+        let mut vs_insert = figures.last().unwrap().clone();
+        vs_insert.name = "  (same, against raw insert_many)".into();
+        figures.push(vs_insert);
+        compare(figures, "  (same, against raw insert_many)", RAW_INSERT);
+        push_cpu(figures, "  runner cpu of it (MongoDB's own is its process's)", cpu);
     }
-    figures.push(figure("end to end: kafka -> decode -> MongoDB raw + metric partials", "events/s", e2e));
-    compare(figures, "end to end: kafka -> decode -> MongoDB raw + metric partials", "kafka consume: raw rdkafka, no processing");
-    let mut vs_insert = figures.last().unwrap().clone();
-    vs_insert.name = "  (same, against raw insert_many)".into();
-    figures.push(vs_insert);
-    compare(figures, "  (same, against raw insert_many)", "mongodb insert_many: raw driver, same documents and indexes");
-    push_cpu(figures, "  runner cpu of it (MongoDB's own is its process's)", cpu);
+    for f in curve {
+        let name = f.name.clone();
+        figures.push(f);
+        compare(figures, &name, RAW_INSERT);
+    }
     figures.push(figure("peak RSS of a runner process doing the end to end", "MB", rss));
     Ok(())
 }
@@ -191,6 +228,9 @@ pub(super) async fn latency_section(pipeline: &Pipeline, opts: &BenchOptions, se
     figures.push(figure("  (of which event -> read by the consumer, p99)", "ms", read99));
     Ok(())
 }
+
+const RAW_INSERT: &str = "mongodb insert_many: raw driver, one stream, same documents and indexes";
+const E2E_MONGODB: &str = "end to end: kafka -> decode -> MongoDB raw + metric partials";
 
 const KAFKA_TO_DISCARD: &str = "end to end, store not the limit: kafka -> decode -> aggregate -> commit, writes discarded";
 

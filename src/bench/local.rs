@@ -80,7 +80,7 @@ pub(super) fn aggregate_section(pipeline: &Pipeline, script: &GeneratorScript, o
             agg.apply(chunk, &[]);
             apply += t.elapsed();
             let t = Instant::now();
-            std::hint::black_box(agg.take_dirty());
+            std::hint::black_box(agg.checkpoint());
             encode += t.elapsed();
         }
         apply_ns.push(apply.as_nanos() as f64 / n as f64);
@@ -97,7 +97,7 @@ pub(super) fn aggregate_section(pipeline: &Pipeline, script: &GeneratorScript, o
         })
         .collect();
     let cpu = consuming_path_cpu(pipeline, &set, &messages, runs);
-    super::push_cpu(figures, "consuming path cpu, store discarded: decode + validate + shipped metrics + encode", cpu);
+    super::push_cpu(figures, "consuming path cpu, store discarded: decode + validate + shipped metrics + encode, partials every batch", cpu);
     match q5_like(pipeline)? {
         Some(q5) => {
             let cpu = consuming_path_cpu(pipeline, &q5, &messages, runs);
@@ -145,7 +145,7 @@ fn consuming_path_cpu(pipeline: &Pipeline, set: &Arc<MetricSet>, messages: &[Vec
             }
             pipeline.config.consumer.validation.apply(&mut batch);
             agg.apply(&batch.events, &[]);
-            std::hint::black_box(agg.take_dirty());
+            std::hint::black_box(agg.checkpoint());
             std::hint::black_box(batch.events.iter().map(|e| to_raw(e, usize::MAX)).collect::<Vec<_>>());
         }
         cpu_us.push(super::us_per_event(process_cpu() - before, messages.len() as u64));

@@ -15,7 +15,7 @@ use crate::base::{de, Backoff};
 use crate::store::EventStore;
 use crate::telemetry::Stats;
 use crate::dead_letter::{DeadLetter, Reason};
-use crate::transport::{Batch, Poll, Subscriber, NO_PARTITION};
+use crate::transport::{Acknowledge, Batch, Checkpoint, Poll, Subscriber, NO_PARTITION};
 use serde::Deserialize;
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +37,12 @@ pub struct ConsumerConfig {
     /// Batches read ahead while the store writes the current one.
     #[serde(default = "default_read_ahead", deserialize_with = "de::number")]
     pub read_ahead: usize,
+    /// While batches wait to be written (a backlog), metric partials are written, and the
+    /// batches acknowledged, at most this often instead of after every batch: each write
+    /// re-encodes every changed pane whole, a cost per batch, not per event. A consumer that has
+    /// caught up writes them after every batch. `0s`: always after every batch.
+    #[serde(default = "default_checkpoint_interval", deserialize_with = "de::duration")]
+    pub checkpoint_interval: Duration,
     /// What a message must be to count as an event; the rest is dead-lettered.
     #[serde(default)]
     pub validation: Validation,
@@ -48,6 +54,7 @@ impl Default for ConsumerConfig {
             batch_size: default_batch_size(),
             max_wait: default_max_wait(),
             read_ahead: default_read_ahead(),
+            checkpoint_interval: default_checkpoint_interval(),
             validation: Validation::default(),
         }
     }
@@ -61,6 +68,9 @@ fn default_max_wait() -> Duration {
 }
 fn default_read_ahead() -> usize {
     2
+}
+fn default_checkpoint_interval() -> Duration {
+    Duration::from_secs(1)
 }
 
 impl ConsumerConfig {
@@ -157,25 +167,36 @@ pub async fn run(
     });
 
     let mut write_result = Ok(());
+    let mut unsaved = Unsaved::default();
     while let Some(batch) = rx.recv().await {
-        // A reloaded metric set takes effect between batches, never inside one.
-        if let (Some(agg), Some(rx)) = (aggregator.as_mut(), metrics.as_mut()) {
-            if rx.has_changed().unwrap_or(false) {
-                agg.reconfigure(rx.borrow_and_update().clone());
-            }
-        }
-        match store_batch(&*store, aggregator.as_mut(), &stats, &batch, &until.stop).await {
-            Ok(()) => {
-                acknowledger.acknowledge(&batch.checkpoint);
-                if let Some(agg) = aggregator.as_mut() {
-                    agg.stored();
-                }
-            }
-            Err(e) => {
+        // A reloaded metric set takes effect between batches, never inside one, and after a
+        // checkpoint: the new set reloads partials from the store.
+        let reload = metrics.as_mut().is_some_and(|rx| rx.has_changed().unwrap_or(false));
+        if reload {
+            if let Err(e) = unsaved.checkpoint(&*store, aggregator.as_mut(), &*acknowledger, &stats, &until.stop).await {
                 write_result = Err(e);
                 break;
             }
         }
+        if let (Some(agg), Some(rx), true) = (aggregator.as_mut(), metrics.as_mut(), reload) {
+            agg.reconfigure(rx.borrow_and_update().clone());
+        }
+        if let Err(e) = store_batch(&*store, aggregator.as_mut(), &stats, &batch, &until.stop).await {
+            write_result = Err(e);
+            break;
+        }
+        unsaved.add(batch);
+        // Caught up (nothing waiting): write now, so what was read shows at once. Behind: write
+        // at the interval, so a backlog is not slowed by re-encoding the same panes per batch.
+        if rx.is_empty() || unsaved.since.elapsed() >= config.checkpoint_interval || aggregator.is_none() {
+            if let Err(e) = unsaved.checkpoint(&*store, aggregator.as_mut(), &*acknowledger, &stats, &until.stop).await {
+                write_result = Err(e);
+                break;
+            }
+        }
+    }
+    if write_result.is_ok() {
+        write_result = unsaved.checkpoint(&*store, aggregator.as_mut(), &*acknowledger, &stats, &until.stop).await;
     }
     // Batches still queued were read but not stored: they are not acknowledged, so they replay.
     drop(rx);
@@ -184,8 +205,53 @@ pub async fn run(
     write_result.and(read_result).and(close_result)
 }
 
-/// Stores one batch: raw events, the metric partials that include them, and dead letters for
-/// what could not be used. Only once all are durable may the batch be acknowledged.
+/// Batches whose raw events are stored but whose metric partials are not yet: they are
+/// acknowledged by the next [`Unsaved::checkpoint`].
+struct Unsaved {
+    /// Each batch's position, and its events' times (for the latency figures); not the events,
+    /// which a backlog would otherwise hold a second's worth of.
+    batches: Vec<(Checkpoint, Vec<i64>)>,
+    /// When the last checkpoint was written.
+    since: Instant,
+}
+
+impl Default for Unsaved {
+    fn default() -> Self {
+        Unsaved { batches: Vec::new(), since: Instant::now() }
+    }
+}
+
+impl Unsaved {
+    fn add(&mut self, batch: Batch) {
+        let times = batch.events.iter().map(Record::time_ms).collect();
+        self.batches.push((batch.checkpoint, times));
+    }
+
+    /// Writes the partials changed since the last checkpoint, then acknowledges the batches
+    /// they include, in order. A crash before the write replays those batches: their raw
+    /// events are stored once (unique id), and the stored partials, older, count them once.
+    async fn checkpoint(&mut self, store: &dyn EventStore, aggregator: Option<&mut Aggregator>, acknowledger: &dyn Acknowledge, stats: &Stats, stop: &CancellationToken) -> anyhow::Result<()> {
+        if self.batches.is_empty() {
+            return Ok(());
+        }
+        let events = self.batches.iter().map(|b| b.1.len()).sum();
+        if let Some(agg) = aggregator {
+            let panes = agg.checkpoint();
+            with_retry(stats, stop, events, || store.write_panes(&panes)).await?;
+            agg.stored();
+        }
+        for (checkpoint, times) in self.batches.drain(..) {
+            acknowledger.acknowledge(&checkpoint);
+            stats.visible(times.into_iter());
+        }
+        stats.checkpointed();
+        self.since = Instant::now();
+        Ok(())
+    }
+}
+
+/// Stores one batch's raw events and dead letters for what could not be used, and applies it to
+/// the metrics; its partials are written by the next checkpoint.
 async fn store_batch(
     store: &dyn EventStore,
     aggregator: Option<&mut Aggregator>,
@@ -196,19 +262,17 @@ async fn store_batch(
     let raw = with_retry(stats, stop, batch.events.len(), || store.insert_events(&batch.events));
     // A backfill seam taken from the raw rows must see them as they were before this batch.
     let partials_first = aggregator.as_ref().is_some_and(|a| a.absorbs_before_storing(batch));
-    // Raw events and metric partials are independent writes (each is idempotent on replay), so
-    // they go to the store at the same time; the batch is acknowledged once both are durable.
+    // Inserting raw events and applying them to the metrics are independent (each is
+    // idempotent on replay), so they run at the same time.
     let partials = async {
         let Some(agg) = aggregator else { return anyhow::Ok(Vec::new()) };
         let mut retry = StoreRetry::new(stats, stop, batch.events.len());
-        let absorbed = loop {
-            match agg.absorb(batch, store).await {
-                Ok(a) => break a,
+        loop {
+            match agg.ingest(batch, store).await {
+                Ok(late) => break Ok(late),
                 Err(e) => retry.failed(e).await?,
             }
-        };
-        with_retry(stats, stop, batch.events.len(), || store.write_panes(&absorbed.panes)).await?;
-        Ok(absorbed.late)
+        }
     };
     let (outcome, late) = match partials_first {
         true => {
@@ -234,7 +298,6 @@ async fn store_batch(
         }
     }
     stats.stored(outcome.inserted, outcome.duplicates);
-    stats.visible(batch.events.iter().map(Record::time_ms));
     Ok(())
 }
 

@@ -31,6 +31,7 @@ pub struct Stats {
     replays: std::sync::Mutex<Summary>,
     rejected: AtomicU64,
     store_retries: AtomicU64,
+    checkpoints: AtomicU64,
     script_errors: AtomicU64,
     late_events: AtomicU64,
     notifications_sent: AtomicU64,
@@ -154,6 +155,11 @@ impl Stats {
     }
 
     /// A batch written: `stored` new events, `duplicates` already present.
+    /// A checkpoint was written (metric partials stored, its batches acknowledged).
+    pub fn checkpointed(&self) {
+        self.checkpoints.fetch_add(1, Relaxed);
+    }
+
     pub fn stored(&self, stored: u64, duplicates: u64) {
         self.stored.fetch_add(stored, Relaxed);
         if let Some(since) = self.store_failing_since.lock().unwrap().take() {
@@ -305,6 +311,7 @@ impl Stats {
             duplicates: self.duplicates.load(Relaxed),
             rejected: self.rejected.load(Relaxed),
             store_retries: self.store_retries.load(Relaxed),
+            checkpoints: self.checkpoints.load(Relaxed),
             script_errors: self.script_errors.load(Relaxed),
             late_events: self.late_events.load(Relaxed),
             notifications_sent: self.notifications_sent.load(Relaxed),

@@ -21,6 +21,9 @@ pub struct Snapshot {
     pub rejected: u64,
     /// Store writes that failed and were retried.
     pub store_retries: u64,
+    /// Checkpoints: metric partials written, and the batches they include acknowledged (after
+    /// every batch when caught up, at most once per `consumer.checkpoint_interval` when behind).
+    pub checkpoints: u64,
     /// Events a metric script failed on (not counted in that metric).
     pub script_errors: u64,
     /// Events later than a metric's allowed lateness (not counted in that metric).
@@ -46,7 +49,7 @@ pub struct Counter {
 
 impl Snapshot {
     /// Every counter, in one list (the destructuring makes a new field a compile error here).
-    pub fn counters(&self) -> [Counter; 13] {
+    pub fn counters(&self) -> [Counter; 14] {
         let Snapshot {
             generated,
             delivered,
@@ -56,6 +59,7 @@ impl Snapshot {
             duplicates,
             rejected,
             store_retries,
+            checkpoints,
             script_errors,
             late_events,
             notifications_sent,
@@ -72,6 +76,7 @@ impl Snapshot {
             c("duplicates", "events_duplicate", "Replayed events the store already had", duplicates),
             c("rejected", "messages_rejected", "Messages that were not usable events (dead-lettered)", rejected),
             c("store_retries", "store_retries", "Store writes retried", store_retries),
+            c("checkpoints", "checkpoints", "Metric partials written with the batches they include acknowledged", checkpoints),
             c("script_errors", "script_errors", "Events a metric script failed on", script_errors),
             c("late_events", "late_events", "Events later than a metric's allowed lateness", late_events),
             c("notifications_sent", "alert_notifications_sent", "Alert notifications a channel accepted", notifications_sent),
