@@ -24,6 +24,8 @@ fn bench_smoke_run_prints_every_figure() {
         "kafka produce: raw",
         "kafka consume: raw",
         "end to end, store not the limit",
+        "writes discarded, 1 worker thread",
+        "writes discarded, 2 worker threads",
         "mongodb insert_many",
         "end to end: kafka -> decode -> MongoDB",
         "mongodb.insert_streams = 1: end to end",

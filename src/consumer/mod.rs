@@ -12,7 +12,7 @@ pub use validate::Validation;
 use crate::event::Record;
 use crate::aggregate::{Aggregator, MetricSet};
 use crate::base::{de, Backoff};
-use crate::store::EventStore;
+use crate::store::{Encoded, EventStore};
 use crate::telemetry::Stats;
 use crate::dead_letter::{DeadLetter, Reason};
 use crate::transport::{Acknowledge, Batch, Checkpoint, Poll, Subscriber, NO_PARTITION};
@@ -118,7 +118,10 @@ pub async fn run(
     until: StopWhen,
 ) -> anyhow::Result<()> {
     let acknowledger = subscriber.acknowledger();
-    let (tx, mut rx) = mpsc::channel::<Batch>(config.read_ahead.max(1));
+    // Each batch travels with its raw events already encoded for the store: the reader encodes
+    // the next batch while the writer writes the current one.
+    let (tx, mut rx) = mpsc::channel::<(Batch, Encoded)>(config.read_ahead.max(1));
+    let encoder = store.clone();
     let reader_until = until.clone();
     let stats_reader = stats.clone();
     let validation = config.validation.clone();
@@ -134,7 +137,8 @@ pub async fn run(
                     last_data = Instant::now();
                     validation.apply(&mut batch);
                     stats_reader.read(batch.events.iter().map(Record::time_ms));
-                    if tx.send(batch).await.is_err() {
+                    let encoded = encoder.encode(&batch.events);
+                    if tx.send((batch, encoded)).await.is_err() {
                         break Ok(()); // the writer failed; it reports why
                     }
                 }
@@ -168,7 +172,7 @@ pub async fn run(
 
     let mut write_result = Ok(());
     let mut unsaved = Unsaved::default();
-    while let Some(batch) = rx.recv().await {
+    while let Some((batch, encoded)) = rx.recv().await {
         // A reloaded metric set takes effect between batches, never inside one, and after a
         // checkpoint: the new set reloads partials from the store.
         let reload = metrics.as_mut().is_some_and(|rx| rx.has_changed().unwrap_or(false));
@@ -181,7 +185,7 @@ pub async fn run(
         if let (Some(agg), Some(rx), true) = (aggregator.as_mut(), metrics.as_mut(), reload) {
             agg.reconfigure(rx.borrow_and_update().clone());
         }
-        if let Err(e) = store_batch(&*store, aggregator.as_mut(), &stats, &batch, &until.stop).await {
+        if let Err(e) = store_batch(&*store, aggregator.as_mut(), &stats, &batch, encoded, &until.stop).await {
             write_result = Err(e);
             break;
         }
@@ -257,9 +261,15 @@ async fn store_batch(
     aggregator: Option<&mut Aggregator>,
     stats: &Stats,
     batch: &Batch,
+    encoded: Encoded,
     stop: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let raw = with_retry(stats, stop, batch.events.len(), || store.insert_events(&batch.events));
+    // The first attempt sends the encoded batch; a retry encodes again.
+    let mut encoded = Some(encoded);
+    let raw = with_retry(stats, stop, batch.events.len(), || match encoded.take() {
+        Some(e) => store.insert_encoded(&batch.events, e),
+        None => store.insert_events(&batch.events),
+    });
     // A backfill seam taken from the raw rows must see them as they were before this batch.
     let partials_first = aggregator.as_ref().is_some_and(|a| a.absorbs_before_storing(batch));
     // Inserting raw events and applying them to the metrics are independent (each is

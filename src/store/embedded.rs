@@ -4,7 +4,7 @@
 //! names gets a generated column and an index, so it is queryable like a column.
 
 use super::retention::RetentionConfig;
-use super::{EventStore, InsertOutcome, Notification, PaneRecord, ResultRow, StateJson};
+use super::{Encoded, EventStore, InsertOutcome, Notification, PaneRecord, ResultRow, StateJson};
 
 use crate::dead_letter::DeadLetter;
 use crate::base::de;
@@ -287,8 +287,19 @@ impl EventStore for EmbeddedStore {
         format!("embedded SQLite store {}", self.path.display())
     }
 
+    fn encode(&self, events: &[Record]) -> Encoded {
+        Encoded::Rows(events.iter().map(|e| (e.id().to_string(), e.time_ms(), e.to_json())).collect())
+    }
+
     async fn insert_events(&self, events: &[Record]) -> anyhow::Result<InsertOutcome> {
-        let rows: Vec<(String, i64, String)> = events.iter().map(|e| (e.id().to_string(), e.time_ms(), e.to_json())).collect();
+        self.insert_encoded(events, self.encode(events)).await
+    }
+
+    async fn insert_encoded(&self, events: &[Record], encoded: Encoded) -> anyhow::Result<InsertOutcome> {
+        let rows = match encoded {
+            Encoded::Rows(rows) => rows,
+            _ => return self.insert_events(events).await,
+        };
         self.with_conn(move |conn| {
             let tx = conn.transaction()?;
             let mut inserted = 0;

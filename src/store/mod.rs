@@ -33,11 +33,30 @@ pub struct Rejected {
     pub reason: String,
 }
 
+/// A batch of raw events in the form a store writes them, made by [`EventStore::encode`].
+pub enum Encoded {
+    /// Embedded rows: (id, time in ms, the record's JSON).
+    Rows(Vec<(String, i64, String)>),
+    /// MongoDB documents as BSON bytes, or why the record can never be one.
+    Documents(Vec<Result<mongodb::bson::RawDocumentBuf, String>>),
+    /// The store encodes as it writes.
+    Nothing,
+}
+
 /// A durable home for raw events, keyed by a unique event_id.
 #[async_trait]
 pub trait EventStore: Send + Sync {
     /// One line for the start-up log: what kind of store and where (no credentials).
     fn describe(&self) -> String;
+    /// Encodes a batch for [`Self::insert_encoded`]: CPU work only, so the consumer's reader
+    /// does it for the next batch while the current one is written.
+    fn encode(&self, _events: &[Record]) -> Encoded {
+        Encoded::Nothing
+    }
+    /// [`Self::insert_events`] with `events` already encoded by [`Self::encode`] of this store.
+    async fn insert_encoded(&self, events: &[Record], _encoded: Encoded) -> anyhow::Result<InsertOutcome> {
+        self.insert_events(events).await
+    }
     /// Writes a batch; an event already stored is counted as a duplicate, never written twice.
     /// Returns only once the write is durable (acknowledged by the server or committed locally).
     /// An error means "try again" (the store is unreachable or failing as a whole); an event the

@@ -158,6 +158,8 @@ impl Stats {
     /// A checkpoint was written (metric partials stored, its batches acknowledged).
     pub fn checkpointed(&self) {
         self.checkpoints.fetch_add(1, Relaxed);
+        // A batch is done once its checkpoint is: the busy span runs to the last one.
+        self.busy.extend();
     }
 
     pub fn stored(&self, stored: u64, duplicates: u64) {
@@ -291,7 +293,7 @@ impl Stats {
         self.visible_latency.lock().unwrap().p50_p99()
     }
 
-    /// From the first message consumed to the last batch stored (zero before any).
+    /// From the first message consumed to the last batch stored and checkpointed (zero before any).
     pub fn busy_span(&self) -> Duration {
         self.busy.length()
     }

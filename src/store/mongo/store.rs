@@ -5,7 +5,7 @@ use super::document::{from_document, to_raw};
 use super::MongoStore;
 use crate::dead_letter::DeadLetter;
 use crate::event::Record;
-use crate::store::{EventStore, InsertOutcome, Notification, PaneRecord, Rejected, ResultRow, StateJson, TIMELESS_PANE};
+use crate::store::{Encoded, EventStore, InsertOutcome, Notification, PaneRecord, Rejected, ResultRow, StateJson, TIMELESS_PANE};
 use anyhow::Context;
 use async_trait::async_trait;
 use futures::TryStreamExt;
@@ -111,12 +111,21 @@ impl EventStore for MongoStore {
         self.described.clone()
     }
 
+    fn encode(&self, events: &[Record]) -> Encoded {
+        Encoded::Documents(events.iter().map(|e| to_raw(e, MAX_DOCUMENT_BYTES)).collect())
+    }
+
     async fn insert_events(&self, events: &[Record]) -> anyhow::Result<InsertOutcome> {
+        self.insert_encoded(events, self.encode(events)).await
+    }
+
+    async fn insert_encoded(&self, events: &[Record], encoded: Encoded) -> anyhow::Result<InsertOutcome> {
+        let Encoded::Documents(encoded) = encoded else { return self.insert_events(events).await };
         // A record MongoDB can never hold (a key BSON cannot hold, a document over the size
         // limit) is kept aside, and the rest sent: a poison record must not stall its partition.
         let (mut docs, mut sent, mut rejected) = (Vec::with_capacity(events.len()), Vec::with_capacity(events.len()), Vec::new());
-        for (index, e) in events.iter().enumerate() {
-            match to_raw(e, MAX_DOCUMENT_BYTES) {
+        for (index, doc) in encoded.into_iter().enumerate() {
+            match doc {
                 Ok(d) => {
                     docs.push(d);
                     sent.push(index);
