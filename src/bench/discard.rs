@@ -6,7 +6,7 @@ use crate::store::PaneRecord;
 use crate::store::Notification;
 use crate::dead_letter::DeadLetter;
 use crate::event::Record;
-use crate::store::{EventStore, InsertOutcome, ResultRow};
+use crate::store::{Encoded, EventStore, InsertOutcome, ResultRow};
 use async_trait::async_trait;
 
 pub struct Discard;
@@ -15,6 +15,10 @@ pub struct Discard;
 impl EventStore for Discard {
     fn describe(&self) -> String {
         "nothing (bench: writes are discarded)".into()
+    }
+    /// Encodes as the MongoDB store does (BSON bytes), so the runner's work is all there.
+    fn encode(&self, events: &[Record]) -> Encoded {
+        Encoded::Documents(events.iter().map(|e| crate::store::mongo::to_raw(e, usize::MAX)).collect())
     }
     async fn insert_events(&self, events: &[Record]) -> anyhow::Result<InsertOutcome> {
         Ok(InsertOutcome { inserted: events.len() as u64, ..Default::default() })

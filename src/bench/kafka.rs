@@ -87,28 +87,6 @@ pub(super) async fn kafka_sections(pipeline: &Pipeline, opts: &BenchOptions, ser
     compare(figures, KAFKA_TO_DISCARD, "kafka consume: raw rdkafka, no processing");
     push_cpu(figures, "  runner cpu of it (fetch + decode + metrics + encode + commit)", cpu);
 
-    // The same on a runtime of 1 and of 2 worker threads: the reader (fetch, decode, validate)
-    // and the writer (aggregate, encode, store) are separate tasks, so a second core overlaps
-    // them. librdkafka's own threads run beside either.
-    tracing::info!("bench: writes discarded, 1 and 2 worker threads");
-    let mut workers = Vec::new();
-    for threads in [1, 2] {
-        let mut rates = Vec::new();
-        for (i, topic) in produced_topics.iter().enumerate() {
-            let mut p = base.clone();
-            p.config.kafka.topic = topic.clone();
-            p.config.kafka.consumer_group = format!("bench_{run_id}_workers_{threads}_{i}");
-            let consumed = std::thread::spawn(move || -> anyhow::Result<f64> {
-                let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()?;
-                Ok(rt.block_on(consume_into_discard(&p))?.0)
-            });
-            rates.push(consumed.join().map_err(|_| anyhow::anyhow!("bench: the worker-thread run panicked"))??);
-        }
-        workers.push(figure(&format!("  writes discarded, {threads} worker thread{}", if threads == 1 { "" } else { "s" }), "events/s", rates));
-    }
-    let one = workers[0].name.clone();
-    figures.extend(workers);
-    compare(figures, "  writes discarded, 2 worker threads", &one);
 
     let Some(uri) = &opts.mongodb else { return Ok(()) };
     tracing::info!("bench: mongodb raw insert_many");

@@ -98,6 +98,23 @@ pub(super) fn aggregate_section(pipeline: &Pipeline, script: &GeneratorScript, o
         .collect();
     let cpu = consuming_path_cpu(pipeline, &set, &messages, runs);
     super::push_cpu(figures, "consuming path cpu, store discarded: decode + validate + shipped metrics + encode, partials every batch", cpu);
+    let mut curve = Vec::new();
+    for threads in [1, 2] {
+        let mut rates = Vec::new();
+        for _ in 0..runs {
+            let (p, set, events) = (pipeline.clone(), set.clone(), events.clone());
+            let run = std::thread::spawn(move || -> anyhow::Result<f64> {
+                let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()?;
+                rt.block_on(consume_queue_into_discard(&p, set, events))
+            });
+            rates.push(run.join().map_err(|_| anyhow::anyhow!("bench: the worker-thread run panicked"))??);
+        }
+        curve.push(figure(&format!("consuming path, writes discarded, {threads} worker thread{}", if threads == 1 { "" } else { "s" }), "events/s", rates));
+    }
+    let one = curve[0].name.clone();
+    let two = curve[1].name.clone();
+    figures.extend(curve);
+    compare(figures, &two, &one);
     match q5_like(pipeline)? {
         Some(q5) => {
             let cpu = consuming_path_cpu(pipeline, &q5, &messages, runs);
@@ -106,6 +123,26 @@ pub(super) fn aggregate_section(pipeline: &Pipeline, script: &GeneratorScript, o
         None => tracing::info!("bench: no item_id field, so no Nexmark q5-like line"),
     }
     Ok(())
+}
+
+/// The runner's consumer over an in-process queue already holding `events` (no broker to wait
+/// for) into a store that encodes and drops: the reader task validates and encodes for the
+/// store, the writer task aggregates, so a second worker thread overlaps the two. Events/s from
+/// the first batch consumed to the last checkpoint.
+async fn consume_queue_into_discard(pipeline: &Pipeline, set: Arc<MetricSet>, events: Vec<Record>) -> anyhow::Result<f64> {
+    use crate::transport::Publisher;
+    let stats = Stats::new();
+    let batches = events.len().div_ceil(1000);
+    let (mut publisher, subscriber) = crate::transport::embedded::channel(batches, pipeline.config.consumer.batch_size, stats.clone());
+    for chunk in events.chunks(1000) {
+        publisher.publish(chunk.to_vec()).await?;
+    }
+    drop(publisher);
+    let never = CancellationToken::new;
+    let until = crate::consumer::StopWhen { stop: never(), idle: None, producers_done: never(), drain: never() };
+    let aggregator = Aggregator::new(set, stats.clone());
+    crate::consumer::run(Box::new(subscriber), Arc::new(super::discard::Discard), Some(aggregator), None, stats.clone(), &pipeline.config.consumer, until).await?;
+    Ok(rate(stats.snapshot().stored, stats.busy_span()))
 }
 
 /// Nexmark q5 ("hot items": the item with the most bids over a 60 s window sliding every 5 s)
