@@ -175,7 +175,7 @@ pub async fn run(
     while let Some((batch, encoded)) = rx.recv().await {
         // A reloaded metric set takes effect between batches, never inside one, and after a
         // checkpoint: the new set reloads partials from the store.
-        let reload = metrics.as_mut().is_some_and(|rx| rx.has_changed().unwrap_or(false));
+        let reload = aggregator.is_some() && metrics.as_mut().is_some_and(|rx| rx.has_changed().unwrap_or(false));
         if reload {
             if let Err(e) = unsaved.checkpoint(&*store, aggregator.as_mut(), &*acknowledger, &stats, &until.stop).await {
                 write_result = Err(e);

@@ -162,8 +162,15 @@ impl EventStore for Switchable {
     fn describe(&self) -> String {
         self.current().describe()
     }
+    fn encode(&self, events: &[Record]) -> Encoded {
+        self.current().encode(events)
+    }
     async fn insert_events(&self, events: &[Record]) -> anyhow::Result<InsertOutcome> {
         self.current().insert_events(events).await
+    }
+    async fn insert_encoded(&self, events: &[Record], encoded: Encoded) -> anyhow::Result<InsertOutcome> {
+        // Encoded for a store since replaced: that store's kind of encoding is re-done by the new one.
+        self.current().insert_encoded(events, encoded).await
     }
     async fn count_events(&self) -> anyhow::Result<u64> {
         self.current().count_events().await

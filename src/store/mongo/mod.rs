@@ -4,7 +4,7 @@
 mod document;
 mod store;
 
-pub use document::{to_document, to_raw};
+pub use document::to_raw;
 
 use crate::base::{de, Backoff};
 use anyhow::{bail, Context};
