@@ -226,15 +226,16 @@ async fn retention_sweeps_every_kind_and_keeps_the_current_window_exact() {
 }
 
 /// One consumer over a queue already holding `batches` batches of 100 events (a backlog), with
-/// partials checkpointed at most every `interval`: the checkpoints written, the events stored,
-/// and every metric's current value.
-async fn drain_backlog(interval: std::time::Duration, batches: usize) -> (u64, u64, Vec<serde_json::Value>) {
+/// partials checkpointed at most every `interval`, its work on `workers` threads: the
+/// checkpoints written, the events stored, and every metric's current value.
+async fn drain_backlog(interval: std::time::Duration, batches: usize, workers: usize) -> (u64, u64, Vec<serde_json::Value>) {
     use runner::aggregate::{Aggregator, MetricSet};
     use runner::transport::Publisher;
     let dir = tempfile::tempdir().unwrap();
     let mut p = common::embedded_pipeline(dir.path());
     p.config.consumer.batch_size = 100;
     p.config.consumer.checkpoint_interval = interval;
+    p.config.consumer.workers = workers;
     let stats = runner::telemetry::Stats::new();
     let store = store::open(&p.config.mongodb, &p.config.embedded, &p.config.retention, &p.schema()).await.unwrap();
     let (mut publisher, subscriber) = runner::transport::embedded::channel(batches, 100, stats.clone());
@@ -261,12 +262,23 @@ async fn drain_backlog(interval: std::time::Duration, batches: usize) -> (u64, u
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_behind_writes_partials_once_per_checkpoint_interval_and_counts_the_same() {
-    let (every_batch, stored, exact) = drain_backlog(std::time::Duration::ZERO, 30).await;
+    let (every_batch, stored, exact) = drain_backlog(std::time::Duration::ZERO, 30, 1).await;
     assert_eq!((every_batch, stored), (30, 3000), "interval 0: a checkpoint per batch");
-    let (behind, stored, values) = drain_backlog(std::time::Duration::from_secs(3600), 30).await;
+    let (behind, stored, values) = drain_backlog(std::time::Duration::from_secs(3600), 30, 1).await;
     assert_eq!(stored, 3000);
     // The reader keeps the next batch waiting while one is written, so only the last batch
     // (nothing waiting after it) checkpoints; a scheduling hiccup may add one or two.
     assert!(behind <= 3, "{behind} checkpoints for 30 batches behind");
     assert_eq!(values, exact, "the same values whether partials are written per batch or per checkpoint");
+}
+
+/// Batches encoded in parts and metrics applied side by side on worker threads store every
+/// event once and give every shipped metric the value one thread gives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_on_worker_threads_stores_and_counts_what_one_thread_does() {
+    let (_, stored_one, one) = drain_backlog(std::time::Duration::ZERO, 20, 1).await;
+    let (_, stored_three, three) = drain_backlog(std::time::Duration::ZERO, 20, 3).await;
+    assert_eq!((stored_one, stored_three), (2000, 2000));
+    assert!(one.iter().any(|v| !v.is_null()), "the metrics have values: {one:?}");
+    assert_eq!(three, one, "three worker threads, the values of one");
 }

@@ -4,11 +4,13 @@
 
 use super::backfill::{self, Backfiller, Command, Job, SEAM_PANE};
 use super::{Metric, MetricSet, Partial, TimeMode};
+use crate::base::Workers;
 use crate::dead_letter::{DeadLetter, Reason};
 use crate::event::Record;
 use crate::store::{EventStore, PaneRecord};
 use crate::telemetry::Stats;
 use crate::transport::{Batch, NO_PARTITION};
+use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
@@ -89,12 +91,22 @@ pub struct Aggregator {
     seams: Vec<PaneRecord>,
     /// Backfills to start once the batch that made their seams is stored.
     jobs: Vec<Job>,
+    /// Threads that apply batches and encode partials, the metrics split between them.
+    workers: Workers,
 }
 
 impl Aggregator {
     pub fn new(set: Arc<MetricSet>, stats: Arc<Stats>) -> Aggregator {
         let states = set.metrics.iter().map(|_| MetricState::default()).collect();
-        Aggregator { set, stats, states, loaded: HashMap::new(), late: Vec::new(), backfill: None, seams: Vec::new(), jobs: Vec::new() }
+        Aggregator { set, stats, states, loaded: HashMap::new(), late: Vec::new(), backfill: None, seams: Vec::new(), jobs: Vec::new(), workers: Workers::default() }
+    }
+
+    /// Applies batches and encodes partials on `workers`, each metric on one thread at a time
+    /// (a metric's state is its own). The caller waits for them, so a batch is applied whole
+    /// before the next one, as on one thread.
+    pub fn with_workers(mut self, workers: Workers) -> Aggregator {
+        self.workers = workers;
+        self
     }
 
     /// Fills metrics that are new to a partition (added or redefined by a reload, or new at
@@ -326,68 +338,42 @@ impl Aggregator {
     /// Applies a batch. `sources[i]` is the (partition, offset) of `events[i]`; events at or
     /// below the offset already in a partial are skipped.
     pub(crate) fn apply(&mut self, events: &[Record], sources: &[(i32, i64)]) {
-        // One map per record, shared by every metric that calls a script, with the fields any of them reads.
-        let maps: Vec<rhai::Dynamic> = match self.set.map_fields() {
-            Some(f) => events.iter().map(|e| crate::script::record_map_of(e, f)).collect(),
-            None => Vec::new(),
-        };
         let now = chrono::Utc::now().timestamp_millis();
-        for (m, st) in self.set.metrics.iter().zip(self.states.iter_mut()) {
-            let lateness = m.config.lateness.as_millis() as i64;
-            for (i, e) in events.iter().enumerate() {
-                let (partition, offset) = sources.get(i).copied().unwrap_or((NO_PARTITION, -1));
-                let t = match m.config.time {
-                    TimeMode::Event => e.time_ms(),
-                    TimeMode::Processing => now,
-                };
-                let key = (m.window.pane_of(t), partition);
-                let replay = partition != NO_PARTITION;
-                if replay && st.cells.get(&key).is_some_and(|c| offset <= c.offset) {
-                    continue; // already in the stored state: a replay
-                }
-                let mark = st.watermarks.entry(partition).or_default();
-                if replay && offset <= mark.seam {
-                    continue; // before the metric's seam on this partition: its backfill counts it
-                }
-                let seen = replay && offset <= mark.offset;
-                if offset > mark.offset {
-                    mark.offset = offset;
-                    mark.dirty = true;
-                }
-                if mark.time != i64::MIN && t < mark.time - lateness {
-                    if seen {
-                        continue; // judged late before the crash; its dead letter is stored
-                    }
-                    let behind = mark.time - t;
-                    self.stats.late_event(m.name(), e.id(), behind);
-                    let detail = format!("{behind} ms behind the newest event of its partition for metric {:?} (lateness {:?})", m.name(), m.config.lateness);
-                    self.late.push(DeadLetter::of_record(format!("late:{}", e.id()), Reason::Late, detail, (partition, offset), e));
-                    continue;
-                }
-                if t > mark.time {
-                    mark.time = t;
-                    mark.dirty = true;
-                }
-                let cell = match st.cells.get_mut(&key) {
-                    Some(c) => c,
-                    None => {
-                        let partial = match m.empty() {
-                            Ok(p) => p,
-                            Err(err) => {
-                                self.stats.script_error(m.name(), e.id(), &err);
-                                continue;
-                            }
-                        };
-                        st.cells.entry(key).or_insert(Cell { partial, offset: -1, dirty: false })
-                    }
-                };
-                if let Err(err) = m.add(&mut cell.partial, e, maps.get(i)) {
-                    self.stats.script_error(m.name(), e.id(), &err);
-                }
-                cell.offset = cell.offset.max(offset);
-                cell.dirty = true;
+        let (set, stats) = (self.set.clone(), self.stats.clone());
+        let (fields, stats) = (set.map_fields(), &*stats);
+        let late = self.each_metric(
+            // One map per record, shared by every metric that calls a script, with the fields any of them reads.
+            |parallel| match (fields, parallel) {
+                (Some(f), true) => events.par_iter().map(|e| crate::script::record_map_of(e, f)).collect(),
+                (Some(f), false) => events.iter().map(|e| crate::script::record_map_of(e, f)).collect(),
+                (None, _) => Vec::new(),
+            },
+            |m, st, maps| {
+                let mut late = Vec::new();
+                apply_metric(m, st, events, sources, maps, now, stats, &mut late);
+                late
+            },
+        );
+        self.late.extend(late.into_iter().flatten());
+    }
+
+    /// Runs `each` for every metric with its state, on the worker pool when there is one (a
+    /// metric's state is its own, so metrics never wait on each other), after `shared` has made
+    /// what they all read (told whether it runs on the pool). Results in metric order.
+    fn each_metric<S: Sync, T: Send>(
+        &mut self,
+        shared: impl FnOnce(bool) -> S + Send,
+        each: impl Fn(&Metric, &mut MetricState, &S) -> T + Sync + Send,
+    ) -> Vec<T> {
+        let metrics = &self.set.metrics;
+        let states = &mut self.states;
+        self.workers.run(|parallel| {
+            let shared = shared(parallel);
+            match parallel {
+                true => metrics.par_iter().zip(states.par_iter_mut()).with_max_len(1).map(|(m, st)| each(m, st, &shared)).collect(),
+                false => metrics.iter().zip(states.iter_mut()).map(|(m, st)| each(m, st, &shared)).collect(),
             }
-        }
+        })
     }
 
     /// Partials no event can change any more (their pane's end plus the lateness is behind the
@@ -412,36 +398,88 @@ impl Aggregator {
     /// clean: once they are stored, every batch ingested before may be acknowledged.
     pub fn checkpoint(&mut self) -> Vec<PaneRecord> {
         let mut out = std::mem::take(&mut self.seams);
-        for (m, st) in self.set.metrics.iter().zip(self.states.iter_mut()) {
-            for ((pane_start, partition), cell) in st.cells.iter_mut().filter(|(_, c)| c.dirty) {
-                cell.dirty = false;
-                out.push(PaneRecord {
-                    metric: m.state_key().to_string(),
-                    pane_start: *pane_start,
-                    partition: *partition,
-                    offset: cell.offset,
-                    state: m.encode(&cell.partial),
-                });
-            }
-            for (partition, mark) in st.watermarks.iter_mut().filter(|(_, w)| w.dirty) {
-                mark.dirty = false;
-                out.push(PaneRecord {
-                    metric: watermark_key(m),
-                    pane_start: WATERMARK_PANE,
-                    partition: *partition,
-                    offset: mark.offset,
-                    state: mark.time.into(),
-                });
-            }
-            // Panes no event can reach any more are only needed in the store.
-            let reach = m.window.size_ms + m.config.lateness.as_millis() as i64 + m.window.slide_ms;
-            let watermarks = &st.watermarks;
-            st.cells.retain(|(pane, partition), c| {
-                c.dirty || *pane >= watermarks.get(partition).map_or(i64::MIN, |w| w.time).saturating_sub(reach)
-            });
-        }
+        let changed = self.each_metric(|_| (), |m, st, _| checkpoint_metric(m, st));
+        out.extend(changed.into_iter().flatten());
         out
     }
+}
+
+/// Applies a batch to one metric's state (see [`Aggregator::apply`]); its late events go to `late`.
+#[allow(clippy::too_many_arguments)]
+fn apply_metric(m: &Metric, st: &mut MetricState, events: &[Record], sources: &[(i32, i64)], maps: &[rhai::Dynamic], now: i64, stats: &Stats, late: &mut Vec<DeadLetter>) {
+    let lateness = m.config.lateness.as_millis() as i64;
+    for (i, e) in events.iter().enumerate() {
+        let (partition, offset) = sources.get(i).copied().unwrap_or((NO_PARTITION, -1));
+        let t = match m.config.time {
+            TimeMode::Event => e.time_ms(),
+            TimeMode::Processing => now,
+        };
+        let key = (m.window.pane_of(t), partition);
+        let replay = partition != NO_PARTITION;
+        if replay && st.cells.get(&key).is_some_and(|c| offset <= c.offset) {
+            continue; // already in the stored state: a replay
+        }
+        let mark = st.watermarks.entry(partition).or_default();
+        if replay && offset <= mark.seam {
+            continue; // before the metric's seam on this partition: its backfill counts it
+        }
+        let seen = replay && offset <= mark.offset;
+        if offset > mark.offset {
+            mark.offset = offset;
+            mark.dirty = true;
+        }
+        if mark.time != i64::MIN && t < mark.time - lateness {
+            if seen {
+                continue; // judged late before the crash; its dead letter is stored
+            }
+            let behind = mark.time - t;
+            stats.late_event(m.name(), e.id(), behind);
+            let detail = format!("{behind} ms behind the newest event of its partition for metric {:?} (lateness {:?})", m.name(), m.config.lateness);
+            late.push(DeadLetter::of_record(format!("late:{}", e.id()), Reason::Late, detail, (partition, offset), e));
+            continue;
+        }
+        if t > mark.time {
+            mark.time = t;
+            mark.dirty = true;
+        }
+        let cell = match st.cells.get_mut(&key) {
+            Some(c) => c,
+            None => {
+                let partial = match m.empty() {
+                    Ok(p) => p,
+                    Err(err) => {
+                        stats.script_error(m.name(), e.id(), &err);
+                        continue;
+                    }
+                };
+                st.cells.entry(key).or_insert(Cell { partial, offset: -1, dirty: false })
+            }
+        };
+        if let Err(err) = m.add(&mut cell.partial, e, maps.get(i)) {
+            stats.script_error(m.name(), e.id(), &err);
+        }
+        cell.offset = cell.offset.max(offset);
+        cell.dirty = true;
+    }
+}
+
+/// One metric's part of [`Aggregator::checkpoint`]: its changed partials and watermarks, marked
+/// clean; panes no event can reach any more leave memory.
+fn checkpoint_metric(m: &Metric, st: &mut MetricState) -> Vec<PaneRecord> {
+    let mut out = Vec::new();
+    for ((pane_start, partition), cell) in st.cells.iter_mut().filter(|(_, c)| c.dirty) {
+        cell.dirty = false;
+        out.push(PaneRecord { metric: m.state_key().to_string(), pane_start: *pane_start, partition: *partition, offset: cell.offset, state: m.encode(&cell.partial) });
+    }
+    for (partition, mark) in st.watermarks.iter_mut().filter(|(_, w)| w.dirty) {
+        mark.dirty = false;
+        out.push(PaneRecord { metric: watermark_key(m), pane_start: WATERMARK_PANE, partition: *partition, offset: mark.offset, state: mark.time.into() });
+    }
+    // Panes no event can reach any more are only needed in the store.
+    let reach = m.window.size_ms + m.config.lateness.as_millis() as i64 + m.window.slide_ms;
+    let watermarks = &st.watermarks;
+    st.cells.retain(|(pane, partition), c| c.dirty || *pane >= watermarks.get(partition).map_or(i64::MIN, |w| w.time).saturating_sub(reach));
+    out
 }
 
 #[cfg(test)]
@@ -530,6 +568,56 @@ pub(super) mod tests {
         let (panes, _) = panes_and_watermarks(agg.checkpoint());
         assert_eq!(panes.len(), 1);
         assert_eq!(panes[0].state.to_value().unwrap()["grouped"]["x"]["count"], 2, "offsets 12 and 13 only");
+    }
+
+    /// Metrics applied side by side on worker threads give the partials, watermarks and late
+    /// dead letters (each naming every metric that left its event out, in metric order) that
+    /// one thread gives.
+    #[test]
+    fn metrics_applied_on_worker_threads_give_what_one_thread_gives() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("per_item.rhai");
+        std::fs::write(&script, "#{ key: field(\"item_id\") }").unwrap();
+        let metric = |name: &str, reducer, lateness| MetricConfig {
+            name: name.into(),
+            script: script.clone(),
+            reducer,
+            k: 2,
+            window: Duration::from_secs(60),
+            slide: Some(Duration::from_secs(5)),
+            time: TimeMode::Event,
+            lateness: Duration::from_secs(lateness),
+            description: String::new(),
+            unit: String::new(),
+            stages: Vec::new(),
+            exact_limit: 10_000,
+        };
+        let configs = [metric("count", ReducerKind::Count, 10), metric("top", ReducerKind::TopK, 30), metric("bottom", ReducerKind::BottomK, 5)];
+        let set = Arc::new(MetricSet::load(&configs, &schema()).unwrap());
+        // Out of order by up to two minutes over three partitions: some late for one metric, some for all.
+        let events: Vec<Record> = (0..600).map(|i| event(&format!("e{i}"), &format!("item{}", i % 7), i / 4 + (i * 37 % 120) - 60)).collect();
+        let sources: Vec<(i32, i64)> = (0..600).map(|i| ((i % 3) as i32, (i / 3) as i64)).collect();
+        let run = |threads: usize| {
+            let mut agg = Aggregator::new(set.clone(), Stats::new()).with_workers(Workers::new(threads));
+            let (mut written, mut late) = (Vec::new(), Vec::new());
+            for (events, sources) in events.chunks(64).zip(sources.chunks(64)) {
+                agg.apply(events, sources);
+                late.extend(agg.take_late().into_iter().map(|d| (d.id, d.detail)));
+                // Watermarks and a state's keys come in hash order: sorted per checkpoint, and
+                // states compared as JSON values (key order aside).
+                let mut records: Vec<_> = agg.checkpoint().into_iter().map(|r| ((r.metric, r.pane_start, r.partition, r.offset), r.state.to_value().unwrap())).collect();
+                records.sort_by(|a, b| a.0.cmp(&b.0));
+                written.push(records);
+            }
+            (written, late)
+        };
+        let (one, three) = (run(1), run(3));
+        assert!(one.1.iter().any(|(_, detail)| detail.contains("; ")), "an event late for several metrics");
+        assert_eq!(one.0.len(), three.0.len());
+        for (i, (a, b)) in one.0.iter().zip(&three.0).enumerate() {
+            assert_eq!(a, b, "checkpoint {i}");
+        }
+        assert_eq!(one.1, three.1, "the same late events, the same details");
     }
 
     /// A recomputation writes each pane once: a pane leaves only when no event can reach it.

@@ -104,8 +104,14 @@ pub(super) fn aggregate_section(pipeline: &Pipeline, script: &GeneratorScript, o
         for _ in 0..runs {
             let (p, set, events) = (pipeline.clone(), set.clone(), events.clone());
             let run = std::thread::spawn(move || -> anyhow::Result<f64> {
-                let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()?;
-                rt.block_on(consume_queue_into_discard(&p, set, events))
+                // One thread is all of it on one: the runtime's only thread, no worker pool.
+                let rt = match threads {
+                    1 => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
+                    n => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build()?,
+                };
+                // Spawned, so the consumer runs on the runtime's threads as in `runner run`, not on
+                // this one beside them.
+                rt.block_on(async move { tokio::spawn(async move { consume_queue_into_discard(&p, set, events, threads).await }).await? })
             });
             rates.push(run.join().map_err(|_| anyhow::anyhow!("bench: the worker-thread run panicked"))??);
         }
@@ -126,10 +132,11 @@ pub(super) fn aggregate_section(pipeline: &Pipeline, script: &GeneratorScript, o
 }
 
 /// The runner's consumer over an in-process queue already holding `events` (no broker to wait
-/// for) into a store that encodes and drops: the reader task validates and encodes for the
-/// store, the writer task aggregates, so a second worker thread overlaps the two. Events/s from
-/// the first batch consumed to the last checkpoint.
-async fn consume_queue_into_discard(pipeline: &Pipeline, set: Arc<MetricSet>, events: Vec<Record>) -> anyhow::Result<f64> {
+/// for) into a store that encodes and drops, with `threads` runtime threads and as many worker
+/// threads (`consumer.workers`): the reader encodes each batch for the store in parts, and the
+/// metrics are applied and encoded split between the threads. Events/s from the first batch
+/// consumed to the last checkpoint.
+async fn consume_queue_into_discard(pipeline: &Pipeline, set: Arc<MetricSet>, events: Vec<Record>, threads: usize) -> anyhow::Result<f64> {
     use crate::transport::Publisher;
     let stats = Stats::new();
     let batches = events.len().div_ceil(1000);
@@ -141,7 +148,8 @@ async fn consume_queue_into_discard(pipeline: &Pipeline, set: Arc<MetricSet>, ev
     let never = CancellationToken::new;
     let until = crate::consumer::StopWhen { stop: never(), idle: None, producers_done: never(), drain: never() };
     let aggregator = Aggregator::new(set, stats.clone());
-    crate::consumer::run(Box::new(subscriber), Arc::new(super::discard::Discard), Some(aggregator), None, stats.clone(), &pipeline.config.consumer, until).await?;
+    let config = crate::consumer::ConsumerConfig { workers: threads, ..pipeline.config.consumer.clone() };
+    crate::consumer::run(Box::new(subscriber), Arc::new(super::discard::Discard), Some(aggregator), None, stats.clone(), &config, until).await?;
     Ok(rate(stats.snapshot().stored, stats.busy_span()))
 }
 

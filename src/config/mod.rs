@@ -457,6 +457,9 @@ rate = "${RATE:-250}"
         let shown = path.display();
         assert!(err.contains(&format!("{shown}:18: consumer.batch_size must be at least 1")), "{err}");
         assert!(err.contains(&format!("{shown}:20: metric \"m\": slide (7s) must divide")), "{err}");
+        std::fs::write(&path, format!("{MINIMAL}[consumer]\nworkers = 0\n")).unwrap();
+        let err = Pipeline::load_with_env(&path, |_| None).err().unwrap().to_string();
+        assert!(err.contains(&format!("{shown}:18: consumer.workers must be at least 1")), "{err}");
     }
 
     /// A secret with TOML's special characters is one string value wherever `${...}` may stand

@@ -11,7 +11,7 @@ pub use validate::Validation;
 
 use crate::event::Record;
 use crate::aggregate::{Aggregator, MetricSet};
-use crate::base::{de, Backoff};
+use crate::base::{de, Backoff, Workers};
 use crate::store::{Encoded, EventStore};
 use crate::telemetry::Stats;
 use crate::dead_letter::{DeadLetter, Reason};
@@ -43,6 +43,11 @@ pub struct ConsumerConfig {
     /// caught up writes them after every batch. `0s`: always after every batch.
     #[serde(default = "default_checkpoint_interval", deserialize_with = "de::duration")]
     pub checkpoint_interval: Duration,
+    /// Threads that apply each batch to the metrics and encode their partials, the metrics
+    /// split between them (reading, decoding and writing run beside them on the runtime's
+    /// threads). Default: the cores this process may use.
+    #[serde(default = "default_workers", deserialize_with = "de::number")]
+    pub workers: usize,
     /// What a message must be to count as an event; the rest is dead-lettered.
     #[serde(default)]
     pub validation: Validation,
@@ -55,6 +60,7 @@ impl Default for ConsumerConfig {
             max_wait: default_max_wait(),
             read_ahead: default_read_ahead(),
             checkpoint_interval: default_checkpoint_interval(),
+            workers: default_workers(),
             validation: Validation::default(),
         }
     }
@@ -72,6 +78,9 @@ fn default_read_ahead() -> usize {
 fn default_checkpoint_interval() -> Duration {
     Duration::from_secs(1)
 }
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
 
 impl ConsumerConfig {
     /// How a Kafka subscriber cuts the stream into batches for this consumer.
@@ -81,7 +90,11 @@ impl ConsumerConfig {
 
     /// Problems a parse cannot catch.
     pub fn check(&self) -> Option<String> {
-        (self.batch_size == 0).then(|| "consumer.batch_size must be at least 1".to_string())
+        match (self.batch_size, self.workers) {
+            (0, _) => Some("consumer.batch_size must be at least 1".to_string()),
+            (_, 0) => Some("consumer.workers must be at least 1".to_string()),
+            _ => None,
+        }
     }
 }
 
@@ -111,13 +124,16 @@ const POLL_WAIT: Duration = Duration::from_millis(100);
 pub async fn run(
     mut subscriber: Box<dyn Subscriber>,
     store: Arc<dyn EventStore>,
-    mut aggregator: Option<Aggregator>,
+    aggregator: Option<Aggregator>,
     mut metrics: Option<tokio::sync::watch::Receiver<Arc<MetricSet>>>,
     stats: Arc<Stats>,
     config: &ConsumerConfig,
     until: StopWhen,
 ) -> anyhow::Result<()> {
     let acknowledger = subscriber.acknowledger();
+    // The CPU-heavy work of both tasks below runs on these threads, side by side.
+    let workers = Workers::new(config.workers);
+    let mut aggregator = aggregator.map(|a| a.with_workers(workers.clone()));
     // Each batch travels with its raw events already encoded for the store: the reader encodes
     // the next batch while the writer writes the current one.
     let (tx, mut rx) = mpsc::channel::<(Batch, Encoded)>(config.read_ahead.max(1));
@@ -125,6 +141,7 @@ pub async fn run(
     let reader_until = until.clone();
     let stats_reader = stats.clone();
     let validation = config.validation.clone();
+    let reader_workers = workers.clone();
     let reader = tokio::spawn(async move {
         let mut last_data = Instant::now();
         let mut producers_done_at = None;
@@ -135,9 +152,15 @@ pub async fn run(
             match subscriber.poll_batch(POLL_WAIT).await {
                 Ok(Poll::Batch(mut batch)) => {
                     last_data = Instant::now();
-                    validation.apply(&mut batch);
+                    let (batch, encoded) = reader_workers.run(|parallel| {
+                        validation.apply(&mut batch);
+                        let encoded = match parallel {
+                            true => Encoded::in_parts(&*encoder, &batch.events, reader_workers.threads()),
+                            false => encoder.encode(&batch.events),
+                        };
+                        (batch, encoded)
+                    });
                     stats_reader.read(batch.events.iter().map(Record::time_ms));
-                    let encoded = encoder.encode(&batch.events);
                     if tx.send((batch, encoded)).await.is_err() {
                         break Ok(()); // the writer failed; it reports why
                     }

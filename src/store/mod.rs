@@ -43,6 +43,33 @@ pub enum Encoded {
     Nothing,
 }
 
+impl Encoded {
+    /// `self` followed by `next`, for a batch encoded in parts; parts of different kinds give
+    /// [`Encoded::Nothing`], and the store encodes the batch as it writes.
+    pub fn then(self, next: Encoded) -> Encoded {
+        match (self, next) {
+            (Encoded::Rows(mut a), Encoded::Rows(b)) => {
+                a.extend(b);
+                Encoded::Rows(a)
+            }
+            (Encoded::Documents(mut a), Encoded::Documents(b)) => {
+                a.extend(b);
+                Encoded::Documents(a)
+            }
+            _ => Encoded::Nothing,
+        }
+    }
+
+    /// `store`'s [`EventStore::encode`] of `events` cut into `parts` run side by side on the
+    /// caller's rayon pool, joined in order.
+    pub fn in_parts(store: &dyn EventStore, events: &[Record], parts: usize) -> Encoded {
+        use rayon::prelude::*;
+        let size = events.len().div_ceil(parts.max(1)).max(1);
+        let encoded: Vec<Encoded> = events.par_chunks(size).map(|c| store.encode(c)).collect();
+        encoded.into_iter().reduce(Encoded::then).unwrap_or(Encoded::Nothing)
+    }
+}
+
 /// A durable home for raw events, keyed by a unique event_id.
 #[async_trait]
 pub trait EventStore: Send + Sync {
@@ -225,5 +252,29 @@ impl EventStore for Switchable {
     }
     async fn raw_after(&self, after: i64, upto: i64, limit: usize) -> anyhow::Result<Vec<(i64, Record)>> {
         self.current().raw_after(after, upto, limit).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The reader's encoding in parts on worker threads joins to the whole batch's, in order.
+    #[test]
+    fn a_batch_encoded_in_parts_is_the_batch_encoded_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let schema = crate::event::schema_of("fields = { id = \"string\", t = \"timestamp\" }\nid = \"id\"\ntime = \"t\"");
+        let config = embedded::EmbeddedConfig { data_dir: dir.path().to_path_buf(), ..Default::default() };
+        let store = embedded::EmbeddedStore::open(&config, &Default::default(), &schema, &[]).unwrap();
+        let events: Vec<Record> = (0..10).map(|i| Record::from_json(&schema, format!(r#"{{"id":"e{i}","t":"2026-01-01T00:00:0{i}Z"}}"#).as_bytes()).unwrap()).collect();
+        let rows = |e: Encoded| match e {
+            Encoded::Rows(rows) => rows,
+            _ => panic!("not rows"),
+        };
+        let whole = rows(store.encode(&events));
+        let parts = rows(crate::base::Workers::new(3).run(|_| Encoded::in_parts(&store, &events, 3)));
+        assert_eq!(parts, whole);
+        assert_eq!(whole.len(), 10);
+        assert!(matches!(Encoded::Rows(Vec::new()).then(Encoded::Nothing), Encoded::Nothing), "parts of different kinds: encode again");
     }
 }
