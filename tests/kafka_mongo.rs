@@ -89,7 +89,15 @@ async fn replay_is_harmless() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_message_is_skipped() {
-    let sp = common::service_pipeline("bad");
+    // Decoded as each message arrives (one thread), and gathered and decoded on worker threads.
+    for workers in [1, 3] {
+        bad_message_is_skipped_with(workers).await;
+    }
+}
+
+async fn bad_message_is_skipped_with(workers: usize) {
+    let mut sp = common::service_pipeline(&format!("bad{workers}"));
+    sp.pipeline.config.consumer.workers = workers;
     let n = 1_000;
     // Publish good events first (this also creates the topic), then two bad ones.
     run(&sp, Components::GENERATOR, Some(n)).await;
@@ -101,8 +109,8 @@ async fn bad_message_is_skipped() {
     producer.flush(Duration::from_secs(10)).unwrap();
 
     let consumed = run(&sp, Components::CONSUMER, None).await;
-    assert_eq!(consumed.stats.rejected, 2);
-    assert_eq!(consumed.stats.stored, n);
+    assert_eq!(consumed.stats.rejected, 2, "workers = {workers}");
+    assert_eq!(consumed.stats.stored, n, "workers = {workers}");
     let store = store_of(&sp).await;
     assert_eq!(store.count_events().await.unwrap(), n);
     let offsets = committed_and_end(&sp);

@@ -43,9 +43,10 @@ pub struct ConsumerConfig {
     /// caught up writes them after every batch. `0s`: always after every batch.
     #[serde(default = "default_checkpoint_interval", deserialize_with = "de::duration")]
     pub checkpoint_interval: Duration,
-    /// Threads that apply each batch to the metrics and encode their partials, the metrics
-    /// split between them (reading, decoding and writing run beside them on the runtime's
-    /// threads). Default: the cores this process may use.
+    /// Threads that decode each batch (where the transport carries bytes), encode it for the
+    /// store in parts, apply it to the metrics and encode their partials (the metrics split
+    /// between them); fetching and writing run beside them on the runtime's threads. Default:
+    /// the cores this process may use.
     #[serde(default = "default_workers", deserialize_with = "de::number")]
     pub workers: usize,
     /// What a message must be to count as an event; the rest is dead-lettered.
@@ -133,6 +134,7 @@ pub async fn run(
     let acknowledger = subscriber.acknowledger();
     // The CPU-heavy work of both tasks below runs on these threads, side by side.
     let workers = Workers::new(config.workers);
+    subscriber.use_workers(workers.clone());
     let mut aggregator = aggregator.map(|a| a.with_workers(workers.clone()));
     // Each batch travels with its raw events already encoded for the store: the reader encodes
     // the next batch while the writer writes the current one.

@@ -33,6 +33,8 @@ pub trait Subscriber: Send {
     fn caught_up(&self, _since: std::time::Instant) -> bool {
         true
     }
+    /// Decode on these threads (the consumer's), where decoding is the subscriber's work.
+    fn use_workers(&mut self, _workers: crate::base::Workers) {}
     /// A handle the store-writing side uses to acknowledge batches once they are durable.
     fn acknowledger(&self) -> Arc<dyn Acknowledge>;
     /// Commits what was acknowledged and leaves the group; called once, after the last ack.

@@ -2,6 +2,7 @@
 //! stored only when the store-writing side acknowledges a batch; librdkafka commits stored
 //! offsets in the background, on rebalance, and at close.
 
+use crate::base::Workers;
 use crate::event::Schema;
 use super::KafkaConfig;
 use crate::dead_letter::DeadLetter;
@@ -10,6 +11,7 @@ use crate::transport::{Acknowledge, Batch, Checkpoint, Poll, Subscriber};
 use anyhow::Context;
 use async_trait::async_trait;
 use futures::FutureExt;
+use rayon::prelude::*;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
@@ -83,6 +85,9 @@ pub struct KafkaSubscriber {
     /// Stops the lag sampler at close.
     sampler: tokio_util::sync::CancellationToken,
     sampler_task: tokio::task::JoinHandle<()>,
+    /// With more than one thread, a batch's messages are gathered as they arrive and decoded
+    /// side by side on these; with one, each is decoded as it arrives (no copy).
+    workers: Workers,
 }
 
 /// A pause this long between messages means the fetched data has all been read.
@@ -135,13 +140,44 @@ impl KafkaSubscriber {
             lag,
             sampler,
             sampler_task,
+            workers: Workers::default(),
         })
     }
 
+    /// Takes one message into the batch: decoded now, or gathered into `pending` (its payload
+    /// copied, the message released) when the workers decode the batch.
+    fn take(&self, msg: &BorrowedMessage<'_>, batch: &mut Batch, pending: &mut Vec<Pending>) {
+        match self.workers.threads() {
+            1 => self.decode(msg, batch),
+            _ => pending.push(Pending { payload: msg.payload().map(<[u8]>::to_vec), partition: msg.partition(), offset: msg.offset() }),
+        }
+    }
+
+    /// Decodes the gathered messages on the workers, into the batch in arrival order.
+    fn decode_pending(&self, pending: Vec<Pending>, batch: &mut Batch) {
+        if pending.is_empty() {
+            return;
+        }
+        let decoded: Vec<Result<crate::event::Record, DeadLetter>> = self.workers.run(|parallel| {
+            let one = |m: &Pending| decode_payload(&self.schema, &self.topic, self.max_event_bytes, m.payload.as_deref(), m.partition, m.offset);
+            match parallel {
+                true => pending.par_iter().with_min_len(64).map(one).collect(),
+                false => pending.iter().map(one).collect(),
+            }
+        });
+        for (m, result) in pending.iter().zip(decoded) {
+            self.file(result, m.partition, m.offset, batch);
+        }
+    }
+
     fn decode(&self, msg: &BorrowedMessage<'_>, batch: &mut Batch) {
-        let (partition, offset) = (msg.partition(), msg.offset());
+        self.file(decode_message(&self.schema, &self.topic, self.max_event_bytes, msg), msg.partition(), msg.offset(), batch);
+    }
+
+    /// Puts a decoded message into the batch: an event, or a dead letter; its offset in the checkpoint either way.
+    fn file(&self, decoded: Result<crate::event::Record, DeadLetter>, partition: i32, offset: i64, batch: &mut Batch) {
         batch.checkpoint.include(partition, offset);
-        match decode_message(&self.schema, &self.topic, self.max_event_bytes, msg) {
+        match decoded {
             Ok(event) => {
                 batch.events.push(event);
                 batch.sources.push((partition, offset));
@@ -151,12 +187,23 @@ impl KafkaSubscriber {
     }
 }
 
+/// A message gathered for the workers to decode.
+struct Pending {
+    payload: Option<Vec<u8>>,
+    partition: i32,
+    offset: i64,
+}
+
 /// One message as an event, or as the dead letter saying why it is not one. An event without an
 /// id (published by another producer) gets one from its position, so its replays are harmless
 /// too; the live consumer and a backfill name it alike.
 pub(super) fn decode_message(schema: &Arc<Schema>, topic: &str, max_event_bytes: usize, msg: &BorrowedMessage<'_>) -> Result<crate::event::Record, DeadLetter> {
-    let (partition, offset) = (msg.partition(), msg.offset());
-    match crate::decode::decode(schema, msg.payload(), max_event_bytes) {
+    decode_payload(schema, topic, max_event_bytes, msg.payload(), msg.partition(), msg.offset())
+}
+
+/// [`decode_message`] of a message's payload and position.
+fn decode_payload(schema: &Arc<Schema>, topic: &str, max_event_bytes: usize, payload: Option<&[u8]>, partition: i32, offset: i64) -> Result<crate::event::Record, DeadLetter> {
+    match crate::decode::decode(schema, payload, max_event_bytes) {
         Ok(mut event) => {
             if event.id().is_empty() {
                 event.set_id(format!("{topic}:{partition}:{offset}"));
@@ -165,7 +212,7 @@ pub(super) fn decode_message(schema: &Arc<Schema>, topic: &str, max_event_bytes:
         }
         Err((reason, detail)) => {
             let id = format!("{topic}:{partition}:{offset}");
-            Err(DeadLetter::new(id, reason, detail, (partition, offset), msg.payload().unwrap_or_default()))
+            Err(DeadLetter::new(id, reason, detail, (partition, offset), payload.unwrap_or_default()))
         }
     }
 }
@@ -190,7 +237,8 @@ impl Subscriber for KafkaSubscriber {
             dead: Vec::new(),
             checkpoint: Checkpoint::default(),
         };
-        self.decode(&first, &mut batch);
+        let mut pending = Vec::new();
+        self.take(&first, &mut batch, &mut pending);
         drop(first);
         let deadline = Instant::now() + self.max_wait;
         let mut received = 1;
@@ -209,11 +257,12 @@ impl Subscriber for KafkaSubscriber {
                     break;
                 }
                 Ok(Ok(msg)) => {
-                    self.decode(&msg, &mut batch);
+                    self.take(&msg, &mut batch, &mut pending);
                     received += 1;
                 }
             }
         }
+        self.decode_pending(pending, &mut batch);
         self.stats.consumed(received);
         Ok(Poll::Batch(batch))
     }
@@ -222,6 +271,10 @@ impl Subscriber for KafkaSubscriber {
         let assigned = self.consumer.context().assigned.load(std::sync::atomic::Ordering::Relaxed) > 0;
         let reading = self.lag.lock().unwrap();
         assigned && reading.as_ref().is_some_and(|(at, lag)| *at > since && !lag.is_empty() && lag.iter().all(|p| p.lag == 0))
+    }
+
+    fn use_workers(&mut self, workers: Workers) {
+        self.workers = workers;
     }
 
     fn acknowledger(&self) -> Arc<dyn Acknowledge> {
