@@ -156,13 +156,14 @@ pub async fn run(
                     last_data = Instant::now();
                     let (batch, encoded) = reader_workers.run(|parallel| {
                         validation.apply(&mut batch);
+                        // Read as of now, before encoding, as the latency figures count it.
+                        stats_reader.read(batch.events.iter().map(Record::time_ms));
                         let encoded = match parallel {
                             true => Encoded::in_parts(&*encoder, &batch.events, reader_workers.threads()),
                             false => encoder.encode(&batch.events),
                         };
                         (batch, encoded)
                     });
-                    stats_reader.read(batch.events.iter().map(Record::time_ms));
                     if tx.send((batch, encoded)).await.is_err() {
                         break Ok(()); // the writer failed; it reports why
                     }
