@@ -44,7 +44,7 @@ pub const TABLE: &[Row] = &[
     Row { key: "mongodb", effect: Effect::Reconnect, note: "new store connected first; consumer drains, then writes to it; dashboard and alerts follow", changed: |a, b| a.mongodb != b.mongodb },
     Row { key: "embedded", effect: Effect::Reconnect, note: "the embedded store (and queue, when Kafka is embedded) are reopened", changed: |a, b| a.embedded != b.embedded },
     Row { key: "retention", effect: Effect::Reconnect, note: "the store is reopened with the new TTL indexes or sweep", changed: |a, b| a.retention != b.retention },
-    Row { key: "consumer", effect: Effect::Reconnect, note: "consumer drains and restarts with the new batching and validation", changed: |a, b| a.consumer != b.consumer },
+    Row { key: "consumer", effect: Effect::Reconnect, note: "consumer drains and restarts with the new batching, validation and workers", changed: |a, b| a.consumer != b.consumer },
     Row { key: "backfill", effect: Effect::Reconnect, note: "consumer drains and restarts; unfinished backfills resume from their stored progress with the new settings", changed: |a, b| a.backfill != b.backfill },
     Row { key: "generator.seed", effect: Effect::Restart, note: "the random stream is seeded once", changed: |a, b| a.generator.seed != b.generator.seed },
     // The seed has its own row: this one compares the rest of the section.
