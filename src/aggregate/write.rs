@@ -4,7 +4,7 @@
 
 use super::backfill::{self, Backfiller, Command, Job, SEAM_PANE};
 use super::{Metric, MetricSet, Partial, TimeMode};
-use crate::base::Workers;
+use crate::base::{map_each, Workers};
 use crate::dead_letter::{DeadLetter, Reason};
 use crate::event::Record;
 use crate::store::{EventStore, PaneRecord};
@@ -343,16 +343,11 @@ impl Aggregator {
         let (fields, stats) = (set.map_fields(), &*stats);
         let late = self.each_metric(
             // One map per record, shared by every metric that calls a script, with the fields any of them reads.
-            |parallel| match (fields, parallel) {
-                (Some(f), true) => events.par_iter().map(|e| crate::script::record_map_of(e, f)).collect(),
-                (Some(f), false) => events.iter().map(|e| crate::script::record_map_of(e, f)).collect(),
-                (None, _) => Vec::new(),
+            |parallel| match fields {
+                Some(f) => map_each(parallel, events, |e| crate::script::record_map_of(e, f)),
+                None => Vec::new(),
             },
-            |m, st, maps| {
-                let mut late = Vec::new();
-                apply_metric(m, st, events, sources, maps, now, stats, &mut late);
-                late
-            },
+            |m, st, maps| apply_metric(m, st, events, sources, maps, now, stats),
         );
         self.late.extend(late.into_iter().flatten());
     }
@@ -404,9 +399,9 @@ impl Aggregator {
     }
 }
 
-/// Applies a batch to one metric's state (see [`Aggregator::apply`]); its late events go to `late`.
-#[allow(clippy::too_many_arguments)]
-fn apply_metric(m: &Metric, st: &mut MetricState, events: &[Record], sources: &[(i32, i64)], maps: &[rhai::Dynamic], now: i64, stats: &Stats, late: &mut Vec<DeadLetter>) {
+/// Applies a batch to one metric's state (see [`Aggregator::apply`]); returns its late events.
+fn apply_metric(m: &Metric, st: &mut MetricState, events: &[Record], sources: &[(i32, i64)], maps: &[rhai::Dynamic], now: i64, stats: &Stats) -> Vec<DeadLetter> {
+    let mut late = Vec::new();
     let lateness = m.config.lateness.as_millis() as i64;
     for (i, e) in events.iter().enumerate() {
         let (partition, offset) = sources.get(i).copied().unwrap_or((NO_PARTITION, -1));
@@ -461,6 +456,7 @@ fn apply_metric(m: &Metric, st: &mut MetricState, events: &[Record], sources: &[
         cell.offset = cell.offset.max(offset);
         cell.dirty = true;
     }
+    late
 }
 
 /// One metric's part of [`Aggregator::checkpoint`]: its changed partials and watermarks, marked

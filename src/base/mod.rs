@@ -11,4 +11,4 @@ mod workers;
 pub use backoff::Backoff;
 pub use secret::Secret;
 pub use short::short;
-pub use workers::Workers;
+pub use workers::{map_each, Workers};

@@ -45,6 +45,16 @@ impl Workers {
     }
 }
 
+/// `f` of each of `items`, in order: side by side on the pool running this (`parallel`, as
+/// [`Workers::run`] tells it), else one after the other on this thread.
+pub fn map_each<T: Sync, R: Send>(parallel: bool, items: &[T], f: impl Fn(&T) -> R + Sync + Send) -> Vec<R> {
+    use rayon::prelude::*;
+    match parallel {
+        true => items.par_iter().with_min_len(64).map(f).collect(),
+        false => items.iter().map(f).collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -158,10 +158,8 @@ pub async fn run(
                         validation.apply(&mut batch);
                         // Read as of now, before encoding, as the latency figures count it.
                         stats_reader.read(batch.events.iter().map(Record::time_ms));
-                        let encoded = match parallel {
-                            true => Encoded::in_parts(&*encoder, &batch.events, reader_workers.threads()),
-                            false => encoder.encode(&batch.events),
-                        };
+                        let parts = if parallel { reader_workers.threads() } else { 1 };
+                        let encoded = Encoded::in_parts(&*encoder, &batch.events, parts);
                         (batch, encoded)
                     });
                     if tx.send((batch, encoded)).await.is_err() {

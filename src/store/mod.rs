@@ -61,9 +61,12 @@ impl Encoded {
     }
 
     /// `store`'s [`EventStore::encode`] of `events` cut into `parts` run side by side on the
-    /// caller's rayon pool, joined in order.
+    /// caller's rayon pool, joined in order; one part is encoded on this thread.
     pub fn in_parts(store: &dyn EventStore, events: &[Record], parts: usize) -> Encoded {
         use rayon::prelude::*;
+        if parts <= 1 {
+            return store.encode(events);
+        }
         let size = events.len().div_ceil(parts.max(1)).max(1);
         let encoded: Vec<Encoded> = events.par_chunks(size).map(|c| store.encode(c)).collect();
         encoded.into_iter().reduce(Encoded::then).unwrap_or(Encoded::Nothing)

@@ -2,7 +2,7 @@
 //! stored only when the store-writing side acknowledges a batch; librdkafka commits stored
 //! offsets in the background, on rebalance, and at close.
 
-use crate::base::Workers;
+use crate::base::{map_each, Workers};
 use crate::event::Schema;
 use super::KafkaConfig;
 use crate::dead_letter::DeadLetter;
@@ -11,7 +11,6 @@ use crate::transport::{Acknowledge, Batch, Checkpoint, Poll, Subscriber};
 use anyhow::Context;
 use async_trait::async_trait;
 use futures::FutureExt;
-use rayon::prelude::*;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
@@ -158,12 +157,8 @@ impl KafkaSubscriber {
         if pending.is_empty() {
             return;
         }
-        let decoded: Vec<Result<crate::event::Record, DeadLetter>> = self.workers.run(|parallel| {
-            let one = |m: &Pending| decode_payload(&self.schema, &self.topic, self.max_event_bytes, m.payload.as_deref(), m.partition, m.offset);
-            match parallel {
-                true => pending.par_iter().with_min_len(64).map(one).collect(),
-                false => pending.iter().map(one).collect(),
-            }
+        let decoded = self.workers.run(|parallel| {
+            map_each(parallel, &pending, |m| decode_payload(&self.schema, &self.topic, self.max_event_bytes, m.payload.as_deref(), m.partition, m.offset))
         });
         for (m, result) in pending.iter().zip(decoded) {
             self.file(result, m.partition, m.offset, batch);
