@@ -515,7 +515,7 @@ pub(super) mod tests {
     pub(in crate::aggregate) fn event(id: &str, item: &str, second: i64) -> Record {
         let s = schema();
         let mut r = Record::new(&s);
-        r.set_id(id.into());
+        r.set_id(id);
         r.set(s.slot("item_id").unwrap(), Value::Text(item.into()));
         r.set_time_ms((1_000_000 + second) * 1000);
         r

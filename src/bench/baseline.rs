@@ -30,7 +30,7 @@ impl PlainGenerator {
                 let rng = &mut self.rng;
                 let v = match f.spec.ty {
                     _ if i == id || i == time => continue,
-                    FieldType::String => Value::Text(self.labels[rng.random_range(0..self.labels.len())].clone()),
+                    FieldType::String => Value::Text(self.labels[rng.random_range(0..self.labels.len())].as_str().into()),
                     FieldType::Int => Value::Int(rng.random_range(0..1000)),
                     FieldType::Float => Value::Float((rng.random_range(0.0..500.0f64) * 100.0).round() / 100.0),
                     FieldType::Bool => Value::Bool(rng.random()),
@@ -38,7 +38,7 @@ impl PlainGenerator {
                 };
                 r.set(i, v);
             }
-            r.set_id(format!("plain-{:x}", self.seq));
+            r.set_id(compact_str::format_compact!("plain-{:x}", self.seq));
             r.set_time_ms(now);
             out.push(r);
             self.seq += 1;

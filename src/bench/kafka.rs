@@ -97,7 +97,7 @@ pub(super) async fn kafka_sections(pipeline: &Pipeline, opts: &BenchOptions, ser
     let docs: Vec<_> = (0..n as usize)
         .map(|k| {
             let mut e = sample[k % sample.len()].clone();
-            e.set(schema.id_slot(), crate::event::Value::Text(format!("{k}")));
+            e.set(schema.id_slot(), crate::event::Value::Text(compact_str::format_compact!("{k}")));
             crate::store::mongo::to_raw(&e, usize::MAX).map_err(anyhow::Error::msg)
         })
         .collect::<anyhow::Result<_>>()?;

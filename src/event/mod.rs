@@ -4,7 +4,7 @@
 mod record;
 mod schema;
 
-pub use record::{iso, parse_time, DecodeError, Record, Value};
+pub use record::{iso, parse_time, DecodeError, Record, Text, Value};
 pub use schema::{EventConfig, Extra, Field, FieldSpec, FieldType, Naive, Schema};
 
 /// A schema from the text of an `[event]` section (unit tests).

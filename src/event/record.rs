@@ -14,11 +14,15 @@ use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
+/// A field's text: up to 24 bytes inline (ids, keys, labels), so decoding, cloning and dropping
+/// most records' strings allocates nothing.
+pub type Text = compact_str::CompactString;
+
 /// One field's value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
     Missing,
-    Text(String),
+    Text(Text),
     Int(i64),
     Float(f64),
     Bool(bool),
@@ -174,9 +178,9 @@ impl Record {
         }
     }
 
-    pub fn set_id(&mut self, id: String) {
+    pub fn set_id(&mut self, id: impl Into<Text>) {
         let slot = self.schema.id_slot();
-        self.slots[slot] = Value::Text(id);
+        self.slots[slot] = Value::Text(id.into());
     }
 
     /// Event time in ms since the epoch (0 for a record that has none: [`Record::check`] rejects those).
@@ -401,13 +405,13 @@ impl<'de> Visitor<'de> for SlotSeed {
                 return Ok(Value::Time(t));
             }
         }
-        Ok(Value::Text(s.to_string()))
+        Ok(Value::Text(Text::from(s)))
     }
     fn visit_string<E: de::Error>(self, s: String) -> Result<Value, E> {
         if self.ty == FieldType::Timestamp {
             return self.visit_str(&s);
         }
-        Ok(Value::Text(s))
+        Ok(Value::Text(Text::from(s)))
     }
     fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
         while seq.next_element::<IgnoredAny>()?.is_some() {}

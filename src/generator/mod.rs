@@ -257,7 +257,7 @@ impl Generator {
                 }
                 (None, Shape::Sessions(_)) => unreachable!("follow_sessions opens sessions for a session script"),
             };
-            e.set_id(format!("{}-{:x}", self.id_prefix, self.next_seq));
+            e.set_id(compact_str::format_compact!("{}-{:x}", self.id_prefix, self.next_seq));
             self.next_seq += 1;
             if let Some(hook) = self.script.hook.clone() {
                 e = self.apply_hook(&hook, e);
@@ -280,7 +280,7 @@ impl Generator {
         match result {
             Ok(mut changed) => {
                 // The id is the runner's promise of uniqueness; a hook may not change it.
-                changed.set_id(event.id().to_string());
+                changed.set_id(event.id());
                 changed
             }
             Err(e) => {

@@ -499,7 +499,7 @@ impl EventPlan {
 fn slot_value(sample: Sample<'_>, ty: FieldType, now_ms: i64) -> Value {
     match (sample, ty) {
         (Sample::Label(s), FieldType::Bool) => Value::Bool(s == "true"),
-        (Sample::Label(s), _) => Value::Text(s.into_owned()),
+        (Sample::Label(s), _) => Value::Text(s.into()),
         (Sample::Number(n), FieldType::Int) => Value::Int(n.round() as i64),
         (Sample::Number(n), _) => Value::Float(n),
         (Sample::Int(i), FieldType::Float) => Value::Float(i as f64),

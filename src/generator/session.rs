@@ -395,9 +395,9 @@ impl Sessions {
         let open = &mut open[slot];
         let mut r = Record::new(plan.plan.schema());
         r.set_time_ms(at.min(now_ms));
-        r.set(plan.state_slot, Value::Text(plan.states[open.state].clone()));
+        r.set(plan.state_slot, Value::Text(plan.states[open.state].as_str().into()));
         if let Some(id) = plan.id_slot {
-            r.set(id, Value::Text(open.id.clone()));
+            r.set(id, Value::Text(open.id.as_str().into()));
         }
         let skip = match &open.carried {
             Some(values) => {

@@ -314,7 +314,7 @@ fn compile_change(s: &ScenarioConfig, c: &ChangeConfig, schema: &Schema) -> Resu
         let i = slot(field)?;
         let ty = schema.fields()[i].spec.ty;
         let value = match (v, ty) {
-            (toml::Value::String(t), FieldType::String) => Value::Text(t.clone()),
+            (toml::Value::String(t), FieldType::String) => Value::Text(t.as_str().into()),
             (toml::Value::Integer(n), FieldType::Int) => Value::Int(*n),
             (toml::Value::Integer(n), FieldType::Float) => Value::Float(*n as f64),
             (toml::Value::Float(f), FieldType::Float) => Value::Float(*f),

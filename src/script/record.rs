@@ -82,7 +82,7 @@ pub fn record_map_of(e: &Record, fields: &MapFields) -> Dynamic {
 pub fn to_dynamic(v: &Value) -> Dynamic {
     match v {
         Value::Missing => Dynamic::UNIT,
-        Value::Text(s) => s.clone().into(),
+        Value::Text(s) => s.as_str().into(),
         Value::Int(i) => (*i).into(),
         Value::Float(f) => (*f).into(),
         Value::Bool(b) => (*b).into(),
@@ -125,10 +125,10 @@ fn from_dynamic(v: Dynamic, ty: FieldType, naive: crate::event::Naive) -> Result
         let s = v.into_string().map_err(|t| t.to_string())?;
         match (ty, parse_time(&s, naive)) {
             (FieldType::Timestamp, Some(t)) => Value::Time(t),
-            _ => Value::Text(s),
+            _ => Value::Text(s.into()),
         }
     } else {
-        Value::Text(v.to_string())
+        Value::Text(compact_str::ToCompactString::to_compact_string(&v))
     })
 }
 
