@@ -16,7 +16,7 @@ pub fn decode(schema: &Arc<Schema>, bytes: Option<&[u8]>, max_bytes: usize) -> R
         return Err((Reason::TooLarge, format!("{} bytes, more than max_event_bytes = {max_bytes}", bytes.len())));
     }
     let text = std::str::from_utf8(bytes).map_err(|e| (Reason::InvalidUtf8, e.to_string()))?;
-    Record::from_json(schema, text.as_bytes()).map_err(|e| {
+    Record::from_json_str(schema, text).map_err(|e| {
         let reason = if e.syntax { Reason::NotJson } else { Reason::InvalidEvent };
         (reason, e.message)
     })

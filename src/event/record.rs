@@ -204,8 +204,17 @@ impl Record {
 
     /// Decodes one JSON object under `schema`.
     pub fn from_json(schema: &Arc<Schema>, bytes: &[u8]) -> Result<Record, DecodeError> {
+        Record::read_json(schema, serde_json::Deserializer::from_slice(bytes))
+    }
+
+    /// [`Record::from_json`] of text already known to be UTF-8: its strings are not checked
+    /// again (the second check was ~5 % of the consuming path).
+    pub fn from_json_str(schema: &Arc<Schema>, text: &str) -> Result<Record, DecodeError> {
+        Record::read_json(schema, serde_json::Deserializer::from_str(text))
+    }
+
+    fn read_json<'de, R: serde_json::de::Read<'de>>(schema: &Arc<Schema>, mut de: serde_json::Deserializer<R>) -> Result<Record, DecodeError> {
         let mut record = Record::new(schema);
-        let mut de = serde_json::Deserializer::from_slice(bytes);
         let field = std::cell::Cell::new(None);
         let result = RecordSeed { schema, record: &mut record, field: &field }.deserialize(&mut de).and_then(|()| de.end());
         match result {
