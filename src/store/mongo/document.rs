@@ -125,12 +125,13 @@ mod tests {
     use super::*;
     use mongodb::bson;
 
+    fn schema() -> Arc<Schema> {
+        crate::event::schema_of("fields = { id = \"string\", n = \"int\", x = \"float\", ok = \"bool\", t = \"timestamp\", maybe = \"float?\", note = \"string?\" }\nid = \"id\"\ntime = \"t\"")
+    }
+
     #[test]
     fn documents_carry_the_declared_bson_types_and_read_back_equal() {
-        let text = r#"fields = { id = "string", n = "int", x = "float", ok = "bool", t = "timestamp", maybe = "float?" }
-id = "id"
-time = "t""#;
-        let schema = Arc::new(Schema::new(&toml::from_str(text).unwrap()).unwrap());
+        let schema = schema();
         let r = Record::from_json(&schema, br#"{"id":"a","n":3,"x":1.5,"ok":true,"t":"2026-01-01T00:00:00.250Z","meta":{"k":[1,"v"]}}"#).unwrap();
         let raw = to_raw(&r, usize::MAX).unwrap();
         let d = raw.to_document().unwrap();
@@ -146,10 +147,7 @@ time = "t""#;
 
     #[test]
     fn raw_documents_are_byte_for_byte_what_the_driver_writes() {
-        let text = r#"fields = { id = "string", n = "int", x = "float", ok = "bool", t = "timestamp", note = "string?" }
-id = "id"
-time = "t""#;
-        let schema = Arc::new(Schema::new(&toml::from_str(text).unwrap()).unwrap());
+        let schema = schema();
         let long = "é".repeat(40);
         let json = format!(r#"{{"id":"a\u0000b","n":-3,"x":1.5,"ok":false,"t":"2026-01-01T00:00:00.250Z","note":"{long}","extra":[1]}}"#);
         let r = Record::from_json(&schema, json.as_bytes()).unwrap();
