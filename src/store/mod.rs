@@ -67,7 +67,7 @@ impl Encoded {
         if parts <= 1 {
             return store.encode(events);
         }
-        let size = events.len().div_ceil(parts.max(1)).max(1);
+        let size = events.len().div_ceil(parts).max(1);
         let encoded: Vec<Encoded> = events.par_chunks(size).map(|c| store.encode(c)).collect();
         encoded.into_iter().reduce(Encoded::then).unwrap_or(Encoded::Nothing)
     }

@@ -28,29 +28,20 @@ pub fn to_raw(e: &Record, max_bytes: usize) -> Result<RawDocumentBuf, String> {
     let size = 5 + e.present().map(|(name, v)| 2 + name.len() + value_size(v)).sum::<usize>();
     let mut data = Vec::with_capacity(size);
     data.extend_from_slice(&[0; 4]);
+    // Declared names need no NUL check: the schema admits only plain names (letters, digits, _).
     for (name, v) in e.present() {
-        key(name)?;
-        let ty = match v {
-            Value::Text(_) => ElementType::String,
-            Value::Int(_) => ElementType::Int64,
-            Value::Float(_) => ElementType::Double,
-            Value::Bool(_) => ElementType::Boolean,
-            Value::Time(_) => ElementType::DateTime,
-            Value::Missing => continue,
-        };
-        data.push(ty as u8);
-        data.extend_from_slice(name.as_bytes());
-        data.push(0);
         match v {
             Value::Text(s) => {
+                element(&mut data, ElementType::String, name);
                 data.extend_from_slice(&(s.len() as i32 + 1).to_le_bytes());
                 data.extend_from_slice(s.as_bytes());
                 data.push(0);
             }
-            Value::Int(i) | Value::Time(i) => data.extend_from_slice(&i.to_le_bytes()),
-            Value::Float(f) => data.extend_from_slice(&f.to_le_bytes()),
-            Value::Bool(b) => data.push(*b as u8),
-            Value::Missing => {}
+            Value::Int(i) => element(&mut data, ElementType::Int64, name).extend_from_slice(&i.to_le_bytes()),
+            Value::Time(t) => element(&mut data, ElementType::DateTime, name).extend_from_slice(&t.to_le_bytes()),
+            Value::Float(f) => element(&mut data, ElementType::Double, name).extend_from_slice(&f.to_le_bytes()),
+            Value::Bool(b) => element(&mut data, ElementType::Boolean, name).push(*b as u8),
+            Value::Missing => {} // `present` leaves these out
         }
     }
     data.push(0);
@@ -66,6 +57,14 @@ pub fn to_raw(e: &Record, max_bytes: usize) -> Result<RawDocumentBuf, String> {
         n if n > max_bytes => Err(format!("the document is {n} bytes; MongoDB holds at most {max_bytes}")),
         _ => Ok(d),
     }
+}
+
+/// Starts an element: its type byte and its key as a C string; the value follows.
+fn element<'a>(data: &'a mut Vec<u8>, ty: ElementType, name: &str) -> &'a mut Vec<u8> {
+    data.push(ty as u8);
+    data.extend_from_slice(name.as_bytes());
+    data.push(0);
+    data
 }
 
 /// The bytes of a declared field's value in BSON.

@@ -201,7 +201,7 @@ fn decode_payload(schema: &Arc<Schema>, topic: &str, max_event_bytes: usize, pay
     match crate::decode::decode(schema, payload, max_event_bytes) {
         Ok(mut event) => {
             if event.id().is_empty() {
-                event.set_id(format!("{topic}:{partition}:{offset}"));
+                event.set_id(compact_str::format_compact!("{topic}:{partition}:{offset}"));
             }
             Ok(event)
         }
