@@ -6,11 +6,57 @@ use super::sketch::Sketch;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use crate::event::Text;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{HashMap, HashSet};
 
 /// Per-key state, by key. Keys are looked up once per event and metric: foldhash instead of
 /// SipHash (still seeded per process), and keys up to 24 bytes kept inline.
 pub type Groups = HashMap<Text, Acc, foldhash::fast::RandomState>;
+
+/// The values a distinct count has seen. Hashed, for the lookup every event makes (a B-tree of
+/// strings cost ~10 string comparisons per lookup); written as a sorted list, so a stored state
+/// is the same whatever the process's hash seed, and reads what a `BTreeSet` wrote.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Values(HashSet<Text, foldhash::fast::RandomState>);
+
+impl Values {
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn contains(&self, v: &str) -> bool {
+        self.0.contains(v)
+    }
+
+    pub fn insert(&mut self, v: &str) {
+        self.0.insert(Text::from(v));
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(Text::as_str)
+    }
+
+    fn extend(&mut self, other: &Values) {
+        self.0.extend(other.0.iter().cloned());
+    }
+}
+
+impl Serialize for Values {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        let mut sorted: Vec<&str> = self.iter().collect();
+        sorted.sort_unstable();
+        ser.collect_seq(sorted)
+    }
+}
+
+impl<'de> Deserialize<'de> for Values {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        Ok(Values(Vec::<Text>::deserialize(de)?.into_iter().collect()))
+    }
+}
 
 /// Which reduction a metric applies; chosen in the pipeline file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -62,7 +108,7 @@ impl ReducerKind {
             ReducerKind::Sum | ReducerKind::Avg => Acc::Sum { sum: 0.0, n: 0 },
             ReducerKind::Min => Acc::Min(None),
             ReducerKind::Max => Acc::Max(None),
-            ReducerKind::Distinct => Acc::Distinct(BTreeSet::new()),
+            ReducerKind::Distinct => Acc::Distinct(Values::default()),
             ReducerKind::Ratio => Acc::Ratio { num: 0, den: 0 },
             ReducerKind::Funnel => Acc::Stages(0),
             ReducerKind::Custom => unreachable!("custom reducers keep script state"),
@@ -78,7 +124,7 @@ pub enum Acc {
     Sum { sum: f64, n: u64 },
     Min(Option<f64>),
     Max(Option<f64>),
-    Distinct(BTreeSet<String>),
+    Distinct(Values),
     /// A distinct count past its exact limit.
     Sketch(Sketch),
     /// Records matching a ratio's numerator and its denominator.
@@ -118,7 +164,7 @@ impl Acc {
             (Acc::Max(m), Input::Number(v)) => *m = Some(m.map_or(v, |m| m.max(v))),
             // A value already in the set falls through to the no-op arm below.
             (Acc::Distinct(set), Input::Text(s)) if !set.contains(s) => {
-                set.insert(s.to_string());
+                set.insert(s);
                 if set.len() > exact_limit {
                     self.become_sketch();
                 }
@@ -153,7 +199,7 @@ impl Acc {
             (Acc::Min(a), Acc::Min(b)) => *a = min_opt(*a, *b, f64::min),
             (Acc::Max(a), Acc::Max(b)) => *a = min_opt(*a, *b, f64::max),
             (Acc::Distinct(a), Acc::Distinct(b)) => {
-                a.extend(b.iter().cloned());
+                a.extend(b);
                 if a.len() > exact_limit {
                     self.become_sketch();
                 }
@@ -450,6 +496,23 @@ mod tests {
         b.add(ReducerKind::Distinct, None, Input::Text("u2"), 10);
         a.merge(&b, 10).unwrap();
         assert_eq!(a.report(ReducerKind::Distinct, 0), json!(2));
+    }
+
+    #[test]
+    fn a_distinct_set_is_stored_sorted_whatever_the_insertion_order_and_reads_it_back() {
+        let mut a = State::new(ReducerKind::Distinct, false);
+        let values: Vec<String> = (0..50).rev().map(|i| format!("user_{i}")).collect();
+        for v in values.iter().chain(&values[..10]) {
+            a.add(ReducerKind::Distinct, None, Input::Text(v), 100);
+        }
+        let stored = serde_json::to_value(&a).unwrap();
+        // The shape a B-tree set of strings was stored in, so earlier stored states still read.
+        let mut sorted = values.clone();
+        sorted.sort();
+        assert_eq!(stored, json!({ "single": { "distinct": sorted } }));
+        let back: State = serde_json::from_value(stored).unwrap();
+        assert_eq!(back, a);
+        assert_eq!(back.report(ReducerKind::Distinct, 0), json!(50));
     }
 
     #[test]
