@@ -25,8 +25,9 @@ struct MetricState {
     cells: BTreeMap<(i64, i32), Cell>,
     /// Newest event time seen per partition (event-time metrics). Per partition, because
     /// partitions are read at different speeds: after a restart one may replay minutes of
-    /// backlog while another is current, and neither is late.
-    watermarks: HashMap<i32, Watermark>,
+    /// backlog while another is current, and neither is late. Looked up per event and metric:
+    /// foldhash (SipHash of the partition was ~15 % of applying a batch).
+    watermarks: HashMap<i32, Watermark, foldhash::fast::RandomState>,
 }
 
 /// A partition's watermark, stored with the partials (as a record of its own) so that after a
