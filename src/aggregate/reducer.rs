@@ -16,9 +16,9 @@ pub type Groups = HashMap<Text, Acc, foldhash::fast::RandomState>;
 /// strings cost ~10 string comparisons per lookup); written as a sorted list, so a stored state
 /// is the same whatever the process's hash seed, and reads what a `BTreeSet` wrote.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Values(HashSet<Text, foldhash::fast::RandomState>);
+pub struct DistinctSet(HashSet<Text, foldhash::fast::RandomState>);
 
-impl Values {
+impl DistinctSet {
     pub fn len(&self) -> usize {
         self.0.len()
     }
@@ -39,12 +39,12 @@ impl Values {
         self.0.iter().map(Text::as_str)
     }
 
-    fn extend(&mut self, other: &Values) {
+    fn extend(&mut self, other: &DistinctSet) {
         self.0.extend(other.0.iter().cloned());
     }
 }
 
-impl Serialize for Values {
+impl Serialize for DistinctSet {
     fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
         let mut sorted: Vec<&str> = self.iter().collect();
         sorted.sort_unstable();
@@ -52,9 +52,9 @@ impl Serialize for Values {
     }
 }
 
-impl<'de> Deserialize<'de> for Values {
+impl<'de> Deserialize<'de> for DistinctSet {
     fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
-        Ok(Values(Vec::<Text>::deserialize(de)?.into_iter().collect()))
+        Ok(DistinctSet(Vec::<Text>::deserialize(de)?.into_iter().collect()))
     }
 }
 
@@ -108,7 +108,7 @@ impl ReducerKind {
             ReducerKind::Sum | ReducerKind::Avg => Acc::Sum { sum: 0.0, n: 0 },
             ReducerKind::Min => Acc::Min(None),
             ReducerKind::Max => Acc::Max(None),
-            ReducerKind::Distinct => Acc::Distinct(Values::default()),
+            ReducerKind::Distinct => Acc::Distinct(DistinctSet::default()),
             ReducerKind::Ratio => Acc::Ratio { num: 0, den: 0 },
             ReducerKind::Funnel => Acc::Stages(0),
             ReducerKind::Custom => unreachable!("custom reducers keep script state"),
@@ -124,7 +124,7 @@ pub enum Acc {
     Sum { sum: f64, n: u64 },
     Min(Option<f64>),
     Max(Option<f64>),
-    Distinct(Values),
+    Distinct(DistinctSet),
     /// A distinct count past its exact limit.
     Sketch(Sketch),
     /// Records matching a ratio's numerator and its denominator.
