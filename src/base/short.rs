@@ -4,7 +4,13 @@
 /// fractions to three decimals without trailing zeros.
 pub fn short(v: f64) -> String {
     let v = if v == 0.0 { 0.0 } else { v };
-    if v.abs() >= 1e6 {
+    if !v.is_finite() {
+        format!("{v}")
+    } else if v.abs() >= 1e15 || v.abs() < 5e-4 && v != 0.0 {
+        // Past a billion millions, or below what three decimals show: an exponent keeps the
+        // label a few characters (1.7e308 would be 300 digits of `M`).
+        format!("{v:.2e}")
+    } else if v.abs() >= 1e6 {
         format!("{:.2}M", v / 1e6)
     } else if v.abs() >= 1e4 {
         format!("{:.1}k", v / 1e3)
@@ -29,5 +35,8 @@ mod tests {
         assert_eq!(short(53.14), "53.1");
         assert_eq!(short(0.025), "0.025");
         assert_eq!(short(-0.0), "0");
+        assert_eq!(short(1.7e308), "1.70e308");
+        assert_eq!(short(-2.5e-7), "-2.50e-7");
+        assert_eq!(short(f64::NAN), "NaN");
     }
 }

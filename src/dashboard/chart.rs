@@ -39,30 +39,29 @@ const PAD_B: f64 = 20.0;
 
 /// A multi-series line chart followed by its legend.
 pub fn lines(series: &[Series], frame: &Frame) -> String {
-    let values = series.iter().flat_map(|s| s.points.iter().filter_map(|p| p.1));
+    // Only finite values set the range; a non-finite one is drawn as a gap (see `runs`).
+    let values = series.iter().flat_map(|s| s.points.iter().filter_map(|p| p.1.filter(|v| v.is_finite())));
     let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
     let mut svg = format!(r#"<svg class="chart" viewBox="0 0 {W} {H}" width="100%" role="img" data-series="{}" xmlns="http://www.w3.org/2000/svg">"#, series.len());
-    let (t0, t1) = (frame.from as f64, (frame.to.max(frame.from + 1)) as f64);
+    let (t0, t1) = (frame.from as f64, (frame.to.max(frame.from.saturating_add(1))) as f64);
     let x = |t: f64| PAD_L + (t - t0) / (t1 - t0) * (W - PAD_L - PAD_R);
     // Time axis first: it is drawn even before any data, so the empty chart shows the range.
     for t in time_ticks(frame.from, frame.to) {
         let px = x(t as f64);
         let _ = write!(svg, r#"<line class="grid" x1="{px:.1}" y1="{PAD_T}" x2="{px:.1}" y2="{}"/>"#, H - PAD_B);
-        let _ = write!(svg, r#"<text class="tick x" x="{px:.1}" y="{}" text-anchor="middle">{}</text>"#, H - 5.0, clock(t, frame.to - frame.from));
+        let _ = write!(svg, r#"<text class="tick x" x="{px:.1}" y="{}" text-anchor="middle">{}</text>"#, H - 5.0, clock(t, frame.to.saturating_sub(frame.from)));
     }
     let _ = write!(svg, r#"<line class="axis" x1="{PAD_L}" y1="{}" x2="{}" y2="{}"/>"#, H - PAD_B, W - PAD_R, H - PAD_B);
     if !lo.is_finite() {
         let _ = write!(svg, r#"<text x="{}" y="{}" class="empty">no data in this range yet</text></svg>"#, W / 2.0 - 60.0, H / 2.0);
         return svg;
     }
-    let (lo, hi, step) = y_range(lo, hi);
-    let y = |v: f64| PAD_T + (1.0 - (v - lo) / (hi - lo)) * (H - PAD_T - PAD_B);
-    let mut v = lo;
-    while v <= hi + step * 1e-6 {
-        let py = y(v);
+    let axis = y_axis(lo, hi);
+    let y = |v: f64| axis.y(v);
+    for v in &axis.ticks {
+        let py = y(*v);
         let _ = write!(svg, r#"<line class="grid" x1="{PAD_L}" y1="{py:.1}" x2="{}" y2="{py:.1}"/>"#, W - PAD_R);
-        let _ = write!(svg, r#"<text class="tick y" x="{}" y="{:.1}" text-anchor="end">{}</text>"#, PAD_L - 4.0, py + 3.0, short(v));
-        v += step;
+        let _ = write!(svg, r#"<text class="tick y" x="{}" y="{:.1}" text-anchor="end">{}</text>"#, PAD_L - 4.0, py + 3.0, short(*v));
     }
     if !frame.unit.is_empty() {
         let _ = write!(svg, r#"<text class="unit" x="2" y="10">{}</text>"#, escape(frame.unit));
@@ -102,7 +101,7 @@ fn hover_columns(svg: &mut String, series: &[Series], unit: &str, x: &dyn Fn(f64
         };
         let mut title = format!("{} UTC", clock(times[i], 0));
         for s in series {
-            let v = s.points.get(i).and_then(|p| p.1).map(|v| format!("{} {}", short(v), unit)).unwrap_or_else(|| "no data".into());
+            let v = s.points.get(i).and_then(|p| p.1).filter(|v| v.is_finite()).map(|v| format!("{} {}", short(v), unit)).unwrap_or_else(|| "no data".into());
             let _ = write!(title, "\n{}: {}", escape(&s.name), v.trim_end());
         }
         let _ = write!(svg, r#"<rect class="hover" x="{left:.1}" y="{PAD_T}" width="{:.1}" height="{}"><title>{title}</title></rect>"#, (right - left).max(0.5), H - PAD_T - PAD_B);
@@ -128,10 +127,10 @@ fn runs(points: &[(i64, Option<f64>)]) -> Vec<Vec<(i64, f64)>> {
     let mut out: Vec<Vec<(i64, f64)>> = Vec::new();
     let mut open = false;
     for (t, v) in points {
-        match (v, open) {
-            (Some(v), true) => out.last_mut().unwrap().push((*t, *v)),
+        match (v.filter(|v| v.is_finite()), open) {
+            (Some(v), true) => out.last_mut().unwrap().push((*t, v)),
             (Some(v), false) => {
-                out.push(vec![(*t, *v)]);
+                out.push(vec![(*t, v)]);
                 open = true;
             }
             (None, _) => open = false,
@@ -203,29 +202,82 @@ fn lttb_indices(points: &[(i64, f64)], n: usize) -> Vec<usize> {
     keep
 }
 
-/// Round y ticks covering `lo..hi`: (axis low, axis high, tick step). Zero is on the axis when
-/// the values are not far from it, so a count is not drawn as a cliff from its minimum.
+/// Most y ticks an axis draws; every tick is `low + i * step` for `i` below this, so no value
+/// range (floats equal up to rounding, 1e308, 1e-300) can make the tick loop run on.
+const MAX_Y_TICKS: usize = 12;
+/// Most time ticks an axis draws, whatever its span.
+const MAX_TIME_TICKS: i64 = 8;
+
+/// A y axis: its range, the ticks drawn on it, and the mapping of a value to a pixel row.
+#[derive(Debug, Clone, PartialEq)]
+struct YAxis {
+    low: f64,
+    high: f64,
+    ticks: Vec<f64>,
+}
+
+impl YAxis {
+    /// The pixel row of `v`. Halves are subtracted so a range of ±1.7e308 does not overflow to
+    /// infinity; a flat axis (`low == high`) draws every value on its middle line.
+    fn y(&self, v: f64) -> f64 {
+        let span = self.high * 0.5 - self.low * 0.5;
+        let share = if span > 0.0 { ((v * 0.5 - self.low * 0.5) / span).clamp(0.0, 1.0) } else { 0.5 };
+        PAD_T + (1.0 - share) * (H - PAD_T - PAD_B)
+    }
+}
+
+/// The y axis for finite values in `lo..=hi`: round ticks covering them, with zero on the axis
+/// when the values are not far from it (so a count is not drawn as a cliff from its minimum).
+/// Values that differ only by float rounding (an average of 0.1s: 0.1 and 0.10000000000000002)
+/// get a flat axis with one tick: a step that small would not move a float at all.
+fn y_axis(lo: f64, hi: f64) -> YAxis {
+    let (lo, hi) = (lo.min(hi), hi.max(lo));
+    let magnitude = lo.abs().max(hi.abs());
+    if hi - lo <= magnitude * 1e-9 {
+        return YAxis { low: lo, high: lo, ticks: vec![lo] };
+    }
+    let (low, high, step) = y_range(lo, hi);
+    if !step.is_normal() || !low.is_finite() || !high.is_finite() {
+        // A span near the smallest floats (subnormal values): too fine to divide into ticks.
+        return YAxis { low: lo, high: lo, ticks: vec![lo] };
+    }
+    // In halves, as in `y_range`: `i * step` of an axis spanning ±1.7e308 overflows.
+    let (half_low, half_step) = (low * 0.5, step * 0.5);
+    let n = (((high * 0.5 - half_low) / half_step).round() as usize).min(MAX_Y_TICKS - 1);
+    let ticks = (0..=n).map(|i| ((half_low + i as f64 * half_step) * 2.0).clamp(f64::MIN, f64::MAX)).collect();
+    YAxis { low, high, ticks }
+}
+
+/// Round y ticks covering `lo..hi` (finite, `lo < hi`): (axis low, axis high, tick step).
 fn y_range(lo: f64, hi: f64) -> (f64, f64, f64) {
     let lo = if lo >= 0.0 && lo <= hi * 0.5 { 0.0 } else { lo };
-    let span = if hi > lo { hi - lo } else { hi.abs().max(1.0) };
-    let raw = span / 4.0;
+    // Halves first: `hi - lo` of two values near ±f64::MAX is infinite, its half is not.
+    let raw = (hi * 0.5 - lo * 0.5) / 2.0;
     let mag = 10f64.powf(raw.log10().floor());
-    let step = [1.0, 2.0, 2.5, 5.0, 10.0].iter().map(|m| m * mag).find(|s| *s >= raw).unwrap_or(10.0 * mag);
-    let low = (lo / step).floor() * step;
-    let mut high = (hi / step).ceil() * step;
+    let step = [1.0, 2.0, 2.5, 5.0, 10.0].iter().map(|m| m * mag).find(|s| *s >= raw).unwrap_or(10.0 * mag).min(f64::MAX);
+    let low = ((lo / step).floor() * step).max(f64::MIN);
+    let mut high = ((hi / step).ceil() * step).min(f64::MAX);
     if high <= low {
-        high = low + step;
+        high = (low + step).min(f64::MAX);
     }
     (low, high, step)
 }
 
-/// Tick times for the axis of `from..to`: multiples of a round step, about five of them.
+/// Tick times for the axis of `from..to`: multiples of a round step, at most
+/// [`MAX_TIME_TICKS`] of them, whatever the span (seconds or centuries).
 fn time_ticks(from: i64, to: i64) -> Vec<i64> {
     const STEPS: [i64; 17] = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200];
-    let span = (to - from).max(1);
-    let step = STEPS.iter().map(|s| s * 1000).find(|s| span / s <= 6).unwrap_or(86_400_000);
-    let first = (from + step - 1).div_euclid(step) * step;
-    (0..).map(|k| first + k * step).take_while(|t| *t <= to).collect()
+    const DAY: i64 = 86_400_000;
+    let span = to.saturating_sub(from).max(1);
+    let step = match STEPS.iter().map(|s| s * 1000).find(|s| span / s <= 6) {
+        Some(step) => step,
+        // Whole days past half a day a tick, as many as keep about six ticks.
+        None => DAY.saturating_mul((span / DAY / 6).max(1)),
+    };
+    let Some(first) = from.div_euclid(step).checked_add(1).and_then(|k| k.checked_mul(step)).map(|t| if from.rem_euclid(step) == 0 { from } else { t }) else {
+        return Vec::new();
+    };
+    (0..MAX_TIME_TICKS).map_while(|k| first.checked_add(k.checked_mul(step)?)).take_while(|t| *t <= to).collect()
 }
 
 /// A tick label: seconds only where the axis spans minutes.
@@ -303,6 +355,58 @@ mod tests {
         let gaps: Vec<i64> = kept.iter().filter(|p| p.1.is_none()).map(|p| p.0).collect();
         assert_eq!(gaps, vec![1000]);
         assert!(kept.contains(&(999, Some((999 % 13) as f64))) && kept.contains(&(1100, Some((1100 % 13) as f64))), "each stretch keeps its ends");
+    }
+
+    #[test]
+    fn values_equal_up_to_rounding_draw_a_flat_axis_not_an_endless_loop() {
+        let s = Series { name: "avg".into(), points: vec![(10_000, Some(0.1)), (20_000, Some(0.1 + 0.2 - 0.2 + 1e-17)), (30_000, Some(0.10000000000000002))] };
+        let svg = lines(&[s], &frame());
+        assert_eq!(svg.matches(r#"class="tick y""#).count(), 1, "one tick on a flat axis");
+        assert!(svg.len() < 20_000, "{}", svg.len());
+    }
+
+    #[test]
+    fn huge_and_non_finite_values_are_drawn_with_a_bounded_axis() {
+        for (a, b) in [(1.7e308, -1.7e308), (f64::MAX, f64::MAX * 0.99), (1e21, 1e21 + 1e6), (1e21, 3e21), (-1e-300, 1e-300)] {
+            let s = Series { name: "x".into(), points: vec![(10_000, Some(a)), (20_000, Some(b)), (30_000, Some(f64::NAN)), (40_000, Some(f64::INFINITY))] };
+            let svg = lines(&[s], &frame());
+            let ticks = svg.matches(r#"class="tick y""#).count();
+            assert!((1..=MAX_Y_TICKS).contains(&ticks), "{a} {b}: {ticks} ticks");
+            assert!(!svg.contains("NaN") && !svg.contains("inf"), "{a} {b}: {svg}");
+        }
+    }
+
+    #[test]
+    fn a_time_axis_of_centuries_or_at_the_ends_of_time_has_few_ticks() {
+        for (from, to) in [(0, 4_000_000_000_000), (i64::MIN, i64::MAX), (i64::MAX - 10, i64::MAX), (-62_135_596_800_000, 1_700_000_000_000)] {
+            let ticks = time_ticks(from, to);
+            assert!(ticks.len() as i64 <= MAX_TIME_TICKS && ticks.iter().all(|t| (from..=to).contains(t)), "{from}..{to}: {ticks:?}");
+            let _ = lines(&[], &Frame { from, to, unit: "", hidden: 0 });
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_finite_range_gives_a_bounded_number_of_ticks_inside_it(a in proptest::num::f64::NORMAL | proptest::num::f64::SUBNORMAL | proptest::num::f64::ZERO, b in proptest::num::f64::NORMAL | proptest::num::f64::ZERO, near in proptest::bool::ANY) {
+            // `near`: the second value a few float spacings from the first, as averages give.
+            let b = if near { f64::from_bits(a.to_bits().wrapping_add(3)) } else { b };
+            proptest::prop_assume!(b.is_finite());
+            let axis = y_axis(a.min(b), a.max(b));
+            proptest::prop_assert!(!axis.ticks.is_empty() && axis.ticks.len() <= MAX_Y_TICKS);
+            proptest::prop_assert!(axis.ticks.iter().all(|t| t.is_finite()));
+            for v in [a, b] {
+                let py = axis.y(v);
+                proptest::prop_assert!((PAD_T..=H - PAD_B).contains(&py), "{v} drawn at {py}");
+            }
+        }
+
+        #[test]
+        fn any_time_range_gives_a_bounded_number_of_ticks_inside_it(from in proptest::num::i64::ANY, len in proptest::num::i64::ANY) {
+            let to = from.saturating_add(len.abs());
+            let ticks = time_ticks(from, to);
+            proptest::prop_assert!(ticks.len() as i64 <= MAX_TIME_TICKS);
+            proptest::prop_assert!(ticks.iter().all(|t| (from..=to).contains(t)));
+        }
     }
 
     #[test]
