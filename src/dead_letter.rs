@@ -31,10 +31,17 @@ pub enum Reason {
     /// A valid event the store refused for good (MongoDB cannot hold it: a key with a NUL byte,
     /// over 16 MiB, an `_id` it rejects). Metrics count it; its raw copy is this dead letter.
     StoreRejected,
+    /// A stored metric state that cannot be read back (written by a broken or older version, or
+    /// damaged): its pane is quarantined whole under the metric's `#quarantined` key and starts
+    /// again empty, instead of the consumer retrying the load forever.
+    CorruptState,
+    /// A record or batch the runner itself failed on (a panic while decoding or applying it):
+    /// the message says where; the rest of the stream goes on.
+    InternalError,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 8] = [
+    pub const ALL: [Reason; 10] = [
         Reason::Empty,
         Reason::TooLarge,
         Reason::InvalidUtf8,
@@ -43,6 +50,8 @@ impl Reason {
         Reason::FailedValidation,
         Reason::Late,
         Reason::StoreRejected,
+        Reason::CorruptState,
+        Reason::InternalError,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -55,6 +64,8 @@ impl Reason {
             Reason::FailedValidation => "failed_validation",
             Reason::Late => "late",
             Reason::StoreRejected => "store_rejected",
+            Reason::CorruptState => "corrupt_state",
+            Reason::InternalError => "internal_error",
         }
     }
 }

@@ -7,7 +7,13 @@ use std::sync::Arc;
 
 /// Decodes one message of at most `max_bytes` under `schema`; a failure says why, in the words a
 /// dead letter keeps.
+/// A panic while decoding (a bug some odd input meets) is that message's `internal_error`,
+/// not the end of the consumer.
 pub fn decode(schema: &Arc<Schema>, bytes: Option<&[u8]>, max_bytes: usize) -> Result<Record, (Reason, String)> {
+    crate::base::catch_panic(|| decode_unguarded(schema, bytes, max_bytes)).unwrap_or_else(|panic| Err((Reason::InternalError, format!("the decoder failed on this message: {panic}"))))
+}
+
+fn decode_unguarded(schema: &Arc<Schema>, bytes: Option<&[u8]>, max_bytes: usize) -> Result<Record, (Reason, String)> {
     let bytes = match bytes {
         None | Some([]) => return Err((Reason::Empty, "the message has no payload".into())),
         Some(b) => b,

@@ -130,6 +130,72 @@ async fn poison_record_is_dead_lettered_and_its_batch_stored() {
     report("poison records (MongoDB refuses them)", good + 2, summary.stats.stored, again.stats.duplicates, 2, None);
 }
 
+/// Records that pass the schema but once took a deployment down, on Kafka and MongoDB: prices
+/// whose sum overflows, clocks minutes ahead (one per partition) and a year-1 stamp, ids pasted
+/// as item ids. The ordinary records all count, every metric and alert read keeps
+/// answering, and a restart finishes instead of retrying a load for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_records_stall_nothing_and_poison_no_metric() {
+    let sp = common::service_pipeline("hostile");
+    let admin = runner::transport::kafka::connect(&sp.pipeline.config.kafka).await.unwrap();
+    runner::transport::kafka::ensure_topic(&admin, &sp.pipeline.config.kafka).await.unwrap();
+    let producer: ThreadedProducer<DefaultProducerContext> =
+        ClientConfig::new().set("bootstrap.servers", common::kafka()).create().unwrap();
+    let now = chrono::Utc::now();
+    let record = |id: &str, item: &str, kind: &str, at: chrono::DateTime<chrono::Utc>, extra: &str| {
+        format!(r#"{{"event_id":"{id}","user_id":"user_{id}","item_id":"{item}","interaction_type":"{kind}","timestamp":"{}"{extra}}}"#, at.to_rfc3339())
+    };
+    let send = |partition: i32, payload: &str| producer.send(BaseRecord::to(&sp.topic).partition(partition).key("k").payload(payload)).unwrap();
+    // Three records 290 s ahead, one per partition, first: they once made the rest late.
+    for p in 0..3 {
+        send(p, &record(&format!("ahead-{p}"), "item_1", "view", now + chrono::Duration::seconds(290), ""));
+    }
+    send(0, &record("year-1", "item_1", "view", chrono::DateTime::parse_from_rfc3339("0001-01-01T00:00:00Z").unwrap().into(), ""));
+    let good = 300u64;
+    for i in 0..good {
+        send((i % 3) as i32, &record(&format!("good-{i}"), &format!("item_{}", i % 7), "view", now - chrono::Duration::milliseconds(i as i64), ""));
+    }
+    for i in 0..2 {
+        send(1, &record(&format!("rich-{i}"), "item_1", "purchase", now, r#","price":1.7e308"#));
+    }
+    // 64 KiB each (a megabyte each once made a pane too large for MongoDB): far past max_len.
+    let huge_id = "i".repeat(64 << 10);
+    for i in 0..20 {
+        send(2, &record(&format!("huge-{i}"), &huge_id, "view", now, ""));
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+
+    let run = common::run_pipeline(&sp, Components::CONSUMER, None, CancellationToken::new());
+    let summary = tokio::time::timeout(Duration::from_secs(90), run).await.expect("the consumer finishes");
+    let store = store::open(&sp.pipeline.config.mongodb, &sp.pipeline.config.embedded, &sp.pipeline.config.retention, &sp.pipeline.config.schema().unwrap()).await.unwrap();
+    let letters = store.dead_letters(100).await.unwrap();
+    let by_reason = |r: Reason| letters.iter().filter(|d| d.reason == r).count();
+    assert_eq!(by_reason(Reason::FailedValidation), 20, "the huge item ids: {:?}", letters.iter().map(|d| (&d.id, d.reason)).collect::<Vec<_>>());
+    assert!(letters.iter().filter(|d| d.reason == Reason::FailedValidation).all(|d| d.detail.contains("max_len")));
+    assert_eq!(by_reason(Reason::Late), 1, "only the year-1 record is late: {:?}", letters.iter().filter(|d| d.reason == Reason::Late).map(|d| &d.id).collect::<Vec<_>>());
+    assert_eq!(store.count_events().await.unwrap(), good + 3 + 1 + 2, "every record that passed validation is stored raw");
+
+    // Every metric reads, from a fresh set as the dashboard and alerts read it.
+    let set = runner::aggregate::MetricSet::load(&sp.pipeline.config.metrics, &sp.pipeline.config.schema().unwrap()).unwrap();
+    let at = chrono::Utc::now().timestamp_millis();
+    let mut values = std::collections::BTreeMap::new();
+    for m in set.metrics() {
+        let v = runner::aggregate::read(m, &*store, at).await.unwrap_or_else(|e| panic!("metric {} cannot be read: {e:#}", m.name()));
+        values.insert(m.name().to_string(), v.value);
+    }
+    assert_eq!(values["revenue_per_minute"], serde_json::json!(f64::MAX), "an overflowing sum saturates");
+    let views: u64 = values["interaction_types"]["view"].as_u64().unwrap_or(0);
+    assert!(views >= good, "the ordinary records all count (views {views}): {values:?}");
+
+    // A restart loads what was stored and finishes: nothing is retried for ever.
+    common::reset_group_offsets(&sp);
+    let again = tokio::time::timeout(Duration::from_secs(90), common::run_pipeline(&sp, Components::CONSUMER, None, CancellationToken::new()))
+        .await
+        .expect("the restarted consumer finishes");
+    assert_eq!(again.stats.stored, 0, "a replay stores nothing twice");
+    report("hostile records (overflowing sum, clocks ahead and year 1, 64 KiB ids)", good + 26, summary.stats.stored, again.stats.duplicates, letters.len() as u64, None);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runaway_script_is_stopped() {
     let dir = tempfile::tempdir().unwrap();

@@ -447,7 +447,7 @@ pub async fn recompute(
         let bf = backfill_partition(partition);
         // Backfill partials of the range, to empty with the pane they belong to.
         let backfilled: HashSet<i64> = store.load_panes(m.state_key(), since, until, Some(bf)).await?.iter().map(|r| r.pane_start).collect();
-        let empty = m.encode(&m.empty().map_err(anyhow::Error::msg)?);
+        let empty = m.encode(&m.empty().map_err(anyhow::Error::msg)?).map_err(anyhow::Error::msg)?;
         let write = |closed: Vec<PaneRecord>| {
             let mut records = Vec::with_capacity(closed.len() * 2);
             for r in closed {

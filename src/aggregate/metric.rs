@@ -1,10 +1,10 @@
 //! A metric definition (`[[metric]]` in the pipeline file) and its compiled form.
 
-use super::reducer::{Input, ReducerKind, State};
+use super::reducer::{Input, ReducerKind, State, OTHER_KEY};
 use super::script::{self, FieldValue, Filter, Selector, Selectors};
 use super::window::Window;
 use crate::base::de;
-use crate::event::{Record, Schema};
+use crate::event::{Record, Schema, DEFAULT_MAX_LEN};
 use crate::store::StateJson;
 use crate::script::{compile_source, read_script, sandboxed_engine, MapFields, ScriptError, ScriptLimits};
 use rhai::{CallFnOptions, Dynamic, Engine, Scope, AST};
@@ -53,6 +53,15 @@ pub struct MetricConfig {
     /// HyperLogLog sketch (about 1.6% standard error).
     #[serde(default = "default_exact_limit", deserialize_with = "de::number")]
     pub exact_limit: usize,
+    /// A grouped metric keeps at most this many keys per pane and partition; records of further
+    /// keys are counted under the key `__other__` (left out of top_k / bottom_k rankings), so a
+    /// flood of distinct keys cannot make a pane too large to store.
+    #[serde(default = "default_max_groups", deserialize_with = "de::number")]
+    pub max_groups: usize,
+}
+
+fn default_max_groups() -> usize {
+    50_000
 }
 
 fn default_exact_limit() -> usize {
@@ -109,6 +118,8 @@ pub struct Metric {
     map_fields: MapFields,
     /// Decoded partials of its settled panes, shared by every reader of this definition.
     pub(super) settled: Arc<super::query::SettledPanes>,
+    /// Whether a pane reached `max_groups` (said once in the log).
+    overflowed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Metric {
@@ -173,7 +184,7 @@ impl Metric {
         );
         let state_key = format!("{}#{:08x}", config.name, fnv1a(shape.as_bytes()) as u32);
         let map_fields = MapFields::of_source(&source, schema);
-        Ok(Metric { config: config.clone(), window, state_key, selectors, engine: Arc::new(engine), ast: Arc::new(ast), map_fields, settled: Arc::default() })
+        Ok(Metric { config: config.clone(), window, state_key, selectors, engine: Arc::new(engine), ast: Arc::new(ast), map_fields, settled: Arc::default(), overflowed: Arc::default() })
     }
 
     pub fn name(&self) -> &str {
@@ -240,6 +251,18 @@ impl Metric {
                         Some(key_owned.as_str())
                     }
                 };
+                // A key past the limit of a declared string (a script's key can be any length)
+                // is this record's error for this metric; a key past `max_groups` is `__other__`.
+                let key = match key {
+                    Some(k) if k.len() > DEFAULT_MAX_LEN => return Err(format!("the key is {} bytes long, more than {DEFAULT_MAX_LEN}: left out of this metric", k.len())),
+                    Some(k) if !state.has_room(k, self.config.max_groups) => {
+                        if !self.overflowed.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                            tracing::warn!(metric = self.name(), max_groups = self.config.max_groups, "a pane of this metric reached max_groups; records of further keys are counted under {OTHER_KEY:?}");
+                        }
+                        Some(OTHER_KEY)
+                    }
+                    other => other,
+                };
                 let value_owned;
                 let input = match &self.selectors.value {
                     None => matches.unwrap_or(Input::Event),
@@ -264,6 +287,14 @@ impl Metric {
                 };
                 if kind.needs_value() && matches!(input, Input::Event) {
                     return Ok(());
+                }
+                // No stored state may hold NaN or infinity (JSON has neither: it would be stored
+                // as `null` and never read back), so such a value is this metric's error for
+                // this record, counted like any script error, and the record is left out.
+                if let Input::Number(n) = input {
+                    if !n.is_finite() {
+                        return Err(format!("the value is {n}, not a finite number: left out of this metric"));
+                    }
                 }
                 let input = match (kind, input) {
                     (ReducerKind::Funnel, Input::Text(stage)) => match self.config.stages.iter().position(|s| s == stage) {
@@ -316,10 +347,18 @@ impl Metric {
     }
 
     /// The state as stored.
-    pub fn encode(&self, partial: &Partial) -> StateJson {
+    ///
+    /// A built-in state always encodes (its numbers are kept finite). A custom reducer's state
+    /// that JSON cannot hold (NaN or infinity, a function pointer) is an error naming the path
+    /// to it: stored as `null` it would read back as another state, or not at all.
+    pub fn encode(&self, partial: &Partial) -> Result<StateJson, String> {
         match partial {
-            Partial::Builtin(s) => StateJson::encode(s),
-            Partial::Custom(d) => StateJson::encode(&serde_json::json!({ "custom": rhai::serde::from_dynamic::<Value>(d).unwrap_or(Value::Null) })),
+            Partial::Builtin(s) => Ok(StateJson::encode(s)),
+            Partial::Custom(d) => {
+                storable("this", d).map_err(|e| format!("the custom reducer's state cannot be stored: {e}"))?;
+                let v = rhai::serde::from_dynamic::<Value>(d).map_err(|e| format!("the custom reducer's state cannot be stored: {e}"))?;
+                Ok(StateJson::encode(&serde_json::json!({ "custom": v })))
+            }
         }
     }
 
@@ -352,6 +391,27 @@ impl Metric {
     fn call_ptr(&self, f: &rhai::FnPtr, map: Option<&Dynamic>) -> Result<Dynamic, String> {
         self.call(None, f.fn_name(), (map.cloned().unwrap_or(Dynamic::UNIT),))
     }
+}
+
+/// Whether JSON can hold `d` as it is: no NaN or infinite number anywhere in it (serde writes
+/// those as `null`). `path` names where `d` is, for the error.
+fn storable(path: &str, d: &Dynamic) -> Result<(), String> {
+    if let Ok(f) = d.as_float() {
+        return match f.is_finite() {
+            true => Ok(()),
+            false => Err(format!("{path} is {f}, which JSON cannot hold (return a finite number)")),
+        };
+    }
+    if let Some(map) = d.read_lock::<rhai::Map>() {
+        return map.iter().try_for_each(|(k, v)| storable(&format!("{path}.{k}"), v));
+    }
+    if let Some(array) = d.read_lock::<rhai::Array>() {
+        return array.iter().enumerate().try_for_each(|(i, v)| storable(&format!("{path}[{i}]"), v));
+    }
+    if d.is_fnptr() {
+        return Err(format!("{path} is a function pointer"));
+    }
+    Ok(())
 }
 
 /// A stable hash (the std hasher may change between Rust releases; stored keys must not).

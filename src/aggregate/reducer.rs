@@ -58,6 +58,9 @@ impl<'de> Deserialize<'de> for DistinctSet {
     }
 }
 
+/// The group that records of keys past a metric's `max_groups` are counted under.
+pub const OTHER_KEY: &str = "__other__";
+
 /// Which reduction a metric applies; chosen in the pipeline file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -157,7 +160,7 @@ impl Acc {
                 *den += b as u64;
             }
             (Acc::Sum { sum, n }, Input::Number(v)) => {
-                *sum += v;
+                *sum = saturating_sum(*sum, v);
                 *n += 1;
             }
             (Acc::Min(m), Input::Number(v)) => *m = Some(m.map_or(v, |m| m.min(v))),
@@ -193,7 +196,7 @@ impl Acc {
         match (&mut *self, other) {
             (Acc::Count(a), Acc::Count(b)) => *a += b,
             (Acc::Sum { sum, n }, Acc::Sum { sum: s2, n: n2 }) => {
-                *sum += s2;
+                *sum = saturating_sum(*sum, *s2);
                 *n += n2;
             }
             (Acc::Min(a), Acc::Min(b)) => *a = min_opt(*a, *b, f64::min),
@@ -240,6 +243,20 @@ impl Acc {
             Acc::Ratio { num, den } => json!(if *den == 0 { 0.0 } else { *num as f64 / *den as f64 }),
             Acc::Stages(bits) => json!(bits),
         }
+    }
+}
+
+/// `a + b` for the finite numbers a sum holds: a sum past the largest float stays at the
+/// largest float of its sign instead of becoming infinite (two prices of 1.7e308). An infinite
+/// sum would be stored as JSON `null`, which no reader can decode; a saturated one is an honest
+/// "at least this much" that every reader, chart and alert can use.
+#[inline]
+pub fn saturating_sum(a: f64, b: f64) -> f64 {
+    let s = a + b;
+    if s.is_finite() {
+        s
+    } else {
+        s.clamp(f64::MIN, f64::MAX)
     }
 }
 
@@ -295,6 +312,15 @@ impl State {
         }
     }
 
+    /// Whether `key` has a group here or may get one under a limit of `max_groups`.
+    #[inline]
+    pub fn has_room(&self, key: &str, max_groups: usize) -> bool {
+        match self {
+            State::Grouped(map) => map.len() < max_groups || map.contains_key(key),
+            State::Single(_) | State::PerKey { .. } => true,
+        }
+    }
+
     /// Merges another partial of the same metric; a state of another shape (written by an
     /// earlier definition of the metric) is an error, never a silently wrong value.
     pub fn merge(&mut self, other: &State, exact_limit: usize) -> Result<(), String> {
@@ -329,7 +355,8 @@ impl State {
             },
             State::Grouped(map) => match kind {
                 ReducerKind::TopK | ReducerKind::BottomK => {
-                    let mut counts: Vec<(&Text, u64)> = map.iter().map(|(key, acc)| (key, count(acc))).collect();
+                    // The overflow group is no key of its own: it is left out of the ranking.
+                    let mut counts: Vec<(&Text, u64)> = map.iter().filter(|(key, _)| key.as_str() != OTHER_KEY).map(|(key, acc)| (key, count(acc))).collect();
                     // Ties break by key so every reader reports the same items.
                     if kind == ReducerKind::TopK {
                         counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
@@ -528,6 +555,27 @@ mod tests {
         a.merge(&b, 1000).unwrap();
         let n = a.report(ReducerKind::Distinct, 0).as_u64().unwrap() as f64;
         assert!((n - 30_000.0).abs() / 30_000.0 < 0.05, "{n}");
+    }
+
+    #[test]
+    fn a_sum_past_the_largest_float_saturates_and_its_state_reads_back() {
+        let mut s = State::new(ReducerKind::Sum, false);
+        for v in [1.7e308, 1.7e308, 1.0] {
+            s.add(ReducerKind::Sum, None, Input::Number(v), 10);
+        }
+        assert_eq!(s.report(ReducerKind::Sum, 0), json!(f64::MAX));
+        let mut other = State::new(ReducerKind::Sum, false);
+        other.add(ReducerKind::Sum, None, Input::Number(-1.7e308), 10);
+        other.add(ReducerKind::Sum, None, Input::Number(-1.7e308), 10);
+        s.merge(&other, 10).unwrap();
+        assert!(matches!(s, State::Single(Acc::Sum { sum, n: 5 }) if sum.is_finite()), "{s:?}");
+        let stored = serde_json::to_string(&s).unwrap();
+        assert!(!stored.contains("null"), "{stored}");
+        assert_eq!(serde_json::from_str::<State>(&stored).unwrap(), s);
+        let mut avg = State::new(ReducerKind::Avg, false);
+        avg.add(ReducerKind::Avg, None, Input::Number(f64::MAX), 10);
+        avg.add(ReducerKind::Avg, None, Input::Number(f64::MAX), 10);
+        assert_eq!(avg.report(ReducerKind::Avg, 0), json!(f64::MAX / 2.0));
     }
 
     #[test]

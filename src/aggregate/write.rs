@@ -7,7 +7,7 @@ use super::{Metric, MetricSet, Partial, TimeMode};
 use crate::base::{map_each, Workers};
 use crate::dead_letter::{DeadLetter, Reason};
 use crate::event::Record;
-use crate::store::{EventStore, PaneRecord};
+use crate::store::{EventStore, PaneRecord, MAX_STATE_BYTES};
 use crate::telemetry::Stats;
 use crate::transport::{Batch, NO_PARTITION};
 use rayon::prelude::*;
@@ -54,6 +54,11 @@ impl Default for Watermark {
 /// the metric's own key never see them.
 fn watermark_key(m: &Metric) -> String {
     format!("{}#watermark", m.state_key())
+}
+
+/// The store key under which a metric's undecodable partials are kept (same pane and partition).
+fn quarantine_key(m: &Metric) -> String {
+    format!("{}#quarantined", m.state_key())
 }
 
 /// Watermarks are stored at the timeless pane, so pane retention never deletes them.
@@ -151,8 +156,8 @@ impl Aggregator {
         if batch.sources.is_empty() && !batch.events.is_empty() {
             partitions.push(NO_PARTITION);
         }
-        for (partition, since) in self.to_load(&batch.events, &partitions) {
-            let records = Self::load(&self.set, store, partition, since).await?;
+        for partition in self.to_load(&partitions) {
+            let (since, records) = Self::load(&self.set, store, partition, &batch.events).await?;
             // The embedded queue's seam: every raw row stored so far is history.
             let position = match self.backfill.is_some() && partition == NO_PARTITION {
                 true => store.raw_position().await?.filter(|p| *p > 0),
@@ -172,39 +177,38 @@ impl Aggregator {
     }
 
     /// Partitions of this batch whose stored partials are not loaded yet (after start or a
-    /// rebalance), each with the earliest pane start any of its new events can touch.
-    fn to_load(&self, events: &[Record], partitions: &[i32]) -> Vec<(i32, i64)> {
-        let min_ts = events.iter().map(Record::time_ms).min().unwrap_or(0);
+    /// rebalance).
+    fn to_load(&self, partitions: &[i32]) -> Vec<i32> {
         let mut new: Vec<i32> = partitions.iter().copied().filter(|p| !self.loaded.contains_key(p)).collect();
         new.sort_unstable();
         new.dedup();
-        // Earlier panes are out of reach: their events would be later than the allowed lateness.
-        let since = self
-            .set
-            .metrics
-            .iter()
-            .map(|m| {
-                let t = match m.config.time {
-                    // A partition not loaded yet has no watermark here: its events set the reach.
-                    TimeMode::Event => min_ts,
-                    TimeMode::Processing => chrono::Utc::now().timestamp_millis(),
-                };
-                t.saturating_sub(m.config.lateness.as_millis() as i64 + m.window.slide_ms)
-            })
-            .min()
-            .unwrap_or(0);
-        new.into_iter().map(|p| (p, since)).collect()
+        new
     }
 
-    /// The stored partials of one partition from `since` on, for [`Self::install`].
-    async fn load(set: &MetricSet, store: &dyn EventStore, partition: i32, since: i64) -> anyhow::Result<Vec<PaneRecord>> {
+    /// The stored partials of one partition that the batch's `events` can touch, for
+    /// [`Self::install`], with the earliest pane start loaded. Each metric's watermark is read
+    /// first: an event older than it less the lateness is late and touches no pane, so one
+    /// record dated year 1 no longer loads every retained pane of the partition into memory.
+    async fn load(set: &MetricSet, store: &dyn EventStore, partition: i32, events: &[Record]) -> anyhow::Result<(i64, Vec<PaneRecord>)> {
+        let min_ts = events.iter().map(Record::time_ms).min().unwrap_or(0);
+        let now = chrono::Utc::now().timestamp_millis();
         let mut out = Vec::new();
+        let mut earliest = i64::MAX;
         for m in &set.metrics {
+            let marks = store.load_panes(&watermark_key(m), WATERMARK_PANE, WATERMARK_PANE + 1, Some(partition)).await?;
+            let reach = m.config.lateness.as_millis() as i64 + m.window.slide_ms;
+            let t = match m.config.time {
+                // Without a stored watermark the batch's events set the reach.
+                TimeMode::Event => marks.iter().filter_map(|r| r.state.as_i64()).map(|w| w.min(now)).max().map_or(min_ts, |w| w.max(min_ts)),
+                TimeMode::Processing => now,
+            };
+            let since = t.saturating_sub(reach);
+            earliest = earliest.min(since);
             out.extend(store.load_panes(m.state_key(), since, i64::MAX, Some(partition)).await?);
-            out.extend(store.load_panes(&watermark_key(m), WATERMARK_PANE, WATERMARK_PANE + 1, Some(partition)).await?);
+            out.extend(marks);
             out.extend(store.load_panes(&backfill::seam_key(m), SEAM_PANE, SEAM_PANE + 1, Some(partition)).await?);
         }
-        Ok(out)
+        Ok((if earliest == i64::MAX { 0 } else { earliest }, out))
     }
 
     /// Installs loaded partials, so new events add to them instead of replacing them, and
@@ -225,6 +229,8 @@ impl Aggregator {
                 known[i] = true;
                 let time = r.state.as_i64().ok_or_else(|| anyhow::anyhow!("metric {}: a stored watermark is not a time: {}", self.set.metrics[i].name(), r.state))?;
                 let mark = self.states[i].watermarks.entry(partition).or_default();
+                // A watermark stored ahead of the clock (by an earlier version) is held to it.
+                let time = time.min(chrono::Utc::now().timestamp_millis());
                 if time > mark.time {
                     mark.time = time;
                 }
@@ -233,11 +239,29 @@ impl Aggregator {
             }
             let Some(i) = self.set.metrics.iter().position(|m| m.state_key() == r.metric) else { continue };
             let m = &self.set.metrics[i];
-            let partial = m.decode(&r.state).map_err(|e| anyhow::anyhow!("metric {}: {e}", m.name()))?;
-            self.states[i].cells.insert((r.pane_start, partition), Cell { partial, offset: r.offset, dirty: false });
+            match m.decode(&r.state) {
+                Ok(partial) => {
+                    self.states[i].cells.insert((r.pane_start, partition), Cell { partial, offset: r.offset, dirty: false });
+                }
+                // Retrying cannot help a state that does not decode: it is quarantined, and the
+                // pane starts again (see `quarantine`).
+                Err(e) => self.quarantine(i, r, &e),
+            }
         }
         self.loaded.insert(partition, since);
         Ok(known.iter().enumerate().filter(|(_, k)| !**k).map(|(i, _)| i).collect())
+    }
+
+    /// Keeps a stored partial that cannot be decoded whole under the metric's `#quarantined`
+    /// key (written with this batch), reports it as a `corrupt_state` dead letter, and lets its
+    /// pane start again empty: one damaged pane costs that pane's count, not the consumer.
+    fn quarantine(&mut self, metric: usize, record: PaneRecord, error: &str) {
+        let m = &self.set.metrics[metric];
+        let detail = format!("metric {:?}: the stored state of pane {} (partition {}) cannot be read: {error}; kept whole under {:?}", m.name(), crate::event::iso(record.pane_start), record.partition, quarantine_key(m));
+        tracing::error!(metric = m.name(), pane_start = record.pane_start, partition = record.partition, %error, "stored metric state cannot be read; quarantined, and its pane starts again");
+        let id = format!("state:{}:{}:{}", m.state_key(), record.pane_start, record.partition);
+        self.late.push(DeadLetter::new(id, Reason::CorruptState, detail, (record.partition, record.offset), record.state.as_str().as_bytes()));
+        self.seams.push(PaneRecord { metric: quarantine_key(m), ..record });
     }
 
     /// Makes a seam at position `at` of `partition` for each of `metrics` (none: nothing came
@@ -348,7 +372,11 @@ impl Aggregator {
                 Some(f) => map_each(parallel, events, |e| crate::script::record_map_of(e, f)),
                 None => Vec::new(),
             },
-            |m, st, maps| apply_metric(m, st, events, sources, maps, now, stats),
+            |m, st, maps| {
+                // A panic applying one metric (a bug an odd record meets) costs that metric this
+                // batch, reported as one `internal_error` dead letter; the other metrics apply it.
+                crate::base::catch_panic(|| apply_metric(m, st, events, sources, maps, now, stats)).unwrap_or_else(|panic| vec![panicked(m, events, sources, &panic)])
+            },
         );
         self.late.extend(late.into_iter().flatten());
     }
@@ -384,7 +412,7 @@ impl Aggregator {
             let keys: Vec<(i64, i32)> = st.cells.keys().copied().filter(|(pane, partition)| closed(*pane, *partition)).collect();
             for key in keys {
                 let cell = st.cells.remove(&key).expect("listed above");
-                out.push(PaneRecord { metric: m.state_key().to_string(), pane_start: key.0, partition: key.1, offset: cell.offset, state: m.encode(&cell.partial) });
+                out.extend(pane_record(m, key, &cell, &self.stats));
             }
         }
         out
@@ -394,9 +422,44 @@ impl Aggregator {
     /// clean: once they are stored, every batch ingested before may be acknowledged.
     pub fn checkpoint(&mut self) -> Vec<PaneRecord> {
         let mut out = std::mem::take(&mut self.seams);
-        let changed = self.each_metric(|_| (), |m, st, _| checkpoint_metric(m, st));
+        let stats = self.stats.clone();
+        let changed = self.each_metric(|_| (), |m, st, _| checkpoint_metric(m, st, &stats));
         out.extend(changed.into_iter().flatten());
         out
+    }
+}
+
+/// A cell as the record to store. A state that cannot be stored is this metric's error, never
+/// a write retried for ever: a custom state JSON cannot hold (see [`Metric::encode`]), or one
+/// larger than any store takes ([`MAX_STATE_BYTES`]; grouped states are capped well below it by
+/// `max_groups` and `max_len`, so only a custom reducer's can grow so far). Its pane keeps what
+/// was stored last; every other pane and metric is written as usual.
+fn pane_record(m: &Metric, (pane_start, partition): (i64, i32), cell: &Cell, stats: &Stats) -> Option<PaneRecord> {
+    let state = match m.encode(&cell.partial) {
+        Ok(state) if state.as_str().len() > MAX_STATE_BYTES => Err(format!("the state of pane {} is {} bytes, more than a store document may hold ({MAX_STATE_BYTES}); it is not stored", crate::event::iso(pane_start), state.as_str().len())),
+        other => other,
+    };
+    match state {
+        Ok(state) => Some(PaneRecord { metric: m.state_key().to_string(), pane_start, partition, offset: cell.offset, state }),
+        Err(e) => {
+            stats.script_error(m.name(), "", &e);
+            None
+        }
+    }
+}
+
+/// The dead letter of a batch that metric `m` panicked on: its first record, with where the
+/// batch runs and the panic's message. The raw records are stored as usual (storing them does
+/// not depend on the metrics), so a recomputation can count them once the bug is fixed.
+fn panicked(m: &Metric, events: &[Record], sources: &[(i32, i64)], panic: &str) -> DeadLetter {
+    let at = sources.first().copied().unwrap_or((NO_PARTITION, -1));
+    let last = sources.last().map_or(-1, |s| s.1);
+    tracing::error!(metric = m.name(), partition = at.0, first_offset = at.1, last_offset = last, %panic, "applying a batch to a metric panicked; the metric leaves the batch out");
+    let detail = format!("metric {:?} failed applying a batch of {} records (partition {}, offsets {} to {last}): {panic}", m.name(), events.len(), at.0, at.1);
+    let id = format!("panic:{}:{}:{}", m.name(), at.0, at.1);
+    match events.first() {
+        Some(e) => DeadLetter::of_record(id, Reason::InternalError, detail, at, e),
+        None => DeadLetter::new(id, Reason::InternalError, detail, at, b""),
     }
 }
 
@@ -431,11 +494,15 @@ fn apply_metric(m: &Metric, st: &mut MetricState, events: &[Record], sources: &[
             let behind = mark.time - t;
             stats.late_event(m.name(), e.id(), behind);
             let detail = format!("{behind} ms behind the newest event of its partition for metric {:?} (lateness {:?})", m.name(), m.config.lateness);
-            late.push(DeadLetter::of_record(format!("late:{}", e.id()), Reason::Late, detail, (partition, offset), e));
+            late.push(DeadLetter::of_record(late_id(e, partition, offset), Reason::Late, detail, (partition, offset), e));
             continue;
         }
-        if t > mark.time {
-            mark.time = t;
+        // The watermark never passes the wall clock: records stamped minutes ahead (a device
+        // clock off, within `max_future`) are counted in their panes, but do not make every
+        // ordinary record after them late, nor close panes early.
+        let t_mark = t.min(now);
+        if t_mark > mark.time {
+            mark.time = t_mark;
             mark.dirty = true;
         }
         let cell = match st.cells.get_mut(&key) {
@@ -460,13 +527,23 @@ fn apply_metric(m: &Metric, st: &mut MetricState, events: &[Record], sources: &[
     late
 }
 
+/// The dead-letter id of a late record: its position where it has one (the same on a replay,
+/// and distinct for two records that reuse an event id), else its id and time. Every metric
+/// that leaves the record out names the same id, so it is one dead letter.
+fn late_id(e: &Record, partition: i32, offset: i64) -> String {
+    match offset >= 0 {
+        true => format!("late:{partition}:{offset}"),
+        false => format!("late:{}@{}", e.id(), e.time_ms()),
+    }
+}
+
 /// One metric's part of [`Aggregator::checkpoint`]: its changed partials and watermarks, marked
 /// clean; panes no event can reach any more leave memory.
-fn checkpoint_metric(m: &Metric, st: &mut MetricState) -> Vec<PaneRecord> {
+fn checkpoint_metric(m: &Metric, st: &mut MetricState, stats: &Stats) -> Vec<PaneRecord> {
     let mut out = Vec::new();
-    for ((pane_start, partition), cell) in st.cells.iter_mut().filter(|(_, c)| c.dirty) {
+    for (key, cell) in st.cells.iter_mut().filter(|(_, c)| c.dirty) {
         cell.dirty = false;
-        out.push(PaneRecord { metric: m.state_key().to_string(), pane_start: *pane_start, partition: *partition, offset: cell.offset, state: m.encode(&cell.partial) });
+        out.extend(pane_record(m, *key, cell, stats));
     }
     for (partition, mark) in st.watermarks.iter_mut().filter(|(_, w)| w.dirty) {
         mark.dirty = false;
@@ -483,6 +560,7 @@ fn checkpoint_metric(m: &Metric, st: &mut MetricState) -> Vec<PaneRecord> {
 pub(super) mod tests {
     use super::*;
     use crate::aggregate::{MetricConfig, ReducerKind};
+    use crate::aggregate::reducer::OTHER_KEY;
     use crate::event::{Schema, Value};
     use std::time::Duration;
 
@@ -504,6 +582,7 @@ pub(super) mod tests {
             unit: String::new(),
             stages: Vec::new(),
             exact_limit: 10_000,
+            max_groups: 50_000,
         };
         Arc::new(MetricSet::load(&[config], &schema()).unwrap())
     }
@@ -540,7 +619,7 @@ pub(super) mod tests {
         again.install(0, 0, stored).unwrap();
         again.apply(&[event("old", "x", 5), event("older", "x", 4)], &[(0, 2), (0, 3)]);
         let late = again.take_late();
-        assert_eq!(late.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), ["late:older"], "the replayed one is not dead-lettered again");
+        assert_eq!(late.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), ["late:0:3"], "the replayed one is not dead-lettered again");
         assert_eq!(stats.snapshot().late_events, 1);
         let (panes, _) = panes_and_watermarks(again.checkpoint());
         assert!(panes.is_empty(), "nothing counted: {panes:?}");
@@ -588,6 +667,7 @@ pub(super) mod tests {
             unit: String::new(),
             stages: Vec::new(),
             exact_limit: 10_000,
+            max_groups: 50_000,
         };
         let configs = [metric("count", ReducerKind::Count, 10), metric("top", ReducerKind::TopK, 30), metric("bottom", ReducerKind::BottomK, 5)];
         let set = Arc::new(MetricSet::load(&configs, &schema()).unwrap());
@@ -658,7 +738,7 @@ pub(super) mod tests {
         assert_eq!(stats.snapshot().late_events, 1);
         let late = agg.take_late();
         assert_eq!(late.len(), 1, "one dead letter for the late event");
-        assert_eq!((late[0].id.as_str(), late[0].reason), ("late:c", Reason::Late));
+        assert_eq!((late[0].id.as_str(), late[0].reason), ("late:c@1000005000", Reason::Late));
         assert!(late[0].payload.contains("\"event_id\":\"c\""), "{}", late[0].payload);
         assert!(agg.take_late().is_empty());
         let panes: Vec<i64> = dirty.iter().map(|r| r.pane_start).collect();
@@ -698,6 +778,7 @@ pub(super) mod tests {
             unit: String::new(),
             stages: Vec::new(),
             exact_limit: 10_000,
+            max_groups: 50_000,
         };
         let set = Arc::new(MetricSet::load(&[metric("ratio", "conversion_ratio.rhai", ReducerKind::Ratio), metric("custom", "conversion_rate.rhai", ReducerKind::Custom)], &schema).unwrap());
         let kinds = ["view", "purchase", "view", "click", "view", "purchase", "share", "view"];
@@ -711,5 +792,155 @@ pub(super) mod tests {
         let reported: Vec<serde_json::Value> = set.metrics().iter().enumerate().map(|(i, m)| m.report(&agg.states[i].cells.values().next().unwrap().partial).unwrap()).collect();
         assert_eq!(reported[0], serde_json::json!(0.5), "2 purchases per 4 views");
         assert_eq!(reported[0], reported[1]);
+    }
+
+    /// A stored partial that does not decode (written as `null` by an older version, or damaged)
+    /// is set aside whole with a dead letter, and its pane starts again: loading never fails on it.
+    #[test]
+    fn a_stored_state_that_cannot_be_read_is_quarantined_and_its_pane_starts_again() {
+        let (mut agg, _) = aggregator(10);
+        let key = agg.set.metrics[0].state_key().to_string();
+        let broken = PaneRecord { metric: key.clone(), pane_start: 1_000_000_000, partition: 0, offset: 4, state: crate::store::StateJson::stored(r#"{"single":{"sum":{"sum":null,"n":2}}}"#.into()) };
+        agg.install(0, 0, vec![broken.clone()]).expect("a bad state does not fail the load");
+        let dead = agg.take_late();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].reason, Reason::CorruptState);
+        assert!(dead[0].detail.contains("per_item") && dead[0].payload.contains("null"), "{:?}", dead[0]);
+        agg.apply(&[event("e", "x", 1)], &[(0, 5)]);
+        let written = agg.checkpoint();
+        let kept = written.iter().find(|r| r.metric.ends_with("#quarantined")).expect("the bad state is written aside");
+        assert_eq!((kept.pane_start, kept.partition, kept.state.as_str()), (broken.pane_start, 0, broken.state.as_str()));
+        let pane = written.iter().find(|r| r.metric == key).expect("the pane starts again");
+        assert_eq!(pane.state.to_value().unwrap()["grouped"]["x"]["count"], 1);
+    }
+
+    /// A record stamped minutes ahead (a device clock off, within max_future) counts in its
+    /// pane, but the watermark stays at the wall clock: the ordinary records after it are not late.
+    #[test]
+    fn a_record_from_minutes_ahead_does_not_make_the_ordinary_ones_late() {
+        let (mut agg, stats) = aggregator(5);
+        let now = chrono::Utc::now().timestamp_millis();
+        let at = |id: &str, ms: i64| {
+            let mut e = event(id, "x", 0);
+            e.set_time_ms(ms);
+            e
+        };
+        agg.apply(&[at("ahead", now + 290_000)], &[(0, 1)]);
+        agg.apply(&[at("now", now - 1_000), at("a bit late", now - 3_000)], &[(0, 2), (0, 3)]);
+        assert!(agg.take_late().is_empty(), "nothing late");
+        assert_eq!(stats.snapshot().late_events, 0);
+        let (panes, marks) = panes_and_watermarks(agg.checkpoint());
+        assert!(marks[0].state.as_i64().unwrap() <= chrono::Utc::now().timestamp_millis(), "the watermark is not in the future");
+        assert_eq!(panes.iter().map(|p| p.state.to_value().unwrap()["grouped"]["x"]["count"].as_u64().unwrap()).sum::<u64>(), 3, "all three counted");
+        // No pane is closed early by the future record.
+        assert!(agg.take_closed(false).iter().all(|r| r.pane_start < now - 60_000), "nothing recent closed");
+    }
+
+    /// After a start, one record dated year 1 no longer loads every retained pane of its
+    /// partition: what is loaded starts at the stored watermark less the reach.
+    #[tokio::test]
+    async fn a_record_from_year_one_loads_only_the_panes_a_late_record_could_reach() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::store::embedded::EmbeddedConfig { data_dir: dir.path().to_path_buf(), ..Default::default() };
+        let store = crate::store::embedded::EmbeddedStore::open(&config, &Default::default(), &schema(), &[]).unwrap();
+        let (mut agg, _) = aggregator(10);
+        // A day of panes, then a restart.
+        for hour in 0..24 {
+            agg.apply(&[event(&format!("h{hour}"), "x", hour * 3600)], &[(0, hour)]);
+        }
+        store.write_panes(&agg.checkpoint()).await.unwrap();
+        let (mut again, _) = aggregator(10);
+        let mut ancient = event("ancient", "x", 0);
+        ancient.set_time_ms(-62_135_596_800_000);
+        let batch = crate::transport::Batch { events: vec![ancient, event("next", "x", 23 * 3600 + 1)], sources: vec![(0, 24), (0, 25)], ..Default::default() };
+        let late = again.ingest(&batch, &store).await.unwrap();
+        assert_eq!(late.len(), 1, "the ancient record is late");
+        let loaded: Vec<i64> = again.states[0].cells.keys().map(|(pane, _)| *pane).collect();
+        assert!(loaded.iter().all(|pane| *pane >= (1_000_000 + 23 * 3600 - 60) * 1000), "only panes near the watermark: {} loaded", loaded.len());
+    }
+
+    /// A panic applying one metric is that metric's dead letter for the batch; the process goes on.
+    #[test]
+    fn a_panic_in_one_metric_is_a_dead_letter_not_the_end() {
+        let set = per_item_set(Duration::from_secs(60), Duration::from_secs(5));
+        let m = &set.metrics[0];
+        let events = [event("a", "x", 1), event("b", "x", 2)];
+        let letters = crate::base::catch_panic(|| -> Vec<DeadLetter> { panic!("index out of bounds") }).unwrap_or_else(|p| vec![panicked(m, &events, &[(2, 40), (2, 41)], &p)]);
+        assert_eq!(letters.len(), 1);
+        let d = &letters[0];
+        assert_eq!((d.reason, d.partition, d.offset), (Reason::InternalError, 2, 40));
+        assert!(d.detail.contains("index out of bounds") && d.detail.contains("offsets 40 to 41"), "{}", d.detail);
+    }
+
+    /// Two records that reuse one event id but sit at different offsets are two late dead
+    /// letters, not one merged.
+    #[test]
+    fn late_records_that_reuse_an_id_stay_two_dead_letters() {
+        let (mut agg, _) = aggregator(5);
+        agg.apply(&[event("new", "x", 100), event("dup", "x", 1), event("dup", "y", 2)], &[(0, 1), (0, 2), (0, 3)]);
+        let late = agg.take_late();
+        assert_eq!(late.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), ["late:0:2", "late:0:3"]);
+    }
+
+    fn scripted(dir: &std::path::Path, name: &str, reducer: ReducerKind, script: &str, max_groups: usize) -> MetricConfig {
+        let path = dir.join(format!("{name}.rhai"));
+        std::fs::write(&path, script).unwrap();
+        MetricConfig {
+            name: name.into(),
+            script: path,
+            reducer,
+            k: 3,
+            window: Duration::from_secs(60),
+            slide: None,
+            time: TimeMode::Event,
+            lateness: Duration::from_secs(3600),
+            description: String::new(),
+            unit: String::new(),
+            stages: Vec::new(),
+            exact_limit: 10_000,
+            max_groups,
+        }
+    }
+
+    /// A custom state JSON cannot hold (infinity) and a value script's infinity are that
+    /// metric's errors; the pane of a built-in metric beside them is written as usual.
+    #[test]
+    fn a_non_finite_number_is_one_metrics_error_and_never_stored_as_null() {
+        let dir = tempfile::tempdir().unwrap();
+        let custom = "fn init() { #{ total: 0.0 } }\nfn update(e) { this.total += 1e308 * 10.0; }\nfn merge(o) { this.total += o.total; }\nfn finish() { this.total }";
+        let configs = [
+            scripted(dir.path(), "overflowing", ReducerKind::Custom, custom, 50_000),
+            scripted(dir.path(), "infinite_value", ReducerKind::Sum, "fn v(e) { 1e308 * 10.0 }\n#{ value: v }", 50_000),
+            scripted(dir.path(), "per_item", ReducerKind::Count, "#{ key: field(\"item_id\") }", 50_000),
+        ];
+        let set = Arc::new(MetricSet::load(&configs, &schema()).unwrap());
+        let stats = Stats::new();
+        let mut agg = Aggregator::new(set, stats.clone());
+        agg.apply(&[event("a", "x", 1), event("b", "y", 2)], &[]);
+        let (panes, _) = panes_and_watermarks(agg.checkpoint());
+        assert!(panes.iter().all(|p| !p.state.as_str().contains("null")), "{panes:?}");
+        assert!(!panes.iter().any(|p| p.metric.starts_with("overflowing")), "the custom state is not stored");
+        let sums: Vec<_> = panes.iter().filter(|p| p.metric.starts_with("infinite_value")).map(|p| p.state.to_value().unwrap()).collect();
+        assert!(sums.iter().all(|s| s["single"]["sum"]["n"] == 0), "infinity left out of the sum: {sums:?}");
+        assert_eq!(panes.iter().filter(|p| p.metric.starts_with("per_item")).count(), 1, "the built-in metric beside them is written");
+        assert!(stats.snapshot().script_errors >= 3, "each reported as a script error");
+    }
+
+    /// Past `max_groups` keys in a pane, further keys are counted under `__other__`, which
+    /// rankings leave out: the pane stays bounded and nothing is dropped from the count.
+    #[test]
+    fn keys_past_max_groups_are_counted_under_other_and_left_out_of_rankings() {
+        let dir = tempfile::tempdir().unwrap();
+        let configs = [scripted(dir.path(), "top", ReducerKind::TopK, "#{ key: field(\"item_id\") }", 3)];
+        let set = Arc::new(MetricSet::load(&configs, &schema()).unwrap());
+        let mut agg = Aggregator::new(set.clone(), Stats::new());
+        let events: Vec<Record> = (0..20).map(|i| event(&format!("e{i}"), &format!("item{}", i % 10), 1)).collect();
+        agg.apply(&events, &[]);
+        let (panes, _) = panes_and_watermarks(agg.checkpoint());
+        let groups = panes[0].state.to_value().unwrap()["grouped"].as_object().unwrap().clone();
+        assert_eq!(groups.len(), 4, "three keys and the overflow: {groups:?}");
+        assert_eq!(groups[OTHER_KEY]["count"], 14, "seven keys' records, twice each");
+        let top = set.metrics[0].report(&agg.states[0].cells.values().next().unwrap().partial).unwrap();
+        assert!(!top.to_string().contains(OTHER_KEY), "{top}");
     }
 }

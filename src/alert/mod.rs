@@ -248,16 +248,26 @@ impl Evaluator {
     async fn tick(&mut self, set: &AlertSet, dispatcher: &Dispatcher, lease: &lease::Lease) {
         let now = Utc::now().timestamp_millis();
         let metric_set = self.sources.metrics.borrow().clone();
-        let values = match metric_set.read_all(&*self.sources.store, now).await {
-            Ok(v) => v,
-            Err(e) => {
-                // Without values every rule would look resolved; keep the state as it is instead.
-                self.sources.stats.alert_error("(reading metrics)", &format!("{e:#}"));
-                return;
+        // Each metric is read on its own: one that cannot be read (a damaged state) holds back
+        // only the rules that read it. Without values a rule would look resolved, so those rules
+        // keep their state as it is; when no metric reads at all (the store is away), every rule does.
+        let mut values = Vec::with_capacity(metric_set.metrics().len());
+        let mut unreadable = Vec::new();
+        for m in metric_set.metrics() {
+            match crate::aggregate::read(m, &*self.sources.store, now).await {
+                Ok(v) => values.push(v),
+                Err(e) => {
+                    self.sources.stats.alert_error("(reading metrics)", &format!("{e:#}"));
+                    unreadable.push(m.name().to_string());
+                }
             }
-        };
-        // A metric filling from history has a partial value: rules reading it wait for it.
-        let backfilling: Vec<String> = values.iter().filter(|v| v.backfilling.is_some()).map(|v| v.name.clone()).collect();
+        }
+        if values.is_empty() && !unreadable.is_empty() {
+            return;
+        }
+        // A metric filling from history has a partial value: rules reading it wait for it, as
+        // rules reading a metric that cannot be read do.
+        let waiting: Vec<String> = values.iter().filter(|v| v.backfilling.is_some()).map(|v| v.name.clone()).chain(unreadable).collect();
         let metrics: serde_json::Map<String, Value> = values.into_iter().map(|v| (v.name, v.value)).collect();
         let history = Arc::new(self.histories(set, &metric_set, now).await);
         let inputs = Inputs {
@@ -267,8 +277,8 @@ impl Evaluator {
             history,
         };
         for rule in set.rules() {
-            if let Some(m) = backfilling.iter().find(|m| rule.reads(m)) {
-                tracing::debug!(rule = rule.name(), metric = %m, "alert rule waits: a metric it reads is backfilling");
+            if let Some(m) = waiting.iter().find(|m| rule.reads(m)) {
+                tracing::debug!(rule = rule.name(), metric = %m, "alert rule waits: a metric it reads is backfilling or cannot be read");
                 continue;
             }
             let holding = match rule.evaluate(&set.engine, &inputs) {
@@ -463,8 +473,8 @@ mod tests {
         async fn latest_result(&self, metric: &str) -> anyhow::Result<Option<i64>> {
             self.inner.latest_result(metric).await
         }
-        async fn take_lease(&self, name: &str, holder: &str, now_ms: i64, until_ms: i64) -> anyhow::Result<bool> {
-            self.inner.take_lease(name, holder, now_ms, until_ms).await
+        async fn take_lease(&self, name: &str, holder: &str, ttl_ms: i64) -> anyhow::Result<bool> {
+            self.inner.take_lease(name, holder, ttl_ms).await
         }
     }
 

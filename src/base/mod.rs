@@ -1,14 +1,16 @@
 //! Leaf helpers every component's config and code share, importing nothing else of the crate:
 //! how durations and numbers are written in the pipeline file, secrets that never print, numbers
-//! as people read them, the one retry-with-backoff loop, and the worker threads of CPU-heavy work.
+//! as people read them, the one retry-with-backoff loop, a panic kept to its work, and the worker threads of CPU-heavy work.
 
 mod backoff;
 pub mod de;
+mod guard;
 mod secret;
 mod short;
 mod workers;
 
 pub use backoff::Backoff;
+pub use guard::catch_panic;
 pub use secret::Secret;
 pub use short::short;
 pub use workers::{map_each, Workers};

@@ -109,6 +109,18 @@ mod tests {
         assert_eq!(v.check(&record(r#"{"t": "2026-01-01T00:00:00Z"}"#)).unwrap_err().0, Reason::InvalidEvent);
     }
 
+    /// A megabyte pasted into an id field would become a metric key and a pane too large to
+    /// store: past the field's max_len (1024 bytes unless declared) the record is a dead letter.
+    #[test]
+    fn a_string_past_its_max_len_is_a_dead_letter_naming_the_field() {
+        let v = Validation::default();
+        let long = "x".repeat(1025);
+        let err = v.check(&record(&format!(r#"{{"id": "{long}", "kind": "view", "t": "2026-01-01T00:00:00Z"}}"#))).unwrap_err();
+        assert_eq!(err.0, Reason::FailedValidation);
+        assert!(err.1.contains("\"id\"") && err.1.contains("1025 bytes") && err.1.contains("max_len"), "{err:?}");
+        assert!(v.check(&record(&format!(r#"{{"id": "{}", "kind": "view", "t": "2026-01-01T00:00:00Z"}}"#, "x".repeat(1024)))).is_ok());
+    }
+
     #[test]
     fn a_batch_keeps_good_records_with_their_sources_and_dead_letters_the_rest() {
         let v = Validation::default();

@@ -94,12 +94,13 @@ pub(super) async fn scrape(State(state): State<Shared>, headers: HeaderMap) -> R
         family.get_or_create(&vec![("alertname".into(), a.alert.into()), ("state".into(), state.into())]).inc();
     }
     registry.register(ALERTS.name, ALERTS.help, family);
-    let values = match super::view::current_values(&state).await.iter().cloned().collect::<Result<Vec<_>, String>>() {
-        Ok(values) => values,
-        Err(e) => return unavailable("the metric values", anyhow::anyhow!(e)),
-    };
+    let values = super::view::current_values(&state).await;
+    if let Some(e) = super::view::all_failed(&values) {
+        return unavailable("the metric values", anyhow::anyhow!(e.to_string()));
+    }
+    // A metric that cannot be read (a damaged state) has no sample; the others keep theirs.
     let family: Family<Labels, Gauge<f64, AtomicU64>> = Family::default();
-    for v in values {
+    for v in values.iter().flatten().cloned() {
         if let Some(n) = headline_number(&v.value) {
             family.get_or_create(&vec![("name".into(), v.name.into())]).set(n);
         }

@@ -60,6 +60,15 @@ pub(super) async fn current_values(state: &AppState) -> Arc<Vec<Result<MetricVal
         .await
 }
 
+/// The first error when every metric failed to read (the store is away, not one metric's state):
+/// readers answer 503 then; otherwise they show the metrics that read and name the others.
+pub(super) fn all_failed(values: &[Result<MetricValue, String>]) -> Option<&str> {
+    match values.iter().all(Result::is_err) {
+        true => values.first().and_then(|v| v.as_ref().err()).map(String::as_str),
+        false => None,
+    }
+}
+
 /// Everything a page render needs, built at most once per refresh per range; `metric` only
 /// picks which panels the template shows.
 pub(super) async fn view(state: &AppState, q: &RangeQuery) -> Value {

@@ -5,7 +5,7 @@ mod record;
 mod schema;
 
 pub use record::{iso, parse_time, DecodeError, Record, Text, Value};
-pub use schema::{EventConfig, Extra, Field, FieldSpec, FieldType, Naive, Schema};
+pub use schema::{EventConfig, Extra, Field, FieldSpec, FieldType, Naive, Schema, DEFAULT_MAX_LEN};
 
 /// A schema from the text of an `[event]` section (unit tests).
 #[cfg(test)]

@@ -304,6 +304,11 @@ impl Record {
             if s.non_empty && matches!(v, Value::Text(t) if t.is_empty()) {
                 return Err((false, format!("field {:?} must not be empty", f.name)));
             }
+            if let Value::Text(t) = v {
+                if t.len() > s.max_len {
+                    return Err((false, format!("field {:?} is {} bytes long, more than its max_len of {} (set `max_len` in its [event] declaration for longer text)", f.name, t.len(), s.max_len)));
+                }
+            }
         }
         if self.schema.extra() == Extra::Reject {
             if let Some(name) = self.extra.keys().next() {

@@ -105,11 +105,19 @@ pub struct FieldSpec {
     pub non_empty: bool,
     /// How a timestamp without a zone is read.
     pub naive: Naive,
+    /// The longest a string field may be, in bytes; a longer one makes the record a dead letter.
+    /// Ids and labels become metric keys and pane state: a 1 MB id pasted into the wrong field
+    /// would otherwise make every pane holding it too large to store.
+    pub max_len: usize,
 }
+
+/// A string field's default `max_len`, in bytes: room for any id, label or URL; a field meant
+/// for longer text says so with its own `max_len`.
+pub const DEFAULT_MAX_LEN: usize = 1024;
 
 impl FieldSpec {
     pub fn of(ty: FieldType, optional: bool) -> FieldSpec {
-        FieldSpec { ty, optional, values: Vec::new(), min: None, max: None, non_empty: false, naive: Naive::Utc }
+        FieldSpec { ty, optional, values: Vec::new(), min: None, max: None, non_empty: false, naive: Naive::Utc, max_len: DEFAULT_MAX_LEN }
     }
 }
 
@@ -131,6 +139,8 @@ struct LongSpec {
     non_empty: bool,
     #[serde(default)]
     naive: Option<String>,
+    #[serde(default)]
+    max_len: Option<usize>,
 }
 
 /// A listed value, kept as the text it compares by.
@@ -184,6 +194,7 @@ impl<'de> Deserialize<'de> for FieldSpec {
                     max: long.max,
                     non_empty: long.non_empty,
                     naive,
+                    max_len: long.max_len.unwrap_or(DEFAULT_MAX_LEN),
                 })
             }
         }
@@ -263,6 +274,12 @@ impl Schema {
             }
             if s.non_empty && s.ty != FieldType::String {
                 problems.push(format!("event.fields: {:?}: `non_empty` applies to string fields", f.name));
+            }
+            if s.max_len != DEFAULT_MAX_LEN && s.ty != FieldType::String {
+                problems.push(format!("event.fields: {:?}: `max_len` applies to string fields", f.name));
+            }
+            if s.max_len == 0 {
+                problems.push(format!("event.fields: {:?}: `max_len` must be at least 1", f.name));
             }
             if let (Some(lo), Some(hi)) = (s.min, s.max) {
                 if lo > hi {
@@ -354,6 +371,14 @@ key = "site""#,
         assert!(problems.contains("event.id: the id field \"a\" must be a string"), "{problems}");
         assert!(problems.contains("event.time: the time field \"t\" must be a required timestamp"), "{problems}");
         assert!(problems.contains("event.key: \"nope\" is not a declared field (declared: a, t)"), "{problems}");
+    }
+
+    #[test]
+    fn string_fields_have_a_default_max_len_that_the_long_form_sets() {
+        let c = parse("fields = { i = \"string\", note = { type = \"string\", max_len = 100000 }, t = \"timestamp\" }\nid = \"i\"\ntime = \"t\"").unwrap();
+        assert_eq!((c.fields["i"].max_len, c.fields["note"].max_len), (DEFAULT_MAX_LEN, 100_000));
+        let c = parse("fields = { i = \"string\", n = { type = \"int\", max_len = 3 }, t = \"timestamp\" }\nid = \"i\"\ntime = \"t\"").unwrap();
+        assert!(Schema::new(&c).unwrap_err().join("\n").contains("`max_len` applies to string fields"));
     }
 
     #[test]

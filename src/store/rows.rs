@@ -10,6 +10,10 @@ use std::collections::BTreeMap;
 /// retention cutoff, so retention never deletes them.
 pub const TIMELESS_PANE: i64 = i64::MAX - 1;
 
+/// The largest partial state a store is given, in bytes: MongoDB holds documents up to 16 MiB,
+/// and the pane's other fields and the write's envelope need some room.
+pub const MAX_STATE_BYTES: usize = 15 << 20;
+
 /// One stored partial state.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PaneRecord {
