@@ -14,14 +14,60 @@ use lettre::message::{header::ContentType, Mailbox};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serde_json::Value;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
 
-/// Notifications a channel may have waiting before new ones are refused (and reported).
+/// Notifications a channel may have waiting; past it the oldest waiting one is dropped (and
+/// reported): the newest say what holds now.
 const QUEUE: usize = 1024;
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// The longest one notification is retried before it is given up (and reported), whatever its
+/// `retry` says: the notifications behind it wait meanwhile.
+const RETRY_BUDGET: Duration = Duration::from_secs(30);
+
+/// A channel's waiting notifications, oldest first, at most [`QUEUE`].
+#[derive(Default)]
+struct Queue {
+    items: std::sync::Mutex<VecDeque<Arc<Notification>>>,
+    ready: tokio::sync::Notify,
+    closed: AtomicBool,
+}
+
+impl Queue {
+    /// Adds `n`; returns the notification dropped to make room, if the queue was full.
+    fn push(&self, n: Arc<Notification>, limit: usize) -> Option<Arc<Notification>> {
+        let dropped = {
+            let mut items = self.items.lock().unwrap();
+            let dropped = if items.len() >= limit { items.pop_front() } else { None };
+            items.push_back(n);
+            dropped
+        };
+        self.ready.notify_one();
+        dropped
+    }
+
+    /// The oldest waiting notification; `None` once the queue is closed and empty.
+    async fn pop(&self) -> Option<Arc<Notification>> {
+        loop {
+            if let Some(n) = self.items.lock().unwrap().pop_front() {
+                return Some(n);
+            }
+            if self.closed.load(Ordering::Acquire) {
+                return None;
+            }
+            // A notify before this wait is kept as a permit, so no push is missed.
+            self.ready.notified().await;
+        }
+    }
+
+    /// No more pushes: the channel's task delivers what waits, then ends.
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.ready.notify_one();
+    }
+}
 
 /// One way of sending a notification.
 #[async_trait]
@@ -95,11 +141,30 @@ struct WebhookChannel {
     headers: BTreeMap<String, Secret>,
 }
 
+/// How much of a webhook's answer is read (its start is quoted in the error of a failure).
+const RESPONSE_BYTES: usize = 4096;
+
 impl WebhookChannel {
     fn new(c: &WebhookConfig) -> anyhow::Result<Self> {
-        let client = reqwest::Client::builder().timeout(c.timeout).build().context("cannot create the HTTP client")?;
+        super::config::webhook_url(c.url.expose()).map_err(anyhow::Error::msg)?;
+        // No redirects: following one would POST the notification, and its secret headers, to
+        // whatever host the answer names.
+        let client = reqwest::Client::builder().timeout(c.timeout).redirect(reqwest::redirect::Policy::none()).build().context("cannot create the HTTP client")?;
         Ok(WebhookChannel { client, url: c.url.clone(), headers: c.headers.clone() })
     }
+}
+
+/// The start of a response body, read no further than [`RESPONSE_BYTES`]: a receiver that
+/// answers gigabytes (or never ends its body) costs a few kilobytes and the request timeout.
+async fn body_start(mut response: reqwest::Response) -> String {
+    let mut body = Vec::new();
+    while body.len() < RESPONSE_BYTES {
+        match response.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk[..chunk.len().min(RESPONSE_BYTES - body.len())]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&body).chars().take(200).collect()
 }
 
 #[async_trait]
@@ -112,9 +177,11 @@ impl Channel for WebhookChannel {
         // reqwest's errors name the URL; the URL is a secret.
         let response = request.send().await.map_err(|e| e.without_url()).with_context(|| format!("POST to webhook {} failed", redact_url(self.url.expose())))?;
         let status = response.status();
+        if status.is_redirection() {
+            bail!("webhook {} answered {status} (a redirect, which is not followed: configure the URL it points to)", redact_url(self.url.expose()));
+        }
         if !status.is_success() {
-            let body = response.text().await.unwrap_or_default();
-            bail!("webhook {} answered {status}: {}", redact_url(self.url.expose()), body.chars().take(200).collect::<String>());
+            bail!("webhook {} answered {status}: {}", redact_url(self.url.expose()), body_start(response).await);
         }
         Ok(())
     }
@@ -124,7 +191,7 @@ impl Channel for WebhookChannel {
 struct Running {
     config: Option<ChannelConfig>,
     thresholds: BTreeMap<String, Value>,
-    queue: mpsc::Sender<Arc<Notification>>,
+    queue: Arc<Queue>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -156,7 +223,11 @@ impl Dispatcher {
         wanted.extend(configs.iter().map(|(k, v)| (k.clone(), Some(v.clone()))));
         self.channels.retain(|name, running| {
             // Channels that render templates over thresholds are rebuilt when those change.
-            wanted.get(name).is_some_and(|c| *c == running.config && running.thresholds == *thresholds)
+            let keep = wanted.get(name).is_some_and(|c| *c == running.config && running.thresholds == *thresholds);
+            if !keep {
+                running.queue.close(); // its task delivers what waits, then ends
+            }
+            keep
         });
         for (name, config) in wanted {
             if self.channels.contains_key(&name) {
@@ -171,8 +242,8 @@ impl Dispatcher {
                 Some(ChannelConfig::Webhook(w)) => w.retry.clone(),
                 _ => Retry { retries: 0, backoff: Duration::ZERO },
             };
-            let (queue, rx) = mpsc::channel(QUEUE);
-            let task = tokio::spawn(deliver_all(name.clone(), channel, retry, rx, self.stats.clone()));
+            let queue = Arc::new(Queue::default());
+            let task = tokio::spawn(deliver_all(name.clone(), channel, retry, queue.clone(), self.stats.clone()));
             self.channels.insert(name, Running { config, thresholds: thresholds.clone(), queue, task });
         }
         Ok(())
@@ -184,8 +255,9 @@ impl Dispatcher {
         for name in &n.channels {
             match self.channels.get(name) {
                 Some(c) => {
-                    if c.queue.try_send(n.clone()).is_err() {
-                        self.stats.notification_failed(name, &n.alert, &"the channel's queue is full (it has been failing or slow)");
+                    if let Some(dropped) = c.queue.push(n.clone(), QUEUE) {
+                        let why = format!("dropped notification {} ({}): the channel's queue is full (it has been failing or slow), so the oldest waiting one makes room", dropped.id, dropped.status);
+                        self.stats.notification_failed(name, &dropped.alert, &why);
                     }
                 }
                 None => self.stats.notification_failed(name, &n.alert, &"no such channel"),
@@ -195,7 +267,14 @@ impl Dispatcher {
 
     /// Lets every channel finish what it has queued, for at most `grace`.
     pub async fn close(self, grace: Duration) {
-        let tasks: Vec<_> = self.channels.into_values().map(|c| c.task).collect();
+        let tasks: Vec<_> = self
+            .channels
+            .into_values()
+            .map(|c| {
+                c.queue.close();
+                c.task
+            })
+            .collect();
         let all = futures::future::join_all(tasks);
         if tokio::time::timeout(grace, all).await.is_err() {
             tracing::warn!("alert channels still delivering after {grace:?}; stopping them");
@@ -221,9 +300,12 @@ fn redact_url(url: &str) -> String {
 }
 
 /// One channel's loop: deliver each notification in order, retrying with backoff.
-async fn deliver_all(name: String, channel: Box<dyn Channel>, retry: Retry, mut rx: mpsc::Receiver<Arc<Notification>>, stats: Arc<Stats>) {
-    while let Some(n) = rx.recv().await {
+/// One notification is retried for at most [`RETRY_BUDGET`], so a receiver that is down holds
+/// the notifications behind it back for seconds, not for the minutes a long backoff would.
+async fn deliver_all(name: String, channel: Box<dyn Channel>, retry: Retry, queue: Arc<Queue>, stats: Arc<Stats>) {
+    while let Some(n) = queue.pop().await {
         let mut backoff = Backoff::new(retry.backoff, MAX_BACKOFF, Some(retry.retries as usize));
+        let started = tokio::time::Instant::now();
         loop {
             match channel.deliver(&n).await {
                 Ok(()) => {
@@ -231,7 +313,7 @@ async fn deliver_all(name: String, channel: Box<dyn Channel>, retry: Retry, mut 
                     tracing::debug!(channel = %name, alert = %n.alert, id = %n.id, attempt = backoff.retries() + 1, "notification delivered");
                     break;
                 }
-                Err(e) => match backoff.next_wait() {
+                Err(e) => match backoff.next_wait().filter(|wait| started.elapsed() + *wait <= RETRY_BUDGET) {
                     Some(wait) => {
                         tracing::warn!(channel = %name, alert = %n.alert, attempt = backoff.retries(), retry_in = ?wait, error = %format!("{e:#}"), "notification failed; retrying");
                         tokio::time::sleep(wait).await;
@@ -243,5 +325,103 @@ async fn deliver_all(name: String, channel: Box<dyn Channel>, retry: Retry, mut 
                 },
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    fn notification(id: &str) -> Notification {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "pipeline": "p", "alert": "a", "status": "firing", "change": "firing", "severity": "info",
+            "labels": {}, "value": null, "message": "m", "description": "", "fingerprint": "f",
+            "starts_at": "2026-01-01T00:00:00Z", "ends_at": null, "at": "2026-01-01T00:00:00Z", "channels": ["hook"]
+        }))
+        .unwrap()
+    }
+
+    fn webhook(url: &str) -> WebhookChannel {
+        let config = WebhookConfig { url: Secret::new(url), headers: BTreeMap::from([("Authorization".to_string(), Secret::new("Bearer s3cret"))]), timeout: Duration::from_secs(5), retry: Retry::default() };
+        WebhookChannel::new(&config).unwrap()
+    }
+
+    /// A local HTTP server answering every request with `app`; its base URL.
+    async fn serve(app: axum::Router) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        url
+    }
+
+    #[tokio::test]
+    async fn a_webhook_redirect_is_an_error_and_is_not_followed_with_the_secret_headers() {
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counted = hits.clone();
+        let elsewhere = serve(axum::Router::new().fallback(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async { "got it" }
+        }))
+        .await;
+        let target = format!("{elsewhere}/steal");
+        let redirecting = serve(axum::Router::new().fallback(move || {
+            let target = target.clone();
+            async move { (axum::http::StatusCode::TEMPORARY_REDIRECT, [(axum::http::header::LOCATION, target)]) }
+        }))
+        .await;
+        let err = webhook(&format!("{redirecting}/hook")).deliver(&notification("n1")).await.unwrap_err();
+        assert!(format!("{err:#}").contains("redirect"), "{err:#}");
+        assert_eq!(hits.load(Ordering::SeqCst), 0, "the other host got nothing");
+    }
+
+    #[tokio::test]
+    async fn a_huge_error_answer_is_read_only_so_far() {
+        let url = serve(axum::Router::new().fallback(|| async { (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "x".repeat(50 << 20)) })).await;
+        let err = format!("{:#}", webhook(&format!("{url}/hook")).deliver(&notification("n1")).await.unwrap_err());
+        assert!(err.contains("500") && err.len() < 1000, "{} bytes", err.len());
+    }
+
+    #[test]
+    fn a_plain_http_webhook_beyond_loopback_is_refused() {
+        let config = WebhookConfig { url: Secret::new("http://hooks.example.com/x"), headers: BTreeMap::new(), timeout: Duration::from_secs(1), retry: Retry::default() };
+        assert!(WebhookChannel::new(&config).is_err());
+    }
+
+    #[test]
+    fn a_full_queue_drops_its_oldest_notification() {
+        let q = Queue::default();
+        assert!(q.push(Arc::new(notification("1")), 2).is_none());
+        assert!(q.push(Arc::new(notification("2")), 2).is_none());
+        let dropped = q.push(Arc::new(notification("3")), 2).expect("one dropped");
+        assert_eq!(dropped.id, "1");
+        let waiting: Vec<String> = q.items.lock().unwrap().iter().map(|n| n.id.clone()).collect();
+        assert_eq!(waiting, ["2", "3"]);
+    }
+
+    struct Failing(AtomicUsize);
+
+    #[async_trait]
+    impl Channel for Failing {
+        async fn deliver(&self, _: &Notification) -> anyhow::Result<()> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            bail!("receiver down")
+        }
+    }
+
+    /// With `retries = 20` and a 10 s backoff, the first notification alone would hold the queue
+    /// for many minutes; the budget gives it up after about 30 s (virtual time).
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_receiver_holds_the_next_notification_back_for_at_most_the_retry_budget() {
+        let queue = Arc::new(Queue::default());
+        let stats = Stats::new();
+        queue.push(Arc::new(notification("1")), QUEUE);
+        queue.push(Arc::new(notification("2")), QUEUE);
+        queue.close();
+        let started = tokio::time::Instant::now();
+        let channel = Box::new(Failing(AtomicUsize::new(0)));
+        deliver_all("hook".into(), channel, Retry { retries: 20, backoff: Duration::from_secs(10) }, queue, stats.clone()).await;
+        assert_eq!(stats.snapshot().notifications_failed, 2, "both given up and reported");
+        assert!(started.elapsed() <= RETRY_BUDGET * 2, "{:?}", started.elapsed());
     }
 }

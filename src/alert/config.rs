@@ -231,12 +231,43 @@ impl AlertingConfig {
         for (name, c) in &self.channels {
             match c {
                 ChannelConfig::Email(e) if e.to.is_empty() => p.push(format!("alerting.channels.{name}: `to` lists no recipient")),
-                ChannelConfig::Webhook(w) if !(w.url.expose().starts_with("http://") || w.url.expose().starts_with("https://")) => {
-                    p.push(format!("alerting.channels.{name}: url must start with http:// or https://"))
+                ChannelConfig::Webhook(w) => {
+                    if let Err(e) = webhook_url(w.url.expose()) {
+                        p.push(format!("alerting.channels.{name}: {e}"));
+                    }
                 }
                 _ => {}
             }
         }
         (!p.is_empty()).then(|| p.join("; "))
+    }
+}
+
+/// Checks a webhook URL: `https`, or plain `http` only to this machine (127.0.0.0/8, `::1`,
+/// `localhost`): a notification and its secret headers never cross a network in clear text.
+pub fn webhook_url(url: &str) -> Result<reqwest::Url, String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("url is not a URL: {e}"))?;
+    let host = parsed.host_str().unwrap_or("");
+    let loopback = host.eq_ignore_ascii_case("localhost") || host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    match parsed.scheme() {
+        "https" => Ok(parsed),
+        "http" if loopback => Ok(parsed),
+        "http" => Err("url must be https:// (plain http:// only to a loopback address such as 127.0.0.1)".to_string()),
+        _ => Err("url must start with https:// (or http:// to a loopback address)".to_string()),
+    }
+}
+
+#[cfg(test)]
+mod webhook_url_tests {
+    use super::webhook_url;
+
+    #[test]
+    fn a_webhook_is_https_or_plain_http_only_to_loopback() {
+        for ok in ["https://hooks.example.com/x", "http://127.0.0.1:9/hook", "http://localhost/h", "http://[::1]:80/"] {
+            assert!(webhook_url(ok).is_ok(), "{ok}");
+        }
+        for bad in ["http://hooks.example.com/x", "http://10.0.0.1/h", "ftp://127.0.0.1/", "hooks.example.com"] {
+            assert!(webhook_url(bad).is_err(), "{bad}");
+        }
     }
 }
