@@ -120,14 +120,20 @@ async fn contract(store: &dyn EventStore, shape: &Shape) {
 
     // Dead letters: kept with reason and source, idempotent by id, newest first.
     let dead = |id: &str, reason: Reason| dead_letter(id, reason, 1_700_000_000_000);
-    // Leases: one holder at a time; renewable by its holder; free once expired.
-    assert!(store.take_lease("alerting:p", "a", 1_000, 2_000).await.unwrap(), "a free lease is taken");
-    assert!(!store.take_lease("alerting:p", "b", 1_500, 2_500).await.unwrap(), "held by another until 2 s");
-    assert!(store.take_lease("alerting:p", "a", 1_900, 3_000).await.unwrap(), "its holder renews it");
-    assert!(!store.take_lease("alerting:p", "b", 2_999, 4_000).await.unwrap());
-    assert!(store.take_lease("alerting:p", "b", 3_001, 4_000).await.unwrap(), "expired: another takes it");
-    assert!(!store.take_lease("alerting:p", "a", 3_500, 5_000).await.unwrap(), "the old holder has lost it");
-    assert!(store.take_lease("alerting:q", "a", 3_500, 5_000).await.unwrap(), "leases are by name");
+    // Leases: one holder at a time; renewable by its holder; free once expired by the store's
+    // clock (no caller's clock takes part, so a skewed replica cannot take a held lease).
+    let name = common::unique("alerting:p");
+    assert!(store.take_lease(&name, "a", 60_000).await.unwrap(), "a free lease is taken");
+    assert!(!store.take_lease(&name, "b", 60_000).await.unwrap(), "held by another for a minute");
+    assert!(store.take_lease(&name, "a", 600).await.unwrap(), "its holder renews it (for 0.6 s)");
+    assert!(!store.take_lease(&name, "b", 60_000).await.unwrap());
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    assert!(store.take_lease(&name, "b", 60_000).await.unwrap(), "expired: another takes it");
+    assert!(!store.take_lease(&name, "a", 60_000).await.unwrap(), "the old holder has lost it");
+    assert!(store.take_lease(&common::unique("alerting:q"), "a", 60_000).await.unwrap(), "leases are by name");
+    assert!(store.take_lease(&name, "b", 0).await.unwrap(), "a ttl of 0 gives it up");
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    assert!(store.take_lease(&name, "a", 60_000).await.unwrap(), "given up: another takes it at once");
 
     // Final results: one row per (metric, window end), rewritten the same; read by range.
     let result = |end: i64, v: serde_json::Value| runner::store::ResultRow { metric: "m".into(), window_start: end - 60_000, window_end: end, value: v };

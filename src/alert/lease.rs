@@ -2,7 +2,9 @@
 //! the store (a MongoDB document or an SQLite row with a holder and an expiry). The holder renews
 //! it every half interval; the others try to take it as often, and one of them gets it once it
 //! expires, so a dead evaluator is replaced within two intervals. The new holder reads the saved
-//! rule states first, so it resumes where the last one stopped and re-sends nothing.
+//! rule states first, so it resumes where the last one stopped and re-sends nothing. Expiry is
+//! the store's clock's business, and how long this process may act on the lease its monotonic
+//! clock's: no replica's wall clock takes part, so a skewed one cannot hold the lease beside another.
 
 use crate::store::EventStore;
 use std::time::{Duration, Instant};
@@ -39,8 +41,7 @@ impl Lease {
     pub async fn renew(&mut self, store: &dyn EventStore, interval: Duration) -> anyhow::Result<bool> {
         let ttl = Self::ttl(interval);
         let asked = Instant::now();
-        let now = chrono::Utc::now().timestamp_millis();
-        let held = store.take_lease(&self.name, &self.holder, now, now + ttl.as_millis() as i64).await?;
+        let held = store.take_lease(&self.name, &self.holder, ttl.as_millis() as i64).await?;
         let was = self.held();
         // Counted from before the request: the store's copy may expire that early.
         self.held_until = held.then_some(asked + ttl);
@@ -61,8 +62,7 @@ impl Lease {
     /// Gives the lease up (at shutdown), so a standby takes over at its next try.
     pub async fn release(&mut self, store: &dyn EventStore) {
         if self.held_until.take().is_some() {
-            let now = chrono::Utc::now().timestamp_millis();
-            if let Err(e) = store.take_lease(&self.name, &self.holder, now, now).await {
+            if let Err(e) = store.take_lease(&self.name, &self.holder, 0).await {
                 tracing::warn!(error = %format!("{e:#}"), "cannot give the alert lease up; a standby takes it when it expires");
             }
         }

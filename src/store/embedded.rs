@@ -517,15 +517,16 @@ impl EventStore for EmbeddedStore {
         self.with_reader(move |c| c.query_row("SELECT MAX(window_end) FROM metric_results WHERE metric = ?1", [metric], |r| r.get(0))).await
     }
 
-    async fn take_lease(&self, name: &str, holder: &str, now_ms: i64, until_ms: i64) -> anyhow::Result<bool> {
+    async fn take_lease(&self, name: &str, holder: &str, ttl_ms: i64) -> anyhow::Result<bool> {
         let (name, holder) = (name.to_string(), holder.to_string());
         self.with_conn(move |c| {
             // Inserted, or updated where the lease is free: one changed row means it is ours.
+            // "Now" is SQLite's clock (the one machine every process of this file runs on).
             c.execute(
-                "INSERT INTO leases (name, holder, until_ms) VALUES (?1, ?2, ?4)
+                "INSERT INTO leases (name, holder, until_ms) VALUES (?1, ?2, CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER) + ?3)
                  ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until_ms = excluded.until_ms
-                 WHERE leases.holder = excluded.holder OR leases.until_ms < ?3",
-                params![name, holder, now_ms, until_ms],
+                 WHERE leases.holder = excluded.holder OR leases.until_ms < CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
+                params![name, holder, ttl_ms],
             )
             .map(|changed| changed == 1)
         })

@@ -313,11 +313,14 @@ impl EventStore for MongoStore {
         newest.map(|d| Ok(d.get_datetime("window_end")?.timestamp_millis())).transpose()
     }
 
-    async fn take_lease(&self, name: &str, holder: &str, now_ms: i64, until_ms: i64) -> anyhow::Result<bool> {
+    async fn take_lease(&self, name: &str, holder: &str, ttl_ms: i64) -> anyhow::Result<bool> {
+        // Expiry by the server's clock (`hello` tells its local time): every replica judges the
+        // lease by the same clock, whatever its own says.
+        let now_ms = self.server_time().await?;
         // Matches only a lease that is ours or expired; where another holds it, the upsert's
         // insert collides on _id, and the lease is not ours.
         let filter = doc! {"_id": name, "$or": [{"holder": holder}, {"until": {"$lt": bson::DateTime::from_millis(now_ms)}}]};
-        let update = doc! {"$set": {"holder": holder, "until": bson::DateTime::from_millis(until_ms)}};
+        let update = doc! {"$set": {"holder": holder, "until": bson::DateTime::from_millis(now_ms.saturating_add(ttl_ms))}};
         match self.leases.update_one(filter, update).upsert(true).await {
             Ok(_) => Ok(true),
             Err(e) if is_duplicate(&e) => Ok(false),
@@ -327,6 +330,15 @@ impl EventStore for MongoStore {
 }
 
 impl MongoStore {
+    /// The server's clock, ms since the epoch (`localTime` of the `hello` command).
+    async fn server_time(&self) -> anyhow::Result<i64> {
+        let hello = self.leases.client().database("admin").run_command(doc! {"hello": 1}).await.context("MongoDB hello failed")?;
+        match hello.get("localTime") {
+            Some(bson::Bson::DateTime(t)) => Ok(t.timestamp_millis()),
+            _ => anyhow::bail!("the MongoDB server's hello answer has no localTime, so the alert lease cannot use the server's clock"),
+        }
+    }
+
     /// One upsert per partial, sent concurrently; each is atomic with its own offset.
     async fn upsert_panes(&self, panes: &[&PaneRecord]) -> anyhow::Result<()> {
         let writes = panes.iter().map(|p| {
