@@ -152,3 +152,26 @@ fn seed_command_line_works() {
     let c = common::load_pipeline(&[("DASHBOARD_REFRESH_INTERVAL", "5")]).config;
     assert_eq!(c.dashboard.refresh, Duration::from_secs(5), "a bare number is seconds");
 }
+
+/// A dashboard that would listen beyond loopback without a token does not start: the run
+/// fails naming the keys to set; with a token, or `allow_anonymous`, it serves.
+#[test]
+fn a_dashboard_beyond_loopback_needs_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = common::shipped_pipeline();
+    let run = |env: &[(&str, &str)]| {
+        common::runner()
+            .args(["run", shipped.to_str().unwrap(), "--components", "dashboard", "--for", "2"])
+            .env("RUNNER_DATA_DIR", dir.path())
+            .env("DASHBOARD_LISTEN", format!("0.0.0.0:{}", common::free_port()))
+            .envs(env.iter().copied())
+            .output()
+            .unwrap()
+    };
+    let refused = run(&[]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{err}");
+    assert!(err.contains("dashboard.token") && err.contains("allow_anonymous"), "{err}");
+    let with_token = run(&[("DASHBOARD_TOKEN", "s3cret")]);
+    assert!(with_token.status.success(), "{}", String::from_utf8_lossy(&with_token.stderr));
+}

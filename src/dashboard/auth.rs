@@ -1,6 +1,6 @@
-//! The dashboard token. With `[dashboard] token` set, every route needs it, from an
-//! `Authorization: Bearer` header, a `?token=` query parameter (URL-decoded) or the cookie set
-//! on the first authorised load. Comparisons take the same time whatever the guess, and the
+//! The dashboard token and the host check. With `[dashboard] token` set, every route needs it,
+//! from an `Authorization: Bearer` header or the cookie set on the first authorised load of the
+//! page, which alone also takes a `?token=` query parameter (URL-decoded). Comparisons take the same time whatever the guess, and the
 //! token is never written into a page: an authorised `GET /?token=...` gets the cookie and a
 //! redirect to the same page without the token in its address.
 
@@ -26,13 +26,19 @@ enum From {
 pub(super) async fn require_token(State(state): State<Shared>, req: Request, next: Next) -> Response {
     let token = state.token();
     if token.is_empty() {
+        // A reload that removed the token does not open a dashboard bound beyond loopback.
+        if !state.loopback && !state.config.borrow().allow_anonymous {
+            return (StatusCode::UNAUTHORIZED, "this dashboard listens beyond loopback and its token was removed: set dashboard.token again").into_response();
+        }
         return next.run(req).await;
     }
-    let Some(from) = authorised(&req, &token) else {
-        return (StatusCode::UNAUTHORIZED, "a dashboard token is required (Authorization: Bearer <token>, or ?token= once to set a cookie)")
+    let page_load = req.method() == Method::GET && req.uri().path() == "/";
+    // `?token=` opens the page once (it sets the cookie and redirects the token out of the
+    // address); elsewhere a token in a URL would land in proxy and server logs.
+    let Some(from) = authorised(&req, &token).filter(|from| *from != From::Query || page_load) else {
+        return (StatusCode::UNAUTHORIZED, "a dashboard token is required (Authorization: Bearer <token>, or open the page once with ?token= to set a cookie)")
             .into_response();
     };
-    let page_load = req.method() == Method::GET && req.uri().path() == "/";
     let mut response = match (from, page_load) {
         // Keep the token out of the address bar, history and the page's own links.
         (From::Query, true) => Redirect::to(&without_token(req.uri().query().unwrap_or(""))).into_response(),
@@ -45,6 +51,32 @@ pub(super) async fn require_token(State(state): State<Shared>, req: Request, nex
         }
     }
     response
+}
+
+/// The middleware that answers 421 to a request for another host while the dashboard listens
+/// on loopback. A page elsewhere can point a name of its own at 127.0.0.1 (DNS rebinding) and
+/// read the local dashboard as same-origin; its requests still carry that name as `Host`.
+pub(super) async fn check_host(State(state): State<Shared>, req: Request, next: Next) -> Response {
+    let host = req.headers().get(header::HOST).and_then(|v| v.to_str().ok());
+    let allowed = state.config.borrow().allowed_hosts.clone();
+    match host {
+        Some(host) if state.loopback && !host_allowed(host, &allowed) => {
+            (StatusCode::MISDIRECTED_REQUEST, "this dashboard answers only to localhost and its dashboard.allowed_hosts\n").into_response()
+        }
+        _ => next.run(req).await,
+    }
+}
+
+/// Whether `host` (a `Host` header: a name or address, maybe with a port) is loopback or one of
+/// `allowed`.
+fn host_allowed(host: &str, allowed: &[String]) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, port)| if port.chars().all(|c| c.is_ascii_digit()) { name } else { host }),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        || allowed.iter().any(|a| a.eq_ignore_ascii_case(host) || a.eq_ignore_ascii_case(name))
 }
 
 /// Which of the request's credentials holds the token, if any.
@@ -103,6 +135,18 @@ mod tests {
         assert_eq!(authorised(&request("/", &[("Cookie", "a=b; runner_token=s3+cr%26t%3D%2B")]), token), Some(From::Cookie));
         assert_eq!(authorised(&request("/?token=s3%20cr", &[("Authorization", "Bearer nope")]), token), None);
         assert!(!same("s3 cr&t=-", token) && !same("", token));
+    }
+
+    #[test]
+    fn only_loopback_hosts_and_the_allowed_ones_pass_the_host_check() {
+        for ok in ["localhost", "localhost:8050", "127.0.0.1:8050", "127.3.2.1", "[::1]:8050", "LOCALHOST"] {
+            assert!(host_allowed(ok, &[]), "{ok}");
+        }
+        for bad in ["evil.example", "evil.example:8050", "localhost.evil.example", "10.0.0.1:8050", "[::2]:80"] {
+            assert!(!host_allowed(bad, &[]), "{bad}");
+        }
+        assert!(host_allowed("dash.example.com", &["dash.example.com".to_string()]));
+        assert!(host_allowed("dash.example.com:443", &["dash.example.com".to_string()]));
     }
 
     #[test]

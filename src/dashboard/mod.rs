@@ -49,9 +49,19 @@ pub struct DashboardConfig {
     /// Folder of the page templates (relative to the pipeline file).
     #[serde(default = "default_templates")]
     pub templates: PathBuf,
-    /// When set, every route needs `Authorization: Bearer <token>` or `?token=<token>`.
+    /// When set, every route needs `Authorization: Bearer <token>` (or the cookie that opening
+    /// the page once with `?token=<token>` sets). Required when `listen` is beyond loopback.
     #[serde(default)]
     pub token: Secret,
+    /// Serve beyond loopback without a token. Off: a dashboard on `0.0.0.0` without a token
+    /// refuses to start, since anyone who can reach the port would read every metric and alert.
+    #[serde(default)]
+    pub allow_anonymous: bool,
+    /// Host names (with or without a port) the dashboard answers besides loopback ones, when
+    /// it listens on loopback: a reverse proxy's public name. Other `Host` headers get 421, so
+    /// a web page cannot reach the local dashboard through DNS rebinding.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
     /// Metrics shown as headline tiles, by name, e.g. `["active_users", "avg_interactions_per_user"]`
     /// [default: the first three metrics].
     #[serde(default)]
@@ -69,6 +79,8 @@ impl Default for DashboardConfig {
             refresh: default_refresh(),
             templates: default_templates(),
             token: Secret::default(),
+            allow_anonymous: false,
+            allowed_hosts: Vec::new(),
             headline: Vec::new(),
             max_clients: default_max_clients(),
         }
@@ -103,6 +115,8 @@ pub struct Sources {
 
 struct AppState {
     sources: Sources,
+    /// Whether the dashboard listens on a loopback address (the host check applies then).
+    loopback: bool,
     templates: Templates,
     /// The settings in force: a reload changes the token and refresh interval live.
     config: watch::Receiver<DashboardConfig>,
@@ -153,11 +167,18 @@ pub async fn serve(settings: watch::Receiver<DashboardConfig>, sources: Sources,
         .with_context(|| format!("cannot serve the dashboard on {} (dashboard.listen)", config.listen))?;
     let addr = listener.local_addr()?;
     if !addr.ip().is_loopback() && config.token.is_empty() {
-        tracing::warn!(%addr, "the dashboard is reachable beyond this machine without a token; set dashboard.token");
+        if !config.allow_anonymous {
+            anyhow::bail!(
+                "the dashboard would serve {addr}, beyond this machine, without a token: set dashboard.token (env DASHBOARD_TOKEN in the shipped pipeline), \
+                 listen on 127.0.0.1, or set dashboard.allow_anonymous = true to serve it to anyone who can reach the port"
+            );
+        }
+        tracing::warn!(%addr, "the dashboard is reachable beyond this machine without a token (dashboard.allow_anonymous = true)");
     }
     tracing::info!("dashboard on http://{addr}/");
     let state = Arc::new(AppState {
         sources,
+        loopback: addr.ip().is_loopback(),
         templates,
         config: settings,
         stop: stop.clone(),
@@ -207,7 +228,26 @@ fn router(state: Shared) -> Router {
         // probe should not need a secret).
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        // Every route is a GET: a body is never read, and a large one is refused unread.
+        .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn(time_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), auth::check_host))
         .with_state(state)
+}
+
+/// The largest request body taken.
+const BODY_LIMIT: usize = 64 << 10;
+
+/// How long a request may take to get its answer started (a stream's body may go on after).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Answers 503 to a request whose response has not started within [`REQUEST_TIMEOUT`] (a store
+/// that hangs), so a slow read cannot pile up connections.
+async fn time_limit(req: axum::extract::Request, next: middleware::Next) -> Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "the request took longer than 30 s (the store may be slow); try again\n").into_response(),
+    }
 }
 
 /// Renders a template off the async runtime: a render first checks the template folder for
@@ -314,23 +354,42 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Readiness: the store answers and its writes are not failing; otherwise 503 with the reason.
+/// Readiness: the store answers and its writes are not failing; otherwise 503. The probe needs
+/// no token, so it says only that much (the store's own error, which may name hosts and users,
+/// goes to the log), and it asks the store the cheapest question there is.
 async fn readyz(State(state): State<Shared>) -> Response {
     if let Some(since) = state.sources.stats.store_failing_since() {
         return (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: store writes failing since {}\n", since.to_rfc3339())).into_response();
     }
-    match tokio::time::timeout(Duration::from_secs(2), state.sources.store.count_dead_letters()).await {
-        Ok(Ok(_)) => "ready\n".into_response(),
-        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: the store does not answer: {e:#}\n")).into_response(),
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "not ready: the store did not answer within 2 s\n").into_response(),
+    match tokio::time::timeout(Duration::from_secs(2), state.sources.store.ping()).await {
+        Ok(Ok(())) => "ready\n".into_response(),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %format!("{e:#}"), "readiness probe: the store does not answer");
+            (StatusCode::SERVICE_UNAVAILABLE, "not ready: store unreachable\n").into_response()
+        }
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "not ready: store unreachable (no answer within 2 s)\n").into_response(),
     }
 }
 
+/// Every metric's current value. A metric that cannot be read is listed with its `error`, and
+/// the others answer as usual: one damaged metric must not hide the rest. Only when no metric
+/// can be read (the store is away) is the answer 503.
 async fn api_metrics(State(state): State<Shared>) -> Response {
-    match view::current_values(&state).await.iter().cloned().collect::<Result<Vec<_>, String>>() {
-        Ok(values) => Json(values).into_response(),
-        Err(e) => api_error(StatusCode::SERVICE_UNAVAILABLE, e),
+    let values = view::current_values(&state).await;
+    if let Some(e) = view::all_failed(&values) {
+        return api_error(StatusCode::SERVICE_UNAVAILABLE, e);
     }
+    let set = state.sources.metrics.borrow().clone();
+    let out: Vec<Value> = set
+        .metrics()
+        .iter()
+        .zip(values.iter())
+        .map(|(m, v)| match v {
+            Ok(v) => serde_json::to_value(v).unwrap_or(Value::Null),
+            Err(e) => serde_json::json!({ "name": m.name(), "error": e }),
+        })
+        .collect();
+    Json(out).into_response()
 }
 
 async fn api_history(State(state): State<Shared>, UrlPath(name): UrlPath<String>, Query(q): Query<RangeQuery>) -> Response {

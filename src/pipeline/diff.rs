@@ -57,6 +57,8 @@ pub const TABLE: &[Row] = &[
     Row { key: "dashboard.listen", effect: Effect::Restart, note: "the server is bound once", changed: |a, b| a.dashboard.listen != b.dashboard.listen },
     Row { key: "dashboard.templates", effect: Effect::Restart, note: "the template folder is watched from start (edits inside it apply live)", changed: |a, b| a.dashboard.templates != b.dashboard.templates },
     Row { key: "dashboard.token", effect: Effect::Live, note: "the next request needs the new token", changed: |a, b| a.dashboard.token != b.dashboard.token },
+    Row { key: "dashboard.allow_anonymous", effect: Effect::Restart, note: "checked when the server is bound", changed: |a, b| a.dashboard.allow_anonymous != b.dashboard.allow_anonymous },
+    Row { key: "dashboard.allowed_hosts", effect: Effect::Live, note: "the next request is checked against the new names", changed: |a, b| a.dashboard.allowed_hosts != b.dashboard.allowed_hosts },
     Row { key: "dashboard.refresh", effect: Effect::Live, note: "the next push uses the new interval", changed: |a, b| a.dashboard.refresh != b.dashboard.refresh },
     Row { key: "dashboard.headline", effect: Effect::Live, note: "the next render shows the chosen tiles", changed: |a, b| a.dashboard.headline != b.dashboard.headline },
     Row { key: "dashboard.max_clients", effect: Effect::Live, note: "the next viewer to connect is counted against the new limit", changed: |a, b| a.dashboard.max_clients != b.dashboard.max_clients },
@@ -66,7 +68,7 @@ pub const TABLE: &[Row] = &[
 #[allow(dead_code)]
 fn sections_in_table(c: &PipelineConfig) {
     let PipelineConfig { name: _, event: _, kafka: _, mongodb: _, embedded: _, retention: _, generator: _, consumer: _, backfill: _, dashboard: _, metrics: _, alerting: _, alerts: _ } = c;
-    let crate::dashboard::DashboardConfig { listen: _, refresh: _, templates: _, token: _, headline: _, max_clients: _ } = &c.dashboard;
+    let crate::dashboard::DashboardConfig { listen: _, refresh: _, templates: _, token: _, allow_anonymous: _, allowed_hosts: _, headline: _, max_clients: _ } = &c.dashboard;
 }
 
 /// What changed between two versions, by table row.

@@ -6,7 +6,7 @@ pub mod mongo;
 pub mod retention;
 mod rows;
 
-pub use rows::{Change, Labels, Notification, PaneRecord, ResultRow, StateJson, TIMELESS_PANE};
+pub use rows::{Change, Labels, Notification, PaneRecord, ResultRow, StateJson, MAX_STATE_BYTES, TIMELESS_PANE};
 
 use crate::dead_letter::DeadLetter;
 use crate::event::{Record, Schema};
@@ -118,6 +118,11 @@ pub trait EventStore: Send + Sync {
     async fn dead_letters(&self, limit: usize) -> anyhow::Result<Vec<DeadLetter>>;
     /// How many dead letters are stored.
     async fn count_dead_letters(&self) -> anyhow::Result<u64>;
+    /// Whether the store answers, at the least cost (a readiness probe asks it every few
+    /// seconds): by default a read of an empty range, which any index answers at once.
+    async fn ping(&self) -> anyhow::Result<()> {
+        self.load_panes("", 0, 0, None).await.map(drop)
+    }
     /// Writes final window results; writing one again (same metric and window end) stores the
     /// same row once.
     async fn write_results(&self, rows: &[ResultRow]) -> anyhow::Result<()>;
@@ -125,10 +130,12 @@ pub trait EventStore: Send + Sync {
     async fn load_results(&self, metric: &str, from: i64, to: i64) -> anyhow::Result<Vec<ResultRow>>;
     /// The window end of the newest stored result of `metric`.
     async fn latest_result(&self, metric: &str) -> anyhow::Result<Option<i64>>;
-    /// Takes lease `name` for `holder` until `until_ms` if it is free, expired (as of `now_ms`)
-    /// or `holder`'s already; true when `holder` holds it afterwards. One atomic step, so of
-    /// several processes asking at once exactly one gets it.
-    async fn take_lease(&self, name: &str, holder: &str, now_ms: i64, until_ms: i64) -> anyhow::Result<bool>;
+    /// Takes lease `name` for `holder` for `ttl_ms` if it is free, expired or `holder`'s already;
+    /// true when `holder` holds it afterwards (`ttl_ms = 0` gives it up). One atomic step, so of
+    /// several processes asking at once exactly one gets it. Expiry is judged by the store's own
+    /// clock, never the caller's: a replica whose clock runs minutes ahead would otherwise see
+    /// every lease as expired and notify beside the holder.
+    async fn take_lease(&self, name: &str, holder: &str, ttl_ms: i64) -> anyhow::Result<bool>;
     /// The position of the newest raw event, for a backfill from the store (the embedded store:
     /// its row number, which grows with every insert); `None` when this store keeps no order of
     /// arrival (MongoDB: a backfill there reads the Kafka log instead).
@@ -235,6 +242,9 @@ impl EventStore for Switchable {
     async fn count_dead_letters(&self) -> anyhow::Result<u64> {
         self.current().count_dead_letters().await
     }
+    async fn ping(&self) -> anyhow::Result<()> {
+        self.current().ping().await
+    }
     async fn write_results(&self, rows: &[ResultRow]) -> anyhow::Result<()> {
         self.current().write_results(rows).await
     }
@@ -244,8 +254,8 @@ impl EventStore for Switchable {
     async fn latest_result(&self, metric: &str) -> anyhow::Result<Option<i64>> {
         self.current().latest_result(metric).await
     }
-    async fn take_lease(&self, name: &str, holder: &str, now_ms: i64, until_ms: i64) -> anyhow::Result<bool> {
-        self.current().take_lease(name, holder, now_ms, until_ms).await
+    async fn take_lease(&self, name: &str, holder: &str, ttl_ms: i64) -> anyhow::Result<bool> {
+        self.current().take_lease(name, holder, ttl_ms).await
     }
     async fn raw_position(&self) -> anyhow::Result<Option<i64>> {
         self.current().raw_position().await

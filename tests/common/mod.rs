@@ -183,7 +183,10 @@ pub fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
 pub fn get_raw(port: u16, path: &str, headers: &[(&str, &str)]) -> String {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
-    let mut req = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n");
+    let mut req = format!("GET {path} HTTP/1.0\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        req.push_str("Host: localhost\r\n");
+    }
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
