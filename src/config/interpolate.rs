@@ -19,58 +19,107 @@ pub struct MissingVar {
     pub unsafe_value: Option<&'static str>,
 }
 
+/// Where in the TOML text a character stands: what a substituted value must be written for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// Outside any string: a key, a number, a boolean.
+    Bare,
+    /// `"..."`: escapes apply.
+    Basic,
+    /// `'...'`: no escapes.
+    Literal,
+    /// `"""..."""` over lines: escapes apply.
+    MultiBasic,
+    /// `'''...'''` over lines: no escapes.
+    MultiLiteral,
+    /// `# ...` to the end of the line: left alone.
+    Comment,
+}
+
 /// Replaces every `${NAME}` and `${NAME:-default}` outside comments using `lookup`; an empty
-/// value counts as unset for `:-`, as in the shell.
+/// value counts as unset for `:-`, as in the shell. The text is read once from start to end,
+/// so a variable inside a `"""` string spanning lines is written for that string, and a `#`
+/// inside one is text, not a comment.
 pub fn interpolate(
     text: &str,
     lookup: impl Fn(&str) -> Option<String>,
 ) -> Result<String, MissingVar> {
     let mut out = String::with_capacity(text.len());
-    let mut line_start = 0;
-    for line in text.split_inclusive('\n') {
-        let code_len = comment_start(line).unwrap_or(line.len());
-        let code = interpolate_code(&line[..code_len], &lookup).map_err(|mut m| {
-            m.offset += line_start;
-            m
-        })?;
-        out.push_str(&code);
-        out.push_str(&line[code_len..]);
-        line_start += line.len();
+    let mut place = Place::Bare;
+    let mut i = 0;
+    while i < text.len() {
+        let rest = &text[i..];
+        if rest.starts_with('$') && place != Place::Comment {
+            if rest.starts_with("$${") {
+                out.push_str("${");
+                i += 3;
+                continue;
+            }
+            let found = substitute(rest, place, &lookup).map_err(|mut m| {
+                m.offset += i;
+                m
+            })?;
+            if let Some((written, used)) = found {
+                out.push_str(&written);
+                i += used;
+                continue;
+            }
+        }
+        let (next, len) = step(place, rest);
+        out.push_str(&rest[..len]);
+        place = next;
+        i += len;
     }
     Ok(out)
 }
 
-/// Where a `#` comment starts in one line, ignoring `#` inside single-line strings.
-fn comment_start(line: &str) -> Option<usize> {
-    scan(line, line.len()).1
+/// The place after the token at the start of `rest` (read in `place`), and the token's length.
+fn step(place: Place, rest: &str) -> (Place, usize) {
+    let c = rest.chars().next().expect("rest is not empty");
+    let one = c.len_utf8();
+    match place {
+        Place::Bare if rest.starts_with(r#"""""#) => (Place::MultiBasic, 3),
+        Place::Bare if rest.starts_with("'''") => (Place::MultiLiteral, 3),
+        Place::Bare if c == '"' => (Place::Basic, one),
+        Place::Bare if c == '\'' => (Place::Literal, one),
+        Place::Bare if c == '#' => (Place::Comment, one),
+        // An escape takes the next character with it (`\"` does not end the string).
+        Place::Basic | Place::MultiBasic if c == '\\' => (place, one + rest[one..].chars().next().map_or(0, char::len_utf8)),
+        Place::Basic if c == '"' => (Place::Bare, one),
+        Place::Literal if c == '\'' => (Place::Bare, one),
+        // A one-line string or a comment ends with its line (an unterminated string is TOML's to report).
+        Place::Basic | Place::Literal | Place::Comment if c == '\n' => (Place::Bare, one),
+        Place::MultiBasic if rest.starts_with(r#"""""#) => (Place::Bare, 3),
+        Place::MultiLiteral if rest.starts_with("'''") => (Place::Bare, 3),
+        other => (other, one),
+    }
 }
 
-/// The quote open at byte `upto` of a line (`"`, `'`, or none), and where a comment starts
-/// before `upto`, if one does.
-fn scan(line: &str, upto: usize) -> (Option<char>, Option<usize>) {
-    let mut quote: Option<char> = None;
-    let mut escaped = false;
-    for (i, c) in line.char_indices() {
-        if i >= upto {
-            break;
-        }
-        match quote {
-            Some('"') if escaped => escaped = false,
-            Some('"') if c == '\\' => escaped = true,
-            Some(q) if c == q => quote = None,
-            Some(_) => {}
-            None if c == '"' || c == '\'' => quote = Some(c),
-            None if c == '#' => return (None, Some(i)),
-            None => {}
-        }
-    }
-    (quote, None)
+/// The value of the `${...}` at the start of `rest`, written for `place`, and how many bytes it
+/// replaces; `None` when no complete `${...}` starts there on its line (a lone `$` stays).
+fn substitute(rest: &str, place: Place, lookup: &impl Fn(&str) -> Option<String>) -> Result<Option<(String, usize)>, MissingVar> {
+    let Some(body) = rest.strip_prefix("${") else { return Ok(None) };
+    let line = &body[..body.find('\n').unwrap_or(body.len())];
+    let Some(body_end) = line.find('}') else { return Ok(None) };
+    let body = &body[..body_end];
+    let (name, default) = match body.split_once(":-") {
+        Some((n, d)) => (n.trim(), Some(d)),
+        None => (body.trim(), None),
+    };
+    let missing = |unsafe_value| MissingVar { name: name.to_string(), offset: 0, unsafe_value };
+    let written = match (lookup(name).filter(|v| !v.is_empty()), default) {
+        (Some(value), _) => written_for(place, &value).map_err(|why| missing(Some(why)))?,
+        // The default is written in the file by its author, already in TOML's terms.
+        (None, Some(default)) => default.to_string(),
+        (None, None) => return Err(missing(None)),
+    };
+    Ok(Some((written, 2 + body_end + 1)))
 }
 
 /// `value` written for where it stands: escaped in a basic string, as it is where that is safe.
-fn written_for(quote: Option<char>, value: &str) -> Result<String, &'static str> {
-    match quote {
-        Some('"') => {
+fn written_for(place: Place, value: &str) -> Result<String, &'static str> {
+    match place {
+        Place::Basic | Place::MultiBasic => {
             let mut out = String::with_capacity(value.len());
             for c in value.chars() {
                 match c {
@@ -85,57 +134,15 @@ fn written_for(quote: Option<char>, value: &str) -> Result<String, &'static str>
             }
             Ok(out)
         }
-        Some(_) if value.contains(['\'', '\n', '\r']) => {
+        Place::Literal if value.contains(['\'', '\n', '\r']) => {
             Err("it holds a ' or a line break, which a '...' string cannot hold; put the variable in \"...\" instead")
         }
-        Some(_) => Ok(value.to_string()),
-        None if value.chars().all(|c| c.is_alphanumeric() || "+-._:".contains(c)) => Ok(value.to_string()),
-        None => Err("it stands outside a string, where only a plain number or word may; put the variable in \"...\""),
+        Place::MultiLiteral if value.contains("'''") => Err("it holds ''', which would end the '''...''' string; put the variable in \"\"\"...\"\"\" instead"),
+        Place::Literal | Place::MultiLiteral => Ok(value.to_string()),
+        Place::Bare if value.chars().all(|c| c.is_alphanumeric() || "+-._:".contains(c)) => Ok(value.to_string()),
+        Place::Bare => Err("it stands outside a string, where only a plain number or word may; put the variable in \"...\""),
+        Place::Comment => unreachable!("comments are not interpolated"),
     }
-}
-
-fn interpolate_code(text: &str, lookup: &impl Fn(&str) -> Option<String>) -> Result<String, MissingVar> {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    let mut consumed = 0;
-    while let Some(start) = rest.find('$') {
-        out.push_str(&rest[..start]);
-        let after = &rest[start..];
-        if let Some(tail) = after.strip_prefix("$${") {
-            out.push_str("${");
-            rest = tail;
-            consumed += start + 3;
-            continue;
-        }
-        let Some(body_end) = after.strip_prefix("${").and_then(|b| b.find('}')) else {
-            out.push('$');
-            rest = &after[1..];
-            consumed += start + 1;
-            continue;
-        };
-        let body = &after[2..2 + body_end];
-        let (name, default) = match body.split_once(":-") {
-            Some((n, d)) => (n.trim(), Some(d)),
-            None => (body.trim(), None),
-        };
-        match (lookup(name).filter(|v| !v.is_empty()), default) {
-            (Some(value), _) => {
-                let (quote, _) = scan(text, consumed + start);
-                match written_for(quote, &value) {
-                    Ok(written) => out.push_str(&written),
-                    Err(why) => return Err(MissingVar { name: name.to_string(), offset: consumed + start, unsafe_value: Some(why) }),
-                }
-            }
-            // The default is written in the file by its author, already in TOML's terms.
-            (None, Some(default)) => out.push_str(default),
-            (None, None) => return Err(MissingVar { name: name.to_string(), offset: consumed + start, unsafe_value: None }),
-        }
-        let used = 2 + body_end + 1;
-        rest = &after[used..];
-        consumed += start + used;
-    }
-    out.push_str(rest);
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -198,6 +205,23 @@ mod tests {
         assert_eq!(interpolate("a = '${PLAIN}'\nb = ${PLAIN}", lookup).unwrap(), "a = '250'\nb = 250");
         let err = interpolate("rate = ${INJECT}", lookup).unwrap_err();
         assert!(err.unsafe_value.unwrap().contains("outside a string"));
+    }
+
+    /// A `"""` string spans lines: a variable in it is escaped for it, and a `#` in it is text.
+    #[test]
+    fn variables_inside_multi_line_strings_are_written_for_them() {
+        let lookup = |n: &str| match n {
+            "NAME" => Some("o\"brien # not a comment".to_string()),
+            "QUOTES" => Some("a'''b".to_string()),
+            _ => None,
+        };
+        let text = "msg = \"\"\"\nHello ${NAME}\nissue #${NAME}\n\"\"\"\nlit = '''\n${NAME}\n'''\n# ${NOPE}\n";
+        let parsed: toml::Table = toml::from_str(&interpolate(text, lookup).unwrap()).unwrap();
+        assert_eq!(parsed["msg"].as_str().unwrap(), "Hello o\"brien # not a comment\nissue #o\"brien # not a comment\n");
+        assert_eq!(parsed["lit"].as_str().unwrap(), "o\"brien # not a comment\n");
+        let err = interpolate("x = '''\n${QUOTES}\n'''", lookup).unwrap_err();
+        assert_eq!(err.name, "QUOTES");
+        assert!(err.unsafe_value.unwrap().contains("'''"));
     }
 
     #[test]

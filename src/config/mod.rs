@@ -496,6 +496,18 @@ rate = "${RATE:-250}"
         assert!(err.starts_with("p.toml:") && err.contains("missing the [event] section") && err.contains("runner init"), "{err}");
     }
 
+    /// Scripts and templates are found beside the file; the embedded store's data lands where
+    /// the runner runs (a pipeline folder may be read-only), as the README says.
+    #[test]
+    fn scripts_resolve_beside_the_file_and_data_dir_against_the_working_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("p.toml");
+        std::fs::write(&file, format!("{MINIMAL}[embedded]\ndata_dir = \"state\"\n")).unwrap();
+        let p = Pipeline::load_reporting(&file).unwrap().0;
+        assert_eq!(p.config.generator.script, dir.path().join("gen.rhai"));
+        assert_eq!(p.config.embedded.data_dir, PathBuf::from("state"));
+    }
+
     #[test]
     fn missing_env_var_points_at_it() {
         let text = MINIMAL.replace("${KAFKA:-embedded}", "${KAFKA}");
