@@ -28,8 +28,15 @@ impl MapFields {
     /// text (listing keys, indexing by a computed name, `in`, serializing the map) means every
     /// field: a map with a field too many costs time, one with a field missing would be wrong.
     pub fn of_source(source: &str, schema: &Schema) -> MapFields {
-        const WHOLE_MAP: [&str; 9] = ["[", " in ", "keys", "values", "len", "to_json", "contains", "fill_with", "mixin"];
-        if WHOLE_MAP.iter().any(|m| source.contains(m)) {
+        // Calls that take a field by a computed name (`get`), walk every field (`filter`, `map`,
+        // `reduce`, `retain`, `drain`, `some`, `all`), or turn the whole map into text (string
+        // interpolation, `to_string`, `print`, `debug`) read fields the text never names.
+        const WHOLE_MAP: [&str; 23] = [
+            "[", " in ", "keys", "values", "len", "to_json", "contains", "fill_with", "mixin", "get(", "filter(", "map(", "reduce(", "retain(", "drain(",
+            "some(", "all(", "`", "to_string", "to_debug", "print(", "debug(", "+ e",
+        ];
+        let code = without_comments(source);
+        if WHOLE_MAP.iter().any(|m| code.contains(m)) {
             return MapFields::ALL;
         }
         let words: std::collections::HashSet<&str> = source.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).filter(|w| !w.is_empty()).collect();
@@ -52,6 +59,52 @@ impl MapFields {
             }
         }
     }
+}
+
+/// `source` without its `//` and `/* */` comments (strings kept as they are), so a comment that
+/// mentions `keys` or a backtick does not make every record map whole.
+fn without_comments(source: &str) -> String {
+    let mut out = String::with_capacity(source.len());
+    let mut chars = source.chars().peekable();
+    let mut quote: Option<char> = None;
+    while let Some(c) = chars.next() {
+        match quote {
+            Some(q) => {
+                out.push(c);
+                if c == '\\' {
+                    out.extend(chars.next());
+                } else if c == q {
+                    quote = None;
+                }
+            }
+            None if c == '/' && chars.peek() == Some(&'/') => {
+                for c in chars.by_ref() {
+                    if c == '\n' {
+                        out.push('\n');
+                        break;
+                    }
+                }
+            }
+            None if c == '/' && chars.peek() == Some(&'*') => {
+                chars.next();
+                let mut last = ' ';
+                for c in chars.by_ref() {
+                    if last == '*' && c == '/' {
+                        break;
+                    }
+                    last = c;
+                }
+                out.push(' ');
+            }
+            None => {
+                if matches!(c, '"' | '`' | '\'') {
+                    quote = Some(c);
+                }
+                out.push(c);
+            }
+        }
+    }
+    out
 }
 
 /// [`record_map`] with only the fields `fields` names.
@@ -149,9 +202,20 @@ mod tests {
         let mut keys: Vec<&str> = m.keys().map(|k| k.as_str()).collect();
         keys.sort_unstable();
         assert_eq!(keys, ["kind", "n", "note"], "`n` is named too (as this.n): a field more is harmless");
-        for whole in ["fn f(e) { e.keys().len() }", "fn f(e) { e[\"ki\" + \"nd\"] }", "fn f(e) { \"kind\" in e }"] {
+        let computed = [
+            "fn f(e) { let k = \"ki\"; e.get(k + \"nd\") }",
+            "fn f(e) { e.filter(|k, v| v == \"view\").len() }",
+            "fn f(e) { e.map(|v| v) }",
+            "fn f(e) { `record ${e}` }",
+            "fn f(e) { e.to_string() }",
+            "fn f(e) { print(e) }",
+            "fn f(e) { \"record \" + e }",
+        ];
+        for whole in ["fn f(e) { e.keys().len() }", "fn f(e) { e[\"ki\" + \"nd\"] }", "fn f(e) { \"kind\" in e }"].iter().chain(&computed) {
             assert_eq!(MapFields::of_source(whole, &s), MapFields::ALL, "{whole}");
         }
         assert_eq!(record_map_of(&r, &MapFields::ALL).cast::<Map>().len(), 5);
+        let commented = "// `this` is the state; keys() and e.map(...) would read every field\n/* print(e) */ fn update(e) { if e.kind == \"view\" { this.n += 1 } }";
+        assert_ne!(MapFields::of_source(commented, &s), MapFields::ALL, "comments do not count");
     }
 }
