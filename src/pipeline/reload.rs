@@ -69,6 +69,27 @@ fn fingerprint(files: &BTreeSet<PathBuf>) -> Vec<(PathBuf, Option<Vec<u8>>)> {
     files.iter().map(|f| (f.clone(), std::fs::read(f).ok())).collect()
 }
 
+/// How many times [`settled`] looks again before it takes what it has.
+const SETTLE_TRIES: usize = 40;
+
+/// The files' contents once they have stopped changing: read, wait `quiet`, read again, until
+/// two reads agree (at most [`SETTLE_TRIES`] times). An editor or `cp` still writing the file
+/// when the change was noticed would otherwise hand the reload half a file, which may parse
+/// (cut at the end of a metric) and drop the rest.
+async fn settled(files: &BTreeSet<PathBuf>, quiet: Duration) -> Vec<(PathBuf, Option<Vec<u8>>)> {
+    let mut last = fingerprint(files);
+    for _ in 0..SETTLE_TRIES {
+        tokio::time::sleep(quiet).await;
+        let now = fingerprint(files);
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    tracing::warn!(tries = SETTLE_TRIES, "the pipeline's files kept changing; reloading what they hold now");
+    last
+}
+
 /// The folders to watch: each file's folder, and the folder holding any symlink on the way to
 /// it (a ConfigMap swap renames `..data` there, not in the file's own folder).
 fn folders(files: &BTreeSet<PathBuf>) -> BTreeSet<PathBuf> {
@@ -195,7 +216,7 @@ impl Reloader {
                 _ = async { match poll.as_mut() { Some(p) => { p.tick().await; } None => std::future::pending().await } } => false,
                 }
             };
-            let now = fingerprint(&self.files);
+            let now = settled(&self.files, debounce).await;
             if !forced && now == self.seen {
                 continue;
             }
@@ -263,5 +284,32 @@ impl Reloader {
         self.seen = fingerprint(&self.files);
         drop(self.watcher.take());
         self.watcher = make_watcher(&self.options, &self.changes.0, &folders(&self.files));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file still being written when the change is noticed is read only once it stops
+    /// changing: the reload never compiles half of it.
+    #[tokio::test]
+    async fn a_file_still_being_written_is_read_once_it_has_settled() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("p.toml");
+        std::fs::write(&file, "name = \"p\"\n").unwrap();
+        let writing = file.clone();
+        let writer = std::thread::spawn(move || {
+            for i in 0..8 {
+                std::thread::sleep(Duration::from_millis(40));
+                let mut text = std::fs::read_to_string(&writing).unwrap();
+                text.push_str(&format!("[[metric]]\nname = \"m{i}\"\n"));
+                std::fs::write(&writing, text).unwrap();
+            }
+        });
+        let files = BTreeSet::from([file.clone()]);
+        let read = settled(&files, Duration::from_millis(150)).await;
+        writer.join().unwrap();
+        assert_eq!(read[0].1.as_deref(), Some(std::fs::read(&file).unwrap().as_slice()), "the whole file, after the last write");
     }
 }
