@@ -510,4 +510,36 @@ mod tests {
         assert_eq!(store.recent_alerts(10).await.unwrap().len(), 1, "and not again");
         dispatcher.close(Duration::from_secs(1)).await;
     }
+
+    /// A metric whose stored state cannot be read holds back only the rules that read it: the
+    /// others are evaluated and fire (once, one such metric stopped every rule's tick).
+    #[tokio::test]
+    async fn one_unreadable_metric_holds_back_only_the_rules_that_read_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let schema = crate::event::schema_of("fields = { id = \"string\", t = \"timestamp\" }\nid = \"id\"\ntime = \"t\"");
+        let inner = EmbeddedStore::open(&EmbeddedConfig { data_dir: dir.path().join("data"), ..Default::default() }, &Default::default(), &schema, &[]).unwrap();
+        let store = Arc::new(FlakyStore { inner, failing: AtomicBool::new(false) });
+        std::fs::write(dir.path().join("all.rhai"), "#{}").unwrap();
+        let metric = |name: &str| -> crate::aggregate::MetricConfig {
+            toml::from_str(&format!("name = \"{name}\"\nscript = {:?}\nreducer = \"count\"", dir.path().join("all.rhai"))).unwrap()
+        };
+        let metric_set = MetricSet::load(&[metric("good"), metric("broken")], &schema).unwrap();
+        let now = chrono::Utc::now().timestamp_millis();
+        let broken = metric_set.metrics()[1].state_key().to_string();
+        store.write_panes(&[PaneRecord { metric: broken, pane_start: now - now % 60_000, partition: 0, offset: 0, state: crate::store::StateJson::stored("{\"nonsense\":1}".into()) }]).await.unwrap();
+        let rules: Vec<AlertConfig> = ["name = \"reads_good\"\ncondition = \"metrics.good >= 0\"", "name = \"reads_broken\"\ncondition = \"metrics.broken >= 0\""].iter().map(|r| toml::from_str(r).unwrap()).collect();
+        let set = AlertSet::load(&AlertingConfig::default(), &rules, Path::new("p.toml")).unwrap();
+        let stats = Stats::new();
+        let dispatcher = Dispatcher::new(&set.config.channels, &set.config.thresholds, stats.clone()).unwrap();
+        let (_metrics_tx, metrics) = watch::channel(Arc::new(metric_set));
+        let sources = Sources { pipeline: "p".into(), store: store.clone(), metrics, stats: stats.clone() };
+        let mut evaluator = Evaluator { states: BTreeMap::new(), unsaved: BTreeMap::new(), last: (Instant::now(), stats.snapshot()), sources };
+        let mut lease = lease::Lease::new("p");
+        assert!(lease.renew(&*store, Duration::from_secs(3600)).await.unwrap());
+        evaluator.tick(&set, &dispatcher, &lease).await;
+        let sent: Vec<String> = store.recent_alerts(10).await.unwrap().into_iter().map(|n| n.alert).collect();
+        assert_eq!(sent, ["reads_good"], "the rule on the readable metric fires; the other waits");
+        assert!(stats.snapshot().alert_errors >= 1, "the unreadable metric is reported");
+        dispatcher.close(Duration::from_secs(1)).await;
+    }
 }
