@@ -765,21 +765,7 @@ pub(super) mod tests {
     fn ratio_reducer_equals_the_custom_script_it_replaced() {
         let schema = crate::event::schema_of("fields = { id = \"string\", interaction_type = \"string\", t = \"timestamp\" }\nid = \"id\"\ntime = \"t\"");
         let scripts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/metrics");
-        let metric = |name: &str, file: &str, reducer: ReducerKind| MetricConfig {
-            name: name.into(),
-            script: scripts.join(file),
-            reducer,
-            k: 1,
-            window: Duration::from_secs(60),
-            slide: None,
-            time: TimeMode::Event,
-            lateness: Duration::from_secs(3600),
-            description: String::new(),
-            unit: String::new(),
-            stages: Vec::new(),
-            exact_limit: 10_000,
-            max_groups: 50_000,
-        };
+        let metric = |name: &str, file: &str, reducer: ReducerKind| MetricConfig { k: 1, ..config(name, scripts.join(file), reducer) };
         let set = Arc::new(MetricSet::load(&[metric("ratio", "conversion_ratio.rhai", ReducerKind::Ratio), metric("custom", "conversion_rate.rhai", ReducerKind::Custom)], &schema).unwrap());
         let kinds = ["view", "purchase", "view", "click", "view", "purchase", "share", "view"];
         let events: Vec<Record> = kinds
@@ -882,12 +868,11 @@ pub(super) mod tests {
         assert_eq!(late.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), ["late:0:2", "late:0:3"]);
     }
 
-    fn scripted(dir: &std::path::Path, name: &str, reducer: ReducerKind, script: &str, max_groups: usize) -> MetricConfig {
-        let path = dir.join(format!("{name}.rhai"));
-        std::fs::write(&path, script).unwrap();
+    /// A tumbling minute's metric with an hour's lateness and top 3.
+    fn config(name: &str, script: std::path::PathBuf, reducer: ReducerKind) -> MetricConfig {
         MetricConfig {
             name: name.into(),
-            script: path,
+            script,
             reducer,
             k: 3,
             window: Duration::from_secs(60),
@@ -898,8 +883,15 @@ pub(super) mod tests {
             unit: String::new(),
             stages: Vec::new(),
             exact_limit: 10_000,
-            max_groups,
+            max_groups: 50_000,
         }
+    }
+
+    /// [`config`] of a script written into `dir`.
+    fn scripted(dir: &std::path::Path, name: &str, reducer: ReducerKind, script: &str, max_groups: usize) -> MetricConfig {
+        let path = dir.join(format!("{name}.rhai"));
+        std::fs::write(&path, script).unwrap();
+        MetricConfig { max_groups, ..config(name, path, reducer) }
     }
 
     /// A custom state JSON cannot hold (infinity) and a value script's infinity are that
