@@ -173,7 +173,10 @@ async fn hostile_records_stall_nothing_and_poison_no_metric() {
     assert_eq!(by_reason(Reason::FailedValidation), 20, "the huge item ids: {:?}", letters.iter().map(|d| (&d.id, d.reason)).collect::<Vec<_>>());
     assert!(letters.iter().filter(|d| d.reason == Reason::FailedValidation).all(|d| d.detail.contains("max_len")));
     assert_eq!(by_reason(Reason::Late), 1, "only the year-1 record is late: {:?}", letters.iter().filter(|d| d.reason == Reason::Late).map(|d| &d.id).collect::<Vec<_>>());
-    assert_eq!(store.count_events().await.unwrap(), good + 3 + 1 + 2, "every record that passed validation is stored raw");
+    // Every record that passed validation is stored raw; the year-1 one may already be gone,
+    // expired by the raw retention's TTL index.
+    let stored = store.count_events().await.unwrap();
+    assert!(stored == good + 3 + 1 + 2 || stored == good + 3 + 2, "{stored} stored");
 
     // Every metric reads, from a fresh set as the dashboard and alerts read it.
     let set = runner::aggregate::MetricSet::load(&sp.pipeline.config.metrics, &sp.pipeline.config.schema().unwrap()).unwrap();
@@ -192,7 +195,7 @@ async fn hostile_records_stall_nothing_and_poison_no_metric() {
     let again = tokio::time::timeout(Duration::from_secs(90), common::run_pipeline(&sp, Components::CONSUMER, None, CancellationToken::new()))
         .await
         .expect("the restarted consumer finishes");
-    assert_eq!(again.stats.stored, 0, "a replay stores nothing twice");
+    assert!(again.stats.duplicates >= good + 5 && again.stats.stored <= 1, "a replay stores nothing twice (but the expired year-1 record): {:?}", again.stats);
     report("hostile records (overflowing sum, clocks ahead and year 1, 64 KiB ids)", good + 26, summary.stats.stored, again.stats.duplicates, letters.len() as u64, None);
 }
 
