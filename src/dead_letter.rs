@@ -35,13 +35,16 @@ pub enum Reason {
     /// damaged): its pane is quarantined whole under the metric's `#quarantined` key and starts
     /// again empty, instead of the consumer retrying the load forever.
     CorruptState,
+    /// A record whose id is already stored with other content (a producer that reuses ids): the
+    /// store keeps the first, the metrics count both, and this dead letter is the second's copy.
+    DuplicateId,
     /// A record or batch the runner itself failed on (a panic while decoding or applying it):
     /// the message says where; the rest of the stream goes on.
     InternalError,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 10] = [
+    pub const ALL: [Reason; 11] = [
         Reason::Empty,
         Reason::TooLarge,
         Reason::InvalidUtf8,
@@ -52,6 +55,7 @@ impl Reason {
         Reason::StoreRejected,
         Reason::CorruptState,
         Reason::InternalError,
+        Reason::DuplicateId,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -66,6 +70,7 @@ impl Reason {
             Reason::StoreRejected => "store_rejected",
             Reason::CorruptState => "corrupt_state",
             Reason::InternalError => "internal_error",
+            Reason::DuplicateId => "duplicate_id",
         }
     }
 }

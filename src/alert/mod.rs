@@ -433,6 +433,9 @@ mod tests {
         async fn count_events(&self) -> anyhow::Result<u64> {
             self.inner.count_events().await
         }
+        async fn stored_events(&self, ids: &[&str]) -> anyhow::Result<Vec<Record>> {
+            self.inner.stored_events(ids).await
+        }
         async fn all_events(&self) -> anyhow::Result<Vec<Record>> {
             self.inner.all_events().await
         }

@@ -324,15 +324,44 @@ async fn store_batch(
         DeadLetter::of_record(format!("store:{}", e.id()), Reason::StoreRejected, r.reason.clone(), at, e)
     });
     let refused: Vec<DeadLetter> = refused.collect();
-    if !batch.dead.is_empty() || !late.is_empty() || !refused.is_empty() {
-        let dead: Vec<_> = batch.dead.iter().cloned().chain(late).chain(refused).collect();
+    let collided = match outcome.duplicates.is_empty() {
+        true => Vec::new(),
+        false => with_retry(stats, stop, batch.events.len(), || collisions(store, batch, &outcome.duplicates)).await?,
+    };
+    if !batch.dead.is_empty() || !late.is_empty() || !refused.is_empty() || !collided.is_empty() {
+        let dead: Vec<_> = batch.dead.iter().cloned().chain(late).chain(refused).chain(collided.iter().cloned()).collect();
         with_retry(stats, stop, batch.events.len(), || store.write_dead_letters(&dead)).await?;
         for d in &dead {
             stats.dead_lettered(d);
         }
     }
-    stats.stored(outcome.inserted, outcome.duplicates);
+    stats.stored(outcome.inserted, (outcome.duplicates.len() - collided.len()) as u64);
     Ok(())
+}
+
+/// The records at `duplicates` (positions in `batch` whose id the store already held) that are
+/// not replays: the stored record with that id says something else. Each becomes a
+/// `duplicate_id` dead letter, so the record the raw store skipped is kept, and said. A replay
+/// reads back equal and is only skipped.
+async fn collisions(store: &dyn EventStore, batch: &Batch, duplicates: &[usize]) -> anyhow::Result<Vec<DeadLetter>> {
+    let ids: Vec<&str> = duplicates.iter().map(|i| batch.events[*i].id()).collect();
+    let stored = store.stored_events(&ids).await?;
+    let by_id: std::collections::HashMap<&str, &Record> = stored.iter().map(|r| (r.id(), r)).collect();
+    let mut out = Vec::new();
+    for &i in duplicates {
+        let e = &batch.events[i];
+        if by_id.get(e.id()).is_some_and(|s| **s != *e) {
+            let at = batch.sources.get(i).copied().unwrap_or((NO_PARTITION, -1));
+            let id = match at.1 >= 0 {
+                true => format!("duplicate_id:{}:{}", at.0, at.1),
+                false => format!("duplicate_id:{}@{}", e.id(), e.time_ms()),
+            };
+            tracing::warn!(event_id = e.id(), partition = at.0, offset = at.1, "a record reuses an id stored with other content: the store keeps the first, the metrics count both, and this one is a duplicate_id dead letter");
+            let detail = format!("event id {:?} is already stored with other content; the raw store keeps the first record, metrics count both, and this is the second", e.id());
+            out.push(DeadLetter::of_record(id, Reason::DuplicateId, detail, at, e));
+        }
+    }
+    Ok(out)
 }
 
 /// Retrying store operations while the store is unavailable: doubling waits up to 10 s, each

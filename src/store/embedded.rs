@@ -303,16 +303,20 @@ impl EventStore for EmbeddedStore {
         self.with_conn(move |conn| {
             let tx = conn.transaction()?;
             let mut inserted = 0;
+            let mut duplicates = Vec::new();
             {
                 let mut stmt = tx.prepare_cached(
                     "INSERT OR IGNORE INTO raw_records (id, time_ms, body) VALUES (?1, ?2, ?3)",
                 )?;
-                for r in &rows {
-                    inserted += stmt.execute(params![r.0, r.1, r.2])? as u64;
+                for (i, r) in rows.iter().enumerate() {
+                    match stmt.execute(params![r.0, r.1, r.2])? {
+                        0 => duplicates.push(i),
+                        n => inserted += n as u64,
+                    }
                 }
             }
             tx.commit()?;
-            Ok(InsertOutcome { inserted, duplicates: rows.len() as u64 - inserted, rejected: Vec::new() })
+            Ok(InsertOutcome { inserted, duplicates, rejected: Vec::new() })
         })
         .await
     }
@@ -321,6 +325,27 @@ impl EventStore for EmbeddedStore {
         self.with_reader(|c| c.query_row("SELECT COUNT(*) FROM raw_records", [], |r| r.get::<_, i64>(0)))
             .await
             .map(|n| n as u64)
+    }
+
+    async fn stored_events(&self, ids: &[&str]) -> anyhow::Result<Vec<Record>> {
+        let ids: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+        let bodies = self
+            .with_reader(move |c| {
+                let mut out = Vec::new();
+                // Within SQLite's limit of bound parameters per statement.
+                for chunk in ids.chunks(500) {
+                    let marks = vec!["?"; chunk.len()].join(",");
+                    let mut stmt = c.prepare(&format!("SELECT body FROM raw_records WHERE id IN ({marks})"))?;
+                    let rows = stmt.query_map(rusqlite::params_from_iter(chunk), |r| r.get::<_, String>(0))?;
+                    out.extend(rows.collect::<rusqlite::Result<Vec<String>>>()?);
+                }
+                Ok(out)
+            })
+            .await?;
+        bodies
+            .iter()
+            .map(|b| Record::from_json(&self.schema, b.as_bytes()).map_err(|e| anyhow::anyhow!("embedded store holds a row that is not a record: {}", e.message)))
+            .collect()
     }
 
     async fn all_events(&self) -> anyhow::Result<Vec<Record>> {

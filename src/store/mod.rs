@@ -18,8 +18,10 @@ use std::sync::Arc;
 pub struct InsertOutcome {
     /// Events written for the first time.
     pub inserted: u64,
-    /// Events whose event_id was already stored (a replay); skipped, not an error.
-    pub duplicates: u64,
+    /// Positions in the batch of events whose id was already stored: skipped, not an error. A
+    /// replay, usually; the consumer reads those ids back to tell a replay from another record
+    /// that reuses an id (see [`EventStore::stored_events`]).
+    pub duplicates: Vec<usize>,
     /// Events the store refused for good (a document the server can never hold); the rest of the
     /// batch is stored. The consumer dead-letters these rather than retrying them forever.
     pub rejected: Vec<Rejected>,
@@ -95,6 +97,8 @@ pub trait EventStore: Send + Sync {
     async fn insert_events(&self, events: &[Record]) -> anyhow::Result<InsertOutcome>;
     /// How many raw events are stored.
     async fn count_events(&self) -> anyhow::Result<u64>;
+    /// The stored raw events with these ids (those that are stored; any order).
+    async fn stored_events(&self, ids: &[&str]) -> anyhow::Result<Vec<Record>>;
     /// Every stored raw event, oldest first (for recomputation and checks; not for the hot path).
     async fn all_events(&self) -> anyhow::Result<Vec<Record>>;
     /// Writes metric partial states, replacing the stored ones with the same (metric, pane,
@@ -208,6 +212,9 @@ impl EventStore for Switchable {
     async fn insert_encoded(&self, events: &[Record], encoded: Encoded) -> anyhow::Result<InsertOutcome> {
         // Encoded for a store since replaced: that store's kind of encoding is re-done by the new one.
         self.current().insert_encoded(events, encoded).await
+    }
+    async fn stored_events(&self, ids: &[&str]) -> anyhow::Result<Vec<Record>> {
+        self.current().stored_events(ids).await
     }
     async fn count_events(&self) -> anyhow::Result<u64> {
         self.current().count_events().await

@@ -74,13 +74,13 @@ impl MongoStore {
             // are unique) and the only way to be sure.
             return Err(Refusal::Transient(e));
         }
-        let duplicates = write_errors.iter().filter(|w| w.1 == DUPLICATE_KEY).count() as u64;
+        let duplicates: Vec<usize> = write_errors.iter().filter(|w| w.1 == DUPLICATE_KEY).map(|w| w.0).collect();
         let rejected: Vec<Rejected> = write_errors
             .into_iter()
             .filter(|w| w.1 != DUPLICATE_KEY)
             .map(|(index, code, message)| Rejected { index, reason: format!("MongoDB refused the document: {message} (code {code})") })
             .collect();
-        Ok(InsertOutcome { inserted: total - duplicates - rejected.len() as u64, duplicates, rejected })
+        Ok(InsertOutcome { inserted: total - duplicates.len() as u64 - rejected.len() as u64, duplicates, rejected })
     }
 
     /// [`Self::insert_documents`] over up to `insert_streams` concurrent streams, each a
@@ -98,7 +98,7 @@ impl MongoStore {
         for (i, outcome) in outcomes.into_iter().enumerate() {
             let o = outcome?;
             total.inserted += o.inserted;
-            total.duplicates += o.duplicates;
+            total.duplicates.extend(o.duplicates.into_iter().map(|d| d + i * size));
             total.rejected.extend(o.rejected.into_iter().map(|r| Rejected { index: r.index + i * size, ..r }));
         }
         Ok(total)
@@ -151,6 +151,11 @@ impl EventStore for MongoStore {
 
     async fn count_events(&self) -> anyhow::Result<u64> {
         Ok(self.raw.count_documents(doc! {}).await.context("MongoDB count failed")?)
+    }
+
+    async fn stored_events(&self, ids: &[&str]) -> anyhow::Result<Vec<Record>> {
+        let docs: Vec<Document> = self.raw.find(doc! {self.schema.id_name(): {"$in": ids}}).await.context("MongoDB find failed")?.try_collect().await.context("MongoDB find failed")?;
+        docs.into_iter().map(|d| from_document(&self.schema, d)).collect()
     }
 
     async fn all_events(&self) -> anyhow::Result<Vec<Record>> {
