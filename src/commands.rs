@@ -62,7 +62,7 @@ pub async fn metrics_at(pipeline: &Pipeline, at_ms: i64) -> anyhow::Result<(Vec<
     for m in set.metrics() {
         let (_, end) = m.window.range_at(at_ms);
         match store.load_results(m.name(), end, end + 1).await?.pop() {
-            Some(r) => values.push(MetricValue { name: r.metric, description: m.config.description.clone(), window_start: r.window_start, window_end: r.window_end, value: r.value, backfilling: None }),
+            Some(r) => values.push(MetricValue { name: r.metric, description: m.config.description.clone(), window_start: r.window_start, window_end: r.window_end, value: r.value, backfilling: None, other: None }),
             None => {
                 not_final.push(m.name().to_string());
                 values.push(crate::aggregate::read(m, &*store, at_ms).await?);

@@ -220,6 +220,34 @@ async fn every_route_on_mongodb_with_a_token() {
     running.wait().await.unwrap();
 }
 
+/// A grouped metric whose panes reach max_groups says so on its panel and in the API: how many
+/// records of the window were counted under `__other__`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_metric_past_max_groups_says_so_on_its_panel() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut p = common::embedded_pipeline(dir.path());
+    let top = p.config.metrics.iter_mut().find(|m| m.name == "top_items").expect("shipped top_items");
+    top.max_groups = 3;
+    let (running, stop) = start(p, port, "").await;
+    let started = Instant::now();
+    let (panels, api) = loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (panels, api) = tokio::task::spawn_blocking(move || (get(port, "/panels", &[]).1, get(port, "/api/metrics", &[]).1)).await.unwrap();
+        if panels.contains("past max_groups") || started.elapsed() > Duration::from_secs(15) {
+            break (panels, api);
+        }
+    };
+    assert!(panels.contains("past max_groups (3 per pane)"), "{panels}");
+    let values: Vec<serde_json::Value> = serde_json::from_str(&api).unwrap();
+    let top = values.iter().find(|v| v["name"] == "top_items").unwrap();
+    assert!(top["other"].as_u64().unwrap_or(0) > 0, "{top}");
+    assert!(!top["value"].to_string().contains("__other__"), "the ranking leaves the overflow out: {top}");
+    assert!(values.iter().find(|v| v["name"] == "active_users").unwrap().get("other").is_none());
+    stop.cancel();
+    running.wait().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn event_fields_render_as_text() {
     let dir = tempfile::tempdir().unwrap();

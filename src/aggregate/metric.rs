@@ -346,6 +346,14 @@ impl Metric {
         }
     }
 
+    /// Records of a merged state counted under `__other__` (keys past `max_groups`), if any.
+    pub fn overflow(&self, partial: &Partial) -> Option<u64> {
+        match partial {
+            Partial::Builtin(s) => s.other_count(),
+            Partial::Custom(_) => None,
+        }
+    }
+
     /// The state as stored.
     ///
     /// A built-in state always encodes (its numbers are kept finite). A custom reducer's state

@@ -20,6 +20,10 @@ pub struct MetricValue {
     /// Set while the metric is being filled from history: `value` is partial until then.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backfilling: Option<Backfilling>,
+    /// Records of the window counted under `__other__`: a pane reached the metric's
+    /// `max_groups`, so `value` leaves some keys out (the dashboard says so).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub other: Option<u64>,
 }
 
 /// How far a metric's backfill has come.
@@ -32,7 +36,13 @@ pub struct Backfilling {
 /// Reads one metric's window ending with the pane holding `at_ms`, merging every stored partial.
 pub async fn read(metric: &Metric, store: &dyn EventStore, at_ms: i64) -> anyhow::Result<MetricValue> {
     let (start, end) = metric.window.range_at(at_ms);
-    let value = windows(metric, store, &[end]).await?.pop().expect("one point per window end").value;
+    let (mut value, mut other) = (Value::Null, None);
+    each_window(metric, store, &[end], |_, merged, _| {
+        value = metric.report(merged).map_err(anyhow::Error::msg)?;
+        other = metric.overflow(merged);
+        Ok(())
+    })
+    .await?;
     // The seams that read saw: a backfill's progress without reading them again.
     let backfilling = super::backfill::progress_of(&metric.settled.kept.lock().await.seams);
     Ok(MetricValue {
@@ -42,6 +52,7 @@ pub async fn read(metric: &Metric, store: &dyn EventStore, at_ms: i64) -> anyhow
         window_end: end,
         value,
         backfilling: backfilling.map(|done| Backfilling { done }),
+        other,
     })
 }
 

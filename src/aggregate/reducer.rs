@@ -312,6 +312,14 @@ impl State {
         }
     }
 
+    /// The records counted under [`OTHER_KEY`], when a pane overflowed into it.
+    pub fn other_count(&self) -> Option<u64> {
+        match self {
+            State::Grouped(map) => map.get(OTHER_KEY).map(count),
+            State::Single(_) | State::PerKey { .. } => None,
+        }
+    }
+
     /// Whether `key` has a group here or may get one under a limit of `max_groups`.
     #[inline]
     pub fn has_room(&self, key: &str, max_groups: usize) -> bool {

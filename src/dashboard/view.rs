@@ -89,6 +89,7 @@ async fn build_view(state: &AppState, range: &'static str) -> Arc<Value> {
     for (m, read) in set.metrics().iter().zip(values.iter()) {
         let read = read.as_ref().ok();
         let backfilling = read.as_ref().and_then(|v| v.backfilling).map(|b| b.done);
+        let other = read.as_ref().and_then(|v| v.other);
         let current = read.map(|v| v.value.clone()).unwrap_or(Value::Null);
         let history = history(state, &set, m, Some(range)).await;
         let (series, hidden) = series_of(m.name(), &history);
@@ -100,6 +101,9 @@ async fn build_view(state: &AppState, range: &'static str) -> Arc<Value> {
             "unit": m.config.unit,
             // While set, the value is partial: the panel says so instead of showing it as final.
             "backfilling": backfilling,
+            // Keys past max_groups were counted together: the panel says how many records.
+            "other": other,
+            "max_groups": m.config.max_groups,
             "kind": kind(&current),
             "value": current,
             "text": headline_number(&current).map(chart::short),
