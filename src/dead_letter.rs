@@ -108,6 +108,16 @@ impl DeadLetter {
         }
     }
 
+    /// The id of a dead letter about record `e` at `(partition, offset)`: `<kind>:<partition>:<offset>`
+    /// where it has a position (the same on a replay, so storing it again keeps one, and distinct
+    /// for two records that reuse an event id), else `<kind>:<event id>@<time>`.
+    pub fn record_id(kind: &str, e: &Record, (partition, offset): (i32, i64)) -> String {
+        match offset >= 0 {
+            true => format!("{kind}:{partition}:{offset}"),
+            false => format!("{kind}:{}@{}", e.id(), e.time_ms()),
+        }
+    }
+
     /// A dead letter for a decoded record, its payload the record as JSON.
     pub fn of_record(id: String, reason: Reason, detail: String, at: (i32, i64), record: &Record) -> DeadLetter {
         let mut json = Vec::new();

@@ -494,7 +494,8 @@ fn apply_metric(m: &Metric, st: &mut MetricState, events: &[Record], sources: &[
             let behind = mark.time - t;
             stats.late_event(m.name(), e.id(), behind);
             let detail = format!("{behind} ms behind the newest event of its partition for metric {:?} (lateness {:?})", m.name(), m.config.lateness);
-            late.push(DeadLetter::of_record(late_id(e, partition, offset), Reason::Late, detail, (partition, offset), e));
+            // Every metric that leaves the record out names the same id, so it is one dead letter.
+            late.push(DeadLetter::of_record(DeadLetter::record_id("late", e, (partition, offset)), Reason::Late, detail, (partition, offset), e));
             continue;
         }
         // The watermark never passes the wall clock: records stamped minutes ahead (a device
@@ -525,16 +526,6 @@ fn apply_metric(m: &Metric, st: &mut MetricState, events: &[Record], sources: &[
         cell.dirty = true;
     }
     late
-}
-
-/// The dead-letter id of a late record: its position where it has one (the same on a replay,
-/// and distinct for two records that reuse an event id), else its id and time. Every metric
-/// that leaves the record out names the same id, so it is one dead letter.
-fn late_id(e: &Record, partition: i32, offset: i64) -> String {
-    match offset >= 0 {
-        true => format!("late:{partition}:{offset}"),
-        false => format!("late:{}@{}", e.id(), e.time_ms()),
-    }
 }
 
 /// One metric's part of [`Aggregator::checkpoint`]: its changed partials and watermarks, marked

@@ -352,10 +352,7 @@ async fn collisions(store: &dyn EventStore, batch: &Batch, duplicates: &[usize])
         let e = &batch.events[i];
         if by_id.get(e.id()).is_some_and(|s| **s != *e) {
             let at = batch.sources.get(i).copied().unwrap_or((NO_PARTITION, -1));
-            let id = match at.1 >= 0 {
-                true => format!("duplicate_id:{}:{}", at.0, at.1),
-                false => format!("duplicate_id:{}@{}", e.id(), e.time_ms()),
-            };
+            let id = DeadLetter::record_id("duplicate_id", e, at);
             tracing::warn!(event_id = e.id(), partition = at.0, offset = at.1, "a record reuses an id stored with other content: the store keeps the first, the metrics count both, and this one is a duplicate_id dead letter");
             let detail = format!("event id {:?} is already stored with other content; the raw store keeps the first record, metrics count both, and this is the second", e.id());
             out.push(DeadLetter::of_record(id, Reason::DuplicateId, detail, at, e));
