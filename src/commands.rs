@@ -27,7 +27,11 @@ pub fn generate(pipeline: &Pipeline, count: u64, out: &mut dyn Write) -> anyhow:
         };
         let n = (crate::generator::rate::batch_for(rate, 1000) as u64).min(left) as usize;
         batch.clear();
-        let tick = crate::generator::Tick { now_ms: started_ms + elapsed.as_millis() as i64, rate, effects: &now.effects };
+        let tick = crate::generator::Tick {
+            now_ms: started_ms + elapsed.as_millis() as i64,
+            rate,
+            effects: &now.effects,
+        };
         generator.fill_at(n, &tick, &mut batch);
         if rate > 0.0 {
             elapsed += std::time::Duration::from_secs_f64(n as f64 / rate);
@@ -47,7 +51,13 @@ pub fn generate(pipeline: &Pipeline, count: u64, out: &mut dyn Write) -> anyhow:
 /// Reads every metric's current window from the pipeline's store.
 pub async fn metrics(pipeline: &Pipeline, at_ms: i64) -> anyhow::Result<Vec<MetricValue>> {
     let set = MetricSet::load(&pipeline.config.metrics, &pipeline.schema())?;
-    let store = crate::store::open(&pipeline.config.mongodb, &pipeline.config.embedded, &pipeline.config.retention, &pipeline.schema()).await?;
+    let store = crate::store::open(
+        &pipeline.config.mongodb,
+        &pipeline.config.embedded,
+        &pipeline.config.retention,
+        &pipeline.schema(),
+    )
+    .await?;
     set.read_all(&*store, at_ms).await
 }
 
@@ -55,14 +65,31 @@ pub async fn metrics(pipeline: &Pipeline, at_ms: i64) -> anyhow::Result<Vec<Metr
 /// the results the consumers wrote when the window closed; with it, the names of the metrics
 /// whose window has no result yet (not closed, or from before results were kept), which are
 /// computed from the stored partials instead.
-pub async fn metrics_at(pipeline: &Pipeline, at_ms: i64) -> anyhow::Result<(Vec<MetricValue>, Vec<String>)> {
+pub async fn metrics_at(
+    pipeline: &Pipeline,
+    at_ms: i64,
+) -> anyhow::Result<(Vec<MetricValue>, Vec<String>)> {
     let set = MetricSet::load(&pipeline.config.metrics, &pipeline.schema())?;
-    let store = crate::store::open(&pipeline.config.mongodb, &pipeline.config.embedded, &pipeline.config.retention, &pipeline.schema()).await?;
+    let store = crate::store::open(
+        &pipeline.config.mongodb,
+        &pipeline.config.embedded,
+        &pipeline.config.retention,
+        &pipeline.schema(),
+    )
+    .await?;
     let (mut values, mut not_final) = (Vec::new(), Vec::new());
     for m in set.metrics() {
         let (_, end) = m.window.range_at(at_ms);
         match store.load_results(m.name(), end, end + 1).await?.pop() {
-            Some(r) => values.push(MetricValue { name: r.metric, description: m.config.description.clone(), window_start: r.window_start, window_end: r.window_end, value: r.value, backfilling: None, other: None }),
+            Some(r) => values.push(MetricValue {
+                name: r.metric,
+                description: m.config.description.clone(),
+                window_start: r.window_start,
+                window_end: r.window_end,
+                value: r.value,
+                backfilling: None,
+                other: None,
+            }),
             None => {
                 not_final.push(m.name().to_string());
                 values.push(crate::aggregate::read(m, &*store, at_ms).await?);
@@ -74,14 +101,29 @@ pub async fn metrics_at(pipeline: &Pipeline, at_ms: i64) -> anyhow::Result<(Vec<
 
 /// Prints metric values as an aligned table.
 pub fn print_metrics(values: &[MetricValue], out: &mut dyn Write) -> std::io::Result<()> {
-    let width = values.iter().map(|v| v.name.len()).max().unwrap_or(6).max(6);
+    let width = values
+        .iter()
+        .map(|v| v.name.len())
+        .max()
+        .unwrap_or(6)
+        .max(6);
     writeln!(out, "{:width$}  {:<21}  value", "metric", "window (UTC)")?;
     for v in values {
-        let start = chrono::DateTime::from_timestamp_millis(v.window_start).map(|t| t.format("%H:%M:%S").to_string()).unwrap_or_default();
-        let end = chrono::DateTime::from_timestamp_millis(v.window_end).map(|t| t.format("%H:%M:%S").to_string()).unwrap_or_default();
+        let start = chrono::DateTime::from_timestamp_millis(v.window_start)
+            .map(|t| t.format("%H:%M:%S").to_string())
+            .unwrap_or_default();
+        let end = chrono::DateTime::from_timestamp_millis(v.window_end)
+            .map(|t| t.format("%H:%M:%S").to_string())
+            .unwrap_or_default();
         match v.backfilling {
             // A partial value is not shown as if it were the window's.
-            Some(b) => writeln!(out, "{:width$}  {start}-{end}      backfilling ({:.0}% done; partial: {})", v.name, 100.0 * b.done, v.value)?,
+            Some(b) => writeln!(
+                out,
+                "{:width$}  {start}-{end}      backfilling ({:.0}% done; partial: {})",
+                v.name,
+                100.0 * b.done,
+                v.value
+            )?,
             None => writeln!(out, "{:width$}  {start}-{end}      {}", v.name, v.value)?,
         }
     }
@@ -92,31 +134,61 @@ pub fn print_metrics(values: &[MetricValue], out: &mut dyn Write) -> std::io::Re
 /// pipeline's history (the Kafka log, or the embedded store's raw rows), replacing the stored
 /// partials, and rewrites the final results of the windows it touched. `until` defaults to the
 /// newest pane live traffic can no longer change (the metric's lateness plus one slide ago).
-pub async fn backfill(pipeline: &Pipeline, metric: &str, since: std::time::Duration, until: Option<std::time::Duration>) -> anyhow::Result<crate::aggregate::backfill::Recomputed> {
+pub async fn backfill(
+    pipeline: &Pipeline,
+    metric: &str,
+    since: std::time::Duration,
+    until: Option<std::time::Duration>,
+) -> anyhow::Result<crate::aggregate::backfill::Recomputed> {
     use crate::aggregate::backfill;
     let config = &pipeline.config;
     let set = MetricSet::load(&config.metrics, &pipeline.schema())?;
-    let index = set.metrics().iter().position(|m| m.name() == metric).ok_or_else(|| {
-        let names: Vec<&str> = set.metrics().iter().map(|m| m.name()).collect();
-        anyhow::anyhow!("{}: no metric {metric:?} (its metrics: {})", pipeline.path.display(), names.join(", "))
-    })?;
+    let index = set
+        .metrics()
+        .iter()
+        .position(|m| m.name() == metric)
+        .ok_or_else(|| {
+            let names: Vec<&str> = set.metrics().iter().map(|m| m.name()).collect();
+            anyhow::anyhow!(
+                "{}: no metric {metric:?} (its metrics: {})",
+                pipeline.path.display(),
+                names.join(", ")
+            )
+        })?;
     let m = &set.metrics()[index];
-    let store = crate::store::open(&config.mongodb, &config.embedded, &config.retention, &pipeline.schema()).await?;
+    let store = crate::store::open(
+        &config.mongodb,
+        &config.embedded,
+        &config.retention,
+        &pipeline.schema(),
+    )
+    .await?;
     let history = crate::pipeline::history(config, &store).map_err(anyhow::Error::msg)?;
     let partitions = match config.kafka.is_embedded() {
         true => vec![crate::transport::NO_PARTITION],
         false => crate::transport::kafka::topic_partitions(&config.kafka).await?,
     };
-    anyhow::ensure!(!partitions.is_empty(), "Kafka topic {:?} does not exist: there is no history to read", config.kafka.topic);
+    anyhow::ensure!(
+        !partitions.is_empty(),
+        "Kafka topic {:?} does not exist: there is no history to read",
+        config.kafka.topic
+    );
     let now = chrono::Utc::now().timestamp_millis();
     let slide = m.window.slide_ms;
     let until_ms = match until {
         Some(ago) => now - ago.as_millis() as i64,
         None => now - m.config.lateness.as_millis() as i64 - slide,
     };
-    let range = (m.window.pane_of(now - since.as_millis() as i64), m.window.pane_of(until_ms));
+    let range = (
+        m.window.pane_of(now - since.as_millis() as i64),
+        m.window.pane_of(until_ms),
+    );
     anyhow::ensure!(range.0 < range.1, "nothing to recompute: --since reaches no pane older than --until (the newest panes are live traffic's; see --until)");
-    let at = |t: i64| chrono::DateTime::from_timestamp_millis(t).map(|t| t.to_rfc3339()).unwrap_or_default();
+    let at = |t: i64| {
+        chrono::DateTime::from_timestamp_millis(t)
+            .map(|t| t.to_rfc3339())
+            .unwrap_or_default()
+    };
     tracing::info!(metric, from = %at(range.0), until = %at(range.1), partitions = partitions.len(), "recomputing from history");
     let screen = config.consumer.validation.screen();
     let last_log = std::sync::Mutex::new(std::time::Instant::now());
@@ -127,5 +199,15 @@ pub async fn backfill(pipeline: &Pipeline, metric: &str, since: std::time::Durat
             tracing::info!(metric, events, "recomputing");
         }
     };
-    backfill::recompute(&set, index, &*history, &partitions, range, &*store, &screen, &progress).await
+    backfill::recompute(
+        &set,
+        index,
+        &*history,
+        &partitions,
+        range,
+        &*store,
+        &screen,
+        &progress,
+    )
+    .await
 }

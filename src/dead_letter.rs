@@ -94,7 +94,13 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
-    pub fn new(id: String, reason: Reason, detail: String, (partition, offset): (i32, i64), payload: &[u8]) -> DeadLetter {
+    pub fn new(
+        id: String,
+        reason: Reason,
+        detail: String,
+        (partition, offset): (i32, i64),
+        payload: &[u8],
+    ) -> DeadLetter {
         let kept = &payload[..payload.len().min(KEEP_BYTES)];
         DeadLetter {
             id,
@@ -119,7 +125,13 @@ impl DeadLetter {
     }
 
     /// A dead letter for a decoded record, its payload the record as JSON.
-    pub fn of_record(id: String, reason: Reason, detail: String, at: (i32, i64), record: &Record) -> DeadLetter {
+    pub fn of_record(
+        id: String,
+        reason: Reason,
+        detail: String,
+        at: (i32, i64),
+        record: &Record,
+    ) -> DeadLetter {
         let mut json = Vec::new();
         record.write_json(&mut json);
         DeadLetter::new(id, reason, detail, at, &json)
@@ -132,7 +144,13 @@ mod tests {
 
     #[test]
     fn a_dead_letter_keeps_the_start_of_a_huge_message_and_its_size() {
-        let d = DeadLetter::new("t:0:1".into(), Reason::TooLarge, "big".into(), (0, 1), &vec![b'x'; 100_000]);
+        let d = DeadLetter::new(
+            "t:0:1".into(),
+            Reason::TooLarge,
+            "big".into(),
+            (0, 1),
+            &vec![b'x'; 100_000],
+        );
         assert_eq!((d.payload.len(), d.payload_bytes), (KEEP_BYTES, 100_000));
     }
 }

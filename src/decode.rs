@@ -9,21 +9,46 @@ use std::sync::Arc;
 /// dead letter keeps.
 /// A panic while decoding (a bug some odd input meets) is that message's `internal_error`,
 /// not the end of the consumer.
-pub fn decode(schema: &Arc<Schema>, bytes: Option<&[u8]>, max_bytes: usize) -> Result<Record, (Reason, String)> {
-    crate::base::catch_panic(|| decode_unguarded(schema, bytes, max_bytes)).unwrap_or_else(|panic| Err((Reason::InternalError, format!("the decoder failed on this message: {panic}"))))
+pub fn decode(
+    schema: &Arc<Schema>,
+    bytes: Option<&[u8]>,
+    max_bytes: usize,
+) -> Result<Record, (Reason, String)> {
+    crate::base::catch_panic(|| decode_unguarded(schema, bytes, max_bytes)).unwrap_or_else(
+        |panic| {
+            Err((
+                Reason::InternalError,
+                format!("the decoder failed on this message: {panic}"),
+            ))
+        },
+    )
 }
 
-fn decode_unguarded(schema: &Arc<Schema>, bytes: Option<&[u8]>, max_bytes: usize) -> Result<Record, (Reason, String)> {
+fn decode_unguarded(
+    schema: &Arc<Schema>,
+    bytes: Option<&[u8]>,
+    max_bytes: usize,
+) -> Result<Record, (Reason, String)> {
     let bytes = match bytes {
         None | Some([]) => return Err((Reason::Empty, "the message has no payload".into())),
         Some(b) => b,
     };
     if bytes.len() > max_bytes {
-        return Err((Reason::TooLarge, format!("{} bytes, more than max_event_bytes = {max_bytes}", bytes.len())));
+        return Err((
+            Reason::TooLarge,
+            format!(
+                "{} bytes, more than max_event_bytes = {max_bytes}",
+                bytes.len()
+            ),
+        ));
     }
     let text = std::str::from_utf8(bytes).map_err(|e| (Reason::InvalidUtf8, e.to_string()))?;
     Record::from_json_str(schema, text).map_err(|e| {
-        let reason = if e.syntax { Reason::NotJson } else { Reason::InvalidEvent };
+        let reason = if e.syntax {
+            Reason::NotJson
+        } else {
+            Reason::InvalidEvent
+        };
         (reason, e.message)
     })
 }
@@ -48,9 +73,17 @@ mod tests {
         assert_eq!(reason(b"{\"user\": \"\xff\"}"), Reason::InvalidUtf8);
         assert_eq!(reason(b"not json"), Reason::NotJson);
         assert_eq!(reason(b"{\"user\": \"u\""), Reason::NotJson);
-        assert_eq!(reason(br#"{"user": {"a": 1}, "t": "2026-01-01T00:00:00Z"}"#), Reason::InvalidEvent);
+        assert_eq!(
+            reason(br#"{"user": {"a": 1}, "t": "2026-01-01T00:00:00Z"}"#),
+            Reason::InvalidEvent
+        );
         assert_eq!(reason(br#"["user", "t"]"#), Reason::InvalidEvent);
-        assert!(decode(&schema(), Some(br#"{"user": "u", "t": "2026-01-01T00:00:00Z"}"#), 200).is_ok());
+        assert!(decode(
+            &schema(),
+            Some(br#"{"user": "u", "t": "2026-01-01T00:00:00Z"}"#),
+            200
+        )
+        .is_ok());
     }
 
     proptest::proptest! {

@@ -33,7 +33,9 @@ impl Inferred {
 
     fn of(v: &Value) -> Option<Inferred> {
         match v {
-            Value::String(s) if parse_time(s, Naive::Utc).is_some() && s.len() >= 10 => Some(Inferred::Timestamp),
+            Value::String(s) if parse_time(s, Naive::Utc).is_some() && s.len() >= 10 => {
+                Some(Inferred::Timestamp)
+            }
             Value::String(_) => Some(Inferred::String),
             Value::Number(n) if n.is_i64() || n.is_u64() => Some(Inferred::Int),
             Value::Number(_) => Some(Inferred::Float),
@@ -98,7 +100,12 @@ pub fn infer(records: &[Map<String, Value>]) -> anyhow::Result<Guess> {
         for (k, v) in r {
             let g = by_name.entry(k.clone()).or_insert_with(|| {
                 order.push(k.clone());
-                FieldGuess { name: k.clone(), ty: Inferred::of(v), optional: false, values: Vec::new() }
+                FieldGuess {
+                    name: k.clone(),
+                    ty: Inferred::of(v),
+                    optional: false,
+                    values: Vec::new(),
+                }
             });
             if v.is_null() {
                 g.optional = true;
@@ -116,14 +123,35 @@ pub fn infer(records: &[Map<String, Value>]) -> anyhow::Result<Guess> {
             g.optional = true;
         }
     }
-    let mut fields: Vec<FieldGuess> = order.into_iter().filter_map(|k| by_name.remove(&k)).collect();
-    let named = |g: &FieldGuess, words: &[&str]| words.iter().any(|w| g.name.to_lowercase() == *w || g.name.to_lowercase().ends_with(&format!("_{w}")));
+    let mut fields: Vec<FieldGuess> = order
+        .into_iter()
+        .filter_map(|k| by_name.remove(&k))
+        .collect();
+    let named = |g: &FieldGuess, words: &[&str]| {
+        words.iter().any(|w| {
+            g.name.to_lowercase() == *w || g.name.to_lowercase().ends_with(&format!("_{w}"))
+        })
+    };
     // The id: a required text field unique in the sample, preferring one named like an id.
-    let unique: Vec<&FieldGuess> = fields.iter().filter(|g| g.ty == Some(Inferred::String) && !g.optional && g.distinct() == records.len()).collect();
-    let id = unique.iter().find(|g| named(g, &["id", "uuid", "key"])).or(unique.first()).map(|g| g.name.clone());
+    let unique: Vec<&FieldGuess> = fields
+        .iter()
+        .filter(|g| g.ty == Some(Inferred::String) && !g.optional && g.distinct() == records.len())
+        .collect();
+    let id = unique
+        .iter()
+        .find(|g| named(g, &["id", "uuid", "key"]))
+        .or(unique.first())
+        .map(|g| g.name.clone());
     // The time: a required timestamp, preferring a name like ts / time / timestamp.
-    let times: Vec<&FieldGuess> = fields.iter().filter(|g| g.ty == Some(Inferred::Timestamp) && !g.optional).collect();
-    let time = times.iter().find(|g| named(g, &["ts", "time", "timestamp", "at", "date"])).or(times.first()).map(|g| g.name.clone());
+    let times: Vec<&FieldGuess> = fields
+        .iter()
+        .filter(|g| g.ty == Some(Inferred::Timestamp) && !g.optional)
+        .collect();
+    let time = times
+        .iter()
+        .find(|g| named(g, &["ts", "time", "timestamp", "at", "date"]))
+        .or(times.first())
+        .map(|g| g.name.clone());
     let (id, id_added) = match id {
         Some(id) => (id, false),
         None => (fresh_name(&fields, "record_id"), true),
@@ -136,15 +164,43 @@ pub fn infer(records: &[Map<String, Value>]) -> anyhow::Result<Guess> {
     // value, preferring one named like an id: records with one key keep their order on Kafka.
     let keys: Vec<&FieldGuess> = fields
         .iter()
-        .filter(|g| g.name != id && g.ty == Some(Inferred::String) && !g.optional && (2..records.len()).contains(&g.distinct()))
+        .filter(|g| {
+            g.name != id
+                && g.ty == Some(Inferred::String)
+                && !g.optional
+                && (2..records.len()).contains(&g.distinct())
+        })
         .collect();
-    let key = keys.iter().find(|g| named(g, &["id"])).or(keys.first()).map(|g| g.name.clone());
-    for (name, added, ty) in [(&id, id_added, Inferred::String), (&time, time_added, Inferred::Timestamp)] {
+    let key = keys
+        .iter()
+        .find(|g| named(g, &["id"]))
+        .or(keys.first())
+        .map(|g| g.name.clone());
+    for (name, added, ty) in [
+        (&id, id_added, Inferred::String),
+        (&time, time_added, Inferred::Timestamp),
+    ] {
         if added {
-            fields.insert(0, FieldGuess { name: name.clone(), ty: Some(ty), optional: false, values: Vec::new() });
+            fields.insert(
+                0,
+                FieldGuess {
+                    name: name.clone(),
+                    ty: Some(ty),
+                    optional: false,
+                    values: Vec::new(),
+                },
+            );
         }
     }
-    Ok(Guess { fields, id, id_added, time, time_added, key, records: records.len() })
+    Ok(Guess {
+        fields,
+        id,
+        id_added,
+        time,
+        time_added,
+        key,
+        records: records.len(),
+    })
 }
 
 fn fresh_name(fields: &[FieldGuess], wanted: &str) -> String {
@@ -157,10 +213,15 @@ fn fresh_name(fields: &[FieldGuess], wanted: &str) -> String {
 
 /// Reads JSON lines; lines that are not JSON objects are counted, not fatal.
 pub fn read_jsonl(path: &Path, limit: usize) -> anyhow::Result<Vec<Map<String, Value>>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read the sample {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the sample {}", path.display()))?;
     let mut out = Vec::new();
     let mut skipped = Vec::new();
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
         match serde_json::from_str::<Value>(line) {
             Ok(Value::Object(m)) => out.push(m),
             _ => skipped.push(i + 1),
@@ -177,17 +238,27 @@ pub fn read_jsonl(path: &Path, limit: usize) -> anyhow::Result<Vec<Map<String, V
 
 /// Reads up to `limit` messages of `topic` from the start (a group of its own, nothing
 /// committed), waiting at most `wait` for more.
-pub fn read_topic(servers: &str, topic: &str, limit: usize, wait: std::time::Duration) -> anyhow::Result<Vec<Map<String, Value>>> {
+pub fn read_topic(
+    servers: &str,
+    topic: &str,
+    limit: usize,
+    wait: std::time::Duration,
+) -> anyhow::Result<Vec<Map<String, Value>>> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::Message;
     let consumer: BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", servers)
-        .set("group.id", format!("runner-init-{}", uuid::Uuid::new_v4().simple()))
+        .set(
+            "group.id",
+            format!("runner-init-{}", uuid::Uuid::new_v4().simple()),
+        )
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .create()
         .context("cannot create a Kafka consumer")?;
-    consumer.subscribe(&[topic]).with_context(|| format!("cannot subscribe to {topic:?}"))?;
+    consumer
+        .subscribe(&[topic])
+        .with_context(|| format!("cannot subscribe to {topic:?}"))?;
     let mut out = Vec::new();
     let mut not_objects = 0;
     let started = std::time::Instant::now();
@@ -201,12 +272,17 @@ pub fn read_topic(servers: &str, topic: &str, limit: usize, wait: std::time::Dur
                     _ => not_objects += 1,
                 }
             }
-            Some(Err(e)) => tracing::warn!(error = %e, "init: kafka error while sampling; continuing"),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "init: kafka error while sampling; continuing")
+            }
             None => {}
         }
     }
     if not_objects > 0 {
-        tracing::warn!(not_objects, "init: messages that are not JSON objects were left out");
+        tracing::warn!(
+            not_objects,
+            "init: messages that are not JSON objects were left out"
+        );
     }
     if out.is_empty() {
         bail!("read no JSON messages from topic {topic:?} at {servers} within {wait:?} (is the topic empty, or the address wrong?)");
@@ -223,17 +299,32 @@ pub struct Written {
 
 /// Writes `<dir>/<name>.toml`, `<dir>/<name>/generator.rhai` and `<dir>/<name>/count.rhai`;
 /// refuses to overwrite unless `force`.
-pub fn write(dir: &Path, name: &str, guess: &Guess, source: &str, force: bool) -> anyhow::Result<Written> {
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+pub fn write(
+    dir: &Path,
+    name: &str,
+    guess: &Guess,
+    source: &str,
+    force: bool,
+) -> anyhow::Result<Written> {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
         bail!("the pipeline name {name:?} must be letters, digits, - and _");
     }
-    let files = Written { pipeline: dir.join(format!("{name}.toml")), generator: dir.join(name).join("generator.rhai"), metric: dir.join(name).join("count.rhai") };
+    let files = Written {
+        pipeline: dir.join(format!("{name}.toml")),
+        generator: dir.join(name).join("generator.rhai"),
+        metric: dir.join(name).join("count.rhai"),
+    };
     for f in [&files.pipeline, &files.generator, &files.metric] {
         if f.exists() && !force {
             bail!("{} exists; pass --force to overwrite it", f.display());
         }
     }
-    std::fs::create_dir_all(dir.join(name)).with_context(|| format!("cannot create {}", dir.join(name).display()))?;
+    std::fs::create_dir_all(dir.join(name))
+        .with_context(|| format!("cannot create {}", dir.join(name).display()))?;
     std::fs::write(&files.pipeline, pipeline_text(name, guess, source))?;
     std::fs::write(&files.generator, generator_text(guess))?;
     std::fs::write(&files.metric, "// Counts every record in the window. Add a key to count per value, e.g.\n// #{ key: field(\"status\") }\n#{}\n")?;
@@ -242,27 +333,62 @@ pub fn write(dir: &Path, name: &str, guess: &Guess, source: &str, force: bool) -
 
 fn pipeline_text(name: &str, g: &Guess, source: &str) -> String {
     let mut t = String::new();
-    let _ = writeln!(t, "# Written by `runner init` from {} records of {source}. Check the [event] section: it is", g.records);
+    let _ = writeln!(
+        t,
+        "# Written by `runner init` from {} records of {source}. Check the [event] section: it is",
+        g.records
+    );
     let _ = writeln!(t, "# what the sample showed, not what the data promises.");
     let _ = writeln!(t, "\nname = \"{name}\"\n\n[event]");
-    let _ = writeln!(t, "id = \"{}\"{}", g.id, if g.id_added { "    # no field was unique in the sample: the runner assigns this one" } else { "" });
-    let _ = writeln!(t, "time = \"{}\"{}", g.time, if g.time_added { "    # the sample had no timestamp in every record: records need one" } else { "" });
+    let _ = writeln!(
+        t,
+        "id = \"{}\"{}",
+        g.id,
+        if g.id_added {
+            "    # no field was unique in the sample: the runner assigns this one"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(
+        t,
+        "time = \"{}\"{}",
+        g.time,
+        if g.time_added {
+            "    # the sample had no timestamp in every record: records need one"
+        } else {
+            ""
+        }
+    );
     match &g.key {
         Some(k) => {
             let _ = writeln!(t, "key = \"{k}\"");
         }
         None => {
-            let _ = writeln!(t, "# key = \"...\"    # a field whose records should stay in order on Kafka");
+            let _ = writeln!(
+                t,
+                "# key = \"...\"    # a field whose records should stay in order on Kafka"
+            );
         }
     }
     let _ = writeln!(t, "\n[event.fields]");
     for f in &g.fields {
         match f.ty {
             Some(ty) => {
-                let _ = writeln!(t, "{} = \"{}{}\"", toml_key(&f.name), ty.name(), if f.optional { "?" } else { "" });
+                let _ = writeln!(
+                    t,
+                    "{} = \"{}{}\"",
+                    toml_key(&f.name),
+                    ty.name(),
+                    if f.optional { "?" } else { "" }
+                );
             }
             None => {
-                let _ = writeln!(t, "# {}: objects, lists or mixed types in the sample; kept undeclared", f.name);
+                let _ = writeln!(
+                    t,
+                    "# {}: objects, lists or mixed types in the sample; kept undeclared",
+                    f.name
+                );
             }
         }
     }
@@ -300,7 +426,11 @@ slide = "5s"
 }
 
 fn toml_key(name: &str) -> String {
-    match name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') && !name.is_empty() {
+    match name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        && !name.is_empty()
+    {
         true => name.to_string(),
         false => format!("{name:?}"),
     }
@@ -308,9 +438,15 @@ fn toml_key(name: &str) -> String {
 
 fn generator_text(g: &Guess) -> String {
     let mut t = String::from("// Written by `runner init`: draws records like the sample's. Edit freely; see the README\n// for the distributions (zipf, weighted, uniform, normal, uuid, sequence, ...).\n\n#{\n");
-    for f in g.fields.iter().filter(|f| f.name != g.id && f.name != g.time) {
+    for f in g
+        .fields
+        .iter()
+        .filter(|f| f.name != g.id && f.name != g.time)
+    {
         let Some(ty) = f.ty else { continue };
-        let Some(expr) = distribution(f, ty) else { continue };
+        let Some(expr) = distribution(f, ty) else {
+            continue;
+        };
         let _ = writeln!(t, "    {}: {expr},", rhai_key(&f.name));
     }
     t.push_str("}\n");
@@ -318,8 +454,13 @@ fn generator_text(g: &Guess) -> String {
 }
 
 fn rhai_key(name: &str) -> String {
-    let plain = name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && !name.starts_with(|c: char| c.is_ascii_digit());
-    if plain { name.to_string() } else { format!("{name:?}") }
+    let plain = name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !name.starts_with(|c: char| c.is_ascii_digit());
+    if plain {
+        name.to_string()
+    } else {
+        format!("{name:?}")
+    }
 }
 
 /// A distribution that draws values like the sample's.
@@ -328,25 +469,44 @@ fn distribution(f: &FieldGuess, ty: Inferred) -> Option<String> {
     match ty {
         Inferred::Timestamp => Some("now()".into()),
         Inferred::Bool => {
-            let yes = f.values.iter().filter(|v| v.as_bool() == Some(true)).count() as f64 / f.values.len().max(1) as f64;
-            Some(format!("weighted(#{{ \"true\": {:.3}, \"false\": {:.3} }})", yes, 1.0 - yes))
+            let yes = f
+                .values
+                .iter()
+                .filter(|v| v.as_bool() == Some(true))
+                .count() as f64
+                / f.values.len().max(1) as f64;
+            Some(format!(
+                "weighted(#{{ \"true\": {:.3}, \"false\": {:.3} }})",
+                yes,
+                1.0 - yes
+            ))
         }
         Inferred::Int => {
-            let (lo, hi) = (nums.iter().cloned().fold(f64::MAX, f64::min), nums.iter().cloned().fold(f64::MIN, f64::max));
-            if nums.is_empty() { Some("uniform_int(0, 100)".into()) } else { Some(format!("uniform_int({}, {})", lo as i64, hi as i64)) }
+            let (lo, hi) = (
+                nums.iter().cloned().fold(f64::MAX, f64::min),
+                nums.iter().cloned().fold(f64::MIN, f64::max),
+            );
+            if nums.is_empty() {
+                Some("uniform_int(0, 100)".into())
+            } else {
+                Some(format!("uniform_int({}, {})", lo as i64, hi as i64))
+            }
         }
         Inferred::Float => {
             if nums.is_empty() {
                 return Some("uniform(0.0, 1.0)".into());
             }
             let mean = nums.iter().sum::<f64>() / nums.len() as f64;
-            let sd = (nums.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / nums.len() as f64).sqrt();
+            let sd =
+                (nums.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / nums.len() as f64).sqrt();
             // The most common number of decimals (a float sum's 0.30000000000000004 is not typical).
             let mut places = [0usize; 7];
             for v in &f.values {
                 places[v.to_string().split('.').nth(1).map_or(0, str::len).min(6)] += 1;
             }
-            let decimals = (0..7).max_by_key(|d| (places[*d], std::cmp::Reverse(*d))).unwrap_or(2);
+            let decimals = (0..7)
+                .max_by_key(|d| (places[*d], std::cmp::Reverse(*d)))
+                .unwrap_or(2);
             Some(format!("normal({mean:.4}, {sd:.4}).round({decimals})"))
         }
         Inferred::String => {
@@ -380,7 +540,12 @@ fn distribution(f: &FieldGuess, ty: Inferred) -> Option<String> {
 fn numbered(texts: &[&str]) -> Option<(String, u64)> {
     let split = |s: &str| {
         let digits = s.len() - s.trim_end_matches(|c: char| c.is_ascii_digit()).len();
-        (digits > 0).then(|| (s[..s.len() - digits].to_string(), s[s.len() - digits..].parse::<u64>().ok()))
+        (digits > 0).then(|| {
+            (
+                s[..s.len() - digits].to_string(),
+                s[s.len() - digits..].parse::<u64>().ok(),
+            )
+        })
     };
     let (prefix, _) = split(texts[0])?;
     let mut max = 0;
@@ -400,7 +565,10 @@ mod tests {
     use serde_json::json;
 
     fn objects(values: Vec<Value>) -> Vec<Map<String, Value>> {
-        values.into_iter().map(|v| v.as_object().unwrap().clone()).collect()
+        values
+            .into_iter()
+            .map(|v| v.as_object().unwrap().clone())
+            .collect()
     }
 
     #[test]
@@ -418,13 +586,22 @@ mod tests {
                 .collect(),
         );
         let g = infer(&sample).unwrap();
-        let ty = |n: &str| g.fields.iter().find(|f| f.name == n).map(|f| (f.ty, f.optional)).unwrap();
+        let ty = |n: &str| {
+            g.fields
+                .iter()
+                .find(|f| f.name == n)
+                .map(|f| (f.ty, f.optional))
+                .unwrap()
+        };
         assert_eq!(ty("amount"), (Some(Inferred::Float), false));
         assert_eq!(ty("qty"), (Some(Inferred::Int), false));
         assert_eq!(ty("paid"), (Some(Inferred::Bool), false));
         assert_eq!(ty("coupon"), (Some(Inferred::String), true));
         assert_eq!(ty("tags").0, None, "a list stays undeclared");
-        assert_eq!((g.id.as_str(), g.time.as_str(), g.key.as_deref()), ("order_id", "created_at", Some("customer")));
+        assert_eq!(
+            (g.id.as_str(), g.time.as_str(), g.key.as_deref()),
+            ("order_id", "created_at", Some("customer"))
+        );
         assert!(!g.id_added && !g.time_added);
     }
 

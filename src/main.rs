@@ -123,7 +123,11 @@ enum Command {
         /// The pipeline's name (also its file, topic and database names).
         name: String,
         /// A sample as JSON lines, one record per line.
-        #[arg(long, conflicts_with = "from_topic", required_unless_present = "from_topic")]
+        #[arg(
+            long,
+            conflicts_with = "from_topic",
+            required_unless_present = "from_topic"
+        )]
         from_file: Option<PathBuf>,
         /// A Kafka topic to sample (read from the start, nothing committed); needs --kafka.
         #[arg(long, requires = "kafka")]
@@ -220,7 +224,12 @@ struct RunArgs {
     /// the traffic for a while, timed from the start), e.g. --scenario viral_item; repeatable
     /// [default: generator.scenarios in the pipeline file]. `--scenario demo` on the shipped
     /// interactions pipeline shows a fast day, the funnel and one alert's whole life in 5 minutes.
-    #[arg(long = "scenario", value_name = "NAME", env = "RUNNER_SCENARIO", value_delimiter = ',')]
+    #[arg(
+        long = "scenario",
+        value_name = "NAME",
+        env = "RUNNER_SCENARIO",
+        value_delimiter = ','
+    )]
     scenarios: Vec<String>,
     /// Set a generator param the script sees, e.g. --param DEVICES=500 (repeatable) [default:
     /// generator.params in the pipeline file].
@@ -284,7 +293,12 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         },
-        Command::Generate { pipeline, count, seed, scenarios } => Pipeline::load(&pipeline)
+        Command::Generate {
+            pipeline,
+            count,
+            seed,
+            scenarios,
+        } => Pipeline::load(&pipeline)
             .map_err(anyhow::Error::from)
             .and_then(|mut p| {
                 if seed.is_some() {
@@ -294,18 +308,62 @@ fn main() -> ExitCode {
                 runner::commands::generate(&p, count, &mut std::io::stdout().lock())
             }),
         Command::Run(args) => run(args),
-        Command::Top { url, token, interval } => runner::top::run(runner::top::TopOptions { url, token: token.filter(|t| !t.is_empty()), interval }),
-        Command::Init { name, from_file, from_topic, kafka, sample, dir, force } => init(&name, from_file, from_topic, kafka, sample, &dir, force),
-        Command::Bench { pipeline, events, runs, kafka, mongodb, json, only } => {
-            bench(pipeline, runner::bench::BenchOptions { events, runs, kafka, mongodb, only }, json)
-        }
+        Command::Top {
+            url,
+            token,
+            interval,
+        } => runner::top::run(runner::top::TopOptions {
+            url,
+            token: token.filter(|t| !t.is_empty()),
+            interval,
+        }),
+        Command::Init {
+            name,
+            from_file,
+            from_topic,
+            kafka,
+            sample,
+            dir,
+            force,
+        } => init(&name, from_file, from_topic, kafka, sample, &dir, force),
+        Command::Bench {
+            pipeline,
+            events,
+            runs,
+            kafka,
+            mongodb,
+            json,
+            only,
+        } => bench(
+            pipeline,
+            runner::bench::BenchOptions {
+                events,
+                runs,
+                kafka,
+                mongodb,
+                only,
+            },
+            json,
+        ),
         Command::Test { pipeline, tests } => match pipeline_tests(pipeline, tests) {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::FAILURE,
             Err(e) => Err(e),
         },
-        Command::Metrics { pipeline, json, at, mongodb, data_dir } => show_metrics(pipeline, json, at, mongodb, data_dir),
-        Command::Backfill { pipeline, metric, since, until, connection } => backfill(pipeline, &metric, since, until, &connection),
+        Command::Metrics {
+            pipeline,
+            json,
+            at,
+            mongodb,
+            data_dir,
+        } => show_metrics(pipeline, json, at, mongodb, data_dir),
+        Command::Backfill {
+            pipeline,
+            metric,
+            since,
+            until,
+            connection,
+        } => backfill(pipeline, &metric, since, until, &connection),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -336,10 +394,16 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     for (name, value) in args.params {
         pipeline.add_override(move |c| {
-            c.generator.params.insert(name.clone(), runner::generator::Param::parse(&value));
+            c.generator
+                .params
+                .insert(name.clone(), runner::generator::Param::parse(&value));
         })?;
     }
-    let has = |wanted: &[ComponentArg]| args.components.iter().any(|c| *c == ComponentArg::All || wanted.contains(c));
+    let has = |wanted: &[ComponentArg]| {
+        args.components
+            .iter()
+            .any(|c| *c == ComponentArg::All || wanted.contains(c))
+    };
     let components = Components {
         generator: has(&[ComponentArg::Generator, ComponentArg::Producer]),
         consumer: has(&[ComponentArg::Consumer]),
@@ -351,29 +415,44 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         max_events: args.events,
         idle_exit: args.exit_when_idle,
         progress_every: args.progress_every,
-        watch: runner::pipeline::WatchOptions { enabled: !args.no_watch, poll: args.watch_poll, ..Default::default() },
+        watch: runner::pipeline::WatchOptions {
+            enabled: !args.no_watch,
+            poll: args.watch_poll,
+            ..Default::default()
+        },
         ..RunOptions::default()
     };
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(async move {
-        let stop = CancellationToken::new();
-        spawn_stop_signals(stop.clone(), args.run_for);
-        let summary = runner::pipeline::run(&pipeline, options, stop).await?;
-        let s = summary.stats;
-        let secs = summary.elapsed.as_secs_f64();
-        tracing::info!(
-            generated = s.generated, stored = s.stored, duplicates = s.duplicates, rejected = s.rejected,
-            delivery_failed = s.delivery_failed, seconds = format!("{secs:.1}"),
-            "finished"
-        );
-        Ok(())
-    })
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(async move {
+            let stop = CancellationToken::new();
+            spawn_stop_signals(stop.clone(), args.run_for);
+            let summary = runner::pipeline::run(&pipeline, options, stop).await?;
+            let s = summary.stats;
+            let secs = summary.elapsed.as_secs_f64();
+            tracing::info!(
+                generated = s.generated,
+                stored = s.stored,
+                duplicates = s.duplicates,
+                rejected = s.rejected,
+                delivery_failed = s.delivery_failed,
+                seconds = format!("{secs:.1}"),
+                "finished"
+            );
+            Ok(())
+        })
 }
 
 fn bench(path: PathBuf, options: runner::bench::BenchOptions, json: bool) -> anyhow::Result<()> {
     let pipeline = Pipeline::load(&path)?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let figures = rt.block_on(runner::bench::run(&pipeline, &options))?;
-    print_json_or_table(json, &figures, |out| runner::bench::print_table(&figures, out))
+    print_json_or_table(json, &figures, |out| {
+        runner::bench::print_table(&figures, out)
+    })
 }
 
 /// Prints `value` as JSON for machines, or the table for people.
@@ -396,7 +475,9 @@ fn print_json_or_table<T: serde::Serialize>(
 fn pipeline_tests(path: PathBuf, tests: Option<PathBuf>) -> anyhow::Result<bool> {
     let pipeline = Pipeline::load(&path)?;
     let tests = tests.unwrap_or_else(|| runner::testing::default_test_file(&path));
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let outcomes = rt.block_on(runner::testing::run_tests(&pipeline, &tests))?;
     let failed = outcomes.iter().filter(|o| !o.failures.is_empty()).count();
     for o in &outcomes {
@@ -413,7 +494,13 @@ fn pipeline_tests(path: PathBuf, tests: Option<PathBuf>) -> anyhow::Result<bool>
     Ok(failed == 0)
 }
 
-fn show_metrics(path: PathBuf, json: bool, at: Option<String>, mongodb: Option<String>, data_dir: Option<PathBuf>) -> anyhow::Result<()> {
+fn show_metrics(
+    path: PathBuf,
+    json: bool,
+    at: Option<String>,
+    mongodb: Option<String>,
+    data_dir: Option<PathBuf>,
+) -> anyhow::Result<()> {
     let mut pipeline = Pipeline::load(&path)?;
     if let Some(m) = mongodb {
         pipeline.config.mongodb.uri = m;
@@ -421,9 +508,14 @@ fn show_metrics(path: PathBuf, json: bool, at: Option<String>, mongodb: Option<S
     if let Some(d) = data_dir {
         pipeline.config.embedded.data_dir = d;
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let values = match at {
-        None => rt.block_on(runner::commands::metrics(&pipeline, chrono::Utc::now().timestamp_millis()))?,
+        None => rt.block_on(runner::commands::metrics(
+            &pipeline,
+            chrono::Utc::now().timestamp_millis(),
+        ))?,
         Some(at) => {
             let at_ms = match chrono::DateTime::parse_from_rfc3339(&at) {
                 Ok(t) => t.timestamp_millis(),
@@ -432,25 +524,39 @@ fn show_metrics(path: PathBuf, json: bool, at: Option<String>, mongodb: Option<S
                     chrono::Utc::now().timestamp_millis() - ago.as_millis() as i64
                 }
             };
-            let (values, not_final) = rt.block_on(runner::commands::metrics_at(&pipeline, at_ms))?;
+            let (values, not_final) =
+                rt.block_on(runner::commands::metrics_at(&pipeline, at_ms))?;
             if !not_final.is_empty() {
                 eprintln!("no final result stored for that window of {} (not closed yet, or older than the results): computed from the stored partials", not_final.join(", "));
             }
             values
         }
     };
-    print_json_or_table(json, &values, |out| runner::commands::print_metrics(&values, out))
+    print_json_or_table(json, &values, |out| {
+        runner::commands::print_metrics(&values, out)
+    })
 }
 
-fn backfill(path: PathBuf, metric: &str, since: Duration, until: Option<Duration>, connection: &Connection) -> anyhow::Result<()> {
+fn backfill(
+    path: PathBuf,
+    metric: &str,
+    since: Duration,
+    until: Option<Duration>,
+    connection: &Connection,
+) -> anyhow::Result<()> {
     let mut pipeline = Pipeline::load(&path)?;
     connection.apply(&mut pipeline.config);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let started = std::time::Instant::now();
     let done = rt.block_on(runner::commands::backfill(&pipeline, metric, since, until))?;
     println!(
         "{metric}: {} events recomputed into {} partials, {} final results rewritten, in {:.1} s",
-        done.events, done.partials, done.results, started.elapsed().as_secs_f64()
+        done.events,
+        done.partials,
+        done.results,
+        started.elapsed().as_secs_f64()
     );
     Ok(())
 }
@@ -466,7 +572,8 @@ fn spawn_stop_signals(stop: CancellationToken, run_for: Option<Duration>) {
         });
     }
     tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         let terminated = async {
             match term.as_mut() {
                 Some(t) => {
@@ -499,18 +606,34 @@ fn add_scenarios(c: &mut runner::config::PipelineConfig, names: &[String]) {
 /// `NAME=VALUE` of `--param`.
 fn parse_param(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
-        Some((name, value)) if !name.trim().is_empty() => Ok((name.trim().to_string(), value.to_string())),
+        Some((name, value)) if !name.trim().is_empty() => {
+            Ok((name.trim().to_string(), value.to_string()))
+        }
         _ => Err(format!("{text:?} is not NAME=VALUE")),
     }
 }
 
 /// `runner init`: sample, infer, write, and say what was written.
-fn init(name: &str, file: Option<PathBuf>, topic: Option<String>, kafka: Option<String>, sample: usize, dir: &std::path::Path, force: bool) -> anyhow::Result<()> {
+fn init(
+    name: &str,
+    file: Option<PathBuf>,
+    topic: Option<String>,
+    kafka: Option<String>,
+    sample: usize,
+    dir: &std::path::Path,
+    force: bool,
+) -> anyhow::Result<()> {
     let (records, source) = match (file, topic) {
-        (Some(f), _) => (runner::init::read_jsonl(&f, sample)?, f.display().to_string()),
+        (Some(f), _) => (
+            runner::init::read_jsonl(&f, sample)?,
+            f.display().to_string(),
+        ),
         (None, Some(t)) => {
             let servers = kafka.unwrap_or_default();
-            (runner::init::read_topic(&servers, &t, sample, Duration::from_secs(10))?, format!("topic {t} at {servers}"))
+            (
+                runner::init::read_topic(&servers, &t, sample, Duration::from_secs(10))?,
+                format!("topic {t} at {servers}"),
+            )
         }
         (None, None) => anyhow::bail!("give --from-file or --from-topic"),
     };
@@ -518,7 +641,15 @@ fn init(name: &str, file: Option<PathBuf>, topic: Option<String>, kafka: Option<
     let written = runner::init::write(dir, name, &guess, &source, force)?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "learned from {} records of {source}:", guess.records)?;
-    writeln!(out, "  id = {:?}{}, time = {:?}{}, key = {:?}", guess.id, if guess.id_added { " (added)" } else { "" }, guess.time, if guess.time_added { " (added)" } else { "" }, guess.key.as_deref().unwrap_or("none"))?;
+    writeln!(
+        out,
+        "  id = {:?}{}, time = {:?}{}, key = {:?}",
+        guess.id,
+        if guess.id_added { " (added)" } else { "" },
+        guess.time,
+        if guess.time_added { " (added)" } else { "" },
+        guess.key.as_deref().unwrap_or("none")
+    )?;
     for f in [&written.pipeline, &written.generator, &written.metric] {
         writeln!(out, "wrote {}", f.display())?;
     }

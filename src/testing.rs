@@ -114,27 +114,43 @@ pub struct TestOutcome {
 
 /// The test file that belongs to a pipeline: `name.toml` -> `name.test.toml`.
 pub fn default_test_file(pipeline: &Path) -> PathBuf {
-    let stem = pipeline.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+    let stem = pipeline
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default();
     pipeline.with_file_name(format!("{stem}.test.toml"))
 }
 
 /// Runs every test in `tests` against the pipeline's metrics.
 pub async fn run_tests(pipeline: &Pipeline, tests: &Path) -> anyhow::Result<Vec<TestOutcome>> {
-    let text = std::fs::read_to_string(tests).with_context(|| format!("cannot read {}", tests.display()))?;
+    let text = std::fs::read_to_string(tests)
+        .with_context(|| format!("cannot read {}", tests.display()))?;
     let file: TestFile = toml::from_str(&text).map_err(|e| {
-        let line = e.span().map(|s| text[..s.start].matches('\n').count() + 1).unwrap_or(0);
+        let line = e
+            .span()
+            .map(|s| text[..s.start].matches('\n').count() + 1)
+            .unwrap_or(0);
         anyhow::anyhow!("{}:{line}: {}", tests.display(), e.message().trim())
     })?;
     let schema = pipeline.schema();
     let set = Arc::new(MetricSet::load(&pipeline.config.metrics, &schema)?);
     let mut outcomes = Vec::new();
     for case in file.tests {
-        outcomes.push(run_case(&set, &schema, &case).await.with_context(|| format!("{}: test {:?}", tests.display(), case.name))?);
+        outcomes.push(
+            run_case(&set, &schema, &case)
+                .await
+                .with_context(|| format!("{}: test {:?}", tests.display(), case.name))?,
+        );
     }
     if !file.alert_tests.is_empty() {
-        let alerts = AlertSet::load(&pipeline.config.alerting, &pipeline.config.alerts, &pipeline.path)?;
+        let alerts = AlertSet::load(
+            &pipeline.config.alerting,
+            &pipeline.config.alerts,
+            &pipeline.path,
+        )?;
         for case in &file.alert_tests {
-            let outcome = run_alert_case(pipeline, &alerts, case).with_context(|| format!("{}: alert test {:?}", tests.display(), case.name))?;
+            let outcome = run_alert_case(pipeline, &alerts, case)
+                .with_context(|| format!("{}: alert test {:?}", tests.display(), case.name))?;
             outcomes.push(outcome);
         }
     }
@@ -146,16 +162,39 @@ const EPOCH_MS: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
 
 /// Runs one alert fixture: evaluates the rule every `every` from `from` to `until` over the
 /// timeline, through the same evaluation and state machine as the running pipeline.
-fn run_alert_case(pipeline: &Pipeline, alerts: &AlertSet, case: &AlertCase) -> anyhow::Result<TestOutcome> {
-    let rule = alerts.rules().iter().find(|r| r.name() == case.rule).ok_or_else(|| {
-        let known: Vec<&str> = alerts.rules().iter().map(|r| r.name()).collect();
-        anyhow::anyhow!("no [[alert]] named {:?} (the file has: {})", case.rule, known.join(", "))
-    })?;
-    let every = case.every.unwrap_or(pipeline.config.alerting.interval).as_millis() as i64;
+fn run_alert_case(
+    pipeline: &Pipeline,
+    alerts: &AlertSet,
+    case: &AlertCase,
+) -> anyhow::Result<TestOutcome> {
+    let rule = alerts
+        .rules()
+        .iter()
+        .find(|r| r.name() == case.rule)
+        .ok_or_else(|| {
+            let known: Vec<&str> = alerts.rules().iter().map(|r| r.name()).collect();
+            anyhow::anyhow!(
+                "no [[alert]] named {:?} (the file has: {})",
+                case.rule,
+                known.join(", ")
+            )
+        })?;
+    let every = case
+        .every
+        .unwrap_or(pipeline.config.alerting.interval)
+        .as_millis() as i64;
     anyhow::ensure!(every > 0, "every must be more than 0s");
     let mut timeline: Vec<&TimelineEntry> = case.values.iter().collect();
     timeline.sort_by_key(|e| e.at);
-    let slide_of = |metric: &str| pipeline.config.metrics.iter().find(|m| m.name == metric).and_then(|m| m.window().ok()).map(|w| w.slide_ms);
+    let slide_of = |metric: &str| {
+        pipeline
+            .config
+            .metrics
+            .iter()
+            .find(|m| m.name == metric)
+            .and_then(|m| m.window().ok())
+            .map(|w| w.slide_ms)
+    };
     // The values in force at `t` ms after the start: each name's latest entry at or before it.
     let at = |t: i64, pick: &dyn Fn(&TimelineEntry) -> &BTreeMap<String, toml::Value>| {
         let mut out = serde_json::Map::new();
@@ -177,7 +216,9 @@ fn run_alert_case(pipeline: &Pipeline, alerts: &AlertSet, case: &AlertCase) -> a
     while t <= until {
         let mut histories = Histories::default();
         for (metric, range) in rule.histories() {
-            let Some(slide) = slide_of(metric) else { continue };
+            let Some(slide) = slide_of(metric) else {
+                continue;
+            };
             let now = EPOCH_MS + t;
             let mut end = now - now.rem_euclid(slide);
             let mut windows = Vec::new();
@@ -196,56 +237,115 @@ fn run_alert_case(pipeline: &Pipeline, alerts: &AlertSet, case: &AlertCase) -> a
             health: crate::alert::rule_value(&Value::Object(at(t, &|e| &e.health))),
             history: Arc::new(histories),
         };
-        let holding = alerts.evaluate(rule, &inputs).map_err(|e| anyhow::anyhow!("at {}: {e}", shown(t)))?;
-        let pending_before: Vec<String> = state.instances.iter().filter(|(_, i)| i.status == Status::Pending).map(|(k, _)| k.clone()).collect();
+        let holding = alerts
+            .evaluate(rule, &inputs)
+            .map_err(|e| anyhow::anyhow!("at {}: {e}", shown(t)))?;
+        let pending_before: Vec<String> = state
+            .instances
+            .iter()
+            .filter(|(_, i)| i.status == Status::Pending)
+            .map(|(k, _)| k.clone())
+            .collect();
         let transitions = state.step(EPOCH_MS + t, holding, rule.timing());
         for (k, i) in &state.instances {
-            if i.status == Status::Pending && !pending_before.contains(k) && i.active_since == EPOCH_MS + t {
+            if i.status == Status::Pending
+                && !pending_before.contains(k)
+                && i.active_since == EPOCH_MS + t
+            {
                 got.push((t, "pending".to_string(), i.labels.clone()));
             }
         }
         for tr in transitions {
-            got.push((t, format!("{:?}", tr.change).to_lowercase(), tr.instance.labels));
+            got.push((
+                t,
+                format!("{:?}", tr.change).to_lowercase(),
+                tr.instance.labels,
+            ));
         }
         t += every;
     }
     let matches = got.len() == case.expect.len()
-        && got.iter().zip(&case.expect).all(|(g, e)| g.0 == e.at.as_millis() as i64 && g.1 == e.change && e.labels.as_ref().is_none_or(|l| *l == g.2));
+        && got.iter().zip(&case.expect).all(|(g, e)| {
+            g.0 == e.at.as_millis() as i64
+                && g.1 == e.change
+                && e.labels.as_ref().is_none_or(|l| *l == g.2)
+        });
     let failures = if matches {
         Vec::new()
     } else {
         let line = |t: i64, change: &str, labels: Option<&BTreeMap<String, String>>| {
-            let labels = labels.filter(|l| !l.is_empty()).map(|l| format!(" {l:?}")).unwrap_or_default();
+            let labels = labels
+                .filter(|l| !l.is_empty())
+                .map(|l| format!(" {l:?}"))
+                .unwrap_or_default();
             format!("{} {change}{labels}", shown(t))
         };
-        let expected: Vec<String> = case.expect.iter().map(|e| line(e.at.as_millis() as i64, &e.change, e.labels.as_ref())).collect();
+        let expected: Vec<String> = case
+            .expect
+            .iter()
+            .map(|e| line(e.at.as_millis() as i64, &e.change, e.labels.as_ref()))
+            .collect();
         let got: Vec<String> = got.iter().map(|g| line(g.0, &g.1, Some(&g.2))).collect();
-        vec![format!("rule {:?}: expected [{}]", case.rule, expected.join(", ")), format!("got      [{}]", got.join(", "))]
+        vec![
+            format!("rule {:?}: expected [{}]", case.rule, expected.join(", ")),
+            format!("got      [{}]", got.join(", ")),
+        ]
     };
-    Ok(TestOutcome { name: case.name.clone(), failures })
+    Ok(TestOutcome {
+        name: case.name.clone(),
+        failures,
+    })
 }
 
 /// A simulated time as the fixture writes it (`95s`, `2m5s`).
 fn shown(ms: i64) -> String {
-    humantime::format_duration(Duration::from_millis(ms.max(0) as u64)).to_string().replace(' ', "")
+    humantime::format_duration(Duration::from_millis(ms.max(0) as u64))
+        .to_string()
+        .replace(' ', "")
 }
 
-async fn run_case(set: &Arc<MetricSet>, schema: &Arc<Schema>, case: &TestCase) -> anyhow::Result<TestOutcome> {
+async fn run_case(
+    set: &Arc<MetricSet>,
+    schema: &Arc<Schema>,
+    case: &TestCase,
+) -> anyhow::Result<TestOutcome> {
     let mut events = Vec::with_capacity(case.events.len());
     for (i, raw) in case.events.iter().enumerate() {
         let json = serde_json::to_vec(raw)?;
-        let mut e = Record::from_json(schema, &json).map_err(|e| anyhow::anyhow!("event {}: {}", i + 1, e.message))?;
-        e.check().map_err(|(_, why)| anyhow::anyhow!("event {}: {why}", i + 1))?;
+        let mut e = Record::from_json(schema, &json)
+            .map_err(|e| anyhow::anyhow!("event {}: {}", i + 1, e.message))?;
+        e.check()
+            .map_err(|(_, why)| anyhow::anyhow!("event {}: {why}", i + 1))?;
         if e.id().is_empty() {
             e.set_id(format!("test-{i}"));
         }
         events.push(e);
     }
-    let dir = std::env::temp_dir().join(format!("runner-test-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()));
+    let dir = std::env::temp_dir().join(format!(
+        "runner-test-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    ));
     let result = async {
-        let store = EmbeddedStore::open(&EmbeddedConfig { data_dir: dir.clone(), ..Default::default() }, &Default::default(), schema, &[])?;
+        let store = EmbeddedStore::open(
+            &EmbeddedConfig {
+                data_dir: dir.clone(),
+                ..Default::default()
+            },
+            &Default::default(),
+            schema,
+            &[],
+        )?;
         let mut agg = Aggregator::new(set.clone(), Stats::new());
-        let absorbed = agg.absorb(&Batch { events, ..Batch::default() }, &store).await?;
+        let absorbed = agg
+            .absorb(
+                &Batch {
+                    events,
+                    ..Batch::default()
+                },
+                &store,
+            )
+            .await?;
         store.write_panes(&absorbed.panes).await?;
         let values = set.read_all(&store, case.at.timestamp_millis()).await?;
         let mut failures = Vec::new();
@@ -259,7 +359,10 @@ async fn run_case(set: &Arc<MetricSet>, schema: &Arc<Schema>, case: &TestCase) -
                 Some(_) => {}
             }
         }
-        Ok::<_, anyhow::Error>(TestOutcome { name: case.name.clone(), failures })
+        Ok::<_, anyhow::Error>(TestOutcome {
+            name: case.name.clone(),
+            failures,
+        })
     }
     .await;
     let _ = std::fs::remove_dir_all(&dir);
@@ -270,12 +373,19 @@ async fn run_case(set: &Arc<MetricSet>, schema: &Arc<Schema>, case: &TestCase) -
 pub fn same_value(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) => {
-            let (x, y) = (x.as_f64().unwrap_or(f64::NAN), y.as_f64().unwrap_or(f64::NAN));
+            let (x, y) = (
+                x.as_f64().unwrap_or(f64::NAN),
+                y.as_f64().unwrap_or(f64::NAN),
+            );
             (x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1.0)
         }
-        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same_value(a, b)),
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same_value(a, b))
+        }
         (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same_value(v, w)))
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| same_value(v, w)))
         }
         _ => a == b,
     }
@@ -289,7 +399,10 @@ mod tests {
     #[test]
     fn numbers_compare_with_tolerance() {
         assert!(same_value(&json!(3), &json!(3.0)));
-        assert!(same_value(&json!({"a": [0.1]}), &json!({"a": [0.1 + 1e-12]})));
+        assert!(same_value(
+            &json!({"a": [0.1]}),
+            &json!({"a": [0.1 + 1e-12]})
+        ));
         assert!(!same_value(&json!({"a": 1}), &json!({"a": 2})));
         assert!(!same_value(&json!({"a": 1}), &json!({"a": 1, "b": 1})));
     }

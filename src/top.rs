@@ -7,7 +7,9 @@
 use crate::base::short;
 use anyhow::Context;
 use crossterm::event::{self, Event, KeyCode, KeyModifiers};
-use crossterm::terminal::{disable_raw_mode, enable_raw_mode, EnterAlternateScreen, LeaveAlternateScreen};
+use crossterm::terminal::{
+    disable_raw_mode, enable_raw_mode, EnterAlternateScreen, LeaveAlternateScreen,
+};
 use ratatui::layout::{Constraint, Direction, Layout};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::Line;
@@ -48,36 +50,114 @@ impl Model {
         let num = |v: &Value| v.as_f64().unwrap_or(0.0);
         let total = |v: &Value| v.as_u64().unwrap_or(0);
         let nodes = topology["nodes"].as_array().cloned().unwrap_or_default();
-        let node = |id: &str| nodes.iter().find(|n| n["id"] == id).cloned().unwrap_or(Value::Null);
-        let flow = [("generated", "generator"), ("consumed", "consumer"), ("stored", "store")]
-            .iter()
-            .map(|(label, id)| (label.to_string(), num(&node(id)["rate"]), total(&node(id)["total"])))
-            .collect();
+        let node = |id: &str| {
+            nodes
+                .iter()
+                .find(|n| n["id"] == id)
+                .cloned()
+                .unwrap_or(Value::Null)
+        };
+        let flow = [
+            ("generated", "generator"),
+            ("consumed", "consumer"),
+            ("stored", "store"),
+        ]
+        .iter()
+        .map(|(label, id)| {
+            (
+                label.to_string(),
+                num(&node(id)["rate"]),
+                total(&node(id)["total"]),
+            )
+        })
+        .collect();
         let partitions = node("transport")["partitions"]
             .as_array()
-            .map(|ps| ps.iter().map(|p| (p["partition"].as_i64().unwrap_or(0), p["end_offset"].as_i64().unwrap_or(0), p["lag"].as_i64().unwrap_or(0), num(&p["rate_in"]))).collect())
+            .map(|ps| {
+                ps.iter()
+                    .map(|p| {
+                        (
+                            p["partition"].as_i64().unwrap_or(0),
+                            p["end_offset"].as_i64().unwrap_or(0),
+                            p["lag"].as_i64().unwrap_or(0),
+                            num(&p["rate_in"]),
+                        )
+                    })
+                    .collect()
+            })
             .unwrap_or_default();
         let metrics = metrics
             .as_array()
-            .map(|ms| ms.iter().map(|m| (m["name"].as_str().unwrap_or("?").to_string(), value_text(&m["value"]))).collect())
+            .map(|ms| {
+                ms.iter()
+                    .map(|m| {
+                        (
+                            m["name"].as_str().unwrap_or("?").to_string(),
+                            value_text(&m["value"]),
+                        )
+                    })
+                    .collect()
+            })
             .unwrap_or_default();
         let alerts = alerts["active"]
             .as_array()
             .map(|a| {
                 a.iter()
                     .map(|a| {
-                        let labels = a["labels"].as_object().map(|l| l.iter().map(|(k, v)| format!("{k}={}", v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()))).collect::<Vec<_>>().join(" ")).unwrap_or_default();
-                        (a["status"].as_str().unwrap_or("?").to_string(), a["alert"].as_str().unwrap_or("?").to_string(), labels)
+                        let labels = a["labels"]
+                            .as_object()
+                            .map(|l| {
+                                l.iter()
+                                    .map(|(k, v)| {
+                                        format!(
+                                            "{k}={}",
+                                            v.as_str()
+                                                .map(str::to_string)
+                                                .unwrap_or_else(|| v.to_string())
+                                        )
+                                    })
+                                    .collect::<Vec<_>>()
+                                    .join(" ")
+                            })
+                            .unwrap_or_default();
+                        (
+                            a["status"].as_str().unwrap_or("?").to_string(),
+                            a["alert"].as_str().unwrap_or("?").to_string(),
+                            labels,
+                        )
                     })
                     .collect()
             })
             .unwrap_or_default();
         let drops = topology["drops"]
             .as_array()
-            .map(|ds| ds.iter().map(|d| (format!("{}: {}", d["at"].as_str().unwrap_or(""), d["what"].as_str().unwrap_or("")), num(&d["rate"]), total(&d["total"]))).collect())
+            .map(|ds| {
+                ds.iter()
+                    .map(|d| {
+                        (
+                            format!(
+                                "{}: {}",
+                                d["at"].as_str().unwrap_or(""),
+                                d["what"].as_str().unwrap_or("")
+                            ),
+                            num(&d["rate"]),
+                            total(&d["total"]),
+                        )
+                    })
+                    .collect()
+            })
             .unwrap_or_default();
-        let latency = health["visible_latency_p50_ms"].as_u64().zip(health["visible_latency_p99_ms"].as_u64());
-        Model { flow, partitions, metrics, alerts, drops, latency }
+        let latency = health["visible_latency_p50_ms"]
+            .as_u64()
+            .zip(health["visible_latency_p99_ms"].as_u64());
+        Model {
+            flow,
+            partitions,
+            metrics,
+            alerts,
+            drops,
+            latency,
+        }
     }
 }
 
@@ -85,11 +165,30 @@ impl Model {
 fn value_text(v: &Value) -> String {
     match v {
         Value::Number(n) => short(n.as_f64().unwrap_or(0.0)),
-        Value::Array(a) => a.iter().take(3).map(|e| format!("{} ({})", e["key"].as_str().unwrap_or("?"), short(e["count"].as_f64().unwrap_or(0.0)))).collect::<Vec<_>>().join(", "),
+        Value::Array(a) => a
+            .iter()
+            .take(3)
+            .map(|e| {
+                format!(
+                    "{} ({})",
+                    e["key"].as_str().unwrap_or("?"),
+                    short(e["count"].as_f64().unwrap_or(0.0))
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
         Value::Object(m) => {
-            let mut entries: Vec<(&String, f64)> = m.iter().filter_map(|(k, v)| Some((k, v.as_f64()?))).collect();
+            let mut entries: Vec<(&String, f64)> = m
+                .iter()
+                .filter_map(|(k, v)| Some((k, v.as_f64()?)))
+                .collect();
             entries.sort_by(|a, b| b.1.total_cmp(&a.1));
-            entries.iter().take(4).map(|(k, n)| format!("{k} {}", short(*n))).collect::<Vec<_>>().join(", ")
+            entries
+                .iter()
+                .take(4)
+                .map(|(k, n)| format!("{k} {}", short(*n)))
+                .collect::<Vec<_>>()
+                .join(", ")
         }
         Value::Null => "–".into(),
         other => other.to_string(),
@@ -103,15 +202,30 @@ async fn fetch(client: &reqwest::Client, opts: &TopOptions) -> anyhow::Result<Mo
         if let Some(t) = &opts.token {
             req = req.bearer_auth(t);
         }
-        let resp = req.send().await.with_context(|| format!("cannot reach {}{path}", opts.url))?;
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {}{path}", opts.url))?;
         let status = resp.status();
-        let body: Value = resp.json().await.with_context(|| format!("{}{path} did not answer JSON", opts.url))?;
+        let body: Value = resp
+            .json()
+            .await
+            .with_context(|| format!("{}{path} did not answer JSON", opts.url))?;
         match status.is_success() {
             true => Ok(body),
-            false => anyhow::bail!("{}{path} answered {status}: {}", opts.url, body["error"].as_str().unwrap_or("")),
+            false => anyhow::bail!(
+                "{}{path} answered {status}: {}",
+                opts.url,
+                body["error"].as_str().unwrap_or("")
+            ),
         }
     };
-    let (topology, metrics, alerts, health) = tokio::try_join!(get("/api/topology"), get("/api/metrics"), get("/api/alerts"), get("/api/health"))?;
+    let (topology, metrics, alerts, health) = tokio::try_join!(
+        get("/api/topology"),
+        get("/api/metrics"),
+        get("/api/alerts"),
+        get("/api/health")
+    )?;
     Ok(Model::from_api(&topology, &metrics, &alerts, &health))
 }
 
@@ -121,20 +235,34 @@ struct Screen;
 impl Drop for Screen {
     fn drop(&mut self) {
         let _ = disable_raw_mode();
-        let _ = crossterm::execute!(std::io::stdout(), LeaveAlternateScreen, crossterm::cursor::Show);
+        let _ = crossterm::execute!(
+            std::io::stdout(),
+            LeaveAlternateScreen,
+            crossterm::cursor::Show
+        );
     }
 }
 
 /// Runs the view until q, Esc or Ctrl-C. The first read must succeed (a wrong address is an
 /// error, not an empty screen); later failures show on the screen with the last values kept.
 pub fn run(opts: TopOptions) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(3)).build()?;
-    let mut model = rt.block_on(fetch(&client, &opts)).with_context(|| format!("runner top: no runner answers at {} (its dashboard address; --url)", opts.url))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()?;
+    let mut model = rt.block_on(fetch(&client, &opts)).with_context(|| {
+        format!(
+            "runner top: no runner answers at {} (its dashboard address; --url)",
+            opts.url
+        )
+    })?;
     enable_raw_mode().context("runner top needs a terminal")?;
     let _screen = Screen;
     crossterm::execute!(std::io::stdout(), EnterAlternateScreen)?;
-    let mut terminal = ratatui::Terminal::new(ratatui::backend::CrosstermBackend::new(std::io::stdout()))?;
+    let mut terminal =
+        ratatui::Terminal::new(ratatui::backend::CrosstermBackend::new(std::io::stdout()))?;
     let mut status = Ok(chrono::Utc::now());
     loop {
         terminal.draw(|f| draw(f, &opts.url, &model, &status))?;
@@ -142,7 +270,8 @@ pub fn run(opts: TopOptions) -> anyhow::Result<()> {
         while let Some(left) = until.checked_duration_since(Instant::now()) {
             if event::poll(left)? {
                 if let Event::Key(k) = event::read()? {
-                    let ctrl_c = k.code == KeyCode::Char('c') && k.modifiers.contains(KeyModifiers::CONTROL);
+                    let ctrl_c =
+                        k.code == KeyCode::Char('c') && k.modifiers.contains(KeyModifiers::CONTROL);
                     if ctrl_c || matches!(k.code, KeyCode::Char('q') | KeyCode::Esc) {
                         return Ok(());
                     }
@@ -159,62 +288,152 @@ pub fn run(opts: TopOptions) -> anyhow::Result<()> {
     }
 }
 
-fn draw(f: &mut Frame, url: &str, m: &Model, status: &Result<chrono::DateTime<chrono::Utc>, String>) {
+fn draw(
+    f: &mut Frame,
+    url: &str,
+    m: &Model,
+    status: &Result<chrono::DateTime<chrono::Utc>, String>,
+) {
     let head = Style::default().add_modifier(Modifier::BOLD);
     let rows = Layout::default()
         .direction(Direction::Vertical)
-        .constraints([Constraint::Length(1), Constraint::Length(m.partitions.len().max(3) as u16 + 3), Constraint::Min(6), Constraint::Length(m.drops.len() as u16 + 3)])
+        .constraints([
+            Constraint::Length(1),
+            Constraint::Length(m.partitions.len().max(3) as u16 + 3),
+            Constraint::Min(6),
+            Constraint::Length(m.drops.len() as u16 + 3),
+        ])
         .split(f.area());
     let title = match status {
-        Ok(at) => Line::styled(format!("runner top · {url} · updated {} UTC · q quits", at.format("%H:%M:%S")), head),
-        Err(e) => Line::styled(format!("runner top · {url} · disconnected: {e}"), Style::default().fg(Color::Red)),
+        Ok(at) => Line::styled(
+            format!(
+                "runner top · {url} · updated {} UTC · q quits",
+                at.format("%H:%M:%S")
+            ),
+            head,
+        ),
+        Err(e) => Line::styled(
+            format!("runner top · {url} · disconnected: {e}"),
+            Style::default().fg(Color::Red),
+        ),
     };
     f.render_widget(Paragraph::new(title), rows[0]);
 
-    let top = Layout::default().direction(Direction::Horizontal).constraints([Constraint::Percentage(45), Constraint::Percentage(55)]).split(rows[1]);
+    let top = Layout::default()
+        .direction(Direction::Horizontal)
+        .constraints([Constraint::Percentage(45), Constraint::Percentage(55)])
+        .split(rows[1]);
     let flow = Table::new(
-        m.flow.iter().map(|(stage, rate, total)| Row::new(vec![Cell::from(stage.clone()), Cell::from(format!("{rate:.1}/s")), Cell::from(total.to_string())])),
-        [Constraint::Length(10), Constraint::Length(12), Constraint::Min(8)],
+        m.flow.iter().map(|(stage, rate, total)| {
+            Row::new(vec![
+                Cell::from(stage.clone()),
+                Cell::from(format!("{rate:.1}/s")),
+                Cell::from(total.to_string()),
+            ])
+        }),
+        [
+            Constraint::Length(10),
+            Constraint::Length(12),
+            Constraint::Min(8),
+        ],
     )
     .header(Row::new(vec!["stage", "rate", "total"]).style(head))
-    .block(Block::default().borders(Borders::ALL).title(match m.latency {
-        Some((p50, p99)) => format!("flow · event→stored p50 {p50} ms p99 {p99} ms"),
-        None => "flow".into(),
-    }));
+    .block(
+        Block::default()
+            .borders(Borders::ALL)
+            .title(match m.latency {
+                Some((p50, p99)) => format!("flow · event→stored p50 {p50} ms p99 {p99} ms"),
+                None => "flow".into(),
+            }),
+    );
     f.render_widget(flow, top[0]);
     let lag = Table::new(
-        m.partitions.iter().map(|(p, end, lag, rate)| Row::new(vec![p.to_string(), end.to_string(), lag.to_string(), format!("{rate:.1}/s")])),
-        [Constraint::Length(9), Constraint::Length(12), Constraint::Length(10), Constraint::Min(8)],
+        m.partitions.iter().map(|(p, end, lag, rate)| {
+            Row::new(vec![
+                p.to_string(),
+                end.to_string(),
+                lag.to_string(),
+                format!("{rate:.1}/s"),
+            ])
+        }),
+        [
+            Constraint::Length(9),
+            Constraint::Length(12),
+            Constraint::Length(10),
+            Constraint::Min(8),
+        ],
     )
     .header(Row::new(vec!["partition", "end offset", "lag", "in"]).style(head))
-    .block(Block::default().borders(Borders::ALL).title(if m.partitions.is_empty() { "partitions (embedded queue: none)" } else { "partitions" }));
+    .block(
+        Block::default()
+            .borders(Borders::ALL)
+            .title(if m.partitions.is_empty() {
+                "partitions (embedded queue: none)"
+            } else {
+                "partitions"
+            }),
+    );
     f.render_widget(lag, top[1]);
 
-    let mid = Layout::default().direction(Direction::Horizontal).constraints([Constraint::Percentage(60), Constraint::Percentage(40)]).split(rows[2]);
+    let mid = Layout::default()
+        .direction(Direction::Horizontal)
+        .constraints([Constraint::Percentage(60), Constraint::Percentage(40)])
+        .split(rows[2]);
     let metrics = Table::new(
-        m.metrics.iter().map(|(name, value)| Row::new(vec![name.clone(), value.clone()])),
+        m.metrics
+            .iter()
+            .map(|(name, value)| Row::new(vec![name.clone(), value.clone()])),
         [Constraint::Length(28), Constraint::Min(10)],
     )
     .header(Row::new(vec!["metric", "value"]).style(head))
-    .block(Block::default().borders(Borders::ALL).title("metrics (current window)"));
+    .block(
+        Block::default()
+            .borders(Borders::ALL)
+            .title("metrics (current window)"),
+    );
     f.render_widget(metrics, mid[0]);
     let alerts = Table::new(
         m.alerts.iter().map(|(status, alert, labels)| {
-            let style = if status == "firing" { Style::default().fg(Color::Red) } else { Style::default().fg(Color::Yellow) };
+            let style = if status == "firing" {
+                Style::default().fg(Color::Red)
+            } else {
+                Style::default().fg(Color::Yellow)
+            };
             Row::new(vec![status.clone(), alert.clone(), labels.clone()]).style(style)
         }),
-        [Constraint::Length(8), Constraint::Length(22), Constraint::Min(6)],
+        [
+            Constraint::Length(8),
+            Constraint::Length(22),
+            Constraint::Min(6),
+        ],
     )
     .header(Row::new(vec!["status", "alert", "labels"]).style(head))
-    .block(Block::default().borders(Borders::ALL).title(format!("alerts ({} active)", m.alerts.len())));
+    .block(
+        Block::default()
+            .borders(Borders::ALL)
+            .title(format!("alerts ({} active)", m.alerts.len())),
+    );
     f.render_widget(alerts, mid[1]);
 
     let drops = Table::new(
         m.drops.iter().map(|(what, rate, total)| {
-            let style = if *rate > 0.0 { Style::default().fg(Color::Yellow) } else { Style::default() };
-            Row::new(vec![what.clone(), format!("{rate:.1}/s"), total.to_string()]).style(style)
+            let style = if *rate > 0.0 {
+                Style::default().fg(Color::Yellow)
+            } else {
+                Style::default()
+            };
+            Row::new(vec![
+                what.clone(),
+                format!("{rate:.1}/s"),
+                total.to_string(),
+            ])
+            .style(style)
         }),
-        [Constraint::Length(40), Constraint::Length(12), Constraint::Min(8)],
+        [
+            Constraint::Length(40),
+            Constraint::Length(12),
+            Constraint::Min(8),
+        ],
     )
     .header(Row::new(vec!["where events leave the flow", "rate", "total"]).style(head))
     .block(Block::default().borders(Borders::ALL));
@@ -249,7 +468,10 @@ mod tests {
         assert_eq!(m.partitions, vec![(0, 900, 12, 480.5)]);
         assert_eq!(m.metrics[1].1, "item_1 (12.0k)");
         assert_eq!(m.metrics[2].1, "click 50, view 30");
-        assert_eq!(m.alerts, vec![("firing".into(), "hot_item".into(), "item=item_1".into())]);
+        assert_eq!(
+            m.alerts,
+            vec![("firing".into(), "hot_item".into(), "item=item_1".into())]
+        );
         assert_eq!(m.drops, vec![("consumer: rejected".into(), 1.5, 3)]);
         assert_eq!(m.latency, Some((40, 90)));
     }

@@ -22,7 +22,11 @@ async fn run_briefly(p: &Pipeline, events: u64) -> runner::pipeline::RunSummary 
         tokio::time::sleep(Duration::from_secs(90)).await;
         guard.cancel();
     });
-    let options = RunOptions { max_events: Some(events), idle_exit: Some(Duration::from_secs(2)), ..Default::default() };
+    let options = RunOptions {
+        max_events: Some(events),
+        idle_exit: Some(Duration::from_secs(2)),
+        ..Default::default()
+    };
     pipeline::run(p, options, stop).await.expect("pipeline run")
 }
 
@@ -32,7 +36,9 @@ async fn run_until(p: &Pipeline, done: impl Fn() -> bool) -> runner::pipeline::R
     let stop = CancellationToken::new();
     let mut p = p.clone();
     p.config.generator.rate = 500.0;
-    let running = pipeline::start(p, RunOptions::default(), stop.clone()).await.expect("pipeline starts");
+    let running = pipeline::start(p, RunOptions::default(), stop.clone())
+        .await
+        .expect("pipeline starts");
     let t = Instant::now();
     while !done() && t.elapsed() < Duration::from_secs(60) {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -62,8 +68,13 @@ struct Receiver {
 
 impl Receiver {
     async fn start(fail_first: u32) -> (Arc<Receiver>, String) {
-        let r = Arc::new(Receiver { fail_first: Mutex::new(fail_first), ..Default::default() });
-        let app = axum::Router::new().route("/hook", axum::routing::post(hook)).with_state(r.clone());
+        let r = Arc::new(Receiver {
+            fail_first: Mutex::new(fail_first),
+            ..Default::default()
+        });
+        let app = axum::Router::new()
+            .route("/hook", axum::routing::post(hook))
+            .with_state(r.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/hook", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -72,12 +83,22 @@ impl Receiver {
 
     /// Bodies of the requests answered 200.
     fn delivered(&self) -> Vec<serde_json::Value> {
-        self.requests.lock().unwrap().iter().filter(|r| r.1 == 200).map(|r| r.2.clone()).collect()
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.1 == 200)
+            .map(|r| r.2.clone())
+            .collect()
     }
 }
 
 async fn hook(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: String) -> StatusCode {
-    let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
     let json = serde_json::from_str(&body).unwrap_or(serde_json::Value::Null);
     let mut fail = r.fail_first.lock().unwrap();
     let status = if *fail > 0 {
@@ -86,7 +107,10 @@ async fn hook(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: String) 
     } else {
         StatusCode::OK
     };
-    r.requests.lock().unwrap().push((key, status.as_u16(), json));
+    r.requests
+        .lock()
+        .unwrap()
+        .push((key, status.as_u16(), json));
     status
 }
 
@@ -105,20 +129,40 @@ impl Smtpd {
         let maildir = tempfile::tempdir().unwrap();
         let port = free_port();
         let child = std::process::Command::new(&python)
-            .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}"), "-c", "aiosmtpd.handlers.Mailbox"])
+            .args([
+                "-m",
+                "aiosmtpd",
+                "-n",
+                "-l",
+                &format!("127.0.0.1:{port}"),
+                "-c",
+                "aiosmtpd.handlers.Mailbox",
+            ])
             // Maildir creates its layout only for a folder that does not exist yet.
             .arg(maildir.path().join("mail"))
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start aiosmtpd with {} ({e}); scripts/services.sh install sets it up", python.display()));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start aiosmtpd with {} ({e}); scripts/services.sh install sets it up",
+                    python.display()
+                )
+            });
         wait_for_port(port).await;
-        Smtpd { child, maildir, port }
+        Smtpd {
+            child,
+            maildir,
+            port,
+        }
     }
 
     /// Every message received so far, as raw RFC 5322 text.
     fn messages(&self) -> Vec<String> {
         let new = self.maildir.path().join("mail/new");
         let mut out: Vec<String> = std::fs::read_dir(&new)
-            .map(|d| d.filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok()).collect())
+            .map(|d| {
+                d.filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+                    .collect()
+            })
             .unwrap_or_default();
         out.sort();
         out
@@ -165,7 +209,11 @@ async fn email_alert_delivered() {
     );
     run_until(&p, || !smtpd.messages().is_empty()).await;
     let messages = smtpd.messages();
-    assert_eq!(messages.len(), 1, "one firing notification, one email: {messages:#?}");
+    assert_eq!(
+        messages.len(),
+        1,
+        "one firing notification, one email: {messages:#?}"
+    );
     let mail = &messages[0];
     println!("--- received by aiosmtpd ---\n{mail}\n--- end ---");
     let header = |name: &str| {
@@ -177,14 +225,26 @@ async fn email_alert_delivered() {
     assert_eq!(header("Subject"), "[FIRING] users_active (critical)");
     assert_eq!(header("From"), "\"runner alerts\" <alerts@runner.test>");
     let to = header("To");
-    assert!(to.contains("oncall@runner.test") && to.contains("lead@runner.test"), "{to}");
+    assert!(
+        to.contains("oncall@runner.test") && to.contains("lead@runner.test"),
+        "{to}"
+    );
     // The envelope recipients, as the server saw them.
     let rcpt = header("X-RcptTo");
-    assert!(rcpt.contains("oncall@runner.test") && rcpt.contains("lead@runner.test"), "{rcpt}");
+    assert!(
+        rcpt.contains("oncall@runner.test") && rcpt.contains("lead@runner.test"),
+        "{rcpt}"
+    );
     let body = mail.split_once("\n\n").map(|(_, b)| b).unwrap_or_default();
     assert!(body.contains("users active (threshold 1)"), "{body}");
-    assert!(body.contains("Fires as soon as anyone is active."), "{body}");
-    assert!(body.contains("alertname = users_active") && body.contains("severity = critical"), "{body}");
+    assert!(
+        body.contains("Fires as soon as anyone is active."),
+        "{body}"
+    );
+    assert!(
+        body.contains("alertname = users_active") && body.contains("severity = critical"),
+        "{body}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -192,17 +252,35 @@ async fn webhook_alert_delivered() {
     let (receiver, url) = Receiver::start(2).await;
     let dir = tempfile::tempdir().unwrap();
     let mut p = common::embedded_pipeline(dir.path());
-    traffic_to_webhook(&mut p, &url, "300ms", "headers = { X-Team = \"data\" }\nretry = { retries = 4, backoff = \"100ms\" }", "labels = { team = \"data\" }");
+    traffic_to_webhook(
+        &mut p,
+        &url,
+        "300ms",
+        "headers = { X-Team = \"data\" }\nretry = { retries = 4, backoff = \"100ms\" }",
+        "labels = { team = \"data\" }",
+    );
     let summary = run_until(&p, || !receiver.delivered().is_empty()).await;
     let requests = receiver.requests.lock().unwrap().clone();
     let statuses: Vec<u16> = requests.iter().map(|r| r.1).collect();
-    assert_eq!(statuses, [500, 500, 200], "two failures, then one delivery, nothing after it");
-    assert!(requests.iter().all(|r| r.0 == requests[0].0 && !r.0.is_empty()), "every retry carries the same Idempotency-Key");
+    assert_eq!(
+        statuses,
+        [500, 500, 200],
+        "two failures, then one delivery, nothing after it"
+    );
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.0 == requests[0].0 && !r.0.is_empty()),
+        "every retry carries the same Idempotency-Key"
+    );
     let n: Notification = serde_json::from_value(receiver.delivered()[0].clone()).unwrap();
     assert_eq!(n.id, requests[0].0);
     assert_eq!((n.alert.as_str(), n.status.as_str()), ("traffic", "firing"));
     assert_eq!(n.labels.get("team").map(String::as_str), Some("data"));
-    assert_eq!(n.labels.get("alertname").map(String::as_str), Some("traffic"));
+    assert_eq!(
+        n.labels.get("alertname").map(String::as_str),
+        Some("traffic")
+    );
     assert_eq!(summary.stats.notifications_sent, 1);
     assert_eq!(summary.stats.notifications_failed, 0);
 }
@@ -216,15 +294,32 @@ async fn scenario_fires_and_resolves() {
     let mut sp = common::service_pipeline("alerts_scenario");
     let p = &mut sp.pipeline;
     p.config.generator.rate = 1000.0;
-    let top = p.config.metrics.iter_mut().find(|m| m.name == "top_items").expect("shipped top_items metric");
+    let top = p
+        .config
+        .metrics
+        .iter_mut()
+        .find(|m| m.name == "top_items")
+        .expect("shipped top_items metric");
     top.window = Duration::from_secs(10);
     top.slide = Some(Duration::from_secs(1));
     let (viral_from, viral_for) = (Duration::from_secs(25), Duration::from_secs(12));
-    let viral = p.config.generator.scenario_defs.iter_mut().find(|s| s.name == "viral_item").expect("shipped viral_item scenario");
+    let viral = p
+        .config
+        .generator
+        .scenario_defs
+        .iter_mut()
+        .find(|s| s.name == "viral_item")
+        .expect("shipped viral_item scenario");
     viral.changes[0].start = viral_from;
     viral.changes[0].duration = viral_for;
     p.config.generator.scenarios = vec!["viral_item".into()];
-    let mut rule = p.config.alerts.iter().find(|a| a.name == "high_item_interactions").expect("shipped rule").clone();
+    let mut rule = p
+        .config
+        .alerts
+        .iter()
+        .find(|a| a.name == "high_item_interactions")
+        .expect("shipped rule")
+        .clone();
     rule.for_ = Duration::from_secs(3);
     rule.keep_firing_for = Duration::from_secs(2);
     p.config.alerts = vec![rule];
@@ -232,7 +327,16 @@ async fn scenario_fires_and_resolves() {
 
     let stop = CancellationToken::new();
     let started = Instant::now();
-    let running = pipeline::start(p.clone(), RunOptions { components: Components::ALL, ..Default::default() }, stop.clone()).await.unwrap();
+    let running = pipeline::start(
+        p.clone(),
+        RunOptions {
+            components: Components::ALL,
+            ..Default::default()
+        },
+        stop.clone(),
+    )
+    .await
+    .unwrap();
     let store = running.store.clone().unwrap();
 
     // (seconds since start, item, status) of every instance seen, until item_42 has resolved.
@@ -249,43 +353,100 @@ async fn scenario_fires_and_resolves() {
         if history.iter().any(|n| n.status == "resolved") {
             break history;
         }
-        assert!(started.elapsed() < Duration::from_secs(120), "no fire-and-resolve cycle in 120 s; seen {seen:?}, history {history:#?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no fire-and-resolve cycle in 120 s; seen {seen:?}, history {history:#?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let ended = started.elapsed();
     stop.cancel();
     running.wait().await.unwrap();
-    println!("instances seen (s since start, item, status): {seen:?}; resolved at {:.1} s", ended.as_secs_f64());
+    println!(
+        "instances seen (s since start, item, status): {seen:?}; resolved at {:.1} s",
+        ended.as_secs_f64()
+    );
 
     let first = seen.first().expect("an instance was seen");
-    assert!(first.0 >= viral_from.as_secs_f64(), "quiet on normal traffic: {seen:?}");
-    assert!(seen.iter().all(|s| s.1 == "item_42"), "only the viral item: {seen:?}");
-    let changes: Vec<(String, String)> = history.iter().rev().map(|n| (n.labels["item"].clone(), n.status.clone())).collect();
-    assert_eq!(changes, [("item_42".to_string(), "firing".to_string()), ("item_42".to_string(), "resolved".to_string())]);
-    assert!(seen.iter().any(|s| s.2 == alert::state::Status::Pending), "pending before firing: {seen:?}");
-    assert!(ended >= viral_from + viral_for, "resolved after the scenario ended, at {ended:?}");
+    assert!(
+        first.0 >= viral_from.as_secs_f64(),
+        "quiet on normal traffic: {seen:?}"
+    );
+    assert!(
+        seen.iter().all(|s| s.1 == "item_42"),
+        "only the viral item: {seen:?}"
+    );
+    let changes: Vec<(String, String)> = history
+        .iter()
+        .rev()
+        .map(|n| (n.labels["item"].clone(), n.status.clone()))
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            ("item_42".to_string(), "firing".to_string()),
+            ("item_42".to_string(), "resolved".to_string())
+        ]
+    );
+    assert!(
+        seen.iter().any(|s| s.2 == alert::state::Status::Pending),
+        "pending before firing: {seen:?}"
+    );
+    assert!(
+        ended >= viral_from + viral_for,
+        "resolved after the scenario ended, at {ended:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_does_not_resend() {
     let (receiver, url) = Receiver::start(0).await;
     let mut sp = common::service_pipeline("alerts_restart");
-    traffic_to_webhook(&mut sp.pipeline, &url, "200ms", "", "repeat_interval = \"1h\"");
+    traffic_to_webhook(
+        &mut sp.pipeline,
+        &url,
+        "200ms",
+        "",
+        "repeat_interval = \"1h\"",
+    );
     run_briefly(&sp.pipeline, 500).await;
     assert_eq!(receiver.delivered().len(), 1, "the first run fires once");
-    let store = runner::store::open(&sp.pipeline.config.mongodb, &sp.pipeline.config.embedded, &sp.pipeline.config.retention, &sp.pipeline.config.schema().unwrap()).await.unwrap();
+    let store = runner::store::open(
+        &sp.pipeline.config.mongodb,
+        &sp.pipeline.config.embedded,
+        &sp.pipeline.config.retention,
+        &sp.pipeline.config.schema().unwrap(),
+    )
+    .await
+    .unwrap();
     let before = alert::active_alerts(&*store).await.unwrap();
     assert_eq!(before.len(), 1);
     assert_eq!(before[0].status, alert::state::Status::Firing);
 
     // A second process on the same store, while the alert still holds: it keeps firing quietly.
     let summary = run_briefly(&sp.pipeline, 500).await;
-    assert!(summary.elapsed > Duration::from_secs(2), "evaluated for a while: {:?}", summary.elapsed);
+    assert!(
+        summary.elapsed > Duration::from_secs(2),
+        "evaluated for a while: {:?}",
+        summary.elapsed
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(receiver.delivered().len(), 1, "no duplicate notification after the restart");
+    assert_eq!(
+        receiver.delivered().len(),
+        1,
+        "no duplicate notification after the restart"
+    );
     let after = alert::active_alerts(&*store).await.unwrap();
-    let identity = |a: &[alert::ActiveAlert]| a.iter().map(|a| (a.alert.clone(), a.status, a.fired_at)).collect::<Vec<_>>();
-    assert_eq!(identity(&after), identity(&before), "the same instance, firing since the first run");
+    let identity = |a: &[alert::ActiveAlert]| {
+        a.iter()
+            .map(|a| (a.alert.clone(), a.status, a.fired_at))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        identity(&after),
+        identity(&before),
+        "the same instance, firing since the first run"
+    );
 }
 
 /// A firing alert is sent again every `repeat_interval`, and not in between.
@@ -295,15 +456,26 @@ async fn firing_alert_repeats_every_repeat_interval() {
     let dir = tempfile::tempdir().unwrap();
     let mut p = common::embedded_pipeline(dir.path());
     traffic_to_webhook(&mut p, &url, "100ms", "", "repeat_interval = \"1s\"");
-    let changes = || receiver.delivered().iter().map(|n| n["change"].as_str().unwrap_or("").to_string()).collect::<Vec<_>>();
+    let changes = || {
+        receiver
+            .delivered()
+            .iter()
+            .map(|n| n["change"].as_str().unwrap_or("").to_string())
+            .collect::<Vec<_>>()
+    };
     run_until(&p, || changes().len() >= 4).await;
     let delivered = receiver.delivered();
     let changes = changes();
     assert_eq!(changes[0], "firing");
     assert!(changes[1..4].iter().all(|c| c == "repeat"), "{changes:?}");
-    let at = |i: usize| chrono::DateTime::parse_from_rfc3339(delivered[i]["at"].as_str().unwrap()).unwrap();
+    let at = |i: usize| {
+        chrono::DateTime::parse_from_rfc3339(delivered[i]["at"].as_str().unwrap()).unwrap()
+    };
     for i in 1..4 {
         let gap = (at(i) - at(i - 1)).num_milliseconds();
-        assert!((1_000..1_600).contains(&gap), "repeat {i} came {gap} ms after the one before");
+        assert!(
+            (1_000..1_600).contains(&gap),
+            "repeat {i} came {gap} ms after the one before"
+        );
     }
 }

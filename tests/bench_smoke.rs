@@ -6,8 +6,23 @@ mod common;
 #[test]
 fn bench_smoke_run_prints_every_figure() {
     let out = common::runner()
-        .args(["bench", common::shipped_pipeline().to_str().unwrap(), "--events", "3000", "--runs", "1", "--json"])
-        .args(["--kafka", &common::kafka(), "--mongodb", &common::mongodb(), "--log", "warn"])
+        .args([
+            "bench",
+            common::shipped_pipeline().to_str().unwrap(),
+            "--events",
+            "3000",
+            "--runs",
+            "1",
+            "--json",
+        ])
+        .args([
+            "--kafka",
+            &common::kafka(),
+            "--mongodb",
+            &common::mongodb(),
+            "--log",
+            "warn",
+        ])
         .env("KAFKA_CONNECT_TIMEOUT", "15s")
         .env("MONGODB_CONNECT_TIMEOUT", "15s")
         .output()
@@ -15,7 +30,10 @@ fn bench_smoke_run_prints_every_figure() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let figures: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
-    let names: Vec<&str> = figures.iter().map(|f| f["name"].as_str().unwrap().trim()).collect();
+    let names: Vec<&str> = figures
+        .iter()
+        .map(|f| f["name"].as_str().unwrap().trim())
+        .collect();
     let shipped = common::load_pipeline(&[]).config.metrics.len();
     let aggregate = format!("aggregate: {shipped} shipped metrics");
     let wanted = [
@@ -44,22 +62,41 @@ fn bench_smoke_run_prints_every_figure() {
         "peak RSS of a runner process holding them",
     ];
     for wanted in wanted {
-        assert!(names.iter().any(|n| n.starts_with(wanted)), "missing {wanted:?} in {names:?}");
+        assert!(
+            names.iter().any(|n| n.starts_with(wanted)),
+            "missing {wanted:?} in {names:?}"
+        );
     }
     for f in &figures {
         assert!(f["median"].as_f64().unwrap() > 0.0, "{f}");
         // The runner's CPU per event: named "cpu", in µs per event (#21's judging form).
-        if f["name"].as_str().unwrap().contains(" cpu") && !f["name"].as_str().unwrap().contains("per core") {
+        if f["name"].as_str().unwrap().contains(" cpu")
+            && !f["name"].as_str().unwrap().contains("per core")
+        {
             assert_eq!(f["unit"], "us/event", "{f}");
         }
     }
     // The memory figure is meant for 100,000+ keys (users) in one window; the run must really hold them.
-    let active = figures.iter().find(|f| f["name"].as_str().unwrap().starts_with("active keys")).unwrap();
+    let active = figures
+        .iter()
+        .find(|f| f["name"].as_str().unwrap().starts_with("active keys"))
+        .unwrap();
     assert!(active["median"].as_f64().unwrap() > 100_000.0, "{active}");
 
     let leftover_databases: Vec<String> = tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let client = mongodb::Client::with_uri_str(common::mongodb()).await.unwrap();
-        client.list_database_names().await.unwrap().into_iter().filter(|d| d.starts_with("bench_")).collect()
+        let client = mongodb::Client::with_uri_str(common::mongodb())
+            .await
+            .unwrap();
+        client
+            .list_database_names()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|d| d.starts_with("bench_"))
+            .collect()
     });
-    assert!(leftover_databases.is_empty(), "the bench left databases behind: {leftover_databases:?}");
+    assert!(
+        leftover_databases.is_empty(),
+        "the bench left databases behind: {leftover_databases:?}"
+    );
 }

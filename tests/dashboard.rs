@@ -29,8 +29,20 @@ async fn start(mut p: Pipeline, port: u16, token: &str) -> (Running, Cancellatio
         "#,
     );
     let stop = CancellationToken::new();
-    let components = Components { dashboard: true, ..Components::ALL };
-    let running = pipeline::start(p, RunOptions { components, ..Default::default() }, stop.clone()).await.unwrap();
+    let components = Components {
+        dashboard: true,
+        ..Components::ALL
+    };
+    let running = pipeline::start(
+        p,
+        RunOptions {
+            components,
+            ..Default::default()
+        },
+        stop.clone(),
+    )
+    .await
+    .unwrap();
     wait_for_port(port).await;
     (running, stop)
 }
@@ -39,10 +51,21 @@ async fn start(mut p: Pipeline, port: u16, token: &str) -> (Running, Cancellatio
 fn check_routes(port: u16, auth: &[(&str, &str)]) {
     let (code, html) = get(port, "/", auth);
     assert_eq!(code, 200);
-    assert!(html.contains("data-panel=\"headline\"") && html.contains("data-panel=\"health\""), "{html}");
+    assert!(
+        html.contains("data-panel=\"headline\"") && html.contains("data-panel=\"health\""),
+        "{html}"
+    );
     // The headline tiles are the ones the pipeline file names, in its order.
-    let tiles: Vec<&str> = html.split("data-tile=\"").skip(1).map(|t| t.split('"').next().unwrap()).collect();
-    assert_eq!(tiles, ["active_users", "active_items", "avg_interactions_per_user"], "{html}");
+    let tiles: Vec<&str> = html
+        .split("data-tile=\"")
+        .skip(1)
+        .map(|t| t.split('"').next().unwrap())
+        .collect();
+    assert_eq!(
+        tiles,
+        ["active_users", "active_items", "avg_interactions_per_user"],
+        "{html}"
+    );
     let (code, panels) = get(port, "/panels?range=1h", auth);
     assert_eq!(code, 200);
     assert!(panels.contains("data-metric=\"active_users\""));
@@ -50,18 +73,46 @@ fn check_routes(port: u16, auth: &[(&str, &str)]) {
     assert_eq!(code, 200);
     let metrics: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
     assert_eq!(metrics.len(), 10);
-    assert!(metrics.iter().find(|m| m["name"] == "active_users").unwrap()["value"].as_u64().unwrap() > 0, "{body}");
+    assert!(
+        metrics
+            .iter()
+            .find(|m| m["name"] == "active_users")
+            .unwrap()["value"]
+            .as_u64()
+            .unwrap()
+            > 0,
+        "{body}"
+    );
     let (code, body) = get(port, "/api/metrics/active_users/history?range=5m", auth);
     assert_eq!(code, 200);
     let points: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
-    assert!(points.len() > 10 && points.iter().any(|p| p["value"].as_u64().unwrap_or(0) > 0), "{body}");
+    assert!(
+        points.len() > 10 && points.iter().any(|p| p["value"].as_u64().unwrap_or(0) > 0),
+        "{body}"
+    );
     // Five minutes ago this store was empty: those windows are no data, not zero users.
     assert!(points[0]["value"].is_null(), "{body}");
     let (code, body) = get(port, "/api/topology", auth);
     assert_eq!(code, 200);
     let topology: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let nodes: Vec<&str> = topology["nodes"].as_array().unwrap().iter().map(|n| n["id"].as_str().unwrap()).collect();
-    assert_eq!(nodes, ["generator", "transport", "consumer", "store", "metrics", "alerts"], "{body}");
+    let nodes: Vec<&str> = topology["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        nodes,
+        [
+            "generator",
+            "transport",
+            "consumer",
+            "store",
+            "metrics",
+            "alerts"
+        ],
+        "{body}"
+    );
     assert_eq!(topology["edges"].as_array().unwrap().len(), 5, "{body}");
     assert_eq!(get(port, "/api/metrics/nope/history", auth).0, 404);
     let (code, body) = get(port, "/api/health", auth);
@@ -74,21 +125,59 @@ fn check_routes(port: u16, auth: &[(&str, &str)]) {
     let scrape = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text format");
     // Classic text format unless OpenMetrics is asked for (as Prometheus does), where a counter
     // family `runner_events_stored` has the sample `..._total`.
-    assert!(body.contains("# TYPE runner_events_stored_total counter\n"), "{body}");
-    let accept = [auth, &[("Accept", "application/openmetrics-text;version=1.0.0,text/plain;q=0.5")]].concat();
+    assert!(
+        body.contains("# TYPE runner_events_stored_total counter\n"),
+        "{body}"
+    );
+    let accept = [
+        auth,
+        &[(
+            "Accept",
+            "application/openmetrics-text;version=1.0.0,text/plain;q=0.5",
+        )],
+    ]
+    .concat();
     let (code, open) = get(port, "/metrics", &accept);
     assert_eq!(code, 200);
-    assert!(open.contains("# TYPE runner_events_stored counter\n") && open.ends_with("# EOF\n"), "{open}");
-    let stored = scrape.samples.iter().find(|s| s.metric == "runner_events_stored_total").expect("stored counter");
-    assert!(matches!(stored.value, prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) if v > 0.0), "{body}");
-    assert!(scrape.samples.iter().any(|s| s.metric == "runner_metric" && s.labels.get("name") == Some("active_users")));
+    assert!(
+        open.contains("# TYPE runner_events_stored counter\n") && open.ends_with("# EOF\n"),
+        "{open}"
+    );
+    let stored = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == "runner_events_stored_total")
+        .expect("stored counter");
+    assert!(
+        matches!(stored.value, prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) if v > 0.0),
+        "{body}"
+    );
+    assert!(scrape
+        .samples
+        .iter()
+        .any(|s| s.metric == "runner_metric" && s.labels.get("name") == Some("active_users")));
     let (code, body) = get(port, "/api/alerts", auth);
     assert_eq!(code, 200);
     let alerts: serde_json::Value = serde_json::from_str(&body).unwrap();
     let active = alerts["active"].as_array().unwrap();
-    assert!(active.iter().any(|a| a["alert"] == "traffic" && a["status"] == "firing" && a["value"].as_f64() > Some(0.0)), "{body}");
-    assert!(alerts["recent"].as_array().unwrap().iter().any(|n| n["alert"] == "traffic" && n["change"] == "firing"), "{body}");
-    assert!(scrape.samples.iter().any(|s| s.metric == "runner_alerts" && s.labels.get("alertname") == Some("traffic")));
+    assert!(
+        active.iter().any(|a| a["alert"] == "traffic"
+            && a["status"] == "firing"
+            && a["value"].as_f64() > Some(0.0)),
+        "{body}"
+    );
+    assert!(
+        alerts["recent"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["alert"] == "traffic" && n["change"] == "firing"),
+        "{body}"
+    );
+    assert!(scrape
+        .samples
+        .iter()
+        .any(|s| s.metric == "runner_alerts" && s.labels.get("alertname") == Some("traffic")));
     assert_eq!(get(port, "/assets/dashboard.js", auth).0, 200);
     assert_eq!(get(port, "/assets/missing.js", auth).0, 404);
 }
@@ -99,7 +188,9 @@ async fn every_route_on_the_embedded_store() {
     let port = free_port();
     let (running, stop) = start(common::embedded_pipeline(dir.path()), port, "").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    tokio::task::spawn_blocking(move || check_routes(port, &[])).await.unwrap();
+    tokio::task::spawn_blocking(move || check_routes(port, &[]))
+        .await
+        .unwrap();
     stop.cancel();
     running.wait().await.unwrap();
 }
@@ -108,7 +199,8 @@ async fn every_route_on_the_embedded_store() {
 fn open_stream(port: u16) -> (TcpStream, String) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(b"GET /events?range=5m HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    s.write_all(b"GET /events?range=5m HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap_or(0) == 1 {
@@ -131,7 +223,10 @@ async fn viewers_beyond_the_limit_get_503_until_a_seat_is_free() {
         let (_second, head) = open_stream(port);
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
         let (_, head) = open_stream(port);
-        assert!(head.starts_with("HTTP/1.1 503") && head.to_lowercase().contains("retry-after: 5"), "{head}");
+        assert!(
+            head.starts_with("HTTP/1.1 503") && head.to_lowercase().contains("retry-after: 5"),
+            "{head}"
+        );
         drop(first);
         let t = Instant::now();
         loop {
@@ -139,7 +234,10 @@ async fn viewers_beyond_the_limit_get_503_until_a_seat_is_free() {
             if head.starts_with("HTTP/1.1 200") {
                 break;
             }
-            assert!(t.elapsed() < Duration::from_secs(10), "the seat was not given back: {head}");
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "the seat was not given back: {head}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     })
@@ -161,14 +259,27 @@ async fn token_in_the_address_becomes_a_cookie_and_stays_out_of_the_page() {
         let first = get_raw(port, "/?range=1h&token=t0k%26n%20with%20space", &[]);
         assert_eq!(first.split_whitespace().nth(1), Some("303"), "{first}");
         assert!(first.contains("\r\nlocation: /?range=1h\r\n"), "{first}");
-        let cookie = first.lines().find_map(|l| l.strip_prefix("set-cookie: ")).expect("a cookie is set").to_string();
-        assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
+        let cookie = first
+            .lines()
+            .find_map(|l| l.strip_prefix("set-cookie: "))
+            .expect("a cookie is set")
+            .to_string();
+        assert!(
+            cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+            "{cookie}"
+        );
         let pair = cookie.split(';').next().unwrap().to_string();
         let (code, html) = get(port, "/?range=1h", &[("Cookie", &pair)]);
         assert_eq!(code, 200, "the cookie alone opens the page");
-        assert!(!html.contains("t0k") && !html.contains("token="), "the token is not written into the page");
+        assert!(
+            !html.contains("t0k") && !html.contains("token="),
+            "the token is not written into the page"
+        );
         assert_eq!(get(port, "/api/health", &[("Cookie", &pair)]).0, 200);
-        assert_eq!(get(port, "/api/health", &[("Cookie", "runner_token=t0k")]).0, 401);
+        assert_eq!(
+            get(port, "/api/health", &[("Cookie", "runner_token=t0k")]).0,
+            401
+        );
         // Probes need no token.
         assert_eq!(get(port, "/healthz", &[]), (200, "ok\n".to_string()));
         assert_eq!(get(port, "/readyz", &[]), (200, "ready\n".to_string()));
@@ -186,31 +297,86 @@ async fn every_route_on_mongodb_with_a_token() {
     let (running, stop) = start(sp.pipeline.clone(), port, "s3cret").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     tokio::task::spawn_blocking(move || {
-        for path in ["/", "/api/metrics", "/api/health", "/api/alerts", "/metrics", "/events", "/panels"] {
+        for path in [
+            "/",
+            "/api/metrics",
+            "/api/health",
+            "/api/alerts",
+            "/metrics",
+            "/events",
+            "/panels",
+        ] {
             assert_eq!(get(port, path, &[]).0, 401, "{path} needs the token");
-            assert_eq!(get(port, path, &[("Authorization", "Bearer wrong")]).0, 401, "{path}");
+            assert_eq!(
+                get(port, path, &[("Authorization", "Bearer wrong")]).0,
+                401,
+                "{path}"
+            );
         }
-        assert_eq!(get(port, "/api/health?token=s3cret", &[]).0, 401, "a token in the URL opens only the page");
-        assert_eq!(get(port, "/?token=s3cret", &[]).0, 303, "the page takes it once and redirects it away");
+        assert_eq!(
+            get(port, "/api/health?token=s3cret", &[]).0,
+            401,
+            "a token in the URL opens only the page"
+        );
+        assert_eq!(
+            get(port, "/?token=s3cret", &[]).0,
+            303,
+            "the page takes it once and redirects it away"
+        );
         // DNS rebinding: a request for another host name is refused, token or not.
-        let rebound = get_raw(port, "/api/health", &[("Host", "evil.example:8050"), ("Authorization", "Bearer s3cret")]);
+        let rebound = get_raw(
+            port,
+            "/api/health",
+            &[
+                ("Host", "evil.example:8050"),
+                ("Authorization", "Bearer s3cret"),
+            ],
+        );
         assert_eq!(rebound.split_whitespace().nth(1), Some("421"), "{rebound}");
         check_routes(port, &[("Authorization", "Bearer s3cret")]);
         let (_, body) = get(port, "/api/health", &[("Authorization", "Bearer s3cret")]);
         let health: serde_json::Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(health["consumer_lag"].as_array().map(|a| a.len()), Some(3), "lag of every partition: {body}");
+        assert_eq!(
+            health["consumer_lag"].as_array().map(|a| a.len()),
+            Some(3),
+            "lag of every partition: {body}"
+        );
         let (_, body) = get(port, "/metrics", &[("Authorization", "Bearer s3cret")]);
-        assert!(body.contains("runner_consumer_lag{partition=\"0\"}"), "{body}");
+        assert!(
+            body.contains("runner_consumer_lag{partition=\"0\"}"),
+            "{body}"
+        );
         // The flow names the topic, each partition with its end offset, and the group's members
         // with every partition among them.
         let (_, body) = get(port, "/api/topology", &[("Authorization", "Bearer s3cret")]);
         let topology: serde_json::Value = serde_json::from_str(&body).unwrap();
         let transport = &topology["nodes"][1];
-        assert!(transport["label"].as_str().unwrap().contains(&sp.topic), "{body}");
+        assert!(
+            transport["label"].as_str().unwrap().contains(&sp.topic),
+            "{body}"
+        );
         let partitions = transport["partitions"].as_array().unwrap();
         assert_eq!(partitions.len(), 3, "{body}");
-        assert!(partitions.iter().map(|p| p["end_offset"].as_i64().unwrap()).sum::<i64>() > 0, "{body}");
-        let mut assigned: Vec<i64> = topology["nodes"][2]["members"].as_array().unwrap().iter().flat_map(|m| m["partitions"].as_array().unwrap().iter().map(|p| p.as_i64().unwrap())).collect();
+        assert!(
+            partitions
+                .iter()
+                .map(|p| p["end_offset"].as_i64().unwrap())
+                .sum::<i64>()
+                > 0,
+            "{body}"
+        );
+        let mut assigned: Vec<i64> = topology["nodes"][2]["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|m| {
+                m["partitions"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|p| p.as_i64().unwrap())
+            })
+            .collect();
         assigned.sort();
         assert_eq!(assigned, [0, 1, 2], "{body}");
     })
@@ -227,13 +393,25 @@ async fn a_metric_past_max_groups_says_so_on_its_panel() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let mut p = common::embedded_pipeline(dir.path());
-    let top = p.config.metrics.iter_mut().find(|m| m.name == "top_items").expect("shipped top_items");
+    let top = p
+        .config
+        .metrics
+        .iter_mut()
+        .find(|m| m.name == "top_items")
+        .expect("shipped top_items");
     top.max_groups = 3;
     let (running, stop) = start(p, port, "").await;
     let started = Instant::now();
     let (panels, api) = loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let (panels, api) = tokio::task::spawn_blocking(move || (get(port, "/panels", &[]).1, get(port, "/api/metrics", &[]).1)).await.unwrap();
+        let (panels, api) = tokio::task::spawn_blocking(move || {
+            (
+                get(port, "/panels", &[]).1,
+                get(port, "/api/metrics", &[]).1,
+            )
+        })
+        .await
+        .unwrap();
         if panels.contains("past max_groups") || started.elapsed() > Duration::from_secs(15) {
             break (panels, api);
         }
@@ -242,8 +420,16 @@ async fn a_metric_past_max_groups_says_so_on_its_panel() {
     let values: Vec<serde_json::Value> = serde_json::from_str(&api).unwrap();
     let top = values.iter().find(|v| v["name"] == "top_items").unwrap();
     assert!(top["other"].as_u64().unwrap_or(0) > 0, "{top}");
-    assert!(!top["value"].to_string().contains("__other__"), "the ranking leaves the overflow out: {top}");
-    assert!(values.iter().find(|v| v["name"] == "active_users").unwrap().get("other").is_none());
+    assert!(
+        !top["value"].to_string().contains("__other__"),
+        "the ranking leaves the overflow out: {top}"
+    );
+    assert!(values
+        .iter()
+        .find(|v| v["name"] == "active_users")
+        .unwrap()
+        .get("other")
+        .is_none());
     stop.cancel();
     running.wait().await.unwrap();
 }
@@ -262,9 +448,14 @@ async fn event_fields_render_as_text() {
     let port = free_port();
     let (running, stop) = start(p, port, "").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (code, html) = tokio::task::spawn_blocking(move || get(port, "/", &[])).await.unwrap();
+    let (code, html) = tokio::task::spawn_blocking(move || get(port, "/", &[]))
+        .await
+        .unwrap();
     assert_eq!(code, 200);
-    assert!(html.contains("&lt;script&gt;alert(&#x27;x&#x27;)&lt;&#x2f;script&gt;"), "escaped as text");
+    assert!(
+        html.contains("&lt;script&gt;alert(&#x27;x&#x27;)&lt;&#x2f;script&gt;"),
+        "escaped as text"
+    );
     assert!(!html.contains("<script>alert"), "never as markup");
     stop.cancel();
     running.wait().await.unwrap();
@@ -288,25 +479,53 @@ async fn broken_template_keeps_the_previous_page() {
     let broken = good.replacen("{% endfor %}", "{% endfor", 1);
     assert_ne!(broken, good);
     std::fs::write(&panel, broken).unwrap();
-    let (code, html) = tokio::task::spawn_blocking(move || get(port, "/", &[])).await.unwrap();
+    let (code, html) = tokio::task::spawn_blocking(move || get(port, "/", &[]))
+        .await
+        .unwrap();
     assert_eq!(code, 200);
-    assert!(html.contains("data-panel=\"headline\""), "the previous version still renders");
-    assert!(html.contains("Template error") && html.contains("_metrics.html:"), "the error is visible: {html}");
+    assert!(
+        html.contains("data-panel=\"headline\""),
+        "the previous version still renders"
+    );
+    assert!(
+        html.contains("Template error") && html.contains("_metrics.html:"),
+        "the error is visible: {html}"
+    );
     std::fs::write(&panel, good).unwrap();
     let headline = templates.join("_headline.html");
     let text = std::fs::read_to_string(&headline).unwrap();
-    std::fs::write(&headline, text.replace("events/s in", "events per second in")).unwrap();
-    let (_, html) = tokio::task::spawn_blocking(move || get(port, "/", &[])).await.unwrap();
-    assert!(html.contains("events per second in") && !html.contains("Template error"), "a fixed template applies");
+    std::fs::write(
+        &headline,
+        text.replace("events/s in", "events per second in"),
+    )
+    .unwrap();
+    let (_, html) = tokio::task::spawn_blocking(move || get(port, "/", &[]))
+        .await
+        .unwrap();
+    assert!(
+        html.contains("events per second in") && !html.contains("Template error"),
+        "a fixed template applies"
+    );
     stop.cancel();
     running.wait().await.unwrap();
 }
 
 /// A headless Chromium session through chromedriver on `driver_port`.
-async fn browser(driver_port: u16, profile: &std::path::Path, extra: &[&str]) -> fantoccini::Client {
+async fn browser(
+    driver_port: u16,
+    profile: &std::path::Path,
+    extra: &[&str],
+) -> fantoccini::Client {
     let mut args: Vec<String> = [
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1400,1300",
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1400,1300",
     ]
     .iter()
     .chain(extra)
@@ -314,7 +533,10 @@ async fn browser(driver_port: u16, profile: &std::path::Path, extra: &[&str]) ->
     .collect();
     args.push(format!("--user-data-dir={}", profile.display()));
     let mut caps = serde_json::Map::new();
-    caps.insert("goog:chromeOptions".into(), serde_json::json!({ "binary": "/usr/bin/chromium", "args": args }));
+    caps.insert(
+        "goog:chromeOptions".into(),
+        serde_json::json!({ "binary": "/usr/bin/chromium", "args": args }),
+    );
     fantoccini::ClientBuilder::native()
         .capabilities(caps)
         .connect(&format!("http://127.0.0.1:{driver_port}"))
@@ -440,7 +662,15 @@ async fn browser_sees_live_updates() {
     .await;
     let _ = client.close().await;
     // Dark mode: the page follows the system's colour scheme.
-    let dark = browser(driver_port, &dir.path().join("chrome-dark"), &["--force-dark-mode", "--blink-settings=preferredColorScheme=0"]).await;
+    let dark = browser(
+        driver_port,
+        &dir.path().join("chrome-dark"),
+        &[
+            "--force-dark-mode",
+            "--blink-settings=preferredColorScheme=0",
+        ],
+    )
+    .await;
     let dark_result = async {
         dark.goto(&format!("http://127.0.0.1:{port}/")).await?;
         let colours = dark
@@ -485,25 +715,65 @@ async fn dashboard_token_applies_on_reload_and_listen_is_reported() {
     std::fs::write(&path, file("first", &format!("127.0.0.1:{port}"))).unwrap();
     let p = Pipeline::load_with_env(&path, |_| None).unwrap();
     let stop = CancellationToken::new();
-    let components = Components { dashboard: true, ..Components::ALL };
-    let running = pipeline::start(p, RunOptions { components, ..Default::default() }, stop.clone()).await.unwrap();
+    let components = Components {
+        dashboard: true,
+        ..Components::ALL
+    };
+    let running = pipeline::start(
+        p,
+        RunOptions {
+            components,
+            ..Default::default()
+        },
+        stop.clone(),
+    )
+    .await
+    .unwrap();
     wait_for_port(port).await;
-    let health = move |token: &'static str| get(port, "/api/health", &[("Authorization", &format!("Bearer {token}"))]);
-    assert_eq!(tokio::task::spawn_blocking(move || health("first").0).await.unwrap(), 200);
+    let health = move |token: &'static str| {
+        get(
+            port,
+            "/api/health",
+            &[("Authorization", &format!("Bearer {token}"))],
+        )
+    };
+    assert_eq!(
+        tokio::task::spawn_blocking(move || health("first").0)
+            .await
+            .unwrap(),
+        200
+    );
 
     std::fs::write(&path, file("second", "127.0.0.1:1")).unwrap();
     let t = std::time::Instant::now();
     while running.reload_status.lock().unwrap().reloads == 0 {
-        assert!(t.elapsed() < Duration::from_secs(20), "the edit was not reloaded");
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the edit was not reloaded"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let status = running.reload_status.lock().unwrap().clone();
     assert_eq!(status.needs_restart, vec!["dashboard.listen"], "{status:?}");
-    assert!(status.last_changes.contains(&"dashboard.token: live".to_string()), "{status:?}");
-    let (old, new) = tokio::task::spawn_blocking(move || (health("first").0, health("second"))).await.unwrap();
+    assert!(
+        status
+            .last_changes
+            .contains(&"dashboard.token: live".to_string()),
+        "{status:?}"
+    );
+    let (old, new) = tokio::task::spawn_blocking(move || (health("first").0, health("second")))
+        .await
+        .unwrap();
     assert_eq!(old, 401, "the old token no longer opens the dashboard");
-    assert_eq!(new.0, 200, "the new token does, on the address bound at start");
-    assert!(new.1.contains("dashboard.listen"), "the health API shows what needs a restart: {}", new.1);
+    assert_eq!(
+        new.0, 200,
+        "the new token does, on the address bound at start"
+    );
+    assert!(
+        new.1.contains("dashboard.listen"),
+        "the health API shows what needs a restart: {}",
+        new.1
+    );
     stop.cancel();
     running.wait().await.unwrap();
 }
@@ -515,7 +785,14 @@ fn shutdown_with_an_open_event_stream_exits() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let mut child = common::runner()
-        .args(["run", common::shipped_pipeline().to_str().unwrap(), "--for", "5s", "--log", "warn"])
+        .args([
+            "run",
+            common::shipped_pipeline().to_str().unwrap(),
+            "--for",
+            "5s",
+            "--log",
+            "warn",
+        ])
         .env("DASHBOARD_LISTEN", format!("127.0.0.1:{port}"))
         .env("DASHBOARD_REFRESH_INTERVAL", "500ms")
         .env("RUNNER_DATA_DIR", dir.path())
@@ -526,15 +803,24 @@ fn shutdown_with_an_open_event_stream_exits() {
     let mut stream = loop {
         match TcpStream::connect(("127.0.0.1", port)) {
             Ok(s) => break s,
-            Err(_) if started.elapsed() < Duration::from_secs(20) => std::thread::sleep(Duration::from_millis(50)),
+            Err(_) if started.elapsed() < Duration::from_secs(20) => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
             Err(e) => panic!("the dashboard never listened: {e}"),
         }
     };
-    stream.write_all(b"GET /events HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n").unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    stream
+        .write_all(b"GET /events HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n")
+        .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
     let mut first = [0u8; 512];
     let n = stream.read(&mut first).unwrap();
-    assert!(String::from_utf8_lossy(&first[..n]).contains("200 OK"), "the stream opened");
+    assert!(
+        String::from_utf8_lossy(&first[..n]).contains("200 OK"),
+        "the stream opened"
+    );
     // Keep reading, as a browser tab would, until the server ends the stream.
     let reader = std::thread::spawn(move || {
         let mut buf = [0u8; 4096];
@@ -566,17 +852,46 @@ async fn one_unreadable_metric_leaves_the_others_answering() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let (running, stop) = start(common::embedded_pipeline(dir.path()), port, "").await;
-    assert_eq!(tokio::task::spawn_blocking(move || get(port, "/metrics", &[]).0).await.unwrap(), 200);
-    let metric = running.metrics.borrow().metrics().iter().find(|m| m.name() == "active_users").unwrap().state_key().to_string();
+    assert_eq!(
+        tokio::task::spawn_blocking(move || get(port, "/metrics", &[]).0)
+            .await
+            .unwrap(),
+        200
+    );
+    let metric = running
+        .metrics
+        .borrow()
+        .metrics()
+        .iter()
+        .find(|m| m.name() == "active_users")
+        .unwrap()
+        .state_key()
+        .to_string();
     let now = chrono::Utc::now().timestamp_millis();
-    let damaged = runner::store::PaneRecord { metric, pane_start: now - now % 5000, partition: 77, offset: 0, state: serde_json::json!({"not": "a state"}).into() };
-    running.store.as_ref().unwrap().write_panes(&[damaged]).await.unwrap();
+    let damaged = runner::store::PaneRecord {
+        metric,
+        pane_start: now - now % 5000,
+        partition: 77,
+        offset: 0,
+        state: serde_json::json!({"not": "a state"}).into(),
+    };
+    running
+        .store
+        .as_ref()
+        .unwrap()
+        .write_panes(&[damaged])
+        .await
+        .unwrap();
     // Metric values are read every half second while asked for, and a reader is answered the
     // previous read while the next runs: the damage shows within a read or two.
     let started = std::time::Instant::now();
     let (scrape, api) = loop {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let (scrape, api) = tokio::task::spawn_blocking(move || (get(port, "/metrics", &[]), get(port, "/api/metrics", &[]))).await.unwrap();
+        let (scrape, api) = tokio::task::spawn_blocking(move || {
+            (get(port, "/metrics", &[]), get(port, "/api/metrics", &[]))
+        })
+        .await
+        .unwrap();
         if api.1.contains("\"error\"") || started.elapsed() > Duration::from_secs(5) {
             break (scrape, api);
         }
@@ -584,11 +899,23 @@ async fn one_unreadable_metric_leaves_the_others_answering() {
     assert_eq!(api.0, 200, "{}", api.1);
     let values: Vec<serde_json::Value> = serde_json::from_str(&api.1).unwrap();
     let broken = values.iter().find(|v| v["name"] == "active_users").unwrap();
-    assert!(broken["error"].as_str().is_some_and(|e| e.contains("active_users")), "{broken}");
+    assert!(
+        broken["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("active_users")),
+        "{broken}"
+    );
     let active_items = values.iter().find(|v| v["name"] == "active_items").unwrap();
-    assert!(active_items["value"].as_u64().is_some(), "the others answer: {active_items}");
+    assert!(
+        active_items["value"].as_u64().is_some(),
+        "the others answer: {active_items}"
+    );
     assert_eq!(scrape.0, 200, "{}", scrape.1);
-    assert!(!scrape.1.contains("name=\"active_users\"") && scrape.1.contains("name=\"active_items\""), "{}", scrape.1);
+    assert!(
+        !scrape.1.contains("name=\"active_users\"") && scrape.1.contains("name=\"active_items\""),
+        "{}",
+        scrape.1
+    );
     stop.cancel();
     running.wait().await.unwrap();
 }

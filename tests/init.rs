@@ -12,7 +12,11 @@ fn init_from_file_round_trips() {
     let sample = dir.path().join("sample.jsonl");
     let mut f = std::fs::File::create(&sample).unwrap();
     for i in 0..300 {
-        let coupon = if i % 4 == 0 { r#","coupon":"SAVE10""# } else { "" };
+        let coupon = if i % 4 == 0 {
+            r#","coupon":"SAVE10""#
+        } else {
+            ""
+        };
         writeln!(
             f,
             r#"{{"order_id":"{}","customer":"cust-{}","status":"{}","amount":{:.2},"quantity":{},"paid":{},"created_at":"2026-11-30T10:{:02}:{:02}Z","lines":[{{"sku":"a"}}]{coupon}}}"#,
@@ -30,35 +34,89 @@ fn init_from_file_round_trips() {
     writeln!(f, "not json").unwrap();
     drop(f);
 
-    let out = common::runner().args(["init", "orders", "--from-file"]).arg(&sample).arg("--dir").arg(dir.path()).output().unwrap();
+    let out = common::runner()
+        .args(["init", "orders", "--from-file"])
+        .arg(&sample)
+        .arg("--dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("learned from 300 records") && text.contains("id = \"order_id\"") && text.contains("time = \"created_at\""), "{text}");
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("learned from 300 records")
+            && text.contains("id = \"order_id\"")
+            && text.contains("time = \"created_at\""),
+        "{text}"
+    );
     let pipeline = dir.path().join("orders.toml");
     let toml = std::fs::read_to_string(&pipeline).unwrap();
-    for line in ["amount = \"float\"", "quantity = \"int\"", "paid = \"bool\"", "coupon = \"string?\"", "key = \"customer\"", "# lines: objects, lists"] {
+    for line in [
+        "amount = \"float\"",
+        "quantity = \"int\"",
+        "paid = \"bool\"",
+        "coupon = \"string?\"",
+        "key = \"customer\"",
+        "# lines: objects, lists",
+    ] {
         assert!(toml.contains(line), "{line} in\n{toml}");
     }
 
-    let validate = common::runner().arg("validate").arg(&pipeline).output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&validate.stdout).trim(), "ok", "{}", String::from_utf8_lossy(&validate.stderr));
+    let validate = common::runner()
+        .arg("validate")
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&validate.stdout).trim(),
+        "ok",
+        "{}",
+        String::from_utf8_lossy(&validate.stderr)
+    );
 
     // The generator's records decode under the inferred schema and keep its checks.
-    let generated = common::runner().args(["generate", "-n", "500"]).arg(&pipeline).output().unwrap();
-    assert!(generated.status.success(), "{}", String::from_utf8_lossy(&generated.stderr));
+    let generated = common::runner()
+        .args(["generate", "-n", "500"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    assert!(
+        generated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&generated.stderr)
+    );
     let p = runner::config::Pipeline::load_with_env(&pipeline, |_| None).unwrap();
     let schema = p.schema();
-    let lines: Vec<&[u8]> = generated.stdout.split(|b| *b == b'\n').filter(|l| !l.is_empty()).collect();
+    let lines: Vec<&[u8]> = generated
+        .stdout
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect();
     assert_eq!(lines.len(), 500);
     let mut statuses = std::collections::HashSet::new();
     for line in lines {
         let r = Record::from_json(&schema, line).unwrap();
-        r.check().unwrap_or_else(|e| panic!("{e:?}: {}", String::from_utf8_lossy(line)));
+        r.check()
+            .unwrap_or_else(|e| panic!("{e:?}: {}", String::from_utf8_lossy(line)));
         statuses.insert(r.field("status").unwrap().as_text().unwrap().into_owned());
     }
-    assert_eq!(statuses.len(), 3, "the generator draws the sample's statuses: {statuses:?}");
+    assert_eq!(
+        statuses.len(),
+        3,
+        "the generator draws the sample's statuses: {statuses:?}"
+    );
 
     // Written files are not overwritten without --force.
-    let again = common::runner().args(["init", "orders", "--from-file"]).arg(&sample).arg("--dir").arg(dir.path()).output().unwrap();
+    let again = common::runner()
+        .args(["init", "orders", "--from-file"])
+        .arg(&sample)
+        .arg("--dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
     assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("--force"));
 }

@@ -17,7 +17,14 @@ async fn run(sp: &ServicePipeline, components: Components, events: Option<u64>) 
 }
 
 async fn store_of(sp: &ServicePipeline) -> Arc<dyn EventStore> {
-    store::open(&sp.pipeline.config.mongodb, &sp.pipeline.config.embedded, &sp.pipeline.config.retention, &sp.pipeline.config.schema().unwrap()).await.unwrap()
+    store::open(
+        &sp.pipeline.config.mongodb,
+        &sp.pipeline.config.embedded,
+        &sp.pipeline.config.retention,
+        &sp.pipeline.config.schema().unwrap(),
+    )
+    .await
+    .unwrap()
 }
 
 fn group_consumer(sp: &ServicePipeline) -> BaseConsumer {
@@ -41,7 +48,9 @@ fn committed_and_end(sp: &ServicePipeline) -> Vec<(i32, i64, i64)> {
         .elements()
         .iter()
         .map(|e| {
-            let (_, high) = c.fetch_watermarks(&sp.topic, e.partition(), Duration::from_secs(10)).unwrap();
+            let (_, high) = c
+                .fetch_watermarks(&sp.topic, e.partition(), Duration::from_secs(10))
+                .unwrap();
             let off = match e.offset() {
                 Offset::Offset(o) => o,
                 _ => 0,
@@ -51,14 +60,16 @@ fn committed_and_end(sp: &ServicePipeline) -> Vec<(i32, i64, i64)> {
         .collect()
 }
 
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn end_to_end_exact_counts() {
     let sp = common::service_pipeline("e2e");
     let n = 20_000;
     let summary = run(&sp, Components::ALL, Some(n)).await;
     assert_eq!(summary.stats.generated, n);
-    assert_eq!(summary.stats.delivered, n, "broker acknowledged every event");
+    assert_eq!(
+        summary.stats.delivered, n,
+        "broker acknowledged every event"
+    );
     let store = store_of(&sp).await;
     assert_eq!(store.count_events().await.unwrap(), n);
     assert_eq!(common::stored_ids(&*store).await.1, n as usize);
@@ -79,7 +90,10 @@ async fn replay_is_harmless() {
     common::reset_group_offsets(&sp);
 
     let again = run(&sp, Components::CONSUMER, None).await;
-    assert_eq!(again.stats.consumed, n, "the whole topic was consumed again");
+    assert_eq!(
+        again.stats.consumed, n,
+        "the whole topic was consumed again"
+    );
     assert_eq!(again.stats.duplicates, n);
     assert_eq!(again.stats.stored, 0);
     let store = store_of(&sp).await;
@@ -101,10 +115,14 @@ async fn bad_message_is_skipped_with(workers: usize) {
     let n = 1_000;
     // Publish good events first (this also creates the topic), then two bad ones.
     run(&sp, Components::GENERATOR, Some(n)).await;
-    let producer: ThreadedProducer<DefaultProducerContext> =
-        ClientConfig::new().set("bootstrap.servers", common::kafka()).create().unwrap();
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", common::kafka())
+        .create()
+        .unwrap();
     for payload in ["this is not json", r#"{"user_id": 5, "item_id": "item_1"}"#] {
-        producer.send(BaseRecord::to(&sp.topic).key("bad").payload(payload)).unwrap();
+        producer
+            .send(BaseRecord::to(&sp.topic).key("bad").payload(payload))
+            .unwrap();
     }
     producer.flush(Duration::from_secs(10)).unwrap();
 
@@ -114,5 +132,8 @@ async fn bad_message_is_skipped_with(workers: usize) {
     let store = store_of(&sp).await;
     assert_eq!(store.count_events().await.unwrap(), n);
     let offsets = committed_and_end(&sp);
-    assert!(offsets.iter().all(|(_, c, e)| c == e), "bad messages are committed past too: {offsets:?}");
+    assert!(
+        offsets.iter().all(|(_, c, e)| c == e),
+        "bad messages are committed past too: {offsets:?}"
+    );
 }

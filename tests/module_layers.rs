@@ -40,7 +40,13 @@ fn imports(src: &Path) -> BTreeMap<String, BTreeMap<String, String>> {
                 continue;
             }
             let rel = path.strip_prefix(src).unwrap();
-            let first = rel.components().next().unwrap().as_os_str().to_string_lossy().to_string();
+            let first = rel
+                .components()
+                .next()
+                .unwrap()
+                .as_os_str()
+                .to_string_lossy()
+                .to_string();
             let module = first.trim_end_matches(".rs").to_string();
             if module == "main" || module == "lib" {
                 continue;
@@ -48,7 +54,10 @@ fn imports(src: &Path) -> BTreeMap<String, BTreeMap<String, String>> {
             let text = std::fs::read_to_string(&path).unwrap();
             for used in crate_paths(&text) {
                 if used != module {
-                    out.entry(module.clone()).or_default().entry(used).or_insert_with(|| rel.display().to_string());
+                    out.entry(module.clone())
+                        .or_default()
+                        .entry(used)
+                        .or_insert_with(|| rel.display().to_string());
                 }
             }
         }
@@ -59,7 +68,11 @@ fn imports(src: &Path) -> BTreeMap<String, BTreeMap<String, String>> {
 /// The first segment of every `crate::…` path, including `use crate::{a, b::c}` groups.
 fn crate_paths(text: &str) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
-    let code: String = text.lines().filter(|l| !l.trim_start().starts_with("//")).collect::<Vec<_>>().join("\n");
+    let code: String = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n");
     for (i, _) in code.match_indices("crate::") {
         if i > 0 && code[..i].ends_with(|c: char| c.is_alphanumeric() || c == '_') {
             continue; // `runner_crate::` or similar, not this crate
@@ -68,13 +81,20 @@ fn crate_paths(text: &str) -> BTreeSet<String> {
         if let Some(group) = rest.strip_prefix('{') {
             let inner = &group[..group.find('}').unwrap_or(group.len())];
             for item in inner.split(',') {
-                let name: String = item.trim().chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+                let name: String = item
+                    .trim()
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
                 if !name.is_empty() && name != "self" {
                     out.insert(name);
                 }
             }
         } else {
-            let name: String = rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
             if !name.is_empty() {
                 out.insert(name);
             }
@@ -90,7 +110,9 @@ fn imports_follow_the_layers_with_no_cycle() {
     let mut problems = Vec::new();
     for (module, used) in &graph {
         let Some(from) = layer_of(module) else {
-            problems.push(format!("module {module} is not in the layer table of tests/module_layers.rs"));
+            problems.push(format!(
+                "module {module} is not in the layer table of tests/module_layers.rs"
+            ));
             continue;
         };
         for (target, file) in used {
@@ -107,17 +129,33 @@ fn imports_follow_the_layers_with_no_cycle() {
         let shown: Vec<String> = layer
             .iter()
             .map(|m| {
-                let deps: Vec<&str> = graph.get(*m).map(|u| u.keys().map(String::as_str).collect()).unwrap_or_default();
+                let deps: Vec<&str> = graph
+                    .get(*m)
+                    .map(|u| u.keys().map(String::as_str).collect())
+                    .unwrap_or_default();
                 format!("{m} -> [{}]", deps.join(", "))
             })
             .collect();
         println!("layer {i}: {}", shown.join("; "));
     }
-    assert!(problems.is_empty(), "imports against the flow:\n{}", problems.join("\n"));
+    assert!(
+        problems.is_empty(),
+        "imports against the flow:\n{}",
+        problems.join("\n")
+    );
 }
 
 #[test]
 fn the_checker_sees_grouped_and_inline_paths() {
-    let found = crate_paths("use crate::{aggregate::X, store};\nfn f() { crate::alert::run(); }\n// crate::commented\n");
-    assert_eq!(found, BTreeSet::from(["aggregate".to_string(), "store".to_string(), "alert".to_string()]));
+    let found = crate_paths(
+        "use crate::{aggregate::X, store};\nfn f() { crate::alert::run(); }\n// crate::commented\n",
+    );
+    assert_eq!(
+        found,
+        BTreeSet::from([
+            "aggregate".to_string(),
+            "store".to_string(),
+            "alert".to_string()
+        ])
+    );
 }

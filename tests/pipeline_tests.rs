@@ -3,7 +3,6 @@
 
 mod common;
 
-
 fn runner_test(pipeline: &std::path::Path, tests: Option<&std::path::Path>) -> (bool, String) {
     let mut cmd = common::runner();
     cmd.arg("test").arg(pipeline);
@@ -11,21 +10,36 @@ fn runner_test(pipeline: &std::path::Path, tests: Option<&std::path::Path>) -> (
         cmd.arg("--tests").arg(t);
     }
     let out = cmd.output().unwrap();
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }
 
 #[test]
 fn runner_test_passes_on_every_shipped_pipeline() {
-    for (file, passed) in [("pipelines/interactions.toml", 10), ("pipelines/sensors.toml", 2)] {
+    for (file, passed) in [
+        ("pipelines/interactions.toml", 10),
+        ("pipelines/sensors.toml", 2),
+    ] {
         let (ok, out) = runner_test(&common::repo_root().join(file), None);
         assert!(ok, "{file}: {out}");
-        assert!(out.contains(&format!("{passed} passed, 0 failed")), "{file}: {out}");
+        assert!(
+            out.contains(&format!("{passed} passed, 0 failed")),
+            "{file}: {out}"
+        );
     }
 }
 
 #[test]
 fn runner_test_fails_on_wrong_expectation() {
-    let shipped = std::fs::read_to_string(common::repo_root().join("pipelines/interactions.test.toml")).unwrap();
+    let shipped =
+        std::fs::read_to_string(common::repo_root().join("pipelines/interactions.test.toml"))
+            .unwrap();
     let wrong = shipped.replacen("revenue_per_minute = 25.5", "revenue_per_minute = 26.5", 1);
     assert_ne!(wrong, shipped);
     let dir = tempfile::tempdir().unwrap();
@@ -33,8 +47,14 @@ fn runner_test_fails_on_wrong_expectation() {
     std::fs::write(&tests, wrong).unwrap();
     let (ok, out) = runner_test(&common::shipped_pipeline(), Some(&tests));
     assert!(!ok, "{out}");
-    assert!(out.contains("FAILED  seed metrics over one window"), "{out}");
-    assert!(out.contains("revenue_per_minute: expected 26.5, got 25.5"), "{out}");
+    assert!(
+        out.contains("FAILED  seed metrics over one window"),
+        "{out}"
+    );
+    assert!(
+        out.contains("revenue_per_minute: expected 26.5, got 25.5"),
+        "{out}"
+    );
     assert!(out.contains("9 passed, 1 failed"), "{out}");
 }
 
@@ -49,10 +69,17 @@ fn alert_fixtures_pass() {
         "traffic falling to a tenth fires; its return resolves",
         "a consumer falling behind fires after a minute and resolves when it catches up",
     ] {
-        assert!(out.contains(&format!("ok      {rule_test}")), "{rule_test}: {out}");
+        assert!(
+            out.contains(&format!("ok      {rule_test}")),
+            "{rule_test}: {out}"
+        );
     }
     // Minutes of simulated alerting, checked without waiting for them.
-    assert!(started.elapsed() < std::time::Duration::from_secs(20), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
 }
 
 /// A fixture whose expected transitions differ from the rule's fails and shows both; so does
@@ -61,22 +88,45 @@ fn alert_fixtures_pass() {
 #[test]
 fn alert_fixture_mismatch_fails() {
     let dir = tempfile::tempdir().unwrap();
-    let shipped = std::fs::read_to_string(common::repo_root().join("pipelines/interactions.test.toml")).unwrap();
-    let wrong = shipped.replacen("at = \"10m30s\"\nchange = \"firing\"", "at = \"10m20s\"\nchange = \"firing\"", 1);
+    let shipped =
+        std::fs::read_to_string(common::repo_root().join("pipelines/interactions.test.toml"))
+            .unwrap();
+    let wrong = shipped.replacen(
+        "at = \"10m30s\"\nchange = \"firing\"",
+        "at = \"10m20s\"\nchange = \"firing\"",
+        1,
+    );
     assert_ne!(wrong, shipped);
     let tests = dir.path().join("wrong.test.toml");
     std::fs::write(&tests, wrong).unwrap();
     let (ok, out) = runner_test(&common::shipped_pipeline(), Some(&tests));
     assert!(!ok, "{out}");
-    assert!(out.contains("FAILED  a viral item fires after `for`"), "{out}");
-    assert!(out.contains("expected [10m pending") && out.contains("10m20s firing"), "{out}");
-    assert!(out.contains("got      [10m pending {\"item\": \"item_42\"}, 10m30s firing"), "{out}");
+    assert!(
+        out.contains("FAILED  a viral item fires after `for`"),
+        "{out}"
+    );
+    assert!(
+        out.contains("expected [10m pending") && out.contains("10m20s firing"),
+        "{out}"
+    );
+    assert!(
+        out.contains("got      [10m pending {\"item\": \"item_42\"}, 10m30s firing"),
+        "{out}"
+    );
 
     // The same fixtures against the shipped file with keep_firing_for taken out.
     let pipeline = common::copy_pipeline(dir.path());
-    let text = std::fs::read_to_string(&pipeline).unwrap().replace("keep_firing_for = \"30s\"", "keep_firing_for = \"0s\"");
+    let text = std::fs::read_to_string(&pipeline)
+        .unwrap()
+        .replace("keep_firing_for = \"30s\"", "keep_firing_for = \"0s\"");
     std::fs::write(&pipeline, text).unwrap();
-    let (ok, out) = runner_test(&pipeline, Some(&common::repo_root().join("pipelines/interactions.test.toml")));
+    let (ok, out) = runner_test(
+        &pipeline,
+        Some(&common::repo_root().join("pipelines/interactions.test.toml")),
+    );
     assert!(!ok, "{out}");
-    assert!(out.contains("11m resolved") && out.contains("1 failed"), "{out}");
+    assert!(
+        out.contains("11m resolved") && out.contains("1 failed"),
+        "{out}"
+    );
 }

@@ -11,14 +11,20 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 fn load(path: &Path, env: &[(&str, &str)]) -> Pipeline {
-    let env: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let env: HashMap<String, String> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     Pipeline::load_with_env(path, move |n| env.get(n).cloned()).unwrap()
 }
 
 async fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) -> Duration {
     let t = Instant::now();
     while !check() {
-        assert!(t.elapsed() < limit, "timed out after {limit:?} waiting for: {what}");
+        assert!(
+            t.elapsed() < limit,
+            "timed out after {limit:?} waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     t.elapsed()
@@ -44,14 +50,22 @@ fn editor_save(path: &Path, text: &str) {
 }
 
 fn embedded_env(dir: &Path) -> Vec<(&'static str, String)> {
-    vec![("RUNNER_DATA_DIR", dir.join("data").to_string_lossy().to_string()), ("DEFAULT_GENERATION_RATE", "2000".into())]
+    vec![
+        (
+            "RUNNER_DATA_DIR",
+            dir.join("data").to_string_lossy().to_string(),
+        ),
+        ("DEFAULT_GENERATION_RATE", "2000".into()),
+    ]
 }
 
 async fn start_embedded(path: &Path, dir: &Path) -> (Running, CancellationToken) {
     let env = embedded_env(dir);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let stop = CancellationToken::new();
-    let running = pipeline::start(load(path, &env), RunOptions::default(), stop.clone()).await.unwrap();
+    let running = pipeline::start(load(path, &env), RunOptions::default(), stop.clone())
+        .await
+        .unwrap();
     (running, stop)
 }
 
@@ -68,7 +82,11 @@ slide = "1h"
 async fn reload_metric_script_keeps_state() {
     let dir = tempfile::tempdir().unwrap();
     let path = common::copy_pipeline(dir.path());
-    std::fs::write(dir.path().join("scripts/metrics/selected.rhai"), "#{ filter: field_is(\"interaction_type\", \"view\") }").unwrap();
+    std::fs::write(
+        dir.path().join("scripts/metrics/selected.rhai"),
+        "#{ filter: field_is(\"interaction_type\", \"view\") }",
+    )
+    .unwrap();
     let text = std::fs::read_to_string(&path).unwrap() + SELECTED;
     std::fs::write(&path, text).unwrap();
     let sp = common::service_pipeline("reload");
@@ -82,38 +100,66 @@ async fn reload_metric_script_keeps_state() {
     ];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let stop = CancellationToken::new();
-    let consumer = pipeline::start(load(&path, &env), RunOptions { components: Components::CONSUMER, ..Default::default() }, stop.clone())
-        .await
-        .unwrap();
+    let consumer = pipeline::start(
+        load(&path, &env),
+        RunOptions {
+            components: Components::CONSUMER,
+            ..Default::default()
+        },
+        stop.clone(),
+    )
+    .await
+    .unwrap();
     let store = consumer.store.clone().unwrap();
     let produce = |n: u64| {
         let p = load(&path, &env);
         async move {
-            let options = RunOptions { components: Components::GENERATOR, max_events: Some(n), ..Default::default() };
-            pipeline::run(&p, options, CancellationToken::new()).await.unwrap();
+            let options = RunOptions {
+                components: Components::GENERATOR,
+                max_events: Some(n),
+                ..Default::default()
+            };
+            pipeline::run(&p, options, CancellationToken::new())
+                .await
+                .unwrap();
         }
     };
 
     produce(5_000).await;
     let t = Instant::now();
     while store.count_events().await.unwrap() < 5_000 {
-        assert!(t.elapsed() < Duration::from_secs(60), "first phase not consumed");
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "first phase not consumed"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    editor_save(&dir.path().join("scripts/metrics/selected.rhai"), "#{ filter: field_is(\"interaction_type\", \"click\") }");
-    let took = wait_until("the edit is applied", Duration::from_secs(5), || reloads(&consumer).0 == 1).await;
+    editor_save(
+        &dir.path().join("scripts/metrics/selected.rhai"),
+        "#{ filter: field_is(\"interaction_type\", \"click\") }",
+    );
+    let took = wait_until("the edit is applied", Duration::from_secs(5), || {
+        reloads(&consumer).0 == 1
+    })
+    .await;
     println!("file save to new logic in force: {took:?}");
     assert!(took < Duration::from_secs(1), "took {took:?}");
 
     produce(5_000).await;
     let t = Instant::now();
     while store.count_events().await.unwrap() < 10_000 {
-        assert!(t.elapsed() < Duration::from_secs(60), "second phase not consumed");
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "second phase not consumed"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     stop.cancel();
     let summary = consumer.wait().await.unwrap();
-    assert_eq!(summary.stats.stored, 10_000, "no event lost or doubled across the reload");
+    assert_eq!(
+        summary.stats.stored, 10_000,
+        "no event lost or doubled across the reload"
+    );
 
     let events = store.all_events().await.unwrap();
     let first_prefix = events.iter().min_by_key(|e| e.time_ms()).unwrap().id()[..16].to_string();
@@ -121,15 +167,21 @@ async fn reload_metric_script_keeps_state() {
         .iter()
         .filter(|e| {
             let old = e.id().starts_with(&first_prefix);
-            (old && e.s("interaction_type") == "view") || (!old && e.s("interaction_type") == "click")
+            (old && e.s("interaction_type") == "view")
+                || (!old && e.s("interaction_type") == "click")
         })
         .count() as u64;
     let p = load(&path, &env);
-    let set = runner::aggregate::MetricSet::load(&p.config.metrics, &p.config.schema().unwrap()).unwrap();
+    let set =
+        runner::aggregate::MetricSet::load(&p.config.metrics, &p.config.schema().unwrap()).unwrap();
     let at = events.iter().map(|e| e.time_ms()).max().unwrap();
     let values = set.read_all(&*store, at).await.unwrap();
     let selected = values.iter().find(|v| v.name == "selected").unwrap();
-    assert_eq!(selected.value.as_u64().unwrap(), expected, "views before the edit + clicks after it");
+    assert_eq!(
+        selected.value.as_u64().unwrap(),
+        expected,
+        "views before the edit + clicks after it"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -140,19 +192,33 @@ async fn broken_script_keeps_old_version() {
     let script = dir.path().join("scripts/metrics/revenue.rhai");
     let good = std::fs::read_to_string(&script).unwrap();
     editor_save(&script, "#{\n    filter: field_is(\"interaction_type\", \"purchase\"\n    value: field(\"price\"),\n}\n");
-    wait_until("the broken save is rejected", Duration::from_secs(5), || reloads(&running).1 == 1).await;
+    wait_until(
+        "the broken save is rejected",
+        Duration::from_secs(5),
+        || reloads(&running).1 == 1,
+    )
+    .await;
     let (ok, _, error) = reloads(&running);
     let error = error.unwrap();
     assert_eq!(ok, 0);
-    assert!(error.contains(&format!("{}:3:", script.display())), "names file and line: {error}");
+    assert!(
+        error.contains(&format!("{}:3:", script.display())),
+        "names file and line: {error}"
+    );
 
     // The old version keeps running: events are still stored and aggregated.
     let before = running.stats.snapshot().stored;
-    wait_until("events keep flowing", Duration::from_secs(5), || running.stats.snapshot().stored > before + 1000).await;
+    wait_until("events keep flowing", Duration::from_secs(5), || {
+        running.stats.snapshot().stored > before + 1000
+    })
+    .await;
     assert_eq!(running.stats.snapshot().script_errors, 0);
 
     editor_save(&script, &good);
-    wait_until("the fix applies", Duration::from_secs(5), || reloads(&running).0 == 1).await;
+    wait_until("the fix applies", Duration::from_secs(5), || {
+        reloads(&running).0 == 1
+    })
+    .await;
     assert_eq!(reloads(&running).2, None, "the error is cleared");
     stop.cancel();
     running.wait().await.unwrap();
@@ -175,24 +241,51 @@ async fn add_metric_file_without_restart() {
         }
     };
     let types_before = read("interaction_types").await.unwrap();
-    let total = |v: &serde_json::Value| v.as_object().unwrap().values().map(|n| n.as_u64().unwrap()).sum::<u64>();
+    let total = |v: &serde_json::Value| {
+        v.as_object()
+            .unwrap()
+            .values()
+            .map(|n| n.as_u64().unwrap())
+            .sum::<u64>()
+    };
 
-    std::fs::write(dir.path().join("scripts/metrics/selected.rhai"), "#{ filter: field_is(\"interaction_type\", \"view\") }").unwrap();
-    let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+    std::fs::write(
+        dir.path().join("scripts/metrics/selected.rhai"),
+        "#{ filter: field_is(\"interaction_type\", \"view\") }",
+    )
+    .unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
     std::io::Write::write_all(&mut f, SELECTED.as_bytes()).unwrap();
     drop(f);
     let took = wait_until("the new metric appears", Duration::from_secs(5), || {
-        running.metrics.borrow().metrics().iter().any(|m| m.name() == "selected")
+        running
+            .metrics
+            .borrow()
+            .metrics()
+            .iter()
+            .any(|m| m.name() == "selected")
     })
     .await;
     println!("new metric in force after {took:?}");
     assert!(took < Duration::from_secs(1));
-    wait_until("a batch after the reload", Duration::from_secs(5), || running.stats.snapshot().stored > 0).await;
+    wait_until("a batch after the reload", Duration::from_secs(5), || {
+        running.stats.snapshot().stored > 0
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     let selected = read("selected").await.unwrap();
-    assert!(selected.as_u64().unwrap() > 0, "the new metric counts: {selected}");
+    assert!(
+        selected.as_u64().unwrap() > 0,
+        "the new metric counts: {selected}"
+    );
     let types_after = read("interaction_types").await.unwrap();
-    assert!(total(&types_after) >= total(&types_before), "other metrics keep their state: {types_before} -> {types_after}");
+    assert!(
+        total(&types_after) >= total(&types_before),
+        "other metrics keep their state: {types_before} -> {types_after}"
+    );
     stop.cancel();
     running.wait().await.unwrap();
 }
@@ -202,13 +295,20 @@ async fn generator_rate_change_applies_live() {
     let dir = tempfile::tempdir().unwrap();
     let path = common::copy_pipeline(dir.path());
     let text = std::fs::read_to_string(&path).unwrap();
-    std::fs::write(&path, text.replace("rate = \"${DEFAULT_GENERATION_RATE:-1000}\"", "rate = 300")).unwrap();
+    std::fs::write(
+        &path,
+        text.replace("rate = \"${DEFAULT_GENERATION_RATE:-1000}\"", "rate = 300"),
+    )
+    .unwrap();
     let (running, stop) = start_embedded(&path, dir.path()).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let slow = generated_per_s(&running, 2.0).await;
     let text = std::fs::read_to_string(&path).unwrap();
     editor_save(&path, &text.replace("rate = 300", "rate = 3000"));
-    wait_until("the rate change applies", Duration::from_secs(3), || reloads(&running).0 == 1).await;
+    wait_until("the rate change applies", Duration::from_secs(3), || {
+        reloads(&running).0 == 1
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let fast = generated_per_s(&running, 2.0).await;
     println!("measured rate {slow:.0}/s before, {fast:.0}/s after");
@@ -228,9 +328,16 @@ async fn editor_style_save_reloads_once() {
     editor_save(&script, &format!("{text}\n// edited"));
     std::fs::write(&script, format!("{text}\n// edited again")).unwrap();
     std::fs::write(&script, format!("{text}\n// edited a third time")).unwrap();
-    wait_until("the save reloads", Duration::from_secs(5), || reloads(&running).0 >= 1).await;
+    wait_until("the save reloads", Duration::from_secs(5), || {
+        reloads(&running).0 >= 1
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    assert_eq!(reloads(&running), (1, 0, None), "one burst of writes is one reload");
+    assert_eq!(
+        reloads(&running),
+        (1, 0, None),
+        "one burst of writes is one reload"
+    );
     // Touching a file without changing it is not a reload.
     std::fs::write(&script, format!("{text}\n// edited a third time")).unwrap();
     tokio::time::sleep(Duration::from_millis(600)).await;
@@ -250,7 +357,14 @@ async fn symlink_swap_reloads() {
         common::copy_pipeline(&v);
         let p = v.join("pipelines/interactions.toml");
         let text = std::fs::read_to_string(&p).unwrap();
-        std::fs::write(&p, text.replace("rate = \"${DEFAULT_GENERATION_RATE:-1000}\"", &format!("rate = {rate}"))).unwrap();
+        std::fs::write(
+            &p,
+            text.replace(
+                "rate = \"${DEFAULT_GENERATION_RATE:-1000}\"",
+                &format!("rate = {rate}"),
+            ),
+        )
+        .unwrap();
     };
     version("..2026_01", 300);
     std::os::unix::fs::symlink("..2026_01", conf.join("..data")).unwrap();
@@ -265,19 +379,37 @@ async fn symlink_swap_reloads() {
     // the whole scripts folder is swapped with the file.
     version("..2026_02", 1500);
     let v2 = conf.join("..2026_02");
-    std::fs::write(v2.join("scripts/metrics/swapped_in.rhai"), "#{ key: field(\"item_id\") }").unwrap();
+    std::fs::write(
+        v2.join("scripts/metrics/swapped_in.rhai"),
+        "#{ key: field(\"item_id\") }",
+    )
+    .unwrap();
     let file = v2.join("pipelines/interactions.toml");
     let text = std::fs::read_to_string(&file).unwrap();
     std::fs::write(&file, format!("{text}\n[[metric]]\nname = \"swapped_in\"\nscript = \"../scripts/metrics/swapped_in.rhai\"\nreducer = \"count\"\n")).unwrap();
     std::os::unix::fs::symlink("..2026_02", conf.join("..data_tmp")).unwrap();
     std::fs::rename(conf.join("..data_tmp"), conf.join("..data")).unwrap();
-    let took = wait_until("the swap is noticed", Duration::from_secs(5), || reloads(&running).0 == 1).await;
+    let took = wait_until("the swap is noticed", Duration::from_secs(5), || {
+        reloads(&running).0 == 1
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let after = generated_per_s(&running, 2.0).await;
     println!("symlink swap noticed after {took:?}; rate {before:.0}/s before, {after:.0}/s after");
     assert!((before - 300.0).abs() < 60.0, "{before}");
-    assert!((after - 1500.0).abs() < 250.0, "the swapped-in version's rate applies: {after}");
-    assert!(running.metrics.borrow().metrics().iter().any(|m| m.name() == "swapped_in"), "the metric whose script came with the swap runs");
+    assert!(
+        (after - 1500.0).abs() < 250.0,
+        "the swapped-in version's rate applies: {after}"
+    );
+    assert!(
+        running
+            .metrics
+            .borrow()
+            .metrics()
+            .iter()
+            .any(|m| m.name() == "swapped_in"),
+        "the metric whose script came with the swap runs"
+    );
     stop.cancel();
     running.wait().await.unwrap();
 }
@@ -292,18 +424,35 @@ async fn twenty_edits_lose_nothing() {
     let mut took = Vec::new();
     for i in 1..=20u64 {
         editor_save(&script, &format!("{text}\n// edit {i}"));
-        took.push(wait_until("the edit applies", Duration::from_secs(5), || reloads(&running).0 == i).await);
+        took.push(
+            wait_until("the edit applies", Duration::from_secs(5), || {
+                reloads(&running).0 == i
+            })
+            .await,
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     stop.cancel();
     let summary = running.wait().await.unwrap();
     took.sort();
-    println!("save -> applied over 20 edits: median {:?}, max {:?}", took[10], took[19]);
+    println!(
+        "save -> applied over 20 edits: median {:?}, max {:?}",
+        took[10], took[19]
+    );
     assert!(took[19] < Duration::from_secs(1));
-    assert_eq!(summary.stats.stored, summary.stats.generated, "nothing lost");
+    assert_eq!(
+        summary.stats.stored, summary.stats.generated,
+        "nothing lost"
+    );
     assert_eq!(summary.stats.duplicates, 0);
-    let c = load(&path, &[("RUNNER_DATA_DIR", dir.path().join("data").to_str().unwrap())]).config;
-    let store = runner::store::open(&c.mongodb, &c.embedded, &c.retention, &c.schema().unwrap()).await.unwrap();
+    let c = load(
+        &path,
+        &[("RUNNER_DATA_DIR", dir.path().join("data").to_str().unwrap())],
+    )
+    .config;
+    let store = runner::store::open(&c.mongodb, &c.embedded, &c.retention, &c.schema().unwrap())
+        .await
+        .unwrap();
     assert_eq!(store.count_events().await.unwrap(), summary.stats.generated);
 }
 
@@ -321,15 +470,29 @@ async fn threshold_edit_applies_to_alerts() {
     let store = running.store.clone().unwrap();
     let busy = || {
         let store = store.clone();
-        async move { runner::alert::active_alerts(&*store).await.unwrap().into_iter().filter(|a| a.alert == "busy").count() }
+        async move {
+            runner::alert::active_alerts(&*store)
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|a| a.alert == "busy")
+                .count()
+        }
     };
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(busy().await, 0, "a million users is not reached");
 
-    editor_save(&path, &text.replace("busy_users = 1000000", "busy_users = 1"));
+    editor_save(
+        &path,
+        &text.replace("busy_users = 1000000", "busy_users = 1"),
+    );
     let t = Instant::now();
     while busy().await == 0 {
-        assert!(t.elapsed() < Duration::from_secs(10), "the edited threshold did not apply: {:?}", reloads(&running));
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the edited threshold did not apply: {:?}",
+            reloads(&running)
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(reloads(&running).0, 1);
@@ -358,22 +521,45 @@ async fn connection_change_reconnects_without_loss() {
     ];
     let p = load(&path, &env);
     let events = 16_000;
-    let options = RunOptions { max_events: Some(events), idle_exit: Some(Duration::from_secs(3)), ..Default::default() };
-    let running = pipeline::start(p.clone(), options, CancellationToken::new()).await.unwrap();
+    let options = RunOptions {
+        max_events: Some(events),
+        idle_exit: Some(Duration::from_secs(3)),
+        ..Default::default()
+    };
+    let running = pipeline::start(p.clone(), options, CancellationToken::new())
+        .await
+        .unwrap();
     let stats = running.stats.clone();
-    wait_until("events stored before the move", Duration::from_secs(30), || stats.snapshot().stored >= 3_000).await;
+    wait_until(
+        "events stored before the move",
+        Duration::from_secs(30),
+        || stats.snapshot().stored >= 3_000,
+    )
+    .await;
 
     let text = std::fs::read_to_string(&path).unwrap();
     let moved = text
-        .replace("\"${KAFKA_TOPIC:-user_interactions}\"", &format!("{topic_b:?}"))
-        .replace("\"${MONGODB_DATABASE:-interactions}\"", &format!("{db_b:?}"))
+        .replace(
+            "\"${KAFKA_TOPIC:-user_interactions}\"",
+            &format!("{topic_b:?}"),
+        )
+        .replace(
+            "\"${MONGODB_DATABASE:-interactions}\"",
+            &format!("{db_b:?}"),
+        )
         .replace("batch_size = 2000", "batch_size = 500");
     assert_ne!(moved, text);
     editor_save(&path, &moved);
-    wait_until("the reload", Duration::from_secs(10), || reloads(&running).0 >= 1).await;
+    wait_until("the reload", Duration::from_secs(10), || {
+        reloads(&running).0 >= 1
+    })
+    .await;
     let status = running.reload_status.lock().unwrap().clone();
     let summary = running.wait().await.unwrap();
-    assert!(status.needs_restart.is_empty() && status.last_error.is_none(), "{status:?}");
+    assert!(
+        status.needs_restart.is_empty() && status.last_error.is_none(),
+        "{status:?}"
+    );
     assert_eq!(summary.stats.generated, events);
 
     let mut stored_ids = HashSet::new();
@@ -381,16 +567,39 @@ async fn connection_change_reconnects_without_loss() {
     for db in [&db_a, &db_b] {
         let mut c = p.config.clone();
         c.mongodb.database = db.to_string();
-        let store = runner::store::open(&c.mongodb, &c.embedded, &c.retention, &c.schema().unwrap()).await.unwrap();
-        let ids: Vec<String> = store.all_events().await.unwrap().into_iter().map(|e| e.id().to_string()).collect();
+        let store =
+            runner::store::open(&c.mongodb, &c.embedded, &c.retention, &c.schema().unwrap())
+                .await
+                .unwrap();
+        let ids: Vec<String> = store
+            .all_events()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.id().to_string())
+            .collect();
         per_db.push(ids.len());
         stored_ids.extend(ids);
     }
-    assert!(per_db[0] > 0 && per_db[1] > 0, "both databases got events: {per_db:?}");
-    assert_eq!(per_db.iter().sum::<usize>(), events as usize, "every event stored once, in one of the two: {per_db:?}");
+    assert!(
+        per_db[0] > 0 && per_db[1] > 0,
+        "both databases got events: {per_db:?}"
+    );
+    assert_eq!(
+        per_db.iter().sum::<usize>(),
+        events as usize,
+        "every event stored once, in one of the two: {per_db:?}"
+    );
     assert_eq!(stored_ids.len(), events as usize, "no event in both");
-    let in_topics = [&topic_a, &topic_b].map(|t| common::topic_messages(&kafka, t, p.config.kafka.partitions));
-    assert!(in_topics[1] > 0, "the generator moved to the new topic: {in_topics:?}");
+    let in_topics =
+        [&topic_a, &topic_b].map(|t| common::topic_messages(&kafka, t, p.config.kafka.partitions));
+    assert!(
+        in_topics[1] > 0,
+        "the generator moved to the new topic: {in_topics:?}"
+    );
     assert_eq!(in_topics.iter().sum::<u64>(), events);
-    println!("moved after {} events; topics {in_topics:?}, databases {per_db:?}", in_topics[0]);
+    println!(
+        "moved after {} events; topics {in_topics:?}, databases {per_db:?}",
+        in_topics[0]
+    );
 }

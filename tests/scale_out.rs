@@ -19,7 +19,9 @@ struct Receiver {
 impl Receiver {
     async fn start() -> (Arc<Receiver>, String) {
         let r = Arc::new(Receiver::default());
-        let app = axum::Router::new().route("/hook", axum::routing::post(hook)).with_state(r.clone());
+        let app = axum::Router::new()
+            .route("/hook", axum::routing::post(hook))
+            .with_state(r.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/hook", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -28,12 +30,20 @@ impl Receiver {
 
     /// The statuses received for `alert`, in order.
     fn statuses(&self) -> Vec<String> {
-        self.got.lock().unwrap().iter().map(|n| n["status"].as_str().unwrap_or("?").to_string()).collect()
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|n| n["status"].as_str().unwrap_or("?").to_string())
+            .collect()
     }
 }
 
 async fn hook(State(r): State<Arc<Receiver>>, body: String) -> StatusCode {
-    r.got.lock().unwrap().push(serde_json::from_str(&body).unwrap_or_default());
+    r.got
+        .lock()
+        .unwrap()
+        .push(serde_json::from_str(&body).unwrap_or_default());
     StatusCode::OK
 }
 
@@ -62,8 +72,18 @@ fn spawn_consumer(sp: &common::ServicePipeline, file: &Path, log: &Path) -> Chil
 
 /// The pid in the holder id (`host:pid:random`) of the pipeline's alert lease, if it is held.
 async fn lease_holder(db: &mongodb::Database) -> Option<(u32, i64)> {
-    let lease = db.collection::<mongodb::bson::Document>("leases").find_one(mongodb::bson::doc! {"_id": "alerting:interactions"}).await.unwrap()?;
-    let pid = lease.get_str("holder").ok()?.split(':').nth(1)?.parse().ok()?;
+    let lease = db
+        .collection::<mongodb::bson::Document>("leases")
+        .find_one(mongodb::bson::doc! {"_id": "alerting:interactions"})
+        .await
+        .unwrap()?;
+    let pid = lease
+        .get_str("holder")
+        .ok()?
+        .split(':')
+        .nth(1)?
+        .parse()
+        .ok()?;
     let until = lease.get_datetime("until").ok()?.timestamp_millis();
     Some((pid, until))
 }
@@ -71,7 +91,10 @@ async fn lease_holder(db: &mongodb::Database) -> Option<(u32, i64)> {
 async fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
     let t = Instant::now();
     while !check() {
-        assert!(t.elapsed() < limit, "timed out after {limit:?} waiting for: {what}");
+        assert!(
+            t.elapsed() < limit,
+            "timed out after {limit:?} waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -86,17 +109,42 @@ async fn one_evaluator_among_replicas() {
     let file = common::copy_pipeline(dir.path());
     let (receiver, url) = Receiver::start().await;
     write_pipeline(&file, &url, "true");
-    let mut children: Vec<Child> = (0..3).map(|i| spawn_consumer(&sp, &file, &dir.path().join(format!("runner{i}.log")))).collect();
-    let logs = || (0..3).map(|i| std::fs::read_to_string(dir.path().join(format!("runner{i}.log"))).unwrap_or_default()).collect::<Vec<_>>().join("\n---\n");
+    let mut children: Vec<Child> = (0..3)
+        .map(|i| spawn_consumer(&sp, &file, &dir.path().join(format!("runner{i}.log"))))
+        .collect();
+    let logs = || {
+        (0..3)
+            .map(|i| {
+                std::fs::read_to_string(dir.path().join(format!("runner{i}.log")))
+                    .unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    };
 
-    wait_for("the rule fires", Duration::from_secs(60), || !receiver.statuses().is_empty()).await;
+    wait_for("the rule fires", Duration::from_secs(60), || {
+        !receiver.statuses().is_empty()
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(receiver.statuses(), ["firing"], "three replicas, one notification\n{}", logs());
+    assert_eq!(
+        receiver.statuses(),
+        ["firing"],
+        "three replicas, one notification\n{}",
+        logs()
+    );
 
-    let client = mongodb::Client::with_uri_str(common::mongodb()).await.unwrap();
+    let client = mongodb::Client::with_uri_str(common::mongodb())
+        .await
+        .unwrap();
     let db = client.database(&sp.database);
-    let (leader, _) = lease_holder(&db).await.expect("one process holds the lease");
-    let index = children.iter().position(|c| c.id() == leader).expect("the holder is one of the replicas");
+    let (leader, _) = lease_holder(&db)
+        .await
+        .expect("one process holds the lease");
+    let index = children
+        .iter()
+        .position(|c| c.id() == leader)
+        .expect("the holder is one of the replicas");
     let mut dead = children.remove(index);
     dead.kill().unwrap();
     dead.wait().unwrap();
@@ -107,20 +155,35 @@ async fn one_evaluator_among_replicas() {
                 break pid;
             }
         }
-        assert!(killed.elapsed() < Duration::from_secs(10), "nobody took the lease over\n{}", logs());
+        assert!(
+            killed.elapsed() < Duration::from_secs(10),
+            "nobody took the lease over\n{}",
+            logs()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let took = killed.elapsed();
     println!("evaluator pid {leader} SIGKILLed; pid {next} took the lease after {took:?}");
     assert!(children.iter().any(|c| c.id() == next));
     // Two intervals of 500 ms, and some room for a busy 2-core machine.
-    assert!(took < Duration::from_millis(1_800), "takeover within two intervals: {took:?}");
+    assert!(
+        took < Duration::from_millis(1_800),
+        "takeover within two intervals: {took:?}"
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(receiver.statuses(), ["firing"], "the new evaluator resumed the saved state and sent nothing again\n{}", logs());
+    assert_eq!(
+        receiver.statuses(),
+        ["firing"],
+        "the new evaluator resumed the saved state and sent nothing again\n{}",
+        logs()
+    );
 
     // A transition after the takeover is sent once, by the new evaluator.
     write_pipeline(&file, &url, "false");
-    wait_for("the rule resolves", Duration::from_secs(20), || receiver.statuses().len() >= 2).await;
+    wait_for("the rule resolves", Duration::from_secs(20), || {
+        receiver.statuses().len() >= 2
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(receiver.statuses(), ["firing", "resolved"], "\n{}", logs());
     for mut c in children {
@@ -140,7 +203,11 @@ async fn final_results_written_once() {
     let mut sp = common::service_pipeline("results");
     // Short windows, so a 10 s stream closes several of them.
     for m in &mut sp.pipeline.config.metrics {
-        (m.window, m.slide, m.lateness) = (Duration::from_secs(4), Some(Duration::from_secs(2)), Duration::from_secs(1));
+        (m.window, m.slide, m.lateness) = (
+            Duration::from_secs(4),
+            Some(Duration::from_secs(2)),
+            Duration::from_secs(1),
+        );
     }
     sp.pipeline.config.generator.rate = 2_000.0;
     let events = 20_000;
@@ -149,17 +216,40 @@ async fn final_results_written_once() {
         .map(|_| {
             let (p, stop) = (sp.pipeline.clone(), stop.clone());
             tokio::spawn(async move {
-                let options = RunOptions { components: Components::CONSUMER, ..Default::default() };
+                let options = RunOptions {
+                    components: Components::CONSUMER,
+                    ..Default::default()
+                };
                 pipeline::run(&p, options, stop).await.unwrap()
             })
         })
         .collect();
-    let generated = pipeline::run(&sp.pipeline, RunOptions { components: Components::GENERATOR, max_events: Some(events), ..Default::default() }, CancellationToken::new()).await.unwrap();
+    let generated = pipeline::run(
+        &sp.pipeline,
+        RunOptions {
+            components: Components::GENERATOR,
+            max_events: Some(events),
+            ..Default::default()
+        },
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
     assert_eq!(generated.stats.generated, events);
-    let store = runner::store::open(&sp.pipeline.config.mongodb, &sp.pipeline.config.embedded, &Default::default(), &sp.pipeline.schema()).await.unwrap();
+    let store = runner::store::open(
+        &sp.pipeline.config.mongodb,
+        &sp.pipeline.config.embedded,
+        &Default::default(),
+        &sp.pipeline.schema(),
+    )
+    .await
+    .unwrap();
     let t = Instant::now();
     while store.count_events().await.unwrap() < events {
-        assert!(t.elapsed() < Duration::from_secs(60), "the consumers store every event");
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the consumers store every event"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -167,42 +257,100 @@ async fn final_results_written_once() {
     for c in consumers {
         c.await.unwrap();
     }
-    let client = mongodb::Client::with_uri_str(common::mongodb()).await.unwrap();
-    let results = client.database(&sp.database).collection::<mongodb::bson::Document>("metric_results");
-    let before = results.count_documents(mongodb::bson::doc! {}).await.unwrap();
+    let client = mongodb::Client::with_uri_str(common::mongodb())
+        .await
+        .unwrap();
+    let results = client
+        .database(&sp.database)
+        .collection::<mongodb::bson::Document>("metric_results");
+    let before = results
+        .count_documents(mongodb::bson::doc! {})
+        .await
+        .unwrap();
 
     // A replay of the whole topic by a consumer in another group writes nothing new.
     let mut replay = sp.pipeline.clone();
     replay.config.kafka.consumer_group = format!("{}_replay", sp.group);
-    let options = RunOptions { components: Components::CONSUMER, idle_exit: Some(Duration::from_secs(3)), ..Default::default() };
-    pipeline::run(&replay, options, CancellationToken::new()).await.unwrap();
-    assert_eq!(results.count_documents(mongodb::bson::doc! {}).await.unwrap(), before, "the replay rewrote the same documents");
+    let options = RunOptions {
+        components: Components::CONSUMER,
+        idle_exit: Some(Duration::from_secs(3)),
+        ..Default::default()
+    };
+    pipeline::run(&replay, options, CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        results
+            .count_documents(mongodb::bson::doc! {})
+            .await
+            .unwrap(),
+        before,
+        "the replay rewrote the same documents"
+    );
 
     let raw = store.all_events().await.unwrap();
-    let set = runner::aggregate::MetricSet::load(&sp.pipeline.config.metrics, &sp.pipeline.schema()).unwrap();
+    let set =
+        runner::aggregate::MetricSet::load(&sp.pipeline.config.metrics, &sp.pipeline.schema())
+            .unwrap();
     let mut checked = 0;
     for m in set.metrics() {
         let rows = store.load_results(m.name(), 0, i64::MAX).await.unwrap();
-        assert!(rows.len() >= 2, "{}: several windows closed during the run: {rows:?}", m.name());
+        assert!(
+            rows.len() >= 2,
+            "{}: several windows closed during the run: {rows:?}",
+            m.name()
+        );
         let ends: Vec<i64> = rows.iter().map(|r| r.window_end).collect();
-        assert!(ends.windows(2).all(|w| w[1] == w[0] + 2_000), "{}: one result per closed window, none missed: {ends:?}", m.name());
-        let n = results.count_documents(mongodb::bson::doc! {"metric": m.name()}).await.unwrap();
+        assert!(
+            ends.windows(2).all(|w| w[1] == w[0] + 2_000),
+            "{}: one result per closed window, none missed: {ends:?}",
+            m.name()
+        );
+        let n = results
+            .count_documents(mongodb::bson::doc! {"metric": m.name()})
+            .await
+            .unwrap();
         assert_eq!(n as usize, rows.len(), "one document per window");
         for r in &rows {
             // A window closed before the stream reached it has nothing to compare (its value is
             // the metric's empty value).
-            if !raw.iter().any(|e| (r.window_start..r.window_end).contains(&e.time_ms())) {
+            if !raw
+                .iter()
+                .any(|e| (r.window_start..r.window_end).contains(&e.time_ms()))
+            {
                 continue;
             }
             let expected = common::recompute::recompute(&raw, r.window_start, r.window_end);
-            assert!(common::recompute::same(&r.value, &expected[m.name()]), "{} [{}, {}): result {} but recomputation gives {}", m.name(), r.window_start, r.window_end, r.value, expected[m.name()]);
+            assert!(
+                common::recompute::same(&r.value, &expected[m.name()]),
+                "{} [{}, {}): result {} but recomputation gives {}",
+                m.name(),
+                r.window_start,
+                r.window_end,
+                r.value,
+                expected[m.name()]
+            );
             checked += 1;
         }
     }
     // Typed for other readers: dates for the window, numbers and sub-documents for values.
-    let doc = results.find_one(mongodb::bson::doc! {"metric": "interaction_types"}).await.unwrap().unwrap();
-    assert!(doc.get_datetime("window_end").is_ok() && doc.get_document("value").is_ok(), "{doc}");
-    let doc = results.find_one(mongodb::bson::doc! {"metric": "active_users"}).await.unwrap().unwrap();
-    assert!(matches!(doc.get("value"), Some(mongodb::bson::Bson::Int64(_))), "{doc}");
+    let doc = results
+        .find_one(mongodb::bson::doc! {"metric": "interaction_types"})
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        doc.get_datetime("window_end").is_ok() && doc.get_document("value").is_ok(),
+        "{doc}"
+    );
+    let doc = results
+        .find_one(mongodb::bson::doc! {"metric": "active_users"})
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(doc.get("value"), Some(mongodb::bson::Bson::Int64(_))),
+        "{doc}"
+    );
     println!("{checked} final results checked against the recomputation; e.g. {doc}");
 }

@@ -84,24 +84,44 @@ impl Seam {
     }
 
     fn record(&self, m: &Metric, partition: i32, at: i64) -> PaneRecord {
-        PaneRecord { metric: seam_key(m), pane_start: SEAM_PANE, partition, offset: at, state: StateJson::encode(self) }
+        PaneRecord {
+            metric: seam_key(m),
+            pane_start: SEAM_PANE,
+            partition,
+            offset: at,
+            state: StateJson::encode(self),
+        }
     }
 }
 
 /// How far a metric's backfill has come, from its stored seams: `None` when there is nothing
 /// left to fill (or nothing to fill at all), else the share done, 0 to 1.
 pub async fn progress(m: &Metric, store: &dyn EventStore) -> anyhow::Result<Option<f64>> {
-    Ok(progress_of(&store.load_panes(&seam_key(m), SEAM_PANE, SEAM_PANE + 1, None).await?))
+    Ok(progress_of(
+        &store
+            .load_panes(&seam_key(m), SEAM_PANE, SEAM_PANE + 1, None)
+            .await?,
+    ))
 }
 
 /// [`progress`] from the metric's seam records, already read.
 pub(super) fn progress_of(records: &[PaneRecord]) -> Option<f64> {
-    let seams: Vec<(Seam, i64)> = records.iter().filter_map(|r| Some((r.state.parse().ok()?, r.offset))).collect();
+    let seams: Vec<(Seam, i64)> = records
+        .iter()
+        .filter_map(|r| Some((r.state.parse().ok()?, r.offset)))
+        .collect();
     if seams.iter().all(|(s, at)| s.complete(*at)) {
         return None;
     }
-    let (done, total) = seams.iter().map(|(s, at)| s.counts(*at)).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
-    Some(if total == 0 { 0.0 } else { done as f64 / total as f64 })
+    let (done, total) = seams
+        .iter()
+        .map(|(s, at)| s.counts(*at))
+        .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    Some(if total == 0 {
+        0.0
+    } else {
+        done as f64 / total as f64
+    })
 }
 
 /// The seam a metric gets on a partition it has no state on, at position `at` (`None`: there is
@@ -112,7 +132,15 @@ pub(super) fn new_seam(m: &Metric, partition: i32, at: i64, now_ms: i64) -> Opti
         return None;
     }
     let since = m.window.range_at(now_ms).0;
-    Some(Seam { since, start: None, done: None, held_from: None }.record(m, partition, at))
+    Some(
+        Seam {
+            since,
+            start: None,
+            done: None,
+            held_from: None,
+        }
+        .record(m, partition, at),
+    )
 }
 
 /// One (metric, partition) to fill up to its seam.
@@ -134,12 +162,31 @@ pub struct Job {
 impl Job {
     /// A job for a seam record of `set.metrics()[index]` read from the store or just made; none
     /// when it is complete.
-    pub(super) fn of(set: &MetricSet, index: usize, record: &PaneRecord) -> anyhow::Result<Option<Job>> {
-        let seam: Seam = record.state.parse().map_err(|e| anyhow::anyhow!("metric {}: a stored backfill seam is malformed: {e}", set.metrics()[index].name()))?;
+    pub(super) fn of(
+        set: &MetricSet,
+        index: usize,
+        record: &PaneRecord,
+    ) -> anyhow::Result<Option<Job>> {
+        let seam: Seam = record.state.parse().map_err(|e| {
+            anyhow::anyhow!(
+                "metric {}: a stored backfill seam is malformed: {e}",
+                set.metrics()[index].name()
+            )
+        })?;
         if seam.complete(record.offset) {
             return Ok(None);
         }
-        Ok(Some(Job { set: Arc::new(set.only(index)), partition: record.partition, at: record.offset, seam, aggregator: None, events: 0, started: None, logged: Instant::now(), check_held: false }))
+        Ok(Some(Job {
+            set: Arc::new(set.only(index)),
+            partition: record.partition,
+            at: record.offset,
+            seam,
+            aggregator: None,
+            events: 0,
+            started: None,
+            logged: Instant::now(),
+            check_held: false,
+        }))
     }
 
     fn metric(&self) -> &Metric {
@@ -172,13 +219,20 @@ pub struct BackfillConfig {
     #[serde(default = "default_share")]
     pub share: f64,
     /// Events read and aggregated in one step; between steps live batches go first.
-    #[serde(default = "default_chunk", deserialize_with = "crate::base::de::number")]
+    #[serde(
+        default = "default_chunk",
+        deserialize_with = "crate::base::de::number"
+    )]
     pub chunk: usize,
 }
 
 impl Default for BackfillConfig {
     fn default() -> Self {
-        BackfillConfig { enabled: default_enabled(), share: default_share(), chunk: default_chunk() }
+        BackfillConfig {
+            enabled: default_enabled(),
+            share: default_share(),
+            chunk: default_chunk(),
+        }
     }
 }
 
@@ -196,7 +250,10 @@ impl BackfillConfig {
     /// Problems a parse cannot catch.
     pub fn check(&self) -> Option<String> {
         if !(self.share > 0.0 && self.share <= 1.0) {
-            return Some(format!("backfill.share must be above 0 and at most 1, not {}", self.share));
+            return Some(format!(
+                "backfill.share must be above 0 and at most 1, not {}",
+                self.share
+            ));
         }
         (self.chunk == 0).then(|| "backfill.chunk must be at least 1".to_string())
     }
@@ -220,9 +277,21 @@ impl Backfiller {
 }
 
 /// Starts the backfill task, reading `history` and writing to `store`, until `stop`.
-pub fn spawn(history: Arc<dyn History>, store: Arc<dyn EventStore>, screen: Screen, config: BackfillConfig, stop: CancellationToken) -> (Backfiller, tokio::task::JoinHandle<()>) {
+pub fn spawn(
+    history: Arc<dyn History>,
+    store: Arc<dyn EventStore>,
+    screen: Screen,
+    config: BackfillConfig,
+    stop: CancellationToken,
+) -> (Backfiller, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::unbounded_channel();
-    let task = Task { history, store, screen, config, queue: VecDeque::new() };
+    let task = Task {
+        history,
+        store,
+        screen,
+        config,
+        queue: VecDeque::new(),
+    };
     (Backfiller { tx }, tokio::spawn(task.run(rx, stop)))
 }
 
@@ -268,7 +337,9 @@ impl Task {
                 self.take(c);
             }
             // Round robin: every metric and partition makes progress together.
-            let Some(mut job) = self.queue.pop_front() else { continue };
+            let Some(mut job) = self.queue.pop_front() else {
+                continue;
+            };
             let began = Instant::now();
             let rest = match self.step(&mut job).await {
                 Ok(Step::Done) => {
@@ -281,7 +352,12 @@ impl Task {
                     // slowed by the broker, a first connection say, rests no longer than MAX_REST).
                     let worked = began.elapsed().as_secs_f64();
                     self.queue.push_back(job);
-                    Some(Duration::from_secs_f64(worked * (1.0 - self.config.share) / self.config.share).min(MAX_REST))
+                    Some(
+                        Duration::from_secs_f64(
+                            worked * (1.0 - self.config.share) / self.config.share,
+                        )
+                        .min(MAX_REST),
+                    )
                 }
                 Ok(Step::Waited) => {
                     self.queue.push_back(job);
@@ -307,8 +383,15 @@ impl Task {
         match command {
             Command::Start(job) => {
                 // A job made again (a rebalance gave the partition back) replaces the old one.
-                self.queue.retain(|j| !(j.partition == job.partition && j.state_key() == job.state_key()));
-                tracing::info!(metric = job.metric().name(), partition = job.partition, upto = job.at, "backfill starts");
+                self.queue.retain(|j| {
+                    !(j.partition == job.partition && j.state_key() == job.state_key())
+                });
+                tracing::info!(
+                    metric = job.metric().name(),
+                    partition = job.partition,
+                    upto = job.at,
+                    "backfill starts"
+                );
                 self.queue.push_back(job);
             }
             Command::Stop(partition) => self.queue.retain(|j| j.partition != partition),
@@ -325,7 +408,9 @@ impl Task {
                 let (start, oldest) = self.history.start(job.partition, job.seam.since).await?;
                 job.seam.start = Some(start);
                 job.check_held = oldest;
-                self.store.write_panes(&[job.seam.record(job.metric(), job.partition, job.at)]).await?;
+                self.store
+                    .write_panes(&[job.seam.record(job.metric(), job.partition, job.at)])
+                    .await?;
                 start
             }
         };
@@ -333,7 +418,10 @@ impl Task {
             return Ok(Step::Done);
         }
         let after = job.seam.done.unwrap_or(start - 1);
-        let read = self.history.read(job.partition, after, job.at, self.config.chunk).await?;
+        let read = self
+            .history
+            .read(job.partition, after, job.at, self.config.chunk)
+            .await?;
         if read.through <= after {
             return Ok(Step::Waited); // nothing arrived in time; the next step asks again
         }
@@ -341,9 +429,19 @@ impl Task {
         if job.logged.elapsed() >= LOG_EVERY {
             job.logged = Instant::now();
             let (done, total) = job.seam.counts(job.at);
-            tracing::info!(metric = job.metric().name(), partition = job.partition, done = format!("{:.0}%", 100.0 * done as f64 / total.max(1) as f64), events = job.events, "backfilling");
+            tracing::info!(
+                metric = job.metric().name(),
+                partition = job.partition,
+                done = format!("{:.0}%", 100.0 * done as f64 / total.max(1) as f64),
+                events = job.events,
+                "backfilling"
+            );
         }
-        Ok(if job.seam.complete(job.at) { Step::Done } else { Step::Worked })
+        Ok(if job.seam.complete(job.at) {
+            Step::Done
+        } else {
+            Step::Worked
+        })
     }
 
     /// Aggregates what was read into the backfill's partials, stores them, then its progress.
@@ -354,7 +452,8 @@ impl Task {
             if first > since + job.metric().window.slide_ms {
                 job.seam.held_from = Some(first);
                 let size = job.metric().window.size_ms;
-                let filled = (100.0 * (since + size - first).max(0) as f64 / size as f64).min(100.0);
+                let filled =
+                    (100.0 * (since + size - first).max(0) as f64 / size as f64).min(100.0);
                 tracing::warn!(
                     metric = job.metric().name(), partition = job.partition,
                     "the history no longer holds the start of the window (retention): it begins {} s after it, so the backfill fills {filled:.0}% of the window",
@@ -364,20 +463,28 @@ impl Task {
         }
         let bf = backfill_partition(job.partition);
         let mut batch = Batch::default();
-        for (at, e) in read.events.into_iter().filter(|(_, e)| e.time_ms() >= since) {
+        for (at, e) in read
+            .events
+            .into_iter()
+            .filter(|(_, e)| e.time_ms() >= since)
+        {
             batch.events.push(e);
             batch.sources.push((bf, at));
         }
         (self.screen)(&mut batch);
         if !batch.events.is_empty() {
-            let aggregator = job.aggregator.get_or_insert_with(|| Aggregator::new(job.set.clone(), Stats::new()));
+            let aggregator = job
+                .aggregator
+                .get_or_insert_with(|| Aggregator::new(job.set.clone(), Stats::new()));
             // Late events were dead-lettered by the live consumer; here they are only left out.
             let absorbed = aggregator.absorb(&batch, &*self.store).await?;
             self.store.write_panes(&absorbed.panes).await?;
             job.events += batch.events.len() as u64;
         }
         job.seam.done = Some(read.through);
-        self.store.write_panes(&[job.seam.record(job.metric(), job.partition, job.at)]).await
+        self.store
+            .write_panes(&[job.seam.record(job.metric(), job.partition, job.at)])
+            .await
     }
 }
 
@@ -398,11 +505,24 @@ impl History for StoreHistory {
         Ok(self.0.raw_position().await?.unwrap_or(0))
     }
 
-    async fn read(&self, partition: i32, after: i64, upto: i64, limit: usize) -> anyhow::Result<HistoryRead> {
-        debug_assert_eq!(partition, NO_PARTITION, "the embedded store has one sequence");
+    async fn read(
+        &self,
+        partition: i32,
+        after: i64,
+        upto: i64,
+        limit: usize,
+    ) -> anyhow::Result<HistoryRead> {
+        debug_assert_eq!(
+            partition, NO_PARTITION,
+            "the embedded store has one sequence"
+        );
         let events: Vec<(i64, Record)> = self.0.raw_after(after, upto, limit).await?;
         // Fewer rows than asked for: the rest of the range is read (row numbers may skip).
-        let through = if events.len() < limit { upto } else { events.last().map_or(upto, |(at, _)| *at) };
+        let through = if events.len() < limit {
+            upto
+        } else {
+            events.last().map_or(upto, |(at, _)| *at)
+        };
         Ok(HistoryRead { events, through })
     }
 }
@@ -446,13 +566,26 @@ pub async fn recompute(
     for &partition in partitions {
         let bf = backfill_partition(partition);
         // Backfill partials of the range, to empty with the pane they belong to.
-        let backfilled: HashSet<i64> = store.load_panes(m.state_key(), since, until, Some(bf)).await?.iter().map(|r| r.pane_start).collect();
-        let empty = m.encode(&m.empty().map_err(anyhow::Error::msg)?).map_err(anyhow::Error::msg)?;
+        let backfilled: HashSet<i64> = store
+            .load_panes(m.state_key(), since, until, Some(bf))
+            .await?
+            .iter()
+            .map(|r| r.pane_start)
+            .collect();
+        let empty = m
+            .encode(&m.empty().map_err(anyhow::Error::msg)?)
+            .map_err(anyhow::Error::msg)?;
         let write = |closed: Vec<PaneRecord>| {
             let mut records = Vec::with_capacity(closed.len() * 2);
             for r in closed {
                 if backfilled.contains(&r.pane_start) {
-                    records.push(PaneRecord { metric: r.metric.clone(), pane_start: r.pane_start, partition: bf, offset: i64::MAX, state: empty.clone() });
+                    records.push(PaneRecord {
+                        metric: r.metric.clone(),
+                        pane_start: r.pane_start,
+                        partition: bf,
+                        offset: i64::MAX,
+                        state: empty.clone(),
+                    });
                 }
                 records.push(r);
             }
@@ -464,7 +597,9 @@ pub async fn recompute(
         let mut after = start - 1;
         let mut idle = 0;
         while after < end {
-            let read = history.read(partition, after, end, DEFAULT_RECOMPUTE_CHUNK).await?;
+            let read = history
+                .read(partition, after, end, DEFAULT_RECOMPUTE_CHUNK)
+                .await?;
             if read.through <= after {
                 idle += 1;
                 anyhow::ensure!(idle < 10, "history of partition {partition} stopped at position {after} (of {end}): nothing arrived for 10 reads");
@@ -473,7 +608,11 @@ pub async fn recompute(
             idle = 0;
             after = read.through;
             let mut batch = Batch::default();
-            for (at, e) in read.events.into_iter().filter(|(_, e)| (since..until).contains(&e.time_ms())) {
+            for (at, e) in read
+                .events
+                .into_iter()
+                .filter(|(_, e)| (since..until).contains(&e.time_ms()))
+            {
                 batch.events.push(e);
                 batch.sources.push((partition, at));
             }
@@ -490,7 +629,12 @@ pub async fn recompute(
         store.write_panes(&records).await?;
     }
     // Readers keep settled panes decoded: this tells them to read the rewritten ones.
-    store.write_panes(&[super::query::rewrite_mark(m, chrono::Utc::now().timestamp_millis())]).await?;
+    store
+        .write_panes(&[super::query::rewrite_mark(
+            m,
+            chrono::Utc::now().timestamp_millis(),
+        )])
+        .await?;
     done.results = rewrite_results(m, store, since, until).await?;
     Ok(done)
 }
@@ -499,11 +643,20 @@ pub async fn recompute(
 const DEFAULT_RECOMPUTE_CHUNK: usize = 5_000;
 
 /// Writes again the stored final results of `m` whose window has a pane in `[since, until)`.
-async fn rewrite_results(m: &Metric, store: &dyn EventStore, since: i64, until: i64) -> anyhow::Result<usize> {
+async fn rewrite_results(
+    m: &Metric,
+    store: &dyn EventStore,
+    since: i64,
+    until: i64,
+) -> anyhow::Result<usize> {
     let slide = m.window.slide_ms;
-    let stored = store.load_results(m.name(), since + slide, until + m.window.size_ms).await?;
+    let stored = store
+        .load_results(m.name(), since + slide, until + m.window.size_ms)
+        .await?;
     let ends: HashSet<i64> = stored.iter().map(|r| r.window_end).collect();
-    let (Some(first), Some(last)) = (ends.iter().min().copied(), ends.iter().max().copied()) else { return Ok(0) };
+    let (Some(first), Some(last)) = (ends.iter().min().copied(), ends.iter().max().copied()) else {
+        return Ok(0);
+    };
     let mut written = 0;
     let mut from = first - slide;
     while from < last {
@@ -512,7 +665,12 @@ async fn rewrite_results(m: &Metric, store: &dyn EventStore, since: i64, until: 
         let rows: Vec<crate::store::ResultRow> = points
             .into_iter()
             .filter(|p| ends.contains(&p.end))
-            .map(|p| crate::store::ResultRow { metric: m.name().to_string(), window_start: p.end - m.window.size_ms, window_end: p.end, value: p.value })
+            .map(|p| crate::store::ResultRow {
+                metric: m.name().to_string(),
+                window_start: p.end - m.window.size_ms,
+                window_end: p.end,
+                value: p.value,
+            })
             .collect();
         written += rows.len();
         store.write_results(&rows).await?;
@@ -527,7 +685,12 @@ mod tests {
 
     #[test]
     fn a_seam_counts_what_is_filled_and_knows_when_it_is_done() {
-        let mut seam = Seam { since: 0, start: None, done: None, held_from: None };
+        let mut seam = Seam {
+            since: 0,
+            start: None,
+            done: None,
+            held_from: None,
+        };
         assert_eq!(seam.counts(99), (0, 1), "the start is not looked up yet");
         assert!(!seam.complete(99));
         seam.start = Some(50);
@@ -536,13 +699,19 @@ mod tests {
         assert_eq!(seam.counts(99), (25, 50));
         seam.done = Some(99);
         assert!(seam.complete(99));
-        let empty = Seam { start: Some(100), done: None, ..seam };
+        let empty = Seam {
+            start: Some(100),
+            done: None,
+            ..seam
+        };
         assert!(empty.complete(99), "nothing between the start and the seam");
     }
 
     #[test]
     fn backfill_partitions_stay_apart_from_live_ones() {
         assert_ne!(backfill_partition(NO_PARTITION), NO_PARTITION);
-        assert!((0..1000).all(|p| backfill_partition(p) > 1000 && backfill_partition(p) != backfill_partition(p + 1)));
+        assert!((0..1000)
+            .all(|p| backfill_partition(p) > 1000
+                && backfill_partition(p) != backfill_partition(p + 1)));
     }
 }

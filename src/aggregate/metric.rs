@@ -5,8 +5,10 @@ use super::script::{self, FieldValue, Filter, Selector, Selectors};
 use super::window::Window;
 use crate::base::de;
 use crate::event::{Record, Schema, DEFAULT_MAX_LEN};
+use crate::script::{
+    compile_source, read_script, sandboxed_engine, MapFields, ScriptError, ScriptLimits,
+};
 use crate::store::StateJson;
-use crate::script::{compile_source, read_script, sandboxed_engine, MapFields, ScriptError, ScriptLimits};
 use rhai::{CallFnOptions, Dynamic, Engine, Scope, AST};
 use serde::Deserialize;
 use serde_json::Value;
@@ -92,7 +94,8 @@ pub enum TimeMode {
 impl MetricConfig {
     /// The window and slide as pane arithmetic.
     pub fn window(&self) -> Result<Window, String> {
-        Window::new(self.window, self.slide.unwrap_or(self.window)).map_err(|e| format!("metric {:?}: {e}", self.name))
+        Window::new(self.window, self.slide.unwrap_or(self.window))
+            .map_err(|e| format!("metric {:?}: {e}", self.name))
     }
 }
 
@@ -126,41 +129,76 @@ impl Metric {
     /// Compiles the metric's script and checks it fits the reducer.
     pub fn load(config: &MetricConfig, schema: &Schema) -> Result<Metric, ScriptError> {
         let path = &config.script;
-        let window = config.window().map_err(|m| ScriptError::whole_file(path, m))?;
+        let window = config
+            .window()
+            .map_err(|m| ScriptError::whole_file(path, m))?;
         // Per-event calls get a tight budget: a runaway script fails its event, not the pipeline.
-        let mut engine = sandboxed_engine(ScriptLimits { max_operations: 100_000, ..ScriptLimits::default() });
+        let mut engine = sandboxed_engine(ScriptLimits {
+            max_operations: 100_000,
+            ..ScriptLimits::default()
+        });
         script::register(&mut engine);
         let source = read_script(path)?;
         let ast = compile_source(&engine, path, &source)?;
-        let has = |name: &str, params: usize| ast.iter_functions().any(|f| f.name == name && f.params.len() == params);
+        let has = |name: &str, params: usize| {
+            ast.iter_functions()
+                .any(|f| f.name == name && f.params.len() == params)
+        };
         let selectors = if config.reducer == ReducerKind::Custom {
-            for (f, n, signature) in [("init", 0, "init()"), ("update", 1, "update(e)"), ("merge", 1, "merge(other)"), ("finish", 0, "finish()")] {
+            for (f, n, signature) in [
+                ("init", 0, "init()"),
+                ("update", 1, "update(e)"),
+                ("merge", 1, "merge(other)"),
+                ("finish", 0, "finish()"),
+            ] {
                 if !has(f, n) {
-                    return Err(ScriptError::whole_file(path, format!("a custom reducer must define fn {signature}")));
+                    return Err(ScriptError::whole_file(
+                        path,
+                        format!("a custom reducer must define fn {signature}"),
+                    ));
                 }
             }
-            Selectors { filter: Filter::All, key: None, value: None, ratio: None }
+            Selectors {
+                filter: Filter::All,
+                key: None,
+                value: None,
+                ratio: None,
+            }
         } else {
             let spec: rhai::Map = engine
                 .eval_ast_with_scope(&mut Scope::new(), &ast)
                 .map_err(|e| ScriptError::from_eval(path, &e))?;
             let s = script::selectors(path, spec, schema)?;
             if config.reducer.needs_key() && s.key.is_none() {
-                return Err(ScriptError::whole_file(path, format!("reducer {:?} needs a `key`", config.reducer)));
+                return Err(ScriptError::whole_file(
+                    path,
+                    format!("reducer {:?} needs a `key`", config.reducer),
+                ));
             }
             if (config.reducer == ReducerKind::Ratio) != s.ratio.is_some() {
                 return Err(ScriptError::whole_file(path, "reducer \"ratio\" takes `numerator` and `denominator` (filters), and only it does".to_string()));
             }
-            if (config.reducer == ReducerKind::Funnel) == config.stages.is_empty() || config.stages.len() > 64 {
+            if (config.reducer == ReducerKind::Funnel) == config.stages.is_empty()
+                || config.stages.len() > 64
+            {
                 return Err(ScriptError::whole_file(path, format!("metric {:?}: `stages` (1 to 64 stage names, in order) goes with reducer \"funnel\", and only with it", config.name)));
             }
             if config.reducer.needs_value() && s.value.is_none() {
-                return Err(ScriptError::whole_file(path, format!("reducer {:?} needs a `value`", config.reducer)));
+                return Err(ScriptError::whole_file(
+                    path,
+                    format!("reducer {:?} needs a `value`", config.reducer),
+                ));
             }
             for (name, sel) in [("key", &s.key), ("value", &s.value)] {
                 if let Some(Selector::Script(f)) = sel {
                     if !has(f.fn_name(), 1) {
-                        return Err(ScriptError::whole_file(path, format!("`{name}` names fn {}(e), which the script does not define", f.fn_name())));
+                        return Err(ScriptError::whole_file(
+                            path,
+                            format!(
+                                "`{name}` names fn {}(e), which the script does not define",
+                                f.fn_name()
+                            ),
+                        ));
                     }
                 }
             }
@@ -184,7 +222,17 @@ impl Metric {
         );
         let state_key = format!("{}#{:08x}", config.name, fnv1a(shape.as_bytes()) as u32);
         let map_fields = MapFields::of_source(&source, schema);
-        Ok(Metric { config: config.clone(), window, state_key, selectors, engine: Arc::new(engine), ast: Arc::new(ast), map_fields, settled: Arc::default(), overflowed: Arc::default() })
+        Ok(Metric {
+            config: config.clone(),
+            window,
+            state_key,
+            selectors,
+            engine: Arc::new(engine),
+            ast: Arc::new(ast),
+            map_fields,
+            settled: Arc::default(),
+            overflowed: Arc::default(),
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -214,16 +262,28 @@ impl Metric {
     pub fn empty(&self) -> Result<Partial, String> {
         match self.config.reducer {
             ReducerKind::Custom => self.call(None, "init", ()).map(Partial::Custom),
-            kind => Ok(Partial::Builtin(State::new(kind, self.selectors.key.is_some()))),
+            kind => Ok(Partial::Builtin(State::new(
+                kind,
+                self.selectors.key.is_some(),
+            ))),
         }
     }
 
     /// Adds one event. `map` is the event as a script map, present when [`Self::needs_event_map`].
-    pub fn add(&self, partial: &mut Partial, event: &Record, map: Option<&Dynamic>) -> Result<(), String> {
+    pub fn add(
+        &self,
+        partial: &mut Partial,
+        event: &Record,
+        map: Option<&Dynamic>,
+    ) -> Result<(), String> {
         match partial {
             Partial::Custom(state) => {
                 // update() changes `this`; its return value is not used.
-                let _ = self.call(Some(state), "update", (map.cloned().unwrap_or(Dynamic::UNIT),))?;
+                let _ = self.call(
+                    Some(state),
+                    "update",
+                    (map.cloned().unwrap_or(Dynamic::UNIT),),
+                )?;
                 Ok(())
             }
             Partial::Builtin(state) => {
@@ -231,7 +291,10 @@ impl Metric {
                     return Ok(());
                 }
                 let matches = match &self.selectors.ratio {
-                    Some((num, den)) => Some(Input::Matches { num: self.matches(num, event, map)?, den: self.matches(den, event, map)? }),
+                    Some((num, den)) => Some(Input::Matches {
+                        num: self.matches(num, event, map)?,
+                        den: self.matches(den, event, map)?,
+                    }),
                     None => None,
                 };
                 let kind = self.config.reducer;
@@ -293,14 +356,18 @@ impl Metric {
                 // this record, counted like any script error, and the record is left out.
                 if let Input::Number(n) = input {
                     if !n.is_finite() {
-                        return Err(format!("the value is {n}, not a finite number: left out of this metric"));
+                        return Err(format!(
+                            "the value is {n}, not a finite number: left out of this metric"
+                        ));
                     }
                 }
                 let input = match (kind, input) {
-                    (ReducerKind::Funnel, Input::Text(stage)) => match self.config.stages.iter().position(|s| s == stage) {
-                        Some(i) => Input::Stage(i as u32),
-                        None => return Ok(()),
-                    },
+                    (ReducerKind::Funnel, Input::Text(stage)) => {
+                        match self.config.stages.iter().position(|s| s == stage) {
+                            Some(i) => Input::Stage(i as u32),
+                            None => return Ok(()),
+                        }
+                    }
                     (ReducerKind::Funnel, _) => return Ok(()),
                     (_, input) => input,
                 };
@@ -312,7 +379,12 @@ impl Metric {
 
     /// Whether a record passes a filter.
     #[inline]
-    fn matches(&self, filter: &Filter, event: &Record, map: Option<&Dynamic>) -> Result<bool, String> {
+    fn matches(
+        &self,
+        filter: &Filter,
+        event: &Record,
+        map: Option<&Dynamic>,
+    ) -> Result<bool, String> {
         Ok(match filter {
             Filter::All => true,
             Filter::FieldIn(field, values) => match field.get(event) {
@@ -320,7 +392,10 @@ impl Metric {
                 FieldValue::Number(n) => values.iter().any(|v| v.parse::<f64>().ok() == Some(n)),
                 FieldValue::Missing => false,
             },
-            Filter::Script(f) => self.call_ptr(f, map)?.as_bool().map_err(|t| format!("filter returned a {t}, not a bool"))?,
+            Filter::Script(f) => self
+                .call_ptr(f, map)?
+                .as_bool()
+                .map_err(|t| format!("filter returned a {t}, not a bool"))?,
         })
     }
 
@@ -328,7 +403,9 @@ impl Metric {
     pub fn merge(&self, into: &mut Partial, other: &Partial) -> Result<(), String> {
         match (into, other) {
             (Partial::Builtin(a), Partial::Builtin(b)) => a.merge(b, self.config.exact_limit),
-            (Partial::Custom(a), Partial::Custom(b)) => self.call(Some(a), "merge", (b.clone(),)).map(|_| ()),
+            (Partial::Custom(a), Partial::Custom(b)) => {
+                self.call(Some(a), "merge", (b.clone(),)).map(|_| ())
+            }
             _ => Err("stored state does not match the metric's reducer".into()),
         }
     }
@@ -336,12 +413,15 @@ impl Metric {
     /// The reported value of a merged state.
     pub fn report(&self, partial: &Partial) -> Result<Value, String> {
         match partial {
-            Partial::Builtin(s) if self.config.reducer == ReducerKind::Funnel => Ok(s.funnel(&self.config.stages)),
+            Partial::Builtin(s) if self.config.reducer == ReducerKind::Funnel => {
+                Ok(s.funnel(&self.config.stages))
+            }
             Partial::Builtin(s) => Ok(s.report(self.config.reducer, self.config.k)),
             Partial::Custom(state) => {
                 let mut state = state.clone();
                 let out = self.call(Some(&mut state), "finish", ())?;
-                rhai::serde::from_dynamic::<Value>(&out).map_err(|e| format!("finish() returned something not JSON-like: {e}"))
+                rhai::serde::from_dynamic::<Value>(&out)
+                    .map_err(|e| format!("finish() returned something not JSON-like: {e}"))
             }
         }
     }
@@ -363,8 +443,10 @@ impl Metric {
         match partial {
             Partial::Builtin(s) => Ok(StateJson::encode(s)),
             Partial::Custom(d) => {
-                storable("this", d).map_err(|e| format!("the custom reducer's state cannot be stored: {e}"))?;
-                let v = rhai::serde::from_dynamic::<Value>(d).map_err(|e| format!("the custom reducer's state cannot be stored: {e}"))?;
+                storable("this", d)
+                    .map_err(|e| format!("the custom reducer's state cannot be stored: {e}"))?;
+                let v = rhai::serde::from_dynamic::<Value>(d)
+                    .map_err(|e| format!("the custom reducer's state cannot be stored: {e}"))?;
                 Ok(StateJson::encode(&serde_json::json!({ "custom": v })))
             }
         }
@@ -378,15 +460,29 @@ impl Metric {
                 struct Stored {
                     custom: Value,
                 }
-                let inner: Stored = stored.parse().map_err(|_| "stored state is not a custom reducer's")?;
-                rhai::serde::to_dynamic(inner.custom).map(Partial::Custom).map_err(|e| e.to_string())
+                let inner: Stored = stored
+                    .parse()
+                    .map_err(|_| "stored state is not a custom reducer's")?;
+                rhai::serde::to_dynamic(inner.custom)
+                    .map(Partial::Custom)
+                    .map_err(|e| e.to_string())
             }
             // Parsed straight from the stored text: through a `Value` first cost as much again.
-            _ => stored.parse::<State>().map(Partial::Builtin).map_err(|e| format!("stored state does not fit reducer {:?}: {e}", self.config.reducer)),
+            _ => stored.parse::<State>().map(Partial::Builtin).map_err(|e| {
+                format!(
+                    "stored state does not fit reducer {:?}: {e}",
+                    self.config.reducer
+                )
+            }),
         }
     }
 
-    fn call(&self, this: Option<&mut Dynamic>, name: &str, args: impl rhai::FuncArgs) -> Result<Dynamic, String> {
+    fn call(
+        &self,
+        this: Option<&mut Dynamic>,
+        name: &str,
+        args: impl rhai::FuncArgs,
+    ) -> Result<Dynamic, String> {
         let mut options = CallFnOptions::new().eval_ast(false);
         if let Some(this) = this {
             options = options.bind_this_ptr(this);
@@ -407,14 +503,21 @@ fn storable(path: &str, d: &Dynamic) -> Result<(), String> {
     if let Ok(f) = d.as_float() {
         return match f.is_finite() {
             true => Ok(()),
-            false => Err(format!("{path} is {f}, which JSON cannot hold (return a finite number)")),
+            false => Err(format!(
+                "{path} is {f}, which JSON cannot hold (return a finite number)"
+            )),
         };
     }
     if let Some(map) = d.read_lock::<rhai::Map>() {
-        return map.iter().try_for_each(|(k, v)| storable(&format!("{path}.{k}"), v));
+        return map
+            .iter()
+            .try_for_each(|(k, v)| storable(&format!("{path}.{k}"), v));
     }
     if let Some(array) = d.read_lock::<rhai::Array>() {
-        return array.iter().enumerate().try_for_each(|(i, v)| storable(&format!("{path}[{i}]"), v));
+        return array
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, v)| storable(&format!("{path}[{i}]"), v));
     }
     if d.is_fnptr() {
         return Err(format!("{path} is a function pointer"));
@@ -424,5 +527,7 @@ fn storable(path: &str, d: &Dynamic) -> Result<(), String> {
 
 /// A stable hash (the std hasher may change between Rust releases; stored keys must not).
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ *b as u64).wrapping_mul(0x100_0000_01b3))
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ *b as u64).wrapping_mul(0x100_0000_01b3)
+    })
 }

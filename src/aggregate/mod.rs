@@ -43,13 +43,19 @@ impl MetricSet {
     }
 
     /// Compiles every metric, and on failure returns every problem, not only the first.
-    pub fn load_all(configs: &[MetricConfig], schema: &Schema) -> Result<MetricSet, Vec<ScriptError>> {
+    pub fn load_all(
+        configs: &[MetricConfig],
+        schema: &Schema,
+    ) -> Result<MetricSet, Vec<ScriptError>> {
         let mut seen = HashSet::new();
         let mut metrics = Vec::with_capacity(configs.len());
         let mut errors = Vec::new();
         for c in configs {
             if !seen.insert(c.name.as_str()) {
-                errors.push(ScriptError::whole_file(&c.script, format!("metric name {:?} is used twice", c.name)));
+                errors.push(ScriptError::whole_file(
+                    &c.script,
+                    format!("metric name {:?} is used twice", c.name),
+                ));
             }
             match Metric::load(c, schema) {
                 Ok(m) => metrics.push(m),
@@ -61,9 +67,14 @@ impl MetricSet {
         }
         let mut map_fields: Option<MapFields> = None;
         for m in metrics.iter().filter(|m| m.needs_event_map()) {
-            map_fields.get_or_insert_with(MapFields::default).union(m.map_fields());
+            map_fields
+                .get_or_insert_with(MapFields::default)
+                .union(m.map_fields());
         }
-        Ok(MetricSet { metrics, map_fields })
+        Ok(MetricSet {
+            metrics,
+            map_fields,
+        })
     }
 
     /// The fields of the one record map per record that the metrics calling scripts share, or
@@ -80,7 +91,10 @@ impl MetricSet {
     pub fn only(&self, index: usize) -> MetricSet {
         let m = self.metrics[index].clone();
         let map_fields = m.needs_event_map().then(|| m.map_fields().clone());
-        MetricSet { metrics: vec![m], map_fields }
+        MetricSet {
+            metrics: vec![m],
+            map_fields,
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -88,7 +102,11 @@ impl MetricSet {
     }
 
     /// Current value of every metric for the window ending with the pane holding `at_ms`.
-    pub async fn read_all(&self, store: &dyn EventStore, at_ms: i64) -> anyhow::Result<Vec<MetricValue>> {
+    pub async fn read_all(
+        &self,
+        store: &dyn EventStore,
+        at_ms: i64,
+    ) -> anyhow::Result<Vec<MetricValue>> {
         let mut out = Vec::with_capacity(self.metrics.len());
         for m in &self.metrics {
             out.push(read(m, store, at_ms).await?);

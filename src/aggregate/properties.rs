@@ -23,11 +23,20 @@ fn interleave(partitions: &[Vec<(u8, i64)>], seed: u64) -> Stream {
     let mut next = vec![0usize; partitions.len()];
     let mut stream = Vec::new();
     while let Some(p) = {
-        let open: Vec<usize> = (0..partitions.len()).filter(|&p| next[p] < partitions[p].len()).collect();
+        let open: Vec<usize> = (0..partitions.len())
+            .filter(|&p| next[p] < partitions[p].len())
+            .collect();
         (!open.is_empty()).then(|| open[rng.random_range(0..open.len())])
     } {
         let (item, second) = partitions[p][next[p]];
-        stream.push((event(&format!("p{p}-{}", next[p]), &format!("item_{item}"), second), (p as i32, next[p] as i64)));
+        stream.push((
+            event(
+                &format!("p{p}-{}", next[p]),
+                &format!("item_{item}"),
+                second,
+            ),
+            (p as i32, next[p] as i64),
+        ));
         next[p] += 1;
     }
     stream
@@ -37,13 +46,24 @@ fn interleave(partitions: &[Vec<(u8, i64)>], seed: u64) -> Stream {
 /// checkpoint, as a consumer behind does); after a batch its commit is sometimes lost with the
 /// process (`crashes[i] == 0`: memory gone, replay from the last commit; at most once between
 /// two commits), and a commit happens only with a checkpoint.
-async fn consume_with_crashes(set: &Arc<MetricSet>, store: &EmbeddedStore, stream: &Stream, cuts: &[usize], crashes: &[u8], every: usize) {
+async fn consume_with_crashes(
+    set: &Arc<MetricSet>,
+    store: &EmbeddedStore,
+    stream: &Stream,
+    cuts: &[usize],
+    crashes: &[u8],
+    every: usize,
+) {
     let mut agg = Aggregator::new(set.clone(), Stats::new());
     let (mut pos, mut committed, mut batch_no, mut crashed) = (0usize, 0usize, 0usize, false);
     while pos < stream.len() {
         let n = cuts[batch_no % cuts.len()].min(stream.len() - pos);
         let batch = &stream[pos..pos + n];
-        let batch = Batch { events: batch.iter().map(|b| b.0.clone()).collect(), sources: batch.iter().map(|b| b.1).collect(), ..Batch::default() };
+        let batch = Batch {
+            events: batch.iter().map(|b| b.0.clone()).collect(),
+            sources: batch.iter().map(|b| b.1).collect(),
+            ..Batch::default()
+        };
         agg.ingest(&batch, store).await.unwrap();
         pos += n;
         let checkpoint = (batch_no + 1) % every == 0 || pos == stream.len();
@@ -83,24 +103,56 @@ fn recomputed(stream: &Stream, lateness_s: i64, window: (i64, i64)) -> BTreeMap<
         }
         *mark = (*mark).max(t);
         if (window.0..window.1).contains(&t) {
-            *expected.entry(e.field("item_id").and_then(|v| v.as_text()).unwrap().into_owned()).or_default() += 1;
+            *expected
+                .entry(
+                    e.field("item_id")
+                        .and_then(|v| v.as_text())
+                        .unwrap()
+                        .into_owned(),
+                )
+                .or_default() += 1;
         }
     }
     expected
 }
 
-fn check_windows(set: &Arc<MetricSet>, partitions: &[Vec<(u8, i64)>], cuts: &[usize], crashes: &[u8], every: usize, seed: u64, lateness_s: i64) -> Result<(), TestCaseError> {
+fn check_windows(
+    set: &Arc<MetricSet>,
+    partitions: &[Vec<(u8, i64)>],
+    cuts: &[usize],
+    crashes: &[u8],
+    every: usize,
+    seed: u64,
+    lateness_s: i64,
+) -> Result<(), TestCaseError> {
     let stream = interleave(partitions, seed);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let store = EmbeddedStore::open(&EmbeddedConfig { data_dir: dir.path().to_path_buf(), ..Default::default() }, &Default::default(), &super::write::tests::schema(), &[]).unwrap();
+    let store = EmbeddedStore::open(
+        &EmbeddedConfig {
+            data_dir: dir.path().to_path_buf(),
+            ..Default::default()
+        },
+        &Default::default(),
+        &super::write::tests::schema(),
+        &[],
+    )
+    .unwrap();
     rt.block_on(async {
         consume_with_crashes(set, &store, &stream, cuts, crashes, every).await;
         let metric = &set.metrics()[0];
         for at in (0..100).step_by(5) {
             let v = read(metric, &store, (1_000_000 + at) * 1000).await.unwrap();
             let got: BTreeMap<String, u64> = serde_json::from_value(v.value.clone()).unwrap();
-            prop_assert_eq!(got, recomputed(&stream, lateness_s, (v.window_start, v.window_end)), "window ending {}", v.window_end);
+            prop_assert_eq!(
+                got,
+                recomputed(&stream, lateness_s, (v.window_start, v.window_end)),
+                "window ending {}",
+                v.window_end
+            );
         }
         Ok(())
     })

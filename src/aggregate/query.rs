@@ -34,7 +34,11 @@ pub struct Backfilling {
 }
 
 /// Reads one metric's window ending with the pane holding `at_ms`, merging every stored partial.
-pub async fn read(metric: &Metric, store: &dyn EventStore, at_ms: i64) -> anyhow::Result<MetricValue> {
+pub async fn read(
+    metric: &Metric,
+    store: &dyn EventStore,
+    at_ms: i64,
+) -> anyhow::Result<MetricValue> {
     let (start, end) = metric.window.range_at(at_ms);
     let (mut value, mut other) = (Value::Null, None);
     each_window(metric, store, &[end], |_, merged, _| {
@@ -68,12 +72,22 @@ pub struct Point {
 
 /// A metric's value for windows ending every `step` (at least one slide) from `from` to `to`,
 /// at most `max_points` of them; the partials are read once and merged in memory.
-pub async fn history(metric: &Metric, store: &dyn EventStore, from: i64, to: i64, max_points: usize) -> anyhow::Result<Vec<Point>> {
+pub async fn history(
+    metric: &Metric,
+    store: &dyn EventStore,
+    from: i64,
+    to: i64,
+    max_points: usize,
+) -> anyhow::Result<Vec<Point>> {
     let w = metric.window;
     let step = history_step(metric, from, to, max_points);
     let last_end = w.pane_of(to) + w.slide_ms;
-    let first_end = (w.pane_of(from) + w.slide_ms).max(last_end - step * (max_points.max(1) as i64 - 1));
-    let ends: Vec<i64> = (0..).map(|i| first_end + i * step).take_while(|e| *e <= last_end).collect();
+    let first_end =
+        (w.pane_of(from) + w.slide_ms).max(last_end - step * (max_points.max(1) as i64 - 1));
+    let ends: Vec<i64> = (0..)
+        .map(|i| first_end + i * step)
+        .take_while(|e| *e <= last_end)
+        .collect();
     windows(metric, store, &ends).await
 }
 
@@ -89,10 +103,18 @@ pub fn history_step(metric: &Metric, from: i64, to: i64, max_points: usize) -> i
 /// The metric's value for the windows ending at each of `ends` (ascending, pane-aligned).
 /// Each window's merged state is reported and dropped before the next is merged: sixty merged
 /// states of a per-session metric held at once (a 5-minute chart) cost ~400 MB at 10,000 events/s.
-pub async fn windows(metric: &Metric, store: &dyn EventStore, ends: &[i64]) -> anyhow::Result<Vec<Point>> {
+pub async fn windows(
+    metric: &Metric,
+    store: &dyn EventStore,
+    ends: &[i64],
+) -> anyhow::Result<Vec<Point>> {
     let mut points = Vec::with_capacity(ends.len());
     each_window(metric, store, ends, |end, merged, filled| {
-        points.push(Point { end, value: metric.report(merged).map_err(anyhow::Error::msg)?, filled });
+        points.push(Point {
+            end,
+            value: metric.report(merged).map_err(anyhow::Error::msg)?,
+            filled,
+        });
         Ok(())
     })
     .await?;
@@ -103,8 +125,15 @@ pub async fn windows(metric: &Metric, store: &dyn EventStore, ends: &[i64]) -> a
 /// and whether any partial was stored for it. Settled panes come from the metric's [`SettledPanes`]; the others
 /// are read from the store a window's span at a time, and dropped once no later window needs
 /// them: a day of panes read at once (a long history) held hundreds of megabytes.
-async fn each_window(metric: &Metric, store: &dyn EventStore, ends: &[i64], mut each: impl FnMut(i64, &Partial, bool) -> anyhow::Result<()>) -> anyhow::Result<()> {
-    let Some(&last_end) = ends.last() else { return Ok(()) };
+async fn each_window(
+    metric: &Metric,
+    store: &dyn EventStore,
+    ends: &[i64],
+    mut each: impl FnMut(i64, &Partial, bool) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let Some(&last_end) = ends.last() else {
+        return Ok(());
+    };
     let w = metric.window;
     let mut kept = metric.settled.kept.lock().await;
     kept.advance(metric, store).await?;
@@ -115,7 +144,10 @@ async fn each_window(metric: &Metric, store: &dyn EventStore, ends: &[i64], mut 
         let start = end - w.size_ms;
         loose = loose.split_off(&start);
         if end > loaded_to {
-            let (from, to) = (loaded_to.max(start), end.max(loaded_to.max(start) + w.size_ms).min(last_end));
+            let (from, to) = (
+                loaded_to.max(start),
+                end.max(loaded_to.max(start) + w.size_ms).min(last_end),
+            );
             load_merged(metric, store, from, to.min(kept.from), &mut loose).await?;
             load_merged(metric, store, from.max(kept.until), to, &mut loose).await?;
             loaded_to = to;
@@ -126,7 +158,9 @@ async fn each_window(metric: &Metric, store: &dyn EventStore, ends: &[i64], mut 
             false => kept.merge(metric, start, end)?,
         };
         for p in loose.range(start..end).map(|(_, p)| p) {
-            metric.merge(&mut merged, p).map_err(|e| anyhow::anyhow!("metric {}: {e}", metric.name()))?;
+            metric
+                .merge(&mut merged, p)
+                .map_err(|e| anyhow::anyhow!("metric {}: {e}", metric.name()))?;
             filled = true;
         }
         each(end, &merged, filled)?;
@@ -140,15 +174,28 @@ async fn each_window(metric: &Metric, store: &dyn EventStore, ends: &[i64], mut 
 const PANES_PER_QUERY: i64 = 4;
 
 /// Reads the partials of panes `[from, to)` into `panes`, one merged state per pane.
-async fn load_merged(metric: &Metric, store: &dyn EventStore, from: i64, to: i64, panes: &mut BTreeMap<i64, Partial>) -> anyhow::Result<()> {
+async fn load_merged(
+    metric: &Metric,
+    store: &dyn EventStore,
+    from: i64,
+    to: i64,
+    panes: &mut BTreeMap<i64, Partial>,
+) -> anyhow::Result<()> {
     let step = PANES_PER_QUERY * metric.window.slide_ms;
     let mut at = from;
     while at < to {
         let until = at.saturating_add(step).min(to);
-        for r in store.load_panes(metric.state_key(), at, until, None).await? {
-            let partial = metric.decode(&r.state).map_err(|e| anyhow::anyhow!("metric {}: {e}", metric.name()))?;
+        for r in store
+            .load_panes(metric.state_key(), at, until, None)
+            .await?
+        {
+            let partial = metric
+                .decode(&r.state)
+                .map_err(|e| anyhow::anyhow!("metric {}: {e}", metric.name()))?;
             match panes.get_mut(&r.pane_start) {
-                Some(p) => metric.merge(p, &partial).map_err(|e| anyhow::anyhow!("metric {}: {e}", metric.name()))?,
+                Some(p) => metric
+                    .merge(p, &partial)
+                    .map_err(|e| anyhow::anyhow!("metric {}: {e}", metric.name()))?,
                 None => {
                     panes.insert(r.pane_start, partial);
                 }
@@ -178,7 +225,13 @@ fn rewrite_key(m: &Metric) -> String {
 /// The record that tells readers `m`'s settled panes were rewritten at `now_ms` (by
 /// `runner backfill`), so they drop what they kept.
 pub(super) fn rewrite_mark(m: &Metric, now_ms: i64) -> PaneRecord {
-    PaneRecord { metric: rewrite_key(m), pane_start: TIMELESS_PANE, partition: 0, offset: now_ms, state: now_ms.into() }
+    PaneRecord {
+        metric: rewrite_key(m),
+        pane_start: TIMELESS_PANE,
+        partition: 0,
+        offset: now_ms,
+        state: now_ms.into(),
+    }
 }
 
 /// Everything is read from the store again this often, whatever the marks say (a partition
@@ -208,7 +261,16 @@ struct Kept {
 impl Default for Kept {
     fn default() -> Self {
         // An empty span past every pane: nothing is kept, every read goes to the store.
-        Kept { store: String::new(), marks: Vec::new(), seams: Vec::new(), read_at: None, from: i64::MAX, until: i64::MAX, panes: BTreeMap::new(), prefixes: HashMap::new() }
+        Kept {
+            store: String::new(),
+            marks: Vec::new(),
+            seams: Vec::new(),
+            read_at: None,
+            from: i64::MAX,
+            until: i64::MAX,
+            panes: BTreeMap::new(),
+            prefixes: HashMap::new(),
+        }
     }
 }
 
@@ -216,22 +278,62 @@ impl Kept {
     /// Moves the kept span up to the newest settled pane and back to two window sizes behind it.
     async fn advance(&mut self, metric: &Metric, store: &dyn EventStore) -> anyhow::Result<()> {
         let describe = store.describe();
-        let marks = store.load_panes(&rewrite_key(metric), TIMELESS_PANE, TIMELESS_PANE + 1, None).await?;
-        let seams = store.load_panes(&super::backfill::seam_key(metric), super::backfill::SEAM_PANE, super::backfill::SEAM_PANE + 1, None).await?;
-        if self.store != describe || self.marks != marks || self.seams != seams || self.read_at.is_none_or(|t| t.elapsed() > REREAD_EVERY) {
-            *self = Kept { store: describe, marks, seams, read_at: Some(Instant::now()), ..Kept::default() };
+        let marks = store
+            .load_panes(&rewrite_key(metric), TIMELESS_PANE, TIMELESS_PANE + 1, None)
+            .await?;
+        let seams = store
+            .load_panes(
+                &super::backfill::seam_key(metric),
+                super::backfill::SEAM_PANE,
+                super::backfill::SEAM_PANE + 1,
+                None,
+            )
+            .await?;
+        if self.store != describe
+            || self.marks != marks
+            || self.seams != seams
+            || self.read_at.is_none_or(|t| t.elapsed() > REREAD_EVERY)
+        {
+            *self = Kept {
+                store: describe,
+                marks,
+                seams,
+                read_at: Some(Instant::now()),
+                ..Kept::default()
+            };
         }
         let w = metric.window;
         let lateness = metric.config.lateness.as_millis() as i64;
-        let oldest = super::write::stored_watermarks(metric, store).await?.into_iter().map(|(_, t)| t).min();
-        let Some(until) = oldest.and_then(|t| t.checked_sub(lateness)).map(|f| w.pane_of(f)) else {
-            *self = Kept { store: std::mem::take(&mut self.store), marks: std::mem::take(&mut self.marks), seams: std::mem::take(&mut self.seams), read_at: self.read_at, ..Kept::default() };
+        let oldest = super::write::stored_watermarks(metric, store)
+            .await?
+            .into_iter()
+            .map(|(_, t)| t)
+            .min();
+        let Some(until) = oldest
+            .and_then(|t| t.checked_sub(lateness))
+            .map(|f| w.pane_of(f))
+        else {
+            *self = Kept {
+                store: std::mem::take(&mut self.store),
+                marks: std::mem::take(&mut self.marks),
+                seams: std::mem::take(&mut self.seams),
+                read_at: self.read_at,
+                ..Kept::default()
+            };
             return Ok(());
         };
         let keep_from = until.saturating_sub(2 * w.size_ms);
         if self.from == i64::MAX || until < self.until {
             // Nothing kept yet, or a watermark went back (a partition joined late): start over.
-            *self = Kept { store: std::mem::take(&mut self.store), marks: std::mem::take(&mut self.marks), seams: std::mem::take(&mut self.seams), read_at: self.read_at, from: keep_from, until: keep_from, ..Kept::default() };
+            *self = Kept {
+                store: std::mem::take(&mut self.store),
+                marks: std::mem::take(&mut self.marks),
+                seams: std::mem::take(&mut self.seams),
+                read_at: self.read_at,
+                from: keep_from,
+                until: keep_from,
+                ..Kept::default()
+            };
         }
         if keep_from > self.from {
             self.panes = self.panes.split_off(&keep_from);
@@ -239,7 +341,14 @@ impl Kept {
             self.prefixes.clear();
         }
         if until > self.until {
-            load_merged(metric, store, self.until.max(self.from), until, &mut self.panes).await?;
+            load_merged(
+                metric,
+                store,
+                self.until.max(self.from),
+                until,
+                &mut self.panes,
+            )
+            .await?;
             self.until = until;
             self.prefixes.clear();
         }
@@ -248,7 +357,12 @@ impl Kept {
 
     /// The merge of the kept panes in `[start, end)` (start within the kept span), kept for the
     /// next read of the same window.
-    fn prefix(&mut self, metric: &Metric, start: i64, end: i64) -> anyhow::Result<&(Partial, bool)> {
+    fn prefix(
+        &mut self,
+        metric: &Metric,
+        start: i64,
+        end: i64,
+    ) -> anyhow::Result<&(Partial, bool)> {
         let key = (start, end.min(self.until));
         if !self.prefixes.contains_key(&key) {
             if self.prefixes.len() >= MAX_PREFIXES {
@@ -267,7 +381,9 @@ impl Kept {
         let mut filled = false;
         if start < end {
             for p in self.panes.range(start..end).map(|(_, p)| p) {
-                metric.merge(&mut merged, p).map_err(|e| anyhow::anyhow!("metric {}: {e}", metric.name()))?;
+                metric
+                    .merge(&mut merged, p)
+                    .map_err(|e| anyhow::anyhow!("metric {}: {e}", metric.name()))?;
                 filled = true;
             }
         }
@@ -287,14 +403,30 @@ mod tests {
 
     /// Aggregates one event of item `a` per second of `seconds` on `partition` (offsets from
     /// `first_offset`) and stores the partials, as a consumer does.
-    async fn consume(set: &Arc<MetricSet>, store: &EmbeddedStore, partition: i32, first_offset: i64, seconds: impl Iterator<Item = i64>) {
+    async fn consume(
+        set: &Arc<MetricSet>,
+        store: &EmbeddedStore,
+        partition: i32,
+        first_offset: i64,
+        seconds: impl Iterator<Item = i64>,
+    ) {
         let mut agg = Aggregator::new(set.clone(), Stats::new());
         let (mut events, mut sources) = (Vec::new(), Vec::new());
         for (i, s) in seconds.enumerate() {
             events.push(event(&format!("p{partition}-{s}-{i}"), "a", s));
             sources.push((partition, first_offset + i as i64));
         }
-        let absorbed = agg.absorb(&Batch { events, sources, ..Batch::default() }, store).await.unwrap();
+        let absorbed = agg
+            .absorb(
+                &Batch {
+                    events,
+                    sources,
+                    ..Batch::default()
+                },
+                store,
+            )
+            .await
+            .unwrap();
         store.write_panes(&absorbed.panes).await.unwrap();
     }
 
@@ -307,7 +439,16 @@ mod tests {
     /// An embedded store in a fresh folder (kept while the folder guard lives).
     fn store() -> (tempfile::TempDir, EmbeddedStore) {
         let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open(&EmbeddedConfig { data_dir: dir.path().to_path_buf(), ..Default::default() }, &Default::default(), &schema(), &[]).unwrap();
+        let store = EmbeddedStore::open(
+            &EmbeddedConfig {
+                data_dir: dir.path().to_path_buf(),
+                ..Default::default()
+            },
+            &Default::default(),
+            &schema(),
+            &[],
+        )
+        .unwrap();
         (dir, store)
     }
 
@@ -322,23 +463,57 @@ mod tests {
         let at = T0 + 99_000;
         assert_eq!(count(&read(m, &store, at).await.unwrap().value), 60);
         let kept = m.settled.kept.lock().await.until;
-        assert_eq!(kept, T0 + 90_000, "settled up to the pane behind watermark minus lateness");
+        assert_eq!(
+            kept,
+            T0 + 90_000,
+            "settled up to the pane behind watermark minus lateness"
+        );
 
         // A partial written into a settled pane by a partition with no watermark (only a
         // backfill rewrites settled panes) is not read again until everything is reread...
-        let settled = store.load_panes(m.state_key(), T0 + 50_000, T0 + 55_000, None).await.unwrap().remove(0);
-        store.write_panes(&[PaneRecord { partition: 7, ..settled.clone() }]).await.unwrap();
-        assert_eq!(count(&read(m, &store, at).await.unwrap().value), 60, "the kept pane");
+        let settled = store
+            .load_panes(m.state_key(), T0 + 50_000, T0 + 55_000, None)
+            .await
+            .unwrap()
+            .remove(0);
+        store
+            .write_panes(&[PaneRecord {
+                partition: 7,
+                ..settled.clone()
+            }])
+            .await
+            .unwrap();
+        assert_eq!(
+            count(&read(m, &store, at).await.unwrap().value),
+            60,
+            "the kept pane"
+        );
         // ...unless it says so: `runner backfill` leaves a rewrite mark.
-        store.write_panes(&[PaneRecord { partition: 8, ..settled }, rewrite_mark(m, 1)]).await.unwrap();
-        assert_eq!(count(&read(m, &store, at).await.unwrap().value), 70, "both partials read again after the mark");
+        store
+            .write_panes(&[
+                PaneRecord {
+                    partition: 8,
+                    ..settled
+                },
+                rewrite_mark(m, 1),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(
+            count(&read(m, &store, at).await.unwrap().value),
+            70,
+            "both partials read again after the mark"
+        );
         store.write_panes(&[rewrite_mark(m, 2)]).await.unwrap();
         // ...while an event in a pane still open shows on the next read.
         consume(&set, &store, 0, 100, [98].into_iter()).await;
         assert_eq!(count(&read(m, &store, at).await.unwrap().value), 71);
         // A fresh definition (a reload) reads the store whole.
         let fresh = per_item_set(Duration::from_secs(60), Duration::from_secs(5));
-        assert_eq!(count(&read(&fresh.metrics()[0], &store, at).await.unwrap().value), 71);
+        assert_eq!(
+            count(&read(&fresh.metrics()[0], &store, at).await.unwrap().value),
+            71
+        );
 
         // A partition whose watermark is behind what was kept starts the span over.
         consume(&set, &store, 1, 0, [41].into_iter()).await;
@@ -359,8 +534,16 @@ mod tests {
         let points = windows(m, &store, &ends).await.unwrap();
         for p in &points {
             // One event a second from 0 s to 299 s.
-            let (first, past) = ((p.end - 20_000 - T0).clamp(0, 300_000), (p.end - T0).min(300_000));
-            assert_eq!(count(&p.value) as i64, (past - first) / 1000, "window ending {} ms", p.end - T0);
+            let (first, past) = (
+                (p.end - 20_000 - T0).clamp(0, 300_000),
+                (p.end - T0).min(300_000),
+            );
+            assert_eq!(
+                count(&p.value) as i64,
+                (past - first) / 1000,
+                "window ending {} ms",
+                p.end - T0
+            );
             assert!(p.filled);
         }
     }

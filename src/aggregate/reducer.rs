@@ -3,9 +3,9 @@
 //! work of a built-in metric is a hash-map update.
 
 use super::sketch::Sketch;
+use crate::event::Text;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use crate::event::Text;
 use std::collections::{HashMap, HashSet};
 
 /// Per-key state, by key. Keys are looked up once per event and metric: foldhash instead of
@@ -54,7 +54,9 @@ impl Serialize for DistinctSet {
 
 impl<'de> Deserialize<'de> for DistinctSet {
     fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
-        Ok(DistinctSet(Vec::<Text>::deserialize(de)?.into_iter().collect()))
+        Ok(DistinctSet(
+            Vec::<Text>::deserialize(de)?.into_iter().collect(),
+        ))
     }
 }
 
@@ -96,18 +98,35 @@ pub enum ReducerKind {
 impl ReducerKind {
     /// Whether the reducer needs a `key` selector.
     pub fn needs_key(self) -> bool {
-        matches!(self, ReducerKind::TopK | ReducerKind::BottomK | ReducerKind::MeanPerKey | ReducerKind::Funnel)
+        matches!(
+            self,
+            ReducerKind::TopK
+                | ReducerKind::BottomK
+                | ReducerKind::MeanPerKey
+                | ReducerKind::Funnel
+        )
     }
 
     /// Whether the reducer needs a `value` selector.
     pub fn needs_value(self) -> bool {
-        matches!(self, ReducerKind::Sum | ReducerKind::Avg | ReducerKind::Min | ReducerKind::Max | ReducerKind::Distinct | ReducerKind::Funnel)
+        matches!(
+            self,
+            ReducerKind::Sum
+                | ReducerKind::Avg
+                | ReducerKind::Min
+                | ReducerKind::Max
+                | ReducerKind::Distinct
+                | ReducerKind::Funnel
+        )
     }
 
     /// An empty accumulator for one group.
     pub fn empty(self) -> Acc {
         match self {
-            ReducerKind::Count | ReducerKind::TopK | ReducerKind::BottomK | ReducerKind::MeanPerKey => Acc::Count(0),
+            ReducerKind::Count
+            | ReducerKind::TopK
+            | ReducerKind::BottomK
+            | ReducerKind::MeanPerKey => Acc::Count(0),
             ReducerKind::Sum | ReducerKind::Avg => Acc::Sum { sum: 0.0, n: 0 },
             ReducerKind::Min => Acc::Min(None),
             ReducerKind::Max => Acc::Max(None),
@@ -124,14 +143,20 @@ impl ReducerKind {
 #[serde(rename_all = "snake_case")]
 pub enum Acc {
     Count(u64),
-    Sum { sum: f64, n: u64 },
+    Sum {
+        sum: f64,
+        n: u64,
+    },
     Min(Option<f64>),
     Max(Option<f64>),
     Distinct(DistinctSet),
     /// A distinct count past its exact limit.
     Sketch(Sketch),
     /// Records matching a ratio's numerator and its denominator.
-    Ratio { num: u64, den: u64 },
+    Ratio {
+        num: u64,
+        den: u64,
+    },
     /// The funnel stages a key was seen at, bit i for stage i.
     Stages(u64),
 }
@@ -143,7 +168,10 @@ pub enum Input<'a> {
     Number(f64),
     Text(&'a str),
     /// Whether the record matches a ratio's numerator and its denominator.
-    Matches { num: bool, den: bool },
+    Matches {
+        num: bool,
+        den: bool,
+    },
     /// The funnel stage (its index) a record shows its key at.
     Stage(u32),
 }
@@ -172,7 +200,9 @@ impl Acc {
                     self.become_sketch();
                 }
             }
-            (Acc::Distinct(_), Input::Number(v)) => self.add(Input::Text(&v.to_string()), exact_limit),
+            (Acc::Distinct(_), Input::Number(v)) => {
+                self.add(Input::Text(&v.to_string()), exact_limit)
+            }
             (Acc::Sketch(sk), Input::Text(s)) => sk.insert(s),
             (Acc::Sketch(sk), Input::Number(v)) => sk.insert(&v.to_string()),
             // A missing or mistyped value is skipped by the caller; nothing else reaches here.
@@ -235,12 +265,22 @@ impl Acc {
     fn report(&self, kind: ReducerKind) -> Value {
         match self {
             Acc::Count(n) => json!(n),
-            Acc::Sum { sum, n } if kind == ReducerKind::Avg => if *n == 0 { Value::Null } else { json!(sum / *n as f64) },
+            Acc::Sum { sum, n } if kind == ReducerKind::Avg => {
+                if *n == 0 {
+                    Value::Null
+                } else {
+                    json!(sum / *n as f64)
+                }
+            }
             Acc::Sum { sum, .. } => json!(sum),
             Acc::Min(v) | Acc::Max(v) => v.map_or(Value::Null, |v| json!(v)),
             Acc::Distinct(set) => json!(set.len()),
             Acc::Sketch(sk) => json!(sk.estimate().round() as u64),
-            Acc::Ratio { num, den } => json!(if *den == 0 { 0.0 } else { *num as f64 / *den as f64 }),
+            Acc::Ratio { num, den } => json!(if *den == 0 {
+                0.0
+            } else {
+                *num as f64 / *den as f64
+            }),
             Acc::Stages(bits) => json!(bits),
         }
     }
@@ -278,13 +318,19 @@ pub enum State {
     /// `mean_per_key`: events, and the distinct keys they came from (exact up to the metric's
     /// `exact_limit`, then a sketch), so a window of 100,000 active users stays a few KiB
     /// instead of a map entry per user.
-    PerKey { events: u64, keys: Acc },
+    PerKey {
+        events: u64,
+        keys: Acc,
+    },
 }
 
 impl State {
     pub fn new(kind: ReducerKind, grouped: bool) -> State {
         if kind == ReducerKind::MeanPerKey {
-            State::PerKey { events: 0, keys: ReducerKind::Distinct.empty() }
+            State::PerKey {
+                events: 0,
+                keys: ReducerKind::Distinct.empty(),
+            }
         } else if grouped {
             State::Grouped(Groups::default())
         } else {
@@ -293,7 +339,13 @@ impl State {
     }
 
     #[inline]
-    pub fn add(&mut self, kind: ReducerKind, key: Option<&str>, input: Input<'_>, exact_limit: usize) {
+    pub fn add(
+        &mut self,
+        kind: ReducerKind,
+        key: Option<&str>,
+        input: Input<'_>,
+        exact_limit: usize,
+    ) {
         match (self, key) {
             (State::Single(acc), _) => acc.add(input, exact_limit),
             (State::Grouped(map), Some(k)) => match map.get_mut(k) {
@@ -364,18 +416,32 @@ impl State {
             State::Grouped(map) => match kind {
                 ReducerKind::TopK | ReducerKind::BottomK => {
                     // The overflow group is no key of its own: it is left out of the ranking.
-                    let mut counts: Vec<(&Text, u64)> = map.iter().filter(|(key, _)| key.as_str() != OTHER_KEY).map(|(key, acc)| (key, count(acc))).collect();
+                    let mut counts: Vec<(&Text, u64)> = map
+                        .iter()
+                        .filter(|(key, _)| key.as_str() != OTHER_KEY)
+                        .map(|(key, acc)| (key, count(acc)))
+                        .collect();
                     // Ties break by key so every reader reports the same items.
                     if kind == ReducerKind::TopK {
                         counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
                     } else {
                         counts.sort_by(|a, b| a.1.cmp(&b.1).then(a.0.cmp(b.0)));
                     }
-                    Value::Array(counts.into_iter().take(k).map(|(key, n)| json!({"key": key, "count": n})).collect())
+                    Value::Array(
+                        counts
+                            .into_iter()
+                            .take(k)
+                            .map(|(key, n)| json!({"key": key, "count": n}))
+                            .collect(),
+                    )
                 }
                 ReducerKind::MeanPerKey => {
                     let total: u64 = map.values().map(count).sum();
-                    if map.is_empty() { json!(0.0) } else { json!(total as f64 / map.len() as f64) }
+                    if map.is_empty() {
+                        json!(0.0)
+                    } else {
+                        json!(total as f64 / map.len() as f64)
+                    }
                 }
                 _ => {
                     let mut obj = serde_json::Map::new();
@@ -411,7 +477,11 @@ impl State {
             out.insert(stage.clone(), json!(reached[i]));
         }
         for (i, pair) in stages.windows(2).enumerate() {
-            let share = if reached[i] == 0 { 0.0 } else { (reached[i + 1] as f64 / reached[i] as f64 * 1000.0).round() / 1000.0 };
+            let share = if reached[i] == 0 {
+                0.0
+            } else {
+                (reached[i + 1] as f64 / reached[i] as f64 * 1000.0).round() / 1000.0
+            };
             out.insert(format!("{}_to_{}", pair[0], pair[1]), json!(share));
         }
         Value::Object(out)
@@ -431,8 +501,14 @@ mod tests {
 
     #[test]
     fn a_funnel_counts_a_key_at_a_stage_only_after_every_earlier_one_across_partials() {
-        let stages: Vec<String> = ["view", "cart", "buy"].iter().map(|s| s.to_string()).collect();
-        let (mut a, mut b) = (State::new(ReducerKind::Funnel, true), State::new(ReducerKind::Funnel, true));
+        let stages: Vec<String> = ["view", "cart", "buy"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let (mut a, mut b) = (
+            State::new(ReducerKind::Funnel, true),
+            State::new(ReducerKind::Funnel, true),
+        );
         for (key, stage) in [("s1", 0), ("s2", 0), ("s2", 1), ("s4", 2)] {
             a.add(ReducerKind::Funnel, Some(key), Input::Stage(stage), 10);
         }
@@ -441,8 +517,14 @@ mod tests {
             b.add(ReducerKind::Funnel, Some(key), Input::Stage(stage), 10);
         }
         a.merge(&b, 10).unwrap();
-        assert_eq!(a.funnel(&stages), json!({ "view": 3, "cart": 2, "buy": 1, "view_to_cart": 0.667, "cart_to_buy": 0.5 }));
-        assert_eq!(State::new(ReducerKind::Funnel, true).funnel(&stages)["view_to_cart"], json!(0.0));
+        assert_eq!(
+            a.funnel(&stages),
+            json!({ "view": 3, "cart": 2, "buy": 1, "view_to_cart": 0.667, "cart_to_buy": 0.5 })
+        );
+        assert_eq!(
+            State::new(ReducerKind::Funnel, true).funnel(&stages)["view_to_cart"],
+            json!(0.0)
+        );
     }
 
     fn grouped(kind: ReducerKind, keys: &[&str]) -> State {
@@ -456,7 +538,9 @@ mod tests {
     #[test]
     fn merging_a_state_of_another_shape_or_reducer_is_an_error() {
         let mut grouped_count = grouped(ReducerKind::Count, &["x"]);
-        let err = grouped_count.merge(&State::new(ReducerKind::Count, false), 10).unwrap_err();
+        let err = grouped_count
+            .merge(&State::new(ReducerKind::Count, false), 10)
+            .unwrap_err();
         assert!(err.contains("different shapes"), "{err}");
         let mut min = State::new(ReducerKind::Min, false);
         min.add(ReducerKind::Min, None, Input::Number(1.0), 10);
@@ -480,21 +564,31 @@ mod tests {
         m2.add(ReducerKind::Min, None, Input::Number(-1.0), 10);
         m.merge(&m2, 10).unwrap();
         assert_eq!(m.report(ReducerKind::Min, 0), json!(-1.0));
-        assert_eq!(State::new(ReducerKind::Max, false).report(ReducerKind::Max, 0), Value::Null);
+        assert_eq!(
+            State::new(ReducerKind::Max, false).report(ReducerKind::Max, 0),
+            Value::Null
+        );
     }
 
     #[test]
     fn top_and_bottom_k_break_ties_by_key() {
         let s = grouped(ReducerKind::TopK, &["b", "a", "c", "c", "a"]);
-        assert_eq!(s.report(ReducerKind::TopK, 1), json!([{"key": "a", "count": 2}]));
-        assert_eq!(s.report(ReducerKind::BottomK, 2), json!([{"key": "b", "count": 1}, {"key": "a", "count": 2}]));
+        assert_eq!(
+            s.report(ReducerKind::TopK, 1),
+            json!([{"key": "a", "count": 2}])
+        );
+        assert_eq!(
+            s.report(ReducerKind::BottomK, 2),
+            json!([{"key": "b", "count": 1}, {"key": "a", "count": 2}])
+        );
     }
 
     #[test]
     fn merged_partials_equal_one_pass() {
         let all = grouped(ReducerKind::Count, &["x", "y", "x", "z", "x"]);
         let mut a = grouped(ReducerKind::Count, &["x", "y"]);
-        a.merge(&grouped(ReducerKind::Count, &["x", "z", "x"]), 10).unwrap();
+        a.merge(&grouped(ReducerKind::Count, &["x", "z", "x"]), 10)
+            .unwrap();
         assert_eq!(a, all);
     }
 
@@ -502,24 +596,40 @@ mod tests {
     fn mean_per_key_merges_exactly_and_stays_small_past_its_limit() {
         let per_key = |keys: &[&str]| {
             let mut s = State::new(ReducerKind::MeanPerKey, true);
-            keys.iter().for_each(|k| s.add(ReducerKind::MeanPerKey, Some(k), Input::Event, 10));
+            keys.iter()
+                .for_each(|k| s.add(ReducerKind::MeanPerKey, Some(k), Input::Event, 10));
             s
         };
         let mut a = per_key(&["x", "y"]);
         a.merge(&per_key(&["x", "z", "x"]), 10).unwrap();
         assert_eq!(a, per_key(&["x", "y", "x", "z", "x"]));
         assert_eq!(a.report(ReducerKind::MeanPerKey, 0), json!(5.0 / 3.0));
-        assert_eq!(State::new(ReducerKind::MeanPerKey, true).report(ReducerKind::MeanPerKey, 0), json!(0.0));
+        assert_eq!(
+            State::new(ReducerKind::MeanPerKey, true).report(ReducerKind::MeanPerKey, 0),
+            json!(0.0)
+        );
 
         let mut big = State::new(ReducerKind::MeanPerKey, true);
         for i in 0..100_000 {
             let user = format!("user_{}", i % 50_000);
             big.add(ReducerKind::MeanPerKey, Some(&user), Input::Event, 1_000);
         }
-        assert!(matches!(&big, State::PerKey { keys: Acc::Sketch(_), .. }), "a sketch past the limit");
+        assert!(
+            matches!(
+                &big,
+                State::PerKey {
+                    keys: Acc::Sketch(_),
+                    ..
+                }
+            ),
+            "a sketch past the limit"
+        );
         let mean = big.report(ReducerKind::MeanPerKey, 0).as_f64().unwrap();
         assert!((mean - 2.0).abs() < 0.1, "{mean}");
-        assert!(serde_json::to_string(&big).unwrap().len() < 20_000, "stored state stays small");
+        assert!(
+            serde_json::to_string(&big).unwrap().len() < 20_000,
+            "stored state stays small"
+        );
     }
 
     #[test]
@@ -552,11 +662,18 @@ mod tests {
 
     #[test]
     fn distinct_turns_into_a_sketch_past_its_limit_and_stays_close() {
-        let (mut a, mut b) = (State::new(ReducerKind::Distinct, false), State::new(ReducerKind::Distinct, false));
+        let (mut a, mut b) = (
+            State::new(ReducerKind::Distinct, false),
+            State::new(ReducerKind::Distinct, false),
+        );
         for i in 0..30_000 {
             let v = format!("user_{i}");
-            if i < 20_000 { a.add(ReducerKind::Distinct, None, Input::Text(&v), 1000) }
-            if i >= 15_000 { b.add(ReducerKind::Distinct, None, Input::Text(&v), 100_000) }
+            if i < 20_000 {
+                a.add(ReducerKind::Distinct, None, Input::Text(&v), 1000)
+            }
+            if i >= 15_000 {
+                b.add(ReducerKind::Distinct, None, Input::Text(&v), 100_000)
+            }
         }
         assert!(matches!(a, State::Single(Acc::Sketch(_))));
         assert!(matches!(b, State::Single(Acc::Distinct(_))));
@@ -576,7 +693,10 @@ mod tests {
         other.add(ReducerKind::Sum, None, Input::Number(-1.7e308), 10);
         other.add(ReducerKind::Sum, None, Input::Number(-1.7e308), 10);
         s.merge(&other, 10).unwrap();
-        assert!(matches!(s, State::Single(Acc::Sum { sum, n: 5 }) if sum.is_finite()), "{s:?}");
+        assert!(
+            matches!(s, State::Single(Acc::Sum { sum, n: 5 }) if sum.is_finite()),
+            "{s:?}"
+        );
         let stored = serde_json::to_string(&s).unwrap();
         assert!(!stored.contains("null"), "{stored}");
         assert_eq!(serde_json::from_str::<State>(&stored).unwrap(), s);

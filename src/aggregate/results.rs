@@ -30,15 +30,31 @@ const WINDOWS_PER_ROUND: usize = 500;
 /// `None` while some partition has none (it has not been read yet).
 pub fn final_until(m: &Metric, partitions: &[i32], watermarks: &HashMap<i32, i64>) -> Option<i64> {
     let lateness = m.config.lateness.as_millis() as i64;
-    let oldest = partitions.iter().map(|p| watermarks.get(p).copied()).collect::<Option<Vec<i64>>>()?.into_iter().min()?;
+    let oldest = partitions
+        .iter()
+        .map(|p| watermarks.get(p).copied())
+        .collect::<Option<Vec<i64>>>()?
+        .into_iter()
+        .min()?;
     // Window ends are pane boundaries; the newest whose end + lateness <= the oldest watermark.
     let frontier = oldest.checked_sub(lateness)?;
     Some(frontier.div_euclid(m.window.slide_ms) * m.window.slide_ms)
 }
 
 /// Writes final results for every metric until `stop`, checking every `every`.
-pub async fn run(store: Arc<dyn EventStore>, mut set: watch::Receiver<Arc<MetricSet>>, partitions: Partitions, every: Duration, stop: CancellationToken) {
-    let mut writer = Writer { store, written: HashMap::new(), partitions: Vec::new(), asked: None };
+pub async fn run(
+    store: Arc<dyn EventStore>,
+    mut set: watch::Receiver<Arc<MetricSet>>,
+    partitions: Partitions,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    let mut writer = Writer {
+        store,
+        written: HashMap::new(),
+        partitions: Vec::new(),
+        asked: None,
+    };
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -64,7 +80,10 @@ struct Writer {
 
 impl Writer {
     async fn round(&mut self, set: &MetricSet, partitions: &Partitions) -> anyhow::Result<()> {
-        if self.asked.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+        if self
+            .asked
+            .is_none_or(|t| t.elapsed() > Duration::from_secs(60))
+        {
             self.partitions = partitions().await?;
             self.asked = Some(std::time::Instant::now());
         }
@@ -76,14 +95,23 @@ impl Writer {
 
     /// Writes the windows of `m` that became final since the last round.
     async fn metric(&mut self, m: &Metric) -> anyhow::Result<()> {
-        let watermarks: HashMap<i32, i64> = super::write::stored_watermarks(m, &*self.store).await?.into_iter().collect();
-        let Some(until) = final_until(m, &self.partitions, &watermarks) else { return Ok(()) };
+        let watermarks: HashMap<i32, i64> = super::write::stored_watermarks(m, &*self.store)
+            .await?
+            .into_iter()
+            .collect();
+        let Some(until) = final_until(m, &self.partitions, &watermarks) else {
+            return Ok(());
+        };
         let slide = m.window.slide_ms;
         let last = match self.written.get(m.state_key()) {
             Some(end) => *end,
             // After a start: go on from the newest stored result, or begin with the newest final
             // window (older windows are history, not results this run made final).
-            None => self.store.latest_result(m.name()).await?.unwrap_or(until - slide),
+            None => self
+                .store
+                .latest_result(m.name())
+                .await?
+                .unwrap_or(until - slide),
         };
         // While the metric fills from history its windows are partial: none is final yet.
         if super::backfill::progress(m, &*self.store).await?.is_some() {
@@ -97,10 +125,20 @@ impl Writer {
             let points = history(m, &*self.store, last, upto - 1, WINDOWS_PER_ROUND).await?;
             let rows: Vec<ResultRow> = points
                 .into_iter()
-                .map(|p| ResultRow { metric: m.name().to_string(), window_start: p.end - m.window.size_ms, window_end: p.end, value: p.value })
+                .map(|p| ResultRow {
+                    metric: m.name().to_string(),
+                    window_start: p.end - m.window.size_ms,
+                    window_end: p.end,
+                    value: p.value,
+                })
                 .collect();
             self.store.write_results(&rows).await?;
-            tracing::debug!(metric = m.name(), windows = rows.len(), until, "final window results written");
+            tracing::debug!(
+                metric = m.name(),
+                windows = rows.len(),
+                until,
+                "final window results written"
+            );
             self.written.insert(m.state_key().to_string(), upto);
         } else {
             self.written.insert(m.state_key().to_string(), last);
@@ -120,7 +158,9 @@ mod tests {
         std::fs::write(&script, "#{}").unwrap();
         let text = format!("name = \"m\"\nscript = {script:?}\nreducer = \"count\"\nwindow = \"{window}\"\nslide = \"{slide}\"\nlateness = \"{lateness}\"\n");
         let config: MetricConfig = toml::from_str(&text).unwrap();
-        let schema = crate::event::schema_of("fields = { id = \"string\", t = \"timestamp\" }\nid = \"id\"\ntime = \"t\"");
+        let schema = crate::event::schema_of(
+            "fields = { id = \"string\", t = \"timestamp\" }\nid = \"id\"\ntime = \"t\"",
+        );
         Metric::load(&config, &schema).unwrap()
     }
 
@@ -131,8 +171,16 @@ mod tests {
         // The slowest partition is at 72 s: windows ending at or before 67 s are final; the
         // newest such end on the 5 s grid is 65 s.
         assert_eq!(final_until(&m, &[0, 1, 2], &marks), Some(65_000));
-        assert_eq!(final_until(&m, &[0, 2], &marks), Some(95_000), "only the partitions named count");
-        assert_eq!(final_until(&m, &[0, 1, 2, 3], &marks), None, "a partition with no watermark holds every window open");
+        assert_eq!(
+            final_until(&m, &[0, 2], &marks),
+            Some(95_000),
+            "only the partitions named count"
+        );
+        assert_eq!(
+            final_until(&m, &[0, 1, 2, 3], &marks),
+            None,
+            "a partition with no watermark holds every window open"
+        );
         assert_eq!(final_until(&m, &[], &marks), None);
     }
 }

@@ -43,7 +43,10 @@ impl Field {
         }
         if schema.extra() == Extra::Reject {
             let declared: Vec<&str> = schema.fields().iter().map(|f| f.name.as_str()).collect();
-            return Err(format!("field {name:?} is not declared in [event] (declared: {})", declared.join(", ")));
+            return Err(format!(
+                "field {name:?} is not declared in [event] (declared: {})",
+                declared.join(", ")
+            ));
         }
         Ok(Field::Extra(name.split('.').map(str::to_string).collect()))
     }
@@ -67,8 +70,12 @@ impl Field {
                 }
                 match at {
                     Some(serde_json::Value::String(s)) => FieldValue::Text(s),
-                    Some(serde_json::Value::Number(n)) => n.as_f64().map_or(FieldValue::Missing, FieldValue::Number),
-                    Some(serde_json::Value::Bool(b)) => FieldValue::Text(if *b { "true" } else { "false" }),
+                    Some(serde_json::Value::Number(n)) => {
+                        n.as_f64().map_or(FieldValue::Missing, FieldValue::Number)
+                    }
+                    Some(serde_json::Value::Bool(b)) => {
+                        FieldValue::Text(if *b { "true" } else { "false" })
+                    }
                     _ => FieldValue::Missing,
                 }
             }
@@ -103,9 +110,14 @@ pub fn register(engine: &mut Engine) {
         .register_type_with_name::<FieldRef>("Field")
         .register_type_with_name::<FieldIn>("FieldFilter")
         .register_fn("field", |name: &str| FieldRef(name.to_string()))
-        .register_fn("field_is", |name: &str, v: &str| FieldIn(name.to_string(), vec![v.to_string()]))
+        .register_fn("field_is", |name: &str, v: &str| {
+            FieldIn(name.to_string(), vec![v.to_string()])
+        })
         .register_fn("field_in", |name: &str, vs: rhai::Array| {
-            FieldIn(name.to_string(), vs.into_iter().map(|v| v.to_string()).collect())
+            FieldIn(
+                name.to_string(),
+                vs.into_iter().map(|v| v.to_string()).collect(),
+            )
         });
 }
 
@@ -129,7 +141,9 @@ pub fn selectors(path: &Path, mut spec: Map, schema: &Schema) -> Result<Selector
         } else if let Some(f) = v.try_cast::<FnPtr>() {
             Ok(Selector::Script(f))
         } else {
-            Err(err(format!("`{name}` must be field(\"name\") or Fn(\"function\")")))
+            Err(err(format!(
+                "`{name}` must be field(\"name\") or Fn(\"function\")"
+            )))
         }
     };
     let filter_of = |name: &str, v: Dynamic| -> Result<Filter, ScriptError> {
@@ -138,19 +152,37 @@ pub fn selectors(path: &Path, mut spec: Map, schema: &Schema) -> Result<Selector
         } else if let Some(f) = v.try_cast::<FnPtr>() {
             Ok(Filter::Script(f))
         } else {
-            Err(err(format!("`{name}` must be field_is(...), field_in(...) or Fn(\"function\")")))
+            Err(err(format!(
+                "`{name}` must be field_is(...), field_in(...) or Fn(\"function\")"
+            )))
         }
     };
-    let filter = spec.remove("filter").map(|v| filter_of("filter", v)).transpose()?.unwrap_or(Filter::All);
+    let filter = spec
+        .remove("filter")
+        .map(|v| filter_of("filter", v))
+        .transpose()?
+        .unwrap_or(Filter::All);
     let ratio = match (spec.remove("numerator"), spec.remove("denominator")) {
         (None, None) => None,
         (Some(n), Some(d)) => Some((filter_of("numerator", n)?, filter_of("denominator", d)?)),
-        _ => return Err(err("a ratio needs both `numerator` and `denominator`".into())),
+        _ => {
+            return Err(err(
+                "a ratio needs both `numerator` and `denominator`".into()
+            ))
+        }
     };
     let key = spec.remove("key").map(|v| selector("key", v)).transpose()?;
-    let value = spec.remove("value").map(|v| selector("value", v)).transpose()?;
+    let value = spec
+        .remove("value")
+        .map(|v| selector("value", v))
+        .transpose()?;
     if let Some(extra) = spec.keys().next() {
         return Err(err(format!("unknown entry `{extra}` (a metric script may give filter, key, value, numerator and denominator)")));
     }
-    Ok(Selectors { filter, key, value, ratio })
+    Ok(Selectors {
+        filter,
+        key,
+        value,
+        ratio,
+    })
 }

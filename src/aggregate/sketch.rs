@@ -16,14 +16,18 @@ pub struct Sketch {
 
 impl Default for Sketch {
     fn default() -> Self {
-        Sketch { registers: vec![0; M] }
+        Sketch {
+            registers: vec![0; M],
+        }
     }
 }
 
 /// A stable 64-bit hash (stored sketches must mean the same after an upgrade): FNV-1a, then
 /// the MurmurHash3 finaliser to spread the bits.
 fn hash(s: &str) -> u64 {
-    let mut h = s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+    let mut h = s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    });
     h ^= h >> 33;
     h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
     h ^= h >> 33;
@@ -81,7 +85,11 @@ mod hex {
         // ASCII, so every two bytes are two characters: slicing cannot split one.
         (0..text.len())
             .step_by(2)
-            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).map_err(|e| serde::de::Error::custom(format!("a stored sketch is not hex: {e}"))))
+            .map(|i| {
+                u8::from_str_radix(&text[i..i + 2], 16).map_err(|e| {
+                    serde::de::Error::custom(format!("a stored sketch is not hex: {e}"))
+                })
+            })
             .collect()
     }
 }
@@ -98,7 +106,12 @@ mod tests {
                 s.insert(&format!("user_{i}"));
             }
             let err = (s.estimate() - n as f64).abs() / n as f64;
-            assert!(err < 0.05, "n={n}: estimate {} ({:.2}% off)", s.estimate(), err * 100.0);
+            assert!(
+                err < 0.05,
+                "n={n}: estimate {} ({:.2}% off)",
+                s.estimate(),
+                err * 100.0
+            );
         }
     }
 
@@ -107,7 +120,11 @@ mod tests {
         let (mut a, mut b, mut all) = (Sketch::default(), Sketch::default(), Sketch::default());
         for i in 0..20_000 {
             let v = format!("v{i}");
-            if i % 3 == 0 { a.insert(&v) } else { b.insert(&v) }
+            if i % 3 == 0 {
+                a.insert(&v)
+            } else {
+                b.insert(&v)
+            }
             all.insert(&v);
         }
         a.merge(&b);
@@ -117,9 +134,13 @@ mod tests {
         // used to split a character when sliced).
         let damaged = format!("{}é", "0".repeat(M * 2 - 2));
         assert_eq!(damaged.len(), M * 2);
-        let err = serde_json::from_value::<Sketch>(serde_json::json!({ "registers": damaged })).unwrap_err();
+        let err = serde_json::from_value::<Sketch>(serde_json::json!({ "registers": damaged }))
+            .unwrap_err();
         assert!(err.to_string().contains("4096 registers"), "{err}");
-        assert!(serde_json::from_value::<Sketch>(serde_json::json!({ "registers": "zz".repeat(M) })).is_err());
+        assert!(serde_json::from_value::<Sketch>(
+            serde_json::json!({ "registers": "zz".repeat(M) })
+        )
+        .is_err());
         assert_eq!(back, a);
     }
 }

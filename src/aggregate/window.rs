@@ -19,7 +19,9 @@ impl Window {
             return Err("window and slide must be longer than 0".into());
         }
         if size_ms % slide_ms != 0 {
-            return Err(format!("slide ({slide:?}) must divide the window ({size:?}) evenly"));
+            return Err(format!(
+                "slide ({slide:?}) must divide the window ({size:?}) evenly"
+            ));
         }
         Ok(Window { size_ms, slide_ms })
     }

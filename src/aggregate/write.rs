@@ -46,7 +46,12 @@ struct Watermark {
 
 impl Default for Watermark {
     fn default() -> Self {
-        Watermark { time: i64::MIN, offset: -1, dirty: false, seam: i64::MIN }
+        Watermark {
+            time: i64::MIN,
+            offset: -1,
+            dirty: false,
+            seam: i64::MIN,
+        }
     }
 }
 
@@ -65,11 +70,24 @@ fn quarantine_key(m: &Metric) -> String {
 const WATERMARK_PANE: i64 = crate::store::TIMELESS_PANE;
 
 /// Every partition's stored watermark of `m`: (partition, newest event time).
-pub(super) async fn stored_watermarks(m: &Metric, store: &dyn EventStore) -> anyhow::Result<Vec<(i32, i64)>> {
-    let records = store.load_panes(&watermark_key(m), WATERMARK_PANE, WATERMARK_PANE + 1, None).await?;
+pub(super) async fn stored_watermarks(
+    m: &Metric,
+    store: &dyn EventStore,
+) -> anyhow::Result<Vec<(i32, i64)>> {
+    let records = store
+        .load_panes(&watermark_key(m), WATERMARK_PANE, WATERMARK_PANE + 1, None)
+        .await?;
     records
         .iter()
-        .map(|r| r.state.as_i64().map(|t| (r.partition, t)).ok_or_else(|| anyhow::anyhow!("metric {}: a stored watermark is not a time: {}", m.name(), r.state)))
+        .map(|r| {
+            r.state.as_i64().map(|t| (r.partition, t)).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "metric {}: a stored watermark is not a time: {}",
+                    m.name(),
+                    r.state
+                )
+            })
+        })
         .collect()
 }
 
@@ -104,7 +122,17 @@ pub struct Aggregator {
 impl Aggregator {
     pub fn new(set: Arc<MetricSet>, stats: Arc<Stats>) -> Aggregator {
         let states = set.metrics.iter().map(|_| MetricState::default()).collect();
-        Aggregator { set, stats, states, loaded: HashMap::new(), late: Vec::new(), backfill: None, seams: Vec::new(), jobs: Vec::new(), workers: Workers::default() }
+        Aggregator {
+            set,
+            stats,
+            states,
+            loaded: HashMap::new(),
+            late: Vec::new(),
+            backfill: None,
+            seams: Vec::new(),
+            jobs: Vec::new(),
+            workers: Workers::default(),
+        }
     }
 
     /// Applies batches and encodes partials on `workers`, each metric on one thread at a time
@@ -126,7 +154,10 @@ impl Aggregator {
     /// embedded queue's partition with backfill on, and the seam there is the newest raw row
     /// stored before this batch.
     pub fn absorbs_before_storing(&self, batch: &Batch) -> bool {
-        self.backfill.is_some() && batch.sources.is_empty() && !batch.events.is_empty() && !self.loaded.contains_key(&NO_PARTITION)
+        self.backfill.is_some()
+            && batch.sources.is_empty()
+            && !batch.events.is_empty()
+            && !self.loaded.contains_key(&NO_PARTITION)
     }
 
     /// The last [`Self::checkpoint`] is stored: the backfills whose seams it held may start.
@@ -140,9 +171,16 @@ impl Aggregator {
 
     /// [`Self::ingest`] and [`Self::checkpoint`] in one call: the batch's changed partials, to
     /// write before it is acknowledged, and its late events as dead letters.
-    pub async fn absorb(&mut self, batch: &Batch, store: &dyn EventStore) -> anyhow::Result<Absorbed> {
+    pub async fn absorb(
+        &mut self,
+        batch: &Batch,
+        store: &dyn EventStore,
+    ) -> anyhow::Result<Absorbed> {
         let late = self.ingest(batch, store).await?;
-        Ok(Absorbed { panes: self.checkpoint(), late })
+        Ok(Absorbed {
+            panes: self.checkpoint(),
+            late,
+        })
     }
 
     /// Takes in one batch: forgets partitions revoked since the last batch, loads the stored
@@ -150,7 +188,11 @@ impl Aggregator {
     /// in a stored partial), and returns the late events as dead letters. The batch may be
     /// acknowledged only once a later [`Self::checkpoint`]'s partials are stored. A store error
     /// while loading leaves nothing applied, so the call may simply be repeated.
-    pub async fn ingest(&mut self, batch: &Batch, store: &dyn EventStore) -> anyhow::Result<Vec<DeadLetter>> {
+    pub async fn ingest(
+        &mut self,
+        batch: &Batch,
+        store: &dyn EventStore,
+    ) -> anyhow::Result<Vec<DeadLetter>> {
         self.forget(&batch.revoked);
         let mut partitions: Vec<i32> = batch.sources.iter().map(|s| s.0).collect();
         if batch.sources.is_empty() && !batch.events.is_empty() {
@@ -167,7 +209,14 @@ impl Aggregator {
             if self.backfill.is_some() {
                 let at = match partition {
                     NO_PARTITION => position,
-                    p => batch.sources.iter().filter(|s| s.0 == p).map(|s| s.1).min().map(|first| first - 1).filter(|at| *at >= 0),
+                    p => batch
+                        .sources
+                        .iter()
+                        .filter(|s| s.0 == p)
+                        .map(|s| s.1)
+                        .min()
+                        .map(|first| first - 1)
+                        .filter(|at| *at >= 0),
                 };
                 self.make_seams(partition, fresh, at)?;
             }
@@ -179,7 +228,11 @@ impl Aggregator {
     /// Partitions of this batch whose stored partials are not loaded yet (after start or a
     /// rebalance).
     fn to_load(&self, partitions: &[i32]) -> Vec<i32> {
-        let mut new: Vec<i32> = partitions.iter().copied().filter(|p| !self.loaded.contains_key(p)).collect();
+        let mut new: Vec<i32> = partitions
+            .iter()
+            .copied()
+            .filter(|p| !self.loaded.contains_key(p))
+            .collect();
         new.sort_unstable();
         new.dedup();
         new
@@ -189,24 +242,54 @@ impl Aggregator {
     /// [`Self::install`], with the earliest pane start loaded. Each metric's watermark is read
     /// first: an event older than it less the lateness is late and touches no pane, so one
     /// record dated year 1 no longer loads every retained pane of the partition into memory.
-    async fn load(set: &MetricSet, store: &dyn EventStore, partition: i32, events: &[Record]) -> anyhow::Result<(i64, Vec<PaneRecord>)> {
+    async fn load(
+        set: &MetricSet,
+        store: &dyn EventStore,
+        partition: i32,
+        events: &[Record],
+    ) -> anyhow::Result<(i64, Vec<PaneRecord>)> {
         let min_ts = events.iter().map(Record::time_ms).min().unwrap_or(0);
         let now = chrono::Utc::now().timestamp_millis();
         let mut out = Vec::new();
         let mut earliest = i64::MAX;
         for m in &set.metrics {
-            let marks = store.load_panes(&watermark_key(m), WATERMARK_PANE, WATERMARK_PANE + 1, Some(partition)).await?;
+            let marks = store
+                .load_panes(
+                    &watermark_key(m),
+                    WATERMARK_PANE,
+                    WATERMARK_PANE + 1,
+                    Some(partition),
+                )
+                .await?;
             let reach = m.config.lateness.as_millis() as i64 + m.window.slide_ms;
             let t = match m.config.time {
                 // Without a stored watermark the batch's events set the reach.
-                TimeMode::Event => marks.iter().filter_map(|r| r.state.as_i64()).map(|w| w.min(now)).max().map_or(min_ts, |w| w.max(min_ts)),
+                TimeMode::Event => marks
+                    .iter()
+                    .filter_map(|r| r.state.as_i64())
+                    .map(|w| w.min(now))
+                    .max()
+                    .map_or(min_ts, |w| w.max(min_ts)),
                 TimeMode::Processing => now,
             };
             let since = t.saturating_sub(reach);
             earliest = earliest.min(since);
-            out.extend(store.load_panes(m.state_key(), since, i64::MAX, Some(partition)).await?);
+            out.extend(
+                store
+                    .load_panes(m.state_key(), since, i64::MAX, Some(partition))
+                    .await?,
+            );
             out.extend(marks);
-            out.extend(store.load_panes(&backfill::seam_key(m), SEAM_PANE, SEAM_PANE + 1, Some(partition)).await?);
+            out.extend(
+                store
+                    .load_panes(
+                        &backfill::seam_key(m),
+                        SEAM_PANE,
+                        SEAM_PANE + 1,
+                        Some(partition),
+                    )
+                    .await?,
+            );
         }
         Ok((if earliest == i64::MAX { 0 } else { earliest }, out))
     }
@@ -214,10 +297,20 @@ impl Aggregator {
     /// Installs loaded partials, so new events add to them instead of replacing them, and
     /// restarts the backfills a seam says are unfinished. Returns the metrics that have no state
     /// on the partition at all (no watermark, no seam): new to it.
-    fn install(&mut self, partition: i32, since: i64, records: Vec<PaneRecord>) -> anyhow::Result<Vec<usize>> {
+    fn install(
+        &mut self,
+        partition: i32,
+        since: i64,
+        records: Vec<PaneRecord>,
+    ) -> anyhow::Result<Vec<usize>> {
         let mut known = vec![false; self.set.metrics.len()];
         for r in records {
-            if let Some(i) = self.set.metrics.iter().position(|m| backfill::seam_key(m) == r.metric) {
+            if let Some(i) = self
+                .set
+                .metrics
+                .iter()
+                .position(|m| backfill::seam_key(m) == r.metric)
+            {
                 known[i] = true;
                 self.states[i].watermarks.entry(partition).or_default().seam = r.offset;
                 if self.backfill.is_some() {
@@ -225,9 +318,20 @@ impl Aggregator {
                 }
                 continue;
             }
-            if let Some(i) = self.set.metrics.iter().position(|m| watermark_key(m) == r.metric) {
+            if let Some(i) = self
+                .set
+                .metrics
+                .iter()
+                .position(|m| watermark_key(m) == r.metric)
+            {
                 known[i] = true;
-                let time = r.state.as_i64().ok_or_else(|| anyhow::anyhow!("metric {}: a stored watermark is not a time: {}", self.set.metrics[i].name(), r.state))?;
+                let time = r.state.as_i64().ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "metric {}: a stored watermark is not a time: {}",
+                        self.set.metrics[i].name(),
+                        r.state
+                    )
+                })?;
                 let mark = self.states[i].watermarks.entry(partition).or_default();
                 // A watermark stored ahead of the clock (by an earlier version) is held to it.
                 let time = time.min(chrono::Utc::now().timestamp_millis());
@@ -237,11 +341,25 @@ impl Aggregator {
                 mark.offset = mark.offset.max(r.offset);
                 continue;
             }
-            let Some(i) = self.set.metrics.iter().position(|m| m.state_key() == r.metric) else { continue };
+            let Some(i) = self
+                .set
+                .metrics
+                .iter()
+                .position(|m| m.state_key() == r.metric)
+            else {
+                continue;
+            };
             let m = &self.set.metrics[i];
             match m.decode(&r.state) {
                 Ok(partial) => {
-                    self.states[i].cells.insert((r.pane_start, partition), Cell { partial, offset: r.offset, dirty: false });
+                    self.states[i].cells.insert(
+                        (r.pane_start, partition),
+                        Cell {
+                            partial,
+                            offset: r.offset,
+                            dirty: false,
+                        },
+                    );
                 }
                 // Retrying cannot help a state that does not decode: it is quarantined, and the
                 // pane starts again (see `quarantine`).
@@ -249,7 +367,12 @@ impl Aggregator {
             }
         }
         self.loaded.insert(partition, since);
-        Ok(known.iter().enumerate().filter(|(_, k)| !**k).map(|(i, _)| i).collect())
+        Ok(known
+            .iter()
+            .enumerate()
+            .filter(|(_, k)| !**k)
+            .map(|(i, _)| i)
+            .collect())
     }
 
     /// Keeps a stored partial that cannot be decoded whole under the metric's `#quarantined`
@@ -259,18 +382,39 @@ impl Aggregator {
         let m = &self.set.metrics[metric];
         let detail = format!("metric {:?}: the stored state of pane {} (partition {}) cannot be read: {error}; kept whole under {:?}", m.name(), crate::event::iso(record.pane_start), record.partition, quarantine_key(m));
         tracing::error!(metric = m.name(), pane_start = record.pane_start, partition = record.partition, %error, "stored metric state cannot be read; quarantined, and its pane starts again");
-        let id = format!("state:{}:{}:{}", m.state_key(), record.pane_start, record.partition);
-        self.late.push(DeadLetter::new(id, Reason::CorruptState, detail, (record.partition, record.offset), record.state.as_str().as_bytes()));
-        self.seams.push(PaneRecord { metric: quarantine_key(m), ..record });
+        let id = format!(
+            "state:{}:{}:{}",
+            m.state_key(),
+            record.pane_start,
+            record.partition
+        );
+        self.late.push(DeadLetter::new(
+            id,
+            Reason::CorruptState,
+            detail,
+            (record.partition, record.offset),
+            record.state.as_str().as_bytes(),
+        ));
+        self.seams.push(PaneRecord {
+            metric: quarantine_key(m),
+            ..record
+        });
     }
 
     /// Makes a seam at position `at` of `partition` for each of `metrics` (none: nothing came
     /// before), to be stored with this batch's partials; their backfills start once it is.
-    fn make_seams(&mut self, partition: i32, metrics: Vec<usize>, at: Option<i64>) -> anyhow::Result<()> {
+    fn make_seams(
+        &mut self,
+        partition: i32,
+        metrics: Vec<usize>,
+        at: Option<i64>,
+    ) -> anyhow::Result<()> {
         let Some(at) = at else { return Ok(()) };
         let now = chrono::Utc::now().timestamp_millis();
         for i in metrics {
-            let Some(record) = backfill::new_seam(&self.set.metrics[i], partition, at, now) else { continue };
+            let Some(record) = backfill::new_seam(&self.set.metrics[i], partition, at, now) else {
+                continue;
+            };
             if partition != NO_PARTITION {
                 self.states[i].watermarks.entry(partition).or_default().seam = at;
             }
@@ -309,7 +453,11 @@ impl Aggregator {
             }
         }
         if let Some(b) = &self.backfill {
-            let keys: HashSet<String> = set.metrics.iter().map(|m| m.state_key().to_string()).collect();
+            let keys: HashSet<String> = set
+                .metrics
+                .iter()
+                .map(|m| m.state_key().to_string())
+                .collect();
             self.jobs.retain(|j| keys.contains(j.state_key()));
             b.send(Command::Keep(keys));
         }
@@ -375,7 +523,8 @@ impl Aggregator {
             |m, st, maps| {
                 // A panic applying one metric (a bug an odd record meets) costs that metric this
                 // batch, reported as one `internal_error` dead letter; the other metrics apply it.
-                crate::base::catch_panic(|| apply_metric(m, st, events, sources, maps, now, stats)).unwrap_or_else(|panic| vec![panicked(m, events, sources, &panic)])
+                crate::base::catch_panic(|| apply_metric(m, st, events, sources, maps, now, stats))
+                    .unwrap_or_else(|panic| vec![panicked(m, events, sources, &panic)])
             },
         );
         self.late.extend(late.into_iter().flatten());
@@ -394,8 +543,17 @@ impl Aggregator {
         self.workers.run(|parallel| {
             let shared = shared(parallel);
             match parallel {
-                true => metrics.par_iter().zip(states.par_iter_mut()).with_max_len(1).map(|(m, st)| each(m, st, &shared)).collect(),
-                false => metrics.iter().zip(states.iter_mut()).map(|(m, st)| each(m, st, &shared)).collect(),
+                true => metrics
+                    .par_iter()
+                    .zip(states.par_iter_mut())
+                    .with_max_len(1)
+                    .map(|(m, st)| each(m, st, &shared))
+                    .collect(),
+                false => metrics
+                    .iter()
+                    .zip(states.iter_mut())
+                    .map(|(m, st)| each(m, st, &shared))
+                    .collect(),
             }
         })
     }
@@ -408,8 +566,16 @@ impl Aggregator {
         for (m, st) in self.set.metrics.iter().zip(self.states.iter_mut()) {
             let reach = m.config.lateness.as_millis() as i64 + m.window.slide_ms;
             let watermarks = &st.watermarks;
-            let closed = |pane: i64, partition: i32| all || pane.saturating_add(reach) <= watermarks.get(&partition).map_or(i64::MIN, |w| w.time);
-            let keys: Vec<(i64, i32)> = st.cells.keys().copied().filter(|(pane, partition)| closed(*pane, *partition)).collect();
+            let closed = |pane: i64, partition: i32| {
+                all || pane.saturating_add(reach)
+                    <= watermarks.get(&partition).map_or(i64::MIN, |w| w.time)
+            };
+            let keys: Vec<(i64, i32)> = st
+                .cells
+                .keys()
+                .copied()
+                .filter(|(pane, partition)| closed(*pane, *partition))
+                .collect();
             for key in keys {
                 let cell = st.cells.remove(&key).expect("listed above");
                 out.extend(pane_record(m, key, &cell, &self.stats));
@@ -434,13 +600,24 @@ impl Aggregator {
 /// larger than any store takes ([`MAX_STATE_BYTES`]; grouped states are capped well below it by
 /// `max_groups` and `max_len`, so only a custom reducer's can grow so far). Its pane keeps what
 /// was stored last; every other pane and metric is written as usual.
-fn pane_record(m: &Metric, (pane_start, partition): (i64, i32), cell: &Cell, stats: &Stats) -> Option<PaneRecord> {
+fn pane_record(
+    m: &Metric,
+    (pane_start, partition): (i64, i32),
+    cell: &Cell,
+    stats: &Stats,
+) -> Option<PaneRecord> {
     let state = match m.encode(&cell.partial) {
         Ok(state) if state.as_str().len() > MAX_STATE_BYTES => Err(format!("the state of pane {} is {} bytes, more than a store document may hold ({MAX_STATE_BYTES}); it is not stored", crate::event::iso(pane_start), state.as_str().len())),
         other => other,
     };
     match state {
-        Ok(state) => Some(PaneRecord { metric: m.state_key().to_string(), pane_start, partition, offset: cell.offset, state }),
+        Ok(state) => Some(PaneRecord {
+            metric: m.state_key().to_string(),
+            pane_start,
+            partition,
+            offset: cell.offset,
+            state,
+        }),
         Err(e) => {
             stats.script_error(m.name(), "", &e);
             None
@@ -464,7 +641,15 @@ fn panicked(m: &Metric, events: &[Record], sources: &[(i32, i64)], panic: &str) 
 }
 
 /// Applies a batch to one metric's state (see [`Aggregator::apply`]); returns its late events.
-fn apply_metric(m: &Metric, st: &mut MetricState, events: &[Record], sources: &[(i32, i64)], maps: &[rhai::Dynamic], now: i64, stats: &Stats) -> Vec<DeadLetter> {
+fn apply_metric(
+    m: &Metric,
+    st: &mut MetricState,
+    events: &[Record],
+    sources: &[(i32, i64)],
+    maps: &[rhai::Dynamic],
+    now: i64,
+    stats: &Stats,
+) -> Vec<DeadLetter> {
     let mut late = Vec::new();
     let lateness = m.config.lateness.as_millis() as i64;
     for (i, e) in events.iter().enumerate() {
@@ -495,7 +680,13 @@ fn apply_metric(m: &Metric, st: &mut MetricState, events: &[Record], sources: &[
             stats.late_event(m.name(), e.id(), behind);
             let detail = format!("{behind} ms behind the newest event of its partition for metric {:?} (lateness {:?})", m.name(), m.config.lateness);
             // Every metric that leaves the record out names the same id, so it is one dead letter.
-            late.push(DeadLetter::of_record(DeadLetter::record_id("late", e, (partition, offset)), Reason::Late, detail, (partition, offset), e));
+            late.push(DeadLetter::of_record(
+                DeadLetter::record_id("late", e, (partition, offset)),
+                Reason::Late,
+                detail,
+                (partition, offset),
+                e,
+            ));
             continue;
         }
         // The watermark never passes the wall clock: records stamped minutes ahead (a device
@@ -516,7 +707,11 @@ fn apply_metric(m: &Metric, st: &mut MetricState, events: &[Record], sources: &[
                         continue;
                     }
                 };
-                st.cells.entry(key).or_insert(Cell { partial, offset: -1, dirty: false })
+                st.cells.entry(key).or_insert(Cell {
+                    partial,
+                    offset: -1,
+                    dirty: false,
+                })
             }
         };
         if let Err(err) = m.add(&mut cell.partial, e, maps.get(i)) {
@@ -538,25 +733,41 @@ fn checkpoint_metric(m: &Metric, st: &mut MetricState, stats: &Stats) -> Vec<Pan
     }
     for (partition, mark) in st.watermarks.iter_mut().filter(|(_, w)| w.dirty) {
         mark.dirty = false;
-        out.push(PaneRecord { metric: watermark_key(m), pane_start: WATERMARK_PANE, partition: *partition, offset: mark.offset, state: mark.time.into() });
+        out.push(PaneRecord {
+            metric: watermark_key(m),
+            pane_start: WATERMARK_PANE,
+            partition: *partition,
+            offset: mark.offset,
+            state: mark.time.into(),
+        });
     }
     // Panes no event can reach any more are only needed in the store.
     let reach = m.window.size_ms + m.config.lateness.as_millis() as i64 + m.window.slide_ms;
     let watermarks = &st.watermarks;
-    st.cells.retain(|(pane, partition), c| c.dirty || *pane >= watermarks.get(partition).map_or(i64::MIN, |w| w.time).saturating_sub(reach));
+    st.cells.retain(|(pane, partition), c| {
+        c.dirty
+            || *pane
+                >= watermarks
+                    .get(partition)
+                    .map_or(i64::MIN, |w| w.time)
+                    .saturating_sub(reach)
+    });
     out
 }
 
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
-    use crate::aggregate::{MetricConfig, ReducerKind};
     use crate::aggregate::reducer::OTHER_KEY;
+    use crate::aggregate::{MetricConfig, ReducerKind};
     use crate::event::{Schema, Value};
     use std::time::Duration;
 
     /// A count-per-item metric set, its script in a directory removed once compiled.
-    pub(in crate::aggregate) fn per_item_set(window: Duration, lateness: Duration) -> Arc<MetricSet> {
+    pub(in crate::aggregate) fn per_item_set(
+        window: Duration,
+        lateness: Duration,
+    ) -> Arc<MetricSet> {
         let dir = tempfile::tempdir().unwrap();
         let script = dir.path().join("per_item.rhai");
         std::fs::write(&script, "#{ key: field(\"item_id\") }").unwrap();
@@ -594,7 +805,9 @@ pub(super) mod tests {
 
     /// Splits written records into metric partials and watermark records.
     fn panes_and_watermarks(records: Vec<PaneRecord>) -> (Vec<PaneRecord>, Vec<PaneRecord>) {
-        records.into_iter().partition(|r| !r.metric.ends_with("#watermark"))
+        records
+            .into_iter()
+            .partition(|r| !r.metric.ends_with("#watermark"))
     }
 
     /// After a crash (memory lost), the stored watermark makes an event that was late before
@@ -602,15 +815,25 @@ pub(super) mod tests {
     #[test]
     fn a_stored_watermark_keeps_late_events_late_after_a_crash() {
         let (mut agg, _) = aggregator(10);
-        agg.apply(&[event("new", "x", 60), event("old", "x", 5)], &[(0, 1), (0, 2)]);
+        agg.apply(
+            &[event("new", "x", 60), event("old", "x", 5)],
+            &[(0, 1), (0, 2)],
+        );
         assert_eq!(agg.take_late().len(), 1);
         let stored = agg.checkpoint();
         // A new process: loads what was stored, then replays from offset 2 and reads offset 3.
         let (mut again, stats) = aggregator(10);
         again.install(0, 0, stored).unwrap();
-        again.apply(&[event("old", "x", 5), event("older", "x", 4)], &[(0, 2), (0, 3)]);
+        again.apply(
+            &[event("old", "x", 5), event("older", "x", 4)],
+            &[(0, 2), (0, 3)],
+        );
         let late = again.take_late();
-        assert_eq!(late.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), ["late:0:3"], "the replayed one is not dead-lettered again");
+        assert_eq!(
+            late.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
+            ["late:0:3"],
+            "the replayed one is not dead-lettered again"
+        );
         assert_eq!(stats.snapshot().late_events, 1);
         let (panes, _) = panes_and_watermarks(again.checkpoint());
         assert!(panes.is_empty(), "nothing counted: {panes:?}");
@@ -634,7 +857,11 @@ pub(super) mod tests {
         agg.apply(&events, &[(0, 9), (0, 10), (0, 11), (0, 12), (0, 13)]);
         let (panes, _) = panes_and_watermarks(agg.checkpoint());
         assert_eq!(panes.len(), 1);
-        assert_eq!(panes[0].state.to_value().unwrap()["grouped"]["x"]["count"], 2, "offsets 12 and 13 only");
+        assert_eq!(
+            panes[0].state.to_value().unwrap()["grouped"]["x"]["count"],
+            2,
+            "offsets 12 and 13 only"
+        );
     }
 
     /// Metrics applied side by side on worker threads give the partials, watermarks and late
@@ -660,27 +887,52 @@ pub(super) mod tests {
             exact_limit: 10_000,
             max_groups: 50_000,
         };
-        let configs = [metric("count", ReducerKind::Count, 10), metric("top", ReducerKind::TopK, 30), metric("bottom", ReducerKind::BottomK, 5)];
+        let configs = [
+            metric("count", ReducerKind::Count, 10),
+            metric("top", ReducerKind::TopK, 30),
+            metric("bottom", ReducerKind::BottomK, 5),
+        ];
         let set = Arc::new(MetricSet::load(&configs, &schema()).unwrap());
         // Out of order by up to two minutes over three partitions: some late for one metric, some for all.
-        let events: Vec<Record> = (0..600).map(|i| event(&format!("e{i}"), &format!("item{}", i % 7), i / 4 + (i * 37 % 120) - 60)).collect();
+        let events: Vec<Record> = (0..600)
+            .map(|i| {
+                event(
+                    &format!("e{i}"),
+                    &format!("item{}", i % 7),
+                    i / 4 + (i * 37 % 120) - 60,
+                )
+            })
+            .collect();
         let sources: Vec<(i32, i64)> = (0..600).map(|i| ((i % 3) as i32, (i / 3) as i64)).collect();
         let run = |threads: usize| {
-            let mut agg = Aggregator::new(set.clone(), Stats::new()).with_workers(Workers::new(threads));
+            let mut agg =
+                Aggregator::new(set.clone(), Stats::new()).with_workers(Workers::new(threads));
             let (mut written, mut late) = (Vec::new(), Vec::new());
             for (events, sources) in events.chunks(64).zip(sources.chunks(64)) {
                 agg.apply(events, sources);
                 late.extend(agg.take_late().into_iter().map(|d| (d.id, d.detail)));
                 // Watermarks and a state's keys come in hash order: sorted per checkpoint, and
                 // states compared as JSON values (key order aside).
-                let mut records: Vec<_> = agg.checkpoint().into_iter().map(|r| ((r.metric, r.pane_start, r.partition, r.offset), r.state.to_value().unwrap())).collect();
+                let mut records: Vec<_> = agg
+                    .checkpoint()
+                    .into_iter()
+                    .map(|r| {
+                        (
+                            (r.metric, r.pane_start, r.partition, r.offset),
+                            r.state.to_value().unwrap(),
+                        )
+                    })
+                    .collect();
                 records.sort_by(|a, b| a.0.cmp(&b.0));
                 written.push(records);
             }
             (written, late)
         };
         let (one, three) = (run(1), run(3));
-        assert!(one.1.iter().any(|(_, detail)| detail.contains("; ")), "an event late for several metrics");
+        assert!(
+            one.1.iter().any(|(_, detail)| detail.contains("; ")),
+            "an event late for several metrics"
+        );
         assert_eq!(one.0.len(), three.0.len());
         for (i, (a, b)) in one.0.iter().zip(&three.0).enumerate() {
             assert_eq!(a, b, "checkpoint {i}");
@@ -692,25 +944,44 @@ pub(super) mod tests {
     #[test]
     fn a_pane_is_closed_once_its_end_plus_lateness_is_behind_the_watermark() {
         let (mut agg, _) = aggregator(10);
-        agg.apply(&[event("a", "x", 1), event("b", "x", 7), event("c", "x", 19)], &[(0, 1), (0, 2), (0, 3)]);
+        agg.apply(
+            &[event("a", "x", 1), event("b", "x", 7), event("c", "x", 19)],
+            &[(0, 1), (0, 2), (0, 3)],
+        );
         // Watermark 1,000,019 s; panes of 5 s, lateness 10 s: the pane at 1,000,000 s closes
         // (its end 1,000,005 + 10 <= 1,000,019), the one at 1,000,005 does not (1,000,010 + 10).
         let closed = agg.take_closed(false);
-        assert_eq!(closed.iter().map(|r| r.pane_start).collect::<Vec<_>>(), [1_000_000_000]);
+        assert_eq!(
+            closed.iter().map(|r| r.pane_start).collect::<Vec<_>>(),
+            [1_000_000_000]
+        );
         assert_eq!(closed[0].offset, 1);
         let rest = agg.take_closed(true);
-        assert_eq!(rest.iter().map(|r| r.pane_start).collect::<Vec<_>>(), [1_000_005_000, 1_000_015_000]);
-        assert!(agg.take_closed(true).is_empty(), "each pane is handed out once");
+        assert_eq!(
+            rest.iter().map(|r| r.pane_start).collect::<Vec<_>>(),
+            [1_000_005_000, 1_000_015_000]
+        );
+        assert!(
+            agg.take_closed(true).is_empty(),
+            "each pane is handed out once"
+        );
     }
 
     #[test]
     fn partitions_have_their_own_watermark() {
         let (mut agg, stats) = aggregator(10);
         // Partition 1 replays old events while partition 0 is current: neither is late.
-        agg.apply(&[event("a", "x", 100), event("b", "x", 20)], &[(0, 1), (1, 1)]);
+        agg.apply(
+            &[event("a", "x", 100), event("b", "x", 20)],
+            &[(0, 1), (1, 1)],
+        );
         assert_eq!(stats.snapshot().late_events, 0);
         agg.apply(&[event("c", "x", 5)], &[(1, 2)]);
-        assert_eq!(stats.snapshot().late_events, 1, "15 s behind its own partition is late");
+        assert_eq!(
+            stats.snapshot().late_events,
+            1,
+            "15 s behind its own partition is late"
+        );
     }
 
     #[test]
@@ -723,17 +994,35 @@ pub(super) mod tests {
         assert_eq!(marks[0].state.as_i64(), Some(1_000_030_000));
         let total: u64 = dirty
             .iter()
-            .map(|r| r.state.to_value().unwrap()["grouped"].as_object().unwrap().values().map(|a| a["count"].as_u64().unwrap()).sum::<u64>())
+            .map(|r| {
+                r.state.to_value().unwrap()["grouped"]
+                    .as_object()
+                    .unwrap()
+                    .values()
+                    .map(|a| a["count"].as_u64().unwrap())
+                    .sum::<u64>()
+            })
             .sum();
         assert_eq!(total, 2, "8 s out of order counts; 25 s behind is late");
         assert_eq!(stats.snapshot().late_events, 1);
         let late = agg.take_late();
         assert_eq!(late.len(), 1, "one dead letter for the late event");
-        assert_eq!((late[0].id.as_str(), late[0].reason), ("late:c@1000005000", Reason::Late));
-        assert!(late[0].payload.contains("\"event_id\":\"c\""), "{}", late[0].payload);
+        assert_eq!(
+            (late[0].id.as_str(), late[0].reason),
+            ("late:c@1000005000", Reason::Late)
+        );
+        assert!(
+            late[0].payload.contains("\"event_id\":\"c\""),
+            "{}",
+            late[0].payload
+        );
         assert!(agg.take_late().is_empty());
         let panes: Vec<i64> = dirty.iter().map(|r| r.pane_start).collect();
-        assert_eq!(panes, vec![1_000_020_000, 1_000_030_000], "each event touches its own pane");
+        assert_eq!(
+            panes,
+            vec![1_000_020_000, 1_000_030_000],
+            "each event touches its own pane"
+        );
     }
 
     #[test]
@@ -744,10 +1033,16 @@ pub(super) mod tests {
         agg.apply(&events, &[(0, 10), (0, 11)]);
         agg.apply(&[event("c", "x", 3)], &[(0, 12)]);
         let (dirty, marks) = panes_and_watermarks(agg.checkpoint());
-        assert_eq!(marks[0].offset, 12, "the watermark knows the last offset it saw");
+        assert_eq!(
+            marks[0].offset, 12,
+            "the watermark knows the last offset it saw"
+        );
         assert_eq!(dirty.len(), 1);
         assert_eq!(dirty[0].offset, 12);
-        assert_eq!(dirty[0].state.to_value().unwrap()["grouped"]["x"]["count"], 3);
+        assert_eq!(
+            dirty[0].state.to_value().unwrap()["grouped"]["x"]["count"],
+            3
+        );
     }
 
     /// The shipped conversion rate as the built-in ratio and as the scripted custom reducer:
@@ -756,18 +1051,53 @@ pub(super) mod tests {
     fn ratio_reducer_equals_the_custom_script_it_replaced() {
         let schema = crate::event::schema_of("fields = { id = \"string\", interaction_type = \"string\", t = \"timestamp\" }\nid = \"id\"\ntime = \"t\"");
         let scripts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/metrics");
-        let metric = |name: &str, file: &str, reducer: ReducerKind| MetricConfig { k: 1, ..config(name, scripts.join(file), reducer) };
-        let set = Arc::new(MetricSet::load(&[metric("ratio", "conversion_ratio.rhai", ReducerKind::Ratio), metric("custom", "conversion_rate.rhai", ReducerKind::Custom)], &schema).unwrap());
-        let kinds = ["view", "purchase", "view", "click", "view", "purchase", "share", "view"];
+        let metric = |name: &str, file: &str, reducer: ReducerKind| MetricConfig {
+            k: 1,
+            ..config(name, scripts.join(file), reducer)
+        };
+        let set = Arc::new(
+            MetricSet::load(
+                &[
+                    metric("ratio", "conversion_ratio.rhai", ReducerKind::Ratio),
+                    metric("custom", "conversion_rate.rhai", ReducerKind::Custom),
+                ],
+                &schema,
+            )
+            .unwrap(),
+        );
+        let kinds = [
+            "view", "purchase", "view", "click", "view", "purchase", "share", "view",
+        ];
         let events: Vec<Record> = kinds
             .iter()
             .enumerate()
-            .map(|(i, k)| Record::from_json(&schema, format!(r#"{{"id":"e{i}","interaction_type":"{k}","t":"2026-01-01T00:00:{i:02}Z"}}"#).as_bytes()).unwrap())
+            .map(|(i, k)| {
+                Record::from_json(
+                    &schema,
+                    format!(
+                        r#"{{"id":"e{i}","interaction_type":"{k}","t":"2026-01-01T00:00:{i:02}Z"}}"#
+                    )
+                    .as_bytes(),
+                )
+                .unwrap()
+            })
             .collect();
         let mut agg = Aggregator::new(set.clone(), Stats::new());
         agg.apply(&events, &[]);
-        let reported: Vec<serde_json::Value> = set.metrics().iter().enumerate().map(|(i, m)| m.report(&agg.states[i].cells.values().next().unwrap().partial).unwrap()).collect();
-        assert_eq!(reported[0], serde_json::json!(0.5), "2 purchases per 4 views");
+        let reported: Vec<serde_json::Value> = set
+            .metrics()
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                m.report(&agg.states[i].cells.values().next().unwrap().partial)
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(
+            reported[0],
+            serde_json::json!(0.5),
+            "2 purchases per 4 views"
+        );
         assert_eq!(reported[0], reported[1]);
     }
 
@@ -777,17 +1107,39 @@ pub(super) mod tests {
     fn a_stored_state_that_cannot_be_read_is_quarantined_and_its_pane_starts_again() {
         let (mut agg, _) = aggregator(10);
         let key = agg.set.metrics[0].state_key().to_string();
-        let broken = PaneRecord { metric: key.clone(), pane_start: 1_000_000_000, partition: 0, offset: 4, state: crate::store::StateJson::stored(r#"{"single":{"sum":{"sum":null,"n":2}}}"#.into()) };
-        agg.install(0, 0, vec![broken.clone()]).expect("a bad state does not fail the load");
+        let broken = PaneRecord {
+            metric: key.clone(),
+            pane_start: 1_000_000_000,
+            partition: 0,
+            offset: 4,
+            state: crate::store::StateJson::stored(
+                r#"{"single":{"sum":{"sum":null,"n":2}}}"#.into(),
+            ),
+        };
+        agg.install(0, 0, vec![broken.clone()])
+            .expect("a bad state does not fail the load");
         let dead = agg.take_late();
         assert_eq!(dead.len(), 1);
         assert_eq!(dead[0].reason, Reason::CorruptState);
-        assert!(dead[0].detail.contains("per_item") && dead[0].payload.contains("null"), "{:?}", dead[0]);
+        assert!(
+            dead[0].detail.contains("per_item") && dead[0].payload.contains("null"),
+            "{:?}",
+            dead[0]
+        );
         agg.apply(&[event("e", "x", 1)], &[(0, 5)]);
         let written = agg.checkpoint();
-        let kept = written.iter().find(|r| r.metric.ends_with("#quarantined")).expect("the bad state is written aside");
-        assert_eq!((kept.pane_start, kept.partition, kept.state.as_str()), (broken.pane_start, 0, broken.state.as_str()));
-        let pane = written.iter().find(|r| r.metric == key).expect("the pane starts again");
+        let kept = written
+            .iter()
+            .find(|r| r.metric.ends_with("#quarantined"))
+            .expect("the bad state is written aside");
+        assert_eq!(
+            (kept.pane_start, kept.partition, kept.state.as_str()),
+            (broken.pane_start, 0, broken.state.as_str())
+        );
+        let pane = written
+            .iter()
+            .find(|r| r.metric == key)
+            .expect("the pane starts again");
         assert_eq!(pane.state.to_value().unwrap()["grouped"]["x"]["count"], 1);
     }
 
@@ -803,14 +1155,34 @@ pub(super) mod tests {
             e
         };
         agg.apply(&[at("ahead", now + 290_000)], &[(0, 1)]);
-        agg.apply(&[at("now", now - 1_000), at("a bit late", now - 3_000)], &[(0, 2), (0, 3)]);
+        agg.apply(
+            &[at("now", now - 1_000), at("a bit late", now - 3_000)],
+            &[(0, 2), (0, 3)],
+        );
         assert!(agg.take_late().is_empty(), "nothing late");
         assert_eq!(stats.snapshot().late_events, 0);
         let (panes, marks) = panes_and_watermarks(agg.checkpoint());
-        assert!(marks[0].state.as_i64().unwrap() <= chrono::Utc::now().timestamp_millis(), "the watermark is not in the future");
-        assert_eq!(panes.iter().map(|p| p.state.to_value().unwrap()["grouped"]["x"]["count"].as_u64().unwrap()).sum::<u64>(), 3, "all three counted");
+        assert!(
+            marks[0].state.as_i64().unwrap() <= chrono::Utc::now().timestamp_millis(),
+            "the watermark is not in the future"
+        );
+        assert_eq!(
+            panes
+                .iter()
+                .map(|p| p.state.to_value().unwrap()["grouped"]["x"]["count"]
+                    .as_u64()
+                    .unwrap())
+                .sum::<u64>(),
+            3,
+            "all three counted"
+        );
         // No pane is closed early by the future record.
-        assert!(agg.take_closed(false).iter().all(|r| r.pane_start < now - 60_000), "nothing recent closed");
+        assert!(
+            agg.take_closed(false)
+                .iter()
+                .all(|r| r.pane_start < now - 60_000),
+            "nothing recent closed"
+        );
     }
 
     /// After a start, one record dated year 1 no longer loads every retained pane of its
@@ -818,22 +1190,48 @@ pub(super) mod tests {
     #[tokio::test]
     async fn a_record_from_year_one_loads_only_the_panes_a_late_record_could_reach() {
         let dir = tempfile::tempdir().unwrap();
-        let config = crate::store::embedded::EmbeddedConfig { data_dir: dir.path().to_path_buf(), ..Default::default() };
-        let store = crate::store::embedded::EmbeddedStore::open(&config, &Default::default(), &schema(), &[]).unwrap();
+        let config = crate::store::embedded::EmbeddedConfig {
+            data_dir: dir.path().to_path_buf(),
+            ..Default::default()
+        };
+        let store = crate::store::embedded::EmbeddedStore::open(
+            &config,
+            &Default::default(),
+            &schema(),
+            &[],
+        )
+        .unwrap();
         let (mut agg, _) = aggregator(10);
         // A day of panes, then a restart.
         for hour in 0..24 {
-            agg.apply(&[event(&format!("h{hour}"), "x", hour * 3600)], &[(0, hour)]);
+            agg.apply(
+                &[event(&format!("h{hour}"), "x", hour * 3600)],
+                &[(0, hour)],
+            );
         }
         store.write_panes(&agg.checkpoint()).await.unwrap();
         let (mut again, _) = aggregator(10);
         let mut ancient = event("ancient", "x", 0);
         ancient.set_time_ms(-62_135_596_800_000);
-        let batch = crate::transport::Batch { events: vec![ancient, event("next", "x", 23 * 3600 + 1)], sources: vec![(0, 24), (0, 25)], ..Default::default() };
+        let batch = crate::transport::Batch {
+            events: vec![ancient, event("next", "x", 23 * 3600 + 1)],
+            sources: vec![(0, 24), (0, 25)],
+            ..Default::default()
+        };
         let late = again.ingest(&batch, &store).await.unwrap();
         assert_eq!(late.len(), 1, "the ancient record is late");
-        let loaded: Vec<i64> = again.states[0].cells.keys().map(|(pane, _)| *pane).collect();
-        assert!(loaded.iter().all(|pane| *pane >= (1_000_000 + 23 * 3600 - 60) * 1000), "only panes near the watermark: {} loaded", loaded.len());
+        let loaded: Vec<i64> = again.states[0]
+            .cells
+            .keys()
+            .map(|(pane, _)| *pane)
+            .collect();
+        assert!(
+            loaded
+                .iter()
+                .all(|pane| *pane >= (1_000_000 + 23 * 3600 - 60) * 1000),
+            "only panes near the watermark: {} loaded",
+            loaded.len()
+        );
     }
 
     /// A panic applying one metric is that metric's dead letter for the batch; the process goes on.
@@ -842,11 +1240,20 @@ pub(super) mod tests {
         let set = per_item_set(Duration::from_secs(60), Duration::from_secs(5));
         let m = &set.metrics[0];
         let events = [event("a", "x", 1), event("b", "x", 2)];
-        let letters = crate::base::catch_panic(|| -> Vec<DeadLetter> { panic!("index out of bounds") }).unwrap_or_else(|p| vec![panicked(m, &events, &[(2, 40), (2, 41)], &p)]);
+        let letters =
+            crate::base::catch_panic(|| -> Vec<DeadLetter> { panic!("index out of bounds") })
+                .unwrap_or_else(|p| vec![panicked(m, &events, &[(2, 40), (2, 41)], &p)]);
         assert_eq!(letters.len(), 1);
         let d = &letters[0];
-        assert_eq!((d.reason, d.partition, d.offset), (Reason::InternalError, 2, 40));
-        assert!(d.detail.contains("index out of bounds") && d.detail.contains("offsets 40 to 41"), "{}", d.detail);
+        assert_eq!(
+            (d.reason, d.partition, d.offset),
+            (Reason::InternalError, 2, 40)
+        );
+        assert!(
+            d.detail.contains("index out of bounds") && d.detail.contains("offsets 40 to 41"),
+            "{}",
+            d.detail
+        );
     }
 
     /// Two records that reuse one event id but sit at different offsets are two late dead
@@ -854,9 +1261,19 @@ pub(super) mod tests {
     #[test]
     fn late_records_that_reuse_an_id_stay_two_dead_letters() {
         let (mut agg, _) = aggregator(5);
-        agg.apply(&[event("new", "x", 100), event("dup", "x", 1), event("dup", "y", 2)], &[(0, 1), (0, 2), (0, 3)]);
+        agg.apply(
+            &[
+                event("new", "x", 100),
+                event("dup", "x", 1),
+                event("dup", "y", 2),
+            ],
+            &[(0, 1), (0, 2), (0, 3)],
+        );
         let late = agg.take_late();
-        assert_eq!(late.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), ["late:0:2", "late:0:3"]);
+        assert_eq!(
+            late.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
+            ["late:0:2", "late:0:3"]
+        );
     }
 
     /// A tumbling minute's metric with an hour's lateness and top 3.
@@ -879,10 +1296,19 @@ pub(super) mod tests {
     }
 
     /// [`config`] of a script written into `dir`.
-    fn scripted(dir: &std::path::Path, name: &str, reducer: ReducerKind, script: &str, max_groups: usize) -> MetricConfig {
+    fn scripted(
+        dir: &std::path::Path,
+        name: &str,
+        reducer: ReducerKind,
+        script: &str,
+        max_groups: usize,
+    ) -> MetricConfig {
         let path = dir.join(format!("{name}.rhai"));
         std::fs::write(&path, script).unwrap();
-        MetricConfig { max_groups, ..config(name, path, reducer) }
+        MetricConfig {
+            max_groups,
+            ..config(name, path, reducer)
+        }
     }
 
     /// A custom state JSON cannot hold (infinity) and a value script's infinity are that
@@ -892,21 +1318,62 @@ pub(super) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let custom = "fn init() { #{ total: 0.0 } }\nfn update(e) { this.total += 1e308 * 10.0; }\nfn merge(o) { this.total += o.total; }\nfn finish() { this.total }";
         let configs = [
-            scripted(dir.path(), "overflowing", ReducerKind::Custom, custom, 50_000),
-            scripted(dir.path(), "infinite_value", ReducerKind::Sum, "fn v(e) { 1e308 * 10.0 }\n#{ value: v }", 50_000),
-            scripted(dir.path(), "per_item", ReducerKind::Count, "#{ key: field(\"item_id\") }", 50_000),
+            scripted(
+                dir.path(),
+                "overflowing",
+                ReducerKind::Custom,
+                custom,
+                50_000,
+            ),
+            scripted(
+                dir.path(),
+                "infinite_value",
+                ReducerKind::Sum,
+                "fn v(e) { 1e308 * 10.0 }\n#{ value: v }",
+                50_000,
+            ),
+            scripted(
+                dir.path(),
+                "per_item",
+                ReducerKind::Count,
+                "#{ key: field(\"item_id\") }",
+                50_000,
+            ),
         ];
         let set = Arc::new(MetricSet::load(&configs, &schema()).unwrap());
         let stats = Stats::new();
         let mut agg = Aggregator::new(set, stats.clone());
         agg.apply(&[event("a", "x", 1), event("b", "y", 2)], &[]);
         let (panes, _) = panes_and_watermarks(agg.checkpoint());
-        assert!(panes.iter().all(|p| !p.state.as_str().contains("null")), "{panes:?}");
-        assert!(!panes.iter().any(|p| p.metric.starts_with("overflowing")), "the custom state is not stored");
-        let sums: Vec<_> = panes.iter().filter(|p| p.metric.starts_with("infinite_value")).map(|p| p.state.to_value().unwrap()).collect();
-        assert!(sums.iter().all(|s| s["single"]["sum"]["n"] == 0), "infinity left out of the sum: {sums:?}");
-        assert_eq!(panes.iter().filter(|p| p.metric.starts_with("per_item")).count(), 1, "the built-in metric beside them is written");
-        assert!(stats.snapshot().script_errors >= 3, "each reported as a script error");
+        assert!(
+            panes.iter().all(|p| !p.state.as_str().contains("null")),
+            "{panes:?}"
+        );
+        assert!(
+            !panes.iter().any(|p| p.metric.starts_with("overflowing")),
+            "the custom state is not stored"
+        );
+        let sums: Vec<_> = panes
+            .iter()
+            .filter(|p| p.metric.starts_with("infinite_value"))
+            .map(|p| p.state.to_value().unwrap())
+            .collect();
+        assert!(
+            sums.iter().all(|s| s["single"]["sum"]["n"] == 0),
+            "infinity left out of the sum: {sums:?}"
+        );
+        assert_eq!(
+            panes
+                .iter()
+                .filter(|p| p.metric.starts_with("per_item"))
+                .count(),
+            1,
+            "the built-in metric beside them is written"
+        );
+        assert!(
+            stats.snapshot().script_errors >= 3,
+            "each reported as a script error"
+        );
     }
 
     /// Past `max_groups` keys in a pane, further keys are counted under `__other__`, which
@@ -914,16 +1381,32 @@ pub(super) mod tests {
     #[test]
     fn keys_past_max_groups_are_counted_under_other_and_left_out_of_rankings() {
         let dir = tempfile::tempdir().unwrap();
-        let configs = [scripted(dir.path(), "top", ReducerKind::TopK, "#{ key: field(\"item_id\") }", 3)];
+        let configs = [scripted(
+            dir.path(),
+            "top",
+            ReducerKind::TopK,
+            "#{ key: field(\"item_id\") }",
+            3,
+        )];
         let set = Arc::new(MetricSet::load(&configs, &schema()).unwrap());
         let mut agg = Aggregator::new(set.clone(), Stats::new());
-        let events: Vec<Record> = (0..20).map(|i| event(&format!("e{i}"), &format!("item{}", i % 10), 1)).collect();
+        let events: Vec<Record> = (0..20)
+            .map(|i| event(&format!("e{i}"), &format!("item{}", i % 10), 1))
+            .collect();
         agg.apply(&events, &[]);
         let (panes, _) = panes_and_watermarks(agg.checkpoint());
-        let groups = panes[0].state.to_value().unwrap()["grouped"].as_object().unwrap().clone();
+        let groups = panes[0].state.to_value().unwrap()["grouped"]
+            .as_object()
+            .unwrap()
+            .clone();
         assert_eq!(groups.len(), 4, "three keys and the overflow: {groups:?}");
-        assert_eq!(groups[OTHER_KEY]["count"], 14, "seven keys' records, twice each");
-        let top = set.metrics[0].report(&agg.states[0].cells.values().next().unwrap().partial).unwrap();
+        assert_eq!(
+            groups[OTHER_KEY]["count"], 14,
+            "seven keys' records, twice each"
+        );
+        let top = set.metrics[0]
+            .report(&agg.states[0].cells.values().next().unwrap().partial)
+            .unwrap();
         assert!(!top.to_string().contains(OTHER_KEY), "{top}");
     }
 }

@@ -40,7 +40,11 @@ impl Queue {
     fn push(&self, n: Arc<Notification>, limit: usize) -> Option<Arc<Notification>> {
         let dropped = {
             let mut items = self.items.lock().unwrap();
-            let dropped = if items.len() >= limit { items.pop_front() } else { None };
+            let dropped = if items.len() >= limit {
+                items.pop_front()
+            } else {
+                None
+            };
             items.push_back(n);
             dropped
         };
@@ -101,36 +105,62 @@ struct EmailChannel {
 
 impl EmailChannel {
     fn new(c: &EmailConfig, thresholds: &BTreeMap<String, Value>) -> anyhow::Result<Self> {
-        let from: Mailbox = c.from.parse().with_context(|| format!("email from {:?} is not an address", c.from))?;
-        let to = c
-            .to
-            .iter()
-            .map(|a| a.parse::<Mailbox>().with_context(|| format!("email recipient {a:?} is not an address")))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        minijinja::Environment::new().template_from_str(&c.subject).context("email subject template")?;
+        let from: Mailbox = c
+            .from
+            .parse()
+            .with_context(|| format!("email from {:?} is not an address", c.from))?;
+        let to =
+            c.to.iter()
+                .map(|a| {
+                    a.parse::<Mailbox>()
+                        .with_context(|| format!("email recipient {a:?} is not an address"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+        minijinja::Environment::new()
+            .template_from_str(&c.subject)
+            .context("email subject template")?;
         let builder = match c.security {
-            SmtpSecurity::Starttls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&c.host)?,
+            SmtpSecurity::Starttls => {
+                AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&c.host)?
+            }
             SmtpSecurity::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&c.host)?,
             SmtpSecurity::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&c.host),
         };
         let mut builder = builder.port(c.port).timeout(Some(c.timeout));
         if !c.username.is_empty() {
-            builder = builder.credentials(Credentials::new(c.username.clone(), c.password.expose().to_string()));
+            builder = builder.credentials(Credentials::new(
+                c.username.clone(),
+                c.password.expose().to_string(),
+            ));
         }
-        Ok(EmailChannel { transport: builder.build(), from, to, subject: c.subject.clone(), thresholds: thresholds.clone() })
+        Ok(EmailChannel {
+            transport: builder.build(),
+            from,
+            to,
+            subject: c.subject.clone(),
+            thresholds: thresholds.clone(),
+        })
     }
 }
 
 #[async_trait]
 impl Channel for EmailChannel {
     async fn deliver(&self, n: &Notification) -> anyhow::Result<()> {
-        let subject = n.render(&self.subject, &self.thresholds).context("email subject template")?;
-        let mut message = Message::builder().from(self.from.clone()).subject(subject).header(ContentType::TEXT_PLAIN);
+        let subject = n
+            .render(&self.subject, &self.thresholds)
+            .context("email subject template")?;
+        let mut message = Message::builder()
+            .from(self.from.clone())
+            .subject(subject)
+            .header(ContentType::TEXT_PLAIN);
         for to in &self.to {
             message = message.to(to.clone());
         }
         let message = message.body(n.text()).context("cannot build the email")?;
-        self.transport.send(message).await.context("SMTP delivery failed")?;
+        self.transport
+            .send(message)
+            .await
+            .context("SMTP delivery failed")?;
         Ok(())
     }
 }
@@ -149,8 +179,16 @@ impl WebhookChannel {
         super::config::webhook_url(c.url.expose()).map_err(anyhow::Error::msg)?;
         // No redirects: following one would POST the notification, and its secret headers, to
         // whatever host the answer names.
-        let client = reqwest::Client::builder().timeout(c.timeout).redirect(reqwest::redirect::Policy::none()).build().context("cannot create the HTTP client")?;
-        Ok(WebhookChannel { client, url: c.url.clone(), headers: c.headers.clone() })
+        let client = reqwest::Client::builder()
+            .timeout(c.timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .context("cannot create the HTTP client")?;
+        Ok(WebhookChannel {
+            client,
+            url: c.url.clone(),
+            headers: c.headers.clone(),
+        })
     }
 }
 
@@ -160,7 +198,9 @@ async fn body_start(mut response: reqwest::Response) -> String {
     let mut body = Vec::new();
     while body.len() < RESPONSE_BYTES {
         match response.chunk().await {
-            Ok(Some(chunk)) => body.extend_from_slice(&chunk[..chunk.len().min(RESPONSE_BYTES - body.len())]),
+            Ok(Some(chunk)) => {
+                body.extend_from_slice(&chunk[..chunk.len().min(RESPONSE_BYTES - body.len())])
+            }
             _ => break,
         }
     }
@@ -170,18 +210,30 @@ async fn body_start(mut response: reqwest::Response) -> String {
 #[async_trait]
 impl Channel for WebhookChannel {
     async fn deliver(&self, n: &Notification) -> anyhow::Result<()> {
-        let mut request = self.client.post(self.url.expose()).json(n).header("Idempotency-Key", &n.id);
+        let mut request = self
+            .client
+            .post(self.url.expose())
+            .json(n)
+            .header("Idempotency-Key", &n.id);
         for (k, v) in &self.headers {
             request = request.header(k, v.expose());
         }
         // reqwest's errors name the URL; the URL is a secret.
-        let response = request.send().await.map_err(|e| e.without_url()).with_context(|| format!("POST to webhook {} failed", redact_url(self.url.expose())))?;
+        let response = request
+            .send()
+            .await
+            .map_err(|e| e.without_url())
+            .with_context(|| format!("POST to webhook {} failed", redact_url(self.url.expose())))?;
         let status = response.status();
         if status.is_redirection() {
             bail!("webhook {} answered {status} (a redirect, which is not followed: configure the URL it points to)", redact_url(self.url.expose()));
         }
         if !status.is_success() {
-            bail!("webhook {} answered {status}: {}", redact_url(self.url.expose()), body_start(response).await);
+            bail!(
+                "webhook {} answered {status}: {}",
+                redact_url(self.url.expose()),
+                body_start(response).await
+            );
         }
         Ok(())
     }
@@ -203,8 +255,15 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     /// Starts a task per channel (`log` always among them).
-    pub fn new(configs: &BTreeMap<String, ChannelConfig>, thresholds: &BTreeMap<String, Value>, stats: Arc<Stats>) -> anyhow::Result<Dispatcher> {
-        let mut d = Dispatcher { channels: BTreeMap::new(), stats };
+    pub fn new(
+        configs: &BTreeMap<String, ChannelConfig>,
+        thresholds: &BTreeMap<String, Value>,
+        stats: Arc<Stats>,
+    ) -> anyhow::Result<Dispatcher> {
+        let mut d = Dispatcher {
+            channels: BTreeMap::new(),
+            stats,
+        };
         d.reconfigure(configs, thresholds)?;
         Ok(d)
     }
@@ -218,12 +277,19 @@ impl Dispatcher {
     }
 
     /// Restarts the channels whose config changed; unchanged ones keep their queues.
-    pub fn reconfigure(&mut self, configs: &BTreeMap<String, ChannelConfig>, thresholds: &BTreeMap<String, Value>) -> anyhow::Result<()> {
-        let mut wanted: BTreeMap<String, Option<ChannelConfig>> = BTreeMap::from([("log".to_string(), None)]);
+    pub fn reconfigure(
+        &mut self,
+        configs: &BTreeMap<String, ChannelConfig>,
+        thresholds: &BTreeMap<String, Value>,
+    ) -> anyhow::Result<()> {
+        let mut wanted: BTreeMap<String, Option<ChannelConfig>> =
+            BTreeMap::from([("log".to_string(), None)]);
         wanted.extend(configs.iter().map(|(k, v)| (k.clone(), Some(v.clone()))));
         self.channels.retain(|name, running| {
             // Channels that render templates over thresholds are rebuilt when those change.
-            let keep = wanted.get(name).is_some_and(|c| *c == running.config && running.thresholds == *thresholds);
+            let keep = wanted
+                .get(name)
+                .is_some_and(|c| *c == running.config && running.thresholds == *thresholds);
             if !keep {
                 running.queue.close(); // its task delivers what waits, then ends
             }
@@ -235,16 +301,35 @@ impl Dispatcher {
             }
             let channel: Box<dyn Channel> = match &config {
                 None => Box::new(LogChannel),
-                Some(c) => build(c, thresholds).with_context(|| format!("alerting.channels.{name}"))?,
+                Some(c) => {
+                    build(c, thresholds).with_context(|| format!("alerting.channels.{name}"))?
+                }
             };
             let retry = match &config {
                 Some(ChannelConfig::Email(e)) => e.retry.clone(),
                 Some(ChannelConfig::Webhook(w)) => w.retry.clone(),
-                _ => Retry { retries: 0, backoff: Duration::ZERO },
+                _ => Retry {
+                    retries: 0,
+                    backoff: Duration::ZERO,
+                },
             };
             let queue = Arc::new(Queue::default());
-            let task = tokio::spawn(deliver_all(name.clone(), channel, retry, queue.clone(), self.stats.clone()));
-            self.channels.insert(name, Running { config, thresholds: thresholds.clone(), queue, task });
+            let task = tokio::spawn(deliver_all(
+                name.clone(),
+                channel,
+                retry,
+                queue.clone(),
+                self.stats.clone(),
+            ));
+            self.channels.insert(
+                name,
+                Running {
+                    config,
+                    thresholds: thresholds.clone(),
+                    queue,
+                    task,
+                },
+            );
         }
         Ok(())
     }
@@ -260,7 +345,9 @@ impl Dispatcher {
                         self.stats.notification_failed(name, &dropped.alert, &why);
                     }
                 }
-                None => self.stats.notification_failed(name, &n.alert, &"no such channel"),
+                None => self
+                    .stats
+                    .notification_failed(name, &n.alert, &"no such channel"),
             }
         }
     }
@@ -282,7 +369,10 @@ impl Dispatcher {
     }
 }
 
-fn build(c: &ChannelConfig, thresholds: &BTreeMap<String, Value>) -> anyhow::Result<Box<dyn Channel>> {
+fn build(
+    c: &ChannelConfig,
+    thresholds: &BTreeMap<String, Value>,
+) -> anyhow::Result<Box<dyn Channel>> {
     Ok(match c {
         ChannelConfig::Log => Box::new(LogChannel),
         ChannelConfig::Email(e) => Box::new(EmailChannel::new(e, thresholds)?),
@@ -302,7 +392,13 @@ fn redact_url(url: &str) -> String {
 /// One channel's loop: deliver each notification in order, retrying with backoff.
 /// One notification is retried for at most [`RETRY_BUDGET`], so a receiver that is down holds
 /// the notifications behind it back for seconds, not for the minutes a long backoff would.
-async fn deliver_all(name: String, channel: Box<dyn Channel>, retry: Retry, queue: Arc<Queue>, stats: Arc<Stats>) {
+async fn deliver_all(
+    name: String,
+    channel: Box<dyn Channel>,
+    retry: Retry,
+    queue: Arc<Queue>,
+    stats: Arc<Stats>,
+) {
     while let Some(n) = queue.pop().await {
         let mut backoff = Backoff::new(retry.backoff, MAX_BACKOFF, Some(retry.retries as usize));
         let started = tokio::time::Instant::now();
@@ -313,13 +409,20 @@ async fn deliver_all(name: String, channel: Box<dyn Channel>, retry: Retry, queu
                     tracing::debug!(channel = %name, alert = %n.alert, id = %n.id, attempt = backoff.retries() + 1, "notification delivered");
                     break;
                 }
-                Err(e) => match backoff.next_wait().filter(|wait| started.elapsed() + *wait <= RETRY_BUDGET) {
+                Err(e) => match backoff
+                    .next_wait()
+                    .filter(|wait| started.elapsed() + *wait <= RETRY_BUDGET)
+                {
                     Some(wait) => {
                         tracing::warn!(channel = %name, alert = %n.alert, attempt = backoff.retries(), retry_in = ?wait, error = %format!("{e:#}"), "notification failed; retrying");
                         tokio::time::sleep(wait).await;
                     }
                     None => {
-                        stats.notification_failed(&name, &n.alert, &format!("{e:#} (after {} attempts)", backoff.retries() + 1));
+                        stats.notification_failed(
+                            &name,
+                            &n.alert,
+                            &format!("{e:#} (after {} attempts)", backoff.retries() + 1),
+                        );
                         break;
                     }
                 },
@@ -343,7 +446,12 @@ mod tests {
     }
 
     fn webhook(url: &str) -> WebhookChannel {
-        let config = WebhookConfig { url: Secret::new(url), headers: BTreeMap::from([("Authorization".to_string(), Secret::new("Bearer s3cret"))]), timeout: Duration::from_secs(5), retry: Retry::default() };
+        let config = WebhookConfig {
+            url: Secret::new(url),
+            headers: BTreeMap::from([("Authorization".to_string(), Secret::new("Bearer s3cret"))]),
+            timeout: Duration::from_secs(5),
+            retry: Retry::default(),
+        };
         WebhookChannel::new(&config).unwrap()
     }
 
@@ -367,24 +475,53 @@ mod tests {
         let target = format!("{elsewhere}/steal");
         let redirecting = serve(axum::Router::new().fallback(move || {
             let target = target.clone();
-            async move { (axum::http::StatusCode::TEMPORARY_REDIRECT, [(axum::http::header::LOCATION, target)]) }
+            async move {
+                (
+                    axum::http::StatusCode::TEMPORARY_REDIRECT,
+                    [(axum::http::header::LOCATION, target)],
+                )
+            }
         }))
         .await;
-        let err = webhook(&format!("{redirecting}/hook")).deliver(&notification("n1")).await.unwrap_err();
+        let err = webhook(&format!("{redirecting}/hook"))
+            .deliver(&notification("n1"))
+            .await
+            .unwrap_err();
         assert!(format!("{err:#}").contains("redirect"), "{err:#}");
         assert_eq!(hits.load(Ordering::SeqCst), 0, "the other host got nothing");
     }
 
     #[tokio::test]
     async fn a_huge_error_answer_is_read_only_so_far() {
-        let url = serve(axum::Router::new().fallback(|| async { (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "x".repeat(50 << 20)) })).await;
-        let err = format!("{:#}", webhook(&format!("{url}/hook")).deliver(&notification("n1")).await.unwrap_err());
-        assert!(err.contains("500") && err.len() < 1000, "{} bytes", err.len());
+        let url = serve(axum::Router::new().fallback(|| async {
+            (
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "x".repeat(50 << 20),
+            )
+        }))
+        .await;
+        let err = format!(
+            "{:#}",
+            webhook(&format!("{url}/hook"))
+                .deliver(&notification("n1"))
+                .await
+                .unwrap_err()
+        );
+        assert!(
+            err.contains("500") && err.len() < 1000,
+            "{} bytes",
+            err.len()
+        );
     }
 
     #[test]
     fn a_plain_http_webhook_beyond_loopback_is_refused() {
-        let config = WebhookConfig { url: Secret::new("http://hooks.example.com/x"), headers: BTreeMap::new(), timeout: Duration::from_secs(1), retry: Retry::default() };
+        let config = WebhookConfig {
+            url: Secret::new("http://hooks.example.com/x"),
+            headers: BTreeMap::new(),
+            timeout: Duration::from_secs(1),
+            retry: Retry::default(),
+        };
         assert!(WebhookChannel::new(&config).is_err());
     }
 
@@ -395,7 +532,13 @@ mod tests {
         assert!(q.push(Arc::new(notification("2")), 2).is_none());
         let dropped = q.push(Arc::new(notification("3")), 2).expect("one dropped");
         assert_eq!(dropped.id, "1");
-        let waiting: Vec<String> = q.items.lock().unwrap().iter().map(|n| n.id.clone()).collect();
+        let waiting: Vec<String> = q
+            .items
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|n| n.id.clone())
+            .collect();
         assert_eq!(waiting, ["2", "3"]);
     }
 
@@ -420,8 +563,26 @@ mod tests {
         queue.close();
         let started = tokio::time::Instant::now();
         let channel = Box::new(Failing(AtomicUsize::new(0)));
-        deliver_all("hook".into(), channel, Retry { retries: 20, backoff: Duration::from_secs(10) }, queue, stats.clone()).await;
-        assert_eq!(stats.snapshot().notifications_failed, 2, "both given up and reported");
-        assert!(started.elapsed() <= RETRY_BUDGET * 2, "{:?}", started.elapsed());
+        deliver_all(
+            "hook".into(),
+            channel,
+            Retry {
+                retries: 20,
+                backoff: Duration::from_secs(10),
+            },
+            queue,
+            stats.clone(),
+        )
+        .await;
+        assert_eq!(
+            stats.snapshot().notifications_failed,
+            2,
+            "both given up and reported"
+        );
+        assert!(
+            started.elapsed() <= RETRY_BUDGET * 2,
+            "{:?}",
+            started.elapsed()
+        );
     }
 }

@@ -138,7 +138,10 @@ pub struct Retry {
 
 impl Default for Retry {
     fn default() -> Self {
-        Retry { retries: default_retries(), backoff: default_backoff() }
+        Retry {
+            retries: default_retries(),
+            backoff: default_backoff(),
+        }
     }
 }
 
@@ -204,17 +207,33 @@ fn default_message() -> String {
 
 impl AlertConfig {
     /// Problems a parse cannot catch.
-    pub fn check(&self, channels: &BTreeMap<String, ChannelConfig>, default_channels: &[String]) -> Option<String> {
+    pub fn check(
+        &self,
+        channels: &BTreeMap<String, ChannelConfig>,
+        default_channels: &[String],
+    ) -> Option<String> {
         let mut p = Vec::new();
         match (&self.condition, &self.script) {
-            (Some(_), Some(_)) => p.push(format!("alert {:?}: give either condition or script, not both", self.name)),
-            (None, None) => p.push(format!("alert {:?}: needs a condition (inline Rhai) or a script file", self.name)),
+            (Some(_), Some(_)) => p.push(format!(
+                "alert {:?}: give either condition or script, not both",
+                self.name
+            )),
+            (None, None) => p.push(format!(
+                "alert {:?}: needs a condition (inline Rhai) or a script file",
+                self.name
+            )),
             _ => {}
         }
         for c in self.channels.as_deref().unwrap_or(default_channels) {
             if c != "log" && !channels.contains_key(c) {
-                let known: Vec<&str> = std::iter::once("log").chain(channels.keys().map(String::as_str)).collect();
-                p.push(format!("alert {:?}: no channel named {c:?} (known: {})", self.name, known.join(", ")));
+                let known: Vec<&str> = std::iter::once("log")
+                    .chain(channels.keys().map(String::as_str))
+                    .collect();
+                p.push(format!(
+                    "alert {:?}: no channel named {c:?} (known: {})",
+                    self.name,
+                    known.join(", ")
+                ));
             }
         }
         (!p.is_empty()).then(|| p.join("; "))
@@ -230,7 +249,9 @@ impl AlertingConfig {
         }
         for (name, c) in &self.channels {
             match c {
-                ChannelConfig::Email(e) if e.to.is_empty() => p.push(format!("alerting.channels.{name}: `to` lists no recipient")),
+                ChannelConfig::Email(e) if e.to.is_empty() => {
+                    p.push(format!("alerting.channels.{name}: `to` lists no recipient"))
+                }
                 ChannelConfig::Webhook(w) => {
                     if let Err(e) = webhook_url(w.url.expose()) {
                         p.push(format!("alerting.channels.{name}: {e}"));
@@ -248,11 +269,19 @@ impl AlertingConfig {
 pub fn webhook_url(url: &str) -> Result<reqwest::Url, String> {
     let parsed = reqwest::Url::parse(url).map_err(|e| format!("url is not a URL: {e}"))?;
     let host = parsed.host_str().unwrap_or("");
-    let loopback = host.eq_ignore_ascii_case("localhost") || host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
     match parsed.scheme() {
         "https" => Ok(parsed),
         "http" if loopback => Ok(parsed),
-        "http" => Err("url must be https:// (plain http:// only to a loopback address such as 127.0.0.1)".to_string()),
+        "http" => Err(
+            "url must be https:// (plain http:// only to a loopback address such as 127.0.0.1)"
+                .to_string(),
+        ),
         _ => Err("url must start with https:// (or http:// to a loopback address)".to_string()),
     }
 }
@@ -263,10 +292,20 @@ mod webhook_url_tests {
 
     #[test]
     fn a_webhook_is_https_or_plain_http_only_to_loopback() {
-        for ok in ["https://hooks.example.com/x", "http://127.0.0.1:9/hook", "http://localhost/h", "http://[::1]:80/"] {
+        for ok in [
+            "https://hooks.example.com/x",
+            "http://127.0.0.1:9/hook",
+            "http://localhost/h",
+            "http://[::1]:80/",
+        ] {
             assert!(webhook_url(ok).is_ok(), "{ok}");
         }
-        for bad in ["http://hooks.example.com/x", "http://10.0.0.1/h", "ftp://127.0.0.1/", "hooks.example.com"] {
+        for bad in [
+            "http://hooks.example.com/x",
+            "http://10.0.0.1/h",
+            "ftp://127.0.0.1/",
+            "hooks.example.com",
+        ] {
             assert!(webhook_url(bad).is_err(), "{bad}");
         }
     }

@@ -43,7 +43,10 @@ impl Histories {
                 Dynamic::from_map(m)
             })
             .collect();
-        self.series.insert((metric.to_string(), range.as_millis() as i64), Dynamic::from_array(list));
+        self.series.insert(
+            (metric.to_string(), range.as_millis() as i64),
+            Dynamic::from_array(list),
+        );
     }
 
     /// Runs `f` (a rule's evaluation) with these histories for `history()` to read.
@@ -76,12 +79,21 @@ pub fn calls(source: &str) -> Result<Vec<(String, Duration)>, String> {
     }
     let mut out: Vec<(String, Duration)> = Vec::new();
     for (i, _) in source.match_indices("history(") {
-        if source[..i].chars().next_back().is_some_and(|c| c.is_alphanumeric() || c == '_') {
+        if source[..i]
+            .chars()
+            .next_back()
+            .is_some_and(|c| c.is_alphanumeric() || c == '_')
+        {
             continue; // another function whose name ends in "history"
         }
-        let Some((metric, rest)) = literal(&source[i + "history(".len()..]) else { continue };
-        let Some((range, _)) = rest.trim_start().strip_prefix(',').and_then(literal) else { continue };
-        let d = crate::base::de::parse_duration(range).map_err(|e| format!("history({metric:?}, {range:?}): {e}"))?;
+        let Some((metric, rest)) = literal(&source[i + "history(".len()..]) else {
+            continue;
+        };
+        let Some((range, _)) = rest.trim_start().strip_prefix(',').and_then(literal) else {
+            continue;
+        };
+        let d = crate::base::de::parse_duration(range)
+            .map_err(|e| format!("history({metric:?}, {range:?}): {e}"))?;
         if !out.iter().any(|(m, r)| m == metric && *r == d) {
             out.push((metric.to_string(), d));
         }
@@ -116,7 +128,11 @@ pub fn register(engine: &mut Engine) {
 
 fn numbers(list: Array) -> ScriptResult<Vec<f64>> {
     list.into_iter()
-        .map(|v| v.as_float().or_else(|_| v.as_int().map(|i| i as f64)).map_err(|t| format!("a list of numbers was expected; it holds a {t}").into()))
+        .map(|v| {
+            v.as_float()
+                .or_else(|_| v.as_int().map(|i| i as f64))
+                .map_err(|t| format!("a list of numbers was expected; it holds a {t}").into())
+        })
         .collect()
 }
 
@@ -139,8 +155,16 @@ mod tests {
     fn literal_history_calls_are_found_once() {
         let src = r#"let a = history("top_items", "30m"); let b = history( "top_items" , "30m" ); let c = history(name, "1h"); my_history("x", "1m"); history("rate", "10s")"#;
         let found = calls(src).unwrap();
-        assert_eq!(found, vec![("top_items".to_string(), Duration::from_secs(1800)), ("rate".to_string(), Duration::from_secs(10))]);
-        assert!(calls(r#"history("x", "soon")"#).unwrap_err().contains("history(\"x\", \"soon\")"));
+        assert_eq!(
+            found,
+            vec![
+                ("top_items".to_string(), Duration::from_secs(1800)),
+                ("rate".to_string(), Duration::from_secs(10))
+            ]
+        );
+        assert!(calls(r#"history("x", "soon")"#)
+            .unwrap_err()
+            .contains("history(\"x\", \"soon\")"));
     }
 
     #[test]
@@ -156,12 +180,37 @@ mod tests {
         let mut engine = Engine::new();
         register(&mut engine);
         let mut h = Histories::default();
-        h.insert("m", Duration::from_secs(60), &[Window { end: 1, value: serde_json::json!(4) }, Window { end: 2, value: serde_json::json!(6) }]);
+        h.insert(
+            "m",
+            Duration::from_secs(60),
+            &[
+                Window {
+                    end: 1,
+                    value: serde_json::json!(4),
+                },
+                Window {
+                    end: 2,
+                    value: serde_json::json!(6),
+                },
+            ],
+        );
         let h = Arc::new(h);
-        let median: f64 = h.during(|| engine.eval(r#"let v = []; for w in history("m", "1m") { v.push(w.value); } median(v)"#)).unwrap();
+        let median: f64 = h
+            .during(|| {
+                engine.eval(
+                    r#"let v = []; for w in history("m", "1m") { v.push(w.value); } median(v)"#,
+                )
+            })
+            .unwrap();
         assert_eq!(median, 5.0);
-        let err = h.during(|| engine.eval::<Dynamic>(r#"history("m", "2m")"#)).unwrap_err().to_string();
+        let err = h
+            .during(|| engine.eval::<Dynamic>(r#"history("m", "2m")"#))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("was not read for this evaluation"), "{err}");
-        assert!(engine.eval::<Dynamic>(r#"history("m", "1m")"#).is_err(), "nothing outside an evaluation");
+        assert!(
+            engine.eval::<Dynamic>(r#"history("m", "1m")"#).is_err(),
+            "nothing outside an evaluation"
+        );
     }
 }

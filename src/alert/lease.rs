@@ -20,8 +20,17 @@ pub struct Lease {
 impl Lease {
     /// The lease of `pipeline`'s alert evaluation.
     pub fn new(pipeline: &str) -> Lease {
-        let holder = format!("{}:{}:{}", hostname(), std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
-        Lease { name: format!("alerting:{pipeline}"), holder, held_until: None }
+        let holder = format!(
+            "{}:{}:{}",
+            hostname(),
+            std::process::id(),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        Lease {
+            name: format!("alerting:{pipeline}"),
+            holder,
+            held_until: None,
+        }
     }
 
     /// Renewed every half interval, a lease of one and a half intervals survives two missed
@@ -38,16 +47,26 @@ impl Lease {
 
     /// Takes or renews the lease; true when this process holds it now. `Ok(true)` after
     /// `Ok(false)` means this process just became the evaluator.
-    pub async fn renew(&mut self, store: &dyn EventStore, interval: Duration) -> anyhow::Result<bool> {
+    pub async fn renew(
+        &mut self,
+        store: &dyn EventStore,
+        interval: Duration,
+    ) -> anyhow::Result<bool> {
         let ttl = Self::ttl(interval);
         let asked = Instant::now();
-        let held = store.take_lease(&self.name, &self.holder, ttl.as_millis() as i64).await?;
+        let held = store
+            .take_lease(&self.name, &self.holder, ttl.as_millis() as i64)
+            .await?;
         let was = self.held();
         // Counted from before the request: the store's copy may expire that early.
         self.held_until = held.then_some(asked + ttl);
         match (was, held) {
-            (false, true) => tracing::info!(lease = %self.name, holder = %self.holder, "this process now evaluates the alert rules"),
-            (true, false) => tracing::warn!(lease = %self.name, "another process took the alert lease; this one stands by"),
+            (false, true) => {
+                tracing::info!(lease = %self.name, holder = %self.holder, "this process now evaluates the alert rules")
+            }
+            (true, false) => {
+                tracing::warn!(lease = %self.name, "another process took the alert lease; this one stands by")
+            }
             _ => {}
         }
         Ok(held)

@@ -45,19 +45,30 @@ pub struct AlertSet {
 
 impl AlertSet {
     /// Compiles every rule and checks every channel; errors name the file (and line, for scripts).
-    pub fn load(config: &AlertingConfig, alerts: &[AlertConfig], pipeline_file: &Path) -> Result<AlertSet, ScriptError> {
+    pub fn load(
+        config: &AlertingConfig,
+        alerts: &[AlertConfig],
+        pipeline_file: &Path,
+    ) -> Result<AlertSet, ScriptError> {
         Self::load_all(config, alerts, pipeline_file).map_err(|mut errors| errors.remove(0))
     }
 
     /// Like [`AlertSet::load`], returning every problem rather than the first.
-    pub fn load_all(config: &AlertingConfig, alerts: &[AlertConfig], pipeline_file: &Path) -> Result<AlertSet, Vec<ScriptError>> {
+    pub fn load_all(
+        config: &AlertingConfig,
+        alerts: &[AlertConfig],
+        pipeline_file: &Path,
+    ) -> Result<AlertSet, Vec<ScriptError>> {
         let engine = alert_engine();
         let mut names = HashSet::new();
         let mut rules = Vec::with_capacity(alerts.len());
         let mut errors = Vec::new();
         for a in alerts {
             if !names.insert(a.name.as_str()) {
-                errors.push(ScriptError::whole_file(pipeline_file, format!("alert name {:?} is used twice", a.name)));
+                errors.push(ScriptError::whole_file(
+                    pipeline_file,
+                    format!("alert name {:?} is used twice", a.name),
+                ));
             }
             match Rule::load(&engine, a, pipeline_file) {
                 Ok(r) => rules.push(r),
@@ -68,7 +79,11 @@ impl AlertSet {
             errors.push(ScriptError::whole_file(pipeline_file, format!("{e:#}")));
         }
         match errors.is_empty() {
-            true => Ok(AlertSet { config: config.clone(), rules, engine }),
+            true => Ok(AlertSet {
+                config: config.clone(),
+                rules,
+                engine,
+            }),
             false => Err(errors),
         }
     }
@@ -78,7 +93,11 @@ impl AlertSet {
     }
 
     /// The instances of `rule` whose condition holds for `inputs`.
-    pub fn evaluate(&self, rule: &Rule, inputs: &Inputs) -> Result<Vec<(Labels, Option<f64>)>, ScriptError> {
+    pub fn evaluate(
+        &self,
+        rule: &Rule,
+        inputs: &Inputs,
+    ) -> Result<Vec<(Labels, Option<f64>)>, ScriptError> {
         rule.evaluate(&self.engine, inputs)
     }
 
@@ -88,14 +107,19 @@ impl AlertSet {
     }
 
     fn channels_of<'a>(&'a self, rule: &'a AlertConfig) -> &'a [String] {
-        rule.channels.as_deref().unwrap_or(&self.config.default_channels)
+        rule.channels
+            .as_deref()
+            .unwrap_or(&self.config.default_channels)
     }
 }
 
 /// The engine alert conditions run in, with `history()` and the list statistics.
 fn alert_engine() -> Engine {
     // Conditions run every few seconds on small inputs: a tighter budget than the generator's.
-    let mut engine = sandboxed_engine(ScriptLimits { max_operations: 1_000_000, ..ScriptLimits::default() });
+    let mut engine = sandboxed_engine(ScriptLimits {
+        max_operations: 1_000_000,
+        ..ScriptLimits::default()
+    });
     history::register(&mut engine);
     engine
 }
@@ -150,14 +174,23 @@ pub struct Sources {
 }
 
 /// Evaluates the rules every interval until `stop`; reloaded rules apply from the next tick.
-pub async fn run(sources: Sources, mut rules: watch::Receiver<Arc<AlertSet>>, stop: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    sources: Sources,
+    mut rules: watch::Receiver<Arc<AlertSet>>,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
     let mut current = rules.borrow_and_update().clone();
     let c = &current.config;
     let mut dispatcher = Dispatcher::new(&c.channels, &c.thresholds, sources.stats.clone())?;
     let mut lease = lease::Lease::new(&sources.pipeline);
     // The rule states are read when this process takes the lease: it may take it long after
     // start, from an evaluator that saved newer states meanwhile.
-    let mut evaluator = Evaluator { states: BTreeMap::new(), unsaved: BTreeMap::new(), last: (Instant::now(), sources.stats.snapshot()), sources };
+    let mut evaluator = Evaluator {
+        states: BTreeMap::new(),
+        unsaved: BTreeMap::new(),
+        last: (Instant::now(), sources.stats.snapshot()),
+        sources,
+    };
     let mut ticker = ticker(current.config.interval);
     let mut lease_ticker = self::ticker(lease::Lease::every(current.config.interval));
     let mut reloads_open = true;
@@ -210,7 +243,11 @@ async fn load_states(store: &dyn EventStore) -> BTreeMap<String, RuleState> {
     match store.load_alert_states().await {
         Ok(rows) => rows
             .into_iter()
-            .filter_map(|(rule, v)| serde_json::from_value::<Stored>(v).ok().map(|s| (rule, s.state.rekeyed())))
+            .filter_map(|(rule, v)| {
+                serde_json::from_value::<Stored>(v)
+                    .ok()
+                    .map(|s| (rule, s.state.rekeyed()))
+            })
             .collect(),
         Err(e) => {
             tracing::warn!(error = %format!("{e:#}"), "cannot read the stored alert state; alerts start fresh");
@@ -241,7 +278,10 @@ impl Evaluator {
             }
             Ok(_) => {}
             // The lease lapses by itself if this goes on; meanwhile nothing changes.
-            Err(e) => self.sources.stats.alert_error("(alert lease)", &format!("{e:#}")),
+            Err(e) => self
+                .sources
+                .stats
+                .alert_error("(alert lease)", &format!("{e:#}")),
         }
     }
 
@@ -257,7 +297,9 @@ impl Evaluator {
             match crate::aggregate::read(m, &*self.sources.store, now).await {
                 Ok(v) => values.push(v),
                 Err(e) => {
-                    self.sources.stats.alert_error("(reading metrics)", &format!("{e:#}"));
+                    self.sources
+                        .stats
+                        .alert_error("(reading metrics)", &format!("{e:#}"));
                     unreadable.push(m.name().to_string());
                 }
             }
@@ -267,8 +309,14 @@ impl Evaluator {
         }
         // A metric filling from history has a partial value: rules reading it wait for it, as
         // rules reading a metric that cannot be read do.
-        let waiting: Vec<String> = values.iter().filter(|v| v.backfilling.is_some()).map(|v| v.name.clone()).chain(unreadable).collect();
-        let metrics: serde_json::Map<String, Value> = values.into_iter().map(|v| (v.name, v.value)).collect();
+        let waiting: Vec<String> = values
+            .iter()
+            .filter(|v| v.backfilling.is_some())
+            .map(|v| v.name.clone())
+            .chain(unreadable)
+            .collect();
+        let metrics: serde_json::Map<String, Value> =
+            values.into_iter().map(|v| (v.name, v.value)).collect();
         let history = Arc::new(self.histories(set, &metric_set, now).await);
         let inputs = Inputs {
             metrics: rule::to_dynamic(&Value::Object(metrics)),
@@ -293,24 +341,44 @@ impl Evaluator {
             let before = state.clone();
             let transitions = state.step(now, holding, timing);
             let changed = *state != before;
-            let stored = Stored { severity: rule.config.severity.clone(), state: state.clone() };
+            let stored = Stored {
+                severity: rule.config.severity.clone(),
+                state: state.clone(),
+            };
             let due: Vec<Notification> = transitions
                 .iter()
-                .map(|t| Notification::new(&self.sources.pipeline, &rule.config, set.channels_of(&rule.config), &set.config.thresholds, t, now))
+                .map(|t| {
+                    Notification::new(
+                        &self.sources.pipeline,
+                        &rule.config,
+                        set.channels_of(&rule.config),
+                        &set.config.thresholds,
+                        t,
+                        now,
+                    )
+                })
                 .collect();
             if !lease.held() {
                 // This tick outlasted the lease (a stall): another process may evaluate now, and
                 // it will find the last stored state.
                 return;
             }
-            self.save_then_notify(rule.name(), changed, &stored, due, dispatcher).await;
+            self.save_then_notify(rule.name(), changed, &stored, due, dispatcher)
+                .await;
         }
     }
 
     /// Stores the rule's state if it changed (or an earlier save failed), and only then sends
     /// what is due, with anything held from before. If the save fails, everything is held for
     /// the next tick, which tries again.
-    async fn save_then_notify(&mut self, rule: &str, changed: bool, stored: &Stored, due: Vec<Notification>, dispatcher: &Dispatcher) {
+    async fn save_then_notify(
+        &mut self,
+        rule: &str,
+        changed: bool,
+        stored: &Stored,
+        due: Vec<Notification>,
+        dispatcher: &Dispatcher,
+    ) {
         // An entry in `unsaved` (even with no notifications) means the last save failed.
         let retry = self.unsaved.remove(rule);
         let must_save = changed || retry.is_some();
@@ -337,14 +405,34 @@ impl Evaluator {
             }
             read.push(wanted);
             let (name, range) = wanted;
-            let Some(metric) = metrics.metrics().iter().find(|m| m.name() == name) else { continue };
+            let Some(metric) = metrics.metrics().iter().find(|m| m.name() == name) else {
+                continue;
+            };
             // One point per slide, up to a day of 5 s slides.
-            match crate::aggregate::history(metric, &*self.sources.store, now - range.as_millis() as i64, now, 20_000).await {
+            match crate::aggregate::history(
+                metric,
+                &*self.sources.store,
+                now - range.as_millis() as i64,
+                now,
+                20_000,
+            )
+            .await
+            {
                 Ok(points) => {
-                    let windows: Vec<history::Window> = points.into_iter().filter(|p| p.filled).map(|p| history::Window { end: p.end, value: p.value }).collect();
+                    let windows: Vec<history::Window> = points
+                        .into_iter()
+                        .filter(|p| p.filled)
+                        .map(|p| history::Window {
+                            end: p.end,
+                            value: p.value,
+                        })
+                        .collect();
                     out.insert(name, *range, &windows);
                 }
-                Err(e) => self.sources.stats.alert_error("(reading metric history)", &format!("{name}: {e:#}")),
+                Err(e) => self
+                    .sources
+                    .stats
+                    .alert_error("(reading metric history)", &format!("{name}: {e:#}")),
             }
         }
         out
@@ -357,14 +445,29 @@ impl Evaluator {
             if new.rules().iter().any(|r| r.name() == rule.name()) {
                 continue;
             }
-            let Some(mut state) = self.states.remove(rule.name()) else { continue };
+            let Some(mut state) = self.states.remove(rule.name()) else {
+                continue;
+            };
             let due: Vec<Notification> = state
                 .resolve_all()
                 .iter()
-                .map(|t| Notification::new(&self.sources.pipeline, &rule.config, old.channels_of(&rule.config), &old.config.thresholds, t, now))
+                .map(|t| {
+                    Notification::new(
+                        &self.sources.pipeline,
+                        &rule.config,
+                        old.channels_of(&rule.config),
+                        &old.config.thresholds,
+                        t,
+                        now,
+                    )
+                })
                 .collect();
-            let stored = Stored { severity: rule.config.severity.clone(), state };
-            self.save_then_notify(rule.name(), true, &stored, due, dispatcher).await;
+            let stored = Stored {
+                severity: rule.config.severity.clone(),
+                state,
+            };
+            self.save_then_notify(rule.name(), true, &stored, due, dispatcher)
+                .await;
         }
     }
 
@@ -374,7 +477,10 @@ impl Evaluator {
         match self.sources.store.save_alert_state(rule, &value).await {
             Ok(()) => true,
             Err(e) => {
-                self.sources.stats.alert_error(rule, &format!("cannot store alert state, its notifications wait for it: {e:#}"));
+                self.sources.stats.alert_error(
+                    rule,
+                    &format!("cannot store alert state, its notifications wait for it: {e:#}"),
+                );
                 false
             }
         }
@@ -382,7 +488,9 @@ impl Evaluator {
 
     async fn notify(&self, n: Notification, dispatcher: &Dispatcher) {
         if let Err(e) = self.sources.store.record_alert(&n).await {
-            self.sources.stats.alert_error(&n.alert, &format!("cannot store alert history: {e:#}"));
+            self.sources
+                .stats
+                .alert_error(&n.alert, &format!("cannot store alert history: {e:#}"));
         }
         dispatcher.send(n);
     }
@@ -442,7 +550,13 @@ mod tests {
         async fn write_panes(&self, p: &[PaneRecord]) -> anyhow::Result<()> {
             self.inner.write_panes(p).await
         }
-        async fn load_panes(&self, m: &str, from: i64, to: i64, p: Option<i32>) -> anyhow::Result<Vec<PaneRecord>> {
+        async fn load_panes(
+            &self,
+            m: &str,
+            from: i64,
+            to: i64,
+            p: Option<i32>,
+        ) -> anyhow::Result<Vec<PaneRecord>> {
             self.inner.load_panes(m, from, to, p).await
         }
         async fn save_alert_state(&self, rule: &str, state: &Value) -> anyhow::Result<()> {
@@ -470,7 +584,12 @@ mod tests {
         async fn write_results(&self, rows: &[crate::store::ResultRow]) -> anyhow::Result<()> {
             self.inner.write_results(rows).await
         }
-        async fn load_results(&self, metric: &str, from: i64, to: i64) -> anyhow::Result<Vec<crate::store::ResultRow>> {
+        async fn load_results(
+            &self,
+            metric: &str,
+            from: i64,
+            to: i64,
+        ) -> anyhow::Result<Vec<crate::store::ResultRow>> {
             self.inner.load_results(metric, from, to).await
         }
         async fn latest_result(&self, metric: &str) -> anyhow::Result<Option<i64>> {
@@ -484,24 +603,63 @@ mod tests {
     #[tokio::test]
     async fn notifications_wait_until_the_state_is_stored() {
         let dir = tempfile::tempdir().unwrap();
-        let schema = crate::event::schema_of("fields = { id = \"string\", t = \"timestamp\" }\nid = \"id\"\ntime = \"t\"");
-        let inner = EmbeddedStore::open(&EmbeddedConfig { data_dir: dir.path().to_path_buf(), ..Default::default() }, &Default::default(), &schema, &[]).unwrap();
-        let store = Arc::new(FlakyStore { inner, failing: AtomicBool::new(true) });
+        let schema = crate::event::schema_of(
+            "fields = { id = \"string\", t = \"timestamp\" }\nid = \"id\"\ntime = \"t\"",
+        );
+        let inner = EmbeddedStore::open(
+            &EmbeddedConfig {
+                data_dir: dir.path().to_path_buf(),
+                ..Default::default()
+            },
+            &Default::default(),
+            &schema,
+            &[],
+        )
+        .unwrap();
+        let store = Arc::new(FlakyStore {
+            inner,
+            failing: AtomicBool::new(true),
+        });
         let rule: AlertConfig = toml::from_str("name = \"always\"\ncondition = \"true\"").unwrap();
         let set = AlertSet::load(&AlertingConfig::default(), &[rule], Path::new("p.toml")).unwrap();
         let stats = Stats::new();
-        let dispatcher = Dispatcher::new(&set.config.channels, &set.config.thresholds, stats.clone()).unwrap();
-        let (_metrics_tx, metrics) = watch::channel(Arc::new(MetricSet::load(&[], &schema).unwrap()));
-        let sources = Sources { pipeline: "p".into(), store: store.clone(), metrics, stats: stats.clone() };
-        let mut evaluator = Evaluator { states: BTreeMap::new(), unsaved: BTreeMap::new(), last: (Instant::now(), stats.snapshot()), sources };
+        let dispatcher =
+            Dispatcher::new(&set.config.channels, &set.config.thresholds, stats.clone()).unwrap();
+        let (_metrics_tx, metrics) =
+            watch::channel(Arc::new(MetricSet::load(&[], &schema).unwrap()));
+        let sources = Sources {
+            pipeline: "p".into(),
+            store: store.clone(),
+            metrics,
+            stats: stats.clone(),
+        };
+        let mut evaluator = Evaluator {
+            states: BTreeMap::new(),
+            unsaved: BTreeMap::new(),
+            last: (Instant::now(), stats.snapshot()),
+            sources,
+        };
         let mut lease = lease::Lease::new("p");
-        assert!(lease.renew(&*store, Duration::from_secs(3600)).await.unwrap(), "the only process takes the lease");
+        assert!(
+            lease
+                .renew(&*store, Duration::from_secs(3600))
+                .await
+                .unwrap(),
+            "the only process takes the lease"
+        );
 
         // `for` is 0: the first tick fires. The state cannot be stored, so nothing is sent.
         evaluator.tick(&set, &dispatcher, &lease).await;
         evaluator.tick(&set, &dispatcher, &lease).await;
-        assert!(store.recent_alerts(10).await.unwrap().is_empty(), "nothing sent while the state is not stored");
-        assert_eq!(evaluator.unsaved.get("always").map(Vec::len), Some(1), "the firing notification is held");
+        assert!(
+            store.recent_alerts(10).await.unwrap().is_empty(),
+            "nothing sent while the state is not stored"
+        );
+        assert_eq!(
+            evaluator.unsaved.get("always").map(Vec::len),
+            Some(1),
+            "the firing notification is held"
+        );
         assert!(stats.snapshot().alert_errors >= 2);
 
         store.failing.store(false, Ordering::SeqCst);
@@ -510,7 +668,11 @@ mod tests {
         assert_eq!(sent.len(), 1, "sent once the state is stored: {sent:?}");
         assert_eq!(store.load_alert_states().await.unwrap().len(), 1);
         evaluator.tick(&set, &dispatcher, &lease).await;
-        assert_eq!(store.recent_alerts(10).await.unwrap().len(), 1, "and not again");
+        assert_eq!(
+            store.recent_alerts(10).await.unwrap().len(),
+            1,
+            "and not again"
+        );
         dispatcher.close(Duration::from_secs(1)).await;
     }
 
@@ -519,30 +681,90 @@ mod tests {
     #[tokio::test]
     async fn one_unreadable_metric_holds_back_only_the_rules_that_read_it() {
         let dir = tempfile::tempdir().unwrap();
-        let schema = crate::event::schema_of("fields = { id = \"string\", t = \"timestamp\" }\nid = \"id\"\ntime = \"t\"");
-        let inner = EmbeddedStore::open(&EmbeddedConfig { data_dir: dir.path().join("data"), ..Default::default() }, &Default::default(), &schema, &[]).unwrap();
-        let store = Arc::new(FlakyStore { inner, failing: AtomicBool::new(false) });
+        let schema = crate::event::schema_of(
+            "fields = { id = \"string\", t = \"timestamp\" }\nid = \"id\"\ntime = \"t\"",
+        );
+        let inner = EmbeddedStore::open(
+            &EmbeddedConfig {
+                data_dir: dir.path().join("data"),
+                ..Default::default()
+            },
+            &Default::default(),
+            &schema,
+            &[],
+        )
+        .unwrap();
+        let store = Arc::new(FlakyStore {
+            inner,
+            failing: AtomicBool::new(false),
+        });
         std::fs::write(dir.path().join("all.rhai"), "#{}").unwrap();
         let metric = |name: &str| -> crate::aggregate::MetricConfig {
-            toml::from_str(&format!("name = \"{name}\"\nscript = {:?}\nreducer = \"count\"", dir.path().join("all.rhai"))).unwrap()
+            toml::from_str(&format!(
+                "name = \"{name}\"\nscript = {:?}\nreducer = \"count\"",
+                dir.path().join("all.rhai")
+            ))
+            .unwrap()
         };
         let metric_set = MetricSet::load(&[metric("good"), metric("broken")], &schema).unwrap();
         let now = chrono::Utc::now().timestamp_millis();
         let broken = metric_set.metrics()[1].state_key().to_string();
-        store.write_panes(&[PaneRecord { metric: broken, pane_start: now - now % 60_000, partition: 0, offset: 0, state: crate::store::StateJson::stored("{\"nonsense\":1}".into()) }]).await.unwrap();
-        let rules: Vec<AlertConfig> = ["name = \"reads_good\"\ncondition = \"metrics.good >= 0\"", "name = \"reads_broken\"\ncondition = \"metrics.broken >= 0\""].iter().map(|r| toml::from_str(r).unwrap()).collect();
+        store
+            .write_panes(&[PaneRecord {
+                metric: broken,
+                pane_start: now - now % 60_000,
+                partition: 0,
+                offset: 0,
+                state: crate::store::StateJson::stored("{\"nonsense\":1}".into()),
+            }])
+            .await
+            .unwrap();
+        let rules: Vec<AlertConfig> = [
+            "name = \"reads_good\"\ncondition = \"metrics.good >= 0\"",
+            "name = \"reads_broken\"\ncondition = \"metrics.broken >= 0\"",
+        ]
+        .iter()
+        .map(|r| toml::from_str(r).unwrap())
+        .collect();
         let set = AlertSet::load(&AlertingConfig::default(), &rules, Path::new("p.toml")).unwrap();
         let stats = Stats::new();
-        let dispatcher = Dispatcher::new(&set.config.channels, &set.config.thresholds, stats.clone()).unwrap();
+        let dispatcher =
+            Dispatcher::new(&set.config.channels, &set.config.thresholds, stats.clone()).unwrap();
         let (_metrics_tx, metrics) = watch::channel(Arc::new(metric_set));
-        let sources = Sources { pipeline: "p".into(), store: store.clone(), metrics, stats: stats.clone() };
-        let mut evaluator = Evaluator { states: BTreeMap::new(), unsaved: BTreeMap::new(), last: (Instant::now(), stats.snapshot()), sources };
+        let sources = Sources {
+            pipeline: "p".into(),
+            store: store.clone(),
+            metrics,
+            stats: stats.clone(),
+        };
+        let mut evaluator = Evaluator {
+            states: BTreeMap::new(),
+            unsaved: BTreeMap::new(),
+            last: (Instant::now(), stats.snapshot()),
+            sources,
+        };
         let mut lease = lease::Lease::new("p");
-        assert!(lease.renew(&*store, Duration::from_secs(3600)).await.unwrap());
+        assert!(lease
+            .renew(&*store, Duration::from_secs(3600))
+            .await
+            .unwrap());
         evaluator.tick(&set, &dispatcher, &lease).await;
-        let sent: Vec<String> = store.recent_alerts(10).await.unwrap().into_iter().map(|n| n.alert).collect();
-        assert_eq!(sent, ["reads_good"], "the rule on the readable metric fires; the other waits");
-        assert!(stats.snapshot().alert_errors >= 1, "the unreadable metric is reported");
+        let sent: Vec<String> = store
+            .recent_alerts(10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|n| n.alert)
+            .collect();
+        assert_eq!(
+            sent,
+            ["reads_good"],
+            "the rule on the readable metric fires; the other waits"
+        );
+        assert!(
+            stats.snapshot().alert_errors >= 1,
+            "the unreadable metric is reported"
+        );
         dispatcher.close(Duration::from_secs(1)).await;
     }
 }

@@ -1,9 +1,9 @@
 //! What a channel sends: one instance's change, with its labels and rendered text. The same
 //! record is stored as alert history, so the dashboard shows exactly what went out.
 
-pub use crate::store::Notification;
 use super::config::AlertConfig;
 use super::state::{fingerprint, Change, Transition};
+pub use crate::store::Notification;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -23,7 +23,11 @@ impl Notification {
         labels.insert("alertname".into(), rule.name.clone());
         labels.insert("severity".into(), rule.severity.clone());
         let at = ms(now_ms);
-        let status = if t.change == Change::Resolved { "resolved" } else { "firing" };
+        let status = if t.change == Change::Resolved {
+            "resolved"
+        } else {
+            "firing"
+        };
         let mut n = Notification {
             id: uuid::Uuid::new_v4().to_string(),
             pipeline: pipeline.to_string(),
@@ -41,16 +45,25 @@ impl Notification {
             at,
             channels: channels.to_vec(),
         };
-        n.message = n.render(&rule.message, thresholds).unwrap_or_else(|e| format!("{} is {} (message template failed: {e})", n.alert, n.status));
+        n.message = n.render(&rule.message, thresholds).unwrap_or_else(|e| {
+            format!("{} is {} (message template failed: {e})", n.alert, n.status)
+        });
         n
     }
 
     /// Renders a template (a message or an email subject) over this notification.
-    pub fn render(&self, template: &str, thresholds: &BTreeMap<String, Value>) -> Result<String, minijinja::Error> {
+    pub fn render(
+        &self,
+        template: &str,
+        thresholds: &BTreeMap<String, Value>,
+    ) -> Result<String, minijinja::Error> {
         let mut ctx = serde_json::to_value(self).expect("a notification serializes");
         // Templates name the rule's own labels directly (`labels.item`), without the ones added above.
         ctx["thresholds"] = serde_json::to_value(thresholds).expect("thresholds serialize");
-        minijinja::Environment::new().render_str(template, minijinja::Value::from(minijinja::value::Serde(&ctx)))
+        minijinja::Environment::new().render_str(
+            template,
+            minijinja::Value::from(minijinja::value::Serde(&ctx)),
+        )
     }
 
     /// The plain-text body of an email or log line: message, description, labels, times.
@@ -59,8 +72,14 @@ impl Notification {
         if !self.description.is_empty() {
             out.push_str(&format!("{}\n\n", self.description));
         }
-        let change = serde_json::to_value(self.change).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
-        out.push_str(&format!("alert:    {}\nstatus:   {} ({change})\nseverity: {}\n", self.alert, self.status, self.severity));
+        let change = serde_json::to_value(self.change)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "alert:    {}\nstatus:   {} ({change})\nseverity: {}\n",
+            self.alert, self.status, self.severity
+        ));
         if let Some(v) = self.value {
             out.push_str(&format!("value:    {v}\n"));
         }
@@ -72,7 +91,10 @@ impl Notification {
         for (k, v) in &self.labels {
             out.push_str(&format!("  {k} = {v}\n"));
         }
-        out.push_str(&format!("\npipeline {}, notification {}\n", self.pipeline, self.id));
+        out.push_str(&format!(
+            "\npipeline {}, notification {}\n",
+            self.pipeline, self.id
+        ));
         out
     }
 }
@@ -84,8 +106,8 @@ fn ms(t: i64) -> DateTime<Utc> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Labels;
     use crate::alert::state::{Instance, Status};
+    use crate::store::Labels;
 
     #[test]
     fn message_template_sees_labels_value_and_thresholds() {
@@ -102,7 +124,10 @@ mod tests {
             notified_at: Some(1_000),
             cleared_at: None,
         };
-        let t = Transition { change: Change::Firing, instance };
+        let t = Transition {
+            change: Change::Firing,
+            instance,
+        };
         let thresholds = BTreeMap::from([("high".to_string(), serde_json::json!(1000))]);
         let n = Notification::new("p", &rule, &["log".into()], &thresholds, &t, 1_000);
         assert_eq!(n.message, "i7 at 1500.0 > 1000");

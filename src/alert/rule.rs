@@ -40,22 +40,53 @@ pub struct Rule {
 
 impl Rule {
     /// Compiles the rule's condition and checks its message template.
-    pub fn load(engine: &Engine, config: &AlertConfig, pipeline_file: &Path) -> Result<Rule, ScriptError> {
+    pub fn load(
+        engine: &Engine,
+        config: &AlertConfig,
+        pipeline_file: &Path,
+    ) -> Result<Rule, ScriptError> {
         let (ast, origin, source) = match (&config.condition, &config.script) {
             (Some(inline), None) => {
-                let origin = PathBuf::from(format!("{} [alert {:?}] condition", pipeline_file.display(), config.name));
-                let ast = engine.compile(inline).map_err(|e| ScriptError::from_parse(&origin, &e))?;
+                let origin = PathBuf::from(format!(
+                    "{} [alert {:?}] condition",
+                    pipeline_file.display(),
+                    config.name
+                ));
+                let ast = engine
+                    .compile(inline)
+                    .map_err(|e| ScriptError::from_parse(&origin, &e))?;
                 (ast, origin, inline.clone())
             }
-            (None, Some(file)) => (compile_file(engine, file)?, file.clone(), std::fs::read_to_string(file).unwrap_or_default()),
-            _ => return Err(ScriptError::whole_file(pipeline_file, format!("alert {:?}: give exactly one of condition or script", config.name))),
+            (None, Some(file)) => (
+                compile_file(engine, file)?,
+                file.clone(),
+                std::fs::read_to_string(file).unwrap_or_default(),
+            ),
+            _ => {
+                return Err(ScriptError::whole_file(
+                    pipeline_file,
+                    format!(
+                        "alert {:?}: give exactly one of condition or script",
+                        config.name
+                    ),
+                ))
+            }
         };
         let templates = minijinja::Environment::new();
         if let Err(e) = templates.template_from_str(&config.message) {
-            return Err(ScriptError::whole_file(pipeline_file, format!("alert {:?}: message template: {e}", config.name)));
+            return Err(ScriptError::whole_file(
+                pipeline_file,
+                format!("alert {:?}: message template: {e}", config.name),
+            ));
         }
         let histories = history::calls(&source).map_err(|m| ScriptError::whole_file(&origin, m))?;
-        Ok(Rule { config: config.clone(), ast, origin, source, histories })
+        Ok(Rule {
+            config: config.clone(),
+            ast,
+            origin,
+            source,
+            histories,
+        })
     }
 
     /// The metric histories the condition reads, as (metric, range).
@@ -66,7 +97,11 @@ impl Rule {
     /// Its `for`, `repeat_interval` and `keep_firing_for` in ms.
     pub fn timing(&self) -> Timing {
         let ms = |d: Duration| d.as_millis() as i64;
-        Timing { for_ms: ms(self.config.for_), repeat_ms: ms(self.config.repeat_interval), keep_firing_ms: ms(self.config.keep_firing_for) }
+        Timing {
+            for_ms: ms(self.config.for_),
+            repeat_ms: ms(self.config.repeat_interval),
+            keep_firing_ms: ms(self.config.keep_firing_for),
+        }
     }
 
     /// Whether the condition names metric `metric` (as `metrics.NAME` or `metrics["NAME"]`, or
@@ -85,7 +120,11 @@ impl Rule {
     }
 
     /// The instances whose condition holds now.
-    pub fn evaluate(&self, engine: &Engine, inputs: &Inputs) -> Result<Vec<(Labels, Option<f64>)>, ScriptError> {
+    pub fn evaluate(
+        &self,
+        engine: &Engine,
+        inputs: &Inputs,
+    ) -> Result<Vec<(Labels, Option<f64>)>, ScriptError> {
         let mut scope = Scope::new();
         scope.push_constant_dynamic("metrics", inputs.metrics.clone());
         scope.push_constant_dynamic("thresholds", inputs.thresholds.clone());
@@ -103,11 +142,19 @@ fn instances(result: Dynamic) -> Result<Vec<(Labels, Option<f64>)>, String> {
     if result.is_unit() {
         Ok(Vec::new())
     } else if let Ok(b) = result.as_bool() {
-        Ok(if b { vec![(Labels::new(), None)] } else { Vec::new() })
+        Ok(if b {
+            vec![(Labels::new(), None)]
+        } else {
+            Vec::new()
+        })
     } else if result.is_map() {
         Ok(vec![labels_and_value(result.cast::<Map>())])
     } else if result.is_array() {
-        result.cast::<rhai::Array>().into_iter().map(instance).collect()
+        result
+            .cast::<rhai::Array>()
+            .into_iter()
+            .map(instance)
+            .collect()
     } else {
         Err(format!(
             "an alert condition returns true/false, a map of labels, or an array of them; it returned {}",
@@ -121,9 +168,15 @@ fn instance(item: Dynamic) -> Result<(Labels, Option<f64>), String> {
     if item.is_map() {
         Ok(labels_and_value(item.cast::<Map>()))
     } else if item.is_string() {
-        Ok((Labels::from([("instance".to_string(), item.to_string())]), None))
+        Ok((
+            Labels::from([("instance".to_string(), item.to_string())]),
+            None,
+        ))
     } else {
-        Err(format!("an alert condition's array holds label maps or strings, not {}", item.type_name()))
+        Err(format!(
+            "an alert condition's array holds label maps or strings, not {}",
+            item.type_name()
+        ))
     }
 }
 
@@ -132,7 +185,10 @@ fn labels_and_value(map: Map) -> (Labels, Option<f64>) {
     let mut value = None;
     for (k, v) in map {
         if k == "value" {
-            value = v.as_float().ok().or_else(|| v.as_int().ok().map(|i| i as f64));
+            value = v
+                .as_float()
+                .ok()
+                .or_else(|| v.as_int().ok().map(|i| i as f64));
         } else {
             labels.insert(k.to_string(), v.to_string());
         }
@@ -153,14 +209,17 @@ mod tests {
 
     fn rule(condition: &str) -> (Engine, Rule) {
         let engine = super::super::alert_engine();
-        let config: AlertConfig = toml::from_str(&format!("name = \"r\"\ncondition = '''{condition}'''")).unwrap();
+        let config: AlertConfig =
+            toml::from_str(&format!("name = \"r\"\ncondition = '''{condition}'''")).unwrap();
         let rule = Rule::load(&engine, &config, Path::new("p.toml")).unwrap();
         (engine, rule)
     }
 
     fn inputs() -> Inputs {
         Inputs {
-            metrics: to_dynamic(&json!({"top_items": [{"key": "i1", "count": 1500}, {"key": "i2", "count": 900}], "avg": 3.5})),
+            metrics: to_dynamic(
+                &json!({"top_items": [{"key": "i1", "count": 1500}, {"key": "i2", "count": 900}], "avg": 3.5}),
+            ),
             thresholds: to_dynamic(&json!({"high": 1000, "low": 5})),
             health: to_dynamic(&json!({"consumer_lag": 0})),
             history: Default::default(),
@@ -172,13 +231,19 @@ mod tests {
     fn a_rule_knows_which_metrics_it_reads() {
         let (_, r) = rule("metrics.top_items.len() > 0 && metrics[\"avg\"] > 1");
         assert!(r.reads("top_items") && r.reads("avg"));
-        assert!(!r.reads("top") && !r.reads("items") && !r.reads("av"), "whole names only");
+        assert!(
+            !r.reads("top") && !r.reads("items") && !r.reads("av"),
+            "whole names only"
+        );
     }
 
     #[test]
     fn boolean_condition_gives_one_unlabelled_instance() {
         let (e, r) = rule("metrics.avg < thresholds.low");
-        assert_eq!(r.evaluate(&e, &inputs()).unwrap(), vec![(Labels::new(), None)]);
+        assert_eq!(
+            r.evaluate(&e, &inputs()).unwrap(),
+            vec![(Labels::new(), None)]
+        );
         let (e, r) = rule("metrics.avg > thresholds.low");
         assert!(r.evaluate(&e, &inputs()).unwrap().is_empty());
     }
@@ -189,14 +254,20 @@ mod tests {
             "let out = []; for e in metrics.top_items { if e.count > thresholds.high { out.push(#{ item: e.key, value: e.count }); } } out",
         );
         let got = r.evaluate(&e, &inputs()).unwrap();
-        assert_eq!(got, vec![(Labels::from([("item".into(), "i1".into())]), Some(1500.0))]);
+        assert_eq!(
+            got,
+            vec![(Labels::from([("item".into(), "i1".into())]), Some(1500.0))]
+        );
     }
 
     #[test]
     fn wrong_result_type_and_runtime_errors_name_the_rule() {
         let (e, r) = rule("42");
         let err = r.evaluate(&e, &inputs()).unwrap_err().to_string();
-        assert!(err.contains("[alert \"r\"]") && err.contains("returned i64"), "{err}");
+        assert!(
+            err.contains("[alert \"r\"]") && err.contains("returned i64"),
+            "{err}"
+        );
         let (e, r) = rule("metrics.nope.count > 1");
         assert!(r.evaluate(&e, &inputs()).is_err());
     }
@@ -204,8 +275,15 @@ mod tests {
     #[test]
     fn syntax_error_is_reported_at_load() {
         let engine = sandboxed_engine(ScriptLimits::default());
-        let config: AlertConfig = toml::from_str("name = \"r\"\ncondition = \"metrics.x >\"").unwrap();
-        let err = Rule::load(&engine, &config, Path::new("p.toml")).err().unwrap().to_string();
-        assert!(err.starts_with("p.toml [alert \"r\"] condition:1:"), "{err}");
+        let config: AlertConfig =
+            toml::from_str("name = \"r\"\ncondition = \"metrics.x >\"").unwrap();
+        let err = Rule::load(&engine, &config, Path::new("p.toml"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.starts_with("p.toml [alert \"r\"] condition:1:"),
+            "{err}"
+        );
     }
 }

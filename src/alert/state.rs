@@ -41,7 +41,6 @@ pub struct Instance {
     pub cleared_at: Option<i64>,
 }
 
-
 /// A notification-worthy change of one instance.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Transition {
@@ -74,7 +73,9 @@ pub fn key(labels: &Labels) -> String {
 /// A short, stable fingerprint of a label set for notifications (like Alertmanager's): 64-bit
 /// FNV-1a of [`key`], in hex. Identity inside the runner uses the full key.
 pub fn fingerprint(labels: &Labels) -> String {
-    let h = key(labels).bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+    let h = key(labels).bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    });
     format!("{h:016x}")
 }
 
@@ -82,14 +83,25 @@ impl RuleState {
     /// The same state with every instance under its current [`key`] (states stored by an
     /// earlier version used another key format; their instances keep their identity).
     pub fn rekeyed(self) -> RuleState {
-        RuleState { instances: self.instances.into_values().map(|i| (key(&i.labels), i)).collect() }
+        RuleState {
+            instances: self
+                .instances
+                .into_values()
+                .map(|i| (key(&i.labels), i))
+                .collect(),
+        }
     }
 }
 
 impl RuleState {
     /// Advances every instance to `now`, given the instances whose condition holds now.
     /// Returns the notifications due, in instance order.
-    pub fn step(&mut self, now: i64, holding: Vec<(Labels, Option<f64>)>, timing: Timing) -> Vec<Transition> {
+    pub fn step(
+        &mut self,
+        now: i64,
+        holding: Vec<(Labels, Option<f64>)>,
+        timing: Timing,
+    ) -> Vec<Transition> {
         let mut out = Vec::new();
         let mut seen = HashSet::with_capacity(holding.len());
         for (labels, value) in holding {
@@ -113,16 +125,31 @@ impl RuleState {
                     instance.status = Status::Firing;
                     instance.fired_at = Some(now);
                     instance.notified_at = Some(now);
-                    out.push(Transition { change: Change::Firing, instance: instance.clone() });
+                    out.push(Transition {
+                        change: Change::Firing,
+                        instance: instance.clone(),
+                    });
                 }
-                Status::Firing if instance.notified_at.is_none_or(|t| now - t >= timing.repeat_ms) => {
+                Status::Firing
+                    if instance
+                        .notified_at
+                        .is_none_or(|t| now - t >= timing.repeat_ms) =>
+                {
                     instance.notified_at = Some(now);
-                    out.push(Transition { change: Change::Repeat, instance: instance.clone() });
+                    out.push(Transition {
+                        change: Change::Repeat,
+                        instance: instance.clone(),
+                    });
                 }
                 _ => {}
             }
         }
-        let gone: Vec<String> = self.instances.keys().filter(|k| !seen.contains(*k)).cloned().collect();
+        let gone: Vec<String> = self
+            .instances
+            .keys()
+            .filter(|k| !seen.contains(*k))
+            .cloned()
+            .collect();
         for k in gone {
             let instance = self.instances.get_mut(&k).expect("listed above");
             if instance.status == Status::Firing {
@@ -133,7 +160,10 @@ impl RuleState {
             }
             let instance = self.instances.remove(&k).expect("listed above");
             if instance.status == Status::Firing {
-                out.push(Transition { change: Change::Resolved, instance });
+                out.push(Transition {
+                    change: Change::Resolved,
+                    instance,
+                });
             }
         }
         out
@@ -141,7 +171,15 @@ impl RuleState {
 
     /// Resolves every firing instance (the rule was removed); pending ones just end.
     pub fn resolve_all(&mut self) -> Vec<Transition> {
-        self.step(0, Vec::new(), Timing { for_ms: 0, repeat_ms: 0, keep_firing_ms: 0 })
+        self.step(
+            0,
+            Vec::new(),
+            Timing {
+                for_ms: 0,
+                repeat_ms: 0,
+                keep_firing_ms: 0,
+            },
+        )
     }
 }
 
@@ -149,10 +187,17 @@ impl RuleState {
 mod tests {
     use super::*;
 
-    const T: Timing = Timing { for_ms: 10_000, repeat_ms: 60_000, keep_firing_ms: 0 };
+    const T: Timing = Timing {
+        for_ms: 10_000,
+        repeat_ms: 60_000,
+        keep_firing_ms: 0,
+    };
 
     fn item(id: &str) -> (Labels, Option<f64>) {
-        (Labels::from([("item".to_string(), id.to_string())]), Some(1.0))
+        (
+            Labels::from([("item".to_string(), id.to_string())]),
+            Some(1.0),
+        )
     }
 
     fn changes(t: &[Transition]) -> Vec<Change> {
@@ -162,7 +207,10 @@ mod tests {
     #[test]
     fn different_label_sets_never_share_an_instance() {
         let tricky = Labels::from([("a".to_string(), "1,b=2".to_string())]);
-        let plain = Labels::from([("a".to_string(), "1".to_string()), ("b".to_string(), "2".to_string())]);
+        let plain = Labels::from([
+            ("a".to_string(), "1".to_string()),
+            ("b".to_string(), "2".to_string()),
+        ]);
         assert_ne!(key(&tricky), key(&plain));
         assert_ne!(fingerprint(&tricky), fingerprint(&plain));
         let mut s = RuleState::default();
@@ -174,9 +222,20 @@ mod tests {
     fn a_state_stored_with_old_keys_keeps_its_instances() {
         let mut s = RuleState::default();
         s.step(0, vec![item("a")], T);
-        let old = RuleState { instances: s.instances.into_values().map(|i| ("item=a".to_string(), i)).collect() };
+        let old = RuleState {
+            instances: s
+                .instances
+                .into_values()
+                .map(|i| ("item=a".to_string(), i))
+                .collect(),
+        };
         let mut s = old.rekeyed();
-        assert!(s.step(10_000, vec![item("a")], T).iter().any(|t| t.change == Change::Firing), "the pending instance went on to fire");
+        assert!(
+            s.step(10_000, vec![item("a")], T)
+                .iter()
+                .any(|t| t.change == Change::Firing),
+            "the pending instance went on to fire"
+        );
     }
 
     #[test]
@@ -185,14 +244,23 @@ mod tests {
         assert!(s.step(0, vec![item("a")], T).is_empty());
         assert_eq!(s.instances[&key(&item("a").0)].status, Status::Pending);
         assert!(s.step(5_000, vec![item("a")], T).is_empty());
-        assert_eq!(changes(&s.step(10_000, vec![item("a")], T)), [Change::Firing]);
-        assert!(s.step(15_000, vec![item("a")], T).is_empty(), "no second notification while firing");
+        assert_eq!(
+            changes(&s.step(10_000, vec![item("a")], T)),
+            [Change::Firing]
+        );
+        assert!(
+            s.step(15_000, vec![item("a")], T).is_empty(),
+            "no second notification while firing"
+        );
     }
 
     #[test]
     fn zero_for_fires_at_the_first_evaluation() {
         let mut s = RuleState::default();
-        assert_eq!(changes(&s.step(0, vec![item("a")], Timing { for_ms: 0, ..T })), [Change::Firing]);
+        assert_eq!(
+            changes(&s.step(0, vec![item("a")], Timing { for_ms: 0, ..T })),
+            [Change::Firing]
+        );
     }
 
     #[test]
@@ -201,9 +269,15 @@ mod tests {
         s.step(0, vec![item("a")], T);
         s.step(10_000, vec![item("a")], T);
         assert!(s.step(69_999, vec![item("a")], T).is_empty());
-        assert_eq!(changes(&s.step(70_000, vec![item("a")], T)), [Change::Repeat]);
+        assert_eq!(
+            changes(&s.step(70_000, vec![item("a")], T)),
+            [Change::Repeat]
+        );
         assert!(s.step(100_000, vec![item("a")], T).is_empty());
-        assert_eq!(changes(&s.step(130_000, vec![item("a")], T)), [Change::Repeat]);
+        assert_eq!(
+            changes(&s.step(130_000, vec![item("a")], T)),
+            [Change::Repeat]
+        );
     }
 
     #[test]
@@ -212,7 +286,11 @@ mod tests {
         s.step(0, vec![item("a")], T);
         s.step(10_000, vec![item("a"), item("b")], T);
         let t = s.step(12_000, vec![], T);
-        assert_eq!(changes(&t), [Change::Resolved], "only the firing one is notified");
+        assert_eq!(
+            changes(&t),
+            [Change::Resolved],
+            "only the firing one is notified"
+        );
         assert_eq!(t[0].instance.labels["item"], "a");
         assert!(s.instances.is_empty());
     }
@@ -221,22 +299,41 @@ mod tests {
     fn flapping_shorter_than_for_never_fires() {
         let mut s = RuleState::default();
         for tick in 0..20 {
-            let holding = if tick % 2 == 0 { vec![item("a")] } else { vec![] };
+            let holding = if tick % 2 == 0 {
+                vec![item("a")]
+            } else {
+                vec![]
+            };
             assert!(s.step(tick * 5_000, holding, T).is_empty(), "tick {tick}");
         }
     }
 
     #[test]
     fn keep_firing_for_rides_out_a_flap_then_resolves() {
-        let t = Timing { keep_firing_ms: 15_000, ..T };
+        let t = Timing {
+            keep_firing_ms: 15_000,
+            ..T
+        };
         let mut s = RuleState::default();
         s.step(0, vec![item("a")], t);
-        assert_eq!(changes(&s.step(10_000, vec![item("a")], t)), [Change::Firing]);
-        assert!(s.step(15_000, vec![], t).is_empty(), "recovering, still firing");
+        assert_eq!(
+            changes(&s.step(10_000, vec![item("a")], t)),
+            [Change::Firing]
+        );
+        assert!(
+            s.step(15_000, vec![], t).is_empty(),
+            "recovering, still firing"
+        );
         assert_eq!(s.instances[&key(&item("a").0)].status, Status::Firing);
-        assert!(s.step(20_000, vec![item("a")], t).is_empty(), "holds again: no second firing");
+        assert!(
+            s.step(20_000, vec![item("a")], t).is_empty(),
+            "holds again: no second firing"
+        );
         assert!(s.step(25_000, vec![], t).is_empty());
-        assert!(s.step(39_999, vec![], t).is_empty(), "the clock restarted when it cleared again at 25 s");
+        assert!(
+            s.step(39_999, vec![], t).is_empty(),
+            "the clock restarted when it cleared again at 25 s"
+        );
         assert_eq!(changes(&s.step(40_000, vec![], t)), [Change::Resolved]);
         assert!(s.instances.is_empty());
     }
@@ -248,7 +345,10 @@ mod tests {
         s.step(10_000, vec![item("a")], T);
         assert_eq!(changes(&s.step(15_000, vec![], T)), [Change::Resolved]);
         assert!(s.step(20_000, vec![item("a")], T).is_empty());
-        assert_eq!(changes(&s.step(30_000, vec![item("a")], T)), [Change::Firing]);
+        assert_eq!(
+            changes(&s.step(30_000, vec![item("a")], T)),
+            [Change::Firing]
+        );
     }
 
     #[test]
@@ -256,7 +356,10 @@ mod tests {
         let mut s = RuleState::default();
         s.step(0, vec![item("a")], T);
         s.step(5_000, vec![item("a"), item("b")], T);
-        assert_eq!(changes(&s.step(10_000, vec![item("a"), item("b")], T)), [Change::Firing]);
+        assert_eq!(
+            changes(&s.step(10_000, vec![item("a"), item("b")], T)),
+            [Change::Firing]
+        );
         let t = s.step(15_000, vec![item("a"), item("b")], T);
         assert_eq!(changes(&t), [Change::Firing]);
         assert_eq!(t[0].instance.labels["item"], "b");
@@ -270,7 +373,10 @@ mod tests {
         let stored = serde_json::to_string(&s).unwrap();
         let mut restored: RuleState = serde_json::from_str(&stored).unwrap();
         assert!(restored.step(20_000, vec![item("a")], T).is_empty());
-        assert_eq!(changes(&restored.step(70_000, vec![item("a")], T)), [Change::Repeat]);
+        assert_eq!(
+            changes(&restored.step(70_000, vec![item("a")], T)),
+            [Change::Repeat]
+        );
     }
 
     #[test]

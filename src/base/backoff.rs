@@ -17,12 +17,18 @@ pub struct Backoff {
 impl Backoff {
     /// Waits from `first`, doubling up to `max`; `retries` of them at most (none: no end).
     pub fn new(first: Duration, max: Duration, retries: Option<usize>) -> Backoff {
-        let builder = ExponentialBuilder::new().with_min_delay(first).with_max_delay(max).with_factor(2.0);
+        let builder = ExponentialBuilder::new()
+            .with_min_delay(first)
+            .with_max_delay(max)
+            .with_factor(2.0);
         let builder = match retries {
             Some(n) => builder.with_max_times(n),
             None => builder.without_max_times(),
         };
-        Backoff { waits: builder.build(), retries: 0 }
+        Backoff {
+            waits: builder.build(),
+            retries: 0,
+        }
     }
 
     /// The wait before the next attempt, or `None` once the retries are used up.
@@ -45,11 +51,18 @@ mod tests {
     #[test]
     fn waits_double_up_to_the_cap_and_stop_after_the_retries() {
         let ms = |d: Duration| d.as_millis() as u64;
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(500), Some(5));
+        let mut b = Backoff::new(
+            Duration::from_millis(100),
+            Duration::from_millis(500),
+            Some(5),
+        );
         let waits: Vec<u64> = std::iter::from_fn(|| b.next_wait()).map(ms).collect();
         assert_eq!(waits, vec![100, 200, 400, 500, 500]);
         assert_eq!(b.retries(), 5);
         let mut endless = Backoff::new(Duration::from_secs(1), Duration::from_secs(10), None);
-        assert_eq!(std::iter::from_fn(|| endless.next_wait()).take(100).count(), 100);
+        assert_eq!(
+            std::iter::from_fn(|| endless.next_wait()).take(100).count(),
+            100
+        );
     }
 }

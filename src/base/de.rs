@@ -30,7 +30,9 @@ where
             T::from_f64(v).ok_or_else(|| E::custom(format!("{v} is not a whole number")))
         }
         fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
-            v.trim().parse().map_err(|e| E::custom(format!("{v:?} is not a valid number: {e}")))
+            v.trim()
+                .parse()
+                .map_err(|e| E::custom(format!("{v:?} is not a valid number: {e}")))
         }
     }
     d.deserialize_any(V(PhantomData))
@@ -83,7 +85,8 @@ pub fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Durat
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     if let Ok(seconds) = text.parse::<f64>() {
-        return Duration::try_from_secs_f64(seconds).map_err(|_| format!("{text:?} is not a duration: seconds must be 0 or more"));
+        return Duration::try_from_secs_f64(seconds)
+            .map_err(|_| format!("{text:?} is not a duration: seconds must be 0 or more"));
     }
     humantime::parse_duration(text)
         .map_err(|e| format!("{text:?} is not a duration ({e}); write it like \"500ms\", \"30s\", \"5m\" or \"7d\" (a bare number is seconds)"))
@@ -99,6 +102,8 @@ mod tests {
         assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
         assert_eq!(parse_duration(" 2.5 "), Ok(Duration::from_millis(2500)));
         assert!(parse_duration("-1").unwrap_err().contains("0 or more"));
-        assert!(parse_duration("7 parsecs").unwrap_err().contains("a bare number is seconds"));
+        assert!(parse_duration("7 parsecs")
+            .unwrap_err()
+            .contains("a bare number is seconds"));
     }
 }

@@ -9,7 +9,10 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 pub fn catch_panic<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     catch_unwind(AssertUnwindSafe(f)).map_err(|payload| match payload.downcast_ref::<&str>() {
         Some(s) => s.to_string(),
-        None => payload.downcast_ref::<String>().cloned().unwrap_or_else(|| "a panic without a message".into()),
+        None => payload
+            .downcast_ref::<String>()
+            .cloned()
+            .unwrap_or_else(|| "a panic without a message".into()),
     })
 }
 
@@ -20,7 +23,13 @@ mod tests {
     #[test]
     fn a_panic_becomes_its_message_and_a_value_passes_through() {
         assert_eq!(catch_panic(|| 7), Ok(7));
-        assert_eq!(catch_panic(|| -> u8 { panic!("boom at {}", 3) }), Err("boom at 3".to_string()));
-        assert_eq!(catch_panic(|| -> u8 { std::panic::panic_any(5u8) }), Err("a panic without a message".to_string()));
+        assert_eq!(
+            catch_panic(|| -> u8 { panic!("boom at {}", 3) }),
+            Err("boom at 3".to_string())
+        );
+        assert_eq!(
+            catch_panic(|| -> u8 { std::panic::panic_any(5u8) }),
+            Err("a panic without a message".to_string())
+        );
     }
 }

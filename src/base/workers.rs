@@ -17,7 +17,10 @@ impl Workers {
         if threads <= 1 {
             return Workers(None);
         }
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).thread_name(|i| format!("worker-{i}")).build();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("worker-{i}"))
+            .build();
         match pool {
             Ok(pool) => Workers(Some(Arc::new(pool))),
             Err(e) => {
@@ -37,7 +40,8 @@ impl Workers {
     /// multi-threaded runtime the wait hands this thread's other tasks to another thread first.
     pub fn run<R: Send>(&self, f: impl FnOnce(bool) -> R + Send) -> R {
         let Some(pool) = &self.0 else { return f(false) };
-        let multi_thread = tokio::runtime::Handle::try_current().is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
         match multi_thread {
             true => tokio::task::block_in_place(|| pool.install(|| f(true))),
             false => pool.install(|| f(true)),
@@ -47,7 +51,11 @@ impl Workers {
 
 /// `f` of each of `items`, in order: side by side on the pool running this (`parallel`, as
 /// [`Workers::run`] tells it), else one after the other on this thread.
-pub fn map_each<T: Sync, R: Send>(parallel: bool, items: &[T], f: impl Fn(&T) -> R + Sync + Send) -> Vec<R> {
+pub fn map_each<T: Sync, R: Send>(
+    parallel: bool,
+    items: &[T],
+    f: impl Fn(&T) -> R + Sync + Send,
+) -> Vec<R> {
     use rayon::prelude::*;
     match parallel {
         true => items.par_iter().with_min_len(64).map(f).collect(),
@@ -61,7 +69,8 @@ mod tests {
 
     #[test]
     fn work_runs_on_the_pool_only_when_there_is_one() {
-        let on_pool = |w: &Workers| w.run(|parallel| (parallel, rayon::current_thread_index().is_some()));
+        let on_pool =
+            |w: &Workers| w.run(|parallel| (parallel, rayon::current_thread_index().is_some()));
         assert_eq!(on_pool(&Workers::new(1)), (false, false));
         assert_eq!(on_pool(&Workers::new(2)), (true, true));
         assert_eq!(Workers::new(3).threads(), 3);
@@ -76,10 +85,14 @@ mod tests {
             let (tx, rx) = std::sync::mpsc::channel::<()>();
             // Queued on this runtime's only thread, which then waits for the pool.
             let other = tokio::spawn(async move { tx.send(()).unwrap() });
-            let waited = workers.run(move |_| rx.recv_timeout(std::time::Duration::from_secs(5)).is_ok());
+            let waited =
+                workers.run(move |_| rx.recv_timeout(std::time::Duration::from_secs(5)).is_ok());
             other.await.unwrap();
             waited
         });
-        assert!(waited.await.unwrap(), "the queued task never ran while the pool worked");
+        assert!(
+            waited.await.unwrap(),
+            "the queued task never ran while the pool worked"
+        );
     }
 }

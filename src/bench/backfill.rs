@@ -12,10 +12,21 @@ use tokio_util::sync::CancellationToken;
 
 const NAME: &str = "bench_backfilled_1h";
 
-pub(super) async fn backfill_section(pipeline: &Pipeline, opts: &BenchOptions, servers: &str, uri: &str, run_id: &str, figures: &mut Vec<Figure>) -> anyhow::Result<()> {
+pub(super) async fn backfill_section(
+    pipeline: &Pipeline,
+    opts: &BenchOptions,
+    servers: &str,
+    uri: &str,
+    run_id: &str,
+    figures: &mut Vec<Figure>,
+) -> anyhow::Result<()> {
     let (n, runs) = (opts.events, opts.runs);
     // The shipped rate (the pipeline file's), or 1,000 events/s when it says "as fast as possible".
-    let live_rate = if pipeline.config.generator.rate > 0.0 { pipeline.config.generator.rate } else { 1000.0 };
+    let live_rate = if pipeline.config.generator.rate > 0.0 {
+        pipeline.config.generator.rate
+    } else {
+        1000.0
+    };
     let script = scratch_path(".rhai");
     std::fs::write(&script, "#{}").context("bench: cannot write the backfilled metric's script")?;
     let metric: MetricConfig = toml::from_str(&format!("name = \"{NAME}\"\nscript = {script:?}\nreducer = \"count\"\nwindow = \"1h\"\nslide = \"1m\"\n"))?;
@@ -27,7 +38,14 @@ pub(super) async fn backfill_section(pipeline: &Pipeline, opts: &BenchOptions, s
         p.config.generator.rate = 0.0;
         p.config.generator.batch_size = 1000;
         // 1. The history: consumed and committed with the shipped metrics.
-        let history = RunOptions { components: Components { alerting: false, ..Components::ALL }, max_events: Some(n), ..quiet.clone() };
+        let history = RunOptions {
+            components: Components {
+                alerting: false,
+                ..Components::ALL
+            },
+            max_events: Some(n),
+            ..quiet.clone()
+        };
         pipeline::run(&p, history, CancellationToken::new()).await?;
 
         // 2. The same pipeline with the new metric, live traffic at the shipped rate.
@@ -36,9 +54,30 @@ pub(super) async fn backfill_section(pipeline: &Pipeline, opts: &BenchOptions, s
         q.config.generator.rate = live_rate;
         q.config.generator.batch_size = 100;
         let stop = CancellationToken::new();
-        let running = pipeline::start(q, RunOptions { components: Components { alerting: false, ..Components::ALL }, ..quiet.clone() }, stop.clone()).await?;
-        let store = running.store.clone().context("bench: the backfill run has no store")?;
-        let m = running.metrics.borrow().metrics().iter().find(|m| m.name() == NAME).cloned().context("bench: the backfilled metric is not in force")?;
+        let running = pipeline::start(
+            q,
+            RunOptions {
+                components: Components {
+                    alerting: false,
+                    ..Components::ALL
+                },
+                ..quiet.clone()
+            },
+            stop.clone(),
+        )
+        .await?;
+        let store = running
+            .store
+            .clone()
+            .context("bench: the backfill run has no store")?;
+        let m = running
+            .metrics
+            .borrow()
+            .metrics()
+            .iter()
+            .find(|m| m.name() == NAME)
+            .cloned()
+            .context("bench: the backfilled metric is not in force")?;
         let t = Instant::now();
         let mut seen = false;
         loop {
@@ -47,7 +86,10 @@ pub(super) async fn backfill_section(pipeline: &Pipeline, opts: &BenchOptions, s
                 None if seen => break,
                 None => {}
             }
-            anyhow::ensure!(t.elapsed() < Duration::from_secs(600), "bench: the backfill did not finish in 10 minutes");
+            anyhow::ensure!(
+                t.elapsed() < Duration::from_secs(600),
+                "bench: the backfill did not finish in 10 minutes"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let took = t.elapsed();
@@ -65,10 +107,30 @@ pub(super) async fn backfill_section(pipeline: &Pipeline, opts: &BenchOptions, s
     let _ = std::fs::remove_file(&script);
     let per_hour = 3600.0 * live_rate;
     let hour: Vec<f64> = filled.iter().map(|r| per_hour / r).collect();
-    figures.push(figure("backfill: history filled from the kafka log into a new 1 h metric, beside live traffic", "events/s", filled));
-    figures.push(figure(&format!("  a 1 h window at {live_rate:.0} events/s ({per_hour:.0} events) takes"), "s", hour));
-    figures.push(figure("backfill: live events stored while it ran", "events/s", during));
-    figures.push(figure("backfill: live events stored after it", "events/s", after));
-    compare(figures, "backfill: live events stored while it ran", "backfill: live events stored after it");
+    figures.push(figure(
+        "backfill: history filled from the kafka log into a new 1 h metric, beside live traffic",
+        "events/s",
+        filled,
+    ));
+    figures.push(figure(
+        &format!("  a 1 h window at {live_rate:.0} events/s ({per_hour:.0} events) takes"),
+        "s",
+        hour,
+    ));
+    figures.push(figure(
+        "backfill: live events stored while it ran",
+        "events/s",
+        during,
+    ));
+    figures.push(figure(
+        "backfill: live events stored after it",
+        "events/s",
+        after,
+    ));
+    compare(
+        figures,
+        "backfill: live events stored while it ran",
+        "backfill: live events stored after it",
+    );
     Ok(())
 }

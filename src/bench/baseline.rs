@@ -18,7 +18,12 @@ pub struct PlainGenerator {
 
 impl PlainGenerator {
     pub fn new(schema: Arc<Schema>) -> Self {
-        PlainGenerator { schema, labels: (1..=1000).map(|k| format!("label_{k}")).collect(), rng: SmallRng::seed_from_u64(1), seq: 0 }
+        PlainGenerator {
+            schema,
+            labels: (1..=1000).map(|k| format!("label_{k}")).collect(),
+            rng: SmallRng::seed_from_u64(1),
+            seq: 0,
+        }
     }
 
     pub fn fill(&mut self, n: usize, out: &mut Vec<Record>) {
@@ -30,9 +35,15 @@ impl PlainGenerator {
                 let rng = &mut self.rng;
                 let v = match f.spec.ty {
                     _ if i == id || i == time => continue,
-                    FieldType::String => Value::Text(self.labels[rng.random_range(0..self.labels.len())].as_str().into()),
+                    FieldType::String => Value::Text(
+                        self.labels[rng.random_range(0..self.labels.len())]
+                            .as_str()
+                            .into(),
+                    ),
                     FieldType::Int => Value::Int(rng.random_range(0..1000)),
-                    FieldType::Float => Value::Float((rng.random_range(0.0..500.0f64) * 100.0).round() / 100.0),
+                    FieldType::Float => {
+                        Value::Float((rng.random_range(0.0..500.0f64) * 100.0).round() / 100.0)
+                    }
                     FieldType::Bool => Value::Bool(rng.random()),
                     FieldType::Timestamp => Value::Time(now),
                 };

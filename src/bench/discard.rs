@@ -2,10 +2,10 @@
 //! when no store limits it (Vector's `blackhole` sink plays the same part). Never used outside
 //! `runner bench`, and its figure says so in its name.
 
-use crate::store::PaneRecord;
-use crate::store::Notification;
 use crate::dead_letter::DeadLetter;
 use crate::event::Record;
+use crate::store::Notification;
+use crate::store::PaneRecord;
 use crate::store::{Encoded, EventStore, InsertOutcome, ResultRow};
 use async_trait::async_trait;
 
@@ -18,10 +18,18 @@ impl EventStore for Discard {
     }
     /// Encodes as the MongoDB store does (BSON bytes), so the runner's work is all there.
     fn encode(&self, events: &[Record]) -> Encoded {
-        Encoded::Documents(events.iter().map(|e| crate::store::mongo::to_raw(e, usize::MAX)).collect())
+        Encoded::Documents(
+            events
+                .iter()
+                .map(|e| crate::store::mongo::to_raw(e, usize::MAX))
+                .collect(),
+        )
     }
     async fn insert_events(&self, events: &[Record]) -> anyhow::Result<InsertOutcome> {
-        Ok(InsertOutcome { inserted: events.len() as u64, ..Default::default() })
+        Ok(InsertOutcome {
+            inserted: events.len() as u64,
+            ..Default::default()
+        })
     }
     async fn count_events(&self) -> anyhow::Result<u64> {
         Ok(0)
@@ -36,7 +44,13 @@ impl EventStore for Discard {
     async fn write_panes(&self, _: &[PaneRecord]) -> anyhow::Result<()> {
         Ok(())
     }
-    async fn load_panes(&self, _: &str, _: i64, _: i64, _: Option<i32>) -> anyhow::Result<Vec<PaneRecord>> {
+    async fn load_panes(
+        &self,
+        _: &str,
+        _: i64,
+        _: i64,
+        _: Option<i32>,
+    ) -> anyhow::Result<Vec<PaneRecord>> {
         Ok(Vec::new())
     }
     async fn save_alert_state(&self, _: &str, _: &serde_json::Value) -> anyhow::Result<()> {

@@ -1,23 +1,32 @@
 //! The sections that need a broker (and a MongoDB server): produce, consume, the end to end
 //! into the store or into nothing, and latency, each beside its raw-client baseline.
 
-use super::{bench_run_options, child_peak_rss_mb, compare, figure, process_cpu, push_cpu, rate, us_per_event, BenchOptions, Figure};
-use crate::aggregate::{Aggregator, MetricSet};
-use crate::generator::{Generator, GeneratorScript};
-use crate::config::Pipeline;
-use anyhow::Context;
-use std::future::IntoFuture;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
 use super::discard;
+use super::{
+    bench_run_options, child_peak_rss_mb, compare, figure, process_cpu, push_cpu, rate,
+    us_per_event, BenchOptions, Figure,
+};
+use crate::aggregate::{Aggregator, MetricSet};
+use crate::config::Pipeline;
+use crate::generator::{Generator, GeneratorScript};
 use crate::pipeline::{self, Components, RunOptions};
 use crate::telemetry::Stats;
+use anyhow::Context;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Message, Offset, TopicPartitionList};
+use std::future::IntoFuture;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-pub(super) async fn kafka_sections(pipeline: &Pipeline, opts: &BenchOptions, servers: &str, run_id: &str, figures: &mut Vec<Figure>) -> anyhow::Result<()> {
+pub(super) async fn kafka_sections(
+    pipeline: &Pipeline,
+    opts: &BenchOptions,
+    servers: &str,
+    run_id: &str,
+    figures: &mut Vec<Figure>,
+) -> anyhow::Result<()> {
     let n = opts.events;
     let runs = opts.runs;
     let mut base = pipeline.clone();
@@ -29,15 +38,30 @@ pub(super) async fn kafka_sections(pipeline: &Pipeline, opts: &BenchOptions, ser
     tracing::info!("bench: kafka produce, runner vs raw producer");
     let (mut runner_rates, mut raw_rates, mut raw_consume) = (Vec::new(), Vec::new(), Vec::new());
     let mut sample = Vec::new();
-    Generator::new(GeneratorScript::load(&base.config.generator, &base.schema())?, Some(3)).fill(1000, &mut sample);
-    let payloads: Vec<Vec<u8>> = sample.iter().map(|e| { let mut b = Vec::new(); e.write_json(&mut b); b }).collect();
+    Generator::new(
+        GeneratorScript::load(&base.config.generator, &base.schema())?,
+        Some(3),
+    )
+    .fill(1000, &mut sample);
+    let payloads: Vec<Vec<u8>> = sample
+        .iter()
+        .map(|e| {
+            let mut b = Vec::new();
+            e.write_json(&mut b);
+            b
+        })
+        .collect();
     let mut produced_topics = Vec::new();
     for i in 0..runs {
         let mut p = base.clone();
         p.config.kafka.topic = format!("bench_{run_id}_runner_{i}");
         let admin = crate::transport::kafka::connect(&p.config.kafka).await?;
         crate::transport::kafka::ensure_topic(&admin, &p.config.kafka).await?;
-        let options = RunOptions { components: Components::GENERATOR, max_events: Some(n), ..quiet.clone() };
+        let options = RunOptions {
+            components: Components::GENERATOR,
+            max_events: Some(n),
+            ..quiet.clone()
+        };
         let summary = pipeline::run(&p, options, CancellationToken::new()).await?;
         // From the first event to the last delivery, like the raw producer's clock: connecting
         // and creating the topic are not producing.
@@ -51,9 +75,16 @@ pub(super) async fn kafka_sections(pipeline: &Pipeline, opts: &BenchOptions, ser
         let t = Instant::now();
         for k in 0..n as usize {
             let payload = &payloads[k % payloads.len()];
-            let key = sample[k % sample.len()].key().map(|k| k.into_owned()).unwrap_or_default();
+            let key = sample[k % sample.len()]
+                .key()
+                .map(|k| k.into_owned())
+                .unwrap_or_default();
             loop {
-                match producer.send(BaseRecord::to(&raw.topic).key(key.as_bytes()).payload(payload)) {
+                match producer.send(
+                    BaseRecord::to(&raw.topic)
+                        .key(key.as_bytes())
+                        .payload(payload),
+                ) {
                     Ok(()) => break,
                     Err(_) => std::thread::sleep(Duration::from_millis(1)),
                 }
@@ -62,9 +93,21 @@ pub(super) async fn kafka_sections(pipeline: &Pipeline, opts: &BenchOptions, ser
         producer.flush(Duration::from_secs(120))?;
         raw_rates.push(rate(n, t.elapsed()));
     }
-    figures.push(figure("kafka produce: runner (JSON encode + send)", "events/s", runner_rates));
-    figures.push(figure("kafka produce: raw rdkafka, same-size messages", "events/s", raw_rates));
-    compare(figures, "kafka produce: runner (JSON encode + send)", "kafka produce: raw rdkafka, same-size messages");
+    figures.push(figure(
+        "kafka produce: runner (JSON encode + send)",
+        "events/s",
+        runner_rates,
+    ));
+    figures.push(figure(
+        "kafka produce: raw rdkafka, same-size messages",
+        "events/s",
+        raw_rates,
+    ));
+    compare(
+        figures,
+        "kafka produce: runner (JSON encode + send)",
+        "kafka produce: raw rdkafka, same-size messages",
+    );
 
     // The consuming path when no store limits it: the runner's consumer (decode, validate,
     // aggregate every metric, encode partials, commit) with writes discarded, against a raw
@@ -90,22 +133,39 @@ pub(super) async fn kafka_sections(pipeline: &Pipeline, opts: &BenchOptions, ser
             raw_consume.push(rate(n, consume_all(&p.config.kafka, n)?));
         }
     }
-    figures.push(figure("kafka consume: raw rdkafka, no processing", "events/s", raw_consume));
+    figures.push(figure(
+        "kafka consume: raw rdkafka, no processing",
+        "events/s",
+        raw_consume,
+    ));
     figures.push(figure(KAFKA_TO_DISCARD, "events/s", unlimited));
-    compare(figures, KAFKA_TO_DISCARD, "kafka consume: raw rdkafka, no processing");
-    push_cpu(figures, "  runner cpu of it (fetch + decode + metrics + encode + commit)", cpu);
+    compare(
+        figures,
+        KAFKA_TO_DISCARD,
+        "kafka consume: raw rdkafka, no processing",
+    );
+    push_cpu(
+        figures,
+        "  runner cpu of it (fetch + decode + metrics + encode + commit)",
+        cpu,
+    );
 
-
-    let Some(uri) = &opts.mongodb else { return Ok(()) };
+    let Some(uri) = &opts.mongodb else {
+        return Ok(());
+    };
     tracing::info!("bench: mongodb raw insert_many");
     // The runner's write concern (journaled) too: it is part of what a write costs.
-    let client = mongodb::Client::with_options(crate::store::mongo::client_options(uri).await?).context("bench: cannot connect to MongoDB")?;
+    let client = mongodb::Client::with_options(crate::store::mongo::client_options(uri).await?)
+        .context("bench: cannot connect to MongoDB")?;
     let schema = pipeline.schema();
     // The bytes the runner sends: its records, encoded as the store encodes them.
     let docs: Vec<_> = (0..n as usize)
         .map(|k| {
             let mut e = sample[k % sample.len()].clone();
-            e.set(schema.id_slot(), crate::event::Value::Text(compact_str::format_compact!("{k}")));
+            e.set(
+                schema.id_slot(),
+                crate::event::Value::Text(compact_str::format_compact!("{k}")),
+            );
             crate::store::mongo::to_raw(&e, usize::MAX).map_err(anyhow::Error::msg)
         })
         .collect::<anyhow::Result<_>>()?;
@@ -115,20 +175,37 @@ pub(super) async fn kafka_sections(pipeline: &Pipeline, opts: &BenchOptions, ser
     for streams in [1, 2, 4] {
         let mut inserts = Vec::new();
         for i in 0..runs {
-            let coll = client.database(&format!("bench_{run_id}_raw_{streams}_{i}")).collection::<mongodb::bson::Document>("raw");
+            let coll = client
+                .database(&format!("bench_{run_id}_raw_{streams}_{i}"))
+                .collection::<mongodb::bson::Document>("raw");
             // The same indexes as the runner's raw collection: they are part of what a write costs.
-            crate::store::mongo::create_indexes(&coll, pipeline.config.retention.raw, &schema, &pipeline.config.mongodb.indexes).await?;
+            crate::store::mongo::create_indexes(
+                &coll,
+                pipeline.config.retention.raw,
+                &schema,
+                &pipeline.config.mongodb.indexes,
+            )
+            .await?;
             let coll = coll.clone_with_type::<mongodb::bson::RawDocumentBuf>();
             let t = Instant::now();
             for batch in docs.chunks(pipeline.config.consumer.batch_size.max(1)) {
                 let size = batch.len().div_ceil(streams);
-                futures::future::try_join_all(batch.chunks(size).map(|chunk| coll.insert_many(chunk).ordered(false).into_future())).await?;
+                futures::future::try_join_all(
+                    batch
+                        .chunks(size)
+                        .map(|chunk| coll.insert_many(chunk).ordered(false).into_future()),
+                )
+                .await?;
             }
             inserts.push(rate(n, t.elapsed()));
         }
         match streams {
             1 => figures.push(figure(RAW_INSERT, "events/s", inserts)),
-            _ => raw_curve.push(figure(&format!("mongodb insert_many: raw driver, {streams} concurrent streams per batch"), "events/s", inserts)),
+            _ => raw_curve.push(figure(
+                &format!("mongodb insert_many: raw driver, {streams} concurrent streams per batch"),
+                "events/s",
+                inserts,
+            )),
         }
     }
     for f in raw_curve {
@@ -150,7 +227,10 @@ pub(super) async fn kafka_sections(pipeline: &Pipeline, opts: &BenchOptions, ser
             p.config.mongodb.uri = uri.clone();
             p.config.mongodb.database = format!("bench_{run_id}_e2e_{streams}_{i}");
             p.config.mongodb.insert_streams = streams;
-            let options = RunOptions { components: Components::CONSUMER, ..quiet.clone() };
+            let options = RunOptions {
+                components: Components::CONSUMER,
+                ..quiet.clone()
+            };
             let before = process_cpu();
             let summary = pipeline::run(&p, options, CancellationToken::new()).await?;
             cpu.push(us_per_event(process_cpu() - before, summary.stats.stored));
@@ -169,38 +249,71 @@ pub(super) async fn kafka_sections(pipeline: &Pipeline, opts: &BenchOptions, ser
             continue;
         }
         figures.push(figure(E2E_MONGODB, "events/s", e2e));
-        compare(figures, E2E_MONGODB, "kafka consume: raw rdkafka, no processing");
+        compare(
+            figures,
+            E2E_MONGODB,
+            "kafka consume: raw rdkafka, no processing",
+        );
         let mut vs_insert = figures.last().unwrap().clone();
         vs_insert.name = "  (same, against raw insert_many)".into();
         figures.push(vs_insert);
         compare(figures, "  (same, against raw insert_many)", RAW_INSERT);
-        push_cpu(figures, "  runner cpu of it (MongoDB's own is its process's)", cpu);
+        push_cpu(
+            figures,
+            "  runner cpu of it (MongoDB's own is its process's)",
+            cpu,
+        );
     }
     for f in curve {
         let name = f.name.clone();
         figures.push(f);
         compare(figures, &name, RAW_INSERT);
     }
-    figures.push(figure("peak RSS of a runner process doing the end to end", "MB", rss));
+    figures.push(figure(
+        "peak RSS of a runner process doing the end to end",
+        "MB",
+        rss,
+    ));
     Ok(())
 }
 
-pub(super) async fn latency_section(pipeline: &Pipeline, opts: &BenchOptions, servers: &str, uri: &str, run_id: &str, figures: &mut Vec<Figure>) -> anyhow::Result<()> {
+pub(super) async fn latency_section(
+    pipeline: &Pipeline,
+    opts: &BenchOptions,
+    servers: &str,
+    uri: &str,
+    run_id: &str,
+    figures: &mut Vec<Figure>,
+) -> anyhow::Result<()> {
     let (n, runs) = (opts.events, opts.runs);
     let mut base = pipeline.clone();
     base.config.kafka.bootstrap_servers = servers.to_string();
     let quiet = bench_run_options();
     tracing::info!("bench: latency at 10,000 events/s");
-    let (mut p50, mut p99, mut read50, mut read99) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut p50, mut p99, mut read50, mut read99) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for i in 0..runs {
         let mut p = super::on_services(&base, servers, uri, &format!("{run_id}_latency_{i}"));
         p.config.generator.rate = 10_000.0;
         p.config.generator.batch_size = 100;
         // The consumer joins its group first (with one warm-up event), so the figure is the
         // steady state, not the group join.
-        let waiting = RunOptions { components: Components::CONSUMER, idle_exit: Some(Duration::from_secs(8)), ..quiet.clone() };
+        let waiting = RunOptions {
+            components: Components::CONSUMER,
+            idle_exit: Some(Duration::from_secs(8)),
+            ..quiet.clone()
+        };
         let consumer = pipeline::start(p.clone(), waiting, CancellationToken::new()).await?;
-        pipeline::run(&p, RunOptions { components: Components::GENERATOR, max_events: Some(1), ..quiet.clone() }, CancellationToken::new()).await?;
+        pipeline::run(
+            &p,
+            RunOptions {
+                components: Components::GENERATOR,
+                max_events: Some(1),
+                ..quiet.clone()
+            },
+            CancellationToken::new(),
+        )
+        .await?;
         let stats = consumer.stats.clone();
         let t = Instant::now();
         while stats.snapshot().stored < 1 && t.elapsed() < Duration::from_secs(60) {
@@ -210,7 +323,16 @@ pub(super) async fn latency_section(pipeline: &Pipeline, opts: &BenchOptions, se
         let generator = {
             let (p, quiet) = (p.clone(), quiet.clone());
             tokio::spawn(async move {
-                pipeline::run(&p, RunOptions { components: Components::GENERATOR, max_events: Some(k), ..quiet }, CancellationToken::new()).await
+                pipeline::run(
+                    &p,
+                    RunOptions {
+                        components: Components::GENERATOR,
+                        max_events: Some(k),
+                        ..quiet
+                    },
+                    CancellationToken::new(),
+                )
+                .await
             })
         };
         // A new idempotent producer holds its first messages until the broker hands it a
@@ -223,32 +345,61 @@ pub(super) async fn latency_section(pipeline: &Pipeline, opts: &BenchOptions, se
         stats.reset_latency();
         generator.await??;
         consumer.wait().await?;
-        let (a, b) = stats.visible_latency_ms().context("bench: the latency run stored no events")?;
+        let (a, b) = stats
+            .visible_latency_ms()
+            .context("bench: the latency run stored no events")?;
         p50.push(a as f64);
         p99.push(b as f64);
-        let (a, b) = stats.read_latency_ms().context("bench: the latency run read no events")?;
+        let (a, b) = stats
+            .read_latency_ms()
+            .context("bench: the latency run read no events")?;
         read50.push(a as f64);
         read99.push(b as f64);
     }
-    figures.push(figure("latency p50: event -> its metrics readable by /api/metrics, 10k events/s", "ms", p50));
-    figures.push(figure("latency p99: event -> its metrics readable by /api/metrics, 10k events/s", "ms", p99));
+    figures.push(figure(
+        "latency p50: event -> its metrics readable by /api/metrics, 10k events/s",
+        "ms",
+        p50,
+    ));
+    figures.push(figure(
+        "latency p99: event -> its metrics readable by /api/metrics, 10k events/s",
+        "ms",
+        p99,
+    ));
     // Where the time goes: up to the consumer's read is producer batching and the broker.
-    figures.push(figure("  (of which event -> read by the consumer, p50)", "ms", read50));
-    figures.push(figure("  (of which event -> read by the consumer, p99)", "ms", read99));
+    figures.push(figure(
+        "  (of which event -> read by the consumer, p50)",
+        "ms",
+        read50,
+    ));
+    figures.push(figure(
+        "  (of which event -> read by the consumer, p99)",
+        "ms",
+        read99,
+    ));
     Ok(())
 }
 
 const RAW_INSERT: &str = "mongodb insert_many: raw driver, one stream, same documents and indexes";
 const E2E_MONGODB: &str = "end to end: kafka -> decode -> MongoDB raw + metric partials";
 
-const KAFKA_TO_DISCARD: &str = "end to end, store not the limit: kafka -> decode -> aggregate -> commit, writes discarded";
+const KAFKA_TO_DISCARD: &str =
+    "end to end, store not the limit: kafka -> decode -> aggregate -> commit, writes discarded";
 
 /// The runner's consumer reading the whole topic into [`discard::Discard`]: events/s from the
 /// first message to the last batch acknowledged, and the events consumed.
 async fn consume_into_discard(p: &Pipeline) -> anyhow::Result<(f64, u64)> {
     let stats = Stats::new();
-    let subscriber = crate::transport::kafka::KafkaSubscriber::new(&p.config.kafka, p.config.consumer.batching(), p.schema(), stats.clone())?;
-    let aggregator = Aggregator::new(Arc::new(MetricSet::load(&p.config.metrics, &p.schema())?), stats.clone());
+    let subscriber = crate::transport::kafka::KafkaSubscriber::new(
+        &p.config.kafka,
+        p.config.consumer.batching(),
+        p.schema(),
+        stats.clone(),
+    )?;
+    let aggregator = Aggregator::new(
+        Arc::new(MetricSet::load(&p.config.metrics, &p.schema())?),
+        stats.clone(),
+    );
     let producers_done = CancellationToken::new();
     producers_done.cancel();
     let until = crate::consumer::StopWhen {
@@ -257,7 +408,16 @@ async fn consume_into_discard(p: &Pipeline) -> anyhow::Result<(f64, u64)> {
         producers_done,
         drain: CancellationToken::new(),
     };
-    crate::consumer::run(Box::new(subscriber), Arc::new(discard::Discard), Some(aggregator), None, stats.clone(), &p.config.consumer, until).await?;
+    crate::consumer::run(
+        Box::new(subscriber),
+        Arc::new(discard::Discard),
+        Some(aggregator),
+        None,
+        stats.clone(),
+        &p.config.consumer,
+        until,
+    )
+    .await?;
     let stored = stats.snapshot().stored;
     Ok((rate(stored, stats.busy_span()), stored))
 }
@@ -306,8 +466,22 @@ fn child_consumer_peak_rss_mb(path: &std::path::Path, p: &Pipeline) -> anyhow::R
     let k = &p.config.kafka;
     let mut child = std::process::Command::new(std::env::current_exe()?);
     child
-        .args(["run", path.to_str().unwrap_or_default(), "--components", "consumer", "--exit-when-idle", "2s", "--log", "warn"])
-        .args(["--kafka", &k.bootstrap_servers, "--mongodb", &p.config.mongodb.uri])
+        .args([
+            "run",
+            path.to_str().unwrap_or_default(),
+            "--components",
+            "consumer",
+            "--exit-when-idle",
+            "2s",
+            "--log",
+            "warn",
+        ])
+        .args([
+            "--kafka",
+            &k.bootstrap_servers,
+            "--mongodb",
+            &p.config.mongodb.uri,
+        ])
         .env("KAFKA_TOPIC", &k.topic)
         .env("KAFKA_CONSUMER_GROUP", &k.consumer_group)
         .env("MONGODB_DATABASE", &p.config.mongodb.database);

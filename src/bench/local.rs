@@ -1,22 +1,29 @@
 //! The in-process sections: generation, aggregation, the embedded end to end and memory.
 
-use super::{child_peak_rss_mb, compare, figure, process_cpu, rate, scratch_path, BenchOptions, Figure};
+use super::baseline;
+use super::{
+    child_peak_rss_mb, compare, figure, process_cpu, rate, scratch_path, BenchOptions, Figure,
+};
+use crate::aggregate::{Aggregator, MetricSet};
 use crate::config::Pipeline;
+use crate::decode::decode;
+use crate::event::{Record, Schema};
+use crate::generator::{Generator, GeneratorScript};
+use crate::pipeline::{self, RunOptions};
+use crate::store::mongo::to_raw;
+use crate::telemetry::Stats;
+use crate::transport::Batch;
 use anyhow::Context;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use super::baseline;
-use crate::aggregate::{Aggregator, MetricSet};
-use crate::decode::decode;
-use crate::event::{Record, Schema};
-use crate::store::mongo::to_raw;
-use crate::transport::Batch;
-use crate::generator::{Generator, GeneratorScript};
-use crate::pipeline::{self, RunOptions};
-use crate::telemetry::Stats;
 use tokio_util::sync::CancellationToken;
 
-pub(super) fn generator_section(pipeline: &Pipeline, script: &GeneratorScript, opts: &BenchOptions, figures: &mut Vec<Figure>) -> anyhow::Result<()> {
+pub(super) fn generator_section(
+    pipeline: &Pipeline,
+    script: &GeneratorScript,
+    opts: &BenchOptions,
+    figures: &mut Vec<Figure>,
+) -> anyhow::Result<()> {
     let (n, runs) = (opts.events, opts.runs);
     tracing::info!(events = n, runs, "bench: generator");
     let mut plan = Vec::new();
@@ -33,10 +40,17 @@ pub(super) fn generator_section(pipeline: &Pipeline, script: &GeneratorScript, o
         if script.sessions().is_some() {
             let mut gen = Generator::new(script.clone(), Some(1));
             let effects = crate::generator::Effects::default();
-            crowd.push(rate(n, time_fill(n, |k, out| {
-                let tick = crate::generator::Tick { now_ms: chrono::Utc::now().timestamp_millis(), rate: 1e12, effects: &effects };
-                gen.fill_at(k, &tick, out)
-            })));
+            crowd.push(rate(
+                n,
+                time_fill(n, |k, out| {
+                    let tick = crate::generator::Tick {
+                        now_ms: chrono::Utc::now().timestamp_millis(),
+                        rate: 1e12,
+                        effects: &effects,
+                    };
+                    gen.fill_at(k, &tick, out)
+                }),
+            ));
             crowd_open = gen.open_sessions();
         }
     }
@@ -61,14 +75,26 @@ pub(super) fn generator_section(pipeline: &Pipeline, script: &GeneratorScript, o
         hooked.push(rate(k, time_fill(k, |m, out| gen.fill(m, out))));
     }
     figures.push(figure("generator: with on_event hook", "events/s", hooked));
-    compare(figures, "generator: with on_event hook", "generator: plain Rust");
+    compare(
+        figures,
+        "generator: with on_event hook",
+        "generator: plain Rust",
+    );
     Ok(())
 }
 
-pub(super) fn aggregate_section(pipeline: &Pipeline, script: &GeneratorScript, opts: &BenchOptions, figures: &mut Vec<Figure>) -> anyhow::Result<()> {
+pub(super) fn aggregate_section(
+    pipeline: &Pipeline,
+    script: &GeneratorScript,
+    opts: &BenchOptions,
+    figures: &mut Vec<Figure>,
+) -> anyhow::Result<()> {
     let (n, runs) = (opts.events, opts.runs);
     tracing::info!("bench: aggregation");
-    let set = Arc::new(MetricSet::load(&pipeline.config.metrics, &pipeline.schema())?);
+    let set = Arc::new(MetricSet::load(
+        &pipeline.config.metrics,
+        &pipeline.schema(),
+    )?);
     let mut events = Vec::with_capacity(n as usize);
     Generator::new(script.clone(), Some(2)).fill(n as usize, &mut events);
     let (mut apply_ns, mut full_ns) = (Vec::new(), Vec::new());
@@ -86,8 +112,16 @@ pub(super) fn aggregate_section(pipeline: &Pipeline, script: &GeneratorScript, o
         apply_ns.push(apply.as_nanos() as f64 / n as f64);
         full_ns.push((apply + encode).as_nanos() as f64 / n as f64);
     }
-    figures.push(figure(&format!("aggregate: {} shipped metrics, apply", set.metrics().len()), "ns/event", apply_ns));
-    figures.push(figure("aggregate: apply + encode partials to store", "ns/event", full_ns));
+    figures.push(figure(
+        &format!("aggregate: {} shipped metrics, apply", set.metrics().len()),
+        "ns/event",
+        apply_ns,
+    ));
+    figures.push(figure(
+        "aggregate: apply + encode partials to store",
+        "ns/event",
+        full_ns,
+    ));
     let messages: Vec<Vec<u8>> = events
         .iter()
         .map(|e| {
@@ -106,16 +140,37 @@ pub(super) fn aggregate_section(pipeline: &Pipeline, script: &GeneratorScript, o
             let run = std::thread::spawn(move || -> anyhow::Result<f64> {
                 // One thread is all of it on one: the runtime's only thread, no worker pool.
                 let rt = match threads {
-                    1 => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
-                    n => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build()?,
+                    1 => tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?,
+                    n => tokio::runtime::Builder::new_multi_thread()
+                        .worker_threads(n)
+                        .enable_all()
+                        .build()?,
                 };
                 // Spawned, so the consumer runs on the runtime's threads as in `runner run`, not on
                 // this one beside them.
-                rt.block_on(async move { tokio::spawn(async move { drain_queue(&p, set, events, threads, Arc::new(super::discard::Discard)).await }).await? })
+                rt.block_on(async move {
+                    tokio::spawn(async move {
+                        drain_queue(&p, set, events, threads, Arc::new(super::discard::Discard))
+                            .await
+                    })
+                    .await?
+                })
             });
-            rates.push(run.join().map_err(|_| anyhow::anyhow!("bench: the worker-thread run panicked"))??);
+            rates.push(
+                run.join()
+                    .map_err(|_| anyhow::anyhow!("bench: the worker-thread run panicked"))??,
+            );
         }
-        curve.push(figure(&format!("consuming path, writes discarded, {threads} worker thread{}", if threads == 1 { "" } else { "s" }), "events/s", rates));
+        curve.push(figure(
+            &format!(
+                "consuming path, writes discarded, {threads} worker thread{}",
+                if threads == 1 { "" } else { "s" }
+            ),
+            "events/s",
+            rates,
+        ));
     }
     let one = curve[0].name.clone();
     let two = curve[1].name.clone();
@@ -136,20 +191,47 @@ pub(super) fn aggregate_section(pipeline: &Pipeline, script: &GeneratorScript, o
 /// threads (`consumer.workers`): the reader encodes each batch for the store in parts, and the
 /// metrics are applied and encoded split between the threads. Events/s from the first batch
 /// consumed to the last checkpoint.
-async fn drain_queue(pipeline: &Pipeline, set: Arc<MetricSet>, events: Vec<Record>, threads: usize, store: Arc<dyn crate::store::EventStore>) -> anyhow::Result<f64> {
+async fn drain_queue(
+    pipeline: &Pipeline,
+    set: Arc<MetricSet>,
+    events: Vec<Record>,
+    threads: usize,
+    store: Arc<dyn crate::store::EventStore>,
+) -> anyhow::Result<f64> {
     use crate::transport::Publisher;
     let stats = Stats::new();
     let batches = events.len().div_ceil(1000);
-    let (mut publisher, subscriber) = crate::transport::embedded::channel(batches, pipeline.config.consumer.batch_size, stats.clone());
+    let (mut publisher, subscriber) = crate::transport::embedded::channel(
+        batches,
+        pipeline.config.consumer.batch_size,
+        stats.clone(),
+    );
     for chunk in events.chunks(1000) {
         publisher.publish(chunk.to_vec()).await?;
     }
     drop(publisher);
     let never = CancellationToken::new;
-    let until = crate::consumer::StopWhen { stop: never(), idle: None, producers_done: never(), drain: never() };
+    let until = crate::consumer::StopWhen {
+        stop: never(),
+        idle: None,
+        producers_done: never(),
+        drain: never(),
+    };
     let aggregator = Aggregator::new(set, stats.clone());
-    let config = crate::consumer::ConsumerConfig { workers: threads, ..pipeline.config.consumer.clone() };
-    crate::consumer::run(Box::new(subscriber), store, Some(aggregator), None, stats.clone(), &config, until).await?;
+    let config = crate::consumer::ConsumerConfig {
+        workers: threads,
+        ..pipeline.config.consumer.clone()
+    };
+    crate::consumer::run(
+        Box::new(subscriber),
+        store,
+        Some(aggregator),
+        None,
+        stats.clone(),
+        &config,
+        until,
+    )
+    .await?;
     Ok(rate(stats.snapshot().stored, stats.busy_span()))
 }
 
@@ -173,7 +255,12 @@ fn q5_like(pipeline: &Pipeline) -> anyhow::Result<Option<Arc<MetricSet>>> {
 /// The process's CPU time per event on the consuming path, in µs, as the consumer does it per
 /// batch: decode the JSON message, validate, aggregate, and encode the raw document and the
 /// changed partials for the store (the writes themselves are the store's, not the runner's, work).
-fn consuming_path_cpu(pipeline: &Pipeline, set: &Arc<MetricSet>, messages: &[Vec<u8>], runs: usize) -> Vec<f64> {
+fn consuming_path_cpu(
+    pipeline: &Pipeline,
+    set: &Arc<MetricSet>,
+    messages: &[Vec<u8>],
+    runs: usize,
+) -> Vec<f64> {
     let max_bytes = pipeline.config.consumer.validation.max_event_bytes;
     let schema = pipeline.schema();
     let mut cpu_us = Vec::new();
@@ -191,14 +278,27 @@ fn consuming_path_cpu(pipeline: &Pipeline, set: &Arc<MetricSet>, messages: &[Vec
             pipeline.config.consumer.validation.apply(&mut batch);
             agg.apply(&batch.events, &[]);
             std::hint::black_box(agg.checkpoint());
-            std::hint::black_box(batch.events.iter().map(|e| to_raw(e, usize::MAX)).collect::<Vec<_>>());
+            std::hint::black_box(
+                batch
+                    .events
+                    .iter()
+                    .map(|e| to_raw(e, usize::MAX))
+                    .collect::<Vec<_>>(),
+            );
         }
-        cpu_us.push(super::us_per_event(process_cpu() - before, messages.len() as u64));
+        cpu_us.push(super::us_per_event(
+            process_cpu() - before,
+            messages.len() as u64,
+        ));
     }
     cpu_us
 }
 
-pub(super) async fn embedded_section(pipeline: &Pipeline, opts: &BenchOptions, figures: &mut Vec<Figure>) -> anyhow::Result<()> {
+pub(super) async fn embedded_section(
+    pipeline: &Pipeline,
+    opts: &BenchOptions,
+    figures: &mut Vec<Figure>,
+) -> anyhow::Result<()> {
     let (n, runs) = (opts.events, opts.runs);
     tracing::info!("bench: embedded end to end");
     let mut embedded = Vec::new();
@@ -210,7 +310,11 @@ pub(super) async fn embedded_section(pipeline: &Pipeline, opts: &BenchOptions, f
         p.config.embedded.data_dir = dir.clone();
         p.config.generator.rate = 0.0;
         p.config.generator.batch_size = 1000;
-        let options = RunOptions { max_events: Some(n), progress_every: Duration::from_secs(3600), ..RunOptions::default() };
+        let options = RunOptions {
+            max_events: Some(n),
+            progress_every: Duration::from_secs(3600),
+            ..RunOptions::default()
+        };
         let summary = pipeline::run(&p, options, CancellationToken::new()).await?;
         // From the first event consumed to the last checkpoint, like the baseline's clock:
         // opening the store and compiling the scripts are not moving events.
@@ -226,19 +330,32 @@ pub(super) async fn embedded_section(pipeline: &Pipeline, opts: &BenchOptions, f
     let script = crate::generator::GeneratorScript::load(&pipeline.config.generator, &schema)?;
     let mut events = Vec::with_capacity(n as usize);
     Generator::new(script, Some(4)).fill(n as usize, &mut events);
-    let rows: Vec<(String, i64, String)> = events.iter().map(|e| (e.id().to_string(), e.time_ms(), e.to_json())).collect();
+    let rows: Vec<(String, i64, String)> = events
+        .iter()
+        .map(|e| (e.id().to_string(), e.time_ms(), e.to_json()))
+        .collect();
     let mut raw = Vec::new();
     for _ in 0..runs {
         let dir = scratch_path("");
-        let config = crate::store::embedded::EmbeddedConfig { data_dir: dir.clone(), ..Default::default() };
-        drop(crate::store::embedded::EmbeddedStore::open(&config, &pipeline.config.retention, &schema, &pipeline.config.mongodb.indexes)?);
+        let config = crate::store::embedded::EmbeddedConfig {
+            data_dir: dir.clone(),
+            ..Default::default()
+        };
+        drop(crate::store::embedded::EmbeddedStore::open(
+            &config,
+            &pipeline.config.retention,
+            &schema,
+            &pipeline.config.mongodb.indexes,
+        )?);
         let mut conn = rusqlite::Connection::open(dir.join("runner.db"))?;
         conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")?;
         let t = Instant::now();
         for batch in rows.chunks(pipeline.config.consumer.batch_size.max(1)) {
             let tx = conn.transaction()?;
             {
-                let mut stmt = tx.prepare_cached("INSERT OR IGNORE INTO raw_records (id, time_ms, body) VALUES (?1, ?2, ?3)")?;
+                let mut stmt = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO raw_records (id, time_ms, body) VALUES (?1, ?2, ?3)",
+                )?;
                 for r in batch {
                     stmt.execute(rusqlite::params![r.0, r.1, r.2])?;
                 }
@@ -258,9 +375,26 @@ pub(super) async fn embedded_section(pipeline: &Pipeline, opts: &BenchOptions, f
     let mut drained = Vec::new();
     for _ in 0..runs {
         let dir = scratch_path("");
-        let config = crate::store::embedded::EmbeddedConfig { data_dir: dir.clone(), ..Default::default() };
-        let store = crate::store::embedded::EmbeddedStore::open(&config, &pipeline.config.retention, &schema, &pipeline.config.mongodb.indexes)?;
-        drained.push(drain_queue(pipeline, set.clone(), events.clone(), pipeline.config.consumer.workers, Arc::new(store)).await?);
+        let config = crate::store::embedded::EmbeddedConfig {
+            data_dir: dir.clone(),
+            ..Default::default()
+        };
+        let store = crate::store::embedded::EmbeddedStore::open(
+            &config,
+            &pipeline.config.retention,
+            &schema,
+            &pipeline.config.mongodb.indexes,
+        )?;
+        drained.push(
+            drain_queue(
+                pipeline,
+                set.clone(),
+                events.clone(),
+                pipeline.config.consumer.workers,
+                Arc::new(store),
+            )
+            .await?,
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
     figures.push(figure(EMBEDDED_DRAIN, "events/s", drained));
@@ -269,8 +403,10 @@ pub(super) async fn embedded_section(pipeline: &Pipeline, opts: &BenchOptions, f
 }
 
 const EMBEDDED_E2E: &str = "end to end, embedded: generate -> queue -> aggregate -> SQLite";
-const EMBEDDED_DRAIN: &str = "end to end, embedded, queue filled first: queue -> aggregate -> SQLite";
-const RAW_SQLITE: &str = "sqlite insert: raw rusqlite, same rows, indexes and pragmas, a transaction per batch";
+const EMBEDDED_DRAIN: &str =
+    "end to end, embedded, queue filled first: queue -> aggregate -> SQLite";
+const RAW_SQLITE: &str =
+    "sqlite insert: raw rusqlite, same rows, indexes and pragmas, a transaction per batch";
 
 fn time_fill(n: u64, mut fill: impl FnMut(usize, &mut Vec<Record>)) -> Duration {
     let mut out = Vec::with_capacity(1000);
@@ -329,22 +465,63 @@ const MEMORY_EVENTS: u64 = 1_200_000;
 
 /// Peak RSS of a runner process (generator, consumer, every metric, embedded queue and store)
 /// whose windows hold over 100,000 active keys, and how many keys that was.
-pub(super) async fn memory_section(pipeline: &Pipeline, opts: &BenchOptions, figures: &mut Vec<Figure>) -> anyhow::Result<()> {
-    tracing::info!(keys = MEMORY_KEYS, events = MEMORY_EVENTS, "bench: memory with many active keys");
+pub(super) async fn memory_section(
+    pipeline: &Pipeline,
+    opts: &BenchOptions,
+    figures: &mut Vec<Figure>,
+) -> anyhow::Result<()> {
+    tracing::info!(
+        keys = MEMORY_KEYS,
+        events = MEMORY_EVENTS,
+        "bench: memory with many active keys"
+    );
     let (mut rss, mut active) = (Vec::new(), Vec::new());
     for _ in 0..opts.runs {
         let dir = scratch_path("");
         let mut child = std::process::Command::new(std::env::current_exe()?);
         child
-            .args(["run", pipeline.path.to_str().unwrap_or_default(), "--components", "generator,consumer", "--log", "warn"])
-            .args(["--kafka", "embedded", "--mongodb", "embedded", "--data-dir", dir.to_str().unwrap_or_default()])
-            .args(["--generation-rate", "0", "--batch-size", "1000", "--param", &format!("{MEMORY_PARAM}={MEMORY_KEYS}")])
-            .args(["--events", &MEMORY_EVENTS.to_string(), "--exit-when-idle", "1s"]);
-        if pipeline.config.generator.params.contains_key(MEMORY_SKEW_PARAM) {
+            .args([
+                "run",
+                pipeline.path.to_str().unwrap_or_default(),
+                "--components",
+                "generator,consumer",
+                "--log",
+                "warn",
+            ])
+            .args([
+                "--kafka",
+                "embedded",
+                "--mongodb",
+                "embedded",
+                "--data-dir",
+                dir.to_str().unwrap_or_default(),
+            ])
+            .args([
+                "--generation-rate",
+                "0",
+                "--batch-size",
+                "1000",
+                "--param",
+                &format!("{MEMORY_PARAM}={MEMORY_KEYS}"),
+            ])
+            .args([
+                "--events",
+                &MEMORY_EVENTS.to_string(),
+                "--exit-when-idle",
+                "1s",
+            ]);
+        if pipeline
+            .config
+            .generator
+            .params
+            .contains_key(MEMORY_SKEW_PARAM)
+        {
             child.args(["--param", &format!("{MEMORY_SKEW_PARAM}={MEMORY_SKEW}")]);
         }
         let measured = match child_peak_rss_mb(child) {
-            Ok(mb) => active_keys_in_last_minute(pipeline, &dir).await.map(|keys| (mb, keys)),
+            Ok(mb) => active_keys_in_last_minute(pipeline, &dir)
+                .await
+                .map(|keys| (mb, keys)),
             Err(e) => Err(e),
         };
         let _ = std::fs::remove_dir_all(&dir);
@@ -352,19 +529,40 @@ pub(super) async fn memory_section(pipeline: &Pipeline, opts: &BenchOptions, fig
         rss.push(mb);
         active.push(keys as f64);
     }
-    figures.push(figure("active keys in the last 60 s of the memory run (embedded, unthrottled)", "keys", active));
-    figures.push(figure("peak RSS of a runner process holding them (generator + consumer + metrics)", "MB", rss));
+    figures.push(figure(
+        "active keys in the last 60 s of the memory run (embedded, unthrottled)",
+        "keys",
+        active,
+    ));
+    figures.push(figure(
+        "peak RSS of a runner process holding them (generator + consumer + metrics)",
+        "MB",
+        rss,
+    ));
     Ok(())
 }
 
 /// Distinct values of the record key among the stored records of the last minute of event time.
-async fn active_keys_in_last_minute(pipeline: &Pipeline, dir: &std::path::Path) -> anyhow::Result<usize> {
+async fn active_keys_in_last_minute(
+    pipeline: &Pipeline,
+    dir: &std::path::Path,
+) -> anyhow::Result<usize> {
     let mut config = pipeline.config.embedded.clone();
     config.data_dir = dir.to_path_buf();
     let schema: Arc<Schema> = pipeline.schema();
-    let store = crate::store::embedded::EmbeddedStore::open(&config, &Default::default(), &schema, &[])?;
+    let store =
+        crate::store::embedded::EmbeddedStore::open(&config, &Default::default(), &schema, &[])?;
     let events = crate::store::EventStore::all_events(&store).await?;
-    let newest = events.iter().map(Record::time_ms).max().context("bench: the memory run stored no events")?;
+    let newest = events
+        .iter()
+        .map(Record::time_ms)
+        .max()
+        .context("bench: the memory run stored no events")?;
     let since = newest - 60_000;
-    Ok(events.iter().filter(|e| e.time_ms() > since).filter_map(|e| e.key()).collect::<std::collections::HashSet<_>>().len())
+    Ok(events
+        .iter()
+        .filter(|e| e.time_ms() > since)
+        .filter_map(|e| e.key())
+        .collect::<std::collections::HashSet<_>>()
+        .len())
 }

@@ -100,7 +100,11 @@ fn us_per_event(cpu: Duration, events: u64) -> f64 {
 fn push_cpu(figures: &mut Vec<Figure>, name: &str, us_per_event: Vec<f64>) {
     let per_core = us_per_event.iter().map(|us| 1e6 / us.max(1e-3)).collect();
     figures.push(figure(name, "us/event", us_per_event));
-    figures.push(figure("  events/s per core at that cpu", "events/s", per_core));
+    figures.push(figure(
+        "  events/s per core at that cpu",
+        "events/s",
+        per_core,
+    ));
 }
 
 fn figure(name: &str, unit: &'static str, mut samples: Vec<f64>) -> Figure {
@@ -117,7 +121,13 @@ fn figure(name: &str, unit: &'static str, mut samples: Vec<f64>) -> Figure {
 }
 
 fn compare(figures: &mut [Figure], name: &str, baseline: &str) {
-    let Some(base) = figures.iter().find(|f| f.name == baseline).map(|f| f.median) else { return };
+    let Some(base) = figures
+        .iter()
+        .find(|f| f.name == baseline)
+        .map(|f| f.median)
+    else {
+        return;
+    };
     if let Some(f) = figures.iter_mut().find(|f| f.name == name) {
         f.ratio = Some(f.median / base);
         f.compared_with = Some(baseline.to_string());
@@ -130,7 +140,10 @@ fn rate(events: u64, took: Duration) -> f64 {
 
 /// Runs every section that the options allow, printing progress to the log.
 pub async fn run(pipeline: &Pipeline, opts: &BenchOptions) -> anyhow::Result<Vec<Figure>> {
-    let opts = &BenchOptions { runs: opts.runs.max(1), ..opts.clone() };
+    let opts = &BenchOptions {
+        runs: opts.runs.max(1),
+        ..opts.clone()
+    };
     let mut figures = Vec::new();
     let script = GeneratorScript::load(&pipeline.config.generator, &pipeline.schema())?;
 
@@ -150,7 +163,8 @@ pub async fn run(pipeline: &Pipeline, opts: &BenchOptions) -> anyhow::Result<Vec
                 latency_section(pipeline, opts, servers, uri, &run_id, &mut figures).await?;
             }
             if let (true, Some(uri)) = (opts.includes(Section::Backfill), &opts.mongodb) {
-                backfill::backfill_section(pipeline, opts, servers, uri, &run_id, &mut figures).await?;
+                backfill::backfill_section(pipeline, opts, servers, uri, &run_id, &mut figures)
+                    .await?;
             }
             anyhow::Ok(())
         }
@@ -175,7 +189,6 @@ pub async fn run(pipeline: &Pipeline, opts: &BenchOptions) -> anyhow::Result<Vec
     Ok(figures)
 }
 
-
 /// `pipeline` on the bench's broker and server, with a topic, group and database of its own,
 /// all named `bench_<run id>_<name>` (the databases are dropped at the end by that prefix).
 fn on_services(pipeline: &Pipeline, servers: &str, uri: &str, name: &str) -> Pipeline {
@@ -190,18 +203,27 @@ fn on_services(pipeline: &Pipeline, servers: &str, uri: &str, name: &str) -> Pip
 
 /// A fresh path under the temp folder for a bench run's files.
 fn scratch_path(extension: &str) -> std::path::PathBuf {
-    std::env::temp_dir().join(format!("runner-bench-{}{extension}", uuid::Uuid::new_v4().simple()))
+    std::env::temp_dir().join(format!(
+        "runner-bench-{}{extension}",
+        uuid::Uuid::new_v4().simple()
+    ))
 }
 
 /// Runs with no progress lines, ending 2 s after the last event.
 fn bench_run_options() -> RunOptions {
-    RunOptions { progress_every: Duration::from_secs(3600), idle_exit: Some(Duration::from_secs(2)), ..RunOptions::default() }
+    RunOptions {
+        progress_every: Duration::from_secs(3600),
+        idle_exit: Some(Duration::from_secs(2)),
+        ..RunOptions::default()
+    }
 }
-
 
 /// Runs a runner process to its end, sampling its peak resident memory (VmHWM).
 fn child_peak_rss_mb(mut command: std::process::Command) -> anyhow::Result<f64> {
-    let mut child = command.stdout(std::process::Stdio::null()).spawn().context("bench: cannot start a runner process")?;
+    let mut child = command
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .context("bench: cannot start a runner process")?;
     let status_file = format!("/proc/{}/status", child.id());
     let mut peak_kb = 0.0f64;
     let status = loop {
@@ -209,20 +231,28 @@ fn child_peak_rss_mb(mut command: std::process::Command) -> anyhow::Result<f64> 
             break status;
         }
         let hwm = std::fs::read_to_string(&status_file).ok().and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
         });
         peak_kb = peak_kb.max(hwm.unwrap_or(0.0));
         std::thread::sleep(Duration::from_millis(50));
     };
-    anyhow::ensure!(status.success(), "bench: the runner process being measured failed ({status})");
+    anyhow::ensure!(
+        status.success(),
+        "bench: the runner process being measured failed ({status})"
+    );
     Ok(peak_kb / 1024.0)
 }
-
 
 /// The figures as a table a person reads.
 pub fn print_table(figures: &[Figure], out: &mut dyn std::io::Write) -> std::io::Result<()> {
     let w = figures.iter().map(|f| f.name.len()).max().unwrap_or(10);
-    writeln!(out, "{:w$}  {:>12} {:>12} {:>12}  {:>9}  unit", "figure", "median", "min", "max", "ratio")?;
+    writeln!(
+        out,
+        "{:w$}  {:>12} {:>12} {:>12}  {:>9}  unit",
+        "figure", "median", "min", "max", "ratio"
+    )?;
     for f in figures {
         let ratio = f.ratio.map_or(String::new(), |r| format!("{r:.2}x"));
         // Small figures (µs per event) keep their decimals.
@@ -232,10 +262,24 @@ pub fn print_table(figures: &[Figure], out: &mut dyn std::io::Write) -> std::io:
             a if a < 100.0 => format!("{v:.1}"),
             _ => format!("{v:.0}"),
         };
-        writeln!(out, "{:w$}  {:>12} {:>12} {:>12}  {:>9}  {}", f.name, n(f.median), n(f.min), n(f.max), ratio, f.unit)?;
+        writeln!(
+            out,
+            "{:w$}  {:>12} {:>12} {:>12}  {:>9}  {}",
+            f.name,
+            n(f.median),
+            n(f.min),
+            n(f.max),
+            ratio,
+            f.unit
+        )?;
     }
     for f in figures.iter().filter(|f| f.ratio.is_some()) {
-        writeln!(out, "ratio of \"{}\" is against \"{}\"", f.name.trim(), f.compared_with.as_deref().unwrap_or(""))?;
+        writeln!(
+            out,
+            "ratio of \"{}\" is against \"{}\"",
+            f.name.trim(),
+            f.compared_with.as_deref().unwrap_or("")
+        )?;
     }
     Ok(())
 }

@@ -84,7 +84,10 @@ fn step(place: Place, rest: &str) -> (Place, usize) {
         Place::Bare if c == '\'' => (Place::Literal, one),
         Place::Bare if c == '#' => (Place::Comment, one),
         // An escape takes the next character with it (`\"` does not end the string).
-        Place::Basic | Place::MultiBasic if c == '\\' => (place, one + rest[one..].chars().next().map_or(0, char::len_utf8)),
+        Place::Basic | Place::MultiBasic if c == '\\' => (
+            place,
+            one + rest[one..].chars().next().map_or(0, char::len_utf8),
+        ),
         Place::Basic if c == '"' => (Place::Bare, one),
         Place::Literal if c == '\'' => (Place::Bare, one),
         // A one-line string or a comment ends with its line (an unterminated string is TOML's to report).
@@ -97,16 +100,28 @@ fn step(place: Place, rest: &str) -> (Place, usize) {
 
 /// The value of the `${...}` at the start of `rest`, written for `place`, and how many bytes it
 /// replaces; `None` when no complete `${...}` starts there on its line (a lone `$` stays).
-fn substitute(rest: &str, place: Place, lookup: &impl Fn(&str) -> Option<String>) -> Result<Option<(String, usize)>, MissingVar> {
-    let Some(body) = rest.strip_prefix("${") else { return Ok(None) };
+fn substitute(
+    rest: &str,
+    place: Place,
+    lookup: &impl Fn(&str) -> Option<String>,
+) -> Result<Option<(String, usize)>, MissingVar> {
+    let Some(body) = rest.strip_prefix("${") else {
+        return Ok(None);
+    };
     let line = &body[..body.find('\n').unwrap_or(body.len())];
-    let Some(body_end) = line.find('}') else { return Ok(None) };
+    let Some(body_end) = line.find('}') else {
+        return Ok(None);
+    };
     let body = &body[..body_end];
     let (name, default) = match body.split_once(":-") {
         Some((n, d)) => (n.trim(), Some(d)),
         None => (body.trim(), None),
     };
-    let missing = |unsafe_value| MissingVar { name: name.to_string(), offset: 0, unsafe_value };
+    let missing = |unsafe_value| MissingVar {
+        name: name.to_string(),
+        offset: 0,
+        unsafe_value,
+    };
     let written = match (lookup(name).filter(|v| !v.is_empty()), default) {
         (Some(value), _) => written_for(place, &value).map_err(|why| missing(Some(why)))?,
         // The default is written in the file by its author, already in TOML's terms.
@@ -177,7 +192,10 @@ mod tests {
     #[test]
     fn comments_are_not_interpolated() {
         let text = "# uses ${NOPE}\na = \"${HOST}#x\" # ${NOPE}\nb = '#${HOST}'";
-        assert_eq!(interpolate(text, env).unwrap(), "# uses ${NOPE}\na = \"k1:9092#x\" # ${NOPE}\nb = '#k1:9092'");
+        assert_eq!(
+            interpolate(text, env).unwrap(),
+            "# uses ${NOPE}\na = \"k1:9092#x\" # ${NOPE}\nb = '#k1:9092'"
+        );
     }
 
     #[test]
@@ -202,7 +220,10 @@ mod tests {
         let err = interpolate("a = '${QUOTE}'", lookup).unwrap_err();
         assert_eq!((err.name.as_str(), err.offset), ("QUOTE", 5));
         assert!(err.unsafe_value.unwrap().contains("'...'"));
-        assert_eq!(interpolate("a = '${PLAIN}'\nb = ${PLAIN}", lookup).unwrap(), "a = '250'\nb = 250");
+        assert_eq!(
+            interpolate("a = '${PLAIN}'\nb = ${PLAIN}", lookup).unwrap(),
+            "a = '250'\nb = 250"
+        );
         let err = interpolate("rate = ${INJECT}", lookup).unwrap_err();
         assert!(err.unsafe_value.unwrap().contains("outside a string"));
     }
@@ -217,8 +238,14 @@ mod tests {
         };
         let text = "msg = \"\"\"\nHello ${NAME}\nissue #${NAME}\n\"\"\"\nlit = '''\n${NAME}\n'''\n# ${NOPE}\n";
         let parsed: toml::Table = toml::from_str(&interpolate(text, lookup).unwrap()).unwrap();
-        assert_eq!(parsed["msg"].as_str().unwrap(), "Hello o\"brien # not a comment\nissue #o\"brien # not a comment\n");
-        assert_eq!(parsed["lit"].as_str().unwrap(), "o\"brien # not a comment\n");
+        assert_eq!(
+            parsed["msg"].as_str().unwrap(),
+            "Hello o\"brien # not a comment\nissue #o\"brien # not a comment\n"
+        );
+        assert_eq!(
+            parsed["lit"].as_str().unwrap(),
+            "o\"brien # not a comment\n"
+        );
         let err = interpolate("x = '''\n${QUOTES}\n'''", lookup).unwrap_err();
         assert_eq!(err.name, "QUOTES");
         assert!(err.unsafe_value.unwrap().contains("'''"));
@@ -226,6 +253,9 @@ mod tests {
 
     #[test]
     fn escaped_and_lone_dollars_stay() {
-        assert_eq!(interpolate("p = \"$${HOST} $5 $\"", env).unwrap(), "p = \"${HOST} $5 $\"");
+        assert_eq!(
+            interpolate("p = \"$${HOST} $5 $\"", env).unwrap(),
+            "p = \"${HOST} $5 $\""
+        );
     }
 }

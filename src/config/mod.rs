@@ -78,7 +78,10 @@ pub type Override = Arc<dyn Fn(&mut PipelineConfig) + Send + Sync>;
 
 impl std::fmt::Debug for Pipeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pipeline").field("path", &self.path).field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("Pipeline")
+            .field("path", &self.path)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -118,7 +121,10 @@ impl Pipeline {
     }
 
     /// Applies a command-line setting now and after every reload.
-    pub fn add_override(&mut self, change: impl Fn(&mut PipelineConfig) + Send + Sync + 'static) -> Result<(), ConfigError> {
+    pub fn add_override(
+        &mut self,
+        change: impl Fn(&mut PipelineConfig) + Send + Sync + 'static,
+    ) -> Result<(), ConfigError> {
         change(&mut self.config);
         self.overrides.push(Arc::new(change));
         self.check()
@@ -133,7 +139,11 @@ impl Pipeline {
     /// fit together) come back beside it instead of failing, so `runner validate` can go on to
     /// compile the scripts and report everything at once. A file that does not parse is an error.
     pub fn load_reporting(path: impl AsRef<Path>) -> Result<(Pipeline, Vec<String>), ConfigError> {
-        Self::read_reporting(path.as_ref(), Arc::new(|name: &str| std::env::var(name).ok()), Vec::new())
+        Self::read_reporting(
+            path.as_ref(),
+            Arc::new(|name: &str| std::env::var(name).ok()),
+            Vec::new(),
+        )
     }
 
     fn read(path: &Path, env: Env, overrides: Vec<Override>) -> Result<Pipeline, ConfigError> {
@@ -144,14 +154,23 @@ impl Pipeline {
         }
     }
 
-    fn read_reporting(path: &Path, env: Env, overrides: Vec<Override>) -> Result<(Pipeline, Vec<String>), ConfigError> {
+    fn read_reporting(
+        path: &Path,
+        env: Env,
+        overrides: Vec<Override>,
+    ) -> Result<(Pipeline, Vec<String>), ConfigError> {
         let shown = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: shown.clone(),
             source,
         })?;
         let config = parse(&text, &shown, |name| env(name))?;
-        let mut pipeline = Pipeline { path: path.to_path_buf(), config, env, overrides };
+        let mut pipeline = Pipeline {
+            path: path.to_path_buf(),
+            config,
+            env,
+            overrides,
+        };
         pipeline.resolve_paths();
         for change in &pipeline.overrides {
             change(&mut pipeline.config);
@@ -162,7 +181,9 @@ impl Pipeline {
 
     /// The record schema of `[event]` (checked when the file loaded).
     pub fn schema(&self) -> Arc<Schema> {
-        self.config.schema().expect("[event] is checked when the pipeline file loads")
+        self.config
+            .schema()
+            .expect("[event] is checked when the pipeline file loads")
     }
 
     /// The folder relative paths in the file are resolved against.
@@ -216,7 +237,12 @@ impl Pipeline {
         .flatten()
         .chain(schema_problems)
         .chain(self.config.metrics.iter().filter_map(|m| m.window().err()))
-        .chain(self.config.alerts.iter().filter_map(|a| a.check(&self.config.alerting.channels, &self.config.alerting.default_channels)))
+        .chain(self.config.alerts.iter().filter_map(|a| {
+            a.check(
+                &self.config.alerting.channels,
+                &self.config.alerting.default_channels,
+            )
+        }))
         .collect();
         let path = self.path.display();
         problems
@@ -238,8 +264,19 @@ impl PipelineConfig {
 
     /// `[dashboard] headline` must name metrics.
     fn headline_check(&self) -> Option<String> {
-        let unknown: Vec<&str> = self.dashboard.headline.iter().filter(|h| !self.metrics.iter().any(|m| &m.name == *h)).map(String::as_str).collect();
-        (!unknown.is_empty()).then(|| format!("dashboard.headline: {} not a [[metric]] of this file", unknown.join(", ")))
+        let unknown: Vec<&str> = self
+            .dashboard
+            .headline
+            .iter()
+            .filter(|h| !self.metrics.iter().any(|m| &m.name == *h))
+            .map(String::as_str)
+            .collect();
+        (!unknown.is_empty()).then(|| {
+            format!(
+                "dashboard.headline: {} not a [[metric]] of this file",
+                unknown.join(", ")
+            )
+        })
     }
 
     /// `[retention] panes` must keep what every window still reads.
@@ -249,7 +286,10 @@ impl PipelineConfig {
             .iter()
             .filter_map(|m| {
                 let w = m.window().ok()?;
-                Some((m.name.clone(), std::time::Duration::from_millis((w.size_ms + w.slide_ms) as u64) + m.lateness))
+                Some((
+                    m.name.clone(),
+                    std::time::Duration::from_millis((w.size_ms + w.slide_ms) as u64) + m.lateness,
+                ))
             })
             .collect();
         self.retention.check(&needed)
@@ -257,8 +297,19 @@ impl PipelineConfig {
 
     /// `[mongodb] indexes` must name declared fields.
     fn index_check(&self) -> Option<String> {
-        let undeclared: Vec<&str> = self.mongodb.indexes.iter().filter(|f| !self.event.fields.contains_key(*f)).map(String::as_str).collect();
-        (!undeclared.is_empty()).then(|| format!("mongodb.indexes: {} not declared in [event]", undeclared.join(", ")))
+        let undeclared: Vec<&str> = self
+            .mongodb
+            .indexes
+            .iter()
+            .filter(|f| !self.event.fields.contains_key(*f))
+            .map(String::as_str)
+            .collect();
+        (!undeclared.is_empty()).then(|| {
+            format!(
+                "mongodb.indexes: {} not declared in [event]",
+                undeclared.join(", ")
+            )
+        })
     }
 }
 
@@ -279,8 +330,14 @@ pub fn parse(
     };
     let expanded = interpolate(text, env).map_err(|m| {
         let message = match m.unsafe_value {
-            None => format!("environment variable {} is not set (set it, or give a default: ${{{}:-value}})", m.name, m.name),
-            Some(why) => format!("the value of environment variable {} cannot stand here: {why}", m.name),
+            None => format!(
+                "environment variable {} is not set (set it, or give a default: ${{{}:-value}})",
+                m.name, m.name
+            ),
+            Some(why) => format!(
+                "the value of environment variable {} cannot stand here: {why}",
+                m.name
+            ),
         };
         at(m.offset, message)
     })?;
@@ -317,9 +374,13 @@ fn explain(message: &str) -> String {
 /// The line a problem is about: the `name = "..."` line of the metric or alert it names, or the
 /// line of the `section.key` it starts with (or that section's header).
 fn problem_line(text: &str, problem: &str) -> Option<usize> {
-    let line_where = |wanted: &dyn Fn(&str) -> bool| text.lines().position(|l| wanted(l.trim())).map(|i| i + 1);
+    let line_where =
+        |wanted: &dyn Fn(&str) -> bool| text.lines().position(|l| wanted(l.trim())).map(|i| i + 1);
     for kind in ["metric ", "alert "] {
-        let name = problem.find(kind).and_then(|i| problem[i + kind.len()..].strip_prefix('"')).and_then(|r| r.split('"').next());
+        let name = problem
+            .find(kind)
+            .and_then(|i| problem[i + kind.len()..].strip_prefix('"'))
+            .and_then(|r| r.split('"').next());
         if let Some(name) = name {
             let wanted = format!("name = \"{name}\"");
             if let Some(line) = line_where(&|l| l == wanted) {
@@ -335,7 +396,10 @@ fn problem_line(text: &str, problem: &str) -> Option<usize> {
         let l = l.trim();
         if l.starts_with('[') {
             in_section = l == header;
-        } else if in_section && l.strip_prefix(key).is_some_and(|rest| rest.trim_start().starts_with('=')) {
+        } else if in_section
+            && l.strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        {
             return Some(i + 1);
         }
     }
@@ -350,7 +414,9 @@ fn normalize(path: &Path) -> PathBuf {
     for c in path.components() {
         match c {
             Component::CurDir => {}
-            Component::ParentDir if matches!(out.components().next_back(), Some(Component::Normal(_))) => {
+            Component::ParentDir
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) =>
+            {
                 out.pop();
             }
             other => out.push(other),
@@ -363,7 +429,10 @@ fn normalize(path: &Path) -> PathBuf {
 fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let column = before.rfind('\n').map_or(before.len(), |n| before.len() - n - 1) + 1;
+    let column = before
+        .rfind('\n')
+        .map_or(before.len(), |n| before.len() - n - 1)
+        + 1;
     (line, column)
 }
 
@@ -402,7 +471,10 @@ rate = "${RATE:-250}"
         for secret in ["tok-123", "kpw-456", "mpw-789", "hook-path-321", "hdr-654"] {
             assert!(!shown.contains(secret), "{secret} in {shown}");
         }
-        assert!(shown.contains("client.id") && shown.contains("bob"), "the rest still shows: {shown}");
+        assert!(
+            shown.contains("client.id") && shown.contains("bob"),
+            "the rest still shows: {shown}"
+        );
     }
 
     #[test]
@@ -410,7 +482,10 @@ rate = "${RATE:-250}"
         let c = parse(MINIMAL, "p.toml", |_| None).unwrap();
         assert_eq!(c.generator.rate, 250.0);
         assert!(c.kafka.is_embedded());
-        let c = parse(MINIMAL, "p.toml", |n| (n == "KAFKA").then(|| "h:9092".into())).unwrap();
+        let c = parse(MINIMAL, "p.toml", |n| {
+            (n == "KAFKA").then(|| "h:9092".into())
+        })
+        .unwrap();
         assert_eq!(c.kafka.bootstrap_servers, "h:9092");
     }
 
@@ -418,7 +493,10 @@ rate = "${RATE:-250}"
     fn unknown_key_names_file_line_and_valid_keys() {
         let text = MINIMAL.replace("rate = ", "speed = 1\nrate = ");
         let err = parse(&text, "p.toml", |_| None).unwrap_err().to_string();
-        assert!(err.starts_with("p.toml:16:1: unknown field `speed`"), "{err}");
+        assert!(
+            err.starts_with("p.toml:16:1: unknown field `speed`"),
+            "{err}"
+        );
         assert!(err.contains("batch_size"), "suggests the valid keys: {err}");
     }
 
@@ -426,14 +504,21 @@ rate = "${RATE:-250}"
     fn bad_duration_is_explained() {
         let text = format!("{MINIMAL}[retention]\nraw = \"7 parsecs\"\n");
         let err = parse(&text, "p.toml", |_| None).unwrap_err().to_string();
-        assert!(err.contains("p.toml:18:") && err.contains("\"30s\""), "{err}");
+        assert!(
+            err.contains("p.toml:18:") && err.contains("\"30s\""),
+            "{err}"
+        );
     }
 
     #[test]
     fn retention_under_mongodb_is_told_where_it_moved() {
         let text = MINIMAL.replace("database = \"d\"", "database = \"d\"\nretention = \"7d\"");
         let err = parse(&text, "p.toml", |_| None).unwrap_err().to_string();
-        assert!(err.starts_with("p.toml:14:1: mongodb.retention moved") && err.contains("[retention] raw = \"7d\""), "{err}");
+        assert!(
+            err.starts_with("p.toml:14:1: mongodb.retention moved")
+                && err.contains("[retention] raw = \"7d\""),
+            "{err}"
+        );
     }
 
     #[test]
@@ -442,8 +527,17 @@ rate = "${RATE:-250}"
         let path = dir.path().join("p.toml");
         let text = format!("{MINIMAL}[retention]\npanes = \"1m\"\n[[metric]]\nname = \"hourly\"\nscript = \"m.rhai\"\nreducer = \"count\"\nwindow = \"1h\"\n");
         std::fs::write(&path, text).unwrap();
-        let err = Pipeline::load_with_env(&path, |_| None).err().unwrap().to_string();
-        assert!(err.starts_with(&format!("{}:18: retention.panes = 1m is shorter", path.display())), "{err}");
+        let err = Pipeline::load_with_env(&path, |_| None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.starts_with(&format!(
+                "{}:18: retention.panes = 1m is shorter",
+                path.display()
+            )),
+            "{err}"
+        );
         assert!(err.contains("\"hourly\""), "{err}");
     }
 
@@ -453,13 +547,30 @@ rate = "${RATE:-250}"
         let path = dir.path().join("p.toml");
         let text = format!("{MINIMAL}[consumer]\nbatch_size = 0\n[[metric]]\nname = \"m\"\nscript = \"m.rhai\"\nreducer = \"count\"\nwindow = \"60s\"\nslide = \"7s\"\n");
         std::fs::write(&path, text).unwrap();
-        let err = Pipeline::load_with_env(&path, |_| None).err().unwrap().to_string();
+        let err = Pipeline::load_with_env(&path, |_| None)
+            .err()
+            .unwrap()
+            .to_string();
         let shown = path.display();
-        assert!(err.contains(&format!("{shown}:18: consumer.batch_size must be at least 1")), "{err}");
-        assert!(err.contains(&format!("{shown}:20: metric \"m\": slide (7s) must divide")), "{err}");
+        assert!(
+            err.contains(&format!(
+                "{shown}:18: consumer.batch_size must be at least 1"
+            )),
+            "{err}"
+        );
+        assert!(
+            err.contains(&format!("{shown}:20: metric \"m\": slide (7s) must divide")),
+            "{err}"
+        );
         std::fs::write(&path, format!("{MINIMAL}[consumer]\nworkers = 0\n")).unwrap();
-        let err = Pipeline::load_with_env(&path, |_| None).err().unwrap().to_string();
-        assert!(err.contains(&format!("{shown}:18: consumer.workers must be at least 1")), "{err}");
+        let err = Pipeline::load_with_env(&path, |_| None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains(&format!("{shown}:18: consumer.workers must be at least 1")),
+            "{err}"
+        );
     }
 
     /// A secret with TOML's special characters is one string value wherever `${...}` may stand
@@ -468,23 +579,45 @@ rate = "${RATE:-250}"
     fn headline_and_indexes_must_name_what_the_file_declares() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("p.toml");
-        let text = MINIMAL.replace("database = \"d\"", "database = \"d\"\nindexes = [\"user\", \"nope\"]") + "[dashboard]\nheadline = [\"missing\"]\n";
+        let text = MINIMAL.replace(
+            "database = \"d\"",
+            "database = \"d\"\nindexes = [\"user\", \"nope\"]",
+        ) + "[dashboard]\nheadline = [\"missing\"]\n";
         std::fs::write(&path, text).unwrap();
-        let err = Pipeline::load_with_env(&path, |_| None).err().unwrap().to_string();
-        assert!(err.contains("mongodb.indexes: nope not declared in [event]"), "{err}");
-        assert!(err.contains("dashboard.headline: missing not a [[metric]]"), "{err}");
+        let err = Pipeline::load_with_env(&path, |_| None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("mongodb.indexes: nope not declared in [event]"),
+            "{err}"
+        );
+        assert!(
+            err.contains("dashboard.headline: missing not a [[metric]]"),
+            "{err}"
+        );
         assert!(!err.contains("user,"), "{err}");
     }
 
     #[test]
     fn secrets_with_special_characters_stay_exactly_as_given() {
-        let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/interactions.toml")).unwrap();
+        let shipped = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/pipelines/interactions.toml"
+        ))
+        .unwrap();
         let nasty = "p\"a\\ss\n[kafka]\n# '";
         let plain = parse(&shipped, "p.toml", |_| None).unwrap();
-        let c = parse(&shipped, "p.toml", |n| (n == "DASHBOARD_TOKEN" || n == "KAFKA_TOPIC").then(|| nasty.to_string())).unwrap();
+        let c = parse(&shipped, "p.toml", |n| {
+            (n == "DASHBOARD_TOKEN" || n == "KAFKA_TOPIC").then(|| nasty.to_string())
+        })
+        .unwrap();
         assert_eq!(c.dashboard.token.expose(), nasty);
         assert_eq!(c.kafka.topic, nasty);
-        assert_eq!((c.metrics.len(), c.alerts.len(), &c.name), (plain.metrics.len(), plain.alerts.len(), &plain.name));
+        assert_eq!(
+            (c.metrics.len(), c.alerts.len(), &c.name),
+            (plain.metrics.len(), plain.alerts.len(), &plain.name)
+        );
     }
 
     #[test]
@@ -493,7 +626,12 @@ rate = "${RATE:-250}"
         let end = MINIMAL.find("[kafka]").unwrap();
         let text = format!("{}{}", &MINIMAL[..start], &MINIMAL[end..]);
         let err = parse(&text, "p.toml", |_| None).unwrap_err().to_string();
-        assert!(err.starts_with("p.toml:") && err.contains("missing the [event] section") && err.contains("runner init"), "{err}");
+        assert!(
+            err.starts_with("p.toml:")
+                && err.contains("missing the [event] section")
+                && err.contains("runner init"),
+            "{err}"
+        );
     }
 
     /// Scripts and templates are found beside the file; the embedded store's data lands where
@@ -502,7 +640,11 @@ rate = "${RATE:-250}"
     fn scripts_resolve_beside_the_file_and_data_dir_against_the_working_directory() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("p.toml");
-        std::fs::write(&file, format!("{MINIMAL}[embedded]\ndata_dir = \"state\"\n")).unwrap();
+        std::fs::write(
+            &file,
+            format!("{MINIMAL}[embedded]\ndata_dir = \"state\"\n"),
+        )
+        .unwrap();
         let p = Pipeline::load_reporting(&file).unwrap().0;
         assert_eq!(p.config.generator.script, dir.path().join("gen.rhai"));
         assert_eq!(p.config.embedded.data_dir, PathBuf::from("state"));
@@ -512,7 +654,10 @@ rate = "${RATE:-250}"
     fn missing_env_var_points_at_it() {
         let text = MINIMAL.replace("${KAFKA:-embedded}", "${KAFKA}");
         let err = parse(&text, "p.toml", |_| None).unwrap_err().to_string();
-        assert!(err.starts_with("p.toml:8:22: environment variable KAFKA"), "{err}");
+        assert!(
+            err.starts_with("p.toml:8:22: environment variable KAFKA"),
+            "{err}"
+        );
     }
 
     proptest::proptest! {

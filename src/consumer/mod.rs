@@ -9,12 +9,12 @@ mod validate;
 
 pub use validate::Validation;
 
-use crate::event::Record;
 use crate::aggregate::{Aggregator, MetricSet};
 use crate::base::{de, Backoff, Workers};
+use crate::dead_letter::{DeadLetter, Reason};
+use crate::event::Record;
 use crate::store::{Encoded, EventStore};
 use crate::telemetry::Stats;
-use crate::dead_letter::{DeadLetter, Reason};
 use crate::transport::{Acknowledge, Batch, Checkpoint, Poll, Subscriber, NO_PARTITION};
 use serde::Deserialize;
 use std::sync::Arc;
@@ -41,7 +41,10 @@ pub struct ConsumerConfig {
     /// batches acknowledged, at most this often instead of after every batch: each write
     /// re-encodes every changed pane whole, a cost per batch, not per event. A consumer that has
     /// caught up writes them after every batch. `0s`: always after every batch.
-    #[serde(default = "default_checkpoint_interval", deserialize_with = "de::duration")]
+    #[serde(
+        default = "default_checkpoint_interval",
+        deserialize_with = "de::duration"
+    )]
     pub checkpoint_interval: Duration,
     /// Threads that decode each batch (where the transport carries bytes), encode it for the
     /// store in parts, apply it to the metrics and encode their partials (the metrics split
@@ -86,7 +89,11 @@ fn default_workers() -> usize {
 impl ConsumerConfig {
     /// How a Kafka subscriber cuts the stream into batches for this consumer.
     pub fn batching(&self) -> crate::transport::kafka::Batching {
-        crate::transport::kafka::Batching { batch_size: self.batch_size, max_wait: self.max_wait, max_event_bytes: self.validation.max_event_bytes }
+        crate::transport::kafka::Batching {
+            batch_size: self.batch_size,
+            max_wait: self.max_wait,
+            max_event_bytes: self.validation.max_event_bytes,
+        }
     }
 
     /// Problems a parse cannot catch.
@@ -158,7 +165,11 @@ pub async fn run(
                         validation.apply(&mut batch);
                         // Read as of now, before encoding, as the latency figures count it.
                         stats_reader.read(batch.events.iter().map(Record::time_ms));
-                        let parts = if parallel { reader_workers.threads() } else { 1 };
+                        let parts = if parallel {
+                            reader_workers.threads()
+                        } else {
+                            1
+                        };
                         let encoded = Encoded::in_parts(&*encoder, &batch.events, parts);
                         (batch, encoded)
                     });
@@ -179,10 +190,22 @@ pub async fn run(
                     // their way (a producer resending after a broker restart).
                     let since = producers_done_at.map_or(last_data, |done| done.max(last_data));
                     let caught_up = subscriber.caught_up(since.into_std());
-                    let limit = |idle: Duration| if caught_up { idle } else { idle.max(NOT_CAUGHT_UP_IDLE) };
+                    let limit = |idle: Duration| {
+                        if caught_up {
+                            idle
+                        } else {
+                            idle.max(NOT_CAUGHT_UP_IDLE)
+                        }
+                    };
                     let draining = reader_until.drain.is_cancelled();
-                    let idle = if draining { Some(DRAIN_IDLE) } else { reader_until.idle };
-                    let idle_over = idle.is_some_and(|idle| (draining || producers_done) && last_data.elapsed() >= limit(idle));
+                    let idle = if draining {
+                        Some(DRAIN_IDLE)
+                    } else {
+                        reader_until.idle
+                    };
+                    let idle_over = idle.is_some_and(|idle| {
+                        (draining || producers_done) && last_data.elapsed() >= limit(idle)
+                    });
                     if idle_over {
                         break Ok(());
                     }
@@ -199,9 +222,21 @@ pub async fn run(
     while let Some((batch, encoded)) = rx.recv().await {
         // A reloaded metric set takes effect between batches, never inside one, and after a
         // checkpoint: the new set reloads partials from the store.
-        let reload = aggregator.is_some() && metrics.as_mut().is_some_and(|rx| rx.has_changed().unwrap_or(false));
+        let reload = aggregator.is_some()
+            && metrics
+                .as_mut()
+                .is_some_and(|rx| rx.has_changed().unwrap_or(false));
         if reload {
-            if let Err(e) = unsaved.checkpoint(&*store, aggregator.as_mut(), &*acknowledger, &stats, &until.stop).await {
+            if let Err(e) = unsaved
+                .checkpoint(
+                    &*store,
+                    aggregator.as_mut(),
+                    &*acknowledger,
+                    &stats,
+                    &until.stop,
+                )
+                .await
+            {
                 write_result = Err(e);
                 break;
             }
@@ -209,22 +244,51 @@ pub async fn run(
         if let (Some(agg), Some(rx), true) = (aggregator.as_mut(), metrics.as_mut(), reload) {
             agg.reconfigure(rx.borrow_and_update().clone());
         }
-        if let Err(e) = store_batch(&*store, aggregator.as_mut(), &stats, &batch, encoded, &until.stop).await {
+        if let Err(e) = store_batch(
+            &*store,
+            aggregator.as_mut(),
+            &stats,
+            &batch,
+            encoded,
+            &until.stop,
+        )
+        .await
+        {
             write_result = Err(e);
             break;
         }
         unsaved.add(batch);
         // Caught up (nothing waiting): write now, so what was read shows at once. Behind: write
         // at the interval, so a backlog is not slowed by re-encoding the same panes per batch.
-        if rx.is_empty() || unsaved.since.elapsed() >= config.checkpoint_interval || aggregator.is_none() {
-            if let Err(e) = unsaved.checkpoint(&*store, aggregator.as_mut(), &*acknowledger, &stats, &until.stop).await {
+        if rx.is_empty()
+            || unsaved.since.elapsed() >= config.checkpoint_interval
+            || aggregator.is_none()
+        {
+            if let Err(e) = unsaved
+                .checkpoint(
+                    &*store,
+                    aggregator.as_mut(),
+                    &*acknowledger,
+                    &stats,
+                    &until.stop,
+                )
+                .await
+            {
                 write_result = Err(e);
                 break;
             }
         }
     }
     if write_result.is_ok() {
-        write_result = unsaved.checkpoint(&*store, aggregator.as_mut(), &*acknowledger, &stats, &until.stop).await;
+        write_result = unsaved
+            .checkpoint(
+                &*store,
+                aggregator.as_mut(),
+                &*acknowledger,
+                &stats,
+                &until.stop,
+            )
+            .await;
     }
     // Batches still queued were read but not stored: they are not acknowledged, so they replay.
     drop(rx);
@@ -245,7 +309,10 @@ struct Unsaved {
 
 impl Default for Unsaved {
     fn default() -> Self {
-        Unsaved { batches: Vec::new(), since: Instant::now() }
+        Unsaved {
+            batches: Vec::new(),
+            since: Instant::now(),
+        }
     }
 }
 
@@ -258,7 +325,14 @@ impl Unsaved {
     /// Writes the partials changed since the last checkpoint, then acknowledges the batches
     /// they include, in order. A crash before the write replays those batches: their raw
     /// events are stored once (unique id), and the stored partials, older, count them once.
-    async fn checkpoint(&mut self, store: &dyn EventStore, aggregator: Option<&mut Aggregator>, acknowledger: &dyn Acknowledge, stats: &Stats, stop: &CancellationToken) -> anyhow::Result<()> {
+    async fn checkpoint(
+        &mut self,
+        store: &dyn EventStore,
+        aggregator: Option<&mut Aggregator>,
+        acknowledger: &dyn Acknowledge,
+        stats: &Stats,
+        stop: &CancellationToken,
+    ) -> anyhow::Result<()> {
         if self.batches.is_empty() {
             return Ok(());
         }
@@ -295,11 +369,15 @@ async fn store_batch(
         None => store.insert_events(&batch.events),
     });
     // A backfill seam taken from the raw rows must see them as they were before this batch.
-    let partials_first = aggregator.as_ref().is_some_and(|a| a.absorbs_before_storing(batch));
+    let partials_first = aggregator
+        .as_ref()
+        .is_some_and(|a| a.absorbs_before_storing(batch));
     // Inserting raw events and applying them to the metrics are independent (each is
     // idempotent on replay), so they run at the same time.
     let partials = async {
-        let Some(agg) = aggregator else { return anyhow::Ok(Vec::new()) };
+        let Some(agg) = aggregator else {
+            return anyhow::Ok(Vec::new());
+        };
         let mut retry = StoreRetry::new(stats, stop, batch.events.len());
         loop {
             match agg.ingest(batch, store).await {
@@ -319,23 +397,51 @@ async fn store_batch(
     let late = late?;
     // What the store refused for good is kept as dead letters, so the batch can be acknowledged.
     let refused = outcome.rejected.iter().map(|r| {
-        let at = batch.sources.get(r.index).copied().unwrap_or((NO_PARTITION, -1));
+        let at = batch
+            .sources
+            .get(r.index)
+            .copied()
+            .unwrap_or((NO_PARTITION, -1));
         let e = &batch.events[r.index];
-        DeadLetter::of_record(format!("store:{}", e.id()), Reason::StoreRejected, r.reason.clone(), at, e)
+        DeadLetter::of_record(
+            format!("store:{}", e.id()),
+            Reason::StoreRejected,
+            r.reason.clone(),
+            at,
+            e,
+        )
     });
     let refused: Vec<DeadLetter> = refused.collect();
     let collided = match outcome.duplicates.is_empty() {
         true => Vec::new(),
-        false => with_retry(stats, stop, batch.events.len(), || collisions(store, batch, &outcome.duplicates)).await?,
+        false => {
+            with_retry(stats, stop, batch.events.len(), || {
+                collisions(store, batch, &outcome.duplicates)
+            })
+            .await?
+        }
     };
     if !batch.dead.is_empty() || !late.is_empty() || !refused.is_empty() || !collided.is_empty() {
-        let dead: Vec<_> = batch.dead.iter().cloned().chain(late).chain(refused).chain(collided.iter().cloned()).collect();
-        with_retry(stats, stop, batch.events.len(), || store.write_dead_letters(&dead)).await?;
+        let dead: Vec<_> = batch
+            .dead
+            .iter()
+            .cloned()
+            .chain(late)
+            .chain(refused)
+            .chain(collided.iter().cloned())
+            .collect();
+        with_retry(stats, stop, batch.events.len(), || {
+            store.write_dead_letters(&dead)
+        })
+        .await?;
         for d in &dead {
             stats.dead_lettered(d);
         }
     }
-    stats.stored(outcome.inserted, (outcome.duplicates.len() - collided.len()) as u64);
+    stats.stored(
+        outcome.inserted,
+        (outcome.duplicates.len() - collided.len()) as u64,
+    );
     Ok(())
 }
 
@@ -343,10 +449,15 @@ async fn store_batch(
 /// not replays: the stored record with that id says something else. Each becomes a
 /// `duplicate_id` dead letter, so the record the raw store skipped is kept, and said. A replay
 /// reads back equal and is only skipped.
-async fn collisions(store: &dyn EventStore, batch: &Batch, duplicates: &[usize]) -> anyhow::Result<Vec<DeadLetter>> {
+async fn collisions(
+    store: &dyn EventStore,
+    batch: &Batch,
+    duplicates: &[usize],
+) -> anyhow::Result<Vec<DeadLetter>> {
     let ids: Vec<&str> = duplicates.iter().map(|i| batch.events[*i].id()).collect();
     let stored = store.stored_events(&ids).await?;
-    let by_id: std::collections::HashMap<&str, &Record> = stored.iter().map(|r| (r.id(), r)).collect();
+    let by_id: std::collections::HashMap<&str, &Record> =
+        stored.iter().map(|r| (r.id(), r)).collect();
     let mut out = Vec::new();
     for &i in duplicates {
         let e = &batch.events[i];
@@ -355,7 +466,13 @@ async fn collisions(store: &dyn EventStore, batch: &Batch, duplicates: &[usize])
             let id = DeadLetter::record_id("duplicate_id", e, at);
             tracing::warn!(event_id = e.id(), partition = at.0, offset = at.1, "a record reuses an id stored with other content: the store keeps the first, the metrics count both, and this one is a duplicate_id dead letter");
             let detail = format!("event id {:?} is already stored with other content; the raw store keeps the first record, metrics count both, and this is the second", e.id());
-            out.push(DeadLetter::of_record(id, Reason::DuplicateId, detail, at, e));
+            out.push(DeadLetter::of_record(
+                id,
+                Reason::DuplicateId,
+                detail,
+                at,
+                e,
+            ));
         }
     }
     Ok(out)
@@ -374,13 +491,19 @@ struct StoreRetry<'a> {
 
 impl<'a> StoreRetry<'a> {
     fn new(stats: &'a Stats, stop: &'a CancellationToken, events: usize) -> Self {
-        StoreRetry { stats, stop, events, backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(10), None) }
+        StoreRetry {
+            stats,
+            stop,
+            events,
+            backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(10), None),
+        }
     }
 
     /// Reports a failure and waits before the next attempt; an error means stop.
     async fn failed(&mut self, e: anyhow::Error) -> anyhow::Result<()> {
         let wait = self.backoff.next_wait().unwrap_or(Duration::from_secs(10));
-        self.stats.store_retry(self.backoff.retries(), wait, &format!("{e:#}"));
+        self.stats
+            .store_retry(self.backoff.retries(), wait, &format!("{e:#}"));
         tokio::select! {
             _ = tokio::time::sleep(wait) => Ok(()),
             _ = self.stop.cancelled() => Err(e.context(format!(
@@ -392,7 +515,12 @@ impl<'a> StoreRetry<'a> {
 }
 
 /// Runs a store operation until it succeeds, through [`StoreRetry`].
-async fn with_retry<T, F, Fut>(stats: &Stats, stop: &CancellationToken, events: usize, mut op: F) -> anyhow::Result<T>
+async fn with_retry<T, F, Fut>(
+    stats: &Stats,
+    stop: &CancellationToken,
+    events: usize,
+    mut op: F,
+) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<T>>,

@@ -22,7 +22,10 @@ pub struct Validation {
 
 impl Default for Validation {
     fn default() -> Self {
-        Validation { max_event_bytes: default_max_event_bytes(), max_future: default_max_future() }
+        Validation {
+            max_event_bytes: default_max_event_bytes(),
+            max_future: default_max_future(),
+        }
     }
 }
 
@@ -59,7 +62,13 @@ impl Validation {
                 }
                 Err((reason, detail)) => {
                     let at = source.unwrap_or((NO_PARTITION, -1));
-                    batch.dead.push(DeadLetter::of_record(e.id().to_string(), reason, detail, at, &e));
+                    batch.dead.push(DeadLetter::of_record(
+                        e.id().to_string(),
+                        reason,
+                        detail,
+                        at,
+                        &e,
+                    ));
                 }
             }
         }
@@ -72,11 +81,28 @@ impl Validation {
 
     /// [`Validation::check`] against a given "now" (ms).
     fn check_at(&self, e: &Record, now: i64) -> Result<(), (Reason, String)> {
-        e.check().map_err(|(shape, why)| (if shape { Reason::InvalidEvent } else { Reason::FailedValidation }, why))?;
+        e.check().map_err(|(shape, why)| {
+            (
+                if shape {
+                    Reason::InvalidEvent
+                } else {
+                    Reason::FailedValidation
+                },
+                why,
+            )
+        })?;
         let ahead = e.time_ms() - now;
         if ahead > self.max_future.as_millis() as i64 {
             let field = e.schema().time_name();
-            return Err((Reason::FailedValidation, format!("field {field:?}: {} is {}s in the future (max_future {:?})", iso(e.time_ms()), ahead / 1000, self.max_future)));
+            return Err((
+                Reason::FailedValidation,
+                format!(
+                    "field {field:?}: {} is {}s in the future (max_future {:?})",
+                    iso(e.time_ms()),
+                    ahead / 1000,
+                    self.max_future
+                ),
+            ));
         }
         Ok(())
     }
@@ -100,13 +126,27 @@ mod tests {
     #[test]
     fn records_that_break_a_rule_fail_with_the_rule() {
         let v = Validation::default();
-        assert!(v.check(&record(r#"{"kind": "view", "t": "2026-01-01T00:00:00Z"}"#)).is_ok());
-        let hover = v.check(&record(r#"{"kind": "hover", "t": "2026-01-01T00:00:00Z"}"#)).unwrap_err();
+        assert!(v
+            .check(&record(r#"{"kind": "view", "t": "2026-01-01T00:00:00Z"}"#))
+            .is_ok());
+        let hover = v
+            .check(&record(r#"{"kind": "hover", "t": "2026-01-01T00:00:00Z"}"#))
+            .unwrap_err();
         assert_eq!(hover.0, Reason::FailedValidation);
         assert!(hover.1.contains("hover"), "{hover:?}");
-        let future = v.check(&record(r#"{"kind": "view", "t": "2999-01-01T00:00:00Z"}"#)).unwrap_err();
-        assert!(future.1.contains("\"t\"") && future.1.contains("future"), "{future:?}");
-        assert_eq!(v.check(&record(r#"{"t": "2026-01-01T00:00:00Z"}"#)).unwrap_err().0, Reason::InvalidEvent);
+        let future = v
+            .check(&record(r#"{"kind": "view", "t": "2999-01-01T00:00:00Z"}"#))
+            .unwrap_err();
+        assert!(
+            future.1.contains("\"t\"") && future.1.contains("future"),
+            "{future:?}"
+        );
+        assert_eq!(
+            v.check(&record(r#"{"t": "2026-01-01T00:00:00Z"}"#))
+                .unwrap_err()
+                .0,
+            Reason::InvalidEvent
+        );
     }
 
     /// A megabyte pasted into an id field would become a metric key and a pane too large to
@@ -115,22 +155,49 @@ mod tests {
     fn a_string_past_its_max_len_is_a_dead_letter_naming_the_field() {
         let v = Validation::default();
         let long = "x".repeat(1025);
-        let err = v.check(&record(&format!(r#"{{"id": "{long}", "kind": "view", "t": "2026-01-01T00:00:00Z"}}"#))).unwrap_err();
+        let err = v
+            .check(&record(&format!(
+                r#"{{"id": "{long}", "kind": "view", "t": "2026-01-01T00:00:00Z"}}"#
+            )))
+            .unwrap_err();
         assert_eq!(err.0, Reason::FailedValidation);
-        assert!(err.1.contains("\"id\"") && err.1.contains("1025 bytes") && err.1.contains("max_len"), "{err:?}");
-        assert!(v.check(&record(&format!(r#"{{"id": "{}", "kind": "view", "t": "2026-01-01T00:00:00Z"}}"#, "x".repeat(1024)))).is_ok());
+        assert!(
+            err.1.contains("\"id\"") && err.1.contains("1025 bytes") && err.1.contains("max_len"),
+            "{err:?}"
+        );
+        assert!(v
+            .check(&record(&format!(
+                r#"{{"id": "{}", "kind": "view", "t": "2026-01-01T00:00:00Z"}}"#,
+                "x".repeat(1024)
+            )))
+            .is_ok());
     }
 
     #[test]
     fn a_batch_keeps_good_records_with_their_sources_and_dead_letters_the_rest() {
         let v = Validation::default();
-        let mk = |id: &str, t: &str| record(&format!(r#"{{"id": "{id}", "kind": "{t}", "t": "2026-01-01T00:00:00Z"}}"#));
-        let mut batch = Batch { events: vec![mk("a", "view"), mk("b", "hover"), mk("c", "view")], sources: vec![(0, 1), (0, 2), (1, 7)], ..Batch::default() };
+        let mk = |id: &str, t: &str| {
+            record(&format!(
+                r#"{{"id": "{id}", "kind": "{t}", "t": "2026-01-01T00:00:00Z"}}"#
+            ))
+        };
+        let mut batch = Batch {
+            events: vec![mk("a", "view"), mk("b", "hover"), mk("c", "view")],
+            sources: vec![(0, 1), (0, 2), (1, 7)],
+            ..Batch::default()
+        };
         v.apply(&mut batch);
         let ids: Vec<&str> = batch.events.iter().map(|e| e.id()).collect();
         assert_eq!(ids, ["a", "c"]);
         assert_eq!(batch.sources, vec![(0, 1), (1, 7)]);
         assert_eq!(batch.dead.len(), 1);
-        assert_eq!((batch.dead[0].id.as_str(), batch.dead[0].reason, batch.dead[0].offset), ("b", Reason::FailedValidation, 2));
+        assert_eq!(
+            (
+                batch.dead[0].id.as_str(),
+                batch.dead[0].reason,
+                batch.dead[0].offset
+            ),
+            ("b", Reason::FailedValidation, 2)
+        );
     }
 }

@@ -40,44 +40,107 @@ const PAD_B: f64 = 20.0;
 /// A multi-series line chart followed by its legend.
 pub fn lines(series: &[Series], frame: &Frame) -> String {
     // Only finite values set the range; a non-finite one is drawn as a gap (see `runs`).
-    let values = series.iter().flat_map(|s| s.points.iter().filter_map(|p| p.1.filter(|v| v.is_finite())));
-    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
-    let mut svg = format!(r#"<svg class="chart" viewBox="0 0 {W} {H}" width="100%" role="img" data-series="{}" xmlns="http://www.w3.org/2000/svg">"#, series.len());
-    let (t0, t1) = (frame.from as f64, (frame.to.max(frame.from.saturating_add(1))) as f64);
+    let values = series.iter().flat_map(|s| {
+        s.points
+            .iter()
+            .filter_map(|p| p.1.filter(|v| v.is_finite()))
+    });
+    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+        (lo.min(v), hi.max(v))
+    });
+    let mut svg = format!(
+        r#"<svg class="chart" viewBox="0 0 {W} {H}" width="100%" role="img" data-series="{}" xmlns="http://www.w3.org/2000/svg">"#,
+        series.len()
+    );
+    let (t0, t1) = (
+        frame.from as f64,
+        (frame.to.max(frame.from.saturating_add(1))) as f64,
+    );
     let x = |t: f64| PAD_L + (t - t0) / (t1 - t0) * (W - PAD_L - PAD_R);
     // Time axis first: it is drawn even before any data, so the empty chart shows the range.
     for t in time_ticks(frame.from, frame.to) {
         let px = x(t as f64);
-        let _ = write!(svg, r#"<line class="grid" x1="{px:.1}" y1="{PAD_T}" x2="{px:.1}" y2="{}"/>"#, H - PAD_B);
-        let _ = write!(svg, r#"<text class="tick x" x="{px:.1}" y="{}" text-anchor="middle">{}</text>"#, H - 5.0, clock(t, frame.to.saturating_sub(frame.from)));
+        let _ = write!(
+            svg,
+            r#"<line class="grid" x1="{px:.1}" y1="{PAD_T}" x2="{px:.1}" y2="{}"/>"#,
+            H - PAD_B
+        );
+        let _ = write!(
+            svg,
+            r#"<text class="tick x" x="{px:.1}" y="{}" text-anchor="middle">{}</text>"#,
+            H - 5.0,
+            clock(t, frame.to.saturating_sub(frame.from))
+        );
     }
-    let _ = write!(svg, r#"<line class="axis" x1="{PAD_L}" y1="{}" x2="{}" y2="{}"/>"#, H - PAD_B, W - PAD_R, H - PAD_B);
+    let _ = write!(
+        svg,
+        r#"<line class="axis" x1="{PAD_L}" y1="{}" x2="{}" y2="{}"/>"#,
+        H - PAD_B,
+        W - PAD_R,
+        H - PAD_B
+    );
     if !lo.is_finite() {
-        let _ = write!(svg, r#"<text x="{}" y="{}" class="empty">no data in this range yet</text></svg>"#, W / 2.0 - 60.0, H / 2.0);
+        let _ = write!(
+            svg,
+            r#"<text x="{}" y="{}" class="empty">no data in this range yet</text></svg>"#,
+            W / 2.0 - 60.0,
+            H / 2.0
+        );
         return svg;
     }
     let axis = y_axis(lo, hi);
     let y = |v: f64| axis.y(v);
     for v in &axis.ticks {
         let py = y(*v);
-        let _ = write!(svg, r#"<line class="grid" x1="{PAD_L}" y1="{py:.1}" x2="{}" y2="{py:.1}"/>"#, W - PAD_R);
-        let _ = write!(svg, r#"<text class="tick y" x="{}" y="{:.1}" text-anchor="end">{}</text>"#, PAD_L - 4.0, py + 3.0, short(*v));
+        let _ = write!(
+            svg,
+            r#"<line class="grid" x1="{PAD_L}" y1="{py:.1}" x2="{}" y2="{py:.1}"/>"#,
+            W - PAD_R
+        );
+        let _ = write!(
+            svg,
+            r#"<text class="tick y" x="{}" y="{:.1}" text-anchor="end">{}</text>"#,
+            PAD_L - 4.0,
+            py + 3.0,
+            short(*v)
+        );
     }
     if !frame.unit.is_empty() {
-        let _ = write!(svg, r#"<text class="unit" x="2" y="10">{}</text>"#, escape(frame.unit));
+        let _ = write!(
+            svg,
+            r#"<text class="unit" x="2" y="10">{}</text>"#,
+            escape(frame.unit)
+        );
     }
     for (i, s) in series.iter().enumerate() {
         let mut d = String::new();
         for run in runs(&reduce(&s.points, MAX_POINTS)) {
             for (j, (t, v)) in run.iter().enumerate() {
-                let _ = write!(d, "{}{:.1},{:.1}", if j == 0 { 'M' } else { 'L' }, x(*t as f64), y(*v));
+                let _ = write!(
+                    d,
+                    "{}{:.1},{:.1}",
+                    if j == 0 { 'M' } else { 'L' },
+                    x(*t as f64),
+                    y(*v)
+                );
             }
             // A window alone between gaps would be an invisible path of one point.
             if let [(t, v)] = run[..] {
-                let _ = write!(svg, r#"<circle class="dot s{}" cx="{:.1}" cy="{:.1}" r="2"/>"#, i % PALETTE, x(t as f64), y(v));
+                let _ = write!(
+                    svg,
+                    r#"<circle class="dot s{}" cx="{:.1}" cy="{:.1}" r="2"/>"#,
+                    i % PALETTE,
+                    x(t as f64),
+                    y(v)
+                );
             }
         }
-        let _ = write!(svg, r#"<path class="series s{}" fill="none" d="{d}"><title>{}</title></path>"#, i % PALETTE, escape(&s.name));
+        let _ = write!(
+            svg,
+            r#"<path class="series s{}" fill="none" d="{d}"><title>{}</title></path>"#,
+            i % PALETTE,
+            escape(&s.name)
+        );
     }
     hover_columns(&mut svg, series, frame.unit, &x);
     svg.push_str("</svg>");
@@ -87,24 +150,48 @@ pub fn lines(series: &[Series], frame: &Frame) -> String {
 
 /// Transparent columns whose tooltip lists every series at one time.
 fn hover_columns(svg: &mut String, series: &[Series], unit: &str, x: &dyn Fn(f64) -> f64) {
-    let times: Vec<i64> = series.first().map(|s| s.points.iter().map(|p| p.0).collect()).unwrap_or_default();
+    let times: Vec<i64> = series
+        .first()
+        .map(|s| s.points.iter().map(|p| p.0).collect())
+        .unwrap_or_default();
     if times.is_empty() {
         return;
     }
     let every = times.len().div_ceil(HOVER_COLUMNS);
-    let idx: Vec<usize> = (0..times.len()).rev().step_by(every).collect::<Vec<_>>().into_iter().rev().collect();
+    let idx: Vec<usize> = (0..times.len())
+        .rev()
+        .step_by(every)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
     for (n, &i) in idx.iter().enumerate() {
-        let left = if n == 0 { PAD_L } else { (x(times[idx[n - 1]] as f64) + x(times[i] as f64)) / 2.0 };
+        let left = if n == 0 {
+            PAD_L
+        } else {
+            (x(times[idx[n - 1]] as f64) + x(times[i] as f64)) / 2.0
+        };
         let right = match idx.get(n + 1) {
             Some(&next) => (x(times[i] as f64) + x(times[next] as f64)) / 2.0,
             None => W - PAD_R,
         };
         let mut title = format!("{} UTC", clock(times[i], 0));
         for s in series {
-            let v = s.points.get(i).and_then(|p| p.1).filter(|v| v.is_finite()).map(|v| format!("{} {}", short(v), unit)).unwrap_or_else(|| "no data".into());
+            let v = s
+                .points
+                .get(i)
+                .and_then(|p| p.1)
+                .filter(|v| v.is_finite())
+                .map(|v| format!("{} {}", short(v), unit))
+                .unwrap_or_else(|| "no data".into());
             let _ = write!(title, "\n{}: {}", escape(&s.name), v.trim_end());
         }
-        let _ = write!(svg, r#"<rect class="hover" x="{left:.1}" y="{PAD_T}" width="{:.1}" height="{}"><title>{title}</title></rect>"#, (right - left).max(0.5), H - PAD_T - PAD_B);
+        let _ = write!(
+            svg,
+            r#"<rect class="hover" x="{left:.1}" y="{PAD_T}" width="{:.1}" height="{}"><title>{title}</title></rect>"#,
+            (right - left).max(0.5),
+            H - PAD_T - PAD_B
+        );
     }
 }
 
@@ -114,7 +201,12 @@ fn legend(out: &mut String, series: &[Series], hidden: usize) {
     }
     out.push_str(r#"<ul class="legend">"#);
     for (i, s) in series.iter().enumerate() {
-        let _ = write!(out, r#"<li><i class="swatch s{}"></i>{}</li>"#, i % PALETTE, escape(&s.name));
+        let _ = write!(
+            out,
+            r#"<li><i class="swatch s{}"></i>{}</li>"#,
+            i % PALETTE,
+            escape(&s.name)
+        );
     }
     if hidden > 0 {
         let _ = write!(out, r#"<li class="more">+{hidden} more</li>"#);
@@ -157,7 +249,10 @@ pub fn reduce(points: &[(i64, Option<f64>)], n: usize) -> Vec<(i64, Option<f64>)
             out.push(points[start]);
             continue;
         }
-        let run: Vec<(i64, f64)> = points[start..i].iter().map(|(t, v)| (*t, v.unwrap_or_default())).collect();
+        let run: Vec<(i64, f64)> = points[start..i]
+            .iter()
+            .map(|(t, v)| (*t, v.unwrap_or_default()))
+            .collect();
         let share = (n * run.len()).div_ceil(points.len()).max(2);
         out.extend(lttb(&run, share).into_iter().map(|(t, v)| (t, Some(v))));
     }
@@ -168,7 +263,10 @@ pub fn reduce(points: &[(i64, Option<f64>)], n: usize) -> Vec<(i64, Option<f64>)
 /// bucket, the point that spans the largest triangle with its neighbours, so peaks survive the
 /// reduction (an every-k-th sample drops them).
 pub fn lttb(points: &[(i64, f64)], n: usize) -> Vec<(i64, f64)> {
-    lttb_indices(points, n).into_iter().map(|i| points[i]).collect()
+    lttb_indices(points, n)
+        .into_iter()
+        .map(|i| points[i])
+        .collect()
 }
 
 /// The indices [`lttb`] keeps.
@@ -191,7 +289,10 @@ fn lttb_indices(points: &[(i64, f64)], n: usize) -> Vec<usize> {
         let (at, av) = (points[a].0 as f64, points[a].1);
         let best = (start..end.max(start + 1))
             .max_by(|&i, &j| {
-                let area = |k: usize| ((at - avg_t) * (points[k].1 - av) - (at - points[k].0 as f64) * (avg_v - av)).abs();
+                let area = |k: usize| {
+                    ((at - avg_t) * (points[k].1 - av) - (at - points[k].0 as f64) * (avg_v - av))
+                        .abs()
+                };
                 area(i).total_cmp(&area(j))
             })
             .unwrap_or(start);
@@ -221,7 +322,11 @@ impl YAxis {
     /// infinity; a flat axis (`low == high`) draws every value on its middle line.
     fn y(&self, v: f64) -> f64 {
         let span = self.high * 0.5 - self.low * 0.5;
-        let share = if span > 0.0 { ((v * 0.5 - self.low * 0.5) / span).clamp(0.0, 1.0) } else { 0.5 };
+        let share = if span > 0.0 {
+            ((v * 0.5 - self.low * 0.5) / span).clamp(0.0, 1.0)
+        } else {
+            0.5
+        };
         PAD_T + (1.0 - share) * (H - PAD_T - PAD_B)
     }
 }
@@ -234,17 +339,27 @@ fn y_axis(lo: f64, hi: f64) -> YAxis {
     let (lo, hi) = (lo.min(hi), hi.max(lo));
     let magnitude = lo.abs().max(hi.abs());
     if hi - lo <= magnitude * 1e-9 {
-        return YAxis { low: lo, high: lo, ticks: vec![lo] };
+        return YAxis {
+            low: lo,
+            high: lo,
+            ticks: vec![lo],
+        };
     }
     let (low, high, step) = y_range(lo, hi);
     if !step.is_normal() || !low.is_finite() || !high.is_finite() {
         // A span near the smallest floats (subnormal values): too fine to divide into ticks.
-        return YAxis { low: lo, high: lo, ticks: vec![lo] };
+        return YAxis {
+            low: lo,
+            high: lo,
+            ticks: vec![lo],
+        };
     }
     // In halves, as in `y_range`: `i * step` of an axis spanning ±1.7e308 overflows.
     let (half_low, half_step) = (low * 0.5, step * 0.5);
     let n = (((high * 0.5 - half_low) / half_step).round() as usize).min(MAX_Y_TICKS - 1);
-    let ticks = (0..=n).map(|i| ((half_low + i as f64 * half_step) * 2.0).clamp(f64::MIN, f64::MAX)).collect();
+    let ticks = (0..=n)
+        .map(|i| ((half_low + i as f64 * half_step) * 2.0).clamp(f64::MIN, f64::MAX))
+        .collect();
     YAxis { low, high, ticks }
 }
 
@@ -254,7 +369,12 @@ fn y_range(lo: f64, hi: f64) -> (f64, f64, f64) {
     // Halves first: `hi - lo` of two values near ±f64::MAX is infinite, its half is not.
     let raw = (hi * 0.5 - lo * 0.5) / 2.0;
     let mag = 10f64.powf(raw.log10().floor());
-    let step = [1.0, 2.0, 2.5, 5.0, 10.0].iter().map(|m| m * mag).find(|s| *s >= raw).unwrap_or(10.0 * mag).min(f64::MAX);
+    let step = [1.0, 2.0, 2.5, 5.0, 10.0]
+        .iter()
+        .map(|m| m * mag)
+        .find(|s| *s >= raw)
+        .unwrap_or(10.0 * mag)
+        .min(f64::MAX);
     let low = ((lo / step).floor() * step).max(f64::MIN);
     let mut high = ((hi / step).ceil() * step).min(f64::MAX);
     if high <= low {
@@ -266,7 +386,9 @@ fn y_range(lo: f64, hi: f64) -> (f64, f64, f64) {
 /// Tick times for the axis of `from..to`: multiples of a round step, at most
 /// [`MAX_TIME_TICKS`] of them, whatever the span (seconds or centuries).
 fn time_ticks(from: i64, to: i64) -> Vec<i64> {
-    const STEPS: [i64; 17] = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200];
+    const STEPS: [i64; 17] = [
+        1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200,
+    ];
     const DAY: i64 = 86_400_000;
     let span = to.saturating_sub(from).max(1);
     let step = match STEPS.iter().map(|s| s * 1000).find(|s| span / s <= 6) {
@@ -274,16 +396,30 @@ fn time_ticks(from: i64, to: i64) -> Vec<i64> {
         // Whole days past half a day a tick, as many as keep about six ticks.
         None => DAY.saturating_mul((span / DAY / 6).max(1)),
     };
-    let Some(first) = from.div_euclid(step).checked_add(1).and_then(|k| k.checked_mul(step)).map(|t| if from.rem_euclid(step) == 0 { from } else { t }) else {
+    let Some(first) = from
+        .div_euclid(step)
+        .checked_add(1)
+        .and_then(|k| k.checked_mul(step))
+        .map(|t| if from.rem_euclid(step) == 0 { from } else { t })
+    else {
         return Vec::new();
     };
-    (0..MAX_TIME_TICKS).map_while(|k| first.checked_add(k.checked_mul(step)?)).take_while(|t| *t <= to).collect()
+    (0..MAX_TIME_TICKS)
+        .map_while(|k| first.checked_add(k.checked_mul(step)?))
+        .take_while(|t| *t <= to)
+        .collect()
 }
 
 /// A tick label: seconds only where the axis spans minutes.
 fn clock(t: i64, span: i64) -> String {
-    let format = if span > 30 * 60_000 { "%H:%M" } else { "%H:%M:%S" };
-    chrono::DateTime::from_timestamp_millis(t).map(|d| d.format(format).to_string()).unwrap_or_default()
+    let format = if span > 30 * 60_000 {
+        "%H:%M"
+    } else {
+        "%H:%M:%S"
+    };
+    chrono::DateTime::from_timestamp_millis(t)
+        .map(|d| d.format(format).to_string())
+        .unwrap_or_default()
 }
 
 /// Text for SVG and HTML (series names are data: item ids, group keys), escaped as the
@@ -297,12 +433,20 @@ mod tests {
     use super::*;
 
     fn frame() -> Frame<'static> {
-        Frame { from: 0, to: 60_000, unit: "events", hidden: 0 }
+        Frame {
+            from: 0,
+            to: 60_000,
+            unit: "events",
+            hidden: 0,
+        }
     }
 
     #[test]
     fn the_time_axis_has_labelled_ticks_and_a_grid() {
-        let s = Series { name: "n".into(), points: vec![(10_000, Some(1.0)), (20_000, Some(3.0))] };
+        let s = Series {
+            name: "n".into(),
+            points: vec![(10_000, Some(1.0)), (20_000, Some(3.0))],
+        };
         let svg = lines(&[s], &frame());
         // 0 s … 60 s at a 10 s step: 7 ticks labelled with the time of day (UTC).
         assert_eq!(svg.matches(r#"class="tick x""#).count(), 7);
@@ -313,20 +457,51 @@ mod tests {
 
     #[test]
     fn a_window_without_data_is_a_gap_not_a_zero() {
-        let s = Series { name: "n".into(), points: vec![(10_000, Some(5.0)), (15_000, Some(6.0)), (20_000, None), (25_000, Some(7.0)), (30_000, Some(8.0))] };
+        let s = Series {
+            name: "n".into(),
+            points: vec![
+                (10_000, Some(5.0)),
+                (15_000, Some(6.0)),
+                (20_000, None),
+                (25_000, Some(7.0)),
+                (30_000, Some(8.0)),
+            ],
+        };
         let svg = lines(&[s], &frame());
-        let d = svg.split(r#"d=""#).nth(1).unwrap().split('"').next().unwrap();
+        let d = svg
+            .split(r#"d=""#)
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
         assert_eq!(d.matches('M').count(), 2, "the line breaks at the gap: {d}");
         assert!(svg.contains("no data"), "the hover says so");
     }
 
     #[test]
     fn several_series_get_a_legend_with_escaped_names() {
-        let a = Series { name: "view".into(), points: vec![(0, Some(1.0)), (5_000, Some(2.0))] };
-        let b = Series { name: "<b>".into(), points: vec![(0, Some(3.0)), (5_000, None)] };
-        let svg = lines(&[a, b], &Frame { hidden: 3, ..frame() });
+        let a = Series {
+            name: "view".into(),
+            points: vec![(0, Some(1.0)), (5_000, Some(2.0))],
+        };
+        let b = Series {
+            name: "<b>".into(),
+            points: vec![(0, Some(3.0)), (5_000, None)],
+        };
+        let svg = lines(
+            &[a, b],
+            &Frame {
+                hidden: 3,
+                ..frame()
+            },
+        );
         assert_eq!(svg.matches(r#"<path class="series"#).count(), 2);
-        assert!(svg.contains(r#"<ul class="legend">"#) && svg.contains("&lt;b&gt;") && !svg.contains("<b>"));
+        assert!(
+            svg.contains(r#"<ul class="legend">"#)
+                && svg.contains("&lt;b&gt;")
+                && !svg.contains("<b>")
+        );
         assert!(svg.contains("+3 more"));
     }
 
@@ -349,39 +524,99 @@ mod tests {
 
     #[test]
     fn reducing_keeps_the_gaps_where_they_were() {
-        let points: Vec<(i64, Option<f64>)> = (0..3000).map(|i| (i, if (1000..1100).contains(&i) { None } else { Some((i % 13) as f64) })).collect();
+        let points: Vec<(i64, Option<f64>)> = (0..3000)
+            .map(|i| {
+                (
+                    i,
+                    if (1000..1100).contains(&i) {
+                        None
+                    } else {
+                        Some((i % 13) as f64)
+                    },
+                )
+            })
+            .collect();
         let kept = reduce(&points, 500);
         assert!(kept.len() <= 510, "{}", kept.len());
         let gaps: Vec<i64> = kept.iter().filter(|p| p.1.is_none()).map(|p| p.0).collect();
         assert_eq!(gaps, vec![1000]);
-        assert!(kept.contains(&(999, Some((999 % 13) as f64))) && kept.contains(&(1100, Some((1100 % 13) as f64))), "each stretch keeps its ends");
+        assert!(
+            kept.contains(&(999, Some((999 % 13) as f64)))
+                && kept.contains(&(1100, Some((1100 % 13) as f64))),
+            "each stretch keeps its ends"
+        );
     }
 
     #[test]
     fn values_equal_up_to_rounding_draw_a_flat_axis_not_an_endless_loop() {
-        let s = Series { name: "avg".into(), points: vec![(10_000, Some(0.1)), (20_000, Some(0.1 + 0.2 - 0.2 + 1e-17)), (30_000, Some(0.10000000000000002))] };
+        let s = Series {
+            name: "avg".into(),
+            points: vec![
+                (10_000, Some(0.1)),
+                (20_000, Some(0.1 + 0.2 - 0.2 + 1e-17)),
+                (30_000, Some(0.10000000000000002)),
+            ],
+        };
         let svg = lines(&[s], &frame());
-        assert_eq!(svg.matches(r#"class="tick y""#).count(), 1, "one tick on a flat axis");
+        assert_eq!(
+            svg.matches(r#"class="tick y""#).count(),
+            1,
+            "one tick on a flat axis"
+        );
         assert!(svg.len() < 20_000, "{}", svg.len());
     }
 
     #[test]
     fn huge_and_non_finite_values_are_drawn_with_a_bounded_axis() {
-        for (a, b) in [(1.7e308, -1.7e308), (f64::MAX, f64::MAX * 0.99), (1e21, 1e21 + 1e6), (1e21, 3e21), (-1e-300, 1e-300)] {
-            let s = Series { name: "x".into(), points: vec![(10_000, Some(a)), (20_000, Some(b)), (30_000, Some(f64::NAN)), (40_000, Some(f64::INFINITY))] };
+        for (a, b) in [
+            (1.7e308, -1.7e308),
+            (f64::MAX, f64::MAX * 0.99),
+            (1e21, 1e21 + 1e6),
+            (1e21, 3e21),
+            (-1e-300, 1e-300),
+        ] {
+            let s = Series {
+                name: "x".into(),
+                points: vec![
+                    (10_000, Some(a)),
+                    (20_000, Some(b)),
+                    (30_000, Some(f64::NAN)),
+                    (40_000, Some(f64::INFINITY)),
+                ],
+            };
             let svg = lines(&[s], &frame());
             let ticks = svg.matches(r#"class="tick y""#).count();
             assert!((1..=MAX_Y_TICKS).contains(&ticks), "{a} {b}: {ticks} ticks");
-            assert!(!svg.contains("NaN") && !svg.contains("inf"), "{a} {b}: {svg}");
+            assert!(
+                !svg.contains("NaN") && !svg.contains("inf"),
+                "{a} {b}: {svg}"
+            );
         }
     }
 
     #[test]
     fn a_time_axis_of_centuries_or_at_the_ends_of_time_has_few_ticks() {
-        for (from, to) in [(0, 4_000_000_000_000), (i64::MIN, i64::MAX), (i64::MAX - 10, i64::MAX), (-62_135_596_800_000, 1_700_000_000_000)] {
+        for (from, to) in [
+            (0, 4_000_000_000_000),
+            (i64::MIN, i64::MAX),
+            (i64::MAX - 10, i64::MAX),
+            (-62_135_596_800_000, 1_700_000_000_000),
+        ] {
             let ticks = time_ticks(from, to);
-            assert!(ticks.len() as i64 <= MAX_TIME_TICKS && ticks.iter().all(|t| (from..=to).contains(t)), "{from}..{to}: {ticks:?}");
-            let _ = lines(&[], &Frame { from, to, unit: "", hidden: 0 });
+            assert!(
+                ticks.len() as i64 <= MAX_TIME_TICKS
+                    && ticks.iter().all(|t| (from..=to).contains(t)),
+                "{from}..{to}: {ticks:?}"
+            );
+            let _ = lines(
+                &[],
+                &Frame {
+                    from,
+                    to,
+                    unit: "",
+                    hidden: 0,
+                },
+            );
         }
     }
 

@@ -38,21 +38,43 @@ struct Kept {
 
 impl Histories {
     /// The metric's windows over the last `span_ms`, at most [`HISTORY_WINDOWS`], oldest first.
-    pub async fn get(&self, generation: usize, metric: &Metric, store: &dyn EventStore, span_ms: i64, range: &'static str, ttl: Duration) -> Arc<Vec<Point>> {
+    pub async fn get(
+        &self,
+        generation: usize,
+        metric: &Metric,
+        store: &dyn EventStore,
+        span_ms: i64,
+        range: &'static str,
+        ttl: Duration,
+    ) -> Arc<Vec<Point>> {
         let key = (generation, metric.name().to_string(), range);
-        self.memo.get(key.clone(), ttl, || async { Arc::new(self.compute(key, metric, store, span_ms).await) }).await
+        self.memo
+            .get(key.clone(), ttl, || async {
+                Arc::new(self.compute(key, metric, store, span_ms).await)
+            })
+            .await
     }
 
-    async fn compute(&self, key: Key, metric: &Metric, store: &dyn EventStore, span_ms: i64) -> Vec<Point> {
+    async fn compute(
+        &self,
+        key: Key,
+        metric: &Metric,
+        store: &dyn EventStore,
+        span_ms: i64,
+    ) -> Vec<Point> {
         let now = chrono::Utc::now().timestamp_millis();
         let w = metric.window;
         let step = history_step(metric, now - span_ms, now, HISTORY_WINDOWS);
         let last_end = w.pane_of(now) + w.slide_ms;
-        let mut ends: Vec<i64> = ((now - span_ms).div_euclid(step) + 1..).map(|k| k * step).take_while(|e| *e <= last_end).collect();
+        let mut ends: Vec<i64> = ((now - span_ms).div_euclid(step) + 1..)
+            .map(|k| k * step)
+            .take_while(|e| *e <= last_end)
+            .collect();
         if ends.last() != Some(&last_end) {
             ends.push(last_end);
         }
-        let settled_before = now - metric.config.lateness.as_millis() as i64 - 2 * w.slide_ms - 5_000;
+        let settled_before =
+            now - metric.config.lateness.as_millis() as i64 - 2 * w.slide_ms - 5_000;
         let kept = {
             let mut all = self.kept.lock().unwrap();
             if all.len() > 64 {
@@ -62,13 +84,23 @@ impl Histories {
         };
         let mut kept = match kept {
             Some(k) if k.step == step && k.full_at.elapsed() < RECOMPUTE_ALL_EVERY => k,
-            _ => Kept { step, points: BTreeMap::new(), full_at: Instant::now() },
+            _ => Kept {
+                step,
+                points: BTreeMap::new(),
+                full_at: Instant::now(),
+            },
         };
-        let wanted: Vec<i64> = ends.iter().copied().filter(|e| *e >= settled_before || !kept.points.contains_key(e)).collect();
+        let wanted: Vec<i64> = ends
+            .iter()
+            .copied()
+            .filter(|e| *e >= settled_before || !kept.points.contains_key(e))
+            .collect();
         match windows(metric, store, &wanted).await {
             Ok(fresh) => kept.points.extend(fresh.into_iter().map(|p| (p.end, p))),
             // The store is away: the chart shows what it had (the health panel says why).
-            Err(e) => tracing::debug!(metric = metric.name(), error = %format!("{e:#}"), "dashboard: history not read"),
+            Err(e) => {
+                tracing::debug!(metric = metric.name(), error = %format!("{e:#}"), "dashboard: history not read")
+            }
         }
         let in_range: std::collections::HashSet<i64> = ends.iter().copied().collect();
         kept.points.retain(|end, _| in_range.contains(end));

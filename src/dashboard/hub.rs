@@ -3,13 +3,13 @@
 //! text to all of them, and stops when the last viewer leaves. Reads behind a render are memoised
 //! for a refresh, so a page load, a poll and the feed share them too.
 
+use bytes::Bytes;
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use bytes::Bytes;
 use tokio::sync::broadcast;
 
 /// One rendering of the panels; `seq` counts renders of its feed from 1, so a viewer (and the
@@ -25,7 +25,10 @@ pub(super) struct Frame {
 
 impl Frame {
     pub fn new(seq: u64, html: &str) -> Frame {
-        Frame { seq, event: sse_event("panels", seq, html) }
+        Frame {
+            seq,
+            event: sse_event("panels", seq, html),
+        }
     }
 }
 
@@ -65,7 +68,10 @@ pub(super) struct Feed {
 
 impl Feed {
     fn new() -> Feed {
-        Feed { tx: broadcast::channel(BACKLOG).0, latest: Mutex::new(Frame::default()) }
+        Feed {
+            tx: broadcast::channel(BACKLOG).0,
+            latest: Mutex::new(Frame::default()),
+        }
     }
 
     /// Sends a frame to every viewer.
@@ -78,7 +84,10 @@ impl Feed {
     fn join(&self) -> Viewer {
         // Under the same lock as publish: the newest frame and the frames after it, none twice.
         let latest = self.latest.lock().unwrap();
-        Viewer { first: (latest.seq > 0).then(|| latest.clone()), rx: self.tx.subscribe() }
+        Viewer {
+            first: (latest.seq > 0).then(|| latest.clone()),
+            rx: self.tx.subscribe(),
+        }
     }
 }
 
@@ -138,7 +147,9 @@ impl Hub {
     /// Takes a seat if fewer than `limit` are taken.
     pub fn seat(self: &Arc<Self>, limit: usize) -> Result<Seat, Full> {
         self.clients
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < limit).then_some(n + 1))
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < limit).then_some(n + 1)
+            })
             .map(|_| Seat { hub: self.clone() })
             .map_err(|_| Full { limit })
     }
@@ -189,14 +200,22 @@ struct Slot<V> {
 
 impl<V> Default for Slot<V> {
     fn default() -> Self {
-        Slot { value: Mutex::new(None), computing: Arc::default() }
+        Slot {
+            value: Mutex::new(None),
+            computing: Arc::default(),
+        }
     }
 }
 
 impl<V: Clone> Slot<V> {
     /// The value if it is younger than `age`.
     fn younger_than(&self, age: Duration) -> Option<V> {
-        self.value.lock().unwrap().as_ref().filter(|(at, _)| at.elapsed() < age).map(|(_, v)| v.clone())
+        self.value
+            .lock()
+            .unwrap()
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < age)
+            .map(|(_, v)| v.clone())
     }
 
     fn set(&self, v: V) {
@@ -206,7 +225,9 @@ impl<V: Clone> Slot<V> {
 
 impl<K, V> Default for Memo<K, V> {
     fn default() -> Self {
-        Memo { slots: Mutex::new(HashMap::new()) }
+        Memo {
+            slots: Mutex::new(HashMap::new()),
+        }
     }
 }
 
@@ -222,7 +243,12 @@ impl<K: Eq + Hash + Clone, V: Clone> Memo<K, V> {
         slots.entry(key).or_default().clone()
     }
 
-    pub async fn get<F: Future<Output = V>>(&self, key: K, ttl: Duration, compute: impl FnOnce() -> F) -> V {
+    pub async fn get<F: Future<Output = V>>(
+        &self,
+        key: K,
+        ttl: Duration,
+        compute: impl FnOnce() -> F,
+    ) -> V {
         let slot = self.slot(key);
         if let Some(v) = slot.younger_than(ttl) {
             return v;
@@ -243,7 +269,13 @@ impl<K: Eq + Hash + Clone, V: Clone + Send + 'static> Memo<K, V> {
     /// once while a fresh one is computed in the background: once there is a value, no caller
     /// waits for a slow computation (an API read at p99 waited for the whole read of every
     /// metric under load), and values are at most `ttl` plus one computation old while asked for.
-    pub async fn get_or_stale<F>(&self, key: K, ttl: Duration, stale: Duration, compute: impl FnOnce() -> F) -> V
+    pub async fn get_or_stale<F>(
+        &self,
+        key: K,
+        ttl: Duration,
+        stale: Duration,
+        compute: impl FnOnce() -> F,
+    ) -> V
     where
         F: Future<Output = V> + Send + 'static,
     {
@@ -251,7 +283,9 @@ impl<K: Eq + Hash + Clone, V: Clone + Send + 'static> Memo<K, V> {
         if let Some(v) = slot.younger_than(ttl) {
             return v;
         }
-        let Some(v) = slot.younger_than(stale) else { return self.get(key, ttl, compute).await };
+        let Some(v) = slot.younger_than(stale) else {
+            return self.get(key, ttl, compute).await;
+        };
         // Already being computed: the running computation will refresh it.
         if let Ok(computing) = slot.computing.clone().try_lock_owned() {
             let fresh = compute();
@@ -288,23 +322,42 @@ mod tests {
             assert_eq!(c.await.unwrap(), 1);
         }
         assert_eq!(runs.load(Ordering::SeqCst), 1);
-        assert_eq!(memo.get("k", Duration::ZERO, || async { 7 }).await, 7, "an expired value is computed again");
+        assert_eq!(
+            memo.get("k", Duration::ZERO, || async { 7 }).await,
+            7,
+            "an expired value is computed again"
+        );
     }
 
     #[tokio::test]
     async fn a_stale_value_is_served_at_once_while_a_fresh_one_is_computed() {
         let memo: Arc<Memo<&str, u32>> = Arc::default();
         let hour = Duration::from_secs(3600);
-        assert_eq!(memo.get_or_stale("k", Duration::ZERO, hour, || async { 1 }).await, 1, "nothing yet: the caller waits");
+        assert_eq!(
+            memo.get_or_stale("k", Duration::ZERO, hour, || async { 1 })
+                .await,
+            1,
+            "nothing yet: the caller waits"
+        );
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let started = Instant::now();
         let slow = || async move {
             rx.await.ok();
             2
         };
-        assert_eq!(memo.get_or_stale("k", Duration::ZERO, hour, slow).await, 1, "the old value, without waiting");
+        assert_eq!(
+            memo.get_or_stale("k", Duration::ZERO, hour, slow).await,
+            1,
+            "the old value, without waiting"
+        );
         assert!(started.elapsed() < Duration::from_secs(1));
-        assert_eq!(memo.get_or_stale("k", Duration::ZERO, hour, || async { panic!("computed twice at once") }).await, 1);
+        assert_eq!(
+            memo.get_or_stale("k", Duration::ZERO, hour, || async {
+                panic!("computed twice at once")
+            })
+            .await,
+            1
+        );
         tx.send(()).unwrap();
         for _ in 0..100 {
             if memo.get_or_stale("k", hour, hour, || async { 0 }).await == 2 {
@@ -319,7 +372,11 @@ mod tests {
     async fn a_value_past_the_stale_limit_is_waited_for() {
         let memo: Arc<Memo<&str, u32>> = Arc::default();
         memo.get("k", Duration::ZERO, || async { 1 }).await;
-        assert_eq!(memo.get_or_stale("k", Duration::ZERO, Duration::ZERO, || async { 2 }).await, 2);
+        assert_eq!(
+            memo.get_or_stale("k", Duration::ZERO, Duration::ZERO, || async { 2 })
+                .await,
+            2
+        );
     }
 
     #[test]
@@ -335,7 +392,10 @@ mod tests {
     #[test]
     fn one_feed_per_view_until_its_last_viewer_leaves() {
         let hub = Hub::default();
-        let key = FeedKey { range: "5m", metric: String::new() };
+        let key = FeedKey {
+            range: "5m",
+            metric: String::new(),
+        };
         let mut started = Vec::new();
         let rx1 = hub.subscribe(key.clone(), |tx| started.push(tx));
         let rx2 = hub.subscribe(key.clone(), |_| panic!("a second feed for the same view"));
@@ -350,7 +410,10 @@ mod tests {
     #[tokio::test]
     async fn a_viewer_gets_every_frame_in_order_and_a_late_one_starts_at_the_newest() {
         let hub = Hub::default();
-        let key = FeedKey { range: "5m", metric: String::new() };
+        let key = FeedKey {
+            range: "5m",
+            metric: String::new(),
+        };
         let mut started = Vec::new();
         let mut early = hub.subscribe(key.clone(), |f| started.push(f));
         let feed = started.pop().unwrap();
@@ -364,13 +427,26 @@ mod tests {
         for _ in 0..6 {
             got.push(early.next().await.unwrap().seq);
         }
-        assert_eq!(got, [1, 2, 3, 4, 5, 6], "a viewer slower than the renders still gets each one");
-        assert_eq!((late.next().await.unwrap().seq, late.next().await.unwrap().seq), (5, 6));
+        assert_eq!(
+            got,
+            [1, 2, 3, 4, 5, 6],
+            "a viewer slower than the renders still gets each one"
+        );
+        assert_eq!(
+            (
+                late.next().await.unwrap().seq,
+                late.next().await.unwrap().seq
+            ),
+            (5, 6)
+        );
     }
 
     #[test]
     fn a_frame_is_one_server_sent_event_with_a_data_line_per_line() {
         let f = Frame::new(7, "<div>\r\n  <p>a</p>\n</div>");
-        assert_eq!(&f.event[..], b"event: panels\nid: 7\ndata: <div>\ndata:   <p>a</p>\ndata: </div>\n\n");
+        assert_eq!(
+            &f.event[..],
+            b"event: panels\nid: 7\ndata: <div>\ndata:   <p>a</p>\ndata: </div>\n\n"
+        );
     }
 }

@@ -12,11 +12,10 @@ mod view;
 
 use crate::aggregate::{self, MetricSet};
 use crate::base::{de, Secret};
-use crate::telemetry::ReloadStatus;
 use crate::store::EventStore;
+use crate::telemetry::ReloadStatus;
 use crate::telemetry::Stats;
 use anyhow::Context;
-use bytes::Bytes;
 use axum::body::Body;
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::{header, StatusCode};
@@ -24,6 +23,7 @@ use axum::middleware;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::PathBuf;
@@ -159,12 +159,21 @@ const GRACEFUL_WAIT: Duration = Duration::from_secs(3);
 
 /// Binds the address and serves until `stop`. `settings` is watched: a new token or refresh
 /// interval applies at once; the address and template folder are those at start.
-pub async fn serve(settings: watch::Receiver<DashboardConfig>, sources: Sources, stop: CancellationToken) -> anyhow::Result<()> {
+pub async fn serve(
+    settings: watch::Receiver<DashboardConfig>,
+    sources: Sources,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
     let config = settings.borrow().clone();
     let templates = Templates::load(&config.templates)?;
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
-        .with_context(|| format!("cannot serve the dashboard on {} (dashboard.listen)", config.listen))?;
+        .with_context(|| {
+            format!(
+                "cannot serve the dashboard on {} (dashboard.listen)",
+                config.listen
+            )
+        })?;
     let addr = listener.local_addr()?;
     if !addr.ip().is_loopback() && config.token.is_empty() {
         if !config.allow_anonymous {
@@ -223,7 +232,10 @@ fn router(state: Shared) -> Router {
         .route("/api/alerts", get(api_alerts))
         .route("/api/topology", get(api_topology))
         .route("/metrics", get(prometheus::scrape))
-        .layer(middleware::from_fn_with_state(state.clone(), auth::require_token))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ))
         // Probes answer without the token (they say nothing but up / ready, and an orchestrator's
         // probe should not need a secret).
         .route("/healthz", get(healthz))
@@ -231,7 +243,10 @@ fn router(state: Shared) -> Router {
         // Every route is a GET: a body is never read, and a large one is refused unread.
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn(time_limit))
-        .layer(middleware::from_fn_with_state(state.clone(), auth::check_host))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::check_host,
+        ))
         .with_state(state)
 }
 
@@ -246,7 +261,11 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 async fn time_limit(req: axum::extract::Request, next: middleware::Next) -> Response {
     match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
         Ok(response) => response,
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "the request took longer than 30 s (the store may be slow); try again\n").into_response(),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the request took longer than 30 s (the store may be slow); try again\n",
+        )
+            .into_response(),
     }
 }
 
@@ -254,8 +273,16 @@ async fn time_limit(req: axum::extract::Request, next: middleware::Next) -> Resp
 /// edits, which reads files.
 async fn render_html(state: &Shared, name: &'static str, ctx: Value) -> String {
     let state = state.clone();
-    let rendered = tokio::task::spawn_blocking(move || state.templates.render(name, minijinja::Value::from(minijinja::value::Serde(&ctx))).0).await;
-    rendered.unwrap_or_else(|e| format!("<!doctype html><title>runner</title><p>render failed: {e}</p>"))
+    let rendered = tokio::task::spawn_blocking(move || {
+        state
+            .templates
+            .render(name, minijinja::Value::from(minijinja::value::Serde(&ctx)))
+            .0
+    })
+    .await;
+    rendered.unwrap_or_else(|e| {
+        format!("<!doctype html><title>runner</title><p>render failed: {e}</p>")
+    })
 }
 
 async fn render(state: &Shared, name: &'static str, ctx: Value) -> Response {
@@ -280,23 +307,44 @@ async fn events(State(state): State<Shared>, Query(q): Query<RangeQuery>) -> Res
         Ok(seat) => seat,
         Err(full) => {
             let msg = format!("the dashboard serves {} live viewers at most (dashboard.max_clients); try again later\n", full.limit);
-            return (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "5")], msg).into_response();
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, "5")],
+                msg,
+            )
+                .into_response();
         }
     };
-    let key = FeedKey { range: range_ms(q.range.as_deref()).1, metric: q.metric.clone().unwrap_or_default() };
+    let key = FeedKey {
+        range: range_ms(q.range.as_deref()).1,
+        metric: q.metric.clone().unwrap_or_default(),
+    };
     let viewer = state.hub.subscribe(key.clone(), |feed| {
         tokio::spawn(run_feed(state.clone(), key, q, feed));
     });
-    let stream = futures::stream::unfold((state, viewer, seat), |(state, mut viewer, seat)| async move {
-        let chunk = tokio::select! {
-            frame = viewer.next() => frame?.event,
-            _ = state.stop.cancelled() => return None,
-            // A comment line now and then keeps proxies from closing a quiet stream.
-            _ = tokio::time::sleep(SSE_KEEP_ALIVE) => Bytes::from_static(b":\n\n"),
-        };
-        Some((Ok::<_, std::convert::Infallible>(chunk), (state, viewer, seat)))
-    });
-    ([(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")], Body::from_stream(stream)).into_response()
+    let stream = futures::stream::unfold(
+        (state, viewer, seat),
+        |(state, mut viewer, seat)| async move {
+            let chunk = tokio::select! {
+                frame = viewer.next() => frame?.event,
+                _ = state.stop.cancelled() => return None,
+                // A comment line now and then keeps proxies from closing a quiet stream.
+                _ = tokio::time::sleep(SSE_KEEP_ALIVE) => Bytes::from_static(b":\n\n"),
+            };
+            Some((
+                Ok::<_, std::convert::Infallible>(chunk),
+                (state, viewer, seat),
+            ))
+        },
+    );
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response()
 }
 
 /// How long an event stream may go without a byte before it gets a keep-alive comment.
@@ -333,7 +381,13 @@ async fn run_feed(state: Shared, key: FeedKey, q: RangeQuery, feed: Arc<Feed>) {
 }
 
 async fn asset(State(state): State<Shared>, UrlPath(name): UrlPath<String>) -> Response {
-    let kind = if name.ends_with(".js") { "text/javascript" } else if name.ends_with(".css") { "text/css" } else { return StatusCode::NOT_FOUND.into_response() };
+    let kind = if name.ends_with(".js") {
+        "text/javascript"
+    } else if name.ends_with(".css") {
+        "text/css"
+    } else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
     match state.templates.asset(&name) {
         Some(body) => ([(header::CONTENT_TYPE, kind)], body).into_response(),
         None => StatusCode::NOT_FOUND.into_response(),
@@ -346,7 +400,13 @@ struct ApiError {
 }
 
 fn api_error(code: StatusCode, error: impl ToString) -> Response {
-    (code, Json(ApiError { error: error.to_string() })).into_response()
+    (
+        code,
+        Json(ApiError {
+            error: error.to_string(),
+        }),
+    )
+        .into_response()
 }
 
 /// Liveness: the process serves requests.
@@ -359,15 +419,30 @@ async fn healthz() -> &'static str {
 /// goes to the log), and it asks the store the cheapest question there is.
 async fn readyz(State(state): State<Shared>) -> Response {
     if let Some(since) = state.sources.stats.store_failing_since() {
-        return (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: store writes failing since {}\n", since.to_rfc3339())).into_response();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "not ready: store writes failing since {}\n",
+                since.to_rfc3339()
+            ),
+        )
+            .into_response();
     }
     match tokio::time::timeout(Duration::from_secs(2), state.sources.store.ping()).await {
         Ok(Ok(())) => "ready\n".into_response(),
         Ok(Err(e)) => {
             tracing::warn!(error = %format!("{e:#}"), "readiness probe: the store does not answer");
-            (StatusCode::SERVICE_UNAVAILABLE, "not ready: store unreachable\n").into_response()
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: store unreachable\n",
+            )
+                .into_response()
         }
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "not ready: store unreachable (no answer within 2 s)\n").into_response(),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: store unreachable (no answer within 2 s)\n",
+        )
+            .into_response(),
     }
 }
 
@@ -392,7 +467,11 @@ async fn api_metrics(State(state): State<Shared>) -> Response {
     Json(out).into_response()
 }
 
-async fn api_history(State(state): State<Shared>, UrlPath(name): UrlPath<String>, Query(q): Query<RangeQuery>) -> Response {
+async fn api_history(
+    State(state): State<Shared>,
+    UrlPath(name): UrlPath<String>,
+    Query(q): Query<RangeQuery>,
+) -> Response {
     let set = state.sources.metrics.borrow().clone();
     let Some(m) = set.metrics().iter().find(|m| m.name() == name) else {
         return api_error(StatusCode::NOT_FOUND, format!("no metric named {name:?}"));
@@ -407,11 +486,27 @@ async fn api_history(State(state): State<Shared>, UrlPath(name): UrlPath<String>
 /// integer).
 fn downsample(points: &[aggregate::Point], n: usize) -> Vec<Value> {
     let point = |p: &aggregate::Point| serde_json::json!({ "end": p.end, "value": if p.filled { p.value.clone() } else { Value::Null } });
-    let numbers: Option<Vec<(i64, Option<f64>)>> = points.iter().map(|p| Some((p.end, if p.filled { Some(p.value.as_f64()?) } else { None }))).collect();
+    let numbers: Option<Vec<(i64, Option<f64>)>> = points
+        .iter()
+        .map(|p| {
+            Some((
+                p.end,
+                if p.filled {
+                    Some(p.value.as_f64()?)
+                } else {
+                    None
+                },
+            ))
+        })
+        .collect();
     match numbers {
         Some(series) => {
-            let by_end: std::collections::HashMap<i64, &aggregate::Point> = points.iter().map(|p| (p.end, p)).collect();
-            chart::reduce(&series, n).into_iter().filter_map(|(t, _)| by_end.get(&t).map(|p| point(p))).collect()
+            let by_end: std::collections::HashMap<i64, &aggregate::Point> =
+                points.iter().map(|p| (p.end, p)).collect();
+            chart::reduce(&series, n)
+                .into_iter()
+                .filter_map(|(t, _)| by_end.get(&t).map(|p| point(p)))
+                .collect()
         }
         None => {
             let every = points.len().div_ceil(n.max(1)).max(1);

@@ -23,7 +23,10 @@ fn read_dir(dir: &Path) -> std::io::Result<Vec<(PathBuf, Vec<u8>)>> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
-        if path.extension().is_some_and(|e| e == "html" || e == "js" || e == "css") {
+        if path
+            .extension()
+            .is_some_and(|e| e == "html" || e == "js" || e == "css")
+        {
             files.push((path.clone(), std::fs::read(&path)?));
         }
     }
@@ -42,17 +45,30 @@ fn build(files: &[(PathBuf, Vec<u8>)]) -> Result<Environment<'static>, String> {
         }
     });
     for (path, bytes) in files {
-        let name = path.file_name().unwrap_or_default().to_string_lossy().to_string();
-        let source = String::from_utf8(bytes.clone()).map_err(|_| format!("{}: not UTF-8", path.display()))?;
-        env.add_template_owned(name, source).map_err(|e| describe(&e, path))?;
+        let name = path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .to_string();
+        let source = String::from_utf8(bytes.clone())
+            .map_err(|_| format!("{}: not UTF-8", path.display()))?;
+        env.add_template_owned(name, source)
+            .map_err(|e| describe(&e, path))?;
     }
     Ok(env)
 }
 
 fn describe(e: &minijinja::Error, path: &Path) -> String {
-    let file = e.name().map(|n| path.with_file_name(n)).unwrap_or_else(|| path.to_path_buf());
+    let file = e
+        .name()
+        .map(|n| path.with_file_name(n))
+        .unwrap_or_else(|| path.to_path_buf());
     match e.line() {
-        Some(line) => format!("{}:{line}: {}", file.display(), e.detail().unwrap_or(&e.kind().to_string())),
+        Some(line) => format!(
+            "{}:{line}: {}",
+            file.display(),
+            e.detail().unwrap_or(&e.kind().to_string())
+        ),
         None => format!("{}: {e}", file.display()),
     }
 }
@@ -60,9 +76,17 @@ fn describe(e: &minijinja::Error, path: &Path) -> String {
 impl Templates {
     /// Loads the folder; at start a broken template is an error (there is no good version yet).
     pub fn load(dir: &Path) -> anyhow::Result<Templates> {
-        let files = read_dir(dir).map_err(|e| anyhow::anyhow!("cannot read templates in {}: {e}", dir.display()))?;
+        let files = read_dir(dir)
+            .map_err(|e| anyhow::anyhow!("cannot read templates in {}: {e}", dir.display()))?;
         let good = build(&files).map_err(anyhow::Error::msg)?;
-        Ok(Templates { dir: dir.to_path_buf(), state: Mutex::new(State { good, seen: files, error: None }) })
+        Ok(Templates {
+            dir: dir.to_path_buf(),
+            state: Mutex::new(State {
+                good,
+                seen: files,
+                error: None,
+            }),
+        })
     }
 
     /// Renders `name`; picks up changed files first. Returns the HTML and the error, if the
@@ -104,6 +128,9 @@ impl Templates {
     /// A file from the folder served as it is (the page's script and style).
     pub fn asset(&self, name: &str) -> Option<String> {
         let st = self.state.lock().unwrap();
-        st.seen.iter().find(|(p, _)| p.file_name().is_some_and(|f| f == name)).map(|(_, b)| String::from_utf8_lossy(b).to_string())
+        st.seen
+            .iter()
+            .find(|(p, _)| p.file_name().is_some_and(|f| f == name))
+            .map(|(_, b)| String::from_utf8_lossy(b).to_string())
     }
 }

@@ -33,39 +33,73 @@ impl Rates {
     /// The latest rates, by counter field (`stored`, `consumed`, …), `partition:N` and
     /// `dead_letters:<reason>`.
     pub fn read(&self) -> HashMap<String, f64> {
-        self.0.lock().unwrap().as_ref().map(|r| r.rates.clone()).unwrap_or_default()
+        self.0
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|r| r.rates.clone())
+            .unwrap_or_default()
     }
 
     /// Takes a reading and the rates since the last one.
     pub fn sample(&self, stats: &Stats) {
         let snap: Snapshot = stats.snapshot();
-        let counters: HashMap<&'static str, u64> = snap.counters().iter().map(|c| (c.field, c.value)).collect();
+        let counters: HashMap<&'static str, u64> =
+            snap.counters().iter().map(|c| (c.field, c.value)).collect();
         let now = Instant::now();
-        let mut ends: HashMap<i32, (i64, Instant, f64)> = stats.partitions().iter().map(|p| (p.partition, (p.end, now, 0.0))).collect();
-        let dead: HashMap<&'static str, u64> = stats.dead_letters().into_iter().map(|(r, n)| (r.as_str(), n)).collect();
+        let mut ends: HashMap<i32, (i64, Instant, f64)> = stats
+            .partitions()
+            .iter()
+            .map(|p| (p.partition, (p.end, now, 0.0)))
+            .collect();
+        let dead: HashMap<&'static str, u64> = stats
+            .dead_letters()
+            .into_iter()
+            .map(|(r, n)| (r.as_str(), n))
+            .collect();
         let mut last = self.0.lock().unwrap();
         let mut rates = HashMap::new();
         if let Some(prev) = last.as_ref() {
             let secs = prev.at.elapsed().as_secs_f64().max(1e-3);
             for (k, v) in &counters {
-                rates.insert(k.to_string(), v.saturating_sub(*prev.counters.get(k).unwrap_or(v)) as f64 / secs);
+                rates.insert(
+                    k.to_string(),
+                    v.saturating_sub(*prev.counters.get(k).unwrap_or(v)) as f64 / secs,
+                );
             }
             for (p, (end, seen, rate)) in ends.iter_mut() {
                 if let Some(&(before, before_seen, before_rate)) = prev.ends.get(p) {
                     if *end == before {
                         // Not measured again yet: the last rate stands, for a while.
-                        (*seen, *rate) = (before_seen, if before_seen.elapsed() < STALE_END { before_rate } else { 0.0 });
+                        (*seen, *rate) = (
+                            before_seen,
+                            if before_seen.elapsed() < STALE_END {
+                                before_rate
+                            } else {
+                                0.0
+                            },
+                        );
                     } else {
-                        *rate = (*end - before).max(0) as f64 / now.duration_since(before_seen).as_secs_f64().max(1e-3);
+                        *rate = (*end - before).max(0) as f64
+                            / now.duration_since(before_seen).as_secs_f64().max(1e-3);
                     }
                 }
                 rates.insert(format!("partition:{p}"), *rate);
             }
             for (k, v) in &dead {
-                rates.insert(format!("dead_letters:{k}"), v.saturating_sub(*prev.dead.get(k).unwrap_or(v)) as f64 / secs);
+                rates.insert(
+                    format!("dead_letters:{k}"),
+                    v.saturating_sub(*prev.dead.get(k).unwrap_or(v)) as f64 / secs,
+                );
             }
         }
-        *last = Some(Reading { at: now, counters, ends, dead, rates });
+        *last = Some(Reading {
+            at: now,
+            counters,
+            ends,
+            dead,
+            rates,
+        });
     }
 }
 
@@ -79,7 +113,14 @@ pub(super) async fn json(state: &AppState) -> Value {
     let stats = &state.sources.stats;
     let snap = stats.snapshot();
     let set = state.sources.metrics.borrow().clone();
-    let firing = crate::alert::active_alerts(&*state.sources.store).await.map(|a| a.iter().filter(|a| a.status == crate::alert::state::Status::Firing).count()).ok();
+    let firing = crate::alert::active_alerts(&*state.sources.store)
+        .await
+        .map(|a| {
+            a.iter()
+                .filter(|a| a.status == crate::alert::state::Status::Firing)
+                .count()
+        })
+        .ok();
     let partitions: Vec<Value> = stats
         .partitions()
         .iter()
@@ -90,7 +131,8 @@ pub(super) async fn json(state: &AppState) -> Value {
     // partitions it measures, is the member we know of.
     if members.is_empty() && !stats.partitions().is_empty() {
         let mine: Vec<i32> = stats.partitions().iter().map(|p| p.partition).collect();
-        members.push(json!({ "id": "", "client_id": "this runner", "host": "", "partitions": mine }));
+        members
+            .push(json!({ "id": "", "client_id": "this runner", "host": "", "partitions": mine }));
     }
     let dead: Vec<Value> = stats
         .dead_letters()

@@ -3,13 +3,13 @@
 
 use super::{chart, topology, AppState};
 use crate::aggregate::{self, Metric, MetricSet, MetricValue, Point};
-use std::sync::Arc;
-use std::time::Duration;
 use crate::store::EventStore;
 use crate::telemetry::{ReloadStatus, Stats};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Deserialize)]
 pub(super) struct RangeQuery {
@@ -28,11 +28,28 @@ pub(super) fn range_ms(range: Option<&str>) -> (i64, &'static str) {
 /// A metric's history over `range`, computed at most once per refresh per (metric, range)
 /// however many pages, feeds and API calls ask; a long range at most once per chart point (a
 /// point of a day's chart spans about three minutes).
-pub(super) async fn history(state: &AppState, set: &Arc<MetricSet>, metric: &Metric, range: Option<&str>) -> Arc<Vec<Point>> {
+pub(super) async fn history(
+    state: &AppState,
+    set: &Arc<MetricSet>,
+    metric: &Metric,
+    range: Option<&str>,
+) -> Arc<Vec<Point>> {
     let (span, label) = range_ms(range);
-    let ttl = state.refresh().max(Duration::from_millis((span / chart::MAX_POINTS as i64) as u64));
+    let ttl = state.refresh().max(Duration::from_millis(
+        (span / chart::MAX_POINTS as i64) as u64,
+    ));
     // The set's address tells one loaded set from the next: a reload starts afresh.
-    state.histories.get(Arc::as_ptr(set) as usize, metric, &*state.sources.store, span, label, ttl).await
+    state
+        .histories
+        .get(
+            Arc::as_ptr(set) as usize,
+            metric,
+            &*state.sources.store,
+            span,
+            label,
+            ttl,
+        )
+        .await
 }
 
 /// How old the current values the dashboard serves may be. Callers within it share one read:
@@ -49,14 +66,23 @@ pub(super) async fn current_values(state: &AppState) -> Arc<Vec<Result<MetricVal
     let store = state.sources.store.clone();
     state
         .values
-        .get_or_stale(Arc::as_ptr(&set) as usize, VALUES_TTL, VALUES_STALE, || async move {
-            let now = chrono::Utc::now().timestamp_millis();
-            let mut out = Vec::with_capacity(set.metrics().len());
-            for m in set.metrics() {
-                out.push(aggregate::read(m, &*store, now).await.map_err(|e| format!("{e:#}")));
-            }
-            Arc::new(out)
-        })
+        .get_or_stale(
+            Arc::as_ptr(&set) as usize,
+            VALUES_TTL,
+            VALUES_STALE,
+            || async move {
+                let now = chrono::Utc::now().timestamp_millis();
+                let mut out = Vec::with_capacity(set.metrics().len());
+                for m in set.metrics() {
+                    out.push(
+                        aggregate::read(m, &*store, now)
+                            .await
+                            .map_err(|e| format!("{e:#}")),
+                    );
+                }
+                Arc::new(out)
+            },
+        )
         .await
 }
 
@@ -64,7 +90,10 @@ pub(super) async fn current_values(state: &AppState) -> Arc<Vec<Result<MetricVal
 /// readers answer 503 then; otherwise they show the metrics that read and name the others.
 pub(super) fn all_failed(values: &[Result<MetricValue, String>]) -> Option<&str> {
     match values.iter().all(Result::is_err) {
-        true => values.first().and_then(|v| v.as_ref().err()).map(String::as_str),
+        true => values
+            .first()
+            .and_then(|v| v.as_ref().err())
+            .map(String::as_str),
         false => None,
     }
 }
@@ -73,7 +102,12 @@ pub(super) fn all_failed(values: &[Result<MetricValue, String>]) -> Option<&str>
 /// picks which panels the template shows.
 pub(super) async fn view(state: &AppState, q: &RangeQuery) -> Value {
     let (_, range) = range_ms(q.range.as_deref());
-    let mut ctx = state.views.get(range, state.refresh(), || build_view(state, range)).await.as_ref().clone();
+    let mut ctx = state
+        .views
+        .get(range, state.refresh(), || build_view(state, range))
+        .await
+        .as_ref()
+        .clone();
     ctx["selected"] = json!(q.metric.clone().unwrap_or_default());
     ctx
 }
@@ -93,7 +127,12 @@ async fn build_view(state: &AppState, range: &'static str) -> Arc<Value> {
         let current = read.map(|v| v.value.clone()).unwrap_or(Value::Null);
         let history = history(state, &set, m, Some(range)).await;
         let (series, hidden) = series_of(m.name(), &history);
-        let frame = chart::Frame { from: now - span, to: now, unit: &m.config.unit, hidden };
+        let frame = chart::Frame {
+            from: now - span,
+            to: now,
+            unit: &m.config.unit,
+            hidden,
+        };
         by_name.insert(m.name().to_string(), current.clone());
         metrics.push(json!({
             "name": m.name(),
@@ -116,7 +155,13 @@ async fn build_view(state: &AppState, range: &'static str) -> Arc<Value> {
     let rate = |k: &str| rates.get(k).copied().unwrap_or(0.0);
     let (rate_in, rate_stored) = (rate("generated").max(rate("consumed")), rate("stored"));
     let reload = state.sources.reload.lock().unwrap().clone();
-    let num = |name: &str| by_name.get(name).and_then(headline_number).map(chart::short).unwrap_or_else(|| "–".into());
+    let num = |name: &str| {
+        by_name
+            .get(name)
+            .and_then(headline_number)
+            .map(chart::short)
+            .unwrap_or_else(|| "–".into())
+    };
     // The tiles the file chose (`[dashboard] headline`), else the first three metrics.
     let chosen = state.headline();
     let names: Vec<&str> = match chosen.is_empty() {
@@ -126,7 +171,13 @@ async fn build_view(state: &AppState, range: &'static str) -> Arc<Value> {
     let tiles: Vec<Value> = names
         .iter()
         .map(|name| {
-            let label = set.metrics().iter().find(|m| m.name() == *name).map(|m| m.config.description.as_str()).filter(|d| !d.is_empty()).unwrap_or(name);
+            let label = set
+                .metrics()
+                .iter()
+                .find(|m| m.name() == *name)
+                .map(|m| m.config.description.as_str())
+                .filter(|d| !d.is_empty())
+                .unwrap_or(name);
             json!({ "name": name, "label": label, "text": num(name) })
         })
         .collect();
@@ -158,17 +209,41 @@ pub(super) fn series_of(name: &str, history: &[Point]) -> (Vec<chart::Series>, u
     fn value(p: &Point) -> Option<&Value> {
         p.filled.then_some(&p.value)
     }
-    if history.iter().filter_map(value).all(|v| matches!(v, Value::Number(_))) {
-        let points = history.iter().map(|p| (p.end, value(p).and_then(Value::as_f64))).collect();
-        return (vec![chart::Series { name: name.to_string(), points }], 0);
+    if history
+        .iter()
+        .filter_map(value)
+        .all(|v| matches!(v, Value::Number(_)))
+    {
+        let points = history
+            .iter()
+            .map(|p| (p.end, value(p).and_then(Value::as_f64)))
+            .collect();
+        return (
+            vec![chart::Series {
+                name: name.to_string(),
+                points,
+            }],
+            0,
+        );
     }
     // Per key: its weight (total for groups, peak for rankings) and whether absence means zero.
     let mut keys: HashMap<String, f64> = HashMap::new();
     let mut grouped = true;
     let entries = |v: &Value| -> Vec<(String, f64)> {
         match v {
-            Value::Object(m) => m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_f64()?))).collect(),
-            Value::Array(a) => a.iter().filter_map(|e| Some((e.get("key")?.as_str()?.to_string(), e.get("count")?.as_f64()?))).collect(),
+            Value::Object(m) => m
+                .iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_f64()?)))
+                .collect(),
+            Value::Array(a) => a
+                .iter()
+                .filter_map(|e| {
+                    Some((
+                        e.get("key")?.as_str()?.to_string(),
+                        e.get("count")?.as_f64()?,
+                    ))
+                })
+                .collect(),
             _ => Vec::new(),
         }
     };
@@ -189,12 +264,16 @@ pub(super) fn series_of(name: &str, history: &[Point]) -> (Vec<chart::Series>, u
             let points = history
                 .iter()
                 .map(|p| {
-                    let at = value(p).map(|v| entries(v).into_iter().find(|e| e.0 == key).map(|e| e.1));
-                    (p.end, match at {
-                        Some(Some(n)) => Some(n),
-                        Some(None) if grouped => Some(0.0),
-                        _ => None,
-                    })
+                    let at =
+                        value(p).map(|v| entries(v).into_iter().find(|e| e.0 == key).map(|e| e.1));
+                    (
+                        p.end,
+                        match at {
+                            Some(Some(n)) => Some(n),
+                            Some(None) if grouped => Some(0.0),
+                            _ => None,
+                        },
+                    )
                 })
                 .collect();
             chart::Series { name: key, points }
@@ -207,9 +286,16 @@ pub(super) fn series_of(name: &str, history: &[Point]) -> (Vec<chart::Series>, u
 pub(super) async fn alerts_json(store: &dyn EventStore) -> Value {
     let active = crate::alert::active_alerts(store).await;
     let recent = store.recent_alerts(20).await;
-    let error = active.as_ref().err().or(recent.as_ref().err()).map(|e| format!("{e:#}"));
+    let error = active
+        .as_ref()
+        .err()
+        .or(recent.as_ref().err())
+        .map(|e| format!("{e:#}"));
     let active = active.unwrap_or_default();
-    let firing = active.iter().filter(|a| a.status == crate::alert::state::Status::Firing).count();
+    let firing = active
+        .iter()
+        .filter(|a| a.status == crate::alert::state::Status::Firing)
+        .count();
     json!({
         "firing": firing,
         "pending": active.len() - firing,
@@ -232,17 +318,28 @@ fn kind(v: &Value) -> &'static str {
 pub(super) fn headline_number(v: &Value) -> Option<f64> {
     match v {
         Value::Number(n) => n.as_f64(),
-        Value::Array(a) => a.first().and_then(|e| e.get("count")).and_then(|c| c.as_f64()),
+        Value::Array(a) => a
+            .first()
+            .and_then(|e| e.get("count"))
+            .and_then(|c| c.as_f64()),
         _ => None,
     }
 }
 
 fn bars(v: &Value) -> Vec<Value> {
     let entries: Vec<(String, f64)> = match v {
-        Value::Object(m) => m.iter().filter_map(|(k, v)| v.as_f64().map(|n| (k.clone(), n))).collect(),
+        Value::Object(m) => m
+            .iter()
+            .filter_map(|(k, v)| v.as_f64().map(|n| (k.clone(), n)))
+            .collect(),
         Value::Array(a) => a
             .iter()
-            .filter_map(|e| Some((e.get("key")?.as_str()?.to_string(), e.get("count")?.as_f64()?)))
+            .filter_map(|e| {
+                Some((
+                    e.get("key")?.as_str()?.to_string(),
+                    e.get("count")?.as_f64()?,
+                ))
+            })
             .collect(),
         _ => Vec::new(),
     };
@@ -252,7 +349,12 @@ fn bars(v: &Value) -> Vec<Value> {
 
 pub(super) fn health_json(stats: &Stats, r: &ReloadStatus) -> Value {
     let (latency, lag) = (stats.visible_latency_ms(), stats.lag());
-    let dead: serde_json::Map<String, Value> = stats.dead_letters().into_iter().filter(|d| d.1 > 0).map(|(r, n)| (r.as_str().to_string(), json!(n))).collect();
+    let dead: serde_json::Map<String, Value> = stats
+        .dead_letters()
+        .into_iter()
+        .filter(|d| d.1 > 0)
+        .map(|(r, n)| (r.as_str().to_string(), json!(n)))
+        .collect();
     stats.snapshot().json_with(json!({
         "store_failing_since": stats.store_failing_since().map(|t| t.to_rfc3339()),
         "dead_letters": dead,

@@ -10,5 +10,7 @@ pub use schema::{EventConfig, Extra, Field, FieldSpec, FieldType, Naive, Schema,
 /// A schema from the text of an `[event]` section (unit tests).
 #[cfg(test)]
 pub(crate) fn schema_of(text: &str) -> std::sync::Arc<Schema> {
-    std::sync::Arc::new(Schema::new(&toml::from_str(text).expect("[event] parses")).expect("[event] is valid"))
+    std::sync::Arc::new(
+        Schema::new(&toml::from_str(text).expect("[event] parses")).expect("[event] is valid"),
+    )
 }

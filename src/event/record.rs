@@ -94,7 +94,9 @@ impl Value {
 
 /// ISO 8601 in UTC with milliseconds (`2026-11-27T23:22:29.123Z`).
 pub fn iso(ms: i64) -> String {
-    DateTime::from_timestamp_millis(ms).unwrap_or_default().to_rfc3339_opts(SecondsFormat::Millis, true)
+    DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 /// Reads an ISO 8601 timestamp; a zone-less one as `naive` says.
@@ -136,10 +138,16 @@ impl Record {
         let n = schema.fields().len();
         // Built in place rather than by cloning `Missing` into each slot (~3 % of decode).
         let slots = match n {
-            0..=INLINE_SLOTS => SmallVec::from_buf_and_len([const { Value::Missing }; INLINE_SLOTS], n),
+            0..=INLINE_SLOTS => {
+                SmallVec::from_buf_and_len([const { Value::Missing }; INLINE_SLOTS], n)
+            }
             _ => smallvec::smallvec![Value::Missing; n],
         };
-        Record { schema: schema.clone(), slots, extra: serde_json::Map::new() }
+        Record {
+            schema: schema.clone(),
+            slots,
+            extra: serde_json::Map::new(),
+        }
     }
 
     pub fn schema(&self) -> &Arc<Schema> {
@@ -173,7 +181,12 @@ impl Record {
 
     /// Every declared field that has a value, with its name, in slot order.
     pub fn present(&self) -> impl Iterator<Item = (&str, &Value)> {
-        self.schema.fields().iter().zip(&self.slots).filter(|(_, v)| !matches!(v, Value::Missing)).map(|(f, v)| (f.name.as_str(), v))
+        self.schema
+            .fields()
+            .iter()
+            .zip(&self.slots)
+            .filter(|(_, v)| !matches!(v, Value::Missing))
+            .map(|(f, v)| (f.name.as_str(), v))
     }
 
     /// The unique id ("" until assigned).
@@ -219,10 +232,19 @@ impl Record {
         Record::read_json(schema, serde_json::Deserializer::from_str(text))
     }
 
-    fn read_json<'de, R: serde_json::de::Read<'de>>(schema: &Arc<Schema>, mut de: serde_json::Deserializer<R>) -> Result<Record, DecodeError> {
+    fn read_json<'de, R: serde_json::de::Read<'de>>(
+        schema: &Arc<Schema>,
+        mut de: serde_json::Deserializer<R>,
+    ) -> Result<Record, DecodeError> {
         let mut record = Record::new(schema);
         let field = std::cell::Cell::new(None);
-        let result = RecordSeed { schema, record: &mut record, field: &field }.deserialize(&mut de).and_then(|()| de.end());
+        let result = RecordSeed {
+            schema,
+            record: &mut record,
+            field: &field,
+        }
+        .deserialize(&mut de)
+        .and_then(|()| de.end());
         match result {
             Ok(()) => Ok(record),
             Err(e) => {
@@ -239,7 +261,8 @@ impl Record {
     /// Appends the JSON encoding to `out` (reused across records to avoid an allocation each).
     pub fn write_json(&self, out: &mut Vec<u8>) {
         let mut ser = serde_json::Serializer::new(out);
-        self.serialize_into(&mut ser).expect("a record always serializes");
+        self.serialize_into(&mut ser)
+            .expect("a record always serializes");
     }
 
     /// The JSON encoding as a string.
@@ -289,16 +312,44 @@ impl Record {
             };
             if !fits {
                 let shown = v.as_text().unwrap_or_default();
-                let what = if s.ty == FieldType::Timestamp && matches!(v, Value::Text(_)) { " that is not an ISO 8601 timestamp" } else { "" };
-                return Err((true, format!("field {:?} must be {} but is {} ({shown:?}){what}", f.name, s.ty.name(), v.type_name())));
+                let what = if s.ty == FieldType::Timestamp && matches!(v, Value::Text(_)) {
+                    " that is not an ISO 8601 timestamp"
+                } else {
+                    ""
+                };
+                return Err((
+                    true,
+                    format!(
+                        "field {:?} must be {} but is {} ({shown:?}){what}",
+                        f.name,
+                        s.ty.name(),
+                        v.type_name()
+                    ),
+                ));
             }
             if !s.values.is_empty() && !s.values.iter().any(|listed| v.matches(listed)) {
-                return Err((false, format!("field {:?}: {:?} is not one of {}", f.name, v.as_text().unwrap_or_default(), s.values.join(", "))));
+                return Err((
+                    false,
+                    format!(
+                        "field {:?}: {:?} is not one of {}",
+                        f.name,
+                        v.as_text().unwrap_or_default(),
+                        s.values.join(", ")
+                    ),
+                ));
             }
             if let Some(n) = v.as_f64().filter(|_| s.ty != FieldType::Timestamp) {
                 if s.min.is_some_and(|lo| n < lo) || s.max.is_some_and(|hi| n > hi) {
                     let range = |b: Option<f64>| b.map_or("-".to_string(), |b| b.to_string());
-                    return Err((false, format!("field {:?}: {n} is outside [{}, {}]", f.name, range(s.min), range(s.max))));
+                    return Err((
+                        false,
+                        format!(
+                            "field {:?}: {n} is outside [{}, {}]",
+                            f.name,
+                            range(s.min),
+                            range(s.max)
+                        ),
+                    ));
                 }
             }
             if s.non_empty && matches!(v, Value::Text(t) if t.is_empty()) {
@@ -312,7 +363,10 @@ impl Record {
         }
         if self.schema.extra() == Extra::Reject {
             if let Some(name) = self.extra.keys().next() {
-                return Err((true, format!("field {name:?} is not declared in [event] (extra = \"reject\")")));
+                return Err((
+                    true,
+                    format!("field {name:?} is not declared in [event] (extra = \"reject\")"),
+                ));
             }
         }
         Ok(())
@@ -358,7 +412,10 @@ impl<'de> Visitor<'de> for RecordSeed<'_> {
                     guess = i + 1;
                     self.field.set(Some(i));
                     let spec = &fields[i].spec;
-                    self.record.slots[i] = map.next_value_seed(SlotSeed { ty: spec.ty, naive: spec.naive })?;
+                    self.record.slots[i] = map.next_value_seed(SlotSeed {
+                        ty: spec.ty,
+                        naive: spec.naive,
+                    })?;
                     self.field.set(None);
                 }
                 Key::Extra(name) => {
@@ -471,11 +528,17 @@ impl<'de> Visitor<'de> for SlotSeed {
     }
     fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
         while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Err(de::Error::custom(format!("expected {}, found a list", self.ty.name())))
+        Err(de::Error::custom(format!(
+            "expected {}, found a list",
+            self.ty.name()
+        )))
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Err(de::Error::custom(format!("expected {}, found an object", self.ty.name())))
+        Err(de::Error::custom(format!(
+            "expected {}, found an object",
+            self.ty.name()
+        )))
     }
 }
 
@@ -510,40 +573,75 @@ key = "device_id""#,
         assert!(r.check().is_ok());
         let again = Record::from_json(&s, r.to_json().as_bytes()).unwrap();
         assert_eq!(again, r);
-        assert!(r.to_json().contains(r#""note":{"a":[1,2]}"#), "{}", r.to_json());
+        assert!(
+            r.to_json().contains(r#""note":{"a":[1,2]}"#),
+            "{}",
+            r.to_json()
+        );
     }
 
     #[test]
     fn naive_timestamps_are_read_as_declared() {
         let s = sensors();
-        let r = Record::from_json(&s, br#"{"device_id":"d","site":"lab","temperature":1,"ts":"2026-01-02T03:04:05.5"}"#).unwrap();
+        let r = Record::from_json(
+            &s,
+            br#"{"device_id":"d","site":"lab","temperature":1,"ts":"2026-01-02T03:04:05.5"}"#,
+        )
+        .unwrap();
         assert_eq!(iso(r.time_ms()), "2026-01-02T03:04:05.500Z");
         assert_eq!(r.id(), "");
-        assert!(r.check().is_ok(), "a missing id is assigned later, not an error");
-        assert_eq!(parse_time("2026-01-02T03:04:05", Naive::Offset(3600)).map(iso).unwrap(), "2026-01-02T02:04:05.000Z");
+        assert!(
+            r.check().is_ok(),
+            "a missing id is assigned later, not an error"
+        );
+        assert_eq!(
+            parse_time("2026-01-02T03:04:05", Naive::Offset(3600))
+                .map(iso)
+                .unwrap(),
+            "2026-01-02T02:04:05.000Z"
+        );
         assert_eq!(parse_time("2026-01-02T03:04:05", Naive::Reject), None);
     }
 
     #[test]
     fn each_schema_problem_names_its_field() {
         let s = sensors();
-        let problem = |json: &str| Record::from_json(&s, json.as_bytes()).unwrap().check().unwrap_err();
+        let problem = |json: &str| {
+            Record::from_json(&s, json.as_bytes())
+                .unwrap()
+                .check()
+                .unwrap_err()
+        };
         let base = r#""device_id":"d","ts":"2026-01-01T00:00:00Z""#;
         let (shape, why) = problem(&format!(r#"{{{base},"temperature":1}}"#));
         assert!(shape && why.contains("\"site\" is missing"), "{why}");
         let (shape, why) = problem(&format!(r#"{{{base},"site":"lab","temperature":"hot"}}"#));
-        assert!(shape && why.contains("\"temperature\" must be float but is a string"), "{why}");
+        assert!(
+            shape && why.contains("\"temperature\" must be float but is a string"),
+            "{why}"
+        );
         let (shape, why) = problem(&format!(r#"{{{base},"site":"moon","temperature":1}}"#));
-        assert!(!shape && why.contains("\"site\": \"moon\" is not one of lab, roof"), "{why}");
+        assert!(
+            !shape && why.contains("\"site\": \"moon\" is not one of lab, roof"),
+            "{why}"
+        );
         let (shape, why) = problem(&format!(r#"{{{base},"site":"lab","temperature":81}}"#));
-        assert!(!shape && why.contains("\"temperature\": 81 is outside [-50, 80]"), "{why}");
-        let (_, why) = problem(r#"{"device_id":"d","site":"lab","temperature":1,"ts":"yesterday"}"#);
-        assert!(why.contains("\"ts\" must be timestamp") && why.contains("ISO 8601"), "{why}");
+        assert!(
+            !shape && why.contains("\"temperature\": 81 is outside [-50, 80]"),
+            "{why}"
+        );
+        let (_, why) =
+            problem(r#"{"device_id":"d","site":"lab","temperature":1,"ts":"yesterday"}"#);
+        assert!(
+            why.contains("\"ts\" must be timestamp") && why.contains("ISO 8601"),
+            "{why}"
+        );
     }
 
     #[test]
     fn undeclared_fields_are_kept_unless_rejected() {
-        let keep = schema("fields = { i = \"string\", t = \"timestamp\" }\nid = \"i\"\ntime = \"t\"");
+        let keep =
+            schema("fields = { i = \"string\", t = \"timestamp\" }\nid = \"i\"\ntime = \"t\"");
         let r = Record::from_json(&keep, br#"{"t":"2026-01-01T00:00:00Z","x":1}"#).unwrap();
         assert_eq!(r.extra()["x"], 1);
         assert!(r.check().is_ok());
@@ -556,8 +654,14 @@ key = "device_id""#,
     fn a_key_written_with_escapes_finds_its_field_in_either_reader() {
         let s = sensors();
         let text = r#"{"device\u005fid":"d","s\u0069te":"lab","temperature":1,"ts":"2026-01-01T00:00:00Z","n\u00f6te":2}"#;
-        for r in [Record::from_json(&s, text.as_bytes()).unwrap(), Record::from_json_str(&s, text).unwrap()] {
-            assert_eq!((r.key().as_deref(), r.field("site")), (Some("d"), Some(&Value::Text("lab".into()))));
+        for r in [
+            Record::from_json(&s, text.as_bytes()).unwrap(),
+            Record::from_json_str(&s, text).unwrap(),
+        ] {
+            assert_eq!(
+                (r.key().as_deref(), r.field("site")),
+                (Some("d"), Some(&Value::Text("lab".into())))
+            );
             assert_eq!(r.extra()["n\u{f6}te"], 2);
             assert!(r.check().is_ok());
         }
@@ -567,7 +671,11 @@ key = "device_id""#,
     fn bad_json_is_syntax_and_nested_values_in_declared_fields_name_the_field() {
         let s = sensors();
         assert!(Record::from_json(&s, b"not json").unwrap_err().syntax);
-        assert!(Record::from_json(&s, br#"{"site": "lab""#).unwrap_err().syntax);
+        assert!(
+            Record::from_json(&s, br#"{"site": "lab""#)
+                .unwrap_err()
+                .syntax
+        );
         let e = Record::from_json(&s, br#"{"site": ["lab"]}"#).unwrap_err();
         assert!(!e.syntax && e.message.contains("\"site\""), "{e:?}");
         assert!(!Record::from_json(&s, b"[1]").unwrap_err().syntax);

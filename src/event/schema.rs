@@ -117,7 +117,16 @@ pub const DEFAULT_MAX_LEN: usize = 1024;
 
 impl FieldSpec {
     pub fn of(ty: FieldType, optional: bool) -> FieldSpec {
-        FieldSpec { ty, optional, values: Vec::new(), min: None, max: None, non_empty: false, naive: Naive::Utc, max_len: DEFAULT_MAX_LEN }
+        FieldSpec {
+            ty,
+            optional,
+            values: Vec::new(),
+            min: None,
+            max: None,
+            non_empty: false,
+            naive: Naive::Utc,
+            max_len: DEFAULT_MAX_LEN,
+        }
     }
 }
 
@@ -155,11 +164,15 @@ impl<'de> Deserialize<'de> for Scalar {
             I(i64),
             B(bool),
         }
-        Ok(Scalar(match Any::deserialize(d).map_err(|_| de::Error::custom("values must be strings, integers or booleans"))? {
-            Any::S(s) => s,
-            Any::I(i) => i.to_string(),
-            Any::B(b) => b.to_string(),
-        }))
+        Ok(Scalar(
+            match Any::deserialize(d)
+                .map_err(|_| de::Error::custom("values must be strings, integers or booleans"))?
+            {
+                Any::S(s) => s,
+                Any::I(i) => i.to_string(),
+                Any::B(b) => b.to_string(),
+            },
+        ))
     }
 }
 
@@ -169,7 +182,9 @@ impl<'de> Deserialize<'de> for FieldSpec {
         impl<'de> Visitor<'de> for V {
             type Value = FieldSpec;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a type such as \"float\" or \"string?\", or a table { type = \"...\", ... }")
+                f.write_str(
+                    "a type such as \"float\" or \"string?\", or a table { type = \"...\", ... }",
+                )
             }
             fn visit_str<E: de::Error>(self, text: &str) -> Result<FieldSpec, E> {
                 let (ty, optional) = FieldType::parse(text).map_err(E::custom)?;
@@ -234,7 +249,14 @@ pub struct Schema {
 impl Schema {
     /// Checks the section; each problem starts with `event.<key>` so the config can point at its line.
     pub fn new(config: &EventConfig) -> Result<Schema, Vec<String>> {
-        let fields: Vec<Field> = config.fields.iter().map(|(name, spec)| Field { name: name.clone(), spec: spec.clone() }).collect();
+        let fields: Vec<Field> = config
+            .fields
+            .iter()
+            .map(|(name, spec)| Field {
+                name: name.clone(),
+                spec: spec.clone(),
+            })
+            .collect();
         let mut problems = Vec::new();
         if fields.is_empty() {
             problems.push("event.fields: declare at least one field".to_string());
@@ -243,7 +265,10 @@ impl Schema {
             let found = fields.iter().position(|f| f.name == name);
             if found.is_none() {
                 let declared: Vec<&str> = fields.iter().map(|f| f.name.as_str()).collect();
-                problems.push(format!("event.{role}: {name:?} is not a declared field (declared: {})", declared.join(", ")));
+                problems.push(format!(
+                    "event.{role}: {name:?} is not a declared field (declared: {})",
+                    declared.join(", ")
+                ));
             }
             found
         };
@@ -252,43 +277,83 @@ impl Schema {
         let key = config.key.as_deref().map(|k| slot("key", k, &mut problems));
         if let Some(i) = id {
             if fields[i].spec.ty != FieldType::String {
-                problems.push(format!("event.id: the id field {:?} must be a string (it is {})", fields[i].name, fields[i].spec.ty.name()));
+                problems.push(format!(
+                    "event.id: the id field {:?} must be a string (it is {})",
+                    fields[i].name,
+                    fields[i].spec.ty.name()
+                ));
             }
         }
         if let Some(i) = time {
             let f = &fields[i];
             if f.spec.ty != FieldType::Timestamp || f.spec.optional {
-                problems.push(format!("event.time: the time field {:?} must be a required timestamp (it is {}{})", f.name, f.spec.ty.name(), if f.spec.optional { "?" } else { "" }));
+                problems.push(format!(
+                    "event.time: the time field {:?} must be a required timestamp (it is {}{})",
+                    f.name,
+                    f.spec.ty.name(),
+                    if f.spec.optional { "?" } else { "" }
+                ));
             }
         }
         for f in &fields {
             let s = &f.spec;
-            if !f.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || f.name.starts_with(|c: char| c.is_ascii_digit()) {
+            if !f
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+                || f.name.starts_with(|c: char| c.is_ascii_digit())
+            {
                 problems.push(format!("event.fields: {:?} is not a plain name (letters, digits and _, not starting with a digit)", f.name));
             }
             if !s.values.is_empty() && !matches!(s.ty, FieldType::String | FieldType::Int) {
-                problems.push(format!("event.fields: {:?}: `values` applies to string and int fields", f.name));
+                problems.push(format!(
+                    "event.fields: {:?}: `values` applies to string and int fields",
+                    f.name
+                ));
             }
-            if (s.min.is_some() || s.max.is_some()) && !matches!(s.ty, FieldType::Int | FieldType::Float) {
-                problems.push(format!("event.fields: {:?}: `min` and `max` apply to int and float fields", f.name));
+            if (s.min.is_some() || s.max.is_some())
+                && !matches!(s.ty, FieldType::Int | FieldType::Float)
+            {
+                problems.push(format!(
+                    "event.fields: {:?}: `min` and `max` apply to int and float fields",
+                    f.name
+                ));
             }
             if s.non_empty && s.ty != FieldType::String {
-                problems.push(format!("event.fields: {:?}: `non_empty` applies to string fields", f.name));
+                problems.push(format!(
+                    "event.fields: {:?}: `non_empty` applies to string fields",
+                    f.name
+                ));
             }
             if s.max_len != DEFAULT_MAX_LEN && s.ty != FieldType::String {
-                problems.push(format!("event.fields: {:?}: `max_len` applies to string fields", f.name));
+                problems.push(format!(
+                    "event.fields: {:?}: `max_len` applies to string fields",
+                    f.name
+                ));
             }
             if s.max_len == 0 {
-                problems.push(format!("event.fields: {:?}: `max_len` must be at least 1", f.name));
+                problems.push(format!(
+                    "event.fields: {:?}: `max_len` must be at least 1",
+                    f.name
+                ));
             }
             if let (Some(lo), Some(hi)) = (s.min, s.max) {
                 if lo > hi {
-                    problems.push(format!("event.fields: {:?}: min ({lo}) is above max ({hi})", f.name));
+                    problems.push(format!(
+                        "event.fields: {:?}: min ({lo}) is above max ({hi})",
+                        f.name
+                    ));
                 }
             }
         }
         match (id, time) {
-            (Some(id), Some(time)) if problems.is_empty() => Ok(Schema { fields, id, time, key: key.flatten(), extra: config.extra }),
+            (Some(id), Some(time)) if problems.is_empty() => Ok(Schema {
+                fields,
+                id,
+                time,
+                key: key.flatten(),
+                extra: config.extra,
+            }),
             _ => Err(problems),
         }
     }
@@ -355,30 +420,51 @@ key = "site""#,
         assert_eq!(site.values, ["lab", "roof"]);
         assert!(site.non_empty);
         assert_eq!(s.fields()[s.slot("x").unwrap()].spec.max, Some(1.5));
-        assert_eq!((s.id_name(), s.time_name(), s.key_slot()), ("id", "t", s.slot("site")));
+        assert_eq!(
+            (s.id_name(), s.time_name(), s.key_slot()),
+            ("id", "t", s.slot("site"))
+        );
     }
 
     #[test]
     fn an_unknown_type_is_named_with_the_valid_ones() {
         let err = parse("fields = { a = \"flaot\" }\nid = \"a\"\ntime = \"a\"").unwrap_err();
-        assert!(err.contains("unknown field type \"flaot\"") && err.contains("timestamp"), "{err}");
+        assert!(
+            err.contains("unknown field type \"flaot\"") && err.contains("timestamp"),
+            "{err}"
+        );
     }
 
     #[test]
     fn roles_must_name_declared_fields_of_the_right_type() {
         let c = parse("fields = { a = \"int\", t = \"timestamp?\" }\nid = \"a\"\ntime = \"t\"\nkey = \"nope\"").unwrap();
         let problems = Schema::new(&c).unwrap_err().join("\n");
-        assert!(problems.contains("event.id: the id field \"a\" must be a string"), "{problems}");
-        assert!(problems.contains("event.time: the time field \"t\" must be a required timestamp"), "{problems}");
-        assert!(problems.contains("event.key: \"nope\" is not a declared field (declared: a, t)"), "{problems}");
+        assert!(
+            problems.contains("event.id: the id field \"a\" must be a string"),
+            "{problems}"
+        );
+        assert!(
+            problems.contains("event.time: the time field \"t\" must be a required timestamp"),
+            "{problems}"
+        );
+        assert!(
+            problems.contains("event.key: \"nope\" is not a declared field (declared: a, t)"),
+            "{problems}"
+        );
     }
 
     #[test]
     fn string_fields_have_a_default_max_len_that_the_long_form_sets() {
         let c = parse("fields = { i = \"string\", note = { type = \"string\", max_len = 100000 }, t = \"timestamp\" }\nid = \"i\"\ntime = \"t\"").unwrap();
-        assert_eq!((c.fields["i"].max_len, c.fields["note"].max_len), (DEFAULT_MAX_LEN, 100_000));
+        assert_eq!(
+            (c.fields["i"].max_len, c.fields["note"].max_len),
+            (DEFAULT_MAX_LEN, 100_000)
+        );
         let c = parse("fields = { i = \"string\", n = { type = \"int\", max_len = 3 }, t = \"timestamp\" }\nid = \"i\"\ntime = \"t\"").unwrap();
-        assert!(Schema::new(&c).unwrap_err().join("\n").contains("`max_len` applies to string fields"));
+        assert!(Schema::new(&c)
+            .unwrap_err()
+            .join("\n")
+            .contains("`max_len` applies to string fields"));
     }
 
     #[test]

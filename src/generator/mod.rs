@@ -84,7 +84,10 @@ impl GeneratorConfig {
     pub fn check(&self) -> Option<String> {
         let mut p = Vec::new();
         if !(self.rate >= 0.0 && self.rate.is_finite()) {
-            p.push(format!("generator.rate must be 0 (unlimited) or more, got {}", self.rate));
+            p.push(format!(
+                "generator.rate must be 0 (unlimited) or more, got {}",
+                self.rate
+            ));
         }
         if self.batch_size == 0 {
             p.push("generator.batch_size must be at least 1".to_string());
@@ -95,12 +98,26 @@ impl GeneratorConfig {
         p.extend(self.profile.iter().flat_map(ProfileConfig::check));
         for (i, s) in self.scenario_defs.iter().enumerate() {
             if self.scenario_defs[..i].iter().any(|o| o.name == s.name) {
-                p.push(format!("generator.scenario: the name {:?} is used twice", s.name));
+                p.push(format!(
+                    "generator.scenario: the name {:?} is used twice",
+                    s.name
+                ));
             }
         }
-        for name in self.scenarios.iter().filter(|n| !self.scenario_defs.iter().any(|s| &s.name == *n)) {
+        for name in self
+            .scenarios
+            .iter()
+            .filter(|n| !self.scenario_defs.iter().any(|s| &s.name == *n))
+        {
             let known: Vec<&str> = self.scenario_defs.iter().map(|s| s.name.as_str()).collect();
-            p.push(format!("generator.scenarios: no scenario named {name:?} (the file has: {})", if known.is_empty() { "none".into() } else { known.join(", ") }));
+            p.push(format!(
+                "generator.scenarios: no scenario named {name:?} (the file has: {})",
+                if known.is_empty() {
+                    "none".into()
+                } else {
+                    known.join(", ")
+                }
+            ));
         }
         (!p.is_empty()).then(|| p.join("; "))
     }
@@ -140,19 +157,35 @@ impl GeneratorScript {
             .eval_ast_with_scope(&mut scope, &ast)
             .map_err(|e| ScriptError::from_eval(path, &e))?;
         let shape = if described.is_map() {
-            Shape::Independent(EventPlan::from_map(described.cast::<Map>(), schema).map_err(|m| ScriptError::whole_file(path, m))?)
+            Shape::Independent(
+                EventPlan::from_map(described.cast::<Map>(), schema)
+                    .map_err(|m| ScriptError::whole_file(path, m))?,
+            )
         } else if described.is::<session::SessionsSpec>() {
-            let plan = SessionPlan::compile(described.cast::<session::SessionsSpec>(), schema).map_err(|m| ScriptError::whole_file(path, m))?;
+            let plan = SessionPlan::compile(described.cast::<session::SessionsSpec>(), schema)
+                .map_err(|m| ScriptError::whole_file(path, m))?;
             Shape::Sessions(Arc::new(plan))
         } else {
             let got = described.type_name();
             return Err(ScriptError::whole_file(path, format!("the script must end with a map of field distributions, or sessions(events, description); it ends with a {got}")));
         };
-        let traffic = Traffic::compile(config.profile.as_ref(), &config.scenario_defs, &config.scenarios, schema)
-            .map_err(|m| ScriptError::whole_file(path, format!("[generator] {m}")))?;
-        let has_hook = ast.iter_functions().any(|f| f.name == "on_event" && f.params.len() == 1);
+        let traffic = Traffic::compile(
+            config.profile.as_ref(),
+            &config.scenario_defs,
+            &config.scenarios,
+            schema,
+        )
+        .map_err(|m| ScriptError::whole_file(path, format!("[generator] {m}")))?;
+        let has_hook = ast
+            .iter_functions()
+            .any(|f| f.name == "on_event" && f.params.len() == 1);
         let hook = has_hook.then(|| Arc::new((engine, ast)));
-        Ok(GeneratorScript { shape, hook, path: path.clone(), traffic: Arc::new(traffic) })
+        Ok(GeneratorScript {
+            shape,
+            hook,
+            path: path.clone(),
+            traffic: Arc::new(traffic),
+        })
     }
 
     /// How the traffic changes over time.
@@ -201,7 +234,14 @@ impl Generator {
         // The prefix comes from the OS even with a seed: two runs of a seeded stream are still
         // different events, and must not collide on the store's unique event_id.
         let id_prefix = uuid::Uuid::new_v4().simple().to_string()[..16].to_string();
-        let mut g = Generator { script, rng, id_prefix, next_seq: 0, sessions: None, hook_errors: 0 };
+        let mut g = Generator {
+            script,
+            rng,
+            id_prefix,
+            next_seq: 0,
+            sessions: None,
+            hook_errors: 0,
+        };
         g.follow_sessions();
         g
     }
@@ -236,7 +276,15 @@ impl Generator {
     /// Appends `n` records to `out`, timed now, unpaced and with no scenario on.
     pub fn fill(&mut self, n: usize, out: &mut Vec<Record>) {
         let effects = Effects::default();
-        self.fill_at(n, &Tick { now_ms: chrono::Utc::now().timestamp_millis(), rate: 0.0, effects: &effects }, out);
+        self.fill_at(
+            n,
+            &Tick {
+                now_ms: chrono::Utc::now().timestamp_millis(),
+                rate: 0.0,
+                effects: &effects,
+            },
+            out,
+        );
     }
 
     /// Draws `n` records at `tick` and appends those the scenarios do not drop to `out`.
@@ -252,12 +300,24 @@ impl Generator {
                 (None, Shape::Independent(plan)) => {
                     let mut r = Record::new(plan.schema());
                     r.set_time_ms(now);
-                    plan.draw(&mut self.rng, self.next_seq, &mut r, None, &tick.effects.overrides);
+                    plan.draw(
+                        &mut self.rng,
+                        self.next_seq,
+                        &mut r,
+                        None,
+                        &tick.effects.overrides,
+                    );
                     r
                 }
-                (None, Shape::Sessions(_)) => unreachable!("follow_sessions opens sessions for a session script"),
+                (None, Shape::Sessions(_)) => {
+                    unreachable!("follow_sessions opens sessions for a session script")
+                }
             };
-            e.set_id(compact_str::format_compact!("{}-{:x}", self.id_prefix, self.next_seq));
+            e.set_id(compact_str::format_compact!(
+                "{}-{:x}",
+                self.id_prefix,
+                self.next_seq
+            ));
             self.next_seq += 1;
             if let Some(hook) = self.script.hook.clone() {
                 e = self.apply_hook(&hook, e);
@@ -273,9 +333,18 @@ impl Generator {
         // eval_ast(false): the top level (the distribution map) ran once at load, not per record.
         let options = rhai::CallFnOptions::new().eval_ast(false);
         let result = engine
-            .call_fn_with_options::<rhai::Dynamic>(options, &mut Scope::new(), ast, "on_event", (script::record_map(&event),))
+            .call_fn_with_options::<rhai::Dynamic>(
+                options,
+                &mut Scope::new(),
+                ast,
+                "on_event",
+                (script::record_map(&event),),
+            )
             .map_err(|e| e.to_string())
-            .and_then(|out| out.try_cast::<Map>().ok_or_else(|| "on_event(e) must return the record (a map)".to_string()))
+            .and_then(|out| {
+                out.try_cast::<Map>()
+                    .ok_or_else(|| "on_event(e) must return the record (a map)".to_string())
+            })
             .and_then(|map| script::record_from_map(&event, map));
         match result {
             Ok(mut changed) => {
@@ -342,12 +411,16 @@ impl<'de> Deserialize<'de> for Param {
             B(bool),
             S(String),
         }
-        Ok(match Any::deserialize(d).map_err(|_| serde::de::Error::custom("a param is a number, a bool or a string"))? {
-            Any::I(i) => Param::Int(i),
-            Any::F(f) => Param::Float(f),
-            Any::B(b) => Param::Bool(b),
-            Any::S(s) => Param::parse(&s),
-        })
+        Ok(
+            match Any::deserialize(d)
+                .map_err(|_| serde::de::Error::custom("a param is a number, a bool or a string"))?
+            {
+                Any::I(i) => Param::Int(i),
+                Any::F(f) => Param::Float(f),
+                Any::B(b) => Param::Bool(b),
+                Any::S(s) => Param::parse(&s),
+            },
+        )
     }
 }
 
@@ -367,5 +440,7 @@ impl GeneratorConfig {
 
 /// Whether a name can be a script constant.
 fn is_constant_name(name: &str) -> bool {
-    !name.is_empty() && !name.starts_with(|c: char| c.is_ascii_digit()) && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    !name.is_empty()
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }

@@ -48,17 +48,32 @@ enum Ranks {
 #[derive(Debug)]
 enum Kind {
     /// One of a listed set, by weight (Walker's alias method: O(1) per draw).
-    Labels { labels: Vec<String>, table: WeightedAliasIndex<f64> },
+    Labels {
+        labels: Vec<String>,
+        table: WeightedAliasIndex<f64>,
+    },
     /// `prefix1..prefixN`, rank k with weight 1/k^s.
-    Zipf { prefix: String, ranks: Ranks, labels: Vec<String> },
-    Uniform { lo: f64, hi: f64 },
-    UniformInt { lo: i64, hi: i64 },
+    Zipf {
+        prefix: String,
+        ranks: Ranks,
+        labels: Vec<String>,
+    },
+    Uniform {
+        lo: f64,
+        hi: f64,
+    },
+    UniformInt {
+        lo: i64,
+        hi: i64,
+    },
     Normal(Normal<f64>),
     /// The distribution and its mean.
     Exponential(Exp<f64>, f64),
     Uuid,
     /// `prefix` followed by the record's sequence number (from 1).
-    Sequence { prefix: String },
+    Sequence {
+        prefix: String,
+    },
     Now,
     Const(Constant),
 }
@@ -120,8 +135,14 @@ impl Distribution {
         } else {
             Ranks::Rejection(Zipf::new(n as f64, exponent).map_err(|e| format!("zipf: {e}"))?)
         };
-        let labels = (1..=n.min(PREBUILT_LABELS as i64)).map(|k| format!("{prefix}{k}")).collect();
-        Ok(Self::new(Kind::Zipf { prefix: prefix.to_string(), ranks, labels }))
+        let labels = (1..=n.min(PREBUILT_LABELS as i64))
+            .map(|k| format!("{prefix}{k}"))
+            .collect();
+        Ok(Self::new(Kind::Zipf {
+            prefix: prefix.to_string(),
+            ranks,
+            labels,
+        }))
     }
 
     fn weighted(choices: Map) -> ScriptResult<Self> {
@@ -157,7 +178,9 @@ impl Distribution {
     }
 
     fn normal(mean: f64, sd: f64) -> ScriptResult<Self> {
-        let n = Normal::new(mean, sd).map_err(|e| format!("normal({mean}, {sd}): {e} (sd must be finite and not negative)"))?;
+        let n = Normal::new(mean, sd).map_err(|e| {
+            format!("normal({mean}, {sd}): {e} (sd must be finite and not negative)")
+        })?;
         Ok(Self::new(Kind::Normal(n)))
     }
 
@@ -165,7 +188,10 @@ impl Distribution {
         if !(mean.is_finite() && mean > 0.0) {
             return script_err(format!("exponential: the mean must be above 0, got {mean}"));
         }
-        Ok(Self::new(Kind::Exponential(Exp::new(1.0 / mean).map_err(|e| format!("exponential: {e}"))?, mean)))
+        Ok(Self::new(Kind::Exponential(
+            Exp::new(1.0 / mean).map_err(|e| format!("exponential: {e}"))?,
+            mean,
+        )))
     }
 
     /// A plain value from the script, or `None` when it is not one.
@@ -195,7 +221,18 @@ impl Distribution {
     fn only_when(mut self, field: &str, values: Array) -> ScriptResult<Self> {
         let values = values
             .into_iter()
-            .map(|v| if v.is_string() { Ok(v.into_string().unwrap_or_default()) } else if v.is_int() || v.is_bool() { Ok(v.to_string()) } else { Err(format!("only_when: values must be strings, integers or booleans, got a {}", v.type_name())) })
+            .map(|v| {
+                if v.is_string() {
+                    Ok(v.into_string().unwrap_or_default())
+                } else if v.is_int() || v.is_bool() {
+                    Ok(v.to_string())
+                } else {
+                    Err(format!(
+                        "only_when: values must be strings, integers or booleans, got a {}",
+                        v.type_name()
+                    ))
+                }
+            })
             .collect::<Result<Vec<_>, _>>()?;
         if values.is_empty() {
             return script_err(format!("only_when({field:?}, []): list at least one value"));
@@ -206,8 +243,14 @@ impl Distribution {
 
     fn draws(&self) -> Draws {
         match &*self.kind {
-            Kind::Labels { labels, .. } if labels.iter().all(|l| l == "true" || l == "false") => Draws::Bools,
-            Kind::Labels { .. } | Kind::Zipf { .. } | Kind::Uuid | Kind::Sequence { .. } | Kind::Const(Constant::Text(_)) => Draws::Labels,
+            Kind::Labels { labels, .. } if labels.iter().all(|l| l == "true" || l == "false") => {
+                Draws::Bools
+            }
+            Kind::Labels { .. }
+            | Kind::Zipf { .. }
+            | Kind::Uuid
+            | Kind::Sequence { .. }
+            | Kind::Const(Constant::Text(_)) => Draws::Labels,
             Kind::Const(Constant::Bool(_)) => Draws::Bools,
             Kind::Now => Draws::Time,
             _ => Draws::Numbers,
@@ -218,8 +261,14 @@ impl Distribution {
     #[inline]
     pub fn sample<R: Rng + ?Sized>(&self, rng: &mut R, seq: u64) -> Sample<'_> {
         match &*self.kind {
-            Kind::Labels { labels, table } => Sample::Label(Cow::Borrowed(&labels[rng.sample(table)])),
-            Kind::Zipf { prefix, ranks, labels } => {
+            Kind::Labels { labels, table } => {
+                Sample::Label(Cow::Borrowed(&labels[rng.sample(table)]))
+            }
+            Kind::Zipf {
+                prefix,
+                ranks,
+                labels,
+            } => {
                 let rank = match ranks {
                     Ranks::Table(table) => rng.sample(table) + 1,
                     Ranks::Rejection(zipf) => rng.sample(zipf) as usize, // 1..=n
@@ -233,7 +282,11 @@ impl Distribution {
             Kind::UniformInt { lo, hi } => Sample::Int(rng.random_range(*lo..=*hi)),
             Kind::Normal(n) => Sample::Number(self.rounded(rng.sample(n))),
             Kind::Exponential(e, _) => Sample::Number(self.rounded(rng.sample(e))),
-            Kind::Uuid => Sample::Label(Cow::Owned(uuid::Builder::from_random_bytes(rng.random()).into_uuid().to_string())),
+            Kind::Uuid => Sample::Label(Cow::Owned(
+                uuid::Builder::from_random_bytes(rng.random())
+                    .into_uuid()
+                    .to_string(),
+            )),
             Kind::Sequence { prefix } => Sample::Label(Cow::Owned(format!("{prefix}{}", seq + 1))),
             Kind::Now => Sample::Now,
             Kind::Const(Constant::Text(s)) => Sample::Label(Cow::Borrowed(s)),
@@ -267,7 +320,10 @@ impl Distribution {
             Kind::Const(Constant::Int(i)) => *i as f64,
             _ => {
                 let mut rng = rand::rngs::SmallRng::seed_from_u64(0x5e55);
-                (0..200_000).map(|_| self.sample_number(&mut rng).max(0.0)).sum::<f64>() / 200_000.0
+                (0..200_000)
+                    .map(|_| self.sample_number(&mut rng).max(0.0))
+                    .sum::<f64>()
+                    / 200_000.0
             }
         }
     }
@@ -286,7 +342,6 @@ impl Distribution {
             None => v,
         }
     }
-
 }
 
 /// Makes the distribution builders callable from generator scripts.
@@ -357,16 +412,31 @@ impl EventPlan {
 
     /// [`EventPlan::from_map`] where the declared fields in `provided` get their values from
     /// elsewhere (a session's state and id): they count as drawn, and conditions may name them.
-    pub fn from_map_with(spec: Map, schema: &Arc<Schema>, provided: &[&str]) -> Result<Self, String> {
+    pub fn from_map_with(
+        spec: Map,
+        schema: &Arc<Schema>,
+        provided: &[&str],
+    ) -> Result<Self, String> {
         let mut fields = Vec::new();
         let mut problems = Vec::new();
         for (name, v) in spec {
             let name = name.to_string();
             if name == schema.id_name() || name == schema.time_name() {
-                problems.push(format!("`{name}` is set by the runner (it is the record's {}), not the script", if name == schema.id_name() { "id" } else { "time" }));
+                problems.push(format!(
+                    "`{name}` is set by the runner (it is the record's {}), not the script",
+                    if name == schema.id_name() {
+                        "id"
+                    } else {
+                        "time"
+                    }
+                ));
                 continue;
             }
-            let Some(dist) = v.clone().try_cast::<Distribution>().or_else(|| Distribution::constant(&v)) else {
+            let Some(dist) = v
+                .clone()
+                .try_cast::<Distribution>()
+                .or_else(|| Distribution::constant(&v))
+            else {
                 problems.push(format!("`{name}` must be a distribution (zipf, weighted, uniform, normal, uuid, ...) or a plain value, not a {}", v.type_name()));
                 continue;
             };
@@ -381,26 +451,49 @@ impl EventPlan {
                     };
                     if !fits {
                         let want = match ty {
-                            FieldType::String => "text (zipf, weighted, uuid, sequence or a string)",
-                            FieldType::Int | FieldType::Float => "numbers (uniform, uniform_int, normal, exponential or a number)",
-                            FieldType::Bool => "true/false (weighted(#{ \"true\": p, \"false\": q }) or a bool)",
+                            FieldType::String => {
+                                "text (zipf, weighted, uuid, sequence or a string)"
+                            }
+                            FieldType::Int | FieldType::Float => {
+                                "numbers (uniform, uniform_int, normal, exponential or a number)"
+                            }
+                            FieldType::Bool => {
+                                "true/false (weighted(#{ \"true\": p, \"false\": q }) or a bool)"
+                            }
                             FieldType::Timestamp => "times (now())",
                         };
-                        problems.push(format!("`{name}` is declared {} in [event], so it must draw {want}", ty.name()));
+                        problems.push(format!(
+                            "`{name}` is declared {} in [event], so it must draw {want}",
+                            ty.name()
+                        ));
                         continue;
                     }
                     Target::Slot(i, ty)
                 }
                 None if schema.extra() == crate::event::Extra::Reject => {
-                    problems.push(format!("`{name}` is not declared in [event] (which has extra = \"reject\")"));
+                    problems.push(format!(
+                        "`{name}` is not declared in [event] (which has extra = \"reject\")"
+                    ));
                     continue;
                 }
                 None => Target::Extra(name.clone()),
             };
-            fields.push((name.clone(), FieldPlan { name, target, dist, only_when: None }));
+            fields.push((
+                name.clone(),
+                FieldPlan {
+                    name,
+                    target,
+                    dist,
+                    only_when: None,
+                },
+            ));
         }
         // Conditions name unconditional fields, so one pass in this order draws every condition first.
-        let provided_targets = provided.iter().filter_map(|n| schema.slot(n).map(|i| (n.to_string(), Target::Slot(i, schema.fields()[i].spec.ty))));
+        let provided_targets = provided.iter().filter_map(|n| {
+            schema
+                .slot(n)
+                .map(|i| (n.to_string(), Target::Slot(i, schema.fields()[i].spec.ty)))
+        });
         let unconditional: Vec<(String, Target)> = fields
             .iter()
             .filter(|(_, f)| f.dist.only_when.is_none())
@@ -416,7 +509,10 @@ impl EventPlan {
             }
         }
         for (i, f) in schema.fields().iter().enumerate() {
-            let drawn = fields.iter().any(|(_, p)| p.target == Target::Slot(i, f.spec.ty)) || provided.contains(&f.name.as_str());
+            let drawn = fields
+                .iter()
+                .any(|(_, p)| p.target == Target::Slot(i, f.spec.ty))
+                || provided.contains(&f.name.as_str());
             if !drawn && !f.spec.optional && i != schema.id_slot() && i != schema.time_slot() {
                 problems.push(format!("`{}` is a required field of [event] but the script does not draw it (declare it {:?} or add it to the map)", f.name, format!("{}?", f.spec.ty.name())));
             }
@@ -426,7 +522,10 @@ impl EventPlan {
         }
         let mut fields: Vec<FieldPlan> = fields.into_iter().map(|(_, f)| f).collect();
         fields.sort_by_key(|f| f.only_when.is_some());
-        Ok(EventPlan { schema: schema.clone(), fields })
+        Ok(EventPlan {
+            schema: schema.clone(),
+            fields,
+        })
     }
 
     /// Draws one record with its time set to `now_ms` (its id is the generator's to assign).
@@ -459,7 +558,14 @@ impl EventPlan {
 
     /// Draws the plan's fields into `r` (whose time is set): the fields `skip` marks keep what
     /// `r` holds, and a drawn field an override names takes its value with the override's share.
-    pub fn draw<R: Rng + ?Sized>(&self, rng: &mut R, seq: u64, r: &mut Record, skip: Option<&[bool]>, overrides: &[Override]) {
+    pub fn draw<R: Rng + ?Sized>(
+        &self,
+        rng: &mut R,
+        seq: u64,
+        r: &mut Record,
+        skip: Option<&[bool]>,
+        overrides: &[Override],
+    ) {
         let now_ms = r.time_ms();
         for (index, f) in self.fields.iter().enumerate() {
             if skip.is_some_and(|s| s[index]) {
@@ -468,7 +574,10 @@ impl EventPlan {
             if let Some((on, values)) = &f.only_when {
                 let drawn = match on {
                     Target::Slot(i, _) => values.iter().any(|v| r.get(*i).matches(v)),
-                    Target::Extra(name) => r.extra().get(name).is_some_and(|x| values.iter().any(|v| json_matches(x, v))),
+                    Target::Extra(name) => r
+                        .extra()
+                        .get(name)
+                        .is_some_and(|x| values.iter().any(|v| json_matches(x, v))),
                 };
                 if !drawn {
                     continue;
@@ -513,7 +622,9 @@ fn json_matches(v: &serde_json::Value, listed: &str) -> bool {
     match v {
         serde_json::Value::String(s) => s == listed,
         serde_json::Value::Bool(b) => listed == if *b { "true" } else { "false" },
-        other => other.as_f64().is_some_and(|n| listed.parse::<f64>().ok() == Some(n)),
+        other => other
+            .as_f64()
+            .is_some_and(|n| listed.parse::<f64>().ok() == Some(n)),
     }
 }
 
@@ -527,7 +638,9 @@ mod tests {
         let mut rng = SmallRng::seed_from_u64(7);
         let mut counts = std::collections::HashMap::new();
         for _ in 0..n {
-            let Sample::Label(l) = d.sample(&mut rng, 0) else { panic!("labels expected") };
+            let Sample::Label(l) = d.sample(&mut rng, 0) else {
+                panic!("labels expected")
+            };
             *counts.entry(l.into_owned()).or_insert(0) += 1;
         }
         counts
@@ -536,19 +649,33 @@ mod tests {
     #[test]
     fn weighted_frequencies_follow_weights_and_zero_is_never_drawn() {
         let mut m = Map::new();
-        for (k, w) in [("a", 0.65), ("b", 0.20), ("c", 0.10), ("d", 0.05), ("never", 0.0)] {
+        for (k, w) in [
+            ("a", 0.65),
+            ("b", 0.20),
+            ("c", 0.10),
+            ("d", 0.05),
+            ("never", 0.0),
+        ] {
             m.insert(k.into(), Dynamic::from(w));
         }
         let counts = draw_labels(&Distribution::weighted(m).unwrap(), 200_000);
         for (k, w) in [("a", 0.65), ("b", 0.20), ("c", 0.10), ("d", 0.05)] {
-            assert!((counts[k] as f64 / 200_000.0 - w).abs() < 0.005, "{counts:?}");
+            assert!(
+                (counts[k] as f64 / 200_000.0 - w).abs() < 0.005,
+                "{counts:?}"
+            );
         }
         assert!(!counts.contains_key("never"));
     }
 
     #[test]
     fn bad_weights_are_rejected() {
-        let weights = |ws: &[f64]| ws.iter().enumerate().map(|(i, w)| (format!("l{i}").into(), Dynamic::from(*w))).collect::<Map>();
+        let weights = |ws: &[f64]| {
+            ws.iter()
+                .enumerate()
+                .map(|(i, w)| (format!("l{i}").into(), Dynamic::from(*w)))
+                .collect::<Map>()
+        };
         assert!(Distribution::weighted(Map::new()).is_err());
         assert!(Distribution::weighted(weights(&[0.0, 0.0])).is_err());
         assert!(Distribution::weighted(weights(&[1.0, -1.0])).is_err());
@@ -559,18 +686,36 @@ mod tests {
         let counts = draw_labels(&Distribution::zipf("u", 1000, 1.1).unwrap(), 200_000);
         // P(rank 1) / P(rank 2) = 2^1.1, P(rank 1) / P(rank 10) = 10^1.1.
         let ratio = |a: &str, b: &str| counts[a] as f64 / counts[b] as f64;
-        assert!((ratio("u1", "u2") - 2f64.powf(1.1)).abs() < 0.1, "{}", ratio("u1", "u2"));
-        assert!((ratio("u1", "u10") - 10f64.powf(1.1)).abs() < 1.5, "{}", ratio("u1", "u10"));
-        assert!(counts.keys().all(|k| (1..=1000).contains(&k[1..].parse::<u32>().unwrap())));
+        assert!(
+            (ratio("u1", "u2") - 2f64.powf(1.1)).abs() < 0.1,
+            "{}",
+            ratio("u1", "u2")
+        );
+        assert!(
+            (ratio("u1", "u10") - 10f64.powf(1.1)).abs() < 1.5,
+            "{}",
+            ratio("u1", "u10")
+        );
+        assert!(counts
+            .keys()
+            .all(|k| (1..=1000).contains(&k[1..].parse::<u32>().unwrap())));
     }
 
     #[test]
     fn a_huge_zipf_population_builds_no_table_and_draws_rare_labels() {
         let d = Distribution::zipf("item_", 10_000_000, 0.3).unwrap();
-        let Kind::Zipf { labels, .. } = &*d.kind else { panic!() };
+        let Kind::Zipf { labels, .. } = &*d.kind else {
+            panic!()
+        };
         assert_eq!(labels.len(), PREBUILT_LABELS);
         let counts = draw_labels(&d, 20_000);
-        let beyond = counts.keys().filter(|k| k[5..].parse::<usize>().unwrap() > PREBUILT_LABELS).count();
-        assert!(beyond > 1000, "ranks past the prebuilt labels are drawn and formatted: {beyond}");
+        let beyond = counts
+            .keys()
+            .filter(|k| k[5..].parse::<usize>().unwrap() > PREBUILT_LABELS)
+            .count();
+        assert!(
+            beyond > 1000,
+            "ranks past the prebuilt labels are drawn and formatted: {beyond}"
+        );
     }
 }

@@ -19,7 +19,10 @@ pub struct Pacer {
 impl Pacer {
     /// `rate` in events per second; 0 means as fast as possible.
     pub fn new(rate: f64) -> Self {
-        Pacer { rate, due: Instant::now() }
+        Pacer {
+            rate,
+            due: Instant::now(),
+        }
     }
 
     /// Changes the rate from the next batch on, without a burst or a pause.

@@ -57,7 +57,10 @@ pub struct SessionsSpec {
 pub fn register(engine: &mut Engine) {
     engine
         .register_type_with_name::<SessionsSpec>("Sessions")
-        .register_fn("sessions", |events: Map, spec: Map| SessionsSpec { events, spec });
+        .register_fn("sessions", |events: Map, spec: Map| SessionsSpec {
+            events,
+            spec,
+        });
 }
 
 /// One state's way on: the next states (None = end) by weight.
@@ -104,26 +107,43 @@ impl SessionPlan {
     /// Compiles a session description for records of `schema`; the error says what is wrong.
     pub fn compile(spec: SessionsSpec, schema: &Arc<Schema>) -> Result<SessionPlan, String> {
         let SessionsSpec { events, spec } = spec;
-        let fingerprint = format!("{events:?}{spec:?}").bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+        let fingerprint = format!("{events:?}{spec:?}")
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+            });
         let text = |name: &str| -> Result<Option<String>, String> {
             match spec.get(name) {
                 None => Ok(None),
                 Some(v) if v.is_string() => Ok(Some(v.to_string())),
-                Some(v) => Err(format!("sessions: `{name}` names a field, so it is a string, not a {}", v.type_name())),
+                Some(v) => Err(format!(
+                    "sessions: `{name}` names a field, so it is a string, not a {}",
+                    v.type_name()
+                )),
             }
         };
         for k in spec.keys() {
-            if !["key", "id", "state", "start", "steps", "think", "keep", "max_open"].contains(&k.as_str()) {
+            if ![
+                "key", "id", "state", "start", "steps", "think", "keep", "max_open",
+            ]
+            .contains(&k.as_str())
+            {
                 return Err(format!("sessions: unknown key `{k}` (known: key, id, state, start, steps, think, keep, max_open)"));
             }
         }
-        let key = text("key")?.ok_or("sessions: `key` must name the field a session belongs to (a user id, say)")?;
-        let state = text("state")?.ok_or("sessions: `state` must name the field the states go into")?;
+        let key = text("key")?
+            .ok_or("sessions: `key` must name the field a session belongs to (a user id, say)")?;
+        let state =
+            text("state")?.ok_or("sessions: `state` must name the field the states go into")?;
         let id = text("id")?;
         let declared = |name: &str, what: &str| -> Result<usize, String> {
-            let slot = schema.slot(name).ok_or_else(|| format!("sessions: {what} `{name}` is not declared in [event]"))?;
+            let slot = schema
+                .slot(name)
+                .ok_or_else(|| format!("sessions: {what} `{name}` is not declared in [event]"))?;
             if slot == schema.id_slot() || slot == schema.time_slot() {
-                return Err(format!("sessions: {what} `{name}` is the record's id or time, which the runner sets"));
+                return Err(format!(
+                    "sessions: {what} `{name}` is the record's id or time, which the runner sets"
+                ));
             }
             Ok(slot)
         };
@@ -133,27 +153,39 @@ impl SessionPlan {
         for (slot, what) in [(Some(state_slot), "state"), (id_slot, "id")] {
             if let Some(slot) = slot {
                 if schema.fields()[slot].spec.ty != FieldType::String {
-                    return Err(format!("sessions: the {what} field `{}` must be declared a string", schema.fields()[slot].name));
+                    return Err(format!(
+                        "sessions: the {what} field `{}` must be declared a string",
+                        schema.fields()[slot].name
+                    ));
                 }
             }
         }
         if state_slot == key_slot || Some(state_slot) == id_slot || Some(key_slot) == id_slot {
             return Err("sessions: key, id and state must be three different fields".into());
         }
-        let provided: Vec<&str> = [Some(state.as_str()), id.as_deref()].into_iter().flatten().collect();
+        let provided: Vec<&str> = [Some(state.as_str()), id.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect();
         for p in &provided {
             if events.contains_key(*p) {
-                return Err(format!("sessions: `{p}` is set by the session; leave it out of the events map"));
+                return Err(format!(
+                    "sessions: `{p}` is set by the session; leave it out of the events map"
+                ));
             }
         }
         let plan = EventPlan::from_map_with(events, schema, &provided)?;
-        let key_index = plan.index_of(&key).ok_or_else(|| format!("sessions: the key field `{key}` must be drawn in the events map"))?;
+        let key_index = plan.index_of(&key).ok_or_else(|| {
+            format!("sessions: the key field `{key}` must be drawn in the events map")
+        })?;
 
         // States: every name the steps and the start mention, in the order first seen.
         let steps = spec.get("steps").and_then(|s| s.read_lock::<Map>().map(|m| m.clone())).ok_or("sessions: `steps` must map each state to its next states and their weights, e.g. #{ view: #{ click: 0.3, end: 0.7 } }")?;
         let mut states: Vec<String> = steps.keys().map(|k| k.to_string()).collect();
         if states.iter().any(|s| s == END) {
-            return Err(format!("sessions: `{END}` ends a session; it has no steps of its own"));
+            return Err(format!(
+                "sessions: `{END}` ends a session; it has no steps of its own"
+            ));
         }
         let start = match spec.get("start") {
             Some(v) if v.is_string() => weights_of(&Map::from_iter([(v.to_string().into(), Dynamic::from(1.0))]), &mut states, "start")?,
@@ -170,7 +202,9 @@ impl SessionPlan {
             let Some(m) = steps.get(name.as_str()) else {
                 return Err(format!("sessions: state `{name}` is reached but `steps` does not say where it goes (add `{name}: #{{ ..., end: w }}`)"));
             };
-            let m = m.read_lock::<Map>().map(|m| m.clone()).ok_or_else(|| format!("sessions: steps.{name} must be a map of next states to weights"))?;
+            let m = m.read_lock::<Map>().map(|m| m.clone()).ok_or_else(|| {
+                format!("sessions: steps.{name} must be a map of next states to weights")
+            })?;
             next.push(weights_of(&m, &mut states, &format!("steps.{name}"))?);
             i += 1;
         }
@@ -189,7 +223,11 @@ impl SessionPlan {
             None => DEFAULT_MAX_OPEN,
             Some(v) => match v.as_int() {
                 Ok(n) if (1..=10_000_000).contains(&n) => n as usize,
-                _ => return Err(format!("sessions: `max_open` is a whole number from 1 to 10,000,000, got {v}")),
+                _ => {
+                    return Err(format!(
+                        "sessions: `max_open` is a whole number from 1 to 10,000,000, got {v}"
+                    ))
+                }
             },
         };
 
@@ -198,11 +236,21 @@ impl SessionPlan {
         let mut carried = vec![key_slot];
         let mut kept: Vec<(usize, Vec<usize>)> = Vec::new();
         if let Some(keep) = spec.get("keep") {
-            let keep = keep.read_lock::<Map>().map(|m| m.clone()).ok_or("sessions: `keep` maps a field to the states in which it keeps the session's value")?;
+            let keep = keep.read_lock::<Map>().map(|m| m.clone()).ok_or(
+                "sessions: `keep` maps a field to the states in which it keeps the session's value",
+            )?;
             for (field, in_states) in keep {
-                let index = plan.index_of(&field).ok_or_else(|| format!("sessions: keep.{field}: the events map does not draw `{field}`"))?;
-                let slot = schema.slot(&field).ok_or_else(|| format!("sessions: keep.{field} is not declared in [event]"))?;
-                let list: Vec<Dynamic> = if in_states.is_array() { in_states.cast::<rhai::Array>() } else { vec![in_states] };
+                let index = plan.index_of(&field).ok_or_else(|| {
+                    format!("sessions: keep.{field}: the events map does not draw `{field}`")
+                })?;
+                let slot = schema
+                    .slot(&field)
+                    .ok_or_else(|| format!("sessions: keep.{field} is not declared in [event]"))?;
+                let list: Vec<Dynamic> = if in_states.is_array() {
+                    in_states.cast::<rhai::Array>()
+                } else {
+                    vec![in_states]
+                };
                 let mut at = Vec::new();
                 for s in list {
                     let name = s.to_string();
@@ -222,7 +270,22 @@ impl SessionPlan {
                 }
             }
         }
-        Ok(SessionPlan { plan, state_slot, id_slot, states, start, next, think, max_open, first_skip, step_skip, carried, mean_think_ms, mean_steps, fingerprint })
+        Ok(SessionPlan {
+            plan,
+            state_slot,
+            id_slot,
+            states,
+            start,
+            next,
+            think,
+            max_open,
+            first_skip,
+            step_skip,
+            carried,
+            mean_think_ms,
+            mean_steps,
+            fingerprint,
+        })
     }
 
     /// The states, in the order the description first names them.
@@ -236,9 +299,14 @@ fn weights_of(m: &Map, states: &mut Vec<String>, what: &str) -> Result<Choice, S
     let mut weights = Vec::new();
     let mut targets = Vec::new();
     for (name, w) in m {
-        let w = w.as_float().or_else(|_| w.as_int().map(|i| i as f64)).map_err(|t| format!("sessions: {what}.{name}: a weight is a number, not a {t}"))?;
+        let w = w
+            .as_float()
+            .or_else(|_| w.as_int().map(|i| i as f64))
+            .map_err(|t| format!("sessions: {what}.{name}: a weight is a number, not a {t}"))?;
         if !w.is_finite() || w < 0.0 {
-            return Err(format!("sessions: {what}.{name}: a weight is finite and not negative, got {w}"));
+            return Err(format!(
+                "sessions: {what}.{name}: a weight is finite and not negative, got {w}"
+            ));
         }
         let target = match name.as_str() {
             END => None,
@@ -251,10 +319,17 @@ fn weights_of(m: &Map, states: &mut Vec<String>, what: &str) -> Result<Choice, S
         targets.push(target);
     }
     if !weights.iter().any(|w| *w > 0.0) {
-        return Err(format!("sessions: {what} has no state with a weight above 0"));
+        return Err(format!(
+            "sessions: {what} has no state with a weight above 0"
+        ));
     }
-    let table = WeightedAliasIndex::new(weights.clone()).map_err(|e| format!("sessions: {what}: {e}"))?;
-    Ok(Choice { table, weights, targets })
+    let table =
+        WeightedAliasIndex::new(weights.clone()).map_err(|e| format!("sessions: {what}: {e}"))?;
+    Ok(Choice {
+        table,
+        weights,
+        targets,
+    })
 }
 
 /// The mean number of steps of a session: the expected visits of an absorbing Markov chain,
@@ -283,9 +358,14 @@ fn expected_steps(start: &Choice, next: &[Choice], states: &[String]) -> Result<
         row[n] = s;
     }
     for col in 0..n {
-        let pivot = (col..n).max_by(|x, y| a[*x][col].abs().total_cmp(&a[*y][col].abs())).unwrap_or(col);
+        let pivot = (col..n)
+            .max_by(|x, y| a[*x][col].abs().total_cmp(&a[*y][col].abs()))
+            .unwrap_or(col);
         if a[pivot][col].abs() < 1e-12 {
-            return Err(format!("sessions: from state `{}` a session never reaches `{END}`", states[col]));
+            return Err(format!(
+                "sessions: from state `{}` a session never reaches `{END}`",
+                states[col]
+            ));
         }
         a.swap(col, pivot);
         let pivot_row = a[col].clone();
@@ -298,7 +378,9 @@ fn expected_steps(start: &Choice, next: &[Choice], states: &[String]) -> Result<
     }
     let visits: f64 = (0..n).map(|i| a[i][n] / a[i][i]).sum();
     if !visits.is_finite() || visits <= 0.0 || visits > 1e9 {
-        return Err(format!("sessions: a session never reaches `{END}` (mean steps {visits})"));
+        return Err(format!(
+            "sessions: a session never reaches `{END}` (mean steps {visits})"
+        ));
     }
     Ok(visits)
 }
@@ -328,7 +410,17 @@ pub struct Sessions {
 
 impl Sessions {
     pub fn new(plan: Arc<SessionPlan>, id_prefix: &str) -> Sessions {
-        Sessions { plan, open: Vec::new(), free: Vec::new(), due: BinaryHeap::new(), live: 0, target: 0, clock: None, id_prefix: id_prefix.to_string(), next_id: 0 }
+        Sessions {
+            plan,
+            open: Vec::new(),
+            free: Vec::new(),
+            due: BinaryHeap::new(),
+            live: 0,
+            target: 0,
+            clock: None,
+            id_prefix: id_prefix.to_string(),
+            next_id: 0,
+        }
     }
 
     /// Whether these sessions follow `plan`: the same description, compiled again or not (a
@@ -367,7 +459,15 @@ impl Sessions {
 
     fn start(&mut self, rng: &mut SmallRng, at: i64) {
         self.next_id += 1;
-        let open = Open { state: self.plan.start.draw(rng).expect("checked: no session starts with end"), id: format!("{}-s{:x}", self.id_prefix, self.next_id), carried: None };
+        let open = Open {
+            state: self
+                .plan
+                .start
+                .draw(rng)
+                .expect("checked: no session starts with end"),
+            id: format!("{}-s{:x}", self.id_prefix, self.next_id),
+            carried: None,
+        };
         let slot = match self.free.pop() {
             Some(s) => {
                 self.open[s] = open;
@@ -384,7 +484,13 @@ impl Sessions {
 
     /// The next step of the session due first, as a record timed at that step (never later than
     /// `now_ms`); the session then waits a think time, or ends and another opens in its place.
-    pub fn next(&mut self, rng: &mut SmallRng, seq: u64, now_ms: i64, overrides: &[Override]) -> Record {
+    pub fn next(
+        &mut self,
+        rng: &mut SmallRng,
+        seq: u64,
+        now_ms: i64,
+        overrides: &[Override],
+    ) -> Record {
         if self.due.is_empty() {
             self.prepare(rng, now_ms, 0.0);
         }
@@ -395,7 +501,10 @@ impl Sessions {
         let open = &mut open[slot];
         let mut r = Record::new(plan.plan.schema());
         r.set_time_ms(at.min(now_ms));
-        r.set(plan.state_slot, Value::Text(plan.states[open.state].as_str().into()));
+        r.set(
+            plan.state_slot,
+            Value::Text(plan.states[open.state].as_str().into()),
+        );
         if let Some(id) = plan.id_slot {
             r.set(id, Value::Text(open.id.as_str().into()));
         }
@@ -468,7 +577,11 @@ mod tests {
     fn mean_steps_come_from_the_state_machine() {
         // view repeats with 1/4: 4/3 views; cart after 1/4 of views: 1/3; buy after half: 1/6.
         let p = plan(FUNNEL).unwrap();
-        assert!((p.mean_steps - (4.0 / 3.0 + 1.0 / 3.0 + 1.0 / 6.0)).abs() < 1e-9, "{}", p.mean_steps);
+        assert!(
+            (p.mean_steps - (4.0 / 3.0 + 1.0 / 3.0 + 1.0 / 6.0)).abs() < 1e-9,
+            "{}",
+            p.mean_steps
+        );
         assert_eq!(p.mean_think_ms, 2000.0);
     }
 
@@ -481,13 +594,35 @@ mod tests {
     #[test]
     fn bad_descriptions_say_what_is_wrong() {
         for (from, to, says) in [
-            ("state: \"kind\"", "state: \"nope\"", "state field `nope` is not declared"),
-            ("cart: #{ buy: 0.5, end: 0.5 }, ", "", "state `cart` is reached but `steps` does not say"),
-            ("keep: #{ item: [\"cart\", \"buy\"] }", "keep: #{ item: [\"gone\"] }", "names state `gone`"),
-            ("think: 2.0", "think: \"soon\"", "`think` is the time between two steps"),
-            ("key: \"user\"", "key: \"item\", colour: 1", "unknown key `colour`"),
+            (
+                "state: \"kind\"",
+                "state: \"nope\"",
+                "state field `nope` is not declared",
+            ),
+            (
+                "cart: #{ buy: 0.5, end: 0.5 }, ",
+                "",
+                "state `cart` is reached but `steps` does not say",
+            ),
+            (
+                "keep: #{ item: [\"cart\", \"buy\"] }",
+                "keep: #{ item: [\"gone\"] }",
+                "names state `gone`",
+            ),
+            (
+                "think: 2.0",
+                "think: \"soon\"",
+                "`think` is the time between two steps",
+            ),
+            (
+                "key: \"user\"",
+                "key: \"item\", colour: 1",
+                "unknown key `colour`",
+            ),
         ] {
-            let err = plan(&FUNNEL.replace(from, to)).err().unwrap_or_else(|| panic!("{to} accepted"));
+            let err = plan(&FUNNEL.replace(from, to))
+                .err()
+                .unwrap_or_else(|| panic!("{to} accepted"));
             assert!(err.contains(says), "{to}: {err}");
         }
     }
@@ -495,8 +630,16 @@ mod tests {
     #[test]
     fn the_same_description_compiled_again_keeps_the_open_sessions() {
         let mut s = Sessions::new(Arc::new(plan(FUNNEL).unwrap()), "g");
-        assert!(s.follows(&Arc::new(plan(FUNNEL).unwrap())), "a reload of an unchanged script");
-        assert!(!s.follows(&Arc::new(plan(&FUNNEL.replace("think: 2.0", "think: 3.0")).unwrap())), "a changed think time");
+        assert!(
+            s.follows(&Arc::new(plan(FUNNEL).unwrap())),
+            "a reload of an unchanged script"
+        );
+        assert!(
+            !s.follows(&Arc::new(
+                plan(&FUNNEL.replace("think: 2.0", "think: 3.0")).unwrap()
+            )),
+            "a changed think time"
+        );
         s.prepare(&mut SmallRng::seed_from_u64(1), 0, 100.0);
         assert!(s.open() > 0);
     }
@@ -513,10 +656,15 @@ mod tests {
             s.prepare(&mut rng, now, 100.0);
             for seq in 0..10 {
                 let r = s.next(&mut rng, seq, now, &[]);
-                assert!(r.time_ms() >= last && r.time_ms() <= now, "time order, never ahead of now");
+                assert!(
+                    r.time_ms() >= last && r.time_ms() <= now,
+                    "time order, never ahead of now"
+                );
                 last = r.time_ms();
                 let text = |f: &str| r.field(f).unwrap().as_text().unwrap().to_string();
-                let (user, item) = sessions.entry(text("session")).or_insert_with(|| (text("user"), text("item")));
+                let (user, item) = sessions
+                    .entry(text("session"))
+                    .or_insert_with(|| (text("user"), text("item")));
                 assert_eq!(*user, text("user"), "one user per session");
                 if text("kind") != "view" {
                     assert_eq!(*item, text("item"), "cart and buy keep the item");

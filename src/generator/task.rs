@@ -42,7 +42,15 @@ pub struct GeneratorTask {
 impl GeneratorTask {
     /// Generates until `stop` or `max_events`, then flushes (every delivery report in).
     pub async fn run(self, stop: CancellationToken) -> anyhow::Result<()> {
-        let GeneratorTask { settings: mut live, mut publisher, mut swaps, seed, max_events, flush_timeout, stats } = self;
+        let GeneratorTask {
+            settings: mut live,
+            mut publisher,
+            mut swaps,
+            seed,
+            max_events,
+            flush_timeout,
+            stats,
+        } = self;
         let current = live.borrow_and_update().clone();
         let mut base_rate = current.rate;
         let mut generator = Generator::new(current.script, seed);
@@ -76,12 +84,21 @@ impl GeneratorTask {
                 let _ = done.send(());
                 tracing::info!("generator moved to the reloaded transport");
             }
-            let traffic = generator.traffic().at(started_ms, started.elapsed(), &mut bursts);
+            let traffic = generator
+                .traffic()
+                .at(started_ms, started.elapsed(), &mut bursts);
             if traffic.scenarios != scenarios_on {
-                for s in traffic.scenarios.iter().filter(|s| !scenarios_on.contains(s)) {
+                for s in traffic
+                    .scenarios
+                    .iter()
+                    .filter(|s| !scenarios_on.contains(s))
+                {
                     tracing::info!(scenario = %s, "scenario change starts");
                 }
-                for s in scenarios_on.iter().filter(|s| !traffic.scenarios.contains(s)) {
+                for s in scenarios_on
+                    .iter()
+                    .filter(|s| !traffic.scenarios.contains(s))
+                {
                     tracing::info!(scenario = %s, "scenario change ends");
                 }
                 scenarios_on = traffic.scenarios.clone();
@@ -111,7 +128,11 @@ impl GeneratorTask {
                 _ = stop.cancelled() => break,
             }
             let mut batch = Vec::with_capacity(n);
-            let tick = Tick { now_ms: chrono::Utc::now().timestamp_millis(), rate, effects: &traffic.effects };
+            let tick = Tick {
+                now_ms: chrono::Utc::now().timestamp_millis(),
+                rate,
+                effects: &traffic.effects,
+            };
             generator.fill_at(n, &tick, &mut batch);
             let sent = batch.len();
             if sent > 0 {

@@ -117,9 +117,17 @@ impl ProfileConfig {
     pub fn check(&self) -> Vec<String> {
         let mut p = Vec::new();
         if !(self.daily.is_empty() || self.daily.len() == 24) {
-            p.push(format!("generator.profile.daily has {} factors; give 24, one per hour from 00:00 UTC", self.daily.len()));
+            p.push(format!(
+                "generator.profile.daily has {} factors; give 24, one per hour from 00:00 UTC",
+                self.daily.len()
+            ));
         }
-        if self.daily.iter().chain(self.steps.iter().map(|s| &s.factor)).any(|f| !f.is_finite() || *f < 0.0) {
+        if self
+            .daily
+            .iter()
+            .chain(self.steps.iter().map(|s| &s.factor))
+            .any(|f| !f.is_finite() || *f < 0.0)
+        {
             p.push("generator.profile: factors are finite and not negative".to_string());
         }
         if self.day_length.is_zero() {
@@ -128,11 +136,17 @@ impl ProfileConfig {
         if self.steps.windows(2).any(|w| w[1].at < w[0].at) {
             p.push("generator.profile.steps: list them in order of `at`".to_string());
         }
-        if self.repeat.is_some_and(|r| r.is_zero() || self.steps.last().is_some_and(|s| s.at >= r)) {
+        if self
+            .repeat
+            .is_some_and(|r| r.is_zero() || self.steps.last().is_some_and(|s| s.at >= r))
+        {
             p.push("generator.profile.repeat must be longer than the last step's `at`".to_string());
         }
         if let Some(b) = &self.bursts {
-            if b.every.is_zero() || b.duration.is_zero() || !(b.factor.is_finite() && b.factor >= 0.0) {
+            if b.every.is_zero()
+                || b.duration.is_zero()
+                || !(b.factor.is_finite() && b.factor >= 0.0)
+            {
                 p.push("generator.profile.bursts: every and duration above 0s, factor finite and not negative".to_string());
             }
         }
@@ -174,7 +188,9 @@ pub struct Effects {
 impl Effects {
     /// Whether a record is held back.
     pub fn drops(&self, r: &crate::event::Record) -> bool {
-        self.drops.iter().any(|(slot, values)| values.iter().any(|v| r.get(*slot).matches(v)))
+        self.drops
+            .iter()
+            .any(|(slot, values)| values.iter().any(|v| r.get(*slot).matches(v)))
     }
 }
 
@@ -207,25 +223,52 @@ pub struct Traffic {
 impl Traffic {
     /// Compiles the profile and every scenario (so a mistake in one not run yet is reported at
     /// load too), keeping those `enabled` names; errors name the scenario and field.
-    pub fn compile(profile: Option<&ProfileConfig>, scenarios: &[ScenarioConfig], enabled: &[String], schema: &Schema) -> Result<Traffic, String> {
-        if let Some(name) = enabled.iter().find(|n| !scenarios.iter().any(|s| &s.name == *n)) {
+    pub fn compile(
+        profile: Option<&ProfileConfig>,
+        scenarios: &[ScenarioConfig],
+        enabled: &[String],
+        schema: &Schema,
+    ) -> Result<Traffic, String> {
+        if let Some(name) = enabled
+            .iter()
+            .find(|n| !scenarios.iter().any(|s| &s.name == *n))
+        {
             let known: Vec<&str> = scenarios.iter().map(|s| s.name.as_str()).collect();
-            return Err(format!("no scenario named {name:?} (the file has: {})", if known.is_empty() { "none".to_string() } else { known.join(", ") }));
+            return Err(format!(
+                "no scenario named {name:?} (the file has: {})",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            ));
         }
         let mut changes = Vec::new();
         let mut profile = profile.cloned().unwrap_or_default();
         for s in scenarios {
             if let Some(problem) = s.profile.iter().flat_map(ProfileConfig::check).next() {
-                return Err(format!("scenario {:?}: {}", s.name, problem.replace("generator.profile", "profile")));
+                return Err(format!(
+                    "scenario {:?}: {}",
+                    s.name,
+                    problem.replace("generator.profile", "profile")
+                ));
             }
-            let compiled = s.changes.iter().map(|c| compile_change(s, c, schema)).collect::<Result<Vec<_>, _>>()?;
+            let compiled = s
+                .changes
+                .iter()
+                .map(|c| compile_change(s, c, schema))
+                .collect::<Result<Vec<_>, _>>()?;
             if enabled.contains(&s.name) {
                 changes.extend(compiled);
             }
         }
         // In the order named: a later scenario's profile wins.
         for name in enabled {
-            if let Some(p) = scenarios.iter().find(|s| &s.name == name).and_then(|s| s.profile.as_ref()) {
+            if let Some(p) = scenarios
+                .iter()
+                .find(|s| &s.name == name)
+                .and_then(|s| s.profile.as_ref())
+            {
                 profile = p.clone();
             }
         }
@@ -266,7 +309,11 @@ impl Traffic {
                 scenarios.push(c.scenario.clone());
             }
         }
-        Now { factor, effects, scenarios }
+        Now {
+            factor,
+            effects,
+            scenarios,
+        }
     }
 }
 
@@ -290,7 +337,10 @@ fn step_factor(steps: &[StepConfig], t: i64) -> f64 {
 fn compile_change(s: &ScenarioConfig, c: &ChangeConfig, schema: &Schema) -> Result<Change, String> {
     let at = |what: &str| format!("scenario {:?}: {what}", s.name);
     if !(c.rate.is_finite() && c.rate >= 0.0) {
-        return Err(at(&format!("rate is a factor, finite and not negative, got {}", c.rate)));
+        return Err(at(&format!(
+            "rate is a factor, finite and not negative, got {}",
+            c.rate
+        )));
     }
     if !(0.0..=1.0).contains(&c.share) {
         return Err(at(&format!("share is between 0 and 1, got {}", c.share)));
@@ -300,12 +350,18 @@ fn compile_change(s: &ScenarioConfig, c: &ChangeConfig, schema: &Schema) -> Resu
     }
     let every_ms = s.every.map(|e| e.as_millis() as i64);
     if every_ms.is_some_and(|p| p < (c.start + c.duration).as_millis() as i64) {
-        return Err(at("every must be at least as long as each change's start plus duration"));
+        return Err(at(
+            "every must be at least as long as each change's start plus duration",
+        ));
     }
     let slot = |field: &str| {
-        let slot = schema.slot(field).ok_or_else(|| at(&format!("`{field}` is not declared in [event]")))?;
+        let slot = schema
+            .slot(field)
+            .ok_or_else(|| at(&format!("`{field}` is not declared in [event]")))?;
         if slot == schema.id_slot() || slot == schema.time_slot() {
-            return Err(at(&format!("`{field}` is the record's id or time, which the runner sets")));
+            return Err(at(&format!(
+                "`{field}` is the record's id or time, which the runner sets"
+            )));
         }
         Ok(slot)
     };
@@ -319,9 +375,18 @@ fn compile_change(s: &ScenarioConfig, c: &ChangeConfig, schema: &Schema) -> Resu
             (toml::Value::Integer(n), FieldType::Float) => Value::Float(*n as f64),
             (toml::Value::Float(f), FieldType::Float) => Value::Float(*f),
             (toml::Value::Boolean(b), FieldType::Bool) => Value::Bool(*b),
-            _ => return Err(at(&format!("set.{field}: {v} does not fit the field's type ({})", ty.name()))),
+            _ => {
+                return Err(at(&format!(
+                    "set.{field}: {v} does not fit the field's type ({})",
+                    ty.name()
+                )))
+            }
         };
-        overrides.push(Override { slot: i, value, share: c.share });
+        overrides.push(Override {
+            slot: i,
+            value,
+            share: c.share,
+        });
     }
     let mut drops = Vec::new();
     for (field, values) in &c.drop {
@@ -332,7 +397,15 @@ fn compile_change(s: &ScenarioConfig, c: &ChangeConfig, schema: &Schema) -> Resu
         drops.push((slot(field)?, texts.collect()));
     }
     let start_ms = c.start.as_millis() as i64;
-    Ok(Change { scenario: s.name.clone(), start_ms, end_ms: start_ms + c.duration.as_millis() as i64, every_ms, rate: c.rate, overrides, drops })
+    Ok(Change {
+        scenario: s.name.clone(),
+        start_ms,
+        end_ms: start_ms + c.duration.as_millis() as i64,
+        every_ms,
+        rate: c.rate,
+        overrides,
+        drops,
+    })
 }
 
 /// The random bursts' own state: when the next starts and when the current one ends.
@@ -348,7 +421,11 @@ impl Bursts {
             Some(s) => SmallRng::seed_from_u64(s ^ 0xb0_0057),
             None => SmallRng::from_os_rng(),
         };
-        Bursts { rng, next_ms: None, until_ms: 0 }
+        Bursts {
+            rng,
+            next_ms: None,
+            until_ms: 0,
+        }
     }
 
     /// Whether a burst is on at `e` ms; bursts start as a Poisson process of mean gap `every`.
@@ -373,7 +450,12 @@ mod tests {
     }
 
     fn factor(t: &Traffic, started_ms: i64, secs: f64) -> f64 {
-        t.at(started_ms, Duration::from_secs_f64(secs), &mut Bursts::new(Some(1))).factor
+        t.at(
+            started_ms,
+            Duration::from_secs_f64(secs),
+            &mut Bursts::new(Some(1)),
+        )
+        .factor
     }
 
     #[test]
@@ -390,7 +472,11 @@ mod tests {
     fn the_daily_curve_follows_the_hour_and_its_day_length() {
         let mut daily = vec![1.0; 24];
         daily[12] = 3.0;
-        let p = ProfileConfig { daily, day_length: Duration::from_secs(240), ..Default::default() };
+        let p = ProfileConfig {
+            daily,
+            day_length: Duration::from_secs(240),
+            ..Default::default()
+        };
         let t = Traffic::compile(Some(&p), &[], &[], &schema()).unwrap();
         // Started at midnight; a day lasts 240 s, so an hour 10 s: noon at 120 s.
         assert_eq!(factor(&t, 0, 120.0), 3.0);
@@ -411,25 +497,59 @@ mod tests {
         let t = Traffic::compile(None, &[s.clone()], &["viral".to_string()], &schema()).unwrap();
         let mut b = Bursts::new(Some(1));
         let before = t.at(0, Duration::from_secs(170), &mut b);
-        assert_eq!((before.factor, before.effects.overrides.len(), before.scenarios.len()), (1.0, 0, 0));
+        assert_eq!(
+            (
+                before.factor,
+                before.effects.overrides.len(),
+                before.scenarios.len()
+            ),
+            (1.0, 0, 0)
+        );
         let on = t.at(0, Duration::from_secs(200), &mut b);
         assert_eq!(on.factor, 2.0);
         let slot = |f: &str| schema().slot(f).unwrap();
-        assert_eq!(on.effects.overrides, vec![Override { slot: slot("item"), value: Value::Text("i42".into()), share: 0.3 }]);
-        assert_eq!(on.effects.drops, vec![(slot("kind"), vec!["buy".to_string()])]);
+        assert_eq!(
+            on.effects.overrides,
+            vec![Override {
+                slot: slot("item"),
+                value: Value::Text("i42".into()),
+                share: 0.3
+            }]
+        );
+        assert_eq!(
+            on.effects.drops,
+            vec![(slot("kind"), vec!["buy".to_string()])]
+        );
         assert_eq!(on.scenarios, ["viral"]);
-        assert_eq!(t.at(0, Duration::from_secs(300), &mut b).factor, 1.0, "over at 5m");
-        let unknown = Traffic::compile(None, &[s.clone()], &["nope".to_string()], &schema()).unwrap_err();
-        assert!(unknown.contains("no scenario named \"nope\"") && unknown.contains("viral"), "{unknown}");
+        assert_eq!(
+            t.at(0, Duration::from_secs(300), &mut b).factor,
+            1.0,
+            "over at 5m"
+        );
+        let unknown =
+            Traffic::compile(None, &[s.clone()], &["nope".to_string()], &schema()).unwrap_err();
+        assert!(
+            unknown.contains("no scenario named \"nope\"") && unknown.contains("viral"),
+            "{unknown}"
+        );
         let mut broken = s;
-        broken.changes[0].set.insert("colour".into(), toml::Value::String("red".into()));
+        broken.changes[0]
+            .set
+            .insert("colour".into(), toml::Value::String("red".into()));
         let err = Traffic::compile(None, &[broken], &[], &schema()).unwrap_err();
-        assert!(err.contains("scenario \"viral\": `colour` is not declared"), "a scenario not run is checked too: {err}");
+        assert!(
+            err.contains("scenario \"viral\": `colour` is not declared"),
+            "a scenario not run is checked too: {err}"
+        );
     }
 
     #[test]
     fn bursts_come_and_go() {
-        let b = BurstConfig { every: Duration::from_secs(60), duration: Duration::from_secs(10), factor: 3.0 };
+        let b = BurstConfig {
+            every: Duration::from_secs(60),
+            duration: Duration::from_secs(10),
+            factor: 3.0,
+        };
         let mut bursts = Bursts::new(Some(3));
         let on = (0..36_000).filter(|s| bursts.on(s * 100, &b)).count() as f64 / 36_000.0;
         // A burst of 10 s about every 70 s (gap after its end): about 1/7 of the time.

@@ -42,7 +42,8 @@ pub fn compile(pipeline: Pipeline) -> Result<Compiled, Problems> {
 /// Loads and compiles the file at `path` and reports every problem in it: the values that do not
 /// fit together and every script that does not compile (what `runner validate` prints).
 pub fn validate(path: &Path) -> Result<Compiled, Problems> {
-    let (pipeline, problems) = Pipeline::load_reporting(path).map_err(|e| Problems(vec![e.to_string()]))?;
+    let (pipeline, problems) =
+        Pipeline::load_reporting(path).map_err(|e| Problems(vec![e.to_string()]))?;
     compile_reporting(pipeline, problems)
 }
 
@@ -50,12 +51,28 @@ fn compile_reporting(pipeline: Pipeline, mut problems: Vec<String>) -> Result<Co
     let c = &pipeline.config;
     // A broken [event] is among the problems already; the scripts are checked against a good one.
     let schema = c.schema().ok();
-    let generator = schema.as_ref().and_then(|s| GeneratorScript::load(&c.generator, s).map_err(|e| problems.push(e.to_string())).ok());
-    let metrics = schema.as_ref().and_then(|s| MetricSet::load_all(&c.metrics, s).map_err(|errors| problems.extend(errors.iter().map(ToString::to_string))).ok());
-    let alerts = AlertSet::load_all(&c.alerting, &c.alerts, &pipeline.path).map_err(|errors| problems.extend(errors.iter().map(ToString::to_string))).ok();
+    let generator = schema.as_ref().and_then(|s| {
+        GeneratorScript::load(&c.generator, s)
+            .map_err(|e| problems.push(e.to_string()))
+            .ok()
+    });
+    let metrics = schema.as_ref().and_then(|s| {
+        MetricSet::load_all(&c.metrics, s)
+            .map_err(|errors| problems.extend(errors.iter().map(ToString::to_string)))
+            .ok()
+    });
+    let alerts = AlertSet::load_all(&c.alerting, &c.alerts, &pipeline.path)
+        .map_err(|errors| problems.extend(errors.iter().map(ToString::to_string)))
+        .ok();
     match (schema, generator, metrics, alerts) {
         (Some(schema), Some(generator), Some(metrics), Some(alerts)) if problems.is_empty() => {
-            Ok(Compiled { pipeline, schema, generator, metrics: Arc::new(metrics), alerts: Arc::new(alerts) })
+            Ok(Compiled {
+                pipeline,
+                schema,
+                generator,
+                metrics: Arc::new(metrics),
+                alerts: Arc::new(alerts),
+            })
         }
         _ => Err(Problems(problems)),
     }

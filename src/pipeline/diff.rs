@@ -67,8 +67,31 @@ pub const TABLE: &[Row] = &[
 /// Compile-time guard: adding a section to [`PipelineConfig`] fails here until the table has it.
 #[allow(dead_code)]
 fn sections_in_table(c: &PipelineConfig) {
-    let PipelineConfig { name: _, event: _, kafka: _, mongodb: _, embedded: _, retention: _, generator: _, consumer: _, backfill: _, dashboard: _, metrics: _, alerting: _, alerts: _ } = c;
-    let crate::dashboard::DashboardConfig { listen: _, refresh: _, templates: _, token: _, allow_anonymous: _, allowed_hosts: _, headline: _, max_clients: _ } = &c.dashboard;
+    let PipelineConfig {
+        name: _,
+        event: _,
+        kafka: _,
+        mongodb: _,
+        embedded: _,
+        retention: _,
+        generator: _,
+        consumer: _,
+        backfill: _,
+        dashboard: _,
+        metrics: _,
+        alerting: _,
+        alerts: _,
+    } = c;
+    let crate::dashboard::DashboardConfig {
+        listen: _,
+        refresh: _,
+        templates: _,
+        token: _,
+        allow_anonymous: _,
+        allowed_hosts: _,
+        headline: _,
+        max_clients: _,
+    } = &c.dashboard;
 }
 
 /// What changed between two versions, by table row.
@@ -100,7 +123,11 @@ impl Diff {
             }
             changed.push((row.key, row.effect));
         }
-        Diff { changed, embedded_transport: new.kafka.is_embedded(), embedded_store: new.mongodb.is_embedded() }
+        Diff {
+            changed,
+            embedded_transport: new.kafka.is_embedded(),
+            embedded_store: new.mongodb.is_embedded(),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -113,12 +140,19 @@ impl Diff {
 
     /// The settings that changed but apply only after a restart.
     pub fn needs_restart(&self) -> Vec<String> {
-        self.changed.iter().filter(|(_, e)| *e == Effect::Restart).map(|(k, _)| k.to_string()).collect()
+        self.changed
+            .iter()
+            .filter(|(_, e)| *e == Effect::Restart)
+            .map(|(k, _)| k.to_string())
+            .collect()
     }
 
     /// `key: effect` for every change, for the reload status and log.
     pub fn describe(&self) -> Vec<String> {
-        self.changed.iter().map(|(k, e)| format!("{k}: {}", e.as_str())).collect()
+        self.changed
+            .iter()
+            .map(|(k, e)| format!("{k}: {}", e.as_str()))
+            .collect()
     }
 
     /// The connection-holding parts to rebuild.
@@ -126,7 +160,9 @@ impl Diff {
         let embedded = self.touches("embedded");
         Reconnects {
             transport: self.touches("kafka") || (self.embedded_transport && embedded),
-            store: self.touches("mongodb") || self.touches("retention") || (self.embedded_store && embedded),
+            store: self.touches("mongodb")
+                || self.touches("retention")
+                || (self.embedded_store && embedded),
             consumer: self.touches("consumer") || self.touches("backfill"),
         }
     }
@@ -137,42 +173,95 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> PipelineConfig {
-        crate::config::parse(text, "p.toml", |n| (n == "KAFKA").then(|| "h:9092".to_string())).unwrap()
+        crate::config::parse(text, "p.toml", |n| {
+            (n == "KAFKA").then(|| "h:9092".to_string())
+        })
+        .unwrap()
     }
 
     #[test]
     fn only_connection_sections_reconnect() {
         let base = crate::config::tests::MINIMAL;
         let old = parse(base);
-        let batch = Diff::of(&old, &parse(&base.replace("[generator]", "[generator]\nbatch_size = 5")));
+        let batch = Diff::of(
+            &old,
+            &parse(&base.replace("[generator]", "[generator]\nbatch_size = 5")),
+        );
         assert_eq!(batch.changed, vec![("generator", Effect::Live)]);
         assert_eq!(batch.reconnects(), Reconnects::default());
-        let topic = Diff::of(&old, &parse(&base.replace("topic = \"t\"", "topic = \"u\"")));
-        assert_eq!(topic.reconnects(), Reconnects { transport: true, ..Reconnects::default() });
-        let data = Diff::of(&old, &parse(&format!("{base}[embedded]\ndata_dir = \"elsewhere\"\n")));
-        assert_eq!(data.reconnects(), Reconnects { store: true, ..Reconnects::default() }, "Kafka does not use [embedded]; the store does");
+        let topic = Diff::of(
+            &old,
+            &parse(&base.replace("topic = \"t\"", "topic = \"u\"")),
+        );
+        assert_eq!(
+            topic.reconnects(),
+            Reconnects {
+                transport: true,
+                ..Reconnects::default()
+            }
+        );
+        let data = Diff::of(
+            &old,
+            &parse(&format!("{base}[embedded]\ndata_dir = \"elsewhere\"\n")),
+        );
+        assert_eq!(
+            data.reconnects(),
+            Reconnects {
+                store: true,
+                ..Reconnects::default()
+            },
+            "Kafka does not use [embedded]; the store does"
+        );
         let kept = Diff::of(&old, &parse(&format!("{base}[retention]\nraw = \"1d\"\n")));
         assert_eq!(kept.changed, vec![("retention", Effect::Reconnect)]);
-        assert_eq!(kept.reconnects(), Reconnects { store: true, ..Reconnects::default() }, "the store reopens with the new expiry");
+        assert_eq!(
+            kept.reconnects(),
+            Reconnects {
+                store: true,
+                ..Reconnects::default()
+            },
+            "the store reopens with the new expiry"
+        );
     }
 
     #[test]
     fn a_key_row_explains_its_change_alone() {
         let base = crate::config::tests::MINIMAL;
         let old = parse(base);
-        let seed = Diff::of(&old, &parse(&base.replace("[generator]", "[generator]\nseed = 7")));
+        let seed = Diff::of(
+            &old,
+            &parse(&base.replace("[generator]", "[generator]\nseed = 7")),
+        );
         assert_eq!(seed.changed, vec![("generator.seed", Effect::Restart)]);
         assert_eq!(seed.needs_restart(), vec!["generator.seed"]);
-        let both = Diff::of(&old, &parse(&base.replace("[generator]", "[generator]\nseed = 7\nbatch_size = 5")));
-        assert_eq!(both.changed, vec![("generator.seed", Effect::Restart), ("generator", Effect::Live)]);
-        let dash = Diff::of(&old, &parse(&format!("{base}[dashboard]\nlisten = \"127.0.0.1:9\"\nrefresh = \"1s\"\n")));
-        assert_eq!(dash.describe(), vec!["dashboard.listen: restart", "dashboard.refresh: live"]);
+        let both = Diff::of(
+            &old,
+            &parse(&base.replace("[generator]", "[generator]\nseed = 7\nbatch_size = 5")),
+        );
+        assert_eq!(
+            both.changed,
+            vec![
+                ("generator.seed", Effect::Restart),
+                ("generator", Effect::Live)
+            ]
+        );
+        let dash = Diff::of(
+            &old,
+            &parse(&format!(
+                "{base}[dashboard]\nlisten = \"127.0.0.1:9\"\nrefresh = \"1s\"\n"
+            )),
+        );
+        assert_eq!(
+            dash.describe(),
+            vec!["dashboard.listen: restart", "dashboard.refresh: live"]
+        );
     }
 
     /// The README's "what a reload applies" table is this table, row for row.
     #[test]
     fn readme_table_matches_the_diff_table() {
-        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
         let rows: Vec<(String, String)> = readme
             .lines()
             .skip_while(|l| !l.contains("<!-- reload-table -->"))
@@ -183,7 +272,10 @@ mod tests {
                 (cells[1].trim_matches('`').to_string(), cells[2].to_string())
             })
             .collect();
-        let expected: Vec<(String, String)> = TABLE.iter().map(|r| (r.key.to_string(), r.effect.as_str().to_string())).collect();
+        let expected: Vec<(String, String)> = TABLE
+            .iter()
+            .map(|r| (r.key.to_string(), r.effect.as_str().to_string()))
+            .collect();
         assert_eq!(rows, expected, "README.md's reload table (after <!-- reload-table -->) must list TABLE's rows in order");
     }
 }

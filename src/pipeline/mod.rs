@@ -45,11 +45,26 @@ pub struct Components {
 
 impl Components {
     /// Generator and consumer, no dashboard (tests and benchmarks).
-    pub const ALL: Components = Components { generator: true, consumer: true, dashboard: false, alerting: true };
+    pub const ALL: Components = Components {
+        generator: true,
+        consumer: true,
+        dashboard: false,
+        alerting: true,
+    };
     /// Only the generator.
-    pub const GENERATOR: Components = Components { generator: true, consumer: false, dashboard: false, alerting: false };
+    pub const GENERATOR: Components = Components {
+        generator: true,
+        consumer: false,
+        dashboard: false,
+        alerting: false,
+    };
     /// Only the consumer.
-    pub const CONSUMER: Components = Components { generator: false, consumer: true, dashboard: false, alerting: true };
+    pub const CONSUMER: Components = Components {
+        generator: false,
+        consumer: true,
+        dashboard: false,
+        alerting: true,
+    };
 }
 
 /// How a run is bounded and reported.
@@ -94,7 +109,11 @@ pub struct RunSummary {
 }
 
 /// Runs the pipeline until `stop` fires, or the run's bounds are reached.
-pub async fn run(pipeline: &Pipeline, options: RunOptions, stop: CancellationToken) -> anyhow::Result<RunSummary> {
+pub async fn run(
+    pipeline: &Pipeline,
+    options: RunOptions,
+    stop: CancellationToken,
+) -> anyhow::Result<RunSummary> {
     start(pipeline.clone(), options, stop).await?.wait().await
 }
 
@@ -120,19 +139,32 @@ impl Running {
 /// Where this pipeline's history can be read again, for a backfill or `runner backfill`: the
 /// Kafka log, or the embedded store's raw rows behind the embedded queue; the error says why
 /// there is none (the embedded queue into MongoDB keeps no order of arrival).
-pub fn history(config: &PipelineConfig, store: &Arc<dyn EventStore>) -> Result<Arc<dyn crate::transport::History>, String> {
+pub fn history(
+    config: &PipelineConfig,
+    store: &Arc<dyn EventStore>,
+) -> Result<Arc<dyn crate::transport::History>, String> {
     if !config.kafka.is_embedded() {
         let schema = config.schema().map_err(|p| p.join("; "))?;
-        return Ok(Arc::new(kafka::KafkaHistory::new(&config.kafka, schema, config.consumer.validation.max_event_bytes)));
+        return Ok(Arc::new(kafka::KafkaHistory::new(
+            &config.kafka,
+            schema,
+            config.consumer.validation.max_event_bytes,
+        )));
     }
     if config.mongodb.is_embedded() {
-        return Ok(Arc::new(crate::aggregate::backfill::StoreHistory(store.clone())));
+        return Ok(Arc::new(crate::aggregate::backfill::StoreHistory(
+            store.clone(),
+        )));
     }
     Err("history is read from the Kafka log or the embedded store, and this pipeline runs the embedded queue into MongoDB, whose raw events keep no order of arrival".into())
 }
 
 /// Checks, connects and starts every component; returns once the pipeline runs.
-pub async fn start(pipeline: Pipeline, options: RunOptions, stop: CancellationToken) -> anyhow::Result<Running> {
+pub async fn start(
+    pipeline: Pipeline,
+    options: RunOptions,
+    stop: CancellationToken,
+) -> anyhow::Result<Running> {
     let seen = reload::snapshot(&pipeline);
     let built = build(pipeline, &options).await?;
     Ok(spawn(built, seen, options, stop))
@@ -150,12 +182,17 @@ struct Built {
 /// scripts (compiled first: a typo should not wait on a network timeout), then the connections.
 async fn build(pipeline: Pipeline, options: &RunOptions) -> anyhow::Result<Built> {
     let components = options.components;
-    if !components.generator && !components.consumer && !components.dashboard && !components.alerting {
+    if !components.generator
+        && !components.consumer
+        && !components.dashboard
+        && !components.alerting
+    {
         bail!("nothing to run: choose at least one of generator, consumer, dashboard, alerting");
     }
     let config = &pipeline.config;
     let moves_events = components.generator || components.consumer;
-    if config.kafka.is_embedded() && moves_events && !(components.generator && components.consumer) {
+    if config.kafka.is_embedded() && moves_events && !(components.generator && components.consumer)
+    {
         bail!(
             "the embedded transport connects the generator and the consumer inside one process, so it needs both; \
              set kafka.bootstrap_servers (or KAFKA_BOOTSTRAP_SERVERS, or --kafka) to run them apart"
@@ -165,18 +202,45 @@ async fn build(pipeline: Pipeline, options: &RunOptions) -> anyhow::Result<Built
     let config = &compiled.pipeline.config;
     let stats = Stats::new();
     let store = match components.consumer || components.dashboard || components.alerting {
-        true => Some(Switchable::new(store::open(&config.mongodb, &config.embedded, &config.retention, &compiled.schema).await?)),
+        true => Some(Switchable::new(
+            store::open(
+                &config.mongodb,
+                &config.embedded,
+                &config.retention,
+                &compiled.schema,
+            )
+            .await?,
+        )),
         false => None,
     };
-    log_setup(&compiled.pipeline, store.as_deref().map(|s| s as &dyn EventStore), components);
+    log_setup(
+        &compiled.pipeline,
+        store.as_deref().map(|s| s as &dyn EventStore),
+        components,
+    );
     let transport = connect_transport(config, components, &stats, true).await?;
-    Ok(Built { compiled, stats, store, transport })
+    Ok(Built {
+        compiled,
+        stats,
+        store,
+        transport,
+    })
 }
 
 /// Starts every task of a built pipeline, each with the shutdown signal of its step.
-fn spawn(built: Built, seen: reload::Snapshot, options: RunOptions, stop: CancellationToken) -> Running {
+fn spawn(
+    built: Built,
+    seen: reload::Snapshot,
+    options: RunOptions,
+    stop: CancellationToken,
+) -> Running {
     let started = std::time::Instant::now();
-    let Built { compiled, stats, store, transport: (publisher, subscriber) } = built;
+    let Built {
+        compiled,
+        stats,
+        store,
+        transport: (publisher, subscriber),
+    } = built;
     let components = options.components;
     let pipeline = compiled.pipeline.clone();
     let config = &pipeline.config;
@@ -190,11 +254,28 @@ fn spawn(built: Built, seen: reload::Snapshot, options: RunOptions, stop: Cancel
     let (dashboard_tx, dashboard_rx) = watch::channel(config.dashboard.clone());
     let (pipeline_tx, pipeline_rx) = watch::channel(pipeline.clone());
     let reload_status = Arc::new(Mutex::new(ReloadStatus::default()));
-    let live = Live { pipeline: pipeline_tx, generator: generator_tx, metrics: metrics_tx, alerts: alerts_tx, dashboard: dashboard_tx, status: reload_status.clone() };
-    let reloader = reload::spawn(pipeline.clone(), seen, live, options.watch.clone(), shutdown.signal(Step::Reload));
+    let live = Live {
+        pipeline: pipeline_tx,
+        generator: generator_tx,
+        metrics: metrics_tx,
+        alerts: alerts_tx,
+        dashboard: dashboard_tx,
+        status: reload_status.clone(),
+    };
+    let reloader = reload::spawn(
+        pipeline.clone(),
+        seen,
+        live,
+        options.watch.clone(),
+        shutdown.signal(Step::Reload),
+    );
     tasks.spawn(Step::Reload, async move { Ok(reloader.await?) });
     telemetry::memory::spawn_trimmer(shutdown.signal(Step::Progress));
-    let progress = telemetry::report_progress(stats.clone(), options.progress_every, shutdown.signal(Step::Progress));
+    let progress = telemetry::report_progress(
+        stats.clone(),
+        options.progress_every,
+        shutdown.signal(Step::Progress),
+    );
     tasks.spawn(Step::Progress, async move {
         progress.await;
         Ok(())
@@ -236,13 +317,24 @@ fn spawn(built: Built, seen: reload::Snapshot, options: RunOptions, stop: Cancel
             },
             generator: components.generator,
         };
-        tasks.spawn(Step::Dashboard, crate::dashboard::serve(dashboard_rx, sources, shutdown.signal(Step::Dashboard)));
+        tasks.spawn(
+            Step::Dashboard,
+            crate::dashboard::serve(dashboard_rx, sources, shutdown.signal(Step::Dashboard)),
+        );
     }
     // Alerts are evaluated where events are consumed (that process sees its own lag and errors)
     // or in a process asked to; it runs even with no rules, so a reload can add some.
     if let (true, Some(store)) = (components.alerting, store.clone()) {
-        let sources = crate::alert::Sources { pipeline: config.name.clone(), store, metrics: metrics_rx.clone(), stats: stats.clone() };
-        tasks.spawn(Step::Alerting, crate::alert::run(sources, alerts_rx, shutdown.signal(Step::Alerting)));
+        let sources = crate::alert::Sources {
+            pipeline: config.name.clone(),
+            store,
+            metrics: metrics_rx.clone(),
+            stats: stats.clone(),
+        };
+        tasks.spawn(
+            Step::Alerting,
+            crate::alert::run(sources, alerts_rx, shutdown.signal(Step::Alerting)),
+        );
     }
     // Final window results are written where events are consumed: that process has the
     // partials; every consumer writes the same documents.
@@ -257,7 +349,13 @@ fn spawn(built: Built, seen: reload::Snapshot, options: RunOptions, stop: Cancel
                 }
             })
         });
-        let writer = crate::aggregate::results::run(store, metrics_rx.clone(), partitions, Duration::from_secs(1), shutdown.signal(Step::Results));
+        let writer = crate::aggregate::results::run(
+            store,
+            metrics_rx.clone(),
+            partitions,
+            Duration::from_secs(1),
+            shutdown.signal(Step::Results),
+        );
         tasks.spawn(Step::Results, async move {
             writer.await;
             Ok(())
@@ -270,11 +368,19 @@ fn spawn(built: Built, seen: reload::Snapshot, options: RunOptions, stop: Cancel
             stats: stats.clone(),
             store,
             metrics: metrics_rx.clone(),
-            until: StopWhen { stop: shutdown.signal(Step::Consumer), idle: options.idle_exit, producers_done, drain: CancellationToken::new() },
+            until: StopWhen {
+                stop: shutdown.signal(Step::Consumer),
+                idle: options.idle_exit,
+                producers_done,
+                drain: CancellationToken::new(),
+            },
             publishers: components.generator.then_some(swaps_tx),
             reload_status: reload_status.clone(),
         };
-        tasks.spawn(Step::Consumer, reconnect::supervise(plane, subscriber, pipeline_rx));
+        tasks.spawn(
+            Step::Consumer,
+            reconnect::supervise(plane, subscriber, pipeline_rx),
+        );
     }
 
     let task_stats = stats.clone();
@@ -287,24 +393,42 @@ fn spawn(built: Built, seen: reload::Snapshot, options: RunOptions, stop: Cancel
             generator_busy: task_stats.publishing_span(),
         })
     });
-    Running { stats, reload_status, metrics: metrics_rx, store: store.map(|s| s as Arc<dyn EventStore>), done }
+    Running {
+        stats,
+        reload_status,
+        metrics: metrics_rx,
+        store: store.map(|s| s as Arc<dyn EventStore>),
+        done,
+    }
 }
 
 /// Connects the transport `config` names for the components this process runs. A Kafka
 /// subscriber is created only `with_subscriber` (joining the group is left for when the
 /// consumer starts); the embedded queue always gives both ends.
-async fn connect_transport(config: &PipelineConfig, components: Components, stats: &Arc<Stats>, with_subscriber: bool) -> anyhow::Result<Transport> {
+async fn connect_transport(
+    config: &PipelineConfig,
+    components: Components,
+    stats: &Arc<Stats>,
+    with_subscriber: bool,
+) -> anyhow::Result<Transport> {
     if !(components.generator || components.consumer) {
         return Ok((None, None));
     }
     if config.kafka.is_embedded() {
-        let (p, s) = embedded::channel(config.embedded.queue_capacity, config.consumer.batch_size, stats.clone());
+        let (p, s) = embedded::channel(
+            config.embedded.queue_capacity,
+            config.consumer.batch_size,
+            stats.clone(),
+        );
         return Ok((Some(Box::new(p)), Some(Box::new(s))));
     }
     let admin = kafka::connect(&config.kafka).await?;
     kafka::ensure_topic(&admin, &config.kafka).await?;
     let p = match components.generator {
-        true => Some(Box::new(kafka::KafkaPublisher::new(&config.kafka, stats.clone())?) as Box<dyn Publisher>),
+        true => Some(
+            Box::new(kafka::KafkaPublisher::new(&config.kafka, stats.clone())?)
+                as Box<dyn Publisher>,
+        ),
         false => None,
     };
     let s = match components.consumer && with_subscriber {
@@ -314,21 +438,36 @@ async fn connect_transport(config: &PipelineConfig, components: Components, stat
     Ok((p, s))
 }
 
-fn kafka_subscriber(config: &PipelineConfig, stats: &Arc<Stats>) -> anyhow::Result<Box<dyn Subscriber>> {
+fn kafka_subscriber(
+    config: &PipelineConfig,
+    stats: &Arc<Stats>,
+) -> anyhow::Result<Box<dyn Subscriber>> {
     let schema = config.schema().map_err(|p| anyhow::anyhow!(p.join("; ")))?;
-    Ok(Box::new(kafka::KafkaSubscriber::new(&config.kafka, config.consumer.batching(), schema, stats.clone())?))
+    Ok(Box::new(kafka::KafkaSubscriber::new(
+        &config.kafka,
+        config.consumer.batching(),
+        schema,
+        stats.clone(),
+    )?))
 }
 
 fn log_setup(pipeline: &Pipeline, store: Option<&dyn EventStore>, components: Components) {
     let c = &pipeline.config;
     let transport = if c.kafka.is_embedded() {
-        "embedded in-process queue (set KAFKA_BOOTSTRAP_SERVERS or --kafka host:port to use Kafka)".to_string()
+        "embedded in-process queue (set KAFKA_BOOTSTRAP_SERVERS or --kafka host:port to use Kafka)"
+            .to_string()
     } else {
-        format!("Kafka {} topic {:?} group {:?}", c.kafka.bootstrap_servers, c.kafka.topic, c.kafka.consumer_group)
+        format!(
+            "Kafka {} topic {:?} group {:?}",
+            c.kafka.bootstrap_servers, c.kafka.topic, c.kafka.consumer_group
+        )
     };
     let store = match store {
         Some(s) if c.mongodb.is_embedded() => {
-            format!("{} (set MONGODB_CONNECTION_STRING or --mongodb mongodb://... to use MongoDB)", s.describe())
+            format!(
+                "{} (set MONGODB_CONNECTION_STRING or --mongodb mongodb://... to use MongoDB)",
+                s.describe()
+            )
         }
         Some(s) => s.describe(),
         None => "none (consumer not running here)".to_string(),

@@ -13,12 +13,12 @@
 
 use super::diff::{Diff, Reconnects};
 use super::{connect_transport, kafka_subscriber, Components};
-use crate::generator::Swap;
 use crate::aggregate::{backfill, Aggregator, MetricSet};
 use crate::config::{Pipeline, PipelineConfig};
 use crate::consumer::{self, StopWhen};
-use crate::telemetry::ReloadStatus;
+use crate::generator::Swap;
 use crate::store::{self, EventStore, Switchable};
+use crate::telemetry::ReloadStatus;
 use crate::telemetry::Stats;
 use crate::transport::Subscriber;
 use std::sync::{Arc, Mutex};
@@ -47,7 +47,11 @@ struct RunningConsumer {
 
 /// Runs the consumer (if any) until the run ends, rebuilding it when a reload changes its
 /// connection settings.
-pub(super) async fn supervise(mut plane: Plane, first: Option<Box<dyn Subscriber>>, mut reloads: watch::Receiver<Pipeline>) -> anyhow::Result<()> {
+pub(super) async fn supervise(
+    mut plane: Plane,
+    first: Option<Box<dyn Subscriber>>,
+    mut reloads: watch::Receiver<Pipeline>,
+) -> anyhow::Result<()> {
     let mut consumer = first.map(|s| start_consumer(&plane, s));
     let mut reloads_open = true;
     loop {
@@ -97,7 +101,10 @@ async fn wait(consumer: &mut Option<RunningConsumer>, plane: &Plane) -> anyhow::
 
 fn start_consumer(plane: &Plane, subscriber: Box<dyn Subscriber>) -> RunningConsumer {
     let drain = CancellationToken::new();
-    let until = StopWhen { drain: drain.clone(), ..plane.until.clone() };
+    let until = StopWhen {
+        drain: drain.clone(),
+        ..plane.until.clone()
+    };
     let store: Arc<dyn EventStore> = plane.store.current();
     let stats = plane.stats.clone();
     let cfg = plane.config.consumer.clone();
@@ -106,33 +113,70 @@ fn start_consumer(plane: &Plane, subscriber: Box<dyn Subscriber>) -> RunningCons
     // The backfill lives as long as this consumer: the next one resumes it from the store.
     let backfill_stop = CancellationToken::new();
     let history = match plane.config.backfill.enabled {
-        true => super::history(&plane.config, &store).inspect_err(|why| tracing::warn!("metrics added while running start empty: {why}")).ok(),
+        true => super::history(&plane.config, &store)
+            .inspect_err(|why| tracing::warn!("metrics added while running start empty: {why}"))
+            .ok(),
         false => None,
     };
     if let Some(history) = history {
-        let (backfiller, _) = backfill::spawn(history, store.clone(), cfg.validation.screen(), plane.config.backfill.clone(), backfill_stop.clone());
+        let (backfiller, _) = backfill::spawn(
+            history,
+            store.clone(),
+            cfg.validation.screen(),
+            plane.config.backfill.clone(),
+            backfill_stop.clone(),
+        );
         aggregator = aggregator.with_backfill(backfiller);
     }
     let task = tokio::spawn(async move {
-        let result = consumer::run(subscriber, store, Some(aggregator), Some(metrics), stats, &cfg, until).await;
+        let result = consumer::run(
+            subscriber,
+            store,
+            Some(aggregator),
+            Some(metrics),
+            stats,
+            &cfg,
+            until,
+        )
+        .await;
         backfill_stop.cancel();
         result
     });
     RunningConsumer { task, drain }
 }
 
-
-async fn rebuild(plane: &mut Plane, consumer: &mut Option<RunningConsumer>, next: PipelineConfig, what: &Reconnects) -> anyhow::Result<()> {
+async fn rebuild(
+    plane: &mut Plane,
+    consumer: &mut Option<RunningConsumer>,
+    next: PipelineConfig,
+    what: &Reconnects,
+) -> anyhow::Result<()> {
     // 1. Connect first: a broker or store that cannot be reached leaves everything as it was.
     let new_store = match what.store && plane.components.consumer {
-        true => Some(store::open(&next.mongodb, &next.embedded, &next.retention, &next.schema().map_err(|p| anyhow::anyhow!(p.join("; ")))?).await?),
+        true => Some(
+            store::open(
+                &next.mongodb,
+                &next.embedded,
+                &next.retention,
+                &next.schema().map_err(|p| anyhow::anyhow!(p.join("; ")))?,
+            )
+            .await?,
+        ),
         false => None,
     };
     let rebuild_transport = what.transport || (what.consumer && next.kafka.is_embedded());
     let (publisher, embedded_subscriber) = match rebuild_transport {
         // The embedded queue connects both ends at once; Kafka's consumer joins its group later,
         // once the old one has left, so the two never split the partitions.
-        true => connect_transport(&next, plane.components, &plane.stats, next.kafka.is_embedded()).await?,
+        true => {
+            connect_transport(
+                &next,
+                plane.components,
+                &plane.stats,
+                next.kafka.is_embedded(),
+            )
+            .await?
+        }
         false => (None, None),
     };
 

@@ -8,14 +8,14 @@
 //! (temp file + rename, several writes) one reload, and catches Kubernetes-style `..data`
 //! symlink swaps, because the watch is on the folders that hold the files.
 
-use crate::config::PipelineConfig;
-use crate::event::EventConfig;
 use super::compile::{compile, Compiled};
 use super::diff::Diff;
 use crate::aggregate::MetricSet;
 use crate::alert::AlertSet;
 use crate::config::Pipeline;
+use crate::config::PipelineConfig;
 use crate::dashboard::DashboardConfig;
+use crate::event::EventConfig;
 use crate::generator::Settings as GeneratorSettings;
 use crate::telemetry::ReloadStatus;
 use chrono::Utc;
@@ -40,7 +40,11 @@ pub struct WatchOptions {
 
 impl Default for WatchOptions {
     fn default() -> Self {
-        WatchOptions { enabled: true, poll: None, debounce: Duration::from_millis(150) }
+        WatchOptions {
+            enabled: true,
+            poll: None,
+            debounce: Duration::from_millis(150),
+        }
     }
 }
 
@@ -66,7 +70,10 @@ fn watched_files(p: &Pipeline) -> BTreeSet<PathBuf> {
 
 /// The contents of every file (following symlinks), to tell a real change from noise.
 fn fingerprint(files: &BTreeSet<PathBuf>) -> Vec<(PathBuf, Option<Vec<u8>>)> {
-    files.iter().map(|f| (f.clone(), std::fs::read(f).ok())).collect()
+    files
+        .iter()
+        .map(|f| (f.clone(), std::fs::read(f).ok()))
+        .collect()
 }
 
 /// How many times [`settled`] looks again before it takes what it has.
@@ -86,7 +93,10 @@ async fn settled(files: &BTreeSet<PathBuf>, quiet: Duration) -> Vec<(PathBuf, Op
         }
         last = now;
     }
-    tracing::warn!(tries = SETTLE_TRIES, "the pipeline's files kept changing; reloading what they hold now");
+    tracing::warn!(
+        tries = SETTLE_TRIES,
+        "the pipeline's files kept changing; reloading what they hold now"
+    );
     last
 }
 
@@ -95,20 +105,28 @@ async fn settled(files: &BTreeSet<PathBuf>, quiet: Duration) -> Vec<(PathBuf, Op
 fn folders(files: &BTreeSet<PathBuf>) -> BTreeSet<PathBuf> {
     let mut out = BTreeSet::new();
     for f in files {
-        let parent = f.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let parent = f
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         out.insert(parent.to_path_buf());
         for ancestor in f.ancestors().skip(1) {
             if ancestor.as_os_str().is_empty() {
                 break;
             }
-            let is_link = std::fs::symlink_metadata(ancestor).map(|m| m.file_type().is_symlink()).unwrap_or(false);
+            let is_link = std::fs::symlink_metadata(ancestor)
+                .map(|m| m.file_type().is_symlink())
+                .unwrap_or(false);
             if is_link {
                 if let Some(holder) = ancestor.parent().filter(|p| !p.as_os_str().is_empty()) {
                     out.insert(holder.to_path_buf());
                 }
             }
         }
-        if std::fs::symlink_metadata(f).map(|m| m.file_type().is_symlink()).unwrap_or(false) {
+        if std::fs::symlink_metadata(f)
+            .map(|m| m.file_type().is_symlink())
+            .unwrap_or(false)
+        {
             // The link's target folder changes on a swap; the link's own folder is watched above.
             if let Ok(target) = std::fs::canonicalize(f) {
                 if let Some(t) = target.parent() {
@@ -126,13 +144,19 @@ fn folders(files: &BTreeSet<PathBuf>) -> BTreeSet<PathBuf> {
 fn recompile(current: &Pipeline) -> Result<(Compiled, EventConfig), String> {
     let mut next = current.reload().map_err(|e| e.to_string())?;
     let wanted = std::mem::replace(&mut next.config.event, current.config.event.clone());
-    compile(next).map(|c| (c, wanted)).map_err(|e| e.to_string())
+    compile(next)
+        .map(|c| (c, wanted))
+        .map_err(|e| e.to_string())
 }
 
 /// What the generator takes from a compiled version.
 pub(super) fn generator_settings(compiled: &Compiled) -> GeneratorSettings {
     let g = &compiled.pipeline.config.generator;
-    GeneratorSettings { script: compiled.generator.clone(), rate: g.rate, batch_size: g.batch_size }
+    GeneratorSettings {
+        script: compiled.generator.clone(),
+        rate: g.rate,
+        batch_size: g.batch_size,
+    }
 }
 
 /// The contents of the files `p` runs from, taken before they are compiled: the watch starts
@@ -146,12 +170,26 @@ pub fn snapshot(p: &Pipeline) -> Snapshot {
 
 /// Starts watching the pipeline's files now (an edit since `seen` was taken is applied at the
 /// first check) and returns the task that applies every good new version until `stop`.
-pub fn spawn(current: Pipeline, seen: Snapshot, live: Live, options: WatchOptions, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+pub fn spawn(
+    current: Pipeline,
+    seen: Snapshot,
+    live: Live,
+    options: WatchOptions,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
     let (tx, rx) = mpsc::channel::<()>(64);
     let files = watched_files(&current);
     let seen = seen.0;
     let watcher = make_watcher(&options, &tx, &folders(&files));
-    let reloader = Reloader { current, live, options, changes: (tx, rx), files, seen, watcher };
+    let reloader = Reloader {
+        current,
+        live,
+        options,
+        changes: (tx, rx),
+        files,
+        seen,
+        watcher,
+    };
     tokio::spawn(reloader.run(stop))
 }
 
@@ -168,7 +206,11 @@ struct Reloader {
     watcher: Option<notify::RecommendedWatcher>,
 }
 
-fn make_watcher(options: &WatchOptions, tx: &mpsc::Sender<()>, dirs: &BTreeSet<PathBuf>) -> Option<notify::RecommendedWatcher> {
+fn make_watcher(
+    options: &WatchOptions,
+    tx: &mpsc::Sender<()>,
+    dirs: &BTreeSet<PathBuf>,
+) -> Option<notify::RecommendedWatcher> {
     if !options.enabled {
         return None;
     }
@@ -176,7 +218,9 @@ fn make_watcher(options: &WatchOptions, tx: &mpsc::Sender<()>, dirs: &BTreeSet<P
     let mut w = notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
         let _ = tx.try_send(());
     })
-    .map_err(|e| tracing::warn!(error = %e, "cannot watch files; use --watch-poll, or SIGHUP to reload"))
+    .map_err(
+        |e| tracing::warn!(error = %e, "cannot watch files; use --watch-poll, or SIGHUP to reload"),
+    )
     .ok()?;
     for d in dirs {
         if let Err(e) = w.watch(d, RecursiveMode::NonRecursive) {
@@ -189,7 +233,8 @@ fn make_watcher(options: &WatchOptions, tx: &mpsc::Sender<()>, dirs: &BTreeSet<P
 impl Reloader {
     /// Watches the files, applying each good new version, until `stop`.
     async fn run(mut self, stop: CancellationToken) {
-        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let mut hangup =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         let mut poll = self.options.poll.map(tokio::time::interval);
         let debounce = self.options.debounce;
         // When watching, the first check runs at once: the files may have changed while the
@@ -199,7 +244,9 @@ impl Reloader {
             let forced = if std::mem::take(&mut first) {
                 // A burst of writes already under way settles first, as any burst does (checking
                 // at once saw its first write, and its last one made a second reload).
-                while let Ok(Some(())) = tokio::time::timeout(debounce, self.changes.1.recv()).await {}
+                while let Ok(Some(())) = tokio::time::timeout(debounce, self.changes.1.recv()).await
+                {
+                }
                 false
             } else {
                 tokio::select! {
@@ -224,7 +271,9 @@ impl Reloader {
             let attempted = Utc::now();
             // Compiling reads files and may build large tables (Zipf): off the async runtime.
             let current = self.current.clone();
-            let compiled = tokio::task::spawn_blocking(move || recompile(&current)).await.unwrap_or_else(|e| Err(format!("reload failed: {e}")));
+            let compiled = tokio::task::spawn_blocking(move || recompile(&current))
+                .await
+                .unwrap_or_else(|e| Err(format!("reload failed: {e}")));
             match compiled {
                 Ok((compiled, event)) => self.apply(compiled, event, attempted),
                 Err(error) => self.reject(error, attempted),
@@ -234,7 +283,13 @@ impl Reloader {
 
     /// Hands a good new version to every component and records what changed.
     fn apply(&mut self, compiled: Compiled, event: EventConfig, attempted: chrono::DateTime<Utc>) {
-        let diff = Diff::of(&self.current.config, &PipelineConfig { event, ..compiled.pipeline.config.clone() });
+        let diff = Diff::of(
+            &self.current.config,
+            &PipelineConfig {
+                event,
+                ..compiled.pipeline.config.clone()
+            },
+        );
         let needs_restart = diff.needs_restart();
         if !needs_restart.is_empty() {
             tracing::warn!(settings = ?needs_restart, "these settings changed but apply only after a restart");
@@ -266,7 +321,8 @@ impl Reloader {
         // A new version may name scripts that do not exist yet: watch them too, so creating them
         // triggers the next attempt.
         if let Ok(next) = self.current.reload() {
-            let wanted: BTreeSet<PathBuf> = self.files.union(&watched_files(&next)).cloned().collect();
+            let wanted: BTreeSet<PathBuf> =
+                self.files.union(&watched_files(&next)).cloned().collect();
             self.watch(wanted);
         }
         let mut s = self.live.status.lock().unwrap();
@@ -310,6 +366,10 @@ mod tests {
         let files = BTreeSet::from([file.clone()]);
         let read = settled(&files, Duration::from_millis(150)).await;
         writer.join().unwrap();
-        assert_eq!(read[0].1.as_deref(), Some(std::fs::read(&file).unwrap().as_slice()), "the whole file, after the last write");
+        assert_eq!(
+            read[0].1.as_deref(),
+            Some(std::fs::read(&file).unwrap().as_slice()),
+            "the whole file, after the last write"
+        );
     }
 }

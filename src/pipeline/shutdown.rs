@@ -30,7 +30,15 @@ pub enum Step {
 
 impl Step {
     /// The order tasks are stopped and awaited in.
-    pub const ORDER: [Step; 7] = [Step::Generator, Step::Consumer, Step::Dashboard, Step::Results, Step::Alerting, Step::Reload, Step::Progress];
+    pub const ORDER: [Step; 7] = [
+        Step::Generator,
+        Step::Consumer,
+        Step::Dashboard,
+        Step::Results,
+        Step::Alerting,
+        Step::Reload,
+        Step::Progress,
+    ];
 
     fn name(self) -> &'static str {
         match self {
@@ -61,7 +69,10 @@ pub struct Shutdown {
 impl Shutdown {
     /// A shutdown that starts when `requested` fires (or a task fails).
     pub fn new(requested: CancellationToken) -> Shutdown {
-        Shutdown { requested, in_turn: Default::default() }
+        Shutdown {
+            requested,
+            in_turn: Default::default(),
+        }
     }
 
     /// The signal `step`'s task stops on.
@@ -95,11 +106,18 @@ pub struct Tasks {
 
 impl Tasks {
     pub fn new(shutdown: Shutdown) -> Tasks {
-        Tasks { shutdown, tasks: Vec::new() }
+        Tasks {
+            shutdown,
+            tasks: Vec::new(),
+        }
     }
 
     /// Runs `task` as `step`; it should return when `shutdown.signal(step)` fires.
-    pub fn spawn(&mut self, step: Step, task: impl Future<Output = anyhow::Result<()>> + Send + 'static) {
+    pub fn spawn(
+        &mut self,
+        step: Step,
+        task: impl Future<Output = anyhow::Result<()>> + Send + 'static,
+    ) {
         self.tasks.push((step, tokio::spawn(task)));
     }
 
@@ -120,10 +138,15 @@ impl Tasks {
                 self.shutdown.request();
             }
             self.shutdown.release(step);
-            let (now, later): (Vec<_>, Vec<_>) = self.tasks.into_iter().partition(|(s, _)| *s == step);
+            let (now, later): (Vec<_>, Vec<_>) =
+                self.tasks.into_iter().partition(|(s, _)| *s == step);
             self.tasks = later;
             for (_, task) in now {
-                let result = task.await.map_err(anyhow::Error::from).and_then(|r| r).with_context(|| format!("{} failed", step.name()));
+                let result = task
+                    .await
+                    .map_err(anyhow::Error::from)
+                    .and_then(|r| r)
+                    .with_context(|| format!("{} failed", step.name()));
                 if let Err(e) = result {
                     self.shutdown.request();
                     first_error.get_or_insert(e);
@@ -144,7 +167,14 @@ mod tests {
         let stopped = Arc::new(Mutex::new(Vec::new()));
         let shutdown = Shutdown::new(CancellationToken::new());
         let mut tasks = Tasks::new(shutdown.clone());
-        for step in [Step::Progress, Step::Reload, Step::Alerting, Step::Results, Step::Dashboard, Step::Consumer] {
+        for step in [
+            Step::Progress,
+            Step::Reload,
+            Step::Alerting,
+            Step::Results,
+            Step::Dashboard,
+            Step::Consumer,
+        ] {
             let (signal, stopped) = (shutdown.signal(step), stopped.clone());
             tasks.spawn(step, async move {
                 signal.cancelled().await;
@@ -160,8 +190,15 @@ mod tests {
         tasks.finish().await.unwrap();
         let stopped = stopped.lock().unwrap().clone();
         // A stop request reaches the consumer and the dashboard at once; the rest stop in turn.
-        assert_eq!(stopped[2..], [Step::Results, Step::Alerting, Step::Reload, Step::Progress], "{stopped:?}");
-        assert!(stopped[..2].contains(&Step::Consumer) && stopped[..2].contains(&Step::Dashboard), "{stopped:?}");
+        assert_eq!(
+            stopped[2..],
+            [Step::Results, Step::Alerting, Step::Reload, Step::Progress],
+            "{stopped:?}"
+        );
+        assert!(
+            stopped[..2].contains(&Step::Consumer) && stopped[..2].contains(&Step::Dashboard),
+            "{stopped:?}"
+        );
     }
 
     #[tokio::test]

@@ -130,12 +130,15 @@ pub fn compile_file(engine: &Engine, path: &Path) -> Result<AST, ScriptError> {
 
 /// Reads a script file's text.
 pub fn read_script(path: &Path) -> Result<String, ScriptError> {
-    std::fs::read_to_string(path).map_err(|e| ScriptError::whole_file(path, format!("cannot read the script: {e}")))
+    std::fs::read_to_string(path)
+        .map_err(|e| ScriptError::whole_file(path, format!("cannot read the script: {e}")))
 }
 
 /// Compiles the text of the script at `path` (for callers that also look at the text).
 pub fn compile_source(engine: &Engine, path: &Path, source: &str) -> Result<AST, ScriptError> {
-    let mut ast = engine.compile(source).map_err(|e| ScriptError::from_parse(path, &e))?;
+    let mut ast = engine
+        .compile(source)
+        .map_err(|e| ScriptError::from_parse(path, &e))?;
     ast.set_source(path.display().to_string());
     Ok(ast)
 }
@@ -155,19 +158,30 @@ mod tests {
         let f = write("let a = 1;\nlet b = ;\n");
         let err = compile_file(&sandboxed_engine(ScriptLimits::default()), f.path()).unwrap_err();
         assert_eq!(err.line, Some(2));
-        assert!(err.to_string().contains(&format!("{}:2:", f.path().display())), "{err}");
+        assert!(
+            err.to_string()
+                .contains(&format!("{}:2:", f.path().display())),
+            "{err}"
+        );
     }
 
     #[test]
     fn runaway_loop_is_stopped_by_the_operation_limit() {
-        let engine = sandboxed_engine(ScriptLimits { max_operations: 10_000, ..Default::default() });
+        let engine = sandboxed_engine(ScriptLimits {
+            max_operations: 10_000,
+            ..Default::default()
+        });
         let err = engine.eval::<()>("loop { }").unwrap_err();
         assert!(err.to_string().contains("operations"), "{err}");
     }
 
     #[test]
     fn slow_call_is_stopped_by_the_time_limit() {
-        let limits = ScriptLimits { max_operations: u64::MAX / 2, max_call_time: std::time::Duration::from_millis(50), ..Default::default() };
+        let limits = ScriptLimits {
+            max_operations: u64::MAX / 2,
+            max_call_time: std::time::Duration::from_millis(50),
+            ..Default::default()
+        };
         let engine = sandboxed_engine(limits);
         let t = std::time::Instant::now();
         let err = engine.eval::<()>("loop { }").unwrap_err();
@@ -175,15 +189,28 @@ mod tests {
         assert!(err.to_string().contains("max_call_time"), "{err}");
         assert!(t.elapsed() < std::time::Duration::from_secs(2));
         // The next call gets its own clock.
-        assert_eq!(engine.eval::<i64>("let n = 0; for i in 0..10000 { n += i } n").unwrap(), 49_995_000);
+        assert_eq!(
+            engine
+                .eval::<i64>("let n = 0; for i in 0..10000 { n += i } n")
+                .unwrap(),
+            49_995_000
+        );
     }
 
     #[test]
     fn huge_allocations_are_refused() {
         let engine = sandboxed_engine(ScriptLimits::default());
-        assert!(engine.eval::<()>(r#"let s = "x"; loop { s += s; }"#).unwrap_err().to_string().contains("too large"));
-        assert!(engine.eval::<()>("let a = []; a.pad(100000000, 0);").is_err());
-        assert!(engine.eval::<()>("let m = #{}; for i in 0..1000000 { m[`k${i}`] = i; }").is_err());
+        assert!(engine
+            .eval::<()>(r#"let s = "x"; loop { s += s; }"#)
+            .unwrap_err()
+            .to_string()
+            .contains("too large"));
+        assert!(engine
+            .eval::<()>("let a = []; a.pad(100000000, 0);")
+            .is_err());
+        assert!(engine
+            .eval::<()>("let m = #{}; for i in 0..1000000 { m[`k${i}`] = i; }")
+            .is_err());
     }
 
     #[test]
@@ -191,7 +218,13 @@ mod tests {
         let engine = sandboxed_engine(ScriptLimits::default());
         assert!(engine.eval::<()>(r#"import "/etc/passwd" as p;"#).is_err());
         assert!(engine.eval::<i64>(r#"eval("1")"#).is_err());
-        for call in [r#"open_file("/etc/passwd")"#, r#"read_file("/etc/passwd")"#, r#"system("id")"#, r#"http_get("http://127.0.0.1/")"#, r#"exec("ls")"#] {
+        for call in [
+            r#"open_file("/etc/passwd")"#,
+            r#"read_file("/etc/passwd")"#,
+            r#"system("id")"#,
+            r#"http_get("http://127.0.0.1/")"#,
+            r#"exec("ls")"#,
+        ] {
             let err = engine.eval::<rhai::Dynamic>(call).unwrap_err().to_string();
             assert!(err.contains("Function not found"), "{call}: {err}");
         }

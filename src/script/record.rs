@@ -22,7 +22,11 @@ pub struct MapFields {
 
 impl MapFields {
     /// Every field.
-    pub const ALL: MapFields = MapFields { all: true, slots: Vec::new(), extra: Vec::new() };
+    pub const ALL: MapFields = MapFields {
+        all: true,
+        slots: Vec::new(),
+        extra: Vec::new(),
+    };
 
     /// The fields named in a script's source. Anything that could read a field not named in the
     /// text (listing keys, indexing by a computed name, `in`, serializing the map) means every
@@ -32,17 +36,51 @@ impl MapFields {
         // `reduce`, `retain`, `drain`, `some`, `all`), or turn the whole map into text (string
         // interpolation, `to_string`, `print`, `debug`) read fields the text never names.
         const WHOLE_MAP: [&str; 23] = [
-            "[", " in ", "keys", "values", "len", "to_json", "contains", "fill_with", "mixin", "get(", "filter(", "map(", "reduce(", "retain(", "drain(",
-            "some(", "all(", "`", "to_string", "to_debug", "print(", "debug(", "+ e",
+            "[",
+            " in ",
+            "keys",
+            "values",
+            "len",
+            "to_json",
+            "contains",
+            "fill_with",
+            "mixin",
+            "get(",
+            "filter(",
+            "map(",
+            "reduce(",
+            "retain(",
+            "drain(",
+            "some(",
+            "all(",
+            "`",
+            "to_string",
+            "to_debug",
+            "print(",
+            "debug(",
+            "+ e",
         ];
         let code = without_comments(source);
         if WHOLE_MAP.iter().any(|m| code.contains(m)) {
             return MapFields::ALL;
         }
-        let words: std::collections::HashSet<&str> = source.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).filter(|w| !w.is_empty()).collect();
-        let slots: Vec<usize> = (0..schema.fields().len()).filter(|i| words.contains(schema.fields()[*i].name.as_str())).collect();
-        let extra = words.iter().filter(|w| schema.slot(w).is_none()).map(|w| w.to_string()).collect();
-        MapFields { all: false, slots, extra }
+        let words: std::collections::HashSet<&str> = source
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| !w.is_empty())
+            .collect();
+        let slots: Vec<usize> = (0..schema.fields().len())
+            .filter(|i| words.contains(schema.fields()[*i].name.as_str()))
+            .collect();
+        let extra = words
+            .iter()
+            .filter(|w| schema.slot(w).is_none())
+            .map(|w| w.to_string())
+            .collect();
+        MapFields {
+            all: false,
+            slots,
+            extra,
+        }
     }
 
     /// What either needs.
@@ -116,7 +154,10 @@ pub fn record_map_of(e: &Record, fields: &MapFields) -> Dynamic {
             m.insert(f.name.as_str().into(), to_dynamic(e.get(i)));
         }
         for (k, v) in e.extra() {
-            m.insert(k.as_str().into(), rhai::serde::to_dynamic(v).unwrap_or(Dynamic::UNIT));
+            m.insert(
+                k.as_str().into(),
+                rhai::serde::to_dynamic(v).unwrap_or(Dynamic::UNIT),
+            );
         }
     } else {
         for i in &fields.slots {
@@ -124,7 +165,10 @@ pub fn record_map_of(e: &Record, fields: &MapFields) -> Dynamic {
         }
         for k in &fields.extra {
             if let Some(v) = e.extra().get(k) {
-                m.insert(k.as_str().into(), rhai::serde::to_dynamic(v).unwrap_or(Dynamic::UNIT));
+                m.insert(
+                    k.as_str().into(),
+                    rhai::serde::to_dynamic(v).unwrap_or(Dynamic::UNIT),
+                );
             }
         }
     }
@@ -157,7 +201,8 @@ pub fn record_from_map(like: &Record, map: Map) -> Result<Record, String> {
             }
             None if v.is_unit() => {}
             None => {
-                let json = rhai::serde::from_dynamic::<serde_json::Value>(&v).map_err(|e| format!("field {name:?}: {e}"))?;
+                let json = rhai::serde::from_dynamic::<serde_json::Value>(&v)
+                    .map_err(|e| format!("field {name:?}: {e}"))?;
                 out.extra_mut().insert(name.to_string(), json);
             }
         }
@@ -196,12 +241,23 @@ mod tests {
     #[test]
     fn a_script_gets_the_fields_it_names_or_all_when_it_could_read_any() {
         let s = schema();
-        let r = Record::from_json(&s, br#"{"id":"a","kind":"view","n":3,"t":"2026-01-01T00:00:00Z","note":"x"}"#).unwrap();
-        let named = MapFields::of_source("fn update(e) { if e.kind == \"view\" && e.note != () { this.n += 1 } }", &s);
+        let r = Record::from_json(
+            &s,
+            br#"{"id":"a","kind":"view","n":3,"t":"2026-01-01T00:00:00Z","note":"x"}"#,
+        )
+        .unwrap();
+        let named = MapFields::of_source(
+            "fn update(e) { if e.kind == \"view\" && e.note != () { this.n += 1 } }",
+            &s,
+        );
         let m = record_map_of(&r, &named).cast::<Map>();
         let mut keys: Vec<&str> = m.keys().map(|k| k.as_str()).collect();
         keys.sort_unstable();
-        assert_eq!(keys, ["kind", "n", "note"], "`n` is named too (as this.n): a field more is harmless");
+        assert_eq!(
+            keys,
+            ["kind", "n", "note"],
+            "`n` is named too (as this.n): a field more is harmless"
+        );
         let computed = [
             "fn f(e) { let k = \"ki\"; e.get(k + \"nd\") }",
             "fn f(e) { e.filter(|k, v| v == \"view\").len() }",
@@ -211,11 +267,22 @@ mod tests {
             "fn f(e) { print(e) }",
             "fn f(e) { \"record \" + e }",
         ];
-        for whole in ["fn f(e) { e.keys().len() }", "fn f(e) { e[\"ki\" + \"nd\"] }", "fn f(e) { \"kind\" in e }"].iter().chain(&computed) {
+        for whole in [
+            "fn f(e) { e.keys().len() }",
+            "fn f(e) { e[\"ki\" + \"nd\"] }",
+            "fn f(e) { \"kind\" in e }",
+        ]
+        .iter()
+        .chain(&computed)
+        {
             assert_eq!(MapFields::of_source(whole, &s), MapFields::ALL, "{whole}");
         }
         assert_eq!(record_map_of(&r, &MapFields::ALL).cast::<Map>().len(), 5);
         let commented = "// `this` is the state; keys() and e.map(...) would read every field\n/* print(e) */ fn update(e) { if e.kind == \"view\" { this.n += 1 } }";
-        assert_ne!(MapFields::of_source(commented, &s), MapFields::ALL, "comments do not count");
+        assert_ne!(
+            MapFields::of_source(commented, &s),
+            MapFields::ALL,
+            "comments do not count"
+        );
     }
 }

@@ -6,8 +6,8 @@
 use super::retention::RetentionConfig;
 use super::{Encoded, EventStore, InsertOutcome, Notification, PaneRecord, ResultRow, StateJson};
 
-use crate::dead_letter::DeadLetter;
 use crate::base::de;
+use crate::dead_letter::DeadLetter;
 use crate::event::{Record, Schema};
 use anyhow::Context;
 use async_trait::async_trait;
@@ -31,7 +31,10 @@ pub struct EmbeddedConfig {
 
 impl Default for EmbeddedConfig {
     fn default() -> Self {
-        EmbeddedConfig { data_dir: default_data_dir(), queue_capacity: default_queue_capacity() }
+        EmbeddedConfig {
+            data_dir: default_data_dir(),
+            queue_capacity: default_queue_capacity(),
+        }
     }
 }
 
@@ -111,11 +114,21 @@ const SWEEP_CHUNK: i64 = 5_000;
 impl EmbeddedStore {
     /// Opens (creating if needed) the store for records of `schema`, with a queryable column per
     /// field of `indexes`; a background sweep deletes rows older than `retention` says.
-    pub fn open(config: &EmbeddedConfig, retention: &RetentionConfig, schema: &Arc<Schema>, indexes: &[String]) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(&config.data_dir)
-            .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
+    pub fn open(
+        config: &EmbeddedConfig,
+        retention: &RetentionConfig,
+        schema: &Arc<Schema>,
+        indexes: &[String],
+    ) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&config.data_dir).with_context(|| {
+            format!(
+                "cannot create the data directory {}",
+                config.data_dir.display()
+            )
+        })?;
         let path = config.data_dir.join("runner.db");
-        let conn = Connection::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+        let conn =
+            Connection::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
         // WAL + NORMAL: a commit survives a process crash; only an OS crash may lose the last commits.
         // Incremental auto-vacuum (set before the first table exists) lets the sweep give deleted
         // pages back to the file system.
@@ -125,10 +138,18 @@ impl EmbeddedStore {
             .and_then(|_| index_fields(&conn, indexes))
             .and_then(|_| if retention.any() { enable_incremental_vacuum(&conn) } else { Ok(()) })
             .with_context(|| format!("cannot set up {}", path.display()))?;
-        let reader = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-            .and_then(|r| r.execute_batch("PRAGMA busy_timeout = 5000;").map(|_| r))
-            .with_context(|| format!("cannot open {} for reading", path.display()))?;
-        let store = EmbeddedStore { conn: Arc::new(Mutex::new(conn)), reader: Arc::new(Mutex::new(reader)), path, schema: schema.clone() };
+        let reader = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .and_then(|r| r.execute_batch("PRAGMA busy_timeout = 5000;").map(|_| r))
+        .with_context(|| format!("cannot open {} for reading", path.display()))?;
+        let store = EmbeddedStore {
+            conn: Arc::new(Mutex::new(conn)),
+            reader: Arc::new(Mutex::new(reader)),
+            path,
+            schema: schema.clone(),
+        };
         if let Some(every) = retention.sweep_every() {
             store.spawn_retention(retention.clone(), every);
         }
@@ -138,7 +159,9 @@ impl EmbeddedStore {
     /// Sweeps now and then every `every`, for as long as the store is open.
     fn spawn_retention(&self, retention: RetentionConfig, every: Duration) {
         let conn = Arc::downgrade(&self.conn);
-        let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
         handle.spawn(async move {
             loop {
                 let Some(conn) = conn.upgrade() else { return };
@@ -146,10 +169,16 @@ impl EmbeddedStore {
                 let retention = retention.clone();
                 match tokio::task::spawn_blocking(move || sweep(&conn, &retention, now)).await {
                     Ok(Ok(deleted)) if deleted.iter().any(|(_, n)| *n > 0) => {
-                        let counts: Vec<String> = deleted.iter().filter(|(_, n)| *n > 0).map(|(kind, n)| format!("{n} {kind}")).collect();
+                        let counts: Vec<String> = deleted
+                            .iter()
+                            .filter(|(_, n)| *n > 0)
+                            .map(|(kind, n)| format!("{n} {kind}"))
+                            .collect();
                         tracing::info!("retention: deleted {}", counts.join(", "));
                     }
-                    Ok(Err(e)) => tracing::warn!(error = %e, "retention sweep failed; will try again"),
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "retention sweep failed; will try again")
+                    }
                     _ => {}
                 }
                 tokio::time::sleep(every).await;
@@ -188,7 +217,11 @@ impl EmbeddedStore {
 
 /// Moves the records of the table older versions kept (`raw_events`) into `raw_records`, once.
 fn migrate_raw_events(conn: &Connection) -> rusqlite::Result<()> {
-    let old: i64 = conn.query_row("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'raw_events'", [], |r| r.get(0))?;
+    let old: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'raw_events'",
+        [],
+        |r| r.get(0),
+    )?;
     if old > 0 {
         conn.execute_batch(
             "BEGIN;
@@ -215,13 +248,22 @@ fn enable_incremental_vacuum(conn: &Connection) -> rusqlite::Result<()> {
 /// between them so writers are not held up), then returns the freed pages to the file system.
 /// Returns how many rows of each kind went. Watermark records sit at [`super::TIMELESS_PANE`],
 /// past every cutoff, so they stay.
-pub fn sweep(conn: &Mutex<Connection>, retention: &RetentionConfig, now_ms: i64) -> rusqlite::Result<Vec<(&'static str, u64)>> {
+pub fn sweep(
+    conn: &Mutex<Connection>,
+    retention: &RetentionConfig,
+    now_ms: i64,
+) -> rusqlite::Result<Vec<(&'static str, u64)>> {
     // Each kind: its table, the time column it expires by, and its `[retention]` key.
     let kinds = [
         ("raw_records", "time_ms", "raw", retention.raw),
         ("metric_panes", "pane_start", "panes", retention.panes),
         ("alerts", "at_ms", "alerts", retention.alerts),
-        ("dead_letters", "at_ms", "dead_letters", retention.dead_letters),
+        (
+            "dead_letters",
+            "at_ms",
+            "dead_letters",
+            retention.dead_letters,
+        ),
         ("metric_results", "window_end", "results", retention.results),
     ];
     let mut deleted = Vec::new();
@@ -231,7 +273,11 @@ pub fn sweep(conn: &Mutex<Connection>, retention: &RetentionConfig, now_ms: i64)
         let sql = format!("DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE {column} < ?1 LIMIT ?2)");
         let mut total = 0;
         loop {
-            let n = conn.lock().unwrap().prepare_cached(&sql)?.execute(params![cutoff, SWEEP_CHUNK])? as u64;
+            let n = conn
+                .lock()
+                .unwrap()
+                .prepare_cached(&sql)?
+                .execute(params![cutoff, SWEEP_CHUNK])? as u64;
             total += n;
             if n < SWEEP_CHUNK as u64 {
                 break;
@@ -255,29 +301,46 @@ pub fn sweep(conn: &Mutex<Connection>, retention: &RetentionConfig, now_ms: i64)
 
 /// A generated column `f_<field>` (read from the JSON body) and an index on it, per field.
 fn index_fields(conn: &Connection, fields: &[String]) -> rusqlite::Result<()> {
-    let columns: Vec<String> = conn.prepare("SELECT name FROM pragma_table_xinfo('raw_records')")?.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+    let columns: Vec<String> = conn
+        .prepare("SELECT name FROM pragma_table_xinfo('raw_records')")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
     for field in fields {
         // Field names are checked to be plain names (letters, digits, _) when the config loads.
         let column = format!("f_{field}");
         if !columns.contains(&column) {
             conn.execute_batch(&format!("ALTER TABLE raw_records ADD COLUMN \"{column}\" GENERATED ALWAYS AS (json_extract(body, '$.{field}')) VIRTUAL"))?;
         }
-        conn.execute_batch(&format!("CREATE INDEX IF NOT EXISTS \"raw_records_{field}\" ON raw_records(\"{column}\")"))?;
+        conn.execute_batch(&format!(
+            "CREATE INDEX IF NOT EXISTS \"raw_records_{field}\" ON raw_records(\"{column}\")"
+        ))?;
     }
     Ok(())
 }
 
 impl EmbeddedStore {
     /// The newest `limit` rows of a history table (alerts, dead letters), decoded from `body`.
-    async fn newest<T: serde::de::DeserializeOwned>(&self, table: &'static str, limit: usize) -> anyhow::Result<Vec<T>> {
+    async fn newest<T: serde::de::DeserializeOwned>(
+        &self,
+        table: &'static str,
+        limit: usize,
+    ) -> anyhow::Result<Vec<T>> {
         let bodies = self
             .with_reader(move |c| {
-                let mut stmt = c.prepare_cached(&format!("SELECT body FROM {table} ORDER BY at_ms DESC, rowid DESC LIMIT ?1"))?;
+                let mut stmt = c.prepare_cached(&format!(
+                    "SELECT body FROM {table} ORDER BY at_ms DESC, rowid DESC LIMIT ?1"
+                ))?;
                 let rows = stmt.query_map([limit as i64], |r| r.get::<_, String>(0))?;
                 rows.collect::<rusqlite::Result<Vec<String>>>()
             })
             .await?;
-        bodies.iter().map(|b| serde_json::from_str(b).with_context(|| format!("a stored row of {table} is malformed"))).collect()
+        bodies
+            .iter()
+            .map(|b| {
+                serde_json::from_str(b)
+                    .with_context(|| format!("a stored row of {table} is malformed"))
+            })
+            .collect()
     }
 }
 
@@ -288,14 +351,23 @@ impl EventStore for EmbeddedStore {
     }
 
     fn encode(&self, events: &[Record]) -> Encoded {
-        Encoded::Rows(events.iter().map(|e| (e.id().to_string(), e.time_ms(), e.to_json())).collect())
+        Encoded::Rows(
+            events
+                .iter()
+                .map(|e| (e.id().to_string(), e.time_ms(), e.to_json()))
+                .collect(),
+        )
     }
 
     async fn insert_events(&self, events: &[Record]) -> anyhow::Result<InsertOutcome> {
         self.insert_encoded(events, self.encode(events)).await
     }
 
-    async fn insert_encoded(&self, events: &[Record], encoded: Encoded) -> anyhow::Result<InsertOutcome> {
+    async fn insert_encoded(
+        &self,
+        events: &[Record],
+        encoded: Encoded,
+    ) -> anyhow::Result<InsertOutcome> {
         let rows = match encoded {
             Encoded::Rows(rows) => rows,
             _ => return self.insert_events(events).await,
@@ -316,15 +388,23 @@ impl EventStore for EmbeddedStore {
                 }
             }
             tx.commit()?;
-            Ok(InsertOutcome { inserted, duplicates, rejected: Vec::new() })
+            Ok(InsertOutcome {
+                inserted,
+                duplicates,
+                rejected: Vec::new(),
+            })
         })
         .await
     }
 
     async fn count_events(&self) -> anyhow::Result<u64> {
-        self.with_reader(|c| c.query_row("SELECT COUNT(*) FROM raw_records", [], |r| r.get::<_, i64>(0)))
-            .await
-            .map(|n| n as u64)
+        self.with_reader(|c| {
+            c.query_row("SELECT COUNT(*) FROM raw_records", [], |r| {
+                r.get::<_, i64>(0)
+            })
+        })
+        .await
+        .map(|n| n as u64)
     }
 
     async fn stored_events(&self, ids: &[&str]) -> anyhow::Result<Vec<Record>> {
@@ -335,8 +415,11 @@ impl EventStore for EmbeddedStore {
                 // Within SQLite's limit of bound parameters per statement.
                 for chunk in ids.chunks(500) {
                     let marks = vec!["?"; chunk.len()].join(",");
-                    let mut stmt = c.prepare(&format!("SELECT body FROM raw_records WHERE id IN ({marks})"))?;
-                    let rows = stmt.query_map(rusqlite::params_from_iter(chunk), |r| r.get::<_, String>(0))?;
+                    let mut stmt = c.prepare(&format!(
+                        "SELECT body FROM raw_records WHERE id IN ({marks})"
+                    ))?;
+                    let rows = stmt
+                        .query_map(rusqlite::params_from_iter(chunk), |r| r.get::<_, String>(0))?;
                     out.extend(rows.collect::<rusqlite::Result<Vec<String>>>()?);
                 }
                 Ok(out)
@@ -344,7 +427,14 @@ impl EventStore for EmbeddedStore {
             .await?;
         bodies
             .iter()
-            .map(|b| Record::from_json(&self.schema, b.as_bytes()).map_err(|e| anyhow::anyhow!("embedded store holds a row that is not a record: {}", e.message)))
+            .map(|b| {
+                Record::from_json(&self.schema, b.as_bytes()).map_err(|e| {
+                    anyhow::anyhow!(
+                        "embedded store holds a row that is not a record: {}",
+                        e.message
+                    )
+                })
+            })
             .collect()
     }
 
@@ -358,21 +448,40 @@ impl EventStore for EmbeddedStore {
             .await?;
         bodies
             .iter()
-            .map(|b| Record::from_json(&self.schema, b.as_bytes()).map_err(|e| anyhow::anyhow!("embedded store holds a row that is not a record: {}", e.message)))
+            .map(|b| {
+                Record::from_json(&self.schema, b.as_bytes()).map_err(|e| {
+                    anyhow::anyhow!(
+                        "embedded store holds a row that is not a record: {}",
+                        e.message
+                    )
+                })
+            })
             .collect()
     }
 
     async fn raw_position(&self) -> anyhow::Result<Option<i64>> {
         // Rows are never updated and only the oldest are deleted, so the largest rowid only grows.
-        self.with_reader(|c| c.query_row("SELECT COALESCE(MAX(rowid), 0) FROM raw_records", [], |r| r.get::<_, i64>(0))).await.map(Some)
+        self.with_reader(|c| {
+            c.query_row("SELECT COALESCE(MAX(rowid), 0) FROM raw_records", [], |r| {
+                r.get::<_, i64>(0)
+            })
+        })
+        .await
+        .map(Some)
     }
 
     async fn raw_start(&self, since_ms: i64) -> anyhow::Result<i64> {
         let sql = "SELECT COALESCE((SELECT MIN(rowid) FROM raw_records WHERE time_ms >= ?1), (SELECT COALESCE(MAX(rowid), 0) + 1 FROM raw_records))";
-        self.with_reader(move |c| c.query_row(sql, params![since_ms], |r| r.get::<_, i64>(0))).await
+        self.with_reader(move |c| c.query_row(sql, params![since_ms], |r| r.get::<_, i64>(0)))
+            .await
     }
 
-    async fn raw_after(&self, after: i64, upto: i64, limit: usize) -> anyhow::Result<Vec<(i64, Record)>> {
+    async fn raw_after(
+        &self,
+        after: i64,
+        upto: i64,
+        limit: usize,
+    ) -> anyhow::Result<Vec<(i64, Record)>> {
         let rows = self
             .with_reader(move |c| {
                 let mut stmt = c.prepare_cached("SELECT rowid, body FROM raw_records WHERE rowid > ?1 AND rowid <= ?2 ORDER BY rowid LIMIT ?3")?;
@@ -382,15 +491,30 @@ impl EventStore for EmbeddedStore {
             .await?;
         rows.into_iter()
             .map(|(at, body)| {
-                let record = Record::from_json(&self.schema, body.as_bytes()).map_err(|e| anyhow::anyhow!("embedded store holds a row that is not a record: {}", e.message))?;
+                let record = Record::from_json(&self.schema, body.as_bytes()).map_err(|e| {
+                    anyhow::anyhow!(
+                        "embedded store holds a row that is not a record: {}",
+                        e.message
+                    )
+                })?;
                 Ok((at, record))
             })
             .collect()
     }
 
     async fn write_panes(&self, panes: &[PaneRecord]) -> anyhow::Result<()> {
-        let rows: Vec<(String, i64, i32, i64, String)> =
-            panes.iter().map(|p| (p.metric.clone(), p.pane_start, p.partition, p.offset, p.state.as_str().to_string())).collect();
+        let rows: Vec<(String, i64, i32, i64, String)> = panes
+            .iter()
+            .map(|p| {
+                (
+                    p.metric.clone(),
+                    p.pane_start,
+                    p.partition,
+                    p.offset,
+                    p.state.as_str().to_string(),
+                )
+            })
+            .collect();
         self.with_conn(move |conn| {
             let tx = conn.transaction()?;
             {
@@ -409,7 +533,13 @@ impl EventStore for EmbeddedStore {
         .await
     }
 
-    async fn load_panes(&self, metric: &str, from: i64, to: i64, partition: Option<i32>) -> anyhow::Result<Vec<PaneRecord>> {
+    async fn load_panes(
+        &self,
+        metric: &str,
+        from: i64,
+        to: i64,
+        partition: Option<i32>,
+    ) -> anyhow::Result<Vec<PaneRecord>> {
         let metric = metric.to_string();
         let rows = self
             .with_reader(move |c| {
@@ -425,7 +555,13 @@ impl EventStore for EmbeddedStore {
             .await?;
         rows.into_iter()
             .map(|(metric, pane_start, partition, offset, state)| {
-                Ok(PaneRecord { metric, pane_start, partition, offset, state: StateJson::stored(state) })
+                Ok(PaneRecord {
+                    metric,
+                    pane_start,
+                    partition,
+                    offset,
+                    state: StateJson::stored(state),
+                })
             })
             .collect::<anyhow::Result<Vec<_>>>()
             .context("a stored metric state is malformed")
@@ -449,7 +585,8 @@ impl EventStore for EmbeddedStore {
         let rows = self
             .with_reader(|c| {
                 let mut stmt = c.prepare("SELECT rule, state FROM alert_state ORDER BY rule")?;
-                let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+                let rows =
+                    stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
                 rows.collect::<rusqlite::Result<Vec<_>>>()
             })
             .await?;
@@ -460,7 +597,13 @@ impl EventStore for EmbeddedStore {
     }
 
     async fn record_alert(&self, n: &Notification) -> anyhow::Result<()> {
-        let row = (n.id.clone(), n.at.timestamp_millis(), n.alert.clone(), n.status.clone(), serde_json::to_string(n)?);
+        let row = (
+            n.id.clone(),
+            n.at.timestamp_millis(),
+            n.alert.clone(),
+            n.status.clone(),
+            serde_json::to_string(n)?,
+        );
         self.with_conn(move |c| {
             c.execute(
                 "INSERT OR IGNORE INTO alerts (id, at_ms, alert, status, body) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -478,7 +621,14 @@ impl EventStore for EmbeddedStore {
     async fn write_dead_letters(&self, letters: &[DeadLetter]) -> anyhow::Result<()> {
         let rows = letters
             .iter()
-            .map(|d| Ok((d.id.clone(), d.at.timestamp_millis(), d.reason.as_str(), serde_json::to_string(d)?)))
+            .map(|d| {
+                Ok((
+                    d.id.clone(),
+                    d.at.timestamp_millis(),
+                    d.reason.as_str(),
+                    serde_json::to_string(d)?,
+                ))
+            })
             .collect::<anyhow::Result<Vec<_>>>()?;
         self.with_conn(move |conn| {
             let tx = conn.transaction()?;
@@ -498,11 +648,27 @@ impl EventStore for EmbeddedStore {
     }
 
     async fn count_dead_letters(&self) -> anyhow::Result<u64> {
-        self.with_reader(|c| c.query_row("SELECT COUNT(*) FROM dead_letters", [], |r| r.get::<_, i64>(0))).await.map(|n| n as u64)
+        self.with_reader(|c| {
+            c.query_row("SELECT COUNT(*) FROM dead_letters", [], |r| {
+                r.get::<_, i64>(0)
+            })
+        })
+        .await
+        .map(|n| n as u64)
     }
 
     async fn write_results(&self, rows: &[ResultRow]) -> anyhow::Result<()> {
-        let rows: Vec<(String, i64, i64, String)> = rows.iter().map(|r| (r.metric.clone(), r.window_end, r.window_start, r.value.to_string())).collect();
+        let rows: Vec<(String, i64, i64, String)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.metric.clone(),
+                    r.window_end,
+                    r.window_start,
+                    r.value.to_string(),
+                )
+            })
+            .collect();
         self.with_conn(move |conn| {
             let tx = conn.transaction()?;
             {
@@ -519,7 +685,12 @@ impl EventStore for EmbeddedStore {
         .await
     }
 
-    async fn load_results(&self, metric: &str, from: i64, to: i64) -> anyhow::Result<Vec<ResultRow>> {
+    async fn load_results(
+        &self,
+        metric: &str,
+        from: i64,
+        to: i64,
+    ) -> anyhow::Result<Vec<ResultRow>> {
         let name = metric.to_string();
         let rows = self
             .with_reader(move |c| {
@@ -532,14 +703,26 @@ impl EventStore for EmbeddedStore {
             .await?;
         rows.into_iter()
             .map(|(window_start, window_end, value)| {
-                Ok(ResultRow { metric: metric.to_string(), window_start, window_end, value: serde_json::from_str(&value).context("a stored result is malformed")? })
+                Ok(ResultRow {
+                    metric: metric.to_string(),
+                    window_start,
+                    window_end,
+                    value: serde_json::from_str(&value).context("a stored result is malformed")?,
+                })
             })
             .collect()
     }
 
     async fn latest_result(&self, metric: &str) -> anyhow::Result<Option<i64>> {
         let metric = metric.to_string();
-        self.with_reader(move |c| c.query_row("SELECT MAX(window_end) FROM metric_results WHERE metric = ?1", [metric], |r| r.get(0))).await
+        self.with_reader(move |c| {
+            c.query_row(
+                "SELECT MAX(window_end) FROM metric_results WHERE metric = ?1",
+                [metric],
+                |r| r.get(0),
+            )
+        })
+        .await
     }
 
     async fn take_lease(&self, name: &str, holder: &str, ttl_ms: i64) -> anyhow::Result<bool> {
@@ -581,14 +764,32 @@ mod tests {
         let schema = crate::event::schema_of(
             "fields = { event_id = \"string\", user_id = \"string\", item_id = \"string\", interaction_type = \"string\", timestamp = \"timestamp\" }\nid = \"event_id\"\ntime = \"timestamp\"",
         );
-        let config = EmbeddedConfig { data_dir: dir.path().to_path_buf(), ..EmbeddedConfig::default() };
-        let store = EmbeddedStore::open(&config, &Default::default(), &schema, &["user_id".to_string()]).unwrap();
+        let config = EmbeddedConfig {
+            data_dir: dir.path().to_path_buf(),
+            ..EmbeddedConfig::default()
+        };
+        let store = EmbeddedStore::open(
+            &config,
+            &Default::default(),
+            &schema,
+            &["user_id".to_string()],
+        )
+        .unwrap();
         let records = store.all_events().await.unwrap();
         assert_eq!(records.len(), 1);
-        assert_eq!((records[0].id(), records[0].time_ms()), ("e1", 1_767_225_600_000));
+        assert_eq!(
+            (records[0].id(), records[0].time_ms()),
+            ("e1", 1_767_225_600_000)
+        );
         drop(store);
         // Opening again finds nothing more to move.
-        let store = EmbeddedStore::open(&config, &Default::default(), &schema, &["user_id".to_string()]).unwrap();
+        let store = EmbeddedStore::open(
+            &config,
+            &Default::default(),
+            &schema,
+            &["user_id".to_string()],
+        )
+        .unwrap();
         assert_eq!(store.count_events().await.unwrap(), 1);
     }
 }

@@ -6,7 +6,9 @@ pub mod mongo;
 pub mod retention;
 mod rows;
 
-pub use rows::{Change, Labels, Notification, PaneRecord, ResultRow, StateJson, MAX_STATE_BYTES, TIMELESS_PANE};
+pub use rows::{
+    Change, Labels, Notification, PaneRecord, ResultRow, StateJson, MAX_STATE_BYTES, TIMELESS_PANE,
+};
 
 use crate::dead_letter::DeadLetter;
 use crate::event::{Record, Schema};
@@ -71,7 +73,10 @@ impl Encoded {
         }
         let size = events.len().div_ceil(parts).max(1);
         let encoded: Vec<Encoded> = events.par_chunks(size).map(|c| store.encode(c)).collect();
-        encoded.into_iter().reduce(Encoded::then).unwrap_or(Encoded::Nothing)
+        encoded
+            .into_iter()
+            .reduce(Encoded::then)
+            .unwrap_or(Encoded::Nothing)
     }
 }
 
@@ -86,7 +91,11 @@ pub trait EventStore: Send + Sync {
         Encoded::Nothing
     }
     /// [`Self::insert_events`] with `events` already encoded by [`Self::encode`] of this store.
-    async fn insert_encoded(&self, events: &[Record], _encoded: Encoded) -> anyhow::Result<InsertOutcome> {
+    async fn insert_encoded(
+        &self,
+        events: &[Record],
+        _encoded: Encoded,
+    ) -> anyhow::Result<InsertOutcome> {
         self.insert_events(events).await
     }
     /// Writes a batch; an event already stored is counted as a duplicate, never written twice.
@@ -107,7 +116,13 @@ pub trait EventStore: Send + Sync {
     /// reader that sees a watermark sees every partial written with it.
     async fn write_panes(&self, panes: &[PaneRecord]) -> anyhow::Result<()>;
     /// Partial states of `metric` with pane start in `[from, to)`, optionally of one partition.
-    async fn load_panes(&self, metric: &str, from: i64, to: i64, partition: Option<i32>) -> anyhow::Result<Vec<PaneRecord>>;
+    async fn load_panes(
+        &self,
+        metric: &str,
+        from: i64,
+        to: i64,
+        partition: Option<i32>,
+    ) -> anyhow::Result<Vec<PaneRecord>>;
     /// Replaces the stored state of alert rule `rule` (its instances, and when each was notified).
     async fn save_alert_state(&self, rule: &str, state: &serde_json::Value) -> anyhow::Result<()>;
     /// Every rule's stored alert state.
@@ -131,7 +146,12 @@ pub trait EventStore: Send + Sync {
     /// same row once.
     async fn write_results(&self, rows: &[ResultRow]) -> anyhow::Result<()>;
     /// The results of `metric` whose window ends in `[from, to)`, oldest first.
-    async fn load_results(&self, metric: &str, from: i64, to: i64) -> anyhow::Result<Vec<ResultRow>>;
+    async fn load_results(
+        &self,
+        metric: &str,
+        from: i64,
+        to: i64,
+    ) -> anyhow::Result<Vec<ResultRow>>;
     /// The window end of the newest stored result of `metric`.
     async fn latest_result(&self, metric: &str) -> anyhow::Result<Option<i64>>;
     /// Takes lease `name` for `holder` for `ttl_ms` if it is free, expired or `holder`'s already;
@@ -149,12 +169,23 @@ pub trait EventStore: Send + Sync {
     /// The position of the first raw event whose time is at or after `since_ms` (past the newest
     /// when there is none).
     async fn raw_start(&self, _since_ms: i64) -> anyhow::Result<i64> {
-        anyhow::bail!("{} cannot read raw events back in arrival order", self.describe())
+        anyhow::bail!(
+            "{} cannot read raw events back in arrival order",
+            self.describe()
+        )
     }
     /// Raw events at positions in `(after, upto]`, in position order, at most `limit`, each with
     /// its position.
-    async fn raw_after(&self, _after: i64, _upto: i64, _limit: usize) -> anyhow::Result<Vec<(i64, Record)>> {
-        anyhow::bail!("{} cannot read raw events back in arrival order", self.describe())
+    async fn raw_after(
+        &self,
+        _after: i64,
+        _upto: i64,
+        _limit: usize,
+    ) -> anyhow::Result<Vec<(i64, Record)>> {
+        anyhow::bail!(
+            "{} cannot read raw events back in arrival order",
+            self.describe()
+        )
     }
 }
 
@@ -168,10 +199,22 @@ pub async fn open(
 ) -> anyhow::Result<Arc<dyn EventStore>> {
     if mongodb.is_embedded() {
         // Opening SQLite creates files and tables: blocking work, off the async runtime.
-        let (config, retention, schema, indexes) = (embedded.clone(), retention.clone(), schema.clone(), mongodb.indexes.clone());
-        Ok(Arc::new(tokio::task::spawn_blocking(move || embedded::EmbeddedStore::open(&config, &retention, &schema, &indexes)).await??))
+        let (config, retention, schema, indexes) = (
+            embedded.clone(),
+            retention.clone(),
+            schema.clone(),
+            mongodb.indexes.clone(),
+        );
+        Ok(Arc::new(
+            tokio::task::spawn_blocking(move || {
+                embedded::EmbeddedStore::open(&config, &retention, &schema, &indexes)
+            })
+            .await??,
+        ))
     } else {
-        Ok(Arc::new(mongo::MongoStore::connect(mongodb, retention, schema).await?))
+        Ok(Arc::new(
+            mongo::MongoStore::connect(mongodb, retention, schema).await?,
+        ))
     }
 }
 
@@ -184,7 +227,9 @@ pub struct Switchable {
 
 impl Switchable {
     pub fn new(store: Arc<dyn EventStore>) -> Arc<Switchable> {
-        Arc::new(Switchable { inner: std::sync::RwLock::new(store) })
+        Arc::new(Switchable {
+            inner: std::sync::RwLock::new(store),
+        })
     }
 
     /// The store in use now.
@@ -209,7 +254,11 @@ impl EventStore for Switchable {
     async fn insert_events(&self, events: &[Record]) -> anyhow::Result<InsertOutcome> {
         self.current().insert_events(events).await
     }
-    async fn insert_encoded(&self, events: &[Record], encoded: Encoded) -> anyhow::Result<InsertOutcome> {
+    async fn insert_encoded(
+        &self,
+        events: &[Record],
+        encoded: Encoded,
+    ) -> anyhow::Result<InsertOutcome> {
         // Encoded for a store since replaced: that store's kind of encoding is re-done by the new one.
         self.current().insert_encoded(events, encoded).await
     }
@@ -225,7 +274,13 @@ impl EventStore for Switchable {
     async fn write_panes(&self, panes: &[PaneRecord]) -> anyhow::Result<()> {
         self.current().write_panes(panes).await
     }
-    async fn load_panes(&self, metric: &str, from: i64, to: i64, partition: Option<i32>) -> anyhow::Result<Vec<PaneRecord>> {
+    async fn load_panes(
+        &self,
+        metric: &str,
+        from: i64,
+        to: i64,
+        partition: Option<i32>,
+    ) -> anyhow::Result<Vec<PaneRecord>> {
         self.current().load_panes(metric, from, to, partition).await
     }
     async fn save_alert_state(&self, rule: &str, state: &serde_json::Value) -> anyhow::Result<()> {
@@ -255,7 +310,12 @@ impl EventStore for Switchable {
     async fn write_results(&self, rows: &[ResultRow]) -> anyhow::Result<()> {
         self.current().write_results(rows).await
     }
-    async fn load_results(&self, metric: &str, from: i64, to: i64) -> anyhow::Result<Vec<ResultRow>> {
+    async fn load_results(
+        &self,
+        metric: &str,
+        from: i64,
+        to: i64,
+    ) -> anyhow::Result<Vec<ResultRow>> {
         self.current().load_results(metric, from, to).await
     }
     async fn latest_result(&self, metric: &str) -> anyhow::Result<Option<i64>> {
@@ -270,7 +330,12 @@ impl EventStore for Switchable {
     async fn raw_start(&self, since_ms: i64) -> anyhow::Result<i64> {
         self.current().raw_start(since_ms).await
     }
-    async fn raw_after(&self, after: i64, upto: i64, limit: usize) -> anyhow::Result<Vec<(i64, Record)>> {
+    async fn raw_after(
+        &self,
+        after: i64,
+        upto: i64,
+        limit: usize,
+    ) -> anyhow::Result<Vec<(i64, Record)>> {
         self.current().raw_after(after, upto, limit).await
     }
 }
@@ -283,18 +348,39 @@ mod tests {
     #[test]
     fn a_batch_encoded_in_parts_is_the_batch_encoded_whole() {
         let dir = tempfile::tempdir().unwrap();
-        let schema = crate::event::schema_of("fields = { id = \"string\", t = \"timestamp\" }\nid = \"id\"\ntime = \"t\"");
-        let config = embedded::EmbeddedConfig { data_dir: dir.path().to_path_buf(), ..Default::default() };
-        let store = embedded::EmbeddedStore::open(&config, &Default::default(), &schema, &[]).unwrap();
-        let events: Vec<Record> = (0..10).map(|i| Record::from_json(&schema, format!(r#"{{"id":"e{i}","t":"2026-01-01T00:00:0{i}Z"}}"#).as_bytes()).unwrap()).collect();
+        let schema = crate::event::schema_of(
+            "fields = { id = \"string\", t = \"timestamp\" }\nid = \"id\"\ntime = \"t\"",
+        );
+        let config = embedded::EmbeddedConfig {
+            data_dir: dir.path().to_path_buf(),
+            ..Default::default()
+        };
+        let store =
+            embedded::EmbeddedStore::open(&config, &Default::default(), &schema, &[]).unwrap();
+        let events: Vec<Record> = (0..10)
+            .map(|i| {
+                Record::from_json(
+                    &schema,
+                    format!(r#"{{"id":"e{i}","t":"2026-01-01T00:00:0{i}Z"}}"#).as_bytes(),
+                )
+                .unwrap()
+            })
+            .collect();
         let rows = |e: Encoded| match e {
             Encoded::Rows(rows) => rows,
             _ => panic!("not rows"),
         };
         let whole = rows(store.encode(&events));
-        let parts = rows(crate::base::Workers::new(3).run(|_| Encoded::in_parts(&store, &events, 3)));
+        let parts =
+            rows(crate::base::Workers::new(3).run(|_| Encoded::in_parts(&store, &events, 3)));
         assert_eq!(parts, whole);
         assert_eq!(whole.len(), 10);
-        assert!(matches!(Encoded::Rows(Vec::new()).then(Encoded::Nothing), Encoded::Nothing), "parts of different kinds: encode again");
+        assert!(
+            matches!(
+                Encoded::Rows(Vec::new()).then(Encoded::Nothing),
+                Encoded::Nothing
+            ),
+            "parts of different kinds: encode again"
+        );
     }
 }

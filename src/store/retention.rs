@@ -39,7 +39,13 @@ impl RetentionConfig {
     }
 
     fn kinds(&self) -> [Option<Duration>; 5] {
-        [self.raw, self.panes, self.alerts, self.dead_letters, self.results]
+        [
+            self.raw,
+            self.panes,
+            self.alerts,
+            self.dead_letters,
+            self.results,
+        ]
     }
 
     /// Whether the pane retention keeps every pane a window still reads: `needed` is, per metric,
@@ -61,11 +67,9 @@ impl RetentionConfig {
     /// How often the embedded store sweeps: a tenth of the shortest retention, between 1 s and 1 h,
     /// so a row outlives its retention by at most about a tenth of it.
     pub fn sweep_every(&self) -> Option<Duration> {
-        self.kinds()
-            .into_iter()
-            .flatten()
-            .min()
-            .map(|shortest| (shortest / 10).clamp(Duration::from_secs(1), Duration::from_secs(3600)))
+        self.kinds().into_iter().flatten().min().map(|shortest| {
+            (shortest / 10).clamp(Duration::from_secs(1), Duration::from_secs(3600))
+        })
     }
 }
 
@@ -83,14 +87,20 @@ mod tests {
         assert_eq!(r.raw, Some(Duration::from_secs(7 * 86400)));
         assert_eq!(r.panes, Some(Duration::from_secs(2 * 86400)));
         assert_eq!((r.alerts, r.dead_letters), (None, None));
-        assert!(parse("rows = \"1d\"").is_err(), "an unknown kind is an error");
+        assert!(
+            parse("rows = \"1d\"").is_err(),
+            "an unknown kind is an error"
+        );
         assert!(!RetentionConfig::default().any());
     }
 
     #[test]
     fn panes_shorter_than_a_window_needs_are_refused_by_name() {
         let r = parse("panes = \"5m\"").unwrap();
-        let needed = vec![("short".to_string(), Duration::from_secs(60)), ("hourly".to_string(), Duration::from_secs(3605))];
+        let needed = vec![
+            ("short".to_string(), Duration::from_secs(60)),
+            ("hourly".to_string(), Duration::from_secs(3605)),
+        ];
         let problem = r.check(&needed).expect("5m cannot hold an hour's panes");
         assert!(problem.starts_with("retention.panes = 5m"), "{problem}");
         assert!(problem.contains("\"hourly\""), "{problem}");
@@ -100,9 +110,20 @@ mod tests {
 
     #[test]
     fn the_sweep_runs_at_a_tenth_of_the_shortest_retention_within_bounds() {
-        assert_eq!(parse("raw = \"7d\"\nalerts = \"100s\"").unwrap().sweep_every(), Some(Duration::from_secs(10)));
-        assert_eq!(parse("raw = \"2s\"").unwrap().sweep_every(), Some(Duration::from_secs(1)));
-        assert_eq!(parse("raw = \"30d\"").unwrap().sweep_every(), Some(Duration::from_secs(3600)));
+        assert_eq!(
+            parse("raw = \"7d\"\nalerts = \"100s\"")
+                .unwrap()
+                .sweep_every(),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(
+            parse("raw = \"2s\"").unwrap().sweep_every(),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(
+            parse("raw = \"30d\"").unwrap().sweep_every(),
+            Some(Duration::from_secs(3600))
+        );
         assert_eq!(RetentionConfig::default().sweep_every(), None);
     }
 }

@@ -10,7 +10,10 @@ const LATENCY_MAX_MS: u64 = 3_600_000;
 
 impl Default for Histogram {
     fn default() -> Self {
-        Histogram(hdrhistogram::Histogram::new_with_bounds(1, LATENCY_MAX_MS, 3).expect("valid histogram bounds"))
+        Histogram(
+            hdrhistogram::Histogram::new_with_bounds(1, LATENCY_MAX_MS, 3)
+                .expect("valid histogram bounds"),
+        )
     }
 }
 
@@ -19,7 +22,8 @@ impl Histogram {
     pub(super) fn record_since(&mut self, timestamps: impl Iterator<Item = i64>) {
         let now = chrono::Utc::now().timestamp_millis();
         for t in timestamps {
-            self.0.saturating_record((now - t).clamp(0, LATENCY_MAX_MS as i64) as u64);
+            self.0
+                .saturating_record((now - t).clamp(0, LATENCY_MAX_MS as i64) as u64);
         }
     }
 
@@ -27,7 +31,10 @@ impl Histogram {
         if self.0.is_empty() {
             return None;
         }
-        Some((self.0.value_at_quantile(0.50), self.0.value_at_quantile(0.99)))
+        Some((
+            self.0.value_at_quantile(0.50),
+            self.0.value_at_quantile(0.99),
+        ))
     }
 }
 
@@ -41,10 +48,18 @@ mod tests {
         assert_eq!(h.p50_p99(), None);
         let now = chrono::Utc::now().timestamp_millis();
         // 99 events 10 ms old, one 5 s old, one older than the histogram's range.
-        h.record_since((0..98).map(|_| now - 10).chain([now - 5_000, now - 10 * LATENCY_MAX_MS as i64]));
+        h.record_since(
+            (0..98)
+                .map(|_| now - 10)
+                .chain([now - 5_000, now - 10 * LATENCY_MAX_MS as i64]),
+        );
         let (p50, p99) = h.p50_p99().unwrap();
         assert!((10..=12).contains(&p50), "p50 {p50}");
         assert!((4_990..=5_020).contains(&p99), "p99 {p99}");
-        assert_eq!(h.0.max(), h.0.highest_equivalent(LATENCY_MAX_MS), "an hour or more counts as an hour");
+        assert_eq!(
+            h.0.max(),
+            h.0.highest_equivalent(LATENCY_MAX_MS),
+            "an hour or more counts as an hour"
+        );
     }
 }

@@ -17,7 +17,9 @@ pub enum LogFormat {
 /// silent fall-back to `info`.
 pub fn init(filter: &str, format: LogFormat) -> Result<(), String> {
     let filter = parse_filter(filter)?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
         LogFormat::Json => builder.json().with_current_span(false).init(),
@@ -40,6 +42,9 @@ mod tests {
         assert!(parse_filter("debug").is_ok());
         assert!(parse_filter("runner=debug,rdkafka=warn").is_ok());
         let err = parse_filter("runner=loud").unwrap_err();
-        assert!(err.contains("\"runner=loud\"") && err.contains("--log"), "{err}");
+        assert!(
+            err.contains("\"runner=loud\"") && err.contains("--log"),
+            "{err}"
+        );
     }
 }

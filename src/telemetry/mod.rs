@@ -118,7 +118,10 @@ impl Span {
     }
 
     fn length(&self) -> Duration {
-        self.0.lock().unwrap().map_or(Duration::ZERO, |(first, last)| last - first)
+        self.0
+            .lock()
+            .unwrap()
+            .map_or(Duration::ZERO, |(first, last)| last - first)
     }
 }
 
@@ -171,7 +174,9 @@ impl Stats {
         if duplicates > 0 {
             self.duplicates.fetch_add(duplicates, Relaxed);
             // A replay spans many batches: one summary line per interval, not one per batch.
-            if let Some((skipped, over)) = self.replays.lock().unwrap().add(duplicates, Instant::now()) {
+            if let Some((skipped, over)) =
+                self.replays.lock().unwrap().add(duplicates, Instant::now())
+            {
                 tracing::info!(skipped, over = ?over, total = self.duplicates.load(Relaxed), "skipped events already stored (replayed after a restart or rebalance)");
             }
         }
@@ -179,7 +184,10 @@ impl Stats {
 
     /// A message stored as a dead letter (after the store accepted it); never fatal.
     pub fn dead_lettered(&self, d: &DeadLetter) {
-        let i = Reason::ALL.iter().position(|r| *r == d.reason).expect("every reason is listed");
+        let i = Reason::ALL
+            .iter()
+            .position(|r| *r == d.reason)
+            .expect("every reason is listed");
         self.dead_letters[i].fetch_add(1, Relaxed);
         if d.reason == Reason::Late {
             return; // already reported by late_event
@@ -198,13 +206,20 @@ impl Stats {
 
     /// Dead letters stored so far, per reason.
     pub fn dead_letters(&self) -> Vec<(Reason, u64)> {
-        Reason::ALL.iter().zip(&self.dead_letters).map(|(r, n)| (*r, n.load(Relaxed))).collect()
+        Reason::ALL
+            .iter()
+            .zip(&self.dead_letters)
+            .map(|(r, n)| (*r, n.load(Relaxed)))
+            .collect()
     }
 
     /// A store write failed and will be retried.
     pub fn store_retry(&self, attempt: u32, wait: Duration, error: &dyn std::fmt::Display) {
         self.store_retries.fetch_add(1, Relaxed);
-        self.store_failing_since.lock().unwrap().get_or_insert_with(chrono::Utc::now);
+        self.store_failing_since
+            .lock()
+            .unwrap()
+            .get_or_insert_with(chrono::Utc::now);
         tracing::warn!(attempt, retry_in = ?wait, %error, "store write failed; retrying (offsets are not committed until it succeeds)");
     }
 
@@ -220,7 +235,13 @@ impl Stats {
     pub fn late_event(&self, metric: &str, event_id: &str, late_by_ms: i64) {
         let n = self.late_events.fetch_add(1, Relaxed) + 1;
         if n <= 10 || n.is_power_of_two() {
-            tracing::warn!(metric, event_id, late_by_ms, late_so_far = n, "event later than the allowed lateness; not counted in this metric");
+            tracing::warn!(
+                metric,
+                event_id,
+                late_by_ms,
+                late_so_far = n,
+                "event later than the allowed lateness; not counted in this metric"
+            );
         }
     }
 
@@ -250,7 +271,10 @@ impl Stats {
 
     /// A batch became durable: records each event's latency from its own timestamp.
     pub fn visible(&self, timestamps: impl Iterator<Item = i64>) {
-        self.visible_latency.lock().unwrap().record_since(timestamps);
+        self.visible_latency
+            .lock()
+            .unwrap()
+            .record_since(timestamps);
     }
 
     /// The consumer's lag per assigned partition, as last measured.
@@ -260,7 +284,12 @@ impl Stats {
 
     /// Messages behind the end of each assigned partition: (partition, lag).
     pub fn lag(&self) -> Vec<(i32, i64)> {
-        self.lag.lock().unwrap().iter().map(|p| (p.partition, p.lag)).collect()
+        self.lag
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|p| (p.partition, p.lag))
+            .collect()
     }
 
     /// Each assigned partition's end offset and lag, as last measured.
@@ -331,9 +360,19 @@ mod tests {
     fn replays_are_summed_into_one_line_per_interval() {
         let mut s = Summary::default();
         let t0 = Instant::now();
-        assert_eq!(s.add(5, t0), Some((5, Duration::ZERO)), "the first replay is reported at once");
-        let lines: Vec<_> = (1..=99).filter_map(|i| s.add(1, t0 + Duration::from_millis(i * 50))).collect();
+        assert_eq!(
+            s.add(5, t0),
+            Some((5, Duration::ZERO)),
+            "the first replay is reported at once"
+        );
+        let lines: Vec<_> = (1..=99)
+            .filter_map(|i| s.add(1, t0 + Duration::from_millis(i * 50)))
+            .collect();
         assert!(lines.is_empty(), "99 batches within 5 s: no line each");
-        assert_eq!(s.add(1, t0 + Summary::EVERY), Some((100, Summary::EVERY)), "then one line with the sum");
+        assert_eq!(
+            s.add(1, t0 + Summary::EVERY),
+            Some((100, Summary::EVERY)),
+            "then one line with the sum"
+        );
     }
 }

@@ -66,29 +66,107 @@ impl Snapshot {
             notifications_failed,
             alert_errors,
         } = *self;
-        let c = |field, metric, help, value| Counter { field, metric, help, value };
+        let c = |field, metric, help, value| Counter {
+            field,
+            metric,
+            help,
+            value,
+        };
         [
-            c("generated", "events_generated", "Events the generator produced", generated),
-            c("delivered", "events_delivered", "Events the transport acknowledged", delivered),
-            c("delivery_failed", "events_delivery_failed", "Events the broker refused after retries", delivery_failed),
-            c("consumed", "messages_consumed", "Messages the consumer received", consumed),
-            c("stored", "events_stored", "Events newly written to the store", stored),
-            c("duplicates", "events_duplicate", "Replayed events the store already had", duplicates),
-            c("rejected", "messages_rejected", "Messages that were not usable events (dead-lettered)", rejected),
-            c("store_retries", "store_retries", "Store writes retried", store_retries),
-            c("checkpoints", "checkpoints", "Metric partials written with the batches they include acknowledged", checkpoints),
-            c("script_errors", "script_errors", "Events a metric script failed on", script_errors),
-            c("late_events", "late_events", "Events later than a metric's allowed lateness", late_events),
-            c("notifications_sent", "alert_notifications_sent", "Alert notifications a channel accepted", notifications_sent),
-            c("notifications_failed", "alert_notifications_failed", "Alert notifications given up after retries", notifications_failed),
-            c("alert_errors", "alert_errors", "Alert rule evaluations that failed", alert_errors),
+            c(
+                "generated",
+                "events_generated",
+                "Events the generator produced",
+                generated,
+            ),
+            c(
+                "delivered",
+                "events_delivered",
+                "Events the transport acknowledged",
+                delivered,
+            ),
+            c(
+                "delivery_failed",
+                "events_delivery_failed",
+                "Events the broker refused after retries",
+                delivery_failed,
+            ),
+            c(
+                "consumed",
+                "messages_consumed",
+                "Messages the consumer received",
+                consumed,
+            ),
+            c(
+                "stored",
+                "events_stored",
+                "Events newly written to the store",
+                stored,
+            ),
+            c(
+                "duplicates",
+                "events_duplicate",
+                "Replayed events the store already had",
+                duplicates,
+            ),
+            c(
+                "rejected",
+                "messages_rejected",
+                "Messages that were not usable events (dead-lettered)",
+                rejected,
+            ),
+            c(
+                "store_retries",
+                "store_retries",
+                "Store writes retried",
+                store_retries,
+            ),
+            c(
+                "checkpoints",
+                "checkpoints",
+                "Metric partials written with the batches they include acknowledged",
+                checkpoints,
+            ),
+            c(
+                "script_errors",
+                "script_errors",
+                "Events a metric script failed on",
+                script_errors,
+            ),
+            c(
+                "late_events",
+                "late_events",
+                "Events later than a metric's allowed lateness",
+                late_events,
+            ),
+            c(
+                "notifications_sent",
+                "alert_notifications_sent",
+                "Alert notifications a channel accepted",
+                notifications_sent,
+            ),
+            c(
+                "notifications_failed",
+                "alert_notifications_failed",
+                "Alert notifications given up after retries",
+                notifications_failed,
+            ),
+            c(
+                "alert_errors",
+                "alert_errors",
+                "Alert rule evaluations that failed",
+                alert_errors,
+            ),
         ]
     }
 
     /// The counters as one JSON object, with the fields of `extra` (an object) added.
     pub fn json_with(&self, extra: serde_json::Value) -> serde_json::Value {
-        let mut all: serde_json::Map<String, serde_json::Value> =
-            self.counters().iter().map(|c| (c.field.to_string(), serde_json::Value::from(c.value))).collect();
+        let mut all: serde_json::Map<String, serde_json::Value> = self
+            .counters()
+            .iter()
+            .map(|c| (c.field.to_string(), serde_json::Value::from(c.value)))
+            .collect();
         if let serde_json::Value::Object(extra) = extra {
             all.extend(extra);
         }

@@ -10,11 +10,23 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// A connected publisher/subscriber pair holding at most `capacity` batches in flight.
-pub fn channel(capacity: usize, batch_size: usize, stats: Arc<Stats>) -> (EmbeddedPublisher, EmbeddedSubscriber) {
+pub fn channel(
+    capacity: usize,
+    batch_size: usize,
+    stats: Arc<Stats>,
+) -> (EmbeddedPublisher, EmbeddedSubscriber) {
     let (tx, rx) = mpsc::channel(capacity.max(1));
     (
-        EmbeddedPublisher { tx, stats: stats.clone() },
-        EmbeddedSubscriber { rx, batch_size, pending: None, stats },
+        EmbeddedPublisher {
+            tx,
+            stats: stats.clone(),
+        },
+        EmbeddedSubscriber {
+            rx,
+            batch_size,
+            pending: None,
+            stats,
+        },
     )
 }
 
@@ -79,7 +91,13 @@ impl Subscriber for EmbeddedSubscriber {
             }
         }
         self.stats.consumed(events.len());
-        Ok(Poll::Batch(Batch { events, sources: Vec::new(), revoked: Vec::new(), dead: Vec::new(), checkpoint: Checkpoint::default() }))
+        Ok(Poll::Batch(Batch {
+            events,
+            sources: Vec::new(),
+            revoked: Vec::new(),
+            dead: Vec::new(),
+            checkpoint: Checkpoint::default(),
+        }))
     }
 
     fn acknowledger(&self) -> Arc<dyn Acknowledge> {

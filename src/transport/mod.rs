@@ -51,7 +51,13 @@ pub trait History: Send + Sync {
     /// range may begin before what is left.
     async fn start(&self, partition: i32, since_ms: i64) -> anyhow::Result<(i64, bool)>;
     /// Events of `partition` at positions in `(after, upto]`, at most `limit`, in position order.
-    async fn read(&self, partition: i32, after: i64, upto: i64, limit: usize) -> anyhow::Result<HistoryRead>;
+    async fn read(
+        &self,
+        partition: i32,
+        after: i64,
+        upto: i64,
+        limit: usize,
+    ) -> anyhow::Result<HistoryRead>;
     /// The position of the newest event of `partition` now (below the first: none yet).
     async fn end(&self, partition: i32) -> anyhow::Result<i64>;
 }

@@ -23,8 +23,15 @@ pub fn mongodb() -> String {
 /// A name no other test (or earlier run) uses.
 pub fn unique(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
-    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
-    format!("{prefix}_{}_{stamp}_{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    format!(
+        "{prefix}_{}_{stamp}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 pub fn repo_root() -> PathBuf {
@@ -40,7 +47,11 @@ pub fn runner() -> std::process::Command {
 
 /// `runner run FILE --components COMPONENTS` on the test services, with `sp`'s topic, group and
 /// database, logging at info; the caller adds what else it needs and spawns it.
-pub fn runner_on_services(sp: &ServicePipeline, file: &Path, components: &str) -> std::process::Command {
+pub fn runner_on_services(
+    sp: &ServicePipeline,
+    file: &Path,
+    components: &str,
+) -> std::process::Command {
     let mut cmd = runner();
     cmd.args(["run", file.to_str().unwrap(), "--components", components])
         .env("KAFKA_BOOTSTRAP_SERVERS", kafka())
@@ -64,7 +75,10 @@ pub fn load_pipeline(env: &[(&str, &str)]) -> Pipeline {
 
 /// Loads a pipeline file with exactly these environment variables (and no others).
 pub fn load_pipeline_file(path: &Path, env: &[(&str, &str)]) -> Pipeline {
-    let env: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let env: HashMap<String, String> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     Pipeline::load_with_env(path, move |name| env.get(name).cloned()).expect("the pipeline loads")
 }
 
@@ -87,23 +101,34 @@ pub fn service_pipeline_of(file: &Path, name: &str) -> ServicePipeline {
     let database = unique(name);
     let kafka = kafka();
     let mongodb = mongodb();
-    let pipeline = load_pipeline_file(file, &[
-        ("KAFKA_BOOTSTRAP_SERVERS", &kafka),
-        ("MONGODB_CONNECTION_STRING", &mongodb),
-        ("KAFKA_TOPIC", &topic),
-        ("KAFKA_CONSUMER_GROUP", &group),
-        ("MONGODB_DATABASE", &database),
-        ("DEFAULT_GENERATION_RATE", "0"),
-        // A missing service fails the test quickly rather than after the shipped 60 s.
-        ("KAFKA_CONNECT_TIMEOUT", "15s"),
-        ("MONGODB_CONNECT_TIMEOUT", "15s"),
-    ]);
-    ServicePipeline { pipeline, topic, group, database }
+    let pipeline = load_pipeline_file(
+        file,
+        &[
+            ("KAFKA_BOOTSTRAP_SERVERS", &kafka),
+            ("MONGODB_CONNECTION_STRING", &mongodb),
+            ("KAFKA_TOPIC", &topic),
+            ("KAFKA_CONSUMER_GROUP", &group),
+            ("MONGODB_DATABASE", &database),
+            ("DEFAULT_GENERATION_RATE", "0"),
+            // A missing service fails the test quickly rather than after the shipped 60 s.
+            ("KAFKA_CONNECT_TIMEOUT", "15s"),
+            ("MONGODB_CONNECT_TIMEOUT", "15s"),
+        ],
+    );
+    ServicePipeline {
+        pipeline,
+        topic,
+        group,
+        database,
+    }
 }
 
 /// The shipped pipeline on the embedded default, storing under `data_dir`.
 pub fn embedded_pipeline(data_dir: &Path) -> Pipeline {
-    load_pipeline(&[("RUNNER_DATA_DIR", data_dir.to_str().unwrap()), ("DEFAULT_GENERATION_RATE", "0")])
+    load_pipeline(&[
+        ("RUNNER_DATA_DIR", data_dir.to_str().unwrap()),
+        ("DEFAULT_GENERATION_RATE", "0"),
+    ])
 }
 
 /// Runs the pipeline in this process until the generator has made `events` (if it runs) and
@@ -125,7 +150,9 @@ pub async fn run_pipeline(
         tokio::time::sleep(std::time::Duration::from_secs(120)).await;
         guard.cancel();
     });
-    runner::pipeline::run(&sp.pipeline, options, stop).await.expect("pipeline run")
+    runner::pipeline::run(&sp.pipeline, options, stop)
+        .await
+        .expect("pipeline run")
 }
 
 /// Sets the group's committed offsets back to the start of every partition, as an operator
@@ -141,13 +168,21 @@ pub fn reset_group_offsets(sp: &ServicePipeline) {
         .unwrap();
     let mut tpl = TopicPartitionList::new();
     for p in 0..sp.pipeline.config.kafka.partitions {
-        tpl.add_partition_offset(&sp.topic, p, Offset::Offset(0)).unwrap();
+        tpl.add_partition_offset(&sp.topic, p, Offset::Offset(0))
+            .unwrap();
     }
     c.assign(&tpl).unwrap();
     c.commit(&tpl, CommitMode::Sync).unwrap();
-    let committed = c.committed_offsets(tpl.clone(), std::time::Duration::from_secs(10)).unwrap();
+    let committed = c
+        .committed_offsets(tpl.clone(), std::time::Duration::from_secs(10))
+        .unwrap();
     for e in committed.elements() {
-        assert_eq!(e.offset(), Offset::Offset(0), "the group's offset of partition {} was reset", e.partition());
+        assert_eq!(
+            e.offset(),
+            Offset::Offset(0),
+            "the group's offset of partition {} was reset",
+            e.partition()
+        );
     }
 }
 
@@ -168,21 +203,33 @@ pub fn set_alerts(p: &mut Pipeline, toml_text: &str) {
 
 /// A port nothing listens on right now.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A plain HTTP/1.0 GET; returns (status, body).
 pub fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
     let text = get_raw(port, path, headers);
-    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, body)
 }
 
 /// The whole response, headers included.
 pub fn get_raw(port: u16, path: &str, headers: &[(&str, &str)]) -> String {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
     let mut req = format!("GET {path} HTTP/1.0\r\n");
     if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
         req.push_str("Host: localhost\r\n");
@@ -201,7 +248,10 @@ pub fn get_raw(port: u16, path: &str, headers: &[(&str, &str)]) -> String {
 pub async fn wait_for_port(port: u16) {
     let t = std::time::Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(t.elapsed() < std::time::Duration::from_secs(20), "nothing listens on port {port}");
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(20),
+            "nothing listens on port {port}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
@@ -209,8 +259,17 @@ pub async fn wait_for_port(port: u16) {
 /// Messages in a topic: the sum of its partitions' high watermarks.
 pub fn topic_messages(bootstrap: &str, topic: &str, partitions: i32) -> u64 {
     use rdkafka::consumer::{BaseConsumer, Consumer};
-    let c: BaseConsumer = rdkafka::ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap();
-    (0..partitions).map(|p| c.fetch_watermarks(topic, p, std::time::Duration::from_secs(10)).unwrap().1 as u64).sum()
+    let c: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    (0..partitions)
+        .map(|p| {
+            c.fetch_watermarks(topic, p, std::time::Duration::from_secs(10))
+                .unwrap()
+                .1 as u64
+        })
+        .sum()
 }
 
 /// Raw events in the store: (rows, distinct event ids).

@@ -1,8 +1,8 @@
 //! The shipped metrics recomputed straight from raw events, to check what the pipeline stored.
 
+use super::Fields;
 use super::ServicePipeline;
 use runner::aggregate::{MetricSet, MetricValue};
-use super::Fields;
 use runner::event::Record;
 use runner::store::{self, EventStore};
 use serde_json::{json, Value};
@@ -11,8 +11,10 @@ use std::sync::Arc;
 
 /// The seed's metrics and the two added ones, computed directly from raw events in `[start, end)`.
 pub fn recompute(events: &[Record], start: i64, end: i64) -> BTreeMap<String, Value> {
-    let in_window: Vec<&Record> =
-        events.iter().filter(|e| (start..end).contains(&e.time_ms())).collect();
+    let in_window: Vec<&Record> = events
+        .iter()
+        .filter(|e| (start..end).contains(&e.time_ms()))
+        .collect();
     let mut per_user: HashMap<&str, u64> = HashMap::new();
     let mut per_item: HashMap<&str, u64> = HashMap::new();
     let mut types: BTreeMap<String, u64> = BTreeMap::new();
@@ -29,7 +31,9 @@ pub fn recompute(events: &[Record], start: i64, end: i64) -> BTreeMap<String, Va
         *stages.entry(e.s("session_id")).or_default() |= bit;
         *per_user.entry(e.s("user_id")).or_default() += 1;
         *per_item.entry(e.s("item_id")).or_default() += 1;
-        *types.entry(e.s("interaction_type").to_string()).or_default() += 1;
+        *types
+            .entry(e.s("interaction_type").to_string())
+            .or_default() += 1;
         match e.s("interaction_type") {
             "purchase" => {
                 purchases += 1;
@@ -41,17 +45,36 @@ pub fn recompute(events: &[Record], start: i64, end: i64) -> BTreeMap<String, Va
     }
     let mut items: Vec<(&str, u64)> = per_item.iter().map(|(k, v)| (*k, *v)).collect();
     items.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-    let busiest = items.first().map(|(k, c)| json!([{"key": k, "count": c}])).unwrap();
-    let top: Vec<Value> = items.iter().take(10).map(|(k, c)| json!({"key": k, "count": c})).collect();
+    let busiest = items
+        .first()
+        .map(|(k, c)| json!([{"key": k, "count": c}]))
+        .unwrap();
+    let top: Vec<Value> = items
+        .iter()
+        .take(10)
+        .map(|(k, c)| json!({"key": k, "count": c}))
+        .collect();
     items.sort_by(|a, b| a.1.cmp(&b.1).then(a.0.cmp(b.0)));
-    let quietest = items.first().map(|(k, c)| json!([{"key": k, "count": c}])).unwrap();
+    let quietest = items
+        .first()
+        .map(|(k, c)| json!([{"key": k, "count": c}]))
+        .unwrap();
     let reached = |bits: u8| stages.values().filter(|s| **s & bits == bits).count() as u64;
     let (sessions, carted, purchased) = (reached(1), reached(3), reached(7));
-    let share = |part: u64, whole: u64| if whole == 0 { 0.0 } else { (part as f64 / whole as f64 * 1000.0).round() / 1000.0 };
+    let share = |part: u64, whole: u64| {
+        if whole == 0 {
+            0.0
+        } else {
+            (part as f64 / whole as f64 * 1000.0).round() / 1000.0
+        }
+    };
     let funnel = json!({"view": sessions, "add_to_cart": carted, "purchase": purchased, "view_to_add_to_cart": share(carted, sessions), "add_to_cart_to_purchase": share(purchased, carted)});
     BTreeMap::from([
         ("funnel".into(), funnel),
-        ("avg_interactions_per_user".into(), json!(in_window.len() as f64 / per_user.len() as f64)),
+        (
+            "avg_interactions_per_user".into(),
+            json!(in_window.len() as f64 / per_user.len() as f64),
+        ),
         ("busiest_item".into(), busiest),
         ("top_items".into(), json!(top)),
         ("quietest_item".into(), quietest),
@@ -59,13 +82,18 @@ pub fn recompute(events: &[Record], start: i64, end: i64) -> BTreeMap<String, Va
         ("active_users".into(), json!(per_user.len())),
         ("active_items".into(), json!(per_item.len())),
         ("revenue_per_minute".into(), json!(revenue)),
-        ("conversion_rate".into(), json!(purchases as f64 / views as f64)),
+        (
+            "conversion_rate".into(),
+            json!(purchases as f64 / views as f64),
+        ),
     ])
 }
 
 pub fn same(a: &Value, b: &Value) -> bool {
     match (a.as_f64(), b.as_f64()) {
-        (Some(x), Some(y)) if !a.is_u64() || !b.is_u64() => (x - y).abs() <= 1e-9 * x.abs().max(1.0),
+        (Some(x), Some(y)) if !a.is_u64() || !b.is_u64() => {
+            (x - y).abs() <= 1e-9 * x.abs().max(1.0)
+        }
         (None, None) => runner::testing::same_value(a, b),
         _ => a == b,
     }
@@ -74,19 +102,45 @@ pub fn same(a: &Value, b: &Value) -> bool {
 /// Reads every metric from the store at the newest raw event and checks it against the
 /// recomputation; returns the values read.
 pub async fn assert_metrics_match(sp: &ServicePipeline, expected_events: u64) -> Vec<MetricValue> {
-    let store: Arc<dyn EventStore> = store::open(&sp.pipeline.config.mongodb, &sp.pipeline.config.embedded, &sp.pipeline.config.retention, &sp.pipeline.config.schema().unwrap()).await.unwrap();
+    let store: Arc<dyn EventStore> = store::open(
+        &sp.pipeline.config.mongodb,
+        &sp.pipeline.config.embedded,
+        &sp.pipeline.config.retention,
+        &sp.pipeline.config.schema().unwrap(),
+    )
+    .await
+    .unwrap();
     let events = store.all_events().await.unwrap();
-    assert_eq!(events.len() as u64, expected_events, "raw store holds every event once");
+    assert_eq!(
+        events.len() as u64,
+        expected_events,
+        "raw store holds every event once"
+    );
     let at = events.iter().map(|e| e.time_ms()).max().unwrap();
-    let set = MetricSet::load(&sp.pipeline.config.metrics, &sp.pipeline.config.schema().unwrap()).unwrap();
+    let set = MetricSet::load(
+        &sp.pipeline.config.metrics,
+        &sp.pipeline.config.schema().unwrap(),
+    )
+    .unwrap();
     let values = set.read_all(&*store, at).await.unwrap();
     assert_eq!(values.len(), 10);
     let (start, end) = (values[0].window_start, values[0].window_end);
     let expected = recompute(&events, start, end);
-    let counted: u64 = expected["interaction_types"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
+    let counted: u64 = expected["interaction_types"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
     assert!(counted > 0, "the window holds events");
     for v in &values {
-        assert!(same(&v.value, &expected[&v.name]), "{}: read {} but recomputation gives {}", v.name, v.value, expected[&v.name]);
+        assert!(
+            same(&v.value, &expected[&v.name]),
+            "{}: read {} but recomputation gives {}",
+            v.name,
+            v.value,
+            expected[&v.name]
+        );
     }
     values
 }

@@ -20,12 +20,17 @@ fn extra(v: &serde_json::Value) -> Bson {
 /// the record (a key with a NUL byte, or past `max_bytes`).
 pub fn to_raw(e: &Record, max_bytes: usize) -> Result<RawDocumentBuf, String> {
     let key = |k: &str| match k.contains('\0') {
-        true => Err(format!("the field name {k:?} holds a NUL byte, which BSON cannot store")),
+        true => Err(format!(
+            "the field name {k:?} holds a NUL byte, which BSON cannot store"
+        )),
         false => Ok(()),
     };
     // BSON: i32 total length, then per element a type byte, the key as a C string and the
     // value, then a NUL. Strings are an i32 length (with the NUL), the bytes and a NUL.
-    let size = 5 + e.present().map(|(name, v)| 2 + name.len() + value_size(v)).sum::<usize>();
+    let size = 5 + e
+        .present()
+        .map(|(name, v)| 2 + name.len() + value_size(v))
+        .sum::<usize>();
     let mut data = Vec::with_capacity(size);
     data.extend_from_slice(&[0; 4]);
     // Declared names need no NUL check: the schema admits only plain names (letters, digits, _).
@@ -37,9 +42,15 @@ pub fn to_raw(e: &Record, max_bytes: usize) -> Result<RawDocumentBuf, String> {
                 data.extend_from_slice(s.as_bytes());
                 data.push(0);
             }
-            Value::Int(i) => element(&mut data, ElementType::Int64, name).extend_from_slice(&i.to_le_bytes()),
-            Value::Time(t) => element(&mut data, ElementType::DateTime, name).extend_from_slice(&t.to_le_bytes()),
-            Value::Float(f) => element(&mut data, ElementType::Double, name).extend_from_slice(&f.to_le_bytes()),
+            Value::Int(i) => {
+                element(&mut data, ElementType::Int64, name).extend_from_slice(&i.to_le_bytes())
+            }
+            Value::Time(t) => {
+                element(&mut data, ElementType::DateTime, name).extend_from_slice(&t.to_le_bytes())
+            }
+            Value::Float(f) => {
+                element(&mut data, ElementType::Double, name).extend_from_slice(&f.to_le_bytes())
+            }
             Value::Bool(b) => element(&mut data, ElementType::Boolean, name).push(*b as u8),
             Value::Missing => {} // `present` leaves these out
         }
@@ -47,14 +58,18 @@ pub fn to_raw(e: &Record, max_bytes: usize) -> Result<RawDocumentBuf, String> {
     data.push(0);
     let len = data.len() as i32;
     data[..4].copy_from_slice(&len.to_le_bytes());
-    let mut d = RawDocumentBuf::from_bytes(data).map_err(|e| format!("the record's BSON is malformed: {e}"))?;
+    let mut d = RawDocumentBuf::from_bytes(data)
+        .map_err(|e| format!("the record's BSON is malformed: {e}"))?;
     for (k, v) in e.extra() {
         key(k)?;
-        let b = RawBson::try_from(extra(v)).map_err(|e| format!("field {k:?} cannot be stored as BSON: {e}"))?;
+        let b = RawBson::try_from(extra(v))
+            .map_err(|e| format!("field {k:?} cannot be stored as BSON: {e}"))?;
         d.append(k, b);
     }
     match d.as_bytes().len() {
-        n if n > max_bytes => Err(format!("the document is {n} bytes; MongoDB holds at most {max_bytes}")),
+        n if n > max_bytes => Err(format!(
+            "the document is {n} bytes; MongoDB holds at most {max_bytes}"
+        )),
         _ => Ok(d),
     }
 }
@@ -138,7 +153,10 @@ mod tests {
         assert_eq!(d.get("x"), Some(&Bson::Double(1.5)));
         assert_eq!(d.get("ok"), Some(&Bson::Boolean(true)));
         assert!(matches!(d.get("t"), Some(Bson::DateTime(_))));
-        assert!(!d.contains_key("maybe"), "a missing optional field is left out, not null");
+        assert!(
+            !d.contains_key("maybe"),
+            "a missing optional field is left out, not null"
+        );
         assert_eq!(from_document(&schema, d).unwrap(), r);
         let too_big = to_raw(&r, 20).unwrap_err();
         assert!(too_big.contains("holds at most 20"), "{too_big}");
@@ -148,13 +166,18 @@ mod tests {
     fn raw_documents_are_byte_for_byte_what_the_driver_writes() {
         let schema = schema();
         let long = "é".repeat(40);
-        let json = format!(r#"{{"id":"a\u0000b","n":-3,"x":1.5,"ok":false,"t":"2026-01-01T00:00:00.250Z","note":"{long}","extra":[1]}}"#);
+        let json = format!(
+            r#"{{"id":"a\u0000b","n":-3,"x":1.5,"ok":false,"t":"2026-01-01T00:00:00.250Z","note":"{long}","extra":[1]}}"#
+        );
         let r = Record::from_json(&schema, json.as_bytes()).unwrap();
         // Declared fields in slot order (the schema's), then the undeclared as their JSON converts.
         let expected = bson::doc! {
             "id": "a\u{0}b", "n": -3i64, "note": long.as_str(), "ok": false,
             "t": bson::DateTime::from_millis(1_767_225_600_250), "x": 1.5, "extra": [1i32],
         };
-        assert_eq!(to_raw(&r, usize::MAX).unwrap().as_bytes(), RawDocumentBuf::from_document(&expected).unwrap().as_bytes());
+        assert_eq!(
+            to_raw(&r, usize::MAX).unwrap().as_bytes(),
+            RawDocumentBuf::from_document(&expected).unwrap().as_bytes()
+        );
     }
 }

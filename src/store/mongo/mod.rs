@@ -7,15 +7,15 @@ mod store;
 pub use document::to_raw;
 
 use crate::base::{de, Backoff};
-use anyhow::{bail, Context};
-use mongodb::bson::{doc, Document, RawDocumentBuf};
-use mongodb::options::{ClientOptions, IndexOptions};
-use mongodb::error::ErrorKind;
-use mongodb::{Client, Collection, IndexModel};
-use futures::TryStreamExt;
-use serde::Deserialize;
 use crate::event::Schema;
 use crate::store::retention::RetentionConfig;
+use anyhow::{bail, Context};
+use futures::TryStreamExt;
+use mongodb::bson::{doc, Document, RawDocumentBuf};
+use mongodb::error::ErrorKind;
+use mongodb::options::{ClientOptions, IndexOptions};
+use mongodb::{Client, Collection, IndexModel};
+use serde::Deserialize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -119,7 +119,8 @@ impl MongoConfig {
     /// Problems a parse cannot catch (the uri's form is checked without connecting).
     pub fn check(&self) -> Option<String> {
         let mut p = Vec::new();
-        let scheme_ok = self.uri.starts_with("mongodb://") || self.uri.starts_with("mongodb+srv://");
+        let scheme_ok =
+            self.uri.starts_with("mongodb://") || self.uri.starts_with("mongodb+srv://");
         if !self.is_embedded() && !scheme_ok {
             p.push(format!(
                 "mongodb.uri must start with mongodb:// or mongodb+srv:// (or be \"embedded\"), got {:?}",
@@ -129,7 +130,10 @@ impl MongoConfig {
         if self.insert_streams == 0 {
             p.push("mongodb.insert_streams must be at least 1".to_string());
         }
-        if self.database.is_empty() || self.raw_collection.is_empty() || self.metrics_collection.is_empty() {
+        if self.database.is_empty()
+            || self.raw_collection.is_empty()
+            || self.metrics_collection.is_empty()
+        {
             p.push("mongodb.database and the collection names must not be empty".to_string());
         }
         (!p.is_empty()).then(|| p.join("; "))
@@ -150,14 +154,24 @@ pub fn redact(uri: &str) -> String {
 
 /// The driver settings the store writes with (the bench's raw baseline uses them too).
 pub async fn client_options(uri: &str) -> anyhow::Result<ClientOptions> {
-    let mut options =
-        ClientOptions::parse(uri).await.with_context(|| format!("mongodb.uri {:?} is not a valid connection string", redact(uri)))?;
+    let mut options = ClientOptions::parse(uri).await.with_context(|| {
+        format!(
+            "mongodb.uri {:?} is not a valid connection string",
+            redact(uri)
+        )
+    })?;
     options.app_name.get_or_insert_with(|| "runner".to_string());
-    options.server_selection_timeout.get_or_insert(Duration::from_secs(3));
+    options
+        .server_selection_timeout
+        .get_or_insert(Duration::from_secs(3));
     // Kafka offsets are committed once the store acknowledges a batch, so an acknowledgment
     // must mean the write survives the server being killed: journaled, unless the connection
     // string says otherwise (`journal=false`).
-    options.write_concern.get_or_insert_with(Default::default).journal.get_or_insert(true);
+    options
+        .write_concern
+        .get_or_insert_with(Default::default)
+        .journal
+        .get_or_insert(true);
     Ok(options)
 }
 
@@ -180,9 +194,14 @@ pub struct MongoStore {
 impl MongoStore {
     /// Connects (retrying with backoff up to `connect_timeout`, never falling back) and creates
     /// the indexes.
-    pub async fn connect(config: &MongoConfig, retention: &RetentionConfig, schema: &Arc<Schema>) -> anyhow::Result<Self> {
+    pub async fn connect(
+        config: &MongoConfig,
+        retention: &RetentionConfig,
+        schema: &Arc<Schema>,
+    ) -> anyhow::Result<Self> {
         let shown = redact(&config.uri);
-        let client = Client::with_options(client_options(&config.uri).await?).context("cannot create the MongoDB client")?;
+        let client = Client::with_options(client_options(&config.uri).await?)
+            .context("cannot create the MongoDB client")?;
         let db = client.database(&config.database);
         let started = Instant::now();
         let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(5), None);
@@ -204,7 +223,11 @@ impl MongoStore {
         create_indexes(&raw, retention.raw, schema, &config.indexes).await?;
         let panes = db.collection::<Document>(&config.metrics_collection);
         panes
-            .create_index(IndexModel::builder().keys(doc! {"metric": 1, "pane_start": 1}).build())
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! {"metric": 1, "pane_start": 1})
+                    .build(),
+            )
             .await
             .with_context(|| format!("cannot create indexes on {}", panes.namespace()))?;
         time_index(&panes, PANE_TIME, retention.panes).await?;
@@ -214,7 +237,11 @@ impl MongoStore {
         time_index(&dead_letters, "at", retention.dead_letters).await?;
         let results = db.collection::<Document>(&config.results_collection);
         results
-            .create_index(IndexModel::builder().keys(doc! {"metric": 1, "window_end": 1}).build())
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! {"metric": 1, "window_end": 1})
+                    .build(),
+            )
             .await
             .with_context(|| format!("cannot create indexes on {}", results.namespace()))?;
         time_index(&results, "window_end", retention.results).await?;
@@ -228,7 +255,10 @@ impl MongoStore {
             dead_letters,
             results,
             leases: db.collection::<Document>(&config.lease_collection),
-            described: format!("MongoDB {shown} database {:?} collection {:?}", config.database, config.raw_collection),
+            described: format!(
+                "MongoDB {shown} database {:?} collection {:?}",
+                config.database, config.raw_collection
+            ),
             schema: schema.clone(),
         })
     }
@@ -239,40 +269,86 @@ pub(super) const PANE_TIME: &str = "pane_at";
 
 /// The raw collection's indexes: the unique id, the time (TTL with `retention`), and each field
 /// of `indexes`.
-pub async fn create_indexes(raw: &Collection<Document>, retention: Option<Duration>, schema: &Schema, indexes: &[String]) -> anyhow::Result<()> {
+pub async fn create_indexes(
+    raw: &Collection<Document>,
+    retention: Option<Duration>,
+    schema: &Schema,
+    indexes: &[String],
+) -> anyhow::Result<()> {
     let (id, time) = (schema.id_name(), schema.time_name());
-    let unique = IndexOptions::builder().unique(true).name(format!("{id}_unique")).build();
-    let mut models = vec![IndexModel::builder().keys(doc! {id: 1}).options(unique).build()];
-    models.extend(indexes.iter().filter(|f| *f != id && *f != time).map(|f| IndexModel::builder().keys(doc! {f: 1}).build()));
-    raw.create_indexes(models).await.with_context(|| format!("cannot create indexes on {}", raw.namespace()))?;
+    let unique = IndexOptions::builder()
+        .unique(true)
+        .name(format!("{id}_unique"))
+        .build();
+    let mut models = vec![IndexModel::builder()
+        .keys(doc! {id: 1})
+        .options(unique)
+        .build()];
+    models.extend(
+        indexes
+            .iter()
+            .filter(|f| *f != id && *f != time)
+            .map(|f| IndexModel::builder().keys(doc! {f: 1}).build()),
+    );
+    raw.create_indexes(models)
+        .await
+        .with_context(|| format!("cannot create indexes on {}", raw.namespace()))?;
     time_index(raw, time, retention).await
 }
 
 /// Makes the index on `field` a TTL index expiring documents `keep` after that date, or a plain
 /// index when `keep` is unset. An index on the field with another expiry (the retention changed)
 /// is dropped and built again, so changing `[retention]` needs no manual step.
-async fn time_index(coll: &Collection<Document>, field: &str, keep: Option<Duration>) -> anyhow::Result<()> {
+async fn time_index(
+    coll: &Collection<Document>,
+    field: &str,
+    keep: Option<Duration>,
+) -> anyhow::Result<()> {
     // MongoDB keeps whole seconds.
     let keep = keep.map(|k| Duration::from_secs(k.as_secs().max(1)));
     let existing: Vec<IndexModel> = match coll.list_indexes().await {
-        Ok(cursor) => cursor.try_collect().await.with_context(|| format!("cannot list the indexes of {}", coll.namespace()))?,
+        Ok(cursor) => cursor
+            .try_collect()
+            .await
+            .with_context(|| format!("cannot list the indexes of {}", coll.namespace()))?,
         // A collection not created yet has no indexes.
-        Err(e) if matches!(*e.kind, ErrorKind::Command(ref c) if c.code == NAMESPACE_NOT_FOUND) => Vec::new(),
-        Err(e) => return Err(anyhow::Error::new(e).context(format!("cannot list the indexes of {}", coll.namespace()))),
+        Err(e) if matches!(*e.kind, ErrorKind::Command(ref c) if c.code == NAMESPACE_NOT_FOUND) => {
+            Vec::new()
+        }
+        Err(e) => {
+            return Err(anyhow::Error::new(e)
+                .context(format!("cannot list the indexes of {}", coll.namespace())))
+        }
     };
-    for index in existing.iter().filter(|i| i.keys.len() == 1 && i.keys.contains_key(field)) {
+    for index in existing
+        .iter()
+        .filter(|i| i.keys.len() == 1 && i.keys.contains_key(field))
+    {
         let options = index.options.as_ref();
         if options.and_then(|o| o.expire_after).map(|e| e.as_secs()) == keep.map(|k| k.as_secs()) {
             return Ok(());
         }
         let name = options.and_then(|o| o.name.clone()).unwrap_or_default();
-        coll.drop_index(&name).await.with_context(|| format!("cannot drop index {name:?} of {} to change its retention", coll.namespace()))?;
+        coll.drop_index(&name).await.with_context(|| {
+            format!(
+                "cannot drop index {name:?} of {} to change its retention",
+                coll.namespace()
+            )
+        })?;
         tracing::info!(collection = %coll.namespace(), index = %name, "retention changed: rebuilding the {field} index");
     }
-    let options = IndexOptions::builder().name(keep.map(|_| format!("{field}_ttl"))).expire_after(keep).build();
-    coll.create_index(IndexModel::builder().keys(doc! {field: 1}).options(options).build())
-        .await
-        .with_context(|| format!("cannot create the {field} index on {}", coll.namespace()))?;
+    let options = IndexOptions::builder()
+        .name(keep.map(|_| format!("{field}_ttl")))
+        .expire_after(keep)
+        .build();
+    coll.create_index(
+        IndexModel::builder()
+            .keys(doc! {field: 1})
+            .options(options)
+            .build(),
+    )
+    .await
+    .with_context(|| format!("cannot create the {field} index on {}", coll.namespace()))?;
     Ok(())
 }
 
@@ -285,15 +361,35 @@ mod tests {
 
     #[test]
     fn redact_hides_only_the_password() {
-        assert_eq!(redact("mongodb://bob:s3cret@h:27017/db"), "mongodb://bob:***@h:27017/db");
+        assert_eq!(
+            redact("mongodb://bob:s3cret@h:27017/db"),
+            "mongodb://bob:***@h:27017/db"
+        );
         assert_eq!(redact("mongodb://h:27017"), "mongodb://h:27017");
     }
 
     #[tokio::test]
     async fn writes_are_journaled_unless_the_uri_says_otherwise() {
         let journal = |o: ClientOptions| o.write_concern.and_then(|w| w.journal);
-        assert_eq!(journal(client_options("mongodb://h:27017").await.unwrap()), Some(true));
-        assert_eq!(journal(client_options("mongodb://h:27017/?w=majority").await.unwrap()), Some(true));
-        assert_eq!(journal(client_options("mongodb://h:27017/?journal=false").await.unwrap()), Some(false));
+        assert_eq!(
+            journal(client_options("mongodb://h:27017").await.unwrap()),
+            Some(true)
+        );
+        assert_eq!(
+            journal(
+                client_options("mongodb://h:27017/?w=majority")
+                    .await
+                    .unwrap()
+            ),
+            Some(true)
+        );
+        assert_eq!(
+            journal(
+                client_options("mongodb://h:27017/?journal=false")
+                    .await
+                    .unwrap()
+            ),
+            Some(false)
+        );
     }
 }

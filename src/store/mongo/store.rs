@@ -5,7 +5,10 @@ use super::document::{from_document, to_raw};
 use super::MongoStore;
 use crate::dead_letter::DeadLetter;
 use crate::event::Record;
-use crate::store::{Encoded, EventStore, InsertOutcome, Notification, PaneRecord, Rejected, ResultRow, StateJson, TIMELESS_PANE};
+use crate::store::{
+    Encoded, EventStore, InsertOutcome, Notification, PaneRecord, Rejected, ResultRow, StateJson,
+    TIMELESS_PANE,
+};
 use anyhow::Context;
 use async_trait::async_trait;
 use futures::TryStreamExt;
@@ -27,8 +30,18 @@ fn is_duplicate(e: &mongodb::error::Error) -> bool {
 
 /// The newest `limit` records of a history collection (sorted by `at`), each kept as JSON text
 /// in `field`.
-async fn newest<T: serde::de::DeserializeOwned>(c: &Collection<Document>, field: &str, limit: usize) -> anyhow::Result<Vec<T>> {
-    let docs: Vec<Document> = c.find(doc! {}).sort(doc! {"at": -1}).limit(limit as i64).await?.try_collect().await?;
+async fn newest<T: serde::de::DeserializeOwned>(
+    c: &Collection<Document>,
+    field: &str,
+    limit: usize,
+) -> anyhow::Result<Vec<T>> {
+    let docs: Vec<Document> = c
+        .find(doc! {})
+        .sort(doc! {"at": -1})
+        .limit(limit as i64)
+        .await?
+        .try_collect()
+        .await?;
     docs.iter()
         .map(|d| Ok(serde_json::from_str(d.get_str(field)?)?))
         .collect::<anyhow::Result<Vec<_>>>()
@@ -57,16 +70,30 @@ impl MongoStore {
             return Ok(InsertOutcome::default());
         }
         let e = match self.raw_insert.insert_many(docs).ordered(false).await {
-            Ok(r) => return Ok(InsertOutcome { inserted: r.inserted_ids.len() as u64, ..Default::default() }),
+            Ok(r) => {
+                return Ok(InsertOutcome {
+                    inserted: r.inserted_ids.len() as u64,
+                    ..Default::default()
+                })
+            }
             Err(e) => e,
         };
         let (write_errors, concern) = match *e.kind {
             ErrorKind::InsertMany(ref failure) => (
-                failure.write_errors.iter().flatten().map(|w| (w.index, w.code, w.message.clone())).collect::<Vec<_>>(),
+                failure
+                    .write_errors
+                    .iter()
+                    .flatten()
+                    .map(|w| (w.index, w.code, w.message.clone()))
+                    .collect::<Vec<_>>(),
                 failure.write_concern_error.is_some(),
             ),
-            ErrorKind::Write(WriteFailure::WriteError(ref w)) if total == 1 => (vec![(0, w.code, w.message.clone())], false),
-            ErrorKind::BsonSerialization(_) | ErrorKind::InvalidArgument { .. } => return Err(Refusal::ClientSide(e)),
+            ErrorKind::Write(WriteFailure::WriteError(ref w)) if total == 1 => {
+                (vec![(0, w.code, w.message.clone())], false)
+            }
+            ErrorKind::BsonSerialization(_) | ErrorKind::InvalidArgument { .. } => {
+                return Err(Refusal::ClientSide(e))
+            }
             _ => return Err(Refusal::Transient(e)),
         };
         if concern {
@@ -74,13 +101,24 @@ impl MongoStore {
             // are unique) and the only way to be sure.
             return Err(Refusal::Transient(e));
         }
-        let duplicates: Vec<usize> = write_errors.iter().filter(|w| w.1 == DUPLICATE_KEY).map(|w| w.0).collect();
+        let duplicates: Vec<usize> = write_errors
+            .iter()
+            .filter(|w| w.1 == DUPLICATE_KEY)
+            .map(|w| w.0)
+            .collect();
         let rejected: Vec<Rejected> = write_errors
             .into_iter()
             .filter(|w| w.1 != DUPLICATE_KEY)
-            .map(|(index, code, message)| Rejected { index, reason: format!("MongoDB refused the document: {message} (code {code})") })
+            .map(|(index, code, message)| Rejected {
+                index,
+                reason: format!("MongoDB refused the document: {message} (code {code})"),
+            })
             .collect();
-        Ok(InsertOutcome { inserted: total - duplicates.len() as u64 - rejected.len() as u64, duplicates, rejected })
+        Ok(InsertOutcome {
+            inserted: total - duplicates.len() as u64 - rejected.len() as u64,
+            duplicates,
+            rejected,
+        })
     }
 
     /// [`Self::insert_documents`] over up to `insert_streams` concurrent streams, each a
@@ -93,13 +131,22 @@ impl MongoStore {
             return self.insert_documents(docs).await;
         }
         let size = docs.len().div_ceil(streams);
-        let outcomes = futures::future::join_all(docs.chunks(size).map(|chunk| self.insert_documents(chunk))).await;
+        let outcomes =
+            futures::future::join_all(docs.chunks(size).map(|chunk| self.insert_documents(chunk)))
+                .await;
         let mut total = InsertOutcome::default();
         for (i, outcome) in outcomes.into_iter().enumerate() {
             let o = outcome?;
             total.inserted += o.inserted;
-            total.duplicates.extend(o.duplicates.into_iter().map(|d| d + i * size));
-            total.rejected.extend(o.rejected.into_iter().map(|r| Rejected { index: r.index + i * size, ..r }));
+            total
+                .duplicates
+                .extend(o.duplicates.into_iter().map(|d| d + i * size));
+            total
+                .rejected
+                .extend(o.rejected.into_iter().map(|r| Rejected {
+                    index: r.index + i * size,
+                    ..r
+                }));
         }
         Ok(total)
     }
@@ -112,18 +159,33 @@ impl EventStore for MongoStore {
     }
 
     fn encode(&self, events: &[Record]) -> Encoded {
-        Encoded::Documents(events.iter().map(|e| to_raw(e, MAX_DOCUMENT_BYTES)).collect())
+        Encoded::Documents(
+            events
+                .iter()
+                .map(|e| to_raw(e, MAX_DOCUMENT_BYTES))
+                .collect(),
+        )
     }
 
     async fn insert_events(&self, events: &[Record]) -> anyhow::Result<InsertOutcome> {
         self.insert_encoded(events, self.encode(events)).await
     }
 
-    async fn insert_encoded(&self, events: &[Record], encoded: Encoded) -> anyhow::Result<InsertOutcome> {
-        let Encoded::Documents(encoded) = encoded else { return self.insert_events(events).await };
+    async fn insert_encoded(
+        &self,
+        events: &[Record],
+        encoded: Encoded,
+    ) -> anyhow::Result<InsertOutcome> {
+        let Encoded::Documents(encoded) = encoded else {
+            return self.insert_events(events).await;
+        };
         // A record MongoDB can never hold (a key BSON cannot hold, a document over the size
         // limit) is kept aside, and the rest sent: a poison record must not stall its partition.
-        let (mut docs, mut sent, mut rejected) = (Vec::with_capacity(events.len()), Vec::with_capacity(events.len()), Vec::new());
+        let (mut docs, mut sent, mut rejected) = (
+            Vec::with_capacity(events.len()),
+            Vec::with_capacity(events.len()),
+            Vec::new(),
+        );
         for (index, doc) in encoded.into_iter().enumerate() {
             match doc {
                 Ok(d) => {
@@ -135,8 +197,14 @@ impl EventStore for MongoStore {
         }
         let mut outcome = match self.insert_streams(&docs).await {
             Ok(o) => o,
-            Err(Refusal::ClientSide(e)) => return Err(anyhow::Error::new(e).context("MongoDB refused the batch, but no single document in it is at fault")),
-            Err(Refusal::Transient(e)) => return Err(anyhow::Error::new(e).context("MongoDB insert_many failed")),
+            Err(Refusal::ClientSide(e)) => {
+                return Err(anyhow::Error::new(e).context(
+                    "MongoDB refused the batch, but no single document in it is at fault",
+                ))
+            }
+            Err(Refusal::Transient(e)) => {
+                return Err(anyhow::Error::new(e).context("MongoDB insert_many failed"))
+            }
         };
         if !rejected.is_empty() {
             // Positions among the documents sent back to positions in `events`.
@@ -150,12 +218,25 @@ impl EventStore for MongoStore {
     }
 
     async fn count_events(&self) -> anyhow::Result<u64> {
-        Ok(self.raw.count_documents(doc! {}).await.context("MongoDB count failed")?)
+        Ok(self
+            .raw
+            .count_documents(doc! {})
+            .await
+            .context("MongoDB count failed")?)
     }
 
     async fn stored_events(&self, ids: &[&str]) -> anyhow::Result<Vec<Record>> {
-        let docs: Vec<Document> = self.raw.find(doc! {self.schema.id_name(): {"$in": ids}}).await.context("MongoDB find failed")?.try_collect().await.context("MongoDB find failed")?;
-        docs.into_iter().map(|d| from_document(&self.schema, d)).collect()
+        let docs: Vec<Document> = self
+            .raw
+            .find(doc! {self.schema.id_name(): {"$in": ids}})
+            .await
+            .context("MongoDB find failed")?
+            .try_collect()
+            .await
+            .context("MongoDB find failed")?;
+        docs.into_iter()
+            .map(|d| from_document(&self.schema, d))
+            .collect()
     }
 
     async fn all_events(&self) -> anyhow::Result<Vec<Record>> {
@@ -168,23 +249,38 @@ impl EventStore for MongoStore {
             .try_collect()
             .await
             .context("MongoDB find failed")?;
-        docs.into_iter().map(|d| from_document(&self.schema, d)).collect()
+        docs.into_iter()
+            .map(|d| from_document(&self.schema, d))
+            .collect()
     }
 
     async fn write_panes(&self, panes: &[PaneRecord]) -> anyhow::Result<()> {
         // Watermarks after the partials they cover: a reader deciding from a watermark that a
         // window is final must find all of its partials.
-        let (marks, partials): (Vec<&PaneRecord>, Vec<&PaneRecord>) = panes.iter().partition(|p| p.pane_start == TIMELESS_PANE);
+        let (marks, partials): (Vec<&PaneRecord>, Vec<&PaneRecord>) =
+            panes.iter().partition(|p| p.pane_start == TIMELESS_PANE);
         self.upsert_panes(&partials).await?;
         self.upsert_panes(&marks).await
     }
 
-    async fn load_panes(&self, metric: &str, from: i64, to: i64, partition: Option<i32>) -> anyhow::Result<Vec<PaneRecord>> {
+    async fn load_panes(
+        &self,
+        metric: &str,
+        from: i64,
+        to: i64,
+        partition: Option<i32>,
+    ) -> anyhow::Result<Vec<PaneRecord>> {
         let mut filter = doc! {"metric": metric, "pane_start": {"$gte": from, "$lt": to}};
         if let Some(p) = partition {
             filter.insert("partition", p);
         }
-        let docs: Vec<Document> = self.panes.find(filter).await.context("MongoDB metric state read failed")?.try_collect().await?;
+        let docs: Vec<Document> = self
+            .panes
+            .find(filter)
+            .await
+            .context("MongoDB metric state read failed")?
+            .try_collect()
+            .await?;
         docs.into_iter()
             .map(|d| {
                 Ok(PaneRecord {
@@ -202,14 +298,29 @@ impl EventStore for MongoStore {
     async fn save_alert_state(&self, rule: &str, state: &serde_json::Value) -> anyhow::Result<()> {
         // JSON text: instance labels are user data and need not be valid BSON field names.
         let d = doc! {"_id": rule, "state": state.to_string(), "updated_at": bson::DateTime::now()};
-        self.alert_state.replace_one(doc! {"_id": rule}, d).upsert(true).await.context("MongoDB alert state write failed")?;
+        self.alert_state
+            .replace_one(doc! {"_id": rule}, d)
+            .upsert(true)
+            .await
+            .context("MongoDB alert state write failed")?;
         Ok(())
     }
 
     async fn load_alert_states(&self) -> anyhow::Result<Vec<(String, serde_json::Value)>> {
-        let docs: Vec<Document> = self.alert_state.find(doc! {}).await.context("MongoDB alert state read failed")?.try_collect().await?;
+        let docs: Vec<Document> = self
+            .alert_state
+            .find(doc! {})
+            .await
+            .context("MongoDB alert state read failed")?
+            .try_collect()
+            .await?;
         docs.into_iter()
-            .map(|d| Ok((d.get_str("_id")?.to_string(), serde_json::from_str(d.get_str("state")?)?)))
+            .map(|d| {
+                Ok((
+                    d.get_str("_id")?.to_string(),
+                    serde_json::from_str(d.get_str("state")?)?,
+                ))
+            })
             .collect::<anyhow::Result<Vec<_>>>()
             .context("a stored alert state is malformed")
     }
@@ -231,7 +342,9 @@ impl EventStore for MongoStore {
     }
 
     async fn recent_alerts(&self, limit: usize) -> anyhow::Result<Vec<Notification>> {
-        newest(&self.alerts, "notification", limit).await.context("MongoDB alert history read failed")
+        newest(&self.alerts, "notification", limit)
+            .await
+            .context("MongoDB alert history read failed")
     }
 
     async fn write_dead_letters(&self, letters: &[DeadLetter]) -> anyhow::Result<()> {
@@ -257,7 +370,12 @@ impl EventStore for MongoStore {
             Ok(_) => Ok(()),
             Err(e) => match *e.kind {
                 ErrorKind::InsertMany(ref f)
-                    if f.write_concern_error.is_none() && f.write_errors.as_deref().unwrap_or(&[]).iter().all(|w| w.code == DUPLICATE_KEY) =>
+                    if f.write_concern_error.is_none()
+                        && f.write_errors
+                            .as_deref()
+                            .unwrap_or(&[])
+                            .iter()
+                            .all(|w| w.code == DUPLICATE_KEY) =>
                 {
                     Ok(())
                 }
@@ -267,11 +385,17 @@ impl EventStore for MongoStore {
     }
 
     async fn dead_letters(&self, limit: usize) -> anyhow::Result<Vec<DeadLetter>> {
-        newest(&self.dead_letters, "letter", limit).await.context("MongoDB dead letter read failed")
+        newest(&self.dead_letters, "letter", limit)
+            .await
+            .context("MongoDB dead letter read failed")
     }
 
     async fn count_dead_letters(&self) -> anyhow::Result<u64> {
-        Ok(self.dead_letters.count_documents(doc! {}).await.context("MongoDB count failed")?)
+        Ok(self
+            .dead_letters
+            .count_documents(doc! {})
+            .await
+            .context("MongoDB count failed")?)
     }
 
     async fn write_results(&self, rows: &[ResultRow]) -> anyhow::Result<()> {
@@ -282,7 +406,8 @@ impl EventStore for MongoStore {
             .iter()
             .map(|r| {
                 let id = format!("{}|{}", r.metric, r.window_end);
-                let value = bson::to_bson(&r.value).with_context(|| format!("result of {} cannot be stored as BSON", r.metric))?;
+                let value = bson::to_bson(&r.value)
+                    .with_context(|| format!("result of {} cannot be stored as BSON", r.metric))?;
                 let d = doc! {
                     "_id": &id,
                     "metric": &r.metric,
@@ -290,23 +415,45 @@ impl EventStore for MongoStore {
                     "window_end": bson::DateTime::from_millis(r.window_end),
                     "value": value,
                 };
-                Ok(self.results.replace_one(doc! {"_id": id}, d).upsert(true).into_future())
+                Ok(self
+                    .results
+                    .replace_one(doc! {"_id": id}, d)
+                    .upsert(true)
+                    .into_future())
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        futures::future::try_join_all(writes).await.context("MongoDB result write failed")?;
+        futures::future::try_join_all(writes)
+            .await
+            .context("MongoDB result write failed")?;
         Ok(())
     }
 
-    async fn load_results(&self, metric: &str, from: i64, to: i64) -> anyhow::Result<Vec<ResultRow>> {
+    async fn load_results(
+        &self,
+        metric: &str,
+        from: i64,
+        to: i64,
+    ) -> anyhow::Result<Vec<ResultRow>> {
         let filter = doc! {"metric": metric, "window_end": {"$gte": bson::DateTime::from_millis(from), "$lt": bson::DateTime::from_millis(to)}};
-        let docs: Vec<Document> = self.results.find(filter).sort(doc! {"window_end": 1}).await.context("MongoDB result read failed")?.try_collect().await?;
+        let docs: Vec<Document> = self
+            .results
+            .find(filter)
+            .sort(doc! {"window_end": 1})
+            .await
+            .context("MongoDB result read failed")?
+            .try_collect()
+            .await?;
         docs.into_iter()
             .map(|d| {
                 Ok(ResultRow {
                     metric: d.get_str("metric")?.to_string(),
                     window_start: d.get_datetime("window_start")?.timestamp_millis(),
                     window_end: d.get_datetime("window_end")?.timestamp_millis(),
-                    value: d.get("value").cloned().unwrap_or(bson::Bson::Null).into_relaxed_extjson(),
+                    value: d
+                        .get("value")
+                        .cloned()
+                        .unwrap_or(bson::Bson::Null)
+                        .into_relaxed_extjson(),
                 })
             })
             .collect::<anyhow::Result<Vec<_>>>()
@@ -314,8 +461,15 @@ impl EventStore for MongoStore {
     }
 
     async fn latest_result(&self, metric: &str) -> anyhow::Result<Option<i64>> {
-        let newest = self.results.find_one(doc! {"metric": metric}).sort(doc! {"window_end": -1}).await.context("MongoDB result read failed")?;
-        newest.map(|d| Ok(d.get_datetime("window_end")?.timestamp_millis())).transpose()
+        let newest = self
+            .results
+            .find_one(doc! {"metric": metric})
+            .sort(doc! {"window_end": -1})
+            .await
+            .context("MongoDB result read failed")?;
+        newest
+            .map(|d| Ok(d.get_datetime("window_end")?.timestamp_millis()))
+            .transpose()
     }
 
     async fn take_lease(&self, name: &str, holder: &str, ttl_ms: i64) -> anyhow::Result<bool> {
@@ -337,7 +491,13 @@ impl EventStore for MongoStore {
 impl MongoStore {
     /// The server's clock, ms since the epoch (`localTime` of the `hello` command).
     async fn server_time(&self) -> anyhow::Result<i64> {
-        let hello = self.leases.client().database("admin").run_command(doc! {"hello": 1}).await.context("MongoDB hello failed")?;
+        let hello = self
+            .leases
+            .client()
+            .database("admin")
+            .run_command(doc! {"hello": 1})
+            .await
+            .context("MongoDB hello failed")?;
         match hello.get("localTime") {
             Some(bson::Bson::DateTime(t)) => Ok(t.timestamp_millis()),
             _ => anyhow::bail!("the MongoDB server's hello answer has no localTime, so the alert lease cannot use the server's clock"),
@@ -362,7 +522,11 @@ impl MongoStore {
             // Never replace a partial that already includes later offsets (written by the consumer
             // that owns the partition now): the filter fails, the upsert collides on _id, and the
             // stale write is dropped.
-            let write = self.panes.replace_one(doc! {"_id": id, "offset": {"$lte": p.offset}}, d).upsert(true).into_future();
+            let write = self
+                .panes
+                .replace_one(doc! {"_id": id, "offset": {"$lte": p.offset}}, d)
+                .upsert(true)
+                .into_future();
             async move {
                 match write.await {
                     Ok(_) => Ok(()),
@@ -371,7 +535,9 @@ impl MongoStore {
                 }
             }
         });
-        futures::future::try_join_all(writes).await.context("MongoDB metric state write failed")?;
+        futures::future::try_join_all(writes)
+            .await
+            .context("MongoDB metric state write failed")?;
         Ok(())
     }
 }

@@ -11,19 +11,31 @@ use std::time::{Duration, Instant};
 
 /// Waits until the cluster answers a metadata request, retrying with backoff up to
 /// `connect_timeout`; never falls back to anything else.
-pub async fn connect(config: &KafkaConfig) -> anyhow::Result<Arc<AdminClient<DefaultClientContext>>> {
+pub async fn connect(
+    config: &KafkaConfig,
+) -> anyhow::Result<Arc<AdminClient<DefaultClientContext>>> {
     let admin: Arc<AdminClient<DefaultClientContext>> = Arc::new(
-        config.admin_config().create().context("cannot create a Kafka admin client (check the [kafka] settings)")?,
+        config
+            .admin_config()
+            .create()
+            .context("cannot create a Kafka admin client (check the [kafka] settings)")?,
     );
     let started = Instant::now();
     let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(5), None);
     // Short probes, so a slow failure still leaves room for retries within connect_timeout.
-    let probe_timeout = (config.connect_timeout / 4).clamp(Duration::from_millis(500), Duration::from_secs(5));
+    let probe_timeout =
+        (config.connect_timeout / 4).clamp(Duration::from_millis(500), Duration::from_secs(5));
     loop {
         // A metadata request blocks its thread for up to the probe timeout: not on the runtime.
         let probe = {
             let client = admin.clone();
-            tokio::task::spawn_blocking(move || client.inner().fetch_metadata(None, probe_timeout).map(|_| ())).await?
+            tokio::task::spawn_blocking(move || {
+                client
+                    .inner()
+                    .fetch_metadata(None, probe_timeout)
+                    .map(|_| ())
+            })
+            .await?
         };
         match probe {
             Ok(_) => {
@@ -32,7 +44,10 @@ pub async fn connect(config: &KafkaConfig) -> anyhow::Result<Arc<AdminClient<Def
                 }
                 return Ok(admin);
             }
-            Err(e) => match backoff.next_wait().filter(|wait| started.elapsed() + *wait < config.connect_timeout) {
+            Err(e) => match backoff
+                .next_wait()
+                .filter(|wait| started.elapsed() + *wait < config.connect_timeout)
+            {
                 Some(wait) => {
                     tracing::warn!(
                         servers = %config.bootstrap_servers, attempt = backoff.retries(), error = %e, retry_in = ?wait,
@@ -53,15 +68,27 @@ pub async fn connect(config: &KafkaConfig) -> anyhow::Result<Arc<AdminClient<Def
 
 /// Creates the topic with the configured partitions if it does not exist (brokers may not
 /// auto-create topics).
-pub async fn ensure_topic(admin: &AdminClient<DefaultClientContext>, config: &KafkaConfig) -> anyhow::Result<()> {
-    let topic = NewTopic::new(&config.topic, config.partitions, TopicReplication::Fixed(config.replication_factor));
+pub async fn ensure_topic(
+    admin: &AdminClient<DefaultClientContext>,
+    config: &KafkaConfig,
+) -> anyhow::Result<()> {
+    let topic = NewTopic::new(
+        &config.topic,
+        config.partitions,
+        TopicReplication::Fixed(config.replication_factor),
+    );
     let results = admin
-        .create_topics([&topic], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))))
+        .create_topics(
+            [&topic],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
         .await
         .with_context(|| format!("cannot create Kafka topic {:?}", config.topic))?;
     for result in results {
         match result {
-            Ok(name) => tracing::info!(topic = %name, partitions = config.partitions, "created kafka topic"),
+            Ok(name) => {
+                tracing::info!(topic = %name, partitions = config.partitions, "created kafka topic")
+            }
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((name, code)) => bail!("cannot create Kafka topic {name:?}: {code}"),
         }
@@ -72,13 +99,22 @@ pub async fn ensure_topic(admin: &AdminClient<DefaultClientContext>, config: &Ka
 /// The partitions of the configured topic, as the broker reports them (none while the topic does
 /// not exist).
 pub async fn topic_partitions(config: &KafkaConfig) -> anyhow::Result<Vec<i32>> {
-    let client: rdkafka::consumer::BaseConsumer = config.admin_config().create().context("cannot create a Kafka client (check the [kafka] settings)")?;
+    let client: rdkafka::consumer::BaseConsumer = config
+        .admin_config()
+        .create()
+        .context("cannot create a Kafka client (check the [kafka] settings)")?;
     let topic = config.topic.clone();
     // A blocking request: off the async runtime.
     tokio::task::spawn_blocking(move || {
         use rdkafka::consumer::Consumer;
-        let metadata = client.fetch_metadata(Some(&topic), Duration::from_secs(10)).with_context(|| format!("cannot read the partitions of Kafka topic {topic:?}"))?;
-        Ok(metadata.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect())
+        let metadata = client
+            .fetch_metadata(Some(&topic), Duration::from_secs(10))
+            .with_context(|| format!("cannot read the partitions of Kafka topic {topic:?}"))?;
+        Ok(metadata
+            .topics()
+            .iter()
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect())
     })
     .await?
 }

@@ -42,8 +42,17 @@ impl std::fmt::Debug for KafkaConfig {
         let shown = |m: &BTreeMap<String, toml::Value>| -> BTreeMap<String, String> {
             m.iter()
                 .map(|(k, v)| {
-                    let secret = ["password", "secret", "key.pem", "oauthbearer.config"].iter().any(|s| k.contains(s));
-                    (k.clone(), if secret { "***".to_string() } else { v.to_string() })
+                    let secret = ["password", "secret", "key.pem", "oauthbearer.config"]
+                        .iter()
+                        .any(|s| k.contains(s));
+                    (
+                        k.clone(),
+                        if secret {
+                            "***".to_string()
+                        } else {
+                            v.to_string()
+                        },
+                    )
                 })
                 .collect()
         };
@@ -109,7 +118,9 @@ const CONSUMER_FIXED: &[&str] = &["enable.auto.offset.store"];
 impl KafkaConfig {
     /// True when the pipeline uses the in-process queue instead of Kafka.
     pub fn is_embedded(&self) -> bool {
-        self.bootstrap_servers.trim().eq_ignore_ascii_case("embedded")
+        self.bootstrap_servers
+            .trim()
+            .eq_ignore_ascii_case("embedded")
     }
 
     /// Problems a parse cannot catch.
@@ -121,9 +132,13 @@ impl KafkaConfig {
             for server in self.bootstrap_servers.split(',') {
                 let s = server.trim();
                 let s = s.split_once("://").map_or(s, |(_, rest)| rest);
-                let ok = s.rsplit_once(':').is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok());
+                let ok = s
+                    .rsplit_once(':')
+                    .is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok());
                 if !ok {
-                    p.push(format!("kafka.bootstrap_servers: {server:?} is not host:port"));
+                    p.push(format!(
+                        "kafka.bootstrap_servers: {server:?} is not host:port"
+                    ));
                 }
             }
         }
@@ -133,10 +148,16 @@ impl KafkaConfig {
         if self.partitions < 1 || self.replication_factor < 1 {
             p.push("kafka.partitions and kafka.replication_factor must be at least 1".to_string());
         }
-        for (section, map) in [("client", &self.client), ("producer", &self.producer), ("consumer", &self.consumer)] {
+        for (section, map) in [
+            ("client", &self.client),
+            ("producer", &self.producer),
+            ("consumer", &self.consumer),
+        ] {
             for (k, v) in map {
                 if scalar(v).is_none() {
-                    p.push(format!("kafka.{section}.{k:?} must be a string, number or boolean"));
+                    p.push(format!(
+                        "kafka.{section}.{k:?} must be a string, number or boolean"
+                    ));
                 }
             }
         }
@@ -166,7 +187,11 @@ impl KafkaConfig {
         self.client_config(&[], &BTreeMap::new())
     }
 
-    fn client_config(&self, defaults: &[(&str, &str)], own: &BTreeMap<String, toml::Value>) -> ClientConfig {
+    fn client_config(
+        &self,
+        defaults: &[(&str, &str)],
+        own: &BTreeMap<String, toml::Value>,
+    ) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", self.bootstrap_servers.trim());
         // librdkafka would otherwise log every failed connection attempt itself; we report reachability.

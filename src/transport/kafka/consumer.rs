@@ -2,16 +2,18 @@
 //! stored only when the store-writing side acknowledges a batch; librdkafka commits stored
 //! offsets in the background, on rebalance, and at close.
 
-use crate::base::{map_each, Workers};
-use crate::event::Schema;
 use super::KafkaConfig;
+use crate::base::{map_each, Workers};
 use crate::dead_letter::DeadLetter;
+use crate::event::Schema;
 use crate::telemetry::{GroupMember, PartitionLag, Stats};
 use crate::transport::{Acknowledge, Batch, Checkpoint, Poll, Subscriber};
 use anyhow::Context;
 use async_trait::async_trait;
 use futures::FutureExt;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -36,7 +38,8 @@ impl ConsumerContext for GroupEvents {
             Rebalance::Assign(tpl) => {
                 let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
                 tracing::info!(partitions = ?parts, "kafka partitions assigned");
-                self.assigned.store(parts.len(), std::sync::atomic::Ordering::Relaxed);
+                self.assigned
+                    .store(parts.len(), std::sync::atomic::Ordering::Relaxed);
             }
             Rebalance::Revoke(tpl) => {
                 let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
@@ -51,7 +54,9 @@ impl ConsumerContext for GroupEvents {
     fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, _: &TopicPartitionList) {
         match result {
             Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-            Err(e) => tracing::warn!(error = %e, "kafka offset commit failed; it is retried with the next commit"),
+            Err(e) => {
+                tracing::warn!(error = %e, "kafka offset commit failed; it is retried with the next commit")
+            }
         }
     }
 }
@@ -103,8 +108,17 @@ type LagReading = Arc<std::sync::Mutex<Option<(std::time::Instant, Vec<Partition
 
 impl KafkaSubscriber {
     /// Joins the group and subscribes to the topic.
-    pub fn new(config: &KafkaConfig, batching: Batching, schema: Arc<Schema>, stats: Arc<Stats>) -> anyhow::Result<Self> {
-        let Batching { batch_size, max_wait, max_event_bytes } = batching;
+    pub fn new(
+        config: &KafkaConfig,
+        batching: Batching,
+        schema: Arc<Schema>,
+        stats: Arc<Stats>,
+    ) -> anyhow::Result<Self> {
+        let Batching {
+            batch_size,
+            max_wait,
+            max_event_bytes,
+        } = batching;
         let consumer: GroupConsumer = config
             .consumer_config()
             .create_with_context(GroupEvents::default())
@@ -116,7 +130,10 @@ impl KafkaSubscriber {
         // End offsets are asked for on a connection of its own: a ListOffsets request queued
         // behind a waiting fetch on the consumer's connection made Tansu hold that fetch until
         // the request timed out, stalling the consumer for a minute at a time.
-        let ends: BaseConsumer = config.admin_config().create().context("cannot create the Kafka client that measures consumer lag")?;
+        let ends: BaseConsumer = config
+            .admin_config()
+            .create()
+            .context("cannot create the Kafka client that measures consumer lag")?;
         let lag = LagReading::default();
         let sampler = tokio_util::sync::CancellationToken::new();
         let lag_sampler = LagSampler {
@@ -148,7 +165,11 @@ impl KafkaSubscriber {
     fn take(&self, msg: &BorrowedMessage<'_>, batch: &mut Batch, pending: &mut Vec<Pending>) {
         match self.workers.threads() {
             1 => self.decode(msg, batch),
-            _ => pending.push(Pending { payload: msg.payload().map(<[u8]>::to_vec), partition: msg.partition(), offset: msg.offset() }),
+            _ => pending.push(Pending {
+                payload: msg.payload().map(<[u8]>::to_vec),
+                partition: msg.partition(),
+                offset: msg.offset(),
+            }),
         }
     }
 
@@ -158,7 +179,16 @@ impl KafkaSubscriber {
             return;
         }
         let decoded = self.workers.run(|parallel| {
-            map_each(parallel, &pending, |m| decode_payload(&self.schema, &self.topic, self.max_event_bytes, m.payload.as_deref(), m.partition, m.offset))
+            map_each(parallel, &pending, |m| {
+                decode_payload(
+                    &self.schema,
+                    &self.topic,
+                    self.max_event_bytes,
+                    m.payload.as_deref(),
+                    m.partition,
+                    m.offset,
+                )
+            })
         });
         for (m, result) in pending.iter().zip(decoded) {
             self.file(result, m.partition, m.offset, batch);
@@ -166,11 +196,22 @@ impl KafkaSubscriber {
     }
 
     fn decode(&self, msg: &BorrowedMessage<'_>, batch: &mut Batch) {
-        self.file(decode_message(&self.schema, &self.topic, self.max_event_bytes, msg), msg.partition(), msg.offset(), batch);
+        self.file(
+            decode_message(&self.schema, &self.topic, self.max_event_bytes, msg),
+            msg.partition(),
+            msg.offset(),
+            batch,
+        );
     }
 
     /// Puts a decoded message into the batch: an event, or a dead letter; its offset in the checkpoint either way.
-    fn file(&self, decoded: Result<crate::event::Record, DeadLetter>, partition: i32, offset: i64, batch: &mut Batch) {
+    fn file(
+        &self,
+        decoded: Result<crate::event::Record, DeadLetter>,
+        partition: i32,
+        offset: i64,
+        batch: &mut Batch,
+    ) {
         batch.checkpoint.include(partition, offset);
         match decoded {
             Ok(event) => {
@@ -192,12 +233,31 @@ struct Pending {
 /// One message as an event, or as the dead letter saying why it is not one. An event without an
 /// id (published by another producer) gets one from its position, so its replays are harmless
 /// too; the live consumer and a backfill name it alike.
-pub(super) fn decode_message(schema: &Arc<Schema>, topic: &str, max_event_bytes: usize, msg: &BorrowedMessage<'_>) -> Result<crate::event::Record, DeadLetter> {
-    decode_payload(schema, topic, max_event_bytes, msg.payload(), msg.partition(), msg.offset())
+pub(super) fn decode_message(
+    schema: &Arc<Schema>,
+    topic: &str,
+    max_event_bytes: usize,
+    msg: &BorrowedMessage<'_>,
+) -> Result<crate::event::Record, DeadLetter> {
+    decode_payload(
+        schema,
+        topic,
+        max_event_bytes,
+        msg.payload(),
+        msg.partition(),
+        msg.offset(),
+    )
 }
 
 /// [`decode_message`] of a message's payload and position.
-fn decode_payload(schema: &Arc<Schema>, topic: &str, max_event_bytes: usize, payload: Option<&[u8]>, partition: i32, offset: i64) -> Result<crate::event::Record, DeadLetter> {
+fn decode_payload(
+    schema: &Arc<Schema>,
+    topic: &str,
+    max_event_bytes: usize,
+    payload: Option<&[u8]>,
+    partition: i32,
+    offset: i64,
+) -> Result<crate::event::Record, DeadLetter> {
     match crate::decode::decode(schema, payload, max_event_bytes) {
         Ok(mut event) => {
             if event.id().is_empty() {
@@ -207,7 +267,13 @@ fn decode_payload(schema: &Arc<Schema>, topic: &str, max_event_bytes: usize, pay
         }
         Err((reason, detail)) => {
             let id = format!("{topic}:{partition}:{offset}");
-            Err(DeadLetter::new(id, reason, detail, (partition, offset), payload.unwrap_or_default()))
+            Err(DeadLetter::new(
+                id,
+                reason,
+                detail,
+                (partition, offset),
+                payload.unwrap_or_default(),
+            ))
         }
     }
 }
@@ -243,7 +309,13 @@ impl Subscriber for KafkaSubscriber {
             // makes full batches, because it never stops.
             let next = match consumer.recv().now_or_never() {
                 Some(next) => Ok(next),
-                None => tokio::time::timeout_at(deadline.min(Instant::now() + FETCH_GAP), consumer.recv()).await,
+                None => {
+                    tokio::time::timeout_at(
+                        deadline.min(Instant::now() + FETCH_GAP),
+                        consumer.recv(),
+                    )
+                    .await
+                }
             };
             match next {
                 Err(_) => break,
@@ -263,9 +335,17 @@ impl Subscriber for KafkaSubscriber {
     }
 
     fn caught_up(&self, since: std::time::Instant) -> bool {
-        let assigned = self.consumer.context().assigned.load(std::sync::atomic::Ordering::Relaxed) > 0;
+        let assigned = self
+            .consumer
+            .context()
+            .assigned
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0;
         let reading = self.lag.lock().unwrap();
-        assigned && reading.as_ref().is_some_and(|(at, lag)| *at > since && !lag.is_empty() && lag.iter().all(|p| p.lag == 0))
+        assigned
+            && reading.as_ref().is_some_and(|(at, lag)| {
+                *at > since && !lag.is_empty() && lag.iter().all(|p| p.lag == 0)
+            })
     }
 
     fn use_workers(&mut self, workers: Workers) {
@@ -273,7 +353,10 @@ impl Subscriber for KafkaSubscriber {
     }
 
     fn acknowledger(&self) -> Arc<dyn Acknowledge> {
-        Arc::new(OffsetStore { consumer: self.consumer.clone(), topic: self.topic.clone() })
+        Arc::new(OffsetStore {
+            consumer: self.consumer.clone(),
+            topic: self.topic.clone(),
+        })
     }
 
     async fn close(self: Box<Self>) -> anyhow::Result<()> {
@@ -311,7 +394,9 @@ impl LagSampler {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(LAG_EVERY) => {}
             }
-            let Ok(positions) = self.consumer.position() else { continue };
+            let Ok(positions) = self.consumer.position() else {
+                continue;
+            };
             let offsets: Vec<(i32, i64)> = positions
                 .elements_for_topic(&self.topic)
                 .iter()
@@ -325,8 +410,13 @@ impl LagSampler {
                 offsets
                     .iter()
                     .map(|&(partition, at)| {
-                        let (_, high) = ends.fetch_watermarks(&topic, partition, END_OFFSET_TIMEOUT)?;
-                        Ok(PartitionLag { partition, end: high, lag: (high - at).max(0) })
+                        let (_, high) =
+                            ends.fetch_watermarks(&topic, partition, END_OFFSET_TIMEOUT)?;
+                        Ok(PartitionLag {
+                            partition,
+                            end: high,
+                            lag: (high - at).max(0),
+                        })
                     })
                     .collect::<Result<Vec<_>, KafkaError>>()
             })
@@ -340,7 +430,9 @@ impl LagSampler {
             // Who else is in the group, for the topology panel; a broker that does not
             // describe groups leaves the list empty.
             let (ends, group, topic) = (self.ends.clone(), self.group.clone(), self.topic.clone());
-            if let Ok(members) = tokio::task::spawn_blocking(move || group_members(&ends, &group, &topic)).await {
+            if let Ok(members) =
+                tokio::task::spawn_blocking(move || group_members(&ends, &group, &topic)).await
+            {
                 self.stats.set_group(members);
             }
         }
@@ -349,7 +441,9 @@ impl LagSampler {
 
 /// The members of `group` and their partitions of `topic`, as the broker describes them.
 fn group_members(client: &BaseConsumer, group: &str, topic: &str) -> Vec<GroupMember> {
-    let Ok(list) = client.fetch_group_list(Some(group), END_OFFSET_TIMEOUT) else { return Vec::new() };
+    let Ok(list) = client.fetch_group_list(Some(group), END_OFFSET_TIMEOUT) else {
+        return Vec::new();
+    };
     let mut members: Vec<GroupMember> = list
         .groups()
         .iter()
@@ -359,10 +453,17 @@ fn group_members(client: &BaseConsumer, group: &str, topic: &str) -> Vec<GroupMe
             id: m.id().to_string(),
             client_id: m.client_id().to_string(),
             host: m.client_host().to_string(),
-            partitions: m.assignment().map(|a| assigned_partitions(a, topic)).unwrap_or_default(),
+            partitions: m
+                .assignment()
+                .map(|a| assigned_partitions(a, topic))
+                .unwrap_or_default(),
         })
         .collect();
-    members.sort_by(|a, b| a.partitions.cmp(&b.partitions).then_with(|| a.id.cmp(&b.id)));
+    members.sort_by(|a, b| {
+        a.partitions
+            .cmp(&b.partitions)
+            .then_with(|| a.id.cmp(&b.id))
+    });
     members
 }
 
@@ -408,7 +509,10 @@ impl Acknowledge for OffsetStore {
     fn acknowledge(&self, checkpoint: &Checkpoint) {
         let mut tpl = TopicPartitionList::with_capacity(checkpoint.0.len());
         for &(partition, next) in &checkpoint.0 {
-            if tpl.add_partition_offset(&self.topic, partition, Offset::Offset(next)).is_err() {
+            if tpl
+                .add_partition_offset(&self.topic, partition, Offset::Offset(next))
+                .is_err()
+            {
                 continue;
             }
         }
@@ -435,6 +539,10 @@ mod tests {
         }
         b.extend((-1i32).to_be_bytes());
         assert_eq!(assigned_partitions(&b, "events"), vec![0, 2]);
-        assert_eq!(assigned_partitions(&b[..9], "events"), Vec::<i32>::new(), "a cut assignment is none");
+        assert_eq!(
+            assigned_partitions(&b[..9], "events"),
+            Vec::<i32>::new(),
+            "a cut assignment is none"
+        );
     }
 }

@@ -34,14 +34,22 @@ pub struct KafkaHistory {
 
 impl KafkaHistory {
     pub fn new(config: &KafkaConfig, schema: Arc<Schema>, max_event_bytes: usize) -> KafkaHistory {
-        KafkaHistory { config: config.clone(), schema, max_event_bytes, readers: tokio::sync::Mutex::new(HashMap::new()) }
+        KafkaHistory {
+            config: config.clone(),
+            schema,
+            max_event_bytes,
+            readers: tokio::sync::Mutex::new(HashMap::new()),
+        }
     }
 
     fn client_config(&self) -> rdkafka::ClientConfig {
         let mut c = self.config.admin_config();
         // A group id is required to consume; this one is never joined (assign, not subscribe)
         // and nothing is committed under it.
-        c.set("group.id", format!("{}-backfill", self.config.consumer_group));
+        c.set(
+            "group.id",
+            format!("{}-backfill", self.config.consumer_group),
+        );
         c.set("enable.auto.commit", "false");
         c.set("enable.auto.offset.store", "false");
         c.set("auto.offset.reset", "earliest");
@@ -53,13 +61,22 @@ impl KafkaHistory {
 #[async_trait]
 impl History for KafkaHistory {
     async fn start(&self, partition: i32, since_ms: i64) -> anyhow::Result<(i64, bool)> {
-        let client: BaseConsumer = self.client_config().create().context("cannot create the Kafka client that backfills")?;
+        let client: BaseConsumer = self
+            .client_config()
+            .create()
+            .context("cannot create the Kafka client that backfills")?;
         let topic = self.config.topic.clone();
         tokio::task::spawn_blocking(move || {
-            let (low, high) = client.fetch_watermarks(&topic, partition, OFFSET_TIMEOUT).with_context(|| format!("cannot read the offsets of {topic}/{partition}"))?;
+            let (low, high) = client
+                .fetch_watermarks(&topic, partition, OFFSET_TIMEOUT)
+                .with_context(|| format!("cannot read the offsets of {topic}/{partition}"))?;
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition_offset(&topic, partition, Offset::Offset(since_ms.max(0)))?;
-            let found = client.offsets_for_times(tpl, OFFSET_TIMEOUT).with_context(|| format!("cannot look up the offset of {topic}/{partition} at {since_ms} ms"))?;
+            let found = client
+                .offsets_for_times(tpl, OFFSET_TIMEOUT)
+                .with_context(|| {
+                    format!("cannot look up the offset of {topic}/{partition} at {since_ms} ms")
+                })?;
             let at = match found.find_partition(&topic, partition).map(|e| e.offset()) {
                 Some(Offset::Offset(o)) => o,
                 // No message at or after that time: nothing of the range is in the log yet.
@@ -74,26 +91,52 @@ impl History for KafkaHistory {
     }
 
     async fn end(&self, partition: i32) -> anyhow::Result<i64> {
-        let client: BaseConsumer = self.client_config().create().context("cannot create the Kafka client that backfills")?;
+        let client: BaseConsumer = self
+            .client_config()
+            .create()
+            .context("cannot create the Kafka client that backfills")?;
         let topic = self.config.topic.clone();
         tokio::task::spawn_blocking(move || {
-            let (_, high) = client.fetch_watermarks(&topic, partition, OFFSET_TIMEOUT).with_context(|| format!("cannot read the offsets of {topic}/{partition}"))?;
+            let (_, high) = client
+                .fetch_watermarks(&topic, partition, OFFSET_TIMEOUT)
+                .with_context(|| format!("cannot read the offsets of {topic}/{partition}"))?;
             Ok(high - 1)
         })
         .await?
     }
 
-    async fn read(&self, partition: i32, after: i64, upto: i64, limit: usize) -> anyhow::Result<HistoryRead> {
-        let mut out = HistoryRead { events: Vec::new(), through: after };
+    async fn read(
+        &self,
+        partition: i32,
+        after: i64,
+        upto: i64,
+        limit: usize,
+    ) -> anyhow::Result<HistoryRead> {
+        let mut out = HistoryRead {
+            events: Vec::new(),
+            through: after,
+        };
         if after >= upto {
             return Ok(out);
         }
         let mut readers = self.readers.lock().await;
-        if readers.get(&partition).is_none_or(|(_, next)| *next != after + 1) {
-            let consumer: StreamConsumer = self.client_config().create().context("cannot create the Kafka consumer that backfills")?;
+        if readers
+            .get(&partition)
+            .is_none_or(|(_, next)| *next != after + 1)
+        {
+            let consumer: StreamConsumer = self
+                .client_config()
+                .create()
+                .context("cannot create the Kafka consumer that backfills")?;
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition_offset(&self.config.topic, partition, Offset::Offset(after + 1))?;
-            consumer.assign(&tpl).with_context(|| format!("cannot read {}/{partition} from offset {}", self.config.topic, after + 1))?;
+            consumer.assign(&tpl).with_context(|| {
+                format!(
+                    "cannot read {}/{partition} from offset {}",
+                    self.config.topic,
+                    after + 1
+                )
+            })?;
             readers.insert(partition, (consumer, after + 1));
         }
         let (consumer, next) = readers.get_mut(&partition).expect("positioned above");
@@ -114,7 +157,9 @@ impl History for KafkaHistory {
             }
             out.through = offset;
             // A message that is not an event was dead-lettered by the live consumer already.
-            if let Ok(event) = decode_message(&self.schema, &self.config.topic, self.max_event_bytes, &msg) {
+            if let Ok(event) =
+                decode_message(&self.schema, &self.config.topic, self.max_event_bytes, &msg)
+            {
                 out.events.push((offset, event));
             }
         }

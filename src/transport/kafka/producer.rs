@@ -44,7 +44,11 @@ impl KafkaPublisher {
             .producer_config()
             .create_with_context(Deliveries { stats })
             .context("cannot create the Kafka producer (check [kafka.producer] settings)")?;
-        Ok(KafkaPublisher { producer: Arc::new(producer), topic: config.topic.clone(), buf: Vec::with_capacity(512) })
+        Ok(KafkaPublisher {
+            producer: Arc::new(producer),
+            topic: config.topic.clone(),
+            buf: Vec::with_capacity(512),
+        })
     }
 }
 
