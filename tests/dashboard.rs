@@ -444,7 +444,7 @@ async fn event_fields_render_as_text() {
     )
     .unwrap();
     let mut p = common::embedded_pipeline(dir.path());
-    p.config.generator.script = script;
+    p.config.generator.script = Some(script);
     let port = free_port();
     let (running, stop) = start(p, port, "").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -461,21 +461,34 @@ async fn event_fields_render_as_text() {
     running.wait().await.unwrap();
 }
 
+/// An override folder holding one template changes that one (the rest stays built in); a
+/// broken edit keeps the previous version rendering with the error shown; a file added to the
+/// folder later applies too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broken_template_keeps_the_previous_page() {
     let dir = tempfile::tempdir().unwrap();
     let templates = dir.path().join("templates");
     std::fs::create_dir_all(&templates).unwrap();
-    for e in std::fs::read_dir(common::repo_root().join("templates")).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), templates.join(e.file_name())).unwrap();
-    }
+    let panel = templates.join("_metrics.html");
+    let good = std::fs::read_to_string(common::repo_root().join("templates/_metrics.html"))
+        .unwrap()
+        .replace(
+            "<section class=\"metrics\">",
+            "<section class=\"metrics\" data-ours=\"1\">",
+        );
+    std::fs::write(&panel, &good).unwrap();
     let mut p = common::embedded_pipeline(dir.path());
-    p.config.dashboard.templates = templates.clone();
+    p.config.dashboard.templates = Some(templates.clone());
     let port = free_port();
     let (running, stop) = start(p, port, "").await;
-    let panel = templates.join("_metrics.html");
-    let good = std::fs::read_to_string(&panel).unwrap();
+    let (code, html) = tokio::task::spawn_blocking(move || get(port, "/", &[]))
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        html.contains("data-ours=\"1\"") && html.contains("data-panel=\"headline\""),
+        "the override and the built-in rest: {html}"
+    );
     let broken = good.replacen("{% endfor %}", "{% endfor", 1);
     assert_ne!(broken, good);
     std::fs::write(&panel, broken).unwrap();
@@ -484,18 +497,19 @@ async fn broken_template_keeps_the_previous_page() {
         .unwrap();
     assert_eq!(code, 200);
     assert!(
-        html.contains("data-panel=\"headline\""),
+        html.contains("data-panel=\"headline\"") && html.contains("data-ours=\"1\""),
         "the previous version still renders"
     );
     assert!(
         html.contains("Template error") && html.contains("_metrics.html:"),
         "the error is visible: {html}"
     );
-    std::fs::write(&panel, good).unwrap();
-    let headline = templates.join("_headline.html");
-    let text = std::fs::read_to_string(&headline).unwrap();
+    std::fs::write(&panel, &good).unwrap();
+    let text =
+        std::fs::read_to_string(common::repo_root().join("templates/_headline.html")).unwrap();
+    assert!(text.contains("events/s in"));
     std::fs::write(
-        &headline,
+        templates.join("_headline.html"),
         text.replace("events/s in", "events per second in"),
     )
     .unwrap();
@@ -504,10 +518,41 @@ async fn broken_template_keeps_the_previous_page() {
         .unwrap();
     assert!(
         html.contains("events per second in") && !html.contains("Template error"),
-        "a fixed template applies"
+        "a fixed template applies, and a file added later"
     );
     stop.cancel();
     running.wait().await.unwrap();
+}
+
+/// A port another process holds is an error at start, naming the key to change, before any
+/// event moves: not a pipeline that runs on without its page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dashboard_port_in_use_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut p = common::embedded_pipeline(dir.path());
+    p.config.dashboard.listen = holder.local_addr().unwrap().to_string();
+    let components = Components {
+        dashboard: true,
+        ..Components::ALL
+    };
+    let err = pipeline::start(
+        p,
+        RunOptions {
+            components,
+            ..Default::default()
+        },
+        CancellationToken::new(),
+    )
+    .await
+    .err()
+    .expect("the start fails");
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("dashboard.listen")
+            && text.contains(&holder.local_addr().unwrap().to_string()),
+        "{text}"
+    );
 }
 
 /// A headless Chromium session through chromedriver on `driver_port`.

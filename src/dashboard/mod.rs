@@ -46,9 +46,11 @@ pub struct DashboardConfig {
     /// How often the page gets new values.
     #[serde(default = "default_refresh", deserialize_with = "de::duration")]
     pub refresh: Duration,
-    /// Folder of the page templates (relative to the pipeline file).
-    #[serde(default = "default_templates")]
-    pub templates: PathBuf,
+    /// A folder whose files override the built-in page templates, script and style file by file
+    /// (relative to the pipeline file; re-read on change), e.g. one holding only
+    /// `_headline.html` [default: none, the built-in templates].
+    #[serde(default)]
+    pub templates: Option<PathBuf>,
     /// When set, every route needs `Authorization: Bearer <token>` (or the cookie that opening
     /// the page once with `?token=<token>` sets). Required when `listen` is beyond loopback.
     #[serde(default)]
@@ -77,7 +79,7 @@ impl Default for DashboardConfig {
         DashboardConfig {
             listen: default_listen(),
             refresh: default_refresh(),
-            templates: default_templates(),
+            templates: None,
             token: Secret::default(),
             allow_anonymous: false,
             allowed_hosts: Vec::new(),
@@ -95,9 +97,6 @@ fn default_refresh() -> Duration {
 }
 fn default_max_clients() -> usize {
     500
-}
-fn default_templates() -> PathBuf {
-    PathBuf::from("../templates")
 }
 
 /// What the dashboard reads from the running pipeline.
@@ -157,23 +156,28 @@ impl AppState {
 /// How long requests under way may take to finish once the dashboard is stopped.
 const GRACEFUL_WAIT: Duration = Duration::from_secs(3);
 
-/// Binds the address and serves until `stop`. `settings` is watched: a new token or refresh
-/// interval applies at once; the address and template folder are those at start.
-pub async fn serve(
-    settings: watch::Receiver<DashboardConfig>,
-    sources: Sources,
-    stop: CancellationToken,
-) -> anyhow::Result<()> {
-    let config = settings.borrow().clone();
-    let templates = Templates::load(&config.templates)?;
-    let listener = tokio::net::TcpListener::bind(&config.listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot serve the dashboard on {} (dashboard.listen)",
-                config.listen
-            )
-        })?;
+/// A dashboard ready to serve: its templates loaded and its address bound. Both happen before
+/// the pipeline starts, so a port in use or a broken template is an error at start, not a page
+/// that silently never comes up.
+pub struct Bound {
+    listener: tokio::net::TcpListener,
+    templates: Templates,
+}
+
+impl Bound {
+    /// The address it serves (the port the system chose for `:0`).
+    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
+/// Loads the templates and binds `dashboard.listen`; refuses an address beyond loopback without
+/// a token (unless `allow_anonymous`).
+pub async fn bind(config: &DashboardConfig) -> anyhow::Result<Bound> {
+    let templates = Templates::load(config.templates.as_deref())?;
+    let listener = tokio::net::TcpListener::bind(&config.listen).await.with_context(|| {
+        format!("cannot serve the dashboard on {} (dashboard.listen, or --dashboard-listen; another process may hold the port)", config.listen)
+    })?;
     let addr = listener.local_addr()?;
     if !addr.ip().is_loopback() && config.token.is_empty() {
         if !config.allow_anonymous {
@@ -184,6 +188,25 @@ pub async fn serve(
         }
         tracing::warn!(%addr, "the dashboard is reachable beyond this machine without a token (dashboard.allow_anonymous = true)");
     }
+    Ok(Bound {
+        listener,
+        templates,
+    })
+}
+
+/// Serves a bound dashboard until `stop`. `settings` is watched: a new token or refresh interval
+/// applies at once; the address and template folder are those at start.
+pub async fn serve(
+    bound: Bound,
+    settings: watch::Receiver<DashboardConfig>,
+    sources: Sources,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let Bound {
+        listener,
+        templates,
+    } = bound;
+    let addr = listener.local_addr()?;
     tracing::info!("dashboard on http://{addr}/");
     let state = Arc::new(AppState {
         sources,

@@ -55,7 +55,7 @@ pub const TABLE: &[Row] = &[
     Row { key: "alerting", effect: Effect::Live, note: "interval, thresholds and channels apply from the next evaluation", changed: |a, b| a.alerting != b.alerting },
     Row { key: "alert", effect: Effect::Live, note: "rules that stay keep their pending and firing instances; removed ones resolve", changed: |a, b| a.alerts != b.alerts },
     Row { key: "dashboard.listen", effect: Effect::Restart, note: "the server is bound once", changed: |a, b| a.dashboard.listen != b.dashboard.listen },
-    Row { key: "dashboard.templates", effect: Effect::Restart, note: "the template folder is watched from start (edits inside it apply live)", changed: |a, b| a.dashboard.templates != b.dashboard.templates },
+    Row { key: "dashboard.templates", effect: Effect::Restart, note: "the override folder is chosen at start (edits of the files inside it apply live)", changed: |a, b| a.dashboard.templates != b.dashboard.templates },
     Row { key: "dashboard.token", effect: Effect::Live, note: "the next request needs the new token", changed: |a, b| a.dashboard.token != b.dashboard.token },
     Row { key: "dashboard.allow_anonymous", effect: Effect::Restart, note: "checked when the server is bound", changed: |a, b| a.dashboard.allow_anonymous != b.dashboard.allow_anonymous },
     Row { key: "dashboard.allowed_hosts", effect: Effect::Live, note: "the next request is checked against the new names", changed: |a, b| a.dashboard.allowed_hosts != b.dashboard.allowed_hosts },
@@ -257,11 +257,14 @@ mod tests {
         );
     }
 
-    /// The README's "what a reload applies" table is this table, row for row.
+    /// The guide's "what a reload applies" table (docs/guide/operations.md) is this table, row for row.
     #[test]
-    fn readme_table_matches_the_diff_table() {
-        let readme =
-            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    fn the_guides_reload_table_matches_the_diff_table() {
+        let readme = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/docs/guide/operations.md"
+        ))
+        .unwrap();
         let rows: Vec<(String, String)> = readme
             .lines()
             .skip_while(|l| !l.contains("<!-- reload-table -->"))
@@ -276,6 +279,6 @@ mod tests {
             .iter()
             .map(|r| (r.key.to_string(), r.effect.as_str().to_string()))
             .collect();
-        assert_eq!(rows, expected, "README.md's reload table (after <!-- reload-table -->) must list TABLE's rows in order");
+        assert_eq!(rows, expected, "docs/guide/operations.md's reload table (after <!-- reload-table -->) must list TABLE's rows in order");
     }
 }
