@@ -289,7 +289,7 @@ async fn schema_checks_send_to_dead_letters() {
             ("DEFAULT_GENERATION_RATE", "0"),
         ],
     );
-    p.config.generator.script = script;
+    p.config.generator.script = Some(script);
     let n = 2_000;
     let summary = pipeline::run(
         &p,

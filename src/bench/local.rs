@@ -424,12 +424,18 @@ fn time_fill(n: u64, mut fill: impl FnMut(usize, &mut Vec<Record>)) -> Duration 
 
 /// The pipeline's generator script plus a per-event hook that adds one field.
 fn with_hook(pipeline: &Pipeline) -> anyhow::Result<(GeneratorScript, tempfile_path::TempScript)> {
-    let source = std::fs::read_to_string(&pipeline.config.generator.script)?;
+    let path = pipeline
+        .config
+        .generator
+        .script
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("the bench needs a [generator] script"))?;
+    let source = std::fs::read_to_string(path)?;
     let tmp = tempfile_path::TempScript::new(&format!(
         "fn on_event(e) {{ e.channel = if e.len() > 5 {{ \"web\" }} else {{ \"app\" }}; e }}\n{source}"
     ))?;
     let mut cfg = pipeline.config.generator.clone();
-    cfg.script = tmp.path.clone();
+    cfg.script = Some(tmp.path.clone());
     Ok((GeneratorScript::load(&cfg, &pipeline.schema())?, tmp))
 }
 

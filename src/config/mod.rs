@@ -3,6 +3,7 @@
 //! Loading is all-or-nothing: the text is env-interpolated, parsed with unknown keys rejected,
 //! and checked, before any component starts, so a bad file never half-starts a pipeline.
 
+mod collect;
 mod interpolate;
 
 use crate::aggregate::MetricConfig;
@@ -29,9 +30,13 @@ pub struct PipelineConfig {
     pub name: String,
     /// The record the pipeline carries: its fields, id, time and key.
     pub event: EventConfig,
-    /// Transport: a Kafka cluster, or `embedded` for the in-process queue.
+    /// Transport: a Kafka cluster, or `embedded` for the in-process queue [default: embedded,
+    /// topic and group named after the pipeline].
+    #[serde(default = "empty_section")]
     pub kafka: KafkaConfig,
-    /// Store: a MongoDB deployment, or `embedded` for the local SQLite store.
+    /// Store: a MongoDB deployment, or `embedded` for the local SQLite store [default: embedded,
+    /// database and collections named after the pipeline].
+    #[serde(default = "empty_section")]
     pub mongodb: MongoConfig,
     /// Where the embedded store and queue keep their data.
     #[serde(default)]
@@ -39,7 +44,8 @@ pub struct PipelineConfig {
     /// How long each kind of stored row is kept.
     #[serde(default)]
     pub retention: RetentionConfig,
-    /// The event generator.
+    /// The event generator [default: none: the pipeline consumes only].
+    #[serde(default = "empty_section")]
     pub generator: GeneratorConfig,
     /// Batching and offset commits on the consuming side.
     #[serde(default)]
@@ -59,6 +65,13 @@ pub struct PipelineConfig {
     /// Alert rules, one `[[alert]]` table each.
     #[serde(default, rename = "alert")]
     pub alerts: Vec<AlertConfig>,
+}
+
+/// A section the file left out, with every default of its keys (one home for them: the
+/// section's own serde defaults).
+fn empty_section<T: serde::de::DeserializeOwned>() -> T {
+    T::deserialize(toml::Value::Table(toml::Table::new()))
+        .expect("a section whose keys all have defaults")
 }
 
 /// A loaded pipeline: its config and where it came from (relative paths resolve against it).
@@ -198,8 +211,12 @@ impl Pipeline {
                 *p = normalize(&base.join(&*p));
             }
         };
-        resolve(&mut self.config.generator.script);
-        resolve(&mut self.config.dashboard.templates);
+        if let Some(s) = self.config.generator.script.as_mut() {
+            resolve(s);
+        }
+        if let Some(t) = self.config.dashboard.templates.as_mut() {
+            resolve(t);
+        }
         for m in &mut self.config.metrics {
             resolve(&mut m.script);
         }
@@ -328,7 +345,7 @@ pub fn parse(
             message,
         }
     };
-    let expanded = interpolate(text, env).map_err(|m| {
+    let expanded = interpolate(text, &env).map_err(|m| {
         let message = match m.unsafe_value {
             None => format!(
                 "environment variable {} is not set (set it, or give a default: ${{{}:-value}})",
@@ -341,17 +358,29 @@ pub fn parse(
         };
         at(m.offset, message)
     })?;
-    toml::from_str(&expanded).map_err(|e| {
-        let offset = e.span().map(|s| s.start).unwrap_or(0);
+    let mut config: PipelineConfig = collect::deserialize_all(&expanded).map_err(|problems| {
         // Interpolation never adds lines, so a line in the expanded text is the same line in the file.
-        let (line, column) = line_column(&expanded, offset);
-        ConfigError::At {
-            path: shown.to_string(),
-            line,
-            column,
-            message: explain(e.message().trim()),
+        let mut located: Vec<ConfigError> = problems
+            .into_iter()
+            .map(|(span, message)| {
+                let (line, column) = line_column(&expanded, span.start);
+                ConfigError::At {
+                    path: shown.to_string(),
+                    line,
+                    column,
+                    message: explain(&message),
+                }
+            })
+            .collect();
+        match located.len() {
+            1 => located.remove(0),
+            _ => ConfigError::Invalid(located.iter().map(ToString::to_string).collect()),
         }
-    })
+    })?;
+    let name = config.name.clone();
+    config.kafka.fill_defaults(&name, &env);
+    config.mongodb.fill_defaults(&name, &env);
+    Ok(config)
 }
 
 /// The parser's words, with what to do where they alone would not say it.
@@ -635,7 +664,7 @@ rate = "${RATE:-250}"
     }
 
     /// Scripts and templates are found beside the file; the embedded store's data lands where
-    /// the runner runs (a pipeline folder may be read-only), as the README says.
+    /// the runner runs (a pipeline folder may be read-only), as the guide says.
     #[test]
     fn scripts_resolve_beside_the_file_and_data_dir_against_the_working_directory() {
         let dir = tempfile::tempdir().unwrap();
@@ -646,7 +675,7 @@ rate = "${RATE:-250}"
         )
         .unwrap();
         let p = Pipeline::load_reporting(&file).unwrap().0;
-        assert_eq!(p.config.generator.script, dir.path().join("gen.rhai"));
+        assert_eq!(p.config.generator.script, Some(dir.path().join("gen.rhai")));
         assert_eq!(p.config.embedded.data_dir, PathBuf::from("state"));
     }
 

@@ -26,6 +26,7 @@ use rand::SeedableRng;
 use rhai::{Engine, Map, Scope, AST};
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -33,8 +34,10 @@ use std::sync::Arc;
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GeneratorConfig {
-    /// The Rhai script describing the event distributions (relative to the pipeline file).
-    pub script: PathBuf,
+    /// The Rhai script describing the event distributions (relative to the pipeline file)
+    /// [default: none: the pipeline generates nothing and consumes what Kafka carries].
+    #[serde(default)]
+    pub script: Option<PathBuf>,
     /// Events per second; 0 means as fast as the transport accepts them.
     #[serde(default = "default_rate", deserialize_with = "de::number")]
     pub rate: f64,
@@ -144,7 +147,12 @@ impl GeneratorScript {
     /// Compiles and evaluates the script named in `config` for records of `schema`; every error
     /// names the file and line.
     pub fn load(config: &GeneratorConfig, schema: &Arc<Schema>) -> Result<Self, ScriptError> {
-        let path = &config.script;
+        let Some(path) = config.script.as_ref() else {
+            return Err(ScriptError::whole_file(
+                Path::new("[generator]"),
+                "this pipeline has no generator script: set [generator] script = \"gen.rhai\" to generate records",
+            ));
+        };
         let mut engine = script::sandboxed_engine(ScriptLimits::default());
         plan::register(&mut engine);
         session::register(&mut engine);

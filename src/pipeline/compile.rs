@@ -17,7 +17,8 @@ pub struct Compiled {
     pub pipeline: Pipeline,
     /// The record schema of `[event]`.
     pub schema: Arc<Schema>,
-    pub generator: GeneratorScript,
+    /// None when the pipeline has no `[generator] script` (it consumes only).
+    pub generator: Option<GeneratorScript>,
     pub metrics: Arc<MetricSet>,
     pub alerts: Arc<AlertSet>,
 }
@@ -42,8 +43,10 @@ pub fn compile(pipeline: Pipeline) -> Result<Compiled, Problems> {
 /// Loads and compiles the file at `path` and reports every problem in it: the values that do not
 /// fit together and every script that does not compile (what `runner validate` prints).
 pub fn validate(path: &Path) -> Result<Compiled, Problems> {
-    let (pipeline, problems) =
-        Pipeline::load_reporting(path).map_err(|e| Problems(vec![e.to_string()]))?;
+    let (pipeline, problems) = Pipeline::load_reporting(path).map_err(|e| match e {
+        crate::config::ConfigError::Invalid(each) => Problems(each),
+        other => Problems(vec![other.to_string()]),
+    })?;
     compile_reporting(pipeline, problems)
 }
 
@@ -51,11 +54,14 @@ fn compile_reporting(pipeline: Pipeline, mut problems: Vec<String>) -> Result<Co
     let c = &pipeline.config;
     // A broken [event] is among the problems already; the scripts are checked against a good one.
     let schema = c.schema().ok();
-    let generator = schema.as_ref().and_then(|s| {
-        GeneratorScript::load(&c.generator, s)
+    let generator = match (&schema, &c.generator.script) {
+        (_, None) => Some(None),
+        (Some(s), Some(_)) => GeneratorScript::load(&c.generator, s)
             .map_err(|e| problems.push(e.to_string()))
             .ok()
-    });
+            .map(Some),
+        (None, Some(_)) => None,
+    };
     let metrics = schema.as_ref().and_then(|s| {
         MetricSet::load_all(&c.metrics, s)
             .map_err(|errors| problems.extend(errors.iter().map(ToString::to_string)))

@@ -166,6 +166,12 @@ pub async fn start(
     stop: CancellationToken,
 ) -> anyhow::Result<Running> {
     let seen = reload::snapshot(&pipeline);
+    let mut options = options;
+    if pipeline.config.generator.script.is_none() && options.components.generator {
+        // A pipeline without a generator consumes what Kafka carries.
+        tracing::info!("the pipeline has no [generator] script: this process does not generate");
+        options.components.generator = false;
+    }
     let built = build(pipeline, &options).await?;
     Ok(spawn(built, seen, options, stop))
 }
@@ -176,6 +182,8 @@ struct Built {
     stats: Arc<Stats>,
     store: Option<Arc<Switchable>>,
     transport: Transport,
+    /// The dashboard's templates and address, when this process serves it.
+    dashboard: Option<crate::dashboard::Bound>,
 }
 
 /// Everything that can fail on bad input, before anything runs: the components asked for, the
@@ -190,6 +198,13 @@ async fn build(pipeline: Pipeline, options: &RunOptions) -> anyhow::Result<Built
         bail!("nothing to run: choose at least one of generator, consumer, dashboard, alerting");
     }
     let config = &pipeline.config;
+    if config.generator.script.is_none() && config.kafka.is_embedded() && components.consumer {
+        bail!(
+            "this pipeline has no [generator] script and runs on the embedded queue, which carries only what this process \
+             generates: set kafka.bootstrap_servers (or KAFKA_BOOTSTRAP_SERVERS, or --kafka) to consume from Kafka, or add \
+             [generator] script = \"gen.rhai\""
+        );
+    }
     let moves_events = components.generator || components.consumer;
     if config.kafka.is_embedded() && moves_events && !(components.generator && components.consumer)
     {
@@ -213,6 +228,11 @@ async fn build(pipeline: Pipeline, options: &RunOptions) -> anyhow::Result<Built
         )),
         false => None,
     };
+    // Bound before anything moves: a port in use is an error now, not a page that never comes up.
+    let dashboard = match components.dashboard {
+        true => Some(crate::dashboard::bind(&config.dashboard).await?),
+        false => None,
+    };
     log_setup(
         &compiled.pipeline,
         store.as_deref().map(|s| s as &dyn EventStore),
@@ -224,6 +244,7 @@ async fn build(pipeline: Pipeline, options: &RunOptions) -> anyhow::Result<Built
         stats,
         store,
         transport,
+        dashboard,
     })
 }
 
@@ -240,6 +261,7 @@ fn spawn(
         stats,
         store,
         transport: (publisher, subscriber),
+        dashboard,
     } = built;
     let components = options.components;
     let pipeline = compiled.pipeline.clone();
@@ -248,7 +270,11 @@ fn spawn(
     let mut tasks = Tasks::new(shutdown.clone());
 
     // Reload publishes each new version on these; the components watch the receiving ends.
-    let (generator_tx, generator_rx) = watch::channel(reload::generator_settings(&compiled));
+    let (generator_tx, generator_rx) =
+        match reload::generator_settings(&compiled).map(watch::channel) {
+            Some((tx, rx)) => (Some(tx), Some(rx)),
+            None => (None, None),
+        };
     let (metrics_tx, metrics_rx) = watch::channel(compiled.metrics.clone());
     let (alerts_tx, alerts_rx) = watch::channel(compiled.alerts.clone());
     let (dashboard_tx, dashboard_rx) = watch::channel(config.dashboard.clone());
@@ -284,10 +310,10 @@ fn spawn(
     // Fires when this process's generator is done (at once without one), for the idle exit.
     let producers_done = CancellationToken::new();
     let (swaps_tx, swaps_rx) = mpsc::channel::<Swap>(1);
-    match publisher {
-        Some(publisher) => {
+    match (publisher, generator_rx) {
+        (Some(publisher), Some(settings)) => {
             let task = GeneratorTask {
-                settings: generator_rx,
+                settings,
                 publisher,
                 swaps: swaps_rx,
                 seed: config.generator.seed,
@@ -302,9 +328,9 @@ fn spawn(
                 r
             });
         }
-        None => producers_done.cancel(),
+        _ => producers_done.cancel(),
     }
-    if let (true, Some(store)) = (components.dashboard, store.clone()) {
+    if let (Some(bound), Some(store)) = (dashboard, store.clone()) {
         let sources = crate::dashboard::Sources {
             pipeline: config.name.clone(),
             store,
@@ -319,7 +345,12 @@ fn spawn(
         };
         tasks.spawn(
             Step::Dashboard,
-            crate::dashboard::serve(dashboard_rx, sources, shutdown.signal(Step::Dashboard)),
+            crate::dashboard::serve(
+                bound,
+                dashboard_rx,
+                sources,
+                shutdown.signal(Step::Dashboard),
+            ),
         );
     }
     // Alerts are evaluated where events are consumed (that process sees its own lag and errors)

@@ -52,7 +52,8 @@ impl Default for WatchOptions {
 pub struct Live {
     /// The whole new version: components that hold connections compare their sections.
     pub pipeline: watch::Sender<Pipeline>,
-    pub generator: watch::Sender<GeneratorSettings>,
+    /// None when the pipeline started without a generator.
+    pub generator: Option<watch::Sender<GeneratorSettings>>,
     pub metrics: watch::Sender<Arc<MetricSet>>,
     pub alerts: watch::Sender<Arc<AlertSet>>,
     /// The dashboard's settings (token and refresh apply live).
@@ -62,7 +63,8 @@ pub struct Live {
 
 /// The files a pipeline depends on.
 fn watched_files(p: &Pipeline) -> BTreeSet<PathBuf> {
-    let mut files = BTreeSet::from([p.path.clone(), p.config.generator.script.clone()]);
+    let mut files = BTreeSet::from([p.path.clone()]);
+    files.extend(p.config.generator.script.clone());
     files.extend(p.config.metrics.iter().map(|m| m.script.clone()));
     files.extend(p.config.alerts.iter().filter_map(|a| a.script.clone()));
     files
@@ -150,13 +152,13 @@ fn recompile(current: &Pipeline) -> Result<(Compiled, EventConfig), String> {
 }
 
 /// What the generator takes from a compiled version.
-pub(super) fn generator_settings(compiled: &Compiled) -> GeneratorSettings {
+pub(super) fn generator_settings(compiled: &Compiled) -> Option<GeneratorSettings> {
     let g = &compiled.pipeline.config.generator;
-    GeneratorSettings {
-        script: compiled.generator.clone(),
+    compiled.generator.clone().map(|script| GeneratorSettings {
+        script,
         rate: g.rate,
         batch_size: g.batch_size,
-    }
+    })
 }
 
 /// The contents of the files `p` runs from, taken before they are compiled: the watch starts
@@ -290,13 +292,20 @@ impl Reloader {
                 ..compiled.pipeline.config.clone()
             },
         );
-        let needs_restart = diff.needs_restart();
+        let mut needs_restart = diff.needs_restart();
+        // A generator added to a pipeline that runs without one (or removed from one that runs
+        // it) starts or stops only with the process.
+        if self.live.generator.is_some() != compiled.generator.is_some() {
+            needs_restart.push("generator.script".to_string());
+        }
         if !needs_restart.is_empty() {
             tracing::warn!(settings = ?needs_restart, "these settings changed but apply only after a restart");
         }
         let next = compiled.pipeline.clone();
         let live = &self.live;
-        let _ = live.generator.send(generator_settings(&compiled));
+        if let (Some(tx), Some(settings)) = (&live.generator, generator_settings(&compiled)) {
+            let _ = tx.send(settings);
+        }
         let _ = live.metrics.send(compiled.metrics);
         let _ = live.alerts.send(compiled.alerts);
         let _ = live.dashboard.send(next.config.dashboard.clone());

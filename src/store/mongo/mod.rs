@@ -23,15 +23,18 @@ use std::time::{Duration, Instant};
 #[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MongoConfig {
-    /// A `mongodb://` or `mongodb+srv://` connection string, or `embedded`.
+    /// A `mongodb://` or `mongodb+srv://` connection string, or `embedded` for the local SQLite
+    /// store [default: env MONGODB_CONNECTION_STRING, else `embedded`].
+    #[serde(default)]
     pub uri: String,
-    /// Database holding the collections.
+    /// Database holding the collections [default: the pipeline's name].
+    #[serde(default)]
     pub database: String,
-    /// Collection of raw events.
-    #[serde(default = "default_raw")]
+    /// Collection of raw events [default: the pipeline's name].
+    #[serde(default)]
     pub raw_collection: String,
-    /// Collection of aggregated metric state.
-    #[serde(default = "default_metrics")]
+    /// Collection of aggregated metric state [default: the pipeline's name with `_metrics`].
+    #[serde(default)]
     pub metrics_collection: String,
     /// Collection of alert notifications (the alert history).
     #[serde(default = "default_alerts")]
@@ -88,12 +91,6 @@ fn default_results() -> String {
 fn default_leases() -> String {
     "leases".into()
 }
-fn default_raw() -> String {
-    "raw_interactions".into()
-}
-fn default_metrics() -> String {
-    "aggregated_metrics".into()
-}
 fn default_alerts() -> String {
     "alerts".into()
 }
@@ -111,6 +108,24 @@ fn default_insert_streams() -> usize {
 }
 
 impl MongoConfig {
+    /// Fills the keys the file left out from the pipeline's name and the environment.
+    pub fn fill_defaults(&mut self, name: &str, env: &dyn Fn(&str) -> Option<String>) {
+        if self.uri.is_empty() {
+            self.uri = env("MONGODB_CONNECTION_STRING")
+                .filter(|s| !s.trim().is_empty())
+                .unwrap_or_else(|| "embedded".into());
+        }
+        if self.database.is_empty() {
+            self.database = name.to_string();
+        }
+        if self.raw_collection.is_empty() {
+            self.raw_collection = name.to_string();
+        }
+        if self.metrics_collection.is_empty() {
+            self.metrics_collection = format!("{name}_metrics");
+        }
+    }
+
     /// True when the pipeline uses the embedded store instead of MongoDB.
     pub fn is_embedded(&self) -> bool {
         self.uri.trim().eq_ignore_ascii_case("embedded")

@@ -7,12 +7,16 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// `[kafka]` section. `bootstrap_servers = "embedded"` selects the in-process queue instead.
+/// The whole section is optional: without it a pipeline runs on the embedded queue.
 #[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
-    /// `host:port[,host:port...]`, or `embedded`.
+    /// `host:port[,host:port...]`, or `embedded` for the in-process queue [default: env
+    /// KAFKA_BOOTSTRAP_SERVERS, else `embedded`].
+    #[serde(default)]
     pub bootstrap_servers: String,
-    /// The topic events are published to and consumed from.
+    /// The topic events are published to and consumed from [default: the pipeline's name].
+    #[serde(default)]
     pub topic: String,
     /// Partition count used when the runner creates the topic.
     #[serde(default = "default_partitions", deserialize_with = "de::number")]
@@ -20,7 +24,9 @@ pub struct KafkaConfig {
     /// Replication factor used when the runner creates the topic.
     #[serde(default = "default_replication", deserialize_with = "de::number")]
     pub replication_factor: i32,
-    /// Consumer group the consumers join; runners in one group split the partitions.
+    /// Consumer group the consumers join; runners in one group split the partitions [default:
+    /// the pipeline's name with `-consumer`].
+    #[serde(default)]
     pub consumer_group: String,
     /// How long to keep retrying an unreachable cluster at start before giving up.
     #[serde(default = "default_connect_timeout", deserialize_with = "de::duration")]
@@ -116,6 +122,21 @@ const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
 const CONSUMER_FIXED: &[&str] = &["enable.auto.offset.store"];
 
 impl KafkaConfig {
+    /// Fills the keys the file left out from the pipeline's name and the environment.
+    pub fn fill_defaults(&mut self, name: &str, env: &dyn Fn(&str) -> Option<String>) {
+        if self.bootstrap_servers.is_empty() {
+            self.bootstrap_servers = env("KAFKA_BOOTSTRAP_SERVERS")
+                .filter(|s| !s.trim().is_empty())
+                .unwrap_or_else(|| "embedded".into());
+        }
+        if self.topic.is_empty() {
+            self.topic = name.to_string();
+        }
+        if self.consumer_group.is_empty() {
+            self.consumer_group = format!("{name}-consumer");
+        }
+    }
+
     /// True when the pipeline uses the in-process queue instead of Kafka.
     pub fn is_embedded(&self) -> bool {
         self.bootstrap_servers
