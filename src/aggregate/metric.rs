@@ -387,11 +387,10 @@ impl Metric {
     ) -> Result<bool, String> {
         Ok(match filter {
             Filter::All => true,
-            Filter::FieldIn(field, values) => match field.get(event) {
-                FieldValue::Text(t) => values.iter().any(|v| v == t),
-                FieldValue::Number(n) => values.iter().any(|v| v.parse::<f64>().ok() == Some(n)),
-                FieldValue::Missing => false,
-            },
+            Filter::FieldIn(field, values) => {
+                let v = field.get(event);
+                values.iter().any(|w| w.matches(v))
+            }
             Filter::Script(f) => self
                 .call_ptr(f, map)?
                 .as_bool()

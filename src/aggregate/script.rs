@@ -13,9 +13,9 @@
 //! record with the record as a map, for logic the selectors cannot express. A `custom` reducer
 //! script defines `init()`, `update(e)`, `merge(other)` and `finish()`, with the state as `this`.
 
-use crate::event::{Extra, Record, Schema, Value};
+use crate::event::{Extra, FieldType, Naive, Record, Schema, Value};
 use crate::script::ScriptError;
-use rhai::{Dynamic, Engine, FnPtr, Map};
+use rhai::{Dynamic, Engine, FnPtr, Map, NativeCallContext, Position};
 use std::path::Path;
 
 /// A field of the record: a declared one by slot, or an undeclared one by its path
@@ -94,15 +94,78 @@ pub enum Selector {
 #[derive(Debug, Clone)]
 pub enum Filter {
     All,
-    FieldIn(Field, Vec<String>),
+    FieldIn(Field, Vec<Wanted>),
     Script(FnPtr),
+}
+
+/// A value `field_is` / `field_in` compares a field with, in the field's type (checked at load).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Wanted {
+    Text(String),
+    /// Ints, floats and timestamps (milliseconds) compare as numbers.
+    Number(f64),
+    Bool(bool),
+}
+
+impl Wanted {
+    /// Whether a record's field holds this value.
+    #[inline]
+    pub fn matches(&self, v: FieldValue<'_>) -> bool {
+        match (self, v) {
+            (Wanted::Text(w), FieldValue::Text(t)) => w == t,
+            (Wanted::Number(w), FieldValue::Number(n)) => *w == n,
+            // Bools read as the text `true` / `false` (see [`Field::get`]).
+            (Wanted::Bool(b), FieldValue::Text(t)) => t == if *b { "true" } else { "false" },
+            _ => false,
+        }
+    }
+
+    /// The script's value in the type of the field it is compared with, or why it cannot be.
+    fn typed(v: &Dynamic, ty: Option<FieldType>, naive: Naive) -> Result<Wanted, String> {
+        let number = v.as_int().map(|i| i as f64).or_else(|_| v.as_float());
+        match ty {
+            Some(FieldType::String) if v.is_string() => Ok(Wanted::Text(v.to_string())),
+            Some(FieldType::Int | FieldType::Float) if number.is_ok() => {
+                Ok(Wanted::Number(number.unwrap_or_default()))
+            }
+            Some(FieldType::Bool) if v.is_bool() => {
+                Ok(Wanted::Bool(v.as_bool().unwrap_or_default()))
+            }
+            Some(FieldType::Timestamp) if v.is_int() => {
+                Ok(Wanted::Number(number.unwrap_or_default()))
+            }
+            Some(FieldType::Timestamp) if v.is_string() => {
+                let text = v.to_string();
+                crate::event::parse_time(&text, naive)
+                    .map(|ms| Wanted::Number(ms as f64))
+                    .ok_or_else(|| {
+                        format!("{text:?} is not a time (ISO 8601, e.g. \"2026-01-01T00:00:00Z\")")
+                    })
+            }
+            Some(ty) => Err(format!(
+                "a {} cannot equal a {} field",
+                v.type_name(),
+                ty.name()
+            )),
+            // An undeclared field may hold any scalar.
+            None if v.is_string() => Ok(Wanted::Text(v.to_string())),
+            None if v.is_bool() => Ok(Wanted::Bool(v.as_bool().unwrap_or_default())),
+            None if number.is_ok() => Ok(Wanted::Number(number.unwrap_or_default())),
+            None => Err(format!(
+                "a {} is not a value a field can hold (a string, number or bool)",
+                v.type_name()
+            )),
+        }
+    }
 }
 
 /// A marker type the selector functions return inside scripts.
 #[derive(Debug, Clone)]
 struct FieldRef(String);
+/// `field_is` / `field_in`: the field, the values as written, and where the call stands (for
+/// an error at load that names the line).
 #[derive(Debug, Clone)]
-struct FieldIn(String, Vec<String>);
+struct FieldIn(String, Vec<Dynamic>, Position);
 
 /// Registers `field`, `field_is` and `field_in` on a metric engine.
 pub fn register(engine: &mut Engine) {
@@ -110,15 +173,18 @@ pub fn register(engine: &mut Engine) {
         .register_type_with_name::<FieldRef>("Field")
         .register_type_with_name::<FieldIn>("FieldFilter")
         .register_fn("field", |name: &str| FieldRef(name.to_string()))
-        .register_fn("field_is", |name: &str, v: &str| {
-            FieldIn(name.to_string(), vec![v.to_string()])
-        })
-        .register_fn("field_in", |name: &str, vs: rhai::Array| {
-            FieldIn(
-                name.to_string(),
-                vs.into_iter().map(|v| v.to_string()).collect(),
-            )
-        });
+        .register_fn(
+            "field_is",
+            |ctx: NativeCallContext, name: &str, v: Dynamic| {
+                FieldIn(name.to_string(), vec![v], ctx.call_position())
+            },
+        )
+        .register_fn(
+            "field_in",
+            |ctx: NativeCallContext, name: &str, vs: rhai::Array| {
+                FieldIn(name.to_string(), vs, ctx.call_position())
+            },
+        );
 }
 
 /// The selectors a metric script described.
@@ -147,8 +213,24 @@ pub fn selectors(path: &Path, mut spec: Map, schema: &Schema) -> Result<Selector
         }
     };
     let filter_of = |name: &str, v: Dynamic| -> Result<Filter, ScriptError> {
-        if let Some(f) = v.clone().try_cast::<FieldIn>() {
-            Ok(Filter::FieldIn(field(&f.0)?, f.1))
+        if let Some(FieldIn(name, values, at)) = v.clone().try_cast::<FieldIn>() {
+            let f = field(&name)?;
+            let ty = match &f {
+                Field::Slot(i) => Some(schema.fields()[*i].spec.ty),
+                Field::Extra(_) => None,
+            };
+            let naive = match &f {
+                Field::Slot(i) => schema.fields()[*i].spec.naive,
+                Field::Extra(_) => Naive::Utc,
+            };
+            let wanted = values
+                .iter()
+                .map(|v| {
+                    Wanted::typed(v, ty, naive)
+                        .map_err(|why| ScriptError::at(path, at, format!("`{name}`: {why}")))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Filter::FieldIn(f, wanted))
         } else if let Some(f) = v.try_cast::<FnPtr>() {
             Ok(Filter::Script(f))
         } else {

@@ -102,6 +102,11 @@ impl ScriptError {
         Self::new(path, err.position(), err.err_type().to_string())
     }
 
+    /// An error at a position of the script at `path` (a call whose arguments do not fit).
+    pub fn at(path: &Path, pos: Position, message: impl Into<String>) -> Self {
+        Self::new(path, pos, message.into())
+    }
+
     /// An error about the script that is not tied to a position (a missing function, a bad value).
     pub fn whole_file(path: &Path, message: impl Into<String>) -> Self {
         Self::new(path, Position::NONE, message.into())
