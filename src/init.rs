@@ -395,16 +395,15 @@ fn pipeline_text(name: &str, g: &Guess, source: &str) -> String {
     let _ = write!(
         t,
         r#"
-[kafka]
-bootstrap_servers = "${{KAFKA_BOOTSTRAP_SERVERS:-embedded}}"
-topic = "${{KAFKA_TOPIC:-{name}}}"
-consumer_group = "${{KAFKA_CONSUMER_GROUP:-{name}-consumer}}"
-
-[mongodb]
-uri = "${{MONGODB_CONNECTION_STRING:-embedded}}"
-database = "${{MONGODB_DATABASE:-{name}}}"
-raw_collection = "{name}"
-metrics_collection = "{name}_metrics"
+# Transport and store: with neither section the pipeline runs on the embedded queue and the
+# local SQLite store under data/ (KAFKA_BOOTSTRAP_SERVERS and MONGODB_CONNECTION_STRING, or
+# --kafka / --mongodb, switch to real services). Topic, consumer group, database and
+# collections are named after the pipeline; uncomment to choose others:
+# [kafka]
+# topic = "{name}"
+# consumer_group = "{name}-consumer"
+# [mongodb]
+# database = "{name}"
 
 [embedded]
 data_dir = "${{RUNNER_DATA_DIR:-data/{name}}}"
@@ -413,6 +412,11 @@ data_dir = "${{RUNNER_DATA_DIR:-data/{name}}}"
 script = "{name}/generator.rhai"
 rate = "${{DEFAULT_GENERATION_RATE:-100}}"
 
+[dashboard]
+# Open http://127.0.0.1:8050/ while `runner run` runs (--dashboard-listen to change it).
+listen = "${{DASHBOARD_LISTEN:-127.0.0.1:8050}}"
+headline = ["records_per_minute"]
+
 [[metric]]
 name = "records_per_minute"
 description = "Records in the last minute"
@@ -420,6 +424,16 @@ script = "{name}/count.rhai"
 reducer = "count"
 window = "60s"
 slide = "5s"
+
+# What to edit next:
+# 1. Check [event] above: the types, which fields are optional, the id, time and key.
+# 2. `runner generate {name}.toml -n 5` prints records the generator draws; tune
+#    {name}/generator.rhai until they look like yours.
+# 3. Add metrics: copy the [[metric]] above with another reducer (sum, avg, min, max, distinct,
+#    top_k, ratio, funnel, custom) and a script that picks the field, e.g.
+#    #{{ key: field("...") , value: field("...") }}. `runner validate {name}.toml` checks them.
+# 4. `runner run {name}.toml` and open the dashboard; edits to this file and the scripts apply
+#    while it runs.
 "#
     );
     t
@@ -437,15 +451,26 @@ fn toml_key(name: &str) -> String {
 }
 
 fn generator_text(g: &Guess) -> String {
-    let mut t = String::from("// Written by `runner init`: draws records like the sample's. Edit freely; see the README\n// for the distributions (zipf, weighted, uniform, normal, uuid, sequence, ...).\n\n#{\n");
+    let records = g.records.max(1) as f64;
+    let mut t = String::from("// Written by `runner init`: draws records like the sample's. Edit freely; docs/guide/records.md\n// lists the distributions (zipf, weighted, chance, uniform, normal, uuid, sequence, ...) and .optional(share).\n\n#{\n");
     for f in g
         .fields
         .iter()
         .filter(|f| f.name != g.id && f.name != g.time)
     {
         let Some(ty) = f.ty else { continue };
+        // Only ever null in the sample: an optional field the generator leaves out.
+        if f.values.is_empty() {
+            continue;
+        }
         let Some(expr) = distribution(f, ty) else {
             continue;
+        };
+        // An optional field is drawn in the share of records the sample had it in.
+        let share = f.values.len() as f64 / records;
+        let expr = match f.optional {
+            true => format!("{expr}.optional({share:.3})"),
+            false => expr,
         };
         let _ = writeln!(t, "    {}: {expr},", rhai_key(&f.name));
     }
@@ -475,11 +500,7 @@ fn distribution(f: &FieldGuess, ty: Inferred) -> Option<String> {
                 .filter(|v| v.as_bool() == Some(true))
                 .count() as f64
                 / f.values.len().max(1) as f64;
-            Some(format!(
-                "weighted(#{{ \"true\": {:.3}, \"false\": {:.3} }})",
-                yes,
-                1.0 - yes
-            ))
+            Some(format!("chance({yes:.3})"))
         }
         Inferred::Int => {
             let (lo, hi) = (

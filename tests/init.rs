@@ -98,16 +98,45 @@ fn init_from_file_round_trips() {
         .collect();
     assert_eq!(lines.len(), 500);
     let mut statuses = std::collections::HashSet::new();
+    let (mut coupons, mut paid) = (0, 0);
     for line in lines {
         let r = Record::from_json(&schema, line).unwrap();
         r.check()
             .unwrap_or_else(|e| panic!("{e:?}: {}", String::from_utf8_lossy(line)));
         statuses.insert(r.field("status").unwrap().as_text().unwrap().into_owned());
+        let v: serde_json::Value = serde_json::from_slice(line).unwrap();
+        coupons += v.get("coupon").is_some() as usize;
+        paid += (v["paid"] == serde_json::json!(true)) as usize;
+        let q = v["quantity"].as_i64().unwrap();
+        assert!(
+            (1..=5).contains(&q),
+            "quantity within the sample's range: {v}"
+        );
     }
     assert_eq!(
         statuses.len(),
         3,
         "the generator draws the sample's statuses: {statuses:?}"
+    );
+    // The sample had a coupon in a quarter of its records and paid = true in two thirds.
+    assert!(
+        (75..=175).contains(&coupons),
+        "the optional coupon in about its share of 500 records, got {coupons}"
+    );
+    assert!(
+        (270..=400).contains(&paid),
+        "paid true in about two thirds of 500 records, got {paid}"
+    );
+    let generator = std::fs::read_to_string(dir.path().join("orders/generator.rhai")).unwrap();
+    assert!(
+        generator.contains("paid: chance(0.667)") && generator.contains(".optional(0.250)"),
+        "{generator}"
+    );
+    assert!(
+        toml.contains("[dashboard]")
+            && toml.contains("What to edit next")
+            && !toml.contains("\n[kafka]"),
+        "{toml}"
     );
 
     // Written files are not overwritten without --force.

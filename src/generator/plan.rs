@@ -10,8 +10,10 @@
 //! - `uuid()`: a random UUID; `sequence(prefix)`: `prefix1`, `prefix2`, ... one per record;
 //! - `now()`: the send time (for a timestamp field other than the record's `time`);
 //! - a plain value (`"lab"`, `3`, `true`): that value in every record;
+//! - `chance(p)`: `true` with probability p, else `false` (a bool field);
 //! - `.round(decimals)`: round a numeric distribution; `.only_when(field, value_or_list)`: the
-//!   field is present only when another (unconditional) field drew one of those values.
+//!   field is present only when another (unconditional) field drew one of those values;
+//!   `.optional(share)`: the field is present in that share of records (an optional field).
 
 use rand::{Rng, SeedableRng};
 use rand_distr::weighted::WeightedAliasIndex;
@@ -29,6 +31,8 @@ pub struct Distribution {
     decimals: Option<u32>,
     /// Present only when this field drew one of these values.
     only_when: Option<(String, Arc<[String]>)>,
+    /// Present in this share of records (`.optional(share)`); always when `None`.
+    presence: Option<f64>,
 }
 
 /// Zipf populations up to this size get an alias table and every label prebuilt (O(1) per
@@ -70,6 +74,8 @@ enum Kind {
     /// The distribution and its mean.
     Exponential(Exp<f64>, f64),
     Uuid,
+    /// `true` with this probability.
+    Chance(f64),
     /// `prefix` followed by the record's sequence number (from 1).
     Sequence {
         prefix: String,
@@ -119,7 +125,23 @@ impl Distribution {
             kind: Arc::new(kind),
             decimals: None,
             only_when: None,
+            presence: None,
         }
+    }
+
+    fn chance(p: f64) -> ScriptResult<Self> {
+        if !(0.0..=1.0).contains(&p) {
+            return script_err(format!("chance: p must be between 0 and 1, got {p}"));
+        }
+        Ok(Self::new(Kind::Chance(p)))
+    }
+
+    fn optional(mut self, share: f64) -> ScriptResult<Self> {
+        if !(0.0..=1.0).contains(&share) {
+            return script_err(format!("optional: the share of records with the field must be between 0 and 1, got {share}"));
+        }
+        self.presence = Some(share);
+        Ok(self)
     }
 
     fn zipf(prefix: &str, n: i64, exponent: f64) -> ScriptResult<Self> {
@@ -251,7 +273,7 @@ impl Distribution {
             | Kind::Uuid
             | Kind::Sequence { .. }
             | Kind::Const(Constant::Text(_)) => Draws::Labels,
-            Kind::Const(Constant::Bool(_)) => Draws::Bools,
+            Kind::Const(Constant::Bool(_)) | Kind::Chance(_) => Draws::Bools,
             Kind::Now => Draws::Time,
             _ => Draws::Numbers,
         }
@@ -287,6 +309,7 @@ impl Distribution {
                     .into_uuid()
                     .to_string(),
             )),
+            Kind::Chance(p) => Sample::Bool(rng.random::<f64>() < *p),
             Kind::Sequence { prefix } => Sample::Label(Cow::Owned(format!("{prefix}{}", seq + 1))),
             Kind::Now => Sample::Now,
             Kind::Const(Constant::Text(s)) => Sample::Label(Cow::Borrowed(s)),
@@ -363,6 +386,10 @@ pub fn register(engine: &mut Engine) {
         .register_fn("uuid", || Distribution::new(Kind::Uuid))
         .register_fn("sequence", |prefix: &str| Distribution::new(Kind::Sequence { prefix: prefix.to_string() }))
         .register_fn("now", || Distribution::new(Kind::Now))
+        .register_fn("chance", Distribution::chance)
+        .register_fn("chance", |p: i64| Distribution::chance(p as f64))
+        .register_fn("optional", Distribution::optional)
+        .register_fn("optional", |d: Distribution, share: i64| d.optional(share as f64))
         .register_fn("round", Distribution::round)
         .register_fn("only_when", Distribution::only_when)
         .register_fn("only_when", |d: Distribution, field: &str, v: Dynamic| d.only_when(field, vec![v]))
@@ -457,15 +484,17 @@ impl EventPlan {
                             FieldType::Int | FieldType::Float => {
                                 "numbers (uniform, uniform_int, normal, exponential or a number)"
                             }
-                            FieldType::Bool => {
-                                "true/false (weighted(#{ \"true\": p, \"false\": q }) or a bool)"
-                            }
+                            FieldType::Bool => "true/false (chance(p) or a bool)",
                             FieldType::Timestamp => "times (now())",
                         };
                         problems.push(format!(
                             "`{name}` is declared {} in [event], so it must draw {want}",
                             ty.name()
                         ));
+                        continue;
+                    }
+                    if dist.presence.is_some() && !schema.fields()[i].spec.optional {
+                        problems.push(format!("`{name}`: .optional(...) leaves it out of some records, but [event] declares it required (declare it {:?})", format!("{}?", ty.name())));
                         continue;
                     }
                     Target::Slot(i, ty)
@@ -496,7 +525,7 @@ impl EventPlan {
         });
         let unconditional: Vec<(String, Target)> = fields
             .iter()
-            .filter(|(_, f)| f.dist.only_when.is_none())
+            .filter(|(_, f)| f.dist.only_when.is_none() && f.dist.presence.is_none())
             .map(|(n, f)| (n.clone(), f.target.clone()))
             .chain(provided_targets)
             .collect();
@@ -582,6 +611,12 @@ impl EventPlan {
                 if !drawn {
                     continue;
                 }
+            }
+            if f.dist
+                .presence
+                .is_some_and(|share| rng.random::<f64>() >= share)
+            {
+                continue;
             }
             let sample = f.dist.sample(rng, seq);
             match &f.target {
