@@ -100,7 +100,9 @@ pub async fn metrics_at(
 }
 
 /// Prints metric values as an aligned table.
+/// Numbers are rounded for reading ([`readable_json`]); `--json` prints them in full.
 pub fn print_metrics(values: &[MetricValue], out: &mut dyn Write) -> std::io::Result<()> {
+    use crate::base::readable_json;
     let width = values
         .iter()
         .map(|v| v.name.len())
@@ -122,9 +124,14 @@ pub fn print_metrics(values: &[MetricValue], out: &mut dyn Write) -> std::io::Re
                 "{:width$}  {start}-{end}      backfilling ({:.0}% done; partial: {})",
                 v.name,
                 100.0 * b.done,
-                v.value
+                readable_json(&v.value)
             )?,
-            None => writeln!(out, "{:width$}  {start}-{end}      {}", v.name, v.value)?,
+            None => writeln!(
+                out,
+                "{:width$}  {start}-{end}      {}",
+                v.name,
+                readable_json(&v.value)
+            )?,
         }
     }
     Ok(())

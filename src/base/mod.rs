@@ -12,5 +12,5 @@ mod workers;
 pub use backoff::Backoff;
 pub use guard::catch_panic;
 pub use secret::Secret;
-pub use short::short;
+pub use short::{readable, readable_json, short};
 pub use workers::{map_each, Workers};
