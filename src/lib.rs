@@ -34,7 +34,8 @@
 //!   ordered shutdown.
 //! - [`commands`], [`testing`], [`bench`]: `runner generate` / `metrics`, `runner test` and
 //!   `runner bench` as library calls; [`top`]: `runner top`, a terminal view of a running
-//!   runner read from its API.
+//!   runner read from its API; [`docs`]: `runner docs`, the configuration reference generated
+//!   from the config types' doc comments.
 
 pub mod base;
 pub mod event;
@@ -63,6 +64,7 @@ pub mod pipeline;
 
 pub mod bench;
 pub mod commands;
+pub mod docs;
 pub mod init;
 pub mod testing;
 pub mod top;

@@ -159,6 +159,10 @@ enum Command {
         #[arg(long, value_parser = parse_duration, default_value = "1s")]
         interval: Duration,
     },
+    /// Print the configuration reference (Markdown): every key of the pipeline file with its
+    /// type, default, environment override and reload behaviour, from the config types' doc
+    /// comments. `docs/reference.md` is this output.
+    Docs,
     /// Print generated events as JSON lines to stdout (no Kafka, no store), to look at the data.
     Generate {
         /// The pipeline file.
@@ -308,6 +312,10 @@ fn main() -> ExitCode {
                 runner::commands::generate(&p, count, &mut std::io::stdout().lock())
             }),
         Command::Run(args) => run(args),
+        Command::Docs => {
+            print!("{}", runner::docs::reference());
+            Ok(())
+        }
         Command::Top {
             url,
             token,

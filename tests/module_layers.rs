@@ -18,7 +18,7 @@ const LAYERS: &[&[&str]] = &[
     &["dashboard"],
     &["config"],
     &["pipeline"],
-    &["commands", "testing", "bench", "init", "top"],
+    &["commands", "testing", "bench", "init", "top", "docs"],
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

@@ -66,7 +66,9 @@ pub enum ChannelConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmailConfig {
+    /// The SMTP server (a relay or the mail provider's submission host).
     pub host: String,
+    /// Its port: 587 for `starttls`, 465 for `tls`.
     #[serde(default = "default_smtp_port", deserialize_with = "de::number")]
     pub port: u16,
     /// `starttls` (upgrade a plain connection, port 587), `tls` (TLS from the start, port 465),
@@ -76,9 +78,12 @@ pub struct EmailConfig {
     /// Credentials; use `${SMTP_USERNAME}` / `${SMTP_PASSWORD}` so they stay out of the file.
     #[serde(default)]
     pub username: String,
+    /// The password (a secret: `***` in logs).
     #[serde(default)]
     pub password: Secret,
+    /// The sender address.
     pub from: String,
+    /// The recipients.
     pub to: Vec<String>,
     /// Subject line, a minijinja template over the notification.
     #[serde(default = "default_subject")]
@@ -86,6 +91,7 @@ pub struct EmailConfig {
     /// Per attempt.
     #[serde(default = "default_timeout", deserialize_with = "de::duration")]
     pub timeout: Duration,
+    /// How a failed delivery is retried.
     #[serde(default)]
     pub retry: Retry,
 }
@@ -120,6 +126,7 @@ pub struct WebhookConfig {
     /// Per attempt.
     #[serde(default = "default_timeout", deserialize_with = "de::duration")]
     pub timeout: Duration,
+    /// How a failed delivery is retried.
     #[serde(default)]
     pub retry: Retry,
 }

@@ -48,8 +48,8 @@ pub struct ConsumerConfig {
     pub checkpoint_interval: Duration,
     /// Threads that decode each batch (where the transport carries bytes), encode it for the
     /// store in parts, apply it to the metrics and encode their partials (the metrics split
-    /// between them); fetching and writing run beside them on the runtime's threads. Default:
-    /// the cores this process may use.
+    /// between them); fetching and writing run beside them on the runtime's threads [default:
+    /// the cores this process may use].
     #[serde(default = "default_workers", deserialize_with = "de::number")]
     pub workers: usize,
     /// What a message must be to count as an event; the rest is dead-lettered.

@@ -49,10 +49,13 @@ fn one() -> f64 {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StepConfig {
+    /// When the step starts, after the generator starts (or the steps' period starts again).
     #[serde(deserialize_with = "de::duration")]
     pub at: Duration,
+    /// The rate's factor from then on.
     #[serde(deserialize_with = "de::number")]
     pub factor: f64,
+    /// How long the change from the factor before takes (a straight line); `0s` is a step.
     #[serde(default, deserialize_with = "de::duration")]
     pub ramp: Duration,
 }
@@ -61,10 +64,13 @@ pub struct StepConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BurstConfig {
+    /// How often a burst comes, on average (the gaps are random).
     #[serde(deserialize_with = "de::duration")]
     pub every: Duration,
+    /// How long one lasts.
     #[serde(deserialize_with = "de::duration")]
     pub duration: Duration,
+    /// The rate's factor during a burst.
     #[serde(deserialize_with = "de::number")]
     pub factor: f64,
 }
@@ -73,7 +79,9 @@ pub struct BurstConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScenarioConfig {
+    /// What `--scenario NAME` and `[generator] scenarios` call it.
     pub name: String,
+    /// Shown in the log when it runs.
     #[serde(default)]
     pub description: String,
     /// Its changes to the traffic, each for a while (`[[generator.scenario.change]]`).
