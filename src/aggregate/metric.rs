@@ -220,7 +220,11 @@ impl Metric {
             config.time,
             selectors.key.is_some()
         );
-        let state_key = format!("{}#{:08x}", config.name, fnv1a(shape.as_bytes()) as u32);
+        let state_key = format!(
+            "{}#{:08x}",
+            config.name,
+            crate::base::fnv1a(shape.as_bytes()) as u32
+        );
         let map_fields = MapFields::of_source(&source, schema);
         Ok(Metric {
             config: config.clone(),
@@ -522,11 +526,4 @@ fn storable(path: &str, d: &Dynamic) -> Result<(), String> {
         return Err(format!("{path} is a function pointer"));
     }
     Ok(())
-}
-
-/// A stable hash (the std hasher may change between Rust releases; stored keys must not).
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ *b as u64).wrapping_mul(0x100_0000_01b3)
-    })
 }

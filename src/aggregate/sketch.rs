@@ -25,9 +25,7 @@ impl Default for Sketch {
 /// A stable 64-bit hash (stored sketches must mean the same after an upgrade): FNV-1a, then
 /// the MurmurHash3 finaliser to spread the bits.
 fn hash(s: &str) -> u64 {
-    let mut h = s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
-    });
+    let mut h = crate::base::fnv1a(s.as_bytes());
     h ^= h >> 33;
     h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
     h ^= h >> 33;

@@ -73,9 +73,7 @@ pub fn key(labels: &Labels) -> String {
 /// A short, stable fingerprint of a label set for notifications (like Alertmanager's): 64-bit
 /// FNV-1a of [`key`], in hex. Identity inside the runner uses the full key.
 pub fn fingerprint(labels: &Labels) -> String {
-    let h = key(labels).bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
-    });
+    let h = crate::base::fnv1a(key(labels).as_bytes());
     format!("{h:016x}")
 }
 

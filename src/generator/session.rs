@@ -107,11 +107,7 @@ impl SessionPlan {
     /// Compiles a session description for records of `schema`; the error says what is wrong.
     pub fn compile(spec: SessionsSpec, schema: &Arc<Schema>) -> Result<SessionPlan, String> {
         let SessionsSpec { events, spec } = spec;
-        let fingerprint = format!("{events:?}{spec:?}")
-            .bytes()
-            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-                (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
-            });
+        let fingerprint = crate::base::fnv1a(format!("{events:?}{spec:?}").as_bytes());
         let text = |name: &str| -> Result<Option<String>, String> {
             match spec.get(name) {
                 None => Ok(None),
