@@ -232,9 +232,9 @@ fn run_alert_case(
             histories.insert(metric, *range, &windows);
         }
         let inputs = Inputs {
-            metrics: crate::alert::rule_value(&Value::Object(at(t, &|e| &e.metrics))),
-            thresholds: crate::alert::rule_value(&thresholds),
-            health: crate::alert::rule_value(&Value::Object(at(t, &|e| &e.health))),
+            metrics: crate::script::json_to_dynamic(&Value::Object(at(t, &|e| &e.metrics))),
+            thresholds: crate::script::json_to_dynamic(&thresholds),
+            health: crate::script::json_to_dynamic(&Value::Object(at(t, &|e| &e.health))),
             history: Arc::new(histories),
         };
         let holding = alerts

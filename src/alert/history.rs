@@ -39,7 +39,7 @@ impl Histories {
             .map(|w| {
                 let mut m = Map::new();
                 m.insert("end".into(), Dynamic::from(w.end));
-                m.insert("value".into(), super::rule::to_dynamic(&w.value));
+                m.insert("value".into(), crate::script::json_to_dynamic(&w.value));
                 Dynamic::from_map(m)
             })
             .collect();

@@ -18,7 +18,7 @@ pub mod state;
 pub use channel::Dispatcher;
 pub use config::{AlertConfig, AlertingConfig, ChannelConfig};
 pub use notification::Notification;
-pub use rule::{to_dynamic as rule_value, Inputs, Rule};
+pub use rule::{Inputs, Rule};
 
 use crate::aggregate::MetricSet;
 use crate::script::{sandboxed_engine, ScriptError, ScriptLimits};
@@ -319,9 +319,9 @@ impl Evaluator {
             values.into_iter().map(|v| (v.name, v.value)).collect();
         let history = Arc::new(self.histories(set, &metric_set, now).await);
         let inputs = Inputs {
-            metrics: rule::to_dynamic(&Value::Object(metrics)),
-            thresholds: rule::to_dynamic(&json!(set.config.thresholds)),
-            health: rule::to_dynamic(&self.health()),
+            metrics: crate::script::json_to_dynamic(&Value::Object(metrics)),
+            thresholds: crate::script::json_to_dynamic(&json!(set.config.thresholds)),
+            health: crate::script::json_to_dynamic(&self.health()),
             history,
         };
         for rule in set.rules() {

@@ -196,11 +196,6 @@ fn labels_and_value(map: Map) -> (Labels, Option<f64>) {
     (labels, value)
 }
 
-/// A JSON value as the Rhai value scripts read (`metrics.busiest_item[0].count`).
-pub fn to_dynamic(value: &serde_json::Value) -> Dynamic {
-    rhai::serde::to_dynamic(value).unwrap_or(Dynamic::UNIT)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,11 +212,11 @@ mod tests {
 
     fn inputs() -> Inputs {
         Inputs {
-            metrics: to_dynamic(
+            metrics: crate::script::json_to_dynamic(
                 &json!({"top_items": [{"key": "i1", "count": 1500}, {"key": "i2", "count": 900}], "avg": 3.5}),
             ),
-            thresholds: to_dynamic(&json!({"high": 1000, "low": 5})),
-            health: to_dynamic(&json!({"consumer_lag": 0})),
+            thresholds: crate::script::json_to_dynamic(&json!({"high": 1000, "low": 5})),
+            health: crate::script::json_to_dynamic(&json!({"consumer_lag": 0})),
             history: Default::default(),
         }
     }

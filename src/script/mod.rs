@@ -6,7 +6,7 @@
 
 mod record;
 
-pub use record::{record_from_map, record_map, record_map_of, to_dynamic, MapFields};
+pub use record::{record_from_map, record_map, record_map_of, value_to_dynamic, MapFields};
 
 use rhai::{Engine, EvalAltResult, Position, AST};
 use std::fmt;
@@ -61,6 +61,12 @@ pub fn sandboxed_engine(limits: ScriptLimits) -> Engine {
         None
     });
     engine
+}
+
+/// A JSON value as the Rhai value a script reads (`metrics.busiest_item[0].count`, an
+/// undeclared field of a record); what has no Rhai form is `()`.
+pub fn json_to_dynamic(value: &serde_json::Value) -> rhai::Dynamic {
+    rhai::serde::to_dynamic(value).unwrap_or(rhai::Dynamic::UNIT)
 }
 
 /// A script that failed to compile or run, with its file and position.

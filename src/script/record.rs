@@ -151,24 +151,18 @@ pub fn record_map_of(e: &Record, fields: &MapFields) -> Dynamic {
     let names = e.schema().fields();
     if fields.all {
         for (i, f) in names.iter().enumerate() {
-            m.insert(f.name.as_str().into(), to_dynamic(e.get(i)));
+            m.insert(f.name.as_str().into(), value_to_dynamic(e.get(i)));
         }
         for (k, v) in e.extra() {
-            m.insert(
-                k.as_str().into(),
-                rhai::serde::to_dynamic(v).unwrap_or(Dynamic::UNIT),
-            );
+            m.insert(k.as_str().into(), super::json_to_dynamic(v));
         }
     } else {
         for i in &fields.slots {
-            m.insert(names[*i].name.as_str().into(), to_dynamic(e.get(*i)));
+            m.insert(names[*i].name.as_str().into(), value_to_dynamic(e.get(*i)));
         }
         for k in &fields.extra {
             if let Some(v) = e.extra().get(k) {
-                m.insert(
-                    k.as_str().into(),
-                    rhai::serde::to_dynamic(v).unwrap_or(Dynamic::UNIT),
-                );
+                m.insert(k.as_str().into(), super::json_to_dynamic(v));
             }
         }
     }
@@ -176,7 +170,7 @@ pub fn record_map_of(e: &Record, fields: &MapFields) -> Dynamic {
 }
 
 /// One value as a script sees it.
-pub fn to_dynamic(v: &Value) -> Dynamic {
+pub fn value_to_dynamic(v: &Value) -> Dynamic {
     match v {
         Value::Missing => Dynamic::UNIT,
         Value::Text(s) => s.as_str().into(),
