@@ -100,6 +100,20 @@ pub async fn metrics_at(
 }
 
 /// Prints metric values as an aligned table.
+/// The time `runner metrics --at` names: an RFC 3339 time (`2026-12-02T10:15:00Z`) or how long
+/// before `now_ms` (`10m`), in milliseconds.
+pub fn parse_at(at: &str, now_ms: i64) -> anyhow::Result<i64> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(at) {
+        return Ok(t.timestamp_millis());
+    }
+    let ago = humantime::parse_duration(at).map_err(|_| {
+        anyhow::anyhow!(
+            "--at {at:?}: not an RFC 3339 time (2026-12-02T10:15:00Z) nor a duration ago (10m)"
+        )
+    })?;
+    Ok(now_ms.saturating_sub(i64::try_from(ago.as_millis()).unwrap_or(i64::MAX)))
+}
+
 /// Numbers are rounded for reading ([`readable_json`]); `--json` prints them in full.
 pub fn print_metrics(values: &[MetricValue], out: &mut dyn Write) -> std::io::Result<()> {
     use crate::base::readable_json;
@@ -217,4 +231,23 @@ pub async fn backfill(
         &progress,
     )
     .await
+}
+
+#[cfg(test)]
+mod at_tests {
+    use super::parse_at;
+
+    #[test]
+    fn at_takes_a_time_or_a_duration_ago_and_names_what_it_cannot_read() {
+        assert_eq!(
+            parse_at("2026-12-02T10:15:00Z", 0).unwrap(),
+            1_796_206_500_000
+        );
+        assert_eq!(parse_at("10m", 1_000_000).unwrap(), 400_000);
+        let err = parse_at("yesterday", 0).unwrap_err().to_string();
+        assert!(
+            err.contains("--at \"yesterday\"") && err.contains("RFC 3339"),
+            "{err}"
+        );
+    }
 }

@@ -266,7 +266,7 @@ struct RunArgs {
 enum ComponentArg {
     /// Generates events and publishes them.
     Generator,
-    /// The seed's name for the generator.
+    /// The original Python pipeline's name for the generator.
     Producer,
     /// Consumes events, stores them and keeps the metrics.
     Consumer,
@@ -525,13 +525,7 @@ fn show_metrics(
             chrono::Utc::now().timestamp_millis(),
         ))?,
         Some(at) => {
-            let at_ms = match chrono::DateTime::parse_from_rfc3339(&at) {
-                Ok(t) => t.timestamp_millis(),
-                Err(_) => {
-                    let ago = humantime::parse_duration(&at).map_err(|_| anyhow::anyhow!("--at {at:?}: not an RFC 3339 time (2026-12-02T10:15:00Z) nor a duration ago (10m)"))?;
-                    chrono::Utc::now().timestamp_millis() - ago.as_millis() as i64
-                }
-            };
+            let at_ms = runner::commands::parse_at(&at, chrono::Utc::now().timestamp_millis())?;
             let (values, not_final) =
                 rt.block_on(runner::commands::metrics_at(&pipeline, at_ms))?;
             if !not_final.is_empty() {
