@@ -81,7 +81,7 @@ pub fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Durat
 }
 
 /// Parses `"30s"`-style text, with an error that shows the accepted forms. A bare number is
-/// seconds, as the seed's environment variables write durations (`DASHBOARD_REFRESH_INTERVAL=5`).
+/// seconds, as the original Python pipeline's environment variables write durations (`DASHBOARD_REFRESH_INTERVAL=5`).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     if let Ok(seconds) = text.parse::<f64>() {

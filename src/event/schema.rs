@@ -83,7 +83,7 @@ impl FieldType {
 /// How a zone-less timestamp (`2026-01-02T03:04:05`) is read.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Naive {
-    /// As UTC (what the seed's generator wrote).
+    /// As UTC (what the original Python generator wrote).
     #[default]
     Utc,
     /// At a fixed offset from UTC, in seconds (`naive = "+02:00"`).

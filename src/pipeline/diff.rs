@@ -47,7 +47,7 @@ pub const TABLE: &[Row] = &[
     Row { key: "consumer", effect: Effect::Reconnect, note: "consumer drains and restarts with the new batching, validation and workers", changed: |a, b| a.consumer != b.consumer },
     Row { key: "backfill", effect: Effect::Reconnect, note: "consumer drains and restarts; unfinished backfills resume from their stored progress with the new settings", changed: |a, b| a.backfill != b.backfill },
     Row { key: "generator.seed", effect: Effect::Restart, note: "the random stream is seeded once", changed: |a, b| a.generator.seed != b.generator.seed },
-    // The seed has its own row: this one compares the rest of the section.
+    // generator.seed has its own row: this one compares the rest of the section.
     Row { key: "generator", effect: Effect::Live, note: "script, rate, batch size, params, profile and scenarios apply to the next batch (scenarios stay timed from the start)", changed: |a, b| {
         crate::generator::GeneratorConfig { seed: None, ..a.generator.clone() } != crate::generator::GeneratorConfig { seed: None, ..b.generator.clone() }
     } },
