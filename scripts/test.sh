@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The test command: installs what the tests need, starts Kafka (Tansu) and MongoDB (SecantusDB)
-# on loopback, builds the project once, runs every test, and stops the services.
+# The test command: installs what the tests need, checks formatting and clippy, starts Kafka
+# (Tansu) and MongoDB (SecantusDB) on loopback, builds the project once, runs every test, and
+# stops the services.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -8,6 +9,9 @@ export PATH="$HOME/.cargo/bin:$PATH"
 
 started=$(date +%s)
 scripts/services.sh install
+# Habits first (fast, and before anything starts): the tree is formatted and clippy-clean.
+cargo fmt --check
+cargo clippy --release --all-targets --locked -- -D warnings
 trap 'scripts/services.sh down' EXIT
 scripts/services.sh up
 

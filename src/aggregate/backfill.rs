@@ -201,7 +201,8 @@ impl Job {
 
 /// What the backfill task is told by the live aggregator.
 pub(super) enum Command {
-    Start(Job),
+    /// Boxed: a job is far larger than the other commands.
+    Start(Box<Job>),
     /// The partition moved to another consumer, which goes on with its backfills.
     Stop(i32),
     /// A reload: only metrics with these state keys remain.
@@ -392,7 +393,7 @@ impl Task {
                     upto = job.at,
                     "backfill starts"
                 );
-                self.queue.push_back(job);
+                self.queue.push_back(*job);
             }
             Command::Stop(partition) => self.queue.retain(|j| j.partition != partition),
             Command::Keep(keys) => self.queue.retain(|j| keys.contains(j.state_key())),
@@ -547,6 +548,7 @@ pub struct Recomputed {
 /// Each pane of a partition is written once, complete, with its backfill partial (if any) emptied
 /// in the same write; then the final results of the windows that had one are written again.
 /// `progress` hears the events counted so far.
+#[allow(clippy::too_many_arguments)] // each is one thing the caller chose; a struct would only rename them
 pub async fn recompute(
     set: &MetricSet,
     index: usize,

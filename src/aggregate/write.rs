@@ -164,7 +164,7 @@ impl Aggregator {
     pub fn stored(&mut self) {
         if let Some(b) = &self.backfill {
             for job in self.jobs.drain(..) {
-                b.send(Command::Start(job));
+                b.send(Command::Start(Box::new(job)));
             }
         }
     }
@@ -903,7 +903,7 @@ pub(super) mod tests {
                 )
             })
             .collect();
-        let sources: Vec<(i32, i64)> = (0..600).map(|i| ((i % 3) as i32, (i / 3) as i64)).collect();
+        let sources: Vec<(i32, i64)> = (0..600).map(|i: i32| (i % 3, (i / 3) as i64)).collect();
         let run = |threads: usize| {
             let mut agg =
                 Aggregator::new(set.clone(), Stats::new()).with_workers(Workers::new(threads));

@@ -90,7 +90,7 @@ mod tests {
     fn table_numbers_drop_float_noise_and_keep_the_digits_that_matter() {
         assert_eq!(readable(183260.93999999994), "183260.94");
         assert_eq!(readable(0.30000000000000004), "0.3");
-        assert_eq!(readable(3.141592653589793), "3.14159");
+        assert_eq!(readable(std::f64::consts::PI), "3.14159");
         assert_eq!(readable(0.000123456), "0.000123456");
         assert_eq!(readable(12.5), "12.5");
         assert_eq!(readable(957.0), "957");

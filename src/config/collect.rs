@@ -110,19 +110,15 @@ fn take_out(
             found = Some(key.get_ref().to_string());
             break;
         }
-        match value.get_mut() {
-            DeValue::Table(inner) => {
-                if take_out(
-                    inner,
-                    value_span.clone(),
-                    &path_of(key.get_ref()),
-                    span,
-                    whole_table,
-                    taken,
-                ) {
-                    return true;
-                }
-            }
+        let taken_inside = match value.get_mut() {
+            DeValue::Table(inner) => take_out(
+                inner,
+                value_span.clone(),
+                &path_of(key.get_ref()),
+                span,
+                whole_table,
+                taken,
+            ),
             DeValue::Array(items) => {
                 let elements: &mut [Spanned<DeValue<'_>>] = items.as_mut();
                 let mut at_fault = None;
@@ -156,8 +152,12 @@ fn take_out(
                     *items = kept.into_iter().collect();
                     return true;
                 }
+                false
             }
-            _ => {}
+            _ => false,
+        };
+        if taken_inside {
+            return true;
         }
         if !whole_table && (holds(&key.span()) || holds(&value_span)) {
             found = Some(key.get_ref().to_string());

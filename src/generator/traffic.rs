@@ -502,7 +502,13 @@ mod tests {
             "name = \"viral\"\n[[change]]\nstart = \"3m\"\nduration = \"2m\"\nset = { item = \"i42\" }\nshare = 0.3\nrate = 2.0\ndrop = { kind = [\"buy\"] }",
         )
         .unwrap();
-        let t = Traffic::compile(None, &[s.clone()], &["viral".to_string()], &schema()).unwrap();
+        let t = Traffic::compile(
+            None,
+            std::slice::from_ref(&s),
+            &["viral".to_string()],
+            &schema(),
+        )
+        .unwrap();
         let mut b = Bursts::new(Some(1));
         let before = t.at(0, Duration::from_secs(170), &mut b);
         assert_eq!(
@@ -534,8 +540,13 @@ mod tests {
             1.0,
             "over at 5m"
         );
-        let unknown =
-            Traffic::compile(None, &[s.clone()], &["nope".to_string()], &schema()).unwrap_err();
+        let unknown = Traffic::compile(
+            None,
+            std::slice::from_ref(&s),
+            &["nope".to_string()],
+            &schema(),
+        )
+        .unwrap_err();
         assert!(
             unknown.contains("no scenario named \"nope\"") && unknown.contains("viral"),
             "{unknown}"
