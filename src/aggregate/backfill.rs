@@ -18,7 +18,7 @@
 
 use super::{Aggregator, Metric, MetricSet, TimeMode};
 use crate::event::Record;
-use crate::store::{EventStore, PaneRecord, StateJson, TIMELESS_PANE};
+use crate::store::{EventStore, PaneRecord, StateJson};
 use crate::telemetry::Stats;
 use crate::transport::{Batch, History, HistoryRead, NO_PARTITION};
 use async_trait::async_trait;
@@ -29,23 +29,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// Seam records are timeless, but written with the partials of their batch, not after them (the
-/// watermarks' [`TIMELESS_PANE`]): a seam must be durable before anything counted after it is.
-pub(super) const SEAM_PANE: i64 = TIMELESS_PANE - 1;
-
-/// The store key of a metric's seam records (one per partition).
-pub(super) fn seam_key(m: &Metric) -> String {
-    format!("{}#seam", m.state_key())
-}
-
-/// The partition id a backfill's partials of `partition` are stored under: apart from the live
-/// ones of the same pane, so neither replaces the other, and readers merge both.
-pub fn backfill_partition(partition: i32) -> i32 {
-    BACKFILL_PARTITIONS + partition + 1
-}
-
-/// Partition ids from here on belong to backfills (Kafka partitions stay far below).
-const BACKFILL_PARTITIONS: i32 = 1 << 24;
+pub use super::keys::backfill_partition;
+use super::keys::{rewrite_mark, seam_key, SEAM_PANE};
 
 /// What a seam record holds besides its position (the record's offset).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -632,10 +617,7 @@ pub async fn recompute(
     }
     // Readers keep settled panes decoded: this tells them to read the rewritten ones.
     store
-        .write_panes(&[super::query::rewrite_mark(
-            m,
-            chrono::Utc::now().timestamp_millis(),
-        )])
+        .write_panes(&[rewrite_mark(m, chrono::Utc::now().timestamp_millis())])
         .await?;
     done.results = rewrite_results(m, store, since, until).await?;
     Ok(done)
@@ -707,13 +689,5 @@ mod tests {
             ..seam
         };
         assert!(empty.complete(99), "nothing between the start and the seam");
-    }
-
-    #[test]
-    fn backfill_partitions_stay_apart_from_live_ones() {
-        assert_ne!(backfill_partition(NO_PARTITION), NO_PARTITION);
-        assert!((0..1000)
-            .all(|p| backfill_partition(p) > 1000
-                && backfill_partition(p) != backfill_partition(p + 1)));
     }
 }

@@ -7,6 +7,7 @@
 //! partition and pane in a window, so several runners in one group report one exact result.
 
 pub mod backfill;
+mod keys;
 mod metric;
 #[cfg(test)]
 mod properties;

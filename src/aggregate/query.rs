@@ -1,8 +1,9 @@
 //! The query side: a metric's value over a window, and its history, merged from the stored
 //! partials of every partition and pane (so several runners in one group read one result).
 
+use super::keys::{rewrite_key, seam_key, REWRITE_PANE, SEAM_PANE};
 use super::{Metric, Partial};
-use crate::store::{EventStore, PaneRecord, TIMELESS_PANE};
+use crate::store::{EventStore, PaneRecord};
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
@@ -217,23 +218,6 @@ pub struct SettledPanes {
     kept: tokio::sync::Mutex<Kept>,
 }
 
-/// The store key of a metric's rewrite mark.
-fn rewrite_key(m: &Metric) -> String {
-    format!("{}#rewritten", m.state_key())
-}
-
-/// The record that tells readers `m`'s settled panes were rewritten at `now_ms` (by
-/// `runner backfill`), so they drop what they kept.
-pub(super) fn rewrite_mark(m: &Metric, now_ms: i64) -> PaneRecord {
-    PaneRecord {
-        metric: rewrite_key(m),
-        pane_start: TIMELESS_PANE,
-        partition: 0,
-        offset: now_ms,
-        state: now_ms.into(),
-    }
-}
-
 /// Everything is read from the store again this often, whatever the marks say (a partition
 /// that starts late writes behind the others' watermarks).
 const REREAD_EVERY: Duration = Duration::from_secs(60);
@@ -279,15 +263,10 @@ impl Kept {
     async fn advance(&mut self, metric: &Metric, store: &dyn EventStore) -> anyhow::Result<()> {
         let describe = store.describe();
         let marks = store
-            .load_panes(&rewrite_key(metric), TIMELESS_PANE, TIMELESS_PANE + 1, None)
+            .load_panes(&rewrite_key(metric), REWRITE_PANE, REWRITE_PANE + 1, None)
             .await?;
         let seams = store
-            .load_panes(
-                &super::backfill::seam_key(metric),
-                super::backfill::SEAM_PANE,
-                super::backfill::SEAM_PANE + 1,
-                None,
-            )
+            .load_panes(&seam_key(metric), SEAM_PANE, SEAM_PANE + 1, None)
             .await?;
         if self.store != describe
             || self.marks != marks
@@ -304,7 +283,7 @@ impl Kept {
         }
         let w = metric.window;
         let lateness = metric.config.lateness.as_millis() as i64;
-        let oldest = super::write::stored_watermarks(metric, store)
+        let oldest = super::keys::stored_watermarks(metric, store)
             .await?
             .into_iter()
             .map(|(_, t)| t)
@@ -495,7 +474,7 @@ mod tests {
                     partition: 8,
                     ..settled
                 },
-                rewrite_mark(m, 1),
+                crate::aggregate::keys::rewrite_mark(m, 1),
             ])
             .await
             .unwrap();
@@ -504,7 +483,10 @@ mod tests {
             70,
             "both partials read again after the mark"
         );
-        store.write_panes(&[rewrite_mark(m, 2)]).await.unwrap();
+        store
+            .write_panes(&[crate::aggregate::keys::rewrite_mark(m, 2)])
+            .await
+            .unwrap();
         // ...while an event in a pane still open shows on the next read.
         consume(&set, &store, 0, 100, [98].into_iter()).await;
         assert_eq!(count(&read(m, &store, at).await.unwrap().value), 71);

@@ -95,7 +95,7 @@ impl Writer {
 
     /// Writes the windows of `m` that became final since the last round.
     async fn metric(&mut self, m: &Metric) -> anyhow::Result<()> {
-        let watermarks: HashMap<i32, i64> = super::write::stored_watermarks(m, &*self.store)
+        let watermarks: HashMap<i32, i64> = super::keys::stored_watermarks(m, &*self.store)
             .await?
             .into_iter()
             .collect();

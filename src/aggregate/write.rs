@@ -2,7 +2,8 @@
 //! partition) with the highest offset it includes, absorbs each batch in one call, and hands out
 //! the changed partials to store before the batch is acknowledged.
 
-use super::backfill::{self, Backfiller, Command, Job, SEAM_PANE};
+use super::backfill::{self, Backfiller, Command, Job};
+use super::keys::{quarantine_key, seam_key, watermark_key, SEAM_PANE, WATERMARK_PANE};
 use super::{Metric, MetricSet, Partial, TimeMode};
 use crate::base::{map_each, Workers};
 use crate::dead_letter::{DeadLetter, Reason};
@@ -53,42 +54,6 @@ impl Default for Watermark {
             seam: i64::MIN,
         }
     }
-}
-
-/// The store key of a metric's watermark records (pane start [`WATERMARK_PANE`]); readers of
-/// the metric's own key never see them.
-fn watermark_key(m: &Metric) -> String {
-    format!("{}#watermark", m.state_key())
-}
-
-/// The store key under which a metric's undecodable partials are kept (same pane and partition).
-fn quarantine_key(m: &Metric) -> String {
-    format!("{}#quarantined", m.state_key())
-}
-
-/// Watermarks are stored at the timeless pane, so pane retention never deletes them.
-const WATERMARK_PANE: i64 = crate::store::TIMELESS_PANE;
-
-/// Every partition's stored watermark of `m`: (partition, newest event time).
-pub(super) async fn stored_watermarks(
-    m: &Metric,
-    store: &dyn EventStore,
-) -> anyhow::Result<Vec<(i32, i64)>> {
-    let records = store
-        .load_panes(&watermark_key(m), WATERMARK_PANE, WATERMARK_PANE + 1, None)
-        .await?;
-    records
-        .iter()
-        .map(|r| {
-            r.state.as_i64().map(|t| (r.partition, t)).ok_or_else(|| {
-                anyhow::anyhow!(
-                    "metric {}: a stored watermark is not a time: {}",
-                    m.name(),
-                    r.state
-                )
-            })
-        })
-        .collect()
 }
 
 /// What absorbing one batch produced.
@@ -282,12 +247,7 @@ impl Aggregator {
             out.extend(marks);
             out.extend(
                 store
-                    .load_panes(
-                        &backfill::seam_key(m),
-                        SEAM_PANE,
-                        SEAM_PANE + 1,
-                        Some(partition),
-                    )
+                    .load_panes(&seam_key(m), SEAM_PANE, SEAM_PANE + 1, Some(partition))
                     .await?,
             );
         }
@@ -309,7 +269,7 @@ impl Aggregator {
                 .set
                 .metrics
                 .iter()
-                .position(|m| backfill::seam_key(m) == r.metric)
+                .position(|m| seam_key(m) == r.metric)
             {
                 known[i] = true;
                 self.states[i].watermarks.entry(partition).or_default().seam = r.offset;
