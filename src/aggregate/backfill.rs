@@ -649,12 +649,7 @@ async fn rewrite_results(
         let rows: Vec<crate::store::ResultRow> = points
             .into_iter()
             .filter(|p| ends.contains(&p.end))
-            .map(|p| crate::store::ResultRow {
-                metric: m.name().to_string(),
-                window_start: p.end - m.window.size_ms,
-                window_end: p.end,
-                value: p.value,
-            })
+            .map(|p| super::keys::result_row(m, p))
             .collect();
         written += rows.len();
         store.write_results(&rows).await?;

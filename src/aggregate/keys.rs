@@ -13,8 +13,8 @@
 //! Reserved panes are timeless (`TIMELESS_PANE` and just below), so pane retention never
 //! deletes them. Every module of `aggregate` reads and writes these rows through this file.
 
-use super::Metric;
-use crate::store::{EventStore, PaneRecord, TIMELESS_PANE};
+use super::{Metric, Point};
+use crate::store::{EventStore, PaneRecord, ResultRow, TIMELESS_PANE};
 
 /// Watermarks are stored at the timeless pane, so pane retention never deletes them; the store
 /// makes rows at this pane visible only after the others of the same write.
@@ -66,6 +66,16 @@ pub(super) fn rewrite_mark(m: &Metric, now_ms: i64) -> PaneRecord {
         partition: 0,
         offset: now_ms,
         state: now_ms.into(),
+    }
+}
+
+/// The final result of the window of `m` ending at `p.end`, as it is stored and published.
+pub(super) fn result_row(m: &Metric, p: Point) -> ResultRow {
+    ResultRow {
+        metric: m.name().to_string(),
+        window_start: p.end - m.window.size_ms,
+        window_end: p.end,
+        value: p.value,
     }
 }
 

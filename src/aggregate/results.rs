@@ -11,12 +11,38 @@
 
 use super::{history, Metric, MetricSet};
 use crate::store::{EventStore, ResultRow};
+use async_trait::async_trait;
 use futures::future::BoxFuture;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+
+/// Where closed windows go. The store's results (collection or table) are the first output; a
+/// new one (a Kafka topic, say) is one more implementation handed to [`run`].
+#[async_trait]
+pub trait ResultsOutput: Send + Sync {
+    /// The end of the newest window of `metric` this output holds, where a restart goes on.
+    async fn latest(&self, metric: &str) -> anyhow::Result<Option<i64>>;
+    /// Takes closed windows, oldest first; taking one again changes nothing (every consumer,
+    /// replay and restart sends the same rows).
+    async fn publish(&self, rows: &[ResultRow]) -> anyhow::Result<()>;
+}
+
+/// The store's results: `metric_results` on MongoDB, a table of the embedded store.
+pub struct StoreResults(pub Arc<dyn EventStore>);
+
+#[async_trait]
+impl ResultsOutput for StoreResults {
+    async fn latest(&self, metric: &str) -> anyhow::Result<Option<i64>> {
+        self.0.latest_result(metric).await
+    }
+
+    async fn publish(&self, rows: &[ResultRow]) -> anyhow::Result<()> {
+        self.0.write_results(rows).await
+    }
+}
 
 /// The partitions whose watermarks a window waits for: the topic's, asked for again now and
 /// then (a topic may gain partitions).
@@ -41,9 +67,11 @@ pub fn final_until(m: &Metric, partitions: &[i32], watermarks: &HashMap<i32, i64
     Some(frontier.div_euclid(m.window.slide_ms) * m.window.slide_ms)
 }
 
-/// Writes final results for every metric until `stop`, checking every `every`.
+/// Hands final results of every metric to `output` until `stop`, checking every `every`; the
+/// partials and watermarks are read from `store`.
 pub async fn run(
     store: Arc<dyn EventStore>,
+    output: Arc<dyn ResultsOutput>,
     mut set: watch::Receiver<Arc<MetricSet>>,
     partitions: Partitions,
     every: Duration,
@@ -51,6 +79,7 @@ pub async fn run(
 ) {
     let mut writer = Writer {
         store,
+        output,
         written: HashMap::new(),
         partitions: Vec::new(),
         asked: None,
@@ -71,6 +100,7 @@ pub async fn run(
 
 struct Writer {
     store: Arc<dyn EventStore>,
+    output: Arc<dyn ResultsOutput>,
     /// Per metric (state key), the end of the newest window written.
     written: HashMap<String, i64>,
     partitions: Vec<i32>,
@@ -107,11 +137,7 @@ impl Writer {
             Some(end) => *end,
             // After a start: go on from the newest stored result, or begin with the newest final
             // window (older windows are history, not results this run made final).
-            None => self
-                .store
-                .latest_result(m.name())
-                .await?
-                .unwrap_or(until - slide),
+            None => self.output.latest(m.name()).await?.unwrap_or(until - slide),
         };
         // While the metric fills from history its windows are partial: none is final yet.
         if super::backfill::progress(m, &*self.store).await?.is_some() {
@@ -125,14 +151,9 @@ impl Writer {
             let points = history(m, &*self.store, last, upto - 1, WINDOWS_PER_ROUND).await?;
             let rows: Vec<ResultRow> = points
                 .into_iter()
-                .map(|p| ResultRow {
-                    metric: m.name().to_string(),
-                    window_start: p.end - m.window.size_ms,
-                    window_end: p.end,
-                    value: p.value,
-                })
+                .map(|p| super::keys::result_row(m, p))
                 .collect();
-            self.store.write_results(&rows).await?;
+            self.output.publish(&rows).await?;
             tracing::debug!(
                 metric = m.name(),
                 windows = rows.len(),

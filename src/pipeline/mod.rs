@@ -380,8 +380,10 @@ fn spawn(
                 }
             })
         });
+        let output = Arc::new(crate::aggregate::results::StoreResults(store.clone()));
         let writer = crate::aggregate::results::run(
             store,
+            output,
             metrics_rx.clone(),
             partitions,
             Duration::from_secs(1),
