@@ -360,7 +360,7 @@ impl Model {
         let (inner, _optional) = unwrap_option(&f.ty);
         let outer = last_segment(&inner);
         let args = generics(&inner);
-        let doc = f.doc.clone();
+        let doc = without_default(&f.doc);
         // A nested table, an array of tables, or a table of named tables.
         if self.is_table(&outer) {
             let sub = join(&f.key);
@@ -415,7 +415,7 @@ impl Model {
                         key: String::new(),
                         ty: "table".into(),
                         default: String::new(),
-                        doc: v.doc.clone(),
+                        doc: without_default(&v.doc),
                     });
                     if let Some(holds) = &v.holds {
                         self.walk(holds, &header, &format!("{sub}.<name>"), out);
@@ -541,7 +541,26 @@ fn unwrap_option(ty: &syn::Type) -> (syn::Type, bool) {
 
 /// The text of `marker…]` in a doc comment (brackets inside may nest).
 fn bracketed(doc: &str, marker: &str) -> Option<String> {
-    let start = doc.find(marker)? + marker.len();
+    bracket_span(doc, marker).map(|(inner, _)| doc[inner].trim().to_string())
+}
+
+/// The doc without its `[default: …]` note (the default has its own column).
+fn without_default(doc: &str) -> String {
+    match bracket_span(doc, "[default: ") {
+        Some((_, whole)) => format!("{}{}", doc[..whole.start].trim_end(), &doc[whole.end..])
+            .trim()
+            .to_string(),
+        None => doc.to_string(),
+    }
+}
+
+/// Where `marker…]` stands in `doc`: the text inside, and the whole note.
+fn bracket_span(
+    doc: &str,
+    marker: &str,
+) -> Option<(std::ops::Range<usize>, std::ops::Range<usize>)> {
+    let at = doc.find(marker)?;
+    let start = at + marker.len();
     let mut depth = 1;
     for (i, c) in doc[start..].char_indices() {
         match c {
@@ -549,7 +568,7 @@ fn bracketed(doc: &str, marker: &str) -> Option<String> {
             ']' => {
                 depth -= 1;
                 if depth == 0 {
-                    return Some(doc[start..start + i].trim().to_string());
+                    return Some((start..start + i, at..start + i + 1));
                 }
             }
             _ => {}

@@ -41,7 +41,7 @@ pub fn reference() -> String {
         if e.key.is_empty() {
             let _ = write!(out, "\n## `{}`\n\n", e.header);
             if !e.doc.is_empty() {
-                let _ = writeln!(out, "{}\n", clean(e.doc));
+                let _ = writeln!(out, "{}\n", e.doc);
             }
             current = None;
             continue;
@@ -59,9 +59,9 @@ pub fn reference() -> String {
             e.key,
             cell(e.ty),
             cell(e.default),
-            env_vars(e.doc).join(", "),
+            env_vars(&format!("{} {}", e.default, e.doc)).join(", "),
             reload(e.path),
-            cell(&clean(e.doc))
+            cell(e.doc)
         );
     }
     out
@@ -76,33 +76,6 @@ fn reload(path: &str) -> String {
         .max_by_key(|r| r.key.len())
         .map(|r| r.effect.as_str().to_string())
         .unwrap_or_else(|| "restart".into())
-}
-
-/// The description without the `[default: …]` note (it has its own column).
-fn clean(doc: &str) -> String {
-    match doc.find("[default: ") {
-        Some(start) => {
-            let mut depth = 0;
-            let mut end = doc.len();
-            for (i, c) in doc[start..].char_indices() {
-                match c {
-                    '[' => depth += 1,
-                    ']' => {
-                        depth -= 1;
-                        if depth == 0 {
-                            end = start + i + 1;
-                            break;
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            format!("{}{}", doc[..start].trim_end(), &doc[end..])
-                .trim()
-                .to_string()
-        }
-        None => doc.to_string(),
-    }
 }
 
 /// Environment variables the doc says the key reads (`env NAME`).
