@@ -32,10 +32,10 @@
 //! - [`pipeline`]: the one compile step, the wiring of the components chosen on the command line,
 //!   hot reload (one diff table of what applies live, reconnects or needs a restart) and the
 //!   ordered shutdown.
-//! - [`commands`], [`testing`], [`bench`]: `runner generate` / `metrics`, `runner test` and
-//!   `runner bench` as library calls; [`top`]: `runner top`, a terminal view of a running
-//!   runner read from its API; [`docs`]: `runner docs`, the configuration reference generated
-//!   from the config types' doc comments.
+//! - [`cli`]: the commands beside `runner run` as library calls: `runner generate` / `metrics`,
+//!   `runner test`, `runner init`, `runner bench`, `runner top` (a terminal view of a running
+//!   runner read from its API) and `runner docs` (the configuration reference generated from
+//!   the config types' doc comments).
 
 pub mod base;
 pub mod event;
@@ -62,9 +62,4 @@ pub mod config;
 
 pub mod pipeline;
 
-pub mod bench;
-pub mod commands;
-pub mod docs;
-pub mod init;
-pub mod testing;
-pub mod top;
+pub mod cli;

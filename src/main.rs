@@ -72,7 +72,7 @@ enum Command {
         json: bool,
         /// Run only these sections (comma-separated) [default: all].
         #[arg(long, value_enum, value_delimiter = ',')]
-        only: Vec<runner::bench::Section>,
+        only: Vec<runner::cli::bench::Section>,
     },
     /// Print every metric's current value (the window ending now), read from the store.
     Metrics {
@@ -309,18 +309,18 @@ fn main() -> ExitCode {
                     p.config.generator.seed = seed;
                 }
                 p.add_override(move |c| add_scenarios(c, &scenarios))?;
-                runner::commands::generate(&p, count, &mut std::io::stdout().lock())
+                runner::cli::commands::generate(&p, count, &mut std::io::stdout().lock())
             }),
         Command::Run(args) => run(args),
         Command::Docs => {
-            print!("{}", runner::docs::reference());
+            print!("{}", runner::cli::docs::reference());
             Ok(())
         }
         Command::Top {
             url,
             token,
             interval,
-        } => runner::top::run(runner::top::TopOptions {
+        } => runner::cli::top::run(runner::cli::top::TopOptions {
             url,
             token: token.filter(|t| !t.is_empty()),
             interval,
@@ -344,7 +344,7 @@ fn main() -> ExitCode {
             only,
         } => bench(
             pipeline,
-            runner::bench::BenchOptions {
+            runner::cli::bench::BenchOptions {
                 events,
                 runs,
                 kafka,
@@ -452,14 +452,18 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         })
 }
 
-fn bench(path: PathBuf, options: runner::bench::BenchOptions, json: bool) -> anyhow::Result<()> {
+fn bench(
+    path: PathBuf,
+    options: runner::cli::bench::BenchOptions,
+    json: bool,
+) -> anyhow::Result<()> {
     let pipeline = Pipeline::load(&path)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let figures = rt.block_on(runner::bench::run(&pipeline, &options))?;
+    let figures = rt.block_on(runner::cli::bench::run(&pipeline, &options))?;
     print_json_or_table(json, &figures, |out| {
-        runner::bench::print_table(&figures, out)
+        runner::cli::bench::print_table(&figures, out)
     })
 }
 
@@ -482,11 +486,11 @@ fn print_json_or_table<T: serde::Serialize>(
 /// Prints each test's result; true when all passed.
 fn pipeline_tests(path: PathBuf, tests: Option<PathBuf>) -> anyhow::Result<bool> {
     let pipeline = Pipeline::load(&path)?;
-    let tests = tests.unwrap_or_else(|| runner::testing::default_test_file(&path));
+    let tests = tests.unwrap_or_else(|| runner::cli::testing::default_test_file(&path));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let outcomes = rt.block_on(runner::testing::run_tests(&pipeline, &tests))?;
+    let outcomes = rt.block_on(runner::cli::testing::run_tests(&pipeline, &tests))?;
     let failed = outcomes.iter().filter(|o| !o.failures.is_empty()).count();
     for o in &outcomes {
         if o.failures.is_empty() {
@@ -520,14 +524,15 @@ fn show_metrics(
         .enable_all()
         .build()?;
     let values = match at {
-        None => rt.block_on(runner::commands::metrics(
+        None => rt.block_on(runner::cli::commands::metrics(
             &pipeline,
             chrono::Utc::now().timestamp_millis(),
         ))?,
         Some(at) => {
-            let at_ms = runner::commands::parse_at(&at, chrono::Utc::now().timestamp_millis())?;
+            let at_ms =
+                runner::cli::commands::parse_at(&at, chrono::Utc::now().timestamp_millis())?;
             let (values, not_final) =
-                rt.block_on(runner::commands::metrics_at(&pipeline, at_ms))?;
+                rt.block_on(runner::cli::commands::metrics_at(&pipeline, at_ms))?;
             if !not_final.is_empty() {
                 eprintln!("no final result stored for that window of {} (not closed yet, or older than the results): computed from the stored partials", not_final.join(", "));
             }
@@ -535,7 +540,7 @@ fn show_metrics(
         }
     };
     print_json_or_table(json, &values, |out| {
-        runner::commands::print_metrics(&values, out)
+        runner::cli::commands::print_metrics(&values, out)
     })
 }
 
@@ -552,7 +557,9 @@ fn backfill(
         .enable_all()
         .build()?;
     let started = std::time::Instant::now();
-    let done = rt.block_on(runner::commands::backfill(&pipeline, metric, since, until))?;
+    let done = rt.block_on(runner::cli::commands::backfill(
+        &pipeline, metric, since, until,
+    ))?;
     println!(
         "{metric}: {} events recomputed into {} partials, {} final results rewritten, in {:.1} s",
         done.events,
@@ -627,20 +634,20 @@ fn init(
 ) -> anyhow::Result<()> {
     let (records, source) = match (file, topic) {
         (Some(f), _) => (
-            runner::init::read_jsonl(&f, sample)?,
+            runner::cli::init::read_jsonl(&f, sample)?,
             f.display().to_string(),
         ),
         (None, Some(t)) => {
             let servers = kafka.unwrap_or_default();
             (
-                runner::init::read_topic(&servers, &t, sample, Duration::from_secs(10))?,
+                runner::cli::init::read_topic(&servers, &t, sample, Duration::from_secs(10))?,
                 format!("topic {t} at {servers}"),
             )
         }
         (None, None) => anyhow::bail!("give --from-file or --from-topic"),
     };
-    let guess = runner::init::infer(&records)?;
-    let written = runner::init::write(dir, name, &guess, &source, force)?;
+    let guess = runner::cli::init::infer(&records)?;
+    let written = runner::cli::init::write(dir, name, &guess, &source, force)?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "learned from {} records of {source}:", guess.records)?;
     writeln!(

@@ -4,7 +4,7 @@
 
 mod common;
 
-use runner::bench::{load_check, LoadSpec};
+use runner::cli::bench::{load_check, LoadSpec};
 use std::path::Path;
 use std::time::Duration;
 

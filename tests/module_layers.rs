@@ -18,7 +18,7 @@ const LAYERS: &[&[&str]] = &[
     &["dashboard"],
     &["config"],
     &["pipeline"],
-    &["commands", "testing", "bench", "init", "top", "docs"],
+    &["cli"],
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

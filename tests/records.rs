@@ -146,12 +146,14 @@ async fn sensors_pipeline_end_to_end() {
     let readings = store.all_events().await.unwrap();
     assert_eq!(readings.len() as u64, n);
     let at = readings.iter().map(Record::time_ms).max().unwrap();
-    let values = runner::commands::metrics(&sp.pipeline, at).await.unwrap();
+    let values = runner::cli::commands::metrics(&sp.pipeline, at)
+        .await
+        .unwrap();
     let expected = recompute(&readings, values[0].window_start, values[0].window_end);
     assert_eq!(values.len(), expected.len());
     for v in &values {
         assert!(
-            runner::testing::same_value(&v.value, &expected[&v.name]),
+            runner::cli::testing::same_value(&v.value, &expected[&v.name]),
             "{}: read {} but recomputation gives {}",
             v.name,
             v.value,
@@ -170,7 +172,7 @@ async fn sensors_pipeline_end_to_end() {
         "the roof runs hot (on_event adds 8 °C): {roof}"
     );
     let mut table = Vec::new();
-    runner::commands::print_metrics(&values, &mut table).unwrap();
+    runner::cli::commands::print_metrics(&values, &mut table).unwrap();
     println!(
         "runner metrics pipelines/sensors.toml:\n{}",
         String::from_utf8_lossy(&table)
@@ -389,7 +391,7 @@ async fn init_from_topic_writes_a_pipeline_that_validates() {
     let sp = common::service_pipeline_of(&sensors_file(), "init_topic");
     create_topic(&sp).await;
     let mut sample = Vec::new();
-    runner::commands::generate(&sp.pipeline, 200, &mut sample).unwrap();
+    runner::cli::commands::generate(&sp.pipeline, 200, &mut sample).unwrap();
     let lines: Vec<String> = String::from_utf8(sample)
         .unwrap()
         .lines()

@@ -94,7 +94,7 @@ pub fn same(a: &Value, b: &Value) -> bool {
         (Some(x), Some(y)) if !a.is_u64() || !b.is_u64() => {
             (x - y).abs() <= 1e-9 * x.abs().max(1.0)
         }
-        (None, None) => runner::testing::same_value(a, b),
+        (None, None) => runner::cli::testing::same_value(a, b),
         _ => a == b,
     }
 }

@@ -1,0 +1,10 @@
+//! The commands beside `runner run`, as library calls `main.rs` makes: `runner generate` and
+//! `metrics` ([`commands`]), `runner test` ([`testing`]), `runner init` ([`init`]), `runner top`
+//! ([`top`]), `runner bench` ([`bench`]) and `runner docs` ([`docs`]).
+
+pub mod bench;
+pub mod commands;
+pub mod docs;
+pub mod init;
+pub mod testing;
+pub mod top;
