@@ -1,9 +1,10 @@
 //! The `runner` command line: parses arguments and calls into the library.
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use runner::base::de::parse_duration;
+use runner::cli::run::{add_scenarios, parse_param, ComponentName, Connection};
 use runner::config::Pipeline;
-use runner::pipeline::{Components, RunOptions};
+use runner::pipeline::RunOptions;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -179,34 +180,6 @@ enum Command {
     },
 }
 
-/// Where the pipeline's broker and store are, over what the file says.
-#[derive(clap::Args, Debug, Clone)]
-struct Connection {
-    /// Kafka bootstrap servers (host:port,...), or `embedded` [default: kafka.bootstrap_servers].
-    #[arg(long)]
-    kafka: Option<String>,
-    /// MongoDB connection string, or `embedded` [default: mongodb.uri].
-    #[arg(long)]
-    mongodb: Option<String>,
-    /// Folder for the embedded store [default: embedded.data_dir, ./data].
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-}
-
-impl Connection {
-    fn apply(&self, c: &mut runner::config::PipelineConfig) {
-        if let Some(k) = &self.kafka {
-            c.kafka.bootstrap_servers = k.clone();
-        }
-        if let Some(m) = &self.mongodb {
-            c.mongodb.uri = m.clone();
-        }
-        if let Some(d) = &self.data_dir {
-            c.embedded.data_dir = d.clone();
-        }
-    }
-}
-
 #[derive(clap::Args)]
 struct RunArgs {
     /// The pipeline file.
@@ -214,7 +187,7 @@ struct RunArgs {
     /// Which components to run in this process, comma- or space-separated (`all` for every one).
     /// A consumer also evaluates the alert rules.
     #[arg(long, value_delimiter = ',', num_args = 1.., default_value = "generator,consumer,dashboard")]
-    components: Vec<ComponentArg>,
+    components: Vec<ComponentName>,
     /// Events per second (0 = as fast as possible) [default: generator.rate in the pipeline file].
     #[arg(long)]
     generation_rate: Option<f64>,
@@ -260,22 +233,6 @@ struct RunArgs {
     /// Also check the files every this often, for file systems without change events (e.g. 2s).
     #[arg(long, value_parser = parse_duration)]
     watch_poll: Option<Duration>,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum ComponentArg {
-    /// Generates events and publishes them.
-    Generator,
-    /// The original Python pipeline's name for the generator.
-    Producer,
-    /// Consumes events, stores them and keeps the metrics.
-    Consumer,
-    /// Serves the live dashboard, JSON API and /metrics.
-    Dashboard,
-    /// Evaluates the alert rules against the store and sends notifications.
-    Alerting,
-    /// Every component.
-    All,
 }
 
 fn main() -> ExitCode {
@@ -407,17 +364,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 .insert(name.clone(), runner::generator::Param::parse(&value));
         })?;
     }
-    let has = |wanted: &[ComponentArg]| {
-        args.components
-            .iter()
-            .any(|c| *c == ComponentArg::All || wanted.contains(c))
-    };
-    let components = Components {
-        generator: has(&[ComponentArg::Generator, ComponentArg::Producer]),
-        consumer: has(&[ComponentArg::Consumer]),
-        dashboard: has(&[ComponentArg::Dashboard]),
-        alerting: has(&[ComponentArg::Alerting, ComponentArg::Consumer]),
-    };
+    let components = runner::cli::run::components(&args.components);
     let options = RunOptions {
         components,
         max_events: args.events,
@@ -601,25 +548,6 @@ fn spawn_stop_signals(stop: CancellationToken, run_for: Option<Duration>) {
         eprintln!("quitting without finishing; uncommitted events will be consumed again");
         std::process::exit(130);
     });
-}
-
-/// `--scenario NAME`s join the file's `[generator] scenarios`.
-fn add_scenarios(c: &mut runner::config::PipelineConfig, names: &[String]) {
-    for n in names {
-        if !c.generator.scenarios.contains(n) {
-            c.generator.scenarios.push(n.clone());
-        }
-    }
-}
-
-/// `NAME=VALUE` of `--param`.
-fn parse_param(text: &str) -> Result<(String, String), String> {
-    match text.split_once('=') {
-        Some((name, value)) if !name.trim().is_empty() => {
-            Ok((name.trim().to_string(), value.to_string()))
-        }
-        _ => Err(format!("{text:?} is not NAME=VALUE")),
-    }
 }
 
 /// `runner init`: sample, infer, write, and say what was written.

@@ -1,4 +1,4 @@
-//! The commands beside `runner run`, as library calls `main.rs` makes: `runner generate` and
+//! The command line as library calls `main.rs` makes: `runner run`'s choices ([`run`]), `runner generate` and
 //! `metrics` ([`commands`]), `runner test` ([`testing`]), `runner init` ([`init`]), `runner top`
 //! ([`top`]), `runner bench` ([`bench`]) and `runner docs` ([`docs`]).
 
@@ -6,5 +6,6 @@ pub mod bench;
 pub mod commands;
 pub mod docs;
 pub mod init;
+pub mod run;
 pub mod testing;
 pub mod top;
