@@ -11,11 +11,13 @@
 //! - [`decode`]: bytes to events, the same for every transport.
 //! - [`telemetry`]: the counters, latency and reload status every component reports through, and
 //!   the progress log.
-//! - [`store`]: where raw events, metric partials, alert history and dead letters land: MongoDB
-//!   ([`store::mongo`]) or the embedded SQLite store ([`store::embedded`]), behind one
-//!   [`store::EventStore`] interface, with the row types it keeps.
 //! - [`transport`]: moves batches from the generator to the consumer, through Kafka
-//!   ([`transport::kafka`]) or the in-process [`transport::embedded`] queue.
+//!   ([`transport::kafka`]) or the in-process [`transport::embedded`] queue, and reads history
+//!   back for a backfill ([`transport::History`]).
+//! - [`store`]: where raw events, metric partials, alert history and dead letters land: MongoDB
+//!   ([`store::mongo`]) or the embedded SQLite store ([`store::embedded`]), by role
+//!   ([`store::RawEvents`], [`store::StateStore`]; the embedded store is also a history
+//!   replay), with the row types it keeps.
 //! - [`generator`]: turns the generator script into a sampling plan and runs the generating
 //!   loop, paced by a token bucket.
 //! - [`aggregate`]: windowed metrics described by Rhai scripts: the write side absorbs a batch

@@ -42,7 +42,8 @@ async fn restart_does_not_double_count() {
         &sp.pipeline.config.schema().unwrap(),
     )
     .await
-    .unwrap();
+    .unwrap()
+    .store;
     let watcher = tokio::spawn(async move {
         while store.count_events().await.unwrap() < 8_000 {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -140,7 +141,8 @@ async fn script_error_is_contained() {
         &pipeline.config.schema().unwrap(),
     )
     .await
-    .unwrap();
+    .unwrap()
+    .store;
     let events = store.all_events().await.unwrap();
     let item_1 = events.iter().filter(|e| e.s("item_id") == "item_1").count() as u64;
     assert_eq!(

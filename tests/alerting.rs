@@ -418,7 +418,8 @@ async fn restart_does_not_resend() {
         &sp.pipeline.config.schema().unwrap(),
     )
     .await
-    .unwrap();
+    .unwrap()
+    .store;
     let before = alert::active_alerts(&*store).await.unwrap();
     assert_eq!(before.len(), 1);
     assert_eq!(before[0].status, alert::state::Status::Firing);

@@ -7,7 +7,7 @@ mod common;
 use runner::aggregate::{MetricSet, MetricValue};
 use runner::config::Pipeline;
 use runner::pipeline::{self, RunOptions, Running};
-use runner::store::EventStore;
+use runner::store::Store;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::Path;
@@ -230,7 +230,7 @@ async fn added_metric_is_full_at_once_on_the_embedded_default() {
 }
 
 /// Every shipped metric read at `at`, against a recomputation from the raw events.
-async fn assert_matches_raw(store: &dyn EventStore, set: &MetricSet, at: i64, names: &[&str]) {
+async fn assert_matches_raw(store: &dyn Store, set: &MetricSet, at: i64, names: &[&str]) {
     let events = store.all_events().await.unwrap();
     let vs = set.read_all(store, at).await.unwrap();
     for name in names {
@@ -354,14 +354,15 @@ async fn backfill_survives_a_crash() {
     let log = dir.path().join("run1.log");
     let mut first = spawn_runner(&path, &env, &log);
     let p = load(&path, &env);
-    let store: Arc<dyn EventStore> = runner::store::open(
+    let store: Arc<dyn Store> = runner::store::open(
         &p.config.mongodb,
         &p.config.embedded,
         &p.config.retention,
         &p.config.schema().unwrap(),
     )
     .await
-    .unwrap();
+    .unwrap()
+    .store;
     tokio::time::sleep(Duration::from_secs(15)).await;
     append(&path, ALL_INTERACTIONS);
     let p = load(&path, &env);
@@ -458,14 +459,15 @@ async fn backfill_command_recomputes_after_a_script_fix() {
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     let p = load(&path, &env);
-    let store: Arc<dyn EventStore> = runner::store::open(
+    let store: Arc<dyn Store> = runner::store::open(
         &p.config.mongodb,
         &p.config.embedded,
         &p.config.retention,
         &p.config.schema().unwrap(),
     )
     .await
-    .unwrap();
+    .unwrap()
+    .store;
     let set = MetricSet::load(&p.config.metrics, &p.config.schema().unwrap()).unwrap();
     // A window that ends before the panes live traffic still changes (lateness 1 s + slide 5 s).
     let at = chrono::Utc::now().timestamp_millis() - 12_000;

@@ -11,7 +11,13 @@ use tokio_util::sync::CancellationToken;
 
 async fn run_embedded(data_dir: &std::path::Path, events: u64) -> pipeline::RunSummary {
     let p = common::embedded_pipeline(data_dir);
-    assert!(p.config.kafka.is_embedded() && p.config.mongodb.is_embedded());
+    assert_eq!(
+        (p.config.kafka.kind(), p.config.mongodb.kind()),
+        (
+            runner::transport::TransportKind::EmbeddedQueue,
+            runner::store::StoreKind::Sqlite
+        )
+    );
     let options = RunOptions {
         max_events: Some(events),
         ..RunOptions::default()
@@ -30,7 +36,8 @@ async fn embedded_end_to_end() {
     let c = common::embedded_pipeline(dir.path()).config;
     let store = store::open(&c.mongodb, &c.embedded, &c.retention, &c.schema().unwrap())
         .await
-        .unwrap();
+        .unwrap()
+        .store;
     let events = store.all_events().await.unwrap();
     assert_eq!(events.len() as u64, n);
     assert_eq!(
@@ -47,7 +54,8 @@ async fn embedded_restart_keeps_data() {
     let c = common::embedded_pipeline(dir.path()).config;
     let store = store::open(&c.mongodb, &c.embedded, &c.retention, &c.schema().unwrap())
         .await
-        .unwrap();
+        .unwrap()
+        .store;
     assert_eq!(store.count_events().await.unwrap(), 5_000);
 }
 
@@ -88,7 +96,8 @@ async fn embedded_queue_applies_validation() {
         &p.config.schema().unwrap(),
     )
     .await
-    .unwrap();
+    .unwrap()
+    .store;
     assert!(store
         .all_events()
         .await
@@ -334,7 +343,8 @@ async fn retention_sweeps_every_kind_and_keeps_the_current_window_exact() {
         &p.schema(),
     )
     .await
-    .unwrap();
+    .unwrap()
+    .store;
     let events = store.all_events().await.unwrap();
     let at = events.iter().map(|e| e.time_ms()).max().unwrap();
     let set = runner::aggregate::MetricSet::load(&p.config.metrics, &p.schema()).unwrap();
@@ -361,7 +371,8 @@ async fn retention_sweeps_every_kind_and_keeps_the_current_window_exact() {
     let pages_before = rows(&data, "SELECT page_count FROM pragma_page_count");
     let store = store::open(&p.config.mongodb, &p.config.embedded, &keep, &p.schema())
         .await
-        .unwrap();
+        .unwrap()
+        .store;
     let t = std::time::Instant::now();
     loop {
         let left = rows(&data, &format!(
@@ -419,7 +430,8 @@ async fn drain_backlog(
         &p.schema(),
     )
     .await
-    .unwrap();
+    .unwrap()
+    .store;
     let (mut publisher, subscriber) =
         runner::transport::embedded::channel(batches, 100, stats.clone());
     let script =

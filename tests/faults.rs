@@ -88,7 +88,8 @@ async fn garbage_goes_to_dead_letter() {
         &sp.pipeline.config.schema().unwrap(),
     )
     .await
-    .unwrap();
+    .unwrap()
+    .store;
     assert_eq!(store.count_events().await.unwrap(), good as u64);
     let letters = store.dead_letters(100).await.unwrap();
     let mut got: Vec<Reason> = letters.iter().map(|d| d.reason).collect();
@@ -184,7 +185,8 @@ async fn poison_record_is_dead_lettered_and_its_batch_stored() {
         &sp.pipeline.config.schema().unwrap(),
     )
     .await
-    .unwrap();
+    .unwrap()
+    .store;
     assert_eq!(
         store.count_events().await.unwrap(),
         good,
@@ -336,7 +338,8 @@ async fn hostile_records_stall_nothing_and_poison_no_metric() {
         &sp.pipeline.config.schema().unwrap(),
     )
     .await
-    .unwrap();
+    .unwrap()
+    .store;
     let letters = store.dead_letters(100).await.unwrap();
     let by_reason = |r: Reason| letters.iter().filter(|d| d.reason == r).count();
     assert_eq!(
@@ -488,7 +491,8 @@ async fn runaway_script_is_stopped() {
         &p.config.schema().unwrap(),
     )
     .await
-    .unwrap();
+    .unwrap()
+    .store;
     let set =
         runner::aggregate::MetricSet::load(&p.config.metrics, &p.config.schema().unwrap()).unwrap();
     let values = set
@@ -561,7 +565,8 @@ async fn assert_each_stored_once(sp: &common::ServicePipeline, expected: u64, wh
         &sp.pipeline.config.schema().unwrap(),
     )
     .await
-    .unwrap();
+    .unwrap()
+    .store;
     let (rows, distinct) = common::stored_ids(&*store).await;
     assert_eq!(rows, distinct, "no event stored twice");
     assert_eq!(rows as u64, expected, "{which} is stored exactly once");

@@ -7,7 +7,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use runner::pipeline::{Components, RunSummary};
-use runner::store::{self, EventStore};
+use runner::store::{self, Store};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -16,7 +16,7 @@ async fn run(sp: &ServicePipeline, components: Components, events: Option<u64>) 
     common::run_pipeline(sp, components, events, CancellationToken::new()).await
 }
 
-async fn store_of(sp: &ServicePipeline) -> Arc<dyn EventStore> {
+async fn store_of(sp: &ServicePipeline) -> Arc<dyn Store> {
     store::open(
         &sp.pipeline.config.mongodb,
         &sp.pipeline.config.embedded,
@@ -25,6 +25,7 @@ async fn store_of(sp: &ServicePipeline) -> Arc<dyn EventStore> {
     )
     .await
     .unwrap()
+    .store
 }
 
 fn group_consumer(sp: &ServicePipeline) -> BaseConsumer {

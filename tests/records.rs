@@ -11,7 +11,7 @@ use rdkafka::ClientConfig;
 use runner::dead_letter::Reason;
 use runner::event::{Extra, Record};
 use runner::pipeline::{self, Components, RunOptions};
-use runner::store::{self, EventStore};
+use runner::store::{self, Store};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
@@ -23,7 +23,7 @@ fn sensors_file() -> PathBuf {
     common::repo_root().join("pipelines/sensors.toml")
 }
 
-async fn store_of(p: &runner::config::Pipeline) -> Arc<dyn EventStore> {
+async fn store_of(p: &runner::config::Pipeline) -> Arc<dyn Store> {
     store::open(
         &p.config.mongodb,
         &p.config.embedded,
@@ -32,6 +32,7 @@ async fn store_of(p: &runner::config::Pipeline) -> Arc<dyn EventStore> {
     )
     .await
     .unwrap()
+    .store
 }
 
 /// The sensors metrics recomputed from stored readings in `[start, end)`.

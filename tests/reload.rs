@@ -452,7 +452,8 @@ async fn twenty_edits_lose_nothing() {
     .config;
     let store = runner::store::open(&c.mongodb, &c.embedded, &c.retention, &c.schema().unwrap())
         .await
-        .unwrap();
+        .unwrap()
+        .store;
     assert_eq!(store.count_events().await.unwrap(), summary.stats.generated);
 }
 
@@ -570,7 +571,8 @@ async fn connection_change_reconnects_without_loss() {
         let store =
             runner::store::open(&c.mongodb, &c.embedded, &c.retention, &c.schema().unwrap())
                 .await
-                .unwrap();
+                .unwrap()
+                .store;
         let ids: Vec<String> = store
             .all_events()
             .await

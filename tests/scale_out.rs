@@ -243,7 +243,8 @@ async fn final_results_written_once() {
         &sp.pipeline.schema(),
     )
     .await
-    .unwrap();
+    .unwrap()
+    .store;
     let t = Instant::now();
     while store.count_events().await.unwrap() < events {
         assert!(

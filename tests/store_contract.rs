@@ -9,7 +9,8 @@ use runner::store::embedded::{EmbeddedConfig, EmbeddedStore};
 use runner::store::mongo::{MongoConfig, MongoStore};
 use runner::store::retention::RetentionConfig;
 use runner::store::PaneRecord;
-use runner::store::{EventStore, InsertOutcome};
+use runner::store::{InsertOutcome, RawEvents, StateStore, Store};
+use runner::transport::{History, NO_PARTITION};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
@@ -108,7 +109,14 @@ impl Shape {
     }
 }
 
-async fn contract(store: &dyn EventStore, shape: &Shape) {
+/// Every role of a store, each by its own contract.
+async fn contract(store: &dyn Store, shape: &Shape) {
+    raw_events_contract(store, shape).await;
+    state_store_contract(store).await;
+}
+
+/// The raw-record sink: idempotent by id, duplicates named, every field read back as written.
+async fn raw_events_contract(store: &dyn RawEvents, shape: &Shape) {
     let event = |i: u32| shape.record(i);
     assert_eq!(store.count_events().await.unwrap(), 0, "starts empty");
     assert_eq!(
@@ -164,7 +172,62 @@ async fn contract(store: &dyn EventStore, shape: &Shape) {
     let back = store.all_events().await.unwrap();
     let expected: Vec<Record> = (0..150).map(event).collect();
     assert_eq!(back, expected);
+}
 
+/// History replay: raw events read back by position in order of arrival, each once, in pages,
+/// and from the first position at or after a time. `history` reads what `raw` stored; both start
+/// empty.
+async fn history_contract(history: &dyn History, raw: &dyn RawEvents, shape: &Shape) {
+    assert_eq!(
+        history.end(NO_PARTITION).await.unwrap(),
+        0,
+        "nothing stored yet"
+    );
+    let events: Vec<Record> = (0..20).map(|i| shape.record(i)).collect();
+    raw.insert_events(&events[..10]).await.unwrap();
+    // A replay of five stored ones takes no new position.
+    raw.insert_events(&events[5..]).await.unwrap();
+    let end = history.end(NO_PARTITION).await.unwrap();
+    let all = history.read(NO_PARTITION, 0, end, 100).await.unwrap();
+    let read: Vec<Record> = all.events.iter().map(|(_, r)| r.clone()).collect();
+    assert_eq!(read, events, "in order of arrival, each once");
+    assert_eq!(all.through, end, "a short read covers the whole range");
+    assert!(all.events.windows(2).all(|w| w[0].0 < w[1].0));
+    assert_eq!(all.events.last().unwrap().0, end);
+
+    let page = history.read(NO_PARTITION, 0, end, 7).await.unwrap();
+    assert_eq!(page.events.len(), 7);
+    assert_eq!(
+        page.through, page.events[6].0,
+        "a full page ends at its last"
+    );
+    let rest = history
+        .read(NO_PARTITION, page.through, end, 100)
+        .await
+        .unwrap();
+    assert_eq!(rest.events.len(), 13, "the next page starts after it");
+
+    let t = events[12].time_ms();
+    let first_at_t = all
+        .events
+        .iter()
+        .find(|(_, r)| r.time_ms() >= t)
+        .map(|(at, _)| *at)
+        .unwrap();
+    assert_eq!(
+        history.start(NO_PARTITION, t).await.unwrap(),
+        (first_at_t, false),
+        "the first position at or after the time, nothing lost"
+    );
+    let (past, _) = history.start(NO_PARTITION, i64::MAX).await.unwrap();
+    assert!(
+        past > end,
+        "a time past every event starts after the newest"
+    );
+}
+
+/// The state store: partials, alert state and history, leases, final results, dead letters.
+async fn state_store_contract(store: &dyn StateStore) {
     // Metric partials: replaced by newer offsets, never by older ones; read back by range.
     store
         .write_panes(&[pane(0, 0, 10, 1), pane(5000, 0, 12, 2), pane(5000, 1, 3, 7)])
@@ -357,7 +420,7 @@ fn dead_letter(id: &str, reason: Reason, at: i64) -> DeadLetter {
 /// records by their time, panes by their start, alerts and dead letters by when they were
 /// stored) go by the store's own expiry (`expire` waits for it, at most 30 s), while fresh rows,
 /// the current pane and the timeless watermark records stay.
-async fn retention_contract(store: &dyn EventStore, shape: &Shape) {
+async fn retention_contract(store: &dyn Store, shape: &Shape) {
     let now = Utc::now().timestamp_millis();
     let fresh = |i: u32| {
         let old = (shape.json)(i);
@@ -547,13 +610,26 @@ async fn mongo_store_expires_each_kind_by_ttl_indexes() {
 }
 
 #[tokio::test]
-async fn embedded_store_meets_the_contract_for_two_schemas() {
+async fn embedded_store_meets_every_role_contract_for_two_schemas() {
     for shape in [interactions(), sensors()] {
         let dir = tempfile::tempdir().unwrap();
         let config = EmbeddedConfig {
             data_dir: dir.path().to_path_buf(),
             ..EmbeddedConfig::default()
         };
+        // The embedded store is also a history replay (its row numbers).
+        let replay = tempfile::tempdir().unwrap();
+        let fresh = EmbeddedStore::open(
+            &EmbeddedConfig {
+                data_dir: replay.path().to_path_buf(),
+                ..EmbeddedConfig::default()
+            },
+            &Default::default(),
+            &shape.schema,
+            &[],
+        )
+        .unwrap();
+        history_contract(&fresh, &fresh, &shape).await;
         contract(
             &EmbeddedStore::open(
                 &config,
@@ -618,7 +694,7 @@ fn mongo_config(shape: &Shape) -> MongoConfig {
 }
 
 #[tokio::test]
-async fn mongo_store_meets_the_contract_for_two_schemas() {
+async fn mongo_store_meets_the_raw_and_state_contracts_for_two_schemas() {
     for shape in [interactions(), sensors()] {
         let config = mongo_config(&shape);
         let retention = RetentionConfig {

@@ -17,11 +17,9 @@
 //! holds.
 
 use super::{Aggregator, Metric, MetricSet, TimeMode};
-use crate::event::Record;
-use crate::store::{EventStore, PaneRecord, StateJson};
+use crate::store::{PaneRecord, StateJson, StateStore};
 use crate::telemetry::Stats;
-use crate::transport::{Batch, History, HistoryRead, NO_PARTITION};
-use async_trait::async_trait;
+use crate::transport::{Batch, History, HistoryRead};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -81,7 +79,7 @@ impl Seam {
 
 /// How far a metric's backfill has come, from its stored seams: `None` when there is nothing
 /// left to fill (or nothing to fill at all), else the share done, 0 to 1.
-pub async fn progress(m: &Metric, store: &dyn EventStore) -> anyhow::Result<Option<f64>> {
+pub async fn progress(m: &Metric, store: &dyn StateStore) -> anyhow::Result<Option<f64>> {
     Ok(progress_of(
         &store
             .load_panes(&seam_key(m), SEAM_PANE, SEAM_PANE + 1, None)
@@ -253,6 +251,8 @@ pub type Screen = Arc<dyn Fn(&mut Batch) + Send + Sync>;
 #[derive(Clone)]
 pub struct Backfiller {
     tx: mpsc::UnboundedSender<Command>,
+    /// Where the task reads: the aggregator asks it where the embedded queue's seam lies.
+    pub(super) history: Arc<dyn History>,
 }
 
 impl Backfiller {
@@ -265,25 +265,25 @@ impl Backfiller {
 /// Starts the backfill task, reading `history` and writing to `store`, until `stop`.
 pub fn spawn(
     history: Arc<dyn History>,
-    store: Arc<dyn EventStore>,
+    store: Arc<dyn StateStore>,
     screen: Screen,
     config: BackfillConfig,
     stop: CancellationToken,
 ) -> (Backfiller, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let task = Task {
-        history,
+        history: history.clone(),
         store,
         screen,
         config,
         queue: VecDeque::new(),
     };
-    (Backfiller { tx }, tokio::spawn(task.run(rx, stop)))
+    (Backfiller { tx, history }, tokio::spawn(task.run(rx, stop)))
 }
 
 struct Task {
     history: Arc<dyn History>,
-    store: Arc<dyn EventStore>,
+    store: Arc<dyn StateStore>,
     screen: Screen,
     config: BackfillConfig,
     queue: VecDeque<Job>,
@@ -474,45 +474,6 @@ impl Task {
     }
 }
 
-/// The embedded store's raw rows as a [`History`]: positions are row numbers, one sequence for
-/// the whole store (the embedded queue has no partitions).
-pub struct StoreHistory(pub Arc<dyn EventStore>);
-
-#[async_trait]
-impl History for StoreHistory {
-    async fn start(&self, _partition: i32, since_ms: i64) -> anyhow::Result<(i64, bool)> {
-        let start = self.0.raw_start(since_ms).await?;
-        // Row numbers start at 1: a first row after it, with none before, means rows were swept.
-        let lost = start > 1 && self.0.raw_after(0, start - 1, 1).await?.is_empty();
-        Ok((start, lost))
-    }
-
-    async fn end(&self, _partition: i32) -> anyhow::Result<i64> {
-        Ok(self.0.raw_position().await?.unwrap_or(0))
-    }
-
-    async fn read(
-        &self,
-        partition: i32,
-        after: i64,
-        upto: i64,
-        limit: usize,
-    ) -> anyhow::Result<HistoryRead> {
-        debug_assert_eq!(
-            partition, NO_PARTITION,
-            "the embedded store has one sequence"
-        );
-        let events: Vec<(i64, Record)> = self.0.raw_after(after, upto, limit).await?;
-        // Fewer rows than asked for: the rest of the range is read (row numbers may skip).
-        let through = if events.len() < limit {
-            upto
-        } else {
-            events.last().map_or(upto, |(at, _)| *at)
-        };
-        Ok(HistoryRead { events, through })
-    }
-}
-
 /// What a [`recompute`] did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Recomputed {
@@ -540,7 +501,7 @@ pub async fn recompute(
     history: &dyn History,
     partitions: &[i32],
     (since, until): (i64, i64),
-    store: &dyn EventStore,
+    store: &dyn StateStore,
     screen: &Screen,
     progress: &(dyn Fn(u64) + Sync),
 ) -> anyhow::Result<Recomputed> {
@@ -629,7 +590,7 @@ const DEFAULT_RECOMPUTE_CHUNK: usize = 5_000;
 /// Writes again the stored final results of `m` whose window has a pane in `[since, until)`.
 async fn rewrite_results(
     m: &Metric,
-    store: &dyn EventStore,
+    store: &dyn StateStore,
     since: i64,
     until: i64,
 ) -> anyhow::Result<usize> {

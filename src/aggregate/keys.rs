@@ -14,7 +14,7 @@
 //! deletes them. Every module of `aggregate` reads and writes these rows through this file.
 
 use super::{Metric, Point};
-use crate::store::{EventStore, PaneRecord, ResultRow, TIMELESS_PANE};
+use crate::store::{PaneRecord, ResultRow, StateStore, TIMELESS_PANE};
 
 /// Watermarks are stored at the timeless pane, so pane retention never deletes them; the store
 /// makes rows at this pane visible only after the others of the same write.
@@ -82,7 +82,7 @@ pub(super) fn result_row(m: &Metric, p: Point) -> ResultRow {
 /// Every partition's stored watermark of `m`: (partition, newest event time).
 pub(super) async fn stored_watermarks(
     m: &Metric,
-    store: &dyn EventStore,
+    store: &dyn StateStore,
 ) -> anyhow::Result<Vec<(i32, i64)>> {
     let records = store
         .load_panes(&watermark_key(m), WATERMARK_PANE, WATERMARK_PANE + 1, None)

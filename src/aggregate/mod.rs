@@ -27,7 +27,7 @@ pub use write::{Absorbed, Aggregator};
 
 use crate::event::Schema;
 use crate::script::{MapFields, ScriptError};
-use crate::store::EventStore;
+use crate::store::StateStore;
 use std::collections::HashSet;
 
 /// The compiled metrics of a pipeline.
@@ -105,7 +105,7 @@ impl MetricSet {
     /// Current value of every metric for the window ending with the pane holding `at_ms`.
     pub async fn read_all(
         &self,
-        store: &dyn EventStore,
+        store: &dyn StateStore,
         at_ms: i64,
     ) -> anyhow::Result<Vec<MetricValue>> {
         let mut out = Vec::with_capacity(self.metrics.len());

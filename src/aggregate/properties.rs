@@ -6,7 +6,7 @@ use super::write::tests::{event, per_item_set};
 use super::{read, Aggregator, MetricSet};
 use crate::event::Record;
 use crate::store::embedded::{EmbeddedConfig, EmbeddedStore};
-use crate::store::EventStore;
+use crate::store::StateStore;
 use crate::telemetry::Stats;
 use crate::transport::Batch;
 use proptest::prelude::*;

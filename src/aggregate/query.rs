@@ -3,7 +3,7 @@
 
 use super::keys::{rewrite_key, seam_key, REWRITE_PANE, SEAM_PANE};
 use super::{Metric, Partial};
-use crate::store::{EventStore, PaneRecord};
+use crate::store::{PaneRecord, StateStore};
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
@@ -37,7 +37,7 @@ pub struct Backfilling {
 /// Reads one metric's window ending with the pane holding `at_ms`, merging every stored partial.
 pub async fn read(
     metric: &Metric,
-    store: &dyn EventStore,
+    store: &dyn StateStore,
     at_ms: i64,
 ) -> anyhow::Result<MetricValue> {
     let (start, end) = metric.window.range_at(at_ms);
@@ -75,7 +75,7 @@ pub struct Point {
 /// at most `max_points` of them; the partials are read once and merged in memory.
 pub async fn history(
     metric: &Metric,
-    store: &dyn EventStore,
+    store: &dyn StateStore,
     from: i64,
     to: i64,
     max_points: usize,
@@ -106,7 +106,7 @@ pub fn history_step(metric: &Metric, from: i64, to: i64, max_points: usize) -> i
 /// states of a per-session metric held at once (a 5-minute chart) cost ~400 MB at 10,000 events/s.
 pub async fn windows(
     metric: &Metric,
-    store: &dyn EventStore,
+    store: &dyn StateStore,
     ends: &[i64],
 ) -> anyhow::Result<Vec<Point>> {
     let mut points = Vec::with_capacity(ends.len());
@@ -128,7 +128,7 @@ pub async fn windows(
 /// them: a day of panes read at once (a long history) held hundreds of megabytes.
 async fn each_window(
     metric: &Metric,
-    store: &dyn EventStore,
+    store: &dyn StateStore,
     ends: &[i64],
     mut each: impl FnMut(i64, &Partial, bool) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
@@ -177,7 +177,7 @@ const PANES_PER_QUERY: i64 = 4;
 /// Reads the partials of panes `[from, to)` into `panes`, one merged state per pane.
 async fn load_merged(
     metric: &Metric,
-    store: &dyn EventStore,
+    store: &dyn StateStore,
     from: i64,
     to: i64,
     panes: &mut BTreeMap<i64, Partial>,
@@ -260,7 +260,7 @@ impl Default for Kept {
 
 impl Kept {
     /// Moves the kept span up to the newest settled pane and back to two window sizes behind it.
-    async fn advance(&mut self, metric: &Metric, store: &dyn EventStore) -> anyhow::Result<()> {
+    async fn advance(&mut self, metric: &Metric, store: &dyn StateStore) -> anyhow::Result<()> {
         let describe = store.describe();
         let marks = store
             .load_panes(&rewrite_key(metric), REWRITE_PANE, REWRITE_PANE + 1, None)

@@ -10,7 +10,7 @@
 //! another consumer, a restart) changes nothing.
 
 use super::{history, Metric, MetricSet};
-use crate::store::{EventStore, ResultRow};
+use crate::store::{ResultRow, StateStore};
 use async_trait::async_trait;
 use futures::future::BoxFuture;
 use std::collections::HashMap;
@@ -31,7 +31,7 @@ pub trait ResultsOutput: Send + Sync {
 }
 
 /// The store's results: `metric_results` on MongoDB, a table of the embedded store.
-pub struct StoreResults(pub Arc<dyn EventStore>);
+pub struct StoreResults(pub Arc<dyn StateStore>);
 
 #[async_trait]
 impl ResultsOutput for StoreResults {
@@ -70,7 +70,7 @@ pub fn final_until(m: &Metric, partitions: &[i32], watermarks: &HashMap<i32, i64
 /// Hands final results of every metric to `output` until `stop`, checking every `every`; the
 /// partials and watermarks are read from `store`.
 pub async fn run(
-    store: Arc<dyn EventStore>,
+    store: Arc<dyn StateStore>,
     output: Arc<dyn ResultsOutput>,
     mut set: watch::Receiver<Arc<MetricSet>>,
     partitions: Partitions,
@@ -99,7 +99,7 @@ pub async fn run(
 }
 
 struct Writer {
-    store: Arc<dyn EventStore>,
+    store: Arc<dyn StateStore>,
     output: Arc<dyn ResultsOutput>,
     /// Per metric (state key), the end of the newest window written.
     written: HashMap<String, i64>,

@@ -8,7 +8,7 @@ use super::{Metric, MetricSet, Partial, TimeMode};
 use crate::base::{map_each, Workers};
 use crate::dead_letter::{DeadLetter, Reason};
 use crate::event::Record;
-use crate::store::{EventStore, PaneRecord, MAX_STATE_BYTES};
+use crate::store::{PaneRecord, StateStore, MAX_STATE_BYTES};
 use crate::telemetry::Stats;
 use crate::transport::{Batch, NO_PARTITION};
 use rayon::prelude::*;
@@ -139,7 +139,7 @@ impl Aggregator {
     pub async fn absorb(
         &mut self,
         batch: &Batch,
-        store: &dyn EventStore,
+        store: &dyn StateStore,
     ) -> anyhow::Result<Absorbed> {
         let late = self.ingest(batch, store).await?;
         Ok(Absorbed {
@@ -156,7 +156,7 @@ impl Aggregator {
     pub async fn ingest(
         &mut self,
         batch: &Batch,
-        store: &dyn EventStore,
+        store: &dyn StateStore,
     ) -> anyhow::Result<Vec<DeadLetter>> {
         self.forget(&batch.revoked);
         let mut partitions: Vec<i32> = batch.sources.iter().map(|s| s.0).collect();
@@ -166,9 +166,11 @@ impl Aggregator {
         for partition in self.to_load(&partitions) {
             let (since, records) = Self::load(&self.set, store, partition, &batch.events).await?;
             // The embedded queue's seam: every raw row stored so far is history.
-            let position = match self.backfill.is_some() && partition == NO_PARTITION {
-                true => store.raw_position().await?.filter(|p| *p > 0),
-                false => None,
+            let position = match (&self.backfill, partition) {
+                (Some(b), NO_PARTITION) => {
+                    Some(b.history.end(NO_PARTITION).await?).filter(|p| *p > 0)
+                }
+                _ => None,
             };
             let fresh = self.install(partition, since, records)?;
             if self.backfill.is_some() {
@@ -209,7 +211,7 @@ impl Aggregator {
     /// record dated year 1 no longer loads every retained pane of the partition into memory.
     async fn load(
         set: &MetricSet,
-        store: &dyn EventStore,
+        store: &dyn StateStore,
         partition: i32,
         events: &[Record],
     ) -> anyhow::Result<(i64, Vec<PaneRecord>)> {

@@ -6,7 +6,7 @@
 //! the store's clock's business, and how long this process may act on the lease its monotonic
 //! clock's: no replica's wall clock takes part, so a skewed one cannot hold the lease beside another.
 
-use crate::store::EventStore;
+use crate::store::StateStore;
 use std::time::{Duration, Instant};
 
 /// This process's claim to the evaluator lease of one pipeline.
@@ -49,7 +49,7 @@ impl Lease {
     /// `Ok(false)` means this process just became the evaluator.
     pub async fn renew(
         &mut self,
-        store: &dyn EventStore,
+        store: &dyn StateStore,
         interval: Duration,
     ) -> anyhow::Result<bool> {
         let ttl = Self::ttl(interval);
@@ -79,7 +79,7 @@ impl Lease {
     }
 
     /// Gives the lease up (at shutdown), so a standby takes over at its next try.
-    pub async fn release(&mut self, store: &dyn EventStore) {
+    pub async fn release(&mut self, store: &dyn StateStore) {
         if self.held_until.take().is_some() {
             if let Err(e) = store.take_lease(&self.name, &self.holder, 0).await {
                 tracing::warn!(error = %format!("{e:#}"), "cannot give the alert lease up; a standby takes it when it expires");

@@ -22,7 +22,7 @@ pub use rule::{Inputs, Rule};
 
 use crate::aggregate::MetricSet;
 use crate::script::{sandboxed_engine, ScriptError, ScriptLimits};
-use crate::store::EventStore;
+use crate::store::StateStore;
 use crate::telemetry::{Snapshot, Stats};
 use chrono::{DateTime, Utc};
 use rhai::Engine;
@@ -145,7 +145,7 @@ pub struct ActiveAlert {
 }
 
 /// Every pending and firing instance in the store, firing first.
-pub async fn active_alerts(store: &dyn EventStore) -> anyhow::Result<Vec<ActiveAlert>> {
+pub async fn active_alerts(store: &dyn StateStore) -> anyhow::Result<Vec<ActiveAlert>> {
     let mut out = Vec::new();
     for (rule, value) in store.load_alert_states().await? {
         let stored: Stored = serde_json::from_value(value)?;
@@ -168,7 +168,7 @@ pub async fn active_alerts(store: &dyn EventStore) -> anyhow::Result<Vec<ActiveA
 /// What the evaluator needs from the running pipeline.
 pub struct Sources {
     pub pipeline: String,
-    pub store: Arc<dyn EventStore>,
+    pub store: Arc<dyn StateStore>,
     pub metrics: watch::Receiver<Arc<MetricSet>>,
     pub stats: Arc<Stats>,
 }
@@ -239,7 +239,7 @@ fn ticker(every: Duration) -> tokio::time::Interval {
     t
 }
 
-async fn load_states(store: &dyn EventStore) -> BTreeMap<String, RuleState> {
+async fn load_states(store: &dyn StateStore) -> BTreeMap<String, RuleState> {
     match store.load_alert_states().await {
         Ok(rows) => rows
             .into_iter()
@@ -518,9 +518,8 @@ impl Evaluator {
 mod tests {
     use super::*;
     use crate::dead_letter::DeadLetter;
-    use crate::event::Record;
     use crate::store::embedded::{EmbeddedConfig, EmbeddedStore};
-    use crate::store::{InsertOutcome, PaneRecord};
+    use crate::store::PaneRecord;
     use std::sync::atomic::{AtomicBool, Ordering};
 
     /// The embedded store, whose alert-state writes fail while `failing` is set (a mock for this
@@ -531,21 +530,9 @@ mod tests {
     }
 
     #[async_trait::async_trait]
-    impl EventStore for FlakyStore {
+    impl StateStore for FlakyStore {
         fn describe(&self) -> String {
             "flaky".into()
-        }
-        async fn insert_events(&self, e: &[Record]) -> anyhow::Result<InsertOutcome> {
-            self.inner.insert_events(e).await
-        }
-        async fn count_events(&self) -> anyhow::Result<u64> {
-            self.inner.count_events().await
-        }
-        async fn stored_events(&self, ids: &[&str]) -> anyhow::Result<Vec<Record>> {
-            self.inner.stored_events(ids).await
-        }
-        async fn all_events(&self) -> anyhow::Result<Vec<Record>> {
-            self.inner.all_events().await
         }
         async fn write_panes(&self, p: &[PaneRecord]) -> anyhow::Result<()> {
             self.inner.write_panes(p).await

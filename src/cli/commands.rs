@@ -51,13 +51,7 @@ pub fn generate(pipeline: &Pipeline, count: u64, out: &mut dyn Write) -> anyhow:
 /// Reads every metric's current window from the pipeline's store.
 pub async fn metrics(pipeline: &Pipeline, at_ms: i64) -> anyhow::Result<Vec<MetricValue>> {
     let set = MetricSet::load(&pipeline.config.metrics, &pipeline.schema())?;
-    let store = crate::store::open(
-        &pipeline.config.mongodb,
-        &pipeline.config.embedded,
-        &pipeline.config.retention,
-        &pipeline.schema(),
-    )
-    .await?;
+    let store = crate::pipeline::open_store(&pipeline.config).await?.store;
     set.read_all(&*store, at_ms).await
 }
 
@@ -70,13 +64,7 @@ pub async fn metrics_at(
     at_ms: i64,
 ) -> anyhow::Result<(Vec<MetricValue>, Vec<String>)> {
     let set = MetricSet::load(&pipeline.config.metrics, &pipeline.schema())?;
-    let store = crate::store::open(
-        &pipeline.config.mongodb,
-        &pipeline.config.embedded,
-        &pipeline.config.retention,
-        &pipeline.schema(),
-    )
-    .await?;
+    let store = crate::pipeline::open_store(&pipeline.config).await?.store;
     let (mut values, mut not_final) = (Vec::new(), Vec::new());
     for m in set.metrics() {
         let (_, end) = m.window.range_at(at_ms);
@@ -177,18 +165,10 @@ pub async fn backfill(
             )
         })?;
     let m = &set.metrics()[index];
-    let store = crate::store::open(
-        &config.mongodb,
-        &config.embedded,
-        &config.retention,
-        &pipeline.schema(),
-    )
-    .await?;
-    let history = crate::pipeline::history(config, &store).map_err(anyhow::Error::msg)?;
-    let partitions = match config.kafka.is_embedded() {
-        true => vec![crate::transport::NO_PARTITION],
-        false => crate::transport::kafka::topic_partitions(&config.kafka).await?,
-    };
+    let opened = crate::pipeline::open_store(config).await?;
+    let history = crate::pipeline::history(config, &opened).map_err(anyhow::Error::msg)?;
+    let store = opened.store;
+    let partitions = crate::pipeline::partitions(&config.kafka).await?;
     anyhow::ensure!(
         !partitions.is_empty(),
         "Kafka topic {:?} does not exist: there is no history to read",

@@ -25,7 +25,7 @@ use crate::base::de;
 use crate::config::Pipeline;
 use crate::event::{Record, Schema};
 use crate::store::embedded::{EmbeddedConfig, EmbeddedStore};
-use crate::store::EventStore;
+use crate::store::StateStore;
 use crate::telemetry::Stats;
 use crate::transport::Batch;
 use anyhow::Context;

@@ -510,7 +510,10 @@ rate = "${RATE:-250}"
     fn env_values_fill_numbers_and_defaults() {
         let c = parse(MINIMAL, "p.toml", |_| None).unwrap();
         assert_eq!(c.generator.rate, 250.0);
-        assert!(c.kafka.is_embedded());
+        assert_eq!(
+            c.kafka.kind(),
+            crate::transport::TransportKind::EmbeddedQueue
+        );
         let c = parse(MINIMAL, "p.toml", |n| {
             (n == "KAFKA").then(|| "h:9092".into())
         })

@@ -1,5 +1,5 @@
 //! The consuming side, the same for every transport: take a batch from the [`Subscriber`], write
-//! it to the [`EventStore`], and only then acknowledge it, so a crash at any point replays
+//! it to the [`Store`], and only then acknowledge it, so a crash at any point replays
 //! events instead of losing them (and the store's unique event_id absorbs the replay).
 //!
 //! Reading the next batch overlaps with writing the current one; acknowledgements still happen
@@ -13,7 +13,7 @@ use crate::aggregate::{Aggregator, MetricSet};
 use crate::base::{de, Backoff, Workers};
 use crate::dead_letter::{DeadLetter, Reason};
 use crate::event::Record;
-use crate::store::{Encoded, EventStore};
+use crate::store::{Encoded, Store};
 use crate::telemetry::Stats;
 use crate::transport::{Acknowledge, Batch, Checkpoint, Poll, Subscriber, NO_PARTITION};
 use serde::Deserialize;
@@ -131,7 +131,7 @@ const POLL_WAIT: Duration = Duration::from_millis(100);
 /// Runs until the transport closes or `until` says stop; then commits and returns.
 pub async fn run(
     mut subscriber: Box<dyn Subscriber>,
-    store: Arc<dyn EventStore>,
+    store: Arc<dyn Store>,
     aggregator: Option<Aggregator>,
     mut metrics: Option<tokio::sync::watch::Receiver<Arc<MetricSet>>>,
     stats: Arc<Stats>,
@@ -327,7 +327,7 @@ impl Unsaved {
     /// events are stored once (unique id), and the stored partials, older, count them once.
     async fn checkpoint(
         &mut self,
-        store: &dyn EventStore,
+        store: &dyn Store,
         aggregator: Option<&mut Aggregator>,
         acknowledger: &dyn Acknowledge,
         stats: &Stats,
@@ -355,7 +355,7 @@ impl Unsaved {
 /// Stores one batch's raw events and dead letters for what could not be used, and applies it to
 /// the metrics; its partials are written by the next checkpoint.
 async fn store_batch(
-    store: &dyn EventStore,
+    store: &dyn Store,
     aggregator: Option<&mut Aggregator>,
     stats: &Stats,
     batch: &Batch,
@@ -450,7 +450,7 @@ async fn store_batch(
 /// `duplicate_id` dead letter, so the record the raw store skipped is kept, and said. A replay
 /// reads back equal and is only skipped.
 async fn collisions(
-    store: &dyn EventStore,
+    store: &dyn Store,
     batch: &Batch,
     duplicates: &[usize],
 ) -> anyhow::Result<Vec<DeadLetter>> {

@@ -8,7 +8,7 @@
 
 use super::hub::Memo;
 use crate::aggregate::{history_step, windows, Metric, Point};
-use crate::store::EventStore;
+use crate::store::StateStore;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -42,7 +42,7 @@ impl Histories {
         &self,
         generation: usize,
         metric: &Metric,
-        store: &dyn EventStore,
+        store: &dyn StateStore,
         span_ms: i64,
         range: &'static str,
         ttl: Duration,
@@ -59,7 +59,7 @@ impl Histories {
         &self,
         key: Key,
         metric: &Metric,
-        store: &dyn EventStore,
+        store: &dyn StateStore,
         span_ms: i64,
     ) -> Vec<Point> {
         let now = chrono::Utc::now().timestamp_millis();

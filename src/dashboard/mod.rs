@@ -12,7 +12,7 @@ mod view;
 
 use crate::aggregate::{self, MetricSet};
 use crate::base::{de, Secret};
-use crate::store::EventStore;
+use crate::store::StateStore;
 use crate::telemetry::ReloadStatus;
 use crate::telemetry::Stats;
 use anyhow::Context;
@@ -102,7 +102,7 @@ fn default_max_clients() -> usize {
 /// What the dashboard reads from the running pipeline.
 pub struct Sources {
     pub pipeline: String,
-    pub store: Arc<dyn EventStore>,
+    pub store: Arc<dyn StateStore>,
     pub metrics: watch::Receiver<Arc<MetricSet>>,
     pub stats: Arc<Stats>,
     pub reload: Arc<Mutex<ReloadStatus>>,

@@ -3,7 +3,7 @@
 
 use super::{chart, topology, AppState};
 use crate::aggregate::{self, Metric, MetricSet, MetricValue, Point};
-use crate::store::EventStore;
+use crate::store::StateStore;
 use crate::telemetry::{ReloadStatus, Stats};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -283,7 +283,7 @@ pub(super) fn series_of(name: &str, history: &[Point]) -> (Vec<chart::Series>, u
 }
 
 /// Pending and firing alerts, and the latest notifications; an unreadable store shows as an error.
-pub(super) async fn alerts_json(store: &dyn EventStore) -> Value {
+pub(super) async fn alerts_json(store: &dyn StateStore) -> Value {
     let active = crate::alert::active_alerts(store).await;
     let recent = store.recent_alerts(20).await;
     let error = active

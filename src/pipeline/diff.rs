@@ -3,6 +3,8 @@
 //! what to do and reports it in the reload status; the README's table is checked against it.
 
 use crate::config::PipelineConfig;
+use crate::store::StoreKind;
+use crate::transport::TransportKind;
 
 /// What a changed setting takes to apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,14 +97,14 @@ fn sections_in_table(c: &PipelineConfig) {
 }
 
 /// What changed between two versions, by table row.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Diff {
     /// The rows that changed, with what each takes.
     pub changed: Vec<(&'static str, Effect)>,
-    /// Whether the embedded queue is the transport (then `[embedded]` moves the transport too).
-    embedded_transport: bool,
-    /// Whether the embedded store is the store (then `[embedded]` moves the store).
-    embedded_store: bool,
+    /// The transport chosen (the embedded queue's capacity is in `[embedded]`).
+    transport: TransportKind,
+    /// The store chosen (the embedded store's folder is in `[embedded]`).
+    store: StoreKind,
 }
 
 /// Which connection-holding parts a diff rebuilds.
@@ -125,8 +127,8 @@ impl Diff {
         }
         Diff {
             changed,
-            embedded_transport: new.kafka.is_embedded(),
-            embedded_store: new.mongodb.is_embedded(),
+            transport: new.kafka.kind(),
+            store: new.mongodb.kind(),
         }
     }
 
@@ -159,10 +161,11 @@ impl Diff {
     pub fn reconnects(&self) -> Reconnects {
         let embedded = self.touches("embedded");
         Reconnects {
-            transport: self.touches("kafka") || (self.embedded_transport && embedded),
+            transport: self.touches("kafka")
+                || (self.transport == TransportKind::EmbeddedQueue && embedded),
             store: self.touches("mongodb")
                 || self.touches("retention")
-                || (self.embedded_store && embedded),
+                || (self.store == StoreKind::Sqlite && embedded),
             consumer: self.touches("consumer") || self.touches("backfill"),
         }
     }

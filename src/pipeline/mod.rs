@@ -3,23 +3,25 @@
 //! Everything that can fail on bad input (config, scripts, connections) is checked before any
 //! event is generated, so a bad setup never half-starts the pipeline.
 
+mod backends;
 mod compile;
 mod diff;
 mod reconnect;
 mod reload;
 mod shutdown;
 
+pub use backends::{history, open_store, partitions};
 pub use compile::{compile, validate, Compiled, Problems};
 pub use diff::{Diff, Effect, TABLE as RELOAD_TABLE};
 
 use crate::aggregate::MetricSet;
-use crate::config::{Pipeline, PipelineConfig};
+use crate::config::Pipeline;
 use crate::consumer::StopWhen;
 use crate::generator::{GeneratorTask, Swap};
-use crate::store::{self, EventStore, Switchable};
+use crate::store::{self, Store, Switchable};
 use crate::telemetry::{self, ReloadStatus, Snapshot, Stats};
-use crate::transport::{embedded, kafka, Publisher, Subscriber};
 use anyhow::bail;
+use backends::{connect_transport, Transport};
 use reload::Live;
 use shutdown::{Shutdown, Step, Tasks};
 use std::sync::{Arc, Mutex};
@@ -28,9 +30,6 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 pub use reload::WatchOptions;
-
-/// The two ends of the transport this process uses (either may be absent).
-type Transport = (Option<Box<dyn Publisher>>, Option<Box<dyn Subscriber>>);
 
 /// Which parts of the pipeline this process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,7 +124,7 @@ pub struct Running {
     /// The metric set in force (it changes on reload).
     pub metrics: watch::Receiver<Arc<MetricSet>>,
     /// The store the consumer writes to (none without a consumer).
-    pub store: Option<Arc<dyn EventStore>>,
+    pub store: Option<Arc<dyn Store>>,
     done: tokio::task::JoinHandle<anyhow::Result<RunSummary>>,
 }
 
@@ -134,29 +133,6 @@ impl Running {
     pub async fn wait(self) -> anyhow::Result<RunSummary> {
         self.done.await?
     }
-}
-
-/// Where this pipeline's history can be read again, for a backfill or `runner backfill`: the
-/// Kafka log, or the embedded store's raw rows behind the embedded queue; the error says why
-/// there is none (the embedded queue into MongoDB keeps no order of arrival).
-pub fn history(
-    config: &PipelineConfig,
-    store: &Arc<dyn EventStore>,
-) -> Result<Arc<dyn crate::transport::History>, String> {
-    if !config.kafka.is_embedded() {
-        let schema = config.schema().map_err(|p| p.join("; "))?;
-        return Ok(Arc::new(kafka::KafkaHistory::new(
-            &config.kafka,
-            schema,
-            config.consumer.validation.max_event_bytes,
-        )));
-    }
-    if config.mongodb.is_embedded() {
-        return Ok(Arc::new(crate::aggregate::backfill::StoreHistory(
-            store.clone(),
-        )));
-    }
-    Err("history is read from the Kafka log or the embedded store, and this pipeline runs the embedded queue into MongoDB, whose raw events keep no order of arrival".into())
 }
 
 /// Checks, connects and starts every component; returns once the pipeline runs.
@@ -198,7 +174,8 @@ async fn build(pipeline: Pipeline, options: &RunOptions) -> anyhow::Result<Built
         bail!("nothing to run: choose at least one of generator, consumer, dashboard, alerting");
     }
     let config = &pipeline.config;
-    if config.generator.script.is_none() && config.kafka.is_embedded() && components.consumer {
+    let in_process = backends::in_process(config);
+    if config.generator.script.is_none() && in_process && components.consumer {
         bail!(
             "this pipeline has no [generator] script and runs on the embedded queue, which carries only what this process \
              generates: set kafka.bootstrap_servers (or KAFKA_BOOTSTRAP_SERVERS, or --kafka) to consume from Kafka, or add \
@@ -206,8 +183,7 @@ async fn build(pipeline: Pipeline, options: &RunOptions) -> anyhow::Result<Built
         );
     }
     let moves_events = components.generator || components.consumer;
-    if config.kafka.is_embedded() && moves_events && !(components.generator && components.consumer)
-    {
+    if in_process && moves_events && !(components.generator && components.consumer) {
         bail!(
             "the embedded transport connects the generator and the consumer inside one process, so it needs both; \
              set kafka.bootstrap_servers (or KAFKA_BOOTSTRAP_SERVERS, or --kafka) to run them apart"
@@ -233,9 +209,9 @@ async fn build(pipeline: Pipeline, options: &RunOptions) -> anyhow::Result<Built
         true => Some(crate::dashboard::bind(&config.dashboard).await?),
         false => None,
     };
-    log_setup(
-        &compiled.pipeline,
-        store.as_deref().map(|s| s as &dyn EventStore),
+    backends::log_setup(
+        config,
+        store.as_deref().map(|s| s as &dyn crate::store::StateStore),
         components,
     );
     let transport = connect_transport(config, components, &stats, true).await?;
@@ -337,10 +313,7 @@ fn spawn(
             metrics: metrics_rx.clone(),
             stats: stats.clone(),
             reload: reload_status.clone(),
-            transport: match config.kafka.is_embedded() {
-                true => "embedded queue".into(),
-                false => format!("Kafka topic {}", config.kafka.topic),
-            },
+            transport: backends::transport_label(config),
             generator: components.generator,
         };
         tasks.spawn(
@@ -373,12 +346,7 @@ fn spawn(
         let current = pipeline_rx.clone();
         let partitions: crate::aggregate::results::Partitions = Arc::new(move || {
             let kafka = current.borrow().config.kafka.clone();
-            Box::pin(async move {
-                match kafka.is_embedded() {
-                    true => Ok(vec![crate::transport::NO_PARTITION]),
-                    false => crate::transport::kafka::topic_partitions(&kafka).await,
-                }
-            })
+            Box::pin(async move { backends::partitions(&kafka).await })
         });
         let output = Arc::new(crate::aggregate::results::StoreResults(store.clone()));
         let writer = crate::aggregate::results::run(
@@ -430,85 +398,7 @@ fn spawn(
         stats,
         reload_status,
         metrics: metrics_rx,
-        store: store.map(|s| s as Arc<dyn EventStore>),
+        store: store.map(|s| s as Arc<dyn Store>),
         done,
     }
-}
-
-/// Connects the transport `config` names for the components this process runs. A Kafka
-/// subscriber is created only `with_subscriber` (joining the group is left for when the
-/// consumer starts); the embedded queue always gives both ends.
-async fn connect_transport(
-    config: &PipelineConfig,
-    components: Components,
-    stats: &Arc<Stats>,
-    with_subscriber: bool,
-) -> anyhow::Result<Transport> {
-    if !(components.generator || components.consumer) {
-        return Ok((None, None));
-    }
-    if config.kafka.is_embedded() {
-        let (p, s) = embedded::channel(
-            config.embedded.queue_capacity,
-            config.consumer.batch_size,
-            stats.clone(),
-        );
-        return Ok((Some(Box::new(p)), Some(Box::new(s))));
-    }
-    let admin = kafka::connect(&config.kafka).await?;
-    kafka::ensure_topic(&admin, &config.kafka).await?;
-    let p = match components.generator {
-        true => Some(
-            Box::new(kafka::KafkaPublisher::new(&config.kafka, stats.clone())?)
-                as Box<dyn Publisher>,
-        ),
-        false => None,
-    };
-    let s = match components.consumer && with_subscriber {
-        true => Some(kafka_subscriber(config, stats)?),
-        false => None,
-    };
-    Ok((p, s))
-}
-
-fn kafka_subscriber(
-    config: &PipelineConfig,
-    stats: &Arc<Stats>,
-) -> anyhow::Result<Box<dyn Subscriber>> {
-    let schema = config.schema().map_err(|p| anyhow::anyhow!(p.join("; ")))?;
-    Ok(Box::new(kafka::KafkaSubscriber::new(
-        &config.kafka,
-        config.consumer.batching(),
-        schema,
-        stats.clone(),
-    )?))
-}
-
-fn log_setup(pipeline: &Pipeline, store: Option<&dyn EventStore>, components: Components) {
-    let c = &pipeline.config;
-    let transport = if c.kafka.is_embedded() {
-        "embedded in-process queue (set KAFKA_BOOTSTRAP_SERVERS or --kafka host:port to use Kafka)"
-            .to_string()
-    } else {
-        format!(
-            "Kafka {} topic {:?} group {:?}",
-            c.kafka.bootstrap_servers, c.kafka.topic, c.kafka.consumer_group
-        )
-    };
-    let store = match store {
-        Some(s) if c.mongodb.is_embedded() => {
-            format!(
-                "{} (set MONGODB_CONNECTION_STRING or --mongodb mongodb://... to use MongoDB)",
-                s.describe()
-            )
-        }
-        Some(s) => s.describe(),
-        None => "none (consumer not running here)".to_string(),
-    };
-    tracing::info!(
-        pipeline = %c.name,
-        generator = components.generator,
-        consumer = components.consumer,
-        "transport: {transport}; store: {store}"
-    );
 }

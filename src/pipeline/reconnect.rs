@@ -11,13 +11,14 @@
 //! The generator itself keeps running (its sequence, rate and count carry on), as do the
 //! dashboard and alerting, which read through the [`Switchable`] store.
 
+use super::backends::{self, connect_transport, kafka_subscriber};
 use super::diff::{Diff, Reconnects};
-use super::{connect_transport, kafka_subscriber, Components};
+use super::Components;
 use crate::aggregate::{backfill, Aggregator, MetricSet};
 use crate::config::{Pipeline, PipelineConfig};
 use crate::consumer::{self, StopWhen};
 use crate::generator::Swap;
-use crate::store::{self, EventStore, Switchable};
+use crate::store::Switchable;
 use crate::telemetry::ReloadStatus;
 use crate::telemetry::Stats;
 use crate::transport::Subscriber;
@@ -105,7 +106,8 @@ fn start_consumer(plane: &Plane, subscriber: Box<dyn Subscriber>) -> RunningCons
         drain: drain.clone(),
         ..plane.until.clone()
     };
-    let store: Arc<dyn EventStore> = plane.store.current();
+    let opened = plane.store.opened();
+    let store = opened.store.clone();
     let stats = plane.stats.clone();
     let cfg = plane.config.consumer.clone();
     let metrics = plane.metrics.clone();
@@ -113,7 +115,7 @@ fn start_consumer(plane: &Plane, subscriber: Box<dyn Subscriber>) -> RunningCons
     // The backfill lives as long as this consumer: the next one resumes it from the store.
     let backfill_stop = CancellationToken::new();
     let history = match plane.config.backfill.enabled {
-        true => super::history(&plane.config, &store)
+        true => backends::history(&plane.config, &opened)
             .inspect_err(|why| tracing::warn!("metrics added while running start empty: {why}"))
             .ok(),
         false => None,
@@ -153,30 +155,15 @@ async fn rebuild(
 ) -> anyhow::Result<()> {
     // 1. Connect first: a broker or store that cannot be reached leaves everything as it was.
     let new_store = match what.store && plane.components.consumer {
-        true => Some(
-            store::open(
-                &next.mongodb,
-                &next.embedded,
-                &next.retention,
-                &next.schema().map_err(|p| anyhow::anyhow!(p.join("; ")))?,
-            )
-            .await?,
-        ),
+        true => Some(backends::open_store(&next).await?),
         false => None,
     };
-    let rebuild_transport = what.transport || (what.consumer && next.kafka.is_embedded());
+    let in_process = backends::in_process(&next);
+    let rebuild_transport = what.transport || (what.consumer && in_process);
     let (publisher, embedded_subscriber) = match rebuild_transport {
         // The embedded queue connects both ends at once; Kafka's consumer joins its group later,
         // once the old one has left, so the two never split the partitions.
-        true => {
-            connect_transport(
-                &next,
-                plane.components,
-                &plane.stats,
-                next.kafka.is_embedded(),
-            )
-            .await?
-        }
+        true => connect_transport(&next, plane.components, &plane.stats, in_process).await?,
         false => (None, None),
     };
 

@@ -1,5 +1,9 @@
-//! Where raw events land. MongoDB and the embedded SQLite store implement one interface, and one
-//! contract test suite (`tests/store_contract.rs`) runs against both so they cannot drift apart.
+//! Where raw events and computed state land, split by the role callers use: [`RawEvents`] (the
+//! consumer's raw-record sink), [`StateStore`] (partials, results, alerts, dead letters, the
+//! lease) and, where the store keeps arrival order, [`History`] replay. MongoDB and the embedded
+//! SQLite store implement them, and one contract suite per role (`tests/store_contract.rs`) runs
+//! against both so they cannot drift apart. A new store is a folder here, one [`StoreKind`]
+//! variant and its arm in [`open`].
 
 pub mod embedded;
 pub mod mongo;
@@ -12,6 +16,7 @@ pub use rows::{
 
 use crate::dead_letter::DeadLetter;
 use crate::event::{Record, Schema};
+use crate::transport::History;
 use async_trait::async_trait;
 use std::sync::Arc;
 
@@ -22,7 +27,7 @@ pub struct InsertOutcome {
     pub inserted: u64,
     /// Positions in the batch of events whose id was already stored: skipped, not an error. A
     /// replay, usually; the consumer reads those ids back to tell a replay from another record
-    /// that reuses an id (see [`EventStore::stored_events`]).
+    /// that reuses an id (see [`RawEvents::stored_events`]).
     pub duplicates: Vec<usize>,
     /// Events the store refused for good (a document the server can never hold); the rest of the
     /// batch is stored. The consumer dead-letters these rather than retrying them forever.
@@ -37,7 +42,7 @@ pub struct Rejected {
     pub reason: String,
 }
 
-/// A batch of raw events in the form a store writes them, made by [`EventStore::encode`].
+/// A batch of raw events in the form a store writes them, made by [`RawEvents::encode`].
 pub enum Encoded {
     /// Embedded rows: (id, time in ms, the record's JSON).
     Rows(Vec<(String, i64, String)>),
@@ -64,9 +69,9 @@ impl Encoded {
         }
     }
 
-    /// `store`'s [`EventStore::encode`] of `events` cut into `parts` run side by side on the
+    /// `store`'s [`RawEvents::encode`] of `events` cut into `parts` run side by side on the
     /// caller's rayon pool, joined in order; one part is encoded on this thread.
-    pub fn in_parts(store: &dyn EventStore, events: &[Record], parts: usize) -> Encoded {
+    pub fn in_parts(store: &dyn RawEvents, events: &[Record], parts: usize) -> Encoded {
         use rayon::prelude::*;
         if parts <= 1 {
             return store.encode(events);
@@ -80,11 +85,18 @@ impl Encoded {
     }
 }
 
-/// A durable home for raw events, keyed by a unique event_id.
+/// Which store keeps a pipeline's records, as `mongodb.uri` chose it ([`mongo::MongoConfig::kind`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    /// A MongoDB server (any MongoDB-wire server).
+    MongoDb,
+    /// The embedded SQLite store in `[embedded] data_dir`.
+    Sqlite,
+}
+
+/// The raw-record sink: where the consumer lands every event, keyed by a unique event_id.
 #[async_trait]
-pub trait EventStore: Send + Sync {
-    /// One line for the start-up log: what kind of store and where (no credentials).
-    fn describe(&self) -> String;
+pub trait RawEvents: Send + Sync {
     /// Encodes a batch for [`Self::insert_encoded`]: CPU work only, so the consumer's reader
     /// does it for the next batch while the current one is written.
     fn encode(&self, _events: &[Record]) -> Encoded {
@@ -110,6 +122,15 @@ pub trait EventStore: Send + Sync {
     async fn stored_events(&self, ids: &[&str]) -> anyhow::Result<Vec<Record>>;
     /// Every stored raw event, oldest first (for recomputation and checks; not for the hot path).
     async fn all_events(&self) -> anyhow::Result<Vec<Record>>;
+}
+
+/// The state store: what the pipeline computes and decides, as opposed to the raw events it
+/// reads — metric partials with their watermarks and seams, final results, alert state and
+/// history, dead letters, and the alerting lease.
+#[async_trait]
+pub trait StateStore: Send + Sync {
+    /// One line for the start-up log: what kind of store and where (no credentials).
+    fn describe(&self) -> String;
     /// Writes metric partial states, replacing the stored ones with the same (metric, pane,
     /// partition) unless the stored one includes a later offset; durable on return. Records at
     /// [`TIMELESS_PANE`] (watermarks) become visible only after the others of the call, so a
@@ -160,61 +181,55 @@ pub trait EventStore: Send + Sync {
     /// clock, never the caller's: a replica whose clock runs minutes ahead would otherwise see
     /// every lease as expired and notify beside the holder.
     async fn take_lease(&self, name: &str, holder: &str, ttl_ms: i64) -> anyhow::Result<bool>;
-    /// The position of the newest raw event, for a backfill from the store (the embedded store:
-    /// its row number, which grows with every insert); `None` when this store keeps no order of
-    /// arrival (MongoDB: a backfill there reads the Kafka log instead).
-    async fn raw_position(&self) -> anyhow::Result<Option<i64>> {
-        Ok(None)
-    }
-    /// The position of the first raw event whose time is at or after `since_ms` (past the newest
-    /// when there is none).
-    async fn raw_start(&self, _since_ms: i64) -> anyhow::Result<i64> {
-        anyhow::bail!(
-            "{} cannot read raw events back in arrival order",
-            self.describe()
-        )
-    }
-    /// Raw events at positions in `(after, upto]`, in position order, at most `limit`, each with
-    /// its position.
-    async fn raw_after(
-        &self,
-        _after: i64,
-        _upto: i64,
-        _limit: usize,
-    ) -> anyhow::Result<Vec<(i64, Record)>> {
-        anyhow::bail!(
-            "{} cannot read raw events back in arrival order",
-            self.describe()
-        )
-    }
 }
 
-/// Opens the store `mongodb` names for records of `schema`: MongoDB, or the embedded store (in
-/// `embedded`'s folder) when the uri is `embedded`; either expires rows as `retention` says.
+/// A store of both roles: what the consumer writes to (raw events, then the partials and dead
+/// letters of the same batch). Every type with both roles is one.
+pub trait Store: RawEvents + StateStore {}
+
+impl<T: RawEvents + StateStore + ?Sized> Store for T {}
+
+/// A store as [`open`] built it: both roles, and the history replay when the store keeps raw
+/// events in order of arrival (the embedded store: its row numbers; MongoDB keeps no such order,
+/// and a backfill there reads the Kafka log instead).
+#[derive(Clone)]
+pub struct Opened {
+    pub store: Arc<dyn Store>,
+    pub history: Option<Arc<dyn History>>,
+}
+
+/// Opens the store `mongodb` chooses for records of `schema`: MongoDB, or the embedded store (in
+/// `embedded`'s folder); either expires rows as `retention` says.
 pub async fn open(
     mongodb: &mongo::MongoConfig,
     embedded: &embedded::EmbeddedConfig,
     retention: &retention::RetentionConfig,
     schema: &Arc<Schema>,
-) -> anyhow::Result<Arc<dyn EventStore>> {
-    if mongodb.is_embedded() {
-        // Opening SQLite creates files and tables: blocking work, off the async runtime.
-        let (config, retention, schema, indexes) = (
-            embedded.clone(),
-            retention.clone(),
-            schema.clone(),
-            mongodb.indexes.clone(),
-        );
-        Ok(Arc::new(
-            tokio::task::spawn_blocking(move || {
-                embedded::EmbeddedStore::open(&config, &retention, &schema, &indexes)
+) -> anyhow::Result<Opened> {
+    match mongodb.kind() {
+        StoreKind::Sqlite => {
+            // Opening SQLite creates files and tables: blocking work, off the async runtime.
+            let (config, retention, schema, indexes) = (
+                embedded.clone(),
+                retention.clone(),
+                schema.clone(),
+                mongodb.indexes.clone(),
+            );
+            let store = Arc::new(
+                tokio::task::spawn_blocking(move || {
+                    embedded::EmbeddedStore::open(&config, &retention, &schema, &indexes)
+                })
+                .await??,
+            );
+            Ok(Opened {
+                store: store.clone(),
+                history: Some(store),
             })
-            .await??,
-        ))
-    } else {
-        Ok(Arc::new(
-            mongo::MongoStore::connect(mongodb, retention, schema).await?,
-        ))
+        }
+        StoreKind::MongoDb => Ok(Opened {
+            store: Arc::new(mongo::MongoStore::connect(mongodb, retention, schema).await?),
+            history: None,
+        }),
     }
 }
 
@@ -222,32 +237,34 @@ pub async fn open(
 /// `[embedded]`, the consumer is drained and restarted on the new store, and everyone holding
 /// this handle (dashboard, alerting) reads from the new one from then on.
 pub struct Switchable {
-    inner: std::sync::RwLock<Arc<dyn EventStore>>,
+    inner: std::sync::RwLock<Opened>,
 }
 
 impl Switchable {
-    pub fn new(store: Arc<dyn EventStore>) -> Arc<Switchable> {
+    pub fn new(opened: Opened) -> Arc<Switchable> {
         Arc::new(Switchable {
-            inner: std::sync::RwLock::new(store),
+            inner: std::sync::RwLock::new(opened),
         })
     }
 
     /// The store in use now.
-    pub fn current(&self) -> Arc<dyn EventStore> {
+    pub fn current(&self) -> Arc<dyn Store> {
+        self.inner.read().unwrap().store.clone()
+    }
+
+    /// The store in use now, with its history replay.
+    pub fn opened(&self) -> Opened {
         self.inner.read().unwrap().clone()
     }
 
-    /// Makes `store` the one in use.
-    pub fn replace(&self, store: Arc<dyn EventStore>) {
-        *self.inner.write().unwrap() = store;
+    /// Makes `opened` the one in use.
+    pub fn replace(&self, opened: Opened) {
+        *self.inner.write().unwrap() = opened;
     }
 }
 
 #[async_trait]
-impl EventStore for Switchable {
-    fn describe(&self) -> String {
-        self.current().describe()
-    }
+impl RawEvents for Switchable {
     fn encode(&self, events: &[Record]) -> Encoded {
         self.current().encode(events)
     }
@@ -270,6 +287,13 @@ impl EventStore for Switchable {
     }
     async fn all_events(&self) -> anyhow::Result<Vec<Record>> {
         self.current().all_events().await
+    }
+}
+
+#[async_trait]
+impl StateStore for Switchable {
+    fn describe(&self) -> String {
+        self.current().describe()
     }
     async fn write_panes(&self, panes: &[PaneRecord]) -> anyhow::Result<()> {
         self.current().write_panes(panes).await
@@ -323,20 +347,6 @@ impl EventStore for Switchable {
     }
     async fn take_lease(&self, name: &str, holder: &str, ttl_ms: i64) -> anyhow::Result<bool> {
         self.current().take_lease(name, holder, ttl_ms).await
-    }
-    async fn raw_position(&self) -> anyhow::Result<Option<i64>> {
-        self.current().raw_position().await
-    }
-    async fn raw_start(&self, since_ms: i64) -> anyhow::Result<i64> {
-        self.current().raw_start(since_ms).await
-    }
-    async fn raw_after(
-        &self,
-        after: i64,
-        upto: i64,
-        limit: usize,
-    ) -> anyhow::Result<Vec<(i64, Record)>> {
-        self.current().raw_after(after, upto, limit).await
     }
 }
 

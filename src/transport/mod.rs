@@ -13,6 +13,16 @@ use async_trait::async_trait;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Which transport carries a pipeline's events, as `kafka.bootstrap_servers` chose it
+/// ([`kafka::KafkaConfig::kind`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportKind {
+    /// A Kafka cluster (any Kafka-protocol broker).
+    Kafka,
+    /// The in-process queue between this process's generator and consumer.
+    EmbeddedQueue,
+}
+
 /// The generator's side: takes batches, applying backpressure when the transport is full.
 #[async_trait]
 pub trait Publisher: Send {

@@ -273,7 +273,7 @@ pub fn topic_messages(bootstrap: &str, topic: &str, partitions: i32) -> u64 {
 }
 
 /// Raw events in the store: (rows, distinct event ids).
-pub async fn stored_ids(store: &dyn runner::store::EventStore) -> (usize, usize) {
+pub async fn stored_ids(store: &dyn runner::store::Store) -> (usize, usize) {
     let events = store.all_events().await.unwrap();
     let ids: std::collections::HashSet<&str> = events.iter().map(|e| e.id()).collect();
     (events.len(), ids.len())

@@ -4,7 +4,7 @@ use super::Fields;
 use super::ServicePipeline;
 use runner::aggregate::{MetricSet, MetricValue};
 use runner::event::Record;
-use runner::store::{self, EventStore};
+use runner::store::{self, Store};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -102,14 +102,15 @@ pub fn same(a: &Value, b: &Value) -> bool {
 /// Reads every metric from the store at the newest raw event and checks it against the
 /// recomputation; returns the values read.
 pub async fn assert_metrics_match(sp: &ServicePipeline, expected_events: u64) -> Vec<MetricValue> {
-    let store: Arc<dyn EventStore> = store::open(
+    let store: Arc<dyn Store> = store::open(
         &sp.pipeline.config.mongodb,
         &sp.pipeline.config.embedded,
         &sp.pipeline.config.retention,
         &sp.pipeline.config.schema().unwrap(),
     )
     .await
-    .unwrap();
+    .unwrap()
+    .store;
     let events = store.all_events().await.unwrap();
     assert_eq!(
         events.len() as u64,

@@ -196,7 +196,7 @@ async fn drain_queue(
     set: Arc<MetricSet>,
     events: Vec<Record>,
     threads: usize,
-    store: Arc<dyn crate::store::EventStore>,
+    store: Arc<dyn crate::store::Store>,
 ) -> anyhow::Result<f64> {
     use crate::transport::Publisher;
     let stats = Stats::new();
@@ -558,7 +558,7 @@ async fn active_keys_in_last_minute(
     let schema: Arc<Schema> = pipeline.schema();
     let store =
         crate::store::embedded::EmbeddedStore::open(&config, &Default::default(), &schema, &[])?;
-    let events = crate::store::EventStore::all_events(&store).await?;
+    let events = crate::store::RawEvents::all_events(&store).await?;
     let newest = events
         .iter()
         .map(Record::time_ms)

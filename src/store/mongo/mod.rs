@@ -9,6 +9,7 @@ pub use document::to_raw;
 use crate::base::{de, Backoff};
 use crate::event::Schema;
 use crate::store::retention::RetentionConfig;
+use crate::store::StoreKind;
 use anyhow::{bail, Context};
 use futures::TryStreamExt;
 use mongodb::bson::{doc, Document, RawDocumentBuf};
@@ -126,9 +127,13 @@ impl MongoConfig {
         }
     }
 
-    /// True when the pipeline uses the embedded store instead of MongoDB.
-    pub fn is_embedded(&self) -> bool {
-        self.uri.trim().eq_ignore_ascii_case("embedded")
+    /// The store this section chooses: the one place the word `embedded` is read, so
+    /// everything after it matches on a [`StoreKind`] rather than asking about a string.
+    pub fn kind(&self) -> StoreKind {
+        match self.uri.trim().eq_ignore_ascii_case("embedded") {
+            true => StoreKind::Sqlite,
+            false => StoreKind::MongoDb,
+        }
     }
 
     /// Problems a parse cannot catch (the uri's form is checked without connecting).
@@ -136,7 +141,7 @@ impl MongoConfig {
         let mut p = Vec::new();
         let scheme_ok =
             self.uri.starts_with("mongodb://") || self.uri.starts_with("mongodb+srv://");
-        if !self.is_embedded() && !scheme_ok {
+        if self.kind() == StoreKind::MongoDb && !scheme_ok {
             p.push(format!(
                 "mongodb.uri must start with mongodb:// or mongodb+srv:// (or be \"embedded\"), got {:?}",
                 redact(&self.uri)

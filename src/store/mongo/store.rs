@@ -1,4 +1,4 @@
-//! [`EventStore`] on MongoDB: raw events with `insert_many` (unordered, so a replayed batch
+//! [`RawEvents`] and [`StateStore`] on MongoDB: raw events with `insert_many` (unordered, so a replayed batch
 //! writes only what is missing), partials with conditional upserts, and the history collections.
 
 use super::document::{from_document, to_raw};
@@ -6,8 +6,8 @@ use super::MongoStore;
 use crate::dead_letter::DeadLetter;
 use crate::event::Record;
 use crate::store::{
-    Encoded, EventStore, InsertOutcome, Notification, PaneRecord, Rejected, ResultRow, StateJson,
-    TIMELESS_PANE,
+    Encoded, InsertOutcome, Notification, PaneRecord, RawEvents, Rejected, ResultRow, StateJson,
+    StateStore, TIMELESS_PANE,
 };
 use anyhow::Context;
 use async_trait::async_trait;
@@ -153,11 +153,7 @@ impl MongoStore {
 }
 
 #[async_trait]
-impl EventStore for MongoStore {
-    fn describe(&self) -> String {
-        self.described.clone()
-    }
-
+impl RawEvents for MongoStore {
     fn encode(&self, events: &[Record]) -> Encoded {
         Encoded::Documents(
             events
@@ -252,6 +248,13 @@ impl EventStore for MongoStore {
         docs.into_iter()
             .map(|d| from_document(&self.schema, d))
             .collect()
+    }
+}
+
+#[async_trait]
+impl StateStore for MongoStore {
+    fn describe(&self) -> String {
+        self.described.clone()
     }
 
     async fn write_panes(&self, panes: &[PaneRecord]) -> anyhow::Result<()> {

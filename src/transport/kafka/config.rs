@@ -1,6 +1,7 @@
 //! `[kafka]`: the cluster, the topic, and librdkafka settings.
 
 use crate::base::de;
+use crate::transport::TransportKind;
 use rdkafka::ClientConfig;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -137,11 +138,17 @@ impl KafkaConfig {
         }
     }
 
-    /// True when the pipeline uses the in-process queue instead of Kafka.
-    pub fn is_embedded(&self) -> bool {
-        self.bootstrap_servers
+    /// The transport this section chooses: the one place the word `embedded` is read, so
+    /// everything after it matches on a [`TransportKind`] rather than asking about a string.
+    pub fn kind(&self) -> TransportKind {
+        match self
+            .bootstrap_servers
             .trim()
             .eq_ignore_ascii_case("embedded")
+        {
+            true => TransportKind::EmbeddedQueue,
+            false => TransportKind::Kafka,
+        }
     }
 
     /// Problems a parse cannot catch.
@@ -149,7 +156,7 @@ impl KafkaConfig {
         let mut p = Vec::new();
         if self.bootstrap_servers.trim().is_empty() {
             p.push("kafka.bootstrap_servers is empty (use host:port, or \"embedded\")".to_string());
-        } else if !self.is_embedded() {
+        } else if self.kind() == TransportKind::Kafka {
             for server in self.bootstrap_servers.split(',') {
                 let s = server.trim();
                 let s = s.split_once("://").map_or(s, |(_, rest)| rest);

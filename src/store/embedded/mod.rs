@@ -1,10 +1,15 @@
 //! The embedded store: SQLite in a local data directory, used when no MongoDB is configured.
 //! Same contract as MongoDB: a unique record id, durable on return, kept across restarts. Records
 //! are kept as JSON with the id and time in columns of their own; each field `[mongodb] indexes`
-//! names gets a generated column and an index, so it is queryable like a column.
+//! names gets a generated column and an index, so it is queryable like a column. Its row
+//! numbers keep the order of arrival, so it is also a [`crate::transport::History`] (history.rs).
+
+mod history;
 
 use super::retention::RetentionConfig;
-use super::{Encoded, EventStore, InsertOutcome, Notification, PaneRecord, ResultRow, StateJson};
+use super::{
+    Encoded, InsertOutcome, Notification, PaneRecord, RawEvents, ResultRow, StateJson, StateStore,
+};
 
 use crate::base::de;
 use crate::dead_letter::DeadLetter;
@@ -319,6 +324,16 @@ fn index_fields(conn: &Connection, fields: &[String]) -> rusqlite::Result<()> {
 }
 
 impl EmbeddedStore {
+    /// A stored raw row's record again.
+    fn record_of(&self, body: &str) -> anyhow::Result<Record> {
+        Record::from_json(&self.schema, body.as_bytes()).map_err(|e| {
+            anyhow::anyhow!(
+                "embedded store holds a row that is not a record: {}",
+                e.message
+            )
+        })
+    }
+
     /// The newest `limit` rows of a history table (alerts, dead letters), decoded from `body`.
     async fn newest<T: serde::de::DeserializeOwned>(
         &self,
@@ -345,11 +360,7 @@ impl EmbeddedStore {
 }
 
 #[async_trait]
-impl EventStore for EmbeddedStore {
-    fn describe(&self) -> String {
-        format!("embedded SQLite store {}", self.path.display())
-    }
-
+impl RawEvents for EmbeddedStore {
     fn encode(&self, events: &[Record]) -> Encoded {
         Encoded::Rows(
             events
@@ -425,17 +436,7 @@ impl EventStore for EmbeddedStore {
                 Ok(out)
             })
             .await?;
-        bodies
-            .iter()
-            .map(|b| {
-                Record::from_json(&self.schema, b.as_bytes()).map_err(|e| {
-                    anyhow::anyhow!(
-                        "embedded store holds a row that is not a record: {}",
-                        e.message
-                    )
-                })
-            })
-            .collect()
+        bodies.iter().map(|b| self.record_of(b)).collect()
     }
 
     async fn all_events(&self) -> anyhow::Result<Vec<Record>> {
@@ -446,60 +447,14 @@ impl EventStore for EmbeddedStore {
                 rows.collect::<rusqlite::Result<Vec<String>>>()
             })
             .await?;
-        bodies
-            .iter()
-            .map(|b| {
-                Record::from_json(&self.schema, b.as_bytes()).map_err(|e| {
-                    anyhow::anyhow!(
-                        "embedded store holds a row that is not a record: {}",
-                        e.message
-                    )
-                })
-            })
-            .collect()
+        bodies.iter().map(|b| self.record_of(b)).collect()
     }
+}
 
-    async fn raw_position(&self) -> anyhow::Result<Option<i64>> {
-        // Rows are never updated and only the oldest are deleted, so the largest rowid only grows.
-        self.with_reader(|c| {
-            c.query_row("SELECT COALESCE(MAX(rowid), 0) FROM raw_records", [], |r| {
-                r.get::<_, i64>(0)
-            })
-        })
-        .await
-        .map(Some)
-    }
-
-    async fn raw_start(&self, since_ms: i64) -> anyhow::Result<i64> {
-        let sql = "SELECT COALESCE((SELECT MIN(rowid) FROM raw_records WHERE time_ms >= ?1), (SELECT COALESCE(MAX(rowid), 0) + 1 FROM raw_records))";
-        self.with_reader(move |c| c.query_row(sql, params![since_ms], |r| r.get::<_, i64>(0)))
-            .await
-    }
-
-    async fn raw_after(
-        &self,
-        after: i64,
-        upto: i64,
-        limit: usize,
-    ) -> anyhow::Result<Vec<(i64, Record)>> {
-        let rows = self
-            .with_reader(move |c| {
-                let mut stmt = c.prepare_cached("SELECT rowid, body FROM raw_records WHERE rowid > ?1 AND rowid <= ?2 ORDER BY rowid LIMIT ?3")?;
-                let rows = stmt.query_map(params![after, upto, limit as i64], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
-                rows.collect::<rusqlite::Result<Vec<_>>>()
-            })
-            .await?;
-        rows.into_iter()
-            .map(|(at, body)| {
-                let record = Record::from_json(&self.schema, body.as_bytes()).map_err(|e| {
-                    anyhow::anyhow!(
-                        "embedded store holds a row that is not a record: {}",
-                        e.message
-                    )
-                })?;
-                Ok((at, record))
-            })
-            .collect()
+#[async_trait]
+impl StateStore for EmbeddedStore {
+    fn describe(&self) -> String {
+        format!("embedded SQLite store {}", self.path.display())
     }
 
     async fn write_panes(&self, panes: &[PaneRecord]) -> anyhow::Result<()> {

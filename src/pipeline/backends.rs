@@ -1,0 +1,157 @@
+//! What the two typed backend choices build: the transport ([`TransportKind`], from
+//! `kafka.bootstrap_servers`) and the store ([`StoreKind`], from `mongodb.uri`). Each choice is
+//! read once, by its section's `kind()`; here every question that depends on it is one `match`,
+//! so adding a transport or a store is one arm per function of this file.
+
+use super::Components;
+use crate::config::PipelineConfig;
+use crate::store::{Opened, StateStore, StoreKind};
+use crate::telemetry::Stats;
+use crate::transport::NO_PARTITION;
+use crate::transport::{embedded, kafka, History, Publisher, Subscriber, TransportKind};
+use std::sync::Arc;
+
+/// The two ends of the transport this process uses (either may be absent).
+pub(super) type Transport = (Option<Box<dyn Publisher>>, Option<Box<dyn Subscriber>>);
+
+/// Where this pipeline's history can be read again, for a backfill or `runner backfill`: the
+/// Kafka log, or the store's own replay (the embedded store's raw rows behind the embedded
+/// queue); the error says why there is none.
+pub fn history(config: &PipelineConfig, store: &Opened) -> Result<Arc<dyn History>, String> {
+    match config.kafka.kind() {
+        TransportKind::Kafka => {
+            let schema = config.schema().map_err(|p| p.join("; "))?;
+            Ok(Arc::new(kafka::KafkaHistory::new(
+                &config.kafka,
+                schema,
+                config.consumer.validation.max_event_bytes,
+            )))
+        }
+        TransportKind::EmbeddedQueue => store.history.clone().ok_or_else(|| {
+            "history is read from the Kafka log or the embedded store, and this pipeline runs the embedded queue into MongoDB, whose raw events keep no order of arrival".into()
+        }),
+    }
+}
+
+/// The partitions events arrive on: the Kafka topic's, or the embedded queue's one.
+pub async fn partitions(config: &crate::transport::kafka::KafkaConfig) -> anyhow::Result<Vec<i32>> {
+    match config.kind() {
+        TransportKind::EmbeddedQueue => Ok(vec![NO_PARTITION]),
+        TransportKind::Kafka => kafka::topic_partitions(config).await,
+    }
+}
+
+/// Whether the transport connects the generator and the consumer inside one process (then a
+/// change of either rebuilds it, and both must run here).
+pub(super) fn in_process(config: &PipelineConfig) -> bool {
+    match config.kafka.kind() {
+        TransportKind::EmbeddedQueue => true,
+        TransportKind::Kafka => false,
+    }
+}
+
+/// The transport for the dashboard's status line.
+pub(super) fn transport_label(config: &PipelineConfig) -> String {
+    match config.kafka.kind() {
+        TransportKind::EmbeddedQueue => "embedded queue".into(),
+        TransportKind::Kafka => format!("Kafka topic {}", config.kafka.topic),
+    }
+}
+
+/// Connects the transport `config` names for the components this process runs. A Kafka
+/// subscriber is created only `with_subscriber` (joining the group is left for when the
+/// consumer starts); the embedded queue always gives both ends.
+pub(super) async fn connect_transport(
+    config: &PipelineConfig,
+    components: Components,
+    stats: &Arc<Stats>,
+    with_subscriber: bool,
+) -> anyhow::Result<Transport> {
+    if !(components.generator || components.consumer) {
+        return Ok((None, None));
+    }
+    match config.kafka.kind() {
+        TransportKind::EmbeddedQueue => {
+            let (p, s) = embedded::channel(
+                config.embedded.queue_capacity,
+                config.consumer.batch_size,
+                stats.clone(),
+            );
+            Ok((Some(Box::new(p)), Some(Box::new(s))))
+        }
+        TransportKind::Kafka => {
+            let admin = kafka::connect(&config.kafka).await?;
+            kafka::ensure_topic(&admin, &config.kafka).await?;
+            let p = match components.generator {
+                true => Some(
+                    Box::new(kafka::KafkaPublisher::new(&config.kafka, stats.clone())?)
+                        as Box<dyn Publisher>,
+                ),
+                false => None,
+            };
+            let s = match components.consumer && with_subscriber {
+                true => Some(kafka_subscriber(config, stats)?),
+                false => None,
+            };
+            Ok((p, s))
+        }
+    }
+}
+
+/// A Kafka subscriber of `config`'s topic, not yet joined to its group.
+pub(super) fn kafka_subscriber(
+    config: &PipelineConfig,
+    stats: &Arc<Stats>,
+) -> anyhow::Result<Box<dyn Subscriber>> {
+    let schema = config.schema().map_err(|p| anyhow::anyhow!(p.join("; ")))?;
+    Ok(Box::new(kafka::KafkaSubscriber::new(
+        &config.kafka,
+        config.consumer.batching(),
+        schema,
+        stats.clone(),
+    )?))
+}
+
+/// The start-up line naming the transport and the store, with how to choose the other kind.
+pub(super) fn log_setup(
+    config: &PipelineConfig,
+    store: Option<&dyn StateStore>,
+    components: Components,
+) {
+    let transport = match config.kafka.kind() {
+        TransportKind::EmbeddedQueue => {
+            "embedded in-process queue (set KAFKA_BOOTSTRAP_SERVERS or --kafka host:port to use Kafka)"
+                .to_string()
+        }
+        TransportKind::Kafka => format!(
+            "Kafka {} topic {:?} group {:?}",
+            config.kafka.bootstrap_servers, config.kafka.topic, config.kafka.consumer_group
+        ),
+    };
+    let store = match (store, config.mongodb.kind()) {
+        (Some(s), StoreKind::Sqlite) => format!(
+            "{} (set MONGODB_CONNECTION_STRING or --mongodb mongodb://... to use MongoDB)",
+            s.describe()
+        ),
+        (Some(s), StoreKind::MongoDb) => s.describe(),
+        (None, _) => "none (consumer not running here)".to_string(),
+    };
+    tracing::info!(
+        pipeline = %config.name,
+        generator = components.generator,
+        consumer = components.consumer,
+        "transport: {transport}; store: {store}"
+    );
+}
+
+/// Opens the store `config` chooses, for its records, with its retention.
+pub async fn open_store(config: &PipelineConfig) -> anyhow::Result<Opened> {
+    let schema = config.schema().map_err(|p| anyhow::anyhow!(p.join("; ")))?;
+    crate::store::open(
+        &config.mongodb,
+        &config.embedded,
+        &config.retention,
+        &schema,
+    )
+    .await
+}
