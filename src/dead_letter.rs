@@ -1,6 +1,6 @@
 //! Messages the pipeline cannot use, kept instead of dropped: each becomes a [`DeadLetter`] with
 //! its reason, where it came from and (the start of) what it said, stored beside the raw events
-//! before its offset is committed. Deciding what is unusable is [`crate::decode`]'s job (bytes)
+//! before its offset is committed. Deciding what is unusable is [`crate::codec`]'s job (bytes)
 //! and the consumer's validation (values).
 
 use crate::event::Record;

@@ -8,7 +8,8 @@
 //! - [`event`]: the interaction event, the record every stage carries.
 //! - [`dead_letter`]: a message the pipeline could not use, with its reason and source.
 //! - [`script`]: the sandboxed Rhai engine every script runs in, and script errors with positions.
-//! - [`decode`]: bytes to events, the same for every transport.
+//! - [`codec`]: the format payloads are in (JSON), built once: bytes to records and back, the
+//!   same for every transport and command.
 //! - [`telemetry`]: the counters, latency and reload status every component reports through, and
 //!   the progress log.
 //! - [`transport`]: moves batches from the generator to the consumer, through Kafka
@@ -45,7 +46,7 @@ pub mod event;
 pub mod dead_letter;
 pub mod script;
 
-pub mod decode;
+pub mod codec;
 pub mod telemetry;
 
 pub mod store;

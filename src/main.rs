@@ -568,7 +568,13 @@ fn init(
         (None, Some(t)) => {
             let servers = kafka.unwrap_or_default();
             (
-                runner::cli::init::read_topic(&servers, &t, sample, Duration::from_secs(10))?,
+                runner::cli::init::read_topic(
+                    &servers,
+                    &t,
+                    runner::codec::Format::default(),
+                    sample,
+                    Duration::from_secs(10),
+                )?,
                 format!("topic {t} at {servers}"),
             )
         }

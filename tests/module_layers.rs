@@ -10,7 +10,7 @@ use std::path::Path;
 const LAYERS: &[&[&str]] = &[
     &["base", "event"],
     &["dead_letter", "script"],
-    &["decode", "telemetry"],
+    &["codec", "telemetry"],
     &["transport"],
     &["store"],
     &["generator"],

@@ -6,13 +6,15 @@ use crate::config::Pipeline;
 use crate::generator::{Generator, GeneratorScript};
 use std::io::Write;
 
-/// Writes `count` generated events to `out` as JSON lines (no transport involved), timed as
+/// Writes `count` generated events to `out`, one per line in the pipeline's codec (JSON lines;
+/// no transport involved), timed as
 /// if sent from now at the pipeline's rate, with its profile and scenarios, on a simulated clock
 /// (so session think times and scenarios show in the times without waiting for them).
 pub fn generate(pipeline: &Pipeline, count: u64, out: &mut dyn Write) -> anyhow::Result<()> {
     let config = &pipeline.config.generator;
     let script = GeneratorScript::load(config, &pipeline.schema())?;
     let mut generator = Generator::new(script, config.seed);
+    let codec = crate::pipeline::codec(&pipeline.config)?;
     let mut bursts = crate::generator::traffic::Bursts::new(config.seed);
     let started_ms = chrono::Utc::now().timestamp_millis();
     let mut elapsed = std::time::Duration::ZERO;
@@ -38,7 +40,7 @@ pub fn generate(pipeline: &Pipeline, count: u64, out: &mut dyn Write) -> anyhow:
         }
         buf.clear();
         for e in &batch {
-            e.write_json(&mut buf);
+            codec.encode(e, &mut buf);
             buf.push(b'\n');
         }
         out.write_all(&buf)?;

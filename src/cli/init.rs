@@ -237,55 +237,28 @@ pub fn read_jsonl(path: &Path, limit: usize) -> anyhow::Result<Vec<Map<String, V
 }
 
 /// Reads up to `limit` messages of `topic` from the start (a group of its own, nothing
-/// committed), waiting at most `wait` for more.
+/// committed), waiting at most `wait` for more; messages that are not objects in `format` are
+/// counted and left out.
 pub fn read_topic(
     servers: &str,
     topic: &str,
+    format: crate::codec::Format,
     limit: usize,
     wait: std::time::Duration,
 ) -> anyhow::Result<Vec<Map<String, Value>>> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::Message;
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", servers)
-        .set(
-            "group.id",
-            format!("runner-init-{}", uuid::Uuid::new_v4().simple()),
-        )
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .context("cannot create a Kafka consumer")?;
-    consumer
-        .subscribe(&[topic])
-        .with_context(|| format!("cannot subscribe to {topic:?}"))?;
-    let mut out = Vec::new();
-    let mut not_objects = 0;
-    let started = std::time::Instant::now();
-    let mut last = started;
-    while out.len() < limit && last.elapsed() < wait {
-        match consumer.poll(std::time::Duration::from_millis(200)) {
-            Some(Ok(m)) => {
-                last = std::time::Instant::now();
-                match m.payload().map(serde_json::from_slice::<Value>) {
-                    Some(Ok(Value::Object(o))) => out.push(o),
-                    _ => not_objects += 1,
-                }
-            }
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "init: kafka error while sampling; continuing")
-            }
-            None => {}
-        }
-    }
-    if not_objects > 0 {
+    let config = crate::transport::kafka::KafkaConfig::reader_of(servers, topic);
+    let payloads = crate::transport::kafka::sample(&config, limit, wait)?;
+    let total = payloads.len();
+    let out: Vec<Map<String, Value>> = payloads.iter().filter_map(|p| format.object(p)).collect();
+    if out.len() < total {
         tracing::warn!(
-            not_objects,
-            "init: messages that are not JSON objects were left out"
+            not_objects = total - out.len(),
+            "init: messages that are not {} objects were left out",
+            format.name()
         );
     }
     if out.is_empty() {
-        bail!("read no JSON messages from topic {topic:?} at {servers} within {wait:?} (is the topic empty, or the address wrong?)");
+        bail!("read no {} messages from topic {topic:?} at {servers} within {wait:?} (is the topic empty, or the address wrong?)", format.name());
     }
     Ok(out)
 }

@@ -92,7 +92,6 @@ impl ConsumerConfig {
         crate::transport::kafka::Batching {
             batch_size: self.batch_size,
             max_wait: self.max_wait,
-            max_event_bytes: self.validation.max_event_bytes,
         }
     }
 

@@ -1,10 +1,12 @@
 //! The record that flows from the generator to the store, shaped by the pipeline's `[event]`
 //! section: nothing about any one kind of record is compiled in.
 
+mod json;
 mod record;
 mod schema;
 
-pub use record::{iso, parse_time, DecodeError, Record, Text, Value};
+pub use json::DecodeError;
+pub use record::{iso, parse_time, Record, Text, Value};
 pub use schema::{EventConfig, Extra, Field, FieldSpec, FieldType, Naive, Schema, DEFAULT_MAX_LEN};
 
 /// A schema from the text of an `[event]` section (unit tests).

@@ -4,6 +4,7 @@
 //! so adding a transport or a store is one arm per function of this file.
 
 use super::Components;
+use crate::codec::Codec;
 use crate::config::PipelineConfig;
 use crate::store::{Opened, StateStore, StoreKind};
 use crate::telemetry::Stats;
@@ -19,14 +20,10 @@ pub(super) type Transport = (Option<Box<dyn Publisher>>, Option<Box<dyn Subscrib
 /// queue); the error says why there is none.
 pub fn history(config: &PipelineConfig, store: &Opened) -> Result<Arc<dyn History>, String> {
     match config.kafka.kind() {
-        TransportKind::Kafka => {
-            let schema = config.schema().map_err(|p| p.join("; "))?;
-            Ok(Arc::new(kafka::KafkaHistory::new(
-                &config.kafka,
-                schema,
-                config.consumer.validation.max_event_bytes,
-            )))
-        }
+        TransportKind::Kafka => Ok(Arc::new(kafka::KafkaHistory::new(
+            &config.kafka,
+            codec(config).map_err(|e| e.to_string())?,
+        ))),
         TransportKind::EmbeddedQueue => store.history.clone().ok_or_else(|| {
             "history is read from the Kafka log or the embedded store, and this pipeline runs the embedded queue into MongoDB, whose raw events keep no order of arrival".into()
         }),
@@ -83,10 +80,11 @@ pub(super) async fn connect_transport(
             let admin = kafka::connect(&config.kafka).await?;
             kafka::ensure_topic(&admin, &config.kafka).await?;
             let p = match components.generator {
-                true => Some(
-                    Box::new(kafka::KafkaPublisher::new(&config.kafka, stats.clone())?)
-                        as Box<dyn Publisher>,
-                ),
+                true => Some(Box::new(kafka::KafkaPublisher::new(
+                    &config.kafka,
+                    codec(config)?,
+                    stats.clone(),
+                )?) as Box<dyn Publisher>),
                 false => None,
             };
             let s = match components.consumer && with_subscriber {
@@ -103,11 +101,10 @@ pub(super) fn kafka_subscriber(
     config: &PipelineConfig,
     stats: &Arc<Stats>,
 ) -> anyhow::Result<Box<dyn Subscriber>> {
-    let schema = config.schema().map_err(|p| anyhow::anyhow!(p.join("; ")))?;
     Ok(Box::new(kafka::KafkaSubscriber::new(
         &config.kafka,
         config.consumer.batching(),
-        schema,
+        codec(config)?,
         stats.clone(),
     )?))
 }
@@ -154,4 +151,15 @@ pub async fn open_store(config: &PipelineConfig) -> anyhow::Result<Opened> {
         &schema,
     )
     .await
+}
+
+/// The codec of `config`'s messages: the format `[kafka] format` chooses, for records of its
+/// schema, refusing payloads over `max_event_bytes`.
+pub fn codec(config: &PipelineConfig) -> anyhow::Result<Codec> {
+    let schema = config.schema().map_err(|p| anyhow::anyhow!(p.join("; ")))?;
+    Ok(Codec::new(
+        config.kafka.format,
+        schema,
+        config.consumer.validation.max_event_bytes,
+    ))
 }

@@ -10,7 +10,7 @@ mod reconnect;
 mod reload;
 mod shutdown;
 
-pub use backends::{history, open_store, partitions};
+pub use backends::{codec, history, open_store, partitions};
 pub use compile::{compile, validate, Compiled, Problems};
 pub use diff::{Diff, Effect, TABLE as RELOAD_TABLE};
 

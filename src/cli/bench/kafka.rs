@@ -43,11 +43,12 @@ pub(super) async fn kafka_sections(
         Some(3),
     )
     .fill(1000, &mut sample);
+    let codec = crate::pipeline::codec(&base.config)?;
     let payloads: Vec<Vec<u8>> = sample
         .iter()
         .map(|e| {
             let mut b = Vec::new();
-            e.write_json(&mut b);
+            codec.encode(e, &mut b);
             b
         })
         .collect();
@@ -393,7 +394,7 @@ async fn consume_into_discard(p: &Pipeline) -> anyhow::Result<(f64, u64)> {
     let subscriber = crate::transport::kafka::KafkaSubscriber::new(
         &p.config.kafka,
         p.config.consumer.batching(),
-        p.schema(),
+        crate::pipeline::codec(&p.config)?,
         stats.clone(),
     )?;
     let aggregator = Aggregator::new(

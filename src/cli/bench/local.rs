@@ -6,7 +6,6 @@ use super::{
 };
 use crate::aggregate::{Aggregator, MetricSet};
 use crate::config::Pipeline;
-use crate::decode::decode;
 use crate::event::{Record, Schema};
 use crate::generator::{Generator, GeneratorScript};
 use crate::pipeline::{self, RunOptions};
@@ -122,12 +121,13 @@ pub(super) fn aggregate_section(
         "ns/event",
         full_ns,
     ));
+    let codec = crate::pipeline::codec(&pipeline.config).expect("the pipeline compiled");
     let messages: Vec<Vec<u8>> = events
         .iter()
         .map(|e| {
-            let mut json = Vec::new();
-            e.write_json(&mut json);
-            json
+            let mut payload = Vec::new();
+            codec.encode(e, &mut payload);
+            payload
         })
         .collect();
     let cpu = consuming_path_cpu(pipeline, &set, &messages, runs);
@@ -261,8 +261,7 @@ fn consuming_path_cpu(
     messages: &[Vec<u8>],
     runs: usize,
 ) -> Vec<f64> {
-    let max_bytes = pipeline.config.consumer.validation.max_event_bytes;
-    let schema = pipeline.schema();
+    let codec = crate::pipeline::codec(&pipeline.config).expect("the pipeline compiled");
     let mut cpu_us = Vec::new();
     for _ in 0..runs {
         let mut agg = Aggregator::new(set.clone(), Stats::new());
@@ -270,7 +269,7 @@ fn consuming_path_cpu(
         for chunk in messages.chunks(2000) {
             let mut batch = Batch::default();
             for m in chunk {
-                match decode(&schema, Some(m), max_bytes) {
+                match codec.decode(Some(m)) {
                     Ok(e) => batch.events.push(e),
                     Err((_, why)) => panic!("bench: a generated event does not decode: {why}"),
                 }

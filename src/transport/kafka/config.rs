@@ -1,6 +1,7 @@
 //! `[kafka]`: the cluster, the topic, and librdkafka settings.
 
 use crate::base::de;
+use crate::codec::Format;
 use crate::transport::TransportKind;
 use rdkafka::ClientConfig;
 use serde::Deserialize;
@@ -32,6 +33,9 @@ pub struct KafkaConfig {
     /// How long to keep retrying an unreachable cluster at start before giving up.
     #[serde(default = "default_connect_timeout", deserialize_with = "de::duration")]
     pub connect_timeout: Duration,
+    /// The encoding of the topic's messages, read and written: `json` (one object per message).
+    #[serde(default)]
+    pub format: Format,
     /// librdkafka settings for both clients (`security.protocol`, `sasl.*`, ...).
     #[serde(default)]
     pub client: BTreeMap<String, toml::Value>,
@@ -70,6 +74,7 @@ impl std::fmt::Debug for KafkaConfig {
             .field("replication_factor", &self.replication_factor)
             .field("consumer_group", &self.consumer_group)
             .field("connect_timeout", &self.connect_timeout)
+            .field("format", &self.format)
             .field("client", &shown(&self.client))
             .field("producer", &shown(&self.producer))
             .field("consumer", &shown(&self.consumer))
@@ -123,6 +128,18 @@ const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
 const CONSUMER_FIXED: &[&str] = &["enable.auto.offset.store"];
 
 impl KafkaConfig {
+    /// The settings for reading `topic` at `servers` as a group of its own (`runner init`
+    /// samples a topic before any pipeline file exists); every other key at its default.
+    pub fn reader_of(servers: &str, topic: &str) -> KafkaConfig {
+        let mut c: KafkaConfig = toml::Table::new()
+            .try_into()
+            .expect("every key of [kafka] has a default");
+        c.bootstrap_servers = servers.to_string();
+        c.topic = topic.to_string();
+        c.consumer_group = format!("runner-init-{}", uuid::Uuid::new_v4().simple());
+        c
+    }
+
     /// Fills the keys the file left out from the pipeline's name and the environment.
     pub fn fill_defaults(&mut self, name: &str, env: &dyn Fn(&str) -> Option<String>) {
         if self.bootstrap_servers.is_empty() {

@@ -4,8 +4,8 @@
 
 use super::KafkaConfig;
 use crate::base::{map_each, Workers};
+use crate::codec::Codec;
 use crate::dead_letter::DeadLetter;
-use crate::event::Schema;
 use crate::telemetry::{GroupMember, PartitionLag, Stats};
 use crate::transport::{Acknowledge, Batch, Checkpoint, Poll, Subscriber};
 use anyhow::Context;
@@ -70,8 +70,6 @@ pub struct Batching {
     pub batch_size: usize,
     /// The longest a batch waits to fill.
     pub max_wait: Duration,
-    /// Larger messages are dead-lettered unread.
-    pub max_event_bytes: usize,
 }
 
 /// Consumer side of the Kafka transport.
@@ -80,9 +78,8 @@ pub struct KafkaSubscriber {
     topic: String,
     batch_size: usize,
     max_wait: Duration,
-    max_event_bytes: usize,
-    /// What the messages hold.
-    schema: Arc<Schema>,
+    /// What the messages are written in, and hold.
+    codec: Codec,
     stats: Arc<Stats>,
     /// The last lag the broker answered for (none yet; not renewed while it is away).
     lag: LagReading,
@@ -111,13 +108,12 @@ impl KafkaSubscriber {
     pub fn new(
         config: &KafkaConfig,
         batching: Batching,
-        schema: Arc<Schema>,
+        codec: Codec,
         stats: Arc<Stats>,
     ) -> anyhow::Result<Self> {
         let Batching {
             batch_size,
             max_wait,
-            max_event_bytes,
         } = batching;
         let consumer: GroupConsumer = config
             .consumer_config()
@@ -150,8 +146,7 @@ impl KafkaSubscriber {
             topic: config.topic.clone(),
             batch_size: batch_size.max(1),
             max_wait,
-            max_event_bytes,
-            schema,
+            codec,
             stats,
             lag,
             sampler,
@@ -181,9 +176,8 @@ impl KafkaSubscriber {
         let decoded = self.workers.run(|parallel| {
             map_each(parallel, &pending, |m| {
                 decode_payload(
-                    &self.schema,
+                    &self.codec,
                     &self.topic,
-                    self.max_event_bytes,
                     m.payload.as_deref(),
                     m.partition,
                     m.offset,
@@ -197,7 +191,7 @@ impl KafkaSubscriber {
 
     fn decode(&self, msg: &BorrowedMessage<'_>, batch: &mut Batch) {
         self.file(
-            decode_message(&self.schema, &self.topic, self.max_event_bytes, msg),
+            decode_message(&self.codec, &self.topic, msg),
             msg.partition(),
             msg.offset(),
             batch,
@@ -234,31 +228,22 @@ struct Pending {
 /// id (published by another producer) gets one from its position, so its replays are harmless
 /// too; the live consumer and a backfill name it alike.
 pub(super) fn decode_message(
-    schema: &Arc<Schema>,
+    codec: &Codec,
     topic: &str,
-    max_event_bytes: usize,
     msg: &BorrowedMessage<'_>,
 ) -> Result<crate::event::Record, DeadLetter> {
-    decode_payload(
-        schema,
-        topic,
-        max_event_bytes,
-        msg.payload(),
-        msg.partition(),
-        msg.offset(),
-    )
+    decode_payload(codec, topic, msg.payload(), msg.partition(), msg.offset())
 }
 
 /// [`decode_message`] of a message's payload and position.
 fn decode_payload(
-    schema: &Arc<Schema>,
+    codec: &Codec,
     topic: &str,
-    max_event_bytes: usize,
     payload: Option<&[u8]>,
     partition: i32,
     offset: i64,
 ) -> Result<crate::event::Record, DeadLetter> {
-    match crate::decode::decode(schema, payload, max_event_bytes) {
+    match codec.decode(payload) {
         Ok(mut event) => {
             if event.id().is_empty() {
                 event.set_id(compact_str::format_compact!("{topic}:{partition}:{offset}"));

@@ -4,7 +4,7 @@
 
 use super::consumer::decode_message;
 use super::KafkaConfig;
-use crate::event::Schema;
+use crate::codec::Codec;
 use crate::transport::{History, HistoryRead};
 use anyhow::Context;
 use async_trait::async_trait;
@@ -12,7 +12,6 @@ use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// How long a read waits for the next message of a range that is not read yet, before it
@@ -25,19 +24,17 @@ const OFFSET_TIMEOUT: Duration = Duration::from_secs(10);
 /// The Kafka log as a [`History`].
 pub struct KafkaHistory {
     config: KafkaConfig,
-    schema: Arc<Schema>,
-    max_event_bytes: usize,
+    codec: Codec,
     /// A reading consumer per partition, with the next offset it is positioned at (backfills
     /// take turns between partitions; each keeps its fetch position).
     readers: tokio::sync::Mutex<HashMap<i32, (StreamConsumer, i64)>>,
 }
 
 impl KafkaHistory {
-    pub fn new(config: &KafkaConfig, schema: Arc<Schema>, max_event_bytes: usize) -> KafkaHistory {
+    pub fn new(config: &KafkaConfig, codec: Codec) -> KafkaHistory {
         KafkaHistory {
             config: config.clone(),
-            schema,
-            max_event_bytes,
+            codec,
             readers: tokio::sync::Mutex::new(HashMap::new()),
         }
     }
@@ -157,9 +154,7 @@ impl History for KafkaHistory {
             }
             out.through = offset;
             // A message that is not an event was dead-lettered by the live consumer already.
-            if let Ok(event) =
-                decode_message(&self.schema, &self.config.topic, self.max_event_bytes, &msg)
-            {
+            if let Ok(event) = decode_message(&self.codec, &self.config.topic, &msg) {
                 out.events.push((offset, event));
             }
         }
@@ -169,4 +164,31 @@ impl History for KafkaHistory {
         }
         Ok(out)
     }
+}
+
+/// Up to `limit` payloads of `config.topic` from its start, waiting at most `wait` for more: a
+/// consumer of `config.consumer_group` that commits nothing (what `runner init` infers from).
+pub fn sample(config: &KafkaConfig, limit: usize, wait: Duration) -> anyhow::Result<Vec<Vec<u8>>> {
+    let mut c = config.consumer_config();
+    c.set("enable.auto.commit", "false");
+    c.set("auto.offset.reset", "earliest");
+    let consumer: BaseConsumer = c.create().context("cannot create a Kafka consumer")?;
+    consumer
+        .subscribe(&[&config.topic])
+        .with_context(|| format!("cannot subscribe to {:?}", config.topic))?;
+    let mut out = Vec::new();
+    let mut last = std::time::Instant::now();
+    while out.len() < limit && last.elapsed() < wait {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                last = std::time::Instant::now();
+                out.push(m.payload().unwrap_or_default().to_vec());
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "kafka error while sampling {:?}; continuing", config.topic)
+            }
+            None => {}
+        }
+    }
+    Ok(out)
 }

@@ -10,5 +10,5 @@ mod producer;
 pub use admin::{connect, ensure_topic, topic_partitions};
 pub use config::KafkaConfig;
 pub use consumer::{Batching, KafkaSubscriber};
-pub use history::KafkaHistory;
+pub use history::{sample, KafkaHistory};
 pub use producer::KafkaPublisher;

@@ -1,7 +1,8 @@
-//! Publishes batches to Kafka: JSON values keyed by the `[event] key` field (records with one key
+//! Publishes batches to Kafka: values in the pipeline's codec, keyed by the `[event] key` field (records with one key
 //! stay ordered in one partition), with delivery reports counted rather than awaited per message.
 
 use super::KafkaConfig;
+use crate::codec::Codec;
 use crate::event::Record;
 use crate::telemetry::Stats;
 use crate::transport::Publisher;
@@ -34,12 +35,13 @@ impl ProducerContext for Deliveries {
 pub struct KafkaPublisher {
     producer: Arc<ThreadedProducer<Deliveries>>,
     topic: String,
+    codec: Codec,
     buf: Vec<u8>,
 }
 
 impl KafkaPublisher {
     /// Creates the producer; call after [`super::connect`] has seen the cluster.
-    pub fn new(config: &KafkaConfig, stats: Arc<Stats>) -> anyhow::Result<Self> {
+    pub fn new(config: &KafkaConfig, codec: Codec, stats: Arc<Stats>) -> anyhow::Result<Self> {
         let producer = config
             .producer_config()
             .create_with_context(Deliveries { stats })
@@ -47,6 +49,7 @@ impl KafkaPublisher {
         Ok(KafkaPublisher {
             producer: Arc::new(producer),
             topic: config.topic.clone(),
+            codec,
             buf: Vec::with_capacity(512),
         })
     }
@@ -57,7 +60,7 @@ impl Publisher for KafkaPublisher {
     async fn publish(&mut self, batch: Vec<Record>) -> anyhow::Result<()> {
         for event in &batch {
             self.buf.clear();
-            event.write_json(&mut self.buf);
+            self.codec.encode(event, &mut self.buf);
             loop {
                 let key = event.key();
                 let mut record = BaseRecord::to(&self.topic).payload(&self.buf[..]);
