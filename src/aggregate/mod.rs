@@ -23,7 +23,7 @@ pub use metric::{Metric, MetricConfig, Partial, TimeMode};
 pub use query::{history, history_step, read, windows, Backfilling, MetricValue, Point};
 pub use reducer::ReducerKind;
 pub use window::Window;
-pub use write::{Absorbed, Aggregator};
+pub use write::{Absorbed, Aggregator, Loaded};
 
 use crate::event::Schema;
 use crate::script::{MapFields, ScriptError};

@@ -64,7 +64,8 @@ async fn consume_with_crashes(
             sources: batch.iter().map(|b| b.1).collect(),
             ..Batch::default()
         };
-        agg.ingest(&batch, store).await.unwrap();
+        let loaded = agg.load(&batch, store).await.unwrap();
+        agg.ingest(&batch, loaded).unwrap();
         pos += n;
         let checkpoint = (batch_no + 1) % every == 0 || pos == stream.len();
         if checkpoint {

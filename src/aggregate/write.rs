@@ -65,6 +65,24 @@ pub struct Absorbed {
     pub late: Vec<DeadLetter>,
 }
 
+/// What [`Aggregator::load`] read for one batch, for [`Aggregator::ingest`].
+#[derive(Debug, Default)]
+pub struct Loaded {
+    partitions: Vec<PartitionLoad>,
+}
+
+/// The stored state of one partition new to the aggregator.
+#[derive(Debug)]
+struct PartitionLoad {
+    partition: i32,
+    /// The earliest pane start loaded.
+    since: i64,
+    records: Vec<PaneRecord>,
+    /// Where the backfill of a metric new to the partition ends (none: no backfill, or nothing
+    /// came before).
+    seam: Option<i64>,
+}
+
 /// The consumer's aggregation state: applies batches, hands out changed partials to persist.
 pub struct Aggregator {
     set: Arc<MetricSet>,
@@ -115,16 +133,6 @@ impl Aggregator {
         self
     }
 
-    /// Whether this batch must be absorbed before its raw events are stored: it loads the
-    /// embedded queue's partition with backfill on, and the seam there is the newest raw row
-    /// stored before this batch.
-    pub fn absorbs_before_storing(&self, batch: &Batch) -> bool {
-        self.backfill.is_some()
-            && batch.sources.is_empty()
-            && !batch.events.is_empty()
-            && !self.loaded.contains_key(&NO_PARTITION)
-    }
-
     /// The last [`Self::checkpoint`] is stored: the backfills whose seams it held may start.
     pub fn stored(&mut self) {
         if let Some(b) = &self.backfill {
@@ -134,58 +142,74 @@ impl Aggregator {
         }
     }
 
-    /// [`Self::ingest`] and [`Self::checkpoint`] in one call: the batch's changed partials, to
-    /// write before it is acknowledged, and its late events as dead letters.
+    /// [`Self::load`], [`Self::ingest`] and [`Self::checkpoint`] in one call: the batch's
+    /// changed partials, to write before it is acknowledged, and its late events as dead letters.
     pub async fn absorb(
         &mut self,
         batch: &Batch,
         store: &dyn StateStore,
     ) -> anyhow::Result<Absorbed> {
-        let late = self.ingest(batch, store).await?;
+        let loaded = self.load(batch, store).await?;
+        let late = self.ingest(batch, loaded)?;
         Ok(Absorbed {
             panes: self.checkpoint(),
             late,
         })
     }
 
-    /// Takes in one batch: forgets partitions revoked since the last batch, loads the stored
-    /// partials of partitions new to this aggregator, applies the events (skipping those already
-    /// in a stored partial), and returns the late events as dead letters. The batch may be
-    /// acknowledged only once a later [`Self::checkpoint`]'s partials are stored. A store error
-    /// while loading leaves nothing applied, so the call may simply be repeated.
-    pub async fn ingest(
-        &mut self,
-        batch: &Batch,
-        store: &dyn StateStore,
-    ) -> anyhow::Result<Vec<DeadLetter>> {
-        self.forget(&batch.revoked);
+    /// Reads what `batch` needs from the store before it can be applied: the stored partials,
+    /// watermarks and seams of its partitions that are new to this aggregator (after start, a
+    /// rebalance or a reload), and where a backfill of a metric new to one would end. Reads only:
+    /// an error leaves everything as it was, so the call may simply be repeated. On the embedded
+    /// queue the seam is the newest raw row, so this comes before the batch's raw events are
+    /// stored.
+    pub async fn load(&self, batch: &Batch, store: &dyn StateStore) -> anyhow::Result<Loaded> {
         let mut partitions: Vec<i32> = batch.sources.iter().map(|s| s.0).collect();
         if batch.sources.is_empty() && !batch.events.is_empty() {
             partitions.push(NO_PARTITION);
         }
-        for partition in self.to_load(&partitions) {
-            let (since, records) = Self::load(&self.set, store, partition, &batch.events).await?;
-            // The embedded queue's seam: every raw row stored so far is history.
-            let position = match (&self.backfill, partition) {
+        let mut loaded = Loaded::default();
+        for partition in self.to_load(&partitions, &batch.revoked) {
+            let (since, records) =
+                Self::load_partition(&self.set, store, partition, &batch.events).await?;
+            let seam = match (&self.backfill, partition) {
+                (None, _) => None,
+                // The embedded queue's seam: every raw row stored so far is history.
                 (Some(b), NO_PARTITION) => {
                     Some(b.history.end(NO_PARTITION).await?).filter(|p| *p > 0)
                 }
-                _ => None,
+                // A Kafka partition's: the offset before this batch's first.
+                (Some(_), p) => batch
+                    .sources
+                    .iter()
+                    .filter(|s| s.0 == p)
+                    .map(|s| s.1)
+                    .min()
+                    .map(|first| first - 1)
+                    .filter(|at| *at >= 0),
             };
-            let fresh = self.install(partition, since, records)?;
+            loaded.partitions.push(PartitionLoad {
+                partition,
+                since,
+                records,
+                seam,
+            });
+        }
+        Ok(loaded)
+    }
+
+    /// Takes in one batch with what [`Self::load`] read for it, touching no store: forgets
+    /// partitions revoked since the last batch, installs the loaded partials (and seams for
+    /// metrics new to a partition, whose backfills start once the next checkpoint is stored),
+    /// applies the events (skipping those already in a stored partial), and returns the late
+    /// events as dead letters. The batch may be acknowledged only once a later
+    /// [`Self::checkpoint`]'s partials are stored.
+    pub fn ingest(&mut self, batch: &Batch, loaded: Loaded) -> anyhow::Result<Vec<DeadLetter>> {
+        self.forget(&batch.revoked);
+        for l in loaded.partitions {
+            let fresh = self.install(l.partition, l.since, l.records)?;
             if self.backfill.is_some() {
-                let at = match partition {
-                    NO_PARTITION => position,
-                    p => batch
-                        .sources
-                        .iter()
-                        .filter(|s| s.0 == p)
-                        .map(|s| s.1)
-                        .min()
-                        .map(|first| first - 1)
-                        .filter(|at| *at >= 0),
-                };
-                self.make_seams(partition, fresh, at)?;
+                self.make_seams(l.partition, fresh, l.seam)?;
             }
         }
         self.apply(&batch.events, &batch.sources);
@@ -193,12 +217,12 @@ impl Aggregator {
     }
 
     /// Partitions of this batch whose stored partials are not loaded yet (after start or a
-    /// rebalance).
-    fn to_load(&self, partitions: &[i32]) -> Vec<i32> {
+    /// rebalance; a partition revoked by this batch is forgotten before it is applied).
+    fn to_load(&self, partitions: &[i32], revoked: &[i32]) -> Vec<i32> {
         let mut new: Vec<i32> = partitions
             .iter()
             .copied()
-            .filter(|p| !self.loaded.contains_key(p))
+            .filter(|p| !self.loaded.contains_key(p) || revoked.contains(p))
             .collect();
         new.sort_unstable();
         new.dedup();
@@ -209,7 +233,7 @@ impl Aggregator {
     /// [`Self::install`], with the earliest pane start loaded. Each metric's watermark is read
     /// first: an event older than it less the lateness is late and touches no pane, so one
     /// record dated year 1 no longer loads every retained pane of the partition into memory.
-    async fn load(
+    async fn load_partition(
         set: &MetricSet,
         store: &dyn StateStore,
         partition: i32,
@@ -1180,7 +1204,8 @@ pub(super) mod tests {
             sources: vec![(0, 24), (0, 25)],
             ..Default::default()
         };
-        let late = again.ingest(&batch, &store).await.unwrap();
+        let loaded = again.load(&batch, &store).await.unwrap();
+        let late = again.ingest(&batch, loaded).unwrap();
         assert_eq!(late.len(), 1, "the ancient record is late");
         let loaded: Vec<i64> = again.states[0]
             .cells

@@ -361,37 +361,42 @@ async fn store_batch(
     encoded: Encoded,
     stop: &CancellationToken,
 ) -> anyhow::Result<()> {
+    // What the batch's new partitions hold is read first: applying it then touches no store,
+    // and a backfill seam taken from the raw rows sees them as they were before this batch.
+    let loaded = match aggregator.as_deref() {
+        Some(agg) => {
+            Some(with_retry(stats, stop, batch.events.len(), || agg.load(batch, store)).await?)
+        }
+        None => None,
+    };
     // The first attempt sends the encoded batch; a retry encodes again.
     let mut encoded = Some(encoded);
     let raw = with_retry(stats, stop, batch.events.len(), || match encoded.take() {
         Some(e) => store.insert_encoded(&batch.events, e),
         None => store.insert_events(&batch.events),
     });
-    // A backfill seam taken from the raw rows must see them as they were before this batch.
-    let partials_first = aggregator
-        .as_ref()
-        .is_some_and(|a| a.absorbs_before_storing(batch));
     // Inserting raw events and applying them to the metrics are independent (each is
-    // idempotent on replay), so they run at the same time.
+    // idempotent on replay), so the metrics are counted while the store writes.
     let partials = async {
-        let Some(agg) = aggregator else {
+        let (Some(agg), Some(mut loaded)) = (aggregator, loaded) else {
             return anyhow::Ok(Vec::new());
         };
+        // A stored state that installs badly is read again and retried, as a store error is.
         let mut retry = StoreRetry::new(stats, stop, batch.events.len());
         loop {
-            match agg.ingest(batch, store).await {
+            match agg.ingest(batch, loaded) {
                 Ok(late) => break Ok(late),
                 Err(e) => retry.failed(e).await?,
             }
+            loaded = loop {
+                match agg.load(batch, store).await {
+                    Ok(l) => break l,
+                    Err(e) => retry.failed(e).await?,
+                }
+            };
         }
     };
-    let (outcome, late) = match partials_first {
-        true => {
-            let late = partials.await;
-            (raw.await, late)
-        }
-        false => tokio::join!(raw, partials),
-    };
+    let (outcome, late) = tokio::join!(raw, partials);
     let outcome = outcome?;
     let late = late?;
     // What the store refused for good is kept as dead letters, so the batch can be acknowledged.
