@@ -12,6 +12,7 @@ mod metric;
 #[cfg(test)]
 mod properties;
 mod query;
+pub mod recompute;
 mod reducer;
 pub mod results;
 mod script;

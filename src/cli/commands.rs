@@ -150,8 +150,7 @@ pub async fn backfill(
     metric: &str,
     since: std::time::Duration,
     until: Option<std::time::Duration>,
-) -> anyhow::Result<crate::aggregate::backfill::Recomputed> {
-    use crate::aggregate::backfill;
+) -> anyhow::Result<crate::aggregate::recompute::Recomputed> {
     let config = &pipeline.config;
     let set = MetricSet::load(&config.metrics, &pipeline.schema())?;
     let index = set
@@ -202,7 +201,7 @@ pub async fn backfill(
             tracing::info!(metric, events, "recomputing");
         }
     };
-    backfill::recompute(
+    crate::aggregate::recompute::recompute(
         &set,
         index,
         &*history,
