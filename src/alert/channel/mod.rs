@@ -1,18 +1,21 @@
-//! Delivery: log, email (SMTP through lettre) and webhook (HTTP POST through reqwest).
+//! Delivery: log (log.rs), email (SMTP through lettre, email.rs) and webhook (HTTP POST through
+//! reqwest, webhook.rs); a channel is one file here, one `ChannelConfig` variant and its arm in
+//! [`build`].
 //!
 //! Each channel has its own queue and task, so a slow or failing channel never delays rule
 //! evaluation or the other channels. A failed delivery is retried with doubling backoff; when
 //! the retries run out it is reported (log line and counter), never silently dropped.
 
-use super::config::{ChannelConfig, EmailConfig, Retry, SmtpSecurity, WebhookConfig};
+mod email;
+mod log;
+mod webhook;
+
+use super::config::{ChannelConfig, Retry};
 use super::notification::Notification;
-use crate::base::{Backoff, Secret};
+use crate::base::Backoff;
 use crate::telemetry::Stats;
-use anyhow::{bail, Context};
+use anyhow::Context;
 use async_trait::async_trait;
-use lettre::message::{header::ContentType, Mailbox};
-use lettre::transport::smtp::authentication::Credentials;
-use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serde_json::Value;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -80,165 +83,6 @@ trait Channel: Send + Sync {
     async fn deliver(&self, n: &Notification) -> anyhow::Result<()>;
 }
 
-struct LogChannel;
-
-#[async_trait]
-impl Channel for LogChannel {
-    async fn deliver(&self, n: &Notification) -> anyhow::Result<()> {
-        let labels = serde_json::to_string(&n.labels).unwrap_or_default();
-        if n.status == "resolved" {
-            tracing::info!(target: "runner::alert", alert = %n.alert, status = %n.status, severity = %n.severity, %labels, value = ?n.value, "{}", n.message);
-        } else {
-            tracing::warn!(target: "runner::alert", alert = %n.alert, status = %n.status, change = ?n.change, severity = %n.severity, %labels, value = ?n.value, "{}", n.message);
-        }
-        Ok(())
-    }
-}
-
-struct EmailChannel {
-    transport: AsyncSmtpTransport<Tokio1Executor>,
-    from: Mailbox,
-    to: Vec<Mailbox>,
-    subject: String,
-    thresholds: BTreeMap<String, Value>,
-}
-
-impl EmailChannel {
-    fn new(c: &EmailConfig, thresholds: &BTreeMap<String, Value>) -> anyhow::Result<Self> {
-        let from: Mailbox = c
-            .from
-            .parse()
-            .with_context(|| format!("email from {:?} is not an address", c.from))?;
-        let to =
-            c.to.iter()
-                .map(|a| {
-                    a.parse::<Mailbox>()
-                        .with_context(|| format!("email recipient {a:?} is not an address"))
-                })
-                .collect::<anyhow::Result<Vec<_>>>()?;
-        minijinja::Environment::new()
-            .template_from_str(&c.subject)
-            .context("email subject template")?;
-        let builder = match c.security {
-            SmtpSecurity::Starttls => {
-                AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&c.host)?
-            }
-            SmtpSecurity::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&c.host)?,
-            SmtpSecurity::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&c.host),
-        };
-        let mut builder = builder.port(c.port).timeout(Some(c.timeout));
-        if !c.username.is_empty() {
-            builder = builder.credentials(Credentials::new(
-                c.username.clone(),
-                c.password.expose().to_string(),
-            ));
-        }
-        Ok(EmailChannel {
-            transport: builder.build(),
-            from,
-            to,
-            subject: c.subject.clone(),
-            thresholds: thresholds.clone(),
-        })
-    }
-}
-
-#[async_trait]
-impl Channel for EmailChannel {
-    async fn deliver(&self, n: &Notification) -> anyhow::Result<()> {
-        let subject = n
-            .render(&self.subject, &self.thresholds)
-            .context("email subject template")?;
-        let mut message = Message::builder()
-            .from(self.from.clone())
-            .subject(subject)
-            .header(ContentType::TEXT_PLAIN);
-        for to in &self.to {
-            message = message.to(to.clone());
-        }
-        let message = message.body(n.text()).context("cannot build the email")?;
-        self.transport
-            .send(message)
-            .await
-            .context("SMTP delivery failed")?;
-        Ok(())
-    }
-}
-
-struct WebhookChannel {
-    client: reqwest::Client,
-    url: Secret,
-    headers: BTreeMap<String, Secret>,
-}
-
-/// How much of a webhook's answer is read (its start is quoted in the error of a failure).
-const RESPONSE_BYTES: usize = 4096;
-
-impl WebhookChannel {
-    fn new(c: &WebhookConfig) -> anyhow::Result<Self> {
-        super::config::webhook_url(c.url.expose()).map_err(anyhow::Error::msg)?;
-        // No redirects: following one would POST the notification, and its secret headers, to
-        // whatever host the answer names.
-        let client = reqwest::Client::builder()
-            .timeout(c.timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .context("cannot create the HTTP client")?;
-        Ok(WebhookChannel {
-            client,
-            url: c.url.clone(),
-            headers: c.headers.clone(),
-        })
-    }
-}
-
-/// The start of a response body, read no further than [`RESPONSE_BYTES`]: a receiver that
-/// answers gigabytes (or never ends its body) costs a few kilobytes and the request timeout.
-async fn body_start(mut response: reqwest::Response) -> String {
-    let mut body = Vec::new();
-    while body.len() < RESPONSE_BYTES {
-        match response.chunk().await {
-            Ok(Some(chunk)) => {
-                body.extend_from_slice(&chunk[..chunk.len().min(RESPONSE_BYTES - body.len())])
-            }
-            _ => break,
-        }
-    }
-    String::from_utf8_lossy(&body).chars().take(200).collect()
-}
-
-#[async_trait]
-impl Channel for WebhookChannel {
-    async fn deliver(&self, n: &Notification) -> anyhow::Result<()> {
-        let mut request = self
-            .client
-            .post(self.url.expose())
-            .json(n)
-            .header("Idempotency-Key", &n.id);
-        for (k, v) in &self.headers {
-            request = request.header(k, v.expose());
-        }
-        // reqwest's errors name the URL; the URL is a secret.
-        let response = request
-            .send()
-            .await
-            .map_err(|e| e.without_url())
-            .with_context(|| format!("POST to webhook {} failed", redact_url(self.url.expose())))?;
-        let status = response.status();
-        if status.is_redirection() {
-            bail!("webhook {} answered {status} (a redirect, which is not followed: configure the URL it points to)", redact_url(self.url.expose()));
-        }
-        if !status.is_success() {
-            bail!(
-                "webhook {} answered {status}: {}",
-                redact_url(self.url.expose()),
-                body_start(response).await
-            );
-        }
-        Ok(())
-    }
-}
-
 /// A running channel: its config (to tell whether a reload changed it) and its queue.
 struct Running {
     config: Option<ChannelConfig>,
@@ -300,7 +144,7 @@ impl Dispatcher {
                 continue;
             }
             let channel: Box<dyn Channel> = match &config {
-                None => Box::new(LogChannel),
+                None => Box::new(log::LogChannel),
                 Some(c) => {
                     build(c, thresholds).with_context(|| format!("alerting.channels.{name}"))?
                 }
@@ -374,19 +218,10 @@ fn build(
     thresholds: &BTreeMap<String, Value>,
 ) -> anyhow::Result<Box<dyn Channel>> {
     Ok(match c {
-        ChannelConfig::Log => Box::new(LogChannel),
-        ChannelConfig::Email(e) => Box::new(EmailChannel::new(e, thresholds)?),
-        ChannelConfig::Webhook(w) => Box::new(WebhookChannel::new(w)?),
+        ChannelConfig::Log => Box::new(log::LogChannel),
+        ChannelConfig::Email(e) => Box::new(email::EmailChannel::new(e, thresholds)?),
+        ChannelConfig::Webhook(w) => Box::new(webhook::WebhookChannel::new(w)?),
     })
-}
-
-/// A webhook URL for logs: its scheme and host only (the path and query often hold the
-/// hook's credential).
-fn redact_url(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(u) => format!("{}://{}/***", u.scheme(), u.host_str().unwrap_or("?")),
-        Err(_) => "***".to_string(),
-    }
 }
 
 /// One channel's loop: deliver each notification in order, retrying with backoff.
@@ -433,7 +268,11 @@ async fn deliver_all(
 
 #[cfg(test)]
 mod tests {
+    use super::webhook::WebhookChannel;
     use super::*;
+    use crate::alert::config::WebhookConfig;
+    use crate::base::Secret;
+    use anyhow::bail;
     use std::sync::atomic::AtomicUsize;
 
     fn notification(id: &str) -> Notification {

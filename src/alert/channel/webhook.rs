@@ -1,0 +1,92 @@
+//! The webhook channel: an HTTP POST of the notification as JSON, through reqwest.
+
+use super::Channel;
+use crate::alert::config::WebhookConfig;
+use crate::alert::notification::Notification;
+use crate::base::Secret;
+use anyhow::{bail, Context};
+use async_trait::async_trait;
+use std::collections::BTreeMap;
+
+pub(super) struct WebhookChannel {
+    client: reqwest::Client,
+    url: Secret,
+    headers: BTreeMap<String, Secret>,
+}
+
+/// How much of a webhook's answer is read (its start is quoted in the error of a failure).
+const RESPONSE_BYTES: usize = 4096;
+
+impl WebhookChannel {
+    pub(super) fn new(c: &WebhookConfig) -> anyhow::Result<Self> {
+        crate::alert::config::webhook_url(c.url.expose()).map_err(anyhow::Error::msg)?;
+        // No redirects: following one would POST the notification, and its secret headers, to
+        // whatever host the answer names.
+        let client = reqwest::Client::builder()
+            .timeout(c.timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .context("cannot create the HTTP client")?;
+        Ok(WebhookChannel {
+            client,
+            url: c.url.clone(),
+            headers: c.headers.clone(),
+        })
+    }
+}
+
+/// The start of a response body, read no further than [`RESPONSE_BYTES`]: a receiver that
+/// answers gigabytes (or never ends its body) costs a few kilobytes and the request timeout.
+async fn body_start(mut response: reqwest::Response) -> String {
+    let mut body = Vec::new();
+    while body.len() < RESPONSE_BYTES {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                body.extend_from_slice(&chunk[..chunk.len().min(RESPONSE_BYTES - body.len())])
+            }
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&body).chars().take(200).collect()
+}
+
+#[async_trait]
+impl Channel for WebhookChannel {
+    async fn deliver(&self, n: &Notification) -> anyhow::Result<()> {
+        let mut request = self
+            .client
+            .post(self.url.expose())
+            .json(n)
+            .header("Idempotency-Key", &n.id);
+        for (k, v) in &self.headers {
+            request = request.header(k, v.expose());
+        }
+        // reqwest's errors name the URL; the URL is a secret.
+        let response = request
+            .send()
+            .await
+            .map_err(|e| e.without_url())
+            .with_context(|| format!("POST to webhook {} failed", redact_url(self.url.expose())))?;
+        let status = response.status();
+        if status.is_redirection() {
+            bail!("webhook {} answered {status} (a redirect, which is not followed: configure the URL it points to)", redact_url(self.url.expose()));
+        }
+        if !status.is_success() {
+            bail!(
+                "webhook {} answered {status}: {}",
+                redact_url(self.url.expose()),
+                body_start(response).await
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A webhook URL for logs: its scheme and host only (the path and query often hold the
+/// hook's credential).
+fn redact_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => format!("{}://{}/***", u.scheme(), u.host_str().unwrap_or("?")),
+        Err(_) => "***".to_string(),
+    }
+}
