@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 /// A metric's value over one window.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct MetricValue {
     pub name: String,
     pub description: String,
@@ -19,16 +19,16 @@ pub struct MetricValue {
     pub window_end: i64,
     pub value: Value,
     /// Set while the metric is being filled from history: `value` is partial until then.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backfilling: Option<Backfilling>,
     /// Records of the window counted under `__other__`: a pane reached the metric's
     /// `max_groups`, so `value` leaves some keys out (the dashboard says so).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub other: Option<u64>,
 }
 
 /// How far a metric's backfill has come.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
 pub struct Backfilling {
     /// The share of the history read, 0 to 1.
     pub done: f64,

@@ -4,7 +4,9 @@
 //! `/api/health`) and redrawn every interval, so it works over SSH against any runner whose
 //! dashboard port it can reach.
 
+use crate::alert::state::Status;
 use crate::base::short;
+use crate::dashboard::api::{Alerts, Health, MetricValue, Topology};
 use anyhow::Context;
 use crossterm::event::{self, Event, KeyCode, KeyModifiers};
 use crossterm::terminal::{
@@ -46,17 +48,12 @@ pub struct Model {
 
 impl Model {
     /// Builds the screen from the four API answers.
-    pub fn from_api(topology: &Value, metrics: &Value, alerts: &Value, health: &Value) -> Model {
-        let num = |v: &Value| v.as_f64().unwrap_or(0.0);
-        let total = |v: &Value| v.as_u64().unwrap_or(0);
-        let nodes = topology["nodes"].as_array().cloned().unwrap_or_default();
-        let node = |id: &str| {
-            nodes
-                .iter()
-                .find(|n| n["id"] == id)
-                .cloned()
-                .unwrap_or(Value::Null)
-        };
+    pub fn from_api(
+        topology: &Topology,
+        metrics: &[MetricValue],
+        alerts: &Alerts,
+        health: &Health,
+    ) -> Model {
         let flow = [
             ("generated", "generator"),
             ("consumed", "consumer"),
@@ -64,92 +61,52 @@ impl Model {
         ]
         .iter()
         .map(|(label, id)| {
+            let node = topology.node(id);
             (
                 label.to_string(),
-                num(&node(id)["rate"]),
-                total(&node(id)["total"]),
+                node.and_then(|n| n.rate).unwrap_or(0.0),
+                node.and_then(|n| n.total).unwrap_or(0),
             )
         })
         .collect();
-        let partitions = node("transport")["partitions"]
-            .as_array()
+        let partitions = topology
+            .node("transport")
+            .and_then(|n| n.partitions.as_ref())
             .map(|ps| {
                 ps.iter()
-                    .map(|p| {
-                        (
-                            p["partition"].as_i64().unwrap_or(0),
-                            p["end_offset"].as_i64().unwrap_or(0),
-                            p["lag"].as_i64().unwrap_or(0),
-                            num(&p["rate_in"]),
-                        )
-                    })
+                    .map(|p| (i64::from(p.partition), p.end_offset, p.lag, p.rate_in))
                     .collect()
             })
             .unwrap_or_default();
         let metrics = metrics
-            .as_array()
-            .map(|ms| {
-                ms.iter()
-                    .map(|m| {
-                        (
-                            m["name"].as_str().unwrap_or("?").to_string(),
-                            value_text(&m["value"]),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let alerts = alerts["active"]
-            .as_array()
+            .iter()
+            .map(|m| (m.name.clone(), value_text(&m.value)))
+            .collect();
+        let alerts = alerts
+            .active
+            .iter()
             .map(|a| {
-                a.iter()
-                    .map(|a| {
-                        let labels = a["labels"]
-                            .as_object()
-                            .map(|l| {
-                                l.iter()
-                                    .map(|(k, v)| {
-                                        format!(
-                                            "{k}={}",
-                                            v.as_str()
-                                                .map(str::to_string)
-                                                .unwrap_or_else(|| v.to_string())
-                                        )
-                                    })
-                                    .collect::<Vec<_>>()
-                                    .join(" ")
-                            })
-                            .unwrap_or_default();
-                        (
-                            a["status"].as_str().unwrap_or("?").to_string(),
-                            a["alert"].as_str().unwrap_or("?").to_string(),
-                            labels,
-                        )
-                    })
-                    .collect()
+                let labels = a
+                    .labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                let status = match a.status {
+                    Status::Firing => "firing",
+                    Status::Pending => "pending",
+                };
+                (status.to_string(), a.alert.clone(), labels)
             })
-            .unwrap_or_default();
-        let drops = topology["drops"]
-            .as_array()
-            .map(|ds| {
-                ds.iter()
-                    .map(|d| {
-                        (
-                            format!(
-                                "{}: {}",
-                                d["at"].as_str().unwrap_or(""),
-                                d["what"].as_str().unwrap_or("")
-                            ),
-                            num(&d["rate"]),
-                            total(&d["total"]),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let latency = health["visible_latency_p50_ms"]
-            .as_u64()
-            .zip(health["visible_latency_p99_ms"].as_u64());
+            .collect();
+        let drops = topology
+            .drops
+            .iter()
+            .map(|d| (format!("{}: {}", d.at, d.what), d.rate, d.total))
+            .collect();
+        let latency = health
+            .visible_latency_p50_ms
+            .zip(health.visible_latency_p99_ms);
         Model {
             flow,
             partitions,
@@ -195,36 +152,47 @@ fn value_text(v: &Value) -> String {
     }
 }
 
+/// One API answer, as the dashboard's type for it.
+async fn get<T: serde::de::DeserializeOwned>(
+    client: &reqwest::Client,
+    opts: &TopOptions,
+    path: &str,
+) -> anyhow::Result<T> {
+    let mut req = client.get(format!("{}{path}", opts.url.trim_end_matches('/')));
+    if let Some(t) = &opts.token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {}{path}", opts.url))?;
+    let status = resp.status();
+    let body = resp
+        .bytes()
+        .await
+        .with_context(|| format!("cannot read the answer of {}{path}", opts.url))?;
+    if !status.is_success() {
+        let error = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_string))
+            .unwrap_or_default();
+        anyhow::bail!("{}{path} answered {status}: {error}", opts.url);
+    }
+    serde_json::from_slice(&body).with_context(|| {
+        format!(
+            "{}{path} did not answer what this runner expects (a runner of another version?)",
+            opts.url
+        )
+    })
+}
+
 /// Reads the four API answers.
 async fn fetch(client: &reqwest::Client, opts: &TopOptions) -> anyhow::Result<Model> {
-    let get = |path: &'static str| async move {
-        let mut req = client.get(format!("{}{path}", opts.url.trim_end_matches('/')));
-        if let Some(t) = &opts.token {
-            req = req.bearer_auth(t);
-        }
-        let resp = req
-            .send()
-            .await
-            .with_context(|| format!("cannot reach {}{path}", opts.url))?;
-        let status = resp.status();
-        let body: Value = resp
-            .json()
-            .await
-            .with_context(|| format!("{}{path} did not answer JSON", opts.url))?;
-        match status.is_success() {
-            true => Ok(body),
-            false => anyhow::bail!(
-                "{}{path} answered {status}: {}",
-                opts.url,
-                body["error"].as_str().unwrap_or("")
-            ),
-        }
-    };
     let (topology, metrics, alerts, health) = tokio::try_join!(
-        get("/api/topology"),
-        get("/api/metrics"),
-        get("/api/alerts"),
-        get("/api/health")
+        get::<Topology>(client, opts, "/api/topology"),
+        get::<Vec<MetricValue>>(client, opts, "/api/metrics"),
+        get::<Alerts>(client, opts, "/api/alerts"),
+        get::<Health>(client, opts, "/api/health")
     )?;
     Ok(Model::from_api(&topology, &metrics, &alerts, &health))
 }
@@ -447,22 +415,36 @@ mod tests {
 
     #[test]
     fn the_screen_is_built_from_the_api_answers() {
-        let topology = json!({
+        // The answers as the dashboard writes them, read back as `runner top` reads them.
+        let topology: Topology = serde_json::from_value(json!({
             "nodes": [
-                { "id": "generator", "rate": 1000.0, "total": 5000 },
-                { "id": "transport", "partitions": [{ "partition": 0, "end_offset": 900, "lag": 12, "rate_in": 480.5 }] },
-                { "id": "consumer", "rate": 990.0, "total": 4980 },
-                { "id": "store", "rate": 990.0, "total": 4970 },
+                { "id": "generator", "label": "generator", "running": true, "rate": 1000.0, "total": 5000 },
+                { "id": "transport", "label": "Kafka topic t", "lag": 12, "partitions": [{ "partition": 0, "end_offset": 900, "lag": 12, "rate_in": 480.5 }] },
+                { "id": "consumer", "label": "consumer group", "rate": 990.0, "total": 4980, "members": [] },
+                { "id": "store", "label": "s", "rate": 990.0, "total": 4970, "failing_since": null },
+                { "id": "alerts", "label": "alerts", "firing": null },
             ],
+            "edges": [],
             "drops": [{ "at": "consumer", "what": "rejected", "rate": 1.5, "total": 3 }],
-        });
-        let metrics = json!([
-            { "name": "active_users", "value": 957 },
-            { "name": "top_items", "value": [{ "key": "item_1", "count": 12000 }] },
-            { "name": "types", "value": { "view": 30, "click": 50 } },
-        ]);
-        let alerts = json!({ "active": [{ "status": "firing", "alert": "hot_item", "labels": { "item": "item_1" } }] });
-        let health = json!({ "visible_latency_p50_ms": 40, "visible_latency_p99_ms": 90 });
+        }))
+        .unwrap();
+        let metrics: Vec<MetricValue> = serde_json::from_value(json!([
+            { "name": "active_users", "description": "", "window_start": 0, "window_end": 1, "value": 957 },
+            { "name": "top_items", "description": "", "window_start": 0, "window_end": 1, "value": [{ "key": "item_1", "count": 12000 }] },
+            { "name": "types", "description": "", "window_start": 0, "window_end": 1, "value": { "view": 30, "click": 50 } },
+        ]))
+        .unwrap();
+        let alerts: Alerts = serde_json::from_value(json!({
+            "firing": 1, "pending": 0, "recent": [], "error": null,
+            "active": [{ "status": "firing", "alert": "hot_item", "severity": "warning", "labels": { "item": "item_1" },
+                         "value": 3.0, "active_since": "2026-01-01T00:00:00Z", "fired_at": null }],
+        }))
+        .unwrap();
+        let health = Health {
+            visible_latency_p50_ms: Some(40),
+            visible_latency_p99_ms: Some(90),
+            ..Health::default()
+        };
         let m = Model::from_api(&topology, &metrics, &alerts, &health);
         assert_eq!(m.flow[0], ("generated".into(), 1000.0, 5000));
         assert_eq!(m.partitions, vec![(0, 900, 12, 480.5)]);

@@ -1,6 +1,7 @@
 //! The live dashboard: an axum server rendering minijinja templates from `templates/`, pushing
 //! re-rendered panels over server-sent events, with a JSON API and Prometheus metrics beside it.
 
+pub mod api;
 mod auth;
 mod chart;
 mod history;
@@ -34,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 use hub::{Feed, FeedKey, Frame, Hub, Memo};
 pub use templates::Templates;
-use view::{alerts_json, health_json, range_ms, view, RangeQuery};
+use view::{alerts, health, range_ms, view, RangeQuery};
 
 /// `[dashboard]` section.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -540,18 +541,18 @@ fn downsample(points: &[aggregate::Point], n: usize) -> Vec<Value> {
 }
 
 async fn api_topology(State(state): State<Shared>) -> Response {
-    Json(topology::json(&state).await).into_response()
+    Json(topology::topology(&state).await).into_response()
 }
 
 async fn api_health(State(state): State<Shared>) -> Response {
     let reload = state.sources.reload.lock().unwrap().clone();
     let stats = &state.sources.stats;
-    Json(health_json(stats, &reload)).into_response()
+    Json(health(stats, &reload)).into_response()
 }
 
 async fn api_alerts(State(state): State<Shared>) -> Response {
-    let v = alerts_json(&*state.sources.store).await;
-    match v["error"].as_str() {
+    let v = alerts(&*state.sources.store).await;
+    match &v.error {
         Some(e) => api_error(StatusCode::SERVICE_UNAVAILABLE, e),
         None => Json(v).into_response(),
     }

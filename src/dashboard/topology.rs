@@ -3,9 +3,9 @@
 //! alerts, with the live rate on each edge and where events leave the flow (rejected into dead
 //! letters, late for a metric, refused by the broker), so an operator sees where it is stuck.
 
+use super::api::{Drop, Edge, Member, Node, PartitionRow, ReasonRow, Topology};
 use super::AppState;
 use crate::telemetry::{Snapshot, Stats};
-use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
@@ -106,8 +106,8 @@ impl Rates {
 /// An end offset unchanged this long means nothing is written to the partition.
 const STALE_END: std::time::Duration = std::time::Duration::from_secs(6);
 
-/// The flow as JSON: nodes, the edges between them with their rates, and the drops.
-pub(super) async fn json(state: &AppState) -> Value {
+/// The flow: nodes, the edges between them with their rates, and the drops.
+pub(super) async fn topology(state: &AppState) -> Topology {
     let rates = state.rates.read();
     let rate = |k: &str| (rates.get(k).copied().unwrap_or(0.0) * 10.0).round() / 10.0;
     let stats = &state.sources.stats;
@@ -121,49 +121,136 @@ pub(super) async fn json(state: &AppState) -> Value {
                 .count()
         })
         .ok();
-    let partitions: Vec<Value> = stats
+    let partitions: Vec<PartitionRow> = stats
         .partitions()
         .iter()
-        .map(|p| json!({ "partition": p.partition, "end_offset": p.end, "lag": p.lag, "rate_in": rate(&format!("partition:{}", p.partition)) }))
+        .map(|p| PartitionRow {
+            partition: p.partition,
+            end_offset: p.end,
+            lag: p.lag,
+            rate_in: rate(&format!("partition:{}", p.partition)),
+        })
         .collect();
-    let mut members: Vec<Value> = stats.group().iter().map(|m| json!({ "id": m.id, "client_id": m.client_id, "host": m.host, "partitions": m.partitions })).collect();
+    let mut members: Vec<Member> = stats
+        .group()
+        .iter()
+        .map(|m| Member {
+            id: m.id.clone(),
+            client_id: m.client_id.clone(),
+            host: m.host.clone(),
+            partitions: m.partitions.clone(),
+        })
+        .collect();
     // A broker that does not describe its groups (Tansu 0.6): this process, with the
     // partitions it measures, is the member we know of.
     if members.is_empty() && !stats.partitions().is_empty() {
-        let mine: Vec<i32> = stats.partitions().iter().map(|p| p.partition).collect();
-        members
-            .push(json!({ "id": "", "client_id": "this runner", "host": "", "partitions": mine }));
+        members.push(Member {
+            client_id: "this runner".into(),
+            partitions: stats.partitions().iter().map(|p| p.partition).collect(),
+            ..Member::default()
+        });
     }
-    let dead: Vec<Value> = stats
+    let reasons: Vec<ReasonRow> = stats
         .dead_letters()
         .into_iter()
         .filter(|(_, n)| *n > 0)
-        .map(|(r, n)| json!({ "reason": r.as_str(), "total": n, "rate": rate(&format!("dead_letters:{}", r.as_str())) }))
+        .map(|(r, n)| ReasonRow {
+            reason: r.as_str().to_string(),
+            total: n,
+            rate: rate(&format!("dead_letters:{}", r.as_str())),
+        })
         .collect();
     let total_lag: i64 = stats.lag().iter().map(|l| l.1).sum();
-    json!({
-        "nodes": [
-            { "id": "generator", "label": "generator", "running": state.sources.generator, "total": snap.generated, "rate": rate("generated") },
-            { "id": "transport", "label": state.sources.transport, "partitions": partitions, "lag": total_lag },
-            { "id": "consumer", "label": "consumer group", "members": members, "total": snap.consumed, "rate": rate("consumed") },
-            { "id": "store", "label": state.sources.store.describe(), "total": snap.stored, "rate": rate("stored"),
-              "failing_since": stats.store_failing_since().map(|t| t.to_rfc3339()) },
-            { "id": "metrics", "label": "metrics", "count": set.metrics().len(), "rate": rate("consumed") - rate("rejected") },
-            { "id": "alerts", "label": "alerts", "firing": firing, "rate": rate("notifications_sent") },
+    let node = |id: &str, label: String| Node {
+        id: id.into(),
+        label,
+        ..Node::default()
+    };
+    let counted = rate("consumed") - rate("rejected");
+    let edge = |from: &str, to: &str, rate: f64| Edge {
+        from: from.into(),
+        to: to.into(),
+        rate,
+    };
+    let drop = |at: &str, what: &str, total: u64, key: &str| Drop {
+        at: at.into(),
+        what: what.into(),
+        total,
+        rate: rate(key),
+        reasons: None,
+    };
+    Topology {
+        nodes: vec![
+            Node {
+                running: Some(state.sources.generator),
+                total: Some(snap.generated),
+                rate: Some(rate("generated")),
+                ..node("generator", "generator".into())
+            },
+            Node {
+                partitions: Some(partitions),
+                lag: Some(total_lag),
+                ..node("transport", state.sources.transport.clone())
+            },
+            Node {
+                members: Some(members),
+                total: Some(snap.consumed),
+                rate: Some(rate("consumed")),
+                ..node("consumer", "consumer group".into())
+            },
+            Node {
+                total: Some(snap.stored),
+                rate: Some(rate("stored")),
+                failing_since: Some(stats.store_failing_since().map(|t| t.to_rfc3339())),
+                ..node("store", state.sources.store.describe())
+            },
+            Node {
+                count: Some(set.metrics().len()),
+                rate: Some(counted),
+                ..node("metrics", "metrics".into())
+            },
+            Node {
+                firing: Some(firing),
+                rate: Some(rate("notifications_sent")),
+                ..node("alerts", "alerts".into())
+            },
         ],
-        "edges": [
-            { "from": "generator", "to": "transport", "rate": rate("delivered") },
-            { "from": "transport", "to": "consumer", "rate": rate("consumed") },
-            { "from": "consumer", "to": "store", "rate": rate("stored") },
-            { "from": "consumer", "to": "metrics", "rate": rate("consumed") - rate("rejected") },
-            { "from": "metrics", "to": "alerts", "rate": rate("notifications_sent") },
+        edges: vec![
+            edge("generator", "transport", rate("delivered")),
+            edge("transport", "consumer", rate("consumed")),
+            edge("consumer", "store", rate("stored")),
+            edge("consumer", "metrics", counted),
+            edge("metrics", "alerts", rate("notifications_sent")),
         ],
-        "drops": [
-            { "at": "generator", "what": "refused by the broker", "total": snap.delivery_failed, "rate": rate("delivery_failed") },
-            { "at": "consumer", "what": "rejected into dead letters", "total": snap.rejected, "rate": rate("rejected"), "reasons": dead },
-            { "at": "store", "what": "duplicates skipped", "total": snap.duplicates, "rate": rate("duplicates") },
-            { "at": "metrics", "what": "late for a metric", "total": snap.late_events, "rate": rate("late_events") },
-            { "at": "metrics", "what": "script errors", "total": snap.script_errors, "rate": rate("script_errors") },
+        drops: vec![
+            drop(
+                "generator",
+                "refused by the broker",
+                snap.delivery_failed,
+                "delivery_failed",
+            ),
+            Drop {
+                reasons: Some(reasons),
+                ..drop(
+                    "consumer",
+                    "rejected into dead letters",
+                    snap.rejected,
+                    "rejected",
+                )
+            },
+            drop("store", "duplicates skipped", snap.duplicates, "duplicates"),
+            drop(
+                "metrics",
+                "late for a metric",
+                snap.late_events,
+                "late_events",
+            ),
+            drop(
+                "metrics",
+                "script errors",
+                snap.script_errors,
+                "script_errors",
+            ),
         ],
-    })
+    }
 }

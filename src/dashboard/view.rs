@@ -1,6 +1,7 @@
 //! The view model: what a page render, a pushed panel update and the health API show, built from
 //! the store, the metric set and the counters.
 
+use super::api::{Alerts, Health, PartitionLag};
 use super::{chart, topology, AppState};
 use crate::aggregate::{self, Metric, MetricSet, MetricValue, Point};
 use crate::store::StateStore;
@@ -192,9 +193,9 @@ async fn build_view(state: &AppState, range: &'static str) -> Arc<Value> {
             "tiles": tiles,
         },
         "metrics": metrics,
-        "alerts": alerts_json(store).await,
-        "health": health_json(&state.sources.stats, &reload),
-        "topology": topology::json(state).await,
+        "alerts": alerts(store).await,
+        "health": health(&state.sources.stats, &reload),
+        "topology": topology::topology(state).await,
     }))
 }
 
@@ -283,7 +284,7 @@ pub(super) fn series_of(name: &str, history: &[Point]) -> (Vec<chart::Series>, u
 }
 
 /// Pending and firing alerts, and the latest notifications; an unreadable store shows as an error.
-pub(super) async fn alerts_json(store: &dyn StateStore) -> Value {
+pub(super) async fn alerts(store: &dyn StateStore) -> Alerts {
     let active = crate::alert::active_alerts(store).await;
     let recent = store.recent_alerts(20).await;
     let error = active
@@ -296,13 +297,13 @@ pub(super) async fn alerts_json(store: &dyn StateStore) -> Value {
         .iter()
         .filter(|a| a.status == crate::alert::state::Status::Firing)
         .count();
-    json!({
-        "firing": firing,
-        "pending": active.len() - firing,
-        "active": active,
-        "recent": recent.unwrap_or_default(),
-        "error": error,
-    })
+    Alerts {
+        firing,
+        pending: active.len() - firing,
+        active,
+        recent: recent.unwrap_or_default(),
+        error,
+    }
 }
 
 fn kind(v: &Value) -> &'static str {
@@ -347,21 +348,36 @@ fn bars(v: &Value) -> Vec<Value> {
     entries.into_iter().map(|(label, n)| json!({"label": label, "value": chart::short(n), "pct": (n / max * 100.0).round()})).collect()
 }
 
-pub(super) fn health_json(stats: &Stats, r: &ReloadStatus) -> Value {
+pub(super) fn health(stats: &Stats, r: &ReloadStatus) -> Health {
     let (latency, lag) = (stats.visible_latency_ms(), stats.lag());
-    let dead: serde_json::Map<String, Value> = stats
-        .dead_letters()
-        .into_iter()
-        .filter(|d| d.1 > 0)
-        .map(|(r, n)| (r.as_str().to_string(), json!(n)))
-        .collect();
-    stats.snapshot().json_with(json!({
-        "store_failing_since": stats.store_failing_since().map(|t| t.to_rfc3339()),
-        "dead_letters": dead,
-        "consumer_lag": lag.iter().map(|(p, l)| json!({"partition": p, "lag": l})).collect::<Vec<_>>(),
-        "visible_latency_p50_ms": latency.map(|l| l.0), "visible_latency_p99_ms": latency.map(|l| l.1),
-        "reloads": r.reloads, "reload_failures": r.failures,
-        "last_reload": r.last_success.map(|t| t.to_rfc3339()),
-        "last_reload_error": r.last_error, "needs_restart": r.needs_restart, "last_reload_changes": r.last_changes,
-    }))
+    Health {
+        counters: stats
+            .snapshot()
+            .counters()
+            .iter()
+            .map(|c| (c.field.to_string(), c.value))
+            .collect(),
+        store_failing_since: stats.store_failing_since().map(|t| t.to_rfc3339()),
+        dead_letters: stats
+            .dead_letters()
+            .into_iter()
+            .filter(|d| d.1 > 0)
+            .map(|(r, n)| (r.as_str().to_string(), n))
+            .collect(),
+        consumer_lag: lag
+            .iter()
+            .map(|(partition, lag)| PartitionLag {
+                partition: *partition,
+                lag: *lag,
+            })
+            .collect(),
+        visible_latency_p50_ms: latency.map(|l| l.0),
+        visible_latency_p99_ms: latency.map(|l| l.1),
+        reloads: r.reloads,
+        reload_failures: r.failures,
+        last_reload: r.last_success.map(|t| t.to_rfc3339()),
+        last_reload_error: r.last_error.clone(),
+        needs_restart: r.needs_restart.clone(),
+        last_reload_changes: r.last_changes.clone(),
+    }
 }
