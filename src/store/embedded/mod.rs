@@ -332,6 +332,17 @@ impl EmbeddedStore {
         })
     }
 
+    /// How many rows `table` holds.
+    async fn count_rows(&self, table: &'static str) -> anyhow::Result<u64> {
+        self.with_reader(move |c| {
+            c.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| {
+                r.get::<_, i64>(0)
+            })
+        })
+        .await
+        .map(|n| n as u64)
+    }
+
     /// The newest `limit` rows of a history table (alerts, dead letters), decoded from `body`.
     async fn newest<T: serde::de::DeserializeOwned>(
         &self,
@@ -407,13 +418,7 @@ impl RawEvents for EmbeddedStore {
     }
 
     async fn count_events(&self) -> anyhow::Result<u64> {
-        self.with_reader(|c| {
-            c.query_row("SELECT COUNT(*) FROM raw_records", [], |r| {
-                r.get::<_, i64>(0)
-            })
-        })
-        .await
-        .map(|n| n as u64)
+        self.count_rows("raw_records").await
     }
 
     async fn stored_events(&self, ids: &[&str]) -> anyhow::Result<Vec<Record>> {

@@ -160,13 +160,7 @@ impl StateStore for EmbeddedStore {
     }
 
     async fn count_dead_letters(&self) -> anyhow::Result<u64> {
-        self.with_reader(|c| {
-            c.query_row("SELECT COUNT(*) FROM dead_letters", [], |r| {
-                r.get::<_, i64>(0)
-            })
-        })
-        .await
-        .map(|n| n as u64)
+        self.count_rows("dead_letters").await
     }
 
     async fn write_results(&self, rows: &[ResultRow]) -> anyhow::Result<()> {
