@@ -22,6 +22,10 @@ pub enum Reason {
     InvalidUtf8,
     /// Not JSON.
     NotJson,
+    /// Not an Avro record of the pipeline's schema (or an unknown schema id).
+    NotAvro,
+    /// Not a Protobuf message of the pipeline's type.
+    NotProtobuf,
     /// JSON, but not an event: a field missing or of the wrong type.
     InvalidEvent,
     /// An event that breaks the pipeline's `[consumer.validation]` rules.
@@ -44,11 +48,13 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 11] = [
+    pub const ALL: [Reason; 13] = [
         Reason::Empty,
         Reason::TooLarge,
         Reason::InvalidUtf8,
         Reason::NotJson,
+        Reason::NotAvro,
+        Reason::NotProtobuf,
         Reason::InvalidEvent,
         Reason::FailedValidation,
         Reason::Late,
@@ -64,6 +70,8 @@ impl Reason {
             Reason::TooLarge => "too_large",
             Reason::InvalidUtf8 => "invalid_utf8",
             Reason::NotJson => "not_json",
+            Reason::NotAvro => "not_avro",
+            Reason::NotProtobuf => "not_protobuf",
             Reason::InvalidEvent => "invalid_event",
             Reason::FailedValidation => "failed_validation",
             Reason::Late => "late",

@@ -177,6 +177,10 @@ enum Command {
         /// Run a scenario of the file (`[[generator.scenario]]`) on the simulated clock (repeatable).
         #[arg(long = "scenario", value_name = "NAME")]
         scenarios: Vec<String>,
+        /// Write the pipeline's [event] format (Avro and Protobuf length-delimited, as
+        /// `runner run --source` reads them) instead of JSON lines for people.
+        #[arg(long)]
+        raw: bool,
     },
 }
 
@@ -215,6 +219,14 @@ struct RunArgs {
     /// Stop after this long, e.g. 30s, 5m [default: run until Ctrl-C].
     #[arg(long = "for", value_parser = parse_duration)]
     run_for: Option<Duration>,
+    /// Read records from this file instead of generating them (`-` for stdin): JSON lines, or
+    /// the pipeline's [event] format length-delimited (as `runner generate --raw` writes it).
+    /// The run ends when the input does, unless --follow. Sets [source] file.
+    #[arg(long, value_name = "FILE")]
+    source: Option<PathBuf>,
+    /// With --source, wait for more records at the end of the file, as `tail -f`.
+    #[arg(long, requires = "source")]
+    follow: bool,
     /// Stop generating after this many events [default: no limit].
     #[arg(long)]
     events: Option<u64>,
@@ -259,6 +271,7 @@ fn main() -> ExitCode {
             count,
             seed,
             scenarios,
+            raw,
         } => Pipeline::load(&pipeline)
             .map_err(anyhow::Error::from)
             .and_then(|mut p| {
@@ -266,7 +279,7 @@ fn main() -> ExitCode {
                     p.config.generator.seed = seed;
                 }
                 p.add_override(move |c| add_scenarios(c, &scenarios))?;
-                runner::cli::commands::generate(&p, count, &mut std::io::stdout().lock())
+                runner::cli::commands::generate(&p, count, raw, &mut std::io::stdout().lock())
             }),
         Command::Run(args) => run(args),
         Command::Docs => {
@@ -362,6 +375,13 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             c.generator
                 .params
                 .insert(name.clone(), runner::generator::Param::parse(&value));
+        })?;
+    }
+    if let Some(file) = args.source.clone() {
+        let follow = args.follow;
+        pipeline.add_override(move |c| {
+            c.source.file = Some(file.clone());
+            c.source.follow = follow;
         })?;
     }
     let components = runner::cli::run::components(&args.components);
@@ -568,13 +588,7 @@ fn init(
         (None, Some(t)) => {
             let servers = kafka.unwrap_or_default();
             (
-                runner::cli::init::read_topic(
-                    &servers,
-                    &t,
-                    runner::codec::Format::default(),
-                    sample,
-                    Duration::from_secs(10),
-                )?,
+                runner::cli::init::read_topic(&servers, &t, sample, Duration::from_secs(10))?,
                 format!("topic {t} at {servers}"),
             )
         }

@@ -12,7 +12,7 @@ fn generate_matches_seed_shape() {
     pipeline.config.generator.rate = 1000.0;
     let n = 100_000;
     let mut out = Vec::new();
-    runner::cli::commands::generate(&pipeline, n, &mut out).unwrap();
+    runner::cli::commands::generate(&pipeline, n, false, &mut out).unwrap();
 
     let mut types: HashMap<String, u64> = HashMap::new();
     let mut per_user: HashMap<String, u64> = HashMap::new();
@@ -111,7 +111,7 @@ fn sessions_have_funnel_order() {
         .clone();
     let n = 100_000;
     let mut out = Vec::new();
-    runner::cli::commands::generate(&pipeline, n, &mut out).unwrap();
+    runner::cli::commands::generate(&pipeline, n, false, &mut out).unwrap();
 
     struct Seen {
         user: String,

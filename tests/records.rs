@@ -392,7 +392,7 @@ async fn init_from_topic_writes_a_pipeline_that_validates() {
     let sp = common::service_pipeline_of(&sensors_file(), "init_topic");
     create_topic(&sp).await;
     let mut sample = Vec::new();
-    runner::cli::commands::generate(&sp.pipeline, 200, &mut sample).unwrap();
+    runner::cli::commands::generate(&sp.pipeline, 200, false, &mut sample).unwrap();
     let lines: Vec<String> = String::from_utf8(sample)
         .unwrap()
         .lines()

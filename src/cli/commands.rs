@@ -6,15 +6,25 @@ use crate::config::Pipeline;
 use crate::generator::{Generator, GeneratorScript};
 use std::io::Write;
 
-/// Writes `count` generated events to `out`, one per line in the pipeline's codec (JSON lines;
-/// no transport involved), timed as
-/// if sent from now at the pipeline's rate, with its profile and scenarios, on a simulated clock
+/// Writes `count` generated events to `out` (no transport involved): JSON lines for people, or
+/// with `raw` in the pipeline's `[event] format` as a file source reads it (JSON lines, or Avro
+/// and Protobuf records each after its length, [`crate::codec::write_delimited`]). Timed as if
+/// sent from now at the pipeline's rate, with its profile and scenarios, on a simulated clock
 /// (so session think times and scenarios show in the times without waiting for them).
-pub fn generate(pipeline: &Pipeline, count: u64, out: &mut dyn Write) -> anyhow::Result<()> {
+pub fn generate(
+    pipeline: &Pipeline,
+    count: u64,
+    raw: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
     let config = &pipeline.config.generator;
     let script = GeneratorScript::load(config, &pipeline.schema())?;
     let mut generator = Generator::new(script, config.seed);
-    let codec = crate::pipeline::codec(&pipeline.config)?;
+    let codec = match raw {
+        true => crate::pipeline::codec(&pipeline.config)?,
+        false => crate::codec::Codec::json(pipeline.schema(), usize::MAX),
+    };
+    let mut payload = Vec::new();
     let mut bursts = crate::generator::traffic::Bursts::new(config.seed);
     let started_ms = chrono::Utc::now().timestamp_millis();
     let mut elapsed = std::time::Duration::ZERO;
@@ -40,8 +50,14 @@ pub fn generate(pipeline: &Pipeline, count: u64, out: &mut dyn Write) -> anyhow:
         }
         buf.clear();
         for e in &batch {
-            codec.encode(e, &mut buf);
-            buf.push(b'\n');
+            payload.clear();
+            codec.encode(e, &mut payload).map_err(|why| {
+                anyhow::anyhow!(
+                    "generated event {:?} does not fit [event] schema: {why}",
+                    e.id()
+                )
+            })?;
+            crate::codec::write_delimited(codec.format(), &payload, &mut buf);
         }
         out.write_all(&buf)?;
         left -= batch.len() as u64;
@@ -169,7 +185,7 @@ pub async fn backfill(
     let opened = crate::pipeline::open_store(config).await?;
     let history = crate::pipeline::history(config, &opened).map_err(anyhow::Error::msg)?;
     let store = opened.store;
-    let partitions = crate::pipeline::partitions(&config.kafka).await?;
+    let partitions = crate::pipeline::partitions(config).await?;
     anyhow::ensure!(
         !partitions.is_empty(),
         "Kafka topic {:?} does not exist: there is no history to read",

@@ -237,28 +237,40 @@ pub fn read_jsonl(path: &Path, limit: usize) -> anyhow::Result<Vec<Map<String, V
 }
 
 /// Reads up to `limit` messages of `topic` from the start (a group of its own, nothing
-/// committed), waiting at most `wait` for more; messages that are not objects in `format` are
-/// counted and left out.
+/// committed), waiting at most `wait` for more; messages that are not JSON objects are counted
+/// and left out. A topic of Confluent-framed records (Avro or Protobuf, whose fields only their
+/// schema tells) is recognised and named in the error, with what to write instead.
 pub fn read_topic(
     servers: &str,
     topic: &str,
-    format: crate::codec::Format,
     limit: usize,
     wait: std::time::Duration,
 ) -> anyhow::Result<Vec<Map<String, Value>>> {
     let config = crate::transport::kafka::KafkaConfig::reader_of(servers, topic);
     let payloads = crate::transport::kafka::sample(&config, limit, wait)?;
     let total = payloads.len();
-    let out: Vec<Map<String, Value>> = payloads.iter().filter_map(|p| format.object(p)).collect();
+    let out: Vec<Map<String, Value>> = payloads
+        .iter()
+        .filter_map(|p| crate::codec::object(p))
+        .collect();
+    let mut framed: Vec<u32> = payloads
+        .iter()
+        .filter_map(|p| crate::codec::confluent_header(p).ok().map(|(id, _)| id))
+        .collect();
+    framed.sort_unstable();
+    framed.dedup();
     if out.len() < total {
         tracing::warn!(
             not_objects = total - out.len(),
-            "init: messages that are not {} objects were left out",
-            format.name()
+            confluent_framed = framed.len(),
+            "init: messages that are not JSON objects were left out",
         );
     }
+    if out.is_empty() && !framed.is_empty() {
+        bail!("topic {topic:?} carries Confluent-framed records (a zero byte and a schema id first; schema ids seen: {}): Avro or Protobuf, whose fields only the writer schema tells. Write the [event] section with format = \"avro\" (or \"protobuf\" with message = \"package.Type\"), schema = \"the .avsc or .proto file\" and framing = \"confluent\": the fields come from the schema (README, Formats)", framed.iter().map(u32::to_string).collect::<Vec<_>>().join(", "));
+    }
     if out.is_empty() {
-        bail!("read no {} messages from topic {topic:?} at {servers} within {wait:?} (is the topic empty, or the address wrong?)", format.name());
+        bail!("read no JSON messages from topic {topic:?} at {servers} within {wait:?} (is the topic empty, or the address wrong?)");
     }
     Ok(out)
 }

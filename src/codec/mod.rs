@@ -1,42 +1,134 @@
 //! Bytes to records and back: the codec a pipeline's messages are written in, built once from
-//! the config and handed to everything that reads or writes a payload (the Kafka subscriber,
-//! history and producer, `runner generate`, `runner init`), so bad input is classified the same
-//! way whatever carried it. What a decoded record says is checked later, by the consumer's
-//! validation.
+//! `[event]` and handed to everything that reads or writes a payload (the Kafka subscriber,
+//! history and producer, the file source, `runner generate`, `runner init`), so bad input is
+//! classified the same way whatever carried it. What a decoded record says is checked later, by
+//! the consumer's validation.
 //!
-//! A format is one file here (`json.rs`) and one [`Format`] variant with its arms below.
+//! A format is one file here (`json.rs`, `avro.rs`, `protobuf.rs`), one [`Format`] variant
+//! (declared in `event/wire.rs`) and its arms below: [`Codec::build`], [`derive_fields`], decode,
+//! encode, and its dead-letter reason.
 
+pub mod avro;
 mod json;
+pub mod protobuf;
+mod registry;
 
 use crate::dead_letter::Reason;
-use crate::event::{Record, Schema};
+use crate::event::{EventConfig, FieldSpec, Record, Schema};
 use serde_json::{Map, Value};
+use std::path::Path;
 use std::sync::Arc;
 
-/// The encodings a payload may be in.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Format {
-    /// One JSON object per message (what the generator writes).
-    #[default]
-    Json,
+pub use crate::event::Format;
+
+/// A payload as a plain JSON object, without a schema (what `runner init` infers one from);
+/// `None` when it is not one.
+pub fn object(bytes: &[u8]) -> Option<Map<String, Value>> {
+    json::object(bytes)
 }
 
-impl Format {
-    /// The format's name, as a dead letter's detail and the logs say it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Format::Json => "JSON",
-        }
+/// The schema id of a Confluent-framed payload (a zero byte and 4 bytes, big-endian), and the
+/// bytes after it.
+pub fn confluent_header(bytes: &[u8]) -> Result<(u32, &[u8]), String> {
+    match bytes {
+        [0, a, b, c, d, rest @ ..] => Ok((u32::from_be_bytes([*a, *b, *c, *d]), rest)),
+        [first, ..] if *first != 0 => Err(format!(
+            "not Confluent-framed: the first byte is 0x{first:02x}, not the magic 0x00{}",
+            if *first == b'{' {
+                " (a JSON object?)"
+            } else {
+                ""
+            }
+        )),
+        _ => Err(format!(
+            "{} bytes, too short for the Confluent header (5)",
+            bytes.len()
+        )),
     }
+}
 
-    /// A payload as a plain object, without a schema (what `runner init` infers one from);
-    /// `None` when it is not one.
-    pub fn object(self, bytes: &[u8]) -> Option<Map<String, Value>> {
-        match self {
-            Format::Json => json::object(bytes),
+/// Bytes as lowercase hex (dead letters, and bytes values in JSON).
+pub fn bytes_hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// Appends one payload to a stream of them, as a file source reads it: a JSON record as a
+/// line, an Avro or Protobuf one after its length (a varint, as Protobuf's delimited streams).
+pub fn write_delimited(format: Format, payload: &[u8], out: &mut Vec<u8>) {
+    match format {
+        Format::Json => {
+            out.extend_from_slice(payload);
+            out.push(b'\n');
+        }
+        Format::Avro | Format::Protobuf => {
+            prost::encoding::encode_varint(payload.len() as u64, out);
+            out.extend_from_slice(payload);
         }
     }
+}
+
+/// How many of a payload's first bytes a dead letter's detail shows, in hex.
+const SHOWN_BYTES: usize = 16;
+
+/// Fills `[event] fields` from an Avro or Protobuf schema file (the paths already resolved
+/// against the pipeline file): every field the schema has as one value, typed from it. A field
+/// the section declares keeps its checks; one the schema lacks or types otherwise is a problem,
+/// as `event.fields.<name>: ...` so the config can point at its line.
+pub fn derive_fields(event: &mut EventConfig) -> Vec<String> {
+    let Some(file) = event.schema.clone() else {
+        return Vec::new();
+    };
+    let shown = file.display().to_string();
+    let derived = match event.format {
+        Format::Json => return Vec::new(),
+        Format::Avro => std::fs::read_to_string(&file)
+            .map_err(|e| format!("event.schema: cannot read {shown}: {e}"))
+            .and_then(|text| avro::fields(&avro::parse(&text, &shown)?, &shown)),
+        Format::Protobuf => match &event.message {
+            Some(m) => protobuf::compile(&file, m).map(|d| protobuf::fields(&d, &event.time)),
+            None => return Vec::new(),
+        },
+    };
+    let derived = match derived {
+        Ok(d) => d,
+        Err(why) => return vec![format!("event.schema: {why}")],
+    };
+    let mut problems = Vec::new();
+    for (name, spec) in &event.fields {
+        match derived.iter().find(|(n, _)| n == name) {
+            None => problems.push(format!(
+                "event.fields.{name}: declared, but {shown} has no field {name:?} (it has {})",
+                derived.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
+            )),
+            Some((_, None)) => problems.push(format!(
+                "event.fields.{name}: {shown} has {name:?} as a value that is not one string, number, boolean or timestamp; leave it undeclared (it is kept as JSON)"
+            )),
+            Some((_, Some((ty, _)))) if *ty != spec.ty => problems.push(format!(
+                "event.fields.{name}: declared {}, but {shown} has it as {}",
+                spec.ty.name(),
+                ty.name()
+            )),
+            Some(_) => {}
+        }
+    }
+    for (name, found) in derived {
+        if let (Some((ty, optional)), false) = (found, event.fields.contains_key(&name)) {
+            event.fields.insert(name, FieldSpec::of(ty, optional));
+        }
+    }
+    problems
+}
+
+/// The format-specific half of a codec.
+#[derive(Debug)]
+enum Wire {
+    Json,
+    Avro(avro::AvroCodec),
+    Protobuf(protobuf::ProtobufCodec),
 }
 
 /// Decodes payloads of one format into records of one schema, and encodes records back.
@@ -44,17 +136,85 @@ impl Format {
 pub struct Codec {
     format: Format,
     schema: Arc<Schema>,
+    wire: Arc<Wire>,
     /// Larger payloads are refused unread (`[consumer.validation] max_event_bytes`).
     max_bytes: usize,
 }
 
 impl Codec {
-    pub fn new(format: Format, schema: Arc<Schema>, max_bytes: usize) -> Codec {
+    /// A JSON codec (tests, and records that are JSON whatever the pipeline's format).
+    pub fn json(schema: Arc<Schema>, max_bytes: usize) -> Codec {
         Codec {
-            format,
+            format: Format::Json,
             schema,
+            wire: Arc::new(Wire::Json),
             max_bytes,
         }
+    }
+
+    /// The codec `[event]` declares, reading its schema files (paths resolved).
+    pub fn build(
+        event: &EventConfig,
+        schema: Arc<Schema>,
+        max_bytes: usize,
+    ) -> Result<Codec, String> {
+        let file = || {
+            event.schema.as_deref().ok_or_else(|| {
+                format!(
+                    "[event] format = {:?} needs a schema file",
+                    event.format.name()
+                )
+            })
+        };
+        let wire = match event.format {
+            Format::Json => Wire::Json,
+            Format::Avro => {
+                let read = |path: &Path| -> Result<(apache_avro::Schema, String), String> {
+                    let shown = path.display().to_string();
+                    let text = std::fs::read_to_string(path)
+                        .map_err(|e| format!("cannot read {shown}: {e}"))?;
+                    Ok((avro::parse(&text, &shown)?, shown))
+                };
+                let own = file()?;
+                let (own_schema, shown) = read(own)?;
+                let mut by_id = Vec::new();
+                let mut write_id = None;
+                for (id, path) in event.schemas_by_id() {
+                    let (s, shown) = read(path)?;
+                    if path == own {
+                        write_id = Some(id);
+                    }
+                    by_id.push((id, s, shown));
+                }
+                let registry = event.registry.as_deref().map(registry::Registry::new);
+                Wire::Avro(avro::AvroCodec::new(
+                    schema.clone(),
+                    (&own_schema, &shown),
+                    event.framing,
+                    by_id,
+                    write_id,
+                    registry,
+                )?)
+            }
+            Format::Protobuf => {
+                let message = event
+                    .message
+                    .as_deref()
+                    .ok_or("[event] format = \"protobuf\" needs message = \"package.Message\"")?;
+                let descriptor = protobuf::compile(file()?, message)?;
+                Wire::Protobuf(protobuf::ProtobufCodec::new(
+                    schema.clone(),
+                    descriptor,
+                    event.framing,
+                ))
+            }
+        };
+        Ok(Codec {
+            format: event.format,
+            schema,
+            wire: Arc::new(wire),
+            max_bytes,
+        })
     }
 
     pub fn format(&self) -> Format {
@@ -66,8 +226,9 @@ impl Codec {
     }
 
     /// Decodes one message; a failure says why, in the words a dead letter keeps (the reason
-    /// names the format: `not_json` for JSON). A panic while decoding (a bug some odd input
-    /// meets) is that message's `internal_error`, not the end of the consumer.
+    /// names the format: `not_json`, `not_avro`, `not_protobuf`; the latter two with the
+    /// payload's first bytes in hex). A panic while decoding (a bug some odd input meets) is
+    /// that message's `internal_error`, not the end of the consumer.
     pub fn decode(&self, bytes: Option<&[u8]>) -> Result<Record, (Reason, String)> {
         crate::base::catch_panic(|| self.decode_unguarded(bytes)).unwrap_or_else(|panic| {
             Err((
@@ -92,15 +253,32 @@ impl Codec {
                 ),
             ));
         }
-        match self.format {
-            Format::Json => json::decode(&self.schema, bytes),
+        let shown = |why: String| {
+            format!(
+                "{why}; first bytes: {}",
+                bytes_hex(&bytes[..bytes.len().min(SHOWN_BYTES)])
+            )
+        };
+        match &*self.wire {
+            Wire::Json => json::decode(&self.schema, bytes),
+            Wire::Avro(a) => a.decode(bytes).map_err(|why| (Reason::NotAvro, shown(why))),
+            Wire::Protobuf(p) => p
+                .decode(bytes)
+                .map_err(|why| (Reason::NotProtobuf, shown(why))),
         }
     }
 
-    /// Appends `record`'s encoding to `out` (reused across records to avoid an allocation each).
-    pub fn encode(&self, record: &Record, out: &mut Vec<u8>) {
-        match self.format {
-            Format::Json => record.write_json(out),
+    /// Appends `record`'s encoding to `out` (reused across records to avoid an allocation
+    /// each); a record the format's schema cannot hold (a value of another type in a field the
+    /// schema has) is an error naming the field.
+    pub fn encode(&self, record: &Record, out: &mut Vec<u8>) -> Result<(), String> {
+        match &*self.wire {
+            Wire::Json => {
+                record.write_json(out);
+                Ok(())
+            }
+            Wire::Avro(a) => a.encode(record, out),
+            Wire::Protobuf(p) => p.encode(record, out),
         }
     }
 }
@@ -119,7 +297,7 @@ mod tests {
         bytes: Option<&[u8]>,
         max_bytes: usize,
     ) -> Result<Record, (Reason, String)> {
-        Codec::new(Format::Json, schema.clone(), max_bytes).decode(bytes)
+        Codec::json(schema.clone(), max_bytes).decode(bytes)
     }
 
     fn reason(bytes: &[u8]) -> Reason {

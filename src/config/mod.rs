@@ -15,7 +15,9 @@ use crate::generator::GeneratorConfig;
 use crate::store::embedded::EmbeddedConfig;
 use crate::store::mongo::MongoConfig;
 use crate::store::retention::RetentionConfig;
+use crate::transport::file::SourceConfig;
 use crate::transport::kafka::KafkaConfig;
+use crate::transport::TransportKind;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -65,6 +67,9 @@ pub struct PipelineConfig {
     /// Alert rules, one `[[alert]]` table each.
     #[serde(default, rename = "alert")]
     pub alerts: Vec<AlertConfig>,
+    /// Records from a file instead of the generator and the transport [default: none].
+    #[serde(default)]
+    pub source: SourceConfig,
 }
 
 /// A section the file left out, with every default of its keys (one home for them: the
@@ -83,6 +88,8 @@ pub struct Pipeline {
     env: Env,
     /// Command-line settings applied over the file, again after every reload.
     overrides: Vec<Override>,
+    /// What reading `[event] schema` found wrong (the fields it gives are in `config.event`).
+    schema_file_problems: Vec<String>,
 }
 
 type Env = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
@@ -183,8 +190,10 @@ impl Pipeline {
             config,
             env,
             overrides,
+            schema_file_problems: Vec::new(),
         };
         pipeline.resolve_paths();
+        pipeline.schema_file_problems = crate::codec::derive_fields(&mut pipeline.config.event);
         for change in &pipeline.overrides {
             change(&mut pipeline.config);
         }
@@ -214,6 +223,19 @@ impl Pipeline {
         if let Some(s) = self.config.generator.script.as_mut() {
             resolve(s);
         }
+        if let Some(s) = self
+            .config
+            .source
+            .file
+            .as_mut()
+            .filter(|f| f.as_os_str() != "-")
+        {
+            resolve(s);
+        }
+        if let Some(s) = self.config.event.schema.as_mut() {
+            resolve(s);
+        }
+        self.config.event.schemas.values_mut().for_each(resolve);
         if let Some(t) = self.config.dashboard.templates.as_mut() {
             resolve(t);
         }
@@ -239,6 +261,7 @@ impl Pipeline {
     /// given and the problem can be placed).
     fn problems(&self, text: Option<&str>) -> Vec<String> {
         let schema_problems = self.config.schema().err().unwrap_or_default();
+        let wire_problems = self.config.event.wire_check();
         let problems: Vec<String> = [
             self.config.index_check(),
             self.config.headline_check(),
@@ -253,6 +276,8 @@ impl Pipeline {
         .into_iter()
         .flatten()
         .chain(schema_problems)
+        .chain(wire_problems)
+        .chain(self.schema_file_problems.iter().cloned())
         .chain(self.config.metrics.iter().filter_map(|m| m.window().err()))
         .chain(self.config.alerts.iter().filter_map(|a| {
             a.check(
@@ -274,6 +299,14 @@ impl Pipeline {
 }
 
 impl PipelineConfig {
+    /// Where records come from: a `[source] file`, else the transport `[kafka]` names.
+    pub fn transport_kind(&self) -> TransportKind {
+        match self.source.file {
+            Some(_) => TransportKind::File,
+            None => self.kafka.kind(),
+        }
+    }
+
     /// The record schema `[event]` declares, or what is wrong with it.
     pub fn schema(&self) -> Result<Arc<Schema>, Vec<String>> {
         Schema::new(&self.event).map(Arc::new)

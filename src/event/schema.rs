@@ -8,15 +8,19 @@
 //! key = "device_id"   # Kafka message key
 //! ```
 
+use super::wire::{Format, Framing};
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 /// `[event]` as written.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventConfig {
     /// Field name → type (`"float?"`) or `{ type = "...", values = [...], min, max, ... }`.
+    /// With an Avro or Protobuf `schema`, the fields come from it and a declared one adds checks.
+    #[serde(default)]
     pub fields: BTreeMap<String, FieldSpec>,
     /// The field unique per record (the store's unique index); the runner assigns it when missing.
     pub id: String,
@@ -28,6 +32,27 @@ pub struct EventConfig {
     /// What to do with fields the section does not declare: `keep` them, or `reject` the record.
     #[serde(default)]
     pub extra: Extra,
+    /// How each message's payload is written: `json`, `avro` or `protobuf`.
+    #[serde(default)]
+    pub format: Format,
+    /// The schema file of an Avro (`.avsc`) or Protobuf (`.proto`) record, relative to the
+    /// pipeline file; `fields` come from it (declare a field only to add checks).
+    #[serde(default)]
+    pub schema: Option<PathBuf>,
+    /// Protobuf: the message type of a record, with its package (`shop.Interaction`).
+    #[serde(default)]
+    pub message: Option<String>,
+    /// `none`, or `confluent`: a zero byte and the writer schema's id before each record.
+    #[serde(default)]
+    pub framing: Framing,
+    /// Confluent-framed Avro: writer schema files by id (`{ 1 = "a.avsc", 2 = "b.avsc" }`); the
+    /// id whose file is also `schema` is the one the runner writes with.
+    #[serde(default)]
+    pub schemas: BTreeMap<String, PathBuf>,
+    /// Confluent-framed Avro: a schema registry's URL, asked for ids not in `schemas`
+    /// (`GET /schemas/ids/{id}`, once per id).
+    #[serde(default)]
+    pub registry: Option<String>,
 }
 
 /// What happens to undeclared fields.
@@ -258,7 +283,7 @@ impl Schema {
             })
             .collect();
         let mut problems = Vec::new();
-        if fields.is_empty() {
+        if fields.is_empty() && config.schema.is_none() {
             problems.push("event.fields: declare at least one field".to_string());
         }
         let slot = |role: &str, name: &str, problems: &mut Vec<String>| {

@@ -9,7 +9,7 @@ use crate::config::PipelineConfig;
 use crate::store::{Opened, StateStore, StoreKind};
 use crate::telemetry::Stats;
 use crate::transport::NO_PARTITION;
-use crate::transport::{embedded, kafka, History, Publisher, Subscriber, TransportKind};
+use crate::transport::{embedded, file, kafka, History, Publisher, Subscriber, TransportKind};
 use std::sync::Arc;
 
 /// The two ends of the transport this process uses (either may be absent).
@@ -19,38 +19,40 @@ pub(super) type Transport = (Option<Box<dyn Publisher>>, Option<Box<dyn Subscrib
 /// Kafka log, or the store's own replay (the embedded store's raw rows behind the embedded
 /// queue); the error says why there is none.
 pub fn history(config: &PipelineConfig, store: &Opened) -> Result<Arc<dyn History>, String> {
-    match config.kafka.kind() {
+    match config.transport_kind() {
         TransportKind::Kafka => Ok(Arc::new(kafka::KafkaHistory::new(
             &config.kafka,
             codec(config).map_err(|e| e.to_string())?,
         ))),
-        TransportKind::EmbeddedQueue => store.history.clone().ok_or_else(|| {
-            "history is read from the Kafka log or the embedded store, and this pipeline runs the embedded queue into MongoDB, whose raw events keep no order of arrival".into()
+        TransportKind::EmbeddedQueue | TransportKind::File => store.history.clone().ok_or_else(|| {
+            "history is read from the Kafka log or the embedded store, and this pipeline runs the embedded queue (or a file source) into MongoDB, whose raw events keep no order of arrival".into()
         }),
     }
 }
 
-/// The partitions events arrive on: the Kafka topic's, or the embedded queue's one.
-pub async fn partitions(config: &crate::transport::kafka::KafkaConfig) -> anyhow::Result<Vec<i32>> {
-    match config.kind() {
+/// The partitions events arrive on: the Kafka topic's, the embedded queue's one, or the file's.
+pub async fn partitions(config: &PipelineConfig) -> anyhow::Result<Vec<i32>> {
+    match config.transport_kind() {
         TransportKind::EmbeddedQueue => Ok(vec![NO_PARTITION]),
-        TransportKind::Kafka => kafka::topic_partitions(config).await,
+        TransportKind::File => Ok(vec![file::FILE_PARTITION]),
+        TransportKind::Kafka => kafka::topic_partitions(&config.kafka).await,
     }
 }
 
 /// Whether the transport connects the generator and the consumer inside one process (then a
 /// change of either rebuilds it, and both must run here).
 pub(super) fn in_process(config: &PipelineConfig) -> bool {
-    match config.kafka.kind() {
+    match config.transport_kind() {
         TransportKind::EmbeddedQueue => true,
-        TransportKind::Kafka => false,
+        TransportKind::Kafka | TransportKind::File => false,
     }
 }
 
 /// The transport for the dashboard's status line.
 pub(super) fn transport_label(config: &PipelineConfig) -> String {
-    match config.kafka.kind() {
+    match config.transport_kind() {
         TransportKind::EmbeddedQueue => "embedded queue".into(),
+        TransportKind::File => format!("file {}", shown_source(config)),
         TransportKind::Kafka => format!("Kafka topic {}", config.kafka.topic),
     }
 }
@@ -67,7 +69,7 @@ pub(super) async fn connect_transport(
     if !(components.generator || components.consumer) {
         return Ok((None, None));
     }
-    match config.kafka.kind() {
+    match config.transport_kind() {
         TransportKind::EmbeddedQueue => {
             let (p, s) = embedded::channel(
                 config.embedded.queue_capacity,
@@ -75,6 +77,18 @@ pub(super) async fn connect_transport(
                 stats.clone(),
             );
             Ok((Some(Box::new(p)), Some(Box::new(s))))
+        }
+        TransportKind::File => {
+            let s = match components.consumer {
+                true => Some(Box::new(file::FileSubscriber::open(
+                    &config.source,
+                    codec(config)?,
+                    config.consumer.batch_size,
+                    stats.clone(),
+                )?) as Box<dyn Subscriber>),
+                false => None,
+            };
+            Ok((None, s))
         }
         TransportKind::Kafka => {
             let admin = kafka::connect(&config.kafka).await?;
@@ -109,17 +123,31 @@ pub(super) fn kafka_subscriber(
     )?))
 }
 
+/// The file source's name for people.
+fn shown_source(config: &PipelineConfig) -> String {
+    config
+        .source
+        .file
+        .as_ref()
+        .map_or_else(String::new, |f| f.display().to_string())
+}
+
 /// The start-up line naming the transport and the store, with how to choose the other kind.
 pub(super) fn log_setup(
     config: &PipelineConfig,
     store: Option<&dyn StateStore>,
     components: Components,
 ) {
-    let transport = match config.kafka.kind() {
+    let transport = match config.transport_kind() {
         TransportKind::EmbeddedQueue => {
             "embedded in-process queue (set KAFKA_BOOTSTRAP_SERVERS or --kafka host:port to use Kafka)"
                 .to_string()
         }
+        TransportKind::File => format!(
+            "records from {}{} (no generator)",
+            shown_source(config),
+            if config.source.follow { ", following it" } else { ", until it ends" }
+        ),
         TransportKind::Kafka => format!(
             "Kafka {} topic {:?} group {:?}",
             config.kafka.bootstrap_servers, config.kafka.topic, config.kafka.consumer_group
@@ -153,13 +181,14 @@ pub async fn open_store(config: &PipelineConfig) -> anyhow::Result<Opened> {
     .await
 }
 
-/// The codec of `config`'s messages: the format `[kafka] format` chooses, for records of its
-/// schema, refusing payloads over `max_event_bytes`.
+/// The codec of `config`'s messages: the format `[event] format` chooses (its schema files
+/// read now), for records of its schema, refusing payloads over `max_event_bytes`.
 pub fn codec(config: &PipelineConfig) -> anyhow::Result<Codec> {
     let schema = config.schema().map_err(|p| anyhow::anyhow!(p.join("; ")))?;
-    Ok(Codec::new(
-        config.kafka.format,
+    Codec::build(
+        &config.event,
         schema,
         config.consumer.validation.max_event_bytes,
-    ))
+    )
+    .map_err(anyhow::Error::msg)
 }

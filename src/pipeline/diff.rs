@@ -44,6 +44,7 @@ pub const TABLE: &[Row] = &[
     Row { key: "event", effect: Effect::Restart, note: "records in flight keep the running schema; scripts reload against it", changed: |a, b| a.event != b.event },
     Row { key: "kafka", effect: Effect::Reconnect, note: "new broker connected first; generator moves between batches; consumer drains and resumes from committed offsets", changed: |a, b| a.kafka != b.kafka },
     Row { key: "mongodb", effect: Effect::Reconnect, note: "new store connected first; consumer drains, then writes to it; dashboard and alerts follow", changed: |a, b| a.mongodb != b.mongodb },
+    Row { key: "source", effect: Effect::Reconnect, note: "the file is opened again and read from its start; records already stored and counted are skipped by their positions", changed: |a, b| a.source != b.source },
     Row { key: "embedded", effect: Effect::Reconnect, note: "the embedded store (and queue, when Kafka is embedded) are reopened", changed: |a, b| a.embedded != b.embedded },
     Row { key: "retention", effect: Effect::Reconnect, note: "the store is reopened with the new TTL indexes or sweep", changed: |a, b| a.retention != b.retention },
     Row { key: "consumer", effect: Effect::Reconnect, note: "consumer drains and restarts with the new batching, validation and workers", changed: |a, b| a.consumer != b.consumer },
@@ -83,6 +84,7 @@ fn sections_in_table(c: &PipelineConfig) {
         metrics: _,
         alerting: _,
         alerts: _,
+        source: _,
     } = c;
     let crate::dashboard::DashboardConfig {
         listen: _,
@@ -127,7 +129,7 @@ impl Diff {
         }
         Diff {
             changed,
-            transport: new.kafka.kind(),
+            transport: new.transport_kind(),
             store: new.mongodb.kind(),
         }
     }
@@ -162,6 +164,7 @@ impl Diff {
         let embedded = self.touches("embedded");
         Reconnects {
             transport: self.touches("kafka")
+                || self.touches("source")
                 || (self.transport == TransportKind::EmbeddedQueue && embedded),
             store: self.touches("mongodb")
                 || self.touches("retention")

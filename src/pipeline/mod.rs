@@ -20,6 +20,7 @@ use crate::consumer::StopWhen;
 use crate::generator::{GeneratorTask, Swap};
 use crate::store::{self, Store, Switchable};
 use crate::telemetry::{self, ReloadStatus, Snapshot, Stats};
+use crate::transport::TransportKind;
 use anyhow::bail;
 use backends::{connect_transport, Transport};
 use reload::Live;
@@ -146,6 +147,10 @@ pub async fn start(
     if pipeline.config.generator.script.is_none() && options.components.generator {
         // A pipeline without a generator consumes what Kafka carries.
         tracing::info!("the pipeline has no [generator] script: this process does not generate");
+        options.components.generator = false;
+    }
+    if pipeline.config.transport_kind() == TransportKind::File && options.components.generator {
+        tracing::info!("records come from [source] file: this process does not generate");
         options.components.generator = false;
     }
     let built = build(pipeline, &options).await?;
@@ -345,8 +350,8 @@ fn spawn(
     if let (true, Some(store)) = (components.consumer, store.clone()) {
         let current = pipeline_rx.clone();
         let partitions: crate::aggregate::results::Partitions = Arc::new(move || {
-            let kafka = current.borrow().config.kafka.clone();
-            Box::pin(async move { backends::partitions(&kafka).await })
+            let config = current.borrow().config.clone();
+            Box::pin(async move { backends::partitions(&config).await })
         });
         let output = Arc::new(crate::aggregate::results::StoreResults(store.clone()));
         let writer = crate::aggregate::results::run(

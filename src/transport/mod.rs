@@ -5,6 +5,7 @@
 //! commit) is the same code whichever transport is in use.
 
 pub mod embedded;
+pub mod file;
 pub mod kafka;
 
 use crate::dead_letter::DeadLetter;
@@ -21,6 +22,8 @@ pub enum TransportKind {
     Kafka,
     /// The in-process queue between this process's generator and consumer.
     EmbeddedQueue,
+    /// Records read from a file or stdin (`[source] file`, `runner run --source`); no generator.
+    File,
 }
 
 /// The generator's side: takes batches, applying backpressure when the transport is full.

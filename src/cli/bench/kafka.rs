@@ -48,7 +48,9 @@ pub(super) async fn kafka_sections(
         .iter()
         .map(|e| {
             let mut b = Vec::new();
-            codec.encode(e, &mut b);
+            codec
+                .encode(e, &mut b)
+                .expect("generated records fit the schema");
             b
         })
         .collect();

@@ -126,7 +126,9 @@ pub(super) fn aggregate_section(
         .iter()
         .map(|e| {
             let mut payload = Vec::new();
-            codec.encode(e, &mut payload);
+            codec
+                .encode(e, &mut payload)
+                .expect("generated records fit the schema");
             payload
         })
         .collect();

@@ -1,7 +1,6 @@
 //! `[kafka]`: the cluster, the topic, and librdkafka settings.
 
 use crate::base::de;
-use crate::codec::Format;
 use crate::transport::TransportKind;
 use rdkafka::ClientConfig;
 use serde::Deserialize;
@@ -33,9 +32,6 @@ pub struct KafkaConfig {
     /// How long to keep retrying an unreachable cluster at start before giving up.
     #[serde(default = "default_connect_timeout", deserialize_with = "de::duration")]
     pub connect_timeout: Duration,
-    /// The encoding of the topic's messages, read and written: `json` (one object per message).
-    #[serde(default)]
-    pub format: Format,
     /// librdkafka settings for both clients (`security.protocol`, `sasl.*`, ...).
     #[serde(default)]
     pub client: BTreeMap<String, toml::Value>,
@@ -74,7 +70,6 @@ impl std::fmt::Debug for KafkaConfig {
             .field("replication_factor", &self.replication_factor)
             .field("consumer_group", &self.consumer_group)
             .field("connect_timeout", &self.connect_timeout)
-            .field("format", &self.format)
             .field("client", &shown(&self.client))
             .field("producer", &shown(&self.producer))
             .field("consumer", &shown(&self.consumer))

@@ -60,7 +60,15 @@ impl Publisher for KafkaPublisher {
     async fn publish(&mut self, batch: Vec<Record>) -> anyhow::Result<()> {
         for event in &batch {
             self.buf.clear();
-            self.codec.encode(event, &mut self.buf);
+            if let Err(why) = self.codec.encode(event, &mut self.buf) {
+                // The generator's script made a record the format's schema cannot hold (a bug in
+                // the pipeline's files): that record is skipped, the rest still flow.
+                tracing::warn!(
+                    id = event.id(),
+                    "generator: a record does not fit [event] schema and was not sent: {why}"
+                );
+                continue;
+            }
             loop {
                 let key = event.key();
                 let mut record = BaseRecord::to(&self.topic).payload(&self.buf[..]);
