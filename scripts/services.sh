@@ -4,7 +4,9 @@
 #   MongoDB wire:   SecantusDB secantusd-rs 0.5.3-beta.196    (127.0.0.1:${MONGODB_PORT:-27017})
 # It also installs headless Chromium + chromedriver for the dashboard's browser test, Debian's
 # prometheus (with promtool) and tmux for the operator-tool tests (tests/ops.rs), and the
-# aiosmtpd SMTP server (PyPI, in a venv under .services/venv) that the email alert test runs.
+# aiosmtpd SMTP server (PyPI, in a venv under .services/venv) that the email alert test runs,
+# with the real Avro / Protobuf / Kafka clients (fastavro, protobuf, confluent-kafka) and Debian's
+# protoc that write the format tests' records.
 # Both services are separate processes; the runner only speaks the Kafka protocol and the MongoDB wire
 # protocol to them, so real Kafka / Redpanda / MongoDB work the same.
 #
@@ -35,13 +37,24 @@ install() {
   else
     log "prometheus, promtool and tmux already installed"
   fi
-  local venv="$state/venv"
-  if "$venv/bin/python" -c 'import aiosmtpd' 2>/dev/null; then
-    log "aiosmtpd already installed in $venv"
+  # protoc, for the Python classes of the Protobuf format test (tests/formats.rs).
+  if ! command -v protoc >/dev/null; then
+    log "installing protobuf-compiler (Debian package)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends protobuf-compiler >/dev/null
   else
-    log "installing aiosmtpd (PyPI) into $venv"
+    log "protoc already installed"
+  fi
+  # Python clients: the SMTP server of the email alert test, and the real Avro / Protobuf / Kafka
+  # clients that write the format tests' records (tests/clients/produce.py); protobuf 7.36
+  # reads the classes Debian's protoc 3.21 generates.
+  local venv="$state/venv"
+  if "$venv/bin/python" -c 'import aiosmtpd, fastavro, confluent_kafka, google.protobuf' 2>/dev/null; then
+    log "aiosmtpd, fastavro, confluent-kafka and protobuf already installed in $venv"
+  else
+    log "installing aiosmtpd, fastavro, confluent-kafka and protobuf (PyPI) into $venv"
     python3 -m venv "$venv"
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check 'aiosmtpd==1.4.6'
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check 'aiosmtpd==1.4.6' \
+      'fastavro==1.13.1' 'confluent-kafka==2.16.2' 'protobuf==7.36.2'
   fi
   if tansu --version 2>/dev/null | grep -q '0\.6\.0'; then
     log "tansu 0.6.0 already installed"

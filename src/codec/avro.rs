@@ -13,11 +13,14 @@ use crate::event::{iso, parse_time, FieldType, Framing, Naive, Record, Schema, V
 use apache_avro::schema::{Name, Schema as Avro, UuidSchema};
 use serde_json::Value as Json;
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// Nesting deeper than this is refused: a recursive schema (a linked list) must not let a
 /// hostile datum overflow the stack.
 const MAX_DEPTH: usize = 64;
+
+/// How long an id the registry could not give is not asked again.
+const REGISTRY_RETRY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Parses an `.avsc` text; `origin` (the file) names it in the error.
 pub fn parse(text: &str, origin: &str) -> Result<Avro, String> {
@@ -518,6 +521,8 @@ pub(super) struct AvroCodec {
     write_id: Option<u32>,
     by_id: RwLock<HashMap<u32, Arc<Plan>>>,
     registry: Option<super::registry::Registry>,
+    /// Ids the registry could not give, when it was asked, and why.
+    misses: Mutex<HashMap<u32, (std::time::Instant, String)>>,
 }
 
 impl AvroCodec {
@@ -541,6 +546,7 @@ impl AvroCodec {
             write_id,
             by_id: RwLock::new(plans),
             registry,
+            misses: Mutex::new(HashMap::new()),
         })
     }
 
@@ -554,7 +560,9 @@ impl AvroCodec {
         }
     }
 
-    /// The writer plan of a schema id: known, or fetched from the registry once.
+    /// The writer plan of a schema id: known, or fetched from the registry once. An id the
+    /// registry could not give is not asked again for a minute, so a stream of records with an
+    /// unknown id costs one request a minute, not one per record.
     fn plan(&self, id: u32) -> Result<Arc<Plan>, String> {
         if let Some(p) = self
             .by_id
@@ -564,27 +572,43 @@ impl AvroCodec {
         {
             return Ok(p.clone());
         }
-        let Some(registry) = &self.registry else {
-            let known: Vec<String> = self
-                .by_id
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .keys()
-                .map(u32::to_string)
-                .collect();
-            return Err(format!(
-                "schema id {id} is not in [event] schemas (ids {}) and no registry is set",
-                known.join(", ")
-            ));
+        let listed = || {
+            let ids = self.by_id.read().unwrap_or_else(|e| e.into_inner());
+            let mut ids: Vec<String> = ids.keys().map(u32::to_string).collect();
+            ids.sort();
+            format!(
+                "schema id {id} is not in [event] schemas (ids {})",
+                ids.join(", ")
+            )
         };
-        let text = registry.schema(id)?;
+        let Some(registry) = &self.registry else {
+            return Err(format!("{}, and no registry is set", listed()));
+        };
+        let mut misses = self.misses.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, why)) = misses.get(&id) {
+            if at.elapsed() < REGISTRY_RETRY {
+                return Err(format!("{}, and {why}", listed()));
+            }
+        }
         let origin = format!("schema id {id} of {}", registry.url());
-        let plan = Arc::new(Plan::new(&parse(&text, &origin)?, &self.record, &origin)?);
-        self.by_id
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, plan.clone());
-        Ok(plan)
+        let fetched = registry
+            .schema(id)
+            .and_then(|text| Plan::new(&parse(&text, &origin)?, &self.record, &origin));
+        match fetched {
+            Ok(plan) => {
+                misses.remove(&id);
+                let plan = Arc::new(plan);
+                self.by_id
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(id, plan.clone());
+                Ok(plan)
+            }
+            Err(why) => {
+                misses.insert(id, (std::time::Instant::now(), why.clone()));
+                Err(format!("{}, and {why}", listed()))
+            }
+        }
     }
 
     pub(super) fn encode(&self, record: &Record, out: &mut Vec<u8>) -> Result<(), String> {

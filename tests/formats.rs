@@ -1,0 +1,354 @@
+//! Record formats and sources end to end, with records written by the real clients (Python's
+//! fastavro, protoc-generated protobuf classes, confluent-kafka; tests/clients/produce.py) into
+//! the real broker, or into a file read by `runner run --source`.
+
+mod common;
+
+use common::{free_port, kafka, service_pipeline_of, ServicePipeline};
+use mongodb::bson::Document;
+use runner::pipeline::Components;
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// The Python with the clients (scripts/services.sh installs them in its venv).
+fn python() -> PathBuf {
+    std::env::var("RUNNER_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| common::repo_root().join(".services/venv/bin/python"))
+}
+
+/// `runner generate` of the shipped pipeline: `n` records as JSON lines, seeded.
+fn records(dir: &Path, n: u64) -> PathBuf {
+    let path = dir.join("records.jsonl");
+    let out = common::runner()
+        .args(["generate", common::shipped_pipeline().to_str().unwrap()])
+        .args(["-n", &n.to_string(), "--seed", "11"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(&path, out.stdout).unwrap();
+    path
+}
+
+/// The newest event time of a JSON lines file of records: metrics are read at it, so every
+/// reading sees the same window.
+fn newest(input: &Path) -> i64 {
+    std::fs::read_to_string(input)
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            runner::event::parse_time(v["timestamp"].as_str()?, Default::default())
+        })
+        .max()
+        .unwrap()
+}
+
+/// The Python classes protoc (Debian's protobuf-compiler) generates from the shipped .proto.
+fn protoc_module(dir: &Path) -> PathBuf {
+    let out = dir.join("pb");
+    std::fs::create_dir_all(&out).unwrap();
+    let schemas = common::repo_root().join("schemas");
+    let status = Command::new("protoc")
+        .arg(format!("--proto_path={}", schemas.display()))
+        .arg(format!("--python_out={}", out.display()))
+        .arg(schemas.join("interaction.proto"))
+        .status()
+        .expect("protoc (Debian's protobuf-compiler) is installed by scripts/services.sh install");
+    assert!(status.success());
+    out
+}
+
+/// Runs tests/clients/produce.py: `format` records of `input` to `to` (`--kafka ... --topic ...`
+/// or `--file ...`).
+fn produce(format: &str, input: &Path, module: &Path, to: &[&str], extra: &[&str]) {
+    let root = common::repo_root();
+    let out = Command::new(python())
+        .arg(root.join("tests/clients/produce.py"))
+        .args([format, input.to_str().unwrap()])
+        .args(to)
+        .args([
+            "--avsc",
+            root.join("schemas/interaction.avsc").to_str().unwrap(),
+        ])
+        .args(["--proto-module", module.to_str().unwrap()])
+        .args(extra)
+        .output()
+        .expect("the Python clients are installed by scripts/services.sh install");
+    assert!(
+        out.status.success(),
+        "produce.py {format}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The raw documents of a pipeline's database, by event id, without the store's own keys.
+async fn stored_documents(sp: &ServicePipeline) -> BTreeMap<String, Document> {
+    let client = mongodb::Client::with_uri_str(common::mongodb())
+        .await
+        .unwrap();
+    let raw = client
+        .database(&sp.database)
+        .collection::<Document>(&sp.pipeline.config.mongodb.raw_collection);
+    let docs: Vec<Document> =
+        futures::TryStreamExt::try_collect(raw.find(mongodb::bson::doc! {}).await.unwrap())
+            .await
+            .unwrap();
+    docs.into_iter()
+        .map(|mut d| {
+            d.remove("_id");
+            (d.get_str("event_id").unwrap().to_string(), d)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn records_from_real_avro_and_protobuf_clients_store_and_count_as_their_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 3000;
+    let input = records(dir.path(), n);
+    let module = protoc_module(dir.path());
+    let last_ms = newest(&input);
+    let root = common::repo_root();
+    let mut seen = Vec::new();
+    for (format, file) in [
+        ("json", "pipelines/interactions.toml"),
+        ("avro", "pipelines/interactions-avro.toml"),
+        ("protobuf", "pipelines/interactions-protobuf.toml"),
+    ] {
+        let sp = service_pipeline_of(&root.join(file), &format!("formats_{format}"));
+        let admin = runner::transport::kafka::connect(&sp.pipeline.config.kafka)
+            .await
+            .unwrap();
+        runner::transport::kafka::ensure_topic(&admin, &sp.pipeline.config.kafka)
+            .await
+            .unwrap();
+        produce(
+            format,
+            &input,
+            &module,
+            &["--kafka", &kafka(), "--topic", &sp.topic],
+            &[],
+        );
+        let summary = common::run_pipeline(
+            &sp,
+            Components::CONSUMER,
+            None,
+            tokio_util::sync::CancellationToken::new(),
+        )
+        .await;
+        assert_eq!(
+            (summary.stats.stored, summary.stats.rejected),
+            (n, 0),
+            "{format}: every record a real client wrote is stored: {:?}",
+            summary.stats
+        );
+        let docs = stored_documents(&sp).await;
+        let metrics = runner::cli::commands::metrics(&sp.pipeline, last_ms)
+            .await
+            .unwrap();
+        let metrics: BTreeMap<String, serde_json::Value> = metrics
+            .into_iter()
+            .map(|m| (m.name.clone(), serde_json::to_value(&m.value).unwrap()))
+            .collect();
+        seen.push((format, docs, metrics));
+    }
+    let (_, json_docs, json_metrics) = &seen[0];
+    assert_eq!(json_docs.len() as u64, n);
+    let first = json_docs.keys().next().unwrap();
+    for (format, docs, metrics) in &seen {
+        eprintln!("{format:>8}: {}", docs[first]);
+        assert_eq!(
+            docs, json_docs,
+            "{format}: the stored documents equal those of the same records sent as JSON"
+        );
+        assert!(metrics.len() >= 4, "{format}: {metrics:?}");
+        for (name, value) in metrics {
+            assert_eq!(
+                Some(value),
+                json_metrics.get(name),
+                "{format}: metric {name} equals its value over the JSON records"
+            );
+        }
+    }
+}
+
+/// A registry that answers `GET /schemas/ids/7` with the shipped schema (as Confluent's does)
+/// and 404 for other ids, counting the requests.
+fn registry(schema: String) -> (u16, Arc<AtomicUsize>) {
+    let port = free_port();
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let asked = Arc::new(AtomicUsize::new(0));
+    let count = asked.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let mut buf = [0u8; 4096];
+            let n = s.read(&mut buf).unwrap_or(0);
+            let request = String::from_utf8_lossy(&buf[..n]).to_string();
+            count.fetch_add(1, Ordering::SeqCst);
+            let (status, body) = match request.starts_with("GET /schemas/ids/7 ") {
+                true => (
+                    "200 OK",
+                    serde_json::json!({ "schema": schema }).to_string(),
+                ),
+                false => (
+                    "404 Not Found",
+                    r#"{"error_code":40403,"message":"Schema not found"}"#.to_string(),
+                ),
+            };
+            let _ = write!(
+                s,
+                "HTTP/1.1 {status}\r\ncontent-type: application/vnd.schemaregistry.v1+json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (port, asked)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_file_of_avro_records_with_a_registry_schema_id_is_read_asking_the_registry_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 500;
+    let input = records(dir.path(), n);
+    let module = protoc_module(dir.path());
+    let root = common::repo_root();
+    let schema = std::fs::read_to_string(root.join("schemas/interaction.avsc")).unwrap();
+    let (port, asked) = registry(schema);
+    // fastavro's records framed with id 7, which the pipeline file does not list, then two
+    // framed with id 9, which the registry does not know.
+    let known = dir.path().join("known.bin");
+    produce(
+        "avro",
+        &input,
+        &module,
+        &["--file", known.to_str().unwrap()],
+        &["--schema-id", "7"],
+    );
+    let two = dir.path().join("two.jsonl");
+    let lines: Vec<String> = std::fs::read_to_string(&input)
+        .unwrap()
+        .lines()
+        .take(2)
+        .map(|l| l.replace("\"event_id\":\"", "\"event_id\":\"unknown-"))
+        .collect();
+    std::fs::write(&two, lines.join("\n")).unwrap();
+    let unknown = dir.path().join("unknown.bin");
+    produce(
+        "avro",
+        &two,
+        &module,
+        &["--file", unknown.to_str().unwrap()],
+        &["--schema-id", "9"],
+    );
+    let both = dir.path().join("both.bin");
+    let mut bytes = std::fs::read(&known).unwrap();
+    bytes.extend(std::fs::read(&unknown).unwrap());
+    std::fs::write(&both, bytes).unwrap();
+
+    let data = dir.path().join("data");
+    let mut pipeline = common::load_pipeline_file(
+        &root.join("pipelines/interactions-avro.toml"),
+        &[("RUNNER_DATA_DIR", data.to_str().unwrap())],
+    );
+    let url = format!("http://127.0.0.1:{port}");
+    pipeline
+        .add_override(move |c| {
+            c.event.schemas.clear();
+            c.event.registry = Some(url.clone());
+            c.source.file = Some(both.clone());
+        })
+        .unwrap();
+    let options = runner::pipeline::RunOptions {
+        components: Components::CONSUMER,
+        idle_exit: Some(std::time::Duration::from_secs(1)),
+        ..Default::default()
+    };
+    let summary = runner::pipeline::run(&pipeline, options, Default::default())
+        .await
+        .unwrap();
+    assert_eq!(summary.stats.stored, n, "{:?}", summary.stats);
+    assert_eq!(
+        asked.load(Ordering::SeqCst),
+        2,
+        "id 7 asked once for {n} records, id 9 once for two"
+    );
+    let store = runner::pipeline::open_store(&pipeline.config)
+        .await
+        .unwrap()
+        .store;
+    let dead = store.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    for d in &dead {
+        assert_eq!(d.reason.as_str(), "not_avro");
+        assert!(
+            d.detail.contains("schema id 9 is not in [event] schemas")
+                && d.detail.contains("404")
+                && d.detail.contains("first bytes: 0000000009"),
+            "{}",
+            d.detail
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_file_read_twice_stores_and_counts_nothing_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 2000;
+    let input = records(dir.path(), n);
+    let data = dir.path().join("data");
+    let pipeline = common::shipped_pipeline();
+    let run = || {
+        let out = common::runner()
+            .args([
+                "run",
+                pipeline.to_str().unwrap(),
+                "--components",
+                "consumer",
+            ])
+            .args(["--source", input.to_str().unwrap()])
+            .env("RUNNER_DATA_DIR", &data)
+            .env("RUNNER_LOG", "info")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let loaded = common::load_pipeline(&[("RUNNER_DATA_DIR", data.to_str().unwrap())]);
+    let at = newest(&input);
+    let metrics = || async {
+        let values = runner::cli::commands::metrics(&loaded, at).await.unwrap();
+        serde_json::to_string(&values).unwrap()
+    };
+    let first = run();
+    assert!(first.contains(&format!("stored={n} ")), "{first}");
+    let counted = metrics().await;
+    let second = run();
+    assert!(
+        second.contains(&format!("stored=0 duplicates={n} ")),
+        "{second}"
+    );
+    assert!(counted.contains("\"count\""), "{counted}");
+    assert_eq!(
+        metrics().await,
+        counted,
+        "the metrics count each record once"
+    );
+}
