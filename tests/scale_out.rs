@@ -192,10 +192,11 @@ async fn one_evaluator_among_replicas() {
     }
 }
 
-/// Final window results through Tansu into SecantusDB: two consumers in one group write them
-/// while the stream runs, a third reads the topic again from the start (a replay), and in the
-/// end every closed window has one result document per metric, typed, equal to a recomputation
-/// from the raw events.
+/// Final window results through Tansu into SecantusDB and a results topic: two consumers in one
+/// group write them while the stream runs, a third reads the topic again from the start (a
+/// replay), and in the end every closed window has one result document per metric, typed, equal
+/// to a recomputation from the raw events, and the results topic carries one distinct value per
+/// window's key, for exactly the stored windows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn final_results_written_once() {
     use runner::pipeline::{self, Components, RunOptions};
@@ -210,6 +211,8 @@ async fn final_results_written_once() {
         );
     }
     sp.pipeline.config.generator.rate = 2_000.0;
+    let results_topic = format!("{}_results", sp.topic);
+    sp.pipeline.config.results.topic = Some(results_topic.clone());
     let events = 20_000;
     let stop = CancellationToken::new();
     let consumers: Vec<_> = (0..2)
@@ -294,8 +297,13 @@ async fn final_results_written_once() {
         runner::aggregate::MetricSet::load(&sp.pipeline.config.metrics, &sp.pipeline.schema())
             .unwrap();
     let mut checked = 0;
+    let mut stored_keys = std::collections::BTreeSet::new();
     for m in set.metrics() {
         let rows = store.load_results(m.name(), 0, i64::MAX).await.unwrap();
+        stored_keys.extend(
+            rows.iter()
+                .map(|r| runner::aggregate::results::TopicResults::message(r).0),
+        );
         assert!(
             rows.len() >= 2,
             "{}: several windows closed during the run: {rows:?}",
@@ -354,4 +362,63 @@ async fn final_results_written_once() {
         "{doc}"
     );
     println!("{checked} final results checked against the recomputation; e.g. {doc}");
+
+    // The results topic: every message read back from the start, grouped by key.
+    let published = read_topic(&results_topic, sp.pipeline.config.kafka.partitions);
+    let mut values: std::collections::BTreeMap<String, std::collections::BTreeSet<Vec<u8>>> =
+        Default::default();
+    for (key, value) in &published {
+        values.entry(key.clone()).or_default().insert(value.clone());
+    }
+    let keys: std::collections::BTreeSet<String> = values.keys().cloned().collect();
+    assert_eq!(
+        keys, stored_keys,
+        "the topic has a result for exactly the stored windows"
+    );
+    for (key, v) in &values {
+        assert_eq!(
+            v.len(),
+            1,
+            "{key}: one distinct value, however often it was sent"
+        );
+    }
+    println!(
+        "results topic: {} messages, {} keys, one value each; e.g. {} = {}",
+        published.len(),
+        keys.len(),
+        published[0].0,
+        String::from_utf8_lossy(&published[0].1)
+    );
+}
+
+/// Every (key, value) of `topic`, read from the start until its end.
+fn read_topic(topic: &str, partitions: i32) -> Vec<(String, Vec<u8>)> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::Message;
+    let c: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", common::kafka())
+        .set("group.id", common::unique("results_reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let total = common::topic_messages(&common::kafka(), topic, partitions);
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning)
+            .unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let t = Instant::now();
+    while (out.len() as u64) < total && t.elapsed() < Duration::from_secs(30) {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+            out.push((
+                String::from_utf8_lossy(m.key().unwrap_or_default()).to_string(),
+                m.payload().unwrap_or_default().to_vec(),
+            ));
+        }
+    }
+    assert_eq!(out.len() as u64, total, "every message of {topic} read");
+    out
 }

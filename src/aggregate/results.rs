@@ -44,6 +44,71 @@ impl ResultsOutput for StoreResults {
     }
 }
 
+/// `[results]`: where final window results go besides the store.
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResultsConfig {
+    /// A Kafka topic every final window result is also published to, as JSON keyed
+    /// `metric|window_end` (created compacted if missing, on the `[kafka]` cluster). Published
+    /// before the store's copy is written, so each window reaches the topic at least once; a
+    /// repeat carries the same key and value [default: none].
+    #[serde(default)]
+    pub topic: Option<String>,
+}
+
+/// The outputs in order, each taking every window: the last one (the store) says where a restart
+/// goes on, so a window reaches every output before it at least once.
+pub struct Chain(pub Vec<Arc<dyn ResultsOutput>>);
+
+#[async_trait]
+impl ResultsOutput for Chain {
+    async fn latest(&self, metric: &str) -> anyhow::Result<Option<i64>> {
+        match self.0.last() {
+            Some(last) => last.latest(metric).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn publish(&self, rows: &[ResultRow]) -> anyhow::Result<()> {
+        for output in &self.0 {
+            output.publish(rows).await?;
+        }
+        Ok(())
+    }
+}
+
+/// A Kafka topic of results: one message per window, keyed `metric|window_end` (the window's
+/// end in RFC 3339), its value the JSON of the stored document, so a compacted topic keeps one
+/// value per window and a repeat (a replay, another consumer) is the same key and value.
+pub struct TopicResults(pub crate::transport::kafka::KafkaSink);
+
+impl TopicResults {
+    /// The message of one result.
+    pub fn message(row: &ResultRow) -> (String, Vec<u8>) {
+        let key = format!("{}|{}", row.metric, crate::event::iso(row.window_end));
+        let value = serde_json::json!({
+            "metric": row.metric,
+            "window_start": crate::event::iso(row.window_start),
+            "window_end": crate::event::iso(row.window_end),
+            "value": row.value,
+        });
+        (key, value.to_string().into_bytes())
+    }
+}
+
+#[async_trait]
+impl ResultsOutput for TopicResults {
+    async fn latest(&self, _metric: &str) -> anyhow::Result<Option<i64>> {
+        // Not read back from the topic: in a chain the store, written after it, says this.
+        Ok(None)
+    }
+
+    async fn publish(&self, rows: &[ResultRow]) -> anyhow::Result<()> {
+        let messages: Vec<(String, Vec<u8>)> = rows.iter().map(Self::message).collect();
+        self.0.send_all(&messages).await
+    }
+}
+
 /// The partitions whose watermarks a window waits for: the topic's, asked for again now and
 /// then (a topic may gain partitions).
 pub type Partitions = Arc<dyn Fn() -> BoxFuture<'static, anyhow::Result<Vec<i32>>> + Send + Sync>;

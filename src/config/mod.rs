@@ -70,6 +70,9 @@ pub struct PipelineConfig {
     /// Records from a file instead of the generator and the transport [default: none].
     #[serde(default)]
     pub source: SourceConfig,
+    /// Where final window results go besides the store.
+    #[serde(default)]
+    pub results: crate::aggregate::results::ResultsConfig,
 }
 
 /// A section the file left out, with every default of its keys (one home for them: the
@@ -272,6 +275,7 @@ impl Pipeline {
             self.config.consumer.check(),
             self.config.backfill.check(),
             self.config.alerting.check(),
+            self.config.results_check(),
         ]
         .into_iter()
         .flatten()
@@ -310,6 +314,13 @@ impl PipelineConfig {
     /// The record schema `[event]` declares, or what is wrong with it.
     pub fn schema(&self) -> Result<Arc<Schema>, Vec<String>> {
         Schema::new(&self.event).map(Arc::new)
+    }
+
+    /// `[results] topic` is published on the `[kafka]` cluster, so there must be one.
+    fn results_check(&self) -> Option<String> {
+        (self.results.topic.is_some() && self.kafka.kind() != TransportKind::Kafka).then(|| {
+            "results.topic: results are published on the [kafka] cluster, and kafka.bootstrap_servers is \"embedded\": set it (or KAFKA_BOOTSTRAP_SERVERS, or --kafka)".to_string()
+        })
     }
 
     /// `[dashboard] headline` must name metrics.

@@ -45,6 +45,7 @@ pub const TABLE: &[Row] = &[
     Row { key: "kafka", effect: Effect::Reconnect, note: "new broker connected first; generator moves between batches; consumer drains and resumes from committed offsets", changed: |a, b| a.kafka != b.kafka },
     Row { key: "mongodb", effect: Effect::Reconnect, note: "new store connected first; consumer drains, then writes to it; dashboard and alerts follow", changed: |a, b| a.mongodb != b.mongodb },
     Row { key: "source", effect: Effect::Reconnect, note: "the file is opened again and read from its start; records already stored and counted are skipped by their positions", changed: |a, b| a.source != b.source },
+    Row { key: "results", effect: Effect::Restart, note: "the results topic's producer is created at start", changed: |a, b| a.results != b.results },
     Row { key: "embedded", effect: Effect::Reconnect, note: "the embedded store (and queue, when Kafka is embedded) are reopened", changed: |a, b| a.embedded != b.embedded },
     Row { key: "retention", effect: Effect::Reconnect, note: "the store is reopened with the new TTL indexes or sweep", changed: |a, b| a.retention != b.retention },
     Row { key: "consumer", effect: Effect::Reconnect, note: "consumer drains and restarts with the new batching, validation and workers", changed: |a, b| a.consumer != b.consumer },
@@ -85,6 +86,7 @@ fn sections_in_table(c: &PipelineConfig) {
         alerting: _,
         alerts: _,
         source: _,
+        results: _,
     } = c;
     let crate::dashboard::DashboardConfig {
         listen: _,

@@ -163,6 +163,8 @@ struct Built {
     stats: Arc<Stats>,
     store: Option<Arc<Switchable>>,
     transport: Transport,
+    /// The results topic's producer, when `[results] topic` is set and this process consumes.
+    results_topic: Option<crate::transport::kafka::KafkaSink>,
     /// The dashboard's templates and address, when this process serves it.
     dashboard: Option<crate::dashboard::Bound>,
 }
@@ -220,11 +222,18 @@ async fn build(pipeline: Pipeline, options: &RunOptions) -> anyhow::Result<Built
         components,
     );
     let transport = connect_transport(config, components, &stats, true).await?;
+    let results_topic = match (&config.results.topic, components.consumer) {
+        (Some(topic), true) => {
+            Some(crate::transport::kafka::KafkaSink::new(&config.kafka, topic).await?)
+        }
+        _ => None,
+    };
     Ok(Built {
         compiled,
         stats,
         store,
         transport,
+        results_topic,
         dashboard,
     })
 }
@@ -242,6 +251,7 @@ fn spawn(
         stats,
         store,
         transport: (publisher, subscriber),
+        results_topic,
         dashboard,
     } = built;
     let components = options.components;
@@ -353,7 +363,12 @@ fn spawn(
             let config = current.borrow().config.clone();
             Box::pin(async move { backends::partitions(&config).await })
         });
-        let output = Arc::new(crate::aggregate::results::StoreResults(store.clone()));
+        use crate::aggregate::results::{Chain, ResultsOutput, StoreResults, TopicResults};
+        let in_store: Arc<dyn ResultsOutput> = Arc::new(StoreResults(store.clone()));
+        let output: Arc<dyn ResultsOutput> = match results_topic {
+            Some(sink) => Arc::new(Chain(vec![Arc::new(TopicResults(sink)), in_store])),
+            None => in_store,
+        };
         let writer = crate::aggregate::results::run(
             store,
             output,

@@ -66,28 +66,50 @@ pub async fn connect(
     }
 }
 
-/// Creates the topic with the configured partitions if it does not exist (brokers may not
-/// auto-create topics).
+/// Creates the configured topic with its partitions and replication, if it is missing (brokers
+/// may not auto-create topics).
 pub async fn ensure_topic(
     admin: &AdminClient<DefaultClientContext>,
     config: &KafkaConfig,
 ) -> anyhow::Result<()> {
-    let topic = NewTopic::new(
-        &config.topic,
+    create_topic(admin, config, &config.topic, &[]).await
+}
+
+/// Creates `topic` (with `config`'s partitions and replication) compacted, if it is missing: a
+/// topic of one current value per key.
+pub async fn ensure_compacted_topic(
+    admin: &AdminClient<DefaultClientContext>,
+    config: &KafkaConfig,
+    topic: &str,
+) -> anyhow::Result<()> {
+    create_topic(admin, config, topic, &[("cleanup.policy", "compact")]).await
+}
+
+async fn create_topic(
+    admin: &AdminClient<DefaultClientContext>,
+    config: &KafkaConfig,
+    topic: &str,
+    settings: &[(&str, &str)],
+) -> anyhow::Result<()> {
+    let mut new = NewTopic::new(
+        topic,
         config.partitions,
         TopicReplication::Fixed(config.replication_factor),
     );
+    for (key, value) in settings {
+        new = new.set(key, value);
+    }
     let results = admin
         .create_topics(
-            [&topic],
+            [&new],
             &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
         )
         .await
-        .with_context(|| format!("cannot create Kafka topic {:?}", config.topic))?;
+        .with_context(|| format!("cannot create Kafka topic {topic:?}"))?;
     for result in results {
         match result {
             Ok(name) => {
-                tracing::info!(topic = %name, partitions = config.partitions, "created kafka topic")
+                tracing::info!(topic = %name, partitions = config.partitions, ?settings, "created kafka topic")
             }
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((name, code)) => bail!("cannot create Kafka topic {name:?}: {code}"),

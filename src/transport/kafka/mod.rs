@@ -11,4 +11,4 @@ pub use admin::{connect, ensure_topic, topic_partitions};
 pub use config::KafkaConfig;
 pub use consumer::{Batching, KafkaSubscriber};
 pub use history::{sample, KafkaHistory};
-pub use producer::KafkaPublisher;
+pub use producer::{KafkaPublisher, KafkaSink};

@@ -97,3 +97,44 @@ impl Publisher for KafkaPublisher {
             })
     }
 }
+
+/// Sends keyed messages to one topic and waits for each to be acknowledged (the results topic:
+/// few messages, each of which must be known delivered before the caller moves on).
+pub struct KafkaSink {
+    producer: rdkafka::producer::FutureProducer,
+    topic: String,
+}
+
+impl KafkaSink {
+    /// A producer with `config`'s client and producer settings, for `topic` (created with
+    /// `config`'s partitions and replication if missing, compacted: one value per key is kept).
+    pub async fn new(config: &KafkaConfig, topic: &str) -> anyhow::Result<KafkaSink> {
+        let admin = super::connect(config).await?;
+        super::admin::ensure_compacted_topic(&admin, config, topic).await?;
+        let producer = config
+            .producer_config()
+            .create()
+            .context("cannot create the Kafka producer of the results topic")?;
+        Ok(KafkaSink {
+            producer,
+            topic: topic.to_string(),
+        })
+    }
+
+    /// Sends every (key, payload) and returns once all are acknowledged, or the first error.
+    pub async fn send_all(&self, messages: &[(String, Vec<u8>)]) -> anyhow::Result<()> {
+        let sends = messages.iter().map(|(key, payload)| {
+            self.producer.send(
+                rdkafka::producer::FutureRecord::to(&self.topic)
+                    .key(key.as_bytes())
+                    .payload(payload),
+                Duration::from_secs(30),
+            )
+        });
+        for sent in futures::future::join_all(sends).await {
+            sent.map_err(|(e, _)| e)
+                .with_context(|| format!("results topic {:?} refused a message", self.topic))?;
+        }
+        Ok(())
+    }
+}
