@@ -352,3 +352,46 @@ async fn a_file_read_twice_stores_and_counts_nothing_twice() {
         "the metrics count each record once"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_from_a_topic_of_confluent_framed_avro_says_what_it_saw_and_what_to_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = records(dir.path(), 50);
+    let module = protoc_module(dir.path());
+    let topic = common::unique("formats_init");
+    let config = runner::transport::kafka::KafkaConfig::reader_of(&kafka(), &topic);
+    let admin = runner::transport::kafka::connect(&config).await.unwrap();
+    runner::transport::kafka::ensure_topic(&admin, &config)
+        .await
+        .unwrap();
+    produce(
+        "avro",
+        &input,
+        &module,
+        &["--kafka", &kafka(), "--topic", &topic],
+        &["--schema-id", "3"],
+    );
+    let out = common::runner()
+        .args([
+            "init",
+            "shop",
+            "--from-topic",
+            &topic,
+            "--kafka",
+            &kafka(),
+            "--sample",
+            "50",
+            "--dir",
+        ])
+        .arg(dir.path().join("init"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("carries Confluent-framed records")
+            && text.contains("schema ids seen: 3")
+            && text.contains("format = \"avro\""),
+        "{text}"
+    );
+}

@@ -78,6 +78,33 @@ fn scalar(schema: &Avro, names: &HashMap<Name, Avro>) -> Option<(FieldType, bool
     Some((ty, false))
 }
 
+/// An Avro record schema for records of `record` (string, long, double, boolean,
+/// timestamp-millis; an optional field a union with null): what `runner bench` writes the same
+/// records in, and a start for a user moving a JSON pipeline to Avro.
+pub fn schema_for(record: &Schema, name: &str) -> String {
+    let fields: Vec<serde_json::Value> = record
+        .fields()
+        .iter()
+        .map(|f| {
+            let ty = match f.spec.ty {
+                FieldType::String => serde_json::json!("string"),
+                FieldType::Int => serde_json::json!("long"),
+                FieldType::Float => serde_json::json!("double"),
+                FieldType::Bool => serde_json::json!("boolean"),
+                FieldType::Timestamp => {
+                    serde_json::json!({"type": "long", "logicalType": "timestamp-millis"})
+                }
+            };
+            // The id may be missing (it is assigned), so it is optional on the wire too.
+            match f.spec.optional || f.name == record.id_name() {
+                true => serde_json::json!({"name": f.name, "type": ["null", ty], "default": null}),
+                false => serde_json::json!({"name": f.name, "type": ty}),
+            }
+        })
+        .collect();
+    serde_json::json!({"type": "record", "name": name, "fields": fields}).to_string()
+}
+
 /// The named types of a schema, for its references.
 fn names_of(root: &Avro) -> HashMap<Name, Avro> {
     fn walk(s: &Avro, out: &mut HashMap<Name, Avro>) {

@@ -86,12 +86,18 @@ def main():
         from confluent_kafka import Producer
 
         producer = Producer({"bootstrap.servers": a.kafka, "enable.idempotence": True})
+        failed = []
+
+        def delivered(err, _msg):
+            if err is not None:
+                failed.append(err)
+
         for r in records:
-            producer.produce(a.topic, key=r["user_id"].encode(), value=encode(r))
+            producer.produce(a.topic, key=r["user_id"].encode(), value=encode(r), on_delivery=delivered)
             producer.poll(0)
         left = producer.flush(30)
-        if left:
-            sys.exit(f"{left} records were not delivered")
+        if left or failed:
+            sys.exit(f"{left} records were not delivered, {len(failed)} failed: {failed[:3]}")
     print(len(records))
 
 

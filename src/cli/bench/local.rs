@@ -132,7 +132,7 @@ pub(super) fn aggregate_section(
             payload
         })
         .collect();
-    let cpu = consuming_path_cpu(pipeline, &set, &messages, runs);
+    let cpu = consuming_path_cpu(pipeline, &codec, &set, &messages, runs);
     super::push_cpu(figures, "consuming path cpu, store discarded: decode + validate + shipped metrics + encode, partials every batch", cpu);
     let mut curve = Vec::new();
     for threads in [1, 2] {
@@ -180,7 +180,7 @@ pub(super) fn aggregate_section(
     compare(figures, &two, &one);
     match q5_like(pipeline)? {
         Some(q5) => {
-            let cpu = consuming_path_cpu(pipeline, &q5, &messages, runs);
+            let cpu = consuming_path_cpu(pipeline, &codec, &q5, &messages, runs);
             super::push_cpu(figures, "nexmark q5-like cpu: hottest item, 60 s sliding 5 s (Flink published: 22,100/s/core)", cpu);
         }
         None => tracing::info!("bench: no item_id field, so no Nexmark q5-like line"),
@@ -255,15 +255,15 @@ fn q5_like(pipeline: &Pipeline) -> anyhow::Result<Option<Arc<MetricSet>>> {
 }
 
 /// The process's CPU time per event on the consuming path, in µs, as the consumer does it per
-/// batch: decode the JSON message, validate, aggregate, and encode the raw document and the
+/// batch: decode the message (in `codec`'s format), validate, aggregate, and encode the raw document and the
 /// changed partials for the store (the writes themselves are the store's, not the runner's, work).
-fn consuming_path_cpu(
+pub(super) fn consuming_path_cpu(
     pipeline: &Pipeline,
+    codec: &crate::codec::Codec,
     set: &Arc<MetricSet>,
     messages: &[Vec<u8>],
     runs: usize,
 ) -> Vec<f64> {
-    let codec = crate::pipeline::codec(&pipeline.config).expect("the pipeline compiled");
     let mut cpu_us = Vec::new();
     for _ in 0..runs {
         let mut agg = Aggregator::new(set.clone(), Stats::new());

@@ -8,6 +8,7 @@ mod backfill;
 mod baseline;
 mod dashboard;
 mod discard;
+mod formats;
 mod kafka;
 mod local;
 
@@ -52,6 +53,9 @@ pub enum Section {
     Embedded,
     /// Peak RSS of a runner holding over 100,000 active users (embedded).
     Memory,
+    /// Decode cost of the same records in JSON, Avro and Protobuf, the consuming path's CPU in
+    /// each, and the file source end to end against reading the file raw.
+    Formats,
     /// A new metric over a 1 h window filled from the Kafka log beside live traffic at the
     /// shipped rate: how fast, and what live throughput keeps meanwhile (needs Kafka and MongoDB).
     Backfill,
@@ -176,6 +180,9 @@ pub async fn run(pipeline: &Pipeline, opts: &BenchOptions) -> anyhow::Result<Vec
             }
         }
         measured?;
+    }
+    if opts.includes(Section::Formats) {
+        formats::formats_section(pipeline, &script, opts, &mut figures).await?;
     }
     if opts.includes(Section::Embedded) {
         embedded_section(pipeline, opts, &mut figures).await?;
