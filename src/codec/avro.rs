@@ -30,10 +30,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Avro, String> {
 /// The record fields an Avro record schema gives `[event]`, by name: the type each maps to and
 /// whether it may be absent (a union with null), or `None` for a field that is not one value
 /// (arrays, maps, nested records, bytes: kept as undeclared fields, in JSON).
-pub fn fields(
-    root: &Avro,
-    origin: &str,
-) -> Result<Vec<(String, Option<(FieldType, bool)>)>, String> {
+pub fn fields(root: &Avro, origin: &str) -> Result<super::Derived, String> {
     let names = names_of(root);
     let Avro::Record(record) = root else {
         return Err(format!(

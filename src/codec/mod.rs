@@ -123,6 +123,10 @@ pub fn derive_fields(event: &mut EventConfig) -> Vec<String> {
     problems
 }
 
+/// The fields a schema file gives `[event]`, by name: the type each maps to and whether it may be
+/// absent, or `None` for a field that is not one value (kept as an undeclared field, in JSON).
+pub type Derived = Vec<(String, Option<(crate::event::FieldType, bool)>)>;
+
 /// The format-specific half of a codec.
 #[derive(Debug)]
 enum Wire {

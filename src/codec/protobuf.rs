@@ -77,7 +77,7 @@ pub fn proto_for(record: &Schema, package: &str, message: &str) -> String {
 /// The record fields a message gives `[event]`: the type each maps to and whether it may be
 /// absent, or `None` for a field that is not one value (repeated, maps, other messages). `time`
 /// is the `[event] time` field: a Timestamp has presence, but the event time is required.
-pub fn fields(message: &MessageDescriptor, time: &str) -> Vec<(String, Option<(FieldType, bool)>)> {
+pub fn fields(message: &MessageDescriptor, time: &str) -> super::Derived {
     message
         .fields()
         .map(|f| {
@@ -289,12 +289,11 @@ impl ProtobufCodec {
         for (f, slot) in &self.fields {
             let present = m.has_field(f);
             match slot {
-                Some(slot) => {
-                    if present || !f.supports_presence() {
-                        let ty = self.record.fields()[*slot].spec.ty;
-                        r.set(*slot, value(&m.get_field(f), f, ty));
-                    }
+                Some(slot) if present || !f.supports_presence() => {
+                    let ty = self.record.fields()[*slot].spec.ty;
+                    r.set(*slot, value(&m.get_field(f), f, ty));
                 }
+                Some(_) => {}
                 None if present => {
                     r.extra_mut()
                         .insert(f.name().to_string(), json(&m.get_field(f), f)?);

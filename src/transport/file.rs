@@ -132,13 +132,12 @@ impl FileSubscriber {
                 let got = (&mut self.input)
                     .take(want as u64)
                     .read_to_end(&mut record)?;
-                if got < want {
-                    if self.follow {
-                        head.extend(record);
-                        self.partial = head;
-                        return Ok(None);
-                    }
-                    // Cut short: the record as far as it goes, for the decoder to refuse.
+                // Cut short: while following, the rest may still come; otherwise the record
+                // as far as it goes, for the decoder to refuse.
+                if got < want && self.follow {
+                    head.extend(record);
+                    self.partial = head;
+                    return Ok(None);
                 }
                 Ok(Some(record))
             }
