@@ -395,3 +395,43 @@ async fn init_from_a_topic_of_confluent_framed_avro_says_what_it_saw_and_what_to
         "{text}"
     );
 }
+
+#[test]
+fn a_declared_field_the_avro_schema_lacks_or_types_otherwise_is_a_load_error_at_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = common::repo_root().join("schemas/interaction.avsc");
+    let file = dir.path().join("p.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "name = \"p\"\n\n[event]\nid = \"event_id\"\ntime = \"timestamp\"\nformat = \"avro\"\nschema = {:?}\n\n[event.fields]\nprice = \"int\"\nbasket = \"float?\"\n",
+            schema.display()
+        ),
+    )
+    .unwrap();
+    let out = common::runner()
+        .args(["validate", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(!out.status.success(), "{text}");
+    let shown = file.display();
+    assert!(
+        text.contains(&format!(
+            "{shown}:10: event.fields.price: declared int, but {} has it as float",
+            schema.display()
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "{shown}:11: event.fields.basket: declared, but {} has no field \"basket\"",
+            schema.display()
+        )),
+        "{text}"
+    );
+}

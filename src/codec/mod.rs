@@ -290,6 +290,7 @@ impl Codec {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::Framing;
 
     fn schema() -> Arc<Schema> {
         let text = "fields = { id = \"string\", user = \"string\", t = \"timestamp\" }\nid = \"id\"\ntime = \"t\"";
@@ -306,6 +307,55 @@ mod tests {
 
     fn reason(bytes: &[u8]) -> Reason {
         decode(&schema(), Some(bytes), 200).unwrap_err().0
+    }
+
+    /// A codec of `format` for the schema above, from schema files written for it.
+    fn built(format: Format, framing: Framing) -> (tempfile::TempDir, Codec) {
+        let dir = tempfile::tempdir().unwrap();
+        let avsc = dir.path().join("r.avsc");
+        std::fs::write(&avsc, avro::schema_for(&schema(), "R")).unwrap();
+        let proto = dir.path().join("r.proto");
+        std::fs::write(&proto, protobuf::proto_for(&schema(), "t", "R")).unwrap();
+        let mut event: EventConfig = toml::from_str("id = \"id\"\ntime = \"t\"").unwrap();
+        (event.format, event.framing) = (format, framing);
+        match format {
+            Format::Avro => event.schema = Some(avsc.clone()),
+            Format::Protobuf => {
+                event.schema = Some(proto);
+                event.message = Some("t.R".into());
+            }
+            Format::Json => {}
+        }
+        event.schemas.insert("5".into(), avsc);
+        let codec = Codec::build(&event, schema(), 200).unwrap();
+        (dir, codec)
+    }
+
+    #[test]
+    fn binary_formats_name_themselves_and_show_the_first_bytes_in_hex() {
+        let (_d, avro) = built(Format::Avro, Framing::None);
+        let (reason, detail) = avro.decode(Some(&[0x02, 0xff, 0xfe])).unwrap_err();
+        assert_eq!(reason, Reason::NotAvro);
+        assert!(detail.ends_with("first bytes: 02fffe"), "{detail}");
+        let (_d, framed) = built(Format::Avro, Framing::Confluent);
+        let (reason, detail) = framed.decode(Some(b"{\"id\": 1}")).unwrap_err();
+        assert_eq!(reason, Reason::NotAvro);
+        assert!(
+            detail.contains("0x7b, not the magic 0x00 (a JSON object?)"),
+            "{detail}"
+        );
+        let (_, detail) = framed.decode(Some(&[0, 0, 0, 0, 6, 1])).unwrap_err();
+        assert!(
+            detail.contains("schema id 6 is not in [event] schemas (ids 5)"),
+            "{detail}"
+        );
+        let (_d, proto) = built(Format::Protobuf, Framing::None);
+        let (reason, detail) = proto.decode(Some(&[0x0a, 0x09, 0x41])).unwrap_err();
+        assert_eq!(reason, Reason::NotProtobuf);
+        assert!(
+            detail.contains("not a t.R message") && detail.ends_with("0a0941"),
+            "{detail}"
+        );
     }
 
     #[test]
