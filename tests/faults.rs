@@ -34,12 +34,7 @@ async fn garbage_goes_to_dead_letter() {
     let mut sp = common::service_pipeline("garbage");
     let v = &mut sp.pipeline.config.consumer.validation;
     v.max_event_bytes = 10_000;
-    let admin = runner::transport::kafka::connect(&sp.pipeline.config.kafka)
-        .await
-        .unwrap();
-    runner::transport::kafka::ensure_topic(&admin, &sp.pipeline.config.kafka)
-        .await
-        .unwrap();
+    common::create_topic(&sp.pipeline.config.kafka).await;
 
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", common::kafka())
@@ -133,12 +128,7 @@ async fn garbage_goes_to_dead_letter() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_record_is_dead_lettered_and_its_batch_stored() {
     let sp = common::service_pipeline("poison");
-    let admin = runner::transport::kafka::connect(&sp.pipeline.config.kafka)
-        .await
-        .unwrap();
-    runner::transport::kafka::ensure_topic(&admin, &sp.pipeline.config.kafka)
-        .await
-        .unwrap();
+    common::create_topic(&sp.pipeline.config.kafka).await;
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", common::kafka())
         .create()
@@ -236,12 +226,7 @@ async fn poison_record_is_dead_lettered_and_its_batch_stored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_records_stall_nothing_and_poison_no_metric() {
     let sp = common::service_pipeline("hostile");
-    let admin = runner::transport::kafka::connect(&sp.pipeline.config.kafka)
-        .await
-        .unwrap();
-    runner::transport::kafka::ensure_topic(&admin, &sp.pipeline.config.kafka)
-        .await
-        .unwrap();
+    common::create_topic(&sp.pipeline.config.kafka).await;
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", common::kafka())
         .create()

@@ -125,12 +125,7 @@ async fn records_from_real_avro_and_protobuf_clients_store_and_count_as_their_js
         ("protobuf", "pipelines/interactions-protobuf.toml"),
     ] {
         let sp = service_pipeline_of(&root.join(file), &format!("formats_{format}"));
-        let admin = runner::transport::kafka::connect(&sp.pipeline.config.kafka)
-            .await
-            .unwrap();
-        runner::transport::kafka::ensure_topic(&admin, &sp.pipeline.config.kafka)
-            .await
-            .unwrap();
+        common::create_topic(&sp.pipeline.config.kafka).await;
         produce(
             format,
             &input,
@@ -360,10 +355,7 @@ async fn init_from_a_topic_of_confluent_framed_avro_says_what_it_saw_and_what_to
     let module = protoc_module(dir.path());
     let topic = common::unique("formats_init");
     let config = runner::transport::kafka::KafkaConfig::reader_of(&kafka(), &topic);
-    let admin = runner::transport::kafka::connect(&config).await.unwrap();
-    runner::transport::kafka::ensure_topic(&admin, &config)
-        .await
-        .unwrap();
+    common::create_topic(&config).await;
     produce(
         "avro",
         &input,

@@ -222,20 +222,11 @@ fn produce(sp: &ServicePipeline, payloads: &[String]) {
     producer.flush(Duration::from_secs(10)).unwrap();
 }
 
-async fn create_topic(sp: &ServicePipeline) {
-    let admin = runner::transport::kafka::connect(&sp.pipeline.config.kafka)
-        .await
-        .unwrap();
-    runner::transport::kafka::ensure_topic(&admin, &sp.pipeline.config.kafka)
-        .await
-        .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schema_checks_send_to_dead_letters() {
     // On Kafka: messages from another producer.
     let sp = common::service_pipeline_of(&sensors_file(), "schema_checks");
-    create_topic(&sp).await;
+    common::create_topic(&sp.pipeline.config.kafka).await;
     let now = chrono::Utc::now().to_rfc3339();
     let good: Vec<String> = (0..20)
         .map(|i| format!(r#"{{"device_id":"d{i}","site":"lab","temperature":20.5,"ts":"{now}"}}"#))
@@ -343,7 +334,7 @@ async fn undeclared_fields_kept_or_rejected() {
     for extra in [Extra::Keep, Extra::Reject] {
         let mut sp = common::service_pipeline_of(&sensors_file(), "undeclared");
         sp.pipeline.config.event.extra = extra;
-        create_topic(&sp).await;
+        common::create_topic(&sp.pipeline.config.kafka).await;
         produce(&sp, std::slice::from_ref(&payload));
         let summary =
             common::run_pipeline(&sp, Components::CONSUMER, None, CancellationToken::new()).await;
@@ -390,7 +381,7 @@ async fn undeclared_fields_kept_or_rejected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn init_from_topic_writes_a_pipeline_that_validates() {
     let sp = common::service_pipeline_of(&sensors_file(), "init_topic");
-    create_topic(&sp).await;
+    common::create_topic(&sp.pipeline.config.kafka).await;
     let mut sample = Vec::new();
     runner::cli::commands::generate(&sp.pipeline, 200, false, &mut sample).unwrap();
     let lines: Vec<String> = String::from_utf8(sample)

@@ -251,7 +251,7 @@ fn kubernetes_configmap_validates() {
 
     // The ConfigMap is the repository's files, each byte for byte.
     let mut expected = Vec::new();
-    for top in ["pipelines", "scripts"] {
+    for top in ["pipelines", "scripts", "schemas"] {
         collect_files(&root, &root.join(top), &mut expected);
     }
     expected.retain(|p| !p.ends_with(".sh") && !p.ends_with(".test.toml"));
@@ -261,7 +261,7 @@ fn kubernetes_configmap_validates() {
         .map(|k| k.as_str().unwrap().replace("__", "/"))
         .collect();
     keys.sort();
-    assert_eq!(keys, expected, "the ConfigMap holds every pipeline file and script: run deploy/kubernetes/make-configmap.sh");
+    assert_eq!(keys, expected, "the ConfigMap holds every pipeline file, script and schema: run deploy/kubernetes/make-configmap.sh");
     for path in &expected {
         let held = data[path.replace('/', "__").as_str()].as_str().unwrap();
         assert!(held == std::fs::read_to_string(root.join(path)).unwrap(), "{path} in the ConfigMap differs from the repository's: run deploy/kubernetes/make-configmap.sh");
@@ -363,7 +363,7 @@ fn kubernetes_configmap_validates() {
         }
         std::os::unix::fs::symlink(version.file_name().unwrap(), mount_path.join("..data"))
             .unwrap();
-        for top in ["pipelines", "scripts"] {
+        for top in ["pipelines", "scripts", "schemas"] {
             std::os::unix::fs::symlink(format!("..data/{top}"), mount_path.join(top)).unwrap();
         }
         let args: Vec<&str> = container["args"]

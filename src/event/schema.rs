@@ -55,6 +55,48 @@ pub struct EventConfig {
     pub registry: Option<String>,
 }
 
+impl EventConfig {
+    /// What does not fit together, each starting with `event.<key>`.
+    pub fn wire_check(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        match (self.format, &self.schema) {
+            (Format::Json, Some(_)) => problems.push("event.schema: a schema file is read for format = \"avro\" or \"protobuf\"; JSON records are declared in `fields`".to_string()),
+            (Format::Avro | Format::Protobuf, None) => problems.push(format!("event.format: {} records need their schema file: schema = \"path/to/file.{}\"", self.format.name(), match self.format { Format::Avro => "avsc", _ => "proto" })),
+            _ => {}
+        }
+        match (self.format, &self.message) {
+            (Format::Protobuf, None) => problems.push("event.message: name the Protobuf message type of a record, with its package (message = \"shop.Interaction\")".to_string()),
+            (Format::Json | Format::Avro, Some(_)) => problems.push("event.message: applies to format = \"protobuf\"".to_string()),
+            _ => {}
+        }
+        if self.framing == Framing::Confluent && self.format == Format::Json {
+            problems.push(
+                "event.framing: confluent framing applies to Avro and Protobuf records".to_string(),
+            );
+        }
+        if (!self.schemas.is_empty() || self.registry.is_some())
+            && !(self.framing == Framing::Confluent && self.format == Format::Avro)
+        {
+            problems.push("event.schemas: writer schemas by id (schemas, registry) apply to format = \"avro\" with framing = \"confluent\"".to_string());
+        }
+        for id in self.schemas.keys() {
+            if id.parse::<u32>().is_err() {
+                problems.push(format!(
+                    "event.schemas: {id:?} is not a schema id (a whole number)"
+                ));
+            }
+        }
+        problems
+    }
+
+    /// The writer schemas by id, for those whose id parses ([`EventConfig::wire_check`] names the others).
+    pub fn schemas_by_id(&self) -> impl Iterator<Item = (u32, &PathBuf)> {
+        self.schemas
+            .iter()
+            .filter_map(|(id, path)| Some((id.parse().ok()?, path)))
+    }
+}
+
 /// What happens to undeclared fields.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -125,11 +125,11 @@ pub(super) fn kafka_subscriber(
 
 /// The file source's name for people.
 fn shown_source(config: &PipelineConfig) -> String {
-    config
-        .source
-        .file
-        .as_ref()
-        .map_or_else(String::new, |f| f.display().to_string())
+    match config.source.file.as_deref() {
+        Some(f) if f.as_os_str() == "-" => "stdin".into(),
+        Some(f) => f.display().to_string(),
+        None => String::new(),
+    }
 }
 
 /// The start-up line naming the transport and the store, with how to choose the other kind.

@@ -256,6 +256,14 @@ pub async fn wait_for_port(port: u16) {
     }
 }
 
+/// Creates the topic `config` names on the test broker (brokers may not auto-create topics).
+pub async fn create_topic(config: &runner::transport::kafka::KafkaConfig) {
+    let admin = runner::transport::kafka::connect(config).await.unwrap();
+    runner::transport::kafka::ensure_topic(&admin, config)
+        .await
+        .unwrap();
+}
+
 /// Messages in a topic: the sum of its partitions' high watermarks.
 pub fn topic_messages(bootstrap: &str, topic: &str, partitions: i32) -> u64 {
     use rdkafka::consumer::{BaseConsumer, Consumer};
