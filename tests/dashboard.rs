@@ -48,7 +48,32 @@ async fn start(mut p: Pipeline, port: u16, token: &str) -> (Running, Cancellatio
 }
 
 /// Checks every route; `token` is sent when set.
+/// Waits until the dashboard's metrics count users: events went all the way through (joining a
+/// consumer group on a busy broker can take longer than a fixed pause).
+fn wait_for_traffic(port: u16, auth: &[(&str, &str)]) {
+    let started = std::time::Instant::now();
+    loop {
+        let (code, body) = get(port, "/api/metrics", auth);
+        let counted = serde_json::from_str::<Vec<serde_json::Value>>(&body)
+            .ok()
+            .and_then(|m| {
+                let users = m.iter().find(|m| m["name"] == "active_users")?;
+                users["value"].as_u64()
+            })
+            .is_some_and(|n| n > 0);
+        if code == 200 && counted {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no events reached the metrics within 60 s: {code} {body}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
 fn check_routes(port: u16, auth: &[(&str, &str)]) {
+    wait_for_traffic(port, auth);
     let (code, html) = get(port, "/", auth);
     assert_eq!(code, 200);
     assert!(
