@@ -182,16 +182,12 @@ impl FileSubscriber {
     }
 }
 
-/// A varint at the start of `bytes` and how many bytes it took; `None` when it is not complete.
+/// A varint at the start of `bytes` and how many bytes it took; `None` when it is not complete
+/// (yet) or not a varint.
 fn varint(bytes: &[u8]) -> Option<(u64, usize)> {
-    let mut n = 0u64;
-    for (i, b) in bytes.iter().enumerate().take(10) {
-        n |= ((b & 0x7f) as u64) << (7 * i);
-        if b & 0x80 == 0 {
-            return Some((n, i + 1));
-        }
-    }
-    None
+    let mut rest = bytes;
+    let n = prost::encoding::decode_varint(&mut rest).ok()?;
+    Some((n, bytes.len() - rest.len()))
 }
 
 struct NoCommit;
