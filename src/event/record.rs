@@ -331,6 +331,32 @@ key = "device_id""#,
     }
 
     #[test]
+    fn a_float_is_read_as_the_nearest_double_to_its_text() {
+        // Adjacent doubles whose shortest texts differ only in the last digit: without
+        // serde_json's float_roundtrip its fast parser read the second as the first.
+        let s = sensors();
+        for text in [
+            "11.019283746556471",
+            "11.019283746556473",
+            "1121.8600000000001",
+        ] {
+            let json = format!(
+                r#"{{"device_id":"d","site":"lab","temperature":{text},"ts":"2026-01-02T03:04:05Z"}}"#
+            );
+            let r = Record::from_json(&s, json.as_bytes()).unwrap();
+            let expected: f64 = text.parse().unwrap();
+            assert_eq!(
+                r.field("temperature").map(|v| match v {
+                    Value::Float(f) => f.to_bits(),
+                    _ => 0,
+                }),
+                Some(expected.to_bits()),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
     fn naive_timestamps_are_read_as_declared() {
         let s = sensors();
         let r = Record::from_json(
