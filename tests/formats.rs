@@ -176,38 +176,85 @@ async fn records_from_real_avro_and_protobuf_clients_store_and_count_as_their_js
     }
 }
 
-/// A registry that answers `GET /schemas/ids/7` with the shipped schema (as Confluent's does)
-/// and 404 for other ids, counting the requests.
-fn registry(schema: String) -> (u16, Arc<AtomicUsize>) {
+/// A schema registry's REST answers, as Confluent's gives them: `GET /schemas/ids/7` the given
+/// schema, `POST /subjects/{subject}/versions` id 21 (the posted schema kept), 404 otherwise.
+struct Registry {
+    url: String,
+    /// Requests answered.
+    asked: Arc<AtomicUsize>,
+    /// The subjects and schemas posted, in order.
+    posted: Arc<std::sync::Mutex<Vec<(String, String)>>>,
+}
+
+fn registry(schema: String) -> Registry {
     let port = free_port();
     let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
     let asked = Arc::new(AtomicUsize::new(0));
-    let count = asked.clone();
+    let posted = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (count, kept) = (asked.clone(), posted.clone());
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut s) = stream else { continue };
-            let mut buf = [0u8; 4096];
-            let n = s.read(&mut buf).unwrap_or(0);
-            let request = String::from_utf8_lossy(&buf[..n]).to_string();
+            let (head, body) = read_request(&mut s);
             count.fetch_add(1, Ordering::SeqCst);
-            let (status, body) = match request.starts_with("GET /schemas/ids/7 ") {
-                true => (
+            let subject = head
+                .strip_prefix("POST /subjects/")
+                .and_then(|rest| rest.split_once("/versions "))
+                .map(|(subject, _)| subject.to_string());
+            let (status, answer) = match (head.starts_with("GET /schemas/ids/7 "), subject) {
+                (true, _) => (
                     "200 OK",
                     serde_json::json!({ "schema": schema }).to_string(),
                 ),
-                false => (
+                (false, Some(subject)) => {
+                    let request: serde_json::Value = serde_json::from_str(&body).unwrap();
+                    let text = request["schema"].as_str().unwrap().to_string();
+                    kept.lock().unwrap().push((subject, text));
+                    ("200 OK", r#"{"id":21}"#.to_string())
+                }
+                (false, None) => (
                     "404 Not Found",
                     r#"{"error_code":40403,"message":"Schema not found"}"#.to_string(),
                 ),
             };
             let _ = write!(
                 s,
-                "HTTP/1.1 {status}\r\ncontent-type: application/vnd.schemaregistry.v1+json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
+                "HTTP/1.1 {status}\r\ncontent-type: application/vnd.schemaregistry.v1+json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+                answer.len()
             );
         }
     });
-    (port, asked)
+    Registry {
+        url: format!("http://127.0.0.1:{port}"),
+        asked,
+        posted,
+    }
+}
+
+/// An HTTP request's head (request line and headers) and its body, read to its content-length.
+fn read_request(s: &mut std::net::TcpStream) -> (String, String) {
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = s.read(&mut buf).unwrap_or(0);
+        bytes.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&bytes).to_string();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            if body.len() >= length || n == 0 {
+                return (head.to_string(), body.to_string());
+            }
+        } else if n == 0 {
+            return (text, String::new());
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -218,7 +265,7 @@ async fn a_file_of_avro_records_with_a_registry_schema_id_is_read_asking_the_reg
     let module = protoc_module(dir.path());
     let root = common::repo_root();
     let schema = std::fs::read_to_string(root.join("schemas/interaction.avsc")).unwrap();
-    let (port, asked) = registry(schema);
+    let registry = registry(schema);
     // fastavro's records framed with id 7, which the pipeline file does not list, then two
     // framed with id 9, which the registry does not know.
     let known = dir.path().join("known.bin");
@@ -255,7 +302,7 @@ async fn a_file_of_avro_records_with_a_registry_schema_id_is_read_asking_the_reg
         &root.join("pipelines/interactions-avro.toml"),
         &[("RUNNER_DATA_DIR", data.to_str().unwrap())],
     );
-    let url = format!("http://127.0.0.1:{port}");
+    let url = registry.url.clone();
     pipeline
         .add_override(move |c| {
             c.event.schemas.clear();
@@ -273,7 +320,7 @@ async fn a_file_of_avro_records_with_a_registry_schema_id_is_read_asking_the_reg
         .unwrap();
     assert_eq!(summary.stats.stored, n, "{:?}", summary.stats);
     assert_eq!(
-        asked.load(Ordering::SeqCst),
+        registry.asked.load(Ordering::SeqCst),
         2,
         "id 7 asked once for {n} records, id 9 once for two"
     );
@@ -293,6 +340,140 @@ async fn a_file_of_avro_records_with_a_registry_schema_id_is_read_asking_the_reg
             d.detail
         );
     }
+}
+
+/// The final results of the Avro pipeline go to its results topic as Confluent-framed Avro of
+/// `schemas/result.avsc`, registered at the registry under `<topic>-value`; the real clients
+/// (confluent-kafka, fastavro; tests/clients/read_results.py) read every stored result from it,
+/// each with the registered id and the stored fields and value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn avro_results_on_the_topic_read_by_fastavro_equal_the_stored_results() {
+    use runner::pipeline::{self, RunOptions};
+    use tokio_util::sync::CancellationToken;
+    let root = common::repo_root();
+    let registry = registry(String::new());
+    let mut sp = service_pipeline_of(
+        &root.join("pipelines/interactions-avro.toml"),
+        "avro_results",
+    );
+    // Short windows, so a few seconds of stream close several of them.
+    for m in &mut sp.pipeline.config.metrics {
+        (m.window, m.slide, m.lateness) = (
+            std::time::Duration::from_secs(4),
+            Some(std::time::Duration::from_secs(2)),
+            std::time::Duration::from_secs(1),
+        );
+    }
+    sp.pipeline.config.generator.rate = 2_000.0;
+    let results_topic = format!("{}_results", sp.topic);
+    sp.pipeline.config.results.topic = Some(results_topic.clone());
+    sp.pipeline.config.event.registry = Some(registry.url.clone());
+    common::create_topic(&sp.pipeline.config.kafka).await;
+    let stop = CancellationToken::new();
+    let consumer = {
+        let (p, stop) = (sp.pipeline.clone(), stop.clone());
+        tokio::spawn(async move {
+            let options = RunOptions {
+                components: Components::CONSUMER,
+                ..Default::default()
+            };
+            pipeline::run(&p, options, stop).await.unwrap()
+        })
+    };
+    let events = 12_000;
+    let generated = pipeline::run(
+        &sp.pipeline,
+        RunOptions {
+            components: Components::GENERATOR,
+            max_events: Some(events),
+            ..Default::default()
+        },
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(generated.stats.generated, events);
+    let store = runner::pipeline::open_store(&sp.pipeline.config)
+        .await
+        .unwrap()
+        .store;
+    let t = std::time::Instant::now();
+    while store.count_events().await.unwrap() < events {
+        assert!(
+            t.elapsed().as_secs() < 60,
+            "the consumer stores every event"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    stop.cancel();
+    consumer.await.unwrap();
+
+    let posted = registry.posted.lock().unwrap().clone();
+    assert_eq!(
+        posted,
+        vec![(
+            format!("{results_topic}-value"),
+            runner::codec::RESULT_SCHEMA.to_string()
+        )],
+        "the results schema is registered once, under the topic's value subject"
+    );
+    let avsc = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(avsc.path(), &posted[0].1).unwrap();
+    let out = Command::new(python())
+        .arg(root.join("tests/clients/read_results.py"))
+        .args(["--kafka", &kafka(), "--topic", &results_topic])
+        .args(["--avsc", avsc.path().to_str().unwrap(), "--idle", "5"])
+        .output()
+        .expect("the Python clients are installed by scripts/services.sh install");
+    assert!(
+        out.status.success(),
+        "read_results.py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read: BTreeMap<String, serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["key"].as_str().unwrap().to_string(), v)
+        })
+        .collect();
+    let mut checked = 0;
+    for m in &sp.pipeline.config.metrics {
+        for row in store.load_results(&m.name, 0, i64::MAX).await.unwrap() {
+            let key = runner::aggregate::results::TopicResults::key(&row);
+            let message = read
+                .get(&key)
+                .unwrap_or_else(|| panic!("{key}: a stored result missing from the topic"));
+            assert_eq!(
+                message,
+                &serde_json::json!({
+                    "key": key,
+                    "schema_id": 21,
+                    "metric": row.metric,
+                    "window_start": row.window_start,
+                    "window_end": row.window_end,
+                    "value": row.value,
+                }),
+                "fastavro reads the stored result"
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(
+        checked,
+        read.len(),
+        "every message on the topic is a stored result"
+    );
+    assert!(
+        checked >= 2 * sp.pipeline.config.metrics.len(),
+        "several windows of every metric closed: {checked}"
+    );
+    let example = read
+        .values()
+        .find(|v| v["value"].as_object().is_some_and(|o| !o.is_empty()));
+    eprintln!("{checked} results read by fastavro; e.g. {example:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -302,7 +302,7 @@ async fn final_results_written_once() {
         let rows = store.load_results(m.name(), 0, i64::MAX).await.unwrap();
         stored_keys.extend(
             rows.iter()
-                .map(|r| runner::aggregate::results::TopicResults::message(r).0),
+                .map(runner::aggregate::results::TopicResults::key),
         );
         assert!(
             rows.len() >= 2,

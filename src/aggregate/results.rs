@@ -10,6 +10,8 @@
 //! another consumer, a restart) changes nothing.
 
 use super::{history, Metric, MetricSet};
+use crate::codec::{ResultEncoder, ResultFormat};
+use crate::event::{EventConfig, Format, Framing};
 use crate::store::{ResultRow, StateStore};
 use async_trait::async_trait;
 use futures::future::BoxFuture;
@@ -48,12 +50,58 @@ impl ResultsOutput for StoreResults {
 #[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ResultsConfig {
-    /// A Kafka topic every final window result is also published to, as JSON keyed
-    /// `metric|window_end` (created compacted if missing, on the `[kafka]` cluster). Published
-    /// before the store's copy is written, so each window reaches the topic at least once; a
-    /// repeat carries the same key and value [default: none].
+    /// A Kafka topic every final window result is also published to, keyed `metric|window_end`
+    /// (created compacted if missing, on the `[kafka]` cluster). Published before the store's
+    /// copy is written, so each window reaches the topic at least once; a repeat carries the same
+    /// key and value [default: none].
     #[serde(default)]
     pub topic: Option<String>,
+    /// How results are written on the topic: `json`, or `avro` (the `runner.Result` record of
+    /// `schemas/result.avsc`, Confluent-framed when `[event] framing` is) [default: avro when
+    /// `[event] format` is avro, else json].
+    #[serde(default)]
+    pub format: Option<ResultFormat>,
+    /// Confluent-framed Avro results: the id of `schemas/result.avsc` in the readers' registry
+    /// [default: registered at `[event] registry` under the subject `<topic>-value`].
+    #[serde(default)]
+    pub schema_id: Option<u32>,
+}
+
+impl ResultsConfig {
+    /// The format results are written in on the topic.
+    pub fn format(&self, event: &EventConfig) -> ResultFormat {
+        self.format.unwrap_or(match event.format {
+            Format::Avro => ResultFormat::Avro,
+            Format::Json | Format::Protobuf => ResultFormat::Json,
+        })
+    }
+
+    /// Whether Avro results carry the Confluent header (the event format's framing).
+    fn framed(&self, event: &EventConfig) -> bool {
+        self.format(event) == ResultFormat::Avro && event.framing == Framing::Confluent
+    }
+
+    /// What is wrong with `[results]` besides where it is published.
+    pub fn problems(&self, event: &EventConfig) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.topic.is_none() && (self.format.is_some() || self.schema_id.is_some()) {
+            problems.push(
+                "results.format: results.format and results.schema_id are for results.topic, which is not set"
+                    .to_string(),
+            );
+        }
+        if self.topic.is_some()
+            && self.framed(event)
+            && self.schema_id.is_none()
+            && event.registry.is_none()
+        {
+            problems.push(
+                "results.topic: Confluent-framed Avro results need the id of schemas/result.avsc: set results.schema_id, or event.registry to register it"
+                    .to_string(),
+            );
+        }
+        problems
+    }
 }
 
 /// The outputs in order, each taking every window: the last one (the store) says where a restart
@@ -78,21 +126,51 @@ impl ResultsOutput for Chain {
 }
 
 /// A Kafka topic of results: one message per window, keyed `metric|window_end` (the window's
-/// end in RFC 3339), its value the JSON of the stored document, so a compacted topic keeps one
-/// value per window and a repeat (a replay, another consumer) is the same key and value.
-pub struct TopicResults(pub crate::transport::kafka::KafkaSink);
+/// end in RFC 3339), its value the stored document's fields (JSON or Avro), so a compacted topic
+/// keeps one value per window and a repeat (a replay, another consumer) is the same key and value.
+pub struct TopicResults {
+    sink: crate::transport::kafka::KafkaSink,
+    encoder: ResultEncoder,
+}
 
 impl TopicResults {
-    /// The message of one result.
-    pub fn message(row: &ResultRow) -> (String, Vec<u8>) {
-        let key = format!("{}|{}", row.metric, crate::event::iso(row.window_end));
-        let value = serde_json::json!({
-            "metric": row.metric,
-            "window_start": crate::event::iso(row.window_start),
-            "window_end": crate::event::iso(row.window_end),
-            "value": row.value,
-        });
-        (key, value.to_string().into_bytes())
+    /// The results topic of `config` on the `kafka` cluster, its encoder built from `[results]`
+    /// and `[event]` (asking `[event] registry` for the Avro schema's id when none is set).
+    pub async fn connect(
+        kafka: &crate::transport::kafka::KafkaConfig,
+        config: &ResultsConfig,
+        event: &EventConfig,
+    ) -> anyhow::Result<Option<TopicResults>> {
+        let Some(topic) = &config.topic else {
+            return Ok(None);
+        };
+        let encoder = match (config.format(event), config.framed(event)) {
+            (ResultFormat::Json, _) => ResultEncoder::json(),
+            (ResultFormat::Avro, false) => ResultEncoder::avro(None),
+            (ResultFormat::Avro, true) => {
+                let id = match (config.schema_id, &event.registry) {
+                    (Some(id), _) => id,
+                    (None, Some(url)) => {
+                        let (url, subject) = (url.clone(), format!("{topic}-value"));
+                        tokio::task::spawn_blocking(move || {
+                            crate::codec::register_result_schema(&url, &subject)
+                        })
+                        .await?
+                        .map_err(|e| anyhow::anyhow!("results.topic: {e}"))?
+                    }
+                    (None, None) => anyhow::bail!("results.schema_id is not set"),
+                };
+                tracing::info!(topic, schema_id = id, "results are Confluent-framed Avro");
+                ResultEncoder::avro(Some(id))
+            }
+        };
+        let sink = crate::transport::kafka::KafkaSink::new(kafka, topic).await?;
+        Ok(Some(TopicResults { sink, encoder }))
+    }
+
+    /// The key of one result's message.
+    pub fn key(row: &ResultRow) -> String {
+        format!("{}|{}", row.metric, crate::event::iso(row.window_end))
     }
 }
 
@@ -104,8 +182,17 @@ impl ResultsOutput for TopicResults {
     }
 
     async fn publish(&self, rows: &[ResultRow]) -> anyhow::Result<()> {
-        let messages: Vec<(String, Vec<u8>)> = rows.iter().map(Self::message).collect();
-        self.0.send_all(&messages).await
+        let messages = rows
+            .iter()
+            .map(|row| {
+                let value = self
+                    .encoder
+                    .encode(&row.metric, row.window_start, row.window_end, &row.value)
+                    .map_err(anyhow::Error::msg)?;
+                Ok((Self::key(row), value))
+            })
+            .collect::<anyhow::Result<Vec<(String, Vec<u8>)>>>()?;
+        self.sink.send_all(&messages).await
     }
 }
 
@@ -248,6 +335,40 @@ mod tests {
             "fields = { id = \"string\", t = \"timestamp\" }\nid = \"id\"\ntime = \"t\"",
         );
         Metric::load(&config, &schema).unwrap()
+    }
+
+    #[test]
+    fn results_follow_an_avro_event_format_and_confluent_ones_need_a_schema_id() {
+        let event = |text: &str| {
+            toml::from_str::<EventConfig>(&format!("id = \"i\"\ntime = \"t\"\n{text}")).unwrap()
+        };
+        let avro = event("format = \"avro\"\nschema = \"a.avsc\"\nframing = \"confluent\"");
+        let protobuf = event("format = \"protobuf\"\nschema = \"a.proto\"");
+        let results = |text: &str| toml::from_str::<ResultsConfig>(text).unwrap();
+        let topic = results("topic = \"r\"");
+        assert_eq!(topic.format(&avro), ResultFormat::Avro);
+        assert_eq!(topic.format(&protobuf), ResultFormat::Json);
+        assert_eq!(
+            results("topic = \"r\"\nformat = \"json\"").format(&avro),
+            ResultFormat::Json
+        );
+        let problems = topic.problems(&avro);
+        assert!(
+            problems.len() == 1 && problems[0].contains("results.schema_id"),
+            "{problems:?}"
+        );
+        assert!(results("topic = \"r\"\nschema_id = 4")
+            .problems(&avro)
+            .is_empty());
+        let mut registered = avro.clone();
+        registered.registry = Some("http://registry:8081".into());
+        assert!(topic.problems(&registered).is_empty());
+        assert!(topic.problems(&protobuf).is_empty());
+        let problems = results("format = \"avro\"").problems(&avro);
+        assert!(
+            problems.len() == 1 && problems[0].contains("results.topic, which is not set"),
+            "{problems:?}"
+        );
     }
 
     #[test]

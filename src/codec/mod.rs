@@ -12,6 +12,7 @@ pub mod avro;
 mod json;
 pub mod protobuf;
 mod registry;
+mod result;
 
 use crate::dead_letter::Reason;
 use crate::event::{EventConfig, FieldSpec, Record, Schema};
@@ -20,6 +21,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use crate::event::Format;
+pub use result::{register_result_schema, ResultEncoder, ResultFormat, RESULT_SCHEMA};
 
 /// A payload as a plain JSON object, without a schema (what `runner init` infers one from);
 /// `None` when it is not one.

@@ -316,11 +316,14 @@ impl PipelineConfig {
         Schema::new(&self.event).map(Arc::new)
     }
 
-    /// `[results] topic` is published on the `[kafka]` cluster, so there must be one.
+    /// `[results] topic` is published on the `[kafka]` cluster, so there must be one; Avro
+    /// results need their schema's id.
     fn results_check(&self) -> Option<String> {
-        (self.results.topic.is_some() && self.kafka.kind() != TransportKind::Kafka).then(|| {
-            "results.topic: results are published on the [kafka] cluster, and kafka.bootstrap_servers is \"embedded\": set it (or KAFKA_BOOTSTRAP_SERVERS, or --kafka)".to_string()
-        })
+        let mut problems = self.results.problems(&self.event);
+        if self.results.topic.is_some() && self.kafka.kind() != TransportKind::Kafka {
+            problems.push("results.topic: results are published on the [kafka] cluster, and kafka.bootstrap_servers is \"embedded\": set it (or KAFKA_BOOTSTRAP_SERVERS, or --kafka)".to_string());
+        }
+        (!problems.is_empty()).then(|| problems.join("; "))
     }
 
     /// `[dashboard] headline` must name metrics.

@@ -164,7 +164,7 @@ struct Built {
     store: Option<Arc<Switchable>>,
     transport: Transport,
     /// The results topic's producer, when `[results] topic` is set and this process consumes.
-    results_topic: Option<crate::transport::kafka::KafkaSink>,
+    results_topic: Option<crate::aggregate::results::TopicResults>,
     /// The dashboard's templates and address, when this process serves it.
     dashboard: Option<crate::dashboard::Bound>,
 }
@@ -222,11 +222,16 @@ async fn build(pipeline: Pipeline, options: &RunOptions) -> anyhow::Result<Built
         components,
     );
     let transport = connect_transport(config, components, &stats, true).await?;
-    let results_topic = match (&config.results.topic, components.consumer) {
-        (Some(topic), true) => {
-            Some(crate::transport::kafka::KafkaSink::new(&config.kafka, topic).await?)
+    let results_topic = match components.consumer {
+        true => {
+            crate::aggregate::results::TopicResults::connect(
+                &config.kafka,
+                &config.results,
+                &config.event,
+            )
+            .await?
         }
-        _ => None,
+        false => None,
     };
     Ok(Built {
         compiled,
@@ -363,10 +368,10 @@ fn spawn(
             let config = current.borrow().config.clone();
             Box::pin(async move { backends::partitions(&config).await })
         });
-        use crate::aggregate::results::{Chain, ResultsOutput, StoreResults, TopicResults};
+        use crate::aggregate::results::{Chain, ResultsOutput, StoreResults};
         let in_store: Arc<dyn ResultsOutput> = Arc::new(StoreResults(store.clone()));
         let output: Arc<dyn ResultsOutput> = match results_topic {
-            Some(sink) => Arc::new(Chain(vec![Arc::new(TopicResults(sink)), in_store])),
+            Some(topic) => Arc::new(Chain(vec![Arc::new(topic), in_store])),
             None => in_store,
         };
         let writer = crate::aggregate::results::run(
