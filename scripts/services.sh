@@ -3,7 +3,8 @@
 #   Kafka protocol: Tansu 0.6.0 broker with SQLite storage   (127.0.0.1:${KAFKA_PORT:-9092})
 #   MongoDB wire:   SecantusDB secantusd-rs 0.5.3-beta.196    (127.0.0.1:${MONGODB_PORT:-27017})
 # It also installs headless Chromium + chromedriver for the dashboard's browser test, Debian's
-# prometheus (with promtool) and tmux for the operator-tool tests (tests/ops.rs), and the
+# prometheus (with promtool) and tmux for the operator-tool tests (tests/ops.rs), Debian's
+# prometheus-alertmanager for the Alertmanager alert channel's test (tests/alerting.rs), and the
 # aiosmtpd SMTP server (PyPI, in a venv under .services/venv) that the email alert test runs,
 # with the real Avro / Protobuf / Kafka clients (fastavro, protobuf, confluent-kafka) and Debian's
 # protoc that write the format tests' records.
@@ -36,6 +37,14 @@ install() {
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus tmux >/dev/null
   else
     log "prometheus, promtool and tmux already installed"
+  fi
+  # Alertmanager, for the alert channel that hands alerts to it (tests/alerting.rs starts its own
+  # on a free port; the package's own service is not used).
+  if ! command -v prometheus-alertmanager >/dev/null; then
+    log "installing prometheus-alertmanager (Debian package)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus-alertmanager >/dev/null
+  else
+    log "prometheus-alertmanager already installed"
   fi
   # protoc, for the Python classes of the Protobuf format test (tests/formats.rs).
   if ! command -v protoc >/dev/null; then

@@ -480,3 +480,247 @@ async fn firing_alert_repeats_every_repeat_interval() {
         );
     }
 }
+
+/// Debian's prometheus-alertmanager on a free port with a route to a receiver that sends nothing;
+/// stopped on drop.
+struct Alertmanager {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+    url: String,
+    client: reqwest::Client,
+}
+
+impl Alertmanager {
+    async fn start() -> Alertmanager {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("alertmanager.yml");
+        std::fs::write(
+            &config,
+            "route:\n  receiver: quiet\n  group_wait: 1s\nreceivers:\n  - name: quiet\n",
+        )
+        .unwrap();
+        let port = free_port();
+        let child = std::process::Command::new("prometheus-alertmanager")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            // One instance: no gossip port to collide with another test's.
+            .arg("--cluster.listen-address=")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect(
+                "prometheus-alertmanager (Debian's) is installed by scripts/services.sh install",
+            );
+        wait_for_port(port).await;
+        Alertmanager {
+            child,
+            _dir: dir,
+            url: format!("http://127.0.0.1:{port}"),
+            client: reqwest::Client::new(),
+        }
+    }
+
+    /// The alerts Alertmanager holds that are not resolved, from its own API.
+    async fn alerts(&self) -> Vec<serde_json::Value> {
+        self.client
+            .get(format!("{}/api/v2/alerts", self.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// The alert named `name`, once Alertmanager holds it (at most 30 s).
+    async fn wait_for(&self, name: &str, state: &str) -> serde_json::Value {
+        let t = Instant::now();
+        loop {
+            let alerts = self.alerts().await;
+            if let Some(a) = alerts
+                .iter()
+                .find(|a| a["labels"]["alertname"] == name && a["status"]["state"] == state)
+            {
+                return a.clone();
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "Alertmanager never held {name} as {state}: {alerts:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl Drop for Alertmanager {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The Alertmanager channel against the real Alertmanager: a rule that holds while events flow is
+/// posted with its labels, annotations and the dashboard as its source; a silence made in
+/// Alertmanager suppresses it there while the runner keeps it alive (posted again every
+/// `resend`, its end moving on); when the traffic stops the rule resolves and the alert ends in
+/// Alertmanager at once, long before the end its last post announced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alertmanager_holds_silences_and_ends_a_runner_alert() {
+    let am = Alertmanager::start().await;
+    let mut sp = common::service_pipeline("alertmanager");
+    let p = &mut sp.pipeline;
+    p.config.generator.rate = 500.0;
+    set_alerts(
+        p,
+        &format!(
+            "[alerting]\ninterval = \"300ms\"\n[alerting.channels.am]\ntype = \"alertmanager\"\nurl = \"{}\"\nresend = \"2s\"\n\
+             [[alert]]\nname = \"traffic_flows\"\ncondition = \"health.events_in_per_s > 0\"\nchannels = [\"am\"]\n\
+             severity = \"page\"\nkeep_firing_for = \"1s\"\nlabels = {{ team = \"data\" }}\nmessage = \"{{{{ alert }}}} while events flow\"\n",
+            am.url
+        ),
+    );
+    common::create_topic(&p.config.kafka).await;
+    // The consumer (and evaluator) runs until the end of the test; the generator writes 5,000
+    // events at 500/s: ten seconds of traffic, then the rule stops holding.
+    let stop = CancellationToken::new();
+    let consumer = RunOptions {
+        components: Components::CONSUMER,
+        ..Default::default()
+    };
+    let running = pipeline::start(p.clone(), consumer, stop.clone())
+        .await
+        .expect("consumer starts");
+    let generator = {
+        let p = p.clone();
+        tokio::spawn(async move {
+            let options = RunOptions {
+                components: Components::GENERATOR,
+                max_events: Some(5_000),
+                ..Default::default()
+            };
+            pipeline::run(&p, options, CancellationToken::new()).await
+        })
+    };
+    let p = &sp.pipeline;
+
+    let first = am.wait_for("traffic_flows", "active").await;
+    assert_eq!(first["labels"]["severity"], "page");
+    assert_eq!(first["labels"]["team"], "data");
+    assert_eq!(first["labels"]["pipeline"], p.config.name.as_str());
+    assert_eq!(
+        first["annotations"]["summary"],
+        "traffic_flows while events flow"
+    );
+    assert_eq!(
+        first["generatorURL"],
+        format!("http://{}/", p.config.dashboard.listen)
+    );
+
+    let now = chrono::Utc::now();
+    let silence: serde_json::Value = am
+        .client
+        .post(format!("{}/api/v2/silences", am.url))
+        .json(&serde_json::json!({
+            "matchers": [{"name": "alertname", "value": "traffic_flows", "isRegex": false, "isEqual": true}],
+            "startsAt": now.to_rfc3339(),
+            "endsAt": (now + chrono::Duration::hours(1)).to_rfc3339(),
+            "createdBy": "on-call",
+            "comment": "planned load test",
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let suppressed = am.wait_for("traffic_flows", "suppressed").await;
+    assert_eq!(
+        suppressed["status"]["silencedBy"][0], silence["silenceID"],
+        "Alertmanager's own silence mutes it there"
+    );
+
+    // Re-posted while it fires: its end moves on.
+    let ends = |a: &serde_json::Value| {
+        chrono::DateTime::parse_from_rfc3339(a["endsAt"].as_str().unwrap()).unwrap()
+    };
+    let t = Instant::now();
+    let renewed = loop {
+        let a = am.wait_for("traffic_flows", "suppressed").await;
+        if ends(&a) > ends(&suppressed) {
+            break a;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(8),
+            "the runner posts a firing alert again every resend (2 s)"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+
+    // The traffic ends; the rule resolves and the runner ends the alert.
+    let t = Instant::now();
+    let mut announced = ends(&renewed);
+    loop {
+        let alerts = am.alerts().await;
+        match alerts
+            .iter()
+            .find(|a| a["labels"]["alertname"] == "traffic_flows")
+        {
+            Some(a) => announced = announced.max(ends(a)),
+            None => break,
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(40),
+            "the alert ends when the rule resolves: {alerts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let gone_at = chrono::Utc::now();
+    assert!(
+        gone_at + chrono::Duration::seconds(2) < announced,
+        "ended by the runner's resolve ({gone_at}), not by running out the end its firing posts announced ({announced})"
+    );
+    generator.await.unwrap().expect("generator run");
+    stop.cancel();
+    let summary = running.wait().await.expect("pipeline run");
+    assert_eq!(summary.stats.notifications_failed, 0);
+    assert_eq!(
+        summary.stats.notifications_sent, 2,
+        "one firing and one resolved notification; refreshes are not notifications"
+    );
+}
+
+/// The README's chat webhook examples load: each body renders JSON for a sample notification.
+#[test]
+fn the_readme_chat_webhook_bodies_render_json() {
+    let readme = std::fs::read_to_string(common::repo_root().join("README.md")).unwrap();
+    let start = readme
+        .find("[alerting.channels.slack]")
+        .expect("the Slack example");
+    let block = &readme[start..start + readme[start..].find("```").unwrap()];
+    let text = ["SLACK", "MATTERMOST", "TEAMS"]
+        .iter()
+        .fold(block.to_string(), |t, v| {
+            t.replace(
+                &format!("${{{v}_WEBHOOK_URL}}"),
+                "https://hooks.example.com/x",
+            )
+        });
+    #[derive(serde::Deserialize)]
+    struct Sections {
+        alerting: Channels,
+    }
+    #[derive(serde::Deserialize)]
+    struct Channels {
+        channels: std::collections::BTreeMap<String, alert::ChannelConfig>,
+    }
+    let s: Sections = toml::from_str(&text).expect("the examples parse");
+    assert_eq!(s.alerting.channels.len(), 3);
+    for (name, channel) in s.alerting.channels {
+        let one = std::collections::BTreeMap::from([(name.clone(), channel)]);
+        alert::Dispatcher::check(&one).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+    }
+}

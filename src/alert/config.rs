@@ -60,6 +60,40 @@ pub enum ChannelConfig {
     Email(EmailConfig),
     /// An HTTP POST of the notification as JSON.
     Webhook(WebhookConfig),
+    /// Alerts handed to a Prometheus Alertmanager (`POST /api/v2/alerts`), which groups,
+    /// silences and routes them as it is configured to.
+    Alertmanager(AlertmanagerConfig),
+}
+
+/// `type = "alertmanager"`: Alertmanager's API, as Prometheus uses it. A firing alert is posted
+/// with `endsAt` four `resend` intervals ahead and posted again every `resend` while it fires
+/// (Alertmanager resolves an alert that is not renewed), a resolved one with its end.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertmanagerConfig {
+    /// The Alertmanager's base URL, e.g. `http://127.0.0.1:9093` (a secret: it may carry
+    /// credentials).
+    pub url: Secret,
+    /// Extra request headers (`Authorization = "Bearer ${AM_TOKEN}"`); their values are secrets.
+    #[serde(default)]
+    pub headers: BTreeMap<String, Secret>,
+    /// How often a firing alert is posted again (Prometheus's `resend_delay`).
+    #[serde(default = "default_resend", deserialize_with = "de::duration")]
+    pub resend: Duration,
+    /// The link Alertmanager shows as the alert's source [default: the dashboard,
+    /// `http://<[dashboard] listen>/`].
+    #[serde(default)]
+    pub generator_url: Option<String>,
+    /// Per attempt.
+    #[serde(default = "default_timeout", deserialize_with = "de::duration")]
+    pub timeout: Duration,
+    /// How a failed delivery is retried.
+    #[serde(default)]
+    pub retry: Retry,
+}
+
+fn default_resend() -> Duration {
+    Duration::from_secs(60)
 }
 
 /// `type = "email"`: SMTP delivery through lettre.
@@ -123,6 +157,12 @@ pub struct WebhookConfig {
     /// values are secrets.
     #[serde(default)]
     pub headers: BTreeMap<String, Secret>,
+    /// The request body: a minijinja template over the notification that renders JSON, every
+    /// value written into it JSON-escaped (`{"text": "{{ alert }} is {{ status }}: {{ message }}"}`
+    /// for Slack, Mattermost or Teams; `{{ labels | tojson }}` writes a whole value). Checked at
+    /// load on a sample notification [default: the notification as JSON].
+    #[serde(default)]
+    pub body: Option<String>,
     /// Per attempt.
     #[serde(default = "default_timeout", deserialize_with = "de::duration")]
     pub timeout: Duration,
@@ -248,6 +288,16 @@ impl AlertConfig {
 }
 
 impl AlertingConfig {
+    /// Alertmanager channels that name no `generator_url` link to the dashboard at `listen`.
+    pub fn link_dashboard(&mut self, listen: &str) {
+        for c in self.channels.values_mut() {
+            if let ChannelConfig::Alertmanager(a) = c {
+                a.generator_url
+                    .get_or_insert_with(|| format!("http://{listen}/"));
+            }
+        }
+    }
+
     /// Problems a parse cannot catch.
     pub fn check(&self) -> Option<String> {
         let mut p = Vec::new();
@@ -262,6 +312,16 @@ impl AlertingConfig {
                 ChannelConfig::Webhook(w) => {
                     if let Err(e) = webhook_url(w.url.expose()) {
                         p.push(format!("alerting.channels.{name}: {e}"));
+                    }
+                }
+                ChannelConfig::Alertmanager(a) => {
+                    if let Err(e) = alertmanager_url(a.url.expose()) {
+                        p.push(format!("alerting.channels.{name}: {e}"));
+                    }
+                    if a.resend.is_zero() {
+                        p.push(format!(
+                            "alerting.channels.{name}: resend must be more than 0s"
+                        ));
                     }
                 }
                 _ => {}
@@ -290,6 +350,18 @@ pub fn webhook_url(url: &str) -> Result<reqwest::Url, String> {
                 .to_string(),
         ),
         _ => Err("url must start with https:// (or http:// to a loopback address)".to_string()),
+    }
+}
+
+/// Checks an Alertmanager's base URL: `http` or `https` (Alertmanager is usually reached over
+/// the cluster's own network, as Prometheus reaches it).
+pub fn alertmanager_url(url: &str) -> Result<reqwest::Url, String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("url is not a URL: {e}"))?;
+    match parsed.scheme() {
+        "http" | "https" => Ok(parsed),
+        other => Err(format!(
+            "url must start with http:// or https://, not {other}:"
+        )),
     }
 }
 

@@ -111,6 +111,16 @@ impl AlertSet {
             .as_deref()
             .unwrap_or(&self.config.default_channels)
     }
+
+    /// Whether a channel of `rule` must hear of its firing instances while they last.
+    fn wants_refresh(&self, rule: &AlertConfig) -> bool {
+        self.channels_of(rule).iter().any(|c| {
+            matches!(
+                self.config.channels.get(c),
+                Some(ChannelConfig::Alertmanager(_))
+            )
+        })
+    }
 }
 
 /// The engine alert conditions run in, with `history()` and the list statistics.
@@ -363,8 +373,31 @@ impl Evaluator {
                 // it will find the last stored state.
                 return;
             }
+            let refreshes: Vec<Notification> = match set.wants_refresh(&rule.config) {
+                true => state
+                    .instances
+                    .values()
+                    .filter(|i| i.status == Status::Firing)
+                    .map(|i| {
+                        let t = state::Transition {
+                            change: state::Change::Refresh,
+                            instance: i.clone(),
+                        };
+                        Notification::new(
+                            &self.sources.pipeline,
+                            &rule.config,
+                            set.channels_of(&rule.config),
+                            &set.config.thresholds,
+                            &t,
+                            now,
+                        )
+                    })
+                    .collect(),
+                false => Vec::new(),
+            };
             self.save_then_notify(rule.name(), changed, &stored, due, dispatcher)
                 .await;
+            dispatcher.refresh(refreshes);
         }
     }
 

@@ -57,13 +57,67 @@ impl Notification {
         template: &str,
         thresholds: &BTreeMap<String, Value>,
     ) -> Result<String, minijinja::Error> {
+        self.render_in(&minijinja::Environment::new(), template, thresholds)
+    }
+
+    /// Renders a template of a JSON document (a webhook body): every value written into it is
+    /// JSON-escaped, so `"{{ message }}"` stays one JSON string whatever the message holds, and
+    /// `{{ labels | tojson }}` writes a whole value.
+    pub fn render_json(
+        &self,
+        template: &str,
+        thresholds: &BTreeMap<String, Value>,
+    ) -> Result<String, minijinja::Error> {
+        let mut env = minijinja::Environment::new();
+        env.set_formatter(|out, _state, value| {
+            let text = match value.is_safe() {
+                // Output of `tojson` (and other filters that say it is safe) as it is.
+                true => return write!(out, "{value}").map_err(minijinja::Error::from),
+                false if value.is_none() || value.is_undefined() => String::new(),
+                false => value.to_string(),
+            };
+            let quoted = serde_json::to_string(&text).expect("a string serializes");
+            out.write_str(&quoted[1..quoted.len() - 1])
+                .map_err(minijinja::Error::from)
+        });
+        self.render_in(&env, template, thresholds)
+    }
+
+    fn render_in(
+        &self,
+        env: &minijinja::Environment,
+        template: &str,
+        thresholds: &BTreeMap<String, Value>,
+    ) -> Result<String, minijinja::Error> {
         let mut ctx = serde_json::to_value(self).expect("a notification serializes");
         // Templates name the rule's own labels directly (`labels.item`), without the ones added above.
         ctx["thresholds"] = serde_json::to_value(thresholds).expect("thresholds serialize");
-        minijinja::Environment::new().render_str(
+        env.render_str(
             template,
             minijinja::Value::from(minijinja::value::Serde(&ctx)),
         )
+    }
+
+    /// A firing notification with every field set, to try templates on at load.
+    pub fn sample() -> Notification {
+        let at = ms(0);
+        Notification {
+            id: "sample".into(),
+            pipeline: "pipeline".into(),
+            alert: "alert".into(),
+            status: "firing".into(),
+            change: Change::Firing,
+            severity: "warning".into(),
+            labels: BTreeMap::from([("alertname".into(), "alert".into())]),
+            value: Some(1.5),
+            message: "a \"quoted\" message\nover two lines".into(),
+            description: String::new(),
+            fingerprint: "0".into(),
+            starts_at: at,
+            ends_at: None,
+            at,
+            channels: Vec::new(),
+        }
     }
 
     /// The plain-text body of an email or log line: message, description, labels, times.
@@ -134,5 +188,24 @@ mod tests {
         assert_eq!(n.labels["alertname"], "hot_item");
         assert_eq!(n.status, "firing");
         assert!(n.text().contains("item = i7"));
+    }
+
+    #[test]
+    fn a_json_body_template_escapes_what_it_writes_into_strings() {
+        let mut n = Notification::sample();
+        n.labels.insert("item".into(), "i\"7".into());
+        let body = n
+            .render_json(
+                r#"{"text": "{{ alert }} is {{ status }}: {{ message }} ({{ value }})", "labels": {{ labels | tojson }}, "none": "{{ ends_at }}"}"#,
+                &BTreeMap::new(),
+            )
+            .unwrap();
+        let v: Value = serde_json::from_str(&body).expect("the body is JSON");
+        assert_eq!(
+            v["text"],
+            "alert is firing: a \"quoted\" message\nover two lines (1.5)"
+        );
+        assert_eq!(v["labels"]["item"], "i\"7");
+        assert_eq!(v["none"], "");
     }
 }

@@ -200,6 +200,8 @@ impl Pipeline {
         for change in &pipeline.overrides {
             change(&mut pipeline.config);
         }
+        let listen = pipeline.config.dashboard.listen.clone();
+        pipeline.config.alerting.link_dashboard(&listen);
         let problems = pipeline.problems(Some(&text));
         Ok((pipeline, problems))
     }

@@ -105,6 +105,9 @@ pub enum Change {
     Repeat,
     /// Firing → no longer holding.
     Resolved,
+    /// Still firing, handed again to channels that must hear of it while it lasts
+    /// (Alertmanager); not a notification to people, not kept as history.
+    Refresh,
 }
 
 /// One notification, as sent to every channel of its rule (webhook bodies are this, as JSON).

@@ -199,6 +199,9 @@ pub fn set_alerts(p: &mut Pipeline, toml_text: &str) {
     let s: Sections = toml::from_str(toml_text).expect("test alert sections parse");
     p.config.alerting = s.alerting;
     p.config.alerts = s.alert;
+    // As loading the file does.
+    let listen = p.config.dashboard.listen.clone();
+    p.config.alerting.link_dashboard(&listen);
 }
 
 /// A port nothing listens on right now.

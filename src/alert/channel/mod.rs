@@ -1,11 +1,12 @@
-//! Delivery: log (log.rs), email (SMTP through lettre, email.rs) and webhook (HTTP POST through
-//! reqwest, webhook.rs); a channel is one file here, one `ChannelConfig` variant and its arm in
-//! [`build`].
+//! Delivery: log (log.rs), email (SMTP through lettre, email.rs), webhook (HTTP POST through
+//! reqwest, webhook.rs) and Alertmanager (its API, alertmanager.rs); a channel is one file here,
+//! one `ChannelConfig` variant and its arms in [`build`] and [`ChannelConfig::retry`].
 //!
 //! Each channel has its own queue and task, so a slow or failing channel never delays rule
 //! evaluation or the other channels. A failed delivery is retried with doubling backoff; when
 //! the retries run out it is reported (log line and counter), never silently dropped.
 
+mod alertmanager;
 mod email;
 mod log;
 mod webhook;
@@ -149,14 +150,10 @@ impl Dispatcher {
                     build(c, thresholds).with_context(|| format!("alerting.channels.{name}"))?
                 }
             };
-            let retry = match &config {
-                Some(ChannelConfig::Email(e)) => e.retry.clone(),
-                Some(ChannelConfig::Webhook(w)) => w.retry.clone(),
-                _ => Retry {
-                    retries: 0,
-                    backoff: Duration::ZERO,
-                },
-            };
+            let retry = config.as_ref().map(ChannelConfig::retry).unwrap_or(Retry {
+                retries: 0,
+                backoff: Duration::ZERO,
+            });
             let queue = Arc::new(Queue::default());
             let task = tokio::spawn(deliver_all(
                 name.clone(),
@@ -176,6 +173,23 @@ impl Dispatcher {
             );
         }
         Ok(())
+    }
+
+    /// Queues the refreshes of still-firing alerts on those of their channels that want them
+    /// (Alertmanager, which ends an alert that is not posted again); never waits.
+    pub fn refresh(&self, firing: Vec<Notification>) {
+        for n in firing {
+            let n = Arc::new(n);
+            for name in &n.channels {
+                if let Some(c) = self
+                    .channels
+                    .get(name)
+                    .filter(|c| matches!(c.config, Some(ChannelConfig::Alertmanager(_))))
+                {
+                    c.queue.push(n.clone(), QUEUE);
+                }
+            }
+        }
     }
 
     /// Queues `n` on each of its channels; never waits.
@@ -220,8 +234,24 @@ fn build(
     Ok(match c {
         ChannelConfig::Log => Box::new(log::LogChannel),
         ChannelConfig::Email(e) => Box::new(email::EmailChannel::new(e, thresholds)?),
-        ChannelConfig::Webhook(w) => Box::new(webhook::WebhookChannel::new(w)?),
+        ChannelConfig::Webhook(w) => Box::new(webhook::WebhookChannel::new(w, thresholds)?),
+        ChannelConfig::Alertmanager(a) => Box::new(alertmanager::AlertmanagerChannel::new(a)?),
     })
+}
+
+impl ChannelConfig {
+    /// How a failed delivery is retried.
+    fn retry(&self) -> Retry {
+        match self {
+            ChannelConfig::Log => Retry {
+                retries: 0,
+                backoff: Duration::ZERO,
+            },
+            ChannelConfig::Email(e) => e.retry.clone(),
+            ChannelConfig::Webhook(w) => w.retry.clone(),
+            ChannelConfig::Alertmanager(a) => a.retry.clone(),
+        }
+    }
 }
 
 /// One channel's loop: deliver each notification in order, retrying with backoff.
@@ -239,6 +269,7 @@ async fn deliver_all(
         let started = tokio::time::Instant::now();
         loop {
             match channel.deliver(&n).await {
+                Ok(()) if n.change == crate::store::Change::Refresh => break,
                 Ok(()) => {
                     stats.notification_sent();
                     tracing::debug!(channel = %name, alert = %n.alert, id = %n.id, attempt = backoff.retries() + 1, "notification delivered");
@@ -288,10 +319,11 @@ mod tests {
         let config = WebhookConfig {
             url: Secret::new(url),
             headers: BTreeMap::from([("Authorization".to_string(), Secret::new("Bearer s3cret"))]),
+            body: None,
             timeout: Duration::from_secs(5),
             retry: Retry::default(),
         };
-        WebhookChannel::new(&config).unwrap()
+        WebhookChannel::new(&config, &BTreeMap::new()).unwrap()
     }
 
     /// A local HTTP server answering every request with `app`; its base URL.
@@ -353,15 +385,57 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_webhook_body_template_is_what_is_posted_and_one_that_renders_no_json_is_refused() {
+        let got = Arc::new(std::sync::Mutex::new(Vec::<(String, String)>::new()));
+        let kept = got.clone();
+        let url = serve(axum::Router::new().fallback(
+            move |headers: axum::http::HeaderMap, body: String| {
+                let kept = kept.clone();
+                async move {
+                    let kind = headers[axum::http::header::CONTENT_TYPE].to_str().unwrap();
+                    kept.lock().unwrap().push((kind.to_string(), body));
+                    "ok"
+                }
+            },
+        ))
+        .await;
+        let config = |body: &str| WebhookConfig {
+            url: Secret::new(format!("{url}/hook")),
+            headers: BTreeMap::new(),
+            body: Some(body.to_string()),
+            timeout: Duration::from_secs(5),
+            retry: Retry::default(),
+        };
+        let thresholds = BTreeMap::from([("low".to_string(), serde_json::json!(10))]);
+        let slack = WebhookChannel::new(
+            &config(r#"{"text": "{{ alert }} is {{ status }} below {{ thresholds.low }}: {{ message }}"}"#),
+            &thresholds,
+        )
+        .unwrap();
+        let mut n = notification("n1");
+        n.message = "traffic \"dropped\"".into();
+        slack.deliver(&n).await.unwrap();
+        let (kind, body) = got.lock().unwrap()[0].clone();
+        assert_eq!(kind, "application/json");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["text"], "a is firing below 10: traffic \"dropped\"");
+        let err = WebhookChannel::new(&config(r#"{"text": {{ message }}}"#), &thresholds)
+            .err()
+            .expect("a body that is not JSON is refused");
+        assert!(format!("{err:#}").contains("renders no JSON"), "{err:#}");
+    }
+
     #[test]
     fn a_plain_http_webhook_beyond_loopback_is_refused() {
         let config = WebhookConfig {
             url: Secret::new("http://hooks.example.com/x"),
             headers: BTreeMap::new(),
+            body: None,
             timeout: Duration::from_secs(1),
             retry: Retry::default(),
         };
-        assert!(WebhookChannel::new(&config).is_err());
+        assert!(WebhookChannel::new(&config, &BTreeMap::new()).is_err());
     }
 
     #[test]

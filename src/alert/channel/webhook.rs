@@ -6,20 +6,34 @@ use crate::alert::notification::Notification;
 use crate::base::Secret;
 use anyhow::{bail, Context};
 use async_trait::async_trait;
+use serde_json::Value;
 use std::collections::BTreeMap;
 
 pub(super) struct WebhookChannel {
     client: reqwest::Client,
     url: Secret,
     headers: BTreeMap<String, Secret>,
+    /// The body template, and the thresholds it sees; `None` sends the notification as JSON.
+    body: Option<(String, BTreeMap<String, Value>)>,
 }
 
 /// How much of a webhook's answer is read (its start is quoted in the error of a failure).
 const RESPONSE_BYTES: usize = 4096;
 
 impl WebhookChannel {
-    pub(super) fn new(c: &WebhookConfig) -> anyhow::Result<Self> {
+    pub(super) fn new(
+        c: &WebhookConfig,
+        thresholds: &BTreeMap<String, Value>,
+    ) -> anyhow::Result<Self> {
         crate::alert::config::webhook_url(c.url.expose()).map_err(anyhow::Error::msg)?;
+        if let Some(template) = &c.body {
+            let sample = Notification::sample()
+                .render_json(template, thresholds)
+                .context("body template")?;
+            serde_json::from_str::<Value>(&sample).with_context(|| {
+                format!("body template: it renders no JSON for a sample notification: {sample}")
+            })?;
+        }
         // No redirects: following one would POST the notification, and its secret headers, to
         // whatever host the answer names.
         let client = reqwest::Client::builder()
@@ -31,6 +45,7 @@ impl WebhookChannel {
             client,
             url: c.url.clone(),
             headers: c.headers.clone(),
+            body: c.body.clone().map(|b| (b, thresholds.clone())),
         })
     }
 }
@@ -53,11 +68,17 @@ async fn body_start(mut response: reqwest::Response) -> String {
 #[async_trait]
 impl Channel for WebhookChannel {
     async fn deliver(&self, n: &Notification) -> anyhow::Result<()> {
-        let mut request = self
-            .client
-            .post(self.url.expose())
-            .json(n)
-            .header("Idempotency-Key", &n.id);
+        let request = self.client.post(self.url.expose());
+        let mut request = match &self.body {
+            None => request.json(n),
+            Some((template, thresholds)) => request
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(
+                    n.render_json(template, thresholds)
+                        .context("webhook body template")?,
+                ),
+        }
+        .header("Idempotency-Key", &n.id);
         for (k, v) in &self.headers {
             request = request.header(k, v.expose());
         }
