@@ -25,6 +25,10 @@ pub struct MetricValue {
     /// `max_groups`, so `value` leaves some keys out (the dashboard says so).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub other: Option<u64>,
+    /// Whether any record was counted in the window (an empty one reports a zero that is no
+    /// data: alert rules tell the two apart).
+    #[serde(skip)]
+    pub filled: bool,
 }
 
 /// How far a metric's backfill has come.
@@ -41,10 +45,11 @@ pub async fn read(
     at_ms: i64,
 ) -> anyhow::Result<MetricValue> {
     let (start, end) = metric.window.range_at(at_ms);
-    let (mut value, mut other) = (Value::Null, None);
-    each_window(metric, store, &[end], |_, merged, _| {
+    let (mut value, mut other, mut filled) = (Value::Null, None, false);
+    each_window(metric, store, &[end], |_, merged, any| {
         value = metric.report(merged).map_err(anyhow::Error::msg)?;
         other = metric.overflow(merged);
+        filled = any;
         Ok(())
     })
     .await?;
@@ -58,6 +63,7 @@ pub async fn read(
         value,
         backfilling: backfilling.map(|done| Backfilling { done }),
         other,
+        filled,
     })
 }
 

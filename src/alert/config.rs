@@ -240,6 +240,37 @@ pub struct AlertConfig {
     /// Longer explanation, sent with the message.
     #[serde(default)]
     pub description: String,
+    /// What the rule is when every metric it reads has no data in its window (no record was
+    /// counted): `no_data` (an instance labelled `alert_state = "no_data"`, pending for `for`,
+    /// then firing), `alerting` (its instances hold, or one without labels), or `ok` (nothing
+    /// holds) — Grafana's options. Rules that read no metric always have data.
+    #[serde(default)]
+    pub no_data: NoData,
+    /// What the rule is when its condition fails (a script error, a missing threshold):
+    /// `error` (an instance labelled `alert_state = "error"`, its message the error), `alerting`
+    /// or `ok`, as for `no_data`.
+    #[serde(default)]
+    pub on_error: OnError,
+}
+
+/// `no_data`: a rule whose metrics have no data.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoData {
+    #[default]
+    NoData,
+    Alerting,
+    Ok,
+}
+
+/// `on_error`: a rule whose condition fails.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    #[default]
+    Error,
+    Alerting,
+    Ok,
 }
 
 fn default_severity() -> String {

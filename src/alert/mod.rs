@@ -12,13 +12,14 @@ pub mod config;
 pub mod history;
 pub mod lease;
 mod notification;
+pub mod outcome;
 mod rule;
 pub mod state;
 
 pub use channel::Dispatcher;
 pub use config::{AlertConfig, AlertingConfig, ChannelConfig};
 pub use notification::Notification;
-pub use rule::{Inputs, Rule};
+pub use rule::{Inputs, Names, Rule};
 
 use crate::aggregate::MetricSet;
 use crate::script::{sandboxed_engine, ScriptError, ScriptLimits};
@@ -131,6 +132,7 @@ fn alert_engine() -> Engine {
         ..ScriptLimits::default()
     });
     history::register(&mut engine);
+    Names::register(&mut engine);
     engine
 }
 
@@ -148,10 +150,17 @@ pub struct ActiveAlert {
     pub alert: String,
     pub severity: String,
     pub status: Status,
+    /// `alerting`, or `no_data` / `error` for the states of a rule that cannot say (see [`outcome`]).
+    #[serde(default = "alerting")]
+    pub state: String,
     pub labels: Labels,
     pub value: Option<f64>,
     pub active_since: DateTime<Utc>,
     pub fired_at: Option<DateTime<Utc>>,
+}
+
+fn alerting() -> String {
+    "alerting".to_string()
 }
 
 /// Every pending and firing instance in the store, firing first.
@@ -164,6 +173,7 @@ pub async fn active_alerts(store: &dyn StateStore) -> anyhow::Result<Vec<ActiveA
                 alert: rule.clone(),
                 severity: stored.severity.clone(),
                 status: i.status,
+                state: outcome::state_of(&i.labels).to_string(),
                 labels: i.labels,
                 value: i.value,
                 active_since: DateTime::from_timestamp_millis(i.active_since).unwrap_or_default(),
@@ -199,6 +209,7 @@ pub async fn run(
         states: BTreeMap::new(),
         unsaved: BTreeMap::new(),
         last: (Instant::now(), sources.stats.snapshot()),
+        started: Utc::now().timestamp_millis(),
         sources,
     };
     let mut ticker = ticker(current.config.interval);
@@ -273,6 +284,9 @@ struct Evaluator {
     unsaved: BTreeMap<String, Vec<Notification>>,
     /// The previous tick's counters, for rates.
     last: (Instant, Snapshot),
+    /// When this process started evaluating (ms): an empty window is no data only once the
+    /// process has run for the window's length, so a start is not a no-data alert.
+    started: i64,
     sources: Sources,
 }
 
@@ -325,13 +339,24 @@ impl Evaluator {
             .map(|v| v.name.clone())
             .chain(unreadable)
             .collect();
+        // A metric has data when its window counted a record, or when this process has not run
+        // for a whole window yet (its window could not have filled: not knowing is not no data).
+        let with_data: HashSet<String> = metric_set
+            .metrics()
+            .iter()
+            .filter(|m| {
+                now - self.started < m.window.size_ms
+                    || values.iter().any(|v| v.name == m.name() && v.filled)
+            })
+            .map(|m| m.name().to_string())
+            .collect();
         let metrics: serde_json::Map<String, Value> =
             values.into_iter().map(|v| (v.name, v.value)).collect();
         let history = Arc::new(self.histories(set, &metric_set, now).await);
         let inputs = Inputs {
             metrics: crate::script::json_to_dynamic(&Value::Object(metrics)),
-            thresholds: crate::script::json_to_dynamic(&json!(set.config.thresholds)),
-            health: crate::script::json_to_dynamic(&self.health()),
+            thresholds: Names::dynamic("thresholds", &json!(set.config.thresholds)),
+            health: Names::dynamic("health", &self.health()),
             history,
         };
         for rule in set.rules() {
@@ -339,16 +364,29 @@ impl Evaluator {
                 tracing::debug!(rule = rule.name(), metric = %m, "alert rule waits: a metric it reads is backfilling or cannot be read");
                 continue;
             }
-            let holding = match rule.evaluate(&set.engine, &inputs) {
-                Ok(h) => h,
-                Err(e) => {
-                    self.sources.stats.alert_error(rule.name(), &e);
-                    continue;
-                }
+            let reads = metric_set
+                .metrics()
+                .iter()
+                .map(|m| m.name())
+                .filter(|m| rule.reads(m));
+            let evaluation = match outcome::no_data(reads, |m| with_data.contains(m)) {
+                true => outcome::Evaluation::NoData,
+                false => match rule.evaluate(&set.engine, &inputs) {
+                    Ok(h) => outcome::Evaluation::Holding(h),
+                    Err(e) => {
+                        self.sources.stats.alert_error(rule.name(), &e);
+                        outcome::Evaluation::Error(e.to_string())
+                    }
+                },
+            };
+            let error = match &evaluation {
+                outcome::Evaluation::Error(e) => Some(e.clone()),
+                _ => None,
             };
             let timing = rule.timing();
             let state = self.states.entry(rule.name().to_string()).or_default();
             let before = state.clone();
+            let holding = outcome::holding(&rule.config, &evaluation, state);
             let transitions = state.step(now, holding, timing);
             let changed = *state != before;
             let stored = Stored {
@@ -358,14 +396,23 @@ impl Evaluator {
             let due: Vec<Notification> = transitions
                 .iter()
                 .map(|t| {
-                    Notification::new(
+                    let mut n = Notification::new(
                         &self.sources.pipeline,
                         &rule.config,
                         set.channels_of(&rule.config),
                         &set.config.thresholds,
                         t,
                         now,
-                    )
+                    );
+                    if let Some(m) = outcome::message(
+                        rule.name(),
+                        &t.instance.labels,
+                        t.change,
+                        error.as_deref(),
+                    ) {
+                        n.message = m;
+                    }
+                    n
                 })
                 .collect();
             if !lease.held() {
@@ -657,6 +704,7 @@ mod tests {
             states: BTreeMap::new(),
             unsaved: BTreeMap::new(),
             last: (Instant::now(), stats.snapshot()),
+            started: Utc::now().timestamp_millis(),
             sources,
         };
         let mut lease = lease::Lease::new("p");
@@ -761,6 +809,7 @@ mod tests {
             states: BTreeMap::new(),
             unsaved: BTreeMap::new(),
             last: (Instant::now(), stats.snapshot()),
+            started: Utc::now().timestamp_millis(),
             sources,
         };
         let mut lease = lease::Lease::new("p");

@@ -26,6 +26,51 @@ pub struct Inputs {
     pub history: Arc<Histories>,
 }
 
+/// A map of names the runner fills (`thresholds`, `health`). Reading a name it lacks is an error
+/// that lists the names it has: a typo in a condition (`thresholds.max_lagg`) makes the rule an
+/// error alert, where a plain map gave `()`, which compares false, and the rule was silently quiet.
+#[derive(Clone)]
+pub struct Names {
+    /// What the map is, as conditions name it.
+    what: &'static str,
+    map: Arc<Map>,
+}
+
+impl Names {
+    /// `value` (a JSON object) as the `what` map conditions read.
+    pub fn dynamic(what: &'static str, value: &serde_json::Value) -> Dynamic {
+        let map = crate::script::json_to_dynamic(value)
+            .try_cast::<Map>()
+            .unwrap_or_default();
+        Dynamic::from(Names {
+            what,
+            map: Arc::new(map),
+        })
+    }
+
+    /// Lets conditions read `what.name`, `what["name"]` and `"name" in what`.
+    pub fn register(engine: &mut Engine) {
+        engine
+            .register_type_with_name::<Names>("Names")
+            .register_indexer_get(
+                |n: &mut Names, name: &str| -> Result<Dynamic, Box<rhai::EvalAltResult>> {
+                    n.map.get(name).cloned().ok_or_else(|| {
+                        let known: Vec<&str> = n.map.keys().map(|k| k.as_str()).collect();
+                        format!(
+                            "{}.{name} does not exist (it has: {})",
+                            n.what,
+                            known.join(", ")
+                        )
+                        .into()
+                    })
+                },
+            )
+            .register_fn("contains", |n: &mut Names, name: &str| {
+                n.map.contains_key(name)
+            });
+    }
+}
+
 /// One compiled rule.
 pub struct Rule {
     pub config: AlertConfig,
@@ -215,8 +260,8 @@ mod tests {
             metrics: crate::script::json_to_dynamic(
                 &json!({"top_items": [{"key": "i1", "count": 1500}, {"key": "i2", "count": 900}], "avg": 3.5}),
             ),
-            thresholds: crate::script::json_to_dynamic(&json!({"high": 1000, "low": 5})),
-            health: crate::script::json_to_dynamic(&json!({"consumer_lag": 0})),
+            thresholds: Names::dynamic("thresholds", &json!({"high": 1000, "low": 5})),
+            health: Names::dynamic("health", &json!({"consumer_lag": 0})),
             history: Default::default(),
         }
     }
@@ -230,6 +275,19 @@ mod tests {
             !r.reads("top") && !r.reads("items") && !r.reads("av"),
             "whole names only"
         );
+    }
+
+    #[test]
+    fn a_misspelt_threshold_or_health_name_is_an_error_that_lists_the_names() {
+        let (e, r) = rule("health.consumer_lag > thresholds.hihg");
+        let err = r.evaluate(&e, &inputs()).unwrap_err().to_string();
+        assert!(
+            err.contains("thresholds.hihg does not exist (it has: high, low)"),
+            "{err}"
+        );
+        let (e, r) =
+            rule("thresholds[\"high\"] > 1 && \"low\" in thresholds && !(\"x\" in health)");
+        assert_eq!(r.evaluate(&e, &inputs()).unwrap().len(), 1);
     }
 
     #[test]

@@ -95,6 +95,7 @@ pub async fn metrics_at(
                 value: r.value,
                 backfilling: None,
                 other: None,
+                filled: true,
             }),
             None => {
                 not_final.push(m.name().to_string());

@@ -19,8 +19,9 @@
 
 use crate::aggregate::{Aggregator, MetricSet};
 use crate::alert::history::{Histories, Window};
+use crate::alert::outcome::{self, Evaluation};
 use crate::alert::state::{RuleState, Status};
-use crate::alert::{AlertSet, Inputs};
+use crate::alert::{AlertSet, Inputs, Names};
 use crate::base::de;
 use crate::config::Pipeline;
 use crate::event::{Record, Schema};
@@ -81,6 +82,10 @@ struct TimelineEntry {
     metrics: BTreeMap<String, toml::Value>,
     #[serde(default)]
     health: BTreeMap<String, toml::Value>,
+    /// Metrics with no data from `at` on (no record in their window), until an entry gives them
+    /// a value again.
+    #[serde(default)]
+    no_data: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -199,6 +204,9 @@ fn run_alert_case(
     let at = |t: i64, pick: &dyn Fn(&TimelineEntry) -> &BTreeMap<String, toml::Value>| {
         let mut out = serde_json::Map::new();
         for e in timeline.iter().take_while(|e| e.at.as_millis() as i64 <= t) {
+            for name in &e.no_data {
+                out.remove(name);
+            }
             for (k, v) in pick(e) {
                 out.insert(k.clone(), serde_json::to_value(v).unwrap_or(Value::Null));
             }
@@ -211,6 +219,8 @@ fn run_alert_case(
     }
     let mut state = RuleState::default();
     let mut got: Vec<(i64, String, BTreeMap<String, String>)> = Vec::new();
+    // Conditions that failed, shown when the expected transitions are not what happened.
+    let mut errors: Vec<String> = Vec::new();
     let (from, until) = (case.from.as_millis() as i64, case.until.as_millis() as i64);
     let mut t = from;
     while t <= until {
@@ -233,13 +243,28 @@ fn run_alert_case(
         }
         let inputs = Inputs {
             metrics: crate::script::json_to_dynamic(&Value::Object(at(t, &|e| &e.metrics))),
-            thresholds: crate::script::json_to_dynamic(&thresholds),
-            health: crate::script::json_to_dynamic(&Value::Object(at(t, &|e| &e.health))),
+            thresholds: Names::dynamic("thresholds", &thresholds),
+            health: Names::dynamic("health", &Value::Object(at(t, &|e| &e.health))),
             history: Arc::new(histories),
         };
-        let holding = alerts
-            .evaluate(rule, &inputs)
-            .map_err(|e| anyhow::anyhow!("at {}: {e}", shown(t)))?;
+        let metrics_now = at(t, &|e| &e.metrics);
+        let reads = pipeline
+            .config
+            .metrics
+            .iter()
+            .map(|m| m.name.as_str())
+            .filter(|m| rule.reads(m));
+        let evaluation = match outcome::no_data(reads, |m| metrics_now.contains_key(m)) {
+            true => Evaluation::NoData,
+            false => match alerts.evaluate(rule, &inputs) {
+                Ok(h) => Evaluation::Holding(h),
+                Err(e) => {
+                    errors.push(format!("at {}: {e}", shown(t)));
+                    Evaluation::Error(e.to_string())
+                }
+            },
+        };
+        let holding = outcome::holding(&rule.config, &evaluation, &state);
         let pending_before: Vec<String> = state
             .instances
             .iter()
@@ -286,10 +311,17 @@ fn run_alert_case(
             .map(|e| line(e.at.as_millis() as i64, &e.change, e.labels.as_ref()))
             .collect();
         let got: Vec<String> = got.iter().map(|g| line(g.0, &g.1, Some(&g.2))).collect();
-        vec![
+        let mut lines = vec![
             format!("rule {:?}: expected [{}]", case.rule, expected.join(", ")),
             format!("got      [{}]", got.join(", ")),
-        ]
+        ];
+        lines.extend(
+            errors
+                .iter()
+                .take(3)
+                .map(|e| format!("condition failed {e}")),
+        );
+        lines
     };
     Ok(TestOutcome {
         name: case.name.clone(),
