@@ -596,14 +596,7 @@ async fn alertmanager_holds_silences_and_ends_a_runner_alert() {
         .expect("consumer starts");
     let generator = {
         let p = p.clone();
-        tokio::spawn(async move {
-            let options = RunOptions {
-                components: Components::GENERATOR,
-                max_events: Some(5_000),
-                ..Default::default()
-            };
-            pipeline::run(&p, options, CancellationToken::new()).await
-        })
+        tokio::spawn(async move { common::generate(&p, 5_000).await })
     };
     let p = &sp.pipeline;
 
@@ -683,7 +676,7 @@ async fn alertmanager_holds_silences_and_ends_a_runner_alert() {
         gone_at + chrono::Duration::seconds(2) < announced,
         "ended by the runner's resolve ({gone_at}), not by running out the end its firing posts announced ({announced})"
     );
-    generator.await.unwrap().expect("generator run");
+    generator.await.unwrap();
     stop.cancel();
     let summary = running.wait().await.expect("pipeline run");
     assert_eq!(summary.stats.notifications_failed, 0);

@@ -381,18 +381,7 @@ async fn avro_results_on_the_topic_read_by_fastavro_equal_the_stored_results() {
         })
     };
     let events = 12_000;
-    let generated = pipeline::run(
-        &sp.pipeline,
-        RunOptions {
-            components: Components::GENERATOR,
-            max_events: Some(events),
-            ..Default::default()
-        },
-        CancellationToken::new(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(generated.stats.generated, events);
+    common::generate(&sp.pipeline, events).await;
     let store = runner::pipeline::open_store(&sp.pipeline.config)
         .await
         .unwrap()

@@ -23,7 +23,7 @@ fn runner_test(pipeline: &std::path::Path, tests: Option<&std::path::Path>) -> (
 #[test]
 fn runner_test_passes_on_every_shipped_pipeline() {
     for (file, passed) in [
-        ("pipelines/interactions.toml", 10),
+        ("pipelines/interactions.toml", 13),
         ("pipelines/sensors.toml", 2),
     ] {
         let (ok, out) = runner_test(&common::repo_root().join(file), None);
@@ -55,7 +55,7 @@ fn runner_test_fails_on_wrong_expectation() {
         out.contains("revenue_per_minute: expected 26.5, got 25.5"),
         "{out}"
     );
-    assert!(out.contains("9 passed, 1 failed"), "{out}");
+    assert!(out.contains("12 passed, 1 failed"), "{out}");
 }
 
 #[test]
@@ -68,6 +68,9 @@ fn alert_fixtures_pass() {
         "purchases stopping fires, and recovering resolves a minute later",
         "traffic falling to a tenth fires; its return resolves",
         "a consumer falling behind fires after a minute and resolves when it catches up",
+        "the window emptying is a no-data alert after `for`, resolved when data returns",
+        "no traffic at all is a traffic drop (no_data = alerting)",
+        "a value the condition reads that does not exist is an error alert, not silently false",
     ] {
         assert!(
             out.contains(&format!("ok      {rule_test}")),

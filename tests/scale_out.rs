@@ -227,18 +227,7 @@ async fn final_results_written_once() {
             })
         })
         .collect();
-    let generated = pipeline::run(
-        &sp.pipeline,
-        RunOptions {
-            components: Components::GENERATOR,
-            max_events: Some(events),
-            ..Default::default()
-        },
-        CancellationToken::new(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(generated.stats.generated, events);
+    common::generate(&sp.pipeline, events).await;
     let store = runner::store::open(
         &sp.pipeline.config.mongodb,
         &sp.pipeline.config.embedded,

@@ -155,6 +155,19 @@ pub async fn run_pipeline(
         .expect("pipeline run")
 }
 
+/// Runs only the generator of `p` until it has written `events` events to the topic.
+pub async fn generate(p: &Pipeline, events: u64) {
+    let options = runner::pipeline::RunOptions {
+        components: runner::pipeline::Components::GENERATOR,
+        max_events: Some(events),
+        ..Default::default()
+    };
+    let generated = runner::pipeline::run(p, options, tokio_util::sync::CancellationToken::new())
+        .await
+        .expect("generator run");
+    assert_eq!(generated.stats.generated, events);
+}
+
 /// Sets the group's committed offsets back to the start of every partition, as an operator
 /// resetting offsets would.
 pub fn reset_group_offsets(sp: &ServicePipeline) {

@@ -124,27 +124,18 @@ impl Channel for AlertmanagerChannel {
         if self.fresh(n) {
             return Ok(());
         }
-        let mut request = self
+        let request = self
             .client
             .post(self.alerts_url.expose())
             .json(&[self.alert(n)]);
-        for (k, v) in &self.headers {
-            request = request.header(k, v.expose());
-        }
-        let response = request
+        let response = super::with_headers(request, &self.headers)
             .send()
             .await
             .map_err(|e| e.without_url())
             .context("POST to Alertmanager failed")?;
         let status = response.status();
         if !status.is_success() {
-            let body: String = response
-                .text()
-                .await
-                .unwrap_or_default()
-                .chars()
-                .take(200)
-                .collect();
+            let body = super::answer_start(response).await;
             if n.change != Change::Resolved {
                 // Not posted: the next refresh tries again.
                 self.posted

@@ -227,6 +227,35 @@ impl Dispatcher {
     }
 }
 
+/// `request` with a channel's configured headers (their values are secrets).
+fn with_headers(
+    mut request: reqwest::RequestBuilder,
+    headers: &BTreeMap<String, crate::base::Secret>,
+) -> reqwest::RequestBuilder {
+    for (k, v) in headers {
+        request = request.header(k, v.expose());
+    }
+    request
+}
+
+/// How much of a receiver's answer is read (its start is quoted in the error of a failure).
+const ANSWER_BYTES: usize = 4096;
+
+/// The start of an answer's body, read no further than [`ANSWER_BYTES`]: a receiver that
+/// answers gigabytes (or never ends its body) costs a few kilobytes and the request timeout.
+async fn answer_start(mut response: reqwest::Response) -> String {
+    let mut body = Vec::new();
+    while body.len() < ANSWER_BYTES {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                body.extend_from_slice(&chunk[..chunk.len().min(ANSWER_BYTES - body.len())])
+            }
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&body).chars().take(200).collect()
+}
+
 fn build(
     c: &ChannelConfig,
     thresholds: &BTreeMap<String, Value>,

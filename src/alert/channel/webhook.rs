@@ -17,9 +17,6 @@ pub(super) struct WebhookChannel {
     body: Option<(String, BTreeMap<String, Value>)>,
 }
 
-/// How much of a webhook's answer is read (its start is quoted in the error of a failure).
-const RESPONSE_BYTES: usize = 4096;
-
 impl WebhookChannel {
     pub(super) fn new(
         c: &WebhookConfig,
@@ -50,21 +47,6 @@ impl WebhookChannel {
     }
 }
 
-/// The start of a response body, read no further than [`RESPONSE_BYTES`]: a receiver that
-/// answers gigabytes (or never ends its body) costs a few kilobytes and the request timeout.
-async fn body_start(mut response: reqwest::Response) -> String {
-    let mut body = Vec::new();
-    while body.len() < RESPONSE_BYTES {
-        match response.chunk().await {
-            Ok(Some(chunk)) => {
-                body.extend_from_slice(&chunk[..chunk.len().min(RESPONSE_BYTES - body.len())])
-            }
-            _ => break,
-        }
-    }
-    String::from_utf8_lossy(&body).chars().take(200).collect()
-}
-
 #[async_trait]
 impl Channel for WebhookChannel {
     async fn deliver(&self, n: &Notification) -> anyhow::Result<()> {
@@ -79,9 +61,7 @@ impl Channel for WebhookChannel {
                 ),
         }
         .header("Idempotency-Key", &n.id);
-        for (k, v) in &self.headers {
-            request = request.header(k, v.expose());
-        }
+        request = super::with_headers(request, &self.headers);
         // reqwest's errors name the URL; the URL is a secret.
         let response = request
             .send()
@@ -96,7 +76,7 @@ impl Channel for WebhookChannel {
             bail!(
                 "webhook {} answered {status}: {}",
                 redact_url(self.url.expose()),
-                body_start(response).await
+                super::answer_start(response).await
             );
         }
         Ok(())
