@@ -348,7 +348,6 @@ async fn a_file_of_avro_records_with_a_registry_schema_id_is_read_asking_the_reg
 /// each with the registered id and the stored fields and value.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn avro_results_on_the_topic_read_by_fastavro_equal_the_stored_results() {
-    use runner::pipeline::{self, RunOptions};
     use tokio_util::sync::CancellationToken;
     let root = common::repo_root();
     let registry = registry(String::new());
@@ -370,16 +369,7 @@ async fn avro_results_on_the_topic_read_by_fastavro_equal_the_stored_results() {
     sp.pipeline.config.event.registry = Some(registry.url.clone());
     common::create_topic(&sp.pipeline.config.kafka).await;
     let stop = CancellationToken::new();
-    let consumer = {
-        let (p, stop) = (sp.pipeline.clone(), stop.clone());
-        tokio::spawn(async move {
-            let options = RunOptions {
-                components: Components::CONSUMER,
-                ..Default::default()
-            };
-            pipeline::run(&p, options, stop).await.unwrap()
-        })
-    };
+    let consumer = common::spawn_consumer(&sp.pipeline, &stop);
     let events = 12_000;
     common::generate(&sp.pipeline, events).await;
     let store = runner::pipeline::open_store(&sp.pipeline.config)

@@ -216,16 +216,7 @@ async fn final_results_written_once() {
     let events = 20_000;
     let stop = CancellationToken::new();
     let consumers: Vec<_> = (0..2)
-        .map(|_| {
-            let (p, stop) = (sp.pipeline.clone(), stop.clone());
-            tokio::spawn(async move {
-                let options = RunOptions {
-                    components: Components::CONSUMER,
-                    ..Default::default()
-                };
-                pipeline::run(&p, options, stop).await.unwrap()
-            })
-        })
+        .map(|_| common::spawn_consumer(&sp.pipeline, &stop))
         .collect();
     common::generate(&sp.pipeline, events).await;
     let store = runner::store::open(

@@ -155,6 +155,23 @@ pub async fn run_pipeline(
         .expect("pipeline run")
 }
 
+/// Starts a consumer-only run of `p` in the background, until `stop`.
+pub fn spawn_consumer(
+    p: &Pipeline,
+    stop: &tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<runner::pipeline::RunSummary> {
+    let (p, stop) = (p.clone(), stop.clone());
+    tokio::spawn(async move {
+        let options = runner::pipeline::RunOptions {
+            components: runner::pipeline::Components::CONSUMER,
+            ..Default::default()
+        };
+        runner::pipeline::run(&p, options, stop)
+            .await
+            .expect("consumer run")
+    })
+}
+
 /// Runs only the generator of `p` until it has written `events` events to the topic.
 pub async fn generate(p: &Pipeline, events: u64) {
     let options = runner::pipeline::RunOptions {

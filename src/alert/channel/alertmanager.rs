@@ -36,11 +36,7 @@ impl AlertmanagerChannel {
         let base =
             crate::alert::config::alertmanager_url(c.url.expose()).map_err(anyhow::Error::msg)?;
         let alerts_url = format!("{}/api/v2/alerts", base.as_str().trim_end_matches('/'));
-        let client = reqwest::Client::builder()
-            .timeout(c.timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .context("cannot create the HTTP client")?;
+        let client = super::http_client(c.timeout)?;
         Ok(AlertmanagerChannel {
             client,
             alerts_url: Secret::new(alerts_url),

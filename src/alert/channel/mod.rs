@@ -227,6 +227,16 @@ impl Dispatcher {
     }
 }
 
+/// The HTTP client of a channel that POSTs: `timeout` per request, and no redirects (following
+/// one would POST the notification, and its secret headers, to whatever host the answer names).
+fn http_client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .context("cannot create the HTTP client")
+}
+
 /// `request` with a channel's configured headers (their values are secrets).
 fn with_headers(
     mut request: reqwest::RequestBuilder,

@@ -31,13 +31,7 @@ impl WebhookChannel {
                 format!("body template: it renders no JSON for a sample notification: {sample}")
             })?;
         }
-        // No redirects: following one would POST the notification, and its secret headers, to
-        // whatever host the answer names.
-        let client = reqwest::Client::builder()
-            .timeout(c.timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .context("cannot create the HTTP client")?;
+        let client = super::http_client(c.timeout)?;
         Ok(WebhookChannel {
             client,
             url: c.url.clone(),
