@@ -30,6 +30,39 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum SilenceAction {
+    /// Silence the alerts whose labels match every matcher, for --duration from now; prints
+    /// the silence's id. `runner silence add alertname=traffic_drop --duration 2h --comment
+    /// "planned checkout outage"`.
+    Add {
+        /// Label matchers: name=value, name!=value, name=~regex, name!~regex (regexes match the
+        /// whole value). alertname and severity are labels of every alert.
+        #[arg(required = true)]
+        matchers: Vec<String>,
+        /// How long the silence lasts.
+        #[arg(long, short = 'd', default_value = "1h")]
+        duration: String,
+        /// Why (required; shown on the dashboard and in the list).
+        #[arg(long, short = 'c')]
+        comment: String,
+    },
+    /// List the active and pending silences.
+    List {
+        /// Also those that ended in the last five days.
+        #[arg(long)]
+        expired: bool,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// End a silence now.
+    Expire {
+        /// The silence's id (from `add` or `list`).
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Run a pipeline until Ctrl-C (graceful: flush the producer, store what was read, commit
     /// offsets), or until --for / --events / --exit-when-idle says it is done. The pipeline file
@@ -145,6 +178,25 @@ enum Command {
         /// Overwrite files that exist.
         #[arg(long)]
         force: bool,
+    },
+    /// Silence alerts of a running runner through its dashboard API, as amtool silences an
+    /// Alertmanager: a silenced alert still changes state and shows on the dashboard, but
+    /// nothing is sent for it until the silence ends. Adding and expiring need an operator
+    /// token (`[dashboard] token`, or one of `[dashboard.tokens]` with role = "operator").
+    Silence {
+        /// The runner's dashboard address.
+        #[arg(
+            long,
+            global = true,
+            env = "RUNNER_URL",
+            default_value = "http://127.0.0.1:8050"
+        )]
+        url: String,
+        /// The dashboard token.
+        #[arg(long, global = true, env = "DASHBOARD_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        #[command(subcommand)]
+        action: SilenceAction,
     },
     /// A live terminal view of a running runner (rates along the flow, consumer lag per
     /// partition, every metric's current value, firing and pending alerts, where events are
@@ -286,6 +338,13 @@ fn main() -> ExitCode {
             print!("{}", runner::cli::docs::reference());
             Ok(())
         }
+        Command::Silence { url, token, action } => silence(
+            runner::cli::silence::Api {
+                url,
+                token: token.filter(|t| !t.is_empty()),
+            },
+            action,
+        ),
         Command::Top {
             url,
             token,
@@ -612,4 +671,25 @@ fn init(
     }
     writeln!(out, "next: runner validate {}", written.pipeline.display())?;
     Ok(())
+}
+
+fn silence(api: runner::cli::silence::Api, action: SilenceAction) -> anyhow::Result<()> {
+    use runner::cli::silence;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut out = std::io::stdout().lock();
+    rt.block_on(async {
+        match action {
+            SilenceAction::Add {
+                matchers,
+                duration,
+                comment,
+            } => silence::add(&api, &matchers, &duration, &comment, &mut out).await,
+            SilenceAction::List { expired, json } => {
+                silence::list(&api, expired, json, &mut out).await
+            }
+            SilenceAction::Expire { id } => silence::expire(&api, &id, &mut out).await,
+        }
+    })
 }

@@ -42,3 +42,35 @@
   });
   connect();
 })();
+
+// The alert panel's "silence 1h" buttons (the panel is re-rendered every refresh, so clicks are
+// taken on the container): a dialog asks why, then POST /api/silences with a matcher per label.
+(function () {
+  const panels = document.getElementById("panels");
+  const dialog = document.getElementById("silence-dialog");
+  if (!panels || !dialog || !dialog.showModal) return;
+  const comment = document.getElementById("silence-comment");
+  const error = document.getElementById("silence-error");
+  let matchers = [];
+  panels.addEventListener("click", e => {
+    const button = e.target.closest("button.silence");
+    if (!button) return;
+    const labels = JSON.parse(button.dataset.labels || "{}");
+    matchers = [{ name: "alertname", value: button.dataset.alert }]
+      .concat(Object.keys(labels).map(k => ({ name: k, value: labels[k] })));
+    document.getElementById("silence-what").textContent =
+      matchers.map(m => m.name + "=" + m.value).join(", ");
+    error.textContent = "";
+    dialog.showModal();
+  });
+  dialog.addEventListener("close", () => {
+    if (dialog.returnValue !== "silence") return;
+    fetch("/api/silences", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ matchers: matchers, duration: "1h", comment: comment.value }),
+    }).then(r => r.ok ? r.json() : r.text().then(t => { throw new Error(t); }))
+      .then(s => { comment.value = ""; panels.dataset.silenced = s.id; })
+      .catch(err => { error.textContent = err.message; dialog.showModal(); });
+  });
+})();

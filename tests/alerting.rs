@@ -717,3 +717,169 @@ fn the_readme_chat_webhook_bodies_render_json() {
         alert::Dispatcher::check(&one).unwrap_or_else(|e| panic!("{name}: {e:#}"));
     }
 }
+
+/// Waits until `done` holds (at most 40 s).
+async fn wait(what: &str, done: impl Fn() -> bool) {
+    let t = Instant::now();
+    while !done() {
+        assert!(t.elapsed() < Duration::from_secs(40), "never: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `runner silence` (the binary) against a running runner, answering `args` with `token`.
+fn silence_cli(url: &str, token: &str, args: &[&str]) -> std::process::Output {
+    common::runner()
+        .arg("silence")
+        .args(args)
+        .args(["--url", url, "--token", token])
+        .output()
+        .expect("runner silence runs")
+}
+
+/// Silences end to end on Kafka and MongoDB: a rule repeating every second to a webhook is
+/// silenced with `runner silence add` (a viewer's token is refused; an operator's is recorded as
+/// who made it); the dashboard's API shows the instance silenced, its repeats are kept as
+/// history but nothing reaches the webhook; the silence is in the MongoDB store (so every
+/// replica and a restart see it); `runner silence expire` ends it and the still-firing alert is
+/// sent at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silence_from_runner_silence_mutes_a_firing_alert_until_it_is_expired() {
+    let (receiver, hook_url) = Receiver::start(0).await;
+    let mut sp = common::service_pipeline("silences");
+    let p = &mut sp.pipeline;
+    p.config.generator.rate = 500.0;
+    let port = free_port();
+    p.config.dashboard.listen = format!("127.0.0.1:{port}");
+    p.config.dashboard.tokens = toml::from_str(
+        "wall = { secret = \"viewer-secret\" }\nops = { secret = \"operator-secret\", role = \"operator\" }",
+    )
+    .unwrap();
+    traffic_to_webhook(
+        p,
+        &hook_url,
+        "200ms",
+        "",
+        "repeat_interval = \"1s\"\nseverity = \"page\"",
+    );
+    common::create_topic(&p.config.kafka).await;
+    let stop = CancellationToken::new();
+    let options = RunOptions {
+        components: Components {
+            dashboard: true,
+            ..Components::ALL
+        },
+        ..Default::default()
+    };
+    let running = pipeline::start(p.clone(), options, stop.clone())
+        .await
+        .expect("pipeline starts");
+    let url = format!("http://127.0.0.1:{port}");
+    wait("the alert fires", || !receiver.delivered().is_empty()).await;
+
+    let refused = silence_cli(
+        &url,
+        "viewer-secret",
+        &["add", "alertname=traffic", "-c", "load test"],
+    );
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("403") && stderr.contains("operator"),
+        "{stderr}"
+    );
+    let added = silence_cli(
+        &url,
+        "operator-secret",
+        &[
+            "add",
+            "alertname=traffic",
+            "severity=~page|critical",
+            "--duration",
+            "1h",
+            "--comment",
+            "load test",
+        ],
+    );
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    let id = String::from_utf8_lossy(&added.stdout).trim().to_string();
+
+    // The evaluator sees it at its next evaluation; the dashboard's API shows it.
+    let client = reqwest::Client::new();
+    let alerts = || async {
+        client
+            .get(format!("{url}/api/alerts"))
+            .bearer_auth("viewer-secret")
+            .send()
+            .await
+            .unwrap()
+            .json::<serde_json::Value>()
+            .await
+            .unwrap()
+    };
+    let t = Instant::now();
+    while alerts().await["active"][0]["silenced_by"] != id.as_str() {
+        assert!(t.elapsed() < Duration::from_secs(10), "{}", alerts().await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // What was queued before may still arrive; then nothing for three repeat intervals.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let sent = receiver.delivered().len();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        receiver.delivered().len(),
+        sent,
+        "nothing is sent while silenced"
+    );
+    let recent = alerts().await["recent"].clone();
+    assert!(
+        recent
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["change"] == "repeat" && n["silenced_by"] == id.as_str()),
+        "the silenced repeats are kept as history: {recent}"
+    );
+
+    let listed = silence_cli(&url, "viewer-secret", &["list"]);
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.lines().any(|l| l.starts_with(&id)
+            && l.contains("active")
+            && l.contains("ops")
+            && l.contains("alertname=\"traffic\"")),
+        "{listed}"
+    );
+    let stored = runner::pipeline::open_store(&p.config)
+        .await
+        .unwrap()
+        .store
+        .silences(0)
+        .await
+        .unwrap();
+    assert!(
+        stored
+            .iter()
+            .any(|s| s.id == id && s.created_by == "ops" && s.comment == "load test"),
+        "kept in MongoDB: {stored:?}"
+    );
+
+    let expired = silence_cli(&url, "operator-secret", &["expire", &id]);
+    assert!(
+        expired.status.success(),
+        "{}",
+        String::from_utf8_lossy(&expired.stderr)
+    );
+    wait(
+        "the still-firing alert is sent when its silence ends",
+        || receiver.delivered().len() > sent,
+    )
+    .await;
+    assert_eq!(receiver.delivered()[sent]["change"], "firing");
+    stop.cancel();
+    running.wait().await.expect("pipeline run");
+}

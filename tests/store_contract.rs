@@ -269,6 +269,43 @@ async fn state_store_contract(store: &dyn StateStore) {
         )]
     );
 
+    // Silences: replaced by id (an early expiry), read by their end, oldest start first.
+    let silence = |id: &str, starts: i64, ends: i64| runner::store::Silence {
+        id: id.into(),
+        matchers: vec![runner::store::Matcher {
+            name: "item.id".into(),
+            value: "i-(1|2)$".into(),
+            is_regex: true,
+            is_equal: false,
+        }],
+        starts_at: Utc.timestamp_millis_opt(starts).unwrap(),
+        ends_at: Utc.timestamp_millis_opt(ends).unwrap(),
+        created_by: "ops".into(),
+        comment: "planned outage".into(),
+        updated_at: Utc.timestamp_millis_opt(starts).unwrap(),
+        expired_by: None,
+    };
+    store
+        .save_silence(&silence("s2", 2_000, 9_000))
+        .await
+        .unwrap();
+    store
+        .save_silence(&silence("s1", 1_000, 5_000))
+        .await
+        .unwrap();
+    let mut expired = silence("s2", 2_000, 3_000);
+    expired.expired_by = Some("lead".into());
+    store.save_silence(&expired).await.unwrap();
+    assert_eq!(
+        store.silences(0).await.unwrap(),
+        vec![silence("s1", 1_000, 5_000), expired.clone()]
+    );
+    assert_eq!(
+        store.silences(4_000).await.unwrap(),
+        vec![silence("s1", 1_000, 5_000)],
+        "those ended before the given time are left out"
+    );
+
     // Alert history: newest first, and recording the same notification twice keeps one.
     store.record_alert(&notice("n1", 1_000)).await.unwrap();
     store.record_alert(&notice("n2", 2_000)).await.unwrap();
@@ -684,6 +721,7 @@ fn mongo_config(shape: &Shape) -> MongoConfig {
         metrics_collection: "aggregated_metrics".into(),
         alerts_collection: "alerts".into(),
         alert_state_collection: "alert_state".into(),
+        silence_collection: "silences".into(),
         dead_letter_collection: "dead_letters".into(),
         results_collection: "metric_results".into(),
         lease_collection: "leases".into(),

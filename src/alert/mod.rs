@@ -14,6 +14,7 @@ pub mod lease;
 mod notification;
 pub mod outcome;
 mod rule;
+pub mod silence;
 pub mod state;
 
 pub use channel::Dispatcher;
@@ -157,6 +158,9 @@ pub struct ActiveAlert {
     pub value: Option<f64>,
     pub active_since: DateTime<Utc>,
     pub fired_at: Option<DateTime<Utc>>,
+    /// The silence that keeps its notifications from being sent, if one does.
+    #[serde(default)]
+    pub silenced_by: Option<String>,
 }
 
 fn alerting() -> String {
@@ -178,6 +182,7 @@ pub async fn active_alerts(store: &dyn StateStore) -> anyhow::Result<Vec<ActiveA
                 value: i.value,
                 active_since: DateTime::from_timestamp_millis(i.active_since).unwrap_or_default(),
                 fired_at: i.fired_at.and_then(DateTime::from_timestamp_millis),
+                silenced_by: i.silenced_by,
             });
         }
     }
@@ -210,6 +215,7 @@ pub async fn run(
         unsaved: BTreeMap::new(),
         last: (Instant::now(), sources.stats.snapshot()),
         started: Utc::now().timestamp_millis(),
+        silences: Vec::new(),
         sources,
     };
     let mut ticker = ticker(current.config.interval);
@@ -287,6 +293,8 @@ struct Evaluator {
     /// When this process started evaluating (ms): an empty window is no data only once the
     /// process has run for the window's length, so a start is not a no-data alert.
     started: i64,
+    /// The silences last read from the store (kept when a read fails).
+    silences: Vec<crate::store::Silence>,
     sources: Sources,
 }
 
@@ -353,6 +361,7 @@ impl Evaluator {
         let metrics: serde_json::Map<String, Value> =
             values.into_iter().map(|v| (v.name, v.value)).collect();
         let history = Arc::new(self.histories(set, &metric_set, now).await);
+        let silences = self.silences(now).await;
         let inputs = Inputs {
             metrics: crate::script::json_to_dynamic(&Value::Object(metrics)),
             thresholds: Names::dynamic("thresholds", &json!(set.config.thresholds)),
@@ -387,7 +396,7 @@ impl Evaluator {
             let state = self.states.entry(rule.name().to_string()).or_default();
             let before = state.clone();
             let holding = outcome::holding(&rule.config, &evaluation, state);
-            let transitions = state.step(now, holding, timing);
+            let transitions = silence::step(&rule.config, state, now, holding, timing, &silences);
             let changed = *state != before;
             let stored = Stored {
                 severity: rule.config.severity.clone(),
@@ -395,7 +404,7 @@ impl Evaluator {
             };
             let due: Vec<Notification> = transitions
                 .iter()
-                .map(|t| {
+                .map(|(t, silenced_by)| {
                     let mut n = Notification::new(
                         &self.sources.pipeline,
                         &rule.config,
@@ -412,6 +421,7 @@ impl Evaluator {
                     ) {
                         n.message = m;
                     }
+                    n.silenced_by = silenced_by.clone();
                     n
                 })
                 .collect();
@@ -424,7 +434,7 @@ impl Evaluator {
                 true => state
                     .instances
                     .values()
-                    .filter(|i| i.status == Status::Firing)
+                    .filter(|i| i.status == Status::Firing && i.silenced_by.is_none())
                     .map(|i| {
                         let t = state::Transition {
                             change: state::Change::Refresh,
@@ -566,13 +576,34 @@ impl Evaluator {
         }
     }
 
+    /// Keeps `n` as history and sends it, unless a silence holds it (then it is only kept).
     async fn notify(&self, n: Notification, dispatcher: &Dispatcher) {
         if let Err(e) = self.sources.store.record_alert(&n).await {
             self.sources
                 .stats
                 .alert_error(&n.alert, &format!("cannot store alert history: {e:#}"));
         }
-        dispatcher.send(n);
+        if n.silenced_by.is_none() {
+            dispatcher.send(n);
+        }
+    }
+
+    /// The silences active at `now` (ms). When the store cannot be read, the last ones read:
+    /// a store hiccup must not un-silence a planned outage.
+    async fn silences(&mut self, now: i64) -> silence::Silences {
+        let at = DateTime::from_timestamp_millis(now).unwrap_or_default();
+        match self.sources.store.silences(now).await {
+            Ok(all) => self.silences = all,
+            Err(e) => self
+                .sources
+                .stats
+                .alert_error("(reading silences)", &format!("{e:#}")),
+        }
+        let (active, broken) = silence::Silences::active_at(&self.silences, at);
+        for b in broken {
+            self.sources.stats.alert_error("(silences)", &b);
+        }
+        active
     }
 
     /// The pipeline's own health, as conditions see it (`health.consumer_lag`, ...).
@@ -632,6 +663,12 @@ mod tests {
         }
         async fn load_alert_states(&self) -> anyhow::Result<Vec<(String, Value)>> {
             self.inner.load_alert_states().await
+        }
+        async fn save_silence(&self, s: &crate::store::Silence) -> anyhow::Result<()> {
+            self.inner.save_silence(s).await
+        }
+        async fn silences(&self, after: i64) -> anyhow::Result<Vec<crate::store::Silence>> {
+            self.inner.silences(after).await
         }
         async fn record_alert(&self, n: &Notification) -> anyhow::Result<()> {
             self.inner.record_alert(n).await
@@ -705,6 +742,7 @@ mod tests {
             unsaved: BTreeMap::new(),
             last: (Instant::now(), stats.snapshot()),
             started: Utc::now().timestamp_millis(),
+            silences: Vec::new(),
             sources,
         };
         let mut lease = lease::Lease::new("p");
@@ -810,6 +848,7 @@ mod tests {
             unsaved: BTreeMap::new(),
             last: (Instant::now(), stats.snapshot()),
             started: Utc::now().timestamp_millis(),
+            silences: Vec::new(),
             sources,
         };
         let mut lease = lease::Lease::new("p");

@@ -2,7 +2,7 @@
 //! record is stored as alert history, so the dashboard shows exactly what went out.
 
 use super::config::AlertConfig;
-use super::state::{fingerprint, Change, Transition};
+use super::state::{fingerprint, Change, Labels, Transition};
 pub use crate::store::Notification;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -18,10 +18,7 @@ impl Notification {
         t: &Transition,
         now_ms: i64,
     ) -> Notification {
-        let mut labels = rule.labels.clone();
-        labels.extend(t.instance.labels.clone());
-        labels.insert("alertname".into(), rule.name.clone());
-        labels.insert("severity".into(), rule.severity.clone());
+        let labels = labels_of(rule, &t.instance.labels);
         let at = ms(now_ms);
         let status = if t.change == Change::Resolved {
             "resolved"
@@ -44,6 +41,8 @@ impl Notification {
             ends_at: (t.change == Change::Resolved).then_some(at),
             at,
             channels: channels.to_vec(),
+            silenced_by: None,
+            alerts: Vec::new(),
         };
         n.message = n.render(&rule.message, thresholds).unwrap_or_else(|e| {
             format!("{} is {} (message template failed: {e})", n.alert, n.status)
@@ -117,6 +116,8 @@ impl Notification {
             ends_at: None,
             at,
             channels: Vec::new(),
+            silenced_by: None,
+            alerts: Vec::new(),
         }
     }
 
@@ -153,6 +154,16 @@ impl Notification {
     }
 }
 
+/// Every label of an instance of `rule`, as notifications carry them and silences and routes
+/// match them: the rule's labels, the instance's, `alertname` and `severity`.
+pub fn labels_of(rule: &AlertConfig, instance: &Labels) -> Labels {
+    let mut labels = rule.labels.clone();
+    labels.extend(instance.clone());
+    labels.insert("alertname".into(), rule.name.clone());
+    labels.insert("severity".into(), rule.severity.clone());
+    labels
+}
+
 fn ms(t: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(t).unwrap_or_default()
 }
@@ -177,6 +188,7 @@ mod tests {
             fired_at: Some(1_000),
             notified_at: Some(1_000),
             cleared_at: None,
+            silenced_by: None,
         };
         let t = Transition {
             change: Change::Firing,

@@ -133,6 +133,7 @@ mod tests {
                     fired_at: Some(0),
                     notified_at: Some(0),
                     cleared_at: None,
+                    silenced_by: None,
                 },
             )]
             .into(),

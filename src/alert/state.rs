@@ -39,6 +39,10 @@ pub struct Instance {
     /// `keep_firing_for` from then).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cleared_at: Option<i64>,
+    /// The silence its labels match now, if any: it changes state as ever, but nothing is sent
+    /// for it (set by the evaluator, which knows the silences).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub silenced_by: Option<String>,
 }
 
 /// A notification-worthy change of one instance.
@@ -115,6 +119,7 @@ impl RuleState {
                 fired_at: None,
                 notified_at: None,
                 cleared_at: None,
+                silenced_by: None,
             });
             instance.value = value;
             instance.cleared_at = None;

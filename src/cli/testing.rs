@@ -20,13 +20,14 @@
 use crate::aggregate::{Aggregator, MetricSet};
 use crate::alert::history::{Histories, Window};
 use crate::alert::outcome::{self, Evaluation};
+use crate::alert::silence::{self, parse_matcher, Silences};
 use crate::alert::state::{RuleState, Status};
 use crate::alert::{AlertSet, Inputs, Names};
 use crate::base::de;
 use crate::config::Pipeline;
 use crate::event::{Record, Schema};
 use crate::store::embedded::{EmbeddedConfig, EmbeddedStore};
-use crate::store::StateStore;
+use crate::store::{Silence, StateStore};
 use crate::telemetry::Stats;
 use crate::transport::Batch;
 use anyhow::Context;
@@ -71,6 +72,21 @@ struct AlertCase {
     /// The transitions expected, in order; a transition not listed fails the test.
     #[serde(default)]
     expect: Vec<Expected>,
+    /// Silences in force during the test.
+    #[serde(default)]
+    silences: Vec<SilenceCase>,
+}
+
+/// `[[alert_test.silences]]`: a silence from `from` until `until` on the simulated clock.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SilenceCase {
+    /// Matchers as `runner silence add` takes them (`alertname = "purchases_stopped"`).
+    matchers: Vec<String>,
+    #[serde(deserialize_with = "de::duration")]
+    from: Duration,
+    #[serde(deserialize_with = "de::duration")]
+    until: Duration,
 }
 
 #[derive(Debug, Deserialize)]
@@ -98,6 +114,9 @@ struct Expected {
     /// The instance's labels, when the rule gives it any (checked when listed).
     #[serde(default)]
     labels: Option<BTreeMap<String, String>>,
+    /// Whether a silence kept the notification from being sent.
+    #[serde(default)]
+    silenced: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -217,8 +236,37 @@ fn run_alert_case(
     for (k, v) in &case.thresholds {
         thresholds[k] = serde_json::to_value(v)?;
     }
+    let silences = case
+        .silences
+        .iter()
+        .enumerate()
+        .map(|(n, c)| {
+            let at = |d: Duration| {
+                chrono::DateTime::from_timestamp_millis(EPOCH_MS + d.as_millis() as i64)
+                    .unwrap_or_default()
+            };
+            let silence = Silence {
+                id: format!("silence {}", n + 1),
+                matchers: c
+                    .matchers
+                    .iter()
+                    .map(|m| parse_matcher(m))
+                    .collect::<Result<_, _>>()
+                    .map_err(anyhow::Error::msg)?,
+                starts_at: at(c.from),
+                ends_at: at(c.until),
+                created_by: "runner test".into(),
+                comment: case.name.clone(),
+                updated_at: at(c.from),
+                expired_by: None,
+            };
+            silence::check(&silence)
+                .map_err(|e| anyhow::anyhow!("silence {}: {e}", n + 1))
+                .map(|()| silence)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let mut state = RuleState::default();
-    let mut got: Vec<(i64, String, BTreeMap<String, String>)> = Vec::new();
+    let mut got: Vec<(i64, String, BTreeMap<String, String>, bool)> = Vec::new();
     // Conditions that failed, shown when the expected transitions are not what happened.
     let mut errors: Vec<String> = Vec::new();
     let (from, until) = (case.from.as_millis() as i64, case.until.as_millis() as i64);
@@ -271,20 +319,29 @@ fn run_alert_case(
             .filter(|(_, i)| i.status == Status::Pending)
             .map(|(k, _)| k.clone())
             .collect();
-        let transitions = state.step(EPOCH_MS + t, holding, rule.timing());
+        let now = chrono::DateTime::from_timestamp_millis(EPOCH_MS + t).unwrap_or_default();
+        let transitions = silence::step(
+            &rule.config,
+            &mut state,
+            EPOCH_MS + t,
+            holding,
+            rule.timing(),
+            &Silences::active_at(&silences, now).0,
+        );
         for (k, i) in &state.instances {
             if i.status == Status::Pending
                 && !pending_before.contains(k)
                 && i.active_since == EPOCH_MS + t
             {
-                got.push((t, "pending".to_string(), i.labels.clone()));
+                got.push((t, "pending".to_string(), i.labels.clone(), false));
             }
         }
-        for tr in transitions {
+        for (tr, silenced_by) in transitions {
             got.push((
                 t,
                 format!("{:?}", tr.change).to_lowercase(),
                 tr.instance.labels,
+                silenced_by.is_some(),
             ));
         }
         t += every;
@@ -294,23 +351,35 @@ fn run_alert_case(
             g.0 == e.at.as_millis() as i64
                 && g.1 == e.change
                 && e.labels.as_ref().is_none_or(|l| *l == g.2)
+                && g.3 == e.silenced
         });
     let failures = if matches {
         Vec::new()
     } else {
-        let line = |t: i64, change: &str, labels: Option<&BTreeMap<String, String>>| {
+        let line = |t: i64, change: &str, labels: Option<&BTreeMap<String, String>>, silenced| {
             let labels = labels
                 .filter(|l| !l.is_empty())
                 .map(|l| format!(" {l:?}"))
                 .unwrap_or_default();
-            format!("{} {change}{labels}", shown(t))
+            let silenced = if silenced { " (silenced)" } else { "" };
+            format!("{} {change}{labels}{silenced}", shown(t))
         };
         let expected: Vec<String> = case
             .expect
             .iter()
-            .map(|e| line(e.at.as_millis() as i64, &e.change, e.labels.as_ref()))
+            .map(|e| {
+                line(
+                    e.at.as_millis() as i64,
+                    &e.change,
+                    e.labels.as_ref(),
+                    e.silenced,
+                )
+            })
             .collect();
-        let got: Vec<String> = got.iter().map(|g| line(g.0, &g.1, Some(&g.2))).collect();
+        let got: Vec<String> = got
+            .iter()
+            .map(|g| line(g.0, &g.1, Some(&g.2), g.3))
+            .collect();
         let mut lines = vec![
             format!("rule {:?}: expected [{}]", case.rule, expected.join(", ")),
             format!("got      [{}]", got.join(", ")),

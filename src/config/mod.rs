@@ -277,6 +277,7 @@ impl Pipeline {
             self.config.consumer.check(),
             self.config.backfill.check(),
             self.config.alerting.check(),
+            self.config.dashboard.check(),
             self.config.results_check(),
         ]
         .into_iter()

@@ -7,6 +7,7 @@ mod chart;
 mod history;
 mod hub;
 mod prometheus;
+mod silences;
 mod templates;
 mod topology;
 mod view;
@@ -27,12 +28,14 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+pub use auth::{Caller, Role, TokenConfig};
 use hub::{Feed, FeedKey, Frame, Hub, Memo};
 pub use templates::Templates;
 use view::{alerts, health, range_ms, view, RangeQuery};
@@ -53,9 +56,15 @@ pub struct DashboardConfig {
     #[serde(default)]
     pub templates: Option<PathBuf>,
     /// When set, every route needs `Authorization: Bearer <token>` (or the cookie that opening
-    /// the page once with `?token=<token>` sets). Required when `listen` is beyond loopback.
+    /// the page once with `?token=<token>` sets). Required when `listen` is beyond loopback
+    /// (or `tokens`). It is an operator token, recorded as `operator` on the silences it makes.
     #[serde(default)]
     pub token: Secret,
+    /// Named tokens with a role each, `viewer` (read pages and APIs) or `operator` (also make
+    /// and expire silences): `ops = { secret = "${OPS_TOKEN}", role = "operator" }`. The name
+    /// is recorded as who made a silence. With any token set, every route needs one.
+    #[serde(default)]
+    pub tokens: BTreeMap<String, TokenConfig>,
     /// Serve beyond loopback without a token. Off: a dashboard on `0.0.0.0` without a token
     /// refuses to start, since anyone who can reach the port would read every metric and alert.
     #[serde(default)]
@@ -82,6 +91,7 @@ impl Default for DashboardConfig {
             refresh: default_refresh(),
             templates: None,
             token: Secret::default(),
+            tokens: BTreeMap::new(),
             allow_anonymous: false,
             allowed_hosts: Vec::new(),
             headline: Vec::new(),
@@ -136,11 +146,56 @@ struct AppState {
 
 type Shared = Arc<AppState>;
 
-impl AppState {
-    fn token(&self) -> String {
-        self.config.borrow().token.expose().to_string()
+impl DashboardConfig {
+    /// Every token with its name and role: the named ones, and the single `token` as an operator.
+    pub fn credentials(&self) -> Vec<(String, Secret, Role)> {
+        let single = (!self.token.is_empty()).then(|| {
+            (
+                auth::SINGLE_TOKEN_NAME.to_string(),
+                self.token.clone(),
+                Role::Operator,
+            )
+        });
+        single
+            .into_iter()
+            .chain(
+                self.tokens
+                    .iter()
+                    .map(|(name, t)| (name.clone(), t.secret.clone(), t.role)),
+            )
+            .collect()
     }
 
+    /// Problems a parse cannot catch.
+    pub fn check(&self) -> Option<String> {
+        let mut p = Vec::new();
+        for (name, t) in &self.tokens {
+            if t.secret.is_empty() {
+                p.push(format!(
+                    "dashboard.tokens.{name}: the secret is empty (is the variable it names set?)"
+                ));
+            }
+        }
+        if !self.token.is_empty() && self.tokens.contains_key(auth::SINGLE_TOKEN_NAME) {
+            p.push(format!(
+                "dashboard.tokens.{}: the name is taken by dashboard.token; choose another",
+                auth::SINGLE_TOKEN_NAME
+            ));
+        }
+        let secrets = self.credentials();
+        for (i, (a, s, _)) in secrets.iter().enumerate() {
+            if let Some((b, _, _)) = secrets[..i]
+                .iter()
+                .find(|(_, t, _)| t == s && !s.is_empty())
+            {
+                p.push(format!("dashboard.tokens.{a}: the same secret as {b}; each token needs its own, or the name recorded for a silence is a guess"));
+            }
+        }
+        (!p.is_empty()).then(|| p.join("; "))
+    }
+}
+
+impl AppState {
     fn refresh(&self) -> Duration {
         self.config.borrow().refresh
     }
@@ -180,7 +235,7 @@ pub async fn bind(config: &DashboardConfig) -> anyhow::Result<Bound> {
         format!("cannot serve the dashboard on {} (dashboard.listen, or --dashboard-listen; another process may hold the port)", config.listen)
     })?;
     let addr = listener.local_addr()?;
-    if !addr.ip().is_loopback() && config.token.is_empty() {
+    if !addr.ip().is_loopback() && config.credentials().is_empty() {
         if !config.allow_anonymous {
             anyhow::bail!(
                 "the dashboard would serve {addr}, beyond this machine, without a token: set dashboard.token (env DASHBOARD_TOKEN in the shipped pipeline), \
@@ -254,6 +309,11 @@ fn router(state: Shared) -> Router {
         .route("/api/metrics/{name}/history", get(api_history))
         .route("/api/health", get(api_health))
         .route("/api/alerts", get(api_alerts))
+        .route("/api/silences", get(silences::list).post(silences::create))
+        .route(
+            "/api/silences/{id}",
+            axum::routing::delete(silences::expire),
+        )
         .route("/api/topology", get(api_topology))
         .route("/metrics", get(prometheus::scrape))
         .layer(middleware::from_fn_with_state(
@@ -264,7 +324,7 @@ fn router(state: Shared) -> Router {
         // probe should not need a secret).
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        // Every route is a GET: a body is never read, and a large one is refused unread.
+        // Only a silence is a request body (a few hundred bytes): a large one is refused unread.
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn(time_limit))
         .layer(middleware::from_fn_with_state(

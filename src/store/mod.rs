@@ -11,7 +11,8 @@ pub mod retention;
 mod rows;
 
 pub use rows::{
-    Change, Labels, Notification, PaneRecord, ResultRow, StateJson, MAX_STATE_BYTES, TIMELESS_PANE,
+    Change, Labels, Matcher, Notification, PaneRecord, ResultRow, Silence, StateJson,
+    MAX_STATE_BYTES, TIMELESS_PANE,
 };
 
 use crate::dead_letter::DeadLetter;
@@ -148,6 +149,11 @@ pub trait StateStore: Send + Sync {
     async fn save_alert_state(&self, rule: &str, state: &serde_json::Value) -> anyhow::Result<()>;
     /// Every rule's stored alert state.
     async fn load_alert_states(&self) -> anyhow::Result<Vec<(String, serde_json::Value)>>;
+    /// Stores a silence, replacing the one with the same id (to expire it early).
+    async fn save_silence(&self, silence: &Silence) -> anyhow::Result<()>;
+    /// The silences that end after `ended_after_ms` (active, pending, and those expired since
+    /// then), oldest start first.
+    async fn silences(&self, ended_after_ms: i64) -> anyhow::Result<Vec<Silence>>;
     /// Appends a notification to the alert history; storing the same id again changes nothing.
     async fn record_alert(&self, notification: &Notification) -> anyhow::Result<()>;
     /// The latest `limit` notifications, newest first.
@@ -312,6 +318,12 @@ impl StateStore for Switchable {
     }
     async fn load_alert_states(&self) -> anyhow::Result<Vec<(String, serde_json::Value)>> {
         self.current().load_alert_states().await
+    }
+    async fn save_silence(&self, silence: &Silence) -> anyhow::Result<()> {
+        self.current().save_silence(silence).await
+    }
+    async fn silences(&self, ended_after_ms: i64) -> anyhow::Result<Vec<Silence>> {
+        self.current().silences(ended_after_ms).await
     }
     async fn record_alert(&self, notification: &Notification) -> anyhow::Result<()> {
         self.current().record_alert(notification).await

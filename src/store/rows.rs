@@ -135,4 +135,46 @@ pub struct Notification {
     /// When it was raised.
     pub at: DateTime<Utc>,
     pub channels: Vec<String>,
+    /// The silence that kept it from being sent (it is kept as history all the same).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub silenced_by: Option<String>,
+    /// The alerts of a group notification (a route's `group_by`), each as its own notification;
+    /// empty for a notification of one instance.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alerts: Vec<Notification>,
+}
+
+/// One label matcher, as Alertmanager's API writes it: `name` equal to `value` (or not, with
+/// `is_equal = false`), or matching it as an anchored regular expression with `is_regex`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Matcher {
+    pub name: String,
+    pub value: String,
+    #[serde(default)]
+    pub is_regex: bool,
+    #[serde(default = "equal")]
+    pub is_equal: bool,
+}
+
+fn equal() -> bool {
+    true
+}
+
+/// A silence (Alertmanager's): while `starts_at <= now < ends_at`, every alert instance whose
+/// labels all of `matchers` match still changes state, but nothing is sent for it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Silence {
+    pub id: String,
+    pub matchers: Vec<Matcher>,
+    pub starts_at: DateTime<Utc>,
+    pub ends_at: DateTime<Utc>,
+    /// The dashboard token's name that made it.
+    pub created_by: String,
+    pub comment: String,
+    /// When it was made or last changed (expired early).
+    pub updated_at: DateTime<Utc>,
+    /// The token's name that expired it before its end, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expired_by: Option<String>,
 }

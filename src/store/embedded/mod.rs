@@ -80,6 +80,12 @@ const SCHEMA: &str = "
         state TEXT NOT NULL,
         updated_ms INTEGER NOT NULL
     );
+    CREATE TABLE IF NOT EXISTS silences (
+        id TEXT PRIMARY KEY,
+        starts_ms INTEGER NOT NULL,
+        ends_ms INTEGER NOT NULL,
+        body TEXT NOT NULL
+    );
     CREATE TABLE IF NOT EXISTS alerts (
         id TEXT PRIMARY KEY,
         at_ms INTEGER NOT NULL,

@@ -3,7 +3,7 @@
 
 use super::EmbeddedStore;
 use crate::dead_letter::DeadLetter;
-use crate::store::{Notification, PaneRecord, ResultRow, StateJson, StateStore};
+use crate::store::{Notification, PaneRecord, ResultRow, Silence, StateJson, StateStore};
 use anyhow::Context;
 use async_trait::async_trait;
 use rusqlite::params;
@@ -106,6 +106,40 @@ impl StateStore for EmbeddedStore {
             .map(|(rule, state)| Ok((rule, serde_json::from_str(&state)?)))
             .collect::<anyhow::Result<Vec<_>>>()
             .context("a stored alert state is malformed")
+    }
+
+    async fn save_silence(&self, silence: &Silence) -> anyhow::Result<()> {
+        let row = (
+            silence.id.clone(),
+            silence.starts_at.timestamp_millis(),
+            silence.ends_at.timestamp_millis(),
+            serde_json::to_string(silence)?,
+        );
+        self.with_conn(move |c| {
+            c.execute(
+                "INSERT INTO silences (id, starts_ms, ends_ms, body) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (id) DO UPDATE SET starts_ms = excluded.starts_ms, ends_ms = excluded.ends_ms, body = excluded.body",
+                params![row.0, row.1, row.2, row.3],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    async fn silences(&self, ended_after_ms: i64) -> anyhow::Result<Vec<Silence>> {
+        let rows = self
+            .with_reader(move |c| {
+                let mut stmt = c.prepare(
+                    "SELECT body FROM silences WHERE ends_ms > ?1 ORDER BY starts_ms, id",
+                )?;
+                let rows = stmt.query_map([ended_after_ms], |r| r.get::<_, String>(0))?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await?;
+        rows.iter()
+            .map(|body| Ok(serde_json::from_str(body)?))
+            .collect::<anyhow::Result<Vec<_>>>()
+            .context("a stored silence is malformed")
     }
 
     async fn record_alert(&self, n: &Notification) -> anyhow::Result<()> {

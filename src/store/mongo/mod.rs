@@ -43,6 +43,9 @@ pub struct MongoConfig {
     /// Collection of alert rule state (pending and firing instances), so a restart re-sends nothing.
     #[serde(default = "default_alert_state")]
     pub alert_state_collection: String,
+    /// Collection of alert silences, so every replica and a restart see them.
+    #[serde(default = "default_silences")]
+    pub silence_collection: String,
     /// Collection of messages the pipeline could not use, with the reason.
     #[serde(default = "default_dead_letters")]
     pub dead_letter_collection: String,
@@ -76,6 +79,7 @@ impl std::fmt::Debug for MongoConfig {
             .field("metrics_collection", &self.metrics_collection)
             .field("alerts_collection", &self.alerts_collection)
             .field("alert_state_collection", &self.alert_state_collection)
+            .field("silence_collection", &self.silence_collection)
             .field("dead_letter_collection", &self.dead_letter_collection)
             .field("results_collection", &self.results_collection)
             .field("lease_collection", &self.lease_collection)
@@ -97,6 +101,9 @@ fn default_alerts() -> String {
 }
 fn default_alert_state() -> String {
     "alert_state".into()
+}
+fn default_silences() -> String {
+    "silences".into()
 }
 fn default_dead_letters() -> String {
     "dead_letters".into()
@@ -204,6 +211,7 @@ pub struct MongoStore {
     panes: Collection<Document>,
     alerts: Collection<Document>,
     alert_state: Collection<Document>,
+    silences: Collection<Document>,
     dead_letters: Collection<Document>,
     results: Collection<Document>,
     leases: Collection<Document>,
@@ -272,6 +280,7 @@ impl MongoStore {
             panes,
             alerts,
             alert_state: db.collection::<Document>(&config.alert_state_collection),
+            silences: db.collection::<Document>(&config.silence_collection),
             dead_letters,
             results,
             leases: db.collection::<Document>(&config.lease_collection),

@@ -6,8 +6,8 @@ use super::MongoStore;
 use crate::dead_letter::DeadLetter;
 use crate::event::Record;
 use crate::store::{
-    Encoded, InsertOutcome, Notification, PaneRecord, RawEvents, Rejected, ResultRow, StateJson,
-    StateStore, TIMELESS_PANE,
+    Encoded, InsertOutcome, Notification, PaneRecord, RawEvents, Rejected, ResultRow, Silence,
+    StateJson, StateStore, TIMELESS_PANE,
 };
 use anyhow::Context;
 use async_trait::async_trait;
@@ -326,6 +326,37 @@ impl StateStore for MongoStore {
             })
             .collect::<anyhow::Result<Vec<_>>>()
             .context("a stored alert state is malformed")
+    }
+
+    async fn save_silence(&self, silence: &Silence) -> anyhow::Result<()> {
+        // JSON text, as alert state: matchers name labels, which need not be BSON field names.
+        let d = doc! {
+            "_id": &silence.id,
+            "starts_at": bson::DateTime::from_millis(silence.starts_at.timestamp_millis()),
+            "ends_at": bson::DateTime::from_millis(silence.ends_at.timestamp_millis()),
+            "silence": serde_json::to_string(silence)?,
+        };
+        self.silences
+            .replace_one(doc! {"_id": &silence.id}, d)
+            .upsert(true)
+            .await
+            .context("MongoDB silence write failed")?;
+        Ok(())
+    }
+
+    async fn silences(&self, ended_after_ms: i64) -> anyhow::Result<Vec<Silence>> {
+        let docs: Vec<Document> = self
+            .silences
+            .find(doc! {"ends_at": {"$gt": bson::DateTime::from_millis(ended_after_ms)}})
+            .sort(doc! {"starts_at": 1, "_id": 1})
+            .await
+            .context("MongoDB silence read failed")?
+            .try_collect()
+            .await?;
+        docs.iter()
+            .map(|d| Ok(serde_json::from_str(d.get_str("silence")?)?))
+            .collect::<anyhow::Result<Vec<_>>>()
+            .context("a stored silence is malformed")
     }
 
     async fn record_alert(&self, n: &Notification) -> anyhow::Result<()> {
