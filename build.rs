@@ -337,7 +337,7 @@ impl Model {
             .iter()
             .map(|f| {
                 let mut group = Vec::new();
-                self.field(f, &info.file, header, path, &mut group);
+                self.field(f, name, &info.file, header, path, &mut group);
                 group
             })
             .collect();
@@ -349,7 +349,15 @@ impl Model {
     }
 
     /// The entries of one field: one key, or a table with everything under it.
-    fn field(&self, f: &FieldInfo, file: &Path, header: &str, path: &str, out: &mut Vec<Entry>) {
+    fn field(
+        &self,
+        f: &FieldInfo,
+        parent: &str,
+        file: &Path,
+        header: &str,
+        path: &str,
+        out: &mut Vec<Entry>,
+    ) {
         let join = |key: &str| {
             if path.is_empty() {
                 key.to_string()
@@ -389,7 +397,10 @@ impl Model {
                 default: String::new(),
                 doc,
             });
-            self.walk(&last_segment(&args[0]), &format!("[[{sub}]]"), &sub, out);
+            // A tree (`[[alerting.route.routes]]` holds routes): its keys are its parent's, listed once.
+            if last_segment(&args[0]) != parent {
+                self.walk(&last_segment(&args[0]), &format!("[[{sub}]]"), &sub, out);
+            }
             return;
         }
         if (outer == "BTreeMap" || outer == "HashMap") && args.len() == 2 {

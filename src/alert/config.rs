@@ -26,6 +26,48 @@ pub struct AlertingConfig {
     /// Named delivery channels; `log` always exists.
     #[serde(default)]
     pub channels: BTreeMap<String, ChannelConfig>,
+    /// Where the notifications of rules that name no `channels` go, grouped (Alertmanager's
+    /// route tree) [default: none; such rules send each notification to `default_channels`].
+    #[serde(default)]
+    pub route: Option<RouteConfig>,
+}
+
+/// `[alerting.route]` and its `[[alerting.route.routes]]`: Alertmanager's routing tree. A
+/// notification goes down the first child route whose `matchers` all match its labels (and on to
+/// the next matching sibling too when that child sets `continue = true`), as deep as a match
+/// goes; where no child matches, the route itself takes it. Its alerts are grouped by the
+/// `group_by` labels' values: one notification per group carries every alert of it. A child
+/// takes what it does not set from its parent.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Label matchers, as `runner silence` takes them: `['severity = "critical"']` (child
+    /// routes only: the top route takes everything).
+    #[serde(default)]
+    pub matchers: Vec<String>,
+    /// Where the groups of this route are sent [top route's default: `default_channels`].
+    #[serde(default)]
+    pub channels: Option<Vec<String>>,
+    /// The labels whose values make a group (`["alertname"]`: one group per rule; `["..."]`:
+    /// every label, no grouping) [top route's default: none, one group for the route].
+    #[serde(default)]
+    pub group_by: Option<Vec<String>>,
+    /// How long a new group waits for more alerts before its first notification [top: 30s].
+    #[serde(default, deserialize_with = "de::optional_duration")]
+    pub group_wait: Option<Duration>,
+    /// How long a group waits after a notification before sending what changed since [top: 5m].
+    #[serde(default, deserialize_with = "de::optional_duration")]
+    pub group_interval: Option<Duration>,
+    /// How long a group with firing alerts and no change waits before it is sent again [top: 4h].
+    #[serde(default, deserialize_with = "de::optional_duration")]
+    pub repeat_interval: Option<Duration>,
+    /// Go on to the next sibling route after this one matched.
+    #[serde(default, rename = "continue")]
+    pub continue_: bool,
+    /// Child routes, tried in order; each has the keys of `[alerting.route]` (and `routes` of
+    /// its own, to any depth).
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
 }
 
 impl Default for AlertingConfig {
@@ -36,6 +78,7 @@ impl Default for AlertingConfig {
             thresholds: BTreeMap::new(),
             default_channels: default_channels(),
             channels: BTreeMap::new(),
+            route: None,
         }
     }
 }
@@ -291,6 +334,12 @@ impl AlertConfig {
         default_channels: &[String],
     ) -> Option<String> {
         let mut p = Vec::new();
+        if self.name.is_empty() || self.name.starts_with('(') {
+            p.push(format!(
+                "alert {:?}: a rule's name must not be empty or start with '(' (the runner's own rows are named so)",
+                self.name
+            ));
+        }
         match (&self.condition, &self.script) {
             (Some(_), Some(_)) => p.push(format!(
                 "alert {:?}: give either condition or script, not both",
@@ -335,6 +384,9 @@ impl AlertingConfig {
         if self.interval.is_zero() {
             p.push("alerting.interval must be more than 0s".to_string());
         }
+        if let Some(route) = &self.route {
+            route.unknown_channels("route", &self.channels, &mut p);
+        }
         for (name, c) in &self.channels {
             match c {
                 ChannelConfig::Email(e) if e.to.is_empty() => {
@@ -359,6 +411,25 @@ impl AlertingConfig {
             }
         }
         (!p.is_empty()).then(|| p.join("; "))
+    }
+}
+
+impl RouteConfig {
+    /// A problem for each channel a route at `path` (or below) names that does not exist.
+    fn unknown_channels(
+        &self,
+        path: &str,
+        channels: &BTreeMap<String, ChannelConfig>,
+        out: &mut Vec<String>,
+    ) {
+        for c in self.channels.iter().flatten() {
+            if c != "log" && !channels.contains_key(c) {
+                out.push(format!("alerting.{path}.channels: no channel named {c:?}"));
+            }
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            r.unknown_channels(&format!("{path}.routes[{i}]"), channels, out);
+        }
     }
 }
 

@@ -9,10 +9,12 @@
 
 mod channel;
 pub mod config;
+pub mod group;
 pub mod history;
 pub mod lease;
 mod notification;
 pub mod outcome;
+pub mod route;
 mod rule;
 pub mod silence;
 pub mod state;
@@ -43,7 +45,13 @@ pub struct AlertSet {
     pub config: AlertingConfig,
     rules: Vec<Rule>,
     engine: Engine,
+    /// `[alerting.route]` resolved, when there is one.
+    routes: Option<route::Routes>,
 }
+
+/// The alert-state row the open notification groups are kept in (rule names cannot start with
+/// `(`, so no rule's state is ever stored under it).
+const GROUPS_ROW: &str = "(notification groups)";
 
 impl AlertSet {
     /// Compiles every rule and checks every channel; errors name the file (and line, for scripts).
@@ -80,11 +88,22 @@ impl AlertSet {
         if let Err(e) = Dispatcher::check(&config.channels) {
             errors.push(ScriptError::whole_file(pipeline_file, format!("{e:#}")));
         }
+        let routes = match &config.route {
+            Some(r) => match route::Routes::new(r, &config.default_channels) {
+                Ok(routes) => Some(routes),
+                Err(e) => {
+                    errors.push(ScriptError::whole_file(pipeline_file, e));
+                    None
+                }
+            },
+            None => None,
+        };
         match errors.is_empty() {
             true => Ok(AlertSet {
                 config: config.clone(),
                 rules,
                 engine,
+                routes,
             }),
             false => Err(errors),
         }
@@ -108,20 +127,67 @@ impl AlertSet {
         self.config.enabled && !self.rules.is_empty()
     }
 
-    fn channels_of<'a>(&'a self, rule: &'a AlertConfig) -> &'a [String] {
-        rule.channels
-            .as_deref()
-            .unwrap_or(&self.config.default_channels)
+    /// The route tree `rule`'s notifications go through: when there is one and the rule names
+    /// no `channels` of its own.
+    pub fn routes_of(&self, rule: &AlertConfig) -> Option<&route::Routes> {
+        self.routes.as_ref().filter(|_| rule.channels.is_none())
+    }
+
+    /// The channels a notification of `rule` with `labels` reaches: the rule's own, or those of
+    /// the routes it goes to, or `default_channels`.
+    pub fn channels_for(&self, rule: &AlertConfig, labels: &Labels) -> Vec<String> {
+        match (&rule.channels, self.routes_of(rule)) {
+            (Some(own), _) => own.clone(),
+            (None, Some(routes)) => {
+                let mut out: Vec<String> = routes
+                    .leaves_for(labels)
+                    .iter()
+                    .flat_map(|l| l.channels.iter().cloned())
+                    .collect();
+                out.dedup();
+                out
+            }
+            (None, None) => self.config.default_channels.clone(),
+        }
+    }
+
+    /// The notification of transition `t` of an instance of `rule` at `now` (ms), to the
+    /// channels it reaches, its message saying why when the rule has no data or failed (`error`).
+    pub fn notification(
+        &self,
+        pipeline: &str,
+        rule: &AlertConfig,
+        t: &state::Transition,
+        error: Option<&str>,
+        now: i64,
+    ) -> Notification {
+        let channels = self.channels_for(rule, &notification::labels_of(rule, &t.instance.labels));
+        let mut n = Notification::new(pipeline, rule, &channels, &self.config.thresholds, t, now);
+        if let Some(m) = outcome::message(&rule.name, &t.instance.labels, t.change, error) {
+            n.message = m;
+        }
+        n
     }
 
     /// Whether a channel of `rule` must hear of its firing instances while they last.
     fn wants_refresh(&self, rule: &AlertConfig) -> bool {
-        self.channels_of(rule).iter().any(|c| {
+        let mut channels: Vec<&str> = match self.routes_of(rule) {
+            Some(routes) => routes.channels(),
+            None => rule
+                .channels
+                .as_ref()
+                .unwrap_or(&self.config.default_channels)
+                .iter()
+                .map(String::as_str)
+                .collect(),
+        };
+        channels.retain(|c| {
             matches!(
-                self.config.channels.get(c),
+                self.config.channels.get(*c),
                 Some(ChannelConfig::Alertmanager(_))
             )
-        })
+        });
+        !channels.is_empty()
     }
 }
 
@@ -171,6 +237,9 @@ fn alerting() -> String {
 pub async fn active_alerts(store: &dyn StateStore) -> anyhow::Result<Vec<ActiveAlert>> {
     let mut out = Vec::new();
     for (rule, value) in store.load_alert_states().await? {
+        if rule == GROUPS_ROW {
+            continue;
+        }
         let stored: Stored = serde_json::from_value(value)?;
         for i in stored.state.instances.into_values() {
             out.push(ActiveAlert {
@@ -216,6 +285,9 @@ pub async fn run(
         last: (Instant::now(), sources.stats.snapshot()),
         started: Utc::now().timestamp_millis(),
         silences: Vec::new(),
+        groups: Default::default(),
+        saved_groups: Default::default(),
+        group_outbox: Vec::new(),
         sources,
     };
     let mut ticker = ticker(current.config.interval);
@@ -266,19 +338,24 @@ fn ticker(every: Duration) -> tokio::time::Interval {
     t
 }
 
-async fn load_states(store: &dyn StateStore) -> BTreeMap<String, RuleState> {
+/// The stored rule states, and the open notification groups.
+async fn load_states(store: &dyn StateStore) -> (BTreeMap<String, RuleState>, group::Groups) {
     match store.load_alert_states().await {
-        Ok(rows) => rows
-            .into_iter()
-            .filter_map(|(rule, v)| {
-                serde_json::from_value::<Stored>(v)
-                    .ok()
-                    .map(|s| (rule, s.state.rekeyed()))
-            })
-            .collect(),
+        Ok(rows) => {
+            let mut groups = group::Groups::default();
+            let mut states = BTreeMap::new();
+            for (rule, v) in rows {
+                if rule == GROUPS_ROW {
+                    groups = serde_json::from_value(v).unwrap_or_default();
+                } else if let Ok(s) = serde_json::from_value::<Stored>(v) {
+                    states.insert(rule, s.state.rekeyed());
+                }
+            }
+            (states, groups)
+        }
         Err(e) => {
             tracing::warn!(error = %format!("{e:#}"), "cannot read the stored alert state; alerts start fresh");
-            BTreeMap::new()
+            Default::default()
         }
     }
 }
@@ -295,6 +372,12 @@ struct Evaluator {
     started: i64,
     /// The silences last read from the store (kept when a read fails).
     silences: Vec<crate::store::Silence>,
+    /// The open notification groups of routed rules, and as they were last stored.
+    groups: group::Groups,
+    saved_groups: group::Groups,
+    /// Group notifications due but not sent yet: they wait until the groups that sent them are
+    /// stored, as a rule's notifications wait for its state.
+    group_outbox: Vec<Notification>,
     sources: Sources,
 }
 
@@ -305,7 +388,8 @@ impl Evaluator {
         let was = lease.held();
         match lease.renew(&*self.sources.store, interval).await {
             Ok(true) if !was => {
-                self.states = load_states(&*self.sources.store).await;
+                (self.states, self.groups) = load_states(&*self.sources.store).await;
+                self.saved_groups = self.groups.clone();
                 self.unsaved.clear();
             }
             Ok(_) => {}
@@ -405,22 +489,13 @@ impl Evaluator {
             let due: Vec<Notification> = transitions
                 .iter()
                 .map(|(t, silenced_by)| {
-                    let mut n = Notification::new(
+                    let mut n = set.notification(
                         &self.sources.pipeline,
                         &rule.config,
-                        set.channels_of(&rule.config),
-                        &set.config.thresholds,
                         t,
+                        error.as_deref(),
                         now,
                     );
-                    if let Some(m) = outcome::message(
-                        rule.name(),
-                        &t.instance.labels,
-                        t.change,
-                        error.as_deref(),
-                    ) {
-                        n.message = m;
-                    }
                     n.silenced_by = silenced_by.clone();
                     n
                 })
@@ -440,21 +515,44 @@ impl Evaluator {
                             change: state::Change::Refresh,
                             instance: i.clone(),
                         };
-                        Notification::new(
-                            &self.sources.pipeline,
-                            &rule.config,
-                            set.channels_of(&rule.config),
-                            &set.config.thresholds,
-                            &t,
-                            now,
-                        )
+                        set.notification(&self.sources.pipeline, &rule.config, &t, None, now)
                     })
                     .collect(),
                 false => Vec::new(),
             };
-            self.save_then_notify(rule.name(), changed, &stored, due, dispatcher)
+            self.save_then_notify(set, rule.name(), changed, &stored, due, dispatcher)
                 .await;
             dispatcher.refresh(refreshes);
+        }
+        self.send_groups(dispatcher, now).await;
+    }
+
+    /// Sends the group notifications due at `now` once the groups are stored (so a restart
+    /// neither loses a waiting group nor sends a sent one again); if the store refuses, they
+    /// wait for the next evaluation.
+    async fn send_groups(&mut self, dispatcher: &Dispatcher, now: i64) {
+        let due = self.groups.flush(&self.sources.pipeline, now);
+        self.group_outbox.extend(due);
+        if self.groups != self.saved_groups {
+            let value = serde_json::to_value(&self.groups).expect("groups serialize");
+            if let Err(e) = self
+                .sources
+                .store
+                .save_alert_state(GROUPS_ROW, &value)
+                .await
+            {
+                self.sources.stats.alert_error(
+                    GROUPS_ROW,
+                    &format!(
+                        "cannot store the notification groups, their notifications wait: {e:#}"
+                    ),
+                );
+                return;
+            }
+            self.saved_groups = self.groups.clone();
+        }
+        for n in self.group_outbox.drain(..) {
+            dispatcher.send(n);
         }
     }
 
@@ -463,6 +561,7 @@ impl Evaluator {
     /// the next tick, which tries again.
     async fn save_then_notify(
         &mut self,
+        set: &AlertSet,
         rule: &str,
         changed: bool,
         stored: &Stored,
@@ -479,7 +578,7 @@ impl Evaluator {
             return;
         }
         for n in held {
-            self.notify(n, dispatcher).await;
+            self.notify(set, n, dispatcher).await;
         }
     }
 
@@ -541,22 +640,13 @@ impl Evaluator {
             let due: Vec<Notification> = state
                 .resolve_all()
                 .iter()
-                .map(|t| {
-                    Notification::new(
-                        &self.sources.pipeline,
-                        &rule.config,
-                        old.channels_of(&rule.config),
-                        &old.config.thresholds,
-                        t,
-                        now,
-                    )
-                })
+                .map(|t| old.notification(&self.sources.pipeline, &rule.config, t, None, now))
                 .collect();
             let stored = Stored {
                 severity: rule.config.severity.clone(),
                 state,
             };
-            self.save_then_notify(rule.name(), true, &stored, due, dispatcher)
+            self.save_then_notify(old, rule.name(), true, &stored, due, dispatcher)
                 .await;
         }
     }
@@ -576,15 +666,26 @@ impl Evaluator {
         }
     }
 
-    /// Keeps `n` as history and sends it, unless a silence holds it (then it is only kept).
-    async fn notify(&self, n: Notification, dispatcher: &Dispatcher) {
+    /// Keeps `n` as history and sends it, unless a silence holds it (then it is only kept); a
+    /// routed rule's goes to its groups instead, which send it with the others.
+    async fn notify(&mut self, set: &AlertSet, n: Notification, dispatcher: &Dispatcher) {
         if let Err(e) = self.sources.store.record_alert(&n).await {
             self.sources
                 .stats
                 .alert_error(&n.alert, &format!("cannot store alert history: {e:#}"));
         }
-        if n.silenced_by.is_none() {
-            dispatcher.send(n);
+        let routes = set
+            .rules()
+            .iter()
+            .find(|r| r.name() == n.alert)
+            .and_then(|r| set.routes_of(&r.config));
+        match routes {
+            Some(routes) => {
+                let leaves = routes.leaves_for(&n.labels);
+                self.groups.add(&n, &leaves, n.at.timestamp_millis());
+            }
+            None if n.silenced_by.is_none() => dispatcher.send(n),
+            None => {}
         }
     }
 
@@ -743,6 +844,9 @@ mod tests {
             last: (Instant::now(), stats.snapshot()),
             started: Utc::now().timestamp_millis(),
             silences: Vec::new(),
+            groups: Default::default(),
+            saved_groups: Default::default(),
+            group_outbox: Vec::new(),
             sources,
         };
         let mut lease = lease::Lease::new("p");
@@ -849,6 +953,9 @@ mod tests {
             last: (Instant::now(), stats.snapshot()),
             started: Utc::now().timestamp_millis(),
             silences: Vec::new(),
+            groups: Default::default(),
+            saved_groups: Default::default(),
+            group_outbox: Vec::new(),
             sources,
         };
         let mut lease = lease::Lease::new("p");

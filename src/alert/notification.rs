@@ -146,6 +146,25 @@ impl Notification {
         for (k, v) in &self.labels {
             out.push_str(&format!("  {k} = {v}\n"));
         }
+        if !self.alerts.is_empty() {
+            out.push_str(&format!("\n{} alerts in this group:\n", self.alerts.len()));
+            for a in &self.alerts {
+                let labels: Vec<String> = a
+                    .labels
+                    .iter()
+                    .filter(|(k, _)| !self.labels.contains_key(*k))
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                let value = a.value.map(|v| format!(" (value {v})")).unwrap_or_default();
+                out.push_str(&format!(
+                    "  [{}] {} {}{value}: {}\n",
+                    a.status,
+                    a.alert,
+                    labels.join(", "),
+                    a.message
+                ));
+            }
+        }
         out.push_str(&format!(
             "\npipeline {}, notification {}\n",
             self.pipeline, self.id

@@ -211,6 +211,11 @@ pub fn step(
                 Change::Resolved => t.instance.silenced_by.clone().or(now_by),
                 _ => now_by,
             };
+            // The first word after a silence ends is that it fires, repeat or not.
+            let mut t = t;
+            if t.change == Change::Repeat && t.instance.silenced_by.is_some() && by.is_none() {
+                t.change = Change::Firing;
+            }
             (t, by)
         })
         .collect();
@@ -325,6 +330,50 @@ mod tests {
             .silencing(&labels(&[("alertname", "a"), ("item", "x")]))
             .is_none());
         assert!(set.silencing(&labels(&[("alertname", "a")])).is_none());
+    }
+
+    #[test]
+    fn a_silenced_instance_is_sent_as_firing_when_its_silence_ends_repeat_due_or_not() {
+        let rule: AlertConfig =
+            toml::from_str("name = \"a\"\ncondition = \"true\"\nrepeat_interval = \"10s\"")
+                .unwrap();
+        let timing = Timing {
+            for_ms: 0,
+            repeat_ms: 10_000,
+            keep_firing_ms: 0,
+        };
+        let holding = || vec![(Labels::new(), None)];
+        let quiet = silence(&["alertname=a"], 0, 25_000);
+        let at = |t| DateTime::from_timestamp_millis(t).unwrap();
+        let mut state = RuleState::default();
+        let mut sent = Vec::new();
+        for t in (0..=40_000).step_by(5_000) {
+            let (silences, _) = Silences::active_at(std::slice::from_ref(&quiet), at(t));
+            for (tr, by) in step(&rule, &mut state, t, holding(), timing, &silences) {
+                sent.push((t, tr.change, by.is_some()));
+            }
+        }
+        assert_eq!(
+            sent,
+            [
+                (0, Change::Firing, true),
+                (10_000, Change::Repeat, true),
+                (20_000, Change::Repeat, true),
+                (25_000, Change::Firing, false),
+                (35_000, Change::Repeat, false),
+            ]
+        );
+        // Ending when a repeat is due: that repeat is the firing notification, sent once.
+        let mut state = RuleState::default();
+        let quiet = silence(&["alertname=a"], 0, 20_000);
+        let mut sent = Vec::new();
+        for t in (0..=20_000).step_by(5_000) {
+            let (silences, _) = Silences::active_at(std::slice::from_ref(&quiet), at(t));
+            for (tr, by) in step(&rule, &mut state, t, holding(), timing, &silences) {
+                sent.push((t, tr.change, by.is_some()));
+            }
+        }
+        assert_eq!(sent[2..], [(20_000, Change::Firing, false)]);
     }
 
     #[test]

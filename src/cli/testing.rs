@@ -18,6 +18,7 @@
 //! ```
 
 use crate::aggregate::{Aggregator, MetricSet};
+use crate::alert::group::Groups;
 use crate::alert::history::{Histories, Window};
 use crate::alert::outcome::{self, Evaluation};
 use crate::alert::silence::{self, parse_matcher, Silences};
@@ -75,6 +76,28 @@ struct AlertCase {
     /// Silences in force during the test.
     #[serde(default)]
     silences: Vec<SilenceCase>,
+    /// The group notifications expected of a rule that goes through `[alerting.route]`, in
+    /// order (checked when any is listed; then one not listed fails the test).
+    #[serde(default)]
+    notify: Vec<ExpectedNotify>,
+}
+
+/// `[[alert_test.notify]]`: one notification of a route's group.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExpectedNotify {
+    #[serde(deserialize_with = "de::duration")]
+    at: Duration,
+    channels: Vec<String>,
+    /// How many alerts the notification carries.
+    alerts: usize,
+    /// `firing` (some alert of the group fires) or `resolved`.
+    #[serde(default = "firing")]
+    status: String,
+}
+
+fn firing() -> String {
+    "firing".to_string()
 }
 
 /// `[[alert_test.silences]]`: a silence from `from` until `until` on the simulated clock.
@@ -117,6 +140,13 @@ struct Expected {
     /// Whether a silence kept the notification from being sent.
     #[serde(default)]
     silenced: bool,
+    /// The same transition this many times in a row (instances of one rule) [default: 1].
+    #[serde(default = "one")]
+    count: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 #[derive(Debug, Deserialize)]
@@ -267,6 +297,10 @@ fn run_alert_case(
         .collect::<anyhow::Result<Vec<_>>>()?;
     let mut state = RuleState::default();
     let mut got: Vec<(i64, String, BTreeMap<String, String>, bool)> = Vec::new();
+    let routes = alerts.routes_of(&rule.config);
+    let mut groups = Groups::default();
+    // (at, channels, alerts, status) of each group notification.
+    let mut sent: Vec<(i64, Vec<String>, usize, String)> = Vec::new();
     // Conditions that failed, shown when the expected transitions are not what happened.
     let mut errors: Vec<String> = Vec::new();
     let (from, until) = (case.from.as_millis() as i64, case.until.as_millis() as i64);
@@ -336,7 +370,22 @@ fn run_alert_case(
                 got.push((t, "pending".to_string(), i.labels.clone(), false));
             }
         }
+        let error = match &evaluation {
+            Evaluation::Error(e) => Some(e.as_str()),
+            _ => None,
+        };
         for (tr, silenced_by) in transitions {
+            if let Some(routes) = routes {
+                let mut n = alerts.notification(
+                    &pipeline.config.name,
+                    &rule.config,
+                    &tr,
+                    error,
+                    EPOCH_MS + t,
+                );
+                n.silenced_by = silenced_by.clone();
+                groups.add(&n, &routes.leaves_for(&n.labels), EPOCH_MS + t);
+            }
             got.push((
                 t,
                 format!("{:?}", tr.change).to_lowercase(),
@@ -344,17 +393,55 @@ fn run_alert_case(
                 silenced_by.is_some(),
             ));
         }
+        for n in groups.flush(&pipeline.config.name, EPOCH_MS + t) {
+            sent.push((t, n.channels, n.alerts.len(), n.status));
+        }
         t += every;
     }
-    let matches = got.len() == case.expect.len()
-        && got.iter().zip(&case.expect).all(|(g, e)| {
+    let expect: Vec<&Expected> = case
+        .expect
+        .iter()
+        .flat_map(|e| std::iter::repeat_n(e, e.count))
+        .collect();
+    let matches = got.len() == expect.len()
+        && got.iter().zip(&expect).all(|(g, e)| {
             g.0 == e.at.as_millis() as i64
                 && g.1 == e.change
                 && e.labels.as_ref().is_none_or(|l| *l == g.2)
                 && g.3 == e.silenced
         });
-    let failures = if matches {
+    let expected_sent: Vec<(i64, Vec<String>, usize, String)> = case
+        .notify
+        .iter()
+        .map(|e| {
+            (
+                e.at.as_millis() as i64,
+                e.channels.clone(),
+                e.alerts,
+                e.status.clone(),
+            )
+        })
+        .collect();
+    let sent_matches = case.notify.is_empty() || sent == expected_sent;
+    let show_sent = |s: &[(i64, Vec<String>, usize, String)]| -> String {
+        s.iter()
+            .map(|(t, ch, n, status)| {
+                format!("{} {status} {n} alerts to {}", shown(*t), ch.join(","))
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let failures = if matches && sent_matches {
         Vec::new()
+    } else if matches {
+        vec![
+            format!(
+                "rule {:?}: expected notifications [{}]",
+                case.rule,
+                show_sent(&expected_sent)
+            ),
+            format!("got                    [{}]", show_sent(&sent)),
+        ]
     } else {
         let line = |t: i64, change: &str, labels: Option<&BTreeMap<String, String>>, silenced| {
             let labels = labels
@@ -364,8 +451,7 @@ fn run_alert_case(
             let silenced = if silenced { " (silenced)" } else { "" };
             format!("{} {change}{labels}{silenced}", shown(t))
         };
-        let expected: Vec<String> = case
-            .expect
+        let expected: Vec<String> = expect
             .iter()
             .map(|e| {
                 line(

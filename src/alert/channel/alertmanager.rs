@@ -117,13 +117,22 @@ fn labels(labels: &BTreeMap<String, String>, pipeline: &str) -> BTreeMap<String,
 #[async_trait]
 impl Channel for AlertmanagerChannel {
     async fn deliver(&self, n: &Notification) -> anyhow::Result<()> {
-        if self.fresh(n) {
+        // A group notification (a route's) posts each of its alerts: Alertmanager groups them
+        // again by its own routes.
+        let alerts: Vec<Value> = match n.alerts.is_empty() {
+            true if self.fresh(n) => return Ok(()),
+            true => vec![self.alert(n)],
+            false => n
+                .alerts
+                .iter()
+                .filter(|a| !self.fresh(a))
+                .map(|a| self.alert(a))
+                .collect(),
+        };
+        if alerts.is_empty() {
             return Ok(());
         }
-        let request = self
-            .client
-            .post(self.alerts_url.expose())
-            .json(&[self.alert(n)]);
+        let request = self.client.post(self.alerts_url.expose()).json(&alerts);
         let response = super::with_headers(request, &self.headers)
             .send()
             .await
