@@ -69,7 +69,7 @@
       method: "POST",
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ matchers: matchers, duration: "1h", comment: comment.value }),
-    }).then(r => r.ok ? r.json() : r.text().then(t => { throw new Error(t); }))
+    }).then(r => r.ok ? r.json() : r.text().then(t => { throw new Error(t || "the runner answered " + r.status); }))
       .then(s => { comment.value = ""; panels.dataset.silenced = s.id; })
       .catch(err => { error.textContent = err.message; dialog.showModal(); });
   });

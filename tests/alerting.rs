@@ -285,6 +285,48 @@ async fn webhook_alert_delivered() {
     assert_eq!(summary.stats.notifications_failed, 0);
 }
 
+/// The shipped pipeline's `scenario` and `rule` compressed into a minute at 1,000 events/s:
+/// `metric` over 10 s windows sliding by 1 s, the scenario's change over `(start, duration)`,
+/// and the rule (returned) pending for `for_`, kept firing 2 s.
+fn compressed(
+    p: &mut Pipeline,
+    metric: &str,
+    scenario: &str,
+    (start, duration): (Duration, Duration),
+    rule: &str,
+    for_: Duration,
+) -> alert::AlertConfig {
+    p.config.generator.rate = 1000.0;
+    let m = p
+        .config
+        .metrics
+        .iter_mut()
+        .find(|m| m.name == metric)
+        .expect("a shipped metric");
+    m.window = Duration::from_secs(10);
+    m.slide = Some(Duration::from_secs(1));
+    let s = p
+        .config
+        .generator
+        .scenario_defs
+        .iter_mut()
+        .find(|s| s.name == scenario)
+        .expect("a shipped scenario");
+    s.changes[0].start = start;
+    s.changes[0].duration = duration;
+    p.config.generator.scenarios = vec![scenario.into()];
+    let mut rule = p
+        .config
+        .alerts
+        .iter()
+        .find(|a| a.name == rule)
+        .expect("a shipped rule")
+        .clone();
+    rule.for_ = for_;
+    rule.keep_firing_for = Duration::from_secs(2);
+    rule
+}
+
 /// The shipped viral_item scenario and high_item_interactions rule (its script and thresholds as
 /// shipped; the window, evaluation and timings scaled from minutes to seconds) through Kafka and
 /// MongoDB: the rule stays quiet on normal traffic, fires for item_42 while it is viral, and
@@ -293,35 +335,15 @@ async fn webhook_alert_delivered() {
 async fn scenario_fires_and_resolves() {
     let mut sp = common::service_pipeline("alerts_scenario");
     let p = &mut sp.pipeline;
-    p.config.generator.rate = 1000.0;
-    let top = p
-        .config
-        .metrics
-        .iter_mut()
-        .find(|m| m.name == "top_items")
-        .expect("shipped top_items metric");
-    top.window = Duration::from_secs(10);
-    top.slide = Some(Duration::from_secs(1));
     let (viral_from, viral_for) = (Duration::from_secs(25), Duration::from_secs(12));
-    let viral = p
-        .config
-        .generator
-        .scenario_defs
-        .iter_mut()
-        .find(|s| s.name == "viral_item")
-        .expect("shipped viral_item scenario");
-    viral.changes[0].start = viral_from;
-    viral.changes[0].duration = viral_for;
-    p.config.generator.scenarios = vec!["viral_item".into()];
-    let mut rule = p
-        .config
-        .alerts
-        .iter()
-        .find(|a| a.name == "high_item_interactions")
-        .expect("shipped rule")
-        .clone();
-    rule.for_ = Duration::from_secs(3);
-    rule.keep_firing_for = Duration::from_secs(2);
+    let rule = compressed(
+        p,
+        "top_items",
+        "viral_item",
+        (viral_from, viral_for),
+        "high_item_interactions",
+        Duration::from_secs(3),
+    );
     p.config.alerts = vec![rule];
     p.config.alerting.interval = Duration::from_secs(1);
 
@@ -900,34 +922,14 @@ async fn an_outage_routed_to_alertmanager_is_grouped_and_a_silence_mutes_its_res
     let (receiver, hook_url) = Receiver::start(0).await;
     let mut sp = common::service_pipeline("outage_routed");
     let p = &mut sp.pipeline;
-    p.config.generator.rate = 1000.0;
-    let types = p
-        .config
-        .metrics
-        .iter_mut()
-        .find(|m| m.name == "interaction_types")
-        .expect("shipped interaction_types metric");
-    types.window = Duration::from_secs(10);
-    types.slide = Some(Duration::from_secs(1));
-    let outage = p
-        .config
-        .generator
-        .scenario_defs
-        .iter_mut()
-        .find(|s| s.name == "outage")
-        .expect("shipped outage scenario");
-    outage.changes[0].start = Duration::from_secs(20);
-    outage.changes[0].duration = Duration::from_secs(20);
-    p.config.generator.scenarios = vec!["outage".into()];
-    let mut rule = p
-        .config
-        .alerts
-        .iter()
-        .find(|a| a.name == "traffic_drop")
-        .expect("shipped rule")
-        .clone();
-    rule.for_ = Duration::from_secs(2);
-    rule.keep_firing_for = Duration::from_secs(2);
+    let rule = compressed(
+        p,
+        "interaction_types",
+        "outage",
+        (Duration::from_secs(20), Duration::from_secs(20)),
+        "traffic_drop",
+        Duration::from_secs(2),
+    );
     let thresholds = p.config.alerting.thresholds.clone();
     let port = free_port();
     p.config.dashboard.listen = format!("127.0.0.1:{port}");

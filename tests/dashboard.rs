@@ -618,7 +618,8 @@ async fn browser(
 async fn browser_sees_live_updates() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let (running, stop) = start(common::embedded_pipeline(dir.path()), port, "").await;
+    // The single token is an operator's: the page's silence button may make a silence.
+    let (running, stop) = start(common::embedded_pipeline(dir.path()), port, "br0wser").await;
 
     let driver_port = free_port();
     let mut driver = std::process::Command::new("chromedriver")
@@ -630,7 +631,8 @@ async fn browser_sees_live_updates() {
     wait_for_port(driver_port).await;
     let client = browser(driver_port, &dir.path().join("chrome"), &[]).await;
     let result = async {
-        client.goto(&format!("http://127.0.0.1:{port}/")).await?;
+        // Opened once with the token, as a link handed out would; the cookie carries it after.
+        client.goto(&format!("http://127.0.0.1:{port}/?token=br0wser")).await?;
         client.execute("window.__sameDocument = 'yes'; return null;", vec![]).await?;
         let t = Instant::now();
         let values = loop {
@@ -664,6 +666,31 @@ async fn browser_sees_live_updates() {
             .execute("return [...document.querySelectorAll('[data-panel=alerts] tr.alert-firing')].map(r => r.dataset.alert);", vec![])
             .await?;
         assert_eq!(firing, serde_json::json!(["traffic"]), "the alerts panel shows the firing alert");
+        // Its "silence 1h" button: a dialog asks why, the page posts the silence with its
+        // token's cookie, and at the next refresh the alert shows silenced.
+        client
+            .execute("document.querySelector('[data-panel=alerts] button.silence').click(); return document.getElementById('silence-dialog').open;", vec![])
+            .await?;
+        client
+            .execute("document.getElementById('silence-comment').value = 'checked in a browser'; document.getElementById('silence-submit').click(); return null;", vec![])
+            .await?;
+        let t = Instant::now();
+        loop {
+            let state: serde_json::Value = client
+                .execute("return [document.querySelectorAll('[data-panel=alerts] .badge.silenced').length, document.getElementById('silence-error').textContent];", vec![])
+                .await?;
+            if state[0].as_u64() >= Some(1) {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(10), "the alert never showed silenced: {state}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let silences: serde_json::Value = client
+            .execute("return fetch('/api/silences').then(r => r.json());", vec![])
+            .await?;
+        assert_eq!(silences[0]["comment"], "checked in a browser", "{silences}");
+        assert_eq!(silences[0]["created_by"], "operator", "{silences}");
+        assert_eq!(silences[0]["matchers"][0]["name"], "alertname", "{silences}");
         // Every chart has a time axis with labelled ticks (times of day) and a grid.
         let axes: serde_json::Value = client
             .execute(
@@ -742,7 +769,7 @@ async fn browser_sees_live_updates() {
     )
     .await;
     let dark_result = async {
-        dark.goto(&format!("http://127.0.0.1:{port}/")).await?;
+        dark.goto(&format!("http://127.0.0.1:{port}/?token=br0wser")).await?;
         let colours = dark
             .execute("return [matchMedia('(prefers-color-scheme: dark)').matches, getComputedStyle(document.body).backgroundColor, getComputedStyle(document.body).color];", vec![])
             .await?;
