@@ -764,6 +764,35 @@ fn silence_cli(url: &str, token: &str, args: &[&str]) -> std::process::Output {
         .expect("runner silence runs")
 }
 
+/// Starts `p` on its own new topic with every component, the dashboard included; cancel the
+/// token to stop it.
+async fn start_with_dashboard(p: &Pipeline) -> (pipeline::Running, CancellationToken) {
+    common::create_topic(&p.config.kafka).await;
+    let stop = CancellationToken::new();
+    let options = RunOptions {
+        components: Components {
+            dashboard: true,
+            ..Components::ALL
+        },
+        ..Default::default()
+    };
+    let running = pipeline::start(p.clone(), options, stop.clone())
+        .await
+        .expect("pipeline starts");
+    (running, stop)
+}
+
+/// `runner silence add <args>` that succeeds; the silence's id it prints.
+fn silence_added(url: &str, token: &str, args: &[&str]) -> String {
+    let added = silence_cli(url, token, &[&["add"], args].concat());
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    String::from_utf8_lossy(&added.stdout).trim().to_string()
+}
+
 /// Silences end to end on Kafka and MongoDB: a rule repeating every second to a webhook is
 /// silenced with `runner silence add` (a viewer's token is refused; an operator's is recorded as
 /// who made it); the dashboard's API shows the instance silenced, its repeats are kept as
@@ -789,18 +818,7 @@ async fn a_silence_from_runner_silence_mutes_a_firing_alert_until_it_is_expired(
         "",
         "repeat_interval = \"1s\"\nseverity = \"page\"",
     );
-    common::create_topic(&p.config.kafka).await;
-    let stop = CancellationToken::new();
-    let options = RunOptions {
-        components: Components {
-            dashboard: true,
-            ..Components::ALL
-        },
-        ..Default::default()
-    };
-    let running = pipeline::start(p.clone(), options, stop.clone())
-        .await
-        .expect("pipeline starts");
+    let (running, stop) = start_with_dashboard(p).await;
     let url = format!("http://127.0.0.1:{port}");
     wait("the alert fires", || !receiver.delivered().is_empty()).await;
 
@@ -815,11 +833,10 @@ async fn a_silence_from_runner_silence_mutes_a_firing_alert_until_it_is_expired(
         stderr.contains("403") && stderr.contains("operator"),
         "{stderr}"
     );
-    let added = silence_cli(
+    let id = silence_added(
         &url,
         "operator-secret",
         &[
-            "add",
             "alertname=traffic",
             "severity=~page|critical",
             "--duration",
@@ -828,12 +845,6 @@ async fn a_silence_from_runner_silence_mutes_a_firing_alert_until_it_is_expired(
             "load test",
         ],
     );
-    assert!(
-        added.status.success(),
-        "{}",
-        String::from_utf8_lossy(&added.stderr)
-    );
-    let id = String::from_utf8_lossy(&added.stdout).trim().to_string();
 
     // The evaluator sees it at its next evaluation; the dashboard's API shows it.
     let client = reqwest::Client::new();
@@ -947,19 +958,8 @@ async fn an_outage_routed_to_alertmanager_is_grouped_and_a_silence_mutes_its_res
     );
     p.config.alerting.thresholds = thresholds;
     p.config.alerts = vec![rule];
-    common::create_topic(&p.config.kafka).await;
-    let stop = CancellationToken::new();
-    let options = RunOptions {
-        components: Components {
-            dashboard: true,
-            ..Components::ALL
-        },
-        ..Default::default()
-    };
     let started = Instant::now();
-    let running = pipeline::start(p.clone(), options, stop.clone())
-        .await
-        .expect("pipeline starts");
+    let (running, stop) = start_with_dashboard(p).await;
     let store = running.store.clone().unwrap();
 
     let fired = am.wait_for_within("traffic_drop", "active", 90).await;
@@ -978,22 +978,11 @@ async fn an_outage_routed_to_alertmanager_is_grouped_and_a_silence_mutes_its_res
     assert_eq!(group["alerts"][0]["alert"], "traffic_drop");
     assert_eq!(group["labels"]["alertname"], "traffic_drop");
 
-    let added = silence_cli(
+    let id = silence_added(
         &format!("http://127.0.0.1:{port}"),
         "ops-secret",
-        &[
-            "add",
-            "alertname=traffic_drop",
-            "--comment",
-            "planned outage",
-        ],
+        &["alertname=traffic_drop", "--comment", "planned outage"],
     );
-    assert!(
-        added.status.success(),
-        "{}",
-        String::from_utf8_lossy(&added.stderr)
-    );
-    let id = String::from_utf8_lossy(&added.stdout).trim().to_string();
 
     // The traffic comes back at 40 s; the rule resolves a few seconds later, silenced.
     let t = Instant::now();
