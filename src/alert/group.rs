@@ -89,7 +89,7 @@ impl Groups {
                 Some(sent) if g.changed => now_ms - sent >= g.group_interval_ms,
                 Some(sent) => firing && now_ms - sent >= g.repeat_ms,
             };
-            if !due || g.alerts.is_empty() {
+            if !due {
                 continue;
             }
             out.push(g.notification(key, pipeline, now_ms));
@@ -97,14 +97,10 @@ impl Groups {
             g.changed = false;
             g.sent_ms = Some(now_ms);
         }
-        self.groups
-            .retain(|_, g| !(g.alerts.is_empty() && g.sent_ms.is_some()));
+        // A group is never empty between calls (`add` closes one it empties), so one emptied by
+        // sending its resolutions is closed here.
+        self.groups.retain(|_, g| !g.alerts.is_empty());
         out
-    }
-
-    /// Whether any group holds alerts (for tests and the dashboard).
-    pub fn is_empty(&self) -> bool {
-        self.groups.values().all(|g| g.alerts.is_empty())
     }
 }
 
@@ -253,7 +249,7 @@ mod tests {
         let sent = g.flush("p", 330_000);
         assert_eq!(sent[0].status, "resolved");
         assert_eq!(sent[0].change, Change::Resolved);
-        assert!(g.is_empty() && g.groups.is_empty());
+        assert!(g.groups.is_empty());
     }
 
     #[test]
