@@ -76,7 +76,10 @@ fn generate_matches_seed_shape() {
         ("share", 0.02),
     ] {
         let share = types[t] as f64 / (n - 20_000) as f64;
-        assert!((share - w).abs() <= 0.01, "{t}: {share:.4} vs the original {w}");
+        assert!(
+            (share - w).abs() <= 0.01,
+            "{t}: {share:.4} vs the original {w}"
+        );
     }
     let mut counts: Vec<u64> = per_user.values().copied().collect();
     counts.sort_unstable_by(|a, b| b.cmp(a));

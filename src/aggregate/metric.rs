@@ -1,6 +1,6 @@
 //! A metric definition (`[[metric]]` in the pipeline file) and its compiled form.
 
-use super::reducer::{Input, ReducerKind, State, OTHER_KEY};
+use super::reducer::{Input, ReducerKind, Report, State, OTHER_KEY};
 use super::script::{self, FieldValue, Filter, Selector, Selectors};
 use super::window::Window;
 use crate::base::de;
@@ -24,8 +24,17 @@ pub struct MetricConfig {
     pub name: String,
     /// Rhai script describing filter / key / value (or a custom reducer); relative to the pipeline file.
     pub script: PathBuf,
-    /// count, sum, avg, min, max, distinct, top_k, bottom_k, mean_per_key, ratio, funnel or custom.
+    /// count, sum, avg, min, max, distinct, top_k, bottom_k, mean_per_key, ratio, funnel,
+    /// quantile, histogram or custom.
     pub reducer: ReducerKind,
+    /// The quantiles a `quantile` reducer reports, each in [0, 1]: `[0.5, 0.95, 0.99]` reports
+    /// `{ p50, p95, p99 }`; a single one (`[0.95]`) reports the number itself.
+    #[serde(default = "default_quantiles")]
+    pub quantiles: Vec<f64>,
+    /// A `histogram`'s bucket bounds, increasing: `[10, 50]` counts values below 10, from 10 to
+    /// below 50, and from 50 up.
+    #[serde(default)]
+    pub buckets: Vec<f64>,
     /// A funnel's stages in order (the values of its `value` selector), e.g.
     /// `["view", "add_to_cart", "purchase"]`; funnel only.
     #[serde(default)]
@@ -52,7 +61,8 @@ pub struct MetricConfig {
     #[serde(default)]
     pub unit: String,
     /// Distinct counts stay exact up to this many values per partial, then switch to a
-    /// HyperLogLog sketch (about 1.6% standard error).
+    /// HyperLogLog sketch (about 1.6% standard error); quantiles up to this many or 64, then
+    /// switch to buckets (1 % relative error).
     #[serde(default = "default_exact_limit", deserialize_with = "de::number")]
     pub exact_limit: usize,
     /// A grouped metric keeps at most this many keys per pane and partition; records of further
@@ -60,6 +70,10 @@ pub struct MetricConfig {
     /// flood of distinct keys cannot make a pane too large to store.
     #[serde(default = "default_max_groups", deserialize_with = "de::number")]
     pub max_groups: usize,
+}
+
+fn default_quantiles() -> Vec<f64> {
+    vec![0.5, 0.95, 0.99]
 }
 
 fn default_max_groups() -> usize {
@@ -123,6 +137,8 @@ pub struct Metric {
     pub(super) settled: Arc<super::query::SettledPanes>,
     /// Whether a pane reached `max_groups` (said once in the log).
     overflowed: Arc<std::sync::atomic::AtomicBool>,
+    /// How its merged state is reported.
+    report: Report,
 }
 
 impl Metric {
@@ -183,6 +199,12 @@ impl Metric {
             {
                 return Err(ScriptError::whole_file(path, format!("metric {:?}: `stages` (1 to 64 stage names, in order) goes with reducer \"funnel\", and only with it", config.name)));
             }
+            if let Some(problem) = reducer_settings(config) {
+                return Err(ScriptError::whole_file(
+                    path,
+                    format!("metric {:?}: {problem}", config.name),
+                ));
+            }
             if config.reducer.needs_value() && s.value.is_none() {
                 return Err(ScriptError::whole_file(
                     path,
@@ -210,6 +232,7 @@ impl Metric {
         let format = match config.reducer {
             ReducerKind::MeanPerKey => "/2".to_string(),
             ReducerKind::Funnel => format!("/{}", config.stages.join(",")),
+            ReducerKind::Histogram => format!("/{:?}", config.buckets),
             _ => String::new(),
         };
         let shape = format!(
@@ -236,6 +259,12 @@ impl Metric {
             map_fields,
             settled: Arc::default(),
             overflowed: Arc::default(),
+            report: Report {
+                k: config.k,
+                stages: config.stages.clone(),
+                buckets: bucket_labels(&config.buckets),
+                ..Report::of(config.reducer).with_quantiles(&config.quantiles)
+            },
         })
     }
 
@@ -373,6 +402,10 @@ impl Metric {
                         }
                     }
                     (ReducerKind::Funnel, _) => return Ok(()),
+                    (ReducerKind::Histogram, Input::Number(v)) => Input::Bucket(
+                        self.config.buckets.partition_point(|bound| *bound <= v) as u32,
+                    ),
+                    (ReducerKind::Histogram, _) => return Ok(()),
                     (_, input) => input,
                 };
                 state.add(kind, key, input, self.config.exact_limit);
@@ -416,10 +449,7 @@ impl Metric {
     /// The reported value of a merged state.
     pub fn report(&self, partial: &Partial) -> Result<Value, String> {
         match partial {
-            Partial::Builtin(s) if self.config.reducer == ReducerKind::Funnel => {
-                Ok(s.funnel(&self.config.stages))
-            }
-            Partial::Builtin(s) => Ok(s.report(self.config.reducer, self.config.k)),
+            Partial::Builtin(s) => Ok(s.report(&self.report)),
             Partial::Custom(state) => {
                 let mut state = state.clone();
                 let out = self.call(Some(&mut state), "finish", ())?;
@@ -498,6 +528,49 @@ impl Metric {
     fn call_ptr(&self, f: &rhai::FnPtr, map: Option<&Dynamic>) -> Result<Dynamic, String> {
         self.call(None, f.fn_name(), (map.cloned().unwrap_or(Dynamic::UNIT),))
     }
+}
+
+/// What is wrong with the settings that go with one reducer (`quantiles`, `buckets`), if
+/// anything.
+fn reducer_settings(config: &MetricConfig) -> Option<String> {
+    let kind = config.reducer;
+    if let Some(q) = config.quantiles.iter().find(|q| !(0.0..=1.0).contains(*q)) {
+        return Some(format!(
+            "quantile {q} is not between 0 and 1 (0.95 is the p95)"
+        ));
+    }
+    if kind == ReducerKind::Quantile && config.quantiles.is_empty() {
+        return Some("`quantiles` is empty: name at least one, e.g. [0.5, 0.95]".into());
+    }
+    if (kind == ReducerKind::Histogram) == config.buckets.is_empty() {
+        return Some("`buckets` (increasing bounds, e.g. [10, 50, 100]) goes with reducer \"histogram\", and only with it".into());
+    }
+    if config.buckets.len() > 256 {
+        return Some(format!("{} buckets: 256 at most", config.buckets.len()));
+    }
+    if let Some(b) = config.buckets.iter().find(|b| !b.is_finite()) {
+        return Some(format!("bucket bound {b} is not a finite number"));
+    }
+    if config.buckets.windows(2).any(|w| w[0] >= w[1]) {
+        return Some(format!("`buckets` {:?} must increase", config.buckets));
+    }
+    None
+}
+
+/// A histogram's bucket labels: `< 10`, `10 – 50`, `≥ 50`.
+fn bucket_labels(bounds: &[f64]) -> Vec<String> {
+    let (Some(first), Some(last)) = (bounds.first(), bounds.last()) else {
+        return Vec::new();
+    };
+    let short = crate::base::short;
+    std::iter::once(format!("< {}", short(*first)))
+        .chain(
+            bounds
+                .windows(2)
+                .map(|w| format!("{} – {}", short(w[0]), short(w[1]))),
+        )
+        .chain(std::iter::once(format!("≥ {}", short(*last))))
+        .collect()
 }
 
 /// Whether JSON can hold `d` as it is: no NaN or infinite number anywhere in it (serde writes

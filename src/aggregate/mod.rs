@@ -11,6 +11,7 @@ mod keys;
 mod metric;
 #[cfg(test)]
 mod properties;
+mod quantile;
 mod query;
 pub mod recompute;
 mod reducer;
@@ -21,6 +22,7 @@ mod window;
 mod write;
 
 pub use metric::{Metric, MetricConfig, Partial, TimeMode};
+pub use quantile::{label as quantile_label, ACCURACY as QUANTILE_ACCURACY};
 pub use query::{history, history_step, read, windows, Backfilling, MetricValue, Point};
 pub use reducer::ReducerKind;
 pub use window::Window;

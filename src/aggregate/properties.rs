@@ -2,9 +2,10 @@
 //! with interleaved partitions, batches cut anywhere, and crashes that replay from an earlier
 //! commit with the aggregator's memory lost.
 
+use super::reducer::{Input, ReducerKind, Report, State};
 use super::write::tests::{event, per_item_set};
-use super::{read, Aggregator, MetricSet};
-use crate::event::Record;
+use super::{read, Aggregator, MetricConfig, MetricSet};
+use crate::event::{Record, Value};
 use crate::store::embedded::{EmbeddedConfig, EmbeddedStore};
 use crate::store::StateStore;
 use crate::telemetry::Stats;
@@ -29,14 +30,18 @@ fn interleave(partitions: &[Vec<(u8, i64)>], seed: u64) -> Stream {
         (!open.is_empty()).then(|| open[rng.random_range(0..open.len())])
     } {
         let (item, second) = partitions[p][next[p]];
-        stream.push((
-            event(
-                &format!("p{p}-{}", next[p]),
-                &format!("item_{item}"),
-                second,
-            ),
-            (p as i32, next[p] as i64),
-        ));
+        let mut e = event(
+            &format!("p{p}-{}", next[p]),
+            &format!("item_{item}"),
+            second,
+        );
+        // An amount of either sign, spread enough that a quantile's buckets differ.
+        let amount = ((second * 7919 + next[p] as i64 * 104_729 + p as i64 * 31) % 5_000) as f64
+            / 10.0
+            - 100.0;
+        let slot = super::write::tests::schema().slot("amount").unwrap();
+        e.set(slot, Value::Float(amount));
+        stream.push((e, (p as i32, next[p] as i64)));
         next[p] += 1;
     }
     stream
@@ -89,9 +94,13 @@ async fn consume_with_crashes(
     }
 }
 
-/// The counts per item a single, crash-free pass gives: per partition in offset order, an event
-/// more than `lateness_s` behind the newest before it is left out.
-fn recomputed(stream: &Stream, lateness_s: i64, window: (i64, i64)) -> BTreeMap<String, u64> {
+/// The records per item of a window in a single, crash-free pass: per partition in offset
+/// order, an event more than `lateness_s` behind the newest before it is left out.
+fn recomputed(
+    stream: &Stream,
+    lateness_s: i64,
+    window: (i64, i64),
+) -> BTreeMap<String, Vec<Record>> {
     let mut newest: BTreeMap<i32, i64> = BTreeMap::new();
     let mut expected = BTreeMap::new();
     let mut in_order = stream.clone();
@@ -104,21 +113,34 @@ fn recomputed(stream: &Stream, lateness_s: i64, window: (i64, i64)) -> BTreeMap<
         }
         *mark = (*mark).max(t);
         if (window.0..window.1).contains(&t) {
-            *expected
+            expected
                 .entry(
                     e.field("item_id")
                         .and_then(|v| v.as_text())
                         .unwrap()
                         .into_owned(),
                 )
-                .or_default() += 1;
+                .or_insert_with(Vec::new)
+                .push(e.clone());
         }
     }
     expected
 }
 
+/// What a metric reports for a window, from the window's records per item.
+type Expected = fn(&BTreeMap<String, Vec<Record>>) -> serde_json::Value;
+
+fn counts(per_item: &BTreeMap<String, Vec<Record>>) -> serde_json::Value {
+    serde_json::json!(per_item
+        .iter()
+        .map(|(item, records)| (item.clone(), records.len()))
+        .collect::<BTreeMap<_, _>>())
+}
+
+#[allow(clippy::too_many_arguments)]
 fn check_windows(
     set: &Arc<MetricSet>,
+    expected: Expected,
     partitions: &[Vec<(u8, i64)>],
     cuts: &[usize],
     crashes: &[u8],
@@ -147,10 +169,13 @@ fn check_windows(
         let metric = &set.metrics()[0];
         for at in (0..100).step_by(5) {
             let v = read(metric, &store, (1_000_000 + at) * 1000).await.unwrap();
-            let got: BTreeMap<String, u64> = serde_json::from_value(v.value.clone()).unwrap();
             prop_assert_eq!(
-                got,
-                recomputed(&stream, lateness_s, (v.window_start, v.window_end)),
+                &v.value,
+                &expected(&recomputed(
+                    &stream,
+                    lateness_s,
+                    (v.window_start, v.window_end)
+                )),
                 "window ending {}",
                 v.window_end
             );
@@ -174,6 +199,54 @@ proptest! {
         lateness_s in prop_oneof![Just(10i64), Just(3600i64)],
     ) {
         let set = per_item_set(Duration::from_secs(20), Duration::from_secs(lateness_s as u64));
-        check_windows(&set, &partitions, &cuts, &crashes, every, seed, lateness_s)?;
+        check_windows(&set, counts, &partitions, &cuts, &crashes, every, seed, lateness_s)?;
     }
+
+    /// A quantile's state merged from partials of any cut, replayed after crashes, is the state
+    /// of one pass over the window's records: the reported quantiles are equal, not close.
+    /// `exact_limit = 4` makes most states buckets.
+    #[test]
+    fn quantile_states_merge_to_one_pass_under_replays_and_crashes(
+        partitions in prop::collection::vec(prop::collection::vec((0u8..4, 0i64..90), 0..40), 3),
+        cuts in prop::collection::vec(1usize..12, 1..20),
+        crashes in prop::collection::vec(0u8..4, 20),
+        every in 1usize..5,
+        seed in any::<u64>(),
+    ) {
+        check_windows(&quantile_set(), quantiles_of, &partitions, &cuts, &crashes, every, seed, 3600)?;
+    }
+}
+
+const QUANTILES: [f64; 3] = [0.5, 0.95, 0.99];
+
+/// p50 / p95 / p99 of `amount` per item, exact for four values, buckets past them.
+fn quantile_set() -> Arc<MetricSet> {
+    let per_item = per_item_set(Duration::from_secs(20), Duration::from_secs(3600));
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("amounts.rhai");
+    std::fs::write(
+        &script,
+        "#{ key: field(\"item_id\"), value: field(\"amount\") }",
+    )
+    .unwrap();
+    let config = MetricConfig {
+        name: "amounts".into(),
+        script,
+        reducer: ReducerKind::Quantile,
+        quantiles: QUANTILES.to_vec(),
+        exact_limit: 4,
+        ..per_item.metrics()[0].config.clone()
+    };
+    Arc::new(MetricSet::load(&[config], &super::write::tests::schema()).unwrap())
+}
+
+fn quantiles_of(per_item: &BTreeMap<String, Vec<Record>>) -> serde_json::Value {
+    let mut one_pass = State::new(ReducerKind::Quantile, true);
+    for (item, records) in per_item {
+        for r in records {
+            let amount = r.field("amount").and_then(|v| v.as_f64()).unwrap();
+            one_pass.add(ReducerKind::Quantile, Some(item), Input::Number(amount), 4);
+        }
+    }
+    one_pass.report(&Report::of(ReducerKind::Quantile).with_quantiles(&QUANTILES))
 }

@@ -2,6 +2,7 @@
 //! merge, and what a merged state reports. Rust holds every built-in state, so the per-event
 //! work of a built-in metric is a hash-map update.
 
+use super::quantile::{self, Digest};
 use super::sketch::Sketch;
 use crate::event::Text;
 use serde::{Deserialize, Serialize};
@@ -91,6 +92,11 @@ pub enum ReducerKind {
     /// what moves through the funnel, `value` the stage a record shows it at; records of other
     /// stages are skipped. Built in, so a window of many sessions stays a bitmask per key.
     Funnel,
+    /// The `quantiles` of `value` (p50, p95, ...), nearest rank: exact for a few values, then
+    /// within 1 %.
+    Quantile,
+    /// How many `value`s fall in each of the buckets that `buckets` bounds, in order.
+    Histogram,
     /// Fully scripted: the script's init / update / merge / finish.
     Custom,
 }
@@ -117,6 +123,8 @@ impl ReducerKind {
                 | ReducerKind::Max
                 | ReducerKind::Distinct
                 | ReducerKind::Funnel
+                | ReducerKind::Quantile
+                | ReducerKind::Histogram
         )
     }
 
@@ -133,6 +141,8 @@ impl ReducerKind {
             ReducerKind::Distinct => Acc::Distinct(DistinctSet::default()),
             ReducerKind::Ratio => Acc::Ratio { num: 0, den: 0 },
             ReducerKind::Funnel => Acc::Stages(0),
+            ReducerKind::Quantile => Acc::Quantiles(Box::default()),
+            ReducerKind::Histogram => Acc::Buckets(Vec::new()),
             ReducerKind::Custom => unreachable!("custom reducers keep script state"),
         }
     }
@@ -159,6 +169,10 @@ pub enum Acc {
     },
     /// The funnel stages a key was seen at, bit i for stage i.
     Stages(u64),
+    /// The values a quantile has seen (boxed: most accumulators are a word or two).
+    Quantiles(Box<Digest>),
+    /// Values per histogram bucket; buckets past the last one seen are not stored.
+    Buckets(Vec<u64>),
 }
 
 /// What one event contributes to an accumulator.
@@ -174,6 +188,8 @@ pub enum Input<'a> {
     },
     /// The funnel stage (its index) a record shows its key at.
     Stage(u32),
+    /// The histogram bucket (its index) a record's value falls in.
+    Bucket(u32),
 }
 
 impl Acc {
@@ -183,6 +199,14 @@ impl Acc {
         match (&mut *self, input) {
             (Acc::Count(n), _) => *n += 1,
             (Acc::Stages(bits), Input::Stage(i)) => *bits |= 1 << i,
+            (Acc::Quantiles(d), Input::Number(v)) => d.add(v, exact_limit),
+            (Acc::Buckets(counts), Input::Bucket(i)) => {
+                let i = i as usize;
+                if counts.len() <= i {
+                    counts.resize(i + 1, 0);
+                }
+                counts[i] += 1;
+            }
             (Acc::Ratio { num, den }, Input::Matches { num: a, den: b }) => {
                 *num += a as u64;
                 *den += b as u64;
@@ -243,6 +267,13 @@ impl Acc {
                 *den += d2;
             }
             (Acc::Stages(a), Acc::Stages(b)) => *a |= b,
+            (Acc::Quantiles(a), Acc::Quantiles(b)) => a.merge(b, exact_limit),
+            (Acc::Buckets(a), Acc::Buckets(b)) => {
+                if a.len() < b.len() {
+                    a.resize(b.len(), 0);
+                }
+                a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+            }
             (Acc::Sketch(a), Acc::Distinct(b)) => b.iter().for_each(|v| a.insert(v)),
             (a, b) => return Err(format!("cannot merge a stored {} state into a {} state: it was written by another definition of the metric", b.kind(), a.kind())),
         }
@@ -259,13 +290,15 @@ impl Acc {
             Acc::Distinct(_) | Acc::Sketch(_) => "distinct",
             Acc::Ratio { .. } => "ratio",
             Acc::Stages(_) => "funnel",
+            Acc::Quantiles(_) => "quantile",
+            Acc::Buckets(_) => "histogram",
         }
     }
 
-    fn report(&self, kind: ReducerKind) -> Value {
+    fn report(&self, r: &Report) -> Value {
         match self {
             Acc::Count(n) => json!(n),
-            Acc::Sum { sum, n } if kind == ReducerKind::Avg => {
+            Acc::Sum { sum, n } if r.kind == ReducerKind::Avg => {
                 if *n == 0 {
                     Value::Null
                 } else {
@@ -282,7 +315,58 @@ impl Acc {
                 *num as f64 / *den as f64
             }),
             Acc::Stages(bits) => json!(bits),
+            // One quantile is a number (charted, compared in alerts as `metrics.<name>`);
+            // several are an object by label.
+            Acc::Quantiles(d) if r.quantiles.len() == 1 => {
+                d.quantile(r.quantiles[0].0).map_or(Value::Null, |v| json!(v))
+            }
+            Acc::Quantiles(d) => Value::Object(
+                r.quantiles
+                    .iter()
+                    .map(|(q, label)| (label.clone(), d.quantile(*q).map_or(Value::Null, |v| json!(v))))
+                    .collect(),
+            ),
+            // In bucket order, as a ranking is: the dashboard draws it as bars in that order.
+            Acc::Buckets(counts) => Value::Array(
+                r.buckets
+                    .iter()
+                    .enumerate()
+                    .map(|(i, label)| json!({"key": label, "count": counts.get(i).copied().unwrap_or(0)}))
+                    .collect(),
+            ),
         }
+    }
+}
+
+/// How a metric reports its merged state: its reducer and the settings that shape the value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    pub kind: ReducerKind,
+    /// Keys a ranking lists.
+    pub k: usize,
+    /// A funnel's stages, in order.
+    pub stages: Vec<String>,
+    /// A quantile's quantiles, each with its label (`p95`).
+    pub quantiles: Vec<(f64, String)>,
+    /// A histogram's bucket labels, in order.
+    pub buckets: Vec<String>,
+}
+
+impl Report {
+    /// The report of `kind` with one key ranked and no stages, quantiles or buckets.
+    pub fn of(kind: ReducerKind) -> Report {
+        Report {
+            kind,
+            k: 1,
+            stages: Vec::new(),
+            quantiles: Vec::new(),
+            buckets: Vec::new(),
+        }
+    }
+
+    pub fn with_quantiles(mut self, qs: &[f64]) -> Report {
+        self.quantiles = qs.iter().map(|q| (*q, quantile::label(*q))).collect();
+        self
     }
 }
 
@@ -406,13 +490,19 @@ impl State {
     }
 
     /// The metric's reported value for a merged window.
-    pub fn report(&self, kind: ReducerKind, k: usize) -> Value {
+    pub fn report(&self, r: &Report) -> Value {
+        let (kind, k) = (r.kind, r.k);
+        if kind == ReducerKind::Funnel {
+            return self.funnel(&r.stages);
+        }
         match self {
-            State::Single(acc) => acc.report(kind),
-            State::PerKey { events, keys } => match keys.report(ReducerKind::Distinct).as_f64() {
-                Some(n) if n > 0.0 => json!(*events as f64 / n),
-                _ => json!(0.0),
-            },
+            State::Single(acc) => acc.report(r),
+            State::PerKey { events, keys } => {
+                match keys.report(&Report::of(ReducerKind::Distinct)).as_f64() {
+                    Some(n) if n > 0.0 => json!(*events as f64 / n),
+                    _ => json!(0.0),
+                }
+            }
             State::Grouped(map) => match kind {
                 ReducerKind::TopK | ReducerKind::BottomK => {
                     // The overflow group is no key of its own: it is left out of the ranking.
@@ -448,7 +538,7 @@ impl State {
                     let mut entries: Vec<(&Text, &Acc)> = map.iter().collect();
                     entries.sort_by(|a, b| a.0.cmp(b.0));
                     for (key, acc) in entries {
-                        obj.insert(key.to_string(), acc.report(kind));
+                        obj.insert(key.to_string(), acc.report(r));
                     }
                     Value::Object(obj)
                 }
@@ -461,7 +551,7 @@ impl State {
     /// A funnel's report: per stage, the keys that reached it and every stage before it, and
     /// `<stage>_to_<next>`, the share of one stage's keys that reached the next (three decimals;
     /// 0 when none reached the first).
-    pub fn funnel(&self, stages: &[String]) -> Value {
+    fn funnel(&self, stages: &[String]) -> Value {
         let mut reached = vec![0u64; stages.len()];
         if let State::Grouped(map) = self {
             for acc in map.values() {
@@ -556,16 +646,16 @@ mod tests {
         for v in [1.0, 2.0, 6.0] {
             s.add(ReducerKind::Avg, None, Input::Number(v), 10);
         }
-        assert_eq!(s.report(ReducerKind::Avg, 0), json!(3.0));
-        assert_eq!(s.report(ReducerKind::Sum, 0), json!(9.0));
+        assert_eq!(s.report(&Report::of(ReducerKind::Avg)), json!(3.0));
+        assert_eq!(s.report(&Report::of(ReducerKind::Sum)), json!(9.0));
         let mut m = State::new(ReducerKind::Min, false);
         m.add(ReducerKind::Min, None, Input::Number(4.0), 10);
         let mut m2 = State::new(ReducerKind::Min, false);
         m2.add(ReducerKind::Min, None, Input::Number(-1.0), 10);
         m.merge(&m2, 10).unwrap();
-        assert_eq!(m.report(ReducerKind::Min, 0), json!(-1.0));
+        assert_eq!(m.report(&Report::of(ReducerKind::Min)), json!(-1.0));
         assert_eq!(
-            State::new(ReducerKind::Max, false).report(ReducerKind::Max, 0),
+            State::new(ReducerKind::Max, false).report(&Report::of(ReducerKind::Max)),
             Value::Null
         );
     }
@@ -574,11 +664,17 @@ mod tests {
     fn top_and_bottom_k_break_ties_by_key() {
         let s = grouped(ReducerKind::TopK, &["b", "a", "c", "c", "a"]);
         assert_eq!(
-            s.report(ReducerKind::TopK, 1),
+            s.report(&Report {
+                k: 1,
+                ..Report::of(ReducerKind::TopK)
+            }),
             json!([{"key": "a", "count": 2}])
         );
         assert_eq!(
-            s.report(ReducerKind::BottomK, 2),
+            s.report(&Report {
+                k: 2,
+                ..Report::of(ReducerKind::BottomK)
+            }),
             json!([{"key": "b", "count": 1}, {"key": "a", "count": 2}])
         );
     }
@@ -603,9 +699,12 @@ mod tests {
         let mut a = per_key(&["x", "y"]);
         a.merge(&per_key(&["x", "z", "x"]), 10).unwrap();
         assert_eq!(a, per_key(&["x", "y", "x", "z", "x"]));
-        assert_eq!(a.report(ReducerKind::MeanPerKey, 0), json!(5.0 / 3.0));
         assert_eq!(
-            State::new(ReducerKind::MeanPerKey, true).report(ReducerKind::MeanPerKey, 0),
+            a.report(&Report::of(ReducerKind::MeanPerKey)),
+            json!(5.0 / 3.0)
+        );
+        assert_eq!(
+            State::new(ReducerKind::MeanPerKey, true).report(&Report::of(ReducerKind::MeanPerKey)),
             json!(0.0)
         );
 
@@ -624,7 +723,10 @@ mod tests {
             ),
             "a sketch past the limit"
         );
-        let mean = big.report(ReducerKind::MeanPerKey, 0).as_f64().unwrap();
+        let mean = big
+            .report(&Report::of(ReducerKind::MeanPerKey))
+            .as_f64()
+            .unwrap();
         assert!((mean - 2.0).abs() < 0.1, "{mean}");
         assert!(
             serde_json::to_string(&big).unwrap().len() < 20_000,
@@ -640,7 +742,7 @@ mod tests {
         let mut b = State::new(ReducerKind::Distinct, false);
         b.add(ReducerKind::Distinct, None, Input::Text("u2"), 10);
         a.merge(&b, 10).unwrap();
-        assert_eq!(a.report(ReducerKind::Distinct, 0), json!(2));
+        assert_eq!(a.report(&Report::of(ReducerKind::Distinct)), json!(2));
     }
 
     #[test]
@@ -657,7 +759,7 @@ mod tests {
         assert_eq!(stored, json!({ "single": { "distinct": sorted } }));
         let back: State = serde_json::from_value(stored).unwrap();
         assert_eq!(back, a);
-        assert_eq!(back.report(ReducerKind::Distinct, 0), json!(50));
+        assert_eq!(back.report(&Report::of(ReducerKind::Distinct)), json!(50));
     }
 
     #[test]
@@ -678,7 +780,10 @@ mod tests {
         assert!(matches!(a, State::Single(Acc::Sketch(_))));
         assert!(matches!(b, State::Single(Acc::Distinct(_))));
         a.merge(&b, 1000).unwrap();
-        let n = a.report(ReducerKind::Distinct, 0).as_u64().unwrap() as f64;
+        let n = a
+            .report(&Report::of(ReducerKind::Distinct))
+            .as_u64()
+            .unwrap() as f64;
         assert!((n - 30_000.0).abs() / 30_000.0 < 0.05, "{n}");
     }
 
@@ -688,7 +793,7 @@ mod tests {
         for v in [1.7e308, 1.7e308, 1.0] {
             s.add(ReducerKind::Sum, None, Input::Number(v), 10);
         }
-        assert_eq!(s.report(ReducerKind::Sum, 0), json!(f64::MAX));
+        assert_eq!(s.report(&Report::of(ReducerKind::Sum)), json!(f64::MAX));
         let mut other = State::new(ReducerKind::Sum, false);
         other.add(ReducerKind::Sum, None, Input::Number(-1.7e308), 10);
         other.add(ReducerKind::Sum, None, Input::Number(-1.7e308), 10);
@@ -703,7 +808,84 @@ mod tests {
         let mut avg = State::new(ReducerKind::Avg, false);
         avg.add(ReducerKind::Avg, None, Input::Number(f64::MAX), 10);
         avg.add(ReducerKind::Avg, None, Input::Number(f64::MAX), 10);
-        assert_eq!(avg.report(ReducerKind::Avg, 0), json!(f64::MAX / 2.0));
+        assert_eq!(
+            avg.report(&Report::of(ReducerKind::Avg)),
+            json!(f64::MAX / 2.0)
+        );
+    }
+
+    #[test]
+    fn quantiles_report_by_label_per_key_and_one_quantile_as_a_number() {
+        let mut s = State::new(ReducerKind::Quantile, true);
+        let mut other = State::new(ReducerKind::Quantile, true);
+        for v in 1..=100 {
+            let part = if v % 3 == 0 { &mut other } else { &mut s };
+            part.add(
+                ReducerKind::Quantile,
+                Some("a"),
+                Input::Number(v as f64),
+                10,
+            );
+            part.add(
+                ReducerKind::Quantile,
+                Some("b"),
+                Input::Number(-v as f64),
+                10,
+            );
+        }
+        s.merge(&other, 10).unwrap();
+        let r = Report::of(ReducerKind::Quantile).with_quantiles(&[0.5, 0.99]);
+        let report = s.report(&r);
+        // Past ten values per key (the exact limit here): buckets, within 1 %.
+        let close = |v: &Value, want: f64| (v.as_f64().unwrap() - want).abs() <= 0.01 * want.abs();
+        assert!(close(&report["a"]["p50"], 50.0), "{report}");
+        assert!(close(&report["a"]["p99"], 99.0), "{report}");
+        assert!(close(&report["b"]["p50"], -51.0), "{report}");
+        let mut single = State::new(ReducerKind::Quantile, false);
+        for v in [3.0, 1.0, 2.0] {
+            single.add(ReducerKind::Quantile, None, Input::Number(v), 10);
+        }
+        let one = Report::of(ReducerKind::Quantile).with_quantiles(&[0.5]);
+        assert_eq!(single.report(&one), json!(2.0));
+        assert_eq!(
+            State::new(ReducerKind::Quantile, false).report(&one),
+            Value::Null
+        );
+    }
+
+    #[test]
+    fn a_histogram_counts_per_bucket_in_bucket_order_across_partials() {
+        let (mut a, mut b) = (
+            State::new(ReducerKind::Histogram, false),
+            State::new(ReducerKind::Histogram, false),
+        );
+        for i in [0, 2, 2] {
+            a.add(ReducerKind::Histogram, None, Input::Bucket(i), 10);
+        }
+        b.add(ReducerKind::Histogram, None, Input::Bucket(3), 10);
+        a.merge(&b, 10).unwrap();
+        let r = Report {
+            buckets: vec![
+                "< 10".into(),
+                "10 – 50".into(),
+                "50 – 100".into(),
+                "≥ 100".into(),
+            ],
+            ..Report::of(ReducerKind::Histogram)
+        };
+        assert_eq!(
+            a.report(&r),
+            json!([
+                {"key": "< 10", "count": 1},
+                {"key": "10 – 50", "count": 0},
+                {"key": "50 – 100", "count": 2},
+                {"key": "≥ 100", "count": 1},
+            ])
+        );
+        // Buckets past the last one seen are reported as zero, not left out.
+        let mut low = State::new(ReducerKind::Histogram, false);
+        low.add(ReducerKind::Histogram, None, Input::Bucket(0), 10);
+        assert_eq!(low.report(&r)[3]["count"], json!(0));
     }
 
     #[test]

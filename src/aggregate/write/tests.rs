@@ -21,15 +21,17 @@ pub(in crate::aggregate) fn per_item_set(window: Duration, lateness: Duration) -
         description: String::new(),
         unit: String::new(),
         stages: Vec::new(),
+        quantiles: Vec::new(),
+        buckets: Vec::new(),
         exact_limit: 10_000,
         max_groups: 50_000,
     };
     Arc::new(MetricSet::load(&[config], &schema()).unwrap())
 }
 
-/// The record these tests aggregate: an id, an item and a time.
+/// The record these tests aggregate: an id, an item, a time and an optional amount.
 pub(in crate::aggregate) fn schema() -> Arc<Schema> {
-    crate::event::schema_of("fields = { event_id = \"string\", item_id = \"string\", timestamp = \"timestamp\" }\nid = \"event_id\"\ntime = \"timestamp\"")
+    crate::event::schema_of("fields = { event_id = \"string\", item_id = \"string\", timestamp = \"timestamp\", amount = \"float?\" }\nid = \"event_id\"\ntime = \"timestamp\"")
 }
 
 pub(in crate::aggregate) fn event(id: &str, item: &str, second: i64) -> Record {
@@ -122,6 +124,8 @@ fn metrics_applied_on_worker_threads_give_what_one_thread_gives() {
         description: String::new(),
         unit: String::new(),
         stages: Vec::new(),
+        quantiles: Vec::new(),
+        buckets: Vec::new(),
         exact_limit: 10_000,
         max_groups: 50_000,
     };
@@ -522,6 +526,8 @@ fn config(name: &str, script: std::path::PathBuf, reducer: ReducerKind) -> Metri
         description: String::new(),
         unit: String::new(),
         stages: Vec::new(),
+        quantiles: Vec::new(),
+        buckets: Vec::new(),
         exact_limit: 10_000,
         max_groups: 50_000,
     }
@@ -640,4 +646,86 @@ fn keys_past_max_groups_are_counted_under_other_and_left_out_of_rankings() {
         .report(&agg.states[0].cells.values().next().unwrap().partial)
         .unwrap();
     assert!(!top.to_string().contains(OTHER_KEY), "{top}");
+}
+
+/// A histogram's value falls in the bucket its bounds give (a bound starts its bucket); a
+/// quantile metric reports its labels; settings that do not fit the reducer are load errors
+/// naming the metric.
+#[test]
+fn histogram_and_quantile_metrics_bucket_and_rank_values_and_refuse_bad_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let value = "fn v(e) { parse_float(e.item_id) }\n#{ value: v }";
+    let histogram = MetricConfig {
+        buckets: vec![10.0, 50.0],
+        ..scripted(dir.path(), "sizes", ReducerKind::Histogram, value, 10)
+    };
+    let quantile = MetricConfig {
+        quantiles: vec![0.5, 0.95],
+        ..scripted(dir.path(), "p", ReducerKind::Quantile, value, 10)
+    };
+    let set = Arc::new(MetricSet::load(&[histogram.clone(), quantile.clone()], &schema()).unwrap());
+    let mut agg = Aggregator::new(set.clone(), Stats::new());
+    let events: Vec<Record> = ["1", "25", "70", "70", "10"]
+        .iter()
+        .enumerate()
+        .map(|(i, v)| event(&format!("e{i}"), v, 1))
+        .collect();
+    agg.apply(&events, &[]);
+    let report = |i: usize| {
+        set.metrics()[i]
+            .report(&agg.states[i].cells.values().next().unwrap().partial)
+            .unwrap()
+    };
+    assert_eq!(
+        report(0),
+        serde_json::json!([
+            {"key": "< 10", "count": 1},
+            {"key": "10 – 50", "count": 2},
+            {"key": "≥ 50", "count": 2},
+        ])
+    );
+    assert_eq!(report(1), serde_json::json!({"p50": 25.0, "p95": 70.0}));
+
+    let refused = |c: MetricConfig, says: &str| {
+        let err = match MetricSet::load(&[c], &schema()) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("loaded; expected an error saying {says:?}"),
+        };
+        assert!(err.contains(says), "{err}");
+    };
+    refused(
+        MetricConfig {
+            buckets: vec![],
+            ..histogram.clone()
+        },
+        "goes with reducer \"histogram\"",
+    );
+    refused(
+        MetricConfig {
+            buckets: vec![50.0, 10.0],
+            ..histogram.clone()
+        },
+        "must increase",
+    );
+    refused(
+        MetricConfig {
+            buckets: vec![1.0],
+            ..quantile.clone()
+        },
+        "goes with reducer \"histogram\"",
+    );
+    refused(
+        MetricConfig {
+            quantiles: vec![95.0],
+            ..quantile.clone()
+        },
+        "not between 0 and 1",
+    );
+    refused(
+        MetricConfig {
+            quantiles: vec![],
+            ..quantile
+        },
+        "`quantiles` is empty",
+    );
 }

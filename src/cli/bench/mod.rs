@@ -4,6 +4,7 @@
 //! Every figure is the median of `runs` runs, with min and max. Sections that need Kafka or
 //! MongoDB run only when their address is given.
 
+mod analytics;
 mod backfill;
 mod baseline;
 mod dashboard;
@@ -45,6 +46,9 @@ pub enum Section {
     Generator,
     /// Aggregation of the shipped metrics, in memory.
     Aggregate,
+    /// Quantile and histogram reducers against an average of the same field (apply cost per
+    /// record), and the quantile's accuracy against the exact quantiles, in memory.
+    Analytics,
     /// Kafka produce and consume, MongoDB insert_many, end to end and its peak RSS.
     Throughput,
     /// Event-to-visible latency at 10,000 events/s (needs Kafka and MongoDB).
@@ -156,6 +160,9 @@ pub async fn run(pipeline: &Pipeline, opts: &BenchOptions) -> anyhow::Result<Vec
     }
     if opts.includes(Section::Aggregate) {
         aggregate_section(pipeline, &script, opts, &mut figures)?;
+    }
+    if opts.includes(Section::Analytics) {
+        analytics::analytics_section(pipeline, &script, opts, &mut figures)?;
     }
     if let Some(servers) = &opts.kafka {
         let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();

@@ -1,0 +1,152 @@
+//! The analytics reducers against their plain counterparts on the same records: what a
+//! quantile or a histogram costs per record beside an average of the same field, and how far a
+//! quantile past its exact values is from the exact quantile.
+
+use super::{compare, figure, scratch_path, BenchOptions, Figure};
+use crate::aggregate::{Aggregator, MetricConfig, MetricSet, QUANTILE_ACCURACY};
+use crate::config::Pipeline;
+use crate::event::{FieldType, Record, Value};
+use crate::generator::{Generator, GeneratorScript};
+use crate::telemetry::Stats;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The quantiles whose accuracy is measured.
+const MEASURED: [f64; 5] = [0.5, 0.9, 0.95, 0.99, 0.999];
+
+pub(super) fn analytics_section(
+    pipeline: &Pipeline,
+    script: &GeneratorScript,
+    opts: &BenchOptions,
+    figures: &mut Vec<Figure>,
+) -> anyhow::Result<()> {
+    let (n, runs) = (opts.events as usize, opts.runs);
+    tracing::info!(events = n, runs, "bench: analytics reducers");
+    let schema = pipeline.schema();
+    let mut events = Vec::with_capacity(n);
+    Generator::new(script.clone(), Some(3)).fill(n, &mut events);
+    let Some((field, values)) = busiest_number(pipeline, &events) else {
+        tracing::info!("bench: no numeric field in the generated records, so no analytics lines");
+        return Ok(());
+    };
+    let selector = scratch_path(".rhai");
+    std::fs::write(&selector, format!("#{{ value: field({field:?}) }}"))?;
+    let (lo, hi) = values
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+            (lo.min(*v), hi.max(*v))
+        });
+    // Eight buckets evenly over the values' range.
+    let bounds: Vec<String> = (1..8)
+        .map(|i| format!("{}", lo + (hi - lo) * i as f64 / 8.0))
+        .collect();
+    let quantiles = format!("{MEASURED:?}");
+    let metric = |reducer: &str, extra: &str| -> anyhow::Result<Arc<MetricSet>> {
+        let text = format!("name = \"bench_{reducer}\"\nscript = {selector:?}\nreducer = \"{reducer}\"\nwindow = \"60s\"\nslide = \"5s\"\n{extra}");
+        let config: MetricConfig = toml::from_str(&text)?;
+        Ok(Arc::new(MetricSet::load(&[config], &schema)?))
+    };
+    let sets = [
+        (
+            format!("analytics: avg of {field}, apply"),
+            metric("avg", ""),
+        ),
+        (
+            format!("analytics: quantile of {field} (5 quantiles), apply"),
+            metric("quantile", &format!("quantiles = {quantiles}")),
+        ),
+        (
+            format!("analytics: histogram of {field} (8 buckets), apply"),
+            metric("histogram", &format!("buckets = [{}]", bounds.join(", "))),
+        ),
+    ];
+    let _ = std::fs::remove_file(&selector);
+    let baseline = sets[0].0.clone();
+    for (name, set) in &sets {
+        let set = match set {
+            Ok(set) => set,
+            Err(e) => anyhow::bail!("bench: {name}: {e:#}"),
+        };
+        let ns = (0..runs)
+            .map(|_| {
+                let mut agg = Aggregator::new(set.clone(), Stats::new());
+                let took: Duration = events
+                    .chunks(2000)
+                    .map(|chunk| {
+                        let t = Instant::now();
+                        agg.apply(chunk, &[]);
+                        t.elapsed()
+                    })
+                    .sum();
+                took.as_nanos() as f64 / n as f64
+            })
+            .collect();
+        figures.push(figure(name, "ns/event", ns));
+        if *name != baseline {
+            compare(figures, name, &baseline);
+        }
+    }
+    if let Ok(set) = &sets[1].1 {
+        let worst = worst_quantile_error(set, &events, &values)?;
+        figures.push(figure(
+            &format!(
+                "analytics: quantile worst relative error against exact, p50 to p99.9 of {} values (bound {}%)",
+                values.len(),
+                QUANTILE_ACCURACY * 100.0
+            ),
+            "%",
+            vec![worst * 100.0],
+        ));
+    }
+    Ok(())
+}
+
+/// The numeric field the most generated records carry, and its values.
+fn busiest_number(pipeline: &Pipeline, events: &[Record]) -> Option<(String, Vec<f64>)> {
+    let schema = pipeline.schema();
+    schema
+        .fields()
+        .iter()
+        .filter(|f| matches!(f.spec.ty, FieldType::Float | FieldType::Int))
+        .map(|f| {
+            let slot = schema.slot(&f.name).expect("a declared field has a slot");
+            let values: Vec<f64> = events
+                .iter()
+                .filter_map(|e| match e.get(slot) {
+                    Value::Float(v) => Some(*v),
+                    Value::Int(v) => Some(*v as f64),
+                    _ => None,
+                })
+                .collect();
+            (f.name.clone(), values)
+        })
+        .max_by_key(|(_, values)| values.len())
+        .filter(|(_, values)| !values.is_empty())
+}
+
+/// One partial of every record (no windows), its quantiles against the exact nearest-rank
+/// quantiles of the same values: the largest relative error.
+fn worst_quantile_error(set: &MetricSet, events: &[Record], values: &[f64]) -> anyhow::Result<f64> {
+    let metric = &set.metrics()[0];
+    let mut partial = metric.empty().map_err(anyhow::Error::msg)?;
+    for e in events {
+        metric
+            .add(&mut partial, e, None)
+            .map_err(anyhow::Error::msg)?;
+    }
+    let report = metric.report(&partial).map_err(anyhow::Error::msg)?;
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let mut worst: f64 = 0.0;
+    for q in MEASURED {
+        let exact = sorted[((q * sorted.len() as f64).ceil() as usize).saturating_sub(1)];
+        let label = crate::aggregate::quantile_label(q);
+        let got = report[&label].as_f64().ok_or_else(|| {
+            anyhow::anyhow!("bench: the quantile metric reported no {label}: {report}")
+        })?;
+        if exact != 0.0 {
+            worst = worst.max((got - exact).abs() / exact.abs());
+        }
+    }
+    Ok(worst)
+}
