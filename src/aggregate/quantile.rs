@@ -1,7 +1,7 @@
 //! Quantiles of a stream of numbers: exact while a partial holds few values, then a DDSketch
 //! (Masson, Rim and Lee, VLDB 2019). A value falls in the bucket `ceil(log_γ |v|)` with
-//! γ = 1.01 / 0.99, and a bucket reports `2γ^k / (γ + 1)`, so every reported quantile is within
-//! 1 % (relative) of the value of that rank.
+//! γ = 2^(1/35), and a bucket reports `2γ^k / (γ + 1)`, so every reported quantile is within
+//! (γ − 1) / (γ + 1) = 0.99 % (relative) of the value of that rank.
 //!
 //! Written here rather than taken from `sketches-ddsketch`: a partial must be the same state
 //! however its records were split into partials and merged (replays, crashes and several
@@ -10,7 +10,6 @@
 //! order — and it is stored as a few runs of counts instead of a dense bin array.
 
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 
 /// Relative accuracy of a reported quantile.
 pub const ACCURACY: f64 = 0.01;
@@ -25,10 +24,36 @@ const MAX_BINS: usize = 2048;
 /// Magnitudes below this count as zero (`ln` of them would leave the bucket range).
 const TINY: f64 = 1e-9;
 
-/// γ = (1 + ACCURACY) / (1 - ACCURACY) and its logarithm (`ln` is not a const fn; a test checks
-/// these against ACCURACY).
-const GAMMA: f64 = 1.02020202020202;
-const GAMMA_LN: f64 = 0.020000666706669435;
+/// Buckets per doubling: γ = 2^(1/35). A whole number of buckets per doubling lets a value's
+/// bucket come from its float bits (the exponent × 35, plus the mantissa's place among 35
+/// bounds, found with a table and one comparison) instead of a logarithm per value, the cost
+/// of most of the reducer's work.
+const PER_OCTAVE: i32 = 35;
+
+/// The bounds of the buckets within one doubling, and for each of the 128 slices of the
+/// mantissa the first bound at or above it.
+struct Octave {
+    /// `2^(j/35)` for j in 0..=35.
+    bounds: [f64; PER_OCTAVE as usize + 1],
+    /// Per top-7-bit mantissa slice `[1 + c/128, 1 + (c+1)/128)`: the first j whose bound is at
+    /// or above the slice's start. A bucket is 2 % wide and a slice under 0.8 %, so the
+    /// mantissa's bucket is that j or the next.
+    first: [u8; 128],
+}
+
+static OCTAVE: std::sync::LazyLock<Octave> = std::sync::LazyLock::new(|| {
+    let mut bounds = [0.0; PER_OCTAVE as usize + 1];
+    for (j, b) in bounds.iter_mut().enumerate() {
+        *b = (j as f64 / PER_OCTAVE as f64).exp2();
+    }
+    bounds[PER_OCTAVE as usize] = 2.0;
+    let mut first = [0u8; 128];
+    for (c, f) in first.iter_mut().enumerate() {
+        let start = 1.0 + c as f64 / 128.0;
+        *f = bounds.iter().position(|b| *b >= start).unwrap_or(0) as u8;
+    }
+    Octave { bounds, first }
+});
 
 /// The quantile state of one group of one partial.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -45,11 +70,13 @@ impl Default for Digest {
     }
 }
 
-/// Bucket counts of one sign, by bucket key. Sparse: values 1.5 and 1e308 are two buckets, not
-/// the 35,000 between them.
+/// Bucket counts of one sign, `(key, count)` sorted by key. Sparse: values 1.5 and 1e308 are two
+/// buckets, not the 35,000 between them. A sorted vector rather than a B-tree: a record's
+/// bucket is found by a binary search over contiguous memory (a new bucket, rare once a stream
+/// has warmed up, moves the ones above it).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct Bins(BTreeMap<i32, u64>);
+pub struct Bins(Vec<(i32, u64)>);
 
 impl Bins {
     /// Adds `n` values of bucket `key`. At most [`MAX_BINS`] buckets are kept, the highest
@@ -58,11 +85,13 @@ impl Bins {
     /// or partials merged.
     #[inline]
     fn add(&mut self, key: i32, n: u64) {
-        *self.0.entry(key).or_insert(0) += n;
-        if self.0.len() > MAX_BINS {
-            if let Some((_, folded)) = self.0.pop_first() {
-                if let Some(mut lowest) = self.0.first_entry() {
-                    *lowest.get_mut() += folded;
+        match self.0.binary_search_by_key(&key, |b| b.0) {
+            Ok(i) => self.0[i].1 += n,
+            Err(i) => {
+                self.0.insert(i, (key, n));
+                if self.0.len() > MAX_BINS {
+                    let (_, folded) = self.0.remove(0);
+                    self.0[0].1 += folded;
                 }
             }
         }
@@ -74,7 +103,7 @@ impl Bins {
 
     /// `(key, count)` of the buckets, lowest key first.
     fn iter(&self) -> impl DoubleEndedIterator<Item = (i32, u64)> + '_ {
-        self.0.iter().map(|(k, n)| (*k, *n))
+        self.0.iter().copied()
     }
 }
 
@@ -144,13 +173,24 @@ impl Buckets {
     }
 }
 
+/// `ceil(log_γ magnitude)` of a positive normal float, from its bits.
+#[inline]
 fn key(magnitude: f64) -> i32 {
-    (magnitude.ln() / GAMMA_LN).ceil() as i32
+    let bits = magnitude.to_bits();
+    let exponent = ((bits >> 52) & 0x7ff) as i32 - 1023;
+    let mantissa = f64::from_bits((bits & ((1 << 52) - 1)) | (1023 << 52));
+    let octave = &*OCTAVE;
+    let mut j = octave.first[((bits >> 45) & 0x7f) as usize] as usize;
+    if mantissa > octave.bounds[j] {
+        j += 1;
+    }
+    exponent * PER_OCTAVE + j as i32
 }
 
 /// The value a bucket reports: within ACCURACY of every value of the bucket.
 fn value(key: i32) -> f64 {
-    2.0 * (key as f64 * GAMMA_LN).exp() / (GAMMA + 1.0)
+    let gamma = (1.0 / PER_OCTAVE as f64).exp2();
+    2.0 * (key as f64 / PER_OCTAVE as f64).exp2() / (gamma + 1.0)
 }
 
 impl Digest {
@@ -320,10 +360,33 @@ mod tests {
     }
 
     #[test]
-    fn the_bucket_constants_follow_from_the_accuracy() {
-        let gamma = (1.0 + ACCURACY) / (1.0 - ACCURACY);
-        assert!((GAMMA - gamma).abs() < 1e-14);
-        assert!((GAMMA_LN - gamma.ln()).abs() < 1e-15);
+    fn a_values_bucket_from_its_bits_is_the_ceiling_of_its_logarithm() {
+        let gamma = (1.0 / PER_OCTAVE as f64).exp2();
+        assert!((gamma - 1.0) / (gamma + 1.0) <= ACCURACY);
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(3);
+        for _ in 0..200_000 {
+            let v = (rng.random_range(-20.0..20.0f64)).exp2() * rng.random_range(1.0..2.0);
+            let exact = (v.ln() / gamma.ln()).ceil() as i32;
+            let k = key(v);
+            // Equal, but for a value within float rounding of a bound.
+            if k != exact {
+                let bound = (exact as f64 / PER_OCTAVE as f64)
+                    .exp2()
+                    .min((k as f64 / PER_OCTAVE as f64).exp2());
+                assert!((v / bound - 1.0).abs() < 1e-12, "{v}: {k} against {exact}");
+            }
+            let reported = value(k);
+            assert!(
+                (reported - v).abs() <= ACCURACY * v,
+                "{v} reported as {reported}"
+            );
+        }
+        // Bounds themselves and powers of two.
+        for j in -70..70 {
+            let v = (j as f64 / PER_OCTAVE as f64).exp2();
+            assert!((key(v) - j).abs() <= 1, "{v}");
+            assert_eq!(key(2f64.powi(j)), j * PER_OCTAVE);
+        }
     }
 
     #[test]
