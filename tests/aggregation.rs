@@ -149,8 +149,12 @@ async fn script_error_is_contained() {
         summary.stats.script_errors, item_1,
         "exactly the item_1 events failed"
     );
-    let set =
-        MetricSet::load(&pipeline.config.metrics, &pipeline.config.schema().unwrap()).unwrap();
+    let set = MetricSet::load(
+        &pipeline.config.metrics,
+        &pipeline.config.lookups,
+        &pipeline.config.schema().unwrap(),
+    )
+    .unwrap();
     let at = events.iter().map(|e| e.time_ms()).max().unwrap();
     let values = set.read_all(&*store, at).await.unwrap();
     let types = &values

@@ -366,7 +366,12 @@ async fn backfill_survives_a_crash() {
     tokio::time::sleep(Duration::from_secs(15)).await;
     append(&path, ALL_INTERACTIONS);
     let p = load(&path, &env);
-    let set = MetricSet::load(&p.config.metrics, &p.config.schema().unwrap()).unwrap();
+    let set = MetricSet::load(
+        &p.config.metrics,
+        &p.config.lookups,
+        &p.config.schema().unwrap(),
+    )
+    .unwrap();
     // Kill it once the backfill has written some of its progress, and not all.
     let t = Instant::now();
     let done = loop {
@@ -468,7 +473,12 @@ async fn backfill_command_recomputes_after_a_script_fix() {
     .await
     .unwrap()
     .store;
-    let set = MetricSet::load(&p.config.metrics, &p.config.schema().unwrap()).unwrap();
+    let set = MetricSet::load(
+        &p.config.metrics,
+        &p.config.lookups,
+        &p.config.schema().unwrap(),
+    )
+    .unwrap();
     // A window that ends before the panes live traffic still changes (lateness 1 s + slide 5 s).
     let at = chrono::Utc::now().timestamp_millis() - 12_000;
     let views_in = |events: &[runner::event::Record], v: &MetricValue| {

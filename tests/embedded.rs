@@ -347,7 +347,8 @@ async fn retention_sweeps_every_kind_and_keeps_the_current_window_exact() {
     .store;
     let events = store.all_events().await.unwrap();
     let at = events.iter().map(|e| e.time_ms()).max().unwrap();
-    let set = runner::aggregate::MetricSet::load(&p.config.metrics, &p.schema()).unwrap();
+    let set = runner::aggregate::MetricSet::load(&p.config.metrics, &p.config.lookups, &p.schema())
+        .unwrap();
     let values = set.read_all(&*store, at).await.unwrap();
     let (start, end) = (values[0].window_start, values[0].window_end);
     assert!(
@@ -443,7 +444,7 @@ async fn drain_backlog(
         publisher.publish(events).await.unwrap();
     }
     drop(publisher);
-    let set = Arc::new(MetricSet::load(&p.config.metrics, &p.schema()).unwrap());
+    let set = Arc::new(MetricSet::load(&p.config.metrics, &p.config.lookups, &p.schema()).unwrap());
     let until = runner::consumer::StopWhen {
         stop: CancellationToken::new(),
         idle: None,

@@ -369,6 +369,7 @@ async fn hostile_records_stall_nothing_and_poison_no_metric() {
     // Every metric reads, from a fresh set as the dashboard and alerts read it.
     let set = runner::aggregate::MetricSet::load(
         &sp.pipeline.config.metrics,
+        &sp.pipeline.config.lookups,
         &sp.pipeline.config.schema().unwrap(),
     )
     .unwrap();
@@ -478,8 +479,12 @@ async fn runaway_script_is_stopped() {
     .await
     .unwrap()
     .store;
-    let set =
-        runner::aggregate::MetricSet::load(&p.config.metrics, &p.config.schema().unwrap()).unwrap();
+    let set = runner::aggregate::MetricSet::load(
+        &p.config.metrics,
+        &p.config.lookups,
+        &p.config.schema().unwrap(),
+    )
+    .unwrap();
     let values = set
         .read_all(&*store, chrono::Utc::now().timestamp_millis())
         .await

@@ -172,8 +172,12 @@ async fn reload_metric_script_keeps_state() {
         })
         .count() as u64;
     let p = load(&path, &env);
-    let set =
-        runner::aggregate::MetricSet::load(&p.config.metrics, &p.config.schema().unwrap()).unwrap();
+    let set = runner::aggregate::MetricSet::load(
+        &p.config.metrics,
+        &p.config.lookups,
+        &p.config.schema().unwrap(),
+    )
+    .unwrap();
     let at = events.iter().map(|e| e.time_ms()).max().unwrap();
     let values = set.read_all(&*store, at).await.unwrap();
     let selected = values.iter().find(|v| v.name == "selected").unwrap();
@@ -370,6 +374,7 @@ async fn symlink_swap_reloads() {
     std::os::unix::fs::symlink("..2026_01", conf.join("..data")).unwrap();
     std::os::unix::fs::symlink("..data/pipelines", conf.join("pipelines")).unwrap();
     std::os::unix::fs::symlink("..data/scripts", conf.join("scripts")).unwrap();
+    std::os::unix::fs::symlink("..data/lookups", conf.join("lookups")).unwrap();
     let path = conf.join("pipelines/interactions.toml");
     let (running, stop) = start_embedded(&path, dir.path()).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -604,4 +609,91 @@ async fn connection_change_reconnects_without_loss() {
         "moved after {} events; topics {in_topics:?}, databases {per_db:?}",
         in_topics[0]
     );
+}
+
+/// Saving the lookup table is a hot reload like saving a script: records after it get the new
+/// rows while the window keeps what was counted under the old ones, and a broken table (a key
+/// twice) is refused with its file and line while the running version goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edited_lookup_table_relabels_new_records_and_a_broken_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = common::copy_pipeline(dir.path());
+    let (running, stop) = start_embedded(&path, dir.path()).await;
+    let store = running.store.clone().unwrap();
+    let revenue_by_category = || async {
+        let set = running.metrics.borrow().clone();
+        let m = set
+            .metrics()
+            .iter()
+            .find(|m| m.name() == "revenue_by_category")
+            .unwrap()
+            .clone();
+        let now = chrono::Utc::now().timestamp_millis();
+        runner::aggregate::read(&m, &*store, now)
+            .await
+            .unwrap()
+            .value
+    };
+    let t = Instant::now();
+    while revenue_by_category()
+        .await
+        .as_object()
+        .is_none_or(|o| o.len() < 3)
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "no revenue by category"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let table = dir.path().join("lookups/items.csv");
+    let shipped = std::fs::read_to_string(&table).unwrap();
+    let broken = format!("{shipped}item_1,books,1.0\n");
+    editor_save(&table, &broken);
+    wait_until(
+        "the broken table is refused",
+        Duration::from_secs(5),
+        || reloads(&running).1 == 1,
+    )
+    .await;
+    let error = reloads(&running).2.unwrap();
+    assert!(
+        error.contains(&format!("{}:502", table.display())) && error.contains("item_1"),
+        "names the file, the line and the key: {error}"
+    );
+    let relabelled: String = shipped
+        .lines()
+        .enumerate()
+        .map(|(i, l)| match i {
+            0 => format!("{l}\n"),
+            _ => {
+                let cols: Vec<&str> = l.split(',').collect();
+                format!("{},relabelled,{}\n", cols[0], cols[2])
+            }
+        })
+        .collect();
+    editor_save(&table, &relabelled);
+    wait_until("the new table applies", Duration::from_secs(5), || {
+        reloads(&running).0 == 1
+    })
+    .await;
+    let t = Instant::now();
+    loop {
+        let v = revenue_by_category().await;
+        let o = v.as_object().unwrap();
+        if o.contains_key("relabelled") {
+            assert!(
+                o.len() > 1,
+                "the window keeps what was counted under the old categories: {v}"
+            );
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "never relabelled: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.cancel();
+    running.wait().await.unwrap();
 }

@@ -273,9 +273,12 @@ async fn final_results_written_once() {
     );
 
     let raw = store.all_events().await.unwrap();
-    let set =
-        runner::aggregate::MetricSet::load(&sp.pipeline.config.metrics, &sp.pipeline.schema())
-            .unwrap();
+    let set = runner::aggregate::MetricSet::load(
+        &sp.pipeline.config.metrics,
+        &sp.pipeline.config.lookups,
+        &sp.pipeline.schema(),
+    )
+    .unwrap();
     let mut checked = 0;
     let mut stored_keys = std::collections::BTreeSet::new();
     for m in set.metrics() {

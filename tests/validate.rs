@@ -251,7 +251,7 @@ fn kubernetes_configmap_validates() {
 
     // The ConfigMap is the repository's files, each byte for byte.
     let mut expected = Vec::new();
-    for top in ["pipelines", "scripts", "schemas"] {
+    for top in ["pipelines", "scripts", "schemas", "lookups"] {
         collect_files(&root, &root.join(top), &mut expected);
     }
     expected.retain(|p| !p.ends_with(".sh") && !p.ends_with(".test.toml"));
@@ -363,7 +363,7 @@ fn kubernetes_configmap_validates() {
         }
         std::os::unix::fs::symlink(version.file_name().unwrap(), mount_path.join("..data"))
             .unwrap();
-        for top in ["pipelines", "scripts", "schemas"] {
+        for top in ["pipelines", "scripts", "schemas", "lookups"] {
             std::os::unix::fs::symlink(format!("..data/{top}"), mount_path.join(top)).unwrap();
         }
         let args: Vec<&str> = container["args"]

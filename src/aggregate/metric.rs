@@ -1,5 +1,6 @@
 //! A metric definition (`[[metric]]` in the pipeline file) and its compiled form.
 
+use super::lookup::Lookups;
 use super::reducer::{Input, ReducerKind, Report, State, OTHER_KEY};
 use super::script::{self, FieldValue, Filter, Selector, Selectors};
 use super::window::Window;
@@ -143,7 +144,11 @@ pub struct Metric {
 
 impl Metric {
     /// Compiles the metric's script and checks it fits the reducer.
-    pub fn load(config: &MetricConfig, schema: &Schema) -> Result<Metric, ScriptError> {
+    pub fn load(
+        config: &MetricConfig,
+        schema: &Schema,
+        lookups: &Lookups,
+    ) -> Result<Metric, ScriptError> {
         let path = &config.script;
         let window = config
             .window()
@@ -184,7 +189,7 @@ impl Metric {
             let spec: rhai::Map = engine
                 .eval_ast_with_scope(&mut Scope::new(), &ast)
                 .map_err(|e| ScriptError::from_eval(path, &e))?;
-            let s = script::selectors(path, spec, schema)?;
+            let s = script::selectors(path, spec, schema, lookups)?;
             if config.reducer.needs_key() && s.key.is_none() {
                 return Err(ScriptError::whole_file(
                     path,
@@ -334,18 +339,18 @@ impl Metric {
                 let key_owned;
                 let key = match &self.selectors.key {
                     None => None,
-                    Some(Selector::Field(f)) => match f.get(event) {
-                        FieldValue::Text(t) => Some(t),
-                        FieldValue::Number(n) => {
-                            key_owned = n.to_string();
-                            Some(key_owned.as_str())
-                        }
-                        FieldValue::Missing => return Ok(()),
-                    },
                     Some(Selector::Script(f)) => {
                         key_owned = self.call_ptr(f, map)?.to_string();
                         Some(key_owned.as_str())
                     }
+                    Some(sel) => match sel.read(event) {
+                        Some(FieldValue::Text(t)) => Some(t),
+                        Some(FieldValue::Number(n)) => {
+                            key_owned = n.to_string();
+                            Some(key_owned.as_str())
+                        }
+                        Some(FieldValue::Missing) | None => return Ok(()),
+                    },
                 };
                 // A key past the limit of a declared string (a script's key can be any length)
                 // is this record's error for this metric; a key past `max_groups` is `__other__`.
@@ -362,11 +367,6 @@ impl Metric {
                 let value_owned;
                 let input = match &self.selectors.value {
                     None => matches.unwrap_or(Input::Event),
-                    Some(Selector::Field(f)) => match f.get(event) {
-                        FieldValue::Text(t) => Input::Text(t),
-                        FieldValue::Number(n) => Input::Number(n),
-                        FieldValue::Missing => return Ok(()),
-                    },
                     Some(Selector::Script(f)) => {
                         let v = self.call_ptr(f, map)?;
                         if let Ok(n) = v.as_float() {
@@ -380,6 +380,11 @@ impl Metric {
                             Input::Text(&value_owned)
                         }
                     }
+                    Some(sel) => match sel.read(event) {
+                        Some(FieldValue::Text(t)) => Input::Text(t),
+                        Some(FieldValue::Number(n)) => Input::Number(n),
+                        Some(FieldValue::Missing) | None => return Ok(()),
+                    },
                 };
                 if kind.needs_value() && matches!(input, Input::Event) {
                     return Ok(());

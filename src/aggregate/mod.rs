@@ -8,6 +8,7 @@
 
 pub mod backfill;
 mod keys;
+pub mod lookup;
 mod metric;
 #[cfg(test)]
 mod properties;
@@ -21,6 +22,7 @@ mod sketch;
 mod window;
 mod write;
 
+pub use lookup::{LookupConfig, Lookups};
 pub use metric::{Metric, MetricConfig, Partial, TimeMode};
 pub use quantile::{label as quantile_label, ACCURACY as QUANTILE_ACCURACY};
 pub use query::{history, history_step, read, windows, Backfilling, MetricValue, Point};
@@ -36,21 +38,31 @@ use std::collections::HashSet;
 /// The compiled metrics of a pipeline.
 pub struct MetricSet {
     metrics: Vec<Metric>,
+    /// The lookup tables its metrics read.
+    lookups: Lookups,
     /// The fields the record maps need, when any metric calls a script function per record.
     map_fields: Option<MapFields>,
 }
 
 impl MetricSet {
-    /// Compiles every metric; the error names the script, and names duplicates.
-    pub fn load(configs: &[MetricConfig], schema: &Schema) -> Result<MetricSet, ScriptError> {
-        Self::load_all(configs, schema).map_err(|mut errors| errors.remove(0))
+    /// Loads the lookup tables and compiles every metric; the error names the script or the
+    /// table's file, and names duplicates.
+    pub fn load(
+        configs: &[MetricConfig],
+        lookups: &[LookupConfig],
+        schema: &Schema,
+    ) -> Result<MetricSet, ScriptError> {
+        Self::load_all(configs, lookups, schema).map_err(|mut errors| errors.remove(0))
     }
 
-    /// Compiles every metric, and on failure returns every problem, not only the first.
+    /// Loads the lookup tables and compiles every metric, and on failure returns every
+    /// problem, not only the first.
     pub fn load_all(
         configs: &[MetricConfig],
+        lookups: &[LookupConfig],
         schema: &Schema,
     ) -> Result<MetricSet, Vec<ScriptError>> {
+        let lookups = Lookups::load(lookups)?;
         let mut seen = HashSet::new();
         let mut metrics = Vec::with_capacity(configs.len());
         let mut errors = Vec::new();
@@ -61,7 +73,7 @@ impl MetricSet {
                     format!("metric name {:?} is used twice", c.name),
                 ));
             }
-            match Metric::load(c, schema) {
+            match Metric::load(c, schema, &lookups) {
                 Ok(m) => metrics.push(m),
                 Err(e) => errors.push(e),
             }
@@ -77,8 +89,14 @@ impl MetricSet {
         }
         Ok(MetricSet {
             metrics,
+            lookups,
             map_fields,
         })
+    }
+
+    /// The lookup tables its metrics may read.
+    pub fn lookups(&self) -> &Lookups {
+        &self.lookups
     }
 
     /// The fields of the one record map per record that the metrics calling scripts share, or
@@ -97,6 +115,7 @@ impl MetricSet {
         let map_fields = m.needs_event_map().then(|| m.map_fields().clone());
         MetricSet {
             metrics: vec![m],
+            lookups: self.lookups.clone(),
             map_fields,
         }
     }

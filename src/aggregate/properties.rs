@@ -237,7 +237,7 @@ fn quantile_set() -> Arc<MetricSet> {
         exact_limit: 4,
         ..per_item.metrics()[0].config.clone()
     };
-    Arc::new(MetricSet::load(&[config], &super::write::tests::schema()).unwrap())
+    Arc::new(MetricSet::load(&[config], &[], &super::write::tests::schema()).unwrap())
 }
 
 fn quantiles_of(per_item: &BTreeMap<String, Vec<Record>>) -> serde_json::Value {

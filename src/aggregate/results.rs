@@ -334,7 +334,7 @@ mod tests {
         let schema = crate::event::schema_of(
             "fields = { id = \"string\", t = \"timestamp\" }\nid = \"id\"\ntime = \"t\"",
         );
-        Metric::load(&config, &schema).unwrap()
+        Metric::load(&config, &schema, &Default::default()).unwrap()
     }
 
     #[test]

@@ -9,14 +9,18 @@
 //! ```
 //!
 //! `field(...)`, `field_is(...)` and `field_in(...)` are read in Rust at no script cost per
-//! record. Any of the three may instead be `Fn("name")`, a function of the script called per
+//! record, and so is `lookup("table", "field", "column")` (a column of the `[[lookup]]` table's
+//! row that the record's field names; `__missing__`, or a fourth argument's default, when the
+//! table has no row for it). Any of the three may instead be `Fn("name")`, a function of the script called per
 //! record with the record as a map, for logic the selectors cannot express. A `custom` reducer
 //! script defines `init()`, `update(e)`, `merge(other)` and `finish()`, with the state as `this`.
 
-use crate::event::{Extra, FieldType, Naive, Record, Schema, Value};
+use super::lookup::{Cell, Lookups, Table, MISSING_KEY};
+use crate::event::{Extra, FieldType, Naive, Record, Schema, Text, Value};
 use crate::script::ScriptError;
 use rhai::{Dynamic, Engine, FnPtr, Map, NativeCallContext, Position};
 use std::path::Path;
+use std::sync::Arc;
 
 /// A field of the record: a declared one by slot, or an undeclared one by its path
 /// (`meta.channel` reads `channel` inside the undeclared object `meta`).
@@ -83,11 +87,52 @@ impl Field {
     }
 }
 
-/// How a metric picks its key or value: a field read in Rust, or a script function.
+/// How a metric picks its key or value: a field read in Rust, a lookup table's column read in
+/// Rust, or a script function.
 #[derive(Debug, Clone)]
 pub enum Selector {
     Field(Field),
+    Lookup(Arc<LookupSelector>),
     Script(FnPtr),
+}
+
+impl Selector {
+    /// What the selector gives for a record, when Rust reads it (not for a script's).
+    #[inline]
+    pub fn read<'a>(&'a self, e: &'a Record) -> Option<FieldValue<'a>> {
+        match self {
+            Selector::Field(f) => Some(f.get(e)),
+            Selector::Lookup(l) => Some(l.get(e)),
+            Selector::Script(_) => None,
+        }
+    }
+}
+
+/// `lookup(table, field, column[, default])`: the column of the row the record's field names.
+#[derive(Debug)]
+pub struct LookupSelector {
+    field: Field,
+    table: Arc<Table>,
+    column: usize,
+    /// What a record whose field has no row gives: the default, or `__missing__`.
+    missing: Cell,
+}
+
+impl LookupSelector {
+    #[inline]
+    fn get<'a>(&'a self, e: &'a Record) -> FieldValue<'a> {
+        let row = match self.field.get(e) {
+            FieldValue::Text(key) => self.table.get(key, self.column),
+            // Keys written as numbers in the table are stored as their text.
+            FieldValue::Number(n) => self.table.get(&n.to_string(), self.column),
+            FieldValue::Missing => return FieldValue::Missing,
+        };
+        match row.unwrap_or(&self.missing) {
+            Cell::Text(t) => FieldValue::Text(t),
+            Cell::Number(n) => FieldValue::Number(*n),
+            Cell::Empty => FieldValue::Missing,
+        }
+    }
 }
 
 /// Which events a metric counts.
@@ -166,6 +211,15 @@ struct FieldRef(String);
 /// an error at load that names the line).
 #[derive(Debug, Clone)]
 struct FieldIn(String, Vec<Dynamic>, Position);
+/// `lookup(table, field, column[, default])` as written, and where it stands.
+#[derive(Debug, Clone)]
+struct LookupRef {
+    table: String,
+    field: String,
+    column: String,
+    default: Option<Dynamic>,
+    at: Position,
+}
 
 /// Registers `field`, `field_is` and `field_in` on a metric engine.
 pub fn register(engine: &mut Engine) {
@@ -184,7 +238,87 @@ pub fn register(engine: &mut Engine) {
             |ctx: NativeCallContext, name: &str, vs: rhai::Array| {
                 FieldIn(name.to_string(), vs, ctx.call_position())
             },
+        )
+        .register_type_with_name::<LookupRef>("Lookup")
+        .register_fn(
+            "lookup",
+            |ctx: NativeCallContext, table: &str, field: &str, column: &str| LookupRef {
+                table: table.into(),
+                field: field.into(),
+                column: column.into(),
+                default: None,
+                at: ctx.call_position(),
+            },
+        )
+        .register_fn(
+            "lookup",
+            |ctx: NativeCallContext, table: &str, field: &str, column: &str, default: Dynamic| {
+                LookupRef {
+                    table: table.into(),
+                    field: field.into(),
+                    column: column.into(),
+                    default: Some(default),
+                    at: ctx.call_position(),
+                }
+            },
         );
+}
+
+/// Resolves `lookup(...)` against the loaded tables; the error says where the call stands.
+fn lookup_selector(
+    l: LookupRef,
+    schema: &Schema,
+    lookups: &Lookups,
+) -> Result<LookupSelector, (Position, String)> {
+    let at = l.at;
+    let table = lookups.get(&l.table).ok_or_else(|| {
+        let names = lookups.names();
+        (
+            at,
+            match names.is_empty() {
+                true => format!("lookup table {:?}: the pipeline has no [[lookup]]", l.table),
+                false => format!(
+                    "lookup table {:?} is not a [[lookup]] of the pipeline (there are: {})",
+                    l.table,
+                    names.join(", ")
+                ),
+            },
+        )
+    })?;
+    let column = table.column(&l.column).ok_or_else(|| {
+        (
+            at,
+            format!(
+                "lookup table {:?} has no column {:?} (columns: {})",
+                l.table,
+                l.column,
+                table.columns().join(", ")
+            ),
+        )
+    })?;
+    let field = Field::parse(&l.field, schema).map_err(|why| (at, why))?;
+    let missing = match l.default {
+        None => Cell::Text(Text::from(MISSING_KEY)),
+        Some(d) if d.is_string() => Cell::Text(Text::from(d.to_string().as_str())),
+        Some(d) => match d.as_float().or_else(|_| d.as_int().map(|i| i as f64)) {
+            Ok(n) if n.is_finite() => Cell::Number(n),
+            _ => {
+                return Err((
+                    at,
+                    format!(
+                        "a lookup's default must be a string or a finite number, not a {}",
+                        d.type_name()
+                    ),
+                ))
+            }
+        },
+    };
+    Ok(LookupSelector {
+        field,
+        table: table.clone(),
+        column,
+        missing,
+    })
 }
 
 /// The selectors a metric script described.
@@ -197,18 +331,28 @@ pub struct Selectors {
     pub ratio: Option<(Filter, Filter)>,
 }
 
-/// Reads the map a metric script evaluated to.
-pub fn selectors(path: &Path, mut spec: Map, schema: &Schema) -> Result<Selectors, ScriptError> {
+/// Reads the map a metric script evaluated to; `lookup(...)` calls are resolved against
+/// `lookups`.
+pub fn selectors(
+    path: &Path,
+    mut spec: Map,
+    schema: &Schema,
+    lookups: &Lookups,
+) -> Result<Selectors, ScriptError> {
     let err = |m: String| ScriptError::whole_file(path, m);
     let field = |name: &str| Field::parse(name, schema).map_err(err);
     let selector = |name: &str, v: Dynamic| -> Result<Selector, ScriptError> {
         if let Some(f) = v.clone().try_cast::<FieldRef>() {
             Ok(Selector::Field(field(&f.0)?))
+        } else if let Some(l) = v.clone().try_cast::<LookupRef>() {
+            lookup_selector(l, schema, lookups)
+                .map(|l| Selector::Lookup(Arc::new(l)))
+                .map_err(|(at, why)| ScriptError::at(path, at, why))
         } else if let Some(f) = v.try_cast::<FnPtr>() {
             Ok(Selector::Script(f))
         } else {
             Err(err(format!(
-                "`{name}` must be field(\"name\") or Fn(\"function\")"
+                "`{name}` must be field(\"name\"), lookup(\"table\", \"field\", \"column\") or Fn(\"function\")"
             )))
         }
     };

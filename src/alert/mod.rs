@@ -831,7 +831,7 @@ mod tests {
         let dispatcher =
             Dispatcher::new(&set.config.channels, &set.config.thresholds, stats.clone()).unwrap();
         let (_metrics_tx, metrics) =
-            watch::channel(Arc::new(MetricSet::load(&[], &schema).unwrap()));
+            watch::channel(Arc::new(MetricSet::load(&[], &[], &schema).unwrap()));
         let sources = Sources {
             pipeline: "p".into(),
             store: store.clone(),
@@ -916,7 +916,8 @@ mod tests {
             ))
             .unwrap()
         };
-        let metric_set = MetricSet::load(&[metric("good"), metric("broken")], &schema).unwrap();
+        let metric_set =
+            MetricSet::load(&[metric("good"), metric("broken")], &[], &schema).unwrap();
         let now = chrono::Utc::now().timestamp_millis();
         let broken = metric_set.metrics()[1].state_key().to_string();
         store

@@ -68,7 +68,11 @@ pub fn generate(
 
 /// Reads every metric's current window from the pipeline's store.
 pub async fn metrics(pipeline: &Pipeline, at_ms: i64) -> anyhow::Result<Vec<MetricValue>> {
-    let set = MetricSet::load(&pipeline.config.metrics, &pipeline.schema())?;
+    let set = MetricSet::load(
+        &pipeline.config.metrics,
+        &pipeline.config.lookups,
+        &pipeline.schema(),
+    )?;
     let store = crate::pipeline::open_store(&pipeline.config).await?.store;
     set.read_all(&*store, at_ms).await
 }
@@ -81,7 +85,11 @@ pub async fn metrics_at(
     pipeline: &Pipeline,
     at_ms: i64,
 ) -> anyhow::Result<(Vec<MetricValue>, Vec<String>)> {
-    let set = MetricSet::load(&pipeline.config.metrics, &pipeline.schema())?;
+    let set = MetricSet::load(
+        &pipeline.config.metrics,
+        &pipeline.config.lookups,
+        &pipeline.schema(),
+    )?;
     let store = crate::pipeline::open_store(&pipeline.config).await?.store;
     let (mut values, mut not_final) = (Vec::new(), Vec::new());
     for m in set.metrics() {
@@ -169,7 +177,7 @@ pub async fn backfill(
     until: Option<std::time::Duration>,
 ) -> anyhow::Result<crate::aggregate::recompute::Recomputed> {
     let config = &pipeline.config;
-    let set = MetricSet::load(&config.metrics, &pipeline.schema())?;
+    let set = MetricSet::load(&config.metrics, &config.lookups, &pipeline.schema())?;
     let index = set
         .metrics()
         .iter()

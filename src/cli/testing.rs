@@ -187,7 +187,11 @@ pub async fn run_tests(pipeline: &Pipeline, tests: &Path) -> anyhow::Result<Vec<
         anyhow::anyhow!("{}:{line}: {}", tests.display(), e.message().trim())
     })?;
     let schema = pipeline.schema();
-    let set = Arc::new(MetricSet::load(&pipeline.config.metrics, &schema)?);
+    let set = Arc::new(MetricSet::load(
+        &pipeline.config.metrics,
+        &pipeline.config.lookups,
+        &schema,
+    )?);
     let mut outcomes = Vec::new();
     for case in file.tests {
         outcomes.push(

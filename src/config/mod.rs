@@ -61,6 +61,9 @@ pub struct PipelineConfig {
     /// Windowed aggregations, one `[[metric]]` table each.
     #[serde(default, rename = "metric")]
     pub metrics: Vec<MetricConfig>,
+    /// Lookup tables metric scripts read with `lookup(...)`, one `[[lookup]]` table each.
+    #[serde(default, rename = "lookup")]
+    pub lookups: Vec<crate::aggregate::LookupConfig>,
     /// Alert evaluation, thresholds and channels.
     #[serde(default)]
     pub alerting: AlertingConfig,
@@ -246,6 +249,9 @@ impl Pipeline {
         }
         for m in &mut self.config.metrics {
             resolve(&mut m.script);
+        }
+        for l in &mut self.config.lookups {
+            resolve(&mut l.from);
         }
         for a in &mut self.config.alerts {
             if let Some(s) = a.script.as_mut() {

@@ -56,6 +56,7 @@ pub const TABLE: &[Row] = &[
         crate::generator::GeneratorConfig { seed: None, ..a.generator.clone() } != crate::generator::GeneratorConfig { seed: None, ..b.generator.clone() }
     } },
     Row { key: "metric", effect: Effect::Live, note: "unchanged state shape keeps its window state; a new or redefined metric is backfilled from history", changed: |a, b| a.metrics != b.metrics },
+    Row { key: "lookup", effect: Effect::Live, note: "tables are read again (so is a changed file); metrics keep their window state and new records see the new rows", changed: |a, b| a.lookups != b.lookups },
     Row { key: "alerting", effect: Effect::Live, note: "interval, thresholds and channels apply from the next evaluation", changed: |a, b| a.alerting != b.alerting },
     Row { key: "alert", effect: Effect::Live, note: "rules that stay keep their pending and firing instances; removed ones resolve", changed: |a, b| a.alerts != b.alerts },
     Row { key: "dashboard.listen", effect: Effect::Restart, note: "the server is bound once", changed: |a, b| a.dashboard.listen != b.dashboard.listen },
@@ -84,6 +85,7 @@ fn sections_in_table(c: &PipelineConfig) {
         backfill: _,
         dashboard: _,
         metrics: _,
+        lookups: _,
         alerting: _,
         alerts: _,
         source: _,

@@ -66,6 +66,7 @@ fn watched_files(p: &Pipeline) -> BTreeSet<PathBuf> {
     let mut files = BTreeSet::from([p.path.clone()]);
     files.extend(p.config.generator.script.clone());
     files.extend(p.config.metrics.iter().map(|m| m.script.clone()));
+    files.extend(p.config.lookups.iter().map(|l| l.from.clone()));
     files.extend(p.config.alerts.iter().filter_map(|a| a.script.clone()));
     files
 }

@@ -320,7 +320,8 @@ pub async fn stored_ids(store: &dyn runner::store::Store) -> (usize, usize) {
     (events.len(), ids.len())
 }
 
-/// Copies the shipped pipeline and scripts into `dir` (same layout, so relative paths hold).
+/// Copies the shipped pipeline, its scripts and lookup tables into `dir` (same layout, so
+/// relative paths hold).
 pub fn copy_pipeline(dir: &Path) -> PathBuf {
     let root = repo_root();
     std::fs::create_dir_all(dir.join("pipelines")).unwrap();
@@ -328,7 +329,7 @@ pub fn copy_pipeline(dir: &Path) -> PathBuf {
     for f in ["pipelines/interactions.toml", "scripts/generator.rhai"] {
         std::fs::copy(root.join(f), dir.join(f)).unwrap();
     }
-    for folder in ["scripts/metrics", "scripts/alerts"] {
+    for folder in ["scripts/metrics", "scripts/alerts", "lookups"] {
         std::fs::create_dir_all(dir.join(folder)).unwrap();
         for e in std::fs::read_dir(root.join(folder)).unwrap() {
             let e = e.unwrap();

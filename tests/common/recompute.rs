@@ -120,6 +120,7 @@ pub async fn assert_metrics_match(sp: &ServicePipeline, expected_events: u64) ->
     let at = events.iter().map(|e| e.time_ms()).max().unwrap();
     let set = MetricSet::load(
         &sp.pipeline.config.metrics,
+        &sp.pipeline.config.lookups,
         &sp.pipeline.config.schema().unwrap(),
     )
     .unwrap();

@@ -26,7 +26,7 @@ pub(in crate::aggregate) fn per_item_set(window: Duration, lateness: Duration) -
         exact_limit: 10_000,
         max_groups: 50_000,
     };
-    Arc::new(MetricSet::load(&[config], &schema()).unwrap())
+    Arc::new(MetricSet::load(&[config], &[], &schema()).unwrap())
 }
 
 /// The record these tests aggregate: an id, an item, a time and an optional amount.
@@ -134,7 +134,7 @@ fn metrics_applied_on_worker_threads_give_what_one_thread_gives() {
         metric("top", ReducerKind::TopK, 30),
         metric("bottom", ReducerKind::BottomK, 5),
     ];
-    let set = Arc::new(MetricSet::load(&configs, &schema()).unwrap());
+    let set = Arc::new(MetricSet::load(&configs, &[], &schema()).unwrap());
     // Out of order by up to two minutes over three partitions: some late for one metric, some for all.
     let events: Vec<Record> = (0..600)
         .map(|i| {
@@ -303,6 +303,7 @@ fn ratio_reducer_equals_the_custom_script_it_replaced() {
                 metric("ratio", "conversion_ratio.rhai", ReducerKind::Ratio),
                 metric("custom", "conversion_rate.rhai", ReducerKind::Custom),
             ],
+            &[],
             &schema,
         )
         .unwrap(),
@@ -578,7 +579,7 @@ fn a_non_finite_number_is_one_metrics_error_and_never_stored_as_null() {
             50_000,
         ),
     ];
-    let set = Arc::new(MetricSet::load(&configs, &schema()).unwrap());
+    let set = Arc::new(MetricSet::load(&configs, &[], &schema()).unwrap());
     let stats = Stats::new();
     let mut agg = Aggregator::new(set, stats.clone());
     agg.apply(&[event("a", "x", 1), event("b", "y", 2)], &[]);
@@ -626,7 +627,7 @@ fn keys_past_max_groups_are_counted_under_other_and_left_out_of_rankings() {
         "#{ key: field(\"item_id\") }",
         3,
     )];
-    let set = Arc::new(MetricSet::load(&configs, &schema()).unwrap());
+    let set = Arc::new(MetricSet::load(&configs, &[], &schema()).unwrap());
     let mut agg = Aggregator::new(set.clone(), Stats::new());
     let events: Vec<Record> = (0..20)
         .map(|i| event(&format!("e{i}"), &format!("item{}", i % 10), 1))
@@ -663,7 +664,8 @@ fn histogram_and_quantile_metrics_bucket_and_rank_values_and_refuse_bad_settings
         quantiles: vec![0.5, 0.95],
         ..scripted(dir.path(), "p", ReducerKind::Quantile, value, 10)
     };
-    let set = Arc::new(MetricSet::load(&[histogram.clone(), quantile.clone()], &schema()).unwrap());
+    let set =
+        Arc::new(MetricSet::load(&[histogram.clone(), quantile.clone()], &[], &schema()).unwrap());
     let mut agg = Aggregator::new(set.clone(), Stats::new());
     let events: Vec<Record> = ["1", "25", "70", "70", "10"]
         .iter()
@@ -687,7 +689,7 @@ fn histogram_and_quantile_metrics_bucket_and_rank_values_and_refuse_bad_settings
     assert_eq!(report(1), serde_json::json!({"p50": 25.0, "p95": 70.0}));
 
     let refused = |c: MetricConfig, says: &str| {
-        let err = match MetricSet::load(&[c], &schema()) {
+        let err = match MetricSet::load(&[c], &[], &schema()) {
             Err(e) => e.to_string(),
             Ok(_) => panic!("loaded; expected an error saying {says:?}"),
         };
@@ -728,4 +730,89 @@ fn histogram_and_quantile_metrics_bucket_and_rank_values_and_refuse_bad_settings
         },
         "`quantiles` is empty",
     );
+}
+
+/// `lookup(table, field, column)` keys a metric by a column of the table's row for the
+/// record's field, `__missing__` (or the default given) when the table has no row; a table or
+/// column that does not exist is a load error at the script's line.
+#[test]
+fn a_lookup_keys_records_by_the_tables_column_and_names_what_it_lacks() {
+    use crate::aggregate::LookupConfig;
+    let dir = tempfile::tempdir().unwrap();
+    let from = dir.path().join("items.csv");
+    std::fs::write(
+        &from,
+        "item_id,category,list_price\nx,books,3.5\ny,garden,10\n",
+    )
+    .unwrap();
+    let lookups = [LookupConfig {
+        name: "items".into(),
+        from,
+        key: "item_id".into(),
+        max_rows: 100,
+    }];
+    let configs = [
+        scripted(
+            dir.path(),
+            "by_category",
+            ReducerKind::Count,
+            "#{ key: lookup(\"items\", \"item_id\", \"category\") }",
+            10,
+        ),
+        scripted(
+            dir.path(),
+            "or_other",
+            ReducerKind::Count,
+            "#{ key: lookup(\"items\", \"item_id\", \"category\", \"other\") }",
+            10,
+        ),
+        scripted(
+            dir.path(),
+            "list_prices",
+            ReducerKind::Sum,
+            "#{ value: lookup(\"items\", \"item_id\", \"list_price\") }",
+            10,
+        ),
+    ];
+    let set = Arc::new(MetricSet::load(&configs, &lookups, &schema()).unwrap());
+    let mut agg = Aggregator::new(set.clone(), Stats::new());
+    let events: Vec<Record> = ["x", "y", "x", "z"]
+        .iter()
+        .enumerate()
+        .map(|(i, item)| event(&format!("e{i}"), item, 1))
+        .collect();
+    agg.apply(&events, &[]);
+    let report = |i: usize| {
+        set.metrics()[i]
+            .report(&agg.states[i].cells.values().next().unwrap().partial)
+            .unwrap()
+    };
+    assert_eq!(
+        report(0),
+        serde_json::json!({"books": 2, "garden": 1, "__missing__": 1})
+    );
+    assert_eq!(
+        report(1),
+        serde_json::json!({"books": 2, "garden": 1, "other": 1})
+    );
+    // An item without a row has no list price: left out of the sum.
+    assert_eq!(report(2), serde_json::json!(17.0));
+
+    for (script, says) in [
+        (
+            "#{\n  key: lookup(\"stores\", \"item_id\", \"category\") }",
+            "\"stores\" is not a [[lookup]] of the pipeline (there are: items)",
+        ),
+        (
+            "#{\n  key: lookup(\"items\", \"item_id\", \"colour\") }",
+            "no column \"colour\" (columns: item_id, category, list_price)",
+        ),
+    ] {
+        let bad = scripted(dir.path(), "bad", ReducerKind::Count, script, 10);
+        let err = match MetricSet::load(&[bad], &lookups, &schema()) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("loaded; expected {says:?}"),
+        };
+        assert!(err.contains(says) && err.contains("bad.rhai:2:"), "{err}");
+    }
 }

@@ -1,6 +1,7 @@
-//! The analytics reducers against their plain counterparts on the same records: what a
-//! quantile or a histogram costs per record beside an average of the same field, and how far a
-//! quantile past its exact values is from the exact quantile.
+//! The analytics reducers and selectors against their plain counterparts on the same records:
+//! what a quantile or a histogram costs per record beside an average of the same field, a
+//! lookup selector beside the plain field it looks up, and how far a quantile past its exact
+//! values is from the exact quantile.
 
 use super::{compare, figure, scratch_path, BenchOptions, Figure};
 use crate::aggregate::{Aggregator, MetricConfig, MetricSet, QUANTILE_ACCURACY};
@@ -44,7 +45,7 @@ pub(super) fn analytics_section(
     let metric = |reducer: &str, extra: &str| -> anyhow::Result<Arc<MetricSet>> {
         let text = format!("name = \"bench_{reducer}\"\nscript = {selector:?}\nreducer = \"{reducer}\"\nwindow = \"60s\"\nslide = \"5s\"\n{extra}");
         let config: MetricConfig = toml::from_str(&text)?;
-        Ok(Arc::new(MetricSet::load(&[config], &schema)?))
+        Ok(Arc::new(MetricSet::load(&[config], &[], &schema)?))
     };
     let sets = [
         (
@@ -61,13 +62,8 @@ pub(super) fn analytics_section(
         ),
     ];
     let _ = std::fs::remove_file(&selector);
-    let baseline = sets[0].0.clone();
-    for (name, set) in &sets {
-        let set = match set {
-            Ok(set) => set,
-            Err(e) => anyhow::bail!("bench: {name}: {e:#}"),
-        };
-        let ns = (0..runs)
+    let apply_ns = |set: &Arc<MetricSet>| -> Vec<f64> {
+        (0..runs)
             .map(|_| {
                 let mut agg = Aggregator::new(set.clone(), Stats::new());
                 let took: Duration = events
@@ -80,10 +76,52 @@ pub(super) fn analytics_section(
                     .sum();
                 took.as_nanos() as f64 / n as f64
             })
-            .collect();
-        figures.push(figure(name, "ns/event", ns));
+            .collect()
+    };
+    let baseline = sets[0].0.clone();
+    for (name, set) in &sets {
+        let set = match set {
+            Ok(set) => set,
+            Err(e) => anyhow::bail!("bench: {name}: {e:#}"),
+        };
+        figures.push(figure(name, "ns/event", apply_ns(set)));
         if *name != baseline {
             compare(figures, name, &baseline);
+        }
+    }
+    // A lookup keyed by a field the records carry: counted per lookup column, and per the field.
+    let keyed = pipeline
+        .config
+        .lookups
+        .iter()
+        .find(|l| schema.slot(&l.key).is_some());
+    if let Some(l) = keyed {
+        let table = crate::aggregate::lookup::Table::load(l)?;
+        if let Some(column) = table.columns().iter().find(|c| **c != l.key) {
+            let mut lines = Vec::new();
+            for (what, selector) in [
+                (
+                    format!("analytics: count by field({:?}), apply", l.key),
+                    format!("field({:?})", l.key),
+                ),
+                (
+                    format!(
+                        "analytics: count by lookup({:?}, {:?}, {column:?}), apply",
+                        l.name, l.key
+                    ),
+                    format!("lookup({:?}, {:?}, {column:?})", l.name, l.key),
+                ),
+            ] {
+                let script = scratch_path(".rhai");
+                std::fs::write(&script, format!("#{{ key: {selector} }}"))?;
+                let text = format!("name = \"bench_lookup\"\nscript = {script:?}\nreducer = \"count\"\nwindow = \"60s\"\nslide = \"5s\"\n");
+                let config: MetricConfig = toml::from_str(&text)?;
+                let set = MetricSet::load(&[config], std::slice::from_ref(l), &schema);
+                let _ = std::fs::remove_file(&script);
+                figures.push(figure(&what, "ns/event", apply_ns(&Arc::new(set?))));
+                lines.push(what);
+            }
+            compare(figures, &lines[1], &lines[0]);
         }
     }
     if let Ok(set) = &sets[1].1 {

@@ -31,6 +31,7 @@ pub(super) async fn formats_section(
     let codecs = codecs(pipeline, &dir)?;
     let set = Arc::new(MetricSet::load(
         &pipeline.config.metrics,
+        &pipeline.config.lookups,
         &pipeline.schema(),
     )?);
     for codec in &codecs {

@@ -400,7 +400,11 @@ async fn consume_into_discard(p: &Pipeline) -> anyhow::Result<(f64, u64)> {
         stats.clone(),
     )?;
     let aggregator = Aggregator::new(
-        Arc::new(MetricSet::load(&p.config.metrics, &p.schema())?),
+        Arc::new(MetricSet::load(
+            &p.config.metrics,
+            &p.config.lookups,
+            &p.schema(),
+        )?),
         stats.clone(),
     );
     let producers_done = CancellationToken::new();

@@ -92,6 +92,7 @@ pub(super) fn aggregate_section(
     tracing::info!("bench: aggregation");
     let set = Arc::new(MetricSet::load(
         &pipeline.config.metrics,
+        &pipeline.config.lookups,
         &pipeline.schema(),
     )?);
     let mut events = Vec::with_capacity(n as usize);
@@ -249,7 +250,7 @@ fn q5_like(pipeline: &Pipeline) -> anyhow::Result<Option<Arc<MetricSet>>> {
     std::fs::write(&script, "#{ key: field(\"item_id\") }")?;
     let text = format!("name = \"q5_hot_items\"\nscript = {script:?}\nreducer = \"top_k\"\nk = 1\nwindow = \"60s\"\nslide = \"5s\"\n");
     let config: crate::aggregate::MetricConfig = toml::from_str(&text)?;
-    let set = MetricSet::load(&[config], &schema);
+    let set = MetricSet::load(&[config], &[], &schema);
     let _ = std::fs::remove_file(&script);
     Ok(Some(Arc::new(set?)))
 }
@@ -372,7 +373,11 @@ pub(super) async fn embedded_section(
 
     // The consumer alone, as the Kafka figures measure it (the topic written first): the queue
     // holds the same events before it starts, so the generator takes no core from it.
-    let set = Arc::new(MetricSet::load(&pipeline.config.metrics, &schema)?);
+    let set = Arc::new(MetricSet::load(
+        &pipeline.config.metrics,
+        &pipeline.config.lookups,
+        &schema,
+    )?);
     let mut drained = Vec::new();
     for _ in 0..runs {
         let dir = scratch_path("");
