@@ -21,6 +21,9 @@ pub struct Frame<'a> {
     pub unit: &'a str,
     /// Series left out of the legend (a grouped metric shows its top keys).
     pub hidden: usize,
+    /// The names of two series to shade between (a quantile metric's lowest and highest
+    /// quantile: the p50 line within its p50–p99 area).
+    pub band: Option<(&'a str, &'a str)>,
 }
 
 /// Points per series a chart draws at most: about one per pixel of its width.
@@ -112,6 +115,9 @@ pub fn lines(series: &[Series], frame: &Frame) -> String {
             escape(frame.unit)
         );
     }
+    if let Some(band) = frame.band {
+        area(&mut svg, series, band, &x, &y);
+    }
     for (i, s) in series.iter().enumerate() {
         let mut d = String::new();
         for run in runs(&reduce(&s.points, MAX_POINTS)) {
@@ -146,6 +152,53 @@ pub fn lines(series: &[Series], frame: &Frame) -> String {
     svg.push_str("</svg>");
     legend(&mut svg, series, frame.hidden);
     svg
+}
+
+/// The shaded area between the series named `low` and `high`, one polygon per run of windows
+/// where both have a value (a gap in either is a gap in the area).
+fn area(
+    svg: &mut String,
+    series: &[Series],
+    (low, high): (&str, &str),
+    x: &dyn Fn(f64) -> f64,
+    y: &dyn Fn(f64) -> f64,
+) {
+    let find = |name: &str| series.iter().find(|s| s.name == name);
+    let (Some(lo), Some(hi)) = (find(low), find(high)) else {
+        return;
+    };
+    let step = lo.points.len().div_ceil(MAX_POINTS).max(1);
+    let both: Vec<(i64, Option<f64>, Option<f64>)> = lo
+        .points
+        .iter()
+        .zip(&hi.points)
+        .step_by(step)
+        .map(|(a, b)| {
+            let finite = |v: Option<f64>| v.filter(|v| v.is_finite());
+            (a.0, finite(a.1), finite(b.1))
+        })
+        .collect();
+    for run in both.split(|p| p.1.is_none() || p.2.is_none()) {
+        if run.len() < 2 {
+            continue;
+        }
+        let upper = run.iter().map(|(t, _, h)| (*t, h.unwrap_or_default()));
+        let lower = run
+            .iter()
+            .rev()
+            .map(|(t, l, _)| (*t, l.unwrap_or_default()));
+        let points: Vec<String> = upper
+            .chain(lower)
+            .map(|(t, v)| format!("{:.1},{:.1}", x(t as f64), y(v)))
+            .collect();
+        let _ = write!(
+            svg,
+            r#"<polygon class="band" points="{}"><title>{} to {}</title></polygon>"#,
+            points.join(" "),
+            escape(low),
+            escape(high)
+        );
+    }
 }
 
 /// Transparent columns whose tooltip lists every series at one time.
@@ -438,7 +491,48 @@ mod tests {
             to: 60_000,
             unit: "events",
             hidden: 0,
+            band: None,
         }
+    }
+
+    #[test]
+    fn a_band_shades_between_two_series_and_breaks_at_a_gap() {
+        let p50 = Series {
+            name: "p50".into(),
+            points: vec![
+                (0, Some(1.0)),
+                (5_000, Some(2.0)),
+                (10_000, None),
+                (15_000, Some(2.0)),
+                (20_000, Some(1.0)),
+            ],
+        };
+        let p99 = Series {
+            name: "p99".into(),
+            points: vec![
+                (0, Some(5.0)),
+                (5_000, Some(6.0)),
+                (10_000, Some(6.0)),
+                (15_000, Some(7.0)),
+                (20_000, Some(5.0)),
+            ],
+        };
+        let svg = lines(
+            &[p99.clone(), p50.clone()],
+            &Frame {
+                band: Some(("p50", "p99")),
+                ..frame()
+            },
+        );
+        assert_eq!(svg.matches(r#"<polygon class="band""#).count(), 2, "{svg}");
+        assert!(svg.contains("<title>p50 to p99</title>"));
+        assert_eq!(
+            svg.matches(r#"<path class="series"#).count(),
+            2,
+            "both lines stay"
+        );
+        let plain = lines(&[p99, p50], &frame());
+        assert!(!plain.contains("polygon"));
     }
 
     #[test]
@@ -615,6 +709,7 @@ mod tests {
                     to,
                     unit: "",
                     hidden: 0,
+                    band: None,
                 },
             );
         }

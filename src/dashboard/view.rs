@@ -128,11 +128,13 @@ async fn build_view(state: &AppState, range: &'static str) -> Arc<Value> {
         let current = read.map(|v| v.value.clone()).unwrap_or(Value::Null);
         let history = history(state, &set, m, Some(range)).await;
         let (series, hidden) = series_of(m.name(), &history);
+        let band = quantile_band(m);
         let frame = chart::Frame {
             from: now - span,
             to: now,
             unit: &m.config.unit,
             hidden,
+            band: band.as_ref().map(|(lo, hi)| (lo.as_str(), hi.as_str())),
         };
         by_name.insert(m.name().to_string(), current.clone());
         metrics.push(json!({
@@ -197,6 +199,21 @@ async fn build_view(state: &AppState, range: &'static str) -> Arc<Value> {
         "health": health(&state.sources.stats, &reload),
         "topology": topology::topology(state).await,
     }))
+}
+
+/// A quantile metric of several quantiles is drawn as its lines within the area from its lowest
+/// quantile to its highest: the labels of those two.
+fn quantile_band(m: &crate::aggregate::Metric) -> Option<(String, String)> {
+    let qs = &m.config.quantiles;
+    if m.config.reducer != crate::aggregate::ReducerKind::Quantile || qs.len() < 2 {
+        return None;
+    }
+    let lo = qs.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = qs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    Some((
+        crate::aggregate::quantile_label(lo),
+        crate::aggregate::quantile_label(hi),
+    ))
 }
 
 /// Series shown at most in one chart; a grouped metric shows its biggest keys.
