@@ -314,7 +314,7 @@ async fn final_results_written_once() {
             }
             let expected = common::recompute::recompute(&raw, r.window_start, r.window_end);
             assert!(
-                common::recompute::same(&r.value, &expected[m.name()]),
+                common::recompute::matches(m.name(), &r.value, &expected[m.name()]),
                 "{} [{}, {}): result {} but recomputation gives {}",
                 m.name(),
                 r.window_start,
