@@ -9,12 +9,13 @@ use std::path::Path;
 use std::time::Duration;
 
 /// The shipped pipeline with 10 s windows (so they fill within the warm-up), written to `dir`
-/// with its scripts and templates named by absolute path.
+/// with its scripts, lookup tables and templates named by absolute path.
 fn short_window_pipeline(dir: &Path) -> std::path::PathBuf {
     let root = common::repo_root();
     let text = std::fs::read_to_string(common::shipped_pipeline()).unwrap();
     let text = text
         .replace("\"../scripts/", &format!("\"{}/scripts/", root.display()))
+        .replace("\"../lookups/", &format!("\"{}/lookups/", root.display()))
         .replace(
             "\"../templates\"",
             &format!("\"{}/templates\"", root.display()),

@@ -85,6 +85,21 @@ fn recompute(readings: &[Record], start: i64, end: i64) -> BTreeMap<String, Valu
                 .collect::<HashSet<_>>()
                 .len()),
         ),
+        (
+            // Nearest rank: the smallest reading with 95 % of the site's at or below it.
+            "temperature_p95_by_site".into(),
+            json!(temps
+                .iter()
+                .map(|(s, v)| {
+                    let mut v = v.clone();
+                    v.sort_by(f64::total_cmp);
+                    (
+                        s.to_string(),
+                        v[((0.95 * v.len() as f64).ceil() as usize).saturating_sub(1)],
+                    )
+                })
+                .collect::<BTreeMap<_, _>>()),
+        ),
         ("avg_humidity".into(), json!(avg(&humidity))),
         ("low_battery_devices".into(), json!(low.len())),
     ])
@@ -152,13 +167,26 @@ async fn sensors_pipeline_end_to_end() {
         .unwrap();
     let expected = recompute(&readings, values[0].window_start, values[0].window_end);
     assert_eq!(values.len(), expected.len());
+    // A quantile is within its sketch's 1 % of the exact one, per site.
+    let within_a_percent = |read: &Value, exact: &Value| {
+        let (Some(read), Some(exact)) = (read.as_object(), exact.as_object()) else {
+            return false;
+        };
+        read.len() == exact.len()
+            && exact.iter().all(|(site, e)| {
+                let (r, e) = (read[site].as_f64().unwrap(), e.as_f64().unwrap());
+                (r - e).abs() <= 0.01 * e.abs()
+            })
+    };
     for v in &values {
+        let close = match v.name.as_str() {
+            "temperature_p95_by_site" => within_a_percent(&v.value, &expected[&v.name]),
+            _ => runner::cli::testing::same_value(&v.value, &expected[&v.name]),
+        };
         assert!(
-            runner::cli::testing::same_value(&v.value, &expected[&v.name]),
+            close,
             "{}: read {} but recomputation gives {}",
-            v.name,
-            v.value,
-            expected[&v.name]
+            v.name, v.value, expected[&v.name]
         );
     }
     let roof = values

@@ -11,8 +11,9 @@
 //! `field(...)`, `field_is(...)` and `field_in(...)` are read in Rust at no script cost per
 //! record, and so is `lookup("table", "field", "column")` (a column of the `[[lookup]]` table's
 //! row that the record's field names; `__missing__`, or a fourth argument's default, when the
-//! table has no row for it). Any of the three may instead be `Fn("name")`, a function of the script called per
-//! record with the record as a map, for logic the selectors cannot express. A `custom` reducer
+//! table has no row for it). `filter`, `key` and `value` may instead be `Fn("name")`, a
+//! function of the script called per record with the record as a map, for logic the selectors
+//! cannot express. A `custom` reducer
 //! script defines `init()`, `update(e)`, `merge(other)` and `finish()`, with the state as `this`.
 
 use super::lookup::{Cell, Lookups, Table, MISSING_KEY};

@@ -649,6 +649,25 @@ fn keys_past_max_groups_are_counted_under_other_and_left_out_of_rankings() {
     assert!(!top.to_string().contains(OTHER_KEY), "{top}");
 }
 
+/// Applies one record per item (its `item_id`, all in one pane) and reports each metric of `set`.
+fn reports_over(set: &Arc<MetricSet>, items: &[&str]) -> Vec<serde_json::Value> {
+    let mut agg = Aggregator::new(set.clone(), Stats::new());
+    let events: Vec<Record> = items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| event(&format!("e{i}"), item, 1))
+        .collect();
+    agg.apply(&events, &[]);
+    set.metrics()
+        .iter()
+        .zip(&agg.states)
+        .map(|(m, state)| {
+            m.report(&state.cells.values().next().unwrap().partial)
+                .unwrap()
+        })
+        .collect()
+}
+
 /// A histogram's value falls in the bucket its bounds give (a bound starts its bucket); a
 /// quantile metric reports its labels; settings that do not fit the reducer are load errors
 /// naming the metric.
@@ -666,27 +685,16 @@ fn histogram_and_quantile_metrics_bucket_and_rank_values_and_refuse_bad_settings
     };
     let set =
         Arc::new(MetricSet::load(&[histogram.clone(), quantile.clone()], &[], &schema()).unwrap());
-    let mut agg = Aggregator::new(set.clone(), Stats::new());
-    let events: Vec<Record> = ["1", "25", "70", "70", "10"]
-        .iter()
-        .enumerate()
-        .map(|(i, v)| event(&format!("e{i}"), v, 1))
-        .collect();
-    agg.apply(&events, &[]);
-    let report = |i: usize| {
-        set.metrics()[i]
-            .report(&agg.states[i].cells.values().next().unwrap().partial)
-            .unwrap()
-    };
+    let report = reports_over(&set, &["1", "25", "70", "70", "10"]);
     assert_eq!(
-        report(0),
+        report[0],
         serde_json::json!([
             {"key": "< 10", "count": 1},
             {"key": "10 – 50", "count": 2},
             {"key": "≥ 50", "count": 2},
         ])
     );
-    assert_eq!(report(1), serde_json::json!({"p50": 25.0, "p95": 70.0}));
+    assert_eq!(report[1], serde_json::json!({"p50": 25.0, "p95": 70.0}));
 
     let refused = |c: MetricConfig, says: &str| {
         let err = match MetricSet::load(&[c], &[], &schema()) {
@@ -775,28 +783,17 @@ fn a_lookup_keys_records_by_the_tables_column_and_names_what_it_lacks() {
         ),
     ];
     let set = Arc::new(MetricSet::load(&configs, &lookups, &schema()).unwrap());
-    let mut agg = Aggregator::new(set.clone(), Stats::new());
-    let events: Vec<Record> = ["x", "y", "x", "z"]
-        .iter()
-        .enumerate()
-        .map(|(i, item)| event(&format!("e{i}"), item, 1))
-        .collect();
-    agg.apply(&events, &[]);
-    let report = |i: usize| {
-        set.metrics()[i]
-            .report(&agg.states[i].cells.values().next().unwrap().partial)
-            .unwrap()
-    };
+    let report = reports_over(&set, &["x", "y", "x", "z"]);
     assert_eq!(
-        report(0),
+        report[0],
         serde_json::json!({"books": 2, "garden": 1, "__missing__": 1})
     );
     assert_eq!(
-        report(1),
+        report[1],
         serde_json::json!({"books": 2, "garden": 1, "other": 1})
     );
     // An item without a row has no list price: left out of the sum.
-    assert_eq!(report(2), serde_json::json!(17.0));
+    assert_eq!(report[2], serde_json::json!(17.0));
 
     for (script, says) in [
         (
