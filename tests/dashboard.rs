@@ -181,6 +181,16 @@ fn check_routes(port: u16, auth: &[(&str, &str)]) {
         .samples
         .iter()
         .any(|s| s.metric == "runner_metric" && s.labels.get("name") == Some("active_users")));
+    // The item catalogue's 500 rows.
+    assert!(
+        scrape
+            .samples
+            .iter()
+            .any(|s| s.metric == "runner_lookup_rows"
+                && s.labels.get("lookup") == Some("items")
+                && matches!(s.value, prometheus_parse::Value::Gauge(v) if v == 500.0)),
+        "{body}"
+    );
     let (code, body) = get(port, "/api/alerts", auth);
     assert_eq!(code, 200);
     let alerts: serde_json::Value = serde_json::from_str(&body).unwrap();

@@ -1,6 +1,7 @@
-//! `/metrics`: the pipeline's counters, consumer lag, alert states and every numeric metric value,
-//! encoded by `prometheus-client` (typed registry, label escaping, OpenMetrics text). The counters
-//! come from [`Snapshot::counters`], the same list the health API serves, so names cannot drift.
+//! `/metrics`: the pipeline's counters, consumer lag, alert states, every numeric metric value
+//! and the size of each lookup table, encoded by `prometheus-client` (typed registry, label
+//! escaping, OpenMetrics text). The counters come from [`Snapshot::counters`], the same list the
+//! health API serves, so names cannot drift.
 
 use super::view::headline_number;
 use super::Shared;
@@ -92,6 +93,15 @@ pub(super) async fn scrape(State(state): State<Shared>, headers: HeaderMap) -> R
             .set(l);
     }
     registry.register(CONSUMER_LAG.name, CONSUMER_LAG.help, family);
+    // What the lookup tables hold: their memory is bounded by `max_rows` and shown here.
+    let (rows, bytes): (Family<Labels, Gauge>, Family<Labels, Gauge>) = Default::default();
+    for table in state.sources.metrics.borrow().lookups().tables() {
+        let labels = vec![("lookup".into(), table.name.as_str().into())];
+        rows.get_or_create(&labels).set(table.len() as i64);
+        bytes.get_or_create(&labels).set(table.bytes as i64);
+    }
+    registry.register(LOOKUP_ROWS.name, LOOKUP_ROWS.help, rows);
+    registry.register(LOOKUP_BYTES.name, LOOKUP_BYTES.help, bytes);
     // A store that cannot be read is an answer of its own: a scrape with whole families
     // missing would read as "no alerts" and "no metrics".
     let unavailable = |what: &str, e: anyhow::Error| {
@@ -194,7 +204,24 @@ const METRIC: Labelled = Labelled {
     kind: "gauge",
     help: "Current window value of each numeric pipeline metric",
 };
-const LABELLED: &[Labelled] = &[DEAD_LETTERS, CONSUMER_LAG, ALERTS, METRIC];
+const LOOKUP_ROWS: Labelled = Labelled {
+    name: "lookup_rows",
+    kind: "gauge",
+    help: "Rows of each lookup table",
+};
+const LOOKUP_BYTES: Labelled = Labelled {
+    name: "lookup_bytes",
+    kind: "gauge",
+    help: "Bytes of each lookup table's file (about what the table holds in memory)",
+};
+const LABELLED: &[Labelled] = &[
+    DEAD_LETTERS,
+    CONSUMER_LAG,
+    ALERTS,
+    METRIC,
+    LOOKUP_ROWS,
+    LOOKUP_BYTES,
+];
 
 /// Declares (HELP and TYPE, no sample) each of `families` the encoder left out for having no
 /// series: prometheus-client writes nothing for an empty family, and a dashboard or a check of
