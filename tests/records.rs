@@ -95,7 +95,7 @@ fn recompute(readings: &[Record], start: i64, end: i64) -> BTreeMap<String, Valu
                     v.sort_by(f64::total_cmp);
                     (
                         s.to_string(),
-                        v[((0.95 * v.len() as f64).ceil() as usize).saturating_sub(1)],
+                        v[runner::aggregate::nearest_rank(0.95, v.len())],
                     )
                 })
                 .collect::<BTreeMap<_, _>>()),

@@ -24,7 +24,7 @@ mod write;
 
 pub use lookup::{LookupConfig, Lookups};
 pub use metric::{Metric, MetricConfig, Partial, TimeMode};
-pub use quantile::{label as quantile_label, ACCURACY as QUANTILE_ACCURACY};
+pub use quantile::{label as quantile_label, nearest_rank, ACCURACY as QUANTILE_ACCURACY};
 pub use query::{history, history_step, read, windows, Backfilling, MetricValue, Point};
 pub use reducer::ReducerKind;
 pub use window::Window;

@@ -22,6 +22,7 @@ type Stream = Vec<(Record, (i32, i64))>;
 fn interleave(partitions: &[Vec<(u8, i64)>], seed: u64) -> Stream {
     let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
     let mut next = vec![0usize; partitions.len()];
+    let amount_slot = super::write::tests::schema().slot("amount").unwrap();
     let mut stream = Vec::new();
     while let Some(p) = {
         let open: Vec<usize> = (0..partitions.len())
@@ -39,8 +40,7 @@ fn interleave(partitions: &[Vec<(u8, i64)>], seed: u64) -> Stream {
         let amount = ((second * 7919 + next[p] as i64 * 104_729 + p as i64 * 31) % 5_000) as f64
             / 10.0
             - 100.0;
-        let slot = super::write::tests::schema().slot("amount").unwrap();
-        e.set(slot, Value::Float(amount));
+        e.set(amount_slot, Value::Float(amount));
         stream.push((e, (p as i32, next[p] as i64)));
         next[p] += 1;
     }
@@ -137,18 +137,37 @@ fn counts(per_item: &BTreeMap<String, Vec<Record>>) -> serde_json::Value {
         .collect::<BTreeMap<_, _>>())
 }
 
-#[allow(clippy::too_many_arguments)]
+/// How a random stream is consumed: its events per partition (item, second), how batches are
+/// cut, when the process crashes, how many batches between checkpoints, and the interleaving.
+#[derive(Debug, Clone)]
+struct Consumption {
+    partitions: Vec<Vec<(u8, i64)>>,
+    cuts: Vec<usize>,
+    crashes: Vec<u8>,
+    every: usize,
+    seed: u64,
+}
+
+prop_compose! {
+    fn consumption()(
+        partitions in prop::collection::vec(prop::collection::vec((0u8..4, 0i64..90), 0..40), 3),
+        cuts in prop::collection::vec(1usize..12, 1..20),
+        crashes in prop::collection::vec(0u8..4, 20),
+        every in 1usize..5,
+        seed in any::<u64>(),
+    ) -> Consumption {
+        Consumption { partitions, cuts, crashes, every, seed }
+    }
+}
+
 fn check_windows(
     set: &Arc<MetricSet>,
     expected: Expected,
-    partitions: &[Vec<(u8, i64)>],
-    cuts: &[usize],
-    crashes: &[u8],
-    every: usize,
-    seed: u64,
+    c: &Consumption,
     lateness_s: i64,
 ) -> Result<(), TestCaseError> {
-    let stream = interleave(partitions, seed);
+    let (cuts, crashes, every) = (&c.cuts, &c.crashes, c.every);
+    let stream = interleave(&c.partitions, c.seed);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -191,29 +210,19 @@ proptest! {
     /// Partials written every batch or every few (a backlog's checkpoints) give the same.
     #[test]
     fn replays_crashes_and_lateness_give_the_recomputed_counts(
-        partitions in prop::collection::vec(prop::collection::vec((0u8..4, 0i64..90), 0..40), 3),
-        cuts in prop::collection::vec(1usize..12, 1..20),
-        crashes in prop::collection::vec(0u8..4, 20),
-        every in 1usize..5,
-        seed in any::<u64>(),
+        c in consumption(),
         lateness_s in prop_oneof![Just(10i64), Just(3600i64)],
     ) {
         let set = per_item_set(Duration::from_secs(20), Duration::from_secs(lateness_s as u64));
-        check_windows(&set, counts, &partitions, &cuts, &crashes, every, seed, lateness_s)?;
+        check_windows(&set, counts, &c, lateness_s)?;
     }
 
     /// A quantile's state merged from partials of any cut, replayed after crashes, is the state
     /// of one pass over the window's records: the reported quantiles are equal, not close.
     /// `exact_limit = 4` makes most states buckets.
     #[test]
-    fn quantile_states_merge_to_one_pass_under_replays_and_crashes(
-        partitions in prop::collection::vec(prop::collection::vec((0u8..4, 0i64..90), 0..40), 3),
-        cuts in prop::collection::vec(1usize..12, 1..20),
-        crashes in prop::collection::vec(0u8..4, 20),
-        every in 1usize..5,
-        seed in any::<u64>(),
-    ) {
-        check_windows(&quantile_set(), quantiles_of, &partitions, &cuts, &crashes, every, seed, 3600)?;
+    fn quantile_states_merge_to_one_pass_under_replays_and_crashes(c in consumption()) {
+        check_windows(&quantile_set(), quantiles_of, &c, 3600)?;
     }
 }
 

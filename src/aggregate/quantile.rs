@@ -246,12 +246,19 @@ impl Digest {
         if n == 0 {
             return None;
         }
-        let rank = ((q.clamp(0.0, 1.0) * n as f64).ceil() as u64).saturating_sub(1);
+        let rank = nearest_rank(q, n as usize);
         Some(match self {
-            Digest::Exact(values) => values[rank as usize],
-            Digest::Buckets(b) => b.at_rank(rank),
+            Digest::Exact(values) => values[rank],
+            Digest::Buckets(b) => b.at_rank(rank as u64),
         })
     }
+}
+
+/// The 0-based index of quantile `q` among `n` sorted values, nearest rank: the smallest value
+/// with at least `q` of them at or below it (`ceil(q * n) - 1`). Tests and the bench compute
+/// exact quantiles with it, so they use the definition the reducer does.
+pub fn nearest_rank(q: f64, n: usize) -> usize {
+    ((q.clamp(0.0, 1.0) * n as f64).ceil() as usize).saturating_sub(1)
 }
 
 /// The label of a quantile in a report: `p50`, `p95`, `p99.9`.
@@ -268,7 +275,7 @@ mod tests {
     fn exact_quantile(values: &[f64], q: f64) -> f64 {
         let mut sorted = values.to_vec();
         sorted.sort_by(f64::total_cmp);
-        sorted[((q * sorted.len() as f64).ceil() as usize).saturating_sub(1)]
+        sorted[nearest_rank(q, sorted.len())]
     }
 
     #[test]

@@ -94,10 +94,9 @@ pub fn recompute(events: &[Record], start: i64, end: i64) -> BTreeMap<String, Va
     };
     let funnel = json!({"view": sessions, "add_to_cart": carted, "purchase": purchased, "view_to_add_to_cart": share(carted, sessions), "add_to_cart_to_purchase": share(purchased, carted)});
     view_durations.sort_by(f64::total_cmp);
-    // Nearest rank: the smallest value with at least 95 % of them at or below it.
     let p95 = match view_durations.len() {
         0 => Value::Null,
-        n => json!(view_durations[((0.95 * n as f64).ceil() as usize).saturating_sub(1)]),
+        n => json!(view_durations[runner::aggregate::nearest_rank(0.95, n)]),
     };
     let baskets: Vec<Value> = labels
         .iter()
@@ -127,16 +126,20 @@ pub fn recompute(events: &[Record], start: i64, end: i64) -> BTreeMap<String, Va
     ])
 }
 
-/// The item catalogue's categories (lookups/items.csv), by item.
-fn categories() -> HashMap<String, String> {
-    let text = std::fs::read_to_string(super::repo_root().join("lookups/items.csv")).unwrap();
-    text.lines()
-        .skip(1)
-        .map(|l| {
-            let cols: Vec<&str> = l.split(',').collect();
-            (cols[0].to_string(), cols[1].to_string())
-        })
-        .collect()
+/// The item catalogue's categories (lookups/items.csv), by item; read once per test binary
+/// (a results check recomputes every window).
+fn categories() -> &'static HashMap<String, String> {
+    static CATEGORIES: std::sync::OnceLock<HashMap<String, String>> = std::sync::OnceLock::new();
+    CATEGORIES.get_or_init(|| {
+        let text = std::fs::read_to_string(super::repo_root().join("lookups/items.csv")).unwrap();
+        text.lines()
+            .skip(1)
+            .map(|l| {
+                let cols: Vec<&str> = l.split(',').collect();
+                (cols[0].to_string(), cols[1].to_string())
+            })
+            .collect()
+    })
 }
 
 /// Whether metric `name` read `read` where the recomputation gives `expected`: the same value,

@@ -177,7 +177,7 @@ fn worst_quantile_error(set: &MetricSet, events: &[Record], values: &[f64]) -> a
     sorted.sort_by(f64::total_cmp);
     let mut worst: f64 = 0.0;
     for q in MEASURED {
-        let exact = sorted[((q * sorted.len() as f64).ceil() as usize).saturating_sub(1)];
+        let exact = sorted[crate::aggregate::nearest_rank(q, sorted.len())];
         let label = crate::aggregate::quantile_label(q);
         let got = report[&label].as_f64().ok_or_else(|| {
             anyhow::anyhow!("bench: the quantile metric reported no {label}: {report}")
