@@ -91,13 +91,28 @@ fn check_routes(port: u16, auth: &[(&str, &str)]) {
         ["active_users", "active_items", "avg_interactions_per_user"],
         "{html}"
     );
+    // Session metrics have tiles of their own, and their panels say how a session ends.
+    let session_tiles: Vec<&str> = html
+        .split("data-session-tile=\"")
+        .skip(1)
+        .map(|t| t.split('"').next().unwrap())
+        .collect();
+    assert_eq!(
+        session_tiles,
+        ["sessions_per_minute", "mean_session_length"],
+        "{html}"
+    );
+    assert!(
+        html.contains("a session ends 30s after its last record"),
+        "{html}"
+    );
     let (code, panels) = get(port, "/panels?range=1h", auth);
     assert_eq!(code, 200);
     assert!(panels.contains("data-metric=\"active_users\""));
     let (code, body) = get(port, "/api/metrics", auth);
     assert_eq!(code, 200);
     let metrics: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
-    assert_eq!(metrics.len(), 13);
+    assert_eq!(metrics.len(), 15);
     assert!(
         metrics
             .iter()

@@ -23,7 +23,7 @@ fn runner_test(pipeline: &std::path::Path, tests: Option<&std::path::Path>) -> (
 #[test]
 fn runner_test_passes_on_every_shipped_pipeline() {
     for (file, passed) in [
-        ("pipelines/interactions.toml", 19),
+        ("pipelines/interactions.toml", 20),
         ("pipelines/sensors.toml", 2),
     ] {
         let (ok, out) = runner_test(&common::repo_root().join(file), None);
@@ -55,7 +55,7 @@ fn runner_test_fails_on_wrong_expectation() {
         out.contains("revenue_per_minute: expected 26.5, got 25.5"),
         "{out}"
     );
-    assert!(out.contains("18 passed, 1 failed"), "{out}");
+    assert!(out.contains("19 passed, 1 failed"), "{out}");
 }
 
 #[test]

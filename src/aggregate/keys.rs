@@ -7,6 +7,7 @@
 //! | partial | `state_key` | pane start | Kafka partition, or [`backfill_partition`] | newest offset included | the reducer's state |
 //! | watermark | [`watermark_key`] | [`WATERMARK_PANE`] | Kafka partition | newest offset | newest event time |
 //! | seam | [`seam_key`] | [`SEAM_PANE`] | Kafka partition | first offset counted live | the backfill's progress |
+//! | open sessions | [`sessions_key`] | [`SESSIONS_PANE`] | Kafka partition | newest offset included | a session metric's open sessions and watermark |
 //! | rewrite mark | [`rewrite_key`] | [`REWRITE_PANE`] | 0 | when | when |
 //! | quarantined | [`quarantine_key`] | the damaged partial's | its | its | the undecodable state, kept whole |
 //!
@@ -24,6 +25,11 @@ pub(super) const WATERMARK_PANE: i64 = TIMELESS_PANE;
 /// watermarks' pane): a seam must be durable before anything counted after it is.
 pub(super) const SEAM_PANE: i64 = TIMELESS_PANE - 1;
 
+/// A session metric's open sessions sit at the timeless pane, so the store makes them visible
+/// only after the partials written with them: a stored table's sessions closed into partials
+/// that are stored too.
+pub(super) const SESSIONS_PANE: i64 = TIMELESS_PANE;
+
 /// Rewrite marks sit at the timeless pane too (their key sets them apart from watermarks).
 pub(super) const REWRITE_PANE: i64 = TIMELESS_PANE;
 
@@ -39,6 +45,11 @@ pub(super) fn watermark_key(m: &Metric) -> String {
 /// The store key under which a metric's undecodable partials are kept (same pane and partition).
 pub(super) fn quarantine_key(m: &Metric) -> String {
     format!("{}#quarantined", m.state_key())
+}
+
+/// The store key of a session metric's tables of open sessions (one per partition).
+pub(super) fn sessions_key(m: &Metric) -> String {
+    format!("{}#sessions", m.state_key())
 }
 
 /// The store key of a metric's seam records (one per partition).

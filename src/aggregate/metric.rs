@@ -3,6 +3,7 @@
 use super::lookup::Lookups;
 use super::reducer::{Input, ReducerKind, Report, State, OTHER_KEY};
 use super::script::{self, FieldValue, Filter, Selector, Selectors};
+use super::session::{Closed, Measure, SessionConfig, Spec};
 use super::window::Window;
 use crate::base::de;
 use crate::event::{Record, Schema, DEFAULT_MAX_LEN};
@@ -71,6 +72,14 @@ pub struct MetricConfig {
     /// flood of distinct keys cannot make a pane too large to store.
     #[serde(default = "default_max_groups", deserialize_with = "de::number")]
     pub max_groups: usize,
+    /// Makes it a session metric: `session = { gap = "30s", measure = "duration" }` reduces the
+    /// sessions of the script's `key` (its records while each comes within `gap` of the one
+    /// before), each once it has closed, reported per `window` of closing time. The key should
+    /// be the Kafka key or fixed by it (a session id of one user, the user being the Kafka
+    /// key), so a session's records are in one partition; otherwise each partition sees its
+    /// own sessions of the key. At most `max_groups` sessions are open per partition.
+    #[serde(default)]
+    pub session: Option<SessionConfig>,
 }
 
 fn default_quantiles() -> Vec<f64> {
@@ -184,6 +193,7 @@ impl Metric {
                 key: None,
                 value: None,
                 ratio: None,
+                having: None,
             }
         } else {
             let spec: rhai::Map = engine
@@ -204,13 +214,19 @@ impl Metric {
             {
                 return Err(ScriptError::whole_file(path, format!("metric {:?}: `stages` (1 to 64 stage names, in order) goes with reducer \"funnel\", and only with it", config.name)));
             }
+            if let Some(problem) = session_settings(config, &s) {
+                return Err(ScriptError::whole_file(
+                    path,
+                    format!("metric {:?}: {problem}", config.name),
+                ));
+            }
             if let Some(problem) = reducer_settings(config) {
                 return Err(ScriptError::whole_file(
                     path,
                     format!("metric {:?}: {problem}", config.name),
                 ));
             }
-            if config.reducer.needs_value() && s.value.is_none() {
+            if config.reducer.needs_value() && s.value.is_none() && config.session.is_none() {
                 return Err(ScriptError::whole_file(
                     path,
                     format!("reducer {:?} needs a `value`", config.reducer),
@@ -239,6 +255,17 @@ impl Metric {
             ReducerKind::Funnel => format!("/{}", config.stages.join(",")),
             ReducerKind::Histogram => format!("/{:?}", config.buckets),
             _ => String::new(),
+        };
+        // A session metric's partials count sessions of one gap, bound and measure.
+        let format = match &config.session {
+            Some(c) => format!(
+                "{format}/session:{}:{}:{:?}:{}",
+                c.gap.as_millis(),
+                c.max_length.as_millis(),
+                c.measure,
+                selectors.having.is_some()
+            ),
+            None => format,
         };
         let shape = format!(
             "{:?}/{}/{}/{:?}/{}{format}",
@@ -289,6 +316,75 @@ impl Metric {
             || matches!(self.selectors.key, Some(Selector::Script(_)))
             || matches!(self.selectors.value, Some(Selector::Script(_)))
             || matches!(&self.selectors.ratio, Some((a, b)) if matches!(a, Filter::Script(_)) || matches!(b, Filter::Script(_)))
+            || matches!(self.selectors.having, Some(Filter::Script(_)))
+    }
+
+    /// A session metric's settings in milliseconds and its measure; `None` for a metric of
+    /// records.
+    pub fn session(&self) -> Option<(Spec, Measure)> {
+        self.config.session.as_ref().map(|c| {
+            (
+                Spec {
+                    gap_ms: c.gap.as_millis() as i64,
+                    max_length_ms: c.max_length.as_millis() as i64,
+                    lateness_ms: self.config.lateness.as_millis() as i64,
+                    max_open: self.config.max_groups,
+                },
+                c.measure,
+            )
+        })
+    }
+
+    /// What a record gives a session metric: its session's key (none: the record has no key
+    /// or fails the filter) and whether it passes the `having` filter.
+    pub fn session_record<'a>(
+        &'a self,
+        event: &'a Record,
+        map: Option<&Dynamic>,
+    ) -> Result<Option<(std::borrow::Cow<'a, str>, bool)>, String> {
+        use std::borrow::Cow;
+        if !self.matches(&self.selectors.filter, event, map)? {
+            return Ok(None);
+        }
+        let key = match &self.selectors.key {
+            None => return Ok(None),
+            Some(Selector::Script(f)) => Cow::Owned(self.call_ptr(f, map)?.to_string()),
+            Some(sel) => match sel.read(event) {
+                Some(FieldValue::Text(t)) => Cow::Borrowed(t),
+                Some(FieldValue::Number(n)) => Cow::Owned(n.to_string()),
+                Some(FieldValue::Missing) | None => return Ok(None),
+            },
+        };
+        if key.len() > DEFAULT_MAX_LEN {
+            return Err(format!(
+                "the session key is {} bytes long, more than {DEFAULT_MAX_LEN}: left out of this metric",
+                key.len()
+            ));
+        }
+        let marked = match &self.selectors.having {
+            Some(f) => self.matches(f, event, map)?,
+            None => false,
+        };
+        Ok(Some((key, marked)))
+    }
+
+    /// Adds one closed session to a session metric's partial (unless `having` leaves it out).
+    pub fn add_session(&self, partial: &mut Partial, closed: &Closed, measure: Measure) {
+        if self.selectors.having.is_some() && !closed.marked {
+            return;
+        }
+        let Partial::Builtin(state) = partial else {
+            return;
+        };
+        let v = closed.value(measure);
+        let input = match self.config.reducer {
+            ReducerKind::Count => Input::Event,
+            ReducerKind::Histogram => {
+                Input::Bucket(self.config.buckets.partition_point(|bound| *bound <= v) as u32)
+            }
+            _ => Input::Number(v),
+        };
+        state.add(self.config.reducer, None, input, self.config.exact_limit);
     }
 
     /// The fields its record maps need (when [`Self::needs_event_map`]).
@@ -300,9 +396,10 @@ impl Metric {
     pub fn empty(&self) -> Result<Partial, String> {
         match self.config.reducer {
             ReducerKind::Custom => self.call(None, "init", ()).map(Partial::Custom),
+            // A session metric's key names sessions, not groups.
             kind => Ok(Partial::Builtin(State::new(
                 kind,
-                self.selectors.key.is_some(),
+                self.selectors.key.is_some() && self.config.session.is_none(),
             ))),
         }
     }
@@ -533,6 +630,35 @@ impl Metric {
     fn call_ptr(&self, f: &rhai::FnPtr, map: Option<&Dynamic>) -> Result<Dynamic, String> {
         self.call(None, f.fn_name(), (map.cloned().unwrap_or(Dynamic::UNIT),))
     }
+}
+
+/// What is wrong with a session metric's settings (or with `having` on another), if anything.
+fn session_settings(config: &MetricConfig, s: &Selectors) -> Option<String> {
+    let Some(session) = &config.session else {
+        return s
+            .having
+            .is_some()
+            .then(|| "`having` goes with a session metric (`session = { gap = ... }`)".into());
+    };
+    if let Some(problem) = session.problem() {
+        return Some(problem);
+    }
+    use ReducerKind::*;
+    if !matches!(
+        config.reducer,
+        Count | Sum | Avg | Min | Max | Quantile | Histogram
+    ) {
+        return Some(format!("a session metric reduces its sessions with count, sum, avg, min, max, quantile or histogram, not {:?}", config.reducer));
+    }
+    if s.key.is_none() {
+        return Some(
+            "a session metric needs a `key`: what has sessions (a session id, a user)".into(),
+        );
+    }
+    if s.value.is_some() {
+        return Some("a session metric's value is its `measure` (sessions, duration or events), not a `value` of the script".into());
+    }
+    None
 }
 
 /// What is wrong with the settings that go with one reducer (`quantiles`, `buckets`), if

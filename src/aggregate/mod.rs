@@ -18,6 +18,7 @@ pub mod recompute;
 mod reducer;
 pub mod results;
 mod script;
+mod session;
 mod sketch;
 mod window;
 mod write;
@@ -27,6 +28,7 @@ pub use metric::{Metric, MetricConfig, Partial, TimeMode};
 pub use quantile::{label as quantile_label, nearest_rank, ACCURACY as QUANTILE_ACCURACY};
 pub use query::{history, history_step, read, windows, Backfilling, MetricValue, Point};
 pub use reducer::ReducerKind;
+pub use session::{Measure, SessionConfig};
 pub use window::Window;
 pub use write::{Absorbed, Aggregator, Loaded};
 

@@ -4,7 +4,7 @@
 
 use super::reducer::{Input, ReducerKind, Report, State};
 use super::write::tests::{event, per_item_set};
-use super::{read, Aggregator, MetricConfig, MetricSet};
+use super::{read, Aggregator, Measure, MetricConfig, MetricSet, SessionConfig};
 use crate::event::{Record, Value};
 use crate::store::embedded::{EmbeddedConfig, EmbeddedStore};
 use crate::store::StateStore;
@@ -59,7 +59,13 @@ async fn consume_with_crashes(
     crashes: &[u8],
     every: usize,
 ) {
-    let mut agg = Aggregator::new(set.clone(), Stats::new());
+    // Session tables are stored only by a whole checkpoint, as when the consumer's
+    // session_state_interval has not passed.
+    let fresh = || {
+        Aggregator::new(set.clone(), Stats::new())
+            .with_session_tables_every(Duration::from_secs(3600))
+    };
+    let mut agg = fresh();
     let (mut pos, mut committed, mut batch_no, mut crashed) = (0usize, 0usize, 0usize, false);
     while pos < stream.len() {
         let n = cuts[batch_no % cuts.len()].min(stream.len() - pos);
@@ -73,18 +79,25 @@ async fn consume_with_crashes(
         agg.ingest(&batch, loaded).unwrap();
         pos += n;
         let checkpoint = (batch_no + 1) % every == 0 || pos == stream.len();
-        if checkpoint {
+        // Every other checkpoint leaves the session tables for later: its partials are
+        // stored, but nothing may be committed.
+        let mut complete = checkpoint;
+        if checkpoint && (batch_no / every).is_multiple_of(2) {
             store.write_panes(&agg.checkpoint()).await.unwrap();
+        } else if checkpoint {
+            let (panes, all) = agg.checkpoint_due();
+            store.write_panes(&panes).await.unwrap();
+            complete = all;
         }
         // At most one crash between two commits: crashes that kept landing on every checkpoint
         // batch (the patterns repeat) never let the stream end, and hung the test.
         match crashes[batch_no % crashes.len()] {
             0 if !crashed => {
-                agg = Aggregator::new(set.clone(), Stats::new());
+                agg = fresh();
                 pos = committed;
                 crashed = true;
             }
-            _ if checkpoint => {
+            _ if complete => {
                 committed = pos;
                 crashed = false;
             }
@@ -127,8 +140,8 @@ fn recomputed(
     expected
 }
 
-/// What a metric reports for a window, from the window's records per item.
-type Expected = fn(&BTreeMap<String, Vec<Record>>) -> serde_json::Value;
+/// What a metric should report for the window `[start, end)` of a stream.
+type Expected<'a> = &'a dyn Fn(&Stream, (i64, i64)) -> serde_json::Value;
 
 fn counts(per_item: &BTreeMap<String, Vec<Record>>) -> serde_json::Value {
     serde_json::json!(per_item
@@ -164,7 +177,6 @@ fn check_windows(
     set: &Arc<MetricSet>,
     expected: Expected,
     c: &Consumption,
-    lateness_s: i64,
 ) -> Result<(), TestCaseError> {
     let (cuts, crashes, every) = (&c.cuts, &c.crashes, c.every);
     let stream = interleave(&c.partitions, c.seed);
@@ -186,15 +198,11 @@ fn check_windows(
     rt.block_on(async {
         consume_with_crashes(set, &store, &stream, cuts, crashes, every).await;
         let metric = &set.metrics()[0];
-        for at in (0..100).step_by(5) {
+        for at in (0..130).step_by(5) {
             let v = read(metric, &store, (1_000_000 + at) * 1000).await.unwrap();
             prop_assert_eq!(
                 &v.value,
-                &expected(&recomputed(
-                    &stream,
-                    lateness_s,
-                    (v.window_start, v.window_end)
-                )),
+                &expected(&stream, (v.window_start, v.window_end)),
                 "window ending {}",
                 v.window_end
             );
@@ -214,7 +222,7 @@ proptest! {
         lateness_s in prop_oneof![Just(10i64), Just(3600i64)],
     ) {
         let set = per_item_set(Duration::from_secs(20), Duration::from_secs(lateness_s as u64));
-        check_windows(&set, counts, &c, lateness_s)?;
+        check_windows(&set, &|s, w| counts(&recomputed(s, lateness_s, w)), &c)?;
     }
 
     /// A quantile's state merged from partials of any cut, replayed after crashes, is the state
@@ -222,8 +230,117 @@ proptest! {
     /// `exact_limit = 4` makes most states buckets.
     #[test]
     fn quantile_states_merge_to_one_pass_under_replays_and_crashes(c in consumption()) {
-        check_windows(&quantile_set(), quantiles_of, &c, 3600)?;
+        check_windows(&quantile_set(), &|s, w| quantiles_of(&recomputed(s, 3600, w)), &c)?;
     }
+
+    /// Session metrics (sessions closed per window, and their records) replayed after crashes,
+    /// with their tables of open sessions stored less often than their partials, report what
+    /// one pass of the session rules gives: sessions by gap, cut at max_length, the one due
+    /// first closed early past max_open, late records left out, each session in the window of
+    /// its closing time.
+    #[test]
+    fn session_states_merge_to_one_pass_under_replays_and_crashes(c in consumption()) {
+        for (measure, reducer) in [(Measure::Sessions, ReducerKind::Count), (Measure::Events, ReducerKind::Sum)] {
+            let set = session_set(measure, reducer);
+            check_windows(&set, &|s, w| {
+                let closed = sessions_recomputed(s).into_iter().filter(|c| (w.0..w.1).contains(&c.0));
+                match measure {
+                    Measure::Events => serde_json::json!(closed.map(|c| c.2 as f64).sum::<f64>()),
+                    _ => serde_json::json!(closed.count()),
+                }
+            }, &c)?;
+        }
+    }
+}
+
+/// The session rules of [`session_set`]: gap, max_length, lateness (ms), most open sessions.
+const SESSIONS: (i64, i64, i64, usize) = (4_000, 20_000, 10_000, 3);
+
+/// Sessions of `item_id` (gap 4 s, cut at 20 s, at most 3 open per partition, lateness 10 s),
+/// reduced by `reducer` over `measure`.
+fn session_set(measure: Measure, reducer: ReducerKind) -> Arc<MetricSet> {
+    let per_item = per_item_set(Duration::from_secs(20), Duration::from_secs(10));
+    let (gap, max_length, _, max_open) = SESSIONS;
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("sessions.rhai");
+    std::fs::write(&script, "#{ key: field(\"item_id\") }").unwrap();
+    let config = MetricConfig {
+        name: "sessions".into(),
+        script,
+        reducer,
+        max_groups: max_open,
+        session: Some(SessionConfig {
+            gap: Duration::from_millis(gap as u64),
+            max_length: Duration::from_millis(max_length as u64),
+            measure,
+        }),
+        ..per_item.metrics()[0].config.clone()
+    };
+    Arc::new(MetricSet::load(&[config], &[], &super::write::tests::schema()).unwrap())
+}
+
+/// The sessions of [`session_set`] in a single, crash-free pass, written from the rules, not
+/// from the runner's table: (closing time, duration ms, records) of each closed one.
+fn sessions_recomputed(stream: &Stream) -> Vec<(i64, i64, u64)> {
+    struct Open {
+        start: i64,
+        opened: i64,
+        last: i64,
+        n: u64,
+    }
+    let (gap, max_length, lateness, max_open) = SESSIONS;
+    let deadline = |s: &Open| (s.last + gap).min(s.opened + max_length);
+    let mut in_order = stream.clone();
+    in_order.sort_by_key(|(_, (p, o))| (*p, *o));
+    let mut partitions: BTreeMap<i32, (i64, BTreeMap<String, Open>)> = BTreeMap::new();
+    let mut out = Vec::new();
+    for (e, (p, _)) in &in_order {
+        let (wm, open) = partitions
+            .entry(*p)
+            .or_insert_with(|| (i64::MIN, BTreeMap::new()));
+        let t = e.time_ms();
+        if *wm != i64::MIN && t < *wm - lateness {
+            continue;
+        }
+        *wm = (*wm).max(t);
+        let limit = *wm - lateness;
+        let key = e
+            .field("item_id")
+            .and_then(|v| v.as_text())
+            .unwrap()
+            .into_owned();
+        let new = Open {
+            start: t,
+            opened: t,
+            last: t,
+            n: 1,
+        };
+        match open.get_mut(&key) {
+            Some(s) if t < s.last + gap && t < s.opened + max_length => {
+                s.start = s.start.min(t);
+                s.last = s.last.max(t);
+                s.n += 1;
+            }
+            Some(s) => {
+                out.push((deadline(s).max(limit), s.last - s.start, s.n));
+                *s = new;
+            }
+            None => {
+                open.insert(key, new);
+            }
+        }
+        loop {
+            let first = open.iter().map(|(k, s)| (deadline(s), k.clone())).min();
+            match first {
+                Some((d, k)) if d <= limit || open.len() > max_open => {
+                    let s = open.remove(&k).unwrap();
+                    out.push((d.max(limit), s.last - s.start, s.n));
+                }
+                _ => break,
+            }
+        }
+    }
+    out
 }
 
 const QUANTILES: [f64; 3] = [0.5, 0.95, 0.99];

@@ -330,6 +330,8 @@ pub struct Selectors {
     pub value: Option<Selector>,
     /// A ratio's numerator and denominator.
     pub ratio: Option<(Filter, Filter)>,
+    /// A session metric's: only sessions with a record that passes it are reported.
+    pub having: Option<Filter>,
 }
 
 /// Reads the map a metric script evaluated to; `lookup(...)` calls are resolved against
@@ -398,18 +400,23 @@ pub fn selectors(
             ))
         }
     };
+    let having = spec
+        .remove("having")
+        .map(|v| filter_of("having", v))
+        .transpose()?;
     let key = spec.remove("key").map(|v| selector("key", v)).transpose()?;
     let value = spec
         .remove("value")
         .map(|v| selector("value", v))
         .transpose()?;
     if let Some(extra) = spec.keys().next() {
-        return Err(err(format!("unknown entry `{extra}` (a metric script may give filter, key, value, numerator and denominator)")));
+        return Err(err(format!("unknown entry `{extra}` (a metric script may give filter, key, value, numerator and denominator, and a session metric's having)")));
     }
     Ok(Selectors {
         filter,
         key,
         value,
         ratio,
+        having,
     })
 }

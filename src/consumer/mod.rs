@@ -46,6 +46,16 @@ pub struct ConsumerConfig {
         deserialize_with = "de::duration"
     )]
     pub checkpoint_interval: Duration,
+    /// How often the open sessions of session-window metrics are stored: each partition's
+    /// table of them is rewritten whole, so not with every checkpoint. Batches are
+    /// acknowledged when it is, so a crash replays at most this much (and the replay rebuilds
+    /// the sessions exactly; partials stored meanwhile skip what they hold). Without session
+    /// metrics, nothing waits.
+    #[serde(
+        default = "default_session_state_interval",
+        deserialize_with = "de::duration"
+    )]
+    pub session_state_interval: Duration,
     /// Threads that decode each batch (where the transport carries bytes), encode it for the
     /// store in parts, apply it to the metrics and encode their partials (the metrics split
     /// between them); fetching and writing run beside them on the runtime's threads [default:
@@ -64,6 +74,7 @@ impl Default for ConsumerConfig {
             max_wait: default_max_wait(),
             read_ahead: default_read_ahead(),
             checkpoint_interval: default_checkpoint_interval(),
+            session_state_interval: default_session_state_interval(),
             workers: default_workers(),
             validation: Validation::default(),
         }
@@ -81,6 +92,9 @@ fn default_read_ahead() -> usize {
 }
 fn default_checkpoint_interval() -> Duration {
     Duration::from_secs(1)
+}
+fn default_session_state_interval() -> Duration {
+    Duration::from_secs(5)
 }
 fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -233,6 +247,7 @@ pub async fn run(
                     &*acknowledger,
                     &stats,
                     &until.stop,
+                    Tables::All,
                 )
                 .await
             {
@@ -270,6 +285,7 @@ pub async fn run(
                     &*acknowledger,
                     &stats,
                     &until.stop,
+                    Tables::WhenDue,
                 )
                 .await
             {
@@ -286,6 +302,7 @@ pub async fn run(
                 &*acknowledger,
                 &stats,
                 &until.stop,
+                Tables::All,
             )
             .await;
     }
@@ -296,11 +313,22 @@ pub async fn run(
     write_result.and(read_result).and(close_result)
 }
 
-/// Batches whose raw events are stored but whose metric partials are not yet: they are
-/// acknowledged by the next [`Unsaved::checkpoint`].
+/// Whether a checkpoint stores session metrics' tables of open sessions.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Tables {
+    /// All of them (before a reload, which reads state back from the store, and at the end).
+    All,
+    /// When `session_state_interval` has passed since they last were.
+    WhenDue,
+}
+
+/// Batches whose raw events are stored but whose metric partials, or the session tables that
+/// go with them, are not yet: they are acknowledged by the next complete
+/// [`Unsaved::checkpoint`].
 struct Unsaved {
-    /// Each batch's position, and its events' times (for the latency figures); not the events,
-    /// which a backlog would otherwise hold a second's worth of.
+    /// Each batch's position, and its events' times (for the latency figures; taken once its
+    /// partials are stored); not the events, which a backlog would otherwise hold a second's
+    /// worth of.
     batches: Vec<(Checkpoint, Vec<i64>)>,
     /// When the last checkpoint was written.
     since: Instant,
@@ -322,7 +350,8 @@ impl Unsaved {
     }
 
     /// Writes the partials changed since the last checkpoint, then acknowledges the batches
-    /// they include, in order. A crash before the write replays those batches: their raw
+    /// they include, in order, unless session tables wait for their interval (then the
+    /// batches wait with them). A crash before the write replays those batches: their raw
     /// events are stored once (unique id), and the stored partials, older, count them once.
     async fn checkpoint(
         &mut self,
@@ -331,19 +360,33 @@ impl Unsaved {
         acknowledger: &dyn Acknowledge,
         stats: &Stats,
         stop: &CancellationToken,
+        tables: Tables,
     ) -> anyhow::Result<()> {
         if self.batches.is_empty() {
             return Ok(());
         }
         let events = self.batches.iter().map(|b| b.1.len()).sum();
+        let mut complete = true;
         if let Some(agg) = aggregator {
-            let panes = agg.checkpoint();
+            let panes = match tables {
+                Tables::All => agg.checkpoint(),
+                Tables::WhenDue => {
+                    let (panes, all) = agg.checkpoint_due();
+                    complete = all;
+                    panes
+                }
+            };
             with_retry(stats, stop, events, || store.write_panes(&panes)).await?;
             agg.stored();
         }
-        for (checkpoint, times) in self.batches.drain(..) {
-            acknowledger.acknowledge(&checkpoint);
-            stats.visible(times.into_iter());
+        // Their metrics show them now, acknowledged or not.
+        for (_, times) in &mut self.batches {
+            stats.visible(std::mem::take(times).into_iter());
+        }
+        if complete {
+            for (checkpoint, _) in self.batches.drain(..) {
+                acknowledger.acknowledge(&checkpoint);
+            }
         }
         stats.checkpointed();
         self.since = Instant::now();

@@ -147,6 +147,8 @@ async fn build_view(state: &AppState, range: &'static str) -> Arc<Value> {
             "other": other,
             "max_groups": m.config.max_groups,
             "kind": kind(&current),
+            // A session metric says how its sessions end; it shows as a tile of its own too.
+            "session": session_note(m),
             "value": current,
             "text": headline_number(&current).map(chart::short),
             "bars": bars(&current),
@@ -184,6 +186,23 @@ async fn build_view(state: &AppState, range: &'static str) -> Arc<Value> {
             json!({ "name": name, "label": label, "text": num(name) })
         })
         .collect();
+    // Session metrics get a row of tiles of their own (sessions ended, their length).
+    let sessions: Vec<Value> = set
+        .metrics()
+        .iter()
+        .filter(|m| m.config.session.is_some())
+        .map(|m| {
+            let label = Some(m.config.description.as_str())
+                .filter(|d| !d.is_empty())
+                .unwrap_or(m.name());
+            let text = by_name
+                .get(m.name())
+                .and_then(headline_number)
+                .map(chart::short)
+                .unwrap_or_else(|| "none ended yet".into());
+            json!({ "name": m.name(), "label": label, "text": text, "unit": m.config.unit, "note": session_note(m) })
+        })
+        .collect();
     Arc::new(json!({
         "pipeline": state.sources.pipeline,
         "refresh_ms": state.refresh().as_millis() as u64,
@@ -193,12 +212,23 @@ async fn build_view(state: &AppState, range: &'static str) -> Arc<Value> {
             "events_in_per_s": chart::short(rate_in.round()),
             "events_stored_per_s": chart::short(rate_stored.round()),
             "tiles": tiles,
+            "sessions": sessions,
         },
         "metrics": metrics,
         "alerts": alerts(store).await,
         "health": health(&state.sources.stats, &reload),
         "topology": topology::topology(state).await,
     }))
+}
+
+/// How a session metric's sessions end, for its panel and tile (none for other metrics).
+fn session_note(m: &crate::aggregate::Metric) -> Option<String> {
+    let c = m.config.session.as_ref()?;
+    Some(format!(
+        "session window: a session ends {} after its last record (at most {} long)",
+        humantime::format_duration(c.gap),
+        humantime::format_duration(c.max_length)
+    ))
 }
 
 /// A quantile metric of several quantiles is drawn as its lines within the area from its lowest

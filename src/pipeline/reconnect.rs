@@ -111,7 +111,8 @@ fn start_consumer(plane: &Plane, subscriber: Box<dyn Subscriber>) -> RunningCons
     let stats = plane.stats.clone();
     let cfg = plane.config.consumer.clone();
     let metrics = plane.metrics.clone();
-    let mut aggregator = Aggregator::new(metrics.borrow().clone(), stats.clone());
+    let mut aggregator = Aggregator::new(metrics.borrow().clone(), stats.clone())
+        .with_session_tables_every(cfg.session_state_interval);
     // The backfill lives as long as this consumer: the next one resumes it from the store.
     let backfill_stop = CancellationToken::new();
     let history = match plane.config.backfill.enabled {

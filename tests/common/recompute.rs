@@ -103,7 +103,10 @@ pub fn recompute(events: &[Record], start: i64, end: i64) -> BTreeMap<String, Va
         .zip(baskets)
         .map(|(label, n)| json!({"key": label, "count": n}))
         .collect();
+    let (ended, mean_length) = shipped_sessions(events, start, end);
     BTreeMap::from([
+        ("sessions_per_minute".into(), ended),
+        ("mean_session_length".into(), mean_length),
         ("funnel".into(), funnel),
         ("revenue_by_category".into(), json!(by_category)),
         ("view_duration_p95".into(), p95),
@@ -124,6 +127,26 @@ pub fn recompute(events: &[Record], start: i64, end: i64) -> BTreeMap<String, Va
             json!(purchases as f64 / views as f64),
         ),
     ])
+}
+
+/// The shipped session metrics over `[start, end)`: sessions of a session id cut by a 30 s gap
+/// that ended then, and their mean length in seconds, from every raw row in time order. A
+/// session closes when its partition's records pass its end; raw rows do not say which
+/// partition a record came from, so this reads the stream as one partition (exact on the
+/// embedded queue; [`matches`] allows for the difference on Kafka).
+fn shipped_sessions(events: &[Record], start: i64, end: i64) -> (Value, Value) {
+    let mut in_order: Vec<&Record> = events.iter().collect();
+    in_order.sort_by_key(|e| e.time_ms());
+    let lengths: Vec<i64> = sessions_of(&in_order, 30_000, 5_000)
+        .into_iter()
+        .filter(|(at, _)| (start..end).contains(at))
+        .map(|s| s.1)
+        .collect();
+    let mean = match lengths.len() {
+        0 => Value::Null,
+        n => json!(lengths.iter().sum::<i64>() as f64 / 1000.0 / n as f64),
+    };
+    (json!(lengths.len()), mean)
 }
 
 /// The item catalogue's categories (lookups/items.csv), by item; read once per test binary
@@ -147,6 +170,10 @@ fn categories() -> &'static HashMap<String, String> {
 pub fn matches(name: &str, read: &Value, expected: &Value) -> bool {
     match (name, read.as_f64(), expected.as_f64()) {
         ("view_duration_p95", Some(r), Some(e)) => (r - e).abs() <= 0.01 * e.abs(),
+        // Sessions close as their own partition's records pass their end, which the raw rows
+        // cannot replay: a session ending near the window's edge may fall on either side.
+        ("sessions_per_minute", Some(r), Some(e)) => (r - e).abs() <= 0.02 * e + 3.0,
+        ("mean_session_length", Some(r), Some(e)) => (r - e).abs() <= 0.02 * e,
         _ => same(read, expected),
     }
 }
@@ -187,7 +214,7 @@ pub async fn assert_metrics_match(sp: &ServicePipeline, expected_events: u64) ->
     )
     .unwrap();
     let values = set.read_all(&*store, at).await.unwrap();
-    assert_eq!(values.len(), 13);
+    assert_eq!(values.len(), 15);
     let (start, end) = (values[0].window_start, values[0].window_end);
     let expected = recompute(&events, start, end);
     let counted: u64 = expected["interaction_types"]
@@ -207,4 +234,40 @@ pub async fn assert_metrics_match(sp: &ServicePipeline, expected_events: u64) ->
         );
     }
     values
+}
+
+/// The sessions of `records` (in time order, as the embedded queue delivers them) cut by
+/// `gap_ms`, recomputed from the raw rows: (closing time, duration ms) of each that closed. A
+/// session closes at the first record `lateness_ms` past its end (its last record plus the
+/// gap), or at a record of its own past its end, whichever comes first, and counts at that
+/// record's time less the lateness, or at its end if that is later.
+pub fn sessions_of(records: &[&Record], gap_ms: i64, lateness_ms: i64) -> Vec<(i64, i64)> {
+    let times: Vec<i64> = records.iter().map(|r| r.time_ms()).collect();
+    let closed_at = |end: i64| {
+        let i = times.partition_point(|t| *t < end + lateness_ms);
+        times.get(i).map(|t| t - lateness_ms)
+    };
+    let mut open: HashMap<&str, (i64, i64)> = HashMap::new();
+    let mut ended = Vec::new();
+    for r in records {
+        let (id, t) = (r.s("session_id"), r.time_ms());
+        match open.get_mut(id) {
+            Some((_, last)) if t < *last + gap_ms => *last = t,
+            Some(s) => {
+                // Closed by this record of its own, unless the stream closed it before.
+                let end = s.1 + gap_ms;
+                let at = closed_at(end).map_or(t, |w| w.min(t)) - lateness_ms;
+                ended.push((at.max(end), s.1 - s.0));
+                *s = (t, t);
+            }
+            None => {
+                open.insert(id, (t, t));
+            }
+        }
+    }
+    ended.extend(open.values().filter_map(|(first, last)| {
+        let end = last + gap_ms;
+        closed_at(end).map(|at| (at.max(end), last - first))
+    }));
+    ended
 }

@@ -4,7 +4,10 @@
 
 use super::{Aggregator, Cell, Loaded, PartitionLoad};
 use crate::aggregate::backfill::{self, Job};
-use crate::aggregate::keys::{quarantine_key, seam_key, watermark_key, SEAM_PANE, WATERMARK_PANE};
+use crate::aggregate::keys::{
+    quarantine_key, seam_key, sessions_key, watermark_key, SEAM_PANE, SESSIONS_PANE, WATERMARK_PANE,
+};
+use crate::aggregate::session::Table;
 use crate::aggregate::{MetricSet, TimeMode};
 use crate::dead_letter::{DeadLetter, Reason};
 use crate::event::Record;
@@ -89,6 +92,25 @@ impl Aggregator {
                     Some(partition),
                 )
                 .await?;
+            // A session metric closes sessions into panes from its table's watermark less
+            // the lateness, and that watermark may be behind the partition's record.
+            let tables = match m.session() {
+                Some(_) => {
+                    store
+                        .load_panes(
+                            &sessions_key(m),
+                            SESSIONS_PANE,
+                            SESSIONS_PANE + 1,
+                            Some(partition),
+                        )
+                        .await?
+                }
+                None => Vec::new(),
+            };
+            let table_mark = tables
+                .iter()
+                .filter_map(|r| Table::watermark_of(&r.state))
+                .min();
             let reach = m.config.lateness.as_millis() as i64 + m.window.slide_ms;
             let t = match m.config.time {
                 // Without a stored watermark the batch's events set the reach.
@@ -100,6 +122,12 @@ impl Aggregator {
                     .map_or(min_ts, |w| w.max(min_ts)),
                 TimeMode::Processing => now,
             };
+            // No table stored yet: the replay starts where the partition does, with this batch.
+            let t = match (m.session(), table_mark) {
+                (None, _) => t,
+                (Some(_), Some(w)) => t.min(w),
+                (Some(_), None) => t.min(min_ts),
+            };
             let since = t.saturating_sub(reach);
             earliest = earliest.min(since);
             out.extend(
@@ -108,6 +136,7 @@ impl Aggregator {
                     .await?,
             );
             out.extend(marks);
+            out.extend(tables);
             out.extend(
                 store
                     .load_panes(&seam_key(m), SEAM_PANE, SEAM_PANE + 1, Some(partition))
@@ -162,6 +191,24 @@ impl Aggregator {
                     mark.time = time;
                 }
                 mark.offset = mark.offset.max(r.offset);
+                continue;
+            }
+            if let Some(i) = self
+                .set
+                .metrics
+                .iter()
+                .position(|m| m.session().is_some() && sessions_key(m) == r.metric)
+            {
+                known[i] = true;
+                let Some((spec, _)) = self.set.metrics[i].session() else {
+                    continue;
+                };
+                match Table::decode(r.state.as_str(), r.offset, &spec) {
+                    Ok(table) => {
+                        self.states[i].sessions.insert(partition, table);
+                    }
+                    Err(e) => self.quarantine(i, r, &e),
+                }
                 continue;
             }
             let Some(i) = self

@@ -5,17 +5,19 @@
 mod load;
 
 use super::backfill::{Backfiller, Command, Job};
-use super::keys::{watermark_key, WATERMARK_PANE};
+use super::keys::{sessions_key, watermark_key, SESSIONS_PANE, WATERMARK_PANE};
+use super::session::Table;
 use super::{Metric, MetricSet, Partial, TimeMode};
 use crate::base::{map_each, Workers};
 use crate::dead_letter::{DeadLetter, Reason};
 use crate::event::Record;
-use crate::store::{PaneRecord, StateStore, MAX_STATE_BYTES};
+use crate::store::{PaneRecord, StateJson, StateStore, MAX_STATE_BYTES};
 use crate::telemetry::Stats;
 use crate::transport::{Batch, NO_PARTITION};
 use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 struct Cell {
     partial: Partial,
@@ -31,6 +33,21 @@ struct MetricState {
     /// backlog while another is current, and neither is late. Looked up per event and metric:
     /// foldhash (SipHash of the partition was ~18 % of the instructions applying a batch).
     watermarks: HashMap<i32, Watermark, foldhash::fast::RandomState>,
+    /// A session metric's open sessions per partition (looked up per record: foldhash).
+    sessions: HashMap<i32, Table, foldhash::fast::RandomState>,
+}
+
+impl MetricState {
+    /// The newest event time that decides which of a partition's panes events may still
+    /// reach: its watermark, or a session metric's table's when that is behind (sessions close
+    /// into panes from the table's).
+    fn newest(&self, partition: i32) -> i64 {
+        let mark = self.watermarks.get(&partition).map_or(i64::MIN, |w| w.time);
+        match self.sessions.get(&partition) {
+            Some(t) => mark.min(t.watermark),
+            None => mark,
+        }
+    }
 }
 
 /// A partition's watermark, stored with the partials (as a record of its own) so that after a
@@ -102,6 +119,10 @@ pub struct Aggregator {
     jobs: Vec<Job>,
     /// Threads that apply batches and encode partials, the metrics split between them.
     workers: Workers,
+    /// How often session metrics' tables of open sessions are stored (see
+    /// [`Self::checkpoint_due`]), and when they last were.
+    tables_every: Duration,
+    tables_stored: Instant,
 }
 
 impl Aggregator {
@@ -117,7 +138,16 @@ impl Aggregator {
             seams: Vec::new(),
             jobs: Vec::new(),
             workers: Workers::default(),
+            tables_every: Duration::ZERO,
+            tables_stored: Instant::now(),
         }
+    }
+
+    /// Stores session metrics' tables of open sessions (each rewritten whole) at most every
+    /// `every` in [`Self::checkpoint_due`], instead of with every checkpoint.
+    pub fn with_session_tables_every(mut self, every: Duration) -> Aggregator {
+        self.tables_every = every;
+        self
     }
 
     /// Applies batches and encodes partials on `workers`, each metric on one thread at a time
@@ -257,6 +287,7 @@ impl Aggregator {
             for st in &mut self.states {
                 st.cells.retain(|(_, part), _| part != p);
                 st.watermarks.remove(p);
+                st.sessions.remove(p);
             }
         }
     }
@@ -318,10 +349,8 @@ impl Aggregator {
         let mut out = Vec::new();
         for (m, st) in self.set.metrics.iter().zip(self.states.iter_mut()) {
             let reach = m.config.lateness.as_millis() as i64 + m.window.slide_ms;
-            let watermarks = &st.watermarks;
             let closed = |pane: i64, partition: i32| {
-                all || pane.saturating_add(reach)
-                    <= watermarks.get(&partition).map_or(i64::MIN, |w| w.time)
+                all || pane.saturating_add(reach) <= st.newest(partition)
             };
             let keys: Vec<(i64, i32)> = st
                 .cells
@@ -337,13 +366,38 @@ impl Aggregator {
         out
     }
 
-    /// The partials changed since the last checkpoint (with new watermarks and seams), marked
-    /// clean: once they are stored, every batch ingested before may be acknowledged.
+    /// The partials changed since the last checkpoint (with new watermarks, seams and tables of
+    /// open sessions), marked clean: once they are stored, every batch ingested before may be
+    /// acknowledged.
     pub fn checkpoint(&mut self) -> Vec<PaneRecord> {
+        self.checkpoint_with(true)
+    }
+
+    /// [`Self::checkpoint`], but session metrics' tables of open sessions only when the last
+    /// were stored `with_session_tables_every` ago: a table is rewritten whole, so storing it
+    /// after every batch would cost the store more than the raw records. Returns whether the
+    /// checkpoint is complete: only then may the batches ingested before be acknowledged (a
+    /// crash replays from the last acknowledged one, which rebuilds the sessions exactly, and
+    /// the partials stored meanwhile skip what they already hold).
+    pub fn checkpoint_due(&mut self) -> (Vec<PaneRecord>, bool) {
+        let tables = self.tables_stored.elapsed() >= self.tables_every;
+        let out = self.checkpoint_with(tables);
+        let complete = tables
+            || !self
+                .states
+                .iter()
+                .any(|st| st.sessions.values().any(|t| t.dirty));
+        (out, complete)
+    }
+
+    fn checkpoint_with(&mut self, tables: bool) -> Vec<PaneRecord> {
         let mut out = std::mem::take(&mut self.seams);
         let stats = self.stats.clone();
-        let changed = self.each_metric(|_| (), |m, st, _| checkpoint_metric(m, st, &stats));
+        let changed = self.each_metric(|_| (), |m, st, _| checkpoint_metric(m, st, tables, &stats));
         out.extend(changed.into_iter().flatten());
+        if tables {
+            self.tables_stored = Instant::now();
+        }
         out
     }
 }
@@ -405,6 +459,9 @@ fn apply_metric(
 ) -> Vec<DeadLetter> {
     let mut late = Vec::new();
     let lateness = m.config.lateness.as_millis() as i64;
+    let session = m.session();
+    // The sessions one record closes, reused from record to record.
+    let mut closed = Vec::new();
     for (i, e) in events.iter().enumerate() {
         let (partition, offset) = sources.get(i).copied().unwrap_or((NO_PARTITION, -1));
         let t = match m.config.time {
@@ -413,7 +470,16 @@ fn apply_metric(
         };
         let key = (m.window.pane_of(t), partition);
         let replay = partition != NO_PARTITION;
-        if replay && st.cells.get(&key).is_some_and(|c| offset <= c.offset) {
+        let skip = match session {
+            // A session metric's record may close sessions into any pane: its table says
+            // whether it was applied.
+            Some(_) => st
+                .sessions
+                .get(&partition)
+                .is_some_and(|t| offset <= t.offset),
+            None => st.cells.get(&key).is_some_and(|c| offset <= c.offset),
+        };
+        if replay && skip {
             continue; // already in the stored state: a replay
         }
         let mark = st.watermarks.entry(partition).or_default();
@@ -425,11 +491,21 @@ fn apply_metric(
             mark.offset = offset;
             mark.dirty = true;
         }
-        if mark.time != i64::MIN && t < mark.time - lateness {
+        // A session metric judges lateness by its table's watermark: stored with its open
+        // sessions (the partition's watermark record may be stored ahead of them), it is on a
+        // replay what it was on the first pass.
+        let newest = match session {
+            Some(_) => st
+                .sessions
+                .get(&partition)
+                .map_or(i64::MIN, |t| t.watermark),
+            None => mark.time,
+        };
+        if newest != i64::MIN && t < newest - lateness {
             if seen {
                 continue; // judged late before the crash; its dead letter is stored
             }
-            let behind = mark.time - t;
+            let behind = newest - t;
             stats.late_event(m.name(), e.id(), behind);
             let detail = format!("{behind} ms behind the newest event of its partition for metric {:?} (lateness {:?})", m.name(), m.config.lateness);
             // Every metric that leaves the record out names the same id, so it is one dead letter.
@@ -450,22 +526,26 @@ fn apply_metric(
             mark.time = t_mark;
             mark.dirty = true;
         }
-        let cell = match st.cells.get_mut(&key) {
-            Some(c) => c,
-            None => {
-                let partial = match m.empty() {
-                    Ok(p) => p,
-                    Err(err) => {
-                        stats.script_error(m.name(), e.id(), &err);
-                        continue;
-                    }
-                };
-                st.cells.entry(key).or_insert(Cell {
-                    partial,
-                    offset: -1,
-                    dirty: false,
-                })
+        if let Some((spec, measure)) = &session {
+            let table = st.sessions.entry(partition).or_default();
+            table.offset = table.offset.max(offset);
+            table.watermark = table.watermark.max(t_mark);
+            table.dirty = true;
+            closed.clear();
+            match m.session_record(e, maps.get(i)) {
+                Ok(Some((key, marked))) => closed.extend(table.add(&key, t, marked, spec)),
+                Ok(None) => {}
+                Err(err) => stats.script_error(m.name(), e.id(), &err),
             }
+            table.close_due(spec, &mut closed);
+            if !closed.is_empty() {
+                close_sessions(m, st, &closed, *measure, (partition, offset), stats);
+            }
+            continue;
+        }
+        let cell = match cell(m, st, key, e.id(), stats) {
+            Some(c) => c,
+            None => continue,
         };
         if let Err(err) = m.add(&mut cell.partial, e, maps.get(i)) {
             stats.script_error(m.name(), e.id(), &err);
@@ -476,9 +556,71 @@ fn apply_metric(
     late
 }
 
+/// The cell of (pane, partition), made empty when there is none (none: the metric's empty
+/// state failed, reported for record `id`).
+fn cell<'a>(
+    m: &Metric,
+    st: &'a mut MetricState,
+    key: (i64, i32),
+    id: &str,
+    stats: &Stats,
+) -> Option<&'a mut Cell> {
+    match st.cells.entry(key) {
+        std::collections::btree_map::Entry::Occupied(c) => Some(c.into_mut()),
+        std::collections::btree_map::Entry::Vacant(v) => match m.empty() {
+            Ok(partial) => Some(v.insert(Cell {
+                partial,
+                offset: -1,
+                dirty: false,
+            })),
+            Err(err) => {
+                stats.script_error(m.name(), id, &err);
+                None
+            }
+        },
+    }
+}
+
+/// Adds the sessions that the record at `(partition, offset)` closed to the panes of their
+/// closing times. A pane whose stored partial already includes that offset (stored before a
+/// crash whose table was not) holds them already.
+fn close_sessions(
+    m: &Metric,
+    st: &mut MetricState,
+    closed: &[super::session::Closed],
+    measure: super::Measure,
+    (partition, offset): (i32, i64),
+    stats: &Stats,
+) {
+    for c in closed {
+        let key = (m.window.pane_of(c.at), partition);
+        // Offsets of a partition only grow within a run, so a changed cell at this very offset
+        // took an earlier session of this record; an unchanged one was stored holding it.
+        let holds = partition != NO_PARTITION
+            && st
+                .cells
+                .get(&key)
+                .is_some_and(|c| offset < c.offset || (offset == c.offset && !c.dirty));
+        if holds {
+            continue;
+        }
+        let Some(cell) = cell(m, st, key, "", stats) else {
+            continue;
+        };
+        m.add_session(&mut cell.partial, c, measure);
+        cell.offset = cell.offset.max(offset);
+        cell.dirty = true;
+    }
+}
+
 /// One metric's part of [`Aggregator::checkpoint`]: its changed partials and watermarks, marked
 /// clean; panes no event can reach any more leave memory.
-fn checkpoint_metric(m: &Metric, st: &mut MetricState, stats: &Stats) -> Vec<PaneRecord> {
+fn checkpoint_metric(
+    m: &Metric,
+    st: &mut MetricState,
+    tables: bool,
+    stats: &Stats,
+) -> Vec<PaneRecord> {
     let mut out = Vec::new();
     for (key, cell) in st.cells.iter_mut().filter(|(_, c)| c.dirty) {
         cell.dirty = false;
@@ -494,15 +636,31 @@ fn checkpoint_metric(m: &Metric, st: &mut MetricState, stats: &Stats) -> Vec<Pan
             state: mark.time.into(),
         });
     }
+    for (partition, table) in st.sessions.iter_mut().filter(|(_, t)| tables && t.dirty) {
+        table.dirty = false;
+        let state = table.encode();
+        if state.len() > MAX_STATE_BYTES {
+            let e = format!("the table of {} open sessions of partition {partition} is {} bytes, more than a store document may hold ({MAX_STATE_BYTES}); it is not stored (lower max_groups)", table.len(), state.len());
+            stats.script_error(m.name(), "", &e);
+            continue;
+        }
+        out.push(PaneRecord {
+            metric: sessions_key(m),
+            pane_start: SESSIONS_PANE,
+            partition: *partition,
+            offset: table.offset,
+            state: StateJson::stored(state),
+        });
+    }
     // Panes no event can reach any more are only needed in the store.
     let reach = m.window.size_ms + m.config.lateness.as_millis() as i64 + m.window.slide_ms;
-    let watermarks = &st.watermarks;
+    let newest: HashMap<i32, i64> = st.watermarks.keys().map(|p| (*p, st.newest(*p))).collect();
     st.cells.retain(|(pane, partition), c| {
         c.dirty
             || *pane
-                >= watermarks
+                >= newest
                     .get(partition)
-                    .map_or(i64::MIN, |w| w.time)
+                    .map_or(i64::MIN, |w| *w)
                     .saturating_sub(reach)
     });
     out

@@ -25,6 +25,7 @@ pub(in crate::aggregate) fn per_item_set(window: Duration, lateness: Duration) -
         buckets: Vec::new(),
         exact_limit: 10_000,
         max_groups: 50_000,
+        session: None,
     };
     Arc::new(MetricSet::load(&[config], &[], &schema()).unwrap())
 }
@@ -128,6 +129,7 @@ fn metrics_applied_on_worker_threads_give_what_one_thread_gives() {
         buckets: Vec::new(),
         exact_limit: 10_000,
         max_groups: 50_000,
+        session: None,
     };
     let configs = [
         metric("count", ReducerKind::Count, 10),
@@ -531,6 +533,7 @@ fn config(name: &str, script: std::path::PathBuf, reducer: ReducerKind) -> Metri
         buckets: Vec::new(),
         exact_limit: 10_000,
         max_groups: 50_000,
+        session: None,
     }
 }
 

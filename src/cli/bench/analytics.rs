@@ -62,22 +62,7 @@ pub(super) fn analytics_section(
         ),
     ];
     let _ = std::fs::remove_file(&selector);
-    let apply_ns = |set: &Arc<MetricSet>| -> Vec<f64> {
-        (0..runs)
-            .map(|_| {
-                let mut agg = Aggregator::new(set.clone(), Stats::new());
-                let took: Duration = events
-                    .chunks(2000)
-                    .map(|chunk| {
-                        let t = Instant::now();
-                        agg.apply(chunk, &[]);
-                        t.elapsed()
-                    })
-                    .sum();
-                took.as_nanos() as f64 / n as f64
-            })
-            .collect()
-    };
+    let apply_ns = |set: &Arc<MetricSet>| apply_ns_of(runs)(set, &events);
     let baseline = sets[0].0.clone();
     for (name, set) in &sets {
         let set = match set {
@@ -124,6 +109,7 @@ pub(super) fn analytics_section(
             compare(figures, &lines[1], &lines[0]);
         }
     }
+    sessions_lines(pipeline, &events, &apply_ns_of(runs), figures)?;
     if let Ok(set) = &sets[1].1 {
         let worst = worst_quantile_error(set, &events, &values)?;
         figures.push(figure(
@@ -136,6 +122,85 @@ pub(super) fn analytics_section(
             vec![worst * 100.0],
         ));
     }
+    Ok(())
+}
+
+/// Measures nanoseconds per record of applying records to a metric set, once per run.
+type ApplyNs<'a> = &'a dyn Fn(&Arc<MetricSet>, &[Record]) -> Vec<f64>;
+
+/// Nanoseconds per record of applying `events` to a fresh aggregator of a set, in batches of
+/// 2,000, once per run.
+fn apply_ns_of(runs: usize) -> impl Fn(&Arc<MetricSet>, &[Record]) -> Vec<f64> {
+    move |set, events| {
+        (0..runs)
+            .map(|_| {
+                let mut agg = Aggregator::new(set.clone(), Stats::new());
+                let took: Duration = events
+                    .chunks(2000)
+                    .map(|chunk| {
+                        let t = Instant::now();
+                        agg.apply(chunk, &[]);
+                        t.elapsed()
+                    })
+                    .sum();
+                took.as_nanos() as f64 / events.len().max(1) as f64
+            })
+            .collect()
+    }
+}
+
+/// A session metric against a sliding count of the same records: the sessions of the
+/// pipeline's first session metric's key (else of the Kafka key), counted as they end. The
+/// records are restamped 1 ms apart in their generated order (the generator stamps a filled
+/// batch with one time), so with the metric's gap sessions end during the run.
+fn sessions_lines(
+    pipeline: &Pipeline,
+    events: &[Record],
+    apply_ns: ApplyNs<'_>,
+    figures: &mut Vec<Figure>,
+) -> anyhow::Result<()> {
+    let schema = pipeline.schema();
+    let shipped = pipeline.config.metrics.iter().find(|m| m.session.is_some());
+    let (script, gap) = match (shipped, &pipeline.config.event.key) {
+        (Some(m), _) => (
+            std::fs::read_to_string(&m.script)?,
+            m.session
+                .as_ref()
+                .map_or(Duration::from_secs(30), |s| s.gap),
+        ),
+        (None, Some(key)) => (
+            format!("#{{ key: field({key:?}) }}"),
+            Duration::from_secs(30),
+        ),
+        (None, None) => {
+            tracing::info!("bench: no session metric and no Kafka key, so no session line");
+            return Ok(());
+        }
+    };
+    let mut stamped = events.to_vec();
+    let start = chrono::Utc::now().timestamp_millis() - stamped.len() as i64;
+    for (i, e) in stamped.iter_mut().enumerate() {
+        e.set_time_ms(start + i as i64);
+    }
+    let path = scratch_path(".rhai");
+    std::fs::write(&path, script)?;
+    let set = |session: &str| -> anyhow::Result<Arc<MetricSet>> {
+        let text = format!("name = \"bench_sessions\"\nscript = {path:?}\nreducer = \"count\"\nwindow = \"60s\"\nslide = \"5s\"\n{session}");
+        let config: MetricConfig = toml::from_str(&text)?;
+        Ok(Arc::new(MetricSet::load(&[config], &[], &schema)?))
+    };
+    let plain = set("");
+    let sessions = set(&format!("session = {{ gap = \"{}ms\" }}", gap.as_millis()));
+    let _ = std::fs::remove_file(&path);
+    let (plain, sessions) = (plain?, sessions?);
+    let base = "analytics: count (sliding), apply".to_string();
+    let line = format!(
+        "analytics: sessions counted as they end (gap {}), apply",
+        humantime::format_duration(gap)
+    );
+    figures.push(figure(&base, "ns/event", apply_ns(&plain, &stamped)));
+    figures.push(figure(&line, "ns/event", apply_ns(&sessions, &stamped)));
+    compare(figures, &line, &base);
     Ok(())
 }
 
