@@ -143,3 +143,139 @@ async fn session_metrics_agree_with_the_generators_session_model() {
     }
     assert_eq!(checked, 3);
 }
+
+/// The shipped pipeline copied into `dir` with the scaled session model (think 1 s, gap 5 s)
+/// and its session tables stored every second; returns the pipeline file.
+fn scaled_pipeline(dir: &std::path::Path) -> std::path::PathBuf {
+    let file = common::copy_pipeline(dir);
+    let edit = |path: std::path::PathBuf, edits: &[(&str, &str)]| {
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        for (from, to) in edits {
+            assert!(text.contains(from), "{path:?} holds {from:?}");
+            text = text.replace(from, to);
+        }
+        std::fs::write(&path, text).unwrap();
+    };
+    edit(
+        dir.join("scripts/generator.rhai"),
+        &[("think: exponential(6.0)", "think: exponential(1.0)")],
+    );
+    edit(
+        file.clone(),
+        &[
+            ("session = { gap = \"30s\" }", "session = { gap = \"5s\" }"),
+            (
+                "session = { gap = \"30s\", measure = \"duration\" }",
+                "session = { gap = \"5s\", measure = \"duration\" }",
+            ),
+            (
+                "read_ahead = 2\n",
+                "read_ahead = 2\nsession_state_interval = \"4s\"\n",
+            ),
+        ],
+    );
+    file
+}
+
+/// On Kafka and MongoDB: a consumer killed mid-stream (its open sessions stored every second,
+/// the batches since unacknowledged) and started again reports every window of both session
+/// metrics as one that read the topic in one go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_killed_mid_stream_ends_the_same_sessions_on_kafka() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = scaled_pipeline(dir.path());
+    let killed = common::service_pipeline_of(&file, "sessions_killed");
+    let n = 40_000;
+    // 20 s of records at 2,000/s, while the consumer below is killed twice.
+    let mut generator = common::runner_on_services(&killed, &file, "generator")
+        .args(["--generation-rate", "2000", "--events", &n.to_string()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let open = |sp: &common::ServicePipeline| {
+        let c = sp.pipeline.config.clone();
+        async move {
+            store::open(&c.mongodb, &c.embedded, &c.retention, &c.schema().unwrap())
+                .await
+                .unwrap()
+                .store
+        }
+    };
+    // Killed twice part way, then run to the end.
+    let log = dir.path().join("killed.log");
+    for after_ms in [6_000u64, 5_000] {
+        let mut child = common::runner_on_services(&killed, &file, "consumer")
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(after_ms)).await;
+        common::services::kill9(&mut child);
+    }
+    let stored = open(&killed).await.count_events().await.unwrap();
+    assert!(
+        stored > 0 && stored < n as u64,
+        "the killed runs stored part of the topic: {stored}"
+    );
+    assert!(generator.wait().unwrap().success());
+    // One pass over the topic, in its own group and database.
+    let mut once = common::service_pipeline_of(&file, "sessions_once");
+    once.topic = killed.topic.clone();
+    once.pipeline.config.kafka.topic = killed.topic.clone();
+    common::run_pipeline(
+        &once,
+        runner::pipeline::Components::CONSUMER,
+        None,
+        CancellationToken::new(),
+    )
+    .await;
+    common::run_pipeline(
+        &killed,
+        runner::pipeline::Components::CONSUMER,
+        None,
+        CancellationToken::new(),
+    )
+    .await;
+    let (a, b) = (open(&once).await, open(&killed).await);
+    let events = a.all_events().await.unwrap();
+    assert_eq!(events.len(), n);
+    assert_eq!(b.all_events().await.unwrap().len(), n);
+    let (first, last) = events.iter().fold((i64::MAX, i64::MIN), |(lo, hi), e| {
+        (lo.min(e.time_ms()), hi.max(e.time_ms()))
+    });
+    let c = &once.pipeline.config;
+    let sessions: Vec<_> = c
+        .metrics
+        .iter()
+        .filter(|m| m.session.is_some())
+        .cloned()
+        .collect();
+    let set = MetricSet::load(&sessions, &c.lookups, &c.schema().unwrap()).unwrap();
+    let ends: Vec<i64> = (first / 5_000 + 1..=last / 5_000 + 1)
+        .map(|p| p * 5_000)
+        .collect();
+    let mut ended = 0.0;
+    for m in set.metrics() {
+        let one = runner::aggregate::windows(m, &*a, &ends).await.unwrap();
+        let two = runner::aggregate::windows(m, &*b, &ends).await.unwrap();
+        for (x, y) in one.iter().zip(&two) {
+            // Equal up to the rounding of the order the store returns partials in.
+            assert!(
+                common::recompute::same(&x.value, &y.value),
+                "{} window ending {}: one pass {}, killed and restarted {}",
+                m.name(),
+                x.end,
+                x.value,
+                y.value
+            );
+        }
+        if m.name() == "sessions_per_minute" {
+            ended = one
+                .iter()
+                .filter_map(|p| p.value.as_f64())
+                .fold(0.0, f64::max);
+        }
+    }
+    // 20 s of records: the sessions of about the first 10 s have ended (the rest wait for
+    // records past their gap and lateness).
+    assert!(ended > 5_000.0, "thousands of sessions ended: {ended}");
+}

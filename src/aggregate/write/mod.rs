@@ -543,9 +543,13 @@ fn apply_metric(
             }
             continue;
         }
-        let cell = match cell(m, st, key, e.id(), stats) {
+        // The cell's lookup inline: this runs per record and metric.
+        let cell = match st.cells.get_mut(&key) {
             Some(c) => c,
-            None => continue,
+            None => match cell(m, st, key, e.id(), stats) {
+                Some(c) => c,
+                None => continue,
+            },
         };
         if let Err(err) = m.add(&mut cell.partial, e, maps.get(i)) {
             stats.script_error(m.name(), e.id(), &err);

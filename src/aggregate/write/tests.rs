@@ -816,3 +816,102 @@ fn a_lookup_keys_records_by_the_tables_column_and_names_what_it_lacks() {
         assert!(err.contains(says) && err.contains("bad.rhai:2:"), "{err}");
     }
 }
+
+/// A session metric reduces each session of its key once it has ended: `having` keeps the
+/// sessions with a record that passes it, `measure` is what each gives the reducer; settings
+/// that do not fit a session metric are load errors naming the metric.
+#[test]
+fn session_metrics_reduce_ended_sessions_and_refuse_what_does_not_fit() {
+    use crate::aggregate::{Measure, SessionConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let metric = |name: &str, reducer, script: &str, measure| MetricConfig {
+        lateness: Duration::from_secs(5),
+        session: Some(SessionConfig {
+            gap: Duration::from_secs(10),
+            max_length: Duration::from_secs(3600),
+            measure,
+        }),
+        ..scripted(dir.path(), name, reducer, script, 100)
+    };
+    let by_item = "#{ key: field(\"item_id\") }";
+    let configs = [
+        metric(
+            "bought",
+            ReducerKind::Count,
+            "#{ key: field(\"item_id\"), having: field_is(\"amount\", 50.0) }",
+            Measure::Sessions,
+        ),
+        metric("records", ReducerKind::Sum, by_item, Measure::Events),
+        metric("longest", ReducerKind::Max, by_item, Measure::Duration),
+    ];
+    let set = Arc::new(MetricSet::load(&configs, &[], &schema()).unwrap());
+    let amount = schema().slot("amount").unwrap();
+    let mut bought = event("x0", "x", 0);
+    bought.set(amount, Value::Float(50.0));
+    let events = [
+        bought,
+        event("y1", "y", 1),
+        event("z2", "z", 2),
+        event("x5", "x", 5),
+        // 100 s: every session above has ended (its last record + 10 s gap + 5 s lateness).
+        event("w100", "w", 100),
+    ];
+    let mut agg = Aggregator::new(set.clone(), Stats::new());
+    agg.apply(&events, &[]);
+    let reports: Vec<serde_json::Value> = set
+        .metrics()
+        .iter()
+        .zip(&agg.states)
+        .map(|(m, st)| {
+            assert_eq!(st.cells.len(), 1, "all ended at 95 s, in one pane");
+            m.report(&st.cells.values().next().unwrap().partial)
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(
+        reports,
+        [
+            serde_json::json!(1),
+            serde_json::json!(4.0),
+            serde_json::json!(5.0)
+        ]
+    );
+
+    for (reducer, script, says) in [
+        (
+            ReducerKind::TopK,
+            by_item,
+            "reduces its sessions with count, sum, avg",
+        ),
+        (
+            ReducerKind::Avg,
+            "#{ key: field(\"item_id\"), value: field(\"amount\") }",
+            "value is its `measure`",
+        ),
+        (ReducerKind::Count, "#{}", "a session metric needs a `key`"),
+    ] {
+        let bad = metric("bad", reducer, script, Measure::Sessions);
+        let err = MetricSet::load(&[bad], &[], &schema()).err().unwrap();
+        assert!(err.to_string().contains(says), "{err}");
+    }
+    let having = scripted(
+        dir.path(),
+        "not_sessions",
+        ReducerKind::Count,
+        "#{ having: field_is(\"item_id\", \"x\") }",
+        10,
+    );
+    let err = MetricSet::load(&[having], &[], &schema()).err().unwrap();
+    assert!(
+        err.to_string()
+            .contains("`having` goes with a session metric"),
+        "{err}"
+    );
+    let mut no_gap = metric("no_gap", ReducerKind::Count, by_item, Measure::Sessions);
+    no_gap.session.as_mut().unwrap().gap = Duration::ZERO;
+    let err = MetricSet::load(&[no_gap], &[], &schema()).err().unwrap();
+    assert!(
+        err.to_string().contains("gap must be longer than 0"),
+        "{err}"
+    );
+}
