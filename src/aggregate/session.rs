@@ -183,8 +183,8 @@ impl Table {
     }
 
     /// Adds one record of session `key` at time `t` (after the watermark moved to it); a
-    /// record `gap` or more after the session's last one, or `max_length` after its start,
-    /// closes that session and starts a new one, which is returned. An earlier record (out of
+    /// record `gap` or more after the session's last one, or `max_length` after the record
+    /// that opened it, closes that session (returned) and starts a new one. An earlier record (out of
     /// order, within the lateness) joins the open session.
     pub fn add(&mut self, key: &str, t: i64, marked: bool, spec: &Spec) -> Option<Closed> {
         self.dirty = true;
