@@ -84,6 +84,15 @@ impl Table {
         self.rows.is_empty()
     }
 
+    /// One column by key: what a selector of that column reads per record, the cell in the
+    /// map's own slot instead of behind the row's pointer.
+    pub fn column_map(&self, column: usize) -> HashMap<Text, Cell, foldhash::fast::RandomState> {
+        self.rows
+            .iter()
+            .filter_map(|(k, row)| row.get(column).map(|c| (k.clone(), c.clone())))
+            .collect()
+    }
+
     /// The cell of `column` in the row of `key`, if the key has a row.
     #[inline]
     pub fn get(&self, key: &str, column: usize) -> Option<&Cell> {

@@ -16,10 +16,11 @@
 //! cannot express. A `custom` reducer
 //! script defines `init()`, `update(e)`, `merge(other)` and `finish()`, with the state as `this`.
 
-use super::lookup::{Cell, Lookups, Table, MISSING_KEY};
+use super::lookup::{Cell, Lookups, MISSING_KEY};
 use crate::event::{Extra, FieldType, Naive, Record, Schema, Text, Value};
 use crate::script::ScriptError;
 use rhai::{Dynamic, Engine, FnPtr, Map, NativeCallContext, Position};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -113,8 +114,8 @@ impl Selector {
 #[derive(Debug)]
 pub struct LookupSelector {
     field: Field,
-    table: Arc<Table>,
-    column: usize,
+    /// The table's column it reads, by key.
+    column: HashMap<Text, Cell, foldhash::fast::RandomState>,
     /// What a record whose field has no row gives: the default, or `__missing__`.
     missing: Cell,
 }
@@ -123,9 +124,9 @@ impl LookupSelector {
     #[inline]
     fn get<'a>(&'a self, e: &'a Record) -> FieldValue<'a> {
         let row = match self.field.get(e) {
-            FieldValue::Text(key) => self.table.get(key, self.column),
+            FieldValue::Text(key) => self.column.get(key),
             // Keys written as numbers in the table are stored as their text.
-            FieldValue::Number(n) => self.table.get(&n.to_string(), self.column),
+            FieldValue::Number(n) => self.column.get(n.to_string().as_str()),
             FieldValue::Missing => return FieldValue::Missing,
         };
         match row.unwrap_or(&self.missing) {
@@ -316,8 +317,7 @@ fn lookup_selector(
     };
     Ok(LookupSelector {
         field,
-        table: table.clone(),
-        column,
+        column: table.column_map(column),
         missing,
     })
 }
