@@ -46,12 +46,14 @@ install() {
   else
     log "prometheus-alertmanager already installed"
   fi
-  # protoc, for the Python classes of the Protobuf format test (tests/formats.rs).
-  if ! command -v protoc >/dev/null; then
-    log "installing protobuf-compiler (Debian package)"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends protobuf-compiler >/dev/null
+  # protoc, for the Python classes of the Protobuf format test (tests/formats.rs), with the
+  # well-known types the shipped .proto imports (google/protobuf/timestamp.proto, in
+  # libprotobuf-dev: only recommended by protobuf-compiler, so not there without it).
+  if ! command -v protoc >/dev/null || [ ! -f /usr/include/google/protobuf/timestamp.proto ]; then
+    log "installing protobuf-compiler and libprotobuf-dev (Debian packages)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends protobuf-compiler libprotobuf-dev >/dev/null
   else
-    log "protoc already installed"
+    log "protoc and the well-known .proto types already installed"
   fi
   # Python clients: the SMTP server of the email alert test, and the real Avro / Protobuf / Kafka
   # clients that write the format tests' records (tests/clients/produce.py); protobuf 7.36
