@@ -112,7 +112,7 @@ fn check_routes(port: u16, auth: &[(&str, &str)]) {
     let (code, body) = get(port, "/api/metrics", auth);
     assert_eq!(code, 200);
     let metrics: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
-    assert_eq!(metrics.len(), 15);
+    assert_eq!(metrics.len(), 16);
     assert!(
         metrics
             .iter()

@@ -94,6 +94,12 @@ async fn session_metrics_agree_with_the_generators_session_model() {
     let set = MetricSet::load(&sessions, &c.lookups, &c.schema().unwrap()).unwrap();
     // Windows whose sessions have all closed (the gap is in their ending time; the lateness,
     // 5 s, and then some), from 10 s into the run.
+    // The model is compared with the three windows pooled: one window's mean length over
+    // ~3,300 sessions has a standard error near 2.3 % (a session's length has a standard
+    // deviation near 2.6 s: a sum of a random number of exponential think times), so 5 % on
+    // one window failed about one run in ten (1.851 s against 1.950 s in CI); pooled, 5 % is
+    // more than three standard errors.
+    let (mut records_all, mut closed_all, mut seconds_all) = (0.0, 0.0, 0.0);
     let mut checked = 0;
     for back in [12_000, 17_000, 22_000] {
         let values = set.read_all(&*store, newest - back).await.unwrap();
@@ -124,17 +130,26 @@ async fn session_metrics_agree_with_the_generators_session_model() {
             closed > 2_000.0,
             "a 5 s window at 2,000 records/s ends thousands of sessions, not {closed}"
         );
-        assert!(
-            (per_session / records_per_session - 1.0).abs() < 0.05,
-            "{per_session:.3} records per ended session, the model {records_per_session:.3} (5 %)"
-        );
-        assert!(
-            (mean / seconds - 1.0).abs() < 0.05,
-            "mean session length {mean:.3} s, the model {seconds:.3} s (5 %)"
+        (records_all, closed_all, seconds_all) = (
+            records_all + records,
+            closed_all + closed,
+            seconds_all + mean * closed,
         );
         checked += 1;
     }
     assert_eq!(checked, 3);
+    let (per_session, mean) = (records_all / closed_all, seconds_all / closed_all);
+    println!(
+        "the three windows: {per_session:.3} records per ended session, mean length {mean:.3} s"
+    );
+    assert!(
+        (per_session / records_per_session - 1.0).abs() < 0.05,
+        "{per_session:.3} records per ended session, the model {records_per_session:.3} (5 %)"
+    );
+    assert!(
+        (mean / seconds - 1.0).abs() < 0.05,
+        "mean session length {mean:.3} s, the model {seconds:.3} s (5 %)"
+    );
 }
 
 /// The shipped pipeline copied into `dir` with the scaled session model (think 1 s, gap 5 s;

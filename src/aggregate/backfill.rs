@@ -462,6 +462,7 @@ impl Task {
             let aggregator = job
                 .aggregator
                 .get_or_insert_with(|| Aggregator::new(job.set.clone(), Stats::new()));
+            job.set.derive(&mut batch.events, aggregator.stats());
             // Late events were dead-lettered by the live consumer; here they are only left out.
             let absorbed = aggregator.absorb(&batch, &*self.store).await?;
             self.store.write_panes(&absorbed.panes).await?;

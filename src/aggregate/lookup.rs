@@ -93,12 +93,6 @@ impl Table {
             .collect()
     }
 
-    /// The cell of `column` in the row of `key`, if the key has a row.
-    #[inline]
-    pub fn get(&self, key: &str, column: usize) -> Option<&Cell> {
-        self.rows.get(key).and_then(|row| row.get(column))
-    }
-
     /// Reads the table `config` names; the error says which file and line.
     pub fn load(config: &LookupConfig) -> Result<Table, ScriptError> {
         let path = &config.from;
@@ -322,16 +316,13 @@ mod tests {
         for config in [csv, json] {
             let t = Table::load(&config).unwrap();
             let (cat, price) = (
-                t.column("category").unwrap(),
-                t.column("list_price").unwrap(),
+                t.column_map(t.column("category").unwrap()),
+                t.column_map(t.column("list_price").unwrap()),
             );
-            assert_eq!(t.get("item_1", cat), Some(&Cell::Text("books".into())));
-            assert_eq!(
-                t.get("item_2", cat),
-                Some(&Cell::Text("garden, tools".into()))
-            );
-            assert_eq!(t.get("item_2", price), Some(&Cell::Number(40.0)));
-            assert_eq!(t.get("item_3", cat), None);
+            assert_eq!(cat.get("item_1"), Some(&Cell::Text("books".into())));
+            assert_eq!(cat.get("item_2"), Some(&Cell::Text("garden, tools".into())));
+            assert_eq!(price.get("item_2"), Some(&Cell::Number(40.0)));
+            assert_eq!(cat.get("item_3"), None);
             assert_eq!(t.len(), 2);
         }
     }

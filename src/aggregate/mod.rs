@@ -7,6 +7,7 @@
 //! partition and pane in a window, so several runners in one group report one exact result.
 
 pub mod backfill;
+mod derive;
 mod keys;
 pub mod lookup;
 mod metric;
@@ -23,6 +24,7 @@ mod sketch;
 mod window;
 mod write;
 
+pub use derive::{Derivations, DeriveConfig};
 pub use lookup::{LookupConfig, Lookups};
 pub use metric::{Metric, MetricConfig, Partial, TimeMode};
 pub use quantile::{label as quantile_label, nearest_rank, ACCURACY as QUANTILE_ACCURACY};
@@ -32,9 +34,10 @@ pub use session::{Measure, SessionConfig};
 pub use window::Window;
 pub use write::{Absorbed, Aggregator, Loaded};
 
-use crate::event::Schema;
+use crate::event::{Record, Schema};
 use crate::script::{MapFields, ScriptError};
 use crate::store::StateStore;
+use crate::telemetry::Stats;
 use std::collections::HashSet;
 
 /// The compiled metrics of a pipeline.
@@ -44,6 +47,8 @@ pub struct MetricSet {
     lookups: Lookups,
     /// The fields the record maps need, when any metric calls a script function per record.
     map_fields: Option<MapFields>,
+    /// The `[[derive]]` fields its metrics may read, set before they apply a record.
+    derivations: Derivations,
 }
 
 impl MetricSet {
@@ -54,20 +59,25 @@ impl MetricSet {
         lookups: &[LookupConfig],
         schema: &Schema,
     ) -> Result<MetricSet, ScriptError> {
-        Self::load_all(configs, lookups, schema).map_err(|mut errors| errors.remove(0))
+        Self::load_all(configs, lookups, &[], schema).map_err(|mut errors| errors.remove(0))
     }
 
-    /// Loads the lookup tables and compiles every metric, and on failure returns every
-    /// problem, not only the first.
+    /// Loads the lookup tables and compiles every derivation and metric, and on failure
+    /// returns every problem, not only the first. `schema` holds the derived fields
+    /// ([`DeriveConfig::field`]).
     pub fn load_all(
         configs: &[MetricConfig],
         lookups: &[LookupConfig],
+        derive: &[DeriveConfig],
         schema: &Schema,
     ) -> Result<MetricSet, Vec<ScriptError>> {
         let lookups = Lookups::load(lookups)?;
+        let mut errors = Vec::new();
+        let derivations = Derivations::load(derive, schema, &lookups)
+            .map_err(|e| errors.extend(e))
+            .unwrap_or_default();
         let mut seen = HashSet::new();
         let mut metrics = Vec::with_capacity(configs.len());
-        let mut errors = Vec::new();
         for c in configs {
             if !seen.insert(c.name.as_str()) {
                 errors.push(ScriptError::whole_file(
@@ -93,7 +103,16 @@ impl MetricSet {
             metrics,
             lookups,
             map_fields,
+            derivations,
         })
+    }
+
+    /// Sets the derived fields of every record (before the records are stored, and before any
+    /// metric applies them); a failure is counted in `stats` and leaves that field missing.
+    pub fn derive(&self, events: &mut [Record], stats: &Stats) {
+        if !self.derivations.is_empty() {
+            self.derivations.apply(events, stats);
+        }
     }
 
     /// The lookup tables its metrics may read.
@@ -119,6 +138,7 @@ impl MetricSet {
             metrics: vec![m],
             lookups: self.lookups.clone(),
             map_fields,
+            derivations: self.derivations.clone(),
         }
     }
 

@@ -79,7 +79,8 @@ pub async fn recompute(
         };
         let (start, _) = history.start(partition, since).await?;
         let end = history.end(partition).await?;
-        let mut aggregator = Aggregator::new(one.clone(), Stats::new());
+        let stats = Stats::new();
+        let mut aggregator = Aggregator::new(one.clone(), stats.clone());
         let mut after = start - 1;
         let mut idle = 0;
         while after < end {
@@ -103,6 +104,7 @@ pub async fn recompute(
                 batch.sources.push((partition, at));
             }
             screen(&mut batch);
+            one.derive(&mut batch.events, &stats);
             aggregator.apply(&batch.events, &batch.sources);
             done.events += batch.events.len() as u64;
             let records = write(aggregator.take_closed(false));

@@ -322,6 +322,33 @@ fn lookup_selector(
     })
 }
 
+/// A script's `field(...)`, `lookup(...)` or `Fn("name")` as a selector; `name` is what the
+/// script gave it as (`key`, `value`), for the error.
+pub fn selector(
+    path: &Path,
+    name: &str,
+    v: Dynamic,
+    schema: &Schema,
+    lookups: &Lookups,
+) -> Result<Selector, ScriptError> {
+    if let Some(f) = v.clone().try_cast::<FieldRef>() {
+        Field::parse(&f.0, schema)
+            .map(Selector::Field)
+            .map_err(|m| ScriptError::whole_file(path, m))
+    } else if let Some(l) = v.clone().try_cast::<LookupRef>() {
+        lookup_selector(l, schema, lookups)
+            .map(|l| Selector::Lookup(Arc::new(l)))
+            .map_err(|(at, why)| ScriptError::at(path, at, why))
+    } else if let Some(f) = v.try_cast::<FnPtr>() {
+        Ok(Selector::Script(f))
+    } else {
+        Err(ScriptError::whole_file(
+            path,
+            format!("`{name}` must be field(\"name\"), lookup(\"table\", \"field\", \"column\") or Fn(\"function\")"),
+        ))
+    }
+}
+
 /// The selectors a metric script described.
 #[derive(Debug, Clone)]
 pub struct Selectors {
@@ -344,21 +371,7 @@ pub fn selectors(
 ) -> Result<Selectors, ScriptError> {
     let err = |m: String| ScriptError::whole_file(path, m);
     let field = |name: &str| Field::parse(name, schema).map_err(err);
-    let selector = |name: &str, v: Dynamic| -> Result<Selector, ScriptError> {
-        if let Some(f) = v.clone().try_cast::<FieldRef>() {
-            Ok(Selector::Field(field(&f.0)?))
-        } else if let Some(l) = v.clone().try_cast::<LookupRef>() {
-            lookup_selector(l, schema, lookups)
-                .map(|l| Selector::Lookup(Arc::new(l)))
-                .map_err(|(at, why)| ScriptError::at(path, at, why))
-        } else if let Some(f) = v.try_cast::<FnPtr>() {
-            Ok(Selector::Script(f))
-        } else {
-            Err(err(format!(
-                "`{name}` must be field(\"name\"), lookup(\"table\", \"field\", \"column\") or Fn(\"function\")"
-            )))
-        }
-    };
+    let selector = |name: &str, v: Dynamic| selector(path, name, v, schema, lookups);
     let filter_of = |name: &str, v: Dynamic| -> Result<Filter, ScriptError> {
         if let Some(FieldIn(name, values, at)) = v.clone().try_cast::<FieldIn>() {
             let f = field(&name)?;

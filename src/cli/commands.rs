@@ -1,7 +1,7 @@
 //! The subcommands behind the CLI, as library functions so tests can call them directly.
 //! (`runner validate` is [`crate::pipeline::validate`], the compile step `run` uses.)
 
-use crate::aggregate::{MetricSet, MetricValue};
+use crate::aggregate::MetricValue;
 use crate::config::Pipeline;
 use crate::generator::{Generator, GeneratorScript};
 use std::io::Write;
@@ -68,11 +68,7 @@ pub fn generate(
 
 /// Reads every metric's current window from the pipeline's store.
 pub async fn metrics(pipeline: &Pipeline, at_ms: i64) -> anyhow::Result<Vec<MetricValue>> {
-    let set = MetricSet::load(
-        &pipeline.config.metrics,
-        &pipeline.config.lookups,
-        &pipeline.schema(),
-    )?;
+    let set = pipeline.metric_set().map_err(|mut e| e.remove(0))?;
     let store = crate::pipeline::open_store(&pipeline.config).await?.store;
     set.read_all(&*store, at_ms).await
 }
@@ -85,11 +81,7 @@ pub async fn metrics_at(
     pipeline: &Pipeline,
     at_ms: i64,
 ) -> anyhow::Result<(Vec<MetricValue>, Vec<String>)> {
-    let set = MetricSet::load(
-        &pipeline.config.metrics,
-        &pipeline.config.lookups,
-        &pipeline.schema(),
-    )?;
+    let set = pipeline.metric_set().map_err(|mut e| e.remove(0))?;
     let store = crate::pipeline::open_store(&pipeline.config).await?.store;
     let (mut values, mut not_final) = (Vec::new(), Vec::new());
     for m in set.metrics() {
@@ -177,7 +169,7 @@ pub async fn backfill(
     until: Option<std::time::Duration>,
 ) -> anyhow::Result<crate::aggregate::recompute::Recomputed> {
     let config = &pipeline.config;
-    let set = MetricSet::load(&config.metrics, &config.lookups, &pipeline.schema())?;
+    let set = pipeline.metric_set().map_err(|mut e| e.remove(0))?;
     let index = set
         .metrics()
         .iter()

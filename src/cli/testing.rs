@@ -187,11 +187,7 @@ pub async fn run_tests(pipeline: &Pipeline, tests: &Path) -> anyhow::Result<Vec<
         anyhow::anyhow!("{}:{line}: {}", tests.display(), e.message().trim())
     })?;
     let schema = pipeline.schema();
-    let set = Arc::new(MetricSet::load(
-        &pipeline.config.metrics,
-        &pipeline.config.lookups,
-        &schema,
-    )?);
+    let set = Arc::new(pipeline.metric_set().map_err(|mut e| e.remove(0))?);
     let mut outcomes = Vec::new();
     for case in file.tests {
         outcomes.push(
@@ -527,7 +523,9 @@ async fn run_case(
             schema,
             &[],
         )?;
-        let mut agg = Aggregator::new(set.clone(), Stats::new());
+        let stats = Stats::new();
+        set.derive(&mut events, &stats);
+        let mut agg = Aggregator::new(set.clone(), stats);
         let absorbed = agg
             .absorb(
                 &Batch {

@@ -9,7 +9,7 @@
 //! (a field the writer lacks is missing, for the record's checks to judge).
 
 use super::bytes_hex;
-use crate::event::{iso, parse_time, FieldType, Framing, Naive, Record, Schema, Value};
+use crate::event::{iso, parse_time, FieldType, Framing, Naive, Origin, Record, Schema, Value};
 use apache_avro::schema::{Name, Schema as Avro, UuidSchema};
 use serde_json::Value as Json;
 use std::collections::HashMap;
@@ -82,6 +82,7 @@ pub fn schema_for(record: &Schema, name: &str) -> String {
     let fields: Vec<serde_json::Value> = record
         .fields()
         .iter()
+        .filter(|f| f.origin == Origin::Declared)
         .map(|f| {
             let ty = match f.spec.ty {
                 FieldType::String => serde_json::json!("string"),

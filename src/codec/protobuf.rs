@@ -11,7 +11,7 @@
 //! absent, as every Protobuf reader does. `google.protobuf.Timestamp` is a timestamp. Repeated,
 //! map and other message fields are kept as undeclared fields, in Protobuf's JSON mapping.
 
-use crate::event::{iso, FieldType, Framing, Record, Schema, Value};
+use crate::event::{iso, FieldType, Framing, Origin, Record, Schema, Value};
 use prost::Message;
 use prost_reflect::{
     DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage, Value as Proto,
@@ -55,7 +55,11 @@ pub fn compile(file: &Path, message: &str) -> Result<MessageDescriptor, String> 
 /// writes the same records in, and a start for a user moving a JSON pipeline to Protobuf.
 pub fn proto_for(record: &Schema, package: &str, message: &str) -> String {
     let mut text = format!("syntax = \"proto3\";\npackage {package};\nimport \"google/protobuf/timestamp.proto\";\nmessage {message} {{\n");
-    for (i, f) in record.fields().iter().enumerate() {
+    let declared = record
+        .fields()
+        .iter()
+        .filter(|f| f.origin == Origin::Declared);
+    for (i, f) in declared.enumerate() {
         let ty = match f.spec.ty {
             FieldType::String => "string",
             FieldType::Int => "int64",

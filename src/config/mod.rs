@@ -64,6 +64,9 @@ pub struct PipelineConfig {
     /// Lookup tables metric scripts read with `lookup(...)`, one `[[lookup]]` table each.
     #[serde(default, rename = "lookup")]
     pub lookups: Vec<crate::aggregate::LookupConfig>,
+    /// Fields computed once per record before the metrics, one `[[derive]]` table each.
+    #[serde(default)]
+    pub derive: Vec<crate::aggregate::DeriveConfig>,
     /// Alert evaluation, thresholds and channels.
     #[serde(default)]
     pub alerting: AlertingConfig,
@@ -216,6 +219,15 @@ impl Pipeline {
             .expect("[event] is checked when the pipeline file loads")
     }
 
+    /// Its metrics with their lookup tables and derived fields, compiled; on failure every
+    /// problem.
+    pub fn metric_set(
+        &self,
+    ) -> Result<crate::aggregate::MetricSet, Vec<crate::script::ScriptError>> {
+        let c = &self.config;
+        crate::aggregate::MetricSet::load_all(&c.metrics, &c.lookups, &c.derive, &self.schema())
+    }
+
     /// The folder relative paths in the file are resolved against.
     pub fn base_dir(&self) -> &Path {
         self.path.parent().unwrap_or(Path::new("."))
@@ -252,6 +264,9 @@ impl Pipeline {
         }
         for l in &mut self.config.lookups {
             resolve(&mut l.from);
+        }
+        for d in &mut self.config.derive {
+            resolve(&mut d.script);
         }
         for a in &mut self.config.alerts {
             if let Some(s) = a.script.as_mut() {
@@ -320,9 +335,13 @@ impl PipelineConfig {
         }
     }
 
-    /// The record schema `[event]` declares, or what is wrong with it.
+    /// The record schema `[event]` declares, with the `[[derive]]` fields after its own, or
+    /// what is wrong with them.
     pub fn schema(&self) -> Result<Arc<Schema>, Vec<String>> {
-        Schema::new(&self.event).map(Arc::new)
+        let derived: Vec<_> = self.derive.iter().map(|d| d.field()).collect();
+        Schema::new(&self.event)
+            .and_then(|s| s.with_derived(&derived))
+            .map(Arc::new)
     }
 
     /// `[results] topic` is published on the `[kafka]` cluster, so there must be one; Avro
@@ -461,7 +480,7 @@ fn explain(message: &str) -> String {
 fn problem_line(text: &str, problem: &str) -> Option<usize> {
     let line_where =
         |wanted: &dyn Fn(&str) -> bool| text.lines().position(|l| wanted(l.trim())).map(|i| i + 1);
-    for kind in ["metric ", "alert "] {
+    for kind in ["metric ", "alert ", "derive "] {
         let name = problem
             .find(kind)
             .and_then(|i| problem[i + kind.len()..].strip_prefix('"'))

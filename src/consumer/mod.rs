@@ -163,6 +163,9 @@ pub async fn run(
     let reader_until = until.clone();
     let stats_reader = stats.clone();
     let validation = config.validation.clone();
+    // Derived fields are set here, before the raw records are encoded for the store, with the
+    // newest metric set's derivations (a reload reaches the batches read after it).
+    let mut derivations = Derivations::new(aggregator.as_ref(), metrics.as_ref());
     let reader_workers = workers.clone();
     let reader = tokio::spawn(async move {
         let mut last_data = Instant::now();
@@ -176,6 +179,7 @@ pub async fn run(
                     last_data = Instant::now();
                     let (batch, encoded) = reader_workers.run(|parallel| {
                         validation.apply(&mut batch);
+                        derivations.apply(&mut batch.events, &stats_reader);
                         // Read as of now, before encoding, as the latency figures count it.
                         stats_reader.read(batch.events.iter().map(Record::time_ms));
                         let parts = if parallel {
@@ -394,6 +398,35 @@ impl Unsaved {
     }
 }
 
+/// The reader's view of the derivations: the running metric set's, following reloads.
+struct Derivations {
+    set: Option<Arc<MetricSet>>,
+    reloads: Option<tokio::sync::watch::Receiver<Arc<MetricSet>>>,
+}
+
+impl Derivations {
+    fn new(
+        aggregator: Option<&Aggregator>,
+        reloads: Option<&tokio::sync::watch::Receiver<Arc<MetricSet>>>,
+    ) -> Self {
+        Derivations {
+            set: aggregator.map(|a| a.set().clone()),
+            reloads: reloads.cloned(),
+        }
+    }
+
+    fn apply(&mut self, events: &mut [Record], stats: &Stats) {
+        if let Some(rx) = self.reloads.as_mut() {
+            if rx.has_changed().unwrap_or(false) {
+                self.set = Some(rx.borrow_and_update().clone());
+            }
+        }
+        if let Some(set) = &self.set {
+            set.derive(events, stats);
+        }
+    }
+}
+
 /// Stores one batch's raw events and dead letters for what could not be used, and applies it to
 /// the metrics; its partials are written by the next checkpoint.
 async fn store_batch(
@@ -508,7 +541,7 @@ async fn collisions(
     let mut out = Vec::new();
     for &i in duplicates {
         let e = &batch.events[i];
-        if by_id.get(e.id()).is_some_and(|s| **s != *e) {
+        if by_id.get(e.id()).is_some_and(|s| !s.same_content(e)) {
             let at = batch.sources.get(i).copied().unwrap_or((NO_PARTITION, -1));
             let id = DeadLetter::record_id("duplicate_id", e, at);
             tracing::warn!(event_id = e.id(), partition = at.0, offset = at.1, "a record reuses an id stored with other content: the store keeps the first, the metrics count both, and this one is a duplicate_id dead letter");

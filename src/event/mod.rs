@@ -8,7 +8,10 @@ mod wire;
 
 pub use json::DecodeError;
 pub use record::{iso, parse_time, Record, Text, Value};
-pub use schema::{EventConfig, Extra, Field, FieldSpec, FieldType, Naive, Schema, DEFAULT_MAX_LEN};
+pub use schema::{
+    derived_type, DerivedField, EventConfig, Extra, Field, FieldSpec, FieldType, Naive, Origin,
+    Schema, DEFAULT_MAX_LEN,
+};
 pub use wire::{Format, Framing};
 
 /// A schema from the text of an `[event]` section (unit tests).

@@ -4,7 +4,7 @@
 //! breaks the schema, so a record from any transport (or from a generator hook) is judged by the
 //! same rules.
 
-use super::schema::{Extra, FieldType, Naive, Schema};
+use super::schema::{Extra, FieldType, Naive, Origin, Schema};
 use chrono::{DateTime, NaiveDateTime, SecondsFormat};
 use smallvec::SmallVec;
 use std::borrow::Cow;
@@ -167,14 +167,29 @@ impl Record {
         &mut self.extra
     }
 
-    /// Every declared field that has a value, with its name, in slot order.
+    /// Every field written out that has a value (declared, and derived with `store = true`),
+    /// with its name, in slot order.
     pub fn present(&self) -> impl Iterator<Item = (&str, &Value)> {
         self.schema
             .fields()
             .iter()
             .zip(&self.slots)
-            .filter(|(_, v)| !matches!(v, Value::Missing))
+            .filter(|(f, v)| !matches!(v, Value::Missing) && f.stored())
             .map(|(f, v)| (f.name.as_str(), v))
+    }
+
+    /// Whether two records say the same as they arrived: every declared field and the
+    /// undeclared ones. Derived values are left out: they are the pipeline's reading of the
+    /// record (a replay after a derivation changed is still a replay).
+    pub fn same_content(&self, other: &Record) -> bool {
+        self.extra == other.extra
+            && self
+                .schema
+                .fields()
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| f.origin == Origin::Declared)
+                .all(|(i, f)| other.field(&f.name).unwrap_or(&Value::Missing) == &self.slots[i])
     }
 
     /// The unique id ("" until assigned).
@@ -214,6 +229,9 @@ impl Record {
     /// value the schema's checks refuse (`values`, `min`/`max`, `non_empty`).
     pub fn check(&self) -> Result<(), (bool, String)> {
         for (i, (f, v)) in self.schema.fields().iter().zip(&self.slots).enumerate() {
+            if f.origin != Origin::Declared {
+                continue; // derived after the check, by its own typing
+            }
             let s = &f.spec;
             let fits = match (s.ty, v) {
                 (_, Value::Missing) => {

@@ -296,11 +296,54 @@ fn parse_offset(text: &str) -> Option<i32> {
     ((0..24).contains(&h) && (0..60).contains(&m)).then_some(sign * (h * 3600 + m * 60))
 }
 
-/// A declared field with its slot in every record.
+/// A field with its slot in every record: declared in `[event]`, or derived.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Field {
     pub name: String,
     pub spec: FieldSpec,
+    pub origin: Origin,
+}
+
+impl Field {
+    /// Whether the raw record is written with this field (declared fields and derived ones with
+    /// `store = true`).
+    pub fn stored(&self) -> bool {
+        match self.origin {
+            Origin::Declared => true,
+            Origin::Derived { store } => store,
+        }
+    }
+}
+
+/// Where a field's value comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The record as it arrives.
+    Declared,
+    /// Computed per record by a `[[derive]]` before the metrics (`store`: written with the raw
+    /// record too). The checks of `[event]` do not apply: the derivation types it.
+    Derived { store: bool },
+}
+
+/// A `[[derive]]`'s field as the schema sees it: its name, type, and whether it is stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DerivedField {
+    pub name: String,
+    pub ty: FieldType,
+    pub store: bool,
+}
+
+/// Reads a derived field's `type`: a type name without `?` (a derived value is missing
+/// whenever its derivation gives nothing, so every derived field may be missing).
+pub fn derived_type<'de, D: Deserializer<'de>>(d: D) -> Result<FieldType, D::Error> {
+    let text = String::deserialize(d)?;
+    match FieldType::parse(&text) {
+        Ok((ty, false)) => Ok(ty),
+        Ok((_, true)) => Err(de::Error::custom(format!(
+            "{text:?}: a derived field is always optional (missing when its derivation gives nothing); write the type without `?`"
+        ))),
+        Err(e) => Err(de::Error::custom(e)),
+    }
 }
 
 /// The compiled `[event]`: fields in slot order, and the slots of id, time and key.
@@ -322,6 +365,7 @@ impl Schema {
             .map(|(name, spec)| Field {
                 name: name.clone(),
                 spec: spec.clone(),
+                origin: Origin::Declared,
             })
             .collect();
         let mut problems = Vec::new();
@@ -364,12 +408,7 @@ impl Schema {
         }
         for f in &fields {
             let s = &f.spec;
-            if !f
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_')
-                || f.name.starts_with(|c: char| c.is_ascii_digit())
-            {
+            if !plain_name(&f.name) {
                 problems.push(format!("event.fields: {:?} is not a plain name (letters, digits and _, not starting with a digit)", f.name));
             }
             if !s.values.is_empty() && !matches!(s.ty, FieldType::String | FieldType::Int) {
@@ -425,7 +464,36 @@ impl Schema {
         }
     }
 
-    /// The declared fields, in slot order.
+    /// Adds the `[[derive]]` fields after the declared ones; each problem starts with
+    /// `derive "<name>"` so the config can point at its line.
+    pub fn with_derived(mut self, derived: &[DerivedField]) -> Result<Schema, Vec<String>> {
+        let mut problems = Vec::new();
+        for d in derived {
+            let named = format!("derive {:?}", d.name);
+            if !plain_name(&d.name) {
+                problems.push(format!(
+                    "{named}: not a plain name (letters, digits and _, not starting with a digit)"
+                ));
+            } else if let Some(f) = self.fields.iter().find(|f| f.name == d.name) {
+                problems.push(match f.origin {
+                    Origin::Declared => format!("{named}: [event] declares a field of that name (a derived field needs a name of its own)"),
+                    Origin::Derived { .. } => format!("{named}: derived twice"),
+                });
+            } else {
+                self.fields.push(Field {
+                    name: d.name.clone(),
+                    spec: FieldSpec::of(d.ty, true),
+                    origin: Origin::Derived { store: d.store },
+                });
+            }
+        }
+        match problems.is_empty() {
+            true => Ok(self),
+            false => Err(problems),
+        }
+    }
+
+    /// The fields, declared then derived, in slot order.
     pub fn fields(&self) -> &[Field] {
         &self.fields
     }
@@ -461,6 +529,13 @@ impl Schema {
     pub fn time_name(&self) -> &str {
         &self.fields[self.time].name
     }
+}
+
+/// Letters, digits and `_`, not starting with a digit: a name every store and script can use.
+fn plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !name.starts_with(|c: char| c.is_ascii_digit())
 }
 
 #[cfg(test)]

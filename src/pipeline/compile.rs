@@ -63,7 +63,7 @@ fn compile_reporting(pipeline: Pipeline, mut problems: Vec<String>) -> Result<Co
         (None, Some(_)) => None,
     };
     let metrics = schema.as_ref().and_then(|s| {
-        MetricSet::load_all(&c.metrics, &c.lookups, s)
+        MetricSet::load_all(&c.metrics, &c.lookups, &c.derive, s)
             .map_err(|errors| problems.extend(errors.iter().map(ToString::to_string)))
             .ok()
     });

@@ -56,6 +56,9 @@ pub const TABLE: &[Row] = &[
         crate::generator::GeneratorConfig { seed: None, ..a.generator.clone() } != crate::generator::GeneratorConfig { seed: None, ..b.generator.clone() }
     } },
     Row { key: "metric", effect: Effect::Live, note: "unchanged state shape keeps its window state; a new or redefined metric is backfilled from history", changed: |a, b| a.metrics != b.metrics },
+    Row { key: "derive.script", effect: Effect::Live, note: "the next batch is derived with the new script (so is one whose file changed); what was counted stays", changed: |a, b| a.derive.iter().map(|d| &d.script).ne(b.derive.iter().map(|d| &d.script)) },
+    // derive.script has its own row: this one compares the fields (name, type, store).
+    Row { key: "derive", effect: Effect::Restart, note: "a derived field's name, type and storage are part of the running record, as [event] is; until the restart the running derivations stay", changed: |a, b| a.derive.iter().map(|d| d.field()).ne(b.derive.iter().map(|d| d.field())) },
     Row { key: "lookup", effect: Effect::Live, note: "tables are read again (so is a changed file); metrics keep their window state and new records see the new rows", changed: |a, b| a.lookups != b.lookups },
     Row { key: "alerting", effect: Effect::Live, note: "interval, thresholds and channels apply from the next evaluation", changed: |a, b| a.alerting != b.alerting },
     Row { key: "alert", effect: Effect::Live, note: "rules that stay keep their pending and firing instances; removed ones resolve", changed: |a, b| a.alerts != b.alerts },
@@ -86,6 +89,7 @@ fn sections_in_table(c: &PipelineConfig) {
         dashboard: _,
         metrics: _,
         lookups: _,
+        derive: _,
         alerting: _,
         alerts: _,
         source: _,

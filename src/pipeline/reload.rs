@@ -67,6 +67,7 @@ fn watched_files(p: &Pipeline) -> BTreeSet<PathBuf> {
     files.extend(p.config.generator.script.clone());
     files.extend(p.config.metrics.iter().map(|m| m.script.clone()));
     files.extend(p.config.lookups.iter().map(|l| l.from.clone()));
+    files.extend(p.config.derive.iter().map(|d| d.script.clone()));
     files.extend(p.config.alerts.iter().filter_map(|a| a.script.clone()));
     files
 }
@@ -144,12 +145,26 @@ fn folders(files: &BTreeSet<PathBuf>) -> BTreeSet<PathBuf> {
 /// Reads the file again and compiles everything it names; nothing is applied here. The records
 /// in flight are of the running `[event]`, so the scripts are compiled against it; a changed
 /// `[event]` (returned beside, for the diff) applies at the next start.
-fn recompile(current: &Pipeline) -> Result<(Compiled, EventConfig), String> {
+fn recompile(current: &Pipeline) -> Result<(Compiled, Shape), String> {
     let mut next = current.reload().map_err(|e| e.to_string())?;
-    let wanted = std::mem::replace(&mut next.config.event, current.config.event.clone());
+    let event = std::mem::replace(&mut next.config.event, current.config.event.clone());
+    // So are the derived fields' names, types and storage; with those unchanged, their
+    // scripts reload like a metric's.
+    let fields = |c: &PipelineConfig| c.derive.iter().map(|d| d.field()).collect::<Vec<_>>();
+    let derive = match fields(&next.config) == fields(&current.config) {
+        true => next.config.derive.clone(),
+        false => std::mem::replace(&mut next.config.derive, current.config.derive.clone()),
+    };
     compile(next)
-        .map(|c| (c, wanted))
+        .map(|c| (c, Shape { event, derive }))
         .map_err(|e| e.to_string())
+}
+
+/// What a new version of the file asks of the record (`[event]` and the `[[derive]]` list):
+/// it applies at the next start, and is compared for the reload status.
+struct Shape {
+    event: EventConfig,
+    derive: Vec<crate::aggregate::DeriveConfig>,
 }
 
 /// What the generator takes from a compiled version.
@@ -278,18 +293,19 @@ impl Reloader {
                 .await
                 .unwrap_or_else(|e| Err(format!("reload failed: {e}")));
             match compiled {
-                Ok((compiled, event)) => self.apply(compiled, event, attempted),
+                Ok((compiled, shape)) => self.apply(compiled, shape, attempted),
                 Err(error) => self.reject(error, attempted),
             }
         }
     }
 
     /// Hands a good new version to every component and records what changed.
-    fn apply(&mut self, compiled: Compiled, event: EventConfig, attempted: chrono::DateTime<Utc>) {
+    fn apply(&mut self, compiled: Compiled, shape: Shape, attempted: chrono::DateTime<Utc>) {
         let diff = Diff::of(
             &self.current.config,
             &PipelineConfig {
-                event,
+                event: shape.event,
+                derive: shape.derive,
                 ..compiled.pipeline.config.clone()
             },
         );

@@ -231,6 +231,15 @@ impl Stats {
         }
     }
 
+    /// A `[[derive]]` failed on an event (counted with the script errors); the derived field is
+    /// missing in that event, which goes on to the store and the metrics.
+    pub fn derive_error(&self, field: &str, event_id: &str, error: &dyn std::fmt::Display) {
+        let n = self.script_errors.fetch_add(1, Relaxed) + 1;
+        if n <= 10 || n.is_power_of_two() {
+            tracing::warn!(derived_field = field, event_id, %error, errors_so_far = n, "derivation failed on an event; the derived field is missing in it");
+        }
+    }
+
     /// An event arrived later than a metric's allowed lateness; that metric leaves it out.
     pub fn late_event(&self, metric: &str, event_id: &str, late_by_ms: i64) {
         let n = self.late_events.fetch_add(1, Relaxed) + 1;

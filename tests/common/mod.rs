@@ -329,7 +329,12 @@ pub fn copy_pipeline(dir: &Path) -> PathBuf {
     for f in ["pipelines/interactions.toml", "scripts/generator.rhai"] {
         std::fs::copy(root.join(f), dir.join(f)).unwrap();
     }
-    for folder in ["scripts/metrics", "scripts/alerts", "lookups"] {
+    for folder in [
+        "scripts/metrics",
+        "scripts/derive",
+        "scripts/alerts",
+        "lookups",
+    ] {
         std::fs::create_dir_all(dir.join(folder)).unwrap();
         for e in std::fs::read_dir(root.join(folder)).unwrap() {
             let e = e.unwrap();

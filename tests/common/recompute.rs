@@ -2,7 +2,7 @@
 
 use super::Fields;
 use super::ServicePipeline;
-use runner::aggregate::{MetricSet, MetricValue};
+use runner::aggregate::MetricValue;
 use runner::event::Record;
 use runner::store::{self, Store};
 use serde_json::{json, Value};
@@ -18,6 +18,7 @@ pub fn recompute(events: &[Record], start: i64, end: i64) -> BTreeMap<String, Va
     let catalogue = categories();
     let mut by_category: BTreeMap<String, f64> = BTreeMap::new();
     let mut view_durations: Vec<f64> = Vec::new();
+    let mut by_length: BTreeMap<String, u64> = BTreeMap::new();
     // The shipped basket_prices buckets and their labels.
     let bounds = [25.0, 50.0, 100.0, 200.0, 300.0, 400.0];
     let labels = [
@@ -63,6 +64,15 @@ pub fn recompute(events: &[Record], start: i64, end: i64) -> BTreeMap<String, Va
             "view" => {
                 views += 1;
                 view_durations.extend(e.n("view_duration"));
+                // The shipped derived field view_length (scripts/derive/view_length.rhai).
+                if let Some(d) = e.n("view_duration") {
+                    let length = match d {
+                        d if d < 10.0 => "glance",
+                        d if d < 60.0 => "read",
+                        _ => "long",
+                    };
+                    *by_length.entry(length.to_string()).or_default() += 1;
+                }
             }
             _ => {}
         }
@@ -110,6 +120,7 @@ pub fn recompute(events: &[Record], start: i64, end: i64) -> BTreeMap<String, Va
         ("funnel".into(), funnel),
         ("revenue_by_category".into(), json!(by_category)),
         ("view_duration_p95".into(), p95),
+        ("views_by_length".into(), json!(by_length)),
         ("basket_prices".into(), json!(baskets)),
         (
             "avg_interactions_per_user".into(),
@@ -206,15 +217,20 @@ pub async fn assert_metrics_match(sp: &ServicePipeline, expected_events: u64) ->
         expected_events,
         "raw store holds every event once"
     );
+    // The shipped derived fields: `category` (store = true) is stored with every raw record as
+    // the catalogue says; `view_length` (not stored) is in none.
+    let catalogue = categories();
+    for e in &events {
+        let listed = catalogue
+            .get(e.s("item_id"))
+            .map_or("__missing__", String::as_str);
+        assert_eq!(e.s("category"), listed, "stored category of {}", e.id());
+        assert_eq!(e.field("view_length"), Some(&runner::event::Value::Missing));
+    }
     let at = events.iter().map(|e| e.time_ms()).max().unwrap();
-    let set = MetricSet::load(
-        &sp.pipeline.config.metrics,
-        &sp.pipeline.config.lookups,
-        &sp.pipeline.config.schema().unwrap(),
-    )
-    .unwrap();
+    let set = sp.pipeline.metric_set().unwrap();
     let values = set.read_all(&*store, at).await.unwrap();
-    assert_eq!(values.len(), 15);
+    assert_eq!(values.len(), 16);
     let (start, end) = (values[0].window_start, values[0].window_end);
     let expected = recompute(&events, start, end);
     let counted: u64 = expected["interaction_types"]

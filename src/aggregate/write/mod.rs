@@ -255,6 +255,11 @@ impl Aggregator {
     }
 
     /// The compiled metrics this aggregator runs.
+    /// What it counts (script errors, late events) in.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
     pub fn set(&self) -> &Arc<MetricSet> {
         &self.set
     }
@@ -470,13 +475,13 @@ fn apply_metric(
         };
         let key = (m.window.pane_of(t), partition);
         let replay = partition != NO_PARTITION;
-        let skip = match session {
+        // A session metric's table of the partition, as it stood: its offset and watermark
+        // (read once; the record updates the table below).
+        let table = session.map(|_| st.sessions.get(&partition).map(|t| (t.offset, t.watermark)));
+        let skip = match table {
             // A session metric's record may close sessions into any pane: its table says
             // whether it was applied.
-            Some(_) => st
-                .sessions
-                .get(&partition)
-                .is_some_and(|t| offset <= t.offset),
+            Some(t) => t.is_some_and(|(applied, _)| offset <= applied),
             None => st.cells.get(&key).is_some_and(|c| offset <= c.offset),
         };
         if replay && skip {
@@ -494,11 +499,8 @@ fn apply_metric(
         // A session metric judges lateness by its table's watermark: stored with its open
         // sessions (the partition's watermark record may be stored ahead of them), it is on a
         // replay what it was on the first pass.
-        let newest = match session {
-            Some(_) => st
-                .sessions
-                .get(&partition)
-                .map_or(i64::MIN, |t| t.watermark),
+        let newest = match table {
+            Some(t) => t.map_or(i64::MIN, |(_, watermark)| watermark),
             None => mark.time,
         };
         if newest != i64::MIN && t < newest - lateness {

@@ -4,9 +4,9 @@
 //! values is from the exact quantile.
 
 use super::{compare, figure, scratch_path, BenchOptions, Figure};
-use crate::aggregate::{Aggregator, MetricConfig, MetricSet, QUANTILE_ACCURACY};
+use crate::aggregate::{Aggregator, DeriveConfig, MetricConfig, MetricSet, QUANTILE_ACCURACY};
 use crate::config::Pipeline;
-use crate::event::{FieldType, Record, Value};
+use crate::event::{FieldType, Record, Schema, Value};
 use crate::generator::{Generator, GeneratorScript};
 use crate::telemetry::Stats;
 use std::sync::Arc;
@@ -110,6 +110,7 @@ pub(super) fn analytics_section(
         }
     }
     sessions_lines(pipeline, &events, &apply_ns_of(runs), figures)?;
+    derive_lines(pipeline, &events, &field, (lo + hi) / 2.0, runs, figures)?;
     if let Ok(set) = &sets[1].1 {
         let worst = worst_quantile_error(set, &events, &values)?;
         figures.push(figure(
@@ -200,6 +201,80 @@ fn sessions_lines(
     );
     figures.push(figure(&base, "ns/event", apply_ns(&plain, &stamped)));
     figures.push(figure(&line, "ns/event", apply_ns(&sessions, &stamped)));
+    compare(figures, &line, &base);
+    Ok(())
+}
+
+/// Three metrics grouping by one function of the record: each calling it (a script call per
+/// record and metric), against a `[[derive]]` that calls it once per record and three metrics
+/// grouping by the derived field (derivation included in the time).
+fn derive_lines(
+    pipeline: &Pipeline,
+    events: &[Record],
+    field: &str,
+    middle: f64,
+    runs: usize,
+    figures: &mut Vec<Figure>,
+) -> anyhow::Result<()> {
+    const METRICS: usize = 3;
+    let function = format!("fn half(e) {{ let v = e.{field}; if v == () {{ () }} else if v < {middle:?} {{ \"low\" }} else {{ \"high\" }} }}");
+    let called = scratch_path(".rhai");
+    std::fs::write(&called, format!("{function}\n#{{ key: Fn(\"half\") }}"))?;
+    let derivation = scratch_path(".rhai");
+    std::fs::write(&derivation, format!("{function}\nFn(\"half\")"))?;
+    let read = scratch_path(".rhai");
+    std::fs::write(&read, "#{ key: field(\"bench_half\") }")?;
+    let metrics = |script: &std::path::Path| -> anyhow::Result<Vec<MetricConfig>> {
+        (0..METRICS)
+            .map(|i| {
+                let text = format!("name = \"bench_{i}\"\nscript = {script:?}\nreducer = \"count\"\nwindow = \"60s\"\nslide = \"5s\"\n");
+                Ok(toml::from_str(&text)?)
+            })
+            .collect()
+    };
+    let derive: DeriveConfig = toml::from_str(&format!(
+        "name = \"bench_half\"\ntype = \"string\"\nscript = {derivation:?}\n"
+    ))?;
+    let schema = Arc::new(
+        Schema::clone(&pipeline.schema())
+            .with_derived(&[derive.field()])
+            .map_err(|p| anyhow::anyhow!(p.join("; ")))?,
+    );
+    let each = metrics(&called).and_then(|m| Ok(MetricSet::load(&m, &[], &schema)?));
+    let once = metrics(&read).and_then(|m| {
+        MetricSet::load_all(&m, &[], std::slice::from_ref(&derive), &schema)
+            .map_err(|mut e| anyhow::Error::from(e.remove(0)))
+    });
+    for f in [&called, &derivation, &read] {
+        let _ = std::fs::remove_file(f);
+    }
+    let (each, once) = (Arc::new(each?), Arc::new(once?));
+    // The records again, with the derived field's slot.
+    let mut records = events
+        .iter()
+        .map(|e| Record::from_json(&schema, e.to_json().as_bytes()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("bench: a generated record does not decode: {}", e.message))?;
+    let base =
+        format!("analytics: {METRICS} metrics grouping by a script function of {field}, apply");
+    let line = format!("analytics: the function as one [[derive]] and {METRICS} metrics grouping by its field, derive + apply");
+    figures.push(figure(
+        &base,
+        "ns/event",
+        apply_ns_of(runs)(&each, &records),
+    ));
+    let mut ns = Vec::new();
+    for _ in 0..runs {
+        let stats = Stats::new();
+        let mut agg = Aggregator::new(once.clone(), stats.clone());
+        let t = Instant::now();
+        for chunk in records.chunks_mut(2000) {
+            once.derive(chunk, &stats);
+            agg.apply(chunk, &[]);
+        }
+        ns.push(t.elapsed().as_nanos() as f64 / records.len().max(1) as f64);
+    }
+    figures.push(figure(&line, "ns/event", ns));
     compare(figures, &line, &base);
     Ok(())
 }

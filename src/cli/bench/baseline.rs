@@ -1,7 +1,7 @@
 //! The baselines the runner is measured against: the same work written directly, without the
 //! runner's abstractions (plain-Rust generation; raw librdkafka and MongoDB driver calls).
 
-use crate::event::{FieldType, Record, Schema, Value};
+use crate::event::{FieldType, Origin, Record, Schema, Value};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::sync::Arc;
@@ -34,7 +34,7 @@ impl PlainGenerator {
             for (i, f) in self.schema.fields().iter().enumerate() {
                 let rng = &mut self.rng;
                 let v = match f.spec.ty {
-                    _ if i == id || i == time => continue,
+                    _ if i == id || i == time || f.origin != Origin::Declared => continue,
                     FieldType::String => Value::Text(
                         self.labels[rng.random_range(0..self.labels.len())]
                             .as_str()

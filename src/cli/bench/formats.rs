@@ -3,7 +3,6 @@
 //! source end to end against reading its file raw.
 
 use super::{compare, figure, rate, scratch_path, BenchOptions, Figure};
-use crate::aggregate::MetricSet;
 use crate::codec::{Codec, Format};
 use crate::config::Pipeline;
 use crate::event::{Framing, Record};
@@ -29,11 +28,7 @@ pub(super) async fn formats_section(
     let dir = scratch_path("-formats");
     std::fs::create_dir_all(&dir)?;
     let codecs = codecs(pipeline, &dir)?;
-    let set = Arc::new(MetricSet::load(
-        &pipeline.config.metrics,
-        &pipeline.config.lookups,
-        &pipeline.schema(),
-    )?);
+    let set = Arc::new(pipeline.metric_set().map_err(|mut e| e.remove(0))?);
     for codec in &codecs {
         let messages = encode(codec, &events)?;
         let mut ns = Vec::new();

@@ -6,7 +6,7 @@ use super::{
     bench_run_options, child_peak_rss_mb, compare, figure, process_cpu, push_cpu, rate,
     us_per_event, BenchOptions, Figure,
 };
-use crate::aggregate::{Aggregator, MetricSet};
+use crate::aggregate::Aggregator;
 use crate::config::Pipeline;
 use crate::generator::{Generator, GeneratorScript};
 use crate::pipeline::{self, Components, RunOptions};
@@ -400,11 +400,7 @@ async fn consume_into_discard(p: &Pipeline) -> anyhow::Result<(f64, u64)> {
         stats.clone(),
     )?;
     let aggregator = Aggregator::new(
-        Arc::new(MetricSet::load(
-            &p.config.metrics,
-            &p.config.lookups,
-            &p.schema(),
-        )?),
+        Arc::new(p.metric_set().map_err(|mut e| e.remove(0))?),
         stats.clone(),
     );
     let producers_done = CancellationToken::new();

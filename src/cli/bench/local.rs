@@ -90,19 +90,17 @@ pub(super) fn aggregate_section(
 ) -> anyhow::Result<()> {
     let (n, runs) = (opts.events, opts.runs);
     tracing::info!("bench: aggregation");
-    let set = Arc::new(MetricSet::load(
-        &pipeline.config.metrics,
-        &pipeline.config.lookups,
-        &pipeline.schema(),
-    )?);
+    let set = Arc::new(pipeline.metric_set().map_err(|mut e| e.remove(0))?);
     let mut events = Vec::with_capacity(n as usize);
     Generator::new(script.clone(), Some(2)).fill(n as usize, &mut events);
     let (mut apply_ns, mut full_ns) = (Vec::new(), Vec::new());
     for _ in 0..runs {
-        let mut agg = Aggregator::new(set.clone(), Stats::new());
+        let stats = Stats::new();
+        let mut agg = Aggregator::new(set.clone(), stats.clone());
         let (mut apply, mut encode) = (Duration::ZERO, Duration::ZERO);
-        for chunk in events.chunks(2000) {
+        for chunk in events.chunks_mut(2000) {
             let t = Instant::now();
+            set.derive(chunk, &stats);
             agg.apply(chunk, &[]);
             apply += t.elapsed();
             let t = Instant::now();
@@ -267,7 +265,8 @@ pub(super) fn consuming_path_cpu(
 ) -> Vec<f64> {
     let mut cpu_us = Vec::new();
     for _ in 0..runs {
-        let mut agg = Aggregator::new(set.clone(), Stats::new());
+        let stats = Stats::new();
+        let mut agg = Aggregator::new(set.clone(), stats.clone());
         let before = process_cpu();
         for chunk in messages.chunks(2000) {
             let mut batch = Batch::default();
@@ -278,6 +277,7 @@ pub(super) fn consuming_path_cpu(
                 }
             }
             pipeline.config.consumer.validation.apply(&mut batch);
+            set.derive(&mut batch.events, &stats);
             agg.apply(&batch.events, &[]);
             std::hint::black_box(agg.checkpoint());
             std::hint::black_box(
@@ -373,11 +373,7 @@ pub(super) async fn embedded_section(
 
     // The consumer alone, as the Kafka figures measure it (the topic written first): the queue
     // holds the same events before it starts, so the generator takes no core from it.
-    let set = Arc::new(MetricSet::load(
-        &pipeline.config.metrics,
-        &pipeline.config.lookups,
-        &schema,
-    )?);
+    let set = Arc::new(pipeline.metric_set().map_err(|mut e| e.remove(0))?);
     let mut drained = Vec::new();
     for _ in 0..runs {
         let dir = scratch_path("");
