@@ -10,9 +10,10 @@
 //! store = false                                   # true: written with the raw record too
 //! ```
 //!
-//! The script evaluates, once at load, to what a metric's `key` may be: `field("meta.channel")`
-//! or `lookup("items", "item_id", "category")` (read in Rust, no script call per record), or
-//! `Fn("name")`, a function of the record called per record. Derivations run in file order, so
+//! The script evaluates, once at load, to what a metric's `key` may be: `field("meta.channel")`,
+//! `lookup("items", "item_id", "category")` or `bucket("view_duration", [10, 60], ["glance",
+//! "read", "long"])` (read in Rust, no script call per record), or `Fn("name")`, a function of
+//! the record called per record. Derivations run in file order, so
 //! a later one reads an earlier one's field. A value that does not fit the type (or a failing
 //! call) leaves the field missing in that record, counted and logged as a script error; the
 //! record itself goes on.
@@ -20,10 +21,7 @@
 use super::lookup::Lookups;
 use super::script::{self, FieldValue, Selector};
 use crate::event::{parse_time, DerivedField, FieldType, Naive, Record, Schema, Text, Value};
-use crate::script::{
-    compile_source, read_script, record_map_of, sandboxed_engine, MapFields, ScriptError,
-    ScriptLimits,
-};
+use crate::script::{record_map_of, MapFields, ScriptError};
 use crate::telemetry::Stats;
 use compact_str::ToCompactString;
 use rhai::{CallFnOptions, Dynamic, Engine, Scope, AST};
@@ -44,8 +42,8 @@ pub struct DeriveConfig {
     #[serde(rename = "type", deserialize_with = "crate::event::derived_type")]
     pub ty: FieldType,
     /// A Rhai script, relative to the pipeline file, that evaluates to `field("name")`,
-    /// `lookup("table", "field", "column")` (read in Rust) or `Fn("function")` (a function of
-    /// the record, called once per record).
+    /// `lookup("table", "field", "column")`, `bucket("field", [bounds], [labels])` (read in
+    /// Rust) or `Fn("function")` (a function of the record, called once per record).
     pub script: PathBuf,
     /// Also write the value with the raw record (stored, and shown where raw records are).
     #[serde(default)]
@@ -123,14 +121,7 @@ impl Derivations {
 impl Derivation {
     fn load(c: &DeriveConfig, schema: &Schema, lookups: &Lookups) -> Result<Self, ScriptError> {
         let path = &c.script;
-        // Per-record calls get a tight budget, as a metric's do.
-        let mut engine = sandboxed_engine(ScriptLimits {
-            max_operations: 100_000,
-            ..ScriptLimits::default()
-        });
-        script::register(&mut engine);
-        let source = read_script(path)?;
-        let ast = compile_source(&engine, path, &source)?;
+        let (engine, source, ast) = script::compile(path)?;
         let given: Dynamic = engine
             .eval_ast_with_scope(&mut Scope::new(), &ast)
             .map_err(|e| ScriptError::from_eval(path, &e))?;
@@ -335,8 +326,16 @@ mod tests {
         Ok((schema, set))
     }
 
-    fn record(schema: &Arc<Schema>, json: &str) -> Record {
-        Record::from_json(schema, json.as_bytes()).unwrap()
+    /// Records of `schema` with the ids 0, 1, ... and the fields `rest` each gives
+    /// (`"item":"a","n":3`).
+    fn records(schema: &Arc<Schema>, rest: &[&str]) -> Vec<Record> {
+        rest.iter()
+            .enumerate()
+            .map(|(i, fields)| {
+                let json = format!(r#"{{"id":"{i}","t":"2026-01-01T00:00:00Z",{fields}}}"#);
+                Record::from_json(schema, json.as_bytes()).unwrap()
+            })
+            .collect()
     }
 
     #[test]
@@ -362,16 +361,7 @@ mod tests {
             ),
         ])
         .unwrap();
-        let mut events = vec![
-            record(
-                &schema,
-                r#"{"id":"1","t":"2026-01-01T00:00:00Z","item":"a","n":3.5}"#,
-            ),
-            record(
-                &schema,
-                r#"{"id":"2","t":"2026-01-01T00:00:00Z","item":"zz","n":1}"#,
-            ),
-        ];
+        let mut events = records(&schema, &[r#""item":"a","n":3.5"#, r#""item":"zz","n":1"#]);
         let stats = Stats::new();
         set.apply(&mut events, &stats);
         let text = |e: &Record, f: &str| e.field(f).unwrap().as_text().unwrap().to_string();
@@ -381,6 +371,51 @@ mod tests {
         assert_eq!(text(&events[0], "size"), "big");
         assert_eq!(text(&events[1], "size"), "small");
         assert_eq!(stats.snapshot().script_errors, 0);
+    }
+
+    #[test]
+    fn a_bucket_names_the_range_a_number_falls_in_and_a_bound_starts_its_range() {
+        let (schema, set) = derive(&[(
+            "size",
+            FieldType::String,
+            false,
+            "bucket(\"n\", [10, 60.5], [\"small\", \"mid\", \"big\"])",
+        )])
+        .unwrap();
+        let mut events = records(
+            &schema,
+            &[
+                r#""item":"a","n":9.99"#,
+                r#""item":"a","n":10"#,
+                r#""item":"a","n":60.5"#,
+                r#""item":"a","n":1e308"#,
+                r#""item":"a""#,
+            ],
+        );
+        set.apply(&mut events, &Stats::new());
+        let got: Vec<Option<String>> = events
+            .iter()
+            .map(|e| e.field("size").unwrap().as_text().map(|t| t.to_string()))
+            .collect();
+        let want = [Some("small"), Some("mid"), Some("big"), Some("big"), None];
+        assert_eq!(got, want.map(|w| w.map(str::to_string)));
+        let labels = derive(&[(
+            "x",
+            FieldType::String,
+            false,
+            "bucket(\"n\", [1, 2], [\"a\", \"b\"])",
+        )]);
+        assert!(labels.err().unwrap().contains("so 3 labels (there are 2)"));
+        let order = derive(&[(
+            "x",
+            FieldType::String,
+            false,
+            "bucket(\"n\", [2, 1], [\"a\", \"b\", \"c\"])",
+        )]);
+        assert!(order
+            .err()
+            .unwrap()
+            .contains("x.rhai:1:1: bucket: bounds must be finite numbers in increasing order"));
     }
 
     #[test]
@@ -395,16 +430,7 @@ mod tests {
             ("item_again", FieldType::String, false, "field(\"item\")"),
         ])
         .unwrap();
-        let mut events = vec![
-            record(
-                &schema,
-                r#"{"id":"1","t":"2026-01-01T00:00:00Z","item":"a","n":3}"#,
-            ),
-            record(
-                &schema,
-                r#"{"id":"2","t":"2026-01-01T00:00:00Z","item":"b","n":1}"#,
-            ),
-        ];
+        let mut events = records(&schema, &[r#""item":"a","n":3"#, r#""item":"b","n":1"#]);
         let stats = Stats::new();
         set.apply(&mut events, &stats);
         // A text for a float, and an infinity: both missing, both counted; the other field set.
@@ -425,10 +451,7 @@ mod tests {
             ("dropped", FieldType::String, false, "field(\"item\")"),
         ])
         .unwrap();
-        let mut events = vec![record(
-            &schema,
-            r#"{"id":"1","t":"2026-01-01T00:00:00Z","item":"a"}"#,
-        )];
+        let mut events = records(&schema, &[r#""item":"a""#]);
         let before = events[0].clone();
         set.apply(&mut events, &Stats::new());
         let json: serde_json::Value = serde_json::from_str(&events[0].to_json()).unwrap();
@@ -439,10 +462,7 @@ mod tests {
             "derived values are not the record's content"
         );
         // A record arriving with a derived field's name has it replaced, and no check applies.
-        let mut sent = vec![record(
-            &schema,
-            r#"{"id":"2","t":"2026-01-01T00:00:00Z","item":"b","kept":7}"#,
-        )];
+        let mut sent = records(&schema, &[r#""item":"b","kept":7"#]);
         assert!(sent[0].check().is_ok());
         set.apply(&mut sent, &Stats::new());
         assert_eq!(sent[0].field("kept"), Some(&Value::Text("b".into())));

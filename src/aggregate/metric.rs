@@ -7,9 +7,7 @@ use super::session::{Closed, Measure, SessionConfig, Spec};
 use super::window::Window;
 use crate::base::de;
 use crate::event::{Record, Schema, DEFAULT_MAX_LEN};
-use crate::script::{
-    compile_source, read_script, sandboxed_engine, MapFields, ScriptError, ScriptLimits,
-};
+use crate::script::{MapFields, ScriptError};
 use crate::store::StateJson;
 use rhai::{CallFnOptions, Dynamic, Engine, Scope, AST};
 use serde::Deserialize;
@@ -162,14 +160,7 @@ impl Metric {
         let window = config
             .window()
             .map_err(|m| ScriptError::whole_file(path, m))?;
-        // Per-event calls get a tight budget: a runaway script fails its event, not the pipeline.
-        let mut engine = sandboxed_engine(ScriptLimits {
-            max_operations: 100_000,
-            ..ScriptLimits::default()
-        });
-        script::register(&mut engine);
-        let source = read_script(path)?;
-        let ast = compile_source(&engine, path, &source)?;
+        let (engine, source, ast) = script::compile(path)?;
         let has = |name: &str, params: usize| {
             ast.iter_functions()
                 .any(|f| f.name == name && f.params.len() == params)

@@ -18,8 +18,8 @@
 
 use super::lookup::{Cell, Lookups, MISSING_KEY};
 use crate::event::{Extra, FieldType, Naive, Record, Schema, Text, Value};
-use crate::script::ScriptError;
-use rhai::{Dynamic, Engine, FnPtr, Map, NativeCallContext, Position};
+use crate::script::{compile_source, read_script, sandboxed_engine, ScriptError, ScriptLimits};
+use rhai::{Dynamic, Engine, FnPtr, Map, NativeCallContext, Position, AST};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -89,12 +89,13 @@ impl Field {
     }
 }
 
-/// How a metric picks its key or value: a field read in Rust, a lookup table's column read in
-/// Rust, or a script function.
+/// How a metric picks its key or value: a field read in Rust, a lookup table's column or a
+/// bucket of a number read in Rust, or a script function.
 #[derive(Debug, Clone)]
 pub enum Selector {
     Field(Field),
     Lookup(Arc<LookupSelector>),
+    Bucket(Arc<BucketSelector>),
     Script(FnPtr),
 }
 
@@ -105,7 +106,31 @@ impl Selector {
         match self {
             Selector::Field(f) => Some(f.get(e)),
             Selector::Lookup(l) => Some(l.get(e)),
+            Selector::Bucket(b) => Some(b.get(e)),
             Selector::Script(_) => None,
+        }
+    }
+}
+
+/// `bucket(field, [bounds], [labels])`: the label of the range a number falls in (below the
+/// first bound the first label, from a bound up to the next the next label, from the last bound
+/// up the last), so a duration or a price groups into a few named ranges with no script call.
+#[derive(Debug)]
+pub struct BucketSelector {
+    field: Field,
+    bounds: Vec<f64>,
+    labels: Vec<Text>,
+}
+
+impl BucketSelector {
+    #[inline]
+    fn get<'a>(&'a self, e: &'a Record) -> FieldValue<'a> {
+        match self.field.get(e) {
+            FieldValue::Number(n) if !n.is_nan() => {
+                let i = self.bounds.partition_point(|b| *b <= n);
+                FieldValue::Text(&self.labels[i])
+            }
+            _ => FieldValue::Missing,
         }
     }
 }
@@ -223,8 +248,34 @@ struct LookupRef {
     at: Position,
 }
 
-/// Registers `field`, `field_is` and `field_in` on a metric engine.
+/// A metric's or a derivation's script, compiled: its engine (sandboxed, with the selector
+/// functions, and a tight budget per call, so a runaway script fails its record, not the
+/// pipeline), its text (the record fields it names) and its AST.
+pub fn compile(path: &Path) -> Result<(Engine, String, AST), ScriptError> {
+    let mut engine = sandboxed_engine(ScriptLimits {
+        max_operations: 100_000,
+        ..ScriptLimits::default()
+    });
+    register(&mut engine);
+    let source = read_script(path)?;
+    let ast = compile_source(&engine, path, &source)?;
+    Ok((engine, source, ast))
+}
+
+/// `bucket(field, bounds, labels)` as written, and where it stands.
+#[derive(Debug, Clone)]
+struct BucketRef(String, rhai::Array, rhai::Array, Position);
+
+/// Registers `field`, `field_is`, `field_in`, `lookup` and `bucket` on a metric engine.
 pub fn register(engine: &mut Engine) {
+    engine
+        .register_type_with_name::<BucketRef>("Bucket")
+        .register_fn(
+            "bucket",
+            |ctx: NativeCallContext, name: &str, bounds: rhai::Array, labels: rhai::Array| {
+                BucketRef(name.to_string(), bounds, labels, ctx.call_position())
+            },
+        );
     engine
         .register_type_with_name::<FieldRef>("Field")
         .register_type_with_name::<FieldIn>("FieldFilter")
@@ -322,8 +373,47 @@ fn lookup_selector(
     })
 }
 
-/// A script's `field(...)`, `lookup(...)` or `Fn("name")` as a selector; `name` is what the
-/// script gave it as (`key`, `value`), for the error.
+/// Checks `bucket(...)`: increasing finite bounds, one label more than bounds, labels text.
+fn bucket_selector(b: BucketRef, schema: &Schema) -> Result<BucketSelector, (Position, String)> {
+    let BucketRef(name, bounds, labels, at) = b;
+    let field = Field::parse(&name, schema).map_err(|why| (at, why))?;
+    let bounds: Vec<f64> = bounds
+        .iter()
+        .map(|b| b.as_float().or_else(|_| b.as_int().map(|i| i as f64)))
+        .collect::<Result<_, _>>()
+        .map_err(|t| (at, format!("bucket: bounds are numbers, not {t}")))?;
+    if bounds.is_empty()
+        || bounds.iter().any(|b| !b.is_finite())
+        || bounds.windows(2).any(|w| w[0] >= w[1])
+    {
+        return Err((at, format!("bucket: bounds must be finite numbers in increasing order, at least one: {bounds:?}")));
+    }
+    let labels: Vec<Text> = labels
+        .iter()
+        .map(|l| l.clone().into_string().map(|s| Text::from(s.as_str())))
+        .collect::<Result<_, _>>()
+        .map_err(|t| (at, format!("bucket: labels are strings, not {t}")))?;
+    if labels.len() != bounds.len() + 1 {
+        return Err((
+            at,
+            format!(
+                "bucket: {} bounds make {} ranges, so {} labels (there are {})",
+                bounds.len(),
+                bounds.len() + 1,
+                bounds.len() + 1,
+                labels.len()
+            ),
+        ));
+    }
+    Ok(BucketSelector {
+        field,
+        bounds,
+        labels,
+    })
+}
+
+/// A script's `field(...)`, `lookup(...)`, `bucket(...)` or `Fn("name")` as a selector; `name`
+/// is what the script gave it as (`key`, `value`), for the error.
 pub fn selector(
     path: &Path,
     name: &str,
@@ -339,12 +429,16 @@ pub fn selector(
         lookup_selector(l, schema, lookups)
             .map(|l| Selector::Lookup(Arc::new(l)))
             .map_err(|(at, why)| ScriptError::at(path, at, why))
+    } else if let Some(b) = v.clone().try_cast::<BucketRef>() {
+        bucket_selector(b, schema)
+            .map(|b| Selector::Bucket(Arc::new(b)))
+            .map_err(|(at, why)| ScriptError::at(path, at, why))
     } else if let Some(f) = v.try_cast::<FnPtr>() {
         Ok(Selector::Script(f))
     } else {
         Err(ScriptError::whole_file(
             path,
-            format!("`{name}` must be field(\"name\"), lookup(\"table\", \"field\", \"column\") or Fn(\"function\")"),
+            format!("`{name}` must be field(\"name\"), lookup(\"table\", \"field\", \"column\"), bucket(\"field\", [bounds], [labels]) or Fn(\"function\")"),
         ))
     }
 }
