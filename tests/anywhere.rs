@@ -11,12 +11,25 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The built binary copied into `<prefix>/bin`, as `cargo install --root <prefix>` lays it out.
+/// The built binary put into `<prefix>/bin`, as `cargo install --root <prefix>` lays it out:
+/// hard-linked where it can be, because a copy is a file open for writing, and a test on
+/// another thread that forks meanwhile holds it open, so running it fails with "Text file busy"
+/// (ETXTBSY; seen in CI). Copied, and retried while busy, across file systems.
 fn install(prefix: &Path) -> PathBuf {
     let bin = prefix.join("bin");
     std::fs::create_dir_all(&bin).unwrap();
     let installed = bin.join("runner");
-    std::fs::copy(env!("CARGO_BIN_EXE_runner"), &installed).unwrap();
+    if std::fs::hard_link(env!("CARGO_BIN_EXE_runner"), &installed).is_err() {
+        std::fs::copy(env!("CARGO_BIN_EXE_runner"), &installed).unwrap();
+        for _ in 0..50 {
+            match Command::new(&installed).arg("--version").output() {
+                Err(e) if e.raw_os_error() == Some(26) => {
+                    std::thread::sleep(Duration::from_millis(100))
+                }
+                _ => break,
+            }
+        }
+    }
     installed
 }
 
