@@ -254,12 +254,12 @@ impl Aggregator {
         self.loaded.clear();
     }
 
-    /// The compiled metrics this aggregator runs.
     /// What it counts (script errors, late events) in.
     pub fn stats(&self) -> &Arc<Stats> {
         &self.stats
     }
 
+    /// The compiled metrics this aggregator runs.
     pub fn set(&self) -> &Arc<MetricSet> {
         &self.set
     }
