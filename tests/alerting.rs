@@ -565,6 +565,21 @@ impl Alertmanager {
 
     /// [`Self::wait_for`], for at most `secs`.
     async fn wait_for_within(&self, name: &str, state: &str, secs: u64) -> serde_json::Value {
+        self.held_within(name, state, secs)
+            .await
+            .unwrap_or_else(|alerts| {
+                panic!("Alertmanager never held {name} as {state}: {alerts:?}")
+            })
+    }
+
+    /// The alert named `name` once Alertmanager holds it in `state`, or what it held at the end
+    /// of `secs`.
+    async fn held_within(
+        &self,
+        name: &str,
+        state: &str,
+        secs: u64,
+    ) -> Result<serde_json::Value, Vec<serde_json::Value>> {
         let t = Instant::now();
         loop {
             let alerts = self.alerts().await;
@@ -572,12 +587,11 @@ impl Alertmanager {
                 .iter()
                 .find(|a| a["labels"]["alertname"] == name && a["status"]["state"] == state)
             {
-                return a.clone();
+                return Ok(a.clone());
             }
-            assert!(
-                t.elapsed() < Duration::from_secs(secs),
-                "Alertmanager never held {name} as {state}: {alerts:?}"
-            );
+            if t.elapsed() >= Duration::from_secs(secs) {
+                return Err(alerts);
+            }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -766,6 +780,71 @@ fn silence_cli(url: &str, token: &str, args: &[&str]) -> std::process::Output {
 
 /// Starts `p` on its own new topic with every component, the dashboard included; cancel the
 /// token to stop it.
+/// What a running pipeline did each second (counters, a metric's value as the rules read it,
+/// the alert history), for a failing end-to-end run to say where it went wrong.
+struct Timeline {
+    lines: Arc<Mutex<Vec<String>>>,
+    sampler: tokio::task::JoinHandle<()>,
+}
+
+impl Timeline {
+    fn sample(running: &pipeline::Running, metric: &str, started: Instant) -> Timeline {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (stats, store, metrics) = (
+            running.stats.clone(),
+            running.store.clone().expect("a consumer"),
+            running.metrics.clone(),
+        );
+        let (into, metric) = (lines.clone(), metric.to_string());
+        let sampler = tokio::spawn(async move {
+            loop {
+                let s = stats.snapshot();
+                let set = metrics.borrow().clone();
+                let now = chrono::Utc::now().timestamp_millis();
+                let value = match set.metrics().iter().find(|m| m.name() == metric) {
+                    Some(m) => match runner::aggregate::read(m, &*store, now).await {
+                        Ok(v) => format!(
+                            "{} filled={} backfilling={:?}",
+                            v.value, v.filled, v.backfilling
+                        ),
+                        Err(e) => format!("unreadable: {e:#}"),
+                    },
+                    None => "no such metric".into(),
+                };
+                let alerts: Vec<String> = match store.recent_alerts(5).await {
+                    Ok(h) => h
+                        .iter()
+                        .map(|n| format!("{}:{}", n.alert, n.status))
+                        .collect(),
+                    Err(e) => vec![format!("unreadable: {e:#}")],
+                };
+                into.lock().unwrap().push(format!(
+                    "{:>5.1}s generated {} consumed {} stored {} alert_errors {} sent {} failed {} | {metric} {value} | history {alerts:?}",
+                    started.elapsed().as_secs_f64(),
+                    s.generated,
+                    s.consumed,
+                    s.stored,
+                    s.alert_errors,
+                    s.notifications_sent,
+                    s.notifications_failed,
+                ));
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        Timeline { lines, sampler }
+    }
+
+    fn report(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Timeline {
+    fn drop(&mut self) {
+        self.sampler.abort();
+    }
+}
+
 async fn start_with_dashboard(p: &Pipeline) -> (pipeline::Running, CancellationToken) {
     common::create_topic(&p.config.kafka).await;
     let stop = CancellationToken::new();
@@ -961,8 +1040,15 @@ async fn an_outage_routed_to_alertmanager_is_grouped_and_a_silence_mutes_its_res
     let started = Instant::now();
     let (running, stop) = start_with_dashboard(p).await;
     let store = running.store.clone().unwrap();
+    let timeline = Timeline::sample(&running, "interaction_types", started);
 
-    let fired = am.wait_for_within("traffic_drop", "active", 90).await;
+    let fired = match am.held_within("traffic_drop", "active", 90).await {
+        Ok(a) => a,
+        Err(alerts) => panic!(
+            "Alertmanager never held traffic_drop as active: {alerts:?}\n{}",
+            timeline.report()
+        ),
+    };
     let fired_after = started.elapsed();
     assert_eq!(fired["labels"]["severity"], "critical");
     assert!(

@@ -6,8 +6,19 @@
 //! the store's clock's business, and how long this process may act on the lease its monotonic
 //! clock's: no replica's wall clock takes part, so a skewed one cannot hold the lease beside another.
 
+//!
+//! The lease is renewed by a task of its own ([`keep`]), beside the evaluation: an evaluation
+//! that takes longer than the lease (many metrics on a slow store) must not let it lapse, or the
+//! evaluator would drop what that evaluation found and start again from the stored states,
+//! never firing a rule whose `for` is longer than one evaluation.
+
+use super::AlertSet;
 use crate::store::StateStore;
+use crate::telemetry::Stats;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 /// This process's claim to the evaluator lease of one pipeline.
 pub struct Lease {
@@ -15,6 +26,24 @@ pub struct Lease {
     holder: String,
     /// Until when (by this process's monotonic clock) the lease is surely held, if it is.
     held_until: Option<Instant>,
+    /// How many times this process has taken the lease.
+    term: u64,
+}
+
+/// The lease as the evaluator reads it while [`keep`] renews it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Holding {
+    until: Option<Instant>,
+    /// Changes each time this process takes the lease anew: the evaluator then reads the
+    /// stored rule states, which another holder may have moved on meanwhile.
+    pub term: u64,
+}
+
+impl Holding {
+    /// Whether the lease is surely still this process's (see [`Lease::held`]).
+    pub fn held(&self) -> bool {
+        self.until.is_some_and(|t| Instant::now() < t)
+    }
 }
 
 impl Lease {
@@ -30,6 +59,15 @@ impl Lease {
             name: format!("alerting:{pipeline}"),
             holder,
             held_until: None,
+            term: 0,
+        }
+    }
+
+    /// What the evaluator needs to know of this lease now.
+    pub fn holding(&self) -> Holding {
+        Holding {
+            until: self.held_until,
+            term: self.term,
         }
     }
 
@@ -62,6 +100,7 @@ impl Lease {
         self.held_until = held.then_some(asked + ttl);
         match (was, held) {
             (false, true) => {
+                self.term += 1;
                 tracing::info!(lease = %self.name, holder = %self.holder, "this process now evaluates the alert rules")
             }
             (true, false) => {
@@ -86,6 +125,45 @@ impl Lease {
             }
         }
     }
+}
+
+/// Renews `lease` every [`Lease::every`] of the rules' interval while there are active rules,
+/// publishing what it holds, until `stop`; then gives it up.
+pub fn keep(
+    mut lease: Lease,
+    store: Arc<dyn StateStore>,
+    mut rules: watch::Receiver<Arc<AlertSet>>,
+    stats: Arc<Stats>,
+    stop: CancellationToken,
+) -> (watch::Receiver<Holding>, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = watch::channel(lease.holding());
+    let task = tokio::spawn(async move {
+        let mut interval = rules.borrow_and_update().config.interval;
+        let mut ticker = super::ticker(Lease::every(interval));
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => break,
+                _ = ticker.tick() => {}
+            }
+            let set = rules.borrow_and_update().clone();
+            if set.config.interval != interval {
+                interval = set.config.interval;
+                ticker = super::ticker(Lease::every(interval));
+            }
+            if !set.is_active() {
+                continue;
+            }
+            // Failing, the lease lapses by itself if this goes on; meanwhile nothing changes.
+            if let Err(e) = lease.renew(&*store, interval).await {
+                stats.alert_error("(alert lease)", &format!("{e:#}"));
+            }
+            tx.send_replace(lease.holding());
+        }
+        lease.release(&*store).await;
+        tx.send_replace(lease.holding());
+    });
+    (rx, task)
 }
 
 fn hostname() -> String {

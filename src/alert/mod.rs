@@ -276,10 +276,18 @@ pub async fn run(
     let mut current = rules.borrow_and_update().clone();
     let c = &current.config;
     let mut dispatcher = Dispatcher::new(&c.channels, &c.thresholds, sources.stats.clone())?;
-    let mut lease = lease::Lease::new(&sources.pipeline);
+    let keeper_stop = CancellationToken::new();
+    let (lease, keeper) = lease::keep(
+        lease::Lease::new(&sources.pipeline),
+        sources.store.clone(),
+        rules.clone(),
+        sources.stats.clone(),
+        keeper_stop.clone(),
+    );
     // The rule states are read when this process takes the lease: it may take it long after
     // start, from an evaluator that saved newer states meanwhile.
     let mut evaluator = Evaluator {
+        term: None,
         states: BTreeMap::new(),
         unsaved: BTreeMap::new(),
         last: (Instant::now(), sources.stats.snapshot()),
@@ -291,7 +299,6 @@ pub async fn run(
         sources,
     };
     let mut ticker = ticker(current.config.interval);
-    let mut lease_ticker = self::ticker(lease::Lease::every(current.config.interval));
     let mut reloads_open = true;
     loop {
         tokio::select! {
@@ -303,7 +310,7 @@ pub async fn run(
                     continue;
                 }
                 let next = rules.borrow_and_update().clone();
-                if lease.held() {
+                if lease.borrow().held() {
                     evaluator.retire_removed(&current, &next, &dispatcher).await;
                 }
                 if let Err(e) = dispatcher.reconfigure(&next.config.channels, &next.config.thresholds) {
@@ -311,23 +318,20 @@ pub async fn run(
                 }
                 if next.config.interval != current.config.interval {
                     ticker = self::ticker(next.config.interval);
-                    lease_ticker = self::ticker(lease::Lease::every(next.config.interval));
                 }
                 current = next;
             }
-            _ = lease_ticker.tick() => {
-                if current.is_active() {
-                    evaluator.lead(&mut lease, current.config.interval).await;
-                }
-            }
             _ = ticker.tick() => {
-                if current.is_active() && lease.held() {
+                let holding = *lease.borrow();
+                if current.is_active() && holding.held() {
+                    evaluator.lead(holding.term).await;
                     evaluator.tick(&current, &dispatcher, &lease).await;
                 }
             }
         }
     }
-    lease.release(&*evaluator.sources.store).await;
+    keeper_stop.cancel();
+    let _ = keeper.await;
     dispatcher.close(Duration::from_secs(10)).await;
     Ok(())
 }
@@ -361,6 +365,8 @@ async fn load_states(store: &dyn StateStore) -> (BTreeMap<String, RuleState>, gr
 }
 
 struct Evaluator {
+    /// The lease term whose stored rule states `states` started from.
+    term: Option<u64>,
     states: BTreeMap<String, RuleState>,
     /// Rules whose latest state is not stored yet, with the notifications held until it is:
     /// state is stored before anything is sent, so a restart never sends twice.
@@ -382,26 +388,24 @@ struct Evaluator {
 }
 
 impl Evaluator {
-    /// Takes or renews the evaluator lease; on taking it, starts from the stored rule states,
-    /// so the previous evaluator's notifications are not sent again.
-    async fn lead(&mut self, lease: &mut lease::Lease, interval: Duration) {
-        let was = lease.held();
-        match lease.renew(&*self.sources.store, interval).await {
-            Ok(true) if !was => {
-                (self.states, self.groups) = load_states(&*self.sources.store).await;
-                self.saved_groups = self.groups.clone();
-                self.unsaved.clear();
-            }
-            Ok(_) => {}
-            // The lease lapses by itself if this goes on; meanwhile nothing changes.
-            Err(e) => self
-                .sources
-                .stats
-                .alert_error("(alert lease)", &format!("{e:#}")),
+    /// On a newly taken lease (`term`), starts from the stored rule states, so the previous
+    /// evaluator's notifications are not sent again.
+    async fn lead(&mut self, term: u64) {
+        if self.term == Some(term) {
+            return;
         }
+        (self.states, self.groups) = load_states(&*self.sources.store).await;
+        self.saved_groups = self.groups.clone();
+        self.unsaved.clear();
+        self.term = Some(term);
     }
 
-    async fn tick(&mut self, set: &AlertSet, dispatcher: &Dispatcher, lease: &lease::Lease) {
+    async fn tick(
+        &mut self,
+        set: &AlertSet,
+        dispatcher: &Dispatcher,
+        lease: &watch::Receiver<lease::Holding>,
+    ) {
         let now = Utc::now().timestamp_millis();
         let metric_set = self.sources.metrics.borrow().clone();
         // Each metric is read on its own: one that cannot be read (a damaged state) holds back
@@ -500,7 +504,7 @@ impl Evaluator {
                     n
                 })
                 .collect();
-            if !lease.held() {
+            if !lease.borrow().held() {
                 // This tick outlasted the lease (a stall): another process may evaluate now, and
                 // it will find the last stored state.
                 return;
@@ -734,11 +738,13 @@ mod tests {
     use crate::store::PaneRecord;
     use std::sync::atomic::{AtomicBool, Ordering};
 
-    /// The embedded store, whose alert-state writes fail while `failing` is set (a mock for this
-    /// one unit: the evaluator's order of save and send).
+    /// The embedded store, whose alert-state writes fail while `failing` is set, and whose
+    /// silences take `slow` to read (a mock for this one unit: the evaluator's order of save and
+    /// send, and an evaluation longer than the lease).
     struct FlakyStore {
         inner: EmbeddedStore,
         failing: AtomicBool,
+        slow: Duration,
     }
 
     #[async_trait::async_trait]
@@ -769,6 +775,7 @@ mod tests {
             self.inner.save_silence(s).await
         }
         async fn silences(&self, after: i64) -> anyhow::Result<Vec<crate::store::Silence>> {
+            tokio::time::sleep(self.slow).await;
             self.inner.silences(after).await
         }
         async fn record_alert(&self, n: &Notification) -> anyhow::Result<()> {
@@ -824,6 +831,7 @@ mod tests {
         let store = Arc::new(FlakyStore {
             inner,
             failing: AtomicBool::new(true),
+            slow: Duration::ZERO,
         });
         let rule: AlertConfig = toml::from_str("name = \"always\"\ncondition = \"true\"").unwrap();
         let set = AlertSet::load(&AlertingConfig::default(), &[rule], Path::new("p.toml")).unwrap();
@@ -839,6 +847,7 @@ mod tests {
             stats: stats.clone(),
         };
         let mut evaluator = Evaluator {
+            term: None,
             states: BTreeMap::new(),
             unsaved: BTreeMap::new(),
             last: (Instant::now(), stats.snapshot()),
@@ -857,6 +866,7 @@ mod tests {
                 .unwrap(),
             "the only process takes the lease"
         );
+        let (_held, lease) = watch::channel(lease.holding());
 
         // `for` is 0: the first tick fires. The state cannot be stored, so nothing is sent.
         evaluator.tick(&set, &dispatcher, &lease).await;
@@ -907,6 +917,7 @@ mod tests {
         let store = Arc::new(FlakyStore {
             inner,
             failing: AtomicBool::new(false),
+            slow: Duration::ZERO,
         });
         std::fs::write(dir.path().join("all.rhai"), "#{}").unwrap();
         let metric = |name: &str| -> crate::aggregate::MetricConfig {
@@ -949,6 +960,7 @@ mod tests {
             stats: stats.clone(),
         };
         let mut evaluator = Evaluator {
+            term: None,
             states: BTreeMap::new(),
             unsaved: BTreeMap::new(),
             last: (Instant::now(), stats.snapshot()),
@@ -964,6 +976,7 @@ mod tests {
             .renew(&*store, Duration::from_secs(3600))
             .await
             .unwrap());
+        let (_held, lease) = watch::channel(lease.holding());
         evaluator.tick(&set, &dispatcher, &lease).await;
         let sent: Vec<String> = store
             .recent_alerts(10)
@@ -982,5 +995,64 @@ mod tests {
             "the unreadable metric is reported"
         );
         dispatcher.close(Duration::from_secs(1)).await;
+    }
+
+    /// An evaluation that takes longer than the lease (here every one: the store answers slowly)
+    /// still fires its rule: the lease is renewed beside it. (Renewed between evaluations, it
+    /// lapsed during each one, whose result was then dropped; a rule with a `for` never fired
+    /// on a loaded machine.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rule_fires_when_each_evaluation_outlasts_the_lease() {
+        let dir = tempfile::tempdir().unwrap();
+        let schema = crate::event::schema_of(
+            "fields = { id = \"string\", t = \"timestamp\" }\nid = \"id\"\ntime = \"t\"",
+        );
+        let inner = EmbeddedStore::open(
+            &EmbeddedConfig {
+                data_dir: dir.path().to_path_buf(),
+                ..Default::default()
+            },
+            &Default::default(),
+            &schema,
+            &[],
+        )
+        .unwrap();
+        let interval = Duration::from_millis(100);
+        let store = Arc::new(FlakyStore {
+            inner,
+            failing: AtomicBool::new(false),
+            slow: lease::Lease::ttl(interval) * 2,
+        });
+        let rule: AlertConfig =
+            toml::from_str("name = \"always\"\ncondition = \"true\"\nfor = \"300ms\"").unwrap();
+        let config = AlertingConfig {
+            interval,
+            ..Default::default()
+        };
+        let set = AlertSet::load(&config, &[rule], Path::new("p.toml")).unwrap();
+        let (_rules_tx, rules) = watch::channel(Arc::new(set));
+        let stats = Stats::new();
+        let (_metrics_tx, metrics) =
+            watch::channel(Arc::new(MetricSet::load(&[], &[], &schema).unwrap()));
+        let sources = Sources {
+            pipeline: "p".into(),
+            store: store.clone(),
+            metrics,
+            stats: stats.clone(),
+        };
+        let stop = CancellationToken::new();
+        let evaluating = tokio::spawn(run(sources, rules, stop.clone()));
+        let t = Instant::now();
+        while store.recent_alerts(10).await.unwrap().is_empty() {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "the rule never fired (alert errors: {})",
+                stats.snapshot().alert_errors
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        stop.cancel();
+        evaluating.await.unwrap().unwrap();
+        assert_eq!(store.recent_alerts(10).await.unwrap()[0].status, "firing");
     }
 }
