@@ -9,7 +9,7 @@ use runner::store::embedded::{EmbeddedConfig, EmbeddedStore};
 use runner::store::mongo::{MongoConfig, MongoStore};
 use runner::store::retention::RetentionConfig;
 use runner::store::PaneRecord;
-use runner::store::{InsertOutcome, RawEvents, StateStore, Store};
+use runner::store::{Collections, Document, InsertOutcome, RawEvents, StateStore, Store};
 use runner::transport::{History, NO_PARTITION};
 use serde_json::json;
 use std::sync::Arc;
@@ -113,6 +113,42 @@ impl Shape {
 async fn contract(store: &dyn Store, shape: &Shape) {
     raw_events_contract(store, shape).await;
     state_store_contract(store).await;
+}
+
+/// Reference collections (lookup tables kept in the store): read back as written, numbers as
+/// numbers, in the same order each time, at most `limit`; a load replaces the whole collection
+/// and leaves the others alone.
+async fn collections_contract(store: &dyn Collections) {
+    let doc = |v: serde_json::Value| -> Document { serde_json::from_value(v).unwrap() };
+    assert!(
+        store.documents("items", 10).await.unwrap().is_empty(),
+        "no such collection"
+    );
+    let items = vec![
+        doc(json!({"item_id": "item_1", "category": "books", "list_price": 12.5, "stock": 3})),
+        doc(json!({"item_id": "item_2", "category": "garden, tools", "list_price": 40})),
+        doc(json!({"item_id": "item_3", "category": "ünïcode ✓"})),
+    ];
+    store.replace_documents("items", &items).await.unwrap();
+    store
+        .replace_documents("shops", &[doc(json!({"shop": "s1"}))])
+        .await
+        .unwrap();
+    assert_eq!(store.documents("items", 10).await.unwrap(), items);
+    assert_eq!(
+        store.documents("items", 10).await.unwrap(),
+        items,
+        "the same order again"
+    );
+    assert_eq!(store.documents("items", 2).await.unwrap(), items[..2]);
+    let next = vec![doc(json!({"item_id": "item_9", "category": "toys"}))];
+    store.replace_documents("items", &next).await.unwrap();
+    assert_eq!(
+        store.documents("items", 10).await.unwrap(),
+        next,
+        "replaced, not added to"
+    );
+    assert_eq!(store.documents("shops", 10).await.unwrap().len(), 1);
 }
 
 /// The raw-record sink: idempotent by id, duplicates named, every field read back as written.
@@ -667,6 +703,7 @@ async fn embedded_store_meets_every_role_contract_for_two_schemas() {
         )
         .unwrap();
         history_contract(&fresh, &fresh, &shape).await;
+        collections_contract(&fresh).await;
         contract(
             &EmbeddedStore::open(
                 &config,
@@ -739,13 +776,11 @@ async fn mongo_store_meets_the_raw_and_state_contracts_for_two_schemas() {
             raw: Some(Duration::from_secs(7 * 86400)),
             ..Default::default()
         };
-        contract(
-            &MongoStore::connect(&config, &retention, &shape.schema)
-                .await
-                .unwrap(),
-            &shape,
-        )
-        .await;
+        let store = MongoStore::connect(&config, &retention, &shape.schema)
+            .await
+            .unwrap();
+        contract(&store, &shape).await;
+        collections_contract(&store).await;
         // Indexes: the unique id, the time (TTL) and each declared one.
         let client = mongodb::Client::with_uri_str(&config.uri).await.unwrap();
         let raw = client

@@ -189,6 +189,21 @@ pub trait StateStore: Send + Sync {
     async fn take_lease(&self, name: &str, holder: &str, ttl_ms: i64) -> anyhow::Result<bool>;
 }
 
+/// A document of a [`Collections`] collection.
+pub type Document = serde_json::Map<String, serde_json::Value>;
+
+/// Reference data kept in the store and read, never written, by the running pipeline: the
+/// documents of a named collection (a lookup table such as an item catalogue, `[[lookup]]
+/// collection = "items"`). `runner lookup load` fills one; a MongoDB user may use any client.
+#[async_trait]
+pub trait Collections: Send + Sync {
+    /// Up to `limit` documents of collection `name`, in the same order on every read (so a
+    /// refresh can tell whether they changed); none when it does not exist.
+    async fn documents(&self, name: &str, limit: usize) -> anyhow::Result<Vec<Document>>;
+    /// Replaces every document of collection `name` with `documents`.
+    async fn replace_documents(&self, name: &str, documents: &[Document]) -> anyhow::Result<()>;
+}
+
 /// A store of both roles: what the consumer writes to (raw events, then the partials and dead
 /// letters of the same batch). Every type with both roles is one.
 pub trait Store: RawEvents + StateStore {}
@@ -202,6 +217,8 @@ impl<T: RawEvents + StateStore + ?Sized> Store for T {}
 pub struct Opened {
     pub store: Arc<dyn Store>,
     pub history: Option<Arc<dyn History>>,
+    /// Its reference collections (lookup tables).
+    pub collections: Arc<dyn Collections>,
 }
 
 /// Opens the store `mongodb` chooses for records of `schema`: MongoDB, or the embedded store (in
@@ -229,13 +246,18 @@ pub async fn open(
             );
             Ok(Opened {
                 store: store.clone(),
-                history: Some(store),
+                history: Some(store.clone()),
+                collections: store,
             })
         }
-        StoreKind::MongoDb => Ok(Opened {
-            store: Arc::new(mongo::MongoStore::connect(mongodb, retention, schema).await?),
-            history: None,
-        }),
+        StoreKind::MongoDb => {
+            let store = Arc::new(mongo::MongoStore::connect(mongodb, retention, schema).await?);
+            Ok(Opened {
+                store: store.clone(),
+                history: None,
+                collections: store,
+            })
+        }
     }
 }
 
@@ -266,6 +288,18 @@ impl Switchable {
     /// Makes `opened` the one in use.
     pub fn replace(&self, opened: Opened) {
         *self.inner.write().unwrap() = opened;
+    }
+}
+
+#[async_trait]
+impl Collections for Switchable {
+    async fn documents(&self, name: &str, limit: usize) -> anyhow::Result<Vec<Document>> {
+        let collections = self.opened().collections;
+        collections.documents(name, limit).await
+    }
+    async fn replace_documents(&self, name: &str, documents: &[Document]) -> anyhow::Result<()> {
+        let collections = self.opened().collections;
+        collections.replace_documents(name, documents).await
     }
 }
 

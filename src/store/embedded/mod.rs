@@ -115,6 +115,11 @@ const SCHEMA: &str = "
         until_ms INTEGER NOT NULL
     );
     CREATE INDEX IF NOT EXISTS metric_panes_start ON metric_panes(pane_start);
+    CREATE TABLE IF NOT EXISTS collections (
+        name TEXT NOT NULL,
+        doc TEXT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS collections_name ON collections(name);
 ";
 
 /// Rows one sweep step deletes before letting writers in again.

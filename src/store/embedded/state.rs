@@ -3,7 +3,9 @@
 
 use super::EmbeddedStore;
 use crate::dead_letter::DeadLetter;
-use crate::store::{Notification, PaneRecord, ResultRow, Silence, StateJson, StateStore};
+use crate::store::{
+    Collections, Document, Notification, PaneRecord, ResultRow, Silence, StateJson, StateStore,
+};
 use anyhow::Context;
 use async_trait::async_trait;
 use rusqlite::params;
@@ -277,6 +279,55 @@ impl StateStore for EmbeddedStore {
                 params![name, holder, ttl_ms],
             )
             .map(|changed| changed == 1)
+        })
+        .await
+    }
+}
+
+/// A collection is its rows of one table, each document as JSON text: replacing one is a
+/// transaction, so a refresh reads the old documents or the new ones, never a mix.
+#[async_trait]
+impl Collections for EmbeddedStore {
+    async fn documents(&self, name: &str, limit: usize) -> anyhow::Result<Vec<Document>> {
+        let name = name.to_string();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let (rows, collection) = (
+            self.with_reader({
+                let name = name.clone();
+                move |c| {
+                    let mut stmt = c.prepare(
+                        "SELECT doc FROM collections WHERE name = ?1 ORDER BY rowid LIMIT ?2",
+                    )?;
+                    let rows = stmt.query_map(params![name, limit], |r| r.get::<_, String>(0))?;
+                    rows.collect::<rusqlite::Result<Vec<_>>>()
+                }
+            })
+            .await?,
+            name,
+        );
+        rows.iter()
+            .map(|d| Ok(serde_json::from_str(d)?))
+            .collect::<anyhow::Result<Vec<_>>>()
+            .with_context(|| format!("a stored document of collection {collection:?} is malformed"))
+    }
+
+    async fn replace_documents(&self, name: &str, documents: &[Document]) -> anyhow::Result<()> {
+        let name = name.to_string();
+        let docs = documents
+            .iter()
+            .map(serde_json::to_string)
+            .collect::<Result<Vec<_>, _>>()?;
+        self.with_conn(move |c| {
+            let tx = c.transaction()?;
+            tx.execute("DELETE FROM collections WHERE name = ?1", [&name])?;
+            {
+                let mut insert =
+                    tx.prepare("INSERT INTO collections (name, doc) VALUES (?1, ?2)")?;
+                for d in &docs {
+                    insert.execute(params![name, d])?;
+                }
+            }
+            tx.commit()
         })
         .await
     }

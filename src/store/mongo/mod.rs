@@ -215,6 +215,8 @@ pub struct MongoStore {
     dead_letters: Collection<Document>,
     results: Collection<Document>,
     leases: Collection<Document>,
+    /// The database, whose other collections are reference data ([`crate::store::Collections`]).
+    db: mongodb::Database,
     described: String,
     schema: Arc<Schema>,
 }
@@ -284,6 +286,7 @@ impl MongoStore {
             dead_letters,
             results,
             leases: db.collection::<Document>(&config.lease_collection),
+            db,
             described: format!(
                 "MongoDB {shown} database {:?} collection {:?}",
                 config.database, config.raw_collection

@@ -575,3 +575,64 @@ impl MongoStore {
         Ok(())
     }
 }
+
+/// Reference collections are collections of the pipeline's database, read as relaxed extended
+/// JSON (numbers stay numbers, dates are `{"$date": ...}`); the `_id` MongoDB gave a document
+/// is left out (it is not the user's data), one the user set is kept.
+#[async_trait]
+impl crate::store::Collections for MongoStore {
+    async fn documents(
+        &self,
+        name: &str,
+        limit: usize,
+    ) -> anyhow::Result<Vec<crate::store::Document>> {
+        let failed = || format!("MongoDB read of collection {name:?} failed");
+        let cursor = self
+            .db
+            .collection::<Document>(name)
+            .find(doc! {})
+            .sort(doc! {"_id": 1})
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .await
+            .with_context(failed)?;
+        let docs: Vec<Document> = cursor.try_collect().await.with_context(failed)?;
+        Ok(docs
+            .into_iter()
+            .map(|mut d| {
+                if matches!(d.get("_id"), Some(bson::Bson::ObjectId(_))) {
+                    d.remove("_id");
+                }
+                match bson::Bson::Document(d).into_relaxed_extjson() {
+                    serde_json::Value::Object(m) => m,
+                    _ => unreachable!("a document is a JSON object"),
+                }
+            })
+            .collect())
+    }
+
+    /// Not atomic on MongoDB: a pipeline refreshing meanwhile may read part of the new documents
+    /// (its next refresh reads them all).
+    async fn replace_documents(
+        &self,
+        name: &str,
+        documents: &[crate::store::Document],
+    ) -> anyhow::Result<()> {
+        let collection = self.db.collection::<Document>(name);
+        let docs = documents
+            .iter()
+            .map(bson::to_document)
+            .collect::<Result<Vec<_>, _>>()
+            .context("a document cannot be written as BSON")?;
+        collection
+            .delete_many(doc! {})
+            .await
+            .with_context(|| format!("cannot empty MongoDB collection {name:?}"))?;
+        for chunk in docs.chunks(10_000) {
+            collection
+                .insert_many(chunk)
+                .await
+                .with_context(|| format!("cannot write to MongoDB collection {name:?}"))?;
+        }
+        Ok(())
+    }
+}
