@@ -6,7 +6,7 @@ use runner::cli::run::{add_scenarios, parse_param, ComponentName, Connection};
 use runner::config::Pipeline;
 use runner::pipeline::RunOptions;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -59,6 +59,24 @@ enum SilenceAction {
     Expire {
         /// The silence's id (from `add` or `list`).
         id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum LookupAction {
+    /// Fill a lookup's collection from a CSV (with a header row) or JSON-lines file, replacing
+    /// what it held, in the pipeline's store (MongoDB, or the embedded store). The rows are
+    /// checked as the table loads them first (the key column, one row per key, max_rows); a
+    /// running pipeline reads them at its next `refresh`.
+    Load {
+        /// The pipeline file.
+        pipeline: PathBuf,
+        /// The `[[lookup]]`'s name.
+        lookup: String,
+        /// The rows: `.csv`, or `.jsonl` / `.ndjson` (one JSON object per line).
+        file: PathBuf,
+        #[command(flatten)]
+        connection: Connection,
     },
 }
 
@@ -178,6 +196,11 @@ enum Command {
         /// Overwrite files that exist.
         #[arg(long)]
         force: bool,
+    },
+    /// Lookup tables kept in the store (`[[lookup]] collection = "..."`).
+    Lookup {
+        #[command(subcommand)]
+        action: LookupAction,
     },
     /// Silence alerts of a running runner through its dashboard API, as amtool silences an
     /// Alertmanager: a silenced alert still changes state and shows on the dashboard, but
@@ -338,6 +361,15 @@ fn main() -> ExitCode {
             print!("{}", runner::cli::docs::reference());
             Ok(())
         }
+        Command::Lookup {
+            action:
+                LookupAction::Load {
+                    pipeline,
+                    lookup,
+                    file,
+                    connection,
+                },
+        } => load_lookup(pipeline, &lookup, &file, &connection),
         Command::Silence { url, token, action } => silence(
             runner::cli::silence::Api {
                 url,
@@ -593,6 +625,22 @@ fn backfill(
         done.results,
         started.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+fn load_lookup(
+    path: PathBuf,
+    lookup: &str,
+    file: &Path,
+    connection: &Connection,
+) -> anyhow::Result<()> {
+    let mut pipeline = Pipeline::load(&path)?;
+    connection.apply(&mut pipeline.config);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let (n, into) = rt.block_on(runner::cli::commands::load_lookup(&pipeline, lookup, file))?;
+    println!("{lookup}: {n} rows of {} written to {into}", file.display());
     Ok(())
 }
 

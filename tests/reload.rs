@@ -697,3 +697,167 @@ async fn an_edited_lookup_table_relabels_new_records_and_a_broken_one_is_refused
     stop.cancel();
     running.wait().await.unwrap();
 }
+
+/// The shipped pipeline copied into `dir`, its item catalogue kept in the store instead of a
+/// file (`collection = "items"`, read again every second).
+fn with_catalogue_in_the_store(dir: &Path) -> std::path::PathBuf {
+    let path = common::copy_pipeline(dir);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let from = "from = \"../lookups/items.csv\"\n";
+    assert!(text.contains(from), "the shipped [[lookup]] reads its file");
+    std::fs::write(
+        &path,
+        text.replace(from, "collection = \"items\"\nrefresh = \"1s\"\n"),
+    )
+    .unwrap();
+    path
+}
+
+/// `runner lookup load PIPELINE items FILE` with `env`.
+fn lookup_load(path: &Path, file: &Path, env: &[(&str, &str)]) -> std::process::Output {
+    common::runner()
+        .args(["lookup", "load", path.to_str().unwrap(), "items"])
+        .arg(file)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
+}
+
+/// A lookup table kept in the store, on `env`'s store: `runner lookup load` fills it from the
+/// shipped catalogue (and refuses a file with a key twice, naming the key, leaving the
+/// collection as it was); the pipeline reads it at start, so each category gets revenue; a
+/// relabelled catalogue loaded while it runs is read at the next refresh, new records get the
+/// new rows and the window keeps what it counted under the old ones.
+async fn a_catalogue_in_the_store_is_read_at_start_and_again_every_refresh(
+    dir: &Path,
+    env: &[(&str, &str)],
+) {
+    let path = with_catalogue_in_the_store(dir);
+    let table = dir.join("lookups/items.csv");
+    let shipped = std::fs::read_to_string(&table).unwrap();
+    let rows = shipped.lines().count() - 1;
+    let loaded = lookup_load(&path, &table, env);
+    let said = String::from_utf8_lossy(&loaded.stdout);
+    assert!(
+        loaded.status.success() && said.contains(&format!("items: {rows} rows")),
+        "{said}{}",
+        String::from_utf8_lossy(&loaded.stderr)
+    );
+    let twice = dir.join("twice.csv");
+    std::fs::write(&twice, format!("{shipped}item_1,books,1.0\n")).unwrap();
+    let refused = lookup_load(&path, &twice, env);
+    let error = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && error.contains("twice.csv") && error.contains("item_1"),
+        "{error}"
+    );
+
+    let stop = CancellationToken::new();
+    let running = pipeline::start(load(&path, env), RunOptions::default(), stop.clone())
+        .await
+        .expect("starts with the catalogue read from the store");
+    let store = running.store.clone().unwrap();
+    let revenue_by_category = || async {
+        let set = running.metrics.borrow().clone();
+        let m = set
+            .metrics()
+            .iter()
+            .find(|m| m.name() == "revenue_by_category")
+            .unwrap()
+            .clone();
+        let now = chrono::Utc::now().timestamp_millis();
+        runner::aggregate::read(&m, &*store, now)
+            .await
+            .unwrap()
+            .value
+    };
+    let categories: HashSet<String> = shipped
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(1).unwrap().to_string())
+        .collect();
+    let t = Instant::now();
+    loop {
+        let v = revenue_by_category().await;
+        let o = v.as_object().cloned().unwrap_or_default();
+        if o.len() >= 3 {
+            assert!(
+                o.keys().all(|k| categories.contains(k)),
+                "every purchase's category is the catalogue's: {v}"
+            );
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "no revenue by category: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let relabelled: String = shipped
+        .lines()
+        .enumerate()
+        .map(|(i, l)| match i {
+            0 => format!("{l}\n"),
+            _ => {
+                let cols: Vec<&str> = l.split(',').collect();
+                format!("{},relabelled,{}\n", cols[0], cols[2])
+            }
+        })
+        .collect();
+    let relabelled_file = dir.join("relabelled.csv");
+    std::fs::write(&relabelled_file, relabelled).unwrap();
+    assert!(lookup_load(&path, &relabelled_file, env).status.success());
+    let t = Instant::now();
+    loop {
+        let v = revenue_by_category().await;
+        let o = v.as_object().unwrap();
+        if o.contains_key("relabelled") {
+            assert!(
+                o.len() > 1,
+                "the window keeps what was counted under the old categories: {v}"
+            );
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the new rows were never read: {v}; reload status {:?}",
+            reloads(&running)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let changes = running.reload_status.lock().unwrap().last_changes.clone();
+    assert!(
+        changes
+            .iter()
+            .any(|c| c.contains("collection rows changed")),
+        "{changes:?}"
+    );
+    stop.cancel();
+    running.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catalogue_in_mongodb_is_read_at_start_and_again_every_refresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let sp = common::service_pipeline("lookup_collection");
+    common::create_topic(&sp.pipeline.config.kafka).await;
+    let (kafka, mongodb) = (common::kafka(), common::mongodb());
+    let env = [
+        ("KAFKA_BOOTSTRAP_SERVERS", kafka.as_str()),
+        ("MONGODB_CONNECTION_STRING", mongodb.as_str()),
+        ("KAFKA_TOPIC", sp.topic.as_str()),
+        ("KAFKA_CONSUMER_GROUP", sp.group.as_str()),
+        ("MONGODB_DATABASE", sp.database.as_str()),
+        ("DEFAULT_GENERATION_RATE", "2000"),
+    ];
+    a_catalogue_in_the_store_is_read_at_start_and_again_every_refresh(dir.path(), &env).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catalogue_in_the_embedded_store_is_read_at_start_and_again_every_refresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = embedded_env(dir.path());
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    a_catalogue_in_the_store_is_read_at_start_and_again_every_refresh(dir.path(), &env).await;
+}

@@ -288,12 +288,14 @@ mod tests {
     ) -> Result<(Arc<Schema>, Derivations), String> {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("items.csv"), "item,category\na,toys\n").unwrap();
-        let lookups = Lookups::load(&[LookupConfig {
-            name: "items".into(),
-            from: dir.path().join("items.csv"),
-            key: "item".into(),
-            max_rows: 10,
-        }])
+        let lookups = Lookups::load(
+            &[LookupConfig::of_file(
+                "items",
+                dir.path().join("items.csv"),
+                "item",
+            )],
+            &Default::default(),
+        )
         .unwrap();
         let configs: Vec<DeriveConfig> = scripts
             .iter()

@@ -25,7 +25,7 @@ mod window;
 mod write;
 
 pub use derive::{Derivations, DeriveConfig};
-pub use lookup::{LookupConfig, Lookups};
+pub use lookup::{Fetched, LookupConfig, Lookups};
 pub use metric::{Metric, MetricConfig, Partial, TimeMode};
 pub use quantile::{label as quantile_label, nearest_rank, ACCURACY as QUANTILE_ACCURACY};
 pub use query::{history, history_step, read, windows, Backfilling, MetricValue, Point};
@@ -59,19 +59,20 @@ impl MetricSet {
         lookups: &[LookupConfig],
         schema: &Schema,
     ) -> Result<MetricSet, ScriptError> {
-        Self::load_all(configs, lookups, &[], schema).map_err(|mut errors| errors.remove(0))
+        Self::load_all(configs, (lookups, &Fetched::default()), &[], schema)
+            .map_err(|mut errors| errors.remove(0))
     }
 
-    /// Loads the lookup tables and compiles every derivation and metric, and on failure
-    /// returns every problem, not only the first. `schema` holds the derived fields
-    /// ([`DeriveConfig::field`]).
+    /// Loads the lookup tables (the collections' from the documents fetched) and compiles every
+    /// derivation and metric, and on failure returns every problem, not only the first.
+    /// `schema` holds the derived fields ([`DeriveConfig::field`]).
     pub fn load_all(
         configs: &[MetricConfig],
-        lookups: &[LookupConfig],
+        (lookups, fetched): (&[LookupConfig], &Fetched),
         derive: &[DeriveConfig],
         schema: &Schema,
     ) -> Result<MetricSet, Vec<ScriptError>> {
-        let lookups = Lookups::load(lookups)?;
+        let lookups = Lookups::load(lookups, fetched)?;
         let mut errors = Vec::new();
         let derivations = Derivations::load(derive, schema, &lookups)
             .map_err(|e| errors.extend(e))

@@ -66,11 +66,21 @@ pub fn generate(
     Ok(())
 }
 
+/// The pipeline's store, and its metrics compiled with the lookup collections read from it.
+async fn open_with_metrics(
+    pipeline: &Pipeline,
+) -> anyhow::Result<(crate::store::Opened, crate::aggregate::MetricSet)> {
+    let opened = crate::pipeline::open_store(&pipeline.config).await?;
+    let fetched =
+        crate::pipeline::fetch_collections(&pipeline.config, &*opened.collections).await?;
+    let set = pipeline.metric_set(&fetched).map_err(|mut e| e.remove(0))?;
+    Ok((opened, set))
+}
+
 /// Reads every metric's current window from the pipeline's store.
 pub async fn metrics(pipeline: &Pipeline, at_ms: i64) -> anyhow::Result<Vec<MetricValue>> {
-    let set = pipeline.metric_set().map_err(|mut e| e.remove(0))?;
-    let store = crate::pipeline::open_store(&pipeline.config).await?.store;
-    set.read_all(&*store, at_ms).await
+    let (opened, set) = open_with_metrics(pipeline).await?;
+    set.read_all(&*opened.store, at_ms).await
 }
 
 /// Every metric's final result for the window that ends with the pane holding `at_ms`, read from
@@ -81,8 +91,8 @@ pub async fn metrics_at(
     pipeline: &Pipeline,
     at_ms: i64,
 ) -> anyhow::Result<(Vec<MetricValue>, Vec<String>)> {
-    let set = pipeline.metric_set().map_err(|mut e| e.remove(0))?;
-    let store = crate::pipeline::open_store(&pipeline.config).await?.store;
+    let (opened, set) = open_with_metrics(pipeline).await?;
+    let store = opened.store;
     let (mut values, mut not_final) = (Vec::new(), Vec::new());
     for m in set.metrics() {
         let (_, end) = m.window.range_at(at_ms);
@@ -169,7 +179,7 @@ pub async fn backfill(
     until: Option<std::time::Duration>,
 ) -> anyhow::Result<crate::aggregate::recompute::Recomputed> {
     let config = &pipeline.config;
-    let set = pipeline.metric_set().map_err(|mut e| e.remove(0))?;
+    let (opened, set) = open_with_metrics(pipeline).await?;
     let index = set
         .metrics()
         .iter()
@@ -183,7 +193,6 @@ pub async fn backfill(
             )
         })?;
     let m = &set.metrics()[index];
-    let opened = crate::pipeline::open_store(config).await?;
     let history = crate::pipeline::history(config, &opened).map_err(anyhow::Error::msg)?;
     let store = opened.store;
     let partitions = crate::pipeline::partitions(config).await?;
@@ -229,6 +238,50 @@ pub async fn backfill(
         &progress,
     )
     .await
+}
+
+/// `runner lookup load`: replaces the documents of lookup `name`'s store collection with the rows
+/// of `file` (CSV or JSON lines), checked first as the table loads them (the key column, one row
+/// per key, `max_rows`). Returns how many documents it wrote, and where.
+pub async fn load_lookup(
+    pipeline: &Pipeline,
+    name: &str,
+    file: &std::path::Path,
+) -> anyhow::Result<(usize, String)> {
+    use crate::aggregate::lookup::{file_documents, Source, Table};
+    let config = &pipeline.config;
+    let lookup = config
+        .lookups
+        .iter()
+        .find(|l| l.name == name)
+        .ok_or_else(|| {
+            let names: Vec<&str> = config.lookups.iter().map(|l| l.name.as_str()).collect();
+            anyhow::anyhow!(
+                "{}: no [[lookup]] {name:?} (its lookups: {})",
+                pipeline.path.display(),
+                names.join(", ")
+            )
+        })?;
+    let Source::Collection(collection) = lookup.source() else {
+        anyhow::bail!(
+            "{}: lookup {name:?} reads a file (`from`); only a lookup with `collection` is kept in the store",
+            pipeline.path.display()
+        );
+    };
+    let documents = file_documents(file).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut fetched = crate::aggregate::Fetched::default();
+    fetched.insert(name, documents.clone());
+    Table::load(lookup, &fetched)
+        .map_err(|e| anyhow::anyhow!("{}: {}", file.display(), e.message))?;
+    let opened = crate::pipeline::open_store(config).await?;
+    opened
+        .collections
+        .replace_documents(collection, &documents)
+        .await?;
+    Ok((
+        documents.len(),
+        format!("collection {collection:?} of {}", opened.store.describe()),
+    ))
 }
 
 #[cfg(test)]

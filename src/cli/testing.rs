@@ -187,7 +187,11 @@ pub async fn run_tests(pipeline: &Pipeline, tests: &Path) -> anyhow::Result<Vec<
         anyhow::anyhow!("{}:{line}: {}", tests.display(), e.message().trim())
     })?;
     let schema = pipeline.schema();
-    let set = Arc::new(pipeline.metric_set().map_err(|mut e| e.remove(0))?);
+    let set = Arc::new(
+        pipeline
+            .metric_set(&Default::default())
+            .map_err(|mut e| e.remove(0))?,
+    );
     let mut outcomes = Vec::new();
     for case in file.tests {
         outcomes.push(

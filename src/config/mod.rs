@@ -219,13 +219,19 @@ impl Pipeline {
             .expect("[event] is checked when the pipeline file loads")
     }
 
-    /// Its metrics with their lookup tables and derived fields, compiled; on failure every
-    /// problem.
+    /// Its metrics with their lookup tables (the collections' rows as `fetched` holds them) and
+    /// derived fields, compiled; on failure every problem.
     pub fn metric_set(
         &self,
+        fetched: &crate::aggregate::Fetched,
     ) -> Result<crate::aggregate::MetricSet, Vec<crate::script::ScriptError>> {
         let c = &self.config;
-        crate::aggregate::MetricSet::load_all(&c.metrics, &c.lookups, &c.derive, &self.schema())
+        crate::aggregate::MetricSet::load_all(
+            &c.metrics,
+            (&c.lookups, fetched),
+            &c.derive,
+            &self.schema(),
+        )
     }
 
     /// The folder relative paths in the file are resolved against.
@@ -263,7 +269,9 @@ impl Pipeline {
             resolve(&mut m.script);
         }
         for l in &mut self.config.lookups {
-            resolve(&mut l.from);
+            if let Some(from) = l.from.as_mut() {
+                resolve(from);
+            }
         }
         for d in &mut self.config.derive {
             resolve(&mut d.script);
@@ -307,6 +315,7 @@ impl Pipeline {
         .chain(wire_problems)
         .chain(self.schema_file_problems.iter().cloned())
         .chain(self.config.metrics.iter().filter_map(|m| m.window().err()))
+        .chain(self.config.lookups.iter().filter_map(|l| l.problem()))
         .chain(self.config.alerts.iter().filter_map(|a| {
             a.check(
                 &self.config.alerting.channels,
@@ -480,7 +489,7 @@ fn explain(message: &str) -> String {
 fn problem_line(text: &str, problem: &str) -> Option<usize> {
     let line_where =
         |wanted: &dyn Fn(&str) -> bool| text.lines().position(|l| wanted(l.trim())).map(|i| i + 1);
-    for kind in ["metric ", "alert ", "derive "] {
+    for kind in ["metric ", "alert ", "derive ", "lookup "] {
         let name = problem
             .find(kind)
             .and_then(|i| problem[i + kind.len()..].strip_prefix('"'))

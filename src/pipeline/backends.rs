@@ -10,6 +10,7 @@ use crate::store::{Opened, StateStore, StoreKind};
 use crate::telemetry::Stats;
 use crate::transport::NO_PARTITION;
 use crate::transport::{embedded, file, kafka, History, Publisher, Subscriber, TransportKind};
+use anyhow::Context;
 use std::sync::Arc;
 
 /// The two ends of the transport this process uses (either may be absent).
@@ -179,6 +180,39 @@ pub async fn open_store(config: &PipelineConfig) -> anyhow::Result<Opened> {
         &schema,
     )
     .await
+}
+
+/// The documents of every `[[lookup]] collection` of `config`, read from the store for the
+/// compile step: at most `max_rows + 1` each, so a larger collection fails its table's load as a
+/// larger file does, without reading all of it.
+pub async fn fetch_collections(
+    config: &PipelineConfig,
+    store: &dyn crate::store::Collections,
+) -> anyhow::Result<crate::aggregate::Fetched> {
+    let mut fetched = crate::aggregate::Fetched::default();
+    for l in &config.lookups {
+        if let crate::aggregate::lookup::Source::Collection(c) = l.source() {
+            let documents = store
+                .documents(c, l.max_rows.saturating_add(1))
+                .await
+                .with_context(|| {
+                    format!(
+                        "lookup {:?}: cannot read collection {c:?} from the store",
+                        l.name
+                    )
+                })?;
+            fetched.insert(&l.name, documents);
+        }
+    }
+    Ok(fetched)
+}
+
+/// Whether `config` has a lookup table kept in the store.
+pub fn has_collections(config: &PipelineConfig) -> bool {
+    config
+        .lookups
+        .iter()
+        .any(|l| matches!(l.source(), crate::aggregate::lookup::Source::Collection(_)))
 }
 
 /// The codec of `config`'s messages: the format `[event] format` chooses (its schema files

@@ -3,7 +3,7 @@
 //! starts. `runner run`, every hot reload and `runner validate` go through here, so what
 //! validates is exactly what runs.
 
-use crate::aggregate::MetricSet;
+use crate::aggregate::{Fetched, MetricSet};
 use crate::alert::AlertSet;
 use crate::config::Pipeline;
 use crate::event::Schema;
@@ -36,8 +36,15 @@ impl std::fmt::Display for Problems {
 impl std::error::Error for Problems {}
 
 /// Compiles every script `pipeline` names; on failure, lists every broken script, not the first.
+/// Its lookup collections are not read (see [`crate::aggregate::lookup`]): [`compile_with`]
+/// takes their documents.
 pub fn compile(pipeline: Pipeline) -> Result<Compiled, Problems> {
-    compile_reporting(pipeline, Vec::new())
+    compile_with(pipeline, &Fetched::default())
+}
+
+/// [`compile`] with the documents of the lookup collections, read from the store.
+pub fn compile_with(pipeline: Pipeline, fetched: &Fetched) -> Result<Compiled, Problems> {
+    compile_reporting(pipeline, fetched, Vec::new())
 }
 
 /// Loads and compiles the file at `path` and reports every problem in it: the values that do not
@@ -47,10 +54,14 @@ pub fn validate(path: &Path) -> Result<Compiled, Problems> {
         crate::config::ConfigError::Invalid(each) => Problems(each),
         other => Problems(vec![other.to_string()]),
     })?;
-    compile_reporting(pipeline, problems)
+    compile_reporting(pipeline, &Fetched::default(), problems)
 }
 
-fn compile_reporting(pipeline: Pipeline, mut problems: Vec<String>) -> Result<Compiled, Problems> {
+fn compile_reporting(
+    pipeline: Pipeline,
+    fetched: &Fetched,
+    mut problems: Vec<String>,
+) -> Result<Compiled, Problems> {
     let c = &pipeline.config;
     // A broken [event] is among the problems already; the scripts are checked against a good one.
     let schema = c.schema().ok();
@@ -63,7 +74,7 @@ fn compile_reporting(pipeline: Pipeline, mut problems: Vec<String>) -> Result<Co
         (None, Some(_)) => None,
     };
     let metrics = schema.as_ref().and_then(|s| {
-        MetricSet::load_all(&c.metrics, &c.lookups, &c.derive, s)
+        MetricSet::load_all(&c.metrics, (&c.lookups, fetched), &c.derive, s)
             .map_err(|errors| problems.extend(errors.iter().map(ToString::to_string)))
             .ok()
     });

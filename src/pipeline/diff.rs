@@ -59,7 +59,7 @@ pub const TABLE: &[Row] = &[
     Row { key: "derive.script", effect: Effect::Live, note: "the next batch is derived with the new script (so is one whose file changed); what was counted stays", changed: |a, b| a.derive.iter().map(|d| &d.script).ne(b.derive.iter().map(|d| &d.script)) },
     // derive.script has its own row: this one compares the fields (name, type, store).
     Row { key: "derive", effect: Effect::Restart, note: "a derived field's name, type and storage are part of the running record, as [event] is; until the restart the running derivations stay", changed: |a, b| a.derive.iter().map(|d| d.field()).ne(b.derive.iter().map(|d| d.field())) },
-    Row { key: "lookup", effect: Effect::Live, note: "tables are read again (so is a changed file); metrics keep their window state and new records see the new rows", changed: |a, b| a.lookups != b.lookups },
+    Row { key: "lookup", effect: Effect::Live, note: "tables are read again (so is a changed file; a collection also every `refresh`); metrics keep their window state and new records see the new rows", changed: |a, b| a.lookups != b.lookups },
     Row { key: "alerting", effect: Effect::Live, note: "interval, thresholds and channels apply from the next evaluation", changed: |a, b| a.alerting != b.alerting },
     Row { key: "alert", effect: Effect::Live, note: "rules that stay keep their pending and firing instances; removed ones resolve", changed: |a, b| a.alerts != b.alerts },
     Row { key: "dashboard.listen", effect: Effect::Restart, note: "the server is bound once", changed: |a, b| a.dashboard.listen != b.dashboard.listen },

@@ -10,8 +10,8 @@ mod reconnect;
 mod reload;
 mod shutdown;
 
-pub use backends::{codec, history, open_store, partitions};
-pub use compile::{compile, validate, Compiled, Problems};
+pub use backends::{codec, fetch_collections, has_collections, history, open_store, partitions};
+pub use compile::{compile, compile_with, validate, Compiled, Problems};
 pub use diff::{Diff, Effect, TABLE as RELOAD_TABLE};
 
 use crate::aggregate::MetricSet;
@@ -160,6 +160,8 @@ pub async fn start(
 /// A pipeline compiled and connected, with nothing running yet.
 struct Built {
     compiled: Compiled,
+    /// The lookup collections' documents the metrics were compiled with.
+    fetched: crate::aggregate::Fetched,
     stats: Arc<Stats>,
     store: Option<Arc<Switchable>>,
     transport: Transport,
@@ -216,6 +218,16 @@ async fn build(pipeline: Pipeline, options: &RunOptions) -> anyhow::Result<Built
         true => Some(crate::dashboard::bind(&config.dashboard).await?),
         false => None,
     };
+    // The lookup collections are read now, and the metrics compiled again with their rows (the
+    // first compile checked everything else before any connection).
+    let (compiled, fetched) = match &store {
+        Some(s) if backends::has_collections(config) => {
+            let fetched = backends::fetch_collections(config, &**s).await?;
+            (compile_with(compiled.pipeline.clone(), &fetched)?, fetched)
+        }
+        _ => (compiled, Default::default()),
+    };
+    let config = &compiled.pipeline.config;
     backends::log_setup(
         config,
         store.as_deref().map(|s| s as &dyn crate::store::StateStore),
@@ -235,6 +247,7 @@ async fn build(pipeline: Pipeline, options: &RunOptions) -> anyhow::Result<Built
     };
     Ok(Built {
         compiled,
+        fetched,
         stats,
         store,
         transport,
@@ -253,6 +266,7 @@ fn spawn(
     let started = std::time::Instant::now();
     let Built {
         compiled,
+        fetched,
         stats,
         store,
         transport: (publisher, subscriber),
@@ -288,6 +302,12 @@ fn spawn(
         pipeline.clone(),
         seen,
         live,
+        reload::LookupRows {
+            store: store
+                .clone()
+                .map(|s| s as Arc<dyn crate::store::Collections>),
+            fetched,
+        },
         options.watch.clone(),
         shutdown.signal(Step::Reload),
     );

@@ -8,9 +8,9 @@
 //! (temp file + rename, several writes) one reload, and catches Kubernetes-style `..data`
 //! symlink swaps, because the watch is on the folders that hold the files.
 
-use super::compile::{compile, Compiled};
+use super::compile::{compile_with, Compiled};
 use super::diff::Diff;
-use crate::aggregate::MetricSet;
+use crate::aggregate::{Fetched, MetricSet};
 use crate::alert::AlertSet;
 use crate::config::Pipeline;
 use crate::config::PipelineConfig;
@@ -66,7 +66,7 @@ fn watched_files(p: &Pipeline) -> BTreeSet<PathBuf> {
     let mut files = BTreeSet::from([p.path.clone()]);
     files.extend(p.config.generator.script.clone());
     files.extend(p.config.metrics.iter().map(|m| m.script.clone()));
-    files.extend(p.config.lookups.iter().map(|l| l.from.clone()));
+    files.extend(p.config.lookups.iter().filter_map(|l| l.from.clone()));
     files.extend(p.config.derive.iter().map(|d| d.script.clone()));
     files.extend(p.config.alerts.iter().filter_map(|a| a.script.clone()));
     files
@@ -142,10 +142,10 @@ fn folders(files: &BTreeSet<PathBuf>) -> BTreeSet<PathBuf> {
     out
 }
 
-/// Reads the file again and compiles everything it names; nothing is applied here. The records
-/// in flight are of the running `[event]`, so the scripts are compiled against it; a changed
-/// `[event]` (returned beside, for the diff) applies at the next start.
-fn recompile(current: &Pipeline) -> Result<(Compiled, Shape), String> {
+/// Reads the file again; nothing is compiled or applied here. The records in flight are of the
+/// running `[event]`, so the scripts are compiled against it; a changed `[event]` (returned
+/// beside, for the diff) applies at the next start.
+fn reread(current: &Pipeline) -> Result<(Pipeline, Shape), String> {
     let mut next = current.reload().map_err(|e| e.to_string())?;
     let event = std::mem::replace(&mut next.config.event, current.config.event.clone());
     // So are the derived fields' names, types and storage; with those unchanged, their
@@ -155,9 +155,47 @@ fn recompile(current: &Pipeline) -> Result<(Compiled, Shape), String> {
         true => next.config.derive.clone(),
         false => std::mem::replace(&mut next.config.derive, current.config.derive.clone()),
     };
-    compile(next)
-        .map(|c| (c, Shape { event, derive }))
-        .map_err(|e| e.to_string())
+    Ok((next, Shape { event, derive }))
+}
+
+/// Compiles `p` with `fetched`, off the async runtime (compiling reads files and may build
+/// large tables: Zipf, lookups).
+async fn compile_blocking(p: Pipeline, fetched: Fetched) -> Result<Compiled, String> {
+    tokio::task::spawn_blocking(move || compile_with(p, &fetched).map_err(|e| e.to_string()))
+        .await
+        .unwrap_or_else(|e| Err(format!("reload failed: {e}")))
+}
+
+/// The lookup collections of the running version: the store they are read from (none in a
+/// process without one), and their documents as last read.
+pub struct LookupRows {
+    pub store: Option<Arc<dyn crate::store::Collections>>,
+    pub fetched: Fetched,
+}
+
+impl LookupRows {
+    /// The documents of `config`'s lookup collections, read now.
+    async fn read(&self, config: &PipelineConfig) -> Result<Fetched, String> {
+        match &self.store {
+            Some(store) if super::has_collections(config) => {
+                super::fetch_collections(config, &**store)
+                    .await
+                    .map_err(|e| format!("{e:#}"))
+            }
+            _ => Ok(Fetched::default()),
+        }
+    }
+
+    /// How often `config`'s collections are read again: the shortest `refresh` of them.
+    fn every(&self, config: &PipelineConfig) -> Option<Duration> {
+        self.store.as_ref()?;
+        config
+            .lookups
+            .iter()
+            .filter(|l| l.collection.is_some())
+            .map(|l| l.refresh.max(Duration::from_secs(1)))
+            .min()
+    }
 }
 
 /// What a new version of the file asks of the record (`[event]` and the `[[derive]]` list):
@@ -192,6 +230,7 @@ pub fn spawn(
     current: Pipeline,
     seen: Snapshot,
     live: Live,
+    rows: LookupRows,
     options: WatchOptions,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
@@ -202,6 +241,7 @@ pub fn spawn(
     let reloader = Reloader {
         current,
         live,
+        rows,
         options,
         changes: (tx, rx),
         files,
@@ -215,6 +255,7 @@ pub fn spawn(
 struct Reloader {
     current: Pipeline,
     live: Live,
+    rows: LookupRows,
     options: WatchOptions,
     /// File-system events arrive here (the sender goes to each new watcher).
     changes: (mpsc::Sender<()>, mpsc::Receiver<()>),
@@ -254,6 +295,7 @@ impl Reloader {
         let mut hangup =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         let mut poll = self.options.poll.map(tokio::time::interval);
+        let mut refresh = self.refresh_ticker();
         let debounce = self.options.debounce;
         // When watching, the first check runs at once: the files may have changed while the
         // pipeline started, before any watcher could see it (`--no-watch` reloads on SIGHUP only).
@@ -279,6 +321,10 @@ impl Reloader {
                     true
                 }
                 _ = async { match poll.as_mut() { Some(p) => { p.tick().await; } None => std::future::pending().await } } => false,
+                _ = async { match refresh.as_mut() { Some(r) => { r.tick().await; } None => std::future::pending().await } } => {
+                    self.refresh().await;
+                    continue;
+                }
                 }
             };
             let now = settled(&self.files, debounce).await;
@@ -287,14 +333,63 @@ impl Reloader {
             }
             self.seen = now;
             let attempted = Utc::now();
-            // Compiling reads files and may build large tables (Zipf): off the async runtime.
-            let current = self.current.clone();
-            let compiled = tokio::task::spawn_blocking(move || recompile(&current))
-                .await
-                .unwrap_or_else(|e| Err(format!("reload failed: {e}")));
-            match compiled {
-                Ok((compiled, shape)) => self.apply(compiled, shape, attempted),
+            match self.recompile().await {
+                Ok((compiled, shape, fetched)) => {
+                    self.rows.fetched = fetched;
+                    self.apply(compiled, shape, attempted);
+                    refresh = self.refresh_ticker();
+                }
                 Err(error) => self.reject(error, attempted),
+            }
+        }
+    }
+
+    /// Reads the file again, and its lookup collections, and compiles everything it names.
+    async fn recompile(&self) -> Result<(Compiled, Shape, Fetched), String> {
+        let current = self.current.clone();
+        let (next, shape) = tokio::task::spawn_blocking(move || reread(&current))
+            .await
+            .unwrap_or_else(|e| Err(format!("reload failed: {e}")))?;
+        let fetched = self.rows.read(&next.config).await?;
+        let compiled = compile_blocking(next, fetched.clone()).await?;
+        Ok((compiled, shape, fetched))
+    }
+
+    fn refresh_ticker(&self) -> Option<tokio::time::Interval> {
+        let every = self.rows.every(&self.current.config)?;
+        let mut t = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Some(t)
+    }
+
+    /// Reads the lookup collections again; when their documents changed, the metrics are
+    /// compiled with the new rows and swapped in (window state kept). A collection that cannot
+    /// be read, or whose new rows do not load, leaves the tables in use as they are.
+    async fn refresh(&mut self) {
+        let fetched = match self.rows.read(&self.current.config).await {
+            Ok(f) if f == self.rows.fetched => return,
+            Ok(f) => f,
+            Err(error) => {
+                tracing::warn!(%error, "lookup collections not read again; the tables in use stay");
+                return;
+            }
+        };
+        let attempted = Utc::now();
+        match compile_blocking(self.current.clone(), fetched.clone()).await {
+            Ok(compiled) => {
+                self.rows.fetched = fetched;
+                let _ = self.live.metrics.send(compiled.metrics);
+                let mut s = self.live.status.lock().unwrap();
+                s.reloads += 1;
+                s.last_attempt = Some(attempted);
+                s.last_success = Some(attempted);
+                s.last_error = None;
+                s.last_changes = vec!["lookup: collection rows changed (live)".to_string()];
+                tracing::info!("lookup collections changed: their tables are swapped in");
+            }
+            Err(error) => {
+                let error = format!("lookup collections changed but do not load: {error}");
+                self.reject(error, attempted)
             }
         }
     }

@@ -228,7 +228,7 @@ pub async fn assert_metrics_match(sp: &ServicePipeline, expected_events: u64) ->
         assert_eq!(e.field("view_length"), Some(&runner::event::Value::Missing));
     }
     let at = events.iter().map(|e| e.time_ms()).max().unwrap();
-    let set = sp.pipeline.metric_set().unwrap();
+    let set = sp.pipeline.metric_set(&Default::default()).unwrap();
     let values = set.read_all(&*store, at).await.unwrap();
     assert_eq!(values.len(), 16);
     let (start, end) = (values[0].window_start, values[0].window_end);

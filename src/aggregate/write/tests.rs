@@ -757,10 +757,8 @@ fn a_lookup_keys_records_by_the_tables_column_and_names_what_it_lacks() {
     )
     .unwrap();
     let lookups = [LookupConfig {
-        name: "items".into(),
-        from,
-        key: "item_id".into(),
         max_rows: 100,
+        ..LookupConfig::of_file("items", from, "item_id")
     }];
     let configs = [
         scripted(

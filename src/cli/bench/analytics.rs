@@ -81,7 +81,7 @@ pub(super) fn analytics_section(
         .iter()
         .find(|l| schema.slot(&l.key).is_some());
     if let Some(l) = keyed {
-        let table = crate::aggregate::lookup::Table::load(l)?;
+        let table = crate::aggregate::lookup::Table::load(l, &Default::default())?;
         if let Some(column) = table.columns().iter().find(|c| **c != l.key) {
             let mut lines = Vec::new();
             for (what, selector) in [
@@ -242,8 +242,13 @@ fn derive_lines(
     );
     let each = metrics(&called).and_then(|m| Ok(MetricSet::load(&m, &[], &schema)?));
     let once = metrics(&read).and_then(|m| {
-        MetricSet::load_all(&m, &[], std::slice::from_ref(&derive), &schema)
-            .map_err(|mut e| anyhow::Error::from(e.remove(0)))
+        MetricSet::load_all(
+            &m,
+            (&[], &Default::default()),
+            std::slice::from_ref(&derive),
+            &schema,
+        )
+        .map_err(|mut e| anyhow::Error::from(e.remove(0)))
     });
     for f in [&called, &derivation, &read] {
         let _ = std::fs::remove_file(f);

@@ -28,7 +28,11 @@ pub(super) async fn formats_section(
     let dir = scratch_path("-formats");
     std::fs::create_dir_all(&dir)?;
     let codecs = codecs(pipeline, &dir)?;
-    let set = Arc::new(pipeline.metric_set().map_err(|mut e| e.remove(0))?);
+    let set = Arc::new(
+        pipeline
+            .metric_set(&Default::default())
+            .map_err(|mut e| e.remove(0))?,
+    );
     for codec in &codecs {
         let messages = encode(codec, &events)?;
         let mut ns = Vec::new();

@@ -400,7 +400,10 @@ async fn consume_into_discard(p: &Pipeline) -> anyhow::Result<(f64, u64)> {
         stats.clone(),
     )?;
     let aggregator = Aggregator::new(
-        Arc::new(p.metric_set().map_err(|mut e| e.remove(0))?),
+        Arc::new(
+            p.metric_set(&Default::default())
+                .map_err(|mut e| e.remove(0))?,
+        ),
         stats.clone(),
     );
     let producers_done = CancellationToken::new();

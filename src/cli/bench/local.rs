@@ -90,7 +90,11 @@ pub(super) fn aggregate_section(
 ) -> anyhow::Result<()> {
     let (n, runs) = (opts.events, opts.runs);
     tracing::info!("bench: aggregation");
-    let set = Arc::new(pipeline.metric_set().map_err(|mut e| e.remove(0))?);
+    let set = Arc::new(
+        pipeline
+            .metric_set(&Default::default())
+            .map_err(|mut e| e.remove(0))?,
+    );
     let mut events = Vec::with_capacity(n as usize);
     Generator::new(script.clone(), Some(2)).fill(n as usize, &mut events);
     let (mut apply_ns, mut full_ns) = (Vec::new(), Vec::new());
@@ -373,7 +377,11 @@ pub(super) async fn embedded_section(
 
     // The consumer alone, as the Kafka figures measure it (the topic written first): the queue
     // holds the same events before it starts, so the generator takes no core from it.
-    let set = Arc::new(pipeline.metric_set().map_err(|mut e| e.remove(0))?);
+    let set = Arc::new(
+        pipeline
+            .metric_set(&Default::default())
+            .map_err(|mut e| e.remove(0))?,
+    );
     let mut drained = Vec::new();
     for _ in 0..runs {
         let dir = scratch_path("");
