@@ -609,11 +609,7 @@ fn backfill(
     until: Option<Duration>,
     connection: &Connection,
 ) -> anyhow::Result<()> {
-    let mut pipeline = Pipeline::load(&path)?;
-    connection.apply(&mut pipeline.config);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let (pipeline, rt) = one_shot(&path, connection)?;
     let started = std::time::Instant::now();
     let done = rt.block_on(runner::cli::commands::backfill(
         &pipeline, metric, since, until,
@@ -628,17 +624,27 @@ fn backfill(
     Ok(())
 }
 
+/// The pipeline file with the connection flags applied, and a runtime for a command that
+/// connects, does one thing and exits.
+fn one_shot(
+    path: &Path,
+    connection: &Connection,
+) -> anyhow::Result<(Pipeline, tokio::runtime::Runtime)> {
+    let mut pipeline = Pipeline::load(path)?;
+    connection.apply(&mut pipeline.config);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    Ok((pipeline, rt))
+}
+
 fn load_lookup(
     path: PathBuf,
     lookup: &str,
     file: &Path,
     connection: &Connection,
 ) -> anyhow::Result<()> {
-    let mut pipeline = Pipeline::load(&path)?;
-    connection.apply(&mut pipeline.config);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let (pipeline, rt) = one_shot(&path, connection)?;
     let (n, into) = rt.block_on(runner::cli::commands::load_lookup(&pipeline, lookup, file))?;
     println!("{lookup}: {n} rows of {} written to {into}", file.display());
     Ok(())

@@ -37,6 +37,23 @@ async fn generated_per_s(running: &Running, secs: f64) -> f64 {
     (running.stats.snapshot().generated - a) as f64 / secs
 }
 
+/// Metric `name`'s current window, read from the running pipeline's store.
+async fn current_value(running: &Running, name: &str) -> serde_json::Value {
+    let set = running.metrics.borrow().clone();
+    let m = set
+        .metrics()
+        .iter()
+        .find(|m| m.name() == name)
+        .unwrap()
+        .clone();
+    let now = chrono::Utc::now().timestamp_millis();
+    let store = running.store.clone().unwrap();
+    runner::aggregate::read(&m, &*store, now)
+        .await
+        .unwrap()
+        .value
+}
+
 fn reloads(r: &Running) -> (u64, u64, Option<String>) {
     let s = r.reload_status.lock().unwrap();
     (s.reloads, s.failures, s.last_error.clone())
@@ -619,21 +636,7 @@ async fn an_edited_lookup_table_relabels_new_records_and_a_broken_one_is_refused
     let dir = tempfile::tempdir().unwrap();
     let path = common::copy_pipeline(dir.path());
     let (running, stop) = start_embedded(&path, dir.path()).await;
-    let store = running.store.clone().unwrap();
-    let revenue_by_category = || async {
-        let set = running.metrics.borrow().clone();
-        let m = set
-            .metrics()
-            .iter()
-            .find(|m| m.name() == "revenue_by_category")
-            .unwrap()
-            .clone();
-        let now = chrono::Utc::now().timestamp_millis();
-        runner::aggregate::read(&m, &*store, now)
-            .await
-            .unwrap()
-            .value
-    };
+    let revenue_by_category = || current_value(&running, "revenue_by_category");
     let t = Instant::now();
     while revenue_by_category()
         .await
@@ -756,21 +759,7 @@ async fn a_catalogue_in_the_store_is_read_at_start_and_again_every_refresh(
     let running = pipeline::start(load(&path, env), RunOptions::default(), stop.clone())
         .await
         .expect("starts with the catalogue read from the store");
-    let store = running.store.clone().unwrap();
-    let revenue_by_category = || async {
-        let set = running.metrics.borrow().clone();
-        let m = set
-            .metrics()
-            .iter()
-            .find(|m| m.name() == "revenue_by_category")
-            .unwrap()
-            .clone();
-        let now = chrono::Utc::now().timestamp_millis();
-        runner::aggregate::read(&m, &*store, now)
-            .await
-            .unwrap()
-            .value
-    };
+    let revenue_by_category = || current_value(&running, "revenue_by_category");
     let categories: HashSet<String> = shipped
         .lines()
         .skip(1)

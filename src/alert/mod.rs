@@ -734,6 +734,7 @@ impl Evaluator {
 mod tests {
     use super::*;
     use crate::dead_letter::DeadLetter;
+    use crate::event::Schema;
     use crate::store::embedded::{EmbeddedConfig, EmbeddedStore};
     use crate::store::PaneRecord;
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -745,6 +746,32 @@ mod tests {
         inner: EmbeddedStore,
         failing: AtomicBool,
         slow: Duration,
+    }
+
+    impl FlakyStore {
+        /// An embedded store in `data_dir` for records of an id and a time, failing its alert
+        /// state writes when `failing`, its silences read in `slow`.
+        fn open(data_dir: &Path, failing: bool, slow: Duration) -> (Arc<Schema>, Arc<FlakyStore>) {
+            let schema = crate::event::schema_of(
+                "fields = { id = \"string\", t = \"timestamp\" }\nid = \"id\"\ntime = \"t\"",
+            );
+            let inner = EmbeddedStore::open(
+                &EmbeddedConfig {
+                    data_dir: data_dir.to_path_buf(),
+                    ..Default::default()
+                },
+                &Default::default(),
+                &schema,
+                &[],
+            )
+            .unwrap();
+            let store = FlakyStore {
+                inner,
+                failing: AtomicBool::new(failing),
+                slow,
+            };
+            (schema, Arc::new(store))
+        }
     }
 
     #[async_trait::async_trait]
@@ -815,24 +842,7 @@ mod tests {
     #[tokio::test]
     async fn notifications_wait_until_the_state_is_stored() {
         let dir = tempfile::tempdir().unwrap();
-        let schema = crate::event::schema_of(
-            "fields = { id = \"string\", t = \"timestamp\" }\nid = \"id\"\ntime = \"t\"",
-        );
-        let inner = EmbeddedStore::open(
-            &EmbeddedConfig {
-                data_dir: dir.path().to_path_buf(),
-                ..Default::default()
-            },
-            &Default::default(),
-            &schema,
-            &[],
-        )
-        .unwrap();
-        let store = Arc::new(FlakyStore {
-            inner,
-            failing: AtomicBool::new(true),
-            slow: Duration::ZERO,
-        });
+        let (schema, store) = FlakyStore::open(dir.path(), true, Duration::ZERO);
         let rule: AlertConfig = toml::from_str("name = \"always\"\ncondition = \"true\"").unwrap();
         let set = AlertSet::load(&AlertingConfig::default(), &[rule], Path::new("p.toml")).unwrap();
         let stats = Stats::new();
@@ -901,24 +911,7 @@ mod tests {
     #[tokio::test]
     async fn one_unreadable_metric_holds_back_only_the_rules_that_read_it() {
         let dir = tempfile::tempdir().unwrap();
-        let schema = crate::event::schema_of(
-            "fields = { id = \"string\", t = \"timestamp\" }\nid = \"id\"\ntime = \"t\"",
-        );
-        let inner = EmbeddedStore::open(
-            &EmbeddedConfig {
-                data_dir: dir.path().join("data"),
-                ..Default::default()
-            },
-            &Default::default(),
-            &schema,
-            &[],
-        )
-        .unwrap();
-        let store = Arc::new(FlakyStore {
-            inner,
-            failing: AtomicBool::new(false),
-            slow: Duration::ZERO,
-        });
+        let (schema, store) = FlakyStore::open(&dir.path().join("data"), false, Duration::ZERO);
         std::fs::write(dir.path().join("all.rhai"), "#{}").unwrap();
         let metric = |name: &str| -> crate::aggregate::MetricConfig {
             toml::from_str(&format!(
@@ -1004,25 +997,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_rule_fires_when_each_evaluation_outlasts_the_lease() {
         let dir = tempfile::tempdir().unwrap();
-        let schema = crate::event::schema_of(
-            "fields = { id = \"string\", t = \"timestamp\" }\nid = \"id\"\ntime = \"t\"",
-        );
-        let inner = EmbeddedStore::open(
-            &EmbeddedConfig {
-                data_dir: dir.path().to_path_buf(),
-                ..Default::default()
-            },
-            &Default::default(),
-            &schema,
-            &[],
-        )
-        .unwrap();
         let interval = Duration::from_millis(100);
-        let store = Arc::new(FlakyStore {
-            inner,
-            failing: AtomicBool::new(false),
-            slow: lease::Lease::ttl(interval) * 2,
-        });
+        let (schema, store) = FlakyStore::open(dir.path(), false, lease::Lease::ttl(interval) * 2);
         let rule: AlertConfig =
             toml::from_str("name = \"always\"\ncondition = \"true\"\nfor = \"300ms\"").unwrap();
         let config = AlertingConfig {
