@@ -54,6 +54,44 @@ async fn current_value(running: &Running, name: &str) -> serde_json::Value {
         .value
 }
 
+/// The shipped catalogue `shipped` (CSV) with every item's category set to `relabelled`.
+fn relabelled(shipped: &str) -> String {
+    shipped
+        .lines()
+        .enumerate()
+        .map(|(i, l)| match i {
+            0 => format!("{l}\n"),
+            _ => {
+                let cols: Vec<&str> = l.split(',').collect();
+                format!("{},relabelled,{}\n", cols[0], cols[2])
+            }
+        })
+        .collect()
+}
+
+/// Waits (at most `limit`) until revenue is counted under the `relabelled` category, and checks
+/// that the window keeps what was counted under the old categories.
+async fn relabelled_revenue(running: &Running, limit: Duration) {
+    let t = Instant::now();
+    loop {
+        let v = current_value(running, "revenue_by_category").await;
+        let o = v.as_object().unwrap();
+        if o.contains_key("relabelled") {
+            assert!(
+                o.len() > 1,
+                "the window keeps what was counted under the old categories: {v}"
+            );
+            return;
+        }
+        assert!(
+            t.elapsed() < limit,
+            "never relabelled: {v}; reload status {:?}",
+            reloads(running)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn reloads(r: &Running) -> (u64, u64, Option<String>) {
     let s = r.reload_status.lock().unwrap();
     (s.reloads, s.failures, s.last_error.clone())
@@ -664,39 +702,13 @@ async fn an_edited_lookup_table_relabels_new_records_and_a_broken_one_is_refused
         error.contains(&format!("{}:502", table.display())) && error.contains("item_1"),
         "names the file, the line and the key: {error}"
     );
-    let relabelled: String = shipped
-        .lines()
-        .enumerate()
-        .map(|(i, l)| match i {
-            0 => format!("{l}\n"),
-            _ => {
-                let cols: Vec<&str> = l.split(',').collect();
-                format!("{},relabelled,{}\n", cols[0], cols[2])
-            }
-        })
-        .collect();
+    let relabelled = relabelled(&shipped);
     editor_save(&table, &relabelled);
     wait_until("the new table applies", Duration::from_secs(5), || {
         reloads(&running).0 == 1
     })
     .await;
-    let t = Instant::now();
-    loop {
-        let v = revenue_by_category().await;
-        let o = v.as_object().unwrap();
-        if o.contains_key("relabelled") {
-            assert!(
-                o.len() > 1,
-                "the window keeps what was counted under the old categories: {v}"
-            );
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "never relabelled: {v}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    relabelled_revenue(&running, Duration::from_secs(10)).await;
     stop.cancel();
     running.wait().await.unwrap();
 }
@@ -783,38 +795,11 @@ async fn a_catalogue_in_the_store_is_read_at_start_and_again_every_refresh(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let relabelled: String = shipped
-        .lines()
-        .enumerate()
-        .map(|(i, l)| match i {
-            0 => format!("{l}\n"),
-            _ => {
-                let cols: Vec<&str> = l.split(',').collect();
-                format!("{},relabelled,{}\n", cols[0], cols[2])
-            }
-        })
-        .collect();
+    let relabelled = relabelled(&shipped);
     let relabelled_file = dir.join("relabelled.csv");
     std::fs::write(&relabelled_file, relabelled).unwrap();
     assert!(lookup_load(&path, &relabelled_file, env).status.success());
-    let t = Instant::now();
-    loop {
-        let v = revenue_by_category().await;
-        let o = v.as_object().unwrap();
-        if o.contains_key("relabelled") {
-            assert!(
-                o.len() > 1,
-                "the window keeps what was counted under the old categories: {v}"
-            );
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "the new rows were never read: {v}; reload status {:?}",
-            reloads(&running)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    relabelled_revenue(&running, Duration::from_secs(30)).await;
     let changes = running.reload_status.lock().unwrap().last_changes.clone();
     assert!(
         changes

@@ -774,6 +774,16 @@ mod tests {
         }
     }
 
+    /// What the evaluator reads, for pipeline "p": `store`, `metrics` (fixed), `stats`.
+    fn sources(store: &Arc<FlakyStore>, metrics: MetricSet, stats: &Arc<Stats>) -> Sources {
+        Sources {
+            pipeline: "p".into(),
+            store: store.clone(),
+            metrics: watch::channel(Arc::new(metrics)).1,
+            stats: stats.clone(),
+        }
+    }
+
     #[async_trait::async_trait]
     impl StateStore for FlakyStore {
         fn describe(&self) -> String {
@@ -848,14 +858,7 @@ mod tests {
         let stats = Stats::new();
         let dispatcher =
             Dispatcher::new(&set.config.channels, &set.config.thresholds, stats.clone()).unwrap();
-        let (_metrics_tx, metrics) =
-            watch::channel(Arc::new(MetricSet::load(&[], &[], &schema).unwrap()));
-        let sources = Sources {
-            pipeline: "p".into(),
-            store: store.clone(),
-            metrics,
-            stats: stats.clone(),
-        };
+        let sources = sources(&store, MetricSet::load(&[], &[], &schema).unwrap(), &stats);
         let mut evaluator = Evaluator {
             term: None,
             states: BTreeMap::new(),
@@ -945,13 +948,7 @@ mod tests {
         let stats = Stats::new();
         let dispatcher =
             Dispatcher::new(&set.config.channels, &set.config.thresholds, stats.clone()).unwrap();
-        let (_metrics_tx, metrics) = watch::channel(Arc::new(metric_set));
-        let sources = Sources {
-            pipeline: "p".into(),
-            store: store.clone(),
-            metrics,
-            stats: stats.clone(),
-        };
+        let sources = sources(&store, metric_set, &stats);
         let mut evaluator = Evaluator {
             term: None,
             states: BTreeMap::new(),
@@ -1008,14 +1005,7 @@ mod tests {
         let set = AlertSet::load(&config, &[rule], Path::new("p.toml")).unwrap();
         let (_rules_tx, rules) = watch::channel(Arc::new(set));
         let stats = Stats::new();
-        let (_metrics_tx, metrics) =
-            watch::channel(Arc::new(MetricSet::load(&[], &[], &schema).unwrap()));
-        let sources = Sources {
-            pipeline: "p".into(),
-            store: store.clone(),
-            metrics,
-            stats: stats.clone(),
-        };
+        let sources = sources(&store, MetricSet::load(&[], &[], &schema).unwrap(), &stats);
         let stop = CancellationToken::new();
         let evaluating = tokio::spawn(run(sources, rules, stop.clone()));
         let t = Instant::now();

@@ -192,7 +192,7 @@ impl LookupRows {
         config
             .lookups
             .iter()
-            .filter(|l| l.collection.is_some())
+            .filter(|l| matches!(l.source(), crate::aggregate::lookup::Source::Collection(_)))
             .map(|l| l.refresh.max(Duration::from_secs(1)))
             .min()
     }
