@@ -13,7 +13,7 @@ use crate::aggregate::{Aggregator, MetricSet};
 use crate::base::{de, Backoff, Workers};
 use crate::dead_letter::{DeadLetter, Reason};
 use crate::event::Record;
-use crate::store::{Encoded, Store};
+use crate::store::{Encoded, PaneRecord, Store};
 use crate::telemetry::Stats;
 use crate::transport::{Acknowledge, Batch, Checkpoint, Poll, Subscriber, NO_PARTITION};
 use serde::Deserialize;
@@ -381,6 +381,7 @@ impl Unsaved {
                 }
             };
             with_retry(stats, stop, events, || store.write_panes(&panes)).await?;
+            stats.bytes_written(0, panes.iter().map(PaneRecord::bytes).sum());
             agg.stored();
         }
         // Their metrics show them now, acknowledged or not.
@@ -445,6 +446,7 @@ async fn store_batch(
         }
         None => None,
     };
+    stats.bytes_written(encoded.bytes(), 0);
     // The first attempt sends the encoded batch; a retry encodes again.
     let mut encoded = Some(encoded);
     let raw = with_retry(stats, stop, batch.events.len(), || match encoded.take() {

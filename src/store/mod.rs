@@ -54,6 +54,17 @@ pub enum Encoded {
 }
 
 impl Encoded {
+    /// Bytes of the encoded records (BSON documents or the embedded rows' id, time and JSON);
+    /// 0 when the store encodes as it writes.
+    pub fn bytes(&self) -> u64 {
+        let bytes: usize = match self {
+            Encoded::Rows(rows) => rows.iter().map(|r| r.0.len() + 8 + r.2.len()).sum(),
+            Encoded::Documents(docs) => docs.iter().flatten().map(|d| d.as_bytes().len()).sum(),
+            Encoded::Nothing => 0,
+        };
+        bytes as u64
+    }
+
     /// `self` followed by `next`, for a batch encoded in parts; parts of different kinds give
     /// [`Encoded::Nothing`], and the store encodes the batch as it writes.
     pub fn then(self, next: Encoded) -> Encoded {

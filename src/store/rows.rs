@@ -26,6 +26,13 @@ pub struct PaneRecord {
     pub state: StateJson,
 }
 
+impl PaneRecord {
+    /// Bytes it sends to a store: the encoded state, the metric's key and three numbers.
+    pub fn bytes(&self) -> u64 {
+        (self.state.as_str().len() + self.metric.len() + 8 + 4 + 8) as u64
+    }
+}
+
 /// A partial state as both stores keep it: JSON text. Its writer encodes it straight to text
 /// and its reader parses it straight from text; going through a `serde_json::Value` (a map node
 /// and a key copy per entry, for a pane of 35,000 session keys every batch) cost the consumer

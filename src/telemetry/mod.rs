@@ -31,6 +31,8 @@ pub struct Stats {
     replays: std::sync::Mutex<Summary>,
     rejected: AtomicU64,
     store_retries: AtomicU64,
+    raw_bytes_written: AtomicU64,
+    state_bytes_written: AtomicU64,
     checkpoints: AtomicU64,
     script_errors: AtomicU64,
     late_events: AtomicU64,
@@ -157,7 +159,12 @@ impl Stats {
         self.busy.begin();
     }
 
-    /// A batch written: `stored` new events, `duplicates` already present.
+    /// Bytes sent to the store: `raw` of raw records, `state` of metric partials.
+    pub fn bytes_written(&self, raw: u64, state: u64) {
+        self.raw_bytes_written.fetch_add(raw, Relaxed);
+        self.state_bytes_written.fetch_add(state, Relaxed);
+    }
+
     /// A checkpoint was written (metric partials stored, its batches acknowledged).
     pub fn checkpointed(&self) {
         self.checkpoints.fetch_add(1, Relaxed);
@@ -165,6 +172,7 @@ impl Stats {
         self.busy.extend();
     }
 
+    /// A batch written: `stored` new events, `duplicates` already present.
     pub fn stored(&self, stored: u64, duplicates: u64) {
         self.stored.fetch_add(stored, Relaxed);
         if let Some(since) = self.store_failing_since.lock().unwrap().take() {
@@ -351,6 +359,8 @@ impl Stats {
             duplicates: self.duplicates.load(Relaxed),
             rejected: self.rejected.load(Relaxed),
             store_retries: self.store_retries.load(Relaxed),
+            raw_bytes_written: self.raw_bytes_written.load(Relaxed),
+            state_bytes_written: self.state_bytes_written.load(Relaxed),
             checkpoints: self.checkpoints.load(Relaxed),
             script_errors: self.script_errors.load(Relaxed),
             late_events: self.late_events.load(Relaxed),

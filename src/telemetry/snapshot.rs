@@ -21,6 +21,12 @@ pub struct Snapshot {
     pub rejected: u64,
     /// Store writes that failed and were retried.
     pub store_retries: u64,
+    /// Bytes of raw records sent to the store, as the store encodes them (BSON documents, or the
+    /// embedded store's JSON rows); replays included.
+    pub raw_bytes_written: u64,
+    /// Bytes of metric partial state sent to the store by checkpoints (each changed pane's
+    /// encoded state with its key).
+    pub state_bytes_written: u64,
     /// Checkpoints: metric partials written, and the batches they include acknowledged (after
     /// every batch when caught up, at most once per `consumer.checkpoint_interval` when behind).
     pub checkpoints: u64,
@@ -49,7 +55,7 @@ pub struct Counter {
 
 impl Snapshot {
     /// Every counter, in one list (the destructuring makes a new field a compile error here).
-    pub fn counters(&self) -> [Counter; 14] {
+    pub fn counters(&self) -> [Counter; 16] {
         let Snapshot {
             generated,
             delivered,
@@ -59,6 +65,8 @@ impl Snapshot {
             duplicates,
             rejected,
             store_retries,
+            raw_bytes_written,
+            state_bytes_written,
             checkpoints,
             script_errors,
             late_events,
@@ -120,6 +128,18 @@ impl Snapshot {
                 "store_retries",
                 "Store writes retried",
                 store_retries,
+            ),
+            c(
+                "raw_bytes_written",
+                "store_raw_bytes_written",
+                "Bytes of raw records sent to the store",
+                raw_bytes_written,
+            ),
+            c(
+                "state_bytes_written",
+                "store_state_bytes_written",
+                "Bytes of metric partial state sent to the store",
+                state_bytes_written,
             ),
             c(
                 "checkpoints",

@@ -219,7 +219,8 @@ pub(super) async fn kafka_sections(
 
     // The configured number of insert streams is the headline; 1 to 4 draw the curve.
     let configured = base.config.mongodb.insert_streams;
-    let (mut rss, mut curve) = (Vec::new(), Vec::new());
+    let (mut rss, mut curve, mut raw_bytes, mut state_bytes) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for streams in (1..=4).chain((configured > 4).then_some(configured)) {
         tracing::info!(streams, "bench: end to end kafka -> aggregate -> mongodb");
         let (mut e2e, mut cpu) = (Vec::new(), Vec::new());
@@ -239,6 +240,9 @@ pub(super) async fn kafka_sections(
             cpu.push(us_per_event(process_cpu() - before, summary.stats.stored));
             e2e.push(rate(summary.stats.stored, summary.consumer_busy));
             if streams == configured {
+                let per_event = |bytes: u64| bytes as f64 / summary.stats.stored.max(1) as f64;
+                raw_bytes.push(per_event(summary.stats.raw_bytes_written));
+                state_bytes.push(per_event(summary.stats.state_bytes_written));
                 // Memory is measured on a separate runner process doing the same work: this
                 // process still holds what the earlier sections allocated.
                 p.config.kafka.consumer_group.push_str("_rss");
@@ -266,6 +270,18 @@ pub(super) async fn kafka_sections(
             "  runner cpu of it (MongoDB's own is its process's)",
             cpu,
         );
+        // What it sends the server, raw records and metric partials apart: the partials are
+        // the runner's cost on top of a raw insert.
+        figures.push(figure(
+            "  bytes sent to MongoDB per event: raw records (BSON)",
+            "bytes",
+            std::mem::take(&mut raw_bytes),
+        ));
+        figures.push(figure(
+            "  bytes sent to MongoDB per event: metric partials",
+            "bytes",
+            std::mem::take(&mut state_bytes),
+        ));
     }
     for f in curve {
         let name = f.name.clone();
