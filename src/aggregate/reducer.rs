@@ -393,9 +393,9 @@ fn min_opt(a: Option<f64>, b: Option<f64>, f: fn(f64, f64) -> f64) -> Option<f64
 }
 
 /// The partial state of a built-in metric for one pane and partition: one accumulator, or one
-/// per key.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+/// per key. Stored as [`Written`], read from [`Stored`].
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(from = "Stored")]
 pub enum State {
     Single(Acc),
     Grouped(Groups),
@@ -406,6 +406,83 @@ pub enum State {
         events: u64,
         keys: Acc,
     },
+}
+
+/// A [`State`] as written: a grouped state whose groups are all counts (`count`, `top_k`) or
+/// all funnel stages is written as one number per key (`{"counts": {"a": 3}}`) instead of an
+/// object per key (`{"grouped": {"a": {"count": 3}}}`): a funnel pane holds a group per
+/// session, and the object took a third of its bytes, rewritten at every checkpoint.
+#[derive(Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Written<'a> {
+    Single(&'a Acc),
+    Grouped(&'a Groups),
+    PerKey { events: u64, keys: &'a Acc },
+    Counts(Numbers<'a>),
+    Stages(Numbers<'a>),
+}
+
+/// Groups written as one number each (see [`Written`]).
+struct Numbers<'a>(&'a Groups);
+
+impl Serialize for Numbers<'_> {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        ser.collect_map(self.0.iter().map(|(k, acc)| {
+            let n = match acc {
+                Acc::Count(n) | Acc::Stages(n) => *n,
+                _ => unreachable!("Numbers holds only counts or stages"),
+            };
+            (k.as_str(), n)
+        }))
+    }
+}
+
+impl Serialize for State {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        let all = |map: &Groups, f: fn(&Acc) -> bool| !map.is_empty() && map.values().all(f);
+        match self {
+            State::Single(acc) => Written::Single(acc),
+            State::Grouped(map) if all(map, |a| matches!(a, Acc::Count(_))) => {
+                Written::Counts(Numbers(map))
+            }
+            State::Grouped(map) if all(map, |a| matches!(a, Acc::Stages(_))) => {
+                Written::Stages(Numbers(map))
+            }
+            State::Grouped(map) => Written::Grouped(map),
+            State::PerKey { events, keys } => Written::PerKey {
+                events: *events,
+                keys,
+            },
+        }
+        .serialize(ser)
+    }
+}
+
+/// A [`State`] as read: what [`Written`] writes, and states stored before it (every grouped
+/// state as `grouped`).
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Stored {
+    Single(Acc),
+    Grouped(Groups),
+    PerKey { events: u64, keys: Acc },
+    Counts(HashMap<Text, u64, foldhash::fast::RandomState>),
+    Stages(HashMap<Text, u64, foldhash::fast::RandomState>),
+}
+
+impl From<Stored> for State {
+    fn from(s: Stored) -> State {
+        let groups = |map: HashMap<Text, u64, foldhash::fast::RandomState>, acc: fn(u64) -> Acc| {
+            State::Grouped(map.into_iter().map(|(k, n)| (k, acc(n))).collect())
+        };
+        match s {
+            Stored::Single(acc) => State::Single(acc),
+            Stored::Grouped(map) => State::Grouped(map),
+            Stored::PerKey { events, keys } => State::PerKey { events, keys },
+            Stored::Counts(map) => groups(map, Acc::Count),
+            Stored::Stages(map) => groups(map, Acc::Stages),
+        }
+    }
 }
 
 impl State {
@@ -588,6 +665,57 @@ fn count(acc: &Acc) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn round_trip(state: &State) -> (String, State) {
+        let text = serde_json::to_string(state).unwrap();
+        let back: State = serde_json::from_str(&text).unwrap();
+        (text, back)
+    }
+
+    #[test]
+    fn grouped_counts_and_funnel_stages_are_written_as_one_number_per_key() {
+        let mut counts = State::new(ReducerKind::Count, true);
+        let mut stages = State::new(ReducerKind::Funnel, true);
+        for (i, key) in ["a", "b", "a", "c"].iter().enumerate() {
+            counts.add(ReducerKind::Count, Some(key), Input::Event, 10);
+            stages.add(ReducerKind::Funnel, Some(key), Input::Stage(i as u32), 10);
+        }
+        let (text, back) = round_trip(&counts);
+        assert_eq!(back, counts);
+        assert!(
+            text.starts_with(r#"{"counts":{"#) && text.contains(r#""a":2"#),
+            "{text}"
+        );
+        let (text, back) = round_trip(&stages);
+        assert_eq!(back, stages);
+        assert!(
+            text.starts_with(r#"{"stages":{"#) && text.contains(r#""a":5"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn other_states_and_states_stored_before_read_back_unchanged() {
+        let mut sums = State::new(ReducerKind::Sum, true);
+        sums.add(ReducerKind::Sum, Some("a"), Input::Number(1e308), 10);
+        let empty = State::new(ReducerKind::Count, true);
+        for state in [sums, empty, State::new(ReducerKind::Count, false)] {
+            let (text, back) = round_trip(&state);
+            assert_eq!(back, state, "{text}");
+        }
+        let old: State =
+            serde_json::from_str(r#"{"grouped":{"a":{"count":2},"b":{"count":1}}}"#).unwrap();
+        let mut new = State::new(ReducerKind::Count, true);
+        for key in ["a", "b", "a"] {
+            new.add(ReducerKind::Count, Some(key), Input::Event, 10);
+        }
+        assert_eq!(old, new);
+        let old: State = serde_json::from_str(r#"{"grouped":{"s":{"stages":3}}}"#).unwrap();
+        assert_eq!(
+            old,
+            State::Grouped([(Text::from("s"), Acc::Stages(3))].into_iter().collect())
+        );
+    }
 
     #[test]
     fn a_funnel_counts_a_key_at_a_stage_only_after_every_earlier_one_across_partials() {

@@ -99,7 +99,7 @@ fn live_leaves_offsets_up_to_the_seam_to_the_backfill() {
     let (panes, _) = panes_and_watermarks(agg.checkpoint());
     assert_eq!(panes.len(), 1);
     assert_eq!(
-        panes[0].state.to_value().unwrap()["grouped"]["x"]["count"],
+        panes[0].state.to_value().unwrap()["counts"]["x"],
         2,
         "offsets 12 and 13 only"
     );
@@ -239,11 +239,11 @@ fn out_of_order_within_lateness_counts_and_later_is_late() {
     let total: u64 = dirty
         .iter()
         .map(|r| {
-            r.state.to_value().unwrap()["grouped"]
+            r.state.to_value().unwrap()["counts"]
                 .as_object()
                 .unwrap()
                 .values()
-                .map(|a| a["count"].as_u64().unwrap())
+                .map(|n| n.as_u64().unwrap())
                 .sum::<u64>()
         })
         .sum();
@@ -283,10 +283,7 @@ fn replayed_offsets_are_skipped() {
     );
     assert_eq!(dirty.len(), 1);
     assert_eq!(dirty[0].offset, 12);
-    assert_eq!(
-        dirty[0].state.to_value().unwrap()["grouped"]["x"]["count"],
-        3
-    );
+    assert_eq!(dirty[0].state.to_value().unwrap()["counts"]["x"], 3);
 }
 
 /// The shipped conversion rate as the built-in ratio and as the scripted custom reducer:
@@ -383,7 +380,7 @@ fn a_stored_state_that_cannot_be_read_is_quarantined_and_its_pane_starts_again()
         .iter()
         .find(|r| r.metric == key)
         .expect("the pane starts again");
-    assert_eq!(pane.state.to_value().unwrap()["grouped"]["x"]["count"], 1);
+    assert_eq!(pane.state.to_value().unwrap()["counts"]["x"], 1);
 }
 
 /// A record stamped minutes ahead (a device clock off, within max_future) counts in its
@@ -412,9 +409,7 @@ fn a_record_from_minutes_ahead_does_not_make_the_ordinary_ones_late() {
     assert_eq!(
         panes
             .iter()
-            .map(|p| p.state.to_value().unwrap()["grouped"]["x"]["count"]
-                .as_u64()
-                .unwrap())
+            .map(|p| p.state.to_value().unwrap()["counts"]["x"].as_u64().unwrap())
             .sum::<u64>(),
         3,
         "all three counted"
@@ -637,15 +632,12 @@ fn keys_past_max_groups_are_counted_under_other_and_left_out_of_rankings() {
         .collect();
     agg.apply(&events, &[]);
     let (panes, _) = panes_and_watermarks(agg.checkpoint());
-    let groups = panes[0].state.to_value().unwrap()["grouped"]
+    let groups = panes[0].state.to_value().unwrap()["counts"]
         .as_object()
         .unwrap()
         .clone();
     assert_eq!(groups.len(), 4, "three keys and the overflow: {groups:?}");
-    assert_eq!(
-        groups[OTHER_KEY]["count"], 14,
-        "seven keys' records, twice each"
-    );
+    assert_eq!(groups[OTHER_KEY], 14, "seven keys' records, twice each");
     let top = set.metrics[0]
         .report(&agg.states[0].cells.values().next().unwrap().partial)
         .unwrap();
