@@ -491,7 +491,8 @@ pub(super) async fn memory_section(
         events = MEMORY_EVENTS,
         "bench: memory with many active keys"
     );
-    let (mut rss, mut active) = (Vec::new(), Vec::new());
+    let (mut rss, mut active, mut consumer, mut per_100k) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..opts.runs {
         let dir = scratch_path("");
         let mut child = std::process::Command::new(std::env::current_exe()?);
@@ -535,14 +536,16 @@ pub(super) async fn memory_section(
             child.args(["--param", &format!("{MEMORY_SKEW_PARAM}={MEMORY_SKEW}")]);
         }
         let measured = match child_peak_rss_mb(child) {
-            Ok(mb) => active_keys_in_last_minute(pipeline, &dir)
+            Ok(mb) => consumer_alone(pipeline, &dir)
                 .await
-                .map(|keys| (mb, keys)),
+                .map(|(keys, alone)| (mb, keys, alone)),
             Err(e) => Err(e),
         };
         let _ = std::fs::remove_dir_all(&dir);
-        let (mb, keys) = measured?;
+        let (mb, keys, alone) = measured?;
         rss.push(mb);
+        consumer.push(alone);
+        per_100k.push(alone / (keys as f64 / 100_000.0).max(1e-9));
         active.push(keys as f64);
     }
     figures.push(figure(
@@ -555,20 +558,62 @@ pub(super) async fn memory_section(
         "MB",
         rss,
     ));
+    figures.push(figure(
+        "  the consumer alone, the same records read from a file (consumer + metrics)",
+        "MB",
+        consumer,
+    ));
+    figures.push(figure(
+        "  the consumer alone, per 100,000 active keys",
+        "MB",
+        per_100k,
+    ));
     Ok(())
 }
 
-/// Distinct values of the record key among the stored records of the last minute of event time.
-async fn active_keys_in_last_minute(
+/// The active keys of the memory run in `dir`, and the peak RSS of a runner that consumes the
+/// same records (as the run stored them) from a JSON lines file: the consumer's memory without
+/// the generator's (which holds up to `max_open` sessions of its own).
+async fn consumer_alone(
     pipeline: &Pipeline,
     dir: &std::path::Path,
-) -> anyhow::Result<usize> {
+) -> anyhow::Result<(usize, f64)> {
     let mut config = pipeline.config.embedded.clone();
     config.data_dir = dir.to_path_buf();
     let schema: Arc<Schema> = pipeline.schema();
     let store =
         crate::store::embedded::EmbeddedStore::open(&config, &Default::default(), &schema, &[])?;
     let events = crate::store::RawEvents::all_events(&store).await?;
+    drop(store);
+    let keys = active_keys_in_last_minute(&events)?;
+    let records = dir.join("records.jsonl");
+    {
+        let codec = crate::codec::Codec::json(schema, usize::MAX);
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&records)?);
+        let mut line = Vec::new();
+        for e in &events {
+            line.clear();
+            codec.encode(e, &mut line).map_err(anyhow::Error::msg)?;
+            line.push(b'\n');
+            std::io::Write::write_all(&mut out, &line)?;
+        }
+        std::io::Write::flush(&mut out)?;
+    }
+    drop(events);
+    let data = dir.join("consumer-alone");
+    let mut child = std::process::Command::new(std::env::current_exe()?);
+    child
+        .args(["run", pipeline.path.to_str().unwrap_or_default()])
+        .args(["--components", "generator,consumer", "--log", "warn"])
+        .args(["--kafka", "embedded", "--mongodb", "embedded"])
+        .args(["--data-dir", data.to_str().unwrap_or_default()])
+        .args(["--source", records.to_str().unwrap_or_default()])
+        .args(["--exit-when-idle", "1s"]);
+    Ok((keys, child_peak_rss_mb(child)?))
+}
+
+/// Distinct values of the record key among `events` of the last minute of event time.
+fn active_keys_in_last_minute(events: &[Record]) -> anyhow::Result<usize> {
     let newest = events
         .iter()
         .map(Record::time_ms)
