@@ -322,7 +322,26 @@ struct RunArgs {
     watch_poll: Option<Duration>,
 }
 
+/// At most two glibc malloc arenas, unless `MALLOC_ARENA_MAX` says otherwise. By default glibc
+/// gives threads that allocate at once arenas of their own (up to eight per core), and the
+/// consumer's threads (tokio, rayon workers, librdkafka, the MongoDB driver) each allocate and
+/// free metric state: memory freed in one arena is not reused by another. Measured on the
+/// memory run (1.2M records, 204,000 active keys, embedded), alternating binaries: peak RSS
+/// 438-500 MB with glibc's default, 306 MB with two arenas, CPU time the same (36-38 s);
+/// mimalloc gave 441 MB (386 MB purging at once) at the same CPU, so no new allocator.
+fn fewer_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only sets an allocator parameter; called first thing in main, before
+        // any other thread exists.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    fewer_malloc_arenas();
     let cli = Cli::parse();
     if let Err(e) = runner::telemetry::logging::init(&cli.log, cli.log_format) {
         eprintln!("error: {e}");
