@@ -458,6 +458,9 @@ impl Serialize for State {
     }
 }
 
+/// Groups read as one number each (see [`Written`]).
+type NumberMap = HashMap<Text, u64, foldhash::fast::RandomState>;
+
 /// A [`State`] as read: what [`Written`] writes, and states stored before it (every grouped
 /// state as `grouped`).
 #[derive(Deserialize)]
@@ -466,13 +469,13 @@ enum Stored {
     Single(Acc),
     Grouped(Groups),
     PerKey { events: u64, keys: Acc },
-    Counts(HashMap<Text, u64, foldhash::fast::RandomState>),
-    Stages(HashMap<Text, u64, foldhash::fast::RandomState>),
+    Counts(NumberMap),
+    Stages(NumberMap),
 }
 
 impl From<Stored> for State {
     fn from(s: Stored) -> State {
-        let groups = |map: HashMap<Text, u64, foldhash::fast::RandomState>, acc: fn(u64) -> Acc| {
+        let groups = |map: NumberMap, acc: fn(u64) -> Acc| {
             State::Grouped(map.into_iter().map(|(k, n)| (k, acc(n))).collect())
         };
         match s {

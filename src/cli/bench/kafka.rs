@@ -219,11 +219,11 @@ pub(super) async fn kafka_sections(
 
     // The configured number of insert streams is the headline; 1 to 4 draw the curve.
     let configured = base.config.mongodb.insert_streams;
-    let (mut rss, mut curve, mut raw_bytes, mut state_bytes) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut rss, mut curve) = (Vec::new(), Vec::new());
     for streams in (1..=4).chain((configured > 4).then_some(configured)) {
         tracing::info!(streams, "bench: end to end kafka -> aggregate -> mongodb");
-        let (mut e2e, mut cpu) = (Vec::new(), Vec::new());
+        let (mut e2e, mut cpu, mut raw_bytes, mut state_bytes) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for (i, topic) in produced_topics.iter().enumerate() {
             let mut p = base.clone();
             p.config.kafka.topic = topic.clone();
@@ -275,12 +275,12 @@ pub(super) async fn kafka_sections(
         figures.push(figure(
             "  bytes sent to MongoDB per event: raw records (BSON)",
             "bytes",
-            std::mem::take(&mut raw_bytes),
+            raw_bytes,
         ));
         figures.push(figure(
             "  bytes sent to MongoDB per event: metric partials",
             "bytes",
-            std::mem::take(&mut state_bytes),
+            state_bytes,
         ));
     }
     for f in curve {

@@ -495,24 +495,8 @@ pub(super) async fn memory_section(
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..opts.runs {
         let dir = scratch_path("");
-        let mut child = std::process::Command::new(std::env::current_exe()?);
+        let mut child = memory_run(pipeline, &dir)?;
         child
-            .args([
-                "run",
-                pipeline.path.to_str().unwrap_or_default(),
-                "--components",
-                "generator,consumer",
-                "--log",
-                "warn",
-            ])
-            .args([
-                "--kafka",
-                "embedded",
-                "--mongodb",
-                "embedded",
-                "--data-dir",
-                dir.to_str().unwrap_or_default(),
-            ])
             .args([
                 "--generation-rate",
                 "0",
@@ -521,12 +505,7 @@ pub(super) async fn memory_section(
                 "--param",
                 &format!("{MEMORY_PARAM}={MEMORY_KEYS}"),
             ])
-            .args([
-                "--events",
-                &MEMORY_EVENTS.to_string(),
-                "--exit-when-idle",
-                "1s",
-            ]);
+            .args(["--events", &MEMORY_EVENTS.to_string()]);
         if pipeline
             .config
             .generator
@@ -600,16 +579,25 @@ async fn consumer_alone(
         std::io::Write::flush(&mut out)?;
     }
     drop(events);
-    let data = dir.join("consumer-alone");
+    let mut child = memory_run(pipeline, &dir.join("consumer-alone"))?;
+    child.args(["--source", records.to_str().unwrap_or_default()]);
+    Ok((keys, child_peak_rss_mb(child)?))
+}
+
+/// A runner process of the memory section: `pipeline` with the embedded queue and store in
+/// `data_dir`, its records made or read as the caller adds, ending once it has caught up.
+fn memory_run(
+    pipeline: &Pipeline,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<std::process::Command> {
     let mut child = std::process::Command::new(std::env::current_exe()?);
     child
         .args(["run", pipeline.path.to_str().unwrap_or_default()])
         .args(["--components", "generator,consumer", "--log", "warn"])
         .args(["--kafka", "embedded", "--mongodb", "embedded"])
-        .args(["--data-dir", data.to_str().unwrap_or_default()])
-        .args(["--source", records.to_str().unwrap_or_default()])
+        .args(["--data-dir", data_dir.to_str().unwrap_or_default()])
         .args(["--exit-when-idle", "1s"]);
-    Ok((keys, child_peak_rss_mb(child)?))
+    Ok(child)
 }
 
 /// Distinct values of the record key among `events` of the last minute of event time.
