@@ -166,6 +166,27 @@ enum Command {
         #[command(flatten)]
         connection: Connection,
     },
+    /// Try a draft metric before adding it: run it over the last --since of the pipeline's
+    /// history (the Kafka log, or the embedded store's raw records) into a scratch store, and
+    /// print its value now, its value per window over the range beside the running metric of
+    /// the same name, and what its script made of a few records. Nothing stored is changed.
+    /// The dashboard's workbench (/workbench) does the same.
+    Try {
+        /// The pipeline file.
+        pipeline: PathBuf,
+        /// The draft: a TOML file with the metric's keys (name, script, reducer, window, ...),
+        /// its `script` relative to that file.
+        #[arg(long)]
+        metric: PathBuf,
+        /// How much history to read.
+        #[arg(long, value_parser = parse_duration, default_value = "10m")]
+        since: Duration,
+        /// Print the whole result as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        connection: Connection,
+    },
     /// Start a pipeline for data you already have: read a sample (a JSON lines file, or a few
     /// hundred messages of a Kafka topic), infer the record's fields and types, a likely id,
     /// time and key, and write NAME.toml, NAME/generator.rhai (draws records like the sample's)
@@ -452,6 +473,13 @@ fn main() -> ExitCode {
             until,
             connection,
         } => backfill(pipeline, &metric, since, until, &connection),
+        Command::Try {
+            pipeline,
+            metric,
+            since,
+            json,
+            connection,
+        } => try_metric(pipeline, &metric, since, json, &connection),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -641,6 +669,26 @@ fn backfill(
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+fn try_metric(
+    path: PathBuf,
+    draft: &Path,
+    since: Duration,
+    json: bool,
+    connection: &Connection,
+) -> anyhow::Result<()> {
+    let (pipeline, rt) = one_shot(&path, connection)?;
+    let tried = rt.block_on(runner::cli::commands::try_metric(&pipeline, draft, since))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&tried)?);
+    } else {
+        print!("{}", runner::cli::commands::tried_text(&tried));
+    }
+    match tried.problems.is_empty() {
+        true => Ok(()),
+        false => Err(anyhow::anyhow!("the draft does not compile")),
+    }
 }
 
 /// The pipeline file with the connection flags applied, and a runtime for a command that

@@ -156,11 +156,23 @@ impl Metric {
         schema: &Schema,
         lookups: &Lookups,
     ) -> Result<Metric, ScriptError> {
+        let source = crate::script::read_script(&config.script)?;
+        Self::load_text(config, source, schema, lookups)
+    }
+
+    /// [`Metric::load`] with the script's text given (a draft not saved yet); errors still name
+    /// `config.script`, where the text is meant to be saved.
+    pub fn load_text(
+        config: &MetricConfig,
+        source: String,
+        schema: &Schema,
+        lookups: &Lookups,
+    ) -> Result<Metric, ScriptError> {
         let path = &config.script;
         let window = config
             .window()
             .map_err(|m| ScriptError::whole_file(path, m))?;
-        let (engine, source, ast) = script::compile(path)?;
+        let (engine, ast) = script::compile_text(path, &source)?;
         let has = |name: &str, params: usize| {
             ast.iter_functions()
                 .any(|f| f.name == name && f.params.len() == params)
@@ -505,6 +517,47 @@ impl Metric {
                 Ok(())
             }
         }
+    }
+
+    /// What the metric's script makes of one record, for the workbench's samples: whether it
+    /// passes the filter, and the key and value its selectors give (null where it has none), or
+    /// the error the record meets. A custom reducer's `update` sees every record.
+    pub fn explain(&self, event: &Record) -> Value {
+        let map = self
+            .needs_event_map()
+            .then(|| crate::script::record_map_of(event, &self.map_fields));
+        let map = map.as_ref();
+        let s = &self.selectors;
+        let selected = |sel: &Option<Selector>| -> Result<Value, String> {
+            Ok(match sel {
+                None => Value::Null,
+                Some(Selector::Script(f)) => {
+                    rhai::serde::from_dynamic(&self.call_ptr(f, map)?).unwrap_or(Value::Null)
+                }
+                Some(sel) => match sel.read(event) {
+                    Some(FieldValue::Text(t)) => t.into(),
+                    Some(FieldValue::Number(n)) => serde_json::Number::from_f64(n)
+                        .map(Value::Number)
+                        .unwrap_or_else(|| n.to_string().into()),
+                    Some(FieldValue::Missing) | None => Value::Null,
+                },
+            })
+        };
+        let explained = || -> Result<Value, String> {
+            if self.config.reducer == ReducerKind::Custom {
+                return Ok(serde_json::json!({ "passes": true }));
+            }
+            let passes = self.matches(&s.filter, event, map)?;
+            Ok(match passes {
+                false => serde_json::json!({ "passes": false }),
+                true => serde_json::json!({
+                    "passes": true,
+                    "key": selected(&s.key)?,
+                    "value": selected(&s.value)?,
+                }),
+            })
+        };
+        explained().unwrap_or_else(|error| serde_json::json!({ "error": error }))
     }
 
     /// Whether a record passes a filter.

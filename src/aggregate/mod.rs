@@ -143,6 +143,24 @@ impl MetricSet {
         }
     }
 
+    /// A set of only a draft metric (`config` with its script's text `source`), compiled with
+    /// this set's lookup tables and derived fields: what the workbench checks and tries.
+    pub fn draft(
+        &self,
+        config: &MetricConfig,
+        source: String,
+        schema: &Schema,
+    ) -> Result<MetricSet, ScriptError> {
+        let m = Metric::load_text(config, source, schema, &self.lookups)?;
+        let map_fields = m.needs_event_map().then(|| m.map_fields().clone());
+        Ok(MetricSet {
+            metrics: vec![m],
+            lookups: self.lookups.clone(),
+            map_fields,
+            derivations: self.derivations.clone(),
+        })
+    }
+
     pub fn is_empty(&self) -> bool {
         self.metrics.is_empty()
     }

@@ -252,14 +252,20 @@ struct LookupRef {
 /// functions, and a tight budget per call, so a runaway script fails its record, not the
 /// pipeline), its text (the record fields it names) and its AST.
 pub fn compile(path: &Path) -> Result<(Engine, String, AST), ScriptError> {
+    let source = read_script(path)?;
+    let (engine, ast) = compile_text(path, &source)?;
+    Ok((engine, source, ast))
+}
+
+/// [`compile`] of a script's text (errors name `path`).
+pub fn compile_text(path: &Path, source: &str) -> Result<(Engine, AST), ScriptError> {
     let mut engine = sandboxed_engine(ScriptLimits {
         max_operations: 100_000,
         ..ScriptLimits::default()
     });
     register(&mut engine);
-    let source = read_script(path)?;
-    let ast = compile_source(&engine, path, &source)?;
-    Ok((engine, source, ast))
+    let ast = compile_source(&engine, path, source)?;
+    Ok((engine, ast))
 }
 
 /// `bucket(field, bounds, labels)` as written, and where it stands.

@@ -4,7 +4,9 @@
 use crate::aggregate::MetricValue;
 use crate::config::Pipeline;
 use crate::generator::{Generator, GeneratorScript};
+use anyhow::Context;
 use std::io::Write;
+use std::sync::Arc;
 
 /// Writes `count` generated events to `out` (no transport involved): JSON lines for people, or
 /// with `raw` in the pipeline's `[event] format` as a file source reads it (JSON lines, or Avro
@@ -238,6 +240,149 @@ pub async fn backfill(
         &progress,
     )
     .await
+}
+
+/// `runner try`: the draft metric of the file `draft` (its `[[metric]]` keys, at the top level
+/// or as one `[[metric]]` table; `script` relative to that file) run over the last `since` of
+/// the pipeline's history into a scratch store, as the workbench's "Try" does; the pipeline's
+/// stored state is not touched.
+pub async fn try_metric(
+    pipeline: &Pipeline,
+    draft: &std::path::Path,
+    since: std::time::Duration,
+) -> anyhow::Result<crate::dashboard::workbench::Tried> {
+    let draft = read_draft(draft)?;
+    let (opened, set) = open_with_metrics(pipeline).await?;
+    let store = crate::store::Switchable::new(opened);
+    crate::pipeline::workbench::try_draft(&draft, since, pipeline, &Arc::new(set), &store).await
+}
+
+/// A try's result as `runner try` prints it: the problems, or the value now, the windows over
+/// the range beside the running metric's, and the samples.
+pub fn tried_text(tried: &crate::dashboard::workbench::Tried) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    for p in &tried.problems {
+        let at = match (p.line, p.column) {
+            (Some(l), Some(c)) => format!(":{l}:{c}"),
+            (Some(l), None) => format!(":{l}"),
+            _ => String::new(),
+        };
+        let _ = writeln!(out, "{}{at}: {}", p.file, p.message);
+    }
+    let Some(value) = &tried.value else {
+        return out;
+    };
+    let time = |ms: i64| {
+        chrono::DateTime::from_timestamp_millis(ms)
+            .map(|t| t.format("%H:%M:%S").to_string())
+            .unwrap_or_default()
+    };
+    let _ = writeln!(
+        out,
+        "{}: {} records read in {:.1} s{}",
+        value.name,
+        tried.events,
+        tried.seconds,
+        match tried.complete {
+            true => "",
+            false => " (stopped by the time budget: the history was read in part)",
+        }
+    );
+    let _ = writeln!(
+        out,
+        "value for the window {}-{}: {}",
+        time(value.window_start),
+        time(value.window_end),
+        value.value
+    );
+    let _ = writeln!(
+        out,
+        "\n{:<10}  {:<30}  {}",
+        "window end",
+        "draft",
+        match tried.current {
+            Some(_) => "running",
+            None => "",
+        }
+    );
+    for (i, p) in tried.series.iter().enumerate() {
+        let running = tried
+            .current
+            .as_ref()
+            .and_then(|c| c.get(i).filter(|c| c.end == p.end))
+            .map(|c| cell(&c.value))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "{:<10}  {:<30}  {running}",
+            time(p.end),
+            cell(&p.value)
+        );
+    }
+    if !tried.samples.is_empty() {
+        let _ = writeln!(out, "\nwhat the script made of the first records:");
+        for s in &tried.samples {
+            let _ = writeln!(out, "  {}\n    -> {}", s.record, s.gave);
+        }
+    }
+    out
+}
+
+/// A value in a column of 30: a long one (a grouped metric's) is cut, `--json` has it whole.
+fn cell(v: &serde_json::Value) -> String {
+    let text = v.to_string();
+    match text.char_indices().nth(29) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text,
+    }
+}
+
+/// A draft metric file read into the workbench's draft: its settings, and its script's text
+/// (the `script` path made absolute, so errors name the file the user has).
+fn read_draft(path: &std::path::Path) -> anyhow::Result<crate::dashboard::workbench::Draft> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the draft {}", path.display()))?;
+    let mut doc: toml::Table = toml::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.message().trim()))?;
+    let table = match doc.remove("metric") {
+        Some(toml::Value::Array(mut tables)) if tables.len() == 1 && doc.is_empty() => {
+            match tables.remove(0) {
+                toml::Value::Table(t) => t,
+                _ => anyhow::bail!("{}: [[metric]] is not a table", path.display()),
+            }
+        }
+        Some(_) => anyhow::bail!(
+            "{}: give one metric: its keys, or one [[metric]] table and nothing else",
+            path.display()
+        ),
+        None => doc,
+    };
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    let script = match table.get("script") {
+        Some(toml::Value::String(s)) => dir.join(s),
+        _ => anyhow::bail!(
+            "{}: the metric needs `script`, its Rhai file",
+            path.display()
+        ),
+    };
+    let source = std::fs::read_to_string(&script)
+        .with_context(|| format!("cannot read the script {}", script.display()))?;
+    let serde_json::Value::Object(mut settings) = serde_json::to_value(&table)? else {
+        unreachable!("a TOML table is a JSON object")
+    };
+    settings.insert(
+        "script".into(),
+        std::path::absolute(&script)
+            .unwrap_or(script)
+            .display()
+            .to_string()
+            .into(),
+    );
+    Ok(crate::dashboard::workbench::Draft {
+        settings,
+        script: source,
+    })
 }
 
 /// `runner lookup load`: replaces the documents of lookup `name`'s store collection with the rows

@@ -521,7 +521,7 @@ fn problem_line(text: &str, problem: &str) -> Option<usize> {
 
 /// Removes `.` and `name/..` from a path without touching the file system, so errors show
 /// `scripts/x.rhai` rather than `pipelines/../scripts/x.rhai`.
-fn normalize(path: &Path) -> PathBuf {
+pub fn normalize(path: &Path) -> PathBuf {
     use std::path::Component;
     let mut out = PathBuf::new();
     for c in path.components() {

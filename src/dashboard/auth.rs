@@ -5,7 +5,8 @@
 //! time whatever the guess, and a token is never written into a page: an authorised
 //! `GET /?token=...` gets the cookie and a redirect to the same page without the token in its
 //! address. The token's name and role travel with the request as a [`Caller`]: `viewer` reads
-//! pages and APIs, `operator` also makes and expires silences.
+//! pages and APIs, `operator` also makes and expires silences, `editor` also changes metrics in
+//! the workbench.
 
 use super::Shared;
 use crate::base::Secret;
@@ -25,6 +26,8 @@ pub enum Role {
     Viewer,
     /// Also make and expire silences.
     Operator,
+    /// Also check, try and save metrics in the workbench (it writes the pipeline's files).
+    Editor,
 }
 
 impl std::fmt::Display for Role {
@@ -32,6 +35,7 @@ impl std::fmt::Display for Role {
         f.write_str(match self {
             Role::Viewer => "viewer",
             Role::Operator => "operator",
+            Role::Editor => "editor",
         })
     }
 }
@@ -42,7 +46,7 @@ impl std::fmt::Display for Role {
 pub struct TokenConfig {
     /// The token itself (use `${VAR}` so it stays out of the file).
     pub secret: Secret,
-    /// `viewer` or `operator` [default: viewer].
+    /// `viewer`, `operator` or `editor` [default: viewer].
     #[serde(default)]
     pub role: Role,
 }
@@ -64,6 +68,11 @@ impl Caller {
             name: "anonymous".into(),
             role: Role::Viewer,
         }
+    }
+
+    /// Whether the request carried no token (none is configured).
+    pub fn is_anonymous(&self) -> bool {
+        *self == Caller::anonymous()
     }
 
     /// A 403 answer saying why, unless the caller has `role` (then `None`).

@@ -11,6 +11,7 @@ mod silences;
 mod templates;
 mod topology;
 mod view;
+pub mod workbench;
 
 use crate::aggregate::{self, MetricSet};
 use crate::base::{de, Secret};
@@ -60,9 +61,10 @@ pub struct DashboardConfig {
     /// (or `tokens`). It is an operator token, recorded as `operator` on the silences it makes.
     #[serde(default)]
     pub token: Secret,
-    /// Named tokens with a role each, `viewer` (read pages and APIs) or `operator` (also make
-    /// and expire silences): `ops = { secret = "${OPS_TOKEN}", role = "operator" }`. The name
-    /// is recorded as who made a silence. With any token set, every route needs one.
+    /// Named tokens with a role each, `viewer` (read pages and APIs), `operator` (also make
+    /// and expire silences) or `editor` (also change metrics in the workbench):
+    /// `ops = { secret = "${OPS_TOKEN}", role = "operator" }`. The name is recorded as who made
+    /// a silence or a change. With any token set, every route needs one.
     #[serde(default)]
     pub tokens: BTreeMap<String, TokenConfig>,
     /// Serve beyond loopback without a token. Off: a dashboard on `0.0.0.0` without a token
@@ -82,6 +84,11 @@ pub struct DashboardConfig {
     /// Retry-After. Every viewer of a view shares one render, so a viewer costs a connection.
     #[serde(default = "default_max_clients", deserialize_with = "de::number")]
     pub max_clients: usize,
+    /// Opens the metric workbench (`/workbench`: edit, try and save metrics, which writes the
+    /// pipeline's files) to anyone who reaches a dashboard that has no token and listens on
+    /// loopback. With tokens, the workbench is for tokens of the `editor` role whatever this says.
+    #[serde(default)]
+    pub workbench: bool,
 }
 
 impl Default for DashboardConfig {
@@ -96,6 +103,7 @@ impl Default for DashboardConfig {
             allowed_hosts: Vec::new(),
             headline: Vec::new(),
             max_clients: default_max_clients(),
+            workbench: false,
         }
     }
 }
@@ -121,6 +129,8 @@ pub struct Sources {
     pub transport: String,
     /// Whether this process runs the generator.
     pub generator: bool,
+    /// The metric workbench, where this process has the pipeline's files and history.
+    pub workbench: Option<Arc<dyn workbench::Workbench>>,
 }
 
 struct AppState {
@@ -305,6 +315,7 @@ fn router(state: Shared) -> Router {
         .route("/panels", get(panels))
         .route("/events", get(events))
         .route("/assets/{name}", get(asset))
+        .route("/assets/vendor/editor.js", get(editor_js))
         .route("/api/metrics", get(api_metrics))
         .route("/api/metrics/{name}/history", get(api_history))
         .route("/api/health", get(api_health))
@@ -315,6 +326,18 @@ fn router(state: Shared) -> Router {
             axum::routing::delete(silences::expire),
         )
         .route("/api/topology", get(api_topology))
+        .route("/workbench", get(workbench::page))
+        .route("/api/workbench/metrics", get(workbench::metrics))
+        .route(
+            "/api/workbench/check",
+            axum::routing::post(workbench::check),
+        )
+        .route(
+            "/api/workbench/try",
+            axum::routing::post(workbench::try_draft),
+        )
+        .route("/api/workbench/save", axum::routing::post(workbench::save))
+        .route("/api/changes", get(workbench::changes))
         .route("/metrics", get(prometheus::scrape))
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -324,7 +347,8 @@ fn router(state: Shared) -> Router {
         // probe should not need a secret).
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        // Only a silence is a request body (a few hundred bytes): a large one is refused unread.
+        // Request bodies are a silence (a few hundred bytes) or a workbench draft (a script):
+        // a larger one is refused unread.
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn(time_limit))
         .layer(middleware::from_fn_with_state(
@@ -335,7 +359,7 @@ fn router(state: Shared) -> Router {
 }
 
 /// The largest request body taken.
-const BODY_LIMIT: usize = 64 << 10;
+const BODY_LIMIT: usize = 256 << 10;
 
 /// How long a request may take to get its answer started (a stream's body may go on after).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -476,6 +500,18 @@ async fn asset(State(state): State<Shared>, UrlPath(name): UrlPath<String>) -> R
         Some(body) => ([(header::CONTENT_TYPE, kind)], body).into_response(),
         None => StatusCode::NOT_FOUND.into_response(),
     }
+}
+
+/// The workbench's editor bundle; it changes only with the binary, so browsers may keep it a day.
+async fn editor_js() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript"),
+            (header::CACHE_CONTROL, "public, max-age=86400"),
+        ],
+        templates::EDITOR_JS,
+    )
+        .into_response()
 }
 
 #[derive(Serialize)]

@@ -38,7 +38,17 @@ pub const BUILT_IN: &[(&str, &str)] = &[
     ("dashboard.js", include_str!("../../templates/dashboard.js")),
     ("layout.html", include_str!("../../templates/layout.html")),
     ("panels.html", include_str!("../../templates/panels.html")),
+    (
+        "workbench.html",
+        include_str!("../../templates/workbench.html"),
+    ),
+    ("workbench.js", include_str!("../../templates/workbench.js")),
 ];
+
+/// The workbench's code editor (CodeMirror 6 and a Rhai mode, `editor/`), bundled by
+/// `editor/build.sh` and served from the binary: no CDN, and it works offline. Not a template
+/// (a minified bundle is not for overriding), and not parsed as one.
+pub const EDITOR_JS: &str = include_str!("../../editor/dist/editor.js");
 
 /// The built-in set and the override folder, with the last version that parsed.
 pub struct Templates {

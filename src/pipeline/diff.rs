@@ -71,6 +71,7 @@ pub const TABLE: &[Row] = &[
     Row { key: "dashboard.refresh", effect: Effect::Live, note: "the next push uses the new interval", changed: |a, b| a.dashboard.refresh != b.dashboard.refresh },
     Row { key: "dashboard.headline", effect: Effect::Live, note: "the next render shows the chosen tiles", changed: |a, b| a.dashboard.headline != b.dashboard.headline },
     Row { key: "dashboard.max_clients", effect: Effect::Live, note: "the next viewer to connect is counted against the new limit", changed: |a, b| a.dashboard.max_clients != b.dashboard.max_clients },
+    Row { key: "dashboard.workbench", effect: Effect::Live, note: "the next workbench request is let in or refused by the new setting", changed: |a, b| a.dashboard.workbench != b.dashboard.workbench },
 ];
 
 /// Compile-time guard: adding a section to [`PipelineConfig`] fails here until the table has it.
@@ -105,6 +106,7 @@ fn sections_in_table(c: &PipelineConfig) {
         allowed_hosts: _,
         headline: _,
         max_clients: _,
+        workbench: _,
     } = &c.dashboard;
 }
 

@@ -9,6 +9,7 @@ mod diff;
 mod reconnect;
 mod reload;
 mod shutdown;
+pub mod workbench;
 
 pub use backends::{codec, fetch_collections, has_collections, history, open_store, partitions};
 pub use compile::{compile, compile_with, validate, Compiled, Problems};
@@ -347,6 +348,11 @@ fn spawn(
         _ => producers_done.cancel(),
     }
     if let (Some(bound), Some(store)) = (dashboard, store.clone()) {
+        let workbench = workbench::PipelineWorkbench::new(
+            pipeline_rx.clone(),
+            metrics_rx.clone(),
+            Some(store.clone()),
+        );
         let sources = crate::dashboard::Sources {
             pipeline: config.name.clone(),
             store,
@@ -355,6 +361,7 @@ fn spawn(
             reload: reload_status.clone(),
             transport: backends::transport_label(config),
             generator: components.generator,
+            workbench: Some(Arc::new(workbench)),
         };
         tasks.spawn(
             Step::Dashboard,
