@@ -17,16 +17,23 @@ use std::sync::Arc;
 pub(super) type Transport = (Option<Box<dyn Publisher>>, Option<Box<dyn Subscriber>>);
 
 /// Where this pipeline's history can be read again, for a backfill or `runner backfill`: the
-/// Kafka log, or the store's own replay (the embedded store's raw rows behind the embedded
-/// queue); the error says why there is none.
+/// Kafka log, the source file read again, or the store's own replay (the embedded store's raw
+/// rows behind the embedded queue); the error says why there is none.
 pub fn history(config: &PipelineConfig, store: &Opened) -> Result<Arc<dyn History>, String> {
     match config.transport_kind() {
         TransportKind::Kafka => Ok(Arc::new(kafka::KafkaHistory::new(
             &config.kafka,
             codec(config).map_err(|e| e.to_string())?,
         ))),
-        TransportKind::EmbeddedQueue | TransportKind::File => store.history.clone().ok_or_else(|| {
-            "history is read from the Kafka log or the embedded store, and this pipeline runs the embedded queue (or a file source) into MongoDB, whose raw events keep no order of arrival".into()
+        TransportKind::File => match file::FileHistory::new(
+            &config.source,
+            codec(config).map_err(|e| e.to_string())?,
+        ) {
+            Some(h) => Ok(Arc::new(h)),
+            None => Err("a file source read from stdin keeps no history to read again".into()),
+        },
+        TransportKind::EmbeddedQueue => store.history.clone().ok_or_else(|| {
+            "history is read from the Kafka log, the source file or the embedded store, and this pipeline runs the embedded queue into MongoDB, whose raw events keep no order of arrival".into()
         }),
     }
 }

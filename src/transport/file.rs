@@ -230,10 +230,206 @@ impl Subscriber for FileSubscriber {
     }
 }
 
+/// The history of a file source is the file, read again. Its positions are the record numbers
+/// the subscriber gives, so a backfill's seam (the number before a batch's first record) and the
+/// live records meet exactly; the embedded store's raw rows are numbered by the store, and a
+/// backfill that read them up to a record number lost or counted twice the records between.
+/// Stdin has no history.
+pub struct FileHistory {
+    path: PathBuf,
+    codec: Codec,
+    /// The reader of the last read, to go on from where it stopped (a backfill reads in order).
+    cursor: tokio::sync::Mutex<Option<Cursor>>,
+}
+
+/// A reader of the file and the records it read past the last range asked for.
+struct Cursor {
+    reader: FileSubscriber,
+    ahead: std::collections::VecDeque<(i64, crate::event::Record)>,
+}
+
+impl Cursor {
+    /// The position of the next record it gives.
+    fn next(&self) -> i64 {
+        self.ahead.front().map_or(self.reader.next, |(at, _)| *at)
+    }
+}
+
+/// Records read in one step of a history read.
+const HISTORY_STEP: usize = 5_000;
+
+impl FileHistory {
+    /// The history of `config`'s file; `None` for stdin or no file.
+    pub fn new(config: &SourceConfig, codec: Codec) -> Option<FileHistory> {
+        let path = config.file.clone().filter(|p| p.as_os_str() != "-")?;
+        Some(FileHistory {
+            path,
+            codec,
+            cursor: Default::default(),
+        })
+    }
+
+    /// A reader from the file's start. It follows, so a record still being written at the end is
+    /// left for later, not read cut short.
+    fn reader(&self) -> anyhow::Result<FileSubscriber> {
+        let config = SourceConfig {
+            file: Some(self.path.clone()),
+            follow: true,
+        };
+        FileSubscriber::open(&config, self.codec.clone(), HISTORY_STEP, Stats::new())
+    }
+}
+
+/// Runs a file read where the runtime allows blocking: beside the multi-threaded runtime's
+/// workers, or in place on a current-thread one (the workbench's try has its own thread).
+fn blocking<T>(read: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(read),
+        _ => read(),
+    }
+}
+
+#[async_trait]
+impl super::History for FileHistory {
+    async fn start(&self, _partition: i32, _since_ms: i64) -> anyhow::Result<(i64, bool)> {
+        // A file has no index by time: it is read from its first record, and the reader keeps
+        // the records of the range.
+        Ok((0, false))
+    }
+
+    async fn read(
+        &self,
+        _partition: i32,
+        after: i64,
+        upto: i64,
+        limit: usize,
+    ) -> anyhow::Result<super::HistoryRead> {
+        let mut guard = self.cursor.lock().await;
+        if guard.as_ref().is_none_or(|c| c.next() > after + 1) {
+            *guard = Some(Cursor {
+                reader: self.reader()?,
+                ahead: Default::default(),
+            });
+        }
+        let cursor = guard.as_mut().expect("set above");
+        let mut events = Vec::new();
+        loop {
+            while let Some((at, _)) = cursor.ahead.front() {
+                if *at > upto || events.len() >= limit {
+                    break;
+                }
+                let record = cursor.ahead.pop_front().expect("looked at");
+                if record.0 > after {
+                    events.push(record);
+                }
+            }
+            let more = cursor.ahead.is_empty() && events.len() < limit;
+            if !more {
+                break;
+            }
+            let batch = blocking(|| cursor.reader.fill())?;
+            if batch.events.is_empty() && batch.checkpoint.0.is_empty() {
+                break; // the end of the file, for now
+            }
+            let positions = batch.sources.into_iter().map(|(_, at)| at);
+            cursor.ahead.extend(positions.zip(batch.events));
+        }
+        let through = match events.len() < limit {
+            true => upto.min(cursor.next() - 1).max(after),
+            false => events.last().map_or(after, |(at, _)| *at),
+        };
+        Ok(super::HistoryRead { events, through })
+    }
+
+    async fn end(&self, _partition: i32) -> anyhow::Result<i64> {
+        let mut reader = self.reader()?;
+        loop {
+            let batch = blocking(|| reader.fill())?;
+            if batch.events.is_empty() && batch.checkpoint.0.is_empty() {
+                return Ok(reader.next - 1);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::dead_letter::Reason;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_file_s_history_has_the_positions_its_records_were_consumed_at() {
+        use crate::transport::History;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.jsonl");
+        let line = |id: &str| format!("{{\"id\":\"{id}\",\"t\":\"2026-01-01T00:00:00Z\"}}\n");
+        // A blank line and a broken record take positions too, as they do when consumed.
+        let text = [
+            line("a"),
+            "\n".into(),
+            line("b"),
+            "{broken\n".into(),
+            line("c"),
+            line("d"),
+        ]
+        .concat();
+        std::fs::write(&path, text + "{\"id\":\"half").unwrap();
+        let mut live = subscriber(path.clone(), false);
+        let mut consumed = Vec::new();
+        loop {
+            let b = live.fill().unwrap();
+            if b.events.is_empty() && b.checkpoint.0.is_empty() {
+                break;
+            }
+            consumed.extend(b.sources.iter().map(|s| s.1));
+        }
+        assert_eq!(
+            consumed,
+            [0, 2, 4, 5],
+            "the positions records are consumed at"
+        );
+        let codec = live.codec.clone();
+        let history = FileHistory::new(
+            &SourceConfig {
+                file: Some(path.clone()),
+                follow: false,
+            },
+            codec,
+        )
+        .unwrap();
+        assert_eq!(
+            history.end(0).await.unwrap(),
+            5,
+            "the last whole record is number 5"
+        );
+        let ids = |r: &crate::transport::HistoryRead| -> Vec<(i64, String)> {
+            r.events
+                .iter()
+                .map(|(at, e)| (*at, e.id().to_string()))
+                .collect()
+        };
+        let first = history.read(0, -1, 5, 2).await.unwrap();
+        assert_eq!(ids(&first), [(0, "a".into()), (2, "b".into())]);
+        assert_eq!(first.through, 2);
+        let rest = history.read(0, 2, 5, 10).await.unwrap();
+        assert_eq!(ids(&rest), [(4, "c".into()), (5, "d".into())]);
+        assert_eq!(rest.through, 5);
+        // Up to a seam: nothing past it; then from an earlier position again.
+        let upto = history.read(0, -1, 3, 10).await.unwrap();
+        assert_eq!(ids(&upto), [(0, "a".into()), (2, "b".into())]);
+        assert_eq!(upto.through, 3);
+        let again = history.read(0, 0, 4, 10).await.unwrap();
+        assert_eq!(ids(&again), [(2, "b".into()), (4, "c".into())]);
+        assert!(FileHistory::new(
+            &SourceConfig {
+                file: Some("-".into()),
+                follow: false
+            },
+            live.codec.clone()
+        )
+        .is_none());
+    }
 
     fn subscriber(path: PathBuf, follow: bool) -> FileSubscriber {
         let schema = crate::event::schema_of(
