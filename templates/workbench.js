@@ -91,7 +91,9 @@
     text($("tried-summary"), t.events + " records in " + t.seconds.toFixed(1) + " s" + (t.complete ? "" : " (time budget reached: part of the history)"));
     text($("tried-window"), new Date(t.value.window_start).toLocaleTimeString() + "–" + new Date(t.value.window_end).toLocaleTimeString());
     text($("tried-value"), t.value.value);
-    $("tried-value").dataset.value = JSON.stringify(t.value.value);
+    // The numbers as the API gave them, for a test (or a curious reader of the page's source).
+    Object.assign($("tried-value").dataset, { value: JSON.stringify(t.value.value), start: t.value.window_start, end: t.value.window_end });
+    Object.assign($("tried-chart").dataset, { series: JSON.stringify(t.series) });
     chart(t.series, t.current);
     const rows = $("samples");
     rows.innerHTML = "";

@@ -605,40 +605,6 @@ async fn a_dashboard_port_in_use_stops_the_start() {
     );
 }
 
-/// A headless Chromium session through chromedriver on `driver_port`.
-async fn browser(
-    driver_port: u16,
-    profile: &std::path::Path,
-    extra: &[&str],
-) -> fantoccini::Client {
-    let mut args: Vec<String> = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--window-size=1400,1300",
-    ]
-    .iter()
-    .chain(extra)
-    .map(|a| a.to_string())
-    .collect();
-    args.push(format!("--user-data-dir={}", profile.display()));
-    let mut caps = serde_json::Map::new();
-    caps.insert(
-        "goog:chromeOptions".into(),
-        serde_json::json!({ "binary": "/usr/bin/chromium", "args": args }),
-    );
-    fantoccini::ClientBuilder::native()
-        .capabilities(caps)
-        .connect(&format!("http://127.0.0.1:{driver_port}"))
-        .await
-        .expect("connect to chromedriver")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_sees_live_updates() {
     let dir = tempfile::tempdir().unwrap();
@@ -654,7 +620,7 @@ async fn browser_sees_live_updates() {
         .spawn()
         .expect("chromedriver (Debian package chromium-driver) must be installed");
     wait_for_port(driver_port).await;
-    let client = browser(driver_port, &dir.path().join("chrome"), &[]).await;
+    let client = common::browser(driver_port, &dir.path().join("chrome"), &[]).await;
     let result = async {
         // Opened once with the token, as a link handed out would; the cookie carries it after.
         client.goto(&format!("http://127.0.0.1:{port}/?token=br0wser")).await?;
@@ -786,7 +752,7 @@ async fn browser_sees_live_updates() {
     .await;
     let _ = client.close().await;
     // Dark mode: the page follows the system's colour scheme.
-    let dark = browser(
+    let dark = common::browser(
         driver_port,
         &dir.path().join("chrome-dark"),
         &[

@@ -30,7 +30,7 @@ const TRY_NICENESS: i32 = 10;
 
 /// Records shown with what the draft made of them, and how many are looked at to find them.
 const SAMPLES: usize = 5;
-const SAMPLE_SCAN: usize = 500;
+const SAMPLE_SCAN: usize = 20_000;
 
 /// Points of a try's chart.
 const CHART_POINTS: usize = 60;
@@ -353,12 +353,14 @@ pub async fn try_on(
     let events = std::sync::atomic::AtomicU64::new(0);
     let progress = |n: u64| events.store(n, std::sync::atomic::Ordering::Relaxed);
     let screen = config.consumer.validation.screen();
+    // Read from the start of the first charted window, so every window shown is whole.
+    let read_from = m.window.pane_of(from) - m.window.size_ms;
     let run = recompute::recompute(
         &set,
         0,
         &*history,
         &partitions,
-        (from, until),
+        (read_from, until),
         &scratch,
         &screen,
         &progress,
@@ -377,7 +379,7 @@ pub async fn try_on(
         Some(r) => Some(aggregate::history(r, &*store.current(), from, now, CHART_POINTS).await?),
         None => None,
     };
-    let samples = samples(&set, &*history, &partitions, from).await?;
+    let samples = samples(&set, &*history, &partitions, read_from).await?;
     Ok(Tried {
         problems: Vec::new(),
         events: events.into_inner(),
@@ -426,22 +428,31 @@ async fn samples(
         if end < start {
             continue;
         }
-        let read = history.read(p, start - 1, end, SAMPLE_SCAN).await?;
-        for (_, mut e) in read.events.into_iter().filter(|(_, e)| e.time_ms() >= from) {
-            set.derive(std::slice::from_mut(&mut e), &stats);
-            let gave = m.explain(&e);
-            let sample = Sample {
-                record: serde_json::from_str(&e.to_json()).unwrap_or(Value::Null),
-                gave,
-            };
-            match sample.gave.get("passes") == Some(&Value::Bool(true)) {
-                true if passed.len() < SAMPLES => passed.push(sample),
-                false if other.is_empty() => other.push(sample),
-                _ => {}
+        // In steps, up to SAMPLE_SCAN records, until there are enough of both kinds.
+        let (mut after, mut scanned) = (start - 1, 0);
+        let enough = |passed: &Vec<Sample>, other: &Vec<Sample>| {
+            passed.len() == SAMPLES && !other.is_empty()
+        };
+        while after < end && scanned < SAMPLE_SCAN && !enough(&passed, &other) {
+            let read = history.read(p, after, end, 500).await?;
+            if read.through <= after {
+                break;
             }
-        }
-        if passed.len() == SAMPLES && !other.is_empty() {
-            break;
+            after = read.through;
+            scanned += read.events.len();
+            for (_, mut e) in read.events.into_iter().filter(|(_, e)| e.time_ms() >= from) {
+                set.derive(std::slice::from_mut(&mut e), &stats);
+                let gave = m.explain(&e);
+                let kept = match gave.get("passes") == Some(&Value::Bool(true)) {
+                    true if passed.len() < SAMPLES => &mut passed,
+                    false if other.is_empty() => &mut other,
+                    _ => continue,
+                };
+                kept.push(Sample {
+                    record: serde_json::from_str(&e.to_json()).unwrap_or(Value::Null),
+                    gave,
+                });
+            }
         }
     }
     passed.truncate(SAMPLES - other.len().min(1));
