@@ -612,14 +612,7 @@ async fn browser_sees_live_updates() {
     // The single token is an operator's: the page's silence button may make a silence.
     let (running, stop) = start(common::embedded_pipeline(dir.path()), port, "br0wser").await;
 
-    let driver_port = free_port();
-    let mut driver = std::process::Command::new("chromedriver")
-        .arg(format!("--port={driver_port}"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("chromedriver (Debian package chromium-driver) must be installed");
-    wait_for_port(driver_port).await;
+    let (mut driver, driver_port) = common::chromedriver().await;
     let client = common::browser(driver_port, &dir.path().join("chrome"), &[]).await;
     let result = async {
         // Opened once with the token, as a link handed out would; the cookie carries it after.

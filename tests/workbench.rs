@@ -335,14 +335,7 @@ async fn workbench_flow(port: u16, file: &Path, data: &Path, records: &Path) {
     );
 
     // The editor, in a real browser.
-    let driver_port = free_port();
-    let mut driver = std::process::Command::new("chromedriver")
-        .arg(format!("--port={driver_port}"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("chromedriver (Debian package chromium-driver) must be installed");
-    wait_for_port(driver_port).await;
+    let (mut driver, driver_port) = common::chromedriver().await;
     let profile = tempfile::tempdir().unwrap();
     let client = common::browser(driver_port, profile.path(), &[]).await;
     let outcome = browser_flow(&client, port, (data, file, records)).await;

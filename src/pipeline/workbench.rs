@@ -76,10 +76,10 @@ struct Resolved {
 
 /// The draft's settings as a `[[metric]]` table and its config, the script resolved against the
 /// pipeline's folder: `settings.script`, or the script of the metric of that name in
-/// `pipeline`, or `scripts/<name>.rhai`. A script path that leaves the pipeline's folder is
-/// refused by [`save`] (an editor writes scripts, not any file the runner may write).
+/// `pipeline`, or `<name>.rhai` beside the first metric's script (`scripts/<name>.rhai` without
+/// one). Where a script may be written is [`save`]'s to check ([`writable_script`]).
 fn resolve(draft: &Draft, pipeline: &Pipeline) -> Result<(toml::Table, Resolved), Vec<Problem>> {
-    let file = pipeline.path.display().to_string();
+    let file = relative(&pipeline.path, pipeline.base_dir());
     let problem = |message: String| {
         vec![Problem {
             file: file.clone(),
@@ -90,7 +90,7 @@ fn resolve(draft: &Draft, pipeline: &Pipeline) -> Result<(toml::Table, Resolved)
     };
     let name = match draft.settings.get("name") {
         Some(Value::String(n)) if valid_name(n) => n.clone(),
-        Some(Value::String(n)) => return Err(problem(format!("metric name {n:?}: use letters, digits and _ only (it names the script file and the stored state)"))),
+        Some(Value::String(n)) => return Err(problem(format!("metric name {n:?}: use letters, digits, _ and - only (it names the script file and the stored state)"))),
         _ => return Err(problem("the metric needs a `name`".into())),
     };
     let script = match draft.settings.get("script") {

@@ -245,7 +245,11 @@ pub fn free_port() -> u16 {
 
 /// A plain HTTP/1.0 GET; returns (status, body).
 pub fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
-    let text = get_raw(port, path, headers);
+    status_and_body(&get_raw(port, path, headers))
+}
+
+/// A whole HTTP response's status code and body.
+fn status_and_body(text: &str) -> (u16, String) {
     let status = text
         .split_whitespace()
         .nth(1)
@@ -425,15 +429,18 @@ pub fn post(port: u16, path: &str, headers: &[(&str, &str)], body: &str) -> (u16
     std::io::Write::write_all(&mut s, req.as_bytes()).unwrap();
     let mut out = Vec::new();
     let _ = std::io::Read::read_to_end(&mut s, &mut out);
-    let text = String::from_utf8_lossy(&out).to_string();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    status_and_body(&String::from_utf8_lossy(&out))
+}
+
+/// chromedriver (Debian's chromium-driver) on a free port, and the port once it answers.
+pub async fn chromedriver() -> (std::process::Child, u16) {
+    let port = free_port();
+    let driver = std::process::Command::new("chromedriver")
+        .arg(format!("--port={port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("chromedriver (Debian package chromium-driver) must be installed");
+    wait_for_port(port).await;
+    (driver, port)
 }
