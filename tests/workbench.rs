@@ -179,7 +179,10 @@ async fn the_workbench_checks_tries_and_saves_a_metric_that_then_shows_on_the_da
     let file = common::copy_pipeline(dir.path());
     // A viewer and an editor; the single operator token stays unset.
     let mut text = std::fs::read_to_string(&file).unwrap();
-    text.push_str("\n[dashboard.tokens]\nwatcher = { secret = \"v1ewer-secret\", role = \"viewer\" }\nedith = { secret = \"ed1tor-secret\", role = \"editor\" }\n");
+    // `workbench = true` opens it only where no token is configured: a viewer's token named
+    // "anonymous" must not pass for the absence of one.
+    text = text.replacen("\n[dashboard]\n", "\n[dashboard]\nworkbench = true\n", 1);
+    text.push_str("\n[dashboard.tokens]\nwatcher = { secret = \"v1ewer-secret\", role = \"viewer\" }\nanonymous = { secret = \"an0n-secret\", role = \"viewer\" }\nedith = { secret = \"ed1tor-secret\", role = \"editor\" }\n");
     std::fs::write(&file, text).unwrap();
     let records = dir.path().join("records.jsonl");
     // Ten minutes of history at 100 records/s (the README gives the time of a try over ten times more).
@@ -322,6 +325,13 @@ async fn workbench_flow(port: u16, file: &Path, data: &Path, records: &Path) {
         assert_eq!(status, 403, "{path}: {why}");
         assert!(why.contains("editor role"), "{path}: {why}");
     }
+    let (status, why) = post(
+        port,
+        "/api/workbench/check",
+        &[("Authorization", "Bearer an0n-secret")],
+        &draft.to_string(),
+    );
+    assert_eq!(status, 403, "a viewer token named anonymous: {why}");
     assert_eq!(get(port, "/workbench", &viewer).0, 403);
     assert_eq!(get(port, "/api/workbench/metrics", &viewer).0, 403);
     assert_eq!(

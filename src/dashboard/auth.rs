@@ -70,11 +70,6 @@ impl Caller {
         }
     }
 
-    /// Whether the request carried no token (none is configured).
-    pub fn is_anonymous(&self) -> bool {
-        *self == Caller::anonymous()
-    }
-
     /// A 403 answer saying why, unless the caller has `role` (then `None`).
     pub fn refused(&self, role: Role, what: &str) -> Option<Response> {
         if self.role >= role {
